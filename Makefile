@@ -1,0 +1,37 @@
+# The two commands: `make demo` and `make test`. Everything else supports them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test proto check-proto lint typecheck bench clean serve
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/quickstart.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check dspex_rx tests examples benchmarks
+	$(BIN)/mypy
+
+# Regenerate dspex_rx/v1 from proto/. The output is committed; tests/test_proto_fresh.py
+# fails when it no longer matches proto/.
+proto: $(STAMP)
+	$(BIN)/python -m dspex_rx._codegen
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_unary.py
+
+serve: $(STAMP)
+	$(BIN)/dspex-rx serve
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

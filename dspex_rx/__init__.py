@@ -1,0 +1,37 @@
+"""dspex-rx: a typed, versioned, watchable variables store for ML/LLM programs.
+
+Start with ``async with dspex_rx.connect() as session:`` (no target: an embedded server).
+"""
+
+from .client import SessionContext, connect
+from .errors import (
+    AccessDeniedError,
+    AlreadyExistsError,
+    ConflictError,
+    DspexError,
+    InvalidValueError,
+    ResourceExhaustedError,
+    SessionNotFoundError,
+    VariableNotFoundError,
+    VariableTypeError,
+)
+from .server import EmbeddedServer, Server
+from .types import TYPES
+
+__all__ = [
+    "TYPES",
+    "AccessDeniedError",
+    "AlreadyExistsError",
+    "ConflictError",
+    "DspexError",
+    "EmbeddedServer",
+    "InvalidValueError",
+    "ResourceExhaustedError",
+    "Server",
+    "SessionContext",
+    "SessionNotFoundError",
+    "VariableNotFoundError",
+    "VariableTypeError",
+    "connect",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,96 @@
+"""Mappings between wire messages and plain data shared by client and server: type enums,
+timestamps, and error kinds <-> gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from .errors import InvalidValueError
+from .types import TYPES, normalize_type
+from .v1 import variables_pb2 as pb
+
+_TYPE_TO_PB: dict[str, int] = {
+    name: pb.VariableType.Value("VARIABLE_TYPE_" + name.upper()) for name in TYPES
+}
+_PB_TO_TYPE: dict[int, str] = {number: name for name, number in _TYPE_TO_PB.items()}
+
+# Error kind -> status code. Kinds travel in trailing metadata so the client can rebuild
+# the precise exception (TypeError vs ValueError share INVALID_ARGUMENT).
+STATUS_BY_KIND: dict[str, grpc.StatusCode] = {
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "session_not_found": grpc.StatusCode.NOT_FOUND,
+    "invalid_value": grpc.StatusCode.INVALID_ARGUMENT,
+    "type_error": grpc.StatusCode.INVALID_ARGUMENT,
+    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
+    "conflict": grpc.StatusCode.FAILED_PRECONDITION,
+    "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
+    "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+
+# For statuses that arrive without a kind (raised by gRPC itself or a foreign server).
+KIND_BY_STATUS: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.NOT_FOUND: "not_found",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_value",
+    grpc.StatusCode.ALREADY_EXISTS: "already_exists",
+    grpc.StatusCode.FAILED_PRECONDITION: "conflict",
+    grpc.StatusCode.ABORTED: "conflict",
+    grpc.StatusCode.PERMISSION_DENIED: "permission_denied",
+    grpc.StatusCode.UNAUTHENTICATED: "permission_denied",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "resource_exhausted",
+}
+
+ERROR_KIND_KEY = "dspex-error-kind"
+ERROR_DETAIL_PREFIX = "dspex-error-"
+
+
+def type_to_pb(type_name: str) -> int:
+    """The wire enum for a type name (aliases accepted).
+
+    Example::
+
+        >>> type_to_pb("float") == pb.VARIABLE_TYPE_FLOAT
+        True
+    """
+    return _TYPE_TO_PB[normalize_type(type_name)]
+
+
+def type_from_pb(number: int) -> str:
+    """The type name for a wire enum; unspecified or unknown numbers are refused.
+
+    Example::
+
+        >>> type_from_pb(pb.VARIABLE_TYPE_TENSOR)
+        'tensor'
+    """
+    try:
+        return _PB_TO_TYPE[number]
+    except KeyError:
+        raise InvalidValueError(
+            f"variable type is missing or unknown (wire value {number})"
+        ) from None
+
+
+def timestamp(seconds: float) -> Timestamp:
+    """A protobuf Timestamp for POSIX seconds.
+
+    Example::
+
+        >>> timestamp(1.5).nanos
+        500000000
+    """
+    ts = Timestamp()
+    ts.FromNanoseconds(round(seconds * 1e9))
+    return ts
+
+
+def seconds(ts: Timestamp) -> float:
+    """POSIX seconds for a protobuf Timestamp.
+
+    Example::
+
+        >>> seconds(timestamp(2.25))
+        2.25
+    """
+    return ts.seconds + ts.nanos / 1e9

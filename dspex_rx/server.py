@@ -1,0 +1,470 @@
+"""The gRPC server: the v1 service adapter over the store, health and reflection, the
+``serve`` entry point, and an embedded server that runs on its own thread and loop.
+
+The adapter only translates: wire messages to plain values, store exceptions to gRPC
+status codes with the error kind in trailing metadata. It never validates by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import codec
+from .convert import (
+    ERROR_DETAIL_PREFIX,
+    ERROR_KIND_KEY,
+    STATUS_BY_KIND,
+    timestamp,
+    type_from_pb,
+    type_to_pb,
+)
+from .errors import DspexError, InvalidValueError
+from .store import MemoryStore, VariableRecord, VariableSpec
+from .v1 import variables_pb2 as pb
+from .v1 import variables_pb2_grpc as pb_grpc
+
+log = structlog.get_logger("dspex_rx.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Variables"].full_name
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def record_to_pb(record: VariableRecord, out: pb.Variable | None = None) -> pb.Variable:
+    """Fill a wire ``Variable`` from a store record.
+
+    Example::
+
+        msg = record_to_pb(store.get(sid, "temperature"))
+    """
+    msg = pb.Variable() if out is None else out
+    msg.id = record.id
+    msg.name = record.name
+    msg.type = type_to_pb(record.type)  # type: ignore[assignment]
+    codec.fill(msg.value, record.value)
+    msg.constraints.CopyFrom(codec.encode_map(record.constraints))
+    msg.metadata.CopyFrom(codec.encode_map(record.metadata))
+    msg.version = record.version
+    msg.mod_revision = record.mod_revision
+    msg.create_revision = record.create_revision
+    msg.created_at.CopyFrom(timestamp(record.created_at))
+    msg.updated_at.CopyFrom(timestamp(record.updated_at))
+    msg.updated_by = record.updated_by
+    msg.description = record.description
+    return msg
+
+
+def _spec_from_pb(spec: pb.VariableSpec) -> VariableSpec:
+    return VariableSpec(
+        name=spec.name,
+        type=type_from_pb(spec.type),
+        initial_value=codec.decode(spec.initial_value),
+        constraints=codec.decode_map(spec.constraints),
+        metadata=codec.decode_map(spec.metadata),
+        description=spec.description,
+    )
+
+
+def _handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Map store exceptions to gRPC statuses; nothing escapes as a crash."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except DspexError as exc:
+            metadata = [(ERROR_KIND_KEY, exc.kind)] + [
+                (ERROR_DETAIL_PREFIX + key.replace("_", "-"), str(value))
+                for key, value in exc.details.items()
+            ]
+            context.set_trailing_metadata(tuple(metadata))
+            await context.abort(STATUS_BY_KIND[exc.kind], str(exc))
+        except (KeyError, ValueError, TypeError, PermissionError) as exc:
+            # A builtin from deeper code is still the caller's bad input, not a crash.
+            log.warning("request_error", method=fn.__name__, error=repr(exc))
+            context.set_trailing_metadata(((ERROR_KIND_KEY, "invalid_value"),))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception:
+            log.exception("handler_failed", method=fn.__name__)
+            context.set_trailing_metadata(((ERROR_KIND_KEY, "internal"),))
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+def _session_id(request: Any) -> str:
+    session_id: str = request.session_id
+    if not session_id:
+        raise InvalidValueError("session_id is required")
+    return session_id
+
+
+class VariablesService(pb_grpc.VariablesServicer):  # type: ignore[misc]
+    """The native v1 service adapter: wire messages in, store calls, wire messages out.
+
+    Example::
+
+        pb_grpc.add_VariablesServicer_to_server(VariablesService(MemoryStore()), server)
+    """
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    @_handler
+    async def InitializeSession(
+        self, request: pb.InitializeSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InitializeSessionResponse:
+        session, client_id, created = self.store.initialize_session(
+            request.session_id or None,
+            codec.decode_map(request.metadata),
+            request.ttl_seconds or None,
+            request.client_name,
+        )
+        lease = session.clients[client_id]
+        log.info("session_attached", session_id=session.id, client_id=client_id, created=created)
+        return pb.InitializeSessionResponse(
+            session_id=session.id,
+            client_id=client_id,
+            created=created,
+            revision=session.revision,
+            ttl_seconds=lease.ttl,
+            created_at=timestamp(session.created_at),
+        )
+
+    @_handler
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        session_id = _session_id(request)
+        expires_at = self.store.heartbeat(session_id, request.client_id)
+        return pb.HeartbeatResponse(
+            revision=self.store.session(session_id).revision, expires_at=timestamp(expires_at)
+        )
+
+    @_handler
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CloseSessionResponse:
+        session_id = _session_id(request)
+        removed = self.store.close_session(session_id, request.client_id)
+        log.info("session_detached", session_id=session_id, client_id=request.client_id,
+                 session_removed=removed)
+        return pb.CloseSessionResponse(session_removed=removed)
+
+    @_handler
+    async def RegisterVariable(
+        self, request: pb.RegisterVariableRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterVariableResponse:
+        session_id = _session_id(request)
+        records, revision = self.store.register(
+            session_id, [_spec_from_pb(request.spec)], actor=session_id
+        )
+        return pb.RegisterVariableResponse(variable=record_to_pb(records[0]), revision=revision)
+
+    @_handler
+    async def RegisterVariables(
+        self, request: pb.RegisterVariablesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterVariablesResponse:
+        session_id = _session_id(request)
+        specs = [_spec_from_pb(spec) for spec in request.specs]
+        records, revision = self.store.register(session_id, specs, actor=session_id)
+        response = pb.RegisterVariablesResponse(revision=revision)
+        for record in records:
+            record_to_pb(record, response.variables.add())
+        return response
+
+    @_handler
+    async def GetVariable(
+        self, request: pb.GetVariableRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetVariableResponse:
+        session_id = _session_id(request)
+        record = self.store.get(session_id, request.ref)
+        response = pb.GetVariableResponse(revision=self.store.session(session_id).revision)
+        record_to_pb(record, response.variable)
+        return response
+
+    @_handler
+    async def GetVariables(
+        self, request: pb.GetVariablesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetVariablesResponse:
+        session_id = _session_id(request)
+        found, missing = self.store.get_many(session_id, list(request.refs))
+        response = pb.GetVariablesResponse(
+            missing=missing, revision=self.store.session(session_id).revision
+        )
+        for record in found:
+            record_to_pb(record, response.variables.add())
+        return response
+
+    @_handler
+    async def SetVariable(
+        self, request: pb.SetVariableRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetVariableResponse:
+        session_id = _session_id(request)
+        hint = type_from_pb(request.type_hint) if request.type_hint else None
+        record, revision, created = self.store.set(
+            session_id,
+            request.ref,
+            codec.decode(request.value),
+            metadata=codec.decode_map(request.metadata),
+            actor=session_id,
+            create_if_missing=request.create_if_missing,
+            type_hint=hint,
+        )
+        response = pb.SetVariableResponse(revision=revision, created=created)
+        record_to_pb(record, response.variable)
+        return response
+
+    @_handler
+    async def UpdateVariables(
+        self, request: pb.UpdateVariablesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateVariablesResponse:
+        session_id = _session_id(request)
+        updates = [(u.ref, codec.decode(u.value)) for u in request.updates]
+        outcomes, revision, applied = self.store.update_many(
+            session_id,
+            updates,
+            metadata=codec.decode_map(request.metadata),
+            atomic=request.atomic,
+            actor=session_id,
+        )
+        response = pb.UpdateVariablesResponse(revision=revision, applied=applied)
+        for outcome in outcomes:
+            result = response.results.add(
+                ref=outcome.ref, ok=outcome.ok, error=outcome.error, error_kind=outcome.error_kind
+            )
+            if outcome.record is not None:
+                record_to_pb(outcome.record, result.variable)
+        return response
+
+    @_handler
+    async def ListVariables(
+        self, request: pb.ListVariablesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListVariablesResponse:
+        session_id = _session_id(request)
+        records = self.store.list(session_id, request.pattern or None)
+        response = pb.ListVariablesResponse(revision=self.store.session(session_id).revision)
+        for record in records:
+            record_to_pb(record, response.variables.add())
+        return response
+
+    @_handler
+    async def DeleteVariable(
+        self, request: pb.DeleteVariableRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteVariableResponse:
+        var_id, revision = self.store.delete(_session_id(request), request.ref)
+        return pb.DeleteVariableResponse(id=var_id, revision=revision)
+
+    async def Echo(
+        self, request: pb.EchoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EchoResponse:
+        return pb.EchoResponse(payload=request.payload)
+
+
+class Server:
+    """A grpc.aio server with the v1 service, health and reflection, on the running loop.
+
+    Example::
+
+        server = Server(host="127.0.0.1", port=0)
+        await server.start(); print(server.port); await server.stop()
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        store: MemoryStore | None = None,
+        expire_interval: float = 5.0,
+    ) -> None:
+        self.host = host
+        self.requested_port = port
+        self.port = 0
+        self.store = store or MemoryStore()
+        self.expire_interval = expire_interval
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._expiry: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port.
+
+        Example::
+
+            port = await Server(port=0).start()
+        """
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_VariablesServicer_to_server(VariablesService(self.store), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"{self.host}:{self.requested_port}"
+        self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._expiry = asyncio.create_task(self._expire_loop())
+        log.info("server_started", host=self.host, port=self.port)
+        return self.port
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.expire_interval)
+            for session_id in self.store.expire():
+                log.info("session_expired", session_id=session_id)
+
+    async def stop(self, grace: float | None = 2.0) -> None:
+        """Stop accepting calls, let running ones finish within ``grace`` seconds.
+
+        Example::
+
+            await server.stop(grace=1.0)
+        """
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        await self._server.stop(grace)
+        self._server = None
+        log.info("server_stopped", port=self.port)
+
+    async def wait_for_termination(self) -> None:
+        """Block until the server stops.
+
+        Example::
+
+            await server.wait_for_termination()
+        """
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(host: str = "127.0.0.1", port: int = 50051, port_file: str | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully.
+
+    ``port_file`` receives the bound port once serving (handy with ``port=0``).
+
+    Example::
+
+        asyncio.run(serve("127.0.0.1", 50051))
+    """
+    server = Server(host, port)
+    bound = await server.start()
+    if port_file:
+        tmp = f"{port_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{bound}\n")
+        os.replace(tmp, port_file)  # readers never see a half-written file
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutdown_requested")
+    await server.stop()
+
+
+class EmbeddedServer:
+    """A server on its own thread and asyncio loop, for ``connect()`` with no target and tests.
+
+    Example::
+
+        with EmbeddedServer() as server:
+            print(server.target)   # "127.0.0.1:<ephemeral port>"
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, store: MemoryStore | None = None):
+        self._server = Server(host, port, store)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def store(self) -> MemoryStore:
+        return self._server.store
+
+    @property
+    def target(self) -> str:
+        return f"{self._server.host}:{self._server.port}"
+
+    def start(self) -> str:
+        """Start the server thread; returns the target once the port is bound.
+
+        Example::
+
+            target = EmbeddedServer().start()
+        """
+        self._thread = threading.Thread(target=self._run, name="dspex-rx-server", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        return self.target
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            await self._server.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await self._server.stop(grace=1.0)
+
+    def stop(self) -> None:
+        """Stop the server and join its thread.
+
+        Example::
+
+            server.stop()
+        """
+        if self._thread is None:
+            return
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,327 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from dspex_rx.v1 import value_pb2 as _value_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class VariableType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VARIABLE_TYPE_UNSPECIFIED: _ClassVar[VariableType]
+    VARIABLE_TYPE_FLOAT: _ClassVar[VariableType]
+    VARIABLE_TYPE_INTEGER: _ClassVar[VariableType]
+    VARIABLE_TYPE_STRING: _ClassVar[VariableType]
+    VARIABLE_TYPE_BOOLEAN: _ClassVar[VariableType]
+    VARIABLE_TYPE_CHOICE: _ClassVar[VariableType]
+    VARIABLE_TYPE_MODULE: _ClassVar[VariableType]
+    VARIABLE_TYPE_EMBEDDING: _ClassVar[VariableType]
+    VARIABLE_TYPE_TENSOR: _ClassVar[VariableType]
+    VARIABLE_TYPE_LIST: _ClassVar[VariableType]
+    VARIABLE_TYPE_DICT: _ClassVar[VariableType]
+VARIABLE_TYPE_UNSPECIFIED: VariableType
+VARIABLE_TYPE_FLOAT: VariableType
+VARIABLE_TYPE_INTEGER: VariableType
+VARIABLE_TYPE_STRING: VariableType
+VARIABLE_TYPE_BOOLEAN: VariableType
+VARIABLE_TYPE_CHOICE: VariableType
+VARIABLE_TYPE_MODULE: VariableType
+VARIABLE_TYPE_EMBEDDING: VariableType
+VARIABLE_TYPE_TENSOR: VariableType
+VARIABLE_TYPE_LIST: VariableType
+VARIABLE_TYPE_DICT: VariableType
+
+class Variable(_message.Message):
+    __slots__ = ("id", "name", "type", "value", "constraints", "metadata", "version", "mod_revision", "created_at", "updated_at", "updated_by", "create_revision", "description")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    type: VariableType
+    value: _value_pb2.Value
+    constraints: _value_pb2.MapValue
+    metadata: _value_pb2.MapValue
+    version: int
+    mod_revision: int
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    updated_by: str
+    create_revision: int
+    description: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., version: _Optional[int] = ..., mod_revision: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., create_revision: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+
+class VariableRef(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    def __init__(self, ref: _Optional[str] = ...) -> None: ...
+
+class InitializeSessionRequest(_message.Message):
+    __slots__ = ("session_id", "metadata", "ttl_seconds", "client_name")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    metadata: _value_pb2.MapValue
+    ttl_seconds: float
+    client_name: str
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., client_name: _Optional[str] = ...) -> None: ...
+
+class InitializeSessionResponse(_message.Message):
+    __slots__ = ("session_id", "client_id", "created", "revision", "ttl_seconds", "created_at")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    client_id: str
+    created: bool
+    revision: int
+    ttl_seconds: float
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, session_id: _Optional[str] = ..., client_id: _Optional[str] = ..., created: _Optional[bool] = ..., revision: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("session_id", "client_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    client_id: str
+    def __init__(self, session_id: _Optional[str] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("revision", "expires_at")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, revision: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id", "client_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    client_id: str
+    def __init__(self, session_id: _Optional[str] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionResponse(_message.Message):
+    __slots__ = ("session_removed",)
+    SESSION_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    session_removed: bool
+    def __init__(self, session_removed: _Optional[bool] = ...) -> None: ...
+
+class VariableSpec(_message.Message):
+    __slots__ = ("name", "type", "initial_value", "constraints", "metadata", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: VariableType
+    initial_value: _value_pb2.Value
+    constraints: _value_pb2.MapValue
+    metadata: _value_pb2.MapValue
+    description: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., initial_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ...) -> None: ...
+
+class RegisterVariableRequest(_message.Message):
+    __slots__ = ("session_id", "spec")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    spec: VariableSpec
+    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[VariableSpec, _Mapping]] = ...) -> None: ...
+
+class RegisterVariableResponse(_message.Message):
+    __slots__ = ("variable", "revision")
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    variable: Variable
+    revision: int
+    def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class RegisterVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "specs")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    specs: _containers.RepeatedCompositeFieldContainer[VariableSpec]
+    def __init__(self, session_id: _Optional[str] = ..., specs: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ...) -> None: ...
+
+class RegisterVariablesResponse(_message.Message):
+    __slots__ = ("variables", "revision")
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    variables: _containers.RepeatedCompositeFieldContainer[Variable]
+    revision: int
+    def __init__(self, variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class GetVariableRequest(_message.Message):
+    __slots__ = ("session_id", "ref")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
+
+class GetVariableResponse(_message.Message):
+    __slots__ = ("variable", "revision")
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    variable: Variable
+    revision: int
+    def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class GetVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "refs")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    refs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., refs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetVariablesResponse(_message.Message):
+    __slots__ = ("variables", "missing", "revision")
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    variables: _containers.RepeatedCompositeFieldContainer[Variable]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    revision: int
+    def __init__(self, variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class SetVariableRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "value", "metadata", "create_if_missing", "type_hint")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    CREATE_IF_MISSING_FIELD_NUMBER: _ClassVar[int]
+    TYPE_HINT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    value: _value_pb2.Value
+    metadata: _value_pb2.MapValue
+    create_if_missing: bool
+    type_hint: VariableType
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., create_if_missing: _Optional[bool] = ..., type_hint: _Optional[_Union[VariableType, str]] = ...) -> None: ...
+
+class SetVariableResponse(_message.Message):
+    __slots__ = ("variable", "revision", "created")
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    variable: Variable
+    revision: int
+    created: bool
+    def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class VariableUpdate(_message.Message):
+    __slots__ = ("ref", "value")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    value: _value_pb2.Value
+    def __init__(self, ref: _Optional[str] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ...) -> None: ...
+
+class UpdateVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "updates", "metadata", "atomic")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    updates: _containers.RepeatedCompositeFieldContainer[VariableUpdate]
+    metadata: _value_pb2.MapValue
+    atomic: bool
+    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[VariableUpdate, _Mapping]]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., atomic: _Optional[bool] = ...) -> None: ...
+
+class UpdateResult(_message.Message):
+    __slots__ = ("ref", "ok", "error", "error_kind", "variable")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    ok: bool
+    error: str
+    error_kind: str
+    variable: Variable
+    def __init__(self, ref: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
+
+class UpdateVariablesResponse(_message.Message):
+    __slots__ = ("results", "revision", "applied")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[UpdateResult]
+    revision: int
+    applied: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[UpdateResult, _Mapping]]] = ..., revision: _Optional[int] = ..., applied: _Optional[bool] = ...) -> None: ...
+
+class ListVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "pattern")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    pattern: str
+    def __init__(self, session_id: _Optional[str] = ..., pattern: _Optional[str] = ...) -> None: ...
+
+class ListVariablesResponse(_message.Message):
+    __slots__ = ("variables", "revision")
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    variables: _containers.RepeatedCompositeFieldContainer[Variable]
+    revision: int
+    def __init__(self, variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class DeleteVariableRequest(_message.Message):
+    __slots__ = ("session_id", "ref")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
+
+class DeleteVariableResponse(_message.Message):
+    __slots__ = ("id", "revision")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    revision: int
+    def __init__(self, id: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class EchoRequest(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+
+class EchoResponse(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
