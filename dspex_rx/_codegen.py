@@ -31,8 +31,8 @@ def generate(out_dir: Path) -> list[Path]:
 
         >>> generate(Path("."))  # doctest: +SKIP
     """
-    from grpc_tools import protoc  # dev-only dependency
     import grpc_tools
+    from grpc_tools import protoc  # dev-only dependency
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     args = [

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import grpc
-import structlog
 import trio
 from google.protobuf.message import Message
 
@@ -24,10 +23,11 @@ from .convert import (
     type_to_pb,
 )
 from .errors import DspexError, InvalidValueError, SessionNotFoundError, error_from_kind
+from .logs import get_logger
 from .server import GRPC_OPTIONS, SERVICE_NAME, EmbeddedServer
 from .v1 import variables_pb2 as pb
 
-log = structlog.get_logger("dspex_rx.client")
+log = get_logger("dspex_rx.client")
 
 M = TypeVar("M", bound=Message)
 _MISSING: Any = object()
@@ -76,7 +76,7 @@ def _prefixed(name: str, exc: DspexError) -> DspexError:
     return type(exc)(f"variable {name!r}: {exc.message}", **exc.details)
 
 
-def _encode_value(name: str, value: Any) -> pb.Value:
+def _encode_value(name: str, value: Any) -> codec.Value:
     try:
         return codec.encode(value)
     except DspexError as exc:
@@ -130,6 +130,7 @@ class SessionContext:
         self._heartbeat_scope: trio.CancelScope | None = None
         self.revision = 0
         self.created = False
+        self.heartbeats = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -212,6 +213,7 @@ class SessionContext:
                             ),
                             pb.HeartbeatResponse,
                         )
+                        self.heartbeats += 1
                     except (DspexError, grpc.RpcError, RuntimeError) as exc:
                         log.warning("heartbeat_failed", session_id=self._session_id,
                                     error=str(exc))

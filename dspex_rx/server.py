@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -31,11 +30,12 @@ from .convert import (
     type_to_pb,
 )
 from .errors import DspexError, InvalidValueError
+from .logs import get_logger
 from .store import MemoryStore, VariableRecord, VariableSpec
 from .v1 import variables_pb2 as pb
 from .v1 import variables_pb2_grpc as pb_grpc
 
-log = structlog.get_logger("dspex_rx.server")
+log = get_logger("dspex_rx.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Variables"].full_name
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -119,7 +119,7 @@ def _session_id(request: Any) -> str:
     return session_id
 
 
-class VariablesService(pb_grpc.VariablesServicer):  # type: ignore[misc]
+class VariablesService(pb_grpc.VariablesServicer):
     """The native v1 service adapter: wire messages in, store calls, wire messages out.
 
     Example::
@@ -314,7 +314,9 @@ class Server:
             port = await Server(port=0).start()
         """
         server = grpc.aio.server(options=GRPC_OPTIONS)
-        pb_grpc.add_VariablesServicer_to_server(VariablesService(self.store), server)
+        pb_grpc.add_VariablesServicer_to_server(  # type: ignore[no-untyped-call]
+            VariablesService(self.store), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -256,14 +256,31 @@ class MemoryStore:
             raise VariableNotFoundError(f"no variable {ref!r} in session {session.id!r}")
         return record
 
-    def _commit(self, session: Session, records: Iterable[VariableRecord]) -> int:
-        # The only place state changes: one new revision for the whole write.
+    def _commit(
+        self,
+        session: Session,
+        records: Iterable[VariableRecord],
+        removed: Iterable[VariableRecord] = (),
+    ) -> tuple[list[VariableRecord], int]:
+        # The only place variable state changes: one new revision for the whole write,
+        # stamped on every record it writes (and as create_revision on new ones).
         revision = session.revision + 1
-        for record in records:
+        stamped = [
+            dataclasses.replace(
+                r,
+                mod_revision=revision,
+                create_revision=r.create_revision or revision,
+            )
+            for r in records
+        ]
+        for record in stamped:
             session.variables[record.id] = record
             session.names[record.name] = record.id
+        for record in removed:
+            del session.variables[record.id]
+            del session.names[record.name]
         session.revision = revision
-        return revision
+        return stamped, revision
 
     def _prepare_new(
         self, session: Session, spec: VariableSpec, actor: str, taken: set[str]
@@ -295,7 +312,7 @@ class MemoryStore:
             constraints=constraints,
             metadata=metadata,
             version=1,
-            mod_revision=0,  # set at commit
+            mod_revision=0,  # both stamped by _commit
             create_revision=0,
             created_at=now,
             updated_at=now,
@@ -324,13 +341,7 @@ class MemoryStore:
         for spec in specs:
             prepared.append(self._prepare_new(session, spec, actor, taken))
             taken.add(spec.name)
-        revision = session.revision + 1
-        records = [
-            dataclasses.replace(r, mod_revision=revision, create_revision=revision)
-            for r in prepared
-        ]
-        self._commit(session, records)
-        return records, revision
+        return self._commit(session, prepared)
 
     def get(self, session_id: str, ref: str) -> VariableRecord:
         """The current record of a variable, by id or name.
@@ -406,11 +417,10 @@ class MemoryStore:
             )
             return records[0], revision, True
         clean_metadata = check_metadata(record.name, metadata)
-        new = self._prepare_write(record, value, clean_metadata, actor)
-        revision = session.revision + 1
-        new = dataclasses.replace(new, mod_revision=revision)
-        self._commit(session, [new])
-        return new, revision, False
+        written, revision = self._commit(
+            session, [self._prepare_write(record, value, clean_metadata, actor)]
+        )
+        return written[0], revision, False
 
     def update_many(
         self,
@@ -464,10 +474,8 @@ class MemoryStore:
         revision = session.revision
         committed: dict[str, VariableRecord] = {}
         if to_apply:
-            revision = session.revision + 1
-            final = [dataclasses.replace(r, mod_revision=revision) for r in to_apply]
-            self._commit(session, final)
-            committed = {r.id: r for r in final}
+            written, revision = self._commit(session, to_apply)
+            committed = {r.id: r for r in written}
         outcomes = [
             UpdateOutcome(ref, True, record=committed[p.id])
             if p is not None
@@ -498,7 +506,4 @@ class MemoryStore:
         """
         session = self.session(session_id)
         record = self._resolve(session, ref)
-        del session.variables[record.id]
-        del session.names[record.name]
-        session.revision += 1
-        return record.id, session.revision
+        return record.id, self._commit(session, (), removed=[record])[1]

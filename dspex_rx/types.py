@@ -191,7 +191,9 @@ CONSTRAINT_SCHEMAS: dict[str, dict[str, _Check]] = {
 _REQUIRED: dict[str, tuple[str, ...]] = {"choice": ("choices",)}
 
 
-def check_constraints(name: str, type_name: str, constraints: Mapping[str, Any] | None) -> dict[str, Any]:
+def check_constraints(
+    name: str, type_name: str, constraints: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """Validate a constraint dict for a type; unknown keys are refused. Returns a clean copy.
 
     Example::
@@ -250,13 +252,9 @@ def _check_finite_float(name: str, value: float, constraints: Mapping[str, Any])
 
 def _check_range(name: str, value: float | int, constraints: Mapping[str, Any]) -> None:
     if "min" in constraints and value < constraints["min"]:
-        raise InvalidValueError(
-            f"variable {name!r}: {value!r} is below min {constraints['min']!r}"
-        )
+        raise InvalidValueError(f"variable {name!r}: {value!r} is below min {constraints['min']!r}")
     if "max" in constraints and value > constraints["max"]:
-        raise InvalidValueError(
-            f"variable {name!r}: {value!r} is above max {constraints['max']!r}"
-        )
+        raise InvalidValueError(f"variable {name!r}: {value!r} is above max {constraints['max']!r}")
 
 
 def _check_length(name: str, what: str, length: int, constraints: Mapping[str, Any]) -> None:
@@ -319,10 +317,10 @@ def _validate_choice(name: str, value: Any, c: Mapping[str, Any]) -> str:
 
 
 def _validate_module(name: str, value: Any, c: Mapping[str, Any]) -> str:
-    value = _validate_choice(name, value, c)
-    if not value:
+    module = _validate_choice(name, value, c)
+    if not module:
         raise InvalidValueError(f"variable {name!r}: module name must not be empty")
-    return value
+    return module
 
 
 def _as_array(
@@ -408,7 +406,9 @@ def _validate_tensor(name: str, value: Any, c: Mapping[str, Any]) -> np.ndarray:
     shape = c.get("shape")
     if shape is not None and (
         len(shape) != array.ndim
-        or any(want is not None and want != got for want, got in zip(shape, array.shape, strict=False))
+        or any(
+            want is not None and want != got for want, got in zip(shape, array.shape, strict=False)
+        )
     ):
         wanted = tuple("*" if d is None else d for d in shape)
         raise InvalidValueError(

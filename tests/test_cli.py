@@ -1,0 +1,73 @@
+"""`dspex-rx serve` as a user runs it: starts, answers health checks and reflection, serves
+the API, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import dspex_rx
+
+SCRIPT = Path(sys.executable).parent / "dspex-rx"
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    proc = subprocess.Popen(
+        [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    port = 0
+    for line in proc.stderr:  # blocks until the server logs its port, or exits
+        match = re.search(r"event='server_started'.*port=(\d+)", line)
+        if match:
+            port = int(match.group(1))
+            break
+    assert port, "dspex-rx serve exited before serving"
+    try:
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_health_reflection_and_sigterm(served: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = served
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "dspex_rx.v1.Variables"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        services = {s.name for r in replies for s in r.list_services_response.service}
+        assert {"dspex_rx.v1.Variables", "grpc.health.v1.Health"} <= services
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert proc.stderr is not None
+    rest = proc.stderr.read()
+    assert "event='shutdown_requested'" in rest
+    assert "event='server_stopped'" in rest
+
+
+async def test_served_api_from_trio(served: tuple[subprocess.Popen[str], int]) -> None:
+    _, port = served
+    async with dspex_rx.connect(f"127.0.0.1:{port}", session_id="cli_check") as session:
+        await session.register_variable("temperature", "float", 0.7)
+        await session.set_variable("temperature", 0.9)
+        assert await session.get_variable("temperature") == 0.9

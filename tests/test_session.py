@@ -1,0 +1,195 @@
+"""Sessions and the core variable API against a real server: lookup by name and id,
+defaults, isolation, shared sessions, concurrency, metadata, listing and deletion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trio
+
+import dspex_rx
+from dspex_rx import SessionContext
+from dspex_rx.server import EmbeddedServer
+
+
+async def test_get_by_name_and_by_id(session: SessionContext) -> None:
+    var_id = await session.register_variable("temperature", "float", 0.7)
+    assert var_id.startswith("var_temperature_")
+    assert await session.get_variable("temperature") == 0.7
+    assert await session.get_variable(var_id) == 0.7
+    await session.set_variable(var_id, 0.8)
+    assert await session.get_variable("temperature") == 0.8
+    both = await session.get_variables(["temperature", var_id])
+    assert both == {"temperature": 0.8, var_id: 0.8}
+
+
+async def test_unknown_variable_raises_key_error_unless_default(session: SessionContext) -> None:
+    with pytest.raises(KeyError, match="no variable 'missing'") as info:
+        await session.get_variable("missing")
+    assert isinstance(info.value, dspex_rx.VariableNotFoundError)
+    assert await session.get_variable("missing", default=3) == 3
+    assert await session.get_variable("missing", default=None) is None
+    with pytest.raises(KeyError, match="missing"):
+        await session.set_variable("missing", 1)
+    with pytest.raises(KeyError, match="missing"):
+        await session.delete_variable("missing")
+
+
+async def test_get_variables_defaults_and_missing(session: SessionContext) -> None:
+    await session.register_variable("a", "integer", 1)
+    got = await session.get_variables(["a", "b"], defaults={"b": 2})
+    assert got == {"a": 1, "b": 2}
+    with pytest.raises(KeyError, match=r"'b', 'c'"):
+        await session.get_variables(["a", "b", "c"])
+    with pytest.raises(ValueError, match="list of names"):
+        await session.get_variables("a")  # type: ignore[arg-type]
+
+
+async def test_get_variables_include_metadata(session: SessionContext) -> None:
+    await session.register_variable(
+        "t", "float", 0.5, constraints={"min": 0.0, "max": 1.0}, metadata={"owner": "ops"}
+    )
+    await session.set_variable("t", 0.6, metadata={"reason": "sweep"})
+    entry = (await session.get_variables(["t"], include_metadata=True, include_stats=True))["t"]
+    assert entry["value"] == 0.6
+    meta = entry["metadata"]
+    assert meta["name"] == "t"
+    assert meta["type"] == "float"
+    assert meta["constraints"] == {"min": 0.0, "max": 1.0}
+    assert meta["version"] == 2
+    assert meta["revision"] == session.revision
+    assert meta["updated_by"] == session.session_id
+    assert meta["owner"] == "ops"  # the user's own keys, merged with the update's
+    assert meta["reason"] == "sweep"
+    assert meta["updated_at"] >= meta["created_at"]
+    assert entry["stats"]["version"] == 2
+    assert entry["stats"]["create_revision"] < entry["stats"]["mod_revision"]
+
+
+async def test_sessions_are_isolated(server: EmbeddedServer) -> None:
+    async with dspex_rx.connect(server.target) as one, dspex_rx.connect(server.target) as two:
+        assert one.session_id != two.session_id
+        await one.register_variable("secret", "string", "one's")
+        with pytest.raises(KeyError):
+            await two.get_variable("secret")
+        assert await two.list_variables() == []
+        await two.register_variable("secret", "string", "two's")
+        assert await one.get_variable("secret") == "one's"
+        assert await two.get_variable("secret") == "two's"
+
+
+async def test_shared_session_lives_until_last_client_closes(server: EmbeddedServer) -> None:
+    first = await SessionContext("shared_demo", server.target).initialize()
+    assert first.created
+    second = await SessionContext("shared_demo", server.target).initialize()
+    assert not second.created
+    await first.register_variable("x", "integer", 1)
+    assert await second.get_variable("x") == 1
+    await first.close()
+    await second.set_variable("x", 2)  # the session outlives its first client
+    assert await second.get_variable("x") == 2
+    await second.close()
+    async with dspex_rx.connect(server.target, session_id="shared_demo") as third:
+        assert third.created
+        assert await third.list_variables() == []
+
+
+async def test_register_existing_name_is_refused(session: SessionContext) -> None:
+    await session.register_variable("model", "string", "gpt-4")
+    with pytest.raises(ValueError, match="'model' already exists") as info:
+        await session.register_variable("model", "string", "claude")
+    assert isinstance(info.value, dspex_rx.AlreadyExistsError)
+    assert await session.get_variable("model") == "gpt-4"
+
+
+@pytest.mark.parametrize("bad", ["", "1abc", "has space", "x" * 300, "semi;colon"])
+async def test_invalid_names_are_refused(session: SessionContext, bad: str) -> None:
+    with pytest.raises(ValueError, match="not valid"):
+        await session.register_variable(bad, "integer", 1)
+
+
+async def test_hundred_concurrent_sets_take_hundred_revisions(session: SessionContext) -> None:
+    await session.register_variable("counter", "integer", 0)
+    start = (await session.get_variables(["counter"], include_metadata=True))["counter"]
+    versions: list[int] = []
+
+    async def writer(i: int) -> None:
+        versions.append(await session.set_variable("counter", i))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(100):
+            nursery.start_soon(writer, i)
+
+    end = (await session.get_variables(["counter"], include_metadata=True))["counter"]
+    assert end["metadata"]["version"] == 101
+    assert end["metadata"]["revision"] == start["metadata"]["revision"] + 100
+    assert sorted(versions) == list(range(2, 102))  # each write got its own version
+    assert end["value"] in range(100)
+
+
+async def test_revision_moves_once_per_write(session: SessionContext) -> None:
+    before = session.revision
+    await session.register_variable("a", "integer", 1)
+    await session.register_variables(
+        [{"name": "b", "type": "integer", "initial_value": 1},
+         {"name": "c", "type": "integer", "initial_value": 1}]
+    )
+    await session.update_variables({"a": 2, "b": 2, "c": 2})
+    await session.set_variable("a", 3)
+    await session.delete_variable("c")
+    assert session.revision == before + 5
+    infos = {i["name"]: i for i in await session.list_variables()}
+    assert infos["a"]["revision"] == before + 4
+    assert infos["b"]["revision"] == before + 3
+    assert infos["a"]["version"] == 3
+    assert infos["b"]["version"] == 2
+
+
+async def test_list_variables_by_pattern_and_delete(session: SessionContext) -> None:
+    await session.register_variables(
+        [{"name": n, "type": "float", "initial_value": 0.1}
+         for n in ("model.temperature", "model.top_p", "retriever.k")]
+    )
+    names = [i["name"] for i in await session.list_variables("model.*")]
+    assert names == ["model.temperature", "model.top_p"]
+    assert len(await session.list_variables()) == 3
+    assert await session.delete_variable("model.top_p") is True
+    assert [i["name"] for i in await session.list_variables("model.*")] == ["model.temperature"]
+    with pytest.raises(KeyError):
+        await session.get_variable("model.top_p")
+    # A deleted name can be registered again, under a new id.
+    new_id = await session.register_variable("model.top_p", "integer", 5)
+    assert await session.get_variable(new_id) == 5
+
+
+async def test_create_if_missing(session: SessionContext) -> None:
+    version = await session.set_variable("fresh", 42, create_if_missing=True)
+    assert version == 1
+    info = (await session.get_variables(["fresh"], include_metadata=True))["fresh"]["metadata"]
+    assert info["type"] == "integer"
+    await session.set_variable("fresh", 43, create_if_missing=True)
+    assert await session.get_variable("fresh") == 43
+    with pytest.raises(TypeError, match="embedding or a tensor; pass type_hint"):
+        await session.set_variable("unsure", np.zeros(3), create_if_missing=True)
+    with pytest.raises(TypeError, match="cannot send a value of type object"):
+        await session.set_variable("unsure", object(), create_if_missing=True)
+    assert await session.set_variable(
+        "unsure", np.zeros(3), create_if_missing=True, type_hint="tensor"
+    ) == 1
+
+
+async def test_spec_form_initialize_and_close(server: EmbeddedServer) -> None:
+    session = SessionContext("session_123", server.target)
+    await session.initialize()
+    assert session.session_id == "session_123"
+    await session.register_variable("temperature", "float", 0.7)
+    assert await session.get_variable("temperature") == 0.7
+    await session.close()
+    await session.close()  # idempotent
+    with pytest.raises(RuntimeError, match="not initialized"):
+        await session.get_variable("temperature")
+
+
+async def test_dependencies_parameter_is_refused_clearly(session: SessionContext) -> None:
+    with pytest.raises(NotImplementedError, match="issue #4"):
+        await session.register_variable("d", "float", 1.0, dependencies=["x"])

@@ -1,0 +1,179 @@
+"""The trio <-> grpc.aio bridge: cancellation reaches the RPC and returns at once, sessions
+stay usable after cancelled calls, transport failures stay raw, nothing leaks on close."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import trio
+
+import dspex_rx
+from dspex_rx import SessionContext
+from dspex_rx.server import EmbeddedServer
+from dspex_rx.transport import Transport
+from dspex_rx.v1 import variables_pb2 as pb
+
+
+class HangingServer:
+    """A grpc.aio server whose one method never answers and records its cancellation."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.cancelled = threading.Event()
+        self.port = 0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        async def hang(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+            return b""
+
+        handler = grpc.method_handlers_generic_handler(
+            "test.Hang", {"Hang": grpc.unary_unary_rpc_method_handler(hang)}
+        )
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await server.stop(None)
+
+    def __enter__(self) -> HangingServer:
+        self._thread.start()
+        self._ready.wait()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+
+
+@pytest.fixture
+def hanging() -> Iterator[HangingServer]:
+    with HangingServer() as server:
+        yield server
+
+
+async def _pending_tasks(transport: Transport) -> int:
+    async def count() -> int:
+        return len(asyncio.all_tasks()) - 1  # minus this one
+
+    return await transport._loop.run(count)
+
+
+async def test_cancel_reaches_the_rpc_and_returns(hanging: HangingServer) -> None:
+    transport = Transport(f"127.0.0.1:{hanging.port}", timeout=None)
+    await transport.open()
+    try:
+        with trio.move_on_after(10) as scope:  # a generous bound, not a timing assertion
+            async with trio.open_nursery() as nursery:
+
+                async def call() -> None:
+                    await transport.unary("/test.Hang/Hang", pb.EchoRequest(), pb.EchoResponse)
+
+                nursery.start_soon(call)
+                await trio.to_thread.run_sync(hanging.started.wait)
+                nursery.cancel_scope.cancel()
+        assert not scope.cancelled_caught, "the cancelled call did not return"
+        assert await trio.to_thread.run_sync(hanging.cancelled.wait, 10)
+        assert await _pending_tasks(transport) == 0
+    finally:
+        await transport.close()
+
+
+async def test_cancelled_calls_leave_session_usable(session: SessionContext) -> None:
+    await session.register_variable("n", "integer", 0)
+    landed = 0
+    for i in range(60):
+        # Deadlines from "already past" up to a few round trips: some writes are
+        # cancelled before sending, some in flight, some complete.
+        with trio.move_on_after(i * 0.00005) as scope:
+            await session.set_variable("n", i)
+        if not scope.cancelled_caught:
+            landed += 1
+    assert await _pending_tasks(session._transport) == 0
+    info = (await session.get_variables(["n"], include_metadata=True))["n"]
+    version = info["metadata"]["version"]
+    assert landed + 1 <= version <= 61  # cancelled calls may or may not have landed
+    assert await session.set_variable("n", 1000) == version + 1
+    assert await session.get_variable("n") == 1000
+
+
+async def test_transport_failure_stays_a_raw_rpc_error() -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        await SessionContext(target="127.0.0.1:1", timeout=5).initialize()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not isinstance(info.value, dspex_rx.DspexError)
+    assert not [t for t in threading.enumerate() if t.name.startswith("dspex-rx-io")]
+
+
+async def test_unknown_session_is_a_key_error(server: EmbeddedServer) -> None:
+    session = await SessionContext(target=server.target).initialize()
+    try:
+        server_side = session.session_id
+        # Simulate expiry: drop every client of the session on the server.
+        await trio.to_thread.run_sync(lambda: server.store._sessions.pop(server_side))
+        with pytest.raises(dspex_rx.SessionNotFoundError, match="no session"):
+            await session.get_variable("x", default=0)
+    finally:
+        await session.close()
+
+
+def _system_tasks() -> int:
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return sum(len(n.child_tasks) for n in root.child_nurseries)
+
+
+async def test_close_leaves_no_thread_or_task_behind() -> None:
+    # The first session starts process-wide singletons (gRPC's poller thread); what is
+    # alive after it is the baseline every later session must return to.
+    async with dspex_rx.connect() as session:
+        await session.register_variable("x", "integer", 1)
+    baseline_threads = {t.ident for t in threading.enumerate() if not t.name.startswith("Trio")}
+    baseline_tasks = _system_tasks()
+    for _ in range(3):
+        async with dspex_rx.connect() as session:
+            assert any(t.name.startswith("dspex-rx-io") for t in threading.enumerate())
+            assert _system_tasks() == baseline_tasks + 1  # the heartbeat
+            await session.register_variable("x", "integer", 1)
+            assert await session.get_variable("x") == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("dspex-rx-io")]
+    after = {t.ident for t in threading.enumerate() if not t.name.startswith("Trio")}
+    assert after == baseline_threads
+    assert _system_tasks() == baseline_tasks
+
+
+async def test_heartbeat_runs_every_third_of_the_ttl(
+    server: EmbeddedServer, mock_clock: trio.testing.MockClock
+) -> None:
+    # Virtual time: nothing beats until the clock passes ttl/3, then exactly one beat per
+    # period. A real-time guard only keeps a broken build from hanging the suite.
+    async with dspex_rx.connect(server.target, ttl_seconds=30.0) as session:
+        lease = server.store.session(session.session_id).clients[session._client_id]
+        first_seen = lease.last_seen
+        mock_clock.jump(9.9)
+        await trio.testing.wait_all_tasks_blocked()
+        assert session.heartbeats == 0
+        for beat in (1, 2, 3):
+            mock_clock.jump(10.0)
+            guard = time.monotonic() + 10
+            while session.heartbeats < beat:
+                assert time.monotonic() < guard, f"heartbeat {beat} never came"
+                await trio.sleep(0)
+            assert session.heartbeats == beat
+        assert lease.last_seen > first_seen
