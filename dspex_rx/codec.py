@@ -33,14 +33,22 @@ def encode(value: Any) -> pb.Value:
     return msg
 
 
-def fill(msg: pb.Value, value: Any) -> None:
+MAX_DEPTH = 32
+
+
+def fill(msg: pb.Value, value: Any, depth: int = 0) -> None:
     """Write ``value`` into an existing (empty) ``Value`` message in place.
+
+    Lists and dicts may nest ``MAX_DEPTH`` levels deep (protobuf's own decoder limit,
+    with room for the request messages around the value).
 
     Example::
 
         >>> v = pb.Value(); fill(v, "hi"); v.string_value
         'hi'
     """
+    if depth > MAX_DEPTH:
+        raise InvalidValueError(f"value nests deeper than {MAX_DEPTH} levels")
     # Order matters: bool is an int subclass, numpy scalars are not Python scalars.
     if value is None:
         msg.null_value = pb.NULL_VALUE
@@ -54,7 +62,10 @@ def fill(msg: pb.Value, value: Any) -> None:
     elif isinstance(value, float | np.floating):
         msg.float_value = float(value)
     elif isinstance(value, str):
-        msg.string_value = value
+        try:
+            msg.string_value = value
+        except UnicodeEncodeError as exc:
+            raise _not_unicode(exc) from None
     elif isinstance(value, np.ndarray):
         _fill_array(msg.array_value, value)
     elif isinstance(value, list | tuple):
@@ -62,19 +73,10 @@ def fill(msg: pb.Value, value: Any) -> None:
         if not value:
             msg.list_value.SetInParent()
         for item in value:
-            fill(items.add(), item)
+            fill(items.add(), item, depth + 1)
     elif isinstance(value, Mapping):
-        entries = msg.map_value.entries
-        if not value:
-            msg.map_value.SetInParent()
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise VariableTypeError(
-                    f"dict keys must be strings, got {type(key).__name__} {key!r}"
-                )
-            entry = entries.add()
-            entry.key = key
-            fill(entry.value, item)
+        msg.map_value.SetInParent()  # an empty dict is still a dict, not "no value"
+        _fill_map(msg.map_value, value, depth + 1)
     elif _is_torch_tensor(value):
         _fill_array(msg.array_value, value.detach().cpu().numpy())
     else:
@@ -82,6 +84,27 @@ def fill(msg: pb.Value, value: Any) -> None:
             f"cannot send a value of type {type(value).__name__}; supported: None, bool, int, "
             "float, str, list, tuple, dict, numpy arrays and scalars"
         )
+
+
+def _not_unicode(exc: UnicodeEncodeError) -> InvalidValueError:
+    return InvalidValueError(
+        f"string is not valid Unicode (cannot be sent as UTF-8): {exc.reason} at "
+        f"position {exc.start}"
+    )
+
+
+def _fill_map(msg: pb.MapValue, value: Mapping[str, Any], depth: int) -> None:
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise VariableTypeError(
+                f"dict keys must be strings, got {type(key).__name__} {key!r}"
+            )
+        entry = msg.entries.add()
+        try:
+            entry.key = key
+        except UnicodeEncodeError as exc:
+            raise _not_unicode(exc) from None
+        fill(entry.value, item, depth)
 
 
 def _is_torch_tensor(value: Any) -> bool:
@@ -154,12 +177,7 @@ def encode_map(value: Mapping[str, Any] | None) -> pb.MapValue:
         1
     """
     msg = pb.MapValue()
-    for key, item in (value or {}).items():
-        if not isinstance(key, str):
-            raise VariableTypeError(f"dict keys must be strings, got {type(key).__name__} {key!r}")
-        entry = msg.entries.add()
-        entry.key = key
-        fill(entry.value, item)
+    _fill_map(msg, value or {}, 1)
     return msg
 
 

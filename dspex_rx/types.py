@@ -326,12 +326,13 @@ def _validate_module(name: str, value: Any, c: Mapping[str, Any]) -> str:
 def _as_array(
     name: str, value: Any, dtype: str | None, type_name: str, list_dtype: str | None = None
 ) -> np.ndarray:
+    from_list = isinstance(value, list)
     if isinstance(value, np.ndarray):
         array = value
-    elif isinstance(value, list):
+    elif from_list:
         try:
-            array = np.asarray(value, dtype=dtype or list_dtype)
-        except (ValueError, TypeError) as exc:
+            array = np.asarray(value, dtype=None if dtype else list_dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
             raise VariableTypeError(
                 f"variable {name!r}: cannot make a {type_name} from that list: {exc}"
             ) from None
@@ -343,6 +344,15 @@ def _as_array(
             f"(supported: {', '.join(sorted(ARRAY_DTYPES))})"
         )
     if dtype is not None and array.dtype.name != dtype:
+        # Python numbers carry no dtype: a list of ints may go into int8 if every value
+        # fits. An array's dtype is a promise, so only casts that are always safe apply.
+        if from_list and np.can_cast(array.dtype, dtype, casting="same_kind"):
+            cast = array.astype(dtype)
+            if not np.array_equal(cast.astype(array.dtype), array):
+                raise InvalidValueError(
+                    f"variable {name!r}: a value of the list does not fit dtype {dtype}"
+                )
+            return cast
         if not np.can_cast(array.dtype, dtype, casting="safe"):
             raise VariableTypeError(
                 f"variable {name!r}: dtype {array.dtype} cannot be converted to the "
@@ -366,10 +376,9 @@ def _check_finite_array(name: str, array: np.ndarray, c: Mapping[str, Any]) -> N
 def _frozen(array: np.ndarray) -> np.ndarray:
     # Stored arrays are shared by every reader; a read-only flag makes accidental
     # in-place edits fail loudly instead of changing history.
-    array = np.ascontiguousarray(array)
-    if array.flags.writeable:
-        array = array.copy()
-        array.setflags(write=False)
+    if array.flags.writeable or not array.flags.c_contiguous:
+        array = np.array(array, order="C", copy=True)  # keeps 0-d arrays 0-d
+    array.setflags(write=False)
     return array
 
 
