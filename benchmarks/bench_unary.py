@@ -1,0 +1,359 @@
+"""Owns the unary-call benchmark: variable get/set calls/s against the raw Echo RPC, and wire bytes.
+
+The server runs in a separate process (``python -m dspex_rx.cli serve --port 0``), the client
+is one trio program with one session on one channel, going through the same trio <-> asyncio
+bridge as every other call. Each figure is one JSON line on stdout; progress goes to stderr.
+
+Figures:
+
+* ``{"bench": "unary", ...}`` for echo, get_variable and set_variable, each sequential (one
+  call at a time) and with ``--concurrency`` calls in flight (that many trio tasks in one
+  nursery, each making its share of the calls). ``ratio_to_echo`` is the op's calls/s divided
+  by Echo's calls/s in the same mode, measured in the same run; the goal is >= 0.7.
+* ``{"bench": "wire_bytes", ...}``: the size of the exact ``SetVariableRequest`` the client
+  sends for a 768-d float32 embedding (3,072 bytes of payload), checked byte for byte against
+  the request captured on its way into the transport; the value's round trip is asserted.
+* ``{"bench": "environment", ...}``: Python, grpcio and CPU count.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_unary.py            # full (make bench)
+    .venv/bin/python benchmarks/bench_unary.py --quick    # a few seconds, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import structlog
+import trio
+from google.protobuf.message import Message
+
+import dspex_rx
+from dspex_rx import codec
+from dspex_rx.v1 import variables_pb2 as pb
+
+GOAL_RATIO = 0.7
+GOAL_MAX_BYTES = 3200
+GRPC_FRAME_BYTES = 5  # 1-byte compressed flag + 4-byte big-endian length, per message
+EMBEDDING_DIMS = 768
+SERVER_START_TIMEOUT = 20.0
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+Op = Callable[[int], Awaitable[Any]]
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Print one figure as one JSON line on stdout."""
+    print(json.dumps(record), flush=True)
+
+
+def quiet_logging() -> None:
+    """Client-side log lines: warnings and up, on stderr, never into the JSON lines."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def note(message: str) -> None:
+    print(f"[bench_unary] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- server
+
+
+@contextmanager
+def server_process(start_timeout: float = SERVER_START_TIMEOUT) -> Iterator[str]:
+    """Run ``dspex-rx serve`` in a child process; yield its target; always stop it."""
+    with tempfile.TemporaryDirectory(prefix="dspex-rx-bench-") as tmp:
+        port_file = Path(tmp) / "port"
+        cmd = [
+            sys.executable, "-m", "dspex_rx.cli", "serve",
+            "--port", "0", "--port-file", str(port_file), "--log-level", "warning",
+        ]
+        # The server's stdout goes to our stderr so stdout stays pure JSON lines.
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=sys.stderr)
+        try:
+            deadline = time.monotonic() + start_timeout
+            while not port_file.exists():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the server exited early with code {proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no port file from the server after {start_timeout} s")
+                time.sleep(0.02)
+            port = int(port_file.read_text().strip())
+            note(f"server pid {proc.pid} on 127.0.0.1:{port}")
+            yield f"127.0.0.1:{port}"
+        finally:
+            if proc.poll() is None:
+                proc.terminate()  # SIGTERM: the server shuts down gracefully
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+async def run_sequential(op: Op, calls: int) -> float:
+    """Seconds for ``calls`` calls made one after another."""
+    start = time.perf_counter()
+    for i in range(calls):
+        await op(i)
+    return time.perf_counter() - start
+
+
+async def run_concurrent(op: Op, calls: int, concurrency: int) -> float:
+    """Seconds for ``calls`` calls spread over ``concurrency`` tasks (``calls`` divisible)."""
+    per_task = calls // concurrency
+
+    async def worker(offset: int) -> None:
+        for i in range(offset, offset + per_task):
+            await op(i)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for task in range(concurrency):
+            nursery.start_soon(worker, task * per_task)
+    return time.perf_counter() - start
+
+
+async def run_mode(op: Op, mode: str, calls: int, concurrency: int) -> float:
+    gc.collect()
+    if mode == "sequential":
+        return await run_sequential(op, calls)
+    return await run_concurrent(op, calls, concurrency)
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+def make_ops(session: dspex_rx.SessionContext) -> dict[str, Op]:
+    set_values = (0.5, 0.6)  # alternate, so every set is a real change within [0, 2]
+
+    async def echo(i: int) -> Any:
+        return await session.ping(b"")
+
+    async def get_variable(i: int) -> Any:
+        return await session.get_variable("temperature")
+
+    async def set_variable(i: int) -> Any:
+        return await session.set_variable("temperature", set_values[i & 1])
+
+    return {"echo": echo, "get_variable": get_variable, "set_variable": set_variable}
+
+
+async def bench_unary(
+    session: dspex_rx.SessionContext, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    await session.register_variable(
+        "temperature", "float", 0.7, constraints={"min": 0.0, "max": 2.0}
+    )
+    ops = make_ops(session)
+    modes = {"sequential": args.calls, "concurrent": args.concurrent_calls}
+
+    note(f"warm-up: {args.warmup} calls per op and mode")
+    for op in ops.values():
+        await run_sequential(op, args.warmup)
+        warm = max(args.concurrency, args.warmup // args.concurrency * args.concurrency)
+        await run_concurrent(op, warm, args.concurrency)
+
+    # Repeats interleave the ops, so drift on a busy machine hits all of them alike.
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for repeat in range(args.repeats):
+        for mode, calls in modes.items():
+            for name, op in ops.items():
+                taken = await run_mode(op, mode, calls, args.concurrency)
+                seconds.setdefault((name, mode), []).append(taken)
+                note(f"repeat {repeat + 1}/{args.repeats} {mode:<10} {name:<12} "
+                     f"{calls / taken:8.0f} calls/s")
+
+    # The figure of a row is the median of its repeats.
+    rates = {
+        key: calls_per_s(modes[key[1]], statistics.median(values))
+        for key, values in seconds.items()
+    }
+    records = []
+    for mode, calls in modes.items():
+        echo_rate = rates[("echo", mode)]
+        for name in ops:
+            rate = rates[(name, mode)]
+            ratio = rate / echo_rate
+            records.append({
+                "bench": "unary",
+                "op": name,
+                "mode": mode,
+                "in_flight": 1 if mode == "sequential" else args.concurrency,
+                "calls": calls,
+                "repeats": args.repeats,
+                "seconds": round(statistics.median(seconds[(name, mode)]), 4),
+                "calls_per_s": round(rate, 1),
+                "runs_calls_per_s": [round(calls / s, 1) for s in seconds[(name, mode)]],
+                "ratio_to_echo": round(ratio, 3),
+                "goal": GOAL_RATIO,
+                "meets_goal": ratio >= GOAL_RATIO,
+            })
+    return records
+
+
+def calls_per_s(calls: int, seconds: float) -> float:
+    return calls / seconds
+
+
+async def bench_wire_bytes(session: dspex_rx.SessionContext) -> dict[str, Any]:
+    name = "context_embedding"
+    array = np.random.default_rng(0).standard_normal(EMBEDDING_DIMS).astype(np.float32)
+    await session.register_variable(
+        name, "embedding", np.zeros(EMBEDDING_DIMS, dtype=np.float32),
+        constraints={"dimensions": EMBEDDING_DIMS},
+    )
+    # The request exactly as SessionContext.set_variable builds it.
+    request = pb.SetVariableRequest(
+        session_id=session.session_id,
+        ref=name,
+        value=codec.encode(array),
+        metadata=codec.encode_map(None),
+    )
+
+    # Capture what the client really hands the transport, to prove the two are identical.
+    transport = session._transport
+    captured: list[Message] = []
+    real_unary = transport.unary
+
+    async def capturing_unary(path: str, message: Message, *rest: Any, **kw: Any) -> Any:
+        if path.endswith("/SetVariable"):
+            captured.append(message)
+        return await real_unary(path, message, *rest, **kw)
+
+    transport.unary = capturing_unary
+    try:
+        await session.set_variable(name, array)
+    finally:
+        del transport.unary  # back to the class method
+
+    assert len(captured) == 1, f"expected one SetVariable call, saw {len(captured)}"
+    sent = captured[0].SerializeToString(deterministic=True)
+    assert sent == request.SerializeToString(deterministic=True), (
+        "the benchmark's SetVariableRequest differs from the one the client sent"
+    )
+    back = await session.get_variable(name)
+    assert isinstance(back, np.ndarray), f"round trip returned {type(back).__name__}"
+    assert back.dtype == np.float32, f"round trip dtype {back.dtype}"
+    assert back.shape == (EMBEDDING_DIMS,), f"round trip shape {back.shape}"
+    assert np.array_equal(back, array), "round trip returned a different array"
+
+    payload = array.nbytes
+    message = request.ByteSize()
+    framed = message + GRPC_FRAME_BYTES
+    return {
+        "bench": "wire_bytes",
+        "what": f"set_variable {EMBEDDING_DIMS}-d float32 embedding request",
+        "payload_bytes": payload,
+        "message_bytes": message,
+        "overhead_bytes": message - payload,
+        "session_id_bytes": len(session.session_id.encode()),
+        "ref_bytes": len(name.encode()),
+        "grpc_frame_bytes": GRPC_FRAME_BYTES,
+        "framed_bytes": framed,
+        "round_trip_equal": True,
+        "goal_max_bytes": GOAL_MAX_BYTES,
+        # Judged on the framed size (the stricter reading): message + 5-byte frame.
+        "meets_goal": framed <= GOAL_MAX_BYTES,
+    }
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "bench": "environment",
+        "date": datetime.date.today().isoformat(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "grpcio": grpc.__version__,
+        "trio": trio.__version__,
+        "numpy": np.__version__,
+        "dspex_rx": dspex_rx.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+async def client_main(target: str, args: argparse.Namespace) -> None:
+    async with dspex_rx.connect(target, client_name="bench_unary") as session:
+        for record in await bench_unary(session, args):
+            emit(record)
+        emit(await bench_wire_bytes(session))
+
+
+# ----------------------------------------------------------------------------- cli
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Unary-call benchmark of dspex-rx: echo / get_variable / set_variable calls/s "
+            "(sequential and concurrent) against a server in a separate process, plus the "
+            "wire size of a 768-d float32 set_variable request. One JSON line per figure."
+        ),
+    )
+    parser.add_argument("--calls", type=int, default=3000,
+                        help="calls per sequential row (default 3000)")
+    parser.add_argument("--concurrent-calls", type=int, default=None,
+                        help="calls per concurrent row (default 2 x --calls, rounded up "
+                        "to a multiple of --concurrency)")
+    parser.add_argument("--concurrency", type=int, default=32,
+                        help="calls in flight in the concurrent rows (default 32)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="warm-up calls per op and mode (default calls / 6)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per row, interleaved; the figure is the median (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="short smoke run: 300 sequential / 640 concurrent, 1 repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.calls, args.repeats = 300, 1
+        args.concurrent_calls = args.concurrent_calls or 640
+    for flag in ("calls", "concurrency", "repeats"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1")
+    if args.concurrent_calls is None:
+        args.concurrent_calls = 2 * args.calls
+    # Every task makes the same number of calls.
+    args.concurrent_calls = -(-args.concurrent_calls // args.concurrency) * args.concurrency
+    if args.warmup is None:
+        args.warmup = max(50, args.calls // 6)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_logging()
+    emit(environment())
+    with server_process() as target:
+        trio.run(client_main, target, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
