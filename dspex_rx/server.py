@@ -13,7 +13,7 @@ import functools
 import os
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -30,8 +30,10 @@ from .convert import (
     type_to_pb,
 )
 from .errors import DspexError, InvalidValueError
+from .fanout import PendingFrame, Subscriber
 from .logs import get_logger
-from .store import MemoryStore, VariableRecord, VariableSpec
+from .store import ChangeEvent, MemoryStore, VariableRecord, VariableSpec
+from .v1 import session_pb2 as spb
 from .v1 import variables_pb2 as pb
 from .v1 import variables_pb2_grpc as pb_grpc
 
@@ -71,6 +73,43 @@ def record_to_pb(record: VariableRecord, out: pb.Variable | None = None) -> pb.V
     msg.updated_by = record.updated_by
     msg.description = record.description
     return msg
+
+
+UPDATE_TYPES: dict[str, int] = {
+    name: spb.UpdateType.Value("UPDATE_TYPE_" + name.upper())
+    for name in ("initial", "value_change", "deleted", "dependency_changed", "resync")
+}
+MAX_FRAMES_PER_MESSAGE = 256
+
+
+def event_to_pb(event: ChangeEvent, update_type: str | None, out: spb.VariableEvent) -> None:
+    """Fill a wire ``VariableEvent``; ``update_type`` overrides the event's own.
+
+    Example::
+
+        event_to_pb(event, None, frame.events.add())
+    """
+    record = event.record
+    kind = update_type or event.update_type
+    out.variable_id = record.id
+    out.name = record.name
+    if kind == "deleted":
+        codec.fill(out.value, None)
+    else:
+        codec.fill(out.value, record.value)
+    if kind not in ("initial", "resync"):
+        codec.fill(out.old_value, event.old_value)
+    out.version = record.version
+    out.revision = record.mod_revision
+    out.update_type = UPDATE_TYPES[kind]  # type: ignore[assignment]
+    if event.metadata:
+        out.metadata.CopyFrom(codec.encode_map(event.metadata))
+    out.source = event.source
+    out.timestamp.CopyFrom(timestamp(record.updated_at))
+
+
+def _current(record: VariableRecord) -> ChangeEvent:
+    return ChangeEvent(record, None, "initial", {}, record.updated_by)
 
 
 def _spec_from_pb(spec: pb.VariableSpec) -> VariableSpec:
@@ -127,8 +166,16 @@ class VariablesService(pb_grpc.VariablesServicer):
         pb_grpc.add_VariablesServicer_to_server(VariablesService(MemoryStore()), server)
     """
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(
+        self,
+        store: MemoryStore,
+        progress_interval: float = 5.0,
+        max_pending_events: int = 10_000,
+    ) -> None:
         self.store = store
+        self.progress_interval = progress_interval
+        self.max_pending_events = max_pending_events
+        self.streams = 0
 
     @_handler
     async def InitializeSession(
@@ -272,13 +319,172 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def DeleteVariable(
         self, request: pb.DeleteVariableRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteVariableResponse:
-        var_id, revision = self.store.delete(_session_id(request), request.ref)
+        session_id = _session_id(request)
+        var_id, revision = self.store.delete(session_id, request.ref, actor=session_id)
         return pb.DeleteVariableResponse(id=var_id, revision=revision)
 
     async def Echo(
         self, request: pb.EchoRequest, context: grpc.aio.ServicerContext
     ) -> pb.EchoResponse:
         return pb.EchoResponse(payload=request.payload)
+
+    # ----------------------------------------------------------- the watch stream
+
+    async def Session(
+        self, request_iterator: AsyncIterator[spb.ClientMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[spb.ServerMessage]:
+        """One stream per connection: subscribe/unsubscribe/ping in, frames and notes out."""
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        try:
+            if first.WhichOneof("kind") != "open":
+                raise InvalidValueError("the first message on a Session stream must be 'open'")
+            session_id = _session_id(first.open)
+            session = self.store.session(session_id)
+        except DspexError as exc:
+            context.set_trailing_metadata(((ERROR_KIND_KEY, exc.kind),))
+            await context.abort(STATUS_BY_KIND[exc.kind], str(exc))
+            return
+        interval = first.open.progress_interval_seconds or self.progress_interval
+        wake = asyncio.Event()
+        subscriber = Subscriber(wake.set, self.max_pending_events)
+        remove_listener = self.store.add_listener(session_id, subscriber.on_commit)
+        self.streams += 1
+        log.info("stream_opened", session_id=session_id, client_id=first.open.client_id)
+        reader = asyncio.create_task(self._read_stream(request_iterator, session_id, subscriber))
+        reader.add_done_callback(lambda _: wake.set())
+        try:
+            yield spb.ServerMessage(
+                opened=spb.StreamOpened(
+                    session_id=session_id,
+                    revision=session.revision,
+                    log_horizon=session.log_floor + 1,
+                )
+            )
+            while True:
+                if not subscriber.has_pending() and not reader.done():
+                    try:
+                        await asyncio.wait_for(wake.wait(), interval)
+                    except TimeoutError:
+                        if not subscriber.has_pending():
+                            yield spb.ServerMessage(
+                                progress=spb.Progress(revision=session.revision)
+                            )
+                            continue
+                wake.clear()
+                for message in self._messages(subscriber.drain()):
+                    yield message
+                if subscriber.closed:
+                    context.set_trailing_metadata(((ERROR_KIND_KEY, "session_not_found"),))
+                    await context.abort(
+                        grpc.StatusCode.NOT_FOUND, f"session {session_id!r} was closed or expired"
+                    )
+                if reader.done():
+                    error = reader.exception()
+                    if isinstance(error, DspexError):
+                        context.set_trailing_metadata(((ERROR_KIND_KEY, error.kind),))
+                        await context.abort(STATUS_BY_KIND[error.kind], str(error))
+                    if error is not None:
+                        log.error("stream_reader_failed", session_id=session_id,
+                                  error=repr(error))
+                        await context.abort(grpc.StatusCode.INTERNAL, "stream reader failed")
+                    return
+        finally:
+            self.streams -= 1
+            remove_listener()
+            reader.cancel()
+            log.info("stream_closed", session_id=session_id, conflations=subscriber.conflations)
+
+    async def _read_stream(
+        self,
+        request_iterator: AsyncIterator[spb.ClientMessage],
+        session_id: str,
+        subscriber: Subscriber,
+    ) -> None:
+        async for message in request_iterator:
+            kind = message.WhichOneof("kind")
+            if kind == "subscribe":
+                self._subscribe(session_id, subscriber, message.subscribe)
+            elif kind == "unsubscribe":
+                subscriber.unwatch(message.unsubscribe.variable_ids)
+                subscriber.push_control(
+                    spb.Unsubscribed(request_id=message.unsubscribe.request_id)
+                )
+            elif kind == "ping":
+                subscriber.push_control(
+                    spb.Pong(nonce=message.ping.nonce,
+                             revision=self.store.session(session_id).revision)
+                )
+            else:
+                raise InvalidValueError(f"unexpected {kind!r} message on an open Session stream")
+
+    def _subscribe(self, session_id: str, subscriber: Subscriber, request: spb.Subscribe) -> None:
+        # Synchronous from lookup to queueing: no commit can fall between the snapshot
+        # (or the replay) and the first live event, because nothing else runs meanwhile.
+        session = self.store.session(session_id)
+        found, missing = self.store.get_many(session_id, list(request.refs))
+        if missing:
+            subscriber.push_control(
+                spb.Subscribed(
+                    request_id=request.request_id,
+                    revision=session.revision,
+                    error=f"no variable(s) {', '.join(map(repr, missing))} in session "
+                    f"{session_id!r}",
+                    error_kind="not_found",
+                )
+            )
+            return
+        ids = [r.id for r in found]
+        subscriber.watch(ids)
+        subscriber.push_control(
+            spb.Subscribed(
+                request_id=request.request_id,
+                variable_ids=ids,
+                names=[r.name for r in found],
+                revision=session.revision,
+            )
+        )
+        if request.from_revision > 0:
+            commits = self.store.commits_since(session_id, request.from_revision)
+            if commits is None:
+                subscriber.push_frame(
+                    PendingFrame(session.revision, [_current(r) for r in found], "resync")
+                )
+                return
+            wanted = set(ids)
+            for commit in commits:
+                events = [e for e in commit.events if e.record.id in wanted]
+                if events:
+                    subscriber.push_frame(PendingFrame(commit.revision, events))
+        elif request.include_initial:
+            subscriber.push_frame(
+                PendingFrame(session.revision, [_current(r) for r in found], "initial")
+            )
+
+    def _messages(self, items: list[Any]) -> Iterator[spb.ServerMessage]:
+        message = spb.ServerMessage()
+        for item in items:
+            if isinstance(item, PendingFrame):
+                frame = message.frames.add(revision=item.revision, conflated=item.conflated)
+                for event in item.events:
+                    event_to_pb(event, item.update_type, frame.events.add())
+                if len(message.frames) >= MAX_FRAMES_PER_MESSAGE:
+                    yield message
+                    message = spb.ServerMessage()
+                continue
+            if message.frames:
+                yield message
+                message = spb.ServerMessage()
+            control = spb.ServerMessage()
+            field = {
+                spb.Subscribed: "subscribed", spb.Unsubscribed: "unsubscribed", spb.Pong: "pong"
+            }[type(item)]
+            getattr(control, field).CopyFrom(item)
+            yield control
+        if message.frames:
+            yield message
 
 
 class Server:
@@ -296,12 +502,15 @@ class Server:
         port: int = 50051,
         store: MemoryStore | None = None,
         expire_interval: float = 5.0,
+        progress_interval: float = 5.0,
+        max_pending_events: int = 10_000,
     ) -> None:
         self.host = host
         self.requested_port = port
         self.port = 0
         self.store = store or MemoryStore()
         self.expire_interval = expire_interval
+        self.service = VariablesService(self.store, progress_interval, max_pending_events)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._expiry: asyncio.Task[None] | None = None
@@ -315,7 +524,7 @@ class Server:
         """
         server = grpc.aio.server(options=GRPC_OPTIONS)
         pb_grpc.add_VariablesServicer_to_server(  # type: ignore[no-untyped-call]
-            VariablesService(self.store), server
+            self.service, server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -402,8 +611,11 @@ class EmbeddedServer:
             print(server.target)   # "127.0.0.1:<ephemeral port>"
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, store: MemoryStore | None = None):
-        self._server = Server(host, port, store)
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, store: MemoryStore | None = None,
+        **options: Any,
+    ) -> None:
+        self._server = Server(host, port, store, **options)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -412,10 +624,32 @@ class EmbeddedServer:
 
     @property
     def store(self) -> MemoryStore:
+        """The server's store (touch it only from the server's loop, or in tests).
+
+        Example::
+
+            embedded.store.session_ids()
+        """
         return self._server.store
 
     @property
+    def service(self) -> VariablesService:
+        """The running service adapter (stream counts, settings).
+
+        Example::
+
+            assert embedded.service.streams == 0
+        """
+        return self._server.service
+
+    @property
     def target(self) -> str:
+        """``host:port`` to pass to ``connect``.
+
+        Example::
+
+            dspex_rx.connect(embedded.target)
+        """
         return f"{self._server.host}:{self._server.port}"
 
     def start(self) -> str:

@@ -14,6 +14,7 @@ import itertools
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,10 @@ from .errors import (
     VariableNotFoundError,
     VariableTypeError,
 )
+from .logs import get_logger
 from .types import check_constraints, check_metadata, infer_type, normalize_type, validate_value
+
+log = get_logger("dspex_rx.store")
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
 
@@ -73,6 +77,44 @@ class VariableSpec:
     description: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One variable's change within a commit, as watchers see it.
+
+    ``record`` is the variable after the change (for a delete, its last record);
+    ``update_type`` is ``value_change`` or ``deleted``.
+
+    Example::
+
+        event.record.name, event.old_value, event.record.value
+    """
+
+    record: VariableRecord
+    old_value: Any
+    update_type: str
+    metadata: Mapping[str, Any]
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Everything one write changed, under its one revision (an atomic batch is one commit).
+
+    Example::
+
+        for event in commit.events: print(commit.revision, event.record.name)
+    """
+
+    revision: int
+    events: tuple[ChangeEvent, ...]
+    timestamp: float
+
+
+# A listener gets every commit of its session, synchronously, after the state changed;
+# None means the session is gone.
+Listener = Callable[[Commit | None], None]
+
+
 @dataclass(slots=True)
 class ClientLease:
     name: str
@@ -96,6 +138,10 @@ class Session:
     variables: dict[str, VariableRecord] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     clients: dict[str, ClientLease] = field(default_factory=dict)
+    # The bounded event log: commits newer than log_floor, oldest first.
+    log: deque[Commit] = field(default_factory=deque)
+    log_floor: int = 0
+    listeners: list[Listener] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +176,12 @@ class MemoryStore:
         clock: Callable[[], float] = time.time,
         default_ttl: float = 60.0,
         max_variables_per_session: int = 100_000,
+        log_size: int = 10_000,
     ) -> None:
         self._clock = clock
         self.default_ttl = default_ttl
         self.max_variables_per_session = max_variables_per_session
+        self.log_size = log_size
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
 
@@ -212,9 +260,15 @@ class MemoryStore:
         session = self.session(session_id)
         session.clients.pop(client_id, None)
         if not session.clients:
-            del self._sessions[session_id]
+            self._remove(session)
             return True
         return False
+
+    def _remove(self, session: Session) -> None:
+        del self._sessions[session.id]
+        for listener in list(session.listeners):
+            self._notify(listener, None)
+        session.listeners.clear()
 
     def expire(self) -> list[str]:
         """Drop clients silent past their TTL, then sessions left with none; returns those ids.
@@ -230,7 +284,7 @@ class MemoryStore:
                 if now - lease.last_seen > lease.ttl:
                     del session.clients[client_id]
             if not session.clients:
-                del self._sessions[session.id]
+                self._remove(session)
                 removed.append(session.id)
         return removed
 
@@ -242,6 +296,46 @@ class MemoryStore:
             assert "sess_1" in store.session_ids()
         """
         return list(self._sessions)
+
+    # ------------------------------------------------------------------- watching
+
+    def add_listener(self, session_id: str, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with every later commit of the session; returns the remover.
+
+        Listeners run synchronously inside the write, after the state changed, so a
+        listener added in the same step as a snapshot misses nothing and sees nothing twice.
+
+        Example::
+
+            stop = store.add_listener(sid, frames.append); ...; stop()
+        """
+        session = self.session(session_id)
+        session.listeners.append(listener)
+
+        def remove() -> None:
+            if listener in session.listeners:
+                session.listeners.remove(listener)
+
+        return remove
+
+    def commits_since(self, session_id: str, revision: int) -> list[Commit] | None:
+        """The logged commits after ``revision``, or None if the log no longer reaches back.
+
+        Example::
+
+            missed = store.commits_since(sid, 41)   # None -> resync from current values
+        """
+        session = self.session(session_id)
+        if revision < session.log_floor:
+            return None
+        return [c for c in session.log if c.revision > revision]
+
+    def _notify(self, listener: Listener, commit: Commit | None) -> None:
+        try:
+            listener(commit)
+        except Exception:
+            # A broken watcher must not undo or block a committed write.
+            log.exception("listener_failed")
 
     # ----------------------------------------------------------------- variables
 
@@ -261,9 +355,12 @@ class MemoryStore:
         session: Session,
         records: Iterable[VariableRecord],
         removed: Iterable[VariableRecord] = (),
+        metadata: Mapping[str, Any] | None = None,
+        source: str = "",
     ) -> tuple[list[VariableRecord], int]:
         # The only place variable state changes: one new revision for the whole write,
-        # stamped on every record it writes (and as create_revision on new ones).
+        # stamped on every record it writes (and as create_revision on new ones), logged
+        # as one commit and handed to the session's listeners.
         revision = session.revision + 1
         stamped = [
             dataclasses.replace(
@@ -273,13 +370,26 @@ class MemoryStore:
             )
             for r in records
         ]
+        events = []
+        meta = metadata or {}
         for record in stamped:
+            old = session.variables.get(record.id)
             session.variables[record.id] = record
             session.names[record.name] = record.id
+            if old is not None:
+                events.append(ChangeEvent(record, old.value, "value_change", meta, source))
         for record in removed:
             del session.variables[record.id]
             del session.names[record.name]
+            gone = dataclasses.replace(record, mod_revision=revision)
+            events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         session.revision = revision
+        commit = Commit(revision, tuple(events), self._clock())
+        if len(session.log) >= self.log_size:
+            session.log_floor = session.log.popleft().revision
+        session.log.append(commit)
+        for listener in list(session.listeners):
+            self._notify(listener, commit)
         return stamped, revision
 
     def _prepare_new(
@@ -418,7 +528,10 @@ class MemoryStore:
             return records[0], revision, True
         clean_metadata = check_metadata(record.name, metadata)
         written, revision = self._commit(
-            session, [self._prepare_write(record, value, clean_metadata, actor)]
+            session,
+            [self._prepare_write(record, value, clean_metadata, actor)],
+            metadata=clean_metadata,
+            source=actor,
         )
         return written[0], revision, False
 
@@ -474,7 +587,9 @@ class MemoryStore:
         revision = session.revision
         committed: dict[str, VariableRecord] = {}
         if to_apply:
-            written, revision = self._commit(session, to_apply)
+            written, revision = self._commit(
+                session, to_apply, metadata=clean_metadata, source=actor
+            )
             committed = {r.id: r for r in written}
         outcomes = [
             UpdateOutcome(ref, True, record=committed[p.id])
@@ -497,7 +612,7 @@ class MemoryStore:
             records = [r for r in records if fnmatch.fnmatchcase(r.name, pattern)]
         return records
 
-    def delete(self, session_id: str, ref: str) -> tuple[str, int]:
+    def delete(self, session_id: str, ref: str, actor: str = "") -> tuple[str, int]:
         """Remove a variable; returns (its id, the new revision).
 
         Example::
@@ -506,4 +621,4 @@ class MemoryStore:
         """
         session = self.session(session_id)
         record = self._resolve(session, ref)
-        return record.id, self._commit(session, (), removed=[record])[1]
+        return record.id, self._commit(session, (), removed=[record], source=actor)[1]

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from dspex_rx.v1 import session_pb2 as dspex__rx_dot_v1_dot_session__pb2
 from dspex_rx.v1 import variables_pb2 as dspex__rx_dot_v1_dot_variables__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -94,6 +95,11 @@ class VariablesStub:
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.EchoRequest.SerializeToString,
                 response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.EchoResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/dspex_rx.v1.Variables/Session',
+                request_serializer=dspex__rx_dot_v1_dot_session__pb2.ClientMessage.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_session__pb2.ServerMessage.FromString,
+                _registered_method=True)
 
 
 class VariablesServicer:
@@ -172,6 +178,13 @@ class VariablesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """One stream per connection carrying every watch (see session.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariablesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +247,11 @@ def add_VariablesServicer_to_server(servicer, server):
                     servicer.Echo,
                     request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.EchoRequest.FromString,
                     response_serializer=dspex__rx_dot_v1_dot_variables__pb2.EchoResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=dspex__rx_dot_v1_dot_session__pb2.ClientMessage.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_session__pb2.ServerMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -560,6 +578,33 @@ class Variables:
             '/dspex_rx.v1.Variables/Echo',
             dspex__rx_dot_v1_dot_variables__pb2.EchoRequest.SerializeToString,
             dspex__rx_dot_v1_dot_variables__pb2.EchoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dspex_rx.v1.Variables/Session',
+            dspex__rx_dot_v1_dot_session__pb2.ClientMessage.SerializeToString,
+            dspex__rx_dot_v1_dot_session__pb2.ServerMessage.FromString,
             options,
             channel_credentials,
             insecure,

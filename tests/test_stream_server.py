@@ -1,0 +1,286 @@
+"""The Session stream at the protocol level (raw messages over the real transport): initial
+values, one frame per commit, resume from a revision or resync past the log horizon,
+conflation for slow consumers, progress notes, and errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import trio
+
+import dspex_rx
+from dspex_rx.fanout import PendingFrame, Subscriber
+from dspex_rx.server import SERVICE_NAME, EmbeddedServer
+from dspex_rx.store import ChangeEvent, Commit, MemoryStore, VariableRecord, VariableSpec
+from dspex_rx.transport import Stream, Transport
+from dspex_rx.v1 import session_pb2 as spb
+
+PATH = f"/{SERVICE_NAME}/Session"
+
+
+class RawStream:
+    """A test client speaking the Session protocol message by message."""
+
+    def __init__(self, stream: Stream[spb.ServerMessage]) -> None:
+        self.stream = stream
+        self.buffer: list[spb.ServerMessage] = []
+
+    async def next(self) -> spb.ServerMessage:
+        while not self.buffer:
+            batch = await self.stream.receive_batch()
+            assert batch is not None, "stream ended"
+            self.buffer.extend(batch)
+        return self.buffer.pop(0)
+
+    async def next_control(self, kind: str) -> spb.ServerMessage:
+        message = await self.next()
+        assert message.WhichOneof("control") == kind, message
+        return message
+
+    async def frames(self, count: int) -> list[spb.Frame]:
+        frames: list[spb.Frame] = []
+        while len(frames) < count:
+            message = await self.next()
+            assert message.WhichOneof("control") in (None, "progress"), message
+            frames.extend(message.frames)
+        assert len(frames) == count
+        return frames
+
+    async def subscribe(
+        self, refs: list[str], include_initial: bool = True, from_revision: int = 0,
+        request_id: int = 1,
+    ) -> spb.Subscribed:
+        await self.stream.send(
+            spb.ClientMessage(
+                subscribe=spb.Subscribe(
+                    request_id=request_id, refs=refs, include_initial=include_initial,
+                    from_revision=from_revision,
+                )
+            )
+        )
+        return (await self.next_control("subscribed")).subscribed
+
+
+@pytest.fixture
+async def transport(server: EmbeddedServer) -> AsyncIterator[Transport]:
+    t = Transport(server.target)
+    await t.open()
+    yield t
+    await t.close()
+
+
+async def open_raw(
+    transport: Transport, session_id: str, progress: float = 0.0
+) -> RawStream:
+    stream = await transport.open_stream(PATH, spb.ServerMessage)
+    await stream.send(
+        spb.ClientMessage(
+            open=spb.OpenStream(session_id=session_id, progress_interval_seconds=progress)
+        )
+    )
+    raw = RawStream(stream)
+    await raw.next_control("opened")
+    return raw
+
+
+async def test_initial_then_every_change_once_in_order(
+    session: dspex_rx.SessionContext, transport: Transport
+) -> None:
+    await session.register_variable("t", "float", 0.1)
+    raw = await open_raw(transport, session.session_id)
+    ack = await raw.subscribe(["t"])
+    assert list(ack.names) == ["t"] and ack.variable_ids[0].startswith("var_t_")
+    (initial,) = await raw.frames(1)
+    event = initial.events[0]
+    assert event.update_type == spb.UPDATE_TYPE_INITIAL
+    assert (event.value.float_value, event.version) == (0.1, 1)
+    for value in (0.2, 0.3, 0.4):
+        await session.set_variable("t", value, metadata={"step": value})
+    frames = await raw.frames(3)
+    got = [(f.events[0].value.float_value, f.events[0].old_value.float_value,
+            f.events[0].version, f.events[0].revision == f.revision) for f in frames]
+    assert got == [(0.2, 0.1, 2, True), (0.3, 0.2, 3, True), (0.4, 0.3, 4, True)]
+    assert frames[0].events[0].source == session.session_id
+    assert frames[0].events[0].metadata.entries[0].key == "step"
+    await raw.stream.close()
+
+
+async def test_atomic_batch_is_one_frame(
+    session: dspex_rx.SessionContext, transport: Transport
+) -> None:
+    await session.register_variables(
+        [{"name": n, "type": "integer", "initial_value": 0} for n in ("a", "b", "c")]
+    )
+    raw = await open_raw(transport, session.session_id)
+    await raw.subscribe(["a", "b", "c"], include_initial=False)
+    await session.update_variables({"a": 1, "b": 2, "c": 3})
+    (frame,) = await raw.frames(1)
+    assert [e.name for e in frame.events] == ["a", "b", "c"]
+    assert {e.revision for e in frame.events} == {frame.revision}
+    await raw.stream.close()
+
+
+async def test_unknown_variable_subscription_fails_whole(
+    session: dspex_rx.SessionContext, transport: Transport
+) -> None:
+    await session.register_variable("a", "integer", 0)
+    raw = await open_raw(transport, session.session_id)
+    ack = await raw.subscribe(["a", "ghost"])
+    assert ack.error_kind == "not_found" and "'ghost'" in ack.error
+    assert list(ack.variable_ids) == []
+    await session.set_variable("a", 1)  # not subscribed: nothing may arrive
+    await raw.stream.send(spb.ClientMessage(ping=spb.Ping(nonce=9)))
+    pong = await raw.next_control("pong")
+    assert pong.pong.nonce == 9 and pong.pong.revision == session.revision
+    await raw.stream.close()
+
+
+async def test_resume_inside_the_log_replays_exactly_the_missed_events(
+    session: dspex_rx.SessionContext, transport: Transport
+) -> None:
+    await session.register_variables(
+        [{"name": "x", "type": "integer", "initial_value": 0},
+         {"name": "y", "type": "integer", "initial_value": 0}]
+    )
+    await session.set_variable("x", 1)
+    seen = session.revision
+    await session.set_variable("x", 2)
+    await session.set_variable("y", 5)  # not watched: must not be replayed
+    await session.update_variables({"x": 3, "y": 6})
+    raw = await open_raw(transport, session.session_id)
+    await raw.subscribe(["x"], from_revision=seen)
+    frames = await raw.frames(2)
+    assert [(e.value.int_value, e.version, e.update_type) for f in frames for e in f.events] == [
+        (2, 3, spb.UPDATE_TYPE_VALUE_CHANGE), (3, 4, spb.UPDATE_TYPE_VALUE_CHANGE)
+    ]
+    await session.set_variable("x", 4)  # and then live, no gap, no repeat
+    (live,) = await raw.frames(1)
+    assert (live.events[0].value.int_value, live.events[0].version) == (4, 5)
+    await raw.stream.close()
+
+
+async def test_resume_before_the_horizon_gets_resync() -> None:
+    store = MemoryStore(log_size=3)
+    with EmbeddedServer(store=store) as embedded:
+        async with dspex_rx.connect(embedded.target) as session:
+            await session.register_variable("x", "integer", 0)
+            for i in range(1, 6):
+                await session.set_variable("x", i)
+            transport = Transport(embedded.target)
+            await transport.open()
+            try:
+                raw = await open_raw(transport, session.session_id)
+                await raw.subscribe(["x"], from_revision=2)
+                (frame,) = await raw.frames(1)
+                (event,) = frame.events
+                assert event.update_type == spb.UPDATE_TYPE_RESYNC
+                assert (event.value.int_value, event.version) == (5, 6)
+                assert frame.revision == session.revision
+                await raw.stream.close()
+            finally:
+                await transport.close()
+
+
+async def test_progress_note_when_idle(
+    session: dspex_rx.SessionContext, transport: Transport
+) -> None:
+    await session.register_variable("x", "integer", 0)
+    raw = await open_raw(transport, session.session_id, progress=0.05)
+    message = await raw.next_control("progress")
+    assert message.progress.revision == session.revision
+    await raw.stream.close()
+
+
+async def test_first_message_must_open_a_known_session(transport: Transport) -> None:
+    stream = await transport.open_stream(PATH, spb.ServerMessage)
+    await stream.send(spb.ClientMessage(open=spb.OpenStream(session_id="nobody_here")))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        while await stream.receive_batch() is not None:
+            pass
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no session 'nobody_here'" in str(info.value.details())
+    await stream.close()
+
+
+async def test_stream_ends_when_the_session_goes(
+    server: EmbeddedServer, transport: Transport
+) -> None:
+    session = await dspex_rx.SessionContext(target=server.target).initialize()
+    raw = await open_raw(transport, session.session_id)
+    await session.close()
+    with pytest.raises(grpc.aio.AioRpcError, match="closed or expired") as info:
+        while await raw.stream.receive_batch() is not None:
+            pass
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    await raw.stream.close()
+
+
+# ---------------------------------------------------------------- conflation (pure)
+
+
+def _record(var_id: str, version: int, value: int) -> VariableRecord:
+    return VariableRecord(var_id, var_id, "integer", value, {}, {}, version, version, 1, 0.0,
+                          0.0, "t")
+
+
+def test_slow_subscriber_conflates_to_latest_per_variable() -> None:
+    sub = Subscriber(max_pending_events=100)
+    sub.watch(["a", "b"])
+    sub.push_control("ack")
+    for version in range(2, 10_002):
+        var = "a" if version % 3 else "b"
+        commit = Commit(version, (ChangeEvent(_record(var, version, version), version - 1,
+                                              "value_change", {}, "w"),), 0.0)
+        sub.on_commit(commit)
+        assert sub._pending_events <= 100  # bounded at every step
+    items = sub.drain()
+    assert items[0] == "ack"
+    frames = [i for i in items if isinstance(i, PendingFrame)]
+    assert frames[0].conflated
+    last = {}
+    for frame in frames:
+        for event in frame.events:
+            last[event.record.id] = event.record.value
+    assert last == {"a": 10_001, "b": 9_999}
+    assert sub.conflations > 0
+    assert not sub.has_pending()
+
+
+def test_deleted_variable_stops_being_watched() -> None:
+    store = MemoryStore()
+    store.initialize_session("s")
+    (rec,), _ = store.register("s", [VariableSpec("x", "integer", 1)], actor="t")
+    sub = Subscriber()
+    sub.watch([rec.id])
+    store.add_listener("s", sub.on_commit)
+    store.delete("s", "x")
+    (frame,) = sub.drain()
+    assert frame.events[0].update_type == "deleted"
+    assert sub.watched == set()
+
+
+async def test_slow_stream_does_not_slow_others(
+    session: dspex_rx.SessionContext, transport: Transport, server: EmbeddedServer
+) -> None:
+    await session.register_variable("hot", "integer", 0)
+    slow = await open_raw(transport, session.session_id)
+    await slow.subscribe(["hot"], include_initial=False)
+    fast = await open_raw(transport, session.session_id)
+    await fast.subscribe(["hot"], include_initial=False)
+    for i in range(1, 301):
+        await session.set_variable("hot", i)
+    # The fast reader gets every version in order while the slow one reads nothing.
+    versions: list[int] = []
+    while not versions or versions[-1] < 301:
+        versions.extend(e.version for f in await fast.frames(1) for e in f.events)
+    assert versions == list(range(2, 302))
+    last = 0
+    with trio.fail_after(10):
+        while last < 301:
+            for frame in await slow.frames(1):
+                last = max([last, *[e.version for e in frame.events]])
+    assert last == 301
+    await slow.stream.close()
+    await fast.stream.close()
