@@ -3,6 +3,8 @@
 Start with ``async with dspex_rx.connect() as session:`` (no target: an embedded server).
 """
 
+from .actors import VariableUpdate
+from .cache import VariableCache
 from .client import SessionContext, connect
 from .errors import (
     AccessDeniedError,
@@ -17,6 +19,7 @@ from .errors import (
 )
 from .server import EmbeddedServer, Server
 from .types import TYPES
+from .watch import Watch
 
 __all__ = [
     "TYPES",
@@ -30,8 +33,11 @@ __all__ = [
     "Server",
     "SessionContext",
     "SessionNotFoundError",
+    "VariableCache",
     "VariableNotFoundError",
     "VariableTypeError",
+    "VariableUpdate",
+    "Watch",
     "connect",
 ]
 __version__ = "0.1.0"

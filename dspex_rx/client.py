@@ -5,15 +5,22 @@ through the transport, and decodes the answer; the server validates.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import grpc
+import reactivex
 import trio
 from google.protobuf.message import Message
+from reactivex import abc as rx_abc
+from reactivex import operators as ops
+from reactivex.disposable import CompositeDisposable
 
 from . import codec
+from .actors import VariableActor, VariableUpdate, WatchHub, observable_for
+from .cache import VariableCache
 from .convert import (
     ERROR_DETAIL_PREFIX,
     ERROR_KIND_KEY,
@@ -24,8 +31,10 @@ from .convert import (
 )
 from .errors import DspexError, InvalidValueError, SessionNotFoundError, error_from_kind
 from .logs import get_logger
+from .rx import TrioScheduler, throttle_latest, with_trio_scheduler
 from .server import GRPC_OPTIONS, SERVICE_NAME, EmbeddedServer
 from .v1 import variables_pb2 as pb
+from .watch import Watch, debounce_settled
 
 log = get_logger("dspex_rx.client")
 
@@ -72,6 +81,45 @@ def _info(variable: pb.Variable, revision: int | None = None) -> dict[str, Any]:
     return info
 
 
+def _merge_now(
+    sources: Sequence[reactivex.Observable[VariableUpdate]],
+) -> reactivex.Observable[VariableUpdate]:
+    """Merge that subscribes to every source at once (``reactivex.merge`` schedules the
+    inner subscriptions, which would let a change slip in before the watch is registered).
+    Completes when every source has completed."""
+
+    def subscribe(
+        observer: rx_abc.ObserverBase[VariableUpdate],
+        scheduler: rx_abc.SchedulerBase | None = None,
+    ) -> rx_abc.DisposableBase:
+        remaining = len(sources)
+
+        def completed() -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                observer.on_completed()
+
+        if not sources:
+            observer.on_completed()
+        return CompositeDisposable(
+            [s.subscribe(observer.on_next, observer.on_error, completed, scheduler=scheduler)
+             for s in sources]
+        )
+
+    return reactivex.create(subscribe)
+
+
+def _name_filter(
+    filter_fn: Callable[[str, Any, Any], bool],
+) -> Callable[[VariableUpdate], bool]:
+    def keep(update: VariableUpdate) -> bool:
+        return update.update_type == "initial" or filter_fn(update.name, update.old_value,
+                                                            update.value)
+
+    return keep
+
+
 def _prefixed(name: str, exc: DspexError) -> DspexError:
     return type(exc)(f"variable {name!r}: {exc.message}", **exc.details)
 
@@ -116,6 +164,9 @@ class SessionContext:
         ttl_seconds: float = 60.0,
         client_name: str = "",
         timeout: float | None = 30.0,
+        cache_ttl: float | None = 60.0,
+        cache_max_size: int | None = 10_000,
+        cache_eviction_policy: str = "lru",
     ) -> None:
         self._requested_session_id = session_id
         self._target = target
@@ -127,7 +178,16 @@ class SessionContext:
         self._transport: Any = None
         self._session_id: str | None = None
         self._client_id = ""
-        self._heartbeat_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._scheduler: TrioScheduler | None = None
+        self._hub: WatchHub | None = None
+        self._stop_services: trio.Event | None = None
+        self._services_done = trio.Event()
+        self._watches: dict[str, Watch] = {}
+        self._cache = VariableCache(
+            ttl=cache_ttl, max_size=cache_max_size, eviction_policy=cache_eviction_policy
+        )
+        self._write_count = 0
         self.revision = 0
         self.created = False
         self.heartbeats = 0
@@ -190,50 +250,77 @@ class SessionContext:
         self._client_id = response.client_id
         self.revision = response.revision
         self.created = response.created
-        self._start_heartbeat(response.ttl_seconds)
+        await self._start_services(response.ttl_seconds)
         log.debug("session_initialized", session_id=self._session_id, target=self._target)
         return self
 
-    def _start_heartbeat(self, ttl: float) -> None:
-        # A system task, so the spec's initialize()/close() form needs no nursery; close()
-        # cancels it, so it never outlives the session.
-        scope = trio.CancelScope()
-        self._heartbeat_scope = scope
+    async def _start_services(self, ttl: float) -> None:
+        # One system task owns a nursery for everything the session runs in the
+        # background (heartbeat, watch stream, scheduler timers), so the spec's
+        # initialize()/close() form needs no nursery from the caller; close() ends it.
+        started = trio.Event()
+        stop = self._stop_services = trio.Event()
+        self._services_done = trio.Event()
         interval = max(ttl / 3.0, 0.05)
 
-        async def beat() -> None:
-            with scope:
-                while True:
-                    await trio.sleep(interval)
-                    try:
-                        await self._call(
-                            "Heartbeat",
-                            pb.HeartbeatRequest(
-                                session_id=self.session_id, client_id=self._client_id
-                            ),
-                            pb.HeartbeatResponse,
-                        )
-                        self.heartbeats += 1
-                    except (DspexError, grpc.RpcError, RuntimeError) as exc:
-                        log.warning("heartbeat_failed", session_id=self._session_id,
-                                    error=str(exc))
+        async def run() -> None:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._scheduler = TrioScheduler(nursery)
+                    self._hub = WatchHub(
+                        self._transport, SERVICE_NAME, self.session_id, self._client_id,
+                        nursery, self._cache,
+                    )
+                    nursery.start_soon(self._heartbeat, interval)
+                    started.set()
+                    await stop.wait()
+                    nursery.cancel_scope.cancel()
+            except Exception:
+                log.exception("session_services_failed", session_id=self._session_id)
+            finally:
+                started.set()
+                self._services_done.set()
 
-        trio.lowlevel.spawn_system_task(beat, name="dspex-rx-heartbeat")
+        trio.lowlevel.spawn_system_task(run, name=f"dspex-rx-session[{self._session_id}]")
+        await started.wait()
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self._call(
+                    "Heartbeat",
+                    pb.HeartbeatRequest(session_id=self.session_id, client_id=self._client_id),
+                    pb.HeartbeatResponse,
+                )
+                self.heartbeats += 1
+            except (DspexError, grpc.RpcError, RuntimeError) as exc:
+                log.warning("heartbeat_failed", session_id=self._session_id, error=str(exc))
 
     async def close(self) -> None:
         """Detach from the session, close the connection, stop an embedded server.
 
-        Safe to call twice. The session and its variables are removed when the last
-        client attached to it closes.
+        Watches end and observers complete. Safe to call twice. The session and its
+        variables are removed when the last client attached to it closes.
 
         Example::
 
             await session.close()
         """
         with trio.CancelScope(shield=True):
-            if self._heartbeat_scope is not None:
-                self._heartbeat_scope.cancel()
-                self._heartbeat_scope = None
+            for watch in list(self._watches.values()):
+                watch.cancel()
+            if self._hub is not None:
+                await self._hub.close()
+            if self._stop_services is not None:
+                self._stop_services.set()
+                await self._services_done.wait()
+                self._stop_services = None
+            if self._scheduler is not None:
+                self._scheduler.close()
+            self._hub = None
+            self._nursery = None
             if self._session_id is not None and self._transport is not None:
                 try:
                     await self._call(
@@ -322,6 +409,7 @@ class SessionContext:
             pb.RegisterVariableRequest(session_id=self.session_id, spec=spec),
             pb.RegisterVariableResponse,
         )
+        self._remember(response.variable)
         return response.variable.id
 
     def _spec(
@@ -403,6 +491,8 @@ class SessionContext:
             pb.RegisterVariablesRequest(session_id=self.session_id, specs=specs),
             pb.RegisterVariablesResponse,
         )
+        for variable in response.variables:
+            self._remember(variable)
         return {v.name: v.id for v in response.variables}
 
     async def get_variable(
@@ -411,14 +501,27 @@ class SessionContext:
         """The variable's current value, by name or id.
 
         An unknown variable raises ``KeyError`` unless a ``default`` is given (``None``
-        counts as given). Every read goes to the server in this version, so
-        ``bypass_cache`` changes nothing yet; the actor cache arrives with issue #3.
+        counts as given). A watched variable is read from its actor's entry, which the
+        stream keeps current; an unwatched one is cached for the cache TTL.
+        ``bypass_cache=True`` always asks the server (and counts as a cache miss).
 
         Example::
 
             temperature = await session.get_variable("temperature")
             retries = await session.get_variable("retries", default=3)
         """
+        hub = self._require_hub()
+        started = time.perf_counter()
+        actor = hub.known(name)
+        if actor is None:
+            self._cache.lookup(name)  # nothing cached under this ref: counts the miss
+        else:
+            entry = None if bypass_cache else actor.read()
+            if bypass_cache:
+                actor.stats.cache_misses += 1
+            if entry is not None:
+                actor.stats.read_latency_total += time.perf_counter() - started
+                return entry.value
         try:
             response = await self._call(
                 "GetVariable",
@@ -431,7 +534,13 @@ class SessionContext:
             if default is _MISSING:
                 raise
             return default
-        return codec.decode(response.variable.value)
+        variable = response.variable
+        value = codec.decode(variable.value)
+        learned = self._remember(variable, value)
+        if actor is None:
+            learned.stats.cache_misses += 1
+        learned.stats.read_latency_total += time.perf_counter() - started
+        return value
 
     async def get_variables(
         self,
@@ -522,7 +631,11 @@ class SessionContext:
                 request.type_hint = type_to_pb(type_hint)  # type: ignore[assignment]
             except DspexError as exc:
                 raise _prefixed(name, exc) from None
+        started = time.perf_counter()
         response = await self._call("SetVariable", request, pb.SetVariableResponse)
+        actor = self._remember(response.variable)
+        actor.stats.write_count += 1
+        actor.stats.write_latency_total += time.perf_counter() - started
         return response.variable.version
 
     async def update_variables(
@@ -565,9 +678,15 @@ class SessionContext:
             }
         results: dict[str, bool | str] = dict(local_errors)
         if request.updates:
+            started = time.perf_counter()
             response = await self._call("UpdateVariables", request, pb.UpdateVariablesResponse)
+            elapsed = time.perf_counter() - started
             for result in response.results:
                 results[result.ref] = True if result.ok else result.error
+                if result.ok:
+                    actor = self._remember(result.variable)
+                    actor.stats.write_count += 1
+                    actor.stats.write_latency_total += elapsed
         return {name: results[name] for name in updates}
 
     async def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
@@ -585,10 +704,12 @@ class SessionContext:
             pb.ListVariablesRequest(session_id=self.session_id, pattern=pattern or ""),
             pb.ListVariablesResponse,
         )
-        return [
-            {**_info(variable), "value": codec.decode(variable.value)}
-            for variable in response.variables
-        ]
+        infos = []
+        for variable in response.variables:
+            value = codec.decode(variable.value)
+            self._remember(variable, value)
+            infos.append({**_info(variable), "value": value})
+        return infos
 
     async def delete_variable(self, name: str) -> bool:
         """Delete a variable by name or id; unknown names raise ``KeyError``.
@@ -597,12 +718,274 @@ class SessionContext:
 
             await session.delete_variable("scratch")
         """
-        await self._call(
+        response = await self._call(
             "DeleteVariable",
             pb.DeleteVariableRequest(session_id=self.session_id, ref=name),
             pb.DeleteVariableResponse,
         )
+        actor = self._require_hub().known(response.id)
+        if actor is not None:
+            self._cache.invalidate_nowait(actor.id, "deleted")
+            if not actor.attached:
+                self._require_hub().forget(actor)
         return True
+
+    # ------------------------------------------------------------ the actor cache
+
+    def _require_hub(self) -> WatchHub:
+        if self._hub is None:
+            raise RuntimeError("the session is not initialized; call await session.initialize()")
+        return self._hub
+
+    def _remember(self, variable: pb.Variable, value: Any = _MISSING) -> VariableActor:
+        """Hand a server answer to the variable's actor (the entry's only writer)."""
+        actor = self._require_hub().learn(variable.id, variable.name)
+        actor.store(
+            codec.decode(variable.value) if value is _MISSING else value,
+            variable.version,
+            variable.mod_revision,
+            _info(variable),
+        )
+        return actor
+
+    async def fetch_missing(self, var_ids: Sequence[str]) -> dict[str, Any]:
+        """One ``GetVariables`` call for the given ids or names: ``{ref: value}`` of those
+        that exist. The default loader for ``VariableCache.get_batch``.
+
+        Example::
+
+            cache = VariableCache()
+            values = await cache.get_batch(["a", "b"], session.fetch_missing)
+        """
+        response = await self._call(
+            "GetVariables",
+            pb.GetVariablesRequest(session_id=self.session_id, refs=list(var_ids)),
+            pb.GetVariablesResponse,
+        )
+        missing = set(response.missing)
+        found = [ref for ref in var_ids if ref not in missing]
+        values = {}
+        for ref, variable in zip(found, response.variables, strict=True):
+            values[ref] = codec.decode(variable.value)
+            self._remember(variable, values[ref])
+        return values
+
+    def set_cache_config(
+        self,
+        ttl: float | None = _MISSING,
+        max_size: int | None = _MISSING,
+        eviction_policy: str | None = _MISSING,
+    ) -> None:
+        """Change the client cache: ``ttl`` seconds (``None``: no expiry, ``0``: no caching
+        of unwatched variables), ``max_size`` entries (``None``: unbounded) and
+        ``eviction_policy`` (``lru``, ``lfu``, ``fifo``). Omitted arguments stay as they are.
+        Watched variables are always served from their pushed entry.
+
+        Example::
+
+            session.set_cache_config(ttl=5.0, max_size=1000, eviction_policy="lfu")
+        """
+        options: dict[str, Any] = {}
+        if ttl is not _MISSING:
+            options["ttl"] = ttl
+        if max_size is not _MISSING:
+            options["max_size"] = max_size
+        if eviction_policy is not _MISSING:
+            if eviction_policy is None:
+                raise InvalidValueError(
+                    "eviction_policy must be one of 'lru', 'lfu', 'fifo', not None"
+                )
+            options["eviction_policy"] = eviction_policy
+        self._cache.configure(**options)
+
+    def get_cache_info(self) -> dict[str, Any]:
+        """``size``, ``ttl``, ``max_size``, ``eviction_policy``, ``hit_rate``,
+        ``eviction_count`` and the raw counters of the client cache.
+
+        Example::
+
+            print(session.get_cache_info()["hit_rate"])
+        """
+        return self._cache.info()
+
+    @property
+    def cache(self) -> VariableCache:
+        """The session's ``VariableCache`` (entries are written by variable actors only).
+
+        Example::
+
+            await session.cache.invalidate_pattern("model.*", "config reloaded")
+        """
+        return self._cache
+
+    def get_variable_stats(self, variable: str | None = None) -> dict[str, Any]:
+        """Client-side counters for one variable, or summed over all when ``variable`` is None:
+        ``read_count`` (= ``cache_hits`` + ``cache_misses``), ``write_count``,
+        ``cache_hits``, ``cache_misses``, ``cache_hit_rate``, ``avg_read_latency_ms``,
+        ``avg_write_latency_ms``, ``total_optimization_time_s``.
+
+        Example::
+
+            stats = session.get_variable_stats("temperature")
+            print(stats["cache_hit_rate"])
+        """
+        hub = self._require_hub()
+        if variable is not None:
+            actor = hub.known(variable)
+            if actor is None:
+                raise error_from_kind(
+                    "not_found", f"no statistics for {variable!r}: this session has not used it"
+                )
+            actors = [actor]
+        else:
+            actors = list({id(a): a for a in [*hub.by_id.values(), *hub.by_name.values()]}
+                          .values())
+        hits = sum(a.stats.cache_hits for a in actors)
+        misses = sum(a.stats.cache_misses for a in actors)
+        writes = sum(a.stats.write_count for a in actors)
+        reads = hits + misses
+        read_time = sum(a.stats.read_latency_total for a in actors)
+        write_time = sum(a.stats.write_latency_total for a in actors)
+        return {
+            "read_count": reads,
+            "write_count": writes,
+            "cache_hits": hits,
+            "cache_misses": misses,
+            "cache_hit_rate": hits / reads if reads else 0.0,
+            "avg_read_latency_ms": 1000.0 * read_time / reads if reads else 0.0,
+            "avg_write_latency_ms": 1000.0 * write_time / writes if writes else 0.0,
+            "total_optimization_time_s": 0.0,
+        }
+
+    # ------------------------------------------------------------------ watching
+
+    def observe(
+        self, name: str, include_initial: bool = True
+    ) -> reactivex.Observable[VariableUpdate]:
+        """A reactivex ``Observable`` of one variable's ``VariableUpdate``s, on trio time.
+
+        Operators that need a clock (``debounce``, ``throttle_first``, ``sample``...) use
+        the session's trio scheduler through any number of ``.pipe()`` calls; callbacks run
+        in the trio thread. Every local observer of a variable shares one subscription on
+        the connection's stream; disposing the last one unsubscribes. Subscribe from the
+        trio thread. The wire subscription is sent in the background: ``await
+        session.sync()`` after subscribing waits until it is in force.
+
+        Example::
+
+            session.observe("temperature").pipe(ops.debounce(0.5)).subscribe(print)
+        """
+        if self._scheduler is None:
+            raise RuntimeError("the session is not initialized; call await session.initialize()")
+        return with_trio_scheduler(
+            observable_for(self._require_hub(), name, include_initial), self._scheduler
+        )
+
+    def _watch(self, observable: reactivex.Observable[VariableUpdate]) -> Watch:
+        def forget(w: Watch) -> None:
+            self._watches.pop(w.id, None)
+
+        watch = Watch(observable, on_close=forget, ready=self.sync)
+        if not watch.closed:
+            self._watches[watch.id] = watch
+        return watch
+
+    def watch_variable(
+        self,
+        name: str,
+        include_initial: bool = True,
+        filter_fn: Callable[[Any, Any], bool] | None = None,
+        throttle_ms: float = 0,
+    ) -> Watch:
+        """Watch one variable: an async iterator of ``VariableUpdate`` (built on ``observe``).
+
+        ``filter_fn(old, new)`` keeps the changes it returns true for (the initial value is
+        never filtered). ``throttle_ms`` passes the first change at once and then at most
+        one per window, always ending with the latest value. The watch starts when this is
+        called; end it with ``cancel_watch(watch)``, ``async with``, or by cancelling the
+        task that iterates it.
+
+        Example::
+
+            async with session.watch_variable("progress", throttle_ms=500) as watch:
+                async for update in watch:
+                    print(update.value)
+        """
+        observable = self.observe(name, include_initial)
+        if filter_fn is not None:
+            keep = filter_fn
+
+            def changed(u: VariableUpdate) -> bool:
+                return u.update_type == "initial" or keep(u.old_value, u.value)
+
+            observable = observable.pipe(ops.filter(changed))
+        if throttle_ms:
+            observable = observable.pipe(throttle_latest(throttle_ms / 1000.0))
+        return self._watch(observable)
+
+    def watch_variables(
+        self,
+        names: Sequence[str],
+        include_initial: bool = True,
+        filter_fn: Callable[[str, Any, Any], bool] | None = None,
+        throttle_ms: float = 0,
+        debounce_ms: float = 0,
+    ) -> Watch:
+        """Watch several variables through one async iterator.
+
+        ``filter_fn(name, old, new)`` as in ``watch_variable``; ``throttle_ms`` applies per
+        variable; ``debounce_ms`` applies across the set: once no change has come for that
+        long, the latest update of each variable that changed arrives, in revision order.
+
+        Example::
+
+            async for update in session.watch_variables(["a", "b"], debounce_ms=200):
+                print(update.name, update.value)
+        """
+        if isinstance(names, str):
+            raise InvalidValueError("watch_variables takes a list of names, not one string")
+        streams = []
+        for name in names:
+            observable = self.observe(name, include_initial)
+            if filter_fn is not None:
+                observable = observable.pipe(ops.filter(_name_filter(filter_fn)))
+            if throttle_ms:
+                observable = observable.pipe(throttle_latest(throttle_ms / 1000.0))
+            streams.append(observable)
+        merged = _merge_now(streams)
+        if debounce_ms:
+            merged = merged.pipe(debounce_settled(debounce_ms / 1000.0))
+        assert self._scheduler is not None
+        return self._watch(with_trio_scheduler(merged, self._scheduler))
+
+    def cancel_watch(self, watch: Watch | str) -> bool:
+        """End a watch (by handle or id): it unsubscribes, and a task iterating it finishes.
+
+        Returns False if no such watch is running.
+
+        Example::
+
+            watch = session.watch_variable("temperature")
+            nursery.start_soon(consume, watch)
+            ...
+            session.cancel_watch(watch)
+        """
+        key = watch if isinstance(watch, str) else watch.id
+        found = self._watches.get(key)
+        if found is None:
+            return False
+        found.cancel()
+        return True
+
+    async def sync(self) -> int:
+        """Wait until every change committed before this call has reached this client's
+        watchers and cache; returns the revision reached.
+
+        Example::
+
+            await other.set_variable("x", 1); await session.sync()
+        """
+        return await self._require_hub().sync()
 
 
 @asynccontextmanager

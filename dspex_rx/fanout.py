@@ -45,8 +45,12 @@ class Subscriber:
     """
 
     def __init__(
-        self, wake: Callable[[], None] = lambda: None, max_pending_events: int = 10_000
+        self,
+        wake: Callable[[], None] = lambda: None,
+        max_pending_events: int = 10_000,
+        session_id: str = "",
     ) -> None:
+        self.session_id = session_id
         self.watched: set[str] = set()
         self.max_pending_events = max_pending_events
         self.conflations = 0

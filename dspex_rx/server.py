@@ -46,6 +46,7 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
 
+T = TypeVar("T")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
@@ -175,7 +176,8 @@ class VariablesService(pb_grpc.VariablesServicer):
         self.store = store
         self.progress_interval = progress_interval
         self.max_pending_events = max_pending_events
-        self.streams = 0
+        # The live streams' queues, for introspection (read them on the server's loop).
+        self.subscribers: set[Subscriber] = set()
 
     @_handler
     async def InitializeSession(
@@ -349,9 +351,9 @@ class VariablesService(pb_grpc.VariablesServicer):
             return
         interval = first.open.progress_interval_seconds or self.progress_interval
         wake = asyncio.Event()
-        subscriber = Subscriber(wake.set, self.max_pending_events)
+        subscriber = Subscriber(wake.set, self.max_pending_events, session_id)
         remove_listener = self.store.add_listener(session_id, subscriber.on_commit)
-        self.streams += 1
+        self.subscribers.add(subscriber)
         log.info("stream_opened", session_id=session_id, client_id=first.open.client_id)
         reader = asyncio.create_task(self._read_stream(request_iterator, session_id, subscriber))
         reader.add_done_callback(lambda _: wake.set())
@@ -392,7 +394,7 @@ class VariablesService(pb_grpc.VariablesServicer):
                         await context.abort(grpc.StatusCode.INTERNAL, "stream reader failed")
                     return
         finally:
-            self.streams -= 1
+            self.subscribers.discard(subscriber)
             remove_listener()
             reader.cancel()
             log.info("stream_closed", session_id=session_id, conflations=subscriber.conflations)
@@ -638,7 +640,7 @@ class EmbeddedServer:
 
         Example::
 
-            assert embedded.service.streams == 0
+            assert not embedded.service.subscribers
         """
         return self._server.service
 
@@ -682,6 +684,24 @@ class EmbeddedServer:
         self._ready.set()
         await self._stop.wait()
         await self._server.stop(grace=1.0)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the server's loop thread and return its result (blocking).
+
+        The store is not thread-safe; this is how an embedding program or a test touches
+        it directly while the server runs.
+
+        Example::
+
+            revision = embedded.call(lambda: embedded.store.session(sid).revision)
+        """
+        if self._loop is None:
+            raise RuntimeError("the embedded server is not running")
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
 
     def stop(self) -> None:
         """Stop the server and join its thread.

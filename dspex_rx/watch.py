@@ -1,0 +1,206 @@
+"""Watches as trio async iterators over observables, with a conflating buffer, and the
+set-wide debounce operator that ``watch_variables(debounce_ms=...)`` uses."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+import reactivex
+import trio
+from reactivex import abc as rx_abc
+from reactivex.disposable import CompositeDisposable, SerialDisposable
+
+from .actors import VariableUpdate
+
+_ids = itertools.count(1)
+
+
+class Watch:
+    """An async iterator of ``VariableUpdate``s; also an async context manager and awaitable.
+
+    It subscribes when created, so nothing is missed between creating it and iterating.
+    A consumer slower than the updates gets, once ``max_buffer`` updates wait, the latest
+    update of each variable instead of every one (``skipped`` counts what it lost); the
+    last value always arrives. The watch ends when cancelled (``cancel()`` or
+    ``session.cancel_watch``), when its variables are deleted, or when the session closes;
+    a consumer cancelled while waiting ends it too.
+
+    Example::
+
+        async with session.watch_variable("progress", throttle_ms=500) as watch:
+            async for update in watch:
+                print(update.value)
+    """
+
+    def __init__(
+        self,
+        observable: reactivex.Observable[VariableUpdate],
+        on_close: Callable[[Watch], None] = lambda w: None,
+        max_buffer: int = 1000,
+        ready: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self.id = f"watch_{next(_ids)}"
+        self.max_buffer = max_buffer
+        self.skipped = 0
+        self._buffer: deque[VariableUpdate] = deque()
+        self._wakeup = trio.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._on_close = on_close
+        self._ready = ready
+        self._subscription = observable.subscribe(
+            on_next=self._push, on_error=self._fail, on_completed=self._finish
+        )
+
+    @property
+    def closed(self) -> bool:
+        """True once the watch has ended (buffered updates may still be read).
+
+        Example::
+
+            if watch.closed: ...
+        """
+        return self._closed
+
+    def _push(self, update: VariableUpdate) -> None:
+        if self._closed:
+            return
+        self._buffer.append(update)
+        if len(self._buffer) > self.max_buffer:
+            self._conflate()
+        self._wakeup.set()
+
+    def _conflate(self) -> None:
+        latest: dict[str, VariableUpdate] = {}
+        for update in self._buffer:
+            latest.pop(update.variable_id, None)  # re-insert: keep arrival order of latest
+            latest[update.variable_id] = update
+        self.skipped += len(self._buffer) - len(latest)
+        self._buffer = deque(latest.values())
+
+    def _fail(self, error: Exception) -> None:
+        self._error = error
+        self._end()
+
+    def _finish(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._wakeup.set()
+            self._on_close(self)
+
+    def cancel(self) -> None:
+        """End the watch: unsubscribe now; an iterating consumer stops after what is buffered.
+
+        Example::
+
+            watch.cancel()
+        """
+        self._subscription.dispose()
+        self._end()
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> VariableUpdate:
+        while not self._buffer:
+            if self._closed:
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                raise StopAsyncIteration
+            self._wakeup = trio.Event()
+            try:
+                await self._wakeup.wait()
+            except trio.Cancelled:
+                self.cancel()  # a watch inside a cancel scope ends with it
+                raise
+        return self._buffer.popleft()
+
+    async def aclose(self) -> None:
+        """Same as ``cancel()``, for ``contextlib.aclosing`` and friends.
+
+        Example::
+
+            await watch.aclose()
+        """
+        self.cancel()
+
+    async def started(self) -> Watch:
+        """Wait until the server has registered the watch: a change committed after this
+        returns is certain to arrive (the subscription itself is sent asynchronously).
+
+        Example::
+
+            watch = await session.watch_variable("x").started()
+        """
+        if self._ready is not None:
+            await self._ready()
+        return self
+
+    async def __aenter__(self) -> Watch:
+        return await self.started()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def __await__(self) -> Generator[Any, None, Watch]:
+        # `watch = await session.watch_variable(...)` waits until the watch is registered.
+        return self.started().__await__()
+
+
+def debounce_settled(window_s: float) -> Callable[
+    [reactivex.Observable[VariableUpdate]], reactivex.Observable[VariableUpdate]
+]:
+    """Debounce across a set of variables: when no change has come for ``window_s``, emit
+    the latest update of each variable that changed, in revision order. Initial values
+    pass at once; completion flushes what is held.
+
+    Example::
+
+        merged.pipe(debounce_settled(0.2)).subscribe(print)
+    """
+
+    def operator(
+        source: reactivex.Observable[VariableUpdate],
+    ) -> reactivex.Observable[VariableUpdate]:
+        def subscribe(
+            observer: rx_abc.ObserverBase[VariableUpdate],
+            scheduler: rx_abc.SchedulerBase | None = None,
+        ) -> rx_abc.DisposableBase:
+            if scheduler is None:
+                raise RuntimeError("debounce_settled needs a scheduler (the session's)")
+            held: dict[str, VariableUpdate] = {}
+            timer = SerialDisposable()
+
+            def flush(*_: Any) -> None:
+                ready = sorted(held.values(), key=lambda u: (u.revision, u.name))
+                held.clear()
+                for update in ready:
+                    observer.on_next(update)
+
+            def on_next(update: VariableUpdate) -> None:
+                if update.update_type == "initial":
+                    observer.on_next(update)
+                    return
+                held[update.variable_id] = update
+                timer.disposable = scheduler.schedule_relative(window_s, flush)
+
+            def on_completed() -> None:
+                timer.dispose()
+                flush()
+                observer.on_completed()
+
+            subscription = source.subscribe(
+                on_next, observer.on_error, on_completed, scheduler=scheduler
+            )
+            return CompositeDisposable(subscription, timer)
+
+        return reactivex.create(subscribe)
+
+    return operator

@@ -1,0 +1,508 @@
+"""The reactive client against a real server: observe() on trio time, watch_variable(s)
+with filter/throttle/debounce at exact virtual times, ordering and exactly-once delivery,
+one wire subscription per variable, slow consumers, and clean teardown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import reactivex
+import trio
+import trio.testing
+from reactivex import operators as ops
+
+import dspex_rx
+from dspex_rx import SessionContext
+from dspex_rx.actors import VariableUpdate
+from dspex_rx.server import EmbeddedServer
+
+
+@pytest.fixture
+async def two(server: EmbeddedServer) -> AsyncIterator[tuple[SessionContext, SessionContext]]:
+    """Two connections to one shared session: a writer and a watcher."""
+    async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117 - needs writer's id
+        async with dspex_rx.connect(server.target, session_id=writer.session_id) as watcher:
+            yield writer, watcher
+
+
+async def settle(watcher: SessionContext) -> None:
+    """Every change committed so far has reached the watcher; due timers have fired."""
+    await watcher.sync()
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def drain(watch: dspex_rx.watch.Watch) -> list[VariableUpdate]:
+    out = []
+    while watch._buffer:
+        out.append(watch._buffer.popleft())
+    return out
+
+
+# ------------------------------------------------------------------ virtual time
+
+
+async def test_observe_debounce_runs_on_trio_time_without_a_scheduler(
+    two: tuple[SessionContext, SessionContext], mock_clock: trio.testing.MockClock
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("temperature", "float", 0.1)
+    t0 = trio.current_time()
+    seen: list[tuple[float, float]] = []
+    watcher.observe("temperature", include_initial=False).pipe(
+        ops.debounce(0.5), ops.map(lambda u: u.value)
+    ).pipe(ops.map(lambda v: v * 10)).subscribe(
+        lambda v: seen.append((round(trio.current_time() - t0, 6), v))
+    )
+    await settle(watcher)
+    # Steps are binary fractions so virtual deadlines compare exactly.
+    for step, value in ((0.0, 0.2), (0.25, 0.3), (0.25, 0.4)):
+        mock_clock.jump(step)
+        await writer.set_variable("temperature", value)
+        await settle(watcher)
+    assert seen == []  # every change came within 0.5 s of the previous one
+    mock_clock.jump(0.375)
+    await settle(watcher)
+    assert seen == []
+    mock_clock.jump(0.125)  # exactly 0.5 s after the last change, at t = 1.0
+    await settle(watcher)
+    assert seen == [(1.0, 4.0)]
+
+
+async def test_watch_throttle_emits_first_at_once_and_latest_at_window_end(
+    two: tuple[SessionContext, SessionContext], mock_clock: trio.testing.MockClock
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("progress", "float", 0.0)
+    watch = await watcher.watch_variable("progress", include_initial=False, throttle_ms=1000)
+    t0 = trio.current_time()
+    times: list[tuple[float, float]] = []
+
+    async def consume() -> None:
+        async for update in watch:
+            times.append((round(trio.current_time() - t0, 6), update.value))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        for i in range(1, 11):  # 10 updates, 0.25 s apart: t = 0 .. 2.25
+            await writer.set_variable("progress", i * 10.0)
+            await settle(watcher)
+            mock_clock.jump(0.25)
+        await settle(watcher)  # t = 2.5
+        mock_clock.jump(0.5)  # t = 3.0: the third window closes
+        await settle(watcher)
+        watcher.cancel_watch(watch)
+    # First at once; then the latest of each 1 s window at its end (a window closes when
+    # the clock reaches it, before the write made at that same instant); 100.0 arrives.
+    assert times == [(0.0, 10.0), (1.0, 40.0), (2.0, 80.0), (3.0, 100.0)]
+
+
+async def test_watch_variables_debounce_emits_latest_per_variable_in_revision_order(
+    two: tuple[SessionContext, SessionContext], mock_clock: trio.testing.MockClock
+) -> None:
+    writer, watcher = two
+    await writer.register_variables(
+        [{"name": n, "type": "integer", "initial_value": 0} for n in ("a", "b", "c")]
+    )
+    watch = await watcher.watch_variables(["a", "b", "c"], include_initial=False,
+                                          debounce_ms=250)
+    t0 = trio.current_time()
+    await writer.set_variable("b", 1)
+    await writer.set_variable("a", 1)
+    await writer.set_variable("b", 2)
+    await settle(watcher)
+    mock_clock.jump(0.125)
+    await writer.set_variable("a", 2)
+    await settle(watcher)
+    mock_clock.jump(0.125)  # t = 0.25: settled only 0.125 s
+    await settle(watcher)
+    assert drain(watch) == []
+    mock_clock.jump(0.125)  # t = 0.375: 0.25 s after the last change
+    await settle(watcher)
+    got = drain(watch)
+    assert [(u.name, u.value) for u in got] == [("b", 2), ("a", 2)]
+    assert got[0].revision < got[1].revision
+    assert trio.current_time() - t0 == 0.375
+    watch.cancel()
+
+
+# ---------------------------------------------------------------- filters, initial
+
+
+async def test_filter_fn_forms_and_initial_not_filtered(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variables(
+        [{"name": "x", "type": "integer", "initial_value": 100},
+         {"name": "y", "type": "integer", "initial_value": 100}]
+    )
+    only_up = await watcher.watch_variable("x", filter_fn=lambda old, new: new > old)
+    only_y = await watcher.watch_variables(
+        ["x", "y"], include_initial=False, filter_fn=lambda name, old, new: name == "y"
+    )
+    for value in (50, 60, 40, 70):
+        await writer.update_variables({"x": value, "y": value})
+    await settle(watcher)
+    assert [(u.update_type, u.value) for u in drain(only_up)] == [
+        ("initial", 100), ("value_change", 60), ("value_change", 70)
+    ]
+    assert [(u.name, u.old_value, u.value) for u in drain(only_y)] == [
+        ("y", 100, 50), ("y", 50, 60), ("y", 60, 40), ("y", 40, 70)
+    ]
+
+
+async def test_include_initial_on_and_off(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("m", "string", "gpt-4")
+    with_initial = await watcher.watch_variable("m")
+    without = await watcher.watch_variable("m", include_initial=False)
+    late = await watcher.watch_variable("m")  # joins a live actor: initial from its entry
+    await writer.set_variable("m", "claude")
+    await settle(watcher)
+    assert [(u.update_type, u.value, u.version) for u in drain(with_initial)] == [
+        ("initial", "gpt-4", 1), ("value_change", "claude", 2)
+    ]
+    assert [(u.update_type, u.value) for u in drain(without)] == [("value_change", "claude")]
+    assert [(u.update_type, u.value) for u in drain(late)] == [
+        ("initial", "gpt-4"), ("value_change", "claude")
+    ]
+
+
+# ------------------------------------------------------------------ guarantees
+
+
+async def test_watch_started_during_writes_sees_every_later_version_once_in_order(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("n", "integer", 0)
+    watches = []
+
+    async def hammer() -> None:
+        for i in range(1, 301):
+            await writer.set_variable("n", i)
+            if i in (50, 150, 220):
+                watches.append(watcher.watch_variable("n"))
+
+    await hammer()
+    await settle(watcher)
+    assert len(watches) == 3
+    for watch in watches:
+        got = drain(watch)
+        assert got[0].update_type == "initial"
+        versions = [u.version for u in got]
+        assert versions == list(range(versions[0], 302)), versions[:5]
+        assert [u.value for u in got] == [v - 1 for v in versions]
+        assert all(u.old_value == u.value - 1 for u in got[1:])
+
+
+async def test_two_connections_see_the_same_sequence(server: EmbeddedServer) -> None:
+    async with dspex_rx.connect(server.target) as writer:
+        await writer.register_variable("seq", "integer", 0)
+        async with (
+            dspex_rx.connect(server.target, session_id=writer.session_id) as one,
+            dspex_rx.connect(server.target, session_id=writer.session_id) as two_,
+        ):
+            w1 = await one.watch_variable("seq")
+            w2 = await two_.watch_variable("seq")
+
+            async def write(k: int) -> None:
+                for i in range(40):
+                    await writer.set_variable("seq", k * 100 + i)
+
+            async with trio.open_nursery() as nursery:
+                for k in range(3):
+                    nursery.start_soon(write, k)
+            await settle(one)
+            await settle(two_)
+            s1 = [(u.version, u.value) for u in drain(w1)]
+            s2 = [(u.version, u.value) for u in drain(w2)]
+            assert s1 == s2
+            assert [v for v, _ in s1] == list(range(1, 122))
+
+
+async def test_atomic_batch_arrives_as_one_frame(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variables(
+        [{"name": n, "type": "float", "initial_value": 0.0} for n in ("lr", "wd", "mom")]
+    )
+    watch = await watcher.watch_variables(["lr", "wd", "mom"], include_initial=False)
+    hub = watcher._hub
+    assert hub is not None
+    before = hub.frames
+    await writer.update_variables({"lr": 0.1, "wd": 0.01, "mom": 0.9})
+    await settle(watcher)
+    got = drain(watch)
+    assert hub.frames == before + 1
+    assert {u.revision for u in got} == {writer.revision}
+    assert sorted(u.name for u in got) == ["lr", "mom", "wd"]
+
+
+async def test_thousand_local_observers_share_one_wire_subscription(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("shared", "integer", 0)
+    hub = watcher._hub
+    assert hub is not None
+    received: list[list[Any]] = [[] for _ in range(1000)]
+    subscriptions = [
+        watcher.observe("shared").subscribe(lambda u, box=box: box.append(u.value))
+        for box in received
+    ]
+    await settle(watcher)
+    assert hub.wire_subscribes == 1
+    await writer.set_variable("shared", 7)
+    await settle(watcher)
+    assert all(box == [0, 7] for box in received)
+    for subscription in subscriptions[:-1]:
+        subscription.dispose()
+    assert hub.wire_subscribes == 1
+    subscriptions[-1].dispose()
+    assert hub.wire_subscribes == 0
+    await writer.set_variable("shared", 8)
+    await settle(watcher)
+    assert received[-1] == [0, 7]
+
+
+async def test_slow_consumer_of_10k_updates_gets_the_last_value_with_bounded_memory() -> None:
+    with EmbeddedServer(max_pending_events=500) as embedded:
+        async with dspex_rx.connect(embedded.target) as session:
+            await session.register_variable("hot", "integer", 0)
+            watch = await session.watch_variable("hot", include_initial=False)
+            watch.max_buffer = 100
+            peak = 0
+            original = watch._push
+
+            def counting_push(update: VariableUpdate) -> None:
+                nonlocal peak
+                original(update)
+                peak = max(peak, len(watch._buffer))
+
+            watch._push = counting_push  # type: ignore[method-assign]
+            sid = session.session_id
+
+            def burst() -> int:
+                for i in range(1, 10_001):
+                    embedded.store.set(sid, "hot", i, actor="burst")
+                return max(s.conflations for s in embedded.service.subscribers)
+
+            conflations = await trio.to_thread.run_sync(embedded.call, burst)
+            assert conflations > 0  # the server collapsed the backlog
+            await settle(session)
+            got = drain(watch)
+            assert got[-1].value == 10_000 and got[-1].version == 10_001
+            assert peak <= 101  # never more than max_buffer (+ the one being added)
+            assert len(got) < 10_000
+            versions = [u.version for u in got]
+            assert versions == sorted(set(versions))  # still ordered, never repeated
+            assert await session.get_variable("hot") == 10_000
+
+
+async def test_deleting_a_watched_variable_ends_its_watch(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("temp", "integer", 1)
+    watch = await watcher.watch_variable("temp")
+    await writer.delete_variable("temp")
+    got = [u async for u in watch]
+    assert [(u.update_type, u.value, u.old_value) for u in got] == [
+        ("initial", 1, None), ("deleted", None, 1)
+    ]
+    with pytest.raises(KeyError):
+        await watcher.get_variable("temp")
+
+
+async def test_observing_an_unknown_variable_errors(session: SessionContext) -> None:
+    errors: list[Exception] = []
+    session.observe("ghost").subscribe(on_error=errors.append)  # type: ignore[arg-type]
+    await session.sync()
+    assert len(errors) == 1 and isinstance(errors[0], KeyError)
+    assert "'ghost'" in str(errors[0])
+    watch = session.watch_variable("ghost")
+    with pytest.raises(KeyError, match="ghost"):
+        async for _ in watch:
+            pass
+
+
+async def test_observer_exception_does_not_break_others(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("x", "integer", 0)
+
+    def broken(update: VariableUpdate) -> None:
+        raise RuntimeError("user bug")
+
+    good: list[int] = []
+    watcher.observe("x").subscribe(broken)
+    watcher.observe("x").subscribe(lambda u: good.append(u.value))
+    await settle(watcher)
+    await writer.set_variable("x", 1)
+    await settle(watcher)
+    assert good == [0, 1]
+
+
+# ------------------------------------------------------------------- teardown
+
+
+async def test_cancel_watch_and_cancel_scope_leave_nothing_behind(
+    two: tuple[SessionContext, SessionContext], server: EmbeddedServer
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("v", "integer", 0)
+    hub = watcher._hub
+    assert hub is not None
+    watch = await watcher.watch_variable("v")
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for update in watch:
+            got.append(update.value)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        await settle(watcher)
+        assert watcher.cancel_watch(watch) is True
+    assert got == [0]  # the consumer finished on its own
+    assert watcher.cancel_watch(watch) is False
+    assert hub.wire_subscribes == 0 and watcher._watches == {}
+
+    with trio.move_on_after(5):
+        async with trio.open_nursery() as nursery:
+            scoped = watcher.watch_variable("v", include_initial=False)
+            nursery.start_soon(lambda: scoped.__anext__())
+            await settle(watcher)
+            nursery.cancel_scope.cancel()
+    assert scoped.closed
+    assert hub.wire_subscribes == 0 and watcher._watches == {}
+    await watcher.sync()
+    watched = server.call(
+        lambda: [s.watched for s in server.service.subscribers if s.session_id
+                 == watcher.session_id]
+    )
+    assert watched == [set()]
+
+
+async def test_closing_the_session_ends_watches_and_the_stream(server: EmbeddedServer) -> None:
+    async with dspex_rx.connect(server.target) as writer:
+        await writer.register_variable("z", "integer", 0)
+        watcher = await dspex_rx.SessionContext(writer.session_id, server.target).initialize()
+        watch = await watcher.watch_variable("z")
+        completed: list[bool] = []
+        watcher.observe("z").subscribe(on_completed=lambda: completed.append(True))
+        await watcher.sync()
+        before = server.call(lambda: len(server.service.subscribers))
+        await watcher.close()
+        assert completed == [True]
+        assert [u.value async for u in watch] == [0]  # buffered, then the end
+        with trio.fail_after(5):
+            while server.call(lambda: len(server.service.subscribers)) != before - 1:
+                await trio.sleep(0.01)
+
+
+# ---------------------------------------------------------------------- cache
+
+
+async def test_watched_variable_reads_are_local_and_never_older_than_the_stream(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("w", "integer", 0)
+    watch = await watcher.watch_variable("w")
+    for i in range(1, 21):
+        await writer.set_variable("w", i)
+        await watcher.sync()
+        assert await watcher.get_variable("w") == i
+    stats = watcher.get_variable_stats("w")
+    assert stats["cache_hits"] == 20 and stats["cache_misses"] == 0
+    assert await watcher.get_variable("w", bypass_cache=True) == 20
+    stats = watcher.get_variable_stats("w")
+    assert (stats["read_count"], stats["cache_misses"]) == (21, 1)
+    watch.cancel()
+
+
+async def test_own_write_updates_own_entry_and_ttl_applies_unwatched(
+    session: SessionContext, mock_clock: trio.testing.MockClock
+) -> None:
+    session.set_cache_config(ttl=5.0)
+    await session.register_variable("u", "integer", 0)
+    await session.set_variable("u", 3)
+    assert await session.get_variable("u") == 3  # from the write's answer: a hit
+    mock_clock.jump(4.999)
+    assert await session.get_variable("u") == 3
+    mock_clock.jump(0.001)  # 5 s after the write: expired
+    assert await session.get_variable("u") == 3
+    stats = session.get_variable_stats("u")
+    assert (stats["cache_hits"], stats["cache_misses"], stats["write_count"]) == (2, 1, 1)
+    assert session.get_cache_info()["expired_count"] == 1
+
+
+@pytest.mark.parametrize(
+    # after a, b, c are read once and then a, a, b, a: c is least recent (lru) and least
+    # used (lfu); a was cached first (fifo)
+    ("policy", "evicted"), [("lru", "c"), ("lfu", "c"), ("fifo", "a")]
+)
+async def test_eviction_policies_through_the_session(
+    session: SessionContext, policy: str, evicted: str
+) -> None:
+    await session.register_variables(
+        [{"name": n, "type": "integer", "initial_value": 1} for n in ("a", "b", "c", "d")]
+    )
+    session.set_cache_config(ttl=None, max_size=3, eviction_policy=policy)
+    assert await session.cache.invalidate_pattern("*", "reset") == 3  # 4 registered, 1 evicted
+    base = session.get_cache_info()
+    for name in ("a", "b", "c"):
+        await session.get_variable(name)  # three misses fill the cache
+    for name in ("a", "a", "b", "a"):
+        await session.get_variable(name)  # hits: a x3, b x1; c untouched
+    await session.get_variable("d")  # a miss that evicts one
+    info = session.get_cache_info()
+    assert info["eviction_count"] - base["eviction_count"] == 1
+    assert (info["hits"] - base["hits"], info["misses"] - base["misses"]) == (4, 4)
+    hub = session._hub
+    assert hub is not None
+    names = {hub.by_id[key].name for key in session.cache.keys()}  # noqa: SIM118
+    assert names == {"a", "b", "c", "d"} - {evicted}
+
+
+async def test_get_batch_with_the_sessions_fetcher(session: SessionContext) -> None:
+    await session.register_variables(
+        [{"name": n, "type": "integer", "initial_value": i} for i, n in enumerate("xyz")]
+    )
+    calls: list[list[str]] = []
+
+    async def fetch(ids: list[str]) -> dict[str, Any]:
+        calls.append(ids)
+        return await session.fetch_missing(ids)
+
+    cache = dspex_rx.cache.VariableCache()
+    assert await cache.get_batch(["x", "y", "nope"], fetch) == {"x": 0, "y": 1}
+    assert await cache.get_batch(["x", "y", "z"], fetch) == {"x": 0, "y": 1, "z": 2}
+    assert calls == [["x", "y", "nope"], ["nope", "z"]] or calls == [["x", "y", "nope"], ["z"]]
+
+
+async def test_observable_from_reactivex_combinators(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variables(
+        [{"name": "base", "type": "float", "initial_value": 1.0},
+         {"name": "mod", "type": "float", "initial_value": 2.0}]
+    )
+    products: list[float] = []
+    reactivex.combine_latest(
+        watcher.observe("base").pipe(ops.map(lambda u: u.value)),
+        watcher.observe("mod").pipe(ops.map(lambda u: u.value)),
+    ).subscribe(lambda pair: products.append(pair[0] * pair[1]))
+    await settle(watcher)
+    await writer.set_variable("base", 3.0)
+    await settle(watcher)
+    assert products == [2.0, 6.0]
