@@ -16,6 +16,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
+	@echo
+	@echo "--- live watching: a worker reports progress, a second connection watches it ---"
+	$(BIN)/python examples/progress_tracking.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

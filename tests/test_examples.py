@@ -19,3 +19,21 @@ async def test_quickstart_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "VariableTypeError: variable 'max_tokens': expected integer" in out
     assert "context_embedding  embedding v2  ndarray float32[768] |v|=1.000" in out
     assert "session revision 2;" in out
+
+
+def _load(name: str) -> dict[str, object]:
+    return runpy.run_path(str(QUICKSTART.parent / name))
+
+
+async def test_progress_tracking_ends_at_100(autojump_clock: object) -> None:
+    lines = await _load("progress_tracking.py")["main"]()  # type: ignore[operator]
+    assert lines[-1].startswith("progress 100.0%")
+    versions = [int(line.rsplit("version ", 1)[1].rstrip(")")) for line in lines]
+    assert versions == sorted(set(versions))  # in order, never twice
+    assert versions[-1] == 41  # 40 writes after registration
+
+
+async def test_debounce_example_settles_on_the_last_edit(autojump_clock: object) -> None:
+    settled = await _load("debounce.py")["main"]()  # type: ignore[operator]
+    assert settled[-1][1] == 0.4
+    assert {value for _, value in settled} <= {0.8, 0.9, 1.0, 0.5, 0.4}
