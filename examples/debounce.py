@@ -31,6 +31,7 @@ async def main() -> list[tuple[float, float]]:
                 print(f"t={trio.current_time() - start:4.2f}s  set {value}")
                 await session.set_variable("temperature", value)
                 await trio.sleep(0.1)
+            await session.sync()  # every edit so far has reached the observer
             await trio.sleep(1.0)  # quiet: the debounce fires 0.5 s after the last edit
         subscription.dispose()
     return settled
