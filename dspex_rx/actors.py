@@ -101,7 +101,6 @@ class CacheEntry:
     value: Any
     version: int
     revision: int
-    metadata: dict[str, Any]
     fetched_at: float
 
 
@@ -177,19 +176,20 @@ class VariableActor:
         self.stats.cache_misses += 1
         return None
 
-    def store(self, value: Any, version: int, revision: int, metadata: dict[str, Any]) -> None:
-        """Record a server answer (a read or our own write) if it is not older than what we have.
+    def store(self, value: Any, version: int, revision: int) -> None:
+        """Record a server answer (a read, our own write, a pushed event) unless it is older
+        than what the actor already has.
 
         Example::
 
-            actor.store(value, variable.version, variable.mod_revision, info)
+            actor.store(value, variable.version, variable.mod_revision)
         """
         if version < self.version:
             return
         self.version = version
         self.hub.cache.put(
             self.id,
-            CacheEntry(value, version, revision, metadata, time.time()),
+            CacheEntry(value, version, revision, time.time()),
             pinned=self.live,
             name=self.name,
         )
@@ -268,7 +268,7 @@ class VariableActor:
         if kind == "deleted":
             self.hub.cache.invalidate_nowait(self.id)
         elif update.version >= self.version:
-            self.store(update.value, update.version, update.revision, update.metadata)
+            self.store(update.value, update.version, update.revision)
         for attached in list(self.attached):
             if not attached.baseline:
                 if kind in ("initial", "resync"):

@@ -19,7 +19,7 @@ from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable
 
 from . import codec
-from .actors import VariableActor, VariableUpdate, WatchHub, observable_for
+from .actors import CacheEntry, VariableActor, VariableUpdate, WatchHub, observable_for
 from .cache import VariableCache
 from .convert import (
     ERROR_DETAIL_PREFIX,
@@ -510,18 +510,13 @@ class SessionContext:
             temperature = await session.get_variable("temperature")
             retries = await session.get_variable("retries", default=3)
         """
-        hub = self._require_hub()
         started = time.perf_counter()
-        actor = hub.known(name)
-        if actor is None:
-            self._cache.lookup(name)  # nothing cached under this ref: counts the miss
-        else:
-            entry = None if bypass_cache else actor.read()
-            if bypass_cache:
-                actor.stats.cache_misses += 1
-            if entry is not None:
-                actor.stats.read_latency_total += time.perf_counter() - started
-                return entry.value
+        entry, counted = self._read_cached(name, bypass_cache)
+        if entry is not None:
+            actor = self._require_hub().known(name)
+            assert actor is not None
+            actor.stats.read_latency_total += time.perf_counter() - started
+            return entry.value
         try:
             response = await self._call(
                 "GetVariable",
@@ -537,7 +532,7 @@ class SessionContext:
         variable = response.variable
         value = codec.decode(variable.value)
         learned = self._remember(variable, value)
-        if actor is None:
+        if not counted:
             learned.stats.cache_misses += 1
         learned.stats.read_latency_total += time.perf_counter() - started
         return value
@@ -551,10 +546,12 @@ class SessionContext:
     ) -> dict[str, Any]:
         """Several values in one call, keyed by the names asked for.
 
-        A missing name takes ``defaults[name]``; with no default it raises ``KeyError``
-        naming every missing variable. ``include_metadata`` makes each entry
-        ``{'value': ..., 'metadata': {...}}``; ``include_stats`` adds ``'stats'`` (version
-        and revision counters, timestamps).
+        Cached values (watched variables, or unwatched within the TTL) are read locally and
+        every miss is fetched in one call. A missing name takes ``defaults[name]``; with no
+        default it raises ``KeyError`` naming every missing variable. ``include_metadata``
+        makes each entry ``{'value': ..., 'metadata': {...}}`` and ``include_stats`` adds
+        ``'stats'`` (server counters and timestamps, and this client's counters as in
+        ``get_variable_stats``); both read from the server.
 
         Example::
 
@@ -563,34 +560,59 @@ class SessionContext:
         """
         if isinstance(names, str):
             raise InvalidValueError("get_variables takes a list of names, not one string")
-        response = await self._call(
-            "GetVariables",
-            pb.GetVariablesRequest(session_id=self.session_id, refs=list(names)),
-            pb.GetVariablesResponse,
-        )
+        plain = not (include_metadata or include_stats)
+        local: dict[str, Any] = {}
+        counted: set[str] = set()
+        to_fetch: list[str] = []
+        for ref in dict.fromkeys(names):
+            cached, was_counted = self._read_cached(ref, bypass_cache=not plain)
+            if was_counted:
+                counted.add(ref)
+            if cached is not None:
+                local[ref] = cached.value
+            else:
+                to_fetch.append(ref)
+        found: dict[str, pb.Variable] = {}
+        missing: set[str] = set()
+        revision = self.revision
+        if to_fetch:
+            response = await self._call(
+                "GetVariables",
+                pb.GetVariablesRequest(session_id=self.session_id, refs=to_fetch),
+                pb.GetVariablesResponse,
+            )
+            revision = response.revision
+            missing = set(response.missing)
+            found = dict(zip([r for r in to_fetch if r not in missing], response.variables,
+                             strict=True))
         defaults = defaults or {}
-        unresolved = [ref for ref in response.missing if ref not in defaults]
+        unresolved = [ref for ref in to_fetch if ref in missing and ref not in defaults]
         if unresolved:
             raise error_from_kind(
                 "not_found",
                 f"no variable(s) {', '.join(map(repr, unresolved))} in session "
                 f"{self.session_id!r}",
             )
-        found = dict(zip([r for r in names if r not in set(response.missing)],
-                         response.variables, strict=True))
         result: dict[str, Any] = {}
         for ref in names:
+            if ref in local:
+                result[ref] = local[ref]
+                continue
             variable = found.get(ref)
             if variable is None:
                 result[ref] = defaults[ref]
                 continue
             value = codec.decode(variable.value)
-            if not (include_metadata or include_stats):
+            actor = self._remember(variable, value)
+            if ref not in counted:
+                actor.stats.cache_misses += 1
+                counted.add(ref)
+            if plain:
                 result[ref] = value
                 continue
             entry: dict[str, Any] = {"value": value}
             if include_metadata:
-                entry["metadata"] = _info(variable, response.revision)
+                entry["metadata"] = _info(variable, revision)
             if include_stats:
                 entry["stats"] = {
                     "version": variable.version,
@@ -598,6 +620,7 @@ class SessionContext:
                     "create_revision": variable.create_revision,
                     "created_at": seconds(variable.created_at),
                     "updated_at": seconds(variable.updated_at),
+                    **self.get_variable_stats(variable.id),
                 }
             result[ref] = entry
         return result
@@ -744,9 +767,19 @@ class SessionContext:
             codec.decode(variable.value) if value is _MISSING else value,
             variable.version,
             variable.mod_revision,
-            _info(variable),
         )
         return actor
+
+    def _read_cached(self, ref: str, bypass_cache: bool) -> tuple[CacheEntry | None, bool]:
+        """A local read: (the entry or None, whether a miss was already counted)."""
+        actor = self._require_hub().known(ref)
+        if actor is None:
+            self._cache.lookup(ref)  # nothing is cached under an unknown ref: a miss
+            return None, False
+        if bypass_cache:
+            actor.stats.cache_misses += 1
+            return None, True
+        return actor.read(), True
 
     async def fetch_missing(self, var_ids: Sequence[str]) -> dict[str, Any]:
         """One ``GetVariables`` call for the given ids or names: ``{ref: value}`` of those

@@ -506,3 +506,20 @@ async def test_observable_from_reactivex_combinators(
     await writer.set_variable("base", 3.0)
     await settle(watcher)
     assert products == [2.0, 6.0]
+
+
+async def test_get_variables_serves_hits_locally_and_fetches_misses_once(
+    session: SessionContext,
+) -> None:
+    await session.register_variables(
+        [{"name": n, "type": "integer", "initial_value": i} for i, n in enumerate("pqr")]
+    )
+    await session.cache.invalidate_pattern("*", "reset")
+    assert await session.get_variable("p") == 0  # miss, now cached
+    before = session.get_variable_stats()
+    assert await session.get_variables(["p", "q", "r", "p"]) == {"p": 0, "q": 1, "r": 2}
+    after = session.get_variable_stats()
+    assert after["cache_hits"] - before["cache_hits"] == 1  # p, once per distinct name
+    assert after["cache_misses"] - before["cache_misses"] == 2  # q and r, one RPC
+    assert await session.get_variables(["q", "r"]) == {"q": 1, "r": 2}
+    assert session.get_variable_stats()["cache_hits"] - after["cache_hits"] == 2
