@@ -11,8 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import reactivex
@@ -22,7 +21,7 @@ from reactivex.disposable import Disposable
 
 from . import codec
 from .cache import VariableCache
-from .convert import seconds
+from .convert import map_rpc_error, seconds
 from .errors import error_from_kind
 from .logs import get_logger
 from .v1 import session_pb2 as spb
@@ -90,26 +89,11 @@ def update_from_pb(event: spb.VariableEvent, conflated: bool = False) -> Variabl
 
 
 @dataclass(slots=True)
-class CacheEntry:
-    """What the client knows of a variable: written only by its actor.
-
-    Example::
-
-        entry.value, entry.version, entry.revision, entry.fetched_at
-    """
-
-    value: Any
-    version: int
-    revision: int
-    fetched_at: float
-
-
-@dataclass(slots=True)
 class _Attached:
     observer: rx_abc.ObserverBase[VariableUpdate]
     include_initial: bool
     last_version: int = 0
-    baseline: bool = False  # has this observer been given (or skipped) its initial value
+    baseline: bool = False  # has this observer been given (or skipped) its first value
 
 
 @dataclass(slots=True)
@@ -126,55 +110,62 @@ class ActorStats:
     write_count: int = 0
     read_latency_total: float = 0.0
     write_latency_total: float = 0.0
-    remote_reads: int = 0
 
 
 class VariableActor:
     """One variable on the client: its cache entry, its observers, its stats.
 
+    The cache holds the value under the variable's id; the actor is the only writer of
+    that entry and keeps the entry's version and revision itself.
+
     Example::
 
         actor = hub.actor("temperature")
-        disposable = actor.attach(observer, include_initial=True)
+        disposable = actor.attach(observer, include_initial=True, ref="temperature")
     """
 
-    __slots__ = ("attached", "hub", "id", "live", "name", "stats", "version", "wire")
+    __slots__ = (
+        "attached", "fetched_at", "hub", "id", "live", "name", "revision", "stats", "version",
+        "wire",
+    )
 
     def __init__(self, hub: WatchHub, var_id: str, name: str) -> None:
         self.hub = hub
-        self.id = var_id  # the ref first used when the id is not known yet
+        self.id = var_id  # the ref first used, until the server tells the id
         self.name = name
         self.version = 0
+        self.revision = 0
+        self.fetched_at = 0.0
         self.attached: list[_Attached] = []
-        self.wire = False  # a Subscribe for this variable is in force on the stream
-        self.live = False  # wire and the initial value has arrived: the entry is pushed
+        self.wire = False  # this actor wants a subscription on the stream
+        self.live = False  # subscribed and its initial value arrived: the entry is pushed
         self.stats = ActorStats()
 
-    # ---- cache entry (only the actor writes it)
+    # ---- the cache entry (only the actor writes it)
 
-    def entry(self) -> CacheEntry | None:
-        """The cached entry if present and fresh (counts no hit or miss).
-
-        Example::
-
-            entry = actor.entry()
-        """
-        found, entry = self.hub.cache.lookup(self.id, count=False)
-        return entry if found else None
-
-    def read(self) -> CacheEntry | None:
-        """A cache read that counts a hit or a miss.
+    def cached(self) -> tuple[bool, Any]:
+        """(found, value) without counting a hit or a miss.
 
         Example::
 
-            entry = actor.read()   # None: go to the server
+            found, value = actor.cached()
         """
-        found, entry = self.hub.cache.lookup(self.id)
+        found, value = self.hub.cache.lookup(self.id, count=False)
+        return found, value
+
+    def read(self) -> tuple[bool, Any]:
+        """A cache read that counts a hit or a miss: (found, value).
+
+        Example::
+
+            found, value = actor.read()   # not found: go to the server
+        """
+        found, value = self.hub.cache.lookup(self.id)
         if found:
             self.stats.cache_hits += 1
-            return entry  # type: ignore[no-any-return]
-        self.stats.cache_misses += 1
-        return None
+        else:
+            self.stats.cache_misses += 1
+        return found, value
 
     def store(self, value: Any, version: int, revision: int) -> None:
         """Record a server answer (a read, our own write, a pushed event) unless it is older
@@ -187,36 +178,36 @@ class VariableActor:
         if version < self.version:
             return
         self.version = version
-        self.hub.cache.put(
-            self.id,
-            CacheEntry(value, version, revision, time.time()),
-            pinned=self.live,
-            name=self.name,
-        )
+        self.revision = revision
+        self.fetched_at = time.time()
+        self.hub.cache.put(self.id, value, pinned=self.live, name=self.name)
 
     # ---- observers
 
     def attach(
-        self, observer: rx_abc.ObserverBase[VariableUpdate], include_initial: bool
+        self, observer: rx_abc.ObserverBase[VariableUpdate], include_initial: bool, ref: str
     ) -> rx_abc.DisposableBase:
-        """Add a local observer; the first one subscribes on the wire.
+        """Add a local observer; the first one subscribes on the wire (by ``ref``).
 
         Example::
 
-            disposable = actor.attach(observer, include_initial=True)
+            disposable = actor.attach(observer, include_initial=True, ref="temperature")
         """
         attached = _Attached(observer, include_initial)
         self.attached.append(attached)
-        entry = self.entry() if self.live else None
-        if entry is not None:
+        found, value = self.cached() if self.live else (False, None)
+        if found:
             # Live: the entry is exactly what the stream said last, so it is the baseline.
             attached.baseline = True
-            attached.last_version = entry.version
+            attached.last_version = self.version
             if include_initial:
-                self._deliver(attached, self._current_update(entry))
-        elif not self.wire:
+                self._deliver(attached, self._current_update(value))
+        elif not self.wire or self.live:
+            # Not subscribed yet, or live but the entry was invalidated: ask the server for
+            # the current value (a repeated subscribe is harmless: the server keeps a set).
             self.wire = True
-            self.hub.request_subscribe(self)
+            self.live = False
+            self.hub.request_subscribe(self, ref)
 
         def dispose() -> None:
             self.detach(attached)
@@ -234,15 +225,18 @@ class VariableActor:
             return
         self.attached.remove(attached)
         if not self.attached and self.wire:
-            self.wire = False
-            self.live = False
-            self.hub.cache.unpin(self.id)
+            self._unwire()
             self.hub.request_unsubscribe(self)
 
-    def _current_update(self, entry: CacheEntry) -> VariableUpdate:
+    def _unwire(self) -> None:
+        self.wire = False
+        self.live = False
+        self.hub.cache.unpin(self.id)
+
+    def _current_update(self, value: Any) -> VariableUpdate:
         return VariableUpdate(
-            self.id, self.name, entry.value, None, entry.version, entry.revision, "initial",
-            {}, entry.fetched_at, "cache",
+            self.id, self.name, value, None, self.version, self.revision, "initial", {},
+            self.fetched_at, "cache",
         )
 
     def _deliver(self, attached: _Attached, update: VariableUpdate) -> None:
@@ -257,40 +251,47 @@ class VariableActor:
         """Take one event from the stream: update the entry, then tell each observer.
 
         Each observer gets a version at most once and never an older one after a newer.
+        An observer that has no baseline yet takes the first event as its baseline (the
+        server sends the initial value first, but a conflated frame may carry a later
+        change in its place).
 
         Example::
 
             actor.apply(update_from_pb(event))
         """
         kind = update.update_type
-        if kind in ("initial", "resync") and self.wire:
+        if self.wire and kind != "deleted":
             self.live = True
         if kind == "deleted":
-            self.hub.cache.invalidate_nowait(self.id)
+            self.hub.cache.invalidate_nowait(self.id, "deleted")
         elif update.version >= self.version:
             self.store(update.value, update.version, update.revision)
         for attached in list(self.attached):
             if not attached.baseline:
-                if kind in ("initial", "resync"):
-                    attached.baseline = True
-                    attached.last_version = update.version
-                    if attached.include_initial:
-                        self._deliver(attached, update)
+                if kind == "deleted":
+                    continue
+                attached.baseline = True
+                attached.last_version = update.version
+                if attached.include_initial:
+                    self._deliver(attached, update)
                 continue
-            if kind == "deleted" or update.version > attached.last_version:
+            if kind in ("deleted", "dependency_changed") or update.version > attached.last_version:
                 self._deliver(attached, update)
         if kind == "deleted":
-            self._complete()
+            self._end(None)
+            self.hub.forget(self)
 
-    def _complete(self) -> None:
+    def _end(self, error: Exception | None) -> None:
         attached, self.attached = self.attached, []
-        self.wire = self.live = False
+        self._unwire()
         for a in attached:
             try:
-                a.observer.on_completed()
+                if error is None:
+                    a.observer.on_completed()
+                else:
+                    a.observer.on_error(error)
             except Exception:
                 log.exception("observer_failed", variable=self.name)
-        self.hub.forget(self)
 
     def fail(self, error: Exception) -> None:
         """End every observer with ``error`` (unknown variable, stream lost).
@@ -299,28 +300,25 @@ class VariableActor:
 
             actor.fail(KeyError("no variable 'x'"))
         """
-        attached, self.attached = self.attached, []
-        self.wire = self.live = False
-        for a in attached:
-            try:
-                a.observer.on_error(error)
-            except Exception:
-                log.exception("observer_failed", variable=self.name)
+        self._end(error)
 
 
 @dataclass(slots=True)
 class _PendingSubscribe:
-    actors: list[VariableActor]
-    refs: list[str] = field(default_factory=list)
+    actor: VariableActor
+    ref: str
 
 
 class WatchHub:
     """The connection's watch machinery: actors by id and name, the Session stream, and the
     two tasks that serve it (a sender for subscribe/unsubscribe, a dispatcher for frames).
 
+    If the stream fails, every observer gets the error, waiting ``sync()`` calls raise it,
+    and the next subscription opens a new stream.
+
     Example::
 
-        hub = WatchHub(transport, session_id, client_id, nursery, cache)
+        hub = WatchHub(transport, service, session_id, client_id, nursery, cache)
         actor = hub.actor("temperature")
     """
 
@@ -343,17 +341,27 @@ class WatchHub:
         self.by_name: dict[str, VariableActor] = {}
         self.revision = 0
         self.progress_revision = 0
-        self.wire_subscribes = 0
         self.frames = 0
-        self._stream: Stream[spb.ServerMessage] | None = None
+        self.streams_opened = 0
         self._requests = itertools.count(1)
         self._pending: dict[int, _PendingSubscribe] = {}
-        self._outbox_send, self._outbox_recv = trio.open_memory_channel[spb.ClientMessage](
-            math.inf
-        )
-        self._started = False
-        self._closed = False
         self._pongs: dict[int, trio.Event] = {}
+        self._outbox_send: trio.MemorySendChannel[spb.ClientMessage] | None = None
+        self._closed = False
+        self._failure: BaseException | None = None
+
+    @property
+    def wire_subscribes(self) -> int:
+        """How many variables this connection wants subscribed on the stream.
+
+        Example::
+
+            assert hub.wire_subscribes == 1   # however many local observers
+        """
+        return sum(1 for a in self._actors() if a.wire)
+
+    def _actors(self) -> list[VariableActor]:
+        return list({id(a): a for a in [*self.by_id.values(), *self.by_name.values()]}.values())
 
     # ---- actors
 
@@ -362,7 +370,7 @@ class WatchHub:
 
         Example::
 
-            hub.actor("temperature").attach(observer, True)
+            hub.actor("temperature").attach(observer, True, "temperature")
         """
         actor = self.by_id.get(ref) or self.by_name.get(ref)
         if actor is None:
@@ -380,35 +388,59 @@ class WatchHub:
         return self.by_id.get(ref) or self.by_name.get(ref)
 
     def learn(self, var_id: str, name: str) -> VariableActor:
-        """Bind an id and a name to one actor (from any server answer).
+        """Bind an id and a name to one actor (from any server answer). Provisional actors
+        made for a ref before its id was known are adopted or folded in.
 
         Example::
 
             actor = hub.learn(variable.id, variable.name)
         """
         actor = self.by_id.get(var_id)
-        provisional = self.by_name.get(name)
+        provisional = []
+        for ref in (var_id, name):
+            candidate = self.by_name.get(ref)
+            if (
+                candidate is not None
+                and candidate is not actor
+                and self.by_id.get(candidate.id) is not candidate
+                and candidate not in provisional
+            ):
+                provisional.append(candidate)
         if actor is None:
-            if provisional is not None and provisional.id == name and provisional.name == name:
-                actor = provisional
-                self.cache.rekey(name, var_id)
+            if provisional:
+                actor = provisional.pop(0)
+                self.cache.rekey(actor.id, var_id)
                 actor.id = var_id
             else:
                 actor = VariableActor(self, var_id, name)
             self.by_id[var_id] = actor
-        elif provisional is not None and provisional is not actor and provisional.id == name:
-            # The same variable was asked for by name and by id: fold the name's observers in.
-            moved, provisional.attached = provisional.attached, []
-            provisional.wire = False
-            for attached in moved:
-                attached.baseline = False
-                actor.attached.append(attached)
-            if moved and not actor.wire:
-                actor.wire = True
-                self.request_subscribe(actor)
+        for other in provisional:
+            self.fold(other, actor)
+        if var_id != name and self.by_name.get(var_id) is not None:
+            del self.by_name[var_id]  # a provisional key that was really an id
         actor.name = name
         self.by_name[name] = actor
         return actor
+
+    def fold(self, source: VariableActor, target: VariableActor) -> None:
+        """Move ``source``'s observers to ``target`` (the same variable known two ways).
+
+        Example::
+
+            hub.fold(provisional, actor)
+        """
+        moved, source.attached = source.attached, []
+        if source.wire:
+            source._unwire()
+        if not moved:
+            return
+        for attached in moved:
+            attached.baseline = False
+            target.attached.append(attached)
+        if not target.wire or target.live:
+            target.wire = True
+            target.live = False
+            self.request_subscribe(target, target.id)
 
     def forget(self, actor: VariableActor) -> None:
         """Drop a deleted variable's actor.
@@ -424,36 +456,40 @@ class WatchHub:
 
     # ---- outgoing
 
-    def request_subscribe(self, actor: VariableActor) -> None:
+    def _send(self, message: spb.ClientMessage) -> None:
+        if self._closed:
+            raise RuntimeError("the session is closed")
+        if self._outbox_send is None:
+            self._start()
+        assert self._outbox_send is not None
+        self._outbox_send.send_nowait(message)
+
+    def request_subscribe(self, actor: VariableActor, ref: str) -> None:
         """Queue a wire subscription for an actor (sent by the sender task, in order).
 
         Example::
 
-            hub.request_subscribe(actor)
+            hub.request_subscribe(actor, "temperature")
         """
-        self._ensure_started()
         request_id = next(self._requests)
-        self._pending[request_id] = _PendingSubscribe([actor], [actor.id])
-        self.wire_subscribes += 1
-        self._outbox_send.send_nowait(
+        self._pending[request_id] = _PendingSubscribe(actor, ref)
+        self._send(
             spb.ClientMessage(
-                subscribe=spb.Subscribe(
-                    request_id=request_id, refs=[actor.id], include_initial=True
-                )
+                subscribe=spb.Subscribe(request_id=request_id, refs=[ref], include_initial=True)
             )
         )
 
     def request_unsubscribe(self, actor: VariableActor) -> None:
-        """Queue a wire unsubscription.
+        """Queue a wire unsubscription (once the id is known; before that, the pending
+        subscription's answer undoes it).
 
         Example::
 
             hub.request_unsubscribe(actor)
         """
-        if self._closed or actor.id not in self.by_id:
-            return  # never resolved: the pending subscribe's ack will find no observers
-        self.wire_subscribes -= 1
-        self._outbox_send.send_nowait(
+        if self._closed or self._outbox_send is None or self.by_id.get(actor.id) is not actor:
+            return
+        self._send(
             spb.ClientMessage(
                 unsubscribe=spb.Unsubscribe(
                     request_id=next(self._requests), variable_ids=[actor.id]
@@ -462,55 +498,66 @@ class WatchHub:
         )
 
     async def sync(self) -> int:
-        """Round trip a ping through the stream: every event before it has been applied.
+        """Round trip a ping through the stream: every subscription asked for before it is in
+        force and every event before it has been applied. Raises if the stream fails or
+        the session closes meanwhile.
 
         Example::
 
             await hub.sync()   # now the cache reflects every write acknowledged before
         """
-        self._ensure_started()
         nonce = next(self._requests)
         done = trio.Event()
         self._pongs[nonce] = done
-        self._outbox_send.send_nowait(spb.ClientMessage(ping=spb.Ping(nonce=nonce)))
+        self._send(spb.ClientMessage(ping=spb.Ping(nonce=nonce)))
         await done.wait()
+        if self._pongs.pop(nonce, None) is not None:  # woken by a failure, not a pong
+            if self._closed:
+                raise RuntimeError("the session is closed")
+            assert self._failure is not None
+            raise self._failure
         return self.revision
 
     # ---- the stream
 
-    def _ensure_started(self) -> None:
-        if self._started or self._closed:
-            return
-        self._started = True
-        self.nursery.start_soon(self._run, name="dspex-rx-watch-stream")
+    def _start(self) -> None:
+        send, receive = trio.open_memory_channel[spb.ClientMessage](math.inf)
+        self._outbox_send = send
+        self.streams_opened += 1
+        self.nursery.start_soon(self._run, receive, name="dspex-rx-watch-stream")
 
-    async def _run(self) -> None:
+    async def _run(self, outbox: trio.MemoryReceiveChannel[spb.ClientMessage]) -> None:
+        stream: Stream[spb.ServerMessage] | None = None
         try:
             stream = await self.transport.open_stream(self.path, spb.ServerMessage)
-            self._stream = stream
             await stream.send(
                 spb.ClientMessage(
                     open=spb.OpenStream(session_id=self.session_id, client_id=self.client_id)
                 )
             )
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_loop, stream)
+                nursery.start_soon(self._send_loop, stream, outbox)
                 await self._dispatch_loop(stream)
                 nursery.cancel_scope.cancel()
-        except trio.Cancelled:
-            raise
+            if not self._closed:
+                raise ConnectionError("the server ended the watch stream")
         except Exception as exc:
             if not self._closed:  # errors while closing are the closing itself
+                error = _unwrap(exc)
                 log.warning("watch_stream_failed", session_id=self.session_id,
-                            error=repr(exc))
-                self._fail_all(exc)
+                            error=repr(error))
+                self._fail_all(error)
         finally:
-            if self._stream is not None:
-                await self._stream.close()
-                self._stream = None
+            if stream is not None:
+                with trio.CancelScope(shield=True):
+                    await stream.close()
 
-    async def _send_loop(self, stream: Stream[spb.ServerMessage]) -> None:
-        async for message in self._outbox_recv:
+    async def _send_loop(
+        self,
+        stream: Stream[spb.ServerMessage],
+        outbox: trio.MemoryReceiveChannel[spb.ClientMessage],
+    ) -> None:
+        async for message in outbox:
             await stream.send(message)
 
     async def _dispatch_loop(self, stream: Stream[spb.ServerMessage]) -> None:
@@ -545,52 +592,58 @@ class WatchHub:
         pending = self._pending.pop(ack.request_id, None)
         if pending is None:
             return
+        actor = pending.actor
         if ack.error:
             error = error_from_kind(ack.error_kind or "not_found", ack.error)
-            for actor in pending.actors:
-                if self.by_name.get(actor.name) is actor and actor.id not in self.by_id:
-                    del self.by_name[actor.name]
-                self.wire_subscribes -= 1
-                actor.fail(error)
+            if self.by_name.get(pending.ref) is actor and self.by_id.get(actor.id) is not actor:
+                del self.by_name[pending.ref]
+            actor.fail(error)
             return
-        for actor, var_id, name in zip(pending.actors, ack.variable_ids, ack.names, strict=True):
-            resolved = self.learn(var_id, name)
-            if resolved is not actor:
-                self.wire_subscribes -= 1  # folded into an actor that has its own
-            if not resolved.attached and resolved.wire:
-                # Every observer left before the ack: undo on the wire.
-                resolved.wire = False
-                resolved.live = False
-                self.request_unsubscribe(resolved)
+        resolved = self.learn(ack.variable_ids[0], ack.names[0])
+        if resolved is not actor:
+            # The ref named another variable than the actor's (re-registered name, or a
+            # name and an id of one variable asked for separately): move the observers.
+            self.fold(actor, resolved)
+        if not resolved.attached:
+            # Every observer left before the answer came: undo it on the wire.
+            if resolved.wire:
+                resolved._unwire()
+            self.request_unsubscribe(resolved)
 
-    def _fail_all(self, error: Exception) -> None:
-        for actor in list({id(a): a for a in [*self.by_id.values(), *self.by_name.values()]}
-                          .values()):
-            if actor.attached:
-                actor.fail(error)
-        for done in self._pongs.values():
+    def _fail_all(self, error: BaseException) -> None:
+        self._failure = error
+        self._outbox_send = None  # the next subscription opens a new stream
+        self._pending.clear()
+        failure = error if isinstance(error, Exception) else ConnectionError(str(error))
+        for actor in self._actors():
+            if actor.attached or actor.wire:
+                actor.fail(failure)
+        pongs, self._pongs = self._pongs, {}
+        for nonce, done in pongs.items():
+            self._pongs[nonce] = done  # kept, so sync() can tell a failure from a pong
             done.set()
 
     async def close(self) -> None:
-        """Stop the stream; observers are completed.
+        """Stop the stream; observers complete, waiting ``sync()`` calls raise.
 
         Example::
 
             await hub.close()
         """
         self._closed = True
-        self._outbox_send.close()
-        actors = {id(a): a for a in [*self.by_id.values(), *self.by_name.values()]}
-        for actor in actors.values():
-            attached, actor.attached = actor.attached, []
-            actor.wire = actor.live = False
-            for a in attached:
-                try:
-                    a.observer.on_completed()
-                except Exception:
-                    log.exception("observer_failed", variable=actor.name)
-        if self._stream is not None:
-            await self._stream.close()
+        if self._outbox_send is not None:
+            self._outbox_send.close()
+        for actor in self._actors():
+            actor._end(None)
+        for done in self._pongs.values():
+            done.set()
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups, mapped to a dspex-rx exception."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return map_rpc_error(error)
 
 
 def observable_for(
@@ -607,9 +660,7 @@ def observable_for(
         observer: rx_abc.ObserverBase[VariableUpdate],
         scheduler: rx_abc.SchedulerBase | None = None,
     ) -> rx_abc.DisposableBase:
-        return hub.actor(ref).attach(observer, include_initial)
+        return hub.actor(ref).attach(observer, include_initial, ref)
 
     return reactivex.create(subscribe)
 
-
-Clock = Callable[[], float]

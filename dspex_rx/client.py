@@ -19,12 +19,10 @@ from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable
 
 from . import codec
-from .actors import CacheEntry, VariableActor, VariableUpdate, WatchHub, observable_for
+from .actors import VariableActor, VariableUpdate, WatchHub, observable_for
 from .cache import VariableCache
 from .convert import (
-    ERROR_DETAIL_PREFIX,
-    ERROR_KIND_KEY,
-    KIND_BY_STATUS,
+    map_rpc_error,
     seconds,
     type_from_pb,
     type_to_pb,
@@ -40,24 +38,6 @@ log = get_logger("dspex_rx.client")
 
 M = TypeVar("M", bound=Message)
 _MISSING: Any = object()
-
-
-def _raise_mapped(error: grpc.aio.AioRpcError) -> None:
-    """Re-raise a status the server sent on purpose as the matching dspex-rx exception.
-
-    Transport failures (UNAVAILABLE, DEADLINE_EXCEEDED, ...) stay raw ``grpc.RpcError``.
-    """
-    trailing = error.trailing_metadata() or ()
-    metadata = {key: value for key, value in trailing if isinstance(value, str)}
-    kind = metadata.get(ERROR_KIND_KEY) or KIND_BY_STATUS.get(error.code())
-    if kind is None:
-        return
-    details = {
-        key[len(ERROR_DETAIL_PREFIX) :].replace("-", "_"): value
-        for key, value in metadata.items()
-        if key.startswith(ERROR_DETAIL_PREFIX) and key != ERROR_KIND_KEY
-    }
-    raise error_from_kind(kind, error.details() or error.code().name, **details) from None
 
 
 def _info(variable: pb.Variable, revision: int | None = None) -> dict[str, Any]:
@@ -79,6 +59,10 @@ def _info(variable: pb.Variable, revision: int | None = None) -> dict[str, Any]:
     if revision is not None:
         info["session_revision"] = revision
     return info
+
+
+def _is_initial(update: VariableUpdate) -> bool:
+    return update.update_type == "initial"
 
 
 def _merge_now(
@@ -363,8 +347,10 @@ class SessionContext:
                 f"/{SERVICE_NAME}/{method}", request, response_type, timeout
             )
         except grpc.aio.AioRpcError as exc:
-            _raise_mapped(exc)
-            raise
+            mapped = map_rpc_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None
         revision = getattr(response, "revision", 0)
         if isinstance(revision, int) and revision > self.revision:
             self.revision = revision
@@ -511,12 +497,12 @@ class SessionContext:
             retries = await session.get_variable("retries", default=3)
         """
         started = time.perf_counter()
-        entry, counted = self._read_cached(name, bypass_cache)
-        if entry is not None:
+        found, cached, counted = self._read_cached(name, bypass_cache)
+        if found:
             actor = self._require_hub().known(name)
             assert actor is not None
             actor.stats.read_latency_total += time.perf_counter() - started
-            return entry.value
+            return cached
         try:
             response = await self._call(
                 "GetVariable",
@@ -565,11 +551,11 @@ class SessionContext:
         counted: set[str] = set()
         to_fetch: list[str] = []
         for ref in dict.fromkeys(names):
-            cached, was_counted = self._read_cached(ref, bypass_cache=not plain)
+            found_locally, cached, was_counted = self._read_cached(ref, bypass_cache=not plain)
             if was_counted:
                 counted.add(ref)
-            if cached is not None:
-                local[ref] = cached.value
+            if found_locally:
+                local[ref] = cached
             else:
                 to_fetch.append(ref)
         found: dict[str, pb.Variable] = {}
@@ -770,16 +756,17 @@ class SessionContext:
         )
         return actor
 
-    def _read_cached(self, ref: str, bypass_cache: bool) -> tuple[CacheEntry | None, bool]:
-        """A local read: (the entry or None, whether a miss was already counted)."""
+    def _read_cached(self, ref: str, bypass_cache: bool) -> tuple[bool, Any, bool]:
+        """A local read: (found, value, whether a miss was already counted)."""
         actor = self._require_hub().known(ref)
         if actor is None:
             self._cache.lookup(ref)  # nothing is cached under an unknown ref: a miss
-            return None, False
+            return False, None, False
         if bypass_cache:
             actor.stats.cache_misses += 1
-            return None, True
-        return actor.read(), True
+            return False, None, True
+        found, value = actor.read()
+        return found, value, True
 
     async def fetch_missing(self, var_ids: Sequence[str]) -> dict[str, Any]:
         """One ``GetVariables`` call for the given ids or names: ``{ref: value}`` of those
@@ -953,7 +940,9 @@ class SessionContext:
 
             observable = observable.pipe(ops.filter(changed))
         if throttle_ms:
-            observable = observable.pipe(throttle_latest(throttle_ms / 1000.0))
+            observable = observable.pipe(
+                throttle_latest(throttle_ms / 1000.0, passthrough=_is_initial)
+            )
         return self._watch(observable)
 
     def watch_variables(
@@ -983,7 +972,9 @@ class SessionContext:
             if filter_fn is not None:
                 observable = observable.pipe(ops.filter(_name_filter(filter_fn)))
             if throttle_ms:
-                observable = observable.pipe(throttle_latest(throttle_ms / 1000.0))
+                observable = observable.pipe(
+                throttle_latest(throttle_ms / 1000.0, passthrough=_is_initial)
+            )
             streams.append(observable)
         merged = _merge_now(streams)
         if debounce_ms:

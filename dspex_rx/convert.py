@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from .errors import InvalidValueError
+from .errors import InvalidValueError, error_from_kind
 from .types import TYPES, normalize_type
 from .v1 import variables_pb2 as pb
 
@@ -94,3 +94,29 @@ def seconds(ts: Timestamp) -> float:
         2.25
     """
     return ts.seconds + ts.nanos / 1e9
+
+
+def map_rpc_error(error: BaseException) -> BaseException:
+    """The dspex-rx exception for a status the server sent on purpose; anything else
+    (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, non-gRPC errors) comes back unchanged.
+
+    Example::
+
+        except grpc.aio.AioRpcError as exc:
+            raise map_rpc_error(exc) from None
+    """
+    original = error
+    if not isinstance(error, grpc.aio.AioRpcError):
+        return original
+    trailing = error.trailing_metadata() or ()
+    metadata = {key: value for key, value in trailing if isinstance(value, str)}
+    kind = metadata.get(ERROR_KIND_KEY) or KIND_BY_STATUS.get(error.code())
+    if kind is None:
+        return original
+    details = {
+        key[len(ERROR_DETAIL_PREFIX) :].replace("-", "_"): value
+        for key, value in metadata.items()
+        if key.startswith(ERROR_DETAIL_PREFIX) and key != ERROR_KIND_KEY
+    }
+    message: str = error.details() or error.code().name
+    return error_from_kind(kind, message, **details)

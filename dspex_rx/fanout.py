@@ -142,38 +142,49 @@ class Subscriber:
         return items
 
     def _conflate(self) -> None:
-        # Merge every waiting frame into one, at the first frame's place. Per variable the
-        # latest event wins, with the old value the watcher last saw before the gap.
-        latest: dict[str, ChangeEvent] = {}
-        first_old: dict[str, Any] = {}
+        # Merge each run of consecutive frames into one frame, in place. Frames never move
+        # past a control note: an initial frame must stay after its Subscribed ack (the
+        # client learns the variable's id from the ack), and a pong after what preceded it.
+        # Per variable the latest event wins, with the old value from before the gap;
+        # initial/resync types are kept so a new watcher still sees its first value as such.
         items: list[PendingFrame | Any] = []
-        slot = -1
-        revision = 0
+        run: list[PendingFrame] = []
         for item in self._queue:
             if isinstance(item, PendingFrame):
-                if slot < 0:
-                    slot = len(items)
-                    items.append(None)
-                revision = max(revision, item.revision)
-                for event in item.events:
-                    first_old.setdefault(event.record.id, event.old_value)
-                    if item.update_type is not None and item.update_type != event.update_type:
-                        event = ChangeEvent(
-                            event.record, event.old_value, item.update_type, event.metadata,
-                            event.source,
-                        )
-                    latest[event.record.id] = event
-            else:
-                items.append(item)
-        merged = sorted(latest.values(), key=lambda e: e.record.mod_revision)
-        items[slot] = PendingFrame(
-            revision,
-            [
-                ChangeEvent(e.record, first_old[e.record.id], e.update_type, e.metadata, e.source)
-                for e in merged
-            ],
-            conflated=True,
-        )
+                run.append(item)
+                continue
+            if run:
+                items.append(_merge(run))
+                run = []
+            items.append(item)
+        if run:
+            items.append(_merge(run))
         self._queue = deque(items)
-        self._pending_events = len(merged)
+        self._pending_events = sum(
+            len(i.events) for i in items if isinstance(i, PendingFrame)
+        )
         self.conflations += 1
+
+
+def _merge(frames: list[PendingFrame]) -> PendingFrame:
+    if len(frames) == 1 and frames[0].conflated:
+        return frames[0]
+    latest: dict[str, ChangeEvent] = {}
+    first_old: dict[str, Any] = {}
+    first_type: dict[str, str] = {}
+    for frame in frames:
+        for event in frame.events:
+            var_id = event.record.id
+            kind = frame.update_type or event.update_type
+            first_old.setdefault(var_id, event.old_value)
+            first_type.setdefault(var_id, kind)
+            latest[var_id] = event
+    merged = []
+    for var_id, event in sorted(latest.items(), key=lambda kv: kv[1].record.mod_revision):
+        kind = event.update_type
+        if kind != "deleted" and first_type[var_id] in ("initial", "resync"):
+            kind = first_type[var_id]
+        merged.append(
+            ChangeEvent(event.record, first_old[var_id], kind, event.metadata, event.source)
+        )
+    return PendingFrame(max(f.revision for f in frames), merged, conflated=True)

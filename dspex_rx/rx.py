@@ -602,13 +602,18 @@ async def open_trio_scheduler() -> AsyncIterator[TrioScheduler]:
 
 
 def throttle_latest(
-    window_s: float, scheduler: abc.SchedulerBase | None = None
+    window_s: float,
+    scheduler: abc.SchedulerBase | None = None,
+    passthrough: Callable[[_T], bool] | None = None,
 ) -> Callable[[Observable[_T]], Observable[_T]]:
     """Throttle with a trailing edge: the first value after a quiet period passes at once
     and opens a ``window_s`` window; during the window only the latest value is kept; at
     the window's end a kept value is emitted and opens the next window, else the window
     closes. Completion flushes a kept value before completing, so the last value is never
     dropped; an error drops it and passes the error on.
+
+    Values for which ``passthrough(value)`` is true (a watch's initial value) are emitted
+    at once and neither open nor touch a window.
 
     Uses ``scheduler``, else the subscribe-time scheduler, else reactivex's TimeoutScheduler.
 
@@ -652,7 +657,9 @@ def throttle_latest(
                 with lock:
                     if stopped:
                         return
-                    if window_open:
+                    if passthrough is not None and passthrough(value):
+                        observer.on_next(value)
+                    elif window_open:
                         held[:] = [value]
                     else:
                         open_window()

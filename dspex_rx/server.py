@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import signal
 import threading
@@ -81,6 +82,12 @@ UPDATE_TYPES: dict[str, int] = {
     for name in ("initial", "value_change", "deleted", "dependency_changed", "resync")
 }
 MAX_FRAMES_PER_MESSAGE = 256
+# A stream message is flushed once its frames pass this size, far below the send limit.
+MESSAGE_SOFT_LIMIT = 4 * 1024 * 1024
+# Old values of events above this size are not sent (old_value stays unset), so one event
+# always fits in a message: the new value is never dropped.
+MAX_OLD_VALUE_BYTES = 16 * 1024 * 1024
+MIN_PROGRESS_INTERVAL = 0.01
 
 
 def event_to_pb(event: ChangeEvent, update_type: str | None, out: spb.VariableEvent) -> None:
@@ -100,6 +107,8 @@ def event_to_pb(event: ChangeEvent, update_type: str | None, out: spb.VariableEv
         codec.fill(out.value, record.value)
     if kind not in ("initial", "resync"):
         codec.fill(out.old_value, event.old_value)
+        if out.old_value.ByteSize() > MAX_OLD_VALUE_BYTES:
+            out.ClearField("old_value")
     out.version = record.version
     out.revision = record.mod_revision
     out.update_type = UPDATE_TYPES[kind]  # type: ignore[assignment]
@@ -350,6 +359,13 @@ class VariablesService(pb_grpc.VariablesServicer):
             await context.abort(STATUS_BY_KIND[exc.kind], str(exc))
             return
         interval = first.open.progress_interval_seconds or self.progress_interval
+        if not math.isfinite(interval) or interval < MIN_PROGRESS_INTERVAL:
+            context.set_trailing_metadata(((ERROR_KIND_KEY, "invalid_value"),))
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"progress_interval_seconds must be a finite number >= {MIN_PROGRESS_INTERVAL}"
+                f" (0 for the server default), got {interval!r}",
+            )
         wake = asyncio.Event()
         subscriber = Subscriber(wake.set, self.max_pending_events, session_id)
         remove_listener = self.store.add_listener(session_id, subscriber.on_commit)
@@ -426,16 +442,28 @@ class VariablesService(pb_grpc.VariablesServicer):
         # Synchronous from lookup to queueing: no commit can fall between the snapshot
         # (or the replay) and the first live event, because nothing else runs meanwhile.
         session = self.store.session(session_id)
-        found, missing = self.store.get_many(session_id, list(request.refs))
-        if missing:
+
+        def refuse(error: str, kind: str) -> None:
+            # Only this request fails; the stream and its other watches go on.
             subscriber.push_control(
                 spb.Subscribed(
-                    request_id=request.request_id,
-                    revision=session.revision,
-                    error=f"no variable(s) {', '.join(map(repr, missing))} in session "
-                    f"{session_id!r}",
-                    error_kind="not_found",
+                    request_id=request.request_id, revision=session.revision, error=error,
+                    error_kind=kind,
                 )
+            )
+
+        if not request.refs:
+            refuse("subscribe needs at least one variable", "invalid_value")
+            return
+        try:
+            found, missing = self.store.get_many(session_id, list(request.refs))
+        except DspexError as exc:
+            refuse(str(exc), exc.kind)
+            return
+        if missing:
+            refuse(
+                f"no variable(s) {', '.join(map(repr, missing))} in session {session_id!r}",
+                "not_found",
             )
             return
         ids = [r.id for r in found]
@@ -467,14 +495,17 @@ class VariablesService(pb_grpc.VariablesServicer):
 
     def _messages(self, items: list[Any]) -> Iterator[spb.ServerMessage]:
         message = spb.ServerMessage()
+        size = 0
         for item in items:
             if isinstance(item, PendingFrame):
                 frame = message.frames.add(revision=item.revision, conflated=item.conflated)
                 for event in item.events:
                     event_to_pb(event, item.update_type, frame.events.add())
-                if len(message.frames) >= MAX_FRAMES_PER_MESSAGE:
+                size += frame.ByteSize()
+                if len(message.frames) >= MAX_FRAMES_PER_MESSAGE or size >= MESSAGE_SOFT_LIMIT:
                     yield message
                     message = spb.ServerMessage()
+                    size = 0
                 continue
             if message.frames:
                 yield message

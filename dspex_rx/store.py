@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
+import math
 import re
 import secrets
 import time
@@ -33,6 +34,7 @@ from .types import check_constraints, check_metadata, infer_type, normalize_type
 
 log = get_logger("dspex_rx.store")
 
+MAX_TTL = 7 * 24 * 3600.0
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
 
 
@@ -200,7 +202,12 @@ class MemoryStore:
 
             session, client_id, created = store.initialize_session("session_123")
         """
-        ttl = self.default_ttl if not ttl or ttl <= 0 else ttl
+        if ttl is not None and not (ttl == 0 or (math.isfinite(ttl) and 0 < ttl <= MAX_TTL)):
+            raise InvalidValueError(
+                f"session ttl must be between 0 and {MAX_TTL:g} seconds (0 for the server "
+                f"default), got {ttl!r}"
+            )
+        ttl = ttl or self.default_ttl
         now = self._clock()
         created = False
         if session_id:

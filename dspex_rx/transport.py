@@ -238,12 +238,27 @@ class Transport:
             await trio.to_thread.run_sync(self._loop.stop)
 
 
+async def _write(call: Any, message: Message) -> None:
+    try:
+        await call.write(message)
+    except asyncio.InvalidStateError:
+        # The RPC already ended: report how it ended, not grpc's "already finished".
+        raise grpc.aio.AioRpcError(
+            code=await call.code(),
+            initial_metadata=await call.initial_metadata(),
+            trailing_metadata=await call.trailing_metadata(),
+            details=await call.details(),
+        ) from None
+
+
 class Stream(Generic[M]):
     """A bidi gRPC stream whose incoming messages reach trio in batches.
 
     A reader task on the loop appends each message to an inbox and wakes trio at most once
     per batch (``run_sync_soon``), since handing messages over one at a time costs about
-    as much as the messages themselves (DESIGN.md). Writes are serialized.
+    as much as the messages themselves (DESIGN.md). When ``max_inbox`` messages wait, the
+    reader stops reading until trio drains them, so gRPC flow control reaches the server
+    (which then conflates) instead of client memory growing. Writes are serialized.
 
     Example::
 
@@ -253,10 +268,15 @@ class Stream(Generic[M]):
         await stream.close()
     """
 
-    def __init__(self, loop: LoopThread, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(
+        self, loop: LoopThread, token: trio.lowlevel.TrioToken, max_inbox: int = 1024
+    ) -> None:
         self._loop = loop
         self._token = token
+        self.max_inbox = max_inbox
         self._inbox: deque[M] = deque()
+        self._space: asyncio.Event | None = None
+        self._paused = False
         self._kick_pending = False
         self._ready = trio.Event()
         self._finished = False
@@ -269,6 +289,7 @@ class Stream(Generic[M]):
     async def _start(self, method: Any) -> None:
         # On the loop thread.
         self._call = method()
+        self._space = asyncio.Event()
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
@@ -279,6 +300,8 @@ class Stream(Generic[M]):
                     break
                 self._inbox.append(message)
                 self._kick()
+                if len(self._inbox) >= self.max_inbox:
+                    await self._wait_for_space()
         except asyncio.CancelledError:
             pass
         except BaseException as exc:  # grpc.aio.AioRpcError and friends: hand to trio
@@ -286,6 +309,18 @@ class Stream(Generic[M]):
         finally:
             self._finished = True
             self._kick()
+
+    async def _wait_for_space(self) -> None:
+        # On the loop: the flag goes up before the re-check, so a drain either happened
+        # before the check (no wait) or sees the flag and sets the event (wakes us).
+        assert self._space is not None
+        self._space.clear()
+        self._paused = True
+        try:
+            if len(self._inbox) >= self.max_inbox:
+                await self._space.wait()
+        finally:
+            self._paused = False
 
     def _kick(self) -> None:
         if not self._kick_pending:
@@ -316,6 +351,8 @@ class Stream(Generic[M]):
                 while inbox:
                     batch.append(inbox.popleft())
                 self.batches += 1
+                if self._paused and self._space is not None and self._loop.loop is not None:
+                    self._loop.loop.call_soon_threadsafe(self._space.set)
                 return batch
             if self._finished:
                 if self._error is not None:
@@ -332,7 +369,9 @@ class Stream(Generic[M]):
         """
         async with self._write_lock:
             call = self._call
-            await self._loop.run(lambda: call.write(message))
+            if call is None:
+                raise RuntimeError("the stream is closed")
+            await self._loop.run(lambda: _write(call, message))
 
     async def close(self) -> None:
         """Cancel the RPC and wait until its reader has stopped; safe to call twice.

@@ -284,3 +284,42 @@ async def test_slow_stream_does_not_slow_others(
     assert last == 301
     await slow.stream.close()
     await fast.stream.close()
+
+
+async def test_client_inbox_is_bounded_and_pushes_back_to_the_server() -> None:
+    with EmbeddedServer(max_pending_events=50) as embedded:
+        async with dspex_rx.connect(embedded.target) as session:
+            await session.register_variable("hot", "integer", 0)
+            transport = Transport(embedded.target)
+            await transport.open()
+            try:
+                raw = await open_raw(transport, session.session_id)
+                raw.stream.max_inbox = 4
+                await raw.subscribe(["hot"], include_initial=False)
+                sid = session.session_id
+
+                def burst() -> None:
+                    for i in range(1, 2001):
+                        embedded.store.set(sid, "hot", i, actor="burst")
+
+                # Commit in slices so the server's sender runs between them.
+                for _ in range(5):
+                    await trio.to_thread.run_sync(embedded.call, burst)
+                guard = trio.current_time() + 10
+                while not raw.stream._paused:  # the reader stops at max_inbox
+                    assert trio.current_time() < guard, "the reader never paused"
+                    await trio.sleep(0.01)
+                assert len(raw.stream._inbox) <= 4
+                last = 0
+                with trio.fail_after(10):
+                    while last < 10_001:
+                        for frame in (await raw.next()).frames:
+                            last = max([last, *[e.version for e in frame.events]])
+                assert last == 10_001  # the latest value arrives, conflated on the server
+                conflations = embedded.call(
+                    lambda: max(s.conflations for s in embedded.service.subscribers)
+                )
+                assert conflations > 0
+                await raw.stream.close()
+            finally:
+                await transport.close()
