@@ -480,14 +480,14 @@ class WatchHub:
         )
 
     def request_unsubscribe(self, actor: VariableActor) -> None:
-        """Queue a wire unsubscription (once the id is known; before that, the pending
-        subscription's answer undoes it).
+        """Queue a wire unsubscription, in order after the subscription it undoes (an actor
+        whose id is not known yet goes by the ref it subscribed with; the server resolves it).
 
         Example::
 
             hub.request_unsubscribe(actor)
         """
-        if self._closed or self._outbox_send is None or self.by_id.get(actor.id) is not actor:
+        if self._closed or self._outbox_send is None:
             return
         self._send(
             spb.ClientMessage(
@@ -604,10 +604,9 @@ class WatchHub:
             # The ref named another variable than the actor's (re-registered name, or a
             # name and an id of one variable asked for separately): move the observers.
             self.fold(actor, resolved)
-        if not resolved.attached:
-            # Every observer left before the answer came: undo it on the wire.
-            if resolved.wire:
-                resolved._unwire()
+        if not resolved.attached and resolved.wire:
+            # Folded into an actor whose observers have all gone meanwhile.
+            resolved._unwire()
             self.request_unsubscribe(resolved)
 
     def _fail_all(self, error: BaseException) -> None:

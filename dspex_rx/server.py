@@ -130,7 +130,15 @@ def _spec_from_pb(spec: pb.VariableSpec) -> VariableSpec:
         constraints=codec.decode_map(spec.constraints),
         metadata=codec.decode_map(spec.metadata),
         description=spec.description,
+        dependencies=list(spec.dependencies),
     )
+
+
+_DEPENDENCY_TYPES: dict[str, int] = {
+    name: pb.DependencyType.Value("DEPENDENCY_TYPE_" + name.upper())
+    for name in ("data", "constraint", "optimization")
+}
+_DEPENDENCY_TYPE_NAMES = {number: name for name, number in _DEPENDENCY_TYPES.items()}
 
 
 def _handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -288,6 +296,8 @@ class VariablesService(pb_grpc.VariablesServicer):
             actor=session_id,
             create_if_missing=request.create_if_missing,
             type_hint=hint,
+            expected_version=request.expected_version or None,
+            source=request.source or None,
         )
         response = pb.SetVariableResponse(revision=revision, created=created)
         record_to_pb(record, response.variable)
@@ -298,7 +308,9 @@ class VariablesService(pb_grpc.VariablesServicer):
         self, request: pb.UpdateVariablesRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateVariablesResponse:
         session_id = _session_id(request)
-        updates = [(u.ref, codec.decode(u.value)) for u in request.updates]
+        updates = [
+            (u.ref, codec.decode(u.value), u.expected_version or None) for u in request.updates
+        ]
         outcomes, revision, applied = self.store.update_many(
             session_id,
             updates,
@@ -331,8 +343,95 @@ class VariablesService(pb_grpc.VariablesServicer):
         self, request: pb.DeleteVariableRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteVariableResponse:
         session_id = _session_id(request)
-        var_id, revision = self.store.delete(session_id, request.ref, actor=session_id)
-        return pb.DeleteVariableResponse(id=var_id, revision=revision)
+        deleted, revision = self.store.delete(
+            session_id, request.ref, actor=session_id, cascade=request.cascade
+        )
+        return pb.DeleteVariableResponse(id=deleted[0], revision=revision, deleted_ids=deleted)
+
+    @_handler
+    async def AddDependency(
+        self, request: pb.AddDependencyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AddDependencyResponse:
+        session_id = _session_id(request)
+        revision = self.store.add_dependency(
+            session_id,
+            request.from_ref,
+            request.to_ref,
+            _DEPENDENCY_TYPE_NAMES.get(request.dependency_type, "data"),
+            codec.decode_map(request.metadata),
+            actor=session_id,
+        )
+        return pb.AddDependencyResponse(revision=revision)
+
+    @_handler
+    async def RemoveDependency(
+        self, request: pb.RemoveDependencyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RemoveDependencyResponse:
+        session_id = _session_id(request)
+        removed, revision = self.store.remove_dependency(
+            session_id, request.from_ref, request.to_ref, actor=session_id
+        )
+        return pb.RemoveDependencyResponse(removed=removed, revision=revision)
+
+    @_handler
+    async def GetDependencies(
+        self, request: pb.GetDependenciesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetDependenciesResponse:
+        found = self.store.dependencies(
+            _session_id(request), request.ref, dependents=request.dependents,
+            transitive=request.transitive,
+        )
+        response = pb.GetDependenciesResponse()
+        for record, depth, edge in found:
+            response.entries.add(
+                variable_id=record.id,
+                name=record.name,
+                type=type_to_pb(record.type),
+                dependency_type=_DEPENDENCY_TYPES[edge.type],
+                metadata=codec.encode_map(edge.metadata),
+                depth=depth,
+            )
+        return response
+
+    @_handler
+    async def GetHistory(
+        self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetHistoryResponse:
+        page = self.store.history(
+            _session_id(request), request.ref, request.limit or 100, request.offset
+        )
+        response = pb.GetHistoryResponse(
+            current_version=page.current_version,
+            oldest_retained_version=page.oldest_retained_version,
+            retention=page.retention,
+        )
+        if page.expired is not None:
+            response.expired_from_version, response.expired_to_version = page.expired
+        for entry in page.entries:
+            out = response.entries.add(version=entry.version, revision=entry.revision)
+            codec.fill(out.value, entry.value)
+            out.updated_at.CopyFrom(timestamp(entry.updated_at))
+            if request.include_metadata:
+                out.updated_by = entry.updated_by
+                out.metadata.CopyFrom(codec.encode_map(entry.metadata))
+        return response
+
+    @_handler
+    async def Rollback(
+        self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RollbackResponse:
+        session_id = _session_id(request)
+        record, revision = self.store.rollback(
+            session_id,
+            request.ref,
+            request.version,
+            reason=request.reason or None,
+            actor=session_id,
+            expected_version=request.expected_version or None,
+        )
+        response = pb.RollbackResponse(revision=revision)
+        record_to_pb(record, response.variable)
+        return response
 
     async def Echo(
         self, request: pb.EchoRequest, context: grpc.aio.ServicerContext
@@ -426,7 +525,8 @@ class VariablesService(pb_grpc.VariablesServicer):
             if kind == "subscribe":
                 self._subscribe(session_id, subscriber, message.subscribe)
             elif kind == "unsubscribe":
-                subscriber.unwatch(message.unsubscribe.variable_ids)
+                found, _ = self.store.get_many(session_id, list(message.unsubscribe.variable_ids))
+                subscriber.unwatch(r.id for r in found)
                 subscriber.push_control(
                     spb.Unsubscribed(request_id=message.unsubscribe.request_id)
                 )

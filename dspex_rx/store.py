@@ -8,6 +8,7 @@ replaces a record, so a reader's snapshot never changes under it.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import fnmatch
 import itertools
@@ -22,6 +23,7 @@ from typing import Any
 
 from .errors import (
     AlreadyExistsError,
+    ConflictError,
     DspexError,
     InvalidValueError,
     ResourceExhaustedError,
@@ -29,6 +31,7 @@ from .errors import (
     VariableNotFoundError,
     VariableTypeError,
 )
+from .graph import DEPENDENCY_TYPES, CycleError, DependencyGraph, Edge
 from .logs import get_logger
 from .types import check_constraints, check_metadata, infer_type, normalize_type, validate_value
 
@@ -63,6 +66,40 @@ class VariableRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One version a variable held.
+
+    Example::
+
+        entry.version, entry.value, entry.metadata.get("rollback_to")
+    """
+
+    version: int
+    value: Any
+    updated_at: float
+    updated_by: str
+    metadata: Mapping[str, Any]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of history, newest first, and what fell out of retention within it.
+
+    Example::
+
+        page = store.history(sid, "x", limit=10)
+        if page.expired: print("versions", page.expired, "are no longer retained")
+    """
+
+    entries: list[HistoryEntry]
+    current_version: int
+    oldest_retained_version: int
+    expired: tuple[int, int] | None  # (first, last) versions of the page not retained
+    retention: int
+
+
+@dataclass(frozen=True, slots=True)
 class VariableSpec:
     """What a caller asks to register.
 
@@ -77,6 +114,7 @@ class VariableSpec:
     constraints: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] | None = None
     description: str = ""
+    dependencies: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +182,8 @@ class Session:
     log: deque[Commit] = field(default_factory=deque)
     log_floor: int = 0
     listeners: list[Listener] = field(default_factory=list)
+    graph: DependencyGraph = field(default_factory=DependencyGraph)
+    history: dict[str, deque[HistoryEntry]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +219,15 @@ class MemoryStore:
         default_ttl: float = 60.0,
         max_variables_per_session: int = 100_000,
         log_size: int = 10_000,
+        history_size: int = 1_000,
     ) -> None:
         self._clock = clock
         self.default_ttl = default_ttl
         self.max_variables_per_session = max_variables_per_session
         self.log_size = log_size
+        if history_size < 1:
+            raise InvalidValueError(f"history_size must be at least 1, got {history_size}")
+        self.history_size = history_size
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
 
@@ -379,15 +423,32 @@ class MemoryStore:
         ]
         events = []
         meta = metadata or {}
+        changed: list[VariableRecord] = []
         for record in stamped:
             old = session.variables.get(record.id)
             session.variables[record.id] = record
             session.names[record.name] = record.id
+            self._remember(session, record, meta)
             if old is not None:
+                changed.append(record)
                 events.append(ChangeEvent(record, old.value, "value_change", meta, source))
+        if changed and len(session.graph):
+            # Dependents learn of the change in the same frame, upstream first.
+            note = {
+                "source_variable": changed[0].name,
+                "source_variables": [r.name for r in changed],
+                "source_revision": revision,
+            }
+            for var_id in session.graph.downstream(r.id for r in changed):
+                dependent = session.variables[var_id]
+                events.append(
+                    ChangeEvent(dependent, dependent.value, "dependency_changed", note, source)
+                )
         for record in removed:
             del session.variables[record.id]
             del session.names[record.name]
+            session.graph.drop(record.id)
+            session.history.pop(record.id, None)
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         session.revision = revision
@@ -398,6 +459,19 @@ class MemoryStore:
         for listener in list(session.listeners):
             self._notify(listener, commit)
         return stamped, revision
+
+    def _remember(
+        self, session: Session, record: VariableRecord, metadata: Mapping[str, Any]
+    ) -> None:
+        entries = session.history.get(record.id)
+        if entries is None:
+            entries = session.history[record.id] = deque(maxlen=self.history_size)
+        entries.append(
+            HistoryEntry(
+                record.version, record.value, record.updated_at, record.updated_by,
+                metadata, record.mod_revision,
+            )
+        )
 
     def _prepare_new(
         self, session: Session, spec: VariableSpec, actor: str, taken: set[str]
@@ -458,7 +532,43 @@ class MemoryStore:
         for spec in specs:
             prepared.append(self._prepare_new(session, spec, actor, taken))
             taken.add(spec.name)
+        edges = self._new_edges(session, specs, prepared)
+        added: list[Edge] = []
+        try:
+            for edge in edges:
+                if session.graph.add(edge):
+                    added.append(edge)
+        except CycleError as exc:
+            for edge in added:  # nothing of a refused batch stays
+                session.graph.remove(edge.dependent, edge.dependency)
+            names = {r.id: r.name for r in prepared}
+            raise self._cycle_error(session, exc, names) from None
         return self._commit(session, prepared)
+
+    def _new_edges(
+        self, session: Session, specs: Sequence[VariableSpec], prepared: list[VariableRecord]
+    ) -> list[Edge]:
+        in_batch = {r.name: r.id for r in prepared} | {r.id: r.id for r in prepared}
+        edges = []
+        for spec, record in zip(specs, prepared, strict=True):
+            if isinstance(spec.dependencies, str):
+                raise InvalidValueError(
+                    f"variable {spec.name!r}: dependencies must be a list of names or ids"
+                )
+            for ref in spec.dependencies:
+                target = in_batch.get(ref) or self._resolve(session, ref).id
+                edges.append(Edge(record.id, target, "data", {}))
+        return edges
+
+    def _cycle_error(
+        self, session: Session, exc: CycleError, names: Mapping[str, str] | None = None
+    ) -> InvalidValueError:
+        def name(var_id: str) -> str:
+            record = session.variables.get(var_id)
+            return record.name if record else (names or {}).get(var_id, var_id)
+
+        cycle = " -> ".join(name(v) for v in exc.path)
+        return InvalidValueError(f"dependency would create a cycle: {cycle}")
 
     def get(self, session_id: str, ref: str) -> VariableRecord:
         """The current record of a variable, by id or name.
@@ -515,12 +625,19 @@ class MemoryStore:
         actor: str,
         create_if_missing: bool = False,
         type_hint: str | None = None,
+        expected_version: int | None = None,
+        source: str | None = None,
     ) -> tuple[VariableRecord, int, bool]:
         """Validate and write one value; returns (new record, revision, created).
+
+        ``expected_version`` makes it a compare-and-set: a variable at another version
+        raises ``ConflictError`` (with ``current_version``) and nothing is written.
+        ``source`` is who watchers see as the writer (default: ``actor``).
 
         Example::
 
             record, revision, _ = store.set(sid, "temperature", 0.9, actor="me")
+            store.set(sid, "n", 5, actor="me", expected_version=record.version)
         """
         session = self.session(session_id)
         try:
@@ -533,19 +650,29 @@ class MemoryStore:
                 session_id, [VariableSpec(ref, type_name, value, None, metadata)], actor
             )
             return records[0], revision, True
+        self._check_version(record, expected_version)
         clean_metadata = check_metadata(record.name, metadata)
         written, revision = self._commit(
             session,
             [self._prepare_write(record, value, clean_metadata, actor)],
             metadata=clean_metadata,
-            source=actor,
+            source=source or actor,
         )
         return written[0], revision, False
+
+    @staticmethod
+    def _check_version(record: VariableRecord, expected: int | None) -> None:
+        if expected and expected != record.version:
+            raise ConflictError(
+                f"variable {record.name!r}: expected version {expected}, but it is at "
+                f"version {record.version}",
+                current_version=record.version,
+            )
 
     def update_many(
         self,
         session_id: str,
-        updates: Sequence[tuple[str, Any]],
+        updates: Sequence[tuple[str, Any]] | Sequence[tuple[str, Any, int | None]],
         *,
         metadata: Mapping[str, Any] | None = None,
         atomic: bool = True,
@@ -553,8 +680,10 @@ class MemoryStore:
     ) -> tuple[list[UpdateOutcome], int, bool]:
         """Write several variables under one revision; returns (outcomes, revision, applied).
 
-        With ``atomic`` any bad entry means nothing is applied: the bad entries carry their
-        error, the rest say they were not applied. Without it the valid entries are applied.
+        Each update is ``(ref, value)`` or ``(ref, value, expected_version)``. With
+        ``atomic`` any bad entry (invalid, unknown, or at another version than expected)
+        means nothing is applied: the bad entries carry their error, the rest say they
+        were not applied. Without it the valid entries are applied.
 
         Example::
 
@@ -565,7 +694,10 @@ class MemoryStore:
         prepared: list[VariableRecord | None] = []
         errors: list[DspexError | None] = []
         seen: set[str] = set()
-        for ref, value in updates:
+        refs = [u[0] for u in updates]
+        for update in updates:
+            ref, value = update[0], update[1]
+            expected = update[2] if len(update) > 2 else None
             try:
                 record = self._resolve(session, ref)
                 if record.id in seen:
@@ -573,6 +705,7 @@ class MemoryStore:
                         f"variable {record.name!r} appears more than once in the batch"
                     )
                 seen.add(record.id)
+                self._check_version(record, expected)
                 prepared.append(self._prepare_write(record, value, clean_metadata, actor))
                 errors.append(None)
             except DspexError as exc:
@@ -580,14 +713,14 @@ class MemoryStore:
                 errors.append(exc)
         failed = [e for e in errors if e is not None]
         if atomic and failed:
-            first_bad = next(ref for (ref, _), e in zip(updates, errors, strict=True) if e)
+            first_bad = next(ref for ref, e in zip(refs, errors, strict=True) if e)
             outcomes = [
                 UpdateOutcome(ref, False, str(e), e.kind)
                 if e
                 else UpdateOutcome(
                     ref, False, f"not applied: the atomic batch failed on {first_bad!r}", "aborted"
                 )
-                for (ref, _), e in zip(updates, errors, strict=True)
+                for ref, e in zip(refs, errors, strict=True)
             ]
             return outcomes, session.revision, False
         to_apply = [r for r in prepared if r is not None]
@@ -602,7 +735,7 @@ class MemoryStore:
             UpdateOutcome(ref, True, record=committed[p.id])
             if p is not None
             else UpdateOutcome(ref, False, str(e), e.kind if e else "")
-            for (ref, _), p, e in zip(updates, prepared, errors, strict=True)
+            for ref, p, e in zip(refs, prepared, errors, strict=True)
         ]
         return outcomes, revision, bool(to_apply)
 
@@ -619,13 +752,172 @@ class MemoryStore:
             records = [r for r in records if fnmatch.fnmatchcase(r.name, pattern)]
         return records
 
-    def delete(self, session_id: str, ref: str, actor: str = "") -> tuple[str, int]:
-        """Remove a variable; returns (its id, the new revision).
+    def delete(
+        self, session_id: str, ref: str, actor: str = "", cascade: bool = False
+    ) -> tuple[builtins.list[str], int]:
+        """Remove a variable; returns (ids deleted, the named one first; the new revision).
+
+        A variable others depend on is refused unless ``cascade``, which deletes every
+        variable that depends on it, transitively, in the same commit.
 
         Example::
 
-            var_id, revision = store.delete(sid, "temperature")
+            deleted, revision = store.delete(sid, "temperature")
         """
         session = self.session(session_id)
         record = self._resolve(session, ref)
-        return record.id, self._commit(session, (), removed=[record], source=actor)[1]
+        dependents = session.graph.dependents(record.id, transitive=True)
+        if dependents and not cascade:
+            names = ", ".join(repr(session.variables[d].name) for d, _, _ in dependents)
+            raise InvalidValueError(
+                f"variable {record.name!r} cannot be deleted: {names} depend(s) on it "
+                "(delete with cascade=True to delete them too)"
+            )
+        doomed = [record, *(session.variables[d] for d, _, _ in dependents)]
+        _, revision = self._commit(session, (), removed=doomed, source=actor)
+        return [r.id for r in doomed], revision
+
+    # -------------------------------------------------------------- dependencies
+
+    def add_dependency(
+        self,
+        session_id: str,
+        from_ref: str,
+        to_ref: str,
+        dependency_type: str = "data",
+        metadata: Mapping[str, Any] | None = None,
+        actor: str = "",
+    ) -> int:
+        """Record that ``from_ref`` depends on ``to_ref``; returns the new revision.
+
+        A dependency that would close a cycle raises ``ValueError`` naming it
+        (``a -> b -> a``); unknown variables raise ``KeyError``.
+
+        Example::
+
+            store.add_dependency(sid, "effective_temperature", "base_temperature")
+        """
+        session = self.session(session_id)
+        dependent = self._resolve(session, from_ref)
+        dependency = self._resolve(session, to_ref)
+        if dependency_type not in DEPENDENCY_TYPES:
+            raise InvalidValueError(
+                f"dependency type must be one of {', '.join(DEPENDENCY_TYPES)}, "
+                f"got {dependency_type!r}"
+            )
+        clean = check_metadata(dependent.name, metadata)
+        try:
+            session.graph.add(Edge(dependent.id, dependency.id, dependency_type, clean))
+        except CycleError as exc:
+            raise self._cycle_error(session, exc) from None
+        return self._commit(session, (), source=actor)[1]
+
+    def remove_dependency(
+        self, session_id: str, from_ref: str, to_ref: str, actor: str = ""
+    ) -> tuple[bool, int]:
+        """Forget that ``from_ref`` depends on ``to_ref``; returns (existed, revision).
+
+        Example::
+
+            removed, revision = store.remove_dependency(sid, "eff", "base")
+        """
+        session = self.session(session_id)
+        dependent = self._resolve(session, from_ref)
+        dependency = self._resolve(session, to_ref)
+        if not session.graph.remove(dependent.id, dependency.id):
+            return False, session.revision
+        return True, self._commit(session, (), source=actor)[1]
+
+    def dependencies(
+        self, session_id: str, ref: str, *, dependents: bool = False, transitive: bool = False
+    ) -> builtins.list[tuple[VariableRecord, int, Edge]]:
+        """What ``ref`` depends on (or, with ``dependents``, what depends on it):
+        (record, depth, the edge that reached it), nearest first.
+
+        Example::
+
+            [r.name for r, _, _ in store.dependencies(sid, "eff", transitive=True)]
+        """
+        session = self.session(session_id)
+        record = self._resolve(session, ref)
+        walk = session.graph.dependents if dependents else session.graph.dependencies
+        return [
+            (session.variables[var_id], depth, edge)
+            for var_id, depth, edge in walk(record.id, transitive)
+        ]
+
+    # ----------------------------------------------------------------- history
+
+    def history(
+        self, session_id: str, ref: str, limit: int = 100, offset: int = 0
+    ) -> HistoryPage:
+        """A page of a variable's versions, newest first: versions ``current - offset``
+        down to ``current - offset - limit + 1``. Versions of that range that fell out of
+        retention are reported in ``expired``, never silently left out.
+
+        Example::
+
+            page = store.history(sid, "temperature", limit=10, offset=0)
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise InvalidValueError(f"history offset must be an integer >= 0, got {offset!r}")
+        session = self.session(session_id)
+        record = self._resolve(session, ref)
+        entries = session.history.get(record.id, deque())
+        oldest = entries[0].version if entries else record.version
+        newest_wanted = record.version - offset
+        oldest_wanted = max(1, newest_wanted - limit + 1)
+        page = [e for e in reversed(entries) if oldest_wanted <= e.version <= newest_wanted]
+        expired = None
+        if newest_wanted >= 1 and oldest_wanted < oldest:
+            expired = (oldest_wanted, min(newest_wanted, oldest - 1))
+        return HistoryPage(page, record.version, oldest, expired, self.history_size)
+
+    def rollback(
+        self,
+        session_id: str,
+        ref: str,
+        version: int,
+        *,
+        reason: str | None = None,
+        actor: str,
+        expected_version: int | None = None,
+    ) -> tuple[VariableRecord, int]:
+        """Write a new version whose value is that of ``version`` (history is appended,
+        never rewritten); returns (new record, revision). Unknown or expired versions
+        raise ``ValueError``.
+
+        Example::
+
+            record, revision = store.rollback(sid, "temperature", 3, reason="bad sweep", actor="me")
+        """
+        session = self.session(session_id)
+        record = self._resolve(session, ref)
+        self._check_version(record, expected_version)
+        if not isinstance(version, int) or isinstance(version, bool) or not (
+            1 <= version <= record.version
+        ):
+            raise InvalidValueError(
+                f"variable {record.name!r} has no version {version!r} (versions 1 to "
+                f"{record.version})"
+            )
+        entries = session.history.get(record.id, deque())
+        entry = next((e for e in entries if e.version == version), None)
+        if entry is None:
+            oldest = entries[0].version if entries else record.version
+            raise InvalidValueError(
+                f"version {version} of variable {record.name!r} is no longer retained "
+                f"(the oldest kept is {oldest}; retention is {self.history_size} versions)"
+            )
+        metadata: dict[str, Any] = {"rollback_to": version}
+        if reason is not None:
+            metadata["reason"] = reason
+        written, revision = self._commit(
+            session,
+            [self._prepare_write(record, entry.value, metadata, actor)],
+            metadata=metadata,
+            source=actor,
+        )
+        return written[0], revision

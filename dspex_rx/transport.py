@@ -241,8 +241,13 @@ class Transport:
 async def _write(call: Any, message: Message) -> None:
     try:
         await call.write(message)
-    except asyncio.InvalidStateError:
-        # The RPC already ended: report how it ended, not grpc's "already finished".
+    except (asyncio.InvalidStateError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
+        # A write racing the end of the RPC fails with "already finished" or a core
+        # error; report how the RPC really ended (the server's status) instead.
+        if not call.done():
+            raise
+        if isinstance(exc, grpc.aio.AioRpcError) and exc.code() != grpc.StatusCode.INTERNAL:
+            raise
         raise grpc.aio.AioRpcError(
             code=await call.code(),
             initial_metadata=await call.initial_metadata(),

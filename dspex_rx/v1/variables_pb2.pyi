@@ -25,6 +25,13 @@ class VariableType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VARIABLE_TYPE_TENSOR: _ClassVar[VariableType]
     VARIABLE_TYPE_LIST: _ClassVar[VariableType]
     VARIABLE_TYPE_DICT: _ClassVar[VariableType]
+
+class DependencyType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEPENDENCY_TYPE_UNSPECIFIED: _ClassVar[DependencyType]
+    DEPENDENCY_TYPE_DATA: _ClassVar[DependencyType]
+    DEPENDENCY_TYPE_CONSTRAINT: _ClassVar[DependencyType]
+    DEPENDENCY_TYPE_OPTIMIZATION: _ClassVar[DependencyType]
 VARIABLE_TYPE_UNSPECIFIED: VariableType
 VARIABLE_TYPE_FLOAT: VariableType
 VARIABLE_TYPE_INTEGER: VariableType
@@ -36,6 +43,10 @@ VARIABLE_TYPE_EMBEDDING: VariableType
 VARIABLE_TYPE_TENSOR: VariableType
 VARIABLE_TYPE_LIST: VariableType
 VARIABLE_TYPE_DICT: VariableType
+DEPENDENCY_TYPE_UNSPECIFIED: DependencyType
+DEPENDENCY_TYPE_DATA: DependencyType
+DEPENDENCY_TYPE_CONSTRAINT: DependencyType
+DEPENDENCY_TYPE_OPTIMIZATION: DependencyType
 
 class Variable(_message.Message):
     __slots__ = ("id", "name", "type", "value", "constraints", "metadata", "version", "mod_revision", "created_at", "updated_at", "updated_by", "create_revision", "description")
@@ -132,20 +143,22 @@ class CloseSessionResponse(_message.Message):
     def __init__(self, session_removed: _Optional[bool] = ...) -> None: ...
 
 class VariableSpec(_message.Message):
-    __slots__ = ("name", "type", "initial_value", "constraints", "metadata", "description")
+    __slots__ = ("name", "type", "initial_value", "constraints", "metadata", "description", "dependencies")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     INITIAL_VALUE_FIELD_NUMBER: _ClassVar[int]
     CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: VariableType
     initial_value: _value_pb2.Value
     constraints: _value_pb2.MapValue
     metadata: _value_pb2.MapValue
     description: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., initial_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ...) -> None: ...
+    dependencies: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., initial_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ..., dependencies: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterVariableRequest(_message.Message):
     __slots__ = ("session_id", "spec")
@@ -214,20 +227,24 @@ class GetVariablesResponse(_message.Message):
     def __init__(self, variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class SetVariableRequest(_message.Message):
-    __slots__ = ("session_id", "ref", "value", "metadata", "create_if_missing", "type_hint")
+    __slots__ = ("session_id", "ref", "value", "metadata", "create_if_missing", "type_hint", "expected_version", "source")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CREATE_IF_MISSING_FIELD_NUMBER: _ClassVar[int]
     TYPE_HINT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     ref: str
     value: _value_pb2.Value
     metadata: _value_pb2.MapValue
     create_if_missing: bool
     type_hint: VariableType
-    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., create_if_missing: _Optional[bool] = ..., type_hint: _Optional[_Union[VariableType, str]] = ...) -> None: ...
+    expected_version: int
+    source: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., create_if_missing: _Optional[bool] = ..., type_hint: _Optional[_Union[VariableType, str]] = ..., expected_version: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class SetVariableResponse(_message.Message):
     __slots__ = ("variable", "revision", "created")
@@ -240,12 +257,14 @@ class SetVariableResponse(_message.Message):
     def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class VariableUpdate(_message.Message):
-    __slots__ = ("ref", "value")
+    __slots__ = ("ref", "value", "expected_version")
     REF_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     ref: str
     value: _value_pb2.Value
-    def __init__(self, ref: _Optional[str] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ...) -> None: ...
+    expected_version: int
+    def __init__(self, ref: _Optional[str] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class UpdateVariablesRequest(_message.Message):
     __slots__ = ("session_id", "updates", "metadata", "atomic")
@@ -300,20 +319,164 @@ class ListVariablesResponse(_message.Message):
     def __init__(self, variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class DeleteVariableRequest(_message.Message):
-    __slots__ = ("session_id", "ref")
+    __slots__ = ("session_id", "ref", "cascade")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
+    CASCADE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     ref: str
-    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
+    cascade: bool
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., cascade: _Optional[bool] = ...) -> None: ...
 
 class DeleteVariableResponse(_message.Message):
-    __slots__ = ("id", "revision")
+    __slots__ = ("id", "revision", "deleted_ids")
     ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_IDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     revision: int
-    def __init__(self, id: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+    deleted_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., revision: _Optional[int] = ..., deleted_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AddDependencyRequest(_message.Message):
+    __slots__ = ("session_id", "from_ref", "to_ref", "dependency_type", "metadata")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_REF_FIELD_NUMBER: _ClassVar[int]
+    TO_REF_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    from_ref: str
+    to_ref: str
+    dependency_type: DependencyType
+    metadata: _value_pb2.MapValue
+    def __init__(self, session_id: _Optional[str] = ..., from_ref: _Optional[str] = ..., to_ref: _Optional[str] = ..., dependency_type: _Optional[_Union[DependencyType, str]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ...) -> None: ...
+
+class AddDependencyResponse(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+
+class RemoveDependencyRequest(_message.Message):
+    __slots__ = ("session_id", "from_ref", "to_ref")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_REF_FIELD_NUMBER: _ClassVar[int]
+    TO_REF_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    from_ref: str
+    to_ref: str
+    def __init__(self, session_id: _Optional[str] = ..., from_ref: _Optional[str] = ..., to_ref: _Optional[str] = ...) -> None: ...
+
+class RemoveDependencyResponse(_message.Message):
+    __slots__ = ("removed", "revision")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    revision: int
+    def __init__(self, removed: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class GetDependenciesRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "dependents", "transitive")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIVE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    dependents: bool
+    transitive: bool
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., dependents: _Optional[bool] = ..., transitive: _Optional[bool] = ...) -> None: ...
+
+class DependencyInfo(_message.Message):
+    __slots__ = ("variable_id", "name", "type", "dependency_type", "metadata", "depth")
+    VARIABLE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    variable_id: str
+    name: str
+    type: VariableType
+    dependency_type: DependencyType
+    metadata: _value_pb2.MapValue
+    depth: int
+    def __init__(self, variable_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., dependency_type: _Optional[_Union[DependencyType, str]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., depth: _Optional[int] = ...) -> None: ...
+
+class GetDependenciesResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[DependencyInfo]
+    def __init__(self, entries: _Optional[_Iterable[_Union[DependencyInfo, _Mapping]]] = ...) -> None: ...
+
+class HistoryEntry(_message.Message):
+    __slots__ = ("version", "value", "updated_at", "updated_by", "metadata", "revision")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    value: _value_pb2.Value
+    updated_at: _timestamp_pb2.Timestamp
+    updated_by: str
+    metadata: _value_pb2.MapValue
+    revision: int
+    def __init__(self, version: _Optional[int] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class GetHistoryRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "limit", "offset", "include_metadata")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_METADATA_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    limit: int
+    offset: int
+    include_metadata: bool
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., include_metadata: _Optional[bool] = ...) -> None: ...
+
+class GetHistoryResponse(_message.Message):
+    __slots__ = ("entries", "current_version", "oldest_retained_version", "expired_from_version", "expired_to_version", "retention")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_RETAINED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
+    current_version: int
+    oldest_retained_version: int
+    expired_from_version: int
+    expired_to_version: int
+    retention: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., current_version: _Optional[int] = ..., oldest_retained_version: _Optional[int] = ..., expired_from_version: _Optional[int] = ..., expired_to_version: _Optional[int] = ..., retention: _Optional[int] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "version", "reason", "expected_version")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    version: int
+    reason: str
+    expected_version: int
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class RollbackResponse(_message.Message):
+    __slots__ = ("variable", "revision")
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    variable: Variable
+    revision: int
+    def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class EchoRequest(_message.Message):
     __slots__ = ("payload",)

@@ -100,6 +100,31 @@ class VariablesStub:
                 request_serializer=dspex__rx_dot_v1_dot_session__pb2.ClientMessage.SerializeToString,
                 response_deserializer=dspex__rx_dot_v1_dot_session__pb2.ServerMessage.FromString,
                 _registered_method=True)
+        self.AddDependency = channel.unary_unary(
+                '/dspex_rx.v1.Variables/AddDependency',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.AddDependencyRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.AddDependencyResponse.FromString,
+                _registered_method=True)
+        self.RemoveDependency = channel.unary_unary(
+                '/dspex_rx.v1.Variables/RemoveDependency',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.RemoveDependencyRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.RemoveDependencyResponse.FromString,
+                _registered_method=True)
+        self.GetDependencies = channel.unary_unary(
+                '/dspex_rx.v1.Variables/GetDependencies',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetDependenciesRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetDependenciesResponse.FromString,
+                _registered_method=True)
+        self.GetHistory = channel.unary_unary(
+                '/dspex_rx.v1.Variables/GetHistory',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetHistoryResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/dspex_rx.v1.Variables/Rollback',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.RollbackResponse.FromString,
+                _registered_method=True)
 
 
 class VariablesServicer:
@@ -185,6 +210,36 @@ class VariablesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddDependency(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDependency(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDependencies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariablesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +307,31 @@ def add_VariablesServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=dspex__rx_dot_v1_dot_session__pb2.ClientMessage.FromString,
                     response_serializer=dspex__rx_dot_v1_dot_session__pb2.ServerMessage.SerializeToString,
+            ),
+            'AddDependency': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddDependency,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.AddDependencyRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.AddDependencyResponse.SerializeToString,
+            ),
+            'RemoveDependency': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDependency,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.RemoveDependencyRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.RemoveDependencyResponse.SerializeToString,
+            ),
+            'GetDependencies': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDependencies,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetDependenciesRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetDependenciesResponse.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetHistoryRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetHistoryResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.RollbackRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.RollbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -605,6 +685,141 @@ class Variables:
             '/dspex_rx.v1.Variables/Session',
             dspex__rx_dot_v1_dot_session__pb2.ClientMessage.SerializeToString,
             dspex__rx_dot_v1_dot_session__pb2.ServerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddDependency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/AddDependency',
+            dspex__rx_dot_v1_dot_variables__pb2.AddDependencyRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.AddDependencyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDependency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/RemoveDependency',
+            dspex__rx_dot_v1_dot_variables__pb2.RemoveDependencyRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.RemoveDependencyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDependencies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/GetDependencies',
+            dspex__rx_dot_v1_dot_variables__pb2.GetDependenciesRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.GetDependenciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/GetHistory',
+            dspex__rx_dot_v1_dot_variables__pb2.GetHistoryRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.GetHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/Rollback',
+            dspex__rx_dot_v1_dot_variables__pb2.RollbackRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.RollbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

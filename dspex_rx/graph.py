@@ -1,0 +1,216 @@
+"""The dependency graph of one session: which variable depends on which, kept acyclic,
+with transitive queries and the topological order that change propagation follows.
+
+Pure data over variable ids; the store names them in messages and owns the locking.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEPENDENCY_TYPES = ("data", "constraint", "optimization")
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """``dependent`` depends on ``dependency``.
+
+    Example::
+
+        Edge("var_eff_3", "var_base_1", "data", {})
+    """
+
+    dependent: str
+    dependency: str
+    type: str = "data"
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+class CycleError(ValueError):
+    """Adding an edge would close a cycle; ``path`` is the cycle as ids, first == last.
+
+    Example::
+
+        except CycleError as exc: print(" -> ".join(exc.path))
+    """
+
+    def __init__(self, path: list[str]) -> None:
+        super().__init__(" -> ".join(path))
+        self.path = path
+
+
+class DependencyGraph:
+    """Edges both ways (what a variable depends on, what depends on it), always acyclic.
+
+    Example::
+
+        graph = DependencyGraph()
+        graph.add(Edge("c", "b")); graph.add(Edge("b", "a"))
+        graph.dependencies("c", transitive=True)   # [("b", 1, edge), ("a", 2, edge)]
+    """
+
+    def __init__(self) -> None:
+        self._out: dict[str, dict[str, Edge]] = {}  # dependent -> dependency -> edge
+        self._in: dict[str, dict[str, Edge]] = {}  # dependency -> dependent -> edge
+
+    def __len__(self) -> int:
+        return sum(len(edges) for edges in self._out.values())
+
+    def edges(self) -> list[Edge]:
+        """Every edge.
+
+        Example::
+
+            len(graph.edges())
+        """
+        return [edge for edges in self._out.values() for edge in edges.values()]
+
+    def path(self, start: str, goal: str) -> list[str] | None:
+        """A chain ``start -> ... -> goal`` along "depends on" edges, or None.
+
+        Example::
+
+            graph.path("c", "a")   # ["c", "b", "a"]
+        """
+        if start == goal:
+            return [start]
+        parents: dict[str, str] = {start: start}
+        queue = deque([start])
+        while queue:
+            node = queue.popleft()
+            for nxt in self._out.get(node, {}):
+                if nxt in parents:
+                    continue
+                parents[nxt] = node
+                if nxt == goal:
+                    chain = [goal]
+                    while chain[-1] != start:
+                        chain.append(parents[chain[-1]])
+                    return chain[::-1]
+                queue.append(nxt)
+        return None
+
+    def add(self, edge: Edge) -> bool:
+        """Add an edge (replacing type/metadata of an existing one); returns False if it
+        was already there unchanged. Raises ``CycleError`` if it would close a cycle.
+
+        Example::
+
+            graph.add(Edge("b", "a", "data"))
+        """
+        existing = self._out.get(edge.dependent, {}).get(edge.dependency)
+        if existing == edge:
+            return False
+        if existing is None:
+            back = self.path(edge.dependency, edge.dependent)
+            if back is not None:
+                raise CycleError([edge.dependent, *back])
+        self._out.setdefault(edge.dependent, {})[edge.dependency] = edge
+        self._in.setdefault(edge.dependency, {})[edge.dependent] = edge
+        return True
+
+    def remove(self, dependent: str, dependency: str) -> bool:
+        """Remove an edge; returns whether it existed.
+
+        Example::
+
+            graph.remove("b", "a")
+        """
+        edge = self._out.get(dependent, {}).pop(dependency, None)
+        if edge is None:
+            return False
+        self._in[dependency].pop(dependent, None)
+        self._prune(dependent)
+        self._prune(dependency)
+        return True
+
+    def drop(self, node: str) -> None:
+        """Remove a node and every edge touching it.
+
+        Example::
+
+            graph.drop("var_a_1")
+        """
+        for dependency in list(self._out.get(node, {})):
+            self.remove(node, dependency)
+        for dependent in list(self._in.get(node, {})):
+            self.remove(dependent, node)
+
+    def _prune(self, node: str) -> None:
+        if not self._out.get(node):
+            self._out.pop(node, None)
+        if not self._in.get(node):
+            self._in.pop(node, None)
+
+    def _walk(
+        self, node: str, step: Callable[[str], Mapping[str, Edge]], transitive: bool
+    ) -> list[tuple[str, int, Edge]]:
+        seen = {node}
+        found: list[tuple[str, int, Edge]] = []
+        frontier = [node]
+        depth = 0
+        while frontier:
+            depth += 1
+            nxt = []
+            for current in frontier:
+                for other, edge in step(current).items():
+                    if other not in seen:
+                        seen.add(other)
+                        found.append((other, depth, edge))
+                        nxt.append(other)
+            if not transitive:
+                break
+            frontier = nxt
+        return found
+
+    def dependencies(self, node: str, transitive: bool = False) -> list[tuple[str, int, Edge]]:
+        """What ``node`` depends on: (id, depth, edge that reached it), breadth first.
+
+        Example::
+
+            [dep for dep, _, _ in graph.dependencies("c", transitive=True)]
+        """
+        return self._walk(node, lambda n: self._out.get(n, {}), transitive)
+
+    def dependents(self, node: str, transitive: bool = False) -> list[tuple[str, int, Edge]]:
+        """What depends on ``node``: (id, depth, edge that reached it), breadth first.
+
+        Example::
+
+            [d for d, _, _ in graph.dependents("a")]
+        """
+        return self._walk(node, lambda n: self._in.get(n, {}), transitive)
+
+    def downstream(self, changed: Iterable[str]) -> list[str]:
+        """Every variable that transitively depends on any of ``changed`` (not those
+        themselves), in topological order: each after everything it depends on.
+
+        Example::
+
+            graph.downstream(["a"])   # ["b", "c"] for c -> b -> a
+        """
+        roots = set(changed)
+        reach: set[str] = set()
+        stack = list(roots)
+        while stack:
+            for dependent in self._in.get(stack.pop(), {}):
+                if dependent not in reach:
+                    reach.add(dependent)
+                    stack.append(dependent)
+        # Kahn's algorithm on the reached subgraph: a node is ready once every one of its
+        # dependencies inside that subgraph has been placed.
+        remaining = {n: sum(1 for dep in self._out.get(n, {}) if dep in reach) for n in reach}
+        queue = deque(sorted(n for n, count in remaining.items() if count == 0))
+        order: list[str] = []
+        while queue:
+            node = queue.popleft()
+            order.append(node)
+            for dependent in sorted(self._in.get(node, {})):
+                if dependent in remaining:
+                    remaining[dependent] -= 1
+                    if remaining[dependent] == 0:
+                        queue.append(dependent)
+        return [n for n in order if n not in roots]
