@@ -32,6 +32,7 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_unary.py
+	$(BIN)/python benchmarks/bench_reactive.py
 
 serve: $(STAMP)
 	$(BIN)/dspex-rx serve

@@ -24,26 +24,15 @@ Run::
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import json
-import logging
-import os
-import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 import numpy as np
-import structlog
 import trio
+from _common import emit, environment, make_note, quiet_logging, server_process
 from google.protobuf.message import Message
 
 import dspex_rx
@@ -54,63 +43,11 @@ GOAL_RATIO = 0.7
 GOAL_MAX_BYTES = 3200
 GRPC_FRAME_BYTES = 5  # 1-byte compressed flag + 4-byte big-endian length, per message
 EMBEDDING_DIMS = 768
-SERVER_START_TIMEOUT = 20.0
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 Op = Callable[[int], Awaitable[Any]]
 
 
-def emit(record: dict[str, Any]) -> None:
-    """Print one figure as one JSON line on stdout."""
-    print(json.dumps(record), flush=True)
-
-
-def quiet_logging() -> None:
-    """Client-side log lines: warnings and up, on stderr, never into the JSON lines."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-    )
-
-
-def note(message: str) -> None:
-    print(f"[bench_unary] {message}", file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- server
-
-
-@contextmanager
-def server_process(start_timeout: float = SERVER_START_TIMEOUT) -> Iterator[str]:
-    """Run ``dspex-rx serve`` in a child process; yield its target; always stop it."""
-    with tempfile.TemporaryDirectory(prefix="dspex-rx-bench-") as tmp:
-        port_file = Path(tmp) / "port"
-        cmd = [
-            sys.executable, "-m", "dspex_rx.cli", "serve",
-            "--port", "0", "--port-file", str(port_file), "--log-level", "warning",
-        ]
-        # The server's stdout goes to our stderr so stdout stays pure JSON lines.
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=sys.stderr)
-        try:
-            deadline = time.monotonic() + start_timeout
-            while not port_file.exists():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited early with code {proc.returncode}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no port file from the server after {start_timeout} s")
-                time.sleep(0.02)
-            port = int(port_file.read_text().strip())
-            note(f"server pid {proc.pid} on 127.0.0.1:{port}")
-            yield f"127.0.0.1:{port}"
-        finally:
-            if proc.poll() is None:
-                proc.terminate()  # SIGTERM: the server shuts down gracefully
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+note = make_note("bench_unary")
 
 
 # ----------------------------------------------------------------------------- timing
@@ -156,7 +93,8 @@ def make_ops(session: dspex_rx.SessionContext) -> dict[str, Op]:
         return await session.ping(b"")
 
     async def get_variable(i: int) -> Any:
-        return await session.get_variable("temperature")
+        # bypass_cache: this row measures the RPC; the cache has its own benchmark.
+        return await session.get_variable("temperature", bypass_cache=True)
 
     async def set_variable(i: int) -> Any:
         return await session.set_variable("temperature", set_values[i & 1])
@@ -283,22 +221,6 @@ async def bench_wire_bytes(session: dspex_rx.SessionContext) -> dict[str, Any]:
     }
 
 
-def environment() -> dict[str, Any]:
-    return {
-        "bench": "environment",
-        "date": datetime.date.today().isoformat(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "grpcio": grpc.__version__,
-        "trio": trio.__version__,
-        "numpy": np.__version__,
-        "dspex_rx": dspex_rx.__version__,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-    }
-
-
 async def client_main(target: str, args: argparse.Namespace) -> None:
     async with dspex_rx.connect(target, client_name="bench_unary") as session:
         for record in await bench_unary(session, args):
@@ -350,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logging()
     emit(environment())
-    with server_process() as target:
+    with server_process(note) as target:
         trio.run(client_main, target, args)
     return 0
 

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import reactivex
 import trio
 from reactivex import abc as rx_abc
-from reactivex.disposable import Disposable
 
 from . import codec
 from .cache import VariableCache
 from .convert import map_rpc_error, seconds
 from .errors import error_from_kind
 from .logs import get_logger
+from .rx import TrioObservable, TrioScheduler
 from .v1 import session_pb2 as spb
 
 if TYPE_CHECKING:
@@ -88,12 +88,26 @@ def update_from_pb(event: spb.VariableEvent, conflated: bool = False) -> Variabl
     )
 
 
-@dataclass(slots=True)
-class _Attached:
-    observer: rx_abc.ObserverBase[VariableUpdate]
-    include_initial: bool
-    last_version: int = 0
-    baseline: bool = False  # has this observer been given (or skipped) its first value
+class _Attached(rx_abc.DisposableBase):
+    """One local observer of an actor; disposing it detaches it. Small on purpose: with
+    10,000 watched variables every byte here counts ten thousand times."""
+
+    __slots__ = ("actor", "baseline", "include_initial", "last_version", "observer")
+
+    def __init__(
+        self,
+        actor: VariableActor,
+        observer: rx_abc.ObserverBase[VariableUpdate],
+        include_initial: bool,
+    ) -> None:
+        self.actor = actor
+        self.observer = observer
+        self.include_initial = include_initial
+        self.last_version = 0
+        self.baseline = False  # has this observer been given (or skipped) its first value
+
+    def dispose(self) -> None:
+        self.actor.detach(self)
 
 
 @dataclass(slots=True)
@@ -193,7 +207,7 @@ class VariableActor:
 
             disposable = actor.attach(observer, include_initial=True, ref="temperature")
         """
-        attached = _Attached(observer, include_initial)
+        attached = _Attached(self, observer, include_initial)
         self.attached.append(attached)
         found, value = self.cached() if self.live else (False, None)
         if found:
@@ -208,11 +222,7 @@ class VariableActor:
             self.wire = True
             self.live = False
             self.hub.request_subscribe(self, ref)
-
-        def dispose() -> None:
-            self.detach(attached)
-
-        return Disposable(dispose)
+        return attached
 
     def detach(self, attached: _Attached) -> None:
         """Remove an observer; the last one unsubscribes on the wire.
@@ -436,6 +446,7 @@ class WatchHub:
             return
         for attached in moved:
             attached.baseline = False
+            attached.actor = target
             target.attached.append(attached)
         if not target.wire or target.live:
             target.wire = True
@@ -645,21 +656,29 @@ def _unwrap(error: BaseException) -> BaseException:
     return map_rpc_error(error)
 
 
-def observable_for(
-    hub: WatchHub, ref: str, include_initial: bool
-) -> reactivex.Observable[VariableUpdate]:
-    """A cold-to-subscribe, hot-underneath observable of one variable's updates.
+class VariableObservable(TrioObservable[VariableUpdate]):
+    """A variable's updates: subscribing attaches the observer to the variable's actor
+    directly (one reactivex subscribe layer, not two), on the session's trio scheduler.
 
     Example::
 
-        observable_for(hub, "temperature", True).subscribe(print)
+        VariableObservable(hub, "temperature", True, scheduler).subscribe(print)
     """
 
-    def subscribe(
+    def __init__(
+        self, hub: WatchHub, ref: str, include_initial: bool, scheduler: TrioScheduler
+    ) -> None:
+        super().__init__(_NEVER, scheduler)
+        self._hub = hub
+        self._ref = ref
+        self._include_initial = include_initial
+
+    def _subscribe_core(
+        self,
         observer: rx_abc.ObserverBase[VariableUpdate],
         scheduler: rx_abc.SchedulerBase | None = None,
     ) -> rx_abc.DisposableBase:
-        return hub.actor(ref).attach(observer, include_initial, ref)
+        return self._hub.actor(self._ref).attach(observer, self._include_initial, self._ref)
 
-    return reactivex.create(subscribe)
 
+_NEVER: reactivex.Observable[Any] = reactivex.never()

@@ -19,7 +19,7 @@ from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable
 
 from . import codec
-from .actors import VariableActor, VariableUpdate, WatchHub, observable_for
+from .actors import VariableActor, VariableObservable, VariableUpdate, WatchHub
 from .cache import VariableCache
 from .convert import (
     map_rpc_error,
@@ -897,9 +897,7 @@ class SessionContext:
         """
         if self._scheduler is None:
             raise RuntimeError("the session is not initialized; call await session.initialize()")
-        return with_trio_scheduler(
-            observable_for(self._require_hub(), name, include_initial), self._scheduler
-        )
+        return VariableObservable(self._require_hub(), name, include_initial, self._scheduler)
 
     def _watch(self, observable: reactivex.Observable[VariableUpdate]) -> Watch:
         def forget(w: Watch) -> None:

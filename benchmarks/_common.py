@@ -1,0 +1,114 @@
+"""Helpers shared by the benchmark scripts: JSON-line output, quiet client logs, the server in
+a child process, percentiles and the environment record.
+
+The scripts run as ``python benchmarks/<script>.py``, so this module is imported as a
+top-level ``_common`` (the script's folder is first on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import structlog
+import trio
+
+import dspex_rx
+
+SERVER_START_TIMEOUT = 20.0
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Print one figure as one JSON line on stdout."""
+    print(json.dumps(record), flush=True)
+
+
+def quiet_logging() -> None:
+    """Client-side log lines: warnings and up, on stderr, never into the JSON lines."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def make_note(prefix: str) -> Callable[[str], None]:
+    """A progress printer for stderr: ``[prefix] message``."""
+
+    def note(message: str) -> None:
+        print(f"[{prefix}] {message}", file=sys.stderr, flush=True)
+
+    return note
+
+
+@contextmanager
+def server_process(
+    note: Callable[[str], None], start_timeout: float = SERVER_START_TIMEOUT
+) -> Iterator[str]:
+    """Run ``dspex-rx serve`` in a child process; yield its target; always stop it."""
+    with tempfile.TemporaryDirectory(prefix="dspex-rx-bench-") as tmp:
+        port_file = Path(tmp) / "port"
+        cmd = [
+            sys.executable, "-m", "dspex_rx.cli", "serve",
+            "--port", "0", "--port-file", str(port_file), "--log-level", "warning",
+        ]
+        # The server's stdout goes to our stderr so stdout stays pure JSON lines.
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=sys.stderr)
+        try:
+            deadline = time.monotonic() + start_timeout
+            while not port_file.exists():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the server exited early with code {proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no port file from the server after {start_timeout} s")
+                time.sleep(0.02)
+            port = int(port_file.read_text().strip())
+            note(f"server pid {proc.pid} on 127.0.0.1:{port}")
+            yield f"127.0.0.1:{port}"
+        finally:
+            if proc.poll() is None:
+                proc.terminate()  # SIGTERM: the server shuts down gracefully
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` percentile (0 < q <= 100): the smallest value with at least
+    ``q`` percent of the values at or below it."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "bench": "environment",
+        "date": datetime.date.today().isoformat(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "grpcio": grpc.__version__,
+        "trio": trio.__version__,
+        "numpy": np.__version__,
+        "dspex_rx": dspex_rx.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
