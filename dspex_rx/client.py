@@ -5,6 +5,7 @@ through the transport, and decodes the answer; the server validates.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -27,10 +28,12 @@ from .convert import (
     type_from_pb,
     type_to_pb,
 )
+from .derive import Derived
 from .errors import DspexError, InvalidValueError, SessionNotFoundError, error_from_kind
 from .logs import get_logger
 from .rx import TrioScheduler, throttle_latest, with_trio_scheduler
 from .server import GRPC_OPTIONS, SERVICE_NAME, EmbeddedServer
+from .types import infer_type
 from .v1 import variables_pb2 as pb
 from .watch import Watch, debounce_settled
 
@@ -59,6 +62,24 @@ def _info(variable: pb.Variable, revision: int | None = None) -> dict[str, Any]:
     if revision is not None:
         info["session_revision"] = revision
     return info
+
+
+_DEPENDENCY_TYPES: dict[str, int] = {
+    "data": pb.DEPENDENCY_TYPE_DATA,
+    "constraint": pb.DEPENDENCY_TYPE_CONSTRAINT,
+    "optimization": pb.DEPENDENCY_TYPE_OPTIMIZATION,
+}
+_DEPENDENCY_NAMES = {number: name for name, number in _DEPENDENCY_TYPES.items()}
+
+
+def _check_expected(name: str, expected: int | None) -> int:
+    if expected is None:
+        return 0
+    if not isinstance(expected, int) or isinstance(expected, bool) or expected < 1:
+        raise InvalidValueError(
+            f"variable {name!r}: expected_version must be an integer >= 1, got {expected!r}"
+        )
+    return expected
 
 
 def _is_initial(update: VariableUpdate) -> bool:
@@ -409,9 +430,9 @@ class SessionContext:
         dependencies: Sequence[str] | None,
         access_rules: Sequence[Mapping[str, Any]] | None,
     ) -> pb.VariableSpec:
-        if dependencies:
-            raise NotImplementedError(
-                "dependencies are not supported by this version yet (tracked in issue #4)"
+        if isinstance(dependencies, str):
+            raise InvalidValueError(
+                f"variable {name!r}: dependencies must be a list of names or ids, not a string"
             )
         if access_rules:
             raise NotImplementedError(
@@ -430,6 +451,7 @@ class SessionContext:
             constraints=_encode_metadata(name, constraints),
             metadata=_encode_metadata(name, metadata),
             description=description,
+            dependencies=list(dependencies or ()),
         )
 
     async def register_variables(self, variables: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -618,15 +640,22 @@ class SessionContext:
         metadata: Mapping[str, Any] | None = None,
         create_if_missing: bool = False,
         type_hint: str | None = None,
+        expected_version: int | None = None,
+        source: str | None = None,
     ) -> int:
         """Validate on the server and write one value; returns the variable's new version.
 
         With ``create_if_missing`` an unknown name is registered, its type taken from
         ``type_hint`` or inferred from the value (ambiguous values raise ``TypeError``).
+        ``expected_version`` makes the write a compare-and-set: if the variable is at
+        another version, ``ConflictError`` (a ``ValueError`` with ``.current_version``) is
+        raised and nothing is written. ``source`` is the writer watchers see
+        (``'derived'`` for computed variables); by default this session.
 
         Example::
 
             await session.set_variable("temperature", 0.9, metadata={"reason": "sweep"})
+            await session.set_variable("counter", 8, expected_version=7)
         """
         request = pb.SetVariableRequest(
             session_id=self.session_id,
@@ -634,6 +663,8 @@ class SessionContext:
             value=_encode_value(name, value),
             metadata=_encode_metadata(name, metadata),
             create_if_missing=create_if_missing,
+            expected_version=_check_expected(name, expected_version),
+            source=source or "",
         )
         if type_hint is not None:
             try:
@@ -652,12 +683,15 @@ class SessionContext:
         updates: Mapping[str, Any],
         metadata: Mapping[str, Any] | None = None,
         atomic: bool = True,
+        expected_versions: Mapping[str, int] | None = None,
     ) -> dict[str, bool | str]:
         """Write several variables in one call; returns name -> ``True`` or an error message.
 
         ``atomic=True``: all are validated first and applied under one revision, or none
         is (the bad entries carry their error, the rest say they were not applied). No
         exception is raised for bad entries. ``atomic=False`` applies what is valid.
+        ``expected_versions`` maps names to the version each must be at (compare-and-set
+        per entry); a mismatch is that entry's error.
 
         Example::
 
@@ -670,13 +704,20 @@ class SessionContext:
             atomic=atomic,
         )
         local_errors: dict[str, str] = {}
+        expected_versions = expected_versions or {}
+        unknown = set(expected_versions) - set(updates)
+        if unknown:
+            raise InvalidValueError(
+                f"expected_versions names {sorted(unknown)} that are not among the updates"
+            )
         for name, value in updates.items():
             try:
                 wire_value = _encode_value(name, value)
+                expected = _check_expected(name, expected_versions.get(name))
             except DspexError as exc:
                 local_errors[name] = str(exc)
                 continue
-            request.updates.add(ref=name, value=wire_value)
+            request.updates.add(ref=name, value=wire_value, expected_version=expected)
         if local_errors and atomic:
             first = next(iter(local_errors))
             return {
@@ -720,24 +761,210 @@ class SessionContext:
             infos.append({**_info(variable), "value": value})
         return infos
 
-    async def delete_variable(self, name: str) -> bool:
-        """Delete a variable by name or id; unknown names raise ``KeyError``.
+    async def delete_variable(self, name: str, cascade: bool = False) -> bool:
+        """Delete a variable by name or id; unknown names raise ``KeyError``. A variable
+        others depend on raises ``ValueError`` unless ``cascade=True``, which deletes its
+        dependents (transitively) too, in one revision.
 
         Example::
 
             await session.delete_variable("scratch")
+            await session.delete_variable("base_temperature", cascade=True)
         """
         response = await self._call(
             "DeleteVariable",
-            pb.DeleteVariableRequest(session_id=self.session_id, ref=name),
+            pb.DeleteVariableRequest(session_id=self.session_id, ref=name, cascade=cascade),
             pb.DeleteVariableResponse,
         )
-        actor = self._require_hub().known(response.id)
-        if actor is not None:
-            self._cache.invalidate_nowait(actor.id, "deleted")
-            if not actor.attached:
-                self._require_hub().forget(actor)
+        hub = self._require_hub()
+        for var_id in response.deleted_ids or [response.id]:
+            actor = hub.known(var_id)
+            if actor is not None:
+                self._cache.invalidate_nowait(actor.id, "deleted")
+                if not actor.attached:
+                    hub.forget(actor)
         return True
+
+    # --------------------------------------------------------------- dependencies
+
+    async def add_dependency(
+        self,
+        from_variable: str,
+        to_variable: str,
+        dependency_type: str = "data",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record that ``from_variable`` depends on ``to_variable`` (``data``,
+        ``constraint`` or ``optimization``). A dependency that would close a cycle raises
+        ``ValueError`` naming it (``a -> b -> c -> a``); unknown variables raise
+        ``KeyError``. When ``to_variable`` changes, watchers of ``from_variable`` get a
+        ``dependency_changed`` update in the same frame.
+
+        Example::
+
+            await session.add_dependency("effective_temperature", "base_temperature")
+        """
+        if dependency_type not in _DEPENDENCY_TYPES:
+            raise InvalidValueError(
+                f"dependency_type must be one of {', '.join(_DEPENDENCY_TYPES)}, "
+                f"got {dependency_type!r}"
+            )
+        await self._call(
+            "AddDependency",
+            pb.AddDependencyRequest(
+                session_id=self.session_id,
+                from_ref=from_variable,
+                to_ref=to_variable,
+                dependency_type=_DEPENDENCY_TYPES[dependency_type],  # type: ignore[arg-type]
+                metadata=_encode_metadata(from_variable, metadata),
+            ),
+            pb.AddDependencyResponse,
+        )
+        return True
+
+    async def remove_dependency(self, from_variable: str, to_variable: str) -> bool:
+        """Forget that ``from_variable`` depends on ``to_variable``; returns whether it did.
+
+        Example::
+
+            await session.remove_dependency("effective_temperature", "base_temperature")
+        """
+        response = await self._call(
+            "RemoveDependency",
+            pb.RemoveDependencyRequest(
+                session_id=self.session_id, from_ref=from_variable, to_ref=to_variable
+            ),
+            pb.RemoveDependencyResponse,
+        )
+        return response.removed
+
+    async def _dependencies(
+        self, variable: str, dependents: bool, transitive: bool
+    ) -> list[dict[str, Any]]:
+        response = await self._call(
+            "GetDependencies",
+            pb.GetDependenciesRequest(
+                session_id=self.session_id, ref=variable, dependents=dependents,
+                transitive=transitive,
+            ),
+            pb.GetDependenciesResponse,
+        )
+        return [
+            {
+                "variable_id": entry.variable_id,
+                "name": entry.name,
+                "type": type_from_pb(entry.type),
+                "dependency_type": _DEPENDENCY_NAMES.get(entry.dependency_type, "data"),
+                "metadata": codec.decode_map(entry.metadata),
+                "depth": entry.depth,
+            }
+            for entry in response.entries
+        ]
+
+    async def get_dependencies(
+        self, variable: str, include_transitive: bool = False
+    ) -> list[dict[str, Any]]:
+        """What ``variable`` depends on, nearest first: ``variable_id``, ``name``, ``type``,
+        ``dependency_type``, ``metadata``, ``depth`` (1 = direct).
+
+        Example::
+
+            deps = await session.get_dependencies("effective_temperature")
+        """
+        return await self._dependencies(variable, False, include_transitive)
+
+    async def get_dependents(
+        self, variable: str, include_transitive: bool = False
+    ) -> list[dict[str, Any]]:
+        """What depends on ``variable``, nearest first (entries as in ``get_dependencies``).
+
+        Example::
+
+            users = await session.get_dependents("base_temperature", include_transitive=True)
+        """
+        return await self._dependencies(variable, True, include_transitive)
+
+    # -------------------------------------------------------------------- history
+
+    async def get_variable_history(
+        self,
+        variable: str,
+        limit: int = 100,
+        offset: int = 0,
+        include_metadata: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Past values, newest first: ``version``, ``value``, ``updated_at``, and with
+        ``include_metadata`` also ``updated_by``, ``metadata`` (a rollback's
+        ``rollback_to`` and ``reason``) and ``revision``. Retention is bounded on the server
+        (1,000 versions by default); if the page reaches versions that fell out, it ends
+        with one entry ``{'expired': True, 'versions': [first, last], 'count': n}`` saying
+        so, never a silently shorter page.
+
+        Example::
+
+            for entry in await session.get_variable_history("temperature", limit=10):
+                print(entry["version"], entry["value"])
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidValueError(f"limit must be a positive integer, got {limit!r}")
+        response = await self._call(
+            "GetHistory",
+            pb.GetHistoryRequest(
+                session_id=self.session_id, ref=variable, limit=limit, offset=offset,
+                include_metadata=include_metadata,
+            ),
+            pb.GetHistoryResponse,
+        )
+        entries: list[dict[str, Any]] = []
+        for entry in response.entries:
+            item: dict[str, Any] = {
+                "version": entry.version,
+                "value": codec.decode(entry.value),
+                "updated_at": seconds(entry.updated_at),
+            }
+            if include_metadata:
+                item["updated_by"] = entry.updated_by
+                item["metadata"] = codec.decode_map(entry.metadata)
+                item["revision"] = entry.revision
+            entries.append(item)
+        if response.expired_to_version:
+            first, last = response.expired_from_version, response.expired_to_version
+            entries.append(
+                {
+                    "expired": True,
+                    "versions": [first, last],
+                    "count": last - first + 1,
+                    "reason": f"beyond retention ({response.retention} versions; the "
+                    f"oldest kept is {response.oldest_retained_version})",
+                }
+            )
+        return entries
+
+    async def rollback_variable(
+        self, variable: str, version: int, reason: str | None = None
+    ) -> int:
+        """Write a new version whose value equals that of ``version`` (history is
+        appended, never rewritten); returns the new version. Watchers see an ordinary
+        change. An unknown or expired version raises ``ValueError``.
+
+        Example::
+
+            await session.rollback_variable("temperature", 3, reason="sweep diverged")
+        """
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise InvalidValueError(f"version must be an integer, got {version!r}")
+        started = time.perf_counter()
+        response = await self._call(
+            "Rollback",
+            pb.RollbackRequest(
+                session_id=self.session_id, ref=variable, version=version, reason=reason or ""
+            ),
+            pb.RollbackResponse,
+        )
+        actor = self._remember(response.variable)
+        actor.stats.write_count += 1
+        actor.stats.write_latency_total += time.perf_counter() - started
+        return response.variable.version
 
     # ------------------------------------------------------------ the actor cache
 
@@ -998,6 +1225,47 @@ class SessionContext:
             return False
         found.cancel()
         return True
+
+    async def derive(
+        self,
+        name: str,
+        inputs: Sequence[str],
+        fn: Callable[..., Any],
+        type: str | None = None,
+        constraints: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> Derived:
+        """Register ``name`` as a computed variable: ``fn(*input_values)`` (sync or async),
+        with ``inputs`` as its dependencies, recomputed by this session from the latest
+        inputs and written back with ``source='derived'``. Glitch-free: an atomic batch
+        that changes several inputs causes one recomputation from all of its new values.
+        ``type`` defaults to the type of the first result. Returns a ``Derived`` handle
+        (``cancel()`` stops recomputing; closing the session does too).
+
+        Example::
+
+            await session.derive("effective_temperature",
+                                 ["base_temperature", "style_modifier"],
+                                 lambda base, style: base * style)
+        """
+        if isinstance(inputs, str) or not inputs:
+            raise InvalidValueError(f"variable {name!r}: derive needs a list of input variables")
+        if self._nursery is None:
+            raise RuntimeError("the session is not initialized; call await session.initialize()")
+        current = await self.get_variables(list(inputs), include_metadata=True)
+        result = fn(*(current[ref]["value"] for ref in inputs))
+        if inspect.isawaitable(result):
+            result = await result
+        type_name = type or infer_type(name, result)
+        await self.register_variable(
+            name, type_name, result, constraints=constraints,
+            metadata={**(metadata or {}), "derived_from": list(inputs)},
+            description=description, dependencies=list(inputs),
+        )
+        derived = Derived(self, name, inputs, fn, result)
+        self._nursery.start_soon(derived.run, name=f"dspex-rx-derive[{name}]")
+        return derived
 
     async def sync(self) -> int:
         """Wait until every change committed before this call has reached this client's

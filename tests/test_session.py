@@ -190,6 +190,6 @@ async def test_spec_form_initialize_and_close(server: EmbeddedServer) -> None:
         await session.get_variable("temperature")
 
 
-async def test_dependencies_parameter_is_refused_clearly(session: SessionContext) -> None:
-    with pytest.raises(NotImplementedError, match="issue #4"):
-        await session.register_variable("d", "float", 1.0, dependencies=["x"])
+async def test_access_rules_parameter_is_refused_clearly(session: SessionContext) -> None:
+    with pytest.raises(NotImplementedError, match="issue #6"):
+        await session.register_variable("d", "float", 1.0, access_rules=[{"allow": "*"}])

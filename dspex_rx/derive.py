@@ -1,0 +1,151 @@
+"""Computed variables: ``session.derive(name, inputs, fn)`` keeps ``name`` equal to
+``fn(*inputs)`` by recomputing on the client from the latest input values, glitch-free."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+from reactivex import abc as rx_abc
+
+from .actors import VariableUpdate
+from .logs import get_logger
+
+if TYPE_CHECKING:
+    from .client import SessionContext
+
+log = get_logger("dspex_rx.derive")
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality that also works for numpy arrays (same dtype, shape and values).
+
+    Example::
+
+        >>> same_value(np.ones(2), np.ones(2))
+        True
+    """
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(np.array_equal(a, b))
+        )
+    return type(a) is type(b) and bool(a == b)
+
+
+class Derived:
+    """The handle of a computed variable this session keeps up to date.
+
+    Glitch-free: input updates are collected while the watch stream's dispatcher applies
+    a message (an atomic batch is one frame, so all of it), and one recomputation runs
+    after it, from the inputs' latest values. A recomputation never sees one new and one
+    old input of the same batch, and an unchanged result is not written again.
+
+    Example::
+
+        derived = await session.derive("effective_temperature",
+                                       ["base_temperature", "style_modifier"],
+                                       lambda base, style: base * style)
+        derived.cancel()
+    """
+
+    def __init__(
+        self,
+        session: SessionContext,
+        name: str,
+        inputs: Sequence[str],
+        fn: Callable[..., Any],
+        last_written: Any,
+    ) -> None:
+        self.session = session
+        self.name = name
+        self.inputs = list(inputs)
+        self.fn = fn
+        self.recomputations = 0
+        self.writes = 0
+        self.errors = 0
+        self.last_error: BaseException | None = None
+        self._last_written = last_written
+        self._latest: dict[int, Any] = {}
+        self._revision = 0
+        self._wake = trio.Event()
+        self._scope = trio.CancelScope()
+        self._subscriptions: list[rx_abc.DisposableBase] = []
+        self._idle = trio.Event()
+
+    def _on_input(self, index: int, update: VariableUpdate) -> None:
+        if update.update_type in ("deleted", "dependency_changed"):
+            return
+        self._latest[index] = update.value
+        self._revision = max(self._revision, update.revision)
+        self._idle = trio.Event()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Subscribe to the inputs and recompute until cancelled (the session runs this).
+
+        Example::
+
+            nursery.start_soon(derived.run)
+        """
+        with self._scope:
+            try:
+                for index, ref in enumerate(self.inputs):
+                    on_input = functools.partial(self._on_input, index)
+                    self._subscriptions.append(self.session.observe(ref).subscribe(on_input))
+                while True:
+                    self._idle.set()
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    if len(self._latest) < len(self.inputs):
+                        continue  # not every input has reported yet
+                    await self._recompute()
+            finally:
+                for subscription in self._subscriptions:
+                    subscription.dispose()
+
+    async def _recompute(self) -> None:
+        values = [self._latest[i] for i in range(len(self.inputs))]
+        revision = self._revision
+        self.recomputations += 1
+        try:
+            result = self.fn(*values)
+            if inspect.isawaitable(result):
+                result = await result
+            if same_value(result, self._last_written):
+                return
+            await self.session.set_variable(
+                self.name, result, metadata={"derived_from_revision": revision},
+                source="derived",
+            )
+            self._last_written = result
+            self.writes += 1
+        except Exception as exc:  # the computation or its write failed: keep serving
+            self.errors += 1
+            self.last_error = exc
+            log.warning("derive_failed", variable=self.name, error=repr(exc))
+
+    async def settled(self) -> None:
+        """Wait until every input update seen so far has been recomputed and written.
+
+        Example::
+
+            await session.sync(); await derived.settled()
+        """
+        await self._idle.wait()
+
+    def cancel(self) -> None:
+        """Stop recomputing (the variable stays, with its last value).
+
+        Example::
+
+            derived.cancel()
+        """
+        self._scope.cancel()
