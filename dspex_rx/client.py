@@ -905,8 +905,12 @@ class SessionContext:
             for entry in await session.get_variable_history("temperature", limit=10):
                 print(entry["version"], entry["value"])
         """
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise InvalidValueError(f"limit must be a positive integer, got {limit!r}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit < 2**31:
+            raise InvalidValueError(f"limit must be an integer from 1 to 2**31-1, got {limit!r}")
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 2**31:
+            raise InvalidValueError(
+                f"offset must be an integer from 0 to 2**31-1, got {offset!r}"
+            )
         response = await self._call(
             "GetHistory",
             pb.GetHistoryRequest(
