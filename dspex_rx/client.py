@@ -704,6 +704,7 @@ class SessionContext:
             atomic=atomic,
         )
         local_errors: dict[str, str] = {}
+        sent: dict[str, Any] = {}
         expected_versions = expected_versions or {}
         unknown = set(expected_versions) - set(updates)
         if unknown:
@@ -718,6 +719,7 @@ class SessionContext:
                 local_errors[name] = str(exc)
                 continue
             request.updates.add(ref=name, value=wire_value, expected_version=expected)
+            sent[name] = wire_value
         if local_errors and atomic:
             first = next(iter(local_errors))
             return {
@@ -731,10 +733,14 @@ class SessionContext:
             started = time.perf_counter()
             response = await self._call("UpdateVariables", request, pb.UpdateVariablesResponse)
             elapsed = time.perf_counter() - started
+            hub = self._require_hub()
             for result in response.results:
                 results[result.ref] = True if result.ok else result.error
                 if result.ok:
-                    actor = self._remember(result.variable)
+                    # The server sends the stored value only when validation changed it.
+                    stored = result.value if result.HasField("value") else sent[result.ref]
+                    actor = hub.learn(result.variable_id, result.name)
+                    actor.store(codec.decode(stored), result.version, result.mod_revision)
                     actor.stats.write_count += 1
                     actor.stats.write_latency_total += elapsed
         return {name: results[name] for name in updates}
@@ -1258,7 +1264,8 @@ class SessionContext:
         if self._nursery is None:
             raise RuntimeError("the session is not initialized; call await session.initialize()")
         current = await self.get_variables(list(inputs), include_metadata=True)
-        result = fn(*(current[ref]["value"] for ref in inputs))
+        input_values = [current[ref]["value"] for ref in inputs]
+        result = fn(*input_values)
         if inspect.isawaitable(result):
             result = await result
         type_name = type or infer_type(name, result)
@@ -1267,7 +1274,7 @@ class SessionContext:
             metadata={**(metadata or {}), "derived_from": list(inputs)},
             description=description, dependencies=list(inputs),
         )
-        derived = Derived(self, name, inputs, fn, result)
+        derived = Derived(self, name, inputs, fn, result, input_values)
         self._nursery.start_soon(derived.run, name=f"dspex-rx-derive[{name}]")
         return derived
 

@@ -8,36 +8,17 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import trio
 from reactivex import abc as rx_abc
 
 from .actors import VariableUpdate
 from .logs import get_logger
+from .types import same_value
 
 if TYPE_CHECKING:
     from .client import SessionContext
 
 log = get_logger("dspex_rx.derive")
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equality that also works for numpy arrays (same dtype, shape and values).
-
-    Example::
-
-        >>> same_value(np.ones(2), np.ones(2))
-        True
-    """
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (
-            isinstance(a, np.ndarray)
-            and isinstance(b, np.ndarray)
-            and a.dtype == b.dtype
-            and a.shape == b.shape
-            and bool(np.array_equal(a, b))
-        )
-    return type(a) is type(b) and bool(a == b)
 
 
 class Derived:
@@ -63,6 +44,7 @@ class Derived:
         inputs: Sequence[str],
         fn: Callable[..., Any],
         last_written: Any,
+        initial_inputs: Sequence[Any] = (),
     ) -> None:
         self.session = session
         self.name = name
@@ -73,6 +55,9 @@ class Derived:
         self.errors = 0
         self.last_error: BaseException | None = None
         self._last_written = last_written
+        # The inputs the registered value was computed from: their initial events do not
+        # call fn again (it may be expensive: an LLM call, say).
+        self._computed_from: list[Any] | None = list(initial_inputs) or None
         self._latest: dict[int, Any] = {}
         self._revision = 0
         self._wake = trio.Event()
@@ -101,7 +86,8 @@ class Derived:
                     on_input = functools.partial(self._on_input, index)
                     self._subscriptions.append(self.session.observe(ref).subscribe(on_input))
                 while True:
-                    self._idle.set()
+                    if not self._wake.is_set():  # input that came meanwhile is not settled
+                        self._idle.set()
                     await self._wake.wait()
                     self._wake = trio.Event()
                     if len(self._latest) < len(self.inputs):
@@ -113,6 +99,11 @@ class Derived:
 
     async def _recompute(self) -> None:
         values = [self._latest[i] for i in range(len(self.inputs))]
+        computed_from, self._computed_from = self._computed_from, None
+        if computed_from is not None and all(
+            same_value(a, b) for a, b in zip(values, computed_from, strict=True)
+        ):
+            return
         revision = self._revision
         self.recomputations += 1
         try:

@@ -172,16 +172,21 @@ def _merge(frames: list[PendingFrame]) -> PendingFrame:
     latest: dict[str, ChangeEvent] = {}
     first_old: dict[str, Any] = {}
     first_type: dict[str, str] = {}
+    value_changed: set[str] = set()
     for frame in frames:
         for event in frame.events:
             var_id = event.record.id
             kind = frame.update_type or event.update_type
             first_old.setdefault(var_id, event.old_value)
             first_type.setdefault(var_id, kind)
+            if kind == "value_change":
+                value_changed.add(var_id)
             latest[var_id] = event
     merged = []
     for var_id, event in sorted(latest.items(), key=lambda kv: kv[1].record.mod_revision):
         kind = event.update_type
+        if kind == "dependency_changed" and var_id in value_changed:
+            kind = "value_change"  # a notification after a change must not hide the change
         if kind != "deleted" and first_type[var_id] in ("initial", "resync"):
             kind = first_type[var_id]
         merged.append(

@@ -214,3 +214,22 @@ class DependencyGraph:
                     if remaining[dependent] == 0:
                         queue.append(dependent)
         return [n for n in order if n not in roots]
+
+    def downstream_with_sources(self, changed: Iterable[str]) -> list[tuple[str, list[str]]]:
+        """``downstream(changed)`` with, for each node, the changed variables it depends on
+        (transitively), in the order given.
+
+        Example::
+
+            graph.downstream_with_sources(["a", "x"])   # [("b", ["a"]), ("c", ["a"])]
+        """
+        roots = list(dict.fromkeys(changed))
+        order = self.downstream(roots)
+        rank = {root: i for i, root in enumerate(roots)}
+        sources: dict[str, set[str]] = {root: {root} for root in roots}
+        for node in order:  # topological: every dependency's sources are known already
+            found: set[str] = set()
+            for dependency in self._out.get(node, {}):
+                found |= sources.get(dependency, set())
+            sources[node] = found | sources.get(node, set())
+        return [(node, sorted(sources[node] - {node}, key=rank.__getitem__)) for node in order]

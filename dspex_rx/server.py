@@ -34,6 +34,7 @@ from .errors import DspexError, InvalidValueError
 from .fanout import PendingFrame, Subscriber
 from .logs import get_logger
 from .store import ChangeEvent, MemoryStore, VariableRecord, VariableSpec
+from .types import same_value
 from .v1 import session_pb2 as spb
 from .v1 import variables_pb2 as pb
 from .v1 import variables_pb2_grpc as pb_grpc
@@ -319,12 +320,18 @@ class VariablesService(pb_grpc.VariablesServicer):
             actor=session_id,
         )
         response = pb.UpdateVariablesResponse(revision=revision, applied=applied)
-        for outcome in outcomes:
+        for (_, sent, _), outcome in zip(updates, outcomes, strict=True):
             result = response.results.add(
                 ref=outcome.ref, ok=outcome.ok, error=outcome.error, error_kind=outcome.error_kind
             )
-            if outcome.record is not None:
-                record_to_pb(outcome.record, result.variable)
+            record = outcome.record
+            if record is not None:
+                result.variable_id = record.id
+                result.name = record.name
+                result.version = record.version
+                result.mod_revision = record.mod_revision
+                if not same_value(sent, record.value):
+                    codec.fill(result.value, record.value)
         return response
 
     @_handler

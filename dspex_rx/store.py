@@ -433,14 +433,17 @@ class MemoryStore:
                 changed.append(record)
                 events.append(ChangeEvent(record, old.value, "value_change", meta, source))
         if changed and len(session.graph):
-            # Dependents learn of the change in the same frame, upstream first.
-            note = {
-                "source_variable": changed[0].name,
-                "source_variables": [r.name for r in changed],
-                "source_revision": revision,
-            }
-            for var_id in session.graph.downstream(r.id for r in changed):
+            # Dependents learn of the change in the same frame, upstream first, each told
+            # which of the changed variables it depends on.
+            downstream = session.graph.downstream_with_sources(r.id for r in changed)
+            for var_id, source_ids in downstream:
                 dependent = session.variables[var_id]
+                names = [session.variables[s].name for s in source_ids]
+                note = {
+                    "source_variable": names[0],
+                    "source_variables": names,
+                    "source_revision": revision,
+                }
                 events.append(
                     ChangeEvent(dependent, dependent.value, "dependency_changed", note, source)
                 )

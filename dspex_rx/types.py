@@ -561,3 +561,23 @@ def check_metadata(name: str, metadata: Mapping[str, Any] | None) -> dict[str, A
     if not isinstance(metadata, dict):
         raise VariableTypeError(f"variable {name!r}: metadata must be a dict")
     return check_plain(name, metadata, "metadata")  # type: ignore[no-any-return]
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality of stored values: same Python type and value, arrays with the same dtype,
+    shape and elements.
+
+    Example::
+
+        >>> same_value(np.ones(2), np.ones(2)), same_value(1, 1.0)
+        (True, False)
+    """
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(np.array_equal(a, b))
+        )
+    return type(a) is type(b) and bool(a == b)

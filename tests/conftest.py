@@ -21,3 +21,13 @@ def server() -> Iterator[EmbeddedServer]:
 async def session(server: EmbeddedServer) -> AsyncIterator[dspex_rx.SessionContext]:
     async with dspex_rx.connect(server.target) as s:
         yield s
+
+
+@pytest.fixture
+async def two(
+    server: EmbeddedServer,
+) -> AsyncIterator[tuple[dspex_rx.SessionContext, dspex_rx.SessionContext]]:
+    """Two connections to one shared session: a writer and a watcher."""
+    async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117 - needs writer's id
+        async with dspex_rx.connect(server.target, session_id=writer.session_id) as watcher:
+            yield writer, watcher

@@ -19,22 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import trio
-import trio.testing
+from helpers import drain, settle
 
 import dspex_rx
 from dspex_rx import SessionContext
-from dspex_rx.actors import VariableUpdate
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore
-
-
-@pytest.fixture
-async def two(server: EmbeddedServer) -> AsyncIterator[tuple[SessionContext, SessionContext]]:
-    """Two connections to one shared session: a writer and a watcher."""
-    async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117 - needs writer's id
-        async with dspex_rx.connect(server.target, session_id=writer.session_id) as watcher:
-            yield writer, watcher
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +38,6 @@ def small_server() -> Iterator[EmbeddedServer]:
 async def small(small_server: EmbeddedServer) -> AsyncIterator[SessionContext]:
     async with dspex_rx.connect(small_server.target) as s:
         yield s
-
-
-async def settle(watcher: SessionContext) -> None:
-    """Every change committed so far has reached the watcher; due timers have fired."""
-    await watcher.sync()
-    await trio.testing.wait_all_tasks_blocked()
-
-
-def drain(watch: dspex_rx.watch.Watch) -> list[VariableUpdate]:
-    out = []
-    while watch._buffer:
-        out.append(watch._buffer.popleft())
-    return out
 
 
 def versions_of(page: list[dict[str, Any]]) -> list[int]:

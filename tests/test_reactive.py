@@ -4,41 +4,19 @@ one wire subscription per variable, slow consumers, and clean teardown."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import reactivex
 import trio
 import trio.testing
+from helpers import drain, settle
 from reactivex import operators as ops
 
 import dspex_rx
 from dspex_rx import SessionContext
 from dspex_rx.actors import VariableUpdate
 from dspex_rx.server import EmbeddedServer
-
-
-@pytest.fixture
-async def two(server: EmbeddedServer) -> AsyncIterator[tuple[SessionContext, SessionContext]]:
-    """Two connections to one shared session: a writer and a watcher."""
-    async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117 - needs writer's id
-        async with dspex_rx.connect(server.target, session_id=writer.session_id) as watcher:
-            yield writer, watcher
-
-
-async def settle(watcher: SessionContext) -> None:
-    """Every change committed so far has reached the watcher; due timers have fired."""
-    await watcher.sync()
-    await trio.testing.wait_all_tasks_blocked()
-
-
-def drain(watch: dspex_rx.watch.Watch) -> list[VariableUpdate]:
-    out = []
-    while watch._buffer:
-        out.append(watch._buffer.popleft())
-    return out
-
 
 # ------------------------------------------------------------------ virtual time
 

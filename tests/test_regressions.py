@@ -5,42 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
 import pytest
 import trio
 import trio.testing
+from helpers import drain, settle
 
 import dspex_rx
 from dspex_rx import SessionContext
-from dspex_rx.actors import VariableUpdate
 from dspex_rx.errors import SessionNotFoundError
 from dspex_rx.server import SERVICE_NAME, EmbeddedServer
 from dspex_rx.transport import Transport
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.v1 import variables_pb2 as pb
-
-
-@pytest.fixture
-async def two(server: EmbeddedServer) -> AsyncIterator[tuple[SessionContext, SessionContext]]:
-    """Two connections to one shared session: a writer and a watcher."""
-    async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117 - needs writer's id
-        async with dspex_rx.connect(server.target, session_id=writer.session_id) as watcher:
-            yield writer, watcher
-
-
-async def settle(watcher: SessionContext) -> None:
-    await watcher.sync()
-    await trio.testing.wait_all_tasks_blocked()
-
-
-def drain(watch: dspex_rx.watch.Watch) -> list[VariableUpdate]:
-    out = []
-    while watch._buffer:
-        out.append(watch._buffer.popleft())
-    return out
 
 
 def watched_on_server(server: EmbeddedServer, session_id: str) -> list[set[str]]:

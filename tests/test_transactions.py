@@ -13,38 +13,15 @@ watcher sees compare-and-set writes in version order, exactly once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from helpers import drain, settle
 
-import dspex_rx
 from dspex_rx import ConflictError, SessionContext
-from dspex_rx.actors import VariableUpdate
 from dspex_rx.server import EmbeddedServer
-
-
-@pytest.fixture
-async def two(server: EmbeddedServer) -> AsyncIterator[tuple[SessionContext, SessionContext]]:
-    """Two connections to one shared session."""
-    async with dspex_rx.connect(server.target) as first:  # noqa: SIM117 - needs first's id
-        async with dspex_rx.connect(server.target, session_id=first.session_id) as second:
-            yield first, second
-
-
-async def settle(watcher: SessionContext) -> None:
-    """Every change committed so far has reached the watcher; due timers have fired."""
-    await watcher.sync()
-    await trio.testing.wait_all_tasks_blocked()
-
-
-def drain(watch: dspex_rx.watch.Watch) -> list[VariableUpdate]:
-    out = []
-    while watch._buffer:
-        out.append(watch._buffer.popleft())
-    return out
 
 
 def server_revision(server: EmbeddedServer, session: SessionContext) -> int:

@@ -279,18 +279,26 @@ class UpdateVariablesRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[VariableUpdate, _Mapping]]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., atomic: _Optional[bool] = ...) -> None: ...
 
 class UpdateResult(_message.Message):
-    __slots__ = ("ref", "ok", "error", "error_kind", "variable")
+    __slots__ = ("ref", "ok", "error", "error_kind", "variable_id", "name", "version", "mod_revision", "value")
     REF_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
-    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
     ref: str
     ok: bool
     error: str
     error_kind: str
-    variable: Variable
-    def __init__(self, ref: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
+    variable_id: str
+    name: str
+    version: int
+    mod_revision: int
+    value: _value_pb2.Value
+    def __init__(self, ref: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ..., variable_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., mod_revision: _Optional[int] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class UpdateVariablesResponse(_message.Message):
     __slots__ = ("results", "revision", "applied")
