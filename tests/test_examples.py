@@ -37,3 +37,15 @@ async def test_debounce_example_settles_on_the_last_edit(autojump_clock: object)
     settled = await _load("debounce.py")["main"]()  # type: ignore[operator]
     assert settled[-1][1] == 0.4
     assert {value for _, value in settled} <= {0.8, 0.9, 1.0, 0.5, 0.4}
+
+
+async def test_optimization_workflow_example() -> None:
+    result = await _load("optimization_workflow.py")["main"]()  # type: ignore[operator]
+    values = result["values"]
+    assert values["base_temperature"] == 0.9  # rolled back to version 2's value
+    assert values["effective_temperature"] == 0.72  # 0.9 * 0.8, recomputed by derive()
+    assert result["batch_recomputations"] == 1  # an atomic batch of both inputs: once
+    assert result["conflicts"] == 1
+    assert result["rollback_version"] == 6
+    kinds = [kind for kind, _, _ in result["watched"]]
+    assert kinds.count("dependency_changed") == 5 and kinds.count("value_change") == 5
