@@ -285,7 +285,11 @@ class VariableActor:
                 if attached.include_initial:
                     self._deliver(attached, update)
                 continue
-            if kind in ("deleted", "dependency_changed") or update.version > attached.last_version:
+            if (
+                kind == "deleted"
+                or update.version > attached.last_version
+                or (kind == "dependency_changed" and update.version == attached.last_version)
+            ):
                 self._deliver(attached, update)
         if kind == "deleted":
             self._end(None)

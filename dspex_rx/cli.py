@@ -24,12 +24,18 @@ def main(argv: list[str] | None = None) -> int:
                          choices=["debug", "info", "warning", "error"])
     serve_p.add_argument("--port-file", help="write the bound port here once serving "
                          "(useful with --port 0)")
+    serve_p.add_argument("--history-size", type=int, default=1000,
+                         help="versions kept per variable (default 1000)")
+    serve_p.add_argument("--log-size", type=int, default=10_000,
+                         help="commits kept per session for stream resume (default 10000)")
     args = parser.parse_args(argv)
 
     configure(args.log_level)
     from .server import serve
+    from .store import MemoryStore
 
-    asyncio.run(serve(args.host, args.port, port_file=args.port_file))
+    store = MemoryStore(history_size=args.history_size, log_size=args.log_size)
+    asyncio.run(serve(args.host, args.port, port_file=args.port_file, store=store))
     return 0
 
 

@@ -1269,12 +1269,15 @@ class SessionContext:
         if inspect.isawaitable(result):
             result = await result
         type_name = type or infer_type(name, result)
-        await self.register_variable(
+        var_id = await self.register_variable(
             name, type_name, result, constraints=constraints,
             metadata={**(metadata or {}), "derived_from": list(inputs)},
             description=description, dependencies=list(inputs),
         )
-        derived = Derived(self, name, inputs, fn, result, input_values)
+        derived_inputs = [
+            i for i, ref in enumerate(inputs) if "derived_from" in current[ref]["metadata"]
+        ]
+        derived = Derived(self, name, inputs, fn, result, input_values, var_id, derived_inputs)
         self._nursery.start_soon(derived.run, name=f"dspex-rx-derive[{name}]")
         return derived
 

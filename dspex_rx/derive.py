@@ -27,7 +27,10 @@ class Derived:
     Glitch-free: input updates are collected while the watch stream's dispatcher applies
     a message (an atomic batch is one frame, so all of it), and one recomputation runs
     after it, from the inputs' latest values. A recomputation never sees one new and one
-    old input of the same batch, and an unchanged result is not written again.
+    old input of the same batch, and an unchanged result is not written again. An input
+    that is itself derived announces, by its ``dependency_changed``, that a new value is
+    coming; recomputation waits for it, so a chain never computes from a stale link.
+    The task ends when the variable or one of its inputs is deleted.
 
     Example::
 
@@ -45,9 +48,16 @@ class Derived:
         fn: Callable[..., Any],
         last_written: Any,
         initial_inputs: Sequence[Any] = (),
+        var_id: str = "",
+        derived_inputs: Sequence[int] = (),
     ) -> None:
         self.session = session
         self.name = name
+        self.var_id = var_id or name
+        self.ended = False
+        self._derived_inputs = set(derived_inputs)
+        # Derived inputs that announced a recomputation: index -> the causing revision.
+        self._awaiting: dict[int, int] = {}
         self.inputs = list(inputs)
         self.fn = fn
         self.recomputations = 0
@@ -66,12 +76,31 @@ class Derived:
         self._idle = trio.Event()
 
     def _on_input(self, index: int, update: VariableUpdate) -> None:
-        if update.update_type in ("deleted", "dependency_changed"):
+        kind = update.update_type
+        if kind == "deleted":
+            self._end()
+            return
+        if kind == "dependency_changed":
+            source = update.metadata.get("source_revision")
+            if index in self._derived_inputs and isinstance(source, int):
+                self._awaiting[index] = max(self._awaiting.get(index, 0), source)
+                self._idle = trio.Event()
             return
         self._latest[index] = update.value
         self._revision = max(self._revision, update.revision)
+        if update.revision > self._awaiting.get(index, update.revision):
+            del self._awaiting[index]  # its recomputed value is in
         self._idle = trio.Event()
-        self._wake.set()
+        if not self._awaiting:
+            self._wake.set()
+
+    def _on_self(self, update: VariableUpdate) -> None:
+        if update.update_type == "deleted":
+            self._end()
+
+    def _end(self) -> None:
+        self.ended = True
+        self._scope.cancel()
 
     async def run(self) -> None:
         """Subscribe to the inputs and recompute until cancelled (the session runs this).
@@ -82,6 +111,11 @@ class Derived:
         """
         with self._scope:
             try:
+                self._subscriptions.append(
+                    self.session.observe(self.var_id, include_initial=False).subscribe(
+                        self._on_self
+                    )
+                )
                 for index, ref in enumerate(self.inputs):
                     on_input = functools.partial(self._on_input, index)
                     self._subscriptions.append(self.session.observe(ref).subscribe(on_input))
@@ -90,10 +124,12 @@ class Derived:
                         self._idle.set()
                     await self._wake.wait()
                     self._wake = trio.Event()
-                    if len(self._latest) < len(self.inputs):
-                        continue  # not every input has reported yet
+                    if len(self._latest) < len(self.inputs) or self._awaiting:
+                        continue  # an input has not reported yet, or a new value is coming
                     await self._recompute()
             finally:
+                self.ended = True
+                self._idle.set()
                 for subscription in self._subscriptions:
                     subscription.dispose()
 
@@ -113,7 +149,7 @@ class Derived:
             if same_value(result, self._last_written):
                 return
             await self.session.set_variable(
-                self.name, result, metadata={"derived_from_revision": revision},
+                self.var_id, result, metadata={"derived_from_revision": revision},
                 source="derived",
             )
             self._last_written = result
@@ -124,13 +160,15 @@ class Derived:
             log.warning("derive_failed", variable=self.name, error=repr(exc))
 
     async def settled(self) -> None:
-        """Wait until every input update seen so far has been recomputed and written.
+        """Wait until every input update seen so far has been recomputed and written
+        (returns at once once the task has ended).
 
         Example::
 
             await session.sync(); await derived.settled()
         """
-        await self._idle.wait()
+        if not self.ended:
+            await self._idle.wait()
 
     def cancel(self) -> None:
         """Stop recomputing (the variable stays, with its last value).

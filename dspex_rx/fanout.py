@@ -181,9 +181,12 @@ def _merge(frames: list[PendingFrame]) -> PendingFrame:
             first_type.setdefault(var_id, kind)
             if kind == "value_change":
                 value_changed.add(var_id)
+            # Re-inserted, so the merged order is that of each variable's latest event:
+            # commits in order, and within a commit upstream before dependents.
+            latest.pop(var_id, None)
             latest[var_id] = event
     merged = []
-    for var_id, event in sorted(latest.items(), key=lambda kv: kv[1].record.mod_revision):
+    for var_id, event in latest.items():
         kind = event.update_type
         if kind == "dependency_changed" and var_id in value_changed:
             kind = "value_change"  # a notification after a change must not hide the change

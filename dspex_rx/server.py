@@ -717,7 +717,12 @@ class Server:
             await self._server.wait_for_termination()
 
 
-async def serve(host: str = "127.0.0.1", port: int = 50051, port_file: str | None = None) -> None:
+async def serve(
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    port_file: str | None = None,
+    store: MemoryStore | None = None,
+) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
     ``port_file`` receives the bound port once serving (handy with ``port=0``).
@@ -726,7 +731,7 @@ async def serve(host: str = "127.0.0.1", port: int = 50051, port_file: str | Non
 
         asyncio.run(serve("127.0.0.1", 50051))
     """
-    server = Server(host, port)
+    server = Server(host, port, store)
     bound = await server.start()
     if port_file:
         tmp = f"{port_file}.tmp"

@@ -609,8 +609,12 @@ class MemoryStore:
         metadata: Mapping[str, Any],
         actor: str,
         revision: int = 0,
+        validated: bool = False,
     ) -> VariableRecord:
-        new_value = validate_value(record.name, record.type, value, record.constraints)
+        new_value = (
+            value if validated
+            else validate_value(record.name, record.type, value, record.constraints)
+        )
         merged = {**record.metadata, **metadata} if metadata else record.metadata
         # Built field by field, not with dataclasses.replace: this is the hot path of every
         # write, and replace costs several times more. ``revision`` is the one the commit
@@ -651,6 +655,12 @@ class MemoryStore:
         except VariableNotFoundError:
             if not create_if_missing:
                 raise
+            if expected_version:
+                raise ConflictError(
+                    f"variable {ref!r}: expected version {expected_version}, but it does not "
+                    "exist",
+                    current_version=0,
+                ) from None
             type_name = normalize_type(type_hint) if type_hint else infer_type(ref, value)
             records, revision = self.register(
                 session_id, [VariableSpec(ref, type_name, value, None, metadata)], actor
@@ -815,9 +825,11 @@ class MemoryStore:
             )
         clean = check_metadata(dependent.name, metadata)
         try:
-            session.graph.add(Edge(dependent.id, dependency.id, dependency_type, clean))
+            changed = session.graph.add(Edge(dependent.id, dependency.id, dependency_type, clean))
         except CycleError as exc:
             raise self._cycle_error(session, exc) from None
+        if not changed:
+            return session.revision  # already there, unchanged: nothing was written
         return self._commit(session, (), source=actor)[1]
 
     def remove_dependency(
@@ -924,7 +936,14 @@ class MemoryStore:
             metadata["reason"] = reason
         written, revision = self._commit(
             session,
-            [self._prepare_write(record, entry.value, metadata, actor, session.revision + 1)],
+            [
+                # The stored value, as it was: constraints never change after registration,
+                # and validating again is not idempotent (re-normalizing an embedding can
+                # move its last bits).
+                self._prepare_write(
+                    record, entry.value, metadata, actor, session.revision + 1, validated=True
+                )
+            ],
             metadata=metadata,
             source=actor,
         )

@@ -580,4 +580,11 @@ def same_value(a: Any, b: Any) -> bool:
             and a.shape == b.shape
             and bool(np.array_equal(a, b))
         )
-    return type(a) is type(b) and bool(a == b)
+    if type(a) is not type(b):
+        return False
+    # Containers compare item by item: [1, 2] == [1.0, 2.0] in Python, not here.
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same_value(a[k], b[k]) for k in a)
+    return bool(a == b)

@@ -76,8 +76,8 @@ class Watch:
     def _conflate(self) -> None:
         latest: dict[str, VariableUpdate] = {}
         for update in self._buffer:
-            latest.pop(update.variable_id, None)  # re-insert: keep arrival order of latest
-            latest[update.variable_id] = update
+            kept = keep_latest(latest.pop(update.variable_id, None), update)
+            latest[update.variable_id] = kept  # re-inserted: arrival order of the latest
         self.skipped += len(self._buffer) - len(latest)
         self._buffer = deque(latest.values())
 
@@ -154,6 +154,39 @@ class Watch:
         return self.started().__await__()
 
 
+def commit_revision(update: VariableUpdate) -> int:
+    """The revision of the commit an update came from (a ``dependency_changed`` carries the
+    dependent's own last revision in ``revision``, the change's in its metadata).
+
+    Example::
+
+        sorted(updates, key=commit_revision)
+    """
+    if update.update_type == "dependency_changed":
+        source = update.metadata.get("source_revision")
+        if isinstance(source, int):
+            return source
+    return update.revision
+
+
+def keep_latest(previous: VariableUpdate | None, new: VariableUpdate) -> VariableUpdate:
+    """Which update stands for a variable when two are collapsed into one: the newer,
+    except that a notification never hides the value change it followed.
+
+    Example::
+
+        kept = keep_latest(held.get(var_id), update)
+    """
+    if (
+        previous is not None
+        and new.update_type == "dependency_changed"
+        and previous.update_type != "dependency_changed"
+        and new.version == previous.version
+    ):
+        return previous
+    return new
+
+
 def debounce_settled(window_s: float) -> Callable[
     [reactivex.Observable[VariableUpdate]], reactivex.Observable[VariableUpdate]
 ]:
@@ -179,7 +212,8 @@ def debounce_settled(window_s: float) -> Callable[
             timer = SerialDisposable()
 
             def flush(*_: Any) -> None:
-                ready = sorted(held.values(), key=lambda u: (u.revision, u.name))
+                # Commit order; within a commit, arrival order (upstream first).
+                ready = sorted(held.values(), key=commit_revision)
                 held.clear()
                 for update in ready:
                     observer.on_next(update)
@@ -188,7 +222,8 @@ def debounce_settled(window_s: float) -> Callable[
                 if update.update_type == "initial":
                     observer.on_next(update)
                     return
-                held[update.variable_id] = update
+                kept = keep_latest(held.pop(update.variable_id, None), update)
+                held[update.variable_id] = kept
                 timer.disposable = scheduler.schedule_relative(window_s, flush)
 
             def on_completed() -> None:
