@@ -29,7 +29,13 @@ from .convert import (
     type_to_pb,
 )
 from .derive import Derived
-from .errors import DspexError, InvalidValueError, SessionNotFoundError, error_from_kind
+from .errors import (
+    ConflictError,
+    DspexError,
+    InvalidValueError,
+    SessionNotFoundError,
+    error_from_kind,
+)
 from .logs import get_logger
 from .rx import TrioScheduler, throttle_latest, with_trio_scheduler
 from .server import GRPC_OPTIONS, SERVICE_NAME, EmbeddedServer
@@ -691,7 +697,10 @@ class SessionContext:
         is (the bad entries carry their error, the rest say they were not applied). No
         exception is raised for bad entries. ``atomic=False`` applies what is valid.
         ``expected_versions`` maps names to the version each must be at (compare-and-set
-        per entry); a mismatch is that entry's error.
+        per entry). In an atomic batch a mismatch raises ``ConflictError`` and nothing is
+        applied: ``.current_version`` is the first stale variable's version and
+        ``.details['conflicts']`` maps every stale name to its version. Without
+        ``atomic`` a mismatch is that entry's error and the rest apply.
 
         Example::
 
@@ -733,6 +742,16 @@ class SessionContext:
             started = time.perf_counter()
             response = await self._call("UpdateVariables", request, pb.UpdateVariablesResponse)
             elapsed = time.perf_counter() - started
+            conflicts = {
+                r.ref: r.current_version for r in response.results if r.error_kind == "conflict"
+            }
+            if atomic and conflicts:
+                stale = next(r for r in response.results if r.error_kind == "conflict")
+                raise ConflictError(
+                    stale.error + " (nothing in the batch was applied)",
+                    current_version=stale.current_version,
+                    conflicts=conflicts,
+                )
             hub = self._require_hub()
             for result in response.results:
                 results[result.ref] = True if result.ok else result.error

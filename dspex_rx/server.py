@@ -322,7 +322,8 @@ class VariablesService(pb_grpc.VariablesServicer):
         response = pb.UpdateVariablesResponse(revision=revision, applied=applied)
         for (_, sent, _), outcome in zip(updates, outcomes, strict=True):
             result = response.results.add(
-                ref=outcome.ref, ok=outcome.ok, error=outcome.error, error_kind=outcome.error_kind
+                ref=outcome.ref, ok=outcome.ok, error=outcome.error,
+                error_kind=outcome.error_kind, current_version=outcome.current_version,
             )
             record = outcome.record
             if record is not None:

@@ -200,6 +200,16 @@ class UpdateOutcome:
     error: str = ""
     error_kind: str = ""
     record: VariableRecord | None = None
+    current_version: int = 0
+
+
+def _failed(ref: str, error: DspexError | None) -> UpdateOutcome:
+    if error is None:
+        raise AssertionError(f"no outcome for {ref!r}")
+    current = error.details.get("current_version")
+    return UpdateOutcome(
+        ref, False, str(error), error.kind, current_version=int(current or 0)
+    )
 
 
 class MemoryStore:
@@ -733,7 +743,7 @@ class MemoryStore:
         if atomic and failed:
             first_bad = next(ref for ref, e in zip(refs, errors, strict=True) if e)
             outcomes = [
-                UpdateOutcome(ref, False, str(e), e.kind)
+                _failed(ref, e)
                 if e
                 else UpdateOutcome(
                     ref, False, f"not applied: the atomic batch failed on {first_bad!r}", "aborted"
@@ -750,9 +760,7 @@ class MemoryStore:
             )
             committed = {r.id: r for r in written}
         outcomes = [
-            UpdateOutcome(ref, True, record=committed[p.id])
-            if p is not None
-            else UpdateOutcome(ref, False, str(e), e.kind if e else "")
+            UpdateOutcome(ref, True, record=committed[p.id]) if p is not None else _failed(ref, e)
             for ref, p, e in zip(refs, prepared, errors, strict=True)
         ]
         return outcomes, revision, bool(to_apply)

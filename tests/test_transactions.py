@@ -20,6 +20,7 @@ import trio
 import trio.testing
 from helpers import drain, settle
 
+import dspex_rx
 from dspex_rx import ConflictError, SessionContext
 from dspex_rx.server import EmbeddedServer
 
@@ -113,19 +114,18 @@ async def test_atomic_batch_with_one_stale_expected_version_applies_nothing(
     )
     await session.set_variable("txa_two", 5)  # txa_two is at version 2
     before = await snapshot(server, session)
-    results = await session.update_variables(
-        {"txa_one": 1, "txa_two": 2, "txa_three": 3},
-        expected_versions={"txa_one": 1, "txa_two": 1, "txa_three": 1},
-    )
-    assert set(results) == {"txa_one", "txa_two", "txa_three"}
-    assert isinstance(results["txa_two"], str)
-    assert "'txa_two'" in results["txa_two"]
-    assert "expected version 1" in results["txa_two"]
-    assert "version 2" in results["txa_two"]
-    for name in ("txa_one", "txa_three"):
-        assert isinstance(results[name], str)
-        assert results[name].startswith("not applied")
-        assert "'txa_two'" in results[name]
+    # Issue #4: a mismatch in a batch raises ConflictError and applies nothing.
+    with pytest.raises(dspex_rx.ConflictError) as info:
+        await session.update_variables(
+            {"txa_one": 1, "txa_two": 2, "txa_three": 3},
+            expected_versions={"txa_one": 1, "txa_two": 1, "txa_three": 1},
+        )
+    assert isinstance(info.value, ValueError)
+    assert info.value.current_version == 2
+    assert info.value.details["conflicts"] == {"txa_two": 2}
+    message = str(info.value)
+    assert "'txa_two'" in message and "expected version 1" in message
+    assert "version 2" in message and "nothing in the batch was applied" in message
     assert await snapshot(server, session) == before
 
     # With the right versions the same batch applies under one revision.

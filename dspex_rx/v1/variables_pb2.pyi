@@ -279,7 +279,7 @@ class UpdateVariablesRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[VariableUpdate, _Mapping]]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., atomic: _Optional[bool] = ...) -> None: ...
 
 class UpdateResult(_message.Message):
-    __slots__ = ("ref", "ok", "error", "error_kind", "variable_id", "name", "version", "mod_revision", "value")
+    __slots__ = ("ref", "ok", "error", "error_kind", "variable_id", "name", "version", "mod_revision", "value", "current_version")
     REF_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +289,7 @@ class UpdateResult(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ref: str
     ok: bool
     error: str
@@ -298,7 +299,8 @@ class UpdateResult(_message.Message):
     version: int
     mod_revision: int
     value: _value_pb2.Value
-    def __init__(self, ref: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ..., variable_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., mod_revision: _Optional[int] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ...) -> None: ...
+    current_version: int
+    def __init__(self, ref: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ..., variable_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., mod_revision: _Optional[int] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., current_version: _Optional[int] = ...) -> None: ...
 
 class UpdateVariablesResponse(_message.Message):
     __slots__ = ("results", "revision", "applied")
