@@ -112,3 +112,20 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
     }
+
+
+def run_benchmark(
+    client_main: Callable[[str, Any], Any], args: Any, note: Callable[[str], None]
+) -> int:
+    """Quiet the logs, print the environment line, start a server process, and run
+    ``client_main(target, args)`` under trio against it; the server stops afterwards.
+
+    Example::
+
+        def main(argv=None): return run_benchmark(client_main, parse_args(argv), note)
+    """
+    quiet_logging()
+    emit(environment())
+    with server_process(note) as target:
+        trio.run(client_main, target, args)
+    return 0

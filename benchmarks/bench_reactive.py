@@ -49,11 +49,9 @@ import trio
 from _common import (
     REPO_ROOT,
     emit,
-    environment,
     make_note,
     percentile,
-    quiet_logging,
-    server_process,
+    run_benchmark,
 )
 
 import dspex_rx
@@ -687,12 +685,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    quiet_logging()
-    emit(environment())
-    with server_process(note) as target:
-        trio.run(client_main, target, args)
-    return 0
+    return run_benchmark(client_main, parse_args(argv), note)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import trio
-from _common import emit, environment, make_note, quiet_logging, server_process
+from _common import emit, make_note, run_benchmark
 from google.protobuf.message import Message
 
 import dspex_rx
@@ -269,12 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    quiet_logging()
-    emit(environment())
-    with server_process(note) as target:
-        trio.run(client_main, target, args)
-    return 0
+    return run_benchmark(client_main, parse_args(argv), note)
 
 
 if __name__ == "__main__":
