@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --doctest-modules dspex_rx
 	$(BIN)/ruff check dspex_rx tests examples benchmarks
 	$(BIN)/mypy
 
@@ -33,6 +34,7 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_unary.py
 	$(BIN)/python benchmarks/bench_reactive.py
+	$(BIN)/python benchmarks/bench_batch.py
 
 serve: $(STAMP)
 	$(BIN)/dspex-rx serve

@@ -18,8 +18,8 @@ def proto_files() -> list[Path]:
 
     Example::
 
-        >>> [p.name for p in proto_files()]  # doctest: +SKIP
-        ['value.proto', 'variables.proto']
+        >>> [p.name for p in proto_files()]
+        ['session.proto', 'value.proto', 'variables.proto']
     """
     return sorted((PROTO_DIR / "dspex_rx" / "v1").glob("*.proto"))
 
@@ -29,7 +29,7 @@ def generate(out_dir: Path) -> list[Path]:
 
     Example::
 
-        >>> generate(Path("."))  # doctest: +SKIP
+        generate(Path("/tmp/out"))   # writes /tmp/out/dspex_rx/v1/*_pb2*.py*
     """
     import grpc_tools
     from grpc_tools import protoc  # dev-only dependency
@@ -50,6 +50,12 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 def main() -> None:
+    """``python -m dspex_rx._codegen [OUT]``: regenerate into OUT (default: the repo root).
+
+    Example::
+
+        python -m dspex_rx._codegen
+    """
     out = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT
     for path in generate(out):
         print(path.relative_to(out))

@@ -45,7 +45,8 @@ class VariableUpdate:
     """One change of a variable as a watcher sees it.
 
     ``update_type`` is ``initial``, ``value_change``, ``deleted``, ``resync`` (the current
-    value after a gap the server could not replay) or, later, ``dependency_changed``.
+    value after a gap the server could not replay) or ``dependency_changed`` (a variable
+    this one depends on changed; ``metadata`` names it and the revision).
 
     Example::
 

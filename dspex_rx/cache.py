@@ -439,7 +439,7 @@ class VariableCache:
 
         Example::
 
-            >>> VariableCache(ttl=None, max_size=None).info()["hit_rate"]
+            >>> VariableCache(ttl=None, max_size=None, clock=lambda: 0.0).info()["hit_rate"]
             0.0
         """
         self._purge(self._clock())

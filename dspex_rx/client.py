@@ -1,6 +1,7 @@
-"""The public trio API: ``connect()`` and ``SessionContext``, method for method after the
-"Python Variables API (Revised)". Thin by design: it encodes arguments, makes one call
-through the transport, and decodes the answer; the server validates.
+"""The public trio API: ``connect()`` and ``SessionContext``, one method per spec call.
+
+Thin by design: it encodes arguments, makes one call through the transport, and hands the
+answer to the variable's actor; the server validates.
 """
 
 from __future__ import annotations

@@ -106,6 +106,12 @@ class ConflictError(DspexError, ValueError):
 
     @property
     def current_version(self) -> int | None:
+        """The version the variable is at, when the server said (0: it does not exist).
+
+        Example::
+
+            except ConflictError as exc: retry_from(exc.current_version)
+        """
         value = self.details.get("current_version")
         return int(value) if value is not None else None
 

@@ -1,7 +1,8 @@
 """The dependency graph of one session: which variable depends on which, kept acyclic,
 with transitive queries and the topological order that change propagation follows.
 
-Pure data over variable ids; the store names them in messages and owns the locking.
+Pure data over variable ids; the store names them in messages, and its synchronous
+methods on one loop make each change atomic.
 """
 
 from __future__ import annotations

@@ -201,6 +201,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def InitializeSession(
         self, request: pb.InitializeSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.InitializeSessionResponse:
+        """The ``InitializeSession`` RPC.
+
+        Example::
+
+            await stub.InitializeSession(InitializeSessionRequest(...))
+        """
         session, client_id, created = self.store.initialize_session(
             request.session_id or None,
             codec.decode_map(request.metadata),
@@ -222,6 +228,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatResponse:
+        """The ``Heartbeat`` RPC.
+
+        Example::
+
+            await stub.Heartbeat(HeartbeatRequest(...))
+        """
         session_id = _session_id(request)
         expires_at = self.store.heartbeat(session_id, request.client_id)
         return pb.HeartbeatResponse(
@@ -232,6 +244,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CloseSessionResponse:
+        """The ``CloseSession`` RPC.
+
+        Example::
+
+            await stub.CloseSession(CloseSessionRequest(...))
+        """
         session_id = _session_id(request)
         removed = self.store.close_session(session_id, request.client_id)
         log.info("session_detached", session_id=session_id, client_id=request.client_id,
@@ -242,6 +260,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def RegisterVariable(
         self, request: pb.RegisterVariableRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterVariableResponse:
+        """The ``RegisterVariable`` RPC.
+
+        Example::
+
+            await stub.RegisterVariable(RegisterVariableRequest(...))
+        """
         session_id = _session_id(request)
         records, revision = self.store.register(
             session_id, [_spec_from_pb(request.spec)], actor=session_id
@@ -252,6 +276,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def RegisterVariables(
         self, request: pb.RegisterVariablesRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterVariablesResponse:
+        """The ``RegisterVariables`` RPC.
+
+        Example::
+
+            await stub.RegisterVariables(RegisterVariablesRequest(...))
+        """
         session_id = _session_id(request)
         specs = [_spec_from_pb(spec) for spec in request.specs]
         records, revision = self.store.register(session_id, specs, actor=session_id)
@@ -264,6 +294,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def GetVariable(
         self, request: pb.GetVariableRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetVariableResponse:
+        """The ``GetVariable`` RPC.
+
+        Example::
+
+            await stub.GetVariable(GetVariableRequest(...))
+        """
         session_id = _session_id(request)
         record = self.store.get(session_id, request.ref)
         response = pb.GetVariableResponse(revision=self.store.session(session_id).revision)
@@ -274,6 +310,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def GetVariables(
         self, request: pb.GetVariablesRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetVariablesResponse:
+        """The ``GetVariables`` RPC.
+
+        Example::
+
+            await stub.GetVariables(GetVariablesRequest(...))
+        """
         session_id = _session_id(request)
         found, missing = self.store.get_many(session_id, list(request.refs))
         response = pb.GetVariablesResponse(
@@ -287,6 +329,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def SetVariable(
         self, request: pb.SetVariableRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetVariableResponse:
+        """The ``SetVariable`` RPC.
+
+        Example::
+
+            await stub.SetVariable(SetVariableRequest(...))
+        """
         session_id = _session_id(request)
         hint = type_from_pb(request.type_hint) if request.type_hint else None
         record, revision, created = self.store.set(
@@ -308,6 +356,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def UpdateVariables(
         self, request: pb.UpdateVariablesRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateVariablesResponse:
+        """The ``UpdateVariables`` RPC.
+
+        Example::
+
+            await stub.UpdateVariables(UpdateVariablesRequest(...))
+        """
         session_id = _session_id(request)
         updates = [
             (u.ref, codec.decode(u.value), u.expected_version or None) for u in request.updates
@@ -339,6 +393,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def ListVariables(
         self, request: pb.ListVariablesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListVariablesResponse:
+        """The ``ListVariables`` RPC.
+
+        Example::
+
+            await stub.ListVariables(ListVariablesRequest(...))
+        """
         session_id = _session_id(request)
         records = self.store.list(session_id, request.pattern or None)
         response = pb.ListVariablesResponse(revision=self.store.session(session_id).revision)
@@ -350,6 +410,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def DeleteVariable(
         self, request: pb.DeleteVariableRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteVariableResponse:
+        """The ``DeleteVariable`` RPC.
+
+        Example::
+
+            await stub.DeleteVariable(DeleteVariableRequest(...))
+        """
         session_id = _session_id(request)
         deleted, revision = self.store.delete(
             session_id, request.ref, actor=session_id, cascade=request.cascade
@@ -360,6 +426,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def AddDependency(
         self, request: pb.AddDependencyRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddDependencyResponse:
+        """The ``AddDependency`` RPC.
+
+        Example::
+
+            await stub.AddDependency(AddDependencyRequest(...))
+        """
         session_id = _session_id(request)
         revision = self.store.add_dependency(
             session_id,
@@ -375,6 +447,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def RemoveDependency(
         self, request: pb.RemoveDependencyRequest, context: grpc.aio.ServicerContext
     ) -> pb.RemoveDependencyResponse:
+        """The ``RemoveDependency`` RPC.
+
+        Example::
+
+            await stub.RemoveDependency(RemoveDependencyRequest(...))
+        """
         session_id = _session_id(request)
         removed, revision = self.store.remove_dependency(
             session_id, request.from_ref, request.to_ref, actor=session_id
@@ -385,6 +463,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def GetDependencies(
         self, request: pb.GetDependenciesRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetDependenciesResponse:
+        """The ``GetDependencies`` RPC.
+
+        Example::
+
+            await stub.GetDependencies(GetDependenciesRequest(...))
+        """
         found = self.store.dependencies(
             _session_id(request), request.ref, dependents=request.dependents,
             transitive=request.transitive,
@@ -405,6 +489,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def GetHistory(
         self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetHistoryResponse:
+        """The ``GetHistory`` RPC.
+
+        Example::
+
+            await stub.GetHistory(GetHistoryRequest(...))
+        """
         page = self.store.history(
             _session_id(request), request.ref, request.limit or 100, request.offset
         )
@@ -428,6 +518,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def Rollback(
         self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext
     ) -> pb.RollbackResponse:
+        """The ``Rollback`` RPC.
+
+        Example::
+
+            await stub.Rollback(RollbackRequest(...))
+        """
         session_id = _session_id(request)
         record, revision = self.store.rollback(
             session_id,
@@ -444,6 +540,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def Echo(
         self, request: pb.EchoRequest, context: grpc.aio.ServicerContext
     ) -> pb.EchoResponse:
+        """The ``Echo`` RPC.
+
+        Example::
+
+            await stub.Echo(EchoRequest(...))
+        """
         return pb.EchoResponse(payload=request.payload)
 
     # ----------------------------------------------------------- the watch stream
@@ -451,7 +553,12 @@ class VariablesService(pb_grpc.VariablesServicer):
     async def Session(
         self, request_iterator: AsyncIterator[spb.ClientMessage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[spb.ServerMessage]:
-        """One stream per connection: subscribe/unsubscribe/ping in, frames and notes out."""
+        """One stream per connection: subscribe/unsubscribe/ping in, frames and notes out.
+
+        Example::
+
+            call = stub.Session(); await call.write(ClientMessage(open=OpenStream(...)))
+        """
         try:
             first = await anext(aiter(request_iterator))
         except StopAsyncIteration:

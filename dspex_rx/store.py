@@ -157,6 +157,13 @@ Listener = Callable[[Commit | None], None]
 
 @dataclass(slots=True)
 class ClientLease:
+    """One client attached to a session, alive while it heartbeats within ``ttl``.
+
+    Example::
+
+        lease = session.clients[client_id]; lease.last_seen + lease.ttl
+    """
+
     name: str
     ttl: float
     last_seen: float

@@ -471,7 +471,6 @@ async def throttled(
 
 async def test_throttle_latest_burst_yields_first_and_last(autojump_clock: Any) -> None:
     burst = [(i * 0.0029296875, i) for i in range(100)]  # 100 values within 0.29 s
-    assert burst[-1][0] < 0.3
     rec = await throttled([*burst, (5.0, "after quiet")])
     assert rec.values == [0, 99, "after quiet"]
     assert rec.times == [0.0, 1.0, 5.0]  # the window closed at 2.0, so 5.0 passes at once

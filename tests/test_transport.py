@@ -98,13 +98,17 @@ async def test_cancel_reaches_the_rpc_and_returns(hanging: HangingServer) -> Non
 async def test_cancelled_calls_leave_session_usable(session: SessionContext) -> None:
     await session.register_variable("n", "integer", 0)
     landed = 0
+    cancelled = []
     for i in range(60):
         # Deadlines from "already past" up to a few round trips: some writes are
         # cancelled before sending, some in flight, some complete.
         with trio.move_on_after(i * 0.00005) as scope:
             await session.set_variable("n", i)
-        if not scope.cancelled_caught:
+        if scope.cancelled_caught:
+            cancelled.append(i)
+        else:
             landed += 1
+    assert cancelled[:1] == [0]  # a deadline already past always cancels
     assert await _pending_tasks(session._transport) == 0
     info = (await session.get_variables(["n"], include_metadata=True))["n"]
     version = info["metadata"]["version"]
@@ -125,8 +129,11 @@ async def test_unknown_session_is_a_key_error(server: EmbeddedServer) -> None:
     session = await SessionContext(target=server.target).initialize()
     try:
         server_side = session.session_id
-        # Simulate expiry: drop every client of the session on the server.
-        await trio.to_thread.run_sync(lambda: server.store._sessions.pop(server_side))
+        # Simulate expiry: drop the session on the server (on its loop: the store is not
+        # thread-safe).
+        await trio.to_thread.run_sync(
+            server.call, lambda: server.store._sessions.pop(server_side)
+        )
         with pytest.raises(dspex_rx.SessionNotFoundError, match="no session"):
             await session.get_variable("x", default=0)
     finally:
@@ -149,7 +156,7 @@ async def test_close_leaves_no_thread_or_task_behind() -> None:
     for _ in range(3):
         async with dspex_rx.connect() as session:
             assert any(t.name.startswith("dspex-rx-io") for t in threading.enumerate())
-            assert _system_tasks() == baseline_tasks + 1  # the heartbeat
+            assert _system_tasks() == baseline_tasks + 1  # the session's services task
             await session.register_variable("x", "integer", 1)
             assert await session.get_variable("x") == 1
     assert not [t for t in threading.enumerate() if t.name.startswith("dspex-rx-io")]
@@ -164,7 +171,9 @@ async def test_heartbeat_runs_every_third_of_the_ttl(
     # Virtual time: nothing beats until the clock passes ttl/3, then exactly one beat per
     # period. A real-time guard only keeps a broken build from hanging the suite.
     async with dspex_rx.connect(server.target, ttl_seconds=30.0) as session:
-        lease = server.store.session(session.session_id).clients[session._client_id]
+        lease = server.call(
+            lambda: server.store.session(session.session_id).clients[session._client_id]
+        )
         first_seen = lease.last_seen
         mock_clock.jump(9.9)
         await trio.testing.wait_all_tasks_blocked()
