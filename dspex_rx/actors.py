@@ -11,9 +11,11 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import reactivex
 import trio
 from reactivex import abc as rx_abc
@@ -21,7 +23,7 @@ from reactivex import abc as rx_abc
 from . import codec
 from .cache import VariableCache
 from .convert import map_rpc_error, seconds
-from .errors import error_from_kind
+from .errors import DspexError, error_from_kind
 from .logs import get_logger
 from .rx import TrioObservable, TrioScheduler
 from .v1 import session_pb2 as spb
@@ -328,8 +330,10 @@ class WatchHub:
     """The connection's watch machinery: actors by id and name, the Session stream, and the
     two tasks that serve it (a sender for subscribe/unsubscribe, a dispatcher for frames).
 
-    If the stream fails, every observer gets the error, waiting ``sync()`` calls raise it,
-    and the next subscription opens a new stream.
+    A stream broken by the transport is reopened and every subscription resumed from the
+    last revision seen. If the server refuses (session gone) or reconnecting fails for
+    ``reconnect_timeout`` seconds, every observer gets the error, waiting ``sync()`` calls
+    raise it, and the next subscription opens a new stream.
 
     Example::
 
@@ -364,6 +368,10 @@ class WatchHub:
         self._outbox_send: trio.MemorySendChannel[spb.ClientMessage] | None = None
         self._closed = False
         self._failure: BaseException | None = None
+        # How long to keep trying to reconnect a broken stream before failing every watch.
+        self.reconnect_timeout = 30.0
+        self.reconnects = 0
+        self._healthy = False
 
     @property
     def wire_subscribes(self) -> int:
@@ -543,30 +551,81 @@ class WatchHub:
         self.nursery.start_soon(self._run, receive, name="dspex-rx-watch-stream")
 
     async def _run(self, outbox: trio.MemoryReceiveChannel[spb.ClientMessage]) -> None:
-        stream: Stream[spb.ServerMessage] | None = None
-        try:
-            stream = await self.transport.open_stream(self.path, spb.ServerMessage)
+        # Reconnects on transport failures (server restart, network blip) and resumes each
+        # subscription from the last revision seen: the server replays what was missed
+        # from its log (or sends RESYNC), and per-observer version tracking drops repeats.
+        # Errors the server meant (session gone, bad request) end every watch instead.
+        failures = 0
+        deadline = math.inf
+        while True:
+            stream: Stream[spb.ServerMessage] | None = None
+            try:
+                stream = await self.transport.open_stream(self.path, spb.ServerMessage)
+                await stream.send(
+                    spb.ClientMessage(
+                        open=spb.OpenStream(session_id=self.session_id, client_id=self.client_id)
+                    )
+                )
+                if failures:
+                    await self._resubscribe(stream)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send_loop, stream, outbox)
+                    await self._dispatch_loop(stream, on_first=self._connected)
+                    nursery.cancel_scope.cancel()
+                if self._closed:
+                    return
+                raise ConnectionError("the server ended the watch stream")
+            except Exception as exc:
+                if self._closed:  # errors while closing are the closing itself
+                    return
+                error = _unwrap(exc)
+                if failures == 0 or self._healthy:
+                    deadline = trio.current_time() + self.reconnect_timeout
+                self._healthy = False
+                if not _retryable(error) or trio.current_time() >= deadline:
+                    log.warning("watch_stream_failed", session_id=self.session_id,
+                                error=repr(error))
+                    self._fail_all(error)
+                    return
+                failures += 1
+                self.reconnects += 1
+                log.warning("watch_stream_reconnecting", session_id=self.session_id,
+                            attempt=failures, error=repr(error))
+                await trio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
+            finally:
+                if stream is not None:
+                    with trio.CancelScope(shield=True):
+                        await stream.close()
+
+    def _connected(self) -> None:
+        self._healthy = True
+
+    async def _resubscribe(self, stream: Stream[spb.ServerMessage]) -> None:
+        # What was in force before the break, and what was asked but not answered.
+        for request_id, pending in list(self._pending.items()):
             await stream.send(
                 spb.ClientMessage(
-                    open=spb.OpenStream(session_id=self.session_id, client_id=self.client_id)
+                    subscribe=spb.Subscribe(
+                        request_id=request_id, refs=[pending.ref], include_initial=True
+                    )
                 )
             )
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_loop, stream, outbox)
-                await self._dispatch_loop(stream)
-                nursery.cancel_scope.cancel()
-            if not self._closed:
-                raise ConnectionError("the server ended the watch stream")
-        except Exception as exc:
-            if not self._closed:  # errors while closing are the closing itself
-                error = _unwrap(exc)
-                log.warning("watch_stream_failed", session_id=self.session_id,
-                            error=repr(error))
-                self._fail_all(error)
-        finally:
-            if stream is not None:
-                with trio.CancelScope(shield=True):
-                    await stream.close()
+        asked = {p.actor for p in self._pending.values()}
+        for actor in self._actors():
+            if actor.wire and actor not in asked and self.by_id.get(actor.id) is actor:
+                request_id = next(self._requests)
+                self._pending[request_id] = _PendingSubscribe(actor, actor.id)
+                await stream.send(
+                    spb.ClientMessage(
+                        subscribe=spb.Subscribe(
+                            request_id=request_id, refs=[actor.id],
+                            include_initial=not actor.live,
+                            from_revision=self.revision if actor.live else 0,
+                        )
+                    )
+                )
+        for nonce in list(self._pongs):
+            await stream.send(spb.ClientMessage(ping=spb.Ping(nonce=nonce)))
 
     async def _send_loop(
         self,
@@ -576,8 +635,14 @@ class WatchHub:
         async for message in outbox:
             await stream.send(message)
 
-    async def _dispatch_loop(self, stream: Stream[spb.ServerMessage]) -> None:
+    async def _dispatch_loop(
+        self, stream: Stream[spb.ServerMessage], on_first: Callable[[], None] = lambda: None
+    ) -> None:
+        first = True
         while (batch := await stream.receive_batch()) is not None:
+            if first:
+                on_first()
+                first = False
             for message in batch:
                 self._handle(message)
 
@@ -652,6 +717,27 @@ class WatchHub:
             actor._end(None)
         for done in self._pongs.values():
             done.set()
+
+
+def _retryable(error: BaseException) -> bool:
+    """A failure of the connection, not a refusal by the server."""
+    if isinstance(error, ConnectionError | OSError):
+        return True
+    code = getattr(error, "code", None)
+    if callable(code) and not isinstance(error, DspexError):
+        return code() in _RETRYABLE_CODES
+    return False
+
+
+_RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
 
 
 def _unwrap(error: BaseException) -> BaseException:

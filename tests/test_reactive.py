@@ -17,6 +17,7 @@ import dspex_rx
 from dspex_rx import SessionContext
 from dspex_rx.actors import VariableUpdate
 from dspex_rx.server import EmbeddedServer
+from dspex_rx.store import MemoryStore
 
 # ------------------------------------------------------------------ virtual time
 
@@ -501,3 +502,42 @@ async def test_get_variables_serves_hits_locally_and_fetches_misses_once(
     assert after["cache_misses"] - before["cache_misses"] == 2  # q and r, one RPC
     assert await session.get_variables(["q", "r"]) == {"q": 1, "r": 2}
     assert session.get_variable_stats()["cache_hits"] - after["cache_hits"] == 2
+
+
+async def test_watch_survives_a_server_restart_and_replays_what_it_missed() -> None:
+    # The stream breaks (server stopped), changes are committed meanwhile, and a server on
+    # the same port comes back with the same store: the watch resumes from the last
+    # revision it saw and gets every version exactly once, in order.
+    store = MemoryStore()
+    first = EmbeddedServer(store=store)
+    first.start()
+    port = int(first.target.rsplit(":", 1)[1])
+    second = EmbeddedServer(port=port, store=store)
+    try:
+        async with dspex_rx.connect(first.target, ttl_seconds=600) as session:
+            await session.register_variable("x", "integer", 0)
+            watch = await session.watch_variable("x")
+            await session.set_variable("x", 1)
+            await settle(session)
+            await trio.to_thread.run_sync(first.stop)
+            for value in (2, 3, 4):  # no server loop runs now: the store is ours alone
+                store.set(session.session_id, "x", value, actor="offline")
+            await trio.to_thread.run_sync(second.start)
+            seen: list[tuple[int, int, str]] = []
+            with trio.fail_after(30):  # a bound, not a timing assertion
+                async for update in watch:
+                    seen.append((update.version, update.value, update.update_type))
+                    if update.value == 4:
+                        break
+                await session.set_variable("x", 5)
+                async for update in watch:
+                    seen.append((update.version, update.value, update.update_type))
+                    break
+            assert [(v, x) for v, x, _ in seen] == [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4),
+                                                    (6, 5)]
+            assert seen[0][2] == "initial" and {t for _, _, t in seen[1:]} == {"value_change"}
+            assert session._hub is not None and session._hub.reconnects >= 1
+            assert await session.get_variable("x") == 5
+    finally:
+        await trio.to_thread.run_sync(second.stop)
+        await trio.to_thread.run_sync(first.stop)
