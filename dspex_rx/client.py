@@ -203,6 +203,10 @@ class SessionContext:
         self.revision = 0
         self.created = False
         self.heartbeats = 0
+        # Times the client's lease had expired and it attached again; True once the server
+        # no longer has the session at all (its variables are gone).
+        self.reattached = 0
+        self.lost = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -307,8 +311,46 @@ class SessionContext:
                     pb.HeartbeatResponse,
                 )
                 self.heartbeats += 1
+            except SessionNotFoundError as exc:
+                if exc.details.get("detached"):
+                    # Our lease ran out (a long pause, a network partition) but the session
+                    # lives on through other clients: attach again rather than letting the
+                    # session vanish under us when they leave.
+                    await self._reattach()
+                else:
+                    self.lost = True
+                    log.error("session_lost", session_id=self._session_id, error=str(exc))
             except (DspexError, grpc.RpcError, RuntimeError) as exc:
                 log.warning("heartbeat_failed", session_id=self._session_id, error=str(exc))
+
+    async def _reattach(self) -> None:
+        response = await self._call(
+            "InitializeSession",
+            pb.InitializeSessionRequest(
+                session_id=self.session_id,
+                ttl_seconds=self.ttl_seconds,
+                client_name=self.client_name,
+            ),
+            pb.InitializeSessionResponse,
+        )
+        if response.created:
+            # The session had gone, and this call made an empty one of the same id; its
+            # variables are lost. Undo it, and say so.
+            await self._call(
+                "CloseSession",
+                pb.CloseSessionRequest(session_id=response.session_id,
+                                       client_id=response.client_id),
+                pb.CloseSessionResponse,
+            )
+            self.lost = True
+            log.error("session_lost", session_id=self._session_id)
+            return
+        self._client_id = response.client_id
+        if self._hub is not None:
+            self._hub.client_id = response.client_id
+        self.reattached += 1
+        log.warning("session_reattached", session_id=self._session_id,
+                    client_id=response.client_id)
 
     async def close(self) -> None:
         """Detach from the session, close the connection, stop an embedded server.

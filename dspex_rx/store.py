@@ -313,7 +313,8 @@ class MemoryStore:
         lease = session.clients.get(client_id)
         if lease is None:
             raise SessionNotFoundError(
-                f"client {client_id!r} is not attached to session {session_id!r} (expired?)"
+                f"client {client_id!r} is not attached to session {session_id!r} (expired?)",
+                detached=True,
             )
         lease.last_seen = self._clock()
         return lease.last_seen + lease.ttl
