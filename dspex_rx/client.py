@@ -207,6 +207,7 @@ class SessionContext:
         # no longer has the session at all (its variables are gone).
         self.reattached = 0
         self.lost = False
+        self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -219,6 +220,8 @@ class SessionContext:
             print(session.session_id)
         """
         if self._session_id is None:
+            if self._closed:
+                raise RuntimeError("the session is closed")
             raise RuntimeError("the session is not initialized; call await session.initialize()")
         return self._session_id
 
@@ -243,6 +246,7 @@ class SessionContext:
 
         if self._session_id is not None:
             return self
+        self._closed = False
         try:
             if self._target is None:
                 self._embedded = EmbeddedServer()
@@ -363,6 +367,7 @@ class SessionContext:
             await session.close()
         """
         with trio.CancelScope(shield=True):
+            self._closed = self._session_id is not None or self._closed
             for watch in list(self._watches.values()):
                 watch.cancel()
             if self._hub is not None:
@@ -1042,6 +1047,8 @@ class SessionContext:
 
     def _require_hub(self) -> WatchHub:
         if self._hub is None:
+            if self._closed:
+                raise RuntimeError("the session is closed")
             raise RuntimeError("the session is not initialized; call await session.initialize()")
         return self._hub
 

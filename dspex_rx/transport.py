@@ -220,7 +220,12 @@ class Transport:
             path, request_serializer=_serialize, response_deserializer=response_type.FromString
         )
         stream: Stream[M] = Stream(self._loop, trio.lowlevel.current_trio_token())
-        await self._loop.run(lambda: stream._start(method))
+        try:
+            await self._loop.run(lambda: stream._start(method))
+        except BaseException:
+            # Cancelled after the call was made on the loop: do not leave it running.
+            await stream.close()
+            raise
         return stream
 
     async def close(self) -> None:

@@ -186,8 +186,11 @@ async def test_spec_form_initialize_and_close(server: EmbeddedServer) -> None:
     assert await session.get_variable("temperature") == 0.7
     await session.close()
     await session.close()  # idempotent
-    with pytest.raises(RuntimeError, match="not initialized"):
+    with pytest.raises(RuntimeError, match="the session is closed"):
         await session.get_variable("temperature")
+    fresh = SessionContext("session_456", server.target)
+    with pytest.raises(RuntimeError, match="not initialized"):
+        await fresh.get_variable("temperature")
 
 
 async def test_access_rules_parameter_is_refused_clearly(session: SessionContext) -> None:
