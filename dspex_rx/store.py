@@ -122,7 +122,8 @@ class ChangeEvent:
     """One variable's change within a commit, as watchers see it.
 
     ``record`` is the variable after the change (for a delete, its last record);
-    ``update_type`` is ``value_change`` or ``deleted``.
+    ``update_type`` is ``value_change``, ``deleted``, or ``dependency_changed`` (a variable
+    it depends on changed; ``metadata`` names which, and the revision).
 
     Example::
 
