@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -322,8 +321,20 @@ class VariableActor:
 
 @dataclass(slots=True)
 class _PendingSubscribe:
-    actor: VariableActor
-    ref: str
+    """A subscribe sent and not yet answered: what to re-send, unchanged, after a break."""
+
+    actors: list[VariableActor]
+    refs: list[str]
+    include_initial: bool = True
+    from_revision: int = 0
+
+    def message(self, request_id: int) -> spb.ClientMessage:
+        return spb.ClientMessage(
+            subscribe=spb.Subscribe(
+                request_id=request_id, refs=self.refs, include_initial=self.include_initial,
+                from_revision=self.from_revision,
+            )
+        )
 
 
 class WatchHub:
@@ -496,12 +507,8 @@ class WatchHub:
             hub.request_subscribe(actor, "temperature")
         """
         request_id = next(self._requests)
-        self._pending[request_id] = _PendingSubscribe(actor, ref)
-        self._send(
-            spb.ClientMessage(
-                subscribe=spb.Subscribe(request_id=request_id, refs=[ref], include_initial=True)
-            )
-        )
+        pending = self._pending[request_id] = _PendingSubscribe([actor], [ref])
+        self._send(pending.message(request_id))
 
     def request_unsubscribe(self, actor: VariableActor) -> None:
         """Queue a wire unsubscription, in order after the subscription it undoes (an actor
@@ -551,14 +558,17 @@ class WatchHub:
         self.nursery.start_soon(self._run, receive, name="dspex-rx-watch-stream")
 
     async def _run(self, outbox: trio.MemoryReceiveChannel[spb.ClientMessage]) -> None:
-        # Reconnects on transport failures (server restart, network blip) and resumes each
-        # subscription from the last revision seen: the server replays what was missed
+        # Reconnects on transport failures (server restart, network blip) and resumes the
+        # subscriptions from the last revision seen: the server replays what was missed
         # from its log (or sends RESYNC), and per-observer version tracking drops repeats.
-        # Errors the server meant (session gone, bad request) end every watch instead.
+        # Errors the server meant (session gone, bad request) end every watch instead, and
+        # so do reconnect_timeout seconds without a healthy stream.
         failures = 0
+        resume = False
         deadline = math.inf
         while True:
             stream: Stream[spb.ServerMessage] | None = None
+            self._healthy = False
             try:
                 stream = await self.transport.open_stream(self.path, spb.ServerMessage)
                 await stream.send(
@@ -566,11 +576,11 @@ class WatchHub:
                         open=spb.OpenStream(session_id=self.session_id, client_id=self.client_id)
                     )
                 )
-                if failures:
+                if resume:
                     await self._resubscribe(stream)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_loop, stream, outbox)
-                    await self._dispatch_loop(stream, on_first=self._connected)
+                    await self._dispatch_loop(stream)
                     nursery.cancel_scope.cancel()
                 if self._closed:
                     return
@@ -579,15 +589,16 @@ class WatchHub:
                 if self._closed:  # errors while closing are the closing itself
                     return
                 error = _unwrap(exc)
-                if failures == 0 or self._healthy:
+                if self._healthy or failures == 0:
+                    failures = 0  # a fresh blip: short backoff, a full timeout
                     deadline = trio.current_time() + self.reconnect_timeout
-                self._healthy = False
                 if not _retryable(error) or trio.current_time() >= deadline:
                     log.warning("watch_stream_failed", session_id=self.session_id,
                                 error=repr(error))
                     self._fail_all(error)
                     return
                 failures += 1
+                resume = True
                 self.reconnects += 1
                 log.warning("watch_stream_reconnecting", session_id=self.session_id,
                             attempt=failures, error=repr(error))
@@ -597,33 +608,30 @@ class WatchHub:
                     with trio.CancelScope(shield=True):
                         await stream.close()
 
-    def _connected(self) -> None:
-        self._healthy = True
-
     async def _resubscribe(self, stream: Stream[spb.ServerMessage]) -> None:
-        # What was in force before the break, and what was asked but not answered.
+        # Re-send on the new stream what was in force before the break, first the resume
+        # of every variable whose observers have a baseline, in one request (one replay
+        # frame per missed commit, so atomic batches stay whole and commits in order),
+        # then the unanswered subscribes unchanged, then the unanswered pings.
         for request_id, pending in list(self._pending.items()):
-            await stream.send(
-                spb.ClientMessage(
-                    subscribe=spb.Subscribe(
-                        request_id=request_id, refs=[pending.ref], include_initial=True
-                    )
-                )
+            if not any(a.wire for a in pending.actors):
+                del self._pending[request_id]  # all its observers left meanwhile
+        asked = {id(a) for p in self._pending.values() for a in p.actors}
+        resume = [
+            a for a in self._actors()
+            if a.wire and id(a) not in asked and self.by_id.get(a.id) is a
+            and (a.live or any(att.baseline for att in a.attached))
+        ]
+        if resume:
+            request_id = next(self._requests)
+            pending = self._pending[request_id] = _PendingSubscribe(
+                resume, [a.id for a in resume], include_initial=False,
+                from_revision=max(self.revision, 1),
             )
-        asked = {p.actor for p in self._pending.values()}
-        for actor in self._actors():
-            if actor.wire and actor not in asked and self.by_id.get(actor.id) is actor:
-                request_id = next(self._requests)
-                self._pending[request_id] = _PendingSubscribe(actor, actor.id)
-                await stream.send(
-                    spb.ClientMessage(
-                        subscribe=spb.Subscribe(
-                            request_id=request_id, refs=[actor.id],
-                            include_initial=not actor.live,
-                            from_revision=self.revision if actor.live else 0,
-                        )
-                    )
-                )
+            await stream.send(pending.message(request_id))
+        for request_id, pending in list(self._pending.items()):
+            if pending.actors is not resume:
+                await stream.send(pending.message(request_id))
         for nonce in list(self._pongs):
             await stream.send(spb.ClientMessage(ping=spb.Ping(nonce=nonce)))
 
@@ -635,14 +643,8 @@ class WatchHub:
         async for message in outbox:
             await stream.send(message)
 
-    async def _dispatch_loop(
-        self, stream: Stream[spb.ServerMessage], on_first: Callable[[], None] = lambda: None
-    ) -> None:
-        first = True
+    async def _dispatch_loop(self, stream: Stream[spb.ServerMessage]) -> None:
         while (batch := await stream.receive_batch()) is not None:
-            if first:
-                on_first()
-                first = False
             for message in batch:
                 self._handle(message)
 
@@ -656,6 +658,8 @@ class WatchHub:
                 actor.apply(update_from_pb(event, frame.conflated))
             self.revision = max(self.revision, frame.revision)
         control = message.WhichOneof("control")
+        if control in ("subscribed", "pong"):
+            self._healthy = True  # the server answers requests on this stream
         if control == "subscribed":
             self._on_subscribed(message.subscribed)
         elif control == "progress":
@@ -666,29 +670,35 @@ class WatchHub:
             done = self._pongs.pop(message.pong.nonce, None)
             if done is not None:
                 done.set()
-        elif control == "opened":
-            self.revision = max(self.revision, message.opened.revision)
 
     def _on_subscribed(self, ack: spb.Subscribed) -> None:
         pending = self._pending.pop(ack.request_id, None)
         if pending is None:
             return
-        actor = pending.actor
+        by_ref = dict(zip(pending.refs, pending.actors, strict=True))
         if ack.error:
             error = error_from_kind(ack.error_kind or "not_found", ack.error)
-            if self.by_name.get(pending.ref) is actor and self.by_id.get(actor.id) is not actor:
-                del self.by_name[pending.ref]
-            actor.fail(error)
+            for ref, actor in by_ref.items():
+                if self.by_name.get(ref) is actor and self.by_id.get(actor.id) is not actor:
+                    del self.by_name[ref]
+                actor.fail(error)
             return
-        resolved = self.learn(ack.variable_ids[0], ack.names[0])
-        if resolved is not actor:
-            # The ref named another variable than the actor's (re-registered name, or a
-            # name and an id of one variable asked for separately): move the observers.
-            self.fold(actor, resolved)
-        if not resolved.attached and resolved.wire:
-            # Folded into an actor whose observers have all gone meanwhile.
-            resolved._unwire()
-            self.request_unsubscribe(resolved)
+        for ref in ack.missing:  # a resumed variable that no longer exists
+            actor = by_ref[ref]
+            actor.fail(error_from_kind("not_found", f"no variable {ref!r} (deleted)"))
+        refs = list(ack.refs) or pending.refs[: len(ack.variable_ids)]
+        for ref, var_id, name in zip(refs, ack.variable_ids, ack.names, strict=True):
+            actor = by_ref[ref]
+            resolved = self.learn(var_id, name)
+            if resolved is not actor:
+                # The ref named another variable than the actor's (re-registered name, or a
+                # name and an id of one variable asked for separately): move the observers.
+                self.fold(actor, resolved)
+            if not resolved.attached:
+                # Every observer left before the answer came: undo it on the wire.
+                if resolved.wire:
+                    resolved._unwire()
+                self.request_unsubscribe(resolved)
 
     def _fail_all(self, error: BaseException) -> None:
         self._failure = error
@@ -720,7 +730,9 @@ class WatchHub:
 
 
 def _retryable(error: BaseException) -> bool:
-    """A failure of the connection, not a refusal by the server."""
+    """A failure of the connection, not a refusal by the server (every error of a group)."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(_retryable(e) for e in error.exceptions)
     if isinstance(error, ConnectionError | OSError):
         return True
     code = getattr(error, "code", None)
@@ -741,9 +753,12 @@ _RETRYABLE_CODES = frozenset(
 
 
 def _unwrap(error: BaseException) -> BaseException:
-    """The one error inside (nested) exception groups, mapped to a dspex-rx exception."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
+    """The error inside (nested) exception groups, mapped to a dspex-rx exception: the only
+    one, or the first the server meant, or (all transport failures) the first."""
+    if isinstance(error, BaseExceptionGroup):
+        leaves = [_unwrap(e) for e in error.exceptions]
+        meant = [e for e in leaves if not _retryable(e)]
+        return (meant or leaves)[0]
     return map_rpc_error(error)
 
 

@@ -316,11 +316,18 @@ class SessionContext:
                 )
                 self.heartbeats += 1
             except SessionNotFoundError as exc:
+                if self.lost:
+                    continue  # said once; never attach to a later session of the same id
                 if exc.details.get("detached"):
                     # Our lease ran out (a long pause, a network partition) but the session
                     # lives on through other clients: attach again rather than letting the
-                    # session vanish under us when they leave.
-                    await self._reattach()
+                    # session vanish under us when they leave. A failure here is retried
+                    # at the next beat; it must not take the session's services down.
+                    try:
+                        await self._reattach()
+                    except (DspexError, grpc.RpcError, RuntimeError) as again:
+                        log.warning("reattach_failed", session_id=self._session_id,
+                                    error=str(again))
                 else:
                     self.lost = True
                     log.error("session_lost", session_id=self._session_id, error=str(exc))

@@ -675,24 +675,42 @@ class VariablesService(pb_grpc.VariablesServicer):
         except DspexError as exc:
             refuse(str(exc), exc.kind)
             return
-        if missing:
+        resuming = request.from_revision > 0
+        commits = self.store.commits_since(session_id, request.from_revision) if resuming else None
+        gone: dict[str, VariableRecord] = {}
+        if missing and commits is not None:
+            # Deleted since the watcher's last revision: it still gets the missed changes
+            # and the delete from the log.
+            for commit in commits:
+                for event in commit.events:
+                    if event.update_type == "deleted" and event.record.id in missing:
+                        gone[event.record.id] = event.record
+        missing = [ref for ref in missing if ref not in gone]
+        if missing and not resuming:
             refuse(
                 f"no variable(s) {', '.join(map(repr, missing))} in session {session_id!r}",
                 "not_found",
             )
             return
-        ids = [r.id for r in found]
-        subscriber.watch(ids)
+        answered = [r for r in request.refs if r not in missing]
+        records = {ref: r for ref, r in zip(
+            [r for r in request.refs if r not in set(missing) and r not in gone],
+            found, strict=True,
+        )}
+        ids = [records[ref].id if ref in records else gone[ref].id for ref in answered]
+        names = [records[ref].name if ref in records else gone[ref].name for ref in answered]
+        subscriber.watch(r.id for r in found)
         subscriber.push_control(
             spb.Subscribed(
                 request_id=request.request_id,
                 variable_ids=ids,
-                names=[r.name for r in found],
+                names=names,
+                refs=answered,
+                missing=missing,
                 revision=session.revision,
             )
         )
-        if request.from_revision > 0:
-            commits = self.store.commits_since(session_id, request.from_revision)
+        if resuming:
             if commits is None:
                 subscriber.push_frame(
                     PendingFrame(session.revision, [_current(r) for r in found], "resync")

@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from dspex_rx.v1 import value_pb2 as dspex__rx_dot_v1_dot_value__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64spex_rx/v1/session.proto\x12\x0b\x64spex_rx.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x64spex_rx/v1/value.proto\"\xb5\x02\n\rVariableEvent\x12\x13\n\x0bvariable_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x05value\x18\x03 \x01(\x0b\x32\x12.dspex_rx.v1.Value\x12%\n\told_value\x18\x04 \x01(\x0b\x32\x12.dspex_rx.v1.Value\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12,\n\x0bupdate_type\x18\x07 \x01(\x0e\x32\x17.dspex_rx.v1.UpdateType\x12\'\n\x08metadata\x18\x08 \x01(\x0b\x32\x15.dspex_rx.v1.MapValue\x12\x0e\n\x06source\x18\t \x01(\t\x12-\n\ttimestamp\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\nOpenStream\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12!\n\x19progress_interval_seconds\x18\x03 \x01(\x01\"]\n\tSubscribe\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0c\n\x04refs\x18\x02 \x03(\t\x12\x17\n\x0finclude_initial\x18\x03 \x01(\x08\x12\x15\n\rfrom_revision\x18\x04 \x01(\x03\"7\n\x0bUnsubscribe\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x14\n\x0cvariable_ids\x18\x02 \x03(\t\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\xc1\x01\n\rClientMessage\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.dspex_rx.v1.OpenStreamH\x00\x12+\n\tsubscribe\x18\x02 \x01(\x0b\x32\x16.dspex_rx.v1.SubscribeH\x00\x12/\n\x0bunsubscribe\x18\x03 \x01(\x0b\x32\x18.dspex_rx.v1.UnsubscribeH\x00\x12!\n\x04ping\x18\x04 \x01(\x0b\x32\x11.dspex_rx.v1.PingH\x00\x42\x06\n\x04kind\"I\n\x0cStreamOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x13\n\x0blog_horizon\x18\x03 \x01(\x03\"z\n\nSubscribed\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x14\n\x0cvariable_ids\x18\x02 \x03(\t\x12\r\n\x05names\x18\x03 \x03(\t\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nerror_kind\x18\x06 \x01(\t\"\"\n\x0cUnsubscribed\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"X\n\x05\x46rame\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.dspex_rx.v1.VariableEvent\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x11\n\tconflated\x18\x03 \x01(\x08\"\x1c\n\x08Progress\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\'\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x9b\x02\n\rServerMessage\x12\"\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x12.dspex_rx.v1.Frame\x12+\n\x06opened\x18\x02 \x01(\x0b\x32\x19.dspex_rx.v1.StreamOpenedH\x00\x12-\n\nsubscribed\x18\x03 \x01(\x0b\x32\x17.dspex_rx.v1.SubscribedH\x00\x12\x31\n\x0cunsubscribed\x18\x04 \x01(\x0b\x32\x19.dspex_rx.v1.UnsubscribedH\x00\x12)\n\x08progress\x18\x05 \x01(\x0b\x32\x15.dspex_rx.v1.ProgressH\x00\x12!\n\x04pong\x18\x06 \x01(\x0b\x32\x11.dspex_rx.v1.PongH\x00\x42\t\n\x07\x63ontrol*\xb5\x01\n\nUpdateType\x12\x1b\n\x17UPDATE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13UPDATE_TYPE_INITIAL\x10\x01\x12\x1c\n\x18UPDATE_TYPE_VALUE_CHANGE\x10\x02\x12\x17\n\x13UPDATE_TYPE_DELETED\x10\x03\x12\"\n\x1eUPDATE_TYPE_DEPENDENCY_CHANGED\x10\x04\x12\x16\n\x12UPDATE_TYPE_RESYNC\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64spex_rx/v1/session.proto\x12\x0b\x64spex_rx.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x64spex_rx/v1/value.proto\"\xb5\x02\n\rVariableEvent\x12\x13\n\x0bvariable_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x05value\x18\x03 \x01(\x0b\x32\x12.dspex_rx.v1.Value\x12%\n\told_value\x18\x04 \x01(\x0b\x32\x12.dspex_rx.v1.Value\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12,\n\x0bupdate_type\x18\x07 \x01(\x0e\x32\x17.dspex_rx.v1.UpdateType\x12\'\n\x08metadata\x18\x08 \x01(\x0b\x32\x15.dspex_rx.v1.MapValue\x12\x0e\n\x06source\x18\t \x01(\t\x12-\n\ttimestamp\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\nOpenStream\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12!\n\x19progress_interval_seconds\x18\x03 \x01(\x01\"]\n\tSubscribe\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0c\n\x04refs\x18\x02 \x03(\t\x12\x17\n\x0finclude_initial\x18\x03 \x01(\x08\x12\x15\n\rfrom_revision\x18\x04 \x01(\x03\"7\n\x0bUnsubscribe\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x14\n\x0cvariable_ids\x18\x02 \x03(\t\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\xc1\x01\n\rClientMessage\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.dspex_rx.v1.OpenStreamH\x00\x12+\n\tsubscribe\x18\x02 \x01(\x0b\x32\x16.dspex_rx.v1.SubscribeH\x00\x12/\n\x0bunsubscribe\x18\x03 \x01(\x0b\x32\x18.dspex_rx.v1.UnsubscribeH\x00\x12!\n\x04ping\x18\x04 \x01(\x0b\x32\x11.dspex_rx.v1.PingH\x00\x42\x06\n\x04kind\"I\n\x0cStreamOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x13\n\x0blog_horizon\x18\x03 \x01(\x03\"\x99\x01\n\nSubscribed\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x14\n\x0cvariable_ids\x18\x02 \x03(\t\x12\r\n\x05names\x18\x03 \x03(\t\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nerror_kind\x18\x06 \x01(\t\x12\x0c\n\x04refs\x18\x07 \x03(\t\x12\x0f\n\x07missing\x18\x08 \x03(\t\"\"\n\x0cUnsubscribed\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"X\n\x05\x46rame\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.dspex_rx.v1.VariableEvent\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x11\n\tconflated\x18\x03 \x01(\x08\"\x1c\n\x08Progress\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\'\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x9b\x02\n\rServerMessage\x12\"\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x12.dspex_rx.v1.Frame\x12+\n\x06opened\x18\x02 \x01(\x0b\x32\x19.dspex_rx.v1.StreamOpenedH\x00\x12-\n\nsubscribed\x18\x03 \x01(\x0b\x32\x17.dspex_rx.v1.SubscribedH\x00\x12\x31\n\x0cunsubscribed\x18\x04 \x01(\x0b\x32\x19.dspex_rx.v1.UnsubscribedH\x00\x12)\n\x08progress\x18\x05 \x01(\x0b\x32\x15.dspex_rx.v1.ProgressH\x00\x12!\n\x04pong\x18\x06 \x01(\x0b\x32\x11.dspex_rx.v1.PongH\x00\x42\t\n\x07\x63ontrol*\xb5\x01\n\nUpdateType\x12\x1b\n\x17UPDATE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13UPDATE_TYPE_INITIAL\x10\x01\x12\x1c\n\x18UPDATE_TYPE_VALUE_CHANGE\x10\x02\x12\x17\n\x13UPDATE_TYPE_DELETED\x10\x03\x12\"\n\x1eUPDATE_TYPE_DEPENDENCY_CHANGED\x10\x04\x12\x16\n\x12UPDATE_TYPE_RESYNC\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dspex_rx.v1.session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPDATETYPE']._serialized_start=1554
-  _globals['_UPDATETYPE']._serialized_end=1735
+  _globals['_UPDATETYPE']._serialized_start=1586
+  _globals['_UPDATETYPE']._serialized_end=1767
   _globals['_VARIABLEEVENT']._serialized_start=101
   _globals['_VARIABLEEVENT']._serialized_end=410
   _globals['_OPENSTREAM']._serialized_start=412
@@ -49,16 +49,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLIENTMESSAGE']._serialized_end=869
   _globals['_STREAMOPENED']._serialized_start=871
   _globals['_STREAMOPENED']._serialized_end=944
-  _globals['_SUBSCRIBED']._serialized_start=946
-  _globals['_SUBSCRIBED']._serialized_end=1068
-  _globals['_UNSUBSCRIBED']._serialized_start=1070
-  _globals['_UNSUBSCRIBED']._serialized_end=1104
-  _globals['_FRAME']._serialized_start=1106
-  _globals['_FRAME']._serialized_end=1194
-  _globals['_PROGRESS']._serialized_start=1196
-  _globals['_PROGRESS']._serialized_end=1224
-  _globals['_PONG']._serialized_start=1226
-  _globals['_PONG']._serialized_end=1265
-  _globals['_SERVERMESSAGE']._serialized_start=1268
-  _globals['_SERVERMESSAGE']._serialized_end=1551
+  _globals['_SUBSCRIBED']._serialized_start=947
+  _globals['_SUBSCRIBED']._serialized_end=1100
+  _globals['_UNSUBSCRIBED']._serialized_start=1102
+  _globals['_UNSUBSCRIBED']._serialized_end=1136
+  _globals['_FRAME']._serialized_start=1138
+  _globals['_FRAME']._serialized_end=1226
+  _globals['_PROGRESS']._serialized_start=1228
+  _globals['_PROGRESS']._serialized_end=1256
+  _globals['_PONG']._serialized_start=1258
+  _globals['_PONG']._serialized_end=1297
+  _globals['_SERVERMESSAGE']._serialized_start=1300
+  _globals['_SERVERMESSAGE']._serialized_end=1583
 # @@protoc_insertion_point(module_scope)

@@ -109,20 +109,24 @@ class StreamOpened(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., revision: _Optional[int] = ..., log_horizon: _Optional[int] = ...) -> None: ...
 
 class Subscribed(_message.Message):
-    __slots__ = ("request_id", "variable_ids", "names", "revision", "error", "error_kind")
+    __slots__ = ("request_id", "variable_ids", "names", "revision", "error", "error_kind", "refs", "missing")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VARIABLE_IDS_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     variable_ids: _containers.RepeatedScalarFieldContainer[str]
     names: _containers.RepeatedScalarFieldContainer[str]
     revision: int
     error: str
     error_kind: str
-    def __init__(self, request_id: _Optional[int] = ..., variable_ids: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ...) -> None: ...
+    refs: _containers.RepeatedScalarFieldContainer[str]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[int] = ..., variable_ids: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ..., refs: _Optional[_Iterable[str]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Unsubscribed(_message.Message):
     __slots__ = ("request_id",)

@@ -1,0 +1,441 @@
+"""Watch-stream reconnect/resume (actors.WatchHub) and the lease re-attach
+(client.SessionContext._heartbeat/_reattach).
+
+Regression tests: each asserts the promised behaviour, and its name says the bug it
+guards against (all failed on the code as first reviewed). A wrapper around the
+transport's streams breaks a stream at a chosen message (``FlakyStream``), so every
+break is deterministic; backoff runs in virtual time (``mock_clock``). Real-time loops
+are hang guards only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import trio
+import trio.testing
+from helpers import drain, settle
+
+import dspex_rx
+from dspex_rx.server import EmbeddedServer
+from dspex_rx.v1 import session_pb2 as spb
+
+# ---------------------------------------------------------------- harness
+
+
+def _unavailable() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        "injected: connection lost",
+    )
+
+
+class FlakyStream:
+    """A real ``transport.Stream`` that hands messages over one at a time and can break.
+
+    ``fail_before(message)`` true: the stream fails (UNAVAILABLE) instead of delivering it.
+    ``swallow``: incoming messages are lost (a connection dying unnoticed).
+    ``kill()`` then ``fire()``: sends and receives block, then all fail at once.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.pending: deque[spb.ServerMessage] = deque()
+        self.received: list[spb.ServerMessage] = []
+        self.sent: list[spb.ClientMessage] = []
+        self.fail_before: Callable[[spb.ServerMessage], bool] | None = None
+        self.swallow = False
+        self.failed = False
+        self.dead: trio.Event | None = None
+        self._scope: trio.CancelScope | None = None
+
+    async def send(self, message: spb.ClientMessage) -> None:
+        if self.dead is not None:
+            await self.dead.wait()
+            raise _unavailable()
+        if self.failed:
+            raise _unavailable()
+        await self.real.send(message)
+        self.sent.append(message)
+
+    async def receive_batch(self) -> list[spb.ServerMessage] | None:
+        while True:
+            if self.dead is not None:
+                await self.dead.wait()
+                raise _unavailable()
+            if self.failed:
+                raise _unavailable()
+            if self.pending:
+                message = self.pending.popleft()
+                if self.fail_before is not None and self.fail_before(message):
+                    self.failed = True
+                    raise _unavailable()
+                if self.swallow:
+                    continue
+                return [message]
+            with trio.CancelScope() as self._scope:
+                batch = await self.real.receive_batch()
+                if batch is None:
+                    return None
+                self.received.extend(batch)
+                self.pending.extend(batch)
+            self._scope = None
+
+    def _wake(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def fail(self) -> None:
+        self.failed = True
+        self._wake()
+
+    def kill(self) -> None:
+        self.dead = trio.Event()
+        self._wake()
+
+    def fire(self) -> None:
+        assert self.dead is not None
+        self.dead.set()
+
+    async def close(self) -> None:
+        await self.real.close()
+
+
+class Flaky:
+    """Wraps every stream the session's transport opens; ``plans[i]`` configures stream i."""
+
+    def __init__(self, session: dspex_rx.SessionContext) -> None:
+        transport = session._transport
+        self._open = transport.open_stream
+        self.streams: list[FlakyStream] = []
+        self.plans: dict[int, Callable[[FlakyStream], None]] = {}
+        transport.open_stream = self.open_stream
+
+    async def open_stream(self, path: str, response_type: Any) -> FlakyStream:
+        stream = FlakyStream(await self._open(path, response_type))
+        plan = self.plans.get(len(self.streams))
+        if plan is not None:
+            plan(stream)
+        self.streams.append(stream)
+        return stream
+
+
+async def _until(predicate: Callable[[], bool], what: str, guard: float = 10.0) -> None:
+    deadline = time.monotonic() + guard  # a hang guard, not a timing assertion
+    while not predicate():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await trio.sleep(0)
+        await trio.to_thread.run_sync(lambda: None)
+
+
+def _hub(session: dspex_rx.SessionContext) -> Any:
+    assert session._hub is not None
+    return session._hub
+
+
+async def _reconnect(
+    session: dspex_rx.SessionContext, clock: trio.testing.MockClock, attempt: int, wait: float = 2.0
+) -> None:
+    """Wait until the hub is in its backoff after break number ``attempt``, then let it
+    reconnect (virtual time)."""
+    hub = _hub(session)
+    await _until(lambda: hub.reconnects >= attempt, f"reconnect attempt {attempt} began")
+    clock.jump(wait)
+
+
+def _versions(watch: dspex_rx.Watch) -> list[tuple[int, Any, str]]:
+    return [(u.version, u.value, u.update_type) for u in drain(watch)]
+
+
+# ------------------------------------------------------------------ tests
+
+
+async def test_a_second_break_before_the_resume_is_acked_does_not_skip_versions(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The resume subscribe (from_revision=R) sits in _pending without its from_revision;
+    # if the next stream breaks before its ack, it is re-sent as a plain include_initial
+    # subscribe: the watcher jumps to the current value and the versions between are lost.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await writer.set_variable("x", 1)
+    await settle(watcher)
+    assert _versions(watch) == [(1, 0, "initial"), (2, 1, "value_change")]
+
+    flaky.streams[0].fail()
+    await _until(lambda: _hub(watcher).reconnects == 1, "first break noticed")
+    await writer.set_variable("x", 2)
+    await writer.set_variable("x", 3)
+    # Stream 2 dies right after "opened", before the resume's ack.
+    flaky.plans[1] = lambda s: setattr(
+        s, "fail_before", lambda m: m.WhichOneof("control") != "opened"
+    )
+    mock_clock.jump(2.0)
+    await _reconnect(watcher, mock_clock, 2)
+    await _until(lambda: len(flaky.streams) == 3, "third stream opened")
+    await settle(watcher)
+    assert _versions(watch) == [(3, 2, "value_change"), (4, 3, "value_change")]
+
+
+async def test_opened_on_a_resumed_stream_does_not_move_the_resume_point_past_the_replay(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # "opened" on the new stream sets hub.revision to the server's current revision before
+    # the replay arrives. A break after the ack but before the replay frames: the next
+    # resume asks from that revision, so the missed changes never come; the live cache
+    # entry stays stale and reads return it.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await writer.set_variable("x", 1)
+    await settle(watcher)
+    drain(watch)
+
+    flaky.streams[0].fail()
+    await _until(lambda: _hub(watcher).reconnects == 1, "first break noticed")
+    await writer.set_variable("x", 2)
+    await writer.set_variable("x", 3)
+    # Stream 2 delivers "opened" and the Subscribed ack, then dies before the replay.
+    flaky.plans[1] = lambda s: setattr(s, "fail_before", lambda m: len(m.frames) > 0)
+    mock_clock.jump(2.0)
+    await _reconnect(watcher, mock_clock, 2)
+    await _until(lambda: len(flaky.streams) == 3, "third stream opened")
+    await settle(watcher)
+    assert _versions(watch) == [(3, 2, "value_change"), (4, 3, "value_change")]
+    assert await watcher.get_variable("x") == 3
+
+
+async def test_an_unsubscribe_lost_with_the_stream_does_not_leave_a_server_subscription(
+    server: EmbeddedServer,
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Subscribe y and unsubscribe it; the server does both but the acks are lost with the
+    # stream. The subscribe stays in _pending (detach does not drop it), is re-sent on the
+    # new stream, and nothing undoes it: the server streams y to nobody from then on.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    await writer.register_variable("y", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    first = flaky.streams[0]
+    first.swallow = True  # what the server says from now on is lost in flight
+
+    wy = watcher.watch_variable("y")
+    await _until(lambda: any(m.HasField("subscribe") for m in first.sent), "y subscribe sent")
+    wy.cancel()
+    await _until(
+        lambda: any(m.HasField("unsubscribed") for m in first.received),
+        "the server processed the unsubscribe",
+    )
+    first.fail()
+    await _reconnect(watcher, mock_clock, 1)
+    await _until(lambda: len(flaky.streams) == 2, "second stream opened")
+    await settle(watcher)
+    sid = watcher.session_id
+
+    def watched() -> set[str]:
+        out: set[str] = set()
+        for s in server.service.subscribers:
+            if s.session_id == sid:
+                out |= s.watched
+        return out
+
+    assert _hub(watcher).wire_subscribes == 1
+    assert {i.split("_")[1] for i in server.call(watched)} == {"x"}
+    watch.cancel()
+
+
+async def test_a_variable_deleted_during_a_break_ends_the_watch_with_the_missed_events(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The change and the delete are in the server's log, but the resume subscribe names a
+    # variable that no longer exists, so the server refuses it and the watch fails with
+    # KeyError: the last value and the "deleted" event are silently skipped.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    drain(watch)
+
+    flaky.streams[0].fail()
+    await _until(lambda: _hub(watcher).reconnects == 1, "break noticed")
+    await writer.set_variable("x", 5)
+    await writer.delete_variable("x")
+    mock_clock.jump(2.0)
+    await _until(lambda: watch.closed, "the watch ended")
+    updates = drain(watch)
+    assert watch._error is None, f"watch failed: {watch._error!r}"
+    assert [(u.value, u.update_type) for u in updates][:1] == [(5, "value_change")]
+    assert updates[-1].update_type == "deleted"
+
+
+async def test_a_resumed_multi_variable_watch_keeps_commit_order_and_atomic_batches(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Each live variable is resumed by its own Subscribe, so the server replays all of
+    # x's missed commits, then all of y's: an atomic batch of x and y is split in two
+    # frames with other commits between, and updates arrive out of revision order.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    await writer.register_variable("y", "integer", 0)
+    watch = watcher.watch_variables(["x", "y"])
+    await settle(watcher)
+    drain(watch)
+
+    flaky.streams[0].fail()
+    await _until(lambda: _hub(watcher).reconnects == 1, "break noticed")
+    assert all(r is True for r in (await writer.update_variables({"x": 1, "y": 1})).values())
+    await writer.set_variable("x", 2)
+    await writer.set_variable("y", 2)
+    mock_clock.jump(2.0)
+    await _until(lambda: len(flaky.streams) == 2, "second stream opened")
+    await settle(watcher)
+    got = [(u.name, u.value, u.revision) for u in drain(watch)]
+    assert len(got) == 4
+    assert [r for _, _, r in got] == sorted(r for _, _, r in got), got
+
+
+async def test_send_and_receive_failing_together_still_reconnects(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # When the connection dies while the sender is writing, the sender and the dispatcher
+    # both raise UNAVAILABLE; the nursery reports a group of two, _unwrap only opens
+    # groups of one, _retryable says no, and every watch fails instead of resuming.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    await writer.register_variable("y", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    drain(watch)
+
+    first = flaky.streams[0]
+    first.kill()
+    watcher.watch_variable("y")  # the sender is now blocked writing this subscribe
+    await trio.testing.wait_all_tasks_blocked()
+    first.fire()
+    await trio.testing.wait_all_tasks_blocked()
+    hub = _hub(watcher)
+    assert hub._failure is None, f"the watches failed: {hub._failure!r}"
+    assert not watch.closed
+    await _reconnect(watcher, mock_clock, 1)
+    await _until(lambda: len(flaky.streams) == 2, "second stream opened")
+    await writer.set_variable("x", 1)
+    await settle(watcher)
+    assert [(v, x) for v, x, _ in _versions(watch)] == [(2, 1)]
+
+
+async def test_a_failed_reattach_does_not_kill_the_session_services(
+    server: EmbeddedServer, mock_clock: trio.testing.MockClock
+) -> None:
+    # _reattach runs inside the `except SessionNotFoundError` clause, so an error it raises
+    # (a network blip on InitializeSession) is not caught by the sibling `except` below
+    # it: it leaves _heartbeat and takes down the services nursery, i.e. the heartbeat,
+    # the watch stream and the scheduler. Nothing reports it to the user.
+    async with (
+        dspex_rx.connect(server.target, ttl_seconds=30.0) as a,
+        dspex_rx.connect(server.target, session_id=a.session_id, ttl_seconds=30.0) as b,
+    ):
+        await b.register_variable("kept", "integer", 7)
+        real_call = a._call
+        blips = [True]
+
+        async def call(
+            method: str, request: Any, response_type: Any, timeout: float | None = None
+        ) -> Any:
+            if method == "InitializeSession" and blips:
+                blips.pop()
+                raise _unavailable()
+            return await real_call(method, request, response_type, timeout)
+
+        a._call = call  # type: ignore[method-assign]
+        sid, old = a.session_id, a._client_id
+
+        def expire() -> None:
+            server.store.session(sid).clients[old].last_seen = -1e12
+            assert server.store.expire() == []  # b keeps the session
+
+        server.call(expire)
+        deadline = time.monotonic() + 10  # hang guard
+        while a.reattached == 0:
+            assert time.monotonic() < deadline, (
+                f"never re-attached; services task ended: {a._services_done.is_set()}"
+            )
+            mock_clock.jump(a.ttl_seconds / 3)
+            for _ in range(20):
+                await trio.sleep(0)
+            await trio.to_thread.run_sync(lambda: None)
+        assert not a._services_done.is_set()
+
+
+async def test_backoff_starts_again_after_a_successful_reconnect(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # `failures` is never reset once a stream is healthy again, so each new, unrelated
+    # break waits longer; from the sixth on every blip costs the full 2 s (documented:
+    # 50 ms doubling to 2 s per outage).
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    for incident in range(1, 7):
+        flaky.streams[-1].fail()
+        opened = len(flaky.streams)
+        await _until(lambda n=incident: _hub(watcher).reconnects == n, f"break {incident}")
+        mock_clock.jump(0.1)  # first step of the backoff
+        await _until(
+            lambda n=opened: len(flaky.streams) == n + 1,
+            f"reconnected within 0.1 s after break {incident}",
+            guard=3.0,
+        )
+        await settle(watcher)
+    assert not watch.closed
+
+
+async def test_a_stream_that_dies_after_every_open_gives_up_after_the_timeout(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Any first message (the server's immediate "opened") marks the stream healthy and
+    # resets the 30 s deadline, so a stream that opens and then fails every time (a
+    # poison subscription the server crashes on with UNKNOWN, a bad proxy) is retried
+    # forever: watchers neither get data nor an error, and sync() hangs.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    for i in range(1, 40):
+        flaky.plans[i] = lambda s: setattr(
+            s, "fail_before", lambda m: m.WhichOneof("control") != "opened"
+        )
+    flaky.streams[0].fail()
+    hub = _hub(watcher)
+    for attempt in range(1, 30):  # 29 attempts, 2 s apart: 58 s of virtual time
+        if watch.closed:
+            break
+        await _until(lambda n=attempt: hub.reconnects >= n or watch.closed, f"attempt {attempt}")
+        mock_clock.jump(2.0)
+    assert watch.closed and watch._error is not None, (
+        f"still reconnecting after {hub.reconnects} attempts"
+    )
