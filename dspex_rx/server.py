@@ -675,6 +675,8 @@ class VariablesService(pb_grpc.VariablesServicer):
         except DspexError as exc:
             refuse(str(exc), exc.kind)
             return
+        absent = set(missing)
+        known = dict(zip([r for r in request.refs if r not in absent], found, strict=True))
         resuming = request.from_revision > 0
         commits = self.store.commits_since(session_id, request.from_revision) if resuming else None
         gone: dict[str, VariableRecord] = {}
@@ -692,13 +694,10 @@ class VariablesService(pb_grpc.VariablesServicer):
                 "not_found",
             )
             return
-        answered = [r for r in request.refs if r not in missing]
-        records = {ref: r for ref, r in zip(
-            [r for r in request.refs if r not in set(missing) and r not in gone],
-            found, strict=True,
-        )}
-        ids = [records[ref].id if ref in records else gone[ref].id for ref in answered]
-        names = [records[ref].name if ref in records else gone[ref].name for ref in answered]
+        known.update(gone)
+        answered = [r for r in request.refs if r in known]
+        ids = [known[ref].id for ref in answered]
+        names = [known[ref].name for ref in answered]
         subscriber.watch(r.id for r in found)
         subscriber.push_control(
             spb.Subscribed(
