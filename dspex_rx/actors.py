@@ -370,9 +370,7 @@ class WatchHub:
         self.by_id: dict[str, VariableActor] = {}
         self.by_name: dict[str, VariableActor] = {}
         self.revision = 0
-        self.progress_revision = 0
         self.frames = 0
-        self.streams_opened = 0
         self._requests = itertools.count(1)
         self._pending: dict[int, _PendingSubscribe] = {}
         self._pongs: dict[int, trio.Event] = {}
@@ -554,7 +552,6 @@ class WatchHub:
     def _start(self) -> None:
         send, receive = trio.open_memory_channel[spb.ClientMessage](math.inf)
         self._outbox_send = send
-        self.streams_opened += 1
         self.nursery.start_soon(self._run, receive, name="dspex-rx-watch-stream")
 
     async def _run(self, outbox: trio.MemoryReceiveChannel[spb.ClientMessage]) -> None:
@@ -663,7 +660,6 @@ class WatchHub:
         if control == "subscribed":
             self._on_subscribed(message.subscribed)
         elif control == "progress":
-            self.progress_revision = message.progress.revision
             self.revision = max(self.revision, message.progress.revision)
         elif control == "pong":
             self.revision = max(self.revision, message.pong.revision)
@@ -708,9 +704,7 @@ class WatchHub:
         for actor in self._actors():
             if actor.attached or actor.wire:
                 actor.fail(failure)
-        pongs, self._pongs = self._pongs, {}
-        for nonce, done in pongs.items():
-            self._pongs[nonce] = done  # kept, so sync() can tell a failure from a pong
+        for done in self._pongs.values():  # left in place: sync() tells failure from pong
             done.set()
 
     async def close(self) -> None:

@@ -645,15 +645,7 @@ class SessionContext:
         missing: set[str] = set()
         revision = self.revision
         if to_fetch:
-            response = await self._call(
-                "GetVariables",
-                pb.GetVariablesRequest(session_id=self.session_id, refs=to_fetch),
-                pb.GetVariablesResponse,
-            )
-            revision = response.revision
-            missing = set(response.missing)
-            found = dict(zip([r for r in to_fetch if r not in missing], response.variables,
-                             strict=True))
+            found, missing, revision = await self._get_many(to_fetch)
         defaults = defaults or {}
         unresolved = [ref for ref in to_fetch if ref in missing and ref not in defaults]
         if unresolved:
@@ -1090,18 +1082,27 @@ class SessionContext:
             cache = VariableCache()
             values = await cache.get_batch(["a", "b"], session.fetch_missing)
         """
-        response = await self._call(
-            "GetVariables",
-            pb.GetVariablesRequest(session_id=self.session_id, refs=list(var_ids)),
-            pb.GetVariablesResponse,
-        )
-        missing = set(response.missing)
-        found = [ref for ref in var_ids if ref not in missing]
+        found, _, _ = await self._get_many(list(var_ids))
         values = {}
-        for ref, variable in zip(found, response.variables, strict=True):
+        for ref, variable in found.items():
             values[ref] = codec.decode(variable.value)
             self._remember(variable, values[ref])
         return values
+
+    async def _get_many(
+        self, refs: list[str]
+    ) -> tuple[dict[str, pb.Variable], set[str], int]:
+        """One GetVariables call: (ref -> variable for those found, missing refs, revision)."""
+        response = await self._call(
+            "GetVariables",
+            pb.GetVariablesRequest(session_id=self.session_id, refs=refs),
+            pb.GetVariablesResponse,
+        )
+        missing = set(response.missing)
+        found = dict(
+            zip([r for r in refs if r not in missing], response.variables, strict=True)
+        )
+        return found, missing, response.revision
 
     def set_cache_config(
         self,
