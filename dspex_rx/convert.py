@@ -24,6 +24,7 @@ STATUS_BY_KIND: dict[str, grpc.StatusCode] = {
     "type_error": grpc.StatusCode.INVALID_ARGUMENT,
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
     "conflict": grpc.StatusCode.FAILED_PRECONDITION,
+    "locked": grpc.StatusCode.FAILED_PRECONDITION,
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "internal": grpc.StatusCode.INTERNAL,

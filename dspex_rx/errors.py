@@ -116,6 +116,29 @@ class ConflictError(DspexError, ValueError):
         return int(value) if value is not None else None
 
 
+class OptimizationLockedError(ConflictError):
+    """The variable is under another optimization's lease, or this write's fencing token
+    belongs to a lease that has ended (stopped or expired). ``optimization_id`` names the
+    lease that refused it.
+
+    Example::
+
+        except OptimizationLockedError as exc: print("locked by", exc.optimization_id)
+    """
+
+    kind = "locked"
+
+    @property
+    def optimization_id(self) -> str:
+        """The optimization holding (or that held) the lease.
+
+        Example::
+
+            except OptimizationLockedError as exc: await s.stop_optimization(exc.variable)
+        """
+        return str(self.details.get("optimization_id", ""))
+
+
 class AccessDeniedError(DspexError, PermissionError):
     """The session may not do this to the variable.
 
@@ -158,6 +181,7 @@ _BY_KIND: dict[str, type[DspexError]] = {
         VariableTypeError,
         AlreadyExistsError,
         ConflictError,
+        OptimizationLockedError,
         AccessDeniedError,
         ResourceExhaustedError,
         InternalError,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .store import ChangeEvent, Commit
+from .store import OPTIMIZATION_EVENT, ChangeEvent, Commit
 
 
 @dataclass(slots=True)
@@ -169,7 +169,9 @@ class Subscriber:
 def _merge(frames: list[PendingFrame]) -> PendingFrame:
     if len(frames) == 1 and frames[0].conflated:
         return frames[0]
-    latest: dict[str, ChangeEvent] = {}
+    # Keyed by variable and channel: an optimization status event never stands in for a
+    # value change (or the reverse), so each channel keeps its own latest event.
+    latest: dict[tuple[str, bool], ChangeEvent] = {}
     first_old: dict[str, Any] = {}
     first_type: dict[str, str] = {}
     value_changed: set[str] = set()
@@ -177,16 +179,21 @@ def _merge(frames: list[PendingFrame]) -> PendingFrame:
         for event in frame.events:
             var_id = event.record.id
             kind = frame.update_type or event.update_type
-            first_old.setdefault(var_id, event.old_value)
-            first_type.setdefault(var_id, kind)
+            key = (var_id, kind == OPTIMIZATION_EVENT)
+            if not key[1]:
+                first_old.setdefault(var_id, event.old_value)
+                first_type.setdefault(var_id, kind)
             if kind == "value_change":
                 value_changed.add(var_id)
             # Re-inserted, so the merged order is that of each variable's latest event:
             # commits in order, and within a commit upstream before dependents.
-            latest.pop(var_id, None)
-            latest[var_id] = event
+            latest.pop(key, None)
+            latest[key] = event
     merged = []
-    for var_id, event in latest.items():
+    for (var_id, optimization), event in latest.items():
+        if optimization:
+            merged.append(event)
+            continue
         kind = event.update_type
         if kind == "dependency_changed" and var_id in value_changed:
             kind = "value_change"  # a notification after a change must not hide the change

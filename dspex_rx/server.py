@@ -26,14 +26,16 @@ from .convert import (
     ERROR_DETAIL_PREFIX,
     ERROR_KIND_KEY,
     STATUS_BY_KIND,
+    seconds,
     timestamp,
     type_from_pb,
     type_to_pb,
 )
 from .errors import DspexError, InvalidValueError
 from .fanout import PendingFrame, Subscriber
+from .leases import OptimizationEntry, OptimizationLease
 from .logs import get_logger
-from .store import ChangeEvent, MemoryStore, VariableRecord, VariableSpec
+from .store import OPTIMIZATION_EVENT, ChangeEvent, MemoryStore, VariableRecord, VariableSpec
 from .types import same_value
 from .v1 import session_pb2 as spb
 from .v1 import variables_pb2 as pb
@@ -80,7 +82,9 @@ def record_to_pb(record: VariableRecord, out: pb.Variable | None = None) -> pb.V
 
 UPDATE_TYPES: dict[str, int] = {
     name: spb.UpdateType.Value("UPDATE_TYPE_" + name.upper())
-    for name in ("initial", "value_change", "deleted", "dependency_changed", "resync")
+    for name in (
+        "initial", "value_change", "deleted", "dependency_changed", "resync", "optimization"
+    )
 }
 MAX_FRAMES_PER_MESSAGE = 256
 # A stream message is flushed once its frames pass this size, far below the send limit.
@@ -106,7 +110,7 @@ def event_to_pb(event: ChangeEvent, update_type: str | None, out: spb.VariableEv
         codec.fill(out.value, None)
     else:
         codec.fill(out.value, record.value)
-    if kind not in ("initial", "resync"):
+    if kind not in ("initial", "resync", OPTIMIZATION_EVENT):
         codec.fill(out.old_value, event.old_value)
         if out.old_value.ByteSize() > MAX_OLD_VALUE_BYTES:
             out.ClearField("old_value")
@@ -121,6 +125,68 @@ def event_to_pb(event: ChangeEvent, update_type: str | None, out: spb.VariableEv
 
 def _current(record: VariableRecord) -> ChangeEvent:
     return ChangeEvent(record, None, "initial", {}, record.updated_by)
+
+
+def status_to_pb(
+    record: VariableRecord, lease: OptimizationLease | None, out: pb.OptimizationStatus
+) -> None:
+    """Fill a wire ``OptimizationStatus`` (a variable never optimized has an empty id).
+
+    Example::
+
+        status_to_pb(*store.optimization_status(sid, "t"), response.status)
+    """
+    out.variable_id = record.id
+    out.name = record.name
+    if lease is None:
+        return
+    out.is_optimizing = lease.active
+    out.optimization_id = lease.id
+    out.optimizer_type = lease.optimizer_type
+    out.holder_session = lease.holder_session
+    out.holder_client = lease.holder_client
+    out.iteration = lease.iteration
+    if lease.best_score is not None:
+        out.has_best = True
+        codec.fill(out.best_value, lease.best_value)
+        out.best_metrics.CopyFrom(codec.encode_map(lease.best_metrics))
+        out.best_score = lease.best_score
+    out.started_at.CopyFrom(timestamp(lease.started_at))
+    out.last_update.CopyFrom(timestamp(lease.last_update))
+    out.expires_at.CopyFrom(timestamp(lease.expires_at))
+    out.state = lease.state
+    out.end_reason = lease.end_reason
+    if lease.ended_at is not None:
+        out.ended_at.CopyFrom(timestamp(lease.ended_at))
+    out.max_iterations = lease.max_iterations
+    out.ttl_seconds = lease.ttl
+    out.minimize = lease.minimize
+    if lease.has_final:
+        out.has_final = True
+        codec.fill(out.final_value, lease.final_value)
+    out.config.CopyFrom(codec.encode_map(lease.config))
+
+
+def _evaluation(request: Any) -> tuple[int, Any, dict[str, Any], float] | None:
+    if not request.has_record:
+        return None
+    return (
+        int(request.iteration),
+        codec.decode(request.evaluated_value),
+        codec.decode_map(request.metrics),
+        request.score,
+    )
+
+
+def _entry_to_pb(entry: OptimizationEntry, out: pb.OptimizationHistoryEntry) -> None:
+    out.optimization_id = entry.optimization_id
+    out.optimizer_type = entry.optimizer_type
+    out.iteration = entry.iteration
+    codec.fill(out.value, entry.value)
+    out.metrics.CopyFrom(codec.encode_map(entry.metrics))
+    out.score = entry.score
+    out.timestamp.CopyFrom(timestamp(entry.timestamp))
+    out.revision = entry.revision
 
 
 def _spec_from_pb(spec: pb.VariableSpec) -> VariableSpec:
@@ -347,6 +413,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             type_hint=hint,
             expected_version=request.expected_version or None,
             source=request.source or None,
+            fencing_token=request.fencing_token or None,
         )
         response = pb.SetVariableResponse(revision=revision, created=created)
         record_to_pb(record, response.variable)
@@ -535,6 +602,148 @@ class VariablesService(pb_grpc.VariablesServicer):
         )
         response = pb.RollbackResponse(revision=revision)
         record_to_pb(record, response.variable)
+        return response
+
+    # -------------------------------------------------------------- optimization
+
+    @_handler
+    async def StartOptimization(
+        self, request: pb.StartOptimizationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartOptimizationResponse:
+        """The ``StartOptimization`` RPC: take the variable's lease.
+
+        Example::
+
+            await stub.StartOptimization(StartOptimizationRequest(...))
+        """
+        session_id = _session_id(request)
+        lease, revision = self.store.start_optimization(
+            session_id,
+            request.ref,
+            optimizer_type=request.optimizer_type,
+            config=codec.decode_map(request.config),
+            max_iterations=request.max_iterations or 100,
+            ttl=request.ttl_seconds or None,
+            client_id=request.client_id,
+            actor=session_id,
+            minimize=request.minimize,
+        )
+        response = pb.StartOptimizationResponse(fencing_token=lease.token, revision=revision)
+        status_to_pb(self.store.get(session_id, lease.variable_id), lease, response.status)
+        return response
+
+    @_handler
+    async def OptimizationStep(
+        self, request: pb.OptimizationStepRequest, context: grpc.aio.ServicerContext
+    ) -> pb.OptimizationStepResponse:
+        """The ``OptimizationStep`` RPC: renew, record an evaluation, write a proposal.
+
+        Example::
+
+            await stub.OptimizationStep(OptimizationStepRequest(...))
+        """
+        session_id = _session_id(request)
+        proposal = (
+            (codec.decode(request.write_value), int(request.write_iteration))
+            if request.has_write else None
+        )
+        lease, written, revision = self.store.optimization_step(
+            session_id, request.ref, request.optimization_id, request.fencing_token,
+            evaluation=_evaluation(request), proposal=proposal, actor=session_id,
+        )
+        response = pb.OptimizationStepResponse(revision=revision)
+        record = written or self.store.get(session_id, lease.variable_id)
+        if written is not None:
+            record_to_pb(written, response.variable)
+        status_to_pb(record, lease, response.status)
+        return response
+
+    @_handler
+    async def FinishOptimization(
+        self, request: pb.FinishOptimizationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FinishOptimizationResponse:
+        """The ``FinishOptimization`` RPC: the holder's last record, final write and release.
+
+        Example::
+
+            await stub.FinishOptimization(FinishOptimizationRequest(...))
+        """
+        session_id = _session_id(request)
+        lease, written, revision = self.store.finish_optimization(
+            session_id, request.ref, request.optimization_id, request.fencing_token,
+            evaluation=_evaluation(request),
+            final_value=codec.decode(request.final_value) if request.has_final else None,
+            write_final=request.has_final,
+            state=request.state or "completed",
+            reason=request.reason,
+            actor=session_id,
+        )
+        response = pb.FinishOptimizationResponse(revision=revision)
+        record = written or self.store.get(session_id, lease.variable_id)
+        if written is not None:
+            record_to_pb(written, response.variable)
+        status_to_pb(record, lease, response.status)
+        return response
+
+    @_handler
+    async def StopOptimization(
+        self, request: pb.StopOptimizationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StopOptimizationResponse:
+        """The ``StopOptimization`` RPC: revoke the lease from any allowed session.
+
+        Example::
+
+            await stub.StopOptimization(StopOptimizationRequest(...))
+        """
+        session_id = _session_id(request)
+        who = f"{session_id}/{request.client_id}" if request.client_id else session_id
+        stopped, lease, revision = self.store.stop_optimization(
+            session_id, request.ref, reason=request.reason,
+            optimization_id=request.optimization_id, apply_best=request.apply_best, actor=who,
+        )
+        response = pb.StopOptimizationResponse(stopped=stopped, revision=revision)
+        status_to_pb(self.store.get(session_id, request.ref), lease, response.status)
+        return response
+
+    @_handler
+    async def GetOptimizationStatus(
+        self, request: pb.GetOptimizationStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetOptimizationStatusResponse:
+        """The ``GetOptimizationStatus`` RPC.
+
+        Example::
+
+            await stub.GetOptimizationStatus(GetOptimizationStatusRequest(...))
+        """
+        session_id = _session_id(request)
+        record, lease = self.store.optimization_status(session_id, request.ref)
+        response = pb.GetOptimizationStatusResponse(
+            revision=self.store.session(session_id).revision
+        )
+        status_to_pb(record, lease, response.status)
+        return response
+
+    @_handler
+    async def GetOptimizationHistory(
+        self, request: pb.GetOptimizationHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetOptimizationHistoryResponse:
+        """The ``GetOptimizationHistory`` RPC.
+
+        Example::
+
+            await stub.GetOptimizationHistory(GetOptimizationHistoryRequest(...))
+        """
+        session_id = _session_id(request)
+        entries = self.store.optimization_history(
+            session_id, request.ref, limit=request.limit or 100,
+            since=seconds(request.since) if request.HasField("since") else None,
+            optimization_id=request.optimization_id,
+        )
+        response = pb.GetOptimizationHistoryResponse(
+            revision=self.store.session(session_id).revision
+        )
+        for entry in entries:
+            _entry_to_pb(entry, response.entries.add())
         return response
 
     async def Echo(
@@ -766,7 +975,7 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 50051,
         store: MemoryStore | None = None,
-        expire_interval: float = 5.0,
+        expire_interval: float = 1.0,
         progress_interval: float = 5.0,
         max_pending_events: int = 10_000,
     ) -> None:

@@ -26,18 +26,30 @@ from .errors import (
     ConflictError,
     DspexError,
     InvalidValueError,
+    OptimizationLockedError,
     ResourceExhaustedError,
     SessionNotFoundError,
     VariableNotFoundError,
     VariableTypeError,
 )
 from .graph import DEPENDENCY_TYPES, CycleError, DependencyGraph, Edge
+from .leases import FINISH_STATES, OptimizationEntry, OptimizationLease
 from .logs import get_logger
-from .types import check_constraints, check_metadata, infer_type, normalize_type, validate_value
+from .types import (
+    check_constraints,
+    check_metadata,
+    infer_type,
+    normalize_type,
+    same_value,
+    validate_value,
+)
 
 log = get_logger("dspex_rx.store")
 
 MAX_TTL = 7 * 24 * 3600.0
+MAX_ITERATIONS = 10_000_000
+# The event types a commit can carry per variable; "optimization" events change no value.
+OPTIMIZATION_EVENT = "optimization"
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
 
 
@@ -122,8 +134,9 @@ class ChangeEvent:
     """One variable's change within a commit, as watchers see it.
 
     ``record`` is the variable after the change (for a delete, its last record);
-    ``update_type`` is ``value_change``, ``deleted``, or ``dependency_changed`` (a variable
-    it depends on changed; ``metadata`` names which, and the revision).
+    ``update_type`` is ``value_change``, ``deleted``, ``dependency_changed`` (a variable
+    it depends on changed; ``metadata`` names which, and the revision) or ``optimization``
+    (its optimization status changed; ``metadata`` is the status).
 
     Example::
 
@@ -192,6 +205,11 @@ class Session:
     listeners: list[Listener] = field(default_factory=list)
     graph: DependencyGraph = field(default_factory=DependencyGraph)
     history: dict[str, deque[HistoryEntry]] = field(default_factory=dict)
+    # The latest optimization lease of each variable (running or ended), the running ones
+    # again by variable id (so a write checks one dict), and each variable's evaluations.
+    leases: dict[str, OptimizationLease] = field(default_factory=dict)
+    running: dict[str, OptimizationLease] = field(default_factory=dict)
+    evaluations: dict[str, deque[OptimizationEntry]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +256,14 @@ class MemoryStore:
         max_variables_per_session: int = 100_000,
         log_size: int = 10_000,
         history_size: int = 1_000,
+        lease_ttl: float = 30.0,
+        optimization_history_size: int = 10_000,
     ) -> None:
         self._clock = clock
         self.default_ttl = default_ttl
+        self.lease_ttl = lease_ttl
+        self.optimization_history_size = optimization_history_size
+        self._tokens = itertools.count(1)
         self.max_variables_per_session = max_variables_per_session
         self.log_size = log_size
         if history_size < 1:
@@ -350,6 +373,7 @@ class MemoryStore:
         now = self._clock()
         removed = []
         for session in list(self._sessions.values()):
+            self._expire_leases(session)
             for client_id, lease in list(session.clients.items()):
                 if now - lease.last_seen > lease.ttl:
                     del session.clients[client_id]
@@ -427,10 +451,13 @@ class MemoryStore:
         removed: Iterable[VariableRecord] = (),
         metadata: Mapping[str, Any] | None = None,
         source: str = "",
+        notes: Sequence[OptimizationLease] = (),
     ) -> tuple[list[VariableRecord], int]:
         # The only place variable state changes: one new revision for the whole write,
         # stamped on every record it writes (and as create_revision on new ones), logged
-        # as one commit and handed to the session's listeners.
+        # as one commit and handed to the session's listeners. ``notes`` are leases whose
+        # status changed in this commit: each becomes an optimization event after the
+        # value changes, so a watcher sees a write and the status it led to together.
         revision = session.revision + 1
         stamped = [
             r
@@ -468,11 +495,21 @@ class MemoryStore:
                 events.append(
                     ChangeEvent(dependent, dependent.value, "dependency_changed", note, source)
                 )
+        for lease in notes:
+            record = session.variables[lease.variable_id]
+            events.append(
+                ChangeEvent(
+                    record, record.value, OPTIMIZATION_EVENT,
+                    lease.status(record.name, revision), lease.id,
+                )
+            )
         for record in removed:
             del session.variables[record.id]
             del session.names[record.name]
             session.graph.drop(record.id)
             session.history.pop(record.id, None)
+            session.leases.pop(record.id, None)
+            session.evaluations.pop(record.id, None)
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         session.revision = revision
@@ -656,12 +693,15 @@ class MemoryStore:
         type_hint: str | None = None,
         expected_version: int | None = None,
         source: str | None = None,
+        fencing_token: int | None = None,
     ) -> tuple[VariableRecord, int, bool]:
         """Validate and write one value; returns (new record, revision, created).
 
         ``expected_version`` makes it a compare-and-set: a variable at another version
         raises ``ConflictError`` (with ``current_version``) and nothing is written.
-        ``source`` is who watchers see as the writer (default: ``actor``).
+        ``source`` is who watchers see as the writer (default: ``actor``). A variable
+        under an optimization lease takes the write only with the lease's
+        ``fencing_token``; otherwise ``OptimizationLockedError``.
 
         Example::
 
@@ -669,6 +709,7 @@ class MemoryStore:
             store.set(sid, "n", 5, actor="me", expected_version=record.version)
         """
         session = self.session(session_id)
+        self._expire_leases(session)
         try:
             record = self._resolve(session, ref)
         except VariableNotFoundError:
@@ -685,6 +726,7 @@ class MemoryStore:
                 session_id, [VariableSpec(ref, type_name, value, None, metadata)], actor
             )
             return records[0], revision, True
+        self._check_lease(session, record, fencing_token)
         self._check_version(record, expected_version)
         clean_metadata = check_metadata(record.name, metadata)
         new = self._prepare_write(record, value, clean_metadata, actor, session.revision + 1)
@@ -723,6 +765,7 @@ class MemoryStore:
             outcomes, revision, applied = store.update_many(sid, [("a", 1), ("b", 2)], actor="me")
         """
         session = self.session(session_id)
+        self._expire_leases(session)
         clean_metadata = check_metadata("update", metadata)
         prepared: list[VariableRecord | None] = []
         errors: list[DspexError | None] = []
@@ -738,6 +781,7 @@ class MemoryStore:
                         f"variable {record.name!r} appears more than once in the batch"
                     )
                 seen.add(record.id)
+                self._check_lease(session, record, None)
                 self._check_version(record, expected)
                 prepared.append(
                     self._prepare_write(
@@ -800,6 +844,7 @@ class MemoryStore:
             deleted, revision = store.delete(sid, "temperature")
         """
         session = self.session(session_id)
+        self._expire_leases(session)
         record = self._resolve(session, ref)
         dependents = session.graph.dependents(record.id, transitive=True)
         if dependents and not cascade:
@@ -809,6 +854,8 @@ class MemoryStore:
                 "(delete with cascade=True to delete them too)"
             )
         doomed = [record, *(session.variables[d] for d, _, _ in dependents)]
+        for victim in doomed:
+            self._check_lease(session, victim, None, doing="deleted")
         _, revision = self._commit(session, (), removed=doomed, source=actor)
         return [r.id for r in doomed], revision
 
@@ -931,7 +978,9 @@ class MemoryStore:
             record, revision = store.rollback(sid, "temperature", 3, reason="bad sweep", actor="me")
         """
         session = self.session(session_id)
+        self._expire_leases(session)
         record = self._resolve(session, ref)
+        self._check_lease(session, record, None, doing="rolled back")
         self._check_version(record, expected_version)
         if not isinstance(version, int) or isinstance(version, bool) or not (
             1 <= version <= record.version
@@ -965,3 +1014,396 @@ class MemoryStore:
             source=actor,
         )
         return written[0], revision
+
+    # -------------------------------------------------------------- optimization
+
+    def _expire_leases(self, session: Session) -> None:
+        # Leases lapse lazily, on the next call that could see them, and in expire();
+        # each lapse is its own commit, before whatever the caller does next.
+        if not session.running:
+            return
+        now = self._clock()
+        for lease in [lease for lease in session.running.values() if now > lease.expires_at]:
+            self._end_lease(
+                session, lease, "expired",
+                f"the lease lapsed: no renewal from {lease.holder_client or 'its holder'} "
+                f"within {lease.ttl:g} s",
+            )
+
+    def _end_lease(
+        self,
+        session: Session,
+        lease: OptimizationLease,
+        state: str,
+        reason: str,
+        records: Sequence[VariableRecord] = (),
+        metadata: Mapping[str, Any] | None = None,
+        actor: str = "",
+    ) -> int:
+        lease.end(state, reason, self._clock())
+        session.running.pop(lease.variable_id, None)
+        log.info("optimization_ended", session_id=session.id, optimization_id=lease.id,
+                 state=state, reason=reason, iterations=lease.iteration)
+        return self._commit(
+            session, records, metadata=metadata, source=actor or lease.id, notes=[lease]
+        )[1]
+
+    def _check_lease(
+        self,
+        session: Session,
+        record: VariableRecord,
+        token: int | None,
+        doing: str = "written",
+    ) -> OptimizationLease | None:
+        lease = session.running.get(record.id)
+        if lease is None:
+            if token:
+                last = session.leases.get(record.id)
+                if last is not None and last.token == token:
+                    why = f"optimization {last.id} has {last.state}"
+                    why += f" ({last.end_reason})" if last.end_reason else ""
+                else:
+                    why = "it belongs to no optimization of this variable"
+                raise OptimizationLockedError(
+                    f"variable {record.name!r}: fencing token {token} is stale: {why}",
+                    optimization_id=last.id if last is not None else "",
+                )
+            return None
+        if token != lease.token or doing != "written":
+            raise OptimizationLockedError(
+                f"variable {record.name!r} is locked for optimization by {lease.id} "
+                f"({lease.optimizer_type}, session {lease.holder_session}); it cannot be "
+                f"{doing} until the optimization ends or is stopped",
+                optimization_id=lease.id,
+                current_version=record.version,
+            )
+        return lease
+
+    def _holder_lease(
+        self, session: Session, record: VariableRecord, optimization_id: str, token: int
+    ) -> OptimizationLease:
+        lease = session.running.get(record.id)
+        if lease is None or lease.id != optimization_id or lease.token != token:
+            last = session.leases.get(record.id)
+            if last is not None and last.id == optimization_id:
+                why = f"it has {last.state}" + (f" ({last.end_reason})" if last.end_reason
+                                                else "")
+                if last.token != token:
+                    why = f"fencing token {token} is not its token"
+            else:
+                why = "no such optimization of this variable"
+            raise OptimizationLockedError(
+                f"variable {record.name!r}: optimization {optimization_id!r} no longer holds "
+                f"the lease: {why}",
+                optimization_id=optimization_id,
+            )
+        return lease
+
+    def start_optimization(
+        self,
+        session_id: str,
+        ref: str,
+        *,
+        optimizer_type: str,
+        config: Mapping[str, Any] | None = None,
+        max_iterations: int = 100,
+        ttl: float | None = None,
+        client_id: str = "",
+        actor: str = "",
+        minimize: bool = False,
+    ) -> tuple[OptimizationLease, int]:
+        """Take the variable's optimization lease; returns (lease, revision).
+
+        A variable already under a running lease raises ``OptimizationLockedError`` (a
+        ``ValueError``) saying it is "already being optimized" and by which optimization.
+
+        Example::
+
+            lease, revision = store.start_optimization(sid, "t", optimizer_type="bayesian")
+            store.set(sid, "t", 0.4, actor="me", fencing_token=lease.token)
+        """
+        session = self.session(session_id)
+        self._expire_leases(session)
+        record = self._resolve(session, ref)
+        if not isinstance(optimizer_type, str) or not NAME_RE.fullmatch(optimizer_type):
+            raise InvalidValueError(
+                f"variable {record.name!r}: optimizer type {optimizer_type!r} is not a valid "
+                "name (letters, digits, _ . - /)"
+            )
+        if (
+            not isinstance(max_iterations, int) or isinstance(max_iterations, bool)
+            or not 1 <= max_iterations <= MAX_ITERATIONS
+        ):
+            raise InvalidValueError(
+                f"variable {record.name!r}: max_iterations must be an integer from 1 to "
+                f"{MAX_ITERATIONS}, got {max_iterations!r}"
+            )
+        if ttl is not None and not (ttl == 0 or (math.isfinite(ttl) and 0 < ttl <= MAX_TTL)):
+            raise InvalidValueError(
+                f"variable {record.name!r}: lease ttl must be between 0 and {MAX_TTL:g} "
+                f"seconds (0 for the server default), got {ttl!r}"
+            )
+        clean_config = check_metadata(record.name, config)
+        running = session.running.get(record.id)
+        if running is not None:
+            raise OptimizationLockedError(
+                f"variable {record.name!r} is already being optimized by {running.id} "
+                f"({running.optimizer_type}, session {running.holder_session}, iteration "
+                f"{running.iteration})",
+                optimization_id=running.id,
+            )
+        now = self._clock()
+        ttl = ttl or self.lease_ttl
+        lease = OptimizationLease(
+            id="opt_" + secrets.token_hex(8),
+            variable_id=record.id,
+            optimizer_type=optimizer_type,
+            holder_session=session.id,
+            holder_client=client_id,
+            token=next(self._tokens),
+            ttl=ttl,
+            config=clean_config,
+            max_iterations=max_iterations,
+            started_at=now,
+            last_update=now,
+            expires_at=now + ttl,
+            minimize=bool(minimize),
+        )
+        session.leases[record.id] = lease
+        session.running[record.id] = lease
+        log.info("optimization_started", session_id=session.id, optimization_id=lease.id,
+                 variable=record.name, optimizer=optimizer_type, client_id=client_id)
+        revision = self._commit(session, (), source=actor or lease.id, notes=[lease])[1]
+        return lease, revision
+
+    def _prepare_evaluation(
+        self,
+        lease: OptimizationLease,
+        record: VariableRecord,
+        evaluation: tuple[int, Any, Mapping[str, Any] | None, float],
+    ) -> tuple[int, Any, dict[str, Any], float]:
+        iteration, value, metrics, score = evaluation
+        if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 1:
+            raise InvalidValueError(
+                f"variable {record.name!r}: iteration must be a positive integer, got "
+                f"{iteration!r}"
+            )
+        if iteration <= lease.iteration:
+            raise InvalidValueError(
+                f"variable {record.name!r}: iteration {iteration} of {lease.id} is already "
+                f"recorded (the last was {lease.iteration})"
+            )
+        if not isinstance(score, int | float) or not math.isfinite(score):
+            raise InvalidValueError(
+                f"variable {record.name!r}: score of iteration {iteration} must be a finite "
+                f"number, got {score!r}"
+            )
+        clean_value = validate_value(record.name, record.type, value, record.constraints)
+        return iteration, clean_value, check_metadata(record.name, metrics), float(score)
+
+    def _record_evaluation(
+        self,
+        session: Session,
+        lease: OptimizationLease,
+        evaluation: tuple[int, Any, dict[str, Any], float],
+    ) -> None:
+        iteration, value, metrics, score = evaluation
+        lease.record(iteration, value, metrics, score)
+        entries = session.evaluations.get(lease.variable_id)
+        if entries is None:
+            entries = session.evaluations[lease.variable_id] = deque(
+                maxlen=self.optimization_history_size
+            )
+        entries.append(
+            OptimizationEntry(
+                lease.id, lease.optimizer_type, iteration, value, metrics, score,
+                self._clock(), session.revision + 1,
+            )
+        )
+
+    def optimization_step(
+        self,
+        session_id: str,
+        ref: str,
+        optimization_id: str,
+        fencing_token: int,
+        *,
+        evaluation: tuple[int, Any, Mapping[str, Any] | None, float] | None = None,
+        proposal: tuple[Any, int] | None = None,
+        actor: str = "",
+    ) -> tuple[OptimizationLease, VariableRecord | None, int]:
+        """One step of a running optimization, by its holder: renew the lease, record an
+        evaluated ``(iteration, value, metrics, score)`` (better is higher, or lower for a
+        lease that minimizes) and/or
+        write a ``(value, iteration)`` proposal, in one commit. Returns (lease, the written
+        record or None, revision). Everything is validated before anything changes; a
+        lease that has ended raises ``OptimizationLockedError``.
+
+        Example::
+
+            store.optimization_step(sid, "t", lease.id, lease.token, proposal=(0.4, 1))
+            store.optimization_step(sid, "t", lease.id, lease.token,
+                                    evaluation=(1, 0.4, {"acc": 0.8}, 0.8))
+        """
+        session = self.session(session_id)
+        self._expire_leases(session)
+        record = self._resolve(session, ref)
+        lease = self._holder_lease(session, record, optimization_id, fencing_token)
+        clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
+        written: list[VariableRecord] = []
+        metadata: dict[str, Any] = {}
+        if proposal is not None:
+            value, iteration = proposal
+            metadata = {"optimization_id": lease.id, "optimizer": lease.optimizer_type,
+                        "iteration": iteration}
+            written = [
+                self._prepare_write(record, value, metadata, actor, session.revision + 1)
+            ]
+        lease.renew(self._clock())
+        if clean is None and not written:
+            return lease, None, session.revision
+        if clean is not None:
+            self._record_evaluation(session, lease, clean)
+        stamped, revision = self._commit(
+            session, written, metadata=metadata, source=lease.id, notes=[lease]
+        )
+        return lease, (stamped[0] if stamped else None), revision
+
+    def finish_optimization(
+        self,
+        session_id: str,
+        ref: str,
+        optimization_id: str,
+        fencing_token: int,
+        *,
+        evaluation: tuple[int, Any, Mapping[str, Any] | None, float] | None = None,
+        final_value: Any = None,
+        write_final: bool = False,
+        state: str = "completed",
+        reason: str = "",
+        actor: str = "",
+    ) -> tuple[OptimizationLease, VariableRecord | None, int]:
+        """End a run by its holder: record the last evaluation, write the final value and
+        release the lease, in one commit. ``state`` is ``completed`` or ``failed``.
+
+        Example::
+
+            store.finish_optimization(sid, "t", lease.id, lease.token, final_value=0.4,
+                                      write_final=True, reason="converged")
+        """
+        if state not in FINISH_STATES:
+            raise InvalidValueError(
+                f"an optimization finishes as one of {', '.join(FINISH_STATES)}, not {state!r}"
+            )
+        if not isinstance(reason, str) or len(reason) > 4096:
+            raise InvalidValueError("the end reason must be a string of at most 4096 characters")
+        session = self.session(session_id)
+        self._expire_leases(session)
+        record = self._resolve(session, ref)
+        lease = self._holder_lease(session, record, optimization_id, fencing_token)
+        clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
+        written: list[VariableRecord] = []
+        metadata: dict[str, Any] = {}
+        if write_final:
+            metadata = {"optimization_id": lease.id, "optimizer": lease.optimizer_type,
+                        "final": True}
+            written = [
+                self._prepare_write(record, final_value, metadata, actor, session.revision + 1)
+            ]
+        if clean is not None:
+            self._record_evaluation(session, lease, clean)
+        if written:
+            lease.final_value, lease.has_final = written[0].value, True
+        revision = self._end_lease(
+            session, lease, state, reason or state, written, metadata, actor=lease.id
+        )
+        return lease, (session.variables[record.id] if written else None), revision
+
+    def stop_optimization(
+        self,
+        session_id: str,
+        ref: str,
+        *,
+        reason: str = "",
+        optimization_id: str = "",
+        apply_best: bool = False,
+        actor: str = "",
+    ) -> tuple[bool, OptimizationLease | None, int]:
+        """Revoke the variable's running lease (any session that may optimize it); returns
+        (whether one was stopped, the lease, revision). From then on the holder's fencing
+        token is refused, so none of its writes lands. ``apply_best`` writes the best value
+        recorded so far in the same commit. ``optimization_id`` stops only that run.
+
+        Example::
+
+            stopped, lease, _ = store.stop_optimization(sid, "t", reason="budget spent")
+        """
+        if not isinstance(reason, str) or len(reason) > 4096:
+            raise InvalidValueError("the stop reason must be a string of at most 4096 characters")
+        session = self.session(session_id)
+        self._expire_leases(session)
+        record = self._resolve(session, ref)
+        lease = session.running.get(record.id)
+        if lease is None or (optimization_id and lease.id != optimization_id):
+            return False, session.leases.get(record.id), session.revision
+        written: list[VariableRecord] = []
+        metadata: dict[str, Any] = {}
+        if apply_best and lease.best_score is not None:
+            lease.final_value, lease.has_final = lease.best_value, True
+        if apply_best and lease.best_score is not None and not same_value(
+            lease.best_value, record.value
+        ):
+            metadata = {"optimization_id": lease.id, "optimizer": lease.optimizer_type,
+                        "final": True, "stopped": True}
+            written = [
+                self._prepare_write(
+                    record, lease.best_value, metadata, actor, session.revision + 1,
+                    validated=True,
+                )
+            ]
+        revision = self._end_lease(
+            session, lease, "stopped", reason or f"stopped by {actor or 'a session'}",
+            written, metadata, actor=actor,
+        )
+        return True, lease, revision
+
+    def optimization_status(
+        self, session_id: str, ref: str
+    ) -> tuple[VariableRecord, OptimizationLease | None]:
+        """The variable and its latest lease (running or ended; None if never optimized).
+
+        Example::
+
+            record, lease = store.optimization_status(sid, "temperature")
+        """
+        session = self.session(session_id)
+        self._expire_leases(session)
+        record = self._resolve(session, ref)
+        return record, session.leases.get(record.id)
+
+    def optimization_history(
+        self,
+        session_id: str,
+        ref: str,
+        *,
+        limit: int = 100,
+        since: float | None = None,
+        optimization_id: str = "",
+    ) -> builtins.list[OptimizationEntry]:
+        """The newest ``limit`` evaluations of the variable (of one optimization, and at or
+        after ``since``, when given), oldest first.
+
+        Example::
+
+            [e.value for e in store.optimization_history(sid, "t", limit=10)]
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
+        session = self.session(session_id)
+        record = self._resolve(session, ref)
+        found = [
+            e for e in session.evaluations.get(record.id, ())
+            if (not optimization_id or e.optimization_id == optimization_id)
+            and (since is None or e.timestamp >= since)
+        ]
+        return found[-limit:]

@@ -227,7 +227,7 @@ class GetVariablesResponse(_message.Message):
     def __init__(self, variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class SetVariableRequest(_message.Message):
-    __slots__ = ("session_id", "ref", "value", "metadata", "create_if_missing", "type_hint", "expected_version", "source")
+    __slots__ = ("session_id", "ref", "value", "metadata", "create_if_missing", "type_hint", "expected_version", "fencing_token", "source")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +235,7 @@ class SetVariableRequest(_message.Message):
     CREATE_IF_MISSING_FIELD_NUMBER: _ClassVar[int]
     TYPE_HINT_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     ref: str
@@ -243,8 +244,9 @@ class SetVariableRequest(_message.Message):
     create_if_missing: bool
     type_hint: VariableType
     expected_version: int
+    fencing_token: int
     source: str
-    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., create_if_missing: _Optional[bool] = ..., type_hint: _Optional[_Union[VariableType, str]] = ..., expected_version: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., create_if_missing: _Optional[bool] = ..., type_hint: _Optional[_Union[VariableType, str]] = ..., expected_version: _Optional[int] = ..., fencing_token: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class SetVariableResponse(_message.Message):
     __slots__ = ("variable", "revision", "created")
@@ -487,6 +489,250 @@ class RollbackResponse(_message.Message):
     variable: Variable
     revision: int
     def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class OptimizationStatus(_message.Message):
+    __slots__ = ("variable_id", "name", "is_optimizing", "optimization_id", "optimizer_type", "holder_session", "holder_client", "iteration", "best_value", "best_metrics", "best_score", "has_best", "started_at", "last_update", "expires_at", "state", "end_reason", "ended_at", "max_iterations", "ttl_seconds", "config", "minimize", "final_value", "has_final")
+    VARIABLE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IS_OPTIMIZING_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    BEST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BEST_METRICS_FIELD_NUMBER: _ClassVar[int]
+    BEST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    HAS_BEST_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    MINIMIZE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    HAS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    variable_id: str
+    name: str
+    is_optimizing: bool
+    optimization_id: str
+    optimizer_type: str
+    holder_session: str
+    holder_client: str
+    iteration: int
+    best_value: _value_pb2.Value
+    best_metrics: _value_pb2.MapValue
+    best_score: float
+    has_best: bool
+    started_at: _timestamp_pb2.Timestamp
+    last_update: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    state: str
+    end_reason: str
+    ended_at: _timestamp_pb2.Timestamp
+    max_iterations: int
+    ttl_seconds: float
+    config: _value_pb2.MapValue
+    minimize: bool
+    final_value: _value_pb2.Value
+    has_final: bool
+    def __init__(self, variable_id: _Optional[str] = ..., name: _Optional[str] = ..., is_optimizing: _Optional[bool] = ..., optimization_id: _Optional[str] = ..., optimizer_type: _Optional[str] = ..., holder_session: _Optional[str] = ..., holder_client: _Optional[str] = ..., iteration: _Optional[int] = ..., best_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., best_metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., best_score: _Optional[float] = ..., has_best: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_update: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., end_reason: _Optional[str] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_iterations: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., config: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., minimize: _Optional[bool] = ..., final_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., has_final: _Optional[bool] = ...) -> None: ...
+
+class StartOptimizationRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "optimizer_type", "config", "max_iterations", "ttl_seconds", "client_id", "minimize")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MINIMIZE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    optimizer_type: str
+    config: _value_pb2.MapValue
+    max_iterations: int
+    ttl_seconds: float
+    client_id: str
+    minimize: bool
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimizer_type: _Optional[str] = ..., config: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., max_iterations: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., client_id: _Optional[str] = ..., minimize: _Optional[bool] = ...) -> None: ...
+
+class StartOptimizationResponse(_message.Message):
+    __slots__ = ("status", "fencing_token", "revision")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    status: OptimizationStatus
+    fencing_token: int
+    revision: int
+    def __init__(self, status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., fencing_token: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class OptimizationStepRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "optimization_id", "fencing_token", "has_record", "iteration", "evaluated_value", "metrics", "score", "has_write", "write_value", "write_iteration")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    HAS_RECORD_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_VALUE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    HAS_WRITE_FIELD_NUMBER: _ClassVar[int]
+    WRITE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    optimization_id: str
+    fencing_token: int
+    has_record: bool
+    iteration: int
+    evaluated_value: _value_pb2.Value
+    metrics: _value_pb2.MapValue
+    score: float
+    has_write: bool
+    write_value: _value_pb2.Value
+    write_iteration: int
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimization_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., has_record: _Optional[bool] = ..., iteration: _Optional[int] = ..., evaluated_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., score: _Optional[float] = ..., has_write: _Optional[bool] = ..., write_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., write_iteration: _Optional[int] = ...) -> None: ...
+
+class OptimizationStepResponse(_message.Message):
+    __slots__ = ("status", "variable", "revision")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    status: OptimizationStatus
+    variable: Variable
+    revision: int
+    def __init__(self, status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class FinishOptimizationRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "optimization_id", "fencing_token", "has_record", "iteration", "evaluated_value", "metrics", "score", "has_final", "final_value", "state", "reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    HAS_RECORD_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_VALUE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    HAS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    FINAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    optimization_id: str
+    fencing_token: int
+    has_record: bool
+    iteration: int
+    evaluated_value: _value_pb2.Value
+    metrics: _value_pb2.MapValue
+    score: float
+    has_final: bool
+    final_value: _value_pb2.Value
+    state: str
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimization_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., has_record: _Optional[bool] = ..., iteration: _Optional[int] = ..., evaluated_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., score: _Optional[float] = ..., has_final: _Optional[bool] = ..., final_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FinishOptimizationResponse(_message.Message):
+    __slots__ = ("status", "variable", "revision")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    status: OptimizationStatus
+    variable: Variable
+    revision: int
+    def __init__(self, status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class StopOptimizationRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "reason", "optimization_id", "apply_best", "client_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    APPLY_BEST_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    reason: str
+    optimization_id: str
+    apply_best: bool
+    client_id: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., reason: _Optional[str] = ..., optimization_id: _Optional[str] = ..., apply_best: _Optional[bool] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class StopOptimizationResponse(_message.Message):
+    __slots__ = ("stopped", "status", "revision")
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    stopped: bool
+    status: OptimizationStatus
+    revision: int
+    def __init__(self, stopped: _Optional[bool] = ..., status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class GetOptimizationStatusRequest(_message.Message):
+    __slots__ = ("session_id", "ref")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
+
+class GetOptimizationStatusResponse(_message.Message):
+    __slots__ = ("status", "revision")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    status: OptimizationStatus
+    revision: int
+    def __init__(self, status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class GetOptimizationHistoryRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "limit", "since", "optimization_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    limit: int
+    since: _timestamp_pb2.Timestamp
+    optimization_id: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., limit: _Optional[int] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., optimization_id: _Optional[str] = ...) -> None: ...
+
+class OptimizationHistoryEntry(_message.Message):
+    __slots__ = ("optimization_id", "iteration", "value", "metrics", "score", "timestamp", "revision", "optimizer_type")
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    optimization_id: str
+    iteration: int
+    value: _value_pb2.Value
+    metrics: _value_pb2.MapValue
+    score: float
+    timestamp: _timestamp_pb2.Timestamp
+    revision: int
+    optimizer_type: str
+    def __init__(self, optimization_id: _Optional[str] = ..., iteration: _Optional[int] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., score: _Optional[float] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., optimizer_type: _Optional[str] = ...) -> None: ...
+
+class GetOptimizationHistoryResponse(_message.Message):
+    __slots__ = ("entries", "revision")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[OptimizationHistoryEntry]
+    revision: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[OptimizationHistoryEntry, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class EchoRequest(_message.Message):
     __slots__ = ("payload",)

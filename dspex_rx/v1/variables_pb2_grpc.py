@@ -125,6 +125,36 @@ class VariablesStub:
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.RollbackResponse.FromString,
                 _registered_method=True)
+        self.StartOptimization = channel.unary_unary(
+                '/dspex_rx.v1.Variables/StartOptimization',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.StartOptimizationRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.StartOptimizationResponse.FromString,
+                _registered_method=True)
+        self.OptimizationStep = channel.unary_unary(
+                '/dspex_rx.v1.Variables/OptimizationStep',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.OptimizationStepRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.OptimizationStepResponse.FromString,
+                _registered_method=True)
+        self.FinishOptimization = channel.unary_unary(
+                '/dspex_rx.v1.Variables/FinishOptimization',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.FinishOptimizationRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.FinishOptimizationResponse.FromString,
+                _registered_method=True)
+        self.StopOptimization = channel.unary_unary(
+                '/dspex_rx.v1.Variables/StopOptimization',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.StopOptimizationRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.StopOptimizationResponse.FromString,
+                _registered_method=True)
+        self.GetOptimizationStatus = channel.unary_unary(
+                '/dspex_rx.v1.Variables/GetOptimizationStatus',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationStatusRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationStatusResponse.FromString,
+                _registered_method=True)
+        self.GetOptimizationHistory = channel.unary_unary(
+                '/dspex_rx.v1.Variables/GetOptimizationHistory',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class VariablesServicer:
@@ -240,6 +270,42 @@ class VariablesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartOptimization(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OptimizationStep(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishOptimization(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopOptimization(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOptimizationStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOptimizationHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariablesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -332,6 +398,36 @@ def add_VariablesServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.RollbackRequest.FromString,
                     response_serializer=dspex__rx_dot_v1_dot_variables__pb2.RollbackResponse.SerializeToString,
+            ),
+            'StartOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartOptimization,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.StartOptimizationRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.StartOptimizationResponse.SerializeToString,
+            ),
+            'OptimizationStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.OptimizationStep,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.OptimizationStepRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.OptimizationStepResponse.SerializeToString,
+            ),
+            'FinishOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishOptimization,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.FinishOptimizationRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.FinishOptimizationResponse.SerializeToString,
+            ),
+            'StopOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopOptimization,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.StopOptimizationRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.StopOptimizationResponse.SerializeToString,
+            ),
+            'GetOptimizationStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOptimizationStatus,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationStatusRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationStatusResponse.SerializeToString,
+            ),
+            'GetOptimizationHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOptimizationHistory,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -820,6 +916,168 @@ class Variables:
             '/dspex_rx.v1.Variables/Rollback',
             dspex__rx_dot_v1_dot_variables__pb2.RollbackRequest.SerializeToString,
             dspex__rx_dot_v1_dot_variables__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/StartOptimization',
+            dspex__rx_dot_v1_dot_variables__pb2.StartOptimizationRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.StartOptimizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OptimizationStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/OptimizationStep',
+            dspex__rx_dot_v1_dot_variables__pb2.OptimizationStepRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.OptimizationStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/FinishOptimization',
+            dspex__rx_dot_v1_dot_variables__pb2.FinishOptimizationRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.FinishOptimizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/StopOptimization',
+            dspex__rx_dot_v1_dot_variables__pb2.StopOptimizationRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.StopOptimizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOptimizationStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/GetOptimizationStatus',
+            dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationStatusRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOptimizationHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/GetOptimizationHistory',
+            dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
