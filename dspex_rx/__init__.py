@@ -12,11 +12,13 @@ from .errors import (
     ConflictError,
     DspexError,
     InvalidValueError,
+    OptimizationLockedError,
     ResourceExhaustedError,
     SessionNotFoundError,
     VariableNotFoundError,
     VariableTypeError,
 )
+from .optimizers import BaseOptimizer, SearchSpace
 from .server import EmbeddedServer, Server
 from .types import TYPES
 from .watch import Watch
@@ -25,11 +27,14 @@ __all__ = [
     "TYPES",
     "AccessDeniedError",
     "AlreadyExistsError",
+    "BaseOptimizer",
     "ConflictError",
     "DspexError",
     "EmbeddedServer",
     "InvalidValueError",
+    "OptimizationLockedError",
     "ResourceExhaustedError",
+    "SearchSpace",
     "Server",
     "SessionContext",
     "SessionNotFoundError",

@@ -38,6 +38,7 @@ _UPDATE_NAMES = {
     spb.UPDATE_TYPE_DELETED: "deleted",
     spb.UPDATE_TYPE_DEPENDENCY_CHANGED: "dependency_changed",
     spb.UPDATE_TYPE_RESYNC: "resync",
+    spb.UPDATE_TYPE_OPTIMIZATION: "optimization",
 }
 
 
@@ -46,8 +47,9 @@ class VariableUpdate:
     """One change of a variable as a watcher sees it.
 
     ``update_type`` is ``initial``, ``value_change``, ``deleted``, ``resync`` (the current
-    value after a gap the server could not replay) or ``dependency_changed`` (a variable
-    this one depends on changed; ``metadata`` names it and the revision).
+    value after a gap the server could not replay), ``dependency_changed`` (a variable
+    this one depends on changed; ``metadata`` names it and the revision) or, for
+    optimization observers only, ``optimization`` (``metadata`` is the status).
 
     Example::
 
@@ -108,8 +110,18 @@ class _Attached(rx_abc.DisposableBase):
         self.last_version = 0
         self.baseline = False  # has this observer been given (or skipped) its first value
 
+    # Class-level, not a slot: plain observers pay nothing for it.
+    optimization = False
+
     def dispose(self) -> None:
         self.actor.detach(self)
+
+
+class _OptimizationAttached(_Attached):
+    """An observer of the variable's optimization status events only."""
+
+    __slots__ = ()
+    optimization = True
 
 
 @dataclass(slots=True)
@@ -126,6 +138,7 @@ class ActorStats:
     write_count: int = 0
     read_latency_total: float = 0.0
     write_latency_total: float = 0.0
+    optimization_time: float = 0.0  # wall seconds this client spent optimizing it
 
 
 class VariableActor:
@@ -201,18 +214,27 @@ class VariableActor:
     # ---- observers
 
     def attach(
-        self, observer: rx_abc.ObserverBase[VariableUpdate], include_initial: bool, ref: str
+        self,
+        observer: rx_abc.ObserverBase[VariableUpdate],
+        include_initial: bool,
+        ref: str,
+        optimization: bool = False,
     ) -> rx_abc.DisposableBase:
-        """Add a local observer; the first one subscribes on the wire (by ``ref``).
+        """Add a local observer; the first one subscribes on the wire (by ``ref``). With
+        ``optimization`` the observer gets the variable's optimization status events and
+        nothing else; other observers never see those.
 
         Example::
 
             disposable = actor.attach(observer, include_initial=True, ref="temperature")
         """
-        attached = _Attached(self, observer, include_initial)
+        kind = _OptimizationAttached if optimization else _Attached
+        attached = kind(self, observer, include_initial)
         self.attached.append(attached)
         found, value = self.cached() if self.live else (False, None)
-        if found:
+        if found and optimization:
+            pass  # status events need no baseline; the wire subscription is in place
+        elif found:
             # Live: the entry is exactly what the stream said last, so it is the baseline.
             attached.baseline = True
             attached.last_version = self.version
@@ -272,6 +294,13 @@ class VariableActor:
             actor.apply(update_from_pb(event))
         """
         kind = update.update_type
+        if kind == "optimization":
+            # A status note: the value and version are unchanged, so the entry and the
+            # plain observers' version tracking stay as they are.
+            for attached in list(self.attached):
+                if attached.optimization:
+                    self._deliver(attached, update)
+            return
         if self.wire and kind != "deleted":
             self.live = True
         if kind == "deleted":
@@ -279,6 +308,8 @@ class VariableActor:
         elif update.version >= self.version:
             self.store(update.value, update.version, update.revision)
         for attached in list(self.attached):
+            if attached.optimization:
+                continue
             if not attached.baseline:
                 if kind == "deleted":
                     continue
@@ -766,19 +797,27 @@ class VariableObservable(TrioObservable[VariableUpdate]):
     """
 
     def __init__(
-        self, hub: WatchHub, ref: str, include_initial: bool, scheduler: TrioScheduler
+        self,
+        hub: WatchHub,
+        ref: str,
+        include_initial: bool,
+        scheduler: TrioScheduler,
+        optimization: bool = False,
     ) -> None:
         super().__init__(_NEVER, scheduler)
         self._hub = hub
         self._ref = ref
         self._include_initial = include_initial
+        self._optimization = optimization
 
     def _subscribe_core(
         self,
         observer: rx_abc.ObserverBase[VariableUpdate],
         scheduler: rx_abc.SchedulerBase | None = None,
     ) -> rx_abc.DisposableBase:
-        return self._hub.actor(self._ref).attach(observer, self._include_initial, self._ref)
+        return self._hub.actor(self._ref).attach(
+            observer, self._include_initial, self._ref, self._optimization
+        )
 
 
 _NEVER: reactivex.Observable[Any] = reactivex.never()

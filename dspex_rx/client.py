@@ -26,6 +26,7 @@ from .cache import VariableCache
 from .convert import (
     map_rpc_error,
     seconds,
+    timestamp,
     type_from_pb,
     type_to_pb,
 )
@@ -38,6 +39,13 @@ from .errors import (
     error_from_kind,
 )
 from .logs import get_logger
+from .optimize import (
+    OptimizationRun,
+    as_objective,
+    check_mode,
+    status_from_pb,
+)
+from .optimizers import BaseOptimizer, SearchSpace, check_optimizer_class, get_optimizer
 from .rx import TrioScheduler, throttle_latest, with_trio_scheduler
 from .server import GRPC_OPTIONS, SERVICE_NAME, EmbeddedServer
 from .types import infer_type
@@ -89,6 +97,16 @@ def _check_expected(name: str, expected: int | None) -> int:
     return expected
 
 
+def _check_token(name: str, token: int | None) -> int:
+    if token is None:
+        return 0
+    if not isinstance(token, int) or isinstance(token, bool) or token < 1:
+        raise InvalidValueError(
+            f"variable {name!r}: fencing_token must be an integer >= 1, got {token!r}"
+        )
+    return token
+
+
 def _is_initial(update: VariableUpdate) -> bool:
     return update.update_type == "initial"
 
@@ -130,6 +148,10 @@ def _name_filter(
                                                             update.value)
 
     return keep
+
+
+def _status_of_event(update: VariableUpdate) -> dict[str, Any]:
+    return dict(update.metadata)
 
 
 def _prefixed(name: str, exc: DspexError) -> DspexError:
@@ -200,6 +222,9 @@ class SessionContext:
             ttl=cache_ttl, max_size=cache_max_size, eviction_policy=cache_eviction_policy
         )
         self._write_count = 0
+        self._optimizers: dict[str, type[BaseOptimizer]] = {}
+        self._runs: dict[str, OptimizationRun] = {}
+        self._runs_by_variable: dict[str, OptimizationRun] = {}
         self.revision = 0
         self.created = False
         self.heartbeats = 0
@@ -695,6 +720,7 @@ class SessionContext:
         type_hint: str | None = None,
         expected_version: int | None = None,
         source: str | None = None,
+        fencing_token: int | None = None,
     ) -> int:
         """Validate on the server and write one value; returns the variable's new version.
 
@@ -703,7 +729,9 @@ class SessionContext:
         ``expected_version`` makes the write a compare-and-set: if the variable is at
         another version, ``ConflictError`` (a ``ValueError`` with ``.current_version``) is
         raised and nothing is written. ``source`` is the writer watchers see
-        (``'derived'`` for computed variables); by default this session.
+        (``'derived'`` for computed variables); by default this session. A variable under
+        an optimization lease takes writes only with the lease's ``fencing_token``; any
+        other write raises ``OptimizationLockedError``.
 
         Example::
 
@@ -718,6 +746,7 @@ class SessionContext:
             create_if_missing=create_if_missing,
             expected_version=_check_expected(name, expected_version),
             source=source or "",
+            fencing_token=_check_token(name, fencing_token),
         )
         if type_hint is not None:
             try:
@@ -1188,7 +1217,7 @@ class SessionContext:
             "cache_hit_rate": hits / reads if reads else 0.0,
             "avg_read_latency_ms": 1000.0 * read_time / reads if reads else 0.0,
             "avg_write_latency_ms": 1000.0 * write_time / writes if writes else 0.0,
-            "total_optimization_time_s": 0.0,
+            "total_optimization_time_s": sum(a.stats.optimization_time for a in actors),
         }
 
     # ------------------------------------------------------------------ watching
@@ -1357,6 +1386,287 @@ class SessionContext:
         derived = Derived(self, name, inputs, fn, result, input_values, var_id, derived_inputs)
         self._nursery.start_soon(derived.run, name=f"dspex-rx-derive[{name}]")
         return derived
+
+    # --------------------------------------------------------------- optimization
+
+    def register_python_optimizer(
+        self, name: str, optimizer_class: type[BaseOptimizer]
+    ) -> None:
+        """Make a ``BaseOptimizer`` subclass (the ask/tell protocol) usable as
+        ``start_optimization(..., optimizer_type=name)`` in this session. Built-in names
+        (``grid_search``, ``bayesian``, ``gradient``, ``random``) cannot be replaced.
+
+        Example::
+
+            class Halving(BaseOptimizer):
+                def ask(self): ...
+                def tell(self, value, score): super().tell(value, score)
+
+            session.register_python_optimizer("halving", Halving)
+        """
+        check_optimizer_class(name, optimizer_class)
+        self._optimizers[name] = optimizer_class
+
+    async def start_optimization(
+        self,
+        variable: str,
+        optimizer_type: str,
+        optimizer_config: Mapping[str, Any] | None = None,
+        max_iterations: int = 100,
+        convergence_threshold: float = 0.001,
+        callback: Callable[[int, Any, dict[str, Any]], Any] | None = None,
+        objective: Callable[[Any], Any] | None = None,
+        *,
+        lease_ttl: float | None = None,
+    ) -> str:
+        """Optimize one variable under a server lease; returns the optimization id at once
+        while the run goes on in the background.
+
+        ``objective(value)`` scores a proposal: a number, or a dict of metrics whose target
+        is ``optimizer_config['metric']``; ``optimizer_config['mode']`` is ``'max'``
+        (default) or ``'min'``. Sync objectives run in a worker thread, async ones in the
+        session's nursery. Each iteration proposes a value, writes it under the lease's
+        fencing token, evaluates it, records it, then calls ``callback(iteration, value,
+        metrics)`` (a callback returning ``False`` ends the run). The run ends at
+        ``max_iterations``, on convergence, when the search space is exhausted, or when
+        someone calls ``stop_optimization``; then the best value is written and the lease
+        released. While it runs, other writes to the variable raise
+        ``OptimizationLockedError``; a second start raises it too (a ``ValueError`` saying
+        the variable is "already being optimized"). ``lease_ttl`` (server default 30 s)
+        is how long the lease outlives a holder that stops renewing it.
+
+        Example::
+
+            opt_id = await session.start_optimization(
+                "temperature", "bayesian", {"n_initial_points": 4, "seed": 7},
+                max_iterations=20, objective=lambda t: -abs(t - 1.3))
+            final = await session.wait_for_optimization("temperature")
+        """
+        config = dict(optimizer_config or {})
+        objective_fn = as_objective(objective, variable)
+        if callback is not None and not callable(callback):
+            raise InvalidValueError(f"variable {variable!r}: callback must be callable")
+        if (
+            not isinstance(convergence_threshold, int | float)
+            or isinstance(convergence_threshold, bool)
+            or not convergence_threshold >= 0
+        ):
+            raise InvalidValueError(
+                f"variable {variable!r}: convergence_threshold must be a number >= 0, got "
+                f"{convergence_threshold!r}"
+            )
+        if self._nursery is None:
+            raise RuntimeError("the session is not initialized; call await session.initialize()")
+        info = await self.get_variables([variable], include_metadata=True)
+        if variable not in info:
+            raise error_from_kind("not_found", f"no variable {variable!r}")
+        meta = info[variable]["metadata"]
+        space = SearchSpace.from_variable(meta["name"], meta["type"], meta["constraints"],
+                                          config)
+        mode = check_mode(variable, config)
+        metric = config.get("metric")
+        if metric is not None and not isinstance(metric, str):
+            raise InvalidValueError(
+                f"variable {variable!r}: optimizer_config['metric'] must be a string"
+            )
+        seed = config.get("seed")
+        optimizer_class = self._optimizers.get(optimizer_type) or get_optimizer(optimizer_type)
+        # Built before the lease is taken: a bad config fails with nothing changed.
+        optimizer = optimizer_class(space, config, seed=seed, max_iterations=max_iterations)
+        request = pb.StartOptimizationRequest(
+            session_id=self.session_id, ref=variable, optimizer_type=optimizer_type,
+            config=_encode_metadata(variable, config), max_iterations=max_iterations,
+            ttl_seconds=lease_ttl or 0.0, client_id=self._client_id, minimize=mode == "min",
+        )
+        response = await self._call("StartOptimization", request, pb.StartOptimizationResponse)
+        run = OptimizationRun(
+            session=self, variable=variable, optimization_id=response.status.optimization_id,
+            token=response.fencing_token, optimizer=optimizer, space=space,
+            objective=objective_fn, callback=callback, metric=metric, mode=mode,
+            max_iterations=max_iterations, convergence_threshold=float(convergence_threshold),
+            ttl=response.status.ttl_seconds,
+        )
+        self._runs[run.optimization_id] = run
+        self._runs_by_variable[response.status.variable_id] = run
+        self._runs_by_variable[response.status.name] = run
+        self._nursery.start_soon(run.run, name=f"dspex-rx-optimize[{variable}]")
+        return run.optimization_id
+
+    async def stop_optimization(
+        self, variable: str, reason: str | None = None, apply_best: bool = False
+    ) -> bool:
+        """Revoke the variable's optimization lease, from any connection of the session.
+        The running optimizer notices within one iteration and ends; its later writes are
+        refused (the fencing token), so none lands after the stop. ``apply_best`` writes
+        the best value recorded so far in the same commit. Returns False if nothing was
+        running.
+
+        Example::
+
+            await session.stop_optimization("temperature", reason="budget spent")
+        """
+        response = await self._call(
+            "StopOptimization",
+            pb.StopOptimizationRequest(
+                session_id=self.session_id, ref=variable, reason=reason or "",
+                apply_best=apply_best, client_id=self._client_id,
+            ),
+            pb.StopOptimizationResponse,
+        )
+        return response.stopped
+
+    async def get_optimization_status(self, variable: str) -> dict[str, Any]:
+        """The variable's optimization status: ``is_optimizing``, ``optimization_id``,
+        ``iteration``, ``best_value``, ``best_metrics``, ``started_at``, ``last_update``,
+        ``state`` and, once ended, ``end_reason`` and ``ended_at`` (see ``status_from_pb``
+        for every key). A variable never optimized has ``state == 'idle'``.
+
+        Example::
+
+            status = await session.get_optimization_status("temperature")
+            print(status["iteration"], status["best_value"])
+        """
+        response = await self._call(
+            "GetOptimizationStatus",
+            pb.GetOptimizationStatusRequest(session_id=self.session_id, ref=variable),
+            pb.GetOptimizationStatusResponse,
+        )
+        return status_from_pb(response.status, response.revision)
+
+    async def get_optimization_history(
+        self,
+        variable: str,
+        limit: int = 100,
+        since: float | None = None,
+        optimizer_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The variable's evaluated iterations, oldest first: the newest ``limit`` of them
+        (recorded at or after ``since``, POSIX seconds; of one optimization when
+        ``optimizer_id`` names its id). Each entry has ``iteration``, ``value``,
+        ``metrics``, ``score``, ``timestamp``, ``optimization_id``, ``optimizer_type``.
+
+        Example::
+
+            for entry in await session.get_optimization_history("temperature", limit=10):
+                print(entry["iteration"], entry["value"], entry["metrics"])
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 2**31 - 1:
+            raise InvalidValueError(
+                f"variable {variable!r}: history limit must be a positive integer, got "
+                f"{limit!r}"
+            )
+        request = pb.GetOptimizationHistoryRequest(
+            session_id=self.session_id, ref=variable, limit=limit,
+            optimization_id=optimizer_id or "",
+        )
+        if since is not None:
+            request.since.CopyFrom(timestamp(float(since)))
+        response = await self._call(
+            "GetOptimizationHistory", request, pb.GetOptimizationHistoryResponse
+        )
+        return [
+            {
+                "iteration": entry.iteration,
+                "value": codec.decode(entry.value),
+                "metrics": codec.decode_map(entry.metrics),
+                "score": entry.score,
+                "timestamp": seconds(entry.timestamp),
+                "optimization_id": entry.optimization_id,
+                "optimizer_type": entry.optimizer_type,
+            }
+            for entry in response.entries
+        ]
+
+    async def wait_for_optimization(self, variable: str) -> dict[str, Any]:
+        """Wait until this session's run on ``variable`` (by name, id, or optimization id)
+        has ended, then return the variable's final optimization status.
+
+        Example::
+
+            await session.start_optimization("t", "grid_search", objective=score)
+            status = await session.wait_for_optimization("t")
+        """
+        run = self._runs.get(variable) or self._runs_by_variable.get(variable)
+        if run is None:
+            raise error_from_kind(
+                "not_found", f"this session runs no optimization of {variable!r}"
+            )
+        await run.finished.wait()
+        if self._transport is None:
+            raise RuntimeError("the session is closed")
+        return await self.get_optimization_status(run.variable)
+
+    def observe_optimization(self, variable: str) -> reactivex.Observable[dict[str, Any]]:
+        """A reactivex ``Observable`` of the variable's optimization status dicts (the keys
+        of ``get_optimization_status``), one per change: start, every recorded iteration,
+        the end. Live changes only; ``watch_optimization`` starts with the current status.
+
+        Example::
+
+            session.observe_optimization("temperature").subscribe(
+                lambda s: print(s["iteration"], s["best_value"]))
+        """
+        if self._scheduler is None:
+            raise RuntimeError("the session is not initialized; call await session.initialize()")
+        events = VariableObservable(
+            self._require_hub(), variable, False, self._scheduler, optimization=True
+        )
+        return with_trio_scheduler(events.pipe(ops.map(_status_of_event)), self._scheduler)
+
+    def watch_optimization(self, variable: str) -> Watch:
+        """Watch a variable's optimization progress: an async iterator of status dicts,
+        starting with the current status, then one per change, in order. Any session
+        that can read the variable can watch.
+
+        Example::
+
+            async for status in session.watch_optimization("temperature"):
+                print(status["state"], status["iteration"], status["best_value"])
+                if not status["is_optimizing"] and status["state"] != "idle": break
+        """
+        live = self.observe_optimization(variable)
+        assert self._scheduler is not None and self._nursery is not None
+        nursery = self._nursery
+
+        def subscribe(
+            observer: rx_abc.ObserverBase[dict[str, Any]],
+            scheduler: rx_abc.SchedulerBase | None = None,
+        ) -> rx_abc.DisposableBase:
+            # Live events are held back until the current status is known, then only
+            # those newer than it pass: nothing is missed or shown twice.
+            held: list[dict[str, Any]] = []
+            floor: list[int] = []
+            scope = trio.CancelScope()
+
+            def on_next(status: dict[str, Any]) -> None:
+                if not floor:
+                    held.append(status)
+                elif int(status.get("revision", 0)) > floor[0]:
+                    observer.on_next(status)
+
+            subscription = live.subscribe(
+                on_next=on_next, on_error=observer.on_error,
+                on_completed=observer.on_completed,
+            )
+
+            async def fetch_current() -> None:
+                with scope:
+                    try:
+                        await self.sync()
+                        current = await self.get_optimization_status(variable)
+                    except Exception as exc:
+                        observer.on_error(exc)
+                        return
+                    floor.append(int(current["revision"]))
+                    observer.on_next(current)
+                    for status in held:
+                        on_next(status)
+                    held.clear()
+
+            nursery.start_soon(fetch_current)
+            return CompositeDisposable(subscription, reactivex.disposable.Disposable(scope.cancel))
+
+        return self._watch(reactivex.create(subscribe))  # type: ignore[arg-type]
 
     async def sync(self) -> int:
         """Wait until every change committed before this call has reached this client's

@@ -76,8 +76,15 @@ class Watch:
     def _conflate(self) -> None:
         latest: dict[str, VariableUpdate] = {}
         for update in self._buffer:
-            kept = keep_latest(latest.pop(update.variable_id, None), update)
-            latest[update.variable_id] = kept  # re-inserted: arrival order of the latest
+            if isinstance(update, VariableUpdate):
+                key = update.variable_id
+                kept = keep_latest(latest.pop(key, None), update)
+            else:
+                # A status dict (watch_optimization): the newest says all the older did.
+                key = str(update.get("variable", ""))
+                latest.pop(key, None)
+                kept = update
+            latest[key] = kept  # re-inserted: arrival order of the latest
         self.skipped += len(self._buffer) - len(latest)
         self._buffer = deque(latest.values())
 

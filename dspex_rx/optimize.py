@@ -1,0 +1,419 @@
+"""The client side of an optimization: the run loop that holds a server lease (propose →
+write under the fencing token → evaluate → record → callback), and status conversion.
+
+The algorithms live in ``optimizers``; the lease and its fencing live on the server. This
+module only drives them, in the session's nursery.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import trio
+
+from . import codec
+from .convert import seconds
+from .errors import DspexError, InvalidValueError, OptimizationLockedError
+from .logs import get_logger
+from .optimizers import BaseOptimizer, SearchSpace
+from .v1 import variables_pb2 as pb
+
+if TYPE_CHECKING:
+    from .client import SessionContext
+
+log = get_logger("dspex_rx.optimize")
+
+Objective = Callable[[Any], Any]
+Callback = Callable[[int, Any, dict[str, Any]], Any]
+FINISH_TIMEOUT = 5.0
+
+
+def status_from_pb(status: pb.OptimizationStatus, revision: int) -> dict[str, Any]:
+    """The status dict ``get_optimization_status`` returns, from the wire.
+
+    Keys: ``variable``, ``is_optimizing``, ``optimization_id`` (None if never optimized),
+    ``optimizer_type``, ``state`` (``idle``, ``running``, ``completed``, ``stopped``,
+    ``expired``, ``failed``), ``iteration``, ``max_iterations``, ``best_value``,
+    ``best_metrics``, ``best_score`` (the target metric of the best iteration),
+    ``minimize``, ``final_value`` (what the run wrote when it ended: the optimizer's
+    recommendation, which for a noisy objective may differ from ``best_value``),
+    ``started_at``, ``last_update``, ``expires_at``, ``ended_at``, ``end_reason``,
+    ``holder_session``, ``holder_client``, ``ttl_seconds``, ``revision``.
+
+    Example::
+
+        status_from_pb(response.status, response.revision)["is_optimizing"]
+    """
+    if not status.optimization_id:
+        return {
+            "variable": status.name, "is_optimizing": False, "optimization_id": None,
+            "optimizer_type": None, "state": "idle", "iteration": 0, "max_iterations": 0,
+            "best_value": None, "best_metrics": {}, "best_score": None, "started_at": None,
+            "last_update": None, "expires_at": None, "ended_at": None, "end_reason": "",
+            "holder_session": None, "holder_client": None, "ttl_seconds": None,
+            "minimize": False, "final_value": None, "revision": revision,
+        }
+    return {
+        "variable": status.name,
+        "is_optimizing": status.is_optimizing,
+        "optimization_id": status.optimization_id,
+        "optimizer_type": status.optimizer_type,
+        "state": status.state,
+        "iteration": status.iteration,
+        "max_iterations": status.max_iterations,
+        "best_value": codec.decode(status.best_value) if status.has_best else None,
+        "best_metrics": codec.decode_map(status.best_metrics) if status.has_best else {},
+        "best_score": status.best_score if status.has_best else None,
+        "minimize": status.minimize,
+        "final_value": codec.decode(status.final_value) if status.has_final else None,
+        "started_at": seconds(status.started_at),
+        "last_update": seconds(status.last_update),
+        "expires_at": seconds(status.expires_at),
+        "ended_at": seconds(status.ended_at) if status.HasField("ended_at") else None,
+        "end_reason": status.end_reason,
+        "holder_session": status.holder_session,
+        "holder_client": status.holder_client,
+        "ttl_seconds": status.ttl_seconds,
+        "revision": revision,
+    }
+
+
+def check_mode(name: str, config: Mapping[str, Any]) -> str:
+    """``optimizer_config['mode']``: ``'max'`` (default) or ``'min'``.
+
+    Example::
+
+        >>> check_mode("t", {"mode": "min"})
+        'min'
+    """
+    mode = config.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise InvalidValueError(
+            f"variable {name!r}: optimizer_config['mode'] must be 'max' or 'min', got {mode!r}"
+        )
+    return str(mode)
+
+
+def score_of(
+    name: str, result: Any, metric: str | None, iteration: int
+) -> tuple[dict[str, Any], float]:
+    """Read an objective's result: a number, or a dict of metrics whose target is
+    ``metric`` (or its only numeric entry, or ``'score'``). Returns (metrics, target).
+
+    Example::
+
+        >>> score_of("t", {"accuracy": 0.9, "latency": 1.2}, "accuracy", 1)
+        ({'accuracy': 0.9, 'latency': 1.2}, 0.9)
+        >>> score_of("t", 0.5, None, 1)
+        ({'score': 0.5}, 0.5)
+    """
+    where = f"variable {name!r}, iteration {iteration}: the objective"
+    if isinstance(result, Mapping):
+        metrics = dict(result)
+        if metric is not None:
+            if metric not in metrics:
+                raise InvalidValueError(
+                    f"{where} returned no {metric!r} metric (it returned "
+                    f"{', '.join(map(repr, metrics)) or 'nothing'})"
+                )
+            target = metrics[metric]
+        elif "score" in metrics:
+            target = metrics["score"]
+        else:
+            numeric = [k for k, v in metrics.items() if _is_number(v)]
+            if len(numeric) != 1:
+                raise InvalidValueError(
+                    f"{where} returned several metrics ({', '.join(map(repr, metrics))}): "
+                    "name the target with optimizer_config['metric']"
+                )
+            target = metrics[numeric[0]]
+    elif _is_number(result):
+        target = result
+        metrics = {metric or "score": float(result)}
+    else:
+        raise InvalidValueError(
+            f"{where} must return a number or a dict of metrics, got {type(result).__name__}"
+        )
+    if not _is_number(target) or not math.isfinite(float(target)):
+        raise InvalidValueError(f"{where} returned a target metric that is not a finite "
+                                f"number: {target!r}")
+    return metrics, float(target)
+
+
+def is_async_callable(fn: Any) -> bool:
+    """True for ``async def`` functions, partials of them, and objects whose ``__call__``
+    is one: those run in the trio thread; anything else runs in a worker thread.
+
+    Example::
+
+        >>> async def score(value): return value
+        >>> is_async_callable(score), is_async_callable(abs)
+        (True, False)
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - the bound __call__ is what runs
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass
+class _Evaluation:
+    iteration: int
+    value: Any
+    metrics: dict[str, Any]
+    score: float  # the target metric, as the objective reported it
+
+    def fill(self, request: Any) -> None:
+        request.has_record = True
+        request.iteration = self.iteration
+        codec.fill(request.evaluated_value, self.value)
+        request.metrics.CopyFrom(codec.encode_map(self.metrics))
+        request.score = self.score
+
+
+@dataclass
+class OptimizationRun:
+    """One running optimization, driven from the session's nursery by its holder.
+
+    Example::
+
+        run = session.optimization_run("opt_...")   # see SessionContext.start_optimization
+        await run.finished.wait(); print(run.end_reason)
+    """
+
+    session: SessionContext
+    variable: str
+    optimization_id: str
+    token: int
+    optimizer: BaseOptimizer
+    space: SearchSpace
+    objective: Objective
+    callback: Callback | None
+    metric: str | None
+    mode: str
+    max_iterations: int
+    convergence_threshold: float
+    ttl: float
+    finished: trio.Event = field(default_factory=trio.Event)
+    state: str = "running"
+    end_reason: str = ""
+    iterations: int = 0
+    elapsed: float = 0.0
+    error: BaseException | None = None
+    _revoked: _Revoked | None = None
+
+    async def run(self) -> None:
+        """The loop; ends by finishing the lease, or when the lease was taken away.
+
+        Example::
+
+            nursery.start_soon(run.run)
+        """
+        started = time.perf_counter()
+        pending: _Evaluation | None = None  # evaluated, not recorded yet
+        state, reason = "completed", ""
+        ended = False
+        try:
+            for iteration in range(1, self.max_iterations + 1):
+                if self.optimizer.done:
+                    reason = "the search space is exhausted"
+                    break
+                value = self._propose(iteration)
+                # The previous iteration's record and this proposal travel as one step.
+                await self._step(pending, value, iteration)
+                pending = None
+                result = await self._evaluate(value)
+                metrics, target = score_of(self.variable, result, self.metric, iteration)
+                # Optimizers maximize; the server is told the mode and keeps raw scores.
+                self.optimizer.tell(value, target if self.mode == "max" else -target)
+                pending = _Evaluation(iteration, value, metrics, target)
+                self.iterations = iteration
+                if self.callback is not None:
+                    await self._step(pending, None, 0)  # recorded before the callback sees it
+                    pending = None
+                    if await self._call_back(iteration, value, metrics) is False:
+                        reason = f"the callback stopped it after iteration {iteration}"
+                        break
+                if self.optimizer.converged(self.convergence_threshold):
+                    reason = f"converged after {iteration} iterations"
+                    break
+            else:
+                reason = f"max_iterations ({self.max_iterations}) reached"
+            await self._finish(pending, state, reason)
+            ended = True
+        except _Revoked as revoked:
+            ended = True
+            self.state, self.end_reason = "revoked", str(revoked)
+            log.info("optimization_revoked", variable=self.variable,
+                     optimization_id=self.optimization_id, reason=str(revoked))
+        except Exception as exc:  # the run is a background task: report, never crash
+            ended = True
+            error = self.error = _leaf(exc)
+            log.warning("optimization_failed", variable=self.variable,
+                        optimization_id=self.optimization_id, error=repr(error))
+            with trio.CancelScope(shield=True):
+                await self._finish_quietly(
+                    pending, "failed", f"{type(error).__name__}: {error}"
+                )
+        finally:
+            if not ended:  # cancelled: the session is closing under the run
+                with trio.CancelScope(shield=True):
+                    await self._finish_quietly(
+                        pending, "failed", "cancelled: the holder's session closed"
+                    )
+            self.elapsed = time.perf_counter() - started
+            hub = self.session._hub
+            actor = hub.known(self.variable) if hub is not None else None
+            if actor is not None:
+                actor.stats.optimization_time += self.elapsed
+            self.finished.set()
+
+    def _propose(self, iteration: int) -> Any:
+        value = self.optimizer.ask()
+        if not self.space.contains(value):
+            raise InvalidValueError(
+                f"variable {self.variable!r}: optimizer {type(self.optimizer).__name__} "
+                f"proposed {value!r} at iteration {iteration}, outside the variable's "
+                "constraints"
+            )
+        return value
+
+    async def _evaluate(self, value: Any) -> Any:
+        result: Any = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._renew_until_cancelled, nursery.cancel_scope)
+            if is_async_callable(self.objective):
+                result = await self.objective(value)
+            else:
+                # Sync objectives (an LLM call, a training step) run off the trio thread;
+                # contextvars travel with them.
+                result = await trio.to_thread.run_sync(
+                    self.objective, value, abandon_on_cancel=True
+                )
+                if inspect.isawaitable(result):
+                    result = await result
+            nursery.cancel_scope.cancel()
+        if self._revoked is not None:
+            raise self._revoked
+        return result
+
+    async def _renew_until_cancelled(self, scope: trio.CancelScope) -> None:
+        # A long evaluation keeps the lease alive; a revocation noticed here ends the
+        # evaluation at once instead of after it.
+        while True:
+            await trio.sleep(self.ttl / 3.0)
+            try:
+                await self._step(None, None, 0)
+            except _Revoked as revoked:
+                self._revoked = revoked
+                scope.cancel()
+                return
+            except (DspexError, grpc.RpcError) as exc:
+                log.warning("optimization_renew_failed", variable=self.variable,
+                            error=str(exc))
+
+    async def _call_back(self, iteration: int, value: Any, metrics: dict[str, Any]) -> Any:
+        assert self.callback is not None
+        answer = self.callback(iteration, value, dict(metrics))
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return answer
+
+    async def _step(self, evaluation: _Evaluation | None, value: Any, iteration: int) -> None:
+        request = pb.OptimizationStepRequest(
+            session_id=self.session.session_id, ref=self.variable,
+            optimization_id=self.optimization_id, fencing_token=self.token,
+        )
+        if evaluation is not None:
+            evaluation.fill(request)
+        if iteration:
+            request.has_write = True
+            request.write_iteration = iteration
+            codec.fill(request.write_value, value)
+        started = time.perf_counter()
+        try:
+            response = await self.session._call(
+                "OptimizationStep", request, pb.OptimizationStepResponse
+            )
+        except OptimizationLockedError as exc:
+            raise _Revoked(str(exc)) from None
+        if response.HasField("variable"):
+            actor = self.session._remember(response.variable)
+            actor.stats.write_count += 1
+            actor.stats.write_latency_total += time.perf_counter() - started
+
+    async def _finish(self, pending: _Evaluation | None, state: str, reason: str) -> None:
+        request = pb.FinishOptimizationRequest(
+            session_id=self.session.session_id, ref=self.variable,
+            optimization_id=self.optimization_id, fencing_token=self.token,
+            state=state, reason=reason,
+        )
+        if pending is not None:
+            pending.fill(request)
+        if self.optimizer.history:
+            request.has_final = True
+            codec.fill(request.final_value, self.optimizer.recommend())
+        try:
+            response = await self.session._call(
+                "FinishOptimization", request, pb.FinishOptimizationResponse,
+                timeout=FINISH_TIMEOUT,
+            )
+        except OptimizationLockedError as exc:
+            raise _Revoked(str(exc)) from None
+        if response.HasField("variable"):
+            self.session._remember(response.variable)
+        self.state, self.end_reason = state, reason
+        log.info("optimization_finished", variable=self.variable,
+                 optimization_id=self.optimization_id, state=state, reason=reason,
+                 iterations=self.iterations)
+
+    async def _finish_quietly(self, pending: _Evaluation | None, state: str, reason: str) -> None:
+        try:
+            await self._finish(pending, state, reason)
+        except (_Revoked, DspexError, grpc.RpcError, RuntimeError) as exc:
+            # The lease lapses by its TTL anyway; nothing more to do from here.
+            self.state, self.end_reason = state, reason
+            log.warning("optimization_finish_failed", variable=self.variable,
+                        optimization_id=self.optimization_id, error=str(exc))
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    # trio wraps what a nursery body raises in an ExceptionGroup; report the cause.
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class _Revoked(Exception):
+    """The lease was taken away (stopped, expired): the holder must write nothing more."""
+
+
+def as_objective(objective: Any, name: str) -> Objective:
+    """Check ``objective`` is callable (the spec has no way to say what is measured, so
+    ``start_optimization`` needs one).
+
+    Example::
+
+        fn = as_objective(lambda v: -abs(v - 1.3), "temperature")
+    """
+    if objective is None:
+        raise InvalidValueError(
+            f"variable {name!r}: start_optimization needs objective=, a function of the "
+            "proposed value returning a score or a dict of metrics"
+        )
+    if not callable(objective):
+        raise InvalidValueError(f"variable {name!r}: objective must be callable")
+    return objective  # type: ignore[no-any-return]
+

@@ -1,0 +1,506 @@
+"""Optimization end to end: server leases with TTL and fencing tokens, stop from another
+connection, a holder that dies, status and history, live progress, the built-in and custom
+optimizers through the real server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import trio
+from helpers import drain, settle
+
+import dspex_rx
+from dspex_rx import BaseOptimizer, OptimizationLockedError
+from dspex_rx.server import EmbeddedServer
+from dspex_rx.store import MemoryStore
+from dspex_rx.types import check_constraints, validate_value
+
+FLOAT = {"min": 0.0, "max": 2.0}
+
+
+class FakeClock:
+    """The server's clock, moved by the test: lease expiry without waiting."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def clocked(clock: FakeClock) -> Iterator[EmbeddedServer]:
+    # The sweep never runs on its own: the test calls store.expire() after moving the clock.
+    store = MemoryStore(clock=clock, lease_ttl=5.0)
+    with EmbeddedServer(store=store, expire_interval=3600.0) as embedded:
+        yield embedded
+
+
+@pytest.fixture
+async def pair(
+    clocked: EmbeddedServer,
+) -> AsyncIterator[tuple[dspex_rx.SessionContext, dspex_rx.SessionContext]]:
+    async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:  # noqa: SIM117
+        async with dspex_rx.connect(
+            clocked.target, session_id=a.session_id, ttl_seconds=3600
+        ) as b:
+            await a.register_variable("t", "float", 0.5, constraints=FLOAT)
+            yield a, b
+
+
+class Gate:
+    """An async objective the test steps through one evaluation at a time."""
+
+    def __init__(self) -> None:
+        self.entered: list[float] = []
+        self._arrived = trio.Event()
+        self._release = trio.Event()
+
+    async def __call__(self, value: float) -> float:
+        self.entered.append(value)
+        self._arrived.set()
+        await self._release.wait()
+        self._release = trio.Event()
+        return -((value - 1.3) ** 2)
+
+    async def arrived(self, count: int) -> None:
+        while len(self.entered) < count:
+            self._arrived = trio.Event()
+            await self._arrived.wait()
+
+    def release(self) -> None:
+        self._release.set()
+
+
+async def optimization_writes(session: dspex_rx.SessionContext, name: str) -> list[int]:
+    history = await session.get_variable_history(name, limit=1000)
+    return sorted(e["version"] for e in history if "optimization_id" in e["metadata"])
+
+
+# --------------------------------------------------------------------- coordination
+
+
+async def test_second_start_is_refused_and_other_writes_are_locked(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    a, b = pair
+    gate = Gate()
+    opt_id = await a.start_optimization("t", "random", {"seed": 1}, objective=gate)
+    await gate.arrived(1)
+    with pytest.raises(ValueError, match="already being optimized") as refused:
+        await b.start_optimization("t", "grid_search", objective=lambda v: 0.0)
+    assert isinstance(refused.value, OptimizationLockedError)
+    assert refused.value.optimization_id == opt_id
+    with pytest.raises(OptimizationLockedError, match=f"locked for optimization by {opt_id}"):
+        await b.set_variable("t", 1.0)
+    with pytest.raises(OptimizationLockedError):
+        await b.set_variable("t", 1.0, fencing_token=999_999)
+    outcome = await b.update_variables({"t": 1.0})
+    assert outcome["t"] is not True and "locked for optimization" in str(outcome["t"])
+    with pytest.raises(OptimizationLockedError, match="cannot be rolled back"):
+        await b.rollback_variable("t", 1)
+    with pytest.raises(OptimizationLockedError, match="cannot be deleted"):
+        await b.delete_variable("t")
+    assert await a.stop_optimization("t", reason="test over")
+    gate.release()
+    final = await a.wait_for_optimization("t")
+    assert final["state"] == "stopped" and final["end_reason"] == "test over"
+    assert await b.set_variable("t", 1.0) > 1  # writable again
+
+
+async def test_stop_from_another_connection_ends_the_run_and_nothing_lands_after(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    a, b = pair
+    gate = Gate()
+    seen: list[int] = []
+    await a.start_optimization(
+        "t", "random", {"seed": 3}, max_iterations=50, objective=gate,
+        callback=lambda i, v, m: seen.append(i),
+    )
+    await gate.arrived(1)
+    gate.release()
+    await gate.arrived(2)  # iteration 2 is being evaluated: its proposal is written
+    assert await b.stop_optimization("t", reason="enough") is True
+    stopped = await b.get_optimization_status("t")
+    assert stopped["is_optimizing"] is False and stopped["state"] == "stopped"
+    version_at_stop = (await b.get_variables(["t"], include_metadata=True))["t"]["metadata"][
+        "version"
+    ]
+    gate.release()  # the holder finishes evaluating and tries to record and write more
+    await a.wait_for_optimization("t")
+    assert seen == [1]  # iteration 2 was never recorded, so its callback never ran
+    run = a._runs[stopped["optimization_id"]]
+    assert run.state == "revoked" and "no longer holds the lease" in run.end_reason
+    after = await b.get_variables(["t"], include_metadata=True)
+    assert after["t"]["metadata"]["version"] == version_at_stop
+    assert max(await optimization_writes(b, "t")) <= version_at_stop
+    history = await b.get_optimization_history("t")
+    assert [e["iteration"] for e in history] == [1]
+    assert await b.stop_optimization("t") is False  # nothing is running any more
+
+
+async def test_stop_can_apply_the_best_value_in_the_same_commit(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    a, b = pair
+    gate = Gate()
+    await a.start_optimization("t", "grid_search", {"n_points": 5}, objective=gate)
+    for n in (1, 2, 3):
+        await gate.arrived(n)
+        gate.release()
+    await gate.arrived(4)  # 0.0, 0.5, 1.0 scored; 1.5 being evaluated
+    assert await b.stop_optimization("t", apply_best=True)
+    status = await b.get_optimization_status("t")
+    assert status["best_value"] == 1.0
+    assert await b.get_variable("t", bypass_cache=True) == 1.0
+    gate.release()
+    await a.wait_for_optimization("t")
+    assert await b.get_variable("t", bypass_cache=True) == 1.0
+
+
+async def test_a_stale_fencing_token_is_refused(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext], clocked: EmbeddedServer,
+) -> None:
+    a, b = pair
+    gate = Gate()
+    opt_id = await a.start_optimization("t", "random", {"seed": 2}, objective=gate)
+    await gate.arrived(1)
+    token = a._runs[opt_id].token
+    assert await a.set_variable("t", 0.25, fencing_token=token) > 1  # the holder may write
+    await b.stop_optimization("t")
+    with pytest.raises(OptimizationLockedError, match=f"fencing token {token} is stale"):
+        await a.set_variable("t", 0.75, fencing_token=token)
+    assert await b.get_variable("t", bypass_cache=True) == 0.25
+    gate.release()
+    await a.wait_for_optimization("t")
+    # A new lease gets a new token; the old one stays refused.
+    second = await b.start_optimization("t", "random", {"seed": 2}, objective=gate)
+    await gate.arrived(2)
+    assert b._runs[second].token != token
+    with pytest.raises(OptimizationLockedError, match=f"locked for optimization by {second}"):
+        await a.set_variable("t", 0.75, fencing_token=token)
+    await b.stop_optimization("t")
+    gate.release()
+    await b.wait_for_optimization("t")
+
+
+HOLDER = r"""
+import sys, trio, dspex_rx
+
+async def main(target, session_id):
+    async with dspex_rx.connect(target, session_id=session_id, ttl_seconds=3600) as s:
+        async def objective(value):
+            print("evaluating", flush=True)
+            await trio.sleep_forever()
+        await s.start_optimization("t", "random", {"seed": 1}, objective=objective,
+                                   lease_ttl=5.0)
+        await trio.sleep_forever()
+
+trio.run(main, sys.argv[1], sys.argv[2])
+"""
+
+
+async def test_a_holder_that_dies_loses_the_lease_after_its_ttl(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    clocked: EmbeddedServer, clock: FakeClock,
+) -> None:
+    a, b = pair
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, clocked.target, a.session_id],
+        stdout=subprocess.PIPE, env=env,
+    )
+    try:
+        assert holder.stdout is not None
+        line = await trio.to_thread.run_sync(holder.stdout.readline)
+        assert line == b"evaluating\n"
+        running = await b.get_optimization_status("t")
+        assert running["is_optimizing"] and running["ttl_seconds"] == 5.0
+        holder.kill()  # no goodbye: the lease is only released by its TTL
+        await trio.to_thread.run_sync(holder.wait)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    with pytest.raises(OptimizationLockedError):
+        await b.set_variable("t", 1.0)  # still within the TTL
+    watch = b.watch_optimization("t")
+    first: dict[str, Any] = await anext(watch)  # type: ignore[assignment, arg-type]
+    assert first["state"] == "running"
+    clock.now += 5.5
+    expired_now = clocked.call(clocked.store.expire)
+    assert a.session_id not in expired_now  # the session lives on through a and b
+    status = await b.get_optimization_status("t")
+    assert status["state"] == "expired" and status["is_optimizing"] is False
+    assert "no renewal" in status["end_reason"]
+    assert await b.set_variable("t", 1.0) > 1  # writable again
+    await settle(b)
+    states = [s["state"] for s in drain(watch)]  # type: ignore[index]
+    assert states == ["expired"]
+    watch.cancel()
+
+
+async def test_a_closing_holder_releases_its_lease(clocked: EmbeddedServer) -> None:
+    async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:
+        await a.register_variable("t", "float", 0.5, constraints=FLOAT)
+        async with dspex_rx.connect(clocked.target, session_id=a.session_id) as b:
+            gate = Gate()
+            await b.start_optimization("t", "random", {"seed": 1}, objective=gate)
+            await gate.arrived(1)
+        status = await a.get_optimization_status("t")
+        assert status["state"] == "failed" and "session closed" in status["end_reason"]
+        assert await a.set_variable("t", 1.0) > 1
+
+
+# ------------------------------------------------------------- status and history
+
+
+async def test_callback_sees_every_iteration_in_order_and_status_tells_the_run(
+    session: dspex_rx.SessionContext,
+) -> None:
+    await session.register_variable("q", "float", 0.0, constraints={"min": -1.0, "max": 1.0})
+    seen: list[tuple[int, float, dict[str, Any]]] = []
+    started = time.time()
+
+    async def callback(iteration: int, value: float, metrics: dict[str, Any]) -> None:
+        status = await session.get_optimization_status("q")
+        assert status["iteration"] == iteration  # recorded before the callback runs
+        seen.append((iteration, value, metrics))
+
+    opt_id = await session.start_optimization(
+        "q", "grid_search", {"n_points": 5, "metric": "loss", "mode": "min"},
+        objective=lambda v: {"loss": (v - 0.5) ** 2, "abs": abs(v)}, callback=callback,
+    )
+    final = await session.wait_for_optimization("q")
+    assert [i for i, _, _ in seen] == [1, 2, 3, 4, 5]
+    assert [v for _, v, _ in seen] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert seen[3][2] == {"loss": 0.0, "abs": 0.5}
+    assert final["optimization_id"] == opt_id and final["state"] == "completed"
+    assert final["end_reason"] == "the search space is exhausted"
+    assert final["best_value"] == 0.5 and final["best_score"] == 0.0
+    assert final["best_metrics"] == {"loss": 0.0, "abs": 0.5} and final["minimize"] is True
+    assert final["iteration"] == 5 and final["optimizer_type"] == "grid_search"
+    assert started <= final["started_at"] <= final["last_update"] <= final["ended_at"]
+    assert await session.get_variable("q") == 0.5  # the best is written at the end
+    assert final["final_value"] == 0.5
+    history = await session.get_optimization_history("q")
+    assert [e["iteration"] for e in history] == [1, 2, 3, 4, 5]
+    assert [e["score"] for e in history] == [2.25, 1.0, 0.25, 0.0, 0.25]
+    assert {e["optimization_id"] for e in history} == {opt_id}
+    assert [e["iteration"] for e in await session.get_optimization_history("q", limit=2)] == [
+        4, 5,
+    ]
+    assert await session.get_optimization_history("q", optimizer_id="opt_other") == []
+    later = history[2]["timestamp"]
+    assert [e["iteration"] for e in await session.get_optimization_history("q", since=later)] \
+        == [3, 4, 5]
+    stats = session.get_variable_stats("q")
+    assert stats["total_optimization_time_s"] > 0
+    assert stats["write_count"] >= 5
+
+
+async def test_status_of_a_variable_never_optimized(session: dspex_rx.SessionContext) -> None:
+    await session.register_variable("idle", "float", 0.1)
+    status = await session.get_optimization_status("idle")
+    assert status["state"] == "idle" and status["is_optimizing"] is False
+    assert status["optimization_id"] is None and status["iteration"] == 0
+    assert await session.get_optimization_history("idle") == []
+    with pytest.raises(KeyError):
+        await session.get_optimization_status("nope")
+
+
+async def test_progress_is_watched_live_from_another_connection(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("p", "integer", 1, constraints={"min": 1, "max": 4})
+    values = watcher.watch_variable("p", include_initial=False)
+    progress = watcher.watch_optimization("p")
+    current: dict[str, Any] = await anext(progress)  # type: ignore[assignment, arg-type]
+    assert current["state"] == "idle"  # the current status comes first
+    await writer.start_optimization("p", "grid_search", objective=lambda v: float(v))
+    await writer.wait_for_optimization("p")
+    await settle(watcher)
+    statuses: list[dict[str, Any]] = [current, *drain(progress)]  # type: ignore[list-item]
+    assert statuses[-1]["state"] == "completed" and statuses[-1]["best_value"] == 4
+    iterations = [s["iteration"] for s in statuses[1:]]
+    assert iterations == sorted(iterations) and iterations[-1] == 4
+    revisions = [s["revision"] for s in statuses[1:]]
+    assert revisions == sorted(revisions) and len(set(revisions)) == len(revisions)
+    # Plain watchers see the writes, never the status notes.
+    updates = drain(values)
+    assert {u.update_type for u in updates} == {"value_change"}
+    assert [u.value for u in updates] == [1, 2, 3, 4, 4]  # four proposals, then the best
+    progress.cancel()
+    values.cancel()
+
+
+async def test_a_slow_progress_reader_gets_the_latest_status(
+    session: dspex_rx.SessionContext,
+) -> None:
+    await session.register_variable("s", "float", 0.0, constraints=FLOAT)
+    progress = session.watch_optimization("s")
+    await anext(progress)
+    progress.max_buffer = 2
+    await session.start_optimization("s", "grid_search", {"n_points": 6}, objective=abs)
+    await session.wait_for_optimization("s")
+    await settle(session)
+    statuses: list[dict[str, Any]] = drain(progress)  # type: ignore[assignment]
+    assert progress.skipped > 0 and len(statuses) <= 3
+    assert statuses[-1]["state"] == "completed" and statuses[-1]["final_value"] == 2.0
+    progress.cancel()
+
+
+# ------------------------------------------------------------------ the optimizers
+
+
+VARIABLES = [
+    ("f", "float", 0.5, {"min": 0.0, "max": 2.0}),
+    ("i", "integer", 3, {"min": -4, "max": 9}),
+    ("c", "choice", "b", {"choices": ["a", "b", "c", "d"]}),
+]
+OPTIMIZERS = [
+    ("grid_search", {"n_points": 6}),
+    ("bayesian", {"n_initial_points": 3, "seed": 5}),
+    ("random", {"seed": 5}),
+    ("gradient", {"learning_rate": 0.2}),
+    ("gradient", {"method": "spsa", "seed": 5}),
+]
+
+
+def _score(value: Any) -> float:
+    if isinstance(value, str):
+        return float("abcd".index(value))
+    return -abs(float(value) - 1.3)
+
+
+@pytest.mark.parametrize(("optimizer", "config"), OPTIMIZERS)
+@pytest.mark.parametrize(("name", "type_name", "initial", "constraints"), VARIABLES)
+async def test_every_proposal_respects_type_and_constraints(
+    session: dspex_rx.SessionContext, optimizer: str, config: dict[str, Any], name: str,
+    type_name: str, initial: Any, constraints: dict[str, Any],
+) -> None:
+    await session.register_variable(name, type_name, initial, constraints=constraints)
+    if optimizer == "gradient" and type_name == "choice":
+        with pytest.raises(ValueError, match="'c'"):
+            await session.start_optimization(name, optimizer, config, objective=_score)
+        status = await session.get_optimization_status(name)
+        assert status["state"] == "idle"  # refused before any lease was taken
+        return
+    evaluated: list[Any] = []
+
+    def objective(value: Any) -> float:
+        evaluated.append(value)
+        return _score(value)
+
+    await session.start_optimization(name, optimizer, config, max_iterations=8,
+                                     objective=objective)
+    final = await session.wait_for_optimization(name)
+    assert final["state"] == "completed", final["end_reason"]
+    clean = check_constraints(name, type_name, constraints)
+    written = [e["value"] for e in await session.get_variable_history(name, limit=100)]
+    assert evaluated and len(evaluated) <= 8
+    for value in [*evaluated, *written, final["best_value"]]:
+        validate_value(name, type_name, value, clean)
+        assert type(value) is {"float": float, "integer": int, "choice": str}[type_name]
+    history = await session.get_optimization_history(name)
+    assert [e["value"] for e in history] == evaluated
+
+
+async def test_a_custom_optimizer_registered_and_used(session: dspex_rx.SessionContext) -> None:
+    class Halving(BaseOptimizer):
+        """Halves the distance to the upper bound each step."""
+
+        config_keys = frozenset({"start"})
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.next = float(self.config.get("start", self.space.low or 0.0))
+
+        def ask(self) -> float:
+            value = self.next
+            assert self.space.high is not None
+            self.next = value + (float(self.space.high) - value) / 2
+            return value
+
+    await session.register_variable("h", "float", 0.0, constraints={"min": 0.0, "max": 2.0})
+    with pytest.raises(TypeError, match="BaseOptimizer"):
+        session.register_python_optimizer("bad", object)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="built-in"):
+        session.register_python_optimizer("bayesian", Halving)
+    with pytest.raises(ValueError, match="halving"):
+        await session.start_optimization("h", "halving", objective=_score)  # not yet known
+    session.register_python_optimizer("halving", Halving)
+    with pytest.raises(ValueError, match="unknown"):
+        await session.start_optimization("h", "halving", {"unknown": 1}, objective=_score)
+    await session.start_optimization(
+        "h", "halving", {"start": 1.0}, max_iterations=4, objective=_score
+    )
+    final = await session.wait_for_optimization("h")
+    history = await session.get_optimization_history("h")
+    assert [e["value"] for e in history] == [1.0, 1.5, 1.75, 1.875]
+    assert final["optimizer_type"] == "halving" and final["best_value"] == 1.5
+    assert await session.get_variable("h") == 1.5  # closest to 1.3 of those tried
+
+
+async def test_a_failing_objective_fails_the_run_and_keeps_the_best(
+    session: dspex_rx.SessionContext,
+) -> None:
+    await session.register_variable("g", "float", 0.0, constraints=FLOAT)
+    calls: list[float] = []
+
+    def objective(value: float) -> float:
+        calls.append(value)
+        if len(calls) == 3:
+            raise RuntimeError("the evaluation service is down")
+        return value
+
+    await session.start_optimization("g", "grid_search", {"n_points": 5}, objective=objective)
+    final = await session.wait_for_optimization("g")
+    assert final["state"] == "failed"
+    assert final["end_reason"] == "RuntimeError: the evaluation service is down"
+    assert final["iteration"] == 2 and final["best_value"] == 0.5
+    assert await session.get_variable("g") == 0.5
+    assert await session.set_variable("g", 1.0) > 1  # released
+
+
+@pytest.mark.parametrize(
+    ("config", "objective", "match"),
+    [
+        ({"mode": "up"}, lambda v: v, "'max' or 'min'"),
+        ({"acquisition_function": "nope"}, lambda v: v, "nope"),
+        ({}, None, "objective"),
+        ({"bounds": [5.0, 6.0]}, lambda v: v, "bounds"),
+    ],
+)
+async def test_bad_arguments_change_nothing(
+    session: dspex_rx.SessionContext, config: dict[str, Any], objective: Any, match: str,
+) -> None:
+    await session.register_variable("b", "float", 0.5, constraints=FLOAT)
+    with pytest.raises(ValueError, match=match):
+        await session.start_optimization("b", "bayesian", config, objective=objective)
+    assert (await session.get_optimization_status("b"))["state"] == "idle"
+    with pytest.raises(KeyError):
+        await session.start_optimization("missing", "bayesian", objective=lambda v: v)
+
+
+async def test_a_metrics_dict_needs_its_target_named(session: dspex_rx.SessionContext) -> None:
+    await session.register_variable("m", "float", 0.5, constraints=FLOAT)
+    await session.start_optimization(
+        "m", "grid_search", {"n_points": 3}, objective=lambda v: {"acc": v, "cost": 1.0}
+    )
+    final = await session.wait_for_optimization("m")
+    assert final["state"] == "failed" and "optimizer_config['metric']" in final["end_reason"]
+    assert final["iteration"] == 0
