@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,plot]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,6 +19,9 @@ demo: $(STAMP)
 	@echo
 	@echo "--- live watching: a worker reports progress, a second connection watches it ---"
 	$(BIN)/python examples/progress_tracking.py
+	@echo
+	@echo "--- the complete optimization workflow: a bayesian search under a server lease ---"
+	$(BIN)/python examples/optimization_workflow.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

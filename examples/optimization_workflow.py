@@ -1,22 +1,32 @@
-"""Toward the spec's "Complete Optimization Workflow": the variables of an LLM program,
-registered with their dependencies; a derived ``effective_temperature`` kept equal to
-``base_temperature * style_modifier``; a second connection watching it; atomic batches,
-compare-and-set with retry, the dependency graph, history and a rollback.
-
-The optimizer itself comes with its own issue; here the "tuner" is a few explicit writes.
-Everything runs on an embedded server and finishes in about a second.
+"""The spec's "Complete Optimization Workflow": an LLM program's variables registered with
+their dependencies and a derived ``effective_temperature``; a Bayesian optimization of
+``base_temperature`` against a simulated quality evaluation, with a live progress bar; a
+second connection that polls the run's status and is refused a write while it runs; then
+the results exported as JSON and plotted as a PNG. Runs on an embedded server in ~2 s.
+Output goes to argv[1], else $DSPEX_RX_OUT, else ./dspex_rx_output.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
 
+import numpy as np
 import trio
 
 import dspex_rx
 
+TARGET = "base_temperature"
+MAX_ITERATIONS = 25
+STYLE = 0.8  # a terse style: the effective temperature is 80% of the base
+
 VARIABLES: list[dict[str, Any]] = [
-    {"name": "base_temperature", "type": "float", "initial_value": 0.7,
+    {"name": "base_temperature", "type": "float", "initial_value": 1.5,
      "constraints": {"min": 0.0, "max": 2.0}, "description": "sampling temperature"},
     {"name": "style_modifier", "type": "float", "initial_value": 1.0,
      "constraints": {"min": 0.5, "max": 1.5}, "description": "per-style scaling"},
@@ -35,191 +45,232 @@ def effective(base: float, style: float) -> float:
     return round(base * style, 6)
 
 
-class Monitor:
-    """The second program's view: prints every update of ``effective_temperature``."""
+def make_evaluate(style: float, seed: int = 2024) -> Callable[[float], dict[str, float]]:
+    """A stand-in for running the program on a dev set and grading the answers. Quality
+    depends on the temperature the model actually gets (base * style): too cold repeats
+    itself, too hot rambles; it peaks at 0.7. The noise is seeded so every run is the same."""
+    rng = np.random.default_rng(seed)
 
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, Any, int]] = []  # (update_type, value, version)
-        self.revision = 0
-        self._progress = trio.Event()
+    def evaluate(base: float) -> dict[str, float]:
+        temperature = base * style
+        quality = 0.55 + 0.38 * math.exp(-(((temperature - 0.7) / 0.4) ** 2))
+        latency_ms = 900.0 + 250.0 * temperature  # hotter sampling writes longer answers
+        return {
+            "quality": round(quality + float(rng.normal(0.0, 0.004)), 4),
+            "latency_ms": round(latency_ms + float(rng.normal(0.0, 15.0)), 1),
+        }
 
-    async def run(self, watch: dspex_rx.Watch) -> None:
-        async for update in watch:
-            self.seen.append((update.update_type, update.value, update.version))
-            if update.update_type == "dependency_changed":
-                meta = update.metadata
-                sources = ", ".join(meta.get("source_variables", []))
-                print(f"    [watcher] dependency_changed: {sources} changed at revision "
-                      f"{meta.get('source_revision')} (value still {update.value:.3f}, "
-                      f"v{update.version})")
-                revision = int(meta.get("source_revision", update.revision))
-            else:
-                print(f"    [watcher] {update.update_type}: {update.value:.3f} "
-                      f"(v{update.version}, by {update.source or 'the session'})")
-                revision = update.revision
-            self.revision = max(self.revision, revision)
-            self._progress.set()
-            self._progress = trio.Event()
-
-    async def caught_up(self, revision: int) -> None:
-        """Wait until the watcher has printed everything up to ``revision``."""
-        while self.revision < revision:
-            await self._progress.wait()
+    return evaluate
 
 
-async def settle(
-    session: dspex_rx.SessionContext, derived: Any, monitor: Monitor
+class ProgressBar:
+    """The optimization callback's display: one redrawn line on a terminal, one line per
+    iteration elsewhere (a log must not fill up with carriage returns)."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, width: int = 25) -> None:
+        self.total, self.width = total, width
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.iterations: list[int] = []
+        self.best: tuple[float, float] | None = None  # (quality, value)
+
+    def update(self, iteration: int, value: float, metrics: dict[str, Any]) -> None:
+        self.iterations.append(iteration)
+        quality = float(metrics["quality"])
+        if self.best is None or quality > self.best[0]:
+            self.best = (quality, value)
+        best_quality, best_value = self.best
+        if self.tty:
+            done = self.width * iteration // self.total
+            bar = "#" * done + "-" * (self.width - done)
+            self.stream.write(f"\r  [{bar}] {iteration:>2}/{self.total}  best quality "
+                              f"{best_quality:.3f} at {best_value:.3f}")
+            self.stream.flush()
+        else:
+            print(f"  {iteration:>2}/{self.total}  {TARGET} {value:.3f} -> quality "
+                  f"{quality:.3f}  (best {best_quality:.3f} at {best_value:.3f})",
+                  file=self.stream)
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")  # keep the bar's last state on screen
+
+
+async def poll_status(other: dspex_rx.SessionContext, seen: list[tuple[str, int]]) -> None:
+    """What a dashboard in another process would do: poll until the run has ended."""
+    while True:
+        status = await other.get_optimization_status(TARGET)
+        seen.append((status["state"], status["iteration"]))
+        if not status["is_optimizing"] and status["state"] != "idle":
+            break
+        await trio.sleep(0.05)
+
+
+async def follow_status(
+    other: dspex_rx.SessionContext, seen: list[tuple[str, int]], ready: trio.Event
 ) -> None:
-    """Wait until the derived variable is recomputed and the watcher has shown it: the
-    watcher hears of the last commit that changed it or one of its inputs."""
-    await session.sync()
-    await derived.settled()
-    rows = await session.get_variables([derived.name, *derived.inputs], include_metadata=True)
-    await monitor.caught_up(max(row["metadata"]["revision"] for row in rows.values()))
+    """Watch instead of poll: the current status first, then every change, none missed."""
+    async with other.watch_optimization(TARGET) as watch:
+        async for status in watch:
+            seen.append((status["state"], status["iteration"]))
+            ready.set()
+            if not status["is_optimizing"] and status["state"] != "idle":
+                break
 
 
-async def nudge(
-    session: dspex_rx.SessionContext,
-    name: str,
-    delta: float,
-    interfere: Any = None,
-    attempts: int = 5,
-) -> tuple[int, int]:
-    """Read-modify-write with compare-and-set: retry when another writer got in between.
-    Returns (new version, conflicts)."""
-    conflicts = 0
-    for _ in range(attempts):
-        row = (await session.get_variables([name], include_metadata=True))[name]
-        value, version = row["value"], row["metadata"]["version"]
-        if interfere is not None and conflicts == 0:
-            await interfere()  # someone else writes between our read and our write
-        try:
-            new_version = await session.set_variable(
-                name, round(value + delta, 6), expected_version=version,
-                metadata={"step": f"nudge {delta:+}"},
-            )
-        except dspex_rx.ConflictError as exc:
-            conflicts += 1
-            print(f"  ConflictError: read v{version}, the server is at v{exc.current_version};"
-                  " re-reading and retrying")
-            continue
-        print(f"  {name}: {value} -> {round(value + delta, 6)} (v{version} -> v{new_version})")
-        return new_version, conflicts
-    raise RuntimeError(f"{name}: still conflicting after {attempts} attempts")
+def default_out_dir() -> Path:
+    return Path(os.environ.get("DSPEX_RX_OUT") or "dspex_rx_output")
 
 
-async def main() -> dict[str, Any]:
-    """Run the workflow on an embedded server; returns the final values and what the
-    watcher saw."""
+def plot(history: list[dict[str, Any]], best: dict[str, Any], kept: float, path: Path) -> None:
+    """Value and quality per iteration, the best evaluation starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, none opened
+    import matplotlib.pyplot as plt
+
+    iterations = [entry["iteration"] for entry in history]
+    values = [entry["value"] for entry in history]
+    quality = [entry["metrics"]["quality"] for entry in history]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 5), layout="constrained")
+    top.plot(iterations, values, "o-", color="tab:blue", label="proposed")
+    top.axhline(kept, color="tab:green", linestyle="--", label=f"kept {kept:.3f}")
+    top.plot(best["iteration"], best["value"], "*", color="tab:red", markersize=14,
+             label="best quality")
+    top.set_ylabel(TARGET)
+    top.legend(loc="upper right", fontsize="small")
+    bottom.plot(iterations, quality, "o-", color="tab:orange", label="quality")
+    bottom.plot(iterations, np.maximum.accumulate(quality), color="gray", label="best so far")
+    bottom.plot(best["iteration"], best["metrics"]["quality"], "*", color="tab:red",
+                markersize=14)
+    bottom.set_xlabel("iteration")
+    bottom.set_ylabel("quality")
+    bottom.legend(loc="lower right", fontsize="small")
+    fig.suptitle(f"Bayesian optimization of {TARGET}")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+async def main(out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run the workflow on an embedded server, writing the JSON export and the plot into
+    ``out_dir``; returns what the run, the callback and the monitor saw."""
+    out = Path(out_dir) if out_dir is not None else default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+
     async with dspex_rx.connect(client_name="tuner") as session:
-        print(f"embedded server at {session.target}, session {session.session_id}\n")
-        ids = await session.register_variables(VARIABLES)
-        print(f"registered {len(ids)} variables in one atomic call")
+        print(f"embedded server at {session.target}, session {session.session_id}")
+        await session.register_variables(VARIABLES)
         derived = await session.derive(
             "effective_temperature", ["base_temperature", "style_modifier"], effective,
             type="float", constraints={"min": 0.0, "max": 3.0},
             description="base_temperature * style_modifier",
         )
-        await session.add_dependency(
-            "reasoning_strategy", "effective_temperature", dependency_type="optimization"
-        )
-        print("derived effective_temperature = base_temperature * style_modifier\n")
+        await session.set_variable("style_modifier", STYLE)
+        await session.sync()
+        await derived.settled()
+        start = await session.get_variables([TARGET, "effective_temperature"])
+        print(f"registered {len(VARIABLES)} variables (max_tokens and reasoning_strategy "
+              "depend on model)")
+        print(f"effective_temperature = base_temperature * style_modifier = "
+              f"{start[TARGET]} * {STYLE} = {start['effective_temperature']}  (derived)\n")
 
-        print("dependency graph:")
-        deps = await session.get_dependencies("effective_temperature")
-        print(f"  effective_temperature depends on {[d['name'] for d in deps]}")
-        for name in ("base_temperature", "model"):
-            users = await session.get_dependents(name, include_transitive=True)
-            shown = [f"{d['name']} (depth {d['depth']}, {d['dependency_type']})" for d in users]
-            print(f"  {name} is used by {shown}")
-        try:
-            await session.add_dependency("base_temperature", "reasoning_strategy")
-        except ValueError as exc:
-            print(f"  refused: {exc}")
+        # The evaluation runs in a worker thread, so it gets the style as a plain value.
+        style = (await session.get_variables(["style_modifier"]))["style_modifier"]
+        evaluate = make_evaluate(style)
+        bar = ProgressBar(MAX_ITERATIONS)
+        polled: list[tuple[str, int]] = []
+        watched: list[tuple[str, int]] = []
+        refused: list[str] = []
 
         assert session.target is not None
-        monitor = Monitor()
         async with (
             dspex_rx.connect(session.target, session_id=session.session_id,
-                             client_name="watcher") as other,
+                             client_name="monitor") as other,
             trio.open_nursery() as nursery,
         ):
-            watch = await other.watch_variable("effective_temperature")
-            nursery.start_soon(monitor.run, watch)
-            print("\na second connection watches effective_temperature:")
-            await settle(session, derived, monitor)
+            watching = trio.Event()
+            nursery.start_soon(follow_status, other, watched, watching)
+            await watching.wait()  # so the watch sees the run from its very start
 
-            print("\nset base_temperature 0.7 -> 0.9:")
-            await session.set_variable("base_temperature", 0.9, metadata={"step": "warmer"})
-            await settle(session, derived, monitor)
+            async def on_iteration(iteration: int, value: float, metrics: dict[str, Any]) -> None:
+                bar.update(iteration, value, metrics)
+                if iteration == 1:
+                    # The callback runs under the lease, so this write is surely refused.
+                    try:
+                        await other.set_variable(TARGET, 1.0)
+                    except ValueError as exc:
+                        refused.append(f"{type(exc).__name__}: {exc}")
 
-            print("\none atomic batch: base_temperature 1.2 and style_modifier 0.8")
-            before = derived.recomputations
-            results = await session.update_variables(
-                {"base_temperature": 1.2, "style_modifier": 0.8},
-                metadata={"step": "batch"},
+            print(f"optimizing {TARGET} (bayesian, expected improvement, "
+                  f"at most {MAX_ITERATIONS} iterations):")
+            opt_id = await session.start_optimization(
+                TARGET, "bayesian",
+                {"acquisition_function": "ei", "n_initial_points": 5, "seed": 7,
+                 "metric": "quality", "mode": "max"},
+                max_iterations=MAX_ITERATIONS, convergence_threshold=0.001,
+                callback=on_iteration, objective=evaluate,
             )
-            assert all(ok is True for ok in results.values()), results
-            await settle(session, derived, monitor)
-            batch_recomputations = derived.recomputations - before
-            print(f"  recomputations for the batch: {batch_recomputations} "
-                  "(from both new inputs, never one new and one old)")
+            # Started after the run, not before: the first poll then cannot come too late.
+            nursery.start_soon(poll_status, other, polled)
+            final = await session.wait_for_optimization(TARGET)
+            bar.close()
 
-            print("\nan atomic batch with one bad value changes nothing:")
-            revision = session.revision
-            results = await session.update_variables(
-                {"base_temperature": 5.0, "style_modifier": 1.1}
-            )
-            for name, outcome in results.items():
-                print(f"  {name}: {outcome}")
-            assert session.revision == revision
-
-            print("\ncompare-and-set with retry (another client writes in between):")
-
-            async def colleague() -> None:
-                await other.set_variable("base_temperature", 1.0, metadata={"step": "other"})
-                print("  (the other connection set base_temperature to 1.0)")
-                await settle(session, derived, monitor)  # keep the printout in order
-
-            _, conflicts = await nudge(session, "base_temperature", +0.1, interfere=colleague)
-            await settle(session, derived, monitor)
-
-            print("\nhistory of base_temperature (newest first):")
-            history = await session.get_variable_history("base_temperature", limit=10)
-            for entry in history:
-                print(f"  v{entry['version']}  {entry['value']:<4}  "
-                      f"revision {entry['revision']:<3} {entry['metadata']}")
-
-            target_version = next(e["version"] for e in history if e["value"] == 0.9)
-            print(f"\nroll base_temperature back to v{target_version}:")
-            new_version = await session.rollback_variable(
-                "base_temperature", target_version, reason="the batch overshot"
-            )
-            await settle(session, derived, monitor)
-            latest = (await session.get_variable_history("base_temperature", limit=1))[0]
-            print(f"  now v{new_version} = {latest['value']} {latest['metadata']}")
-
-            watch.cancel()
-
+        await session.sync()
+        await derived.settled()
         derived.cancel()
-        names = [*ids, "effective_temperature"]
-        rows = await session.get_variables(names, include_metadata=True)
-        print("\nsummary:")
-        for name, row in rows.items():
-            print(f"  {name:<22} v{row['metadata']['version']:<3} {row['value']!r}")
-        kinds = [kind for kind, _, _ in monitor.seen]
-        print(f"\nthe watcher saw {len(kinds)} updates ({kinds.count('value_change')} changes, "
-              f"{kinds.count('dependency_changed')} dependency_changed); effective_temperature "
-              f"was recomputed {derived.recomputations} times and written {derived.writes} "
-              f"times; {conflicts} conflict retried")
-        return {
-            "values": {name: row["value"] for name, row in rows.items()},
-            "watched": monitor.seen,
-            "batch_recomputations": batch_recomputations,
-            "conflicts": conflicts,
-            "rollback_version": new_version,
-        }
+        values = await session.get_variables(
+            [str(v["name"]) for v in VARIABLES] + ["effective_temperature"]
+        )
+        last_write = (await session.get_variable_history(TARGET, limit=1))[0]
+        history = await session.get_optimization_history(TARGET, limit=100)
+
+    best = max(history, key=lambda entry: entry["metrics"]["quality"])
+    kept = values[TARGET]
+    print(f"\n{final['state']}: {final['end_reason']} ({opt_id})")
+    print(f"best quality {final['best_score']:.4f} at {TARGET} {final['best_value']:.6f} "
+          f"(latency {final['best_metrics']['latency_ms']:.0f} ms)")
+    source = next(e["iteration"] for e in history if e["value"] == kept)
+    print(f"kept {TARGET} = {kept:.6f} from iteration {source} (the optimizer's final write, "
+          f"v{last_write['version']}):\n  the evaluated value with the best posterior mean"
+          + ("" if source == best["iteration"] else
+             f", not iteration {best['iteration']}'s luckier single score"))
+    print(f"effective_temperature followed: {kept:.6f} * {values['style_modifier']} = "
+          f"{values['effective_temperature']}")
+    print(f"while it ran, the monitor's write was refused: {refused[0]}"
+          if refused else "the monitor's write was not refused")
+    shown = ", ".join(f"{state} {iteration}" for state, iteration in polled)
+    print(f"the monitor polled {len(polled)} times: {shown}")
+    missed = set(range(1, final["iteration"] + 1)) - {iteration for _, iteration in watched}
+    print(f"its watch got {len(watched)} statuses, {watched[0][0]} to {watched[-1][0]}: "
+          + (f"missed iterations {sorted(missed)}" if missed else "every iteration, none missed"))
+    print("\ntop 3 evaluations:")
+    for entry in sorted(history, key=lambda e: -e["metrics"]["quality"])[:3]:
+        metrics = entry["metrics"]
+        print(f"  iteration {entry['iteration']:>2}  {TARGET} {entry['value']:.6f}  quality "
+              f"{metrics['quality']:.4f}  latency {metrics['latency_ms']:.0f} ms")
+
+    json_path = out / "optimization_results.json"
+    export = {"format_version": 1, "optimization_id": opt_id, "status": final,
+              "history": history, "variables": values}
+    json_path.write_text(json.dumps(export, indent=2) + "\n")
+    png_path = out / "optimization_progress.png"
+    plot(history, best, kept, png_path)
+    print(f"\nwrote {json_path} ({len(history)} iterations) and {png_path}")
+
+    return {
+        "optimization_id": opt_id,
+        "final": final,
+        "history": history,
+        "callback_iterations": bar.iterations,
+        "monitor": polled,
+        "watched": watched,
+        "refused": refused,
+        "recommended": last_write,
+        "json_path": json_path,
+        "png_path": png_path,
+        "values": values,
+    }
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    trio.run(main, sys.argv[1] if len(sys.argv) > 1 else None)

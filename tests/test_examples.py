@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 from pathlib import Path
 
@@ -39,13 +40,60 @@ async def test_debounce_example_settles_on_the_last_edit(autojump_clock: object)
     assert {value for _, value in settled} <= {0.8, 0.9, 1.0, 0.5, 0.4}
 
 
-async def test_optimization_workflow_example() -> None:
-    result = await _load("optimization_workflow.py")["main"]()  # type: ignore[operator]
-    values = result["values"]
-    assert values["base_temperature"] == 0.9  # rolled back to version 2's value
-    assert values["effective_temperature"] == 0.72  # 0.9 * 0.8, recomputed by derive()
-    assert result["batch_recomputations"] == 1  # an atomic batch of both inputs: once
-    assert result["conflicts"] == 1
-    assert result["rollback_version"] == 6
-    kinds = [kind for kind, _, _ in result["watched"]]
-    assert kinds.count("dependency_changed") == 5 and kinds.count("value_change") == 5
+async def test_optimization_workflow_example(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = await _load("optimization_workflow.py")["main"](tmp_path)  # type: ignore[operator]
+    final, history, values = result["final"], result["history"], result["values"]
+    n = final["iteration"]
+    assert final["state"] == "completed" and not final["is_optimizing"]
+    assert final["optimization_id"] == result["optimization_id"]
+    assert 1 <= n <= 25
+    assert result["callback_iterations"] == list(range(1, n + 1))
+    assert [entry["iteration"] for entry in history] == list(range(1, n + 1))
+    assert {entry["optimization_id"] for entry in history} == {result["optimization_id"]}
+
+    best_quality = max(entry["metrics"]["quality"] for entry in history)
+    assert 0.0 <= final["best_value"] <= 2.0
+    assert final["best_metrics"]["quality"] == final["best_score"] == best_quality
+    assert any(e["value"] == final["best_value"] for e in history if e["score"] == best_quality)
+
+    # The variable ends at the optimizer's recommendation: its last write, marked final,
+    # of a value it evaluated.
+    kept = result["recommended"]
+    assert kept["metadata"]["final"] is True
+    assert kept["metadata"]["optimization_id"] == result["optimization_id"]
+    assert values["base_temperature"] == kept["value"]
+    assert kept["value"] in [entry["value"] for entry in history]
+    assert values["effective_temperature"] == round(
+        values["base_temperature"] * values["style_modifier"], 6
+    )
+    assert values["style_modifier"] == 0.8
+
+    # The second connection: refused while the run held the lease; its poll saw the run
+    # going and ended on the final state; its watch saw every iteration.
+    assert "locked for optimization by " + result["optimization_id"] in result["refused"][0]
+    polled = result["monitor"]
+    assert polled[0][0] == "running"
+    assert polled[-1] == ("completed", n)
+    assert all(state == "running" for state, _ in polled[:-1])
+    watched = result["watched"]
+    assert watched[0] == ("idle", 0) and watched[-1] == ("completed", n)
+    assert {iteration for _, iteration in watched} == set(range(n + 1))
+
+    export = json.loads(result["json_path"].read_text())
+    assert result["json_path"] == tmp_path / "optimization_results.json"
+    assert export["format_version"] == 1
+    assert export["optimization_id"] == result["optimization_id"]
+    assert export["status"]["state"] == "completed"
+    assert len(export["history"]) == n
+    assert export["variables"]["base_temperature"] == values["base_temperature"]
+    assert result["png_path"] == tmp_path / "optimization_progress.png"
+    assert result["png_path"].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+    # Not a terminal: one plain progress line per iteration, no carriage returns.
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    assert [line.split("/")[0].strip() for line in out.splitlines() if "/25 " in line] == [
+        str(i) for i in range(1, n + 1)
+    ]
