@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_unary.py
 	$(BIN)/python benchmarks/bench_reactive.py
 	$(BIN)/python benchmarks/bench_batch.py
+	$(BIN)/python benchmarks/bench_optimizer_quality.py
+	$(BIN)/python benchmarks/bench_optimize.py
 
 serve: $(STAMP)
 	$(BIN)/dspex-rx serve
