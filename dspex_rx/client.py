@@ -1479,11 +1479,30 @@ class SessionContext:
             ttl_seconds=lease_ttl or 0.0, client_id=self._client_id, minimize=mode == "min",
         )
         response = await self._call("StartOptimization", request, pb.StartOptimizationResponse)
+        try:
+            return self._launch(variable, response, optimizer, space, objective_fn, callback,
+                                metric, mode, max_iterations, float(convergence_threshold))
+        except BaseException:
+            # The lease is granted but no run holds it: give it back now rather than leave
+            # the variable locked until the TTL. (A session that closed meanwhile has
+            # released it already: the server ends a closing client's leases.)
+            with trio.CancelScope(shield=True):
+                await self._release(variable, response.status.optimization_id)
+            raise
+
+    def _launch(
+        self, variable: str, response: pb.StartOptimizationResponse, optimizer: BaseOptimizer,
+        space: SearchSpace, objective_fn: Callable[[Any], Any],
+        callback: Callable[[int, Any, dict[str, Any]], Any] | None, metric: str | None,
+        mode: str, max_iterations: int, convergence_threshold: float,
+    ) -> str:
+        if self._nursery is None:
+            raise RuntimeError("the session is closed")
         run = OptimizationRun(
             session=self, variable=variable, optimization_id=response.status.optimization_id,
             token=response.fencing_token, optimizer=optimizer, space=space,
             objective=objective_fn, callback=callback, metric=metric, mode=mode,
-            max_iterations=max_iterations, convergence_threshold=float(convergence_threshold),
+            max_iterations=max_iterations, convergence_threshold=convergence_threshold,
             ttl=response.status.ttl_seconds,
         )
         self._runs[run.optimization_id] = run
@@ -1491,6 +1510,22 @@ class SessionContext:
         self._runs_by_variable[response.status.name] = run
         self._nursery.start_soon(run.run, name=f"dspex-rx-optimize[{variable}]")
         return run.optimization_id
+
+    async def _release(self, variable: str, optimization_id: str) -> None:
+        if self._transport is None:
+            return
+        try:
+            await self._call(
+                "StopOptimization",
+                pb.StopOptimizationRequest(
+                    session_id=self.session_id, ref=variable, optimization_id=optimization_id,
+                    reason="its start was interrupted", client_id=self._client_id,
+                ),
+                pb.StopOptimizationResponse,
+                timeout=5.0,
+            )
+        except (DspexError, grpc.RpcError, RuntimeError) as exc:
+            log.warning("optimization_release_failed", variable=variable, error=str(exc))
 
     async def stop_optimization(
         self, variable: str, reason: str | None = None, apply_best: bool = False
@@ -1513,6 +1548,8 @@ class SessionContext:
             ),
             pb.StopOptimizationResponse,
         )
+        if response.HasField("variable"):
+            self._remember(response.variable)
         return response.stopped
 
     async def get_optimization_status(self, variable: str) -> dict[str, Any]:
@@ -1560,6 +1597,14 @@ class SessionContext:
             optimization_id=optimizer_id or "",
         )
         if since is not None:
+            if (
+                not isinstance(since, int | float) or isinstance(since, bool)
+                or not 0 <= since < 253402300800  # the Timestamp range: up to year 9999
+            ):
+                raise InvalidValueError(
+                    f"variable {variable!r}: since must be POSIX seconds (a finite number "
+                    f">= 0), got {since!r}"
+                )
             request.since.CopyFrom(timestamp(float(since)))
         response = await self._call(
             "GetOptimizationHistory", request, pb.GetOptimizationHistoryResponse

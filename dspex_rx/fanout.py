@@ -170,8 +170,9 @@ def _merge(frames: list[PendingFrame]) -> PendingFrame:
     if len(frames) == 1 and frames[0].conflated:
         return frames[0]
     # Keyed by variable and channel: an optimization status event never stands in for a
-    # value change (or the reverse), so each channel keeps its own latest event.
-    latest: dict[tuple[str, bool], ChangeEvent] = {}
+    # value change (or the reverse), and one run's status never for another run's (a
+    # watcher must still learn how the previous run ended).
+    latest: dict[tuple[str, str], ChangeEvent] = {}
     first_old: dict[str, Any] = {}
     first_type: dict[str, str] = {}
     value_changed: set[str] = set()
@@ -179,8 +180,9 @@ def _merge(frames: list[PendingFrame]) -> PendingFrame:
         for event in frame.events:
             var_id = event.record.id
             kind = frame.update_type or event.update_type
-            key = (var_id, kind == OPTIMIZATION_EVENT)
-            if not key[1]:
+            optimization = kind == OPTIMIZATION_EVENT
+            key = (var_id, event.source if optimization else "")
+            if not optimization:
                 first_old.setdefault(var_id, event.old_value)
                 first_type.setdefault(var_id, kind)
             if kind == "value_change":
@@ -190,8 +192,8 @@ def _merge(frames: list[PendingFrame]) -> PendingFrame:
             latest.pop(key, None)
             latest[key] = event
     merged = []
-    for (var_id, optimization), event in latest.items():
-        if optimization:
+    for (var_id, run), event in latest.items():
+        if run:
             merged.append(event)
             continue
         kind = event.update_type

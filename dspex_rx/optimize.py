@@ -10,17 +10,19 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 import trio
 
 from . import codec
 from .convert import seconds
-from .errors import DspexError, InvalidValueError, OptimizationLockedError
+from .errors import DspexError, InvalidValueError, OptimizationLockedError, VariableTypeError
 from .logs import get_logger
 from .optimizers import BaseOptimizer, SearchSpace
 from .v1 import variables_pb2 as pb
@@ -116,7 +118,7 @@ def score_of(
     """
     where = f"variable {name!r}, iteration {iteration}: the objective"
     if isinstance(result, Mapping):
-        metrics = dict(result)
+        metrics = {key: _plain(value) for key, value in result.items()}
         if metric is not None:
             if metric not in metrics:
                 raise InvalidValueError(
@@ -135,8 +137,8 @@ def score_of(
                 )
             target = metrics[numeric[0]]
     elif _is_number(result):
-        target = result
-        metrics = {metric or "score": float(result)}
+        target = float(result)
+        metrics = {metric or "score": target}
     else:
         raise InvalidValueError(
             f"{where} must return a number or a dict of metrics, got {type(result).__name__}"
@@ -165,7 +167,12 @@ def is_async_callable(fn: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # numpy scalars register as numbers.Real; bools (Python's and numpy's) are not scores.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 @dataclass
@@ -213,6 +220,7 @@ class OptimizationRun:
     elapsed: float = 0.0
     error: BaseException | None = None
     _revoked: _Revoked | None = None
+    _pending: _Evaluation | None = None
 
     async def run(self) -> None:
         """The loop; ends by finishing the lease, or when the lease was taken away.
@@ -222,36 +230,18 @@ class OptimizationRun:
             nursery.start_soon(run.run)
         """
         started = time.perf_counter()
-        pending: _Evaluation | None = None  # evaluated, not recorded yet
-        state, reason = "completed", ""
         ended = False
         try:
-            for iteration in range(1, self.max_iterations + 1):
-                if self.optimizer.done:
-                    reason = "the search space is exhausted"
-                    break
-                value = self._propose(iteration)
-                # The previous iteration's record and this proposal travel as one step.
-                await self._step(pending, value, iteration)
-                pending = None
-                result = await self._evaluate(value)
-                metrics, target = score_of(self.variable, result, self.metric, iteration)
-                # Optimizers maximize; the server is told the mode and keeps raw scores.
-                self.optimizer.tell(value, target if self.mode == "max" else -target)
-                pending = _Evaluation(iteration, value, metrics, target)
-                self.iterations = iteration
-                if self.callback is not None:
-                    await self._step(pending, None, 0)  # recorded before the callback sees it
-                    pending = None
-                    if await self._call_back(iteration, value, metrics) is False:
-                        reason = f"the callback stopped it after iteration {iteration}"
-                        break
-                if self.optimizer.converged(self.convergence_threshold):
-                    reason = f"converged after {iteration} iterations"
-                    break
-            else:
-                reason = f"max_iterations ({self.max_iterations}) reached"
-            await self._finish(pending, state, reason)
+            async with trio.open_nursery() as nursery:
+                # Renewed for the whole run, not only while evaluating: a slow callback or
+                # optimizer must not lose a live holder its lease. A revocation noticed
+                # by the renewal ends the loop at once.
+                nursery.start_soon(self._keep_alive, nursery.cancel_scope)
+                state, reason = await self._loop()
+                nursery.cancel_scope.cancel()
+            if self._revoked is not None:
+                raise self._revoked
+            await self._finish(self._pending, state, reason)
             ended = True
         except _Revoked as revoked:
             ended = True
@@ -261,17 +251,20 @@ class OptimizationRun:
         except Exception as exc:  # the run is a background task: report, never crash
             ended = True
             error = self.error = _leaf(exc)
-            log.warning("optimization_failed", variable=self.variable,
-                        optimization_id=self.optimization_id, error=repr(error))
-            with trio.CancelScope(shield=True):
-                await self._finish_quietly(
-                    pending, "failed", f"{type(error).__name__}: {error}"
-                )
+            if isinstance(error, _Revoked):
+                self.state, self.end_reason = "revoked", str(error)
+            else:
+                log.warning("optimization_failed", variable=self.variable,
+                            optimization_id=self.optimization_id, error=repr(error))
+                with trio.CancelScope(shield=True):
+                    await self._finish_quietly(
+                        self._pending, "failed", f"{type(error).__name__}: {error}"
+                    )
         finally:
             if not ended:  # cancelled: the session is closing under the run
                 with trio.CancelScope(shield=True):
                     await self._finish_quietly(
-                        pending, "failed", "cancelled: the holder's session closed"
+                        self._pending, "failed", "cancelled: the holder's session closed"
                     )
             self.elapsed = time.perf_counter() - started
             hub = self.session._hub
@@ -279,6 +272,36 @@ class OptimizationRun:
             if actor is not None:
                 actor.stats.optimization_time += self.elapsed
             self.finished.set()
+
+    async def _loop(self) -> tuple[str, str]:
+        """The iterations; returns (state, reason) for the finish. ``self._pending`` is
+        the evaluation not recorded yet; a revocation is kept in ``self._revoked``."""
+        try:
+            for iteration in range(1, self.max_iterations + 1):
+                if self.optimizer.done:
+                    return "completed", "the search space is exhausted"
+                value = self._propose(iteration)
+                # The previous iteration's record and this proposal travel as one step.
+                await self._step(self._pending, value, iteration)
+                self._pending = None
+                result = await self._evaluate(value)
+                metrics, target = score_of(self.variable, result, self.metric, iteration)
+                # Optimizers maximize; the server is told the mode and keeps raw scores.
+                self.optimizer.tell(value, target if self.mode == "max" else -target)
+                self._pending = _Evaluation(iteration, value, metrics, target)
+                self.iterations = iteration
+                if self.callback is not None:
+                    # Recorded before the callback sees it.
+                    await self._step(self._pending, None, 0)
+                    self._pending = None
+                    if await self._call_back(iteration, value, metrics) is False:
+                        return "completed", f"the callback stopped it after iteration {iteration}"
+                if self.optimizer.converged(self.convergence_threshold):
+                    return "completed", f"converged after {iteration} iterations"
+            return "completed", f"max_iterations ({self.max_iterations}) reached"
+        except _Revoked as revoked:
+            self._revoked = revoked
+            return "revoked", str(revoked)
 
     def _propose(self, iteration: int) -> Any:
         value = self.optimizer.ask()
@@ -291,27 +314,16 @@ class OptimizationRun:
         return value
 
     async def _evaluate(self, value: Any) -> Any:
-        result: Any = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._renew_until_cancelled, nursery.cancel_scope)
-            if is_async_callable(self.objective):
-                result = await self.objective(value)
-            else:
-                # Sync objectives (an LLM call, a training step) run off the trio thread;
-                # contextvars travel with them.
-                result = await trio.to_thread.run_sync(
-                    self.objective, value, abandon_on_cancel=True
-                )
-                if inspect.isawaitable(result):
-                    result = await result
-            nursery.cancel_scope.cancel()
-        if self._revoked is not None:
-            raise self._revoked
+        if is_async_callable(self.objective):
+            return await self.objective(value)
+        # Sync objectives (an LLM call, a training step) run off the trio thread;
+        # contextvars travel with them.
+        result = await trio.to_thread.run_sync(self.objective, value, abandon_on_cancel=True)
+        if inspect.isawaitable(result):
+            result = await result
         return result
 
-    async def _renew_until_cancelled(self, scope: trio.CancelScope) -> None:
-        # A long evaluation keeps the lease alive; a revocation noticed here ends the
-        # evaluation at once instead of after it.
+    async def _keep_alive(self, scope: trio.CancelScope) -> None:
         while True:
             await trio.sleep(self.ttl / 3.0)
             try:
@@ -354,7 +366,17 @@ class OptimizationRun:
             actor.stats.write_count += 1
             actor.stats.write_latency_total += time.perf_counter() - started
 
-    async def _finish(self, pending: _Evaluation | None, state: str, reason: str) -> None:
+    async def _finish(
+        self, pending: _Evaluation | None, state: str, reason: str, write_final: bool = True
+    ) -> None:
+        final = self.optimizer.recommend() if write_final and self.optimizer.history else None
+        if final is not None and not self.space.contains(final):
+            # A custom optimizer's bad recommendation must not keep the lease held.
+            log.warning("optimization_bad_recommendation", variable=self.variable,
+                        value=repr(final))
+            reason += f" (the optimizer recommended {final!r}, outside the constraints: " \
+                "nothing final was written)"
+            final = None
         request = pb.FinishOptimizationRequest(
             session_id=self.session.session_id, ref=self.variable,
             optimization_id=self.optimization_id, fencing_token=self.token,
@@ -362,9 +384,9 @@ class OptimizationRun:
         )
         if pending is not None:
             pending.fill(request)
-        if self.optimizer.history:
+        if final is not None:
             request.has_final = True
-            codec.fill(request.final_value, self.optimizer.recommend())
+            codec.fill(request.final_value, final)
         try:
             response = await self.session._call(
                 "FinishOptimization", request, pb.FinishOptimizationResponse,
@@ -381,7 +403,12 @@ class OptimizationRun:
 
     async def _finish_quietly(self, pending: _Evaluation | None, state: str, reason: str) -> None:
         try:
-            await self._finish(pending, state, reason)
+            try:
+                await self._finish(pending, state, reason)
+            except (InvalidValueError, VariableTypeError):
+                # Something in the last record or the final value was refused: release
+                # the lease without them rather than leave it to the TTL.
+                await self._finish(None, state, reason, write_final=False)
         except (_Revoked, DspexError, grpc.RpcError, RuntimeError) as exc:
             # The lease lapses by its TTL anyway; nothing more to do from here.
             self.state, self.end_reason = state, reason

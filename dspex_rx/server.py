@@ -697,11 +697,13 @@ class VariablesService(pb_grpc.VariablesServicer):
         """
         session_id = _session_id(request)
         who = f"{session_id}/{request.client_id}" if request.client_id else session_id
-        stopped, lease, revision = self.store.stop_optimization(
+        stopped, lease, revision, written = self.store.stop_optimization(
             session_id, request.ref, reason=request.reason,
             optimization_id=request.optimization_id, apply_best=request.apply_best, actor=who,
         )
         response = pb.StopOptimizationResponse(stopped=stopped, revision=revision)
+        if written is not None:
+            record_to_pb(written, response.variable)
         status_to_pb(self.store.get(session_id, request.ref), lease, response.status)
         return response
 
@@ -923,6 +925,9 @@ class VariablesService(pb_grpc.VariablesServicer):
                 subscriber.push_frame(
                     PendingFrame(session.revision, [_current(r) for r in found], "resync")
                 )
+                statuses = self.store.status_events(session_id, found)
+                if statuses:
+                    subscriber.push_frame(PendingFrame(session.revision, statuses))
                 return
             wanted = set(ids)
             for commit in commits:

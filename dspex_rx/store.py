@@ -355,7 +355,19 @@ class MemoryStore:
         if not session.clients:
             self._remove(session)
             return True
+        # Its optimizations end with it: nothing is left to renew them, and waiting for
+        # their TTL would lock the variables for nothing.
+        self._release_client_leases(
+            session, client_id, "failed", f"its holder ({client_id}) closed its connection"
+        )
         return False
+
+    def _release_client_leases(
+        self, session: Session, client_id: str, state: str, reason: str
+    ) -> None:
+        for lease in [lease for lease in session.running.values()
+                      if lease.holder_client == client_id]:
+            self._end_lease(session, lease, state, reason)
 
     def _remove(self, session: Session) -> None:
         del self._sessions[session.id]
@@ -377,6 +389,11 @@ class MemoryStore:
             for client_id, lease in list(session.clients.items()):
                 if now - lease.last_seen > lease.ttl:
                     del session.clients[client_id]
+                    if session.clients:
+                        self._release_client_leases(
+                            session, client_id, "expired",
+                            f"its holder ({client_id}) stopped heartbeating",
+                        )
             if not session.clients:
                 self._remove(session)
                 removed.append(session.id)
@@ -1256,9 +1273,9 @@ class MemoryStore:
             value, iteration = proposal
             metadata = {"optimization_id": lease.id, "optimizer": lease.optimizer_type,
                         "iteration": iteration}
-            written = [
-                self._prepare_write(record, value, metadata, actor, session.revision + 1)
-            ]
+            # The bookkeeping goes with the commit (events, history), not into the
+            # variable's own metadata, where it would outlive this run.
+            written = [self._prepare_write(record, value, {}, actor, session.revision + 1)]
         lease.renew(self._clock())
         if clean is None and not written:
             return lease, None, session.revision
@@ -1308,7 +1325,7 @@ class MemoryStore:
             metadata = {"optimization_id": lease.id, "optimizer": lease.optimizer_type,
                         "final": True}
             written = [
-                self._prepare_write(record, final_value, metadata, actor, session.revision + 1)
+                self._prepare_write(record, final_value, {}, actor, session.revision + 1)
             ]
         if clean is not None:
             self._record_evaluation(session, lease, clean)
@@ -1328,15 +1345,16 @@ class MemoryStore:
         optimization_id: str = "",
         apply_best: bool = False,
         actor: str = "",
-    ) -> tuple[bool, OptimizationLease | None, int]:
+    ) -> tuple[bool, OptimizationLease | None, int, VariableRecord | None]:
         """Revoke the variable's running lease (any session that may optimize it); returns
-        (whether one was stopped, the lease, revision). From then on the holder's fencing
+        (whether one was stopped, the lease, revision, the record written by
+        ``apply_best`` or None). From then on the holder's fencing
         token is refused, so none of its writes lands. ``apply_best`` writes the best value
         recorded so far in the same commit. ``optimization_id`` stops only that run.
 
         Example::
 
-            stopped, lease, _ = store.stop_optimization(sid, "t", reason="budget spent")
+            stopped, lease, _, _ = store.stop_optimization(sid, "t", reason="budget spent")
         """
         if not isinstance(reason, str) or len(reason) > 4096:
             raise InvalidValueError("the stop reason must be a string of at most 4096 characters")
@@ -1345,7 +1363,7 @@ class MemoryStore:
         record = self._resolve(session, ref)
         lease = session.running.get(record.id)
         if lease is None or (optimization_id and lease.id != optimization_id):
-            return False, session.leases.get(record.id), session.revision
+            return False, session.leases.get(record.id), session.revision, None
         written: list[VariableRecord] = []
         metadata: dict[str, Any] = {}
         if apply_best and lease.best_score is not None:
@@ -1357,15 +1375,14 @@ class MemoryStore:
                         "final": True, "stopped": True}
             written = [
                 self._prepare_write(
-                    record, lease.best_value, metadata, actor, session.revision + 1,
-                    validated=True,
+                    record, lease.best_value, {}, actor, session.revision + 1, validated=True,
                 )
             ]
         revision = self._end_lease(
             session, lease, "stopped", reason or f"stopped by {actor or 'a session'}",
             written, metadata, actor=actor,
         )
-        return True, lease, revision
+        return True, lease, revision, (session.variables[record.id] if written else None)
 
     def optimization_status(
         self, session_id: str, ref: str
@@ -1380,6 +1397,28 @@ class MemoryStore:
         self._expire_leases(session)
         record = self._resolve(session, ref)
         return record, session.leases.get(record.id)
+
+    def status_events(
+        self, session_id: str, records: Iterable[VariableRecord]
+    ) -> builtins.list[ChangeEvent]:
+        """The current optimization status of each of these variables that was ever
+        optimized, as events: what a watcher resynced past the log's horizon must hear
+        besides the values (it may have missed a run's end).
+
+        Example::
+
+            events = store.status_events(sid, [store.get(sid, "temperature")])
+        """
+        session = self.session(session_id)
+        events = []
+        for record in records:
+            lease = session.leases.get(record.id)
+            if lease is not None:
+                events.append(ChangeEvent(
+                    record, record.value, OPTIMIZATION_EVENT,
+                    lease.status(record.name, session.revision), lease.id,
+                ))
+        return events
 
     def optimization_history(
         self,

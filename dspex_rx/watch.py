@@ -80,8 +80,9 @@ class Watch:
                 key = update.variable_id
                 kept = keep_latest(latest.pop(key, None), update)
             else:
-                # A status dict (watch_optimization): the newest says all the older did.
-                key = str(update.get("variable", ""))
+                # A status dict (watch_optimization): within one run the newest says all
+                # the older did; each run keeps its own, so how a run ended is never lost.
+                key = f"{update.get('variable', '')}\0{update.get('optimization_id', '')}"
                 latest.pop(key, None)
                 kept = update
             latest[key] = kept  # re-inserted: arrival order of the latest

@@ -18,7 +18,7 @@ from helpers import drain, settle
 import dspex_rx
 from dspex_rx import BaseOptimizer, OptimizationLockedError
 from dspex_rx.server import EmbeddedServer
-from dspex_rx.store import MemoryStore
+from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.types import check_constraints, validate_value
 
 FLOAT = {"min": 0.0, "max": 2.0}
@@ -504,3 +504,42 @@ async def test_a_metrics_dict_needs_its_target_named(session: dspex_rx.SessionCo
     final = await session.wait_for_optimization("m")
     assert final["state"] == "failed" and "optimizer_config['metric']" in final["end_reason"]
     assert final["iteration"] == 0
+
+
+async def test_a_bad_recommendation_still_releases_the_lease(
+    session: dspex_rx.SessionContext,
+) -> None:
+    class Wild(BaseOptimizer):
+        def ask(self) -> float:
+            return 0.5
+
+        def recommend(self) -> float:
+            return 99.0  # outside [0, 2]
+
+    session.register_python_optimizer("wild", Wild)
+    await session.register_variable("w", "float", 0.0, constraints=FLOAT)
+    await session.start_optimization("w", "wild", max_iterations=2, objective=lambda v: v)
+    final = await session.wait_for_optimization("w")
+    assert final["state"] == "completed" and "outside the constraints" in final["end_reason"]
+    assert final["final_value"] is None and await session.get_variable("w") == 0.5
+    assert await session.set_variable("w", 1.0) > 1
+
+
+def test_a_client_that_closes_or_expires_ends_its_leases() -> None:
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0], lease_ttl=600.0)
+    session, holder, _ = store.initialize_session("s", ttl=10.0)
+    _, other, _ = store.initialize_session("s", ttl=1000.0)
+    store.register("s", [VariableSpec("x", "float", 0.5), VariableSpec("y", "float", 0.5)],
+                   actor="s")
+    store.start_optimization("s", "x", optimizer_type="random", client_id=holder)
+    store.close_session("s", holder)
+    _, lease = store.optimization_status("s", "x")
+    assert lease is not None and lease.state == "failed" and holder in lease.end_reason
+    _, again, _ = store.initialize_session("s", ttl=10.0)
+    store.start_optimization("s", "y", optimizer_type="random", client_id=again)
+    now[0] += 11.0  # past the client's TTL, long before the lease's
+    store.expire()
+    _, lease = store.optimization_status("s", "y")
+    assert lease is not None and lease.state == "expired" and "heartbeat" in lease.end_reason
+    assert other in session.clients

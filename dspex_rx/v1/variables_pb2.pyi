@@ -667,14 +667,16 @@ class StopOptimizationRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., reason: _Optional[str] = ..., optimization_id: _Optional[str] = ..., apply_best: _Optional[bool] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class StopOptimizationResponse(_message.Message):
-    __slots__ = ("stopped", "status", "revision")
+    __slots__ = ("stopped", "status", "revision", "variable")
     STOPPED_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
     stopped: bool
     status: OptimizationStatus
     revision: int
-    def __init__(self, stopped: _Optional[bool] = ..., status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    variable: Variable
+    def __init__(self, stopped: _Optional[bool] = ..., status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., revision: _Optional[int] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
 
 class GetOptimizationStatusRequest(_message.Message):
     __slots__ = ("session_id", "ref")
