@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import fnmatch
 import itertools
 import math
 import re
@@ -35,6 +34,7 @@ from .errors import (
 from .graph import DEPENDENCY_TYPES, CycleError, DependencyGraph, Edge
 from .leases import FINISH_STATES, OptimizationEntry, OptimizationLease
 from .logs import get_logger
+from .patterns import compile_glob
 from .types import (
     check_constraints,
     check_metadata,
@@ -838,6 +838,8 @@ class MemoryStore:
     def list(self, session_id: str, pattern: str | None = None) -> list[VariableRecord]:
         """Variables whose name matches an fnmatch glob (all when no pattern), by name.
 
+        The glob is matched with RE2 (``patterns.compile_glob``), in linear time.
+
         Example::
 
             [r.name for r in store.list(sid, "model.*")]
@@ -845,7 +847,8 @@ class MemoryStore:
         session = self.session(session_id)
         records = sorted(session.variables.values(), key=lambda r: r.name)
         if pattern:
-            records = [r for r in records if fnmatch.fnmatchcase(r.name, pattern)]
+            match = compile_glob(pattern)
+            records = [r for r in records if match(r.name)]
         return records
 
     def delete(

@@ -7,13 +7,13 @@ no gRPC. The server's store validates every write here before applying anything.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from .errors import InvalidValueError, VariableTypeError
+from .patterns import DEFAULT_MAX_PATTERN_LENGTH, compile_regex
 
 TYPES: tuple[str, ...] = (
     "float",
@@ -117,14 +117,18 @@ def _check_choices(name: str, key: str, v: Any) -> list[str]:
     return list(v)
 
 
-def _check_pattern(name: str, key: str, v: Any) -> str:
+def _check_pattern(
+    name: str, key: str, v: Any, max_length: int = DEFAULT_MAX_PATTERN_LENGTH
+) -> str:
     if not isinstance(v, str):
         raise InvalidValueError(f"variable {name!r}: constraint {key!r} must be a string")
     try:
-        re.compile(v)
-    except re.error as exc:
+        compile_regex(v, max_length)
+    except InvalidValueError as exc:
+        reason = exc.details.get("reason", exc)
         raise InvalidValueError(
-            f"variable {name!r}: constraint {key!r} is not a valid regex: {exc}"
+            f"variable {name!r}: constraint {key!r} is not a valid regex (RE2 syntax): "
+            f"{reason}"
         ) from None
     return v
 
@@ -292,7 +296,9 @@ def _validate_string(name: str, value: Any, c: Mapping[str, Any]) -> str:
     if not isinstance(value, str):
         raise _type_error(name, "string", value)
     _check_length(name, "string", len(value), c)
-    if "pattern" in c and re.fullmatch(c["pattern"], value) is None:
+    # RE2, full match (as re.fullmatch did): linear time whatever the pattern; the
+    # pattern's length was bounded when the constraint was registered.
+    if "pattern" in c and not compile_regex(c["pattern"], max_length=None).fullmatch(value):
         raise InvalidValueError(
             f"variable {name!r}: {value!r} does not match pattern {c['pattern']!r}"
         )
