@@ -4,12 +4,19 @@ No gRPC here. Methods are synchronous and never yield, so when the server calls 
 its one asyncio loop each call is atomic with respect to every other: a batch is validated
 in full, then committed in one step under one new revision. Records are immutable; a write
 replaces a record, so a reader's snapshot never changes under it.
+
+Every limit of ``limits.Limits`` that concerns stored state is checked here, before
+anything changes, so a refused request leaves no trace. Each session keeps a memory
+account (encoded bytes plus a fixed overhead per stored item): current values and
+optimization records are *pinned* and must fit ``max_session_bytes``; history and the
+replay log are *retention* and are dropped oldest first when the budget needs room.
 """
 
 from __future__ import annotations
 
 import builtins
 import dataclasses
+import heapq
 import itertools
 import math
 import re
@@ -26,13 +33,22 @@ from .errors import (
     DspexError,
     InvalidValueError,
     OptimizationLockedError,
-    ResourceExhaustedError,
     SessionNotFoundError,
     VariableNotFoundError,
     VariableTypeError,
 )
 from .graph import DEPENDENCY_TYPES, CycleError, DependencyGraph, Edge
 from .leases import FINISH_STATES, OptimizationEntry, OptimizationLease
+from .limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_count,
+    check_length,
+    measure_map,
+    measure_value,
+    too_big,
+    too_many,
+)
 from .logs import get_logger
 from .patterns import compile_glob
 from .types import (
@@ -51,6 +67,11 @@ MAX_ITERATIONS = 10_000_000
 # The event types a commit can carry per variable; "optimization" events change no value.
 OPTIMIZATION_EVENT = "optimization"
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
+# What the memory account charges per stored item beyond its encoded bytes (Python
+# objects, dict slots): a history entry, a logged event, a dependency edge, ...
+ITEM_OVERHEAD = 200
+# A dependency_changed event names at most this many of the changed variables it depends on.
+MAX_SOURCE_NAMES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +96,9 @@ class VariableRecord:
     updated_at: float
     updated_by: str
     description: str = ""
+    # Encoded bytes of value and metadata: what the memory account charges per version
+    # (constraints and description are charged once per variable).
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +116,7 @@ class HistoryEntry:
     updated_by: str
     metadata: Mapping[str, Any]
     revision: int
+    size: int = 0  # what the memory account charges for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +189,9 @@ class Commit:
     timestamp: float
 
 
+# A checked evaluation: (iteration, value, metrics, score, bytes charged for it).
+_Evaluation = tuple[int, Any, dict[str, Any], float, int]
+
 # A listener gets every commit of its session, synchronously, after the state changed;
 # None means the session is gone.
 Listener = Callable[[Commit | None], None]
@@ -196,6 +224,7 @@ class Session:
     metadata: dict[str, Any]
     created_at: float
     revision: int = 0
+    metadata_size: int = 0
     variables: dict[str, VariableRecord] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     clients: dict[str, ClientLease] = field(default_factory=dict)
@@ -210,6 +239,46 @@ class Session:
     leases: dict[str, OptimizationLease] = field(default_factory=dict)
     running: dict[str, OptimizationLease] = field(default_factory=dict)
     evaluations: dict[str, deque[OptimizationEntry]] = field(default_factory=dict)
+    # Per variable, the bytes charged once for it: constraints, description, overhead.
+    fixed: dict[str, int] = field(default_factory=dict)
+    # The memory account, in bytes (``MemoryStore.check_accounts`` states the invariants).
+    # ``other_bytes``: evaluations, leases, dependency edges, the session itself.
+    # ``history_bytes``: every retained history entry, each variable's newest (its
+    # current record) included; ``current_bytes`` is the part that is newest entries.
+    # ``log_bytes``: the replay log. ``graveyard``: dropped history whose values the log
+    # may still hold, as (the revision after which the log no longer holds it, bytes),
+    # released once the log is trimmed past it.
+    other_bytes: int = 0
+    current_bytes: int = 0
+    history_bytes: int = 0
+    history_entries: int = 0
+    log_bytes: int = 0
+    graveyard: list[tuple[int, int]] = field(default_factory=list)
+    graveyard_bytes: int = 0
+    # Superseded history entries, least recently superseded first, as (the revision that
+    # superseded it, variable id, version): the order in which the budget drops them.
+    # Entries already gone (dropped by count, deleted) are skipped when met.
+    superseded: deque[tuple[int, str, int]] = field(default_factory=deque)
+
+    @property
+    def pinned(self) -> int:
+        """Bytes that no retention policy can drop: current records and other state.
+
+        Example::
+
+            store.session(sid).pinned <= store.limits.max_session_bytes
+        """
+        return self.current_bytes + self.other_bytes
+
+    @property
+    def used(self) -> int:
+        """Bytes the session's memory account charges (pinned plus retention).
+
+        Example::
+
+            store.session(sid).used <= store.limits.max_session_bytes
+        """
+        return self.other_bytes + self.history_bytes + self.log_bytes + self.graveyard_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +296,38 @@ class UpdateOutcome:
     error_kind: str = ""
     record: VariableRecord | None = None
     current_version: int = 0
+
+
+def _show(text: Any, limit: int = 80) -> str:
+    # A user-supplied string as error messages quote it: repr, cut to ``limit`` characters
+    # (a megabyte ref must not come back as a megabyte message).
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...{shown[0]}"
+
+
+def _event_cost(event: ChangeEvent) -> int:
+    # The memory account's charge for one logged event beyond the values it shares with
+    # history: the objects of its own metadata (a dependency note, a status dict).
+    metadata = event.metadata
+    if event.update_type == "dependency_changed":
+        extra = len(metadata.get("source_variables", ()))
+    elif event.update_type == OPTIMIZATION_EVENT:
+        extra = len(metadata) + len(metadata.get("best_metrics") or ())
+    else:
+        extra = 0
+    return ITEM_OVERHEAD + 64 * extra
+
+
+def _commit_cost(commit: Commit) -> int:
+    return ITEM_OVERHEAD + sum(_event_cost(e) for e in commit.events)
+
+
+def _session_cost(session: Session) -> int:
+    return ITEM_OVERHEAD + session.metadata_size
+
+
+def _client_cost(lease: ClientLease) -> int:
+    return ITEM_OVERHEAD + len(lease.name)
 
 
 def _failed(ref: str, error: DspexError | None) -> UpdateOutcome:
@@ -253,9 +354,10 @@ class MemoryStore:
         *,
         clock: Callable[[], float] = time.time,
         default_ttl: float = 60.0,
-        max_variables_per_session: int = 100_000,
+        limits: Limits | None = None,
+        max_variables_per_session: int | None = None,
         log_size: int = 10_000,
-        history_size: int = 1_000,
+        history_size: int | None = None,
         lease_ttl: float = 30.0,
         optimization_history_size: int = 10_000,
     ) -> None:
@@ -264,13 +366,38 @@ class MemoryStore:
         self.lease_ttl = lease_ttl
         self.optimization_history_size = optimization_history_size
         self._tokens = itertools.count(1)
-        self.max_variables_per_session = max_variables_per_session
-        self.log_size = log_size
-        if history_size < 1:
+        if history_size is not None and history_size < 1:
             raise InvalidValueError(f"history_size must be at least 1, got {history_size}")
-        self.history_size = history_size
+        # The two limits that were constructor arguments before Limits stay so.
+        self.limits = (limits or DEFAULT_LIMITS).replace(
+            max_variables_per_session=max_variables_per_session, history_size=history_size
+        )
+        self.log_size = log_size
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
+        # The memory accounts of all sessions together (see Session.used / pinned).
+        self.used_bytes = 0
+        self.pinned_bytes = 0
+
+    @property
+    def history_size(self) -> int:
+        """Versions kept per variable (``limits.history_size``).
+
+        Example::
+
+            MemoryStore(history_size=5).history_size
+        """
+        return self.limits.history_size
+
+    @property
+    def max_variables_per_session(self) -> int:
+        """``limits.max_variables_per_session``.
+
+        Example::
+
+            MemoryStore().max_variables_per_session
+        """
+        return self.limits.max_variables_per_session
 
     # ------------------------------------------------------------------ sessions
 
@@ -295,21 +422,43 @@ class MemoryStore:
         ttl = ttl or self.default_ttl
         now = self._clock()
         created = False
+        limits = self.limits
         if session_id:
-            if not NAME_RE.fullmatch(session_id):
+            if not isinstance(session_id, str) or not NAME_RE.fullmatch(session_id):
                 raise InvalidValueError(
-                    f"session id {session_id!r} is not valid (letters, digits, _ . - /; "
+                    f"session id {_show(session_id)} is not valid (letters, digits, _ . - /; "
                     "up to 256 characters, not starting with a digit)"
                 )
         else:
             session_id = "sess_" + secrets.token_hex(8)
+        if not isinstance(client_name, str):
+            raise VariableTypeError("client name must be a string")
+        check_length("client name", client_name, "max_string_length", limits.max_string_length)
+        client = ClientLease(client_name, ttl, now)
         session = self._sessions.get(session_id)
         if session is None:
-            session = Session(session_id, check_metadata(session_id, metadata), now)
+            if len(self._sessions) >= limits.max_sessions:
+                raise too_many(
+                    f"the server already holds {len(self._sessions)} sessions",
+                    len(self._sessions) + 1, "max_sessions", limits.max_sessions,
+                )
+            clean, size = self._clean_metadata(session_id, metadata, "session metadata")
+            session = Session(session_id, clean, now, metadata_size=size)
+            self._check_room(session, _session_cost(session) + _client_cost(client))
             self._sessions[session_id] = session
+            self._charge(session, "other_bytes", _session_cost(session))
             created = True
+        elif len(session.clients) >= limits.max_clients_per_session:
+            raise too_many(
+                f"session {session_id!r} already has {len(session.clients)} clients attached",
+                len(session.clients) + 1, "max_clients_per_session",
+                limits.max_clients_per_session,
+            )
+        else:
+            self._check_room(session, _client_cost(client))
         client_id = "cli_" + secrets.token_hex(8)
-        session.clients[client_id] = ClientLease(client_name, ttl, now)
+        session.clients[client_id] = client
+        self._charge(session, "other_bytes", _client_cost(client))
         return session, client_id, created
 
     def session(self, session_id: str) -> Session:
@@ -321,9 +470,9 @@ class MemoryStore:
         """
         try:
             return self._sessions[session_id]
-        except KeyError:
+        except (KeyError, TypeError):
             raise SessionNotFoundError(
-                f"no session {session_id!r} (never created, closed, or expired)"
+                f"no session {_show(session_id)} (never created, closed, or expired)"
             ) from None
 
     def heartbeat(self, session_id: str, client_id: str) -> float:
@@ -337,7 +486,8 @@ class MemoryStore:
         lease = session.clients.get(client_id)
         if lease is None:
             raise SessionNotFoundError(
-                f"client {client_id!r} is not attached to session {session_id!r} (expired?)",
+                f"client {_show(client_id)} is not attached to session {session_id!r} "
+                "(expired?)",
                 detached=True,
             )
         lease.last_seen = self._clock()
@@ -351,7 +501,9 @@ class MemoryStore:
             removed = store.close_session(session.id, client_id)
         """
         session = self.session(session_id)
-        session.clients.pop(client_id, None)
+        client = session.clients.pop(client_id, None)
+        if client is not None:
+            self._charge(session, "other_bytes", -_client_cost(client))
         if not session.clients:
             self._remove(session)
             return True
@@ -371,6 +523,8 @@ class MemoryStore:
 
     def _remove(self, session: Session) -> None:
         del self._sessions[session.id]
+        self.used_bytes -= session.used
+        self.pinned_bytes -= session.pinned
         for listener in list(session.listeners):
             self._notify(listener, None)
         session.listeners.clear()
@@ -389,6 +543,7 @@ class MemoryStore:
             for client_id, lease in list(session.clients.items()):
                 if now - lease.last_seen > lease.ttl:
                     del session.clients[client_id]
+                    self._charge(session, "other_bytes", -_client_cost(lease))
                     if session.clients:
                         self._release_client_leases(
                             session, client_id, "expired",
@@ -421,6 +576,12 @@ class MemoryStore:
             stop = store.add_listener(sid, frames.append); ...; stop()
         """
         session = self.session(session_id)
+        limit = self.limits.max_streams_per_session
+        if len(session.listeners) >= limit:
+            raise too_many(
+                f"session {session_id!r} already has {len(session.listeners)} watch streams",
+                len(session.listeners) + 1, "max_streams_per_session", limit,
+            )
         session.listeners.append(listener)
 
         def remove() -> None:
@@ -458,7 +619,7 @@ class MemoryStore:
             var_id = session.names.get(ref)
             record = session.variables.get(var_id) if var_id else None
         if record is None:
-            raise VariableNotFoundError(f"no variable {ref!r} in session {session.id!r}")
+            raise VariableNotFoundError(f"no variable {_show(ref)} in session {session.id!r}")
         return record
 
     def _commit(
@@ -469,12 +630,14 @@ class MemoryStore:
         metadata: Mapping[str, Any] | None = None,
         source: str = "",
         notes: Sequence[OptimizationLease] = (),
+        metadata_size: int = 0,
     ) -> tuple[list[VariableRecord], int]:
         # The only place variable state changes: one new revision for the whole write,
         # stamped on every record it writes (and as create_revision on new ones), logged
         # as one commit and handed to the session's listeners. ``notes`` are leases whose
         # status changed in this commit: each becomes an optimization event after the
         # value changes, so a watcher sees a write and the status it led to together.
+        # Callers have checked every limit (``_room_for`` included): nothing here fails.
         revision = session.revision + 1
         stamped = [
             r
@@ -482,7 +645,7 @@ class MemoryStore:
             else VariableRecord(
                 r.id, r.name, r.type, r.value, r.constraints, r.metadata, r.version, revision,
                 r.create_revision or revision, r.created_at, r.updated_at, r.updated_by,
-                r.description,
+                r.description, r.size,
             )
             for r in records
         ]
@@ -493,22 +656,26 @@ class MemoryStore:
             old = session.variables.get(record.id)
             session.variables[record.id] = record
             session.names[record.name] = record.id
-            self._remember(session, record, meta)
+            self._remember(session, record, meta, metadata_size)
             if old is not None:
                 changed.append(record)
                 events.append(ChangeEvent(record, old.value, "value_change", meta, source))
         if changed and len(session.graph):
             # Dependents learn of the change in the same frame, upstream first, each told
-            # which of the changed variables it depends on.
-            downstream = session.graph.downstream_with_sources(r.id for r in changed)
-            for var_id, source_ids in downstream:
+            # which of the changed variables it depends on (the first MAX_SOURCE_NAMES).
+            downstream = session.graph.downstream_with_sources(
+                (r.id for r in changed), MAX_SOURCE_NAMES
+            )
+            for var_id, source_ids, truncated in downstream:
                 dependent = session.variables[var_id]
                 names = [session.variables[s].name for s in source_ids]
-                note = {
+                note: dict[str, Any] = {
                     "source_variable": names[0],
                     "source_variables": names,
                     "source_revision": revision,
                 }
+                if truncated:
+                    note["source_variables_truncated"] = True
                 events.append(
                     ChangeEvent(dependent, dependent.value, "dependency_changed", note, source)
                 )
@@ -523,42 +690,236 @@ class MemoryStore:
         for record in removed:
             del session.variables[record.id]
             del session.names[record.name]
+            before = session.graph.bytes
             session.graph.drop(record.id)
-            session.history.pop(record.id, None)
-            session.leases.pop(record.id, None)
-            session.evaluations.pop(record.id, None)
+            self._charge(session, "other_bytes", session.graph.bytes - before)
+            entries = session.history.pop(record.id, None)
+            if entries:
+                self._forget_history(session, entries, revision)
+            ended = session.leases.pop(record.id, None)
+            if ended is not None:
+                self._charge(session, "other_bytes", -ended.size)
+            evaluations = session.evaluations.pop(record.id, None)
+            if evaluations:
+                self._charge(session, "other_bytes", -sum(e.size for e in evaluations))
+            self._charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         session.revision = revision
         commit = Commit(revision, tuple(events), self._clock())
-        if len(session.log) >= self.log_size:
-            session.log_floor = session.log.popleft().revision
         session.log.append(commit)
+        self._charge(session, "log_bytes", _commit_cost(commit))
+        if len(session.log) > self.log_size:
+            self._trim_log(session, session.log[0].revision)
+        self._make_room(session)
         for listener in list(session.listeners):
             self._notify(listener, commit)
         return stamped, revision
 
     def _remember(
-        self, session: Session, record: VariableRecord, metadata: Mapping[str, Any]
+        self,
+        session: Session,
+        record: VariableRecord,
+        metadata: Mapping[str, Any],
+        metadata_size: int,
     ) -> None:
         entries = session.history.get(record.id)
         if entries is None:
             entries = session.history[record.id] = deque(maxlen=self.history_size)
+        size = ITEM_OVERHEAD + record.size + metadata_size
+        if entries:
+            previous = entries[-1]
+            self._charge(session, "current_bytes", -previous.size)
+            session.superseded.append((record.mod_revision, record.id, previous.version))
+            if len(entries) == entries.maxlen:
+                dropped = entries[0]  # append drops it
+                self._charge(session, "history_bytes", -dropped.size)
+                session.history_entries -= 1
+                # The log holds its value up to the commit of the version after it.
+                successor = entries[1].revision if len(entries) > 1 else record.mod_revision
+                self._bury(session, successor, dropped.size)
         entries.append(
             HistoryEntry(
                 record.version, record.value, record.updated_at, record.updated_by,
-                metadata, record.mod_revision,
+                metadata, record.mod_revision, size,
             )
+        )
+        session.history_entries += 1
+        self._charge(session, "history_bytes", size)
+        self._charge(session, "current_bytes", size)
+        if len(session.superseded) > 2 * (session.history_entries - len(session.history)) + 1024:
+            self._compact_superseded(session)
+
+    # ------------------------------------------------------------- memory account
+
+    def _charge(self, session: Session, kind: str, delta: int) -> None:
+        # Every change to a session's account goes through here, so the store's totals
+        # follow. ``kind`` names a byte field of Session; current_bytes is a part of
+        # history_bytes (so not added to ``used`` again); it and other_bytes are pinned.
+        if not delta:
+            return
+        setattr(session, kind, getattr(session, kind) + delta)
+        if kind != "current_bytes":
+            self.used_bytes += delta
+        if kind in ("current_bytes", "other_bytes"):
+            self.pinned_bytes += delta
+
+    def _check_room(self, session: Session, added: int) -> None:
+        # Refuse, before anything changes, a write after which the pinned bytes (current
+        # records and other state) would not fit the budgets. Retention (history, log) is
+        # dropped to make room after the write, so it never refuses one.
+        if added <= 0:
+            return
+        limits = self.limits
+        after = session.pinned + added
+        if after > limits.max_session_bytes:
+            raise too_many(
+                f"session {session.id!r} would hold {after} bytes of current values and "
+                "records", after, "max_session_bytes", limits.max_session_bytes,
+            )
+        total = self.pinned_bytes + added
+        if total > limits.max_store_bytes:
+            raise too_many(
+                f"the server would hold {total} bytes of current values and records",
+                total, "max_store_bytes", limits.max_store_bytes,
+            )
+
+    def _room_for(
+        self, session: Session, records: Sequence[VariableRecord], metadata_size: int = 0
+    ) -> None:
+        # _check_room for a commit of these records (each replaces its variable's newest
+        # history entry, if it has one).
+        added = 0
+        for record in records:
+            added += ITEM_OVERHEAD + record.size + metadata_size
+            entries = session.history.get(record.id)
+            if entries:
+                added -= entries[-1].size
+        self._check_room(session, added)
+
+    def _make_room(self, session: Session) -> None:
+        limits = self.limits
+        self._evict(session, limits.max_session_bytes)
+        if self.used_bytes > limits.max_store_bytes:
+            # The writer's own retention goes first, then other sessions'.
+            for victim in [session, *self._sessions.values()]:
+                excess = self.used_bytes - limits.max_store_bytes
+                if excess <= 0:
+                    break
+                self._evict(victim, victim.used - excess)
+
+    def _evict(self, session: Session, target: int) -> None:
+        # Drop retention, oldest first, until the session's account is at most ``target``:
+        # values already out of history but still held by the log, then superseded
+        # history entries, then log commits. Current records are never dropped.
+        while session.used > target:
+            if session.graveyard:
+                self._trim_log(session, session.graveyard[0][0])
+            elif not self._drop_oldest_history(session):
+                if not session.log:
+                    return
+                self._trim_log(session, session.log[0].revision)
+
+    def _drop_oldest_history(self, session: Session) -> bool:
+        order = session.superseded
+        while order:
+            superseded_at, var_id, version = order.popleft()
+            entries = session.history.get(var_id)
+            if entries is None or len(entries) < 2 or entries[0].version != version:
+                continue  # already gone
+            entry = entries.popleft()
+            session.history_entries -= 1
+            self._charge(session, "history_bytes", -entry.size)
+            self._bury(session, superseded_at, entry.size)
+            return True
+        return False
+
+    def _compact_superseded(self, session: Session) -> None:
+        def retained(item: tuple[int, str, int]) -> bool:
+            entries = session.history.get(item[1])
+            return entries is not None and entries[0].version <= item[2] < entries[-1].version
+
+        session.superseded = deque(item for item in session.superseded if retained(item))
+
+    def _forget_history(
+        self, session: Session, entries: deque[HistoryEntry], revision: int
+    ) -> None:
+        # A deleted variable's history: the log holds its values until ``revision``.
+        total = sum(e.size for e in entries)
+        session.history_entries -= len(entries)
+        self._charge(session, "current_bytes", -entries[-1].size)
+        self._charge(session, "history_bytes", -total)
+        self._bury(session, revision, total)
+
+    def _bury(self, session: Session, release_after: int, size: int) -> None:
+        heapq.heappush(session.graveyard, (release_after, size))
+        self._charge(session, "graveyard_bytes", size)
+        self._release(session)
+
+    def _release(self, session: Session) -> None:
+        graveyard = session.graveyard
+        while graveyard and graveyard[0][0] <= session.log_floor:
+            self._charge(session, "graveyard_bytes", -heapq.heappop(graveyard)[1])
+
+    def _trim_log(self, session: Session, through: int) -> None:
+        # Drop logged commits up to revision ``through``: a resume from before them gets
+        # a resync (the log's contract), and values only they held are released.
+        while session.log and session.log[0].revision <= through:
+            commit = session.log.popleft()
+            self._charge(session, "log_bytes", -_commit_cost(commit))
+        session.log_floor = max(session.log_floor, min(through, session.revision))
+        self._release(session)
+
+    def check_accounts(self) -> None:
+        """Recompute every memory account from the state; ``AssertionError`` on any
+        difference. The property test calls it after every step.
+
+        Example::
+
+            store.check_accounts()
+        """
+        used = pinned = 0
+        for session in self._sessions.values():
+            current = history = entries = 0
+            assert set(session.history) == set(session.variables), session.id
+            for var_id, kept in session.history.items():
+                versions = [e.version for e in kept]
+                assert versions, f"empty history of {var_id}"
+                assert versions[-1] == session.variables[var_id].version, (var_id, versions)
+                assert versions == list(range(versions[0], versions[-1] + 1)), versions
+                current += kept[-1].size
+                history += sum(e.size for e in kept)
+                entries += len(kept)
+            other = (
+                _session_cost(session)
+                + sum(_client_cost(c) for c in session.clients.values())
+                + session.graph.bytes
+                + sum(lease.size for lease in session.leases.values())
+                + sum(e.size for kept in session.evaluations.values() for e in kept)
+                + sum(session.fixed.values())
+            )
+            log = sum(_commit_cost(c) for c in session.log)
+            grave = sum(size for _, size in session.graveyard)
+            actual = (session.current_bytes, session.history_bytes, session.other_bytes,
+                      session.log_bytes, session.graveyard_bytes, session.history_entries)
+            expected = (current, history, other, log, grave, entries)
+            assert actual == expected, (session.id, actual, expected)
+            used += session.used
+            pinned += session.pinned
+        assert (self.used_bytes, self.pinned_bytes) == (used, pinned), (
+            (self.used_bytes, self.pinned_bytes), (used, pinned)
         )
 
     def _prepare_new(
         self, session: Session, spec: VariableSpec, actor: str, taken: set[str]
-    ) -> VariableRecord:
+    ) -> tuple[VariableRecord, int]:
+        # The record to register and the bytes charged once for it (constraints,
+        # description); every limit checked, nothing changed.
         name = spec.name
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise InvalidValueError(
-                f"variable name {name!r} is not valid (letters, digits, _ . - /; up to 256 "
-                "characters, not starting with a digit)"
+                f"variable name {_show(name)} is not valid (letters, digits, _ . - /; up to "
+                "256 characters, not starting with a digit)"
             )
         if name in session.names or name in taken:
             raise AlreadyExistsError(f"variable {name!r} already exists in session {session.id!r}")
@@ -566,14 +927,23 @@ class MemoryStore:
             raise AlreadyExistsError(
                 f"variable name {name!r} already exists as the id of another variable"
             )
+        limits = self.limits
         type_name = normalize_type(spec.type)
-        constraints = check_constraints(name, type_name, spec.constraints)
-        value = validate_value(name, type_name, spec.initial_value, constraints)
-        metadata = check_metadata(name, spec.metadata)
-        if not isinstance(spec.description, str):
-            raise VariableTypeError(f"variable {name!r}: description must be a string")
+        fixed = ITEM_OVERHEAD
+        if spec.constraints is not None:
+            if not isinstance(spec.constraints, Mapping):
+                raise VariableTypeError(f"variable {name!r}: constraints must be a dict")
+            fixed += measure_map(spec.constraints, limits, f"variable {name!r}: constraints")
+        constraints = check_constraints(
+            name, type_name, spec.constraints, max_pattern_length=limits.max_pattern_length
+        )
+        value, value_size = self._validated(name, type_name, spec.initial_value, constraints)
+        metadata, metadata_size = self._clean_metadata(
+            name, spec.metadata, f"variable {name!r}: metadata"
+        )
+        fixed += self._description_size(name, spec.description)
         now = self._clock()
-        return VariableRecord(
+        record = VariableRecord(
             id=f"var_{name}_{next(self._ids)}",
             name=name,
             type=type_name,
@@ -587,7 +957,52 @@ class MemoryStore:
             updated_at=now,
             updated_by=actor,
             description=spec.description,
+            size=value_size + metadata_size,
         )
+        return record, fixed
+
+    def _description_size(self, name: str, description: Any) -> int:
+        if not isinstance(description, str):
+            raise VariableTypeError(f"variable {name!r}: description must be a string")
+        check_length(f"variable {name!r}: description", description, "max_description_length",
+                     self.limits.max_description_length)
+        return measure_value(description, self.limits, f"variable {name!r}: description")
+
+    def _validated(
+        self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
+    ) -> tuple[Any, int]:
+        # Validate a value and measure what will be stored. A nested value is measured
+        # first too: the walk stops at max_depth and max_collection_items, where
+        # validation would recurse through whatever it was given.
+        where = f"variable {name!r}: value"
+        if isinstance(value, list | tuple | dict):
+            measure_value(value, self.limits, where)
+        clean = validate_value(name, type_name, value, constraints)
+        return clean, measure_value(clean, self.limits, where)
+
+    def _clean_metadata(
+        self, name: str, metadata: Mapping[str, Any] | None, where: str, depth: int = 1
+    ) -> tuple[dict[str, Any], int]:
+        # Metadata-like maps (metadata, config, metrics): the limits, then the JSON rules.
+        if metadata is None:
+            return {}, 0
+        if not isinstance(metadata, dict):
+            raise VariableTypeError(f"{where} must be a dict")
+        size = measure_map(metadata, self.limits, where, depth)
+        return check_metadata(name, metadata), size
+
+    def _records_cost(
+        self, session: Session, records: Sequence[VariableRecord], metadata_size: int = 0
+    ) -> int:
+        # How much a commit of these records adds to the pinned bytes: each becomes its
+        # variable's newest history entry, replacing the one it has (if any).
+        added = 0
+        for record in records:
+            added += ITEM_OVERHEAD + record.size + metadata_size
+            entries = session.history.get(record.id)
+            if entries:
+                added -= entries[-1].size
+        return added
 
     def register(
         self, session_id: str, specs: Sequence[VariableSpec], actor: str
@@ -599,18 +1014,30 @@ class MemoryStore:
             records, revision = store.register(sid, [VariableSpec("t", "float", 0.7)], "me")
         """
         session = self.session(session_id)
+        limits = self.limits
         if not specs:
             raise InvalidValueError("register needs at least one variable")
-        if len(session.variables) + len(specs) > self.max_variables_per_session:
-            raise ResourceExhaustedError(
-                f"session {session_id!r} would exceed {self.max_variables_per_session} variables"
+        check_count("the registration", len(specs), "max_batch_size", limits.max_batch_size)
+        count = len(session.variables) + len(specs)
+        if count > limits.max_variables_per_session:
+            raise too_many(
+                f"session {session_id!r} would hold {count} variables", count,
+                "max_variables_per_session", limits.max_variables_per_session,
             )
         taken: set[str] = set()
         prepared = []
+        fixed: list[int] = []
         for spec in specs:
-            prepared.append(self._prepare_new(session, spec, actor, taken))
+            record, cost = self._prepare_new(session, spec, actor, taken)
+            prepared.append(record)
+            fixed.append(cost)
             taken.add(spec.name)
         edges = self._new_edges(session, specs, prepared)
+        self._check_room(
+            session,
+            self._records_cost(session, prepared) + sum(fixed) + sum(e.size for e in edges),
+        )
+        before = session.graph.bytes
         added: list[Edge] = []
         try:
             for edge in edges:
@@ -621,22 +1048,34 @@ class MemoryStore:
                 session.graph.remove(edge.dependent, edge.dependency)
             names = {r.id: r.name for r in prepared}
             raise self._cycle_error(session, exc, names) from None
+        self._charge(session, "other_bytes", session.graph.bytes - before + sum(fixed))
+        for record, cost in zip(prepared, fixed, strict=True):
+            session.fixed[record.id] = cost
         return self._commit(session, prepared)
 
     def _new_edges(
         self, session: Session, specs: Sequence[VariableSpec], prepared: list[VariableRecord]
     ) -> list[Edge]:
+        limits = self.limits
         in_batch = {r.name: r.id for r in prepared} | {r.id: r.id for r in prepared}
-        edges = []
+        edges: dict[tuple[str, str], Edge] = {}
         for spec, record in zip(specs, prepared, strict=True):
             if isinstance(spec.dependencies, str):
                 raise InvalidValueError(
                     f"variable {spec.name!r}: dependencies must be a list of names or ids"
                 )
+            check_count(f"variable {spec.name!r}: the dependency list", len(spec.dependencies),
+                        "max_batch_size", limits.max_batch_size)
             for ref in spec.dependencies:
                 target = in_batch.get(ref) or self._resolve(session, ref).id
-                edges.append(Edge(record.id, target, "data", {}))
-        return edges
+                edges[record.id, target] = Edge(record.id, target, "data", {}, ITEM_OVERHEAD)
+        count = len(session.graph) + len(edges)
+        if count > limits.max_dependencies_per_session:
+            raise too_many(
+                f"session {session.id!r} would hold {count} dependencies", count,
+                "max_dependencies_per_session", limits.max_dependencies_per_session,
+            )
+        return list(edges.values())
 
     def _cycle_error(
         self, session: Session, exc: CycleError, names: Mapping[str, str] | None = None
@@ -667,6 +1106,8 @@ class MemoryStore:
             found, missing = store.get_many(sid, ["a", "b"])
         """
         session = self.session(session_id)
+        check_count("the list of variables", len(refs), "max_batch_size",
+                    self.limits.max_batch_size)
         found, missing = [], []
         for ref in refs:
             try:
@@ -684,18 +1125,25 @@ class MemoryStore:
         revision: int = 0,
         validated: bool = False,
     ) -> VariableRecord:
-        new_value = (
-            value if validated
-            else validate_value(record.name, record.type, value, record.constraints)
-        )
+        if validated:
+            new_value = value
+            value_size = measure_value(value, self.limits, f"variable {record.name!r}: value")
+        else:
+            new_value, value_size = self._validated(
+                record.name, record.type, value, record.constraints
+            )
+        # Metadata merges into the variable's: the merged map must fit the limits too.
         merged = {**record.metadata, **metadata} if metadata else record.metadata
+        metadata_size = measure_map(
+            merged, self.limits, f"variable {record.name!r}: metadata (merged)"
+        )
         # Built field by field, not with dataclasses.replace: this is the hot path of every
         # write, and replace costs several times more. ``revision`` is the one the commit
         # will take (0: let _commit stamp it).
         return VariableRecord(
             record.id, record.name, record.type, new_value, record.constraints, merged,
             record.version + 1, revision, record.create_revision, record.created_at,
-            self._clock(), actor, record.description,
+            self._clock(), actor, record.description, value_size + metadata_size,
         )
 
     def set(
@@ -727,6 +1175,11 @@ class MemoryStore:
         """
         session = self.session(session_id)
         self._expire_leases(session)
+        if source is not None:
+            if not isinstance(source, str):
+                raise VariableTypeError("a write's source must be a string")
+            check_length("a write's source", source, "max_string_length",
+                         self.limits.max_string_length)
         try:
             record = self._resolve(session, ref)
         except VariableNotFoundError:
@@ -734,8 +1187,8 @@ class MemoryStore:
                 raise
             if expected_version:
                 raise ConflictError(
-                    f"variable {ref!r}: expected version {expected_version}, but it does not "
-                    "exist",
+                    f"variable {_show(ref)}: expected version {expected_version}, but it does "
+                    "not exist",
                     current_version=0,
                 ) from None
             type_name = normalize_type(type_hint) if type_hint else infer_type(ref, value)
@@ -745,10 +1198,14 @@ class MemoryStore:
             return records[0], revision, True
         self._check_lease(session, record, fencing_token)
         self._check_version(record, expected_version)
-        clean_metadata = check_metadata(record.name, metadata)
+        clean_metadata, metadata_size = self._clean_metadata(
+            record.name, metadata, f"variable {record.name!r}: metadata"
+        )
         new = self._prepare_write(record, value, clean_metadata, actor, session.revision + 1)
+        self._check_room(session, self._records_cost(session, [new], metadata_size))
         written, revision = self._commit(
-            session, [new], metadata=clean_metadata, source=source or actor
+            session, [new], metadata=clean_metadata, source=source or actor,
+            metadata_size=metadata_size,
         )
         return written[0], revision, False
 
@@ -783,7 +1240,10 @@ class MemoryStore:
         """
         session = self.session(session_id)
         self._expire_leases(session)
-        clean_metadata = check_metadata("update", metadata)
+        check_count("the batch", len(updates), "max_batch_size", self.limits.max_batch_size)
+        clean_metadata, metadata_size = self._clean_metadata(
+            "update", metadata, "the batch's metadata"
+        )
         prepared: list[VariableRecord | None] = []
         errors: list[DspexError | None] = []
         seen: set[str] = set()
@@ -825,8 +1285,11 @@ class MemoryStore:
         revision = session.revision
         committed: dict[str, VariableRecord] = {}
         if to_apply:
+            # A budget refusal is the whole request's, atomic or not: nothing is applied.
+            self._check_room(session, self._records_cost(session, to_apply, metadata_size))
             written, revision = self._commit(
-                session, to_apply, metadata=clean_metadata, source=actor
+                session, to_apply, metadata=clean_metadata, source=actor,
+                metadata_size=metadata_size,
             )
             committed = {r.id: r for r in written}
         outcomes = [
@@ -847,7 +1310,7 @@ class MemoryStore:
         session = self.session(session_id)
         records = sorted(session.variables.values(), key=lambda r: r.name)
         if pattern:
-            match = compile_glob(pattern)
+            match = compile_glob(pattern, self.limits.max_pattern_length)
             records = [r for r in records if match(r.name)]
         return records
 
@@ -907,13 +1370,26 @@ class MemoryStore:
                 f"dependency type must be one of {', '.join(DEPENDENCY_TYPES)}, "
                 f"got {dependency_type!r}"
             )
-        clean = check_metadata(dependent.name, metadata)
+        clean, size = self._clean_metadata(
+            dependent.name, metadata, f"variable {dependent.name!r}: dependency metadata"
+        )
+        edge = Edge(dependent.id, dependency.id, dependency_type, clean, ITEM_OVERHEAD + size)
+        existing = session.graph.edge(dependent.id, dependency.id)
+        if existing is None and len(session.graph) >= self.limits.max_dependencies_per_session:
+            raise too_many(
+                f"session {session.id!r} already holds {len(session.graph)} dependencies",
+                len(session.graph) + 1, "max_dependencies_per_session",
+                self.limits.max_dependencies_per_session,
+            )
+        self._check_room(session, edge.size - (existing.size if existing else 0))
+        before = session.graph.bytes
         try:
-            changed = session.graph.add(Edge(dependent.id, dependency.id, dependency_type, clean))
+            changed = session.graph.add(edge)
         except CycleError as exc:
             raise self._cycle_error(session, exc) from None
         if not changed:
             return session.revision  # already there, unchanged: nothing was written
+        self._charge(session, "other_bytes", session.graph.bytes - before)
         return self._commit(session, (), source=actor)[1]
 
     def remove_dependency(
@@ -928,8 +1404,10 @@ class MemoryStore:
         session = self.session(session_id)
         dependent = self._resolve(session, from_ref)
         dependency = self._resolve(session, to_ref)
+        before = session.graph.bytes
         if not session.graph.remove(dependent.id, dependency.id):
             return False, session.revision
+        self._charge(session, "other_bytes", session.graph.bytes - before)
         return True, self._commit(session, (), source=actor)[1]
 
     def dependencies(
@@ -1015,27 +1493,35 @@ class MemoryStore:
             oldest = entries[0].version if entries else record.version
             raise InvalidValueError(
                 f"version {version} of variable {record.name!r} is no longer retained "
-                f"(the oldest kept is {oldest}; retention is {self.history_size} versions)"
+                f"(the oldest kept is {oldest}; retention is {self.history_size} versions "
+                "within the session's memory budget)"
             )
         metadata: dict[str, Any] = {"rollback_to": version}
         if reason is not None:
+            if not isinstance(reason, str):
+                raise VariableTypeError("a rollback reason must be a string")
+            check_length("the rollback reason", reason, "max_string_length",
+                         self.limits.max_string_length)
             metadata["reason"] = reason
+        metadata_size = measure_map(metadata, self.limits, "the rollback's metadata")
+        # The stored value, as it was: constraints never change after registration, and
+        # validating again is not idempotent (re-normalizing an embedding can move its
+        # last bits).
+        new = self._prepare_write(
+            record, entry.value, metadata, actor, session.revision + 1, validated=True
+        )
+        self._check_room(session, self._records_cost(session, [new], metadata_size))
         written, revision = self._commit(
-            session,
-            [
-                # The stored value, as it was: constraints never change after registration,
-                # and validating again is not idempotent (re-normalizing an embedding can
-                # move its last bits).
-                self._prepare_write(
-                    record, entry.value, metadata, actor, session.revision + 1, validated=True
-                )
-            ],
-            metadata=metadata,
-            source=actor,
+            session, [new], metadata=metadata, source=actor, metadata_size=metadata_size
         )
         return written[0], revision
 
     # -------------------------------------------------------------- optimization
+
+    def _check_reason(self, what: str, reason: Any) -> None:
+        if not isinstance(reason, str):
+            raise VariableTypeError(f"{what} must be a string")
+        check_length(what, reason, "max_string_length", self.limits.max_string_length)
 
     def _expire_leases(self, session: Session) -> None:
         # Leases lapse lazily, on the next call that could see them, and in expire();
@@ -1059,13 +1545,15 @@ class MemoryStore:
         records: Sequence[VariableRecord] = (),
         metadata: Mapping[str, Any] | None = None,
         actor: str = "",
+        metadata_size: int = 0,
     ) -> int:
         lease.end(state, reason, self._clock())
         session.running.pop(lease.variable_id, None)
         log.info("optimization_ended", session_id=session.id, optimization_id=lease.id,
                  state=state, reason=reason, iterations=lease.iteration)
         return self._commit(
-            session, records, metadata=metadata, source=actor or lease.id, notes=[lease]
+            session, records, metadata=metadata, source=actor or lease.id, notes=[lease],
+            metadata_size=metadata_size,
         )[1]
 
     def _check_lease(
@@ -1147,9 +1635,13 @@ class MemoryStore:
         record = self._resolve(session, ref)
         if not isinstance(optimizer_type, str) or not NAME_RE.fullmatch(optimizer_type):
             raise InvalidValueError(
-                f"variable {record.name!r}: optimizer type {optimizer_type!r} is not a valid "
-                "name (letters, digits, _ . - /)"
+                f"variable {record.name!r}: optimizer type {_show(optimizer_type)} is not a "
+                "valid name (letters, digits, _ . - /)"
             )
+        if not isinstance(client_id, str):
+            raise VariableTypeError("client id must be a string")
+        check_length("the client id", client_id, "max_string_length",
+                     self.limits.max_string_length)
         if (
             not isinstance(max_iterations, int) or isinstance(max_iterations, bool)
             or not 1 <= max_iterations <= MAX_ITERATIONS
@@ -1163,7 +1655,9 @@ class MemoryStore:
                 f"variable {record.name!r}: lease ttl must be between 0 and {MAX_TTL:g} "
                 f"seconds (0 for the server default), got {ttl!r}"
             )
-        clean_config = check_metadata(record.name, config)
+        clean_config, config_size = self._clean_metadata(
+            record.name, config, f"variable {record.name!r}: optimizer config"
+        )
         running = session.running.get(record.id)
         if running is not None:
             raise OptimizationLockedError(
@@ -1188,7 +1682,12 @@ class MemoryStore:
             last_update=now,
             expires_at=now + ttl,
             minimize=bool(minimize),
+            size=5 * ITEM_OVERHEAD + config_size + len(client_id),
         )
+        previous = session.leases.get(record.id)
+        replaced = previous.size if previous is not None else 0
+        self._check_room(session, lease.size - replaced)
+        self._charge(session, "other_bytes", lease.size - replaced)
         session.leases[record.id] = lease
         session.running[record.id] = lease
         log.info("optimization_started", session_id=session.id, optimization_id=lease.id,
@@ -1201,7 +1700,7 @@ class MemoryStore:
         lease: OptimizationLease,
         record: VariableRecord,
         evaluation: tuple[int, Any, Mapping[str, Any] | None, float],
-    ) -> tuple[int, Any, dict[str, Any], float]:
+    ) -> _Evaluation:
         iteration, value, metrics, score = evaluation
         if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 1:
             raise InvalidValueError(
@@ -1218,28 +1717,54 @@ class MemoryStore:
                 f"variable {record.name!r}: score of iteration {iteration} must be a finite "
                 f"number, got {score!r}"
             )
-        clean_value = validate_value(record.name, record.type, value, record.constraints)
-        return iteration, clean_value, check_metadata(record.name, metrics), float(score)
+        clean_value, _ = self._validated(record.name, record.type, value, record.constraints)
+        value_size = self._status_value(record, clean_value, "evaluated value")
+        clean_metrics, metrics_size = self._clean_metadata(
+            record.name, metrics, f"variable {record.name!r}: metrics", depth=2
+        )
+        size = ITEM_OVERHEAD + value_size + metrics_size
+        return iteration, clean_value, clean_metrics, float(score), size
+
+    def _status_value(self, record: VariableRecord, value: Any, what: str) -> int:
+        # Values an optimization records travel inside its status (metadata, a level
+        # deeper than a value), so they are bounded like metadata.
+        where = f"variable {record.name!r}: {what}"
+        size = measure_value(value, self.limits, where, depth=1)
+        if size > self.limits.max_metadata_bytes:
+            raise too_big(f"{where} is {size} bytes encoded", size, "max_metadata_bytes",
+                          self.limits.max_metadata_bytes)
+        return size
+
+    def _evaluation_cost(self, session: Session, lease: OptimizationLease,
+                         evaluation: _Evaluation | None) -> int:
+        if evaluation is None:
+            return 0
+        entries = session.evaluations.get(lease.variable_id)
+        dropped = entries[0].size if entries and len(entries) == entries.maxlen else 0
+        return evaluation[4] - dropped
 
     def _record_evaluation(
         self,
         session: Session,
         lease: OptimizationLease,
-        evaluation: tuple[int, Any, dict[str, Any], float],
+        evaluation: _Evaluation,
     ) -> None:
-        iteration, value, metrics, score = evaluation
+        iteration, value, metrics, score, size = evaluation
         lease.record(iteration, value, metrics, score)
         entries = session.evaluations.get(lease.variable_id)
         if entries is None:
             entries = session.evaluations[lease.variable_id] = deque(
                 maxlen=self.optimization_history_size
             )
+        if len(entries) == entries.maxlen:
+            self._charge(session, "other_bytes", -entries[0].size)  # append drops it
         entries.append(
             OptimizationEntry(
                 lease.id, lease.optimizer_type, iteration, value, metrics, score,
-                self._clock(), session.revision + 1,
+                self._clock(), session.revision + 1, size,
             )
         )
+        self._charge(session, "other_bytes", size)
 
     def optimization_step(
         self,
@@ -1274,18 +1799,29 @@ class MemoryStore:
         metadata: dict[str, Any] = {}
         if proposal is not None:
             value, iteration = proposal
+            if not isinstance(iteration, int) or isinstance(iteration, bool):
+                raise InvalidValueError(
+                    f"variable {record.name!r}: the proposal's iteration must be an integer"
+                )
             metadata = {"optimization_id": lease.id, "optimizer": lease.optimizer_type,
                         "iteration": iteration}
             # The bookkeeping goes with the commit (events, history), not into the
             # variable's own metadata, where it would outlive this run.
             written = [self._prepare_write(record, value, {}, actor, session.revision + 1)]
+        metadata_size = measure_map(metadata, self.limits, "the step's metadata")
+        self._check_room(
+            session,
+            self._records_cost(session, written, metadata_size)
+            + self._evaluation_cost(session, lease, clean),
+        )
         lease.renew(self._clock())
         if clean is None and not written:
             return lease, None, session.revision
         if clean is not None:
             self._record_evaluation(session, lease, clean)
         stamped, revision = self._commit(
-            session, written, metadata=metadata, source=lease.id, notes=[lease]
+            session, written, metadata=metadata, source=lease.id, notes=[lease],
+            metadata_size=metadata_size,
         )
         return lease, (stamped[0] if stamped else None), revision
 
@@ -1313,10 +1849,10 @@ class MemoryStore:
         """
         if state not in FINISH_STATES:
             raise InvalidValueError(
-                f"an optimization finishes as one of {', '.join(FINISH_STATES)}, not {state!r}"
+                f"an optimization finishes as one of {', '.join(FINISH_STATES)}, not "
+                f"{_show(state)}"
             )
-        if not isinstance(reason, str) or len(reason) > 4096:
-            raise InvalidValueError("the end reason must be a string of at most 4096 characters")
+        self._check_reason("the end reason", reason)
         session = self.session(session_id)
         self._expire_leases(session)
         record = self._resolve(session, ref)
@@ -1330,12 +1866,20 @@ class MemoryStore:
             written = [
                 self._prepare_write(record, final_value, {}, actor, session.revision + 1)
             ]
+            self._status_value(record, written[0].value, "final value")
+        metadata_size = measure_map(metadata, self.limits, "the finish's metadata")
+        self._check_room(
+            session,
+            self._records_cost(session, written, metadata_size)
+            + self._evaluation_cost(session, lease, clean),
+        )
         if clean is not None:
             self._record_evaluation(session, lease, clean)
         if written:
             lease.final_value, lease.has_final = written[0].value, True
         revision = self._end_lease(
-            session, lease, state, reason or state, written, metadata, actor=lease.id
+            session, lease, state, reason or state, written, metadata, actor=lease.id,
+            metadata_size=metadata_size,
         )
         return lease, (session.variables[record.id] if written else None), revision
 
@@ -1359,8 +1903,8 @@ class MemoryStore:
 
             stopped, lease, _, _ = store.stop_optimization(sid, "t", reason="budget spent")
         """
-        if not isinstance(reason, str) or len(reason) > 4096:
-            raise InvalidValueError("the stop reason must be a string of at most 4096 characters")
+        self._check_reason("the stop reason", reason)
+        self._check_reason("the stopping actor", actor)
         session = self.session(session_id)
         self._expire_leases(session)
         record = self._resolve(session, ref)
@@ -1369,8 +1913,6 @@ class MemoryStore:
             return False, session.leases.get(record.id), session.revision, None
         written: list[VariableRecord] = []
         metadata: dict[str, Any] = {}
-        if apply_best and lease.best_score is not None:
-            lease.final_value, lease.has_final = lease.best_value, True
         if apply_best and lease.best_score is not None and not same_value(
             lease.best_value, record.value
         ):
@@ -1381,9 +1923,13 @@ class MemoryStore:
                     record, lease.best_value, {}, actor, session.revision + 1, validated=True,
                 )
             ]
+        metadata_size = measure_map(metadata, self.limits, "the stop's metadata")
+        self._check_room(session, self._records_cost(session, written, metadata_size))
+        if apply_best and lease.best_score is not None:
+            lease.final_value, lease.has_final = lease.best_value, True
         revision = self._end_lease(
             session, lease, "stopped", reason or f"stopped by {actor or 'a session'}",
-            written, metadata, actor=actor,
+            written, metadata, actor=actor, metadata_size=metadata_size,
         )
         return True, lease, revision, (session.variables[record.id] if written else None)
 

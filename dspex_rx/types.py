@@ -196,9 +196,14 @@ _REQUIRED: dict[str, tuple[str, ...]] = {"choice": ("choices",)}
 
 
 def check_constraints(
-    name: str, type_name: str, constraints: Mapping[str, Any] | None
+    name: str,
+    type_name: str,
+    constraints: Mapping[str, Any] | None,
+    max_pattern_length: int = DEFAULT_MAX_PATTERN_LENGTH,
 ) -> dict[str, Any]:
     """Validate a constraint dict for a type; unknown keys are refused. Returns a clean copy.
+
+    A ``pattern`` must be a regex RE2 supports, at most ``max_pattern_length`` long.
 
     Example::
 
@@ -219,7 +224,11 @@ def check_constraints(
         raise InvalidValueError(
             f"variable {name!r}: type {type_name} requires constraint(s) {', '.join(missing)}"
         )
-    clean = {key: schema[key](name, key, value) for key, value in given.items()}
+    clean = {
+        key: _check_pattern(name, key, value, max_pattern_length)
+        if key == "pattern" else schema[key](name, key, value)
+        for key, value in given.items()
+    }
     for low, high in (("min", "max"), ("min_length", "max_length")):
         if low in clean and high in clean and clean[low] > clean[high]:
             raise InvalidValueError(
