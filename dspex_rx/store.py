@@ -70,6 +70,10 @@ NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
 # What the memory account charges per stored item beyond its encoded bytes (Python
 # objects, dict slots): a history entry, a logged event, a dependency edge, ...
 ITEM_OVERHEAD = 200
+# Room a batch's answer needs beyond the stored values: per entry (id, name, type,
+# timestamps, versions) and for the whole message.
+BATCH_ENTRY_FRAMING = 512
+BATCH_FRAMING = 64 * 1024
 # A dependency_changed event names at most this many of the changed variables it depends on.
 MAX_SOURCE_NAMES = 100
 
@@ -991,6 +995,17 @@ class MemoryStore:
         size = measure_map(metadata, self.limits, where, depth)
         return check_metadata(name, metadata), size
 
+    def _check_batch_bytes(self, size: int, count: int, what: str) -> None:
+        # What one batch stores is echoed in one answer (records, changed values), so it
+        # must fit one message with the framing of each entry.
+        total = size + count * BATCH_ENTRY_FRAMING
+        limit = self.limits.max_message_bytes - BATCH_FRAMING
+        if total > limit:
+            raise too_big(
+                f"{what} would store {total} bytes, more than one message can echo back "
+                f"({limit} bytes)", total, "max_message_bytes", self.limits.max_message_bytes,
+            )
+
     def _records_cost(
         self, session: Session, records: Sequence[VariableRecord], metadata_size: int = 0
     ) -> int:
@@ -1032,6 +1047,9 @@ class MemoryStore:
             prepared.append(record)
             fixed.append(cost)
             taken.add(spec.name)
+        self._check_batch_bytes(
+            sum(r.size for r in prepared) + sum(fixed), len(prepared), "the registration"
+        )
         edges = self._new_edges(session, specs, prepared)
         self._check_room(
             session,
@@ -1282,6 +1300,7 @@ class MemoryStore:
             ]
             return outcomes, session.revision, False
         to_apply = [r for r in prepared if r is not None]
+        self._check_batch_bytes(sum(r.size for r in to_apply), len(to_apply), "the batch")
         revision = session.revision
         committed: dict[str, VariableRecord] = {}
         if to_apply:
