@@ -1078,7 +1078,7 @@ class MemoryStore:
         in_batch = {r.name: r.id for r in prepared} | {r.id: r.id for r in prepared}
         edges: dict[tuple[str, str], Edge] = {}
         for spec, record in zip(specs, prepared, strict=True):
-            if isinstance(spec.dependencies, str):
+            if not isinstance(spec.dependencies, list | tuple):
                 raise InvalidValueError(
                     f"variable {spec.name!r}: dependencies must be a list of names or ids"
                 )
@@ -1124,6 +1124,8 @@ class MemoryStore:
             found, missing = store.get_many(sid, ["a", "b"])
         """
         session = self.session(session_id)
+        if not isinstance(refs, list | tuple):
+            raise InvalidValueError("refs must be a list of variable names or ids")
         check_count("the list of variables", len(refs), "max_batch_size",
                     self.limits.max_batch_size)
         found, missing = [], []
@@ -1258,6 +1260,12 @@ class MemoryStore:
         """
         session = self.session(session_id)
         self._expire_leases(session)
+        if not isinstance(updates, list | tuple) or not all(
+            isinstance(u, tuple | list) and len(u) in (2, 3) for u in updates
+        ):
+            raise InvalidValueError(
+                "updates must be a list of (ref, value) or (ref, value, expected_version)"
+            )
         check_count("the batch", len(updates), "max_batch_size", self.limits.max_batch_size)
         clean_metadata, metadata_size = self._clean_metadata(
             "update", metadata, "the batch's metadata"
