@@ -18,6 +18,7 @@ from .errors import (
     VariableNotFoundError,
     VariableTypeError,
 )
+from .limits import Limits
 from .optimizers import BaseOptimizer, SearchSpace
 from .server import EmbeddedServer, Server
 from .types import TYPES
@@ -32,6 +33,7 @@ __all__ = [
     "DspexError",
     "EmbeddedServer",
     "InvalidValueError",
+    "Limits",
     "OptimizationLockedError",
     "ResourceExhaustedError",
     "SearchSpace",

@@ -42,8 +42,8 @@ def _limit(default: int, help: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Every limit of a server, with its default. Pass one to ``MemoryStore``,
-    ``Server``, ``EmbeddedServer`` or ``connect()``'s embedded server.
+    """Every limit of a server, with its default. Pass one to ``MemoryStore``, ``Server``
+    or ``EmbeddedServer`` (``limits=``); ``dspex-rx serve`` has a flag per field.
 
     Example::
 
