@@ -206,12 +206,16 @@ def check_length(what: str, text: str, limit_name: str, limit: int) -> str:
 
 def _varint(n: int) -> int:
     # Bytes of a base-128 varint of a non-negative integer below 2**64.
-    return max(1, (n.bit_length() + 6) // 7)
+    if n < 0x80:
+        return 1
+    if n < 0x4000:
+        return 2
+    return (n.bit_length() + 6) // 7
 
 
 def _field(body: int) -> int:
     # A length-delimited field (tag < 16): tag byte, length varint, body.
-    return 1 + _varint(body) + body
+    return body + (2 if body < 0x80 else 1 + _varint(body))
 
 
 def _utf8(text: str, where: str) -> int:
@@ -234,18 +238,34 @@ class _Walk:
 
     def value(self, value: Any, depth: int) -> int:
         # The encoded size of the Value message body for ``value`` at ``depth``
-        # enclosing lists/dicts (what codec.fill writes).
-        if value is None or isinstance(value, bool | np.bool_):
+        # enclosing lists/dicts (what codec.fill writes). Exact built-in types first:
+        # this runs on every write, once per item of a list.
+        kind = type(value)
+        if kind is float:
+            return 9
+        if kind is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise InvalidValueError(f"{self.where}: integer {value} is outside int64")
+            return 1 + _varint((value << 1) ^ (value >> 63))  # sint64: zigzag
+        if kind is str:
+            return _field(_utf8(value, f"{self.where}: a string"))
+        if value is None or kind is bool:
+            return 2
+        if kind is list:
+            return _field(self.items_of(value, depth + 1))
+        if kind is dict:
+            return _field(self.entries(value, depth + 1))
+        return self.other(value, depth)
+
+    def other(self, value: Any, depth: int) -> int:
+        if isinstance(value, bool | np.bool_):
             return 2
         if isinstance(value, int | np.integer):
-            number = int(value)
-            if not INT64_MIN <= number <= INT64_MAX:
-                raise InvalidValueError(f"{self.where}: integer {number} is outside int64")
-            return 1 + _varint((number << 1) ^ (number >> 63))  # sint64: zigzag
+            return self.value(int(value), depth)
         if isinstance(value, float | np.floating):
             return 9
         if isinstance(value, str):
-            return _field(_utf8(value, f"{self.where}: a string"))
+            return self.value(str(value), depth)
         if isinstance(value, np.ndarray):
             return _field(self.array(value))
         if isinstance(value, list | tuple):
@@ -271,7 +291,12 @@ class _Walk:
 
     def items_of(self, items: list[Any] | tuple[Any, ...], depth: int) -> int:
         self.enter(depth, len(items))
-        return sum(_field(self.value(item, depth)) for item in items)
+        size = 0
+        value = self.value
+        for item in items:
+            body = value(item, depth)
+            size += body + (2 if body < 0x80 else 1 + _varint(body))  # tag, length, body
+        return size
 
     def entries(self, mapping: Mapping[Any, Any], depth: int) -> int:
         self.enter(depth, len(mapping))

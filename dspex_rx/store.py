@@ -101,8 +101,9 @@ class VariableRecord:
     updated_by: str
     description: str = ""
     # Encoded bytes of value and metadata: what the memory account charges per version
-    # (constraints and description are charged once per variable).
+    # (constraints and description are charged once per variable); the metadata's part.
     size: int = 0
+    metadata_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -649,7 +650,7 @@ class MemoryStore:
             else VariableRecord(
                 r.id, r.name, r.type, r.value, r.constraints, r.metadata, r.version, revision,
                 r.create_revision or revision, r.created_at, r.updated_at, r.updated_by,
-                r.description, r.size,
+                r.description, r.size, r.metadata_size,
             )
             for r in records
         ]
@@ -731,17 +732,23 @@ class MemoryStore:
         if entries is None:
             entries = session.history[record.id] = deque(maxlen=self.history_size)
         size = ITEM_OVERHEAD + record.size + metadata_size
+        # The hot path of every write: the account is updated field by field here (the
+        # same arithmetic as _charge).
+        added = size
         if entries:
             previous = entries[-1]
-            self._charge(session, "current_bytes", -previous.size)
+            session.current_bytes -= previous.size
+            self.pinned_bytes -= previous.size
             session.superseded.append((record.mod_revision, record.id, previous.version))
             if len(entries) == entries.maxlen:
                 dropped = entries[0]  # append drops it
-                self._charge(session, "history_bytes", -dropped.size)
+                added -= dropped.size
                 session.history_entries -= 1
                 # The log holds its value up to the commit of the version after it.
                 successor = entries[1].revision if len(entries) > 1 else record.mod_revision
-                self._bury(session, successor, dropped.size)
+                heapq.heappush(session.graveyard, (successor, dropped.size))
+                session.graveyard_bytes += dropped.size
+                self.used_bytes += dropped.size
         entries.append(
             HistoryEntry(
                 record.version, record.value, record.updated_at, record.updated_by,
@@ -749,8 +756,12 @@ class MemoryStore:
             )
         )
         session.history_entries += 1
-        self._charge(session, "history_bytes", size)
-        self._charge(session, "current_bytes", size)
+        session.history_bytes += added
+        self.used_bytes += added
+        session.current_bytes += size
+        self.pinned_bytes += size
+        if session.graveyard and session.graveyard[0][0] <= session.log_floor:
+            self._release(session)
         if len(session.superseded) > 2 * (session.history_entries - len(session.history)) + 1024:
             self._compact_superseded(session)
 
@@ -962,6 +973,7 @@ class MemoryStore:
             updated_by=actor,
             description=spec.description,
             size=value_size + metadata_size,
+            metadata_size=metadata_size,
         )
         return record, fixed
 
@@ -975,13 +987,16 @@ class MemoryStore:
     def _validated(
         self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
     ) -> tuple[Any, int]:
-        # Validate a value and measure what will be stored. A nested value is measured
-        # first too: the walk stops at max_depth and max_collection_items, where
-        # validation would recurse through whatever it was given.
+        # Validate a value and measure what will be stored (the measure checks depth,
+        # items and size). Validation recurses through what it was given: a structure
+        # deeper than Python's stack (only an in-process caller can make one; protobuf
+        # stops the wire's at ~48 levels) is refused as too deep.
         where = f"variable {name!r}: value"
-        if isinstance(value, list | tuple | dict):
-            measure_value(value, self.limits, where)
-        clean = validate_value(name, type_name, value, constraints)
+        try:
+            clean = validate_value(name, type_name, value, constraints)
+        except RecursionError:
+            raise too_big(f"{where} nests too deep to validate", 0, "max_depth",
+                          self.limits.max_depth) from None
         return clean, measure_value(clean, self.limits, where)
 
     def _clean_metadata(
@@ -1153,10 +1168,14 @@ class MemoryStore:
                 record.name, record.type, value, record.constraints
             )
         # Metadata merges into the variable's: the merged map must fit the limits too.
-        merged = {**record.metadata, **metadata} if metadata else record.metadata
-        metadata_size = measure_map(
-            merged, self.limits, f"variable {record.name!r}: metadata (merged)"
-        )
+        merged: Mapping[str, Any]
+        if metadata:
+            merged = {**record.metadata, **metadata}
+            metadata_size = measure_map(
+                merged, self.limits, f"variable {record.name!r}: metadata (merged)"
+            )
+        else:
+            merged, metadata_size = record.metadata, record.metadata_size
         # Built field by field, not with dataclasses.replace: this is the hot path of every
         # write, and replace costs several times more. ``revision`` is the one the commit
         # will take (0: let _commit stamp it).
@@ -1164,6 +1183,7 @@ class MemoryStore:
             record.id, record.name, record.type, new_value, record.constraints, merged,
             record.version + 1, revision, record.create_revision, record.created_at,
             self._clock(), actor, record.description, value_size + metadata_size,
+            metadata_size,
         )
 
     def set(
