@@ -80,7 +80,8 @@ class Subscriber:
         """
         if self.max_watched is None:
             return
-        count = len(self.watched | set(variable_ids))
+        watched = self.watched
+        count = len(watched) + len({i for i in variable_ids if i not in watched})
         if count > self.max_watched:
             raise too_many(
                 f"this stream would watch {count} variables", count,

@@ -16,7 +16,9 @@ Both refuse patterns longer than ``max_length`` characters (default
 ``DEFAULT_MAX_PATTERN_LENGTH``) and raise ``InvalidValueError`` (a ``ValueError``) with a
 message naming what is wrong. Compiled patterns are cached.
 
-No gRPC here; the store, the types module and the client cache all call this module.
+No gRPC here; the store (``list``), the types module (``pattern``) and the client cache
+(``invalidate_pattern``) call this module, and so should anything else that matches a
+user pattern (an export's ``filter_pattern``): one place to keep linear.
 """
 
 from __future__ import annotations
