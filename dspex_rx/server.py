@@ -274,7 +274,7 @@ class Malformed:
 
     Example::
 
-        request = parse_request(pb.GetVariableRequest, b"\x12\x02\xff\xfe")
+        request = parse_request(pb.GetVariableRequest, b"\\x12\\x02\\xff\\xfe")
         assert isinstance(request, Malformed)
     """
 

@@ -642,7 +642,7 @@ class MemoryStore:
         # as one commit and handed to the session's listeners. ``notes`` are leases whose
         # status changed in this commit: each becomes an optimization event after the
         # value changes, so a watcher sees a write and the status it led to together.
-        # Callers have checked every limit (``_room_for`` included): nothing here fails.
+        # Callers have checked every limit (``_check_room`` included): nothing here fails.
         revision = session.revision + 1
         stamped = [
             r
@@ -798,19 +798,6 @@ class MemoryStore:
                 f"the server would hold {total} bytes of current values and records",
                 total, "max_store_bytes", limits.max_store_bytes,
             )
-
-    def _room_for(
-        self, session: Session, records: Sequence[VariableRecord], metadata_size: int = 0
-    ) -> None:
-        # _check_room for a commit of these records (each replaces its variable's newest
-        # history entry, if it has one).
-        added = 0
-        for record in records:
-            added += ITEM_OVERHEAD + record.size + metadata_size
-            entries = session.history.get(record.id)
-            if entries:
-                added -= entries[-1].size
-        self._check_room(session, added)
 
     def _make_room(self, session: Session) -> None:
         limits = self.limits
