@@ -40,6 +40,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .optimize import (
+    HeldLease,
     OptimizationRun,
     as_objective,
     check_mode,
@@ -1510,6 +1511,86 @@ class SessionContext:
         self._runs_by_variable[response.status.name] = run
         self._nursery.start_soon(run.run, name=f"dspex-rx-optimize[{variable}]")
         return run.optimization_id
+
+    @asynccontextmanager
+    async def optimization_lease(
+        self,
+        variable: str,
+        optimizer_type: str = "manual",
+        optimizer_config: Mapping[str, Any] | None = None,
+        *,
+        max_iterations: int = 100,
+        lease_ttl: float | None = None,
+    ) -> AsyncIterator[HeldLease]:
+        """Hold the variable's optimization lease for an optimization driven by hand or
+        by another library (a DSPy optimizer): inside the block nobody else can write the
+        variable, ``lease.write`` writes under the fencing token, ``lease.record`` adds
+        evaluations to the optimization history, and the lease is renewed in the
+        background. Leaving the block releases it (``completed``, or ``failed`` with the
+        exception); ``await lease.finish(value, write_final=True)`` inside it ends the
+        run with a final value. A stop from elsewhere makes the next write raise
+        ``OptimizationLockedError``. ``optimizer_config['metric']``/``['mode']`` tell
+        ``record`` how to read a metrics dict.
+
+        Example::
+
+            async with session.optimization_lease("temperature", "my_sweep") as lease:
+                for i, t in enumerate([0.2, 0.5, 0.8], 1):
+                    await lease.write(t, iteration=i)
+                    await lease.record(i, t, {"accuracy": evaluate(t)})
+        """
+        config = dict(optimizer_config or {})
+        mode = check_mode(variable, config)
+        metric = config.get("metric")
+        if metric is not None and not isinstance(metric, str):
+            raise InvalidValueError(
+                f"variable {variable!r}: optimizer_config['metric'] must be a string"
+            )
+        if self._nursery is None:
+            raise RuntimeError("the session is not initialized; call await session.initialize()")
+        response = await self._call(
+            "StartOptimization",
+            pb.StartOptimizationRequest(
+                session_id=self.session_id, ref=variable, optimizer_type=optimizer_type,
+                config=_encode_metadata(variable, config), max_iterations=max_iterations,
+                ttl_seconds=lease_ttl or 0.0, client_id=self._client_id,
+                minimize=mode == "min",
+            ),
+            pb.StartOptimizationResponse,
+        )
+        lease = HeldLease(self, variable, response.status.optimization_id,
+                          response.fencing_token, response.status.ttl_seconds, metric, mode)
+        started = time.perf_counter()
+        if self._nursery is None:
+            with trio.CancelScope(shield=True):
+                await self._release(variable, lease.optimization_id)
+            raise RuntimeError("the session is closed")
+        self._nursery.start_soon(lease.keep_alive, name=f"dspex-rx-lease[{variable}]")
+        try:
+            yield lease
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                if not lease.released and lease.revoked is None:
+                    try:
+                        await lease.finish(state="failed",
+                                           reason=f"{type(exc).__name__}: {exc}"[:4096])
+                    except Exception as again:
+                        log.warning("optimization_release_failed", variable=variable,
+                                    error=str(again))
+            raise
+        else:
+            if not lease.released and lease.revoked is None:
+                try:
+                    await lease.finish(state="completed", reason="the holder's block ended")
+                except Exception as again:
+                    if lease.revoked is None:
+                        raise
+                    log.info("optimization_lease_revoked", variable=variable, reason=str(again))
+        finally:
+            lease.stop_renewing()
+            actor = self._hub.known(variable) if self._hub is not None else None
+            if actor is not None:
+                actor.stats.optimization_time += time.perf_counter() - started
 
     async def _release(self, variable: str, optimization_id: str) -> None:
         if self._transport is None:

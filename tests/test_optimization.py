@@ -543,3 +543,63 @@ def test_a_client_that_closes_or_expires_ends_its_leases() -> None:
     _, lease = store.optimization_status("s", "y")
     assert lease is not None and lease.state == "expired" and "heartbeat" in lease.end_reason
     assert other in session.clients
+
+
+# ------------------------------------------------------------ a lease held by hand
+
+
+async def test_a_lease_held_by_hand_writes_records_and_releases(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    mine, other = two
+    await mine.register_variable("k", "integer", 1, constraints={"min": 1, "max": 9})
+    async with mine.optimization_lease(
+        "k", "sweep", {"metric": "acc", "mode": "max"}
+    ) as lease:
+        with pytest.raises(OptimizationLockedError, match=lease.optimization_id):
+            await other.set_variable("k", 5)
+        for i, k in enumerate([2, 4, 6], 1):
+            assert await lease.write(k, iteration=i) == i + 1
+            await lease.record(i, k, {"acc": 1.0 - abs(k - 4) / 10, "cost": k})
+        status = await other.get_optimization_status("k")
+        assert status["is_optimizing"] and status["optimizer_type"] == "sweep"
+        assert status["best_value"] == 4 and status["iteration"] == 3
+    final = await other.get_optimization_status("k")
+    assert final["state"] == "completed" and final["end_reason"] == "the holder's block ended"
+    history = await other.get_optimization_history("k")
+    assert [(e["iteration"], e["value"], e["score"]) for e in history] == [
+        (1, 2, 0.8), (2, 4, 1.0), (3, 6, 0.8)
+    ]
+    assert await other.set_variable("k", 5) == 5  # released
+    assert mine.get_variable_stats("k")["total_optimization_time_s"] > 0
+
+
+async def test_a_lease_block_that_raises_fails_the_run_and_a_stop_ends_the_writes(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    mine, other = two
+    await mine.register_variable("r", "float", 0.5, constraints=FLOAT)
+    with pytest.raises(RuntimeError, match="evaluator crashed"):
+        async with mine.optimization_lease("r") as lease:
+            await lease.write(0.7)
+            raise RuntimeError("evaluator crashed")
+    status = await other.get_optimization_status("r")
+    assert status["state"] == "failed" and "evaluator crashed" in status["end_reason"]
+    async with mine.optimization_lease("r") as lease:
+        await lease.write(0.9)
+        assert await other.stop_optimization("r", reason="manual stop")
+        with pytest.raises(OptimizationLockedError, match="no longer holds the lease"):
+            await lease.write(1.1)
+        assert lease.revoked is not None
+    assert await other.get_variable("r", bypass_cache=True) == 0.9
+    assert (await other.get_optimization_status("r"))["end_reason"] == "manual stop"
+
+
+async def test_a_lease_can_finish_with_a_final_value(session: dspex_rx.SessionContext) -> None:
+    await session.register_variable("fv", "choice", "a", constraints={"choices": ["a", "b"]})
+    async with session.optimization_lease("fv") as lease:
+        await lease.record(1, "b", 0.9)
+        await lease.finish("b", write_final=True, reason="picked b")
+    status = await session.get_optimization_status("fv")
+    assert status["state"] == "completed" and status["final_value"] == "b"
+    assert status["end_reason"] == "picked b" and await session.get_variable("fv") == "b"
