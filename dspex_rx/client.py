@@ -44,6 +44,7 @@ from .optimize import (
     OptimizationRun,
     as_objective,
     check_mode,
+    end_reason,
     status_from_pb,
 )
 from .optimizers import BaseOptimizer, SearchSpace, check_optimizer_class, get_optimizer
@@ -1479,8 +1480,9 @@ class SessionContext:
             config=_encode_metadata(variable, config), max_iterations=max_iterations,
             ttl_seconds=lease_ttl or 0.0, client_id=self._client_id, minimize=mode == "min",
         )
-        response = await self._call("StartOptimization", request, pb.StartOptimizationResponse)
+        response = await self._start_lease(request)
         try:
+            await trio.lowlevel.checkpoint()  # a cancel that came during the start lands here
             return self._launch(variable, response, optimizer, space, objective_fn, callback,
                                 metric, mode, max_iterations, float(convergence_threshold))
         except BaseException:
@@ -1548,23 +1550,25 @@ class SessionContext:
             )
         if self._nursery is None:
             raise RuntimeError("the session is not initialized; call await session.initialize()")
-        response = await self._call(
-            "StartOptimization",
+        response = await self._start_lease(
             pb.StartOptimizationRequest(
                 session_id=self.session_id, ref=variable, optimizer_type=optimizer_type,
                 config=_encode_metadata(variable, config), max_iterations=max_iterations,
                 ttl_seconds=lease_ttl or 0.0, client_id=self._client_id,
                 minimize=mode == "min",
-            ),
-            pb.StartOptimizationResponse,
+            )
         )
         lease = HeldLease(self, variable, response.status.optimization_id,
                           response.fencing_token, response.status.ttl_seconds, metric, mode)
         started = time.perf_counter()
-        if self._nursery is None:
+        try:
+            await trio.lowlevel.checkpoint()  # a cancel that came during the start lands here
+            if self._nursery is None:
+                raise RuntimeError("the session is closed")
+        except BaseException:
             with trio.CancelScope(shield=True):
                 await self._release(variable, lease.optimization_id)
-            raise RuntimeError("the session is closed")
+            raise
         self._nursery.start_soon(lease.keep_alive, name=f"dspex-rx-lease[{variable}]")
         try:
             yield lease
@@ -1573,7 +1577,7 @@ class SessionContext:
                 if not lease.released and lease.revoked is None:
                     try:
                         await lease.finish(state="failed",
-                                           reason=f"{type(exc).__name__}: {exc}"[:4096])
+                                           reason=end_reason(f"{type(exc).__name__}: {exc}"))
                     except Exception as again:
                         log.warning("optimization_release_failed", variable=variable,
                                     error=str(again))
@@ -1591,6 +1595,18 @@ class SessionContext:
             actor = self._hub.known(variable) if self._hub is not None else None
             if actor is not None:
                 actor.stats.optimization_time += time.perf_counter() - started
+
+    async def _start_lease(
+        self, request: pb.StartOptimizationRequest
+    ) -> pb.StartOptimizationResponse:
+        # Shielded: a cancel arriving while the server grants the lease must not throw the
+        # answer away (the lease would be held by no one until its TTL); the caller gives
+        # it back instead, at its next checkpoint.
+        with trio.CancelScope(shield=True):
+            response = await self._call(
+                "StartOptimization", request, pb.StartOptimizationResponse
+            )
+        return response
 
     async def _release(self, variable: str, optimization_id: str) -> None:
         if self._transport is None:
@@ -1633,11 +1649,14 @@ class SessionContext:
             self._remember(response.variable)
         return response.stopped
 
-    async def get_optimization_status(self, variable: str) -> dict[str, Any]:
+    async def get_optimization_status(
+        self, variable: str, optimization_id: str | None = None
+    ) -> dict[str, Any]:
         """The variable's optimization status: ``is_optimizing``, ``optimization_id``,
         ``iteration``, ``best_value``, ``best_metrics``, ``started_at``, ``last_update``,
         ``state`` and, once ended, ``end_reason`` and ``ended_at`` (see ``status_from_pb``
-        for every key). A variable never optimized has ``state == 'idle'``.
+        for every key). A variable never optimized has ``state == 'idle'``. With
+        ``optimization_id``, the status of that run (one of the variable's 16 latest).
 
         Example::
 
@@ -1646,7 +1665,9 @@ class SessionContext:
         """
         response = await self._call(
             "GetOptimizationStatus",
-            pb.GetOptimizationStatusRequest(session_id=self.session_id, ref=variable),
+            pb.GetOptimizationStatusRequest(
+                session_id=self.session_id, ref=variable, optimization_id=optimization_id or ""
+            ),
             pb.GetOptimizationStatusResponse,
         )
         return status_from_pb(response.status, response.revision)
@@ -1705,7 +1726,8 @@ class SessionContext:
 
     async def wait_for_optimization(self, variable: str) -> dict[str, Any]:
         """Wait until this session's run on ``variable`` (by name, id, or optimization id)
-        has ended, then return the variable's final optimization status.
+        has ended, then return that run's final status (even if another run has started
+        since).
 
         Example::
 
@@ -1720,7 +1742,7 @@ class SessionContext:
         await run.finished.wait()
         if self._transport is None:
             raise RuntimeError("the session is closed")
-        return await self.get_optimization_status(run.variable)
+        return await self.get_optimization_status(run.variable, run.optimization_id)
 
     def observe_optimization(self, variable: str) -> reactivex.Observable[dict[str, Any]]:
         """A reactivex ``Observable`` of the variable's optimization status dicts (the keys

@@ -49,6 +49,7 @@ class OptimizationLease:
     minimize: bool = False
     final_value: Any = None
     has_final: bool = False
+    revision: int = 0  # the commit that last published this lease's status
 
     @property
     def active(self) -> bool:

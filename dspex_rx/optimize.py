@@ -452,14 +452,16 @@ class OptimizationRun:
             for iteration in range(1, self.max_iterations + 1):
                 if self.optimizer.done:
                     return "completed", "the search space is exhausted"
-                value = self._propose(iteration)
+                value = await self._propose(iteration)
                 # The previous iteration's record and this proposal travel as one step.
                 await self._step(self._pending, value, iteration)
                 self._pending = None
                 result = await self._evaluate(value)
                 metrics, target = score_of(self.variable, result, self.metric, iteration)
                 # Optimizers maximize; the server is told the mode and keeps raw scores.
-                self.optimizer.tell(value, target if self.mode == "max" else -target)
+                await self._offload(
+                    self.optimizer.tell, value, target if self.mode == "max" else -target
+                )
                 self._pending = _Evaluation(iteration, value, metrics, target)
                 self.iterations = iteration
                 if self.callback is not None:
@@ -468,19 +470,31 @@ class OptimizationRun:
                     self._pending = None
                     if await self._call_back(iteration, value, metrics) is False:
                         return "completed", f"the callback stopped it after iteration {iteration}"
-                if self.optimizer.converged(self.convergence_threshold):
+                if await self._offload(self.optimizer.converged, self.convergence_threshold):
                     return "completed", f"converged after {iteration} iterations"
             return "completed", f"max_iterations ({self.max_iterations}) reached"
         except _Revoked as revoked:
             self._revoked = revoked
             return "revoked", str(revoked)
 
-    def _propose(self, iteration: int) -> Any:
-        value = self.optimizer.ask()
-        if not self.space.contains(value):
+    async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # The built-ins are quick (a GP on at most 300 points); a custom optimizer may not
+        # be, and the keep-alive needs the trio thread to renew the lease meanwhile.
+        if type(self.optimizer).__module__ == BaseOptimizer.__module__:
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args)
+
+    async def _propose(self, iteration: int) -> Any:
+        proposed = await self._offload(self.optimizer.ask)
+        try:
+            # numpy scalars (rng.integers, rng.choice) are fine: coerce makes builtins.
+            value = self.space.coerce(proposed)
+        except (ValueError, TypeError):
+            value = None
+        if value is None or not self.space.contains(value):
             raise InvalidValueError(
                 f"variable {self.variable!r}: optimizer {type(self.optimizer).__name__} "
-                f"proposed {value!r} at iteration {iteration}, outside the variable's "
+                f"proposed {proposed!r} at iteration {iteration}, outside the variable's "
                 "constraints"
             )
         return value
@@ -510,7 +524,13 @@ class OptimizationRun:
 
     async def _call_back(self, iteration: int, value: Any, metrics: dict[str, Any]) -> Any:
         assert self.callback is not None
-        answer = self.callback(iteration, value, dict(metrics))
+        if is_async_callable(self.callback):
+            return await self.callback(iteration, value, dict(metrics))
+        # A sync callback (a progress bar, a checkpoint) runs in a worker thread, like a
+        # sync objective: however long it takes, the keep-alive renews the lease.
+        answer = await trio.to_thread.run_sync(
+            self.callback, iteration, value, dict(metrics), abandon_on_cancel=True
+        )
         if inspect.isawaitable(answer):
             answer = await answer
         return answer
@@ -521,7 +541,18 @@ class OptimizationRun:
     async def _finish(
         self, pending: _Evaluation | None, state: str, reason: str, write_final: bool = True
     ) -> None:
-        final = self.optimizer.recommend() if write_final and self.optimizer.history else None
+        reason = end_reason(reason)
+        final = None
+        if write_final and self.optimizer.history:
+            try:
+                final = self.space.coerce(await self._offload(self.optimizer.recommend))
+            except Exception as exc:
+                log.warning("optimization_recommend_failed", variable=self.variable,
+                            error=repr(exc))
+                # Without a final value the run did not end as it should have.
+                state = "failed"
+                reason = end_reason(f"{reason} (recommend() failed: {type(exc).__name__}: "
+                                    f"{exc}; nothing final was written)")
         if final is not None and not self.space.contains(final):
             # A custom optimizer's bad recommendation must not keep the lease held.
             log.warning("optimization_bad_recommendation", variable=self.variable,
@@ -546,12 +577,29 @@ class OptimizationRun:
             except (InvalidValueError, VariableTypeError):
                 # Something in the last record or the final value was refused: release
                 # the lease without them rather than leave it to the TTL.
-                await self._finish(None, state, reason, write_final=False)
-        except (_Revoked, DspexError, grpc.RpcError, RuntimeError) as exc:
+                await self._finish(None, state, "failed; the last record or the final "
+                                   "value was refused", write_final=False)
+        except Exception as exc:  # never let a run take the session's services down
             # The lease lapses by its TTL anyway; nothing more to do from here.
             self.state, self.end_reason = state, reason
             log.warning("optimization_finish_failed", variable=self.variable,
                         optimization_id=self.optimization_id, error=str(exc))
+
+
+MAX_REASON = 4096
+
+
+def end_reason(text: str) -> str:
+    r"""An end reason the server takes: bounded, and valid UTF-8 (an error message may
+    carry a lone surrogate from a file name).
+
+    Example::
+
+        >>> end_reason("bad \udcff name")
+        'bad ? name'
+    """
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -718,7 +718,14 @@ class VariablesService(pb_grpc.VariablesServicer):
             await stub.GetOptimizationStatus(GetOptimizationStatusRequest(...))
         """
         session_id = _session_id(request)
-        record, lease = self.store.optimization_status(session_id, request.ref)
+        record: VariableRecord
+        lease: OptimizationLease | None
+        if request.optimization_id:
+            record, lease = self.store.optimization_by_id(
+                session_id, request.ref, request.optimization_id
+            )
+        else:
+            record, lease = self.store.optimization_status(session_id, request.ref)
         response = pb.GetOptimizationStatusResponse(
             revision=self.store.session(session_id).revision
         )
@@ -925,7 +932,9 @@ class VariablesService(pb_grpc.VariablesServicer):
                 subscriber.push_frame(
                     PendingFrame(session.revision, [_current(r) for r in found], "resync")
                 )
-                statuses = self.store.status_events(session_id, found)
+                statuses = self.store.status_events(
+                    session_id, found, request.from_revision
+                )
                 if statuses:
                     subscriber.push_frame(PendingFrame(session.revision, statuses))
                 return

@@ -48,6 +48,8 @@ log = get_logger("dspex_rx.store")
 
 MAX_TTL = 7 * 24 * 3600.0
 MAX_ITERATIONS = 10_000_000
+# Ended leases kept per variable, for status by optimization id and for resync.
+RECENT_LEASES = 16
 # The event types a commit can carry per variable; "optimization" events change no value.
 OPTIMIZATION_EVENT = "optimization"
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
@@ -209,6 +211,10 @@ class Session:
     # again by variable id (so a write checks one dict), and each variable's evaluations.
     leases: dict[str, OptimizationLease] = field(default_factory=dict)
     running: dict[str, OptimizationLease] = field(default_factory=dict)
+    # Recent leases of each variable (oldest first) and recent leases by id, so a run's
+    # own status can be told after others started, and a resync can tell how runs ended.
+    recent_leases: dict[str, deque[OptimizationLease]] = field(default_factory=dict)
+    lease_by_id: dict[str, OptimizationLease] = field(default_factory=dict)
     evaluations: dict[str, deque[OptimizationEntry]] = field(default_factory=dict)
 
 
@@ -513,6 +519,7 @@ class MemoryStore:
                     ChangeEvent(dependent, dependent.value, "dependency_changed", note, source)
                 )
         for lease in notes:
+            lease.revision = revision
             record = session.variables[lease.variable_id]
             events.append(
                 ChangeEvent(
@@ -527,6 +534,8 @@ class MemoryStore:
             session.history.pop(record.id, None)
             session.leases.pop(record.id, None)
             session.evaluations.pop(record.id, None)
+            for ended in session.recent_leases.pop(record.id, ()):
+                session.lease_by_id.pop(ended.id, None)
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         session.revision = revision
@@ -1161,6 +1170,14 @@ class MemoryStore:
                 f"seconds (0 for the server default), got {ttl!r}"
             )
         clean_config = check_metadata(record.name, config)
+        if not isinstance(client_id, str) or client_id not in session.clients:
+            # Only an attached client can hold a lease: its close or silence must be able
+            # to end it (a made-up or swept client id would hold it for the whole TTL).
+            raise SessionNotFoundError(
+                f"client {client_id!r} is not attached to session {session.id!r}; only an "
+                "attached client can hold an optimization lease",
+                detached=True,
+            )
         running = session.running.get(record.id)
         if running is not None:
             raise OptimizationLockedError(
@@ -1188,6 +1205,13 @@ class MemoryStore:
         )
         session.leases[record.id] = lease
         session.running[record.id] = lease
+        recent = session.recent_leases.get(record.id)
+        if recent is None:
+            recent = session.recent_leases[record.id] = deque()
+        if len(recent) >= RECENT_LEASES:
+            session.lease_by_id.pop(recent.popleft().id, None)
+        recent.append(lease)
+        session.lease_by_id[lease.id] = lease
         log.info("optimization_started", session_id=session.id, optimization_id=lease.id,
                  variable=record.name, optimizer=optimizer_type, client_id=client_id)
         revision = self._commit(session, (), source=actor or lease.id, notes=[lease])[1]
@@ -1399,26 +1423,48 @@ class MemoryStore:
         return record, session.leases.get(record.id)
 
     def status_events(
-        self, session_id: str, records: Iterable[VariableRecord]
+        self, session_id: str, records: Iterable[VariableRecord], after_revision: int = 0
     ) -> builtins.list[ChangeEvent]:
-        """The current optimization status of each of these variables that was ever
-        optimized, as events: what a watcher resynced past the log's horizon must hear
-        besides the values (it may have missed a run's end).
+        """The last status of each recent run of these variables published after
+        ``after_revision``, oldest first, each stamped with the revision that published
+        it: what a watcher resynced past the log's horizon must hear besides the values
+        (how the run it followed ended, and what runs since).
 
         Example::
 
-            events = store.status_events(sid, [store.get(sid, "temperature")])
+            events = store.status_events(sid, [store.get(sid, "temperature")], 41)
         """
         session = self.session(session_id)
         events = []
         for record in records:
-            lease = session.leases.get(record.id)
-            if lease is not None:
-                events.append(ChangeEvent(
-                    record, record.value, OPTIMIZATION_EVENT,
-                    lease.status(record.name, session.revision), lease.id,
-                ))
+            for lease in session.recent_leases.get(record.id, ()):
+                if lease.revision > after_revision:
+                    events.append(ChangeEvent(
+                        record, record.value, OPTIMIZATION_EVENT,
+                        lease.status(record.name, lease.revision), lease.id,
+                    ))
         return events
+
+    def optimization_by_id(
+        self, session_id: str, ref: str, optimization_id: str
+    ) -> tuple[VariableRecord, OptimizationLease]:
+        """The variable and one of its recent optimizations, by id (``KeyError`` once it is
+        no longer kept).
+
+        Example::
+
+            record, lease = store.optimization_by_id(sid, "t", "opt_1f2e")
+        """
+        session = self.session(session_id)
+        self._expire_leases(session)
+        record = self._resolve(session, ref)
+        lease = session.lease_by_id.get(optimization_id)
+        if lease is None or lease.variable_id != record.id:
+            raise VariableNotFoundError(
+                f"no optimization {optimization_id!r} of variable {record.name!r} is kept "
+                f"(the last {RECENT_LEASES} runs of a variable are)"
+            )
+        return record, lease
 
     def optimization_history(
         self,

@@ -413,18 +413,20 @@ def test_server_conflation_keeps_the_end_of_each_run() -> None:
     'running' status: the watcher never learns how run 1 ended (the same flaw as the
     client-side Watch._conflate, one layer down)."""
     store = MemoryStore()
-    session, _, _ = store.initialize_session()
+    session, client_id, _ = store.initialize_session()
     sid = session.id
     store.register(sid, [VariableSpec("t", "float", 0.5, FLOAT)], actor="me")
     var_id = store.get(sid, "t").id
     sub = Subscriber(max_pending_events=2)
     sub.watch([var_id])
     store.add_listener(sid, sub.on_commit)
-    lease, _ = store.start_optimization(sid, "t", optimizer_type="grid_search")
+    lease, _ = store.start_optimization(sid, "t", optimizer_type="grid_search",
+                                        client_id=client_id)
     store.optimization_step(sid, "t", lease.id, lease.token, proposal=(1.0, 1),
                             evaluation=(1, 1.0, {"score": 1.0}, 1.0))
     store.finish_optimization(sid, "t", lease.id, lease.token, reason="done")
-    second, _ = store.start_optimization(sid, "t", optimizer_type="random")
+    second, _ = store.start_optimization(sid, "t", optimizer_type="random",
+                                         client_id=client_id)
     assert sub.conflations > 0
     statuses = [
         event.metadata

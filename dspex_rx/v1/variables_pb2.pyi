@@ -679,12 +679,14 @@ class StopOptimizationResponse(_message.Message):
     def __init__(self, stopped: _Optional[bool] = ..., status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., revision: _Optional[int] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
 
 class GetOptimizationStatusRequest(_message.Message):
-    __slots__ = ("session_id", "ref")
+    __slots__ = ("session_id", "ref", "optimization_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     ref: str
-    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
+    optimization_id: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimization_id: _Optional[str] = ...) -> None: ...
 
 class GetOptimizationStatusResponse(_message.Message):
     __slots__ = ("status", "revision")
