@@ -115,10 +115,15 @@ class Flaky:
         self._open = transport.open_stream
         self.streams: list[FlakyStream] = []
         self.plans: dict[int, Callable[[FlakyStream], None]] = {}
+        # The call metadata each open sent (the session token must ride on every one).
+        self.metadata: list[tuple[tuple[str, str], ...]] = []
         transport.open_stream = self.open_stream
 
-    async def open_stream(self, path: str, response_type: Any) -> FlakyStream:
-        stream = FlakyStream(await self._open(path, response_type))
+    async def open_stream(
+        self, path: str, response_type: Any, metadata: Any = ()
+    ) -> FlakyStream:
+        self.metadata.append(tuple(metadata))
+        stream = FlakyStream(await self._open(path, response_type, metadata=metadata))
         plan = self.plans.get(len(self.streams))
         if plan is not None:
             plan(stream)
@@ -352,7 +357,9 @@ async def test_a_failed_reattach_does_not_kill_the_session_services(
     # the watch stream and the scheduler. Nothing reports it to the user.
     async with (
         dspex_rx.connect(server.target, ttl_seconds=30.0) as a,
-        dspex_rx.connect(server.target, session_id=a.session_id, ttl_seconds=30.0) as b,
+        dspex_rx.connect(
+            server.target, session_id=a.session_id, token=a.token, ttl_seconds=30.0
+        ) as b,
     ):
         await b.register_variable("kept", "integer", 7)
         real_call = a._call
