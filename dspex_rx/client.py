@@ -401,6 +401,11 @@ class SessionContext:
                     # at the next beat; it must not take the session's services down.
                     try:
                         await self._reattach()
+                    except AuthenticationError as again:
+                        # Replaced between the beat and the attach: not ours any more.
+                        self.lost = True
+                        log.error("session_lost", session_id=self._session_id,
+                                  error=str(again))
                     except (DspexError, grpc.RpcError, RuntimeError) as again:
                         log.warning("reattach_failed", session_id=self._session_id,
                                     error=str(again))
