@@ -21,6 +21,7 @@ import trio.testing
 from helpers import drain, settle
 
 import dspex_rx
+from dspex_rx.security import token_metadata
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.v1 import session_pb2 as spb
 
@@ -189,6 +190,8 @@ async def test_a_second_break_before_the_resume_is_acked_does_not_skip_versions(
     await _until(lambda: len(flaky.streams) == 3, "third stream opened")
     await settle(watcher)
     assert _versions(watch) == [(3, 2, "value_change"), (4, 3, "value_change")]
+    # Every reopen presented the session token (the server refuses a stream without it).
+    assert flaky.metadata == [token_metadata(watcher.token)] * 3
 
 
 async def test_opened_on_a_resumed_stream_does_not_move_the_resume_point_past_the_replay(
