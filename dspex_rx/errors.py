@@ -157,7 +157,8 @@ class AuthenticationError(DspexError, PermissionError):
     Example::
 
         with pytest.raises(PermissionError, match="session token"):
-            await dspex_rx.connect(target, session_id=other_id).__aenter__()
+            async with dspex_rx.connect(target, session_id=someone_elses_id):
+                ...
     """
 
     kind = "unauthenticated"
