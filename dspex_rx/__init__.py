@@ -9,6 +9,7 @@ from .client import SessionContext, connect
 from .errors import (
     AccessDeniedError,
     AlreadyExistsError,
+    AuthenticationError,
     ConflictError,
     DspexError,
     InvalidValueError,
@@ -27,6 +28,7 @@ __all__ = [
     "TYPES",
     "AccessDeniedError",
     "AlreadyExistsError",
+    "AuthenticationError",
     "BaseOptimizer",
     "ConflictError",
     "DspexError",

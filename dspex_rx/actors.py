@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -379,8 +380,12 @@ class WatchHub:
 
     Example::
 
-        hub = WatchHub(transport, service, session_id, client_id, nursery, cache)
+        hub = WatchHub(transport, service, session_id, client_id, nursery, cache,
+                       metadata=(("x-dspex-session-token", token),))
         actor = hub.actor("temperature")
+
+    ``metadata`` (the session token) is sent with every open of the stream, reconnects
+    included.
     """
 
     def __init__(
@@ -391,8 +396,10 @@ class WatchHub:
         client_id: str,
         nursery: trio.Nursery,
         cache: VariableCache,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.transport = transport
+        self.metadata = tuple(metadata)
         self.path = f"/{service_name}/Session"
         self.session_id = session_id
         self.client_id = client_id
@@ -598,7 +605,9 @@ class WatchHub:
             stream: Stream[spb.ServerMessage] | None = None
             self._healthy = False
             try:
-                stream = await self.transport.open_stream(self.path, spb.ServerMessage)
+                stream = await self.transport.open_stream(
+                    self.path, spb.ServerMessage, metadata=self.metadata
+                )
                 await stream.send(
                     spb.ClientMessage(
                         open=spb.OpenStream(session_id=self.session_id, client_id=self.client_id)

@@ -2,6 +2,11 @@
 
 Thin by design: it encodes arguments, makes one call through the transport, and hands the
 answer to the variable's actor; the server validates.
+
+Every call after ``InitializeSession`` (and the watch stream) carries the session's token
+as call metadata; ``session.token`` is what another connection passes to join:
+``connect(target, session_id=session.session_id, token=session.token)``. ``tls=True`` /
+``ca_cert=`` talk to a TLS server.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .convert import (
 )
 from .derive import Derived
 from .errors import (
+    AuthenticationError,
     ConflictError,
     DspexError,
     InvalidValueError,
@@ -49,6 +55,7 @@ from .optimize import (
 )
 from .optimizers import BaseOptimizer, SearchSpace, check_optimizer_class, get_optimizer
 from .rx import TrioScheduler, throttle_latest, with_trio_scheduler
+from .security import Pem, channel_credentials, token_metadata
 from .server import GRPC_OPTIONS, SERVICE_NAME, EmbeddedServer
 from .types import infer_type
 from .v1 import variables_pb2 as pb
@@ -181,6 +188,11 @@ class SessionContext:
 
     ``target=None`` starts an embedded server on 127.0.0.1 and stops it on close.
 
+    ``token`` is the secret of an existing session this one joins (``session.token`` of a
+    connection that has it); a new session gets its own. ``tls=True`` makes the channel
+    TLS, trusting the system's roots, or ``ca_cert`` (PEM path or bytes; it implies TLS);
+    ``tls_server_name`` overrides the name checked against the certificate (tests).
+
     Example::
 
         session = SessionContext("session_123", "127.0.0.1:50051")
@@ -188,6 +200,8 @@ class SessionContext:
         await session.register_variable("temperature", "float", 0.7,
                                         constraints={"min": 0.0, "max": 2.0})
         print(await session.get_variable("temperature"))
+        other = await SessionContext("session_123", "127.0.0.1:50051",
+                                     token=session.token).initialize()
         await session.close()
     """
 
@@ -203,9 +217,19 @@ class SessionContext:
         cache_ttl: float | None = 60.0,
         cache_max_size: int | None = 10_000,
         cache_eviction_policy: str = "lru",
+        token: str | None = None,
+        tls: bool = False,
+        ca_cert: Pem | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
+        if token is not None and not isinstance(token, str):
+            raise InvalidValueError(f"token must be a string, got {type(token).__name__}")
         self._requested_session_id = session_id
         self._target = target
+        self._token = token or None
+        self.tls = tls or ca_cert is not None
+        self._ca_cert = ca_cert
+        self._tls_server_name = tls_server_name
         self._metadata = dict(metadata or {})
         self.ttl_seconds = ttl_seconds
         self.client_name = client_name
@@ -253,6 +277,18 @@ class SessionContext:
         return self._session_id
 
     @property
+    def token(self) -> str | None:
+        """The session's secret token: pass it to ``connect(..., token=...)`` to join this
+        session from another connection. Keep it as private as the session's data.
+
+        Example::
+
+            async with dspex_rx.connect(target, session_id=a.session_id,
+                                        token=a.token) as b: ...
+        """
+        return self._token
+
+    @property
     def target(self) -> str | None:
         """The server address this session talks to.
 
@@ -276,9 +312,22 @@ class SessionContext:
         self._closed = False
         try:
             if self._target is None:
+                if self.tls:
+                    raise InvalidValueError(
+                        "tls/ca_cert need a target: the embedded server (no target) serves "
+                        "plaintext on 127.0.0.1"
+                    )
                 self._embedded = EmbeddedServer()
                 self._target = await trio.to_thread.run_sync(self._embedded.start)
-            self._transport = Transport(self._target, GRPC_OPTIONS, timeout=self.timeout)
+            options: list[tuple[str, Any]] = list(GRPC_OPTIONS)
+            credentials = None
+            if self.tls:
+                credentials = channel_credentials(self._ca_cert)
+                if self._tls_server_name:
+                    options.append(("grpc.ssl_target_name_override", self._tls_server_name))
+            self._transport = Transport(
+                self._target, options, timeout=self.timeout, credentials=credentials
+            )
             await self._transport.open()
             response = await self._call(
                 "InitializeSession",
@@ -295,6 +344,8 @@ class SessionContext:
             raise
         self._session_id = response.session_id
         self._client_id = response.client_id
+        # A server with auth="none" gives no token to an attacher that sent none.
+        self._token = response.session_token or self._token
         self.revision = response.revision
         self.created = response.created
         await self._start_services(response.ttl_seconds)
@@ -317,7 +368,7 @@ class SessionContext:
                     self._scheduler = TrioScheduler(nursery)
                     self._hub = WatchHub(
                         self._transport, SERVICE_NAME, self.session_id, self._client_id,
-                        nursery, self._cache,
+                        nursery, self._cache, metadata=token_metadata(self._token),
                     )
                     nursery.start_soon(self._heartbeat, interval)
                     started.set()
@@ -352,10 +403,21 @@ class SessionContext:
                     # at the next beat; it must not take the session's services down.
                     try:
                         await self._reattach()
+                    except AuthenticationError as again:
+                        # Replaced between the beat and the attach: not ours any more.
+                        self.lost = True
+                        log.error("session_lost", session_id=self._session_id,
+                                  error=str(again))
                     except (DspexError, grpc.RpcError, RuntimeError) as again:
                         log.warning("reattach_failed", session_id=self._session_id,
                                     error=str(again))
                 else:
+                    self.lost = True
+                    log.error("session_lost", session_id=self._session_id, error=str(exc))
+            except AuthenticationError as exc:
+                # A session's token never changes, so one that refuses ours is not the
+                # session we had: it ended, and a later one took its id.
+                if not self.lost:
                     self.lost = True
                     log.error("session_lost", session_id=self._session_id, error=str(exc))
             except (DspexError, grpc.RpcError, RuntimeError) as exc:
@@ -373,12 +435,13 @@ class SessionContext:
         )
         if response.created:
             # The session had gone, and this call made an empty one of the same id; its
-            # variables are lost. Undo it, and say so.
+            # variables are lost. Undo it (with the new session's token), and say so.
             await self._call(
                 "CloseSession",
                 pb.CloseSessionRequest(session_id=response.session_id,
                                        client_id=response.client_id),
                 pb.CloseSessionResponse,
+                token=response.session_token,
             )
             self.lost = True
             log.error("session_lost", session_id=self._session_id)
@@ -447,13 +510,20 @@ class SessionContext:
     # ------------------------------------------------------------------- calls
 
     async def _call(
-        self, method: str, request: Message, response_type: type[M], timeout: float | None = None
+        self,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        timeout: float | None = None,
+        token: str | None = None,
     ) -> M:
+        # Every call presents the session's token (``token`` overrides it).
         if self._transport is None:
             raise RuntimeError("the session is closed")
         try:
             response: M = await self._transport.unary(
-                f"/{SERVICE_NAME}/{method}", request, response_type, timeout
+                f"/{SERVICE_NAME}/{method}", request, response_type, timeout,
+                metadata=token_metadata(token or self._token),
             )
         except grpc.aio.AioRpcError as exc:
             mapped = map_rpc_error(exc)
@@ -1829,16 +1899,35 @@ class SessionContext:
 
 @asynccontextmanager
 async def connect(
-    target: str | None = None, session_id: str | None = None, **options: Any
+    target: str | None = None,
+    session_id: str | None = None,
+    *,
+    token: str | None = None,
+    tls: bool = False,
+    ca_cert: Pem | None = None,
+    tls_server_name: str | None = None,
+    **options: Any,
 ) -> AsyncIterator[SessionContext]:
     """Open a session; with no target an embedded server runs for the block's duration.
+
+    Joining an existing session needs its ``token`` (``AuthenticationError``, a
+    ``PermissionError``, without it or with a wrong one). ``tls=True`` or ``ca_cert``
+    (PEM path or bytes) for a TLS server; other ``options`` go to ``SessionContext``.
 
     Example::
 
         async with dspex_rx.connect() as session:
             await session.register_variable("temperature", "float", 0.7)
+
+        async with dspex_rx.connect("db.example:50051", ca_cert="ca.pem") as a:
+            async with dspex_rx.connect("db.example:50051", session_id=a.session_id,
+                                        token=a.token, ca_cert="ca.pem") as b:
+                ...
     """
-    session = SessionContext(session_id, target, **options)
+    session = SessionContext(
+        session_id, target, token=token, tls=tls, ca_cert=ca_cert,
+        tls_server_name=tls_server_name, **options,
+    )
     await session.initialize()
     try:
         yield session

@@ -3,6 +3,12 @@
 
 The adapter only translates: wire messages to plain values, store exceptions to gRPC
 status codes with the error kind in trailing metadata. It never validates by itself.
+
+Who is calling: with ``auth="token"`` (the default) every call for a session, and the
+Session stream, must carry the session's token in the ``x-dspex-session-token`` call
+metadata, and attaching to an existing session needs it too; the adapter reads the
+header and the store compares (``security.py``). A server binds a non-loopback address
+only with token auth and TLS (``tls_cert``/``tls_key``), or with ``insecure=True``.
 """
 
 from __future__ import annotations
@@ -31,10 +37,18 @@ from .convert import (
     type_from_pb,
     type_to_pb,
 )
-from .errors import DspexError, InvalidValueError
+from .errors import AuthenticationError, DspexError, InvalidValueError
 from .fanout import PendingFrame, Subscriber
 from .leases import OptimizationEntry, OptimizationLease
 from .logs import get_logger
+from .security import (
+    SESSION_TOKEN_KEY,
+    Pem,
+    check_auth_mode,
+    check_bind,
+    is_loopback,
+    server_credentials,
+)
 from .store import OPTIMIZATION_EVENT, ChangeEvent, MemoryStore, VariableRecord, VariableSpec
 from .types import same_value
 from .v1 import session_pb2 as spb
@@ -208,13 +222,29 @@ _DEPENDENCY_TYPES: dict[str, int] = {
 _DEPENDENCY_TYPE_NAMES = {number: name for name, number in _DEPENDENCY_TYPES.items()}
 
 
-def _handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Map store exceptions to gRPC statuses; nothing escapes as a crash."""
+def _presented_token(context: grpc.aio.ServicerContext) -> str:
+    """The session token in the call's metadata ("" when none was sent)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_TOKEN_KEY and isinstance(value, str):
+            return value
+    return ""
+
+
+def _wrap(fn: Handler[Req, Resp], authenticate: bool) -> Handler[Req, Resp]:
+    """Check the caller's session token (when ``authenticate``), then map store exceptions
+    to gRPC statuses; nothing escapes as a crash."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
+            if authenticate:
+                self.authenticate(getattr(request, "session_id", ""), context)
             return await fn(self, request, context)
+        except AuthenticationError as exc:
+            log.warning("unauthenticated", method=fn.__name__, peer=context.peer(),
+                        error=str(exc))
+            context.set_trailing_metadata(((ERROR_KIND_KEY, exc.kind),))
+            await context.abort(STATUS_BY_KIND[exc.kind], str(exc))
         except DspexError as exc:
             metadata = [(ERROR_KIND_KEY, exc.kind)] + [
                 (ERROR_DETAIL_PREFIX + key.replace("_", "-"), str(value))
@@ -236,6 +266,16 @@ def _handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
+def _handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """A session-scoped RPC: the caller must present the session's token."""
+    return _wrap(fn, authenticate=True)
+
+
+def _attach_handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """``InitializeSession``: creating needs no token; attaching checks it in the store."""
+    return _wrap(fn, authenticate=False)
+
+
 def _session_id(request: Any) -> str:
     session_id: str = request.session_id
     if not session_id:
@@ -249,6 +289,9 @@ class VariablesService(pb_grpc.VariablesServicer):
     Example::
 
         pb_grpc.add_VariablesServicer_to_server(VariablesService(MemoryStore()), server)
+
+    ``auth="token"`` checks every session-scoped call's token; ``auth="none"`` issues
+    tokens but checks none (for tools on loopback).
     """
 
     def __init__(
@@ -256,14 +299,30 @@ class VariablesService(pb_grpc.VariablesServicer):
         store: MemoryStore,
         progress_interval: float = 5.0,
         max_pending_events: int = 10_000,
+        auth: str = "token",
     ) -> None:
         self.store = store
+        self.auth = check_auth_mode(auth)
         self.progress_interval = progress_interval
         self.max_pending_events = max_pending_events
         # The live streams' queues, for introspection (read them on the server's loop).
         self.subscribers: set[Subscriber] = set()
 
-    @_handler
+    def authenticate(self, session_id: str, context: grpc.aio.ServicerContext) -> None:
+        """Raise ``AuthenticationError`` unless the call carries ``session_id``'s token
+        (``SessionNotFoundError`` for an unknown session); a no-op with ``auth="none"``.
+
+        Example::
+
+            service.authenticate(request.session_id, context)
+        """
+        if self.auth == "none":
+            return
+        if not session_id:
+            raise InvalidValueError("session_id is required")
+        self.store.authenticate(session_id, _presented_token(context))
+
+    @_attach_handler
     async def InitializeSession(
         self, request: pb.InitializeSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.InitializeSessionResponse:
@@ -273,15 +332,18 @@ class VariablesService(pb_grpc.VariablesServicer):
 
             await stub.InitializeSession(InitializeSessionRequest(...))
         """
+        presented = _presented_token(context)
         session, client_id, created = self.store.initialize_session(
             request.session_id or None,
             codec.decode_map(request.metadata),
             request.ttl_seconds or None,
             request.client_name,
+            token=presented,
+            require_token=self.auth == "token",
         )
         lease = session.clients[client_id]
         log.info("session_attached", session_id=session.id, client_id=client_id, created=created)
-        return pb.InitializeSessionResponse(
+        response = pb.InitializeSessionResponse(
             session_id=session.id,
             client_id=client_id,
             created=created,
@@ -289,6 +351,16 @@ class VariablesService(pb_grpc.VariablesServicer):
             ttl_seconds=lease.ttl,
             created_at=timestamp(session.created_at),
         )
+        # The token goes to whoever made the session or proved they hold it; with
+        # auth="none" an attacher that sent none (or a wrong one) is not given it.
+        proven = created or self.auth == "token"
+        if not proven and presented:
+            with contextlib.suppress(AuthenticationError):
+                self.store.authenticate(session.id, presented)
+                proven = True
+        if proven:
+            response.session_token = session.token
+        return response
 
     @_handler
     async def Heartbeat(
@@ -785,8 +857,12 @@ class VariablesService(pb_grpc.VariablesServicer):
             if first.WhichOneof("kind") != "open":
                 raise InvalidValueError("the first message on a Session stream must be 'open'")
             session_id = _session_id(first.open)
+            self.authenticate(session_id, context)
             session = self.store.session(session_id)
         except DspexError as exc:
+            if isinstance(exc, AuthenticationError):
+                log.warning("unauthenticated", method="Session", peer=context.peer(),
+                            error=str(exc))
             context.set_trailing_metadata(((ERROR_KIND_KEY, exc.kind),))
             await context.abort(STATUS_BY_KIND[exc.kind], str(exc))
             return
@@ -978,10 +1054,16 @@ class VariablesService(pb_grpc.VariablesServicer):
 class Server:
     """A grpc.aio server with the v1 service, health and reflection, on the running loop.
 
+    ``auth`` is ``"token"`` (every session-scoped call must carry the session's token)
+    or ``"none"`` (tokens issued, not checked). ``tls_cert``/``tls_key`` (PEM paths or
+    bytes) serve TLS. A non-loopback ``host`` is refused (``InvalidValueError``, at
+    construction) unless auth is ``"token"`` and TLS is configured, or ``insecure=True``.
+
     Example::
 
         server = Server(host="127.0.0.1", port=0)
         await server.start(); print(server.port); await server.stop()
+        Server(host="0.0.0.0", tls_cert="server.pem", tls_key="server.key")
     """
 
     def __init__(
@@ -992,13 +1074,24 @@ class Server:
         expire_interval: float = 1.0,
         progress_interval: float = 5.0,
         max_pending_events: int = 10_000,
+        *,
+        auth: str = "token",
+        tls_cert: Pem | None = None,
+        tls_key: Pem | None = None,
+        insecure: bool = False,
     ) -> None:
+        self._credentials = server_credentials(tls_cert, tls_key)
+        check_bind(host, auth, self._credentials is not None, insecure)
         self.host = host
         self.requested_port = port
         self.port = 0
+        self.auth = auth
+        self.insecure = insecure
         self.store = store or MemoryStore()
         self.expire_interval = expire_interval
-        self.service = VariablesService(self.store, progress_interval, max_pending_events)
+        self.service = VariablesService(
+            self.store, progress_interval, max_pending_events, auth=auth
+        )
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._expiry: asyncio.Task[None] | None = None
@@ -1019,7 +1112,10 @@ class Server:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = f"{self.host}:{self.requested_port}"
-        self.port = server.add_insecure_port(address)
+        if self._credentials is not None:
+            self.port = server.add_secure_port(address, self._credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         await server.start()
@@ -1027,8 +1123,22 @@ class Server:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._expiry = asyncio.create_task(self._expire_loop())
-        log.info("server_started", host=self.host, port=self.port)
+        log.info("server_started", host=self.host, port=self.port, auth=self.auth,
+                 tls=self.tls)
+        if not is_loopback(self.host) and (not self.tls or self.auth != "token"):
+            log.warning("server_insecure", host=self.host, auth=self.auth, tls=self.tls,
+                        note="reachable from the network without token auth and TLS")
         return self.port
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server serves TLS.
+
+        Example::
+
+            assert Server(port=0).tls is False
+        """
+        return self._credentials is not None
 
     async def _expire_loop(self) -> None:
         while True:
@@ -1070,16 +1180,25 @@ async def serve(
     port: int = 50051,
     port_file: str | None = None,
     store: MemoryStore | None = None,
+    *,
+    auth: str = "token",
+    tls_cert: Pem | None = None,
+    tls_key: Pem | None = None,
+    insecure: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
-    ``port_file`` receives the bound port once serving (handy with ``port=0``).
+    ``port_file`` receives the bound port once serving (handy with ``port=0``). ``auth``,
+    ``tls_cert``, ``tls_key`` and ``insecure`` are ``Server``'s.
 
     Example::
 
         asyncio.run(serve("127.0.0.1", 50051))
+        asyncio.run(serve("0.0.0.0", 50051, tls_cert="server.pem", tls_key="server.key"))
     """
-    server = Server(host, port, store)
+    server = Server(
+        host, port, store, auth=auth, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure
+    )
     bound = await server.start()
     if port_file:
         tmp = f"{port_file}.tmp"
@@ -1097,6 +1216,8 @@ async def serve(
 
 class EmbeddedServer:
     """A server on its own thread and asyncio loop, for ``connect()`` with no target and tests.
+
+    ``options`` go to ``Server`` (``auth``, ``tls_cert``, ``tls_key``, ``insecure``, ...).
 
     Example::
 

@@ -4,6 +4,10 @@ No gRPC here. Methods are synchronous and never yield, so when the server calls 
 its one asyncio loop each call is atomic with respect to every other: a batch is validated
 in full, then committed in one step under one new revision. Records are immutable; a write
 replaces a record, so a reader's snapshot never changes under it.
+
+Each session keeps a secret token, made when the session is created. The store only keeps
+and compares it (``authenticate``, and ``initialize_session(..., require_token=True)``
+for attaching); who must present it, and how it travels, is the server's business.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import fnmatch
+import hmac
 import itertools
 import math
 import re
@@ -23,6 +28,7 @@ from typing import Any
 
 from .errors import (
     AlreadyExistsError,
+    AuthenticationError,
     ConflictError,
     DspexError,
     InvalidValueError,
@@ -198,6 +204,9 @@ class Session:
     metadata: dict[str, Any]
     created_at: float
     revision: int = 0
+    # The secret that proves a caller may act for this session; kept out of reprs so no
+    # log line or error message can carry it.
+    token: str = field(default="", repr=False)
     variables: dict[str, VariableRecord] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     clients: dict[str, ClientLease] = field(default_factory=dict)
@@ -233,6 +242,18 @@ class UpdateOutcome:
     error_kind: str = ""
     record: VariableRecord | None = None
     current_version: int = 0
+
+
+def _check_token(session: Session, token: str) -> None:
+    # The messages say why, never what was sent or expected.
+    if not token:
+        raise AuthenticationError(
+            f"session {session.id!r} needs its session token, and none was presented"
+        )
+    if not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), session.token.encode()):
+        raise AuthenticationError(
+            f"the session token presented is not the token of session {session.id!r}"
+        )
 
 
 def _failed(ref: str, error: DspexError | None) -> UpdateOutcome:
@@ -286,12 +307,20 @@ class MemoryStore:
         metadata: Mapping[str, Any] | None = None,
         ttl: float | None = None,
         client_name: str = "",
+        *,
+        token: str = "",
+        require_token: bool = False,
     ) -> tuple[Session, str, bool]:
         """Create a session, or attach to an existing one; returns (session, client_id, created).
+
+        A new session gets a fresh secret ``session.token``. With ``require_token``,
+        attaching to an existing session needs that ``token`` (else
+        ``AuthenticationError``, and nothing changes).
 
         Example::
 
             session, client_id, created = store.initialize_session("session_123")
+            store.initialize_session("session_123", token=session.token, require_token=True)
         """
         if ttl is not None and not (ttl == 0 or (math.isfinite(ttl) and 0 < ttl <= MAX_TTL)):
             raise InvalidValueError(
@@ -311,9 +340,14 @@ class MemoryStore:
             session_id = "sess_" + secrets.token_hex(8)
         session = self._sessions.get(session_id)
         if session is None:
-            session = Session(session_id, check_metadata(session_id, metadata), now)
+            session = Session(
+                session_id, check_metadata(session_id, metadata), now,
+                token=secrets.token_urlsafe(32),
+            )
             self._sessions[session_id] = session
             created = True
+        elif require_token:
+            _check_token(session, token)
         client_id = "cli_" + secrets.token_hex(8)
         session.clients[client_id] = ClientLease(client_name, ttl, now)
         return session, client_id, created
@@ -331,6 +365,20 @@ class MemoryStore:
             raise SessionNotFoundError(
                 f"no session {session_id!r} (never created, closed, or expired)"
             ) from None
+
+    def authenticate(self, session_id: str, token: str) -> Session:
+        """The live session if ``token`` is its secret; ``SessionNotFoundError`` if there is
+        no such session, ``AuthenticationError`` if the token is missing or not its own.
+
+        The comparison takes the same time wherever the token differs.
+
+        Example::
+
+            session = store.authenticate("session_123", token_from_the_caller)
+        """
+        session = self.session(session_id)
+        _check_token(session, token)
+        return session
 
     def heartbeat(self, session_id: str, client_id: str) -> float:
         """Keep a client attached; returns when it will expire without another heartbeat.

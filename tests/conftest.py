@@ -29,5 +29,6 @@ async def two(
 ) -> AsyncIterator[tuple[dspex_rx.SessionContext, dspex_rx.SessionContext]]:
     """Two connections to one shared session: a writer and a watcher."""
     async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117 - needs writer's id
-        async with dspex_rx.connect(server.target, session_id=writer.session_id) as watcher:
+        async with dspex_rx.connect(server.target, session_id=writer.session_id,
+                                    token=writer.token) as watcher:
             yield writer, watcher

@@ -53,7 +53,7 @@ async def pair(
 ) -> AsyncIterator[tuple[dspex_rx.SessionContext, dspex_rx.SessionContext]]:
     async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:  # noqa: SIM117
         async with dspex_rx.connect(
-            clocked.target, session_id=a.session_id, ttl_seconds=3600
+            clocked.target, session_id=a.session_id, token=a.token, ttl_seconds=3600
         ) as b:
             await a.register_variable("t", "float", 0.5, constraints=FLOAT)
             yield a, b
@@ -197,10 +197,11 @@ async def test_a_stale_fencing_token_is_refused(
 
 
 HOLDER = r"""
-import sys, trio, dspex_rx
+import os, sys, trio, dspex_rx
 
 async def main(target, session_id):
-    async with dspex_rx.connect(target, session_id=session_id, ttl_seconds=3600) as s:
+    async with dspex_rx.connect(target, session_id=session_id, ttl_seconds=3600,
+                                token=os.environ["DSPEX_TOKEN"]) as s:
         async def objective(value):
             print("evaluating", flush=True)
             await trio.sleep_forever()
@@ -217,7 +218,7 @@ async def test_a_holder_that_dies_loses_the_lease_after_its_ttl(
     clocked: EmbeddedServer, clock: FakeClock,
 ) -> None:
     a, b = pair
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DSPEX_TOKEN": a.token or ""}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, clocked.target, a.session_id],
         stdout=subprocess.PIPE, env=env,
@@ -255,7 +256,8 @@ async def test_a_holder_that_dies_loses_the_lease_after_its_ttl(
 async def test_a_closing_holder_releases_its_lease(clocked: EmbeddedServer) -> None:
     async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:
         await a.register_variable("t", "float", 0.5, constraints=FLOAT)
-        async with dspex_rx.connect(clocked.target, session_id=a.session_id) as b:
+        async with dspex_rx.connect(clocked.target, session_id=a.session_id,
+                                    token=a.token) as b:
             gate = Gate()
             await b.start_optimization("t", "random", {"seed": 1}, objective=gate)
             await gate.arrived(1)

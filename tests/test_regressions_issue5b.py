@@ -73,7 +73,7 @@ async def pair(
     """The holder ``a`` and another client ``b`` of one session, with a float ``t``."""
     async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:  # noqa: SIM117
         async with dspex_rx.connect(
-            clocked.target, session_id=a.session_id, ttl_seconds=3600
+            clocked.target, session_id=a.session_id, token=a.token, ttl_seconds=3600
         ) as b:
             await a.register_variable("t", "float", 0.5, constraints=FLOAT)
             yield a, b
@@ -160,8 +160,8 @@ def breakable(session: dspex_rx.SessionContext) -> list[BreakableStream]:
     real_open = transport.open_stream
     streams: list[BreakableStream] = []
 
-    async def open_stream(path: str, response_type: Any) -> BreakableStream:
-        stream = BreakableStream(await real_open(path, response_type))
+    async def open_stream(path: str, response_type: Any, **options: Any) -> BreakableStream:
+        stream = BreakableStream(await real_open(path, response_type, **options))
         streams.append(stream)
         return stream
 
@@ -262,7 +262,7 @@ async def test_cancelling_a_start_whose_lease_was_granted_gives_the_lease_back(
     with EmbeddedServer(store=store, expire_interval=3600.0) as server:
         async with dspex_rx.connect(server.target, ttl_seconds=3600) as a:  # noqa: SIM117
             async with dspex_rx.connect(
-                server.target, session_id=a.session_id, ttl_seconds=3600
+                server.target, session_id=a.session_id, token=a.token, ttl_seconds=3600
             ) as b:
                 await a.register_variable("t", "float", 0.5, constraints=FLOAT)
                 with trio.CancelScope() as scope:
@@ -413,7 +413,9 @@ async def test_a_resync_still_tells_how_the_followed_run_ended_when_another_star
     store = MemoryStore(log_size=3)
     with EmbeddedServer(store=store, expire_interval=3600.0) as server:
         async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117
-            async with dspex_rx.connect(server.target, session_id=writer.session_id) as watcher:
+            async with dspex_rx.connect(
+                server.target, session_id=writer.session_id, token=writer.token
+            ) as watcher:
                 streams = breakable(watcher)
                 await writer.register_variable("t", "float", 0.5, constraints=FLOAT)
                 gate = Gate()
@@ -465,7 +467,9 @@ async def test_a_resync_does_not_repeat_a_status_the_watcher_already_has(
     store = MemoryStore(log_size=3)
     with EmbeddedServer(store=store, expire_interval=3600.0) as server:
         async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117
-            async with dspex_rx.connect(server.target, session_id=writer.session_id) as watcher:
+            async with dspex_rx.connect(
+                server.target, session_id=writer.session_id, token=writer.token
+            ) as watcher:
                 streams = breakable(watcher)
                 await writer.register_variable("t", "float", 0.5, constraints=FLOAT)
                 await writer.register_variable("u", "integer", 0)

@@ -81,7 +81,7 @@ async def test_sessions_are_isolated(server: EmbeddedServer) -> None:
 async def test_shared_session_lives_until_last_client_closes(server: EmbeddedServer) -> None:
     first = await SessionContext("shared_demo", server.target).initialize()
     assert first.created
-    second = await SessionContext("shared_demo", server.target).initialize()
+    second = await SessionContext("shared_demo", server.target, token=first.token).initialize()
     assert not second.created
     await first.register_variable("x", "integer", 1)
     assert await second.get_variable("x") == 1

@@ -97,20 +97,22 @@ class InitializeSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., client_name: _Optional[str] = ...) -> None: ...
 
 class InitializeSessionResponse(_message.Message):
-    __slots__ = ("session_id", "client_id", "created", "revision", "ttl_seconds", "created_at")
+    __slots__ = ("session_id", "client_id", "created", "revision", "ttl_seconds", "created_at", "session_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     client_id: str
     created: bool
     revision: int
     ttl_seconds: float
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, session_id: _Optional[str] = ..., client_id: _Optional[str] = ..., created: _Optional[bool] = ..., revision: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    session_token: str
+    def __init__(self, session_id: _Optional[str] = ..., client_id: _Optional[str] = ..., created: _Optional[bool] = ..., revision: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_token: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id", "client_id")
