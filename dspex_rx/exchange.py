@@ -1,28 +1,5 @@
 """The export/import file formats (JSON, YAML, Parquet, pickle) and the versioned document
-they hold: client-side only; the wire carries a typed ``VariablesSnapshot`` either way.
-
-The document (``format_version`` 1)::
-
-    {"format": "dspex-rx/variables", "format_version": 1, "exported_at": 1732.5,
-     "session_id": "sess_1", "revision": 42, "include_history": false,
-     "include_dependencies": true,
-     "variables": [{"name": "temperature", "type": "float", "value": 0.7,
-                    "constraints": {"min": 0.0, "max": 2.0}, "metadata": {},
-                    "description": "", "version": 3, "created_at": ..., "updated_at": ...,
-                    "updated_by": "...",
-                    "history": [{"version", "value", "updated_at", "updated_by",
-                                 "metadata", "revision"}, ...],      # oldest first
-                    "dependencies": [{"name": "base", "type": "data", "metadata": {}}]}]}
-
-``history`` and ``dependencies`` are present only when the export included them. JSON and
-YAML hold what they cannot say exactly as tagged objects: an array is
-``{"$dspex": "ndarray", "dtype", "shape", "data": base64 of the little-endian C-order
-bytes}``, a NaN or infinity ``{"$dspex": "float", "value": "nan" | "inf" | "-inf"}``, a
-dict that has a ``"$dspex"`` key of its own ``{"$dspex": "dict", "items": [[key, value],
-...]}``. Parquet keeps one row per variable with arrays as raw bytes; pickle keeps the
-document as Python objects. A reader dispatches on ``format_version`` and refuses newer
-versions it does not know.
-"""
+they hold; client-side only: the wire carries a typed ``VariablesSnapshot`` either way."""
 
 from __future__ import annotations
 
@@ -44,6 +21,20 @@ from .errors import DspexError, InvalidValueError, VariableTypeError
 from .v1 import value_pb2
 from .v1 import variables_pb2 as pb
 
+# The document (format_version 1; ARCHITECTURE.md, "Export and import"):
+#   {"format": "dspex-rx/variables", "format_version": 1, "exported_at", "session_id",
+#    "revision", "include_history", "include_dependencies",
+#    "variables": [{"name", "type", "value", "constraints", "metadata", "description",
+#                   "version", "created_at", "updated_at", "updated_by",
+#                   "history": [{"version", "value", "updated_at", "updated_by",
+#                                "metadata", "revision"}, ...],   # oldest first; optional
+#                   "dependencies": [{"name", "type", "metadata"}, ...]}]}  # optional
+# JSON and YAML hold what they cannot say exactly as tagged objects: an array is
+# {"$dspex": "ndarray", "dtype", "shape", "data": base64 of its little-endian C-order
+# bytes}, NaN/inf {"$dspex": "float", "value": "nan" | "inf" | "-inf"}, a dict with a
+# "$dspex" key of its own {"$dspex": "dict", "items": [[key, value], ...]}. Parquet has
+# one row per variable, arrays as raw bytes, the header in the schema metadata; pickle
+# holds the document as Python objects.
 FORMAT_NAME = "dspex-rx/variables"
 FORMAT_VERSION = 1
 FORMATS: tuple[str, ...] = ("json", "yaml", "parquet", "pickle")
