@@ -1772,12 +1772,12 @@ class MemoryStore:
                 f"variable {name!r} is a {existing.type} in the session but a {type_name} in "
                 "the import; an import never changes a variable's type"
             )
-        lease = session.running.get(existing.id)
-        if lease is not None and not (dry_run and self._clock() > lease.expires_at):
-            self._check_lease(session, existing, None, doing="overwritten by an import")
         notes = []
         if dict(existing.constraints) != constraints:
             notes.append("the session's constraints kept (the import's differ)")
+        if history:
+            notes.append("exported history not restored (an existing variable's history is "
+                         "only appended to)")
         if strategy == "merge":
             if type_name == "dict":
                 value = {**existing.value, **value}
@@ -1795,6 +1795,10 @@ class MemoryStore:
             return _ImportPlan(
                 name, "skip", existing.id, existing.version, "unchanged", existing,
             )
+        lease = session.running.get(existing.id)
+        if lease is not None and not (dry_run and self._clock() > lease.expires_at):
+            # (A dry run does not sweep leases, so one past its expiry counts as gone.)
+            self._check_lease(session, existing, None, doing="overwritten by an import")
         return _ImportPlan(
             name, strategy, existing.id, existing.version + 1, "; ".join(notes), existing,
             type_name, value, existing.constraints, metadata, description,

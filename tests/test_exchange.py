@@ -265,9 +265,8 @@ async def test_replace_writes_imported_values_as_new_versions(
     assert info["temperature"]["description"] == "from the file"
     # The session's constraints stand: an import never redefines a variable.
     assert info["temperature"]["constraints"] == {"min": 0.0, "max": 1.0}
-    assert "constraints kept" in next(
-        d["message"] for d in report["details"] if d["name"] == "temperature"
-    )
+    message = next(d["message"] for d in report["details"] if d["name"] == "temperature")
+    assert "constraints kept" in message and "history not restored" in message
     assert await fresh.get_variable("config") == {"a": 1, "b": 2}
     assert await fresh.get_variable("local") == "mine"
     history = await fresh.get_variable_history("temperature")
@@ -633,3 +632,17 @@ def test_parquet_keeps_arrays_as_raw_bytes() -> None:
     table = pq.read_table(io.BytesIO(exchange.write_document(doc, "parquet")))
     cell = table.column("value").to_pylist()[0]
     assert (cell["dtype"], cell["shape"], cell["data"]) == ("int8", [2, 3], MASK.tobytes())
+
+
+async def test_merge_that_changes_nothing_is_no_write_even_under_a_lease(
+    session: dspex_rx.SessionContext, fresh: dspex_rx.SessionContext, server: EmbeddedServer
+) -> None:
+    await session.register_variable("t", "float", 0.5)
+    await fresh.register_variable("t", "float", 0.5)
+    sid = fresh.session_id
+    server.call(lambda: server.store.start_optimization(sid, "t", optimizer_type="random"))
+    data = await session.export_variables(include_history=True)
+    report = await fresh.import_variables(data, merge_strategy="merge")
+    assert report["errors"] == [] and report["details"][0]["message"] == "unchanged"
+    report = await fresh.import_variables(data, merge_strategy="replace", dry_run=True)
+    assert report["details"][0]["error_kind"] == "locked"
