@@ -25,7 +25,7 @@ from reactivex import abc as rx_abc
 from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable
 
-from . import codec
+from . import codec, exchange
 from .actors import VariableActor, VariableObservable, VariableUpdate, WatchHub
 from .cache import VariableCache
 from .convert import (
@@ -42,6 +42,7 @@ from .errors import (
     DspexError,
     InvalidValueError,
     SessionNotFoundError,
+    VariableTypeError,
     error_from_kind,
 )
 from .logs import get_logger
@@ -94,6 +95,41 @@ _DEPENDENCY_TYPES: dict[str, int] = {
     "optimization": pb.DEPENDENCY_TYPE_OPTIMIZATION,
 }
 _DEPENDENCY_NAMES = {number: name for name, number in _DEPENDENCY_TYPES.items()}
+
+
+_MERGE_STRATEGIES: dict[str, int] = {
+    "replace": pb.MERGE_STRATEGY_REPLACE,
+    "keep": pb.MERGE_STRATEGY_KEEP,
+    "merge": pb.MERGE_STRATEGY_MERGE,
+}
+
+
+def _import_result(response: pb.ImportVariablesResponse) -> dict[str, Any]:
+    """The spec's import answer: counts, error messages and one detail per variable."""
+    details = []
+    for outcome in response.outcomes:
+        detail: dict[str, Any] = {
+            "name": outcome.name,
+            "action": outcome.action,
+            "version": outcome.version,
+            "message": outcome.message,
+        }
+        if outcome.error_kind:
+            detail["error_kind"] = outcome.error_kind
+        details.append(detail)
+    errors = [o.message for o in response.outcomes if o.action == "error"]
+    return {
+        "imported": 0 if errors else sum(
+            1 for o in response.outcomes if o.action in ("create", "replace", "merge")
+        ),
+        "skipped": sum(1 for o in response.outcomes if o.action == "skip"),
+        "errors": errors,
+        "details": details,
+        "applied": response.applied,
+        "dry_run": response.dry_run,
+        "revision": response.revision,
+        "dependencies_added": 0 if errors else response.dependencies_added,
+    }
 
 
 def _check_expected(name: str, expected: int | None) -> int:
@@ -1142,6 +1178,123 @@ class SessionContext:
         actor.stats.write_count += 1
         actor.stats.write_latency_total += time.perf_counter() - started
         return response.variable.version
+
+    # ---------------------------------------------------------- export and import
+
+    async def export_variables(
+        self,
+        format: str = "json",
+        include_history: bool = False,
+        include_dependencies: bool = True,
+        filter_pattern: str | None = None,
+    ) -> bytes:
+        """This session's variables as a file in ``format``: ``json``, ``yaml``,
+        ``parquet`` (needs the ``parquet`` extra: ``pip install 'dspex-rx[parquet]'``) or
+        ``pickle``. Each variable keeps its type, value (arrays bit for bit: dtype, shape
+        and bytes), constraints, metadata, description and version; with
+        ``include_history`` its retained versions, with ``include_dependencies`` (the
+        default) what it depends on. ``filter_pattern`` is a glob on names
+        (``model.*``). The file carries ``format_version`` 1 (see ``dspex_rx.exchange``).
+
+        Example::
+
+            data = await session.export_variables("yaml", include_history=True)
+            pathlib.Path("variables.yaml").write_bytes(data)
+        """
+        format = exchange.check_format(format)
+        if filter_pattern is not None and not isinstance(filter_pattern, str):
+            raise InvalidValueError(f"filter_pattern must be a string, got {filter_pattern!r}")
+        response = await self._call(
+            "ExportVariables",
+            pb.ExportVariablesRequest(
+                session_id=self.session_id,
+                include_history=bool(include_history),
+                include_dependencies=bool(include_dependencies),
+                filter_pattern=filter_pattern or "",
+            ),
+            pb.ExportVariablesResponse,
+        )
+
+        def write() -> bytes:
+            return exchange.write_document(
+                exchange.snapshot_to_document(response.snapshot), format
+            )
+
+        # Serializing a large export takes a while: off the trio thread, watches flow on.
+        return await trio.to_thread.run_sync(write)
+
+    async def import_variables(
+        self,
+        data: bytes | str,
+        format: str = "json",
+        merge_strategy: str = "replace",
+        dry_run: bool = False,
+        trusted: bool = False,
+    ) -> dict[str, Any]:
+        """Import a file made by ``export_variables``: everything is validated first (types,
+        constraints, names, history, dependencies: none missing, no cycle), then applied
+        in one commit on the server, or not at all. Returns ``imported``, ``skipped``,
+        ``errors`` (messages naming each bad variable; nothing was applied if there is
+        one), ``details`` (per variable: ``name``, ``action`` — ``create``, ``replace``,
+        ``merge``, ``skip`` or ``error`` —, ``version`` after the import, ``message``),
+        plus ``applied``, ``dry_run``, ``revision`` and ``dependencies_added``.
+
+        - New variables are created; with exported history they keep their version and
+          their older versions (restored as they were). Without it they start at 1.
+        - ``merge_strategy`` says what happens to variables the session already has:
+          ``replace`` writes the imported value, metadata and description as a new
+          version; ``keep`` leaves them as they are; ``merge`` merges dict values and
+          metadata key-wise (imported keys win), replaces other values, keeps the
+          session's description unless the import has one, and skips a variable nothing
+          would change. History is only appended to; types and constraints never change.
+        - Dependencies are added between the imported variables (and to variables the
+          session has); a dependency on a variable in neither is an error.
+        - Imported writes carry ``imported_from``, ``export_revision``,
+          ``format_version`` and ``merge_strategy`` as their metadata.
+
+        ``dry_run=True`` validates and reports what would happen, changing nothing. Data
+        that is not a readable export (garbage, truncated, another format, a field of the
+        wrong kind, a newer ``format_version``) raises ``ValueError`` naming the problem.
+        **Pickle runs code from the file while loading**, so ``format='pickle'`` is
+        refused with ``ValueError`` unless ``trusted=True``: pass it only for files you
+        made yourself.
+
+        Example::
+
+            report = await session.import_variables(data, "yaml", merge_strategy="keep",
+                                                     dry_run=True)
+            if not report["errors"]:
+                await session.import_variables(data, "yaml", merge_strategy="keep")
+        """
+        format = exchange.check_format(format)
+        strategy = _MERGE_STRATEGIES.get(merge_strategy)
+        if strategy is None:
+            raise InvalidValueError(
+                f"merge_strategy must be one of {', '.join(_MERGE_STRATEGIES)}, got "
+                f"{merge_strategy!r}"
+            )
+        if isinstance(data, str):
+            if format not in ("json", "yaml"):
+                raise VariableTypeError(f"{format} data must be bytes, not str")
+            data = data.encode("utf-8")
+        raw = data
+        snapshot = await trio.to_thread.run_sync(
+            lambda: exchange.read_snapshot(raw, format, trusted=trusted)
+        )
+        response = await self._call(
+            "ImportVariables",
+            pb.ImportVariablesRequest(
+                session_id=self.session_id,
+                snapshot=snapshot,
+                merge_strategy=strategy,  # type: ignore[arg-type]
+                dry_run=bool(dry_run),
+            ),
+            pb.ImportVariablesResponse,
+        )
+        for outcome in response.outcomes:
+            if outcome.HasField("variable"):
+                self._remember(outcome.variable)
+        return _import_result(response)
 
     # ------------------------------------------------------------ the actor cache
 

@@ -49,7 +49,18 @@ from .security import (
     is_loopback,
     server_credentials,
 )
-from .store import OPTIMIZATION_EVENT, ChangeEvent, MemoryStore, VariableRecord, VariableSpec
+from .store import (
+    OPTIMIZATION_EVENT,
+    ChangeEvent,
+    HistoryEntry,
+    ImportReport,
+    MemoryStore,
+    Snapshot,
+    SnapshotDependency,
+    SnapshotVariable,
+    VariableRecord,
+    VariableSpec,
+)
 from .types import same_value
 from .v1 import session_pb2 as spb
 from .v1 import variables_pb2 as pb
@@ -220,6 +231,139 @@ _DEPENDENCY_TYPES: dict[str, int] = {
     for name in ("data", "constraint", "optimization")
 }
 _DEPENDENCY_TYPE_NAMES = {number: name for name, number in _DEPENDENCY_TYPES.items()}
+
+
+_MERGE_STRATEGIES: dict[int, str] = {
+    pb.MERGE_STRATEGY_UNSPECIFIED: "replace",
+    pb.MERGE_STRATEGY_REPLACE: "replace",
+    pb.MERGE_STRATEGY_KEEP: "keep",
+    pb.MERGE_STRATEGY_MERGE: "merge",
+}
+
+
+def snapshot_to_pb(snapshot: Snapshot, out: pb.VariablesSnapshot) -> None:
+    """Fill a wire ``VariablesSnapshot`` from a store snapshot.
+
+    Example::
+
+        snapshot_to_pb(store.export_snapshot(sid), response.snapshot)
+    """
+    out.format_version = snapshot.format_version
+    out.session_id = snapshot.session_id
+    out.revision = snapshot.revision
+    out.exported_at.CopyFrom(timestamp(snapshot.exported_at))
+    out.include_history = snapshot.include_history
+    out.include_dependencies = snapshot.include_dependencies
+    for variable in snapshot.variables:
+        msg = out.variables.add(
+            name=variable.name,
+            type=type_to_pb(variable.type),
+            constraints=codec.encode_map(variable.constraints),
+            metadata=codec.encode_map(variable.metadata),
+            description=variable.description,
+            version=variable.version,
+            created_at=timestamp(variable.created_at),
+            updated_at=timestamp(variable.updated_at),
+            updated_by=variable.updated_by,
+        )
+        codec.fill(msg.value, variable.value)
+        if variable.history is not None:
+            msg.has_history = True
+            for entry in variable.history:
+                item = msg.history.add(
+                    version=entry.version,
+                    updated_at=timestamp(entry.updated_at),
+                    updated_by=entry.updated_by,
+                    metadata=codec.encode_map(entry.metadata),
+                    revision=entry.revision,
+                )
+                codec.fill(item.value, entry.value)
+        if variable.dependencies is not None:
+            msg.has_dependencies = True
+            for dependency in variable.dependencies:
+                msg.dependencies.add(
+                    name=dependency.name,
+                    dependency_type=_DEPENDENCY_TYPES[dependency.type],
+                    metadata=codec.encode_map(dependency.metadata),
+                )
+
+
+def snapshot_from_pb(msg: pb.VariablesSnapshot) -> Snapshot:
+    """A store snapshot from a wire ``VariablesSnapshot``; a value that cannot be decoded
+    raises an error naming its variable (the store validates the rest).
+
+    Example::
+
+        snapshot = snapshot_from_pb(request.snapshot)
+    """
+    variables = []
+    for index, item in enumerate(msg.variables):
+        try:
+            history = (
+                tuple(
+                    HistoryEntry(
+                        entry.version, codec.decode(entry.value), seconds(entry.updated_at),
+                        entry.updated_by, codec.decode_map(entry.metadata), entry.revision,
+                    )
+                    for entry in item.history
+                )
+                if item.has_history
+                else None
+            )
+            dependencies = (
+                tuple(
+                    SnapshotDependency(
+                        dependency.name,
+                        _DEPENDENCY_TYPE_NAMES.get(
+                            dependency.dependency_type,
+                            f"unknown (wire value {dependency.dependency_type})",
+                        )
+                        if dependency.dependency_type
+                        else "data",
+                        codec.decode_map(dependency.metadata),
+                    )
+                    for dependency in item.dependencies
+                )
+                if item.has_dependencies
+                else None
+            )
+            variables.append(
+                SnapshotVariable(
+                    item.name, type_from_pb(item.type), codec.decode(item.value),
+                    codec.decode_map(item.constraints), codec.decode_map(item.metadata),
+                    item.description, item.version, seconds(item.created_at),
+                    seconds(item.updated_at), item.updated_by, history, dependencies,
+                )
+            )
+        except DspexError as exc:
+            raise type(exc)(
+                f"variable {item.name or index!r} of the import: {exc.message}", **exc.details
+            ) from None
+    return Snapshot(
+        tuple(variables), msg.session_id, msg.revision, seconds(msg.exported_at),
+        msg.include_history, msg.include_dependencies, msg.format_version,
+    )
+
+
+def import_report_to_pb(report: ImportReport) -> pb.ImportVariablesResponse:
+    """The wire answer to an import: outcomes, revision, whether it was applied.
+
+    Example::
+
+        return import_report_to_pb(store.import_snapshot(sid, snapshot))
+    """
+    response = pb.ImportVariablesResponse(
+        revision=report.revision, applied=report.applied, dry_run=report.dry_run,
+        dependencies_added=report.dependencies_added,
+    )
+    for outcome in report.outcomes:
+        out = response.outcomes.add(
+            name=outcome.name, action=outcome.action, message=outcome.message,
+            error_kind=outcome.error_kind, version=outcome.version,
+        )
+        if outcome.record is not None:
+            record_to_pb(outcome.record, out.variable)
+    return response
 
 
 def _presented_token(context: grpc.aio.ServicerContext) -> str:
@@ -826,6 +970,53 @@ class VariablesService(pb_grpc.VariablesServicer):
         for entry in entries:
             _entry_to_pb(entry, response.entries.add())
         return response
+
+    # ----------------------------------------------------------- export and import
+
+    @_handler
+    async def ExportVariables(
+        self, request: pb.ExportVariablesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExportVariablesResponse:
+        """The ``ExportVariables`` RPC: the caller's session's variables as a snapshot.
+
+        Example::
+
+            await stub.ExportVariables(ExportVariablesRequest(session_id=sid))
+        """
+        snapshot = self.store.export_snapshot(
+            _session_id(request),
+            include_history=request.include_history,
+            include_dependencies=request.include_dependencies,
+            pattern=request.filter_pattern or None,
+        )
+        response = pb.ExportVariablesResponse(revision=snapshot.revision)
+        snapshot_to_pb(snapshot, response.snapshot)
+        return response
+
+    @_handler
+    async def ImportVariables(
+        self, request: pb.ImportVariablesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ImportVariablesResponse:
+        """The ``ImportVariables`` RPC: validate the whole snapshot, then one commit or none.
+
+        Example::
+
+            await stub.ImportVariables(ImportVariablesRequest(session_id=sid, snapshot=...))
+        """
+        session_id = _session_id(request)
+        strategy = _MERGE_STRATEGIES.get(request.merge_strategy)
+        if strategy is None:
+            raise InvalidValueError(
+                f"merge strategy is unknown (wire value {request.merge_strategy})"
+            )
+        report = self.store.import_snapshot(
+            session_id,
+            snapshot_from_pb(request.snapshot),
+            strategy=strategy,
+            dry_run=request.dry_run,
+            actor=session_id,
+        )
+        return import_report_to_pb(report)
 
     async def Echo(
         self, request: pb.EchoRequest, context: grpc.aio.ServicerContext

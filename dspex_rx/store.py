@@ -42,11 +42,13 @@ from .graph import DEPENDENCY_TYPES, CycleError, DependencyGraph, Edge
 from .leases import FINISH_STATES, OptimizationEntry, OptimizationLease
 from .logs import get_logger
 from .types import (
+    INT64_MAX,
     check_constraints,
     check_metadata,
     infer_type,
     normalize_type,
     same_value,
+    validate_stored,
     validate_value,
 )
 
@@ -56,6 +58,7 @@ MAX_TTL = 7 * 24 * 3600.0
 MAX_ITERATIONS = 10_000_000
 # Ended leases kept per variable, for status by optimization id and for resync.
 RECENT_LEASES = 16
+MAX_VERSION = INT64_MAX
 # The event types a commit can carry per variable; "optimization" events change no value.
 OPTIMIZATION_EVENT = "optimization"
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
@@ -135,6 +138,125 @@ class VariableSpec:
     metadata: Mapping[str, Any] | None = None
     description: str = ""
     dependencies: Sequence[str] = ()
+
+
+MERGE_STRATEGIES = ("replace", "keep", "merge")
+# Graph keys of variables an import is about to create: ':' is never in a name or an id.
+_NEW = "import:"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDependency:
+    """One edge of an export, seen from the dependent: it depends on ``name``.
+
+    Example::
+
+        SnapshotDependency("base_temperature", "data", {})
+    """
+
+    name: str
+    type: str = "data"
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotVariable:
+    """One variable of an export (or of an import to apply).
+
+    ``history`` (oldest first) and ``dependencies`` are None when the export left them out.
+
+    Example::
+
+        SnapshotVariable("temperature", "float", 0.7, {"min": 0.0, "max": 2.0})
+    """
+
+    name: str
+    type: str
+    value: Any
+    constraints: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    version: int = 1
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    updated_by: str = ""
+    history: tuple[HistoryEntry, ...] | None = None
+    dependencies: tuple[SnapshotDependency, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What ``export_snapshot`` returns and ``import_snapshot`` applies: variables plus
+    where they came from (session, revision, time) and the export's format version.
+
+    Example::
+
+        snapshot = store.export_snapshot(sid, include_history=True)
+        store.import_snapshot(other_sid, snapshot, strategy="keep")
+    """
+
+    variables: tuple[SnapshotVariable, ...]
+    session_id: str = ""
+    revision: int = 0
+    exported_at: float = 0.0
+    include_history: bool = False
+    include_dependencies: bool = False
+    format_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    """What an import did (or, dry or refused, would do) with one variable.
+
+    ``action`` is ``create``, ``replace``, ``merge``, ``skip`` or ``error``; ``version``
+    is the variable's version after the import; ``record`` is set for applied writes.
+
+    Example::
+
+        [(o.name, o.action) for o in report.outcomes]
+    """
+
+    name: str
+    action: str
+    message: str = ""
+    error_kind: str = ""
+    version: int = 0
+    record: VariableRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """The result of ``import_snapshot``: one outcome per variable, in the snapshot's order.
+
+    Example::
+
+        report = store.import_snapshot(sid, snapshot, dry_run=True)
+        report.applied, report.revision, report.dependencies_added
+    """
+
+    outcomes: list[ImportOutcome]
+    revision: int
+    applied: bool
+    dry_run: bool
+    dependencies_added: int
+
+
+@dataclass(slots=True)
+class _ImportPlan:
+    # One variable's planned change; ``key`` is its id in the graph (or _NEW + name).
+    name: str
+    action: str
+    key: str
+    version: int
+    message: str = ""
+    existing: VariableRecord | None = None
+    type: str = ""
+    value: Any = None
+    constraints: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    history: list[HistoryEntry] = field(default_factory=list)
+    untouched: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +376,9 @@ def _check_token(session: Session, token: str) -> None:
         raise AuthenticationError(
             f"the session token presented is not the token of session {session.id!r}"
         )
+def _plain_dict(value: Any) -> Any:
+    # Mappings become dicts for check_metadata; anything else goes on to be refused there.
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 def _failed(ref: str, error: DspexError | None) -> UpdateOutcome:
@@ -523,12 +648,17 @@ class MemoryStore:
         metadata: Mapping[str, Any] | None = None,
         source: str = "",
         notes: Sequence[OptimizationLease] = (),
+        edges: Sequence[Edge] = (),
+        restored: Mapping[str, Sequence[HistoryEntry]] | None = None,
     ) -> tuple[list[VariableRecord], int]:
         # The only place variable state changes: one new revision for the whole write,
         # stamped on every record it writes (and as create_revision on new ones), logged
         # as one commit and handed to the session's listeners. ``notes`` are leases whose
         # status changed in this commit: each becomes an optimization event after the
         # value changes, so a watcher sees a write and the status it led to together.
+        # ``edges`` (checked acyclic by the caller) join the graph before propagation;
+        # ``restored`` seeds the history of new records (an import) before their own
+        # version is remembered, each entry stamped with this revision.
         revision = session.revision + 1
         stamped = [
             r
@@ -547,10 +677,18 @@ class MemoryStore:
             old = session.variables.get(record.id)
             session.variables[record.id] = record
             session.names[record.name] = record.id
+            if restored and record.id in restored:
+                session.history[record.id] = deque(
+                    (dataclasses.replace(entry, revision=revision)
+                     for entry in restored[record.id]),
+                    maxlen=self.history_size,
+                )
             self._remember(session, record, meta)
             if old is not None:
                 changed.append(record)
                 events.append(ChangeEvent(record, old.value, "value_change", meta, source))
+        for edge in edges:
+            session.graph.add(edge)
         if changed and len(session.graph):
             # Dependents learn of the change in the same frame, upstream first, each told
             # which of the changed variables it depends on.
@@ -1540,3 +1678,367 @@ class MemoryStore:
             and (since is None or e.timestamp >= since)
         ]
         return found[-limit:]
+
+    # ------------------------------------------------------------ export and import
+
+    def export_snapshot(
+        self,
+        session_id: str,
+        *,
+        include_history: bool = False,
+        include_dependencies: bool = True,
+        pattern: str | None = None,
+    ) -> Snapshot:
+        """The session's variables whose names match ``pattern`` (all when None), by name:
+        values, types, constraints, metadata, descriptions, versions, and on request each
+        one's retained history (oldest first) and what it depends on (by name).
+
+        Example::
+
+            snapshot = store.export_snapshot(sid, include_history=True, pattern="model.*")
+        """
+        session = self.session(session_id)
+        variables = []
+        # store.list is the one place names are matched against patterns.
+        for record in self.list(session_id, pattern):
+            history = tuple(session.history.get(record.id, ())) if include_history else None
+            dependencies = (
+                tuple(
+                    SnapshotDependency(session.variables[dep].name, edge.type, edge.metadata)
+                    for dep, _, edge in session.graph.dependencies(record.id)
+                )
+                if include_dependencies
+                else None
+            )
+            variables.append(
+                SnapshotVariable(
+                    record.name, record.type, record.value, record.constraints,
+                    record.metadata, record.description, record.version, record.created_at,
+                    record.updated_at, record.updated_by, history, dependencies,
+                )
+            )
+        return Snapshot(
+            tuple(variables), session.id, session.revision, self._clock(),
+            include_history, include_dependencies,
+        )
+
+    def import_snapshot(
+        self,
+        session_id: str,
+        snapshot: Snapshot,
+        *,
+        strategy: str = "replace",
+        dry_run: bool = False,
+        actor: str = "",
+    ) -> ImportReport:
+        """Import a snapshot: validate everything, then apply it in one commit, or nothing.
+
+        Every variable is checked first (name, type, constraints, value, metadata, a
+        well-formed history, dependencies that exist and close no cycle); one bad entry
+        means nothing is applied and its outcome names the error. Otherwise every change
+        is one commit under one revision, with ``imported_from``, ``export_revision``,
+        ``format_version`` and ``merge_strategy`` as the write's metadata.
+
+        - A new variable is created; with a history in the snapshot it keeps its
+          exported version and its older versions are restored (their own time, writer
+          and metadata; the import's revision). Without one it starts at version 1.
+        - An existing one, by ``strategy``: ``replace`` writes the imported value,
+          metadata and description as one new version; ``keep`` leaves it alone;
+          ``merge`` merges dict values and metadata key-wise (imported keys win), takes
+          other values and a non-empty description from the import, and skips it when
+          nothing changes. Its history is only appended to, never rewritten; its type
+          never changes and its own constraints stay (the value must meet them).
+        - Dependencies are added (never removed) for every variable not kept as it was;
+          a dependency must name a variable of the snapshot or of the session.
+
+        ``dry_run`` validates and reports what would happen, changing nothing.
+
+        Example::
+
+            report = store.import_snapshot(sid, snapshot, strategy="merge", dry_run=True)
+            [(o.name, o.action, o.message) for o in report.outcomes]
+        """
+        if strategy not in MERGE_STRATEGIES:
+            raise InvalidValueError(
+                f"merge_strategy must be one of {', '.join(MERGE_STRATEGIES)}, got {strategy!r}"
+            )
+        session = self.session(session_id)
+        if not dry_run:
+            self._expire_leases(session)
+        entries = snapshot.variables
+        plans: builtins.list[_ImportPlan | None] = []
+        errors: dict[int, DspexError] = {}
+        keys: dict[str, str] = {}  # every name the import knows -> its graph key
+        for index, entry in enumerate(entries):
+            try:
+                plan = self._plan_import(session, entry, strategy, keys, dry_run)
+            except DspexError as exc:
+                plan = None
+                errors[index] = exc
+            plans.append(plan)
+            if isinstance(entry.name, str) and entry.name not in keys:
+                existing = session.names.get(entry.name)
+                keys[entry.name] = existing or _NEW + entry.name
+        creates = sum(1 for p in plans if p is not None and p.action == "create")
+        if creates and len(session.variables) + creates > self.max_variables_per_session:
+            raise ResourceExhaustedError(
+                f"session {session_id!r} would exceed {self.max_variables_per_session} "
+                f"variables (the import creates {creates})"
+            )
+        new_edges = self._plan_import_edges(session, entries, plans, keys, errors)
+        if errors:
+            first = entries[min(errors)].name
+            outcomes = [
+                ImportOutcome(entry.name, "error", str(errors[i]), errors[i].kind)
+                if i in errors
+                else ImportOutcome(
+                    entry.name, plan.action if plan else "error",
+                    f"not applied: the import failed on {first!r}",
+                    version=plan.version if plan else 0,
+                )
+                for i, (entry, plan) in enumerate(zip(entries, plans, strict=True))
+            ]
+            return ImportReport(outcomes, session.revision, False, dry_run, 0)
+        ready = [p for p in plans if p is not None]
+        if dry_run:
+            outcomes = [ImportOutcome(p.name, p.action, p.message, version=p.version)
+                        for p in ready]
+            return ImportReport(outcomes, session.revision, False, True, len(new_edges))
+        return self._apply_import(session, snapshot, strategy, ready, new_edges, actor)
+
+    def _plan_import(
+        self,
+        session: Session,
+        entry: SnapshotVariable,
+        strategy: str,
+        seen: Mapping[str, str],
+        dry_run: bool,
+    ) -> _ImportPlan:
+        name = entry.name
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise InvalidValueError(
+                f"variable name {name!r} is not valid (letters, digits, _ . - /; up to 256 "
+                "characters, not starting with a digit)"
+            )
+        if name in seen:
+            raise InvalidValueError(f"variable {name!r} appears more than once in the import")
+        type_name = normalize_type(entry.type)
+        constraints = check_constraints(name, type_name, entry.constraints)
+        value = validate_stored(name, type_name, entry.value, constraints)
+        metadata = check_metadata(name, _plain_dict(entry.metadata))
+        if not isinstance(entry.description, str):
+            raise VariableTypeError(f"variable {name!r}: description must be a string")
+        if not isinstance(entry.version, int) or isinstance(entry.version, bool) or not (
+            1 <= entry.version <= MAX_VERSION
+        ):
+            raise InvalidValueError(
+                f"variable {name!r}: version must be an integer from 1 to {MAX_VERSION}, "
+                f"got {entry.version!r}"
+            )
+        history = self._check_history(name, type_name, constraints, entry)
+        existing_id = session.names.get(name)
+        if existing_id is None:
+            if name in session.variables:
+                raise AlreadyExistsError(
+                    f"variable name {name!r} already exists as the id of another variable"
+                )
+            # The entry of the current version is the import's own write (remembered by
+            # _commit with the import's metadata); the older ones are restored.
+            restored = [h for h in history or () if h.version < entry.version]
+            version = entry.version if history else 1
+            message = "new variable"
+            if restored:
+                message += f"; history restored from version {restored[0].version}"
+            return _ImportPlan(
+                name, "create", _NEW + name, version, message, None, type_name, value,
+                constraints, metadata, entry.description, restored,
+            )
+        existing = session.variables[existing_id]
+        if strategy == "keep":
+            return _ImportPlan(
+                name, "skip", existing.id, existing.version,
+                "exists; kept as it is (merge_strategy 'keep')", existing, untouched=True,
+            )
+        if existing.type != type_name:
+            raise VariableTypeError(
+                f"variable {name!r} is a {existing.type} in the session but a {type_name} in "
+                "the import; an import never changes a variable's type"
+            )
+        notes = []
+        if dict(existing.constraints) != constraints:
+            notes.append("the session's constraints kept (the import's differ)")
+        if history:
+            notes.append("exported history not restored (an existing variable's history is "
+                         "only appended to)")
+        if strategy == "merge":
+            if type_name == "dict":
+                value = {**existing.value, **value}
+                notes.append("dict merged key-wise")
+            metadata = {**existing.metadata, **metadata}
+            description = entry.description or existing.description
+        else:
+            description = entry.description
+        value = validate_stored(name, type_name, value, existing.constraints)
+        if strategy == "merge" and (
+            same_value(value, existing.value)
+            and same_value(metadata, dict(existing.metadata))
+            and description == existing.description
+        ):
+            return _ImportPlan(
+                name, "skip", existing.id, existing.version, "unchanged", existing,
+            )
+        lease = session.running.get(existing.id)
+        if lease is not None and not (dry_run and self._clock() > lease.expires_at):
+            # (A dry run does not sweep leases, so one past its expiry counts as gone.)
+            self._check_lease(session, existing, None, doing="overwritten by an import")
+        return _ImportPlan(
+            name, strategy, existing.id, existing.version + 1, "; ".join(notes), existing,
+            type_name, value, existing.constraints, metadata, description,
+        )
+
+    def _check_history(
+        self,
+        name: str,
+        type_name: str,
+        constraints: Mapping[str, Any],
+        entry: SnapshotVariable,
+    ) -> builtins.list[HistoryEntry] | None:
+        # A well-formed history: consecutive versions ending at the variable's version,
+        # every value valid for the variable as it is declared.
+        if entry.history is None:
+            return None
+        out: builtins.list[HistoryEntry] = []
+        for i, item in enumerate(entry.history):
+            where = f"variable {name!r}: history entry {i}"
+            version = item.version
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+                raise InvalidValueError(
+                    f"{where}: version must be a positive integer, got {version!r}"
+                )
+            if out and version != out[-1].version + 1:
+                raise InvalidValueError(
+                    f"{where}: versions must be consecutive, oldest first (version "
+                    f"{version} follows {out[-1].version})"
+                )
+            if not isinstance(item.updated_at, int | float) or isinstance(
+                item.updated_at, bool
+            ) or not math.isfinite(item.updated_at):
+                raise InvalidValueError(f"{where}: updated_at must be a finite number")
+            if not isinstance(item.updated_by, str):
+                raise VariableTypeError(f"{where}: updated_by must be a string")
+            try:
+                value = validate_stored(name, type_name, item.value, constraints)
+                metadata = check_metadata(name, _plain_dict(item.metadata))
+            except DspexError as exc:
+                prefix = f"variable {name!r}: "
+                text = exc.message[len(prefix):] if exc.message.startswith(prefix) else exc.message
+                raise type(exc)(f"{where} (version {version}): {text}") from None
+            out.append(
+                HistoryEntry(version, value, float(item.updated_at), item.updated_by, metadata, 0)
+            )
+        if out and out[-1].version != entry.version:
+            raise InvalidValueError(
+                f"variable {name!r}: its history ends at version {out[-1].version} but the "
+                f"variable is at version {entry.version}"
+            )
+        return out
+
+    def _plan_import_edges(
+        self,
+        session: Session,
+        entries: Sequence[SnapshotVariable],
+        plans: Sequence[_ImportPlan | None],
+        keys: Mapping[str, str],
+        errors: dict[int, DspexError],
+    ) -> builtins.list[Edge]:
+        # Tried on a copy of the graph, so a cycle is found before anything changes.
+        trial = session.graph.copy()
+        labels = {key: name for name, key in keys.items()}
+        added: builtins.list[Edge] = []
+        for index, (entry, plan) in enumerate(zip(entries, plans, strict=True)):
+            if plan is None or plan.untouched or not entry.dependencies:
+                continue
+            try:
+                for dependency in entry.dependencies:
+                    target = keys.get(dependency.name) or session.names.get(dependency.name)
+                    if target is None:
+                        raise InvalidValueError(
+                            f"variable {plan.name!r} depends on {dependency.name!r}, which is "
+                            "neither in the import nor in the session"
+                        )
+                    if dependency.type not in DEPENDENCY_TYPES:
+                        raise InvalidValueError(
+                            f"variable {plan.name!r}: dependency type must be one of "
+                            f"{', '.join(DEPENDENCY_TYPES)}, got {dependency.type!r}"
+                        )
+                    metadata = check_metadata(plan.name, _plain_dict(dependency.metadata))
+                    edge = Edge(plan.key, target, dependency.type, metadata)
+                    try:
+                        if trial.add(edge):
+                            added.append(edge)
+                    except CycleError as exc:
+                        raise self._cycle_error(session, exc, labels) from None
+            except DspexError as exc:
+                errors[index] = exc
+        return added
+
+    def _apply_import(
+        self,
+        session: Session,
+        snapshot: Snapshot,
+        strategy: str,
+        plans: Sequence[_ImportPlan],
+        edges: Sequence[Edge],
+        actor: str,
+    ) -> ImportReport:
+        now = self._clock()
+        ids: dict[str, str] = {}
+        records: builtins.list[VariableRecord] = []
+        restored: dict[str, builtins.list[HistoryEntry]] = {}
+        for plan in plans:
+            if plan.action == "create":
+                var_id = ids[plan.key] = f"var_{plan.name}_{next(self._ids)}"
+                records.append(VariableRecord(
+                    var_id, plan.name, plan.type, plan.value, plan.constraints, plan.metadata,
+                    plan.version, 0, 0, now, now, actor, plan.description,
+                ))
+                if plan.history:
+                    restored[var_id] = plan.history
+            elif plan.action in ("replace", "merge"):
+                old = plan.existing
+                assert old is not None
+                records.append(VariableRecord(
+                    old.id, old.name, old.type, plan.value, old.constraints, plan.metadata,
+                    old.version + 1, 0, old.create_revision, old.created_at, now, actor,
+                    plan.description,
+                ))
+        final_edges = [
+            Edge(ids.get(e.dependent, e.dependent), ids.get(e.dependency, e.dependency),
+                 e.type, e.metadata)
+            for e in edges
+        ]
+        written: dict[str, VariableRecord] = {}
+        revision = session.revision
+        if records or final_edges:
+            note = {
+                "imported_from": snapshot.session_id or "unknown",
+                "export_revision": snapshot.revision,
+                "format_version": snapshot.format_version,
+                "merge_strategy": strategy,
+            }
+            stamped, revision = self._commit(
+                session, records, metadata=note, source=actor, edges=final_edges,
+                restored=restored,
+            )
+            written = {r.name: r for r in stamped}
+            log.info("variables_imported", session_id=session.id, revision=revision,
+                     written=len(stamped), edges=len(final_edges), strategy=strategy)
+        outcomes = [
+            ImportOutcome(
+                p.name, p.action, p.message, version=p.version, record=written.get(p.name)
+            )
+            for p in plans
+        ]
+        return ImportReport(
+            outcomes, revision, bool(records or final_edges), False, len(final_edges)
+        )

@@ -32,6 +32,13 @@ class DependencyType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPENDENCY_TYPE_DATA: _ClassVar[DependencyType]
     DEPENDENCY_TYPE_CONSTRAINT: _ClassVar[DependencyType]
     DEPENDENCY_TYPE_OPTIMIZATION: _ClassVar[DependencyType]
+
+class MergeStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MERGE_STRATEGY_UNSPECIFIED: _ClassVar[MergeStrategy]
+    MERGE_STRATEGY_REPLACE: _ClassVar[MergeStrategy]
+    MERGE_STRATEGY_KEEP: _ClassVar[MergeStrategy]
+    MERGE_STRATEGY_MERGE: _ClassVar[MergeStrategy]
 VARIABLE_TYPE_UNSPECIFIED: VariableType
 VARIABLE_TYPE_FLOAT: VariableType
 VARIABLE_TYPE_INTEGER: VariableType
@@ -47,6 +54,10 @@ DEPENDENCY_TYPE_UNSPECIFIED: DependencyType
 DEPENDENCY_TYPE_DATA: DependencyType
 DEPENDENCY_TYPE_CONSTRAINT: DependencyType
 DEPENDENCY_TYPE_OPTIMIZATION: DependencyType
+MERGE_STRATEGY_UNSPECIFIED: MergeStrategy
+MERGE_STRATEGY_REPLACE: MergeStrategy
+MERGE_STRATEGY_KEEP: MergeStrategy
+MERGE_STRATEGY_MERGE: MergeStrategy
 
 class Variable(_message.Message):
     __slots__ = ("id", "name", "type", "value", "constraints", "metadata", "version", "mod_revision", "created_at", "updated_at", "updated_by", "create_revision", "description")
@@ -751,3 +762,125 @@ class EchoResponse(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+
+class ExportedDependency(_message.Message):
+    __slots__ = ("name", "dependency_type", "metadata")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dependency_type: DependencyType
+    metadata: _value_pb2.MapValue
+    def __init__(self, name: _Optional[str] = ..., dependency_type: _Optional[_Union[DependencyType, str]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ...) -> None: ...
+
+class ExportedVariable(_message.Message):
+    __slots__ = ("name", "type", "value", "constraints", "metadata", "description", "version", "created_at", "updated_at", "updated_by", "has_history", "history", "has_dependencies", "dependencies")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    HAS_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    HAS_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: VariableType
+    value: _value_pb2.Value
+    constraints: _value_pb2.MapValue
+    metadata: _value_pb2.MapValue
+    description: str
+    version: int
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    updated_by: str
+    has_history: bool
+    history: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
+    has_dependencies: bool
+    dependencies: _containers.RepeatedCompositeFieldContainer[ExportedDependency]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., has_history: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., has_dependencies: _Optional[bool] = ..., dependencies: _Optional[_Iterable[_Union[ExportedDependency, _Mapping]]] = ...) -> None: ...
+
+class VariablesSnapshot(_message.Message):
+    __slots__ = ("format_version", "session_id", "revision", "exported_at", "include_history", "include_dependencies", "variables")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    session_id: str
+    revision: int
+    exported_at: _timestamp_pb2.Timestamp
+    include_history: bool
+    include_dependencies: bool
+    variables: _containers.RepeatedCompositeFieldContainer[ExportedVariable]
+    def __init__(self, format_version: _Optional[int] = ..., session_id: _Optional[str] = ..., revision: _Optional[int] = ..., exported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., include_history: _Optional[bool] = ..., include_dependencies: _Optional[bool] = ..., variables: _Optional[_Iterable[_Union[ExportedVariable, _Mapping]]] = ...) -> None: ...
+
+class ExportVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "include_history", "include_dependencies", "filter_pattern")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    FILTER_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    include_history: bool
+    include_dependencies: bool
+    filter_pattern: str
+    def __init__(self, session_id: _Optional[str] = ..., include_history: _Optional[bool] = ..., include_dependencies: _Optional[bool] = ..., filter_pattern: _Optional[str] = ...) -> None: ...
+
+class ExportVariablesResponse(_message.Message):
+    __slots__ = ("snapshot", "revision")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    snapshot: VariablesSnapshot
+    revision: int
+    def __init__(self, snapshot: _Optional[_Union[VariablesSnapshot, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class ImportVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "snapshot", "merge_strategy", "dry_run")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    MERGE_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    snapshot: VariablesSnapshot
+    merge_strategy: MergeStrategy
+    dry_run: bool
+    def __init__(self, session_id: _Optional[str] = ..., snapshot: _Optional[_Union[VariablesSnapshot, _Mapping]] = ..., merge_strategy: _Optional[_Union[MergeStrategy, str]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ImportOutcome(_message.Message):
+    __slots__ = ("name", "action", "message", "error_kind", "variable", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    action: str
+    message: str
+    error_kind: str
+    variable: Variable
+    version: int
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[str] = ..., message: _Optional[str] = ..., error_kind: _Optional[str] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ImportVariablesResponse(_message.Message):
+    __slots__ = ("outcomes", "revision", "applied", "dry_run", "dependencies_added")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[ImportOutcome]
+    revision: int
+    applied: bool
+    dry_run: bool
+    dependencies_added: int
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[ImportOutcome, _Mapping]]] = ..., revision: _Optional[int] = ..., applied: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., dependencies_added: _Optional[int] = ...) -> None: ...
