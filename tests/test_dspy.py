@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm loads
@@ -36,6 +38,8 @@ from dspex_rx.server import EmbeddedServer  # noqa: E402
 
 # No disk or memory cache: every call must reach the LM (and the stub must see it).
 dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 TRAIN = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 1 + 6?", "7"),
          ("What is 9 + 1?", "10")]
@@ -437,6 +441,18 @@ async def test_resolver_checks_choices_and_arguments_up_front(
 
 
 # ---------------------------------------------------------------------- example, import
+
+
+async def test_adaptive_example_runs_to_completion(capsys: pytest.CaptureFixture[str]) -> None:
+    result = await runpy.run_path(str(EXAMPLES / "adaptive_reasoning.py"))["main"]()
+    out = capsys.readouterr().out
+    strategies = [row["strategy"] for row in result["answers"]]
+    assert set(strategies) == {"Predict", "ChainOfThought"}
+    for row in result["answers"]:
+        assert row["answer"] and row["answer"] in out
+        assert (row["reasoning"] is not None) == (row["strategy"] == "ChainOfThought")
+    assert result["stats"]["read_count"] >= len(result["answers"])
+    assert "session stats" in out
 
 
 def test_dspex_rx_imports_without_dspy() -> None:
