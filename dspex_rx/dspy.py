@@ -431,10 +431,11 @@ class VariableAwareOptimizer:
         optimizer_name = self.optimizer_class.__name__
         run_id = "dspy_" + secrets.token_hex(6)
         names = self.result_variables(student, scoring)
-        if names["settings"] in self.variable_mappings.values():
+        clash = sorted(set(names.values()) & set(self.variable_mappings.values()))
+        if clash:
             raise InvalidValueError(
-                f"variable {names['settings']!r} holds the run's settings; it cannot also be "
-                "a mapped input"
+                f"variable(s) {', '.join(map(repr, clash))} hold this run's results; they "
+                "cannot also be mapped inputs (choose another result_prefix)"
             )
         await self._ensure_results(names)
 
@@ -451,10 +452,9 @@ class VariableAwareOptimizer:
                         lease_ttl=self.lease_ttl,
                     )
                 )
-            # Read under the leases: nobody can change them between this read and the end
-            # of the run, so the settings used are the settings recorded.
-            # Read from the server, not the cache: an unwatched entry may predate a write
-            # made by another connection just before the lease was taken.
+            # Read under the leases, so the settings used are the settings recorded (nobody
+            # can change them until the run ends), and from the server, not the cache: an
+            # unwatched entry may predate another connection's write just before the lease.
             inputs = list(dict.fromkeys(self.variable_mappings.values()))
             read = await session.get_variables(inputs, include_metadata=True) if inputs else {}
             current = {name: entry["value"] for name, entry in read.items()}

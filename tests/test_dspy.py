@@ -273,6 +273,10 @@ async def test_bad_mappings_are_refused_before_anything_runs(
         bridge.create_variable_aware_optimizer(dspy.BootstrapFewShot, {}, rounds=2)
     with pytest.raises(ValueError, match="takes no teacher_settings"):
         bridge.create_variable_aware_optimizer(dspy.LabeledFewShot, {"teacher_temperature": "t"})
+    clashing = bridge.create_variable_aware_optimizer(
+        dspy.BootstrapFewShot, {"max_bootstrapped_demos": "dspy.settings"})
+    with pytest.raises(ValueError, match="cannot also be mapped inputs"):
+        await clashing.compile(dspy.Predict("question -> answer"), trainset=[])
     # A result variable of the wrong type is found before the compile starts.
     await session.register_variable("dspy.score", "string", "n/a")
     optimizer = bridge.create_variable_aware_optimizer(dspy.BootstrapFewShot, {}, metric=exact)
