@@ -3,7 +3,13 @@ fresh session per test."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
+
+# DSPy's real LM path may import litellm, which downloads a model price table on import
+# unless told to use its bundled copy; tests never touch the network. Set before any
+# test module can import it.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import pytest
 
