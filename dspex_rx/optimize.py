@@ -297,9 +297,11 @@ class HeldLease:
         state: str = "completed",
         reason: str = "",
         evaluation: _Evaluation | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         """Release the lease: record ``evaluation``, write ``final_value`` (with
-        ``write_final``) and end the run as ``completed`` or ``failed``, in one commit.
+        ``write_final``, its commit carrying ``metadata`` too) and end the run as
+        ``completed`` or ``failed``, in one commit.
         A lease already taken away raises ``OptimizationLockedError``.
 
         Example::
@@ -316,6 +318,8 @@ class HeldLease:
         if write_final:
             request.has_final = True
             codec.fill(request.final_value, final_value)
+        if metadata:
+            request.metadata.CopyFrom(codec.encode_map(metadata))
         try:
             response = await self.session._call(
                 "FinishOptimization", request, pb.FinishOptimizationResponse,

@@ -893,6 +893,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             state=request.state or "completed",
             reason=request.reason,
             actor=session_id,
+            metadata=codec.decode_map(request.metadata),
         )
         response = pb.FinishOptimizationResponse(revision=revision)
         record = written or self.store.get(session_id, lease.variable_id)

@@ -1509,6 +1509,7 @@ class MemoryStore:
         state: str = "completed",
         reason: str = "",
         actor: str = "",
+        metadata: Mapping[str, Any] | None = None,
     ) -> tuple[OptimizationLease, VariableRecord | None, int]:
         """End a run by its holder: record the last evaluation, write the final value and
         release the lease, in one commit. ``state`` is ``completed`` or ``failed``.
@@ -1530,10 +1531,11 @@ class MemoryStore:
         lease = self._holder_lease(session, record, optimization_id, fencing_token)
         clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
         written: list[VariableRecord] = []
-        metadata: dict[str, Any] = {}
+        extra = check_metadata(record.name, metadata)
+        commit_metadata: dict[str, Any] = {}
         if write_final:
-            metadata = {"optimization_id": lease.id, "optimizer": lease.optimizer_type,
-                        "final": True}
+            commit_metadata = {**extra, "optimization_id": lease.id,
+                               "optimizer": lease.optimizer_type, "final": True}
             written = [
                 self._prepare_write(record, final_value, {}, actor, session.revision + 1)
             ]
@@ -1542,7 +1544,7 @@ class MemoryStore:
         if written:
             lease.final_value, lease.has_final = written[0].value, True
         revision = self._end_lease(
-            session, lease, state, reason or state, written, metadata, actor=lease.id
+            session, lease, state, reason or state, written, commit_metadata, actor=lease.id
         )
         return lease, (session.variables[record.id] if written else None), revision
 

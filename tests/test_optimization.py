@@ -601,7 +601,9 @@ async def test_a_lease_can_finish_with_a_final_value(session: dspex_rx.SessionCo
     await session.register_variable("fv", "choice", "a", constraints={"choices": ["a", "b"]})
     async with session.optimization_lease("fv") as lease:
         await lease.record(1, "b", 0.9)
-        await lease.finish("b", write_final=True, reason="picked b")
+        await lease.finish("b", write_final=True, reason="picked b", metadata={"run": "r1"})
     status = await session.get_optimization_status("fv")
+    last = (await session.get_variable_history("fv", limit=1))[0]["metadata"]
+    assert last["run"] == "r1" and last["final"] is True
     assert status["state"] == "completed" and status["final_value"] == "b"
     assert status["end_reason"] == "picked b" and await session.get_variable("fv") == "b"

@@ -624,7 +624,7 @@ class OptimizationStepResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class FinishOptimizationRequest(_message.Message):
-    __slots__ = ("session_id", "ref", "optimization_id", "fencing_token", "has_record", "iteration", "evaluated_value", "metrics", "score", "has_final", "final_value", "state", "reason")
+    __slots__ = ("session_id", "ref", "optimization_id", "fencing_token", "has_record", "iteration", "evaluated_value", "metrics", "score", "has_final", "final_value", "state", "reason", "metadata")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -638,6 +638,7 @@ class FinishOptimizationRequest(_message.Message):
     FINAL_VALUE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     ref: str
     optimization_id: str
@@ -651,7 +652,8 @@ class FinishOptimizationRequest(_message.Message):
     final_value: _value_pb2.Value
     state: str
     reason: str
-    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimization_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., has_record: _Optional[bool] = ..., iteration: _Optional[int] = ..., evaluated_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., score: _Optional[float] = ..., has_final: _Optional[bool] = ..., final_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    metadata: _value_pb2.MapValue
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimization_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., has_record: _Optional[bool] = ..., iteration: _Optional[int] = ..., evaluated_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., score: _Optional[float] = ..., has_final: _Optional[bool] = ..., final_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ...) -> None: ...
 
 class FinishOptimizationResponse(_message.Message):
     __slots__ = ("status", "variable", "revision")
