@@ -116,8 +116,10 @@ def short_name(module: Any) -> str:
 
 @dataclass(frozen=True)
 class LMSetting:
-    """One predictor setting kept in a variable: its type, constraints, and the value used
-    when neither the predictor's config nor its LM sets it.
+    """One predictor setting kept in a variable: its type, constraints, and the stand-in
+    a new variable starts at when the predictor does not set it (neither its config nor
+    its LM does: the provider decides). A stand-in is never applied to the predictor; the
+    variable takes effect once it is written.
 
     Example::
 
@@ -147,8 +149,32 @@ class _Parameter:
     setting: str
 
 
+def _name_part(predictor_name: str) -> str:
+    # DSPy names predictors held in lists and dicts 'hops[0]' and "tools['search']"; a
+    # variable name allows letters, digits and _ . - / only: 'hops.0', 'tools.search'.
+    part = re.sub(r"\[\s*['\"]?(.*?)['\"]?\s*\]", r".\1", predictor_name)
+    return re.sub(r"[^A-Za-z0-9_.\-/]", "_", part)
+
+
+def _predictor_parts(module: Any) -> list[tuple[str, str, Any]]:
+    """(DSPy's predictor name, its part of a variable name, predictor) for each predictor;
+    refuses two predictors whose names would give one variable name."""
+    seen: dict[str, str] = {}
+    out = []
+    for predictor_name, predictor in module.named_predictors():
+        part = _name_part(predictor_name)
+        if part in seen:
+            raise InvalidValueError(
+                f"{type(module).__name__}: predictors {seen[part]!r} and {predictor_name!r} "
+                f"would share the variable names '...{part}_...'; rename one attribute"
+            )
+        seen[part] = predictor_name
+        out.append((predictor_name, part, predictor))
+    return out
+
+
 def _parameters(module: Any, variable_prefix: str) -> list[_Parameter]:
-    predictors = list(module.named_predictors())
+    predictors = _predictor_parts(module)
     if not predictors:
         raise InvalidValueError(
             f"{type(module).__name__} has no Predict steps (named_predictors() is empty): "
@@ -156,10 +182,11 @@ def _parameters(module: Any, variable_prefix: str) -> list[_Parameter]:
         )
     base = variable_prefix + short_name(module)
     out = []
-    for predictor_name, predictor in predictors:
+    for predictor_name, part, predictor in predictors:
         # One predictor: cot_temperature. Several: react.extract.predict_temperature, so
-        # each predictor's settings are apart and the name says which step they drive.
-        owner = base if len(predictors) == 1 else f"{base}.{predictor_name}"
+        # each predictor's settings are apart and the name says which step they drive
+        # (a list of predictors: multi_hop.hops.0_temperature).
+        owner = base if len(predictors) == 1 else f"{base}.{part}"
         for setting in LM_SETTINGS:
             out.append(_Parameter(f"{owner}_{setting}", predictor_name, predictor, setting))
     return out
@@ -167,7 +194,7 @@ def _parameters(module: Any, variable_prefix: str) -> list[_Parameter]:
 
 def parameter_variables(module: Any, variable_prefix: str = "") -> dict[str, tuple[str, str]]:
     """The variables ``sync_dspy_parameters`` uses for a module: variable name ->
-    (predictor name, setting).
+    (predictor name, setting). Predictors in a list get their index as a name part.
 
     Example::
 
@@ -176,24 +203,38 @@ def parameter_variables(module: Any, variable_prefix: str = "") -> dict[str, tup
         >>> react = dspy.ReAct("question -> answer", tools=[len])
         >>> parameter_variables(react, "agent.")["agent.react.extract.predict_temperature"]
         ('extract.predict', 'temperature')
+        >>> class Hops(dspy.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.hops = [dspy.Predict("question -> answer") for _ in range(2)]
+        >>> parameter_variables(Hops())["hops.hops.1_temperature"]
+        ('hops[1]', 'temperature')
     """
     return {
         p.variable: (p.predictor_name, p.setting) for p in _parameters(module, variable_prefix)
     }
 
 
-def _current_setting(predictor: Any, setting: str) -> Any:
-    # What the predictor's next request would use: its config, else its LM's (or the
-    # configured LM's) kwargs, else the documented default.
+def _current_setting(predictor: Any, setting: str) -> tuple[Any, bool]:
+    # (value, True) for what the predictor's next request would use: its config, else
+    # its LM's (or the configured LM's) kwargs; (the stand-in, False) when neither sets
+    # it and the request leaves it to the provider.
     if setting == "instructions":
-        return str(predictor.signature.instructions or "")
+        return str(predictor.signature.instructions or ""), True
     if setting in predictor.config:
-        return predictor.config[setting]
+        return predictor.config[setting], True
     lm = predictor.lm or dspy.settings.lm
     kwargs = getattr(lm, "kwargs", None) or {}
     if kwargs.get(setting) is not None:
-        return kwargs[setting]
-    return LM_SETTINGS[setting].default
+        return kwargs[setting], True
+    return LM_SETTINGS[setting].default, False
+
+
+def _shape(predictor: Any) -> str:
+    # What makes two predictors the same step: their fields ('question -> reasoning,
+    # answer'), not their instructions, which the binding itself changes.
+    signature = predictor.signature
+    return str(getattr(signature, "signature", signature))
 
 
 _INT64 = 2**63
@@ -257,13 +298,129 @@ def _check_type(name: str, metadata: Mapping[str, Any], expected: str, why: str)
 # ---------------------------------------------------------------------- live binding
 
 
-class _Binding:
-    """One predictor setting following one variable. ``apply`` runs in the trio thread
-    while a DSPy call may run in a worker thread: it replaces ``predictor.config`` (or
-    ``predictor.signature``) with a new object and never mutates the one a call holds."""
+def _clash(parameter: _Parameter, owner: str, shape: str, module: str = "") -> str:
+    of = f" of a {module}" if module else ""
+    return (
+        f"variable {parameter.variable!r} is the {parameter.setting} of predictor {owner!r}"
+        f"{of} ({shape}); predictor {parameter.predictor_name!r} here is "
+        f"{_shape(parameter.predictor)}, so it cannot share it: sync it with another "
+        "variable_prefix (variable_prefix='<name>.')"
+    )
 
-    def __init__(self, parameter: _Parameter) -> None:
+
+def _setting_spec(parameter: _Parameter, module_name: str) -> dict[str, Any]:
+    """The registration of a new setting variable, at what the predictor's next request
+    would use, or at the setting's stand-in (marked ``stand_in``)."""
+    setting = LM_SETTINGS[parameter.setting]
+    value, own = _current_setting(parameter.predictor, parameter.setting)
+    metadata: dict[str, Any] = {
+        "source": "dspex_rx.dspy", "module": module_name,
+        "predictor": parameter.predictor_name, "setting": parameter.setting,
+        "signature": _shape(parameter.predictor),
+    }
+    description = (f"{parameter.setting} of predictor {parameter.predictor_name!r} of a "
+                   f"{module_name}, bound live")
+    if not own:
+        metadata["stand_in"] = True
+        description += (f"; {value!r} is a stand-in (the predictor did not set it), "
+                        "applied once the variable is written")
+    return {"name": parameter.variable, "type": setting.type, "initial_value": value,
+            "constraints": dict(setting.constraints), "metadata": metadata,
+            "description": description}
+
+
+def _check_synced(parameter: _Parameter, metadata: Mapping[str, Any]) -> None:
+    """An existing variable may bind ``parameter``: its type fits and, if a sync
+    registered it, for a predictor of the same shape (copies of one program share)."""
+    setting = parameter.setting
+    _check_type(parameter.variable, metadata, LM_SETTINGS[setting].type,
+                f"the DSPy setting {setting!r}")
+    shape = metadata.get("signature")
+    if (metadata.get("source") == "dspex_rx.dspy" and isinstance(shape, str)
+            and shape != _shape(parameter.predictor)):
+        raise InvalidValueError(_clash(parameter, str(metadata.get("predictor")), shape,
+                                       str(metadata.get("module") or "")))
+
+
+class _AfterStep(trio.abc.Instrument):
+    """Runs callbacks once one trio task's current step ends, before any other task runs.
+
+    The watch stream's dispatcher delivers the events of one commit one by one, each in
+    its own observer call; deferring to the end of its step lets a predictor take all of
+    them in one swap, still before any task they wake (one awaiting ``session.sync()``)
+    runs."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.callbacks: dict[int, Callable[[], None]] = {}
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is not self.task:
+            return
+        trio.lowlevel.remove_instrument(self)
+        _AFTER_STEP.pop(task, None)
+        for callback in self.callbacks.values():
+            try:
+                callback()
+            except Exception:
+                log.exception("dspy_binding_apply_failed")
+
+
+_AFTER_STEP: dict[trio.lowlevel.Task, _AfterStep] = {}
+
+
+def _after_this_step(key: int, callback: Callable[[], None]) -> None:
+    """Call ``callback`` when the current trio task's step ends (once per ``key``); at
+    once outside trio."""
+    try:
+        task = trio.lowlevel.current_task()
+    except RuntimeError:
+        callback()
+        return
+    pending = _AFTER_STEP.get(task)
+    if pending is None:
+        pending = _AFTER_STEP[task] = _AfterStep(task)
+        trio.lowlevel.add_instrument(pending)
+    pending.callbacks[key] = callback
+
+
+class _Target:
+    """One predictor's bound settings. Its bindings stage the changes they receive; they
+    reach the predictor together when the trio step that delivered them ends, so the
+    settings of one commit (one atomic ``update_variables``) never reach a call half
+    applied. ``config`` is replaced by a new dict (one assignment), never mutated: DSPy
+    reads it once when a step starts. ``instructions`` lives in the signature, a second
+    attribute, replaced just before."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+        self.staged: dict[str, Any] = {}
+
+    def stage(self, setting: str, value: Any) -> None:
+        self.staged[setting] = value
+        _after_this_step(id(self), self.apply)
+
+    def apply(self) -> None:
+        staged, self.staged = self.staged, {}
+        predictor = self.predictor
+        instructions = staged.pop("instructions", _ABSENT)
+        if instructions is not _ABSENT and predictor.signature.instructions != instructions:
+            predictor.signature = predictor.signature.with_instructions(instructions)
+        changed = {key: value for key, value in staged.items()
+                   if predictor.config.get(key, _ABSENT) != value}
+        if changed:
+            predictor.config = {**predictor.config, **changed}
+
+
+class _Binding:
+    """One predictor setting following one variable; the predictor's ``_Target`` applies
+    what it receives. Versions up to ``stand_in`` hold a stand-in value (the variable was
+    registered for a predictor that did not set the setting): never applied."""
+
+    def __init__(self, parameter: _Parameter, target: _Target, stand_in: int = 0) -> None:
         self.parameter = parameter
+        self.target = target
+        self.stand_in = stand_in
         self.active = True
         self.applied = 0
         self.disposable: rx_abc.DisposableBase | None = None
@@ -274,15 +431,9 @@ class _Binding:
         if update.update_type == "deleted":
             self.end("deleted")
             return
-        predictor, setting = self.parameter.predictor, self.parameter.setting
-        value = update.value
-        if setting == "instructions":
-            if predictor.signature.instructions != value:
-                predictor.signature = predictor.signature.with_instructions(value)
-        elif predictor.config.get(setting, _ABSENT) != value:
-            # Predict reads self.config once when a call starts ({**self.config, ...}):
-            # swapping in a new dict is atomic for it, and update_config does just that.
-            predictor.update_config(**{setting: value})
+        if update.version <= self.stand_in:
+            return
+        self.target.stage(self.parameter.setting, update.value)
         self.applied += 1
 
     def end(self, reason: str = "ended") -> None:
@@ -393,10 +544,11 @@ class VariableAwareOptimizer:
             optimizer.result_variables(dspy.ChainOfThought("question -> answer"))
             # {'demos.predict': 'dspy.demos.predict', 'score': 'dspy.score',
             #  'settings': 'dspy.settings'}
+            # A list of predictors: {'demos.hops[0]': 'dspy.demos.hops.0', ...}
         """
         names = {
-            f"demos.{name}": f"{self.result_prefix}demos.{name}"
-            for name, _ in student.named_predictors()
+            f"demos.{name}": f"{self.result_prefix}demos.{part}"
+            for name, part, _ in _predictor_parts(student)
         }
         if scoring:
             names["score"] = f"{self.result_prefix}score"
@@ -687,19 +839,30 @@ class DSPyOptimizationBridge:
 
         Names: ``<prefix><short>_<setting>`` (``cot_temperature`` for a ChainOfThought),
         or ``<prefix><short>.<predictor>_<setting>`` when the module has several
-        predictors (``react.extract.predict_max_tokens``); see ``parameter_variables``.
-        A new variable starts at the predictor's current value (its config, else its LM's,
-        else ``LM_SETTINGS``' default); an existing one keeps its value, which the
-        predictor then takes, so programs syncing the same names share their settings.
+        predictors (``react.extract.predict_max_tokens``; a list of predictors
+        ``hops[0]`` gives ``multi_hop.hops.0_temperature``); see ``parameter_variables``.
+
+        A new variable starts at what the predictor's next request would use (its config,
+        else its LM's kwargs). A setting the predictor leaves unset (``dspy.LM`` sends no
+        temperature or max_tokens unless given one) starts at ``LM_SETTINGS``' stand-in
+        (0.7, 1024), marked ``stand_in`` in its metadata and not applied: syncing alone
+        never changes a request. An existing variable keeps its value, which the
+        predictor then takes (a stand-in only once written), so copies of one program
+        syncing the same names share their settings. A predictor of another shape (other
+        fields) cannot take names another one was synced under: that raises
+        ``ValueError`` naming the owner; choose another ``variable_prefix``.
 
         From then on every change of a variable, from any connection, reaches the
         predictor as soon as this connection's watch stream delivers it (``await
-        session.sync()`` waits for that) and applies from the next call. The predictor's
-        ``config`` dict (or ``signature``) is replaced, never mutated: DSPy reads it once
-        when a step starts, so a call in flight keeps the values it started with (a
-        multi-step module such as ReAct may use the new value for its later steps). The
-        binding is a watch: it ends when the session closes, the variable is deleted, or
-        ``unbind_dspy_parameters`` is called.
+        session.sync()`` waits for that) and applies from the next call. The changes of
+        one commit (an atomic ``update_variables``) reach a predictor together, in one
+        replacement of its ``config`` dict; the dict (or ``signature``) is replaced,
+        never mutated: DSPy reads it once when a step starts, so a call in flight keeps
+        the values it started with (a multi-step module such as ReAct may use the new
+        value for its later steps). The binding is a watch: it ends when the session
+        closes, the variable is deleted, or ``unbind_dspy_parameters`` is called.
+        Syncing a module again (another prefix) replaces its bindings once the new ones
+        are in place; if that fails, the old ones stay.
 
         Example::
 
@@ -711,30 +874,48 @@ class DSPyOptimizationBridge:
         """
         session = self.session
         parameters = _parameters(dspy_module, variable_prefix)
-        # One binding per predictor setting: syncing again (another prefix) replaces it.
-        self.unbind_dspy_parameters(dspy_module)
-        existing = await _existing(session, [p.variable for p in parameters])
-        ids: dict[str, str] = {}
-        specs = []
-        for p in parameters:
-            setting = LM_SETTINGS[p.setting]
-            metadata = existing[p.variable]
-            if metadata is not None:
-                _check_type(p.variable, metadata, setting.type, f"the DSPy setting {p.setting!r}")
-                ids[p.variable] = metadata["id"]
+        module_name = type(dspy_module).__name__
+        self._check_bound_here(parameters)
+        by_name = {p.variable: p for p in parameters}
+        looked_up = await _existing(session, list(by_name))
+        found = {name: info for name, info in looked_up.items() if info is not None}
+        for name, info in found.items():
+            _check_synced(by_name[name], info)
+        specs = [_setting_spec(p, module_name) for p in parameters if p.variable not in found]
+        ids = {name: str(info["id"]) for name, info in found.items()}
+        stand_ins: dict[str, int] = {}
+        while specs:
+            try:
+                ids.update(await session.register_variables(specs))
+            except AlreadyExistsError:
+                # Another connection registered some of them since they were looked up
+                # (the same program syncing elsewhere): take those as existing ones.
+                again = await _existing(session, [spec["name"] for spec in specs])
+                raced = [spec for spec in specs if again[spec["name"]] is not None]
+                if not raced:
+                    raise
+                for spec in raced:
+                    raced_info = again[spec["name"]]
+                    assert raced_info is not None
+                    _check_synced(by_name[spec["name"]], raced_info)
+                    found[spec["name"]] = raced_info
+                    ids[spec["name"]] = str(raced_info["id"])
+                specs = [spec for spec in specs if again[spec["name"]] is None]
                 continue
-            specs.append({
-                "name": p.variable, "type": setting.type,
-                "initial_value": _current_setting(p.predictor, p.setting),
-                "constraints": dict(setting.constraints),
-                "metadata": {"source": "dspex_rx.dspy", "module": type(dspy_module).__name__,
-                             "predictor": p.predictor_name, "setting": p.setting},
-                "description": f"{p.setting} of predictor {p.predictor_name!r} of a "
-                               f"{type(dspy_module).__name__}, bound live",
-            })
-        if specs:
-            ids.update(await session.register_variables(specs))
-        bindings = [_Binding(p) for p in parameters]
+            for spec in specs:
+                if spec["metadata"].get("stand_in"):
+                    stand_ins[spec["name"]] = 1  # a new variable is at version 1
+            break
+        for name, info in found.items():
+            # A stand-in never written since (still at version 1) is still a stand-in.
+            if info.get("stand_in") and info["version"] == 1:
+                stand_ins[name] = 1
+
+        targets: dict[int, _Target] = {}
+        bindings = []
+        for p in parameters:
+            target = targets.setdefault(id(p.predictor), _Target(p.predictor))
+            bindings.append(_Binding(p, target, stand_ins.get(p.variable, 0)))
         try:
             for binding in bindings:
                 binding.disposable = session.observe(binding.parameter.variable).subscribe(
@@ -746,10 +927,23 @@ class DSPyOptimizationBridge:
             for binding in bindings:
                 binding.dispose()
             raise
+        # One binding per predictor setting: the new ones replace any earlier ones.
+        self.unbind_dspy_parameters(dspy_module)
         self._bindings.extend(bindings)
-        log.info("dspy_parameters_bound", module=type(dspy_module).__name__,
-                 variables=sorted(ids))
+        log.info("dspy_parameters_bound", module=module_name, variables=sorted(ids))
         return {p.variable: ids[p.variable] for p in parameters}
+
+    def _check_bound_here(self, parameters: Sequence[_Parameter]) -> None:
+        # A variable this bridge binds to a predictor of another shape (also one that was
+        # registered by hand, without the metadata _check_synced reads).
+        for p in parameters:
+            for binding in self._bindings:
+                other = binding.parameter
+                if (binding.active and other.variable == p.variable
+                        and other.predictor is not p.predictor
+                        and _shape(other.predictor) != _shape(p.predictor)):
+                    raise InvalidValueError(_clash(p, other.predictor_name,
+                                                   _shape(other.predictor)))
 
     def unbind_dspy_parameters(self, dspy_module: Any | None = None) -> int:
         """End the live bindings of ``dspy_module``'s predictors (of every module when
