@@ -15,7 +15,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,7 +29,12 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
         "dspex_rx.dspy needs DSPy: pip install 'dspex-rx[dspy]' (dspy>=3.4,<3.5)"
     ) from exc
 
-from .errors import AlreadyExistsError, InvalidValueError, VariableTypeError
+from .errors import (
+    AlreadyExistsError,
+    InvalidValueError,
+    OptimizationLockedError,
+    VariableTypeError,
+)
 from .logs import get_logger
 
 if TYPE_CHECKING:
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
 
     from .actors import VariableUpdate
     from .client import SessionContext
+    from .optimize import HeldLease
 
 log = get_logger("dspex_rx.dspy")
 
@@ -67,7 +73,8 @@ async def run_in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T
     The thread runs in a copy of the calling task's context, so ``dspy.context(lm=...)``
     entered in trio applies. With no adapter configured, DSPy's ``ChatAdapter`` is used
     explicitly (DSPy 3.5 changes the default). DSPy calls cannot be interrupted: a
-    cancellation waits until the call returns, then raises ``Cancelled``.
+    cancellation waits until the call returns, then raises ``Cancelled`` (the result is
+    dropped, so nothing after the ``await`` runs for a cancelled caller).
 
     Example::
 
@@ -82,7 +89,11 @@ async def run_in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T
                 return fn(*args, **kwargs)
         return fn(*args, **kwargs)
 
-    return await trio.to_thread.run_sync(call)
+    result = await trio.to_thread.run_sync(call)
+    # to_thread.run_sync(abandon_on_cancel=False) ignores a cancel that comes while the
+    # thread runs and returns normally; the cancel is still pending, and lands here.
+    await trio.lowlevel.checkpoint()
+    return result
 
 
 _SHORT_NAMES = {
@@ -459,8 +470,8 @@ class CompileRun:
     """What one variable-aware compile did: ``run_id``, the optimizer, the ``settings`` it
     ran with, the ``optimization_ids`` of the leases it held (variable -> id), the demos it
     wrote (predictor -> list of dicts), the ``score`` (0-100, None without metric and
-    devset), the result ``variables`` (``demos.<predictor>``, ``score``, ``settings`` ->
-    variable name) and the wall time.
+    devset), the result ``variables`` it wrote (``demos.<predictor>``, ``score`` (NaN for
+    an unscored run that found one), ``settings`` -> variable name) and the wall time.
 
     Example::
 
@@ -486,25 +497,33 @@ class VariableAwareOptimizer:
     ``await compile(student, trainset=..., devset=None, metric=None, teacher=None, **kw)``:
 
     1. registers the result variables that do not exist yet (``<prefix>demos.<predictor>``
-       lists, ``<prefix>score`` float 0-100 (NaN until scored), ``<prefix>settings`` dict);
+       lists, ``hops[0]`` named ``demos.hops.0``; ``<prefix>score`` float 0-100 (NaN
+       until scored); ``<prefix>settings`` dict);
     2. takes an optimization lease on every mapped variable and on ``<prefix>settings``
        (nobody else can write them until the run ends), then reads the mapped values;
     3. builds the DSPy optimizer from ``kwargs`` plus the mapped arguments; a mapped
        ``teacher_<setting>`` becomes ``teacher_settings['lm'] = lm.copy(<setting>=value)``
-       and is dropped from the teacher's per-predictor ``config`` (which would win over the
-       LM), so every teacher request carries it;
+       (``lm``: ``teacher_settings['lm']``, else the current LM, else the teacher's own),
+       is dropped from the teacher's per-predictor ``config`` (which would win over the
+       LM), and a teacher predictor with its own LM (``set_lm``, a compiled teacher) gets
+       ``predictor.lm.copy(<setting>=value)``, so every teacher request carries it;
     4. compiles in a worker thread, then, with ``metric`` and ``devset``, scores the
        result with ``dspy.Evaluate`` (0-100);
-    5. writes the demos per predictor and the score in one atomic batch whose metadata
-       names the run (``dspy_run``, ``optimizer``, ``optimization_ids``);
+    5. renews every lease (a lease stopped or expired meanwhile raises
+       ``OptimizationLockedError`` and nothing is written), then writes the demos per
+       predictor and the score in one atomic batch whose metadata names the run
+       (``dspy_run``, ``optimizer``, ``optimization_ids``); an unscored run writes NaN
+       to an existing ``<prefix>score``, so no earlier run's score stays beside its demos;
     6. on each leased variable records iteration 1 (value: the setting used, or the
        settings dict; metrics: ``score`` or, unscored, ``demos`` as the target, plus
        ``demos``, ``seconds``, ``run_id`` and, for random search, ``candidates`` and
-       ``best_candidate_score``) and finishes the lease writing that value as final.
-       So ``get_optimization_history('<prefix>settings')`` lists every compile run, and
+       ``best_candidate_score``) and finishes the lease writing that value as final, the
+       commit's metadata naming the run too. So
+       ``get_optimization_history('<prefix>settings')`` lists every compile run, and
        the history of a mapped variable lists the runs that used it.
 
-    A failing compile releases the leases as ``failed`` and writes no results.
+    A failing or cancelled compile releases the leases as ``failed`` and writes no
+    results.
 
     Example::
 
@@ -590,6 +609,9 @@ class VariableAwareOptimizer:
                 "cannot also be mapped inputs (choose another result_prefix)"
             )
         await self._ensure_results(names)
+        # An unscored run writes NaN over the last run's score: a number left there would
+        # describe demos that are gone.
+        stale_score = None if scoring else await self._stale_score()
 
         started = time.perf_counter()
         config = {"metric": "score" if scoring else "demos", "mode": "max",
@@ -636,10 +658,16 @@ class VariableAwareOptimizer:
                                        if f"demos.{p}" in names}
             if score is not None:
                 updates[names["score"]] = score
-            results = await session.update_variables(updates, metadata={
-                "dspy_run": run_id, "optimizer": optimizer_name,
-                "optimization_ids": optimization_ids, "source": "dspex_rx.dspy",
-            })
+            elif stale_score is not None:
+                names["score"] = stale_score
+                updates[stale_score] = math.nan
+            run_metadata = {"dspy_run": run_id, "optimizer": optimizer_name,
+                            "optimization_ids": optimization_ids, "source": "dspex_rx.dspy"}
+            # A lease stopped (or expired) while DSPy ran ended the run: its results must
+            # not be published. The result variables are not leased, so their batch
+            # cannot carry a fencing token: renew every lease right before it instead.
+            await _still_held(leases.values(), run_id)
+            results = await session.update_variables(updates, metadata=run_metadata)
             refused = {name: error for name, error in results.items() if error is not True}
             if refused:
                 raise InvalidValueError(f"dspy run {run_id}: results refused: {refused}")
@@ -655,7 +683,7 @@ class VariableAwareOptimizer:
             for variable, lease in leases.items():
                 used = settings if variable == names["settings"] else current[variable]
                 await lease.record(1, used, metrics)
-                await lease.finish(used, write_final=True, reason=reason)
+                await lease.finish(used, write_final=True, reason=reason, metadata=run_metadata)
         self.last_run = CompileRun(
             run_id=run_id, optimizer=optimizer_name, settings=settings,
             optimization_ids=optimization_ids, demos=demos,
@@ -702,14 +730,35 @@ class VariableAwareOptimizer:
                         raise
                     _check_type(spec["name"], found, spec["type"], "a DSPy result")
 
+    async def _stale_score(self) -> str | None:
+        """``<prefix>score`` when it exists (an earlier run's score), else None; refuses
+        one that cannot hold NaN, the "not scored" mark."""
+        name = f"{self.result_prefix}score"
+        metadata = (await _existing(self.session, [name]))[name]
+        if metadata is None:
+            return None
+        _check_type(name, metadata, "float", "the DSPy result 'score'")
+        if not (metadata.get("constraints") or {}).get("allow_nan", False):
+            raise InvalidValueError(
+                f"variable {name!r} holds an earlier run's score, and this run is not "
+                "scored (no metric or no devset); it must allow NaN (constraint allow_nan) "
+                "to say so: pass a devset, or choose another result_prefix"
+            )
+        return name
+
     def _build(self, values: Mapping[str, Any], student: Any, teacher: Any) -> tuple[Any, Any]:
         kwargs = dict(self.kwargs)
         kwargs.update({key: values[key] for key in self._arguments})
         teacher_lm = {self._teacher_settings[key]: values[key] for key in self._teacher_settings}
         teacher_program = teacher
         if teacher_lm:
+            teacher_program = (teacher if teacher is not None else student).deepcopy()
+            predictors = [predictor for _, predictor in teacher_program.named_predictors()]
+            own = [predictor.lm for predictor in predictors if predictor.lm is not None]
             teacher_settings = dict(kwargs.get("teacher_settings") or {})
             base = teacher_settings.get("lm") or dspy.settings.lm
+            if base is None and own and len(own) == len(predictors):
+                base = own[0]  # every predictor has its own LM (program.set_lm(lm))
             if base is None:
                 raise InvalidValueError(
                     f"{', '.join(sorted(self._teacher_settings))}: there is no LM to set it "
@@ -718,13 +767,34 @@ class VariableAwareOptimizer:
                 )
             teacher_settings["lm"] = base.copy(**teacher_lm)
             kwargs["teacher_settings"] = teacher_settings
-            # A predictor's config wins over its LM's kwargs: drop the mapped settings
-            # from the teacher's copy, or the student's own values would mask them.
-            teacher_program = (teacher if teacher is not None else student).deepcopy()
-            for _, predictor in teacher_program.named_predictors():
+            for predictor in predictors:
+                # A predictor's config wins over its LM's kwargs: drop the mapped settings
+                # from the teacher's copy, or the student's own values would mask them.
                 predictor.config = {k: v for k, v in predictor.config.items()
                                     if k not in teacher_lm}
+                # And a predictor's own LM (set_lm, a compiled teacher) wins over
+                # teacher_settings['lm']: give it the mapped settings too.
+                if predictor.lm is not None:
+                    predictor.lm = predictor.lm.copy(**teacher_lm)
         return self.optimizer_class(**kwargs), teacher_program
+
+
+async def _still_held(leases: Iterable[HeldLease], run_id: str) -> None:
+    """Renew every lease (one fenced step each); raises ``OptimizationLockedError`` when
+    one was stopped or expired."""
+    for lease in leases:
+        if lease.revoked is None:
+            try:
+                await lease.step(None, None, 0)
+            except Exception:
+                if lease.revoked is None:
+                    raise
+        if lease.revoked is not None:
+            raise OptimizationLockedError(
+                f"dspy run {run_id}: the lease on {lease.variable!r} ended while DSPy ran "
+                f"({lease.revoked}); no result was written",
+                optimization_id=lease.optimization_id,
+            )
 
 
 def _is_setting(value: Any) -> bool:
