@@ -33,6 +33,7 @@ from .errors import (
     AlreadyExistsError,
     InvalidValueError,
     OptimizationLockedError,
+    VariableNotFoundError,
     VariableTypeError,
 )
 from .logs import get_logger
@@ -1060,7 +1061,8 @@ class VariableModule:
     ``await forward(**inputs)`` reads the variable (a local read: it is watched, so the
     pushed value, and this connection's own writes at once), builds the class's instance
     the first time (one instance per class, kept, so demos and bound settings stay with
-    it) and runs it in a worker thread. ``last_class`` names the class of the last call.
+    it, until ``register_module`` replaces that class) and runs it in a worker thread.
+    ``last_class`` names the class of the last call.
 
     Example::
 
@@ -1109,7 +1111,8 @@ class VariableModule:
         return self.instance(await self.current_class())
 
     def instance(self, class_name: str) -> Any:
-        """The (kept) instance of ``class_name``, built on first use.
+        """The (kept) instance of ``class_name``, built on first use (which checks the
+        class gets its required arguments, e.g. ReAct's ``tools``).
 
         Example::
 
@@ -1118,6 +1121,7 @@ class VariableModule:
         name = _canonical(class_name)
         if name not in self.instances:
             cls = self.resolver.resolve(name)
+            _check_arguments(self.variable, name, cls, self.kwargs)
             module = cls(self.signature, **_accepted(cls, self.kwargs))
             if self.config:
                 for _, predictor in module.named_predictors():
@@ -1174,6 +1178,16 @@ def _init_parameters(cls: type[Any]) -> dict[str, inspect.Parameter]:
     }
 
 
+def _check_arguments(variable: str, name: str, cls: type[Any], kwargs: Mapping[str, Any]) -> None:
+    missing = [p for p, spec in _init_parameters(cls).items()
+               if spec.default is inspect.Parameter.empty and p not in kwargs]
+    if missing:
+        raise InvalidValueError(
+            f"module variable {variable!r} may choose {name}, which needs "
+            f"{', '.join(missing)}=; pass it to create_module"
+        )
+
+
 def _accepted(cls: type[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     # Predict and ChainOfThought take **config as LM settings: a ReAct-only keyword such as
     # tools= must not reach them, or it would be sent with every request.
@@ -1205,7 +1219,8 @@ class ModuleVariableResolver:
 
     def register_module(self, name: str, module_class: type[Any]) -> None:
         """Make a ``dspy.Module`` subclass choosable by ``name``; its constructor takes the
-        signature first.
+        signature first. Registering a name again replaces its class: modules made here
+        drop their instance of the old class and build the new one on their next call.
 
         Example::
 
@@ -1216,7 +1231,11 @@ class ModuleVariableResolver:
                                     "subclass")
         if name in BUILTIN_MODULES:
             raise InvalidValueError(f"module {name!r} is built in and cannot be replaced")
+        replaced = self.modules.get(name)
         self.modules[name] = module_class
+        if replaced is not None and replaced is not module_class:
+            for module in self.created:
+                module.instances.pop(name, None)
 
     def resolve(self, name: str) -> type[Any]:
         """The class for a module name (``'ChainOfThought'`` or ``'dspy.ChainOfThought'``).
@@ -1246,36 +1265,38 @@ class ModuleVariableResolver:
         ``kwargs`` go to each class whose constructor names them (``tools=`` and
         ``max_iters=`` to ReAct, ``interpreter_factory=`` to ProgramOfThought); ``config``
         (LM settings such as ``temperature``) goes to every predictor of every class.
-        Checked here, before any call: the variable's type, that every choice resolves,
-        and that each choice gets its required arguments (ReAct without ``tools``).
+        Checked here, before any call: the variable exists (else
+        ``VariableNotFoundError``) and has type ``module``; with ``choices``, that every
+        choice resolves and gets its required arguments (ReAct without ``tools``); without
+        ``choices``, the same for the class it holds now, and for any other class when
+        the variable first switches to it.
 
         Example::
 
             qa = await resolver.create_module("strategy", "question -> answer",
                                               tools=[search], config={"temperature": 0.3})
         """
-        metadata = (await _existing(self.session, [variable]))[variable]
-        if metadata is None:
-            raise KeyError(f"no module variable {variable!r}: register it first "
-                           "(type 'module', choices=[...])")
+        found = await self.session.get_variables(
+            [variable], defaults={variable: _ABSENT}, include_metadata=True
+        )
+        if found[variable] is _ABSENT:
+            raise VariableNotFoundError(f"no module variable {variable!r}: register it first "
+                                        "(type 'module', choices=[...])")
+        metadata = found[variable]["metadata"]
         _check_type(variable, metadata, "module", "ModuleVariableResolver")
-        choices = metadata.get("constraints", {}).get("choices") or list(self.modules)
-        classes = {name: self.resolve(name) for name in choices}
-        accepted: set[str] = set()
+        choices = (metadata.get("constraints") or {}).get("choices")
+        # Listed choices are all checked now. Without a list any known class may come;
+        # only the current one is checked now, another one when first chosen.
+        checked = list(choices) if choices else [str(found[variable]["value"])]
+        classes = {name: self.resolve(name) for name in checked}
         for name, cls in classes.items():
-            parameters = _init_parameters(cls)
-            accepted.update(parameters)
-            missing = [p for p, spec in parameters.items()
-                       if spec.default is inspect.Parameter.empty and p not in kwargs]
-            if missing:
-                raise InvalidValueError(
-                    f"module variable {variable!r} may choose {name}, which needs "
-                    f"{', '.join(missing)}=; pass it to create_module"
-                )
+            _check_arguments(variable, name, cls, kwargs)
+        possible = classes if choices else {**self.modules, **classes}
+        accepted = {p for cls in possible.values() for p in _init_parameters(cls)}
         unused = sorted(set(kwargs) - accepted)
         if unused:
             raise InvalidValueError(
-                f"module variable {variable!r}: no choice ({', '.join(classes)}) takes "
+                f"module variable {variable!r}: no choice ({', '.join(possible)}) takes "
                 f"{', '.join(unused)}; LM settings go in config={{...}}"
             )
         module = VariableModule(self, variable, signature, kwargs, config or {})
