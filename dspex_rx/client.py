@@ -1298,7 +1298,7 @@ class SessionContext:
         """This session's variables as a file in ``format``: ``json``, ``yaml``,
         ``parquet`` (needs the ``parquet`` extra: ``pip install 'dspex-rx[parquet]'``) or
         ``pickle``. Each variable keeps its type, value (arrays bit for bit: dtype, shape
-        and bytes), constraints, metadata, description and version; with
+        and bytes), constraints, metadata, description, version and access rules; with
         ``include_history`` its retained versions, with ``include_dependencies`` (the
         default) what it depends on. ``filter_pattern`` is a glob on names
         (``model.*``). The file carries ``format_version`` 1 (see ``dspex_rx.exchange``).
@@ -1346,8 +1346,9 @@ class SessionContext:
         ``merge``, ``skip`` or ``error`` —, ``version`` after the import, ``message``),
         plus ``applied``, ``dry_run``, ``revision`` and ``dependencies_added``.
 
-        - New variables are created; with exported history they keep their version and
-          their older versions (restored as they were). Without it they start at 1.
+        - New variables are created, with the file's access rules; with exported
+          history they keep their version and their older versions (restored as they
+          were). Without it they start at 1.
         - ``merge_strategy`` says what happens to variables the session already has:
           ``replace`` writes the imported value, metadata and description as a new
           version; ``keep`` leaves them as they are; ``merge`` merges dict values and

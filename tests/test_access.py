@@ -7,6 +7,8 @@ permission; C is matched by no rule (it cannot even learn a variable exists: Key
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 import trio
 
 import dspex_rx
-from dspex_rx import AccessDeniedError, AuthenticationError
+from dspex_rx import AccessDeniedError, AuthenticationError, exchange
 from dspex_rx.fanout import Subscriber
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
@@ -412,3 +414,129 @@ def test_store_level_rules_and_global_index() -> None:
     with pytest.raises(KeyError):
         store.get("b", rec.id)
     assert b.id == "b"
+
+
+# ------------------------------------------------------- rules in exported files
+
+
+def exported_rules(tag: str, now: float) -> list[dict[str, Any]]:
+    """Two rules as the owner registers them: one with conditions, one without."""
+    return [
+        {"session_pattern": f"r_{tag}", "permissions": ["read", "write"],
+         "conditions": {"expires_at": now + 3600, "min_value": 0.0, "max_value": 1.0}},
+        {"session_pattern": f"watch_*_{tag}", "permissions": ["observe"]},
+    ]
+
+
+@pytest.mark.parametrize("format", ["json", "yaml", "parquet", "pickle"])
+async def test_every_file_format_carries_access_rules(
+    srv: EmbeddedServer, clock: Clock, format: str
+) -> None:
+    tag = uid()
+    rules = exported_rules(tag, clock.now)
+    async with dspex_rx.connect(srv.target) as owner, \
+            dspex_rx.connect(srv.target) as fresh, \
+            dspex_rx.connect(srv.target, session_id=f"r_{tag}") as reader, \
+            dspex_rx.connect(srv.target, session_id=f"s_{tag}") as stranger:
+        await owner.register_variable("t", "float", 0.5, access_rules=rules)
+        await owner.register_variable("plain", "float", 0.1)
+        original = await owner.get_variable_permissions("t")
+        assert original == [
+            {**rules[0], "conditions": {k: float(v) for k, v in rules[0]["conditions"].items()}},
+            {**rules[1], "conditions": {}},
+        ]
+        data = await owner.export_variables(format)
+        if format == "json":
+            by_name = {v["name"]: v for v in json.loads(data)["variables"]}
+            assert by_name["t"]["access_rules"] == original
+            assert "access_rules" not in by_name["plain"]  # only when there are any
+
+        report = await fresh.import_variables(data, format, trusted=format == "pickle")
+        assert report["errors"] == [] and report["imported"] == 2
+        assert await fresh.get_variable_permissions("t") == original
+        assert await fresh.get_variable_permissions("plain") == []
+        imported = {i["name"]: i["id"] for i in await fresh.list_variables()}
+        assert await reader.get_variable(imported["t"]) == 0.5
+        await reader.set_variable(imported["t"], 0.75)  # the write grant came along too
+        with pytest.raises(KeyError):
+            await stranger.get_variable(imported["t"])
+        with pytest.raises(KeyError):
+            await reader.get_variable(imported["plain"])
+
+
+async def _rules_export(srv: EmbeddedServer, clock: Clock) -> bytes:
+    async with dspex_rx.connect(srv.target) as owner:
+        await owner.register_variable("t", "float", 0.5,
+                                      access_rules=exported_rules(uid(), clock.now))
+        return await owner.export_variables("json")
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda r: r[0].update(permissions="read"),
+     r"access_rules\[0\]\.permissions: expected a list, got str 'read'"),
+    (lambda r: r[1].update(permissions=["read", 3]),
+     r"access_rules\[1\]\.permissions: expected a list of strings"),
+    (lambda r: r[0].pop("session_pattern"), r"access_rules\[0\]\.session_pattern is missing"),
+    (lambda r: r[0].update(role="admin"), r"access_rules\[0\]: unknown field\(s\) 'role'"),
+    (lambda r: r[0]["conditions"].update(expires_at="soon"),
+     r"access_rules\[0\]\.conditions\.expires_at: expected a number, got str 'soon'"),
+    (lambda r: r[0].update(conditions=[1]), r"access_rules\[0\]\.conditions: expected an object"),
+    (lambda r: r.append("any"), r"access_rules\[2\]: expected an object, got str 'any'"),
+], ids=["permissions-str", "permission-int", "no-pattern", "unknown-key", "condition-str",
+        "conditions-list", "rule-str"])
+async def test_malformed_access_rules_in_a_file_are_refused_naming_the_place(
+    srv: EmbeddedServer, clock: Clock, edit: Any, where: str
+) -> None:
+    doc = json.loads(await _rules_export(srv, clock))
+    edit(doc["variables"][0]["access_rules"])
+    async with dspex_rx.connect(srv.target) as fresh:
+        with pytest.raises(ValueError, match=r"JSON import: variables\[0\] \('t'\)\." + where):
+            await fresh.import_variables(json.dumps(doc))
+        assert await fresh.list_variables() == []
+
+
+async def test_access_rules_not_a_list_are_refused(srv: EmbeddedServer, clock: Clock) -> None:
+    doc = json.loads(await _rules_export(srv, clock))
+    doc["variables"][0]["access_rules"] = {"session_pattern": "any"}
+    async with dspex_rx.connect(srv.target) as fresh:
+        with pytest.raises(ValueError, match=r"variables\[0\] \('t'\)\.access_rules: expected "
+                                             r"a list"):
+            await fresh.import_variables(json.dumps(doc))
+        assert await fresh.list_variables() == []
+
+
+@pytest.mark.parametrize("rule, message", [
+    ({"session_pattern": "any", "permissions": ["admin"]}, "unknown permission 'admin'"),
+    ({"session_pattern": "any", "permissions": ["read"], "conditions": {"ip": 1}},
+     "unknown condition"),
+])
+async def test_rules_the_store_refuses_are_import_errors(
+    srv: EmbeddedServer, clock: Clock, rule: dict[str, Any], message: str
+) -> None:
+    doc = json.loads(await _rules_export(srv, clock))
+    doc["variables"][0]["access_rules"] = [rule]
+    async with dspex_rx.connect(srv.target) as fresh:
+        report = await fresh.import_variables(json.dumps(doc))
+        assert not report["applied"] and len(report["errors"]) == 1
+        assert message in report["errors"][0]
+        assert await fresh.list_variables() == []
+
+
+async def test_files_without_access_rules_still_import(
+    srv: EmbeddedServer, clock: Clock
+) -> None:
+    # format_version 1 files written before the rules existed: no key, no Parquet column.
+    pa, pq = exchange._pyarrow()
+    async with dspex_rx.connect(srv.target) as owner:
+        await owner.register_variable("t", "float", 0.5,
+                                      access_rules=exported_rules(uid(), clock.now))
+        as_json = json.loads(await owner.export_variables("json"))
+        table = pq.read_table(pa.BufferReader(await owner.export_variables("parquet")))
+    del as_json["variables"][0]["access_rules"]
+    sink = io.BytesIO()
+    pq.write_table(table.drop_columns(["access_rules"]), sink)
+    for data, format in ((json.dumps(as_json).encode(), "json"), (sink.getvalue(), "parquet")):
+        async with dspex_rx.connect(srv.target) as fresh:
+            report = await fresh.import_variables(data, format)
+            assert report["errors"] == [] and report["imported"] == 1
+            assert await fresh.get_variable_permissions("t") == []
