@@ -1420,6 +1420,8 @@ class SessionContext:
         actor = self._require_hub().learn(
             variable.id, variable.id if foreign else variable.name
         )
+        if foreign and value is _MISSING and not variable.HasField("value"):
+            return actor  # the server sent no value: this session may not read it
         actor.store(
             codec.decode(variable.value) if value is _MISSING else value,
             variable.version,

@@ -52,6 +52,7 @@ class Subscriber:
         may_observe: Callable[[str], bool] = lambda _: True,
         listen: Callable[[str, Listener], Callable[[], None]] | None = None,
         revision: Callable[[], int] = lambda: 0,
+        may_read: Callable[[str], bool] | None = None,
     ) -> None:
         self.session_id = session_id
         self.watched: set[str] = set()
@@ -62,6 +63,9 @@ class Subscriber:
         self._records: dict[str, VariableRecord] = {}
         self._foreign: dict[str, Callable[[], None]] = {}
         self._may_observe = may_observe
+        # Of another session's variables a stream gets optimization status and the names
+        # of changed inputs only where its session may read (None: nowhere).
+        self._may_read = may_read or (lambda _: False)
         self._listen = listen
         self._revision = revision
         self.revoked = 0
@@ -181,6 +185,7 @@ class Subscriber:
                 events = [e for e in events if e.record.id not in no]
             for event in events:
                 self._records[event.record.id] = event.record
+            events = self.redact(events)
         deleted = [e.record.id for e in events if e.update_type == "deleted"]
         if events:
             self.push_frame(PendingFrame(commit.revision, events))
@@ -194,6 +199,38 @@ class Subscriber:
             ]))
         if deleted or denied:
             self.unwatch([*deleted, *(r.id for r in denied)])
+
+    def redact(self, events: Iterable[ChangeEvent]) -> list[ChangeEvent]:
+        """Another session's events as this stream may see them: an optimization event
+        (its metadata is the run's status: best value, metrics, holder) only where the
+        session may read the variable, and a ``dependency_changed`` note naming only the
+        changed inputs it may read (observe alone shows that the inputs changed).
+
+        Example::
+
+            sub.push_frame(PendingFrame(commit.revision, sub.redact(commit.events)))
+        """
+        out = []
+        for event in events:
+            if event.update_type == OPTIMIZATION_EVENT:
+                if self._may_read(event.record.id):
+                    out.append(event)
+                continue
+            if event.update_type == "dependency_changed" and event.sources:
+                names = event.metadata.get("source_variables") or []
+                kept = [n for i, n in zip(event.sources, names, strict=False)
+                        if self._may_read(i)]
+                if len(kept) != len(event.sources):
+                    note = {k: v for k, v in event.metadata.items()
+                            if k not in ("source_variable", "source_variables")}
+                    note["source_variables"] = kept
+                    if kept:
+                        note["source_variable"] = kept[0]
+                    event = ChangeEvent(event.record, event.old_value, event.update_type,
+                                        note, event.source,
+                                        tuple(i for i in event.sources if self._may_read(i)))
+            out.append(event)
+        return out
 
     def push_frame(self, frame: PendingFrame) -> None:
         """Queue a frame (live, initial, replayed or resync) and wake the sender.
@@ -300,6 +337,7 @@ def _merge(frames: list[PendingFrame]) -> PendingFrame:
         if kind not in ("deleted", "revoked") and first_type[var_id] in ("initial", "resync"):
             kind = first_type[var_id]
         merged.append(
-            ChangeEvent(event.record, first_old[var_id], kind, event.metadata, event.source)
+            ChangeEvent(event.record, first_old[var_id], kind, event.metadata, event.source,
+                        event.sources)
         )
     return PendingFrame(max(f.revision for f in frames), merged, conflated=True)

@@ -507,6 +507,10 @@ class VariablesService(pb_grpc.VariablesServicer):
         out.owner_session = owner
         if owner == session_id:
             rules_to_pb(self.store.session(owner).rules.get(record.id, ()), out.access_rules)
+        elif not self.store.may(session_id, record.id, "read"):
+            # A caller that may write but not read (a write-only set) gets no value back,
+            # and its client caches none.
+            out.ClearField("value")
 
     @_attach_handler
     async def InitializeSession(
@@ -1101,12 +1105,10 @@ class VariablesService(pb_grpc.VariablesServicer):
         session_id = _session_id(request)
         allowed = self.store.check_access(session_id, request.ref, request.permission)
         response = pb.CheckVariableAccessResponse(allowed=allowed)
-        owner = session_id
-        var_id = request.ref
-        with contextlib.suppress(DspexError):
-            record = self.store.get(session_id, request.ref)
-            var_id = record.id
-            owner = self.store.owner_of(record.id) or session_id
+        # check_access raised if the caller cannot see the variable at all, so it is one
+        # of its own (by id or name) or a foreign one it has some right to (by id).
+        var_id = self.store.session(session_id).names.get(request.ref, request.ref)
+        owner = self.store.owner_of(var_id) or session_id
         response.variable_id, response.owner_session = var_id, owner
         return response
 
@@ -1164,6 +1166,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             may_observe=lambda var_id: store.may(session_id, var_id, "observe"),
             listen=store.add_listener,
             revision=lambda: store.revision,
+            may_read=lambda var_id: store.may(session_id, var_id, "read"),
         )
         remove_listener = self.store.add_listener(session_id, subscriber.on_commit)
         self.subscribers.add(subscriber)
@@ -1285,8 +1288,12 @@ class VariablesService(pb_grpc.VariablesServicer):
         gone: dict[str, VariableRecord] = {}
         if missing and commits is not None:
             # Deleted since the watcher's last revision: it still gets the missed changes
-            # and the delete from the log.
+            # and the delete from the log, for its own variables only. Another session's
+            # deleted variable took its rules with it, so whether this stream ever could
+            # observe it is unknown: it is reported missing, like one never seen.
             for commit in commits:
+                if commit.session_id not in (session_id, ""):
+                    continue
                 for event in commit.events:
                     if event.update_type == "deleted" and event.record.id in missing:
                         gone[event.record.id] = event.record
@@ -1326,18 +1333,41 @@ class VariablesService(pb_grpc.VariablesServicer):
                 subscriber.push_frame(
                     PendingFrame(revision, [_current(r) for r in found], "resync")
                 )
-                statuses = []
-                for owner, records in [(session_id, [r for r in found if r.id not in foreign]),
-                                       *owners.items()]:
-                    statuses += store.status_events(owner, records, request.from_revision)
+                statuses = store.status_events(
+                    session_id, [r for r in found if r.id not in foreign], request.from_revision
+                )
+                for owner, records in owners.items():
+                    statuses += subscriber.redact(
+                        store.status_events(owner, records, request.from_revision)
+                    )
                 if statuses:
                     subscriber.push_frame(PendingFrame(revision, statuses))
                 return
-            wanted = set(ids)
+            # Another session's variable whose rights may have changed within the range
+            # (a permissions commit, or a rule with a time condition) is resynced, current
+            # value only: a replay could hand over values from before observe was granted.
+            changed = {i for c in commits if c.session_id != session_id
+                       for i in c.permissions if i in foreign}
+            changed |= {i for i in foreign if store.timed_rules(session_id, i)}
+            wanted = set(ids) - changed
             for commit in commits:
                 events = [e for e in commit.events if e.record.id in wanted]
+                if events and commit.session_id != session_id:
+                    events = subscriber.redact(events)
                 if events:
                     subscriber.push_frame(PendingFrame(commit.revision, events))
+            if changed:
+                records = [r for r in found if r.id in changed]
+                subscriber.push_frame(
+                    PendingFrame(revision, [_current(r) for r in records], "resync")
+                )
+                statuses = []
+                for owner, owned in owners.items():
+                    statuses += subscriber.redact(store.status_events(
+                        owner, [r for r in owned if r.id in changed], request.from_revision
+                    ))
+                if statuses:
+                    subscriber.push_frame(PendingFrame(revision, statuses))
         elif request.include_initial:
             subscriber.push_frame(
                 PendingFrame(revision, [_current(r) for r in found], "initial")

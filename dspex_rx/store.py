@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .access import AccessRule, check_permission, check_rules
+from .access import TIME_CONDITIONS, AccessRule, check_permission, check_rules
 from .errors import (
     AccessDeniedError,
     AlreadyExistsError,
@@ -64,6 +64,18 @@ MAX_VERSION = INT64_MAX
 # The event types a commit can carry per variable; "optimization" events change no value.
 OPTIMIZATION_EVENT = "optimization"
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
+# The shape of the ids the store makes (``var_<name>_<n>``). Ids are addressed across
+# sessions, so no session may name a variable like one (whether or not that id exists,
+# which a check would disclose).
+ID_SHAPE_RE = re.compile(r"var_.+_[0-9]+")
+
+
+def _check_not_id_shaped(name: str) -> None:
+    if ID_SHAPE_RE.fullmatch(name):
+        raise InvalidValueError(
+            f"variable name {name!r} is shaped like a variable id (var_<name>_<n>), which "
+            "names a variable in any session; choose another name"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +295,9 @@ class ChangeEvent:
     update_type: str
     metadata: Mapping[str, Any]
     source: str
+    # For ``dependency_changed``: the ids of the changed variables ``metadata`` names, so
+    # a stream of another session can leave out those it may not read.
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +442,8 @@ class MemoryStore:
         self.default_ttl = default_ttl
         self.lease_ttl = lease_ttl
         self.optimization_history_size = optimization_history_size
-        self._tokens = itertools.count(1)
+        # Fencing tokens are random (a session cannot guess another's) and unique here.
+        self._tokens: set[int] = set()
         self.max_variables_per_session = max_variables_per_session
         self.log_size = log_size
         if history_size < 1:
@@ -782,6 +798,19 @@ class MemoryStore:
         """
         return self._locate(self.session(session_id), ref, permission)[1]
 
+    def timed_rules(self, session_id: str, var_id: str) -> bool:
+        """Whether a rule of another session's variable that names ``session_id`` has a
+        time condition (so its rights may have changed without a permissions commit).
+
+        Example::
+
+            store.timed_rules("guest_1", "var_t_1")
+        """
+        owner = self._sessions.get(self._owners.get(var_id, ""))
+        rules = owner.rules.get(var_id, ()) if owner is not None else ()
+        return any(r.matches(session_id) and any(k in r.conditions for k in TIME_CONDITIONS)
+                   for r in rules)
+
     def owner_of(self, var_id: str) -> str | None:
         """The id of the session that owns a variable, or None.
 
@@ -823,7 +852,9 @@ class MemoryStore:
         """Replace a variable's access rules (its owner only); returns the revision.
 
         A commit with no value change: the variable's version stays, and live watches of
-        other sessions are checked again (one that lost ``observe`` ends).
+        other sessions are checked again (one that lost ``observe`` ends). A running
+        optimization of a session that lost ``optimize`` is stopped right after (its own
+        commit; the later revision is returned).
 
         Example::
 
@@ -832,7 +863,26 @@ class MemoryStore:
         """
         owner, record = self._locate(self.session(session_id), ref, "owner")
         clean = check_rules(record.name, record.type, rules)
-        return self._commit(owner, (), source=actor, rules={record.id: clean})[1]
+        revision = self._commit(owner, (), source=actor, rules={record.id: clean})[1]
+        # A foreign optimization lives on the optimize permission: without it, it ends
+        # (its own commit, right after), so its fencing token no longer lands writes.
+        return self._end_unpermitted_leases(owner, "its access rules were changed") or revision
+
+    def _end_unpermitted_leases(self, session: Session, why: str) -> int:
+        # Ends the running leases whose holder session (not the owner) no longer has
+        # ``optimize`` on the variable; returns the last revision taken, or 0.
+        revision = 0
+        for lease in list(session.running.values()):
+            if lease.holder_session == session.id or "optimize" in self._rights(
+                lease.holder_session, session, lease.variable_id
+            ):
+                continue
+            revision = self._end_lease(
+                session, lease, "stopped",
+                f"session {lease.holder_session!r} may no longer optimize variable "
+                f"{lease.variable_id!r}: {why}",
+            )
+        return revision
 
     def _commit(
         self,
@@ -899,9 +949,10 @@ class MemoryStore:
                     "source_variables": names,
                     "source_revision": revision,
                 }
-                events.append(
-                    ChangeEvent(dependent, dependent.value, "dependency_changed", note, source)
-                )
+                events.append(ChangeEvent(
+                    dependent, dependent.value, "dependency_changed", note, source,
+                    tuple(source_ids),
+                ))
         for lease in notes:
             lease.revision = revision
             record = session.variables[lease.variable_id]
@@ -968,6 +1019,7 @@ class MemoryStore:
             raise AlreadyExistsError(
                 f"variable name {name!r} already exists as the id of another variable"
             )
+        _check_not_id_shaped(name)
         type_name = normalize_type(spec.type)
         constraints = check_constraints(name, type_name, spec.constraints)
         value = validate_value(name, type_name, spec.initial_value, constraints)
@@ -1154,7 +1206,7 @@ class MemoryStore:
             return records[0], revision, True
         self._expire_leases(session)
         record = session.variables[record.id]
-        self._check_lease(session, record, fencing_token)
+        self._check_lease(session, record, fencing_token, caller_id=session_id)
         self._check_version(record, expected_version)
         clean_metadata = check_metadata(record.name, metadata)
         new = self._prepare_write(record, value, clean_metadata, actor, self._revision + 1)
@@ -1414,7 +1466,8 @@ class MemoryStore:
     ) -> tuple[VariableRecord, int]:
         """Write a new version whose value is that of ``version`` (history is appended,
         never rewritten); returns (new record, revision). Unknown or expired versions
-        raise ``ValueError``.
+        raise ``ValueError``. Another session's variable needs ``read`` as well as
+        ``write``: choosing a past value is reading the history.
 
         Example::
 
@@ -1422,6 +1475,10 @@ class MemoryStore:
         """
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "write")
+        if session is not caller:
+            # Rolling back chooses a past value (and the response carries it): that is
+            # reading the history, so another session's variable needs read as well.
+            self._locate(caller, record.id, "read")
         self._expire_leases(session)
         self._check_lease(session, record, None, doing="rolled back")
         self._check_version(record, expected_version)
@@ -1474,6 +1531,8 @@ class MemoryStore:
                 f"the lease lapsed: no renewal from {lease.holder_client or 'its holder'} "
                 f"within {lease.ttl:g} s",
             )
+        # A rule's time condition may have lapsed since: its optimize grant with it.
+        self._end_unpermitted_leases(session, "the rule granting it no longer applies")
 
     def _end_lease(
         self,
@@ -1493,18 +1552,31 @@ class MemoryStore:
             session, records, metadata=metadata, source=actor or lease.id, notes=[lease]
         )[1]
 
+    def _new_token(self) -> int:
+        # A positive int64 (the wire field), unguessable, never issued twice by this store.
+        while True:
+            token = secrets.randbits(62) + 1
+            if token not in self._tokens:
+                self._tokens.add(token)
+                return token
+
     def _check_lease(
         self,
         session: Session,
         record: VariableRecord,
         token: int | None,
         doing: str = "written",
+        caller_id: str = "",
     ) -> OptimizationLease | None:
+        # A token passes only for the session that holds the lease (``caller_id``): a
+        # token is a fence for its holder's writes, not a password anyone may present.
         lease = session.running.get(record.id)
         if lease is None:
             if token:
                 last = session.leases.get(record.id)
-                if last is not None and last.token == token:
+                if last is not None and last.token == token and (
+                    last.holder_session == caller_id
+                ):
                     why = f"optimization {last.id} has {last.state}"
                     why += f" ({last.end_reason})" if last.end_reason else ""
                 else:
@@ -1514,7 +1586,7 @@ class MemoryStore:
                     optimization_id=last.id if last is not None else "",
                 )
             return None
-        if token != lease.token or doing != "written":
+        if token != lease.token or doing != "written" or lease.holder_session != caller_id:
             raise OptimizationLockedError(
                 f"variable {record.name!r} is locked for optimization by {lease.id} "
                 f"({lease.optimizer_type}, session {lease.holder_session}); it cannot be "
@@ -1525,16 +1597,24 @@ class MemoryStore:
         return lease
 
     def _holder_lease(
-        self, session: Session, record: VariableRecord, optimization_id: str, token: int
+        self,
+        session: Session,
+        record: VariableRecord,
+        optimization_id: str,
+        token: int,
+        caller_id: str,
     ) -> OptimizationLease:
         lease = session.running.get(record.id)
-        if lease is None or lease.id != optimization_id or lease.token != token:
+        if (
+            lease is None or lease.id != optimization_id or lease.token != token
+            or lease.holder_session != caller_id
+        ):
             last = session.leases.get(record.id)
             if last is not None and last.id == optimization_id:
                 why = f"it has {last.state}" + (f" ({last.end_reason})" if last.end_reason
                                                 else "")
-                if last.token != token:
-                    why = f"fencing token {token} is not its token"
+                if last.token != token or last.holder_session != caller_id:
+                    why = f"fencing token {token} is not the token session {caller_id!r} holds"
             else:
                 why = "no such optimization of this variable"
             raise OptimizationLockedError(
@@ -1613,7 +1693,7 @@ class MemoryStore:
             optimizer_type=optimizer_type,
             holder_session=caller.id,
             holder_client=client_id,
-            token=next(self._tokens),
+            token=self._new_token(),
             ttl=ttl,
             config=clean_config,
             max_iterations=max_iterations,
@@ -1708,7 +1788,9 @@ class MemoryStore:
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
-        lease = self._holder_lease(session, record, optimization_id, fencing_token)
+        lease = self._holder_lease(
+            session, record, optimization_id, fencing_token, caller.id
+        )
         clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
         written: list[VariableRecord] = []
         metadata: dict[str, Any] = {}
@@ -1760,7 +1842,9 @@ class MemoryStore:
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
-        lease = self._holder_lease(session, record, optimization_id, fencing_token)
+        lease = self._holder_lease(
+            session, record, optimization_id, fencing_token, caller.id
+        )
         clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
         written: list[VariableRecord] = []
         metadata: dict[str, Any] = {}
@@ -2077,6 +2161,7 @@ class MemoryStore:
                 raise AlreadyExistsError(
                     f"variable name {name!r} already exists as the id of another variable"
                 )
+            _check_not_id_shaped(name)
             # The entry of the current version is the import's own write (remembered by
             # _commit with the import's metadata); the older ones are restored.
             restored = [h for h in history or () if h.version < entry.version]

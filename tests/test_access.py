@@ -146,8 +146,14 @@ async def test_history_and_rollback(world: dict[str, Any]) -> None:
         history = await expect(s.get_variable_history(var), allowed, visible)
         if allowed:
             assert [h["value"] for h in history][:2] in ([0.9, 0.5], [0.5, 0.9])
-        allowed, visible = cell(name, "write")
-        await expect(s.rollback_variable(var, 1), allowed, visible)
+        # A rollback of another session's variable chooses a past value, which is reading
+        # the history: it needs read as well as write, so no one-permission session may.
+        _, visible = cell(name, "write")
+        await expect(s.rollback_variable(var, 1), False, visible)
+    assert await a.get_variable("temperature", bypass_cache=True) == 0.9
+    await a.set_variable_permissions(var, [
+        {"session_pattern": world["write"].session_id, "permissions": ["read", "write"]}])
+    await world["write"].rollback_variable(var, 1)
     assert await a.get_variable("temperature", bypass_cache=True) == 0.5
 
 

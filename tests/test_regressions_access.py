@@ -157,10 +157,12 @@ def test_another_sessions_fencing_token_lets_a_writer_past_the_optimization_lock
     with pytest.raises(OptimizationLockedError):
         store.set("b", x_id, 0.9, actor="b")
     own, _ = store.start_optimization("b", "mine", optimizer_type="grid", client_id=b_client)
-    guessed = own.token - 1
-    assert guessed == lease.token
+    # Fixed: tokens are random now, so b cannot derive A's from its own (the reviewer's
+    # ``own.token - 1 == lease.token`` premise no longer holds). Even presenting A's real
+    # token (say, leaked) gets b nowhere: a token passes only for its holder session.
+    assert own.token >= 1 and lease.token >= 1 and own.token - 1 != lease.token
     with pytest.raises(OptimizationLockedError):
-        store.set("b", x_id, 0.9, actor="b", fencing_token=guessed)
+        store.set("b", x_id, 0.9, actor="b", fencing_token=lease.token)
     assert store.get(a, "x").value == 0.5
 
 
@@ -230,9 +232,20 @@ async def test_write_only_session_reads_history_through_rollback(
         await a.set_variable("plan", "public again")  # version 3
         with pytest.raises(AccessDeniedError):
             await w.get_variable(var)
-        await w.rollback_variable(var, 2)
+        # Fixed by refusing the rollback itself: it chooses a past value, which is reading
+        # the history, so another session's variable needs read as well as write (the
+        # reviewer's test let it pass and checked only the cache afterwards).
+        with pytest.raises(AccessDeniedError, match="'read'"):
+            await w.rollback_variable(var, 2)
         with pytest.raises(AccessDeniedError):
             await w.get_variable(var)
+        assert (await a.get_variable("plan")) == "public again"
+        # A write-only set lands, but its response carries no value and nothing is
+        # cached: reading still needs read.
+        await w.set_variable(var, "written blind")
+        with pytest.raises(AccessDeniedError):
+            await w.get_variable(var)
+        assert (await a.get_variable("plan", bypass_cache=True)) == "written blind"
 
 
 def test_optimization_status_events_reach_a_watcher_without_read() -> None:
