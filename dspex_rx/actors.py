@@ -23,7 +23,7 @@ from reactivex import abc as rx_abc
 from . import codec
 from .cache import VariableCache
 from .convert import map_rpc_error, seconds
-from .errors import DspexError, error_from_kind
+from .errors import AccessDeniedError, DspexError, error_from_kind
 from .logs import get_logger
 from .rx import TrioObservable, TrioScheduler
 from .v1 import session_pb2 as spb
@@ -40,6 +40,7 @@ _UPDATE_NAMES = {
     spb.UPDATE_TYPE_DEPENDENCY_CHANGED: "dependency_changed",
     spb.UPDATE_TYPE_RESYNC: "resync",
     spb.UPDATE_TYPE_OPTIMIZATION: "optimization",
+    spb.UPDATE_TYPE_REVOKED: "revoked",
 }
 
 
@@ -295,6 +296,17 @@ class VariableActor:
             actor.apply(update_from_pb(event))
         """
         kind = update.update_type
+        if kind == "revoked":
+            # This session lost `observe` on another session's variable: the server ended
+            # the subscription, so every observer ends with PermissionError.
+            reason = update.metadata.get("reason") or "observe permission revoked"
+            self.hub.cache.invalidate_nowait(self.id, "revoked")
+            self._end(AccessDeniedError(
+                f"watch of variable {self.id!r} ended: {reason}", variable=self.id,
+                permission="observe",
+            ))
+            self.hub.forget(self)
+            return
         if kind == "optimization":
             # A status note: the value and version are unchanged, so the entry and the
             # plain observers' version tracking stay as they are.

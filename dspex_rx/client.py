@@ -37,6 +37,7 @@ from .convert import (
 )
 from .derive import Derived
 from .errors import (
+    AccessDeniedError,
     AuthenticationError,
     ConflictError,
     DspexError,
@@ -208,6 +209,48 @@ def _encode_value(name: str, value: Any) -> codec.Value:
         return codec.encode(value)
     except DspexError as exc:
         raise _prefixed(name, exc) from None
+
+
+def _encode_rules(name: str, rules: Sequence[Mapping[str, Any]] | None) -> list[pb.AccessRule]:
+    """Access rules on the wire; their shape is checked by the server (the authority),
+    here only what must be known to encode them."""
+    if rules is None:
+        return []
+    if isinstance(rules, str | bytes | Mapping) or not isinstance(rules, list | tuple):
+        raise InvalidValueError(f"variable {name!r}: access_rules must be a list of rules")
+    out = []
+    for index, rule in enumerate(rules):
+        if not isinstance(rule, Mapping):
+            raise InvalidValueError(
+                f"variable {name!r}: access rule {index} must be a mapping, got "
+                f"{type(rule).__name__}"
+            )
+        unknown = sorted(map(str, set(rule) - {"session_pattern", "permissions",
+                                               "conditions"}))
+        if unknown:
+            raise InvalidValueError(
+                f"variable {name!r}: access rule {index} has unknown key(s) "
+                f"{', '.join(map(repr, unknown))}"
+            )
+        pattern = rule.get("session_pattern")
+        permissions = rule.get("permissions")
+        if not isinstance(pattern, str):
+            raise InvalidValueError(
+                f"variable {name!r}: access rule {index}: session_pattern must be a string, "
+                f"got {pattern!r}"
+            )
+        if isinstance(permissions, str) or not isinstance(permissions, list | tuple) or not all(
+            isinstance(p, str) for p in permissions
+        ):
+            raise InvalidValueError(
+                f"variable {name!r}: access rule {index}: permissions must be a list of "
+                f"strings, got {permissions!r}"
+            )
+        out.append(pb.AccessRule(
+            session_pattern=pattern, permissions=list(permissions),
+            conditions=_encode_metadata(name, rule.get("conditions")),
+        ))
+    return out
 
 
 def _encode_metadata(name: str, metadata: Mapping[str, Any] | None) -> Any:
@@ -628,10 +671,6 @@ class SessionContext:
             raise InvalidValueError(
                 f"variable {name!r}: dependencies must be a list of names or ids, not a string"
             )
-        if access_rules:
-            raise NotImplementedError(
-                "access_rules are not supported by this version yet (tracked in issue #6)"
-            )
         if not isinstance(name, str):
             raise InvalidValueError(f"variable name must be a string, got {name!r}")
         try:
@@ -646,7 +685,75 @@ class SessionContext:
             metadata=_encode_metadata(name, metadata),
             description=description,
             dependencies=list(dependencies or ()),
+            access_rules=_encode_rules(name, access_rules),
         )
+
+    async def set_variable_permissions(
+        self, variable: str, rules: Sequence[Mapping[str, Any]]
+    ) -> int:
+        """Replace a variable's access rules; only its owner session may. Returns the
+        revision. A session watching it that loses ``observe`` has that watch ended with
+        ``PermissionError``.
+
+        Example::
+
+            await session.set_variable_permissions("temperature", [
+                {"session_pattern": "admin_*", "permissions": ["read", "write"]},
+                {"session_pattern": "any", "permissions": ["observe"],
+                 "conditions": {"expires_at": time.time() + 3600}},
+            ])
+        """
+        response = await self._call(
+            "SetVariablePermissions",
+            pb.SetVariablePermissionsRequest(
+                session_id=self.session_id, ref=variable,
+                rules=_encode_rules(variable, rules) if rules else [],
+            ),
+            pb.SetVariablePermissionsResponse,
+        )
+        return response.revision
+
+    async def check_variable_access(self, variable: str, permission: str) -> bool:
+        """Whether this session may use ``permission`` (``read``, ``write``, ``observe``,
+        ``optimize``) on a variable: its own (always) or another session's, by id.
+        ``KeyError`` for a variable it cannot see at all; never raises for a missing
+        permission.
+
+        Example::
+
+            if await session.check_variable_access("var_temperature_3", "write"): ...
+        """
+        response = await self._call(
+            "CheckVariableAccess",
+            pb.CheckVariableAccessRequest(
+                session_id=self.session_id, ref=variable, permission=permission
+            ),
+            pb.CheckVariableAccessResponse,
+        )
+        return response.allowed
+
+    async def get_variable_permissions(self, variable: str) -> list[dict[str, Any]]:
+        """A variable's access rules as the spec's dicts (its owner session only sees them).
+
+        Example::
+
+            rules = await session.get_variable_permissions("temperature")
+        """
+        response = await self._call(
+            "GetVariable",
+            pb.GetVariableRequest(session_id=self.session_id, ref=variable),
+            pb.GetVariableResponse,
+        )
+        if response.variable.owner_session not in ("", self.session_id):
+            raise AccessDeniedError(
+                f"variable {variable!r} belongs to session "
+                f"{response.variable.owner_session!r}; only its owner sees its rules"
+            )
+        return [
+            {"session_pattern": r.session_pattern, "permissions": list(r.permissions),
+             "conditions": codec.decode_map(r.conditions)}
+            for r in response.variable.access_rules
+        ]
 
     async def register_variables(self, variables: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         """Register several variables in one atomic call; returns name -> id.
@@ -1191,7 +1298,7 @@ class SessionContext:
         """This session's variables as a file in ``format``: ``json``, ``yaml``,
         ``parquet`` (needs the ``parquet`` extra: ``pip install 'dspex-rx[parquet]'``) or
         ``pickle``. Each variable keeps its type, value (arrays bit for bit: dtype, shape
-        and bytes), constraints, metadata, description and version; with
+        and bytes), constraints, metadata, description, version and access rules; with
         ``include_history`` its retained versions, with ``include_dependencies`` (the
         default) what it depends on. ``filter_pattern`` is a glob on names
         (``model.*``). The file carries ``format_version`` 1 (see ``dspex_rx.exchange``).
@@ -1239,8 +1346,9 @@ class SessionContext:
         ``merge``, ``skip`` or ``error`` —, ``version`` after the import, ``message``),
         plus ``applied``, ``dry_run``, ``revision`` and ``dependencies_added``.
 
-        - New variables are created; with exported history they keep their version and
-          their older versions (restored as they were). Without it they start at 1.
+        - New variables are created, with the file's access rules; with exported
+          history they keep their version and their older versions (restored as they
+          were). Without it they start at 1.
         - ``merge_strategy`` says what happens to variables the session already has:
           ``replace`` writes the imported value, metadata and description as a new
           version; ``keep`` leaves them as they are; ``merge`` merges dict values and
@@ -1307,7 +1415,13 @@ class SessionContext:
 
     def _remember(self, variable: pb.Variable, value: Any = _MISSING) -> VariableActor:
         """Hand a server answer to the variable's actor (the entry's only writer)."""
-        actor = self._require_hub().learn(variable.id, variable.name)
+        # Names are per session: another session's variable is known here by its id only.
+        foreign = variable.owner_session not in ("", self.session_id)
+        actor = self._require_hub().learn(
+            variable.id, variable.id if foreign else variable.name
+        )
+        if foreign and value is _MISSING and not variable.HasField("value"):
+            return actor  # the server sent no value: this session may not read it
         actor.store(
             codec.decode(variable.value) if value is _MISSING else value,
             variable.version,

@@ -28,13 +28,16 @@ from .v1 import variables_pb2 as pb
 #                   "version", "created_at", "updated_at", "updated_by",
 #                   "history": [{"version", "value", "updated_at", "updated_by",
 #                                "metadata", "revision"}, ...],   # oldest first; optional
-#                   "dependencies": [{"name", "type", "metadata"}, ...]}]}  # optional
+#                   "dependencies": [{"name", "type", "metadata"}, ...],  # optional
+#                   "access_rules": [{"session_pattern", "permissions": [...],  # optional,
+#                                     "conditions": {key: number}}, ...]}]}  # when it has any
 # JSON and YAML hold what they cannot say exactly as tagged objects: an array is
 # {"$dspex": "ndarray", "dtype", "shape", "data": base64 of its little-endian C-order
 # bytes}, NaN/inf {"$dspex": "float", "value": "nan" | "inf" | "-inf"}, a dict with a
 # "$dspex" key of its own {"$dspex": "dict", "items": [[key, value], ...]}. Parquet has
-# one row per variable, arrays as raw bytes, the header in the schema metadata; pickle
-# holds the document as Python objects.
+# one row per variable, arrays as raw bytes, access_rules as JSON text (null when there
+# are none), the header in the schema metadata; pickle holds the document as Python
+# objects. A file without access_rules (written before they existed) reads the same.
 FORMAT_NAME = "dspex-rx/variables"
 FORMAT_VERSION = 1
 FORMATS: tuple[str, ...] = ("json", "yaml", "parquet", "pickle")
@@ -141,6 +144,15 @@ def snapshot_to_document(msg: pb.VariablesSnapshot) -> dict[str, Any]:
                 }
                 for dep in item.dependencies
             ]
+        if item.access_rules:
+            variable["access_rules"] = [
+                {
+                    "session_pattern": rule.session_pattern,
+                    "permissions": list(rule.permissions),
+                    "conditions": codec.decode_map(rule.conditions),
+                }
+                for rule in item.access_rules
+            ]
         variables.append(variable)
     return {
         "format": FORMAT_NAME,
@@ -212,6 +224,12 @@ def document_to_snapshot(document: Mapping[str, Any]) -> pb.VariablesSnapshot:
                     dependency_type=kind,
                     metadata=_map(dep["metadata"], f"{where}.dependencies[{i}].metadata"),
                 )
+        for i, rule in enumerate(variable.get("access_rules") or ()):
+            msg.access_rules.add(
+                session_pattern=rule["session_pattern"],
+                permissions=rule["permissions"],
+                conditions=_map(rule["conditions"], f"{where}.access_rules[{i}].conditions"),
+            )
     return out
 
 
@@ -332,6 +350,7 @@ def _parquet_schema(pa: Any, header: bytes) -> Any:
             ("updated_by", pa.string()),
             ("history", history),
             ("dependencies", dependencies),
+            ("access_rules", pa.string()),
         ],
         metadata={PARQUET_HEADER_KEY: header},
     )
@@ -356,6 +375,7 @@ def _write_parquet(document: Mapping[str, Any]) -> bytes:
     for variable in document["variables"]:
         history = variable.get("history")
         dependencies = variable.get("dependencies")
+        rules = variable.get("access_rules")
         rows.append({
             "name": variable["name"],
             "type": variable["type"],
@@ -375,6 +395,7 @@ def _write_parquet(document: Mapping[str, Any]) -> bytes:
             "dependencies": None if dependencies is None else [
                 {**dep, "metadata": _json_text(dep["metadata"])} for dep in dependencies
             ],
+            "access_rules": None if rules is None else _json_text(rules),
         })
     schema = _parquet_schema(pa, json.dumps(header).encode("utf-8"))
     table = pa.Table.from_pylist(rows, schema=schema)
@@ -520,12 +541,17 @@ def _parse_parquet(data: bytes) -> tuple[Any, Untag]:
     columns = set(table.column_names)
     missing = [
         name for name in _parquet_schema(pa, b"").names
-        if name not in columns and name not in ("history", "dependencies")
+        if name not in columns and name not in _OPTIONAL_COLUMNS
     ]
     if missing:
         raise ExportFormatError(f"missing column(s) {', '.join(missing)}")
     variables = [_parquet_row(row, i) for i, row in enumerate(table.to_pylist())]
     return {**header, "variables": variables}, _native
+
+
+# Columns a reader does without: null-or-absent means "not exported" (access_rules is
+# newer than the first Parquet files of format_version 1).
+_OPTIONAL_COLUMNS = ("history", "dependencies", "access_rules")
 
 
 def _parquet_row(row: dict[str, Any], index: int) -> dict[str, Any]:
@@ -534,9 +560,12 @@ def _parquet_row(row: dict[str, Any], index: int) -> dict[str, Any]:
     out["value"] = _from_cell(row["value"], f"{where}.value")
     out["constraints"] = _from_json_text(row["constraints"], f"{where}.constraints")
     out["metadata"] = _from_json_text(row["metadata"], f"{where}.metadata")
-    for key in ("history", "dependencies"):
+    for key in _OPTIONAL_COLUMNS:
         if out.get(key) is None:
             out.pop(key, None)
+    if "access_rules" in out:
+        # Plain JSON, checked by the reader like any other format's (no tags in rules).
+        out["access_rules"] = _plain_json_text(out["access_rules"], f"{where}.access_rules")
     if isinstance(out.get("history"), list):
         out["history"] = [
             {**entry,
@@ -568,6 +597,15 @@ def _from_json_text(text: Any, where: str) -> Any:
         raise ExportFormatError(f"{where} is missing")
     try:
         return _untag(json.loads(text), where)
+    except json.JSONDecodeError as exc:
+        raise ExportFormatError(f"{where} is not valid JSON ({exc.msg})") from None
+
+
+def _plain_json_text(text: Any, where: str) -> Any:
+    if not isinstance(text, str):
+        raise ExportFormatError(f"{where}: expected JSON text, got {_kind(text)}")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ExportFormatError(f"{where} is not valid JSON ({exc.msg})") from None
 
@@ -724,9 +762,10 @@ _TOP_KEYS = {"format", "format_version", "exported_at", "session_id", "revision"
              "include_history", "include_dependencies", "variables"}
 _VARIABLE_KEYS = {"name", "type", "value", "constraints", "metadata", "description",
                   "version", "created_at", "updated_at", "updated_by", "history",
-                  "dependencies"}
+                  "dependencies", "access_rules"}
 _HISTORY_KEYS = {"version", "value", "updated_at", "updated_by", "metadata", "revision"}
 _DEPENDENCY_KEYS = {"name", "type", "metadata"}
+_RULE_KEYS = {"session_pattern", "permissions", "conditions"}
 
 
 def _read_v1(tree: dict[str, Any], untag: Untag) -> dict[str, Any]:
@@ -772,6 +811,11 @@ def _read_v1(tree: dict[str, Any], untag: Untag) -> dict[str, Any]:
                 _dependency(dep, f"{where}.dependencies[{i}]", untag)
                 for i, dep in enumerate(deps)
             ]
+        if raw.get("access_rules") is not None:
+            variable["access_rules"] = [
+                _access_rule(rule, f"{where}.access_rules[{i}]")
+                for i, rule in enumerate(fields.get("access_rules", "list"))
+            ]
         variables.append(variable)
     document["variables"] = variables
     return document
@@ -802,6 +846,30 @@ def _dependency(raw: Any, where: str, untag: Untag) -> dict[str, Any]:
         "type": fields.get("type", "str", "data"),
         "metadata": untag(fields.get("metadata", "object", {}), f"{where}.metadata"),
     }
+
+
+def _access_rule(raw: Any, where: str) -> dict[str, Any]:
+    # The shape only: which permission names and condition keys exist, and what they
+    # allow, is the store's to say (access.check_rules), reported as an import error.
+    fields = _Fields(raw, where, _RULE_KEYS)
+    pattern = fields.get("session_pattern", "str")
+    permissions = fields.get("permissions", "list")
+    if not all(isinstance(p, str) for p in permissions):
+        raise ExportFormatError(
+            f"{where}.permissions: expected a list of strings, got {_kind(permissions)}"
+        )
+    conditions = fields.get("conditions", "object", {})
+    for key, value in conditions.items():
+        if not isinstance(key, str):
+            raise ExportFormatError(
+                f"{where}.conditions: keys must be strings, got {_kind(key)}"
+            )
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ExportFormatError(
+                f"{where}.conditions.{key}: expected a number, got {_kind(value)}"
+            )
+    return {"session_pattern": pattern, "permissions": list(permissions),
+            "conditions": dict(conditions)}
 
 
 _READERS: dict[int, Callable[[dict[str, Any], Untag], dict[str, Any]]] = {1: _read_v1}

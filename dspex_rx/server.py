@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import codec
+from .access import AccessRule
 from .convert import (
     ERROR_DETAIL_PREFIX,
     ERROR_KIND_KEY,
@@ -52,6 +53,7 @@ from .security import (
 from .store import (
     OPTIMIZATION_EVENT,
     ChangeEvent,
+    Commit,
     HistoryEntry,
     ImportReport,
     MemoryStore,
@@ -81,6 +83,34 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
+def rules_to_pb(rules: Sequence[AccessRule], out: Any) -> None:
+    """Append access rules to a repeated wire ``AccessRule`` field.
+
+    Example::
+
+        rules_to_pb(store.rules(sid, "t"), msg.access_rules)
+    """
+    for rule in rules:
+        out.add(
+            session_pattern=rule.session_pattern, permissions=list(rule.permissions),
+            conditions=codec.encode_map(rule.conditions),
+        )
+
+
+def rules_from_pb(rules: Any) -> list[dict[str, Any]]:
+    """Wire ``AccessRule``s as the spec's rule dicts (the store validates them).
+
+    Example::
+
+        rules_from_pb(request.rules)
+    """
+    return [
+        {"session_pattern": r.session_pattern, "permissions": list(r.permissions),
+         "conditions": codec.decode_map(r.conditions)}
+        for r in rules
+    ]
+
+
 def record_to_pb(record: VariableRecord, out: pb.Variable | None = None) -> pb.Variable:
     """Fill a wire ``Variable`` from a store record.
 
@@ -108,7 +138,8 @@ def record_to_pb(record: VariableRecord, out: pb.Variable | None = None) -> pb.V
 UPDATE_TYPES: dict[str, int] = {
     name: spb.UpdateType.Value("UPDATE_TYPE_" + name.upper())
     for name in (
-        "initial", "value_change", "deleted", "dependency_changed", "resync", "optimization"
+        "initial", "value_change", "deleted", "dependency_changed", "resync", "optimization",
+        "revoked",
     )
 }
 MAX_FRAMES_PER_MESSAGE = 256
@@ -131,11 +162,11 @@ def event_to_pb(event: ChangeEvent, update_type: str | None, out: spb.VariableEv
     kind = update_type or event.update_type
     out.variable_id = record.id
     out.name = record.name
-    if kind == "deleted":
+    if kind in ("deleted", "revoked"):
         codec.fill(out.value, None)
     else:
         codec.fill(out.value, record.value)
-    if kind not in ("initial", "resync", OPTIMIZATION_EVENT):
+    if kind not in ("initial", "resync", "revoked", OPTIMIZATION_EVENT):
         codec.fill(out.old_value, event.old_value)
         if out.old_value.ByteSize() > MAX_OLD_VALUE_BYTES:
             out.ClearField("old_value")
@@ -223,6 +254,7 @@ def _spec_from_pb(spec: pb.VariableSpec) -> VariableSpec:
         metadata=codec.decode_map(spec.metadata),
         description=spec.description,
         dependencies=list(spec.dependencies),
+        access_rules=rules_from_pb(spec.access_rules),
     )
 
 
@@ -267,6 +299,7 @@ def snapshot_to_pb(snapshot: Snapshot, out: pb.VariablesSnapshot) -> None:
             updated_by=variable.updated_by,
         )
         codec.fill(msg.value, variable.value)
+        rules_to_pb(variable.access_rules, msg.access_rules)
         if variable.history is not None:
             msg.has_history = True
             for entry in variable.history:
@@ -333,6 +366,7 @@ def snapshot_from_pb(msg: pb.VariablesSnapshot) -> Snapshot:
                     codec.decode_map(item.constraints), codec.decode_map(item.metadata),
                     item.description, item.version, seconds(item.created_at),
                     seconds(item.updated_at), item.updated_by, history, dependencies,
+                    tuple(rules_from_pb(item.access_rules)),
                 )
             )
         except DspexError as exc:
@@ -466,6 +500,18 @@ class VariablesService(pb_grpc.VariablesServicer):
             raise InvalidValueError("session_id is required")
         self.store.authenticate(session_id, _presented_token(context))
 
+    def _variable(self, session_id: str, record: VariableRecord, out: pb.Variable) -> None:
+        # A record as this caller sees it: its owner, and its rules for the owner only.
+        record_to_pb(record, out)
+        owner = self.store.owner_of(record.id) or session_id
+        out.owner_session = owner
+        if owner == session_id:
+            rules_to_pb(self.store.session(owner).rules.get(record.id, ()), out.access_rules)
+        elif not self.store.may(session_id, record.id, "read"):
+            # A caller that may write but not read (a write-only set) gets no value back,
+            # and its client caches none.
+            out.ClearField("value")
+
     @_attach_handler
     async def InitializeSession(
         self, request: pb.InitializeSessionRequest, context: grpc.aio.ServicerContext
@@ -552,7 +598,9 @@ class VariablesService(pb_grpc.VariablesServicer):
         records, revision = self.store.register(
             session_id, [_spec_from_pb(request.spec)], actor=session_id
         )
-        return pb.RegisterVariableResponse(variable=record_to_pb(records[0]), revision=revision)
+        response = pb.RegisterVariableResponse(revision=revision)
+        self._variable(session_id, records[0], response.variable)
+        return response
 
     @_handler
     async def RegisterVariables(
@@ -569,7 +617,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         records, revision = self.store.register(session_id, specs, actor=session_id)
         response = pb.RegisterVariablesResponse(revision=revision)
         for record in records:
-            record_to_pb(record, response.variables.add())
+            self._variable(session_id, record, response.variables.add())
         return response
 
     @_handler
@@ -585,7 +633,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         session_id = _session_id(request)
         record = self.store.get(session_id, request.ref)
         response = pb.GetVariableResponse(revision=self.store.session(session_id).revision)
-        record_to_pb(record, response.variable)
+        self._variable(session_id, record, response.variable)
         return response
 
     @_handler
@@ -604,7 +652,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             missing=missing, revision=self.store.session(session_id).revision
         )
         for record in found:
-            record_to_pb(record, response.variables.add())
+            self._variable(session_id, record, response.variables.add())
         return response
 
     @_handler
@@ -632,7 +680,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             fencing_token=request.fencing_token or None,
         )
         response = pb.SetVariableResponse(revision=revision, created=created)
-        record_to_pb(record, response.variable)
+        self._variable(session_id, record, response.variable)
         return response
 
     @_handler
@@ -665,7 +713,9 @@ class VariablesService(pb_grpc.VariablesServicer):
             record = outcome.record
             if record is not None:
                 result.variable_id = record.id
-                result.name = record.name
+                # Names are per session: another session's variable goes by its id.
+                owner = self.store.owner_of(record.id)
+                result.name = record.name if owner in (session_id, None) else record.id
                 result.version = record.version
                 result.mod_revision = record.mod_revision
                 if not same_value(sent, record.value):
@@ -686,7 +736,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         records = self.store.list(session_id, request.pattern or None)
         response = pb.ListVariablesResponse(revision=self.store.session(session_id).revision)
         for record in records:
-            record_to_pb(record, response.variables.add())
+            self._variable(session_id, record, response.variables.add())
         return response
 
     @_handler
@@ -817,7 +867,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             expected_version=request.expected_version or None,
         )
         response = pb.RollbackResponse(revision=revision)
-        record_to_pb(record, response.variable)
+        self._variable(session_id, record, response.variable)
         return response
 
     # -------------------------------------------------------------- optimization
@@ -845,7 +895,9 @@ class VariablesService(pb_grpc.VariablesServicer):
             minimize=request.minimize,
         )
         response = pb.StartOptimizationResponse(fencing_token=lease.token, revision=revision)
-        status_to_pb(self.store.get(session_id, lease.variable_id), lease, response.status)
+        status_to_pb(
+            self.store.lookup(session_id, lease.variable_id, "optimize"), lease, response.status
+        )
         return response
 
     @_handler
@@ -868,9 +920,9 @@ class VariablesService(pb_grpc.VariablesServicer):
             evaluation=_evaluation(request), proposal=proposal, actor=session_id,
         )
         response = pb.OptimizationStepResponse(revision=revision)
-        record = written or self.store.get(session_id, lease.variable_id)
+        record = written or self.store.lookup(session_id, lease.variable_id, "optimize")
         if written is not None:
-            record_to_pb(written, response.variable)
+            self._variable(session_id, written, response.variable)
         status_to_pb(record, lease, response.status)
         return response
 
@@ -896,9 +948,9 @@ class VariablesService(pb_grpc.VariablesServicer):
             metadata=codec.decode_map(request.metadata),
         )
         response = pb.FinishOptimizationResponse(revision=revision)
-        record = written or self.store.get(session_id, lease.variable_id)
+        record = written or self.store.lookup(session_id, lease.variable_id, "optimize")
         if written is not None:
-            record_to_pb(written, response.variable)
+            self._variable(session_id, written, response.variable)
         status_to_pb(record, lease, response.status)
         return response
 
@@ -920,8 +972,10 @@ class VariablesService(pb_grpc.VariablesServicer):
         )
         response = pb.StopOptimizationResponse(stopped=stopped, revision=revision)
         if written is not None:
-            record_to_pb(written, response.variable)
-        status_to_pb(self.store.get(session_id, request.ref), lease, response.status)
+            self._variable(session_id, written, response.variable)
+        status_to_pb(
+            self.store.lookup(session_id, request.ref, "optimize"), lease, response.status
+        )
         return response
 
     @_handler
@@ -1019,6 +1073,46 @@ class VariablesService(pb_grpc.VariablesServicer):
         )
         return import_report_to_pb(report)
 
+    # ------------------------------------------------------------- access rules
+
+    @_handler
+    async def SetVariablePermissions(
+        self, request: pb.SetVariablePermissionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetVariablePermissionsResponse:
+        """The ``SetVariablePermissions`` RPC: replace a variable's rules (owner only).
+
+        Example::
+
+            await stub.SetVariablePermissions(SetVariablePermissionsRequest(...))
+        """
+        session_id = _session_id(request)
+        revision = self.store.set_permissions(
+            session_id, request.ref, rules_from_pb(request.rules), actor=session_id
+        )
+        response = pb.SetVariablePermissionsResponse(revision=revision)
+        self._variable(session_id, self.store.get(session_id, request.ref), response.variable)
+        return response
+
+    @_handler
+    async def CheckVariableAccess(
+        self, request: pb.CheckVariableAccessRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckVariableAccessResponse:
+        """The ``CheckVariableAccess`` RPC: may the caller use a permission on a variable?
+
+        Example::
+
+            await stub.CheckVariableAccess(CheckVariableAccessRequest(...))
+        """
+        session_id = _session_id(request)
+        allowed = self.store.check_access(session_id, request.ref, request.permission)
+        response = pb.CheckVariableAccessResponse(allowed=allowed)
+        # check_access raised if the caller cannot see the variable at all, so it is one
+        # of its own (by id or name) or a foreign one it has some right to (by id).
+        var_id = self.store.session(session_id).names.get(request.ref, request.ref)
+        owner = self.store.owner_of(var_id) or session_id
+        response.variable_id, response.owner_session = var_id, owner
+        return response
+
     async def Echo(
         self, request: pb.EchoRequest, context: grpc.aio.ServicerContext
     ) -> pb.EchoResponse:
@@ -1067,7 +1161,14 @@ class VariablesService(pb_grpc.VariablesServicer):
                 f" (0 for the server default), got {interval!r}",
             )
         wake = asyncio.Event()
-        subscriber = Subscriber(wake.set, self.max_pending_events, session_id)
+        store = self.store
+        subscriber = Subscriber(
+            wake.set, self.max_pending_events, session_id,
+            may_observe=lambda var_id: store.may(session_id, var_id, "observe"),
+            listen=store.add_listener,
+            revision=lambda: store.revision,
+            may_read=lambda var_id: store.may(session_id, var_id, "read"),
+        )
         remove_listener = self.store.add_listener(session_id, subscriber.on_commit)
         self.subscribers.add(subscriber)
         log.info("stream_opened", session_id=session_id, client_id=first.open.client_id)
@@ -1077,7 +1178,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             yield spb.ServerMessage(
                 opened=spb.StreamOpened(
                     session_id=session_id,
-                    revision=session.revision,
+                    revision=self.store.revision,
                     log_horizon=session.log_floor + 1,
                 )
             )
@@ -1088,7 +1189,7 @@ class VariablesService(pb_grpc.VariablesServicer):
                     except TimeoutError:
                         if not subscriber.has_pending():
                             yield spb.ServerMessage(
-                                progress=spb.Progress(revision=session.revision)
+                                progress=spb.Progress(revision=self.store.revision)
                             )
                             continue
                 wake.clear()
@@ -1112,6 +1213,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         finally:
             self.subscribers.discard(subscriber)
             remove_listener()
+            subscriber.close()
             reader.cancel()
             log.info("stream_closed", session_id=session_id, conflations=subscriber.conflations)
 
@@ -1126,15 +1228,17 @@ class VariablesService(pb_grpc.VariablesServicer):
             if kind == "subscribe":
                 self._subscribe(session_id, subscriber, message.subscribe)
             elif kind == "unsubscribe":
-                found, _ = self.store.get_many(session_id, list(message.unsubscribe.variable_ids))
-                subscriber.unwatch(r.id for r in found)
+                # Ids as given (another session's variable may be unwatched even after
+                # losing access), and own names resolved.
+                refs = list(message.unsubscribe.variable_ids)
+                own = self.store.session(session_id)
+                subscriber.unwatch([own.names.get(ref, ref) for ref in refs])
                 subscriber.push_control(
                     spb.Unsubscribed(request_id=message.unsubscribe.request_id)
                 )
             elif kind == "ping":
                 subscriber.push_control(
-                    spb.Pong(nonce=message.ping.nonce,
-                             revision=self.store.session(session_id).revision)
+                    spb.Pong(nonce=message.ping.nonce, revision=self.store.revision)
                 )
             else:
                 raise InvalidValueError(f"unexpected {kind!r} message on an open Session stream")
@@ -1142,13 +1246,14 @@ class VariablesService(pb_grpc.VariablesServicer):
     def _subscribe(self, session_id: str, subscriber: Subscriber, request: spb.Subscribe) -> None:
         # Synchronous from lookup to queueing: no commit can fall between the snapshot
         # (or the replay) and the first live event, because nothing else runs meanwhile.
-        session = self.store.session(session_id)
+        store = self.store
+        store.session(session_id)  # a closed session raises here
 
         def refuse(error: str, kind: str) -> None:
             # Only this request fails; the stream and its other watches go on.
             subscriber.push_control(
                 spb.Subscribed(
-                    request_id=request.request_id, revision=session.revision, error=error,
+                    request_id=request.request_id, revision=store.revision, error=error,
                     error_kind=kind,
                 )
             )
@@ -1157,19 +1262,39 @@ class VariablesService(pb_grpc.VariablesServicer):
             refuse("subscribe needs at least one variable", "invalid_value")
             return
         try:
-            found, missing = self.store.get_many(session_id, list(request.refs))
+            # Another session's variable needs observe; one it cannot see is missing.
+            found, missing = store.get_many(session_id, list(request.refs), "observe")
         except DspexError as exc:
             refuse(str(exc), exc.kind)
             return
         absent = set(missing)
         known = dict(zip([r for r in request.refs if r not in absent], found, strict=True))
         resuming = request.from_revision > 0
-        commits = self.store.commits_since(session_id, request.from_revision) if resuming else None
+        owners: dict[str, list[VariableRecord]] = {}
+        for record in found:
+            owner = store.owner_of(record.id) or session_id
+            if owner != session_id:
+                owners.setdefault(owner, []).append(record)
+        commits: list[Commit] | None = None
+        if resuming:
+            # The log of every session involved, merged by (store-wide) revision; if any
+            # no longer reaches back, the whole request resyncs.
+            commits = store.commits_since(session_id, request.from_revision)
+            for owner in owners:
+                more = store.commits_since(owner, request.from_revision)
+                if commits is None or more is None:
+                    commits = None
+                    break
+                commits = sorted([*commits, *more], key=lambda c: c.revision)
         gone: dict[str, VariableRecord] = {}
         if missing and commits is not None:
             # Deleted since the watcher's last revision: it still gets the missed changes
-            # and the delete from the log.
+            # and the delete from the log, for its own variables only. Another session's
+            # deleted variable took its rules with it, so whether this stream ever could
+            # observe it is unknown: it is reported missing, like one never seen.
             for commit in commits:
+                if commit.session_id not in (session_id, ""):
+                    continue
                 for event in commit.events:
                     if event.update_type == "deleted" and event.record.id in missing:
                         gone[event.record.id] = event.record
@@ -1183,8 +1308,17 @@ class VariablesService(pb_grpc.VariablesServicer):
         known.update(gone)
         answered = [r for r in request.refs if r in known]
         ids = [known[ref].id for ref in answered]
-        names = [known[ref].name for ref in answered]
-        subscriber.watch(r.id for r in found)
+        # Names are per session: another session's variable is known here by its id.
+        names = [
+            known[ref].name if store.owner_of(known[ref].id) in (session_id, None)
+            else known[ref].id
+            for ref in answered
+        ]
+        foreign = {r.id for rs in owners.values() for r in rs}
+        subscriber.watch(r.id for r in found if r.id not in foreign)
+        for owner, records in owners.items():
+            subscriber.watch_foreign(owner, records)
+        revision = store.revision
         subscriber.push_control(
             spb.Subscribed(
                 request_id=request.request_id,
@@ -1192,28 +1326,52 @@ class VariablesService(pb_grpc.VariablesServicer):
                 names=names,
                 refs=answered,
                 missing=missing,
-                revision=session.revision,
+                revision=revision,
             )
         )
         if resuming:
             if commits is None:
                 subscriber.push_frame(
-                    PendingFrame(session.revision, [_current(r) for r in found], "resync")
+                    PendingFrame(revision, [_current(r) for r in found], "resync")
                 )
-                statuses = self.store.status_events(
-                    session_id, found, request.from_revision
+                statuses = store.status_events(
+                    session_id, [r for r in found if r.id not in foreign], request.from_revision
                 )
+                for owner, records in owners.items():
+                    statuses += subscriber.redact(
+                        store.status_events(owner, records, request.from_revision)
+                    )
                 if statuses:
-                    subscriber.push_frame(PendingFrame(session.revision, statuses))
+                    subscriber.push_frame(PendingFrame(revision, statuses))
                 return
-            wanted = set(ids)
+            # Another session's variable whose rights may have changed within the range
+            # (a permissions commit, or a rule with a time condition) is resynced, current
+            # value only: a replay could hand over values from before observe was granted.
+            changed = {i for c in commits if c.session_id != session_id
+                       for i in c.permissions if i in foreign}
+            changed |= {i for i in foreign if store.timed_rules(session_id, i)}
+            wanted = set(ids) - changed
             for commit in commits:
                 events = [e for e in commit.events if e.record.id in wanted]
+                if events and commit.session_id != session_id:
+                    events = subscriber.redact(events)
                 if events:
                     subscriber.push_frame(PendingFrame(commit.revision, events))
+            if changed:
+                records = [r for r in found if r.id in changed]
+                subscriber.push_frame(
+                    PendingFrame(revision, [_current(r) for r in records], "resync")
+                )
+                statuses = []
+                for owner, owned in owners.items():
+                    statuses += subscriber.redact(store.status_events(
+                        owner, [r for r in owned if r.id in changed], request.from_revision
+                    ))
+                if statuses:
+                    subscriber.push_frame(PendingFrame(revision, statuses))
         elif request.include_initial:
             subscriber.push_frame(
-                PendingFrame(session.revision, [_current(r) for r in found], "initial")
+                PendingFrame(revision, [_current(r) for r in found], "initial")
             )
 
     def _messages(self, items: list[Any]) -> Iterator[spb.ServerMessage]:

@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .access import TIME_CONDITIONS, AccessRule, check_permission, check_rules
 from .errors import (
+    AccessDeniedError,
     AlreadyExistsError,
     AuthenticationError,
     ConflictError,
@@ -62,6 +64,18 @@ MAX_VERSION = INT64_MAX
 # The event types a commit can carry per variable; "optimization" events change no value.
 OPTIMIZATION_EVENT = "optimization"
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
+# The shape of the ids the store makes (``var_<name>_<n>``). Ids are addressed across
+# sessions, so no session may name a variable like one (whether or not that id exists,
+# which a check would disclose).
+ID_SHAPE_RE = re.compile(r"var_.+_[0-9]+")
+
+
+def _check_not_id_shaped(name: str) -> None:
+    if ID_SHAPE_RE.fullmatch(name):
+        raise InvalidValueError(
+            f"variable name {name!r} is shaped like a variable id (var_<name>_<n>), which "
+            "names a variable in any session; choose another name"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +152,7 @@ class VariableSpec:
     metadata: Mapping[str, Any] | None = None
     description: str = ""
     dependencies: Sequence[str] = ()
+    access_rules: Sequence[Any] = ()
 
 
 MERGE_STRATEGIES = ("replace", "keep", "merge")
@@ -182,6 +197,7 @@ class SnapshotVariable:
     updated_by: str = ""
     history: tuple[HistoryEntry, ...] | None = None
     dependencies: tuple[SnapshotDependency, ...] | None = None
+    access_rules: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +273,7 @@ class _ImportPlan:
     description: str = ""
     history: list[HistoryEntry] = field(default_factory=list)
     untouched: bool = False
+    rules: tuple[AccessRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +295,9 @@ class ChangeEvent:
     update_type: str
     metadata: Mapping[str, Any]
     source: str
+    # For ``dependency_changed``: the ids of the changed variables ``metadata`` names, so
+    # a stream of another session can leave out those it may not read.
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +312,10 @@ class Commit:
     revision: int
     events: tuple[ChangeEvent, ...]
     timestamp: float
+    # The owner session of everything in the commit, and the variables whose access
+    # rules it changed (watchers of those re-check what they may still observe).
+    session_id: str = ""
+    permissions: tuple[str, ...] = ()
 
 
 # A listener gets every commit of its session, synchronously, after the state changed;
@@ -347,6 +371,9 @@ class Session:
     recent_leases: dict[str, deque[OptimizationLease]] = field(default_factory=dict)
     lease_by_id: dict[str, OptimizationLease] = field(default_factory=dict)
     evaluations: dict[str, deque[OptimizationEntry]] = field(default_factory=dict)
+    # Each variable's access rules (what other sessions may do with it); beside the
+    # record, not in it: changing them is not a write of the value.
+    rules: dict[str, tuple[AccessRule, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +442,8 @@ class MemoryStore:
         self.default_ttl = default_ttl
         self.lease_ttl = lease_ttl
         self.optimization_history_size = optimization_history_size
-        self._tokens = itertools.count(1)
+        # Fencing tokens are random (a session cannot guess another's) and unique here.
+        self._tokens: set[int] = set()
         self.max_variables_per_session = max_variables_per_session
         self.log_size = log_size
         if history_size < 1:
@@ -423,6 +451,20 @@ class MemoryStore:
         self.history_size = history_size
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
+        # One revision counter for all sessions (a stream can carry several sessions'
+        # events in one order), and every variable's owner session, by id.
+        self._revision = 0
+        self._owners: dict[str, str] = {}
+
+    @property
+    def revision(self) -> int:
+        """The newest revision of any commit in the store.
+
+        Example::
+
+            store.revision
+        """
+        return self._revision
 
     # ------------------------------------------------------------------ sessions
 
@@ -544,12 +586,23 @@ class MemoryStore:
     def _release_client_leases(
         self, session: Session, client_id: str, state: str, reason: str
     ) -> None:
-        for lease in [lease for lease in session.running.values()
-                      if lease.holder_client == client_id]:
-            self._end_lease(session, lease, state, reason)
+        # Its leases on other sessions' variables (held under the optimize permission)
+        # end too; they live in the owner session.
+        for owner in list(self._sessions.values()):
+            for lease in [lease for lease in owner.running.values()
+                          if lease.holder_client == client_id
+                          and lease.holder_session == session.id]:
+                self._end_lease(owner, lease, state, reason)
 
     def _remove(self, session: Session) -> None:
         del self._sessions[session.id]
+        for var_id in session.variables:
+            self._owners.pop(var_id, None)
+        for owner in list(self._sessions.values()):
+            for lease in [lease for lease in owner.running.values()
+                          if lease.holder_session == session.id]:
+                self._end_lease(owner, lease, "failed",
+                                f"its holder session {session.id} went away")
         for listener in list(session.listeners):
             self._notify(listener, None)
         session.listeners.clear()
@@ -637,8 +690,199 @@ class MemoryStore:
             var_id = session.names.get(ref)
             record = session.variables.get(var_id) if var_id else None
         if record is None:
+            owner = self._owners.get(ref)
+            if owner is not None and owner != session.id and isinstance(ref, str):
+                # Another session's variable, which needs a permission: callers that may
+                # act on foreign variables go through _locate.
+                foreign = self._sessions[owner]
+                if self._rights(session.id, foreign, ref):
+                    raise InvalidValueError(
+                        f"variable {ref!r} belongs to session {owner!r}: this operation "
+                        f"works on variables of session {session.id!r} only"
+                    )
             raise VariableNotFoundError(f"no variable {ref!r} in session {session.id!r}")
         return record
+
+    def _rights(self, caller_id: str, owner: Session, var_id: str) -> set[str]:
+        # What a non-owner may do: the union of the matching rules whose time holds.
+        rules = owner.rules.get(var_id)
+        if not rules:
+            return set()
+        now = self._clock()
+        granted: set[str] = set()
+        for rule in rules:
+            if rule.matches(caller_id) and rule.active(now):
+                granted.update(rule.permissions)
+        return granted
+
+    def _locate(
+        self, caller: Session, ref: str, need: str, value: Any = None, check_value: bool = False
+    ) -> tuple[Session, VariableRecord]:
+        """The owner session and record of ``ref`` for a caller that needs ``need``.
+
+        The caller's own variables (by id or name) come first and allow everything.
+        Another session's variable is found by id only; a caller with no permission at
+        all on it gets the same ``VariableNotFoundError`` as for a missing variable (it
+        cannot learn the variable exists), one with some permission but not ``need``
+        gets ``AccessDeniedError``. ``need`` is a permission or ``"owner"`` (delete,
+        permissions, dependencies). With ``check_value`` a write must also be within
+        the value bounds of a rule that grants it.
+        """
+        if not isinstance(ref, str) or not ref:
+            raise InvalidValueError("a variable name or id is required")
+        record = caller.variables.get(ref)
+        if record is None:
+            var_id = caller.names.get(ref)
+            record = caller.variables.get(var_id) if var_id else None
+        if record is not None:
+            return caller, record
+        owner_id = self._owners.get(ref)
+        owner = self._sessions.get(owner_id) if owner_id else None
+        granted = self._rights(caller.id, owner, ref) if owner is not None else set()
+        if owner is None or owner is caller or not granted:
+            raise VariableNotFoundError(f"no variable {ref!r} in session {caller.id!r}")
+        record = owner.variables[ref]
+        if need == "owner":
+            raise AccessDeniedError(
+                f"variable {ref!r} ({record.name!r}) belongs to session {owner.id!r}; only "
+                f"its owner may do this (session {caller.id!r} may "
+                f"{', '.join(sorted(granted))})",
+                variable=ref, permission="owner",
+            )
+        if need not in granted:
+            raise AccessDeniedError(
+                f"session {caller.id!r} has no {need!r} permission on variable {ref!r} "
+                f"({record.name!r}, owned by session {owner.id!r})",
+                variable=ref, permission=need,
+            )
+        if check_value and need == "write":
+            now = self._clock()
+            rules = [r for r in owner.rules.get(ref, ()) if "write" in r.permissions
+                     and r.matches(caller.id) and r.active(now)]
+            if not any(r.allows_value(value) for r in rules):
+                bounds = "; ".join(
+                    f"{r.conditions.get('min_value', '-inf')}.."
+                    f"{r.conditions.get('max_value', 'inf')}"
+                    for r in rules
+                )
+                raise AccessDeniedError(
+                    f"session {caller.id!r} may write variable {ref!r} ({record.name!r}) "
+                    f"only within the bounds of its rule(s) ({bounds}), not {value!r}",
+                    variable=ref, permission=need,
+                )
+        return owner, record
+
+    def may(self, session_id: str, var_id: str, permission: str) -> bool:
+        """Whether a session may use ``permission`` on a variable, by id (False when the
+        variable is gone). Used to re-check a live watch.
+
+        Example::
+
+            store.may("guest_1", "var_t_1", "observe")
+        """
+        owner_id = self._owners.get(var_id)
+        owner = self._sessions.get(owner_id) if owner_id else None
+        if owner is None or var_id not in owner.variables:
+            return False
+        if owner.id == session_id:
+            return True
+        return permission in self._rights(session_id, owner, var_id)
+
+    def lookup(self, session_id: str, ref: str, permission: str) -> VariableRecord:
+        """The record of ``ref`` if the session may use ``permission`` on it (``KeyError``
+        if it cannot see it, ``AccessDeniedError`` if it lacks the permission).
+
+        Example::
+
+            store.lookup("guest_1", "var_t_1", "optimize")
+        """
+        return self._locate(self.session(session_id), ref, permission)[1]
+
+    def timed_rules(self, session_id: str, var_id: str) -> bool:
+        """Whether a rule of another session's variable that names ``session_id`` has a
+        time condition (so its rights may have changed without a permissions commit).
+
+        Example::
+
+            store.timed_rules("guest_1", "var_t_1")
+        """
+        owner = self._sessions.get(self._owners.get(var_id, ""))
+        rules = owner.rules.get(var_id, ()) if owner is not None else ()
+        return any(r.matches(session_id) and any(k in r.conditions for k in TIME_CONDITIONS)
+                   for r in rules)
+
+    def owner_of(self, var_id: str) -> str | None:
+        """The id of the session that owns a variable, or None.
+
+        Example::
+
+            store.owner_of("var_t_1")
+        """
+        return self._owners.get(var_id)
+
+    def check_access(self, session_id: str, ref: str, permission: str) -> bool:
+        """Whether the session may use ``permission`` on the variable (never raises for a
+        missing permission; ``KeyError`` for a variable it cannot see at all).
+
+        Example::
+
+            store.check_access("guest_1", "var_t_1", "write")
+        """
+        check_permission(permission)
+        caller = self.session(session_id)
+        try:
+            self._locate(caller, ref, permission)
+        except AccessDeniedError:
+            return False
+        return True
+
+    def rules(self, session_id: str, ref: str) -> tuple[AccessRule, ...]:
+        """A variable's access rules (its owner only).
+
+        Example::
+
+            store.rules(sid, "temperature")
+        """
+        owner, record = self._locate(self.session(session_id), ref, "owner")
+        return owner.rules.get(record.id, ())
+
+    def set_permissions(
+        self, session_id: str, ref: str, rules: Any, actor: str = ""
+    ) -> int:
+        """Replace a variable's access rules (its owner only); returns the revision.
+
+        A commit with no value change: the variable's version stays, and live watches of
+        other sessions are checked again (one that lost ``observe`` ends). A running
+        optimization of a session that lost ``optimize`` is stopped right after (its own
+        commit; the later revision is returned).
+
+        Example::
+
+            store.set_permissions(sid, "t", [{"session_pattern": "any",
+                                              "permissions": ["read"]}])
+        """
+        owner, record = self._locate(self.session(session_id), ref, "owner")
+        clean = check_rules(record.name, record.type, rules)
+        revision = self._commit(owner, (), source=actor, rules={record.id: clean})[1]
+        # A foreign optimization lives on the optimize permission: without it, it ends
+        # (its own commit, right after), so its fencing token no longer lands writes.
+        return self._end_unpermitted_leases(owner, "its access rules were changed") or revision
+
+    def _end_unpermitted_leases(self, session: Session, why: str) -> int:
+        # Ends the running leases whose holder session (not the owner) no longer has
+        # ``optimize`` on the variable; returns the last revision taken, or 0.
+        revision = 0
+        for lease in list(session.running.values()):
+            if lease.holder_session == session.id or "optimize" in self._rights(
+                lease.holder_session, session, lease.variable_id
+            ):
+                continue
+            revision = self._end_lease(
+                session, lease, "stopped",
+                f"session {lease.holder_session!r} may no longer optimize variable "
+                f"{lease.variable_id!r}: {why}",
+            )
+        return revision
 
     def _commit(
         self,
@@ -650,6 +894,7 @@ class MemoryStore:
         notes: Sequence[OptimizationLease] = (),
         edges: Sequence[Edge] = (),
         restored: Mapping[str, Sequence[HistoryEntry]] | None = None,
+        rules: Mapping[str, tuple[AccessRule, ...]] | None = None,
     ) -> tuple[list[VariableRecord], int]:
         # The only place variable state changes: one new revision for the whole write,
         # stamped on every record it writes (and as create_revision on new ones), logged
@@ -658,8 +903,10 @@ class MemoryStore:
         # value changes, so a watcher sees a write and the status it led to together.
         # ``edges`` (checked acyclic by the caller) join the graph before propagation;
         # ``restored`` seeds the history of new records (an import) before their own
-        # version is remembered, each entry stamped with this revision.
-        revision = session.revision + 1
+        # version is remembered, each entry stamped with this revision. ``rules`` sets
+        # variables' access rules (on register, or by their owner). The revision counter
+        # is the store's, shared by all sessions.
+        revision = self._revision + 1
         stamped = [
             r
             if r.mod_revision == revision and r.create_revision
@@ -677,6 +924,7 @@ class MemoryStore:
             old = session.variables.get(record.id)
             session.variables[record.id] = record
             session.names[record.name] = record.id
+            self._owners[record.id] = session.id
             if restored and record.id in restored:
                 session.history[record.id] = deque(
                     (dataclasses.replace(entry, revision=revision)
@@ -701,9 +949,10 @@ class MemoryStore:
                     "source_variables": names,
                     "source_revision": revision,
                 }
-                events.append(
-                    ChangeEvent(dependent, dependent.value, "dependency_changed", note, source)
-                )
+                events.append(ChangeEvent(
+                    dependent, dependent.value, "dependency_changed", note, source,
+                    tuple(source_ids),
+                ))
         for lease in notes:
             lease.revision = revision
             record = session.variables[lease.variable_id]
@@ -713,9 +962,16 @@ class MemoryStore:
                     lease.status(record.name, revision), lease.id,
                 )
             )
+        for var_id, clean in (rules or {}).items():
+            if clean:
+                session.rules[var_id] = clean
+            else:
+                session.rules.pop(var_id, None)
         for record in removed:
             del session.variables[record.id]
             del session.names[record.name]
+            self._owners.pop(record.id, None)
+            session.rules.pop(record.id, None)
             session.graph.drop(record.id)
             session.history.pop(record.id, None)
             session.leases.pop(record.id, None)
@@ -724,8 +980,10 @@ class MemoryStore:
                 session.lease_by_id.pop(ended.id, None)
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
-        session.revision = revision
-        commit = Commit(revision, tuple(events), self._clock())
+        session.revision = self._revision = revision
+        commit = Commit(
+            revision, tuple(events), self._clock(), session.id, tuple(rules or ())
+        )
         if len(session.log) >= self.log_size:
             session.log_floor = session.log.popleft().revision
         session.log.append(commit)
@@ -761,6 +1019,7 @@ class MemoryStore:
             raise AlreadyExistsError(
                 f"variable name {name!r} already exists as the id of another variable"
             )
+        _check_not_id_shaped(name)
         type_name = normalize_type(spec.type)
         constraints = check_constraints(name, type_name, spec.constraints)
         value = validate_value(name, type_name, spec.initial_value, constraints)
@@ -802,8 +1061,13 @@ class MemoryStore:
             )
         taken: set[str] = set()
         prepared = []
+        rules: dict[str, tuple[AccessRule, ...]] = {}
         for spec in specs:
-            prepared.append(self._prepare_new(session, spec, actor, taken))
+            record = self._prepare_new(session, spec, actor, taken)
+            prepared.append(record)
+            rules[record.id] = check_rules(
+                record.name, record.type, getattr(spec, "access_rules", ()) or ()
+            )
             taken.add(spec.name)
         edges = self._new_edges(session, specs, prepared)
         added: list[Edge] = []
@@ -816,7 +1080,7 @@ class MemoryStore:
                 session.graph.remove(edge.dependent, edge.dependency)
             names = {r.id: r.name for r in prepared}
             raise self._cycle_error(session, exc, names) from None
-        return self._commit(session, prepared)
+        return self._commit(session, prepared, rules={k: v for k, v in rules.items() if v})
 
     def _new_edges(
         self, session: Session, specs: Sequence[VariableSpec], prepared: list[VariableRecord]
@@ -850,12 +1114,14 @@ class MemoryStore:
 
             store.get(sid, "temperature").value
         """
-        return self._resolve(self.session(session_id), ref)
+        return self._locate(self.session(session_id), ref, "read")[1]
 
     def get_many(
-        self, session_id: str, refs: Sequence[str]
+        self, session_id: str, refs: Sequence[str], permission: str = "read"
     ) -> tuple[list[VariableRecord], list[str]]:
-        """Records for the refs that exist (in order) and the refs that do not.
+        """Records for the refs that exist (in order) and the refs that do not (or that
+        the session may not see). A visible variable without ``permission`` raises
+        ``AccessDeniedError``.
 
         Example::
 
@@ -865,7 +1131,7 @@ class MemoryStore:
         found, missing = [], []
         for ref in refs:
             try:
-                found.append(self._resolve(session, ref))
+                found.append(self._locate(session, ref, permission)[1])
             except VariableNotFoundError:
                 missing.append(ref)
         return found, missing
@@ -920,11 +1186,11 @@ class MemoryStore:
             record, revision, _ = store.set(sid, "temperature", 0.9, actor="me")
             store.set(sid, "n", 5, actor="me", expected_version=record.version)
         """
-        session = self.session(session_id)
-        self._expire_leases(session)
+        caller = self.session(session_id)
         try:
-            record = self._resolve(session, ref)
+            session, record = self._locate(caller, ref, "write", value, check_value=True)
         except VariableNotFoundError:
+            session = caller
             if not create_if_missing:
                 raise
             if expected_version:
@@ -938,10 +1204,12 @@ class MemoryStore:
                 session_id, [VariableSpec(ref, type_name, value, None, metadata)], actor
             )
             return records[0], revision, True
-        self._check_lease(session, record, fencing_token)
+        self._expire_leases(session)
+        record = session.variables[record.id]
+        self._check_lease(session, record, fencing_token, caller_id=session_id)
         self._check_version(record, expected_version)
         clean_metadata = check_metadata(record.name, metadata)
-        new = self._prepare_write(record, value, clean_metadata, actor, session.revision + 1)
+        new = self._prepare_write(record, value, clean_metadata, actor, self._revision + 1)
         written, revision = self._commit(
             session, [new], metadata=clean_metadata, source=source or actor
         )
@@ -976,18 +1244,32 @@ class MemoryStore:
 
             outcomes, revision, applied = store.update_many(sid, [("a", 1), ("b", 2)], actor="me")
         """
-        session = self.session(session_id)
-        self._expire_leases(session)
+        caller = self.session(session_id)
+        self._expire_leases(caller)
         clean_metadata = check_metadata("update", metadata)
         prepared: list[VariableRecord | None] = []
         errors: list[DspexError | None] = []
         seen: set[str] = set()
         refs = [u[0] for u in updates]
+        # A batch is one commit in one session: it writes the variables of one owner
+        # session (the first entry's), and an entry of another owner is an error.
+        session: Session | None = None
         for update in updates:
             ref, value = update[0], update[1]
             expected = update[2] if len(update) > 2 else None
             try:
-                record = self._resolve(session, ref)
+                owner, record = self._locate(caller, ref, "write", value, check_value=True)
+                if session is None:
+                    session = owner
+                    if owner is not caller:
+                        self._expire_leases(owner)
+                        record = owner.variables[record.id]
+                elif owner is not session:
+                    raise InvalidValueError(
+                        f"variable {ref!r} belongs to session {owner.id!r}, but the batch "
+                        f"writes variables of session {session.id!r}: a batch is one commit "
+                        "in one session (send one batch per owner session)"
+                    )
                 if record.id in seen:
                     raise InvalidValueError(
                         f"variable {record.name!r} appears more than once in the batch"
@@ -997,7 +1279,7 @@ class MemoryStore:
                 self._check_version(record, expected)
                 prepared.append(
                     self._prepare_write(
-                        record, value, clean_metadata, actor, session.revision + 1
+                        record, value, clean_metadata, actor, self._revision + 1
                     )
                 )
                 errors.append(None)
@@ -1015,8 +1297,9 @@ class MemoryStore:
                 )
                 for ref, e in zip(refs, errors, strict=True)
             ]
-            return outcomes, session.revision, False
+            return outcomes, (session or caller).revision, False
         to_apply = [r for r in prepared if r is not None]
+        session = session or caller
         revision = session.revision
         committed: dict[str, VariableRecord] = {}
         if to_apply:
@@ -1055,9 +1338,8 @@ class MemoryStore:
 
             deleted, revision = store.delete(sid, "temperature")
         """
-        session = self.session(session_id)
+        session, record = self._locate(self.session(session_id), ref, "owner")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         dependents = session.graph.dependents(record.id, transitive=True)
         if dependents and not cascade:
             names = ", ".join(repr(session.variables[d].name) for d, _, _ in dependents)
@@ -1134,12 +1416,14 @@ class MemoryStore:
 
             [r.name for r, _, _ in store.dependencies(sid, "eff", transitive=True)]
         """
-        session = self.session(session_id)
-        record = self._resolve(session, ref)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "read")
         walk = session.graph.dependents if dependents else session.graph.dependencies
+        # Of another session's graph, only the variables the caller may read are shown.
         return [
             (session.variables[var_id], depth, edge)
             for var_id, depth, edge in walk(record.id, transitive)
+            if session is caller or self.may(caller.id, var_id, "read")
         ]
 
     # ----------------------------------------------------------------- history
@@ -1159,8 +1443,7 @@ class MemoryStore:
             raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise InvalidValueError(f"history offset must be an integer >= 0, got {offset!r}")
-        session = self.session(session_id)
-        record = self._resolve(session, ref)
+        session, record = self._locate(self.session(session_id), ref, "read")
         entries = session.history.get(record.id, deque())
         oldest = entries[0].version if entries else record.version
         newest_wanted = record.version - offset
@@ -1183,15 +1466,20 @@ class MemoryStore:
     ) -> tuple[VariableRecord, int]:
         """Write a new version whose value is that of ``version`` (history is appended,
         never rewritten); returns (new record, revision). Unknown or expired versions
-        raise ``ValueError``.
+        raise ``ValueError``. Another session's variable needs ``read`` as well as
+        ``write``: choosing a past value is reading the history.
 
         Example::
 
             record, revision = store.rollback(sid, "temperature", 3, reason="bad sweep", actor="me")
         """
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "write")
+        if session is not caller:
+            # Rolling back chooses a past value (and the response carries it): that is
+            # reading the history, so another session's variable needs read as well.
+            self._locate(caller, record.id, "read")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         self._check_lease(session, record, None, doing="rolled back")
         self._check_version(record, expected_version)
         if not isinstance(version, int) or isinstance(version, bool) or not (
@@ -1209,6 +1497,8 @@ class MemoryStore:
                 f"version {version} of variable {record.name!r} is no longer retained "
                 f"(the oldest kept is {oldest}; retention is {self.history_size} versions)"
             )
+        if session is not caller:
+            self._locate(caller, record.id, "write", entry.value, check_value=True)
         metadata: dict[str, Any] = {"rollback_to": version}
         if reason is not None:
             metadata["reason"] = reason
@@ -1219,7 +1509,7 @@ class MemoryStore:
                 # and validating again is not idempotent (re-normalizing an embedding can
                 # move its last bits).
                 self._prepare_write(
-                    record, entry.value, metadata, actor, session.revision + 1, validated=True
+                    record, entry.value, metadata, actor, self._revision + 1, validated=True
                 )
             ],
             metadata=metadata,
@@ -1241,6 +1531,8 @@ class MemoryStore:
                 f"the lease lapsed: no renewal from {lease.holder_client or 'its holder'} "
                 f"within {lease.ttl:g} s",
             )
+        # A rule's time condition may have lapsed since: its optimize grant with it.
+        self._end_unpermitted_leases(session, "the rule granting it no longer applies")
 
     def _end_lease(
         self,
@@ -1260,18 +1552,31 @@ class MemoryStore:
             session, records, metadata=metadata, source=actor or lease.id, notes=[lease]
         )[1]
 
+    def _new_token(self) -> int:
+        # A positive int64 (the wire field), unguessable, never issued twice by this store.
+        while True:
+            token = secrets.randbits(62) + 1
+            if token not in self._tokens:
+                self._tokens.add(token)
+                return token
+
     def _check_lease(
         self,
         session: Session,
         record: VariableRecord,
         token: int | None,
         doing: str = "written",
+        caller_id: str = "",
     ) -> OptimizationLease | None:
+        # A token passes only for the session that holds the lease (``caller_id``): a
+        # token is a fence for its holder's writes, not a password anyone may present.
         lease = session.running.get(record.id)
         if lease is None:
             if token:
                 last = session.leases.get(record.id)
-                if last is not None and last.token == token:
+                if last is not None and last.token == token and (
+                    last.holder_session == caller_id
+                ):
                     why = f"optimization {last.id} has {last.state}"
                     why += f" ({last.end_reason})" if last.end_reason else ""
                 else:
@@ -1281,7 +1586,7 @@ class MemoryStore:
                     optimization_id=last.id if last is not None else "",
                 )
             return None
-        if token != lease.token or doing != "written":
+        if token != lease.token or doing != "written" or lease.holder_session != caller_id:
             raise OptimizationLockedError(
                 f"variable {record.name!r} is locked for optimization by {lease.id} "
                 f"({lease.optimizer_type}, session {lease.holder_session}); it cannot be "
@@ -1292,16 +1597,24 @@ class MemoryStore:
         return lease
 
     def _holder_lease(
-        self, session: Session, record: VariableRecord, optimization_id: str, token: int
+        self,
+        session: Session,
+        record: VariableRecord,
+        optimization_id: str,
+        token: int,
+        caller_id: str,
     ) -> OptimizationLease:
         lease = session.running.get(record.id)
-        if lease is None or lease.id != optimization_id or lease.token != token:
+        if (
+            lease is None or lease.id != optimization_id or lease.token != token
+            or lease.holder_session != caller_id
+        ):
             last = session.leases.get(record.id)
             if last is not None and last.id == optimization_id:
                 why = f"it has {last.state}" + (f" ({last.end_reason})" if last.end_reason
                                                 else "")
-                if last.token != token:
-                    why = f"fencing token {token} is not its token"
+                if last.token != token or last.holder_session != caller_id:
+                    why = f"fencing token {token} is not the token session {caller_id!r} holds"
             else:
                 why = "no such optimization of this variable"
             raise OptimizationLockedError(
@@ -1334,9 +1647,9 @@ class MemoryStore:
             lease, revision = store.start_optimization(sid, "t", optimizer_type="bayesian")
             store.set(sid, "t", 0.4, actor="me", fencing_token=lease.token)
         """
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         if not isinstance(optimizer_type, str) or not NAME_RE.fullmatch(optimizer_type):
             raise InvalidValueError(
                 f"variable {record.name!r}: optimizer type {optimizer_type!r} is not a valid "
@@ -1356,11 +1669,11 @@ class MemoryStore:
                 f"seconds (0 for the server default), got {ttl!r}"
             )
         clean_config = check_metadata(record.name, config)
-        if not isinstance(client_id, str) or client_id not in session.clients:
+        if not isinstance(client_id, str) or client_id not in caller.clients:
             # Only an attached client can hold a lease: its close or silence must be able
             # to end it (a made-up or swept client id would hold it for the whole TTL).
             raise SessionNotFoundError(
-                f"client {client_id!r} is not attached to session {session.id!r}; only an "
+                f"client {client_id!r} is not attached to session {caller.id!r}; only an "
                 "attached client can hold an optimization lease",
                 detached=True,
             )
@@ -1378,9 +1691,9 @@ class MemoryStore:
             id="opt_" + secrets.token_hex(8),
             variable_id=record.id,
             optimizer_type=optimizer_type,
-            holder_session=session.id,
+            holder_session=caller.id,
             holder_client=client_id,
-            token=next(self._tokens),
+            token=self._new_token(),
             ttl=ttl,
             config=clean_config,
             max_iterations=max_iterations,
@@ -1444,7 +1757,7 @@ class MemoryStore:
         entries.append(
             OptimizationEntry(
                 lease.id, lease.optimizer_type, iteration, value, metrics, score,
-                self._clock(), session.revision + 1,
+                self._clock(), self._revision + 1,
             )
         )
 
@@ -1472,10 +1785,12 @@ class MemoryStore:
             store.optimization_step(sid, "t", lease.id, lease.token,
                                     evaluation=(1, 0.4, {"acc": 0.8}, 0.8))
         """
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
-        lease = self._holder_lease(session, record, optimization_id, fencing_token)
+        lease = self._holder_lease(
+            session, record, optimization_id, fencing_token, caller.id
+        )
         clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
         written: list[VariableRecord] = []
         metadata: dict[str, Any] = {}
@@ -1485,7 +1800,7 @@ class MemoryStore:
                         "iteration": iteration}
             # The bookkeeping goes with the commit (events, history), not into the
             # variable's own metadata, where it would outlive this run.
-            written = [self._prepare_write(record, value, {}, actor, session.revision + 1)]
+            written = [self._prepare_write(record, value, {}, actor, self._revision + 1)]
         lease.renew(self._clock())
         if clean is None and not written:
             return lease, None, session.revision
@@ -1525,10 +1840,12 @@ class MemoryStore:
             )
         if not isinstance(reason, str) or len(reason) > 4096:
             raise InvalidValueError("the end reason must be a string of at most 4096 characters")
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
-        lease = self._holder_lease(session, record, optimization_id, fencing_token)
+        lease = self._holder_lease(
+            session, record, optimization_id, fencing_token, caller.id
+        )
         clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
         written: list[VariableRecord] = []
         extra = check_metadata(record.name, metadata)
@@ -1537,7 +1854,7 @@ class MemoryStore:
             commit_metadata = {**extra, "optimization_id": lease.id,
                                "optimizer": lease.optimizer_type, "final": True}
             written = [
-                self._prepare_write(record, final_value, {}, actor, session.revision + 1)
+                self._prepare_write(record, final_value, {}, actor, self._revision + 1)
             ]
         if clean is not None:
             self._record_evaluation(session, lease, clean)
@@ -1570,9 +1887,9 @@ class MemoryStore:
         """
         if not isinstance(reason, str) or len(reason) > 4096:
             raise InvalidValueError("the stop reason must be a string of at most 4096 characters")
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         lease = session.running.get(record.id)
         if lease is None or (optimization_id and lease.id != optimization_id):
             return False, session.leases.get(record.id), session.revision, None
@@ -1587,7 +1904,7 @@ class MemoryStore:
                         "final": True, "stopped": True}
             written = [
                 self._prepare_write(
-                    record, lease.best_value, {}, actor, session.revision + 1, validated=True,
+                    record, lease.best_value, {}, actor, self._revision + 1, validated=True,
                 )
             ]
         revision = self._end_lease(
@@ -1605,9 +1922,9 @@ class MemoryStore:
 
             record, lease = store.optimization_status(sid, "temperature")
         """
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "read")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         return record, session.leases.get(record.id)
 
     def status_events(
@@ -1643,9 +1960,9 @@ class MemoryStore:
 
             record, lease = store.optimization_by_id(sid, "t", "opt_1f2e")
         """
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "read")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         lease = session.lease_by_id.get(optimization_id)
         if lease is None or lease.variable_id != record.id:
             raise VariableNotFoundError(
@@ -1672,8 +1989,8 @@ class MemoryStore:
         """
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
-        session = self.session(session_id)
-        record = self._resolve(session, ref)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "read")
         found = [
             e for e in session.evaluations.get(record.id, ())
             if (not optimization_id or e.optimization_id == optimization_id)
@@ -1717,6 +2034,7 @@ class MemoryStore:
                     record.name, record.type, record.value, record.constraints,
                     record.metadata, record.description, record.version, record.created_at,
                     record.updated_at, record.updated_by, history, dependencies,
+                    session.rules.get(record.id, ()),
                 )
             )
         return Snapshot(
@@ -1838,12 +2156,14 @@ class MemoryStore:
                 f"got {entry.version!r}"
             )
         history = self._check_history(name, type_name, constraints, entry)
+        rules = check_rules(name, type_name, list(entry.access_rules or ()))
         existing_id = session.names.get(name)
         if existing_id is None:
             if name in session.variables:
                 raise AlreadyExistsError(
                     f"variable name {name!r} already exists as the id of another variable"
                 )
+            _check_not_id_shaped(name)
             # The entry of the current version is the import's own write (remembered by
             # _commit with the import's metadata); the older ones are restored.
             restored = [h for h in history or () if h.version < entry.version]
@@ -1853,7 +2173,7 @@ class MemoryStore:
                 message += f"; history restored from version {restored[0].version}"
             return _ImportPlan(
                 name, "create", _NEW + name, version, message, None, type_name, value,
-                constraints, metadata, entry.description, restored,
+                constraints, metadata, entry.description, restored, rules=rules,
             )
         existing = session.variables[existing_id]
         if strategy == "keep":
@@ -1997,9 +2317,12 @@ class MemoryStore:
         ids: dict[str, str] = {}
         records: builtins.list[VariableRecord] = []
         restored: dict[str, builtins.list[HistoryEntry]] = {}
+        rules: dict[str, tuple[AccessRule, ...]] = {}
         for plan in plans:
             if plan.action == "create":
                 var_id = ids[plan.key] = f"var_{plan.name}_{next(self._ids)}"
+                if plan.rules:
+                    rules[var_id] = plan.rules
                 records.append(VariableRecord(
                     var_id, plan.name, plan.type, plan.value, plan.constraints, plan.metadata,
                     plan.version, 0, 0, now, now, actor, plan.description,
@@ -2030,7 +2353,7 @@ class MemoryStore:
             }
             stamped, revision = self._commit(
                 session, records, metadata=note, source=actor, edges=final_edges,
-                restored=restored,
+                restored=restored, rules=rules,
             )
             written = {r.name: r for r in stamped}
             log.info("variables_imported", session_id=session.id, revision=revision,

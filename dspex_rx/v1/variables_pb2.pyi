@@ -60,7 +60,7 @@ MERGE_STRATEGY_KEEP: MergeStrategy
 MERGE_STRATEGY_MERGE: MergeStrategy
 
 class Variable(_message.Message):
-    __slots__ = ("id", "name", "type", "value", "constraints", "metadata", "version", "mod_revision", "created_at", "updated_at", "updated_by", "create_revision", "description")
+    __slots__ = ("id", "name", "type", "value", "constraints", "metadata", "version", "mod_revision", "created_at", "updated_at", "updated_by", "create_revision", "description", "owner_session", "access_rules")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,8 @@ class Variable(_message.Message):
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
     CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_RULES_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     type: VariableType
@@ -87,7 +89,19 @@ class Variable(_message.Message):
     updated_by: str
     create_revision: int
     description: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., version: _Optional[int] = ..., mod_revision: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., create_revision: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+    owner_session: str
+    access_rules: _containers.RepeatedCompositeFieldContainer[AccessRule]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., version: _Optional[int] = ..., mod_revision: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., create_revision: _Optional[int] = ..., description: _Optional[str] = ..., owner_session: _Optional[str] = ..., access_rules: _Optional[_Iterable[_Union[AccessRule, _Mapping]]] = ...) -> None: ...
+
+class AccessRule(_message.Message):
+    __slots__ = ("session_pattern", "permissions", "conditions")
+    SESSION_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    session_pattern: str
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    conditions: _value_pb2.MapValue
+    def __init__(self, session_pattern: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., conditions: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ...) -> None: ...
 
 class VariableRef(_message.Message):
     __slots__ = ("ref",)
@@ -156,7 +170,7 @@ class CloseSessionResponse(_message.Message):
     def __init__(self, session_removed: _Optional[bool] = ...) -> None: ...
 
 class VariableSpec(_message.Message):
-    __slots__ = ("name", "type", "initial_value", "constraints", "metadata", "description", "dependencies")
+    __slots__ = ("name", "type", "initial_value", "constraints", "metadata", "description", "dependencies", "access_rules")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     INITIAL_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +178,7 @@ class VariableSpec(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_RULES_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: VariableType
     initial_value: _value_pb2.Value
@@ -171,7 +186,8 @@ class VariableSpec(_message.Message):
     metadata: _value_pb2.MapValue
     description: str
     dependencies: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., initial_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ..., dependencies: _Optional[_Iterable[str]] = ...) -> None: ...
+    access_rules: _containers.RepeatedCompositeFieldContainer[AccessRule]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., initial_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ..., dependencies: _Optional[_Iterable[str]] = ..., access_rules: _Optional[_Iterable[_Union[AccessRule, _Mapping]]] = ...) -> None: ...
 
 class RegisterVariableRequest(_message.Message):
     __slots__ = ("session_id", "spec")
@@ -776,7 +792,7 @@ class ExportedDependency(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dependency_type: _Optional[_Union[DependencyType, str]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ...) -> None: ...
 
 class ExportedVariable(_message.Message):
-    __slots__ = ("name", "type", "value", "constraints", "metadata", "description", "version", "created_at", "updated_at", "updated_by", "has_history", "history", "has_dependencies", "dependencies")
+    __slots__ = ("name", "type", "value", "constraints", "metadata", "description", "version", "created_at", "updated_at", "updated_by", "has_history", "history", "has_dependencies", "dependencies", "access_rules")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -791,6 +807,7 @@ class ExportedVariable(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     HAS_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_RULES_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: VariableType
     value: _value_pb2.Value
@@ -805,7 +822,46 @@ class ExportedVariable(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
     has_dependencies: bool
     dependencies: _containers.RepeatedCompositeFieldContainer[ExportedDependency]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., has_history: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., has_dependencies: _Optional[bool] = ..., dependencies: _Optional[_Iterable[_Union[ExportedDependency, _Mapping]]] = ...) -> None: ...
+    access_rules: _containers.RepeatedCompositeFieldContainer[AccessRule]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., has_history: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., has_dependencies: _Optional[bool] = ..., dependencies: _Optional[_Iterable[_Union[ExportedDependency, _Mapping]]] = ..., access_rules: _Optional[_Iterable[_Union[AccessRule, _Mapping]]] = ...) -> None: ...
+
+class SetVariablePermissionsRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "rules")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    rules: _containers.RepeatedCompositeFieldContainer[AccessRule]
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[AccessRule, _Mapping]]] = ...) -> None: ...
+
+class SetVariablePermissionsResponse(_message.Message):
+    __slots__ = ("revision", "variable")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    variable: Variable
+    def __init__(self, revision: _Optional[int] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
+
+class CheckVariableAccessRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "permission")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    permission: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., permission: _Optional[str] = ...) -> None: ...
+
+class CheckVariableAccessResponse(_message.Message):
+    __slots__ = ("allowed", "variable_id", "owner_session")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    variable_id: str
+    owner_session: str
+    def __init__(self, allowed: _Optional[bool] = ..., variable_id: _Optional[str] = ..., owner_session: _Optional[str] = ...) -> None: ...
 
 class VariablesSnapshot(_message.Message):
     __slots__ = ("format_version", "session_id", "revision", "exported_at", "include_history", "include_dependencies", "variables")

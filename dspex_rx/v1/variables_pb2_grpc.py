@@ -165,6 +165,16 @@ class VariablesStub:
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesRequest.SerializeToString,
                 response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesResponse.FromString,
                 _registered_method=True)
+        self.SetVariablePermissions = channel.unary_unary(
+                '/dspex_rx.v1.Variables/SetVariablePermissions',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsResponse.FromString,
+                _registered_method=True)
+        self.CheckVariableAccess = channel.unary_unary(
+                '/dspex_rx.v1.Variables/CheckVariableAccess',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessResponse.FromString,
+                _registered_method=True)
 
 
 class VariablesServicer:
@@ -328,6 +338,19 @@ class VariablesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetVariablePermissions(self, request, context):
+        """Access rules (the owner session only) and a caller's own permission check.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckVariableAccess(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariablesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -460,6 +483,16 @@ def add_VariablesServicer_to_server(servicer, server):
                     servicer.ImportVariables,
                     request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesRequest.FromString,
                     response_serializer=dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesResponse.SerializeToString,
+            ),
+            'SetVariablePermissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVariablePermissions,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsResponse.SerializeToString,
+            ),
+            'CheckVariableAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckVariableAccess,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1164,6 +1197,60 @@ class Variables:
             '/dspex_rx.v1.Variables/ImportVariables',
             dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesRequest.SerializeToString,
             dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVariablePermissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/SetVariablePermissions',
+            dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckVariableAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/CheckVariableAccess',
+            dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessResponse.FromString,
             options,
             channel_credentials,
             insecure,
