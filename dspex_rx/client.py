@@ -981,6 +981,8 @@ class SessionContext:
         metadata: Mapping[str, Any] | None = None,
         atomic: bool = True,
         expected_versions: Mapping[str, int] | None = None,
+        *,
+        require_leases: Sequence[HeldLease] = (),
     ) -> dict[str, bool | str]:
         """Write several variables in one call; returns name -> ``True`` or an error message.
 
@@ -992,6 +994,10 @@ class SessionContext:
         applied: ``.current_version`` is the first stale variable's version and
         ``.details['conflicts']`` maps every stale name to its version. Without
         ``atomic`` a mismatch is that entry's error and the rest apply.
+        ``require_leases``: optimization leases (``optimization_lease`` handles) this
+        session must still hold for the batch to apply, checked in the same step as the
+        write; if one was stopped or expired, ``OptimizationLockedError`` and nothing is
+        applied (a run's results publish only while the run is alive).
 
         Example::
 
@@ -1003,6 +1009,11 @@ class SessionContext:
             metadata=_encode_metadata("update", metadata),
             atomic=atomic,
         )
+        for lease in require_leases:
+            request.require_leases.add(
+                ref=lease.variable, optimization_id=lease.optimization_id,
+                fencing_token=lease.token,
+            )
         local_errors: dict[str, str] = {}
         sent: dict[str, Any] = {}
         expected_versions = expected_versions or {}

@@ -665,10 +665,12 @@ class VariableAwareOptimizer:
             run_metadata = {"dspy_run": run_id, "optimizer": optimizer_name,
                             "optimization_ids": optimization_ids, "source": "dspex_rx.dspy"}
             # A lease stopped (or expired) while DSPy ran ended the run: its results must
-            # not be published. The result variables are not leased, so their batch
-            # cannot carry a fencing token: renew every lease right before it instead.
+            # not be published. The batch is guarded by every lease of the run, checked by
+            # the server in the same step as the write.
             await _still_held(leases.values(), run_id)
-            results = await session.update_variables(updates, metadata=run_metadata)
+            results = await session.update_variables(
+                updates, metadata=run_metadata, require_leases=list(leases.values())
+            )
             refused = {name: error for name, error in results.items() if error is not True}
             if refused:
                 raise InvalidValueError(f"dspy run {run_id}: results refused: {refused}")

@@ -703,6 +703,10 @@ class VariablesService(pb_grpc.VariablesServicer):
             metadata=codec.decode_map(request.metadata),
             atomic=request.atomic,
             actor=session_id,
+            require_leases=[
+                (guard.ref, guard.optimization_id, guard.fencing_token)
+                for guard in request.require_leases
+            ],
         )
         response = pb.UpdateVariablesResponse(revision=revision, applied=applied)
         for (_, sent, _), outcome in zip(updates, outcomes, strict=True):

@@ -1232,13 +1232,16 @@ class MemoryStore:
         metadata: Mapping[str, Any] | None = None,
         atomic: bool = True,
         actor: str,
+        require_leases: Sequence[tuple[str, str, int]] = (),
     ) -> tuple[list[UpdateOutcome], int, bool]:
         """Write several variables under one revision; returns (outcomes, revision, applied).
 
         Each update is ``(ref, value)`` or ``(ref, value, expected_version)``. With
         ``atomic`` any bad entry (invalid, unknown, or at another version than expected)
         means nothing is applied: the bad entries carry their error, the rest say they
-        were not applied. Without it the valid entries are applied.
+        were not applied. Without it the valid entries are applied. ``require_leases``
+        names ``(ref, optimization_id, fencing_token)`` leases the caller must still hold:
+        if one has ended, ``OptimizationLockedError`` and nothing is applied.
 
         Example::
 
@@ -1246,6 +1249,10 @@ class MemoryStore:
         """
         caller = self.session(session_id)
         self._expire_leases(caller)
+        for ref, optimization_id, token in require_leases:
+            guard_owner, guarded = self._locate(caller, ref, "optimize")
+            self._expire_leases(guard_owner)
+            self._holder_lease(guard_owner, guarded, optimization_id, token, caller.id)
         clean_metadata = check_metadata("update", metadata)
         prepared: list[VariableRecord | None] = []
         errors: list[DspexError | None] = []

@@ -607,3 +607,22 @@ async def test_a_lease_can_finish_with_a_final_value(session: dspex_rx.SessionCo
     assert last["run"] == "r1" and last["final"] is True
     assert status["state"] == "completed" and status["final_value"] == "b"
     assert status["end_reason"] == "picked b" and await session.get_variable("fv") == "b"
+
+
+async def test_a_batch_guarded_by_a_lease_applies_only_while_the_lease_is_held(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    mine, other = two
+    await mine.register_variable("in", "float", 0.5, constraints=FLOAT)
+    await mine.register_variable("out", "float", 0.0)
+    async with mine.optimization_lease("in") as lease:
+        assert await mine.update_variables({"out": 1.0}, require_leases=[lease]) == {
+            "out": True
+        }
+        await other.stop_optimization("in")
+        revision = (await other.get_variables(["out"], include_metadata=True))["out"][
+            "metadata"]["revision"]
+        with pytest.raises(OptimizationLockedError, match="no longer holds the lease"):
+            await mine.update_variables({"out": 2.0}, require_leases=[lease])
+    after = (await other.get_variables(["out"], include_metadata=True))["out"]
+    assert after["value"] == 1.0 and after["metadata"]["revision"] == revision

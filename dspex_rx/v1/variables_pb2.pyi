@@ -297,17 +297,29 @@ class VariableUpdate(_message.Message):
     expected_version: int
     def __init__(self, ref: _Optional[str] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
+class LeaseGuard(_message.Message):
+    __slots__ = ("ref", "optimization_id", "fencing_token")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    optimization_id: str
+    fencing_token: int
+    def __init__(self, ref: _Optional[str] = ..., optimization_id: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
+
 class UpdateVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "updates", "metadata", "atomic")
+    __slots__ = ("session_id", "updates", "metadata", "atomic", "require_leases")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_LEASES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     updates: _containers.RepeatedCompositeFieldContainer[VariableUpdate]
     metadata: _value_pb2.MapValue
     atomic: bool
-    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[VariableUpdate, _Mapping]]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., atomic: _Optional[bool] = ...) -> None: ...
+    require_leases: _containers.RepeatedCompositeFieldContainer[LeaseGuard]
+    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[VariableUpdate, _Mapping]]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., atomic: _Optional[bool] = ..., require_leases: _Optional[_Iterable[_Union[LeaseGuard, _Mapping]]] = ...) -> None: ...
 
 class UpdateResult(_message.Message):
     __slots__ = ("ref", "ok", "error", "error_kind", "variable_id", "name", "version", "mod_revision", "value", "current_version")
