@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,plot]'
+	$(BIN)/pip install --quiet -e '.[dev,plot,parquet,dspy]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +22,9 @@ demo: $(STAMP)
 	@echo
 	@echo "--- the complete optimization workflow: a bayesian search under a server lease ---"
 	$(BIN)/python examples/optimization_workflow.py
+	@echo
+	@echo "--- DSPy: a strategy variable picks Predict or ChainOfThought per question (DummyLM) ---"
+	$(BIN)/python examples/adaptive_reasoning.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

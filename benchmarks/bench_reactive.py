@@ -56,6 +56,7 @@ from _common import (
 
 import dspex_rx
 from dspex_rx.actors import VariableUpdate
+from dspex_rx.security import token_metadata
 from dspex_rx.server import GRPC_OPTIONS, SERVICE_NAME
 from dspex_rx.transport import Transport
 from dspex_rx.v1 import session_pb2 as spb
@@ -332,7 +333,10 @@ async def burst_raw(
     transport = Transport(target, GRPC_OPTIONS)
     await transport.open()
     try:
-        stream = await transport.open_stream(f"/{SERVICE_NAME}/Session", spb.ServerMessage)
+        stream = await transport.open_stream(
+            f"/{SERVICE_NAME}/Session", spb.ServerMessage,
+            metadata=token_metadata(writer.token),
+        )
         try:
             await stream.send(spb.ClientMessage(
                 open=spb.OpenStream(session_id=writer.session_id, client_id="bench-raw")
@@ -542,7 +546,7 @@ async def bench_memory(target: str, args: argparse.Namespace) -> list[dict[str, 
 
         # A fresh connection, so its cache and actors start empty. Its stream is opened
         # (sync) before tracing, so the fixed cost of the stream is not counted.
-        async with dspex_rx.connect(target, session_id=owner.session_id,
+        async with dspex_rx.connect(target, session_id=owner.session_id, token=owner.token,
                                     client_name="bench_reactive-watcher") as session:
             await session.sync()
             subscriptions: list[Any] = []
@@ -577,7 +581,7 @@ async def bench_memory(target: str, args: argparse.Namespace) -> list[dict[str, 
             await session.sync()
 
         # Context: the same variables cached (unpinned entries and their actors), no watch.
-        async with dspex_rx.connect(target, session_id=owner.session_id,
+        async with dspex_rx.connect(target, session_id=owner.session_id, token=owner.token,
                                     client_name="bench_reactive-reader",
                                     cache_max_size=None) as session:
             await session.sync()
@@ -613,7 +617,8 @@ async def client_main(target: str, args: argparse.Namespace) -> None:
     # B attaches to A's session (the second connect sees ``a`` already bound).
     async with (
         dspex_rx.connect(target, client_name="bench_reactive-a") as a,
-        dspex_rx.connect(target, session_id=a.session_id, client_name="bench_reactive-b") as b,
+        dspex_rx.connect(target, session_id=a.session_id, token=a.token,
+                         client_name="bench_reactive-b") as b,
     ):
         note("1/4 cached vs uncached get_variable")
         emit(await bench_cached_read(a, args))

@@ -9,6 +9,7 @@ from .client import SessionContext, connect
 from .errors import (
     AccessDeniedError,
     AlreadyExistsError,
+    AuthenticationError,
     ConflictError,
     DspexError,
     InvalidValueError,
@@ -28,6 +29,7 @@ __all__ = [
     "TYPES",
     "AccessDeniedError",
     "AlreadyExistsError",
+    "AuthenticationError",
     "BaseOptimizer",
     "ConflictError",
     "DspexError",

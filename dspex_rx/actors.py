@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from reactivex import abc as rx_abc
 from . import codec
 from .cache import VariableCache
 from .convert import map_rpc_error, seconds
-from .errors import DspexError, error_from_kind
+from .errors import AccessDeniedError, DspexError, error_from_kind
 from .logs import get_logger
 from .rx import TrioObservable, TrioScheduler
 from .v1 import session_pb2 as spb
@@ -39,6 +40,7 @@ _UPDATE_NAMES = {
     spb.UPDATE_TYPE_DEPENDENCY_CHANGED: "dependency_changed",
     spb.UPDATE_TYPE_RESYNC: "resync",
     spb.UPDATE_TYPE_OPTIMIZATION: "optimization",
+    spb.UPDATE_TYPE_REVOKED: "revoked",
 }
 
 
@@ -294,6 +296,17 @@ class VariableActor:
             actor.apply(update_from_pb(event))
         """
         kind = update.update_type
+        if kind == "revoked":
+            # This session lost `observe` on another session's variable: the server ended
+            # the subscription, so every observer ends with PermissionError.
+            reason = update.metadata.get("reason") or "observe permission revoked"
+            self.hub.cache.invalidate_nowait(self.id, "revoked")
+            self._end(AccessDeniedError(
+                f"watch of variable {self.id!r} ended: {reason}", variable=self.id,
+                permission="observe",
+            ))
+            self.hub.forget(self)
+            return
         if kind == "optimization":
             # A status note: the value and version are unchanged, so the entry and the
             # plain observers' version tracking stay as they are.
@@ -379,8 +392,12 @@ class WatchHub:
 
     Example::
 
-        hub = WatchHub(transport, service, session_id, client_id, nursery, cache)
+        hub = WatchHub(transport, service, session_id, client_id, nursery, cache,
+                       metadata=(("x-dspex-session-token", token),))
         actor = hub.actor("temperature")
+
+    ``metadata`` (the session token) is sent with every open of the stream, reconnects
+    included.
     """
 
     def __init__(
@@ -391,8 +408,10 @@ class WatchHub:
         client_id: str,
         nursery: trio.Nursery,
         cache: VariableCache,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.transport = transport
+        self.metadata = tuple(metadata)
         self.path = f"/{service_name}/Session"
         self.session_id = session_id
         self.client_id = client_id
@@ -598,7 +617,9 @@ class WatchHub:
             stream: Stream[spb.ServerMessage] | None = None
             self._healthy = False
             try:
-                stream = await self.transport.open_stream(self.path, spb.ServerMessage)
+                stream = await self.transport.open_stream(
+                    self.path, spb.ServerMessage, metadata=self.metadata
+                )
                 await stream.send(
                     spb.ClientMessage(
                         open=spb.OpenStream(session_id=self.session_id, client_id=self.client_id)

@@ -2,6 +2,11 @@
 
 Thin by design: it encodes arguments, makes one call through the transport, and hands the
 answer to the variable's actor; the server validates.
+
+Every call after ``InitializeSession`` (and the watch stream) carries the session's token
+as call metadata; ``session.token`` is what another connection passes to join:
+``connect(target, session_id=session.session_id, token=session.token)``. ``tls=True`` /
+``ca_cert=`` talk to a TLS server.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from reactivex import abc as rx_abc
 from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable
 
-from . import codec
+from . import codec, exchange
 from .actors import VariableActor, VariableObservable, VariableUpdate, WatchHub
 from .cache import VariableCache
 from .convert import (
@@ -32,21 +37,27 @@ from .convert import (
 )
 from .derive import Derived
 from .errors import (
+    AccessDeniedError,
+    AuthenticationError,
     ConflictError,
     DspexError,
     InvalidValueError,
     SessionNotFoundError,
+    VariableTypeError,
     error_from_kind,
 )
 from .logs import get_logger
 from .optimize import (
+    HeldLease,
     OptimizationRun,
     as_objective,
     check_mode,
+    end_reason,
     status_from_pb,
 )
 from .optimizers import BaseOptimizer, SearchSpace, check_optimizer_class, get_optimizer
 from .rx import TrioScheduler, throttle_latest, with_trio_scheduler
+from .security import Pem, channel_credentials, token_metadata
 from .server import GRPC_OPTIONS, SERVICE_NAME, EmbeddedServer
 from .types import infer_type
 from .v1 import variables_pb2 as pb
@@ -85,6 +96,41 @@ _DEPENDENCY_TYPES: dict[str, int] = {
     "optimization": pb.DEPENDENCY_TYPE_OPTIMIZATION,
 }
 _DEPENDENCY_NAMES = {number: name for name, number in _DEPENDENCY_TYPES.items()}
+
+
+_MERGE_STRATEGIES: dict[str, int] = {
+    "replace": pb.MERGE_STRATEGY_REPLACE,
+    "keep": pb.MERGE_STRATEGY_KEEP,
+    "merge": pb.MERGE_STRATEGY_MERGE,
+}
+
+
+def _import_result(response: pb.ImportVariablesResponse) -> dict[str, Any]:
+    """The spec's import answer: counts, error messages and one detail per variable."""
+    details = []
+    for outcome in response.outcomes:
+        detail: dict[str, Any] = {
+            "name": outcome.name,
+            "action": outcome.action,
+            "version": outcome.version,
+            "message": outcome.message,
+        }
+        if outcome.error_kind:
+            detail["error_kind"] = outcome.error_kind
+        details.append(detail)
+    errors = [o.message for o in response.outcomes if o.action == "error"]
+    return {
+        "imported": 0 if errors else sum(
+            1 for o in response.outcomes if o.action in ("create", "replace", "merge")
+        ),
+        "skipped": sum(1 for o in response.outcomes if o.action == "skip"),
+        "errors": errors,
+        "details": details,
+        "applied": response.applied,
+        "dry_run": response.dry_run,
+        "revision": response.revision,
+        "dependencies_added": 0 if errors else response.dependencies_added,
+    }
 
 
 def _check_expected(name: str, expected: int | None) -> int:
@@ -165,6 +211,48 @@ def _encode_value(name: str, value: Any) -> codec.Value:
         raise _prefixed(name, exc) from None
 
 
+def _encode_rules(name: str, rules: Sequence[Mapping[str, Any]] | None) -> list[pb.AccessRule]:
+    """Access rules on the wire; their shape is checked by the server (the authority),
+    here only what must be known to encode them."""
+    if rules is None:
+        return []
+    if isinstance(rules, str | bytes | Mapping) or not isinstance(rules, list | tuple):
+        raise InvalidValueError(f"variable {name!r}: access_rules must be a list of rules")
+    out = []
+    for index, rule in enumerate(rules):
+        if not isinstance(rule, Mapping):
+            raise InvalidValueError(
+                f"variable {name!r}: access rule {index} must be a mapping, got "
+                f"{type(rule).__name__}"
+            )
+        unknown = sorted(map(str, set(rule) - {"session_pattern", "permissions",
+                                               "conditions"}))
+        if unknown:
+            raise InvalidValueError(
+                f"variable {name!r}: access rule {index} has unknown key(s) "
+                f"{', '.join(map(repr, unknown))}"
+            )
+        pattern = rule.get("session_pattern")
+        permissions = rule.get("permissions")
+        if not isinstance(pattern, str):
+            raise InvalidValueError(
+                f"variable {name!r}: access rule {index}: session_pattern must be a string, "
+                f"got {pattern!r}"
+            )
+        if isinstance(permissions, str) or not isinstance(permissions, list | tuple) or not all(
+            isinstance(p, str) for p in permissions
+        ):
+            raise InvalidValueError(
+                f"variable {name!r}: access rule {index}: permissions must be a list of "
+                f"strings, got {permissions!r}"
+            )
+        out.append(pb.AccessRule(
+            session_pattern=pattern, permissions=list(permissions),
+            conditions=_encode_metadata(name, rule.get("conditions")),
+        ))
+    return out
+
+
 def _encode_metadata(name: str, metadata: Mapping[str, Any] | None) -> Any:
     if metadata is not None and not isinstance(metadata, Mapping):
         raise _prefixed(name, InvalidValueError("metadata must be a dict"))
@@ -179,6 +267,11 @@ class SessionContext:
 
     ``target=None`` starts an embedded server on 127.0.0.1 and stops it on close.
 
+    ``token`` is the secret of an existing session this one joins (``session.token`` of a
+    connection that has it); a new session gets its own. ``tls=True`` makes the channel
+    TLS, trusting the system's roots, or ``ca_cert`` (PEM path or bytes; it implies TLS);
+    ``tls_server_name`` overrides the name checked against the certificate (tests).
+
     Example::
 
         session = SessionContext("session_123", "127.0.0.1:50051")
@@ -186,6 +279,8 @@ class SessionContext:
         await session.register_variable("temperature", "float", 0.7,
                                         constraints={"min": 0.0, "max": 2.0})
         print(await session.get_variable("temperature"))
+        other = await SessionContext("session_123", "127.0.0.1:50051",
+                                     token=session.token).initialize()
         await session.close()
     """
 
@@ -201,9 +296,19 @@ class SessionContext:
         cache_ttl: float | None = 60.0,
         cache_max_size: int | None = 10_000,
         cache_eviction_policy: str = "lru",
+        token: str | None = None,
+        tls: bool = False,
+        ca_cert: Pem | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
+        if token is not None and not isinstance(token, str):
+            raise InvalidValueError(f"token must be a string, got {type(token).__name__}")
         self._requested_session_id = session_id
         self._target = target
+        self._token = token or None
+        self.tls = tls or ca_cert is not None
+        self._ca_cert = ca_cert
+        self._tls_server_name = tls_server_name
         self._metadata = dict(metadata or {})
         self.ttl_seconds = ttl_seconds
         self.client_name = client_name
@@ -251,6 +356,18 @@ class SessionContext:
         return self._session_id
 
     @property
+    def token(self) -> str | None:
+        """The session's secret token: pass it to ``connect(..., token=...)`` to join this
+        session from another connection. Keep it as private as the session's data.
+
+        Example::
+
+            async with dspex_rx.connect(target, session_id=a.session_id,
+                                        token=a.token) as b: ...
+        """
+        return self._token
+
+    @property
     def target(self) -> str | None:
         """The server address this session talks to.
 
@@ -274,9 +391,22 @@ class SessionContext:
         self._closed = False
         try:
             if self._target is None:
+                if self.tls:
+                    raise InvalidValueError(
+                        "tls/ca_cert need a target: the embedded server (no target) serves "
+                        "plaintext on 127.0.0.1"
+                    )
                 self._embedded = EmbeddedServer()
                 self._target = await trio.to_thread.run_sync(self._embedded.start)
-            self._transport = Transport(self._target, GRPC_OPTIONS, timeout=self.timeout)
+            options: list[tuple[str, Any]] = list(GRPC_OPTIONS)
+            credentials = None
+            if self.tls:
+                credentials = channel_credentials(self._ca_cert)
+                if self._tls_server_name:
+                    options.append(("grpc.ssl_target_name_override", self._tls_server_name))
+            self._transport = Transport(
+                self._target, options, timeout=self.timeout, credentials=credentials
+            )
             await self._transport.open()
             response = await self._call(
                 "InitializeSession",
@@ -293,6 +423,8 @@ class SessionContext:
             raise
         self._session_id = response.session_id
         self._client_id = response.client_id
+        # A server with auth="none" gives no token to an attacher that sent none.
+        self._token = response.session_token or self._token
         self.revision = response.revision
         self.created = response.created
         await self._start_services(response.ttl_seconds)
@@ -315,7 +447,7 @@ class SessionContext:
                     self._scheduler = TrioScheduler(nursery)
                     self._hub = WatchHub(
                         self._transport, SERVICE_NAME, self.session_id, self._client_id,
-                        nursery, self._cache,
+                        nursery, self._cache, metadata=token_metadata(self._token),
                     )
                     nursery.start_soon(self._heartbeat, interval)
                     started.set()
@@ -350,10 +482,21 @@ class SessionContext:
                     # at the next beat; it must not take the session's services down.
                     try:
                         await self._reattach()
+                    except AuthenticationError as again:
+                        # Replaced between the beat and the attach: not ours any more.
+                        self.lost = True
+                        log.error("session_lost", session_id=self._session_id,
+                                  error=str(again))
                     except (DspexError, grpc.RpcError, RuntimeError) as again:
                         log.warning("reattach_failed", session_id=self._session_id,
                                     error=str(again))
                 else:
+                    self.lost = True
+                    log.error("session_lost", session_id=self._session_id, error=str(exc))
+            except AuthenticationError as exc:
+                # A session's token never changes, so one that refuses ours is not the
+                # session we had: it ended, and a later one took its id.
+                if not self.lost:
                     self.lost = True
                     log.error("session_lost", session_id=self._session_id, error=str(exc))
             except (DspexError, grpc.RpcError, RuntimeError) as exc:
@@ -371,12 +514,13 @@ class SessionContext:
         )
         if response.created:
             # The session had gone, and this call made an empty one of the same id; its
-            # variables are lost. Undo it, and say so.
+            # variables are lost. Undo it (with the new session's token), and say so.
             await self._call(
                 "CloseSession",
                 pb.CloseSessionRequest(session_id=response.session_id,
                                        client_id=response.client_id),
                 pb.CloseSessionResponse,
+                token=response.session_token,
             )
             self.lost = True
             log.error("session_lost", session_id=self._session_id)
@@ -445,13 +589,20 @@ class SessionContext:
     # ------------------------------------------------------------------- calls
 
     async def _call(
-        self, method: str, request: Message, response_type: type[M], timeout: float | None = None
+        self,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        timeout: float | None = None,
+        token: str | None = None,
     ) -> M:
+        # Every call presents the session's token (``token`` overrides it).
         if self._transport is None:
             raise RuntimeError("the session is closed")
         try:
             response: M = await self._transport.unary(
-                f"/{SERVICE_NAME}/{method}", request, response_type, timeout
+                f"/{SERVICE_NAME}/{method}", request, response_type, timeout,
+                metadata=token_metadata(token or self._token),
             )
         except grpc.aio.AioRpcError as exc:
             mapped = map_rpc_error(exc)
@@ -520,10 +671,6 @@ class SessionContext:
             raise InvalidValueError(
                 f"variable {name!r}: dependencies must be a list of names or ids, not a string"
             )
-        if access_rules:
-            raise NotImplementedError(
-                "access_rules are not supported by this version yet (tracked in issue #6)"
-            )
         if not isinstance(name, str):
             raise InvalidValueError(f"variable name must be a string, got {name!r}")
         try:
@@ -538,7 +685,75 @@ class SessionContext:
             metadata=_encode_metadata(name, metadata),
             description=description,
             dependencies=list(dependencies or ()),
+            access_rules=_encode_rules(name, access_rules),
         )
+
+    async def set_variable_permissions(
+        self, variable: str, rules: Sequence[Mapping[str, Any]]
+    ) -> int:
+        """Replace a variable's access rules; only its owner session may. Returns the
+        revision. A session watching it that loses ``observe`` has that watch ended with
+        ``PermissionError``.
+
+        Example::
+
+            await session.set_variable_permissions("temperature", [
+                {"session_pattern": "admin_*", "permissions": ["read", "write"]},
+                {"session_pattern": "any", "permissions": ["observe"],
+                 "conditions": {"expires_at": time.time() + 3600}},
+            ])
+        """
+        response = await self._call(
+            "SetVariablePermissions",
+            pb.SetVariablePermissionsRequest(
+                session_id=self.session_id, ref=variable,
+                rules=_encode_rules(variable, rules) if rules else [],
+            ),
+            pb.SetVariablePermissionsResponse,
+        )
+        return response.revision
+
+    async def check_variable_access(self, variable: str, permission: str) -> bool:
+        """Whether this session may use ``permission`` (``read``, ``write``, ``observe``,
+        ``optimize``) on a variable: its own (always) or another session's, by id.
+        ``KeyError`` for a variable it cannot see at all; never raises for a missing
+        permission.
+
+        Example::
+
+            if await session.check_variable_access("var_temperature_3", "write"): ...
+        """
+        response = await self._call(
+            "CheckVariableAccess",
+            pb.CheckVariableAccessRequest(
+                session_id=self.session_id, ref=variable, permission=permission
+            ),
+            pb.CheckVariableAccessResponse,
+        )
+        return response.allowed
+
+    async def get_variable_permissions(self, variable: str) -> list[dict[str, Any]]:
+        """A variable's access rules as the spec's dicts (its owner session only sees them).
+
+        Example::
+
+            rules = await session.get_variable_permissions("temperature")
+        """
+        response = await self._call(
+            "GetVariable",
+            pb.GetVariableRequest(session_id=self.session_id, ref=variable),
+            pb.GetVariableResponse,
+        )
+        if response.variable.owner_session not in ("", self.session_id):
+            raise AccessDeniedError(
+                f"variable {variable!r} belongs to session "
+                f"{response.variable.owner_session!r}; only its owner sees its rules"
+            )
+        return [
+            {"session_pattern": r.session_pattern, "permissions": list(r.permissions),
+             "conditions": codec.decode_map(r.conditions)}
+            for r in response.variable.access_rules
+        ]
 
     async def register_variables(self, variables: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         """Register several variables in one atomic call; returns name -> id.
@@ -766,6 +981,8 @@ class SessionContext:
         metadata: Mapping[str, Any] | None = None,
         atomic: bool = True,
         expected_versions: Mapping[str, int] | None = None,
+        *,
+        require_leases: Sequence[HeldLease] = (),
     ) -> dict[str, bool | str]:
         """Write several variables in one call; returns name -> ``True`` or an error message.
 
@@ -777,6 +994,10 @@ class SessionContext:
         applied: ``.current_version`` is the first stale variable's version and
         ``.details['conflicts']`` maps every stale name to its version. Without
         ``atomic`` a mismatch is that entry's error and the rest apply.
+        ``require_leases``: optimization leases (``optimization_lease`` handles) this
+        session must still hold for the batch to apply, checked in the same step as the
+        write; if one was stopped or expired, ``OptimizationLockedError`` and nothing is
+        applied (a run's results publish only while the run is alive).
 
         Example::
 
@@ -788,6 +1009,11 @@ class SessionContext:
             metadata=_encode_metadata("update", metadata),
             atomic=atomic,
         )
+        for lease in require_leases:
+            request.require_leases.add(
+                ref=lease.variable, optimization_id=lease.optimization_id,
+                fencing_token=lease.token,
+            )
         local_errors: dict[str, str] = {}
         sent: dict[str, Any] = {}
         expected_versions = expected_versions or {}
@@ -1071,6 +1297,124 @@ class SessionContext:
         actor.stats.write_latency_total += time.perf_counter() - started
         return response.variable.version
 
+    # ---------------------------------------------------------- export and import
+
+    async def export_variables(
+        self,
+        format: str = "json",
+        include_history: bool = False,
+        include_dependencies: bool = True,
+        filter_pattern: str | None = None,
+    ) -> bytes:
+        """This session's variables as a file in ``format``: ``json``, ``yaml``,
+        ``parquet`` (needs the ``parquet`` extra: ``pip install 'dspex-rx[parquet]'``) or
+        ``pickle``. Each variable keeps its type, value (arrays bit for bit: dtype, shape
+        and bytes), constraints, metadata, description, version and access rules; with
+        ``include_history`` its retained versions, with ``include_dependencies`` (the
+        default) what it depends on. ``filter_pattern`` is a glob on names
+        (``model.*``). The file carries ``format_version`` 1 (see ``dspex_rx.exchange``).
+
+        Example::
+
+            data = await session.export_variables("yaml", include_history=True)
+            pathlib.Path("variables.yaml").write_bytes(data)
+        """
+        format = exchange.check_format(format)
+        if filter_pattern is not None and not isinstance(filter_pattern, str):
+            raise InvalidValueError(f"filter_pattern must be a string, got {filter_pattern!r}")
+        response = await self._call(
+            "ExportVariables",
+            pb.ExportVariablesRequest(
+                session_id=self.session_id,
+                include_history=bool(include_history),
+                include_dependencies=bool(include_dependencies),
+                filter_pattern=filter_pattern or "",
+            ),
+            pb.ExportVariablesResponse,
+        )
+
+        def write() -> bytes:
+            return exchange.write_document(
+                exchange.snapshot_to_document(response.snapshot), format
+            )
+
+        # Serializing a large export takes a while: off the trio thread, watches flow on.
+        return await trio.to_thread.run_sync(write)
+
+    async def import_variables(
+        self,
+        data: bytes | str,
+        format: str = "json",
+        merge_strategy: str = "replace",
+        dry_run: bool = False,
+        trusted: bool = False,
+    ) -> dict[str, Any]:
+        """Import a file made by ``export_variables``: everything is validated first (types,
+        constraints, names, history, dependencies: none missing, no cycle), then applied
+        in one commit on the server, or not at all. Returns ``imported``, ``skipped``,
+        ``errors`` (messages naming each bad variable; nothing was applied if there is
+        one), ``details`` (per variable: ``name``, ``action`` — ``create``, ``replace``,
+        ``merge``, ``skip`` or ``error`` —, ``version`` after the import, ``message``),
+        plus ``applied``, ``dry_run``, ``revision`` and ``dependencies_added``.
+
+        - New variables are created, with the file's access rules; with exported
+          history they keep their version and their older versions (restored as they
+          were). Without it they start at 1.
+        - ``merge_strategy`` says what happens to variables the session already has:
+          ``replace`` writes the imported value, metadata and description as a new
+          version; ``keep`` leaves them as they are; ``merge`` merges dict values and
+          metadata key-wise (imported keys win), replaces other values, keeps the
+          session's description unless the import has one, and skips a variable nothing
+          would change. History is only appended to; types and constraints never change.
+        - Dependencies are added between the imported variables (and to variables the
+          session has); a dependency on a variable in neither is an error.
+        - Imported writes carry ``imported_from``, ``export_revision``,
+          ``format_version`` and ``merge_strategy`` as their metadata.
+
+        ``dry_run=True`` validates and reports what would happen, changing nothing. Data
+        that is not a readable export (garbage, truncated, another format, a field of the
+        wrong kind, a newer ``format_version``) raises ``ValueError`` naming the problem.
+        **Pickle runs code from the file while loading**, so ``format='pickle'`` is
+        refused with ``ValueError`` unless ``trusted=True``: pass it only for files you
+        made yourself.
+
+        Example::
+
+            report = await session.import_variables(data, "yaml", merge_strategy="keep",
+                                                     dry_run=True)
+            if not report["errors"]:
+                await session.import_variables(data, "yaml", merge_strategy="keep")
+        """
+        format = exchange.check_format(format)
+        strategy = _MERGE_STRATEGIES.get(merge_strategy)
+        if strategy is None:
+            raise InvalidValueError(
+                f"merge_strategy must be one of {', '.join(_MERGE_STRATEGIES)}, got "
+                f"{merge_strategy!r}"
+            )
+        if isinstance(data, str):
+            if format not in ("json", "yaml"):
+                raise VariableTypeError(f"{format} data must be bytes, not str")
+            data = data.encode("utf-8")
+        raw = data
+        snapshot = await trio.to_thread.run_sync(
+            lambda: exchange.read_snapshot(raw, format, trusted=trusted)
+        )
+        response = await self._call(
+            "ImportVariables",
+            pb.ImportVariablesRequest(
+                session_id=self.session_id,
+                snapshot=snapshot,
+                merge_strategy=strategy,  # type: ignore[arg-type]
+                dry_run=bool(dry_run),
+            ),
+            pb.ImportVariablesResponse,
+        )
+        for outcome in response.outcomes:
+            if outcome.HasField("variable"):
+                self._remember(outcome.variable)
+        return _import_result(response)
+
     # ------------------------------------------------------------ the actor cache
 
     def _require_hub(self) -> WatchHub:
@@ -1082,7 +1426,13 @@ class SessionContext:
 
     def _remember(self, variable: pb.Variable, value: Any = _MISSING) -> VariableActor:
         """Hand a server answer to the variable's actor (the entry's only writer)."""
-        actor = self._require_hub().learn(variable.id, variable.name)
+        # Names are per session: another session's variable is known here by its id only.
+        foreign = variable.owner_session not in ("", self.session_id)
+        actor = self._require_hub().learn(
+            variable.id, variable.id if foreign else variable.name
+        )
+        if foreign and value is _MISSING and not variable.HasField("value"):
+            return actor  # the server sent no value: this session may not read it
         actor.store(
             codec.decode(variable.value) if value is _MISSING else value,
             variable.version,
@@ -1478,8 +1828,9 @@ class SessionContext:
             config=_encode_metadata(variable, config), max_iterations=max_iterations,
             ttl_seconds=lease_ttl or 0.0, client_id=self._client_id, minimize=mode == "min",
         )
-        response = await self._call("StartOptimization", request, pb.StartOptimizationResponse)
+        response = await self._start_lease(request)
         try:
+            await trio.lowlevel.checkpoint()  # a cancel that came during the start lands here
             return self._launch(variable, response, optimizer, space, objective_fn, callback,
                                 metric, mode, max_iterations, float(convergence_threshold))
         except BaseException:
@@ -1510,6 +1861,100 @@ class SessionContext:
         self._runs_by_variable[response.status.name] = run
         self._nursery.start_soon(run.run, name=f"dspex-rx-optimize[{variable}]")
         return run.optimization_id
+
+    @asynccontextmanager
+    async def optimization_lease(
+        self,
+        variable: str,
+        optimizer_type: str = "manual",
+        optimizer_config: Mapping[str, Any] | None = None,
+        *,
+        max_iterations: int = 100,
+        lease_ttl: float | None = None,
+    ) -> AsyncIterator[HeldLease]:
+        """Hold the variable's optimization lease for an optimization driven by hand or
+        by another library (a DSPy optimizer): inside the block nobody else can write the
+        variable, ``lease.write`` writes under the fencing token, ``lease.record`` adds
+        evaluations to the optimization history, and the lease is renewed in the
+        background. Leaving the block releases it (``completed``, or ``failed`` with the
+        exception); ``await lease.finish(value, write_final=True)`` inside it ends the
+        run with a final value. A stop from elsewhere makes the next write raise
+        ``OptimizationLockedError``. ``optimizer_config['metric']``/``['mode']`` tell
+        ``record`` how to read a metrics dict.
+
+        Example::
+
+            async with session.optimization_lease("temperature", "my_sweep") as lease:
+                for i, t in enumerate([0.2, 0.5, 0.8], 1):
+                    await lease.write(t, iteration=i)
+                    await lease.record(i, t, {"accuracy": evaluate(t)})
+        """
+        config = dict(optimizer_config or {})
+        mode = check_mode(variable, config)
+        metric = config.get("metric")
+        if metric is not None and not isinstance(metric, str):
+            raise InvalidValueError(
+                f"variable {variable!r}: optimizer_config['metric'] must be a string"
+            )
+        if self._nursery is None:
+            raise RuntimeError("the session is not initialized; call await session.initialize()")
+        response = await self._start_lease(
+            pb.StartOptimizationRequest(
+                session_id=self.session_id, ref=variable, optimizer_type=optimizer_type,
+                config=_encode_metadata(variable, config), max_iterations=max_iterations,
+                ttl_seconds=lease_ttl or 0.0, client_id=self._client_id,
+                minimize=mode == "min",
+            )
+        )
+        lease = HeldLease(self, variable, response.status.optimization_id,
+                          response.fencing_token, response.status.ttl_seconds, metric, mode)
+        started = time.perf_counter()
+        try:
+            await trio.lowlevel.checkpoint()  # a cancel that came during the start lands here
+            if self._nursery is None:
+                raise RuntimeError("the session is closed")
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._release(variable, lease.optimization_id)
+            raise
+        self._nursery.start_soon(lease.keep_alive, name=f"dspex-rx-lease[{variable}]")
+        try:
+            yield lease
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                if not lease.released and lease.revoked is None:
+                    try:
+                        await lease.finish(state="failed",
+                                           reason=end_reason(f"{type(exc).__name__}: {exc}"))
+                    except Exception as again:
+                        log.warning("optimization_release_failed", variable=variable,
+                                    error=str(again))
+            raise
+        else:
+            if not lease.released and lease.revoked is None:
+                try:
+                    await lease.finish(state="completed", reason="the holder's block ended")
+                except Exception as again:
+                    if lease.revoked is None:
+                        raise
+                    log.info("optimization_lease_revoked", variable=variable, reason=str(again))
+        finally:
+            lease.stop_renewing()
+            actor = self._hub.known(variable) if self._hub is not None else None
+            if actor is not None:
+                actor.stats.optimization_time += time.perf_counter() - started
+
+    async def _start_lease(
+        self, request: pb.StartOptimizationRequest
+    ) -> pb.StartOptimizationResponse:
+        # Shielded: a cancel arriving while the server grants the lease must not throw the
+        # answer away (the lease would be held by no one until its TTL); the caller gives
+        # it back instead, at its next checkpoint.
+        with trio.CancelScope(shield=True):
+            response = await self._call(
+                "StartOptimization", request, pb.StartOptimizationResponse
+            )
+        return response
 
     async def _release(self, variable: str, optimization_id: str) -> None:
         if self._transport is None:
@@ -1552,11 +1997,14 @@ class SessionContext:
             self._remember(response.variable)
         return response.stopped
 
-    async def get_optimization_status(self, variable: str) -> dict[str, Any]:
+    async def get_optimization_status(
+        self, variable: str, optimization_id: str | None = None
+    ) -> dict[str, Any]:
         """The variable's optimization status: ``is_optimizing``, ``optimization_id``,
         ``iteration``, ``best_value``, ``best_metrics``, ``started_at``, ``last_update``,
         ``state`` and, once ended, ``end_reason`` and ``ended_at`` (see ``status_from_pb``
-        for every key). A variable never optimized has ``state == 'idle'``.
+        for every key). A variable never optimized has ``state == 'idle'``. With
+        ``optimization_id``, the status of that run (one of the variable's 16 latest).
 
         Example::
 
@@ -1565,7 +2013,9 @@ class SessionContext:
         """
         response = await self._call(
             "GetOptimizationStatus",
-            pb.GetOptimizationStatusRequest(session_id=self.session_id, ref=variable),
+            pb.GetOptimizationStatusRequest(
+                session_id=self.session_id, ref=variable, optimization_id=optimization_id or ""
+            ),
             pb.GetOptimizationStatusResponse,
         )
         return status_from_pb(response.status, response.revision)
@@ -1624,7 +2074,8 @@ class SessionContext:
 
     async def wait_for_optimization(self, variable: str) -> dict[str, Any]:
         """Wait until this session's run on ``variable`` (by name, id, or optimization id)
-        has ended, then return the variable's final optimization status.
+        has ended, then return that run's final status (even if another run has started
+        since).
 
         Example::
 
@@ -1639,7 +2090,7 @@ class SessionContext:
         await run.finished.wait()
         if self._transport is None:
             raise RuntimeError("the session is closed")
-        return await self.get_optimization_status(run.variable)
+        return await self.get_optimization_status(run.variable, run.optimization_id)
 
     def observe_optimization(self, variable: str) -> reactivex.Observable[dict[str, Any]]:
         """A reactivex ``Observable`` of the variable's optimization status dicts (the keys
@@ -1726,16 +2177,35 @@ class SessionContext:
 
 @asynccontextmanager
 async def connect(
-    target: str | None = None, session_id: str | None = None, **options: Any
+    target: str | None = None,
+    session_id: str | None = None,
+    *,
+    token: str | None = None,
+    tls: bool = False,
+    ca_cert: Pem | None = None,
+    tls_server_name: str | None = None,
+    **options: Any,
 ) -> AsyncIterator[SessionContext]:
     """Open a session; with no target an embedded server runs for the block's duration.
+
+    Joining an existing session needs its ``token`` (``AuthenticationError``, a
+    ``PermissionError``, without it or with a wrong one). ``tls=True`` or ``ca_cert``
+    (PEM path or bytes) for a TLS server; other ``options`` go to ``SessionContext``.
 
     Example::
 
         async with dspex_rx.connect() as session:
             await session.register_variable("temperature", "float", 0.7)
+
+        async with dspex_rx.connect("db.example:50051", ca_cert="ca.pem") as a:
+            async with dspex_rx.connect("db.example:50051", session_id=a.session_id,
+                                        token=a.token, ca_cert="ca.pem") as b:
+                ...
     """
-    session = SessionContext(session_id, target, **options)
+    session = SessionContext(
+        session_id, target, token=token, tls=tls, ca_cert=ca_cert,
+        tls_server_name=tls_server_name, **options,
+    )
     await session.initialize()
     try:
         yield session

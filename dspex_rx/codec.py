@@ -203,3 +203,32 @@ def _decode_array(msg: pb.NdArray) -> np.ndarray:
         array = array.astype(dtype.newbyteorder("="))
         array.setflags(write=False)
     return array
+
+
+def array_parts(array: np.ndarray) -> tuple[str, list[int], bytes]:
+    """An array as (dtype name, shape, little-endian C-order bytes): the wire's form, for
+    file formats that store arrays as raw bytes too.
+
+    Example::
+
+        >>> array_parts(np.array([1, 2], dtype=np.int8))
+        ('int8', [2], b'\\x01\\x02')
+    """
+    msg = pb.NdArray()
+    _fill_array(msg, array)
+    return msg.dtype, list(msg.shape), msg.data
+
+
+def array_from_parts(dtype: str, shape: list[int], data: bytes) -> np.ndarray:
+    """The read-only array of ``array_parts``; a wrong dtype, shape or byte count raises.
+
+    Example::
+
+        >>> array_from_parts("int8", [2], b"\\x01\\x02").tolist()
+        [1, 2]
+    """
+    try:
+        msg = pb.NdArray(dtype=dtype, shape=shape, data=data)
+    except (TypeError, ValueError) as exc:
+        raise InvalidValueError(f"not an array (dtype, shape, bytes): {exc}") from None
+    return _decode_array(msg)

@@ -26,6 +26,7 @@ STATUS_BY_KIND: dict[str, grpc.StatusCode] = {
     "conflict": grpc.StatusCode.FAILED_PRECONDITION,
     "locked": grpc.StatusCode.FAILED_PRECONDITION,
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "internal": grpc.StatusCode.INTERNAL,
 }
@@ -38,7 +39,7 @@ KIND_BY_STATUS: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.FAILED_PRECONDITION: "conflict",
     grpc.StatusCode.ABORTED: "conflict",
     grpc.StatusCode.PERMISSION_DENIED: "permission_denied",
-    grpc.StatusCode.UNAUTHENTICATED: "permission_denied",
+    grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "resource_exhausted",
 }
 

@@ -150,6 +150,20 @@ class AccessDeniedError(DspexError, PermissionError):
     kind = "permission_denied"
 
 
+class AuthenticationError(DspexError, PermissionError):
+    """The call did not prove it may act for the session: no session token was sent, or
+    the token sent is not that session's. The message says which, never the token.
+
+    Example::
+
+        with pytest.raises(PermissionError, match="session token"):
+            async with dspex_rx.connect(target, session_id=someone_elses_id):
+                ...
+    """
+
+    kind = "unauthenticated"
+
+
 class ResourceExhaustedError(DspexError):
     """A server limit was reached (too many variables, a value too large).
 
@@ -183,6 +197,7 @@ _BY_KIND: dict[str, type[DspexError]] = {
         ConflictError,
         OptimizationLockedError,
         AccessDeniedError,
+        AuthenticationError,
         ResourceExhaustedError,
         InternalError,
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .limits import too_many
-from .store import OPTIMIZATION_EVENT, ChangeEvent, Commit
+from .store import OPTIMIZATION_EVENT, ChangeEvent, Commit, Listener, VariableRecord
 
 
 @dataclass(slots=True)
@@ -58,9 +58,26 @@ class Subscriber:
         max_pending_events: int = 10_000,
         session_id: str = "",
         max_watched: int | None = None,
+        may_observe: Callable[[str], bool] = lambda _: True,
+        listen: Callable[[str, Listener], Callable[[], None]] | None = None,
+        revision: Callable[[], int] = lambda: 0,
+        may_read: Callable[[str], bool] | None = None,
     ) -> None:
         self.session_id = session_id
         self.watched: set[str] = set()
+        # Other sessions' variables this stream watches (by id -> owner session), their
+        # last records (to report them deleted if the owner goes), and one store listener
+        # per owner session, removed with its last watched variable.
+        self.owners: dict[str, str] = {}
+        self._records: dict[str, VariableRecord] = {}
+        self._foreign: dict[str, Callable[[], None]] = {}
+        self._may_observe = may_observe
+        # Of another session's variables a stream gets optimization status and the names
+        # of changed inputs only where its session may read (None: nowhere).
+        self._may_read = may_read or (lambda _: False)
+        self._listen = listen
+        self._revision = revision
+        self.revoked = 0
         self.max_pending_events = max_pending_events
         self.max_watched = max_watched
         self.conflations = 0
@@ -97,6 +114,26 @@ class Subscriber:
         """
         self.watched.update(variable_ids)
 
+    def watch_foreign(self, owner: str, records: Iterable[VariableRecord]) -> None:
+        """Start delivering another session's variables (the caller checked ``observe``);
+        the first one of an owner session adds a listener to that session.
+
+        Example::
+
+            sub.watch_foreign("sess_a", [record])
+        """
+        records = list(records)
+        if owner not in self._foreign and records:
+            if self._listen is None:
+                raise RuntimeError("this subscriber cannot watch other sessions")
+            self._foreign[owner] = self._listen(
+                owner, lambda commit: self._on_foreign(owner, commit)
+            )
+        for record in records:
+            self.owners[record.id] = owner
+            self._records[record.id] = record
+            self.watched.add(record.id)
+
     def unwatch(self, variable_ids: Iterable[str]) -> None:
         """Stop delivering these variables' commits (frames already queued stay).
 
@@ -104,7 +141,30 @@ class Subscriber:
 
             sub.unwatch(["var_t_1"])
         """
-        self.watched.difference_update(variable_ids)
+        ids = set(variable_ids)
+        self.watched.difference_update(ids)
+        dropped = False
+        for var_id in ids:
+            if self.owners.pop(var_id, None) is not None:
+                self._records.pop(var_id, None)
+                dropped = True
+        if dropped:
+            still = set(self.owners.values())
+            for owner in [o for o in self._foreign if o not in still]:
+                self._foreign.pop(owner)()
+
+    def close(self) -> None:
+        """Remove the listeners on other sessions (the stream ended).
+
+        Example::
+
+            sub.close()
+        """
+        for remove in self._foreign.values():
+            remove()
+        self._foreign.clear()
+        self.owners.clear()
+        self._records.clear()
 
     def on_commit(self, commit: Commit | None) -> None:
         """Store listener: queue the watched part of a commit (None: the session is gone).
@@ -117,14 +177,89 @@ class Subscriber:
             self.closed = True
             self._wake()
             return
+        self._deliver(commit, foreign=False)
+
+    def _on_foreign(self, owner: str, commit: Commit | None) -> None:
+        if commit is not None:
+            self._deliver(commit, foreign=True)
+            return
+        # The owner session went away: its variables went with it. Only those watches
+        # end (as deleted), not the stream.
+        ids = [var_id for var_id, o in self.owners.items() if o == owner]
+        events = [
+            ChangeEvent(self._records[i], self._records[i].value, "deleted",
+                        {"reason": f"its session {owner!r} ended"}, owner)
+            for i in ids if i in self._records
+        ]
+        self._foreign.pop(owner, None)  # the session dropped its listeners itself
+        self.unwatch(ids)
+        if events:
+            self.push_frame(PendingFrame(self._revision(), events))
+
+    def _deliver(self, commit: Commit, foreign: bool) -> None:
         watched = self.watched
         events = [e for e in commit.events if e.record.id in watched]
-        if not events:
-            return
+        denied: list[VariableRecord] = []
+        if foreign:
+            # Another session's variables: the stream must still may observe each one
+            # (its owner may have changed the rules in this commit, or a rule expired).
+            gone = {e.record.id for e in events if e.update_type == "deleted"}
+            touched = {e.record.id: e.record for e in events if e.record.id not in gone}
+            for var_id in commit.permissions:
+                if var_id in watched and var_id not in gone and var_id in self._records:
+                    touched.setdefault(var_id, self._records[var_id])
+            denied = [r for i, r in touched.items() if not self._may_observe(i)]
+            if denied:
+                no = {r.id for r in denied}
+                events = [e for e in events if e.record.id not in no]
+            for event in events:
+                self._records[event.record.id] = event.record
+            events = self.redact(events)
+        deleted = [e.record.id for e in events if e.update_type == "deleted"]
+        if events:
+            self.push_frame(PendingFrame(commit.revision, events))
+        if denied:
+            self.revoked += len(denied)
+            self.push_frame(PendingFrame(commit.revision, [
+                ChangeEvent(r, None, "revoked",
+                            {"reason": f"session {self.session_id!r} may no longer observe "
+                                       f"variable {r.id!r}"}, commit.session_id)
+                for r in denied
+            ]))
+        if deleted or denied:
+            self.unwatch([*deleted, *(r.id for r in denied)])
+
+    def redact(self, events: Iterable[ChangeEvent]) -> list[ChangeEvent]:
+        """Another session's events as this stream may see them: an optimization event
+        (its metadata is the run's status: best value, metrics, holder) only where the
+        session may read the variable, and a ``dependency_changed`` note naming only the
+        changed inputs it may read (observe alone shows that the inputs changed).
+
+        Example::
+
+            sub.push_frame(PendingFrame(commit.revision, sub.redact(commit.events)))
+        """
+        out = []
         for event in events:
-            if event.update_type == "deleted":
-                watched.discard(event.record.id)
-        self.push_frame(PendingFrame(commit.revision, events))
+            if event.update_type == OPTIMIZATION_EVENT:
+                if self._may_read(event.record.id):
+                    out.append(event)
+                continue
+            if event.update_type == "dependency_changed" and event.sources:
+                names = event.metadata.get("source_variables") or []
+                kept = [n for i, n in zip(event.sources, names, strict=False)
+                        if self._may_read(i)]
+                if len(kept) != len(event.sources):
+                    note = {k: v for k, v in event.metadata.items()
+                            if k not in ("source_variable", "source_variables")}
+                    note["source_variables"] = kept
+                    if kept:
+                        note["source_variable"] = kept[0]
+                    event = ChangeEvent(event.record, event.old_value, event.update_type,
+                                        note, event.source,
+                                        tuple(i for i in event.sources if self._may_read(i)))
+            out.append(event)
+        return out
 
     def push_frame(self, frame: PendingFrame) -> None:
         """Queue a frame (live, initial, replayed or resync) and wake the sender.
@@ -230,10 +365,11 @@ def _merge(frames: list[PendingFrame]) -> PendingFrame:
         kind = event.update_type
         if kind == "dependency_changed" and var_id in value_changed:
             kind = "value_change"  # a notification after a change must not hide the change
-        if kind != "deleted" and first_type[var_id] in ("initial", "resync"):
+        if kind not in ("deleted", "revoked") and first_type[var_id] in ("initial", "resync"):
             kind = first_type[var_id]
         merged.append(
-            ChangeEvent(event.record, first_old[var_id], kind, event.metadata, event.source)
+            ChangeEvent(event.record, first_old[var_id], kind, event.metadata, event.source,
+                        event.sources)
         )
     return PendingFrame(
         max(f.revision for f in frames), merged, conflated=True,

@@ -64,6 +64,18 @@ class DependencyGraph:
     def __len__(self) -> int:
         return self._count
 
+    def copy(self) -> DependencyGraph:
+        """An independent graph with the same edges (to try changes on before making them).
+
+        Example::
+
+            trial = graph.copy(); trial.add(Edge("a", "b"))   # graph is unchanged
+        """
+        clone = DependencyGraph()
+        clone._out = {node: dict(edges) for node, edges in self._out.items()}
+        clone._in = {node: dict(edges) for node, edges in self._in.items()}
+        return clone
+
     def edges(self) -> list[Edge]:
         """Every edge.
 

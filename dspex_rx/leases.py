@@ -50,6 +50,7 @@ class OptimizationLease:
     final_value: Any = None
     has_final: bool = False
     size: int = 0  # what the store accounts for it (its config) in the memory budget
+    revision: int = 0  # the commit that last published this lease's status
 
     @property
     def active(self) -> bool:

@@ -190,6 +190,178 @@ class _Evaluation:
         request.score = self.score
 
 
+class HeldLease:
+    """A variable's optimization lease as its holder sees it: writes under the fencing
+    token, recorded evaluations, renewal, and the release. ``session.optimization_lease``
+    hands one out for optimizations driven by hand (or by another library); the built-in
+    loop uses one too.
+
+    Example::
+
+        async with session.optimization_lease("temperature", "my_tuner") as lease:
+            await lease.write(0.4, iteration=1)
+            await lease.record(1, 0.4, {"accuracy": 0.91})
+    """
+
+    def __init__(
+        self, session: SessionContext, variable: str, optimization_id: str, token: int,
+        ttl: float, metric: str | None = None, mode: str = "max",
+    ) -> None:
+        self.session = session
+        self.variable = variable
+        self.optimization_id = optimization_id
+        self.token = token
+        self.ttl = ttl
+        self.metric = metric
+        self.mode = mode
+        self.iteration = 0
+        self.revoked: str | None = None  # why the lease was taken away, once it was
+        self.released = False
+        self._keep_alive_scope = trio.CancelScope()
+
+    async def write(self, value: Any, iteration: int | None = None) -> int:
+        """Write under the lease's fencing token (also renews); returns the new version.
+        After a stop or expiry this raises ``OptimizationLockedError``.
+
+        Example::
+
+            version = await lease.write(0.4, iteration=1)
+        """
+        step = iteration if iteration is not None else self.iteration + 1
+        try:
+            variable = await self.step(None, value, step)
+        except _Revoked as exc:
+            raise OptimizationLockedError(str(exc), optimization_id=self.optimization_id) \
+                from None
+        assert variable is not None
+        return variable.version
+
+    async def record(self, iteration: int, value: Any, result: Any) -> dict[str, Any]:
+        """Record an evaluated iteration: ``result`` is a score or a dict of metrics (the
+        target named by the lease's ``metric``); it appears in the optimization history
+        and the status. Returns the metrics as recorded.
+
+        Example::
+
+            await lease.record(1, 0.4, {"accuracy": 0.91, "latency_ms": 820.0})
+        """
+        metrics, target = score_of(self.variable, result, self.metric, iteration)
+        try:
+            await self.step(_Evaluation(iteration, value, metrics, target), None, 0)
+        except _Revoked as exc:
+            raise OptimizationLockedError(str(exc), optimization_id=self.optimization_id) \
+                from None
+        self.iteration = max(self.iteration, iteration)
+        return metrics
+
+    async def step(
+        self, evaluation: _Evaluation | None, value: Any, iteration: int
+    ) -> pb.Variable | None:
+        """One ``OptimizationStep``: record, renew, write (``iteration`` > 0 writes
+        ``value``); raises ``_Revoked`` once the lease is gone.
+
+        Example::
+
+            await lease.step(None, None, 0)   # renew only
+        """
+        request = pb.OptimizationStepRequest(
+            session_id=self.session.session_id, ref=self.variable,
+            optimization_id=self.optimization_id, fencing_token=self.token,
+        )
+        if evaluation is not None:
+            evaluation.fill(request)
+        if iteration:
+            request.has_write = True
+            request.write_iteration = iteration
+            codec.fill(request.write_value, value)
+        started = time.perf_counter()
+        try:
+            response = await self.session._call(
+                "OptimizationStep", request, pb.OptimizationStepResponse
+            )
+        except OptimizationLockedError as exc:
+            self.revoked = str(exc)
+            raise _Revoked(str(exc)) from None
+        if not response.HasField("variable"):
+            return None
+        actor = self.session._remember(response.variable)
+        actor.stats.write_count += 1
+        actor.stats.write_latency_total += time.perf_counter() - started
+        return response.variable
+
+    async def finish(
+        self,
+        final_value: Any = None,
+        *,
+        write_final: bool = False,
+        state: str = "completed",
+        reason: str = "",
+        evaluation: _Evaluation | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Release the lease: record ``evaluation``, write ``final_value`` (with
+        ``write_final``, its commit carrying ``metadata`` too) and end the run as
+        ``completed`` or ``failed``, in one commit.
+        A lease already taken away raises ``OptimizationLockedError``.
+
+        Example::
+
+            await lease.finish(0.4, write_final=True, reason="done")
+        """
+        request = pb.FinishOptimizationRequest(
+            session_id=self.session.session_id, ref=self.variable,
+            optimization_id=self.optimization_id, fencing_token=self.token,
+            state=state, reason=reason,
+        )
+        if evaluation is not None:
+            evaluation.fill(request)
+        if write_final:
+            request.has_final = True
+            codec.fill(request.final_value, final_value)
+        if metadata:
+            request.metadata.CopyFrom(codec.encode_map(metadata))
+        try:
+            response = await self.session._call(
+                "FinishOptimization", request, pb.FinishOptimizationResponse,
+                timeout=FINISH_TIMEOUT,
+            )
+        except OptimizationLockedError as exc:
+            self.revoked = str(exc)
+            raise
+        self.released = True
+        self._keep_alive_scope.cancel()
+        if response.HasField("variable"):
+            self.session._remember(response.variable)
+
+    async def keep_alive(self, on_revoked: Callable[[], None] = lambda: None) -> None:
+        """Renew every ``ttl/3`` until released or revoked (then ``on_revoked()``).
+
+        Example::
+
+            nursery.start_soon(lease.keep_alive)
+        """
+        with self._keep_alive_scope:
+            while not self.released:
+                await trio.sleep(self.ttl / 3.0)
+                try:
+                    await self.step(None, None, 0)
+                except _Revoked:
+                    on_revoked()
+                    return
+                except (DspexError, grpc.RpcError) as exc:
+                    log.warning("optimization_renew_failed", variable=self.variable,
+                                error=str(exc))
+
+    def stop_renewing(self) -> None:
+        """End ``keep_alive`` (the lease then lapses by its TTL unless finished).
+
+        Example::
+
+            lease.stop_renewing()
+        """
+        self._keep_alive_scope.cancel()
+
+
 @dataclass
 class OptimizationRun:
     """One running optimization, driven from the session's nursery by its holder.
@@ -221,6 +393,10 @@ class OptimizationRun:
     error: BaseException | None = None
     _revoked: _Revoked | None = None
     _pending: _Evaluation | None = None
+
+    def __post_init__(self) -> None:
+        self.lease = HeldLease(self.session, self.variable, self.optimization_id, self.token,
+                               self.ttl, self.metric, self.mode)
 
     async def run(self) -> None:
         """The loop; ends by finishing the lease, or when the lease was taken away.
@@ -280,14 +456,16 @@ class OptimizationRun:
             for iteration in range(1, self.max_iterations + 1):
                 if self.optimizer.done:
                     return "completed", "the search space is exhausted"
-                value = self._propose(iteration)
+                value = await self._propose(iteration)
                 # The previous iteration's record and this proposal travel as one step.
                 await self._step(self._pending, value, iteration)
                 self._pending = None
                 result = await self._evaluate(value)
                 metrics, target = score_of(self.variable, result, self.metric, iteration)
                 # Optimizers maximize; the server is told the mode and keeps raw scores.
-                self.optimizer.tell(value, target if self.mode == "max" else -target)
+                await self._offload(
+                    self.optimizer.tell, value, target if self.mode == "max" else -target
+                )
                 self._pending = _Evaluation(iteration, value, metrics, target)
                 self.iterations = iteration
                 if self.callback is not None:
@@ -296,19 +474,31 @@ class OptimizationRun:
                     self._pending = None
                     if await self._call_back(iteration, value, metrics) is False:
                         return "completed", f"the callback stopped it after iteration {iteration}"
-                if self.optimizer.converged(self.convergence_threshold):
+                if await self._offload(self.optimizer.converged, self.convergence_threshold):
                     return "completed", f"converged after {iteration} iterations"
             return "completed", f"max_iterations ({self.max_iterations}) reached"
         except _Revoked as revoked:
             self._revoked = revoked
             return "revoked", str(revoked)
 
-    def _propose(self, iteration: int) -> Any:
-        value = self.optimizer.ask()
-        if not self.space.contains(value):
+    async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # The built-ins are quick (a GP on at most 300 points); a custom optimizer may not
+        # be, and the keep-alive needs the trio thread to renew the lease meanwhile.
+        if type(self.optimizer).__module__ == BaseOptimizer.__module__:
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args)
+
+    async def _propose(self, iteration: int) -> Any:
+        proposed = await self._offload(self.optimizer.ask)
+        try:
+            # numpy scalars (rng.integers, rng.choice) are fine: coerce makes builtins.
+            value = self.space.coerce(proposed)
+        except (ValueError, TypeError):
+            value = None
+        if value is None or not self.space.contains(value):
             raise InvalidValueError(
                 f"variable {self.variable!r}: optimizer {type(self.optimizer).__name__} "
-                f"proposed {value!r} at iteration {iteration}, outside the variable's "
+                f"proposed {proposed!r} at iteration {iteration}, outside the variable's "
                 "constraints"
             )
         return value
@@ -338,38 +528,35 @@ class OptimizationRun:
 
     async def _call_back(self, iteration: int, value: Any, metrics: dict[str, Any]) -> Any:
         assert self.callback is not None
-        answer = self.callback(iteration, value, dict(metrics))
+        if is_async_callable(self.callback):
+            return await self.callback(iteration, value, dict(metrics))
+        # A sync callback (a progress bar, a checkpoint) runs in a worker thread, like a
+        # sync objective: however long it takes, the keep-alive renews the lease.
+        answer = await trio.to_thread.run_sync(
+            self.callback, iteration, value, dict(metrics), abandon_on_cancel=True
+        )
         if inspect.isawaitable(answer):
             answer = await answer
         return answer
 
     async def _step(self, evaluation: _Evaluation | None, value: Any, iteration: int) -> None:
-        request = pb.OptimizationStepRequest(
-            session_id=self.session.session_id, ref=self.variable,
-            optimization_id=self.optimization_id, fencing_token=self.token,
-        )
-        if evaluation is not None:
-            evaluation.fill(request)
-        if iteration:
-            request.has_write = True
-            request.write_iteration = iteration
-            codec.fill(request.write_value, value)
-        started = time.perf_counter()
-        try:
-            response = await self.session._call(
-                "OptimizationStep", request, pb.OptimizationStepResponse
-            )
-        except OptimizationLockedError as exc:
-            raise _Revoked(str(exc)) from None
-        if response.HasField("variable"):
-            actor = self.session._remember(response.variable)
-            actor.stats.write_count += 1
-            actor.stats.write_latency_total += time.perf_counter() - started
+        await self.lease.step(evaluation, value, iteration)
 
     async def _finish(
         self, pending: _Evaluation | None, state: str, reason: str, write_final: bool = True
     ) -> None:
-        final = self.optimizer.recommend() if write_final and self.optimizer.history else None
+        reason = end_reason(reason)
+        final = None
+        if write_final and self.optimizer.history:
+            try:
+                final = self.space.coerce(await self._offload(self.optimizer.recommend))
+            except Exception as exc:
+                log.warning("optimization_recommend_failed", variable=self.variable,
+                            error=repr(exc))
+                # Without a final value the run did not end as it should have.
+                state = "failed"
+                reason = end_reason(f"{reason} (recommend() failed: {type(exc).__name__}: "
+                                    f"{exc}; nothing final was written)")
         if final is not None and not self.space.contains(final):
             # A custom optimizer's bad recommendation must not keep the lease held.
             log.warning("optimization_bad_recommendation", variable=self.variable,
@@ -377,25 +564,11 @@ class OptimizationRun:
             reason += f" (the optimizer recommended {final!r}, outside the constraints: " \
                 "nothing final was written)"
             final = None
-        request = pb.FinishOptimizationRequest(
-            session_id=self.session.session_id, ref=self.variable,
-            optimization_id=self.optimization_id, fencing_token=self.token,
-            state=state, reason=reason,
-        )
-        if pending is not None:
-            pending.fill(request)
-        if final is not None:
-            request.has_final = True
-            codec.fill(request.final_value, final)
         try:
-            response = await self.session._call(
-                "FinishOptimization", request, pb.FinishOptimizationResponse,
-                timeout=FINISH_TIMEOUT,
-            )
+            await self.lease.finish(final, write_final=final is not None, state=state,
+                                    reason=reason, evaluation=pending)
         except OptimizationLockedError as exc:
             raise _Revoked(str(exc)) from None
-        if response.HasField("variable"):
-            self.session._remember(response.variable)
         self.state, self.end_reason = state, reason
         log.info("optimization_finished", variable=self.variable,
                  optimization_id=self.optimization_id, state=state, reason=reason,
@@ -408,12 +581,29 @@ class OptimizationRun:
             except (InvalidValueError, VariableTypeError):
                 # Something in the last record or the final value was refused: release
                 # the lease without them rather than leave it to the TTL.
-                await self._finish(None, state, reason, write_final=False)
-        except (_Revoked, DspexError, grpc.RpcError, RuntimeError) as exc:
+                await self._finish(None, state, "failed; the last record or the final "
+                                   "value was refused", write_final=False)
+        except Exception as exc:  # never let a run take the session's services down
             # The lease lapses by its TTL anyway; nothing more to do from here.
             self.state, self.end_reason = state, reason
             log.warning("optimization_finish_failed", variable=self.variable,
                         optimization_id=self.optimization_id, error=str(exc))
+
+
+MAX_REASON = 4096
+
+
+def end_reason(text: str) -> str:
+    r"""An end reason the server takes: bounded, and valid UTF-8 (an error message may
+    carry a lone surrogate from a file name).
+
+    Example::
+
+        >>> end_reason("bad \udcff name")
+        'bad ? name'
+    """
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -7,6 +7,13 @@ the limits it enforces are the wire's own (``limits.Limits``): the message size 
 refuses a larger request with RESOURCE_EXHAUSTED, and no answer it builds may be larger),
 requests protobuf cannot parse (INVALID_ARGUMENT, not a crash), the variables one stream
 may watch, and error messages short enough to travel in a header.
+status codes with the error kind in trailing metadata. It never validates by itself.
+
+Who is calling: with ``auth="token"`` (the default) every call for a session, and the
+Session stream, must carry the session's token in the ``x-dspex-session-token`` call
+metadata, and attaching to an existing session needs it too; the adapter reads the
+header and the store compares (``security.py``). A server binds a non-loopback address
+only with token auth and TLS (``tls_cert``/``tls_key``), or with ``insecure=True``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import codec
+from .access import AccessRule
 from .convert import (
     ERROR_DETAIL_PREFIX,
     ERROR_KIND_KEY,
@@ -37,12 +45,32 @@ from .convert import (
     type_from_pb,
     type_to_pb,
 )
-from .errors import DspexError, InvalidValueError
+from .errors import AuthenticationError, DspexError, InvalidValueError
 from .fanout import PendingFrame, Subscriber
 from .leases import OptimizationEntry, OptimizationLease
 from .limits import DEFAULT_LIMITS, Limits, too_many
 from .logs import get_logger
-from .store import OPTIMIZATION_EVENT, ChangeEvent, MemoryStore, VariableRecord, VariableSpec
+from .security import (
+    SESSION_TOKEN_KEY,
+    Pem,
+    check_auth_mode,
+    check_bind,
+    is_loopback,
+    server_credentials,
+)
+from .store import (
+    OPTIMIZATION_EVENT,
+    ChangeEvent,
+    Commit,
+    HistoryEntry,
+    ImportReport,
+    MemoryStore,
+    Snapshot,
+    SnapshotDependency,
+    SnapshotVariable,
+    VariableRecord,
+    VariableSpec,
+)
 from .types import same_value
 from .v1 import session_pb2 as spb
 from .v1 import variables_pb2 as pb
@@ -85,6 +113,34 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
+def rules_to_pb(rules: Sequence[AccessRule], out: Any) -> None:
+    """Append access rules to a repeated wire ``AccessRule`` field.
+
+    Example::
+
+        rules_to_pb(store.rules(sid, "t"), msg.access_rules)
+    """
+    for rule in rules:
+        out.add(
+            session_pattern=rule.session_pattern, permissions=list(rule.permissions),
+            conditions=codec.encode_map(rule.conditions),
+        )
+
+
+def rules_from_pb(rules: Any) -> list[dict[str, Any]]:
+    """Wire ``AccessRule``s as the spec's rule dicts (the store validates them).
+
+    Example::
+
+        rules_from_pb(request.rules)
+    """
+    return [
+        {"session_pattern": r.session_pattern, "permissions": list(r.permissions),
+         "conditions": codec.decode_map(r.conditions)}
+        for r in rules
+    ]
+
+
 def record_to_pb(record: VariableRecord, out: pb.Variable | None = None) -> pb.Variable:
     """Fill a wire ``Variable`` from a store record.
 
@@ -112,7 +168,8 @@ def record_to_pb(record: VariableRecord, out: pb.Variable | None = None) -> pb.V
 UPDATE_TYPES: dict[str, int] = {
     name: spb.UpdateType.Value("UPDATE_TYPE_" + name.upper())
     for name in (
-        "initial", "value_change", "deleted", "dependency_changed", "resync", "optimization"
+        "initial", "value_change", "deleted", "dependency_changed", "resync", "optimization",
+        "revoked",
     )
 }
 MAX_FRAMES_PER_MESSAGE = 256
@@ -144,11 +201,11 @@ def event_to_pb(
     kind = update_type or event.update_type
     out.variable_id = record.id
     out.name = record.name
-    if kind == "deleted":
+    if kind in ("deleted", "revoked"):
         codec.fill(out.value, None)
     else:
         codec.fill(out.value, record.value)
-    if kind not in ("initial", "resync", OPTIMIZATION_EVENT):
+    if kind not in ("initial", "resync", "revoked", OPTIMIZATION_EVENT):
         codec.fill(out.old_value, event.old_value)
         old = out.old_value.ByteSize()
         if old > MAX_OLD_VALUE_BYTES or old + out.value.ByteSize() > max_pair_bytes:
@@ -237,6 +294,7 @@ def _spec_from_pb(spec: pb.VariableSpec) -> VariableSpec:
         metadata=codec.decode_map(spec.metadata),
         description=spec.description,
         dependencies=list(spec.dependencies),
+        access_rules=rules_from_pb(spec.access_rules),
     )
 
 
@@ -308,15 +366,166 @@ def parse_request(message_type: Any, data: bytes) -> Any:
         return Malformed(message_type.DESCRIPTOR.name, exc)
 
 
-def _handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Map store exceptions to gRPC statuses; nothing escapes as a crash."""
+_MERGE_STRATEGIES: dict[int, str] = {
+    pb.MERGE_STRATEGY_UNSPECIFIED: "replace",
+    pb.MERGE_STRATEGY_REPLACE: "replace",
+    pb.MERGE_STRATEGY_KEEP: "keep",
+    pb.MERGE_STRATEGY_MERGE: "merge",
+}
+
+
+def snapshot_to_pb(snapshot: Snapshot, out: pb.VariablesSnapshot) -> None:
+    """Fill a wire ``VariablesSnapshot`` from a store snapshot.
+
+    Example::
+
+        snapshot_to_pb(store.export_snapshot(sid), response.snapshot)
+    """
+    out.format_version = snapshot.format_version
+    out.session_id = snapshot.session_id
+    out.revision = snapshot.revision
+    out.exported_at.CopyFrom(timestamp(snapshot.exported_at))
+    out.include_history = snapshot.include_history
+    out.include_dependencies = snapshot.include_dependencies
+    for variable in snapshot.variables:
+        msg = out.variables.add(
+            name=variable.name,
+            type=type_to_pb(variable.type),
+            constraints=codec.encode_map(variable.constraints),
+            metadata=codec.encode_map(variable.metadata),
+            description=variable.description,
+            version=variable.version,
+            created_at=timestamp(variable.created_at),
+            updated_at=timestamp(variable.updated_at),
+            updated_by=variable.updated_by,
+        )
+        codec.fill(msg.value, variable.value)
+        rules_to_pb(variable.access_rules, msg.access_rules)
+        if variable.history is not None:
+            msg.has_history = True
+            for entry in variable.history:
+                item = msg.history.add(
+                    version=entry.version,
+                    updated_at=timestamp(entry.updated_at),
+                    updated_by=entry.updated_by,
+                    metadata=codec.encode_map(entry.metadata),
+                    revision=entry.revision,
+                )
+                codec.fill(item.value, entry.value)
+        if variable.dependencies is not None:
+            msg.has_dependencies = True
+            for dependency in variable.dependencies:
+                msg.dependencies.add(
+                    name=dependency.name,
+                    dependency_type=_DEPENDENCY_TYPES[dependency.type],
+                    metadata=codec.encode_map(dependency.metadata),
+                )
+
+
+def snapshot_from_pb(msg: pb.VariablesSnapshot) -> Snapshot:
+    """A store snapshot from a wire ``VariablesSnapshot``; a value that cannot be decoded
+    raises an error naming its variable (the store validates the rest).
+
+    Example::
+
+        snapshot = snapshot_from_pb(request.snapshot)
+    """
+    variables = []
+    for index, item in enumerate(msg.variables):
+        try:
+            history = (
+                tuple(
+                    HistoryEntry(
+                        entry.version, codec.decode(entry.value), seconds(entry.updated_at),
+                        entry.updated_by, codec.decode_map(entry.metadata), entry.revision,
+                    )
+                    for entry in item.history
+                )
+                if item.has_history
+                else None
+            )
+            dependencies = (
+                tuple(
+                    SnapshotDependency(
+                        dependency.name,
+                        _DEPENDENCY_TYPE_NAMES.get(
+                            dependency.dependency_type,
+                            f"unknown (wire value {dependency.dependency_type})",
+                        )
+                        if dependency.dependency_type
+                        else "data",
+                        codec.decode_map(dependency.metadata),
+                    )
+                    for dependency in item.dependencies
+                )
+                if item.has_dependencies
+                else None
+            )
+            variables.append(
+                SnapshotVariable(
+                    item.name, type_from_pb(item.type), codec.decode(item.value),
+                    codec.decode_map(item.constraints), codec.decode_map(item.metadata),
+                    item.description, item.version, seconds(item.created_at),
+                    seconds(item.updated_at), item.updated_by, history, dependencies,
+                    tuple(rules_from_pb(item.access_rules)),
+                )
+            )
+        except DspexError as exc:
+            raise type(exc)(
+                f"variable {item.name or index!r} of the import: {exc.message}", **exc.details
+            ) from None
+    return Snapshot(
+        tuple(variables), msg.session_id, msg.revision, seconds(msg.exported_at),
+        msg.include_history, msg.include_dependencies, msg.format_version,
+    )
+
+
+def import_report_to_pb(report: ImportReport) -> pb.ImportVariablesResponse:
+    """The wire answer to an import: outcomes, revision, whether it was applied.
+
+    Example::
+
+        return import_report_to_pb(store.import_snapshot(sid, snapshot))
+    """
+    response = pb.ImportVariablesResponse(
+        revision=report.revision, applied=report.applied, dry_run=report.dry_run,
+        dependencies_added=report.dependencies_added,
+    )
+    for outcome in report.outcomes:
+        out = response.outcomes.add(
+            name=outcome.name, action=outcome.action, message=outcome.message,
+            error_kind=outcome.error_kind, version=outcome.version,
+        )
+        if outcome.record is not None:
+            record_to_pb(outcome.record, out.variable)
+    return response
+
+
+def _presented_token(context: grpc.aio.ServicerContext) -> str:
+    """The session token in the call's metadata ("" when none was sent)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_TOKEN_KEY and isinstance(value, str):
+            return value
+    return ""
+
+
+def _wrap(fn: Handler[Req, Resp], authenticate: bool) -> Handler[Req, Resp]:
+    """Check the caller's session token (when ``authenticate``), then map store exceptions
+    to gRPC statuses; nothing escapes as a crash."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
             if isinstance(request, Malformed):
                 raise request.exception()
+            if authenticate:
+                self.authenticate(getattr(request, "session_id", ""), context)
             return await fn(self, request, context)
+        except AuthenticationError as exc:
+            log.warning("unauthenticated", method=fn.__name__, peer=context.peer(),
+                        error=str(exc))
+            context.set_trailing_metadata(((ERROR_KIND_KEY, exc.kind),))
+            await context.abort(STATUS_BY_KIND[exc.kind], _clip(str(exc), MAX_ERROR_MESSAGE))
         except DspexError as exc:
             await abort_with(context, exc)
         except (KeyError, ValueError, TypeError, PermissionError) as exc:
@@ -333,6 +542,21 @@ def _handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
+
+
+def _handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """A session-scoped RPC: the caller must present the session's token."""
+    return _wrap(fn, authenticate=True)
+
+
+def _attach_handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """``InitializeSession``: creating needs no token; attaching checks it in the store."""
+    return _wrap(fn, authenticate=False)
+
+
+def _public_handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """An RPC of no session (``Echo``): no token, still malformed-safe."""
+    return _wrap(fn, authenticate=False)
 
 
 class _Answer:
@@ -375,6 +599,9 @@ class VariablesService(pb_grpc.VariablesServicer):
     Example::
 
         pb_grpc.add_VariablesServicer_to_server(VariablesService(MemoryStore()), server)
+
+    ``auth="token"`` checks every session-scoped call's token; ``auth="none"`` issues
+    tokens but checks none (for tools on loopback).
     """
 
     def __init__(
@@ -383,15 +610,44 @@ class VariablesService(pb_grpc.VariablesServicer):
         progress_interval: float = 5.0,
         max_pending_events: int = 10_000,
         limits: Limits | None = None,
+        auth: str = "token",
     ) -> None:
         self.store = store
+        self.auth = check_auth_mode(auth)
         self.progress_interval = progress_interval
         self.max_pending_events = max_pending_events
         self.limits = limits or store.limits
         # The live streams' queues, for introspection (read them on the server's loop).
         self.subscribers: set[Subscriber] = set()
 
-    @_handler
+    def authenticate(self, session_id: str, context: grpc.aio.ServicerContext) -> None:
+        """Raise ``AuthenticationError`` unless the call carries ``session_id``'s token
+        (``SessionNotFoundError`` for an unknown session); a no-op with ``auth="none"``.
+
+        Example::
+
+            service.authenticate(request.session_id, context)
+        """
+        if self.auth == "none":
+            return
+        if not session_id:
+            raise InvalidValueError("session_id is required")
+        self.store.authenticate(session_id, _presented_token(context))
+
+    def _variable(self, session_id: str, record: VariableRecord, out: pb.Variable) -> pb.Variable:
+        # A record as this caller sees it: its owner, and its rules for the owner only.
+        record_to_pb(record, out)
+        owner = self.store.owner_of(record.id) or session_id
+        out.owner_session = owner
+        if owner == session_id:
+            rules_to_pb(self.store.session(owner).rules.get(record.id, ()), out.access_rules)
+        elif not self.store.may(session_id, record.id, "read"):
+            # A caller that may write but not read (a write-only set) gets no value back,
+            # and its client caches none.
+            out.ClearField("value")
+        return out
+
+    @_attach_handler
     async def InitializeSession(
         self, request: pb.InitializeSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.InitializeSessionResponse:
@@ -401,15 +657,18 @@ class VariablesService(pb_grpc.VariablesServicer):
 
             await stub.InitializeSession(InitializeSessionRequest(...))
         """
+        presented = _presented_token(context)
         session, client_id, created = self.store.initialize_session(
             request.session_id or None,
             codec.decode_map(request.metadata),
             request.ttl_seconds or None,
             request.client_name,
+            token=presented,
+            require_token=self.auth == "token",
         )
         lease = session.clients[client_id]
         log.info("session_attached", session_id=session.id, client_id=client_id, created=created)
-        return pb.InitializeSessionResponse(
+        response = pb.InitializeSessionResponse(
             session_id=session.id,
             client_id=client_id,
             created=created,
@@ -417,6 +676,16 @@ class VariablesService(pb_grpc.VariablesServicer):
             ttl_seconds=lease.ttl,
             created_at=timestamp(session.created_at),
         )
+        # The token goes to whoever made the session or proved they hold it; with
+        # auth="none" an attacher that sent none (or a wrong one) is not given it.
+        proven = created or self.auth == "token"
+        if not proven and presented:
+            with contextlib.suppress(AuthenticationError):
+                self.store.authenticate(session.id, presented)
+                proven = True
+        if proven:
+            response.session_token = session.token
+        return response
 
     @_handler
     async def Heartbeat(
@@ -464,7 +733,9 @@ class VariablesService(pb_grpc.VariablesServicer):
         records, revision = self.store.register(
             session_id, [_spec_from_pb(request.spec)], actor=session_id
         )
-        return pb.RegisterVariableResponse(variable=record_to_pb(records[0]), revision=revision)
+        response = pb.RegisterVariableResponse(revision=revision)
+        self._variable(session_id, records[0], response.variable)
+        return response
 
     @_handler
     async def RegisterVariables(
@@ -482,7 +753,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         response = pb.RegisterVariablesResponse(revision=revision)
         # The echo fits one message: the store bounds what a batch stores (batch_bytes).
         for record in records:
-            record_to_pb(record, response.variables.add())
+            self._variable(session_id, record, response.variables.add())
         return response
 
     @_handler
@@ -498,7 +769,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         session_id = _session_id(request)
         record = self.store.get(session_id, request.ref)
         response = pb.GetVariableResponse(revision=self.store.session(session_id).revision)
-        record_to_pb(record, response.variable)
+        self._variable(session_id, record, response.variable)
         return response
 
     @_handler
@@ -519,7 +790,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         answer = self._answer("GetVariables")
         answer.add(response)
         for record in found:
-            answer.add(record_to_pb(record, response.variables.add()))
+            answer.add(self._variable(session_id, record, response.variables.add()))
         return response
 
     @_handler
@@ -547,7 +818,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             fencing_token=request.fencing_token or None,
         )
         response = pb.SetVariableResponse(revision=revision, created=created)
-        record_to_pb(record, response.variable)
+        self._variable(session_id, record, response.variable)
         return response
 
     @_handler
@@ -570,6 +841,10 @@ class VariablesService(pb_grpc.VariablesServicer):
             metadata=codec.decode_map(request.metadata),
             atomic=request.atomic,
             actor=session_id,
+            require_leases=[
+                (guard.ref, guard.optimization_id, guard.fencing_token)
+                for guard in request.require_leases
+            ],
         )
         response = pb.UpdateVariablesResponse(revision=revision, applied=applied)
         for (_, sent, _), outcome in zip(updates, outcomes, strict=True):
@@ -580,7 +855,9 @@ class VariablesService(pb_grpc.VariablesServicer):
             record = outcome.record
             if record is not None:
                 result.variable_id = record.id
-                result.name = record.name
+                # Names are per session: another session's variable goes by its id.
+                owner = self.store.owner_of(record.id)
+                result.name = record.name if owner in (session_id, None) else record.id
                 result.version = record.version
                 result.mod_revision = record.mod_revision
                 if not same_value(sent, record.value):
@@ -602,7 +879,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         response = pb.ListVariablesResponse(revision=self.store.session(session_id).revision)
         answer = self._answer("ListVariables")
         for record in records:
-            answer.add(record_to_pb(record, response.variables.add()))
+            answer.add(self._variable(session_id, record, response.variables.add()))
         return response
 
     @_handler
@@ -744,7 +1021,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             expected_version=request.expected_version or None,
         )
         response = pb.RollbackResponse(revision=revision)
-        record_to_pb(record, response.variable)
+        self._variable(session_id, record, response.variable)
         return response
 
     # -------------------------------------------------------------- optimization
@@ -772,7 +1049,9 @@ class VariablesService(pb_grpc.VariablesServicer):
             minimize=request.minimize,
         )
         response = pb.StartOptimizationResponse(fencing_token=lease.token, revision=revision)
-        status_to_pb(self.store.get(session_id, lease.variable_id), lease, response.status)
+        status_to_pb(
+            self.store.lookup(session_id, lease.variable_id, "optimize"), lease, response.status
+        )
         return response
 
     @_handler
@@ -795,9 +1074,9 @@ class VariablesService(pb_grpc.VariablesServicer):
             evaluation=_evaluation(request), proposal=proposal, actor=session_id,
         )
         response = pb.OptimizationStepResponse(revision=revision)
-        record = written or self.store.get(session_id, lease.variable_id)
+        record = written or self.store.lookup(session_id, lease.variable_id, "optimize")
         if written is not None:
-            record_to_pb(written, response.variable)
+            self._variable(session_id, written, response.variable)
         status_to_pb(record, lease, response.status)
         return response
 
@@ -820,11 +1099,12 @@ class VariablesService(pb_grpc.VariablesServicer):
             state=request.state or "completed",
             reason=request.reason,
             actor=session_id,
+            metadata=codec.decode_map(request.metadata),
         )
         response = pb.FinishOptimizationResponse(revision=revision)
-        record = written or self.store.get(session_id, lease.variable_id)
+        record = written or self.store.lookup(session_id, lease.variable_id, "optimize")
         if written is not None:
-            record_to_pb(written, response.variable)
+            self._variable(session_id, written, response.variable)
         status_to_pb(record, lease, response.status)
         return response
 
@@ -846,8 +1126,10 @@ class VariablesService(pb_grpc.VariablesServicer):
         )
         response = pb.StopOptimizationResponse(stopped=stopped, revision=revision)
         if written is not None:
-            record_to_pb(written, response.variable)
-        status_to_pb(self.store.get(session_id, request.ref), lease, response.status)
+            self._variable(session_id, written, response.variable)
+        status_to_pb(
+            self.store.lookup(session_id, request.ref, "optimize"), lease, response.status
+        )
         return response
 
     @_handler
@@ -861,7 +1143,14 @@ class VariablesService(pb_grpc.VariablesServicer):
             await stub.GetOptimizationStatus(GetOptimizationStatusRequest(...))
         """
         session_id = _session_id(request)
-        record, lease = self.store.optimization_status(session_id, request.ref)
+        record: VariableRecord
+        lease: OptimizationLease | None
+        if request.optimization_id:
+            record, lease = self.store.optimization_by_id(
+                session_id, request.ref, request.optimization_id
+            )
+        else:
+            record, lease = self.store.optimization_status(session_id, request.ref)
         response = pb.GetOptimizationStatusResponse(
             revision=self.store.session(session_id).revision
         )
@@ -897,7 +1186,95 @@ class VariablesService(pb_grpc.VariablesServicer):
     def _answer(self, what: str) -> _Answer:
         return _Answer(self.limits.max_message_bytes, what)
 
+    # ----------------------------------------------------------- export and import
+
     @_handler
+    async def ExportVariables(
+        self, request: pb.ExportVariablesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExportVariablesResponse:
+        """The ``ExportVariables`` RPC: the caller's session's variables as a snapshot.
+
+        Example::
+
+            await stub.ExportVariables(ExportVariablesRequest(session_id=sid))
+        """
+        snapshot = self.store.export_snapshot(
+            _session_id(request),
+            include_history=request.include_history,
+            include_dependencies=request.include_dependencies,
+            pattern=request.filter_pattern or None,
+        )
+        response = pb.ExportVariablesResponse(revision=snapshot.revision)
+        snapshot_to_pb(snapshot, response.snapshot)
+        self._answer("ExportVariables").add(response)
+        return response
+
+    @_handler
+    async def ImportVariables(
+        self, request: pb.ImportVariablesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ImportVariablesResponse:
+        """The ``ImportVariables`` RPC: validate the whole snapshot, then one commit or none.
+
+        Example::
+
+            await stub.ImportVariables(ImportVariablesRequest(session_id=sid, snapshot=...))
+        """
+        session_id = _session_id(request)
+        strategy = _MERGE_STRATEGIES.get(request.merge_strategy)
+        if strategy is None:
+            raise InvalidValueError(
+                f"merge strategy is unknown (wire value {request.merge_strategy})"
+            )
+        report = self.store.import_snapshot(
+            session_id,
+            snapshot_from_pb(request.snapshot),
+            strategy=strategy,
+            dry_run=request.dry_run,
+            actor=session_id,
+        )
+        return import_report_to_pb(report)
+
+    # ------------------------------------------------------------- access rules
+
+    @_handler
+    async def SetVariablePermissions(
+        self, request: pb.SetVariablePermissionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetVariablePermissionsResponse:
+        """The ``SetVariablePermissions`` RPC: replace a variable's rules (owner only).
+
+        Example::
+
+            await stub.SetVariablePermissions(SetVariablePermissionsRequest(...))
+        """
+        session_id = _session_id(request)
+        revision = self.store.set_permissions(
+            session_id, request.ref, rules_from_pb(request.rules), actor=session_id
+        )
+        response = pb.SetVariablePermissionsResponse(revision=revision)
+        self._variable(session_id, self.store.get(session_id, request.ref), response.variable)
+        return response
+
+    @_handler
+    async def CheckVariableAccess(
+        self, request: pb.CheckVariableAccessRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckVariableAccessResponse:
+        """The ``CheckVariableAccess`` RPC: may the caller use a permission on a variable?
+
+        Example::
+
+            await stub.CheckVariableAccess(CheckVariableAccessRequest(...))
+        """
+        session_id = _session_id(request)
+        allowed = self.store.check_access(session_id, request.ref, request.permission)
+        response = pb.CheckVariableAccessResponse(allowed=allowed)
+        # check_access raised if the caller cannot see the variable at all, so it is one
+        # of its own (by id or name) or a foreign one it has some right to (by id).
+        var_id = self.store.session(session_id).names.get(request.ref, request.ref)
+        owner = self.store.owner_of(var_id) or session_id
+        response.variable_id, response.owner_session = var_id, owner
+        return response
+
+    @_public_handler
     async def Echo(
         self, request: pb.EchoRequest, context: grpc.aio.ServicerContext
     ) -> pb.EchoResponse:
@@ -930,6 +1307,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             if first.WhichOneof("kind") != "open":
                 raise InvalidValueError("the first message on a Session stream must be 'open'")
             session_id = _session_id(first.open)
+            self.authenticate(session_id, context)
             session = self.store.session(session_id)
             interval = first.open.progress_interval_seconds or self.progress_interval
             if not math.isfinite(interval) or interval < MIN_PROGRESS_INTERVAL:
@@ -940,12 +1318,20 @@ class VariablesService(pb_grpc.VariablesServicer):
             wake = asyncio.Event()
             room = asyncio.Event()  # set while the reader may go on
             room.set()
+            store = self.store
             subscriber = Subscriber(
                 wake.set, self.max_pending_events, session_id,
                 max_watched=self.limits.max_subscriptions_per_stream,
+                may_observe=lambda var_id: store.may(session_id, var_id, "observe"),
+                listen=store.add_listener,
+                revision=lambda: store.revision,
+                may_read=lambda var_id: store.may(session_id, var_id, "read"),
             )
             remove_listener = self.store.add_listener(session_id, subscriber.on_commit)
         except DspexError as exc:
+            if isinstance(exc, AuthenticationError):
+                log.warning("unauthenticated", method="Session", peer=context.peer(),
+                            error=str(exc))
             await abort_with(context, exc)
             return
         self.subscribers.add(subscriber)
@@ -959,7 +1345,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             yield spb.ServerMessage(
                 opened=spb.StreamOpened(
                     session_id=session_id,
-                    revision=session.revision,
+                    revision=self.store.revision,
                     log_horizon=session.log_floor + 1,
                 )
             )
@@ -970,7 +1356,7 @@ class VariablesService(pb_grpc.VariablesServicer):
                     except TimeoutError:
                         if not subscriber.has_pending():
                             yield spb.ServerMessage(
-                                progress=spb.Progress(revision=session.revision)
+                                progress=spb.Progress(revision=self.store.revision)
                             )
                             continue
                 wake.clear()
@@ -994,6 +1380,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         finally:
             self.subscribers.discard(subscriber)
             remove_listener()
+            subscriber.close()
             reader.cancel()
             log.info("stream_closed", session_id=session_id, conflations=subscriber.conflations)
 
@@ -1011,18 +1398,17 @@ class VariablesService(pb_grpc.VariablesServicer):
             if kind == "subscribe":
                 self._subscribe(session_id, subscriber, message.subscribe)
             elif kind == "unsubscribe":
-                ids = list(message.unsubscribe.variable_ids)
-                step = self.limits.max_batch_size
-                for start in range(0, len(ids), step):
-                    found, _ = self.store.get_many(session_id, ids[start:start + step])
-                    subscriber.unwatch(r.id for r in found)
+                # Ids as given (another session's variable may be unwatched even after
+                # losing access), and own names resolved.
+                refs = list(message.unsubscribe.variable_ids)
+                own = self.store.session(session_id)
+                subscriber.unwatch([own.names.get(ref, ref) for ref in refs])
                 subscriber.push_control(
                     spb.Unsubscribed(request_id=message.unsubscribe.request_id)
                 )
             elif kind == "ping":
                 subscriber.push_control(
-                    spb.Pong(nonce=message.ping.nonce,
-                             revision=self.store.session(session_id).revision)
+                    spb.Pong(nonce=message.ping.nonce, revision=self.store.revision)
                 )
             else:
                 raise InvalidValueError(f"unexpected {kind!r} message on an open Session stream")
@@ -1035,13 +1421,14 @@ class VariablesService(pb_grpc.VariablesServicer):
     def _subscribe(self, session_id: str, subscriber: Subscriber, request: spb.Subscribe) -> None:
         # Synchronous from lookup to queueing: no commit can fall between the snapshot
         # (or the replay) and the first live event, because nothing else runs meanwhile.
-        session = self.store.session(session_id)
+        store = self.store
+        store.session(session_id)  # a closed session raises here
 
         def refuse(error: str, kind: str) -> None:
             # Only this request fails; the stream and its other watches go on.
             subscriber.push_control(
                 spb.Subscribed(
-                    request_id=request.request_id, revision=session.revision,
+                    request_id=request.request_id, revision=store.revision,
                     error=_clip(error, MAX_ERROR_MESSAGE), error_kind=kind,
                 )
             )
@@ -1050,7 +1437,8 @@ class VariablesService(pb_grpc.VariablesServicer):
             refuse("subscribe needs at least one variable", "invalid_value")
             return
         try:
-            found, missing = self.store.get_many(session_id, list(request.refs))
+            # Another session's variable needs observe; one it cannot see is missing.
+            found, missing = store.get_many(session_id, list(request.refs), "observe")
             subscriber.check_room(r.id for r in found)
         except DspexError as exc:
             refuse(str(exc), exc.kind)
@@ -1058,12 +1446,31 @@ class VariablesService(pb_grpc.VariablesServicer):
         absent = set(missing)
         known = dict(zip([r for r in request.refs if r not in absent], found, strict=True))
         resuming = request.from_revision > 0
-        commits = self.store.commits_since(session_id, request.from_revision) if resuming else None
+        owners: dict[str, list[VariableRecord]] = {}
+        for record in found:
+            owner = store.owner_of(record.id) or session_id
+            if owner != session_id:
+                owners.setdefault(owner, []).append(record)
+        commits: list[Commit] | None = None
+        if resuming:
+            # The log of every session involved, merged by (store-wide) revision; if any
+            # no longer reaches back, the whole request resyncs.
+            commits = store.commits_since(session_id, request.from_revision)
+            for owner in owners:
+                more = store.commits_since(owner, request.from_revision)
+                if commits is None or more is None:
+                    commits = None
+                    break
+                commits = sorted([*commits, *more], key=lambda c: c.revision)
         gone: dict[str, VariableRecord] = {}
         if missing and commits is not None:
             # Deleted since the watcher's last revision: it still gets the missed changes
-            # and the delete from the log.
+            # and the delete from the log, for its own variables only. Another session's
+            # deleted variable took its rules with it, so whether this stream ever could
+            # observe it is unknown: it is reported missing, like one never seen.
             for commit in commits:
+                if commit.session_id not in (session_id, ""):
+                    continue
                 for event in commit.events:
                     if event.update_type == "deleted" and event.record.id in missing:
                         gone[event.record.id] = event.record
@@ -1077,8 +1484,17 @@ class VariablesService(pb_grpc.VariablesServicer):
         known.update(gone)
         answered = [r for r in request.refs if r in known]
         ids = [known[ref].id for ref in answered]
-        names = [known[ref].name for ref in answered]
-        subscriber.watch(r.id for r in found)
+        # Names are per session: another session's variable is known here by its id.
+        names = [
+            known[ref].name if store.owner_of(known[ref].id) in (session_id, None)
+            else known[ref].id
+            for ref in answered
+        ]
+        foreign = {r.id for rs in owners.values() for r in rs}
+        subscriber.watch(r.id for r in found if r.id not in foreign)
+        for owner, records in owners.items():
+            subscriber.watch_foreign(owner, records)
+        revision = store.revision
         subscriber.push_control(
             spb.Subscribed(
                 request_id=request.request_id,
@@ -1086,26 +1502,52 @@ class VariablesService(pb_grpc.VariablesServicer):
                 names=names,
                 refs=answered,
                 missing=missing,
-                revision=session.revision,
+                revision=revision,
             )
         )
         if resuming:
             if commits is None:
                 subscriber.push_frame(
-                    PendingFrame(session.revision, [_current(r) for r in found], "resync")
+                    PendingFrame(revision, [_current(r) for r in found], "resync")
                 )
-                statuses = self.store.status_events(session_id, found)
+                statuses = store.status_events(
+                    session_id, [r for r in found if r.id not in foreign], request.from_revision
+                )
+                for owner, records in owners.items():
+                    statuses += subscriber.redact(
+                        store.status_events(owner, records, request.from_revision)
+                    )
                 if statuses:
-                    subscriber.push_frame(PendingFrame(session.revision, statuses))
+                    subscriber.push_frame(PendingFrame(revision, statuses))
                 return
-            wanted = set(ids)
+            # Another session's variable whose rights may have changed within the range
+            # (a permissions commit, or a rule with a time condition) is resynced, current
+            # value only: a replay could hand over values from before observe was granted.
+            changed = {i for c in commits if c.session_id != session_id
+                       for i in c.permissions if i in foreign}
+            changed |= {i for i in foreign if store.timed_rules(session_id, i)}
+            wanted = set(ids) - changed
             for commit in commits:
                 events = [e for e in commit.events if e.record.id in wanted]
+                if events and commit.session_id != session_id:
+                    events = subscriber.redact(events)
                 if events:
                     subscriber.push_frame(PendingFrame(commit.revision, events))
+            if changed:
+                records = [r for r in found if r.id in changed]
+                subscriber.push_frame(
+                    PendingFrame(revision, [_current(r) for r in records], "resync")
+                )
+                statuses = []
+                for owner, owned in owners.items():
+                    statuses += subscriber.redact(store.status_events(
+                        owner, [r for r in owned if r.id in changed], request.from_revision
+                    ))
+                if statuses:
+                    subscriber.push_frame(PendingFrame(revision, statuses))
         elif request.include_initial:
             subscriber.push_frame(
-                PendingFrame(session.revision, [_current(r) for r in found], "initial")
+                PendingFrame(revision, [_current(r) for r in found], "initial")
             )
 
     def _messages(self, items: list[Any]) -> Iterator[spb.ServerMessage]:
@@ -1200,10 +1642,16 @@ class Server:
     ``limits`` (default: the store's, else ``Limits()``) sets every limit; with no
     ``store``, the store is made with them too.
 
+    ``auth`` is ``"token"`` (every session-scoped call must carry the session's token)
+    or ``"none"`` (tokens issued, not checked). ``tls_cert``/``tls_key`` (PEM paths or
+    bytes) serve TLS. A non-loopback ``host`` is refused (``InvalidValueError``, at
+    construction) unless auth is ``"token"`` and TLS is configured, or ``insecure=True``.
+
     Example::
 
         server = Server(host="127.0.0.1", port=0, limits=Limits(max_sessions=100))
         await server.start(); print(server.port); await server.stop()
+        Server(host="0.0.0.0", tls_cert="server.pem", tls_key="server.key")
     """
 
     def __init__(
@@ -1215,15 +1663,24 @@ class Server:
         progress_interval: float = 5.0,
         max_pending_events: int = 10_000,
         limits: Limits | None = None,
+        *,
+        auth: str = "token",
+        tls_cert: Pem | None = None,
+        tls_key: Pem | None = None,
+        insecure: bool = False,
     ) -> None:
+        self._credentials = server_credentials(tls_cert, tls_key)
+        check_bind(host, auth, self._credentials is not None, insecure)
         self.host = host
         self.requested_port = port
         self.port = 0
+        self.auth = auth
+        self.insecure = insecure
         self.store = store or MemoryStore(limits=limits)
         self.limits = limits or self.store.limits
         self.expire_interval = expire_interval
         self.service = VariablesService(
-            self.store, progress_interval, max_pending_events, self.limits
+            self.store, progress_interval, max_pending_events, self.limits, auth=auth
         )
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -1243,7 +1700,10 @@ class Server:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = f"{self.host}:{self.requested_port}"
-        self.port = server.add_insecure_port(address)
+        if self._credentials is not None:
+            self.port = server.add_secure_port(address, self._credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         await server.start()
@@ -1251,8 +1711,22 @@ class Server:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._expiry = asyncio.create_task(self._expire_loop())
-        log.info("server_started", host=self.host, port=self.port)
+        log.info("server_started", host=self.host, port=self.port, auth=self.auth,
+                 tls=self.tls)
+        if not is_loopback(self.host) and (not self.tls or self.auth != "token"):
+            log.warning("server_insecure", host=self.host, auth=self.auth, tls=self.tls,
+                        note="reachable from the network without token auth and TLS")
         return self.port
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server serves TLS.
+
+        Example::
+
+            assert Server(port=0).tls is False
+        """
+        return self._credentials is not None
 
     async def _expire_loop(self) -> None:
         while True:
@@ -1295,16 +1769,26 @@ async def serve(
     port_file: str | None = None,
     store: MemoryStore | None = None,
     limits: Limits | None = None,
+    *,
+    auth: str = "token",
+    tls_cert: Pem | None = None,
+    tls_key: Pem | None = None,
+    insecure: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
-    ``port_file`` receives the bound port once serving (handy with ``port=0``).
+    ``port_file`` receives the bound port once serving (handy with ``port=0``). ``limits``,
+    ``auth``, ``tls_cert``, ``tls_key`` and ``insecure`` are ``Server``'s.
 
     Example::
 
         asyncio.run(serve("127.0.0.1", 50051, limits=Limits(max_sessions=100)))
+        asyncio.run(serve("0.0.0.0", 50051, tls_cert="server.pem", tls_key="server.key"))
     """
-    server = Server(host, port, store, limits=limits)
+    server = Server(
+        host, port, store, limits=limits, auth=auth, tls_cert=tls_cert, tls_key=tls_key,
+        insecure=insecure,
+    )
     bound = await server.start()
     if port_file:
         tmp = f"{port_file}.tmp"
@@ -1323,7 +1807,8 @@ async def serve(
 class EmbeddedServer:
     """A server on its own thread and asyncio loop, for ``connect()`` with no target and tests.
 
-    ``options`` go to ``Server`` (``limits=Limits(...)``, ``progress_interval=`` ...).
+    ``options`` go to ``Server`` (``limits=Limits(...)``, ``auth``, ``tls_cert``,
+    ``tls_key``, ``insecure``, ``progress_interval=`` ...).
 
     Example::
 

@@ -10,6 +10,10 @@ anything changes, so a refused request leaves no trace. Each session keeps a mem
 account (encoded bytes plus a fixed overhead per stored item): current values and
 optimization records are *pinned* and must fit ``max_session_bytes``; history and the
 replay log are *retention* and are dropped oldest first when the budget needs room.
+
+Each session keeps a secret token, made when the session is created. The store only keeps
+and compares it (``authenticate``, and ``initialize_session(..., require_token=True)``
+for attaching); who must present it, and how it travels, is the server's business.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import heapq
+import hmac
 import itertools
 import math
 import re
@@ -27,8 +32,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .access import TIME_CONDITIONS, AccessRule, check_permission, check_rules
 from .errors import (
+    AccessDeniedError,
     AlreadyExistsError,
+    AuthenticationError,
     ConflictError,
     DspexError,
     InvalidValueError,
@@ -52,11 +60,13 @@ from .limits import (
 from .logs import get_logger
 from .patterns import compile_glob
 from .types import (
+    INT64_MAX,
     check_constraints,
     check_metadata,
     infer_type,
     normalize_type,
     same_value,
+    validate_stored,
     validate_value,
 )
 
@@ -64,6 +74,9 @@ log = get_logger("dspex_rx.store")
 
 MAX_TTL = 7 * 24 * 3600.0
 MAX_ITERATIONS = 10_000_000
+# Ended leases kept per variable, for status by optimization id and for resync.
+RECENT_LEASES = 16
+MAX_VERSION = INT64_MAX
 # The event types a commit can carry per variable; "optimization" events change no value.
 OPTIMIZATION_EVENT = "optimization"
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
@@ -76,6 +89,18 @@ BATCH_ENTRY_FRAMING = 512
 BATCH_FRAMING = 64 * 1024
 # A dependency_changed event names at most this many of the changed variables it depends on.
 MAX_SOURCE_NAMES = 100
+# The shape of the ids the store makes (``var_<name>_<n>``). Ids are addressed across
+# sessions, so no session may name a variable like one (whether or not that id exists,
+# which a check would disclose).
+ID_SHAPE_RE = re.compile(r"var_.+_[0-9]+")
+
+
+def _check_not_id_shaped(name: str) -> None:
+    if ID_SHAPE_RE.fullmatch(name):
+        raise InvalidValueError(
+            f"variable name {name!r} is shaped like a variable id (var_<name>_<n>), which "
+            "names a variable in any session; choose another name"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +182,133 @@ class VariableSpec:
     metadata: Mapping[str, Any] | None = None
     description: str = ""
     dependencies: Sequence[str] = ()
+    access_rules: Sequence[Any] = ()
+
+
+MERGE_STRATEGIES = ("replace", "keep", "merge")
+# Graph keys of variables an import is about to create: ':' is never in a name or an id.
+_NEW = "import:"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDependency:
+    """One edge of an export, seen from the dependent: it depends on ``name``.
+
+    Example::
+
+        SnapshotDependency("base_temperature", "data", {})
+    """
+
+    name: str
+    type: str = "data"
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotVariable:
+    """One variable of an export (or of an import to apply).
+
+    ``history`` (oldest first) and ``dependencies`` are None when the export left them out.
+
+    Example::
+
+        SnapshotVariable("temperature", "float", 0.7, {"min": 0.0, "max": 2.0})
+    """
+
+    name: str
+    type: str
+    value: Any
+    constraints: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    version: int = 1
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    updated_by: str = ""
+    history: tuple[HistoryEntry, ...] | None = None
+    dependencies: tuple[SnapshotDependency, ...] | None = None
+    access_rules: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What ``export_snapshot`` returns and ``import_snapshot`` applies: variables plus
+    where they came from (session, revision, time) and the export's format version.
+
+    Example::
+
+        snapshot = store.export_snapshot(sid, include_history=True)
+        store.import_snapshot(other_sid, snapshot, strategy="keep")
+    """
+
+    variables: tuple[SnapshotVariable, ...]
+    session_id: str = ""
+    revision: int = 0
+    exported_at: float = 0.0
+    include_history: bool = False
+    include_dependencies: bool = False
+    format_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    """What an import did (or, dry or refused, would do) with one variable.
+
+    ``action`` is ``create``, ``replace``, ``merge``, ``skip`` or ``error``; ``version``
+    is the variable's version after the import; ``record`` is set for applied writes.
+
+    Example::
+
+        [(o.name, o.action) for o in report.outcomes]
+    """
+
+    name: str
+    action: str
+    message: str = ""
+    error_kind: str = ""
+    version: int = 0
+    record: VariableRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """The result of ``import_snapshot``: one outcome per variable, in the snapshot's order.
+
+    Example::
+
+        report = store.import_snapshot(sid, snapshot, dry_run=True)
+        report.applied, report.revision, report.dependencies_added
+    """
+
+    outcomes: list[ImportOutcome]
+    revision: int
+    applied: bool
+    dry_run: bool
+    dependencies_added: int
+
+
+@dataclass(slots=True)
+class _ImportPlan:
+    # One variable's planned change; ``key`` is its id in the graph (or _NEW + name).
+    name: str
+    action: str
+    key: str
+    version: int
+    message: str = ""
+    existing: VariableRecord | None = None
+    type: str = ""
+    value: Any = None
+    constraints: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    history: list[HistoryEntry] = field(default_factory=list)
+    untouched: bool = False
+    rules: tuple[AccessRule, ...] = ()
+    # Measured for the limits and the memory account: the record's encoded value plus
+    # metadata, the metadata's part, and (new variables) the bytes charged once for it.
+    size: int = 0
+    metadata_size: int = 0
+    fixed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +330,9 @@ class ChangeEvent:
     update_type: str
     metadata: Mapping[str, Any]
     source: str
+    # For ``dependency_changed``: the ids of the changed variables ``metadata`` names, so
+    # a stream of another session can leave out those it may not read.
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +347,10 @@ class Commit:
     revision: int
     events: tuple[ChangeEvent, ...]
     timestamp: float
+    # The owner session of everything in the commit, and the variables whose access
+    # rules it changed (watchers of those re-check what they may still observe).
+    session_id: str = ""
+    permissions: tuple[str, ...] = ()
 
 
 # A checked evaluation: (iteration, value, metrics, score, bytes charged for it).
@@ -230,6 +389,9 @@ class Session:
     created_at: float
     revision: int = 0
     metadata_size: int = 0
+    # The secret that proves a caller may act for this session; kept out of reprs so no
+    # log line or error message can carry it.
+    token: str = field(default="", repr=False)
     variables: dict[str, VariableRecord] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     clients: dict[str, ClientLease] = field(default_factory=dict)
@@ -243,6 +405,10 @@ class Session:
     # again by variable id (so a write checks one dict), and each variable's evaluations.
     leases: dict[str, OptimizationLease] = field(default_factory=dict)
     running: dict[str, OptimizationLease] = field(default_factory=dict)
+    # Recent leases of each variable (oldest first) and recent leases by id, so a run's
+    # own status can be told after others started, and a resync can tell how runs ended.
+    recent_leases: dict[str, deque[OptimizationLease]] = field(default_factory=dict)
+    lease_by_id: dict[str, OptimizationLease] = field(default_factory=dict)
     evaluations: dict[str, deque[OptimizationEntry]] = field(default_factory=dict)
     # Per variable, the bytes charged once for it: constraints, description, overhead.
     fixed: dict[str, int] = field(default_factory=dict)
@@ -284,6 +450,9 @@ class Session:
             store.session(sid).used <= store.limits.max_session_bytes
         """
         return self.other_bytes + self.history_bytes + self.log_bytes + self.graveyard_bytes
+    # Each variable's access rules (what other sessions may do with it); beside the
+    # record, not in it: changing them is not a write of the value.
+    rules: dict[str, tuple[AccessRule, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +502,41 @@ def _session_cost(session: Session) -> int:
 
 def _client_cost(lease: ClientLease) -> int:
     return ITEM_OVERHEAD + len(lease.name)
+def _check_token(session: Session, token: str) -> None:
+    # The messages say why, never what was sent or expected.
+    if not token:
+        raise AuthenticationError(
+            f"session {session.id!r} needs its session token, and none was presented"
+        )
+    if not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), session.token.encode()):
+        raise AuthenticationError(
+            f"the session token presented is not the token of session {session.id!r}"
+        )
+
+
+def _plain_dict(value: Any) -> Any:
+    # Mappings become dicts for check_metadata; anything else goes on to be refused there.
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _import_note(snapshot: Snapshot, strategy: str) -> dict[str, Any]:
+    # The metadata of an import's commit.
+    return {
+        "imported_from": snapshot.session_id or "unknown",
+        "export_revision": snapshot.revision,
+        "format_version": snapshot.format_version,
+        "merge_strategy": strategy,
+    }
+
+
+def _rules_cost(rules: Iterable[AccessRule]) -> int:
+    # What the memory account charges for a variable's access rules (pinned, like
+    # constraints): per rule its pattern, permissions and conditions.
+    return sum(
+        ITEM_OVERHEAD + len(rule.session_pattern) + 16 * len(rule.permissions)
+        + 32 * len(rule.conditions)
+        for rule in rules
+    )
 
 
 def _failed(ref: str, error: DspexError | None) -> UpdateOutcome:
@@ -370,7 +574,8 @@ class MemoryStore:
         self.default_ttl = default_ttl
         self.lease_ttl = lease_ttl
         self.optimization_history_size = optimization_history_size
-        self._tokens = itertools.count(1)
+        # Fencing tokens are random (a session cannot guess another's) and unique here.
+        self._tokens: set[int] = set()
         if history_size is not None and history_size < 1:
             raise InvalidValueError(f"history_size must be at least 1, got {history_size}")
         # The two limits that were constructor arguments before Limits stay so.
@@ -383,6 +588,10 @@ class MemoryStore:
         # The memory accounts of all sessions together (see Session.used / pinned).
         self.used_bytes = 0
         self.pinned_bytes = 0
+        # One revision counter for all sessions (a stream can carry several sessions'
+        # events in one order), and every variable's owner session, by id.
+        self._revision = 0
+        self._owners: dict[str, str] = {}
 
     @property
     def history_size(self) -> int:
@@ -404,6 +613,16 @@ class MemoryStore:
         """
         return self.limits.max_variables_per_session
 
+    @property
+    def revision(self) -> int:
+        """The newest revision of any commit in the store.
+
+        Example::
+
+            store.revision
+        """
+        return self._revision
+
     # ------------------------------------------------------------------ sessions
 
     def initialize_session(
@@ -412,12 +631,20 @@ class MemoryStore:
         metadata: Mapping[str, Any] | None = None,
         ttl: float | None = None,
         client_name: str = "",
+        *,
+        token: str = "",
+        require_token: bool = False,
     ) -> tuple[Session, str, bool]:
         """Create a session, or attach to an existing one; returns (session, client_id, created).
+
+        A new session gets a fresh secret ``session.token``. With ``require_token``,
+        attaching to an existing session needs that ``token`` (else
+        ``AuthenticationError``, and nothing changes).
 
         Example::
 
             session, client_id, created = store.initialize_session("session_123")
+            store.initialize_session("session_123", token=session.token, require_token=True)
         """
         if ttl is not None and not (ttl == 0 or (math.isfinite(ttl) and 0 < ttl <= MAX_TTL)):
             raise InvalidValueError(
@@ -448,18 +675,22 @@ class MemoryStore:
                     len(self._sessions) + 1, "max_sessions", limits.max_sessions,
                 )
             clean, size = self._clean_metadata(session_id, metadata, "session metadata")
-            session = Session(session_id, clean, now, metadata_size=size)
+            session = Session(
+                session_id, clean, now, metadata_size=size, token=secrets.token_urlsafe(32),
+            )
             self._check_room(session, _session_cost(session) + _client_cost(client))
             self._sessions[session_id] = session
             self._charge(session, "other_bytes", _session_cost(session))
             created = True
-        elif len(session.clients) >= limits.max_clients_per_session:
-            raise too_many(
-                f"session {session_id!r} already has {len(session.clients)} clients attached",
-                len(session.clients) + 1, "max_clients_per_session",
-                limits.max_clients_per_session,
-            )
         else:
+            if require_token:
+                _check_token(session, token)
+            if len(session.clients) >= limits.max_clients_per_session:
+                raise too_many(
+                    f"session {session_id!r} already has {len(session.clients)} clients "
+                    "attached", len(session.clients) + 1, "max_clients_per_session",
+                    limits.max_clients_per_session,
+                )
             self._check_room(session, _client_cost(client))
         client_id = "cli_" + secrets.token_hex(8)
         session.clients[client_id] = client
@@ -479,6 +710,20 @@ class MemoryStore:
             raise SessionNotFoundError(
                 f"no session {_show(session_id)} (never created, closed, or expired)"
             ) from None
+
+    def authenticate(self, session_id: str, token: str) -> Session:
+        """The live session if ``token`` is its secret; ``SessionNotFoundError`` if there is
+        no such session, ``AuthenticationError`` if the token is missing or not its own.
+
+        The comparison takes the same time wherever the token differs.
+
+        Example::
+
+            session = store.authenticate("session_123", token_from_the_caller)
+        """
+        session = self.session(session_id)
+        _check_token(session, token)
+        return session
 
     def heartbeat(self, session_id: str, client_id: str) -> float:
         """Keep a client attached; returns when it will expire without another heartbeat.
@@ -522,14 +767,25 @@ class MemoryStore:
     def _release_client_leases(
         self, session: Session, client_id: str, state: str, reason: str
     ) -> None:
-        for lease in [lease for lease in session.running.values()
-                      if lease.holder_client == client_id]:
-            self._end_lease(session, lease, state, reason)
+        # Its leases on other sessions' variables (held under the optimize permission)
+        # end too; they live in the owner session.
+        for owner in list(self._sessions.values()):
+            for lease in [lease for lease in owner.running.values()
+                          if lease.holder_client == client_id
+                          and lease.holder_session == session.id]:
+                self._end_lease(owner, lease, state, reason)
 
     def _remove(self, session: Session) -> None:
         del self._sessions[session.id]
         self.used_bytes -= session.used
         self.pinned_bytes -= session.pinned
+        for var_id in session.variables:
+            self._owners.pop(var_id, None)
+        for owner in list(self._sessions.values()):
+            for lease in [lease for lease in owner.running.values()
+                          if lease.holder_session == session.id]:
+                self._end_lease(owner, lease, "failed",
+                                f"its holder session {session.id} went away")
         for listener in list(session.listeners):
             self._notify(listener, None)
         session.listeners.clear()
@@ -624,8 +880,202 @@ class MemoryStore:
             var_id = session.names.get(ref)
             record = session.variables.get(var_id) if var_id else None
         if record is None:
+            owner = self._owners.get(ref)
+            if owner is not None and owner != session.id and isinstance(ref, str):
+                # Another session's variable, which needs a permission: callers that may
+                # act on foreign variables go through _locate.
+                foreign = self._sessions[owner]
+                if self._rights(session.id, foreign, ref):
+                    raise InvalidValueError(
+                        f"variable {ref!r} belongs to session {owner!r}: this operation "
+                        f"works on variables of session {session.id!r} only"
+                    )
             raise VariableNotFoundError(f"no variable {_show(ref)} in session {session.id!r}")
         return record
+
+    def _rights(self, caller_id: str, owner: Session, var_id: str) -> set[str]:
+        # What a non-owner may do: the union of the matching rules whose time holds.
+        rules = owner.rules.get(var_id)
+        if not rules:
+            return set()
+        now = self._clock()
+        granted: set[str] = set()
+        for rule in rules:
+            if rule.matches(caller_id) and rule.active(now):
+                granted.update(rule.permissions)
+        return granted
+
+    def _locate(
+        self, caller: Session, ref: str, need: str, value: Any = None, check_value: bool = False
+    ) -> tuple[Session, VariableRecord]:
+        """The owner session and record of ``ref`` for a caller that needs ``need``.
+
+        The caller's own variables (by id or name) come first and allow everything.
+        Another session's variable is found by id only; a caller with no permission at
+        all on it gets the same ``VariableNotFoundError`` as for a missing variable (it
+        cannot learn the variable exists), one with some permission but not ``need``
+        gets ``AccessDeniedError``. ``need`` is a permission or ``"owner"`` (delete,
+        permissions, dependencies). With ``check_value`` a write must also be within
+        the value bounds of a rule that grants it.
+        """
+        if not isinstance(ref, str) or not ref:
+            raise InvalidValueError("a variable name or id is required")
+        record = caller.variables.get(ref)
+        if record is None:
+            var_id = caller.names.get(ref)
+            record = caller.variables.get(var_id) if var_id else None
+        if record is not None:
+            return caller, record
+        owner_id = self._owners.get(ref)
+        owner = self._sessions.get(owner_id) if owner_id else None
+        granted = self._rights(caller.id, owner, ref) if owner is not None else set()
+        if owner is None or owner is caller or not granted:
+            raise VariableNotFoundError(f"no variable {_show(ref)} in session {caller.id!r}")
+        record = owner.variables[ref]
+        if need == "owner":
+            raise AccessDeniedError(
+                f"variable {ref!r} ({record.name!r}) belongs to session {owner.id!r}; only "
+                f"its owner may do this (session {caller.id!r} may "
+                f"{', '.join(sorted(granted))})",
+                variable=ref, permission="owner",
+            )
+        if need not in granted:
+            raise AccessDeniedError(
+                f"session {caller.id!r} has no {need!r} permission on variable {ref!r} "
+                f"({record.name!r}, owned by session {owner.id!r})",
+                variable=ref, permission=need,
+            )
+        if check_value and need == "write":
+            now = self._clock()
+            rules = [r for r in owner.rules.get(ref, ()) if "write" in r.permissions
+                     and r.matches(caller.id) and r.active(now)]
+            if not any(r.allows_value(value) for r in rules):
+                bounds = "; ".join(
+                    f"{r.conditions.get('min_value', '-inf')}.."
+                    f"{r.conditions.get('max_value', 'inf')}"
+                    for r in rules
+                )
+                raise AccessDeniedError(
+                    f"session {caller.id!r} may write variable {ref!r} ({record.name!r}) "
+                    f"only within the bounds of its rule(s) ({bounds}), not {value!r}",
+                    variable=ref, permission=need,
+                )
+        return owner, record
+
+    def may(self, session_id: str, var_id: str, permission: str) -> bool:
+        """Whether a session may use ``permission`` on a variable, by id (False when the
+        variable is gone). Used to re-check a live watch.
+
+        Example::
+
+            store.may("guest_1", "var_t_1", "observe")
+        """
+        owner_id = self._owners.get(var_id)
+        owner = self._sessions.get(owner_id) if owner_id else None
+        if owner is None or var_id not in owner.variables:
+            return False
+        if owner.id == session_id:
+            return True
+        return permission in self._rights(session_id, owner, var_id)
+
+    def lookup(self, session_id: str, ref: str, permission: str) -> VariableRecord:
+        """The record of ``ref`` if the session may use ``permission`` on it (``KeyError``
+        if it cannot see it, ``AccessDeniedError`` if it lacks the permission).
+
+        Example::
+
+            store.lookup("guest_1", "var_t_1", "optimize")
+        """
+        return self._locate(self.session(session_id), ref, permission)[1]
+
+    def timed_rules(self, session_id: str, var_id: str) -> bool:
+        """Whether a rule of another session's variable that names ``session_id`` has a
+        time condition (so its rights may have changed without a permissions commit).
+
+        Example::
+
+            store.timed_rules("guest_1", "var_t_1")
+        """
+        owner = self._sessions.get(self._owners.get(var_id, ""))
+        rules = owner.rules.get(var_id, ()) if owner is not None else ()
+        return any(r.matches(session_id) and any(k in r.conditions for k in TIME_CONDITIONS)
+                   for r in rules)
+
+    def owner_of(self, var_id: str) -> str | None:
+        """The id of the session that owns a variable, or None.
+
+        Example::
+
+            store.owner_of("var_t_1")
+        """
+        return self._owners.get(var_id)
+
+    def check_access(self, session_id: str, ref: str, permission: str) -> bool:
+        """Whether the session may use ``permission`` on the variable (never raises for a
+        missing permission; ``KeyError`` for a variable it cannot see at all).
+
+        Example::
+
+            store.check_access("guest_1", "var_t_1", "write")
+        """
+        check_permission(permission)
+        caller = self.session(session_id)
+        try:
+            self._locate(caller, ref, permission)
+        except AccessDeniedError:
+            return False
+        return True
+
+    def rules(self, session_id: str, ref: str) -> tuple[AccessRule, ...]:
+        """A variable's access rules (its owner only).
+
+        Example::
+
+            store.rules(sid, "temperature")
+        """
+        owner, record = self._locate(self.session(session_id), ref, "owner")
+        return owner.rules.get(record.id, ())
+
+    def set_permissions(
+        self, session_id: str, ref: str, rules: Any, actor: str = ""
+    ) -> int:
+        """Replace a variable's access rules (its owner only); returns the revision.
+
+        A commit with no value change: the variable's version stays, and live watches of
+        other sessions are checked again (one that lost ``observe`` ends). A running
+        optimization of a session that lost ``optimize`` is stopped right after (its own
+        commit; the later revision is returned).
+
+        Example::
+
+            store.set_permissions(sid, "t", [{"session_pattern": "any",
+                                              "permissions": ["read"]}])
+        """
+        owner, record = self._locate(self.session(session_id), ref, "owner")
+        clean = check_rules(record.name, record.type, rules)
+        self._check_room(
+            owner, _rules_cost(clean) - _rules_cost(owner.rules.get(record.id, ()))
+        )
+        revision = self._commit(owner, (), source=actor, rules={record.id: clean})[1]
+        # A foreign optimization lives on the optimize permission: without it, it ends
+        # (its own commit, right after), so its fencing token no longer lands writes.
+        return self._end_unpermitted_leases(owner, "its access rules were changed") or revision
+
+    def _end_unpermitted_leases(self, session: Session, why: str) -> int:
+        # Ends the running leases whose holder session (not the owner) no longer has
+        # ``optimize`` on the variable; returns the last revision taken, or 0.
+        revision = 0
+        for lease in list(session.running.values()):
+            if lease.holder_session == session.id or "optimize" in self._rights(
+                lease.holder_session, session, lease.variable_id
+            ):
+                continue
+            revision = self._end_lease(
+                session, lease, "stopped",
+                f"session {lease.holder_session!r} may no longer optimize variable "
+                f"{lease.variable_id!r}: {why}",
+            )
+        return revision
 
     def _commit(
         self,
@@ -636,14 +1086,22 @@ class MemoryStore:
         source: str = "",
         notes: Sequence[OptimizationLease] = (),
         metadata_size: int = 0,
+        edges: Sequence[Edge] = (),
+        restored: Mapping[str, Sequence[HistoryEntry]] | None = None,
+        rules: Mapping[str, tuple[AccessRule, ...]] | None = None,
     ) -> tuple[list[VariableRecord], int]:
         # The only place variable state changes: one new revision for the whole write,
         # stamped on every record it writes (and as create_revision on new ones), logged
         # as one commit and handed to the session's listeners. ``notes`` are leases whose
         # status changed in this commit: each becomes an optimization event after the
         # value changes, so a watcher sees a write and the status it led to together.
+        # ``edges`` (checked acyclic by the caller) join the graph before propagation;
+        # ``restored`` seeds the history of new records (an import) before their own
+        # version is remembered, each entry stamped with this revision (its ``size`` set
+        # by the caller). ``rules`` sets variables' access rules (on register, or by their
+        # owner). The revision counter is the store's, shared by all sessions.
         # Callers have checked every limit (``_check_room`` included): nothing here fails.
-        revision = session.revision + 1
+        revision = self._revision + 1
         stamped = [
             r
             if r.mod_revision == revision and r.create_revision
@@ -661,10 +1119,18 @@ class MemoryStore:
             old = session.variables.get(record.id)
             session.variables[record.id] = record
             session.names[record.name] = record.id
+            self._owners[record.id] = session.id
+            if restored and record.id in restored:
+                self._seed_history(session, record.id, restored[record.id], revision)
             self._remember(session, record, meta, metadata_size)
             if old is not None:
                 changed.append(record)
                 events.append(ChangeEvent(record, old.value, "value_change", meta, source))
+        if edges:
+            before = session.graph.bytes
+            for edge in edges:
+                session.graph.add(edge)
+            self._charge(session, "other_bytes", session.graph.bytes - before)
         if changed and len(session.graph):
             # Dependents learn of the change in the same frame, upstream first, each told
             # which of the changed variables it depends on (the first MAX_SOURCE_NAMES).
@@ -681,10 +1147,12 @@ class MemoryStore:
                 }
                 if truncated:
                     note["source_variables_truncated"] = True
-                events.append(
-                    ChangeEvent(dependent, dependent.value, "dependency_changed", note, source)
-                )
+                events.append(ChangeEvent(
+                    dependent, dependent.value, "dependency_changed", note, source,
+                    tuple(source_ids),
+                ))
         for lease in notes:
+            lease.revision = revision
             record = session.variables[lease.variable_id]
             events.append(
                 ChangeEvent(
@@ -692,26 +1160,33 @@ class MemoryStore:
                     lease.status(record.name, revision), lease.id,
                 )
             )
+        for var_id, clean in (rules or {}).items():
+            self._set_rules(session, var_id, clean)
         for record in removed:
             del session.variables[record.id]
             del session.names[record.name]
+            self._owners.pop(record.id, None)
             before = session.graph.bytes
             session.graph.drop(record.id)
             self._charge(session, "other_bytes", session.graph.bytes - before)
             entries = session.history.pop(record.id, None)
             if entries:
                 self._forget_history(session, entries, revision)
-            ended = session.leases.pop(record.id, None)
-            if ended is not None:
+            session.leases.pop(record.id, None)
+            for ended in session.recent_leases.pop(record.id, ()):
+                session.lease_by_id.pop(ended.id, None)
                 self._charge(session, "other_bytes", -ended.size)
             evaluations = session.evaluations.pop(record.id, None)
             if evaluations:
                 self._charge(session, "other_bytes", -sum(e.size for e in evaluations))
             self._charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
+            self._set_rules(session, record.id, ())
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
-        session.revision = revision
-        commit = Commit(revision, tuple(events), self._clock())
+        session.revision = self._revision = revision
+        commit = Commit(
+            revision, tuple(events), self._clock(), session.id, tuple(rules or ())
+        )
         session.log.append(commit)
         self._charge(session, "log_bytes", _commit_cost(commit))
         if len(session.log) > self.log_size:
@@ -764,6 +1239,33 @@ class MemoryStore:
             self._release(session)
         if len(session.superseded) > 2 * (session.history_entries - len(session.history)) + 1024:
             self._compact_superseded(session)
+
+    def _seed_history(
+        self, session: Session, var_id: str, entries: Sequence[HistoryEntry], revision: int
+    ) -> None:
+        # An import's restored history (sizes measured by the planner), before the
+        # variable's own version is remembered: retention, superseded oldest first; the
+        # newest restored entry counts as current until _remember supersedes it.
+        kept = deque(
+            (dataclasses.replace(entry, revision=revision) for entry in entries),
+            maxlen=self.history_size,
+        )
+        if not kept:
+            return
+        total = sum(e.size for e in kept)
+        session.history[var_id] = kept
+        session.history_entries += len(kept)
+        self._charge(session, "history_bytes", total)
+        self._charge(session, "current_bytes", kept[-1].size)
+        for entry in list(kept)[:-1]:
+            session.superseded.append((revision, var_id, entry.version))
+
+    def _set_rules(self, session: Session, var_id: str, rules: tuple[AccessRule, ...]) -> None:
+        # A variable's access rules, charged to the session's other_bytes (_rules_cost).
+        old = session.rules.pop(var_id, ())
+        if rules:
+            session.rules[var_id] = rules
+        self._charge(session, "other_bytes", _rules_cost(rules) - _rules_cost(old))
 
     # ------------------------------------------------------------- memory account
 
@@ -896,7 +1398,8 @@ class MemoryStore:
                 _session_cost(session)
                 + sum(_client_cost(c) for c in session.clients.values())
                 + session.graph.bytes
-                + sum(lease.size for lease in session.leases.values())
+                + sum(lease.size for kept in session.recent_leases.values() for lease in kept)
+                + sum(_rules_cost(rules) for rules in session.rules.values())
                 + sum(e.size for kept in session.evaluations.values() for e in kept)
                 + sum(session.fixed.values())
             )
@@ -930,6 +1433,7 @@ class MemoryStore:
                 f"variable name {name!r} already exists as the id of another variable"
             )
         limits = self.limits
+        _check_not_id_shaped(name)
         type_name = normalize_type(spec.type)
         fixed = ITEM_OVERHEAD
         if spec.constraints is not None:
@@ -1044,10 +1548,14 @@ class MemoryStore:
         taken: set[str] = set()
         prepared = []
         fixed: list[int] = []
+        rules: dict[str, tuple[AccessRule, ...]] = {}
         for spec in specs:
             record, cost = self._prepare_new(session, spec, actor, taken)
             prepared.append(record)
             fixed.append(cost)
+            rules[record.id] = check_rules(
+                record.name, record.type, getattr(spec, "access_rules", ()) or ()
+            )
             taken.add(spec.name)
         self._check_batch_bytes(
             sum(r.size for r in prepared) + sum(fixed), len(prepared), "the registration"
@@ -1055,7 +1563,8 @@ class MemoryStore:
         edges = self._new_edges(session, specs, prepared)
         self._check_room(
             session,
-            self._records_cost(session, prepared) + sum(fixed) + sum(e.size for e in edges),
+            self._records_cost(session, prepared) + sum(fixed) + sum(e.size for e in edges)
+            + sum(_rules_cost(r) for r in rules.values()),
         )
         before = session.graph.bytes
         added: list[Edge] = []
@@ -1071,7 +1580,7 @@ class MemoryStore:
         self._charge(session, "other_bytes", session.graph.bytes - before + sum(fixed))
         for record, cost in zip(prepared, fixed, strict=True):
             session.fixed[record.id] = cost
-        return self._commit(session, prepared)
+        return self._commit(session, prepared, rules={k: v for k, v in rules.items() if v})
 
     def _new_edges(
         self, session: Session, specs: Sequence[VariableSpec], prepared: list[VariableRecord]
@@ -1114,12 +1623,14 @@ class MemoryStore:
 
             store.get(sid, "temperature").value
         """
-        return self._resolve(self.session(session_id), ref)
+        return self._locate(self.session(session_id), ref, "read")[1]
 
     def get_many(
-        self, session_id: str, refs: Sequence[str]
+        self, session_id: str, refs: Sequence[str], permission: str = "read"
     ) -> tuple[list[VariableRecord], list[str]]:
-        """Records for the refs that exist (in order) and the refs that do not.
+        """Records for the refs that exist (in order) and the refs that do not (or that
+        the session may not see). A visible variable without ``permission`` raises
+        ``AccessDeniedError``.
 
         Example::
 
@@ -1133,7 +1644,7 @@ class MemoryStore:
         found, missing = [], []
         for ref in refs:
             try:
-                found.append(self._resolve(session, ref))
+                found.append(self._locate(session, ref, permission)[1])
             except VariableNotFoundError:
                 missing.append(ref)
         return found, missing
@@ -1200,16 +1711,16 @@ class MemoryStore:
             record, revision, _ = store.set(sid, "temperature", 0.9, actor="me")
             store.set(sid, "n", 5, actor="me", expected_version=record.version)
         """
-        session = self.session(session_id)
-        self._expire_leases(session)
+        caller = self.session(session_id)
         if source is not None:
             if not isinstance(source, str):
                 raise VariableTypeError("a write's source must be a string")
             check_length("a write's source", source, "max_string_length",
                          self.limits.max_string_length)
         try:
-            record = self._resolve(session, ref)
+            session, record = self._locate(caller, ref, "write", value, check_value=True)
         except VariableNotFoundError:
+            session = caller
             if not create_if_missing:
                 raise
             if expected_version:
@@ -1223,12 +1734,14 @@ class MemoryStore:
                 session_id, [VariableSpec(ref, type_name, value, None, metadata)], actor
             )
             return records[0], revision, True
-        self._check_lease(session, record, fencing_token)
+        self._expire_leases(session)
+        record = session.variables[record.id]
+        self._check_lease(session, record, fencing_token, caller_id=session_id)
         self._check_version(record, expected_version)
         clean_metadata, metadata_size = self._clean_metadata(
             record.name, metadata, f"variable {record.name!r}: metadata"
         )
-        new = self._prepare_write(record, value, clean_metadata, actor, session.revision + 1)
+        new = self._prepare_write(record, value, clean_metadata, actor, self._revision + 1)
         self._check_room(session, self._records_cost(session, [new], metadata_size))
         written, revision = self._commit(
             session, [new], metadata=clean_metadata, source=source or actor,
@@ -1253,20 +1766,22 @@ class MemoryStore:
         metadata: Mapping[str, Any] | None = None,
         atomic: bool = True,
         actor: str,
+        require_leases: Sequence[tuple[str, str, int]] = (),
     ) -> tuple[list[UpdateOutcome], int, bool]:
         """Write several variables under one revision; returns (outcomes, revision, applied).
 
         Each update is ``(ref, value)`` or ``(ref, value, expected_version)``. With
         ``atomic`` any bad entry (invalid, unknown, or at another version than expected)
         means nothing is applied: the bad entries carry their error, the rest say they
-        were not applied. Without it the valid entries are applied.
+        were not applied. Without it the valid entries are applied. ``require_leases``
+        names ``(ref, optimization_id, fencing_token)`` leases the caller must still hold:
+        if one has ended, ``OptimizationLockedError`` and nothing is applied.
 
         Example::
 
             outcomes, revision, applied = store.update_many(sid, [("a", 1), ("b", 2)], actor="me")
         """
-        session = self.session(session_id)
-        self._expire_leases(session)
+        caller = self.session(session_id)
         if not isinstance(updates, list | tuple) or not all(
             isinstance(u, tuple | list) and len(u) in (2, 3) for u in updates
         ):
@@ -1274,18 +1789,45 @@ class MemoryStore:
                 "updates must be a list of (ref, value) or (ref, value, expected_version)"
             )
         check_count("the batch", len(updates), "max_batch_size", self.limits.max_batch_size)
+        if not isinstance(require_leases, list | tuple) or not all(
+            isinstance(g, tuple | list) and len(g) == 3 for g in require_leases
+        ):
+            raise InvalidValueError(
+                "require_leases must be a list of (ref, optimization_id, fencing_token)"
+            )
+        check_count("the required leases", len(require_leases), "max_batch_size",
+                    self.limits.max_batch_size)
         clean_metadata, metadata_size = self._clean_metadata(
             "update", metadata, "the batch's metadata"
         )
+        self._expire_leases(caller)
+        for ref, optimization_id, token in require_leases:
+            guard_owner, guarded = self._locate(caller, ref, "optimize")
+            self._expire_leases(guard_owner)
+            self._holder_lease(guard_owner, guarded, optimization_id, token, caller.id)
         prepared: list[VariableRecord | None] = []
         errors: list[DspexError | None] = []
         seen: set[str] = set()
         refs = [u[0] for u in updates]
+        # A batch is one commit in one session: it writes the variables of one owner
+        # session (the first entry's), and an entry of another owner is an error.
+        session: Session | None = None
         for update in updates:
             ref, value = update[0], update[1]
             expected = update[2] if len(update) > 2 else None
             try:
-                record = self._resolve(session, ref)
+                owner, record = self._locate(caller, ref, "write", value, check_value=True)
+                if session is None:
+                    session = owner
+                    if owner is not caller:
+                        self._expire_leases(owner)
+                        record = owner.variables[record.id]
+                elif owner is not session:
+                    raise InvalidValueError(
+                        f"variable {ref!r} belongs to session {owner.id!r}, but the batch "
+                        f"writes variables of session {session.id!r}: a batch is one commit "
+                        "in one session (send one batch per owner session)"
+                    )
                 if record.id in seen:
                     raise InvalidValueError(
                         f"variable {record.name!r} appears more than once in the batch"
@@ -1295,7 +1837,7 @@ class MemoryStore:
                 self._check_version(record, expected)
                 prepared.append(
                     self._prepare_write(
-                        record, value, clean_metadata, actor, session.revision + 1
+                        record, value, clean_metadata, actor, self._revision + 1
                     )
                 )
                 errors.append(None)
@@ -1313,9 +1855,10 @@ class MemoryStore:
                 )
                 for ref, e in zip(refs, errors, strict=True)
             ]
-            return outcomes, session.revision, False
+            return outcomes, (session or caller).revision, False
         to_apply = [r for r in prepared if r is not None]
         self._check_batch_bytes(sum(r.size for r in to_apply), len(to_apply), "the batch")
+        session = session or caller
         revision = session.revision
         committed: dict[str, VariableRecord] = {}
         if to_apply:
@@ -1360,9 +1903,8 @@ class MemoryStore:
 
             deleted, revision = store.delete(sid, "temperature")
         """
-        session = self.session(session_id)
+        session, record = self._locate(self.session(session_id), ref, "owner")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         dependents = session.graph.dependents(record.id, transitive=True)
         if dependents and not cascade:
             names = ", ".join(repr(session.variables[d].name) for d, _, _ in dependents)
@@ -1454,12 +1996,14 @@ class MemoryStore:
 
             [r.name for r, _, _ in store.dependencies(sid, "eff", transitive=True)]
         """
-        session = self.session(session_id)
-        record = self._resolve(session, ref)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "read")
         walk = session.graph.dependents if dependents else session.graph.dependencies
+        # Of another session's graph, only the variables the caller may read are shown.
         return [
             (session.variables[var_id], depth, edge)
             for var_id, depth, edge in walk(record.id, transitive)
+            if session is caller or self.may(caller.id, var_id, "read")
         ]
 
     # ----------------------------------------------------------------- history
@@ -1479,8 +2023,7 @@ class MemoryStore:
             raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise InvalidValueError(f"history offset must be an integer >= 0, got {offset!r}")
-        session = self.session(session_id)
-        record = self._resolve(session, ref)
+        session, record = self._locate(self.session(session_id), ref, "read")
         entries = session.history.get(record.id, deque())
         oldest = entries[0].version if entries else record.version
         newest_wanted = record.version - offset
@@ -1503,15 +2046,20 @@ class MemoryStore:
     ) -> tuple[VariableRecord, int]:
         """Write a new version whose value is that of ``version`` (history is appended,
         never rewritten); returns (new record, revision). Unknown or expired versions
-        raise ``ValueError``.
+        raise ``ValueError``. Another session's variable needs ``read`` as well as
+        ``write``: choosing a past value is reading the history.
 
         Example::
 
             record, revision = store.rollback(sid, "temperature", 3, reason="bad sweep", actor="me")
         """
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "write")
+        if session is not caller:
+            # Rolling back chooses a past value (and the response carries it): that is
+            # reading the history, so another session's variable needs read as well.
+            self._locate(caller, record.id, "read")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         self._check_lease(session, record, None, doing="rolled back")
         self._check_version(record, expected_version)
         if not isinstance(version, int) or isinstance(version, bool) or not (
@@ -1530,6 +2078,8 @@ class MemoryStore:
                 f"(the oldest kept is {oldest}; retention is {self.history_size} versions "
                 "within the session's memory budget)"
             )
+        if session is not caller:
+            self._locate(caller, record.id, "write", entry.value, check_value=True)
         metadata: dict[str, Any] = {"rollback_to": version}
         if reason is not None:
             if not isinstance(reason, str):
@@ -1542,7 +2092,7 @@ class MemoryStore:
         # validating again is not idempotent (re-normalizing an embedding can move its
         # last bits).
         new = self._prepare_write(
-            record, entry.value, metadata, actor, session.revision + 1, validated=True
+            record, entry.value, metadata, actor, self._revision + 1, validated=True
         )
         self._check_room(session, self._records_cost(session, [new], metadata_size))
         written, revision = self._commit(
@@ -1569,6 +2119,8 @@ class MemoryStore:
                 f"the lease lapsed: no renewal from {lease.holder_client or 'its holder'} "
                 f"within {lease.ttl:g} s",
             )
+        # A rule's time condition may have lapsed since: its optimize grant with it.
+        self._end_unpermitted_leases(session, "the rule granting it no longer applies")
 
     def _end_lease(
         self,
@@ -1590,18 +2142,31 @@ class MemoryStore:
             metadata_size=metadata_size,
         )[1]
 
+    def _new_token(self) -> int:
+        # A positive int64 (the wire field), unguessable, never issued twice by this store.
+        while True:
+            token = secrets.randbits(62) + 1
+            if token not in self._tokens:
+                self._tokens.add(token)
+                return token
+
     def _check_lease(
         self,
         session: Session,
         record: VariableRecord,
         token: int | None,
         doing: str = "written",
+        caller_id: str = "",
     ) -> OptimizationLease | None:
+        # A token passes only for the session that holds the lease (``caller_id``): a
+        # token is a fence for its holder's writes, not a password anyone may present.
         lease = session.running.get(record.id)
         if lease is None:
             if token:
                 last = session.leases.get(record.id)
-                if last is not None and last.token == token:
+                if last is not None and last.token == token and (
+                    last.holder_session == caller_id
+                ):
                     why = f"optimization {last.id} has {last.state}"
                     why += f" ({last.end_reason})" if last.end_reason else ""
                 else:
@@ -1611,7 +2176,7 @@ class MemoryStore:
                     optimization_id=last.id if last is not None else "",
                 )
             return None
-        if token != lease.token or doing != "written":
+        if token != lease.token or doing != "written" or lease.holder_session != caller_id:
             raise OptimizationLockedError(
                 f"variable {record.name!r} is locked for optimization by {lease.id} "
                 f"({lease.optimizer_type}, session {lease.holder_session}); it cannot be "
@@ -1622,16 +2187,24 @@ class MemoryStore:
         return lease
 
     def _holder_lease(
-        self, session: Session, record: VariableRecord, optimization_id: str, token: int
+        self,
+        session: Session,
+        record: VariableRecord,
+        optimization_id: str,
+        token: int,
+        caller_id: str,
     ) -> OptimizationLease:
         lease = session.running.get(record.id)
-        if lease is None or lease.id != optimization_id or lease.token != token:
+        if (
+            lease is None or lease.id != optimization_id or lease.token != token
+            or lease.holder_session != caller_id
+        ):
             last = session.leases.get(record.id)
             if last is not None and last.id == optimization_id:
                 why = f"it has {last.state}" + (f" ({last.end_reason})" if last.end_reason
                                                 else "")
-                if last.token != token:
-                    why = f"fencing token {token} is not its token"
+                if last.token != token or last.holder_session != caller_id:
+                    why = f"fencing token {token} is not the token session {caller_id!r} holds"
             else:
                 why = "no such optimization of this variable"
             raise OptimizationLockedError(
@@ -1664,9 +2237,9 @@ class MemoryStore:
             lease, revision = store.start_optimization(sid, "t", optimizer_type="bayesian")
             store.set(sid, "t", 0.4, actor="me", fencing_token=lease.token)
         """
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         if not isinstance(optimizer_type, str) or not NAME_RE.fullmatch(optimizer_type):
             raise InvalidValueError(
                 f"variable {record.name!r}: optimizer type {_show(optimizer_type)} is not a "
@@ -1692,6 +2265,14 @@ class MemoryStore:
         clean_config, config_size = self._clean_metadata(
             record.name, config, f"variable {record.name!r}: optimizer config"
         )
+        if client_id not in caller.clients:
+            # Only an attached client can hold a lease: its close or silence must be able
+            # to end it (a made-up or swept client id would hold it for the whole TTL).
+            raise SessionNotFoundError(
+                f"client {_show(client_id)} is not attached to session {caller.id!r}; only "
+                "an attached client can hold an optimization lease",
+                detached=True,
+            )
         running = session.running.get(record.id)
         if running is not None:
             raise OptimizationLockedError(
@@ -1706,9 +2287,9 @@ class MemoryStore:
             id="opt_" + secrets.token_hex(8),
             variable_id=record.id,
             optimizer_type=optimizer_type,
-            holder_session=session.id,
+            holder_session=caller.id,
             holder_client=client_id,
-            token=next(self._tokens),
+            token=self._new_token(),
             ttl=ttl,
             config=clean_config,
             max_iterations=max_iterations,
@@ -1718,12 +2299,20 @@ class MemoryStore:
             minimize=bool(minimize),
             size=5 * ITEM_OVERHEAD + config_size + len(client_id),
         )
-        previous = session.leases.get(record.id)
-        replaced = previous.size if previous is not None else 0
+        # The account charges each lease while it is one of the variable's recent leases
+        # (the latest, in session.leases, is one of them).
+        recent = session.recent_leases.get(record.id)
+        replaced = recent[0].size if recent and len(recent) >= RECENT_LEASES else 0
         self._check_room(session, lease.size - replaced)
-        self._charge(session, "other_bytes", lease.size - replaced)
         session.leases[record.id] = lease
         session.running[record.id] = lease
+        if recent is None:
+            recent = session.recent_leases[record.id] = deque()
+        if len(recent) >= RECENT_LEASES:
+            session.lease_by_id.pop(recent.popleft().id, None)
+        recent.append(lease)
+        self._charge(session, "other_bytes", lease.size - replaced)
+        session.lease_by_id[lease.id] = lease
         log.info("optimization_started", session_id=session.id, optimization_id=lease.id,
                  variable=record.name, optimizer=optimizer_type, client_id=client_id)
         revision = self._commit(session, (), source=actor or lease.id, notes=[lease])[1]
@@ -1795,7 +2384,7 @@ class MemoryStore:
         entries.append(
             OptimizationEntry(
                 lease.id, lease.optimizer_type, iteration, value, metrics, score,
-                self._clock(), session.revision + 1, size,
+                self._clock(), self._revision + 1, size,
             )
         )
         self._charge(session, "other_bytes", size)
@@ -1824,10 +2413,12 @@ class MemoryStore:
             store.optimization_step(sid, "t", lease.id, lease.token,
                                     evaluation=(1, 0.4, {"acc": 0.8}, 0.8))
         """
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
-        lease = self._holder_lease(session, record, optimization_id, fencing_token)
+        lease = self._holder_lease(
+            session, record, optimization_id, fencing_token, caller.id
+        )
         clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
         written: list[VariableRecord] = []
         metadata: dict[str, Any] = {}
@@ -1841,7 +2432,7 @@ class MemoryStore:
                         "iteration": iteration}
             # The bookkeeping goes with the commit (events, history), not into the
             # variable's own metadata, where it would outlive this run.
-            written = [self._prepare_write(record, value, {}, actor, session.revision + 1)]
+            written = [self._prepare_write(record, value, {}, actor, self._revision + 1)]
         metadata_size = measure_map(metadata, self.limits, "the step's metadata")
         self._check_room(
             session,
@@ -1872,6 +2463,7 @@ class MemoryStore:
         state: str = "completed",
         reason: str = "",
         actor: str = "",
+        metadata: Mapping[str, Any] | None = None,
     ) -> tuple[OptimizationLease, VariableRecord | None, int]:
         """End a run by its holder: record the last evaluation, write the final value and
         release the lease, in one commit. ``state`` is ``completed`` or ``failed``.
@@ -1887,21 +2479,27 @@ class MemoryStore:
                 f"{_show(state)}"
             )
         self._check_reason("the end reason", reason)
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
-        lease = self._holder_lease(session, record, optimization_id, fencing_token)
+        lease = self._holder_lease(
+            session, record, optimization_id, fencing_token, caller.id
+        )
         clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
         written: list[VariableRecord] = []
-        metadata: dict[str, Any] = {}
+        extra, _ = self._clean_metadata(
+            record.name, dict(metadata) if isinstance(metadata, Mapping) else metadata,
+            f"variable {record.name!r}: the finish's metadata",
+        )
+        commit_metadata: dict[str, Any] = {}
         if write_final:
-            metadata = {"optimization_id": lease.id, "optimizer": lease.optimizer_type,
-                        "final": True}
+            commit_metadata = {**extra, "optimization_id": lease.id,
+                               "optimizer": lease.optimizer_type, "final": True}
             written = [
-                self._prepare_write(record, final_value, {}, actor, session.revision + 1)
+                self._prepare_write(record, final_value, {}, actor, self._revision + 1)
             ]
             self._status_value(record, written[0].value, "final value")
-        metadata_size = measure_map(metadata, self.limits, "the finish's metadata")
+        metadata_size = measure_map(commit_metadata, self.limits, "the finish's metadata")
         self._check_room(
             session,
             self._records_cost(session, written, metadata_size)
@@ -1912,7 +2510,7 @@ class MemoryStore:
         if written:
             lease.final_value, lease.has_final = written[0].value, True
         revision = self._end_lease(
-            session, lease, state, reason or state, written, metadata, actor=lease.id,
+            session, lease, state, reason or state, written, commit_metadata, actor=lease.id,
             metadata_size=metadata_size,
         )
         return lease, (session.variables[record.id] if written else None), revision
@@ -1939,9 +2537,9 @@ class MemoryStore:
         """
         self._check_reason("the stop reason", reason)
         self._check_reason("the stopping actor", actor)
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         lease = session.running.get(record.id)
         if lease is None or (optimization_id and lease.id != optimization_id):
             return False, session.leases.get(record.id), session.revision, None
@@ -1954,7 +2552,7 @@ class MemoryStore:
                         "final": True, "stopped": True}
             written = [
                 self._prepare_write(
-                    record, lease.best_value, {}, actor, session.revision + 1, validated=True,
+                    record, lease.best_value, {}, actor, self._revision + 1, validated=True,
                 )
             ]
         metadata_size = measure_map(metadata, self.limits, "the stop's metadata")
@@ -1976,32 +2574,54 @@ class MemoryStore:
 
             record, lease = store.optimization_status(sid, "temperature")
         """
-        session = self.session(session_id)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "read")
         self._expire_leases(session)
-        record = self._resolve(session, ref)
         return record, session.leases.get(record.id)
 
     def status_events(
-        self, session_id: str, records: Iterable[VariableRecord]
+        self, session_id: str, records: Iterable[VariableRecord], after_revision: int = 0
     ) -> builtins.list[ChangeEvent]:
-        """The current optimization status of each of these variables that was ever
-        optimized, as events: what a watcher resynced past the log's horizon must hear
-        besides the values (it may have missed a run's end).
+        """The last status of each recent run of these variables published after
+        ``after_revision``, oldest first, each stamped with the revision that published
+        it: what a watcher resynced past the log's horizon must hear besides the values
+        (how the run it followed ended, and what runs since).
 
         Example::
 
-            events = store.status_events(sid, [store.get(sid, "temperature")])
+            events = store.status_events(sid, [store.get(sid, "temperature")], 41)
         """
         session = self.session(session_id)
         events = []
         for record in records:
-            lease = session.leases.get(record.id)
-            if lease is not None:
-                events.append(ChangeEvent(
-                    record, record.value, OPTIMIZATION_EVENT,
-                    lease.status(record.name, session.revision), lease.id,
-                ))
+            for lease in session.recent_leases.get(record.id, ()):
+                if lease.revision > after_revision:
+                    events.append(ChangeEvent(
+                        record, record.value, OPTIMIZATION_EVENT,
+                        lease.status(record.name, lease.revision), lease.id,
+                    ))
         return events
+
+    def optimization_by_id(
+        self, session_id: str, ref: str, optimization_id: str
+    ) -> tuple[VariableRecord, OptimizationLease]:
+        """The variable and one of its recent optimizations, by id (``KeyError`` once it is
+        no longer kept).
+
+        Example::
+
+            record, lease = store.optimization_by_id(sid, "t", "opt_1f2e")
+        """
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "read")
+        self._expire_leases(session)
+        lease = session.lease_by_id.get(optimization_id)
+        if lease is None or lease.variable_id != record.id:
+            raise VariableNotFoundError(
+                f"no optimization {optimization_id!r} of variable {record.name!r} is kept "
+                f"(the last {RECENT_LEASES} runs of a variable are)"
+            )
+        return record, lease
 
     def optimization_history(
         self,
@@ -2021,11 +2641,452 @@ class MemoryStore:
         """
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
-        session = self.session(session_id)
-        record = self._resolve(session, ref)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "read")
         found = [
             e for e in session.evaluations.get(record.id, ())
             if (not optimization_id or e.optimization_id == optimization_id)
             and (since is None or e.timestamp >= since)
         ]
         return found[-limit:]
+
+    # ------------------------------------------------------------ export and import
+
+    def export_snapshot(
+        self,
+        session_id: str,
+        *,
+        include_history: bool = False,
+        include_dependencies: bool = True,
+        pattern: str | None = None,
+    ) -> Snapshot:
+        """The session's variables whose names match ``pattern`` (all when None), by name:
+        values, types, constraints, metadata, descriptions, versions, and on request each
+        one's retained history (oldest first) and what it depends on (by name).
+
+        Example::
+
+            snapshot = store.export_snapshot(sid, include_history=True, pattern="model.*")
+        """
+        session = self.session(session_id)
+        variables = []
+        # store.list is the one place names are matched against patterns.
+        for record in self.list(session_id, pattern):
+            history = tuple(session.history.get(record.id, ())) if include_history else None
+            dependencies = (
+                tuple(
+                    SnapshotDependency(session.variables[dep].name, edge.type, edge.metadata)
+                    for dep, _, edge in session.graph.dependencies(record.id)
+                )
+                if include_dependencies
+                else None
+            )
+            variables.append(
+                SnapshotVariable(
+                    record.name, record.type, record.value, record.constraints,
+                    record.metadata, record.description, record.version, record.created_at,
+                    record.updated_at, record.updated_by, history, dependencies,
+                    session.rules.get(record.id, ()),
+                )
+            )
+        return Snapshot(
+            tuple(variables), session.id, session.revision, self._clock(),
+            include_history, include_dependencies,
+        )
+
+    def import_snapshot(
+        self,
+        session_id: str,
+        snapshot: Snapshot,
+        *,
+        strategy: str = "replace",
+        dry_run: bool = False,
+        actor: str = "",
+    ) -> ImportReport:
+        """Import a snapshot: validate everything, then apply it in one commit, or nothing.
+
+        Every variable is checked first (name, type, constraints, value, metadata, a
+        well-formed history, dependencies that exist and close no cycle); one bad entry
+        means nothing is applied and its outcome names the error. Otherwise every change
+        is one commit under one revision, with ``imported_from``, ``export_revision``,
+        ``format_version`` and ``merge_strategy`` as the write's metadata.
+
+        - A new variable is created; with a history in the snapshot it keeps its
+          exported version and its older versions are restored (their own time, writer
+          and metadata; the import's revision). Without one it starts at version 1.
+        - An existing one, by ``strategy``: ``replace`` writes the imported value,
+          metadata and description as one new version; ``keep`` leaves it alone;
+          ``merge`` merges dict values and metadata key-wise (imported keys win), takes
+          other values and a non-empty description from the import, and skips it when
+          nothing changes. Its history is only appended to, never rewritten; its type
+          never changes and its own constraints stay (the value must meet them).
+        - Dependencies are added (never removed) for every variable not kept as it was;
+          a dependency must name a variable of the snapshot or of the session.
+
+        ``dry_run`` validates and reports what would happen, changing nothing.
+
+        Example::
+
+            report = store.import_snapshot(sid, snapshot, strategy="merge", dry_run=True)
+            [(o.name, o.action, o.message) for o in report.outcomes]
+        """
+        if strategy not in MERGE_STRATEGIES:
+            raise InvalidValueError(
+                f"merge_strategy must be one of {', '.join(MERGE_STRATEGIES)}, got {strategy!r}"
+            )
+        session = self.session(session_id)
+        if not dry_run:
+            self._expire_leases(session)
+        entries = snapshot.variables
+        check_count("the import", len(entries), "max_batch_size", self.limits.max_batch_size)
+        plans: builtins.list[_ImportPlan | None] = []
+        errors: dict[int, DspexError] = {}
+        keys: dict[str, str] = {}  # every name the import knows -> its graph key
+        for index, entry in enumerate(entries):
+            try:
+                plan = self._plan_import(session, entry, strategy, keys, dry_run)
+            except DspexError as exc:
+                plan = None
+                errors[index] = exc
+            plans.append(plan)
+            if isinstance(entry.name, str) and entry.name not in keys:
+                existing = session.names.get(entry.name)
+                keys[entry.name] = existing or _NEW + entry.name
+        creates = sum(1 for p in plans if p is not None and p.action == "create")
+        count = len(session.variables) + creates
+        if creates and count > self.max_variables_per_session:
+            raise too_many(
+                f"session {session_id!r} would hold {count} variables (the import creates "
+                f"{creates})", count, "max_variables_per_session",
+                self.max_variables_per_session,
+            )
+        new_edges = self._plan_import_edges(session, entries, plans, keys, errors)
+        count = len(session.graph) + len(new_edges)
+        if new_edges and count > self.limits.max_dependencies_per_session:
+            raise too_many(
+                f"session {session_id!r} would hold {count} dependencies", count,
+                "max_dependencies_per_session", self.limits.max_dependencies_per_session,
+            )
+        if errors:
+            first = entries[min(errors)].name
+            outcomes = [
+                ImportOutcome(entry.name, "error", str(errors[i]), errors[i].kind)
+                if i in errors
+                else ImportOutcome(
+                    entry.name, plan.action if plan else "error",
+                    f"not applied: the import failed on {first!r}",
+                    version=plan.version if plan else 0,
+                )
+                for i, (entry, plan) in enumerate(zip(entries, plans, strict=True))
+            ]
+            return ImportReport(outcomes, session.revision, False, dry_run, 0)
+        ready = [p for p in plans if p is not None]
+        self._check_import_room(session, snapshot, strategy, ready, new_edges)
+        if dry_run:
+            outcomes = [ImportOutcome(p.name, p.action, p.message, version=p.version)
+                        for p in ready]
+            return ImportReport(outcomes, session.revision, False, True, len(new_edges))
+        return self._apply_import(session, snapshot, strategy, ready, new_edges, actor)
+
+    def _stored(
+        self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
+    ) -> Any:
+        # validate_stored, with a structure deeper than Python's stack refused as too deep.
+        try:
+            return validate_stored(name, type_name, value, constraints)
+        except RecursionError:
+            raise too_big(f"variable {name!r}: value nests too deep to validate", 0,
+                          "max_depth", self.limits.max_depth) from None
+
+    def _check_import_room(
+        self,
+        session: Session,
+        snapshot: Snapshot,
+        strategy: str,
+        plans: Sequence[_ImportPlan],
+        edges: Sequence[Edge],
+    ) -> None:
+        # The limits of what an applied import stores, checked before anything changes
+        # (a dry run reports the refusal too): one answer must echo it, and the pinned
+        # bytes (current values, per-variable costs, rules, edges) must fit the budgets.
+        writes = [p for p in plans if p.action in ("create", "replace", "merge")]
+        self._check_batch_bytes(sum(p.size for p in writes), len(writes), "the import")
+        note_size = measure_map(_import_note(snapshot, strategy), self.limits,
+                                "the import's metadata")
+        added = sum(e.size for e in edges) + sum(p.fixed for p in writes)
+        for plan in writes:
+            added += ITEM_OVERHEAD + plan.size + note_size
+            if plan.existing is not None:
+                added -= session.history[plan.existing.id][-1].size
+        self._check_room(session, added)
+
+    def _plan_import(
+        self,
+        session: Session,
+        entry: SnapshotVariable,
+        strategy: str,
+        seen: Mapping[str, str],
+        dry_run: bool,
+    ) -> _ImportPlan:
+        name = entry.name
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise InvalidValueError(
+                f"variable name {_show(name)} is not valid (letters, digits, _ . - /; up to "
+                "256 characters, not starting with a digit)"
+            )
+        if name in seen:
+            raise InvalidValueError(f"variable {name!r} appears more than once in the import")
+        limits = self.limits
+        type_name = normalize_type(entry.type)
+        fixed = ITEM_OVERHEAD
+        if entry.constraints is not None:
+            if not isinstance(entry.constraints, Mapping):
+                raise VariableTypeError(f"variable {name!r}: constraints must be a dict")
+            fixed += measure_map(entry.constraints, limits, f"variable {name!r}: constraints")
+        constraints = check_constraints(
+            name, type_name, entry.constraints, max_pattern_length=limits.max_pattern_length
+        )
+        value = self._stored(name, type_name, entry.value, constraints)
+        metadata, metadata_size = self._clean_metadata(
+            name, _plain_dict(entry.metadata), f"variable {name!r}: metadata"
+        )
+        fixed += self._description_size(name, entry.description)
+        if not isinstance(entry.version, int) or isinstance(entry.version, bool) or not (
+            1 <= entry.version <= MAX_VERSION
+        ):
+            raise InvalidValueError(
+                f"variable {name!r}: version must be an integer from 1 to {MAX_VERSION}, "
+                f"got {entry.version!r}"
+            )
+        history = self._check_history(name, type_name, constraints, entry)
+        rules = check_rules(name, type_name, list(entry.access_rules or ()))
+        existing_id = session.names.get(name)
+        if existing_id is None:
+            if name in session.variables:
+                raise AlreadyExistsError(
+                    f"variable name {name!r} already exists as the id of another variable"
+                )
+            _check_not_id_shaped(name)
+            # The entry of the current version is the import's own write (remembered by
+            # _commit with the import's metadata); the older ones are restored.
+            restored = [h for h in history or () if h.version < entry.version]
+            version = entry.version if history else 1
+            message = "new variable"
+            if restored:
+                message += f"; history restored from version {restored[0].version}"
+            value_size = measure_value(value, limits, f"variable {name!r}: value")
+            return _ImportPlan(
+                name, "create", _NEW + name, version, message, None, type_name, value,
+                constraints, metadata, entry.description, restored, rules=rules,
+                size=value_size + metadata_size, metadata_size=metadata_size,
+                fixed=fixed + _rules_cost(rules),
+            )
+        existing = session.variables[existing_id]
+        if strategy == "keep":
+            return _ImportPlan(
+                name, "skip", existing.id, existing.version,
+                "exists; kept as it is (merge_strategy 'keep')", existing, untouched=True,
+            )
+        if existing.type != type_name:
+            raise VariableTypeError(
+                f"variable {name!r} is a {existing.type} in the session but a {type_name} in "
+                "the import; an import never changes a variable's type"
+            )
+        notes = []
+        if dict(existing.constraints) != constraints:
+            notes.append("the session's constraints kept (the import's differ)")
+        if history:
+            notes.append("exported history not restored (an existing variable's history is "
+                         "only appended to)")
+        if strategy == "merge":
+            if type_name == "dict":
+                value = {**existing.value, **value}
+                notes.append("dict merged key-wise")
+            metadata = {**existing.metadata, **metadata}
+            description = entry.description or existing.description
+        else:
+            description = entry.description
+        value = self._stored(name, type_name, value, existing.constraints)
+        value_size = measure_value(value, limits, f"variable {name!r}: value")
+        metadata_size = measure_map(metadata, limits, f"variable {name!r}: metadata (merged)")
+        if strategy == "merge" and (
+            same_value(value, existing.value)
+            and same_value(metadata, dict(existing.metadata))
+            and description == existing.description
+        ):
+            return _ImportPlan(
+                name, "skip", existing.id, existing.version, "unchanged", existing,
+            )
+        lease = session.running.get(existing.id)
+        if lease is not None and not (dry_run and self._clock() > lease.expires_at):
+            # (A dry run does not sweep leases, so one past its expiry counts as gone.)
+            self._check_lease(session, existing, None, doing="overwritten by an import")
+        return _ImportPlan(
+            name, strategy, existing.id, existing.version + 1, "; ".join(notes), existing,
+            type_name, value, existing.constraints, metadata, description,
+            size=value_size + metadata_size, metadata_size=metadata_size,
+        )
+
+    def _check_history(
+        self,
+        name: str,
+        type_name: str,
+        constraints: Mapping[str, Any],
+        entry: SnapshotVariable,
+    ) -> builtins.list[HistoryEntry] | None:
+        # A well-formed history: consecutive versions ending at the variable's version,
+        # every value valid for the variable as it is declared.
+        if entry.history is None:
+            return None
+        out: builtins.list[HistoryEntry] = []
+        for i, item in enumerate(entry.history):
+            where = f"variable {name!r}: history entry {i}"
+            version = item.version
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+                raise InvalidValueError(
+                    f"{where}: version must be a positive integer, got {version!r}"
+                )
+            if out and version != out[-1].version + 1:
+                raise InvalidValueError(
+                    f"{where}: versions must be consecutive, oldest first (version "
+                    f"{version} follows {out[-1].version})"
+                )
+            if not isinstance(item.updated_at, int | float) or isinstance(
+                item.updated_at, bool
+            ) or not math.isfinite(item.updated_at):
+                raise InvalidValueError(f"{where}: updated_at must be a finite number")
+            if not isinstance(item.updated_by, str):
+                raise VariableTypeError(f"{where}: updated_by must be a string")
+            try:
+                value = self._stored(name, type_name, item.value, constraints)
+                metadata, metadata_size = self._clean_metadata(
+                    name, _plain_dict(item.metadata), f"variable {name!r}: metadata"
+                )
+                size = ITEM_OVERHEAD + metadata_size + measure_value(
+                    value, self.limits, f"variable {name!r}: value"
+                )
+            except DspexError as exc:
+                prefix = f"variable {name!r}: "
+                text = exc.message[len(prefix):] if exc.message.startswith(prefix) else exc.message
+                raise type(exc)(f"{where} (version {version}): {text}") from None
+            check_length(f"{where}: updated_by", item.updated_by, "max_string_length",
+                         self.limits.max_string_length)
+            out.append(
+                HistoryEntry(version, value, float(item.updated_at), item.updated_by, metadata, 0,
+                             size)
+            )
+        if out and out[-1].version != entry.version:
+            raise InvalidValueError(
+                f"variable {name!r}: its history ends at version {out[-1].version} but the "
+                f"variable is at version {entry.version}"
+            )
+        return out
+
+    def _plan_import_edges(
+        self,
+        session: Session,
+        entries: Sequence[SnapshotVariable],
+        plans: Sequence[_ImportPlan | None],
+        keys: Mapping[str, str],
+        errors: dict[int, DspexError],
+    ) -> builtins.list[Edge]:
+        # Tried on a copy of the graph, so a cycle is found before anything changes.
+        trial = session.graph.copy()
+        labels = {key: name for name, key in keys.items()}
+        added: builtins.list[Edge] = []
+        for index, (entry, plan) in enumerate(zip(entries, plans, strict=True)):
+            if plan is None or plan.untouched or not entry.dependencies:
+                continue
+            try:
+                for dependency in entry.dependencies:
+                    target = keys.get(dependency.name) or session.names.get(dependency.name)
+                    if target is None:
+                        raise InvalidValueError(
+                            f"variable {plan.name!r} depends on {dependency.name!r}, which is "
+                            "neither in the import nor in the session"
+                        )
+                    if dependency.type not in DEPENDENCY_TYPES:
+                        raise InvalidValueError(
+                            f"variable {plan.name!r}: dependency type must be one of "
+                            f"{', '.join(DEPENDENCY_TYPES)}, got {dependency.type!r}"
+                        )
+                    metadata, size = self._clean_metadata(
+                        plan.name, _plain_dict(dependency.metadata),
+                        f"variable {plan.name!r}: dependency metadata",
+                    )
+                    edge = Edge(plan.key, target, dependency.type, metadata,
+                                ITEM_OVERHEAD + size)
+                    try:
+                        if trial.add(edge):
+                            added.append(edge)
+                    except CycleError as exc:
+                        raise self._cycle_error(session, exc, labels) from None
+            except DspexError as exc:
+                errors[index] = exc
+        return added
+
+    def _apply_import(
+        self,
+        session: Session,
+        snapshot: Snapshot,
+        strategy: str,
+        plans: Sequence[_ImportPlan],
+        edges: Sequence[Edge],
+        actor: str,
+    ) -> ImportReport:
+        now = self._clock()
+        ids: dict[str, str] = {}
+        records: builtins.list[VariableRecord] = []
+        restored: dict[str, builtins.list[HistoryEntry]] = {}
+        rules: dict[str, tuple[AccessRule, ...]] = {}
+        fixed: dict[str, int] = {}
+        for plan in plans:
+            if plan.action == "create":
+                var_id = ids[plan.key] = f"var_{plan.name}_{next(self._ids)}"
+                if plan.rules:
+                    rules[var_id] = plan.rules
+                records.append(VariableRecord(
+                    var_id, plan.name, plan.type, plan.value, plan.constraints, plan.metadata,
+                    plan.version, 0, 0, now, now, actor, plan.description, plan.size,
+                    plan.metadata_size,
+                ))
+                fixed[var_id] = plan.fixed - _rules_cost(plan.rules)
+                if plan.history:
+                    restored[var_id] = plan.history
+            elif plan.action in ("replace", "merge"):
+                old = plan.existing
+                assert old is not None
+                records.append(VariableRecord(
+                    old.id, old.name, old.type, plan.value, old.constraints, plan.metadata,
+                    old.version + 1, 0, old.create_revision, old.created_at, now, actor,
+                    plan.description, plan.size, plan.metadata_size,
+                ))
+        final_edges = [
+            Edge(ids.get(e.dependent, e.dependent), ids.get(e.dependency, e.dependency),
+                 e.type, e.metadata)
+            for e in edges
+        ]
+        written: dict[str, VariableRecord] = {}
+        revision = session.revision
+        if records or final_edges:
+            note = _import_note(snapshot, strategy)
+            for var_id, cost in fixed.items():
+                session.fixed[var_id] = cost
+            self._charge(session, "other_bytes", sum(fixed.values()))
+            stamped, revision = self._commit(
+                session, records, metadata=note, source=actor, edges=final_edges,
+                restored=restored, rules=rules,
+                metadata_size=measure_map(note, self.limits, "the import's metadata"),
+            )
+            written = {r.name: r for r in stamped}
+            log.info("variables_imported", session_id=session.id, revision=revision,
+                     written=len(stamped), edges=len(final_edges), strategy=strategy)
+        outcomes = [
+            ImportOutcome(
+                p.name, p.action, p.message, version=p.version, record=written.get(p.name)
+            )
+            for p in plans
+        ]
+        return ImportReport(
+            outcomes, revision, bool(records or final_edges), False, len(final_edges)
+        )

@@ -1,6 +1,8 @@
 """The transport: one grpc.aio channel on a private asyncio loop thread, bridged to trio.
 
-It moves opaque protobuf messages by method path and knows nothing of variables or types.
+It moves opaque protobuf messages by method path and knows nothing of variables or types;
+call metadata (such as a session token) is whatever pairs the caller passes, and the
+channel is plain or TLS as the caller's ``credentials`` say.
 A call is started on the loop with ``call_soon_threadsafe`` and its outcome is handed back
 through the trio token. Cancelling the trio caller cancels the asyncio task (and with it
 the RPC), then waits, shielded, until that task has really finished, so nothing of a call
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -23,6 +25,8 @@ from google.protobuf.message import Message
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
+# Call metadata: (key, value) pairs, keys lower-case ASCII (gRPC's rule).
+Metadata = Sequence[tuple[str, str]]
 
 
 def _serialize(message: Message) -> bytes:
@@ -147,6 +151,9 @@ class Transport:
         await transport.open()
         reply = await transport.unary("/dspex_rx.v1.Variables/Echo", request, EchoResponse)
         await transport.close()
+
+    ``credentials`` (``grpc.ssl_channel_credentials(...)``) makes the channel TLS; without
+    them it is plaintext.
     """
 
     def __init__(
@@ -154,10 +161,12 @@ class Transport:
         target: str,
         options: list[tuple[str, Any]] | None = None,
         timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
         self.options = options or []
         self.timeout = timeout
+        self.credentials = credentials
         self._loop = LoopThread(f"dspex-rx-io[{target}]")
         self._channel: grpc.aio.Channel | None = None
         self._methods: dict[str, Any] = {}
@@ -172,6 +181,8 @@ class Transport:
         self._loop.start()
 
         async def make() -> grpc.aio.Channel:
+            if self.credentials is not None:
+                return grpc.aio.secure_channel(self.target, self.credentials, options=self.options)
             return grpc.aio.insecure_channel(self.target, options=self.options)
 
         self._channel = await self._loop.run(make)
@@ -195,24 +206,34 @@ class Transport:
         request: Message,
         response_type: type[M],
         timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> M:
         """Make one unary call; raises ``grpc.aio.AioRpcError`` on a non-OK status.
 
+        ``metadata`` is sent as the call's metadata, as given.
+
         Example::
 
-            reply = await transport.unary(path, request, EchoResponse, timeout=5)
+            reply = await transport.unary(path, request, EchoResponse, timeout=5,
+                                          metadata=(("x-dspex-session-token", token),))
         """
         method = self._method(path, response_type)
         deadline = self.timeout if timeout is None else timeout
-        response: M = await self._loop.run(lambda: method(request, timeout=deadline))
+        sent = tuple(metadata) or None
+        response: M = await self._loop.run(
+            lambda: method(request, timeout=deadline, metadata=sent)
+        )
         return response
 
-    async def open_stream(self, path: str, response_type: type[M]) -> Stream[M]:
-        """Open a bidirectional stream; see ``Stream``.
+    async def open_stream(
+        self, path: str, response_type: type[M], metadata: Metadata = ()
+    ) -> Stream[M]:
+        """Open a bidirectional stream, sending ``metadata`` with the call; see ``Stream``.
 
         Example::
 
-            stream = await transport.open_stream("/pkg.Service/Session", ServerMessage)
+            stream = await transport.open_stream("/pkg.Service/Session", ServerMessage,
+                                                 metadata=(("x-dspex-session-token", t),))
         """
         if self._channel is None:
             raise RuntimeError("the transport is not open")
@@ -221,7 +242,7 @@ class Transport:
         )
         stream: Stream[M] = Stream(self._loop, trio.lowlevel.current_trio_token())
         try:
-            await self._loop.run(lambda: stream._start(method))
+            await self._loop.run(lambda: stream._start(method, tuple(metadata) or None))
         except BaseException:
             # Cancelled after the call was made on the loop: do not leave it running.
             await stream.close()
@@ -296,9 +317,9 @@ class Stream(Generic[M]):
         self._write_lock = trio.Lock()
         self.batches = 0
 
-    async def _start(self, method: Any) -> None:
+    async def _start(self, method: Any, metadata: Metadata | None = None) -> None:
         # On the loop thread.
-        self._call = method()
+        self._call = method(metadata=metadata)
         self._space = asyncio.Event()
         self._reader = asyncio.get_running_loop().create_task(self._read())
 

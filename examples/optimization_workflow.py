@@ -185,7 +185,7 @@ async def main(out_dir: str | Path | None = None) -> dict[str, Any]:
         assert session.target is not None
         async with (
             dspex_rx.connect(session.target, session_id=session.session_id,
-                             client_name="monitor") as other,
+                             token=session.token, client_name="monitor") as other,
             trio.open_nursery() as nursery,
         ):
             watching = trio.Event()

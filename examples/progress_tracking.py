@@ -21,10 +21,12 @@ async def worker(session: dspex_rx.SessionContext) -> None:
         )
 
 
-async def monitor(target: str, session_id: str, lines: list[str]) -> None:
-    """A second program: watch progress at most every 200 ms until it reaches 100."""
+async def monitor(target: str, session_id: str, token: str, lines: list[str]) -> None:
+    """A second program: watch progress at most every 200 ms until it reaches 100.
+
+    Joining another connection's session takes its id and its secret token."""
     async with (
-        dspex_rx.connect(target, session_id=session_id) as session,
+        dspex_rx.connect(target, session_id=session_id, token=token) as session,
         session.watch_variable("progress", throttle_ms=200) as watch,
     ):
         async for update in watch:
@@ -42,9 +44,10 @@ async def main() -> list[str]:
         await session.register_variable(
             "progress", "float", 0.0, constraints={"min": 0.0, "max": 100.0}
         )
-        assert session.target is not None
+        assert session.target is not None and session.token is not None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(monitor, session.target, session.session_id, lines)
+            nursery.start_soon(monitor, session.target, session.session_id, session.token,
+                               lines)
             await session.sync()
             await trio.sleep(0.1)  # let the monitor connect before the work starts
             nursery.start_soon(worker, session)

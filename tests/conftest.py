@@ -3,7 +3,13 @@ fresh session per test."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
+
+# DSPy's real LM path may import litellm, which downloads a model price table on import
+# unless told to use its bundled copy; tests never touch the network. Set before any
+# test module can import it.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import pytest
 
@@ -29,5 +35,6 @@ async def two(
 ) -> AsyncIterator[tuple[dspex_rx.SessionContext, dspex_rx.SessionContext]]:
     """Two connections to one shared session: a writer and a watcher."""
     async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117 - needs writer's id
-        async with dspex_rx.connect(server.target, session_id=writer.session_id) as watcher:
+        async with dspex_rx.connect(server.target, session_id=writer.session_id,
+                                    token=writer.token) as watcher:
             yield writer, watcher

@@ -15,6 +15,7 @@ from wire import Raw, field, flag, nested_list, nested_map, raw_unary
 
 import dspex_rx
 from dspex_rx.limits import Limits
+from dspex_rx.security import token_metadata
 from dspex_rx.server import MAX_PENDING_CONTROLS, SERVICE_NAME, EmbeddedServer, grpc_options
 from dspex_rx.transport import Transport
 from dspex_rx.v1 import session_pb2 as spb
@@ -30,9 +31,26 @@ def small() -> Iterator[EmbeddedServer]:
         yield embedded
 
 
+class TokenTransport(Transport):
+    """A raw transport that presents the token of the last session ``new_session`` made
+    (sessions are authenticated: a call without the token would be UNAUTHENTICATED)."""
+
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    async def unary(self, path: str, request: object, response_type: type,  # type: ignore[override]
+                    timeout: float | None = None, metadata: object = ()) -> object:
+        return await super().unary(path, request, response_type, timeout,  # type: ignore[arg-type]
+                                   metadata or self.metadata)  # type: ignore[arg-type]
+
+    async def open_stream(self, path: str, response_type: type,  # type: ignore[override]
+                          metadata: object = ()) -> object:
+        return await super().open_stream(path, response_type,  # type: ignore[arg-type]
+                                         metadata or self.metadata)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 async def transport(server: EmbeddedServer) -> AsyncIterator[Transport]:
-    wire = Transport(server.target, options=grpc_options(256 << 20))
+    wire = TokenTransport(server.target, options=grpc_options(256 << 20))
     await wire.open()
     try:
         yield wire
@@ -43,6 +61,8 @@ async def transport(server: EmbeddedServer) -> AsyncIterator[Transport]:
 async def new_session(wire: Transport) -> str:
     reply = await wire.unary(f"/{SERVICE_NAME}/InitializeSession",
                              pb.InitializeSessionRequest(), pb.InitializeSessionResponse)
+    if isinstance(wire, TokenTransport):
+        wire.metadata = token_metadata(reply.session_token)
     return reply.session_id
 
 
@@ -179,7 +199,7 @@ async def test_a_frame_too_big_for_one_message_is_split_not_fatal(small: Embedde
     # value: one 1.5 MB frame, above the 1 MiB message limit. It killed the watch stream
     # (and the client reconnected into the same wall, forever).
     async with dspex_rx.connect(small.target) as writer, dspex_rx.connect(
-        small.target, session_id=writer.session_id
+        small.target, session_id=writer.session_id, token=writer.token
     ) as watcher:
         await writer.register_variable("src", "integer", 0)
         names = [f"v{i}" for i in range(8)]

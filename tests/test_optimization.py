@@ -53,7 +53,7 @@ async def pair(
 ) -> AsyncIterator[tuple[dspex_rx.SessionContext, dspex_rx.SessionContext]]:
     async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:  # noqa: SIM117
         async with dspex_rx.connect(
-            clocked.target, session_id=a.session_id, ttl_seconds=3600
+            clocked.target, session_id=a.session_id, token=a.token, ttl_seconds=3600
         ) as b:
             await a.register_variable("t", "float", 0.5, constraints=FLOAT)
             yield a, b
@@ -197,10 +197,11 @@ async def test_a_stale_fencing_token_is_refused(
 
 
 HOLDER = r"""
-import sys, trio, dspex_rx
+import os, sys, trio, dspex_rx
 
 async def main(target, session_id):
-    async with dspex_rx.connect(target, session_id=session_id, ttl_seconds=3600) as s:
+    async with dspex_rx.connect(target, session_id=session_id, ttl_seconds=3600,
+                                token=os.environ["DSPEX_TOKEN"]) as s:
         async def objective(value):
             print("evaluating", flush=True)
             await trio.sleep_forever()
@@ -217,7 +218,7 @@ async def test_a_holder_that_dies_loses_the_lease_after_its_ttl(
     clocked: EmbeddedServer, clock: FakeClock,
 ) -> None:
     a, b = pair
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DSPEX_TOKEN": a.token or ""}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, clocked.target, a.session_id],
         stdout=subprocess.PIPE, env=env,
@@ -255,7 +256,8 @@ async def test_a_holder_that_dies_loses_the_lease_after_its_ttl(
 async def test_a_closing_holder_releases_its_lease(clocked: EmbeddedServer) -> None:
     async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:
         await a.register_variable("t", "float", 0.5, constraints=FLOAT)
-        async with dspex_rx.connect(clocked.target, session_id=a.session_id) as b:
+        async with dspex_rx.connect(clocked.target, session_id=a.session_id,
+                                    token=a.token) as b:
             gate = Gate()
             await b.start_optimization("t", "random", {"seed": 1}, objective=gate)
             await gate.arrived(1)
@@ -520,7 +522,7 @@ async def test_a_bad_recommendation_still_releases_the_lease(
     await session.register_variable("w", "float", 0.0, constraints=FLOAT)
     await session.start_optimization("w", "wild", max_iterations=2, objective=lambda v: v)
     final = await session.wait_for_optimization("w")
-    assert final["state"] == "completed" and "outside the constraints" in final["end_reason"]
+    assert final["state"] == "failed" and "nothing final was written" in final["end_reason"]
     assert final["final_value"] is None and await session.get_variable("w") == 0.5
     assert await session.set_variable("w", 1.0) > 1
 
@@ -543,3 +545,84 @@ def test_a_client_that_closes_or_expires_ends_its_leases() -> None:
     _, lease = store.optimization_status("s", "y")
     assert lease is not None and lease.state == "expired" and "heartbeat" in lease.end_reason
     assert other in session.clients
+
+
+# ------------------------------------------------------------ a lease held by hand
+
+
+async def test_a_lease_held_by_hand_writes_records_and_releases(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    mine, other = two
+    await mine.register_variable("k", "integer", 1, constraints={"min": 1, "max": 9})
+    async with mine.optimization_lease(
+        "k", "sweep", {"metric": "acc", "mode": "max"}
+    ) as lease:
+        with pytest.raises(OptimizationLockedError, match=lease.optimization_id):
+            await other.set_variable("k", 5)
+        for i, k in enumerate([2, 4, 6], 1):
+            assert await lease.write(k, iteration=i) == i + 1
+            await lease.record(i, k, {"acc": 1.0 - abs(k - 4) / 10, "cost": k})
+        status = await other.get_optimization_status("k")
+        assert status["is_optimizing"] and status["optimizer_type"] == "sweep"
+        assert status["best_value"] == 4 and status["iteration"] == 3
+    final = await other.get_optimization_status("k")
+    assert final["state"] == "completed" and final["end_reason"] == "the holder's block ended"
+    history = await other.get_optimization_history("k")
+    assert [(e["iteration"], e["value"], e["score"]) for e in history] == [
+        (1, 2, 0.8), (2, 4, 1.0), (3, 6, 0.8)
+    ]
+    assert await other.set_variable("k", 5) == 5  # released
+    assert mine.get_variable_stats("k")["total_optimization_time_s"] > 0
+
+
+async def test_a_lease_block_that_raises_fails_the_run_and_a_stop_ends_the_writes(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    mine, other = two
+    await mine.register_variable("r", "float", 0.5, constraints=FLOAT)
+    with pytest.raises(RuntimeError, match="evaluator crashed"):
+        async with mine.optimization_lease("r") as lease:
+            await lease.write(0.7)
+            raise RuntimeError("evaluator crashed")
+    status = await other.get_optimization_status("r")
+    assert status["state"] == "failed" and "evaluator crashed" in status["end_reason"]
+    async with mine.optimization_lease("r") as lease:
+        await lease.write(0.9)
+        assert await other.stop_optimization("r", reason="manual stop")
+        with pytest.raises(OptimizationLockedError, match="no longer holds the lease"):
+            await lease.write(1.1)
+        assert lease.revoked is not None
+    assert await other.get_variable("r", bypass_cache=True) == 0.9
+    assert (await other.get_optimization_status("r"))["end_reason"] == "manual stop"
+
+
+async def test_a_lease_can_finish_with_a_final_value(session: dspex_rx.SessionContext) -> None:
+    await session.register_variable("fv", "choice", "a", constraints={"choices": ["a", "b"]})
+    async with session.optimization_lease("fv") as lease:
+        await lease.record(1, "b", 0.9)
+        await lease.finish("b", write_final=True, reason="picked b", metadata={"run": "r1"})
+    status = await session.get_optimization_status("fv")
+    last = (await session.get_variable_history("fv", limit=1))[0]["metadata"]
+    assert last["run"] == "r1" and last["final"] is True
+    assert status["state"] == "completed" and status["final_value"] == "b"
+    assert status["end_reason"] == "picked b" and await session.get_variable("fv") == "b"
+
+
+async def test_a_batch_guarded_by_a_lease_applies_only_while_the_lease_is_held(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    mine, other = two
+    await mine.register_variable("in", "float", 0.5, constraints=FLOAT)
+    await mine.register_variable("out", "float", 0.0)
+    async with mine.optimization_lease("in") as lease:
+        assert await mine.update_variables({"out": 1.0}, require_leases=[lease]) == {
+            "out": True
+        }
+        await other.stop_optimization("in")
+        revision = (await other.get_variables(["out"], include_metadata=True))["out"][
+            "metadata"]["revision"]
+        with pytest.raises(OptimizationLockedError, match="no longer holds the lease"):
+            await mine.update_variables({"out": 2.0}, require_leases=[lease])
+    after = (await other.get_variables(["out"], include_metadata=True))["out"]
+    assert after["value"] == 1.0 and after["metadata"]["revision"] == revision

@@ -33,6 +33,7 @@ from wire import field, nested_list, nested_map
 from dspex_rx import codec
 from dspex_rx.convert import type_from_pb
 from dspex_rx.limits import Limits
+from dspex_rx.security import token_metadata
 from dspex_rx.server import (
     SERVICE_NAME,
     EmbeddedServer,
@@ -407,6 +408,23 @@ def check_invariants(store: MemoryStore) -> None:
         assert session.used <= limits.max_session_bytes or not evictable
 
 
+class Authed:
+    """A channel whose calls present a session token (sessions are authenticated: every
+    call for the session, the Session stream included, carries ``x-dspex-session-token``)."""
+
+    def __init__(self, channel: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.channel = channel
+        self.metadata = metadata
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        method = self.channel.unary_unary(*args, **kwargs)
+        return lambda request, **options: method(request, metadata=self.metadata, **options)
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        method = self.channel.stream_stream(*args, **kwargs)
+        return lambda **options: method(metadata=self.metadata, **options)
+
+
 async def call(
     channel: Any, method: str, request: Any, response_type: Any = None
 ) -> tuple[Any, grpc.StatusCode]:
@@ -479,6 +497,7 @@ async def run_case(embedded: EmbeddedServer, channel: Any, ops: list[Op]) -> Non
     store = embedded.store
     opened, _ = await call(channel, "InitializeSession", pb.InitializeSessionRequest())
     sid = opened.session_id
+    channel = Authed(channel, token_metadata(opened.session_token))
     setup = pb.RegisterVariablesRequest(session_id=sid)
     for name, (kind, constraints) in TYPED.items():
         spec = setup.specs.add(name=name, type=kind)  # type: ignore[arg-type]

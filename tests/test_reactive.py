@@ -183,8 +183,10 @@ async def test_two_connections_see_the_same_sequence(server: EmbeddedServer) -> 
     async with dspex_rx.connect(server.target) as writer:
         await writer.register_variable("seq", "integer", 0)
         async with (
-            dspex_rx.connect(server.target, session_id=writer.session_id) as one,
-            dspex_rx.connect(server.target, session_id=writer.session_id) as two_,
+            dspex_rx.connect(server.target, session_id=writer.session_id,
+                             token=writer.token) as one,
+            dspex_rx.connect(server.target, session_id=writer.session_id,
+                             token=writer.token) as two_,
         ):
             w1 = await one.watch_variable("seq")
             w2 = await two_.watch_variable("seq")
@@ -373,7 +375,9 @@ async def test_cancel_watch_and_cancel_scope_leave_nothing_behind(
 async def test_closing_the_session_ends_watches_and_the_stream(server: EmbeddedServer) -> None:
     async with dspex_rx.connect(server.target) as writer:
         await writer.register_variable("z", "integer", 0)
-        watcher = await dspex_rx.SessionContext(writer.session_id, server.target).initialize()
+        watcher = await dspex_rx.SessionContext(
+            writer.session_id, server.target, token=writer.token
+        ).initialize()
         watch = await watcher.watch_variable("z")
         completed: list[bool] = []
         watcher.observe("z").subscribe(on_completed=lambda: completed.append(True))

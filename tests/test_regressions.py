@@ -16,6 +16,7 @@ from helpers import drain, settle
 import dspex_rx
 from dspex_rx import SessionContext
 from dspex_rx.errors import SessionNotFoundError
+from dspex_rx.security import token_metadata
 from dspex_rx.server import SERVICE_NAME, EmbeddedServer
 from dspex_rx.transport import Transport
 from dspex_rx.v1 import session_pb2 as spb
@@ -111,7 +112,8 @@ async def test_conflation_right_after_a_subscribe_swallows_the_initial_and_starv
 
         async with dspex_rx.connect(embedded.target) as writer:
             await writer.register_variable("hot", "integer", 0)
-            async with dspex_rx.connect(embedded.target, session_id=writer.session_id) as watcher:
+            async with dspex_rx.connect(embedded.target, session_id=writer.session_id,
+                                        token=writer.token) as watcher:
                 service._subscribe = subscribe_then_commits  # type: ignore[method-assign]
                 watch = await watcher.watch_variable("hot")
                 service._subscribe = original  # type: ignore[method-assign]
@@ -172,7 +174,9 @@ async def test_negative_progress_interval_makes_the_server_spin_sending_progress
     transport = Transport(server.target)
     await transport.open()
     try:
-        stream = await transport.open_stream(f"/{SERVICE_NAME}/Session", spb.ServerMessage)
+        stream = await transport.open_stream(
+            f"/{SERVICE_NAME}/Session", spb.ServerMessage, metadata=token_metadata(session.token)
+        )
         await stream.send(spb.ClientMessage(open=spb.OpenStream(
             session_id=session.session_id, progress_interval_seconds=-1.0)))
         progress = 0
@@ -231,7 +235,8 @@ async def test_sync_and_observe_hang_forever_once_the_watch_stream_has_failed(
     # Once a failed stream left its outbox in place with no reader, later pings and
     # subscribes hung: they must fail fast or reach a new stream.
     async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117 - needs writer's id
-        async with dspex_rx.connect(server.target, session_id=writer.session_id) as s:
+        async with dspex_rx.connect(server.target, session_id=writer.session_id,
+                                    token=writer.token) as s:
             await writer.register_variable("x", "integer", 0)
             watch = await s.watch_variable("x")
             # the stream breaks (network blip / proxy reset), the session lives on

@@ -14,6 +14,7 @@ from wire import field, nested_list, raw_unary
 
 import dspex_rx
 from dspex_rx.errors import DspexError
+from dspex_rx.security import token_metadata
 from dspex_rx.server import SERVICE_NAME, EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.transport import Transport
@@ -77,12 +78,14 @@ async def test_write_metadata_too_deep_to_send_back_is_never_stored(
             request = (field(1, session.session_id.encode()) + field(2, entry.SerializeToString())
                        + field(3, deep))
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await raw_unary(wire, "UpdateVariables", request, pb.UpdateVariablesResponse)
+                await raw_unary(wire, "UpdateVariables", request, pb.UpdateVariablesResponse,
+                                metadata=token_metadata(session.token))
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "metadata nests 33 levels deep" in (refused.value.details() or "")
             listed = await wire.unary(f"/{SERVICE_NAME}/ListVariables",
                                       pb.ListVariablesRequest(session_id=session.session_id),
-                                      pb.ListVariablesResponse)
+                                      pb.ListVariablesResponse,
+                                      metadata=token_metadata(session.token))
             assert [v.name for v in listed.variables] == ["a"]
         finally:
             await wire.close()

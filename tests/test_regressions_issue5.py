@@ -62,7 +62,7 @@ async def pair(
     """The holder ``a`` and another client ``b`` of one session, with a float ``t``."""
     async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:  # noqa: SIM117
         async with dspex_rx.connect(
-            clocked.target, session_id=a.session_id, ttl_seconds=3600
+            clocked.target, session_id=a.session_id, token=a.token, ttl_seconds=3600
         ) as b:
             await a.register_variable("t", "float", 0.5, constraints=FLOAT)
             yield a, b
@@ -149,8 +149,8 @@ def breakable(session: dspex_rx.SessionContext) -> list[BreakableStream]:
     real_open = transport.open_stream
     streams: list[BreakableStream] = []
 
-    async def open_stream(path: str, response_type: Any) -> BreakableStream:
-        stream = BreakableStream(await real_open(path, response_type))
+    async def open_stream(path: str, response_type: Any, **kw: Any) -> BreakableStream:
+        stream = BreakableStream(await real_open(path, response_type, **kw))
         streams.append(stream)
         return stream
 
@@ -208,7 +208,7 @@ async def test_closing_while_a_recorded_step_is_unanswered_releases_the_lease(
     with EmbeddedServer(store=store, expire_interval=3600.0) as server:
         async with dspex_rx.connect(server.target, ttl_seconds=3600) as b:
             a = await dspex_rx.SessionContext(
-                b.session_id, server.target, ttl_seconds=3600
+                b.session_id, server.target, token=b.token, ttl_seconds=3600
             ).initialize()
             try:
                 await b.register_variable("t", "float", 0.5, constraints=FLOAT)
@@ -344,7 +344,8 @@ async def test_a_watch_of_progress_learns_the_end_after_a_resync(
     store = MemoryStore(log_size=3)
     with EmbeddedServer(store=store, expire_interval=3600.0) as server:
         async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117
-            async with dspex_rx.connect(server.target, session_id=writer.session_id) as watcher:
+            async with dspex_rx.connect(server.target, session_id=writer.session_id,
+                                        token=writer.token) as watcher:
                 streams = breakable(watcher)
                 await writer.register_variable("t", "float", 0.5, constraints=FLOAT)
                 gate = Gate()
@@ -413,18 +414,20 @@ def test_server_conflation_keeps_the_end_of_each_run() -> None:
     'running' status: the watcher never learns how run 1 ended (the same flaw as the
     client-side Watch._conflate, one layer down)."""
     store = MemoryStore()
-    session, _, _ = store.initialize_session()
+    session, client_id, _ = store.initialize_session()
     sid = session.id
     store.register(sid, [VariableSpec("t", "float", 0.5, FLOAT)], actor="me")
     var_id = store.get(sid, "t").id
     sub = Subscriber(max_pending_events=2)
     sub.watch([var_id])
     store.add_listener(sid, sub.on_commit)
-    lease, _ = store.start_optimization(sid, "t", optimizer_type="grid_search")
+    lease, _ = store.start_optimization(sid, "t", optimizer_type="grid_search",
+                                        client_id=client_id)
     store.optimization_step(sid, "t", lease.id, lease.token, proposal=(1.0, 1),
                             evaluation=(1, 1.0, {"score": 1.0}, 1.0))
     store.finish_optimization(sid, "t", lease.id, lease.token, reason="done")
-    second, _ = store.start_optimization(sid, "t", optimizer_type="random")
+    second, _ = store.start_optimization(sid, "t", optimizer_type="random",
+                                         client_id=client_id)
     assert sub.conflations > 0
     statuses = [
         event.metadata

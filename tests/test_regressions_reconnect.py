@@ -21,6 +21,7 @@ import trio.testing
 from helpers import drain, settle
 
 import dspex_rx
+from dspex_rx.security import token_metadata
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.v1 import session_pb2 as spb
 
@@ -115,10 +116,15 @@ class Flaky:
         self._open = transport.open_stream
         self.streams: list[FlakyStream] = []
         self.plans: dict[int, Callable[[FlakyStream], None]] = {}
+        # The call metadata each open sent (the session token must ride on every one).
+        self.metadata: list[tuple[tuple[str, str], ...]] = []
         transport.open_stream = self.open_stream
 
-    async def open_stream(self, path: str, response_type: Any) -> FlakyStream:
-        stream = FlakyStream(await self._open(path, response_type))
+    async def open_stream(
+        self, path: str, response_type: Any, metadata: Any = ()
+    ) -> FlakyStream:
+        self.metadata.append(tuple(metadata))
+        stream = FlakyStream(await self._open(path, response_type, metadata=metadata))
         plan = self.plans.get(len(self.streams))
         if plan is not None:
             plan(stream)
@@ -184,6 +190,8 @@ async def test_a_second_break_before_the_resume_is_acked_does_not_skip_versions(
     await _until(lambda: len(flaky.streams) == 3, "third stream opened")
     await settle(watcher)
     assert _versions(watch) == [(3, 2, "value_change"), (4, 3, "value_change")]
+    # Every reopen presented the session token (the server refuses a stream without it).
+    assert flaky.metadata == [token_metadata(watcher.token)] * 3
 
 
 async def test_opened_on_a_resumed_stream_does_not_move_the_resume_point_past_the_replay(
@@ -352,7 +360,9 @@ async def test_a_failed_reattach_does_not_kill_the_session_services(
     # the watch stream and the scheduler. Nothing reports it to the user.
     async with (
         dspex_rx.connect(server.target, ttl_seconds=30.0) as a,
-        dspex_rx.connect(server.target, session_id=a.session_id, ttl_seconds=30.0) as b,
+        dspex_rx.connect(
+            server.target, session_id=a.session_id, token=a.token, ttl_seconds=30.0
+        ) as b,
     ):
         await b.register_variable("kept", "integer", 7)
         real_call = a._call

@@ -12,6 +12,7 @@ import trio
 
 import dspex_rx
 from dspex_rx.fanout import PendingFrame, Subscriber
+from dspex_rx.security import token_metadata
 from dspex_rx.server import SERVICE_NAME, EmbeddedServer
 from dspex_rx.store import ChangeEvent, Commit, MemoryStore, VariableRecord, VariableSpec
 from dspex_rx.transport import Stream, Transport
@@ -72,12 +73,15 @@ async def transport(server: EmbeddedServer) -> AsyncIterator[Transport]:
 
 
 async def open_raw(
-    transport: Transport, session_id: str, progress: float = 0.0
+    transport: Transport, session: dspex_rx.SessionContext, progress: float = 0.0
 ) -> RawStream:
-    stream = await transport.open_stream(PATH, spb.ServerMessage)
+    """A raw Session stream for ``session``, presenting its token."""
+    stream = await transport.open_stream(
+        PATH, spb.ServerMessage, metadata=token_metadata(session.token)
+    )
     await stream.send(
         spb.ClientMessage(
-            open=spb.OpenStream(session_id=session_id, progress_interval_seconds=progress)
+            open=spb.OpenStream(session_id=session.session_id, progress_interval_seconds=progress)
         )
     )
     raw = RawStream(stream)
@@ -89,7 +93,7 @@ async def test_initial_then_every_change_once_in_order(
     session: dspex_rx.SessionContext, transport: Transport
 ) -> None:
     await session.register_variable("t", "float", 0.1)
-    raw = await open_raw(transport, session.session_id)
+    raw = await open_raw(transport, session)
     ack = await raw.subscribe(["t"])
     assert list(ack.names) == ["t"] and ack.variable_ids[0].startswith("var_t_")
     (initial,) = await raw.frames(1)
@@ -113,7 +117,7 @@ async def test_atomic_batch_is_one_frame(
     await session.register_variables(
         [{"name": n, "type": "integer", "initial_value": 0} for n in ("a", "b", "c")]
     )
-    raw = await open_raw(transport, session.session_id)
+    raw = await open_raw(transport, session)
     await raw.subscribe(["a", "b", "c"], include_initial=False)
     await session.update_variables({"a": 1, "b": 2, "c": 3})
     (frame,) = await raw.frames(1)
@@ -126,7 +130,7 @@ async def test_unknown_variable_subscription_fails_whole(
     session: dspex_rx.SessionContext, transport: Transport
 ) -> None:
     await session.register_variable("a", "integer", 0)
-    raw = await open_raw(transport, session.session_id)
+    raw = await open_raw(transport, session)
     ack = await raw.subscribe(["a", "ghost"])
     assert ack.error_kind == "not_found" and "'ghost'" in ack.error
     assert list(ack.variable_ids) == []
@@ -149,7 +153,7 @@ async def test_resume_inside_the_log_replays_exactly_the_missed_events(
     await session.set_variable("x", 2)
     await session.set_variable("y", 5)  # not watched: must not be replayed
     await session.update_variables({"x": 3, "y": 6})
-    raw = await open_raw(transport, session.session_id)
+    raw = await open_raw(transport, session)
     await raw.subscribe(["x"], from_revision=seen)
     frames = await raw.frames(2)
     assert [(e.value.int_value, e.version, e.update_type) for f in frames for e in f.events] == [
@@ -171,7 +175,7 @@ async def test_resume_before_the_horizon_gets_resync() -> None:
             transport = Transport(embedded.target)
             await transport.open()
             try:
-                raw = await open_raw(transport, session.session_id)
+                raw = await open_raw(transport, session)
                 await raw.subscribe(["x"], from_revision=2)
                 (frame,) = await raw.frames(1)
                 (event,) = frame.events
@@ -187,7 +191,7 @@ async def test_progress_note_when_idle(
     session: dspex_rx.SessionContext, transport: Transport
 ) -> None:
     await session.register_variable("x", "integer", 0)
-    raw = await open_raw(transport, session.session_id, progress=0.05)
+    raw = await open_raw(transport, session, progress=0.05)
     message = await raw.next_control("progress")
     assert message.progress.revision == session.revision
     await raw.stream.close()
@@ -208,7 +212,7 @@ async def test_stream_ends_when_the_session_goes(
     server: EmbeddedServer, transport: Transport
 ) -> None:
     session = await dspex_rx.SessionContext(target=server.target).initialize()
-    raw = await open_raw(transport, session.session_id)
+    raw = await open_raw(transport, session)
     await session.close()
     with pytest.raises(grpc.aio.AioRpcError, match="closed or expired") as info:
         while await raw.stream.receive_batch() is not None:
@@ -265,9 +269,9 @@ async def test_slow_stream_does_not_slow_others(
     session: dspex_rx.SessionContext, transport: Transport, server: EmbeddedServer
 ) -> None:
     await session.register_variable("hot", "integer", 0)
-    slow = await open_raw(transport, session.session_id)
+    slow = await open_raw(transport, session)
     await slow.subscribe(["hot"], include_initial=False)
-    fast = await open_raw(transport, session.session_id)
+    fast = await open_raw(transport, session)
     await fast.subscribe(["hot"], include_initial=False)
     for i in range(1, 301):
         await session.set_variable("hot", i)
@@ -293,7 +297,7 @@ async def test_client_inbox_is_bounded_and_pushes_back_to_the_server() -> None:
             transport = Transport(embedded.target)
             await transport.open()
             try:
-                raw = await open_raw(transport, session.session_id)
+                raw = await open_raw(transport, session)
                 raw.stream.max_inbox = 4
                 await raw.subscribe(["hot"], include_initial=False)
                 sid = session.session_id

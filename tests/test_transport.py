@@ -212,7 +212,9 @@ async def test_expired_lease_reattaches_while_the_session_lives(
 ) -> None:
     async with (
         dspex_rx.connect(server.target, ttl_seconds=30.0) as a,
-        dspex_rx.connect(server.target, session_id=a.session_id, ttl_seconds=30.0) as b,
+        dspex_rx.connect(
+            server.target, session_id=a.session_id, token=a.token, ttl_seconds=30.0
+        ) as b,
     ):
         await a.register_variable("kept", "integer", 7)
         old_client = a._client_id

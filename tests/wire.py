@@ -3,6 +3,8 @@ never produce (bad UTF-8, nesting past every limit), sent through a raw ``Transp
 
 from __future__ import annotations
 
+from typing import Any
+
 from dspex_rx.server import SERVICE_NAME
 from dspex_rx.transport import Transport
 
@@ -52,6 +54,9 @@ def nested_map(depth: int, leaf: bytes = field(4, b"x")) -> bytes:
     return value
 
 
-async def raw_unary(transport: Transport, method: str, data: bytes, response_type: type) -> object:
+async def raw_unary(transport: Transport, method: str, data: bytes, response_type: type,
+                    **options: Any) -> object:
+    """A unary call with hand-made bytes; ``options`` (``metadata=`` with the session
+    token, ``timeout=``) go to ``Transport.unary``."""
     return await transport.unary(f"/{SERVICE_NAME}/{method}", Raw(data),  # type: ignore[arg-type]
-                                 response_type)
+                                 response_type, **options)

@@ -20,6 +20,7 @@ class UpdateType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPDATE_TYPE_DEPENDENCY_CHANGED: _ClassVar[UpdateType]
     UPDATE_TYPE_RESYNC: _ClassVar[UpdateType]
     UPDATE_TYPE_OPTIMIZATION: _ClassVar[UpdateType]
+    UPDATE_TYPE_REVOKED: _ClassVar[UpdateType]
 UPDATE_TYPE_UNSPECIFIED: UpdateType
 UPDATE_TYPE_INITIAL: UpdateType
 UPDATE_TYPE_VALUE_CHANGE: UpdateType
@@ -27,6 +28,7 @@ UPDATE_TYPE_DELETED: UpdateType
 UPDATE_TYPE_DEPENDENCY_CHANGED: UpdateType
 UPDATE_TYPE_RESYNC: UpdateType
 UPDATE_TYPE_OPTIMIZATION: UpdateType
+UPDATE_TYPE_REVOKED: UpdateType
 
 class VariableEvent(_message.Message):
     __slots__ = ("variable_id", "name", "value", "old_value", "version", "revision", "update_type", "metadata", "source", "timestamp")

@@ -32,6 +32,13 @@ class DependencyType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPENDENCY_TYPE_DATA: _ClassVar[DependencyType]
     DEPENDENCY_TYPE_CONSTRAINT: _ClassVar[DependencyType]
     DEPENDENCY_TYPE_OPTIMIZATION: _ClassVar[DependencyType]
+
+class MergeStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MERGE_STRATEGY_UNSPECIFIED: _ClassVar[MergeStrategy]
+    MERGE_STRATEGY_REPLACE: _ClassVar[MergeStrategy]
+    MERGE_STRATEGY_KEEP: _ClassVar[MergeStrategy]
+    MERGE_STRATEGY_MERGE: _ClassVar[MergeStrategy]
 VARIABLE_TYPE_UNSPECIFIED: VariableType
 VARIABLE_TYPE_FLOAT: VariableType
 VARIABLE_TYPE_INTEGER: VariableType
@@ -47,9 +54,13 @@ DEPENDENCY_TYPE_UNSPECIFIED: DependencyType
 DEPENDENCY_TYPE_DATA: DependencyType
 DEPENDENCY_TYPE_CONSTRAINT: DependencyType
 DEPENDENCY_TYPE_OPTIMIZATION: DependencyType
+MERGE_STRATEGY_UNSPECIFIED: MergeStrategy
+MERGE_STRATEGY_REPLACE: MergeStrategy
+MERGE_STRATEGY_KEEP: MergeStrategy
+MERGE_STRATEGY_MERGE: MergeStrategy
 
 class Variable(_message.Message):
-    __slots__ = ("id", "name", "type", "value", "constraints", "metadata", "version", "mod_revision", "created_at", "updated_at", "updated_by", "create_revision", "description")
+    __slots__ = ("id", "name", "type", "value", "constraints", "metadata", "version", "mod_revision", "created_at", "updated_at", "updated_by", "create_revision", "description", "owner_session", "access_rules")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +74,8 @@ class Variable(_message.Message):
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
     CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_RULES_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     type: VariableType
@@ -76,7 +89,19 @@ class Variable(_message.Message):
     updated_by: str
     create_revision: int
     description: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., version: _Optional[int] = ..., mod_revision: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., create_revision: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+    owner_session: str
+    access_rules: _containers.RepeatedCompositeFieldContainer[AccessRule]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., version: _Optional[int] = ..., mod_revision: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., create_revision: _Optional[int] = ..., description: _Optional[str] = ..., owner_session: _Optional[str] = ..., access_rules: _Optional[_Iterable[_Union[AccessRule, _Mapping]]] = ...) -> None: ...
+
+class AccessRule(_message.Message):
+    __slots__ = ("session_pattern", "permissions", "conditions")
+    SESSION_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    session_pattern: str
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    conditions: _value_pb2.MapValue
+    def __init__(self, session_pattern: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., conditions: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ...) -> None: ...
 
 class VariableRef(_message.Message):
     __slots__ = ("ref",)
@@ -97,20 +122,22 @@ class InitializeSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., client_name: _Optional[str] = ...) -> None: ...
 
 class InitializeSessionResponse(_message.Message):
-    __slots__ = ("session_id", "client_id", "created", "revision", "ttl_seconds", "created_at")
+    __slots__ = ("session_id", "client_id", "created", "revision", "ttl_seconds", "created_at", "session_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     client_id: str
     created: bool
     revision: int
     ttl_seconds: float
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, session_id: _Optional[str] = ..., client_id: _Optional[str] = ..., created: _Optional[bool] = ..., revision: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    session_token: str
+    def __init__(self, session_id: _Optional[str] = ..., client_id: _Optional[str] = ..., created: _Optional[bool] = ..., revision: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_token: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id", "client_id")
@@ -143,7 +170,7 @@ class CloseSessionResponse(_message.Message):
     def __init__(self, session_removed: _Optional[bool] = ...) -> None: ...
 
 class VariableSpec(_message.Message):
-    __slots__ = ("name", "type", "initial_value", "constraints", "metadata", "description", "dependencies")
+    __slots__ = ("name", "type", "initial_value", "constraints", "metadata", "description", "dependencies", "access_rules")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     INITIAL_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +178,7 @@ class VariableSpec(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_RULES_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: VariableType
     initial_value: _value_pb2.Value
@@ -158,7 +186,8 @@ class VariableSpec(_message.Message):
     metadata: _value_pb2.MapValue
     description: str
     dependencies: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., initial_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ..., dependencies: _Optional[_Iterable[str]] = ...) -> None: ...
+    access_rules: _containers.RepeatedCompositeFieldContainer[AccessRule]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., initial_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ..., dependencies: _Optional[_Iterable[str]] = ..., access_rules: _Optional[_Iterable[_Union[AccessRule, _Mapping]]] = ...) -> None: ...
 
 class RegisterVariableRequest(_message.Message):
     __slots__ = ("session_id", "spec")
@@ -268,17 +297,29 @@ class VariableUpdate(_message.Message):
     expected_version: int
     def __init__(self, ref: _Optional[str] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
+class LeaseGuard(_message.Message):
+    __slots__ = ("ref", "optimization_id", "fencing_token")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    optimization_id: str
+    fencing_token: int
+    def __init__(self, ref: _Optional[str] = ..., optimization_id: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
+
 class UpdateVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "updates", "metadata", "atomic")
+    __slots__ = ("session_id", "updates", "metadata", "atomic", "require_leases")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_LEASES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     updates: _containers.RepeatedCompositeFieldContainer[VariableUpdate]
     metadata: _value_pb2.MapValue
     atomic: bool
-    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[VariableUpdate, _Mapping]]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., atomic: _Optional[bool] = ...) -> None: ...
+    require_leases: _containers.RepeatedCompositeFieldContainer[LeaseGuard]
+    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[VariableUpdate, _Mapping]]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., atomic: _Optional[bool] = ..., require_leases: _Optional[_Iterable[_Union[LeaseGuard, _Mapping]]] = ...) -> None: ...
 
 class UpdateResult(_message.Message):
     __slots__ = ("ref", "ok", "error", "error_kind", "variable_id", "name", "version", "mod_revision", "value", "current_version")
@@ -611,7 +652,7 @@ class OptimizationStepResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class FinishOptimizationRequest(_message.Message):
-    __slots__ = ("session_id", "ref", "optimization_id", "fencing_token", "has_record", "iteration", "evaluated_value", "metrics", "score", "has_final", "final_value", "state", "reason")
+    __slots__ = ("session_id", "ref", "optimization_id", "fencing_token", "has_record", "iteration", "evaluated_value", "metrics", "score", "has_final", "final_value", "state", "reason", "metadata")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -625,6 +666,7 @@ class FinishOptimizationRequest(_message.Message):
     FINAL_VALUE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     ref: str
     optimization_id: str
@@ -638,7 +680,8 @@ class FinishOptimizationRequest(_message.Message):
     final_value: _value_pb2.Value
     state: str
     reason: str
-    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimization_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., has_record: _Optional[bool] = ..., iteration: _Optional[int] = ..., evaluated_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., score: _Optional[float] = ..., has_final: _Optional[bool] = ..., final_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    metadata: _value_pb2.MapValue
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimization_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., has_record: _Optional[bool] = ..., iteration: _Optional[int] = ..., evaluated_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., score: _Optional[float] = ..., has_final: _Optional[bool] = ..., final_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ...) -> None: ...
 
 class FinishOptimizationResponse(_message.Message):
     __slots__ = ("status", "variable", "revision")
@@ -679,12 +722,14 @@ class StopOptimizationResponse(_message.Message):
     def __init__(self, stopped: _Optional[bool] = ..., status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., revision: _Optional[int] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
 
 class GetOptimizationStatusRequest(_message.Message):
-    __slots__ = ("session_id", "ref")
+    __slots__ = ("session_id", "ref", "optimization_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     ref: str
-    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
+    optimization_id: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimization_id: _Optional[str] = ...) -> None: ...
 
 class GetOptimizationStatusResponse(_message.Message):
     __slots__ = ("status", "revision")
@@ -747,3 +792,165 @@ class EchoResponse(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+
+class ExportedDependency(_message.Message):
+    __slots__ = ("name", "dependency_type", "metadata")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dependency_type: DependencyType
+    metadata: _value_pb2.MapValue
+    def __init__(self, name: _Optional[str] = ..., dependency_type: _Optional[_Union[DependencyType, str]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ...) -> None: ...
+
+class ExportedVariable(_message.Message):
+    __slots__ = ("name", "type", "value", "constraints", "metadata", "description", "version", "created_at", "updated_at", "updated_by", "has_history", "history", "has_dependencies", "dependencies", "access_rules")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    HAS_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    HAS_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_RULES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: VariableType
+    value: _value_pb2.Value
+    constraints: _value_pb2.MapValue
+    metadata: _value_pb2.MapValue
+    description: str
+    version: int
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    updated_by: str
+    has_history: bool
+    history: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
+    has_dependencies: bool
+    dependencies: _containers.RepeatedCompositeFieldContainer[ExportedDependency]
+    access_rules: _containers.RepeatedCompositeFieldContainer[AccessRule]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., description: _Optional[str] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., has_history: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., has_dependencies: _Optional[bool] = ..., dependencies: _Optional[_Iterable[_Union[ExportedDependency, _Mapping]]] = ..., access_rules: _Optional[_Iterable[_Union[AccessRule, _Mapping]]] = ...) -> None: ...
+
+class SetVariablePermissionsRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "rules")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    rules: _containers.RepeatedCompositeFieldContainer[AccessRule]
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[AccessRule, _Mapping]]] = ...) -> None: ...
+
+class SetVariablePermissionsResponse(_message.Message):
+    __slots__ = ("revision", "variable")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    variable: Variable
+    def __init__(self, revision: _Optional[int] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
+
+class CheckVariableAccessRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "permission")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    permission: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., permission: _Optional[str] = ...) -> None: ...
+
+class CheckVariableAccessResponse(_message.Message):
+    __slots__ = ("allowed", "variable_id", "owner_session")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    variable_id: str
+    owner_session: str
+    def __init__(self, allowed: _Optional[bool] = ..., variable_id: _Optional[str] = ..., owner_session: _Optional[str] = ...) -> None: ...
+
+class VariablesSnapshot(_message.Message):
+    __slots__ = ("format_version", "session_id", "revision", "exported_at", "include_history", "include_dependencies", "variables")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    session_id: str
+    revision: int
+    exported_at: _timestamp_pb2.Timestamp
+    include_history: bool
+    include_dependencies: bool
+    variables: _containers.RepeatedCompositeFieldContainer[ExportedVariable]
+    def __init__(self, format_version: _Optional[int] = ..., session_id: _Optional[str] = ..., revision: _Optional[int] = ..., exported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., include_history: _Optional[bool] = ..., include_dependencies: _Optional[bool] = ..., variables: _Optional[_Iterable[_Union[ExportedVariable, _Mapping]]] = ...) -> None: ...
+
+class ExportVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "include_history", "include_dependencies", "filter_pattern")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    FILTER_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    include_history: bool
+    include_dependencies: bool
+    filter_pattern: str
+    def __init__(self, session_id: _Optional[str] = ..., include_history: _Optional[bool] = ..., include_dependencies: _Optional[bool] = ..., filter_pattern: _Optional[str] = ...) -> None: ...
+
+class ExportVariablesResponse(_message.Message):
+    __slots__ = ("snapshot", "revision")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    snapshot: VariablesSnapshot
+    revision: int
+    def __init__(self, snapshot: _Optional[_Union[VariablesSnapshot, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class ImportVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "snapshot", "merge_strategy", "dry_run")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    MERGE_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    snapshot: VariablesSnapshot
+    merge_strategy: MergeStrategy
+    dry_run: bool
+    def __init__(self, session_id: _Optional[str] = ..., snapshot: _Optional[_Union[VariablesSnapshot, _Mapping]] = ..., merge_strategy: _Optional[_Union[MergeStrategy, str]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ImportOutcome(_message.Message):
+    __slots__ = ("name", "action", "message", "error_kind", "variable", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    action: str
+    message: str
+    error_kind: str
+    variable: Variable
+    version: int
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[str] = ..., message: _Optional[str] = ..., error_kind: _Optional[str] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ImportVariablesResponse(_message.Message):
+    __slots__ = ("outcomes", "revision", "applied", "dry_run", "dependencies_added")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[ImportOutcome]
+    revision: int
+    applied: bool
+    dry_run: bool
+    dependencies_added: int
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[ImportOutcome, _Mapping]]] = ..., revision: _Optional[int] = ..., applied: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., dependencies_added: _Optional[int] = ...) -> None: ...

@@ -155,6 +155,26 @@ class VariablesStub:
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryRequest.SerializeToString,
                 response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryResponse.FromString,
                 _registered_method=True)
+        self.ExportVariables = channel.unary_unary(
+                '/dspex_rx.v1.Variables/ExportVariables',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.ExportVariablesRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ExportVariablesResponse.FromString,
+                _registered_method=True)
+        self.ImportVariables = channel.unary_unary(
+                '/dspex_rx.v1.Variables/ImportVariables',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesResponse.FromString,
+                _registered_method=True)
+        self.SetVariablePermissions = channel.unary_unary(
+                '/dspex_rx.v1.Variables/SetVariablePermissions',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsResponse.FromString,
+                _registered_method=True)
+        self.CheckVariableAccess = channel.unary_unary(
+                '/dspex_rx.v1.Variables/CheckVariableAccess',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessResponse.FromString,
+                _registered_method=True)
 
 
 class VariablesServicer:
@@ -306,6 +326,31 @@ class VariablesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportVariables(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportVariables(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetVariablePermissions(self, request, context):
+        """Access rules (the owner session only) and a caller's own permission check.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckVariableAccess(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariablesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -428,6 +473,26 @@ def add_VariablesServicer_to_server(servicer, server):
                     servicer.GetOptimizationHistory,
                     request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryRequest.FromString,
                     response_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryResponse.SerializeToString,
+            ),
+            'ExportVariables': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportVariables,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ExportVariablesRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.ExportVariablesResponse.SerializeToString,
+            ),
+            'ImportVariables': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportVariables,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesResponse.SerializeToString,
+            ),
+            'SetVariablePermissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVariablePermissions,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsResponse.SerializeToString,
+            ),
+            'CheckVariableAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckVariableAccess,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1078,6 +1143,114 @@ class Variables:
             '/dspex_rx.v1.Variables/GetOptimizationHistory',
             dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryRequest.SerializeToString,
             dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportVariables(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/ExportVariables',
+            dspex__rx_dot_v1_dot_variables__pb2.ExportVariablesRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.ExportVariablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportVariables(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/ImportVariables',
+            dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.ImportVariablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVariablePermissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/SetVariablePermissions',
+            dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.SetVariablePermissionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckVariableAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/CheckVariableAccess',
+            dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessResponse.FromString,
             options,
             channel_credentials,
             insecure,
