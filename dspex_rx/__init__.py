@@ -19,6 +19,7 @@ from .errors import (
     VariableNotFoundError,
     VariableTypeError,
 )
+from .limits import Limits
 from .optimizers import BaseOptimizer, SearchSpace
 from .server import EmbeddedServer, Server
 from .types import TYPES
@@ -34,6 +35,7 @@ __all__ = [
     "DspexError",
     "EmbeddedServer",
     "InvalidValueError",
+    "Limits",
     "OptimizationLockedError",
     "ResourceExhaustedError",
     "SearchSpace",

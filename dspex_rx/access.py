@@ -22,13 +22,13 @@ Unknown keys, permissions or conditions, and values of the wrong type, are refus
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidValueError
+from .patterns import compile_glob
 
 PERMISSIONS = ("read", "write", "observe", "optimize")
 RULE_KEYS = ("session_pattern", "permissions", "conditions")
@@ -63,8 +63,9 @@ class AccessRule:
             >>> AccessRule("any", ("read",)).matches("whoever")
             True
         """
-        return self.session_pattern == ANY_SESSION or fnmatch.fnmatchcase(
-            session_id, self.session_pattern
+        # User patterns go through patterns.compile_glob (RE2, linear time, cached).
+        return self.session_pattern == ANY_SESSION or compile_glob(self.session_pattern)(
+            session_id
         )
 
     def active(self, now: float) -> bool:

@@ -4,10 +4,8 @@ lru/lfu/fifo eviction, hit/miss stats, async invalidation callbacks and batched 
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import math
-import re
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from enum import Enum
@@ -17,6 +15,7 @@ import trio
 
 from .errors import InvalidValueError
 from .logs import get_logger
+from .patterns import compile_glob
 
 __all__ = ["EVICTION_POLICIES", "FetchMissing", "InvalidationCallback", "VariableCache"]
 
@@ -616,15 +615,16 @@ class VariableCache:
         return removed
 
     async def invalidate_pattern(self, pattern: str, reason: str = "invalidated") -> int:
-        """Remove every entry whose key or name matches the fnmatch glob (case-sensitive);
-        await their callbacks; return how many were removed.
+        """Remove every entry whose key or name matches the fnmatch glob (case-sensitive,
+        matched with RE2 by ``patterns.compile_glob``); await their callbacks; return how
+        many were removed.
 
         Example::
 
             n = await cache.invalidate_pattern("model.*", reason="model_switch")
         """
         self._purge(self._clock())
-        match = re.compile(fnmatch.translate(pattern)).match
+        match = compile_glob(pattern)
         removed = [
             key
             for key, slot in self._slots.items()

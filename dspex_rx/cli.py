@@ -1,5 +1,8 @@
 """The ``dspex-rx`` command line: ``dspex-rx serve`` runs the gRPC server in the foreground.
 
+Every field of ``limits.Limits`` is a flag of ``serve`` (``max_value_bytes`` is
+``--max-value-bytes``), with the same default.
+
 Security flags of ``serve``: ``--auth token`` (default: every call for a session must carry
 that session's token) or ``--auth none`` (tokens issued, not checked); ``--tls-cert`` and
 ``--tls-key`` serve TLS; a non-loopback ``--host`` is refused unless auth is ``token`` and
@@ -10,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 
 from .errors import InvalidValueError
+from .limits import Limits
 from .logs import configure
 from .security import AUTH_MODES, check_bind, server_credentials
 
@@ -26,12 +31,21 @@ security:
 """
 
 
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("limits (see ARCHITECTURE.md, 'Limits and hostile input')")
+    for spec in dataclasses.fields(Limits):
+        group.add_argument(
+            "--" + spec.name.replace("_", "-"), type=int, default=spec.default,
+            metavar="N", help=f"{spec.metadata['help']} (default {spec.default})",
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dspex-rx`` console script.
 
     Example::
 
-        main(["serve", "--port", "50051"])
+        main(["serve", "--port", "50051", "--max-sessions", "100"])
         main(["serve", "--host", "0.0.0.0", "--tls-cert", "server.pem",
               "--tls-key", "server.key"])
     """
@@ -48,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
                          choices=["debug", "info", "warning", "error"])
     serve_p.add_argument("--port-file", help="write the bound port here once serving "
                          "(useful with --port 0)")
-    serve_p.add_argument("--history-size", type=int, default=1000,
-                         help="versions kept per variable (default 1000)")
     serve_p.add_argument("--log-size", type=int, default=10_000,
                          help="commits kept per session for stream resume (default 10000)")
     serve_p.add_argument("--auth", choices=AUTH_MODES, default="token",
@@ -63,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--insecure", action="store_true",
                          help="serve on a non-loopback --host even without --auth token "
                          "and TLS (anyone who can reach the port can read the traffic)")
+    _limit_flags(serve_p)
     args = parser.parse_args(argv)
 
+    try:
+        limits = Limits(**{spec.name: getattr(args, spec.name)
+                           for spec in dataclasses.fields(Limits)})
+    except InvalidValueError as exc:
+        parser.error(str(exc))
     if (args.tls_cert is None) != (args.tls_key is None):
         serve_p.error("--tls-cert and --tls-key go together")
     try:
@@ -77,11 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     from .server import serve
     from .store import MemoryStore
 
-    store = MemoryStore(history_size=args.history_size, log_size=args.log_size)
+    store = MemoryStore(limits=limits, log_size=args.log_size)
     asyncio.run(
         serve(
-            args.host, args.port, port_file=args.port_file, store=store, auth=args.auth,
-            tls_cert=args.tls_cert, tls_key=args.tls_key, insecure=args.insecure,
+            args.host, args.port, port_file=args.port_file, store=store, limits=limits,
+            auth=args.auth, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            insecure=args.insecure,
         )
     )
     return 0

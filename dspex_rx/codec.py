@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidValueError, VariableTypeError
+from .limits import HARD_MAX_DEPTH
 from .types import ARRAY_DTYPES, INT64_MAX, INT64_MIN
 from .v1 import value_pb2 as pb
 
@@ -33,14 +34,17 @@ def encode(value: Any) -> pb.Value:
     return msg
 
 
-MAX_DEPTH = 32
+# The hard ceiling of nesting (protobuf's own decoder limit, with room for the messages
+# around a value); the server's limit is Limits.max_depth, at most this.
+MAX_DEPTH = HARD_MAX_DEPTH
 
 
 def fill(msg: pb.Value, value: Any, depth: int = 0) -> None:
     """Write ``value`` into an existing (empty) ``Value`` message in place.
 
     Lists and dicts may nest ``MAX_DEPTH`` levels deep (protobuf's own decoder limit,
-    with room for the request messages around the value).
+    with room for the request messages around the value); a server may allow less
+    (``Limits.max_depth``).
 
     Example::
 

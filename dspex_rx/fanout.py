@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .limits import too_many
 from .store import OPTIMIZATION_EVENT, ChangeEvent, Commit, Listener, VariableRecord
 
 
@@ -27,6 +28,13 @@ class PendingFrame:
     events: list[ChangeEvent]
     update_type: str | None = None  # overrides each event's type: "initial", "resync"
     conflated: bool = False
+    # The revision before the first commit it holds (revision - 1 unless conflated): a
+    # resume point that replays all of it.
+    since: int = -1
+
+    def __post_init__(self) -> None:
+        if self.since < 0:
+            self.since = self.revision - 1
 
 
 class Subscriber:
@@ -49,6 +57,7 @@ class Subscriber:
         wake: Callable[[], None] = lambda: None,
         max_pending_events: int = 10_000,
         session_id: str = "",
+        max_watched: int | None = None,
         may_observe: Callable[[str], bool] = lambda _: True,
         listen: Callable[[str, Listener], Callable[[], None]] | None = None,
         revision: Callable[[], int] = lambda: 0,
@@ -70,11 +79,31 @@ class Subscriber:
         self._revision = revision
         self.revoked = 0
         self.max_pending_events = max_pending_events
+        self.max_watched = max_watched
         self.conflations = 0
         self.closed = False
+        self.pending_controls = 0
         self._wake = wake
         self._queue: deque[PendingFrame | Any] = deque()
         self._pending_events = 0
+
+    def check_room(self, variable_ids: Iterable[str]) -> None:
+        """Raise ``ResourceExhaustedError`` if watching these too would pass ``max_watched``
+        (the limit ``max_subscriptions_per_stream``); changes nothing.
+
+        Example::
+
+            sub.check_room(["var_t_1"]); sub.watch(["var_t_1"])
+        """
+        if self.max_watched is None:
+            return
+        watched = self.watched
+        count = len(watched) + len({i for i in variable_ids if i not in watched})
+        if count > self.max_watched:
+            raise too_many(
+                f"this stream would watch {count} variables", count,
+                "max_subscriptions_per_stream", self.max_watched,
+            )
 
     def watch(self, variable_ids: Iterable[str]) -> None:
         """Start delivering these variables' commits.
@@ -253,6 +282,7 @@ class Subscriber:
             sub.push_control(pong_message)
         """
         self._queue.append(item)
+        self.pending_controls += 1
         self._wake()
 
     def has_pending(self) -> bool:
@@ -274,6 +304,7 @@ class Subscriber:
         items = list(self._queue)
         self._queue.clear()
         self._pending_events = 0
+        self.pending_controls = 0
         return items
 
     def _conflate(self) -> None:
@@ -340,4 +371,7 @@ def _merge(frames: list[PendingFrame]) -> PendingFrame:
             ChangeEvent(event.record, first_old[var_id], kind, event.metadata, event.source,
                         event.sources)
         )
-    return PendingFrame(max(f.revision for f in frames), merged, conflated=True)
+    return PendingFrame(
+        max(f.revision for f in frames), merged, conflated=True,
+        since=min(f.since for f in frames),
+    )

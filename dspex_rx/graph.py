@@ -28,6 +28,8 @@ class Edge:
     dependency: str
     type: str = "data"
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # What the store accounts for this edge in its session's memory budget.
+    size: int = field(default=0, compare=False)
 
 
 class CycleError(ValueError):
@@ -56,9 +58,11 @@ class DependencyGraph:
     def __init__(self) -> None:
         self._out: dict[str, dict[str, Edge]] = {}  # dependent -> dependency -> edge
         self._in: dict[str, dict[str, Edge]] = {}  # dependency -> dependent -> edge
+        self._count = 0
+        self.bytes = 0  # the sum of the edges' ``size``
 
     def __len__(self) -> int:
-        return sum(len(edges) for edges in self._out.values())
+        return self._count
 
     def copy(self) -> DependencyGraph:
         """An independent graph with the same edges (to try changes on before making them).
@@ -80,6 +84,15 @@ class DependencyGraph:
             len(graph.edges())
         """
         return [edge for edges in self._out.values() for edge in edges.values()]
+
+    def edge(self, dependent: str, dependency: str) -> Edge | None:
+        """The edge ``dependent -> dependency``, or None.
+
+        Example::
+
+            graph.edge("b", "a")
+        """
+        return self._out.get(dependent, {}).get(dependency)
 
     def path(self, start: str, goal: str) -> list[str] | None:
         """A chain ``start -> ... -> goal`` along "depends on" edges, or None.
@@ -121,6 +134,10 @@ class DependencyGraph:
             back = self.path(edge.dependency, edge.dependent)
             if back is not None:
                 raise CycleError([edge.dependent, *back])
+            self._count += 1
+        else:
+            self.bytes -= existing.size
+        self.bytes += edge.size
         self._out.setdefault(edge.dependent, {})[edge.dependency] = edge
         self._in.setdefault(edge.dependency, {})[edge.dependent] = edge
         return True
@@ -135,6 +152,8 @@ class DependencyGraph:
         edge = self._out.get(dependent, {}).pop(dependency, None)
         if edge is None:
             return False
+        self._count -= 1
+        self.bytes -= edge.size
         self._in[dependency].pop(dependent, None)
         self._prune(dependent)
         self._prune(dependency)
@@ -228,21 +247,34 @@ class DependencyGraph:
                         queue.append(dependent)
         return [n for n in order if n not in roots]
 
-    def downstream_with_sources(self, changed: Iterable[str]) -> list[tuple[str, list[str]]]:
+    def downstream_with_sources(
+        self, changed: Iterable[str], max_sources: int | None = None
+    ) -> list[tuple[str, list[str], bool]]:
         """``downstream(changed)`` with, for each node, the changed variables it depends on
-        (transitively), in the order given.
+        (transitively), in the order given, and whether that list was cut short: with
+        ``max_sources``, only the first ``max_sources`` are kept (so a batch of thousands
+        feeding a long chain costs thousands of names per node, not per pair).
 
         Example::
 
-            graph.downstream_with_sources(["a", "x"])   # [("b", ["a"]), ("c", ["a"])]
+            graph.downstream_with_sources(["a", "x"])   # [("b", ["a"], False), ...]
         """
         roots = list(dict.fromkeys(changed))
         order = self.downstream(roots)
         rank = {root: i for i, root in enumerate(roots)}
-        sources: dict[str, set[str]] = {root: {root} for root in roots}
+        cap = max_sources if max_sources is not None else len(roots)
+        # Per node: its sources with the lowest ranks (exactly the first ``cap`` of the
+        # full set: any of those is also among the first ``cap`` of the dependency it
+        # came through), and whether the full set was larger.
+        sources: dict[str, tuple[list[str], bool]] = {root: ([root], False) for root in roots}
         for node in order:  # topological: every dependency's sources are known already
             found: set[str] = set()
+            cut = False
             for dependency in self._out.get(node, {}):
-                found |= sources.get(dependency, set())
-            sources[node] = found | sources.get(node, set())
-        return [(node, sorted(sources[node] - {node}, key=rank.__getitem__)) for node in order]
+                known, truncated = sources.get(dependency, ((), False))
+                found.update(known)
+                cut = cut or truncated
+            found.discard(node)
+            ranked = sorted(found, key=rank.__getitem__)
+            sources[node] = (ranked[:cap], cut or len(ranked) > cap)
+        return [(node, *sources[node]) for node in order]

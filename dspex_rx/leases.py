@@ -49,6 +49,7 @@ class OptimizationLease:
     minimize: bool = False
     final_value: Any = None
     has_final: bool = False
+    size: int = 0  # what the store accounts for it (its config) in the memory budget
     revision: int = 0  # the commit that last published this lease's status
 
     @property
@@ -150,3 +151,4 @@ class OptimizationEntry:
     score: float
     timestamp: float
     revision: int
+    size: int = 0  # what the store accounts for it in the session's memory budget

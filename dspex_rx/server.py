@@ -2,6 +2,11 @@
 ``serve`` entry point, and an embedded server that runs on its own thread and loop.
 
 The adapter only translates: wire messages to plain values, store exceptions to gRPC
+status codes with the error kind in trailing metadata. It never validates values itself;
+the limits it enforces are the wire's own (``limits.Limits``): the message size (gRPC
+refuses a larger request with RESOURCE_EXHAUSTED, and no answer it builds may be larger),
+requests protobuf cannot parse (INVALID_ARGUMENT, not a crash), the variables one stream
+may watch, and error messages short enough to travel in a header.
 status codes with the error kind in trailing metadata. It never validates by itself.
 
 Who is calling: with ``auth="token"`` (the default) every call for a session, and the
@@ -24,6 +29,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -41,6 +48,7 @@ from .convert import (
 from .errors import AuthenticationError, DspexError, InvalidValueError
 from .fanout import PendingFrame, Subscriber
 from .leases import OptimizationEntry, OptimizationLease
+from .limits import DEFAULT_LIMITS, Limits, too_many
 from .logs import get_logger
 from .security import (
     SESSION_TOKEN_KEY,
@@ -71,11 +79,33 @@ from .v1 import variables_pb2_grpc as pb_grpc
 log = get_logger("dspex_rx.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Variables"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
+MAX_MESSAGE_BYTES = DEFAULT_LIMITS.max_message_bytes
+
+
+def grpc_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """The channel/server options for a message size limit (both directions).
+
+    Example::
+
+        grpc.aio.server(options=grpc_options(Limits().max_message_bytes))
+    """
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+GRPC_OPTIONS = grpc_options()
+# An error message travels in a response header (grpc-message), where gRPC allows 8-16 KiB
+# of metadata: a longer one (a megabyte ref quoted back) would arrive as a transport error
+# instead of the error itself.
+MAX_ERROR_MESSAGE = 2000
+MAX_ERROR_DETAIL = 200
+# Room left in a message for the framing around what the size checks count.
+MESSAGE_SLACK = 64 * 1024
+# A stream stops reading its client while this many control notes (acks, pongs) wait to
+# be sent: a client that writes without reading cannot grow the server's queue.
+MAX_PENDING_CONTROLS = 1024
 
 T = TypeVar("T")
 Req = TypeVar("Req")
@@ -151,8 +181,17 @@ MAX_OLD_VALUE_BYTES = 16 * 1024 * 1024
 MIN_PROGRESS_INTERVAL = 0.01
 
 
-def event_to_pb(event: ChangeEvent, update_type: str | None, out: spb.VariableEvent) -> None:
+def event_to_pb(
+    event: ChangeEvent,
+    update_type: str | None,
+    out: spb.VariableEvent,
+    max_pair_bytes: int = DEFAULT_LIMITS.max_value_bytes,
+) -> None:
     """Fill a wire ``VariableEvent``; ``update_type`` overrides the event's own.
+
+    The old value is left out (unset) above ``MAX_OLD_VALUE_BYTES``, or when value and old
+    value together pass ``max_pair_bytes`` (the server's ``max_value_bytes``): one event
+    always fits in a message and the new value is never dropped.
 
     Example::
 
@@ -168,7 +207,8 @@ def event_to_pb(event: ChangeEvent, update_type: str | None, out: spb.VariableEv
         codec.fill(out.value, record.value)
     if kind not in ("initial", "resync", "revoked", OPTIMIZATION_EVENT):
         codec.fill(out.old_value, event.old_value)
-        if out.old_value.ByteSize() > MAX_OLD_VALUE_BYTES:
+        old = out.old_value.ByteSize()
+        if old > MAX_OLD_VALUE_BYTES or old + out.value.ByteSize() > max_pair_bytes:
             out.ClearField("old_value")
     out.version = record.version
     out.revision = record.mod_revision
@@ -263,6 +303,67 @@ _DEPENDENCY_TYPES: dict[str, int] = {
     for name in ("data", "constraint", "optimization")
 }
 _DEPENDENCY_TYPE_NAMES = {number: name for name, number in _DEPENDENCY_TYPES.items()}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} chars)"
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: DspexError) -> None:
+    """Abort the call with the status, kind and details of a dspex error (messages and
+    details clipped to fit a header).
+
+    Example::
+
+        await abort_with(context, InvalidValueError("session_id is required"))
+    """
+    metadata = [(ERROR_KIND_KEY, exc.kind)] + [
+        (ERROR_DETAIL_PREFIX + key.replace("_", "-"), _clip(str(value), MAX_ERROR_DETAIL))
+        for key, value in exc.details.items()
+    ]
+    context.set_trailing_metadata(tuple(metadata))
+    await context.abort(STATUS_BY_KIND[exc.kind], _clip(str(exc), MAX_ERROR_MESSAGE))
+
+
+class Malformed:
+    """What the safe deserializer hands a handler for bytes protobuf cannot parse (bad
+    UTF-8 in a string field, a truncated or too deeply nested message): the handler
+    answers INVALID_ARGUMENT instead of gRPC's UNKNOWN.
+
+    Example::
+
+        request = parse_request(pb.GetVariableRequest, b"\\x12\\x02\\xff\\xfe")
+        assert isinstance(request, Malformed)
+    """
+
+    __slots__ = ("error", "type_name")
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name = type_name
+        self.error = error
+
+    def exception(self) -> InvalidValueError:
+        """The error to answer with.
+
+        Example::
+
+            raise malformed.exception()
+        """
+        reason = str(self.error).rsplit(": ", 1)[-1]
+        return InvalidValueError(f"malformed {self.type_name}: {reason}")
+
+
+def parse_request(message_type: Any, data: bytes) -> Any:
+    """Parse a request; bytes protobuf refuses become a ``Malformed``.
+
+    Example::
+
+        parse_request(pb.EchoRequest, pb.EchoRequest(payload=b"x").SerializeToString())
+    """
+    try:
+        return message_type.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        return Malformed(message_type.DESCRIPTOR.name, exc)
 
 
 _MERGE_STRATEGIES: dict[int, str] = {
@@ -415,6 +516,8 @@ def _wrap(fn: Handler[Req, Resp], authenticate: bool) -> Handler[Req, Resp]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
+            if isinstance(request, Malformed):
+                raise request.exception()
             if authenticate:
                 self.authenticate(getattr(request, "session_id", ""), context)
             return await fn(self, request, context)
@@ -422,19 +525,16 @@ def _wrap(fn: Handler[Req, Resp], authenticate: bool) -> Handler[Req, Resp]:
             log.warning("unauthenticated", method=fn.__name__, peer=context.peer(),
                         error=str(exc))
             context.set_trailing_metadata(((ERROR_KIND_KEY, exc.kind),))
-            await context.abort(STATUS_BY_KIND[exc.kind], str(exc))
+            await context.abort(STATUS_BY_KIND[exc.kind], _clip(str(exc), MAX_ERROR_MESSAGE))
         except DspexError as exc:
-            metadata = [(ERROR_KIND_KEY, exc.kind)] + [
-                (ERROR_DETAIL_PREFIX + key.replace("_", "-"), str(value))
-                for key, value in exc.details.items()
-            ]
-            context.set_trailing_metadata(tuple(metadata))
-            await context.abort(STATUS_BY_KIND[exc.kind], str(exc))
+            await abort_with(context, exc)
         except (KeyError, ValueError, TypeError, PermissionError) as exc:
             # A builtin from deeper code is still the caller's bad input, not a crash.
-            log.warning("request_error", method=fn.__name__, error=repr(exc))
+            log.warning("request_error", method=fn.__name__, error=_clip(repr(exc), 500))
             context.set_trailing_metadata(((ERROR_KIND_KEY, "invalid_value"),))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, _clip(str(exc), MAX_ERROR_MESSAGE)
+            )
         except Exception:
             log.exception("handler_failed", method=fn.__name__)
             context.set_trailing_metadata(((ERROR_KIND_KEY, "internal"),))
@@ -452,6 +552,38 @@ def _handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
 def _attach_handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """``InitializeSession``: creating needs no token; attaching checks it in the store."""
     return _wrap(fn, authenticate=False)
+
+
+def _public_handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """An RPC of no session (``Echo``): no token, still malformed-safe."""
+    return _wrap(fn, authenticate=False)
+
+
+class _Answer:
+    """A response's size so far: refuses, with RESOURCE_EXHAUSTED, to grow past what one
+    message may carry, so an answer (many refs to one big value, a long history page) is
+    never built to gigabytes nor fails in gRPC's send.
+
+    Example::
+
+        answer = _Answer(limits.max_message_bytes, "GetVariables")
+        answer.add(response.variables.add())
+    """
+
+    __slots__ = ("limit", "size", "what")
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.size = 0
+
+    def add(self, part: Any) -> None:
+        self.size += part.ByteSize() + 8
+        if self.size > self.limit - MESSAGE_SLACK:
+            raise too_many(
+                f"the answer to {self.what} would be more than {self.size} bytes; ask for "
+                "fewer variables or entries", self.size, "max_message_bytes", self.limit,
+            )
 
 
 def _session_id(request: Any) -> str:
@@ -477,12 +609,14 @@ class VariablesService(pb_grpc.VariablesServicer):
         store: MemoryStore,
         progress_interval: float = 5.0,
         max_pending_events: int = 10_000,
+        limits: Limits | None = None,
         auth: str = "token",
     ) -> None:
         self.store = store
         self.auth = check_auth_mode(auth)
         self.progress_interval = progress_interval
         self.max_pending_events = max_pending_events
+        self.limits = limits or store.limits
         # The live streams' queues, for introspection (read them on the server's loop).
         self.subscribers: set[Subscriber] = set()
 
@@ -500,7 +634,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             raise InvalidValueError("session_id is required")
         self.store.authenticate(session_id, _presented_token(context))
 
-    def _variable(self, session_id: str, record: VariableRecord, out: pb.Variable) -> None:
+    def _variable(self, session_id: str, record: VariableRecord, out: pb.Variable) -> pb.Variable:
         # A record as this caller sees it: its owner, and its rules for the owner only.
         record_to_pb(record, out)
         owner = self.store.owner_of(record.id) or session_id
@@ -511,6 +645,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             # A caller that may write but not read (a write-only set) gets no value back,
             # and its client caches none.
             out.ClearField("value")
+        return out
 
     @_attach_handler
     async def InitializeSession(
@@ -616,6 +751,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         specs = [_spec_from_pb(spec) for spec in request.specs]
         records, revision = self.store.register(session_id, specs, actor=session_id)
         response = pb.RegisterVariablesResponse(revision=revision)
+        # The echo fits one message: the store bounds what a batch stores (batch_bytes).
         for record in records:
             self._variable(session_id, record, response.variables.add())
         return response
@@ -651,8 +787,10 @@ class VariablesService(pb_grpc.VariablesServicer):
         response = pb.GetVariablesResponse(
             missing=missing, revision=self.store.session(session_id).revision
         )
+        answer = self._answer("GetVariables")
+        answer.add(response)
         for record in found:
-            self._variable(session_id, record, response.variables.add())
+            answer.add(self._variable(session_id, record, response.variables.add()))
         return response
 
     @_handler
@@ -739,8 +877,9 @@ class VariablesService(pb_grpc.VariablesServicer):
         session_id = _session_id(request)
         records = self.store.list(session_id, request.pattern or None)
         response = pb.ListVariablesResponse(revision=self.store.session(session_id).revision)
+        answer = self._answer("ListVariables")
         for record in records:
-            self._variable(session_id, record, response.variables.add())
+            answer.add(self._variable(session_id, record, response.variables.add()))
         return response
 
     @_handler
@@ -770,11 +909,19 @@ class VariablesService(pb_grpc.VariablesServicer):
             await stub.AddDependency(AddDependencyRequest(...))
         """
         session_id = _session_id(request)
+        if request.dependency_type == pb.DEPENDENCY_TYPE_UNSPECIFIED:
+            dependency_type = "data"
+        elif request.dependency_type in _DEPENDENCY_TYPE_NAMES:
+            dependency_type = _DEPENDENCY_TYPE_NAMES[request.dependency_type]
+        else:
+            raise InvalidValueError(
+                f"dependency type is unknown (wire value {request.dependency_type})"
+            )
         revision = self.store.add_dependency(
             session_id,
             request.from_ref,
             request.to_ref,
-            _DEPENDENCY_TYPE_NAMES.get(request.dependency_type, "data"),
+            dependency_type,
             codec.decode_map(request.metadata),
             actor=session_id,
         )
@@ -811,15 +958,16 @@ class VariablesService(pb_grpc.VariablesServicer):
             transitive=request.transitive,
         )
         response = pb.GetDependenciesResponse()
+        answer = self._answer("GetDependencies")
         for record, depth, edge in found:
-            response.entries.add(
+            answer.add(response.entries.add(
                 variable_id=record.id,
                 name=record.name,
                 type=type_to_pb(record.type),
                 dependency_type=_DEPENDENCY_TYPES[edge.type],
                 metadata=codec.encode_map(edge.metadata),
                 depth=depth,
-            )
+            ))
         return response
 
     @_handler
@@ -842,6 +990,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         )
         if page.expired is not None:
             response.expired_from_version, response.expired_to_version = page.expired
+        answer = self._answer("GetHistory")
         for entry in page.entries:
             out = response.entries.add(version=entry.version, revision=entry.revision)
             codec.fill(out.value, entry.value)
@@ -849,6 +998,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             if request.include_metadata:
                 out.updated_by = entry.updated_by
                 out.metadata.CopyFrom(codec.encode_map(entry.metadata))
+            answer.add(out)
         return response
 
     @_handler
@@ -1026,9 +1176,15 @@ class VariablesService(pb_grpc.VariablesServicer):
         response = pb.GetOptimizationHistoryResponse(
             revision=self.store.session(session_id).revision
         )
+        answer = self._answer("GetOptimizationHistory")
         for entry in entries:
-            _entry_to_pb(entry, response.entries.add())
+            out = response.entries.add()
+            _entry_to_pb(entry, out)
+            answer.add(out)
         return response
+
+    def _answer(self, what: str) -> _Answer:
+        return _Answer(self.limits.max_message_bytes, what)
 
     # ----------------------------------------------------------- export and import
 
@@ -1050,6 +1206,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         )
         response = pb.ExportVariablesResponse(revision=snapshot.revision)
         snapshot_to_pb(snapshot, response.snapshot)
+        self._answer("ExportVariables").add(response)
         return response
 
     @_handler
@@ -1117,6 +1274,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         response.variable_id, response.owner_session = var_id, owner
         return response
 
+    @_public_handler
     async def Echo(
         self, request: pb.EchoRequest, context: grpc.aio.ServicerContext
     ) -> pb.EchoResponse:
@@ -1144,39 +1302,44 @@ class VariablesService(pb_grpc.VariablesServicer):
         except StopAsyncIteration:
             return
         try:
+            if isinstance(first, Malformed):
+                raise first.exception()
             if first.WhichOneof("kind") != "open":
                 raise InvalidValueError("the first message on a Session stream must be 'open'")
             session_id = _session_id(first.open)
             self.authenticate(session_id, context)
             session = self.store.session(session_id)
+            interval = first.open.progress_interval_seconds or self.progress_interval
+            if not math.isfinite(interval) or interval < MIN_PROGRESS_INTERVAL:
+                raise InvalidValueError(
+                    f"progress_interval_seconds must be a finite number >= "
+                    f"{MIN_PROGRESS_INTERVAL} (0 for the server default), got {interval!r}"
+                )
+            wake = asyncio.Event()
+            room = asyncio.Event()  # set while the reader may go on
+            room.set()
+            store = self.store
+            subscriber = Subscriber(
+                wake.set, self.max_pending_events, session_id,
+                max_watched=self.limits.max_subscriptions_per_stream,
+                may_observe=lambda var_id: store.may(session_id, var_id, "observe"),
+                listen=store.add_listener,
+                revision=lambda: store.revision,
+                may_read=lambda var_id: store.may(session_id, var_id, "read"),
+            )
+            remove_listener = self.store.add_listener(session_id, subscriber.on_commit)
         except DspexError as exc:
             if isinstance(exc, AuthenticationError):
                 log.warning("unauthenticated", method="Session", peer=context.peer(),
                             error=str(exc))
-            context.set_trailing_metadata(((ERROR_KIND_KEY, exc.kind),))
-            await context.abort(STATUS_BY_KIND[exc.kind], str(exc))
+            await abort_with(context, exc)
             return
-        interval = first.open.progress_interval_seconds or self.progress_interval
-        if not math.isfinite(interval) or interval < MIN_PROGRESS_INTERVAL:
-            context.set_trailing_metadata(((ERROR_KIND_KEY, "invalid_value"),))
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"progress_interval_seconds must be a finite number >= {MIN_PROGRESS_INTERVAL}"
-                f" (0 for the server default), got {interval!r}",
-            )
-        wake = asyncio.Event()
-        store = self.store
-        subscriber = Subscriber(
-            wake.set, self.max_pending_events, session_id,
-            may_observe=lambda var_id: store.may(session_id, var_id, "observe"),
-            listen=store.add_listener,
-            revision=lambda: store.revision,
-            may_read=lambda var_id: store.may(session_id, var_id, "read"),
-        )
-        remove_listener = self.store.add_listener(session_id, subscriber.on_commit)
         self.subscribers.add(subscriber)
-        log.info("stream_opened", session_id=session_id, client_id=first.open.client_id)
-        reader = asyncio.create_task(self._read_stream(request_iterator, session_id, subscriber))
+        log.info("stream_opened", session_id=session_id,
+                 client_id=_clip(first.open.client_id, 100))
+        reader = asyncio.create_task(
+            self._read_stream(request_iterator, session_id, subscriber, room)
+        )
         reader.add_done_callback(lambda _: wake.set())
         try:
             yield spb.ServerMessage(
@@ -1199,6 +1362,7 @@ class VariablesService(pb_grpc.VariablesServicer):
                 wake.clear()
                 for message in self._messages(subscriber.drain()):
                     yield message
+                room.set()  # everything queued is sent: the reader may read on
                 if subscriber.closed:
                     context.set_trailing_metadata(((ERROR_KIND_KEY, "session_not_found"),))
                     await context.abort(
@@ -1207,11 +1371,10 @@ class VariablesService(pb_grpc.VariablesServicer):
                 if reader.done():
                     error = reader.exception()
                     if isinstance(error, DspexError):
-                        context.set_trailing_metadata(((ERROR_KIND_KEY, error.kind),))
-                        await context.abort(STATUS_BY_KIND[error.kind], str(error))
+                        await abort_with(context, error)
                     if error is not None:
                         log.error("stream_reader_failed", session_id=session_id,
-                                  error=repr(error))
+                                  error=_clip(repr(error), 500))
                         await context.abort(grpc.StatusCode.INTERNAL, "stream reader failed")
                     return
         finally:
@@ -1226,8 +1389,11 @@ class VariablesService(pb_grpc.VariablesServicer):
         request_iterator: AsyncIterator[spb.ClientMessage],
         session_id: str,
         subscriber: Subscriber,
+        room: asyncio.Event,
     ) -> None:
         async for message in request_iterator:
+            if isinstance(message, Malformed):
+                raise message.exception()
             kind = message.WhichOneof("kind")
             if kind == "subscribe":
                 self._subscribe(session_id, subscriber, message.subscribe)
@@ -1246,6 +1412,11 @@ class VariablesService(pb_grpc.VariablesServicer):
                 )
             else:
                 raise InvalidValueError(f"unexpected {kind!r} message on an open Session stream")
+            if subscriber.pending_controls >= MAX_PENDING_CONTROLS:
+                # The client writes faster than it reads: stop reading until the sender
+                # has caught up, so gRPC's flow control pushes back on the client.
+                room.clear()
+                await room.wait()
 
     def _subscribe(self, session_id: str, subscriber: Subscriber, request: spb.Subscribe) -> None:
         # Synchronous from lookup to queueing: no commit can fall between the snapshot
@@ -1257,8 +1428,8 @@ class VariablesService(pb_grpc.VariablesServicer):
             # Only this request fails; the stream and its other watches go on.
             subscriber.push_control(
                 spb.Subscribed(
-                    request_id=request.request_id, revision=store.revision, error=error,
-                    error_kind=kind,
+                    request_id=request.request_id, revision=store.revision,
+                    error=_clip(error, MAX_ERROR_MESSAGE), error_kind=kind,
                 )
             )
 
@@ -1268,6 +1439,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         try:
             # Another session's variable needs observe; one it cannot see is missing.
             found, missing = store.get_many(session_id, list(request.refs), "observe")
+            subscriber.check_room(r.id for r in found)
         except DspexError as exc:
             refuse(str(exc), exc.kind)
             return
@@ -1379,14 +1551,40 @@ class VariablesService(pb_grpc.VariablesServicer):
             )
 
     def _messages(self, items: list[Any]) -> Iterator[spb.ServerMessage]:
+        # Frames go out up to MAX_FRAMES_PER_MESSAGE or MESSAGE_SOFT_LIMIT bytes per
+        # message. A frame that cannot fit in one message at all (thousands of large
+        # events) is split: every part but the last carries the revision before the
+        # frame's first commit (a snapshot's parts all carry its revision), so a resume
+        # after a break between parts replays the whole commit instead of losing its rest.
+        hard = self.limits.max_message_bytes - MESSAGE_SLACK
+        pair = self.limits.max_value_bytes
         message = spb.ServerMessage()
         size = 0
         for item in items:
             if isinstance(item, PendingFrame):
                 frame = message.frames.add(revision=item.revision, conflated=item.conflated)
+                size += 32
                 for event in item.events:
-                    event_to_pb(event, item.update_type, frame.events.add())
-                size += frame.ByteSize()
+                    out = frame.events.add()
+                    event_to_pb(event, item.update_type, out, pair)
+                    event_size = out.ByteSize() + 16
+                    if size + event_size > hard and size > 32:
+                        moved = spb.VariableEvent()
+                        moved.CopyFrom(out)
+                        del frame.events[-1]
+                        if frame.events:
+                            if item.update_type is None:
+                                frame.revision = item.since
+                        else:
+                            del message.frames[-1]
+                        yield message
+                        message = spb.ServerMessage()
+                        frame = message.frames.add(
+                            revision=item.revision, conflated=item.conflated
+                        )
+                        frame.events.append(moved)
+                        size = 32
+                    size += event_size
                 if len(message.frames) >= MAX_FRAMES_PER_MESSAGE or size >= MESSAGE_SOFT_LIMIT:
                     yield message
                     message = spb.ServerMessage()
@@ -1395,6 +1593,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             if message.frames:
                 yield message
                 message = spb.ServerMessage()
+                size = 0
             control = spb.ServerMessage()
             field = {
                 spb.Subscribed: "subscribed", spb.Unsubscribed: "unsubscribed", spb.Pong: "pong"
@@ -1405,8 +1604,43 @@ class VariablesService(pb_grpc.VariablesServicer):
             yield message
 
 
+def add_service(service: VariablesService, server: grpc.aio.Server) -> None:
+    """Register the v1 service like the generated ``add_VariablesServicer_to_server``,
+    but with requests parsed by ``parse_request``: bytes protobuf refuses reach the
+    handler as ``Malformed`` and are answered INVALID_ARGUMENT, not gRPC's UNKNOWN.
+
+    Example::
+
+        add_service(VariablesService(MemoryStore()), server)
+    """
+    descriptor = pb.DESCRIPTOR.services_by_name["Variables"]
+    handlers = {}
+    for method in descriptor.methods:
+        if method.client_streaming != method.server_streaming:
+            raise AssertionError(f"no handler kind for {method.name}")
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(service, method.name),
+            request_deserializer=functools.partial(
+                parse_request, GetMessageClass(method.input_type)
+            ),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(descriptor.full_name, handlers)
+
+
 class Server:
     """A grpc.aio server with the v1 service, health and reflection, on the running loop.
+
+    ``limits`` (default: the store's, else ``Limits()``) sets every limit; with no
+    ``store``, the store is made with them too.
 
     ``auth`` is ``"token"`` (every session-scoped call must carry the session's token)
     or ``"none"`` (tokens issued, not checked). ``tls_cert``/``tls_key`` (PEM paths or
@@ -1415,7 +1649,7 @@ class Server:
 
     Example::
 
-        server = Server(host="127.0.0.1", port=0)
+        server = Server(host="127.0.0.1", port=0, limits=Limits(max_sessions=100))
         await server.start(); print(server.port); await server.stop()
         Server(host="0.0.0.0", tls_cert="server.pem", tls_key="server.key")
     """
@@ -1428,6 +1662,7 @@ class Server:
         expire_interval: float = 1.0,
         progress_interval: float = 5.0,
         max_pending_events: int = 10_000,
+        limits: Limits | None = None,
         *,
         auth: str = "token",
         tls_cert: Pem | None = None,
@@ -1441,10 +1676,11 @@ class Server:
         self.port = 0
         self.auth = auth
         self.insecure = insecure
-        self.store = store or MemoryStore()
+        self.store = store or MemoryStore(limits=limits)
+        self.limits = limits or self.store.limits
         self.expire_interval = expire_interval
         self.service = VariablesService(
-            self.store, progress_interval, max_pending_events, auth=auth
+            self.store, progress_interval, max_pending_events, self.limits, auth=auth
         )
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -1457,10 +1693,8 @@ class Server:
 
             port = await Server(port=0).start()
         """
-        server = grpc.aio.server(options=GRPC_OPTIONS)
-        pb_grpc.add_VariablesServicer_to_server(  # type: ignore[no-untyped-call]
-            self.service, server
-        )
+        server = grpc.aio.server(options=grpc_options(self.limits.max_message_bytes))
+        add_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -1534,6 +1768,7 @@ async def serve(
     port: int = 50051,
     port_file: str | None = None,
     store: MemoryStore | None = None,
+    limits: Limits | None = None,
     *,
     auth: str = "token",
     tls_cert: Pem | None = None,
@@ -1542,16 +1777,17 @@ async def serve(
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
-    ``port_file`` receives the bound port once serving (handy with ``port=0``). ``auth``,
-    ``tls_cert``, ``tls_key`` and ``insecure`` are ``Server``'s.
+    ``port_file`` receives the bound port once serving (handy with ``port=0``). ``limits``,
+    ``auth``, ``tls_cert``, ``tls_key`` and ``insecure`` are ``Server``'s.
 
     Example::
 
-        asyncio.run(serve("127.0.0.1", 50051))
+        asyncio.run(serve("127.0.0.1", 50051, limits=Limits(max_sessions=100)))
         asyncio.run(serve("0.0.0.0", 50051, tls_cert="server.pem", tls_key="server.key"))
     """
     server = Server(
-        host, port, store, auth=auth, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure
+        host, port, store, limits=limits, auth=auth, tls_cert=tls_cert, tls_key=tls_key,
+        insecure=insecure,
     )
     bound = await server.start()
     if port_file:
@@ -1571,11 +1807,12 @@ async def serve(
 class EmbeddedServer:
     """A server on its own thread and asyncio loop, for ``connect()`` with no target and tests.
 
-    ``options`` go to ``Server`` (``auth``, ``tls_cert``, ``tls_key``, ``insecure``, ...).
+    ``options`` go to ``Server`` (``limits=Limits(...)``, ``auth``, ``tls_cert``,
+    ``tls_key``, ``insecure``, ``progress_interval=`` ...).
 
     Example::
 
-        with EmbeddedServer() as server:
+        with EmbeddedServer(limits=Limits(max_value_bytes=1 << 20)) as server:
             print(server.target)   # "127.0.0.1:<ephemeral port>"
     """
 

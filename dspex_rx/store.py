@@ -5,6 +5,12 @@ its one asyncio loop each call is atomic with respect to every other: a batch is
 in full, then committed in one step under one new revision. Records are immutable; a write
 replaces a record, so a reader's snapshot never changes under it.
 
+Every limit of ``limits.Limits`` that concerns stored state is checked here, before
+anything changes, so a refused request leaves no trace. Each session keeps a memory
+account (encoded bytes plus a fixed overhead per stored item): current values and
+optimization records are *pinned* and must fit ``max_session_bytes``; history and the
+replay log are *retention* and are dropped oldest first when the budget needs room.
+
 Each session keeps a secret token, made when the session is created. The store only keeps
 and compares it (``authenticate``, and ``initialize_session(..., require_token=True)``
 for attaching); who must present it, and how it travels, is the server's business.
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import fnmatch
+import heapq
 import hmac
 import itertools
 import math
@@ -35,14 +41,24 @@ from .errors import (
     DspexError,
     InvalidValueError,
     OptimizationLockedError,
-    ResourceExhaustedError,
     SessionNotFoundError,
     VariableNotFoundError,
     VariableTypeError,
 )
 from .graph import DEPENDENCY_TYPES, CycleError, DependencyGraph, Edge
 from .leases import FINISH_STATES, OptimizationEntry, OptimizationLease
+from .limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_count,
+    check_length,
+    measure_map,
+    measure_value,
+    too_big,
+    too_many,
+)
 from .logs import get_logger
+from .patterns import compile_glob
 from .types import (
     INT64_MAX,
     check_constraints,
@@ -64,6 +80,15 @@ MAX_VERSION = INT64_MAX
 # The event types a commit can carry per variable; "optimization" events change no value.
 OPTIMIZATION_EVENT = "optimization"
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
+# What the memory account charges per stored item beyond its encoded bytes (Python
+# objects, dict slots): a history entry, a logged event, a dependency edge, ...
+ITEM_OVERHEAD = 200
+# Room a batch's answer needs beyond the stored values: per entry (id, name, type,
+# timestamps, versions) and for the whole message.
+BATCH_ENTRY_FRAMING = 512
+BATCH_FRAMING = 64 * 1024
+# A dependency_changed event names at most this many of the changed variables it depends on.
+MAX_SOURCE_NAMES = 100
 # The shape of the ids the store makes (``var_<name>_<n>``). Ids are addressed across
 # sessions, so no session may name a variable like one (whether or not that id exists,
 # which a check would disclose).
@@ -100,6 +125,10 @@ class VariableRecord:
     updated_at: float
     updated_by: str
     description: str = ""
+    # Encoded bytes of value and metadata: what the memory account charges per version
+    # (constraints and description are charged once per variable); the metadata's part.
+    size: int = 0
+    metadata_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +146,7 @@ class HistoryEntry:
     updated_by: str
     metadata: Mapping[str, Any]
     revision: int
+    size: int = 0  # what the memory account charges for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +304,11 @@ class _ImportPlan:
     history: list[HistoryEntry] = field(default_factory=list)
     untouched: bool = False
     rules: tuple[AccessRule, ...] = ()
+    # Measured for the limits and the memory account: the record's encoded value plus
+    # metadata, the metadata's part, and (new variables) the bytes charged once for it.
+    size: int = 0
+    metadata_size: int = 0
+    fixed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +353,9 @@ class Commit:
     permissions: tuple[str, ...] = ()
 
 
+# A checked evaluation: (iteration, value, metrics, score, bytes charged for it).
+_Evaluation = tuple[int, Any, dict[str, Any], float, int]
+
 # A listener gets every commit of its session, synchronously, after the state changed;
 # None means the session is gone.
 Listener = Callable[[Commit | None], None]
@@ -350,6 +388,7 @@ class Session:
     metadata: dict[str, Any]
     created_at: float
     revision: int = 0
+    metadata_size: int = 0
     # The secret that proves a caller may act for this session; kept out of reprs so no
     # log line or error message can carry it.
     token: str = field(default="", repr=False)
@@ -371,6 +410,46 @@ class Session:
     recent_leases: dict[str, deque[OptimizationLease]] = field(default_factory=dict)
     lease_by_id: dict[str, OptimizationLease] = field(default_factory=dict)
     evaluations: dict[str, deque[OptimizationEntry]] = field(default_factory=dict)
+    # Per variable, the bytes charged once for it: constraints, description, overhead.
+    fixed: dict[str, int] = field(default_factory=dict)
+    # The memory account, in bytes (``MemoryStore.check_accounts`` states the invariants).
+    # ``other_bytes``: evaluations, leases, dependency edges, the session itself.
+    # ``history_bytes``: every retained history entry, each variable's newest (its
+    # current record) included; ``current_bytes`` is the part that is newest entries.
+    # ``log_bytes``: the replay log. ``graveyard``: dropped history whose values the log
+    # may still hold, as (the revision after which the log no longer holds it, bytes),
+    # released once the log is trimmed past it.
+    other_bytes: int = 0
+    current_bytes: int = 0
+    history_bytes: int = 0
+    history_entries: int = 0
+    log_bytes: int = 0
+    graveyard: list[tuple[int, int]] = field(default_factory=list)
+    graveyard_bytes: int = 0
+    # Superseded history entries, least recently superseded first, as (the revision that
+    # superseded it, variable id, version): the order in which the budget drops them.
+    # Entries already gone (dropped by count, deleted) are skipped when met.
+    superseded: deque[tuple[int, str, int]] = field(default_factory=deque)
+
+    @property
+    def pinned(self) -> int:
+        """Bytes that no retention policy can drop: current records and other state.
+
+        Example::
+
+            store.session(sid).pinned <= store.limits.max_session_bytes
+        """
+        return self.current_bytes + self.other_bytes
+
+    @property
+    def used(self) -> int:
+        """Bytes the session's memory account charges (pinned plus retention).
+
+        Example::
+
+            store.session(sid).used <= store.limits.max_session_bytes
+        """
+        return self.other_bytes + self.history_bytes + self.log_bytes + self.graveyard_bytes
     # Each variable's access rules (what other sessions may do with it); beside the
     # record, not in it: changing them is not a write of the value.
     rules: dict[str, tuple[AccessRule, ...]] = field(default_factory=dict)
@@ -393,6 +472,36 @@ class UpdateOutcome:
     current_version: int = 0
 
 
+def _show(text: Any, limit: int = 80) -> str:
+    # A user-supplied string as error messages quote it: repr, cut to ``limit`` characters
+    # (a megabyte ref must not come back as a megabyte message).
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...{shown[0]}"
+
+
+def _event_cost(event: ChangeEvent) -> int:
+    # The memory account's charge for one logged event beyond the values it shares with
+    # history: the objects of its own metadata (a dependency note, a status dict).
+    metadata = event.metadata
+    if event.update_type == "dependency_changed":
+        extra = len(metadata.get("source_variables", ()))
+    elif event.update_type == OPTIMIZATION_EVENT:
+        extra = len(metadata) + len(metadata.get("best_metrics") or ())
+    else:
+        extra = 0
+    return ITEM_OVERHEAD + 64 * extra
+
+
+def _commit_cost(commit: Commit) -> int:
+    return ITEM_OVERHEAD + sum(_event_cost(e) for e in commit.events)
+
+
+def _session_cost(session: Session) -> int:
+    return ITEM_OVERHEAD + session.metadata_size
+
+
+def _client_cost(lease: ClientLease) -> int:
+    return ITEM_OVERHEAD + len(lease.name)
 def _check_token(session: Session, token: str) -> None:
     # The messages say why, never what was sent or expected.
     if not token:
@@ -403,9 +512,31 @@ def _check_token(session: Session, token: str) -> None:
         raise AuthenticationError(
             f"the session token presented is not the token of session {session.id!r}"
         )
+
+
 def _plain_dict(value: Any) -> Any:
     # Mappings become dicts for check_metadata; anything else goes on to be refused there.
     return dict(value) if isinstance(value, Mapping) else value
+
+
+def _import_note(snapshot: Snapshot, strategy: str) -> dict[str, Any]:
+    # The metadata of an import's commit.
+    return {
+        "imported_from": snapshot.session_id or "unknown",
+        "export_revision": snapshot.revision,
+        "format_version": snapshot.format_version,
+        "merge_strategy": strategy,
+    }
+
+
+def _rules_cost(rules: Iterable[AccessRule]) -> int:
+    # What the memory account charges for a variable's access rules (pinned, like
+    # constraints): per rule its pattern, permissions and conditions.
+    return sum(
+        ITEM_OVERHEAD + len(rule.session_pattern) + 16 * len(rule.permissions)
+        + 32 * len(rule.conditions)
+        for rule in rules
+    )
 
 
 def _failed(ref: str, error: DspexError | None) -> UpdateOutcome:
@@ -432,9 +563,10 @@ class MemoryStore:
         *,
         clock: Callable[[], float] = time.time,
         default_ttl: float = 60.0,
-        max_variables_per_session: int = 100_000,
+        limits: Limits | None = None,
+        max_variables_per_session: int | None = None,
         log_size: int = 10_000,
-        history_size: int = 1_000,
+        history_size: int | None = None,
         lease_ttl: float = 30.0,
         optimization_history_size: int = 10_000,
     ) -> None:
@@ -444,17 +576,42 @@ class MemoryStore:
         self.optimization_history_size = optimization_history_size
         # Fencing tokens are random (a session cannot guess another's) and unique here.
         self._tokens: set[int] = set()
-        self.max_variables_per_session = max_variables_per_session
-        self.log_size = log_size
-        if history_size < 1:
+        if history_size is not None and history_size < 1:
             raise InvalidValueError(f"history_size must be at least 1, got {history_size}")
-        self.history_size = history_size
+        # The two limits that were constructor arguments before Limits stay so.
+        self.limits = (limits or DEFAULT_LIMITS).replace(
+            max_variables_per_session=max_variables_per_session, history_size=history_size
+        )
+        self.log_size = log_size
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
+        # The memory accounts of all sessions together (see Session.used / pinned).
+        self.used_bytes = 0
+        self.pinned_bytes = 0
         # One revision counter for all sessions (a stream can carry several sessions'
         # events in one order), and every variable's owner session, by id.
         self._revision = 0
         self._owners: dict[str, str] = {}
+
+    @property
+    def history_size(self) -> int:
+        """Versions kept per variable (``limits.history_size``).
+
+        Example::
+
+            MemoryStore(history_size=5).history_size
+        """
+        return self.limits.history_size
+
+    @property
+    def max_variables_per_session(self) -> int:
+        """``limits.max_variables_per_session``.
+
+        Example::
+
+            MemoryStore().max_variables_per_session
+        """
+        return self.limits.max_variables_per_session
 
     @property
     def revision(self) -> int:
@@ -497,26 +654,47 @@ class MemoryStore:
         ttl = ttl or self.default_ttl
         now = self._clock()
         created = False
+        limits = self.limits
         if session_id:
-            if not NAME_RE.fullmatch(session_id):
+            if not isinstance(session_id, str) or not NAME_RE.fullmatch(session_id):
                 raise InvalidValueError(
-                    f"session id {session_id!r} is not valid (letters, digits, _ . - /; "
+                    f"session id {_show(session_id)} is not valid (letters, digits, _ . - /; "
                     "up to 256 characters, not starting with a digit)"
                 )
         else:
             session_id = "sess_" + secrets.token_hex(8)
+        if not isinstance(client_name, str):
+            raise VariableTypeError("client name must be a string")
+        check_length("client name", client_name, "max_string_length", limits.max_string_length)
+        client = ClientLease(client_name, ttl, now)
         session = self._sessions.get(session_id)
         if session is None:
+            if len(self._sessions) >= limits.max_sessions:
+                raise too_many(
+                    f"the server already holds {len(self._sessions)} sessions",
+                    len(self._sessions) + 1, "max_sessions", limits.max_sessions,
+                )
+            clean, size = self._clean_metadata(session_id, metadata, "session metadata")
             session = Session(
-                session_id, check_metadata(session_id, metadata), now,
-                token=secrets.token_urlsafe(32),
+                session_id, clean, now, metadata_size=size, token=secrets.token_urlsafe(32),
             )
+            self._check_room(session, _session_cost(session) + _client_cost(client))
             self._sessions[session_id] = session
+            self._charge(session, "other_bytes", _session_cost(session))
             created = True
-        elif require_token:
-            _check_token(session, token)
+        else:
+            if require_token:
+                _check_token(session, token)
+            if len(session.clients) >= limits.max_clients_per_session:
+                raise too_many(
+                    f"session {session_id!r} already has {len(session.clients)} clients "
+                    "attached", len(session.clients) + 1, "max_clients_per_session",
+                    limits.max_clients_per_session,
+                )
+            self._check_room(session, _client_cost(client))
         client_id = "cli_" + secrets.token_hex(8)
-        session.clients[client_id] = ClientLease(client_name, ttl, now)
+        session.clients[client_id] = client
+        self._charge(session, "other_bytes", _client_cost(client))
         return session, client_id, created
 
     def session(self, session_id: str) -> Session:
@@ -528,9 +706,9 @@ class MemoryStore:
         """
         try:
             return self._sessions[session_id]
-        except KeyError:
+        except (KeyError, TypeError):
             raise SessionNotFoundError(
-                f"no session {session_id!r} (never created, closed, or expired)"
+                f"no session {_show(session_id)} (never created, closed, or expired)"
             ) from None
 
     def authenticate(self, session_id: str, token: str) -> Session:
@@ -558,7 +736,8 @@ class MemoryStore:
         lease = session.clients.get(client_id)
         if lease is None:
             raise SessionNotFoundError(
-                f"client {client_id!r} is not attached to session {session_id!r} (expired?)",
+                f"client {_show(client_id)} is not attached to session {session_id!r} "
+                "(expired?)",
                 detached=True,
             )
         lease.last_seen = self._clock()
@@ -572,7 +751,9 @@ class MemoryStore:
             removed = store.close_session(session.id, client_id)
         """
         session = self.session(session_id)
-        session.clients.pop(client_id, None)
+        client = session.clients.pop(client_id, None)
+        if client is not None:
+            self._charge(session, "other_bytes", -_client_cost(client))
         if not session.clients:
             self._remove(session)
             return True
@@ -596,6 +777,8 @@ class MemoryStore:
 
     def _remove(self, session: Session) -> None:
         del self._sessions[session.id]
+        self.used_bytes -= session.used
+        self.pinned_bytes -= session.pinned
         for var_id in session.variables:
             self._owners.pop(var_id, None)
         for owner in list(self._sessions.values()):
@@ -621,6 +804,7 @@ class MemoryStore:
             for client_id, lease in list(session.clients.items()):
                 if now - lease.last_seen > lease.ttl:
                     del session.clients[client_id]
+                    self._charge(session, "other_bytes", -_client_cost(lease))
                     if session.clients:
                         self._release_client_leases(
                             session, client_id, "expired",
@@ -653,6 +837,12 @@ class MemoryStore:
             stop = store.add_listener(sid, frames.append); ...; stop()
         """
         session = self.session(session_id)
+        limit = self.limits.max_streams_per_session
+        if len(session.listeners) >= limit:
+            raise too_many(
+                f"session {session_id!r} already has {len(session.listeners)} watch streams",
+                len(session.listeners) + 1, "max_streams_per_session", limit,
+            )
         session.listeners.append(listener)
 
         def remove() -> None:
@@ -700,7 +890,7 @@ class MemoryStore:
                         f"variable {ref!r} belongs to session {owner!r}: this operation "
                         f"works on variables of session {session.id!r} only"
                     )
-            raise VariableNotFoundError(f"no variable {ref!r} in session {session.id!r}")
+            raise VariableNotFoundError(f"no variable {_show(ref)} in session {session.id!r}")
         return record
 
     def _rights(self, caller_id: str, owner: Session, var_id: str) -> set[str]:
@@ -740,7 +930,7 @@ class MemoryStore:
         owner = self._sessions.get(owner_id) if owner_id else None
         granted = self._rights(caller.id, owner, ref) if owner is not None else set()
         if owner is None or owner is caller or not granted:
-            raise VariableNotFoundError(f"no variable {ref!r} in session {caller.id!r}")
+            raise VariableNotFoundError(f"no variable {_show(ref)} in session {caller.id!r}")
         record = owner.variables[ref]
         if need == "owner":
             raise AccessDeniedError(
@@ -863,6 +1053,9 @@ class MemoryStore:
         """
         owner, record = self._locate(self.session(session_id), ref, "owner")
         clean = check_rules(record.name, record.type, rules)
+        self._check_room(
+            owner, _rules_cost(clean) - _rules_cost(owner.rules.get(record.id, ()))
+        )
         revision = self._commit(owner, (), source=actor, rules={record.id: clean})[1]
         # A foreign optimization lives on the optimize permission: without it, it ends
         # (its own commit, right after), so its fencing token no longer lands writes.
@@ -892,6 +1085,7 @@ class MemoryStore:
         metadata: Mapping[str, Any] | None = None,
         source: str = "",
         notes: Sequence[OptimizationLease] = (),
+        metadata_size: int = 0,
         edges: Sequence[Edge] = (),
         restored: Mapping[str, Sequence[HistoryEntry]] | None = None,
         rules: Mapping[str, tuple[AccessRule, ...]] | None = None,
@@ -903,9 +1097,10 @@ class MemoryStore:
         # value changes, so a watcher sees a write and the status it led to together.
         # ``edges`` (checked acyclic by the caller) join the graph before propagation;
         # ``restored`` seeds the history of new records (an import) before their own
-        # version is remembered, each entry stamped with this revision. ``rules`` sets
-        # variables' access rules (on register, or by their owner). The revision counter
-        # is the store's, shared by all sessions.
+        # version is remembered, each entry stamped with this revision (its ``size`` set
+        # by the caller). ``rules`` sets variables' access rules (on register, or by their
+        # owner). The revision counter is the store's, shared by all sessions.
+        # Callers have checked every limit (``_check_room`` included): nothing here fails.
         revision = self._revision + 1
         stamped = [
             r
@@ -913,7 +1108,7 @@ class MemoryStore:
             else VariableRecord(
                 r.id, r.name, r.type, r.value, r.constraints, r.metadata, r.version, revision,
                 r.create_revision or revision, r.created_at, r.updated_at, r.updated_by,
-                r.description,
+                r.description, r.size, r.metadata_size,
             )
             for r in records
         ]
@@ -926,29 +1121,32 @@ class MemoryStore:
             session.names[record.name] = record.id
             self._owners[record.id] = session.id
             if restored and record.id in restored:
-                session.history[record.id] = deque(
-                    (dataclasses.replace(entry, revision=revision)
-                     for entry in restored[record.id]),
-                    maxlen=self.history_size,
-                )
-            self._remember(session, record, meta)
+                self._seed_history(session, record.id, restored[record.id], revision)
+            self._remember(session, record, meta, metadata_size)
             if old is not None:
                 changed.append(record)
                 events.append(ChangeEvent(record, old.value, "value_change", meta, source))
-        for edge in edges:
-            session.graph.add(edge)
+        if edges:
+            before = session.graph.bytes
+            for edge in edges:
+                session.graph.add(edge)
+            self._charge(session, "other_bytes", session.graph.bytes - before)
         if changed and len(session.graph):
             # Dependents learn of the change in the same frame, upstream first, each told
-            # which of the changed variables it depends on.
-            downstream = session.graph.downstream_with_sources(r.id for r in changed)
-            for var_id, source_ids in downstream:
+            # which of the changed variables it depends on (the first MAX_SOURCE_NAMES).
+            downstream = session.graph.downstream_with_sources(
+                (r.id for r in changed), MAX_SOURCE_NAMES
+            )
+            for var_id, source_ids, truncated in downstream:
                 dependent = session.variables[var_id]
                 names = [session.variables[s].name for s in source_ids]
-                note = {
+                note: dict[str, Any] = {
                     "source_variable": names[0],
                     "source_variables": names,
                     "source_revision": revision,
                 }
+                if truncated:
+                    note["source_variables_truncated"] = True
                 events.append(ChangeEvent(
                     dependent, dependent.value, "dependency_changed", note, source,
                     tuple(source_ids),
@@ -963,55 +1161,270 @@ class MemoryStore:
                 )
             )
         for var_id, clean in (rules or {}).items():
-            if clean:
-                session.rules[var_id] = clean
-            else:
-                session.rules.pop(var_id, None)
+            self._set_rules(session, var_id, clean)
         for record in removed:
             del session.variables[record.id]
             del session.names[record.name]
             self._owners.pop(record.id, None)
-            session.rules.pop(record.id, None)
+            before = session.graph.bytes
             session.graph.drop(record.id)
-            session.history.pop(record.id, None)
+            self._charge(session, "other_bytes", session.graph.bytes - before)
+            entries = session.history.pop(record.id, None)
+            if entries:
+                self._forget_history(session, entries, revision)
             session.leases.pop(record.id, None)
-            session.evaluations.pop(record.id, None)
             for ended in session.recent_leases.pop(record.id, ()):
                 session.lease_by_id.pop(ended.id, None)
+                self._charge(session, "other_bytes", -ended.size)
+            evaluations = session.evaluations.pop(record.id, None)
+            if evaluations:
+                self._charge(session, "other_bytes", -sum(e.size for e in evaluations))
+            self._charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
+            self._set_rules(session, record.id, ())
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         session.revision = self._revision = revision
         commit = Commit(
             revision, tuple(events), self._clock(), session.id, tuple(rules or ())
         )
-        if len(session.log) >= self.log_size:
-            session.log_floor = session.log.popleft().revision
         session.log.append(commit)
+        self._charge(session, "log_bytes", _commit_cost(commit))
+        if len(session.log) > self.log_size:
+            self._trim_log(session, session.log[0].revision)
+        self._make_room(session)
         for listener in list(session.listeners):
             self._notify(listener, commit)
         return stamped, revision
 
     def _remember(
-        self, session: Session, record: VariableRecord, metadata: Mapping[str, Any]
+        self,
+        session: Session,
+        record: VariableRecord,
+        metadata: Mapping[str, Any],
+        metadata_size: int,
     ) -> None:
         entries = session.history.get(record.id)
         if entries is None:
             entries = session.history[record.id] = deque(maxlen=self.history_size)
+        size = ITEM_OVERHEAD + record.size + metadata_size
+        # The hot path of every write: the account is updated field by field here (the
+        # same arithmetic as _charge).
+        added = size
+        if entries:
+            previous = entries[-1]
+            session.current_bytes -= previous.size
+            self.pinned_bytes -= previous.size
+            session.superseded.append((record.mod_revision, record.id, previous.version))
+            if len(entries) == entries.maxlen:
+                dropped = entries[0]  # append drops it
+                added -= dropped.size
+                session.history_entries -= 1
+                # The log holds its value up to the commit of the version after it.
+                successor = entries[1].revision if len(entries) > 1 else record.mod_revision
+                heapq.heappush(session.graveyard, (successor, dropped.size))
+                session.graveyard_bytes += dropped.size
+                self.used_bytes += dropped.size
         entries.append(
             HistoryEntry(
                 record.version, record.value, record.updated_at, record.updated_by,
-                metadata, record.mod_revision,
+                metadata, record.mod_revision, size,
             )
+        )
+        session.history_entries += 1
+        session.history_bytes += added
+        self.used_bytes += added
+        session.current_bytes += size
+        self.pinned_bytes += size
+        if session.graveyard and session.graveyard[0][0] <= session.log_floor:
+            self._release(session)
+        if len(session.superseded) > 2 * (session.history_entries - len(session.history)) + 1024:
+            self._compact_superseded(session)
+
+    def _seed_history(
+        self, session: Session, var_id: str, entries: Sequence[HistoryEntry], revision: int
+    ) -> None:
+        # An import's restored history (sizes measured by the planner), before the
+        # variable's own version is remembered: retention, superseded oldest first; the
+        # newest restored entry counts as current until _remember supersedes it.
+        kept = deque(
+            (dataclasses.replace(entry, revision=revision) for entry in entries),
+            maxlen=self.history_size,
+        )
+        if not kept:
+            return
+        total = sum(e.size for e in kept)
+        session.history[var_id] = kept
+        session.history_entries += len(kept)
+        self._charge(session, "history_bytes", total)
+        self._charge(session, "current_bytes", kept[-1].size)
+        for entry in list(kept)[:-1]:
+            session.superseded.append((revision, var_id, entry.version))
+
+    def _set_rules(self, session: Session, var_id: str, rules: tuple[AccessRule, ...]) -> None:
+        # A variable's access rules, charged to the session's other_bytes (_rules_cost).
+        old = session.rules.pop(var_id, ())
+        if rules:
+            session.rules[var_id] = rules
+        self._charge(session, "other_bytes", _rules_cost(rules) - _rules_cost(old))
+
+    # ------------------------------------------------------------- memory account
+
+    def _charge(self, session: Session, kind: str, delta: int) -> None:
+        # Every change to a session's account goes through here, so the store's totals
+        # follow. ``kind`` names a byte field of Session; current_bytes is a part of
+        # history_bytes (so not added to ``used`` again); it and other_bytes are pinned.
+        if not delta:
+            return
+        setattr(session, kind, getattr(session, kind) + delta)
+        if kind != "current_bytes":
+            self.used_bytes += delta
+        if kind in ("current_bytes", "other_bytes"):
+            self.pinned_bytes += delta
+
+    def _check_room(self, session: Session, added: int) -> None:
+        # Refuse, before anything changes, a write after which the pinned bytes (current
+        # records and other state) would not fit the budgets. Retention (history, log) is
+        # dropped to make room after the write, so it never refuses one.
+        if added <= 0:
+            return
+        limits = self.limits
+        after = session.pinned + added
+        if after > limits.max_session_bytes:
+            raise too_many(
+                f"session {session.id!r} would hold {after} bytes of current values and "
+                "records", after, "max_session_bytes", limits.max_session_bytes,
+            )
+        total = self.pinned_bytes + added
+        if total > limits.max_store_bytes:
+            raise too_many(
+                f"the server would hold {total} bytes of current values and records",
+                total, "max_store_bytes", limits.max_store_bytes,
+            )
+
+    def _make_room(self, session: Session) -> None:
+        limits = self.limits
+        self._evict(session, limits.max_session_bytes)
+        if self.used_bytes > limits.max_store_bytes:
+            # The writer's own retention goes first, then other sessions'.
+            for victim in [session, *self._sessions.values()]:
+                excess = self.used_bytes - limits.max_store_bytes
+                if excess <= 0:
+                    break
+                self._evict(victim, victim.used - excess)
+
+    def _evict(self, session: Session, target: int) -> None:
+        # Drop retention, oldest first, until the session's account is at most ``target``:
+        # values already out of history but still held by the log, then superseded
+        # history entries, then log commits. Current records are never dropped.
+        while session.used > target:
+            if session.graveyard:
+                self._trim_log(session, session.graveyard[0][0])
+            elif not self._drop_oldest_history(session):
+                if not session.log:
+                    return
+                self._trim_log(session, session.log[0].revision)
+
+    def _drop_oldest_history(self, session: Session) -> bool:
+        order = session.superseded
+        while order:
+            superseded_at, var_id, version = order.popleft()
+            entries = session.history.get(var_id)
+            if entries is None or len(entries) < 2 or entries[0].version != version:
+                continue  # already gone
+            entry = entries.popleft()
+            session.history_entries -= 1
+            self._charge(session, "history_bytes", -entry.size)
+            self._bury(session, superseded_at, entry.size)
+            return True
+        return False
+
+    def _compact_superseded(self, session: Session) -> None:
+        def retained(item: tuple[int, str, int]) -> bool:
+            entries = session.history.get(item[1])
+            return entries is not None and entries[0].version <= item[2] < entries[-1].version
+
+        session.superseded = deque(item for item in session.superseded if retained(item))
+
+    def _forget_history(
+        self, session: Session, entries: deque[HistoryEntry], revision: int
+    ) -> None:
+        # A deleted variable's history: the log holds its values until ``revision``.
+        total = sum(e.size for e in entries)
+        session.history_entries -= len(entries)
+        self._charge(session, "current_bytes", -entries[-1].size)
+        self._charge(session, "history_bytes", -total)
+        self._bury(session, revision, total)
+
+    def _bury(self, session: Session, release_after: int, size: int) -> None:
+        heapq.heappush(session.graveyard, (release_after, size))
+        self._charge(session, "graveyard_bytes", size)
+        self._release(session)
+
+    def _release(self, session: Session) -> None:
+        graveyard = session.graveyard
+        while graveyard and graveyard[0][0] <= session.log_floor:
+            self._charge(session, "graveyard_bytes", -heapq.heappop(graveyard)[1])
+
+    def _trim_log(self, session: Session, through: int) -> None:
+        # Drop logged commits up to revision ``through``: a resume from before them gets
+        # a resync (the log's contract), and values only they held are released.
+        while session.log and session.log[0].revision <= through:
+            commit = session.log.popleft()
+            self._charge(session, "log_bytes", -_commit_cost(commit))
+        session.log_floor = max(session.log_floor, min(through, session.revision))
+        self._release(session)
+
+    def check_accounts(self) -> None:
+        """Recompute every memory account from the state; ``AssertionError`` on any
+        difference. The property test calls it after every step.
+
+        Example::
+
+            store.check_accounts()
+        """
+        used = pinned = 0
+        for session in self._sessions.values():
+            current = history = entries = 0
+            assert set(session.history) == set(session.variables), session.id
+            for var_id, kept in session.history.items():
+                versions = [e.version for e in kept]
+                assert versions, f"empty history of {var_id}"
+                assert versions[-1] == session.variables[var_id].version, (var_id, versions)
+                assert versions == list(range(versions[0], versions[-1] + 1)), versions
+                current += kept[-1].size
+                history += sum(e.size for e in kept)
+                entries += len(kept)
+            other = (
+                _session_cost(session)
+                + sum(_client_cost(c) for c in session.clients.values())
+                + session.graph.bytes
+                + sum(lease.size for kept in session.recent_leases.values() for lease in kept)
+                + sum(_rules_cost(rules) for rules in session.rules.values())
+                + sum(e.size for kept in session.evaluations.values() for e in kept)
+                + sum(session.fixed.values())
+            )
+            log = sum(_commit_cost(c) for c in session.log)
+            grave = sum(size for _, size in session.graveyard)
+            actual = (session.current_bytes, session.history_bytes, session.other_bytes,
+                      session.log_bytes, session.graveyard_bytes, session.history_entries)
+            expected = (current, history, other, log, grave, entries)
+            assert actual == expected, (session.id, actual, expected)
+            used += session.used
+            pinned += session.pinned
+        assert (self.used_bytes, self.pinned_bytes) == (used, pinned), (
+            (self.used_bytes, self.pinned_bytes), (used, pinned)
         )
 
     def _prepare_new(
         self, session: Session, spec: VariableSpec, actor: str, taken: set[str]
-    ) -> VariableRecord:
+    ) -> tuple[VariableRecord, int]:
+        # The record to register and the bytes charged once for it (constraints,
+        # description); every limit checked, nothing changed.
         name = spec.name
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise InvalidValueError(
-                f"variable name {name!r} is not valid (letters, digits, _ . - /; up to 256 "
-                "characters, not starting with a digit)"
+                f"variable name {_show(name)} is not valid (letters, digits, _ . - /; up to "
+                "256 characters, not starting with a digit)"
             )
         if name in session.names or name in taken:
             raise AlreadyExistsError(f"variable {name!r} already exists in session {session.id!r}")
@@ -1019,15 +1432,24 @@ class MemoryStore:
             raise AlreadyExistsError(
                 f"variable name {name!r} already exists as the id of another variable"
             )
+        limits = self.limits
         _check_not_id_shaped(name)
         type_name = normalize_type(spec.type)
-        constraints = check_constraints(name, type_name, spec.constraints)
-        value = validate_value(name, type_name, spec.initial_value, constraints)
-        metadata = check_metadata(name, spec.metadata)
-        if not isinstance(spec.description, str):
-            raise VariableTypeError(f"variable {name!r}: description must be a string")
+        fixed = ITEM_OVERHEAD
+        if spec.constraints is not None:
+            if not isinstance(spec.constraints, Mapping):
+                raise VariableTypeError(f"variable {name!r}: constraints must be a dict")
+            fixed += measure_map(spec.constraints, limits, f"variable {name!r}: constraints")
+        constraints = check_constraints(
+            name, type_name, spec.constraints, max_pattern_length=limits.max_pattern_length
+        )
+        value, value_size = self._validated(name, type_name, spec.initial_value, constraints)
+        metadata, metadata_size = self._clean_metadata(
+            name, spec.metadata, f"variable {name!r}: metadata"
+        )
+        fixed += self._description_size(name, spec.description)
         now = self._clock()
-        return VariableRecord(
+        record = VariableRecord(
             id=f"var_{name}_{next(self._ids)}",
             name=name,
             type=type_name,
@@ -1041,7 +1463,67 @@ class MemoryStore:
             updated_at=now,
             updated_by=actor,
             description=spec.description,
+            size=value_size + metadata_size,
+            metadata_size=metadata_size,
         )
+        return record, fixed
+
+    def _description_size(self, name: str, description: Any) -> int:
+        if not isinstance(description, str):
+            raise VariableTypeError(f"variable {name!r}: description must be a string")
+        check_length(f"variable {name!r}: description", description, "max_description_length",
+                     self.limits.max_description_length)
+        return measure_value(description, self.limits, f"variable {name!r}: description")
+
+    def _validated(
+        self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
+    ) -> tuple[Any, int]:
+        # Validate a value and measure what will be stored (the measure checks depth,
+        # items and size). Validation recurses through what it was given: a structure
+        # deeper than Python's stack (only an in-process caller can make one; protobuf
+        # stops the wire's at ~48 levels) is refused as too deep.
+        where = f"variable {name!r}: value"
+        try:
+            clean = validate_value(name, type_name, value, constraints)
+        except RecursionError:
+            raise too_big(f"{where} nests too deep to validate", 0, "max_depth",
+                          self.limits.max_depth) from None
+        return clean, measure_value(clean, self.limits, where)
+
+    def _clean_metadata(
+        self, name: str, metadata: Mapping[str, Any] | None, where: str, depth: int = 1
+    ) -> tuple[dict[str, Any], int]:
+        # Metadata-like maps (metadata, config, metrics): the limits, then the JSON rules.
+        if metadata is None:
+            return {}, 0
+        if not isinstance(metadata, dict):
+            raise VariableTypeError(f"{where} must be a dict")
+        size = measure_map(metadata, self.limits, where, depth)
+        return check_metadata(name, metadata), size
+
+    def _check_batch_bytes(self, size: int, count: int, what: str) -> None:
+        # What one batch stores is echoed in one answer (records, changed values), so it
+        # must fit one message with the framing of each entry.
+        total = size + count * BATCH_ENTRY_FRAMING
+        limit = self.limits.max_message_bytes - BATCH_FRAMING
+        if total > limit:
+            raise too_big(
+                f"{what} would store {total} bytes, more than one message can echo back "
+                f"({limit} bytes)", total, "max_message_bytes", self.limits.max_message_bytes,
+            )
+
+    def _records_cost(
+        self, session: Session, records: Sequence[VariableRecord], metadata_size: int = 0
+    ) -> int:
+        # How much a commit of these records adds to the pinned bytes: each becomes its
+        # variable's newest history entry, replacing the one it has (if any).
+        added = 0
+        for record in records:
+            added += ITEM_OVERHEAD + record.size + metadata_size
+            entries = session.history.get(record.id)
+            if entries:
+                added -= entries[-1].size
+        return added
 
     def register(
         self, session_id: str, specs: Sequence[VariableSpec], actor: str
@@ -1053,23 +1535,38 @@ class MemoryStore:
             records, revision = store.register(sid, [VariableSpec("t", "float", 0.7)], "me")
         """
         session = self.session(session_id)
+        limits = self.limits
         if not specs:
             raise InvalidValueError("register needs at least one variable")
-        if len(session.variables) + len(specs) > self.max_variables_per_session:
-            raise ResourceExhaustedError(
-                f"session {session_id!r} would exceed {self.max_variables_per_session} variables"
+        check_count("the registration", len(specs), "max_batch_size", limits.max_batch_size)
+        count = len(session.variables) + len(specs)
+        if count > limits.max_variables_per_session:
+            raise too_many(
+                f"session {session_id!r} would hold {count} variables", count,
+                "max_variables_per_session", limits.max_variables_per_session,
             )
         taken: set[str] = set()
         prepared = []
+        fixed: list[int] = []
         rules: dict[str, tuple[AccessRule, ...]] = {}
         for spec in specs:
-            record = self._prepare_new(session, spec, actor, taken)
+            record, cost = self._prepare_new(session, spec, actor, taken)
             prepared.append(record)
+            fixed.append(cost)
             rules[record.id] = check_rules(
                 record.name, record.type, getattr(spec, "access_rules", ()) or ()
             )
             taken.add(spec.name)
+        self._check_batch_bytes(
+            sum(r.size for r in prepared) + sum(fixed), len(prepared), "the registration"
+        )
         edges = self._new_edges(session, specs, prepared)
+        self._check_room(
+            session,
+            self._records_cost(session, prepared) + sum(fixed) + sum(e.size for e in edges)
+            + sum(_rules_cost(r) for r in rules.values()),
+        )
+        before = session.graph.bytes
         added: list[Edge] = []
         try:
             for edge in edges:
@@ -1080,22 +1577,34 @@ class MemoryStore:
                 session.graph.remove(edge.dependent, edge.dependency)
             names = {r.id: r.name for r in prepared}
             raise self._cycle_error(session, exc, names) from None
+        self._charge(session, "other_bytes", session.graph.bytes - before + sum(fixed))
+        for record, cost in zip(prepared, fixed, strict=True):
+            session.fixed[record.id] = cost
         return self._commit(session, prepared, rules={k: v for k, v in rules.items() if v})
 
     def _new_edges(
         self, session: Session, specs: Sequence[VariableSpec], prepared: list[VariableRecord]
     ) -> list[Edge]:
+        limits = self.limits
         in_batch = {r.name: r.id for r in prepared} | {r.id: r.id for r in prepared}
-        edges = []
+        edges: dict[tuple[str, str], Edge] = {}
         for spec, record in zip(specs, prepared, strict=True):
-            if isinstance(spec.dependencies, str):
+            if not isinstance(spec.dependencies, list | tuple):
                 raise InvalidValueError(
                     f"variable {spec.name!r}: dependencies must be a list of names or ids"
                 )
+            check_count(f"variable {spec.name!r}: the dependency list", len(spec.dependencies),
+                        "max_batch_size", limits.max_batch_size)
             for ref in spec.dependencies:
                 target = in_batch.get(ref) or self._resolve(session, ref).id
-                edges.append(Edge(record.id, target, "data", {}))
-        return edges
+                edges[record.id, target] = Edge(record.id, target, "data", {}, ITEM_OVERHEAD)
+        count = len(session.graph) + len(edges)
+        if count > limits.max_dependencies_per_session:
+            raise too_many(
+                f"session {session.id!r} would hold {count} dependencies", count,
+                "max_dependencies_per_session", limits.max_dependencies_per_session,
+            )
+        return list(edges.values())
 
     def _cycle_error(
         self, session: Session, exc: CycleError, names: Mapping[str, str] | None = None
@@ -1128,6 +1637,10 @@ class MemoryStore:
             found, missing = store.get_many(sid, ["a", "b"])
         """
         session = self.session(session_id)
+        if not isinstance(refs, list | tuple):
+            raise InvalidValueError("refs must be a list of variable names or ids")
+        check_count("the list of variables", len(refs), "max_batch_size",
+                    self.limits.max_batch_size)
         found, missing = [], []
         for ref in refs:
             try:
@@ -1145,18 +1658,30 @@ class MemoryStore:
         revision: int = 0,
         validated: bool = False,
     ) -> VariableRecord:
-        new_value = (
-            value if validated
-            else validate_value(record.name, record.type, value, record.constraints)
-        )
-        merged = {**record.metadata, **metadata} if metadata else record.metadata
+        if validated:
+            new_value = value
+            value_size = measure_value(value, self.limits, f"variable {record.name!r}: value")
+        else:
+            new_value, value_size = self._validated(
+                record.name, record.type, value, record.constraints
+            )
+        # Metadata merges into the variable's: the merged map must fit the limits too.
+        merged: Mapping[str, Any]
+        if metadata:
+            merged = {**record.metadata, **metadata}
+            metadata_size = measure_map(
+                merged, self.limits, f"variable {record.name!r}: metadata (merged)"
+            )
+        else:
+            merged, metadata_size = record.metadata, record.metadata_size
         # Built field by field, not with dataclasses.replace: this is the hot path of every
         # write, and replace costs several times more. ``revision`` is the one the commit
         # will take (0: let _commit stamp it).
         return VariableRecord(
             record.id, record.name, record.type, new_value, record.constraints, merged,
             record.version + 1, revision, record.create_revision, record.created_at,
-            self._clock(), actor, record.description,
+            self._clock(), actor, record.description, value_size + metadata_size,
+            metadata_size,
         )
 
     def set(
@@ -1187,6 +1712,11 @@ class MemoryStore:
             store.set(sid, "n", 5, actor="me", expected_version=record.version)
         """
         caller = self.session(session_id)
+        if source is not None:
+            if not isinstance(source, str):
+                raise VariableTypeError("a write's source must be a string")
+            check_length("a write's source", source, "max_string_length",
+                         self.limits.max_string_length)
         try:
             session, record = self._locate(caller, ref, "write", value, check_value=True)
         except VariableNotFoundError:
@@ -1195,8 +1725,8 @@ class MemoryStore:
                 raise
             if expected_version:
                 raise ConflictError(
-                    f"variable {ref!r}: expected version {expected_version}, but it does not "
-                    "exist",
+                    f"variable {_show(ref)}: expected version {expected_version}, but it does "
+                    "not exist",
                     current_version=0,
                 ) from None
             type_name = normalize_type(type_hint) if type_hint else infer_type(ref, value)
@@ -1208,10 +1738,14 @@ class MemoryStore:
         record = session.variables[record.id]
         self._check_lease(session, record, fencing_token, caller_id=session_id)
         self._check_version(record, expected_version)
-        clean_metadata = check_metadata(record.name, metadata)
+        clean_metadata, metadata_size = self._clean_metadata(
+            record.name, metadata, f"variable {record.name!r}: metadata"
+        )
         new = self._prepare_write(record, value, clean_metadata, actor, self._revision + 1)
+        self._check_room(session, self._records_cost(session, [new], metadata_size))
         written, revision = self._commit(
-            session, [new], metadata=clean_metadata, source=source or actor
+            session, [new], metadata=clean_metadata, source=source or actor,
+            metadata_size=metadata_size,
         )
         return written[0], revision, False
 
@@ -1248,12 +1782,29 @@ class MemoryStore:
             outcomes, revision, applied = store.update_many(sid, [("a", 1), ("b", 2)], actor="me")
         """
         caller = self.session(session_id)
+        if not isinstance(updates, list | tuple) or not all(
+            isinstance(u, tuple | list) and len(u) in (2, 3) for u in updates
+        ):
+            raise InvalidValueError(
+                "updates must be a list of (ref, value) or (ref, value, expected_version)"
+            )
+        check_count("the batch", len(updates), "max_batch_size", self.limits.max_batch_size)
+        if not isinstance(require_leases, list | tuple) or not all(
+            isinstance(g, tuple | list) and len(g) == 3 for g in require_leases
+        ):
+            raise InvalidValueError(
+                "require_leases must be a list of (ref, optimization_id, fencing_token)"
+            )
+        check_count("the required leases", len(require_leases), "max_batch_size",
+                    self.limits.max_batch_size)
+        clean_metadata, metadata_size = self._clean_metadata(
+            "update", metadata, "the batch's metadata"
+        )
         self._expire_leases(caller)
         for ref, optimization_id, token in require_leases:
             guard_owner, guarded = self._locate(caller, ref, "optimize")
             self._expire_leases(guard_owner)
             self._holder_lease(guard_owner, guarded, optimization_id, token, caller.id)
-        clean_metadata = check_metadata("update", metadata)
         prepared: list[VariableRecord | None] = []
         errors: list[DspexError | None] = []
         seen: set[str] = set()
@@ -1306,12 +1857,16 @@ class MemoryStore:
             ]
             return outcomes, (session or caller).revision, False
         to_apply = [r for r in prepared if r is not None]
+        self._check_batch_bytes(sum(r.size for r in to_apply), len(to_apply), "the batch")
         session = session or caller
         revision = session.revision
         committed: dict[str, VariableRecord] = {}
         if to_apply:
+            # A budget refusal is the whole request's, atomic or not: nothing is applied.
+            self._check_room(session, self._records_cost(session, to_apply, metadata_size))
             written, revision = self._commit(
-                session, to_apply, metadata=clean_metadata, source=actor
+                session, to_apply, metadata=clean_metadata, source=actor,
+                metadata_size=metadata_size,
             )
             committed = {r.id: r for r in written}
         outcomes = [
@@ -1323,6 +1878,8 @@ class MemoryStore:
     def list(self, session_id: str, pattern: str | None = None) -> list[VariableRecord]:
         """Variables whose name matches an fnmatch glob (all when no pattern), by name.
 
+        The glob is matched with RE2 (``patterns.compile_glob``), in linear time.
+
         Example::
 
             [r.name for r in store.list(sid, "model.*")]
@@ -1330,7 +1887,8 @@ class MemoryStore:
         session = self.session(session_id)
         records = sorted(session.variables.values(), key=lambda r: r.name)
         if pattern:
-            records = [r for r in records if fnmatch.fnmatchcase(r.name, pattern)]
+            match = compile_glob(pattern, self.limits.max_pattern_length)
+            records = [r for r in records if match(r.name)]
         return records
 
     def delete(
@@ -1388,13 +1946,26 @@ class MemoryStore:
                 f"dependency type must be one of {', '.join(DEPENDENCY_TYPES)}, "
                 f"got {dependency_type!r}"
             )
-        clean = check_metadata(dependent.name, metadata)
+        clean, size = self._clean_metadata(
+            dependent.name, metadata, f"variable {dependent.name!r}: dependency metadata"
+        )
+        edge = Edge(dependent.id, dependency.id, dependency_type, clean, ITEM_OVERHEAD + size)
+        existing = session.graph.edge(dependent.id, dependency.id)
+        if existing is None and len(session.graph) >= self.limits.max_dependencies_per_session:
+            raise too_many(
+                f"session {session.id!r} already holds {len(session.graph)} dependencies",
+                len(session.graph) + 1, "max_dependencies_per_session",
+                self.limits.max_dependencies_per_session,
+            )
+        self._check_room(session, edge.size - (existing.size if existing else 0))
+        before = session.graph.bytes
         try:
-            changed = session.graph.add(Edge(dependent.id, dependency.id, dependency_type, clean))
+            changed = session.graph.add(edge)
         except CycleError as exc:
             raise self._cycle_error(session, exc) from None
         if not changed:
             return session.revision  # already there, unchanged: nothing was written
+        self._charge(session, "other_bytes", session.graph.bytes - before)
         return self._commit(session, (), source=actor)[1]
 
     def remove_dependency(
@@ -1409,8 +1980,10 @@ class MemoryStore:
         session = self.session(session_id)
         dependent = self._resolve(session, from_ref)
         dependency = self._resolve(session, to_ref)
+        before = session.graph.bytes
         if not session.graph.remove(dependent.id, dependency.id):
             return False, session.revision
+        self._charge(session, "other_bytes", session.graph.bytes - before)
         return True, self._commit(session, (), source=actor)[1]
 
     def dependencies(
@@ -1502,29 +2075,37 @@ class MemoryStore:
             oldest = entries[0].version if entries else record.version
             raise InvalidValueError(
                 f"version {version} of variable {record.name!r} is no longer retained "
-                f"(the oldest kept is {oldest}; retention is {self.history_size} versions)"
+                f"(the oldest kept is {oldest}; retention is {self.history_size} versions "
+                "within the session's memory budget)"
             )
         if session is not caller:
             self._locate(caller, record.id, "write", entry.value, check_value=True)
         metadata: dict[str, Any] = {"rollback_to": version}
         if reason is not None:
+            if not isinstance(reason, str):
+                raise VariableTypeError("a rollback reason must be a string")
+            check_length("the rollback reason", reason, "max_string_length",
+                         self.limits.max_string_length)
             metadata["reason"] = reason
+        metadata_size = measure_map(metadata, self.limits, "the rollback's metadata")
+        # The stored value, as it was: constraints never change after registration, and
+        # validating again is not idempotent (re-normalizing an embedding can move its
+        # last bits).
+        new = self._prepare_write(
+            record, entry.value, metadata, actor, self._revision + 1, validated=True
+        )
+        self._check_room(session, self._records_cost(session, [new], metadata_size))
         written, revision = self._commit(
-            session,
-            [
-                # The stored value, as it was: constraints never change after registration,
-                # and validating again is not idempotent (re-normalizing an embedding can
-                # move its last bits).
-                self._prepare_write(
-                    record, entry.value, metadata, actor, self._revision + 1, validated=True
-                )
-            ],
-            metadata=metadata,
-            source=actor,
+            session, [new], metadata=metadata, source=actor, metadata_size=metadata_size
         )
         return written[0], revision
 
     # -------------------------------------------------------------- optimization
+
+    def _check_reason(self, what: str, reason: Any) -> None:
+        if not isinstance(reason, str):
+            raise VariableTypeError(f"{what} must be a string")
+        check_length(what, reason, "max_string_length", self.limits.max_string_length)
 
     def _expire_leases(self, session: Session) -> None:
         # Leases lapse lazily, on the next call that could see them, and in expire();
@@ -1550,13 +2131,15 @@ class MemoryStore:
         records: Sequence[VariableRecord] = (),
         metadata: Mapping[str, Any] | None = None,
         actor: str = "",
+        metadata_size: int = 0,
     ) -> int:
         lease.end(state, reason, self._clock())
         session.running.pop(lease.variable_id, None)
         log.info("optimization_ended", session_id=session.id, optimization_id=lease.id,
                  state=state, reason=reason, iterations=lease.iteration)
         return self._commit(
-            session, records, metadata=metadata, source=actor or lease.id, notes=[lease]
+            session, records, metadata=metadata, source=actor or lease.id, notes=[lease],
+            metadata_size=metadata_size,
         )[1]
 
     def _new_token(self) -> int:
@@ -1659,9 +2242,13 @@ class MemoryStore:
         self._expire_leases(session)
         if not isinstance(optimizer_type, str) or not NAME_RE.fullmatch(optimizer_type):
             raise InvalidValueError(
-                f"variable {record.name!r}: optimizer type {optimizer_type!r} is not a valid "
-                "name (letters, digits, _ . - /)"
+                f"variable {record.name!r}: optimizer type {_show(optimizer_type)} is not a "
+                "valid name (letters, digits, _ . - /)"
             )
+        if not isinstance(client_id, str):
+            raise VariableTypeError("client id must be a string")
+        check_length("the client id", client_id, "max_string_length",
+                     self.limits.max_string_length)
         if (
             not isinstance(max_iterations, int) or isinstance(max_iterations, bool)
             or not 1 <= max_iterations <= MAX_ITERATIONS
@@ -1675,13 +2262,15 @@ class MemoryStore:
                 f"variable {record.name!r}: lease ttl must be between 0 and {MAX_TTL:g} "
                 f"seconds (0 for the server default), got {ttl!r}"
             )
-        clean_config = check_metadata(record.name, config)
-        if not isinstance(client_id, str) or client_id not in caller.clients:
+        clean_config, config_size = self._clean_metadata(
+            record.name, config, f"variable {record.name!r}: optimizer config"
+        )
+        if client_id not in caller.clients:
             # Only an attached client can hold a lease: its close or silence must be able
             # to end it (a made-up or swept client id would hold it for the whole TTL).
             raise SessionNotFoundError(
-                f"client {client_id!r} is not attached to session {caller.id!r}; only an "
-                "attached client can hold an optimization lease",
+                f"client {_show(client_id)} is not attached to session {caller.id!r}; only "
+                "an attached client can hold an optimization lease",
                 detached=True,
             )
         running = session.running.get(record.id)
@@ -1708,15 +2297,21 @@ class MemoryStore:
             last_update=now,
             expires_at=now + ttl,
             minimize=bool(minimize),
+            size=5 * ITEM_OVERHEAD + config_size + len(client_id),
         )
+        # The account charges each lease while it is one of the variable's recent leases
+        # (the latest, in session.leases, is one of them).
+        recent = session.recent_leases.get(record.id)
+        replaced = recent[0].size if recent and len(recent) >= RECENT_LEASES else 0
+        self._check_room(session, lease.size - replaced)
         session.leases[record.id] = lease
         session.running[record.id] = lease
-        recent = session.recent_leases.get(record.id)
         if recent is None:
             recent = session.recent_leases[record.id] = deque()
         if len(recent) >= RECENT_LEASES:
             session.lease_by_id.pop(recent.popleft().id, None)
         recent.append(lease)
+        self._charge(session, "other_bytes", lease.size - replaced)
         session.lease_by_id[lease.id] = lease
         log.info("optimization_started", session_id=session.id, optimization_id=lease.id,
                  variable=record.name, optimizer=optimizer_type, client_id=client_id)
@@ -1728,7 +2323,7 @@ class MemoryStore:
         lease: OptimizationLease,
         record: VariableRecord,
         evaluation: tuple[int, Any, Mapping[str, Any] | None, float],
-    ) -> tuple[int, Any, dict[str, Any], float]:
+    ) -> _Evaluation:
         iteration, value, metrics, score = evaluation
         if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 1:
             raise InvalidValueError(
@@ -1745,28 +2340,54 @@ class MemoryStore:
                 f"variable {record.name!r}: score of iteration {iteration} must be a finite "
                 f"number, got {score!r}"
             )
-        clean_value = validate_value(record.name, record.type, value, record.constraints)
-        return iteration, clean_value, check_metadata(record.name, metrics), float(score)
+        clean_value, _ = self._validated(record.name, record.type, value, record.constraints)
+        value_size = self._status_value(record, clean_value, "evaluated value")
+        clean_metrics, metrics_size = self._clean_metadata(
+            record.name, metrics, f"variable {record.name!r}: metrics", depth=2
+        )
+        size = ITEM_OVERHEAD + value_size + metrics_size
+        return iteration, clean_value, clean_metrics, float(score), size
+
+    def _status_value(self, record: VariableRecord, value: Any, what: str) -> int:
+        # Values an optimization records travel inside its status (metadata, a level
+        # deeper than a value), so they are bounded like metadata.
+        where = f"variable {record.name!r}: {what}"
+        size = measure_value(value, self.limits, where, depth=1)
+        if size > self.limits.max_metadata_bytes:
+            raise too_big(f"{where} is {size} bytes encoded", size, "max_metadata_bytes",
+                          self.limits.max_metadata_bytes)
+        return size
+
+    def _evaluation_cost(self, session: Session, lease: OptimizationLease,
+                         evaluation: _Evaluation | None) -> int:
+        if evaluation is None:
+            return 0
+        entries = session.evaluations.get(lease.variable_id)
+        dropped = entries[0].size if entries and len(entries) == entries.maxlen else 0
+        return evaluation[4] - dropped
 
     def _record_evaluation(
         self,
         session: Session,
         lease: OptimizationLease,
-        evaluation: tuple[int, Any, dict[str, Any], float],
+        evaluation: _Evaluation,
     ) -> None:
-        iteration, value, metrics, score = evaluation
+        iteration, value, metrics, score, size = evaluation
         lease.record(iteration, value, metrics, score)
         entries = session.evaluations.get(lease.variable_id)
         if entries is None:
             entries = session.evaluations[lease.variable_id] = deque(
                 maxlen=self.optimization_history_size
             )
+        if len(entries) == entries.maxlen:
+            self._charge(session, "other_bytes", -entries[0].size)  # append drops it
         entries.append(
             OptimizationEntry(
                 lease.id, lease.optimizer_type, iteration, value, metrics, score,
-                self._clock(), self._revision + 1,
+                self._clock(), self._revision + 1, size,
             )
         )
+        self._charge(session, "other_bytes", size)
 
     def optimization_step(
         self,
@@ -1803,18 +2424,29 @@ class MemoryStore:
         metadata: dict[str, Any] = {}
         if proposal is not None:
             value, iteration = proposal
+            if not isinstance(iteration, int) or isinstance(iteration, bool):
+                raise InvalidValueError(
+                    f"variable {record.name!r}: the proposal's iteration must be an integer"
+                )
             metadata = {"optimization_id": lease.id, "optimizer": lease.optimizer_type,
                         "iteration": iteration}
             # The bookkeeping goes with the commit (events, history), not into the
             # variable's own metadata, where it would outlive this run.
             written = [self._prepare_write(record, value, {}, actor, self._revision + 1)]
+        metadata_size = measure_map(metadata, self.limits, "the step's metadata")
+        self._check_room(
+            session,
+            self._records_cost(session, written, metadata_size)
+            + self._evaluation_cost(session, lease, clean),
+        )
         lease.renew(self._clock())
         if clean is None and not written:
             return lease, None, session.revision
         if clean is not None:
             self._record_evaluation(session, lease, clean)
         stamped, revision = self._commit(
-            session, written, metadata=metadata, source=lease.id, notes=[lease]
+            session, written, metadata=metadata, source=lease.id, notes=[lease],
+            metadata_size=metadata_size,
         )
         return lease, (stamped[0] if stamped else None), revision
 
@@ -1843,10 +2475,10 @@ class MemoryStore:
         """
         if state not in FINISH_STATES:
             raise InvalidValueError(
-                f"an optimization finishes as one of {', '.join(FINISH_STATES)}, not {state!r}"
+                f"an optimization finishes as one of {', '.join(FINISH_STATES)}, not "
+                f"{_show(state)}"
             )
-        if not isinstance(reason, str) or len(reason) > 4096:
-            raise InvalidValueError("the end reason must be a string of at most 4096 characters")
+        self._check_reason("the end reason", reason)
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
@@ -1855,7 +2487,10 @@ class MemoryStore:
         )
         clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
         written: list[VariableRecord] = []
-        extra = check_metadata(record.name, metadata)
+        extra, _ = self._clean_metadata(
+            record.name, dict(metadata) if isinstance(metadata, Mapping) else metadata,
+            f"variable {record.name!r}: the finish's metadata",
+        )
         commit_metadata: dict[str, Any] = {}
         if write_final:
             commit_metadata = {**extra, "optimization_id": lease.id,
@@ -1863,12 +2498,20 @@ class MemoryStore:
             written = [
                 self._prepare_write(record, final_value, {}, actor, self._revision + 1)
             ]
+            self._status_value(record, written[0].value, "final value")
+        metadata_size = measure_map(commit_metadata, self.limits, "the finish's metadata")
+        self._check_room(
+            session,
+            self._records_cost(session, written, metadata_size)
+            + self._evaluation_cost(session, lease, clean),
+        )
         if clean is not None:
             self._record_evaluation(session, lease, clean)
         if written:
             lease.final_value, lease.has_final = written[0].value, True
         revision = self._end_lease(
-            session, lease, state, reason or state, written, commit_metadata, actor=lease.id
+            session, lease, state, reason or state, written, commit_metadata, actor=lease.id,
+            metadata_size=metadata_size,
         )
         return lease, (session.variables[record.id] if written else None), revision
 
@@ -1892,8 +2535,8 @@ class MemoryStore:
 
             stopped, lease, _, _ = store.stop_optimization(sid, "t", reason="budget spent")
         """
-        if not isinstance(reason, str) or len(reason) > 4096:
-            raise InvalidValueError("the stop reason must be a string of at most 4096 characters")
+        self._check_reason("the stop reason", reason)
+        self._check_reason("the stopping actor", actor)
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
@@ -1902,8 +2545,6 @@ class MemoryStore:
             return False, session.leases.get(record.id), session.revision, None
         written: list[VariableRecord] = []
         metadata: dict[str, Any] = {}
-        if apply_best and lease.best_score is not None:
-            lease.final_value, lease.has_final = lease.best_value, True
         if apply_best and lease.best_score is not None and not same_value(
             lease.best_value, record.value
         ):
@@ -1914,9 +2555,13 @@ class MemoryStore:
                     record, lease.best_value, {}, actor, self._revision + 1, validated=True,
                 )
             ]
+        metadata_size = measure_map(metadata, self.limits, "the stop's metadata")
+        self._check_room(session, self._records_cost(session, written, metadata_size))
+        if apply_best and lease.best_score is not None:
+            lease.final_value, lease.has_final = lease.best_value, True
         revision = self._end_lease(
             session, lease, "stopped", reason or f"stopped by {actor or 'a session'}",
-            written, metadata, actor=actor,
+            written, metadata, actor=actor, metadata_size=metadata_size,
         )
         return True, lease, revision, (session.variables[record.id] if written else None)
 
@@ -2093,6 +2738,7 @@ class MemoryStore:
         if not dry_run:
             self._expire_leases(session)
         entries = snapshot.variables
+        check_count("the import", len(entries), "max_batch_size", self.limits.max_batch_size)
         plans: builtins.list[_ImportPlan | None] = []
         errors: dict[int, DspexError] = {}
         keys: dict[str, str] = {}  # every name the import knows -> its graph key
@@ -2107,12 +2753,20 @@ class MemoryStore:
                 existing = session.names.get(entry.name)
                 keys[entry.name] = existing or _NEW + entry.name
         creates = sum(1 for p in plans if p is not None and p.action == "create")
-        if creates and len(session.variables) + creates > self.max_variables_per_session:
-            raise ResourceExhaustedError(
-                f"session {session_id!r} would exceed {self.max_variables_per_session} "
-                f"variables (the import creates {creates})"
+        count = len(session.variables) + creates
+        if creates and count > self.max_variables_per_session:
+            raise too_many(
+                f"session {session_id!r} would hold {count} variables (the import creates "
+                f"{creates})", count, "max_variables_per_session",
+                self.max_variables_per_session,
             )
         new_edges = self._plan_import_edges(session, entries, plans, keys, errors)
+        count = len(session.graph) + len(new_edges)
+        if new_edges and count > self.limits.max_dependencies_per_session:
+            raise too_many(
+                f"session {session_id!r} would hold {count} dependencies", count,
+                "max_dependencies_per_session", self.limits.max_dependencies_per_session,
+            )
         if errors:
             first = entries[min(errors)].name
             outcomes = [
@@ -2127,11 +2781,44 @@ class MemoryStore:
             ]
             return ImportReport(outcomes, session.revision, False, dry_run, 0)
         ready = [p for p in plans if p is not None]
+        self._check_import_room(session, snapshot, strategy, ready, new_edges)
         if dry_run:
             outcomes = [ImportOutcome(p.name, p.action, p.message, version=p.version)
                         for p in ready]
             return ImportReport(outcomes, session.revision, False, True, len(new_edges))
         return self._apply_import(session, snapshot, strategy, ready, new_edges, actor)
+
+    def _stored(
+        self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
+    ) -> Any:
+        # validate_stored, with a structure deeper than Python's stack refused as too deep.
+        try:
+            return validate_stored(name, type_name, value, constraints)
+        except RecursionError:
+            raise too_big(f"variable {name!r}: value nests too deep to validate", 0,
+                          "max_depth", self.limits.max_depth) from None
+
+    def _check_import_room(
+        self,
+        session: Session,
+        snapshot: Snapshot,
+        strategy: str,
+        plans: Sequence[_ImportPlan],
+        edges: Sequence[Edge],
+    ) -> None:
+        # The limits of what an applied import stores, checked before anything changes
+        # (a dry run reports the refusal too): one answer must echo it, and the pinned
+        # bytes (current values, per-variable costs, rules, edges) must fit the budgets.
+        writes = [p for p in plans if p.action in ("create", "replace", "merge")]
+        self._check_batch_bytes(sum(p.size for p in writes), len(writes), "the import")
+        note_size = measure_map(_import_note(snapshot, strategy), self.limits,
+                                "the import's metadata")
+        added = sum(e.size for e in edges) + sum(p.fixed for p in writes)
+        for plan in writes:
+            added += ITEM_OVERHEAD + plan.size + note_size
+            if plan.existing is not None:
+                added -= session.history[plan.existing.id][-1].size
+        self._check_room(session, added)
 
     def _plan_import(
         self,
@@ -2144,17 +2831,26 @@ class MemoryStore:
         name = entry.name
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise InvalidValueError(
-                f"variable name {name!r} is not valid (letters, digits, _ . - /; up to 256 "
-                "characters, not starting with a digit)"
+                f"variable name {_show(name)} is not valid (letters, digits, _ . - /; up to "
+                "256 characters, not starting with a digit)"
             )
         if name in seen:
             raise InvalidValueError(f"variable {name!r} appears more than once in the import")
+        limits = self.limits
         type_name = normalize_type(entry.type)
-        constraints = check_constraints(name, type_name, entry.constraints)
-        value = validate_stored(name, type_name, entry.value, constraints)
-        metadata = check_metadata(name, _plain_dict(entry.metadata))
-        if not isinstance(entry.description, str):
-            raise VariableTypeError(f"variable {name!r}: description must be a string")
+        fixed = ITEM_OVERHEAD
+        if entry.constraints is not None:
+            if not isinstance(entry.constraints, Mapping):
+                raise VariableTypeError(f"variable {name!r}: constraints must be a dict")
+            fixed += measure_map(entry.constraints, limits, f"variable {name!r}: constraints")
+        constraints = check_constraints(
+            name, type_name, entry.constraints, max_pattern_length=limits.max_pattern_length
+        )
+        value = self._stored(name, type_name, entry.value, constraints)
+        metadata, metadata_size = self._clean_metadata(
+            name, _plain_dict(entry.metadata), f"variable {name!r}: metadata"
+        )
+        fixed += self._description_size(name, entry.description)
         if not isinstance(entry.version, int) or isinstance(entry.version, bool) or not (
             1 <= entry.version <= MAX_VERSION
         ):
@@ -2178,9 +2874,12 @@ class MemoryStore:
             message = "new variable"
             if restored:
                 message += f"; history restored from version {restored[0].version}"
+            value_size = measure_value(value, limits, f"variable {name!r}: value")
             return _ImportPlan(
                 name, "create", _NEW + name, version, message, None, type_name, value,
                 constraints, metadata, entry.description, restored, rules=rules,
+                size=value_size + metadata_size, metadata_size=metadata_size,
+                fixed=fixed + _rules_cost(rules),
             )
         existing = session.variables[existing_id]
         if strategy == "keep":
@@ -2207,7 +2906,9 @@ class MemoryStore:
             description = entry.description or existing.description
         else:
             description = entry.description
-        value = validate_stored(name, type_name, value, existing.constraints)
+        value = self._stored(name, type_name, value, existing.constraints)
+        value_size = measure_value(value, limits, f"variable {name!r}: value")
+        metadata_size = measure_map(metadata, limits, f"variable {name!r}: metadata (merged)")
         if strategy == "merge" and (
             same_value(value, existing.value)
             and same_value(metadata, dict(existing.metadata))
@@ -2223,6 +2924,7 @@ class MemoryStore:
         return _ImportPlan(
             name, strategy, existing.id, existing.version + 1, "; ".join(notes), existing,
             type_name, value, existing.constraints, metadata, description,
+            size=value_size + metadata_size, metadata_size=metadata_size,
         )
 
     def _check_history(
@@ -2256,14 +2958,22 @@ class MemoryStore:
             if not isinstance(item.updated_by, str):
                 raise VariableTypeError(f"{where}: updated_by must be a string")
             try:
-                value = validate_stored(name, type_name, item.value, constraints)
-                metadata = check_metadata(name, _plain_dict(item.metadata))
+                value = self._stored(name, type_name, item.value, constraints)
+                metadata, metadata_size = self._clean_metadata(
+                    name, _plain_dict(item.metadata), f"variable {name!r}: metadata"
+                )
+                size = ITEM_OVERHEAD + metadata_size + measure_value(
+                    value, self.limits, f"variable {name!r}: value"
+                )
             except DspexError as exc:
                 prefix = f"variable {name!r}: "
                 text = exc.message[len(prefix):] if exc.message.startswith(prefix) else exc.message
                 raise type(exc)(f"{where} (version {version}): {text}") from None
+            check_length(f"{where}: updated_by", item.updated_by, "max_string_length",
+                         self.limits.max_string_length)
             out.append(
-                HistoryEntry(version, value, float(item.updated_at), item.updated_by, metadata, 0)
+                HistoryEntry(version, value, float(item.updated_at), item.updated_by, metadata, 0,
+                             size)
             )
         if out and out[-1].version != entry.version:
             raise InvalidValueError(
@@ -2300,8 +3010,12 @@ class MemoryStore:
                             f"variable {plan.name!r}: dependency type must be one of "
                             f"{', '.join(DEPENDENCY_TYPES)}, got {dependency.type!r}"
                         )
-                    metadata = check_metadata(plan.name, _plain_dict(dependency.metadata))
-                    edge = Edge(plan.key, target, dependency.type, metadata)
+                    metadata, size = self._clean_metadata(
+                        plan.name, _plain_dict(dependency.metadata),
+                        f"variable {plan.name!r}: dependency metadata",
+                    )
+                    edge = Edge(plan.key, target, dependency.type, metadata,
+                                ITEM_OVERHEAD + size)
                     try:
                         if trial.add(edge):
                             added.append(edge)
@@ -2325,6 +3039,7 @@ class MemoryStore:
         records: builtins.list[VariableRecord] = []
         restored: dict[str, builtins.list[HistoryEntry]] = {}
         rules: dict[str, tuple[AccessRule, ...]] = {}
+        fixed: dict[str, int] = {}
         for plan in plans:
             if plan.action == "create":
                 var_id = ids[plan.key] = f"var_{plan.name}_{next(self._ids)}"
@@ -2332,8 +3047,10 @@ class MemoryStore:
                     rules[var_id] = plan.rules
                 records.append(VariableRecord(
                     var_id, plan.name, plan.type, plan.value, plan.constraints, plan.metadata,
-                    plan.version, 0, 0, now, now, actor, plan.description,
+                    plan.version, 0, 0, now, now, actor, plan.description, plan.size,
+                    plan.metadata_size,
                 ))
+                fixed[var_id] = plan.fixed - _rules_cost(plan.rules)
                 if plan.history:
                     restored[var_id] = plan.history
             elif plan.action in ("replace", "merge"):
@@ -2342,7 +3059,7 @@ class MemoryStore:
                 records.append(VariableRecord(
                     old.id, old.name, old.type, plan.value, old.constraints, plan.metadata,
                     old.version + 1, 0, old.create_revision, old.created_at, now, actor,
-                    plan.description,
+                    plan.description, plan.size, plan.metadata_size,
                 ))
         final_edges = [
             Edge(ids.get(e.dependent, e.dependent), ids.get(e.dependency, e.dependency),
@@ -2352,15 +3069,14 @@ class MemoryStore:
         written: dict[str, VariableRecord] = {}
         revision = session.revision
         if records or final_edges:
-            note = {
-                "imported_from": snapshot.session_id or "unknown",
-                "export_revision": snapshot.revision,
-                "format_version": snapshot.format_version,
-                "merge_strategy": strategy,
-            }
+            note = _import_note(snapshot, strategy)
+            for var_id, cost in fixed.items():
+                session.fixed[var_id] = cost
+            self._charge(session, "other_bytes", sum(fixed.values()))
             stamped, revision = self._commit(
                 session, records, metadata=note, source=actor, edges=final_edges,
                 restored=restored, rules=rules,
+                metadata_size=measure_map(note, self.limits, "the import's metadata"),
             )
             written = {r.name: r for r in stamped}
             log.info("variables_imported", session_id=session.id, revision=revision,

@@ -7,13 +7,13 @@ no gRPC. The server's store validates every write here before applying anything.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from .errors import InvalidValueError, VariableTypeError
+from .patterns import DEFAULT_MAX_PATTERN_LENGTH, compile_regex
 
 TYPES: tuple[str, ...] = (
     "float",
@@ -117,14 +117,18 @@ def _check_choices(name: str, key: str, v: Any) -> list[str]:
     return list(v)
 
 
-def _check_pattern(name: str, key: str, v: Any) -> str:
+def _check_pattern(
+    name: str, key: str, v: Any, max_length: int = DEFAULT_MAX_PATTERN_LENGTH
+) -> str:
     if not isinstance(v, str):
         raise InvalidValueError(f"variable {name!r}: constraint {key!r} must be a string")
     try:
-        re.compile(v)
-    except re.error as exc:
+        compile_regex(v, max_length)
+    except InvalidValueError as exc:
+        reason = exc.details.get("reason", exc)
         raise InvalidValueError(
-            f"variable {name!r}: constraint {key!r} is not a valid regex: {exc}"
+            f"variable {name!r}: constraint {key!r} is not a valid regex (RE2 syntax): "
+            f"{reason}"
         ) from None
     return v
 
@@ -192,9 +196,14 @@ _REQUIRED: dict[str, tuple[str, ...]] = {"choice": ("choices",)}
 
 
 def check_constraints(
-    name: str, type_name: str, constraints: Mapping[str, Any] | None
+    name: str,
+    type_name: str,
+    constraints: Mapping[str, Any] | None,
+    max_pattern_length: int = DEFAULT_MAX_PATTERN_LENGTH,
 ) -> dict[str, Any]:
     """Validate a constraint dict for a type; unknown keys are refused. Returns a clean copy.
+
+    A ``pattern`` must be a regex RE2 supports, at most ``max_pattern_length`` long.
 
     Example::
 
@@ -215,7 +224,11 @@ def check_constraints(
         raise InvalidValueError(
             f"variable {name!r}: type {type_name} requires constraint(s) {', '.join(missing)}"
         )
-    clean = {key: schema[key](name, key, value) for key, value in given.items()}
+    clean = {
+        key: _check_pattern(name, key, value, max_pattern_length)
+        if key == "pattern" else schema[key](name, key, value)
+        for key, value in given.items()
+    }
     for low, high in (("min", "max"), ("min_length", "max_length")):
         if low in clean and high in clean and clean[low] > clean[high]:
             raise InvalidValueError(
@@ -292,7 +305,9 @@ def _validate_string(name: str, value: Any, c: Mapping[str, Any]) -> str:
     if not isinstance(value, str):
         raise _type_error(name, "string", value)
     _check_length(name, "string", len(value), c)
-    if "pattern" in c and re.fullmatch(c["pattern"], value) is None:
+    # RE2, full match (as re.fullmatch did): linear time whatever the pattern; the
+    # pattern's length was bounded when the constraint was registered.
+    if "pattern" in c and not compile_regex(c["pattern"], max_length=None).fullmatch(value):
         raise InvalidValueError(
             f"variable {name!r}: {value!r} does not match pattern {c['pattern']!r}"
         )

@@ -21,9 +21,10 @@ SCRIPT = Path(sys.executable).parent / "dspex-rx"
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[subprocess.Popen[str], int]]:
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    extra = getattr(request, "param", [])
     proc = subprocess.Popen(
-        [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", "0"],
+        [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", "0", *extra],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -71,3 +72,25 @@ async def test_served_api_from_trio(served: tuple[subprocess.Popen[str], int]) -
         await session.register_variable("temperature", "float", 0.7)
         await session.set_variable("temperature", 0.9)
         assert await session.get_variable("temperature") == 0.9
+
+
+@pytest.mark.parametrize("served", [["--max-value-bytes", "1000", "--max-sessions", "1"]],
+                         indirect=True)
+async def test_every_limit_is_a_serve_flag(served: tuple[subprocess.Popen[str], int]) -> None:
+    _, port = served
+    async with dspex_rx.connect(f"127.0.0.1:{port}") as session:
+        with pytest.raises(ValueError, match="above the max_value_bytes limit of 1000"):
+            await session.register_variable("s", "string", "x" * 2000)
+        with pytest.raises(dspex_rx.errors.ResourceExhaustedError, match="max_sessions limit"):
+            async with dspex_rx.connect(f"127.0.0.1:{port}"):
+                pass
+
+
+def test_a_bad_limit_flag_is_refused() -> None:
+    done = subprocess.run([str(SCRIPT), "serve", "--max-depth", "40"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert "max_depth is at most 32" in done.stderr
+    usage = subprocess.run([str(SCRIPT), "serve", "--help"], capture_output=True, text=True,
+                           timeout=60).stdout
+    assert "--max-message-bytes" in usage and "--max-subscriptions-per-stream" in usage

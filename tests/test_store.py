@@ -108,7 +108,8 @@ def test_variable_limit_is_enforced(clock: FakeClock) -> None:
     store = MemoryStore(clock=clock, max_variables_per_session=2)
     store.initialize_session("s")
     store.register("s", [VariableSpec("a", "integer", 1)], actor="t")
-    with pytest.raises(ResourceExhaustedError, match="exceed 2 variables"):
+    with pytest.raises(ResourceExhaustedError, match="would hold 3 variables, above the "
+                       "max_variables_per_session limit of 2"):
         store.register(
             "s", [VariableSpec("b", "integer", 1), VariableSpec("c", "integer", 1)], actor="t"
         )
