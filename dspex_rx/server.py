@@ -1323,7 +1323,7 @@ class VariablesService(pb_grpc.VariablesServicer):
                 wake.set, self.max_pending_events, session_id,
                 max_watched=self.limits.max_subscriptions_per_stream,
                 may_observe=lambda var_id: store.may(session_id, var_id, "observe"),
-                listen=store.add_listener,
+                listen=lambda owner, fn: store.add_listener(owner, fn, foreign=True),
                 revision=lambda: store.revision,
                 may_read=lambda var_id: store.may(session_id, var_id, "read"),
             )

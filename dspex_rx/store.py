@@ -405,6 +405,8 @@ class Session:
     # again by variable id (so a write checks one dict), and each variable's evaluations.
     leases: dict[str, OptimizationLease] = field(default_factory=dict)
     running: dict[str, OptimizationLease] = field(default_factory=dict)
+    # Listeners of other sessions' streams (not counted against this session's limit).
+    foreign_listeners: int = 0
     # Recent leases of each variable (oldest first) and recent leases by id, so a run's
     # own status can be told after others started, and a resync can tell how runs ended.
     recent_leases: dict[str, deque[OptimizationLease]] = field(default_factory=dict)
@@ -826,11 +828,17 @@ class MemoryStore:
 
     # ------------------------------------------------------------------- watching
 
-    def add_listener(self, session_id: str, listener: Listener) -> Callable[[], None]:
+    def add_listener(
+        self, session_id: str, listener: Listener, *, foreign: bool = False
+    ) -> Callable[[], None]:
         """Call ``listener`` with every later commit of the session; returns the remover.
 
         Listeners run synchronously inside the write, after the state changed, so a
         listener added in the same step as a snapshot misses nothing and sees nothing twice.
+        A ``foreign`` listener (another session's stream watching this session's shared
+        variables) does not count against this session's ``max_streams_per_session``:
+        what another session opens must not lock the owner out of its own streams. It
+        is bounded by the watching session's own stream limit (one per owner per stream).
 
         Example::
 
@@ -838,16 +846,21 @@ class MemoryStore:
         """
         session = self.session(session_id)
         limit = self.limits.max_streams_per_session
-        if len(session.listeners) >= limit:
+        own = len(session.listeners) - session.foreign_listeners
+        if not foreign and own >= limit:
             raise too_many(
-                f"session {session_id!r} already has {len(session.listeners)} watch streams",
-                len(session.listeners) + 1, "max_streams_per_session", limit,
+                f"session {session_id!r} already has {own} watch streams",
+                own + 1, "max_streams_per_session", limit,
             )
         session.listeners.append(listener)
+        if foreign:
+            session.foreign_listeners += 1
 
         def remove() -> None:
             if listener in session.listeners:
                 session.listeners.remove(listener)
+                if foreign:
+                    session.foreign_listeners -= 1
 
         return remove
 
