@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 from helpers import drain, settle
+from optimization_helpers import FakeClock, Gate
 
 import dspex_rx
 from dspex_rx import BaseOptimizer, OptimizationLockedError
@@ -22,16 +23,6 @@ from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.types import check_constraints, validate_value
 
 FLOAT = {"min": 0.0, "max": 2.0}
-
-
-class FakeClock:
-    """The server's clock, moved by the test: lease expiry without waiting."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -57,30 +48,6 @@ async def pair(
         ) as b:
             await a.register_variable("t", "float", 0.5, constraints=FLOAT)
             yield a, b
-
-
-class Gate:
-    """An async objective the test steps through one evaluation at a time."""
-
-    def __init__(self) -> None:
-        self.entered: list[float] = []
-        self._arrived = trio.Event()
-        self._release = trio.Event()
-
-    async def __call__(self, value: float) -> float:
-        self.entered.append(value)
-        self._arrived.set()
-        await self._release.wait()
-        self._release = trio.Event()
-        return -((value - 1.3) ** 2)
-
-    async def arrived(self, count: int) -> None:
-        while len(self.entered) < count:
-            self._arrived = trio.Event()
-            await self._arrived.wait()
-
-    def release(self) -> None:
-        self._release.set()
 
 
 async def optimization_writes(session: dspex_rx.SessionContext, name: str) -> list[int]:

@@ -8,38 +8,25 @@ on trio's ``MockClock`` where they matter. Real-time loops are hang guards only.
 from __future__ import annotations
 
 import threading
-import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 import trio
 import trio.testing
 from helpers import drain, settle
+from optimization_helpers import FakeClock, Gate, breakable, until
 
 import dspex_rx
 from dspex_rx.fanout import PendingFrame, Subscriber
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
-from dspex_rx.v1 import session_pb2 as spb
 
 FLOAT = {"min": 0.0, "max": 2.0}
 
 
 # ---------------------------------------------------------------- harness
-
-
-class FakeClock:
-    """The server's clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -66,96 +53,6 @@ async def pair(
         ) as b:
             await a.register_variable("t", "float", 0.5, constraints=FLOAT)
             yield a, b
-
-
-class Gate:
-    """An async objective the test steps through one evaluation at a time."""
-
-    def __init__(self) -> None:
-        self.entered: list[float] = []
-        self._arrived = trio.Event()
-        self._release = trio.Event()
-
-    async def __call__(self, value: float) -> float:
-        self.entered.append(value)
-        self._arrived.set()
-        await self._release.wait()
-        self._release = trio.Event()
-        return -((value - 1.3) ** 2)
-
-    async def arrived(self, count: int) -> None:
-        while len(self.entered) < count:
-            self._arrived = trio.Event()
-            await self._arrived.wait()
-
-    def release(self) -> None:
-        self._release.set()
-
-
-async def _until(predicate: Callable[[], bool], what: str, guard: float = 10.0) -> None:
-    deadline = time.monotonic() + guard  # a hang guard, not a timing assertion
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await trio.sleep(0)
-        await trio.to_thread.run_sync(lambda: None)
-
-
-def _unavailable() -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
-        "injected: connection lost",
-    )
-
-
-class BreakableStream:
-    """A real transport stream that the test can break (UNAVAILABLE) at any moment."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.failed = False
-        self.pending: deque[spb.ServerMessage] = deque()
-        self._scope: trio.CancelScope | None = None
-
-    async def send(self, message: spb.ClientMessage) -> None:
-        if self.failed:
-            raise _unavailable()
-        await self.real.send(message)
-
-    async def receive_batch(self) -> list[spb.ServerMessage] | None:
-        while True:
-            if self.failed:
-                raise _unavailable()
-            if self.pending:
-                return [self.pending.popleft()]
-            with trio.CancelScope() as self._scope:
-                batch = await self.real.receive_batch()
-                if batch is None:
-                    return None
-                self.pending.extend(batch)
-            self._scope = None
-
-    def fail(self) -> None:
-        self.failed = True
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def close(self) -> None:
-        await self.real.close()
-
-
-def breakable(session: dspex_rx.SessionContext) -> list[BreakableStream]:
-    """Wrap every Session stream the session's transport opens from now on."""
-    transport = session._transport
-    real_open = transport.open_stream
-    streams: list[BreakableStream] = []
-
-    async def open_stream(path: str, response_type: Any, **kw: Any) -> BreakableStream:
-        stream = BreakableStream(await real_open(path, response_type, **kw))
-        streams.append(stream)
-        return stream
-
-    transport.open_stream = open_stream
-    return streams
 
 
 # ------------------------------------------------- leases left held by the run loop
@@ -361,7 +258,7 @@ async def test_a_watch_of_progress_learns_the_end_after_a_resync(
                 streams[0].fail()
                 hub = watcher._hub
                 assert hub is not None
-                await _until(lambda: hub.reconnects == 1, "the break was noticed")
+                await until(lambda: hub.reconnects == 1, "the break was noticed")
                 for n in range(2, 6):  # the run goes on and ends while the stream is down
                     gate.release()
                     await gate.arrived(n)
@@ -369,7 +266,7 @@ async def test_a_watch_of_progress_learns_the_end_after_a_resync(
                 final = await writer.wait_for_optimization("t")
                 assert final["state"] == "completed"
                 mock_clock.jump(2.0)  # past the reconnect backoff
-                await _until(lambda: len(streams) == 2, "a new stream opened")
+                await until(lambda: len(streams) == 2, "a new stream opened")
                 await settle(watcher)
                 # The value watcher was resynced: the log did not reach back.
                 assert [u.update_type for u in drain(values)][-1:] == ["resync"]

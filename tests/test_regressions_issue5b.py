@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 import trio
@@ -25,28 +22,18 @@ from helpers import drain, settle
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from optimization_helpers import FakeClock, Gate, breakable, until
 
 import dspex_rx
 from dspex_rx.errors import DspexError
 from dspex_rx.optimizers import BaseOptimizer
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
-from dspex_rx.v1 import session_pb2 as spb
 
 FLOAT = {"min": 0.0, "max": 2.0}
 
 
 # ---------------------------------------------------------------- harness
-
-
-class FakeClock:
-    """The server's clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -77,96 +64,6 @@ async def pair(
         ) as b:
             await a.register_variable("t", "float", 0.5, constraints=FLOAT)
             yield a, b
-
-
-class Gate:
-    """An async objective the test steps through one evaluation at a time."""
-
-    def __init__(self) -> None:
-        self.entered: list[Any] = []
-        self._arrived = trio.Event()
-        self._release = trio.Event()
-
-    async def __call__(self, value: Any) -> float:
-        self.entered.append(value)
-        self._arrived.set()
-        await self._release.wait()
-        self._release = trio.Event()
-        return -((float(value) - 1.3) ** 2)
-
-    async def arrived(self, count: int) -> None:
-        while len(self.entered) < count:
-            self._arrived = trio.Event()
-            await self._arrived.wait()
-
-    def release(self) -> None:
-        self._release.set()
-
-
-async def _until(predicate: Callable[[], bool], what: str, guard: float = 10.0) -> None:
-    deadline = time.monotonic() + guard  # a hang guard, not a timing assertion
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await trio.sleep(0)
-        await trio.to_thread.run_sync(lambda: None)
-
-
-def _unavailable() -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
-        "injected: connection lost",
-    )
-
-
-class BreakableStream:
-    """A real transport stream that the test can break (UNAVAILABLE) at any moment."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.failed = False
-        self.pending: deque[spb.ServerMessage] = deque()
-        self._scope: trio.CancelScope | None = None
-
-    async def send(self, message: spb.ClientMessage) -> None:
-        if self.failed:
-            raise _unavailable()
-        await self.real.send(message)
-
-    async def receive_batch(self) -> list[spb.ServerMessage] | None:
-        while True:
-            if self.failed:
-                raise _unavailable()
-            if self.pending:
-                return [self.pending.popleft()]
-            with trio.CancelScope() as self._scope:
-                batch = await self.real.receive_batch()
-                if batch is None:
-                    return None
-                self.pending.extend(batch)
-            self._scope = None
-
-    def fail(self) -> None:
-        self.failed = True
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def close(self) -> None:
-        await self.real.close()
-
-
-def breakable(session: dspex_rx.SessionContext) -> list[BreakableStream]:
-    """Wrap every Session stream the session's transport opens from now on."""
-    transport = session._transport
-    real_open = transport.open_stream
-    streams: list[BreakableStream] = []
-
-    async def open_stream(path: str, response_type: Any, **options: Any) -> BreakableStream:
-        stream = BreakableStream(await real_open(path, response_type, **options))
-        streams.append(stream)
-        return stream
-
-    transport.open_stream = open_stream
-    return streams
 
 
 # ------------------------------------------- a run that ends without releasing its lease
@@ -430,7 +327,7 @@ async def test_a_resync_still_tells_how_the_followed_run_ended_when_another_star
                 streams[0].fail()
                 hub = watcher._hub
                 assert hub is not None
-                await _until(lambda: hub.reconnects == 1, "the break was noticed")
+                await until(lambda: hub.reconnects == 1, "the break was noticed")
                 for n in (2, 3):  # run 1 goes on and ends while the stream is down
                     gate.release()
                     await gate.arrived(n)
@@ -442,7 +339,7 @@ async def test_a_resync_still_tells_how_the_followed_run_ended_when_another_star
                 )
                 await second_gate.arrived(1)
                 mock_clock.jump(2.0)  # past the reconnect backoff
-                await _until(lambda: len(streams) == 2, "a new stream opened")
+                await until(lambda: len(streams) == 2, "a new stream opened")
                 await settle(watcher)
                 seen: list[dict[str, Any]] = drain(progress)  # type: ignore[assignment]
                 await writer.stop_optimization("t")
@@ -488,11 +385,11 @@ async def test_a_resync_does_not_repeat_a_status_the_watcher_already_has(
                 streams[0].fail()
                 hub = watcher._hub
                 assert hub is not None
-                await _until(lambda: hub.reconnects == 1, "the break was noticed")
+                await until(lambda: hub.reconnects == 1, "the break was noticed")
                 for n in range(1, 6):  # other work moves the log past the watcher
                     await writer.set_variable("u", n)
                 mock_clock.jump(2.0)  # past the reconnect backoff
-                await _until(lambda: len(streams) == 2, "a new stream opened")
+                await until(lambda: len(streams) == 2, "a new stream opened")
                 await settle(watcher)
                 assert drain(values) == []  # t's value did not change: not repeated
                 again: list[dict[str, Any]] = drain(progress)  # type: ignore[assignment]

@@ -1,0 +1,115 @@
+"""Helpers shared by the optimization tests: a server clock the test moves, an objective
+the test steps through, and Session streams the test can break."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import trio
+
+import dspex_rx
+from dspex_rx.v1 import session_pb2 as spb
+
+
+class FakeClock:
+    """The server's clock, moved by the test: lease expiry without waiting."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Gate:
+    """An async objective the test steps through one evaluation at a time."""
+
+    def __init__(self) -> None:
+        self.entered: list[Any] = []
+        self._arrived = trio.Event()
+        self._release = trio.Event()
+
+    async def __call__(self, value: Any) -> float:
+        self.entered.append(value)
+        self._arrived.set()
+        await self._release.wait()
+        self._release = trio.Event()
+        return -((float(value) - 1.3) ** 2)
+
+    async def arrived(self, count: int) -> None:
+        while len(self.entered) < count:
+            self._arrived = trio.Event()
+            await self._arrived.wait()
+
+    def release(self) -> None:
+        self._release.set()
+
+
+async def until(predicate: Callable[[], bool], what: str, guard: float = 10.0) -> None:
+    deadline = time.monotonic() + guard  # a hang guard, not a timing assertion
+    while not predicate():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await trio.sleep(0)
+        await trio.to_thread.run_sync(lambda: None)
+
+
+def unavailable() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+        "injected: connection lost",
+    )
+
+
+class BreakableStream:
+    """A real transport stream that the test can break (UNAVAILABLE) at any moment."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.failed = False
+        self.pending: deque[spb.ServerMessage] = deque()
+        self._scope: trio.CancelScope | None = None
+
+    async def send(self, message: spb.ClientMessage) -> None:
+        if self.failed:
+            raise unavailable()
+        await self.real.send(message)
+
+    async def receive_batch(self) -> list[spb.ServerMessage] | None:
+        while True:
+            if self.failed:
+                raise unavailable()
+            if self.pending:
+                return [self.pending.popleft()]
+            with trio.CancelScope() as self._scope:
+                batch = await self.real.receive_batch()
+                if batch is None:
+                    return None
+                self.pending.extend(batch)
+            self._scope = None
+
+    def fail(self) -> None:
+        self.failed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def close(self) -> None:
+        await self.real.close()
+
+
+def breakable(session: dspex_rx.SessionContext) -> list[BreakableStream]:
+    """Wrap every Session stream the session's transport opens from now on."""
+    transport = session._transport
+    real_open = transport.open_stream
+    streams: list[BreakableStream] = []
+
+    async def open_stream(path: str, response_type: Any, **kw: Any) -> BreakableStream:
+        stream = BreakableStream(await real_open(path, response_type, **kw))
+        streams.append(stream)
+        return stream
+
+    transport.open_stream = open_stream
+    return streams
