@@ -51,6 +51,7 @@ from .optimize import (
     HeldLease,
     OptimizationRun,
     as_objective,
+    check_metric,
     check_mode,
     end_reason,
     status_from_pb,
@@ -1813,22 +1814,14 @@ class SessionContext:
         meta = info[variable]["metadata"]
         space = SearchSpace.from_variable(meta["name"], meta["type"], meta["constraints"],
                                           config)
-        mode = check_mode(variable, config)
-        metric = config.get("metric")
-        if metric is not None and not isinstance(metric, str):
-            raise InvalidValueError(
-                f"variable {variable!r}: optimizer_config['metric'] must be a string"
-            )
+        mode, metric = check_mode(variable, config), check_metric(variable, config)
         seed = config.get("seed")
         optimizer_class = self._optimizers.get(optimizer_type) or get_optimizer(optimizer_type)
         # Built before the lease is taken: a bad config fails with nothing changed.
         optimizer = optimizer_class(space, config, seed=seed, max_iterations=max_iterations)
-        request = pb.StartOptimizationRequest(
-            session_id=self.session_id, ref=variable, optimizer_type=optimizer_type,
-            config=_encode_metadata(variable, config), max_iterations=max_iterations,
-            ttl_seconds=lease_ttl or 0.0, client_id=self._client_id, minimize=mode == "min",
+        response = await self._start_lease(
+            variable, optimizer_type, config, max_iterations, lease_ttl, mode
         )
-        response = await self._start_lease(request)
         try:
             await trio.lowlevel.checkpoint()  # a cancel that came during the start lands here
             return self._launch(variable, response, optimizer, space, objective_fn, callback,
@@ -1890,21 +1883,11 @@ class SessionContext:
                     await lease.record(i, t, {"accuracy": evaluate(t)})
         """
         config = dict(optimizer_config or {})
-        mode = check_mode(variable, config)
-        metric = config.get("metric")
-        if metric is not None and not isinstance(metric, str):
-            raise InvalidValueError(
-                f"variable {variable!r}: optimizer_config['metric'] must be a string"
-            )
+        mode, metric = check_mode(variable, config), check_metric(variable, config)
         if self._nursery is None:
             raise RuntimeError("the session is not initialized; call await session.initialize()")
         response = await self._start_lease(
-            pb.StartOptimizationRequest(
-                session_id=self.session_id, ref=variable, optimizer_type=optimizer_type,
-                config=_encode_metadata(variable, config), max_iterations=max_iterations,
-                ttl_seconds=lease_ttl or 0.0, client_id=self._client_id,
-                minimize=mode == "min",
-            )
+            variable, optimizer_type, config, max_iterations, lease_ttl, mode
         )
         lease = HeldLease(self, variable, response.status.optimization_id,
                           response.fencing_token, response.status.ttl_seconds, metric, mode)
@@ -1945,8 +1928,14 @@ class SessionContext:
                 actor.stats.optimization_time += time.perf_counter() - started
 
     async def _start_lease(
-        self, request: pb.StartOptimizationRequest
+        self, variable: str, optimizer_type: str, config: Mapping[str, Any],
+        max_iterations: int, lease_ttl: float | None, mode: str,
     ) -> pb.StartOptimizationResponse:
+        request = pb.StartOptimizationRequest(
+            session_id=self.session_id, ref=variable, optimizer_type=optimizer_type,
+            config=_encode_metadata(variable, config), max_iterations=max_iterations,
+            ttl_seconds=lease_ttl or 0.0, client_id=self._client_id, minimize=mode == "min",
+        )
         # Shielded: a cancel arriving while the server grants the lease must not throw the
         # answer away (the lease would be held by no one until its TTL); the caller gives
         # it back instead, at its next checkpoint.

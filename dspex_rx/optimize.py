@@ -103,6 +103,21 @@ def check_mode(name: str, config: Mapping[str, Any]) -> str:
     return str(mode)
 
 
+def check_metric(name: str, config: Mapping[str, Any]) -> str | None:
+    """``optimizer_config['metric']``: the name of the target metric in a metrics dict,
+    or None.
+
+    Example::
+
+        >>> check_metric("t", {"metric": "accuracy"})
+        'accuracy'
+    """
+    metric = config.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise InvalidValueError(f"variable {name!r}: optimizer_config['metric'] must be a string")
+    return metric
+
+
 def score_of(
     name: str, result: Any, metric: str | None, iteration: int
 ) -> tuple[dict[str, Any], float]:

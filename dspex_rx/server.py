@@ -111,6 +111,7 @@ T = TypeVar("T")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+HeldAnswer = TypeVar("HeldAnswer", pb.OptimizationStepResponse, pb.FinishOptimizationResponse)
 
 
 def rules_to_pb(rules: Sequence[AccessRule], out: Any) -> None:
@@ -634,6 +635,17 @@ class VariablesService(pb_grpc.VariablesServicer):
             raise InvalidValueError("session_id is required")
         self.store.authenticate(session_id, _presented_token(context))
 
+    def _held_answer(
+        self, session_id: str, lease: OptimizationLease, written: VariableRecord | None,
+        response: HeldAnswer,
+    ) -> HeldAnswer:
+        # A step's or finish's answer: the variable when it was written, and the status.
+        record = written or self.store.lookup(session_id, lease.variable_id, "optimize")
+        if written is not None:
+            self._variable(session_id, written, response.variable)
+        status_to_pb(record, lease, response.status)
+        return response
+
     def _variable(self, session_id: str, record: VariableRecord, out: pb.Variable) -> pb.Variable:
         # A record as this caller sees it: its owner, and its rules for the owner only.
         record_to_pb(record, out)
@@ -1073,12 +1085,9 @@ class VariablesService(pb_grpc.VariablesServicer):
             session_id, request.ref, request.optimization_id, request.fencing_token,
             evaluation=_evaluation(request), proposal=proposal, actor=session_id,
         )
-        response = pb.OptimizationStepResponse(revision=revision)
-        record = written or self.store.lookup(session_id, lease.variable_id, "optimize")
-        if written is not None:
-            self._variable(session_id, written, response.variable)
-        status_to_pb(record, lease, response.status)
-        return response
+        return self._held_answer(
+            session_id, lease, written, pb.OptimizationStepResponse(revision=revision)
+        )
 
     @_handler
     async def FinishOptimization(
@@ -1101,12 +1110,9 @@ class VariablesService(pb_grpc.VariablesServicer):
             actor=session_id,
             metadata=codec.decode_map(request.metadata),
         )
-        response = pb.FinishOptimizationResponse(revision=revision)
-        record = written or self.store.lookup(session_id, lease.variable_id, "optimize")
-        if written is not None:
-            self._variable(session_id, written, response.variable)
-        status_to_pb(record, lease, response.status)
-        return response
+        return self._held_answer(
+            session_id, lease, written, pb.FinishOptimizationResponse(revision=revision)
+        )
 
     @_handler
     async def StopOptimization(

@@ -2199,6 +2199,23 @@ class MemoryStore:
             )
         return lease
 
+    def _held(
+        self,
+        session_id: str,
+        ref: str,
+        optimization_id: str,
+        token: int,
+        evaluation: tuple[int, Any, Mapping[str, Any] | None, float] | None,
+    ) -> tuple[Session, VariableRecord, OptimizationLease, _Evaluation | None]:
+        # What a holder's step and finish both start with: the variable (with the optimize
+        # right), its lease (held by this caller with this token), the evaluation checked.
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "optimize")
+        self._expire_leases(session)
+        lease = self._holder_lease(session, record, optimization_id, token, caller.id)
+        clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
+        return session, record, lease, clean
+
     def _holder_lease(
         self,
         session: Session,
@@ -2426,13 +2443,9 @@ class MemoryStore:
             store.optimization_step(sid, "t", lease.id, lease.token,
                                     evaluation=(1, 0.4, {"acc": 0.8}, 0.8))
         """
-        caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "optimize")
-        self._expire_leases(session)
-        lease = self._holder_lease(
-            session, record, optimization_id, fencing_token, caller.id
+        session, record, lease, clean = self._held(
+            session_id, ref, optimization_id, fencing_token, evaluation
         )
-        clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
         written: list[VariableRecord] = []
         metadata: dict[str, Any] = {}
         if proposal is not None:
@@ -2492,13 +2505,9 @@ class MemoryStore:
                 f"{_show(state)}"
             )
         self._check_reason("the end reason", reason)
-        caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "optimize")
-        self._expire_leases(session)
-        lease = self._holder_lease(
-            session, record, optimization_id, fencing_token, caller.id
+        session, record, lease, clean = self._held(
+            session_id, ref, optimization_id, fencing_token, evaluation
         )
-        clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
         written: list[VariableRecord] = []
         extra, _ = self._clean_metadata(
             record.name, dict(metadata) if isinstance(metadata, Mapping) else metadata,
