@@ -1,5 +1,5 @@
-"""Shared fixtures: one real gRPC server on its own thread (127.0.0.1, port 0) and a
-fresh session per test."""
+"""Shared fixtures: one real gRPC server on its own thread (127.0.0.1, port 0), a
+fresh session per test, and the loopback OpenAI stub for the DSPy tests."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import pytest
+from openai_stub import OpenAIStub, arithmetic
 
 import dspex_rx
 from dspex_rx.server import EmbeddedServer
@@ -38,3 +39,10 @@ async def two(
         async with dspex_rx.connect(server.target, session_id=writer.session_id,
                                     token=writer.token) as watcher:
             yield writer, watcher
+
+
+@pytest.fixture
+def stub() -> Iterator[OpenAIStub]:
+    """A running loopback OpenAI-compatible stub answering "What is a + b?" (DSPy tests)."""
+    with OpenAIStub(arithmetic) as running:
+        yield running

@@ -147,3 +147,11 @@ def running(answer: Answer = default_answer) -> Iterator[OpenAIStub]:
     """``with running() as stub:`` a started stub, stopped on exit."""
     with OpenAIStub(answer) as stub:
         yield stub
+
+
+def arithmetic(body: dict[str, Any], fields: list[str]) -> dict[str, str]:
+    """Answers for "What is a + b?" questions: the sum, and a line of reasoning."""
+    match = re.search(r"(\d+) \+ (\d+)", question_of(body))
+    answer = str(int(match.group(1)) + int(match.group(2))) if match else "unknown"
+    return {name: f"Adding gives {answer}." if name == "reasoning" else answer
+            for name in fields}

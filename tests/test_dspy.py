@@ -12,7 +12,7 @@ import runpy
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ import pytest
 dspy = pytest.importorskip("dspy")
 
 import trio  # noqa: E402
-from openai_stub import OpenAIStub, question_of  # noqa: E402
+from dspy_helpers import TRAIN, exact, examples  # noqa: E402
+from openai_stub import OpenAIStub, arithmetic, question_of  # noqa: E402
 
 import dspex_rx  # noqa: E402
 from dspex_rx import OptimizationLockedError  # noqa: E402
@@ -41,32 +42,8 @@ dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-TRAIN = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 1 + 6?", "7"),
-         ("What is 9 + 1?", "10")]
 # The last label is wrong on purpose: the stub answers 12, so the score is 2 of 3.
 DEV = [("What is 3 + 3?", "6"), ("What is 5 + 2?", "7"), ("What is 7 + 5?", "13")]
-
-
-def examples(pairs: list[tuple[str, str]]) -> list[Any]:
-    return [dspy.Example(question=q, answer=a).with_inputs("question") for q, a in pairs]
-
-
-def exact(example: Any, prediction: Any, trace: Any = None) -> bool:
-    return bool(example.answer == prediction.answer)
-
-
-def arithmetic(body: dict[str, Any], fields: list[str]) -> dict[str, str]:
-    """The stub's answers: the sum asked for, and a line of reasoning."""
-    match = re.search(r"(\d+) \+ (\d+)", question_of(body))
-    answer = str(int(match.group(1)) + int(match.group(2))) if match else "unknown"
-    return {name: f"Adding gives {answer}." if name == "reasoning" else answer
-            for name in fields}
-
-
-@pytest.fixture
-def stub() -> Iterator[OpenAIStub]:
-    with OpenAIStub(arithmetic) as running:
-        yield running
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm loads
@@ -19,7 +17,8 @@ dspy = pytest.importorskip("dspy")
 
 import trio  # noqa: E402
 import trio.testing  # noqa: E402
-from openai_stub import OpenAIStub, question_of  # noqa: E402
+from dspy_helpers import TRAIN, exact, examples  # noqa: E402
+from openai_stub import OpenAIStub, arithmetic, question_of  # noqa: E402
 
 import dspex_rx  # noqa: E402
 from dspex_rx import OptimizationLockedError  # noqa: E402
@@ -33,30 +32,7 @@ from dspex_rx.dspy import (  # noqa: E402
 
 dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
 
-TRAIN = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 1 + 6?", "7"),
-         ("What is 9 + 1?", "10")]
 DEV = [("What is 3 + 3?", "6"), ("What is 5 + 2?", "7")]
-
-
-def examples(pairs: list[tuple[str, str]]) -> list[Any]:
-    return [dspy.Example(question=q, answer=a).with_inputs("question") for q, a in pairs]
-
-
-def exact(example: Any, prediction: Any, trace: Any = None) -> bool:
-    return bool(example.answer == prediction.answer)
-
-
-def arithmetic(body: dict[str, Any], fields: list[str]) -> dict[str, str]:
-    match = re.search(r"(\d+) \+ (\d+)", question_of(body))
-    answer = str(int(match.group(1)) + int(match.group(2))) if match else "unknown"
-    return {name: f"Adding gives {answer}." if name == "reasoning" else answer
-            for name in fields}
-
-
-@pytest.fixture
-def stub() -> Iterator[OpenAIStub]:
-    with OpenAIStub(arithmetic) as running:
-        yield running
 
 
 def stub_lm(stub: OpenAIStub, **kwargs: Any) -> Any:
