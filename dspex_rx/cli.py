@@ -6,7 +6,8 @@ Every field of ``limits.Limits`` is a flag of ``serve`` (``max_value_bytes`` is
 Security flags of ``serve``: ``--auth token`` (default: every call for a session must carry
 that session's token) or ``--auth none`` (tokens issued, not checked); ``--tls-cert`` and
 ``--tls-key`` serve TLS; a non-loopback ``--host`` is refused unless auth is ``token`` and
-TLS is on, or ``--insecure`` says to serve anyway.
+TLS is on, or ``--insecure`` says to serve anyway. ``--principals FILE`` reserves
+session-id namespaces for principals holding a key (``identity.Principals``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import dataclasses
 
 from .errors import InvalidValueError
+from .identity import Principals
 from .limits import Limits
 from .logs import configure
 from .security import AUTH_MODES, check_bind, server_credentials
@@ -28,6 +30,9 @@ security:
   cross the network in clear text, so a non-loopback --host (anything but 127.0.0.0/8,
   ::1, localhost) is refused unless --auth token and --tls-cert/--tls-key are given;
   --insecure serves anyway (a trusted network, or TLS ended by a proxy in front).
+  Access rules name sessions by id. An id stays claimed by its session's token after the
+  session ends; --principals reserves namespaces (like admin_*) for whoever holds a key,
+  and a rule's glob must lie in one.
 """
 
 
@@ -75,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--insecure", action="store_true",
                          help="serve on a non-loopback --host even without --auth token "
                          "and TLS (anyone who can reach the port can read the traffic)")
+    serve_p.add_argument("--principals", metavar="PATH",
+                         help="YAML/JSON file of reserved session-id namespaces, "
+                         "{'admin_*': KEY}: creating a session in one needs its KEY (or "
+                         "give 'sha256:<hex>' of it); access-rule globs must lie in one")
     _limit_flags(serve_p)
     args = parser.parse_args(argv)
 
@@ -88,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tls = server_credentials(args.tls_cert, args.tls_key) is not None
         check_bind(args.host, args.auth, tls, args.insecure)
+        principals = Principals.from_file(args.principals) if args.principals else None
+        if principals and args.auth != "token":
+            raise InvalidValueError("--principals needs --auth token")
     except InvalidValueError as exc:
         serve_p.error(str(exc))
 
@@ -95,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from .server import serve
     from .store import MemoryStore
 
-    store = MemoryStore(limits=limits, log_size=args.log_size)
+    store = MemoryStore(limits=limits, log_size=args.log_size, principals=principals)
     asyncio.run(
         serve(
             args.host, args.port, port_file=args.port_file, store=store, limits=limits,

@@ -58,7 +58,7 @@ from .optimize import (
 )
 from .optimizers import BaseOptimizer, SearchSpace, check_optimizer_class, get_optimizer
 from .rx import TrioScheduler, throttle_latest, with_trio_scheduler
-from .security import Pem, channel_credentials, token_metadata
+from .security import Pem, channel_credentials, principal_metadata, token_metadata
 from .server import GRPC_OPTIONS, SERVICE_NAME, EmbeddedServer
 from .types import infer_type
 from .v1 import variables_pb2 as pb
@@ -272,6 +272,8 @@ class SessionContext:
     connection that has it); a new session gets its own. ``tls=True`` makes the channel
     TLS, trusting the system's roots, or ``ca_cert`` (PEM path or bytes; it implies TLS);
     ``tls_server_name`` overrides the name checked against the certificate (tests).
+    ``principal_key`` is the key of the server namespace (``--principals``) the session id
+    lies in, needed to create such a session.
 
     Example::
 
@@ -301,9 +303,15 @@ class SessionContext:
         tls: bool = False,
         ca_cert: Pem | None = None,
         tls_server_name: str | None = None,
+        principal_key: str | None = None,
     ) -> None:
         if token is not None and not isinstance(token, str):
             raise InvalidValueError(f"token must be a string, got {type(token).__name__}")
+        if principal_key is not None and not isinstance(principal_key, str):
+            raise InvalidValueError(
+                f"principal_key must be a string, got {type(principal_key).__name__}"
+            )
+        self._principal_key = principal_key or None
         self._requested_session_id = session_id
         self._target = target
         self._token = token or None
@@ -597,13 +605,17 @@ class SessionContext:
         timeout: float | None = None,
         token: str | None = None,
     ) -> M:
-        # Every call presents the session's token (``token`` overrides it).
+        # Every call presents the session's token (``token`` overrides it); a session
+        # (re)created in a reserved namespace also needs the principal's key.
         if self._transport is None:
             raise RuntimeError("the session is closed")
+        metadata = token_metadata(token or self._token)
+        if method == "InitializeSession":
+            metadata += principal_metadata(self._principal_key)
         try:
             response: M = await self._transport.unary(
                 f"/{SERVICE_NAME}/{method}", request, response_type, timeout,
-                metadata=token_metadata(token or self._token),
+                metadata=metadata,
             )
         except grpc.aio.AioRpcError as exc:
             mapped = map_rpc_error(exc)
@@ -694,7 +706,8 @@ class SessionContext:
     ) -> int:
         """Replace a variable's access rules; only its owner session may. Returns the
         revision. A session watching it that loses ``observe`` has that watch ended with
-        ``PermissionError``.
+        ``PermissionError``. A rule names ``'any'``, a session the server knows, or a glob
+        inside a namespace it reserves (``--principals``); else ``ValueError``.
 
         Example::
 
@@ -2173,13 +2186,16 @@ async def connect(
     tls: bool = False,
     ca_cert: Pem | None = None,
     tls_server_name: str | None = None,
+    principal_key: str | None = None,
     **options: Any,
 ) -> AsyncIterator[SessionContext]:
     """Open a session; with no target an embedded server runs for the block's duration.
 
     Joining an existing session needs its ``token`` (``AuthenticationError``, a
     ``PermissionError``, without it or with a wrong one). ``tls=True`` or ``ca_cert``
-    (PEM path or bytes) for a TLS server; other ``options`` go to ``SessionContext``.
+    (PEM path or bytes) for a TLS server. ``principal_key`` creates a session whose id lies
+    in a namespace the server reserves (``--principals``). Other ``options`` go to
+    ``SessionContext``.
 
     Example::
 
@@ -2193,7 +2209,7 @@ async def connect(
     """
     session = SessionContext(
         session_id, target, token=token, tls=tls, ca_cert=ca_cert,
-        tls_server_name=tls_server_name, **options,
+        tls_server_name=tls_server_name, principal_key=principal_key, **options,
     )
     await session.initialize()
     try:

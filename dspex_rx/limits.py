@@ -97,6 +97,11 @@ class Limits:
     max_streams_per_session: int = _limit(1_000, "most open watch streams per session")
     max_clients_per_session: int = _limit(1_000, "most clients attached to one session")
     max_sessions: int = _limit(10_000, "most live sessions on the server")
+    max_retired_sessions: int = _limit(
+        100_000,
+        "ended session ids kept claimed by their token (identity.RetiredIds); past it the "
+        "oldest ids no access rule names are forgotten",
+    )
     max_session_bytes: int = _limit(
         1024 * MiB,
         "memory budget of one session: encoded bytes of its values, history, replay log, "

@@ -22,6 +22,8 @@ from .errors import InvalidValueError
 
 # The call-metadata key the session token travels in (gRPC keys are lower case).
 SESSION_TOKEN_KEY = "x-dspex-session-token"
+# The key of a reserved namespace (identity.Principals), sent when creating a session in it.
+PRINCIPAL_KEY_KEY = "x-dspex-principal-key"
 
 # "token": every call for a session must present its token. "none": tokens are issued but
 # not checked (for tools on loopback; a non-loopback bind then needs insecure=True).
@@ -56,6 +58,17 @@ def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
         ()
     """
     return ((SESSION_TOKEN_KEY, token),) if token else ()
+
+
+def principal_metadata(key: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that presents a principal's key (none for no key).
+
+    Example::
+
+        >>> principal_metadata("k" * 16)
+        (('x-dspex-principal-key', 'kkkkkkkkkkkkkkkk'),)
+    """
+    return ((PRINCIPAL_KEY_KEY, key),) if key else ()
 
 
 def is_loopback(host: str) -> bool:

@@ -47,10 +47,12 @@ from .convert import (
 )
 from .errors import AuthenticationError, DspexError, InvalidValueError
 from .fanout import PendingFrame, Subscriber
+from .identity import Principals
 from .leases import OptimizationEntry, OptimizationLease
 from .limits import DEFAULT_LIMITS, Limits, too_many
 from .logs import get_logger
 from .security import (
+    PRINCIPAL_KEY_KEY,
     SESSION_TOKEN_KEY,
     Pem,
     check_auth_mode,
@@ -502,12 +504,17 @@ def import_report_to_pb(report: ImportReport) -> pb.ImportVariablesResponse:
     return response
 
 
-def _presented_token(context: grpc.aio.ServicerContext) -> str:
-    """The session token in the call's metadata ("" when none was sent)."""
+def _presented(context: grpc.aio.ServicerContext, name: str) -> str:
+    """A secret in the call's metadata ("" when none was sent)."""
     for key, value in context.invocation_metadata() or ():
-        if key == SESSION_TOKEN_KEY and isinstance(value, str):
+        if key == name and isinstance(value, str):
             return value
     return ""
+
+
+def _presented_token(context: grpc.aio.ServicerContext) -> str:
+    """The session token in the call's metadata ("" when none was sent)."""
+    return _presented(context, SESSION_TOKEN_KEY)
 
 
 def _wrap(fn: Handler[Req, Resp], authenticate: bool) -> Handler[Req, Resp]:
@@ -677,6 +684,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             request.client_name,
             token=presented,
             require_token=self.auth == "token",
+            principal_key=_presented(context, PRINCIPAL_KEY_KEY),
         )
         lease = session.clients[client_id]
         log.info("session_attached", session_id=session.id, client_id=client_id, created=created)
@@ -1652,6 +1660,8 @@ class Server:
     or ``"none"`` (tokens issued, not checked). ``tls_cert``/``tls_key`` (PEM paths or
     bytes) serve TLS. A non-loopback ``host`` is refused (``InvalidValueError``, at
     construction) unless auth is ``"token"`` and TLS is configured, or ``insecure=True``.
+    ``principals`` (``{"admin_*": key}``, see ``identity.Principals``) reserves session-id
+    namespaces: creating a session in one needs its key. They need ``auth="token"``.
 
     Example::
 
@@ -1674,15 +1684,27 @@ class Server:
         tls_cert: Pem | None = None,
         tls_key: Pem | None = None,
         insecure: bool = False,
+        principals: Principals | dict[str, str] | None = None,
     ) -> None:
         self._credentials = server_credentials(tls_cert, tls_key)
         check_bind(host, auth, self._credentials is not None, insecure)
+        if principals is not None and not isinstance(principals, Principals):
+            principals = Principals(principals)
+        if principals and auth != "token":
+            raise InvalidValueError(
+                "principals need auth='token': with auth='none' any caller may act as any "
+                "session, so reserving ids would protect nothing"
+            )
         self.host = host
         self.requested_port = port
         self.port = 0
         self.auth = auth
         self.insecure = insecure
         self.store = store or MemoryStore(limits=limits)
+        if principals is not None:
+            self.store.principals = principals
+        if self.store.principals and auth != "token":
+            raise InvalidValueError("the store reserves principals, which need auth='token'")
         self.limits = limits or self.store.limits
         self.expire_interval = expire_interval
         self.service = VariablesService(
@@ -1780,11 +1802,12 @@ async def serve(
     tls_cert: Pem | None = None,
     tls_key: Pem | None = None,
     insecure: bool = False,
+    principals: Principals | dict[str, str] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
     ``port_file`` receives the bound port once serving (handy with ``port=0``). ``limits``,
-    ``auth``, ``tls_cert``, ``tls_key`` and ``insecure`` are ``Server``'s.
+    ``auth``, ``tls_cert``, ``tls_key``, ``insecure`` and ``principals`` are ``Server``'s.
 
     Example::
 
@@ -1793,7 +1816,7 @@ async def serve(
     """
     server = Server(
         host, port, store, limits=limits, auth=auth, tls_cert=tls_cert, tls_key=tls_key,
-        insecure=insecure,
+        insecure=insecure, principals=principals,
     )
     bound = await server.start()
     if port_file:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .access import TIME_CONDITIONS, AccessRule, check_permission, check_rules
+from .access import ANY_SESSION, TIME_CONDITIONS, AccessRule, check_permission, check_rules
 from .errors import (
     AccessDeniedError,
     AlreadyExistsError,
@@ -46,6 +46,7 @@ from .errors import (
     VariableTypeError,
 )
 from .graph import DEPENDENCY_TYPES, CycleError, DependencyGraph, Edge
+from .identity import Principals, RetiredIds, is_glob
 from .leases import FINISH_STATES, OptimizationEntry, OptimizationLease
 from .limits import (
     DEFAULT_LIMITS,
@@ -571,6 +572,7 @@ class MemoryStore:
         history_size: int | None = None,
         lease_ttl: float = 30.0,
         optimization_history_size: int = 10_000,
+        principals: Principals | Mapping[str, str] | None = None,
     ) -> None:
         self._clock = clock
         self.default_ttl = default_ttl
@@ -594,6 +596,12 @@ class MemoryStore:
         # events in one order), and every variable's owner session, by id.
         self._revision = 0
         self._owners: dict[str, str] = {}
+        # Who an id belongs to (identity.py): reserved namespaces, and ended ids that stay
+        # claimed by their token, so a rule naming an id keeps naming the same party.
+        self.principals = (
+            principals if isinstance(principals, Principals) else Principals(principals)
+        )
+        self._retired = RetiredIds(self.limits.max_retired_sessions)
 
     @property
     def history_size(self) -> int:
@@ -636,12 +644,15 @@ class MemoryStore:
         *,
         token: str = "",
         require_token: bool = False,
+        principal_key: str = "",
     ) -> tuple[Session, str, bool]:
         """Create a session, or attach to an existing one; returns (session, client_id, created).
 
         A new session gets a fresh secret ``session.token``. With ``require_token``,
-        attaching to an existing session needs that ``token`` (else
-        ``AuthenticationError``, and nothing changes).
+        attaching to an existing session needs that ``token``, and so does creating again
+        the id of an ended session (which then keeps its token). Creating an id in a
+        namespace of ``principals`` needs that principal's ``principal_key``. A refusal is
+        ``AuthenticationError``, and nothing changes.
 
         Example::
 
@@ -676,11 +687,14 @@ class MemoryStore:
                     f"the server already holds {len(self._sessions)} sessions",
                     len(self._sessions) + 1, "max_sessions", limits.max_sessions,
                 )
+            returning = self._check_claim(session_id, token, require_token, principal_key)
             clean, size = self._clean_metadata(session_id, metadata, "session metadata")
             session = Session(
-                session_id, clean, now, metadata_size=size, token=secrets.token_urlsafe(32),
+                session_id, clean, now, metadata_size=size,
+                token=token if returning else secrets.token_urlsafe(32),
             )
             self._check_room(session, _session_cost(session) + _client_cost(client))
+            self._retired.revive(session_id)
             self._sessions[session_id] = session
             self._charge(session, "other_bytes", _session_cost(session))
             created = True
@@ -698,6 +712,65 @@ class MemoryStore:
         session.clients[client_id] = client
         self._charge(session, "other_bytes", _client_cost(client))
         return session, client_id, created
+
+    def _check_claim(
+        self, session_id: str, token: str, require_token: bool, principal_key: str
+    ) -> bool:
+        # May this caller create ``session_id``? True when it is the claimant of a retired
+        # id coming back (it keeps its token). Reserved ids need the principal's key
+        # whatever the auth mode (Server refuses principals without token auth).
+        self.principals.check_key(session_id, principal_key)
+        if not self._retired.claims(session_id):
+            return False
+        if self._retired.token_matches(session_id, token):
+            return True
+        if not require_token or self.principals.owner(session_id) is not None:
+            return False  # the principal's key is the claim; the old token is not needed
+        said = "no token was presented" if not token else "the token presented is not its"
+        raise AuthenticationError(
+            f"session id {session_id!r} belonged to a session that has ended; only that "
+            f"session's token can create it again, and {said} (choose another id, or "
+            "leave it empty for a fresh one)"
+        )
+
+    def claimed(self, session_id: str) -> bool:
+        """Whether the id is live, or retired and still claimed by its last session's token.
+
+        Example::
+
+            store.claimed("bob")
+        """
+        return session_id in self._sessions or self._retired.claims(session_id)
+
+    def _checked_rules(
+        self, name: str, type_name: str, rules: Any
+    ) -> tuple[AccessRule, ...]:
+        # check_rules is the shape; here, whether each rule names who the owner means.
+        clean = check_rules(name, type_name, rules)
+        for index, rule in enumerate(clean):
+            pattern = rule.session_pattern
+            where = f"variable {name!r}: access rule {index}: session_pattern {pattern!r}"
+            if pattern == ANY_SESSION or self.principals.covers(pattern):
+                continue
+            if is_glob(pattern):
+                raise InvalidValueError(
+                    f"{where} is a glob over ids anyone may create, so it would grant "
+                    "whoever names a session to match; a glob must lie in a namespace "
+                    f"reserved on the server ({self._reserved()}), or use 'any' to mean "
+                    "every session"
+                )
+            if self.principals.owner(pattern) is None and not self.claimed(pattern):
+                raise InvalidValueError(
+                    f"{where} names no session this server knows, so whoever creates it "
+                    "first would get the grant; name a session that exists or has "
+                    f"existed, an id reserved on the server ({self._reserved()}), or 'any'"
+                )
+        return clean
+
+    def _reserved(self) -> str:
+        if not self.principals:
+            return "this server reserves none: see principals / --principals"
+        return "reserved: " + ", ".join(repr(ns.pattern) for ns in self.principals.namespaces)
 
     def session(self, session_id: str) -> Session:
         """The live session, or ``SessionNotFoundError``.
@@ -779,6 +852,8 @@ class MemoryStore:
 
     def _remove(self, session: Session) -> None:
         del self._sessions[session.id]
+        self._retired.retire(session.id, session.token)
+        self._retired.trim(self._named_ids)
         self.used_bytes -= session.used
         self.pinned_bytes -= session.pinned
         for var_id in session.variables:
@@ -791,6 +866,16 @@ class MemoryStore:
         for listener in list(session.listeners):
             self._notify(listener, None)
         session.listeners.clear()
+
+    def _named_ids(self) -> set[str]:
+        # The exact ids some rule names: their retired claims must outlive any cap.
+        return {
+            rule.session_pattern
+            for session in self._sessions.values()
+            for rules in session.rules.values()
+            for rule in rules
+            if rule.session_pattern != ANY_SESSION and not is_glob(rule.session_pattern)
+        }
 
     def expire(self) -> list[str]:
         """Drop clients silent past their TTL, then sessions left with none; returns those ids.
@@ -1065,7 +1150,7 @@ class MemoryStore:
                                               "permissions": ["read"]}])
         """
         owner, record = self._locate(self.session(session_id), ref, "owner")
-        clean = check_rules(record.name, record.type, rules)
+        clean = self._checked_rules(record.name, record.type, rules)
         self._check_room(
             owner, _rules_cost(clean) - _rules_cost(owner.rules.get(record.id, ()))
         )
@@ -1566,7 +1651,7 @@ class MemoryStore:
             record, cost = self._prepare_new(session, spec, actor, taken)
             prepared.append(record)
             fixed.append(cost)
-            rules[record.id] = check_rules(
+            rules[record.id] = self._checked_rules(
                 record.name, record.type, getattr(spec, "access_rules", ()) or ()
             )
             taken.add(spec.name)
@@ -2881,7 +2966,7 @@ class MemoryStore:
                 f"got {entry.version!r}"
             )
         history = self._check_history(name, type_name, constraints, entry)
-        rules = check_rules(name, type_name, list(entry.access_rules or ()))
+        rules = self._checked_rules(name, type_name, list(entry.access_rules or ()))
         existing_id = session.names.get(name)
         if existing_id is None:
             if name in session.variables:

@@ -25,6 +25,9 @@ from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.v1 import session_pb2 as spb
 
 PERMS = ("read", "write", "observe", "optimize")
+# Namespaces the test server reserves (identity.Principals): rule globs must lie in one.
+ADMIN_KEY = "admin-key-" + secrets.token_hex(8)
+PRINCIPALS = {"admin_*": ADMIN_KEY, "watch_*": "watch-key-" + secrets.token_hex(8)}
 
 
 def uid() -> str:
@@ -46,7 +49,7 @@ def clock() -> Clock:
 
 @pytest.fixture(scope="module")
 def srv(clock: Clock) -> Any:
-    with EmbeddedServer(store=MemoryStore(clock=clock)) as embedded:
+    with EmbeddedServer(store=MemoryStore(clock=clock, principals=PRINCIPALS)) as embedded:
         yield embedded
 
 
@@ -55,18 +58,19 @@ async def world(srv: EmbeddedServer) -> AsyncIterator[dict[str, Any]]:
     tag = uid()
     async with dspex_rx.connect(srv.target, session_id=f"owner_{tag}") as a:
         sessions: dict[str, Any] = {"A": a}
-        rules = [{"session_pattern": f"b_{p}_{tag}", "permissions": [p]} for p in PERMS]
-        var_id = await a.register_variable("temperature", "float", 0.5,
-                                           constraints={"min": 0.0, "max": 2.0},
-                                           access_rules=rules)
-        other = await a.register_variable("other", "float", 0.1, access_rules=rules)
-        sessions["var"], sessions["other"] = var_id, other
         async with contextlib.AsyncExitStack() as stack:
+            # The grantees exist first: a rule may only name a session the server knows.
             for p in PERMS:
                 sessions[p] = await stack.enter_async_context(
                     dspex_rx.connect(srv.target, session_id=f"b_{p}_{tag}"))
             sessions["C"] = await stack.enter_async_context(
                 dspex_rx.connect(srv.target, session_id=f"c_{tag}"))
+            rules = [{"session_pattern": f"b_{p}_{tag}", "permissions": [p]} for p in PERMS]
+            var_id = await a.register_variable("temperature", "float", 0.5,
+                                               constraints={"min": 0.0, "max": 2.0},
+                                               access_rules=rules)
+            other = await a.register_variable("other", "float", 0.1, access_rules=rules)
+            sessions["var"], sessions["other"] = var_id, other
             yield sessions
 
 
@@ -326,7 +330,8 @@ async def test_revisions_strictly_increase_across_sessions(srv: EmbeddedServer) 
 async def test_glob_and_any(srv: EmbeddedServer) -> None:
     tag = uid()
     async with dspex_rx.connect(srv.target) as owner, \
-            dspex_rx.connect(srv.target, session_id=f"admin_{tag}") as admin, \
+            dspex_rx.connect(srv.target, session_id=f"admin_{tag}",
+                             principal_key=ADMIN_KEY) as admin, \
             dspex_rx.connect(srv.target, session_id=f"guest_{tag}") as guest:
         var = await owner.register_variable("g", "integer", 7, access_rules=[
             {"session_pattern": "admin_*", "permissions": ["read", "write"]},
@@ -471,9 +476,11 @@ async def test_every_file_format_carries_access_rules(
 
 
 async def _rules_export(srv: EmbeddedServer, clock: Clock) -> bytes:
-    async with dspex_rx.connect(srv.target) as owner:
+    tag = uid()
+    async with dspex_rx.connect(srv.target) as owner, \
+            dspex_rx.connect(srv.target, session_id=f"r_{tag}"):
         await owner.register_variable("t", "float", 0.5,
-                                      access_rules=exported_rules(uid(), clock.now))
+                                      access_rules=exported_rules(tag, clock.now))
         return await owner.export_variables("json")
 
 
@@ -533,9 +540,11 @@ async def test_files_without_access_rules_still_import(
 ) -> None:
     # format_version 1 files written before the rules existed: no key, no Parquet column.
     pa, pq = exchange._pyarrow()
-    async with dspex_rx.connect(srv.target) as owner:
+    tag = uid()
+    async with dspex_rx.connect(srv.target) as owner, \
+            dspex_rx.connect(srv.target, session_id=f"r_{tag}"):
         await owner.register_variable("t", "float", 0.5,
-                                      access_rules=exported_rules(uid(), clock.now))
+                                      access_rules=exported_rules(tag, clock.now))
         as_json = json.loads(await owner.export_variables("json"))
         table = pq.read_table(pa.BufferReader(await owner.export_variables("parquet")))
     del as_json["variables"][0]["access_rules"]

@@ -89,8 +89,12 @@ async def test_shared_session_lives_until_last_client_closes(server: EmbeddedSer
     await second.set_variable("x", 2)  # the session outlives its first client
     assert await second.get_variable("x") == 2
     await second.close()
-    async with dspex_rx.connect(server.target, session_id="shared_demo") as third:
-        assert third.created
+    # The id stays claimed by its token: a stranger cannot take it, its holder can.
+    with pytest.raises(dspex_rx.AuthenticationError, match="belonged to a session that has"):
+        await SessionContext("shared_demo", server.target).initialize()
+    async with dspex_rx.connect(server.target, session_id="shared_demo",
+                                token=first.token) as third:
+        assert third.created and third.token == first.token
         assert await third.list_variables() == []
 
 

@@ -1,0 +1,345 @@
+"""Session identity behind access rules (issue #6): a rule names the party its owner meant.
+
+An id stays claimed by its session's token after the session ends; namespaces reserved
+for principals need a key to create; a rule may name only 'any', a claimed or reserved
+id, or a glob inside a reserved namespace. Store-level tests use a fake clock; the
+server-level ones an embedded server; the CLI one a real ``dspex-rx serve``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import dspex_rx
+from dspex_rx import AuthenticationError
+from dspex_rx.errors import InvalidValueError, SessionNotFoundError
+from dspex_rx.identity import Principals, RetiredIds
+from dspex_rx.limits import Limits
+from dspex_rx.server import EmbeddedServer, Server
+from dspex_rx.store import MemoryStore, Snapshot, SnapshotVariable, VariableSpec
+
+SCRIPT = Path(sys.executable).parent / "dspex-rx"
+ADMIN_KEY = "admin-key-0123456789"
+ROOT_KEY = "root-key-0123456789ab"
+PRINCIPALS = {"admin_*": ADMIN_KEY, "admin_root": ROOT_KEY}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def grant(perms: list[str], pattern: str) -> list[dict[str, Any]]:
+    return [{"session_pattern": pattern, "permissions": perms}]
+
+
+def end(store: MemoryStore, session_id: str) -> None:
+    for client_id in list(store.session(session_id).clients):
+        store.close_session(session_id, client_id)
+
+
+def shared_secret(store: MemoryStore, pattern: str = "bob") -> str:
+    """Session a owns ``secret``, readable by ``pattern``; returns its id."""
+    (record,), _ = store.register("a", [VariableSpec(
+        "secret", "string", "launch code", access_rules=grant(["read"], pattern))], actor="a")
+    return record.id
+
+
+# --------------------------------------------------------------- claimed ids
+
+
+def test_a_rule_naming_bob_is_not_inherited_by_whoever_recreates_bob() -> None:
+    store = MemoryStore(clock=Clock())
+    store.initialize_session("a")
+    bob, _, _ = store.initialize_session("bob")
+    secret = shared_secret(store)
+    assert store.get("bob", secret).value == "launch code"
+    end(store, "bob")  # the real bob is gone
+    for token in ("", "guess-" + "x" * 40):
+        with pytest.raises(AuthenticationError, match="'bob' belonged to a session that has"):
+            store.initialize_session("bob", token=token, require_token=True)
+    assert "bob" not in store.session_ids()  # the refusal made nothing
+    # Bob himself comes back with his token: same identity, same token, the grant holds.
+    again, _, created = store.initialize_session("bob", token=bob.token, require_token=True)
+    assert created and again.token == bob.token
+    assert store.get("bob", secret).value == "launch code"
+
+
+def test_without_token_checks_an_ended_id_is_free_again() -> None:
+    # auth="none" (require_token=False) checks no tokens, so it protects no identity.
+    store = MemoryStore(clock=Clock())
+    first, _, _ = store.initialize_session("bob")
+    end(store, "bob")
+    again, _, created = store.initialize_session("bob")
+    assert created and again.token != first.token
+
+
+def test_a_rule_may_name_a_live_or_ended_session_but_not_an_unknown_one() -> None:
+    store = MemoryStore(clock=Clock())
+    store.initialize_session("a")
+    store.initialize_session("carol")
+    end(store, "carol")
+    store.initialize_session("dave")
+    (record,), _ = store.register("a", [VariableSpec(
+        "v", "integer", 1, access_rules=grant(["read"], "carol") + grant(["read"], "dave")
+    )], actor="a")
+    before = store.revision
+    with pytest.raises(InvalidValueError, match="'mallory' names no session this server"):
+        store.set_permissions("a", "v", grant(["read"], "mallory"))
+    with pytest.raises(InvalidValueError, match="access rule 1: session_pattern 'mallory'"):
+        store.register("a", [VariableSpec("w", "integer", 1, access_rules=grant(
+            ["read"], "dave") + grant(["read"], "mallory"))], actor="a")
+    assert store.revision == before
+    assert [r.session_pattern for r in store.session("a").rules[record.id]] == ["carol", "dave"]
+    assert [v.name for v in store.list("a")] == ["v"]
+
+
+@pytest.mark.parametrize("pattern", ["b_*", "b?", "[ab]", "*"])
+def test_a_glob_outside_every_reserved_namespace_is_refused(pattern: str) -> None:
+    store = MemoryStore(clock=Clock(), principals=PRINCIPALS)
+    store.initialize_session("a")
+    store.initialize_session("b1")
+    with pytest.raises(InvalidValueError, match="is a glob over ids anyone may create") as info:
+        shared_secret(store, pattern)
+    assert "reserved: 'admin_root', 'admin_*'" in str(info.value)
+    assert store.list("a") == []
+
+
+@pytest.mark.parametrize("pattern", ["any", "admin_*", "admin_ops_*", "admin_?", "admin_root",
+                                     "admin_never_made"])
+def test_any_and_patterns_inside_reserved_namespaces_are_accepted(pattern: str) -> None:
+    store = MemoryStore(clock=Clock(), principals=PRINCIPALS)
+    store.initialize_session("a")
+    secret = shared_secret(store, pattern)
+    assert store.session("a").rules[secret][0].session_pattern == pattern
+
+
+def test_an_import_naming_an_unknown_session_imports_nothing() -> None:
+    store = MemoryStore(clock=Clock())
+    store.initialize_session("a")
+    snapshot = Snapshot((
+        SnapshotVariable("ok", "integer", 1),
+        SnapshotVariable("bad", "integer", 2,
+                         access_rules=tuple(grant(["read"], "mallory")))))
+    report = store.import_snapshot("a", snapshot, actor="a")
+    assert not report.applied and store.list("a") == []
+    assert [o.action for o in report.outcomes][1] == "error"
+    assert "'mallory' names no session" in report.outcomes[1].message
+
+
+def test_ended_ids_a_rule_names_outlive_the_cap_and_the_others_do_not() -> None:
+    store = MemoryStore(clock=Clock(), limits=Limits(max_retired_sessions=10))
+    store.initialize_session("a")
+    bob, _, _ = store.initialize_session("bob")
+    secret = shared_secret(store)
+    end(store, "bob")
+    for i in range(50):  # churn: 50 sessions made and ended after bob
+        store.initialize_session(f"s{i}")
+        end(store, f"s{i}")
+    assert store.claimed("bob") and len(store._retired) <= 10
+    assert not store.claimed("s0")  # forgotten: it grants nothing, nothing names it
+    assert store.claimed("s49")
+    with pytest.raises(AuthenticationError):
+        store.initialize_session("bob", require_token=True)
+    store.initialize_session("bob", token=bob.token, require_token=True)
+    assert store.get("bob", secret).value == "launch code"
+    # A forgotten id is unclaimed: a rule may not name it until someone claims it anew.
+    with pytest.raises(InvalidValueError, match="'s0' names no session"):
+        store.set_permissions("a", "secret", grant(["read"], "s0"))
+
+
+def test_retired_ids_trim_only_past_the_cap() -> None:
+    retired = RetiredIds(cap=5)
+    for i in range(5):
+        retired.retire(f"s{i}", "t" * 20)
+    assert retired.trim(lambda: pytest.fail("named() is only asked when over the cap")) == 0
+    retired.retire("s5", "t" * 20)
+    assert retired.trim(set) == 1 and not retired.claims("s0") and retired.claims("s5")
+    retired.retire("s1", "u" * 20)  # retiring again moves it to the newest end
+    assert retired.token_matches("s1", "u" * 20) and not retired.token_matches("s1", "t" * 20)
+
+
+# ---------------------------------------------------------- reserved namespaces
+
+
+def test_creating_a_reserved_id_needs_its_principals_key() -> None:
+    store = MemoryStore(clock=Clock(), principals=PRINCIPALS)
+    with pytest.raises(AuthenticationError, match=r"namespace 'admin_\*'.*no principal key"):
+        store.initialize_session("admin_7")
+    with pytest.raises(AuthenticationError, match="the principal key is wrong"):
+        store.initialize_session("admin_7", principal_key=ROOT_KEY)
+    # The most specific namespace owns an id: admin_root takes the root key only.
+    with pytest.raises(AuthenticationError, match="namespace 'admin_root'"):
+        store.initialize_session("admin_root", principal_key=ADMIN_KEY)
+    assert store.session_ids() == []
+    store.initialize_session("admin_7", principal_key=ADMIN_KEY)
+    store.initialize_session("admin_root", principal_key=ROOT_KEY)
+    assert sorted(store.session_ids()) == ["admin_7", "admin_root"]
+    # Ids outside every namespace need nothing.
+    store.initialize_session("guest")
+
+
+def test_a_principal_recreates_its_ended_ids_with_the_key_alone() -> None:
+    store = MemoryStore(clock=Clock(), principals=PRINCIPALS)
+    first, _, _ = store.initialize_session("admin_7", principal_key=ADMIN_KEY,
+                                           require_token=True)
+    end(store, "admin_7")
+    with pytest.raises(AuthenticationError, match="no principal key"):
+        store.initialize_session("admin_7", token=first.token, require_token=True)
+    again, _, created = store.initialize_session("admin_7", principal_key=ADMIN_KEY,
+                                                 require_token=True)
+    assert created and again.token != first.token
+
+
+def test_a_key_may_be_given_as_its_sha256_digest() -> None:
+    hexdigest = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
+    store = MemoryStore(clock=Clock(), principals={"ops": f"sha256:{hexdigest}"})
+    with pytest.raises(AuthenticationError):
+        store.initialize_session("ops", principal_key=f"sha256:{hexdigest}")
+    store.initialize_session("ops", principal_key=ADMIN_KEY)
+
+
+@pytest.mark.parametrize("namespaces, message", [
+    ({"*": ADMIN_KEY}, "namespace '\\*' must be a session id, or a non-empty id prefix"),
+    ({"a*b": ADMIN_KEY}, "namespace 'a\\*b' must be"),
+    ({"a?": ADMIN_KEY}, "namespace 'a\\?' must be"),
+    ({"": ADMIN_KEY}, "namespace '' must be"),
+    ({"1abc": ADMIN_KEY}, "namespace '1abc' must be"),
+    ({"ops": "short"}, "principal 'ops': the key must be at least 16 characters"),
+    ({"ops": "sha256:abc"}, "a 'sha256:' key must be 64 lower-case hex digits"),
+    ({"ops": 12345678901234567}, "the key must be a string, got int"),
+    (["ops"], "principals must be a mapping"),
+])
+def test_malformed_principals_are_refused(namespaces: Any, message: str) -> None:
+    with pytest.raises(InvalidValueError, match=message):
+        Principals(namespaces)
+
+
+def test_principals_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "principals.yaml"
+    path.write_text(f"admin_*: {ADMIN_KEY}\nci: sha256:{'0' * 64}\n")
+    principals = Principals.from_file(path)
+    assert [ns.pattern for ns in principals.namespaces] == ["ci", "admin_*"]
+    assert principals.owner("admin_1") is not None and principals.owner("bob") is None
+    with pytest.raises(InvalidValueError, match="cannot read principals from"):
+        Principals.from_file(tmp_path / "missing.yaml")
+
+
+def test_principals_need_token_auth() -> None:
+    with pytest.raises(InvalidValueError, match="principals need auth='token'"):
+        Server(port=0, auth="none", principals=PRINCIPALS)
+    with pytest.raises(InvalidValueError, match="principals, which need auth='token'"):
+        Server(port=0, auth="none", store=MemoryStore(principals=PRINCIPALS))
+
+
+# ------------------------------------------------------------- over the wire
+
+
+@pytest.fixture(scope="module")
+def srv() -> Any:
+    with EmbeddedServer(principals=PRINCIPALS) as embedded:
+        yield embedded
+
+
+async def test_nobody_becomes_bob_or_an_admin_by_naming_a_session(srv: EmbeddedServer) -> None:
+    async with dspex_rx.connect(srv.target) as owner:
+        bob = await dspex_rx.SessionContext("bob_w", srv.target).initialize()
+        bob_token = bob.token
+        var = await owner.register_variable("secret", "string", "launch code", access_rules=[
+            {"session_pattern": "bob_w", "permissions": ["read"]},
+            {"session_pattern": "admin_*", "permissions": ["read", "write"]}])
+        assert await bob.get_variable(var) == "launch code"
+        await bob.close()  # bob's only client leaves: the session ends
+        with pytest.raises(AuthenticationError, match="belonged to a session that has ended"):
+            async with dspex_rx.connect(srv.target, session_id="bob_w"):
+                pass
+        with pytest.raises(AuthenticationError, match="reserved on this server"):
+            async with dspex_rx.connect(srv.target, session_id="admin_evil"):
+                pass
+        with pytest.raises(AuthenticationError, match="principal key is wrong"):
+            async with dspex_rx.connect(srv.target, session_id="admin_evil",
+                                        principal_key="x" * 20):
+                pass
+        async with dspex_rx.connect(srv.target, session_id="bob_w", token=bob_token) as back, \
+                dspex_rx.connect(srv.target, session_id="admin_ops",
+                                 principal_key=ADMIN_KEY) as admin:
+            assert await back.get_variable(var, bypass_cache=True) == "launch code"
+            await admin.set_variable(var, "abort")
+            assert await owner.get_variable("secret", bypass_cache=True) == "abort"
+        with pytest.raises(ValueError, match="'b_\\*' is a glob over ids anyone may create"):
+            await owner.set_variable_permissions(
+                "secret", [{"session_pattern": "b_*", "permissions": ["read"]}])
+        assert len(await owner.get_variable_permissions("secret")) == 2
+
+
+async def test_a_principals_session_reattaches_with_its_key(srv: EmbeddedServer) -> None:
+    # A reserved session whose id ended and is made again by its own client (the
+    # reattach path sends every InitializeSession with the key).
+    async with dspex_rx.connect(srv.target, session_id="admin_reattach",
+                                principal_key=ADMIN_KEY) as admin:
+        await admin._reattach()
+        assert admin.reattached == 1 and not admin.lost
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def test_cli_principals_flag(tmp_path: Path) -> None:
+    out = subprocess.run([str(SCRIPT), "serve", "--help"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "--principals PATH" in out and "--max-retired-sessions N" in out
+    path = tmp_path / "principals.yaml"
+    path.write_text(f"admin_*: {ADMIN_KEY}\n")
+    done = subprocess.run([str(SCRIPT), "serve", "--port", "0", "--auth", "none",
+                           "--principals", str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "--principals needs --auth token" in done.stderr
+    path.write_text("admin_*: short\n")
+    done = subprocess.run([str(SCRIPT), "serve", "--port", "0", "--principals", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "at least 16 characters" in done.stderr
+
+
+async def test_cli_serves_with_principals(tmp_path: Path) -> None:
+    path = tmp_path / "principals.yaml"
+    path.write_text(f"admin_*: sha256:{hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}\n")
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen([str(SCRIPT), "serve", "--port", "0", "--port-file",
+                             str(port_file), "--principals", str(path),
+                             "--log-level", "warning"])
+    try:
+        guard = time.monotonic() + 30  # a hang guard, not a timing assertion
+        while not port_file.exists():
+            assert proc.poll() is None, "dspex-rx serve exited"
+            assert time.monotonic() < guard, "dspex-rx serve never wrote its port"
+            await trio.sleep(0.01)
+        target = f"127.0.0.1:{port_file.read_text().strip()}"
+        with pytest.raises(AuthenticationError):
+            async with dspex_rx.connect(target, session_id="admin_1"):
+                pass
+        async with dspex_rx.connect(target, session_id="admin_1",
+                                    principal_key=ADMIN_KEY) as admin:
+            assert admin.created
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_removed_session_is_not_found_but_stays_claimed() -> None:
+    store = MemoryStore(clock=Clock())
+    store.initialize_session("bob")
+    end(store, "bob")
+    with pytest.raises(SessionNotFoundError, match="no session 'bob'"):
+        store.session("bob")
+    assert store.claimed("bob") and "bob" not in store.session_ids()
