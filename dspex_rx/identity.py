@@ -283,6 +283,10 @@ class RetiredIds:
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self._digests: dict[str, bytes] = {}
+        # When to trim next: the cap, or (if rules name more ids than it) a tenth of the
+        # cap above what the last trim had to keep, so each scan of the rules is paid for
+        # by that many session ends rather than run on every one.
+        self._trim_at = cap
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -329,7 +333,8 @@ class RetiredIds:
 
     def trim(self, named: Callable[[], set[str]]) -> int:
         """Over ``cap``, forget the oldest ids not in ``named()`` until a tenth below it;
-        returns how many were forgotten. ``named`` is called only when over the cap.
+        returns how many were forgotten. ``named`` is called only when over the cap (and,
+        when named ids alone exceed it, only after another tenth of the cap has retired).
 
         Example::
 
@@ -338,7 +343,7 @@ class RetiredIds:
             >>> retired.trim(lambda: {"a"}), retired.claims("a"), retired.claims("b")
             (2, True, False)
         """
-        if len(self._digests) <= self.cap:
+        if len(self._digests) <= self._trim_at:
             return 0
         keep = named()
         goal = self.cap - self.cap // 10
@@ -349,4 +354,5 @@ class RetiredIds:
             if session_id not in keep:
                 del self._digests[session_id]
                 gone += 1
+        self._trim_at = max(self.cap, len(self._digests) + max(1, self.cap // 10))
         return gone

@@ -170,6 +170,27 @@ def test_retired_ids_trim_only_past_the_cap() -> None:
     assert retired.token_matches("s1", "u" * 20) and not retired.token_matches("s1", "t" * 20)
 
 
+def test_when_rules_name_more_ids_than_the_cap_the_rules_are_not_scanned_every_time() -> None:
+    retired = RetiredIds(cap=100)
+    named_ids = {f"n{i}" for i in range(120)}
+    for session_id in sorted(named_ids):
+        retired.retire(session_id, "t" * 20)
+    scans = []
+
+    def named() -> set[str]:
+        scans.append(1)
+        return named_ids
+
+    assert retired.trim(named) == 0 and len(scans) == 1  # all named: nothing to forget
+    for i in range(100):  # every one of these ends over the cap
+        retired.retire(f"x{i}", "t" * 20)
+        retired.trim(named)
+    # A scan per tenth of the cap retired, not one per session end.
+    assert len(scans) <= 1 + 100 // 10
+    assert len(retired) <= 120 + 100 // 10 + 1
+    assert all(retired.claims(session_id) for session_id in named_ids)
+
+
 # ---------------------------------------------------------- reserved namespaces
 
 
