@@ -578,8 +578,6 @@ class MemoryStore:
         self.default_ttl = default_ttl
         self.lease_ttl = lease_ttl
         self.optimization_history_size = optimization_history_size
-        # Fencing tokens are random (a session cannot guess another's) and unique here.
-        self._tokens: set[int] = set()
         if history_size is not None and history_size < 1:
             raise InvalidValueError(f"history_size must be at least 1, got {history_size}")
         # The two limits that were constructor arguments before Limits stay so.
@@ -2240,12 +2238,17 @@ class MemoryStore:
             metadata_size=metadata_size,
         )[1]
 
-    def _new_token(self) -> int:
-        # A positive int64 (the wire field), unguessable, never issued twice by this store.
+    @staticmethod
+    def _new_token(session: Session, var_id: str) -> int:
+        # A positive int64 (the wire field), unguessable, and unlike every token of the
+        # variable's leases the store still remembers (a stale one is told apart by
+        # value). Older ones are not kept (that set would grow by one per run, without
+        # bound): a repeat of one of them is a 62-bit coincidence, and would still pass
+        # only from the session the new lease is held by.
+        taken = {lease.token for lease in session.recent_leases.get(var_id, ())}
         while True:
             token = secrets.randbits(62) + 1
-            if token not in self._tokens:
-                self._tokens.add(token)
+            if token not in taken:
                 return token
 
     def _check_lease(
@@ -2404,7 +2407,7 @@ class MemoryStore:
             optimizer_type=optimizer_type,
             holder_session=caller.id,
             holder_client=client_id,
-            token=self._new_token(),
+            token=self._new_token(session, record.id),
             ttl=ttl,
             config=clean_config,
             max_iterations=max_iterations,

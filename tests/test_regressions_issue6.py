@@ -79,3 +79,24 @@ def test_foreign_streams_do_not_count_when_the_owner_is_below_its_limit() -> Non
         store.add_listener("a", lambda commit: None)
     except ResourceExhaustedError:  # pragma: no cover - would be a different bug
         raise AssertionError("owner refused below its limit") from None
+
+
+def test_fencing_tokens_differ_from_the_variables_remembered_ones_without_a_growing_set(
+    monkeypatch: Any,
+) -> None:
+    # The store used to keep every token it ever issued (one int per optimization run,
+    # never freed, outside the memory budget). A new token now only has to differ from
+    # the tokens of the variable's leases it still remembers; a draw that repeats one is
+    # drawn again.
+    import dspex_rx.store as store_module
+
+    draws = iter([41, 41, 41, 99])
+    monkeypatch.setattr(store_module.secrets, "randbits", lambda bits: next(draws))
+    store = MemoryStore(clock=Clock())
+    _, client, _ = store.initialize_session("a")
+    store.register("a", [VariableSpec("x", "float", 0.5)], actor="a")
+    first, _ = store.start_optimization("a", "x", optimizer_type="grid", client_id=client)
+    store.stop_optimization("a", "x")
+    second, _ = store.start_optimization("a", "x", optimizer_type="grid", client_id=client)
+    assert (first.token, second.token) == (42, 100)  # the two repeats of 41 were skipped
+    assert not any(isinstance(v, set) and 42 in v for v in vars(store).values())
