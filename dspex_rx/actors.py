@@ -661,25 +661,33 @@ class WatchHub:
         # Re-send on the new stream what was in force before the break, first the resume
         # of every variable whose observers have a baseline, in one request (one replay
         # frame per missed commit, so atomic batches stay whole and commits in order),
+        # then a fresh subscribe of the acked ones still waiting for their initial value,
         # then the unanswered subscribes unchanged, then the unanswered pings.
         for request_id, pending in list(self._pending.items()):
             if not any(a.wire for a in pending.actors):
                 del self._pending[request_id]  # all its observers left meanwhile
         asked = {id(a) for p in self._pending.values() for a in p.actors}
-        resume = [
+        acked = [
             a for a in self._actors()
             if a.wire and id(a) not in asked and self.by_id.get(a.id) is a
-            and (a.live or any(att.baseline for att in a.attached))
         ]
-        if resume:
-            request_id = next(self._requests)
-            pending = self._pending[request_id] = _PendingSubscribe(
-                resume, [a.id for a in resume], include_initial=False,
-                from_revision=max(self.revision, 1),
-            )
-            await stream.send(pending.message(request_id))
+        resume = [a for a in acked if a.live or any(att.baseline for att in a.attached)]
+        # Acked, but the initial value never came: the break fell between the ack and the
+        # snapshot, or between the parts of a split one. Nothing to resume from, so these
+        # subscribe afresh, initial value included.
+        fresh = [a for a in acked if not (a.live or any(att.baseline for att in a.attached))]
+        sent = []
+        for actors, initial, since in ((resume, False, max(self.revision, 1)), (fresh, True, 0)):
+            if actors:
+                request_id = next(self._requests)
+                pending = self._pending[request_id] = _PendingSubscribe(
+                    actors, [a.id for a in actors], include_initial=initial,
+                    from_revision=since,
+                )
+                sent.append(pending)
+                await stream.send(pending.message(request_id))
         for request_id, pending in list(self._pending.items()):
-            if pending.actors is not resume:
+            if all(pending is not done for done in sent):
                 await stream.send(pending.message(request_id))
         for nonce in list(self._pongs):
             await stream.send(spb.ClientMessage(ping=spb.Ping(nonce=nonce)))

@@ -452,3 +452,78 @@ async def test_a_stream_that_dies_after_every_open_gives_up_after_the_timeout(
     assert watch.closed and watch._error is not None, (
         f"still reconnecting after {hub.reconnects} attempts"
     )
+
+
+def _carries_events(message: spb.ServerMessage) -> bool:
+    return any(frame.events for frame in message.frames)
+
+
+async def _reopen(
+    session: dspex_rx.SessionContext, flaky: Flaky, clock: trio.testing.MockClock
+) -> None:
+    """After the first break, move virtual time on until the second stream is open (the
+    backoff's sleep may start after any single jump)."""
+    await _until(lambda: _hub(session).reconnects >= 1, "the break was noticed")
+    deadline = time.monotonic() + 10  # a hang guard, not a timing assertion
+    while len(flaky.streams) < 2:
+        assert time.monotonic() < deadline, "the stream was never reopened"
+        clock.jump(0.5)
+        await trio.sleep(0)
+        await trio.to_thread.run_sync(lambda: None)
+
+
+async def test_a_break_between_the_ack_and_the_initial_values_still_delivers_them(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The server acks a subscribe, then sends the initial values in a later message. A
+    # break in between left the subscription acked (not pending) and its actors neither
+    # live nor with a baseline, so the resume skipped them: the watch never got a value.
+    writer, watcher = two
+    await writer.register_variable("x", "integer", 5)
+    await writer.register_variable("y", "integer", 6)
+    flaky = Flaky(watcher)
+    flaky.plans[0] = lambda s: setattr(s, "fail_before", _carries_events)
+    watch = watcher.watch_variables(["x", "y"])
+    await _reopen(watcher, flaky, mock_clock)  # (the watch waits for the initial values)
+    async with watch:
+        await settle(watcher)
+        got = sorted((u.name, u.value, u.update_type) for u in drain(watch))
+        assert got == [("x", 5, "initial"), ("y", 6, "initial")]
+        await writer.set_variable("y", 7)
+        await settle(watcher)
+        assert [(u.name, u.value) for u in drain(watch)] == [("y", 7)]
+
+
+async def test_a_break_between_the_parts_of_a_split_snapshot_delivers_the_rest(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # A snapshot too big for one message is split (every part carries its revision). A
+    # break after the first part: the variables of the later parts got no initial value.
+    limits = dspex_rx.Limits(max_message_bytes=256 * 1024, max_value_bytes=100_000,
+                             max_metadata_bytes=4096, max_description_length=1024)
+    with EmbeddedServer(limits=limits) as small:
+        async with dspex_rx.connect(small.target) as writer, dspex_rx.connect(
+            small.target, session_id=writer.session_id, token=writer.token
+        ) as watcher:
+            names = [f"v{i}" for i in range(6)]
+            for i, name in enumerate(names):
+                await writer.register_variable(name, "string", str(i) * 90_000)
+            flaky = Flaky(watcher)
+            seen: list[int] = []
+
+            def second_part(message: spb.ServerMessage) -> bool:
+                if _carries_events(message):
+                    seen.append(1)
+                return len(seen) == 2
+
+            flaky.plans[0] = lambda s: setattr(s, "fail_before", second_part)
+            watch = watcher.watch_variables(names)
+            await _reopen(watcher, flaky, mock_clock)
+            async with watch:
+                await settle(watcher)
+                got = {u.name: u.value for u in drain(watch)}
+                assert sorted(got) == names
+                assert all(got[n] == str(i) * 90_000 for i, n in enumerate(names))
+                parts = [m for m in flaky.streams[0].received if _carries_events(m)]
+                assert len(parts) >= 2  # the snapshot was split, and the break fell inside
