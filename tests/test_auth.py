@@ -22,7 +22,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from helpers import settle
+from helpers import beat_until, settle
 
 import dspex_rx
 from dspex_rx import AuthenticationError, SessionContext, codec
@@ -358,17 +358,6 @@ async def test_every_stream_open_and_reopen_sends_the_token() -> None:
         await trio.to_thread.run_sync(first.stop)
 
 
-async def _beat_until(session: SessionContext, clock: trio.testing.MockClock,
-                      done: Callable[[], bool]) -> None:
-    guard = time.monotonic() + 10  # a hang guard, not a timing assertion
-    while not done():
-        assert time.monotonic() < guard, "the heartbeat never reacted"
-        clock.jump(session.ttl_seconds / 3)
-        for _ in range(50):
-            await trio.sleep(0)
-        await trio.to_thread.run_sync(lambda: None)
-
-
 async def test_a_session_id_taken_over_by_a_new_session_is_reported_lost(
     server: EmbeddedServer, mock_clock: trio.testing.MockClock
 ) -> None:
@@ -386,7 +375,7 @@ async def test_a_session_id_taken_over_by_a_new_session_is_reported_lost(
 
         new_token = server.call(replace)
         assert new_token != old_token
-        await _beat_until(session, mock_clock, lambda: session.lost)
+        await beat_until(session, mock_clock, lambda: session.lost)
         with pytest.raises(AuthenticationError) as info:
             await session.get_variable("anything", bypass_cache=True)
         _assert_quiet(info.value, old_token, new_token)

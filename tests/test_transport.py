@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
 import trio
+from helpers import beat_until
 
 import dspex_rx
 from dspex_rx import SessionContext
@@ -188,17 +189,6 @@ async def test_heartbeat_runs_every_third_of_the_ttl(
         assert lease.last_seen > first_seen
 
 
-async def _beat_until(session: SessionContext, mock_clock: trio.testing.MockClock,
-                      done: Callable[[], bool]) -> None:
-    guard = time.monotonic() + 10  # a hang guard, not a timing assertion
-    while not done():
-        assert time.monotonic() < guard, "the heartbeat never reacted"
-        mock_clock.jump(session.ttl_seconds / 3)
-        for _ in range(50):
-            await trio.sleep(0)
-        await trio.to_thread.run_sync(lambda: None)
-
-
 def _expire(server: EmbeddedServer, session_id: str, client_id: str) -> list[str]:
     def run() -> list[str]:
         server.store.session(session_id).clients[client_id].last_seen = -1e12
@@ -219,7 +209,7 @@ async def test_expired_lease_reattaches_while_the_session_lives(
         await a.register_variable("kept", "integer", 7)
         old_client = a._client_id
         assert _expire(server, a.session_id, old_client) == []  # b keeps the session
-        await _beat_until(a, mock_clock, lambda: a.reattached == 1)
+        await beat_until(a, mock_clock, lambda: a.reattached == 1)
         assert a._client_id != old_client and not a.lost
         clients = server.call(lambda: set(server.store.session(a.session_id).clients))
         assert clients == {a._client_id, b._client_id}
@@ -233,7 +223,7 @@ async def test_a_session_gone_from_the_server_is_reported_lost(
     try:
         sid = session.session_id
         assert _expire(server, sid, session._client_id) == [sid]
-        await _beat_until(session, mock_clock, lambda: session.lost)
+        await beat_until(session, mock_clock, lambda: session.lost)
         assert session.reattached == 0
         assert sid not in server.call(server.store.session_ids)  # no empty stand-in left
         with pytest.raises(dspex_rx.SessionNotFoundError):
