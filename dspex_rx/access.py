@@ -54,15 +54,23 @@ class AccessRule:
     session_pattern: str
     permissions: tuple[str, ...]
     conditions: Mapping[str, float] = field(default_factory=dict)
+    # The claim of the exact, unreserved id the rule names (identity.py): set by the store
+    # when it accepts the rule, 0 for 'any', globs and reserved ids.
+    claim: int = field(default=0, repr=False)
 
-    def matches(self, session_id: str) -> bool:
-        """Whether the rule names this session (``'any'`` names every session).
+    def matches(self, session_id: str, claim: int = 0) -> bool:
+        """Whether the rule names this session (``'any'`` names every session). A rule
+        bound to a claim names only a session of that claim.
 
         Example::
 
             >>> AccessRule("any", ("read",)).matches("whoever")
             True
+            >>> AccessRule("bob", ("read",), claim=7).matches("bob", claim=8)
+            False
         """
+        if self.claim and claim != self.claim:
+            return False
         # User patterns go through patterns.compile_glob (RE2, linear time, cached).
         return self.session_pattern == ANY_SESSION or compile_glob(self.session_pattern)(
             session_id
@@ -155,10 +163,11 @@ def check_rules(name: str, type_name: str, rules: Any) -> tuple[AccessRule, ...]
     for index, rule in enumerate(rules):
         where = f"variable {name!r}: access rule {index}"
         if isinstance(rule, AccessRule):
-            rule = rule.as_dict()
+            rule = {**rule.as_dict(), "claim": rule.claim}
         if not isinstance(rule, Mapping):
             raise InvalidValueError(f"{where} must be a mapping, got {type(rule).__name__}")
-        unknown = sorted(map(str, set(rule) - set(RULE_KEYS)))
+        # ``claim`` is the server's own binding (identity.py), carried by exports.
+        unknown = sorted(map(str, set(rule) - set(RULE_KEYS) - {"claim"}))
         if unknown:
             raise InvalidValueError(
                 f"{where} has unknown key(s) {', '.join(map(repr, unknown))} (allowed: "
@@ -209,6 +218,9 @@ def check_rules(name: str, type_name: str, rules: Any) -> tuple[AccessRule, ...]
         for low, high in (("min_value", "max_value"), ("not_before", "expires_at")):
             if low in clean and high in clean and clean[low] > clean[high]:
                 raise InvalidValueError(f"{where}: condition {low!r} is after {high!r}")
+        claim = rule.get("claim") or 0
+        if not isinstance(claim, int) or isinstance(claim, bool) or not 0 <= claim < 2**64:
+            raise InvalidValueError(f"{where}: claim must be an unsigned 64-bit integer")
         ordered = tuple(p for p in PERMISSIONS if p in permissions)
-        out.append(AccessRule(pattern, ordered, clean))
+        out.append(AccessRule(pattern, ordered, clean, claim))
     return tuple(out)

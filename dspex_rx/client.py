@@ -326,6 +326,7 @@ class SessionContext:
         self._transport: Any = None
         self._session_id: str | None = None
         self._client_id = ""
+        self._incarnation = 0
         self._nursery: trio.Nursery | None = None
         self._scheduler: TrioScheduler | None = None
         self._hub: WatchHub | None = None
@@ -432,6 +433,7 @@ class SessionContext:
             raise
         self._session_id = response.session_id
         self._client_id = response.client_id
+        self._incarnation = response.incarnation
         # A server with auth="none" gives no token to an attacher that sent none.
         self._token = response.session_token or self._token
         self.revision = response.revision
@@ -533,6 +535,19 @@ class SessionContext:
             )
             self.lost = True
             log.error("session_lost", session_id=self._session_id)
+            return
+        if response.incarnation != self._incarnation:
+            # A later session of the same id (its holder came back with the token, or a
+            # principal made it again): not ours. Detach from it and say so.
+            await self._call(
+                "CloseSession",
+                pb.CloseSessionRequest(session_id=response.session_id,
+                                       client_id=response.client_id),
+                pb.CloseSessionResponse,
+            )
+            self.lost = True
+            log.error("session_lost", session_id=self._session_id,
+                      reason="the id now names a later session")
             return
         self._client_id = response.client_id
         if self._hub is not None:

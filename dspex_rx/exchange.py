@@ -30,7 +30,8 @@ from .v1 import variables_pb2 as pb
 #                                "metadata", "revision"}, ...],   # oldest first; optional
 #                   "dependencies": [{"name", "type", "metadata"}, ...],  # optional
 #                   "access_rules": [{"session_pattern", "permissions": [...],  # optional,
-#                                     "conditions": {key: number}}, ...]}]}  # when it has any
+#                                     "conditions": {key: number},  # when it has any
+#                                     "claim": int}, ...]}]}  # optional: identity.py
 # JSON and YAML hold what they cannot say exactly as tagged objects: an array is
 # {"$dspex": "ndarray", "dtype", "shape", "data": base64 of its little-endian C-order
 # bytes}, NaN/inf {"$dspex": "float", "value": "nan" | "inf" | "-inf"}, a dict with a
@@ -150,6 +151,8 @@ def snapshot_to_document(msg: pb.VariablesSnapshot) -> dict[str, Any]:
                     "session_pattern": rule.session_pattern,
                     "permissions": list(rule.permissions),
                     "conditions": codec.decode_map(rule.conditions),
+                    # The claim of the id the rule names (identity.py); only when bound.
+                    **({"claim": rule.claim} if rule.claim else {}),
                 }
                 for rule in item.access_rules
             ]
@@ -229,6 +232,7 @@ def document_to_snapshot(document: Mapping[str, Any]) -> pb.VariablesSnapshot:
                 session_pattern=rule["session_pattern"],
                 permissions=rule["permissions"],
                 conditions=_map(rule["conditions"], f"{where}.access_rules[{i}].conditions"),
+                claim=rule.get("claim", 0),
             )
     return out
 
@@ -765,7 +769,7 @@ _VARIABLE_KEYS = {"name", "type", "value", "constraints", "metadata", "descripti
                   "dependencies", "access_rules"}
 _HISTORY_KEYS = {"version", "value", "updated_at", "updated_by", "metadata", "revision"}
 _DEPENDENCY_KEYS = {"name", "type", "metadata"}
-_RULE_KEYS = {"session_pattern", "permissions", "conditions"}
+_RULE_KEYS = {"session_pattern", "permissions", "conditions", "claim"}
 
 
 def _read_v1(tree: dict[str, Any], untag: Untag) -> dict[str, Any]:
@@ -868,8 +872,11 @@ def _access_rule(raw: Any, where: str) -> dict[str, Any]:
             raise ExportFormatError(
                 f"{where}.conditions.{key}: expected a number, got {_kind(value)}"
             )
+    claim = fields.get("claim", "int", 0)
+    if claim < 0:
+        raise ExportFormatError(f"{where}.claim: expected a positive integer, got {claim}")
     return {"session_pattern": pattern, "permissions": list(permissions),
-            "conditions": dict(conditions)}
+            "conditions": dict(conditions), **({"claim": claim} if claim else {})}
 
 
 _READERS: dict[int, Callable[[dict[str, Any], Untag], dict[str, Any]]] = {1: _read_v1}

@@ -12,7 +12,10 @@ good as the guarantee that the id it names is the party the owner meant, so
   session whose id falls in it needs the principal's key;
 - a rule may name ``'any'``, an exact id that is reserved or claimed (live or retired),
   or a glob whose every match lies in a reserved namespace. Anything else would grant
-  whoever picks a matching id first, and is refused.
+  whoever picks a matching id first, and is refused;
+- a claim has a random number, and a rule naming an exact unreserved id is bound to it
+  (exports carry it), so once an id is forgotten and claimed by someone else, an old
+  rule restored from a file is refused rather than granting them.
 """
 
 from __future__ import annotations
@@ -145,7 +148,8 @@ class Namespace:
 def _key_digest(pattern: str, key: Any) -> bytes:
     if not isinstance(key, str):
         raise InvalidValueError(
-            f"principal {pattern!r}: the key must be a string, got {type(key).__name__}"
+            f"principal {pattern!r}: the key must be a string, got {type(key).__name__} "
+            "(in YAML, quote a key made of digits)"
         )
     found = _DIGEST.fullmatch(key)
     if found:
@@ -275,14 +279,16 @@ class RetiredIds:
     Example::
 
         >>> retired = RetiredIds(cap=2)
-        >>> retired.retire("bob", "bob-token-000000000")
+        >>> retired.retire("bob", "bob-token-000000000", claim=7)
         >>> retired.claims("bob"), retired.token_matches("bob", "bob-token-000000000")
         (True, True)
+        >>> retired.claim_of("bob"), retired.claim_of("carol")
+        (7, 0)
     """
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self._digests: dict[str, bytes] = {}
+        self._digests: dict[str, tuple[bytes, int]] = {}
         # When to trim next: the cap, or (if rules name more ids than it) a tenth of the
         # cap above what the last trim had to keep, so each scan of the rules is paid for
         # by that many session ends rather than run on every one.
@@ -310,17 +316,31 @@ class RetiredIds:
             False
         """
         kept = self._digests.get(session_id)
-        return kept is not None and bool(token) and hmac.compare_digest(digest(token), kept)
+        return kept is not None and bool(token) and hmac.compare_digest(
+            digest(token), kept[0]
+        )
 
-    def retire(self, session_id: str, token: str) -> None:
-        """Keep the id claimed by ``token`` now that its session has ended.
+    def claim_of(self, session_id: str) -> int:
+        """The claim number the id was retired with (0 when it is not retired).
 
         Example::
 
-            RetiredIds(10).retire("bob", session.token)
+            >>> RetiredIds(1).claim_of("bob")
+            0
+        """
+        kept = self._digests.get(session_id)
+        return kept[1] if kept is not None else 0
+
+    def retire(self, session_id: str, token: str, claim: int = 0) -> None:
+        """Keep the id claimed by ``token`` (claim number ``claim``) now that its session
+        has ended.
+
+        Example::
+
+            RetiredIds(10).retire("bob", session.token, session.claim)
         """
         self._digests.pop(session_id, None)  # re-insert: newest last
-        self._digests[session_id] = digest(token)
+        self._digests[session_id] = (digest(token), claim)
 
     def revive(self, session_id: str) -> None:
         """The id is live again (its claimant came back); it is no longer retired.

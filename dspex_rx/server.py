@@ -126,7 +126,7 @@ def rules_to_pb(rules: Sequence[AccessRule], out: Any) -> None:
     for rule in rules:
         out.add(
             session_pattern=rule.session_pattern, permissions=list(rule.permissions),
-            conditions=codec.encode_map(rule.conditions),
+            conditions=codec.encode_map(rule.conditions), claim=rule.claim,
         )
 
 
@@ -139,7 +139,7 @@ def rules_from_pb(rules: Any) -> list[dict[str, Any]]:
     """
     return [
         {"session_pattern": r.session_pattern, "permissions": list(r.permissions),
-         "conditions": codec.decode_map(r.conditions)}
+         "conditions": codec.decode_map(r.conditions), **({"claim": r.claim} if r.claim else {})}
         for r in rules
     ]
 
@@ -695,6 +695,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             revision=session.revision,
             ttl_seconds=lease.ttl,
             created_at=timestamp(session.created_at),
+            incarnation=session.incarnation,
         )
         # The token goes to whoever made the session or proved they hold it; with
         # auth="none" an attacher that sent none (or a wrong one) is not given it.
@@ -1701,10 +1702,16 @@ class Server:
         self.auth = auth
         self.insecure = insecure
         self.store = store or MemoryStore(limits=limits)
-        if principals is not None:
+        if principals:
+            if self.store.principals:
+                raise InvalidValueError(
+                    "principals were given to both the Server and its store; give them once"
+                )
             self.store.principals = principals
         if self.store.principals and auth != "token":
             raise InvalidValueError("the store reserves principals, which need auth='token'")
+        # Without token checks no id is anyone's, so rules need not name checked parties.
+        self.store.identity_checked = auth == "token"
         self.limits = limits or self.store.limits
         self.expire_interval = expire_interval
         self.service = VariablesService(

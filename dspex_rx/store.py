@@ -393,6 +393,11 @@ class Session:
     # The secret that proves a caller may act for this session; kept out of reprs so no
     # log line or error message can carry it.
     token: str = field(default="", repr=False)
+    # Random numbers (identity.py): ``claim`` is the same for every session that holds
+    # this id under this token (a rule naming the id is bound to it); ``incarnation`` is
+    # new with each creation (a client re-attaching can tell a later session from its own).
+    claim: int = 0
+    incarnation: int = 0
     variables: dict[str, VariableRecord] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     clients: dict[str, ClientLease] = field(default_factory=dict)
@@ -473,6 +478,12 @@ class UpdateOutcome:
     error_kind: str = ""
     record: VariableRecord | None = None
     current_version: int = 0
+
+
+def _random_id() -> int:
+    # A claim or incarnation number: random (unguessable, unlikely to meet another
+    # server's), positive, and within int64 (export files' integers).
+    return secrets.randbits(62) + 1
 
 
 def _show(text: Any, limit: int = 80) -> str:
@@ -600,6 +611,9 @@ class MemoryStore:
             principals if isinstance(principals, Principals) else Principals(principals)
         )
         self._retired = RetiredIds(self.limits.max_retired_sessions)
+        # Whether rules must name parties whose identity is checked; a server that checks
+        # no tokens (auth="none") turns it off, since there no id is anyone's.
+        self.identity_checked = True
 
     @property
     def history_size(self) -> int:
@@ -690,6 +704,8 @@ class MemoryStore:
             session = Session(
                 session_id, clean, now, metadata_size=size,
                 token=token if returning else secrets.token_urlsafe(32),
+                claim=self._retired.claim_of(session_id) if returning else _random_id(),
+                incarnation=_random_id(),
             )
             self._check_room(session, _session_cost(session) + _client_cost(client))
             self._retired.revive(session_id)
@@ -740,15 +756,36 @@ class MemoryStore:
         """
         return session_id in self._sessions or self._retired.claims(session_id)
 
+    def claim_of(self, session_id: str) -> int:
+        """The claim number of a live or retired id (0: nobody's), see ``identity.py``.
+
+        Example::
+
+            store.claim_of("bob")
+        """
+        session = self._sessions.get(session_id)
+        return session.claim if session is not None else self._retired.claim_of(session_id)
+
     def _checked_rules(
         self, name: str, type_name: str, rules: Any
     ) -> tuple[AccessRule, ...]:
-        # check_rules is the shape; here, whether each rule names who the owner means.
-        clean = check_rules(name, type_name, rules)
+        return self._bind_rules(name, check_rules(name, type_name, rules))
+
+    def _bind_rules(
+        self, name: str, clean: tuple[AccessRule, ...]
+    ) -> tuple[AccessRule, ...]:
+        # check_rules is the shape; here, whether each rule names who the owner means, and
+        # each exact unreserved id bound to its claim (a rule from an export must find the
+        # claim it was written for).
+        out = []
         for index, rule in enumerate(clean):
             pattern = rule.session_pattern
             where = f"variable {name!r}: access rule {index}: session_pattern {pattern!r}"
-            if pattern == ANY_SESSION or self.principals.covers(pattern):
+            if (
+                pattern == ANY_SESSION or self.principals.covers(pattern)
+                or not self.identity_checked
+            ):
+                out.append(dataclasses.replace(rule, claim=0))
                 continue
             if is_glob(pattern):
                 raise InvalidValueError(
@@ -757,13 +794,21 @@ class MemoryStore:
                     f"reserved on the server ({self._reserved()}), or use 'any' to mean "
                     "every session"
                 )
-            if self.principals.owner(pattern) is None and not self.claimed(pattern):
+            claim = self.claim_of(pattern)
+            if not claim:
                 raise InvalidValueError(
                     f"{where} names no session this server knows, so whoever creates it "
                     "first would get the grant; name a session that exists or has "
                     f"existed, an id reserved on the server ({self._reserved()}), or 'any'"
                 )
-        return clean
+            if rule.claim and rule.claim != claim:
+                raise InvalidValueError(
+                    f"{where} was written for the party that held that id then (on this "
+                    "server or another), and another party holds it now; rewrite the rule "
+                    "to grant the session you mean"
+                )
+            out.append(dataclasses.replace(rule, claim=claim))
+        return tuple(out)
 
     def _reserved(self) -> str:
         if not self.principals:
@@ -850,7 +895,7 @@ class MemoryStore:
 
     def _remove(self, session: Session) -> None:
         del self._sessions[session.id]
-        self._retired.retire(session.id, session.token)
+        self._retired.retire(session.id, session.token, session.claim)
         self._retired.trim(self._named_ids)
         self.used_bytes -= session.used
         self.pinned_bytes -= session.pinned
@@ -995,9 +1040,11 @@ class MemoryStore:
         if not rules:
             return set()
         now = self._clock()
+        caller = self._sessions.get(caller_id)
+        claim = caller.claim if caller is not None else 0
         granted: set[str] = set()
         for rule in rules:
-            if rule.matches(caller_id) and rule.active(now):
+            if rule.matches(caller_id, claim) and rule.active(now):
                 granted.update(rule.permissions)
         return granted
 
@@ -1044,7 +1091,7 @@ class MemoryStore:
         if check_value and need == "write":
             now = self._clock()
             rules = [r for r in owner.rules.get(ref, ()) if "write" in r.permissions
-                     and r.matches(caller.id) and r.active(now)]
+                     and r.matches(caller.id, caller.claim) and r.active(now)]
             if not any(r.allows_value(value) for r in rules):
                 bounds = "; ".join(
                     f"{r.conditions.get('min_value', '-inf')}.."
@@ -1094,7 +1141,8 @@ class MemoryStore:
         """
         owner = self._sessions.get(self._owners.get(var_id, ""))
         rules = owner.rules.get(var_id, ()) if owner is not None else ()
-        return any(r.matches(session_id) and any(k in r.conditions for k in TIME_CONDITIONS)
+        return any(r.matches(session_id, self.claim_of(session_id))
+                   and any(k in r.conditions for k in TIME_CONDITIONS)
                    for r in rules)
 
     def owner_of(self, var_id: str) -> str | None:
@@ -2969,9 +3017,12 @@ class MemoryStore:
                 f"got {entry.version!r}"
             )
         history = self._check_history(name, type_name, constraints, entry)
-        rules = self._checked_rules(name, type_name, list(entry.access_rules or ()))
+        # The shape of every entry's rules is checked; who they name only for the variables
+        # the import creates (an existing variable keeps its own rules).
+        rules = check_rules(name, type_name, list(entry.access_rules or ()))
         existing_id = session.names.get(name)
         if existing_id is None:
+            rules = self._bind_rules(name, rules)
             if name in session.variables:
                 raise AlreadyExistsError(
                     f"variable name {name!r} already exists as the id of another variable"

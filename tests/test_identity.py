@@ -364,3 +364,60 @@ def test_a_removed_session_is_not_found_but_stays_claimed() -> None:
     with pytest.raises(SessionNotFoundError, match="no session 'bob'"):
         store.session("bob")
     assert store.claimed("bob") and "bob" not in store.session_ids()
+
+
+# ------------------------------------------------------------------- claims
+
+
+def test_a_rule_is_bound_to_the_claim_of_the_id_it_names() -> None:
+    store = MemoryStore(clock=Clock())
+    store.initialize_session("a")
+    bob, _, _ = store.initialize_session("bob")
+    secret = shared_secret(store)
+    (rule,) = store.session("a").rules[secret]
+    assert rule.claim == bob.claim == store.claim_of("bob") and rule.claim > 0
+    assert "claim" not in rule.as_dict()  # the spec's shape, as get_variable_permissions
+    end(store, "bob")
+    again, _, _ = store.initialize_session("bob", token=bob.token, require_token=True)
+    assert again.claim == bob.claim and again.incarnation != bob.incarnation
+    # A rule that says it was written for another claim of the id is refused.
+    with pytest.raises(InvalidValueError, match="another party holds it now"):
+        store.set_permissions("a", "secret", [
+            {"session_pattern": "bob", "permissions": ["read"], "claim": bob.claim + 1}])
+    assert store.session("a").rules[secret] == (rule,)
+
+
+def test_an_export_naming_an_id_imports_only_where_that_id_has_the_same_claim() -> None:
+    exporter = MemoryStore(clock=Clock())
+    exporter.initialize_session("a")
+    exporter.initialize_session("bob")
+    shared_secret(exporter)
+    backup = exporter.export_snapshot("a")
+    # Another server has its own 'bob': a rule written for the first one grants nothing
+    # here, and says so; without any 'bob', the rule names nobody.
+    for make_bob in (True, False):
+        other = MemoryStore(clock=Clock())
+        other.initialize_session("a")
+        if make_bob:
+            other.initialize_session("bob")
+        report = other.import_snapshot("a", backup, actor="a")
+        assert not report.applied and other.list("a") == []
+        expected = "another party holds it now" if make_bob else "names no session"
+        assert expected in report.outcomes[0].message
+    # A rule without a claim (hand-written, or from before claims) binds to the id's
+    # current claim, as a rule set now would.
+    other = MemoryStore(clock=Clock())
+    other.initialize_session("a")
+    here, _, _ = other.initialize_session("bob")
+    unbound = Snapshot((SnapshotVariable(
+        "secret", "string", "x", access_rules=tuple(grant(["read"], "bob"))),))
+    assert other.import_snapshot("a", unbound, actor="a").applied
+    assert other.get("bob", other.session("a").names["secret"]).value == "x"
+    assert other.session("a").rules[other.session("a").names["secret"]][0].claim == here.claim
+
+
+def test_principals_are_given_once() -> None:
+    with pytest.raises(InvalidValueError, match="given to both the Server and its store"):
+        Server(port=0, store=MemoryStore(principals=PRINCIPALS), principals=PRINCIPALS)
+    server = Server(port=0, store=MemoryStore(principals=PRINCIPALS), principals={})
+    assert server.store.principals.owner("admin_1") is not None

@@ -94,14 +94,16 @@ class Variable(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., constraints: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., version: _Optional[int] = ..., mod_revision: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., create_revision: _Optional[int] = ..., description: _Optional[str] = ..., owner_session: _Optional[str] = ..., access_rules: _Optional[_Iterable[_Union[AccessRule, _Mapping]]] = ...) -> None: ...
 
 class AccessRule(_message.Message):
-    __slots__ = ("session_pattern", "permissions", "conditions")
+    __slots__ = ("session_pattern", "permissions", "conditions", "claim")
     SESSION_PATTERN_FIELD_NUMBER: _ClassVar[int]
     PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
     session_pattern: str
     permissions: _containers.RepeatedScalarFieldContainer[str]
     conditions: _value_pb2.MapValue
-    def __init__(self, session_pattern: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., conditions: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ...) -> None: ...
+    claim: int
+    def __init__(self, session_pattern: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., conditions: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., claim: _Optional[int] = ...) -> None: ...
 
 class VariableRef(_message.Message):
     __slots__ = ("ref",)
@@ -122,7 +124,7 @@ class InitializeSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., client_name: _Optional[str] = ...) -> None: ...
 
 class InitializeSessionResponse(_message.Message):
-    __slots__ = ("session_id", "client_id", "created", "revision", "ttl_seconds", "created_at", "session_token")
+    __slots__ = ("session_id", "client_id", "created", "revision", "ttl_seconds", "created_at", "session_token", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +132,7 @@ class InitializeSessionResponse(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     client_id: str
     created: bool
@@ -137,7 +140,8 @@ class InitializeSessionResponse(_message.Message):
     ttl_seconds: float
     created_at: _timestamp_pb2.Timestamp
     session_token: str
-    def __init__(self, session_id: _Optional[str] = ..., client_id: _Optional[str] = ..., created: _Optional[bool] = ..., revision: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_token: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, session_id: _Optional[str] = ..., client_id: _Optional[str] = ..., created: _Optional[bool] = ..., revision: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_token: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id", "client_id")
