@@ -46,6 +46,7 @@ from .errors import (
     VariableTypeError,
     error_from_kind,
 )
+from .limits import DEFAULT_LIMITS, Limits
 from .logs import get_logger
 from .optimize import (
     HeldLease,
@@ -59,7 +60,7 @@ from .optimize import (
 from .optimizers import BaseOptimizer, SearchSpace, check_optimizer_class, get_optimizer
 from .rx import TrioScheduler, throttle_latest, with_trio_scheduler
 from .security import Pem, channel_credentials, principal_metadata, token_metadata
-from .server import GRPC_OPTIONS, SERVICE_NAME, EmbeddedServer
+from .server import SERVICE_NAME, EmbeddedServer, grpc_options
 from .types import infer_type
 from .v1 import variables_pb2 as pb
 from .watch import Watch, debounce_settled
@@ -273,7 +274,10 @@ class SessionContext:
     TLS, trusting the system's roots, or ``ca_cert`` (PEM path or bytes; it implies TLS);
     ``tls_server_name`` overrides the name checked against the certificate (tests).
     ``principal_key`` is the key of the server namespace (``--principals``) the session id
-    lies in, needed to create such a session.
+    lies in, needed to create such a session. ``limits`` configures the embedded server
+    (no target); ``max_message_bytes`` is the largest message the client sends or takes
+    (default: ``limits.max_message_bytes`` if given, else the server default, 64 MiB):
+    raise it with a server started with a larger ``--max-message-bytes``.
 
     Example::
 
@@ -304,6 +308,8 @@ class SessionContext:
         ca_cert: Pem | None = None,
         tls_server_name: str | None = None,
         principal_key: str | None = None,
+        limits: Limits | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         if token is not None and not isinstance(token, str):
             raise InvalidValueError(f"token must be a string, got {type(token).__name__}")
@@ -312,6 +318,23 @@ class SessionContext:
                 f"principal_key must be a string, got {type(principal_key).__name__}"
             )
         self._principal_key = principal_key or None
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidValueError(f"limits must be a Limits, got {type(limits).__name__}")
+        if limits is not None and target is not None:
+            raise InvalidValueError(
+                "limits configure the embedded server (no target); a server you connect to "
+                "has its own (pass max_message_bytes= to match its message size)"
+            )
+        self._limits = limits
+        if max_message_bytes is None:
+            max_message_bytes = (limits or DEFAULT_LIMITS).max_message_bytes
+        if not isinstance(max_message_bytes, int) or isinstance(max_message_bytes, bool) or (
+            max_message_bytes < 1
+        ):
+            raise InvalidValueError(
+                f"max_message_bytes must be a positive integer, got {max_message_bytes!r}"
+            )
+        self.max_message_bytes = max_message_bytes
         self._requested_session_id = session_id
         self._target = target
         self._token = token or None
@@ -406,9 +429,9 @@ class SessionContext:
                         "tls/ca_cert need a target: the embedded server (no target) serves "
                         "plaintext on 127.0.0.1"
                     )
-                self._embedded = EmbeddedServer()
+                self._embedded = EmbeddedServer(limits=self._limits)
                 self._target = await trio.to_thread.run_sync(self._embedded.start)
-            options: list[tuple[str, Any]] = list(GRPC_OPTIONS)
+            options: list[tuple[str, Any]] = list(grpc_options(self.max_message_bytes))
             credentials = None
             if self.tls:
                 credentials = channel_credentials(self._ca_cert)

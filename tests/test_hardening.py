@@ -252,3 +252,32 @@ async def test_a_client_that_only_writes_cannot_grow_the_server_queue(
                 assert batch is not None
                 acks += sum(1 for m in batch if m.WhichOneof("control") == "subscribed")
     await stream.close()
+
+
+async def test_connect_passes_limits_to_its_embedded_server_and_its_own_channel() -> None:
+    # connect() with no target used to start its server with the default limits, and
+    # the client's channel took at most 64 MiB whatever the server allowed.
+    small = Limits(max_value_bytes=1024, max_message_bytes=256 * 1024,
+                   max_metadata_bytes=4096, max_description_length=1024)
+    async with dspex_rx.connect(limits=small) as session:
+        assert session.max_message_bytes == 256 * 1024
+        with pytest.raises(ValueError, match="max_value_bytes"):
+            await session.register_variable("big", "string", "x" * 2000)
+        await session.register_variable("ok", "string", "x" * 500)
+    with pytest.raises(ValueError, match="limits configure the embedded server"):
+        dspex_rx.SessionContext(target="127.0.0.1:1", limits=small)
+    with pytest.raises(ValueError, match="max_message_bytes must be a positive integer"):
+        dspex_rx.SessionContext(max_message_bytes=0)
+
+
+async def test_the_clients_message_limit_applies_to_what_it_receives(
+    server: EmbeddedServer,
+) -> None:
+    async with dspex_rx.connect(server.target) as writer, dspex_rx.connect(
+        server.target, session_id=writer.session_id, token=writer.token,
+        max_message_bytes=64 * 1024,
+    ) as reader:
+        await writer.register_variable("blob", "string", "x" * 100_000)
+        with pytest.raises(dspex_rx.ResourceExhaustedError):
+            await reader.get_variable("blob", bypass_cache=True)
+        assert await writer.get_variable("blob", bypass_cache=True) == "x" * 100_000
