@@ -1,16 +1,25 @@
-"""Helpers shared by the tests that watch: wait for the stream to catch up, read a
-watch's buffer without waiting, beat a session's heartbeat on in virtual time."""
+"""Helpers shared by the tests: wait for the stream to catch up, read a watch's buffer
+without waiting, beat a session's heartbeat on in virtual time, run ``dspex-rx serve``,
+and a store's fake clock, rules and session ends."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
 
 import dspex_rx
 from dspex_rx.actors import VariableUpdate
+from dspex_rx.store import MemoryStore
+
+SCRIPT = Path(sys.executable).parent / "dspex-rx"
 
 
 async def settle(watcher: dspex_rx.SessionContext) -> None:
@@ -37,3 +46,42 @@ async def beat_until(session: dspex_rx.SessionContext, clock: trio.testing.MockC
         for _ in range(50):
             await trio.sleep(0)
         await trio.to_thread.run_sync(lambda: None)
+
+
+@asynccontextmanager
+async def cli_server(tmp_path: Path, *flags: str) -> AsyncIterator[str]:
+    """Run ``dspex-rx serve --port 0 <flags>``; yields its target once it serves."""
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen([str(SCRIPT), "serve", "--port", "0", "--port-file",
+                             str(port_file), "--log-level", "warning", *flags])
+    try:
+        guard = time.monotonic() + 30  # a hang guard, not a timing assertion
+        while not port_file.exists():
+            assert proc.poll() is None, "dspex-rx serve exited"
+            assert time.monotonic() < guard, "dspex-rx serve never wrote its port"
+            await trio.sleep(0.01)  # polls another process; no timing is asserted
+        yield f"127.0.0.1:{port_file.read_text().strip()}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+class Clock:
+    """A store clock the test moves by hand (``clock.now += 10``)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def grant(perms: list[str], pattern: str) -> list[dict[str, Any]]:
+    """One access rule granting ``perms`` to ``pattern``."""
+    return [{"session_pattern": pattern, "permissions": perms}]
+
+
+def end(store: MemoryStore, session_id: str) -> None:
+    """End a session by closing every client attached to it."""
+    for client_id in list(store.session(session_id).clients):
+        store.close_session(session_id, client_id)

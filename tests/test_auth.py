@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from helpers import beat_until, settle
+from helpers import SCRIPT, beat_until, cli_server, settle
 
 import dspex_rx
 from dspex_rx import AuthenticationError, SessionContext, codec
@@ -34,7 +32,6 @@ from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.v1 import variables_pb2_grpc as pb_grpc
 
-SCRIPT = Path(sys.executable).parent / "dspex-rx"
 Raw = Callable[[pb_grpc.VariablesStub], Awaitable[Any]]
 
 
@@ -626,22 +623,8 @@ def test_cli_refuses_a_network_bind_without_tls() -> None:
 
 
 async def test_cli_serves_tls(tls_files: dict[str, Any], tmp_path: Path) -> None:
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [str(SCRIPT), "serve", "--port", "0", "--port-file", str(port_file),
-         "--tls-cert", tls_files["cert_path"], "--tls-key", tls_files["key_path"],
-         "--log-level", "warning"],
-    )
-    try:
-        guard = time.monotonic() + 30  # a hang guard, not a timing assertion
-        while not port_file.exists():
-            assert proc.poll() is None, "dspex-rx serve exited"
-            assert time.monotonic() < guard, "dspex-rx serve never wrote its port"
-            await trio.sleep(0.01)
-        target = f"127.0.0.1:{port_file.read_text().strip()}"
+    async with cli_server(tmp_path, "--tls-cert", tls_files["cert_path"],  # noqa: SIM117
+                          "--tls-key", tls_files["key_path"]) as target:
         async with dspex_rx.connect(target, ca_cert=tls_files["ca_path"]) as s:
             await s.register_variable("x", "integer", 3)
             assert await s.get_variable("x", bypass_cache=True) == 3
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

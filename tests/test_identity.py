@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
+from helpers import SCRIPT, Clock, cli_server, end, grant
 
 import dspex_rx
 from dspex_rx import AuthenticationError
@@ -26,27 +24,9 @@ from dspex_rx.limits import Limits
 from dspex_rx.server import EmbeddedServer, Server
 from dspex_rx.store import MemoryStore, Snapshot, SnapshotVariable, VariableSpec
 
-SCRIPT = Path(sys.executable).parent / "dspex-rx"
 ADMIN_KEY = "admin-key-0123456789"
 ROOT_KEY = "root-key-0123456789ab"
 PRINCIPALS = {"admin_*": ADMIN_KEY, "admin_root": ROOT_KEY}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def grant(perms: list[str], pattern: str) -> list[dict[str, Any]]:
-    return [{"session_pattern": pattern, "permissions": perms}]
-
-
-def end(store: MemoryStore, session_id: str) -> None:
-    for client_id in list(store.session(session_id).clients):
-        store.close_session(session_id, client_id)
 
 
 def shared_secret(store: MemoryStore, pattern: str = "bob") -> str:
@@ -335,26 +315,13 @@ def test_cli_principals_flag(tmp_path: Path) -> None:
 async def test_cli_serves_with_principals(tmp_path: Path) -> None:
     path = tmp_path / "principals.yaml"
     path.write_text(f"admin_*: sha256:{hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}\n")
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen([str(SCRIPT), "serve", "--port", "0", "--port-file",
-                             str(port_file), "--principals", str(path),
-                             "--log-level", "warning"])
-    try:
-        guard = time.monotonic() + 30  # a hang guard, not a timing assertion
-        while not port_file.exists():
-            assert proc.poll() is None, "dspex-rx serve exited"
-            assert time.monotonic() < guard, "dspex-rx serve never wrote its port"
-            await trio.sleep(0.01)
-        target = f"127.0.0.1:{port_file.read_text().strip()}"
+    async with cli_server(tmp_path, "--principals", str(path)) as target:
         with pytest.raises(AuthenticationError):
             async with dspex_rx.connect(target, session_id="admin_1"):
                 pass
         async with dspex_rx.connect(target, session_id="admin_1",
                                     principal_key=ADMIN_KEY) as admin:
             assert admin.created
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_a_removed_session_is_not_found_but_stays_claimed() -> None:

@@ -13,30 +13,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import beat_until
+from helpers import Clock, beat_until, end, grant
 
 import dspex_rx
 from dspex_rx.limits import Limits
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def grant(perms: list[str], pattern: str) -> list[dict[str, Any]]:
-    return [{"session_pattern": pattern, "permissions": perms}]
-
-
-def end(store: MemoryStore, session_id: str) -> None:
-    for client_id in list(store.session(session_id).clients):
-        store.close_session(session_id, client_id)
-
 
 # ------------------------------------------------------------------ import
 
