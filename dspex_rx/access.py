@@ -218,7 +218,7 @@ def check_rules(name: str, type_name: str, rules: Any) -> tuple[AccessRule, ...]
         for low, high in (("min_value", "max_value"), ("not_before", "expires_at")):
             if low in clean and high in clean and clean[low] > clean[high]:
                 raise InvalidValueError(f"{where}: condition {low!r} is after {high!r}")
-        claim = rule.get("claim") or 0
+        claim = rule.get("claim", 0)
         if not isinstance(claim, int) or isinstance(claim, bool) or not 0 <= claim < 2**64:
             raise InvalidValueError(f"{where}: claim must be an unsigned 64-bit integer")
         ordered = tuple(p for p in PERMISSIONS if p in permissions)

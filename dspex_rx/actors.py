@@ -156,8 +156,8 @@ class VariableActor:
     """
 
     __slots__ = (
-        "attached", "fetched_at", "hub", "id", "live", "name", "revision", "stats", "version",
-        "wire",
+        "acked_revision", "attached", "fetched_at", "hub", "id", "live", "name", "revision",
+        "stats", "version", "wire",
     )
 
     def __init__(self, hub: WatchHub, var_id: str, name: str) -> None:
@@ -170,6 +170,7 @@ class VariableActor:
         self.attached: list[_Attached] = []
         self.wire = False  # this actor wants a subscription on the stream
         self.live = False  # subscribed and its initial value arrived: the entry is pushed
+        self.acked_revision = 0  # the revision of the server's ack of its subscribe
         self.stats = ActorStats()
 
     # ---- the cache entry (only the actor writes it)
@@ -673,19 +674,22 @@ class WatchHub:
         ]
         resume = [a for a in acked if a.live or any(att.baseline for att in a.attached)]
         # Acked, but the initial value never came: the break fell between the ack and the
-        # snapshot, or between the parts of a split one. Nothing to resume from, so these
-        # subscribe afresh, initial value included.
+        # snapshot, or between the parts of a split one. Each resumes from its ack with
+        # the current value asked for too, so a change or a delete meanwhile arrives as
+        # it would for the others; one request each, so one deleted variable cannot fail
+        # another's.
         fresh = [a for a in acked if not (a.live or any(att.baseline for att in a.attached))]
+        batches = [(resume, False, max(self.revision, 1))] if resume else []
+        batches += [([a], True, max(a.acked_revision, 1)) for a in fresh]
         sent = []
-        for actors, initial, since in ((resume, False, max(self.revision, 1)), (fresh, True, 0)):
-            if actors:
-                request_id = next(self._requests)
-                pending = self._pending[request_id] = _PendingSubscribe(
-                    actors, [a.id for a in actors], include_initial=initial,
-                    from_revision=since,
-                )
-                sent.append(pending)
-                await stream.send(pending.message(request_id))
+        for actors, initial, since in batches:
+            request_id = next(self._requests)
+            pending = self._pending[request_id] = _PendingSubscribe(
+                actors, [a.id for a in actors], include_initial=initial,
+                from_revision=since,
+            )
+            sent.append(pending)
+            await stream.send(pending.message(request_id))
         for request_id, pending in list(self._pending.items()):
             if all(pending is not done for done in sent):
                 await stream.send(pending.message(request_id))
@@ -746,6 +750,7 @@ class WatchHub:
         for ref, var_id, name in zip(refs, ack.variable_ids, ack.names, strict=True):
             actor = by_ref[ref]
             resolved = self.learn(var_id, name)
+            resolved.acked_revision = ack.revision
             if resolved is not actor:
                 # The ref named another variable than the actor's (re-registered name, or a
                 # name and an id of one variable asked for separately): move the observers.

@@ -350,6 +350,9 @@ class SessionContext:
         self._session_id: str | None = None
         self._client_id = ""
         self._incarnation = 0
+        # A client lease this client took on a session that is not its own (found while
+        # re-attaching) and still has to release: (client id, token to present).
+        self._stray: tuple[str, str | None] | None = None
         self._nursery: trio.Nursery | None = None
         self._scheduler: TrioScheduler | None = None
         self._hub: WatchHub | None = None
@@ -499,6 +502,7 @@ class SessionContext:
     async def _heartbeat(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)
+            await self._detach_stray()
             try:
                 await self._call(
                     "Heartbeat",
@@ -546,31 +550,17 @@ class SessionContext:
             ),
             pb.InitializeSessionResponse,
         )
-        if response.created:
-            # The session had gone, and this call made an empty one of the same id; its
-            # variables are lost. Undo it (with the new session's token), and say so.
-            await self._call(
-                "CloseSession",
-                pb.CloseSessionRequest(session_id=response.session_id,
-                                       client_id=response.client_id),
-                pb.CloseSessionResponse,
-                token=response.session_token,
-            )
-            self.lost = True
-            log.error("session_lost", session_id=self._session_id)
-            return
-        if response.incarnation != self._incarnation:
-            # A later session of the same id (its holder came back with the token, or a
-            # principal made it again): not ours. Detach from it and say so.
-            await self._call(
-                "CloseSession",
-                pb.CloseSessionRequest(session_id=response.session_id,
-                                       client_id=response.client_id),
-                pb.CloseSessionResponse,
-            )
+        if response.created or response.incarnation != self._incarnation:
+            # Not our session: it had gone, and this call made an empty one of the same
+            # id (undone with that session's token), or the id names a later session (its
+            # holder came back with the token, or a principal made it again). Say so at
+            # once; releasing the lease just taken there is retried at each beat.
             self.lost = True
             log.error("session_lost", session_id=self._session_id,
-                      reason="the id now names a later session")
+                      reason="gone" if response.created else "the id names a later session")
+            self._stray = (response.client_id,
+                           response.session_token if response.created else None)
+            await self._detach_stray()
             return
         self._client_id = response.client_id
         if self._hub is not None:
@@ -578,6 +568,24 @@ class SessionContext:
         self.reattached += 1
         log.warning("session_reattached", session_id=self._session_id,
                     client_id=response.client_id)
+
+    async def _detach_stray(self) -> None:
+        if self._stray is None:
+            return
+        client_id, token = self._stray
+        try:
+            await self._call(
+                "CloseSession",
+                pb.CloseSessionRequest(session_id=self.session_id, client_id=client_id),
+                pb.CloseSessionResponse,
+                token=token,
+            )
+        except SessionNotFoundError:
+            pass  # that session (or our lease on it) has gone already
+        except (DspexError, grpc.RpcError, RuntimeError) as exc:
+            log.warning("detach_failed", session_id=self._session_id, error=str(exc))
+            return
+        self._stray = None
 
     async def close(self) -> None:
         """Detach from the session, close the connection, stop an embedded server.

@@ -874,7 +874,7 @@ def _access_rule(raw: Any, where: str) -> dict[str, Any]:
             )
     claim = fields.get("claim", "int", 0)
     if claim < 0:
-        raise ExportFormatError(f"{where}.claim: expected a positive integer, got {claim}")
+        raise ExportFormatError(f"{where}.claim: expected a non-negative integer, got {claim}")
     return {"session_pattern": pattern, "permissions": list(permissions),
             "conditions": dict(conditions), **({"claim": claim} if claim else {})}
 

@@ -1560,6 +1560,13 @@ class VariablesService(pb_grpc.VariablesServicer):
                     ))
                 if statuses:
                     subscriber.push_frame(PendingFrame(revision, statuses))
+            if request.include_initial:
+                # A resume that also asks for the current values (a client whose break
+                # fell before a subscription's initial value): after the replay, so a
+                # value the replay already brought is a repeat the client drops.
+                initial = [_current(r) for r in found if r.id in wanted]
+                if initial:
+                    subscriber.push_frame(PendingFrame(revision, initial, "initial"))
         elif request.include_initial:
             subscriber.push_frame(
                 PendingFrame(revision, [_current(r) for r in found], "initial")

@@ -781,11 +781,20 @@ class MemoryStore:
         for index, rule in enumerate(clean):
             pattern = rule.session_pattern
             where = f"variable {name!r}: access rule {index}: session_pattern {pattern!r}"
-            if (
-                pattern == ANY_SESSION or self.principals.covers(pattern)
-                or not self.identity_checked
-            ):
+            if not self.identity_checked:
                 out.append(dataclasses.replace(rule, claim=0))
+                continue
+            if pattern == ANY_SESSION or self.principals.covers(pattern):
+                if rule.claim:
+                    # Bound to an ordinary id's claim where it was written (another
+                    # server, or before the namespace was reserved): here a principal
+                    # holds it, another party.
+                    raise InvalidValueError(
+                        f"{where} was written for the party that held an ordinary id, and "
+                        "another party holds it now (here it is 'any' or reserved for a "
+                        "principal); rewrite the rule to grant the session you mean"
+                    )
+                out.append(rule)
                 continue
             if is_glob(pattern):
                 raise InvalidValueError(

@@ -154,7 +154,7 @@ async def test_resume_inside_the_log_replays_exactly_the_missed_events(
     await session.set_variable("y", 5)  # not watched: must not be replayed
     await session.update_variables({"x": 3, "y": 6})
     raw = await open_raw(transport, session)
-    await raw.subscribe(["x"], from_revision=seen)
+    await raw.subscribe(["x"], include_initial=False, from_revision=seen)
     frames = await raw.frames(2)
     assert [(e.value.int_value, e.version, e.update_type) for f in frames for e in f.events] == [
         (2, 3, spb.UPDATE_TYPE_VALUE_CHANGE), (3, 4, spb.UPDATE_TYPE_VALUE_CHANGE)
@@ -162,6 +162,26 @@ async def test_resume_inside_the_log_replays_exactly_the_missed_events(
     await session.set_variable("x", 4)  # and then live, no gap, no repeat
     (live,) = await raw.frames(1)
     assert (live.events[0].value.int_value, live.events[0].version) == (4, 5)
+    await raw.stream.close()
+
+
+async def test_a_resume_that_asks_for_the_initial_value_gets_it_after_the_replay(
+    session: dspex_rx.SessionContext, transport: Transport
+) -> None:
+    # What a client sends for a subscription whose initial value a break swallowed.
+    await session.register_variables(
+        [{"name": "x", "type": "integer", "initial_value": 0},
+         {"name": "y", "type": "integer", "initial_value": 7}]
+    )
+    seen = session.revision
+    await session.set_variable("x", 1)
+    raw = await open_raw(transport, session)
+    await raw.subscribe(["x", "y"], include_initial=True, from_revision=seen)
+    replay, initial = await raw.frames(2)
+    assert [(e.value.int_value, e.update_type) for e in replay.events] == [
+        (1, spb.UPDATE_TYPE_VALUE_CHANGE)]
+    assert [(e.value.int_value, e.version, e.update_type) for e in initial.events] == [
+        (1, 2, spb.UPDATE_TYPE_INITIAL), (7, 1, spb.UPDATE_TYPE_INITIAL)]
     await raw.stream.close()
 
 
