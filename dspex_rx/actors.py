@@ -761,6 +761,16 @@ class WatchHub:
                     resolved._unwire()
                 self.request_unsubscribe(resolved)
 
+    def fail(self, error: Exception) -> None:
+        """End every watch with ``error`` (the session is lost); later subscriptions open
+        a new stream, which the client no longer asks for.
+
+        Example::
+
+            hub.fail(SessionNotFoundError("session 's' is lost"))
+        """
+        self._fail_all(error)
+
     def _fail_all(self, error: BaseException) -> None:
         self._failure = error
         self._outbox_send = None  # the next subscription opens a new stream

@@ -373,6 +373,7 @@ class SessionContext:
         # no longer has the session at all (its variables are gone).
         self.reattached = 0
         self.lost = False
+        self._lost_reason = ""
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -522,21 +523,16 @@ class SessionContext:
                         await self._reattach()
                     except AuthenticationError as again:
                         # Replaced between the beat and the attach: not ours any more.
-                        self.lost = True
-                        log.error("session_lost", session_id=self._session_id,
-                                  error=str(again))
+                        self._lose(str(again))
                     except (DspexError, grpc.RpcError, RuntimeError) as again:
                         log.warning("reattach_failed", session_id=self._session_id,
                                     error=str(again))
                 else:
-                    self.lost = True
-                    log.error("session_lost", session_id=self._session_id, error=str(exc))
+                    self._lose(str(exc))
             except AuthenticationError as exc:
-                # A session's token never changes, so one that refuses ours is not the
-                # session we had: it ended, and a later one took its id.
-                if not self.lost:
-                    self.lost = True
-                    log.error("session_lost", session_id=self._session_id, error=str(exc))
+                # A token that refuses ours is not the session we had: it ended, and a
+                # principal made a later one of its id.
+                self._lose(str(exc))
             except (DspexError, grpc.RpcError, RuntimeError) as exc:
                 log.warning("heartbeat_failed", session_id=self._session_id, error=str(exc))
 
@@ -555,9 +551,8 @@ class SessionContext:
             # id (undone with that session's token), or the id names a later session (its
             # holder came back with the token, or a principal made it again). Say so at
             # once; releasing the lease just taken there is retried at each beat.
-            self.lost = True
-            log.error("session_lost", session_id=self._session_id,
-                      reason="gone" if response.created else "the id names a later session")
+            self._lose("it ended" if response.created
+                       else "it ended, and its id now names a later session")
             self._stray = (response.client_id,
                            response.session_token if response.created else None)
             await self._detach_stray()
@@ -568,6 +563,24 @@ class SessionContext:
         self.reattached += 1
         log.warning("session_reattached", session_id=self._session_id,
                     client_id=response.client_id)
+
+    def _lose(self, reason: str) -> None:
+        # The session this client had is gone. From here on the client refuses every
+        # call for it and its watches end: a later session of the same id may accept
+        # this token (its claimant came back), and must not get our writes or reads.
+        if self.lost:
+            return
+        self.lost = True
+        self._lost_reason = reason
+        log.error("session_lost", session_id=self._session_id, reason=reason)
+        if self._hub is not None:
+            self._hub.fail(self._lost_error())
+
+    def _lost_error(self) -> SessionNotFoundError:
+        return SessionNotFoundError(
+            f"session {self._session_id!r} is lost ({self._lost_reason}); this connection no "
+            "longer acts for it: connect again"
+        )
 
     async def _detach_stray(self) -> None:
         if self._stray is None:
@@ -655,6 +668,8 @@ class SessionContext:
         # (re)created in a reserved namespace also needs the principal's key.
         if self._transport is None:
             raise RuntimeError("the session is closed")
+        if self.lost and method != "CloseSession":
+            raise self._lost_error()
         metadata = token_metadata(token or self._token)
         if method == "InitializeSession":
             metadata += principal_metadata(self._principal_key)
@@ -1482,6 +1497,8 @@ class SessionContext:
             if self._closed:
                 raise RuntimeError("the session is closed")
             raise RuntimeError("the session is not initialized; call await session.initialize()")
+        if self.lost:
+            raise self._lost_error()
         return self._hub
 
     def _remember(self, variable: pb.Variable, value: Any = _MISSING) -> VariableActor:

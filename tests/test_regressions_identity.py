@@ -135,3 +135,33 @@ def test_a_restored_backup_does_not_grant_a_stranger_who_took_a_forgotten_id() -
     assert not report.applied
     assert "another party holds it now" in report.outcomes[0].message
     assert "secret" not in store.session("a2").names
+
+
+async def test_a_lost_client_neither_writes_to_nor_watches_the_later_session_of_its_id(
+    srv: EmbeddedServer, mock_clock: trio.testing.MockClock,
+) -> None:
+    # A returning claimant keeps its token, so a lost client's token is still valid for
+    # the later session of its id: its writes and watches would land there. Lost means
+    # the client refuses them itself, and its watches end.
+    sid = f"lost_{time.monotonic_ns()}"
+    a = await dspex_rx.SessionContext(sid, srv.target, ttl_seconds=30.0).initialize()
+    try:
+        await a.register_variable("x", "integer", 1)
+        watch = await a.watch_variable("x")
+        cid = a._client_id
+
+        def pause() -> list[str]:
+            srv.store.session(sid).clients[cid].last_seen = -1e12
+            return srv.store.expire()
+
+        assert sid in srv.call(pause)
+        async with dspex_rx.connect(srv.target, session_id=sid, token=a.token) as c:
+            await beat_until(a, mock_clock, lambda: a.lost and a._stray is None)
+            with pytest.raises(dspex_rx.SessionNotFoundError, match="is lost"):
+                await a.set_variable("x", 2, create_if_missing=True)
+            with pytest.raises(dspex_rx.SessionNotFoundError, match="is lost"):
+                a.observe("x")
+            assert await c.list_variables() == []  # nothing of a's landed in c's session
+            assert watch.closed
+    finally:
+        await a.close()
