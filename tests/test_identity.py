@@ -65,6 +65,14 @@ def test_without_token_checks_an_ended_id_is_free_again() -> None:
     assert created and again.token != first.token
 
 
+def test_a_glob_on_a_server_without_principals_says_how_to_reserve_one() -> None:
+    store = MemoryStore(clock=Clock())
+    store.initialize_session("a")
+    with pytest.raises(InvalidValueError, match=r"this server reserves none: see principals "
+                                                r"/ --principals\), or use 'any'"):
+        shared_secret(store, "admin_*")
+
+
 def test_a_rule_may_name_a_live_or_ended_session_but_not_an_unknown_one() -> None:
     store = MemoryStore(clock=Clock())
     store.initialize_session("a")

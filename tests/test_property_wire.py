@@ -267,9 +267,13 @@ def operations(draw: st.DrawFn) -> Op:
             raw += field(4, maps(draw))
         return "SetVariable", raw, pb.SetVariableResponse
     if op == "update":
-        raw = pb.UpdateVariablesRequest(atomic=draw(st.booleans())).SerializeToString()
-        for _ in range(draw(st.integers(0, 7))):
-            if draw(MOSTLY):
+        # Half the batches are atomic and all-valid, so some apply whole (and the check
+        # that every entry landed has something to check).
+        clean = draw(st.booleans())
+        atomic = clean or draw(st.booleans())
+        raw = pb.UpdateVariablesRequest(atomic=atomic).SerializeToString()
+        for _ in range(draw(st.integers(2 if clean else 0, 7))):
+            if clean or draw(MOSTLY):
                 name = draw(st.sampled_from(NAMES))
                 entry = pb.UpdateVariablesRequest().updates.add(ref=name)
                 value = draw(valid_value(name))
@@ -278,7 +282,7 @@ def operations(draw: st.DrawFn) -> Op:
                     ref=draw(REFS), expected_version=draw(SMALL_INT))
                 value = draw(values())
             raw += field(2, entry.SerializeToString() + field(2, value))
-        if draw(st.booleans()):
+        if not clean and draw(st.booleans()):
             raw += field(3, maps(draw))
         return "UpdateVariables", raw, pb.UpdateVariablesResponse
     if op == "delete":
@@ -509,6 +513,7 @@ async def run_case(embedded: EmbeddedServer, channel: Any, ops: list[Op]) -> Non
     try:
         for method, body, extra in ops:
             before = embedded.call(lambda: snapshot(store, sid))
+            applied_batch: tuple[Any, Any] | None = None
             code = grpc.StatusCode.OK
             expect = None
             if isinstance(extra, tuple) and method == "SetVariable":
@@ -547,6 +552,7 @@ async def run_case(embedded: EmbeddedServer, channel: Any, ops: list[Op]) -> Non
                         code = grpc.StatusCode.ABORTED  # nothing applied: nothing may change
                     else:
                         assert revision > last_revision  # a commit takes a new revision
+                        applied_batch = (response, pb.UpdateVariablesRequest.FromString(body))
             # The server still answers, and a refused request left no trace.
             echo, _ = await call(channel, "Echo", pb.EchoRequest(payload=b"ping"))
             assert echo.payload == b"ping"
@@ -556,6 +562,15 @@ async def run_case(embedded: EmbeddedServer, channel: Any, ops: list[Op]) -> Non
             after = embedded.call(lambda: snapshot(store, sid))
             if code not in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN):
                 assert after == before, (method, code)
+            if applied_batch is not None:
+                # No half-applied batch: an applied atomic one applied every entry, and
+                # every entry reported applied is in the store at (at least) its version.
+                answer, asked = applied_batch
+                assert not asked.atomic or all(r.ok for r in answer.results), answer
+                stored = {var_id: version for var_id, _, version in after[0]}  # type: ignore[index]
+                for result in answer.results:
+                    if result.ok:
+                        assert stored.get(result.variable_id, 0) >= result.version, result
             current = embedded.call(lambda: store.session(sid).revision)
             assert current >= last_revision
             last_revision = current
