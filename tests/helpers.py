@@ -17,6 +17,7 @@ import trio.testing
 
 import dspex_rx
 from dspex_rx.actors import VariableUpdate
+from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore
 
 SCRIPT = Path(sys.executable).parent / "dspex-rx"
@@ -85,3 +86,14 @@ def end(store: MemoryStore, session_id: str) -> None:
     """End a session by closing every client attached to it."""
     for client_id in list(store.session(session_id).clients):
         store.close_session(session_id, client_id)
+
+
+def expire_client(server: EmbeddedServer, session_id: str, client_id: str) -> list[str]:
+    """Let one client's lease lapse (a long pause) and run the server's expiry; returns
+    the ids of the sessions that ended."""
+
+    def run() -> list[str]:
+        server.store.session(session_id).clients[client_id].last_seen = -1e12
+        return server.store.expire()
+
+    return server.call(run)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import Clock, beat_until, end, grant
+from helpers import Clock, beat_until, end, expire_client, grant
 
 import dspex_rx
 from dspex_rx.limits import Limits
@@ -91,11 +91,7 @@ async def test_a_client_whose_session_ended_does_not_join_the_next_session_of_it
         await a.register_variable("x", "integer", 1)
         cid = a._client_id
 
-        def pause() -> list[str]:
-            srv.store.session(sid).clients[cid].last_seen = -1e12
-            return srv.store.expire()
-
-        assert sid in srv.call(pause)  # a's session ended while a was paused
+        assert sid in expire_client(srv, sid, cid)  # a's session ended while a was paused
         async with dspex_rx.connect(srv.target, session_id=sid, token=a.token) as c:
             assert c.created  # a later session of the same id, same token
             # (lost is said at once; the release of the lease taken there follows)
@@ -150,11 +146,7 @@ async def test_a_lost_client_neither_writes_to_nor_watches_the_later_session_of_
         watch = await a.watch_variable("x")
         cid = a._client_id
 
-        def pause() -> list[str]:
-            srv.store.session(sid).clients[cid].last_seen = -1e12
-            return srv.store.expire()
-
-        assert sid in srv.call(pause)
+        assert sid in expire_client(srv, sid, cid)
         async with dspex_rx.connect(srv.target, session_id=sid, token=a.token) as c:
             await beat_until(a, mock_clock, lambda: a.lost and a._stray is None)
             with pytest.raises(dspex_rx.SessionNotFoundError, match="is lost"):

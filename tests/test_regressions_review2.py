@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import beat_until, drain
+from helpers import beat_until, drain, expire_client
 from test_regressions_reconnect import Flaky, _carries_events, _hub, _reopen, _unavailable, _until
 
 import dspex_rx
@@ -106,11 +106,7 @@ async def test_a_failed_detach_from_a_later_session_neither_leaks_a_lease_nor_de
 
         a._call = call  # type: ignore[method-assign]
 
-        def pause() -> list[str]:
-            srv.store.session(sid).clients[cid].last_seen = -1e12
-            return srv.store.expire()
-
-        assert sid in srv.call(pause)  # a's session ended while a was paused
+        assert sid in expire_client(srv, sid, cid)  # a's session ended while a was paused
         async with dspex_rx.connect(srv.target, session_id=sid, token=a.token) as c:
             assert c.created  # a later session of the same id, same token
             await beat_until(a, mock_clock, lambda: a.lost)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import trio
-from helpers import beat_until
+from helpers import beat_until, expire_client
 
 import dspex_rx
 from dspex_rx import SessionContext
@@ -189,14 +189,6 @@ async def test_heartbeat_runs_every_third_of_the_ttl(
         assert lease.last_seen > first_seen
 
 
-def _expire(server: EmbeddedServer, session_id: str, client_id: str) -> list[str]:
-    def run() -> list[str]:
-        server.store.session(session_id).clients[client_id].last_seen = -1e12
-        return server.store.expire()
-
-    return server.call(run)
-
-
 async def test_expired_lease_reattaches_while_the_session_lives(
     server: EmbeddedServer, mock_clock: trio.testing.MockClock
 ) -> None:
@@ -208,7 +200,7 @@ async def test_expired_lease_reattaches_while_the_session_lives(
     ):
         await a.register_variable("kept", "integer", 7)
         old_client = a._client_id
-        assert _expire(server, a.session_id, old_client) == []  # b keeps the session
+        assert expire_client(server, a.session_id, old_client) == []  # b keeps the session
         await beat_until(a, mock_clock, lambda: a.reattached == 1)
         assert a._client_id != old_client and not a.lost
         clients = server.call(lambda: set(server.store.session(a.session_id).clients))
@@ -222,7 +214,7 @@ async def test_a_session_gone_from_the_server_is_reported_lost(
     session = await SessionContext(target=server.target, ttl_seconds=30.0).initialize()
     try:
         sid = session.session_id
-        assert _expire(server, sid, session._client_id) == [sid]
+        assert expire_client(server, sid, session._client_id) == [sid]
         await beat_until(session, mock_clock, lambda: session.lost)
         assert session.reattached == 0
         assert sid not in server.call(server.store.session_ids)  # no empty stand-in left
