@@ -1,12 +1,15 @@
 """What the DSPy tests share: the arithmetic train set, DSPy examples from pairs, an exact
-metric. Import it after ``pytest.importorskip("dspy")``; the ``stub`` fixture (the loopback
-OpenAI stub answering sums) is in conftest.py."""
+metric, a stub that holds its answers until the test releases them. Import it after
+``pytest.importorskip("dspy")``; the ``stub`` fixture (the loopback OpenAI stub answering
+sums) is in conftest.py."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import dspy
+from openai_stub import OpenAIStub, arithmetic
 
 TRAIN = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 1 + 6?", "7"),
          ("What is 9 + 1?", "10")]
@@ -20,3 +23,17 @@ def examples(pairs: list[tuple[str, str]]) -> list[Any]:
 def exact(example: Any, prediction: Any, trace: Any = None) -> bool:
     """The metric: the predicted answer is exactly the expected one."""
     return bool(example.answer == prediction.answer)
+
+
+def hold_answers(stub: OpenAIStub) -> tuple[threading.Event, threading.Event]:
+    """Make the stub answer sums only once ``release`` is set; ``entered`` is set when a
+    request arrives (so the test knows DSPy is inside a call)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def held(body: dict[str, Any], fields: list[str]) -> dict[str, str]:
+        entered.set()
+        release.wait(30)
+        return arithmetic(body, fields)
+
+    stub.answer = held
+    return entered, release

@@ -1,6 +1,7 @@
 """Helpers shared by the tests: wait for the stream to catch up, read a watch's buffer
-without waiting, beat a session's heartbeat on in virtual time, run ``dspex-rx serve``,
-and a store's fake clock, rules and session ends."""
+without waiting, wait for a condition, inject a lost connection, beat a session's
+heartbeat on in virtual time, run ``dspex-rx serve``, and a store's fake clock, rules and
+session ends."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import trio
 import trio.testing
 
@@ -97,3 +99,20 @@ def expire_client(server: EmbeddedServer, session_id: str, client_id: str) -> li
         return server.store.expire()
 
     return server.call(run)
+
+
+async def until(predicate: Callable[[], bool], what: str, guard: float = 10.0) -> None:
+    """Let other tasks and threads run until ``predicate()`` (a hang guard, no timing)."""
+    deadline = time.monotonic() + guard  # a hang guard, not a timing assertion
+    while not predicate():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await trio.sleep(0)
+        await trio.to_thread.run_sync(lambda: None)
+
+
+def unavailable() -> grpc.aio.AioRpcError:
+    """The error a call or stream gets when the connection drops."""
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+        "injected: connection lost",
+    )

@@ -1,18 +1,22 @@
 """Helpers shared by the optimization tests: a server clock the test moves, an objective
-the test steps through, and Session streams the test can break."""
+the test steps through, two clients of one session with a float ``t``, and Session
+streams the test can break."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-import grpc
 import trio
+from helpers import unavailable
 
 import dspex_rx
 from dspex_rx.v1 import session_pb2 as spb
+
+FLOAT = {"min": 0.0, "max": 2.0}
 
 
 class FakeClock:
@@ -49,19 +53,16 @@ class Gate:
         self._release.set()
 
 
-async def until(predicate: Callable[[], bool], what: str, guard: float = 10.0) -> None:
-    deadline = time.monotonic() + guard  # a hang guard, not a timing assertion
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await trio.sleep(0)
-        await trio.to_thread.run_sync(lambda: None)
-
-
-def unavailable() -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
-        "injected: connection lost",
-    )
+@asynccontextmanager
+async def open_pair(
+    target: str,
+) -> AsyncIterator[tuple[dspex_rx.SessionContext, dspex_rx.SessionContext]]:
+    """The holder ``a`` and another client ``b`` of one session, with a float ``t``."""
+    async with dspex_rx.connect(target, ttl_seconds=3600) as a, dspex_rx.connect(
+        target, session_id=a.session_id, token=a.token, ttl_seconds=3600
+    ) as b:
+        await a.register_variable("t", "float", 0.5, constraints=FLOAT)
+        yield a, b
 
 
 class BreakableStream:

@@ -11,7 +11,6 @@ import re
 import runpy
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ import pytest
 dspy = pytest.importorskip("dspy")
 
 import trio  # noqa: E402
-from dspy_helpers import TRAIN, exact, examples  # noqa: E402
-from openai_stub import OpenAIStub, arithmetic, question_of  # noqa: E402
+from dspy_helpers import TRAIN, exact, examples, hold_answers  # noqa: E402
+from openai_stub import OpenAIStub, question_of  # noqa: E402
 
 import dspex_rx  # noqa: E402
 from dspex_rx import OptimizationLockedError  # noqa: E402
@@ -152,14 +151,7 @@ async def test_the_inputs_are_locked_while_the_compile_runs(
     await register_inputs(session)
     assert await session.get_variable("temperature") == 0.3  # now in session's cache
     await other.set_variable("temperature", 0.4)  # the compile must read this, not 0.3
-    entered, release = threading.Event(), threading.Event()
-
-    def held(body: dict[str, Any], fields: list[str]) -> dict[str, str]:
-        entered.set()
-        release.wait(30)
-        return arithmetic(body, fields)
-
-    stub.answer = held
+    entered, release = hold_answers(stub)
     optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"teacher_temperature": "temperature"}, metric=exact,
         max_bootstrapped_demos=1,

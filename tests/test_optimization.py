@@ -14,15 +14,13 @@ from typing import Any
 import pytest
 import trio
 from helpers import drain, settle
-from optimization_helpers import FakeClock, Gate
+from optimization_helpers import FLOAT, FakeClock, Gate, open_pair
 
 import dspex_rx
 from dspex_rx import BaseOptimizer, OptimizationLockedError
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.types import check_constraints, validate_value
-
-FLOAT = {"min": 0.0, "max": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +40,8 @@ def clocked(clock: FakeClock) -> Iterator[EmbeddedServer]:
 async def pair(
     clocked: EmbeddedServer,
 ) -> AsyncIterator[tuple[dspex_rx.SessionContext, dspex_rx.SessionContext]]:
-    async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:  # noqa: SIM117
-        async with dspex_rx.connect(
-            clocked.target, session_id=a.session_id, token=a.token, ttl_seconds=3600
-        ) as b:
-            await a.register_variable("t", "float", 0.5, constraints=FLOAT)
-            yield a, b
+    async with open_pair(clocked.target) as ab:
+        yield ab
 
 
 async def optimization_writes(session: dspex_rx.SessionContext, name: str) -> list[int]:

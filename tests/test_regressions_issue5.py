@@ -15,16 +15,13 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from helpers import drain, settle
-from optimization_helpers import FakeClock, Gate, breakable, until
+from helpers import drain, settle, until
+from optimization_helpers import FLOAT, FakeClock, Gate, breakable, open_pair
 
 import dspex_rx
 from dspex_rx.fanout import PendingFrame, Subscriber
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
-
-FLOAT = {"min": 0.0, "max": 2.0}
-
 
 # ---------------------------------------------------------------- harness
 
@@ -47,12 +44,8 @@ async def pair(
     clocked: EmbeddedServer,
 ) -> AsyncIterator[tuple[dspex_rx.SessionContext, dspex_rx.SessionContext]]:
     """The holder ``a`` and another client ``b`` of one session, with a float ``t``."""
-    async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:  # noqa: SIM117
-        async with dspex_rx.connect(
-            clocked.target, session_id=a.session_id, token=a.token, ttl_seconds=3600
-        ) as b:
-            await a.register_variable("t", "float", 0.5, constraints=FLOAT)
-            yield a, b
+    async with open_pair(clocked.target) as ab:
+        yield ab
 
 
 # ------------------------------------------------- leases left held by the run loop

@@ -17,7 +17,7 @@ dspy = pytest.importorskip("dspy")
 
 import trio  # noqa: E402
 import trio.testing  # noqa: E402
-from dspy_helpers import TRAIN, exact, examples  # noqa: E402
+from dspy_helpers import TRAIN, exact, examples, hold_answers  # noqa: E402
 from openai_stub import OpenAIStub, arithmetic, question_of  # noqa: E402
 
 import dspex_rx  # noqa: E402
@@ -330,14 +330,7 @@ async def test_a_stopped_lease_writes_no_results(
     # computed with a setting that is no longer the variable's value.
     session, other = two
     await session.register_variable("temperature", "float", 0.3)
-    entered, release = threading.Event(), threading.Event()
-
-    def held(body: dict[str, Any], fields: list[str]) -> dict[str, str]:
-        entered.set()
-        release.wait(30)
-        return arithmetic(body, fields)
-
-    stub.answer = held
+    entered, release = hold_answers(stub)
     optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"teacher_temperature": "temperature"}, metric=exact,
         max_bootstrapped_demos=1, max_labeled_demos=0,
@@ -401,14 +394,7 @@ async def test_a_cancelled_compile_writes_no_results(
     # committed (whether they land is a race; that the write is attempted is not).
     session, other = two
     await session.register_variable("temperature", "float", 0.3)
-    entered, release = threading.Event(), threading.Event()
-
-    def held(body: dict[str, Any], fields: list[str]) -> dict[str, str]:
-        entered.set()
-        release.wait(30)
-        return arithmetic(body, fields)
-
-    stub.answer = held
+    entered, release = hold_answers(stub)
     optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"teacher_temperature": "temperature"}, metric=exact,
         max_bootstrapped_demos=1,

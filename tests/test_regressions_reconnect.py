@@ -15,10 +15,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import trio
 import trio.testing
-from helpers import drain, settle
+from helpers import drain, settle, unavailable, until
 
 import dspex_rx
 from dspex_rx.security import token_metadata
@@ -26,15 +25,6 @@ from dspex_rx.server import EmbeddedServer
 from dspex_rx.v1 import session_pb2 as spb
 
 # ---------------------------------------------------------------- harness
-
-
-def _unavailable() -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(),
-        "injected: connection lost",
-    )
 
 
 class FlakyStream:
@@ -59,9 +49,9 @@ class FlakyStream:
     async def send(self, message: spb.ClientMessage) -> None:
         if self.dead is not None:
             await self.dead.wait()
-            raise _unavailable()
+            raise unavailable()
         if self.failed:
-            raise _unavailable()
+            raise unavailable()
         await self.real.send(message)
         self.sent.append(message)
 
@@ -69,14 +59,14 @@ class FlakyStream:
         while True:
             if self.dead is not None:
                 await self.dead.wait()
-                raise _unavailable()
+                raise unavailable()
             if self.failed:
-                raise _unavailable()
+                raise unavailable()
             if self.pending:
                 message = self.pending.popleft()
                 if self.fail_before is not None and self.fail_before(message):
                     self.failed = True
-                    raise _unavailable()
+                    raise unavailable()
                 if self.swallow:
                     continue
                 return [message]
@@ -132,14 +122,6 @@ class Flaky:
         return stream
 
 
-async def _until(predicate: Callable[[], bool], what: str, guard: float = 10.0) -> None:
-    deadline = time.monotonic() + guard  # a hang guard, not a timing assertion
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await trio.sleep(0)
-        await trio.to_thread.run_sync(lambda: None)
-
-
 def _hub(session: dspex_rx.SessionContext) -> Any:
     assert session._hub is not None
     return session._hub
@@ -151,7 +133,7 @@ async def _reconnect(
     """Wait until the hub is in its backoff after break number ``attempt``, then let it
     reconnect (virtual time)."""
     hub = _hub(session)
-    await _until(lambda: hub.reconnects >= attempt, f"reconnect attempt {attempt} began")
+    await until(lambda: hub.reconnects >= attempt, f"reconnect attempt {attempt} began")
     clock.jump(wait)
 
 
@@ -178,7 +160,7 @@ async def test_a_second_break_before_the_resume_is_acked_does_not_skip_versions(
     assert _versions(watch) == [(1, 0, "initial"), (2, 1, "value_change")]
 
     flaky.streams[0].fail()
-    await _until(lambda: _hub(watcher).reconnects == 1, "first break noticed")
+    await until(lambda: _hub(watcher).reconnects == 1, "first break noticed")
     await writer.set_variable("x", 2)
     await writer.set_variable("x", 3)
     # Stream 2 dies right after "opened", before the resume's ack.
@@ -187,7 +169,7 @@ async def test_a_second_break_before_the_resume_is_acked_does_not_skip_versions(
     )
     mock_clock.jump(2.0)
     await _reconnect(watcher, mock_clock, 2)
-    await _until(lambda: len(flaky.streams) == 3, "third stream opened")
+    await until(lambda: len(flaky.streams) == 3, "third stream opened")
     await settle(watcher)
     assert _versions(watch) == [(3, 2, "value_change"), (4, 3, "value_change")]
     # Every reopen presented the session token (the server refuses a stream without it).
@@ -211,14 +193,14 @@ async def test_opened_on_a_resumed_stream_does_not_move_the_resume_point_past_th
     drain(watch)
 
     flaky.streams[0].fail()
-    await _until(lambda: _hub(watcher).reconnects == 1, "first break noticed")
+    await until(lambda: _hub(watcher).reconnects == 1, "first break noticed")
     await writer.set_variable("x", 2)
     await writer.set_variable("x", 3)
     # Stream 2 delivers "opened" and the Subscribed ack, then dies before the replay.
     flaky.plans[1] = lambda s: setattr(s, "fail_before", lambda m: len(m.frames) > 0)
     mock_clock.jump(2.0)
     await _reconnect(watcher, mock_clock, 2)
-    await _until(lambda: len(flaky.streams) == 3, "third stream opened")
+    await until(lambda: len(flaky.streams) == 3, "third stream opened")
     await settle(watcher)
     assert _versions(watch) == [(3, 2, "value_change"), (4, 3, "value_change")]
     assert await watcher.get_variable("x") == 3
@@ -242,15 +224,15 @@ async def test_an_unsubscribe_lost_with_the_stream_does_not_leave_a_server_subsc
     first.swallow = True  # what the server says from now on is lost in flight
 
     wy = watcher.watch_variable("y")
-    await _until(lambda: any(m.HasField("subscribe") for m in first.sent), "y subscribe sent")
+    await until(lambda: any(m.HasField("subscribe") for m in first.sent), "y subscribe sent")
     wy.cancel()
-    await _until(
+    await until(
         lambda: any(m.HasField("unsubscribed") for m in first.received),
         "the server processed the unsubscribe",
     )
     first.fail()
     await _reconnect(watcher, mock_clock, 1)
-    await _until(lambda: len(flaky.streams) == 2, "second stream opened")
+    await until(lambda: len(flaky.streams) == 2, "second stream opened")
     await settle(watcher)
     sid = watcher.session_id
 
@@ -281,11 +263,11 @@ async def test_a_variable_deleted_during_a_break_ends_the_watch_with_the_missed_
     drain(watch)
 
     flaky.streams[0].fail()
-    await _until(lambda: _hub(watcher).reconnects == 1, "break noticed")
+    await until(lambda: _hub(watcher).reconnects == 1, "break noticed")
     await writer.set_variable("x", 5)
     await writer.delete_variable("x")
     mock_clock.jump(2.0)
-    await _until(lambda: watch.closed, "the watch ended")
+    await until(lambda: watch.closed, "the watch ended")
     updates = drain(watch)
     assert watch._error is None, f"watch failed: {watch._error!r}"
     assert [(u.value, u.update_type) for u in updates][:1] == [(5, "value_change")]
@@ -308,12 +290,12 @@ async def test_a_resumed_multi_variable_watch_keeps_commit_order_and_atomic_batc
     drain(watch)
 
     flaky.streams[0].fail()
-    await _until(lambda: _hub(watcher).reconnects == 1, "break noticed")
+    await until(lambda: _hub(watcher).reconnects == 1, "break noticed")
     assert all(r is True for r in (await writer.update_variables({"x": 1, "y": 1})).values())
     await writer.set_variable("x", 2)
     await writer.set_variable("y", 2)
     mock_clock.jump(2.0)
-    await _until(lambda: len(flaky.streams) == 2, "second stream opened")
+    await until(lambda: len(flaky.streams) == 2, "second stream opened")
     await settle(watcher)
     got = [(u.name, u.value, u.revision) for u in drain(watch)]
     assert len(got) == 4
@@ -345,7 +327,7 @@ async def test_send_and_receive_failing_together_still_reconnects(
     assert hub._failure is None, f"the watches failed: {hub._failure!r}"
     assert not watch.closed
     await _reconnect(watcher, mock_clock, 1)
-    await _until(lambda: len(flaky.streams) == 2, "second stream opened")
+    await until(lambda: len(flaky.streams) == 2, "second stream opened")
     await writer.set_variable("x", 1)
     await settle(watcher)
     assert [(v, x) for v, x, _ in _versions(watch)] == [(2, 1)]
@@ -373,7 +355,7 @@ async def test_a_failed_reattach_does_not_kill_the_session_services(
         ) -> Any:
             if method == "InitializeSession" and blips:
                 blips.pop()
-                raise _unavailable()
+                raise unavailable()
             return await real_call(method, request, response_type, timeout)
 
         a._call = call  # type: ignore[method-assign]
@@ -414,9 +396,9 @@ async def test_backoff_starts_again_after_a_successful_reconnect(
     for incident in range(1, 7):
         flaky.streams[-1].fail()
         opened = len(flaky.streams)
-        await _until(lambda n=incident: _hub(watcher).reconnects == n, f"break {incident}")
+        await until(lambda n=incident: _hub(watcher).reconnects == n, f"break {incident}")
         mock_clock.jump(0.1)  # first step of the backoff
-        await _until(
+        await until(
             lambda n=opened: len(flaky.streams) == n + 1,
             f"reconnected within 0.1 s after break {incident}",
             guard=3.0,
@@ -447,7 +429,7 @@ async def test_a_stream_that_dies_after_every_open_gives_up_after_the_timeout(
     for attempt in range(1, 30):  # 29 attempts, 2 s apart: 58 s of virtual time
         if watch.closed:
             break
-        await _until(lambda n=attempt: hub.reconnects >= n or watch.closed, f"attempt {attempt}")
+        await until(lambda n=attempt: hub.reconnects >= n or watch.closed, f"attempt {attempt}")
         mock_clock.jump(2.0)
     assert watch.closed and watch._error is not None, (
         f"still reconnecting after {hub.reconnects} attempts"
@@ -463,7 +445,7 @@ async def _reopen(
 ) -> None:
     """After the first break, move virtual time on until the second stream is open (the
     backoff's sleep may start after any single jump)."""
-    await _until(lambda: _hub(session).reconnects >= 1, "the break was noticed")
+    await until(lambda: _hub(session).reconnects >= 1, "the break was noticed")
     deadline = time.monotonic() + 10  # a hang guard, not a timing assertion
     while len(flaky.streams) < 2:
         assert time.monotonic() < deadline, "the stream was never reopened"

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import beat_until, drain, expire_client
-from test_regressions_reconnect import Flaky, _carries_events, _hub, _reopen, _unavailable, _until
+from helpers import beat_until, drain, expire_client, unavailable, until
+from test_regressions_reconnect import Flaky, _carries_events, _hub, _reopen
 
 import dspex_rx
 from dspex_rx.errors import InvalidValueError
@@ -101,7 +101,7 @@ async def test_a_failed_detach_from_a_later_session_neither_leaks_a_lease_nor_de
                        **kwargs: Any) -> Any:
             if method == "CloseSession" and blips:
                 blips.pop()
-                raise _unavailable()
+                raise unavailable()
             return await real_call(method, request, response_type, *args, **kwargs)
 
         a._call = call  # type: ignore[method-assign]
@@ -143,12 +143,12 @@ async def test_a_variable_deleted_during_a_break_before_its_initial_value_ends_t
     flaky = Flaky(watcher)
     flaky.plans[0] = lambda s: setattr(s, "fail_before", _carries_events)
     watch = watcher.watch_variable("x")
-    await _until(lambda: _hub(watcher).reconnects >= 1, "the break was noticed")
+    await until(lambda: _hub(watcher).reconnects >= 1, "the break was noticed")
     assert not _hub(watcher)._pending  # the subscribe was acked before the break
     await writer.set_variable("x", 6)
     await writer.delete_variable("x")
     await _reopen(watcher, flaky, mock_clock)
-    await _until(lambda: watch.closed, "the watch ended")
+    await until(lambda: watch.closed, "the watch ended")
     updates = drain(watch)
     assert watch._error is None, f"watch failed: {watch._error!r}"
     assert updates and updates[-1].update_type == "deleted"
