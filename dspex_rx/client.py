@@ -29,6 +29,8 @@ from . import codec, exchange
 from .actors import VariableActor, VariableObservable, VariableUpdate, WatchHub
 from .cache import VariableCache
 from .convert import (
+    DEPENDENCY_FROM_PB,
+    DEPENDENCY_TO_PB,
     map_rpc_error,
     seconds,
     timestamp,
@@ -92,12 +94,6 @@ def _info(variable: pb.Variable, revision: int | None = None) -> dict[str, Any]:
     return info
 
 
-_DEPENDENCY_TYPES: dict[str, int] = {
-    "data": pb.DEPENDENCY_TYPE_DATA,
-    "constraint": pb.DEPENDENCY_TYPE_CONSTRAINT,
-    "optimization": pb.DEPENDENCY_TYPE_OPTIMIZATION,
-}
-_DEPENDENCY_NAMES = {number: name for name, number in _DEPENDENCY_TYPES.items()}
 
 
 _MERGE_STRATEGIES: dict[str, int] = {
@@ -203,7 +199,7 @@ def _status_of_event(update: VariableUpdate) -> dict[str, Any]:
 
 
 def _prefixed(name: str, exc: DspexError) -> DspexError:
-    return type(exc)(f"variable {name!r}: {exc.message}", **exc.details)
+    return exc.prefixed(f"variable {name!r}")
 
 
 def _encode_value(name: str, value: Any) -> codec.Value:
@@ -1206,9 +1202,9 @@ class SessionContext:
 
             await session.add_dependency("effective_temperature", "base_temperature")
         """
-        if dependency_type not in _DEPENDENCY_TYPES:
+        if dependency_type not in DEPENDENCY_TO_PB:
             raise InvalidValueError(
-                f"dependency_type must be one of {', '.join(_DEPENDENCY_TYPES)}, "
+                f"dependency_type must be one of {', '.join(DEPENDENCY_TO_PB)}, "
                 f"got {dependency_type!r}"
             )
         await self._call(
@@ -1217,7 +1213,7 @@ class SessionContext:
                 session_id=self.session_id,
                 from_ref=from_variable,
                 to_ref=to_variable,
-                dependency_type=_DEPENDENCY_TYPES[dependency_type],  # type: ignore[arg-type]
+                dependency_type=DEPENDENCY_TO_PB[dependency_type],  # type: ignore[arg-type]
                 metadata=_encode_metadata(from_variable, metadata),
             ),
             pb.AddDependencyResponse,
@@ -1256,7 +1252,7 @@ class SessionContext:
                 "variable_id": entry.variable_id,
                 "name": entry.name,
                 "type": type_from_pb(entry.type),
-                "dependency_type": _DEPENDENCY_NAMES.get(entry.dependency_type, "data"),
+                "dependency_type": DEPENDENCY_FROM_PB.get(entry.dependency_type, "data"),
                 "metadata": codec.decode_map(entry.metadata),
                 "depth": entry.depth,
             }

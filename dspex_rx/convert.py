@@ -1,12 +1,16 @@
-"""Mappings between wire messages and plain data shared by client and server: type enums,
-timestamps, and error kinds <-> gRPC status codes."""
+"""Mappings between wire messages and plain data shared by client and server: type and
+dependency-type enums, access rules, timestamps, and error kinds <-> gRPC status codes."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from . import codec
 from .errors import InvalidValueError, error_from_kind
+from .graph import DEPENDENCY_TYPES
 from .types import TYPES, normalize_type
 from .v1 import variables_pb2 as pb
 
@@ -14,6 +18,13 @@ _TYPE_TO_PB: dict[str, int] = {
     name: pb.VariableType.Value("VARIABLE_TYPE_" + name.upper()) for name in TYPES
 }
 _PB_TO_TYPE: dict[int, str] = {number: name for name, number in _TYPE_TO_PB.items()}
+
+# Dependency type name <-> wire enum, in graph.DEPENDENCY_TYPES order (error messages list
+# the names in this order).
+DEPENDENCY_TO_PB: dict[str, int] = {
+    name: pb.DependencyType.Value("DEPENDENCY_TYPE_" + name.upper()) for name in DEPENDENCY_TYPES
+}
+DEPENDENCY_FROM_PB: dict[int, str] = {number: name for name, number in DEPENDENCY_TO_PB.items()}
 
 # Error kind -> status code. Kinds travel in trailing metadata so the client can rebuild
 # the precise exception (TypeError vs ValueError share INVALID_ARGUMENT).
@@ -122,3 +133,18 @@ def map_rpc_error(error: BaseException) -> BaseException:
     }
     message: str = error.details() or error.code().name
     return error_from_kind(kind, message, **details)
+
+
+def rules_from_pb(rules: Any) -> list[dict[str, Any]]:
+    """Wire ``AccessRule``s as the spec's rule dicts, with ``claim`` when a rule is bound
+    to one (identity.py); the store validates them.
+
+    Example::
+
+        rules_from_pb(request.rules)
+    """
+    return [
+        {"session_pattern": r.session_pattern, "permissions": list(r.permissions),
+         "conditions": codec.decode_map(r.conditions), **({"claim": r.claim} if r.claim else {})}
+        for r in rules
+    ]

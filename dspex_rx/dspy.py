@@ -37,6 +37,7 @@ from .errors import (
     VariableTypeError,
 )
 from .logs import get_logger
+from .types import INT64_MAX, INT64_MIN
 
 if TYPE_CHECKING:
     from reactivex import abc as rx_abc
@@ -249,9 +250,6 @@ def _shape(predictor: Any) -> str:
     return str(getattr(signature, "signature", signature))
 
 
-_INT64 = 2**63
-
-
 def plain(value: Any) -> Any:
     """A DSPy value (an ``Example``, a ``Prediction``, a pydantic model, numpy scalars)
     as the JSON-like value a ``list`` or ``dict`` variable stores; anything else becomes
@@ -269,7 +267,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return plain(value.item())
     if isinstance(value, int):
-        return value if -_INT64 <= value < _INT64 else str(value)
+        return value if INT64_MIN <= value <= INT64_MAX else str(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if hasattr(value, "toDict"):

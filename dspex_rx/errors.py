@@ -32,6 +32,17 @@ class DspexError(Exception):
         # KeyError's own __str__ would wrap the message in quotes.
         return self.message
 
+    def prefixed(self, prefix: str) -> DspexError:
+        """The same error (class and details) with ``prefix: `` before its message, to say
+        where it happened.
+
+        Example::
+
+            >>> InvalidValueError("not a number").prefixed("variable 't'").message
+            "variable 't': not a number"
+        """
+        return type(self)(f"{prefix}: {self.message}", **self.details)
+
 
 class VariableNotFoundError(DspexError, KeyError):
     """No variable with that name or id in the session.

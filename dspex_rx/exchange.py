@@ -16,8 +16,17 @@ import numpy as np
 import yaml
 
 from . import codec
-from .convert import seconds, timestamp, type_from_pb, type_to_pb
+from .convert import (
+    DEPENDENCY_FROM_PB,
+    DEPENDENCY_TO_PB,
+    rules_from_pb,
+    seconds,
+    timestamp,
+    type_from_pb,
+    type_to_pb,
+)
 from .errors import DspexError, InvalidValueError, VariableTypeError
+from .types import INT64_MAX, INT64_MIN
 from .v1 import value_pb2
 from .v1 import variables_pb2 as pb
 
@@ -47,14 +56,6 @@ _LABELS = {"json": "JSON", "yaml": "YAML", "parquet": "Parquet", "pickle": "pick
 PARQUET_HEADER_KEY = b"dspex_rx"
 # Times are POSIX seconds up to the year 9999 (what a protobuf Timestamp holds).
 MAX_SECONDS = 253_402_300_799.0
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-_DEPENDENCY_TYPES: dict[str, int] = {
-    "data": pb.DEPENDENCY_TYPE_DATA,
-    "constraint": pb.DEPENDENCY_TYPE_CONSTRAINT,
-    "optimization": pb.DEPENDENCY_TYPE_OPTIMIZATION,
-}
-_DEPENDENCY_NAMES = {number: name for name, number in _DEPENDENCY_TYPES.items()}
 
 Untag = Callable[[Any, str], Any]
 
@@ -140,22 +141,13 @@ def snapshot_to_document(msg: pb.VariablesSnapshot) -> dict[str, Any]:
             variable["dependencies"] = [
                 {
                     "name": dep.name,
-                    "type": _DEPENDENCY_NAMES.get(dep.dependency_type, "data"),
+                    "type": DEPENDENCY_FROM_PB.get(dep.dependency_type, "data"),
                     "metadata": codec.decode_map(dep.metadata),
                 }
                 for dep in item.dependencies
             ]
         if item.access_rules:
-            variable["access_rules"] = [
-                {
-                    "session_pattern": rule.session_pattern,
-                    "permissions": list(rule.permissions),
-                    "conditions": codec.decode_map(rule.conditions),
-                    # The claim of the id the rule names (identity.py); only when bound.
-                    **({"claim": rule.claim} if rule.claim else {}),
-                }
-                for rule in item.access_rules
-            ]
+            variable["access_rules"] = rules_from_pb(item.access_rules)
         variables.append(variable)
     return {
         "format": FORMAT_NAME,
@@ -216,11 +208,11 @@ def document_to_snapshot(document: Mapping[str, Any]) -> pb.VariablesSnapshot:
         if variable.get("dependencies") is not None:
             msg.has_dependencies = True
             for i, dep in enumerate(variable["dependencies"]):
-                kind = _DEPENDENCY_TYPES.get(dep["type"])
+                kind = DEPENDENCY_TO_PB.get(dep["type"])
                 if kind is None:
                     raise ExportFormatError(
                         f"{where}.dependencies[{i}].type: must be one of "
-                        f"{', '.join(_DEPENDENCY_TYPES)}, got {dep['type']!r}"
+                        f"{', '.join(DEPENDENCY_TO_PB)}, got {dep['type']!r}"
                     )
                 msg.dependencies.add(
                     name=dep["name"],
@@ -241,14 +233,14 @@ def _fill(msg: codec.Value, value: Any, where: str) -> None:
     try:
         codec.fill(msg, value)
     except DspexError as exc:
-        raise type(exc)(f"{where}: {exc.message}") from None
+        raise exc.prefixed(where) from None
 
 
 def _map(value: Mapping[str, Any], where: str) -> value_pb2.MapValue:
     try:
         return codec.encode_map(value)
     except DspexError as exc:
-        raise type(exc)(f"{where}: {exc.message}") from None
+        raise exc.prefixed(where) from None
 
 
 # ----------------------------------------------------------------------- writing
@@ -448,7 +440,7 @@ def read_document(data: bytes, format: str, *, trusted: bool = False) -> dict[st
         tree, untag = _PARSERS[format](data)
         return _READERS[_format_version(tree)](tree, untag)
     except DspexError as exc:
-        raise type(exc)(f"{_LABELS[format]} import: {exc.message}", **exc.details) from None
+        raise exc.prefixed(f"{_LABELS[format]} import") from None
 
 
 def read_snapshot(data: bytes, format: str, *, trusted: bool = False) -> pb.VariablesSnapshot:
@@ -462,7 +454,7 @@ def read_snapshot(data: bytes, format: str, *, trusted: bool = False) -> pb.Vari
     try:
         return document_to_snapshot(document)
     except DspexError as exc:
-        raise type(exc)(f"{_LABELS[format]} import: {exc.message}", **exc.details) from None
+        raise exc.prefixed(f"{_LABELS[format]} import") from None
 
 
 def _text(data: bytes) -> str:

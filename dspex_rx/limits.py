@@ -27,13 +27,12 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidValueError, ResourceExhaustedError, VariableTypeError
+from .types import INT64_MAX, INT64_MIN
 
 MiB = 1024 * 1024
 # The deepest nesting protobuf's decoder accepts for a value inside the messages that
 # carry it (a map level is three messages deep); ``codec.MAX_DEPTH`` is the same number.
 HARD_MAX_DEPTH = 32
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 
 
 def _limit(default: int, help: str) -> Any:

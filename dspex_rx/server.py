@@ -37,9 +37,12 @@ from grpc_reflection.v1alpha import reflection
 from . import codec
 from .access import AccessRule
 from .convert import (
+    DEPENDENCY_FROM_PB,
+    DEPENDENCY_TO_PB,
     ERROR_DETAIL_PREFIX,
     ERROR_KIND_KEY,
     STATUS_BY_KIND,
+    rules_from_pb,
     seconds,
     timestamp,
     type_from_pb,
@@ -128,20 +131,6 @@ def rules_to_pb(rules: Sequence[AccessRule], out: Any) -> None:
             session_pattern=rule.session_pattern, permissions=list(rule.permissions),
             conditions=codec.encode_map(rule.conditions), claim=rule.claim,
         )
-
-
-def rules_from_pb(rules: Any) -> list[dict[str, Any]]:
-    """Wire ``AccessRule``s as the spec's rule dicts (the store validates them).
-
-    Example::
-
-        rules_from_pb(request.rules)
-    """
-    return [
-        {"session_pattern": r.session_pattern, "permissions": list(r.permissions),
-         "conditions": codec.decode_map(r.conditions), **({"claim": r.claim} if r.claim else {})}
-        for r in rules
-    ]
 
 
 def record_to_pb(record: VariableRecord, out: pb.Variable | None = None) -> pb.Variable:
@@ -301,12 +290,6 @@ def _spec_from_pb(spec: pb.VariableSpec) -> VariableSpec:
     )
 
 
-_DEPENDENCY_TYPES: dict[str, int] = {
-    name: pb.DependencyType.Value("DEPENDENCY_TYPE_" + name.upper())
-    for name in ("data", "constraint", "optimization")
-}
-_DEPENDENCY_TYPE_NAMES = {number: name for name, number in _DEPENDENCY_TYPES.items()}
-
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} chars)"
@@ -420,7 +403,7 @@ def snapshot_to_pb(snapshot: Snapshot, out: pb.VariablesSnapshot) -> None:
             for dependency in variable.dependencies:
                 msg.dependencies.add(
                     name=dependency.name,
-                    dependency_type=_DEPENDENCY_TYPES[dependency.type],
+                    dependency_type=DEPENDENCY_TO_PB[dependency.type],
                     metadata=codec.encode_map(dependency.metadata),
                 )
 
@@ -451,7 +434,7 @@ def snapshot_from_pb(msg: pb.VariablesSnapshot) -> Snapshot:
                 tuple(
                     SnapshotDependency(
                         dependency.name,
-                        _DEPENDENCY_TYPE_NAMES.get(
+                        DEPENDENCY_FROM_PB.get(
                             dependency.dependency_type,
                             f"unknown (wire value {dependency.dependency_type})",
                         )
@@ -474,9 +457,7 @@ def snapshot_from_pb(msg: pb.VariablesSnapshot) -> Snapshot:
                 )
             )
         except DspexError as exc:
-            raise type(exc)(
-                f"variable {item.name or index!r} of the import: {exc.message}", **exc.details
-            ) from None
+            raise exc.prefixed(f"variable {item.name or index!r} of the import") from None
     return Snapshot(
         tuple(variables), msg.session_id, msg.revision, seconds(msg.exported_at),
         msg.include_history, msg.include_dependencies, msg.format_version,
@@ -932,8 +913,8 @@ class VariablesService(pb_grpc.VariablesServicer):
         session_id = _session_id(request)
         if request.dependency_type == pb.DEPENDENCY_TYPE_UNSPECIFIED:
             dependency_type = "data"
-        elif request.dependency_type in _DEPENDENCY_TYPE_NAMES:
-            dependency_type = _DEPENDENCY_TYPE_NAMES[request.dependency_type]
+        elif request.dependency_type in DEPENDENCY_FROM_PB:
+            dependency_type = DEPENDENCY_FROM_PB[request.dependency_type]
         else:
             raise InvalidValueError(
                 f"dependency type is unknown (wire value {request.dependency_type})"
@@ -985,7 +966,7 @@ class VariablesService(pb_grpc.VariablesServicer):
                 variable_id=record.id,
                 name=record.name,
                 type=type_to_pb(record.type),
-                dependency_type=_DEPENDENCY_TYPES[edge.type],
+                dependency_type=DEPENDENCY_TO_PB[edge.type],
                 metadata=codec.encode_map(edge.metadata),
                 depth=depth,
             ))
