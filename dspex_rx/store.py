@@ -3231,9 +3231,10 @@ class MemoryStore:
                     old.version + 1, 0, old.create_revision, old.created_at, now, actor,
                     plan.description, plan.size, plan.metadata_size,
                 ))
+        # The edges as planned (sized, for the memory account), with created ids filled in.
         final_edges = [
-            Edge(ids.get(e.dependent, e.dependent), ids.get(e.dependency, e.dependency),
-                 e.type, e.metadata)
+            dataclasses.replace(e, dependent=ids.get(e.dependent, e.dependent),
+                                dependency=ids.get(e.dependency, e.dependency))
             for e in edges
         ]
         written: dict[str, VariableRecord] = {}

@@ -100,3 +100,24 @@ def test_fencing_tokens_differ_from_the_variables_remembered_ones_without_a_grow
     second, _ = store.start_optimization("a", "x", optimizer_type="grid", client_id=client)
     assert (first.token, second.token) == (42, 100)  # the two repeats of 41 were skipped
     assert not any(isinstance(v, set) and 42 in v for v in vars(store).values())
+
+
+def test_imported_dependency_edges_are_charged_like_registered_ones() -> None:
+    # The import rebuilt its edges without their size: the graph (and so the session's
+    # memory account) charged 0 bytes for every imported dependency.
+    from dspex_rx.store import Snapshot, SnapshotDependency, SnapshotVariable
+
+    native = MemoryStore(clock=Clock())
+    native.initialize_session("a")
+    native.register("a", [VariableSpec("base", "float", 0.5),
+                          VariableSpec("eff", "float", 0.5, dependencies=["base"])], actor="a")
+    imported = MemoryStore(clock=Clock())
+    imported.initialize_session("a")
+    report = imported.import_snapshot("a", Snapshot((
+        SnapshotVariable("base", "float", 0.5, dependencies=()),
+        SnapshotVariable("eff", "float", 0.5, dependencies=(SnapshotDependency("base"),)),
+    )), actor="a")
+    assert report.applied and report.dependencies_added == 1
+    assert native.session("a").graph.bytes > 0
+    assert imported.session("a").graph.bytes == native.session("a").graph.bytes
+    imported.check_accounts()
