@@ -668,31 +668,31 @@ class WatchHub:
             if not any(a.wire for a in pending.actors):
                 del self._pending[request_id]  # all its observers left meanwhile
         asked = {id(a) for p in self._pending.values() for a in p.actors}
-        acked = [
-            a for a in self._actors()
-            if a.wire and id(a) not in asked and self.by_id.get(a.id) is a
-        ]
-        resume = [a for a in acked if a.live or any(att.baseline for att in a.attached)]
-        # Acked, but the initial value never came: the break fell between the ack and the
-        # snapshot, or between the parts of a split one. Each resumes from its ack with
-        # the current value asked for too, so a change or a delete meanwhile arrives as
-        # it would for the others; one request each, so one deleted variable cannot fail
-        # another's.
-        fresh = [a for a in acked if not (a.live or any(att.baseline for att in a.attached))]
+        unanswered = list(self._pending.items())
+        # Every actor in by_id is keyed by its own id (learn() is the only writer), so
+        # these are the wired actors whose subscribe the server answered.
+        resume: list[VariableActor] = []
+        fresh: list[VariableActor] = []
+        for actor in self.by_id.values():
+            if actor.wire and id(actor) not in asked:
+                has_value = actor.live or any(att.baseline for att in actor.attached)
+                (resume if has_value else fresh).append(actor)
+        # ``fresh``: acked, but the initial value never came (the break fell between the
+        # ack and the snapshot, or between the parts of a split one). Each resumes from
+        # its ack with the current value asked for too, so a change or a delete meanwhile
+        # arrives as it would for the others; one request each, so one deleted variable
+        # cannot fail another's.
         batches = [(resume, False, max(self.revision, 1))] if resume else []
         batches += [([a], True, max(a.acked_revision, 1)) for a in fresh]
-        sent = []
         for actors, initial, since in batches:
             request_id = next(self._requests)
             pending = self._pending[request_id] = _PendingSubscribe(
                 actors, [a.id for a in actors], include_initial=initial,
                 from_revision=since,
             )
-            sent.append(pending)
             await stream.send(pending.message(request_id))
-        for request_id, pending in list(self._pending.items()):
-            if all(pending is not done for done in sent):
-                await stream.send(pending.message(request_id))
+        for request_id, pending in unanswered:
+            await stream.send(pending.message(request_id))
         for nonce in list(self._pongs):
             await stream.send(spb.ClientMessage(ping=spb.Ping(nonce=nonce)))
 

@@ -131,24 +131,15 @@ def _import_result(response: pb.ImportVariablesResponse) -> dict[str, Any]:
     }
 
 
-def _check_expected(name: str, expected: int | None) -> int:
-    if expected is None:
+def _check_positive(name: str, field: str, value: int | None) -> int:
+    # An optional wire integer that must be >= 1 when given (0 on the wire: not given).
+    if value is None:
         return 0
-    if not isinstance(expected, int) or isinstance(expected, bool) or expected < 1:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InvalidValueError(
-            f"variable {name!r}: expected_version must be an integer >= 1, got {expected!r}"
+            f"variable {name!r}: {field} must be an integer >= 1, got {value!r}"
         )
-    return expected
-
-
-def _check_token(name: str, token: int | None) -> int:
-    if token is None:
-        return 0
-    if not isinstance(token, int) or isinstance(token, bool) or token < 1:
-        raise InvalidValueError(
-            f"variable {name!r}: fencing_token must be an integer >= 1, got {token!r}"
-        )
-    return token
+    return value
 
 
 def _is_initial(update: VariableUpdate) -> bool:
@@ -441,15 +432,13 @@ class SessionContext:
                 self._target, options, timeout=self.timeout, credentials=credentials
             )
             await self._transport.open()
-            response = await self._call(
-                "InitializeSession",
+            response = await self._attach(
                 pb.InitializeSessionRequest(
                     session_id=self._requested_session_id or "",
                     metadata=_encode_metadata("session", self._metadata),
                     ttl_seconds=self.ttl_seconds,
                     client_name=self.client_name,
-                ),
-                pb.InitializeSessionResponse,
+                )
             )
         except BaseException:
             await self._teardown()
@@ -500,6 +489,8 @@ class SessionContext:
         while True:
             await trio.sleep(interval)
             await self._detach_stray()
+            if self.lost:
+                continue  # nothing of this session to keep alive; said once already
             try:
                 await self._call(
                     "Heartbeat",
@@ -532,15 +523,21 @@ class SessionContext:
             except (DspexError, grpc.RpcError, RuntimeError) as exc:
                 log.warning("heartbeat_failed", session_id=self._session_id, error=str(exc))
 
+    async def _attach(self, request: pb.InitializeSessionRequest) -> pb.InitializeSessionResponse:
+        # Creating or (re)attaching: the token, and for an id in a reserved namespace the
+        # principal's key.
+        return await self._call(
+            "InitializeSession", request, pb.InitializeSessionResponse,
+            metadata=token_metadata(self._token) + principal_metadata(self._principal_key),
+        )
+
     async def _reattach(self) -> None:
-        response = await self._call(
-            "InitializeSession",
+        response = await self._attach(
             pb.InitializeSessionRequest(
                 session_id=self.session_id,
                 ttl_seconds=self.ttl_seconds,
                 client_name=self.client_name,
-            ),
-            pb.InitializeSessionResponse,
+            )
         )
         if response.created or response.incarnation != self._incarnation:
             # Not our session: it had gone, and this call made an empty one of the same
@@ -587,7 +584,7 @@ class SessionContext:
                 "CloseSession",
                 pb.CloseSessionRequest(session_id=self.session_id, client_id=client_id),
                 pb.CloseSessionResponse,
-                token=token,
+                metadata=token_metadata(token or self._token),
             )
         except SessionNotFoundError:
             pass  # that session (or our lease on it) has gone already
@@ -658,17 +655,15 @@ class SessionContext:
         request: Message,
         response_type: type[M],
         timeout: float | None = None,
-        token: str | None = None,
+        metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> M:
-        # Every call presents the session's token (``token`` overrides it); a session
-        # (re)created in a reserved namespace also needs the principal's key.
+        # Every call presents the session's token unless given other ``metadata``.
         if self._transport is None:
             raise RuntimeError("the session is closed")
         if self.lost and method != "CloseSession":
             raise self._lost_error()
-        metadata = token_metadata(token or self._token)
-        if method == "InitializeSession":
-            metadata += principal_metadata(self._principal_key)
+        if metadata is None:
+            metadata = token_metadata(self._token)
         try:
             response: M = await self._transport.unary(
                 f"/{SERVICE_NAME}/{method}", request, response_type, timeout,
@@ -1030,9 +1025,9 @@ class SessionContext:
             value=_encode_value(name, value),
             metadata=_encode_metadata(name, metadata),
             create_if_missing=create_if_missing,
-            expected_version=_check_expected(name, expected_version),
+            expected_version=_check_positive(name, "expected_version", expected_version),
             source=source or "",
-            fencing_token=_check_token(name, fencing_token),
+            fencing_token=_check_positive(name, "fencing_token", fencing_token),
         )
         if type_hint is not None:
             try:
@@ -1096,7 +1091,7 @@ class SessionContext:
         for name, value in updates.items():
             try:
                 wire_value = _encode_value(name, value)
-                expected = _check_expected(name, expected_versions.get(name))
+                expected = _check_positive(name, "expected_version", expected_versions.get(name))
             except DspexError as exc:
                 local_errors[name] = str(exc)
                 continue

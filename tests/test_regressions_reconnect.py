@@ -351,12 +351,12 @@ async def test_a_failed_reattach_does_not_kill_the_session_services(
         blips = [True]
 
         async def call(
-            method: str, request: Any, response_type: Any, timeout: float | None = None
+            method: str, request: Any, response_type: Any, *args: Any, **kwargs: Any
         ) -> Any:
             if method == "InitializeSession" and blips:
                 blips.pop()
                 raise unavailable()
-            return await real_call(method, request, response_type, timeout)
+            return await real_call(method, request, response_type, *args, **kwargs)
 
         a._call = call  # type: ignore[method-assign]
         sid, old = a.session_id, a._client_id
