@@ -777,13 +777,12 @@ class MemoryStore:
         # check_rules is the shape; here, whether each rule names who the owner means, and
         # each exact unreserved id bound to its claim (a rule from an export must find the
         # claim it was written for).
+        if not self.identity_checked:
+            return tuple(dataclasses.replace(rule, claim=0) for rule in clean)
         out = []
         for index, rule in enumerate(clean):
             pattern = rule.session_pattern
             where = f"variable {name!r}: access rule {index}: session_pattern {pattern!r}"
-            if not self.identity_checked:
-                out.append(dataclasses.replace(rule, claim=0))
-                continue
             if pattern == ANY_SESSION or self.principals.covers(pattern):
                 if rule.claim:
                     # Bound to an ordinary id's claim where it was written (another
@@ -896,10 +895,17 @@ class MemoryStore:
     ) -> None:
         # Its leases on other sessions' variables (held under the optimize permission)
         # end too; they live in the owner session.
+        self._end_held_leases(session.id, state, reason, client_id)
+
+    def _end_held_leases(
+        self, holder: str, state: str, reason: str, client_id: str | None = None
+    ) -> None:
+        # End the running leases session ``holder`` holds (those of one of its clients,
+        # with ``client_id``) on the variables of every live session.
         for owner in list(self._sessions.values()):
             for lease in [lease for lease in owner.running.values()
-                          if lease.holder_client == client_id
-                          and lease.holder_session == session.id]:
+                          if lease.holder_session == holder
+                          and (client_id is None or lease.holder_client == client_id)]:
                 self._end_lease(owner, lease, state, reason)
 
     def _remove(self, session: Session) -> None:
@@ -910,11 +916,7 @@ class MemoryStore:
         self.pinned_bytes -= session.pinned
         for var_id in session.variables:
             self._owners.pop(var_id, None)
-        for owner in list(self._sessions.values()):
-            for lease in [lease for lease in owner.running.values()
-                          if lease.holder_session == session.id]:
-                self._end_lease(owner, lease, "failed",
-                                f"its holder session {session.id} went away")
+        self._end_held_leases(session.id, "failed", f"its holder session {session.id} went away")
         for listener in list(session.listeners):
             self._notify(listener, None)
         session.listeners.clear()
@@ -1045,17 +1047,20 @@ class MemoryStore:
 
     def _rights(self, caller_id: str, owner: Session, var_id: str) -> set[str]:
         # What a non-owner may do: the union of the matching rules whose time holds.
-        rules = owner.rules.get(var_id)
-        if not rules:
-            return set()
-        now = self._clock()
         caller = self._sessions.get(caller_id)
         claim = caller.claim if caller is not None else 0
-        granted: set[str] = set()
-        for rule in rules:
-            if rule.matches(caller_id, claim) and rule.active(now):
-                granted.update(rule.permissions)
-        return granted
+        return {p for r in self._live_rules(caller_id, claim, owner, var_id)
+                for p in r.permissions}
+
+    def _live_rules(
+        self, caller_id: str, claim: int, owner: Session, var_id: str
+    ) -> list[AccessRule]:
+        # The rules of ``owner``'s variable that name this caller and hold now.
+        rules = owner.rules.get(var_id)
+        if not rules:
+            return []
+        now = self._clock()
+        return [r for r in rules if r.matches(caller_id, claim) and r.active(now)]
 
     def _locate(
         self, caller: Session, ref: str, need: str, value: Any = None, check_value: bool = False
@@ -1080,7 +1085,9 @@ class MemoryStore:
             return caller, record
         owner_id = self._owners.get(ref)
         owner = self._sessions.get(owner_id) if owner_id else None
-        granted = self._rights(caller.id, owner, ref) if owner is not None else set()
+        # One reading of the rules (and the clock) serves the rights and the write bounds.
+        live = self._live_rules(caller.id, caller.claim, owner, ref) if owner is not None else []
+        granted = {p for r in live for p in r.permissions}
         if owner is None or owner is caller or not granted:
             raise VariableNotFoundError(f"no variable {_show(ref)} in session {caller.id!r}")
         record = owner.variables[ref]
@@ -1098,9 +1105,7 @@ class MemoryStore:
                 variable=ref, permission=need,
             )
         if check_value and need == "write":
-            now = self._clock()
-            rules = [r for r in owner.rules.get(ref, ()) if "write" in r.permissions
-                     and r.matches(caller.id, caller.claim) and r.active(now)]
+            rules = [r for r in live if "write" in r.permissions]
             if not any(r.allows_value(value) for r in rules):
                 bounds = "; ".join(
                     f"{r.conditions.get('min_value', '-inf')}.."
@@ -1150,7 +1155,8 @@ class MemoryStore:
         """
         owner = self._sessions.get(self._owners.get(var_id, ""))
         rules = owner.rules.get(var_id, ()) if owner is not None else ()
-        return any(r.matches(session_id, self.claim_of(session_id))
+        claim = self.claim_of(session_id)
+        return any(r.matches(session_id, claim)
                    and any(k in r.conditions for k in TIME_CONDITIONS)
                    for r in rules)
 
@@ -1272,7 +1278,8 @@ class MemoryStore:
             old = session.variables.get(record.id)
             session.variables[record.id] = record
             session.names[record.name] = record.id
-            self._owners[record.id] = session.id
+            if old is None:
+                self._owners[record.id] = session.id  # an owner never changes
             if restored and record.id in restored:
                 self._seed_history(session, record.id, restored[record.id], revision)
             self._remember(session, record, meta, metadata_size)
