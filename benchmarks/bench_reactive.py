@@ -57,7 +57,7 @@ from _common import (
 import dspex_rx
 from dspex_rx.actors import VariableUpdate
 from dspex_rx.security import token_metadata
-from dspex_rx.server import GRPC_OPTIONS, SERVICE_NAME
+from dspex_rx.server import SERVICE_NAME, grpc_options
 from dspex_rx.transport import Transport
 from dspex_rx.v1 import session_pb2 as spb
 
@@ -330,7 +330,7 @@ async def burst_raw(
     calls: int,
     concurrency: int,
 ) -> tuple[float, float]:
-    transport = Transport(target, GRPC_OPTIONS)
+    transport = Transport(target, grpc_options())
     await transport.open()
     try:
         stream = await transport.open_stream(

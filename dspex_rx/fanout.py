@@ -77,7 +77,6 @@ class Subscriber:
         self._may_read = may_read or (lambda _: False)
         self._listen = listen
         self._revision = revision
-        self.revoked = 0
         self.max_pending_events = max_pending_events
         self.max_watched = max_watched
         self.conflations = 0
@@ -219,7 +218,6 @@ class Subscriber:
         if events:
             self.push_frame(PendingFrame(commit.revision, events))
         if denied:
-            self.revoked += len(denied)
             self.push_frame(PendingFrame(commit.revision, [
                 ChangeEvent(r, None, "revoked",
                             {"reason": f"session {self.session_id!r} may no longer observe "
@@ -247,8 +245,8 @@ class Subscriber:
                 continue
             if event.update_type == "dependency_changed" and event.sources:
                 names = event.metadata.get("source_variables") or []
-                kept = [n for i, n in zip(event.sources, names, strict=False)
-                        if self._may_read(i)]
+                readable = [self._may_read(i) for i in event.sources]  # one rule check each
+                kept = [n for ok, n in zip(readable, names, strict=False) if ok]
                 if len(kept) != len(event.sources):
                     note = {k: v for k, v in event.metadata.items()
                             if k not in ("source_variable", "source_variables")}
@@ -257,7 +255,8 @@ class Subscriber:
                         note["source_variable"] = kept[0]
                     event = ChangeEvent(event.record, event.old_value, event.update_type,
                                         note, event.source,
-                                        tuple(i for i in event.sources if self._may_read(i)))
+                                        tuple(i for ok, i in zip(readable, event.sources,
+                                                                 strict=True) if ok))
             out.append(event)
         return out
 

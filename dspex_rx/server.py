@@ -7,7 +7,6 @@ the limits it enforces are the wire's own (``limits.Limits``): the message size 
 refuses a larger request with RESOURCE_EXHAUSTED, and no answer it builds may be larger),
 requests protobuf cannot parse (INVALID_ARGUMENT, not a crash), the variables one stream
 may watch, and error messages short enough to travel in a header.
-status codes with the error kind in trailing metadata. It never validates by itself.
 
 Who is calling: with ``auth="token"`` (the default) every call for a session, and the
 Session stream, must carry the session's token in the ``x-dspex-session-token`` call
@@ -100,7 +99,6 @@ def grpc_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, 
     ]
 
 
-GRPC_OPTIONS = grpc_options()
 # An error message travels in a response header (grpc-message), where gRPC allows 8-16 KiB
 # of metadata: a longer one (a megabyte ref quoted back) would arrive as a transport error
 # instead of the error itself.
@@ -311,6 +309,13 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: DspexError) -> None
     await context.abort(STATUS_BY_KIND[exc.kind], _clip(str(exc), MAX_ERROR_MESSAGE))
 
 
+async def _refuse(context: grpc.aio.ServicerContext, exc: DspexError, method: str) -> None:
+    # A refused call; one that failed authentication is logged (with its peer) too.
+    if isinstance(exc, AuthenticationError):
+        log.warning("unauthenticated", method=method, peer=context.peer(), error=str(exc))
+    await abort_with(context, exc)
+
+
 class Malformed:
     """What the safe deserializer hands a handler for bytes protobuf cannot parse (bad
     UTF-8 in a string field, a truncated or too deeply nested message): the handler
@@ -510,20 +515,12 @@ def _wrap(fn: Handler[Req, Resp], authenticate: bool) -> Handler[Req, Resp]:
             if authenticate:
                 self.authenticate(getattr(request, "session_id", ""), context)
             return await fn(self, request, context)
-        except AuthenticationError as exc:
-            log.warning("unauthenticated", method=fn.__name__, peer=context.peer(),
-                        error=str(exc))
-            context.set_trailing_metadata(((ERROR_KIND_KEY, exc.kind),))
-            await context.abort(STATUS_BY_KIND[exc.kind], _clip(str(exc), MAX_ERROR_MESSAGE))
         except DspexError as exc:
-            await abort_with(context, exc)
+            await _refuse(context, exc, fn.__name__)
         except (KeyError, ValueError, TypeError, PermissionError) as exc:
             # A builtin from deeper code is still the caller's bad input, not a crash.
             log.warning("request_error", method=fn.__name__, error=_clip(repr(exc), 500))
-            context.set_trailing_metadata(((ERROR_KIND_KEY, "invalid_value"),))
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, _clip(str(exc), MAX_ERROR_MESSAGE)
-            )
+            await abort_with(context, InvalidValueError(str(exc)))
         except Exception:
             log.exception("handler_failed", method=fn.__name__)
             context.set_trailing_metadata(((ERROR_KIND_KEY, "internal"),))
@@ -1325,10 +1322,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             )
             remove_listener = self.store.add_listener(session_id, subscriber.on_commit)
         except DspexError as exc:
-            if isinstance(exc, AuthenticationError):
-                log.warning("unauthenticated", method="Session", peer=context.peer(),
-                            error=str(exc))
-            await abort_with(context, exc)
+            await _refuse(context, exc, "Session")
             return
         self.subscribers.add(subscriber)
         log.info("stream_opened", session_id=session_id,
@@ -1452,12 +1446,15 @@ class VariablesService(pb_grpc.VariablesServicer):
             # The log of every session involved, merged by (store-wide) revision; if any
             # no longer reaches back, the whole request resyncs.
             commits = store.commits_since(session_id, request.from_revision)
+            merged = list(commits or ())
             for owner in owners:
                 more = store.commits_since(owner, request.from_revision)
                 if commits is None or more is None:
                     commits = None
                     break
-                commits = sorted([*commits, *more], key=lambda c: c.revision)
+                merged += more
+            if commits is not None and owners:
+                commits = sorted(merged, key=lambda c: c.revision)
         gone: dict[str, VariableRecord] = {}
         if missing and commits is not None:
             # Deleted since the watcher's last revision: it still gets the missed changes
@@ -1468,7 +1465,7 @@ class VariablesService(pb_grpc.VariablesServicer):
                 if commit.session_id not in (session_id, ""):
                     continue
                 for event in commit.events:
-                    if event.update_type == "deleted" and event.record.id in missing:
+                    if event.update_type == "deleted" and event.record.id in absent:
                         gone[event.record.id] = event.record
         missing = [ref for ref in missing if ref not in gone]
         if missing and not resuming:
@@ -1696,7 +1693,7 @@ class Server:
                     "principals were given to both the Server and its store; give them once"
                 )
             self.store.principals = principals
-        if self.store.principals and auth != "token":
+        elif self.store.principals and auth != "token":
             raise InvalidValueError("the store reserves principals, which need auth='token'")
         # Without token checks no id is anyone's, so rules need not name checked parties.
         self.store.identity_checked = auth == "token"
