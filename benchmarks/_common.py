@@ -33,6 +33,13 @@ SERVER_START_TIMEOUT = 20.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def require_positive(parser: Any, args: Any, *flags: str) -> None:
+    """``parser.error`` for the first of ``flags`` (argparse dest names) below 1."""
+    for flag in flags:
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+
+
 def emit(record: dict[str, Any]) -> None:
     """Print one figure as one JSON line on stdout."""
     print(json.dumps(record), flush=True)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from _common import emit, make_note, run_benchmark
+from _common import emit, make_note, require_positive, run_benchmark
 
 import dspex_rx
 
@@ -200,9 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup = 10, 2
-    for flag in ("variables", "repeats"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1")
+    require_positive(parser, args, "variables", "repeats")
     if args.warmup < 0:
         parser.error("--warmup must not be negative")
     return args

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _common import emit, environment, make_note
+from _common import emit, environment, make_note, require_positive
 
 from dspex_rx.optimizers import SearchSpace, make_optimizer
 
@@ -177,9 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds = 10
-    for flag in ("seeds", "evaluations", "budget"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1")
+    require_positive(parser, args, "seeds", "evaluations", "budget")
     if args.budget > args.evaluations:
         parser.error("--budget must not exceed --evaluations")
     if args.tolerance <= 0:

@@ -51,6 +51,7 @@ from _common import (
     emit,
     make_note,
     percentile,
+    require_positive,
     run_benchmark,
 )
 
@@ -676,10 +677,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.cached_reads, args.uncached_reads, args.latency_samples = 20_000, 300, 200
         args.burst_writes, args.burst_events, args.variables = 320, 6400, 1000
         args.warmup, args.repeats = 20, 1
-    for flag in ("cached_reads", "uncached_reads", "latency_samples", "concurrency",
-                 "variables", "repeats", "burst_vars"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    require_positive(parser, args, "cached_reads", "uncached_reads", "latency_samples",
+                     "concurrency", "variables", "repeats", "burst_vars")
     if args.burst_writes < args.concurrency:
         parser.error("--burst-writes must be at least --concurrency")
     if args.burst_events < args.burst_vars * args.concurrency:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import trio
-from _common import emit, make_note, run_benchmark
+from _common import emit, make_note, require_positive, run_benchmark
 from google.protobuf.message import Message
 
 import dspex_rx
@@ -256,9 +256,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.calls, args.repeats = 300, 1
         args.concurrent_calls = args.concurrent_calls or 640
-    for flag in ("calls", "concurrency", "repeats"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1")
+    require_positive(parser, args, "calls", "concurrency", "repeats")
     if args.concurrent_calls is None:
         args.concurrent_calls = 2 * args.calls
     # Every task makes the same number of calls.

@@ -432,7 +432,6 @@ class _Binding:
         self.target = target
         self.stand_in = stand_in
         self.active = True
-        self.applied = 0
         self.disposable: rx_abc.DisposableBase | None = None
 
     def apply(self, update: VariableUpdate) -> None:
@@ -444,7 +443,6 @@ class _Binding:
         if update.version <= self.stand_in:
             return
         self.target.stage(self.parameter.setting, update.value)
-        self.applied += 1
 
     def end(self, reason: str = "ended") -> None:
         if self.active:
@@ -615,7 +613,8 @@ class VariableAwareOptimizer:
         started = time.perf_counter()
         config = {"metric": "score" if scoring else "demos", "mode": "max",
                   "run_id": run_id, "optimizer": optimizer_name}
-        leased = [*dict.fromkeys(self.variable_mappings.values()), names["settings"]]
+        inputs = list(dict.fromkeys(self.variable_mappings.values()))
+        leased = [*inputs, names["settings"]]
         async with contextlib.AsyncExitStack() as stack:
             leases = {}
             for variable in leased:
@@ -628,7 +627,6 @@ class VariableAwareOptimizer:
             # Read under the leases, so the settings used are the settings recorded (nobody
             # can change them until the run ends), and from the server, not the cache: an
             # unwatched entry may predate another connection's write just before the lease.
-            inputs = list(dict.fromkeys(self.variable_mappings.values()))
             read = await session.get_variables(inputs, include_metadata=True) if inputs else {}
             current = {name: entry["value"] for name, entry in read.items()}
             values = {key: current[var] for key, var in self.variable_mappings.items()}
