@@ -427,7 +427,11 @@ class OptimizationRun:
                 # Renewed for the whole run, not only while evaluating: a slow callback or
                 # optimizer must not lose a live holder its lease. A revocation noticed
                 # by the renewal ends the loop at once.
-                nursery.start_soon(self._keep_alive, nursery.cancel_scope)
+                def on_revoked() -> None:
+                    self._revoked = _Revoked(self.lease.revoked or "the lease was revoked")
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(self.lease.keep_alive, on_revoked)
                 state, reason = await self._loop()
                 nursery.cancel_scope.cancel()
             if self._revoked is not None:
@@ -527,19 +531,6 @@ class OptimizationRun:
         if inspect.isawaitable(result):
             result = await result
         return result
-
-    async def _keep_alive(self, scope: trio.CancelScope) -> None:
-        while True:
-            await trio.sleep(self.ttl / 3.0)
-            try:
-                await self._step(None, None, 0)
-            except _Revoked as revoked:
-                self._revoked = revoked
-                scope.cancel()
-                return
-            except (DspexError, grpc.RpcError) as exc:
-                log.warning("optimization_renew_failed", variable=self.variable,
-                            error=str(exc))
 
     async def _call_back(self, iteration: int, value: Any, metrics: dict[str, Any]) -> Any:
         assert self.callback is not None

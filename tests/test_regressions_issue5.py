@@ -183,15 +183,16 @@ async def test_a_holder_busy_in_its_callback_keeps_its_lease(
         "t", "random", {"seed": 1}, max_iterations=3, objective=gate, callback=callback
     )
     run = a._runs[opt_id]
-    real_step = run._step
+    real_step = run.lease.step
     renewed = [trio.Event()]
 
-    async def step(evaluation: Any, value: Any, iteration: int) -> None:
-        await real_step(evaluation, value, iteration)
+    async def step(evaluation: Any, value: Any, iteration: int) -> Any:
+        answer = await real_step(evaluation, value, iteration)
         if evaluation is None and iteration == 0:
             renewed[-1].set()
+        return answer
 
-    run._step = step  # type: ignore[method-assign]
+    run.lease.step = step  # type: ignore[method-assign]
     assert run.ttl == 3.0
 
     # While evaluating, 4 s of server time pass (more than the 3 s TTL): renewed each second.
