@@ -486,6 +486,14 @@ def _random_id() -> int:
     return secrets.randbits(62) + 1
 
 
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidValueError(
+            f"variable name {_show(name)} is not valid (letters, digits, _ . - /; up to "
+            "256 characters, not starting with a digit)"
+        )
+
+
 def _show(text: Any, limit: int = 80) -> str:
     # A user-supplied string as error messages quote it: repr, cut to ``limit`` characters
     # (a megabyte ref must not come back as a megabyte message).
@@ -688,9 +696,7 @@ class MemoryStore:
                 )
         else:
             session_id = "sess_" + secrets.token_hex(8)
-        if not isinstance(client_name, str):
-            raise VariableTypeError("client name must be a string")
-        check_length("client name", client_name, "max_string_length", limits.max_string_length)
+        self._check_reason("client name", client_name)
         client = ClientLease(client_name, ttl, now)
         session = self._sessions.get(session_id)
         if session is None:
@@ -1575,34 +1581,37 @@ class MemoryStore:
             (self.used_bytes, self.pinned_bytes), (used, pinned)
         )
 
+    def _declared(
+        self, name: str, type_: Any, raw_constraints: Any
+    ) -> tuple[str, dict[str, Any], int]:
+        # A new variable's type and constraints, checked, and the bytes charged once for
+        # it so far (the item, its constraints).
+        type_name = normalize_type(type_)
+        fixed = ITEM_OVERHEAD
+        if raw_constraints is not None:
+            if not isinstance(raw_constraints, Mapping):
+                raise VariableTypeError(f"variable {name!r}: constraints must be a dict")
+            fixed += measure_map(raw_constraints, self.limits, f"variable {name!r}: constraints")
+        constraints = check_constraints(
+            name, type_name, raw_constraints, max_pattern_length=self.limits.max_pattern_length
+        )
+        return type_name, constraints, fixed
+
     def _prepare_new(
         self, session: Session, spec: VariableSpec, actor: str, taken: set[str]
     ) -> tuple[VariableRecord, int]:
         # The record to register and the bytes charged once for it (constraints,
         # description); every limit checked, nothing changed.
         name = spec.name
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            raise InvalidValueError(
-                f"variable name {_show(name)} is not valid (letters, digits, _ . - /; up to "
-                "256 characters, not starting with a digit)"
-            )
+        _check_name(name)
         if name in session.names or name in taken:
             raise AlreadyExistsError(f"variable {name!r} already exists in session {session.id!r}")
         if name in session.variables:
             raise AlreadyExistsError(
                 f"variable name {name!r} already exists as the id of another variable"
             )
-        limits = self.limits
         _check_not_id_shaped(name)
-        type_name = normalize_type(spec.type)
-        fixed = ITEM_OVERHEAD
-        if spec.constraints is not None:
-            if not isinstance(spec.constraints, Mapping):
-                raise VariableTypeError(f"variable {name!r}: constraints must be a dict")
-            fixed += measure_map(spec.constraints, limits, f"variable {name!r}: constraints")
-        constraints = check_constraints(
-            name, type_name, spec.constraints, max_pattern_length=limits.max_pattern_length
-        )
+        type_name, constraints, fixed = self._declared(name, spec.type, spec.constraints)
         value, value_size = self._validated(name, type_name, spec.initial_value, constraints)
         metadata, metadata_size = self._clean_metadata(
             name, spec.metadata, f"variable {name!r}: metadata"
@@ -1873,10 +1882,7 @@ class MemoryStore:
         """
         caller = self.session(session_id)
         if source is not None:
-            if not isinstance(source, str):
-                raise VariableTypeError("a write's source must be a string")
-            check_length("a write's source", source, "max_string_length",
-                         self.limits.max_string_length)
+            self._check_reason("a write's source", source)
         try:
             session, record = self._locate(caller, ref, "write", value, check_value=True)
         except VariableNotFoundError:
@@ -3003,23 +3009,11 @@ class MemoryStore:
         dry_run: bool,
     ) -> _ImportPlan:
         name = entry.name
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            raise InvalidValueError(
-                f"variable name {_show(name)} is not valid (letters, digits, _ . - /; up to "
-                "256 characters, not starting with a digit)"
-            )
+        _check_name(name)
         if name in seen:
             raise InvalidValueError(f"variable {name!r} appears more than once in the import")
         limits = self.limits
-        type_name = normalize_type(entry.type)
-        fixed = ITEM_OVERHEAD
-        if entry.constraints is not None:
-            if not isinstance(entry.constraints, Mapping):
-                raise VariableTypeError(f"variable {name!r}: constraints must be a dict")
-            fixed += measure_map(entry.constraints, limits, f"variable {name!r}: constraints")
-        constraints = check_constraints(
-            name, type_name, entry.constraints, max_pattern_length=limits.max_pattern_length
-        )
+        type_name, constraints, fixed = self._declared(name, entry.type, entry.constraints)
         value = self._stored(name, type_name, entry.value, constraints)
         metadata, metadata_size = self._clean_metadata(
             name, _plain_dict(entry.metadata), f"variable {name!r}: metadata"
