@@ -413,10 +413,9 @@ class Session:
     running: dict[str, OptimizationLease] = field(default_factory=dict)
     # Listeners of other sessions' streams (not counted against this session's limit).
     foreign_listeners: int = 0
-    # Recent leases of each variable (oldest first) and recent leases by id, so a run's
+    # Recent leases of each variable (oldest first, at most RECENT_LEASES), so a run's
     # own status can be told after others started, and a resync can tell how runs ended.
     recent_leases: dict[str, deque[OptimizationLease]] = field(default_factory=dict)
-    lease_by_id: dict[str, OptimizationLease] = field(default_factory=dict)
     evaluations: dict[str, deque[OptimizationEntry]] = field(default_factory=dict)
     # Per variable, the bytes charged once for it: constraints, description, overhead.
     fixed: dict[str, int] = field(default_factory=dict)
@@ -1340,7 +1339,6 @@ class MemoryStore:
                 self._forget_history(session, entries, revision)
             session.leases.pop(record.id, None)
             for ended in session.recent_leases.pop(record.id, ()):
-                session.lease_by_id.pop(ended.id, None)
                 self._charge(session, "other_bytes", -ended.size)
             evaluations = session.evaluations.pop(record.id, None)
             if evaluations:
@@ -2497,10 +2495,9 @@ class MemoryStore:
         if recent is None:
             recent = session.recent_leases[record.id] = deque()
         if len(recent) >= RECENT_LEASES:
-            session.lease_by_id.pop(recent.popleft().id, None)
+            recent.popleft()
         recent.append(lease)
         self._charge(session, "other_bytes", lease.size - replaced)
-        session.lease_by_id[lease.id] = lease
         log.info("optimization_started", session_id=session.id, optimization_id=lease.id,
                  variable=record.name, optimizer=optimizer_type, client_id=client_id)
         revision = self._commit(session, (), source=actor or lease.id, notes=[lease])[1]
@@ -2795,8 +2792,9 @@ class MemoryStore:
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "read")
         self._expire_leases(session)
-        lease = session.lease_by_id.get(optimization_id)
-        if lease is None or lease.variable_id != record.id:
+        lease = next((kept for kept in session.recent_leases.get(record.id, ())
+                      if kept.id == optimization_id), None)
+        if lease is None:
             raise VariableNotFoundError(
                 f"no optimization {optimization_id!r} of variable {record.name!r} is kept "
                 f"(the last {RECENT_LEASES} runs of a variable are)"
