@@ -631,6 +631,11 @@ class VariablesService(pb_grpc.VariablesServicer):
         status_to_pb(record, lease, response.status)
         return response
 
+    def _name_seen_by(self, session_id: str, record: VariableRecord) -> str:
+        # Names are per session: another session's variable goes by its id (one deleted,
+        # whose owner is unknown now, was the caller's own).
+        return record.name if self.store.owner_of(record.id) in (session_id, None) else record.id
+
     def _variable(self, session_id: str, record: VariableRecord, out: pb.Variable) -> pb.Variable:
         # A record as this caller sees it: its owner, and its rules for the owner only.
         record_to_pb(record, out)
@@ -854,9 +859,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             record = outcome.record
             if record is not None:
                 result.variable_id = record.id
-                # Names are per session: another session's variable goes by its id.
-                owner = self.store.owner_of(record.id)
-                result.name = record.name if owner in (session_id, None) else record.id
+                result.name = self._name_seen_by(session_id, record)
                 result.version = record.version
                 result.mod_revision = record.mod_revision
                 if not same_value(sent, record.value):
@@ -1477,12 +1480,7 @@ class VariablesService(pb_grpc.VariablesServicer):
         known.update(gone)
         answered = [r for r in request.refs if r in known]
         ids = [known[ref].id for ref in answered]
-        # Names are per session: another session's variable is known here by its id.
-        names = [
-            known[ref].name if store.owner_of(known[ref].id) in (session_id, None)
-            else known[ref].id
-            for ref in answered
-        ]
+        names = [self._name_seen_by(session_id, known[ref]) for ref in answered]
         foreign = {r.id for rs in owners.values() for r in rs}
         subscriber.watch(r.id for r in found if r.id not in foreign)
         for owner, records in owners.items():
@@ -1498,20 +1496,28 @@ class VariablesService(pb_grpc.VariablesServicer):
                 revision=revision,
             )
         )
+
+        def resync(records: list[VariableRecord], own: list[VariableRecord] | None) -> None:
+            # Current values instead of a replay, then how the optimization runs since
+            # went: of ``own`` (this session's) and of the other sessions' ``records``.
+            subscriber.push_frame(
+                PendingFrame(revision, [_current(r) for r in records], "resync")
+            )
+            ids = {r.id for r in records}
+            statuses = (
+                store.status_events(session_id, own, request.from_revision)
+                if own is not None else []
+            )
+            for owner, owned in owners.items():
+                statuses += subscriber.redact(store.status_events(
+                    owner, [r for r in owned if r.id in ids], request.from_revision
+                ))
+            if statuses:
+                subscriber.push_frame(PendingFrame(revision, statuses))
+
         if resuming:
             if commits is None:
-                subscriber.push_frame(
-                    PendingFrame(revision, [_current(r) for r in found], "resync")
-                )
-                statuses = store.status_events(
-                    session_id, [r for r in found if r.id not in foreign], request.from_revision
-                )
-                for owner, records in owners.items():
-                    statuses += subscriber.redact(
-                        store.status_events(owner, records, request.from_revision)
-                    )
-                if statuses:
-                    subscriber.push_frame(PendingFrame(revision, statuses))
+                resync(found, [r for r in found if r.id not in foreign])
                 return
             # Another session's variable whose rights may have changed within the range
             # (a permissions commit, or a rule with a time condition) is resynced, current
@@ -1527,17 +1533,7 @@ class VariablesService(pb_grpc.VariablesServicer):
                 if events:
                     subscriber.push_frame(PendingFrame(commit.revision, events))
             if changed:
-                records = [r for r in found if r.id in changed]
-                subscriber.push_frame(
-                    PendingFrame(revision, [_current(r) for r in records], "resync")
-                )
-                statuses = []
-                for owner, owned in owners.items():
-                    statuses += subscriber.redact(store.status_events(
-                        owner, [r for r in owned if r.id in changed], request.from_revision
-                    ))
-                if statuses:
-                    subscriber.push_frame(PendingFrame(revision, statuses))
+                resync([r for r in found if r.id in changed], None)
             if request.include_initial:
                 # A resume that also asks for the current values (a client whose break
                 # fell before a subscription's initial value): after the replay, so a
