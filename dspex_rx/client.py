@@ -70,6 +70,7 @@ from .watch import Watch, debounce_settled
 log = get_logger("dspex_rx.client")
 
 M = TypeVar("M", bound=Message)
+Held = TypeVar("Held")
 _MISSING: Any = object()
 
 
@@ -1886,20 +1887,13 @@ class SessionContext:
         optimizer_class = self._optimizers.get(optimizer_type) or get_optimizer(optimizer_type)
         # Built before the lease is taken: a bad config fails with nothing changed.
         optimizer = optimizer_class(space, config, seed=seed, max_iterations=max_iterations)
-        response = await self._start_lease(
-            variable, optimizer_type, config, max_iterations, lease_ttl, mode
+        return await self._start_lease(
+            variable, optimizer_type, config, max_iterations, lease_ttl, mode,
+            lambda response: self._launch(
+                variable, response, optimizer, space, objective_fn, callback, metric, mode,
+                max_iterations, float(convergence_threshold),
+            ),
         )
-        try:
-            await trio.lowlevel.checkpoint()  # a cancel that came during the start lands here
-            return self._launch(variable, response, optimizer, space, objective_fn, callback,
-                                metric, mode, max_iterations, float(convergence_threshold))
-        except BaseException:
-            # The lease is granted but no run holds it: give it back now rather than leave
-            # the variable locked until the TTL. (A session that closed meanwhile has
-            # released it already: the server ends a closing client's leases.)
-            with trio.CancelScope(shield=True):
-                await self._release(variable, response.status.optimization_id)
-            raise
 
     def _launch(
         self, variable: str, response: pb.StartOptimizationResponse, optimizer: BaseOptimizer,
@@ -1907,8 +1901,7 @@ class SessionContext:
         callback: Callable[[int, Any, dict[str, Any]], Any] | None, metric: str | None,
         mode: str, max_iterations: int, convergence_threshold: float,
     ) -> str:
-        if self._nursery is None:
-            raise RuntimeError("the session is closed")
+        assert self._nursery is not None  # _start_lease checked it
         run = OptimizationRun(
             session=self, variable=variable, optimization_id=response.status.optimization_id,
             token=response.fencing_token, optimizer=optimizer, space=space,
@@ -1953,20 +1946,15 @@ class SessionContext:
         mode, metric = check_mode(variable, config), check_metric(variable, config)
         if self._nursery is None:
             raise RuntimeError("the session is not initialized; call await session.initialize()")
-        response = await self._start_lease(
-            variable, optimizer_type, config, max_iterations, lease_ttl, mode
+        lease = await self._start_lease(
+            variable, optimizer_type, config, max_iterations, lease_ttl, mode,
+            lambda response: HeldLease(
+                self, variable, response.status.optimization_id, response.fencing_token,
+                response.status.ttl_seconds, metric, mode,
+            ),
         )
-        lease = HeldLease(self, variable, response.status.optimization_id,
-                          response.fencing_token, response.status.ttl_seconds, metric, mode)
         started = time.perf_counter()
-        try:
-            await trio.lowlevel.checkpoint()  # a cancel that came during the start lands here
-            if self._nursery is None:
-                raise RuntimeError("the session is closed")
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._release(variable, lease.optimization_id)
-            raise
+        assert self._nursery is not None  # _start_lease checked it
         self._nursery.start_soon(lease.keep_alive, name=f"dspex-rx-lease[{variable}]")
         try:
             yield lease
@@ -1990,14 +1978,24 @@ class SessionContext:
                     log.info("optimization_lease_revoked", variable=variable, reason=str(again))
         finally:
             lease.stop_renewing()
-            actor = self._hub.known(variable) if self._hub is not None else None
-            if actor is not None:
-                actor.stats.optimization_time += time.perf_counter() - started
+            self._add_optimization_time(variable, time.perf_counter() - started)
+
+    def _add_optimization_time(self, variable: str, seconds: float) -> None:
+        # The variable's actor keeps how long this client spent optimizing it.
+        actor = self._hub.known(variable) if self._hub is not None else None
+        if actor is not None:
+            actor.stats.optimization_time += seconds
 
     async def _start_lease(
         self, variable: str, optimizer_type: str, config: Mapping[str, Any],
         max_iterations: int, lease_ttl: float | None, mode: str,
-    ) -> pb.StartOptimizationResponse:
+        then: Callable[[pb.StartOptimizationResponse], Held],
+    ) -> Held:
+        # Take the lease, then hand it to ``then`` (which starts whatever holds it). If
+        # that does not happen (a cancel, a closed session, an error), the lease is
+        # given back at once rather than leaving the variable locked until the TTL. (A
+        # session that closed meanwhile has released it already: the server ends a
+        # closing client's leases.)
         request = pb.StartOptimizationRequest(
             session_id=self.session_id, ref=variable, optimizer_type=optimizer_type,
             config=_encode_metadata(variable, config), max_iterations=max_iterations,
@@ -2010,7 +2008,15 @@ class SessionContext:
             response = await self._call(
                 "StartOptimization", request, pb.StartOptimizationResponse
             )
-        return response
+        try:
+            await trio.lowlevel.checkpoint()  # a cancel that came during the start lands here
+            if self._nursery is None:
+                raise RuntimeError("the session is closed")
+            return then(response)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._release(variable, response.status.optimization_id)
+            raise
 
     async def _release(self, variable: str, optimization_id: str) -> None:
         if self._transport is None:

@@ -462,10 +462,7 @@ class OptimizationRun:
                         self._pending, "failed", "cancelled: the holder's session closed"
                     )
             self.elapsed = time.perf_counter() - started
-            hub = self.session._hub
-            actor = hub.known(self.variable) if hub is not None else None
-            if actor is not None:
-                actor.stats.optimization_time += self.elapsed
+            self.session._add_optimization_time(self.variable, self.elapsed)
             self.finished.set()
 
     async def _loop(self) -> tuple[str, str]:
