@@ -2959,12 +2959,13 @@ class MemoryStore:
             ]
             return ImportReport(outcomes, session.revision, False, dry_run, 0)
         ready = [p for p in plans if p is not None]
-        self._check_import_room(session, snapshot, strategy, ready, new_edges)
+        note = _import_note(snapshot, strategy)  # the metadata every write carries
+        note_size = self._check_import_room(session, note, ready, new_edges)
         if dry_run:
             outcomes = [ImportOutcome(p.name, p.action, p.message, version=p.version)
                         for p in ready]
             return ImportReport(outcomes, session.revision, False, True, len(new_edges))
-        return self._apply_import(session, snapshot, strategy, ready, new_edges, actor)
+        return self._apply_import(session, note, note_size, strategy, ready, new_edges, actor)
 
     def _stored(
         self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
@@ -2979,24 +2980,24 @@ class MemoryStore:
     def _check_import_room(
         self,
         session: Session,
-        snapshot: Snapshot,
-        strategy: str,
+        note: dict[str, Any],
         plans: Sequence[_ImportPlan],
         edges: Sequence[Edge],
-    ) -> None:
+    ) -> int:
         # The limits of what an applied import stores, checked before anything changes
         # (a dry run reports the refusal too): one answer must echo it, and the pinned
         # bytes (current values, per-variable costs, rules, edges) must fit the budgets.
+        # Returns the size of the metadata every write carries.
         writes = [p for p in plans if p.action in ("create", "replace", "merge")]
         self._check_batch_bytes(sum(p.size for p in writes), len(writes), "the import")
-        note_size = measure_map(_import_note(snapshot, strategy), self.limits,
-                                "the import's metadata")
+        note_size = measure_map(note, self.limits, "the import's metadata")
         added = sum(e.size for e in edges) + sum(p.fixed for p in writes)
         for plan in writes:
             added += ITEM_OVERHEAD + plan.size + note_size
             if plan.existing is not None:
                 added -= session.history[plan.existing.id][-1].size
         self._check_room(session, added)
+        return note_size
 
     def _plan_import(
         self,
@@ -3197,7 +3198,8 @@ class MemoryStore:
     def _apply_import(
         self,
         session: Session,
-        snapshot: Snapshot,
+        note: dict[str, Any],
+        note_size: int,
         strategy: str,
         plans: Sequence[_ImportPlan],
         edges: Sequence[Edge],
@@ -3239,14 +3241,12 @@ class MemoryStore:
         written: dict[str, VariableRecord] = {}
         revision = session.revision
         if records or final_edges:
-            note = _import_note(snapshot, strategy)
             for var_id, cost in fixed.items():
                 session.fixed[var_id] = cost
             self._charge(session, "other_bytes", sum(fixed.values()))
             stamped, revision = self._commit(
                 session, records, metadata=note, source=actor, edges=final_edges,
-                restored=restored, rules=rules,
-                metadata_size=measure_map(note, self.limits, "the import's metadata"),
+                restored=restored, rules=rules, metadata_size=note_size,
             )
             written = {r.name: r for r in stamped}
             log.info("variables_imported", session_id=session.id, revision=revision,
