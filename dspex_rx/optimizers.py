@@ -497,6 +497,17 @@ class BaseOptimizer:
         self.max_iterations = max_iterations
         self.patience = _count(self._where, self.config, "patience", 10, 1)
         self.history: list[tuple[Any, float]] = []
+        self._configure()
+
+    def _configure(self) -> None:
+        """Read the optimizer's own ``config`` keys (``self.config``, ``self.space`` and
+        the rest are set); a subclass overrides it instead of repeating ``__init__``.
+
+        Example::
+
+            def _configure(self):
+                self.step = float(self.config.get("step", 0.1))
+        """
 
     def ask(self) -> Any:
         """The next value to evaluate; always valid in ``space``.
@@ -592,15 +603,7 @@ class GridSearch(BaseOptimizer):
     name = "grid_search"
     config_keys = frozenset({"choices", "n_points"})
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        config: Mapping[str, Any] | None = None,
-        *,
-        seed: int | None = None,
-        max_iterations: int = 100,
-    ) -> None:
-        super().__init__(space, config, seed=seed, max_iterations=max_iterations)
+    def _configure(self) -> None:
         self.points: list[Any] = self._points()
         self._next = 0
 
@@ -825,15 +828,7 @@ class BayesianOptimizer(BaseOptimizer):
     #: Integer spaces up to this size use every integer as a candidate.
     DENSE_INTEGER_LIMIT: ClassVar[int] = 4096
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        config: Mapping[str, Any] | None = None,
-        *,
-        seed: int | None = None,
-        max_iterations: int = 100,
-    ) -> None:
-        super().__init__(space, config, seed=seed, max_iterations=max_iterations)
+    def _configure(self) -> None:
         acquisition = self.config.get("acquisition_function", "ei")
         if not isinstance(acquisition, str) or acquisition.lower() not in self.ACQUISITIONS:
             raise InvalidValueError(
@@ -1033,19 +1028,11 @@ class GradientOptimizer(BaseOptimizer):
     config_keys = frozenset({"method", "epsilon", "learning_rate", "momentum", "initial_value"})
     METHODS: ClassVar[tuple[str, ...]] = ("finite_difference", "spsa")
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        config: Mapping[str, Any] | None = None,
-        *,
-        seed: int | None = None,
-        max_iterations: int = 100,
-    ) -> None:
-        super().__init__(space, config, seed=seed, max_iterations=max_iterations)
-        if not space.is_numeric:
+    def _configure(self) -> None:
+        if not self.space.is_numeric:
             raise InvalidValueError(
                 f"{self._where}: the gradient optimizer needs a float or integer variable, "
-                f"not {space.type}; use 'bayesian', 'grid_search' or 'random'"
+                f"not {self.space.type}; use 'bayesian', 'grid_search' or 'random'"
             )
         method = self.config.get("method", "finite_difference")
         if method not in self.METHODS:
@@ -1061,7 +1048,7 @@ class GradientOptimizer(BaseOptimizer):
         self.momentum = _number(self._where, self.config, "momentum", 0.0, low=0.0, high=1.0,
                                 high_open=True)
         start = self.config.get("initial_value")
-        start_value = space.from_unit(0.5) if start is None else space.coerce(start)
+        start_value = self.space.from_unit(0.5) if start is None else self.space.coerce(start)
         #: Unit-space length of the last step proposed (None before the first).
         self.last_step: float | None = None
         # The accepted point the probes surround, and its score once told.
@@ -1071,7 +1058,7 @@ class GradientOptimizer(BaseOptimizer):
         self._velocity = 0.0
         self._shrink = 1.0  # halves at every rejected step
         self._iteration = 0  # gradient estimates so far (SPSA's k)
-        self._stability = max(1.0, 0.1 * max_iterations / 3.0)  # SPSA's A
+        self._stability = max(1.0, 0.1 * self.max_iterations / 3.0)  # SPSA's A
         self._probe_scores: dict[str, tuple[Any, float]] = {}
         self._rejected: set[Any] = set()  # steps from the current centre that scored worse
         # Values to propose, each with its role; and those asked but not yet told.
