@@ -188,11 +188,10 @@ def check_rules(name: str, type_name: str, rules: Any) -> tuple[AccessRule, ...]
                 f"got {permissions!r}"
             )
         for permission in permissions:
-            if permission not in PERMISSIONS:
-                raise InvalidValueError(
-                    f"{where}: unknown permission {permission!r} (one of "
-                    f"{', '.join(PERMISSIONS)})"
-                )
+            try:
+                check_permission(permission)
+            except InvalidValueError as exc:
+                raise exc.prefixed(where) from None
         conditions = rule.get("conditions") or {}
         if not isinstance(conditions, Mapping):
             raise InvalidValueError(f"{where}: conditions must be a mapping, got {conditions!r}")
