@@ -3,6 +3,7 @@ dependency-type enums, access rules, timestamps, and error kinds <-> gRPC status
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -107,6 +108,48 @@ def seconds(ts: Timestamp) -> float:
         2.25
     """
     return ts.seconds + ts.nanos / 1e9
+
+
+def utc_datetime(ts: Timestamp) -> datetime:
+    """A timezone-aware UTC ``datetime`` for a protobuf Timestamp (what the API returns).
+
+    Example::
+
+        >>> utc_datetime(timestamp(0.5)).isoformat()
+        '1970-01-01T00:00:00.500000+00:00'
+    """
+    return datetime.fromtimestamp(seconds(ts), tz=UTC)
+
+
+def since_seconds(what: str, since: datetime | float) -> float:
+    """POSIX seconds for a ``since=`` argument given as a ``datetime`` or POSIX seconds.
+
+    A naive ``datetime`` is taken as UTC (the API returns aware UTC datetimes, so a naive
+    one is most likely a UTC value that lost its zone). ``what`` names the call's subject
+    in the error.
+
+    Example::
+
+        >>> since_seconds("x", datetime(1970, 1, 1, 0, 0, 2, tzinfo=UTC))
+        2.0
+        >>> since_seconds("x", 2.5)
+        2.5
+    """
+    if isinstance(since, datetime):
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        value = since.timestamp()
+    elif isinstance(since, int | float) and not isinstance(since, bool):
+        value = float(since)
+    else:
+        raise InvalidValueError(
+            f"{what}: since must be a datetime or POSIX seconds, got {since!r}"
+        )
+    if not 0 <= value < 253402300800:  # the Timestamp range: up to year 9999
+        raise InvalidValueError(
+            f"{what}: since must lie between 1970 and the year 9999, got {since!r}"
+        )
+    return value
 
 
 def map_rpc_error(error: BaseException) -> BaseException:
