@@ -15,6 +15,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -33,9 +34,11 @@ from .convert import (
     DEPENDENCY_TO_PB,
     map_rpc_error,
     seconds,
+    since_seconds,
     timestamp,
     type_from_pb,
     type_to_pb,
+    utc_datetime,
 )
 from .derive import Derived
 from .errors import (
@@ -57,6 +60,7 @@ from .optimize import (
     check_metric,
     check_mode,
     end_reason,
+    status_from_event,
     status_from_pb,
 )
 from .optimizers import BaseOptimizer, SearchSpace, check_optimizer_class, get_optimizer
@@ -187,7 +191,7 @@ def _name_filter(
 
 
 def _status_of_event(update: VariableUpdate) -> dict[str, Any]:
-    return dict(update.metadata)
+    return status_from_event(update.metadata)
 
 
 def _prefixed(name: str, exc: DspexError) -> DspexError:
@@ -1808,7 +1812,7 @@ class SessionContext:
 
     # --------------------------------------------------------------- optimization
 
-    def register_python_optimizer(
+    async def register_python_optimizer(
         self, name: str, optimizer_class: type[BaseOptimizer]
     ) -> None:
         """Make a ``BaseOptimizer`` subclass (the ask/tell protocol) usable as
@@ -1821,8 +1825,10 @@ class SessionContext:
                 def ask(self): ...
                 def tell(self, value, score): super().tell(value, score)
 
-            session.register_python_optimizer("halving", Halving)
+            await session.register_python_optimizer("halving", Halving)
         """
+        # Awaitable as the spec has it; registration is local to this connection.
+        await trio.lowlevel.checkpoint()
         check_optimizer_class(name, optimizer_class)
         self._optimizers[name] = optimizer_class
 
@@ -1839,14 +1845,24 @@ class SessionContext:
         lease_ttl: float | None = None,
     ) -> str:
         """Optimize one variable under a server lease; returns the optimization id at once
-        while the run goes on in the background.
+        while the run goes on in the background (in this connection's nursery).
 
-        ``objective(value)`` scores a proposal: a number, or a dict of metrics whose target
-        is ``optimizer_config['metric']``; ``optimizer_config['mode']`` is ``'max'``
-        (default) or ``'min'``. Sync objectives run in a worker thread, async ones in the
-        session's nursery. Each iteration proposes a value, writes it under the lease's
-        fencing token, evaluates it, records it, then calls ``callback(iteration, value,
-        metrics)`` (a callback returning ``False`` ends the run). The run ends at
+        Each iteration proposes a value, writes it under the lease's fencing token, gets
+        its evaluation, records it, then calls ``callback(iteration, value, metrics)`` (a
+        callback returning ``False`` ends the run). An evaluation is a number or a dict of
+        metrics whose target is ``optimizer_config['metric']``;
+        ``optimizer_config['mode']`` is ``'max'`` (default) or ``'min'``.
+
+        Without ``objective`` (the spec's form), the evaluation comes from the program
+        over the server, ask/tell: the run writes the proposal and waits until someone
+        reports it, with ``report_metrics(variable, metrics)`` from any connection of the
+        session (or another session allowed to ``optimize`` the variable), or, when
+        ``optimizer_config['metric_variable']`` names a variable, by that variable
+        changing after the proposal was written (its value: a number, or a dict of
+        metrics). A run nobody reports to waits, renewing its lease, until
+        ``stop_optimization``. ``objective(value)`` is the in-process shortcut: sync
+        objectives run in a worker thread, async ones in the session's nursery. The run
+        ends at
         ``max_iterations``, on convergence, when the search space is exhausted, or when
         someone calls ``stop_optimization``; then the best value is written and the lease
         released. While it runs, other writes to the variable raise
@@ -1858,11 +1874,27 @@ class SessionContext:
 
             opt_id = await session.start_optimization(
                 "temperature", "bayesian", {"n_initial_points": 4, "seed": 7},
-                max_iterations=20, objective=lambda t: -abs(t - 1.3))
-            final = await session.wait_for_optimization("temperature")
+                max_iterations=20)
+            async for update in session.watch_variable("temperature", include_initial=False):
+                if update.source == opt_id:      # a proposal: evaluate and report it
+                    await session.report_metrics("temperature", {"score": -abs(update.value
+                                                 - 1.3)}, version=update.version)
         """
         config = dict(optimizer_config or {})
         objective_fn = as_objective(objective, variable)
+        metric_variable = config.get("metric_variable")
+        if metric_variable is not None and (
+            not isinstance(metric_variable, str) or not metric_variable
+        ):
+            raise InvalidValueError(
+                f"variable {variable!r}: optimizer_config['metric_variable'] must be a "
+                f"variable name, got {metric_variable!r}"
+            )
+        if metric_variable is not None and objective_fn is not None:
+            raise InvalidValueError(
+                f"variable {variable!r}: optimizer_config['metric_variable'] and objective= "
+                "are two ways to evaluate; give one"
+            )
         if callback is not None and not callable(callback):
             raise InvalidValueError(f"variable {variable!r}: callback must be callable")
         if (
@@ -1880,6 +1912,18 @@ class SessionContext:
         if variable not in info:
             raise error_from_kind("not_found", f"no variable {variable!r}")
         meta = info[variable]["metadata"]
+        if metric_variable is not None:
+            # It must exist and be readable now (KeyError otherwise), and not be the
+            # variable being optimized (its proposals would read as evaluations).
+            metric_meta = (await self.get_variables([metric_variable],
+                                                    include_metadata=True)).get(metric_variable)
+            if metric_meta is None:
+                raise error_from_kind("not_found", f"no metric variable {metric_variable!r}")
+            if metric_meta["metadata"]["id"] == meta["id"]:
+                raise InvalidValueError(
+                    f"variable {variable!r}: the metric variable cannot be the variable "
+                    "being optimized"
+                )
         space = SearchSpace.from_variable(meta["name"], meta["type"], meta["constraints"],
                                           config)
         mode, metric = check_mode(variable, config), check_metric(variable, config)
@@ -1891,15 +1935,17 @@ class SessionContext:
             variable, optimizer_type, config, max_iterations, lease_ttl, mode,
             lambda response: self._launch(
                 variable, response, optimizer, space, objective_fn, callback, metric, mode,
-                max_iterations, float(convergence_threshold),
+                max_iterations, float(convergence_threshold), metric_variable,
             ),
+            takes_reports=objective_fn is None,
         )
 
     def _launch(
         self, variable: str, response: pb.StartOptimizationResponse, optimizer: BaseOptimizer,
-        space: SearchSpace, objective_fn: Callable[[Any], Any],
+        space: SearchSpace, objective_fn: Callable[[Any], Any] | None,
         callback: Callable[[int, Any, dict[str, Any]], Any] | None, metric: str | None,
         mode: str, max_iterations: int, convergence_threshold: float,
+        metric_variable: str | None,
     ) -> str:
         assert self._nursery is not None  # _start_lease checked it
         run = OptimizationRun(
@@ -1907,7 +1953,7 @@ class SessionContext:
             token=response.fencing_token, optimizer=optimizer, space=space,
             objective=objective_fn, callback=callback, metric=metric, mode=mode,
             max_iterations=max_iterations, convergence_threshold=convergence_threshold,
-            ttl=response.status.ttl_seconds,
+            ttl=response.status.ttl_seconds, metric_variable=metric_variable,
         )
         self._runs[run.optimization_id] = run
         self._runs_by_variable[response.status.variable_id] = run
@@ -1989,7 +2035,7 @@ class SessionContext:
     async def _start_lease(
         self, variable: str, optimizer_type: str, config: Mapping[str, Any],
         max_iterations: int, lease_ttl: float | None, mode: str,
-        then: Callable[[pb.StartOptimizationResponse], Held],
+        then: Callable[[pb.StartOptimizationResponse], Held], takes_reports: bool = False,
     ) -> Held:
         # Take the lease, then hand it to ``then`` (which starts whatever holds it). If
         # that does not happen (a cancel, a closed session, an error), the lease is
@@ -2000,6 +2046,7 @@ class SessionContext:
             session_id=self.session_id, ref=variable, optimizer_type=optimizer_type,
             config=_encode_metadata(variable, config), max_iterations=max_iterations,
             ttl_seconds=lease_ttl or 0.0, client_id=self._client_id, minimize=mode == "min",
+            takes_reports=takes_reports,
         )
         # Shielded: a cancel arriving while the server grants the lease must not throw the
         # answer away (the lease would be held by no one until its TTL); the caller gives
@@ -2036,12 +2083,13 @@ class SessionContext:
 
     async def stop_optimization(
         self, variable: str, reason: str | None = None, apply_best: bool = False
-    ) -> bool:
+    ) -> None:
         """Revoke the variable's optimization lease, from any connection of the session.
-        The running optimizer notices within one iteration and ends; its later writes are
-        refused (the fencing token), so none lands after the stop. ``apply_best`` writes
-        the best value recorded so far in the same commit. Returns False if nothing was
-        running.
+        The running optimizer notices within one iteration (a run waiting for a report at
+        once) and ends; its later writes are refused (the fencing token), so none lands
+        after the stop. ``apply_best`` writes the best value recorded so far in the same
+        commit. A variable that is not being optimized raises ``ValueError`` (saying so,
+        and how its last run ended).
 
         Example::
 
@@ -2057,7 +2105,74 @@ class SessionContext:
         )
         if response.HasField("variable"):
             self._remember(response.variable)
-        return response.stopped
+        if not response.stopped:
+            last = status_from_pb(response.status, response.revision)
+            ended = (f" (its last optimization {last['optimization_id']} has {last['state']})"
+                     if last["optimization_id"] else "")
+            raise InvalidValueError(
+                f"variable {variable!r} is not being optimized{ended}: nothing to stop"
+            )
+
+    async def report_metrics(
+        self,
+        variable: str,
+        metrics: Mapping[str, Any] | float,
+        *,
+        iteration: int | None = None,
+        version: int | None = None,
+    ) -> dict[str, Any]:
+        """Report the evaluation of the proposal a running optimization (started without
+        ``objective=``) wrote into ``variable``: a dict of metrics (the target is
+        ``optimizer_config['metric']``) or a number. From any connection of the session,
+        or another session allowed to ``optimize`` the variable. Returns the status.
+
+        The report names the proposal it evaluates: its ``iteration`` or ``version`` (the
+        variable's version the proposal's write made, ``VariableUpdate.version``); with
+        neither, the version of the variable this connection last read or was sent. A
+        ``ValueError`` naming the current proposal refuses, and changes nothing for, a
+        report of an earlier proposal (never credited to a later one), a second report of
+        one proposal (the first counts), or a report when nothing is being optimized.
+
+        Example::
+
+            async for update in session.watch_variable("temperature", include_initial=False):
+                accuracy = await evaluate(update.value)
+                await session.report_metrics("temperature", {"accuracy": accuracy},
+                                             version=update.version)
+        """
+        if isinstance(metrics, int | float) and not isinstance(metrics, bool):
+            metrics = {"score": float(metrics)}
+        if not isinstance(metrics, Mapping):
+            raise VariableTypeError(
+                f"variable {variable!r}: metrics must be a dict or a number, got "
+                f"{type(metrics).__name__}"
+            )
+        for label, number in (("iteration", iteration), ("version", version)):
+            if number is not None and (
+                not isinstance(number, int) or isinstance(number, bool) or number < 1
+            ):
+                raise InvalidValueError(
+                    f"variable {variable!r}: {label} must be a positive integer, got "
+                    f"{number!r}"
+                )
+        if iteration is None and version is None:
+            actor = self._require_hub().known(variable)
+            if actor is None or not actor.version:
+                raise InvalidValueError(
+                    f"variable {variable!r}: this connection has not seen a version of it; "
+                    "pass iteration= or version= to name the proposal the metrics evaluate"
+                )
+            version = actor.version
+        response = await self._call(
+            "ReportMetrics",
+            pb.ReportMetricsRequest(
+                session_id=self.session_id, ref=variable,
+                metrics=_encode_metadata(variable, dict(metrics)),
+                iteration=iteration or 0, version=version or 0, client_id=self._client_id,
+            ),
+            pb.ReportMetricsResponse,
+        )
+        return status_from_pb(response.status, response.revision)
 
     async def get_optimization_status(
         self, variable: str, optimization_id: str | None = None
@@ -2086,13 +2201,14 @@ class SessionContext:
         self,
         variable: str,
         limit: int = 100,
-        since: float | None = None,
+        since: datetime | float | None = None,
         optimizer_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """The variable's evaluated iterations, oldest first: the newest ``limit`` of them
-        (recorded at or after ``since``, POSIX seconds; of one optimization when
-        ``optimizer_id`` names its id). Each entry has ``iteration``, ``value``,
-        ``metrics``, ``score``, ``timestamp``, ``optimization_id``, ``optimizer_type``.
+        (recorded at or after ``since``, a ``datetime`` or POSIX seconds; of one
+        optimization when ``optimizer_id`` names its id). Each entry has ``iteration``,
+        ``value``, ``metrics``, ``score``, ``timestamp`` (a timezone-aware UTC
+        ``datetime``), ``optimization_id``, ``optimizer_type``.
 
         Example::
 
@@ -2109,15 +2225,7 @@ class SessionContext:
             optimization_id=optimizer_id or "",
         )
         if since is not None:
-            if (
-                not isinstance(since, int | float) or isinstance(since, bool)
-                or not 0 <= since < 253402300800  # the Timestamp range: up to year 9999
-            ):
-                raise InvalidValueError(
-                    f"variable {variable!r}: since must be POSIX seconds (a finite number "
-                    f">= 0), got {since!r}"
-                )
-            request.since.CopyFrom(timestamp(float(since)))
+            request.since.CopyFrom(timestamp(since_seconds(f"variable {variable!r}", since)))
         response = await self._call(
             "GetOptimizationHistory", request, pb.GetOptimizationHistoryResponse
         )
@@ -2127,7 +2235,7 @@ class SessionContext:
                 "value": codec.decode(entry.value),
                 "metrics": codec.decode_map(entry.metrics),
                 "score": entry.score,
-                "timestamp": seconds(entry.timestamp),
+                "timestamp": utc_datetime(entry.timestamp),
                 "optimization_id": entry.optimization_id,
                 "optimizer_type": entry.optimizer_type,
             }

@@ -4,9 +4,15 @@ token and until when, and what each recorded iteration scored. No gRPC and no cl
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from .errors import InvalidValueError
 
 # A lease is "running" until it ends in one of the other states, once.
 STATES = ("running", "completed", "stopped", "expired", "failed")
@@ -51,6 +57,12 @@ class OptimizationLease:
     has_final: bool = False
     size: int = 0  # what the store accounts for it (its config) in the memory budget
     revision: int = 0  # the commit that last published this lease's status
+    # Ask/tell over the server: proposals are evaluated elsewhere and reported.
+    takes_reports: bool = False
+    proposal_iteration: int = 0  # the latest proposal written (0: none yet)
+    proposal_version: int = 0  # the variable's version that proposal's write made
+    report: Mapping[str, Any] | None = None  # the latest proposal's report, once it came
+    reported_by: str = ""
 
     @property
     def active(self) -> bool:
@@ -71,6 +83,29 @@ class OptimizationLease:
         """
         self.last_update = now
         self.expires_at = now + self.ttl
+
+    def propose(self, iteration: int, version: int) -> None:
+        """Note a proposal the holder wrote: reports now evaluate it, none has come yet.
+
+        Example::
+
+            lease.propose(3, record.version)
+        """
+        self.proposal_iteration = iteration
+        self.proposal_version = version
+        self.report = None
+        self.reported_by = ""
+
+    def proposal(self) -> str:
+        """The current proposal in words, for errors.
+
+        Example::
+
+            lease.proposal()   # 'iteration 3 (version 7)'
+        """
+        if not self.proposal_iteration:
+            return "none yet"
+        return f"iteration {self.proposal_iteration} (version {self.proposal_version})"
 
     def record(self, iteration: int, value: Any, metrics: Mapping[str, Any], score: float) -> bool:
         """Count an evaluated iteration; returns True when it is the best so far (a higher
@@ -130,6 +165,11 @@ class OptimizationLease:
             "final_value": self.final_value,
             "end_reason": self.end_reason,
             "ended_at": self.ended_at,
+            "takes_reports": self.takes_reports,
+            "proposal_iteration": self.proposal_iteration,
+            "proposal_version": self.proposal_version,
+            "report_metrics": dict(self.report) if self.report is not None else None,
+            "reported_by": self.reported_by,
             "revision": revision,
         }
 
@@ -152,3 +192,66 @@ class OptimizationEntry:
     timestamp: float
     revision: int
     size: int = 0  # what the store accounts for it in the session's memory budget
+
+
+def score_of(
+    name: str, result: Any, metric: str | None, iteration: int, source: str = "the objective"
+) -> tuple[dict[str, Any], float]:
+    """Read an evaluation: a number, or a dict of metrics whose target is ``metric`` (or
+    its only numeric entry, or ``'score'``). Returns (metrics, target). The store checks
+    reports with it, the run its objective's results; ``source`` names the evaluator.
+
+    Example::
+
+        >>> score_of("t", {"accuracy": 0.9, "latency": 1.2}, "accuracy", 1)
+        ({'accuracy': 0.9, 'latency': 1.2}, 0.9)
+        >>> score_of("t", 0.5, None, 1)
+        ({'score': 0.5}, 0.5)
+    """
+    where = f"variable {name!r}, iteration {iteration}: {source}"
+    if isinstance(result, Mapping):
+        metrics = {key: _plain(value) for key, value in result.items()}
+        if metric is not None:
+            if metric not in metrics:
+                raise InvalidValueError(
+                    f"{where} returned no {metric!r} metric (it returned "
+                    f"{', '.join(map(repr, metrics)) or 'nothing'})"
+                )
+            target = metrics[metric]
+        elif "score" in metrics:
+            target = metrics["score"]
+        else:
+            numeric = [k for k, v in metrics.items() if is_number(v)]
+            if len(numeric) != 1:
+                raise InvalidValueError(
+                    f"{where} returned several metrics ({', '.join(map(repr, metrics))}): "
+                    "name the target with optimizer_config['metric']"
+                    if numeric else f"{where} returned no numeric metric"
+                )
+            target = metrics[numeric[0]]
+    elif is_number(result):
+        target = float(result)
+        metrics = {metric or "score": target}
+    else:
+        raise InvalidValueError(
+            f"{where} must return a number or a dict of metrics, got {type(result).__name__}"
+        )
+    if not is_number(target) or not math.isfinite(float(target)):
+        raise InvalidValueError(f"{where} returned a target metric that is not a finite "
+                                f"number: {target!r}")
+    return metrics, float(target)
+
+
+def is_number(value: Any) -> bool:
+    """A real number that can be a score (numpy scalars are; bools are not).
+
+    Example::
+
+        >>> is_number(np.float32(0.5)), is_number(True)
+        (True, False)
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

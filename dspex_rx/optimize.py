@@ -1,5 +1,6 @@
 """The client side of an optimization: the run loop that holds a server lease (propose →
-write under the fencing token → evaluate → record → callback), and status conversion.
+write under the fencing token → evaluate in-process or await the reported evaluation →
+record → callback), and status conversion.
 
 The algorithms live in ``optimizers``; the lease and its fencing live on the server. This
 module only drives them, in the session's nursery.
@@ -9,20 +10,20 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
-import numbers
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
+import reactivex
 import trio
 
 from . import codec
-from .convert import seconds
+from .actors import VariableUpdate
+from .convert import timestamp, utc_datetime
 from .errors import DspexError, InvalidValueError, OptimizationLockedError, VariableTypeError
+from .leases import score_of
 from .logs import get_logger
 from .optimizers import BaseOptimizer, SearchSpace
 from .v1 import variables_pb2 as pb
@@ -37,6 +38,9 @@ Callback = Callable[[int, Any, dict[str, Any]], Any]
 FINISH_TIMEOUT = 5.0
 
 
+STATUS_TIMES = ("started_at", "last_update", "expires_at", "ended_at")
+
+
 def status_from_pb(status: pb.OptimizationStatus, revision: int) -> dict[str, Any]:
     """The status dict ``get_optimization_status`` returns, from the wire.
 
@@ -46,8 +50,12 @@ def status_from_pb(status: pb.OptimizationStatus, revision: int) -> dict[str, An
     ``best_metrics``, ``best_score`` (the target metric of the best iteration),
     ``minimize``, ``final_value`` (what the run wrote when it ended: the optimizer's
     recommendation, which for a noisy objective may differ from ``best_value``),
-    ``started_at``, ``last_update``, ``expires_at``, ``ended_at``, ``end_reason``,
-    ``holder_session``, ``holder_client``, ``ttl_seconds``, ``revision``.
+    ``started_at``, ``last_update``, ``expires_at``, ``ended_at`` (timezone-aware UTC
+    ``datetime``s), ``end_reason``, ``holder_session``, ``holder_client``,
+    ``ttl_seconds``, ``revision``; for a run evaluated by reports (``takes_reports``):
+    ``proposal_iteration`` and ``proposal_version`` (the proposal a report must name),
+    ``awaiting_report``, ``report_metrics`` (the current proposal's report, or None) and
+    ``reported_by``.
 
     Example::
 
@@ -60,9 +68,11 @@ def status_from_pb(status: pb.OptimizationStatus, revision: int) -> dict[str, An
             "best_value": None, "best_metrics": {}, "best_score": None, "started_at": None,
             "last_update": None, "expires_at": None, "ended_at": None, "end_reason": "",
             "holder_session": None, "holder_client": None, "ttl_seconds": None,
-            "minimize": False, "final_value": None, "revision": revision,
+            "minimize": False, "final_value": None, "takes_reports": False,
+            "proposal_iteration": 0, "proposal_version": 0, "awaiting_report": False,
+            "report_metrics": None, "reported_by": "", "revision": revision,
         }
-    return {
+    return _with_awaiting({
         "variable": status.name,
         "is_optimizing": status.is_optimizing,
         "optimization_id": status.optimization_id,
@@ -75,16 +85,50 @@ def status_from_pb(status: pb.OptimizationStatus, revision: int) -> dict[str, An
         "best_score": status.best_score if status.has_best else None,
         "minimize": status.minimize,
         "final_value": codec.decode(status.final_value) if status.has_final else None,
-        "started_at": seconds(status.started_at),
-        "last_update": seconds(status.last_update),
-        "expires_at": seconds(status.expires_at),
-        "ended_at": seconds(status.ended_at) if status.HasField("ended_at") else None,
+        "started_at": utc_datetime(status.started_at),
+        "last_update": utc_datetime(status.last_update),
+        "expires_at": utc_datetime(status.expires_at),
+        "ended_at": utc_datetime(status.ended_at) if status.HasField("ended_at") else None,
         "end_reason": status.end_reason,
         "holder_session": status.holder_session,
         "holder_client": status.holder_client,
         "ttl_seconds": status.ttl_seconds,
+        "takes_reports": status.takes_reports,
+        "proposal_iteration": status.proposal_iteration,
+        "proposal_version": status.proposal_version,
+        "report_metrics": codec.decode_map(status.report_metrics) if status.has_report
+        else None,
+        "reported_by": status.reported_by,
         "revision": revision,
-    }
+    })
+
+
+def status_from_event(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The status dict of an optimization event (its metadata is the store's status, times
+    in POSIX seconds): the keys and types of ``status_from_pb``.
+
+    Example::
+
+        >>> status = status_from_event({"is_optimizing": True, "takes_reports": True,
+        ...                             "proposal_iteration": 1, "report_metrics": None,
+        ...                             "started_at": 0.0})
+        >>> status["awaiting_report"], status["started_at"].isoformat()
+        (True, '1970-01-01T00:00:00+00:00')
+    """
+    status = dict(metadata)
+    for key in STATUS_TIMES:
+        if isinstance(status.get(key), int | float):
+            status[key] = utc_datetime(timestamp(float(status[key])))
+    return _with_awaiting(status)
+
+
+def _with_awaiting(status: dict[str, Any]) -> dict[str, Any]:
+    # Derived, not stored: the run waits for the current proposal's report.
+    status["awaiting_report"] = bool(
+        status.get("is_optimizing") and status.get("takes_reports")
+        and status.get("proposal_iteration") and status.get("report_metrics") is None
+    )
+    return status
 
 
 def check_mode(name: str, config: Mapping[str, Any]) -> str:
@@ -118,52 +162,6 @@ def check_metric(name: str, config: Mapping[str, Any]) -> str | None:
     return metric
 
 
-def score_of(
-    name: str, result: Any, metric: str | None, iteration: int
-) -> tuple[dict[str, Any], float]:
-    """Read an objective's result: a number, or a dict of metrics whose target is
-    ``metric`` (or its only numeric entry, or ``'score'``). Returns (metrics, target).
-
-    Example::
-
-        >>> score_of("t", {"accuracy": 0.9, "latency": 1.2}, "accuracy", 1)
-        ({'accuracy': 0.9, 'latency': 1.2}, 0.9)
-        >>> score_of("t", 0.5, None, 1)
-        ({'score': 0.5}, 0.5)
-    """
-    where = f"variable {name!r}, iteration {iteration}: the objective"
-    if isinstance(result, Mapping):
-        metrics = {key: _plain(value) for key, value in result.items()}
-        if metric is not None:
-            if metric not in metrics:
-                raise InvalidValueError(
-                    f"{where} returned no {metric!r} metric (it returned "
-                    f"{', '.join(map(repr, metrics)) or 'nothing'})"
-                )
-            target = metrics[metric]
-        elif "score" in metrics:
-            target = metrics["score"]
-        else:
-            numeric = [k for k, v in metrics.items() if _is_number(v)]
-            if len(numeric) != 1:
-                raise InvalidValueError(
-                    f"{where} returned several metrics ({', '.join(map(repr, metrics))}): "
-                    "name the target with optimizer_config['metric']"
-                )
-            target = metrics[numeric[0]]
-    elif _is_number(result):
-        target = float(result)
-        metrics = {metric or "score": target}
-    else:
-        raise InvalidValueError(
-            f"{where} must return a number or a dict of metrics, got {type(result).__name__}"
-        )
-    if not _is_number(target) or not math.isfinite(float(target)):
-        raise InvalidValueError(f"{where} returned a target metric that is not a finite "
-                                f"number: {target!r}")
-    return metrics, float(target)
-
-
 def is_async_callable(fn: Any) -> bool:
     """True for ``async def`` functions, partials of them, and objects whose ``__call__``
     is one: those run in the trio thread; anything else runs in a worker thread.
@@ -179,15 +177,6 @@ def is_async_callable(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - the bound __call__ is what runs
     )
-
-
-def _is_number(value: Any) -> bool:
-    # numpy scalars register as numbers.Real; bools (Python's and numpy's) are not scores.
-    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 @dataclass
@@ -381,9 +370,15 @@ class HeldLease:
 class OptimizationRun:
     """One running optimization, driven from the session's nursery by its holder.
 
+    With an ``objective`` the run evaluates each proposal itself. Without one it is
+    ask/tell over the server: each proposal is written (the ask), and the run waits for
+    its evaluation to be reported (the tell), by ``report_metrics`` from any allowed
+    connection or by a change of ``metric_variable``; reports reach it as optimization
+    events on its own subscription, with a status poll every ``ttl`` as a safety net.
+
     Example::
 
-        run = session.optimization_run("opt_...")   # see SessionContext.start_optimization
+        run = session._runs[opt_id]   # see SessionContext.start_optimization
         await run.finished.wait(); print(run.end_reason)
     """
 
@@ -393,13 +388,14 @@ class OptimizationRun:
     token: int
     optimizer: BaseOptimizer
     space: SearchSpace
-    objective: Objective
+    objective: Objective | None
     callback: Callback | None
     metric: str | None
     mode: str
     max_iterations: int
     convergence_threshold: float
     ttl: float
+    metric_variable: str | None = None
     finished: trio.Event = field(default_factory=trio.Event)
     state: str = "running"
     end_reason: str = ""
@@ -408,6 +404,13 @@ class OptimizationRun:
     error: BaseException | None = None
     _revoked: _Revoked | None = None
     _pending: _Evaluation | None = None
+    # Ask/tell: reports by proposal iteration, metric-variable changes not yet looked at,
+    # the run's end as a status event told it, and what wakes the waiting loop.
+    _reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _metric_updates: list[VariableUpdate] = field(default_factory=list)
+    _ended: dict[str, Any] | None = None
+    _failure: BaseException | None = None
+    _wake: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         self.lease = HeldLease(self.session, self.variable, self.optimization_id, self.token,
@@ -432,7 +435,12 @@ class OptimizationRun:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(self.lease.keep_alive, on_revoked)
-                state, reason = await self._loop()
+                listening = await self._listen() if self.objective is None else []
+                try:
+                    state, reason = await self._loop()
+                finally:
+                    for subscription in listening:
+                        subscription.dispose()
                 nursery.cancel_scope.cancel()
             if self._revoked is not None:
                 raise self._revoked
@@ -474,10 +482,17 @@ class OptimizationRun:
                     return "completed", "the search space is exhausted"
                 value = await self._propose(iteration)
                 # The previous iteration's record and this proposal travel as one step.
-                await self._step(self._pending, value, iteration)
+                written = await self.lease.step(self._pending, value, iteration)
                 self._pending = None
-                result = await self._evaluate(value)
-                metrics, target = score_of(self.variable, result, self.metric, iteration)
+                if self.objective is None:
+                    assert written is not None
+                    result = await self._await_report(iteration, written)
+                    source = "the report"
+                else:
+                    result = await self._evaluate(value)
+                    source = "the objective"
+                metrics, target = score_of(self.variable, result, self.metric, iteration,
+                                           source)
                 # Optimizers maximize; the server is told the mode and keeps raw scores.
                 await self._offload(
                     self.optimizer.tell, value, target if self.mode == "max" else -target
@@ -496,6 +511,114 @@ class OptimizationRun:
         except _Revoked as revoked:
             self._revoked = revoked
             return "revoked", str(revoked)
+
+    async def _listen(self) -> list[reactivex.abc.DisposableBase]:
+        # Subscribed, and the subscriptions registered with the server (sync), before
+        # the first proposal is written: no report can be accepted before that write, so
+        # none can be missed. The callbacks only note and wake; the loop decides.
+        def on_status(status: dict[str, Any]) -> None:
+            if status.get("optimization_id") != self.optimization_id:
+                return  # an earlier run's last status, or a later run's
+            reported, iteration = status.get("report_metrics"), status.get("proposal_iteration")
+            if reported is not None and iteration:
+                self._reports.setdefault(int(iteration), dict(reported))
+            if not status.get("is_optimizing"):
+                self._ended = status
+            self._wake.set()
+
+        def on_metric(update: VariableUpdate) -> None:
+            self._metric_updates.append(update)
+            self._wake.set()
+
+        def on_error(exc: Exception) -> None:
+            # A lost subscription: the loop's status poll still sees reports and the end.
+            log.warning("optimization_events_lost", variable=self.variable, error=repr(exc))
+
+        subscriptions = [self.session.observe_optimization(self.variable).subscribe(
+            on_next=on_status, on_error=on_error)]
+        if self.metric_variable is not None:
+            subscriptions.append(self.session.observe(
+                self.metric_variable, include_initial=False
+            ).subscribe(on_next=on_metric, on_error=on_error))
+        await self.session.sync()
+        return subscriptions
+
+    async def _await_report(self, iteration: int, written: pb.Variable) -> dict[str, Any]:
+        """Wait for the evaluation of the proposal ``written`` at ``iteration``: a report
+        (first one wins, the store refuses the rest) or a change of the metric variable
+        committed after the proposal. No deadline: the run keeps renewing its lease, and
+        ``stop_optimization`` (or the lease's end) is what ends a wait nobody answers."""
+        while True:
+            if iteration in self._reports:
+                return self._reports.pop(iteration)
+            if self._failure is not None:
+                raise self._failure
+            if self._ended is not None:
+                raise _Revoked(f"optimization {self.optimization_id} has "
+                               f"{self._ended.get('state')}: {self._ended.get('end_reason')}")
+            if self._metric_updates:
+                updates, self._metric_updates = self._metric_updates, []
+                for update in updates:
+                    metrics = self._metric_report(update, iteration, written)
+                    if metrics is not None and await self._forward(metrics, iteration):
+                        return metrics
+                continue
+            self._wake = trio.Event()
+            with trio.move_on_after(self.ttl) as waited:
+                await self._wake.wait()
+            if waited.cancelled_caught:
+                # Nothing heard for a whole TTL: ask the server (a stream that broke and
+                # resumed must not leave the run waiting on a report it already took).
+                status = await self.session.get_optimization_status(
+                    self.variable, self.optimization_id
+                )
+                reported = status["report_metrics"]
+                if reported is not None and status["proposal_iteration"] == iteration:
+                    self._reports.setdefault(iteration, reported)
+                if not status["is_optimizing"]:
+                    self._ended = status
+
+    def _metric_report(
+        self, update: VariableUpdate, iteration: int, written: pb.Variable
+    ) -> dict[str, Any] | None:
+        # A metric variable change evaluates the current proposal when it was committed
+        # after the proposal's write and, if its write metadata names a proposal
+        # (``iteration`` or ``proposal_version``), that is this one.
+        assert self.metric_variable is not None
+        if update.update_type in ("deleted", "revoked"):
+            self._failure = InvalidValueError(
+                f"variable {self.variable!r}: the metric variable {self.metric_variable!r} "
+                f"was {update.update_type} while iteration {iteration} awaited its metrics"
+            )
+            raise self._failure
+        if update.update_type != "value_change" or update.revision <= written.mod_revision:
+            return None
+        named = {"iteration": iteration, "proposal_version": written.version}
+        if any(key in update.metadata and update.metadata[key] != want
+               for key, want in named.items()):
+            log.info("optimization_metric_skipped", variable=self.variable,
+                     metric_variable=self.metric_variable, metadata=repr(update.metadata))
+            return None
+        value = update.value
+        metrics = dict(value) if isinstance(value, Mapping) else {
+            self.metric or self.metric_variable: value
+        }
+        # A value that cannot be scored fails the run here, with the variable named.
+        score_of(self.variable, metrics, self.metric, iteration,
+                 f"the metric variable {self.metric_variable!r}")
+        return metrics
+
+    async def _forward(self, metrics: dict[str, Any], iteration: int) -> bool:
+        # The metric variable's evaluation becomes a report like any other, so the first
+        # report of a proposal wins whichever way it came. Refused (another report came
+        # first, or the run ended): the loop hears of that as an event.
+        try:
+            await self.session.report_metrics(self.variable, metrics, iteration=iteration)
+        except InvalidValueError as exc:
+            log.info("optimization_metric_not_reported", variable=self.variable,
+                     reason=str(exc))
+            return False
+        return True
 
     async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
         # The built-ins are quick (a GP on at most 300 points); a custom optimizer may not
@@ -520,6 +643,7 @@ class OptimizationRun:
         return value
 
     async def _evaluate(self, value: Any) -> Any:
+        assert self.objective is not None
         if is_async_callable(self.objective):
             return await self.objective(value)
         # Sync objectives (an LLM call, a training step) run off the trio thread;
@@ -620,20 +744,14 @@ class _Revoked(Exception):
     """The lease was taken away (stopped, expired): the holder must write nothing more."""
 
 
-def as_objective(objective: Any, name: str) -> Objective:
-    """Check ``objective`` is callable (the spec has no way to say what is measured, so
-    ``start_optimization`` needs one).
+def as_objective(objective: Any, name: str) -> Objective | None:
+    """Check ``objective`` is callable, or None (then each proposal's evaluation is
+    reported: ``report_metrics`` or a metric variable).
 
     Example::
 
         fn = as_objective(lambda v: -abs(v - 1.3), "temperature")
     """
-    if objective is None:
-        raise InvalidValueError(
-            f"variable {name!r}: start_optimization needs objective=, a function of the "
-            "proposed value returning a score or a dict of metrics"
-        )
-    if not callable(objective):
+    if objective is not None and not callable(objective):
         raise InvalidValueError(f"variable {name!r}: objective must be callable")
     return objective  # type: ignore[no-any-return]
-

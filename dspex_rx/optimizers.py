@@ -33,7 +33,9 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 
 #: Keys of ``optimizer_config`` that the runner itself reads; every optimizer accepts them.
-RUNNER_CONFIG_KEYS: frozenset[str] = frozenset({"metric", "mode", "seed", "bounds", "patience"})
+RUNNER_CONFIG_KEYS: frozenset[str] = frozenset(
+    {"metric", "metric_variable", "mode", "seed", "bounds", "patience"}
+)
 
 _NUMERIC = ("float", "integer")
 _DISCRETE = ("choice", "module", "boolean")

@@ -251,6 +251,13 @@ def status_to_pb(
         out.has_final = True
         codec.fill(out.final_value, lease.final_value)
     out.config.CopyFrom(codec.encode_map(lease.config))
+    out.takes_reports = lease.takes_reports
+    out.proposal_iteration = lease.proposal_iteration
+    out.proposal_version = lease.proposal_version
+    if lease.report is not None:
+        out.has_report = True
+        out.report_metrics.CopyFrom(codec.encode_map(lease.report))
+        out.reported_by = lease.reported_by
 
 
 def _evaluation(request: Any) -> tuple[int, Any, dict[str, Any], float] | None:
@@ -1049,6 +1056,7 @@ class VariablesService(pb_grpc.VariablesServicer):
             client_id=request.client_id,
             actor=session_id,
             minimize=request.minimize,
+            takes_reports=request.takes_reports,
         )
         response = pb.StartOptimizationResponse(fencing_token=lease.token, revision=revision)
         status_to_pb(
@@ -1177,6 +1185,27 @@ class VariablesService(pb_grpc.VariablesServicer):
             out = response.entries.add()
             _entry_to_pb(entry, out)
             answer.add(out)
+        return response
+
+    @_handler
+    async def ReportMetrics(
+        self, request: pb.ReportMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportMetricsResponse:
+        """The ``ReportMetrics`` RPC: the evaluation of a running optimization's current
+        proposal; the store checks it against the live lease and publishes it.
+
+        Example::
+
+            await stub.ReportMetrics(ReportMetricsRequest(...))
+        """
+        session_id = _session_id(request)
+        who = f"{session_id}/{request.client_id}" if request.client_id else session_id
+        lease, record, revision = self.store.report_metrics(
+            session_id, request.ref, codec.decode_map(request.metrics),
+            iteration=int(request.iteration), version=int(request.version), actor=who,
+        )
+        response = pb.ReportMetricsResponse(revision=revision)
+        status_to_pb(record, lease, response.status)
         return response
 
     def _answer(self, what: str) -> _Answer:

@@ -47,7 +47,7 @@ from .errors import (
 )
 from .graph import DEPENDENCY_TYPES, CycleError, DependencyGraph, Edge
 from .identity import Principals, RetiredIds, is_glob
-from .leases import FINISH_STATES, OptimizationEntry, OptimizationLease
+from .leases import FINISH_STATES, OptimizationEntry, OptimizationLease, score_of
 from .limits import (
     DEFAULT_LIMITS,
     Limits,
@@ -2412,11 +2412,14 @@ class MemoryStore:
         client_id: str = "",
         actor: str = "",
         minimize: bool = False,
+        takes_reports: bool = False,
     ) -> tuple[OptimizationLease, int]:
         """Take the variable's optimization lease; returns (lease, revision).
 
         A variable already under a running lease raises ``OptimizationLockedError`` (a
         ``ValueError``) saying it is "already being optimized" and by which optimization.
+        ``takes_reports``: each proposal the holder writes is evaluated elsewhere and
+        reported with ``report_metrics``.
 
         Example::
 
@@ -2484,6 +2487,7 @@ class MemoryStore:
             expires_at=now + ttl,
             minimize=bool(minimize),
             size=5 * ITEM_OVERHEAD + config_size + len(client_id),
+            takes_reports=bool(takes_reports),
         )
         # The account charges each lease while it is one of the variable's recent leases
         # (the latest, in session.leases, is one of them).
@@ -2614,6 +2618,12 @@ class MemoryStore:
             # The bookkeeping goes with the commit (events, history), not into the
             # variable's own metadata, where it would outlive this run.
             written = [self._prepare_write(record, value, {}, actor, self._revision + 1)]
+            if lease.takes_reports and iteration <= lease.proposal_iteration:
+                # A report names its proposal by iteration: one number, one proposal.
+                raise InvalidValueError(
+                    f"variable {record.name!r}: iteration {iteration} of {lease.id} is "
+                    f"already proposed (the last proposal is {lease.proposal()})"
+                )
         metadata_size = measure_map(metadata, self.limits, "the step's metadata")
         self._check_room(
             session,
@@ -2625,11 +2635,101 @@ class MemoryStore:
             return lease, None, session.revision
         if clean is not None:
             self._record_evaluation(session, lease, clean)
+        if written:
+            lease.propose(proposal[1] if proposal else 0, written[0].version)
         stamped, revision = self._commit(
             session, written, metadata=metadata, source=lease.id, notes=[lease],
             metadata_size=metadata_size,
         )
         return lease, (stamped[0] if stamped else None), revision
+
+    def report_metrics(
+        self,
+        session_id: str,
+        ref: str,
+        metrics: Mapping[str, Any],
+        *,
+        iteration: int = 0,
+        version: int = 0,
+        actor: str = "",
+    ) -> tuple[OptimizationLease, VariableRecord, int]:
+        """Report the evaluation of the running optimization's current proposal, named by
+        its ``iteration`` and/or the variable ``version`` its write made (at least one).
+        Any session that may optimize the variable can report. The report becomes an
+        optimization event (the status carries it), which is how the holder, waiting
+        for it, learns of it. Returns (lease, record, revision).
+
+        Refused with ``InvalidValueError`` (nothing changes): nothing is being optimized,
+        the run evaluates in-process (no reports taken), no proposal is written yet, the
+        report names another proposal than the current one (a late report of an earlier
+        proposal is never credited to a later one), the proposal was reported already
+        (the first report counts), or the metrics lack the run's target metric.
+
+        Example::
+
+            store.report_metrics(sid, "t", {"accuracy": 0.81}, iteration=3)
+        """
+        self._check_reason("the reporter", actor)
+        caller = self.session(session_id)
+        session, record = self._locate(caller, ref, "optimize")
+        self._expire_leases(session)
+        where = f"variable {record.name!r}"
+        for label, number in (("iteration", iteration), ("version", version)):
+            if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+                raise InvalidValueError(
+                    f"{where}: a report's {label} must be a positive integer, got {number!r}"
+                )
+        lease = session.running.get(record.id)
+        if lease is None:
+            last = session.leases.get(record.id)
+            ended = (f" (its last optimization {last.id} has {last.state})"
+                     if last is not None else "")
+            raise InvalidValueError(
+                f"{where} is not being optimized{ended}: there is no proposal to report "
+                "metrics for"
+            )
+        if not lease.takes_reports:
+            raise InvalidValueError(
+                f"{where}: optimization {lease.id} evaluates its proposals in-process (an "
+                "objective); it takes no reported metrics"
+            )
+        if not lease.proposal_iteration:
+            raise InvalidValueError(
+                f"{where}: optimization {lease.id} has written no proposal yet; nothing to "
+                "report metrics for"
+            )
+        if not iteration and not version:
+            raise InvalidValueError(
+                f"{where}: a report must name the proposal it evaluates (its iteration or "
+                f"version); the current proposal of {lease.id} is {lease.proposal()}"
+            )
+        if (iteration and iteration != lease.proposal_iteration) or (
+            version and version != lease.proposal_version
+        ):
+            named = " ".join(
+                f"{label} {number}" for label, number in
+                (("iteration", iteration), ("version", version)) if number
+            )
+            raise InvalidValueError(
+                f"{where}: the report is for a stale proposal ({named}); the current "
+                f"proposal of {lease.id} is {lease.proposal()}"
+            )
+        if lease.report is not None:
+            raise InvalidValueError(
+                f"{where}: the proposal {lease.proposal()} of {lease.id} was already "
+                f"reported by {lease.reported_by or 'another reporter'}; the first report "
+                "counts"
+            )
+        clean, _ = self._clean_metadata(record.name, metrics, f"{where}: metrics", depth=2)
+        config = lease.config
+        metric = config.get("metric") if isinstance(config.get("metric"), str) else None
+        score_of(record.name, clean, metric, lease.proposal_iteration, "the report")
+        # One report per proposal, bounded like metadata and replaced by the next
+        # proposal's: the lease's own footprint, not charged as history is.
+        lease.report = clean
+        lease.reported_by = actor
+        revision = self._commit(session, (), source=actor or lease.id, notes=[lease])[1]
+        return lease, record, revision
 
     def finish_optimization(
         self,
@@ -2811,7 +2911,7 @@ class MemoryStore:
         optimization_id: str = "",
     ) -> builtins.list[OptimizationEntry]:
         """The newest ``limit`` evaluations of the variable (of one optimization, and at or
-        after ``since``, when given), oldest first.
+        after ``since``, to the microsecond, when given), oldest first.
 
         Example::
 
@@ -2821,10 +2921,13 @@ class MemoryStore:
             raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "read")
+        # Compared in whole microseconds, the resolution of the datetimes the API hands
+        # out: an entry's own timestamp given back as ``since`` includes that entry.
+        floor = None if since is None else round(since * 1e6)
         found = [
             e for e in session.evaluations.get(record.id, ())
             if (not optimization_id or e.optimization_id == optimization_id)
-            and (since is None or e.timestamp >= since)
+            and (floor is None or round(e.timestamp * 1e6) >= floor)
         ]
         return found[-limit:]
 

@@ -189,7 +189,8 @@ async def test_optimization_needs_optimize(world: dict[str, Any]) -> None:
             assert await world["A"].get_variable("temperature", bypass_cache=True) == 0.3
             with pytest.raises(ValueError, match="locked"):
                 await world["A"].set_variable("temperature", 0.4)
-        assert await s.stop_optimization(var) is False  # nothing running any more
+        with pytest.raises(ValueError, match="not being optimized"):  # nothing running any more
+            await s.stop_optimization(var)
 
 
 async def test_delete_and_permissions_are_owner_only(world: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -73,7 +74,7 @@ async def test_second_start_is_refused_and_other_writes_are_locked(
         await b.rollback_variable("t", 1)
     with pytest.raises(OptimizationLockedError, match="cannot be deleted"):
         await b.delete_variable("t")
-    assert await a.stop_optimization("t", reason="test over")
+    assert await a.stop_optimization("t", reason="test over") is None
     gate.release()
     final = await a.wait_for_optimization("t")
     assert final["state"] == "stopped" and final["end_reason"] == "test over"
@@ -93,7 +94,7 @@ async def test_stop_from_another_connection_ends_the_run_and_nothing_lands_after
     await gate.arrived(1)
     gate.release()
     await gate.arrived(2)  # iteration 2 is being evaluated: its proposal is written
-    assert await b.stop_optimization("t", reason="enough") is True
+    assert await b.stop_optimization("t", reason="enough") is None
     stopped = await b.get_optimization_status("t")
     assert stopped["is_optimizing"] is False and stopped["state"] == "stopped"
     version_at_stop = (await b.get_variables(["t"], include_metadata=True))["t"]["metadata"][
@@ -109,7 +110,8 @@ async def test_stop_from_another_connection_ends_the_run_and_nothing_lands_after
     assert max(await optimization_writes(b, "t")) <= version_at_stop
     history = await b.get_optimization_history("t")
     assert [e["iteration"] for e in history] == [1]
-    assert await b.stop_optimization("t") is False  # nothing is running any more
+    with pytest.raises(ValueError, match="not being optimized"):  # nothing is running any more
+        await b.stop_optimization("t")
 
 
 async def test_stop_can_apply_the_best_value_in_the_same_commit(
@@ -122,7 +124,7 @@ async def test_stop_can_apply_the_best_value_in_the_same_commit(
         await gate.arrived(n)
         gate.release()
     await gate.arrived(4)  # 0.0, 0.5, 1.0 scored; 1.5 being evaluated
-    assert await b.stop_optimization("t", apply_best=True)
+    assert await b.stop_optimization("t", apply_best=True) is None
     status = await b.get_optimization_status("t")
     assert status["best_value"] == 1.0
     assert await b.get_variable("t", bypass_cache=True) == 1.0
@@ -235,7 +237,7 @@ async def test_callback_sees_every_iteration_in_order_and_status_tells_the_run(
 ) -> None:
     await session.register_variable("q", "float", 0.0, constraints={"min": -1.0, "max": 1.0})
     seen: list[tuple[int, float, dict[str, Any]]] = []
-    started = time.time()
+    started = datetime.now(UTC)
 
     async def callback(iteration: int, value: float, metrics: dict[str, Any]) -> None:
         status = await session.get_optimization_status("q")
@@ -255,6 +257,8 @@ async def test_callback_sees_every_iteration_in_order_and_status_tells_the_run(
     assert final["best_value"] == 0.5 and final["best_score"] == 0.0
     assert final["best_metrics"] == {"loss": 0.0, "abs": 0.5} and final["minimize"] is True
     assert final["iteration"] == 5 and final["optimizer_type"] == "grid_search"
+    times = [final[key] for key in ("started_at", "last_update", "ended_at", "expires_at")]
+    assert all(isinstance(t, datetime) and t.tzinfo is UTC for t in times)
     assert started <= final["started_at"] <= final["last_update"] <= final["ended_at"]
     assert await session.get_variable("q") == 0.5  # the best is written at the end
     assert final["final_value"] == 0.5
@@ -267,6 +271,8 @@ async def test_callback_sees_every_iteration_in_order_and_status_tells_the_run(
     ]
     assert await session.get_optimization_history("q", optimizer_id="opt_other") == []
     later = history[2]["timestamp"]
+    assert all(isinstance(e["timestamp"], datetime) and e["timestamp"].tzinfo is UTC
+               for e in history)
     assert [e["iteration"] for e in await session.get_optimization_history("q", since=later)] \
         == [3, 4, 5]
     stats = session.get_variable_stats("q")
@@ -400,12 +406,12 @@ async def test_a_custom_optimizer_registered_and_used(session: dspex_rx.SessionC
 
     await session.register_variable("h", "float", 0.0, constraints={"min": 0.0, "max": 2.0})
     with pytest.raises(TypeError, match="BaseOptimizer"):
-        session.register_python_optimizer("bad", object)  # type: ignore[arg-type]
+        await session.register_python_optimizer("bad", object)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="built-in"):
-        session.register_python_optimizer("bayesian", Halving)
+        await session.register_python_optimizer("bayesian", Halving)
     with pytest.raises(ValueError, match="halving"):
         await session.start_optimization("h", "halving", objective=_score)  # not yet known
-    session.register_python_optimizer("halving", Halving)
+    await session.register_python_optimizer("halving", Halving)
     with pytest.raises(ValueError, match="unknown"):
         await session.start_optimization("h", "halving", {"unknown": 1}, objective=_score)
     await session.start_optimization(
@@ -444,7 +450,7 @@ async def test_a_failing_objective_fails_the_run_and_keeps_the_best(
     [
         ({"mode": "up"}, lambda v: v, "'max' or 'min'"),
         ({"acquisition_function": "nope"}, lambda v: v, "nope"),
-        ({}, None, "objective"),
+        ({}, 42, "objective must be callable"),  # None is fine now: metrics are reported
         ({"bounds": [5.0, 6.0]}, lambda v: v, "bounds"),
     ],
 )
@@ -479,7 +485,7 @@ async def test_a_bad_recommendation_still_releases_the_lease(
         def recommend(self) -> float:
             return 99.0  # outside [0, 2]
 
-    session.register_python_optimizer("wild", Wild)
+    await session.register_python_optimizer("wild", Wild)
     await session.register_variable("w", "float", 0.0, constraints=FLOAT)
     await session.start_optimization("w", "wild", max_iterations=2, objective=lambda v: v)
     final = await session.wait_for_optimization("w")
@@ -550,7 +556,7 @@ async def test_a_lease_block_that_raises_fails_the_run_and_a_stop_ends_the_write
     assert status["state"] == "failed" and "evaluator crashed" in status["end_reason"]
     async with mine.optimization_lease("r") as lease:
         await lease.write(0.9)
-        assert await other.stop_optimization("r", reason="manual stop")
+        assert await other.stop_optimization("r", reason="manual stop") is None
         with pytest.raises(OptimizationLockedError, match="no longer holds the lease"):
             await lease.write(1.1)
         assert lease.revoked is not None

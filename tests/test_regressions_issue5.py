@@ -349,7 +349,7 @@ async def test_stop_with_apply_best_is_seen_by_the_stopping_client(
         await gate.arrived(n)
         gate.release()
     await gate.arrived(4)  # 0.0, 0.5, 1.0 scored; 1.0 is the best
-    assert await b.stop_optimization("t", apply_best=True)
+    assert await b.stop_optimization("t", apply_best=True) is None
     gate.release()
     await a.wait_for_optimization("t")
     cached = await b.get_variable("t")

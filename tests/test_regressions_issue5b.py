@@ -96,7 +96,7 @@ async def test_an_unexpected_error_while_finishing_releases_the_lease_and_spares
     run), and no FinishOptimization is ever sent, so the variable stays locked until the
     TTL although "the run is a background task: report, never crash"."""
     a, _ = pair
-    a.register_python_optimizer("recommend_raises", _RecommendRaises)
+    await a.register_python_optimizer("recommend_raises", _RecommendRaises)
     await a.start_optimization("t", optimizer, {"seed": 1}, max_iterations=2, objective=objective)
     status = await a.wait_for_optimization("t")
     await trio.testing.wait_all_tasks_blocked()
@@ -187,7 +187,7 @@ async def test_wait_for_optimization_returns_the_status_of_the_run_it_waited_for
     gate_a, gate_b = Gate(), Gate()
     first = await a.start_optimization("t", "random", {"seed": 1}, objective=gate_a)
     await gate_a.arrived(1)
-    assert await b.stop_optimization("t", reason="taking over")
+    assert await b.stop_optimization("t", reason="taking over") is None
     second = await b.start_optimization("t", "random", {"seed": 2}, objective=gate_b)
     gate_a.release()
     status = await a.wait_for_optimization(first)
@@ -226,7 +226,7 @@ async def test_a_custom_optimizer_may_propose_numpy_scalars(
     its run at iteration 1 saying the value is "outside the variable's constraints", when
     it is inside them (``SearchSpace.coerce``, which ``tell`` uses, accepts exactly these,
     and the codec sends numpy scalars everywhere else)."""
-    session.register_python_optimizer("numpy_ask", _NumpyAsk)
+    await session.register_python_optimizer("numpy_ask", _NumpyAsk)
     await session.register_variable("v", type_name, initial, constraints=constraints)
     await session.start_optimization(
         "v", "numpy_ask", {"seed": 3}, max_iterations=4, objective=lambda v: 1.0

@@ -338,7 +338,7 @@ async def test_a_stopped_lease_writes_no_results(
 
     async def stop_it() -> None:
         await trio.to_thread.run_sync(entered.wait, 30)
-        assert await other.stop_optimization("temperature", reason="operator")
+        assert await other.stop_optimization("temperature", reason="operator") is None
         await other.set_variable("temperature", 1.5)
         release.set()
 

@@ -536,7 +536,7 @@ class RollbackResponse(_message.Message):
     def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class OptimizationStatus(_message.Message):
-    __slots__ = ("variable_id", "name", "is_optimizing", "optimization_id", "optimizer_type", "holder_session", "holder_client", "iteration", "best_value", "best_metrics", "best_score", "has_best", "started_at", "last_update", "expires_at", "state", "end_reason", "ended_at", "max_iterations", "ttl_seconds", "config", "minimize", "final_value", "has_final")
+    __slots__ = ("variable_id", "name", "is_optimizing", "optimization_id", "optimizer_type", "holder_session", "holder_client", "iteration", "best_value", "best_metrics", "best_score", "has_best", "started_at", "last_update", "expires_at", "state", "end_reason", "ended_at", "max_iterations", "ttl_seconds", "config", "minimize", "final_value", "has_final", "takes_reports", "proposal_iteration", "proposal_version", "has_report", "report_metrics", "reported_by")
     VARIABLE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IS_OPTIMIZING_FIELD_NUMBER: _ClassVar[int]
@@ -561,6 +561,12 @@ class OptimizationStatus(_message.Message):
     MINIMIZE_FIELD_NUMBER: _ClassVar[int]
     FINAL_VALUE_FIELD_NUMBER: _ClassVar[int]
     HAS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    TAKES_REPORTS_FIELD_NUMBER: _ClassVar[int]
+    PROPOSAL_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    PROPOSAL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HAS_REPORT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_METRICS_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_BY_FIELD_NUMBER: _ClassVar[int]
     variable_id: str
     name: str
     is_optimizing: bool
@@ -585,10 +591,16 @@ class OptimizationStatus(_message.Message):
     minimize: bool
     final_value: _value_pb2.Value
     has_final: bool
-    def __init__(self, variable_id: _Optional[str] = ..., name: _Optional[str] = ..., is_optimizing: _Optional[bool] = ..., optimization_id: _Optional[str] = ..., optimizer_type: _Optional[str] = ..., holder_session: _Optional[str] = ..., holder_client: _Optional[str] = ..., iteration: _Optional[int] = ..., best_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., best_metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., best_score: _Optional[float] = ..., has_best: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_update: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., end_reason: _Optional[str] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_iterations: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., config: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., minimize: _Optional[bool] = ..., final_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., has_final: _Optional[bool] = ...) -> None: ...
+    takes_reports: bool
+    proposal_iteration: int
+    proposal_version: int
+    has_report: bool
+    report_metrics: _value_pb2.MapValue
+    reported_by: str
+    def __init__(self, variable_id: _Optional[str] = ..., name: _Optional[str] = ..., is_optimizing: _Optional[bool] = ..., optimization_id: _Optional[str] = ..., optimizer_type: _Optional[str] = ..., holder_session: _Optional[str] = ..., holder_client: _Optional[str] = ..., iteration: _Optional[int] = ..., best_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., best_metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., best_score: _Optional[float] = ..., has_best: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_update: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., end_reason: _Optional[str] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_iterations: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., config: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., minimize: _Optional[bool] = ..., final_value: _Optional[_Union[_value_pb2.Value, _Mapping]] = ..., has_final: _Optional[bool] = ..., takes_reports: _Optional[bool] = ..., proposal_iteration: _Optional[int] = ..., proposal_version: _Optional[int] = ..., has_report: _Optional[bool] = ..., report_metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., reported_by: _Optional[str] = ...) -> None: ...
 
 class StartOptimizationRequest(_message.Message):
-    __slots__ = ("session_id", "ref", "optimizer_type", "config", "max_iterations", "ttl_seconds", "client_id", "minimize")
+    __slots__ = ("session_id", "ref", "optimizer_type", "config", "max_iterations", "ttl_seconds", "client_id", "minimize", "takes_reports")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -597,6 +609,7 @@ class StartOptimizationRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     MINIMIZE_FIELD_NUMBER: _ClassVar[int]
+    TAKES_REPORTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     ref: str
     optimizer_type: str
@@ -605,7 +618,8 @@ class StartOptimizationRequest(_message.Message):
     ttl_seconds: float
     client_id: str
     minimize: bool
-    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimizer_type: _Optional[str] = ..., config: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., max_iterations: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., client_id: _Optional[str] = ..., minimize: _Optional[bool] = ...) -> None: ...
+    takes_reports: bool
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., optimizer_type: _Optional[str] = ..., config: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., max_iterations: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., client_id: _Optional[str] = ..., minimize: _Optional[bool] = ..., takes_reports: _Optional[bool] = ...) -> None: ...
 
 class StartOptimizationResponse(_message.Message):
     __slots__ = ("status", "fencing_token", "revision")
@@ -724,6 +738,30 @@ class StopOptimizationResponse(_message.Message):
     revision: int
     variable: Variable
     def __init__(self, stopped: _Optional[bool] = ..., status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., revision: _Optional[int] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
+
+class ReportMetricsRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "metrics", "iteration", "version", "client_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    metrics: _value_pb2.MapValue
+    iteration: int
+    version: int
+    client_id: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., iteration: _Optional[int] = ..., version: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class ReportMetricsResponse(_message.Message):
+    __slots__ = ("status", "revision")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    status: OptimizationStatus
+    revision: int
+    def __init__(self, status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class GetOptimizationStatusRequest(_message.Message):
     __slots__ = ("session_id", "ref", "optimization_id")

@@ -155,6 +155,11 @@ class VariablesStub:
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryRequest.SerializeToString,
                 response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryResponse.FromString,
                 _registered_method=True)
+        self.ReportMetrics = channel.unary_unary(
+                '/dspex_rx.v1.Variables/ReportMetrics',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.ReportMetricsRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ReportMetricsResponse.FromString,
+                _registered_method=True)
         self.ExportVariables = channel.unary_unary(
                 '/dspex_rx.v1.Variables/ExportVariables',
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.ExportVariablesRequest.SerializeToString,
@@ -326,6 +331,12 @@ class VariablesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportMetrics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportVariables(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -473,6 +484,11 @@ def add_VariablesServicer_to_server(servicer, server):
                     servicer.GetOptimizationHistory,
                     request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryRequest.FromString,
                     response_serializer=dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryResponse.SerializeToString,
+            ),
+            'ReportMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportMetrics,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ReportMetricsRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.ReportMetricsResponse.SerializeToString,
             ),
             'ExportVariables': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportVariables,
@@ -1143,6 +1159,33 @@ class Variables:
             '/dspex_rx.v1.Variables/GetOptimizationHistory',
             dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryRequest.SerializeToString,
             dspex__rx_dot_v1_dot_variables__pb2.GetOptimizationHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/ReportMetrics',
+            dspex__rx_dot_v1_dot_variables__pb2.ReportMetricsRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.ReportMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
