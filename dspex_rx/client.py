@@ -1915,10 +1915,14 @@ class SessionContext:
         if metric_variable is not None:
             # It must exist and be readable now (KeyError otherwise), and not be the
             # variable being optimized (its proposals would read as evaluations).
-            metric_meta = (await self.get_variables([metric_variable],
-                                                    include_metadata=True)).get(metric_variable)
-            if metric_meta is None:
-                raise error_from_kind("not_found", f"no metric variable {metric_variable!r}")
+            try:
+                metric_meta = (await self.get_variables(
+                    [metric_variable], include_metadata=True))[metric_variable]
+            except KeyError:
+                raise error_from_kind(
+                    "not_found", f"variable {variable!r}: optimizer_config['metric_variable'] "
+                    f"names no variable this session can read: {metric_variable!r}"
+                ) from None
             if metric_meta["metadata"]["id"] == meta["id"]:
                 raise InvalidValueError(
                     f"variable {variable!r}: the metric variable cannot be the variable "

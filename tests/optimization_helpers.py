@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -114,3 +114,27 @@ def breakable(session: dspex_rx.SessionContext) -> list[BreakableStream]:
 
     transport.open_stream = open_stream
     return streams
+
+
+async def report_proposals(
+    session: dspex_rx.SessionContext,
+    name: str,
+    evaluate: Callable[[Any], dict[str, Any]],
+    reported: list[tuple[int, Any]] | None = None,
+    runs: int = 1,
+) -> None:
+    """The program's side of ask/tell: watch ``name`` and report ``evaluate(value)`` for
+    every proposal an optimization writes (tied to it by the version it wrote), until
+    ``runs`` runs have written their final value."""
+    finals = 0
+    async with session.watch_variable(name, include_initial=False) as watch:
+        async for update in watch:
+            if update.metadata.get("final"):
+                finals += 1
+                if finals == runs:
+                    return
+            elif "iteration" in update.metadata:  # a proposal's write
+                await session.report_metrics(name, evaluate(update.value),
+                                             version=update.version)
+                if reported is not None:
+                    reported.append((update.metadata["iteration"], update.value))

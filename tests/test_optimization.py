@@ -4,6 +4,7 @@ optimizers through the real server."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 from helpers import drain, settle
-from optimization_helpers import FLOAT, FakeClock, Gate, open_pair
+from optimization_helpers import FLOAT, FakeClock, Gate, open_pair, report_proposals
 
 import dspex_rx
 from dspex_rx import BaseOptimizer, OptimizationLockedError
@@ -275,6 +276,11 @@ async def test_callback_sees_every_iteration_in_order_and_status_tells_the_run(
                for e in history)
     assert [e["iteration"] for e in await session.get_optimization_history("q", since=later)] \
         == [3, 4, 5]
+    # since= takes a datetime or POSIX seconds: the same instant gives the same entries.
+    by_seconds = await session.get_optimization_history("q", since=later.timestamp())
+    assert by_seconds == await session.get_optimization_history("q", since=later)
+    naive = later.replace(tzinfo=None)  # taken as UTC
+    assert await session.get_optimization_history("q", since=naive) == by_seconds
     stats = session.get_variable_stats("q")
     assert stats["total_optimization_time_s"] > 0
     assert stats["write_count"] >= 5
@@ -593,3 +599,321 @@ async def test_a_batch_guarded_by_a_lease_applies_only_while_the_lease_is_held(
             await mine.update_variables({"out": 2.0}, require_leases=[lease])
     after = (await other.get_variables(["out"], include_metadata=True))["out"]
     assert after["value"] == 1.0 and after["metadata"]["revision"] == revision
+
+
+# ------------------------------------------------- ask/tell: reported evaluations
+
+
+def _accuracy(value: float) -> dict[str, Any]:
+    return {"accuracy": 1.0 - (float(value) - 1.0) ** 2, "latency_ms": 800.0}
+
+
+async def test_reports_from_another_connection_drive_a_grid_run_to_its_best(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    a, b = pair
+    seen: list[tuple[int, float, dict[str, Any]]] = []
+    reported: list[tuple[int, Any]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report_proposals, b, "t", _accuracy, reported)
+        await settle(b)  # the reporter's watch is registered before the first proposal
+        opt_id = await a.start_optimization(
+            "t", "grid_search", {"n_points": 5, "metric": "accuracy"},
+            callback=lambda i, v, m: seen.append((i, v, m)),
+        )
+        final = await a.wait_for_optimization("t")
+    assert [i for i, _ in reported] == [1, 2, 3, 4, 5]
+    assert [v for _, v in reported] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert [(i, v) for i, v, _ in seen] == [(1, 0.0), (2, 0.5), (3, 1.0), (4, 1.5), (5, 2.0)]
+    assert seen[2][2] == {"accuracy": 1.0, "latency_ms": 800.0}
+    assert final["optimization_id"] == opt_id and final["state"] == "completed"
+    assert final["end_reason"] == "the search space is exhausted"
+    assert final["iteration"] == 5 and final["best_value"] == 1.0
+    assert final["best_metrics"] == {"accuracy": 1.0, "latency_ms": 800.0}
+    assert final["best_score"] == 1.0 and final["final_value"] == 1.0
+    assert final["takes_reports"] is True and final["awaiting_report"] is False
+    assert final["proposal_iteration"] == 5
+    assert final["reported_by"] == f"{b.session_id}/{b._client_id}"  # the last report's
+    times = [final[k] for k in ("started_at", "last_update", "ended_at", "expires_at")]
+    assert all(isinstance(t, datetime) and t.tzinfo is UTC for t in times)
+    assert final["started_at"] <= final["last_update"] <= final["ended_at"]
+    history = await b.get_optimization_history("t")
+    assert [(e["iteration"], e["value"]) for e in history] == [
+        (1, 0.0), (2, 0.5), (3, 1.0), (4, 1.5), (5, 2.0)]
+    assert [e["score"] for e in history] == [0.0, 0.75, 1.0, 0.75, 0.0]
+    assert {e["optimization_id"] for e in history} == {opt_id}
+    assert all(isinstance(e["timestamp"], datetime) and e["timestamp"].tzinfo is UTC
+               for e in history)
+    assert await b.get_variable("t", bypass_cache=True) == 1.0
+
+
+async def test_reports_drive_a_bayesian_run_near_the_optimum(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    a, b = pair
+    reported: list[tuple[int, Any]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report_proposals, b, "t", _accuracy, reported)
+        await settle(b)
+        await a.start_optimization(
+            "t", "bayesian", {"n_initial_points": 4, "seed": 7, "metric": "accuracy"},
+            max_iterations=12,
+        )
+        final = await a.wait_for_optimization("t")
+    history = await a.get_optimization_history("t")
+    assert final["state"] == "completed" and final["iteration"] == len(history) == 12
+    assert [e["iteration"] for e in history] == list(range(1, 13))
+    assert [e["value"] for e in history] == [v for _, v in reported]  # each its own report
+    best = max(history, key=lambda e: e["score"])
+    assert final["best_value"] == best["value"] and abs(best["value"] - 1.0) < 0.05
+    assert final["best_score"] == best["score"] == _accuracy(best["value"])["accuracy"]
+
+
+async def test_a_stale_or_second_report_is_refused_and_the_first_counts(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    a, b = pair
+    in_callback, leave = trio.Event(), trio.Event()
+
+    async def callback(iteration: int, value: float, metrics: dict[str, Any]) -> None:
+        if iteration == 2:
+            in_callback.set()
+            await leave.wait()  # the run proposes nothing more while this waits
+
+    opt_id = await a.start_optimization("t", "grid_search", {"n_points": 3},
+                                        max_iterations=3, callback=callback)
+    async with b.watch_variable("t", include_initial=False) as watch:
+        first = await anext(watch)
+        assert first.metadata["iteration"] == 1 and first.source == opt_id
+        await b.report_metrics("t", {"score": 0.1}, version=first.version)
+        second = await anext(watch)
+        assert second.metadata["iteration"] == 2
+        with pytest.raises(ValueError, match=(
+            rf"stale proposal \(version {first.version}\); the current proposal of "
+            rf"{opt_id} is iteration 2 \(version {second.version}\)"
+        )):
+            await b.report_metrics("t", {"score": 0.9}, version=first.version)
+        with pytest.raises(ValueError, match=r"stale proposal \(iteration 1\)"):
+            await b.report_metrics("t", {"score": 0.9}, iteration=1)
+        with pytest.raises(ValueError, match=r"the report returned several metrics \('a', "
+                           r"'c'\): name the target"):
+            await b.report_metrics("t", {"a": 1.0, "c": 2.0}, iteration=2)
+        assert (await b.get_optimization_status("t"))["awaiting_report"] is True
+        status = await b.report_metrics("t", {"score": 0.5})  # the version b last saw
+        assert status["report_metrics"] == {"score": 0.5}
+        await in_callback.wait()
+        with pytest.raises(ValueError, match=(
+            rf"iteration 2 \(version {second.version}\) of {opt_id} was already reported "
+            rf"by {b.session_id}/{b._client_id}; the first report counts"
+        )):
+            await b.report_metrics("t", {"score": 0.7}, iteration=2)
+        leave.set()
+        third = await anext(watch)
+        await a.report_metrics("t", 0.2, iteration=third.metadata["iteration"])
+    final = await a.wait_for_optimization("t")
+    history = await a.get_optimization_history("t")
+    assert [(e["iteration"], e["score"]) for e in history] == [(1, 0.1), (2, 0.5), (3, 0.2)]
+    assert final["best_value"] == 1.0 and final["best_score"] == 0.5
+
+
+async def test_a_report_with_nothing_to_evaluate_is_refused(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    a, b = pair
+    with pytest.raises(ValueError, match=r"variable 't' is not being optimized: there is no "
+                       "proposal to report metrics for"):
+        await b.report_metrics("t", {"score": 1.0}, iteration=1)
+    gate = Gate()
+    opt_id = await a.start_optimization("t", "random", {"seed": 1}, objective=gate)
+    await gate.arrived(1)
+    with pytest.raises(ValueError, match=f"optimization {opt_id} evaluates its proposals "
+                       "in-process"):
+        await b.report_metrics("t", {"score": 1.0}, iteration=1)
+    await b.stop_optimization("t")
+    gate.release()
+    await a.wait_for_optimization("t")
+    with pytest.raises(ValueError, match=rf"not being optimized \(its last optimization "
+                       rf"{opt_id} has stopped\)"):
+        await b.report_metrics("t", {"score": 1.0}, iteration=1)
+    async with dspex_rx.connect(a.target, session_id=a.session_id, token=a.token) as fresh:
+        with pytest.raises(ValueError, match="has not seen a version"):
+            await fresh.report_metrics("t", {"score": 1.0})
+    with pytest.raises(TypeError, match="metrics must be a dict or a number"):
+        await b.report_metrics("t", "good", iteration=1)  # type: ignore[arg-type]
+
+
+async def test_a_metric_variable_changing_evaluates_each_proposal(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    a, b = pair
+    await a.register_variable("acc", "float", 0.0)
+
+    async def evaluator() -> None:
+        async with b.watch_variable("t", include_initial=False) as watch:
+            async for update in watch:
+                if update.metadata.get("final"):
+                    return
+                iteration = update.metadata["iteration"]
+                # A write naming another proposal is not this one's evaluation.
+                await b.set_variable("acc", -5.0, metadata={"iteration": iteration + 7})
+                await b.set_variable("acc", -abs(update.value - 1.5),
+                                     metadata={"iteration": iteration})
+
+    with pytest.raises(ValueError, match="cannot be the variable being optimized"):
+        await a.start_optimization("t", "grid_search", {"metric_variable": "t"})
+    with pytest.raises(KeyError, match="names no variable this session can read: 'nope'"):
+        await a.start_optimization("t", "grid_search", {"metric_variable": "nope"})
+    with pytest.raises(ValueError, match="give one"):
+        await a.start_optimization("t", "grid_search", {"metric_variable": "acc"},
+                                   objective=abs)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(evaluator)
+        await settle(b)
+        await a.start_optimization("t", "grid_search",
+                                   {"n_points": 5, "metric_variable": "acc"})
+        final = await a.wait_for_optimization("t")
+    history = await a.get_optimization_history("t")
+    assert [(e["value"], e["metrics"]) for e in history] == [
+        (0.0, {"acc": -1.5}), (0.5, {"acc": -1.0}), (1.0, {"acc": -0.5}),
+        (1.5, {"acc": -0.0}), (2.0, {"acc": -0.5}),
+    ]
+    assert final["state"] == "completed" and final["best_value"] == 1.5
+    assert await a.get_variable("t") == 1.5
+
+
+async def test_a_run_nobody_reports_to_keeps_its_lease_until_stopped(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    clocked: EmbeddedServer, clock: FakeClock, mock_clock: trio.testing.MockClock,
+) -> None:
+    a, b = pair
+    opt_id = await a.start_optimization("t", "random", {"seed": 4}, max_iterations=5)
+    async with b.watch_optimization("t") as progress:
+        async for status in progress:
+            if status["awaiting_report"]:
+                break
+    assert status["proposal_iteration"] == 1 and status["optimization_id"] == opt_id
+    # Past two lease TTLs (5 s) of server time: the waiting run renews its lease.
+    for _ in range(6):
+        before = (await b.get_optimization_status("t"))["last_update"]
+        clock.now += 2.0
+        mock_clock.jump(2.0)
+        while (await b.get_optimization_status("t"))["last_update"] == before:
+            await trio.sleep(0)
+    clocked.store.expire()
+    assert (await b.get_optimization_status("t"))["state"] == "running"
+    # A stop ends the wait at once: no virtual time passes before the run is over.
+    now = trio.current_time()
+    await b.stop_optimization("t", reason="nobody evaluates")
+    final = await a.wait_for_optimization("t")
+    assert trio.current_time() == now
+    assert final["state"] == "stopped" and final["end_reason"] == "nobody evaluates"
+    assert final["iteration"] == 0
+    run = a._runs[opt_id]
+    assert run.state == "revoked" and "has stopped: nobody evaluates" in run.end_reason
+    assert await b.set_variable("t", 1.0) > 1  # the lease is released
+
+
+async def test_stop_on_a_variable_not_being_optimized_is_a_value_error(
+    session: dspex_rx.SessionContext,
+) -> None:
+    await session.register_variable("z", "float", 0.5, constraints=FLOAT)
+    with pytest.raises(ValueError, match=r"variable 'z' is not being optimized: nothing to "
+                       "stop"):
+        await session.stop_optimization("z")
+    opt_id = await session.start_optimization("z", "grid_search", {"n_points": 2},
+                                              objective=abs)
+    await session.wait_for_optimization("z")
+    with pytest.raises(ValueError, match=rf"not being optimized \(its last optimization "
+                       rf"{opt_id} has completed\)"):
+        await session.stop_optimization("z", apply_best=True)
+    assert await session.get_variable("z") == 2.0  # nothing was applied
+
+
+async def test_register_python_optimizer_is_awaitable(
+    session: dspex_rx.SessionContext,
+) -> None:
+    class Fixed(BaseOptimizer):
+        def ask(self) -> float:
+            return 0.25
+
+    registering = session.register_python_optimizer("fixed", Fixed)
+    assert inspect.iscoroutine(registering)
+    assert await registering is None
+    await session.register_variable("fx", "float", 0.0, constraints=FLOAT)
+    await session.start_optimization("fx", "fixed", max_iterations=2, objective=abs)
+    assert (await session.wait_for_optimization("fx"))["best_value"] == 0.25
+
+
+# ------------------------------------------------------- the spec's own examples
+
+
+async def test_spec_safe_optimization_waits_for_the_running_one_then_starts(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    a, b = pair
+    await a.register_variable("hyperparameter", "float", 0.5, constraints=FLOAT)
+    waited_for: list[str] = []
+
+    async def safe_optimization(session: dspex_rx.SessionContext) -> str:
+        try:
+            return await session.start_optimization("hyperparameter", "bayesian")
+        except ValueError as e:
+            if "already being optimized" not in str(e):
+                raise
+            status = await session.get_optimization_status("hyperparameter")
+            waited_for.append(status["optimization_id"])
+            while status["is_optimizing"]:
+                await trio.sleep(1)
+                status = await session.get_optimization_status("hyperparameter")
+            return await session.start_optimization("hyperparameter", "bayesian")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report_proposals, b, "hyperparameter",
+                           lambda v: {"accuracy": 1.0 - (v - 1.2) ** 2}, None, 2)
+        await settle(b)
+        first = await b.start_optimization("hyperparameter", "bayesian", max_iterations=6)
+        second = await safe_optimization(a)
+        done = await a.wait_for_optimization(second)
+    assert waited_for == [first] and second != first
+    before = await a.get_optimization_status("hyperparameter", first)
+    assert before["state"] == "completed" and before["iteration"] == 6
+    assert done["state"] == "completed" and done["optimization_id"] == second
+    assert done["started_at"] >= before["ended_at"]
+    assert 1 <= done["iteration"] <= 100 and done["best_metrics"]["accuracy"] > 0.9
+
+
+async def test_spec_complete_optimization_workflow_with_reported_accuracy(
+    session: dspex_rx.SessionContext, autojump_clock: trio.testing.MockClock,
+) -> None:
+    temp_id = await session.register_variable("base_temperature", "float", 0.7,
+                                              constraints={"min": 0.0, "max": 2.0})
+    assert temp_id.startswith("var_base_temperature")
+    progress: list[tuple[int, float, float]] = []
+
+    def on_progress(iteration: int, value: float, metrics: dict[str, Any]) -> None:
+        progress.append((iteration, value, metrics.get("accuracy", 0)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report_proposals, session, "base_temperature",
+                           lambda t: {"accuracy": 0.9 - (t - 0.8) ** 2})
+        await settle(session)
+        opt_id = await session.start_optimization(
+            "base_temperature", "bayesian",
+            optimizer_config={"acquisition_function": "ei", "xi": 0.01},
+            callback=on_progress,
+        )
+        polls = 0
+        while True:
+            status = await session.get_optimization_status("base_temperature")
+            polls += 1
+            if not status["is_optimizing"]:
+                break
+            await trio.sleep(1)
+    assert polls >= 1 and status["optimization_id"] == opt_id
+    assert status["state"] == "completed"
+    assert [i for i, _, _ in progress] == list(range(1, status["iteration"] + 1))
+    best = max(progress, key=lambda p: p[2])
+    assert status["best_value"] == best[1] and abs(best[1] - 0.8) < 0.1
+    assert status["best_metrics"] == {"accuracy": best[2]}
+    assert await session.get_variable("base_temperature") == status["final_value"]
