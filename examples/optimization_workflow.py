@@ -1,8 +1,10 @@
 """The spec's "Complete Optimization Workflow": an LLM program's variables registered with
 their dependencies and a derived ``effective_temperature``; a Bayesian optimization of
-``base_temperature`` against a simulated quality evaluation, with a live progress bar; a
-second connection that polls the run's status and is refused a write while it runs; then
-the results exported as JSON and plotted as a PNG. Runs on an embedded server in ~2 s.
+``base_temperature``, started without an objective as in the spec: the program evaluates
+each proposal it sees (a simulated quality evaluation) and reports the metrics through the
+server (ask/tell), with a live progress bar; a second connection that polls the run's
+status and is refused a write while it runs; then the results exported as JSON (times as
+ISO 8601) and plotted as a PNG. Runs on an embedded server in ~2 s.
 Output goes to argv[1], else $DSPEX_RX_OUT, else ./dspex_rx_output.
 """
 
@@ -13,6 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -118,6 +121,31 @@ async def follow_status(
                 break
 
 
+async def evaluate_proposals(
+    session: dspex_rx.SessionContext, evaluate: Callable[[float], dict[str, float]],
+    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The program's side of ask/tell: evaluate every proposal the optimizer writes and
+    report its metrics, tied to the proposal by the version it wrote; stop at the run's
+    final write. Started (``nursery.start``) once its watch is registered."""
+    async with session.watch_variable(TARGET, include_initial=False) as watch:
+        await session.sync()
+        task_status.started()
+        async for update in watch:
+            if update.metadata.get("final"):
+                return
+            if "iteration" in update.metadata:  # a proposal
+                # Evaluating is slow, synchronous work (an LLM over a dev set): a thread.
+                metrics = await trio.to_thread.run_sync(evaluate, update.value)
+                await session.report_metrics(TARGET, metrics, version=update.version)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def default_out_dir() -> Path:
     return Path(os.environ.get("DSPEX_RX_OUT") or "dspex_rx_output")
 
@@ -201,6 +229,8 @@ async def main(out_dir: str | Path | None = None) -> dict[str, Any]:
                     except ValueError as exc:
                         refused.append(f"{type(exc).__name__}: {exc}")
 
+            # The evaluator watches before the run starts, so it sees the first proposal.
+            await nursery.start(evaluate_proposals, session, evaluate)
             print(f"optimizing {TARGET} (bayesian, expected improvement, "
                   f"at most {MAX_ITERATIONS} iterations):")
             opt_id = await session.start_optimization(
@@ -208,7 +238,7 @@ async def main(out_dir: str | Path | None = None) -> dict[str, Any]:
                 {"acquisition_function": "ei", "n_initial_points": 5, "seed": 7,
                  "metric": "quality", "mode": "max"},
                 max_iterations=MAX_ITERATIONS, convergence_threshold=0.001,
-                callback=on_iteration, objective=evaluate,
+                callback=on_iteration,
             )
             # Started after the run, not before: the first poll then cannot come too late.
             nursery.start_soon(poll_status, other, polled)
@@ -252,7 +282,7 @@ async def main(out_dir: str | Path | None = None) -> dict[str, Any]:
     json_path = out / "optimization_results.json"
     export = {"format_version": 1, "optimization_id": opt_id, "status": final,
               "history": history, "variables": values}
-    json_path.write_text(json.dumps(export, indent=2) + "\n")
+    json_path.write_text(json.dumps(export, indent=2, default=_json_default) + "\n")
     png_path = out / "optimization_progress.png"
     plot(history, best, kept, png_path)
     print(f"\nwrote {json_path} ({len(history)} iterations) and {png_path}")

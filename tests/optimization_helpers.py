@@ -122,12 +122,17 @@ async def report_proposals(
     evaluate: Callable[[Any], dict[str, Any]],
     reported: list[tuple[int, Any]] | None = None,
     runs: int = 1,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The program's side of ask/tell: watch ``name`` and report ``evaluate(value)`` for
     every proposal an optimization writes (tied to it by the version it wrote), until
-    ``runs`` runs have written their final value."""
+    ``runs`` runs have written their final value. Start it with ``nursery.start``: it is
+    started once its watch is registered, so it sees the first proposal."""
     finals = 0
     async with session.watch_variable(name, include_initial=False) as watch:
+        await session.sync()
+        task_status.started()
         async for update in watch:
             if update.metadata.get("final"):
                 finals += 1

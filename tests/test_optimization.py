@@ -8,7 +8,6 @@ import inspect
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -615,8 +614,7 @@ async def test_reports_from_another_connection_drive_a_grid_run_to_its_best(
     seen: list[tuple[int, float, dict[str, Any]]] = []
     reported: list[tuple[int, Any]] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(report_proposals, b, "t", _accuracy, reported)
-        await settle(b)  # the reporter's watch is registered before the first proposal
+        await nursery.start(report_proposals, b, "t", _accuracy, reported)
         opt_id = await a.start_optimization(
             "t", "grid_search", {"n_points": 5, "metric": "accuracy"},
             callback=lambda i, v, m: seen.append((i, v, m)),
@@ -653,8 +651,7 @@ async def test_reports_drive_a_bayesian_run_near_the_optimum(
     a, b = pair
     reported: list[tuple[int, Any]] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(report_proposals, b, "t", _accuracy, reported)
-        await settle(b)
+        await nursery.start(report_proposals, b, "t", _accuracy, reported)
         await a.start_optimization(
             "t", "bayesian", {"n_initial_points": 4, "seed": 7, "metric": "accuracy"},
             max_iterations=12,
@@ -748,8 +745,10 @@ async def test_a_metric_variable_changing_evaluates_each_proposal(
     a, b = pair
     await a.register_variable("acc", "float", 0.0)
 
-    async def evaluator() -> None:
+    async def evaluator(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with b.watch_variable("t", include_initial=False) as watch:
+            await b.sync()
+            task_status.started()
             async for update in watch:
                 if update.metadata.get("final"):
                     return
@@ -767,8 +766,7 @@ async def test_a_metric_variable_changing_evaluates_each_proposal(
         await a.start_optimization("t", "grid_search", {"metric_variable": "acc"},
                                    objective=abs)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(evaluator)
-        await settle(b)
+        await nursery.start(evaluator)
         await a.start_optimization("t", "grid_search",
                                    {"n_points": 5, "metric_variable": "acc"})
         final = await a.wait_for_optimization("t")
@@ -869,9 +867,8 @@ async def test_spec_safe_optimization_waits_for_the_running_one_then_starts(
             return await session.start_optimization("hyperparameter", "bayesian")
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(report_proposals, b, "hyperparameter",
-                           lambda v: {"accuracy": 1.0 - (v - 1.2) ** 2}, None, 2)
-        await settle(b)
+        await nursery.start(report_proposals, b, "hyperparameter",
+                            lambda v: {"accuracy": 1.0 - (v - 1.2) ** 2}, None, 2)
         first = await b.start_optimization("hyperparameter", "bayesian", max_iterations=6)
         second = await safe_optimization(a)
         done = await a.wait_for_optimization(second)
@@ -895,9 +892,8 @@ async def test_spec_complete_optimization_workflow_with_reported_accuracy(
         progress.append((iteration, value, metrics.get("accuracy", 0)))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(report_proposals, session, "base_temperature",
-                           lambda t: {"accuracy": 0.9 - (t - 0.8) ** 2})
-        await settle(session)
+        await nursery.start(report_proposals, session, "base_temperature",
+                            lambda t: {"accuracy": 0.9 - (t - 0.8) ** 2})
         opt_id = await session.start_optimization(
             "base_temperature", "bayesian",
             optimizer_config={"acquisition_function": "ei", "xi": 0.01},
