@@ -1876,9 +1876,11 @@ class SessionContext:
                 "temperature", "bayesian", {"n_initial_points": 4, "seed": 7},
                 max_iterations=20)
             async for update in session.watch_variable("temperature", include_initial=False):
-                if update.source == opt_id:      # a proposal: evaluate and report it
-                    await session.report_metrics("temperature", {"score": -abs(update.value
-                                                 - 1.3)}, version=update.version)
+                if update.metadata.get("final"):
+                    break                                # the run has ended
+                score = -abs(update.value - 1.3)         # evaluate the proposal
+                await session.report_metrics("temperature", {"score": score},
+                                             version=update.version)
         """
         config = dict(optimizer_config or {})
         objective_fn = as_objective(objective, variable)
