@@ -6,7 +6,10 @@ The objective is an ``async def`` that returns at once and the optimizer is ``ra
 (microseconds per ask/tell), so what is measured is coordination: per iteration one
 ``OptimizationStep`` (record the last result, renew the lease, write the next proposal
 under the fencing token, publish the status) plus the run loop; with a callback, a second
-step records the result before the callback runs.
+step records the result before the callback runs. Ask/tell (no objective): a second
+connection of the session watches the variable and reports each proposal with
+``report_metrics``, so an iteration adds the proposal's trip to the reporter, the
+``ReportMetrics`` RPC and the report's trip back to the run as a status event.
 
 Figures (one JSON line each):
 
@@ -15,6 +18,7 @@ Figures (one JSON line each):
   iteration of a full run, and ``ratio`` = iteration / set_variable (medians of
   ``--repeats`` interleaved runs).
 * the same with ``"callback": true``.
+* ``{"bench": "optimize", "op": "ask_tell", ...}``: the same, evaluated by reports.
 
 Run::
 
@@ -30,6 +34,7 @@ import statistics
 import time
 from typing import Any
 
+import trio
 from _common import emit, make_note, run_benchmark
 
 import dspex_rx
@@ -63,19 +68,50 @@ async def optimization_iterations(
     return elapsed / n
 
 
+async def reported_iterations(
+    session: dspex_rx.SessionContext, reporter: dspex_rx.SessionContext, n: int
+) -> float:
+    async def report(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with reporter.watch_variable("tuned", include_initial=False) as watch:
+            await reporter.sync()
+            task_status.started()
+            async for update in watch:
+                if update.metadata.get("final"):
+                    return
+                await reporter.report_metrics("tuned", -abs(update.value - 1.3),
+                                              version=update.version)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(report)
+        started = time.perf_counter()
+        await session.start_optimization(
+            "tuned", "random", {"seed": 1}, max_iterations=n, convergence_threshold=0.0,
+        )
+        final = await session.wait_for_optimization("tuned")
+        elapsed = time.perf_counter() - started
+    assert final["state"] == "completed" and final["iteration"] == n, final
+    return elapsed / n
+
+
 async def client_main(target: str, args: Any) -> None:
-    async with dspex_rx.connect(target) as session:
+    async with dspex_rx.connect(target) as session, dspex_rx.connect(
+        target, session_id=session.session_id, token=session.token
+    ) as reporter:
         bounds = {"min": 0.0, "max": 2.0}
         await session.register_variable("bare", "float", 0.5, constraints=bounds)
         await session.register_variable("tuned", "float", 0.5, constraints=bounds)
         await bare_writes(session, args.iterations // 4)  # warm up the channel
-        samples: dict[str, list[float]] = {"set": [], "plain": [], "callback": []}
+        samples: dict[str, list[float]] = {"set": [], "plain": [], "callback": [],
+                                           "ask_tell": []}
         for repeat in range(args.repeats):
             gc.collect()
             samples["set"].append(await bare_writes(session, args.iterations))
             samples["plain"].append(await optimization_iterations(session, args.iterations, False))
             samples["callback"].append(
                 await optimization_iterations(session, args.iterations, True)
+            )
+            samples["ask_tell"].append(
+                await reported_iterations(session, reporter, args.iterations)
             )
             note(f"repeat {repeat + 1}/{args.repeats}: "
                  + ", ".join(f"{k} {v[-1] * 1e6:.0f} us" for k, v in samples.items()))
@@ -89,6 +125,12 @@ async def client_main(target: str, args: Any) -> None:
                 "seconds": per_iteration, "ratio": per_iteration / base,
                 "iterations": args.iterations, "repeats": args.repeats,
             })
+        per_iteration = statistics.median(samples["ask_tell"])
+        emit({
+            "bench": "optimize", "op": "ask_tell", "seconds": per_iteration,
+            "ratio": per_iteration / base, "iterations": args.iterations,
+            "repeats": args.repeats,
+        })
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
