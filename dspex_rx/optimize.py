@@ -569,9 +569,15 @@ class OptimizationRun:
             if waited.cancelled_caught:
                 # Nothing heard for a whole TTL: ask the server (a stream that broke and
                 # resumed must not leave the run waiting on a report it already took).
-                status = await self.session.get_optimization_status(
-                    self.variable, self.optimization_id
-                )
+                try:
+                    status = await self.session.get_optimization_status(
+                        self.variable, self.optimization_id
+                    )
+                except (DspexError, grpc.RpcError) as exc:
+                    # The keep-alive deals with a lost lease; a blip only delays the poll.
+                    log.warning("optimization_poll_failed", variable=self.variable,
+                                error=str(exc))
+                    continue
                 reported = status["report_metrics"]
                 if reported is not None and status["proposal_iteration"] == iteration:
                     self._reports.setdefault(iteration, reported)

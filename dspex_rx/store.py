@@ -2573,7 +2573,8 @@ class MemoryStore:
         entries.append(
             OptimizationEntry(
                 lease.id, lease.optimizer_type, iteration, value, metrics, score,
-                self._clock(), self._revision + 1, size,
+                # Whole microseconds, as the API's datetimes show it and since= compares.
+                round(self._clock() * 1e6) / 1e6, self._revision + 1, size,
             )
         )
         self._charge(session, "other_bytes", size)
@@ -2921,8 +2922,9 @@ class MemoryStore:
             raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "read")
-        # Compared in whole microseconds, the resolution of the datetimes the API hands
-        # out: an entry's own timestamp given back as ``since`` includes that entry.
+        # In whole microseconds, the resolution of the datetimes the API hands out (entry
+        # times are whole microseconds): an entry's own timestamp given back as ``since``
+        # includes that entry, whatever float error the round trip added.
         floor = None if since is None else round(since * 1e6)
         found = [
             e for e in session.evaluations.get(record.id, ())

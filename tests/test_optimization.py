@@ -14,11 +14,19 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import drain, settle
-from optimization_helpers import FLOAT, FakeClock, Gate, open_pair, report_proposals
+from helpers import drain, settle, unavailable
+from optimization_helpers import (
+    FLOAT,
+    FakeClock,
+    Gate,
+    breakable,
+    open_pair,
+    report_proposals,
+)
 
 import dspex_rx
 from dspex_rx import BaseOptimizer, OptimizationLockedError
+from dspex_rx.convert import seconds, since_seconds, timestamp, utc_datetime
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.types import check_constraints, validate_value
@@ -713,6 +721,33 @@ async def test_a_stale_or_second_report_is_refused_and_the_first_counts(
     assert final["best_value"] == 1.0 and final["best_score"] == 0.5
 
 
+async def test_another_session_with_optimize_may_report_and_one_without_may_not(
+    clocked: EmbeddedServer,
+) -> None:
+    async with dspex_rx.connect(clocked.target) as tuner, dspex_rx.connect(
+        clocked.target
+    ) as grader, dspex_rx.connect(clocked.target) as reader:
+        var_id = await tuner.register_variable("lr", "float", 0.5, constraints=FLOAT,
+                                               access_rules=[
+            {"session_pattern": grader.session_id, "permissions": ["optimize", "observe"]},
+            {"session_pattern": reader.session_id, "permissions": ["read", "observe"]},
+        ])
+        opt_id = await tuner.start_optimization("lr", "grid_search", {"n_points": 2})
+        async with grader.watch_variable(var_id, include_initial=False) as watch:
+            async for update in watch:
+                if update.metadata.get("final"):
+                    break
+                with pytest.raises(PermissionError, match="optimize"):
+                    await reader.report_metrics(var_id, 9.0, version=update.version)
+                await grader.report_metrics(var_id, {"score": update.value},
+                                            version=update.version)
+        final = await tuner.wait_for_optimization(opt_id)
+        assert final["state"] == "completed" and final["best_value"] == 2.0
+        assert final["reported_by"] == f"{grader.session_id}/{grader._client_id}"
+        history = await tuner.get_optimization_history("lr")
+        assert [(e["value"], e["score"]) for e in history] == [(0.0, 0.0), (2.0, 2.0)]
+
+
 async def test_a_report_with_nothing_to_evaluate_is_refused(
     pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
 ) -> None:
@@ -809,6 +844,35 @@ async def test_a_run_nobody_reports_to_keeps_its_lease_until_stopped(
     run = a._runs[opt_id]
     assert run.state == "revoked" and "has stopped: nobody evaluates" in run.end_reason
     assert await b.set_variable("t", 1.0) > 1  # the lease is released
+
+
+async def test_a_report_reaches_a_run_whose_watch_stream_is_down(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The run's status poll (every lease TTL without news) is what hears of the report.
+    a, b = pair
+    async with dspex_rx.connect(a.target, session_id=a.session_id, token=a.token,
+                                ttl_seconds=3600) as holder:
+        streams = breakable(holder)
+        opt_id = await holder.start_optimization("t", "grid_search", {"n_points": 3},
+                                                 max_iterations=1)
+        while not (await b.get_optimization_status("t"))["awaiting_report"]:
+            await trio.sleep(0)
+
+        async def no_stream(*args: Any, **kwargs: Any) -> Any:
+            raise unavailable()
+
+        holder._transport.open_stream = no_stream
+        streams[0].fail()
+        await b.report_metrics("t", {"score": 0.3}, iteration=1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not holder._runs[opt_id].finished.is_set()  # the report has not reached it
+        mock_clock.jump(5.5)  # one lease TTL (5 s) of the run's time: it asks for its status
+        final = await holder.wait_for_optimization(opt_id)
+    assert len(streams) == 1  # no stream carried the report
+    assert final["state"] == "completed" and final["best_value"] == 0.0
+    assert [e["score"] for e in await b.get_optimization_history("t")] == [0.3]
 
 
 async def test_stop_on_a_variable_not_being_optimized_is_a_value_error(
@@ -913,3 +977,29 @@ async def test_spec_complete_optimization_workflow_with_reported_accuracy(
     assert status["best_value"] == best[1] and abs(best[1] - 0.8) < 0.1
     assert status["best_metrics"] == {"accuracy": best[2]}
     assert await session.get_variable("base_temperature") == status["final_value"]
+
+
+def test_an_entrys_own_timestamp_as_since_includes_it() -> None:
+    # Regression: a history timestamp given back as since= excluded its own entry now
+    # and then (the datetime rounds to a microsecond; floats carry less at this epoch).
+    now = [1_765_000_000.0]
+    store = MemoryStore(clock=lambda: now[0], lease_ttl=600.0)
+    _, client, _ = store.initialize_session("s")
+    store.register("s", [VariableSpec("x", "float", 0.5)], actor="s")
+    lease, _ = store.start_optimization("s", "x", optimizer_type="manual", client_id=client,
+                                        max_iterations=1000)
+    for i in range(1, 401):
+        # Three microseconds apart, each near the half of a microsecond (where rounding
+        # to a microsecond can go either way), and some a quarter microsecond off it.
+        offset = (0.49e-6, 0.5e-6, 0.51e-6, 0.25e-6, 0.75e-6)[i % 5]
+        now[0] = 1_765_000_000.0 + i * 3e-6 + offset
+        store.optimization_step("s", "x", lease.id, lease.token,
+                                evaluation=(i, 0.5, {"score": float(i)}, float(i)))
+    entries = store.optimization_history("s", "x", limit=1000)
+    for i, entry in enumerate(entries):
+        # The way a since= datetime travels: entry -> wire -> datetime -> wire -> store.
+        shown = utc_datetime(timestamp(entry.timestamp))
+        since = seconds(timestamp(since_seconds("x", shown)))
+        found = store.optimization_history("s", "x", limit=1000, since=since)
+        assert found[0].iteration == entry.iteration, (i, entry.timestamp, shown)
+        assert len(found) == len(entries) - i
