@@ -321,6 +321,11 @@ async def test_progress_is_watched_live_from_another_connection(
     assert iterations == sorted(iterations) and iterations[-1] == 4
     revisions = [s["revision"] for s in statuses[1:]]
     assert revisions == sorted(revisions) and len(set(revisions)) == len(revisions)
+    # Watched statuses carry the same UTC datetimes as get_optimization_status.
+    assert all(isinstance(s["started_at"], datetime) and s["started_at"].tzinfo is UTC
+               and isinstance(s["last_update"], datetime) for s in statuses[1:])
+    assert isinstance(statuses[-1]["ended_at"], datetime)
+    assert statuses[-1]["ended_at"] == (await watcher.get_optimization_status("p"))["ended_at"]
     # Plain watchers see the writes, never the status notes.
     updates = drain(values)
     assert {u.update_type for u in updates} == {"value_change"}
