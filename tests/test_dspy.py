@@ -684,6 +684,11 @@ async def test_adaptive_example_runs_to_completion(capsys: pytest.CaptureFixture
     for row in result["answers"]:
         assert row["answer"] and row["answer"] in out
         assert (row["reasoning"] is not None) == (row["strategy"] == "ChainOfThought")
+    # The watcher on the other connection saw each switch, in order (from Predict).
+    expected = [s for previous, s in zip(["Predict", *strategies], strategies, strict=False)
+                if s != previous]
+    assert result["switches"] == expected and len(expected) >= 2
+    assert "strategy switches seen by the monitor: " + " -> ".join(expected) in out
     assert result["stats"]["read_count"] >= len(result["answers"])
     assert "session stats" in out
 
