@@ -1290,14 +1290,16 @@ class ModuleVariableResolver:
     ``ChainOfThought``, ``ReAct`` (needs ``tools=``), ``ProgramOfThought`` (deprecated in
     DSPy 3.4; needs Deno, or ``interpreter_factory=dspy.LocalInterpreter``, which runs the
     generated code in a local subprocess with your user's rights: not a sandbox), and
-    classes added with ``register_module``.
+    classes added with ``register_module``. What a class needs is asked for only when it
+    is created: a variable may offer ReAct to a program that never passes ``tools=``.
 
     Example::
 
         resolver = ModuleVariableResolver(session)
-        await session.register_variable("strategy", "module", "Predict",
-                                        constraints={"choices": ["Predict", "ChainOfThought"]})
+        await session.register_variable("strategy", "module", "Predict", constraints={
+            "choices": ["Predict", "ChainOfThought", "ReAct", "ProgramOfThought"]})
         qa = await resolver.create_module("strategy", "question -> answer")
+        await qa.forward(question="What is 2 + 2?")      # a Predict answers
     """
 
     def __init__(self, session: SessionContext) -> None:
