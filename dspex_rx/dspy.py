@@ -10,10 +10,12 @@ never imports it. DSPy's calls are synchronous: everything here runs them in a w
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import math
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ __all__ = [
     "ModuleVariableResolver",
     "VariableAwareOptimizer",
     "VariableModule",
+    "default_prefix",
     "parameter_variables",
     "plain",
     "run_in_thread",
@@ -186,6 +189,22 @@ def _predictor_parts(module: Any) -> list[tuple[str, str, Any]]:
     return out
 
 
+def default_prefix(module: Any) -> str:
+    """The prefix ``sync_dspy_parameters`` uses when given none (``variable_prefix=""``):
+    the module's short name, then ``_`` for a module with one predictor (``cot_``), ``.``
+    for one with several (``react.``).
+
+    Example::
+
+        >>> default_prefix(dspy.ChainOfThought("question -> answer"))
+        'cot_'
+        >>> default_prefix(dspy.ReAct("question -> answer", tools=[len]))
+        'react.'
+    """
+    several = len(list(module.named_predictors())) > 1
+    return short_name(module) + ("." if several else "_")
+
+
 def _parameters(module: Any, variable_prefix: str) -> list[_Parameter]:
     predictors = _predictor_parts(module)
     if not predictors:
@@ -193,29 +212,40 @@ def _parameters(module: Any, variable_prefix: str) -> list[_Parameter]:
             f"{type(module).__name__} has no Predict steps (named_predictors() is empty): "
             "nothing to bind"
         )
-    base = variable_prefix + short_name(module)
+    # The prefix is the whole start of every name: the spec's variable_prefix="cot_"
+    # gives cot_temperature. Only an empty prefix is derived from the module's class.
+    prefix = variable_prefix or default_prefix(module)
     out = []
     for predictor_name, part, predictor in predictors:
-        # One predictor: cot_temperature. Several: react.extract.predict_temperature, so
-        # each predictor's settings are apart and the name says which step they drive
-        # (a list of predictors: multi_hop.hops.0_temperature).
-        owner = base if len(predictors) == 1 else f"{base}.{part}"
+        # Several predictors: each one's name part follows the prefix
+        # (react.extract.predict_temperature, multi_hop.hops.0_temperature), so their
+        # settings are apart and the name says which step they drive.
+        owner = prefix if len(predictors) == 1 else f"{prefix}{part}_"
         for setting in LM_SETTINGS:
-            out.append(_Parameter(f"{owner}_{setting}", predictor_name, predictor, setting))
+            out.append(_Parameter(f"{owner}{setting}", predictor_name, predictor, setting))
     return out
 
 
 def parameter_variables(module: Any, variable_prefix: str = "") -> dict[str, tuple[str, str]]:
     """The variables ``sync_dspy_parameters`` uses for a module: variable name ->
-    (predictor name, setting). Predictors in a list get their index as a name part.
+    (predictor name, setting).
+
+    The rule: ``<prefix><setting>`` for a module with one predictor;
+    ``<prefix><predictor>_<setting>`` for one with several (DSPy's predictor name, with
+    ``hops[0]`` written ``hops.0``). An empty prefix (the default) means
+    ``default_prefix(module)``: ``cot_`` for a ChainOfThought, ``react.`` for a ReAct.
 
     Example::
 
         >>> sorted(parameter_variables(dspy.ChainOfThought("question -> answer")))
         ['cot_instructions', 'cot_max_tokens', 'cot_temperature']
+        >>> sorted(parameter_variables(dspy.ChainOfThought("question -> answer"), "qa."))
+        ['qa.instructions', 'qa.max_tokens', 'qa.temperature']
         >>> react = dspy.ReAct("question -> answer", tools=[len])
-        >>> parameter_variables(react, "agent.")["agent.react.extract.predict_temperature"]
+        >>> parameter_variables(react)["react.extract.predict_temperature"]
         ('extract.predict', 'temperature')
+        >>> parameter_variables(react, "agent.")["agent.react_temperature"]
+        ('react', 'temperature')
         >>> class Hops(dspy.Module):
         ...     def __init__(self):
         ...         super().__init__()
@@ -524,9 +554,10 @@ class VariableAwareOptimizer:
 
     Example::
 
-        optimizer = bridge.create_variable_aware_optimizer(
-            dspy.BootstrapFewShot, {"teacher_temperature": "temperature",
-                                    "max_bootstrapped_demos": "max_demos"}, metric=exact)
+        optimizer = await bridge.create_variable_aware_optimizer(
+            dspy.BootstrapFewShot, variable_mappings={"teacher_temperature": "temperature",
+                                                      "max_bootstrapped_demos": "max_demos"},
+            metric=exact)
         compiled = await optimizer.compile(dspy.ChainOfThought("question -> answer"),
                                            trainset=trainset, devset=devset)
     """
@@ -862,15 +893,32 @@ class DSPyOptimizationBridge:
 
         bridge = DSPyOptimizationBridge(session)
         ids = await bridge.sync_dspy_parameters(dspy.ChainOfThought("question -> answer"))
-        optimizer = bridge.create_variable_aware_optimizer(
-            dspy.BootstrapFewShot, {"teacher_temperature": "temperature"}, metric=exact)
+        optimizer = await bridge.create_variable_aware_optimizer(
+            dspy.BootstrapFewShot, variable_mappings={"teacher_temperature": "temperature"},
+            metric=exact)
     """
 
     def __init__(self, session: SessionContext) -> None:
         self.session = session
         self._bindings: list[_Binding] = []
 
-    def create_variable_aware_optimizer(
+    @property
+    def session_context(self) -> SessionContext:
+        """The session this bridge works in (the spec's name; the same object as
+        ``session``).
+
+        Example::
+
+            assert DSPyOptimizationBridge(session).session_context is session
+        """
+        return self.session
+
+    @session_context.setter
+    def session_context(self, session: SessionContext) -> None:
+        # A subclass written against the spec assigns it in __init__: one attribute.
+        self.session = session
+
+    async def create_variable_aware_optimizer(
         self,
         optimizer_class: type[Any],
         variable_mappings: Mapping[str, str],
@@ -887,13 +935,15 @@ class DSPyOptimizationBridge:
         the variable holding it; ``kwargs`` are fixed arguments (``metric=...``). Results go
         to variables named ``<result_prefix>demos.<predictor>``, ``<result_prefix>score``
         and ``<result_prefix>settings``. Bad mappings raise ``ValueError`` here, before
-        anything runs.
+        anything runs; the mapped variables are read by ``compile``, so they may be
+        registered after this.
 
         Example::
 
-            optimizer = bridge.create_variable_aware_optimizer(
+            optimizer = await bridge.create_variable_aware_optimizer(
                 dspy.BootstrapFewShot,
-                {"teacher_temperature": "temperature", "max_bootstrapped_demos": "max_demos"},
+                variable_mappings={"teacher_temperature": "temperature",
+                                   "max_bootstrapped_demos": "max_demos"},
                 metric=lambda example, prediction, trace=None: example.answer == prediction.answer)
         """
         return VariableAwareOptimizer(
@@ -906,10 +956,14 @@ class DSPyOptimizationBridge:
         """Register a variable for each predictor's ``temperature``, ``max_tokens`` and
         ``instructions`` and bind the predictor to it live; returns {variable name: id}.
 
-        Names: ``<prefix><short>_<setting>`` (``cot_temperature`` for a ChainOfThought),
-        or ``<prefix><short>.<predictor>_<setting>`` when the module has several
-        predictors (``react.extract.predict_max_tokens``; a list of predictors
-        ``hops[0]`` gives ``multi_hop.hops.0_temperature``); see ``parameter_variables``.
+        Names: ``<prefix><setting>`` for a module with one predictor
+        (``variable_prefix="cot_"`` gives ``cot_temperature``, ``cot_max_tokens``,
+        ``cot_instructions``), ``<prefix><predictor>_<setting>`` for one with several
+        (``react_temperature``, ``extract.predict_temperature`` after the prefix; a list
+        of predictors ``hops[0]`` gives ``hops.0_temperature``). The default empty
+        prefix stands for the module's short name and ``_`` (one predictor: ``cot_``,
+        ``predict_``) or ``.`` (several: ``react.``, ``multi_hop.``); see
+        ``parameter_variables``.
 
         A new variable starts at what the predictor's next request would use (its config,
         else its LM's kwargs). A setting the predictor leaves unset (``dspy.LM`` sends no
@@ -936,7 +990,8 @@ class DSPyOptimizationBridge:
         Example::
 
             cot = dspy.ChainOfThought("question -> answer")
-            ids = await bridge.sync_dspy_parameters(cot)
+            ids = await bridge.sync_dspy_parameters(cot, variable_prefix="cot_")
+            # {'cot_temperature': 'var_...', 'cot_max_tokens': ..., 'cot_instructions': ...}
             await other_connection.set_variable("cot_temperature", 0.2)
             await session.sync()
             cot(question="...")      # the request carries temperature 0.2
@@ -1109,8 +1164,10 @@ class VariableModule:
         return self.instance(await self.current_class())
 
     def instance(self, class_name: str) -> Any:
-        """The (kept) instance of ``class_name``, built on first use (which checks the
-        class gets its required arguments, e.g. ReAct's ``tools``).
+        """The (kept) instance of ``class_name``, built on first use. Building checks
+        what the class needs first: its required arguments (ReAct's ``tools``) and, for a
+        class that runs generated code (ProgramOfThought), an interpreter; without them
+        it raises ``ValueError`` naming the variable, the class and what is missing.
 
         Example::
 
@@ -1120,6 +1177,7 @@ class VariableModule:
         if name not in self.instances:
             cls = self.resolver.resolve(name)
             _check_arguments(self.variable, name, cls, self.kwargs)
+            _check_interpreter(self.variable, name, cls, self.kwargs)
             module = cls(self.signature, **_accepted(cls, self.kwargs))
             if self.config:
                 for _, predictor in module.named_predictors():
@@ -1180,10 +1238,44 @@ def _check_arguments(variable: str, name: str, cls: type[Any], kwargs: Mapping[s
     missing = [p for p, spec in _init_parameters(cls).items()
                if spec.default is inspect.Parameter.empty and p not in kwargs]
     if missing:
+        needs = ", ".join(f"{p}=" for p in missing)
         raise InvalidValueError(
-            f"module variable {variable!r} may choose {name}, which needs "
-            f"{', '.join(missing)}=; pass it to create_module"
+            f"module variable {variable!r} chose {name}, and {name} cannot be created "
+            f"without {needs}: pass {needs}... to create_module({variable!r}, ...)"
         )
+
+
+def _deno_found() -> bool:
+    # Where DSPy's PythonInterpreter looks: the `deno` package's binary, else the PATH.
+    try:
+        find_deno_bin = importlib.import_module("deno").find_deno_bin
+        return bool(find_deno_bin())
+    except (ImportError, AttributeError, FileNotFoundError):
+        return shutil.which("deno") is not None
+
+
+def _check_interpreter(
+    variable: str, name: str, cls: type[Any], kwargs: Mapping[str, Any]
+) -> None:
+    """A class that runs generated code (ProgramOfThought takes ``interpreter_factory``)
+    gets an interpreter it can start: one passed to create_module, one configured in
+    DSPy (``dspy.configure`` / ``dspy.context(interpreter_factory=...)``), or DSPy's
+    default, which needs Deno. Without any, DSPy would fail only inside the first call,
+    after a request to the LM."""
+    if "interpreter_factory" not in _init_parameters(cls):
+        return
+    given = kwargs.get("interpreter_factory")
+    if given is not None and given is not dspy.PythonInterpreter:
+        return
+    if dspy.settings.get("interpreter_factory") is not None or _deno_found():
+        return
+    raise InvalidValueError(
+        f"module variable {variable!r} chose {name}, which runs the code it generates in "
+        "DSPy's PythonInterpreter, and that needs Deno, which is not installed "
+        "(pip install 'dspy[deno]'); or pass interpreter_factory=dspy.LocalInterpreter to "
+        f"create_module({variable!r}, ...) (a local subprocess with your rights, not a "
+        "sandbox)"
+    )
 
 
 def _accepted(cls: type[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -1198,14 +1290,16 @@ class ModuleVariableResolver:
     ``ChainOfThought``, ``ReAct`` (needs ``tools=``), ``ProgramOfThought`` (deprecated in
     DSPy 3.4; needs Deno, or ``interpreter_factory=dspy.LocalInterpreter``, which runs the
     generated code in a local subprocess with your user's rights: not a sandbox), and
-    classes added with ``register_module``.
+    classes added with ``register_module``. What a class needs is asked for only when it
+    is created: a variable may offer ReAct to a program that never passes ``tools=``.
 
     Example::
 
         resolver = ModuleVariableResolver(session)
-        await session.register_variable("strategy", "module", "Predict",
-                                        constraints={"choices": ["Predict", "ChainOfThought"]})
+        await session.register_variable("strategy", "module", "Predict", constraints={
+            "choices": ["Predict", "ChainOfThought", "ReAct", "ProgramOfThought"]})
         qa = await resolver.create_module("strategy", "question -> answer")
+        await qa.forward(question="What is 2 + 2?")      # a Predict answers
     """
 
     def __init__(self, session: SessionContext) -> None:
@@ -1264,10 +1358,13 @@ class ModuleVariableResolver:
         ``max_iters=`` to ReAct, ``interpreter_factory=`` to ProgramOfThought); ``config``
         (LM settings such as ``temperature``) goes to every predictor of every class.
         Checked here, before any call: the variable exists (else
-        ``VariableNotFoundError``) and has type ``module``; with ``choices``, that every
-        choice resolves and gets its required arguments (ReAct without ``tools``); without
-        ``choices``, the same for the class it holds now, and for any other class when
-        the variable first switches to it.
+        ``VariableNotFoundError``) and has type ``module``; every listed choice (or,
+        without ``choices``, the class it holds now) is a known class; every keyword
+        goes to some possible class; the class the variable holds now gets its required
+        arguments. Another class is checked when it is first created, which is when the
+        variable first chooses it: a variable may offer ``ReAct`` while
+        ``create_module`` gets no ``tools=``, and only a call made while it holds
+        ``ReAct`` fails (``ValueError`` naming the variable, ReAct and ``tools=``).
 
         Example::
 
@@ -1283,12 +1380,13 @@ class ModuleVariableResolver:
         metadata = found[variable]["metadata"]
         _check_type(variable, metadata, "module", "ModuleVariableResolver")
         choices = (metadata.get("constraints") or {}).get("choices")
-        # Listed choices are all checked now. Without a list any known class may come;
-        # only the current one is checked now, another one when first chosen.
-        checked = list(choices) if choices else [str(found[variable]["value"])]
-        classes = {name: self.resolve(name) for name in checked}
-        for name, cls in classes.items():
-            _check_arguments(variable, name, cls, kwargs)
+        current = _canonical(str(found[variable]["value"]))
+        # Listed choices must all be known classes now (a typo is found before any call).
+        # Only the current class is built next, so only its arguments must be here now:
+        # the spec offers ReAct beside Predict to a program that has no tools for it.
+        listed = list(choices) if choices else [current]
+        classes = {_canonical(name): self.resolve(name) for name in listed}
+        _check_arguments(variable, current, self.resolve(current), kwargs)
         possible = classes if choices else {**self.modules, **classes}
         accepted = {p for cls in possible.values() for p in _init_parameters(cls)}
         unused = sorted(set(kwargs) - accepted)

@@ -2,6 +2,9 @@
 strategy is a variable. Each question's complexity decides the strategy (Predict for
 simple questions, ChainOfThought for hard ones) and, for ChainOfThought, the temperature;
 the program follows both variables live, and a second connection watches the switches.
+The strategy variable offers all four classes the spec lists; ReAct (which needs tools)
+and ProgramOfThought (which needs an interpreter) are offered but never chosen here, so
+nothing asks for their arguments.
 
 DSPy runs on its own fake LM (DummyLM), so this needs no API key and no network:
     python examples/adaptive_reasoning.py
@@ -57,51 +60,27 @@ async def main() -> dict[str, Any]:
     ) as monitor:
         await session.register_variables([
             {"name": "reasoning_strategy", "type": "module", "initial_value": "Predict",
-             "constraints": {"choices": ["Predict", "ChainOfThought"]},
+             "constraints": {"choices": ["Predict", "ChainOfThought", "ReAct",
+                                         "ProgramOfThought"]},
              "description": "the DSPy module class answering questions"},
             {"name": "complexity_threshold", "type": "float", "initial_value": 0.35,
              "constraints": {"min": 0.0, "max": 1.0}},
         ])
         # Another program (here: another connection) sees every switch as it happens.
         switches: list[str] = []
-        monitor.observe("reasoning_strategy", include_initial=False).subscribe(
-            lambda update: switches.append(update.value))
+        watch = monitor.watch_variable("reasoning_strategy", include_initial=False)
+        await monitor.sync()  # the watch is registered before the first switch
 
-        qa = await ModuleVariableResolver(session).create_module(
-            "reasoning_strategy", "question -> answer")
-        # ChainOfThought's temperature lives in a variable too (cot_temperature), bound
-        # to its predictor: writing the variable changes the next request.
-        bridge = DSPyOptimizationBridge(session)
-        with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
-            await bridge.sync_dspy_parameters(qa.instance("ChainOfThought"))
+        async def strategy_watcher() -> None:
+            async for update in watch:
+                switches.append(update.value)
 
-            answers = []
-            for question, _, _ in SCRIPT:
-                score = complexity(question)
-                threshold = await session.get_variable("complexity_threshold")
-                strategy = "ChainOfThought" if score >= threshold else "Predict"
-                if strategy != await session.get_variable("reasoning_strategy"):
-                    await session.set_variable("reasoning_strategy", strategy,
-                                               metadata={"complexity": score})
-                temperature = None
-                if strategy == "ChainOfThought":
-                    # Harder questions get a cooler, more deterministic temperature.
-                    temperature = round(0.7 - 0.4 * score, 2)
-                    await session.set_variable("cot_temperature", temperature)
-                    await session.sync()  # the binding has applied it
-                prediction = await qa.forward(question=question)
-                sent = lm.history[-1]["kwargs"].get("temperature")
-                row = {"question": question, "complexity": score, "strategy": qa.last_class,
-                       "answer": prediction.answer,
-                       "reasoning": prediction.get("reasoning"),
-                       "temperature": sent if temperature is not None else None}
-                answers.append(row)
-                print(f"[{row['strategy']:<14}] complexity {score:.2f}  Q: {question}")
-                if row["reasoning"] is not None:
-                    print(f"{'':17}temperature {sent}  reasoning: {row['reasoning']}")
-                print(f"{'':17}A: {row['answer']}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(strategy_watcher)
+            answers = await answer_all(session, lm)
+            await monitor.sync()  # every switch has reached the watcher
+            nursery.cancel_scope.cancel()
 
-        await monitor.sync()
         stats = session.get_variable_stats()
         strategy_stats = session.get_variable_stats("reasoning_strategy")
         print(f"\nstrategy switches seen by the monitor: {' -> '.join(switches)}")
@@ -112,6 +91,46 @@ async def main() -> dict[str, Any]:
         print(f"  reasoning_strategy: reads {strategy_stats['read_count']}, "
               f"writes {strategy_stats['write_count']}")
         return {"answers": answers, "stats": stats, "switches": switches}
+
+
+async def answer_all(session: dspex_rx.SessionContext, lm: Any) -> list[dict[str, Any]]:
+    """Answer every question of SCRIPT with the strategy its complexity picks."""
+    qa = await ModuleVariableResolver(session).create_module(
+        "reasoning_strategy", "question -> answer")
+    # ChainOfThought's temperature lives in a variable too (cot_temperature, the spec's
+    # prefix), bound to its predictor: writing the variable changes the next request.
+    bridge = DSPyOptimizationBridge(session)
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        await bridge.sync_dspy_parameters(qa.instance("ChainOfThought"),
+                                          variable_prefix="cot_")
+
+        answers = []
+        for question, _, _ in SCRIPT:
+            score = complexity(question)
+            threshold = await session.get_variable("complexity_threshold")
+            strategy = "ChainOfThought" if score >= threshold else "Predict"
+            if strategy != await session.get_variable("reasoning_strategy"):
+                await session.set_variable("reasoning_strategy", strategy,
+                                           metadata={"complexity": score})
+            temperature = None
+            if strategy == "ChainOfThought":
+                # Harder questions get a cooler, more deterministic temperature.
+                temperature = round(0.7 - 0.4 * score, 2)
+                await session.set_variable("cot_temperature", temperature)
+                await session.sync()  # the binding has applied it
+            prediction = await qa.forward(question=question)
+            sent = lm.history[-1]["kwargs"].get("temperature")
+            row = {"question": question, "complexity": score, "strategy": qa.last_class,
+                   "answer": prediction.answer,
+                   "reasoning": prediction.get("reasoning"),
+                   "temperature": sent if temperature is not None else None}
+            answers.append(row)
+            print(f"[{row['strategy']:<14}] complexity {score:.2f}  Q: {question}")
+            if row["reasoning"] is not None:
+                print(f"{'':17}temperature {sent}  reasoning: {row['reasoning']}")
+            print(f"{'':17}A: {row['answer']}")
+
+    return answers
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the machine)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import runpy
@@ -26,10 +27,13 @@ from dspy_helpers import TRAIN, exact, examples, hold_answers  # noqa: E402
 from openai_stub import OpenAIStub, question_of  # noqa: E402
 
 import dspex_rx  # noqa: E402
+import dspex_rx.dspy  # noqa: E402
 from dspex_rx import OptimizationLockedError  # noqa: E402
 from dspex_rx.dspy import (  # noqa: E402
     DSPyOptimizationBridge,
     ModuleVariableResolver,
+    VariableAwareOptimizer,
+    default_prefix,
     parameter_variables,
     plain,
     run_in_thread,
@@ -80,7 +84,7 @@ async def test_bootstrap_reads_its_settings_from_variables_and_writes_results_ba
 ) -> None:
     await register_inputs(session)
     bridge = DSPyOptimizationBridge(session)
-    optimizer = bridge.create_variable_aware_optimizer(
+    optimizer = await bridge.create_variable_aware_optimizer(
         dspy.BootstrapFewShot,
         {"teacher_temperature": "temperature", "max_bootstrapped_demos": "max_demos"},
         metric=exact,
@@ -152,7 +156,7 @@ async def test_the_inputs_are_locked_while_the_compile_runs(
     assert await session.get_variable("temperature") == 0.3  # now in session's cache
     await other.set_variable("temperature", 0.4)  # the compile must read this, not 0.3
     entered, release = hold_answers(stub)
-    optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
+    optimizer = await DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"teacher_temperature": "temperature"}, metric=exact,
         max_bootstrapped_demos=1,
     )
@@ -190,7 +194,7 @@ async def test_random_search_with_dummy_lm(session: dspex_rx.SessionContext) -> 
     ])
     answers = {q: {"reasoning": "Count.", "answer": a} for q, a in TRAIN + DEV[:2]}
     answers["What is 7 + 5?"] = {"reasoning": "Count.", "answer": "12"}
-    optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
+    optimizer = await DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShotWithRandomSearch,
         {"max_bootstrapped_demos": "max_demos", "num_candidate_programs": "candidates"},
         metric=exact, result_prefix="qa.",
@@ -216,7 +220,7 @@ async def test_a_failed_compile_releases_the_leases_and_writes_nothing(
     session: dspex_rx.SessionContext,
 ) -> None:
     await register_inputs(session)
-    optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
+    optimizer = await DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"teacher_temperature": "temperature"}, metric=exact
     )
     # No LM anywhere: the teacher temperature has nothing to go on.
@@ -234,24 +238,63 @@ async def test_bad_mappings_are_refused_before_anything_runs(
 ) -> None:
     bridge = DSPyOptimizationBridge(session)
     with pytest.raises(ValueError, match="not an argument of BootstrapFewShot"):
-        bridge.create_variable_aware_optimizer(dspy.BootstrapFewShot, {"max_demos": "x"})
+        await bridge.create_variable_aware_optimizer(dspy.BootstrapFewShot, {"max_demos": "x"})
     with pytest.raises(ValueError, match="both mapped"):
-        bridge.create_variable_aware_optimizer(
+        await bridge.create_variable_aware_optimizer(
             dspy.BootstrapFewShot, {"max_rounds": "x"}, max_rounds=2)
     with pytest.raises(ValueError, match="unexpected keyword"):
-        bridge.create_variable_aware_optimizer(dspy.BootstrapFewShot, {}, rounds=2)
+        await bridge.create_variable_aware_optimizer(dspy.BootstrapFewShot, {}, rounds=2)
     with pytest.raises(ValueError, match="takes no teacher_settings"):
-        bridge.create_variable_aware_optimizer(dspy.LabeledFewShot, {"teacher_temperature": "t"})
-    clashing = bridge.create_variable_aware_optimizer(
+        await bridge.create_variable_aware_optimizer(dspy.LabeledFewShot,
+                                                     {"teacher_temperature": "t"})
+    clashing = await bridge.create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"max_bootstrapped_demos": "dspy.settings"})
     with pytest.raises(ValueError, match="cannot also be mapped inputs"):
         await clashing.compile(dspy.Predict("question -> answer"), trainset=[])
     # A result variable of the wrong type is found before the compile starts.
     await session.register_variable("dspy.score", "string", "n/a")
-    optimizer = bridge.create_variable_aware_optimizer(dspy.BootstrapFewShot, {}, metric=exact)
+    optimizer = await bridge.create_variable_aware_optimizer(dspy.BootstrapFewShot, {},
+                                                             metric=exact)
     with pytest.raises(TypeError, match=re.escape("'dspy.score' exists with type string")):
         await optimizer.compile(dspy.Predict("question -> answer"), trainset=[],
                                 devset=[])
+
+
+async def test_the_factory_is_awaited_and_takes_variable_mappings_by_keyword(
+    session: dspex_rx.SessionContext,
+) -> None:
+    await session.register_variable("max_demos", "integer", 1)
+    bridge = DSPyOptimizationBridge(session)
+    pending = bridge.create_variable_aware_optimizer(
+        dspy.BootstrapFewShot, variable_mappings={"max_bootstrapped_demos": "max_demos"},
+        metric=exact)
+    assert inspect.isawaitable(pending)  # the spec awaits it
+    optimizer = await pending
+    assert isinstance(optimizer, VariableAwareOptimizer)
+    assert optimizer.variable_mappings == {"max_bootstrapped_demos": "max_demos"}
+    assert optimizer.kwargs == {"metric": exact}
+
+    lm = dspy.utils.DummyLM({q: {"answer": a} for q, a in TRAIN})
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        compiled = await optimizer.compile(dspy.Predict("question -> answer"),
+                                           trainset=examples(TRAIN))
+    # BootstrapFewShot's default is 4 bootstrapped demos; the variable said 1.
+    augmented = [d for d in compiled.demos if d.get("augmented")]
+    assert len(augmented) == 1 and len(compiled.demos) == 4
+    assert optimizer.last_run is not None
+    assert optimizer.last_run.settings["max_bootstrapped_demos"] == 1
+    assert await session.get_variable("dspy.demos.self") == plain(compiled.demos)
+
+
+async def test_the_bridge_names_its_session_session_context(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    session, other = two
+    bridge = DSPyOptimizationBridge(session)
+    assert bridge.session_context is session is bridge.session
+    # One attribute under two names: assigning either moves both.
+    bridge.session_context = other
+    assert bridge.session is other and bridge.session_context is other
 
 
 # ------------------------------------------------------------------------ live binding
@@ -311,18 +354,19 @@ async def test_sync_names_every_predictor_of_a_multi_step_module(
     bridge = DSPyOptimizationBridge(session)
     with dspy.context(lm=dspy.utils.DummyLM([])):
         ids = await bridge.sync_dspy_parameters(react, variable_prefix="agent.")
+    # The prefix is the whole start of each name (issue #12): no 'react.' after it.
     assert sorted(ids) == sorted(parameter_variables(react, "agent.")) == [
-        "agent.react.extract.predict_instructions", "agent.react.extract.predict_max_tokens",
-        "agent.react.extract.predict_temperature", "agent.react.react_instructions",
-        "agent.react.react_max_tokens", "agent.react.react_temperature",
+        "agent.extract.predict_instructions", "agent.extract.predict_max_tokens",
+        "agent.extract.predict_temperature", "agent.react_instructions",
+        "agent.react_max_tokens", "agent.react_temperature",
     ]
     assert react.react.config["temperature"] == 0.0  # DummyLM's own default
-    await session.set_variable("agent.react.react_temperature", 0.6)
+    await session.set_variable("agent.react_temperature", 0.6)
     await session.sync()
     assert react.react.config["temperature"] == 0.6
     assert react.extract.predict.config["temperature"] == 0.0
     assert bridge.unbind_dspy_parameters(react) == 6
-    await session.set_variable("agent.react.react_temperature", 0.1)
+    await session.set_variable("agent.react_temperature", 0.1)
     await session.sync()
     assert react.react.config["temperature"] == 0.6
 
@@ -339,6 +383,98 @@ async def test_an_existing_variable_sets_the_module_and_a_wrong_type_is_refused(
         await session.register_variable("predict_max_tokens", "string", "lots")
         with pytest.raises(TypeError, match="'predict_max_tokens' exists with type string"):
             await bridge.sync_dspy_parameters(dspy.Predict("question -> answer"))
+
+
+async def test_prefix_cot_gives_exactly_the_spec_names(
+    session: dspex_rx.SessionContext,
+) -> None:
+    # Guards issue #12: variable_prefix="cot_" made cot_cot_temperature.
+    cot = dspy.ChainOfThought("question -> answer")
+    bridge = DSPyOptimizationBridge(session)
+    with dspy.context(lm=dspy.utils.DummyLM([])):
+        ids = await bridge.sync_dspy_parameters(cot, variable_prefix="cot_")
+    assert sorted(ids) == ["cot_instructions", "cot_max_tokens", "cot_temperature"]
+    assert sorted(v["name"] for v in await session.list_variables()) == sorted(ids)
+    await session.set_variable("cot_temperature", 0.35)
+    await session.sync()
+    assert cot.predict.config["temperature"] == 0.35
+
+    qa = dspy.ChainOfThought("question -> answer")
+    with dspy.context(lm=dspy.utils.DummyLM([])):
+        renamed = await DSPyOptimizationBridge(session).sync_dspy_parameters(
+            qa, variable_prefix="qa.")
+    assert sorted(renamed) == ["qa.instructions", "qa.max_tokens", "qa.temperature"]
+
+
+async def test_no_prefix_names_a_module_by_its_class(
+    session: dspex_rx.SessionContext,
+) -> None:
+    bridge = DSPyOptimizationBridge(session)
+    with dspy.context(lm=dspy.utils.DummyLM([])):
+        cot_ids = await bridge.sync_dspy_parameters(dspy.ChainOfThought("question -> answer"))
+        predict_ids = await bridge.sync_dspy_parameters(dspy.Predict("text -> label"))
+    # The same names as the spec's explicit prefix: a ported program shares them.
+    assert sorted(cot_ids) == ["cot_instructions", "cot_max_tokens", "cot_temperature"]
+    assert sorted(predict_ids) == [
+        "predict_instructions", "predict_max_tokens", "predict_temperature"]
+    assert default_prefix(dspy.ChainOfThought("question -> answer")) == "cot_"
+
+
+class DraftThenAnswer(dspy.Module):
+    """Two predictors: a draft step and a ChainOfThought answer step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draft = dspy.Predict("question -> draft")
+        self.answer = dspy.ChainOfThought("question, draft -> answer")
+
+    def forward(self, question: str) -> Any:
+        draft = self.draft(question=question).draft
+        return self.answer(question=question, draft=draft)
+
+
+async def test_two_predictors_get_their_predictor_names_after_the_prefix(
+    session: dspex_rx.SessionContext,
+) -> None:
+    settings = ["instructions", "max_tokens", "temperature"]
+    program, other = DraftThenAnswer(), DraftThenAnswer()
+    bridge = DSPyOptimizationBridge(session)
+    with dspy.context(lm=dspy.utils.DummyLM([])):
+        default = await bridge.sync_dspy_parameters(program)
+        prefixed = await bridge.sync_dspy_parameters(other, variable_prefix="cot_")
+    assert sorted(default) == sorted(
+        [f"draft_then_answer.answer.predict_{s}" for s in settings]
+        + [f"draft_then_answer.draft_{s}" for s in settings])
+    assert sorted(prefixed) == sorted(
+        [f"cot_answer.predict_{s}" for s in settings] + [f"cot_draft_{s}" for s in settings])
+    # Each name drives its own predictor only.
+    await session.set_variable("cot_draft_temperature", 0.15)
+    await session.set_variable("draft_then_answer.answer.predict_temperature", 1.25)
+    await session.sync()
+    assert other.draft.config["temperature"] == 0.15
+    assert other.answer.predict.config["temperature"] == 0.0  # DummyLM's own
+    assert program.answer.predict.config["temperature"] == 1.25
+    assert program.draft.config["temperature"] == 0.0
+
+
+async def test_another_module_synced_under_a_taken_prefix_is_refused(
+    session: dspex_rx.SessionContext,
+) -> None:
+    cot = dspy.ChainOfThought("question -> answer")
+    predict = dspy.Predict("question -> answer")
+    bridge = DSPyOptimizationBridge(session)
+    with dspy.context(lm=dspy.utils.DummyLM([])):
+        await bridge.sync_dspy_parameters(cot, variable_prefix="cot_")
+        with pytest.raises(ValueError, match=r"'cot_temperature' is the temperature of "
+                                             r"predictor 'predict' \(question -> reasoning"):
+            await bridge.sync_dspy_parameters(predict, variable_prefix="cot_")
+        # Another bridge finds the owner in the variables' metadata.
+        with pytest.raises(ValueError, match=r"predictor 'predict' of a ChainOfThought"):
+            await DSPyOptimizationBridge(session).sync_dspy_parameters(
+                predict, variable_prefix="cot_")
+    assert "temperature" not in predict.config  # not bound to the other module's value
+    assert sorted(bridge.bound_variables()) == [
+        "cot_instructions", "cot_max_tokens", "cot_temperature"]
 
 
 # --------------------------------------------------------------------- module resolver
@@ -376,14 +512,14 @@ async def test_resolver_switches_from_predict_to_chain_of_thought(
         await qa.forward(question="What is 9 + 1?")
 
 
-async def test_resolver_checks_choices_and_arguments_up_front(
+async def test_resolver_checks_choices_and_keywords_up_front(
     session: dspex_rx.SessionContext,
 ) -> None:
     resolver = ModuleVariableResolver(session)
     await session.register_variable(
         "agent", "module", "Predict", constraints={"choices": ["Predict", "ReAct"]})
-    with pytest.raises(ValueError, match="ReAct, which needs tools="):
-        await resolver.create_module("agent", "question -> answer")
+    # ReAct without tools= is refused only when it is created (issue #12; see the tests
+    # below), but a keyword no choice takes is refused here.
     with pytest.raises(ValueError, match=r"no choice .* takes tool"):
         await resolver.create_module("agent", "question -> answer", tools=[len], tool=len)
     with pytest.raises(KeyError, match="no module variable 'nope'"):
@@ -413,6 +549,130 @@ async def test_resolver_checks_choices_and_arguments_up_front(
     assert built.voters == 5 and built.predict.config == {"temperature": 0.4}
 
 
+FOUR = ["Predict", "ChainOfThought", "ReAct", "ProgramOfThought"]
+
+
+async def register_four(session: dspex_rx.SessionContext, initial: str) -> None:
+    await session.register_variable("reasoning_strategy", "module", initial,
+                                    constraints={"choices": FOUR})
+
+
+async def test_a_module_variable_may_offer_all_four_builtin_classes(
+    session: dspex_rx.SessionContext,
+) -> None:
+    await register_four(session, "ChainOfThought")
+    qa = await ModuleVariableResolver(session).create_module(
+        "reasoning_strategy", "question -> answer")  # no tools=, no interpreter_factory=
+    lm = dspy.utils.DummyLM([{"reasoning": "Two and two.", "answer": "4"}, {"answer": "5"}])
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        first = await qa.forward(question="What is 2 + 2?")
+        await session.set_variable("reasoning_strategy", "Predict")
+        second = await qa.forward(question="What is 2 + 3?")
+    assert (first.reasoning, first.answer) == ("Two and two.", "4")
+    assert second.answer == "5" and "reasoning" not in second
+    assert qa.last_class == "Predict"
+    assert {name: type(m) for name, m in qa.instances.items()} == {
+        "ChainOfThought": dspy.ChainOfThought, "Predict": dspy.Predict}
+
+
+async def test_creating_react_without_tools_fails_naming_variable_class_and_argument(
+    session: dspex_rx.SessionContext,
+) -> None:
+    await register_four(session, "Predict")
+    resolver = ModuleVariableResolver(session)
+    qa = await resolver.create_module("reasoning_strategy", "question -> answer")
+    await session.set_variable("reasoning_strategy", "ReAct")
+    lm = dspy.utils.DummyLM([{"answer": "4"}])
+    message = r"module variable 'reasoning_strategy' chose ReAct, .* without tools="
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        with pytest.raises(ValueError, match=message):
+            await qa.forward(question="What is 2 + 2?")
+        assert lm.history == [] and "ReAct" not in qa.instances  # nothing ran or was built
+        assert await session.get_variable("reasoning_strategy") == "ReAct"  # kept
+        # A module made while the variable holds ReAct fails at once.
+        with pytest.raises(ValueError, match=message):
+            await resolver.create_module("reasoning_strategy", "question -> answer")
+        await session.set_variable("reasoning_strategy", "Predict")
+        assert (await qa.forward(question="What is 2 + 2?")).answer == "4"
+
+
+async def test_react_with_tools_is_created_and_calls_them(
+    session: dspex_rx.SessionContext,
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        calls.append((a, b))
+        return a + b
+
+    await register_four(session, "ReAct")
+    qa = await ModuleVariableResolver(session).create_module(
+        "reasoning_strategy", "question -> answer", tools=[add], max_iters=3)
+    lm = dspy.utils.DummyLM([
+        {"next_thought": "Use add.", "next_tool_name": "add", "next_tool_args": {"a": 2, "b": 3}},
+        {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
+        {"reasoning": "add returned 5.", "answer": "5"},
+    ])
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        prediction = await qa.forward(question="What is 2 + 3?")
+    assert calls == [(2, 3)]
+    assert prediction.answer == "5" and prediction.trajectory["observation_0"] == 5
+    built = qa.instances["ReAct"]
+    assert type(built) is dspy.ReAct and built.max_iters == 3 and set(built.tools) == {
+        "add", "finish"}
+    assert len(lm.history) == 3
+
+
+POT_CODE = "```python\nresult = 17 * 3\nprint(result)\n```"
+
+
+async def test_program_of_thought_without_deno_or_interpreter_fails_before_any_request(
+    session: dspex_rx.SessionContext, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dspex_rx.dspy, "_deno_found", lambda: False)
+    await register_four(session, "ProgramOfThought")
+    qa = await ModuleVariableResolver(session).create_module(
+        "reasoning_strategy", "question -> answer")
+    lm = dspy.utils.DummyLM([{"reasoning": "x", "generated_code": POT_CODE}])
+    refused = (r"'reasoning_strategy' chose ProgramOfThought, .* needs Deno, which is not "
+               r"installed .* interpreter_factory=dspy.LocalInterpreter")
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()), pytest.raises(ValueError,
+                                                                         match=refused):
+        await qa.forward(question="What is 17 * 3?")
+    assert lm.history == [] and qa.instances == {}
+    # With Deno there, or an interpreter configured in DSPy, it is built.
+    # DSPy's deprecation of ProgramOfThought reaches the user as DSPy issues it.
+    monkeypatch.setattr(dspex_rx.dspy, "_deno_found", lambda: True)
+    with pytest.warns(DeprecationWarning, match="ProgramOfThought is deprecated"):
+        assert type(qa.instance("ProgramOfThought")) is dspy.ProgramOfThought
+    qa.instances.clear()
+    monkeypatch.setattr(dspex_rx.dspy, "_deno_found", lambda: False)
+    with (dspy.context(interpreter_factory=dspy.LocalInterpreter),
+          pytest.warns(DeprecationWarning, match="ProgramOfThought is deprecated")):
+        assert type(qa.instance("ProgramOfThought")) is dspy.ProgramOfThought
+
+
+async def test_program_of_thought_with_a_local_interpreter_runs_its_code(
+    session: dspex_rx.SessionContext, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dspex_rx.dspy, "_deno_found", lambda: False)
+    await register_four(session, "ProgramOfThought")
+    qa = await ModuleVariableResolver(session).create_module(
+        "reasoning_strategy", "question -> answer", interpreter_factory=dspy.LocalInterpreter)
+    lm = dspy.utils.DummyLM([
+        {"reasoning": "Multiply.", "generated_code": POT_CODE},
+        {"reasoning": "The code printed 51.", "answer": "51"},
+    ])
+    with (dspy.context(lm=lm, adapter=dspy.ChatAdapter()),
+          pytest.warns(DeprecationWarning, match="ProgramOfThought is deprecated")):
+        prediction = await qa.forward(question="What is 17 * 3?")
+    assert prediction.answer == "51" and qa.last_class == "ProgramOfThought"
+    # The second request carries what the generated code printed when it ran.
+    assert len(lm.history) == 2
+    assert '[[ ## code_output ## ]]\n"51"' in lm.history[1]["messages"][-1]["content"]
+
+
 # ---------------------------------------------------------------------- example, import
 
 
@@ -424,8 +684,82 @@ async def test_adaptive_example_runs_to_completion(capsys: pytest.CaptureFixture
     for row in result["answers"]:
         assert row["answer"] and row["answer"] in out
         assert (row["reasoning"] is not None) == (row["strategy"] == "ChainOfThought")
+    # The watcher on the other connection saw each switch, in order (from Predict).
+    expected = [s for previous, s in zip(["Predict", *strategies], strategies, strict=False)
+                if s != previous]
+    assert result["switches"] == expected and len(expected) >= 2
+    assert "strategy switches seen by the monitor: " + " -> ".join(expected) in out
     assert result["stats"]["read_count"] >= len(result["answers"])
     assert "session stats" in out
+
+
+SIMPLE_Q = "What is 2+2?"
+COMPLEX_Q = ("Explain the philosophical implications of consciousness in artificial "
+             "intelligence systems")
+LONGER_Q = ("Explain step by step how a heat pump can move more heat into a house than "
+            "the electricity it uses")
+
+
+async def test_the_spec_adaptive_system_flips_strategy_by_complexity_and_is_watched(
+    session: dspex_rx.SessionContext,
+) -> None:
+    # The spec's Real-Time Adaptive System with its calls as written, on trio and DummyLM.
+    await session.register_variable(
+        "reasoning_strategy", "module", "ChainOfThought",
+        constraints={"choices": ["Predict", "ChainOfThought", "ReAct", "ProgramOfThought"]})
+    await session.register_variable("complexity_threshold", "float", 0.5,
+                                    constraints={"min": 0.0, "max": 1.0})
+    resolver = ModuleVariableResolver(session)
+    seen: list[str] = []
+    watching = trio.Event()
+
+    async def strategy_watcher() -> None:
+        async for update in session.watch_variable("reasoning_strategy"):
+            seen.append(update.value)
+            watching.set()
+
+    used: list[tuple[float, str | None]] = []
+
+    async def answer_question(question: str) -> Any:
+        complexity = len(question.split()) / 20.0
+        threshold = await session.get_variable("complexity_threshold")
+        if complexity > threshold:
+            await session.set_variable("reasoning_strategy", "ChainOfThought")
+        else:
+            await session.set_variable("reasoning_strategy", "Predict")
+        qa_module = await resolver.create_module("reasoning_strategy", "question -> answer")
+        prediction = await qa_module.forward(question=question)
+        used.append((complexity, qa_module.last_class))
+        return prediction
+
+    lm = dspy.utils.DummyLM({
+        SIMPLE_Q: {"reasoning": "Two plus two.", "answer": "4"},
+        COMPLEX_Q: {"reasoning": "It depends on what experience is.", "answer": "Open."},
+        LONGER_Q: {"reasoning": "It moves heat rather than making it.", "answer": "COP > 1"},
+    })
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(strategy_watcher)
+        await watching.wait()  # the initial value: the watch is in place
+        with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+            simple_ans = await answer_question(SIMPLE_Q)
+            complex_ans = await answer_question(COMPLEX_Q)
+            longer_ans = await answer_question(LONGER_Q)
+            again_ans = await answer_question(SIMPLE_Q)
+        await session.sync()
+        nursery.cancel_scope.cancel()
+
+    # The spec's "complex" question has 10 words: 0.5 is not above the 0.5 threshold, so
+    # it stays with Predict; the 20-word one goes to ChainOfThought.
+    assert used == [(0.15, "Predict"), (0.5, "Predict"), (1.0, "ChainOfThought"),
+                    (0.15, "Predict")]
+    assert (simple_ans.answer, complex_ans.answer) == ("4", "Open.")
+    assert "reasoning" not in simple_ans and "reasoning" not in complex_ans
+    assert (longer_ans.reasoning, longer_ans.answer) == (
+        "It moves heat rather than making it.", "COP > 1")
+    assert again_ans.answer == "4" and "reasoning" not in again_ans
+    assert len(lm.history) == 4
+    # Every write is a new version, so the second Predict (the same value) is seen too.
+    assert seen == ["ChainOfThought", "Predict", "Predict", "ChainOfThought", "Predict"]
 
 
 def test_dspex_rx_imports_without_dspy() -> None:

@@ -242,7 +242,7 @@ async def test_teacher_temperature_reaches_a_teacher_with_its_own_lm(
     # never reaches the teacher, which keeps sending the LM's 0.9.
     await session.register_variable("temperature", "float", 0.3)
     lm = stub_lm(stub, temperature=0.9)
-    optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
+    optimizer = await DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"teacher_temperature": "temperature"}, metric=exact,
         max_bootstrapped_demos=2, max_labeled_demos=0,
     )
@@ -262,7 +262,7 @@ async def test_compile_of_a_program_with_a_list_of_predictors(
     # valid name, so the compile fails before it starts. max_bootstrapped_demos 0:
     # labeled demos only, no LM call needed.
     await session.register_variable("max_demos", "integer", 0)
-    optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
+    optimizer = await DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"max_bootstrapped_demos": "max_demos"}, metric=exact,
         max_labeled_demos=2,
     )
@@ -285,7 +285,7 @@ async def test_the_settings_result_names_the_run_in_its_metadata(
     # naming the run". Demos and score carry dspy_run; <prefix>settings is written by
     # the lease's finish, later and apart, with only the lease's own metadata.
     await session.register_variable("max_demos", "integer", 0)
-    optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
+    optimizer = await DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"max_bootstrapped_demos": "max_demos"}, max_labeled_demos=1)
     await optimizer.compile(dspy.Predict("question -> answer"), trainset=examples(TRAIN))
     run = optimizer.last_run
@@ -303,7 +303,7 @@ async def test_an_unscored_run_does_not_leave_the_previous_runs_score(
     # Run 1 is scored (66.67 -> dspy.score). Run 2 has no devset: it writes new demos but
     # leaves dspy.score at run 1's value, so the score variable describes demos that
     # are gone. "Not scored" is NaN in this design, never a stale number.
-    optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
+    optimizer = await DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {}, metric=exact, max_bootstrapped_demos=1,
         max_labeled_demos=1,
     )
@@ -331,7 +331,7 @@ async def test_a_stopped_lease_writes_no_results(
     session, other = two
     await session.register_variable("temperature", "float", 0.3)
     entered, release = hold_answers(stub)
-    optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
+    optimizer = await DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"teacher_temperature": "temperature"}, metric=exact,
         max_bootstrapped_demos=1, max_labeled_demos=0,
     )
@@ -395,7 +395,7 @@ async def test_a_cancelled_compile_writes_no_results(
     session, other = two
     await session.register_variable("temperature", "float", 0.3)
     entered, release = hold_answers(stub)
-    optimizer = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
+    optimizer = await DSPyOptimizationBridge(session).create_variable_aware_optimizer(
         dspy.BootstrapFewShot, {"teacher_temperature": "temperature"}, metric=exact,
         max_bootstrapped_demos=1,
     )
