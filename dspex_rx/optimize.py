@@ -21,6 +21,7 @@ import numpy as np
 import trio
 
 from . import codec
+from .aio import portal_aware
 from .convert import seconds
 from .errors import DspexError, InvalidValueError, OptimizationLockedError, VariableTypeError
 from .logs import get_logger
@@ -205,6 +206,7 @@ class _Evaluation:
         request.score = self.score
 
 
+@portal_aware
 class HeldLease:
     """A variable's optimization lease as its holder sees it: writes under the fencing
     token, recorded evaluations, renewal, and the release. ``session.optimization_lease``
