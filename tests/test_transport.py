@@ -238,8 +238,8 @@ async def trio_main():
     async with dspex_rx.connect() as session:
         await session.register_variable("x", "integer", 1)
         await session.set_variable("x", 2)
-        loop = session._transport._loop.loop
-        print("trio", await session.get_variable("x", bypass_cache=True), type(loop).__module__.split(".")[0])
+        package = type(session._transport._loop.loop).__module__.split(".")[0]
+        print("trio", await session.get_variable("x", bypass_cache=True), package)
 
 async def asyncio_main():
     async with dspex_rx.connect() as session:
