@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import threading
@@ -305,8 +306,17 @@ async def run_in_portal(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: A
             with contextlib.suppress(RuntimeError):  # the caller's loop has closed
                 loop.call_soon_threadsafe(_set_done, done, result)
 
+    # The task runs in a copy of the caller's context, as an asyncio task would: context
+    # variables the caller set (dspy.context(lm=...)) reach the call and its worker threads.
+    context = contextvars.copy_context()
+
+    name = f"dspex-rx-aio[{getattr(fn, '__qualname__', fn)}]"
+
+    def spawn() -> None:
+        nursery.start_soon(task, name=name)
+
     def start() -> None:
-        nursery.start_soon(task, name=f"dspex-rx-aio[{getattr(fn, '__qualname__', fn)}]")
+        context.run(spawn)
 
     def cancel() -> None:
         state["cancel"] = True

@@ -175,16 +175,35 @@ class Watch:
     # The Coroutine protocol, so that asyncio.create_task(watch) accepts a watch: the task
     # drives ``run()``. (``await watch`` is ``started()``, as it always was.)
     def send(self, value: Any) -> Any:
+        """Coroutine protocol: step ``run()`` (what an asyncio task does with a watch).
+
+        Example::
+
+            task = asyncio.create_task(watch)   # the task calls watch.send(None)
+        """
         if self._driver is None:
             self._driver = self.run()
         return self._driver.send(value)
 
     def throw(self, *exc: Any) -> Any:
+        """Coroutine protocol: raise into ``run()`` (a task's cancellation ends the watch).
+
+        Example::
+
+            task.cancel()   # the task calls watch.throw(CancelledError())
+        """
         if self._driver is None:
             self._driver = self.run()
         return self._driver.throw(*exc)
 
     def close(self) -> None:
+        """Coroutine protocol: close ``run()`` if a task started it (``cancel()`` ends the
+        watch itself).
+
+        Example::
+
+            watch.close()
+        """
         if self._driver is not None:
             self._driver.close()
 

@@ -75,6 +75,8 @@ def test_spec_form_initialize_and_close_with_a_target(target: str) -> None:
         values = [await session.get_variable(var_id), await session.list_variables()]
         await session.close()
         await session.close()  # twice is fine, as under trio
+        async with SessionContext(None, target) as again:  # the class as a context manager
+            assert await again.list_variables() == []
         return values
 
     value, listed = run(main)
@@ -332,3 +334,31 @@ def test_watch_optimization_iterates_statuses_under_asyncio() -> None:
 
     states = run(main)
     assert states[0] == "idle" and states[-1] == "completed" and "running" in states
+
+
+def test_dspy_resolver_and_bridge_under_asyncio_see_the_callers_dspy_context() -> None:
+    dspy = pytest.importorskip("dspy")
+    from dspex_rx.dspy import DSPyOptimizationBridge, ModuleVariableResolver
+
+    async def main() -> None:
+        async with dspex_rx.connect() as session:
+            await session.register_variable(
+                "strategy", "module", "Predict",
+                constraints={"choices": ["Predict", "ChainOfThought"]})
+            qa = await ModuleVariableResolver(session).create_module(
+                "strategy", "question -> answer")
+            lm = dspy.utils.DummyLM({"What is 2 + 3?": {"answer": "5"}})
+            with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):  # a context variable
+                first = await qa.forward(question="What is 2 + 3?")
+            assert (first.answer, qa.last_class) == ("5", "Predict")
+            assert type(await qa.module()) is dspy.Predict
+
+            bridge = DSPyOptimizationBridge(session)
+            await bridge.sync_dspy_parameters(dspy.Predict("question -> answer"),
+                                              variable_prefix="qa_")
+            names = {v["name"] for v in await session.list_variables()}
+            assert "qa_temperature" in names or any(
+                n.startswith("qa_") and n.endswith("temperature") for n in names)
+            assert bridge.bound_variables()  # a sync method, run in the portal
+
+    run(main)
