@@ -349,12 +349,19 @@ def _library() -> str | None:
         return None
 
 
+# Trio sets this while it steps a task: reading it is the cheapest test for "called from
+# trio code" (sniffio.current_async_library() reads it first, too).
+_sniffio_local = sniffio.thread_local
+
+
 def _async_method(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        if _sniffio_local.name == "trio":
+            return method(self, *args, **kwargs)  # the trio API as it always was
         library = _library()
         if library == "trio":
-            return method(self, *args, **kwargs)  # the trio API as it always was
+            return method(self, *args, **kwargs)
         if library == "asyncio":
             return run_in_portal(method, self, *args, **kwargs)
         return _decide_later(method, self, *args, **kwargs)
@@ -448,6 +455,10 @@ def call_in_run(token: trio.lowlevel.TrioToken | None, fn: Callable[..., T],
 def _sync_method(method: Callable[..., T], token_of: Callable[[Any], Any]) -> Callable[..., T]:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        if _sniffio_local.name == "trio":
+            # In a trio task: this run is the object's, or (another run's object) no hop
+            # is possible from here anyway.
+            return method(self, *args, **kwargs)
         return call_in_run(token_of(self), method, self, *args, **kwargs)
 
     return wrapper
