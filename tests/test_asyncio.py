@@ -10,6 +10,7 @@ under trio). Waits are event-driven: ``session.sync()`` or an ``asyncio.Event``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -363,5 +364,34 @@ def test_dspy_resolver_and_bridge_under_asyncio_see_the_callers_dspy_context() -
             assert "qa_temperature" in names or any(
                 n.startswith("qa_") and n.endswith("temperature") for n in names)
             assert bridge.bound_variables()  # a sync method, run in the portal
+
+    run(main)
+
+
+def test_variable_aware_compile_under_asyncio_reads_settings_and_records_the_run() -> None:
+    dspy = pytest.importorskip("dspy")
+    from dspy_helpers import TRAIN, exact, examples
+
+    from dspex_rx.dspy import DSPyOptimizationBridge
+
+    async def main() -> None:
+        async with dspex_rx.connect() as session:
+            await session.register_variable("max_demos", "integer", 1,
+                                            constraints={"min": 0, "max": 8})
+            made = DSPyOptimizationBridge(session).create_variable_aware_optimizer(
+                dspy.BootstrapFewShot, {"max_bootstrapped_demos": "max_demos"}, metric=exact,
+            )
+            # Sync today, awaitable as the spec has it once issue #12's DSPy part lands.
+            optimizer = await made if inspect.isawaitable(made) else made
+            lm = dspy.utils.DummyLM({q: {"answer": a} for q, a in TRAIN})
+            with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+                compiled = await optimizer.compile(dspy.Predict("question -> answer"),
+                                                   trainset=examples(TRAIN))
+            bootstrapped = [d for d in compiled.demos if d.get("augmented")]
+            assert len(bootstrapped) == 1  # the variable's value, read under the lease
+            (entry,) = await session.get_optimization_history("max_demos")
+            assert entry["metrics"]["demos"] == len(compiled.demos)
+            status = await session.get_optimization_status("max_demos")
+            assert status["state"] == "completed" and not status["is_optimizing"]
 
     run(main)
