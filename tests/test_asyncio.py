@@ -395,3 +395,17 @@ def test_variable_aware_compile_under_asyncio_reads_settings_and_records_the_run
             assert status["state"] == "completed" and not status["is_optimizing"]
 
     run(main)
+
+
+def test_coroutines_made_outside_a_loop_decide_when_they_run(target: str) -> None:
+    # Older asyncio code makes the coroutine first: run_until_complete(session.initialize()).
+    session = SessionContext(None, target)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(session.initialize())
+        loop.run_until_complete(session.register_variable("n", "integer", 3))
+        assert loop.run_until_complete(session.get_variable("n")) == 3
+        loop.run_until_complete(session.close())
+    finally:
+        loop.close()
+    assert aio.current_portal() is None and portal_threads() == []
