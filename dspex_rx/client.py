@@ -7,10 +7,14 @@ Every call after ``InitializeSession`` (and the watch stream) carries the sessio
 as call metadata; ``session.token`` is what another connection passes to join:
 ``connect(target, session_id=session.session_id, token=session.token)``. ``tls=True`` /
 ``ca_cert=`` talk to a TLS server.
+
+From asyncio the same API works unchanged (``aio.portal_aware``): each call runs in the
+portal's trio run, see ``dspex_rx/aio.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -28,6 +32,7 @@ from reactivex.disposable import CompositeDisposable
 
 from . import codec, exchange
 from .actors import VariableActor, VariableObservable, VariableUpdate, WatchHub
+from .aio import cancel_task, hold_current_run, portal_aware, portal_context
 from .cache import VariableCache
 from .convert import (
     DEPENDENCY_FROM_PB,
@@ -256,6 +261,27 @@ def _encode_metadata(name: str, metadata: Mapping[str, Any] | None) -> Any:
         raise _prefixed(name, exc) from None
 
 
+def _target_error(target: object) -> str:
+    # A grpc channel has no public way to tell its address or credentials, and a
+    # grpc.aio channel belongs to the caller's event loop, while the session runs its own
+    # connection: say what to pass instead.
+    kind = type(target)
+    where = f"{kind.__module__}.{kind.__qualname__}"
+    if "grpc" in kind.__module__:
+        return (
+            f"SessionContext takes the server address, not a channel ({where}): grpc "
+            "channels do not tell their target or credentials, and this session opens its "
+            "own connection. Change SessionContext(session_id, "
+            "grpc.aio.insecure_channel('localhost:50051')) to SessionContext(session_id, "
+            "'localhost:50051') (for a secure channel pass tls=True or ca_cert=...)"
+        )
+    return (
+        "target must be an address string such as 'localhost:50051', got "
+        f"{kind.__qualname__}"
+    )
+
+
+@portal_aware(local=("cancel_watch",))
 class SessionContext:
     """A client session: the typed variable API over one gRPC connection.
 
@@ -303,6 +329,8 @@ class SessionContext:
         limits: Limits | None = None,
         max_message_bytes: int | None = None,
     ) -> None:
+        if target is not None and not isinstance(target, str):
+            raise TypeError(_target_error(target))
         if token is not None and not isinstance(token, str):
             raise InvalidValueError(f"token must be a string, got {type(token).__name__}")
         if principal_key is not None and not isinstance(principal_key, str):
@@ -367,6 +395,7 @@ class SessionContext:
         self.lost = False
         self._lost_reason = ""
         self._closed = False
+        self._portal_release: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -395,6 +424,11 @@ class SessionContext:
                                         token=a.token) as b: ...
         """
         return self._token
+
+    @property
+    def _trio_token(self) -> trio.lowlevel.TrioToken | None:
+        # The trio run the session lives in (its sync methods run there from other threads).
+        return self._scheduler.token if self._scheduler is not None else None
 
     @property
     def target(self) -> str | None:
@@ -456,6 +490,8 @@ class SessionContext:
         self.revision = response.revision
         self.created = response.created
         await self._start_services(response.ttl_seconds)
+        # Opened from asyncio: the portal's trio run must last until this session closes.
+        self._portal_release = hold_current_run()
         log.debug("session_initialized", session_id=self._session_id, target=self._target)
         return self
 
@@ -636,6 +672,9 @@ class SessionContext:
                     log.warning("close_failed", session_id=self._session_id, error=str(exc))
             self._session_id = None
             await self._teardown()
+            release, self._portal_release = self._portal_release, None
+            if release is not None:
+                release()
 
     async def _teardown(self) -> None:
         with trio.CancelScope(shield=True):
@@ -1746,21 +1785,35 @@ class SessionContext:
         assert self._scheduler is not None
         return self._watch(with_trio_scheduler(merged, self._scheduler))
 
-    def cancel_watch(self, watch: Watch | str) -> bool:
-        """End a watch (by handle or id): it unsubscribes, and a task iterating it finishes.
+    def cancel_watch(
+        self, watch: Watch | str | asyncio.Future[Any] | trio.CancelScope
+    ) -> bool:
+        """End a watch: by its ``Watch`` or its id; or by the task that runs it (an asyncio
+        task: the task is cancelled and every watch it runs or has iterated ends); or, under
+        trio, by the ``trio.CancelScope`` the consuming task runs in (cancelled: a watch
+        it is iterating ends with it, as any watch whose consumer is cancelled does).
 
-        Returns False if no such watch is running.
+        Returns True if it ended something still running (a watch, a task not yet done, a
+        scope not yet cancelled), False if there was nothing to end.
 
         Example::
 
-            watch = session.watch_variable("temperature")
-            nursery.start_soon(consume, watch)
+            task = asyncio.create_task(session.watch_variable("temperature"))
             ...
-            session.cancel_watch(watch)
+            session.cancel_watch(task)          # also: session.cancel_watch(watch)
         """
+        if isinstance(watch, trio.CancelScope):
+            was_running = not watch.cancel_called
+            watch.cancel()
+            return was_running
+        if isinstance(watch, asyncio.Future):
+            ended = not watch.done()
+            for driven in cancel_task(watch):
+                ended = self.cancel_watch(driven) or ended
+            return ended
         key = watch if isinstance(watch, str) else watch.id
         found = self._watches.get(key)
-        if found is None:
+        if found is None or found.closed:
             return False
         found.cancel()
         return True
@@ -2351,6 +2404,7 @@ class SessionContext:
         return await self._require_hub().sync()
 
 
+@portal_context
 @asynccontextmanager
 async def connect(
     target: str | None = None,

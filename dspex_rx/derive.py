@@ -12,6 +12,7 @@ import trio
 from reactivex import abc as rx_abc
 
 from .actors import VariableUpdate
+from .aio import portal_aware
 from .logs import get_logger
 from .types import same_value
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 log = get_logger("dspex_rx.derive")
 
 
+@portal_aware
 class Derived:
     """The handle of a computed variable this session keeps up to date.
 

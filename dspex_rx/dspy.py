@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
         "dspex_rx.dspy needs DSPy: pip install 'dspex-rx[dspy]' (dspy>=3.4,<3.5)"
     ) from exc
 
+from .aio import portal_aware
 from .errors import (
     AlreadyExistsError,
     InvalidValueError,
@@ -517,6 +518,7 @@ class CompileRun:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+@portal_aware
 class VariableAwareOptimizer:
     """A DSPy optimizer whose settings come from variables and whose results go back to
     variables. Made by ``DSPyOptimizationBridge.create_variable_aware_optimizer``.
@@ -884,6 +886,7 @@ def _compile_and_score(
     return compiled, float(result.score)
 
 
+@portal_aware
 class DSPyOptimizationBridge:
     """Connects DSPy programs to a session's variables: optimizers that read their
     settings from variables and write their results back, and predictor settings bound
@@ -1107,6 +1110,7 @@ class DSPyOptimizationBridge:
 BUILTIN_MODULES = ("Predict", "ChainOfThought", "ReAct", "ProgramOfThought")
 
 
+@portal_aware
 class VariableModule:
     """A DSPy module whose class is the current value of a ``module`` variable. Made by
     ``ModuleVariableResolver.create_module``.
@@ -1285,6 +1289,7 @@ def _accepted(cls: type[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in kwargs.items() if key in names}
 
 
+@portal_aware
 class ModuleVariableResolver:
     """Makes DSPy modules whose class is chosen by a ``module`` variable: ``Predict``,
     ``ChainOfThought``, ``ReAct`` (needs ``tools=``), ``ProgramOfThought`` (deprecated in

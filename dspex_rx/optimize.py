@@ -21,6 +21,7 @@ import trio
 
 from . import codec
 from .actors import VariableUpdate
+from .aio import portal_aware
 from .convert import timestamp, utc_datetime
 from .errors import DspexError, InvalidValueError, OptimizationLockedError, VariableTypeError
 from .leases import score_of
@@ -194,6 +195,7 @@ class _Evaluation:
         request.score = self.score
 
 
+@portal_aware
 class HeldLease:
     """A variable's optimization lease as its holder sees it: writes under the fencing
     token, recorded evaluations, renewal, and the release. ``session.optimization_lease``

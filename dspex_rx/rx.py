@@ -104,6 +104,16 @@ class TrioScheduler(PeriodicScheduler):
         self.failed_actions = 0
         """How many scheduled actions raised (each one is logged as ``scheduled_action_failed``)."""
 
+    @property
+    def token(self) -> trio.lowlevel.TrioToken:
+        """The token of the trio run the scheduler belongs to.
+
+        Example::
+
+            trio.from_thread.run_sync(fn, trio_token=scheduler.token)
+        """
+        return self._token
+
     # -- time ---------------------------------------------------------------------------
 
     @property
@@ -499,7 +509,19 @@ class TrioObservable(Observable[_T]):
 
             d = obs.subscribe(print)                          # trio time
             d = obs.subscribe(print, scheduler=other)         # explicit scheduler wins
+
+        From another thread (an asyncio program), the subscription is made in the trio
+        thread, and so is disposing it; the callbacks then run on the subscribing thread's
+        asyncio loop if it has one (in order), else in the trio thread.
         """
+        if not self._trio_scheduler._in_trio_thread():
+            from .aio import subscribe_from_outside
+
+            disposable: abc.DisposableBase = subscribe_from_outside(
+                super().subscribe, self._trio_scheduler.token, on_next, on_error,
+                on_completed, scheduler or self._trio_scheduler,
+            )
+            return disposable
         return super().subscribe(
             on_next, on_error, on_completed, scheduler=scheduler or self._trio_scheduler
         )

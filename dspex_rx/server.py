@@ -1919,7 +1919,9 @@ class EmbeddedServer:
         return self.target
 
     def _run(self) -> None:
-        asyncio.run(self._main())
+        # A plain loop whatever policy is installed (trio_asyncio's would drive it by trio).
+        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+            runner.run(self._main())
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -33,6 +33,16 @@ def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
+def plain_event_loop() -> asyncio.AbstractEventLoop:
+    """A new asyncio selector event loop, whatever event-loop policy is installed.
+
+    Example::
+
+        loop = plain_event_loop(); loop.run_until_complete(asyncio.sleep(0)); loop.close()
+    """
+    return asyncio.SelectorEventLoop()
+
+
 class LoopThread:
     """A plain asyncio event loop running forever on a daemon thread.
 
@@ -56,10 +66,13 @@ class LoopThread:
             LoopThread().start()
         """
         ready = threading.Event()
-        loop = asyncio.new_event_loop()
+        # A plain selector loop made directly, not through asyncio's event-loop policy: a
+        # policy is process-wide and others replace it. trio_asyncio's refuses to make a
+        # loop on a trio thread ("You're within a Trio environment") and elsewhere makes
+        # its own trio-driven loop; grpc.aio needs neither, only a loop of its own.
+        loop = plain_event_loop()
 
         def main() -> None:
-            asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)
             loop.run_forever()
 

@@ -1,11 +1,14 @@
 """Watches as trio async iterators over observables, with a conflating buffer, and the
-set-wide debounce operator that ``watch_variables(debounce_ms=...)`` uses."""
+set-wide debounce operator that ``watch_variables(debounce_ms=...)`` uses. A watch is also
+a coroutine object, so ``asyncio.create_task(watch)`` runs it (``Watch.run``)."""
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
 import itertools
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import reactivex
@@ -14,10 +17,12 @@ from reactivex import abc as rx_abc
 from reactivex.disposable import CompositeDisposable, SerialDisposable
 
 from .actors import VariableUpdate
+from .aio import note_driver, portal_aware
 
 _ids = itertools.count(1)
 
 
+@portal_aware(local=("send", "throw", "close"))
 class Watch:
     """An async iterator of ``VariableUpdate``s; also an async context manager and awaitable.
 
@@ -27,6 +32,12 @@ class Watch:
     last value always arrives. The watch ends when cancelled (``cancel()`` or
     ``session.cancel_watch``), when its variables are deleted, or when the session closes;
     a consumer cancelled while waiting ends it too.
+
+    ``await watch`` waits until the server has registered it and returns the watch. A
+    watch is also a coroutine object: a task made from it (``asyncio.create_task(watch)``;
+    under trio ``nursery.start_soon(watch.run)``) keeps it running, consuming its updates,
+    until it ends, and then returns the last update (see ``run``);
+    ``session.cancel_watch(task)`` cancels that task and ends the watch.
 
     Example::
 
@@ -51,6 +62,11 @@ class Watch:
         self._error: BaseException | None = None
         self._on_close = on_close
         self._ready = ready
+        self._driver: Coroutine[Any, Any, VariableUpdate | None] | None = None
+        # The trio run the watch lives in: its sync methods run there from other threads.
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        with contextlib.suppress(RuntimeError):  # made outside trio: used there as it is
+            self._trio_token = trio.lowlevel.current_trio_token()
         self._subscription = observable.subscribe(
             on_next=self._push, on_error=self._fail, on_completed=self._finish
         )
@@ -115,7 +131,17 @@ class Watch:
     def __aiter__(self) -> Watch:
         return self
 
-    async def __anext__(self) -> VariableUpdate:
+    def __anext__(self) -> Awaitable[VariableUpdate]:
+        note_driver(self)  # under asyncio: cancel_watch(task) ends what the task iterates
+        return self.next()
+
+    async def next(self) -> VariableUpdate:
+        """The next update (what ``async for`` takes); ``StopAsyncIteration`` at the end.
+
+        Example::
+
+            update = await watch.next()
+        """
         while not self._buffer:
             if self._closed:
                 if self._error is not None:
@@ -129,6 +155,57 @@ class Watch:
                 self.cancel()  # a watch inside a cancel scope ends with it
                 raise
         return self._buffer.popleft()
+
+    async def run(self) -> VariableUpdate | None:
+        """Keep the watch running, taking its updates, until it ends (``cancel_watch``,
+        deletion, the session closing) or the caller is cancelled (which ends it); returns
+        the last update, None if none came. This is what a task made from the watch runs.
+
+        Example::
+
+            task = asyncio.create_task(session.watch_variable("temperature"))
+            ...
+            session.cancel_watch(task)
+        """
+        last: VariableUpdate | None = None
+        async for update in self:
+            last = update
+        return last
+
+    # The Coroutine protocol, so that asyncio.create_task(watch) accepts a watch: the task
+    # drives ``run()``. (``await watch`` is ``started()``, as it always was.)
+    def send(self, value: Any) -> Any:
+        """Coroutine protocol: step ``run()`` (what an asyncio task does with a watch).
+
+        Example::
+
+            task = asyncio.create_task(watch)   # the task calls watch.send(None)
+        """
+        if self._driver is None:
+            self._driver = self.run()
+        return self._driver.send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        """Coroutine protocol: raise into ``run()`` (a task's cancellation ends the watch).
+
+        Example::
+
+            task.cancel()   # the task calls watch.throw(CancelledError())
+        """
+        if self._driver is None:
+            self._driver = self.run()
+        return self._driver.throw(*exc)
+
+    def close(self) -> None:
+        """Coroutine protocol: close ``run()`` if a task started it (``cancel()`` ends the
+        watch itself).
+
+        Example::
+
+            watch.close()
+        """
+        if self._driver is not None:
+            self._driver.close()
 
     async def aclose(self) -> None:
         """Same as ``cancel()``, for ``contextlib.aclosing`` and friends.
@@ -160,6 +237,9 @@ class Watch:
     def __await__(self) -> Generator[Any, None, Watch]:
         # `watch = await session.watch_variable(...)` waits until the watch is registered.
         return self.started().__await__()
+
+
+collections.abc.Coroutine.register(Watch)
 
 
 def commit_revision(update: VariableUpdate) -> int:

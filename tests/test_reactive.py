@@ -372,6 +372,49 @@ async def test_cancel_watch_and_cancel_scope_leave_nothing_behind(
     assert watched == [set()]
 
 
+async def test_cancel_watch_of_a_cancel_scope_ends_the_watch_iterated_in_it(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("v", "integer", 0)
+    seen: list[int] = []
+    scopes: list[trio.CancelScope] = []
+    watch = await watcher.watch_variable("v")
+
+    async def consume(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async for update in watch:
+                seen.append(update.value)
+
+    async with trio.open_nursery() as nursery:
+        scopes.append(await nursery.start(consume))
+        await writer.set_variable("v", 1)
+        await settle(watcher)
+        assert watcher.cancel_watch(scopes[0]) is True
+    assert seen == [0, 1] and watch.closed and watcher._watches == {}
+    assert watcher.cancel_watch(scopes[0]) is False  # cancelled already
+
+
+async def test_a_watch_run_by_a_trio_task_returns_its_last_update(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("v", "integer", 0)
+    results: list[Any] = []
+    watch = await watcher.watch_variable("v")
+
+    async def run() -> None:
+        results.append(await watch.run())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await writer.set_variable("v", 7)
+        await settle(watcher)
+        assert watcher.cancel_watch(watch) is True
+    assert [(u.value, u.update_type) for u in results] == [(7, "value_change")]
+
+
 async def test_closing_the_session_ends_watches_and_the_stream(server: EmbeddedServer) -> None:
     async with dspex_rx.connect(server.target) as writer:
         await writer.register_variable("z", "integer", 0)

@@ -4,9 +4,13 @@ stay usable after cancelled calls, transport failures stay raw, nothing leaks on
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -222,3 +226,39 @@ async def test_a_session_gone_from_the_server_is_reported_lost(
             await session.get_variable("anything", bypass_cache=True)
     finally:
         await session.close()
+
+
+_WITH_TRIO_ASYNCIO = '''
+import asyncio, sys
+import trio
+import trio_asyncio  # patches asyncio's event-loop functions process-wide
+import dspex_rx
+
+async def trio_main():
+    async with dspex_rx.connect() as session:
+        await session.register_variable("x", "integer", 1)
+        await session.set_variable("x", 2)
+        package = type(session._transport._loop.loop).__module__.split(".")[0]
+        print("trio", await session.get_variable("x", bypass_cache=True), package)
+
+async def asyncio_main():
+    async with dspex_rx.connect() as session:
+        await session.register_variable("y", "integer", 3)
+        print("asyncio", await session.get_variable("y", bypass_cache=True))
+
+trio.run(trio_main)
+asyncio.run(asyncio_main())
+'''
+
+
+def test_importing_trio_asyncio_breaks_neither_trio_nor_asyncio_programs() -> None:
+    # Regression: with trio_asyncio imported, LoopThread made its loop through asyncio's
+    # (patched) policy on the trio thread and connect() failed "within a Trio environment".
+    # A fresh interpreter: trio_asyncio's patches are process-wide and must not leak.
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", _WITH_TRIO_ASYNCIO], capture_output=True, text=True,
+        timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["trio 2 asyncio", "asyncio 3"]
