@@ -91,7 +91,7 @@ async def check_revisions(
     rows = await session.get_variables(names, include_metadata=True)
     values = {row["value"] for row in rows.values()}
     assert values == {expected}, f"expected every variable at {expected}, got {values}"
-    revisions = {row["metadata"]["revision"] for row in rows.values()}
+    revisions = {row["revision"] for row in rows.values()}
     if one_revision:
         assert len(revisions) == 1, f"a batch spread over {len(revisions)} revisions"
     else:
@@ -123,7 +123,7 @@ async def bench_batch(
     await ops["update_sequential"](1)
     await check_revisions(session, names, VALUES[1], one_revision=False)
 
-    before = session.get_variable_stats()
+    before = await session.get_variable_stats()
     seconds: dict[str, list[float]] = {name: [] for name in ops}
     for repeat in range(args.repeats):
         # Interleaved, so drift on a busy machine hits every op alike.
@@ -133,7 +133,7 @@ async def bench_batch(
             medians = {k: 1000 * statistics.median(v) for k, v in seconds.items()}
             note(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(
                 f"{k} {v:.2f} ms" for k, v in medians.items()))
-    after = session.get_variable_stats()
+    after = await session.get_variable_stats()
     hits = after["cache_hits"] - before["cache_hits"]
     misses = after["cache_misses"] - before["cache_misses"]
     reads = 2 * args.variables * args.repeats  # get_batch + get_sequential

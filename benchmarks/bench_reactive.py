@@ -107,7 +107,7 @@ async def bench_cached_read(
 
         await cached(args.warmup)
         await uncached(args.warmup)
-        before = session.get_variable_stats(name)
+        before = await session.get_variable_stats(name)
         runs: dict[str, list[float]] = {"cached": [], "uncached": []}
         for repeat in range(args.repeats):  # interleaved, so drift hits both alike
             for label, fn, calls in (
@@ -119,7 +119,7 @@ async def bench_cached_read(
                 runs[label].append(calls / taken)
                 note(f"repeat {repeat + 1}/{args.repeats} {label:<8} get_variable "
                      f"{calls / taken:10.0f} calls/s")
-        after = session.get_variable_stats(name)
+        after = await session.get_variable_stats(name)
     finally:
         watch.cancel()
 

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -22,7 +23,7 @@ from reactivex import abc as rx_abc
 
 from . import codec
 from .cache import VariableCache
-from .convert import map_rpc_error, seconds
+from .convert import map_rpc_error, timestamp, utc_datetime
 from .errors import AccessDeniedError, DspexError, error_from_kind
 from .logs import get_logger
 from .rx import TrioObservable, TrioScheduler
@@ -52,6 +53,10 @@ class VariableUpdate:
     value after a gap the server could not replay), ``dependency_changed`` (a variable
     this one depends on changed; ``metadata`` names it and the revision) or, for
     optimization observers only, ``optimization`` (``metadata`` is the status).
+    ``metadata`` is the writer's metadata for that change, as given (system notes of a
+    rollback, an import or an optimization step for those). ``timestamp`` is a
+    timezone-aware UTC ``datetime``. Values are presented as ``get_variable`` returns them
+    (a tensor written from torch comes back as a ``torch.Tensor`` where torch is installed).
 
     Example::
 
@@ -67,7 +72,7 @@ class VariableUpdate:
     revision: int
     update_type: str
     metadata: dict[str, Any]
-    timestamp: float
+    timestamp: datetime
     source: str
     conflated: bool = False
 
@@ -82,13 +87,16 @@ def update_from_pb(event: spb.VariableEvent, conflated: bool = False) -> Variabl
     return VariableUpdate(
         variable_id=event.variable_id,
         name=event.name,
-        value=codec.decode(event.value),
-        old_value=codec.decode(event.old_value) if event.HasField("old_value") else None,
+        value=codec.present(codec.decode(event.value), None),
+        old_value=(
+            codec.present(codec.decode(event.old_value), None)
+            if event.HasField("old_value") else None
+        ),
         version=event.version,
         revision=event.revision,
         update_type=_UPDATE_NAMES.get(event.update_type, "value_change"),
         metadata=codec.decode_map(event.metadata),
-        timestamp=seconds(event.timestamp),
+        timestamp=utc_datetime(event.timestamp),
         source=event.source,
         conflated=conflated,
     )
@@ -273,7 +281,7 @@ class VariableActor:
     def _current_update(self, value: Any) -> VariableUpdate:
         return VariableUpdate(
             self.id, self.name, value, None, self.version, self.revision, "initial", {},
-            self.fetched_at, "cache",
+            utc_datetime(timestamp(self.fetched_at)), "cache",
         )
 
     def _deliver(self, attached: _Attached, update: VariableUpdate) -> None:

@@ -15,7 +15,7 @@ import trio
 
 from .errors import InvalidValueError
 from .logs import get_logger
-from .patterns import compile_glob
+from .patterns import compile_name_filter, name_pattern
 
 __all__ = ["EVICTION_POLICIES", "FetchMissing", "InvalidationCallback", "VariableCache"]
 
@@ -261,6 +261,9 @@ class VariableCache:
       ``invalidate_pattern``, ``get_batch``), in the order they happened. Only keys with
       subscribers queue anything. A callback that raises is logged and skipped.
 
+    Defaults are the spec's (``ttl=1.0`` second, ``max_size=1000``); a session's own cache
+    has its own (``connect(cache_ttl=..., cache_max_size=...)``).
+
     Example::
 
         cache = VariableCache(ttl=30.0, max_size=1000, eviction_policy="lru")
@@ -270,8 +273,8 @@ class VariableCache:
 
     def __init__(
         self,
-        ttl: float | None = 60.0,
-        max_size: int | None = 10_000,
+        ttl: float | None = 1.0,
+        max_size: int | None = 1000,
         eviction_policy: str = "lru",
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
@@ -614,17 +617,25 @@ class VariableCache:
             await self._run_calls([(sid, key, reason) for sid in self._subs_by_key.get(key, ())])
         return removed
 
-    async def invalidate_pattern(self, pattern: str, reason: str = "invalidated") -> int:
-        """Remove every entry whose key or name matches the fnmatch glob (case-sensitive,
-        matched with RE2 by ``patterns.compile_glob``); await their callbacks; return how
-        many were removed.
+    async def invalidate_pattern(
+        self, pattern: str, reason: str = "invalidated", *, glob: bool = False
+    ) -> int:
+        """Remove every entry whose key or name matches ``pattern``; await their callbacks;
+        return how many were removed.
+
+        ``pattern`` is a regular expression (RE2, case-sensitive) searched in the key or
+        name, as ``re.search`` would, the rule of ``list_variables`` and
+        ``export_variables``: ``^model.*$`` or ``^model`` for names starting with "model".
+        ``glob=True`` takes an fnmatch glob on the whole key or name instead (``model.*``).
+        A pattern RE2 refuses raises ``ValueError`` naming it and why.
 
         Example::
 
-            n = await cache.invalidate_pattern("model.*", reason="model_switch")
+            n = await cache.invalidate_pattern("^model.*$", reason="model_switch")
+            n = await cache.invalidate_pattern("model.*", glob=True)
         """
         self._purge(self._clock())
-        match = compile_glob(pattern)
+        match = compile_name_filter(name_pattern("pattern", pattern, glob))
         removed = [
             key
             for key, slot in self._slots.items()
@@ -691,11 +702,12 @@ class VariableCache:
     async def get_batch(
         self,
         keys: Sequence[str],
-        fetch_missing: FetchMissing,
+        fetch_missing: FetchMissing | None = None,
         *,
         name_of: Callable[[Any], str | None] | None = None,
     ) -> dict[str, Any]:
         """Look up ``keys``, fetch all misses with ONE ``fetch_missing`` call, cache them.
+        Without ``fetch_missing`` it returns what is cached (misses are absent and counted).
 
         Runs under one lock, so overlapping concurrent batches never fetch a key twice. Each
         distinct key counts one hit or miss. ``fetch_missing`` gets the missing keys in
@@ -717,7 +729,7 @@ class VariableCache:
                     result[key] = entry
                 else:
                     missing.append(key)
-            if missing:
+            if missing and fetch_missing is not None:
                 fetched = await fetch_missing(list(missing))
                 self._purge(self._clock())
                 for key in missing:

@@ -69,6 +69,7 @@ from .optimize import (
     status_from_pb,
 )
 from .optimizers import BaseOptimizer, SearchSpace, check_optimizer_class, get_optimizer
+from .patterns import name_pattern
 from .rx import TrioScheduler, throttle_latest, with_trio_scheduler
 from .security import Pem, channel_credentials, principal_metadata, token_metadata
 from .server import SERVICE_NAME, EmbeddedServer, grpc_options
@@ -84,26 +85,27 @@ _MISSING: Any = object()
 
 
 def _info(variable: pb.Variable, revision: int | None = None) -> dict[str, Any]:
-    """The metadata dict of the spec's ``include_metadata`` form (user keys included)."""
-    user = codec.decode_map(variable.metadata)
-    info = {
-        **user,
+    """A variable's description, the shape ``include_metadata`` and ``list_variables``
+    return: system fields as their own keys, the user's metadata under ``'metadata'``
+    exactly as given (a user key ``type`` or ``description`` never meets a system field).
+    ``keys_converted`` and ``tensor_origin`` say how the current value was sent."""
+    info: dict[str, Any] = {
         "id": variable.id,
         "name": variable.name,
         "type": type_from_pb(variable.type),
         "constraints": codec.decode_map(variable.constraints),
+        "metadata": codec.decode_map(variable.metadata),
+        "description": variable.description,
         "version": variable.version,
         "revision": variable.mod_revision,
-        "created_at": seconds(variable.created_at),
-        "updated_at": seconds(variable.updated_at),
+        "created_at": utc_datetime(variable.created_at),
+        "updated_at": utc_datetime(variable.updated_at),
         "updated_by": variable.updated_by,
-        "description": variable.description,
+        **codec.value_flags(variable.value),
     }
     if revision is not None:
         info["session_revision"] = revision
     return info
-
-
 
 
 _MERGE_STRATEGIES: dict[str, int] = {
@@ -132,7 +134,8 @@ def _import_result(response: pb.ImportVariablesResponse) -> dict[str, Any]:
             1 for o in response.outcomes if o.action in ("create", "replace", "merge")
         ),
         "skipped": sum(1 for o in response.outcomes if o.action == "skip"),
-        "errors": errors,
+        "errors": len(errors),
+        "error_details": errors,
         "details": details,
         "applied": response.applied,
         "dry_run": response.dry_run,
@@ -742,11 +745,16 @@ class SessionContext:
         initial_value: Any,
         constraints: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
-        description: str = "",
         dependencies: Sequence[str] | None = None,
         access_rules: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        description: str = "",
     ) -> str:
         """Register a typed variable; returns its id. An existing name raises ``ValueError``.
+
+        Positional parameters are the spec's, in its order; ``description`` is
+        keyword-only. ``metadata`` is kept apart from system fields and comes back exactly
+        as given (``get_variables(..., include_metadata=True)[name]['metadata']``).
 
         Example::
 
@@ -826,8 +834,9 @@ class SessionContext:
     async def check_variable_access(self, variable: str, permission: str) -> bool:
         """Whether this session may use ``permission`` (``read``, ``write``, ``observe``,
         ``optimize``) on a variable: its own (always) or another session's, by id.
-        ``KeyError`` for a variable it cannot see at all; never raises for a missing
-        permission.
+        ``False`` for a missing permission and for a variable it cannot see at all (one
+        that does not exist looks the same, as everywhere); an unknown permission name
+        raises ``ValueError``.
 
         Example::
 
@@ -915,27 +924,36 @@ class SessionContext:
         return {v.name: v.id for v in response.variables}
 
     async def get_variable(
-        self, name: str, default: Any = _MISSING, bypass_cache: bool = False
+        self,
+        name: str,
+        default: Any = None,
+        bypass_cache: bool = False,
+        *,
+        as_tensor: str | None = None,
     ) -> Any:
         """The variable's current value, by name or id.
 
-        An unknown variable raises ``KeyError`` unless a ``default`` is given (``None``
-        counts as given). A watched variable is read from its actor's entry, which the
-        stream keeps current; an unwatched one is cached for the cache TTL.
-        ``bypass_cache=True`` always asks the server (and counts as a cache miss).
+        An unknown variable raises ``KeyError`` unless a ``default`` other than ``None`` is
+        given (as the spec says: ``None`` means "no default"). A watched variable is read
+        from its actor's entry, which the stream keeps current; an unwatched one is cached
+        for the cache TTL. ``bypass_cache=True`` always asks the server (and counts as a
+        cache miss). Arrays come back as read-only ``np.ndarray``, except a value written
+        from a ``torch.Tensor``, which comes back as one when torch is installed;
+        ``as_tensor="torch"`` or ``"numpy"`` asks for one kind whatever the origin.
 
         Example::
 
             temperature = await session.get_variable("temperature")
             retries = await session.get_variable("retries", default=3)
         """
+        kind = codec.check_tensor_kind(as_tensor)
         started = time.perf_counter()
         found, cached, counted = self._read_cached(name, bypass_cache)
         if found:
             actor = self._require_hub().known(name)
             assert actor is not None
             actor.stats.read_latency_total += time.perf_counter() - started
-            return cached
+            return codec.present(cached, kind)
         try:
             response = await self._call(
                 "GetVariable",
@@ -945,7 +963,7 @@ class SessionContext:
         except SessionNotFoundError:
             raise
         except KeyError:
-            if default is _MISSING:
+            if default is None:
                 raise
             return default
         variable = response.variable
@@ -954,7 +972,7 @@ class SessionContext:
         if not counted:
             learned.stats.cache_misses += 1
         learned.stats.read_latency_total += time.perf_counter() - started
-        return value
+        return codec.present(value, kind)
 
     async def get_variables(
         self,
@@ -962,15 +980,20 @@ class SessionContext:
         defaults: Mapping[str, Any] | None = None,
         include_metadata: bool = False,
         include_stats: bool = False,
+        *,
+        as_tensor: str | None = None,
     ) -> dict[str, Any]:
         """Several values in one call, keyed by the names asked for.
 
         Cached values (watched variables, or unwatched within the TTL) are read locally and
         every miss is fetched in one call. A missing name takes ``defaults[name]``; with no
-        default it raises ``KeyError`` naming every missing variable. ``include_metadata``
-        makes each entry ``{'value': ..., 'metadata': {...}}`` and ``include_stats`` adds
+        default (or a ``None`` one, as in ``get_variable``) it raises ``KeyError`` naming
+        every missing variable. ``include_metadata`` makes each entry ``{'value': ...,
+        'metadata': {the user's metadata, as given}, 'id': ..., 'type': ..., ...}`` (the
+        system fields of ``list_variables``, as their own keys) and ``include_stats`` adds
         ``'stats'`` (server counters and timestamps, and this client's counters as in
-        ``get_variable_stats``); both read from the server.
+        ``get_variable_stats``); both read from the server. ``as_tensor`` as in
+        ``get_variable``.
 
         Example::
 
@@ -979,6 +1002,7 @@ class SessionContext:
         """
         if isinstance(names, str):
             raise InvalidValueError("get_variables takes a list of names, not one string")
+        kind = codec.check_tensor_kind(as_tensor)
         plain = not (include_metadata or include_stats)
         local: dict[str, Any] = {}
         counted: set[str] = set()
@@ -996,7 +1020,7 @@ class SessionContext:
         revision = self.revision
         if to_fetch:
             found, missing, revision = await self._get_many(to_fetch)
-        defaults = defaults or {}
+        defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
         unresolved = [ref for ref in to_fetch if ref in missing and ref not in defaults]
         if unresolved:
             raise error_from_kind(
@@ -1007,7 +1031,7 @@ class SessionContext:
         result: dict[str, Any] = {}
         for ref in names:
             if ref in local:
-                result[ref] = local[ref]
+                result[ref] = codec.present(local[ref], kind)
                 continue
             variable = found.get(ref)
             if variable is None:
@@ -1019,19 +1043,19 @@ class SessionContext:
                 actor.stats.cache_misses += 1
                 counted.add(ref)
             if plain:
-                result[ref] = value
+                result[ref] = codec.present(value, kind)
                 continue
-            entry: dict[str, Any] = {"value": value}
+            entry: dict[str, Any] = {"value": codec.present(value, kind)}
             if include_metadata:
-                entry["metadata"] = _info(variable, revision)
+                entry.update(_info(variable, revision))
             if include_stats:
                 entry["stats"] = {
                     "version": variable.version,
                     "mod_revision": variable.mod_revision,
                     "create_revision": variable.create_revision,
-                    "created_at": seconds(variable.created_at),
-                    "updated_at": seconds(variable.updated_at),
-                    **self.get_variable_stats(variable.id),
+                    "created_at": utc_datetime(variable.created_at),
+                    "updated_at": utc_datetime(variable.updated_at),
+                    **self._stats(variable.id),
                 }
             result[ref] = entry
         return result
@@ -1043,6 +1067,7 @@ class SessionContext:
         metadata: Mapping[str, Any] | None = None,
         create_if_missing: bool = False,
         type_hint: str | None = None,
+        *,
         expected_version: int | None = None,
         source: str | None = None,
         fencing_token: int | None = None,
@@ -1090,8 +1115,8 @@ class SessionContext:
         updates: Mapping[str, Any],
         metadata: Mapping[str, Any] | None = None,
         atomic: bool = True,
-        expected_versions: Mapping[str, int] | None = None,
         *,
+        expected_versions: Mapping[str, int] | None = None,
         require_leases: Sequence[HeldLease] = (),
     ) -> dict[str, bool | str]:
         """Write several variables in one call; returns name -> ``True`` or an error message.
@@ -1176,26 +1201,35 @@ class SessionContext:
                     actor.stats.write_latency_total += elapsed
         return {name: results[name] for name in updates}
 
-    async def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
-        """Variables whose names match a glob (``*``, ``?``, ``[..]``), sorted by name.
+    async def list_variables(
+        self, pattern: str | None = None, *, glob: bool = False
+    ) -> list[dict[str, Any]]:
+        """Variables whose names match ``pattern``, sorted by name: a regular expression
+        (RE2) searched anywhere in the name, as ``re.search`` would (``^model\\.`` for a
+        prefix, ``^...$`` for the whole name), the same rule as ``export_variables`` and
+        ``VariableCache.invalidate_pattern``. ``glob=True`` takes an fnmatch glob
+        (``model.*``) matching the whole name instead. A pattern RE2 refuses raises
+        ``ValueError`` naming it and why.
 
         Each entry is the ``include_metadata`` dict plus ``'value'``.
 
         Example::
 
-            for info in await session.list_variables("model.*"):
+            for info in await session.list_variables(r"^model\\."):
                 print(info["name"], info["value"])
         """
         response = await self._call(
             "ListVariables",
-            pb.ListVariablesRequest(session_id=self.session_id, pattern=pattern or ""),
+            pb.ListVariablesRequest(
+                session_id=self.session_id, pattern=name_pattern("pattern", pattern, glob)
+            ),
             pb.ListVariablesResponse,
         )
         infos = []
         for variable in response.variables:
             value = codec.decode(variable.value)
             self._remember(variable, value)
-            infos.append({**_info(variable), "value": value})
+            infos.append({**_info(variable), "value": codec.present(value, None)})
         return infos
 
     async def delete_variable(self, name: str, cascade: bool = False) -> bool:
@@ -1290,8 +1324,8 @@ class SessionContext:
             {
                 "variable_id": entry.variable_id,
                 "name": entry.name,
-                "type": type_from_pb(entry.type),
-                "dependency_type": DEPENDENCY_FROM_PB.get(entry.dependency_type, "data"),
+                "type": DEPENDENCY_FROM_PB.get(entry.dependency_type, "data"),
+                "variable_type": type_from_pb(entry.type),
                 "metadata": codec.decode_map(entry.metadata),
                 "depth": entry.depth,
             }
@@ -1301,12 +1335,15 @@ class SessionContext:
     async def get_dependencies(
         self, variable: str, include_transitive: bool = False
     ) -> list[dict[str, Any]]:
-        """What ``variable`` depends on, nearest first: ``variable_id``, ``name``, ``type``,
-        ``dependency_type``, ``metadata``, ``depth`` (1 = direct).
+        """What ``variable`` depends on, nearest first: ``variable_id``, ``name``, ``type``
+        (the dependency's type, as in the spec: ``'data'``, ``'constraint'`` or
+        ``'optimization'``), ``variable_type`` (the variable's own type, ``'float'``...),
+        ``metadata`` (the dependency's), ``depth`` (1 = direct).
 
         Example::
 
             deps = await session.get_dependencies("effective_temperature")
+            assert deps[0]["type"] == "data"
         """
         return await self._dependencies(variable, False, include_transitive)
 
@@ -1330,7 +1367,8 @@ class SessionContext:
         offset: int = 0,
         include_metadata: bool = True,
     ) -> list[dict[str, Any]]:
-        """Past values, newest first: ``version``, ``value``, ``updated_at``, and with
+        """Past values, newest first: ``version``, ``value``, ``updated_at`` (an aware UTC
+        ``datetime``), and with
         ``include_metadata`` also ``updated_by``, ``metadata`` (a rollback's
         ``rollback_to`` and ``reason``) and ``revision``. Retention is bounded on the server
         (1,000 versions by default); if the page reaches versions that fell out, it ends
@@ -1360,8 +1398,8 @@ class SessionContext:
         for entry in response.entries:
             item: dict[str, Any] = {
                 "version": entry.version,
-                "value": codec.decode(entry.value),
-                "updated_at": seconds(entry.updated_at),
+                "value": codec.present(codec.decode(entry.value), None),
+                "updated_at": utc_datetime(entry.updated_at),
             }
             if include_metadata:
                 item["updated_by"] = entry.updated_by
@@ -1415,30 +1453,36 @@ class SessionContext:
         include_history: bool = False,
         include_dependencies: bool = True,
         filter_pattern: str | None = None,
+        *,
+        glob: bool = False,
     ) -> bytes:
         """This session's variables as a file in ``format``: ``json``, ``yaml``,
         ``parquet`` (needs the ``parquet`` extra: ``pip install 'dspex-rx[parquet]'``) or
         ``pickle``. Each variable keeps its type, value (arrays bit for bit: dtype, shape
         and bytes), constraints, metadata, description, version and access rules; with
         ``include_history`` its retained versions, with ``include_dependencies`` (the
-        default) what it depends on. ``filter_pattern`` is a glob on names
-        (``model.*``). The file carries ``format_version`` 1 (see ``dspex_rx.exchange``).
+        default) what it depends on. ``filter_pattern`` is a regular expression (RE2)
+        searched in each name, as ``re.search`` would (``r'.*model.*'`` or ``'model'``: names
+        containing "model"; ``'^model.*$'``: names starting with it); ``glob=True`` takes an
+        fnmatch glob on the whole name instead (``'model.*'``). A pattern RE2 refuses raises
+        ``ValueError`` naming it and why. The file carries ``format_version`` 1 (see
+        ``dspex_rx.exchange``).
 
         Example::
 
             data = await session.export_variables("yaml", include_history=True)
             pathlib.Path("variables.yaml").write_bytes(data)
+            models = await session.export_variables(filter_pattern=r".*model.*")
         """
         format = exchange.check_format(format)
-        if filter_pattern is not None and not isinstance(filter_pattern, str):
-            raise InvalidValueError(f"filter_pattern must be a string, got {filter_pattern!r}")
+        wire_pattern = name_pattern("filter_pattern", filter_pattern, glob)
         response = await self._call(
             "ExportVariables",
             pb.ExportVariablesRequest(
                 session_id=self.session_id,
                 include_history=bool(include_history),
                 include_dependencies=bool(include_dependencies),
-                filter_pattern=filter_pattern or "",
+                filter_pattern=wire_pattern,
             ),
             pb.ExportVariablesResponse,
         )
@@ -1462,8 +1506,9 @@ class SessionContext:
         """Import a file made by ``export_variables``: everything is validated first (types,
         constraints, names, history, dependencies: none missing, no cycle), then applied
         in one commit on the server, or not at all. Returns ``imported``, ``skipped``,
-        ``errors`` (messages naming each bad variable; nothing was applied if there is
-        one), ``details`` (per variable: ``name``, ``action`` — ``create``, ``replace``,
+        ``errors`` (how many variables are in error, an int as in the spec; nothing was
+        applied if it is not 0), ``error_details`` (their messages, each naming the
+        variable), ``details`` (per variable: ``name``, ``action`` — ``create``, ``replace``,
         ``merge``, ``skip`` or ``error`` —, ``version`` after the import, ``message``),
         plus ``applied``, ``dry_run``, ``revision`` and ``dependencies_added``.
 
@@ -1492,7 +1537,7 @@ class SessionContext:
 
             report = await session.import_variables(data, "yaml", merge_strategy="keep",
                                                      dry_run=True)
-            if not report["errors"]:
+            if report["errors"] == 0:
                 await session.import_variables(data, "yaml", merge_strategy="keep")
         """
         format = exchange.check_format(format)
@@ -1639,21 +1684,26 @@ class SessionContext:
 
         Example::
 
-            await session.cache.invalidate_pattern("model.*", "config reloaded")
+            await session.cache.invalidate_pattern(r"^model\\.", "config reloaded")
         """
         return self._cache
 
-    def get_variable_stats(self, variable: str | None = None) -> dict[str, Any]:
+    async def get_variable_stats(self, variable: str | None = None) -> dict[str, Any]:
         """Client-side counters for one variable, or summed over all when ``variable`` is None:
         ``read_count`` (= ``cache_hits`` + ``cache_misses``), ``write_count``,
         ``cache_hits``, ``cache_misses``, ``cache_hit_rate``, ``avg_read_latency_ms``,
-        ``avg_write_latency_ms``, ``total_optimization_time_s``.
+        ``avg_write_latency_ms``, ``total_optimization_time_s``. Awaitable, as in the
+        spec (it makes no call: the counters are this client's); a variable this session
+        has not used raises ``KeyError``.
 
         Example::
 
-            stats = session.get_variable_stats("temperature")
+            stats = await session.get_variable_stats("temperature")
             print(stats["cache_hit_rate"])
         """
+        return self._stats(variable)
+
+    def _stats(self, variable: str | None = None) -> dict[str, Any]:
         hub = self._require_hub()
         if variable is not None:
             actor = hub.known(variable)

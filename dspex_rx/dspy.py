@@ -318,13 +318,14 @@ _ABSENT: Any = object()
 async def _existing(
     session: SessionContext, names: Sequence[str]
 ) -> dict[str, dict[str, Any] | None]:
-    """name -> metadata of the variables that exist (read from the server), None for the
-    others."""
+    """name -> description of the variables that exist (read from the server: system
+    fields such as ``type`` and ``constraints``, the user's under ``'metadata'``), None for
+    the others."""
     found = await session.get_variables(
         list(names), defaults=dict.fromkeys(names, _ABSENT), include_metadata=True
     )
     return {
-        name: None if entry is _ABSENT else entry["metadata"] for name, entry in found.items()
+        name: None if entry is _ABSENT else entry for name, entry in found.items()
     }
 
 
@@ -376,11 +377,12 @@ def _check_synced(parameter: _Parameter, metadata: Mapping[str, Any]) -> None:
     setting = parameter.setting
     _check_type(parameter.variable, metadata, LM_SETTINGS[setting].type,
                 f"the DSPy setting {setting!r}")
-    shape = metadata.get("signature")
-    if (metadata.get("source") == "dspex_rx.dspy" and isinstance(shape, str)
+    user = metadata["metadata"]
+    shape = user.get("signature")
+    if (user.get("source") == "dspex_rx.dspy" and isinstance(shape, str)
             and shape != _shape(parameter.predictor)):
-        raise InvalidValueError(_clash(parameter, str(metadata.get("predictor")), shape,
-                                       str(metadata.get("module") or "")))
+        raise InvalidValueError(_clash(parameter, str(user.get("predictor")), shape,
+                                       str(user.get("module") or "")))
 
 
 class _AfterStep(trio.abc.Instrument):
@@ -1035,7 +1037,7 @@ class DSPyOptimizationBridge:
             break
         for name, info in found.items():
             # A stand-in never written since (still at version 1) is still a stand-in.
-            if info.get("stand_in") and info["version"] == 1:
+            if info["metadata"].get("stand_in") and info["version"] == 1:
                 stand_ins[name] = 1
 
         targets: dict[int, _Target] = {}
@@ -1382,7 +1384,7 @@ class ModuleVariableResolver:
         if found[variable] is _ABSENT:
             raise VariableNotFoundError(f"no module variable {variable!r}: register it first "
                                         "(type 'module', choices=[...])")
-        metadata = found[variable]["metadata"]
+        metadata = found[variable]  # system fields: type, constraints
         _check_type(variable, metadata, "module", "ModuleVariableResolver")
         choices = (metadata.get("constraints") or {}).get("choices")
         current = _canonical(str(found[variable]["value"]))

@@ -8,6 +8,9 @@ in linear time (backreferences, lookaround) and bounds the memory of a compiled 
 
 - ``compile_regex(pattern)``: a user regular expression (the ``pattern`` constraint of
   string variables); ``fullmatch`` semantics are the caller's choice (``matcher.fullmatch``).
+- ``compile_name_filter(pattern)``: the API's name filters (``list_variables``,
+  ``filter_pattern``, ``invalidate_pattern``): an RE2 regex searched in the name, as
+  ``re.search`` would; ``glob_as_search`` turns an explicit glob (``glob=True``) into one.
 - ``compile_glob(pattern)``: an fnmatch-style glob (``*``, ``?``, ``[seq]``, ``[!seq]``,
   case-sensitive, matching the whole name), translated to an RE2 regex with exactly
   ``fnmatch.fnmatchcase`` semantics.
@@ -322,3 +325,72 @@ def compile_glob(
         False
     """
     return _compile_glob(_check_length("glob pattern", pattern, max_length))
+
+
+# ------------------------------------------------------------------ name filters
+
+
+def glob_as_search(pattern: str, max_length: int | None = DEFAULT_MAX_PATTERN_LENGTH) -> str:
+    """The name-filter regex (searched, see ``compile_name_filter``) equivalent to an
+    fnmatch glob: the glob's translation, anchored at both ends of the name.
+
+    Example::
+
+        >>> compile_name_filter(glob_as_search("model.*"))("model.t")
+        True
+        >>> compile_name_filter(glob_as_search("model.*"))("my_model.t")
+        False
+    """
+    return rf"\A(?:{glob_to_regex(_check_length('glob pattern', pattern, max_length))})\z"
+
+
+def compile_name_filter(
+    pattern: str, max_length: int | None = DEFAULT_MAX_PATTERN_LENGTH
+) -> Callable[[str], bool]:
+    """A predicate for the API's name filters (``list_variables``, ``export_variables``'
+    ``filter_pattern``, ``VariableCache.invalidate_pattern``): does the RE2 regex match
+    somewhere in the name, as ``re.search`` would?
+
+    Search, not full match, because that is what a spec user's patterns need: the
+    spec's own examples spell their anchors (``^model.*$``) and their wildcards
+    (``.*model.*``) and mean the same under both, while a ported ``re.search(p, name)``
+    filter means only search. Anchor with ``^...$`` for the whole name.
+
+    Example::
+
+        >>> match = compile_name_filter("model")
+        >>> match("my_model.t"), match("temperature")
+        (True, False)
+        >>> compile_name_filter("^model.*$")("model.t")
+        True
+    """
+    return compile_regex(pattern, max_length).search
+
+
+def name_pattern(what: str, pattern: str | None, glob: bool = False) -> str:
+    """A name filter as the wire carries it: the regex itself, or a glob translated by
+    ``glob_as_search`` when ``glob`` is true; ``""`` for no filter. Checked here, so a bad
+    pattern fails before any call with ``ValueError`` naming ``what``, the pattern and RE2's
+    reason.
+
+    Example::
+
+        >>> name_pattern("filter_pattern", "model.*", glob=True)
+        '\\\\A(?:(?s:model\\\\..*))\\\\z'
+        >>> try:
+        ...     name_pattern("filter_pattern", "(a")
+        ... except ValueError as exc:
+        ...     print(exc)
+        filter_pattern '(a' is not a valid RE2 regular expression: missing ): (a
+    """
+    if pattern is None:
+        return ""
+    if not isinstance(pattern, str):
+        raise InvalidValueError(f"{what} must be a string, got {type(pattern).__name__}")
+    regex = glob_as_search(pattern) if glob else pattern
+    try:
+        compile_regex(regex)
+    except InvalidValueError as exc:
+        message = exc.message.removeprefix("pattern ")
+        raise InvalidValueError(f"{what} {message}", **exc.details) from None
+    return regex

@@ -1292,8 +1292,9 @@ class VariablesService(pb_grpc.VariablesServicer):
         session_id = _session_id(request)
         allowed = self.store.check_access(session_id, request.ref, request.permission)
         response = pb.CheckVariableAccessResponse(allowed=allowed)
-        # check_access raised if the caller cannot see the variable at all, so it is one
-        # of its own (by id or name) or a foreign one it has some right to (by id).
+        if not allowed and not self.store.visible(session_id, request.ref):
+            return response  # names nothing: the caller may not see the variable at all
+        # One of its own (by id or name) or a foreign one it has some right to (by id).
         var_id = self.store.session(session_id).names.get(request.ref, request.ref)
         owner = self.store.owner_of(var_id) or session_id
         response.variable_id, response.owner_session = var_id, owner

@@ -59,12 +59,13 @@ from .limits import (
     too_many,
 )
 from .logs import get_logger
-from .patterns import compile_glob
+from .patterns import compile_name_filter
 from .types import (
     INT64_MAX,
     check_constraints,
     check_metadata,
     infer_type,
+    keep_origin,
     normalize_type,
     same_value,
     validate_stored,
@@ -1175,8 +1176,10 @@ class MemoryStore:
         return self._owners.get(var_id)
 
     def check_access(self, session_id: str, ref: str, permission: str) -> bool:
-        """Whether the session may use ``permission`` on the variable (never raises for a
-        missing permission; ``KeyError`` for a variable it cannot see at all).
+        """Whether the session may use ``permission`` on the variable: ``False`` for a
+        missing permission and for a variable it cannot see at all (the spec: "True if
+        access granted, False otherwise"; an unknown variable answers the same, so the
+        answer reveals nothing). An unknown permission name raises ``ValueError``.
 
         Example::
 
@@ -1186,7 +1189,23 @@ class MemoryStore:
         caller = self.session(session_id)
         try:
             self._locate(caller, ref, permission)
+        except (AccessDeniedError, VariableNotFoundError):
+            return False
+        return True
+
+    def visible(self, session_id: str, ref: str) -> bool:
+        """Whether the session can see the variable at all (its own, or another's it has
+        some permission on).
+
+        Example::
+
+            store.visible("guest_1", "var_t_1")
+        """
+        try:
+            self._locate(self.session(session_id), ref, "read")
         except AccessDeniedError:
+            return True
+        except VariableNotFoundError:
             return False
         return True
 
@@ -1651,7 +1670,7 @@ class MemoryStore:
         # stops the wire's at ~48 levels) is refused as too deep.
         where = f"variable {name!r}: value"
         try:
-            clean = validate_value(name, type_name, value, constraints)
+            clean = keep_origin(value, validate_value(name, type_name, value, constraints))
         except RecursionError:
             raise too_big(f"{where} nests too deep to validate", 0, "max_depth",
                           self.limits.max_depth) from None
@@ -2040,18 +2059,20 @@ class MemoryStore:
         return outcomes, revision, bool(to_apply)
 
     def list(self, session_id: str, pattern: str | None = None) -> list[VariableRecord]:
-        """Variables whose name matches an fnmatch glob (all when no pattern), by name.
+        """Variables whose name matches a regex (all when no pattern), by name.
 
-        The glob is matched with RE2 (``patterns.compile_glob``), in linear time.
+        The regex is searched in the name (``re.search`` semantics; ``^...$`` for the whole
+        name) with RE2 (``patterns.compile_name_filter``), in linear time. Clients send an
+        explicit glob already translated (``patterns.glob_as_search``).
 
         Example::
 
-            [r.name for r in store.list(sid, "model.*")]
+            [r.name for r in store.list(sid, r"^model\\.")]
         """
         session = self.session(session_id)
         records = sorted(session.variables.values(), key=lambda r: r.name)
         if pattern:
-            match = compile_glob(pattern, self.limits.max_pattern_length)
+            match = compile_name_filter(pattern, self.limits.max_pattern_length)
             records = [r for r in records if match(r.name)]
         return records
 
@@ -2255,8 +2276,10 @@ class MemoryStore:
         # The stored value, as it was: constraints never change after registration, and
         # validating again is not idempotent (re-normalizing an embedding can move its
         # last bits).
+        # The rollback's notes describe this commit (history, watchers), not the variable:
+        # they stay out of its user metadata, where they would shadow the user's keys.
         new = self._prepare_write(
-            record, entry.value, metadata, actor, self._revision + 1, validated=True
+            record, entry.value, {}, actor, self._revision + 1, validated=True
         )
         self._check_room(session, self._records_cost(session, [new], metadata_size))
         written, revision = self._commit(
@@ -2949,7 +2972,7 @@ class MemoryStore:
 
         Example::
 
-            snapshot = store.export_snapshot(sid, include_history=True, pattern="model.*")
+            snapshot = store.export_snapshot(sid, include_history=True, pattern=r".*model.*")
         """
         session = self.session(session_id)
         variables = []

@@ -81,8 +81,8 @@ async def main() -> dict[str, Any]:
             await monitor.sync()  # every switch has reached the watcher
             nursery.cancel_scope.cancel()
 
-        stats = session.get_variable_stats()
-        strategy_stats = session.get_variable_stats("reasoning_strategy")
+        stats = await session.get_variable_stats()
+        strategy_stats = await session.get_variable_stats("reasoning_strategy")
         print(f"\nstrategy switches seen by the monitor: {' -> '.join(switches)}")
         print("session stats:")
         print(f"  reads {stats['read_count']} (cache hit rate {stats['cache_hit_rate']:.0%}), "

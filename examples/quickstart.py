@@ -78,8 +78,7 @@ async def main() -> None:
         print("\nsummary:")
         rows = await session.get_variables(list(ids), include_metadata=True)
         for name, entry in rows.items():
-            meta = entry["metadata"]
-            print(f"  {name:<18} {meta['type']:<9} v{meta['version']}  {show(entry['value'])}")
+            print(f"  {name:<18} {entry['type']:<9} v{entry['version']}  {show(entry['value'])}")
         print(f"\nsession revision {session.revision}; closing (the embedded server stops too)")
 
 

@@ -466,17 +466,48 @@ async def test_invalidate_pattern_by_name_and_by_key() -> None:
     cache.put("opt_x", 4)  # no name
     for key in ["var_model.a_1", "var_model.b_2", "var_temp_3", "opt_x"]:
         cache.subscribe_invalidation(key, Recorder(log, "s"))
-    assert await cache.invalidate_pattern("model.*", reason="model_switch") == 2
+    assert await cache.invalidate_pattern("^model.*$", reason="model_switch") == 2
     assert log == [
         ("s", "var_model.a_1", "model_switch"),
         ("s", "var_model.b_2", "model_switch"),
     ]
     assert cache.keys() == ["var_temp_3", "opt_x"]
-    assert await cache.invalidate_pattern("opt_*") == 1  # matched by key
+    assert await cache.invalidate_pattern("opt_*", glob=True) == 1  # matched by key
     assert log[-1] == ("s", "opt_x", "invalidated")
-    assert await cache.invalidate_pattern("Temp*") == 0  # case-sensitive
+    assert await cache.invalidate_pattern("Temp*", glob=True) == 0  # case-sensitive
+    assert await cache.invalidate_pattern("^Temp") == 0  # case-sensitive
     assert await cache.invalidate_pattern("nothing") == 0
     assert cache.keys() == ["var_temp_3"]
+
+
+async def test_invalidate_pattern_takes_a_searched_regex_as_the_spec_and_globs_on_request(
+) -> None:
+    # Issue #12: spec regexes ('.*model.*') matched nothing as globs, silently.
+    cache, _ = make(max_size=None)
+    for key, name in [("k1", "model"), ("k2", "model.top_p"), ("k3", "my_model"),
+                      ("k4", "temperature")]:
+        cache.put(key, key, name=name)
+    assert await cache.invalidate_pattern("^model$") == 1
+    assert cache.keys() == ["k2", "k3", "k4"]
+    assert await cache.invalidate_pattern("model.*", glob=True) == 1  # glob: whole name
+    assert cache.keys() == ["k3", "k4"]
+    assert await cache.invalidate_pattern(r".*model.*") == 1  # searched anywhere
+    assert cache.keys() == ["k4"]
+    with pytest.raises(ValueError, match=r"pattern '\(temp' is not a valid RE2 regular "
+                                         r"expression: missing \)"):
+        await cache.invalidate_pattern("(temp")
+    with pytest.raises(ValueError, match="lookahead is not supported"):
+        await cache.invalidate_pattern("temp(?=x)")
+    assert cache.keys() == ["k4"]  # a refused pattern removed nothing
+
+
+async def test_get_batch_without_fetch_missing_returns_what_is_cached() -> None:
+    cache, _ = make(max_size=None)
+    cache.put("a", 1)
+    cache.put("c", 3)
+    assert await cache.get_batch(["a", "b", "c"]) == {"a": 1, "c": 3}
+    info = cache.info()
+    assert (info["hits"], info["misses"]) == (2, 1)
 
 
 async def test_put_without_name_keeps_the_name() -> None:
@@ -654,7 +685,7 @@ async def test_get_batch_names_entries_and_flushes_evictions() -> None:
     assert list(result) == ["a", "b", "c"]  # all fetched entries returned, even if evicted
     assert cache.keys() == ["b", "c"]
     assert log == [("s", "old", "evicted")]  # awaited before get_batch returned
-    assert await cache.invalidate_pattern("n.*") == 2
+    assert await cache.invalidate_pattern("n.*", glob=True) == 2
 
 
 async def test_get_batch_fetch_error_propagates_and_stores_nothing() -> None:
@@ -706,7 +737,8 @@ async def test_reads_without_stats_and_clear() -> None:
 
 def test_construct_outside_trio_with_default_clock() -> None:
     cache = VariableCache()  # constructing does not touch the clock
-    assert (cache.ttl, cache.max_size, cache.eviction_policy) == (60.0, 10_000, "lru")
+    # The spec's defaults for a standalone cache (issue #12).
+    assert (cache.ttl, cache.max_size, cache.eviction_policy) == (1.0, 1000, "lru")
 
 
 # --- what the actors use ------------------------------------------------------------------------
@@ -751,7 +783,7 @@ async def test_rekey_moves_entry_pin_name_and_subscriptions() -> None:
     assert cache.keys() == ["var_temperature_1", "x"]
     clock.advance(9)  # TTL restarted at the rekey
     assert "var_temperature_1" in cache
-    assert await cache.invalidate_pattern("temp*") == 1  # the name moved with it
+    assert await cache.invalidate_pattern("^temp") == 1  # the name moved with it
     assert log == [("s", "var_temperature_1", "invalidated")]
     cache.put("w", "W", pinned=True)
     assert cache.rekey("w", "w2") and cache.is_pinned("w2")

@@ -74,13 +74,13 @@ async def test_register_variable_with_dependencies_by_name_and_id(
     b_id = await session.register_variable("b", "integer", 2)
     c_id = await session.register_variable("c", "float", 3.0, dependencies=["a", b_id])
     deps = await session.get_dependencies("c")
-    assert sorted((d["variable_id"], d["name"], d["type"]) for d in deps) == [
+    assert sorted((d["variable_id"], d["name"], d["variable_type"]) for d in deps) == [
         (a_id, "a", "float"), (b_id, "b", "integer")
     ]
-    assert all(d["dependency_type"] == "data" and d["depth"] == 1 for d in deps)
+    assert all(d["type"] == "data" and d["depth"] == 1 for d in deps)
     for name in ("a", "b"):
         dependents = await session.get_dependents(name)
-        assert [(d["variable_id"], d["name"], d["type"]) for d in dependents] == [
+        assert [(d["variable_id"], d["name"], d["variable_type"]) for d in dependents] == [
             (c_id, "c", "float")
         ]
 
@@ -114,7 +114,7 @@ async def test_unknown_dependency_raises_key_error_and_registers_nothing(
     before = server_revision(server, session)
     with pytest.raises(KeyError, match="ghost"):
         await session.register_variable("c", "integer", 0, dependencies=["a", "ghost"])
-    assert await session.get_variable("c", default=None) is None
+    assert await session.get_variable("c", default="<absent>") == "<absent>"
     with pytest.raises(KeyError, match="ghost"):
         await session.register_variables(
             [
@@ -124,7 +124,7 @@ async def test_unknown_dependency_raises_key_error_and_registers_nothing(
             ]
         )
     for name in ("p", "q", "r"):
-        assert await session.get_variable(name, default=None) is None
+        assert await session.get_variable(name, default="<absent>") == "<absent>"
     assert server_revision(server, session) == before
     assert server_edges(server, session) == set()
     assert await session.get_dependents("a") == []
@@ -141,14 +141,15 @@ async def test_add_remove_and_query_direct_and_transitive(session: SessionContex
 
     direct = await session.get_dependencies("c")
     assert len(direct) == 1
-    assert {"variable_id", "name", "type", "dependency_type", "depth"} <= set(direct[0])
-    assert (direct[0]["variable_id"], direct[0]["name"], direct[0]["type"]) == (
+    assert {"variable_id", "name", "type", "variable_type", "depth"} <= set(direct[0])
+    assert "dependency_type" not in direct[0]  # one key per fact: the spec's 'type'
+    assert (direct[0]["variable_id"], direct[0]["name"], direct[0]["variable_type"]) == (
         ids["b"], "b", "integer"
     )
-    assert (direct[0]["dependency_type"], direct[0]["depth"]) == ("optimization", 1)
+    assert (direct[0]["type"], direct[0]["depth"]) == ("optimization", 1)
 
     transitive = await session.get_dependencies("c", include_transitive=True)
-    assert [(d["name"], d["depth"], d["dependency_type"]) for d in transitive] == [
+    assert [(d["name"], d["depth"], d["type"]) for d in transitive] == [
         ("b", 1, "optimization"), ("a", 2, "constraint")
     ]
     assert transitive[1]["metadata"] == {"why": "bounds"}
@@ -175,13 +176,13 @@ async def test_dependency_types_kept_replaced_and_validated(
     await register_ints(session, "a", "b", "c", "d")
     for dependent, kind in zip("bcd", DEPENDENCY_TYPES, strict=True):
         await session.add_dependency(dependent, "a", kind)
-    kinds = {d["name"]: d["dependency_type"] for d in await session.get_dependents("a")}
+    kinds = {d["name"]: d["type"] for d in await session.get_dependents("a")}
     assert kinds == {"b": "data", "c": "constraint", "d": "optimization"}
 
     # Adding the same pair again replaces its type: still one edge.
     await session.add_dependency("b", "a", "optimization")
     deps = await session.get_dependencies("b")
-    assert [(d["name"], d["dependency_type"]) for d in deps] == [("a", "optimization")]
+    assert [(d["name"], d["type"]) for d in deps] == [("a", "optimization")]
 
     edges = server_edges(server, session)
     for bad in ("bogus", "DATA", ""):
@@ -273,7 +274,7 @@ async def test_cycle_inside_one_registration_batch_registers_nothing(
         await session.register_variable("s", "integer", 0, dependencies=["base", "s"])
     assert str(caught.value).endswith(": s -> s"), str(caught.value)
     for name in ("p", "q", "r", "s"):
-        assert await session.get_variable(name, default=None) is None
+        assert await session.get_variable(name, default="<absent>") == "<absent>"
     assert server_revision(server, session) == revision
     assert server_edges(server, session) == set()
     assert await session.get_dependents("base") == []
@@ -779,3 +780,21 @@ def test_store_property_dependencies_and_propagation_match_reference(
                 }
     with pytest.raises(VariableNotFoundError):
         store.add_dependency(sid, "v0", "ghost")
+
+
+async def test_dependency_entries_type_is_the_dependency_type_as_in_the_spec(
+    session: SessionContext,
+) -> None:
+    # Issue #12: 'type' used to be the variable's type; the spec's entries carry the
+    # dependency's type there ('data', 'constraint').
+    base_id = await session.register_variable("base_temp", "float", 0.7)
+    style_id = await session.register_variable("style", "string", "terse")
+    await session.register_variable("effective_temperature", "float", 0.7)
+    await session.add_dependency("effective_temperature", "base_temp", dependency_type="data")
+    await session.add_dependency("effective_temperature", "style", "constraint")
+    deps = await session.get_dependencies("effective_temperature")
+    assert sorted((d["variable_id"], d["type"], d["variable_type"]) for d in deps) == sorted([
+        (base_id, "data", "float"), (style_id, "constraint", "string")])
+    dependents = await session.get_dependents("style")
+    assert [(d["name"], d["type"], d["variable_type"]) for d in dependents] == [
+        ("effective_temperature", "constraint", "float")]

@@ -197,7 +197,7 @@ async def test_async_fn_writes_after_exactly_its_virtual_delay(
         mock_clock.jump(0.5)
         await trio.testing.wait_all_tasks_blocked()
         assert handle == []
-        assert await writer.get_variable("slow", default=None) is None
+        assert await writer.get_variable("slow", default="<absent>") == "<absent>"
         mock_clock.jump(0.5)
     [derived] = handle
     assert await value_of(writer, "slow") == 6.0
@@ -322,11 +322,11 @@ async def test_fn_failing_at_registration_registers_nothing(session: SessionCont
     )
     with pytest.raises(ZeroDivisionError):
         await session.derive("broken", ["x", "zero"], lambda x, z: x / z)
-    assert await session.get_variable("broken", default=None) is None
+    assert await session.get_variable("broken", default="<absent>") == "<absent>"
     assert await session.get_dependents("x") == []
     with pytest.raises(KeyError, match="ghost"):
         await session.derive("orphan", ["x", "ghost"], lambda x, g: x)
-    assert await session.get_variable("orphan", default=None) is None
+    assert await session.get_variable("orphan", default="<absent>") == "<absent>"
 
 
 async def test_cancel_stops_recomputation(

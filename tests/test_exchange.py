@@ -161,7 +161,7 @@ async def test_round_trip_into_a_fresh_session_reproduces_everything(
     assert ratio[0]["value"] == -math.inf and math.isnan(ratio[1]["value"])
 
     deps = await fresh.get_dependencies("effective_temperature")
-    assert {(d["name"], d["dependency_type"]) for d in deps} == {
+    assert {(d["name"], d["type"]) for d in deps} == {
         ("temperature", "data"), ("max_tokens", "constraint")
     }
     assert next(d for d in deps if d["name"] == "max_tokens")["metadata"] == {"why": "cap"}
@@ -340,7 +340,7 @@ async def test_dry_run_reports_and_changes_nothing(
     }
     assert revision_of(server, fresh) == before
     assert await fresh.get_variable("config") == {"b": 0, "c": 3}
-    assert await fresh.get_variable("new_one", default=None) is None
+    assert await fresh.get_variable("new_one", default="<absent>") == "<absent>"
 
 
 def edited(data: bytes, edit: Any) -> bytes:
@@ -368,7 +368,7 @@ async def test_one_bad_entry_means_nothing_is_applied(
     assert all(d["message"] == "not applied: the import failed on 'bad'" for d in others)
     assert revision_of(server, fresh) == before
     assert await fresh.get_variable("temperature") == 0.2
-    assert await fresh.get_variable("new_one", default=None) is None
+    assert await fresh.get_variable("new_one", default="<absent>") == "<absent>"
 
 
 async def test_an_existing_value_outside_the_sessions_constraints_fails_the_import(

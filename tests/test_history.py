@@ -14,6 +14,8 @@ deleting a variable drops its history.
 
 from __future__ import annotations
 
+import datetime
+
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -87,10 +89,12 @@ async def test_every_change_is_recorded_with_its_writer_metadata_and_revision(
     assert all(e["updated_by"] == writer.session_id for e in history)
     stamps = [e["updated_at"] for e in reversed(history)]
     assert stamps == sorted(stamps)
-    assert all(isinstance(t, float) and t > 0 for t in stamps)
-    info = (await writer.get_variables([name], include_metadata=True))[name]["metadata"]
-    assert history[0]["updated_at"] == pytest.approx(info["updated_at"], abs=1e-6)
-    assert history[-1]["updated_at"] == pytest.approx(info["created_at"], abs=1e-6)
+    # Aware UTC datetimes, as the spec's history entries ('updated_at': datetime(...)).
+    assert all(isinstance(t, datetime.datetime) and t.tzinfo is datetime.UTC for t in stamps)
+    assert all(t.year >= 2024 for t in stamps)
+    info = (await writer.get_variables([name], include_metadata=True))[name]
+    assert history[0]["updated_at"] == info["updated_at"]
+    assert history[-1]["updated_at"] == info["created_at"]
 
     bare = await writer.get_variable_history(name, include_metadata=False)
     assert [set(e) for e in bare] == [{"version", "value", "updated_at"}] * 6

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dspex_rx import patterns
 from dspex_rx.errors import InvalidValueError
-from dspex_rx.patterns import compile_glob, compile_regex, glob_to_regex
+from dspex_rx.patterns import compile_glob, compile_regex, glob_as_search, glob_to_regex
 
 EVIL_REGEXES = ["(a+)+$", "(a|aa)+$", "(a|a?)+$", "(.*a){20}$", "^(a+)+b"]
 
@@ -132,10 +132,13 @@ def test_list_glob_uses_re2_and_is_bounded() -> None:
     session, _, _ = store.initialize_session()
     store.register(session.id, [VariableSpec("a" * 200, "integer", 1),
                                 VariableSpec("model.t", "float", 0.5)], actor="t")
-    assert [r.name for r in store.list(session.id, "*a*a*a*a*a*a*a*a*b")] == []
-    assert [r.name for r in store.list(session.id, "model.*")] == ["model.t"]
+    # The store takes name-filter regexes (searched); clients translate globs first.
+    assert [r.name for r in store.list(session.id, "(a+)+b")] == []
+    assert [r.name for r in store.list(session.id, glob_as_search("*a*a*a*a*a*a*a*b"))] == []
+    assert [r.name for r in store.list(session.id, glob_as_search("model.*"))] == ["model.t"]
+    assert [r.name for r in store.list(session.id, r"^model\.")] == ["model.t"]
     with pytest.raises(InvalidValueError, match="max_pattern_length"):
-        store.list(session.id, "*" * 5000)
+        store.list(session.id, "a" * 5000)
 
 
 async def test_cache_invalidate_pattern_uses_re2() -> None:
@@ -143,5 +146,6 @@ async def test_cache_invalidate_pattern_uses_re2() -> None:
 
     cache = VariableCache(max_size=None, ttl=None)
     cache.put("var_x_1", 1, name="a" * 5000)
-    assert await cache.invalidate_pattern("*a*a*a*a*a*a*a*a*b") == 0
-    assert await cache.invalidate_pattern("var_x_*") == 1
+    assert await cache.invalidate_pattern("(a+)+b") == 0
+    assert await cache.invalidate_pattern("*a*a*a*a*a*a*a*a*b", glob=True) == 0
+    assert await cache.invalidate_pattern("var_x_*", glob=True) == 1

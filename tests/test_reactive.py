@@ -483,7 +483,7 @@ async def test_eviction_policies_through_the_session(
         [{"name": n, "type": "integer", "initial_value": 1} for n in ("a", "b", "c", "d")]
     )
     session.set_cache_config(ttl=None, max_size=3, eviction_policy=policy)
-    assert await session.cache.invalidate_pattern("*", "reset") == 3  # 4 registered, 1 evicted
+    assert await session.cache.invalidate_pattern(".*", "reset") == 3  # 4 registered, 1 evicted
     base = session.get_cache_info()
     for name in ("a", "b", "c"):
         await session.get_variable(name)  # three misses fill the cache
@@ -540,7 +540,7 @@ async def test_get_variables_serves_hits_locally_and_fetches_misses_once(
     await session.register_variables(
         [{"name": n, "type": "integer", "initial_value": i} for i, n in enumerate("pqr")]
     )
-    await session.cache.invalidate_pattern("*", "reset")
+    await session.cache.invalidate_pattern(".*", "reset")
     assert await session.get_variable("p") == 0  # miss, now cached
     before = session.get_variable_stats()
     assert await session.get_variables(["p", "q", "r", "p"]) == {"p": 0, "q": 1, "r": 2}

@@ -69,7 +69,7 @@ async def test_new_observer_of_a_live_variable_after_cache_invalidation_never_ge
     writer, watcher = two
     await writer.register_variable("inv", "integer", 0)
     first = await watcher.watch_variable("inv")
-    await watcher.cache.invalidate_pattern("*", "config reloaded")
+    await watcher.cache.invalidate_pattern(".*", "config reloaded")
     second = await watcher.watch_variable("inv")
     await writer.set_variable("inv", 1)
     await settle(watcher)
@@ -325,6 +325,6 @@ async def test_session_cache_get_batch_with_fetch_missing_returns_cache_entries_
         [{"name": "bx", "type": "integer", "initial_value": 5},
          {"name": "by", "type": "integer", "initial_value": 6}]
     )
-    await session.cache.invalidate_pattern("*", "reset")
+    await session.cache.invalidate_pattern(".*", "reset")
     got = await session.cache.get_batch([ids["bx"], ids["by"]], session.fetch_missing)
     assert got == {ids["bx"]: 5, ids["by"]: 6}

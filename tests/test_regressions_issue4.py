@@ -80,7 +80,7 @@ async def test_create_if_missing_does_not_ignore_expected_version(
     # silently create version 1.
     with pytest.raises(ConflictError):
         await session.set_variable("fresh", 1, create_if_missing=True, expected_version=7)
-    assert await session.get_variable("fresh", default=None, bypass_cache=True) is None
+    assert await session.get_variable("fresh", default="<absent>", bypass_cache=True) == "<absent>"
 
 
 async def test_re_adding_an_identical_dependency_takes_no_revision(

@@ -3,6 +3,8 @@ defaults, isolation, shared sessions, concurrency, metadata, listing and deletio
 
 from __future__ import annotations
 
+import datetime
+
 import numpy as np
 import pytest
 import trio
@@ -28,7 +30,10 @@ async def test_unknown_variable_raises_key_error_unless_default(session: Session
         await session.get_variable("missing")
     assert isinstance(info.value, dspex_rx.VariableNotFoundError)
     assert await session.get_variable("missing", default=3) == 3
-    assert await session.get_variable("missing", default=None) is None
+    # The spec: a None default means "no default", so it raises too.
+    with pytest.raises(KeyError, match="no variable 'missing'"):
+        await session.get_variable("missing", default=None)
+    assert await session.get_variable("missing", default=0) == 0  # falsy but given
     with pytest.raises(KeyError, match="missing"):
         await session.set_variable("missing", 1)
     with pytest.raises(KeyError, match="missing"):
@@ -52,16 +57,16 @@ async def test_get_variables_include_metadata(session: SessionContext) -> None:
     await session.set_variable("t", 0.6, metadata={"reason": "sweep"})
     entry = (await session.get_variables(["t"], include_metadata=True, include_stats=True))["t"]
     assert entry["value"] == 0.6
-    meta = entry["metadata"]
-    assert meta["name"] == "t"
-    assert meta["type"] == "float"
-    assert meta["constraints"] == {"min": 0.0, "max": 1.0}
-    assert meta["version"] == 2
-    assert meta["revision"] == session.revision
-    assert meta["updated_by"] == session.session_id
-    assert meta["owner"] == "ops"  # the user's own keys, merged with the update's
-    assert meta["reason"] == "sweep"
-    assert meta["updated_at"] >= meta["created_at"]
+    # System fields are keys of their own; the user's metadata is under 'metadata', as given.
+    assert entry["name"] == "t"
+    assert entry["type"] == "float"
+    assert entry["constraints"] == {"min": 0.0, "max": 1.0}
+    assert entry["version"] == 2
+    assert entry["revision"] == session.revision
+    assert entry["updated_by"] == session.session_id
+    assert entry["metadata"] == {"owner": "ops", "reason": "sweep"}  # merged with the update's
+    assert entry["updated_at"] >= entry["created_at"]
+    assert entry["updated_at"].tzinfo is datetime.UTC
     assert entry["stats"]["version"] == 2
     assert entry["stats"]["create_revision"] < entry["stats"]["mod_revision"]
 
@@ -125,8 +130,8 @@ async def test_hundred_concurrent_sets_take_hundred_revisions(session: SessionCo
             nursery.start_soon(writer, i)
 
     end = (await session.get_variables(["counter"], include_metadata=True))["counter"]
-    assert end["metadata"]["version"] == 101
-    assert end["metadata"]["revision"] == start["metadata"]["revision"] + 100
+    assert end["version"] == 101
+    assert end["revision"] == start["revision"] + 100
     assert sorted(versions) == list(range(2, 102))  # each write got its own version
     assert end["value"] in range(100)
 
@@ -161,11 +166,13 @@ async def test_list_variables_by_pattern_and_delete(session: SessionContext) -> 
         [{"name": n, "type": "float", "initial_value": 0.1}
          for n in ("model.temperature", "model.top_p", "retriever.k")]
     )
-    names = [i["name"] for i in await session.list_variables("model.*")]
+    names = [i["name"] for i in await session.list_variables(r"^model\.")]
     assert names == ["model.temperature", "model.top_p"]
     assert len(await session.list_variables()) == 3
     assert await session.delete_variable("model.top_p") is True
-    assert [i["name"] for i in await session.list_variables("model.*")] == ["model.temperature"]
+    assert [i["name"] for i in await session.list_variables("model.*", glob=True)] == [
+        "model.temperature"
+    ]
     with pytest.raises(KeyError):
         await session.get_variable("model.top_p")
     # A deleted name can be registered again, under a new id.
@@ -176,7 +183,7 @@ async def test_list_variables_by_pattern_and_delete(session: SessionContext) -> 
 async def test_create_if_missing(session: SessionContext) -> None:
     version = await session.set_variable("fresh", 42, create_if_missing=True)
     assert version == 1
-    info = (await session.get_variables(["fresh"], include_metadata=True))["fresh"]["metadata"]
+    info = (await session.get_variables(["fresh"], include_metadata=True))["fresh"]
     assert info["type"] == "integer"
     await session.set_variable("fresh", 43, create_if_missing=True)
     assert await session.get_variable("fresh") == 43
@@ -208,3 +215,68 @@ async def test_malformed_access_rules_are_refused_clearly(session: SessionContex
     # Access rules are built (tests/test_access.py); a rule of the wrong shape is refused.
     with pytest.raises(ValueError, match="unknown key"):
         await session.register_variable("d", "float", 1.0, access_rules=[{"allow": "*"}])
+
+
+async def test_list_variables_searches_a_regex_like_export_and_takes_globs_on_request(
+    session: SessionContext,
+) -> None:
+    await session.register_variables(
+        [{"name": n, "type": "integer", "initial_value": 1}
+         for n in ("model", "model.top_p", "my_model", "modelx", "retriever.k")]
+    )
+
+    async def names(pattern: str, glob: bool = False) -> list[str]:
+        return [i["name"] for i in await session.list_variables(pattern, glob=glob)]
+
+    # A regex is searched anywhere in the name (re.search): the spec's patterns work.
+    assert await names(r".*model.*") == ["model", "model.top_p", "modelx", "my_model"]
+    assert await names("model") == ["model", "model.top_p", "modelx", "my_model"]
+    assert await names("^model.*$") == ["model", "model.top_p", "modelx"]
+    assert await names("^model$") == ["model"]
+    # "model.*" as a regex is "model" then anything; as a glob, a dot must follow "model".
+    assert await names("model.*", glob=True) == ["model.top_p"]
+    assert await names("*model*", glob=True) == ["model", "model.top_p", "modelx", "my_model"]
+    with pytest.raises(ValueError, match=r"pattern '\*model\*' is not a valid RE2 regular "
+                                         r"expression: no argument for repetition operator"):
+        await session.list_variables("*model*")  # a glob passed as a regex: refused, named
+
+
+async def test_user_metadata_comes_back_exactly_as_given(session: SessionContext) -> None:
+    # Issue #12: user keys 'type' and 'description' were shadowed by the system fields.
+    given = {"description": "LLM generation temperature", "type": "x", "version": "mine"}
+    await session.register_variable("temperature", "float", 0.7, metadata=given,
+                                    description="the system's description")
+    entry = (await session.get_variables(["temperature"], include_metadata=True))["temperature"]
+    assert entry["metadata"] == given
+    assert (entry["type"], entry["description"], entry["version"]) == (
+        "float", "the system's description", 1)
+    listed = (await session.list_variables("^temperature$"))[0]
+    assert listed["metadata"] == given and listed["type"] == "float"
+    # A rollback's notes describe the commit (history), never the variable's metadata.
+    await session.set_variable("temperature", 0.9, metadata={"reason": "user_preference"})
+    await session.rollback_variable("temperature", 1, reason="diverged")
+    entry = (await session.get_variables(["temperature"], include_metadata=True))["temperature"]
+    assert entry["metadata"] == {**given, "reason": "user_preference"}
+    assert entry["version"] == 3 and entry["value"] == 0.7
+    history = await session.get_variable_history("temperature", limit=2)
+    assert [h["metadata"] for h in history] == [
+        {"rollback_to": 1, "reason": "diverged"}, {"reason": "user_preference"}]
+
+
+async def test_register_and_set_take_the_spec_positional_order(session: SessionContext) -> None:
+    base = await session.register_variable("base", "float", 0.5)
+    # name, type, initial_value, constraints, metadata, dependencies, access_rules
+    var_id = await session.register_variable(
+        "derived", "float", 0.7, {"min": 0.0}, {"why": "spec"}, [base], None
+    )
+    assert [d["variable_id"] for d in await session.get_dependencies(var_id)] == [base]
+    with pytest.raises(TypeError, match="positional"):
+        await session.register_variable(  # type: ignore[misc]
+            "x", "float", 0.1, None, None, None, None, "a description")
+    # name, value, metadata, create_if_missing, type_hint
+    assert await session.set_variable("cfg", {"k": "v"}, {"src": "ui"}, True, "dict") == 1
+    assert await session.get_variable("cfg") == {"k": "v"}
+    with pytest.raises(TypeError, match="positional"):
+        await session.set_variable("cfg", {}, None, False, None, 1)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="positional"):
+        await session.update_variables({"base": 0.1}, None, True, {"base": 1})  # type: ignore[misc]

@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64spex_rx/v1/value.proto\x12\x0b\x64spex_rx.v1\"5\n\x07NdArray\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"/\n\tListValue\x12\"\n\x06values\x18\x01 \x03(\x0b\x32\x12.dspex_rx.v1.Value\":\n\x08MapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.dspex_rx.v1.Value\"2\n\x08MapValue\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.dspex_rx.v1.MapEntry\"\x9e\x02\n\x05Value\x12,\n\nnull_value\x18\x01 \x01(\x0e\x32\x16.dspex_rx.v1.NullValueH\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x12H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x05 \x01(\x08H\x00\x12,\n\nlist_value\x18\x06 \x01(\x0b\x32\x16.dspex_rx.v1.ListValueH\x00\x12*\n\tmap_value\x18\x07 \x01(\x0b\x32\x15.dspex_rx.v1.MapValueH\x00\x12+\n\x0b\x61rray_value\x18\x08 \x01(\x0b\x32\x14.dspex_rx.v1.NdArrayH\x00\x42\x06\n\x04kind*\x1b\n\tNullValue\x12\x0e\n\nNULL_VALUE\x10\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64spex_rx/v1/value.proto\x12\x0b\x64spex_rx.v1\"E\n\x07NdArray\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06origin\x18\x04 \x01(\t\"/\n\tListValue\x12\"\n\x06values\x18\x01 \x03(\x0b\x32\x12.dspex_rx.v1.Value\":\n\x08MapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.dspex_rx.v1.Value\"J\n\x08MapValue\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.dspex_rx.v1.MapEntry\x12\x16\n\x0ekeys_converted\x18\x02 \x01(\x08\"\x9e\x02\n\x05Value\x12,\n\nnull_value\x18\x01 \x01(\x0e\x32\x16.dspex_rx.v1.NullValueH\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x12H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x05 \x01(\x08H\x00\x12,\n\nlist_value\x18\x06 \x01(\x0b\x32\x16.dspex_rx.v1.ListValueH\x00\x12*\n\tmap_value\x18\x07 \x01(\x0b\x32\x15.dspex_rx.v1.MapValueH\x00\x12+\n\x0b\x61rray_value\x18\x08 \x01(\x0b\x32\x14.dspex_rx.v1.NdArrayH\x00\x42\x06\n\x04kind*\x1b\n\tNullValue\x12\x0e\n\nNULL_VALUE\x10\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dspex_rx.v1.value_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NULLVALUE']._serialized_start=545
-  _globals['_NULLVALUE']._serialized_end=572
+  _globals['_NULLVALUE']._serialized_start=585
+  _globals['_NULLVALUE']._serialized_end=612
   _globals['_NDARRAY']._serialized_start=40
-  _globals['_NDARRAY']._serialized_end=93
-  _globals['_LISTVALUE']._serialized_start=95
-  _globals['_LISTVALUE']._serialized_end=142
-  _globals['_MAPENTRY']._serialized_start=144
-  _globals['_MAPENTRY']._serialized_end=202
-  _globals['_MAPVALUE']._serialized_start=204
-  _globals['_MAPVALUE']._serialized_end=254
-  _globals['_VALUE']._serialized_start=257
-  _globals['_VALUE']._serialized_end=543
+  _globals['_NDARRAY']._serialized_end=109
+  _globals['_LISTVALUE']._serialized_start=111
+  _globals['_LISTVALUE']._serialized_end=158
+  _globals['_MAPENTRY']._serialized_start=160
+  _globals['_MAPENTRY']._serialized_end=218
+  _globals['_MAPVALUE']._serialized_start=220
+  _globals['_MAPVALUE']._serialized_end=294
+  _globals['_VALUE']._serialized_start=297
+  _globals['_VALUE']._serialized_end=583
 # @@protoc_insertion_point(module_scope)

@@ -13,14 +13,16 @@ class NullValue(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 NULL_VALUE: NullValue
 
 class NdArray(_message.Message):
-    __slots__ = ("dtype", "shape", "data")
+    __slots__ = ("dtype", "shape", "data", "origin")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
-    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    origin: str
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class ListValue(_message.Message):
     __slots__ = ("values",)
@@ -37,10 +39,12 @@ class MapEntry(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
 
 class MapValue(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "keys_converted")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    KEYS_CONVERTED_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[MapEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[MapEntry, _Mapping]]] = ...) -> None: ...
+    keys_converted: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[MapEntry, _Mapping]]] = ..., keys_converted: _Optional[bool] = ...) -> None: ...
 
 class Value(_message.Message):
     __slots__ = ("null_value", "float_value", "int_value", "string_value", "bool_value", "list_value", "map_value", "array_value")
