@@ -129,7 +129,7 @@ async def test_round_trip_into_a_fresh_session_reproduces_everything(
     # step of the store's counter.
     before = server.call(lambda: server.store.revision)
     report = await fresh.import_variables(data, format, trusted=format == "pickle")
-    assert report["errors"] == [] and report["applied"]
+    assert report["errors"] == 0 and report["applied"]
     assert report["imported"] == 13 and report["skipped"] == 0
     assert report["dependencies_added"] == 2
     # one commit for the whole import
@@ -143,7 +143,9 @@ async def test_round_trip_into_a_fresh_session_reproduces_everything(
             assert_same(info[key], other[key], f"{name}.{key}")
         assert_same(info["value"], other["value"], f"{name}.value")
         assert_same(await session.get_variable(name), await fresh.get_variable(name), name)
-    assert target["temperature"]["owner"] == "me" and target["temperature"]["tags"] == [1, "a"]
+    assert target["temperature"]["metadata"] == source["temperature"]["metadata"]
+    assert target["temperature"]["metadata"]["owner"] == "me"
+    assert target["temperature"]["metadata"]["tags"] == [1, "a"]
     assert target["temperature"]["version"] == 3
 
     for name in source:
@@ -213,10 +215,25 @@ async def test_filter_pattern_exports_matching_names_only(
         {"name": "model.name", "type": "string", "initial_value": "a"},
         {"name": "model.size", "type": "integer", "initial_value": 7},
         {"name": "temperature", "type": "float", "initial_value": 0.5},
+        {"name": "my_model", "type": "string", "initial_value": "b"},
     ])
-    doc = document(await session.export_variables(filter_pattern="model.*"))
-    assert [v["name"] for v in doc["variables"]] == ["model.name", "model.size"]
-    assert document(await session.export_variables(filter_pattern="nothing*"))["variables"] == []
+
+    async def exported(pattern: str, glob: bool = False) -> list[str]:
+        data = await session.export_variables(filter_pattern=pattern, glob=glob)
+        return [v["name"] for v in document(data)["variables"]]
+
+    # Issue #12: the spec's filter_pattern is a regex; as a glob it matched nothing.
+    assert await exported(r".*model.*") == ["model.name", "model.size", "my_model"]
+    assert await exported("^model.*$") == ["model.name", "model.size"]
+    assert await exported("model") == ["model.name", "model.size", "my_model"]  # re.search
+    assert await exported(r".*temperature.*") == ["temperature"]
+    assert await exported("model.*", glob=True) == ["model.name", "model.size"]
+    assert await exported("nothing") == []
+    with pytest.raises(ValueError, match=r"filter_pattern '\*model' is not a valid RE2 "
+                                         r"regular expression: no argument for repetition"):
+        await session.export_variables(filter_pattern="*model")
+    with pytest.raises(ValueError, match=r"filter_pattern '\(\?<=x\)m'.*lookbehind"):
+        await session.export_variables(filter_pattern="(?<=x)m")
 
 
 async def test_import_accepts_text_and_reports_each_variable(
@@ -264,7 +281,8 @@ async def test_replace_writes_imported_values_as_new_versions(
     assert actions == {"config": "replace", "new_one": "create", "temperature": "replace"}
     info = await described(fresh)
     assert info["temperature"]["value"] == 0.7 and info["temperature"]["version"] == 2
-    assert info["temperature"]["owner"] == "import" and "team" not in info["temperature"]
+    assert info["temperature"]["metadata"]["owner"] == "import"
+    assert "team" not in info["temperature"]["metadata"]
     assert info["temperature"]["description"] == "from the file"
     # The session's constraints stand: an import never redefines a variable.
     assert info["temperature"]["constraints"] == {"min": 0.0, "max": 1.0}
@@ -298,7 +316,7 @@ async def test_merge_merges_dicts_and_metadata_and_skips_the_unchanged(
     assert await fresh.get_variable("config") == {"b": 2, "c": 3, "a": 1}
     info = (await described(fresh))["temperature"]
     assert info["value"] == 0.7
-    assert (info["owner"], info["team"]) == ("import", "here")
+    assert (info["metadata"]["owner"], info["metadata"]["team"]) == ("import", "here")
     assert info["description"] == "from the file"
     # Importing the same file again changes nothing: every variable is skipped.
     before = revision_of(server, fresh)
@@ -334,7 +352,7 @@ async def test_dry_run_reports_and_changes_nothing(
     data = await overlapping(session, fresh)
     before = revision_of(server, fresh)
     report = await fresh.import_variables(data, merge_strategy="merge", dry_run=True)
-    assert report["dry_run"] and not report["applied"] and report["errors"] == []
+    assert report["dry_run"] and not report["applied"] and report["errors"] == 0
     assert {d["name"]: (d["action"], d["version"]) for d in report["details"]} == {
         "config": ("merge", 2), "new_one": ("create", 1), "temperature": ("merge", 2)
     }
@@ -360,7 +378,7 @@ async def test_one_bad_entry_means_nothing_is_applied(
 
     before = revision_of(server, fresh)
     report = await fresh.import_variables(edited(data, break_new_one))
-    assert report["errors"] == ["variable 'bad': 5.0 is above max 1.0"]
+    assert report["error_details"] == ["variable 'bad': 5.0 is above max 1.0"]
     assert report["imported"] == 0 and not report["applied"]
     bad = next(d for d in report["details"] if d["name"] == "bad")
     assert (bad["action"], bad["error_kind"]) == ("error", "invalid_value")
@@ -377,7 +395,7 @@ async def test_an_existing_value_outside_the_sessions_constraints_fails_the_impo
     await session.register_variable("temperature", "float", 1.5)
     await fresh.register_variable("temperature", "float", 0.2, constraints={"max": 1.0})
     report = await fresh.import_variables(await session.export_variables())
-    assert report["errors"] == ["variable 'temperature': 1.5 is above max 1.0"]
+    assert report["error_details"] == ["variable 'temperature': 1.5 is above max 1.0"]
     assert await fresh.get_variable("temperature") == 0.2
 
 
@@ -387,7 +405,7 @@ async def test_an_import_never_changes_a_type(
     await session.register_variable("n", "float", 1.0)
     await fresh.register_variable("n", "integer", 1)
     report = await fresh.import_variables(await session.export_variables())
-    assert "is a integer in the session but a float in the import" in report["errors"][0]
+    assert "is a integer in the session but a float in the import" in report["error_details"][0]
     assert report["details"][0]["error_kind"] == "type_error"
 
 
@@ -404,7 +422,7 @@ async def test_dependencies_must_exist_and_close_no_cycle(
         doc["variables"][1]["dependencies"].append({"name": "nowhere"})
 
     report = await fresh.import_variables(edited(data, dangling))
-    assert report["errors"] == [
+    assert report["error_details"] == [
         "variable 'b' depends on 'nowhere', which is neither in the import nor in the session"
     ]
 
@@ -412,14 +430,14 @@ async def test_dependencies_must_exist_and_close_no_cycle(
         doc["variables"][0]["dependencies"] = [{"name": "b"}]
 
     report = await fresh.import_variables(edited(data, cycle))
-    assert report["errors"] == ["dependency would create a cycle: b -> a -> b"]
+    assert report["error_details"] == ["dependency would create a cycle: b -> a -> b"]
     assert await fresh.list_variables() == []
 
     # A dependency on a variable the session has (not in the file) is fine.
     await fresh.register_variable("a", "integer", 10)
     only_b = await session.export_variables(filter_pattern="b")
     report = await fresh.import_variables(only_b)
-    assert report["errors"] == [] and report["dependencies_added"] == 1
+    assert report["errors"] == 0 and report["dependencies_added"] == 1
     assert [d["name"] for d in await fresh.get_dependencies("b")] == ["a"]
 
 
@@ -435,7 +453,7 @@ async def test_malformed_history_is_refused(
         del doc["variables"][0]["history"][1]
 
     report = await fresh.import_variables(edited(data, gap))
-    assert report["errors"] == [
+    assert report["error_details"] == [
         "variable 'x': history entry 1: versions must be consecutive, oldest first "
         "(version 3 follows 1)"
     ]
@@ -444,7 +462,7 @@ async def test_malformed_history_is_refused(
         doc["variables"][0]["history"][0]["value"] = 99
 
     report = await fresh.import_variables(edited(data, bad_old_value))
-    assert report["errors"] == [
+    assert report["error_details"] == [
         "variable 'x': history entry 0 (version 1): 99 is above max 10"
     ]
 
@@ -452,7 +470,8 @@ async def test_malformed_history_is_refused(
         doc["variables"][0]["version"] = 4
 
     report = await fresh.import_variables(edited(data, short))
-    assert "history ends at version 3 but the variable is at version 4" in report["errors"][0]
+    assert "history ends at version 3 but the variable is at version 4" in (
+        report["error_details"][0])
     assert await fresh.list_variables() == []
 
 
@@ -465,7 +484,7 @@ async def test_duplicate_names_are_refused(
         doc["variables"].append(doc["variables"][0])
 
     report = await fresh.import_variables(edited(await session.export_variables(), twice))
-    assert report["errors"] == ["variable 'x' appears more than once in the import"]
+    assert report["error_details"] == ["variable 'x' appears more than once in the import"]
 
 
 async def test_a_variable_under_optimization_is_not_overwritten(
@@ -479,10 +498,10 @@ async def test_a_variable_under_optimization_is_not_overwritten(
         sid, "t", optimizer_type="random", client_id=client))
     report = await fresh.import_variables(await session.export_variables())
     assert report["details"][0]["error_kind"] == "locked"
-    assert "locked for optimization" in report["errors"][0]
+    assert "locked for optimization" in report["error_details"][0]
     # keep does not touch it, so the lease is no obstacle.
     assert (await fresh.import_variables(await session.export_variables(),
-                                         merge_strategy="keep"))["errors"] == []
+                                         merge_strategy="keep"))["errors"] == 0
 
 
 # -------------------------------------------------------------------------- refusals
@@ -581,7 +600,7 @@ async def test_a_value_of_the_wrong_kind_is_an_entry_error(
     report = await session.import_variables(
         _json_export().replace(b'"value": 1', b'"value": "one"')
     )
-    assert report["errors"] == ["variable 'x': expected integer, got str 'one'"]
+    assert report["error_details"] == ["variable 'x': expected integer, got str 'one'"]
     assert report["details"][0]["error_kind"] == "type_error"
 
 
@@ -650,6 +669,33 @@ async def test_merge_that_changes_nothing_is_no_write_even_under_a_lease(
         sid, "t", optimizer_type="random", client_id=client))
     data = await session.export_variables(include_history=True)
     report = await fresh.import_variables(data, merge_strategy="merge")
-    assert report["errors"] == [] and report["details"][0]["message"] == "unchanged"
+    assert report["errors"] == 0 and report["details"][0]["message"] == "unchanged"
     report = await fresh.import_variables(data, merge_strategy="replace", dry_run=True)
     assert report["details"][0]["error_kind"] == "locked"
+
+
+async def test_import_summary_counts_errors_as_an_int_as_in_the_spec(
+    session: dspex_rx.SessionContext, fresh: dspex_rx.SessionContext
+) -> None:
+    # Issue #12: 'errors' was the list of messages; the spec tests `summary['errors'] == 0`.
+    await session.register_variable("ok", "integer", 1)
+    await session.register_variable("bad", "float", 5.0)
+    await session.register_variable("worse", "float", 6.0)
+    data = await session.export_variables()
+    summary = await fresh.import_variables(data, dry_run=True)
+    assert summary["errors"] == 0 and summary["error_details"] == []
+    assert summary["imported"] == 3
+    if summary["errors"] == 0:  # the spec's own check
+        assert (await fresh.import_variables(data))["errors"] == 0
+    await session.set_variable("bad", 7.0)
+    await session.set_variable("worse", 8.0)
+    await fresh.delete_variable("bad")
+    await fresh.delete_variable("worse")
+    await fresh.register_variable("bad", "float", 0.0, constraints={"max": 1.0})
+    await fresh.register_variable("worse", "float", 0.0, constraints={"max": 1.0})
+    summary = await fresh.import_variables(await session.export_variables())
+    assert summary["errors"] == 2 and isinstance(summary["errors"], int)
+    assert summary["error_details"] == [
+        "variable 'bad': 7.0 is above max 1.0", "variable 'worse': 8.0 is above max 1.0"]
+    assert summary["imported"] == 0 and not summary["applied"]
+    assert await fresh.get_variable("bad") == 0.0  # nothing applied
