@@ -57,8 +57,7 @@ async def test_register_variables_is_all_or_nothing(
         )
     assert await _snapshot(session) == before
     assert (await session.get_variables(["existing"], include_metadata=True))["existing"][
-        "metadata"
-    ]["session_revision"] == before_revision
+        "session_revision"] == before_revision
 
 
 async def test_register_variables_refuses_entries_without_name(session: SessionContext) -> None:
@@ -96,7 +95,7 @@ async def test_update_variables_atomic_success(session: SessionContext) -> None:
     got = await session.get_variables(["temperature", "max_tokens", "model"],
                                       include_metadata=True)
     assert [got[n]["value"] for n in got] == [0.9, 512, "claude"]
-    assert {got[n]["metadata"]["revision"] for n in got} == {before + 1}
+    assert {got[n]["revision"] for n in got} == {before + 1}
     assert {got[n]["metadata"]["why"] for n in got} == {"tune"}
 
 
@@ -147,8 +146,7 @@ async def test_update_variables_non_atomic_applies_valid_entries(session: Sessio
 async def test_update_variables_same_variable_twice_is_refused(session: SessionContext) -> None:
     await _three(session)
     var_id = (await session.get_variables(["max_tokens"], include_metadata=True))["max_tokens"][
-        "metadata"
-    ]["id"]
+        "id"]
     results = await session.update_variables({"max_tokens": 1, var_id: 2})
     assert "more than once" in str(results[var_id])
     assert await session.get_variable("max_tokens") == 256

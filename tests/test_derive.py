@@ -33,7 +33,7 @@ async def value_of(session: SessionContext, name: str) -> Any:
 
 async def type_of(session: SessionContext, name: str) -> str:
     info = await session.get_variables([name], include_metadata=True)
-    return str(info[name]["metadata"]["type"])
+    return str(info[name]["type"])
 
 
 class Calls:

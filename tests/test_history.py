@@ -15,7 +15,6 @@ deleting a variable drops its history.
 from __future__ import annotations
 
 import datetime
-
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 

@@ -105,16 +105,14 @@ async def test_stop_from_another_connection_ends_the_run_and_nothing_lands_after
     assert await b.stop_optimization("t", reason="enough") is None
     stopped = await b.get_optimization_status("t")
     assert stopped["is_optimizing"] is False and stopped["state"] == "stopped"
-    version_at_stop = (await b.get_variables(["t"], include_metadata=True))["t"]["metadata"][
-        "version"
-    ]
+    version_at_stop = (await b.get_variables(["t"], include_metadata=True))["t"]["version"]
     gate.release()  # the holder finishes evaluating and tries to record and write more
     await a.wait_for_optimization("t")
     assert seen == [1]  # iteration 2 was never recorded, so its callback never ran
     run = a._runs[stopped["optimization_id"]]
     assert run.state == "revoked" and "no longer holds the lease" in run.end_reason
     after = await b.get_variables(["t"], include_metadata=True)
-    assert after["t"]["metadata"]["version"] == version_at_stop
+    assert after["t"]["version"] == version_at_stop
     assert max(await optimization_writes(b, "t")) <= version_at_stop
     history = await b.get_optimization_history("t")
     assert [e["iteration"] for e in history] == [1]
@@ -606,11 +604,11 @@ async def test_a_batch_guarded_by_a_lease_applies_only_while_the_lease_is_held(
         }
         await other.stop_optimization("in")
         revision = (await other.get_variables(["out"], include_metadata=True))["out"][
-            "metadata"]["revision"]
+            "revision"]
         with pytest.raises(OptimizationLockedError, match="no longer holds the lease"):
             await mine.update_variables({"out": 2.0}, require_leases=[lease])
     after = (await other.get_variables(["out"], include_metadata=True))["out"]
-    assert after["value"] == 1.0 and after["metadata"]["revision"] == revision
+    assert after["value"] == 1.0 and after["revision"] == revision
 
 
 # ------------------------------------------------- ask/tell: reported evaluations

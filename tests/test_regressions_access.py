@@ -290,3 +290,25 @@ async def test_check_variable_access_reports_the_wrong_owner_to_a_non_reader(
         )
         assert response.allowed
         assert response.owner_session == a.session_id
+
+
+async def test_check_variable_access_answers_false_and_names_nothing_for_an_invisible_variable(
+    served: EmbeddedServer,
+) -> None:
+    """Issue #12: ``check_variable_access`` raised ``KeyError`` where the spec answers
+    False; the answer must still not reveal the variable's id or owner."""
+    from dspex_rx.v1 import variables_pb2 as pb
+
+    tag = secrets.token_hex(4)
+    async with dspex_rx.connect(served.target, session_id=f"owner_{tag}") as a, \
+            dspex_rx.connect(served.target, session_id=f"stranger_{tag}") as s:
+        var = await a.register_variable("x", "integer", 1)
+        assert await s.check_variable_access(var, "read") is False
+        response = await s._call(
+            "CheckVariableAccess",
+            pb.CheckVariableAccessRequest(session_id=s.session_id, ref=var,
+                                          permission="read"),
+            pb.CheckVariableAccessResponse,
+        )
+        assert (response.allowed, response.variable_id, response.owner_session) == (
+            False, "", "")

@@ -46,7 +46,7 @@ async def snapshot(
 async def current(session: SessionContext, name: str) -> tuple[Any, int]:
     """The server's current (value, version) of a variable, read past the cache."""
     entry = (await session.get_variables([name], include_metadata=True))[name]
-    return entry["value"], entry["metadata"]["version"]
+    return entry["value"], entry["version"]
 
 
 # ------------------------------------------------------------- set_variable CAS

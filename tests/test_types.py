@@ -67,9 +67,10 @@ def assert_same(actual: Any, expected: Any, path: str = "value") -> None:
 
 
 async def snapshot(session: SessionContext, name: str) -> tuple[Any, int, dict[str, Any]]:
-    """(value, version, metadata) of a variable, read with ``include_metadata=True``."""
+    """(value, version, description) of a variable, read with ``include_metadata=True``
+    (system fields such as ``type`` are keys of the description)."""
     entry = (await session.get_variables([name], include_metadata=True))[name]
-    return entry["value"], entry["metadata"]["version"], entry["metadata"]
+    return entry["value"], entry["version"], entry
 
 
 async def assert_missing(session: SessionContext, name: str) -> None:
@@ -583,8 +584,9 @@ REFUSED_VALUES = [
     pytest.param("list", {}, [1], [np.zeros(2)], VariableTypeError,
                  "item 0 holds ndarray", id="list-holding-array"),
     # dict
-    pytest.param("dict", {}, {"a": 1}, {1: "a"}, VariableTypeError,
-                 "dict keys must be strings, got int 1", id="dict-int-key"),
+    pytest.param("dict", {}, {"a": 1}, {1: "a", "1": "b"}, InvalidValueError,
+                 "dict keys collide when converted to strings: 1 and '1' become the same "
+                 "key '1'", id="dict-int-key-collides"),
     pytest.param("dict", {}, {"a": 1}, {"a": {("t",): 1}}, VariableTypeError,
                  "dict keys must be strings, got tuple", id="dict-nested-tuple-key"),
     pytest.param("dict", {}, {"a": 1}, {"a": {"b": INF}}, InvalidValueError,
@@ -983,3 +985,106 @@ async def test_deeply_nested_values_round_trip_or_are_refused_naming_the_variabl
     with pytest.raises(InvalidValueError, match="variable 'deep'"):
         await session.register_variable("deep", "list", deep)
     await assert_missing(session, "deep")
+
+
+# ------------------------------------------------- dict keys and tensor origins (issue #12)
+
+
+async def test_dict_keys_are_converted_to_strings_and_the_value_says_so(
+    session: SessionContext,
+) -> None:
+    # The spec's type table: "Keys converted to strings"; this used to be refused.
+    given = {1: "a", 2.5: "b", False: "c", None: "d", np.int64(7): "e",
+             "nested": {3: [{4: 5}], "plain": 1}}
+    await session.register_variable("cfg", "dict", given)
+    assert_same(await session.get_variable("cfg", bypass_cache=True), {
+        "1": "a", "2.5": "b", "False": "c", "None": "d", "7": "e",
+        "nested": {"3": [{"4": 5}], "plain": 1}})
+    entry = (await session.get_variables(["cfg"], include_metadata=True))["cfg"]
+    assert entry["keys_converted"] is True and entry["metadata"] == {}
+    assert type(entry["value"]) is dict  # a plain dict, whatever marks it on the server
+    # Only a nested dict converted: still said, on the value.
+    await session.set_variable("cfg", {"a": {1: 2}})
+    assert (await session.list_variables("^cfg$"))[0]["keys_converted"] is True
+    # String keys only: nothing converted, nothing said.
+    await session.set_variable("cfg", {"a": {"b": 2}})
+    entry = (await session.get_variables(["cfg"], include_metadata=True))["cfg"]
+    assert "keys_converted" not in entry and entry["value"] == {"a": {"b": 2}}
+
+
+async def test_dict_keys_that_collide_once_converted_are_refused_naming_them(
+    session: SessionContext,
+) -> None:
+    await session.register_variable("cfg", "dict", {"k": 1})
+    with pytest.raises(InvalidValueError, match=r"dict keys collide when converted to "
+                                                r"strings: 1 and '1' become the same key '1'"):
+        await session.set_variable("cfg", {"outer": {1: "int", "1": "str"}})
+    with pytest.raises(VariableTypeError, match=r"got tuple \(1, 2\); int, float, bool and "
+                                                r"None keys are converted"):
+        await session.set_variable("cfg", {(1, 2): "pair"})
+    assert await session.get_variable("cfg", bypass_cache=True) == {"k": 1}
+    with pytest.raises(VariableTypeError, match="dict keys must be strings, got int 1"):
+        await session.set_variable("cfg", {"k": 2}, metadata={1: "x"})  # metadata: str keys
+    assert (await session.get_variables(["cfg"], include_metadata=True))["cfg"]["version"] == 1
+
+
+class _TensorDouble:
+    """Stands for a ``torch.Tensor`` where torch is not installed: the codec knows a tensor
+    by its module and ``detach().cpu().numpy()``, which is all this provides."""
+
+    __module__ = "torch"
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def detach(self) -> _TensorDouble:
+        return self
+
+    def cpu(self) -> _TensorDouble:
+        return self
+
+    def numpy(self) -> np.ndarray:
+        return self.array
+
+
+async def test_a_tensor_written_from_torch_keeps_its_origin_without_torch(
+    session: SessionContext,
+) -> None:
+    from dspex_rx.v1 import variables_pb2 as pb
+
+    weights = np.arange(6, dtype=np.float32).reshape(2, 3)
+    await session.register_variable("w", "tensor", _TensorDouble(weights))
+    # The server keeps the origin with the value and sends it back on the wire.
+    response = await session._call(
+        "GetVariable", pb.GetVariableRequest(session_id=session.session_id, ref="w"),
+        pb.GetVariableResponse)
+    assert response.variable.value.array_value.origin == "torch"
+    entry = (await session.get_variables(["w"], include_metadata=True))["w"]
+    assert entry["tensor_origin"] == "torch"
+    # numpy is what a reader without torch gets (and always on request).
+    for value in (await session.get_variable("w", bypass_cache=True),
+                  await session.get_variable("w", as_tensor="numpy"),
+                  (await session.get_variables(["w"], as_tensor="numpy"))["w"]):
+        assert type(value) is np.ndarray
+        assert_same(value, weights)
+    # A write from numpy is a numpy value again: the origin belongs to each value.
+    await session.set_variable("w", weights + 1)
+    entry = (await session.get_variables(["w"], include_metadata=True))["w"]
+    assert "tensor_origin" not in entry
+    history = await session.get_variable_history("w")
+    assert [type(h["value"]) for h in history] == [np.ndarray, np.ndarray]
+    with pytest.raises(ValueError, match="as_tensor must be None, 'numpy' or 'torch', got 'tf'"):
+        await session.get_variable("w", as_tensor="tf")
+
+
+async def test_as_tensor_torch_without_torch_says_what_is_missing(
+    session: SessionContext,
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed: tests/test_types_torch.py covers as_tensor='torch'")
+    await session.register_variable("w", "tensor", np.zeros(3, np.float32))
+    with pytest.raises(ImportError, match=r"as_tensor='torch' needs PyTorch, which is not "
+                                          r"installed \(pip install torch\)"):
+        await session.get_variable("w", as_tensor="torch")
