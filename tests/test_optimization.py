@@ -286,7 +286,7 @@ async def test_callback_sees_every_iteration_in_order_and_status_tells_the_run(
     assert by_seconds == await session.get_optimization_history("q", since=later)
     naive = later.replace(tzinfo=None)  # taken as UTC
     assert await session.get_optimization_history("q", since=naive) == by_seconds
-    stats = session.get_variable_stats("q")
+    stats = await session.get_variable_stats("q")
     assert stats["total_optimization_time_s"] > 0
     assert stats["write_count"] >= 5
 
@@ -556,7 +556,7 @@ async def test_a_lease_held_by_hand_writes_records_and_releases(
         (1, 2, 0.8), (2, 4, 1.0), (3, 6, 0.8)
     ]
     assert await other.set_variable("k", 5) == 5  # released
-    assert mine.get_variable_stats("k")["total_optimization_time_s"] > 0
+    assert (await mine.get_variable_stats("k"))["total_optimization_time_s"] > 0
 
 
 async def test_a_lease_block_that_raises_fails_the_run_and_a_stop_ends_the_writes(

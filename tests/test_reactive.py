@@ -447,10 +447,10 @@ async def test_watched_variable_reads_are_local_and_never_older_than_the_stream(
         await writer.set_variable("w", i)
         await watcher.sync()
         assert await watcher.get_variable("w") == i
-    stats = watcher.get_variable_stats("w")
+    stats = await watcher.get_variable_stats("w")
     assert stats["cache_hits"] == 20 and stats["cache_misses"] == 0
     assert await watcher.get_variable("w", bypass_cache=True) == 20
-    stats = watcher.get_variable_stats("w")
+    stats = await watcher.get_variable_stats("w")
     assert (stats["read_count"], stats["cache_misses"]) == (21, 1)
     watch.cancel()
 
@@ -466,7 +466,7 @@ async def test_own_write_updates_own_entry_and_ttl_applies_unwatched(
     assert await session.get_variable("u") == 3
     mock_clock.jump(0.001)  # 5 s after the write: expired
     assert await session.get_variable("u") == 3
-    stats = session.get_variable_stats("u")
+    stats = await session.get_variable_stats("u")
     assert (stats["cache_hits"], stats["cache_misses"], stats["write_count"]) == (2, 1, 1)
     assert session.get_cache_info()["expired_count"] == 1
 
@@ -542,13 +542,13 @@ async def test_get_variables_serves_hits_locally_and_fetches_misses_once(
     )
     await session.cache.invalidate_pattern(".*", "reset")
     assert await session.get_variable("p") == 0  # miss, now cached
-    before = session.get_variable_stats()
+    before = await session.get_variable_stats()
     assert await session.get_variables(["p", "q", "r", "p"]) == {"p": 0, "q": 1, "r": 2}
-    after = session.get_variable_stats()
+    after = await session.get_variable_stats()
     assert after["cache_hits"] - before["cache_hits"] == 1  # p, once per distinct name
     assert after["cache_misses"] - before["cache_misses"] == 2  # q and r, one RPC
     assert await session.get_variables(["q", "r"]) == {"q": 1, "r": 2}
-    assert session.get_variable_stats()["cache_hits"] - after["cache_hits"] == 2
+    assert (await session.get_variable_stats())["cache_hits"] - after["cache_hits"] == 2
 
 
 async def test_watch_survives_a_server_restart_and_replays_what_it_missed() -> None:
@@ -588,3 +588,31 @@ async def test_watch_survives_a_server_restart_and_replays_what_it_missed() -> N
     finally:
         await trio.to_thread.run_sync(second.stop)
         await trio.to_thread.run_sync(first.stop)
+
+
+async def test_updates_carry_aware_utc_datetimes_and_stats_are_awaitable(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    # Issue #12: VariableUpdate.timestamp was POSIX seconds (the spec: datetime), and
+    # get_variable_stats was synchronous (the spec awaits it).
+    import datetime
+
+    writer, watcher = two
+    await writer.register_variable("w", "integer", 0)
+    watch = watcher.watch_variable("w")
+    with trio.fail_after(5):
+        initial = await watch.__anext__()
+        await writer.set_variable("w", 1)
+        changed = await watch.__anext__()
+    for update in (initial, changed):
+        assert isinstance(update.timestamp, datetime.datetime)
+        assert update.timestamp.tzinfo is datetime.UTC
+    assert changed.timestamp >= initial.timestamp and changed.value == 1
+    written = (await writer.get_variables(["w"], include_metadata=True))["w"]["updated_at"]
+    assert changed.timestamp == written  # the write's own time, not the delivery's
+    stats = await watcher.get_variable_stats("w")
+    assert stats["read_count"] == 0 and stats["write_count"] == 0
+    assert (await writer.get_variable_stats())["write_count"] == 1
+    with pytest.raises(KeyError, match="has not used it"):
+        await writer.get_variable_stats("never_used")
+    watch.cancel()
