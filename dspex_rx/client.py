@@ -2016,7 +2016,7 @@ class SessionContext:
         info = await self.get_variables([variable], include_metadata=True)
         if variable not in info:
             raise error_from_kind("not_found", f"no variable {variable!r}")
-        meta = info[variable]["metadata"]
+        meta = info[variable]  # system fields: id, name, type, constraints
         if metric_variable is not None:
             # It must exist and be readable now (KeyError otherwise), and not be the
             # variable being optimized (its proposals would read as evaluations).
@@ -2028,7 +2028,7 @@ class SessionContext:
                     "not_found", f"variable {variable!r}: optimizer_config['metric_variable'] "
                     f"names no variable this session can read: {metric_variable!r}"
                 ) from None
-            if metric_meta["metadata"]["id"] == meta["id"]:
+            if metric_meta["id"] == meta["id"]:
                 raise InvalidValueError(
                     f"variable {variable!r}: the metric variable cannot be the variable "
                     "being optimized"
