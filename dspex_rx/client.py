@@ -1501,6 +1501,7 @@ class SessionContext:
         format: str = "json",
         merge_strategy: str = "replace",
         dry_run: bool = False,
+        *,
         trusted: bool = False,
     ) -> dict[str, Any]:
         """Import a file made by ``export_variables``: everything is validated first (types,

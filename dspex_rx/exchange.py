@@ -104,6 +104,12 @@ def _pyarrow() -> tuple[Any, Any]:
 # ------------------------------------------------------------------ wire <-> document
 
 
+def _plain(msg: Any) -> Any:
+    # Format version 1 holds plain values: an array from torch is an array, a dict whose
+    # keys were converted is a dict (the marks of how a value was written are not kept).
+    return codec.present(codec.decode(msg), "numpy")
+
+
 def snapshot_to_document(msg: pb.VariablesSnapshot) -> dict[str, Any]:
     """The export document (plain Python, arrays as read-only numpy) of a wire snapshot.
 
@@ -116,7 +122,7 @@ def snapshot_to_document(msg: pb.VariablesSnapshot) -> dict[str, Any]:
         variable: dict[str, Any] = {
             "name": item.name,
             "type": type_from_pb(item.type),
-            "value": codec.decode(item.value),
+            "value": _plain(item.value),
             "constraints": codec.decode_map(item.constraints),
             "metadata": codec.decode_map(item.metadata),
             "description": item.description,
@@ -129,7 +135,7 @@ def snapshot_to_document(msg: pb.VariablesSnapshot) -> dict[str, Any]:
             variable["history"] = [
                 {
                     "version": entry.version,
-                    "value": codec.decode(entry.value),
+                    "value": _plain(entry.value),
                     "updated_at": seconds(entry.updated_at),
                     "updated_by": entry.updated_by,
                     "metadata": codec.decode_map(entry.metadata),

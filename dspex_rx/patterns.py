@@ -375,8 +375,9 @@ def name_pattern(what: str, pattern: str | None, glob: bool = False) -> str:
 
     Example::
 
-        >>> name_pattern("filter_pattern", "model.*", glob=True)
-        '\\\\A(?:(?s:model\\\\..*))\\\\z'
+        >>> match = compile_name_filter(name_pattern("filter_pattern", "model.*", glob=True))
+        >>> match("model.t"), match("my_model.t")
+        (True, False)
         >>> try:
         ...     name_pattern("filter_pattern", "(a")
         ... except ValueError as exc:

@@ -699,3 +699,37 @@ async def test_import_summary_counts_errors_as_an_int_as_in_the_spec(
         "variable 'bad': 7.0 is above max 1.0", "variable 'worse': 8.0 is above max 1.0"]
     assert summary["imported"] == 0 and not summary["applied"]
     assert await fresh.get_variable("bad") == 0.0  # nothing applied
+
+
+@pytest.mark.parametrize("format", FORMATS)
+async def test_converted_keys_and_torch_origin_export_as_plain_values(
+    session: dspex_rx.SessionContext, fresh: dspex_rx.SessionContext, format: str
+) -> None:
+    # Format version 1 holds plain values: the marks of how a value was written (issue
+    # #12) stay out of the file, so a pickle never names dspex_rx classes.
+    class TensorDouble:  # what the codec takes for a torch.Tensor
+        __module__ = "torch"
+
+        def __init__(self, array: np.ndarray) -> None:
+            self.array = array
+
+        def detach(self) -> TensorDouble:
+            return self
+
+        def cpu(self) -> TensorDouble:
+            return self
+
+        def numpy(self) -> np.ndarray:
+            return self.array
+
+    await session.register_variable("cfg", "dict", {1: "a", "x": {2: 3}})
+    await session.register_variable("w", "tensor", TensorDouble(np.arange(3.0)))
+    data = await session.export_variables(format)
+    if format == "pickle":
+        assert b"dspex_rx" not in data
+    report = await fresh.import_variables(data, format, trusted=format == "pickle")
+    assert report["errors"] == 0 and report["imported"] == 2
+    assert await fresh.get_variable("cfg") == {"1": "a", "x": {"2": 3}}
+    infos = {i["name"]: i for i in await fresh.list_variables()}
+    assert "keys_converted" not in infos["cfg"] and "tensor_origin" not in infos["w"]
+    assert type(infos["w"]["value"]) is np.ndarray and infos["w"]["value"].tolist() == [0, 1, 2]
