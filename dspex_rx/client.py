@@ -1368,9 +1368,10 @@ class SessionContext:
         include_metadata: bool = True,
     ) -> list[dict[str, Any]]:
         """Past values, newest first: ``version``, ``value``, ``updated_at`` (an aware UTC
-        ``datetime``), and with
-        ``include_metadata`` also ``updated_by``, ``metadata`` (a rollback's
-        ``rollback_to`` and ``reason``) and ``revision``. Retention is bounded on the server
+        ``datetime``), and with ``include_metadata`` also ``updated_by``, ``metadata`` (that
+        write's metadata as its writer gave it; for a rollback its ``rollback_to`` and
+        ``reason``), ``revision``, and ``keys_converted`` / ``tensor_origin`` where they apply
+        to that version's value. Retention is bounded on the server
         (1,000 versions by default); if the page reaches versions that fell out, it ends
         with one entry ``{'expired': True, 'versions': [first, last], 'count': n}`` saying
         so, never a silently shorter page.
@@ -1405,6 +1406,7 @@ class SessionContext:
                 item["updated_by"] = entry.updated_by
                 item["metadata"] = codec.decode_map(entry.metadata)
                 item["revision"] = entry.revision
+                item.update(codec.value_flags(entry.value))  # keys_converted, tensor_origin
             entries.append(item)
         if response.expired_to_version:
             first, last = response.expired_from_version, response.expired_to_version

@@ -44,6 +44,10 @@ async def test_get_variables_defaults_and_missing(session: SessionContext) -> No
     await session.register_variable("a", "integer", 1)
     got = await session.get_variables(["a", "b"], defaults={"b": 2})
     assert got == {"a": 1, "b": 2}
+    # As in get_variable, a None default is no default (issue #12).
+    with pytest.raises(KeyError, match=r"no variable\(s\) 'b' in session"):
+        await session.get_variables(["a", "b"], defaults={"b": None})
+    assert await session.get_variables(["b"], defaults={"b": 0}) == {"b": 0}
     with pytest.raises(KeyError, match=r"'b', 'c'"):
         await session.get_variables(["a", "b", "c"])
     with pytest.raises(ValueError, match="list of names"):

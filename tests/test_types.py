@@ -1003,13 +1003,17 @@ async def test_dict_keys_are_converted_to_strings_and_the_value_says_so(
     entry = (await session.get_variables(["cfg"], include_metadata=True))["cfg"]
     assert entry["keys_converted"] is True and entry["metadata"] == {}
     assert type(entry["value"]) is dict  # a plain dict, whatever marks it on the server
-    # Only a nested dict converted: still said, on the value.
+    # Only a nested dict converted: still said, on the value (and on its history entry).
     await session.set_variable("cfg", {"a": {1: 2}})
+    history = await session.get_variable_history("cfg")
+    assert [h.get("keys_converted") for h in history] == [True, True]
     assert (await session.list_variables("^cfg$"))[0]["keys_converted"] is True
     # String keys only: nothing converted, nothing said.
     await session.set_variable("cfg", {"a": {"b": 2}})
     entry = (await session.get_variables(["cfg"], include_metadata=True))["cfg"]
     assert "keys_converted" not in entry and entry["value"] == {"a": {"b": 2}}
+    history = await session.get_variable_history("cfg")
+    assert [h.get("keys_converted") for h in history] == [None, True, True]
 
 
 async def test_dict_keys_that_collide_once_converted_are_refused_naming_them(
@@ -1073,6 +1077,7 @@ async def test_a_tensor_written_from_torch_keeps_its_origin_without_torch(
     assert "tensor_origin" not in entry
     history = await session.get_variable_history("w")
     assert [type(h["value"]) for h in history] == [np.ndarray, np.ndarray]
+    assert [h.get("tensor_origin") for h in history] == [None, "torch"]
     with pytest.raises(ValueError, match="as_tensor must be None, 'numpy' or 'torch', got 'tf'"):
         await session.get_variable("w", as_tensor="tf")
 
