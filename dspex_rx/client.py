@@ -38,7 +38,6 @@ from .convert import (
     DEPENDENCY_FROM_PB,
     DEPENDENCY_TO_PB,
     map_rpc_error,
-    seconds,
     since_seconds,
     timestamp,
     type_from_pb,
