@@ -4,13 +4,16 @@ lru/lfu/fifo eviction, hit/miss stats, async invalidation callbacks and batched 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
+import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any, Final, Protocol
 
+import sniffio
 import trio
 
 from .errors import InvalidValueError
@@ -22,6 +25,16 @@ __all__ = ["EVICTION_POLICIES", "FetchMissing", "InvalidationCallback", "Variabl
 log = get_logger("dspex_rx.cache")
 
 EVICTION_POLICIES: Final = ("lru", "lfu", "fifo")
+
+
+
+def _library_clock() -> float:
+    """trio's clock inside a trio run (so MockClock drives TTLs in tests), else monotonic."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return time.monotonic()
+
 
 InvalidationCallback = Callable[[str, str], Awaitable[object]]
 """``async def callback(key, reason)``; reason is e.g. "invalidated", "evicted", "expired"."""
@@ -233,8 +246,8 @@ def _check_policy(policy: object) -> str:
 class VariableCache:
     """Client-side cache of opaque entries by key, with TTL, pinning and eviction.
 
-    Pure trio and not thread-safe: use it from one trio thread. Synchronous methods never
-    yield, so each runs atomically with respect to other tasks.
+    Not thread-safe: use it from one thread, in a trio run or an asyncio loop. Synchronous
+    methods never yield, so each runs atomically with respect to other tasks.
 
     Rules:
 
@@ -276,12 +289,14 @@ class VariableCache:
         ttl: float | None = 1.0,
         max_size: int | None = 1000,
         eviction_policy: str = "lru",
-        clock: Callable[[], float] = trio.current_time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._ttl = _check_ttl(ttl)
         self._max_size = _check_max_size(max_size)
         self._policy = _check_policy(eviction_policy)
-        self._clock = clock
+        # No clock given: trio's (virtual under MockClock) inside a trio run, else the
+        # monotonic clock, so the same cache works in an asyncio program.
+        self._clock = clock or _library_clock
         self._slots: dict[str, _Slot] = {}
         self._order: _Order = _build_order(self._policy, self._slots)
         self._expiry: OrderedDict[str, None] = OrderedDict()  # unpinned keys, oldest stamp first
@@ -294,7 +309,8 @@ class VariableCache:
         self._subs_by_key: dict[str, dict[str, None]] = {}  # key -> sub ids, in order
         self._sub_ids = itertools.count(1)
         self._pending: deque[tuple[str, str, str]] = deque()  # (sub id, key, reason)
-        self._batch_lock = trio.Lock()
+        # get_batch's lock belongs to the library that first awaits it (trio or asyncio).
+        self._batch_lock: trio.Lock | asyncio.Lock | None = None
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -720,6 +736,9 @@ class VariableCache:
 
             entries = await cache.get_batch(ids, fetch_missing=fetch_by_ids)
         """
+        if self._batch_lock is None:
+            in_trio = sniffio.current_async_library() == "trio"
+            self._batch_lock = trio.Lock() if in_trio else asyncio.Lock()
         async with self._batch_lock:
             result: dict[str, Any] = {}
             missing: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Mapping
@@ -739,6 +740,38 @@ def test_construct_outside_trio_with_default_clock() -> None:
     cache = VariableCache()  # constructing does not touch the clock
     # The spec's defaults for a standalone cache (issue #12).
     assert (cache.ttl, cache.max_size, cache.eviction_policy) == (1.0, 1000, "lru")
+
+
+def test_a_standalone_cache_works_in_an_asyncio_program() -> None:
+    # Guards issue #12: the spec's VariableCache is used from asyncio; the default clock
+    # and get_batch's lock were trio's, so any call outside a trio run failed.
+    fetched: list[list[str]] = []
+    seen: list[tuple[str, str]] = []
+
+    async def fetch(keys: list[str]) -> Mapping[str, Any]:
+        fetched.append(keys)
+        await asyncio.sleep(0)  # a real await on asyncio, with the batch lock held
+        return {k: k.upper() for k in keys}
+
+    async def on_invalidate(key: str, reason: str) -> None:
+        seen.append((key, reason))
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any], int]:
+        cache = VariableCache(ttl=60.0)
+        cache.subscribe_invalidation("model_a", on_invalidate)
+        first, second = await asyncio.gather(
+            cache.get_batch(["model_a", "temp"], fetch),
+            cache.get_batch(["temp", "model_b"], fetch),
+        )
+        removed = await cache.invalidate_pattern("^model_", reason="switch")
+        return first, second, removed
+
+    first, second, removed = asyncio.run(main())
+    assert first == {"model_a": "MODEL_A", "temp": "TEMP"}
+    assert second == {"temp": "TEMP", "model_b": "MODEL_B"}
+    assert fetched == [["model_a", "temp"], ["model_b"]]  # the lock kept 'temp' to one fetch
+    assert removed == 2
+    assert seen == [("model_a", "switch")]
 
 
 # --- what the actors use ------------------------------------------------------------------------
