@@ -165,8 +165,8 @@ async def join_with_token(env: Env) -> AsyncIterator[dict[str, Any]]:
     with EmbeddedServer() as own:
         async with dspex_rx.connect(own.target, session_id="session_123") as first:
             await first.register_variable("temperature", "float", 0.7)
-            ns = {"dspex_rx": AtTestServer(own.target),
-                  "token_from_the_first_program": first.token}
+            ns: dict[str, Any] = {"dspex_rx": AtTestServer(own.target),
+                                  "token_from_the_first_program": first.token}
             yield ns
             assert ns["other"].token == first.token and not ns["other"].created
 
@@ -216,8 +216,8 @@ async def transactions(env: Env) -> AsyncIterator[dict[str, Any]]:
             {"name": "style_modifier", "type": "float", "initial_value": 1.2},
             {"name": "temperature", "type": "float", "initial_value": 0.7},
         ])
-        for value in range(2, 8):
-            await session.set_variable("counter", value)  # counter at version 7
+        for count in range(2, 8):
+            await session.set_variable("counter", count)  # counter at version 7
         for value in (0.4, 0.3):
             await session.set_variable("lr", value)  # lr at version 3
         for value in (0.8, 0.9, 1.0):
@@ -310,7 +310,7 @@ async def access_rules(env: Env) -> AsyncIterator[dict[str, Any]]:
         async with dspex_rx.connect(own.target) as owner, dspex_rx.connect(
             own.target, session_id="admin_1", principal_key=ADMIN_KEY
         ) as admin, dspex_rx.connect(own.target) as guest:
-            ns = {"owner": owner, "admin": admin, "guest": guest}
+            ns: dict[str, Any] = {"owner": owner, "admin": admin, "guest": guest}
             yield ns
             # The rules are gone: the guest cannot see the variable, so False, no error.
             assert ns[LAST] is False

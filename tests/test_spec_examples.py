@@ -27,10 +27,11 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm loads
 
@@ -141,7 +142,17 @@ class TrioRuntime:
         return watch  # trio has no task objects: cancel_watch takes the Watch
 
 
-Runtime = AsyncioRuntime | TrioRuntime
+class Runtime(Protocol):
+    """What an example body may use besides the session: one interface, two runtimes."""
+
+    name: str
+
+    def spawn(self, awaitable: Any) -> Any: ...
+    async def join(self, task: Any) -> None: ...
+    async def work(self, seconds: float) -> None: ...
+    def now(self) -> float: ...
+    def event(self) -> Any: ...
+    def cancel_handle(self, task: Any, watch: Any) -> Any: ...
 
 
 def on_asyncio(example: Example, *args: Any) -> Any:
@@ -150,12 +161,26 @@ def on_asyncio(example: Example, *args: Any) -> Any:
 
 
 async def on_trio(example: Example, *args: Any) -> Any:
+    finished = threading.Event()
+    hung = False
+
+    async def hang_guard(scope: trio.CancelScope) -> None:
+        # Wall-clock, in a thread: a hang guard that virtual time cannot trip.
+        nonlocal hung
+        if not await trio.to_thread.run_sync(finished.wait, HANG_GUARD,
+                                             abandon_on_cancel=True):
+            hung = True
+            scope.cancel()
+
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(hang_guard, nursery.cancel_scope)
             result = await example(TrioRuntime(nursery), *args)
+            finished.set()
             nursery.cancel_scope.cancel()  # anything the example left running
     except BaseExceptionGroup as group:
         raise _leaf(group) from None  # report the example's own error, as asyncio does
+    assert not hung, f"{example.__name__} did not finish within {HANG_GUARD} s"
     return result
 
 
@@ -197,7 +222,7 @@ async def until_done(session: SessionContext, variable: str) -> dict[str, Any]:
     status is pushed, so wait for the push that says the run ended (no wall-clock poll)."""
     async with session.watch_optimization(variable) as statuses:
         async for status in statuses:
-            if not status["is_optimizing"]:
+            if not status["is_optimizing"]:  # type: ignore[index]
                 break
     return await session.get_optimization_status(variable)
 
@@ -645,18 +670,31 @@ async def migration_guide(rt: Runtime, target: str) -> dict[str, Any]:
         await session.sync()
         evaluator = rt.spawn(report_each_proposal(session, watch, "temperature"))
         printed: list[tuple[int, float]] = []
-        opt_id = await session.start_optimization(
-            "temperature", "bayesian",
-            callback=lambda i, v, m: printed.append((i, v)) or print(f"Iteration {i}: {v}"))
 
+        def print_iteration(i: int, v: float) -> None:  # the spec's print, recorded too
+            print(f"Iteration {i}: {v}")
+            printed.append((i, v))
+
+        opt_id = await session.start_optimization(
+            "temperature", "bayesian", callback=lambda i, v, m: print_iteration(i, v))
+
+        async def end_of_watch() -> None:
+            # The spec's watch loop never ends: once the run is over, one more significant
+            # write, tagged, tells our loop to stop.
+            final = await until_done(session, "temperature")
+            await session.set_variable("temperature", 0.0 if final["final_value"] > 1 else 2.0,
+                                       metadata={"reason": "done"})
+
+        closer = rt.spawn(end_of_watch())
         significant: list[tuple[Any, Any, dict[str, Any]]] = []
         async for update in session.watch_variable(
             "temperature", filter_fn=lambda old, new: abs(new - old) > 0.05
         ):
             print(f"Temperature changed significantly: {update.value}")
             significant.append((update.old_value, update.value, update.metadata))
-            if update.metadata.get("final"):
-                break  # the spec's loop never ends; ours stops at the run's last write
+            if update.metadata.get("reason") == "done":
+                break
+        await rt.join(closer)
         evaluator.cancel()
         await rt.join(evaluator)
 
@@ -676,15 +714,15 @@ def check_migration_guide(result: dict[str, Any]) -> None:
     assert status["optimization_id"] == result["opt_id"] and status["state"] == "completed"
     assert [i for i, _ in result["printed"]] == list(range(1, status["iteration"] + 1))
     changes = result["significant"]
-    assert changes[0][2] == {} or "iteration" in changes[0][2] or changes[0][0] is None
+    assert changes[0][0] is None  # the initial value, never filtered
     assert all(abs(new - old) > 0.05 for old, new, _ in changes[1:])
-    assert changes[-1][2].get("final") is True
-    assert changes[-1][1] == status["final_value"]
+    assert all("iteration" in meta or meta.get("final") for _, _, meta in changes[1:-1])
+    assert changes[-1][2] == {"reason": "done"}
     # User metadata comes back as given, not shadowed by the system's description field.
     assert result["info"]["metadata"]["description"] == "LLM generation temperature"
     assert [(d["name"], d["type"]) for d in result["deps"]] == [("temperature", "data")]
     exported = {v["name"]: v for v in result["config"]["variables"]}
-    assert exported["temperature"]["value"] == status["final_value"]
+    assert exported["temperature"]["value"] == changes[-1][1]
     history = exported["temperature"]["history"]
     assert [h["version"] for h in history] == sorted(h["version"] for h in history)
     assert len(history) == exported["temperature"]["version"]
@@ -1003,8 +1041,9 @@ async def watching_methods(rt: Runtime, target: str) -> dict[str, Any]:
             written[("metrics", step)] = rt.now()
             await session.set_variable("metrics", {"step": step})
             await rt.work(0.25)
-        for name, value in (("query", "cats"), ("query", "cats and dogs"),
-                            ("filters", ["recent"]), ("sort", "date")):
+        edits: list[tuple[str, Any]] = [("query", "cats"), ("query", "cats and dogs"),
+                                        ("filters", ["recent"]), ("sort", "date")]
+        for name, value in edits:
             written[(name, str(value))] = rt.now()
             await session.set_variable(name, value)
         for event in done.values():
