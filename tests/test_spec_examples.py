@@ -238,7 +238,19 @@ def reserved() -> Iterator[EmbeddedServer]:
 
 
 async def complete_optimization_workflow(rt: Runtime, target: str, out: Path) -> dict[str, Any]:
-    # Differences: a target string, not grpc.aio.insecure_channel(...).
+    import grpc
+
+    # The spec's line passes a channel: refused with a TypeError that names the change.
+    # (grpc.insecure_channel: the same refusal as grpc.aio's, and closable in both runtimes.)
+    channel = grpc.insecure_channel(target)
+    refused = ""
+    try:
+        SessionContext(unique("session_123"), channel)
+    except TypeError as exc:
+        refused = str(exc)
+    finally:
+        channel.close()
+    # Differences: a target string, not a channel.
     session = SessionContext(unique("session_123"), target)
     await session.initialize()
     try:
@@ -276,7 +288,7 @@ async def complete_optimization_workflow(rt: Runtime, target: str, out: Path) ->
         with open(path, "wb") as f:
             f.write(export_data)
         return {
-            "opt_id": opt_id, "status": status, "progress": progress,
+            "refused": refused, "opt_id": opt_id, "status": status, "progress": progress,
             "history": await session.get_optimization_history("base_temperature", limit=500),
             "export": json.loads(path.read_bytes()),
             "deps": await session.get_dependencies("effective_temperature"),
@@ -286,6 +298,7 @@ async def complete_optimization_workflow(rt: Runtime, target: str, out: Path) ->
 
 
 def check_complete_optimization_workflow(result: dict[str, Any]) -> None:
+    assert "SessionContext(session_id, 'localhost:50051')" in result["refused"]
     status, progress, history = result["status"], result["progress"], result["history"]
     n = status["iteration"]
     assert status["optimization_id"] == result["opt_id"]
