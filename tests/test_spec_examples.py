@@ -809,6 +809,10 @@ async def variable_methods(rt: Runtime, target: str) -> dict[str, Any]:
         await session.set_variable("new_config", {"key": "value"}, create_if_missing=True,
                                    type_hint="dict")
         out["new_config"] = await session.get_variable("new_config")
+        # The type table: a map's keys are converted to strings; user metadata stays apart.
+        await session.register_variable("by_id", "dict", {1: "one", 2: "two"},
+                                        metadata={"type": "lookup table"})
+        out["by_id"] = await session.get_variables(["by_id"], include_metadata=True)
         out["temp_history"] = await session.get_variable_history("temperature", limit=1)
 
         # update_variables
@@ -844,6 +848,9 @@ def check_variable_methods(out: dict[str, Any]) -> None:
     assert isinstance(info["stats"]["read_count"], int)
     assert isinstance(info["stats"]["cache_hits"], int)
     assert out["new_config"] == {"key": "value"}
+    by_id = out["by_id"]["by_id"]
+    assert by_id["value"] == {"1": "one", "2": "two"}
+    assert by_id["metadata"] == {"type": "lookup table"} and by_id["type"] == "dict"
     assert out["temp_history"][0]["metadata"] == {"reason": "user_preference", "source": "ui"}
     assert out["results"] == {"temperature": True, "max_tokens": True, "model": True}
     assert out["failures"] == []
@@ -1122,6 +1129,12 @@ async def access_methods(rt: Runtime, target: str, open_target: str) -> dict[str
                 {"session_pattern": "admin_*", "permissions": ["read"]}])
         except ValueError as exc:
             out["unreserved"] = str(exc)
+        try:  # the spec types conditions as Dict[str, str]: only the known keys are kept
+            await plain.set_variable_permissions("api_key", [
+                {"session_pattern": "any", "permissions": ["read"],
+                 "conditions": {"ip_range": "10.0.0.0/8"}}])
+        except ValueError as exc:
+            out["unknown_condition"] = str(exc)
     async with dspex_rx.connect(target) as session, dspex_rx.connect(
         target, session_id=unique(f"admin_{rt.name}"), principal_key=ADMIN_KEY
     ) as admin, dspex_rx.connect(target) as guest:
@@ -1151,6 +1164,7 @@ async def access_methods(rt: Runtime, target: str, open_target: str) -> dict[str
 
 def check_access_methods(out: dict[str, Any]) -> None:
     assert "admin_*" in out["unreserved"]
+    assert "ip_range" in out["unknown_condition"]
     assert out["guest"] == {"read": True, "write": False, "observe": False, "optimize": False}
     assert out["admin"] == {"read": True, "write": True, "observe": False, "optimize": True}
     assert out["owner"] is True
