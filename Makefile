@@ -11,7 +11,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,plot,parquet,dspy]'
+	# torch pinned to the CPU build: an open range would pull a CUDA build of several GB.
+	$(BIN)/pip install --quiet -e '.[dev,plot,parquet,dspy,torch]' 'torch==2.13.0'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -101,7 +101,7 @@ def fill(msg: pb.Value, value: Any, depth: int = 0, _converted: list[bool] | Non
         if outermost and converted[0]:
             msg.map_value.keys_converted = True
     elif _is_torch_tensor(value):
-        _fill_array(msg.array_value, value.detach().cpu().numpy())
+        _fill_array(msg.array_value, _torch_to_numpy(value))
         msg.array_value.origin = "torch"
     else:
         raise VariableTypeError(
@@ -175,6 +175,19 @@ def _collision(value: Mapping[Any, Any]) -> str:
 
 def _is_torch_tensor(value: Any) -> bool:
     return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
+def _torch_to_numpy(tensor: Any) -> np.ndarray:
+    # torch's own error for dtypes numpy lacks ("unsupported ScalarType BFloat16") names
+    # neither the value nor the fix.
+    try:
+        array: np.ndarray = tensor.detach().cpu().numpy()
+    except TypeError as exc:
+        raise VariableTypeError(
+            f"a torch tensor of dtype {str(tensor.dtype).removeprefix('torch.')} has no numpy "
+            f"equivalent to travel as; convert it first (for example tensor.float()): {exc}"
+        ) from None
+    return array
 
 
 def _fill_array(msg: pb.NdArray, array: np.ndarray) -> None:
