@@ -20,6 +20,7 @@ from .errors import (
     VariableTypeError,
 )
 from .limits import Limits
+from .optimize import Proposal
 from .optimizers import BaseOptimizer, SearchSpace
 from .server import EmbeddedServer, Server
 from .types import TYPES
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidValueError",
     "Limits",
     "OptimizationLockedError",
+    "Proposal",
     "ResourceExhaustedError",
     "SearchSpace",
     "Server",

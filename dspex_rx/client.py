@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import reactivex
@@ -60,6 +60,7 @@ from .logs import get_logger
 from .optimize import (
     HeldLease,
     OptimizationRun,
+    Proposal,
     as_objective,
     check_metric,
     check_mode,
@@ -2244,12 +2245,15 @@ class SessionContext:
         report of an earlier proposal (never credited to a later one), a second report of
         one proposal (the first counts), or a report when nothing is being optimized.
 
+        ``proposals(variable)`` yields the proposals to evaluate (none missed, whenever
+        it starts), and ``proposal.report(metrics)`` calls this.
+
         Example::
 
-            async for update in session.watch_variable("temperature", include_initial=False):
-                accuracy = await evaluate(update.value)
+            async for proposal in session.proposals("temperature"):
+                accuracy = await evaluate(proposal.value)
                 await session.report_metrics("temperature", {"accuracy": accuracy},
-                                             version=update.version)
+                                             iteration=proposal.iteration)
         """
         if isinstance(metrics, int | float) and not isinstance(metrics, bool):
             metrics = {"score": float(metrics)}
@@ -2444,6 +2448,69 @@ class SessionContext:
             return CompositeDisposable(subscription, reactivex.disposable.Disposable(scope.cancel))
 
         return self._watch(reactivex.create(subscribe))  # type: ignore[arg-type]
+
+    def proposals(self, variable: str) -> Watch:
+        """The proposals of the variable's optimization run (started without
+        ``objective=``) that await a report, one per iteration, in order: a proposal
+        already waiting when the watch starts comes first, so an evaluator started after
+        ``start_optimization`` misses none. Before a run starts the watch waits for one;
+        it ends when the run it followed ends.
+
+        Example::
+
+            await session.start_optimization("temperature", "bayesian", max_iterations=20)
+            async with session.proposals("temperature") as proposals:
+                async for proposal in proposals:
+                    await proposal.report({"accuracy": await evaluate(proposal.value)})
+        """
+        assert self._nursery is not None, "the session is not initialized"
+        nursery = self._nursery
+
+        def subscribe(
+            observer: rx_abc.ObserverBase[Proposal],
+            scheduler: rx_abc.SchedulerBase | None = None,
+        ) -> rx_abc.DisposableBase:
+            scope = trio.CancelScope()
+
+            async def pump() -> None:
+                with scope:
+                    try:
+                        await self._pump_proposals(variable, observer.on_next)
+                    except Exception as exc:
+                        observer.on_error(exc)
+                        return
+                    observer.on_completed()
+
+            nursery.start_soon(pump)
+            return reactivex.disposable.Disposable(scope.cancel)
+
+        return self._watch(reactivex.create(subscribe))  # type: ignore[arg-type]
+
+    async def _pump_proposals(
+        self, variable: str, emit: Callable[[Proposal], None]
+    ) -> None:
+        # The status stream starts with the current status, so a proposal written before
+        # this watch began is seen; the run's next proposal needs this one's report, so
+        # the value read right after the status is the proposal's (checked by version).
+        last, followed = 0, ""
+        async with self.watch_optimization(variable) as statuses:
+            async for update in statuses:
+                status = cast(dict[str, Any], update)  # this watch carries status dicts
+                run = str(status.get("optimization_id") or "")
+                if status.get("is_optimizing"):
+                    if followed and run != followed:
+                        return  # the run we followed ended and another began
+                    followed = followed or run
+                elif followed:
+                    return  # the run we followed has ended
+                iteration = int(status.get("proposal_iteration") or 0)
+                if not (status.get("awaiting_report") and iteration > last):
+                    continue
+                last = iteration
+                info = (await self.get_variables([variable], include_metadata=True))[variable]
+                if info["version"] != status.get("proposal_version"):
+                    continue  # stopped or superseded meanwhile: nothing to evaluate
+                emit(Proposal(self, variable, run, iteration, info["version"], info["value"]))
 
     async def sync(self) -> int:
         """Wait until every change committed before this call has reached this client's

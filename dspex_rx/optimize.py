@@ -196,6 +196,38 @@ class _Evaluation:
 
 
 @portal_aware
+@dataclass(frozen=True)
+class Proposal:
+    """A value an optimization run (started without ``objective=``) wrote into its
+    variable and waits to hear about: ``session.proposals(variable)`` yields them.
+
+    Example::
+
+        async for proposal in session.proposals("temperature"):
+            await proposal.report({"accuracy": await evaluate(proposal.value)})
+    """
+
+    session: SessionContext = field(repr=False)
+    variable: str
+    optimization_id: str
+    iteration: int
+    version: int  # the variable's version the proposal's write made
+    value: Any
+
+    async def report(self, metrics: Mapping[str, Any] | float) -> dict[str, Any]:
+        """Report this proposal's evaluation (``session.report_metrics`` naming it by its
+        iteration); returns the status.
+
+        Example::
+
+            await proposal.report({"accuracy": 0.81})
+        """
+        return await self.session.report_metrics(
+            self.variable, metrics, iteration=self.iteration
+        )
+
+
+@portal_aware
 class HeldLease:
     """A variable's optimization lease as its holder sees it: writes under the fencing
     token, recorded evaluations, renewal, and the release. ``session.optimization_lease``

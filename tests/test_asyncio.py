@@ -340,6 +340,23 @@ def test_watch_optimization_iterates_statuses_under_asyncio() -> None:
     assert "running" in states and states.index("running") < states.index("completed")
 
 
+def test_an_asyncio_evaluator_reports_every_proposal_of_a_run_without_objective() -> None:
+    async def main() -> tuple[list[tuple[int, float]], dict[str, object]]:
+        async with dspex_rx.connect() as session:
+            await session.register_variable("x", "float", 0.0, constraints={"min": 0.0,
+                                                                            "max": 1.0})
+            await session.start_optimization("x", "grid_search", {"n_points": 3})
+            seen: list[tuple[int, float]] = []
+            async for proposal in session.proposals("x"):
+                seen.append((proposal.iteration, proposal.value))
+                await proposal.report(1.0 - abs(proposal.value - 0.5))
+            return seen, await session.get_optimization_status("x")
+
+    seen, final = run(main)
+    assert seen == [(1, 0.0), (2, 0.5), (3, 1.0)]
+    assert final["state"] == "completed" and final["best_value"] == 0.5
+
+
 def test_dspy_resolver_and_bridge_under_asyncio_see_the_callers_dspy_context() -> None:
     dspy = pytest.importorskip("dspy")
     from dspex_rx.dspy import DSPyOptimizationBridge, ModuleVariableResolver

@@ -656,6 +656,61 @@ async def test_reports_from_another_connection_drive_a_grid_run_to_its_best(
     assert await b.get_variable("t", bypass_cache=True) == 1.0
 
 
+async def test_proposals_started_after_the_first_proposal_miss_none_and_end_with_the_run(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    a, b = pair
+    opt_id = await a.start_optimization("t", "grid_search", {"n_points": 3,
+                                                             "metric": "accuracy"})
+    # The first proposal is written before the evaluator exists: a watch of the variable
+    # started now would never see it, and the run would wait for ever.
+    status = await a.get_optimization_status("t")
+    while not status["awaiting_report"]:
+        await a.sync()
+        status = await a.get_optimization_status("t")
+    got: list[tuple[int, float, int, str]] = []
+    async with b.proposals("t") as proposals:
+        async for proposal in proposals:
+            got.append((proposal.iteration, proposal.value, proposal.version,
+                        proposal.optimization_id))
+            answer = await proposal.report(_accuracy(proposal.value))
+            assert answer["report_metrics"] == _accuracy(proposal.value)
+    assert [(i, v) for i, v, _, _ in got] == [(1, 0.0), (2, 1.0), (3, 2.0)]
+    assert {run for _, _, _, run in got} == {opt_id}
+    versions = [version for _, _, version, _ in got]
+    assert versions == sorted(versions) and len(set(versions)) == 3
+    final = await a.wait_for_optimization("t")
+    assert final["state"] == "completed" and final["best_value"] == 1.0
+
+
+async def test_proposals_wait_for_a_run_and_end_when_it_is_stopped(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    a, b = pair
+    got: list[int] = []
+    ended = trio.Event()
+
+    async def evaluator() -> None:
+        async with b.proposals("t") as proposals:
+            async for proposal in proposals:
+                got.append(proposal.iteration)
+                if proposal.iteration == 2:
+                    await a.stop_optimization("t", reason="enough")
+                else:
+                    await proposal.report(_accuracy(proposal.value))
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(evaluator)
+        await b.sync()  # nothing runs yet: the evaluator waits for a run
+        assert got == []
+        await a.start_optimization("t", "grid_search", {"n_points": 5, "metric": "accuracy"})
+        await ended.wait()
+    assert got == [1, 2]
+    final = await a.get_optimization_status("t")
+    assert final["is_optimizing"] is False and final["iteration"] == 1
+
+
 async def test_reports_drive_a_bayesian_run_near_the_optimum(
     pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
 ) -> None:
