@@ -123,21 +123,14 @@ async def follow_status(
 
 async def evaluate_proposals(
     session: dspex_rx.SessionContext, evaluate: Callable[[float], dict[str, float]],
-    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The program's side of ask/tell: evaluate every proposal the optimizer writes and
-    report its metrics, tied to the proposal by the version it wrote; stop at the run's
-    final write. Started (``nursery.start``) once its watch is registered."""
-    async with session.watch_variable(TARGET, include_initial=False) as watch:
-        await session.sync()
-        task_status.started()
-        async for update in watch:
-            if update.metadata.get("final"):
-                return
-            if "iteration" in update.metadata:  # a proposal
-                # Evaluating is slow, synchronous work (an LLM over a dev set): a thread.
-                metrics = await trio.to_thread.run_sync(evaluate, update.value)
-                await session.report_metrics(TARGET, metrics, version=update.version)
+    report its metrics; ``proposals`` yields the one already waiting first, so starting
+    after the run misses nothing, and it ends when the run ends."""
+    async with session.proposals(TARGET) as proposals:
+        async for proposal in proposals:
+            # Evaluating is slow, synchronous work (an LLM over a dev set): a thread.
+            await proposal.report(await trio.to_thread.run_sync(evaluate, proposal.value))
 
 
 def _json_default(value: Any) -> Any:
@@ -229,8 +222,6 @@ async def main(out_dir: str | Path | None = None) -> dict[str, Any]:
                     except ValueError as exc:
                         refused.append(f"{type(exc).__name__}: {exc}")
 
-            # The evaluator watches before the run starts, so it sees the first proposal.
-            await nursery.start(evaluate_proposals, session, evaluate)
             print(f"optimizing {TARGET} (bayesian, expected improvement, "
                   f"at most {MAX_ITERATIONS} iterations):")
             opt_id = await session.start_optimization(
@@ -240,6 +231,7 @@ async def main(out_dir: str | Path | None = None) -> dict[str, Any]:
                 max_iterations=MAX_ITERATIONS, convergence_threshold=0.001,
                 callback=on_iteration,
             )
+            nursery.start_soon(evaluate_proposals, session, evaluate)
             # Started after the run, not before: the first poll then cannot come too late.
             nursery.start_soon(poll_status, other, polled)
             final = await session.wait_for_optimization(TARGET)
