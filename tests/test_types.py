@@ -27,6 +27,7 @@ from dspex_rx import (
     InvalidValueError,
     SessionContext,
     VariableTypeError,
+    codec,
 )
 
 NAN = float("nan")
@@ -1052,9 +1053,11 @@ class _TensorDouble:
 
 
 async def test_a_tensor_written_from_torch_keeps_its_origin_without_torch(
-    session: SessionContext,
+    session: SessionContext, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from dspex_rx.v1 import variables_pb2 as pb
+
+    monkeypatch.setattr(codec, "_torch", lambda: None)  # a reader without torch
 
     weights = np.arange(6, dtype=np.float32).reshape(2, 3)
     await session.register_variable("w", "tensor", _TensorDouble(weights))
@@ -1083,12 +1086,9 @@ async def test_a_tensor_written_from_torch_keeps_its_origin_without_torch(
 
 
 async def test_as_tensor_torch_without_torch_says_what_is_missing(
-    session: SessionContext,
+    session: SessionContext, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is not None:
-        pytest.skip("torch is installed: tests/test_types_torch.py covers as_tensor='torch'")
+    monkeypatch.setattr(codec, "_torch", lambda: None)  # as where torch is not installed
     await session.register_variable("w", "tensor", np.zeros(3, np.float32))
     with pytest.raises(ImportError, match=r"as_tensor='torch' needs PyTorch, which is not "
                                           r"installed \(pip install torch\)"):
