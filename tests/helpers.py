@@ -1,7 +1,7 @@
 """Helpers shared by the tests: wait for the stream to catch up, read a watch's buffer
 without waiting, wait for a condition, inject a lost connection, beat a session's
-heartbeat on in virtual time, run ``dspex-rx serve``, and a store's fake clock, rules and
-session ends."""
+heartbeat on in virtual time, run ``dspex-rx serve``, a store's fake clock, rules and
+session ends, and a stand-in for a torch tensor."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import trio
 import trio.testing
 
@@ -116,3 +117,22 @@ def unavailable() -> grpc.aio.AioRpcError:
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
         "injected: connection lost",
     )
+
+
+class TensorDouble:
+    """Stands for a ``torch.Tensor`` where torch is not wanted: the codec knows a tensor by
+    its module and ``detach().cpu().numpy()``, which is all this provides."""
+
+    __module__ = "torch"
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def detach(self) -> TensorDouble:
+        return self
+
+    def cpu(self) -> TensorDouble:
+        return self
+
+    def numpy(self) -> np.ndarray:
+        return self.array

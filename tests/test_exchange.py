@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from helpers import settle
+from helpers import TensorDouble, settle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -707,21 +707,6 @@ async def test_converted_keys_and_torch_origin_export_as_plain_values(
 ) -> None:
     # Format version 1 holds plain values: the marks of how a value was written (issue
     # #12) stay out of the file, so a pickle never names dspex_rx classes.
-    class TensorDouble:  # what the codec takes for a torch.Tensor
-        __module__ = "torch"
-
-        def __init__(self, array: np.ndarray) -> None:
-            self.array = array
-
-        def detach(self) -> TensorDouble:
-            return self
-
-        def cpu(self) -> TensorDouble:
-            return self
-
-        def numpy(self) -> np.ndarray:
-            return self.array
-
     await session.register_variable("cfg", "dict", {1: "a", "x": {2: 3}})
     await session.register_variable("w", "tensor", TensorDouble(np.arange(3.0)))
     data = await session.export_variables(format)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import TensorDouble
 
 from dspex_rx import (
     AlreadyExistsError,
@@ -1033,25 +1034,6 @@ async def test_dict_keys_that_collide_once_converted_are_refused_naming_them(
     assert (await session.get_variables(["cfg"], include_metadata=True))["cfg"]["version"] == 1
 
 
-class _TensorDouble:
-    """Stands for a ``torch.Tensor`` where torch is not installed: the codec knows a tensor
-    by its module and ``detach().cpu().numpy()``, which is all this provides."""
-
-    __module__ = "torch"
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def detach(self) -> _TensorDouble:
-        return self
-
-    def cpu(self) -> _TensorDouble:
-        return self
-
-    def numpy(self) -> np.ndarray:
-        return self.array
-
-
 async def test_a_tensor_written_from_torch_keeps_its_origin_without_torch(
     session: SessionContext, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1060,7 +1042,7 @@ async def test_a_tensor_written_from_torch_keeps_its_origin_without_torch(
     monkeypatch.setattr(codec, "_torch", lambda: None)  # a reader without torch
 
     weights = np.arange(6, dtype=np.float32).reshape(2, 3)
-    await session.register_variable("w", "tensor", _TensorDouble(weights))
+    await session.register_variable("w", "tensor", TensorDouble(weights))
     # The server keeps the origin with the value and sends it back on the wire.
     response = await session._call(
         "GetVariable", pb.GetVariableRequest(session_id=session.session_id, ref="w"),
