@@ -17,10 +17,11 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import outcome
 import sniffio
@@ -33,6 +34,7 @@ log = get_logger("dspex_rx.aio")
 T = TypeVar("T")
 P = ParamSpec("P")
 C = TypeVar("C", bound=type)
+F = TypeVar("F", bound=Callable[..., Any])
 
 # The dunder methods ``async with`` / ``async for`` call; other dunders stay as they are.
 _ASYNC_DUNDERS = frozenset({"__aenter__", "__aexit__", "__anext__"})
@@ -57,6 +59,9 @@ class Portal:
         self._stop: trio.Event | None = None
         self._ended = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # Calls from asyncio not yet answered: failed if the run ends under them (a
+        # BaseException out of a session's task), so no caller waits for ever.
+        self._inflight: dict[asyncio.Future[Any], asyncio.AbstractEventLoop] = {}
         self._waiters_lock = threading.Lock()
 
     def start(self) -> None:
@@ -73,23 +78,34 @@ class Portal:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 self.token = trio.lowlevel.current_trio_token()
+                _portal_tokens.add(self.token)
                 ready.set()
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
 
         def run() -> None:
+            reason = "the dspex-rx portal stopped"
             try:
                 trio.run(main)
-            except BaseException:  # pragma: no cover - trio itself failed
+            except BaseException as exc:
+                # A BaseException escaped a task in the run (a SystemExit from a user
+                # callback, say): every session opened through this portal is gone.
                 log.exception("portal_failed")
+                reason = f"the dspex-rx portal failed: {type(exc).__name__}: {exc}"
             finally:
+                _forget(self)
                 ready.set()
                 with self._waiters_lock:
                     self._ended.set()
                     waiters, self._waiters = self._waiters, []
+                    inflight, self._inflight = self._inflight, {}
                 for loop, future in waiters:
                     with contextlib.suppress(RuntimeError):  # that loop has closed
                         loop.call_soon_threadsafe(_set_done, future)
+                failed = outcome.Error(RuntimeError(reason))
+                for call, loop in inflight.items():
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(_set_done, call, failed)
 
         # A daemon thread, as a last resort: a program that never closes its session must
         # still be able to exit.
@@ -120,6 +136,29 @@ class Portal:
         """
         if self.thread is not None:
             self.thread.join()
+
+    def track(self, loop: asyncio.AbstractEventLoop, call: asyncio.Future[Any]) -> bool:
+        """Note a call in flight; False if the run has already ended (nothing will answer).
+
+        Example::
+
+            if not portal.track(loop, done): raise RuntimeError("portal ended")
+        """
+        with self._waiters_lock:
+            if self._ended.is_set():
+                return False
+            self._inflight[call] = loop
+            return True
+
+    def untrack(self, call: asyncio.Future[Any]) -> None:
+        """Forget an answered call.
+
+        Example::
+
+            portal.untrack(done)
+        """
+        with self._waiters_lock:
+            self._inflight.pop(call, None)
 
     async def ended(self) -> None:
         """Wait, from asyncio, until the portal thread has ended.
@@ -162,6 +201,8 @@ async def _uncancellable(future: asyncio.Future[T]) -> T:
 
 _lock = threading.Lock()
 _current: Portal | None = None
+# Tokens of portal runs, so an object living in a trio program's own run is told apart.
+_portal_tokens: weakref.WeakSet[trio.lowlevel.TrioToken] = weakref.WeakSet()
 
 
 def current_portal() -> Portal | None:
@@ -187,6 +228,14 @@ def _acquire() -> Portal:
                 raise
         portal.refs += 1
         return portal
+
+
+def _forget(portal: Portal) -> None:
+    # The run has ended (stopped or failed): the next call from asyncio starts a new one.
+    global _current
+    with _lock:
+        if _current is portal:
+            _current = None
 
 
 def _release(portal: Portal) -> bool:
@@ -235,6 +284,23 @@ def hold_current_run() -> Callable[[], None] | None:
 # ------------------------------------------------------------------ calls from asyncio
 
 
+def is_async_callable(fn: Any) -> bool:
+    """True for ``async def`` functions, partials of them, and objects whose ``__call__``
+    is one: what must be awaited rather than called in a worker thread.
+
+    Example::
+
+        >>> async def score(value): return value
+        >>> is_async_callable(score), is_async_callable(abs)
+        (True, False)
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - the bound __call__ is what runs
+    )
+
+
 def _on_loop(fn: Callable[..., Awaitable[Any]], loop: asyncio.AbstractEventLoop) -> Any:
     # An async callable given from asyncio (an objective, a derive function, a callback)
     # runs on the caller's loop, where it can await asyncio things.
@@ -253,12 +319,11 @@ def _on_loop(fn: Callable[..., Awaitable[Any]], loop: asyncio.AbstractEventLoop)
 def _caller_callables(
     args: tuple[Any, ...], kwargs: dict[str, Any], loop: asyncio.AbstractEventLoop
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if not any(inspect.iscoroutinefunction(a) for a in (*args, *kwargs.values())):
+    if not any(is_async_callable(a) for a in (*args, *kwargs.values())):
         return args, kwargs
     return (
-        tuple(_on_loop(a, loop) if inspect.iscoroutinefunction(a) else a for a in args),
-        {k: _on_loop(v, loop) if inspect.iscoroutinefunction(v) else v
-         for k, v in kwargs.items()},
+        tuple(_on_loop(a, loop) if is_async_callable(a) else a for a in args),
+        {k: _on_loop(v, loop) if is_async_callable(v) else v for k, v in kwargs.items()},
     )
 
 
@@ -279,6 +344,16 @@ async def run_in_portal(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: A
 
         value = await run_in_portal(session_trio_method, "temperature")
     """
+    return await _run_in_portal(fn, args, kwargs, None)
+
+
+async def _run_in_portal(
+    fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any],
+    discard: Callable[[T], None] | None, name: str | None = None,
+) -> T:
+    # ``discard(value)`` runs in the trio run when the caller was cancelled after the
+    # call had already succeeded there: it undoes what the lost result took (a watch
+    # update popped from its buffer goes back), so a late cancel loses nothing.
     loop = asyncio.get_running_loop()
     args, kwargs = _caller_callables(args, kwargs, loop)
     portal = _acquire()
@@ -286,6 +361,10 @@ async def run_in_portal(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: A
     assert token is not None and nursery is not None
     done: asyncio.Future[outcome.Outcome[T] | None] = loop.create_future()
     state: dict[str, Any] = {"cancel": False, "scope": None}
+
+    def answer(result: outcome.Outcome[T] | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+            loop.call_soon_threadsafe(_set_done, done, result)
 
     async def task() -> None:
         result: outcome.Outcome[T] | None = None
@@ -297,23 +376,31 @@ async def run_in_portal(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: A
                 try:
                     result = outcome.Value(await fn(*args, **kwargs))
                 except BaseException as exc:
-                    if scope.cancel_called and _only_cancelled(exc):
-                        raise  # ours: the scope absorbs it, and the caller was cancelled
+                    if _only_cancelled(exc):
+                        if scope.cancel_called:
+                            raise  # ours: the scope absorbs it, and the caller was cancelled
+                        # Not ours (the portal is ending under the call): trio's Cancelled
+                        # means nothing to an asyncio caller.
+                        result = outcome.Error(RuntimeError(
+                            "the dspex-rx portal stopped while the call ran"))
+                        raise
                     result = outcome.Error(exc)
         finally:
             if result is None and not state["cancel"]:
                 result = outcome.Error(RuntimeError("the dspex-rx portal stopped"))
-            with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-                loop.call_soon_threadsafe(_set_done, done, result)
+            answer(result)
 
     # The task runs in a copy of the caller's context, as an asyncio task would: context
     # variables the caller set (dspy.context(lm=...)) reach the call and its worker threads.
     context = contextvars.copy_context()
 
-    name = f"dspex-rx-aio[{getattr(fn, '__qualname__', fn)}]"
+    name = f"dspex-rx-aio[{name or getattr(fn, '__qualname__', fn)}]"
 
     def spawn() -> None:
-        nursery.start_soon(task, name=name)
+        try:
+            nursery.start_soon(task, name=name)
+        except RuntimeError as exc:  # the nursery is closing: the portal is ending
+            answer(outcome.Error(RuntimeError(f"the dspex-rx portal is stopping: {exc}")))
 
     def start() -> None:
         context.run(spawn)
@@ -324,22 +411,49 @@ async def run_in_portal(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: A
             state["scope"].cancel()
 
     try:
-        token.run_sync_soon(start)
+        if not portal.track(loop, done):
+            raise RuntimeError("the dspex-rx portal has ended")
+        try:
+            token.run_sync_soon(start)
+        except trio.RunFinishedError:
+            raise RuntimeError("the dspex-rx portal has ended") from None
         try:
             # Shielded: cancelling the caller must not cancel ``done`` itself, which says
             # when the trio side has finished.
             result = await asyncio.shield(done)
         except asyncio.CancelledError:
             # Callbacks run in order, so start() has run before cancel() does.
-            token.run_sync_soon(cancel)
-            await _uncancellable(done)
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(cancel)
+            late = await _uncancellable(done)
+            if discard is not None and isinstance(late, outcome.Value):
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(discard, late.value)
             raise
     finally:
+        portal.untrack(done)
         if _release(portal):
             await portal.ended()
     if result is None:  # cancelled on the trio side although nobody asked: say so
         raise asyncio.CancelledError
     return result.unwrap()
+
+
+def undo_when_lost(undo: Callable[[Any, Any], None]) -> Callable[[F], F]:
+    """Mark an ``async def`` method whose result, if its asyncio caller is cancelled just
+    after it succeeded, must be undone by ``undo(self, result)`` in the trio run.
+
+    Example::
+
+        @undo_when_lost(lambda watch, update: watch._buffer.appendleft(update))
+        async def next(self): ...
+    """
+
+    def mark(method: F) -> F:
+        method._portal_undo = undo  # type: ignore[attr-defined]
+        return method
+
+    return mark
 
 
 def _library() -> str | None:
@@ -355,6 +469,8 @@ _sniffio_local = sniffio.thread_local
 
 
 def _async_method(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    undo = getattr(method, "_portal_undo", None)
+
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         if _sniffio_local.name == "trio":
@@ -363,18 +479,49 @@ def _async_method(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
         if library == "trio":
             return method(self, *args, **kwargs)
         if library == "asyncio":
-            return run_in_portal(method, self, *args, **kwargs)
+            owner = owner_token(self)
+            if owner is not None and owner not in _portal_tokens:
+                return _in_owner_run(method, owner, self, *args, **kwargs)
+            discard = None if undo is None else functools.partial(undo, self)
+            # Bound first: only the call's own arguments are the caller's callables (an
+            # object with an async __call__ is not to be moved to the caller's loop).
+            return _run_in_portal(functools.partial(method, self), args, kwargs, discard,
+                                  method.__qualname__)
         return _decide_later(method, self, *args, **kwargs)
 
     return wrapper
 
 
-async def _decide_later(method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+def _in_owner_run(
+    method: Callable[..., Awaitable[T]], owner: trio.lowlevel.TrioToken, *args: Any,
+    **kwargs: Any,
+) -> Awaitable[T]:
+    # The object lives in a trio program's own run, and asyncio code calls it: that is
+    # asyncio hosted in trio by trio-asyncio (same thread), where trio_as_aio crosses.
+    # The portal would run it in the wrong trio run (its events belong to the owner's).
+    try:
+        here: trio.lowlevel.TrioToken | None = trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        here = None
+    trio_asyncio = sys.modules.get("trio_asyncio")
+    if here is owner and trio_asyncio is not None:
+        return cast(Awaitable[T], trio_asyncio.trio_as_aio(method)(*args, **kwargs))
+    raise RuntimeError(
+        f"{getattr(method, '__qualname__', method)} belongs to the trio run that opened its "
+        "session; call it from that run's trio code (from asyncio code hosted in it, "
+        "through trio_asyncio.trio_as_aio)"
+    )
+
+
+async def _decide_later(
+    method: Callable[..., Awaitable[T]], self: Any, *args: Any, **kwargs: Any
+) -> T:
     # The coroutine was made outside any async library (``loop.run_until_complete(
     # session.initialize())``): decide when it first runs.
     if _library() == "asyncio":
-        return await run_in_portal(method, *args, **kwargs)
-    return await method(*args, **kwargs)
+        return await _run_in_portal(functools.partial(method, self), args, kwargs, None,
+                                    method.__qualname__)
+    return await method(self, *args, **kwargs)
 
 
 class PortalContextManager:
@@ -594,18 +741,36 @@ def subscribe_from_outside(
                 observer.on_next, observer.on_error, observer.on_completed
             )
         target = loop
+        holder: list[Any] = []
+
+        def orphaned() -> None:
+            # The subscriber's loop has closed: nobody will see another value, so stop
+            # the subscription (in the trio run, where this runs) and say so once.
+            if holder and holder[0] is not None:
+                inner, holder[0] = holder[0], None
+                log.warning("observer_loop_closed",
+                            reason="the asyncio loop that subscribed has closed; "
+                                   "its subscription ended")
+                inner.dispose()
 
         def post(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
             if fn is None:
                 return None
 
             def posted(*args: Any) -> None:
-                with contextlib.suppress(RuntimeError):  # the asyncio loop has closed
+                try:
                     target.call_soon_threadsafe(fn, *args)
+                except RuntimeError:  # the asyncio loop has closed
+                    orphaned()
 
             return posted
 
         on_next, on_error, on_completed = post(on_next), post(on_error), post(on_completed)
+        inner = call_in_run(
+            token, subscribe, on_next, on_error, on_completed, scheduler=scheduler
+        )
+        holder.append(inner)
+        return Disposable(lambda: call_in_run(token, inner.dispose))
     inner = call_in_run(
         token, subscribe, on_next, on_error, on_completed, scheduler=scheduler
     )

@@ -8,7 +8,6 @@ module only drives them, in the session's nursery.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +20,7 @@ import trio
 
 from . import codec
 from .actors import VariableUpdate
-from .aio import portal_aware
+from .aio import is_async_callable, portal_aware
 from .convert import timestamp, utc_datetime
 from .errors import DspexError, InvalidValueError, OptimizationLockedError, VariableTypeError
 from .leases import score_of
@@ -161,23 +160,6 @@ def check_metric(name: str, config: Mapping[str, Any]) -> str | None:
     if metric is not None and not isinstance(metric, str):
         raise InvalidValueError(f"variable {name!r}: optimizer_config['metric'] must be a string")
     return metric
-
-
-def is_async_callable(fn: Any) -> bool:
-    """True for ``async def`` functions, partials of them, and objects whose ``__call__``
-    is one: those run in the trio thread; anything else runs in a worker thread.
-
-    Example::
-
-        >>> async def score(value): return value
-        >>> is_async_callable(score), is_async_callable(abs)
-        (True, False)
-    """
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - the bound __call__ is what runs
-    )
 
 
 @dataclass

@@ -17,7 +17,7 @@ from reactivex import abc as rx_abc
 from reactivex.disposable import CompositeDisposable, SerialDisposable
 
 from .actors import VariableUpdate
-from .aio import note_driver, portal_aware
+from .aio import note_driver, portal_aware, undo_when_lost
 
 _ids = itertools.count(1)
 
@@ -135,6 +135,9 @@ class Watch:
         note_driver(self)  # under asyncio: cancel_watch(task) ends what the task iterates
         return self.next()
 
+    # An asyncio caller cancelled just after this returned would lose the update: put it
+    # back, so a wait_for(watch.next(), t) timing out at the wrong moment drops nothing.
+    @undo_when_lost(lambda watch, update: watch._buffer.appendleft(update))
     async def next(self) -> VariableUpdate:
         """The next update (what ``async for`` takes); ``StopAsyncIteration`` at the end.
 

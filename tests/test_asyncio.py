@@ -10,13 +10,16 @@ under trio). Waits are event-driven: ``session.sync()`` or an ``asyncio.Event``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
+import trio
 
 import dspex_rx
 from dspex_rx import SessionContext, VariableNotFoundError, VariableUpdate, Watch, aio
@@ -272,9 +275,13 @@ def test_async_callables_from_asyncio_run_on_the_callers_loop() -> None:
             await asyncio.sleep(0)  # an asyncio await: only possible on an asyncio loop
             return base * factor
 
-        async def objective(value: float) -> float:
-            loops.append(asyncio.get_running_loop())
-            return -abs(value - 0.5)
+        class Objective:  # an async __call__ counts too (a review finding: it ran in trio)
+            async def __call__(self, value: float) -> float:
+                loops.append(asyncio.get_running_loop())
+                await asyncio.sleep(0)
+                return -abs(value - 0.5)
+
+        objective = Objective()
 
         async with dspex_rx.connect() as session:
             await session.register_variable("base", "float", 2.0)
@@ -426,3 +433,107 @@ def test_coroutines_made_outside_a_loop_decide_when_they_run(target: str) -> Non
     finally:
         loop.close()
     assert aio.current_portal() is None and portal_threads() == []
+
+
+# ------------------------------------------------------------------ failures at the seam
+
+
+class _SpyBuffer(collections.deque):  # type: ignore[type-arg]
+    """A watch buffer that tells another thread when an update has been taken."""
+
+    def __init__(self, taken: threading.Event) -> None:
+        super().__init__()
+        self.taken = taken
+
+    def popleft(self) -> Any:
+        update = super().popleft()
+        self.taken.set()
+        return update
+
+
+def test_a_cancel_landing_after_next_succeeded_keeps_the_update() -> None:
+    # Guards a review finding: an asyncio caller cancelled after the trio side had popped
+    # the update (a wait_for timing out at that moment) lost that update for good.
+    async def main() -> list[int]:
+        async with dspex_rx.connect() as session:
+            await session.register_variable("v", "integer", 0)
+            watch = await session.watch_variable("v", include_initial=False)
+            taken = threading.Event()
+            watch._buffer = _SpyBuffer(taken)
+            await session.set_variable("v", 1)
+            await session.sync()  # update 1 waits in the buffer
+            task = asyncio.create_task(watch.next())
+            await asyncio.sleep(0)  # the task hands next() to the portal
+            # The loop is held (not awaiting) until the trio side has taken update 1, so
+            # the cancel lands after next() succeeded there.
+            assert taken.wait(10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await session.set_variable("v", 2)
+            await session.sync()
+            # A hang guard only: both updates are buffered by now.
+            return [(await asyncio.wait_for(watch.next(), 10)).value for _ in range(2)]
+
+    assert run(main) == [1, 2]
+
+
+def test_a_portal_killed_by_a_base_exception_fails_calls_in_flight_then_restarts() -> None:
+    # Guards a review finding: a BaseException out of a task in the portal's run ended it,
+    # and the asyncio call waiting on it hung for ever.
+    async def main() -> tuple[str, float]:
+        never = trio.Event()
+
+        async def wait_for_ever() -> None:
+            await never.wait()
+
+        async def crash() -> None:
+            async def die() -> None:
+                raise SystemExit(3)
+
+            trio.lowlevel.spawn_system_task(die)
+
+        waiting = asyncio.create_task(aio.run_in_portal(wait_for_ever))
+        await asyncio.sleep(0)
+        await aio.run_in_portal(crash)
+        with pytest.raises(RuntimeError, match=r"portal (failed: SystemExit|stopped)"):
+            await waiting
+        async with dspex_rx.connect() as session:  # a new portal serves the next caller
+            await session.register_variable("t", "float", 0.5)
+            return str(aio.current_portal() is not None), await session.get_variable("t")
+
+    assert run(main) == ("True", 0.5)
+
+
+def test_an_observer_whose_loop_closed_is_unsubscribed_and_said_once(
+    target: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Guards a review finding: values for a subscriber whose asyncio loop had closed were
+    # dropped silently, and its subscription was never ended.
+    got: list[int] = []
+    box: dict[str, SessionContext] = {}
+
+    async def open_and_subscribe() -> None:  # loop A: closes when this returns
+        session = SessionContext(None, target)
+        await session.initialize()
+        await session.register_variable("v", "integer", 0)
+        session.observe("v").subscribe(lambda update: got.append(update.value))
+        await session.sync()
+        box["session"] = session
+
+    async def write_then_close() -> None:  # loop B: the session lives on
+        session = box["session"]
+        await session.set_variable("v", 5)
+        await session.sync()
+        await session.set_variable("v", 6)
+        await session.sync()
+        await session.close()
+
+    opener = threading.Thread(target=asyncio.run, args=(open_and_subscribe(),))
+    opener.start()
+    opener.join()
+    with caplog.at_level(logging.WARNING, logger="dspex_rx.aio"):
+        run(write_then_close)
+    assert got == [0]
+    warnings = [r for r in caplog.records if "observer_loop_closed" in r.getMessage()]
+    assert len(warnings) == 1  # said once: the second write found no subscription

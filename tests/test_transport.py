@@ -246,14 +246,32 @@ async def asyncio_main():
         await session.register_variable("y", "integer", 3)
         print("asyncio", await session.get_variable("y", bypass_cache=True))
 
+async def hosted_main():
+    # asyncio code hosted in the trio program's run (trio-asyncio) iterates a watch that
+    # run made: it must be served by that run, not by the asyncio portal's.
+    async with dspex_rx.connect() as session:
+        await session.register_variable("z", "integer", 1)
+        watch = await session.watch_variable("z", include_initial=False)
+
+        async def asyncio_side():
+            await session.set_variable("z", 5)
+            return (await watch.next()).value
+
+        async with trio_asyncio.open_loop():
+            with trio.fail_after(30):  # a hang guard only
+                print("hosted", await trio_asyncio.aio_as_trio(asyncio_side)())
+
 trio.run(trio_main)
 asyncio.run(asyncio_main())
+trio.run(hosted_main)
 '''
 
 
 def test_importing_trio_asyncio_breaks_neither_trio_nor_asyncio_programs() -> None:
     # Regression: with trio_asyncio imported, LoopThread made its loop through asyncio's
     # (patched) policy on the trio thread and connect() failed "within a Trio environment".
+    # And (a review finding) asyncio code hosted in a trio run was sent to the portal,
+    # whose run then woke the owner run's events: an assertion in trio, then a hang.
     # A fresh interpreter: trio_asyncio's patches are process-wide and must not leak.
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(
@@ -261,4 +279,4 @@ def test_importing_trio_asyncio_breaks_neither_trio_nor_asyncio_programs() -> No
         timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["trio 2 asyncio", "asyncio 3"]
+    assert done.stdout.splitlines() == ["trio 2 asyncio", "asyncio 3", "hosted 5"]
