@@ -216,14 +216,16 @@ class Proposal:
 
     async def report(self, metrics: Mapping[str, Any] | float) -> dict[str, Any]:
         """Report this proposal's evaluation (``session.report_metrics`` naming it by its
-        iteration); returns the status.
+        version, iteration and run, so a late report is never credited to a later proposal
+        or run); returns the status.
 
         Example::
 
             await proposal.report({"accuracy": 0.81})
         """
         return await self.session.report_metrics(
-            self.variable, metrics, iteration=self.iteration
+            self.variable, metrics, iteration=self.iteration, version=self.version,
+            optimization_id=self.optimization_id,
         )
 
 
@@ -594,7 +596,7 @@ class OptimizationRun:
                 updates, self._metric_updates = self._metric_updates, []
                 for update in updates:
                     metrics = self._metric_report(update, iteration, written)
-                    if metrics is not None and await self._forward(metrics, iteration):
+                    if metrics is not None and await self._forward(metrics, iteration, written):
                         return metrics
                 continue
             self._wake = trio.Event()
@@ -648,12 +650,17 @@ class OptimizationRun:
                  f"the metric variable {self.metric_variable!r}")
         return metrics
 
-    async def _forward(self, metrics: dict[str, Any], iteration: int) -> bool:
+    async def _forward(
+        self, metrics: dict[str, Any], iteration: int, written: pb.Variable
+    ) -> bool:
         # The metric variable's evaluation becomes a report like any other, so the first
         # report of a proposal wins whichever way it came. Refused (another report came
         # first, or the run ended): the loop hears of that as an event.
         try:
-            await self.session.report_metrics(self.variable, metrics, iteration=iteration)
+            await self.session.report_metrics(
+                self.variable, metrics, iteration=iteration, version=written.version,
+                optimization_id=self.optimization_id,
+            )
         except InvalidValueError as exc:
             log.info("optimization_metric_not_reported", variable=self.variable,
                      reason=str(exc))
