@@ -5,10 +5,12 @@ optimizers through the real server."""
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -941,6 +943,15 @@ async def test_a_report_reaches_a_run_whose_watch_stream_is_down(
     assert [e["score"] for e in await b.get_optimization_history("t")] == [0.3]
 
 
+async def _spin_until(done: Callable[[], bool], limit: float = 10.0) -> None:
+    # Virtual time stands still while a status poll crosses to the server thread: yield
+    # until ``done()``, failing (not hanging) past a wall-clock bound.
+    give_up = time.monotonic() + limit
+    while not done():
+        assert time.monotonic() < give_up, "the awaited log line never came"
+        await trio.sleep(0)
+
+
 async def _awaiting(session: dspex_rx.SessionContext, opt_id: str) -> dict[str, Any]:
     # The run's status once its current proposal awaits a report.
     status = await session.get_optimization_status("t")
@@ -1007,6 +1018,79 @@ async def test_a_report_naming_no_proposal_is_refused_with_the_way_to_name_it(
     assert done["report_metrics"] == {"score": 1.0}
     await b.stop_optimization("t")
     await a.wait_for_optimization(opt_id)
+
+
+async def test_a_metric_variable_write_scores_only_the_proposal_it_names(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Guards H2: any metric-variable change after a proposal's write counted, so a second
+    # (final or late) write of one proposal scored the next proposal.
+    caplog.set_level(logging.WARNING, logger="dspex_rx.optimize")
+    a, b = pair
+    await a.register_variable("acc", "float", 0.0)
+    seen: list[int] = []
+
+    async def evaluator() -> None:
+        previous = None
+        async with b.proposals("t") as proposals:
+            async for proposal in proposals:
+                seen.append(proposal.version)
+                if previous is not None:  # the previous proposal's final write, late
+                    await b.set_variable("acc", 1000.0,
+                                         metadata={"proposal_version": previous})
+                await b.set_variable("acc", -100.0)  # names no proposal: not credited
+                await b.set_variable("acc", -abs(proposal.value - 1.5),
+                                     metadata={"proposal_version": proposal.version})
+                previous = proposal.version
+
+    # A bound, not a wait: a run that credits nothing would otherwise hang the test.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(evaluator)
+            opt_id = await a.start_optimization("t", "grid_search",
+                                                {"n_points": 4, "metric_variable": "acc"})
+            final = await a.wait_for_optimization(opt_id)
+    history = await a.get_optimization_history("t")
+    assert [(e["value"], e["score"]) for e in history] == [
+        (0.0, -1.5), (2 / 3, -abs(2 / 3 - 1.5)), (4 / 3, -abs(4 / 3 - 1.5)), (2.0, -0.5)]
+    assert final["state"] == "completed" and final["best_value"] == 4 / 3
+    unnamed = [r.getMessage() for r in caplog.records
+               if "optimization_metric_unnamed" in r.getMessage()]
+    assert len(unnamed) == len(seen) == 4  # one warning per unnamed write
+    assert f"write it with metadata={{'proposal_version': {seen[0]}}}" in unnamed[0]
+    assert f"'optimization_id': '{opt_id}', 'iteration': 1" in unnamed[0]
+
+
+async def test_a_run_nobody_reports_to_warns_once_per_ttl_naming_report_metrics(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Guards M4: the spec's workflow run unchanged (no objective, nobody reporting)
+    # waited for ever with nothing logged.
+    caplog.set_level(logging.WARNING, logger="dspex_rx.optimize")
+    a, b = pair
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if "optimization_awaits_report" in r.getMessage()]
+
+    opt_id = await a.start_optimization("t", "random", {"seed": 4}, max_iterations=5)
+    status = await _awaiting(b, opt_id)
+    mock_clock.jump(4.9)  # less than one lease TTL (5 s): nothing to say yet
+    await trio.testing.wait_all_tasks_blocked()
+    assert warnings() == []
+    for step, waited in ((0.1, 5), (5.0, 10)):
+        mock_clock.jump(step)
+        await _spin_until(lambda: len(warnings()) >= waited // 5)  # noqa: B023
+        assert (f"optimization {opt_id} iteration 1 of 't' awaits report_metrics (nothing "
+                f"reported for {waited} s): session.report_metrics('t', metrics, "
+                f"version={status['proposal_version']}) or proposal.report(metrics)"
+                ) in warnings()[-1]
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(warnings()) == 2  # once per TTL, not once per renewal
+    await b.stop_optimization("t")
+    assert (await a.wait_for_optimization(opt_id))["state"] == "stopped"
 
 
 async def test_stop_on_a_variable_not_being_optimized_is_a_value_error(
