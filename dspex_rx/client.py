@@ -2232,18 +2232,22 @@ class SessionContext:
         *,
         iteration: int | None = None,
         version: int | None = None,
+        optimization_id: str | None = None,
     ) -> dict[str, Any]:
         """Report the evaluation of the proposal a running optimization (started without
         ``objective=``) wrote into ``variable``: a dict of metrics (the target is
         ``optimizer_config['metric']``) or a number. From any connection of the session,
         or another session allowed to ``optimize`` the variable. Returns the status.
 
-        The report names the proposal it evaluates: its ``iteration`` or ``version`` (the
-        variable's version the proposal's write made, ``VariableUpdate.version``); with
-        neither, the version of the variable this connection last read or was sent. A
-        ``ValueError`` naming the current proposal refuses, and changes nothing for, a
-        report of an earlier proposal (never credited to a later one), a second report of
-        one proposal (the first counts), or a report when nothing is being optimized.
+        The report names the proposal it evaluates: by ``version`` (the variable's version
+        the proposal's write made, ``VariableUpdate.version``: versions only grow, so it
+        names one proposal for good), or by ``iteration`` with ``optimization_id`` (its
+        run: iterations restart at 1 in each run); ``proposal.report`` sends all three. A
+        report naming neither is a ``ValueError`` (the version this connection last saw
+        need not be the one the evaluator read). A ``ValueError`` naming the current
+        proposal refuses, and changes nothing for, a report of an earlier proposal or of
+        another run (never credited to a later one), a second report of one proposal (the
+        first counts), or a report when nothing is being optimized.
 
         ``proposals(variable)`` yields the proposals to evaluate (none missed, whenever
         it starts), and ``proposal.report(metrics)`` calls this.
@@ -2253,7 +2257,7 @@ class SessionContext:
             async for proposal in session.proposals("temperature"):
                 accuracy = await evaluate(proposal.value)
                 await session.report_metrics("temperature", {"accuracy": accuracy},
-                                             iteration=proposal.iteration)
+                                             version=proposal.version)
         """
         if isinstance(metrics, int | float) and not isinstance(metrics, bool):
             metrics = {"score": float(metrics)}
@@ -2270,20 +2274,27 @@ class SessionContext:
                     f"variable {variable!r}: {label} must be a positive integer, got "
                     f"{number!r}"
                 )
+        if optimization_id is not None and not isinstance(optimization_id, str):
+            raise VariableTypeError(
+                f"variable {variable!r}: optimization_id must be a string, got "
+                f"{type(optimization_id).__name__}"
+            )
         if iteration is None and version is None:
-            actor = self._require_hub().known(variable)
-            if actor is None or not actor.version:
-                raise InvalidValueError(
-                    f"variable {variable!r}: this connection has not seen a version of it; "
-                    "pass iteration= or version= to name the proposal the metrics evaluate"
-                )
-            version = actor.version
+            # No guess from what this connection last saw: the evaluator may have read
+            # another proposal (or another run's), and the report would score the wrong one.
+            raise InvalidValueError(
+                f"variable {variable!r}: name the proposal the metrics evaluate: "
+                "proposal.report(metrics) for a proposal from session.proposals(x), or "
+                "report_metrics(x, metrics, version=update.version) with the version the "
+                "proposal's write made (or iteration= with optimization_id=)"
+            )
         response = await self._call(
             "ReportMetrics",
             pb.ReportMetricsRequest(
                 session_id=self.session_id, ref=variable,
                 metrics=_encode_metadata(variable, dict(metrics)),
                 iteration=iteration or 0, version=version or 0, client_id=self._client_id,
+                optimization_id=optimization_id or "",
             ),
             pb.ReportMetricsResponse,
         )

@@ -198,14 +198,16 @@ class Proposal:
 
     async def report(self, metrics: Mapping[str, Any] | float) -> dict[str, Any]:
         """Report this proposal's evaluation (``session.report_metrics`` naming it by its
-        iteration); returns the status.
+        version, iteration and run, so a late report is never credited to a later proposal
+        or run); returns the status.
 
         Example::
 
             await proposal.report({"accuracy": 0.81})
         """
         return await self.session.report_metrics(
-            self.variable, metrics, iteration=self.iteration
+            self.variable, metrics, iteration=self.iteration, version=self.version,
+            optimization_id=self.optimization_id,
         )
 
 
@@ -562,8 +564,11 @@ class OptimizationRun:
     async def _await_report(self, iteration: int, written: pb.Variable) -> dict[str, Any]:
         """Wait for the evaluation of the proposal ``written`` at ``iteration``: a report
         (first one wins, the store refuses the rest) or a change of the metric variable
-        committed after the proposal. No deadline: the run keeps renewing its lease, and
-        ``stop_optimization`` (or the lease's end) is what ends a wait nobody answers."""
+        naming this proposal. No deadline: the run keeps renewing its lease, and
+        ``stop_optimization`` (or the lease's end) is what ends a wait nobody answers;
+        every TTL without a report it logs a warning naming the call that would answer."""
+        since = trio.current_time()
+        poll_at = since + self.ttl
         while True:
             if iteration in self._reports:
                 return self._reports.pop(iteration)
@@ -576,15 +581,19 @@ class OptimizationRun:
                 updates, self._metric_updates = self._metric_updates, []
                 for update in updates:
                     metrics = self._metric_report(update, iteration, written)
-                    if metrics is not None and await self._forward(metrics, iteration):
+                    if metrics is not None and await self._forward(metrics, iteration, written):
                         return metrics
                 continue
             self._wake = trio.Event()
-            with trio.move_on_after(self.ttl) as waited:
+            # A deadline, not a timeout restarted by every wake: the lease's own renewals
+            # and unnamed metric writes wake the loop too, and must not put off the poll
+            # or the warning for ever.
+            with trio.move_on_at(poll_at):
                 await self._wake.wait()
-            if waited.cancelled_caught:
-                # Nothing heard for a whole TTL: ask the server (a stream that broke and
+            if trio.current_time() >= poll_at:
+                # A whole TTL without the report: ask the server (a stream that broke and
                 # resumed must not leave the run waiting on a report it already took).
+                poll_at = trio.current_time() + self.ttl
                 try:
                     status = await self.session.get_optimization_status(
                         self.variable, self.optimization_id
@@ -599,13 +608,35 @@ class OptimizationRun:
                     self._reports.setdefault(iteration, reported)
                 if not status["is_optimizing"]:
                     self._ended = status
+                if iteration not in self._reports and self._ended is None:
+                    self._warn_awaiting(iteration, written, trio.current_time() - since)
+
+    def _warn_awaiting(self, iteration: int, written: pb.Variable, waited: float) -> None:
+        # The spec's workflow run unchanged (no objective, nobody reporting) would
+        # otherwise wait for ever in silence: say what it waits for, and the call to make.
+        how = (f"session.report_metrics({self.variable!r}, metrics, "
+               f"version={written.version}) or proposal.report(metrics) from "
+               f"session.proposals({self.variable!r})")
+        if self.metric_variable is not None:
+            how += (f", or a write of {self.metric_variable!r} with "
+                    f"metadata={{'proposal_version': {written.version}}}")
+        log.warning(
+            "optimization_awaits_report",
+            message=f"optimization {self.optimization_id} iteration {iteration} of "
+            f"{self.variable!r} awaits report_metrics (nothing reported for "
+            f"{waited:.0f} s): {how}",
+            variable=self.variable, optimization_id=self.optimization_id,
+            iteration=iteration, version=written.version, waited_seconds=round(waited, 1),
+        )
 
     def _metric_report(
         self, update: VariableUpdate, iteration: int, written: pb.Variable
     ) -> dict[str, Any] | None:
-        # A metric variable change evaluates the current proposal when it was committed
-        # after the proposal's write and, if its write metadata names a proposal
-        # (``iteration`` or ``proposal_version``), that is this one.
+        # A metric variable change evaluates the current proposal only when its write
+        # metadata names this proposal: ``proposal_version`` (the version its write made)
+        # or ``iteration`` with ``optimization_id`` (iterations restart in each run). A
+        # change naming none is not credited: a partial or repeated write, or one late
+        # for the previous proposal, would otherwise score the wrong proposal.
         assert self.metric_variable is not None
         if update.update_type in ("deleted", "revoked"):
             self._failure = InvalidValueError(
@@ -613,13 +644,33 @@ class OptimizationRun:
                 f"was {update.update_type} while iteration {iteration} awaited its metrics"
             )
             raise self._failure
-        if update.update_type != "value_change" or update.revision <= written.mod_revision:
+        if update.update_type != "value_change":
             return None
-        named = {"iteration": iteration, "proposal_version": written.version}
-        if any(key in update.metadata and update.metadata[key] != want
-               for key, want in named.items()):
+        meta = update.metadata
+        names_version = "proposal_version" in meta
+        names_iteration = "iteration" in meta and "optimization_id" in meta
+        if not (names_version or names_iteration):
+            # An iteration alone could be an earlier run's: iterations restart at 1.
+            what = ("names an iteration but not its run (optimization_id)"
+                    if "iteration" in meta else "names no proposal")
+            log.warning(
+                "optimization_metric_unnamed",
+                message=f"a write of the metric variable {self.metric_variable!r} (version "
+                f"{update.version}) {what}, so it scores none: write it with "
+                f"metadata={{'proposal_version': {written.version}}} (the proposal's "
+                f"version) or {{'optimization_id': {self.optimization_id!r}, 'iteration': "
+                f"{iteration}}}",
+                variable=self.variable, metric_variable=self.metric_variable,
+                optimization_id=self.optimization_id, metadata=repr(dict(meta)),
+            )
+            return None
+        this = (not names_version or meta["proposal_version"] == written.version) and (
+            not names_iteration
+            or (meta["iteration"], meta["optimization_id"]) == (iteration, self.optimization_id)
+        )
+        if not this or update.revision <= written.mod_revision:
             log.info("optimization_metric_skipped", variable=self.variable,
-                     metric_variable=self.metric_variable, metadata=repr(update.metadata))
+                     metric_variable=self.metric_variable, metadata=repr(dict(meta)))
             return None
         value = update.value
         metrics = dict(value) if isinstance(value, Mapping) else {
@@ -630,12 +681,17 @@ class OptimizationRun:
                  f"the metric variable {self.metric_variable!r}")
         return metrics
 
-    async def _forward(self, metrics: dict[str, Any], iteration: int) -> bool:
+    async def _forward(
+        self, metrics: dict[str, Any], iteration: int, written: pb.Variable
+    ) -> bool:
         # The metric variable's evaluation becomes a report like any other, so the first
         # report of a proposal wins whichever way it came. Refused (another report came
         # first, or the run ended): the loop hears of that as an event.
         try:
-            await self.session.report_metrics(self.variable, metrics, iteration=iteration)
+            await self.session.report_metrics(
+                self.variable, metrics, iteration=iteration, version=written.version,
+                optimization_id=self.optimization_id,
+            )
         except InvalidValueError as exc:
             log.info("optimization_metric_not_reported", variable=self.variable,
                      reason=str(exc))

@@ -1202,7 +1202,8 @@ class VariablesService(pb_grpc.VariablesServicer):
         who = f"{session_id}/{request.client_id}" if request.client_id else session_id
         lease, record, revision = self.store.report_metrics(
             session_id, request.ref, codec.decode_map(request.metrics),
-            iteration=int(request.iteration), version=int(request.version), actor=who,
+            iteration=int(request.iteration), version=int(request.version),
+            optimization_id=request.optimization_id, actor=who,
         )
         response = pb.ReportMetricsResponse(revision=revision)
         status_to_pb(record, lease, response.status)

@@ -2675,25 +2675,38 @@ class MemoryStore:
         *,
         iteration: int = 0,
         version: int = 0,
+        optimization_id: str = "",
         actor: str = "",
     ) -> tuple[OptimizationLease, VariableRecord, int]:
         """Report the evaluation of the running optimization's current proposal, named by
-        its ``iteration`` and/or the variable ``version`` its write made (at least one).
+        the variable ``version`` its write made, or by its ``iteration`` together with its
+        run's ``optimization_id`` (iterations restart at 1 in each run; versions only grow,
+        so a version alone names one proposal for good).
         Any session that may optimize the variable can report. The report becomes an
         optimization event (the status carries it), which is how the holder, waiting
         for it, learns of it. Returns (lease, record, revision).
 
         Refused with ``InvalidValueError`` (nothing changes): nothing is being optimized,
         the run evaluates in-process (no reports taken), no proposal is written yet, the
-        report names another proposal than the current one (a late report of an earlier
-        proposal is never credited to a later one), the proposal was reported already
+        report names no proposal (neither version nor iteration), an iteration without
+        its run, another run than the running one, or another proposal than the current
+        one (a late report of an earlier proposal, of this run or an earlier one, is never
+        credited to a later one), the proposal was reported already
         (the first report counts), or the metrics lack the run's target metric.
 
         Example::
 
-            store.report_metrics(sid, "t", {"accuracy": 0.81}, iteration=3)
+            store.report_metrics(sid, "t", {"accuracy": 0.81}, version=12)
+            store.report_metrics(sid, "t", {"accuracy": 0.81}, iteration=3,
+                                 optimization_id=lease.id)
         """
         self._check_reason("the reporter", actor)
+        if not isinstance(optimization_id, str):
+            raise VariableTypeError(
+                f"a report's optimization id must be a string, got {_show(optimization_id)}"
+            )
+        # Quoted as given in the errors below, but never a megabyte of it.
+        run_named = optimization_id if len(optimization_id) <= 80 else _show(optimization_id)
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "optimize")
         self._expire_leases(session)
@@ -2711,6 +2724,17 @@ class MemoryStore:
             raise InvalidValueError(
                 f"{where} is not being optimized{ended}: there is no proposal to report "
                 "metrics for"
+                + (f" (the report is for optimization {run_named})"
+                   if optimization_id and (last is None or last.id != optimization_id)
+                   else "")
+            )
+        if optimization_id and optimization_id != lease.id:
+            # A late report of an earlier run must not score this run's proposal of the
+            # same iteration number.
+            raise InvalidValueError(
+                f"{where}: the report is for optimization {run_named}, but the "
+                f"running optimization is {lease.id} (its current proposal is "
+                f"{lease.proposal()}); a report of another run is never credited to this one"
             )
         if not lease.takes_reports:
             raise InvalidValueError(
@@ -2724,8 +2748,16 @@ class MemoryStore:
             )
         if not iteration and not version:
             raise InvalidValueError(
-                f"{where}: a report must name the proposal it evaluates (its iteration or "
-                f"version); the current proposal of {lease.id} is {lease.proposal()}"
+                f"{where}: a report must name the proposal it evaluates: the version its "
+                "write made, or its iteration with the optimization id; the current "
+                f"proposal of {lease.id} is {lease.proposal()}"
+            )
+        if iteration and not version and not optimization_id:
+            # Iterations restart at 1 in each run: alone, one could name an earlier run's.
+            raise InvalidValueError(
+                f"{where}: a report naming iteration {iteration} must name its run too "
+                "(optimization_id) or the version the proposal's write made; the current "
+                f"proposal of {lease.id} is {lease.proposal()}"
             )
         if (iteration and iteration != lease.proposal_iteration) or (
             version and version != lease.proposal_version

@@ -5,10 +5,12 @@ optimizers through the real server."""
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -757,22 +759,27 @@ async def test_a_stale_or_second_report_is_refused_and_the_first_counts(
         )):
             await b.report_metrics("t", {"score": 0.9}, version=first.version)
         with pytest.raises(ValueError, match=r"stale proposal \(iteration 1\)"):
-            await b.report_metrics("t", {"score": 0.9}, iteration=1)
+            await b.report_metrics("t", {"score": 0.9}, iteration=1, optimization_id=opt_id)
         with pytest.raises(ValueError, match=r"the report returned several metrics \('a', "
                            r"'c'\): name the target"):
-            await b.report_metrics("t", {"a": 1.0, "c": 2.0}, iteration=2)
+            await b.report_metrics("t", {"a": 1.0, "c": 2.0}, iteration=2,
+                                   optimization_id=opt_id)
         assert (await b.get_optimization_status("t"))["awaiting_report"] is True
-        status = await b.report_metrics("t", {"score": 0.5})  # the version b last saw
+        # Naming nothing is refused: the version b last saw is no proof of what it read.
+        with pytest.raises(ValueError, match="name the proposal the metrics evaluate"):
+            await b.report_metrics("t", {"score": 0.5})
+        status = await b.report_metrics("t", {"score": 0.5}, version=second.version)
         assert status["report_metrics"] == {"score": 0.5}
         await in_callback.wait()
         with pytest.raises(ValueError, match=(
             rf"iteration 2 \(version {second.version}\) of {opt_id} was already reported "
             rf"by {b.session_id}/{b._client_id}; the first report counts"
         )):
-            await b.report_metrics("t", {"score": 0.7}, iteration=2)
+            await b.report_metrics("t", {"score": 0.7}, iteration=2, optimization_id=opt_id)
         leave.set()
         third = await anext(watch)
-        await a.report_metrics("t", 0.2, iteration=third.metadata["iteration"])
+        await a.report_metrics("t", 0.2, iteration=third.metadata["iteration"],
+                               optimization_id=third.metadata["optimization_id"])
     final = await a.wait_for_optimization("t")
     history = await a.get_optimization_history("t")
     assert [(e["iteration"], e["score"]) for e in history] == [(1, 0.1), (2, 0.5), (3, 0.2)]
@@ -826,7 +833,8 @@ async def test_a_report_with_nothing_to_evaluate_is_refused(
                        rf"{opt_id} has stopped\)"):
         await b.report_metrics("t", {"score": 1.0}, iteration=1)
     async with dspex_rx.connect(a.target, session_id=a.session_id, token=a.token) as fresh:
-        with pytest.raises(ValueError, match="has not seen a version"):
+        with pytest.raises(ValueError, match=r"name the proposal the metrics evaluate: "
+                           r"proposal\.report\(metrics\)"):
             await fresh.report_metrics("t", {"score": 1.0})
     with pytest.raises(TypeError, match="metrics must be a dict or a number"):
         await b.report_metrics("t", "good", iteration=1)  # type: ignore[arg-type]
@@ -847,9 +855,11 @@ async def test_a_metric_variable_changing_evaluates_each_proposal(
                     return
                 iteration = update.metadata["iteration"]
                 # A write naming another proposal is not this one's evaluation.
-                await b.set_variable("acc", -5.0, metadata={"iteration": iteration + 7})
+                run = update.metadata["optimization_id"]
+                await b.set_variable("acc", -5.0, metadata={"iteration": iteration + 7,
+                                                            "optimization_id": run})
                 await b.set_variable("acc", -abs(update.value - 1.5),
-                                     metadata={"iteration": iteration})
+                                     metadata={"iteration": iteration, "optimization_id": run})
 
     with pytest.raises(ValueError, match="cannot be the variable being optimized"):
         await a.start_optimization("t", "grid_search", {"metric_variable": "t"})
@@ -923,7 +933,7 @@ async def test_a_report_reaches_a_run_whose_watch_stream_is_down(
 
         holder._transport.open_stream = no_stream
         streams[0].fail()
-        await b.report_metrics("t", {"score": 0.3}, iteration=1)
+        await b.report_metrics("t", {"score": 0.3}, iteration=1, optimization_id=opt_id)
         await trio.testing.wait_all_tasks_blocked()
         assert not holder._runs[opt_id].finished.is_set()  # the report has not reached it
         mock_clock.jump(5.5)  # one lease TTL (5 s) of the run's time: it asks for its status
@@ -931,6 +941,156 @@ async def test_a_report_reaches_a_run_whose_watch_stream_is_down(
     assert len(streams) == 1  # no stream carried the report
     assert final["state"] == "completed" and final["best_value"] == 0.0
     assert [e["score"] for e in await b.get_optimization_history("t")] == [0.3]
+
+
+async def _spin_until(done: Callable[[], bool], limit: float = 10.0) -> None:
+    # Virtual time stands still while a status poll crosses to the server thread: yield
+    # until ``done()``, failing (not hanging) past a wall-clock bound.
+    give_up = time.monotonic() + limit
+    while not done():
+        assert time.monotonic() < give_up, "the awaited log line never came"
+        await trio.sleep(0)
+
+
+async def _awaiting(session: dspex_rx.SessionContext, opt_id: str) -> dict[str, Any]:
+    # The run's status once its current proposal awaits a report.
+    status = await session.get_optimization_status("t")
+    while not (status["optimization_id"] == opt_id and status["awaiting_report"]):
+        await session.sync()
+        status = await session.get_optimization_status("t")
+    return status
+
+
+async def test_a_late_report_of_a_stopped_run_is_not_credited_to_the_next_run(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    # Guards H1: iterations restart at 1, so run A's late report of its iteration 1 was
+    # accepted as run B's iteration 1.
+    a, b = pair
+    first = await a.start_optimization("t", "random", {"seed": 1}, max_iterations=5)
+    async with b.proposals("t") as proposals:
+        late = await anext(proposals)
+    assert (late.optimization_id, late.iteration) == (first, 1)
+    await b.stop_optimization("t")
+    second = await a.start_optimization("t", "random", {"seed": 2}, max_iterations=5)
+    current = await _awaiting(b, second)
+    assert current["proposal_iteration"] == 1 and current["proposal_version"] > late.version
+    other_run = (rf"the report is for optimization {first}, but the running optimization "
+                 rf"is {second} \(its current proposal is iteration 1 \(version "
+                 rf"{current['proposal_version']}\)\)")
+    with pytest.raises(ValueError, match=other_run):
+        await late.report({"score": 999.0})
+    with pytest.raises(ValueError, match=other_run):
+        await b.report_metrics("t", {"score": 999.0}, iteration=1, optimization_id=first)
+    with pytest.raises(ValueError, match=r"a report naming iteration 1 must name its run "
+                       r"too \(optimization_id\) or the version"):
+        await b.report_metrics("t", {"score": 999.0}, iteration=1)
+    with pytest.raises(ValueError, match=rf"stale proposal \(version {late.version}\)"):
+        await b.report_metrics("t", {"score": 999.0}, version=late.version)
+    untouched = await b.get_optimization_status("t")
+    assert untouched["awaiting_report"] is True and untouched["report_metrics"] is None
+    answer = await b.report_metrics("t", {"score": 0.25}, iteration=1, optimization_id=second)
+    assert answer["optimization_id"] == second and answer["report_metrics"] == {"score": 0.25}
+    await _awaiting(b, second)  # iteration 2: iteration 1 is recorded
+    history = await b.get_optimization_history("t", optimizer_id=second)
+    assert [(e["iteration"], e["score"]) for e in history] == [(1, 0.25)]
+    assert await b.get_optimization_history("t", optimizer_id=first) == []
+    await b.stop_optimization("t")
+    await a.wait_for_optimization(second)
+
+
+async def test_a_report_naming_no_proposal_is_refused_with_the_way_to_name_it(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    # Guards H1: with neither iteration nor version the client filled in the version its
+    # connection last saw, which need not be the proposal the evaluator read.
+    a, b = pair
+    opt_id = await a.start_optimization("t", "grid_search", {"n_points": 3})
+    status = await _awaiting(b, opt_id)
+    await b.get_variable("t", bypass_cache=True)  # b has seen the proposal's version
+    with pytest.raises(ValueError, match=(
+        r"variable 't': name the proposal the metrics evaluate: proposal\.report\(metrics\) "
+        r"for a proposal from session\.proposals\(x\), or report_metrics\(x, metrics, "
+        r"version=update\.version\)")):
+        await b.report_metrics("t", {"score": 1.0})
+    assert (await b.get_optimization_status("t"))["report_metrics"] is None
+    done = await b.report_metrics("t", {"score": 1.0}, version=status["proposal_version"])
+    assert done["report_metrics"] == {"score": 1.0}
+    await b.stop_optimization("t")
+    await a.wait_for_optimization(opt_id)
+
+
+async def test_a_metric_variable_write_scores_only_the_proposal_it_names(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Guards H2: any metric-variable change after a proposal's write counted, so a second
+    # (final or late) write of one proposal scored the next proposal.
+    caplog.set_level(logging.WARNING, logger="dspex_rx.optimize")
+    a, b = pair
+    await a.register_variable("acc", "float", 0.0)
+    seen: list[int] = []
+
+    async def evaluator() -> None:
+        previous = None
+        async with b.proposals("t") as proposals:
+            async for proposal in proposals:
+                seen.append(proposal.version)
+                if previous is not None:  # the previous proposal's final write, late
+                    await b.set_variable("acc", 1000.0,
+                                         metadata={"proposal_version": previous})
+                await b.set_variable("acc", -100.0)  # names no proposal: not credited
+                await b.set_variable("acc", -abs(proposal.value - 1.5),
+                                     metadata={"proposal_version": proposal.version})
+                previous = proposal.version
+
+    # A bound, not a wait: a run that credits nothing would otherwise hang the test.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(evaluator)
+            opt_id = await a.start_optimization("t", "grid_search",
+                                                {"n_points": 4, "metric_variable": "acc"})
+            final = await a.wait_for_optimization(opt_id)
+    history = await a.get_optimization_history("t")
+    assert [(e["value"], e["score"]) for e in history] == [
+        (0.0, -1.5), (2 / 3, -abs(2 / 3 - 1.5)), (4 / 3, -abs(4 / 3 - 1.5)), (2.0, -0.5)]
+    assert final["state"] == "completed" and final["best_value"] == 4 / 3
+    unnamed = [r.getMessage() for r in caplog.records
+               if "optimization_metric_unnamed" in r.getMessage()]
+    assert len(unnamed) == len(seen) == 4  # one warning per unnamed write
+    assert f"write it with metadata={{'proposal_version': {seen[0]}}}" in unnamed[0]
+    assert f"'optimization_id': '{opt_id}', 'iteration': 1" in unnamed[0]
+
+
+async def test_a_run_nobody_reports_to_warns_once_per_ttl_naming_report_metrics(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Guards M4: the spec's workflow run unchanged (no objective, nobody reporting)
+    # waited for ever with nothing logged.
+    caplog.set_level(logging.WARNING, logger="dspex_rx.optimize")
+    a, b = pair
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if "optimization_awaits_report" in r.getMessage()]
+
+    opt_id = await a.start_optimization("t", "random", {"seed": 4}, max_iterations=5)
+    status = await _awaiting(b, opt_id)
+    mock_clock.jump(4.9)  # less than one lease TTL (5 s): nothing to say yet
+    await trio.testing.wait_all_tasks_blocked()
+    assert warnings() == []
+    for step, waited in ((0.1, 5), (5.0, 10)):
+        mock_clock.jump(step)
+        await _spin_until(lambda: len(warnings()) >= waited // 5)  # noqa: B023
+        assert (f"optimization {opt_id} iteration 1 of 't' awaits report_metrics (nothing "
+                f"reported for {waited} s): session.report_metrics('t', metrics, "
+                f"version={status['proposal_version']}) or proposal.report(metrics)"
+                ) in warnings()[-1]
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(warnings()) == 2  # once per TTL, not once per renewal
+    await b.stop_optimization("t")
+    assert (await a.wait_for_optimization(opt_id))["state"] == "stopped"
 
 
 async def test_stop_on_a_variable_not_being_optimized_is_a_value_error(

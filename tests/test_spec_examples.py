@@ -214,7 +214,8 @@ async def report_each_proposal(
         meta = update.metadata
         if "iteration" not in meta or meta.get("final") or not only(meta["optimization_id"]):
             continue
-        await session.report_metrics(variable, {"accuracy": accuracy_of(update.value)})
+        await session.report_metrics(variable, {"accuracy": accuracy_of(update.value)},
+                                     version=update.version)
 
 
 async def until_done(session: SessionContext, variable: str) -> dict[str, Any]:
@@ -936,7 +937,8 @@ async def optimization_methods(rt: Runtime, target: str) -> dict[str, Any]:
                 meta = update.metadata
                 if "iteration" in meta and not meta.get("final"):
                     await session.report_metrics(update.name,
-                                                 {"accuracy": accuracy_of(update.value)})
+                                                 {"accuracy": accuracy_of(update.value)},
+                                                 version=update.version)
 
         reporter = rt.spawn(program_side())
         started = dt.datetime.now(dt.UTC)

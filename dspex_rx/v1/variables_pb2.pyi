@@ -740,20 +740,22 @@ class StopOptimizationResponse(_message.Message):
     def __init__(self, stopped: _Optional[bool] = ..., status: _Optional[_Union[OptimizationStatus, _Mapping]] = ..., revision: _Optional[int] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
 
 class ReportMetricsRequest(_message.Message):
-    __slots__ = ("session_id", "ref", "metrics", "iteration", "version", "client_id")
+    __slots__ = ("session_id", "ref", "metrics", "iteration", "version", "client_id", "optimization_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     ref: str
     metrics: _value_pb2.MapValue
     iteration: int
     version: int
     client_id: str
-    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., iteration: _Optional[int] = ..., version: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+    optimization_id: str
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., metrics: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., iteration: _Optional[int] = ..., version: _Optional[int] = ..., client_id: _Optional[str] = ..., optimization_id: _Optional[str] = ...) -> None: ...
 
 class ReportMetricsResponse(_message.Message):
     __slots__ = ("status", "revision")
