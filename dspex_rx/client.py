@@ -1961,15 +1961,16 @@ class SessionContext:
 
         Without ``objective`` (the spec's form), the evaluation comes from the program
         over the server, ask/tell: the run writes the proposal and waits until someone
-        reports it, with ``report_metrics(variable, metrics)`` from any connection of the
+        reports it: ``proposals(variable)`` yields each proposal and ``proposal.report``
+        answers it (``report_metrics`` naming the proposal), from any connection of the
         session (or another session allowed to ``optimize`` the variable), or, when
-        ``optimizer_config['metric_variable']`` names a variable, by that variable
-        changing after the proposal was written (its value: a number, or a dict of
-        metrics). A run nobody reports to waits, renewing its lease, until
+        ``optimizer_config['metric_variable']`` names a variable, by a write to it whose
+        metadata names the proposal (``proposal_version``, or ``iteration`` with
+        ``optimization_id``; its value: a number, or a dict of metrics). A run nobody
+        reports to waits, renewing its lease and warning once per lease TTL, until
         ``stop_optimization``. ``objective(value)`` is the in-process shortcut: sync
         objectives run in a worker thread, async ones in the session's nursery. The run
-        ends at
-        ``max_iterations``, on convergence, when the search space is exhausted, or when
+        ends at ``max_iterations``, on convergence, when the search space is exhausted, or when
         someone calls ``stop_optimization``; then the best value is written and the lease
         released. While it runs, other writes to the variable raise
         ``OptimizationLockedError``; a second start raises it too (a ``ValueError`` saying
