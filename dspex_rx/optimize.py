@@ -420,6 +420,9 @@ class OptimizationRun:
     iterations: int = 0
     elapsed: float = 0.0
     error: BaseException | None = None
+    # The trio time since when the run has waited for the current proposal's report (None
+    # while it is not waiting): the TTL warnings count from it.
+    awaiting_since: float | None = None
     _revoked: _Revoked | None = None
     _pending: _Evaluation | None = None
     # Ask/tell: reports by proposal iteration, metric-variable changes not yet looked at,
@@ -567,7 +570,15 @@ class OptimizationRun:
         naming this proposal. No deadline: the run keeps renewing its lease, and
         ``stop_optimization`` (or the lease's end) is what ends a wait nobody answers;
         every TTL without a report it logs a warning naming the call that would answer."""
-        since = trio.current_time()
+        since = self.awaiting_since = trio.current_time()
+        try:
+            return await self._wait_for_report(iteration, written, since)
+        finally:
+            self.awaiting_since = None
+
+    async def _wait_for_report(
+        self, iteration: int, written: pb.Variable, since: float
+    ) -> dict[str, Any]:
         poll_at = since + self.ttl
         while True:
             if iteration in self._reports:

@@ -944,8 +944,8 @@ async def test_a_report_reaches_a_run_whose_watch_stream_is_down(
 
 
 async def _spin_until(done: Callable[[], bool], limit: float = 10.0) -> None:
-    # Virtual time stands still while a status poll crosses to the server thread: yield
-    # until ``done()``, failing (not hanging) past a wall-clock bound.
+    # Virtual time stands still while a call crosses to the server thread: yield until
+    # ``done()``, failing (not hanging) past a wall-clock bound.
     give_up = time.monotonic() + limit
     while not done():
         assert time.monotonic() < give_up, "the awaited log line never came"
@@ -1077,6 +1077,10 @@ async def test_a_run_nobody_reports_to_warns_once_per_ttl_naming_report_metrics(
 
     opt_id = await a.start_optimization("t", "random", {"seed": 4}, max_iterations=5)
     status = await _awaiting(b, opt_id)
+    # The store knows the proposal awaits a report before the run starts counting: jump
+    # only once the run waits, or the TTL would count from after the jump.
+    run = a._runs[opt_id]
+    await _spin_until(lambda: run.awaiting_since is not None)
     mock_clock.jump(4.9)  # less than one lease TTL (5 s): nothing to say yet
     await trio.testing.wait_all_tasks_blocked()
     assert warnings() == []
