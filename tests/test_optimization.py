@@ -745,9 +745,11 @@ async def test_a_stale_or_second_report_is_refused_and_the_first_counts(
             in_callback.set()
             await leave.wait()  # the run proposes nothing more while this waits
 
-    opt_id = await a.start_optimization("t", "grid_search", {"n_points": 3},
-                                        max_iterations=3, callback=callback)
+    # Watching before the run starts: a proposal written before the watch existed would
+    # be missed, and the run would wait for its report for ever (a hang seen in a full run).
     async with b.watch_variable("t", include_initial=False) as watch:
+        opt_id = await a.start_optimization("t", "grid_search", {"n_points": 3},
+                                            max_iterations=3, callback=callback)
         first = await anext(watch)
         assert first.metadata["iteration"] == 1 and first.source == opt_id
         await b.report_metrics("t", {"score": 0.1}, version=first.version)
@@ -797,8 +799,12 @@ async def test_another_session_with_optimize_may_report_and_one_without_may_not(
             {"session_pattern": grader.session_id, "permissions": ["optimize", "observe"]},
             {"session_pattern": reader.session_id, "permissions": ["read", "observe"]},
         ])
-        opt_id = await tuner.start_optimization("lr", "grid_search", {"n_points": 2})
+        # The watch is registered before the run starts, or its first proposal may be
+        # written before the watch exists, and the run then waits for ever (a hang seen
+        # in a full run). proposals() would avoid it, but it reads the value: the grader
+        # may only optimize and observe.
         async with grader.watch_variable(var_id, include_initial=False) as watch:
+            opt_id = await tuner.start_optimization("lr", "grid_search", {"n_points": 2})
             async for update in watch:
                 if update.metadata.get("final"):
                     break
