@@ -2714,7 +2714,8 @@ class MemoryStore:
         for label, number in (("iteration", iteration), ("version", version)):
             if not isinstance(number, int) or isinstance(number, bool) or number < 0:
                 raise InvalidValueError(
-                    f"{where}: a report's {label} must be a positive integer, got {number!r}"
+                    f"{where}: a report's {label} must be a positive integer (0: not "
+                    f"given), got {number!r}"
                 )
         lease = session.running.get(record.id)
         if lease is None:
