@@ -10,7 +10,7 @@ spec only where README.md's "Differences from the spec" table says so:
   trio (trio has no free-standing tasks); under trio, ``cancel_watch`` gets the Watch;
 - an optimization started without ``objective=`` waits for the program to report each
   evaluation: a concurrent program-side task calls ``session.report_metrics``;
-- the spec's ``asyncio.sleep(1)`` polling loops become event-driven waits
+- the spec's one-second polling loops become event-driven waits
   (``watch_optimization``), so no test waits on the wall clock.
 
 Timing (throttle, debounce) is asserted only under trio, in virtual time
@@ -219,7 +219,7 @@ async def report_each_proposal(
 
 
 async def until_done(session: SessionContext, variable: str) -> dict[str, Any]:
-    """Replaces the spec's ``while status['is_optimizing']: await asyncio.sleep(1)``: the
+    """Replaces the spec's ``while status['is_optimizing']`` loop that sleeps a second: the
     status is pushed, so wait for the push that says the run ended (no wall-clock poll)."""
     async with session.watch_optimization(variable) as statuses:
         async for status in statuses:
