@@ -1982,12 +1982,8 @@ class SessionContext:
             opt_id = await session.start_optimization(
                 "temperature", "bayesian", {"n_initial_points": 4, "seed": 7},
                 max_iterations=20)
-            async for update in session.watch_variable("temperature", include_initial=False):
-                if update.metadata.get("final"):
-                    break                                # the run has ended
-                score = -abs(update.value - 1.3)         # evaluate the proposal
-                await session.report_metrics("temperature", {"score": score},
-                                             version=update.version)
+            async for proposal in session.proposals("temperature"):   # ends with the run
+                await proposal.report(-abs(proposal.value - 1.3))     # evaluate it
         """
         config = dict(optimizer_config or {})
         objective_fn = as_objective(objective, variable)

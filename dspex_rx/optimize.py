@@ -537,16 +537,6 @@ class OptimizationRun:
         # Subscribed, and the subscriptions registered with the server (sync), before
         # the first proposal is written: no report can be accepted before that write, so
         # none can be missed. The callbacks only note and wake; the loop decides.
-        def on_status(status: dict[str, Any]) -> None:
-            if status.get("optimization_id") != self.optimization_id:
-                return  # an earlier run's last status, or a later run's
-            reported, iteration = status.get("report_metrics"), status.get("proposal_iteration")
-            if reported is not None and iteration:
-                self._reports.setdefault(int(iteration), dict(reported))
-            if not status.get("is_optimizing"):
-                self._ended = status
-            self._wake.set()
-
         def on_metric(update: VariableUpdate) -> None:
             self._metric_updates.append(update)
             self._wake.set()
@@ -556,13 +546,25 @@ class OptimizationRun:
             log.warning("optimization_events_lost", variable=self.variable, error=repr(exc))
 
         subscriptions = [self.session.observe_optimization(self.variable).subscribe(
-            on_next=on_status, on_error=on_error)]
+            on_next=self._note_status, on_error=on_error)]
         if self.metric_variable is not None:
             subscriptions.append(self.session.observe(
                 self.metric_variable, include_initial=False
             ).subscribe(on_next=on_metric, on_error=on_error))
         await self.session.sync()
         return subscriptions
+
+    def _note_status(self, status: dict[str, Any]) -> None:
+        # What a status tells the waiting loop, whether an event or the TTL poll brought
+        # it: a report (filed by the proposal it names) and the run's end.
+        if status.get("optimization_id") != self.optimization_id:
+            return  # an earlier run's last status, or a later run's
+        reported, iteration = status.get("report_metrics"), status.get("proposal_iteration")
+        if reported is not None and iteration:
+            self._reports.setdefault(int(iteration), dict(reported))
+        if not status.get("is_optimizing"):
+            self._ended = status
+        self._wake.set()
 
     async def _await_report(self, iteration: int, written: pb.Variable) -> dict[str, Any]:
         """Wait for the evaluation of the proposal ``written`` at ``iteration``: a report
@@ -614,11 +616,7 @@ class OptimizationRun:
                     log.warning("optimization_poll_failed", variable=self.variable,
                                 error=str(exc))
                     continue
-                reported = status["report_metrics"]
-                if reported is not None and status["proposal_iteration"] == iteration:
-                    self._reports.setdefault(iteration, reported)
-                if not status["is_optimizing"]:
-                    self._ended = status
+                self._note_status(status)
                 if iteration not in self._reports and self._ended is None:
                     self._warn_awaiting(iteration, written, trio.current_time() - since)
 
