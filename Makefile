@@ -36,7 +36,7 @@ test: $(STAMP)
 # Regenerate dspex_rx/v1 from proto/. The output is committed; tests/test_proto_fresh.py
 # fails when it no longer matches proto/.
 proto: $(STAMP)
-	$(BIN)/python -m dspex_rx._codegen
+	$(BIN)/python -m dspex_rx.wire._codegen
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_unary.py

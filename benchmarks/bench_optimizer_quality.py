@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 from _common import emit, environment, make_note, require_positive
 
-from dspex_rx.optimizers import SearchSpace, make_optimizer
+from dspex_rx.client.optimization.optimizers import SearchSpace, make_optimizer
 
 OPTIMUM = 1.3
 NOISE_SD = 0.02

@@ -56,11 +56,11 @@ from _common import (
 )
 
 import dspex_rx
-from dspex_rx.actors import VariableUpdate
-from dspex_rx.security import token_metadata
+from dspex_rx.client.actors import VariableUpdate
+from dspex_rx.client.transport import Transport
 from dspex_rx.server import SERVICE_NAME, grpc_options
-from dspex_rx.transport import Transport
 from dspex_rx.v1 import session_pb2 as spb
+from dspex_rx.wire.security import token_metadata
 
 GOAL_CACHED_RATIO = 50.0
 GOAL_LATENCY_RATIO = 2.0

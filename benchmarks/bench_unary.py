@@ -36,8 +36,8 @@ from _common import emit, make_note, require_positive, run_benchmark
 from google.protobuf.message import Message
 
 import dspex_rx
-from dspex_rx import codec
 from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire import codec
 
 GOAL_RATIO = 0.7
 GOAL_MAX_BYTES = 3200

@@ -3,10 +3,18 @@
 Start with ``async with dspex_rx.connect() as session:`` (no target: an embedded server).
 """
 
-from .actors import VariableUpdate
-from .cache import VariableCache
-from .client import SessionContext, connect
-from .errors import (
+from typing import Any
+
+from dspex_rx.client import SessionContext, connect
+from dspex_rx.client.actors import VariableUpdate
+from dspex_rx.client.cache import VariableCache
+from dspex_rx.client.embedded import EmbeddedHandle, register_embedded_factory
+from dspex_rx.client.optimization.optimizers import BaseOptimizer, SearchSpace
+from dspex_rx.client.optimization.run import Proposal
+from dspex_rx.client.watch import Watch
+from dspex_rx.core.limits import Limits
+from dspex_rx.core.types import TYPES
+from dspex_rx.errors import (
     AccessDeniedError,
     AlreadyExistsError,
     AuthenticationError,
@@ -19,12 +27,6 @@ from .errors import (
     VariableNotFoundError,
     VariableTypeError,
 )
-from .limits import Limits
-from .optimize import Proposal
-from .optimizers import BaseOptimizer, SearchSpace
-from .server import EmbeddedServer, Server
-from .types import TYPES
-from .watch import Watch
 
 __all__ = [
     "TYPES",
@@ -52,3 +54,23 @@ __all__ = [
     "connect",
 ]
 __version__ = "0.1.0"
+
+
+def _embedded_server(limits: Limits | None) -> EmbeddedHandle:
+    # Imported here, not above: a client program that connects to a remote server never
+    # loads the server or the store.
+    from dspex_rx.server import EmbeddedServer
+
+    return EmbeddedServer(limits=limits)
+
+
+register_embedded_factory(_embedded_server)
+
+
+def __getattr__(name: str) -> Any:
+    # ``dspex_rx.Server`` and ``dspex_rx.EmbeddedServer`` load the server on first use.
+    if name in ("Server", "EmbeddedServer"):
+        from dspex_rx import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module 'dspex_rx' has no attribute {name!r}")

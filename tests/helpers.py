@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 import dspex_rx
-from dspex_rx.actors import VariableUpdate
+from dspex_rx.client.actors import VariableUpdate
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore
 

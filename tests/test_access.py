@@ -18,9 +18,10 @@ import pytest
 import trio
 
 import dspex_rx
-from dspex_rx import AccessDeniedError, AuthenticationError, exchange
-from dspex_rx.fanout import Subscriber
+from dspex_rx import AccessDeniedError, AuthenticationError
+from dspex_rx.client import exchange
 from dspex_rx.server import EmbeddedServer
+from dspex_rx.server.fanout import Subscriber
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.v1 import session_pb2 as spb
 

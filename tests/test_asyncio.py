@@ -22,7 +22,8 @@ import pytest
 import trio
 
 import dspex_rx
-from dspex_rx import SessionContext, VariableNotFoundError, VariableUpdate, Watch, aio
+from dspex_rx import SessionContext, VariableNotFoundError, VariableUpdate, Watch
+from dspex_rx.client import aio
 from dspex_rx.server import EmbeddedServer
 
 

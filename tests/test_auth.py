@@ -23,14 +23,15 @@ import trustme
 from helpers import SCRIPT, beat_until, cli_server, settle
 
 import dspex_rx
-from dspex_rx import AuthenticationError, SessionContext, codec
+from dspex_rx import AuthenticationError, SessionContext
 from dspex_rx.errors import InvalidValueError, SessionNotFoundError, error_from_kind
-from dspex_rx.security import SESSION_TOKEN_KEY, check_bind, is_loopback, token_metadata
 from dspex_rx.server import EmbeddedServer, Server
 from dspex_rx.store import MemoryStore
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.v1 import variables_pb2_grpc as pb_grpc
+from dspex_rx.wire import codec
+from dspex_rx.wire.security import SESSION_TOKEN_KEY, check_bind, is_loopback, token_metadata
 
 Raw = Callable[[pb_grpc.VariablesStub], Awaitable[Any]]
 
@@ -442,7 +443,7 @@ def test_the_store_keeps_and_checks_the_token() -> None:
 def test_the_error_kind_round_trips() -> None:
     exc = error_from_kind("unauthenticated", "no token")
     assert isinstance(exc, AuthenticationError) and isinstance(exc, PermissionError)
-    from dspex_rx.convert import KIND_BY_STATUS, STATUS_BY_KIND
+    from dspex_rx.wire.convert import KIND_BY_STATUS, STATUS_BY_KIND
 
     assert STATUS_BY_KIND["unauthenticated"] == grpc.StatusCode.UNAUTHENTICATED
     assert KIND_BY_STATUS[grpc.StatusCode.UNAUTHENTICATED] == "unauthenticated"

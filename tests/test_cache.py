@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from dspex_rx.cache import VariableCache
+from dspex_rx.client.cache import VariableCache
 from dspex_rx.errors import InvalidValueError
 
 

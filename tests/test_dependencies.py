@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 import dspex_rx
 from dspex_rx import SessionContext
-from dspex_rx.actors import VariableUpdate
+from dspex_rx.client.actors import VariableUpdate
+from dspex_rx.core.graph import DEPENDENCY_TYPES, CycleError, DependencyGraph, Edge
 from dspex_rx.errors import InvalidValueError, VariableNotFoundError
-from dspex_rx.graph import DEPENDENCY_TYPES, CycleError, DependencyGraph, Edge
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import Commit, MemoryStore, VariableSpec
 

@@ -14,7 +14,7 @@ import trio.testing
 from helpers import drain, settle
 
 from dspex_rx import SessionContext
-from dspex_rx.derive import Derived
+from dspex_rx.client.derive import Derived
 
 
 async def quiet(derived: Derived, *sessions: SessionContext) -> None:

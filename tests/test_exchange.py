@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dspex_rx
-from dspex_rx import exchange
+from dspex_rx.client import exchange
+from dspex_rx.core.types import validate_stored, validate_value
 from dspex_rx.server import EmbeddedServer
-from dspex_rx.types import validate_stored, validate_value
 
 FORMATS = ["json", "yaml", "parquet", "pickle"]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -14,12 +14,13 @@ from helpers import drain, settle
 from wire import Raw, field, flag, nested_list, nested_map, raw_unary
 
 import dspex_rx
-from dspex_rx.limits import Limits
-from dspex_rx.security import token_metadata
+import dspex_rx.wire.codec
+from dspex_rx.client.transport import Transport
+from dspex_rx.core.limits import Limits
 from dspex_rx.server import MAX_PENDING_CONTROLS, SERVICE_NAME, EmbeddedServer, grpc_options
-from dspex_rx.transport import Transport
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire.security import token_metadata
 
 SMALL = Limits(max_message_bytes=1 << 20, max_value_bytes=200_000, max_metadata_bytes=4096,
                max_subscriptions_per_stream=12, max_streams_per_session=4)
@@ -148,7 +149,7 @@ async def test_an_unknown_dependency_type_is_refused(transport: Transport) -> No
     sid = await new_session(transport)
     for name in ("a", "b"):
         await transport.unary(f"/{SERVICE_NAME}/SetVariable", pb.SetVariableRequest(
-            session_id=sid, ref=name, value=dspex_rx.codec.encode(1), create_if_missing=True),
+            session_id=sid, ref=name, value=dspex_rx.wire.codec.encode(1), create_if_missing=True),
             pb.SetVariableResponse)
     error = await refused(transport.unary(
         f"/{SERVICE_NAME}/AddDependency",
@@ -166,7 +167,7 @@ async def test_an_answer_too_big_for_a_message_is_refused_before_it_is_built(
     # then refused by gRPC's send, as an INTERNAL-looking failure.
     sid = await new_session(transport)
     await transport.unary(f"/{SERVICE_NAME}/SetVariable", pb.SetVariableRequest(
-        session_id=sid, ref="big", value=dspex_rx.codec.encode("x" * (1 << 20)),
+        session_id=sid, ref="big", value=dspex_rx.wire.codec.encode("x" * (1 << 20)),
         create_if_missing=True), pb.SetVariableResponse)
     error = await refused(transport.unary(
         f"/{SERVICE_NAME}/GetVariables", pb.GetVariablesRequest(session_id=sid, refs=["big"] * 200),
@@ -225,7 +226,7 @@ async def test_a_client_that_only_writes_cannot_grow_the_server_queue(
     # server went on reading and queueing, without bound. Now it stops reading.
     sid = await new_session(transport)
     await transport.unary(f"/{SERVICE_NAME}/SetVariable", pb.SetVariableRequest(
-        session_id=sid, ref="v", value=dspex_rx.codec.encode("x" * 20_000),
+        session_id=sid, ref="v", value=dspex_rx.wire.codec.encode("x" * 20_000),
         create_if_missing=True), pb.SetVariableResponse)
     stream = await transport.open_stream(f"/{SERVICE_NAME}/Session", spb.ServerMessage)
     await stream.send(spb.ClientMessage(open=spb.OpenStream(session_id=sid)))

@@ -18,9 +18,9 @@ from helpers import SCRIPT, Clock, cli_server, end, grant
 
 import dspex_rx
 from dspex_rx import AuthenticationError
+from dspex_rx.core.identity import Principals, RetiredIds
+from dspex_rx.core.limits import Limits
 from dspex_rx.errors import InvalidValueError, SessionNotFoundError
-from dspex_rx.identity import Principals, RetiredIds
-from dspex_rx.limits import Limits
 from dspex_rx.server import EmbeddedServer, Server
 from dspex_rx.store import MemoryStore, Snapshot, SnapshotVariable, VariableSpec
 

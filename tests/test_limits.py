@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dspex_rx import codec
+from dspex_rx.core.limits import DEFAULT_LIMITS, Limits, measure_map, measure_value
 from dspex_rx.errors import InvalidValueError, ResourceExhaustedError
-from dspex_rx.limits import DEFAULT_LIMITS, Limits, measure_map, measure_value
 from dspex_rx.store import ITEM_OVERHEAD, MAX_SOURCE_NAMES, MemoryStore, VariableSpec
+from dspex_rx.wire import codec
 
 SMALL = Limits(max_message_bytes=1 << 20, max_value_bytes=1000, max_metadata_bytes=200,
                max_metadata_keys=4, max_description_length=50, max_string_length=20,

@@ -28,10 +28,10 @@ from optimization_helpers import (
 
 import dspex_rx
 from dspex_rx import BaseOptimizer, OptimizationLockedError
-from dspex_rx.convert import seconds, since_seconds, timestamp, utc_datetime
+from dspex_rx.core.types import check_constraints, validate_value
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
-from dspex_rx.types import check_constraints, validate_value
+from dspex_rx.wire.convert import seconds, since_seconds, timestamp, utc_datetime
 
 
 @pytest.fixture(scope="module")

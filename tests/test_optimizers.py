@@ -26,8 +26,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dspex_rx import optimizers
-from dspex_rx.optimizers import (
+from dspex_rx.client.optimization import optimizers
+from dspex_rx.client.optimization.optimizers import (
     RUNNER_CONFIG_KEYS,
     BaseOptimizer,
     BayesianOptimizer,
@@ -41,7 +41,7 @@ from dspex_rx.optimizers import (
     optimizer_names,
     register_optimizer,
 )
-from dspex_rx.types import check_constraints, validate_value
+from dspex_rx.core.types import check_constraints, validate_value
 
 BUILTINS = ["bayesian", "gradient", "grid_search", "random"]
 

@@ -17,9 +17,9 @@ import re2
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dspex_rx import patterns
+from dspex_rx.core import patterns
+from dspex_rx.core.patterns import compile_glob, compile_regex, glob_as_search, glob_to_regex
 from dspex_rx.errors import InvalidValueError
-from dspex_rx.patterns import compile_glob, compile_regex, glob_as_search, glob_to_regex
 
 EVIL_REGEXES = ["(a+)+$", "(a|aa)+$", "(a|a?)+$", "(.*a){20}$", "^(a+)+b"]
 
@@ -142,7 +142,7 @@ def test_list_glob_uses_re2_and_is_bounded() -> None:
 
 
 async def test_cache_invalidate_pattern_uses_re2() -> None:
-    from dspex_rx.cache import VariableCache
+    from dspex_rx.client.cache import VariableCache
 
     cache = VariableCache(max_size=None, ttl=None)
     cache.put("var_x_1", 1, name="a" * 5000)

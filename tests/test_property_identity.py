@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_identity import ADMIN_KEY
 
+from dspex_rx.core.limits import Limits
 from dspex_rx.errors import DspexError
-from dspex_rx.limits import Limits
 from dspex_rx.store import MemoryStore, VariableSpec
 
 IDS = ["bob", "carol", "dave", "admin_1", "admin_2"]

@@ -30,10 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wire import field, nested_list, nested_map
 
-from dspex_rx import codec
-from dspex_rx.convert import type_from_pb
-from dspex_rx.limits import Limits
-from dspex_rx.security import token_metadata
+from dspex_rx.core.limits import Limits
+from dspex_rx.core.types import same_value, validate_value
 from dspex_rx.server import (
     SERVICE_NAME,
     EmbeddedServer,
@@ -43,11 +41,13 @@ from dspex_rx.server import (
     status_to_pb,
 )
 from dspex_rx.store import MemoryStore
-from dspex_rx.types import same_value, validate_value
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.v1 import value_pb2 as vpb
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.v1 import variables_pb2_grpc as pb_grpc
+from dspex_rx.wire import codec
+from dspex_rx.wire.convert import type_from_pb
+from dspex_rx.wire.security import token_metadata
 
 LIMITS = Limits(
     max_message_bytes=1 << 20, max_value_bytes=20_000, max_metadata_bytes=2_000,

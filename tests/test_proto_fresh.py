@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dspex_rx import _codegen
+from dspex_rx.wire import _codegen
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dspex_rx" / "v1"
 

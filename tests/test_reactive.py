@@ -15,7 +15,7 @@ from reactivex import operators as ops
 
 import dspex_rx
 from dspex_rx import SessionContext
-from dspex_rx.actors import VariableUpdate
+from dspex_rx.client.actors import VariableUpdate
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore
 
@@ -509,7 +509,7 @@ async def test_get_batch_with_the_sessions_fetcher(session: SessionContext) -> N
         calls.append(ids)
         return await session.fetch_missing(ids)
 
-    cache = dspex_rx.cache.VariableCache()
+    cache = dspex_rx.VariableCache()
     assert await cache.get_batch(["x", "y", "nope"], fetch) == {"x": 0, "y": 1}
     assert await cache.get_batch(["x", "y", "z"], fetch) == {"x": 0, "y": 1, "z": 2}
     assert calls == [["x", "y", "nope"], ["nope", "z"]] or calls == [["x", "y", "nope"], ["z"]]

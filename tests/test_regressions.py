@@ -15,12 +15,12 @@ from helpers import drain, settle
 
 import dspex_rx
 from dspex_rx import SessionContext
+from dspex_rx.client.transport import Transport
 from dspex_rx.errors import SessionNotFoundError
-from dspex_rx.security import token_metadata
 from dspex_rx.server import SERVICE_NAME, EmbeddedServer
-from dspex_rx.transport import Transport
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire.security import token_metadata
 
 
 def watched_on_server(server: EmbeddedServer, session_id: str) -> list[set[str]]:

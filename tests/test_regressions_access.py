@@ -16,8 +16,8 @@ import pytest
 import dspex_rx
 from dspex_rx import AccessDeniedError
 from dspex_rx.errors import OptimizationLockedError
-from dspex_rx.fanout import PendingFrame, Subscriber
 from dspex_rx.server import EmbeddedServer, VariablesService
+from dspex_rx.server.fanout import PendingFrame, Subscriber
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.v1 import session_pb2 as spb
 

@@ -13,12 +13,13 @@ import pytest
 from wire import field, nested_list, raw_unary
 
 import dspex_rx
+import dspex_rx.wire.codec
+from dspex_rx.client.transport import Transport
 from dspex_rx.errors import DspexError
-from dspex_rx.security import token_metadata
 from dspex_rx.server import SERVICE_NAME, EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
-from dspex_rx.transport import Transport
 from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire.security import token_metadata
 
 SELF: list[Any] = []
 SELF.append(SELF)
@@ -73,7 +74,7 @@ async def test_write_metadata_too_deep_to_send_back_is_never_stored(
         await wire.open()
         try:
             entry = pb.UpdateVariablesRequest().updates.add(ref="a")
-            entry.value.CopyFrom(dspex_rx.codec.encode(0.25))
+            entry.value.CopyFrom(dspex_rx.wire.codec.encode(0.25))
             deep = field(1, field(1, b"k") + field(2, nested_list(33)))
             request = (field(1, session.session_id.encode()) + field(2, entry.SerializeToString())
                        + field(3, deep))

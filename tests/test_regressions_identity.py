@@ -16,7 +16,7 @@ import trio.testing
 from helpers import Clock, beat_until, end, expire_client, grant
 
 import dspex_rx
-from dspex_rx.limits import Limits
+from dspex_rx.core.limits import Limits
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
 

@@ -14,8 +14,8 @@ from helpers import drain, settle
 
 import dspex_rx
 from dspex_rx import SessionContext
-from dspex_rx.actors import VariableUpdate
-from dspex_rx.derive import Derived
+from dspex_rx.client.actors import VariableUpdate
+from dspex_rx.client.derive import Derived
 from dspex_rx.errors import ConflictError
 from dspex_rx.server import EmbeddedServer
 

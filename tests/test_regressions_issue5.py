@@ -19,8 +19,8 @@ from helpers import drain, settle, until
 from optimization_helpers import FLOAT, FakeClock, Gate, breakable, open_pair
 
 import dspex_rx
-from dspex_rx.fanout import PendingFrame, Subscriber
 from dspex_rx.server import EmbeddedServer
+from dspex_rx.server.fanout import PendingFrame, Subscriber
 from dspex_rx.store import MemoryStore, VariableSpec
 
 # ---------------------------------------------------------------- harness

@@ -25,8 +25,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from optimization_helpers import FLOAT, FakeClock, Gate, breakable, open_pair
 
 import dspex_rx
+from dspex_rx.client.optimization.optimizers import BaseOptimizer
 from dspex_rx.errors import DspexError
-from dspex_rx.optimizers import BaseOptimizer
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
 

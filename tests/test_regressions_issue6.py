@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from dspex_rx.core.limits import Limits
 from dspex_rx.errors import ResourceExhaustedError
-from dspex_rx.fanout import Subscriber
-from dspex_rx.limits import Limits
 from dspex_rx.server import VariablesService
+from dspex_rx.server.fanout import Subscriber
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.v1 import session_pb2 as spb
 
@@ -88,7 +88,7 @@ def test_fencing_tokens_differ_from_the_variables_remembered_ones_without_a_grow
     # never freed, outside the memory budget). A new token now only has to differ from
     # the tokens of the variable's leases it still remembers; a draw that repeats one is
     # drawn again.
-    import dspex_rx.store as store_module
+    import dspex_rx.store.memory as store_module
 
     draws = iter([41, 41, 41, 99])
     monkeypatch.setattr(store_module.secrets, "randbits", lambda bits: next(draws))

@@ -20,9 +20,9 @@ import trio.testing
 from helpers import drain, settle, unavailable, until
 
 import dspex_rx
-from dspex_rx.security import token_metadata
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.v1 import session_pb2 as spb
+from dspex_rx.wire.security import token_metadata
 
 # ---------------------------------------------------------------- harness
 

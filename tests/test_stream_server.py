@@ -11,12 +11,12 @@ import pytest
 import trio
 
 import dspex_rx
-from dspex_rx.fanout import PendingFrame, Subscriber
-from dspex_rx.security import token_metadata
+from dspex_rx.client.transport import Stream, Transport
 from dspex_rx.server import SERVICE_NAME, EmbeddedServer
+from dspex_rx.server.fanout import PendingFrame, Subscriber
 from dspex_rx.store import ChangeEvent, Commit, MemoryStore, VariableRecord, VariableSpec
-from dspex_rx.transport import Stream, Transport
 from dspex_rx.v1 import session_pb2 as spb
+from dspex_rx.wire.security import token_metadata
 
 PATH = f"/{SERVICE_NAME}/Session"
 

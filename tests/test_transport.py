@@ -19,8 +19,8 @@ from helpers import beat_until, expire_client
 
 import dspex_rx
 from dspex_rx import SessionContext
+from dspex_rx.client.transport import Transport
 from dspex_rx.server import EmbeddedServer
-from dspex_rx.transport import Transport
 from dspex_rx.v1 import variables_pb2 as pb
 
 

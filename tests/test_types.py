@@ -28,8 +28,8 @@ from dspex_rx import (
     InvalidValueError,
     SessionContext,
     VariableTypeError,
-    codec,
 )
+from dspex_rx.wire import codec
 
 NAN = float("nan")
 INF = float("inf")

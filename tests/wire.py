@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dspex_rx.client.transport import Transport
 from dspex_rx.server import SERVICE_NAME
-from dspex_rx.transport import Transport
 
 
 class Raw:

@@ -1,0 +1,1 @@
+"""Client-side optimization: runs under a server lease, and the search algorithms."""

@@ -1,0 +1,122 @@
+"""The ``dspex-rx`` command line: ``dspex-rx serve`` runs the gRPC server in the foreground.
+
+Every field of ``limits.Limits`` is a flag of ``serve`` (``max_value_bytes`` is
+``--max-value-bytes``), with the same default.
+
+Security flags of ``serve``: ``--auth token`` (default: every call for a session must carry
+that session's token) or ``--auth none`` (tokens issued, not checked); ``--tls-cert`` and
+``--tls-key`` serve TLS; a non-loopback ``--host`` is refused unless auth is ``token`` and
+TLS is on, or ``--insecure`` says to serve anyway. ``--principals FILE`` reserves
+session-id namespaces for principals holding a key (``identity.Principals``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+
+from dspex_rx.core.identity import Principals
+from dspex_rx.core.limits import Limits
+from dspex_rx.errors import InvalidValueError
+from dspex_rx.logs import configure
+from dspex_rx.wire.security import AUTH_MODES, check_bind, server_credentials
+
+_SERVE_EPILOG = """\
+security:
+  Each session has a secret token, returned to the client that creates it; every later
+  call for the session must present it (--auth token, the default). --auth none issues
+  tokens but checks none: for tools on loopback only. Without TLS, tokens and values
+  cross the network in clear text, so a non-loopback --host (anything but 127.0.0.0/8,
+  ::1, localhost) is refused unless --auth token and --tls-cert/--tls-key are given;
+  --insecure serves anyway (a trusted network, or TLS ended by a proxy in front).
+  Access rules name sessions by id. An id stays claimed by its session's token after the
+  session ends; --principals reserves namespaces (like admin_*) for whoever holds a key,
+  and a rule's glob must lie in one.
+"""
+
+
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("limits (see ARCHITECTURE.md, 'Limits and hostile input')")
+    for spec in dataclasses.fields(Limits):
+        group.add_argument(
+            "--" + spec.name.replace("_", "-"), type=int, default=spec.default,
+            metavar="N", help=f"{spec.metadata['help']} (default {spec.default})",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dspex-rx`` console script.
+
+    Example::
+
+        main(["serve", "--port", "50051", "--max-sessions", "100"])
+        main(["serve", "--host", "0.0.0.0", "--tls-cert", "server.pem",
+              "--tls-key", "server.key"])
+    """
+    parser = argparse.ArgumentParser(prog="dspex-rx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser(
+        "serve", help="run the gRPC server until SIGINT/SIGTERM",
+        epilog=_SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve_p.add_argument("--host", default="127.0.0.1",
+                         help="address to bind (default 127.0.0.1; see security below)")
+    serve_p.add_argument("--port", type=int, default=50051)
+    serve_p.add_argument("--log-level", default="info",
+                         choices=["debug", "info", "warning", "error"])
+    serve_p.add_argument("--port-file", help="write the bound port here once serving "
+                         "(useful with --port 0)")
+    serve_p.add_argument("--log-size", type=int, default=10_000,
+                         help="commits kept per session for stream resume (default 10000)")
+    serve_p.add_argument("--auth", choices=AUTH_MODES, default="token",
+                         help="token: every call for a session must carry its token "
+                         "(default); none: tokens are issued but not checked (loopback "
+                         "tools only)")
+    serve_p.add_argument("--tls-cert", metavar="PATH",
+                         help="PEM certificate chain to serve TLS with (needs --tls-key)")
+    serve_p.add_argument("--tls-key", metavar="PATH",
+                         help="PEM private key of --tls-cert")
+    serve_p.add_argument("--insecure", action="store_true",
+                         help="serve on a non-loopback --host even without --auth token "
+                         "and TLS (anyone who can reach the port can read the traffic)")
+    serve_p.add_argument("--principals", metavar="PATH",
+                         help="YAML/JSON file of reserved session-id namespaces, "
+                         "{'admin_*': KEY}: creating a session in one needs its KEY (or "
+                         "give 'sha256:<hex>' of it); access-rule globs must lie in one")
+    _limit_flags(serve_p)
+    args = parser.parse_args(argv)
+
+    try:
+        limits = Limits(**{spec.name: getattr(args, spec.name)
+                           for spec in dataclasses.fields(Limits)})
+    except InvalidValueError as exc:
+        parser.error(str(exc))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        serve_p.error("--tls-cert and --tls-key go together")
+    try:
+        tls = server_credentials(args.tls_cert, args.tls_key) is not None
+        check_bind(args.host, args.auth, tls, args.insecure)
+        principals = Principals.from_file(args.principals) if args.principals else None
+        if principals and args.auth != "token":
+            raise InvalidValueError("--principals needs --auth token")
+    except InvalidValueError as exc:
+        serve_p.error(str(exc))
+
+    configure(args.log_level)
+    from dspex_rx.server import serve
+    from dspex_rx.store import MemoryStore
+
+    store = MemoryStore(limits=limits, log_size=args.log_size, principals=principals)
+    asyncio.run(
+        serve(
+            args.host, args.port, port_file=args.port_file, store=store, limits=limits,
+            auth=args.auth, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            insecure=args.insecure,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
