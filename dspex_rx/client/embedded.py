@@ -22,9 +22,13 @@ class EmbeddedHandle(Protocol):
     ends it.
     """
 
-    def start(self) -> str: ...
+    def start(self) -> str:
+        """Serve, and return ``host:port``. Example: ``handle.start()`` -> ``"127.0.0.1:50123"``."""
+        ...
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """Stop serving. Example: ``handle.stop()`` after the last session closed."""
+        ...
 
 
 EmbeddedFactory = Callable[[Limits | None], EmbeddedHandle]
