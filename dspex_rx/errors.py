@@ -36,10 +36,8 @@ class DspexError(Exception):
         """The same error (class and details) with ``prefix: `` before its message, to say
         where it happened.
 
-        Example::
-
-            >>> InvalidValueError("not a number").prefixed("variable 't'").message
-            "variable 't': not a number"
+        >>> InvalidValueError("not a number").prefixed("variable 't'").message
+        "variable 't': not a number"
         """
         return type(self)(f"{prefix}: {self.message}", **self.details)
 
@@ -218,10 +216,8 @@ _BY_KIND: dict[str, type[DspexError]] = {
 def error_from_kind(kind: str, message: str, **details: Any) -> DspexError:
     """Rebuild the exception a server reported by its kind (unknown kinds become InternalError).
 
-    Example::
-
-        >>> isinstance(error_from_kind("not_found", "no variable 'x'"), KeyError)
-        True
+    >>> isinstance(error_from_kind("not_found", "no variable 'x'"), KeyError)
+    True
     """
     return _BY_KIND.get(kind, InternalError)(message, **details)
 
@@ -229,10 +225,8 @@ def error_from_kind(kind: str, message: str, **details: Any) -> DspexError:
 def kind_of(exc: BaseException) -> str:
     """The wire kind of an exception; plain builtins map to their nearest kind.
 
-    Example::
-
-        >>> kind_of(ValueError("bad"))
-        'invalid_value'
+    >>> kind_of(ValueError("bad"))
+    'invalid_value'
     """
     if isinstance(exc, DspexError):
         return exc.kind

@@ -16,10 +16,8 @@ PROTO_DIR = ROOT / "proto"
 def proto_files() -> list[Path]:
     """The .proto sources, sorted.
 
-    Example::
-
-        >>> [p.name for p in proto_files()]
-        ['session.proto', 'value.proto', 'variables.proto']
+    >>> [p.name for p in proto_files()]
+    ['session.proto', 'value.proto', 'variables.proto']
     """
     return sorted((PROTO_DIR / "dspex_rx" / "v1").glob("*.proto"))
 
