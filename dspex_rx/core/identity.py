@@ -194,9 +194,8 @@ class Principals:
         """Read ``{pattern: key}`` from a YAML or JSON file (keys may be ``sha256:`` digests,
         so the file need not hold a secret).
 
-        Example::
-
-            principals = Principals.from_file("principals.yaml")
+        Example: ``Principals.from_file("principals.yaml")`` with lines like
+        ``admin_*: "sha256:<hex digest of the key>"``.
         """
         import yaml
 
@@ -301,10 +300,12 @@ class RetiredIds:
         """Keep the id claimed by ``token`` (claim number ``claim``) now that its session
         has ended.
 
-        Example::
-
-            RetiredIds(10).retire("bob", session.token, session.claim)
+        >>> retired = RetiredIds(10)
+        >>> retired.retire("bob", "bob-token", claim=2)
+        >>> retired.token_matches("bob", "bob-token"), retired.claim_of("bob")
+        (True, 2)
         """
+
         self._digests.pop(session_id, None)  # re-insert: newest last
         self._digests[session_id] = (digest(token), claim)
 

@@ -144,10 +144,10 @@ def map_rpc_error(error: BaseException) -> BaseException:
     """The dspex-rx exception for a status the server sent on purpose; anything else
     (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, non-gRPC errors) comes back unchanged.
 
-    Example::
+    >>> map_rpc_error(KeyError("not a gRPC error"))
+    KeyError('not a gRPC error')
 
-        except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc) from None
+    Example: ``raise map_rpc_error(exc) from None`` in ``except grpc.aio.AioRpcError as exc:``.
     """
     original = error
     if not isinstance(error, grpc.aio.AioRpcError):
@@ -170,10 +170,11 @@ def rules_from_pb(rules: Any) -> list[dict[str, Any]]:
     """Wire ``AccessRule``s as the spec's rule dicts, with ``claim`` when a rule is bound
     to one (identity.py); the store validates them.
 
-    Example::
-
-        rules_from_pb(request.rules)
+    >>> from dspex_rx.v1 import variables_pb2 as pb
+    >>> rules_from_pb([pb.AccessRule(session_pattern="bob", permissions=["read"], claim=2)])
+    [{'session_pattern': 'bob', 'permissions': ['read'], 'conditions': {}, 'claim': 2}]
     """
+
     return [
         {"session_pattern": r.session_pattern, "permissions": list(r.permissions),
          "conditions": codec.decode_map(r.conditions), **({"claim": r.claim} if r.claim else {})}

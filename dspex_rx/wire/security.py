@@ -151,9 +151,10 @@ def server_credentials(
     """Server TLS credentials from a certificate chain and its private key (PEM paths or
     bytes); None when neither is given. One without the other is refused.
 
-    Example::
+    >>> server_credentials(None, None) is None
+    True
 
-        creds = server_credentials("server.pem", "server.key")
+    Example: ``server_credentials("server.pem", "server.key")`` for a TLS server.
     """
     if tls_cert is None and tls_key is None:
         return None
@@ -168,9 +169,8 @@ def channel_credentials(ca_cert: Pem | None = None) -> grpc.ChannelCredentials:
     """Client TLS credentials that trust ``ca_cert`` (PEM path or bytes), or the system's
     root certificates when it is None.
 
-    Example::
-
-        creds = channel_credentials("ca.pem")
+    Example: ``channel_credentials("ca.pem")`` trusts the CA in ca.pem.
     """
+
     roots = read_pem(ca_cert, "ca_cert") if ca_cert is not None else None
     return grpc.ssl_channel_credentials(root_certificates=roots)

@@ -117,13 +117,11 @@ def short_name(module: Any) -> str:
     """The name a module's variables start with: ``cot`` for ChainOfThought, ``predict``,
     ``react``, ``pot``; other classes in snake case.
 
-    Example::
-
-        >>> short_name(dspy.ChainOfThought("question -> answer"))
-        'cot'
-        >>> class MultiHopRAG(dspy.Module): pass
-        >>> short_name(MultiHopRAG())
-        'multi_hop_rag'
+    >>> short_name(dspy.ChainOfThought("question -> answer"))
+    'cot'
+    >>> class MultiHopRAG(dspy.Module): pass
+    >>> short_name(MultiHopRAG())
+    'multi_hop_rag'
     """
     name = type(module).__name__
     if name in _SHORT_NAMES:
@@ -195,12 +193,10 @@ def default_prefix(module: Any) -> str:
     the module's short name, then ``_`` for a module with one predictor (``cot_``), ``.``
     for one with several (``react.``).
 
-    Example::
-
-        >>> default_prefix(dspy.ChainOfThought("question -> answer"))
-        'cot_'
-        >>> default_prefix(dspy.ReAct("question -> answer", tools=[len]))
-        'react.'
+    >>> default_prefix(dspy.ChainOfThought("question -> answer"))
+    'cot_'
+    >>> default_prefix(dspy.ReAct("question -> answer", tools=[len]))
+    'react.'
     """
     several = len(list(module.named_predictors())) > 1
     return short_name(module) + ("." if several else "_")
@@ -236,23 +232,21 @@ def parameter_variables(module: Any, variable_prefix: str = "") -> dict[str, tup
     ``hops[0]`` written ``hops.0``). An empty prefix (the default) means
     ``default_prefix(module)``: ``cot_`` for a ChainOfThought, ``react.`` for a ReAct.
 
-    Example::
-
-        >>> sorted(parameter_variables(dspy.ChainOfThought("question -> answer")))
-        ['cot_instructions', 'cot_max_tokens', 'cot_temperature']
-        >>> sorted(parameter_variables(dspy.ChainOfThought("question -> answer"), "qa."))
-        ['qa.instructions', 'qa.max_tokens', 'qa.temperature']
-        >>> react = dspy.ReAct("question -> answer", tools=[len])
-        >>> parameter_variables(react)["react.extract.predict_temperature"]
-        ('extract.predict', 'temperature')
-        >>> parameter_variables(react, "agent.")["agent.react_temperature"]
-        ('react', 'temperature')
-        >>> class Hops(dspy.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.hops = [dspy.Predict("question -> answer") for _ in range(2)]
-        >>> parameter_variables(Hops())["hops.hops.1_temperature"]
-        ('hops[1]', 'temperature')
+    >>> sorted(parameter_variables(dspy.ChainOfThought("question -> answer")))
+    ['cot_instructions', 'cot_max_tokens', 'cot_temperature']
+    >>> sorted(parameter_variables(dspy.ChainOfThought("question -> answer"), "qa."))
+    ['qa.instructions', 'qa.max_tokens', 'qa.temperature']
+    >>> react = dspy.ReAct("question -> answer", tools=[len])
+    >>> parameter_variables(react)["react.extract.predict_temperature"]
+    ('extract.predict', 'temperature')
+    >>> parameter_variables(react, "agent.")["agent.react_temperature"]
+    ('react', 'temperature')
+    >>> class Hops(dspy.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.hops = [dspy.Predict("question -> answer") for _ in range(2)]
+    >>> parameter_variables(Hops())["hops.hops.1_temperature"]
+    ('hops[1]', 'temperature')
     """
     return {
         p.variable: (p.predictor_name, p.setting) for p in _parameters(module, variable_prefix)
@@ -286,12 +280,10 @@ def plain(value: Any) -> Any:
     as the JSON-like value a ``list`` or ``dict`` variable stores; anything else becomes
     its ``str``.
 
-    Example::
-
-        >>> plain(dspy.Example(question="2 + 2?", answer="4", augmented=True))
-        {'question': '2 + 2?', 'answer': '4', 'augmented': True}
-        >>> plain({"n": np.int64(3), "x": float("nan"), "t": (1, 2)})
-        {'n': 3, 'x': 'nan', 't': [1, 2]}
+    >>> plain(dspy.Example(question="2 + 2?", answer="4", augmented=True))
+    {'question': '2 + 2?', 'answer': '4', 'augmented': True}
+    >>> plain({"n": np.int64(3), "x": float("nan"), "t": (1, 2)})
+    {'n': 3, 'x': 'nan', 't': [1, 2]}
     """
     if value is None or isinstance(value, bool | str):
         return value
