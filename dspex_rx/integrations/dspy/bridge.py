@@ -58,13 +58,8 @@ class DSPyOptimizationBridge:
     settings from variables and write their results back, and predictor settings bound
     live to variables.
 
-    Example::
-
-        bridge = DSPyOptimizationBridge(session)
-        ids = await bridge.sync_dspy_parameters(dspy.ChainOfThought("question -> answer"))
-        optimizer = await bridge.create_variable_aware_optimizer(
-            dspy.BootstrapFewShot, variable_mappings={"teacher_temperature": "temperature"},
-            metric=exact)
+    Example: ``await DSPyOptimizationBridge(session).sync_dspy_parameters(cot)`` binds a
+    ChainOfThought's settings to ``cot_temperature``, ``cot_max_tokens``, ``cot_instructions``.
     """
 
     def __init__(self, session: SessionContext) -> None:
@@ -76,9 +71,7 @@ class DSPyOptimizationBridge:
         """The session this bridge works in (the spec's name; the same object as
         ``session``).
 
-        Example::
-
-            assert DSPyOptimizationBridge(session).session_context is session
+        Example: ``DSPyOptimizationBridge(session).session_context is session`` holds.
         """
         return self.session
 
@@ -107,13 +100,8 @@ class DSPyOptimizationBridge:
         anything runs; the mapped variables are read by ``compile``, so they may be
         registered after this.
 
-        Example::
-
-            optimizer = await bridge.create_variable_aware_optimizer(
-                dspy.BootstrapFewShot,
-                variable_mappings={"teacher_temperature": "temperature",
-                                   "max_bootstrapped_demos": "max_demos"},
-                metric=lambda example, prediction, trace=None: example.answer == prediction.answer)
+        Example: ``await bridge.create_variable_aware_optimizer(dspy.BootstrapFewShot,
+        {"max_bootstrapped_demos": "max_demos"}, metric=exact)`` reads ``max_demos`` per compile.
         """
         return VariableAwareOptimizer(
             self.session, optimizer_class, variable_mappings, kwargs, result_prefix, lease_ttl
@@ -156,14 +144,9 @@ class DSPyOptimizationBridge:
         Syncing a module again (another prefix) replaces its bindings once the new ones
         are in place; if that fails, the old ones stay.
 
-        Example::
-
-            cot = dspy.ChainOfThought("question -> answer")
-            ids = await bridge.sync_dspy_parameters(cot, variable_prefix="cot_")
-            # {'cot_temperature': 'var_...', 'cot_max_tokens': ..., 'cot_instructions': ...}
-            await other_connection.set_variable("cot_temperature", 0.2)
-            await session.sync()
-            cot(question="...")      # the request carries temperature 0.2
+        Example: after ``await bridge.sync_dspy_parameters(cot, variable_prefix="cot_")``,
+        ``await session.set_variable("cot_temperature", 0.2)`` then ``await session.sync()``:
+        cot's next request carries temperature 0.2.
         """
         session = self.session
         parameters = _parameters(dspy_module, variable_prefix)
@@ -242,9 +225,7 @@ class DSPyOptimizationBridge:
         """End the live bindings of ``dspy_module``'s predictors (of every module when
         None); the predictors keep their last values. Returns how many ended.
 
-        Example::
-
-            bridge.unbind_dspy_parameters(cot)
+        Example: ``bridge.unbind_dspy_parameters(cot)`` is 3 for a bound ChainOfThought.
         """
         predictors = (
             None if dspy_module is None
@@ -263,8 +244,8 @@ class DSPyOptimizationBridge:
     def bound_variables(self) -> list[str]:
         """The variables whose bindings are still live.
 
-        Example::
-
-            assert "cot_temperature" in bridge.bound_variables()
+        Example: ``bridge.bound_variables()`` lists ``"cot_temperature"`` once a
+        ChainOfThought is synced with ``variable_prefix="cot_"``.
         """
+
         return [b.parameter.variable for b in self._bindings if b.active]

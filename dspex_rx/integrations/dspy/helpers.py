@@ -38,12 +38,14 @@ async def run_in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T
     cancellation waits until the call returns, then raises ``Cancelled`` (the result is
     dropped, so nothing after the ``await`` runs for a cancelled caller).
 
-    Example::
-
-        with dspy.context(lm=dspy.utils.DummyLM([{"answer": "4"}])):
-            prediction = await run_in_thread(dspy.Predict("question -> answer"),
-                                             question="2 + 2?")
+    >>> async def ask() -> str:
+    ...     with dspy.context(lm=dspy.utils.DummyLM([{"answer": "4"}])):
+    ...         predict = dspy.Predict("question -> answer")
+    ...         return (await run_in_thread(predict, question="2 + 2?")).answer
+    >>> trio.run(ask)
+    '4'
     """
+
 
     def call() -> T:
         if dspy.settings.adapter is None:

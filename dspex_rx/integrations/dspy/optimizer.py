@@ -45,10 +45,8 @@ class CompileRun:
     devset), the result ``variables`` it wrote (``demos.<predictor>``, ``score`` (NaN for
     an unscored run that found one), ``settings`` -> variable name) and the wall time.
 
-    Example::
-
-        compiled = await optimizer.compile(program, trainset=trainset)
-        print(optimizer.last_run.run_id, optimizer.last_run.score)
+    Example: after ``await optimizer.compile(program, trainset=trainset)``,
+    ``optimizer.last_run.score`` is None (no metric and devset) and ``run_id`` names the run.
     """
 
     run_id: str
@@ -98,14 +96,8 @@ class VariableAwareOptimizer:
     A failing or cancelled compile releases the leases as ``failed`` and writes no
     results.
 
-    Example::
-
-        optimizer = await bridge.create_variable_aware_optimizer(
-            dspy.BootstrapFewShot, variable_mappings={"teacher_temperature": "temperature",
-                                                      "max_bootstrapped_demos": "max_demos"},
-            metric=exact)
-        compiled = await optimizer.compile(dspy.ChainOfThought("question -> answer"),
-                                           trainset=trainset, devset=devset)
+    Example: ``await optimizer.compile(dspy.ChainOfThought("question -> answer"),
+    trainset=trainset, devset=devset)`` returns the compiled program.
     """
 
     def __init__(
@@ -132,12 +124,9 @@ class VariableAwareOptimizer:
         """The result variables a compile of ``student`` writes: ``demos.<predictor>``,
         ``score`` (when ``scoring``) and ``settings`` -> variable name.
 
-        Example::
-
-            optimizer.result_variables(dspy.ChainOfThought("question -> answer"))
-            # {'demos.predict': 'dspy.demos.predict', 'score': 'dspy.score',
-            #  'settings': 'dspy.settings'}
-            # A list of predictors: {'demos.hops[0]': 'dspy.demos.hops.0', ...}
+        Example: for a ChainOfThought, ``optimizer.result_variables(cot)`` is
+        ``{'demos.predict': 'dspy.demos.predict', 'score': 'dspy.score', 'settings':
+        'dspy.settings'}``; a list of predictors gives ``'demos.hops[0]': 'dspy.demos.hops.0'``.
         """
         names = {
             f"demos.{name}": f"{self.result_prefix}demos.{part}"
@@ -165,11 +154,10 @@ class VariableAwareOptimizer:
         result is scored. Other keyword arguments go to the DSPy optimizer's ``compile``
         (``valset=`` for random search).
 
-        Example::
-
-            compiled = await optimizer.compile(program, trainset=trainset, devset=devset)
-            await session.get_variable("dspy.demos.predict")   # the demos, as dicts
+        Example: after ``await optimizer.compile(program, trainset=trainset)``,
+        ``await session.get_variable("dspy.demos.predict")`` returns the demos, as dicts.
         """
+
         session = self.session
         metric = metric if metric is not None else self.kwargs.get("metric")
         scoring = metric is not None and devset is not None

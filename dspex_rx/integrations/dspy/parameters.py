@@ -56,10 +56,10 @@ class LMSetting:
     its LM does: the provider decides). A stand-in is never applied to the predictor; the
     variable takes effect once it is written.
 
-    Example::
-
-        LM_SETTINGS["temperature"].constraints   # {'min': 0.0, 'max': 2.0}
+    >>> LM_SETTINGS["temperature"]
+    LMSetting(type='float', constraints={'min': 0.0, 'max': 2.0}, default=0.7)
     """
+
 
     type: str
     constraints: Mapping[str, Any]

@@ -46,11 +46,8 @@ class VariableModule:
     it, until ``register_module`` replaces that class) and runs it in a worker thread.
     ``last_class`` names the class of the last call.
 
-    Example::
-
-        qa = await resolver.create_module("reasoning_strategy", "question -> answer")
-        prediction = await qa.forward(question="Why is the sky blue?")
-        print(qa.last_class, prediction.answer)
+    Example: ``await qa.forward(question="Why is the sky blue?")`` runs the class the
+    variable holds now, and ``qa.last_class`` names it.
     """
 
     def __init__(
@@ -74,9 +71,8 @@ class VariableModule:
     async def current_class(self) -> str:
         """The class name the variable holds now.
 
-        Example::
-
-            assert await qa.current_class() == "ChainOfThought"
+        Example: ``await qa.current_class()`` is ``"ChainOfThought"`` while the variable
+        holds it.
         """
         if self.closed is not None:
             raise RuntimeError(f"module variable {self.variable!r}: {self.closed}")
@@ -85,10 +81,7 @@ class VariableModule:
     async def module(self) -> Any:
         """The DSPy module instance for the variable's current class.
 
-        Example::
-
-            cot = await qa.module()
-            await bridge.sync_dspy_parameters(cot)
+        Example: ``await bridge.sync_dspy_parameters(await qa.module())`` binds its settings.
         """
         return self.instance(await self.current_class())
 
@@ -98,9 +91,7 @@ class VariableModule:
         class that runs generated code (ProgramOfThought), an interpreter; without them
         it raises ``ValueError`` naming the variable, the class and what is missing.
 
-        Example::
-
-            predict = qa.instance("Predict")
+        Example: ``qa.instance("Predict")`` is the same ``dspy.Predict`` on every call.
         """
         name = _canonical(class_name)
         if name not in self.instances:
@@ -119,9 +110,7 @@ class VariableModule:
         """Run the current class's module on ``inputs`` (in a worker thread); returns its
         ``dspy.Prediction``.
 
-        Example::
-
-            prediction = await qa.forward(question="What is 2 + 2?")
+        Example: ``(await qa.forward(question="What is 2 + 2?")).answer``.
         """
         name = _canonical(await self.current_class())
         module = self.instance(name)
@@ -141,9 +130,7 @@ class VariableModule:
     def close(self) -> None:
         """Stop watching the variable; ``forward`` then raises ``RuntimeError``.
 
-        Example::
-
-            qa.close()
+        Example: after ``qa.close()``, ``await qa.forward(...)`` raises ``RuntimeError``.
         """
         self._end("closed")
         if self.disposable is not None:
@@ -223,13 +210,10 @@ class ModuleVariableResolver:
     classes added with ``register_module``. What a class needs is asked for only when it
     is created: a variable may offer ReAct to a program that never passes ``tools=``.
 
-    Example::
-
-        resolver = ModuleVariableResolver(session)
-        await session.register_variable("strategy", "module", "Predict", constraints={
-            "choices": ["Predict", "ChainOfThought", "ReAct", "ProgramOfThought"]})
-        qa = await resolver.create_module("strategy", "question -> answer")
-        await qa.forward(question="What is 2 + 2?")      # a Predict answers
+    Example: after ``await session.register_variable("strategy", "module", "Predict",
+    constraints={"choices": ["Predict", "ChainOfThought"]})``,
+    ``await ModuleVariableResolver(session).create_module("strategy", "question -> answer")``
+    makes a module that a Predict runs until the variable says otherwise.
     """
 
     def __init__(self, session: SessionContext) -> None:
@@ -244,9 +228,8 @@ class ModuleVariableResolver:
         signature first. Registering a name again replaces its class: modules made here
         drop their instance of the old class and build the new one on their next call.
 
-        Example::
-
-            resolver.register_module("MajorityVote", MajorityVote)
+        Example: ``resolver.register_module("MajorityVote", MajorityVote)``, where
+        ``MajorityVote`` subclasses ``dspy.Module``.
         """
         if not (isinstance(module_class, type) and issubclass(module_class, dspy.Module)):
             raise InvalidValueError(f"module {name!r}: {module_class!r} is not a dspy.Module "
@@ -262,9 +245,7 @@ class ModuleVariableResolver:
     def resolve(self, name: str) -> type[Any]:
         """The class for a module name (``'ChainOfThought'`` or ``'dspy.ChainOfThought'``).
 
-        Example::
-
-            assert resolver.resolve("ChainOfThought") is dspy.ChainOfThought
+        Example: ``resolver.resolve("dspy.ChainOfThought") is dspy.ChainOfThought`` holds.
         """
         found = self.modules.get(_canonical(name))
         if found is None:
@@ -296,11 +277,10 @@ class ModuleVariableResolver:
         ``create_module`` gets no ``tools=``, and only a call made while it holds
         ``ReAct`` fails (``ValueError`` naming the variable, ReAct and ``tools=``).
 
-        Example::
-
-            qa = await resolver.create_module("strategy", "question -> answer",
-                                              tools=[search], config={"temperature": 0.3})
+        Example: ``await resolver.create_module("strategy", "question -> answer",
+        tools=[search], config={"temperature": 0.3})``.
         """
+
         found = await self.session.get_variables(
             [variable], defaults={variable: _ABSENT}, include_metadata=True
         )
