@@ -13,12 +13,9 @@ from typing import Any
 class DspexError(Exception):
     """Base of every dspex-rx error.
 
-    Example::
-
-        try:
-            await session.get_variable("nope")
-        except DspexError as exc:
-            print(exc.kind, exc)
+    >>> error = VariableNotFoundError("no variable 'nope'")
+    >>> isinstance(error, DspexError), error.kind, str(error)
+    (True, 'not_found', "no variable 'nope'")
     """
 
     kind = "internal"
@@ -36,10 +33,8 @@ class DspexError(Exception):
         """The same error (class and details) with ``prefix: `` before its message, to say
         where it happened.
 
-        Example::
-
-            >>> InvalidValueError("not a number").prefixed("variable 't'").message
-            "variable 't': not a number"
+        >>> InvalidValueError("not a number").prefixed("variable 't'").message
+        "variable 't': not a number"
         """
         return type(self)(f"{prefix}: {self.message}", **self.details)
 
@@ -47,10 +42,7 @@ class DspexError(Exception):
 class VariableNotFoundError(DspexError, KeyError):
     """No variable with that name or id in the session.
 
-    Example::
-
-        with pytest.raises(KeyError, match="no variable 'x'"):
-            await session.get_variable("x")
+    Example: ``await session.get_variable("x")`` raises it (a ``KeyError``) when there is no x.
     """
 
     kind = "not_found"
@@ -59,9 +51,7 @@ class VariableNotFoundError(DspexError, KeyError):
 class SessionNotFoundError(DspexError, KeyError):
     """The session id is unknown to the server (never created, closed, or expired).
 
-    Example::
-
-        except SessionNotFoundError: await session.initialize()
+    Example: ``await session.initialize()`` opens the session again after this error.
     """
 
     kind = "session_not_found"
@@ -70,10 +60,8 @@ class SessionNotFoundError(DspexError, KeyError):
 class InvalidValueError(DspexError, ValueError):
     """A value, constraint or argument breaks a rule; the message names the variable and rule.
 
-    Example::
-
-        with pytest.raises(ValueError, match="above max"):
-            await session.set_variable("temperature", 5.0)
+    Example: ``await session.set_variable("temperature", 5.0)`` raises it (a ``ValueError``,
+    "above max") when the constraint is ``max=2.0``.
     """
 
     kind = "invalid_value"
@@ -82,10 +70,8 @@ class InvalidValueError(DspexError, ValueError):
 class VariableTypeError(DspexError, TypeError):
     """A value is of the wrong Python/wire type for the variable's type.
 
-    Example::
-
-        with pytest.raises(TypeError, match="expected integer"):
-            await session.set_variable("max_tokens", "many")
+    Example: ``await session.set_variable("max_tokens", "many")`` raises it (a ``TypeError``,
+    "expected integer") for an integer variable.
     """
 
     kind = "type_error"
@@ -94,10 +80,8 @@ class VariableTypeError(DspexError, TypeError):
 class AlreadyExistsError(DspexError, ValueError):
     """Registering a name that the session already has.
 
-    Example::
-
-        with pytest.raises(ValueError, match="already exists"):
-            await session.register_variable("temperature", "float", 0.5)
+    Example: a second ``await session.register_variable("temperature", "float", 0.5)``
+    raises it (a ``ValueError``, "already exists").
     """
 
     kind = "already_exists"
@@ -108,9 +92,8 @@ class ConflictError(DspexError, ValueError):
 
     ``current_version`` holds the version the server has, when known.
 
-    Example::
-
-        except ConflictError as exc: retry_from(exc.current_version)
+    >>> ConflictError("version 2 expected", current_version=3).current_version
+    3
     """
 
     kind = "conflict"
@@ -119,9 +102,8 @@ class ConflictError(DspexError, ValueError):
     def current_version(self) -> int | None:
         """The version the variable is at, when the server said (0: it does not exist).
 
-        Example::
-
-            except ConflictError as exc: retry_from(exc.current_version)
+        >>> ConflictError("stale").current_version is None
+        True
         """
         value = self.details.get("current_version")
         return int(value) if value is not None else None
@@ -132,9 +114,9 @@ class OptimizationLockedError(ConflictError):
     belongs to a lease that has ended (stopped or expired). ``optimization_id`` names the
     lease that refused it.
 
-    Example::
-
-        except OptimizationLockedError as exc: print("locked by", exc.optimization_id)
+    >>> error = OptimizationLockedError("locked", optimization_id="opt_1")
+    >>> isinstance(error, ConflictError), error.optimization_id
+    (True, 'opt_1')
     """
 
     kind = "locked"
@@ -143,9 +125,8 @@ class OptimizationLockedError(ConflictError):
     def optimization_id(self) -> str:
         """The optimization holding (or that held) the lease.
 
-        Example::
-
-            except OptimizationLockedError as exc: await s.stop_optimization(exc.variable)
+        Example: ``await session.stop_optimization("temperature")`` ends that lease, from
+        any connection of the session.
         """
         return str(self.details.get("optimization_id", ""))
 
@@ -153,9 +134,8 @@ class OptimizationLockedError(ConflictError):
 class AccessDeniedError(DspexError, PermissionError):
     """The session may not do this to the variable.
 
-    Example::
-
-        with pytest.raises(PermissionError): await other.set_variable("secret", 1)
+    Example: another session's ``await session.set_variable("secret", 1)`` raises it (a
+    ``PermissionError``) unless an access rule grants ``write``.
     """
 
     kind = "permission_denied"
@@ -165,11 +145,8 @@ class AuthenticationError(DspexError, PermissionError):
     """The call did not prove it may act for the session: no session token was sent, or
     the token sent is not that session's. The message says which, never the token.
 
-    Example::
-
-        with pytest.raises(PermissionError, match="session token"):
-            async with dspex_rx.connect(target, session_id=someone_elses_id):
-                ...
+    Example: ``dspex_rx.connect(target, session_id=someone_elses_id)`` raises it (a
+    ``PermissionError`` naming the session token) without that session's token.
     """
 
     kind = "unauthenticated"
@@ -178,9 +155,8 @@ class AuthenticationError(DspexError, PermissionError):
 class ResourceExhaustedError(DspexError):
     """A server limit was reached (too many variables, a value too large).
 
-    Example::
-
-        except ResourceExhaustedError as exc: print(exc)
+    >>> kind_of(ResourceExhaustedError("too many variables"))
+    'resource_exhausted'
     """
 
     kind = "resource_exhausted"
@@ -189,10 +165,10 @@ class ResourceExhaustedError(DspexError):
 class InternalError(DspexError):
     """The server failed in a way that is not the caller's fault.
 
-    Example::
-
-        except InternalError: report_bug()
+    >>> type(error_from_kind("no_such_kind", "boom")).__name__
+    'InternalError'
     """
+
 
     kind = "internal"
 
@@ -218,10 +194,8 @@ _BY_KIND: dict[str, type[DspexError]] = {
 def error_from_kind(kind: str, message: str, **details: Any) -> DspexError:
     """Rebuild the exception a server reported by its kind (unknown kinds become InternalError).
 
-    Example::
-
-        >>> isinstance(error_from_kind("not_found", "no variable 'x'"), KeyError)
-        True
+    >>> isinstance(error_from_kind("not_found", "no variable 'x'"), KeyError)
+    True
     """
     return _BY_KIND.get(kind, InternalError)(message, **details)
 
@@ -229,10 +203,8 @@ def error_from_kind(kind: str, message: str, **details: Any) -> DspexError:
 def kind_of(exc: BaseException) -> str:
     """The wire kind of an exception; plain builtins map to their nearest kind.
 
-    Example::
-
-        >>> kind_of(ValueError("bad"))
-        'invalid_value'
+    >>> kind_of(ValueError("bad"))
+    'invalid_value'
     """
     if isinstance(exc, DspexError):
         return exc.kind

@@ -15,10 +15,8 @@ import structlog
 def get_logger(name: str) -> Any:
     """A key-value structlog logger on top of ``logging.getLogger(name)``.
 
-    Example::
-
-        log = get_logger("dspex_rx.server")
-        log.info("server_started", port=50051)   # event=server_started port=50051
+    Example: ``get_logger("dspex_rx.server").info("server_started", port=50051)`` logs
+    ``event='server_started' port=50051`` after the timestamp and level.
     """
     return structlog.wrap_logger(
         logging.getLogger(name),
@@ -38,9 +36,8 @@ def get_logger(name: str) -> Any:
 def configure(level: str = "info") -> None:
     """Send dspex-rx log lines at ``level`` and above to stderr, one event per line.
 
-    Example::
-
-        configure("debug")
+    Example: ``configure("debug")`` shows the library's debug lines on stderr.
     """
+
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("dspex_rx").setLevel(level.upper())

@@ -28,7 +28,7 @@ from openai_stub import OpenAIStub, question_of  # noqa: E402
 
 import dspex_rx  # noqa: E402
 import dspex_rx.dspy  # noqa: E402
-import dspex_rx.integrations.dspy.bridge  # noqa: E402
+import dspex_rx.integrations.dspy.resolver  # noqa: E402
 from dspex_rx import OptimizationLockedError  # noqa: E402
 from dspex_rx.dspy import (  # noqa: E402
     DSPyOptimizationBridge,
@@ -631,7 +631,7 @@ POT_CODE = "```python\nresult = 17 * 3\nprint(result)\n```"
 async def test_program_of_thought_without_deno_or_interpreter_fails_before_any_request(
     session: dspex_rx.SessionContext, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(dspex_rx.integrations.dspy.bridge, "_deno_found", lambda: False)
+    monkeypatch.setattr(dspex_rx.integrations.dspy.resolver, "_deno_found", lambda: False)
     await register_four(session, "ProgramOfThought")
     qa = await ModuleVariableResolver(session).create_module(
         "reasoning_strategy", "question -> answer")
@@ -644,11 +644,11 @@ async def test_program_of_thought_without_deno_or_interpreter_fails_before_any_r
     assert lm.history == [] and qa.instances == {}
     # With Deno there, or an interpreter configured in DSPy, it is built.
     # DSPy's deprecation of ProgramOfThought reaches the user as DSPy issues it.
-    monkeypatch.setattr(dspex_rx.integrations.dspy.bridge, "_deno_found", lambda: True)
+    monkeypatch.setattr(dspex_rx.integrations.dspy.resolver, "_deno_found", lambda: True)
     with pytest.warns(DeprecationWarning, match="ProgramOfThought is deprecated"):
         assert type(qa.instance("ProgramOfThought")) is dspy.ProgramOfThought
     qa.instances.clear()
-    monkeypatch.setattr(dspex_rx.integrations.dspy.bridge, "_deno_found", lambda: False)
+    monkeypatch.setattr(dspex_rx.integrations.dspy.resolver, "_deno_found", lambda: False)
     with (dspy.context(interpreter_factory=dspy.LocalInterpreter),
           pytest.warns(DeprecationWarning, match="ProgramOfThought is deprecated")):
         assert type(qa.instance("ProgramOfThought")) is dspy.ProgramOfThought
@@ -657,7 +657,7 @@ async def test_program_of_thought_without_deno_or_interpreter_fails_before_any_r
 async def test_program_of_thought_with_a_local_interpreter_runs_its_code(
     session: dspex_rx.SessionContext, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(dspex_rx.integrations.dspy.bridge, "_deno_found", lambda: False)
+    monkeypatch.setattr(dspex_rx.integrations.dspy.resolver, "_deno_found", lambda: False)
     await register_four(session, "ProgramOfThought")
     qa = await ModuleVariableResolver(session).create_module(
         "reasoning_strategy", "question -> answer", interpreter_factory=dspy.LocalInterpreter)

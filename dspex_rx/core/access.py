@@ -44,11 +44,9 @@ NUMERIC_TYPES = ("float", "integer")
 class AccessRule:
     """One validated access rule.
 
-    Example::
-
-        >>> rule = AccessRule("admin_*", ("read",))
-        >>> rule.matches("admin_1"), rule.matches("guest")
-        (True, False)
+    >>> rule = AccessRule("admin_*", ("read",))
+    >>> rule.matches("admin_1"), rule.matches("guest")
+    (True, False)
     """
 
     session_pattern: str
@@ -62,12 +60,10 @@ class AccessRule:
         """Whether the rule names this session (``'any'`` names every session). A rule
         bound to a claim names only a session of that claim.
 
-        Example::
-
-            >>> AccessRule("any", ("read",)).matches("whoever")
-            True
-            >>> AccessRule("bob", ("read",), claim=7).matches("bob", claim=8)
-            False
+        >>> AccessRule("any", ("read",)).matches("whoever")
+        True
+        >>> AccessRule("bob", ("read",), claim=7).matches("bob", claim=8)
+        False
         """
         if self.claim and claim != self.claim:
             return False
@@ -79,10 +75,8 @@ class AccessRule:
     def active(self, now: float) -> bool:
         """Whether the rule's time conditions hold at ``now``.
 
-        Example::
-
-            >>> AccessRule("any", ("read",), {"expires_at": 10.0}).active(11.0)
-            False
+        >>> AccessRule("any", ("read",), {"expires_at": 10.0}).active(11.0)
+        False
         """
         before = self.conditions.get("not_before")
         expires = self.conditions.get("expires_at")
@@ -91,10 +85,8 @@ class AccessRule:
     def allows_value(self, value: Any) -> bool:
         """Whether the rule's value bounds admit ``value`` (for its ``write`` grant).
 
-        Example::
-
-            >>> AccessRule("any", ("write",), {"max_value": 1.0}).allows_value(2.0)
-            False
+        >>> AccessRule("any", ("write",), {"max_value": 1.0}).allows_value(2.0)
+        False
         """
         low = self.conditions.get("min_value")
         high = self.conditions.get("max_value")
@@ -107,10 +99,8 @@ class AccessRule:
     def as_dict(self) -> dict[str, Any]:
         """The rule in the spec's shape.
 
-        Example::
-
-            >>> AccessRule("any", ("read",)).as_dict()
-            {'session_pattern': 'any', 'permissions': ['read'], 'conditions': {}}
+        >>> AccessRule("any", ("read",)).as_dict()
+        {'session_pattern': 'any', 'permissions': ['read'], 'conditions': {}}
         """
         return {
             "session_pattern": self.session_pattern,
@@ -122,10 +112,8 @@ class AccessRule:
 def check_permission(permission: Any) -> str:
     """A permission name, or ``InvalidValueError``.
 
-    Example::
-
-        >>> check_permission("read")
-        'read'
+    >>> check_permission("read")
+    'read'
     """
     if permission not in PERMISSIONS:
         raise InvalidValueError(
@@ -146,10 +134,8 @@ def _number(where: str, key: str, value: Any) -> float:
 def check_rules(name: str, type_name: str, rules: Any) -> tuple[AccessRule, ...]:
     """Validate a variable's access rules fully; returns them in a canonical form.
 
-    Example::
-
-        >>> check_rules("t", "float", [{"session_pattern": "any", "permissions": ["read"]}])
-        (AccessRule(session_pattern='any', permissions=('read',), conditions={}),)
+    >>> check_rules("t", "float", [{"session_pattern": "any", "permissions": ["read"]}])
+    (AccessRule(session_pattern='any', permissions=('read',), conditions={}),)
     """
     if rules is None:
         return ()

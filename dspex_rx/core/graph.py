@@ -19,9 +19,8 @@ DEPENDENCY_TYPES = ("data", "constraint", "optimization")
 class Edge:
     """``dependent`` depends on ``dependency``.
 
-    Example::
-
-        Edge("var_eff_3", "var_base_1", "data", {})
+    >>> Edge("var_eff_3", "var_base_1").type
+    'data'
     """
 
     dependent: str
@@ -35,9 +34,13 @@ class Edge:
 class CycleError(ValueError):
     """Adding an edge would close a cycle; ``path`` is the cycle as ids, first == last.
 
-    Example::
-
-        except CycleError as exc: print(" -> ".join(exc.path))
+    >>> graph = DependencyGraph()
+    >>> graph.add(Edge("b", "a"))
+    True
+    >>> graph.add(Edge("a", "b"))
+    Traceback (most recent call last):
+    ...
+    dspex_rx.core.graph.CycleError: a -> b -> a
     """
 
     def __init__(self, path: list[str]) -> None:
@@ -48,11 +51,13 @@ class CycleError(ValueError):
 class DependencyGraph:
     """Edges both ways (what a variable depends on, what depends on it), always acyclic.
 
-    Example::
-
-        graph = DependencyGraph()
-        graph.add(Edge("c", "b")); graph.add(Edge("b", "a"))
-        graph.dependencies("c", transitive=True)   # [("b", 1, edge), ("a", 2, edge)]
+    >>> graph = DependencyGraph()
+    >>> graph.add(Edge("c", "b")), graph.add(Edge("b", "a"))
+    (True, True)
+    >>> [(node, depth) for node, depth, _ in graph.dependencies("c", transitive=True)]
+    [('b', 1), ('a', 2)]
+    >>> graph.downstream(["a"]), graph.path("c", "a")
+    (['b', 'c'], ['c', 'b', 'a'])
     """
 
     def __init__(self) -> None:
@@ -67,9 +72,7 @@ class DependencyGraph:
     def copy(self) -> DependencyGraph:
         """An independent graph with the same edges (to try changes on before making them).
 
-        Example::
-
-            trial = graph.copy(); trial.add(Edge("a", "b"))   # graph is unchanged
+        Example: ``graph.copy().add(Edge("x", "y"))`` leaves ``graph`` unchanged.
         """
         clone = DependencyGraph()
         clone._out = {node: dict(edges) for node, edges in self._out.items()}
@@ -79,27 +82,21 @@ class DependencyGraph:
     def edges(self) -> list[Edge]:
         """Every edge.
 
-        Example::
-
-            len(graph.edges())
+        Example: ``len(graph.edges())`` equals ``len(graph)``.
         """
         return [edge for edges in self._out.values() for edge in edges.values()]
 
     def edge(self, dependent: str, dependency: str) -> Edge | None:
         """The edge ``dependent -> dependency``, or None.
 
-        Example::
-
-            graph.edge("b", "a")
+        Example: ``graph.edge("b", "a")`` is the ``Edge`` added for b -> a, else None.
         """
         return self._out.get(dependent, {}).get(dependency)
 
     def path(self, start: str, goal: str) -> list[str] | None:
         """A chain ``start -> ... -> goal`` along "depends on" edges, or None.
 
-        Example::
-
-            graph.path("c", "a")   # ["c", "b", "a"]
+        Example: ``graph.path("c", "a")`` is ``["c", "b", "a"]`` when c -> b -> a.
         """
         if start == goal:
             return [start]
@@ -123,9 +120,7 @@ class DependencyGraph:
         """Add an edge (replacing type/metadata of an existing one); returns False if it
         was already there unchanged. Raises ``CycleError`` if it would close a cycle.
 
-        Example::
-
-            graph.add(Edge("b", "a", "data"))
+        Example: ``graph.add(Edge("b", "a", "data"))`` is True the first time, then False.
         """
         existing = self._out.get(edge.dependent, {}).get(edge.dependency)
         if existing == edge:
@@ -145,9 +140,7 @@ class DependencyGraph:
     def remove(self, dependent: str, dependency: str) -> bool:
         """Remove an edge; returns whether it existed.
 
-        Example::
-
-            graph.remove("b", "a")
+        Example: ``graph.remove("b", "a")`` is True if b -> a was there.
         """
         edge = self._out.get(dependent, {}).pop(dependency, None)
         if edge is None:
@@ -162,9 +155,7 @@ class DependencyGraph:
     def drop(self, node: str) -> None:
         """Remove a node and every edge touching it.
 
-        Example::
-
-            graph.drop("var_a_1")
+        Example: ``graph.drop("var_a_1")`` removes that node's edges, both ways.
         """
         for dependency in list(self._out.get(node, {})):
             self.remove(node, dependency)
@@ -201,18 +192,15 @@ class DependencyGraph:
     def dependencies(self, node: str, transitive: bool = False) -> list[tuple[str, int, Edge]]:
         """What ``node`` depends on: (id, depth, edge that reached it), breadth first.
 
-        Example::
-
-            [dep for dep, _, _ in graph.dependencies("c", transitive=True)]
+        Example: ``[dep for dep, _, _ in graph.dependencies("c", transitive=True)]`` is
+        ``["b", "a"]`` when c -> b -> a.
         """
         return self._walk(node, lambda n: self._out.get(n, {}), transitive)
 
     def dependents(self, node: str, transitive: bool = False) -> list[tuple[str, int, Edge]]:
         """What depends on ``node``: (id, depth, edge that reached it), breadth first.
 
-        Example::
-
-            [d for d, _, _ in graph.dependents("a")]
+        Example: ``[d for d, _, _ in graph.dependents("a")]`` is ``["b"]`` when c -> b -> a.
         """
         return self._walk(node, lambda n: self._in.get(n, {}), transitive)
 
@@ -220,9 +208,7 @@ class DependencyGraph:
         """Every variable that transitively depends on any of ``changed`` (not those
         themselves), in topological order: each after everything it depends on.
 
-        Example::
-
-            graph.downstream(["a"])   # ["b", "c"] for c -> b -> a
+        Example: ``graph.downstream(["a"])`` is ``["b", "c"]`` when c -> b -> a.
         """
         roots = set(changed)
         reach: set[str] = set()
@@ -255,10 +241,13 @@ class DependencyGraph:
         ``max_sources``, only the first ``max_sources`` are kept (so a batch of thousands
         feeding a long chain costs thousands of names per node, not per pair).
 
-        Example::
-
-            graph.downstream_with_sources(["a", "x"])   # [("b", ["a"], False), ...]
+        >>> graph = DependencyGraph()
+        >>> graph.add(Edge("c", "b")), graph.add(Edge("b", "a"))
+        (True, True)
+        >>> graph.downstream_with_sources(["a", "x"])
+        [('b', ['a'], False), ('c', ['a'], False)]
         """
+
         roots = list(dict.fromkeys(changed))
         order = self.downstream(roots)
         rank = {root: i for i, root in enumerate(roots)}

@@ -40,10 +40,8 @@ _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}\*?|\*")
 def literal_prefix(pattern: str) -> str:
     """The part of a glob before its first wildcard (all of it for an exact id).
 
-    Example::
-
-        >>> literal_prefix("admin_ops_*"), literal_prefix("bob")
-        ('admin_ops_', 'bob')
+    >>> literal_prefix("admin_ops_*"), literal_prefix("bob")
+    ('admin_ops_', 'bob')
     """
     cut = min((i for i in (pattern.find(c) for c in GLOB_CHARS) if i >= 0), default=-1)
     return pattern if cut < 0 else pattern[:cut]
@@ -52,10 +50,8 @@ def literal_prefix(pattern: str) -> str:
 def is_glob(pattern: str) -> bool:
     """Whether a session pattern has a wildcard (``*``, ``?`` or ``[``).
 
-    Example::
-
-        >>> is_glob("admin_*"), is_glob("bob")
-        (True, False)
+    >>> is_glob("admin_*"), is_glob("bob")
+    (True, False)
     """
     return any(c in pattern for c in GLOB_CHARS)
 
@@ -63,10 +59,8 @@ def is_glob(pattern: str) -> bool:
 def digest(secret: str) -> bytes:
     """The SHA-256 digest a key or token is kept as once its session is gone.
 
-    Example::
-
-        >>> len(digest("a-long-enough-secret"))
-        32
+    >>> len(digest("a-long-enough-secret"))
+    32
     """
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
 
@@ -76,11 +70,9 @@ class Namespace:
     """Session ids reserved for one principal: an exact id, or every id starting with a
     prefix (``'admin_*'``); ``key_digest`` is the SHA-256 of the principal's key.
 
-    Example::
-
-        >>> ns = Namespace("admin_*", digest("correct horse battery staple"))
-        >>> ns.holds_id("admin_7"), ns.holds_id("bob"), ns.holds_pattern("admin_ops_*")
-        (True, False, True)
+    >>> ns = Namespace("admin_*", digest("correct horse battery staple"))
+    >>> ns.holds_id("admin_7"), ns.holds_id("bob"), ns.holds_pattern("admin_ops_*")
+    (True, False, True)
     """
 
     pattern: str
@@ -90,10 +82,8 @@ class Namespace:
     def prefix(self) -> str:
         """The literal part of the pattern (the whole id when it is exact).
 
-        Example::
-
-            >>> Namespace("ci", b"").prefix
-            'ci'
+        >>> Namespace("ci", b"").prefix
+        'ci'
         """
         return self.pattern.rstrip("*")
 
@@ -101,20 +91,16 @@ class Namespace:
     def exact(self) -> bool:
         """Whether the namespace is one id rather than a prefix.
 
-        Example::
-
-            >>> Namespace("ci", b"").exact, Namespace("ci_*", b"").exact
-            (True, False)
+        >>> Namespace("ci", b"").exact, Namespace("ci_*", b"").exact
+        (True, False)
         """
         return not self.pattern.endswith("*")
 
     def holds_id(self, session_id: str) -> bool:
         """Whether the id lies in this namespace.
 
-        Example::
-
-            >>> Namespace("ci", b"").holds_id("ci_2")
-            False
+        >>> Namespace("ci", b"").holds_id("ci_2")
+        False
         """
         if self.exact:
             return session_id == self.pattern
@@ -123,10 +109,8 @@ class Namespace:
     def holds_pattern(self, pattern: str) -> bool:
         """Whether every id the session pattern can match lies in this namespace.
 
-        Example::
-
-            >>> Namespace("admin_*", b"").holds_pattern("adm*")
-            False
+        >>> Namespace("admin_*", b"").holds_pattern("adm*")
+        False
         """
         if self.exact:
             return pattern == self.pattern
@@ -137,10 +121,8 @@ class Namespace:
     def key_matches(self, key: str) -> bool:
         """Whether ``key`` is the principal's key (constant time in where it differs).
 
-        Example::
-
-            >>> Namespace("ci", digest("k" * 16)).key_matches("k" * 16)
-            True
+        >>> Namespace("ci", digest("k" * 16)).key_matches("k" * 16)
+        True
         """
         return bool(key) and hmac.compare_digest(digest(key), self.key_digest)
 
@@ -171,13 +153,11 @@ class Principals:
     or ``prefix*`` and a key is the secret (16+ characters) or ``'sha256:<hex digest>'``
     of it. The most specific namespace holding an id owns it (exact, then longest prefix).
 
-    Example::
-
-        >>> principals = Principals({"admin_*": "s3cret-admin-key-0001"})
-        >>> principals.owner("admin_7").pattern, principals.owner("bob")
-        ('admin_*', None)
-        >>> principals.covers("admin_*"), principals.covers("a*")
-        (True, False)
+    >>> principals = Principals({"admin_*": "s3cret-admin-key-0001"})
+    >>> principals.owner("admin_7").pattern, principals.owner("bob")
+    ('admin_*', None)
+    >>> principals.covers("admin_*"), principals.covers("a*")
+    (True, False)
     """
 
     def __init__(self, namespaces: Mapping[str, str] | None = None) -> None:
@@ -214,9 +194,8 @@ class Principals:
         """Read ``{pattern: key}`` from a YAML or JSON file (keys may be ``sha256:`` digests,
         so the file need not hold a secret).
 
-        Example::
-
-            principals = Principals.from_file("principals.yaml")
+        Example: ``Principals.from_file("principals.yaml")`` with lines like
+        ``admin_*: "sha256:<hex digest of the key>"``.
         """
         import yaml
 
@@ -232,10 +211,8 @@ class Principals:
     def owner(self, session_id: str) -> Namespace | None:
         """The namespace that owns the id, or None when anyone may claim it.
 
-        Example::
-
-            >>> Principals({"ci": "k" * 16, "c*": "j" * 16}).owner("ci").pattern
-            'ci'
+        >>> Principals({"ci": "k" * 16, "c*": "j" * 16}).owner("ci").pattern
+        'ci'
         """
         for namespace in self.namespaces:
             if namespace.holds_id(session_id):
@@ -245,10 +222,8 @@ class Principals:
     def covers(self, pattern: str) -> bool:
         """Whether every id the session pattern can match is reserved.
 
-        Example::
-
-            >>> Principals({"ci_*": "k" * 16}).covers("ci_[0-9]")
-            True
+        >>> Principals({"ci_*": "k" * 16}).covers("ci_[0-9]")
+        True
         """
         return any(namespace.holds_pattern(pattern) for namespace in self.namespaces)
 
@@ -256,9 +231,7 @@ class Principals:
         """``AuthenticationError`` unless ``key`` opens the namespace owning ``session_id``
         (nothing to check for an id no namespace owns).
 
-        Example::
-
-            >>> Principals({"ci": "k" * 16}).check_key("ci", "k" * 16)
+        >>> Principals({"ci": "k" * 16}).check_key("ci", "k" * 16)
         """
         namespace = self.owner(session_id)
         if namespace is None or namespace.key_matches(key):
@@ -276,14 +249,12 @@ class RetiredIds:
     count near ``cap`` by forgetting the oldest ids no access rule names: a forgotten id
     grants nothing, and a rule may not name it again until somebody claims it anew.
 
-    Example::
-
-        >>> retired = RetiredIds(cap=2)
-        >>> retired.retire("bob", "bob-token-000000000", claim=7)
-        >>> retired.claims("bob"), retired.token_matches("bob", "bob-token-000000000")
-        (True, True)
-        >>> retired.claim_of("bob"), retired.claim_of("carol")
-        (7, 0)
+    >>> retired = RetiredIds(cap=2)
+    >>> retired.retire("bob", "bob-token-000000000", claim=7)
+    >>> retired.claims("bob"), retired.token_matches("bob", "bob-token-000000000")
+    (True, True)
+    >>> retired.claim_of("bob"), retired.claim_of("carol")
+    (7, 0)
     """
 
     def __init__(self, cap: int) -> None:
@@ -300,20 +271,16 @@ class RetiredIds:
     def claims(self, session_id: str) -> bool:
         """Whether an ended session claimed the id.
 
-        Example::
-
-            >>> RetiredIds(1).claims("bob")
-            False
+        >>> RetiredIds(1).claims("bob")
+        False
         """
         return session_id in self._digests
 
     def token_matches(self, session_id: str, token: str) -> bool:
         """Whether ``token`` was the token of the session that retired the id.
 
-        Example::
-
-            >>> RetiredIds(1).token_matches("bob", "x")
-            False
+        >>> RetiredIds(1).token_matches("bob", "x")
+        False
         """
         kept = self._digests.get(session_id)
         return kept is not None and bool(token) and hmac.compare_digest(
@@ -323,10 +290,8 @@ class RetiredIds:
     def claim_of(self, session_id: str) -> int:
         """The claim number the id was retired with (0 when it is not retired).
 
-        Example::
-
-            >>> RetiredIds(1).claim_of("bob")
-            0
+        >>> RetiredIds(1).claim_of("bob")
+        0
         """
         kept = self._digests.get(session_id)
         return kept[1] if kept is not None else 0
@@ -335,19 +300,19 @@ class RetiredIds:
         """Keep the id claimed by ``token`` (claim number ``claim``) now that its session
         has ended.
 
-        Example::
-
-            RetiredIds(10).retire("bob", session.token, session.claim)
+        >>> retired = RetiredIds(10)
+        >>> retired.retire("bob", "bob-token", claim=2)
+        >>> retired.token_matches("bob", "bob-token"), retired.claim_of("bob")
+        (True, 2)
         """
+
         self._digests.pop(session_id, None)  # re-insert: newest last
         self._digests[session_id] = (digest(token), claim)
 
     def revive(self, session_id: str) -> None:
         """The id is live again (its claimant came back); it is no longer retired.
 
-        Example::
-
-            >>> RetiredIds(1).revive("bob")
+        >>> RetiredIds(1).revive("bob")
         """
         self._digests.pop(session_id, None)
 
@@ -356,12 +321,10 @@ class RetiredIds:
         returns how many were forgotten. ``named`` is called only when over the cap (and,
         when named ids alone exceed it, only after another tenth of the cap has retired).
 
-        Example::
-
-            >>> retired = RetiredIds(cap=1)
-            >>> for sid in ("a", "b", "c"): retired.retire(sid, sid * 20)
-            >>> retired.trim(lambda: {"a"}), retired.claims("a"), retired.claims("b")
-            (2, True, False)
+        >>> retired = RetiredIds(cap=1)
+        >>> for sid in ("a", "b", "c"): retired.retire(sid, sid * 20)
+        >>> retired.trim(lambda: {"a"}), retired.claims("a"), retired.claims("b")
+        (2, True, False)
         """
         if len(self._digests) <= self._trim_at:
             return 0

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dspex_rx.core.types import INT64_MAX, INT64_MIN
+from dspex_rx.core.registry import INT64_MAX, INT64_MIN
 from dspex_rx.errors import InvalidValueError, ResourceExhaustedError, VariableTypeError
 
 MiB = 1024 * 1024
@@ -44,11 +44,9 @@ class Limits:
     """Every limit of a server, with its default. Pass one to ``MemoryStore``, ``Server``
     or ``EmbeddedServer`` (``limits=``); ``dspex-rx serve`` has a flag per field.
 
-    Example::
-
-        >>> limits = Limits(max_value_bytes=1024 * 1024, max_sessions=100)
-        >>> limits.max_depth
-        32
+    >>> limits = Limits(max_value_bytes=1024 * 1024, max_sessions=100)
+    >>> limits.max_depth
+    32
     """
 
     max_message_bytes: int = _limit(
@@ -143,10 +141,8 @@ class Limits:
     def replace(self, **changes: Any) -> Limits:
         """A copy with some limits changed (None values are ignored).
 
-        Example::
-
-            >>> Limits().replace(history_size=5, max_sessions=None).history_size
-            5
+        >>> Limits().replace(history_size=5, max_sessions=None).history_size
+        5
         """
         given = {k: v for k, v in changes.items() if v is not None}
         return dataclasses.replace(self, **given) if given else self
@@ -158,10 +154,8 @@ DEFAULT_LIMITS = Limits()
 def too_many(what: str, count: int, limit_name: str, limit: int) -> ResourceExhaustedError:
     """The error for a server-held resource over its limit.
 
-    Example::
-
-        >>> str(too_many("session 's' would hold 11 variables", 11, "max_variables", 10))
-        "session 's' would hold 11 variables, above the max_variables limit of 10"
+    >>> str(too_many("session 's' would hold 11 variables", 11, "max_variables", 10))
+    "session 's' would hold 11 variables, above the max_variables limit of 10"
     """
     return ResourceExhaustedError(
         f"{what}, above the {limit_name} limit of {limit}", limit=limit_name, value=count
@@ -171,10 +165,8 @@ def too_many(what: str, count: int, limit_name: str, limit: int) -> ResourceExha
 def too_big(what: str, value: int, limit_name: str, limit: int) -> InvalidValueError:
     """The error for one request's part over a limit.
 
-    Example::
-
-        >>> str(too_big("variable 'x': value is 20 bytes", 20, "max_value_bytes", 10))
-        "variable 'x': value is 20 bytes, above the max_value_bytes limit of 10"
+    >>> str(too_big("variable 'x': value is 20 bytes", 20, "max_value_bytes", 10))
+    "variable 'x': value is 20 bytes, above the max_value_bytes limit of 10"
     """
     return InvalidValueError(
         f"{what}, above the {limit_name} limit of {limit}", limit=limit_name, value=value
@@ -184,9 +176,7 @@ def too_big(what: str, value: int, limit_name: str, limit: int) -> InvalidValueE
 def check_count(what: str, count: int, limit_name: str, limit: int) -> None:
     """Refuse a request carrying more than ``limit`` of something (INVALID_ARGUMENT).
 
-    Example::
-
-        >>> check_count("the batch", 3, "max_batch_size", 10)
+    >>> check_count("the batch", 3, "max_batch_size", 10)
     """
     if count > limit:
         raise too_big(f"{what} has {count} entries", count, limit_name, limit)
@@ -195,10 +185,8 @@ def check_count(what: str, count: int, limit_name: str, limit: int) -> None:
 def check_length(what: str, text: str, limit_name: str, limit: int) -> str:
     """Refuse a string longer than ``limit`` characters (INVALID_ARGUMENT).
 
-    Example::
-
-        >>> check_length("reason", "ok", "max_string_length", 10)
-        'ok'
+    >>> check_length("reason", "ok", "max_string_length", 10)
+    'ok'
     """
     if len(text) > limit:
         raise too_big(f"{what} is {len(text)} characters long", len(text), limit_name, limit)
@@ -338,15 +326,13 @@ def measure_value(value: Any, limits: Limits, where: str, depth: int = 0) -> int
     ``where`` starts each error message (``"variable 'x': value"``); ``depth`` is how
     deep the value itself sits where it travels (1 inside an optimization status).
 
-    Example::
-
-        >>> measure_value([1, "ab", None], DEFAULT_LIMITS, "value")
-        16
-        >>> try:
-        ...     measure_value([[[]]], Limits(max_depth=2), "variable 'x': value")
-        ... except ValueError as exc:
-        ...     print(exc)
-        variable 'x': value nests 3 levels deep, above the max_depth limit of 2
+    >>> measure_value([1, "ab", None], DEFAULT_LIMITS, "value")
+    16
+    >>> try:
+    ...     measure_value([[[]]], Limits(max_depth=2), "variable 'x': value")
+    ... except ValueError as exc:
+    ...     print(exc)
+    variable 'x': value nests 3 levels deep, above the max_depth limit of 2
     """
     size = _Walk(limits, where).value(value, depth)
     if size > limits.max_value_bytes:
@@ -363,10 +349,8 @@ def measure_map(
     nesting of its entries where it travels (1 for a map sent as such; more when it is
     carried inside another map, as an optimization's metrics are inside its status).
 
-    Example::
-
-        >>> measure_map({"owner": "me"}, DEFAULT_LIMITS, "metadata")
-        15
+    >>> measure_map({"owner": "me"}, DEFAULT_LIMITS, "metadata")
+    15
     """
     if not mapping:
         return 0

@@ -22,12 +22,10 @@ def score_of(
     its only numeric entry, or ``'score'``). Returns (metrics, target). The store checks
     reports with it, the run its objective's results; ``source`` names the evaluator.
 
-    Example::
-
-        >>> score_of("t", {"accuracy": 0.9, "latency": 1.2}, "accuracy", 1)
-        ({'accuracy': 0.9, 'latency': 1.2}, 0.9)
-        >>> score_of("t", 0.5, None, 1)
-        ({'score': 0.5}, 0.5)
+    >>> score_of("t", {"accuracy": 0.9, "latency": 1.2}, "accuracy", 1)
+    ({'accuracy': 0.9, 'latency': 1.2}, 0.9)
+    >>> score_of("t", 0.5, None, 1)
+    ({'score': 0.5}, 0.5)
     """
     where = f"variable {name!r}, iteration {iteration}: {source}"
     if isinstance(result, Mapping):
@@ -66,10 +64,8 @@ def score_of(
 def is_number(value: Any) -> bool:
     """A real number that can be a score (numpy scalars are; bools are not).
 
-    Example::
-
-        >>> is_number(np.float32(0.5)), is_number(True)
-        (True, False)
+    >>> is_number(np.float32(0.5)), is_number(True)
+    (True, False)
     """
     return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 

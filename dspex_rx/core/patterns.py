@@ -53,11 +53,9 @@ def _options() -> Any:
 class Regex:
     """A compiled user regex (RE2). ``fullmatch``/``search`` return booleans.
 
-    Example::
-
-        >>> r = compile_regex("[a-z]+")
-        >>> r.fullmatch("abc"), r.fullmatch("abc1"), r.search("1abc")
-        (True, False, True)
+    >>> r = compile_regex("[a-z]+")
+    >>> r.fullmatch("abc"), r.fullmatch("abc1"), r.search("1abc")
+    (True, False, True)
     """
 
     __slots__ = ("_compiled", "pattern")
@@ -70,20 +68,16 @@ class Regex:
     def engine(self) -> Any:
         """The underlying ``re2`` object (tests check the engine is RE2).
 
-        Example::
-
-            >>> type(compile_regex("a").engine).__module__
-            're2'
+        >>> type(compile_regex("a").engine).__module__
+        're2'
         """
         return self._compiled
 
     def fullmatch(self, text: str) -> bool:
         """Whether the whole of ``text`` matches.
 
-        Example::
-
-            >>> compile_regex("a|b").fullmatch("b")
-            True
+        >>> compile_regex("a|b").fullmatch("b")
+        True
         """
         try:
             return self._compiled.fullmatch(text) is not None
@@ -93,10 +87,8 @@ class Regex:
     def search(self, text: str) -> bool:
         """Whether the pattern matches anywhere in ``text``.
 
-        Example::
-
-            >>> compile_regex("b").search("abc")
-            True
+        >>> compile_regex("b").search("abc")
+        True
         """
         try:
             return self._compiled.search(text) is not None
@@ -173,15 +165,13 @@ def compile_regex(pattern: str, max_length: int | None = DEFAULT_MAX_PATTERN_LEN
     already checked, such as a stored constraint) or one RE2 does not support
     (backreferences, lookaround, ``\\Z``: RE2 spells it ``\\z``).
 
-    Example::
-
-        >>> compile_regex("(a+)+$").search("a" * 30 + "!")     # no catastrophic backtracking
-        False
-        >>> try:
-        ...     compile_regex(r"(a)\\1")
-        ... except ValueError as exc:
-        ...     print(str(exc).split(": ", 1)[1])
-        invalid escape sequence: \\1 (backreferences are not supported)
+    >>> compile_regex("(a+)+$").search("a" * 30 + "!")     # no catastrophic backtracking
+    False
+    >>> try:
+    ...     compile_regex(r"(a)\\1")
+    ... except ValueError as exc:
+    ...     print(str(exc).split(": ", 1)[1])
+    invalid escape sequence: \\1 (backreferences are not supported)
     """
     return _compile(_check_length("pattern", pattern, max_length))
 
@@ -267,10 +257,8 @@ def _glob_class(pat: str, i: int, j: int) -> str:
 def glob_to_regex(pattern: str) -> str:
     """The RE2 regex (to be full-matched) for an fnmatch glob.
 
-    Example::
-
-        >>> glob_to_regex("model.*")
-        '(?s:model\\\\x{2e}.*)'
+    >>> glob_to_regex("model.*")
+    '(?s:model\\\\x{2e}.*)'
     """
     out: list[str] = []
     i, n = 0, len(pattern)
@@ -316,13 +304,11 @@ def compile_glob(
 
     Same answers as ``fnmatch.fnmatchcase(name, pattern)``, in linear time.
 
-    Example::
-
-        >>> match = compile_glob("model.*")
-        >>> match("model.temperature"), match("other")
-        (True, False)
-        >>> compile_glob("*a*a*a*a*a*a*a*a*b")("a" * 100_000)     # instant
-        False
+    >>> match = compile_glob("model.*")
+    >>> match("model.temperature"), match("other")
+    (True, False)
+    >>> compile_glob("*a*a*a*a*a*a*a*a*b")("a" * 100_000)     # instant
+    False
     """
     return _compile_glob(_check_length("glob pattern", pattern, max_length))
 
@@ -334,12 +320,10 @@ def glob_as_search(pattern: str, max_length: int | None = DEFAULT_MAX_PATTERN_LE
     """The name-filter regex (searched, see ``compile_name_filter``) equivalent to an
     fnmatch glob: the glob's translation, anchored at both ends of the name.
 
-    Example::
-
-        >>> compile_name_filter(glob_as_search("model.*"))("model.t")
-        True
-        >>> compile_name_filter(glob_as_search("model.*"))("my_model.t")
-        False
+    >>> compile_name_filter(glob_as_search("model.*"))("model.t")
+    True
+    >>> compile_name_filter(glob_as_search("model.*"))("my_model.t")
+    False
     """
     return rf"\A(?:{glob_to_regex(_check_length('glob pattern', pattern, max_length))})\z"
 
@@ -356,13 +340,11 @@ def compile_name_filter(
     (``.*model.*``) and mean the same under both, while a ported ``re.search(p, name)``
     filter means only search. Anchor with ``^...$`` for the whole name.
 
-    Example::
-
-        >>> match = compile_name_filter("model")
-        >>> match("my_model.t"), match("temperature")
-        (True, False)
-        >>> compile_name_filter("^model.*$")("model.t")
-        True
+    >>> match = compile_name_filter("model")
+    >>> match("my_model.t"), match("temperature")
+    (True, False)
+    >>> compile_name_filter("^model.*$")("model.t")
+    True
     """
     return compile_regex(pattern, max_length).search
 
@@ -373,16 +355,14 @@ def name_pattern(what: str, pattern: str | None, glob: bool = False) -> str:
     pattern fails before any call with ``ValueError`` naming ``what``, the pattern and RE2's
     reason.
 
-    Example::
-
-        >>> match = compile_name_filter(name_pattern("filter_pattern", "model.*", glob=True))
-        >>> match("model.t"), match("my_model.t")
-        (True, False)
-        >>> try:
-        ...     name_pattern("filter_pattern", "(a")
-        ... except ValueError as exc:
-        ...     print(exc)
-        filter_pattern '(a' is not a valid RE2 regular expression: missing ): (a
+    >>> match = compile_name_filter(name_pattern("filter_pattern", "model.*", glob=True))
+    >>> match("model.t"), match("my_model.t")
+    (True, False)
+    >>> try:
+    ...     name_pattern("filter_pattern", "(a")
+    ... except ValueError as exc:
+    ...     print(exc)
+    filter_pattern '(a' is not a valid RE2 regular expression: missing ): (a
     """
     if pattern is None:
         return ""

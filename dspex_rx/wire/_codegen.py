@@ -16,10 +16,8 @@ PROTO_DIR = ROOT / "proto"
 def proto_files() -> list[Path]:
     """The .proto sources, sorted.
 
-    Example::
-
-        >>> [p.name for p in proto_files()]
-        ['session.proto', 'value.proto', 'variables.proto']
+    >>> [p.name for p in proto_files()]
+    ['session.proto', 'value.proto', 'variables.proto']
     """
     return sorted((PROTO_DIR / "dspex_rx" / "v1").glob("*.proto"))
 
@@ -27,9 +25,7 @@ def proto_files() -> list[Path]:
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc into ``out_dir`` (the package lands at ``out_dir/dspex_rx/v1``).
 
-    Example::
-
-        generate(Path("/tmp/out"))   # writes /tmp/out/dspex_rx/v1/*_pb2*.py*
+    Example: ``generate(Path("/tmp/out"))`` writes ``/tmp/out/dspex_rx/v1/*_pb2*.py*``.
     """
     import grpc_tools
     from grpc_tools import protoc  # dev-only dependency
@@ -50,12 +46,11 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 def main() -> None:
-    """``python -m dspex_rx._codegen [OUT]``: regenerate into OUT (default: the repo root).
+    """``python -m dspex_rx.wire._codegen [OUT]``: regenerate into OUT (default: the repo root).
 
-    Example::
-
-        python -m dspex_rx._codegen
+    Example: ``python -m dspex_rx.wire._codegen`` (what ``make proto`` runs).
     """
+
     out = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT
     for path in generate(out):
         print(path.relative_to(out))

@@ -15,10 +15,10 @@ MAX_MESSAGE_BYTES = DEFAULT_LIMITS.max_message_bytes
 def grpc_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
     """The channel/server options for a message size limit (both directions).
 
-    Example::
-
-        grpc.aio.server(options=grpc_options(Limits().max_message_bytes))
+    >>> grpc_options(1024)
+    [('grpc.max_receive_message_length', 1024), ('grpc.max_send_message_length', 1024)]
     """
+
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),

@@ -35,10 +35,8 @@ Value = pb.Value
 def encode(value: Any) -> pb.Value:
     """Encode a Python value as a wire ``Value``.
 
-    Example::
-
-        >>> encode(3).int_value
-        3
+    >>> encode(3).int_value
+    3
     """
     msg = pb.Value()
     fill(msg, value)
@@ -57,10 +55,8 @@ def fill(msg: pb.Value, value: Any, depth: int = 0, _converted: list[bool] | Non
     with room for the request messages around the value); a server may allow less
     (``Limits.max_depth``).
 
-    Example::
-
-        >>> v = pb.Value(); fill(v, "hi"); v.string_value
-        'hi'
+    >>> v = pb.Value(); fill(v, "hi"); v.string_value
+    'hi'
     """
     if depth > MAX_DEPTH:
         raise InvalidValueError(f"value nests deeper than {MAX_DEPTH} levels")
@@ -206,10 +202,8 @@ def _fill_array(msg: pb.NdArray, array: np.ndarray) -> None:
 def decode(msg: pb.Value) -> Any:
     """Decode a wire ``Value``; arrays come back as read-only ``np.ndarray``.
 
-    Example::
-
-        >>> decode(encode([1, "a", None]))
-        [1, 'a', None]
+    >>> decode(encode([1, "a", None]))
+    [1, 'a', None]
     """
     kind = msg.WhichOneof("kind")
     if kind == "float_value":
@@ -240,10 +234,8 @@ def check_tensor_kind(as_tensor: Any) -> str | None:
     """Check an ``as_tensor=`` argument: ``None`` (each array as it was written),
     ``"numpy"`` or ``"torch"``.
 
-    Example::
-
-        >>> check_tensor_kind("numpy")
-        'numpy'
+    >>> check_tensor_kind("numpy")
+    'numpy'
     """
     if as_tensor is None or as_tensor in TENSOR_KINDS:
         return as_tensor  # type: ignore[no-any-return]
@@ -259,10 +251,8 @@ def present(value: Any, as_tensor: str | None) -> Any:
     (``ImportError`` without torch). Dicts whose keys were converted come back as plain
     dicts. Anything else is returned as it is.
 
-    Example::
-
-        >>> type(present(decode(encode(np.zeros(2))), None)).__name__
-        'ndarray'
+    >>> type(present(decode(encode(np.zeros(2))), None)).__name__
+    'ndarray'
     """
     if isinstance(value, np.ndarray):
         if as_tensor == "torch" or (
@@ -300,10 +290,8 @@ def value_flags(msg: pb.Value) -> dict[str, Any]:
     """The system metadata a wire value carries about how it was written
     (``tensor_origin``, ``keys_converted``), each present only when it applies.
 
-    Example::
-
-        >>> value_flags(encode({1: "a"}))
-        {'keys_converted': True}
+    >>> value_flags(encode({1: "a"}))
+    {'keys_converted': True}
     """
     kind = msg.WhichOneof("kind")
     if kind == "array_value" and msg.array_value.origin == "torch":
@@ -317,10 +305,8 @@ def value_flags(msg: pb.Value) -> dict[str, Any]:
 def decode_map(msg: pb.MapValue) -> dict[str, Any]:
     """Decode a ``MapValue``; repeated keys are an error (a dict cannot hold them).
 
-    Example::
-
-        >>> decode_map(encode({"a": 1}).map_value)
-        {'a': 1}
+    >>> decode_map(encode({"a": 1}).map_value)
+    {'a': 1}
     """
     out: dict[str, Any] = {}
     for entry in msg.entries:
@@ -333,10 +319,8 @@ def decode_map(msg: pb.MapValue) -> dict[str, Any]:
 def encode_map(value: Mapping[str, Any] | None) -> pb.MapValue:
     """Encode a str-keyed mapping as a ``MapValue`` (None is the empty map).
 
-    Example::
-
-        >>> len(encode_map({"a": 1}).entries)
-        1
+    >>> len(encode_map({"a": 1}).entries)
+    1
     """
     msg = pb.MapValue()
     _fill_map(msg, value or {}, 1)
@@ -367,10 +351,8 @@ def array_parts(array: np.ndarray) -> tuple[str, list[int], bytes]:
     """An array as (dtype name, shape, little-endian C-order bytes): the wire's form, for
     file formats that store arrays as raw bytes too.
 
-    Example::
-
-        >>> array_parts(np.array([1, 2], dtype=np.int8))
-        ('int8', [2], b'\\x01\\x02')
+    >>> array_parts(np.array([1, 2], dtype=np.int8))
+    ('int8', [2], b'\\x01\\x02')
     """
     msg = pb.NdArray()
     _fill_array(msg, array)
@@ -380,10 +362,8 @@ def array_parts(array: np.ndarray) -> tuple[str, list[int], bytes]:
 def array_from_parts(dtype: str, shape: list[int], data: bytes) -> np.ndarray:
     """The read-only array of ``array_parts``; a wrong dtype, shape or byte count raises.
 
-    Example::
-
-        >>> array_from_parts("int8", [2], b"\\x01\\x02").tolist()
-        [1, 2]
+    >>> array_from_parts("int8", [2], b"\\x01\\x02").tolist()
+    [1, 2]
     """
     try:
         msg = pb.NdArray(dtype=dtype, shape=shape, data=data)

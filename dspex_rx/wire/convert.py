@@ -62,10 +62,8 @@ ERROR_DETAIL_PREFIX = "dspex-error-"
 def type_to_pb(type_name: str) -> int:
     """The wire enum for a type name (aliases accepted).
 
-    Example::
-
-        >>> type_to_pb("float") == pb.VARIABLE_TYPE_FLOAT
-        True
+    >>> type_to_pb("float") == pb.VARIABLE_TYPE_FLOAT
+    True
     """
     return _TYPE_TO_PB[normalize_type(type_name)]
 
@@ -73,10 +71,8 @@ def type_to_pb(type_name: str) -> int:
 def type_from_pb(number: int) -> str:
     """The type name for a wire enum; unspecified or unknown numbers are refused.
 
-    Example::
-
-        >>> type_from_pb(pb.VARIABLE_TYPE_TENSOR)
-        'tensor'
+    >>> type_from_pb(pb.VARIABLE_TYPE_TENSOR)
+    'tensor'
     """
     try:
         return _PB_TO_TYPE[number]
@@ -89,10 +85,8 @@ def type_from_pb(number: int) -> str:
 def timestamp(seconds: float) -> Timestamp:
     """A protobuf Timestamp for POSIX seconds.
 
-    Example::
-
-        >>> timestamp(1.5).nanos
-        500000000
+    >>> timestamp(1.5).nanos
+    500000000
     """
     ts = Timestamp()
     ts.FromNanoseconds(round(seconds * 1e9))
@@ -102,10 +96,8 @@ def timestamp(seconds: float) -> Timestamp:
 def seconds(ts: Timestamp) -> float:
     """POSIX seconds for a protobuf Timestamp.
 
-    Example::
-
-        >>> seconds(timestamp(2.25))
-        2.25
+    >>> seconds(timestamp(2.25))
+    2.25
     """
     return ts.seconds + ts.nanos / 1e9
 
@@ -113,10 +105,8 @@ def seconds(ts: Timestamp) -> float:
 def utc_datetime(ts: Timestamp) -> datetime:
     """A timezone-aware UTC ``datetime`` for a protobuf Timestamp (what the API returns).
 
-    Example::
-
-        >>> utc_datetime(timestamp(0.5)).isoformat()
-        '1970-01-01T00:00:00.500000+00:00'
+    >>> utc_datetime(timestamp(0.5)).isoformat()
+    '1970-01-01T00:00:00.500000+00:00'
     """
     return datetime.fromtimestamp(seconds(ts), tz=UTC)
 
@@ -128,12 +118,10 @@ def since_seconds(what: str, since: datetime | float) -> float:
     one is most likely a UTC value that lost its zone). ``what`` names the call's subject
     in the error.
 
-    Example::
-
-        >>> since_seconds("x", datetime(1970, 1, 1, 0, 0, 2, tzinfo=UTC))
-        2.0
-        >>> since_seconds("x", 2.5)
-        2.5
+    >>> since_seconds("x", datetime(1970, 1, 1, 0, 0, 2, tzinfo=UTC))
+    2.0
+    >>> since_seconds("x", 2.5)
+    2.5
     """
     if isinstance(since, datetime):
         if since.tzinfo is None:
@@ -156,10 +144,10 @@ def map_rpc_error(error: BaseException) -> BaseException:
     """The dspex-rx exception for a status the server sent on purpose; anything else
     (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, non-gRPC errors) comes back unchanged.
 
-    Example::
+    >>> map_rpc_error(KeyError("not a gRPC error"))
+    KeyError('not a gRPC error')
 
-        except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc) from None
+    Example: ``raise map_rpc_error(exc) from None`` in ``except grpc.aio.AioRpcError as exc:``.
     """
     original = error
     if not isinstance(error, grpc.aio.AioRpcError):
@@ -182,10 +170,11 @@ def rules_from_pb(rules: Any) -> list[dict[str, Any]]:
     """Wire ``AccessRule``s as the spec's rule dicts, with ``claim`` when a rule is bound
     to one (identity.py); the store validates them.
 
-    Example::
-
-        rules_from_pb(request.rules)
+    >>> from dspex_rx.v1 import variables_pb2 as pb
+    >>> rules_from_pb([pb.AccessRule(session_pattern="bob", permissions=["read"], claim=2)])
+    [{'session_pattern': 'bob', 'permissions': ['read'], 'conditions': {}, 'claim': 2}]
     """
+
     return [
         {"session_pattern": r.session_pattern, "permissions": list(r.permissions),
          "conditions": codec.decode_map(r.conditions), **({"claim": r.claim} if r.claim else {})}

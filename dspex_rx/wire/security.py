@@ -35,10 +35,8 @@ Pem = Union[str, bytes, "os.PathLike[str]"]
 def check_auth_mode(auth: str) -> str:
     """The auth mode if it is one of ``AUTH_MODES``; otherwise ``InvalidValueError``.
 
-    Example::
-
-        >>> check_auth_mode("token")
-        'token'
+    >>> check_auth_mode("token")
+    'token'
     """
     if auth not in AUTH_MODES:
         raise InvalidValueError(
@@ -50,12 +48,10 @@ def check_auth_mode(auth: str) -> str:
 def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """The call metadata that presents a session token (none for no token).
 
-    Example::
-
-        >>> token_metadata("abc")
-        (('x-dspex-session-token', 'abc'),)
-        >>> token_metadata(None)
-        ()
+    >>> token_metadata("abc")
+    (('x-dspex-session-token', 'abc'),)
+    >>> token_metadata(None)
+    ()
     """
     return ((SESSION_TOKEN_KEY, token),) if token else ()
 
@@ -63,10 +59,8 @@ def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 def principal_metadata(key: str | None) -> tuple[tuple[str, str], ...]:
     """The call metadata that presents a principal's key (none for no key).
 
-    Example::
-
-        >>> principal_metadata("k" * 16)
-        (('x-dspex-principal-key', 'kkkkkkkkkkkkkkkk'),)
+    >>> principal_metadata("k" * 16)
+    (('x-dspex-principal-key', 'kkkkkkkkkkkkkkkk'),)
     """
     return ((PRINCIPAL_KEY_KEY, key),) if key else ()
 
@@ -75,12 +69,10 @@ def is_loopback(host: str) -> bool:
     """True for a host only this machine can reach: 127.0.0.0/8, ::1 (bracketed or not,
     or IPv4-mapped) and ``localhost``. Other names are not resolved: they count as network.
 
-    Example::
-
-        >>> is_loopback("127.0.0.1"), is_loopback("[::1]"), is_loopback("localhost")
-        (True, True, True)
-        >>> is_loopback("0.0.0.0"), is_loopback("::"), is_loopback("example.org")
-        (False, False, False)
+    >>> is_loopback("127.0.0.1"), is_loopback("[::1]"), is_loopback("localhost")
+    (True, True, True)
+    >>> is_loopback("0.0.0.0"), is_loopback("::"), is_loopback("example.org")
+    (False, False, False)
     """
     name = host.strip()
     if name.startswith("[") and name.endswith("]"):
@@ -101,14 +93,12 @@ def check_bind(host: str, auth: str, tls: bool, insecure: bool) -> None:
     ``insecure``: anyone on the network could otherwise read tokens and values off the
     wire, or (``auth="none"``) act for any session whose id they can guess.
 
-    Example::
-
-        >>> check_bind("127.0.0.1", "none", tls=False, insecure=False)   # loopback: fine
-        >>> check_bind("0.0.0.0", "token", tls=False, insecure=True)     # told to: fine
-        >>> check_bind("0.0.0.0", "token", tls=False, insecure=False)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        dspex_rx.errors.InvalidValueError: refusing to serve on ... '0.0.0.0' without TLS: ...
+    >>> check_bind("127.0.0.1", "none", tls=False, insecure=False)   # loopback: fine
+    >>> check_bind("0.0.0.0", "token", tls=False, insecure=True)     # told to: fine
+    >>> check_bind("0.0.0.0", "token", tls=False, insecure=False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dspex_rx.errors.InvalidValueError: refusing to serve on ... '0.0.0.0' without TLS: ...
     """
     check_auth_mode(auth)
     if insecure or is_loopback(host):
@@ -131,10 +121,8 @@ def check_bind(host: str, auth: str, tls: bool, insecure: bool) -> None:
 def read_pem(value: Pem, what: str) -> bytes:
     """PEM bytes from bytes (taken as they are), a string holding PEM text, or a path.
 
-    Example::
-
-        >>> read_pem(b"-----BEGIN CERTIFICATE-----...", "ca_cert")[:5]
-        b'-----'
+    >>> read_pem(b"-----BEGIN CERTIFICATE-----...", "ca_cert")[:5]
+    b'-----'
     """
     if isinstance(value, bytes):
         data = value
@@ -163,9 +151,10 @@ def server_credentials(
     """Server TLS credentials from a certificate chain and its private key (PEM paths or
     bytes); None when neither is given. One without the other is refused.
 
-    Example::
+    >>> server_credentials(None, None) is None
+    True
 
-        creds = server_credentials("server.pem", "server.key")
+    Example: ``server_credentials("server.pem", "server.key")`` for a TLS server.
     """
     if tls_cert is None and tls_key is None:
         return None
@@ -180,9 +169,8 @@ def channel_credentials(ca_cert: Pem | None = None) -> grpc.ChannelCredentials:
     """Client TLS credentials that trust ``ca_cert`` (PEM path or bytes), or the system's
     root certificates when it is None.
 
-    Example::
-
-        creds = channel_credentials("ca.pem")
+    Example: ``channel_credentials("ca.pem")`` trusts the CA in ca.pem.
     """
+
     roots = read_pem(ca_cert, "ca_cert") if ca_cert is not None else None
     return grpc.ssl_channel_credentials(root_certificates=roots)
