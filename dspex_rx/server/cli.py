@@ -48,11 +48,8 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dspex-rx`` console script.
 
-    Example::
-
-        main(["serve", "--port", "50051", "--max-sessions", "100"])
-        main(["serve", "--host", "0.0.0.0", "--tls-cert", "server.pem",
-              "--tls-key", "server.key"])
+    Example: ``main(["serve", "--port", "50051", "--max-sessions", "100"])`` serves until
+    SIGINT or SIGTERM, then returns 0.
     """
     parser = argparse.ArgumentParser(prog="dspex-rx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
