@@ -56,8 +56,7 @@ class Server:
     ``principals`` (``{"admin_*": key}``, see ``identity.Principals``) reserves session-id
     namespaces: creating a session in one needs its key. They need ``auth="token"``.
 
-    Example: ``await server.start()`` on ``Server(port=0, limits=Limits(max_sessions=100))``
-    returns the bound port.
+    Example: ``await server.start()`` binds ``Server(port=0)`` and returns the port.
     """
 
     def __init__(
@@ -200,8 +199,7 @@ async def serve(
     ``port_file`` receives the bound port once serving (handy with ``port=0``). ``limits``,
     ``auth``, ``tls_cert``, ``tls_key``, ``insecure`` and ``principals`` are ``Server``'s.
 
-    Example: ``asyncio.run(serve("127.0.0.1", 50051, limits=Limits(max_sessions=100)))``
-    serves until interrupted.
+    Example: ``asyncio.run(serve("127.0.0.1", 50051))`` serves until interrupted.
     """
     server = Server(
         host, port, store, limits=limits, auth=auth, tls_cert=tls_cert, tls_key=tls_key,
@@ -228,8 +226,7 @@ class EmbeddedServer:
     ``options`` go to ``Server`` (``limits=Limits(...)``, ``auth``, ``tls_cert``,
     ``tls_key``, ``insecure``, ``progress_interval=`` ...).
 
-    Example: ``with EmbeddedServer() as embedded:`` serves at ``embedded.target``
-    (``"127.0.0.1:<ephemeral port>"``) until the block ends.
+    Example: ``with EmbeddedServer() as embedded:`` serves at ``embedded.target``.
     """
 
     def __init__(
@@ -304,8 +301,7 @@ class EmbeddedServer:
         The store is not thread-safe; this is how an embedding program or a test touches
         it directly while the server runs.
 
-        Example: ``embedded.call(lambda: embedded.store.session(sid).revision)`` reads
-        the session's revision.
+        Example: ``embedded.call(embedded.store.session_ids)`` lists the sessions.
         """
         if self._loop is None:
             raise RuntimeError("the embedded server is not running")

@@ -48,8 +48,7 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dspex-rx`` console script.
 
-    Example: ``main(["serve", "--port", "50051", "--max-sessions", "100"])`` serves until
-    SIGINT or SIGTERM, then returns 0.
+    Example: ``main(["serve", "--port", "50051"])`` serves until SIGINT or SIGTERM.
     """
     parser = argparse.ArgumentParser(prog="dspex-rx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -126,8 +126,7 @@ class Subscriber:
         """Start delivering another session's variables (the caller checked ``observe``);
         the first one of an owner session adds a listener to that session.
 
-        Example: ``subscriber.watch_foreign("session_2", [record])`` watches that session's
-        variable.
+        Example: ``subscriber.watch_foreign("session_2", [record])`` watches its variable.
         """
         records = list(records)
         if owner not in self._foreign and records:

@@ -41,8 +41,7 @@ Resp = TypeVar("Resp")
 class Service(Protocol):
     """What handlers use of the servicer (``VariablesService``): its store, limits, auth.
 
-    Example: ``service.authenticate(request.session_id, context)`` raises unless the call
-    carries the session's token.
+    Example: ``service.authenticate(request.session_id, context)`` raises or returns.
     """
 
     store: MemoryStore
@@ -71,8 +70,7 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: DspexError) -> None
     """Abort the call with the status, kind and details of a dspex error (messages and
     details clipped to fit a header).
 
-    Example: ``await abort_with(context, InvalidValueError("session_id is required"))``
-    ends the call with INVALID_ARGUMENT.
+    Example: ``await abort_with(context, exc)`` ends the call with ``exc``'s status.
     """
     metadata = [(ERROR_KIND_KEY, exc.kind)] + [
         (ERROR_DETAIL_PREFIX + key.replace("_", "-"), clip(str(value), MAX_ERROR_DETAIL))
@@ -208,8 +206,7 @@ class Call:
     """One unary call as its handler sees it: the service, the caller's session (checked
     for session-scoped RPCs, else ""), the gRPC context, and the RPC's name.
 
-    Example: ``call.variable(record, response.variable)`` fills a variable as the caller
-    may see it.
+    Example: ``call.variable(record, response.variable)`` fills what the caller may see.
     """
 
     __slots__ = ("context", "method", "service", "session_id")

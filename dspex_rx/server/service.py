@@ -11,7 +11,6 @@ from google.protobuf.message_factory import GetMessageClass
 
 from dspex_rx.core.limits import Limits
 from dspex_rx.errors import InvalidValueError
-from dspex_rx.server import stream, subscribe
 from dspex_rx.server.fanout import Subscriber
 from dspex_rx.server.handlers import (
     access,
@@ -23,6 +22,8 @@ from dspex_rx.server.handlers import (
     variables,
 )
 from dspex_rx.server.rpc import Unary, parse_request, presented_token
+from dspex_rx.server.stream import session
+from dspex_rx.server.subscribe import subscribe
 from dspex_rx.store import MemoryStore
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.v1 import variables_pb2_grpc as pb_grpc
@@ -104,8 +105,8 @@ class VariablesService(pb_grpc.VariablesServicer):
     CheckVariableAccess = Unary(access.check_variable_access)
 
     # The watch stream, and its Subscribe step as a method (tests wrap it per instance).
-    Session = stream.session
-    _subscribe = subscribe.subscribe
+    Session = session
+    _subscribe = subscribe
 
 
 def add_service(service: VariablesService, server: grpc.aio.Server) -> None:
@@ -113,8 +114,7 @@ def add_service(service: VariablesService, server: grpc.aio.Server) -> None:
     but with requests parsed by ``parse_request``: bytes protobuf refuses reach the
     handler as ``Malformed`` and are answered INVALID_ARGUMENT, not gRPC's UNKNOWN.
 
-    Example: ``add_service(VariablesService(MemoryStore()), server)`` before
-    ``await server.start()``.
+    Example: ``add_service(VariablesService(MemoryStore()), server)`` registers it.
     """
     descriptor = pb.DESCRIPTOR.services_by_name["Variables"]
     handlers = {}

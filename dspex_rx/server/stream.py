@@ -53,8 +53,7 @@ async def session(
     """The ``Session`` stream, one per connection: subscribe/unsubscribe/ping in, frames
     and notes out, and progress (the store's revision) when idle for the interval.
 
-    Example: ``call = stub.Session()`` then ``await call.write(spb.ClientMessage(
-    open=spb.OpenStream(session_id=sid)))`` opens it.
+    Example: ``call = stub.Session()`` opens it; its first message must be ``open``.
     """
     try:
         first = await anext(aiter(request_iterator))

@@ -23,8 +23,7 @@ def subscribe(
     Synchronous from lookup to queueing: no commit can fall between the snapshot (or the
     replay) and the first live event, because nothing else runs meanwhile.
 
-    Example: ``service._subscribe(sid, subscriber, spb.Subscribe(request_id=1, refs=["t"],
-    include_initial=True))`` queues the ack and the initial frame.
+    Example: ``service._subscribe(sid, subscriber, request)`` queues the ack and values.
     """
     _Subscription(service.store, session_id, subscriber, request).answer()
 

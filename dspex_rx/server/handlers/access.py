@@ -14,8 +14,7 @@ def set_variable_permissions(
 ) -> pb.SetVariablePermissionsResponse:
     """``SetVariablePermissions``: replace a variable's access rules (owner only).
 
-    Example: ``await stub.SetVariablePermissions(pb.SetVariablePermissionsRequest(
-    session_id=sid, ref="t", rules=rules))`` answers with the variable and its rules.
+    Example: ``await stub.SetVariablePermissions(request)`` answers the variable and rules.
     """
     sid = call.session_id
     revision = call.store.set_permissions(
@@ -32,8 +31,7 @@ def check_variable_access(
     """``CheckVariableAccess``: may the caller use a permission on a variable? A variable
     it may not see at all is not named in the answer.
 
-    Example: ``await stub.CheckVariableAccess(pb.CheckVariableAccessRequest(session_id=sid,
-    ref=var_id, permission="read"))`` answers ``allowed``.
+    Example: ``await stub.CheckVariableAccess(request)`` answers ``allowed``.
     """
     sid, store = call.session_id, call.store
     allowed = store.check_access(sid, request.ref, request.permission)

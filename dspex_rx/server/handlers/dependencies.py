@@ -14,8 +14,7 @@ from dspex_rx.wire.convert import DEPENDENCY_FROM_PB, DEPENDENCY_TO_PB, type_to_
 def add_dependency(call: Call, request: pb.AddDependencyRequest) -> pb.AddDependencyResponse:
     """``AddDependency``: ``from_ref`` depends on ``to_ref`` (unspecified type: data).
 
-    Example: ``await stub.AddDependency(pb.AddDependencyRequest(session_id=sid,
-    from_ref="b", to_ref="a"))`` answers with the revision.
+    Example: ``await stub.AddDependency(request)`` answers the new revision.
     """
     if request.dependency_type == pb.DEPENDENCY_TYPE_UNSPECIFIED:
         dependency_type = "data"
@@ -41,8 +40,7 @@ def remove_dependency(
 ) -> pb.RemoveDependencyResponse:
     """``RemoveDependency``: drop the edge, saying whether there was one.
 
-    Example: ``await stub.RemoveDependency(pb.RemoveDependencyRequest(session_id=sid,
-    from_ref="b", to_ref="a"))`` answers ``removed``.
+    Example: ``await stub.RemoveDependency(request)`` answers ``removed``.
     """
     removed, revision = call.store.remove_dependency(
         call.session_id, request.from_ref, request.to_ref, actor=call.session_id
@@ -55,8 +53,7 @@ def get_dependencies(
 ) -> pb.GetDependenciesResponse:
     """``GetDependencies``: a variable's dependencies (or dependents), with their depth.
 
-    Example: ``await stub.GetDependencies(pb.GetDependenciesRequest(session_id=sid,
-    ref="b", transitive=True))`` answers with one entry per variable reached.
+    Example: ``await stub.GetDependencies(request)`` answers one entry per variable.
     """
     found = call.store.dependencies(
         call.session_id, request.ref, dependents=request.dependents,

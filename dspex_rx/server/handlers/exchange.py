@@ -166,8 +166,7 @@ def export_variables(
 ) -> pb.ExportVariablesResponse:
     """``ExportVariables``: the caller's session's variables as a snapshot.
 
-    Example: ``await stub.ExportVariables(pb.ExportVariablesRequest(session_id=sid))``
-    answers the snapshot.
+    Example: ``await stub.ExportVariables(request)`` answers the snapshot.
     """
     snapshot = call.store.export_snapshot(
         call.session_id,
@@ -186,8 +185,7 @@ def import_variables(
 ) -> pb.ImportVariablesResponse:
     """``ImportVariables``: validate the whole snapshot, then one commit or none.
 
-    Example: ``await stub.ImportVariables(pb.ImportVariablesRequest(session_id=sid,
-    snapshot=snapshot, dry_run=True))`` answers what an import would do.
+    Example: ``await stub.ImportVariables(request)`` answers the outcomes.
     """
     strategy = MERGE_STRATEGIES.get(request.merge_strategy)
     if strategy is None:

@@ -13,8 +13,7 @@ from dspex_rx.wire.convert import timestamp
 def get_history(call: Call, request: pb.GetHistoryRequest) -> pb.GetHistoryResponse:
     """``GetHistory``: a page of past versions, newest first, and what retention dropped.
 
-    Example: ``await stub.GetHistory(pb.GetHistoryRequest(session_id=sid, ref="t",
-    limit=10))`` answers with up to ten entries.
+    Example: ``await stub.GetHistory(pb.GetHistoryRequest(session_id=sid, ref="t"))``.
     """
     page = call.store.history(call.session_id, request.ref, request.limit or 100, request.offset)
     response = pb.GetHistoryResponse(
@@ -39,8 +38,7 @@ def get_history(call: Call, request: pb.GetHistoryRequest) -> pb.GetHistoryRespo
 def rollback(call: Call, request: pb.RollbackRequest) -> pb.RollbackResponse:
     """``Rollback``: write a past version's value again, as a new version.
 
-    Example: ``await stub.Rollback(pb.RollbackRequest(session_id=sid, ref="t", version=2))``
-    answers with the variable as written.
+    Example: ``await stub.Rollback(request)`` answers the variable as written.
     """
     sid = call.session_id
     record, revision = call.store.rollback(

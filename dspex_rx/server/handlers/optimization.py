@@ -50,8 +50,7 @@ def start_optimization(
 ) -> pb.StartOptimizationResponse:
     """``StartOptimization``: take the variable's lease; answers its fencing token.
 
-    Example: ``await stub.StartOptimization(pb.StartOptimizationRequest(session_id=sid,
-    ref="t", optimizer_type="grid"))`` answers the token and the run's status.
+    Example: ``await stub.StartOptimization(request)`` answers the token and the status.
     """
     sid = call.session_id
     lease, revision = call.store.start_optimization(
@@ -76,8 +75,7 @@ def optimization_step(
 ) -> pb.OptimizationStepResponse:
     """``OptimizationStep``: renew the lease, record an evaluation, write a proposal.
 
-    Example: ``await stub.OptimizationStep(pb.OptimizationStepRequest(session_id=sid,
-    ref="t", optimization_id=run_id, fencing_token=token))`` renews the lease.
+    Example: ``await stub.OptimizationStep(request)`` renews the lease.
     """
     sid = call.session_id
     proposal = (
@@ -96,8 +94,7 @@ def finish_optimization(
 ) -> pb.FinishOptimizationResponse:
     """``FinishOptimization``: the holder's last record, final write and release.
 
-    Example: ``await stub.FinishOptimization(pb.FinishOptimizationRequest(session_id=sid,
-    ref="t", optimization_id=run_id, fencing_token=token))`` ends the run completed.
+    Example: ``await stub.FinishOptimization(request)`` ends the run.
     """
     sid = call.session_id
     lease, written, revision = call.store.finish_optimization(
@@ -119,8 +116,7 @@ def stop_optimization(
     """``StopOptimization``: revoke the lease from any allowed session (optionally
     writing the best value found).
 
-    Example: ``await stub.StopOptimization(pb.StopOptimizationRequest(session_id=sid,
-    ref="t", reason="enough"))`` answers ``stopped`` and the status.
+    Example: ``await stub.StopOptimization(request)`` answers ``stopped`` and the status.
     """
     sid = call.session_id
     stopped, lease, revision, written = call.store.stop_optimization(
@@ -140,8 +136,7 @@ def get_optimization_status(
 ) -> pb.GetOptimizationStatusResponse:
     """``GetOptimizationStatus``: the variable's latest run, or the one named by id.
 
-    Example: ``await stub.GetOptimizationStatus(pb.GetOptimizationStatusRequest(
-    session_id=sid, ref="t"))`` answers the status.
+    Example: ``await stub.GetOptimizationStatus(request)`` answers the status.
     """
     sid = call.session_id
     record: VariableRecord
@@ -160,8 +155,7 @@ def get_optimization_history(
 ) -> pb.GetOptimizationHistoryResponse:
     """``GetOptimizationHistory``: evaluated iterations, newest last.
 
-    Example: ``await stub.GetOptimizationHistory(pb.GetOptimizationHistoryRequest(
-    session_id=sid, ref="t", limit=20))`` answers up to twenty entries.
+    Example: ``await stub.GetOptimizationHistory(request)`` answers the entries.
     """
     sid = call.session_id
     entries = call.store.optimization_history(
@@ -182,8 +176,7 @@ def report_metrics(call: Call, request: pb.ReportMetricsRequest) -> pb.ReportMet
     """``ReportMetrics``: the evaluation of a running optimization's current proposal;
     the store checks it against the live lease and publishes it.
 
-    Example: ``await stub.ReportMetrics(pb.ReportMetricsRequest(session_id=sid, ref="t",
-    metrics=codec.encode_map({"accuracy": 0.9})))`` answers the status.
+    Example: ``await stub.ReportMetrics(request)`` answers the run's status.
     """
     lease, record, revision = call.store.report_metrics(
         call.session_id, request.ref, codec.decode_map(request.metrics),

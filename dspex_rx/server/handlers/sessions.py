@@ -23,8 +23,7 @@ def initialize_session(
     """``InitializeSession``: create a session, or attach to one (the store checks the
     token an attacher presents); the token goes only to who made it or proved it.
 
-    Example: ``await stub.InitializeSession(pb.InitializeSessionRequest(client_name="a"))``
-    answers with a new session's id and token.
+    Example: ``await stub.InitializeSession(request)`` answers the session's id and token.
     """
     store, auth = call.store, call.service.auth
     given = presented_token(call.context)
@@ -63,8 +62,7 @@ def initialize_session(
 def heartbeat(call: Call, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
     """``Heartbeat``: renew the client's lease on its session.
 
-    Example: ``await stub.Heartbeat(pb.HeartbeatRequest(session_id=sid, client_id=cid))``
-    answers with the new expiry.
+    Example: ``await stub.Heartbeat(request)`` answers the new expiry.
     """
     expires_at = call.store.heartbeat(call.session_id, request.client_id)
     return pb.HeartbeatResponse(
@@ -75,8 +73,7 @@ def heartbeat(call: Call, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
 def close_session(call: Call, request: pb.CloseSessionRequest) -> pb.CloseSessionResponse:
     """``CloseSession``: detach the client; the session goes with its last client.
 
-    Example: ``await stub.CloseSession(pb.CloseSessionRequest(session_id=sid, client_id=cid))``
-    says whether the session was removed.
+    Example: ``await stub.CloseSession(request)`` says whether the session was removed.
     """
     removed = call.store.close_session(call.session_id, request.client_id)
     log.info("session_detached", session_id=call.session_id, client_id=request.client_id,

@@ -17,8 +17,7 @@ def register_variable(
 ) -> pb.RegisterVariableResponse:
     """``RegisterVariable``: create one variable from its spec.
 
-    Example: ``await stub.RegisterVariable(pb.RegisterVariableRequest(session_id=sid,
-    spec=spec))`` answers with the new variable.
+    Example: ``await stub.RegisterVariable(request)`` answers with the new variable.
     """
     sid = call.session_id
     records, revision = call.store.register(sid, [spec_from_pb(request.spec)], actor=sid)
@@ -32,8 +31,7 @@ def register_variables(
 ) -> pb.RegisterVariablesResponse:
     """``RegisterVariables``: create a batch of variables in one commit, or none.
 
-    Example: ``await stub.RegisterVariables(pb.RegisterVariablesRequest(session_id=sid,
-    specs=specs))`` answers with the new variables.
+    Example: ``await stub.RegisterVariables(request)`` answers with the new variables.
     """
     sid = call.session_id
     specs = [spec_from_pb(spec) for spec in request.specs]
@@ -48,8 +46,7 @@ def register_variables(
 def get_variable(call: Call, request: pb.GetVariableRequest) -> pb.GetVariableResponse:
     """``GetVariable``: one variable by name or id.
 
-    Example: ``await stub.GetVariable(pb.GetVariableRequest(session_id=sid, ref="t"))``
-    answers with the variable and the session's revision.
+    Example: ``await stub.GetVariable(request)`` answers the variable and the revision.
     """
     sid = call.session_id
     record = call.store.get(sid, request.ref)
@@ -61,8 +58,7 @@ def get_variable(call: Call, request: pb.GetVariableRequest) -> pb.GetVariableRe
 def get_variables(call: Call, request: pb.GetVariablesRequest) -> pb.GetVariablesResponse:
     """``GetVariables``: many variables at one revision, and the refs that were missing.
 
-    Example: ``await stub.GetVariables(pb.GetVariablesRequest(session_id=sid, refs=["t"]))``
-    answers with the variables found.
+    Example: ``await stub.GetVariables(request)`` answers the variables found.
     """
     sid = call.session_id
     found, missing = call.store.get_many(sid, list(request.refs))
@@ -80,8 +76,7 @@ def set_variable(call: Call, request: pb.SetVariableRequest) -> pb.SetVariableRe
     """``SetVariable``: write one value (optionally creating the variable, or only at an
     expected version, or under an optimization's fencing token).
 
-    Example: ``await stub.SetVariable(pb.SetVariableRequest(session_id=sid, ref="t",
-    value=codec.encode(0.9)))`` answers with the written variable.
+    Example: ``await stub.SetVariable(request)`` answers with the variable as written.
     """
     sid = call.session_id
     hint = type_from_pb(request.type_hint) if request.type_hint else None
@@ -108,8 +103,7 @@ def update_variables(
     """``UpdateVariables``: a batch of writes, atomic or each on its own, with an outcome
     per write (a stored value that differs from the one sent is sent back).
 
-    Example: ``await stub.UpdateVariables(pb.UpdateVariablesRequest(session_id=sid,
-    updates=updates, atomic=True))`` answers with one result per update.
+    Example: ``await stub.UpdateVariables(request)`` answers one result per update.
     """
     sid = call.session_id
     updates = [
@@ -146,8 +140,7 @@ def update_variables(
 def list_variables(call: Call, request: pb.ListVariablesRequest) -> pb.ListVariablesResponse:
     """``ListVariables``: the session's variables, optionally those matching a glob.
 
-    Example: ``await stub.ListVariables(pb.ListVariablesRequest(session_id=sid,
-    pattern="model.*"))`` answers with the matching variables.
+    Example: ``await stub.ListVariables(pb.ListVariablesRequest(session_id=sid))`` lists all.
     """
     sid = call.session_id
     records = call.store.list(sid, request.pattern or None)
@@ -161,8 +154,7 @@ def list_variables(call: Call, request: pb.ListVariablesRequest) -> pb.ListVaria
 def delete_variable(call: Call, request: pb.DeleteVariableRequest) -> pb.DeleteVariableResponse:
     """``DeleteVariable``: delete a variable (with ``cascade``, its dependents too).
 
-    Example: ``await stub.DeleteVariable(pb.DeleteVariableRequest(session_id=sid, ref="t"))``
-    answers with the deleted ids.
+    Example: ``await stub.DeleteVariable(request)`` answers the deleted ids.
     """
     sid = call.session_id
     deleted, revision = call.store.delete(sid, request.ref, actor=sid, cascade=request.cascade)
