@@ -260,6 +260,8 @@ class Unary(Generic[Req, Resp]):
     ) -> None:
         self.handler = handler
         self.authenticated = authenticated
+        # Named after its handler until the servicer names it after the RPC (the name
+        # logs and INTERNAL answers use, and what the answer's size meter reports).
         self.name = handler.__name__
         self.method = self._method()
 
