@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_p.error(str(exc))
 
     configure(args.log_level)
-    from dspex_rx.server import serve
+    from dspex_rx.server.app import serve
     from dspex_rx.store import MemoryStore
 
     store = MemoryStore(limits=limits, log_size=args.log_size, principals=principals)
