@@ -48,11 +48,7 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dspex-rx`` console script.
 
-    Example::
-
-        main(["serve", "--port", "50051", "--max-sessions", "100"])
-        main(["serve", "--host", "0.0.0.0", "--tls-cert", "server.pem",
-              "--tls-key", "server.key"])
+    Example: ``main(["serve", "--port", "50051"])`` serves until SIGINT or SIGTERM.
     """
     parser = argparse.ArgumentParser(prog="dspex-rx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_p.error(str(exc))
 
     configure(args.log_level)
-    from dspex_rx.server import serve
+    from dspex_rx.server.app import serve
     from dspex_rx.store import MemoryStore
 
     store = MemoryStore(limits=limits, log_size=args.log_size, principals=principals)

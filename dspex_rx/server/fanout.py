@@ -19,9 +19,10 @@ from dspex_rx.store import OPTIMIZATION_EVENT, ChangeEvent, Commit, Listener, Va
 class PendingFrame:
     """Events for one stream from one commit (or several, once conflated).
 
-    Example::
+    Example:
 
-        PendingFrame(revision=7, events=[event], conflated=False)
+    >>> PendingFrame(revision=7, events=[]).since
+    6
     """
 
     revision: int
@@ -45,11 +46,13 @@ class Subscriber:
     into one conflated frame holding each variable's latest event, so memory is bounded by
     the number of watched variables and the latest value always gets through.
 
-    Example::
+    Example:
 
-        sub = Subscriber(wake=event.set)
-        sub.watch(["var_t_1"]); store.add_listener(sid, sub.on_commit)
-        for item in sub.drain(): send(item)
+    >>> sub = Subscriber()
+    >>> sub.watch(["var_t_1"])
+    >>> sub.push_frame(PendingFrame(5, []))
+    >>> sub.drain()
+    [PendingFrame(revision=5, events=[], update_type=None, conflated=False, since=4)]
     """
 
     def __init__(
@@ -90,9 +93,12 @@ class Subscriber:
         """Raise ``ResourceExhaustedError`` if watching these too would pass ``max_watched``
         (the limit ``max_subscriptions_per_stream``); changes nothing.
 
-        Example::
+        Example:
 
-            sub.check_room(["var_t_1"]); sub.watch(["var_t_1"])
+        >>> Subscriber(max_watched=1).check_room(["var_a_1", "var_b_2"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        dspex_rx.errors.ResourceExhaustedError: this stream would watch 2 variables...
         """
         if self.max_watched is None:
             return
@@ -107,9 +113,12 @@ class Subscriber:
     def watch(self, variable_ids: Iterable[str]) -> None:
         """Start delivering these variables' commits.
 
-        Example::
+        Example:
 
-            sub.watch(["var_t_1"])
+        >>> sub = Subscriber()
+        >>> sub.watch(["var_t_1"])
+        >>> sub.watched
+        {'var_t_1'}
         """
         self.watched.update(variable_ids)
 
@@ -117,9 +126,7 @@ class Subscriber:
         """Start delivering another session's variables (the caller checked ``observe``);
         the first one of an owner session adds a listener to that session.
 
-        Example::
-
-            sub.watch_foreign("sess_a", [record])
+        Example: ``subscriber.watch_foreign("session_2", [record])`` watches its variable.
         """
         records = list(records)
         if owner not in self._foreign and records:
@@ -136,9 +143,13 @@ class Subscriber:
     def unwatch(self, variable_ids: Iterable[str]) -> None:
         """Stop delivering these variables' commits (frames already queued stay).
 
-        Example::
+        Example:
 
-            sub.unwatch(["var_t_1"])
+        >>> sub = Subscriber()
+        >>> sub.watch(["var_t_1", "var_u_2"])
+        >>> sub.unwatch(["var_t_1"])
+        >>> sub.watched
+        {'var_u_2'}
         """
         ids = set(variable_ids)
         self.watched.difference_update(ids)
@@ -155,9 +166,7 @@ class Subscriber:
     def close(self) -> None:
         """Remove the listeners on other sessions (the stream ended).
 
-        Example::
-
-            sub.close()
+        Example: ``subscriber.close()`` when the stream ends.
         """
         for remove in self._foreign.values():
             remove()
@@ -168,9 +177,12 @@ class Subscriber:
     def on_commit(self, commit: Commit | None) -> None:
         """Store listener: queue the watched part of a commit (None: the session is gone).
 
-        Example::
+        Example:
 
-            store.add_listener(sid, sub.on_commit)
+        >>> sub = Subscriber()
+        >>> sub.on_commit(None)
+        >>> sub.closed
+        True
         """
         if commit is None:
             self.closed = True
@@ -233,9 +245,7 @@ class Subscriber:
         session may read the variable, and a ``dependency_changed`` note naming only the
         changed inputs it may read (observe alone shows that the inputs changed).
 
-        Example::
-
-            sub.push_frame(PendingFrame(commit.revision, sub.redact(commit.events)))
+        Example: ``subscriber.redact(commit.events)`` is what the stream may be sent.
         """
         out = []
         for event in events:
@@ -263,9 +273,12 @@ class Subscriber:
     def push_frame(self, frame: PendingFrame) -> None:
         """Queue a frame (live, initial, replayed or resync) and wake the sender.
 
-        Example::
+        Example:
 
-            sub.push_frame(PendingFrame(5, events, update_type="initial"))
+        >>> sub = Subscriber()
+        >>> sub.push_frame(PendingFrame(5, [], update_type="initial"))
+        >>> sub.has_pending()
+        True
         """
         self._queue.append(frame)
         self._pending_events += len(frame.events)
@@ -276,9 +289,12 @@ class Subscriber:
     def push_control(self, item: Any) -> None:
         """Queue a control note (ack, pong) in order with the frames and wake the sender.
 
-        Example::
+        Example:
 
-            sub.push_control(pong_message)
+        >>> sub = Subscriber()
+        >>> sub.push_control("pong")
+        >>> sub.pending_controls
+        1
         """
         self._queue.append(item)
         self.pending_controls += 1
@@ -287,18 +303,22 @@ class Subscriber:
     def has_pending(self) -> bool:
         """True while anything waits to be sent.
 
-        Example::
+        Example:
 
-            if not sub.has_pending(): send_progress()
+        >>> Subscriber().has_pending()
+        False
         """
         return bool(self._queue)
 
     def drain(self) -> list[PendingFrame | Any]:
         """Everything waiting, in order; the queue is empty afterwards.
 
-        Example::
+        Example:
 
-            for item in sub.drain(): ...
+        >>> sub = Subscriber()
+        >>> sub.push_control("pong")
+        >>> sub.drain(), sub.has_pending()
+        (['pong'], False)
         """
         items = list(self._queue)
         self._queue.clear()

@@ -1,0 +1,304 @@
+"""How every unary RPC is served, declared once (``Unary``): bad bytes, the token check,
+store errors mapped to gRPC statuses with their kind, and the size meter for answers.
+
+A handler is a plain synchronous function ``(call, request) -> response``: decode the
+request, call the store, encode the answer. Being synchronous it cannot yield to the loop
+between the store's check and its write, which is what keeps a store call atomic.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from dspex_rx.core.limits import Limits, too_many
+from dspex_rx.errors import AuthenticationError, DspexError, InvalidValueError
+from dspex_rx.logs import get_logger
+from dspex_rx.server.encode import seen_variable
+from dspex_rx.store import MemoryStore, VariableRecord
+from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire.convert import ERROR_DETAIL_PREFIX, ERROR_KIND_KEY, STATUS_BY_KIND
+from dspex_rx.wire.security import SESSION_TOKEN_KEY
+
+log = get_logger("dspex_rx.server")
+
+# An error message travels in a response header (grpc-message), where gRPC allows 8-16 KiB
+# of metadata: a longer one (a megabyte ref quoted back) would arrive as a transport error
+# instead of the error itself.
+MAX_ERROR_MESSAGE = 2000
+MAX_ERROR_DETAIL = 200
+# Room left in a message for the framing around what the size checks count.
+MESSAGE_SLACK = 64 * 1024
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class Service(Protocol):
+    """What handlers use of the servicer (``VariablesService``): its store, limits, auth.
+
+    Example: ``service.authenticate(request.session_id, context)`` raises or returns.
+    """
+
+    store: MemoryStore
+    limits: Limits
+    auth: str
+
+    def authenticate(self, session_id: str, context: grpc.aio.ServicerContext) -> None:
+        """Raise unless the call carries ``session_id``'s token.
+
+        Example: ``service.authenticate("session_1", context)`` returns ``None`` or raises.
+        """
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was.
+
+    Example:
+
+    >>> clip("x" * 50, 30)
+    'xxxxxxxxxx... (50 chars)'
+    """
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} chars)"
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: DspexError) -> None:
+    """Abort the call with the status, kind and details of a dspex error (messages and
+    details clipped to fit a header).
+
+    Example: ``await abort_with(context, exc)`` ends the call with ``exc``'s status.
+    """
+    metadata = [(ERROR_KIND_KEY, exc.kind)] + [
+        (ERROR_DETAIL_PREFIX + key.replace("_", "-"), clip(str(value), MAX_ERROR_DETAIL))
+        for key, value in exc.details.items()
+    ]
+    context.set_trailing_metadata(tuple(metadata))
+    await context.abort(STATUS_BY_KIND[exc.kind], clip(str(exc), MAX_ERROR_MESSAGE))
+
+
+async def refuse(context: grpc.aio.ServicerContext, exc: DspexError, method: str) -> None:
+    """Abort a refused call; one that failed authentication is logged, with its peer.
+
+    Example: ``await refuse(context, exc, "GetVariable")`` ends the call with ``exc``.
+    """
+    if isinstance(exc, AuthenticationError):
+        log.warning("unauthenticated", method=method, peer=context.peer(), error=str(exc))
+    await abort_with(context, exc)
+
+
+class Malformed:
+    """What the safe deserializer hands a handler for bytes protobuf cannot parse (bad
+    UTF-8 in a string field, a truncated or too deeply nested message): the handler
+    answers INVALID_ARGUMENT instead of gRPC's UNKNOWN.
+
+    Example:
+
+    >>> isinstance(parse_request(pb.GetVariableRequest, b"\\x12\\x02\\xff\\xfe"), Malformed)
+    True
+    """
+
+    __slots__ = ("error", "type_name")
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name = type_name
+        self.error = error
+
+    def exception(self) -> InvalidValueError:
+        """The error to answer with.
+
+        Example:
+
+        >>> Malformed("EchoRequest", ValueError("at 3: truncated")).exception().kind
+        'invalid_value'
+        """
+        reason = str(self.error).rsplit(": ", 1)[-1]
+        return InvalidValueError(f"malformed {self.type_name}: {reason}")
+
+
+def parse_request(message_type: Any, data: bytes) -> Any:
+    """Parse a request; bytes protobuf refuses become a ``Malformed``.
+
+    Example:
+
+    >>> parse_request(pb.EchoRequest, pb.EchoRequest(payload=b"x").SerializeToString())
+    payload: "x"
+    <BLANKLINE>
+    """
+    try:
+        return message_type.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        return Malformed(message_type.DESCRIPTOR.name, exc)
+
+
+def presented(context: grpc.aio.ServicerContext, name: str) -> str:
+    """A secret in the call's metadata ("" when none was sent).
+
+    Example: ``presented(context, SESSION_TOKEN_KEY)`` is the token the caller sent.
+    """
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return ""
+
+
+def presented_token(context: grpc.aio.ServicerContext) -> str:
+    """The session token in the call's metadata ("" when none was sent).
+
+    Example: ``presented_token(context)`` is ``""`` for a call without a token.
+    """
+    return presented(context, SESSION_TOKEN_KEY)
+
+
+def require_session_id(request: Any) -> str:
+    """The request's ``session_id``; ``InvalidValueError`` when it is empty.
+
+    Example:
+
+    >>> require_session_id(pb.HeartbeatRequest(session_id="session_1"))
+    'session_1'
+    """
+    session_id: str = request.session_id
+    if not session_id:
+        raise InvalidValueError("session_id is required")
+    return session_id
+
+
+class Answer:
+    """A response's size so far: refuses, with RESOURCE_EXHAUSTED, to grow past what one
+    message may carry, so an answer (many refs to one big value, a long history page) is
+    never built to gigabytes nor fails in gRPC's send.
+
+    Example:
+
+    >>> answer = Answer(MESSAGE_SLACK + 100, "GetVariables")
+    >>> answer.add(pb.Variable(name="t"))
+    >>> answer.add(pb.Variable(name="x" * 200))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dspex_rx.errors.ResourceExhaustedError: the answer to GetVariables would be more than ...
+    """
+
+    __slots__ = ("limit", "size", "what")
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.size = 0
+
+    def add(self, part: Any) -> None:
+        """Count ``part`` (a message about to be sent within the answer).
+
+        Example: ``answer.add(response.variables.add())`` counts one more variable.
+        """
+        self.size += part.ByteSize() + 8
+        if self.size > self.limit - MESSAGE_SLACK:
+            raise too_many(
+                f"the answer to {self.what} would be more than {self.size} bytes; ask for "
+                "fewer variables or entries", self.size, "max_message_bytes", self.limit,
+            )
+
+
+class Call:
+    """One unary call as its handler sees it: the service, the caller's session (checked
+    for session-scoped RPCs, else ""), the gRPC context, and the RPC's name.
+
+    Example: ``call.variable(record, response.variable)`` fills what the caller may see.
+    """
+
+    __slots__ = ("context", "method", "service", "session_id")
+
+    def __init__(
+        self, service: Service, context: grpc.aio.ServicerContext, method: str, session_id: str
+    ) -> None:
+        self.service = service
+        self.context = context
+        self.method = method
+        self.session_id = session_id
+
+    @property
+    def store(self) -> MemoryStore:
+        """The service's store.
+
+        Example: ``call.store.get(call.session_id, "t")`` reads a variable.
+        """
+        return self.service.store
+
+    def answer(self) -> Answer:
+        """A size meter for this RPC's answer (``max_message_bytes``).
+
+        Example: ``call.answer().add(response)`` refuses an answer too big to send.
+        """
+        return Answer(self.service.limits.max_message_bytes, self.method)
+
+    def variable(self, record: VariableRecord, out: pb.Variable) -> pb.Variable:
+        """Fill ``out`` with ``record`` as the caller sees it (``encode.seen_variable``).
+
+        Example: ``call.variable(record, response.variable)`` returns ``response.variable``.
+        """
+        return seen_variable(self.service.store, self.session_id, record, out)
+
+
+class Unary(Generic[Req, Resp]):
+    """A unary RPC of the servicer, declared once from its handler: as a class attribute
+    named after the RPC it becomes the method gRPC calls.
+
+    ``authenticated`` (default) needs the session's token and a session id; without it
+    (``InitializeSession``, where the store checks an attacher's token, and ``Echo``) the
+    handler's ``call.session_id`` is "". Either way a malformed request is answered
+    INVALID_ARGUMENT, a store error with its status and kind, a builtin error from deeper
+    code INVALID_ARGUMENT, and anything else INTERNAL (logged); nothing escapes.
+
+    Example: ``GetVariable = Unary(variables.get_variable)`` in ``VariablesService``.
+    """
+
+    def __init__(
+        self, handler: Callable[[Call, Req], Resp], *, authenticated: bool = True
+    ) -> None:
+        self.handler = handler
+        self.authenticated = authenticated
+        # Named after its handler until the servicer names it after the RPC (the name
+        # logs and INTERNAL answers use, and what the answer's size meter reports).
+        self.name = handler.__name__
+        self.method = self._method()
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.method = self._method()
+
+    def __get__(self, service: Any, owner: type | None = None) -> Any:
+        # Bound like a plain method, so gRPC sees a coroutine function.
+        return self.method if service is None else types.MethodType(self.method, service)
+
+    def _method(self) -> Callable[..., Any]:
+        handler, authenticated, name = self.handler, self.authenticated, self.name
+
+        async def method(
+            service: Service, request: Req, context: grpc.aio.ServicerContext
+        ) -> Resp:
+            try:
+                if isinstance(request, Malformed):
+                    raise request.exception()
+                session_id = ""
+                if authenticated:
+                    service.authenticate(getattr(request, "session_id", ""), context)
+                    session_id = require_session_id(request)
+                return handler(Call(service, context, name, session_id), request)
+            except DspexError as exc:
+                await refuse(context, exc, name)
+            except (KeyError, ValueError, TypeError, PermissionError) as exc:
+                # A builtin from deeper code is still the caller's bad input, not a crash.
+                log.warning("request_error", method=name, error=clip(repr(exc), 500))
+                await abort_with(context, InvalidValueError(str(exc)))
+            except Exception:
+                log.exception("handler_failed", method=name)
+                context.set_trailing_metadata(((ERROR_KIND_KEY, "internal"),))
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}")
+            raise AssertionError("unreachable: context.abort raises")
+
+        method.__name__ = method.__qualname__ = name
+        method.__doc__ = handler.__doc__
+        return method

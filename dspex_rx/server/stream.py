@@ -1,0 +1,170 @@
+"""The Session bidi stream: opening it (token, session, progress interval), the reader of
+subscribe/unsubscribe/ping, and the sender of frames, notes and progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import grpc
+
+from dspex_rx.errors import DspexError, InvalidValueError
+from dspex_rx.logs import get_logger
+from dspex_rx.server.fanout import Subscriber
+from dspex_rx.server.frames import pack
+from dspex_rx.server.rpc import Malformed, Service, abort_with, clip, refuse, require_session_id
+from dspex_rx.v1 import session_pb2 as spb
+from dspex_rx.wire.convert import ERROR_KIND_KEY
+
+log = get_logger("dspex_rx.server")
+
+# A stream stops reading its client while this many control notes (acks, pongs) wait to
+# be sent: a client that writes without reading cannot grow the server's queue.
+MAX_PENDING_CONTROLS = 1024
+MIN_PROGRESS_INTERVAL = 0.01
+
+
+class StreamService(Service, Protocol):
+    """What the stream uses of the servicer beyond a handler's needs: its stream settings,
+    the live subscribers, and the subscribe step (a method, so a test can wrap it).
+
+    Example: ``service._subscribe(sid, subscriber, request)`` queues the ack and values.
+    """
+
+    progress_interval: float
+    max_pending_events: int
+    subscribers: set[Subscriber]
+
+    def _subscribe(self, session_id: str, subscriber: Subscriber, request: spb.Subscribe) -> None:
+        """Answer one Subscribe request on the subscriber's queue.
+
+        Example: ``service._subscribe(sid, subscriber, spb.Subscribe(refs=["t"]))``.
+        """
+
+
+async def session(
+    service: StreamService,
+    request_iterator: AsyncIterator[spb.ClientMessage],
+    context: grpc.aio.ServicerContext,
+) -> AsyncIterator[spb.ServerMessage]:
+    """The ``Session`` stream, one per connection: subscribe/unsubscribe/ping in, frames
+    and notes out, and progress (the store's revision) when idle for the interval.
+
+    Example: ``call = stub.Session()`` opens it; its first message must be ``open``.
+    """
+    try:
+        first = await anext(aiter(request_iterator))
+    except StopAsyncIteration:
+        return
+    store = service.store
+    try:
+        if isinstance(first, Malformed):
+            raise first.exception()
+        if first.WhichOneof("kind") != "open":
+            raise InvalidValueError("the first message on a Session stream must be 'open'")
+        session_id = require_session_id(first.open)
+        service.authenticate(session_id, context)
+        opened = store.session(session_id)
+        interval = first.open.progress_interval_seconds or service.progress_interval
+        if not math.isfinite(interval) or interval < MIN_PROGRESS_INTERVAL:
+            raise InvalidValueError(
+                f"progress_interval_seconds must be a finite number >= "
+                f"{MIN_PROGRESS_INTERVAL} (0 for the server default), got {interval!r}"
+            )
+        wake = asyncio.Event()
+        room = asyncio.Event()  # set while the reader may go on
+        room.set()
+        subscriber = Subscriber(
+            wake.set, service.max_pending_events, session_id,
+            max_watched=service.limits.max_subscriptions_per_stream,
+            may_observe=lambda var_id: store.may(session_id, var_id, "observe"),
+            listen=lambda owner, fn: store.add_listener(owner, fn, foreign=True),
+            revision=lambda: store.revision,
+            may_read=lambda var_id: store.may(session_id, var_id, "read"),
+        )
+        remove_listener = store.add_listener(session_id, subscriber.on_commit)
+    except DspexError as exc:
+        await refuse(context, exc, "Session")
+        return
+    service.subscribers.add(subscriber)
+    log.info("stream_opened", session_id=session_id, client_id=clip(first.open.client_id, 100))
+    reader = asyncio.create_task(
+        _read(service, request_iterator, session_id, subscriber, room)
+    )
+    reader.add_done_callback(lambda _: wake.set())
+    try:
+        yield spb.ServerMessage(
+            opened=spb.StreamOpened(
+                session_id=session_id,
+                revision=store.revision,
+                log_horizon=opened.log_floor + 1,
+            )
+        )
+        while True:
+            if not subscriber.has_pending() and not reader.done():
+                try:
+                    await asyncio.wait_for(wake.wait(), interval)
+                except TimeoutError:
+                    if not subscriber.has_pending():
+                        yield spb.ServerMessage(progress=spb.Progress(revision=store.revision))
+                        continue
+            wake.clear()
+            for message in pack(subscriber.drain(), service.limits):
+                yield message
+            room.set()  # everything queued is sent: the reader may read on
+            if subscriber.closed:
+                context.set_trailing_metadata(((ERROR_KIND_KEY, "session_not_found"),))
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"session {session_id!r} was closed or expired"
+                )
+            if reader.done():
+                error = reader.exception()
+                if isinstance(error, DspexError):
+                    await abort_with(context, error)
+                if error is not None:
+                    log.error("stream_reader_failed", session_id=session_id,
+                              error=clip(repr(error), 500))
+                    await context.abort(grpc.StatusCode.INTERNAL, "stream reader failed")
+                return
+    finally:
+        service.subscribers.discard(subscriber)
+        remove_listener()
+        subscriber.close()
+        reader.cancel()
+        log.info("stream_closed", session_id=session_id, conflations=subscriber.conflations)
+
+
+async def _read(
+    service: StreamService,
+    request_iterator: AsyncIterator[spb.ClientMessage],
+    session_id: str,
+    subscriber: Subscriber,
+    room: asyncio.Event,
+) -> None:
+    # The client's messages after 'open'; an error ends the stream (the sender aborts).
+    store = service.store
+    async for message in request_iterator:
+        if isinstance(message, Malformed):
+            raise message.exception()
+        kind = message.WhichOneof("kind")
+        if kind == "subscribe":
+            service._subscribe(session_id, subscriber, message.subscribe)
+        elif kind == "unsubscribe":
+            # Ids as given (another session's variable may be unwatched even after
+            # losing access), and own names resolved.
+            refs = list(message.unsubscribe.variable_ids)
+            own = store.session(session_id)
+            subscriber.unwatch([own.names.get(ref, ref) for ref in refs])
+            subscriber.push_control(spb.Unsubscribed(request_id=message.unsubscribe.request_id))
+        elif kind == "ping":
+            subscriber.push_control(spb.Pong(nonce=message.ping.nonce, revision=store.revision))
+        else:
+            raise InvalidValueError(f"unexpected {kind!r} message on an open Session stream")
+        if subscriber.pending_controls >= MAX_PENDING_CONTROLS:
+            # The client writes faster than it reads: stop reading until the sender
+            # has caught up, so gRPC's flow control pushes back on the client.
+            room.clear()
+            await room.wait()
