@@ -78,8 +78,6 @@ class VariableCache:
         # get_batch's lock belongs to the library that first awaits it (trio or asyncio).
         self._batch_lock: trio.Lock | asyncio.Lock | None = None
 
-    # --- configuration ------------------------------------------------------------------------
-
     def configure(
         self,
         ttl: float | _Unset | None = _UNSET,
@@ -133,8 +131,6 @@ class VariableCache:
         'lru'
         """
         return self._table.policy
-
-    # --- reads --------------------------------------------------------------------------------
 
     def lookup(self, key: str, *, count: bool = True) -> tuple[bool, Any]:
         """``(True, entry)`` on a hit, ``(False, None)`` on a miss; counts the hit or miss.
@@ -235,8 +231,6 @@ class VariableCache:
             "eviction_count": self._table.evictions,
             "expired_count": self._table.expired,
         }
-
-    # --- writes -------------------------------------------------------------------------------
 
     def put(
         self, key: str, entry: Any, *, pinned: bool | None = None, name: str | None = None
@@ -430,8 +424,6 @@ class VariableCache:
         await self._invalidations.notify(removed, reason)
         return len(removed)
 
-    # --- invalidation callbacks ---------------------------------------------------------------
-
     def subscribe_invalidation(self, key: str, callback: InvalidationCallback) -> str:
         """Call ``await callback(key, reason)`` whenever ``key``'s entry is removed; returns
         a subscription id. The subscription outlives the entry until unsubscribed.
@@ -474,8 +466,6 @@ class VariableCache:
         1
         """
         return await self._invalidations.flush()
-
-    # --- batches ------------------------------------------------------------------------------
 
     async def get_batch(
         self,

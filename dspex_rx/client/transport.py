@@ -1,13 +1,13 @@
-"""The transport: one grpc.aio channel on a private asyncio loop thread, bridged to trio.
-
-It moves opaque protobuf messages by method path and knows nothing of variables or types;
-call metadata (such as a session token) is whatever pairs the caller passes, and the
-channel is plain or TLS as the caller's ``credentials`` say.
-A call is started on the loop with ``call_soon_threadsafe`` and its outcome is handed back
-through the trio token. Cancelling the trio caller cancels the asyncio task (and with it
-the RPC), then waits, shielded, until that task has really finished, so nothing of a call
-outlives its caller.
+"""The transport: one grpc.aio channel on a private asyncio loop thread (``LoopThread``),
+bridged to trio: unary calls and ``Stream``s of opaque protobuf messages by method path.
 """
+
+# It knows nothing of variables or types; call metadata (such as a session token) is
+# whatever pairs the caller passes, and the channel is plain or TLS as the caller's
+# ``credentials`` say. A call is started on the loop with ``call_soon_threadsafe`` and its
+# outcome is handed back through the trio token. Cancelling the trio caller cancels the
+# asyncio task (and with it the RPC), then waits, shielded, until that task has really
+# finished, so nothing of a call outlives its caller.
 
 from __future__ import annotations
 
