@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reactivex import abc as rx_abc
 
@@ -16,9 +16,37 @@ from dspex_rx.logs import get_logger
 from dspex_rx.wire.convert import timestamp, utc_datetime
 
 if TYPE_CHECKING:
-    from dspex_rx.client.watch_hub import WatchHub
+    from dspex_rx.client.cache import VariableCache
 
 log = get_logger("dspex_rx.actors")
+
+
+class ActorHub(Protocol):
+    """What an actor needs of its hub (``WatchHub``): the cache, wire (un)subscribes, and to
+    be forgotten once its variable is gone.
+
+    Example: ``VariableActor(hub, "temperature", "temperature")`` takes any such hub.
+    """
+
+    cache: VariableCache
+
+    def request_subscribe(self, actor: VariableActor, ref: str) -> None:
+        """Queue a wire subscription for ``actor`` by ``ref``.
+
+        Example: ``hub.request_subscribe(actor, "temperature")`` queues one Subscribe.
+        """
+
+    def request_unsubscribe(self, actor: VariableActor) -> None:
+        """Queue a wire unsubscription of ``actor``.
+
+        Example: ``hub.request_unsubscribe(actor)`` queues one Unsubscribe of ``actor.id``.
+        """
+
+    def forget(self, actor: VariableActor) -> None:
+        """Drop ``actor`` (its variable was deleted or its watch revoked).
+
+        Example: ``hub.forget(actor)`` drops a deleted variable's actor.
+        """
 
 
 class _Attached(rx_abc.DisposableBase):
@@ -85,7 +113,7 @@ class VariableActor:
         "stats", "version", "wire",
     )
 
-    def __init__(self, hub: WatchHub, var_id: str, name: str) -> None:
+    def __init__(self, hub: ActorHub, var_id: str, name: str) -> None:
         self.hub = hub
         self.id = var_id  # the ref first used, until the server tells the id
         self.name = name
