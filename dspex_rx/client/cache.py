@@ -142,8 +142,9 @@ class VariableCache:
         >>> cache.lookup("k"), cache.lookup("k", count=False), cache.info()["hits"]
         ((True, 'entry'), (True, 'entry'), 1)
         """
-        self._table.purge(self._clock())
-        slot = self._table.slots.get(key)
+        table = self._table
+        table.purge(self._clock())
+        slot = table.slots.get(key)
         if not count:
             return (False, None) if slot is None else (True, slot.entry)
         if slot is None:
@@ -151,9 +152,9 @@ class VariableCache:
             return False, None
         self._hits += 1
         slot.hits += 1
-        slot.seq_used = self._table.next_seq()
+        slot.seq_used = next(table.seq)
         if not slot.pinned:
-            self._table.order.hit(key)
+            table.order.hit(key)
         return True, slot.entry
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -175,8 +176,9 @@ class VariableCache:
         >>> cache.keys()
         ['var_a_1', 'var_b_2']
         """
-        self._table.purge(self._clock())
-        return list(self._table.slots)
+        table = self._table
+        table.purge(self._clock())
+        return list(table.slots)
 
     def __len__(self) -> int:
         """Number of cached entries, pinned included; no effect on hit/miss stats.
@@ -186,8 +188,9 @@ class VariableCache:
         >>> len(cache)
         2
         """
-        self._table.purge(self._clock())
-        return len(self._table.slots)
+        table = self._table
+        table.purge(self._clock())
+        return len(table.slots)
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is cached and not expired; no effect on hit/miss stats.
@@ -197,8 +200,9 @@ class VariableCache:
         >>> "var_a_1" in cache, "var_b_2" in cache
         (True, False)
         """
-        self._table.purge(self._clock())
-        return key in self._table.slots
+        table = self._table
+        table.purge(self._clock())
+        return key in table.slots
 
     def is_pinned(self, key: str) -> bool:
         """Whether ``key`` is cached and pinned.
@@ -217,19 +221,20 @@ class VariableCache:
         >>> VariableCache(ttl=None, max_size=None, clock=lambda: 0.0).info()["hit_rate"]
         0.0
         """
-        self._table.purge(self._clock())
+        table = self._table
+        table.purge(self._clock())
         lookups = self._hits + self._misses
         return {
-            "size": len(self._table.slots),
-            "pinned": len(self._table.slots) - len(self._table.order),
-            "ttl": self._table.ttl,
-            "max_size": self._table.max_size,
-            "eviction_policy": self._table.policy,
+            "size": len(table.slots),
+            "pinned": len(table.slots) - len(table.order),
+            "ttl": table.ttl,
+            "max_size": table.max_size,
+            "eviction_policy": table.policy,
             "hits": self._hits,
             "misses": self._misses,
             "hit_rate": self._hits / lookups if lookups else 0.0,
-            "eviction_count": self._table.evictions,
-            "expired_count": self._table.expired,
+            "eviction_count": table.evictions,
+            "expired_count": table.expired,
         }
 
     def put(
@@ -249,20 +254,21 @@ class VariableCache:
         >>> cache.keys()
         ['var_model_2']
         """
+        table = self._table
         now = self._clock()
-        self._table.purge(now)
-        slot = self._table.slots.get(key)
+        table.purge(now)
+        slot = table.slots.get(key)
         pin = pinned if pinned is not None else (slot is not None and slot.pinned)
-        if not pin and self._table.ttl == 0:
+        if not pin and table.ttl == 0:
             if slot is not None:  # only a pinned one can still be here: it expires at once
-                self._table.expire(key)
+                table.expire(key)
             return
-        seq = self._table.next_seq()
+        seq = next(table.seq)
         if slot is None:
             slot = _Slot(entry, name, now, pin, seq)
-            self._table.slots[key] = slot
+            table.slots[key] = slot
             if not pin:
-                self._table.enter_pool(key, slot)
+                table.enter_pool(key, slot)
             return
         slot.entry = entry
         if name is not None:
@@ -270,12 +276,12 @@ class VariableCache:
         slot.stamp = now
         slot.seq_used = seq
         if slot.pinned and not pin:
-            self._table.enter_pool(key, slot)
+            table.enter_pool(key, slot)
         elif not slot.pinned and pin:
-            self._table.leave_pool(key, slot)
+            table.leave_pool(key, slot)
         elif not slot.pinned:
-            self._table.order.replaced(key)
-            self._table.expiry.move_to_end(key)
+            table.order.replaced(key)
+            table.expiry.move_to_end(key)
 
     def pin(self, key: str) -> bool:
         """Pin a cached entry: no TTL, no eviction, not counted in max_size. False if absent.
@@ -287,12 +293,13 @@ class VariableCache:
         >>> cache.keys()
         ['a', 'c']
         """
-        self._table.purge(self._clock())
-        slot = self._table.slots.get(key)
+        table = self._table
+        table.purge(self._clock())
+        slot = table.slots.get(key)
         if slot is None:
             return False
         if not slot.pinned:
-            self._table.leave_pool(key, slot)
+            table.leave_pool(key, slot)
         return True
 
     def unpin(self, key: str) -> bool:
@@ -306,14 +313,15 @@ class VariableCache:
         >>> now[0] = 104.0; "k" in cache
         True
         """
+        table = self._table
         now = self._clock()
-        self._table.purge(now)
-        slot = self._table.slots.get(key)
+        table.purge(now)
+        slot = table.slots.get(key)
         if slot is None:
             return False
         if slot.pinned:
             slot.stamp = now
-            self._table.enter_pool(key, slot)
+            table.enter_pool(key, slot)
         return True
 
     def clear(self) -> None:
@@ -335,10 +343,11 @@ class VariableCache:
         >>> cache.invalidate_nowait("k", reason="deleted"), cache.invalidate_nowait("k")
         (True, False)
         """
-        self._table.purge(self._clock())
-        if key not in self._table.slots:
+        table = self._table
+        table.purge(self._clock())
+        if key not in table.slots:
             return False
-        self._table.drop(key)
+        table.drop(key)
         self._invalidations.queue(key, reason)
         return True
 
@@ -354,23 +363,24 @@ class VariableCache:
         >>> cache.rekey("temperature", "var_temperature_1"), cache.keys()   # provisional name -> id
         (True, ['var_temperature_1'])
         """
+        table = self._table
         now = self._clock()
-        self._table.purge(now)
+        table.purge(now)
         if old == new:
-            return old in self._table.slots
-        slot = self._table.slots.get(old)
-        if slot is not None and new in self._table.slots:
-            self._table.drop(new)
+            return old in table.slots
+        slot = table.slots.get(old)
+        if slot is not None and new in table.slots:
+            table.drop(new)
             self._invalidations.queue(new, "replaced")
         self._invalidations.move(old, new)
         if slot is None:
             return False
-        self._table.drop(old)
+        table.drop(old)
         slot.stamp = now
-        slot.seq_used = self._table.next_seq()
-        self._table.slots[new] = slot
+        slot.seq_used = next(table.seq)
+        table.slots[new] = slot
         if not slot.pinned:
-            self._table.enter_pool(new, slot)
+            table.enter_pool(new, slot)
         return True
 
     async def invalidate(self, key: str, reason: str = "invalidated") -> bool:
@@ -384,10 +394,11 @@ class VariableCache:
         >>> trio.run(cache.invalidate, "var_temperature_1", "remote_update")
         True
         """
-        self._table.purge(self._clock())
-        removed = key in self._table.slots
+        table = self._table
+        table.purge(self._clock())
+        removed = key in table.slots
         if removed:
-            self._table.drop(key)
+            table.drop(key)
         await self.flush_invalidations()
         if removed:
             await self._invalidations.notify([key], reason)
@@ -411,15 +422,16 @@ class VariableCache:
         >>> trio.run(cache.invalidate_pattern, "^model"), cache.keys()
         (1, ['var_2'])
         """
-        self._table.purge(self._clock())
+        table = self._table
+        table.purge(self._clock())
         match = compile_name_filter(name_pattern("pattern", pattern, glob))
         removed = [
             key
-            for key, slot in self._table.slots.items()
+            for key, slot in table.slots.items()
             if match(key) or (slot.name is not None and match(slot.name))
         ]
         for key in removed:
-            self._table.drop(key)
+            table.drop(key)
         await self.flush_invalidations()
         await self._invalidations.notify(removed, reason)
         return len(removed)
@@ -494,6 +506,7 @@ class VariableCache:
         fetching ['b', 'c']
         {'a': 'cached', 'b': 'B', 'c': 'C'}
         """
+        table = self._table
         if self._batch_lock is None:
             in_trio = sniffio.current_async_library() == "trio"
             self._batch_lock = trio.Lock() if in_trio else asyncio.Lock()
@@ -508,11 +521,11 @@ class VariableCache:
                     missing.append(key)
             if missing and fetch_missing is not None:
                 fetched = await fetch_missing(list(missing))
-                self._table.purge(self._clock())
+                table.purge(self._clock())
                 for key in missing:
                     if key not in fetched:
                         continue
-                    slot = self._table.slots.get(key)
+                    slot = table.slots.get(key)
                     if slot is not None:  # put by someone else during the fetch
                         result[key] = slot.entry
                         continue

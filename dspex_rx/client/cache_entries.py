@@ -253,7 +253,7 @@ class EntryTable:
     >>> gone = []
     >>> table = EntryTable(ttl=10.0, max_size=1, policy="lru", removed=lambda *kr: gone.append(kr))
     >>> for key in ("a", "b"):
-    ...     slot = _Slot(key.upper(), None, 0.0, False, table.next_seq())
+    ...     slot = _Slot(key.upper(), None, 0.0, False, next(table.seq))
     ...     table.slots[key] = slot
     ...     table.enter_pool(key, slot)
     >>> table.purge(now=10.0)
@@ -274,17 +274,10 @@ class EntryTable:
         self.slots: dict[str, _Slot] = {}
         self.order: _Order = _build_order(policy, self.slots)
         self.expiry: OrderedDict[str, None] = OrderedDict()  # unpinned keys, oldest stamp first
+        self.seq = itertools.count()  # use stamps: lru order, lfu ties, fifo order
         self.evictions = 0
         self.expired = 0
-        self._seq = itertools.count()
         self._removed = removed
-
-    def next_seq(self) -> int:
-        """The next use stamp (lru order, lfu ties, fifo order).
-
-        Example: ``table.next_seq()`` is 0 on a new table, then 1, 2, ...
-        """
-        return next(self._seq)
 
     def configure(self, ttl: float | None, max_size: int | None, policy: str, now: float) -> None:
         """Apply checked settings: expire by the new ttl, reorder by a new policy, then evict
@@ -337,7 +330,7 @@ class EntryTable:
                 self.evict_one()
         slot.pinned = False
         slot.hits = 0
-        slot.seq_inserted = slot.seq_used = next(self._seq)
+        slot.seq_inserted = slot.seq_used = next(self.seq)
         self.order.add(key)
         self.expiry[key] = None
 
