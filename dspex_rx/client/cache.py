@@ -20,7 +20,6 @@ from dspex_rx.client.cache_entries import (
     _check_policy,
     _check_ttl,
     _library_clock,
-    _Slot,
     _Unset,
 )
 from dspex_rx.core.patterns import compile_name_filter, name_pattern
@@ -254,34 +253,9 @@ class VariableCache:
         >>> cache.keys()
         ['var_model_2']
         """
-        table = self._table
         now = self._clock()
-        table.purge(now)
-        slot = table.slots.get(key)
-        pin = pinned if pinned is not None else (slot is not None and slot.pinned)
-        if not pin and table.ttl == 0:
-            if slot is not None:  # only a pinned one can still be here: it expires at once
-                table.expire(key)
-            return
-        seq = next(table.seq)
-        if slot is None:
-            slot = _Slot(entry, name, now, pin, seq)
-            table.slots[key] = slot
-            if not pin:
-                table.enter_pool(key, slot)
-            return
-        slot.entry = entry
-        if name is not None:
-            slot.name = name
-        slot.stamp = now
-        slot.seq_used = seq
-        if slot.pinned and not pin:
-            table.enter_pool(key, slot)
-        elif not slot.pinned and pin:
-            table.leave_pool(key, slot)
-        elif not slot.pinned:
-            table.order.replaced(key)
-            table.expiry.move_to_end(key)
+        self._table.purge(now)
+        self._table.put(key, entry, pinned, name, now)
 
     def pin(self, key: str) -> bool:
         """Pin a cached entry: no TTL, no eviction, not counted in max_size. False if absent.
@@ -293,14 +267,8 @@ class VariableCache:
         >>> cache.keys()
         ['a', 'c']
         """
-        table = self._table
-        table.purge(self._clock())
-        slot = table.slots.get(key)
-        if slot is None:
-            return False
-        if not slot.pinned:
-            table.leave_pool(key, slot)
-        return True
+        self._table.purge(self._clock())
+        return self._table.pin(key)
 
     def unpin(self, key: str) -> bool:
         """Unpin a cached entry: its TTL starts now and it may be evicted. False if absent.
@@ -313,16 +281,9 @@ class VariableCache:
         >>> now[0] = 104.0; "k" in cache
         True
         """
-        table = self._table
         now = self._clock()
-        table.purge(now)
-        slot = table.slots.get(key)
-        if slot is None:
-            return False
-        if slot.pinned:
-            slot.stamp = now
-            table.enter_pool(key, slot)
-        return True
+        self._table.purge(now)
+        return self._table.unpin(key, now)
 
     def clear(self) -> None:
         """Remove every entry, pinned too; stats stay. Queues callbacks (reason "cleared").
@@ -363,25 +324,13 @@ class VariableCache:
         >>> cache.rekey("temperature", "var_temperature_1"), cache.keys()   # provisional name -> id
         (True, ['var_temperature_1'])
         """
-        table = self._table
         now = self._clock()
-        table.purge(now)
+        self._table.purge(now)
         if old == new:
-            return old in table.slots
-        slot = table.slots.get(old)
-        if slot is not None and new in table.slots:
-            table.drop(new)
-            self._invalidations.queue(new, "replaced")
+            return old in self._table.slots
+        moved = self._table.rekey(old, new, now)  # queues the "replaced" callbacks first
         self._invalidations.move(old, new)
-        if slot is None:
-            return False
-        table.drop(old)
-        slot.stamp = now
-        slot.seq_used = next(table.seq)
-        table.slots[new] = slot
-        if not slot.pinned:
-            table.enter_pool(new, slot)
-        return True
+        return moved
 
     async def invalidate(self, key: str, reason: str = "invalidated") -> bool:
         """Remove ``key`` (pinned too) and await its callbacks; False if it was not cached.

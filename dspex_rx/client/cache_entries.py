@@ -295,6 +295,82 @@ class EntryTable:
             while len(self.order) > max_size:
                 self.evict_one()
 
+    def put(self, key: str, entry: Any, pinned: bool | None, name: str | None, now: float) -> None:
+        """``VariableCache.put`` on purged slots: insert or replace, the TTL restarting.
+
+        Example: ``cache.put("var_model_2", "gpt", pinned=True)`` ends here.
+        """
+        slot = self.slots.get(key)
+        pin = pinned if pinned is not None else (slot is not None and slot.pinned)
+        if not pin and self.ttl == 0:
+            if slot is not None:  # only a pinned one can still be here: it expires at once
+                self.expire(key)
+            return
+        seq = next(self.seq)
+        if slot is None:
+            slot = _Slot(entry, name, now, pin, seq)
+            self.slots[key] = slot
+            if not pin:
+                self.enter_pool(key, slot)
+            return
+        slot.entry = entry
+        if name is not None:
+            slot.name = name
+        slot.stamp = now
+        slot.seq_used = seq
+        if slot.pinned and not pin:
+            self.enter_pool(key, slot)
+        elif not slot.pinned and pin:
+            self.leave_pool(key, slot)
+        elif not slot.pinned:
+            self.order.replaced(key)
+            self.expiry.move_to_end(key)
+
+    def pin(self, key: str) -> bool:
+        """Pin ``key``'s slot; False if there is none.
+
+        Example: ``cache.pin(key)`` ends here.
+        """
+        slot = self.slots.get(key)
+        if slot is None:
+            return False
+        if not slot.pinned:
+            self.leave_pool(key, slot)
+        return True
+
+    def unpin(self, key: str, now: float) -> bool:
+        """Unpin ``key``'s slot, its TTL starting ``now``; False if there is none.
+
+        Example: ``cache.unpin(key)`` ends here.
+        """
+        slot = self.slots.get(key)
+        if slot is None:
+            return False
+        if slot.pinned:
+            slot.stamp = now
+            self.enter_pool(key, slot)
+        return True
+
+    def rekey(self, old: str, new: str, now: float) -> bool:
+        """Move ``old``'s slot to ``new`` (``old != new``) as a fresh put, replacing any slot
+        there (reported as "replaced"); False if ``old`` has none.
+
+        Example: ``cache.rekey("temperature", "var_temperature_1")`` ends here.
+        """
+        slot = self.slots.get(old)
+        if slot is not None and new in self.slots:
+            self.drop(new)
+            self._removed(new, "replaced")
+        if slot is None:
+            return False
+        self.drop(old)
+        slot.stamp = now
+        slot.seq_used = next(self.seq)
+        self.slots[new] = slot
+        if not slot.pinned:
+            self.enter_pool(new, slot)
+        return True
+
     def purge(self, now: float) -> None:
         """Drop unpinned entries whose age is >= ttl (the expiry order is stamp order).
 
