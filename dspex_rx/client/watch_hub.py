@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import grpc
 import trio
 
+from dspex_rx.client.actor_directory import ActorDirectory
 from dspex_rx.client.cache import VariableCache
 from dspex_rx.client.updates import update_from_pb
 from dspex_rx.client.variable_actor import VariableActor
@@ -77,8 +78,10 @@ class WatchHub:
         self.client_id = client_id
         self.nursery = nursery
         self.cache = cache
-        self.by_id: dict[str, VariableActor] = {}
-        self.by_name: dict[str, VariableActor] = {}
+        self.directory = ActorDirectory(self)
+        # The directory's own maps (never rebound), for the stream code and the session.
+        self.by_id = self.directory.by_id
+        self.by_name = self.directory.by_name
         self.revision = 0
         self.frames = 0
         self._requests = itertools.count(1)
@@ -98,92 +101,42 @@ class WatchHub:
 
         Example: ``hub.wire_subscribes`` is 1 for one watched variable, however many observers.
         """
-        return sum(1 for a in self._actors() if a.wire)
-
-    def _actors(self) -> list[VariableActor]:
-        return list({id(a): a for a in [*self.by_id.values(), *self.by_name.values()]}.values())
-
-    # ---- actors
+        return sum(1 for a in self.directory.all() if a.wire)
 
     def actor(self, ref: str) -> VariableActor:
         """The actor for a variable name or id, created on first use.
 
         Example: ``hub.actor("temperature")`` creates the actor on first use.
         """
-        actor = self.by_id.get(ref) or self.by_name.get(ref)
-        if actor is None:
-            actor = VariableActor(self, ref, ref)
-            self.by_name[ref] = actor
-        return actor
+        return self.directory.actor(ref)
 
     def known(self, ref: str) -> VariableActor | None:
         """The actor for a ref if there is one (no creation).
 
         Example: ``hub.known("temperature")`` is ``None`` until something asked for it.
         """
-        return self.by_id.get(ref) or self.by_name.get(ref)
+        return self.directory.known(ref)
 
     def learn(self, var_id: str, name: str) -> VariableActor:
-        """Bind an id and a name to one actor (from any server answer). Provisional actors
-        made for a ref before its id was known are adopted or folded in.
+        """Bind an id and a name to one actor (from any server answer); see ``ActorDirectory``.
 
         Example: ``hub.learn("var_temperature_1", "temperature")`` binds both refs to one actor.
         """
-        actor = self.by_id.get(var_id)
-        provisional = []
-        for ref in (var_id, name):
-            candidate = self.by_name.get(ref)
-            if (
-                candidate is not None
-                and candidate is not actor
-                and self.by_id.get(candidate.id) is not candidate
-                and candidate not in provisional
-            ):
-                provisional.append(candidate)
-        if actor is None:
-            if provisional:
-                actor = provisional.pop(0)
-                self.cache.rekey(actor.id, var_id)
-                actor.id = var_id
-            else:
-                actor = VariableActor(self, var_id, name)
-            self.by_id[var_id] = actor
-        for other in provisional:
-            self.fold(other, actor)
-        if var_id != name and self.by_name.get(var_id) is not None:
-            del self.by_name[var_id]  # a provisional key that was really an id
-        actor.name = name
-        self.by_name[name] = actor
-        return actor
+        return self.directory.learn(var_id, name)
 
     def fold(self, source: VariableActor, target: VariableActor) -> None:
         """Move ``source``'s observers to ``target`` (the same variable known two ways).
 
         Example: ``hub.fold(provisional, actor)`` moves the provisional actor's observers.
         """
-        moved, source.attached = source.attached, []
-        if source.wire:
-            source._unwire()
-        if not moved:
-            return
-        for attached in moved:
-            attached.baseline = False
-            attached.actor = target
-            target.attached.append(attached)
-        if not target.wire or target.live:
-            target.wire = True
-            target.live = False
-            self.request_subscribe(target, target.id)
+        self.directory.fold(source, target)
 
     def forget(self, actor: VariableActor) -> None:
         """Drop a deleted variable's actor.
 
         Example: ``hub.forget(actor)`` drops a deleted variable's actor from both maps.
         """
-        if self.by_id.get(actor.id) is actor:
-            del self.by_id[actor.id]
-        if self.by_name.get(actor.name) is actor:
-            del self.by_name[actor.name]
+        self.directory.forget(actor)
 
     # ---- outgoing
 
@@ -415,7 +368,7 @@ class WatchHub:
         self._outbox_send = None  # the next subscription opens a new stream
         self._pending.clear()
         failure = error if isinstance(error, Exception) else ConnectionError(str(error))
-        for actor in self._actors():
+        for actor in self.directory.all():
             if actor.attached or actor.wire:
                 actor.fail(failure)
         for done in self._pongs.values():  # left in place: sync() tells failure from pong
@@ -429,7 +382,7 @@ class WatchHub:
         self._closed = True
         if self._outbox_send is not None:
             self._outbox_send.close()
-        for actor in self._actors():
+        for actor in self.directory.all():
             actor._end(None)
         for done in self._pongs.values():
             done.set()
