@@ -9,8 +9,6 @@ from typing import Any, ClassVar
 from dspex_rx.client.optimization.base import BaseOptimizer, _number
 from dspex_rx.errors import InvalidValueError
 
-# ---------------------------------------------------------------------- gradient
-
 
 class GradientOptimizer(BaseOptimizer):
     """Gradient ascent on a numeric variable from paired probes, one evaluation per ask.

@@ -12,8 +12,6 @@ import numpy as np
 from dspex_rx.client.optimization.base import BaseOptimizer, _count
 from dspex_rx.errors import InvalidValueError
 
-# ------------------------------------------------------------------- grid & random
-
 
 class GridSearch(BaseOptimizer):
     """Exhaustive search over a fixed list, in order; ``done`` after the last value.

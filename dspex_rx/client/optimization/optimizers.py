@@ -30,8 +30,6 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------- registry
-
 _BUILTINS: dict[str, type[BaseOptimizer]] = {
     cls.name: cls for cls in (GridSearch, RandomSearch, BayesianOptimizer, GradientOptimizer)
 }

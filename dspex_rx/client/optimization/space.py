@@ -28,8 +28,6 @@ def _is_real(value: Any) -> bool:
     )
 
 
-# ------------------------------------------------------------------------ search space
-
 
 @dataclass(frozen=True)
 class SearchSpace:
