@@ -1,246 +1,33 @@
-"""The client-side cache index (`VariableCache`): opaque entries by key, with TTL, pinning,
-lru/lfu/fifo eviction, hit/miss stats, async invalidation callbacks and batched fetches.
+"""The client-side cache (`VariableCache`): opaque entries by key with TTL, pinning,
+lru/lfu/fifo eviction and hit/miss stats, invalidation callbacks and batched fetches.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import math
-import time
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from enum import Enum
-from typing import Any, Final, Protocol
+from typing import Any
 
 import sniffio
 import trio
 
+from dspex_rx.client.cache_callbacks import InvalidationCallback, Invalidations
+from dspex_rx.client.cache_entries import (
+    _UNSET,
+    EVICTION_POLICIES,
+    EntryTable,
+    _check_max_size,
+    _check_policy,
+    _check_ttl,
+    _library_clock,
+    _Unset,
+)
 from dspex_rx.core.patterns import compile_name_filter, name_pattern
-from dspex_rx.errors import InvalidValueError
-from dspex_rx.logs import get_logger
 
 __all__ = ["EVICTION_POLICIES", "FetchMissing", "InvalidationCallback", "VariableCache"]
 
-log = get_logger("dspex_rx.cache")
-
-EVICTION_POLICIES: Final = ("lru", "lfu", "fifo")
-
-
-
-def _library_clock() -> float:
-    """trio's clock inside a trio run (so MockClock drives TTLs in tests), else monotonic."""
-    try:
-        return trio.current_time()
-    except RuntimeError:
-        return time.monotonic()
-
-
-InvalidationCallback = Callable[[str, str], Awaitable[object]]
-"""``async def callback(key, reason)``; reason is e.g. "invalidated", "evicted", "expired"."""
-
 FetchMissing = Callable[[list[str]], Awaitable[Mapping[str, Any]]]
 """``async def fetch(missing_keys) -> {key: entry}``, as used by `VariableCache.get_batch`."""
-
-
-class _Unset(Enum):
-    UNSET = "unset"
-
-
-_UNSET: Final = _Unset.UNSET
-
-
-class _Slot:
-    """One cached entry and its bookkeeping (mutable; private to the cache)."""
-
-    __slots__ = ("entry", "hits", "name", "pinned", "seq_inserted", "seq_used", "stamp")
-
-    def __init__(self, entry: Any, name: str | None, stamp: float, pinned: bool, seq: int) -> None:
-        self.entry = entry
-        self.name = name
-        self.stamp = stamp  # clock time of the last put (or of the unpin); TTL counts from here
-        self.pinned = pinned
-        self.hits = 0  # lookups that found it since it (re-)entered the evictable pool
-        self.seq_inserted = seq  # fifo order: first put; a replacing put keeps it
-        self.seq_used = seq  # lru order (and lfu ties): last put or hit
-
-
-# --- eviction orders: hold only unpinned keys; every operation O(1) ---------------------------
-
-
-class _Order(Protocol):
-    def add(self, key: str) -> None: ...  # a key entering the pool: newest, count 0
-    def hit(self, key: str) -> None: ...  # a lookup found it
-    def replaced(self, key: str) -> None: ...  # a put replaced its entry
-    def remove(self, key: str) -> None: ...
-    def victim(self) -> str: ...  # the key to evict next (the order is not empty)
-    def __len__(self) -> int: ...
-
-
-class _QueueOrder:
-    """lru (``touch=True``: hits and puts move a key to the back) or fifo (insertion order)."""
-
-    def __init__(self, touch: bool) -> None:
-        self._keys: OrderedDict[str, None] = OrderedDict()
-        self._touch = touch
-
-    def add(self, key: str) -> None:
-        self._keys[key] = None
-
-    def hit(self, key: str) -> None:
-        if self._touch:
-            self._keys.move_to_end(key)
-
-    def replaced(self, key: str) -> None:
-        if self._touch:
-            self._keys.move_to_end(key)
-
-    def remove(self, key: str) -> None:
-        del self._keys[key]
-
-    def victim(self) -> str:
-        return next(iter(self._keys))
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
-class _FreqNode:
-    __slots__ = ("freq", "keys", "next", "prev")
-
-    def __init__(self, freq: int) -> None:
-        self.freq = freq
-        self.keys: OrderedDict[str, None] = OrderedDict()  # least recently used first
-        self.prev: _FreqNode | None = None
-        self.next: _FreqNode | None = None
-
-
-class _LfuOrder:
-    """Constant-time LFU: a linked list of frequency nodes in rising order, each holding its
-    keys least recently used first, so the victim is the first key of the first node."""
-
-    def __init__(self) -> None:
-        self._head: _FreqNode | None = None
-        self._tail: _FreqNode | None = None
-        self._node_of: dict[str, _FreqNode] = {}
-
-    def _new_node_after(self, freq: int, before: _FreqNode | None) -> _FreqNode:
-        node = _FreqNode(freq)
-        after = self._head if before is None else before.next
-        node.prev, node.next = before, after
-        if before is None:
-            self._head = node
-        else:
-            before.next = node
-        if after is None:
-            self._tail = node
-        else:
-            after.prev = node
-        return node
-
-    def _unlink(self, node: _FreqNode) -> None:
-        if node.prev is None:
-            self._head = node.next
-        else:
-            node.prev.next = node.next
-        if node.next is None:
-            self._tail = node.prev
-        else:
-            node.next.prev = node.prev
-
-    def add(self, key: str) -> None:
-        head = self._head
-        node = head if head is not None and head.freq == 0 else self._new_node_after(0, None)
-        node.keys[key] = None
-        self._node_of[key] = node
-
-    def load(self, key: str, freq: int) -> None:
-        """Append a key with a count; keys must arrive sorted by (count, last use)."""
-        tail = self._tail
-        node = tail if tail is not None and tail.freq == freq else self._new_node_after(freq, tail)
-        node.keys[key] = None
-        self._node_of[key] = node
-
-    def hit(self, key: str) -> None:
-        node = self._node_of[key]
-        up = node.next
-        if up is None or up.freq != node.freq + 1:
-            up = self._new_node_after(node.freq + 1, node)
-        del node.keys[key]
-        up.keys[key] = None
-        self._node_of[key] = up
-        if not node.keys:
-            self._unlink(node)
-
-    def replaced(self, key: str) -> None:
-        self._node_of[key].keys.move_to_end(key)
-
-    def remove(self, key: str) -> None:
-        node = self._node_of.pop(key)
-        del node.keys[key]
-        if not node.keys:
-            self._unlink(node)
-
-    def victim(self) -> str:
-        assert self._head is not None
-        return next(iter(self._head.keys))
-
-    def __len__(self) -> int:
-        return len(self._node_of)
-
-
-def _build_order(policy: str, slots: Mapping[str, _Slot]) -> _Order:
-    """A fresh order for ``policy`` holding the unpinned keys of ``slots`` in policy order."""
-    pool = [(key, slot) for key, slot in slots.items() if not slot.pinned]
-    if policy == "lfu":
-        lfu = _LfuOrder()
-        for key, slot in sorted(pool, key=lambda kv: (kv[1].hits, kv[1].seq_used)):
-            lfu.load(key, slot.hits)
-        return lfu
-    queue = _QueueOrder(touch=policy == "lru")
-    attr = "seq_used" if policy == "lru" else "seq_inserted"
-    for key, _slot in sorted(pool, key=lambda kv: int(getattr(kv[1], attr))):
-        queue.add(key)
-    return queue
-
-
-# --- argument checks --------------------------------------------------------------------------
-
-
-def _check_ttl(ttl: object) -> float | None:
-    if ttl is None:
-        return None
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or math.isnan(ttl) or ttl < 0:
-        raise InvalidValueError(
-            f"ttl must be None (never expire), 0 (no caching) or a number of seconds > 0, "
-            f"got {ttl!r}",
-            argument="ttl",
-            allowed="None or a number >= 0",
-        )
-    return float(ttl)
-
-
-def _check_max_size(max_size: object) -> int | None:
-    if max_size is None:
-        return None
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-        raise InvalidValueError(
-            f"max_size must be None (unbounded) or an integer >= 1, got {max_size!r}",
-            argument="max_size",
-            allowed="None or an integer >= 1",
-        )
-    return max_size
-
-
-def _check_policy(policy: object) -> str:
-    if not isinstance(policy, str) or policy not in EVICTION_POLICIES:
-        allowed = ", ".join(repr(p) for p in EVICTION_POLICIES)
-        raise InvalidValueError(
-            f"eviction_policy must be one of {allowed}, got {policy!r}",
-            argument="eviction_policy",
-            allowed=list(EVICTION_POLICIES),
-        )
-    return policy
 
 
 class VariableCache:
@@ -249,39 +36,25 @@ class VariableCache:
     Not thread-safe: use it from one thread, in a trio run or an asyncio loop. Synchronous
     methods never yield, so each runs atomically with respect to other tasks.
 
-    Rules:
+    Unpinned entries expire ``ttl`` seconds after their put and are evicted past
+    ``max_size`` by the policy; pinned ones (watched variables) do neither and do not count
+    toward ``max_size``. The exact rules are ``EntryTable``'s (``cache_entries.py``).
 
-    - **TTL** counts from an entry's last ``put`` (or its ``unpin``) on ``clock``. An entry
-      whose age is **>= ttl** has expired (so at exactly ``put_time + ttl`` it is gone).
-      ``ttl=None`` never expires; ``ttl=0`` disables caching: unpinned puts store nothing and
-      lookups of unpinned keys miss. Every call first drops expired entries (counted in
-      ``expired_count``, reason ``"expired"``); only lookups count hits and misses.
-    - **Pinned** entries (watched variables, kept fresh by pushes) never expire and are never
-      evicted, and they do **not** count toward ``max_size``: ``max_size`` bounds the
-      unpinned entries only, so ``len(cache)`` may exceed it. ``invalidate``, the pattern
-      form and ``clear`` still remove them. Unpinning puts an entry back into the evictable
-      pool as if freshly put at that moment.
-    - **Eviction** when a new unpinned entry would exceed ``max_size`` (the new entry is never
-      the victim): ``lru`` evicts the least recently used (a hit or a put is a use); ``fifo``
-      the oldest inserted (a replacing put keeps the place, hits do not matter); ``lfu`` the
-      one with fewest hits since it entered the pool, ties going to the least recently used
-      (for never-hit entries: the oldest put). All O(1).
-    - **Invalidation callbacks** (``async def cb(key, reason)``) run in subscription order.
-      ``invalidate`` and ``invalidate_pattern`` await them before returning. Synchronous
-      calls cannot await, so evictions (``"evicted"``), expiries (``"expired"``) and
-      ``clear`` (``"cleared"``) queue theirs; they run at the next
-      ``await flush_invalidations()`` or any async method (``invalidate``,
-      ``invalidate_pattern``, ``get_batch``), in the order they happened. Only keys with
-      subscribers queue anything. A callback that raises is logged and skipped.
+    **Invalidation callbacks** (``async def cb(key, reason)``) run in subscription order.
+    ``invalidate`` and ``invalidate_pattern`` await them before returning. Synchronous
+    calls cannot await, so evictions (``"evicted"``), expiries (``"expired"``) and
+    ``clear`` (``"cleared"``) queue theirs; they run at the next
+    ``await flush_invalidations()`` or any async method (``invalidate``,
+    ``invalidate_pattern``, ``get_batch``), in the order they happened. Only keys with
+    subscribers queue anything. A callback that raises is logged and skipped.
 
     Defaults are the spec's (``ttl=1.0`` second, ``max_size=1000``); a session's own cache
     has its own (``connect(cache_ttl=..., cache_max_size=...)``).
 
-    Example::
-
-        cache = VariableCache(ttl=30.0, max_size=1000, eviction_policy="lru")
-        cache.put("var_temperature_1", entry, name="temperature")
-        found, entry = cache.lookup("var_temperature_1")
+    >>> cache = VariableCache(ttl=30.0, max_size=1000, eviction_policy="lru")
+    >>> cache.put("var_temperature_1", 0.7, name="temperature")
+    >>> cache.lookup("var_temperature_1"), cache.lookup("var_other_2")
+    ((True, 0.7), (False, None))
     """
 
     def __init__(
@@ -291,28 +64,18 @@ class VariableCache:
         eviction_policy: str = "lru",
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self._ttl = _check_ttl(ttl)
-        self._max_size = _check_max_size(max_size)
-        self._policy = _check_policy(eviction_policy)
+        self._invalidations = Invalidations()
+        self._table = EntryTable(
+            _check_ttl(ttl), _check_max_size(max_size), _check_policy(eviction_policy),
+            removed=self._invalidations.queue,
+        )
         # No clock given: trio's (virtual under MockClock) inside a trio run, else the
         # monotonic clock, so the same cache works in an asyncio program.
         self._clock = clock or _library_clock
-        self._slots: dict[str, _Slot] = {}
-        self._order: _Order = _build_order(self._policy, self._slots)
-        self._expiry: OrderedDict[str, None] = OrderedDict()  # unpinned keys, oldest stamp first
-        self._seq = itertools.count()
         self._hits = 0
         self._misses = 0
-        self._evictions = 0
-        self._expired = 0
-        self._subs: dict[str, tuple[str, InvalidationCallback]] = {}  # sub id -> (key, cb)
-        self._subs_by_key: dict[str, dict[str, None]] = {}  # key -> sub ids, in order
-        self._sub_ids = itertools.count(1)
-        self._pending: deque[tuple[str, str, str]] = deque()  # (sub id, key, reason)
         # get_batch's lock belongs to the library that first awaits it (trio or asyncio).
         self._batch_lock: trio.Lock | asyncio.Lock | None = None
-
-    # --- configuration ------------------------------------------------------------------------
 
     def configure(
         self,
@@ -326,70 +89,61 @@ class VariableCache:
         expired; a smaller max_size evicts at once by the (new) policy; a new policy keeps
         every entry and orders them by its own rule from their recorded history.
 
-        Example::
-
-            cache.configure(max_size=100)              # evicts down to 100 unpinned entries
-            cache.configure(ttl=None, eviction_policy="lfu")
+        >>> cache = VariableCache(ttl=None, max_size=None)
+        >>> for key in ("a", "b", "c"):
+        ...     cache.put(key, key.upper())
+        >>> cache.configure(max_size=2, eviction_policy="fifo")    # evicts the oldest at once
+        >>> cache.keys(), cache.info()["eviction_count"]
+        (['b', 'c'], 1)
         """
-        new_ttl = self._ttl if isinstance(ttl, _Unset) else _check_ttl(ttl)
-        new_size = self._max_size if isinstance(max_size, _Unset) else _check_max_size(max_size)
+        table = self._table
+        new_ttl = table.ttl if isinstance(ttl, _Unset) else _check_ttl(ttl)
+        new_size = table.max_size if isinstance(max_size, _Unset) else _check_max_size(max_size)
         new_policy = (
-            self._policy if isinstance(eviction_policy, _Unset) else _check_policy(eviction_policy)
+            table.policy if isinstance(eviction_policy, _Unset) else _check_policy(eviction_policy)
         )
-        self._ttl = new_ttl
-        self._purge(self._clock())
-        if new_policy != self._policy:
-            self._policy = new_policy
-            self._order = _build_order(new_policy, self._slots)
-        self._max_size = new_size
-        if new_size is not None:
-            while len(self._order) > new_size:
-                self._evict_one()
+        table.configure(new_ttl, new_size, new_policy, self._clock())
 
     @property
     def ttl(self) -> float | None:
         """Seconds an unpinned entry lives after its put (None: forever; 0: no caching).
 
-        Example::
-
-            assert VariableCache(ttl=5).ttl == 5.0
+        >>> VariableCache(ttl=5).ttl
+        5.0
         """
-        return self._ttl
+        return self._table.ttl
 
     @property
     def max_size(self) -> int | None:
         """Most unpinned entries kept (None: unbounded).
 
-        Example::
-
-            assert VariableCache(max_size=3).max_size == 3
+        >>> VariableCache(max_size=3).max_size
+        3
         """
-        return self._max_size
+        return self._table.max_size
 
     @property
     def eviction_policy(self) -> str:
         """The eviction policy: "lru", "lfu" or "fifo".
 
-        Example::
-
-            assert VariableCache().eviction_policy == "lru"
+        >>> VariableCache().eviction_policy
+        'lru'
         """
-        return self._policy
-
-    # --- reads --------------------------------------------------------------------------------
+        return self._table.policy
 
     def lookup(self, key: str, *, count: bool = True) -> tuple[bool, Any]:
         """``(True, entry)`` on a hit, ``(False, None)`` on a miss; counts the hit or miss.
 
         ``count=False`` only peeks: no hit/miss, and no effect on lru/lfu order.
 
-        Example::
-
-            found, entry = cache.lookup("var_temperature_1")
-            if not found: entry = await fetch()
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("k", "entry")
+        >>> cache.lookup("k"), cache.lookup("k", count=False), cache.info()["hits"]
+        ((True, 'entry'), (True, 'entry'), 1)
         """
-        self._purge(self._clock())
-        slot = self._slots.get(key)
+        table = self._table
+        table.purge(self._clock())
+        slot = table.slots.get(key)
         if not count:
             return (False, None) if slot is None else (True, slot.entry)
         if slot is None:
@@ -397,17 +151,18 @@ class VariableCache:
             return False, None
         self._hits += 1
         slot.hits += 1
-        slot.seq_used = next(self._seq)
+        slot.seq_used = next(table.seq)
         if not slot.pinned:
-            self._order.hit(key)
+            table.order.hit(key)
         return True, slot.entry
 
     def get(self, key: str, default: Any = None) -> Any:
         """The cached entry, or ``default`` on a miss; counts the hit or miss like `lookup`.
 
-        Example::
-
-            entry = cache.get("var_temperature_1")        # None when not cached
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("k", "entry")
+        >>> cache.get("k"), cache.get("missing", "default")
+        ('entry', 'default')
         """
         found, entry = self.lookup(key)
         return entry if found else default
@@ -415,67 +170,71 @@ class VariableCache:
     def keys(self) -> list[str]:
         """The cached keys (pinned included), oldest first; no effect on hit/miss stats.
 
-        Example::
-
-            assert cache.keys() == ["var_a_1", "var_b_2"]
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("var_a_1", 1); cache.put("var_b_2", 2, pinned=True)
+        >>> cache.keys()
+        ['var_a_1', 'var_b_2']
         """
-        self._purge(self._clock())
-        return list(self._slots)
+        table = self._table
+        table.purge(self._clock())
+        return list(table.slots)
 
     def __len__(self) -> int:
         """Number of cached entries, pinned included; no effect on hit/miss stats.
 
-        Example::
-
-            assert len(cache) == 2
+        >>> cache = VariableCache(ttl=None, max_size=1)
+        >>> cache.put("a", 1); cache.put("b", 2, pinned=True)
+        >>> len(cache)
+        2
         """
-        self._purge(self._clock())
-        return len(self._slots)
+        table = self._table
+        table.purge(self._clock())
+        return len(table.slots)
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is cached and not expired; no effect on hit/miss stats.
 
-        Example::
-
-            assert "var_a_1" in cache
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("var_a_1", 1)
+        >>> "var_a_1" in cache, "var_b_2" in cache
+        (True, False)
         """
-        self._purge(self._clock())
-        return key in self._slots
+        table = self._table
+        table.purge(self._clock())
+        return key in table.slots
 
     def is_pinned(self, key: str) -> bool:
         """Whether ``key`` is cached and pinned.
 
-        Example::
-
-            cache.put("k", entry, pinned=True); assert cache.is_pinned("k")
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("k", 1, pinned=True); cache.put("j", 2)
+        >>> cache.is_pinned("k"), cache.is_pinned("j")
+        (True, False)
         """
-        slot = self._slots.get(key)
+        slot = self._table.slots.get(key)
         return slot is not None and slot.pinned
 
     def info(self) -> dict[str, Any]:
         """Settings and statistics (``eviction_count`` counts max_size evictions only).
 
-        Example::
-
-            >>> VariableCache(ttl=None, max_size=None, clock=lambda: 0.0).info()["hit_rate"]
-            0.0
+        >>> VariableCache(ttl=None, max_size=None, clock=lambda: 0.0).info()["hit_rate"]
+        0.0
         """
-        self._purge(self._clock())
+        table = self._table
+        table.purge(self._clock())
         lookups = self._hits + self._misses
         return {
-            "size": len(self._slots),
-            "pinned": len(self._slots) - len(self._order),
-            "ttl": self._ttl,
-            "max_size": self._max_size,
-            "eviction_policy": self._policy,
+            "size": len(table.slots),
+            "pinned": len(table.slots) - len(table.order),
+            "ttl": table.ttl,
+            "max_size": table.max_size,
+            "eviction_policy": table.policy,
             "hits": self._hits,
             "misses": self._misses,
             "hit_rate": self._hits / lookups if lookups else 0.0,
-            "eviction_count": self._evictions,
-            "expired_count": self._expired,
+            "eviction_count": table.evictions,
+            "expired_count": table.expired,
         }
-
-    # --- writes -------------------------------------------------------------------------------
 
     def put(
         self, key: str, entry: Any, *, pinned: bool | None = None, name: str | None = None
@@ -486,99 +245,71 @@ class VariableCache:
         the stored name. With ``ttl == 0`` an unpinned put stores nothing (and drops the old
         entry, as expired).
 
-        Example::
-
-            cache.put("var_temperature_1", entry, name="temperature")
-            cache.put("var_model_2", entry, pinned=True)     # watched: kept until unpinned
+        >>> now = [0.0]
+        >>> cache = VariableCache(ttl=10.0, clock=lambda: now[0])
+        >>> cache.put("var_temperature_1", 0.7, name="temperature")
+        >>> cache.put("var_model_2", "gpt", pinned=True)     # watched: kept until unpinned
+        >>> now[0] = 10.0
+        >>> cache.keys()
+        ['var_model_2']
         """
         now = self._clock()
-        self._purge(now)
-        slot = self._slots.get(key)
-        pin = pinned if pinned is not None else (slot is not None and slot.pinned)
-        if not pin and self._ttl == 0:
-            if slot is not None:  # only a pinned one can still be here: it expires at once
-                self._drop(key)
-                self._expired += 1
-                self._notify_later(key, "expired")
-            return
-        seq = next(self._seq)
-        if slot is None:
-            slot = _Slot(entry, name, now, pin, seq)
-            self._slots[key] = slot
-            if not pin:
-                self._enter_pool(key, slot)
-            return
-        slot.entry = entry
-        if name is not None:
-            slot.name = name
-        slot.stamp = now
-        slot.seq_used = seq
-        if slot.pinned and not pin:
-            self._enter_pool(key, slot)
-        elif not slot.pinned and pin:
-            self._leave_pool(key, slot)
-        elif not slot.pinned:
-            self._order.replaced(key)
-            self._expiry.move_to_end(key)
+        self._table.purge(now)
+        self._table.put(key, entry, pinned, name, now)
 
     def pin(self, key: str) -> bool:
         """Pin a cached entry: no TTL, no eviction, not counted in max_size. False if absent.
 
-        Example::
-
-            if not cache.pin(var_id): cache.put(var_id, entry, pinned=True)
+        >>> cache = VariableCache(ttl=None, max_size=1)
+        >>> cache.put("a", 1); cache.pin("a"), cache.pin("missing")
+        (True, False)
+        >>> cache.put("b", 2); cache.put("c", 3)              # "a" is pinned: "b" is evicted
+        >>> cache.keys()
+        ['a', 'c']
         """
-        self._purge(self._clock())
-        slot = self._slots.get(key)
-        if slot is None:
-            return False
-        if not slot.pinned:
-            self._leave_pool(key, slot)
-        return True
+        self._table.purge(self._clock())
+        return self._table.pin(key)
 
     def unpin(self, key: str) -> bool:
         """Unpin a cached entry: its TTL starts now and it may be evicted. False if absent.
 
-        Example::
-
-            cache.unpin(var_id)      # after cancelling the watch
+        >>> now = [0.0]
+        >>> cache = VariableCache(ttl=5.0, clock=lambda: now[0])
+        >>> cache.put("k", 1, pinned=True)
+        >>> now[0] = 100.0; cache.unpin("k")                  # its TTL starts now
+        True
+        >>> now[0] = 104.0; "k" in cache
+        True
         """
         now = self._clock()
-        self._purge(now)
-        slot = self._slots.get(key)
-        if slot is None:
-            return False
-        if slot.pinned:
-            slot.stamp = now
-            self._enter_pool(key, slot)
-        return True
+        self._table.purge(now)
+        return self._table.unpin(key, now)
 
     def clear(self) -> None:
         """Remove every entry, pinned too; stats stay. Queues callbacks (reason "cleared").
 
-        Example::
-
-            cache.clear(); await cache.flush_invalidations()
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("a", 1, pinned=True); cache.clear()
+        >>> len(cache)
+        0
         """
-        keys = list(self._slots)
-        self._slots.clear()
-        self._expiry.clear()
-        self._order = _build_order(self._policy, self._slots)
-        for key in keys:
-            self._notify_later(key, "cleared")
+        for key in self._table.clear():
+            self._invalidations.queue(key, "cleared")
 
     def invalidate_nowait(self, key: str, reason: str = "invalidated") -> bool:
         """`invalidate` for synchronous code: removes at once, queues the callbacks.
 
-        Example::
-
-            cache.invalidate_nowait(var_id, reason="deleted")   # callbacks at next flush
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("k", 1)
+        >>> cache.invalidate_nowait("k", reason="deleted"), cache.invalidate_nowait("k")
+        (True, False)
         """
-        self._purge(self._clock())
-        if key not in self._slots:
+        table = self._table
+        table.purge(self._clock())
+        if key not in table.slots:
             return False
-        self._drop(key)
-        self._notify_later(key, reason)
+        table.drop(key)
+        self._invalidations.queue(key, reason)
         return True
 
     def rekey(self, old: str, new: str) -> bool:
@@ -588,49 +319,38 @@ class VariableCache:
         For TTL and eviction order the move counts as a fresh put under ``new``. An entry
         already at ``new`` is replaced (its callbacks are queued with reason "replaced").
 
-        Example::
-
-            cache.rekey("temperature", "var_temperature_1")   # provisional name -> id
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("temperature", 0.7)
+        >>> cache.rekey("temperature", "var_temperature_1"), cache.keys()   # provisional name -> id
+        (True, ['var_temperature_1'])
         """
         now = self._clock()
-        self._purge(now)
+        self._table.purge(now)
         if old == new:
-            return old in self._slots
-        slot = self._slots.get(old)
-        if slot is not None and new in self._slots:
-            self._drop(new)
-            self._notify_later(new, "replaced")
-        moved = self._subs_by_key.pop(old, None)
-        if moved:
-            for sub_id in moved:
-                self._subs[sub_id] = (new, self._subs[sub_id][1])
-            self._subs_by_key.setdefault(new, {}).update(moved)
-        if slot is None:
-            return False
-        self._drop(old)
-        slot.stamp = now
-        slot.seq_used = next(self._seq)
-        self._slots[new] = slot
-        if not slot.pinned:
-            self._enter_pool(new, slot)
-        return True
+            return old in self._table.slots
+        moved = self._table.rekey(old, new, now)  # queues the "replaced" callbacks first
+        self._invalidations.move(old, new)
+        return moved
 
     async def invalidate(self, key: str, reason: str = "invalidated") -> bool:
         """Remove ``key`` (pinned too) and await its callbacks; False if it was not cached.
 
         Queued callbacks (evictions, expiries) run first.
 
-        Example::
-
-            await cache.invalidate("var_temperature_1", reason="remote_update")
+        >>> import trio
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("var_temperature_1", 0.7)
+        >>> trio.run(cache.invalidate, "var_temperature_1", "remote_update")
+        True
         """
-        self._purge(self._clock())
-        removed = key in self._slots
+        table = self._table
+        table.purge(self._clock())
+        removed = key in table.slots
         if removed:
-            self._drop(key)
+            table.drop(key)
         await self.flush_invalidations()
         if removed:
-            await self._run_calls([(sid, key, reason) for sid in self._subs_by_key.get(key, ())])
+            await self._invalidations.notify([key], reason)
         return removed
 
     async def invalidate_pattern(
@@ -645,75 +365,68 @@ class VariableCache:
         ``glob=True`` takes an fnmatch glob on the whole key or name instead (``model.*``).
         A pattern RE2 refuses raises ``ValueError`` naming it and why.
 
-        Example::
-
-            n = await cache.invalidate_pattern("^model.*$", reason="model_switch")
-            n = await cache.invalidate_pattern("model.*", glob=True)
+        >>> import trio
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("var_1", 1, name="model.a"); cache.put("var_2", 2, name="temperature")
+        >>> trio.run(cache.invalidate_pattern, "^model"), cache.keys()
+        (1, ['var_2'])
         """
-        self._purge(self._clock())
+        table = self._table
+        table.purge(self._clock())
         match = compile_name_filter(name_pattern("pattern", pattern, glob))
         removed = [
             key
-            for key, slot in self._slots.items()
+            for key, slot in table.slots.items()
             if match(key) or (slot.name is not None and match(slot.name))
         ]
         for key in removed:
-            self._drop(key)
+            table.drop(key)
         await self.flush_invalidations()
-        await self._run_calls(
-            [(sid, key, reason) for key in removed for sid in self._subs_by_key.get(key, ())]
-        )
+        await self._invalidations.notify(removed, reason)
         return len(removed)
-
-    # --- invalidation callbacks ---------------------------------------------------------------
 
     def subscribe_invalidation(self, key: str, callback: InvalidationCallback) -> str:
         """Call ``await callback(key, reason)`` whenever ``key``'s entry is removed; returns
         a subscription id. The subscription outlives the entry until unsubscribed.
 
-        Example::
-
-            async def dropped(key: str, reason: str) -> None: ...
-            sub = cache.subscribe_invalidation("var_temperature_1", dropped)
+        >>> import trio
+        >>> async def dropped(key: str, reason: str) -> None:
+        ...     print(key, reason)
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("var_temperature_1", 0.7)
+        >>> sub = cache.subscribe_invalidation("var_temperature_1", dropped)
+        >>> trio.run(cache.invalidate, "var_temperature_1")
+        var_temperature_1 invalidated
+        True
         """
-        sub_id = f"inv-{next(self._sub_ids)}"
-        self._subs[sub_id] = (key, callback)
-        self._subs_by_key.setdefault(key, {})[sub_id] = None
-        return sub_id
+        return self._invalidations.subscribe(key, callback)
 
     def unsubscribe_invalidation(self, sub_id: str) -> bool:
         """Stop a subscription (queued calls for it are dropped); False if it is unknown.
 
-        Example::
-
-            assert cache.unsubscribe_invalidation(sub)
+        >>> async def dropped(key: str, reason: str) -> None: ...
+        >>> cache = VariableCache()
+        >>> sub = cache.subscribe_invalidation("k", dropped)
+        >>> cache.unsubscribe_invalidation(sub), cache.unsubscribe_invalidation(sub)
+        (True, False)
         """
-        found = self._subs.pop(sub_id, None)
-        if found is None:
-            return False
-        key = found[0]
-        ids = self._subs_by_key[key]
-        del ids[sub_id]
-        if not ids:
-            del self._subs_by_key[key]
-        return True
+        return self._invalidations.unsubscribe(sub_id)
 
     async def flush_invalidations(self) -> int:
         """Await the callbacks queued by synchronous calls (evictions, expiries, clear), in
         the order they happened; returns how many callbacks ran.
 
-        Example::
-
-            cache.put("k4", entry)                 # evicts "k1"
-            await cache.flush_invalidations()      # callbacks see ("k1", "evicted")
+        >>> import trio
+        >>> async def dropped(key: str, reason: str) -> None:
+        ...     print(key, reason)
+        >>> cache = VariableCache(ttl=None, max_size=1)
+        >>> cache.put("k1", 1); sub = cache.subscribe_invalidation("k1", dropped)
+        >>> cache.put("k2", 2)                                # evicts "k1"; its callback is queued
+        >>> trio.run(cache.flush_invalidations)
+        k1 evicted
+        1
         """
-        ran = 0
-        while self._pending:
-            sub_id, key, reason = self._pending.popleft()
-            ran += await self._call(sub_id, key, reason)
-        return ran
-
-    # --- batches ------------------------------------------------------------------------------
+        return await self._invalidations.flush()
 
     async def get_batch(
         self,
@@ -732,10 +445,17 @@ class VariableCache:
         If another task put a key while the fetch ran, that entry is kept and returned.
         ``name_of(entry)`` names fetched entries for `invalidate_pattern`.
 
-        Example::
-
-            entries = await cache.get_batch(ids, fetch_missing=fetch_by_ids)
+        >>> import trio
+        >>> async def fetch_by_ids(keys: list[str]) -> dict[str, str]:
+        ...     print("fetching", keys)
+        ...     return {key: key.upper() for key in keys}
+        >>> cache = VariableCache(ttl=None)
+        >>> cache.put("a", "cached")
+        >>> trio.run(cache.get_batch, ["a", "b", "c"], fetch_by_ids)
+        fetching ['b', 'c']
+        {'a': 'cached', 'b': 'B', 'c': 'C'}
         """
+        table = self._table
         if self._batch_lock is None:
             in_trio = sniffio.current_async_library() == "trio"
             self._batch_lock = trio.Lock() if in_trio else asyncio.Lock()
@@ -750,11 +470,11 @@ class VariableCache:
                     missing.append(key)
             if missing and fetch_missing is not None:
                 fetched = await fetch_missing(list(missing))
-                self._purge(self._clock())
+                table.purge(self._clock())
                 for key in missing:
                     if key not in fetched:
                         continue
-                    slot = self._slots.get(key)
+                    slot = table.slots.get(key)
                     if slot is not None:  # put by someone else during the fetch
                         result[key] = slot.entry
                         continue
@@ -764,66 +484,3 @@ class VariableCache:
             ordered = {key: result[key] for key in dict.fromkeys(keys) if key in result}
         await self.flush_invalidations()
         return ordered
-
-    # --- internals ----------------------------------------------------------------------------
-
-    def _purge(self, now: float) -> None:
-        """Drop unpinned entries whose age is >= ttl (the expiry order is stamp order)."""
-        ttl = self._ttl
-        if ttl is None:
-            return
-        expiry = self._expiry
-        slots = self._slots
-        while expiry:
-            key = next(iter(expiry))
-            if now - slots[key].stamp < ttl:
-                break
-            self._drop(key)
-            self._expired += 1
-            self._notify_later(key, "expired")
-
-    def _enter_pool(self, key: str, slot: _Slot) -> None:
-        """Make ``slot`` (already in ``_slots``) evictable and expiring, as if newly put."""
-        if self._max_size is not None:
-            while len(self._order) >= self._max_size:  # make room first: never evict ``key``
-                self._evict_one()
-        slot.pinned = False
-        slot.hits = 0
-        slot.seq_inserted = slot.seq_used = next(self._seq)
-        self._order.add(key)
-        self._expiry[key] = None
-
-    def _leave_pool(self, key: str, slot: _Slot) -> None:
-        slot.pinned = True
-        self._order.remove(key)
-        del self._expiry[key]
-
-    def _drop(self, key: str) -> None:
-        slot = self._slots.pop(key)
-        if not slot.pinned:
-            self._order.remove(key)
-            del self._expiry[key]
-
-    def _evict_one(self) -> None:
-        key = self._order.victim()
-        self._drop(key)
-        self._evictions += 1
-        self._notify_later(key, "evicted")
-
-    def _notify_later(self, key: str, reason: str) -> None:
-        for sub_id in self._subs_by_key.get(key, ()):
-            self._pending.append((sub_id, key, reason))
-
-    async def _run_calls(self, calls: list[tuple[str, str, str]]) -> None:
-        for sub_id, key, reason in calls:
-            await self._call(sub_id, key, reason)
-
-    async def _call(self, sub_id: str, key: str, reason: str) -> int:
-        sub = self._subs.get(sub_id)
-        if sub is None:  # unsubscribed since the call was queued
-            return 0
-        try:
-            await sub[1](key, reason)
-        except Exception:
-            log.exception("invalidation_callback_failed", key=key, reason=reason, sub_id=sub_id)
-        return 1

@@ -1,13 +1,13 @@
-"""The transport: one grpc.aio channel on a private asyncio loop thread, bridged to trio.
-
-It moves opaque protobuf messages by method path and knows nothing of variables or types;
-call metadata (such as a session token) is whatever pairs the caller passes, and the
-channel is plain or TLS as the caller's ``credentials`` say.
-A call is started on the loop with ``call_soon_threadsafe`` and its outcome is handed back
-through the trio token. Cancelling the trio caller cancels the asyncio task (and with it
-the RPC), then waits, shielded, until that task has really finished, so nothing of a call
-outlives its caller.
+"""The transport: one grpc.aio channel on a private asyncio loop thread (``LoopThread``),
+bridged to trio: unary calls and ``Stream``s of opaque protobuf messages by method path.
 """
+
+# It knows nothing of variables or types; call metadata (such as a session token) is
+# whatever pairs the caller passes, and the channel is plain or TLS as the caller's
+# ``credentials`` say. A call is started on the loop with ``call_soon_threadsafe`` and its
+# outcome is handed back through the trio token. Cancelling the trio caller cancels the
+# asyncio task (and with it the RPC), then waits, shielded, until that task has really
+# finished, so nothing of a call outlives its caller.
 
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ def _serialize(message: Message) -> bytes:
 def plain_event_loop() -> asyncio.AbstractEventLoop:
     """A new asyncio selector event loop, whatever event-loop policy is installed.
 
-    Example::
-
-        loop = plain_event_loop(); loop.run_until_complete(asyncio.sleep(0)); loop.close()
+    >>> loop = plain_event_loop()
+    >>> loop.run_until_complete(asyncio.sleep(0, "done"))
+    'done'
+    >>> loop.close()
     """
     return asyncio.SelectorEventLoop()
 
@@ -46,11 +47,10 @@ def plain_event_loop() -> asyncio.AbstractEventLoop:
 class LoopThread:
     """A plain asyncio event loop running forever on a daemon thread.
 
-    Example::
-
-        loop = LoopThread("dspex-rx-io"); loop.start()
-        result = await loop.run(lambda: asyncio.sleep(0, "done"))
-        loop.stop()
+    >>> io = LoopThread("example"); io.start()
+    >>> trio.run(io.run, lambda: asyncio.sleep(0, "done"))
+    'done'
+    >>> io.stop()
     """
 
     def __init__(self, name: str = "dspex-rx-io") -> None:
@@ -61,9 +61,7 @@ class LoopThread:
     def start(self) -> None:
         """Start the thread and wait until its loop runs.
 
-        Example::
-
-            LoopThread().start()
+        Example: ``io.start()`` returns once ``io.loop`` runs on its thread.
         """
         ready = threading.Event()
         # A plain selector loop made directly, not through asyncio's event-loop policy: a
@@ -86,9 +84,7 @@ class LoopThread:
 
         Trio cancellation cancels the task and waits until it has finished.
 
-        Example::
-
-            response = await loop_thread.run(lambda: stub.Echo(request))
+        Example: ``await io.run(lambda: channel.channel_ready())`` awaits it on the loop thread.
         """
         loop = self.loop
         if loop is None or loop.is_closed():
@@ -130,9 +126,7 @@ class LoopThread:
     def stop(self) -> None:
         """Cancel what is left on the loop, stop it, join the thread and close the loop.
 
-        Example::
-
-            loop_thread.stop()
+        Example: ``io.stop()`` cancels what is left, then joins the thread and closes the loop.
         """
         loop, thread = self.loop, self._thread
         if loop is None or thread is None:
@@ -158,15 +152,10 @@ class LoopThread:
 class Transport:
     """One grpc.aio channel, callable from trio by method path with any protobuf messages.
 
-    Example::
-
-        transport = Transport("127.0.0.1:50051")
-        await transport.open()
-        reply = await transport.unary("/dspex_rx.v1.Variables/Echo", request, EchoResponse)
-        await transport.close()
-
     ``credentials`` (``grpc.ssl_channel_credentials(...)``) makes the channel TLS; without
     them it is plaintext.
+
+    Example: ``await transport.unary("/dspex_rx.v1.Variables/Echo", request, EchoResponse)``.
     """
 
     def __init__(
@@ -187,9 +176,7 @@ class Transport:
     async def open(self) -> None:
         """Start the loop thread and create the channel on it.
 
-        Example::
-
-            await transport.open()
+        Example: ``await transport.open()`` before the first call.
         """
         self._loop.start()
 
@@ -225,10 +212,7 @@ class Transport:
 
         ``metadata`` is sent as the call's metadata, as given.
 
-        Example::
-
-            reply = await transport.unary(path, request, EchoResponse, timeout=5,
-                                          metadata=(("x-dspex-session-token", token),))
+        Example: ``await transport.unary(path, request, EchoResponse, timeout=5)`` is the reply.
         """
         method = self._method(path, response_type)
         deadline = self.timeout if timeout is None else timeout
@@ -243,10 +227,7 @@ class Transport:
     ) -> Stream[M]:
         """Open a bidirectional stream, sending ``metadata`` with the call; see ``Stream``.
 
-        Example::
-
-            stream = await transport.open_stream("/pkg.Service/Session", ServerMessage,
-                                                 metadata=(("x-dspex-session-token", t),))
+        Example: ``await transport.open_stream(path, ServerMessage, metadata=metadata)``.
         """
         if self._channel is None:
             raise RuntimeError("the transport is not open")
@@ -265,9 +246,7 @@ class Transport:
     async def close(self) -> None:
         """Close the channel and stop the loop thread; safe to call twice.
 
-        Example::
-
-            await transport.close()
+        Example: ``await transport.close()`` closes the channel, then stops the loop thread.
         """
         channel, self._channel = self._channel, None
         self._methods.clear()
@@ -300,16 +279,11 @@ class Stream(Generic[M]):
 
     A reader task on the loop appends each message to an inbox and wakes trio at most once
     per batch (``run_sync_soon``), since handing messages over one at a time costs about
-    as much as the messages themselves (DESIGN.md). When ``max_inbox`` messages wait, the
+    as much as the messages themselves. When ``max_inbox`` messages wait, the
     reader stops reading until trio drains them, so gRPC flow control reaches the server
     (which then conflates) instead of client memory growing. Writes are serialized.
 
-    Example::
-
-        await stream.send(request)
-        while (batch := await stream.receive_batch()) is not None:
-            for message in batch: handle(message)
-        await stream.close()
+    Example: ``while (batch := await stream.receive_batch()) is not None:`` reads to the end.
     """
 
     def __init__(
@@ -383,9 +357,7 @@ class Stream(Generic[M]):
 
         Raises the stream's error (a ``grpc.aio.AioRpcError``) once the inbox is drained.
 
-        Example::
-
-            batch = await stream.receive_batch()
+        Example: ``await stream.receive_batch()`` is a non-empty list, or None at the end.
         """
         while True:
             self._ready = trio.Event()
@@ -407,9 +379,7 @@ class Stream(Generic[M]):
     async def send(self, message: Message) -> None:
         """Write one message (in order with every other ``send``).
 
-        Example::
-
-            await stream.send(ClientMessage(ping=Ping(nonce=1)))
+        Example: ``await stream.send(ClientMessage(ping=Ping(nonce=1)))``.
         """
         async with self._write_lock:
             call = self._call
@@ -420,9 +390,7 @@ class Stream(Generic[M]):
     async def close(self) -> None:
         """Cancel the RPC and wait until its reader has stopped; safe to call twice.
 
-        Example::
-
-            await stream.close()
+        Example: ``await stream.close()`` cancels the RPC and waits for its reader.
         """
         call, reader = self._call, self._reader
         if call is None:

@@ -1,0 +1,421 @@
+"""The watch hub: the connection's one Session stream, fanned out to the variable actors;
+it sends (un)subscribes, routes frames, and reconnects and resumes after a break.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import trio
+
+from dspex_rx.client.actor_directory import ActorDirectory
+from dspex_rx.client.cache import VariableCache
+from dspex_rx.client.updates import update_from_pb
+from dspex_rx.client.variable_actor import VariableActor
+from dspex_rx.errors import DspexError, error_from_kind
+from dspex_rx.logs import get_logger
+from dspex_rx.v1 import session_pb2 as spb
+from dspex_rx.wire.convert import map_rpc_error
+
+if TYPE_CHECKING:
+    from dspex_rx.client.transport import Stream, Transport
+
+log = get_logger("dspex_rx.actors")
+
+
+@dataclass(slots=True)
+class _PendingSubscribe:
+    """A subscribe sent and not yet answered: what to re-send, unchanged, after a break."""
+
+    actors: list[VariableActor]
+    refs: list[str]
+    include_initial: bool = True
+    from_revision: int = 0
+
+    def message(self, request_id: int) -> spb.ClientMessage:
+        return spb.ClientMessage(
+            subscribe=spb.Subscribe(
+                request_id=request_id, refs=self.refs, include_initial=self.include_initial,
+                from_revision=self.from_revision,
+            )
+        )
+
+
+class WatchHub:
+    """The connection's watch machinery: actors by id and name, the Session stream, and the
+    two tasks that serve it (a sender for subscribe/unsubscribe, a dispatcher for frames).
+
+    A stream broken by the transport is reopened and every subscription resumed from the
+    last revision seen. If the server refuses (session gone) or reconnecting fails for
+    ``reconnect_timeout`` seconds, every observer gets the error, waiting ``sync()`` calls
+    raise it, and the next subscription opens a new stream.
+
+    ``metadata`` (the session token) is sent with every open of the stream, reconnects
+    included.
+
+    Example: ``hub.actor("temperature")`` is that variable's actor on this connection.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        service_name: str,
+        session_id: str,
+        client_id: str,
+        nursery: trio.Nursery,
+        cache: VariableCache,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.transport = transport
+        self.metadata = tuple(metadata)
+        self.path = f"/{service_name}/Session"
+        self.session_id = session_id
+        self.client_id = client_id
+        self.nursery = nursery
+        self.cache = cache
+        self.directory = ActorDirectory(self)
+        # The directory's own maps (never rebound), for the stream code and the session.
+        self.by_id = self.directory.by_id
+        self.by_name = self.directory.by_name
+        self.revision = 0
+        self.frames = 0
+        self._requests = itertools.count(1)
+        self._pending: dict[int, _PendingSubscribe] = {}
+        self._pongs: dict[int, trio.Event] = {}
+        self._outbox_send: trio.MemorySendChannel[spb.ClientMessage] | None = None
+        self._closed = False
+        self._failure: BaseException | None = None
+        # How long to keep trying to reconnect a broken stream before failing every watch.
+        self.reconnect_timeout = 30.0
+        self.reconnects = 0
+        self._healthy = False
+
+    @property
+    def wire_subscribes(self) -> int:
+        """How many variables this connection wants subscribed on the stream.
+
+        Example: ``hub.wire_subscribes`` is 1 for one watched variable, however many observers.
+        """
+        return sum(1 for a in self.directory.all() if a.wire)
+
+    def actor(self, ref: str) -> VariableActor:
+        """The actor for a variable name or id, created on first use.
+
+        Example: ``hub.actor("temperature")`` creates the actor on first use.
+        """
+        return self.directory.actor(ref)
+
+    def known(self, ref: str) -> VariableActor | None:
+        """The actor for a ref if there is one (no creation).
+
+        Example: ``hub.known("temperature")`` is ``None`` until something asked for it.
+        """
+        return self.directory.known(ref)
+
+    def learn(self, var_id: str, name: str) -> VariableActor:
+        """Bind an id and a name to one actor (from any server answer); see ``ActorDirectory``.
+
+        Example: ``hub.learn("var_temperature_1", "temperature")`` binds both refs to one actor.
+        """
+        return self.directory.learn(var_id, name)
+
+    def fold(self, source: VariableActor, target: VariableActor) -> None:
+        """Move ``source``'s observers to ``target`` (the same variable known two ways).
+
+        Example: ``hub.fold(provisional, actor)`` moves the provisional actor's observers.
+        """
+        self.directory.fold(source, target)
+
+    def forget(self, actor: VariableActor) -> None:
+        """Drop a deleted variable's actor.
+
+        Example: ``hub.forget(actor)`` drops a deleted variable's actor from both maps.
+        """
+        self.directory.forget(actor)
+
+    # ---- outgoing
+
+    def _send(self, message: spb.ClientMessage) -> None:
+        if self._closed:
+            raise RuntimeError("the session is closed")
+        if self._outbox_send is None:
+            self._start()
+        assert self._outbox_send is not None
+        self._outbox_send.send_nowait(message)
+
+    def request_subscribe(self, actor: VariableActor, ref: str) -> None:
+        """Queue a wire subscription for an actor (sent by the sender task, in order).
+
+        Example: ``hub.request_subscribe(actor, "temperature")`` queues one Subscribe.
+        """
+        request_id = next(self._requests)
+        pending = self._pending[request_id] = _PendingSubscribe([actor], [ref])
+        self._send(pending.message(request_id))
+
+    def request_unsubscribe(self, actor: VariableActor) -> None:
+        """Queue a wire unsubscription, in order after the subscription it undoes (an actor
+        whose id is not known yet goes by the ref it subscribed with; the server resolves it).
+
+        Example: ``hub.request_unsubscribe(actor)`` queues one Unsubscribe of ``actor.id``.
+        """
+        if self._closed or self._outbox_send is None:
+            return
+        self._send(
+            spb.ClientMessage(
+                unsubscribe=spb.Unsubscribe(
+                    request_id=next(self._requests), variable_ids=[actor.id]
+                )
+            )
+        )
+
+    async def sync(self) -> int:
+        """Round trip a ping through the stream: every subscription asked for before it is in
+        force and every event before it has been applied. Raises if the stream fails or
+        the session closes meanwhile.
+
+        Example: after ``await hub.sync()`` the cache reflects every write acknowledged before.
+        """
+        nonce = next(self._requests)
+        done = trio.Event()
+        self._pongs[nonce] = done
+        self._send(spb.ClientMessage(ping=spb.Ping(nonce=nonce)))
+        await done.wait()
+        if self._pongs.pop(nonce, None) is not None:  # woken by a failure, not a pong
+            if self._closed:
+                raise RuntimeError("the session is closed")
+            assert self._failure is not None
+            raise self._failure
+        return self.revision
+
+    # ---- the stream
+
+    def _start(self) -> None:
+        send, receive = trio.open_memory_channel[spb.ClientMessage](math.inf)
+        self._outbox_send = send
+        self.nursery.start_soon(self._run, receive, name="dspex-rx-watch-stream")
+
+    async def _run(self, outbox: trio.MemoryReceiveChannel[spb.ClientMessage]) -> None:
+        # Reconnects on transport failures (server restart, network blip) and resumes the
+        # subscriptions from the last revision seen: the server replays what was missed
+        # from its log (or sends RESYNC), and per-observer version tracking drops repeats.
+        # Errors the server meant (session gone, bad request) end every watch instead, and
+        # so do reconnect_timeout seconds without a healthy stream.
+        failures = 0
+        resume = False
+        deadline = math.inf
+        while True:
+            stream: Stream[spb.ServerMessage] | None = None
+            self._healthy = False
+            try:
+                stream = await self.transport.open_stream(
+                    self.path, spb.ServerMessage, metadata=self.metadata
+                )
+                await stream.send(
+                    spb.ClientMessage(
+                        open=spb.OpenStream(session_id=self.session_id, client_id=self.client_id)
+                    )
+                )
+                if resume:
+                    await self._resubscribe(stream)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send_loop, stream, outbox)
+                    await self._dispatch_loop(stream)
+                    nursery.cancel_scope.cancel()
+                if self._closed:
+                    return
+                raise ConnectionError("the server ended the watch stream")
+            except Exception as exc:
+                if self._closed:  # errors while closing are the closing itself
+                    return
+                error = _unwrap(exc)
+                if self._healthy or failures == 0:
+                    failures = 0  # a fresh blip: short backoff, a full timeout
+                    deadline = trio.current_time() + self.reconnect_timeout
+                if not _retryable(error) or trio.current_time() >= deadline:
+                    log.warning("watch_stream_failed", session_id=self.session_id,
+                                error=repr(error))
+                    self._fail_all(error)
+                    return
+                failures += 1
+                resume = True
+                self.reconnects += 1
+                log.warning("watch_stream_reconnecting", session_id=self.session_id,
+                            attempt=failures, error=repr(error))
+                await trio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
+            finally:
+                if stream is not None:
+                    with trio.CancelScope(shield=True):
+                        await stream.close()
+
+    async def _resubscribe(self, stream: Stream[spb.ServerMessage]) -> None:
+        # Re-send on the new stream what was in force before the break, first the resume
+        # of every variable whose observers have a baseline, in one request (one replay
+        # frame per missed commit, so atomic batches stay whole and commits in order),
+        # then a fresh subscribe of the acked ones still waiting for their initial value,
+        # then the unanswered subscribes unchanged, then the unanswered pings.
+        for request_id, pending in list(self._pending.items()):
+            if not any(a.wire for a in pending.actors):
+                del self._pending[request_id]  # all its observers left meanwhile
+        asked = {id(a) for p in self._pending.values() for a in p.actors}
+        unanswered = list(self._pending.items())
+        # Every actor in by_id is keyed by its own id (learn() is the only writer), so
+        # these are the wired actors whose subscribe the server answered.
+        resume: list[VariableActor] = []
+        fresh: list[VariableActor] = []
+        for actor in self.by_id.values():
+            if actor.wire and id(actor) not in asked:
+                has_value = actor.live or any(att.baseline for att in actor.attached)
+                (resume if has_value else fresh).append(actor)
+        # ``fresh``: acked, but the initial value never came (the break fell between the
+        # ack and the snapshot, or between the parts of a split one). Each resumes from
+        # its ack with the current value asked for too, so a change or a delete meanwhile
+        # arrives as it would for the others; one request each, so one deleted variable
+        # cannot fail another's.
+        batches = [(resume, False, max(self.revision, 1))] if resume else []
+        batches += [([a], True, max(a.acked_revision, 1)) for a in fresh]
+        for actors, initial, since in batches:
+            request_id = next(self._requests)
+            pending = self._pending[request_id] = _PendingSubscribe(
+                actors, [a.id for a in actors], include_initial=initial,
+                from_revision=since,
+            )
+            await stream.send(pending.message(request_id))
+        for request_id, pending in unanswered:
+            await stream.send(pending.message(request_id))
+        for nonce in list(self._pongs):
+            await stream.send(spb.ClientMessage(ping=spb.Ping(nonce=nonce)))
+
+    async def _send_loop(
+        self,
+        stream: Stream[spb.ServerMessage],
+        outbox: trio.MemoryReceiveChannel[spb.ClientMessage],
+    ) -> None:
+        async for message in outbox:
+            await stream.send(message)
+
+    async def _dispatch_loop(self, stream: Stream[spb.ServerMessage]) -> None:
+        while (batch := await stream.receive_batch()) is not None:
+            for message in batch:
+                self._handle(message)
+
+    def _handle(self, message: spb.ServerMessage) -> None:
+        for frame in message.frames:
+            self.frames += 1
+            for event in frame.events:
+                actor = self.by_id.get(event.variable_id)
+                if actor is None:
+                    continue  # unsubscribed meanwhile
+                actor.apply(update_from_pb(event, frame.conflated))
+            self.revision = max(self.revision, frame.revision)
+        control = message.WhichOneof("control")
+        if control in ("subscribed", "pong"):
+            self._healthy = True  # the server answers requests on this stream
+        if control == "subscribed":
+            self._on_subscribed(message.subscribed)
+        elif control == "progress":
+            self.revision = max(self.revision, message.progress.revision)
+        elif control == "pong":
+            self.revision = max(self.revision, message.pong.revision)
+            done = self._pongs.pop(message.pong.nonce, None)
+            if done is not None:
+                done.set()
+
+    def _on_subscribed(self, ack: spb.Subscribed) -> None:
+        pending = self._pending.pop(ack.request_id, None)
+        if pending is None:
+            return
+        by_ref = dict(zip(pending.refs, pending.actors, strict=True))
+        if ack.error:
+            error = error_from_kind(ack.error_kind or "not_found", ack.error)
+            for ref, actor in by_ref.items():
+                if self.by_name.get(ref) is actor and self.by_id.get(actor.id) is not actor:
+                    del self.by_name[ref]
+                actor.fail(error)
+            return
+        for ref in ack.missing:  # a resumed variable that no longer exists
+            actor = by_ref[ref]
+            actor.fail(error_from_kind("not_found", f"no variable {ref!r} (deleted)"))
+        refs = list(ack.refs) or pending.refs[: len(ack.variable_ids)]
+        for ref, var_id, name in zip(refs, ack.variable_ids, ack.names, strict=True):
+            actor = by_ref[ref]
+            resolved = self.learn(var_id, name)
+            resolved.acked_revision = ack.revision
+            if resolved is not actor:
+                # The ref named another variable than the actor's (re-registered name, or a
+                # name and an id of one variable asked for separately): move the observers.
+                self.fold(actor, resolved)
+            if not resolved.attached:
+                # Every observer left before the answer came: undo it on the wire.
+                if resolved.wire:
+                    resolved._unwire()
+                self.request_unsubscribe(resolved)
+
+    def fail(self, error: Exception) -> None:
+        """End every watch with ``error`` (the session is lost); later subscriptions open
+        a new stream, which the client no longer asks for.
+
+        Example: ``hub.fail(SessionNotFoundError("session 's' is lost"))`` ends every watch.
+        """
+        self._fail_all(error)
+
+    def _fail_all(self, error: BaseException) -> None:
+        self._failure = error
+        self._outbox_send = None  # the next subscription opens a new stream
+        self._pending.clear()
+        failure = error if isinstance(error, Exception) else ConnectionError(str(error))
+        for actor in self.directory.all():
+            if actor.attached or actor.wire:
+                actor.fail(failure)
+        for done in self._pongs.values():  # left in place: sync() tells failure from pong
+            done.set()
+
+    async def close(self) -> None:
+        """Stop the stream; observers complete, waiting ``sync()`` calls raise.
+
+        Example: ``await hub.close()`` completes every observer.
+        """
+        self._closed = True
+        if self._outbox_send is not None:
+            self._outbox_send.close()
+        for actor in self.directory.all():
+            actor._end(None)
+        for done in self._pongs.values():
+            done.set()
+
+
+def _retryable(error: BaseException) -> bool:
+    """A failure of the connection, not a refusal by the server (every error of a group)."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(_retryable(e) for e in error.exceptions)
+    if isinstance(error, ConnectionError | OSError):
+        return True
+    code = getattr(error, "code", None)
+    if callable(code) and not isinstance(error, DspexError):
+        return code() in _RETRYABLE_CODES
+    return False
+
+
+_RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The error inside (nested) exception groups, mapped to a dspex-rx exception: the only
+    one, or the first the server meant, or (all transport failures) the first."""
+    if isinstance(error, BaseExceptionGroup):
+        leaves = [_unwrap(e) for e in error.exceptions]
+        meant = [e for e in leaves if not _retryable(e)]
+        return (meant or leaves)[0]
+    return map_rpc_error(error)
