@@ -535,3 +535,27 @@ def test_throttle_latest_rejects_a_non_positive_window() -> None:
         throttle_latest(0)
     with pytest.raises(ValueError, match="window_s"):
         throttle_latest(-1.0)
+
+
+async def test_a_subscription_from_another_thread_runs_in_the_trio_run_without_a_hook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # rx may not import the client; with no asyncio-aware hook registered, a subscription
+    # made from a worker thread is made (and disposed) in the trio run, callbacks there too.
+    from dspex_rx.rx import observable
+
+    monkeypatch.setattr(observable, "_outside_subscriber", observable._subscribe_in_run)
+    seen: list[tuple[int, bool]] = []
+    async with open_trio_scheduler() as scheduler:
+        subject: Subject[int] = Subject()
+        source = TrioObservable(subject, scheduler)
+        trio_thread = threading.get_ident()
+
+        def on_next(value: int) -> None:
+            seen.append((value, threading.get_ident() == trio_thread))
+
+        disposable = await trio.to_thread.run_sync(source.subscribe, on_next)
+        subject.on_next(1)
+        await trio.to_thread.run_sync(disposable.dispose)
+        subject.on_next(2)
+    assert seen == [(1, True)]

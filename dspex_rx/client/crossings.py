@@ -15,6 +15,7 @@ import sniffio
 import trio
 
 from dspex_rx.logs import get_logger
+from dspex_rx.rx.observable import register_outside_subscriber
 
 log = get_logger("dspex_rx.aio")
 
@@ -159,3 +160,8 @@ def subscribe_from_outside(
         token, subscribe, on_next, on_error, on_completed, scheduler=scheduler
     )
     return Disposable(lambda: call_in_run(token, inner.dispose))
+
+
+# TrioObservable (rx, a layer below) carries subscriptions from other threads through
+# this; registered here so rx needs no import of the client.
+register_outside_subscriber(subscribe_from_outside)

@@ -7,12 +7,54 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+import trio
 from reactivex import Observable, abc
+from reactivex.disposable import Disposable
 
 from dspex_rx.rx.operators.throttle_latest import throttle_latest
 from dspex_rx.rx.scheduler import TrioScheduler, open_trio_scheduler
 
-__all__ = ["TrioObservable", "TrioScheduler", "open_trio_scheduler", "throttle_latest"]
+__all__ = [
+    "TrioObservable",
+    "TrioScheduler",
+    "open_trio_scheduler",
+    "register_outside_subscriber",
+    "throttle_latest",
+]
+
+# How a subscription made from another thread is carried into the trio run:
+# (subscribe, trio token, on_next, on_error, on_completed, scheduler) -> disposable.
+OutsideSubscriber = Callable[..., abc.DisposableBase]
+
+
+def _subscribe_in_run(
+    subscribe: Callable[..., abc.DisposableBase], token: trio.lowlevel.TrioToken,
+    on_next: Any, on_error: Any, on_completed: Any, scheduler: abc.SchedulerBase,
+) -> abc.DisposableBase:
+    # Without an asyncio-aware hook (client/aio.py registers one), subscribing and
+    # disposing happen in the trio run and the callbacks run there too.
+    inner = trio.from_thread.run_sync(
+        lambda: subscribe(on_next, on_error, on_completed, scheduler=scheduler),
+        trio_token=token,
+    )
+    return Disposable(lambda: trio.from_thread.run_sync(inner.dispose, trio_token=token))
+
+
+_outside_subscriber: OutsideSubscriber = _subscribe_in_run
+
+
+def register_outside_subscriber(subscriber: OutsideSubscriber) -> None:
+    """Say how subscriptions from other threads reach the trio run (the client's asyncio
+    support registers one that posts callbacks to the subscriber's loop).
+
+    >>> from dspex_rx.rx import observable
+    >>> previous = observable._outside_subscriber
+    >>> register_outside_subscriber(previous)
+    >>> observable._outside_subscriber is previous
+    True
+    """
+    global _outside_subscriber
+    _outside_subscriber = subscriber
 
 _T = TypeVar("_T")
 _A = TypeVar("_A")
@@ -89,9 +131,7 @@ class TrioObservable(Observable[_T]):
         asyncio loop if it has one (in order), else in the trio thread.
         """
         if not self._trio_scheduler._in_trio_thread():
-            from dspex_rx.client.aio import subscribe_from_outside
-
-            disposable: abc.DisposableBase = subscribe_from_outside(
+            disposable: abc.DisposableBase = _outside_subscriber(
                 super().subscribe, self._trio_scheduler.token, on_next, on_error,
                 on_completed, scheduler or self._trio_scheduler,
             )
