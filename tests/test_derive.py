@@ -19,11 +19,11 @@ from dspex_rx.client.derive import Derived
 
 async def quiet(derived: Derived, *sessions: SessionContext) -> None:
     """Input changes so far have reached ``derived`` and been recomputed and written, and
-    its write has reached every session given."""
+    its write has reached its own session and every session given."""
     await settle(derived.session)
     with trio.fail_after(10):
         await derived.settled()
-    for session in sessions:
+    for session in (derived.session, *sessions):
         await settle(session)
 
 
