@@ -138,13 +138,8 @@ def test_records_are_immutable_snapshots(store: MemoryStore, clock: FakeClock) -
 
 
 SELF: list[Any] = []
-
-
 SELF.append(SELF)
-
-
 Case = Callable[[MemoryStore, str], object]
-
 
 CASES: dict[str, Case] = {
     "dependencies-none": lambda s, sid: s.register(
