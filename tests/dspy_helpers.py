@@ -1,5 +1,6 @@
 """What the DSPy tests share: the arithmetic train set, DSPy examples from pairs, an exact
-metric, a stub that holds its answers until the test releases them. Import it after
+metric, a stub that holds its answers until the test releases them, a ``dspy.LM`` pointed at
+the stub, and a program with a list of predictors. Import it after
 ``pytest.importorskip("dspy")``; the ``stub`` fixture (the loopback OpenAI stub answering
 sums) is in conftest.py."""
 
@@ -37,3 +38,23 @@ def hold_answers(stub: OpenAIStub) -> tuple[threading.Event, threading.Event]:
 
     stub.answer = held
     return entered, release
+
+
+def stub_lm(stub: OpenAIStub, **kwargs: Any) -> Any:
+    """DSPy's real LM path pointed at the loopback stub: no cache, no retries."""
+    return dspy.LM("openai/test-model", api_base=stub.api_base, api_key="x", cache=False,
+                   num_retries=0, **kwargs)
+
+
+class MultiHop(dspy.Module):
+    """The DSPy tutorials' shape: a list of per-hop predictors, then an answer step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hops = [dspy.Predict("question -> answer") for _ in range(2)]
+        self.final = dspy.Predict("question -> answer")
+
+    def forward(self, question: str) -> Any:
+        for hop in self.hops:
+            hop(question=question)
+        return self.final(question=question)

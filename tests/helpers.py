@@ -80,8 +80,9 @@ class Clock:
         return self.now
 
 
-def grant(perms: list[str], pattern: str) -> list[dict[str, Any]]:
-    """One access rule granting ``perms`` to ``pattern``."""
+def grant(perms: list[str], pattern: str = "b") -> list[dict[str, Any]]:
+    """One access rule granting ``perms`` to ``pattern`` (by default ``b``, the other session
+    of the store-level access tests)."""
     return [{"session_pattern": pattern, "permissions": perms}]
 
 

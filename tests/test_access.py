@@ -563,3 +563,94 @@ async def test_files_without_access_rules_still_import(
             report = await fresh.import_variables(data, format)
             assert report["errors"] == 0 and report["imported"] == 1
             assert await fresh.get_variable_permissions("t") == []
+
+
+# --------------------------------------- rollback and CheckVariableAccess across sessions
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[EmbeddedServer]:
+    with EmbeddedServer(store=MemoryStore(clock=Clock())) as embedded:
+        yield embedded
+
+
+# Guards: a rollback needing only write answered (and cached) a past value without read.
+async def test_a_write_only_session_cannot_read_history_through_rollback(
+    served: EmbeddedServer,
+) -> None:
+    """``rollback`` of another session's variable needs only ``write``, yet its wire
+    response carries the full record, value included (``Rollback`` fills it with
+    ``_variable``), and the client caches it: a session that may write but not read
+    learns any retained past value by rolling back to it, and then even
+    ``get_variable`` answers from the cache instead of raising ``PermissionError``."""
+    tag = secrets.token_hex(4)
+    async with dspex_rx.connect(served.target, session_id=f"owner_{tag}") as a, \
+            dspex_rx.connect(served.target, session_id=f"w_{tag}") as w:
+        var = await a.register_variable("plan", "string", "public", access_rules=[
+            {"session_pattern": f"w_{tag}", "permissions": ["write"]}])
+        await a.set_variable("plan", "merger with Initech on Friday")  # version 2
+        await a.set_variable("plan", "public again")  # version 3
+        with pytest.raises(AccessDeniedError):
+            await w.get_variable(var)
+        # Fixed by refusing the rollback itself: it chooses a past value, which is reading
+        # the history, so another session's variable needs read as well as write (the
+        # reviewer's test let it pass and checked only the cache afterwards).
+        with pytest.raises(AccessDeniedError, match="'read'"):
+            await w.rollback_variable(var, 2)
+        with pytest.raises(AccessDeniedError):
+            await w.get_variable(var)
+        assert (await a.get_variable("plan")) == "public again"
+        # A write-only set lands, but its response carries no value and nothing is
+        # cached: reading still needs read.
+        await w.set_variable(var, "written blind")
+        with pytest.raises(AccessDeniedError):
+            await w.get_variable(var)
+        assert (await a.get_variable("plan", bypass_cache=True)) == "written blind"
+
+
+# Guards: CheckVariableAccess named the caller as owner when it could not read the variable.
+async def test_check_variable_access_names_the_true_owner_to_an_observer_without_read(
+    served: EmbeddedServer,
+) -> None:
+    """``CheckVariableAccess`` fills ``owner_session`` by calling ``store.get`` (which needs
+    ``read``) under ``contextlib.suppress``: for a session that may observe but not read,
+    the lookup fails silently and the response names the caller's own session as the
+    variable's owner."""
+    from dspex_rx.v1 import variables_pb2 as pb
+
+    tag = secrets.token_hex(4)
+    async with dspex_rx.connect(served.target, session_id=f"owner_{tag}") as a, \
+            dspex_rx.connect(served.target, session_id=f"o_{tag}") as o:
+        var = await a.register_variable("x", "integer", 1, access_rules=[
+            {"session_pattern": f"o_{tag}", "permissions": ["observe"]}])
+        response = await o._call(
+            "CheckVariableAccess",
+            pb.CheckVariableAccessRequest(session_id=o.session_id, ref=var,
+                                          permission="observe"),
+            pb.CheckVariableAccessResponse,
+        )
+        assert response.allowed
+        assert response.owner_session == a.session_id
+
+
+# Guards: check_variable_access raised KeyError for an invisible variable (the spec: False).
+async def test_check_variable_access_answers_false_and_names_nothing_for_an_invisible_variable(
+    served: EmbeddedServer,
+) -> None:
+    """Issue #12: ``check_variable_access`` raised ``KeyError`` where the spec answers
+    False; the answer must still not reveal the variable's id or owner."""
+    from dspex_rx.v1 import variables_pb2 as pb
+
+    tag = secrets.token_hex(4)
+    async with dspex_rx.connect(served.target, session_id=f"owner_{tag}") as a, \
+            dspex_rx.connect(served.target, session_id=f"stranger_{tag}") as s:
+        var = await a.register_variable("x", "integer", 1)
+        assert await s.check_variable_access(var, "read") is False
+        response = await s._call(
+            "CheckVariableAccess",
+            pb.CheckVariableAccessRequest(session_id=s.session_id, ref=var,
+                                          permission="read"),
+            pb.CheckVariableAccessResponse,
+        )
+        assert (response.allowed, response.variable_id, response.owner_session) == (
+            False, "", "")

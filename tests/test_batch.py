@@ -150,3 +150,20 @@ async def test_update_variables_same_variable_twice_is_refused(session: SessionC
     results = await session.update_variables({"max_tokens": 1, var_id: 2})
     assert "more than once" in str(results[var_id])
     assert await session.get_variable("max_tokens") == 256
+
+
+# -------------------------------------------------------------------- what a batch caches
+
+
+# Guards: a lean batch answer omitted [1.0, 2.0] (== [1, 2]); the client cached its ints.
+async def test_batch_write_caches_the_normalized_list_items(session: SessionContext) -> None:
+    # item_type float turns [1, 2] into [1.0, 2.0] on the server, but same_value([1, 2],
+    # [1.0, 2.0]) is True (list == list compares 1 == 1.0), so the lean batch answer omits
+    # the stored value and the client caches the ints it sent.
+    await session.register_variable("xs", "list", [0.5], constraints={"item_type": "float"})
+    results = await session.update_variables({"xs": [1, 2]})
+    assert results == {"xs": True}
+    stored = await session.get_variable("xs", bypass_cache=False)
+    server = await session.get_variable("xs", bypass_cache=True)
+    assert [type(x) for x in server] == [float, float]
+    assert [type(x) for x in stored] == [float, float], stored

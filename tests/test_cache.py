@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from dspex_rx import SessionContext
 from dspex_rx.client.cache import VariableCache
 from dspex_rx.errors import InvalidValueError
 
@@ -822,3 +823,22 @@ async def test_rekey_moves_entry_pin_name_and_subscriptions() -> None:
     assert cache.rekey("w", "w2") and cache.is_pinned("w2")
     assert cache.rekey("nope", "nope2") is False
     assert cache.rekey("w2", "w2") is True
+
+
+# -------------------------------------------------------------------- the session's cache
+
+
+# Guards: get_batch with session.fetch_missing returned CacheEntry objects, not values.
+async def test_get_batch_with_the_sessions_fetch_missing_returns_values(
+    session: SessionContext,
+) -> None:
+    # Issue #3: get_batch(var_ids, fetch_missing) with the session's own default loader.
+    # fetch_missing already stored a CacheEntry under the id, so get_batch treats it as
+    # "put by someone else" and returns the CacheEntry; hits return CacheEntry objects too.
+    ids = await session.register_variables(
+        [{"name": "bx", "type": "integer", "initial_value": 5},
+         {"name": "by", "type": "integer", "initial_value": 6}]
+    )
+    await session.cache.invalidate_pattern(".*", "reset")
+    got = await session.cache.get_batch([ids["bx"], ids["by"]], session.fetch_missing)
+    assert got == {ids["bx"]: 5, ids["by"]: 6}

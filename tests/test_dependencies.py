@@ -7,7 +7,7 @@ reference computations."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -798,3 +798,151 @@ async def test_dependency_entries_type_is_the_dependency_type_as_in_the_spec(
     dependents = await session.get_dependents("style")
     assert [(d["name"], d["type"], d["variable_type"]) for d in dependents] == [
         ("effective_temperature", "constraint", "float")]
+
+
+# ----------- revisions of edges; notifications vs newer versions, conflation and debounce
+
+
+# Guards: add_dependency of an edge already there unchanged committed a revision.
+async def test_re_adding_an_identical_dependency_takes_no_revision(
+    server: EmbeddedServer, session: SessionContext
+) -> None:
+    # remove_dependency of a missing edge takes no revision; add_dependency of an edge
+    # that is already there unchanged (graph.add returns False) still commits one.
+    await session.register_variables(
+        [{"name": n, "type": "integer", "initial_value": 0} for n in ("a", "b")]
+    )
+    await session.add_dependency("b", "a")
+    sid = session.session_id
+    before = server.call(lambda: server.store.session(sid).revision)
+    await session.add_dependency("b", "a")
+    after = server.call(lambda: server.store.session(sid).revision)
+    assert after == before
+
+
+class _HeldStream:
+    """Delays the watch stream of a session (as the network may: unary answers and the
+    stream are separate HTTP/2 streams with no order between them)."""
+
+    def __init__(self, session: SessionContext) -> None:
+        hub = session._hub
+        assert hub is not None
+        self.hub = hub
+        self.original: Callable[[Any], None] = hub._handle
+        self.held: list[Any] = []
+        self.holding = False
+        self.got_frame = trio.Event()
+        hub._handle = self._handle  # type: ignore[method-assign]
+
+    def _handle(self, message: Any) -> None:
+        if self.holding:
+            self.held.append(message)
+            if message.frames:
+                self.got_frame.set()
+            return
+        self.original(message)
+
+    def release(self) -> None:
+        self.holding = False
+        held, self.held = self.held, []
+        for message in held:
+            self.original(message)
+
+
+# Guards: dependency_changed skipped the version check and took an observer back in time.
+async def test_dependency_changed_never_reaches_an_observer_after_a_newer_version(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    # actors.apply delivers dependency_changed without the version check, so an observer
+    # baselined from the (newer) cache entry later gets an older version's value.
+    writer, watcher = two
+    await writer.register_variables(
+        [{"name": n, "type": "integer", "initial_value": 0} for n in ("a", "b")]
+    )
+    await writer.add_dependency("b", "a")
+    first: list[VariableUpdate] = []
+    watcher.observe("b").subscribe(first.append)
+    await settle(watcher)
+    stream = _HeldStream(watcher)
+    stream.holding = True
+    await writer.set_variable("a", 1)  # dependency_changed for b at version 1
+    with trio.fail_after(5):
+        await stream.got_frame.wait()
+    assert await watcher.set_variable("b", 5) == 2  # the answer caches version 2
+    late: list[VariableUpdate] = []
+    watcher.observe("b").subscribe(late.append)  # baseline from the live entry: v2
+    assert [(u.version, u.value) for u in late] == [(2, 5)]
+    stream.release()
+    await settle(watcher)
+    versions = [u.version for u in late]
+    assert versions == sorted(versions), [(u.update_type, u.version, u.value) for u in late]
+
+
+# Guards: a conflated frame put b's notification before the change of a that caused it.
+async def test_conflated_frame_keeps_upstream_before_dependents() -> None:
+    # _merge sorts a conflated frame by record.mod_revision, and a dependency_changed
+    # event carries the dependent's own (older) mod_revision, so b's notification is put
+    # before the change of a that caused it.
+    with EmbeddedServer(max_pending_events=1) as embedded:
+        async with dspex_rx.connect(embedded.target) as session:
+            await session.register_variables(
+                [{"name": n, "type": "integer", "initial_value": 0} for n in ("a", "b")]
+            )
+            await session.add_dependency("b", "a")
+            watch = await session.watch_variables(["a", "b"], include_initial=False)
+            await settle(session)
+            sid = session.session_id
+
+            def burst() -> int:
+                embedded.store.set(sid, "a", 1, actor="burst")
+                return max(s.conflations for s in embedded.service.subscribers)
+
+            assert await trio.to_thread.run_sync(embedded.call, burst) > 0
+            await settle(session)
+            got = [(u.name, u.update_type) for u in drain(watch)]
+            assert got == [("a", "value_change"), ("b", "dependency_changed")]
+            watch.cancel()
+
+
+# Guards: debounce sorted by the dependent's old revision and flushed it before its source.
+async def test_debounce_flushes_dependents_after_their_source(
+    two: tuple[SessionContext, SessionContext], mock_clock: trio.testing.MockClock
+) -> None:
+    # debounce_settled sorts by update.revision, which for dependency_changed is the
+    # dependent's old mod_revision, not the commit's: the dependent comes out first.
+    writer, watcher = two
+    await writer.register_variables(
+        [{"name": n, "type": "integer", "initial_value": 0} for n in ("a", "b")]
+    )
+    await writer.add_dependency("b", "a")
+    watch = await watcher.watch_variables(["a", "b"], include_initial=False, debounce_ms=250)
+    await writer.set_variable("a", 1)
+    await settle(watcher)
+    mock_clock.jump(0.25)
+    await settle(watcher)
+    got = [(u.name, u.update_type) for u in drain(watch)]
+    assert got == [("a", "value_change"), ("b", "dependency_changed")]
+    watch.cancel()
+
+
+# Guards: debounce kept the latest update, replacing b's value change by a notification.
+async def test_debounce_does_not_hide_a_value_change_behind_a_notification(
+    two: tuple[SessionContext, SessionContext], mock_clock: trio.testing.MockClock
+) -> None:
+    # The server's _merge was fixed for this; the client's debounce keeps "the latest
+    # update per variable", so b's value change is replaced by a later
+    # dependency_changed and a consumer that skips notifications never sees b = 5.
+    writer, watcher = two
+    await writer.register_variables(
+        [{"name": n, "type": "integer", "initial_value": 0} for n in ("a", "b")]
+    )
+    await writer.add_dependency("b", "a")
+    watch = await watcher.watch_variables(["b"], include_initial=False, debounce_ms=250)
+    await writer.set_variable("b", 5)
+    await writer.set_variable("a", 1)
+    await settle(watcher)
+    mock_clock.jump(0.25)
+    await settle(watcher)
+    got = drain(watch)
+    assert [(u.update_type, u.old_value, u.value) for u in got] == [("value_change", 0, 5)]
+    watch.cancel()

@@ -19,11 +19,11 @@ from dspex_rx.client.derive import Derived
 
 async def quiet(derived: Derived, *sessions: SessionContext) -> None:
     """Input changes so far have reached ``derived`` and been recomputed and written, and
-    its write has reached every session given."""
+    its write has reached its own session and every session given."""
     await settle(derived.session)
     with trio.fail_after(10):
         await derived.settled()
-    for session in sessions:
+    for session in (derived.session, *sessions):
         await settle(session)
 
 
@@ -350,3 +350,72 @@ async def test_cancel_stops_recomputation(
     assert derived.recomputations == recomputations
     assert await value_of(writer, "total") == 7  # the variable stays with its last value
     assert sorted(d["name"] for d in await writer.get_dependencies("total")) == ["a", "b"]
+
+
+# ---------------------------------------------------- chains, deletes and the derive task
+
+
+def derive_tasks(session: SessionContext) -> list[str]:
+    assert session._nursery is not None
+    return [t.name for t in session._nursery.child_tasks if "dspex-rx-derive" in t.name]
+
+
+# Guards: a derive over a derived input combined the new source with the stale derived value.
+async def test_derive_chain_never_computes_from_a_stale_derived_input(
+    session: SessionContext,
+) -> None:
+    # d2 = d1 + a with d1 = 2a: when a changes, d2's inputs a (new) and d1 (still old,
+    # only notified by dependency_changed) are combined: a glitch, and a wasted
+    # recomputation/write of an inconsistent value.
+    await session.register_variable("a", "integer", 1)
+    d1 = await session.derive("d1", ["a"], lambda a: 2 * a)
+    seen: list[tuple[int, int]] = []
+
+    def total(x: int, a: int) -> int:
+        seen.append((x, a))
+        return x + a
+
+    d2 = await session.derive("d2", ["d1", "a"], total)
+    await quiet(d1)
+    await quiet(d2)
+    for value in (2, 3, 4):
+        await session.set_variable("a", value)
+        await quiet(d1)
+        await quiet(d2)
+        await quiet(d1)
+        await quiet(d2)
+    assert await session.get_variable("d2", bypass_cache=True) == 12
+    inconsistent = [(x, a) for x, a in seen if x != 2 * a]
+    assert inconsistent == [], seen
+    history = await session.get_variable_history("d2")
+    assert [e["value"] for e in history] == [12, 9, 6, 3]
+
+
+# Guards: a Derived task wrote by name forever, overwriting a new variable of the same name.
+async def test_derive_stops_when_its_variable_is_deleted_and_never_writes_a_new_one(
+    session: SessionContext,
+) -> None:
+    # The Derived task writes by name forever: after "d" is deleted and a new, unrelated
+    # variable "d" is registered, the old derive overwrites it.
+    await session.register_variable("a", "float", 1.0)
+    derived = await session.derive("d", ["a"], lambda a: a * 10)
+    await quiet(derived)
+    await session.delete_variable("d")
+    await session.register_variable("d", "float", 123.0)
+    await session.set_variable("a", 2.0)
+    await quiet(derived)
+    assert await session.get_variable("d", bypass_cache=True) == 123.0
+    assert derive_tasks(session) == []
+
+
+# Guards: after a cascade delete of its input the Derived task waited forever.
+async def test_cascade_delete_of_an_input_ends_the_derive_task(session: SessionContext) -> None:
+    # Cascade-deleting an input deletes the derived variable too; the Derived task's
+    # subscriptions complete but the task waits forever (left in the session nursery).
+    await session.register_variable("a", "float", 1.0)
+    derived = await session.derive("d", ["a"], lambda a: a * 10)
+    await quiet(derived)
+    assert len(derive_tasks(session)) == 1
+    await session.delete_variable("a", cascade=True)
+    await settle(session)
+    assert derive_tasks(session) == []

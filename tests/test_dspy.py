@@ -12,6 +12,7 @@ import re
 import runpy
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ import pytest
 dspy = pytest.importorskip("dspy")
 
 import trio  # noqa: E402
-from dspy_helpers import TRAIN, exact, examples, hold_answers  # noqa: E402
-from openai_stub import OpenAIStub, question_of  # noqa: E402
+import trio.testing  # noqa: E402
+from dspy_helpers import TRAIN, MultiHop, exact, examples, hold_answers, stub_lm  # noqa: E402
+from openai_stub import OpenAIStub, arithmetic, question_of  # noqa: E402
 
 import dspex_rx  # noqa: E402
 import dspex_rx.dspy  # noqa: E402
@@ -478,6 +480,184 @@ async def test_another_module_synced_under_a_taken_prefix_is_refused(
         "cot_instructions", "cot_max_tokens", "cot_temperature"]
 
 
+# Guards: binding added temperature 0.7 and max_tokens 1024 to every request.
+async def test_syncing_alone_does_not_change_what_the_next_request_carries(
+    session: dspex_rx.SessionContext, stub: OpenAIStub
+) -> None:
+    # dspy.LM's own defaults are temperature=None, max_tokens=None: the request carries
+    # neither and the provider decides. The docs promise a new variable "starts at what
+    # the next request would have used"; binding must not add 0.7 / 1024 to every call
+    # (1024 output tokens truncates long ChainOfThought answers).
+    lm = stub_lm(stub)
+    cot = dspy.ChainOfThought("question -> answer")
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        await run_in_thread(cot, question="What is 2 + 3?")
+        before = stub.bodies()[-1]
+        await DSPyOptimizationBridge(session).sync_dspy_parameters(cot)
+        await run_in_thread(cot, question="What is 2 + 3?")
+        after = stub.bodies()[-1]
+    carried = ("temperature", "max_tokens", "max_completion_tokens")
+    assert {k: after.get(k) for k in carried} == {k: before.get(k) for k in carried}
+
+
+# Guards: predictor names like 'hops[0]' made invalid variable names: no sync at all.
+async def test_sync_binds_a_program_with_a_list_of_predictors(
+    session: dspex_rx.SessionContext,
+) -> None:
+    # named_predictors() calls them 'hops[0]', 'hops[1]', 'final'; '[' and ']' are not
+    # allowed in variable names, so the program cannot be synced at all.
+    program = MultiHop()
+    bridge = DSPyOptimizationBridge(session)
+    with dspy.context(lm=dspy.utils.DummyLM([])):
+        ids = await bridge.sync_dspy_parameters(program)
+    assert len(ids) == 9 and len(set(ids.values())) == 9
+    by_setting = {spec: name for name, spec in parameter_variables(program).items()}
+    assert set(by_setting.values()) == set(ids)
+    await session.set_variable(by_setting[("hops[1]", "temperature")], 0.25)
+    await session.sync()
+    assert program.hops[1].config["temperature"] == 0.25
+    assert program.hops[0].config["temperature"] != 0.25
+    assert program.final.config["temperature"] != 0.25
+
+
+# Guards: a second ChainOfThought synced to cot_instructions took the first one's prompt.
+async def test_a_second_module_of_the_same_class_keeps_its_own_instructions(
+    session: dspex_rx.SessionContext,
+) -> None:
+    # Two different ChainOfThought programs both map to cot_instructions: the second
+    # sync silently replaces its prompt with the first one's ("Given the fields
+    # `question`, produce the fields `answer`."), and from then on one variable drives
+    # two predictors with different signatures. Refusing the clash is fine too.
+    answer = dspy.ChainOfThought("question -> answer")
+    classify = dspy.ChainOfThought("text -> label")
+    own = classify.predict.signature.instructions
+    bridge = DSPyOptimizationBridge(session)
+    with dspy.context(lm=dspy.utils.DummyLM([])):
+        await bridge.sync_dspy_parameters(answer)
+        try:
+            await bridge.sync_dspy_parameters(classify)
+        except ValueError:
+            refused = True
+        else:
+            refused = False
+    assert classify.predict.signature.instructions == own
+    if not refused:
+        await session.set_variable("cot_instructions", "Answer in one word.")
+        await session.sync()
+        assert classify.predict.signature.instructions == own
+
+
+# Guards: a re-sync refused for a bad prefix dropped the bindings it was to replace.
+async def test_a_failed_resync_keeps_the_bindings_it_was_to_replace(
+    session: dspex_rx.SessionContext,
+) -> None:
+    cot = dspy.ChainOfThought("question -> answer")
+    bridge = DSPyOptimizationBridge(session)
+    with dspy.context(lm=dspy.utils.DummyLM([])):
+        await bridge.sync_dspy_parameters(cot)
+        with pytest.raises(ValueError):
+            # A space is not allowed in a variable name: nothing can be registered.
+            await bridge.sync_dspy_parameters(cot, variable_prefix="my agent ")
+    assert sorted(bridge.bound_variables()) == [
+        "cot_instructions", "cot_max_tokens", "cot_temperature"]
+    await session.set_variable("cot_temperature", 0.25)
+    await session.sync()
+    assert cot.predict.config["temperature"] == 0.25
+
+
+# Guards: each setting swapped predictor.config alone: a call between sent one old, one new.
+async def test_an_atomic_write_of_two_settings_never_reaches_a_call_half_applied(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext], stub: OpenAIStub
+) -> None:
+    # One atomic update_variables sets temperature and max_tokens together. Each setting
+    # has its own binding, and each swaps predictor.config on its own: a call that a
+    # worker thread starts between the two swaps (the trio thread is held there, as the
+    # GIL may hold it) sends one new setting and one old one.
+    session, other = two
+    cot = dspy.ChainOfThought("question -> answer")
+    go, sent = threading.Event(), threading.Event()
+
+    def answer(body: dict[str, Any], fields: list[str]) -> dict[str, str]:
+        sent.set()
+        return arithmetic(body, fields)
+
+    stub.answer = answer
+    fired: list[str] = []
+
+    def between(update: Any) -> None:
+        # Runs in the trio thread right after the binding of the first setting applied.
+        if not fired:
+            fired.append(update.name)
+            go.set()
+            sent.wait(30)
+
+    def call() -> Any:
+        go.wait(30)
+        return cot(question="What is 2 + 3?")
+
+    with dspy.context(lm=stub_lm(stub, temperature=0.9, max_tokens=512),
+                      adapter=dspy.ChatAdapter()):
+        await DSPyOptimizationBridge(session).sync_dspy_parameters(cot)
+        for name in ("cot_temperature", "cot_max_tokens"):
+            session.observe(name, include_initial=False).subscribe(between)
+        await session.sync()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_in_thread, call)
+            await trio.testing.wait_all_tasks_blocked()
+            results = await other.update_variables(
+                {"cot_temperature": 0.2, "cot_max_tokens": 64})
+            assert all(r is True for r in results.values())
+            await session.sync()
+    assert fired and len(stub.bodies()) == 1
+    body = stub.bodies()[0]
+    sent_pair = (body["temperature"], body.get("max_completion_tokens", body.get("max_tokens")))
+    assert sent_pair in {(0.9, 512), (0.2, 64)}
+
+
+# Guards: a sync raced by another connection registering the same names failed.
+async def test_two_connections_syncing_the_same_names_share_them(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # "Programs syncing the same names share their settings". sync checks which
+    # variables exist, then registers the others: a program on another connection that
+    # registers them in between makes this sync fail with AlreadyExistsError (the
+    # compile's result registration handles exactly this race; sync does not).
+    first, second = two
+    mine, theirs = (dspy.ChainOfThought("question -> answer") for _ in range(2))
+    real = second.get_variables
+
+    async def checked_then_raced(*args: Any, **kwargs: Any) -> Any:
+        found = await real(*args, **kwargs)
+        monkeypatch.setattr(second, "get_variables", real)
+        await DSPyOptimizationBridge(first).sync_dspy_parameters(theirs)
+        return found
+
+    monkeypatch.setattr(second, "get_variables", checked_then_raced)
+    with dspy.context(lm=dspy.utils.DummyLM([])):
+        ids = await DSPyOptimizationBridge(second).sync_dspy_parameters(mine)
+    assert sorted(ids) == ["cot_instructions", "cot_max_tokens", "cot_temperature"]
+    await first.set_variable("cot_temperature", 0.25)
+    await first.sync()
+    await second.sync()
+    assert mine.predict.config["temperature"] == theirs.predict.config["temperature"] == 0.25
+
+
+# Guards: the README named the module keyword differently from the code.
+async def test_sync_and_unbind_take_the_documented_dspy_module_keyword(
+    session: dspex_rx.SessionContext,
+) -> None:
+    # README said bridge.sync_dspy_parameters(module, variable_prefix="") and
+    # bridge.unbind_dspy_parameters(module=None); the code calls it dspy_module. Issue #7
+    # names it dspy_module (sync_dspy_parameters(dspy_module, variable_prefix='')), so
+    # the README now says dspy_module, and this checks the documented keyword works.
+    cot = dspy.ChainOfThought("question -> answer")
+    bridge = DSPyOptimizationBridge(session)
+    with dspy.context(lm=dspy.utils.DummyLM([])):
+        await bridge.sync_dspy_parameters(dspy_module=cot)
+    assert bridge.unbind_dspy_parameters(dspy_module=cot) == 3
+
+
 # --------------------------------------------------------------------- module resolver
 
 
@@ -672,6 +852,64 @@ async def test_program_of_thought_with_a_local_interpreter_runs_its_code(
     # The second request carries what the generated code printed when it ran.
     assert len(lm.history) == 2
     assert '[[ ## code_output ## ]]\n"51"' in lm.history[1]["messages"][-1]["content"]
+
+
+# Guards: create_module raised a bare KeyError that `except VariableNotFoundError` missed.
+async def test_create_module_on_a_missing_variable_raises_variable_not_found(
+    session: dspex_rx.SessionContext,
+) -> None:
+    # Everywhere else a missing variable is dspex_rx.VariableNotFoundError (a KeyError);
+    # create_module raises a bare KeyError that `except VariableNotFoundError` misses.
+    with pytest.raises(dspex_rx.VariableNotFoundError):
+        await ModuleVariableResolver(session).create_module("nope", "question -> answer")
+
+
+# Guards: without choices, create_module demanded ReAct's tools= for a Predict switch.
+async def test_create_module_works_for_a_module_variable_without_choices(
+    session: dspex_rx.SessionContext,
+) -> None:
+    # A 'module' variable need not list choices. create_module then treats every known
+    # class as a possible choice and demands ReAct's tools= up front, so the simplest
+    # use, a Predict/ChainOfThought switch, cannot be made without passing tools.
+    await session.register_variable("strategy", "module", "Predict")
+    qa = await ModuleVariableResolver(session).create_module("strategy", "question -> answer")
+    with dspy.context(lm=dspy.utils.DummyLM([{"answer": "5"}]), adapter=dspy.ChatAdapter()):
+        prediction = await qa.forward(question="What is 2 + 3?")
+    assert prediction.answer == "5" and qa.last_class == "Predict"
+
+
+# Guards: the instance built from a replaced custom class was kept and ran the old class.
+async def test_re_registering_a_custom_class_is_used_by_the_next_call(
+    session: dspex_rx.SessionContext,
+) -> None:
+    # register_module refuses to replace only built-in classes, so replacing a custom
+    # one is allowed; but the instance built from the old class is kept per name, and
+    # every later call still runs the old class (refusing the replacement would be
+    # consistent too).
+    class VoteV1(dspy.Module):
+        def __init__(self, signature: Any) -> None:
+            super().__init__()
+            self.predict = dspy.Predict(signature)
+
+        def forward(self, **inputs: Any) -> Any:
+            return dspy.Prediction(answer="v1")
+
+    class VoteV2(VoteV1):
+        def forward(self, **inputs: Any) -> Any:
+            return dspy.Prediction(answer="v2")
+
+    resolver = ModuleVariableResolver(session)
+    resolver.register_module("Vote", VoteV1)
+    await session.register_variable(
+        "voting", "module", "Vote", constraints={"choices": ["Vote", "Predict"]})
+    voting = await resolver.create_module("voting", "question -> answer")
+    assert (await voting.forward(question="?")).answer == "v1"
+    try:
+        resolver.register_module("Vote", VoteV2)
+    except ValueError:
+        return  # refusing to replace a registered class would be consistent too
+    assert (await voting.forward(question="?")).answer == "v2"
+    assert type(await voting.module()) is VoteV2
 
 
 # ---------------------------------------------------------------------- example, import

@@ -4,6 +4,7 @@ a defect that was found (the property test in test_property_wire.py found severa
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -282,3 +283,62 @@ async def test_the_clients_message_limit_applies_to_what_it_receives(
         with pytest.raises(dspex_rx.ResourceExhaustedError):
             await reader.get_variable("blob", bypass_cache=True)
         assert await writer.get_variable("blob", bypass_cache=True) == "x" * 100_000
+
+
+# --------------------------------------------------------------------- session parameters
+
+
+# Guards: a NaN ttl passed `ttl <= 0`, and the session could never expire.
+async def test_initialize_session_refuses_a_nan_ttl(
+    server: EmbeddedServer,
+) -> None:
+    # A NaN ttl once slipped past `not ttl or ttl <= 0`; `now - last_seen > NaN` is never
+    # true, so the session could never expire. It must be refused.
+    transport = Transport(server.target)
+    await transport.open()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await transport.unary(
+                f"/{SERVICE_NAME}/InitializeSession",
+                pb.InitializeSessionRequest(ttl_seconds=math.nan),
+                pb.InitializeSessionResponse,
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ttl" in (refused.value.details() or "")
+    finally:
+        await transport.close()
+
+
+# --------------------------------------------------------- what the wire cannot send back
+
+
+# Guards: metadata 33 lists deep was committed, then every ListVariables of the session failed.
+async def test_write_metadata_too_deep_to_send_back_is_never_stored(
+    server: EmbeddedServer,
+) -> None:
+    # Found by the wire property test: an UpdateVariables whose metadata nests 33 lists
+    # deep committed (the metadata merges into the variable's), then ListVariables of
+    # the session failed with "value nests deeper than 32 levels" for good.
+    async with dspex_rx.connect(server.target) as session:
+        await session.register_variable("a", "float", 0.5)
+        wire = Transport(server.target)
+        await wire.open()
+        try:
+            entry = pb.UpdateVariablesRequest().updates.add(ref="a")
+            entry.value.CopyFrom(dspex_rx.wire.codec.encode(0.25))
+            deep = field(1, field(1, b"k") + field(2, nested_list(33)))
+            request = (field(1, session.session_id.encode()) + field(2, entry.SerializeToString())
+                       + field(3, deep))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await raw_unary(wire, "UpdateVariables", request, pb.UpdateVariablesResponse,
+                                metadata=token_metadata(session.token))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "metadata nests 33 levels deep" in (refused.value.details() or "")
+            listed = await wire.unary(f"/{SERVICE_NAME}/ListVariables",
+                                      pb.ListVariablesRequest(session_id=session.session_id),
+                                      pb.ListVariablesResponse,
+                                      metadata=token_metadata(session.token))
+            assert [v.name for v in listed.variables] == ["a"]
+        finally:
+            await wire.close()
+        assert await session.get_variable("a", bypass_cache=True) == 0.5

@@ -392,3 +392,26 @@ async def test_deleting_a_variable_drops_its_history(
         await session.rollback_variable(name, 2)
     await session.set_variable(name, 101)
     assert [e["version"] for e in await session.get_variable_history(name)] == [2, 1]
+
+
+# -------------------------------------------------------------- rollback restores exactly
+
+
+# Guards: rollback re-normalized an embedding and restored a value off in the last bits.
+async def test_rollback_of_a_normalized_float64_embedding_restores_the_exact_value(
+    session: SessionContext,
+) -> None:
+    # Rollback re-runs validation, and normalize=True divides by the norm again: for many
+    # float64 vectors that is not idempotent, so the "restored" value differs in the last
+    # bits from the version it claims to restore.
+    vector = np.random.default_rng(0).normal(size=8)
+    await session.register_variable(
+        "emb", "embedding", vector, constraints={"dimensions": 8, "normalize": True}
+    )
+    await session.set_variable("emb", np.ones(8))
+    version = await session.rollback_variable("emb", 1, reason="restore")
+    assert version == 3
+    page = await session.get_variable_history("emb", limit=3)
+    by_version = {e["version"]: e["value"] for e in page}
+    assert by_version[3].dtype == by_version[1].dtype
+    assert np.array_equal(by_version[3], by_version[1]), by_version[3] - by_version[1]

@@ -396,3 +396,119 @@ def test_principals_are_given_once() -> None:
         Server(port=0, store=MemoryStore(principals=PRINCIPALS), principals=PRINCIPALS)
     server = Server(port=0, store=MemoryStore(principals=PRINCIPALS), principals={})
     assert server.store.principals.owner("admin_1") is not None
+
+
+# ----------------------------------------------------- restores, forgotten ids, auth none
+
+
+# Guards: an import checked the rules of variables it keeps; a forgotten grantee refused it.
+@pytest.mark.parametrize("strategy", ["keep", "merge", "replace"])
+def test_restoring_a_backup_onto_existing_variables_is_not_refused_for_rules_it_ignores(
+    strategy: str,
+) -> None:
+    # An import applies a file's access rules only to the variables it creates ("an
+    # existing variable keeps its own rules"), yet _plan_import runs _checked_rules on
+    # every entry *before* it looks whether the variable exists. So a session restoring
+    # its own backup (same server) onto its own variables fails as soon as a grantee the
+    # backup names has been forgotten, although those rules would not be used at all.
+    store = MemoryStore(clock=Clock(), limits=Limits(max_retired_sessions=10))
+    store.initialize_session("a")
+    store.initialize_session("bob")
+    store.register("a", [VariableSpec("t", "integer", 1,
+                                      access_rules=grant(["read"], "bob"))], actor="a")
+    backup = store.export_snapshot("a")
+    store.set_permissions("a", "t", [])  # bob's grant revoked
+    store.set("a", "t", 2, actor="a")  # later work, then the backup is restored
+    end(store, "bob")
+    for i in range(30):  # ordinary churn: bob, no longer named, is forgotten
+        store.initialize_session(f"s{i}")
+        end(store, f"s{i}")
+    assert not store.claimed("bob")
+    report = store.import_snapshot("a", backup, strategy=strategy, actor="a")
+    assert [o.action for o in report.outcomes] != ["error"], report.outcomes[0].message
+    assert store.session("a").rules.get(store.session("a").names["t"], ()) == ()
+
+
+# Guards: glob rules were refused on an auth='none' server, where identity is not checked.
+async def test_auth_none_still_accepts_glob_rules() -> None:
+    # README: "With --auth none nothing about identity is checked", and a server with
+    # auth="none" may not reserve namespaces (principals need token auth). But
+    # _checked_rules refuses every glob outside a reserved namespace whatever the auth
+    # mode, so on an auth="none" server no glob rule can ever be registered again (it
+    # worked before), while refusing it protects nothing: any caller may act as any id.
+    with EmbeddedServer(auth="none") as srv:
+        async with dspex_rx.connect(srv.target) as owner:
+            await owner.register_variable("g", "integer", 7, access_rules=[
+                {"session_pattern": "worker_*", "permissions": ["read"]}])
+            rules = await owner.get_variable_permissions("g")
+            assert [r["session_pattern"] for r in rules] == ["worker_*"]
+
+
+# Guards: a restored rule granted a stranger who churned a forgotten id free and claimed it.
+def test_a_restored_backup_does_not_grant_a_stranger_who_took_a_forgotten_id() -> None:
+    # Trim forgets ended ids that no *live* rule names. A backup (export) is not live,
+    # so once its owner session is gone, anybody can force the grantee's id out with
+    # unauthenticated session churn (max_retired_sessions creates/closes), claim it, and
+    # wait: restoring the backup passes _checked_rules (the id is "claimed", by the
+    # stranger now) and the restored rule grants the stranger what was meant for bob.
+    store = MemoryStore(clock=Clock(), limits=Limits(max_retired_sessions=10))
+    store.initialize_session("a")
+    store.initialize_session("bob")
+    store.register("a", [VariableSpec("secret", "string", "launch code",
+                                      access_rules=grant(["read"], "bob"))], actor="a")
+    backup = store.export_snapshot("a")
+    end(store, "a")    # the owner's process ends; it keeps its backup
+    end(store, "bob")
+    for i in range(20):  # the attacker: churn until bob is forgotten...
+        store.initialize_session(f"x{i}", require_token=True)
+        end(store, f"x{i}")
+    store.initialize_session("bob", require_token=True)  # ...then become bob
+    store.initialize_session("a2")
+    report = store.import_snapshot("a2", backup, actor="a2")  # the owner restores
+    # The exported rule is bound to bob's claim; the stranger's bob is another claim.
+    assert not report.applied
+    assert "another party holds it now" in report.outcomes[0].message
+    assert "secret" not in store.session("a2").names
+
+
+# ---------------------------------------------------------------------------- rule claims
+
+
+# Guards: an import replaced a foreign bound claim for a reserved id, granting the principal.
+def test_a_bound_rule_from_another_server_is_not_rebound_to_a_principal_holding_the_id() -> None:
+    # README: a rule naming an exact id is bound to that id's claim; "importing it where
+    # the id is now held by another party (a forgotten id taken over, or another server)
+    # is refused, not granted to them". _bind_rules checks the claim only for open ids:
+    # for an id the importing server reserves it silently replaces the file's claim with
+    # 0, so a grant written for whoever held the open id 'admin_1' on the exporting
+    # server goes to the principal of 'admin_*' here.
+    exporter = MemoryStore()
+    exporter.initialize_session("a")
+    exporter.initialize_session("admin_1")  # an open id there, held by some party
+    exporter.register("a", [VariableSpec("secret", "string", "for that admin_1 only",
+                                         access_rules=grant(["read"], "admin_1"))], actor="a")
+    backup = exporter.export_snapshot("a")
+    (rule,) = backup.variables[0].access_rules
+    assert rule.claim  # bound on the exporting server
+
+    importer = MemoryStore(principals={"admin_*": ADMIN_KEY})
+    importer.initialize_session("a2")
+    report = importer.import_snapshot("a2", backup, actor="a2")
+    assert not report.applied, "a rule written for another party now grants the principal"
+    assert "another party holds it now" in report.outcomes[0].message
+
+
+# Guards: `rule.get('claim') or 0` accepted every falsy non-integer claim as 0.
+@pytest.mark.parametrize("claim", [False, None, "", 0.0, []])
+def test_a_malformed_falsy_claim_is_refused_like_a_truthy_one(claim: Any) -> None:
+    # access.check_rules reads ``rule.get("claim") or 0``, so every falsy non-integer
+    # (False, None, "", 0.0, []) becomes 0 and is accepted silently, while True, 1.5 or
+    # "7" are refused with "claim must be an unsigned 64-bit integer" (and an export file
+    # refuses all of them, exchange._access_rule).
+    store = MemoryStore()
+    store.initialize_session("a")
+    store.initialize_session("bob")
+    store.register("a", [VariableSpec("t", "integer", 1)], actor="a")
+    rules = [{"session_pattern": "bob", "permissions": ["read"], "claim": claim}]
+    with pytest.raises(InvalidValueError, match="claim"):
+        store.set_permissions("a", "t", rules)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pytest
 import trio
 from helpers import drain, settle, unavailable
@@ -1231,3 +1232,80 @@ def test_an_entrys_own_timestamp_as_since_includes_it() -> None:
         found = store.optimization_history("s", "x", limit=1000, since=since)
         assert found[0].iteration == entry.iteration, (i, entry.timestamp, shown)
         assert len(found) == len(entries) - i
+
+
+# ------------------------------------------------------------------- scores and arguments
+
+
+# Guards: an objective returning np.float32 or np.int64 failed ('must return a number').
+@pytest.mark.parametrize(
+    "score", [np.float32, np.int64], ids=["float32", "int64"]
+)
+async def test_a_numpy_scalar_score_is_a_score(
+    session: dspex_rx.SessionContext, score: Callable[[float], Any],
+) -> None:
+    """Bug: score_of accepts only Python int/float (``_is_number``), so an objective that
+    returns a numpy scalar such as np.float32 (what ``array.mean()`` of float32 data
+    gives) or np.int64 fails the run at iteration 1 ("must return a number"), although
+    the codec sends numpy scalars everywhere else."""
+    await session.register_variable("n", "integer", 1, constraints={"min": 0, "max": 4})
+    await session.start_optimization(
+        "n", "grid_search", objective=lambda v: score(-abs(v - 3))
+    )
+    final = await session.wait_for_optimization("n")
+    assert final["state"] == "completed", final["end_reason"]
+    assert final["best_value"] == 3
+
+
+# Guards: get_optimization_history(since=+-inf) escaped as a raw OverflowError.
+@pytest.mark.parametrize("since", [float("inf"), float("-inf")], ids=["inf", "-inf"])
+async def test_an_unusable_since_is_a_value_error(
+    session: dspex_rx.SessionContext, since: float,
+) -> None:
+    """Bug (error mapping): get_optimization_history(since=±inf) escapes as a raw
+    OverflowError from building the protobuf Timestamp (not a ValueError, unlike every
+    other bad argument, which raises InvalidValueError naming the variable)."""
+    await session.register_variable("h", "float", 0.5, constraints=FLOAT)
+    with pytest.raises(ValueError, match="since"):
+        await session.get_optimization_history("h", since=since)
+
+
+# ----------------------------------------------------------- custom optimizers' proposals
+
+
+class _NumpyAsk(BaseOptimizer):
+    """Proposes with numpy, as ``self.rng`` does: np.int64, np.str_, np.bool_."""
+
+    def ask(self) -> Any:
+        if self.space.type == "integer":
+            return self.rng.integers(int(self.space.low), int(self.space.high), endpoint=True)
+        return self.rng.choice(np.array(self.space.choices))
+
+
+# Guards: a strict type check refused np.int64/np.str_/np.bool_ proposals as out of range.
+@pytest.mark.parametrize(
+    ("type_name", "initial", "constraints"),
+    [
+        ("integer", 1, {"min": 0, "max": 4}),
+        ("choice", "a", {"choices": ["a", "b", "c"]}),
+        ("boolean", False, None),
+    ],
+    ids=["np.int64", "np.str_", "np.bool_"],
+)
+async def test_a_custom_optimizer_may_propose_numpy_scalars(
+    session: dspex_rx.SessionContext, type_name: str, initial: Any, constraints: Any,
+) -> None:
+    """Bug: ``_propose`` checks a proposal with ``SearchSpace.contains``, which is strict
+    about Python types, so a custom optimizer that proposes what numpy hands it
+    (``self.rng.integers`` gives np.int64, ``self.rng.choice`` np.str_ / np.bool_) fails
+    its run at iteration 1 saying the value is "outside the variable's constraints", when
+    it is inside them (``SearchSpace.coerce``, which ``tell`` uses, accepts exactly these,
+    and the codec sends numpy scalars everywhere else)."""
+    await session.register_python_optimizer("numpy_ask", _NumpyAsk)
+    await session.register_variable("v", type_name, initial, constraints=constraints)
+    await session.start_optimization(
+        "v", "numpy_ask", {"seed": 3}, max_iterations=4, objective=lambda v: 1.0
+    )
+    status = await session.wait_for_optimization("v")
+    assert status["state"] == "completed", status["end_reason"]
+    assert status["iteration"] == 4

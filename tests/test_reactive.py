@@ -616,3 +616,93 @@ async def test_updates_carry_aware_utc_datetimes_and_stats_are_awaitable(
     with pytest.raises(KeyError, match="has not used it"):
         await writer.get_variable_stats("never_used")
     watch.cancel()
+
+
+# ----------------- observing through the hub: ids, early disposal, invalidation, throttle
+
+
+def watched_on_server(server: EmbeddedServer, session_id: str) -> list[set[str]]:
+    return server.call(
+        lambda: [set(s.watched) for s in server.service.subscribers if s.session_id == session_id]
+    )
+
+
+# Guards: observing by id on a connection that never saw the variable made a second actor.
+async def test_observe_by_id_on_a_connection_that_never_saw_the_variable_gets_every_update(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    # learn() only adopts a provisional actor keyed by the *name*; one keyed by the id is
+    # orphaned and the ack creates a second actor that receives every event.
+    writer, watcher = two
+    var_id = await writer.register_variable("byid", "integer", 0)
+    watch = await watcher.watch_variable(var_id)
+    await writer.set_variable("byid", 1)
+    await settle(watcher)
+    assert [(u.update_type, u.value) for u in drain(watch)] == [
+        ("initial", 0), ("value_change", 1)
+    ]
+
+
+# Guards: an observer disposed before its subscribe was acked left the server streaming it.
+async def test_disposing_before_the_subscribe_ack_undoes_the_wire_subscription(
+    two: tuple[SessionContext, SessionContext], server: EmbeddedServer
+) -> None:
+    # detach() clears actor.wire and request_unsubscribe() returns early for an unresolved
+    # actor; the ack then sees wire=False and never undoes the subscription.
+    writer, watcher = two
+    await writer.register_variable("early", "integer", 0)
+    watcher.observe("early").subscribe(lambda u: None).dispose()
+    await settle(watcher)
+    assert watched_on_server(server, watcher.session_id) == [set()]
+    hub = watcher._hub
+    assert hub is not None and hub.wire_subscribes == 0
+
+
+# Guards: after a cache invalidation a new observer of a live variable waited for a baseline.
+async def test_a_new_observer_of_a_live_variable_after_cache_invalidation_gets_updates(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    # attach(): live but no entry -> no baseline from the cache, and wire is already True
+    # so no new Subscribe (and no initial) is sent: the observer waits for a baseline forever.
+    writer, watcher = two
+    await writer.register_variable("inv", "integer", 0)
+    first = await watcher.watch_variable("inv")
+    await watcher.cache.invalidate_pattern(".*", "config reloaded")
+    second = await watcher.watch_variable("inv")
+    await writer.set_variable("inv", 1)
+    await settle(watcher)
+    assert [u.value for u in drain(first)] == [0, 1]
+    assert [u.value for u in drain(second)] == [0, 1]
+
+
+# Guards: the hub subscribed a re-registered name by its stale id; the watch got KeyError.
+async def test_observe_by_name_after_the_variable_was_re_registered_watches_the_new_one(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    # The hub maps the name to the stale id it learned earlier and subscribes by that id.
+    writer, watcher = two
+    await writer.register_variable("reborn", "integer", 1)
+    assert await watcher.get_variable("reborn") == 1
+    await writer.delete_variable("reborn")
+    await writer.register_variable("reborn", "integer", 2)
+    watch = await watcher.watch_variable("reborn")
+    await settle(watcher)
+    assert watch._error is None, f"watch by name failed: {watch._error!r}"
+    assert [(u.update_type, u.value) for u in drain(watch)] == [("initial", 2)]
+
+
+# Guards: the initial value opened the throttle window and held the first change back.
+async def test_throttle_with_include_initial_emits_the_first_change_at_once(
+    two: tuple[SessionContext, SessionContext], mock_clock: trio.testing.MockClock
+) -> None:
+    # Issue #3: "throttle_ms emits the first change at once". The initial value opens the
+    # throttle window, so the first real change is held until the window ends.
+    writer, watcher = two
+    await writer.register_variable("p", "float", 0.0)
+    watch = await watcher.watch_variable("p", include_initial=True, throttle_ms=1000)
+    await settle(watcher)
+    assert [u.value for u in drain(watch)] == [0.0]
+    mock_clock.jump(0.25)
+    await writer.set_variable("p", 1.0)
+    await settle(watcher)
+    assert [u.value for u in drain(watch)] == [1.0]

@@ -3,10 +3,14 @@ attachment, id/name resolution, and validation before any change."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from dspex_rx.errors import (
     AlreadyExistsError,
+    DspexError,
     InvalidValueError,
     ResourceExhaustedError,
     SessionNotFoundError,
@@ -128,3 +132,48 @@ def test_records_are_immutable_snapshots(store: MemoryStore, clock: FakeClock) -
     assert new.metadata == {"why": "test"}
     with pytest.raises(VariableNotFoundError):
         store.get("s", "y")
+
+
+# ---------------------------------------------------------------------- in-process misuse
+
+
+SELF: list[Any] = []
+SELF.append(SELF)
+Case = Callable[[MemoryStore, str], object]
+
+CASES: dict[str, Case] = {
+    "dependencies-none": lambda s, sid: s.register(
+        sid, [VariableSpec("n", "list", [], dependencies=None)], actor="t"),  # type: ignore[arg-type]
+    "dependencies-int": lambda s, sid: s.register(
+        sid, [VariableSpec("n", "list", [], dependencies=5)], actor="t"),  # type: ignore[arg-type]
+    "constraints-a-string": lambda s, sid: s.register(
+        sid, [VariableSpec("n", "list", [], constraints="ab")], actor="t"),  # type: ignore[arg-type]
+    "description-not-unicode": lambda s, sid: s.register(
+        sid, [VariableSpec("n", "list", [], description="\ud800")], actor="t"),
+    "string-value-not-unicode": lambda s, sid: s.set(sid, "s", "\ud800", actor="t"),
+    "metadata-not-unicode": lambda s, sid: s.set(sid, "a", [2], metadata={"k": "\udfff"},
+                                                 actor="t"),
+    "value-refers-to-itself": lambda s, sid: s.set(sid, "a", SELF, actor="t"),
+    "metadata-refers-to-itself": lambda s, sid: s.update_many(
+        sid, [("a", [3])], metadata={"k": SELF}, actor="t"),
+    "source-not-a-string": lambda s, sid: s.set(sid, "a", [2], source=5, actor="t"),  # type: ignore[arg-type]
+    "reason-not-a-string": lambda s, sid: s.rollback(sid, "a", 1, reason=5, actor="t"),  # type: ignore[arg-type]
+    "glob-not-a-string": lambda s, sid: s.list(sid, 5),  # type: ignore[arg-type]
+    "session-id-not-a-string": lambda s, sid: s.initialize_session(5),  # type: ignore[arg-type]
+    "refs-not-a-list": lambda s, sid: s.get_many(sid, None),  # type: ignore[arg-type]
+    "update-entry-too-short": lambda s, sid: s.update_many(sid, [("a",)], actor="t"),  # type: ignore[list-item]
+}
+
+
+# Guards: misuse escaped as a builtin error, or was stored though the wire cannot carry it.
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_in_process_misuse_is_refused_with_a_dspex_error_and_changes_nothing(case: str) -> None:
+    store = MemoryStore()
+    sid = store.initialize_session()[0].id
+    store.register(sid, [VariableSpec("a", "list", [1]), VariableSpec("s", "string", "x")],
+                   actor="t")
+    before = {r.id: r.version for r in store.list(sid)}
+    with pytest.raises(DspexError):
+        CASES[case](store, sid)
+    assert {r.id: r.version for r in store.list(sid)} == before
+    store.check_accounts()

@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 import pytest
 import trio
+from helpers import drain, settle
 
 import dspex_rx
+from dspex_rx import SessionContext
 from dspex_rx.client.transport import Stream, Transport
 from dspex_rx.server import SERVICE_NAME, EmbeddedServer
 from dspex_rx.server.fanout import PendingFrame, Subscriber
@@ -347,3 +350,106 @@ async def test_client_inbox_is_bounded_and_pushes_back_to_the_server() -> None:
                 await raw.stream.close()
             finally:
                 await transport.close()
+
+
+# ----------------- one stream, many watches: a bad ref, a big value, conflation, progress
+
+
+# Guards: commits conflated with the initial frame left the watch without a baseline.
+async def test_commits_conflated_right_after_a_subscribe_still_give_the_watch_a_baseline(
+) -> None:
+    # Commits that land after a Subscribe was queued but before the stream handler drains
+    # (a busy or flow-controlled stream) are conflated with the initial frame into one
+    # value_change. The client waits for an initial/resync baseline that never comes, so
+    # this observer never sees anything: the last value is lost, not just the middle ones.
+    with EmbeddedServer(max_pending_events=2) as embedded:
+        service = embedded.service
+        original = service._subscribe
+
+        def subscribe_then_commits(session_id, subscriber, request):  # type: ignore[no-untyped-def]
+            original(session_id, subscriber, request)
+            for i in range(1, 4):
+                embedded.store.set(session_id, "hot", i, actor="burst")
+
+        async with dspex_rx.connect(embedded.target) as writer:
+            await writer.register_variable("hot", "integer", 0)
+            async with dspex_rx.connect(embedded.target, session_id=writer.session_id,
+                                        token=writer.token) as watcher:
+                service._subscribe = subscribe_then_commits  # type: ignore[method-assign]
+                watch = await watcher.watch_variable("hot")
+                service._subscribe = original  # type: ignore[method-assign]
+                await settle(watcher)
+                got = drain(watch)
+                assert got and got[-1].value == 3, got
+                await writer.set_variable("hot", 4)
+                await settle(watcher)
+                assert [u.value for u in drain(watch)] == [4]
+
+
+# Guards: the InvalidValueError of ref "" aborted the stream every watch shares.
+async def test_an_invalid_ref_fails_only_its_own_observer(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    # _subscribe -> get_many only catches VariableNotFoundError; the InvalidValueError for
+    # "" escapes the reader task and the server aborts the stream every watch shares.
+    writer, watcher = two
+    await writer.register_variable("ok", "integer", 0)
+    watch = await watcher.watch_variable("ok")
+    errors: list[Exception] = []
+    watcher.observe("").subscribe(on_error=errors.append)  # type: ignore[arg-type]
+    await settle(watcher)
+    assert len(errors) == 1 and isinstance(errors[0], KeyError | ValueError), errors
+    assert not watch.closed, f"an unrelated watch died: {watch._error!r}"
+    await writer.set_variable("ok", 1)
+    await settle(watcher)
+    assert [u.value for u in drain(watch)] == [0, 1]
+
+
+# Guards: frames packed with no byte budget overflowed the message limit, killing the stream.
+async def test_a_large_tensor_update_reaches_its_watch_and_the_stream_lives(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    # A 33 MiB tensor is a legal set (request < 64 MiB), but its event carries value AND
+    # old_value, and _messages packs up to 256 frames per ServerMessage with no byte
+    # budget: the message exceeds grpc.max_send_message_length and the stream is killed
+    # with RESOURCE_EXHAUSTED, taking every other watch of the connection with it.
+    writer, watcher = two
+    n = 33 * 1024 * 1024 // 8
+    await writer.register_variable("weights", "tensor", np.zeros(n))
+    await writer.register_variable("small", "integer", 0)
+    small = await watcher.watch_variable("small", include_initial=False)
+    big = await watcher.watch_variable("weights", include_initial=False)
+    await writer.set_variable("weights", np.ones(n))
+    await writer.set_variable("small", 1)
+    with trio.move_on_after(10):  # hang guard only: sync() never returns once the stream died
+        await settle(watcher)
+    assert not small.closed and not big.closed, f"stream died: {small._error!r}"[:400]
+    assert [u.value for u in drain(small)] == [1]
+    assert [float(u.value[0]) for u in drain(big)] == [1.0]
+
+
+# Guards: progress_interval_seconds=-1 made the server busy-loop sending progress notes.
+async def test_a_negative_progress_interval_is_refused(
+    server: EmbeddedServer, session: SessionContext
+) -> None:
+    # interval = -1 -> asyncio.wait_for(..., -1) times out at once, every loop: a busy loop
+    # flooding progress notes. The server must refuse the stream instead. (Only `open` is
+    # written: a later write would race the refusal, and grpc then reports INTERNAL.)
+    transport = Transport(server.target)
+    await transport.open()
+    try:
+        stream = await transport.open_stream(
+            f"/{SERVICE_NAME}/Session", spb.ServerMessage, metadata=token_metadata(session.token)
+        )
+        await stream.send(spb.ClientMessage(open=spb.OpenStream(
+            session_id=session.session_id, progress_interval_seconds=-1.0)))
+        progress = 0
+        with pytest.raises(grpc.aio.AioRpcError) as refused, trio.fail_after(10):
+            while (batch := await stream.receive_batch()) is not None:
+                progress += [m.WhichOneof("control") for m in batch].count("progress")
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "progress_interval_seconds" in (refused.value.details() or "")
+        assert progress == 0
+        await stream.close()
+    finally:
+        await transport.close()

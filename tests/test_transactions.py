@@ -355,3 +355,17 @@ async def test_watcher_sees_cas_writes_in_order_exactly_once(
     assert revisions == sorted(set(revisions))
     assert await watcher.get_variable(name) == 101
     watch.cancel()
+
+
+# ------------------------------------------------------ compare-and-set of a new variable
+
+
+# Guards: a compare-and-set against version 7 of a missing variable created version 1.
+async def test_create_if_missing_honours_expected_version(
+    session: SessionContext,
+) -> None:
+    # A compare-and-set against version 7 of a variable that does not exist must not
+    # silently create version 1.
+    with pytest.raises(ConflictError):
+        await session.set_variable("fresh", 1, create_if_missing=True, expected_version=7)
+    assert await session.get_variable("fresh", default="<absent>", bypass_cache=True) == "<absent>"

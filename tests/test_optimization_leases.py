@@ -1,11 +1,8 @@
-"""Regressions for issue #5, second pass (after "optimization: fix ten bugs found by a
-review").
+"""Optimization leases on a server whose clock the test moves: every way a run ends gives its
+lease back, a live holder keeps it, and the holder and a waiter are told the run's own outcome.
 
-Each test asserts what the issue and ARCHITECTURE.md's "Optimization" section promise and
-fails on the code as reviewed; its docstring names the bug. Server time is a fake clock
-moved by the test; client timers run on trio's ``MockClock`` where they matter. Real-time
-waits are hang guards only (a bounded wait for an event that the bug makes impossible).
-"""
+Server time is a fake clock moved by the test (the sweep never runs on its own); client timers
+run on trio's ``MockClock`` where they matter. Real-time waits are hang guards only."""
 
 from __future__ import annotations
 
@@ -18,19 +15,16 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from helpers import drain, settle, until
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from optimization_helpers import FLOAT, FakeClock, Gate, breakable, open_pair
+from optimization_helpers import FLOAT, FakeClock, Gate, open_pair
 
 import dspex_rx
 from dspex_rx.client.optimization.optimizers import BaseOptimizer
 from dspex_rx.errors import DspexError
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
-
-# ---------------------------------------------------------------- harness
 
 
 @pytest.fixture
@@ -59,9 +53,6 @@ async def pair(
         yield ab
 
 
-# ------------------------------------------- a run that ends without releasing its lease
-
-
 class _RecommendRaises(BaseOptimizer):
     """A custom optimizer with a bug in ``recommend`` (not a DspexError)."""
 
@@ -78,6 +69,124 @@ async def _surrogate_error(value: float) -> float:
     raise FileNotFoundError(f"no checkpoint {name}")
 
 
+# --------------------------------------------------- a run that ends gives its lease back
+
+
+# Guards: the finish re-sent a refused metric (NaN, an array) and was refused: lease held.
+@pytest.mark.parametrize(
+    "extra",
+    [float("nan"), np.array([0.25, 0.75])],
+    ids=["nan-metric", "array-metric"],
+)
+async def test_a_metric_the_server_refuses_does_not_leave_the_lease_held(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext], extra: Any,
+) -> None:
+    """Bug: an objective whose target metric is fine but whose other metrics the server
+    refuses (NaN, an array) fails the run, and the run's FinishOptimization re-sends the
+    same refused evaluation, so the finish is refused too: the lease stays "running" (the
+    variable locked, status is_optimizing) until its TTL although the run has ended."""
+    a, b = pair
+    await a.start_optimization(
+        "t", "grid_search", {"n_points": 4, "metric": "acc"},
+        objective=lambda v: {"acc": v, "extra": extra},
+    )
+    final = await a.wait_for_optimization("t")
+    assert final["state"] == "failed", final
+    assert final["is_optimizing"] is False
+    assert await b.set_variable("t", 1.0) > 1  # released, not locked until the TTL
+
+
+# Guards: the finish re-sent an already recorded evaluation, was refused: lease held.
+async def test_closing_while_a_recorded_step_is_unanswered_releases_the_lease(
+    clock: FakeClock,
+) -> None:
+    """Bug: the holder closes while an OptimizationStep that the server has already applied
+    (it recorded iteration 1) is still unanswered. The run keeps the evaluation as
+    'pending' and its FinishOptimization re-sends it; the server refuses the whole finish
+    ("iteration 1 ... is already recorded"), so the lease is never released and stays
+    running until its TTL (the same happens after any lost response: a deadline, a
+    network error)."""
+    store = MemoryStore(clock=clock, lease_ttl=3.0)
+    applied, go = threading.Event(), threading.Event()
+    real_step = store.optimization_step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        result = real_step(*args, **kwargs)
+        if kwargs.get("evaluation") is not None and not applied.is_set():
+            applied.set()  # the evaluation is recorded; hold the answer back
+            go.wait(10)
+        return result
+
+    store.optimization_step = step  # type: ignore[method-assign]
+    with EmbeddedServer(store=store, expire_interval=3600.0) as server:
+        async with dspex_rx.connect(server.target, ttl_seconds=3600) as b:
+            a = await dspex_rx.SessionContext(
+                b.session_id, server.target, token=b.token, ttl_seconds=3600
+            ).initialize()
+            try:
+                await b.register_variable("t", "float", 0.5, constraints=FLOAT)
+                opt_id = await a.start_optimization(
+                    "t", "grid_search", {"n_points": 5}, objective=lambda v: v
+                )
+                await trio.to_thread.run_sync(applied.wait, 10)
+                run = a._runs[opt_id]
+                real_finish = run._finish
+
+                async def finish(*args: Any, **kwargs: Any) -> None:
+                    go.set()  # the step's call is cancelled by now: let the server answer
+                    await real_finish(*args, **kwargs)
+
+                run._finish = finish  # type: ignore[method-assign]
+            finally:
+                await a.close()
+            go.set()
+            status = await b.get_optimization_status("t")
+            assert status["iteration"] == 1
+            assert status["is_optimizing"] is False, status
+            assert status["state"] == "failed"
+            assert await b.set_variable("t", 1.0) > 1
+
+
+# Guards: a close during StartOptimization hit AttributeError and leaked the granted lease.
+async def test_close_during_start_optimization_leaves_no_lease_behind(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    """Bug: the session closes while start_optimization waits for its StartOptimization
+    answer (the server has granted the lease). start_optimization then calls
+    ``self._nursery.start_soon`` on None (AttributeError, not a clear error), no run
+    exists to renew or release the lease, and the variable stays locked until the TTL.
+    (A caller's cancel scope firing in the same window leaks the lease the same way.)"""
+    a, b = pair
+    real_call = a._call
+    granted, proceed = trio.Event(), trio.Event()
+
+    async def call(method: str, request: Any, response_type: Any, timeout: Any = None) -> Any:
+        response = await real_call(method, request, response_type, timeout)
+        if method == "StartOptimization":
+            granted.set()  # the answer is on its way back
+            await proceed.wait()
+        return response
+
+    a._call = call  # type: ignore[method-assign]
+    outcome: dict[str, BaseException] = {}
+
+    async def starter() -> None:
+        try:
+            await a.start_optimization("t", "random", {"seed": 1}, objective=lambda v: v)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(starter)
+        await granted.wait()
+        await a.close()
+        proceed.set()
+    status = await b.get_optimization_status("t")
+    assert status["is_optimizing"] is False, (status["state"], outcome)
+    assert isinstance(outcome.get("error"), RuntimeError), outcome
+
+
+# Guards: an odd error in recommend() or the reason escaped the fallback finish: lease held.
 @pytest.mark.parametrize(
     ("optimizer", "objective"),
     [("recommend_raises", lambda v: -abs(v - 1.3)), ("random", _surrogate_error)],
@@ -106,6 +215,7 @@ async def test_an_unexpected_error_while_finishing_releases_the_lease_and_spares
     assert not services_died, "the holder session's background services were torn down"
 
 
+# Guards: the fallback finish re-sent an over-long reason, refused again: lease held.
 async def test_a_failure_reason_longer_than_the_server_accepts_still_releases_the_lease(
     pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
 ) -> None:
@@ -127,6 +237,7 @@ async def test_a_failure_reason_longer_than_the_server_accepts_still_releases_th
     assert await b.set_variable("t", 1.0) > 1
 
 
+# Guards: a cancel while StartOptimization was on the wire leaked the granted lease.
 async def test_cancelling_a_start_whose_lease_was_granted_gives_the_lease_back(
     clock: FakeClock,
 ) -> None:
@@ -172,70 +283,101 @@ async def test_cancelling_a_start_whose_lease_was_granted_gives_the_lease_back(
                 assert status["is_optimizing"] is False, status["state"]
 
 
-# ----------------------------------------------------------------- what the caller sees
+# Guards: a dropped client was granted a lease that no sweep or close would release.
+def test_a_lease_is_never_granted_to_a_client_that_is_not_attached(clock: FakeClock) -> None:
+    """Bug: ``store.start_optimization`` takes the request's ``client_id`` on trust and
+    never checks that it is attached to the session. A client the sweep has already
+    dropped (its heartbeat was late: a laptop lid, a GC pause, a partition) and that
+    starts an optimization before its next heartbeat tells it to attach again is granted
+    a lease held by a client id that no longer exists, so the first pass's "a closing or
+    silent holder client ends its leases" (``_release_client_leases``, run when that id
+    closes or lapses) can never apply to it: a dead holder's lease then lives for its
+    whole TTL (``lease_ttl`` may be hours), the variable locked. ``heartbeat`` refuses
+    the same id (``SessionNotFoundError``, detached); start should too (or the lease must
+    at least be released by the next sweep)."""
+    store = MemoryStore(clock=clock, lease_ttl=3600.0)
+    session, keeper, _ = store.initialize_session(ttl=600.0)
+    _, late, _ = store.initialize_session(session.id, ttl=5.0)
+    store.register(session.id, [VariableSpec("t", "float", 0.5, FLOAT)], actor="setup")
+    clock.now += 6.0
+    store.heartbeat(session.id, keeper)
+    store.expire()  # the late client is dropped (it had no lease then)
+    assert late not in session.clients
+    try:
+        store.start_optimization(session.id, "t", optimizer_type="random", client_id=late)
+    except DspexError:
+        return  # refused: what heartbeat says to this id
+    clock.now += 60.0  # its holder never renews, heartbeats or closes again
+    store.heartbeat(session.id, keeper)
+    store.expire()
+    assert not session.running, "a lease held by a client that is not attached"
 
 
-async def test_wait_for_optimization_returns_the_status_of_the_run_it_waited_for(
+# ---------------------------------------------------------- a live holder keeps its lease
+
+
+# Guards: the lease was renewed only while the objective ran, not in the callback.
+async def test_a_holder_busy_in_its_callback_keeps_its_lease(
     pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    clock: FakeClock, mock_clock: trio.testing.MockClock,
 ) -> None:
-    """Bug: wait_for_optimization waits for this session's run to end and then returns
-    ``get_optimization_status(variable)``: the variable's *current* status. If another
-    client stopped the run and started its own (the lease passes on at once), the waiter
-    gets the new run's status: ``is_optimizing: True``, another optimization_id, its
-    iteration and best value, right after "waiting until the run has ended"."""
+    """Bug: the lease is renewed only while the objective runs (``_evaluate``'s renewer).
+    A holder that is alive but spends longer than the TTL in its callback (saving a
+    checkpoint, plotting, waiting on a UI) sends no renewal, so its lease expires under
+    it and the run is revoked, although "a TTL renewed by the running optimizer" is
+    meant to lapse only when the holder dies."""
     a, b = pair
-    gate_a, gate_b = Gate(), Gate()
-    first = await a.start_optimization("t", "random", {"seed": 1}, objective=gate_a)
-    await gate_a.arrived(1)
-    assert await b.stop_optimization("t", reason="taking over") is None
-    second = await b.start_optimization("t", "random", {"seed": 2}, objective=gate_b)
-    gate_a.release()
-    status = await a.wait_for_optimization(first)
-    await b.stop_optimization("t")
-    gate_b.release()
-    await b.wait_for_optimization(second)
-    assert status["optimization_id"] == first, (status["optimization_id"], status["state"])
-    assert status["is_optimizing"] is False
-    assert status["state"] == "stopped"
+    gate = Gate()
+    in_callback, leave_callback = trio.Event(), trio.Event()
 
+    async def callback(iteration: int, value: float, metrics: dict[str, Any]) -> None:
+        in_callback.set()
+        await leave_callback.wait()
 
-class _NumpyAsk(BaseOptimizer):
-    """Proposes with numpy, as ``self.rng`` does: np.int64, np.str_, np.bool_."""
-
-    def ask(self) -> Any:
-        if self.space.type == "integer":
-            return self.rng.integers(int(self.space.low), int(self.space.high), endpoint=True)
-        return self.rng.choice(np.array(self.space.choices))
-
-
-@pytest.mark.parametrize(
-    ("type_name", "initial", "constraints"),
-    [
-        ("integer", 1, {"min": 0, "max": 4}),
-        ("choice", "a", {"choices": ["a", "b", "c"]}),
-        ("boolean", False, None),
-    ],
-    ids=["np.int64", "np.str_", "np.bool_"],
-)
-async def test_a_custom_optimizer_may_propose_numpy_scalars(
-    session: dspex_rx.SessionContext, type_name: str, initial: Any, constraints: Any,
-) -> None:
-    """Bug: ``_propose`` checks a proposal with ``SearchSpace.contains``, which is strict
-    about Python types, so a custom optimizer that proposes what numpy hands it
-    (``self.rng.integers`` gives np.int64, ``self.rng.choice`` np.str_ / np.bool_) fails
-    its run at iteration 1 saying the value is "outside the variable's constraints", when
-    it is inside them (``SearchSpace.coerce``, which ``tell`` uses, accepts exactly these,
-    and the codec sends numpy scalars everywhere else)."""
-    await session.register_python_optimizer("numpy_ask", _NumpyAsk)
-    await session.register_variable("v", type_name, initial, constraints=constraints)
-    await session.start_optimization(
-        "v", "numpy_ask", {"seed": 3}, max_iterations=4, objective=lambda v: 1.0
+    opt_id = await a.start_optimization(
+        "t", "random", {"seed": 1}, max_iterations=3, objective=gate, callback=callback
     )
-    status = await session.wait_for_optimization("v")
-    assert status["state"] == "completed", status["end_reason"]
-    assert status["iteration"] == 4
+    run = a._runs[opt_id]
+    real_step = run.lease.step
+    renewed = [trio.Event()]
+
+    async def step(evaluation: Any, value: Any, iteration: int) -> Any:
+        answer = await real_step(evaluation, value, iteration)
+        if evaluation is None and iteration == 0:
+            renewed[-1].set()
+        return answer
+
+    run.lease.step = step  # type: ignore[method-assign]
+    assert run.ttl == 3.0
+
+    # While evaluating, 4 s of server time pass (more than the 3 s TTL): renewed each second.
+    await gate.arrived(1)
+    for _ in range(4):
+        renewed.append(trio.Event())
+        await trio.testing.wait_all_tasks_blocked()
+        clock.now += 1.0
+        mock_clock.jump(1.0)
+        await renewed[-1].wait()
+    assert (await b.get_optimization_status("t"))["is_optimizing"] is True
+
+    # The same 4 s spent in the callback instead: the holder is just as alive.
+    gate.release()
+    await in_callback.wait()
+    for _ in range(4):
+        renewed.append(trio.Event())
+        await trio.testing.wait_all_tasks_blocked()
+        clock.now += 1.0
+        mock_clock.jump(1.0)
+        await renewed[-1].wait()
+    status = await b.get_optimization_status("t")
+    await b.stop_optimization("t")
+    leave_callback.set()
+    gate.release()
+    await a.wait_for_optimization("t")
+    assert status["state"] == "running", status["end_reason"]
 
 
+# Guards: a sync callback held the trio thread, the keep-alive could not renew: lease lost.
 async def test_a_holder_busy_in_a_sync_callback_keeps_its_lease(
     pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
     clock: FakeClock, store: MemoryStore, mock_clock: trio.testing.MockClock,
@@ -286,148 +428,94 @@ async def test_a_holder_busy_in_a_sync_callback_keeps_its_lease(
     assert len(renewals) >= 2, f"renewals while the callback ran: {renewals}"
 
 
-# ------------------------------------------------------------- what watchers see
+# -------------------------------------------------- what the holder and a waiter are told
 
 
-async def test_a_resync_still_tells_how_the_followed_run_ended_when_another_started(
-    mock_clock: trio.testing.MockClock,
+# Guards: StopOptimization carried no Variable: the stopper's cache kept the old value.
+async def test_stop_with_apply_best_is_seen_by_the_stopping_client(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
 ) -> None:
-    """Bug: past the log's horizon a resync sends ``store.status_events``: the status of
-    each variable's *latest* lease only. If, while the watcher's stream was down, the run
-    it was following ended and the next run started (a sweep of runs, a restart with new
-    settings), the watcher never hears how the followed run ended: watch_optimization
-    jumps from run 1 'running' to run 2 'running', and a consumer waiting for run 1's end
-    (``if not status['is_optimizing']: break``) waits for run 2's. The first pass made
-    conflation keep "one status per run so a run's end is never hidden by the next start";
-    the resync path hides it the same way."""
-    store = MemoryStore(log_size=3)
-    with EmbeddedServer(store=store, expire_interval=3600.0) as server:
-        async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117
-            async with dspex_rx.connect(
-                server.target, session_id=writer.session_id, token=writer.token
-            ) as watcher:
-                streams = breakable(watcher)
-                await writer.register_variable("t", "float", 0.5, constraints=FLOAT)
-                gate = Gate()
-                first = await writer.start_optimization(
-                    "t", "grid_search", {"n_points": 3}, objective=gate
-                )
-                await gate.arrived(1)
-                progress = watcher.watch_optimization("t")
-                status: dict[str, Any] = await anext(progress)  # type: ignore[assignment, arg-type]
-                assert status["optimization_id"] == first and status["state"] == "running"
-
-                streams[0].fail()
-                hub = watcher._hub
-                assert hub is not None
-                await until(lambda: hub.reconnects == 1, "the break was noticed")
-                for n in (2, 3):  # run 1 goes on and ends while the stream is down
-                    gate.release()
-                    await gate.arrived(n)
-                gate.release()
-                assert (await writer.wait_for_optimization(first))["state"] == "completed"
-                second_gate = Gate()
-                second = await writer.start_optimization(
-                    "t", "random", {"seed": 1}, objective=second_gate
-                )
-                await second_gate.arrived(1)
-                mock_clock.jump(2.0)  # past the reconnect backoff
-                await until(lambda: len(streams) == 2, "a new stream opened")
-                await settle(watcher)
-                seen: list[dict[str, Any]] = drain(progress)  # type: ignore[assignment]
-                await writer.stop_optimization("t")
-                second_gate.release()
-                await writer.wait_for_optimization(second)
-                progress.cancel()
-                runs = [(s["optimization_id"], s["state"]) for s in seen]
-                assert (second, "running") in runs  # the resync did happen
-                assert (first, "completed") in runs, runs
+    """Bug: stop_optimization(apply_best=True) is the stopping client's own write, but
+    the StopOptimization answer carries no Variable, so the client's cache keeps the
+    value it read before: get_variable returns a value the variable no longer has (own
+    writes are meant to be stored at once)."""
+    a, b = pair
+    assert await b.get_variable("t") == 0.5  # cached by b (not watched)
+    gate = Gate()
+    await a.start_optimization("t", "grid_search", {"n_points": 5}, objective=gate)
+    for n in (1, 2, 3):
+        await gate.arrived(n)
+        gate.release()
+    await gate.arrived(4)  # 0.0, 0.5, 1.0 scored; 1.0 is the best
+    assert await b.stop_optimization("t", apply_best=True) is None
+    gate.release()
+    await a.wait_for_optimization("t")
+    cached = await b.get_variable("t")
+    assert await b.get_variable("t", bypass_cache=True) == 1.0  # what the server has
+    assert cached == 1.0
 
 
-async def test_a_resync_does_not_repeat_a_status_the_watcher_already_has(
-    mock_clock: trio.testing.MockClock,
+# Guards: run bookkeeping went into the variable's metadata: run 2 still said final: True.
+async def test_a_new_runs_proposals_do_not_carry_the_last_runs_final_flag(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
 ) -> None:
-    """Bug: a resync stamps every status it re-sends with the session's current revision
-    (``store.status_events``: ``lease.status(name, session.revision)``), so a status
-    nothing has changed looks new: watch_optimization (and observe_optimization) deliver
-    the run's 'completed' status a second time after any stream break that outlived the
-    log, although they promise "one per change". Values are not repeated this way (per
-    observer version tracking drops an unchanged resync value); statuses have no such
-    guard, and the revision that could serve as one is overwritten."""
-    store = MemoryStore(log_size=3)
-    with EmbeddedServer(store=store, expire_interval=3600.0) as server:
-        async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117
-            async with dspex_rx.connect(
-                server.target, session_id=writer.session_id, token=writer.token
-            ) as watcher:
-                streams = breakable(watcher)
-                await writer.register_variable("t", "float", 0.5, constraints=FLOAT)
-                await writer.register_variable("u", "integer", 0)
-                values = watcher.watch_variable("t", include_initial=False)
-                progress = watcher.watch_optimization("t")
-                await anext(progress)  # idle
-                opt_id = await writer.start_optimization(
-                    "t", "grid_search", {"n_points": 2}, objective=lambda v: v
-                )
-                await writer.wait_for_optimization(opt_id)
-                await settle(watcher)
-                before: list[dict[str, Any]] = drain(progress)  # type: ignore[assignment]
-                assert before[-1]["state"] == "completed"
-                drain(values)
-
-                streams[0].fail()
-                hub = watcher._hub
-                assert hub is not None
-                await until(lambda: hub.reconnects == 1, "the break was noticed")
-                for n in range(1, 6):  # other work moves the log past the watcher
-                    await writer.set_variable("u", n)
-                mock_clock.jump(2.0)  # past the reconnect backoff
-                await until(lambda: len(streams) == 2, "a new stream opened")
-                await settle(watcher)
-                assert drain(values) == []  # t's value did not change: not repeated
-                again: list[dict[str, Any]] = drain(progress)  # type: ignore[assignment]
-                progress.cancel()
-                values.cancel()
-                assert again == [], [(s["state"], s["revision"]) for s in again]
+    """Bug: optimization writes merged their bookkeeping (``optimization_id``,
+    ``iteration``, ``final``, ``stopped``) into the variable's own metadata, and nothing
+    removed it: while run 2 was at iteration 1 the variable still said ``final: True``
+    from run 1. Now the bookkeeping belongs to each write (its history entry and its
+    event), never to the variable."""
+    a, b = pair
+    await a.start_optimization("t", "grid_search", {"n_points": 3}, objective=lambda v: -v)
+    await a.wait_for_optimization("t")
+    meta = (await b.get_variables(["t"], include_metadata=True))["t"]["metadata"]
+    assert "final" not in meta and "optimization_id" not in meta
+    last = (await b.get_variable_history("t", limit=1))[0]["metadata"]
+    assert last["final"] is True  # run 1's final write says so itself
+    gate = Gate()
+    second = await a.start_optimization("t", "random", {"seed": 1}, objective=gate)
+    await gate.arrived(1)  # run 2's first proposal is written
+    meta = (await b.get_variables(["t"], include_metadata=True))["t"]["metadata"]
+    last = (await b.get_variable_history("t", limit=1))[0]["metadata"]
+    await b.stop_optimization("t")
+    gate.release()
+    await a.wait_for_optimization("t")
+    assert "final" not in meta and "optimization_id" not in meta
+    assert last["optimization_id"] == second and last["iteration"] == 1
+    assert "final" not in last
 
 
-
-def test_a_lease_is_never_granted_to_a_client_that_is_not_attached(clock: FakeClock) -> None:
-    """Bug: ``store.start_optimization`` takes the request's ``client_id`` on trust and
-    never checks that it is attached to the session. A client the sweep has already
-    dropped (its heartbeat was late: a laptop lid, a GC pause, a partition) and that
-    starts an optimization before its next heartbeat tells it to attach again is granted
-    a lease held by a client id that no longer exists, so the first pass's "a closing or
-    silent holder client ends its leases" (``_release_client_leases``, run when that id
-    closes or lapses) can never apply to it: a dead holder's lease then lives for its
-    whole TTL (``lease_ttl`` may be hours), the variable locked. ``heartbeat`` refuses
-    the same id (``SessionNotFoundError``, detached); start should too (or the lease must
-    at least be released by the next sweep)."""
-    store = MemoryStore(clock=clock, lease_ttl=3600.0)
-    session, keeper, _ = store.initialize_session(ttl=600.0)
-    _, late, _ = store.initialize_session(session.id, ttl=5.0)
-    store.register(session.id, [VariableSpec("t", "float", 0.5, FLOAT)], actor="setup")
-    clock.now += 6.0
-    store.heartbeat(session.id, keeper)
-    store.expire()  # the late client is dropped (it had no lease then)
-    assert late not in session.clients
-    try:
-        store.start_optimization(session.id, "t", optimizer_type="random", client_id=late)
-    except DspexError:
-        return  # refused: what heartbeat says to this id
-    clock.now += 60.0  # its holder never renews, heartbeats or closes again
-    store.heartbeat(session.id, keeper)
-    store.expire()
-    assert not session.running, "a lease held by a client that is not attached"
+# Guards: wait_for_optimization returned the variable's status: another client's new run.
+async def test_wait_for_optimization_returns_the_status_of_the_run_it_waited_for(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+) -> None:
+    """Bug: wait_for_optimization waits for this session's run to end and then returns
+    ``get_optimization_status(variable)``: the variable's *current* status. If another
+    client stopped the run and started its own (the lease passes on at once), the waiter
+    gets the new run's status: ``is_optimizing: True``, another optimization_id, its
+    iteration and best value, right after "waiting until the run has ended"."""
+    a, b = pair
+    gate_a, gate_b = Gate(), Gate()
+    first = await a.start_optimization("t", "random", {"seed": 1}, objective=gate_a)
+    await gate_a.arrived(1)
+    assert await b.stop_optimization("t", reason="taking over") is None
+    second = await b.start_optimization("t", "random", {"seed": 2}, objective=gate_b)
+    gate_a.release()
+    status = await a.wait_for_optimization(first)
+    await b.stop_optimization("t")
+    gate_b.release()
+    await b.wait_for_optimization(second)
+    assert status["optimization_id"] == first, (status["optimization_id"], status["state"])
+    assert status["is_optimizing"] is False
+    assert status["state"] == "stopped"
 
 
-# ------------------------------------------------------ store invariants (property test)
-
+# ------------------------------------------------------- store invariants (property test)
 
 
 _NAMES = ("x", "y")
 
 
+# Guards: random lease operations once broke dense versions, one lease per variable, fencing.
 class LeaseMachine(RuleBasedStateMachine):
     """Random sequences of lease operations from two clients of one session (start, step
     with a record and/or a proposal, finish, stop with or without apply_best, fenced and
@@ -614,10 +702,14 @@ class LeaseMachine(RuleBasedStateMachine):
 
 
 TestLeaseMachine = LeaseMachine.TestCase
+
+
 TestLeaseMachine.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
 TestLeaseMachine.__doc__ = (
     "Guard (property test): after any sequence of lease operations, versions are dense, "
     "revisions strictly increasing, at most one running lease per variable and "

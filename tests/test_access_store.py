@@ -1,33 +1,23 @@
-"""Regressions of the access rules (issue #6): bypasses found in review.
+"""Access rules enforced by the store itself (no gRPC): what a resume replays, what live notes
+and optimization events say, foreign leases and fencing tokens, names against foreign ids.
 
-Most tests drive the store and the server adapter's subscribe (``VariablesService._subscribe``
-with a ``Subscriber``) directly on one ``MemoryStore``: A owns the variables, B is another
-session matched by some rule, and everything runs synchronously, as on the server's loop.
-"""
+Tests drive one ``MemoryStore`` and the server adapter's subscribe (``VariablesService._subscribe``
+with a ``Subscriber``) synchronously, as on the server's loop: A owns the variables, B is another
+session matched by some rule."""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from helpers import Clock, grant
 
-import dspex_rx
 from dspex_rx import AccessDeniedError
 from dspex_rx.errors import OptimizationLockedError
-from dspex_rx.server import EmbeddedServer, VariablesService
+from dspex_rx.server import VariablesService
 from dspex_rx.server.fanout import PendingFrame, Subscriber
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.v1 import session_pb2 as spb
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def world() -> tuple[MemoryStore, str, str]:
@@ -36,10 +26,6 @@ def world() -> tuple[MemoryStore, str, str]:
     _, a_client, _ = store.initialize_session("a")
     store.initialize_session("b")
     return store, "a", a_client
-
-
-def grant(perms: list[str], pattern: str = "b") -> list[dict[str, Any]]:
-    return [{"session_pattern": pattern, "permissions": perms}]
 
 
 def subscribe(
@@ -61,10 +47,11 @@ def events(items: list[Any]) -> list[Any]:
     return [e for f in items if isinstance(f, PendingFrame) for e in f.events]
 
 
-# ------------------------------------------------------------ resume / replay
+# ------------------------------------------------------------------ what a resume replays
 
 
-def test_resume_replays_a_deleted_foreign_variable_the_stream_never_could_see() -> None:
+# Guards: the 'deleted since' resume fallback replayed a foreign variable unchecked.
+def test_a_resume_replays_nothing_of_a_deleted_variable_the_stream_may_not_see() -> None:
     """A resume (``from_revision``) naming another session's variable that the stream has
     no right to at all, next to one it may observe, replays that variable's logged values
     (and its delete) once it has been deleted: the "deleted since your last revision"
@@ -87,7 +74,8 @@ def test_resume_replays_a_deleted_foreign_variable_the_stream_never_could_see() 
     sub.close()
 
 
-def test_resume_replays_values_written_before_observe_was_granted() -> None:
+# Guards: a resume replayed values committed before the session was granted observe.
+def test_a_resume_does_not_replay_values_written_before_observe_was_granted() -> None:
     """Replay hands a foreign variable's logged events to the stream without asking whether
     it could observe them when they were committed: a session granted ``observe`` (not
     ``read``, so no history) after a value was written resumes from an old revision and
@@ -112,10 +100,11 @@ def test_resume_replays_values_written_before_observe_was_granted() -> None:
     sub.close()
 
 
-# ------------------------------------------------------------ live notes
+# --------------------------------------------------------- what live notes and events say
 
 
-def test_dependency_changed_note_names_a_variable_the_watcher_may_not_see() -> None:
+# Guards: dependency_changed metadata named an upstream variable the watcher may not see.
+def test_a_dependency_changed_note_does_not_name_an_input_the_watcher_may_not_see() -> None:
     """A foreign watcher of a dependent variable gets ``dependency_changed`` notes whose
     metadata (``source_variable``/``source_variables``) names the upstream variable in the
     owner's session, which the watcher has no permission on at all. The documented rule is
@@ -138,10 +127,32 @@ def test_dependency_changed_note_names_a_variable_the_watcher_may_not_see() -> N
     sub.close()
 
 
-# ------------------------------------------------------------ optimization leases
+# Guards: optimization events gave a watcher with only observe the best value and metrics.
+def test_optimization_events_carry_no_results_to_a_watcher_without_read() -> None:
+    """Optimization status (``GetOptimizationStatus``) and history need ``read``, but a
+    foreign watcher with only ``observe`` receives every optimization event of the
+    variable, whose metadata is that same status: the best value and metrics found so far,
+    the optimizer and the holder's client id. ``_deliver`` checks only ``observe``."""
+    store, a, a_client = world()
+    (x,), _ = store.register(a, [VariableSpec(
+        "x", "float", 0.5, access_rules=grant(["observe"]))], actor=a)
+    with pytest.raises(AccessDeniedError):
+        store.optimization_status("b", x.id)
+
+    sub, _ = subscribe(store, "b", [x.id])
+    lease, _ = store.start_optimization(a, "x", optimizer_type="grid", client_id=a_client)
+    store.optimization_step(a, "x", lease.id, lease.token,
+                            evaluation=(1, 0.7, {"revenue": 123.0}, 0.9))
+    statuses = [e.metadata for e in events(sub.drain()) if e.update_type == "optimization"]
+    assert not any("best_metrics" in s or "best_value" in s for s in statuses), statuses
+    sub.close()
 
 
-def test_another_sessions_fencing_token_lets_a_writer_past_the_optimization_lock() -> None:
+# ------------------------------------------------------------ foreign optimization leases
+
+
+# Guards: a fencing token was checked without its holder session, so b wrote past A's lock.
+def test_another_sessions_fencing_token_does_not_pass_the_optimization_lock() -> None:
     """Fencing tokens come from one store-wide counter (guessable: b reads the next one off
     its own lease) and ``_check_lease`` compares only the token, not the lease's holder
     session. Session b, which has ``write`` but no ``optimize``, is refused while A's
@@ -166,7 +177,8 @@ def test_another_sessions_fencing_token_lets_a_writer_past_the_optimization_lock
     assert store.get(a, "x").value == 0.5
 
 
-def test_revoking_optimize_leaves_the_foreign_lease_holding_and_writing() -> None:
+# Guards: a foreign lease outlived its optimize permission, locking and writing on.
+def test_revoking_optimize_ends_the_foreign_lease_and_its_writes() -> None:
     """Losing ``observe`` ends a live watch, but losing ``optimize`` does not end a running
     foreign optimization: the revoked session's lease still locks the owner's variable
     (even the owner's own writes are refused as "locked by session b") and its fencing
@@ -187,10 +199,11 @@ def test_revoking_optimize_leaves_the_foreign_lease_holding_and_writing() -> Non
         store.set("b", x_id, 0.9, actor="b", fencing_token=lease.token)
 
 
-# ------------------------------------------------------------ names
+# ---------------------------------------------------------------------------------- names
 
 
-def test_a_session_can_name_its_own_variable_after_a_foreign_id() -> None:
+# Guards: b could name a variable after A's variable id, hiding A's variable from b.
+def test_a_session_cannot_name_its_variable_after_a_foreign_id() -> None:
     """ARCHITECTURE.md: "a name equal to an existing id is refused". Ids are now addressed
     across sessions (store-wide), but ``_prepare_new`` checks only the caller's own ids, so
     b can register a variable named like A's variable id. From then on b's own name wins
@@ -204,111 +217,3 @@ def test_a_session_can_name_its_own_variable_after_a_foreign_id() -> None:
     with pytest.raises((ValueError, KeyError)):
         store.register("b", [VariableSpec(x.id, "integer", 99)], actor="b")
     assert store.get("b", x.id).id == x.id
-
-
-# ------------------------------------------------------------ end to end
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[EmbeddedServer]:
-    with EmbeddedServer(store=MemoryStore(clock=Clock())) as embedded:
-        yield embedded
-
-
-async def test_write_only_session_reads_history_through_rollback(
-    served: EmbeddedServer,
-) -> None:
-    """``rollback`` of another session's variable needs only ``write``, yet its wire
-    response carries the full record, value included (``Rollback`` fills it with
-    ``_variable``), and the client caches it: a session that may write but not read
-    learns any retained past value by rolling back to it, and then even
-    ``get_variable`` answers from the cache instead of raising ``PermissionError``."""
-    tag = secrets.token_hex(4)
-    async with dspex_rx.connect(served.target, session_id=f"owner_{tag}") as a, \
-            dspex_rx.connect(served.target, session_id=f"w_{tag}") as w:
-        var = await a.register_variable("plan", "string", "public", access_rules=[
-            {"session_pattern": f"w_{tag}", "permissions": ["write"]}])
-        await a.set_variable("plan", "merger with Initech on Friday")  # version 2
-        await a.set_variable("plan", "public again")  # version 3
-        with pytest.raises(AccessDeniedError):
-            await w.get_variable(var)
-        # Fixed by refusing the rollback itself: it chooses a past value, which is reading
-        # the history, so another session's variable needs read as well as write (the
-        # reviewer's test let it pass and checked only the cache afterwards).
-        with pytest.raises(AccessDeniedError, match="'read'"):
-            await w.rollback_variable(var, 2)
-        with pytest.raises(AccessDeniedError):
-            await w.get_variable(var)
-        assert (await a.get_variable("plan")) == "public again"
-        # A write-only set lands, but its response carries no value and nothing is
-        # cached: reading still needs read.
-        await w.set_variable(var, "written blind")
-        with pytest.raises(AccessDeniedError):
-            await w.get_variable(var)
-        assert (await a.get_variable("plan", bypass_cache=True)) == "written blind"
-
-
-def test_optimization_status_events_reach_a_watcher_without_read() -> None:
-    """Optimization status (``GetOptimizationStatus``) and history need ``read``, but a
-    foreign watcher with only ``observe`` receives every optimization event of the
-    variable, whose metadata is that same status: the best value and metrics found so far,
-    the optimizer and the holder's client id. ``_deliver`` checks only ``observe``."""
-    store, a, a_client = world()
-    (x,), _ = store.register(a, [VariableSpec(
-        "x", "float", 0.5, access_rules=grant(["observe"]))], actor=a)
-    with pytest.raises(AccessDeniedError):
-        store.optimization_status("b", x.id)
-
-    sub, _ = subscribe(store, "b", [x.id])
-    lease, _ = store.start_optimization(a, "x", optimizer_type="grid", client_id=a_client)
-    store.optimization_step(a, "x", lease.id, lease.token,
-                            evaluation=(1, 0.7, {"revenue": 123.0}, 0.9))
-    statuses = [e.metadata for e in events(sub.drain()) if e.update_type == "optimization"]
-    assert not any("best_metrics" in s or "best_value" in s for s in statuses), statuses
-    sub.close()
-
-
-async def test_check_variable_access_reports_the_wrong_owner_to_a_non_reader(
-    served: EmbeddedServer,
-) -> None:
-    """``CheckVariableAccess`` fills ``owner_session`` by calling ``store.get`` (which needs
-    ``read``) under ``contextlib.suppress``: for a session that may observe but not read,
-    the lookup fails silently and the response names the caller's own session as the
-    variable's owner."""
-    from dspex_rx.v1 import variables_pb2 as pb
-
-    tag = secrets.token_hex(4)
-    async with dspex_rx.connect(served.target, session_id=f"owner_{tag}") as a, \
-            dspex_rx.connect(served.target, session_id=f"o_{tag}") as o:
-        var = await a.register_variable("x", "integer", 1, access_rules=[
-            {"session_pattern": f"o_{tag}", "permissions": ["observe"]}])
-        response = await o._call(
-            "CheckVariableAccess",
-            pb.CheckVariableAccessRequest(session_id=o.session_id, ref=var,
-                                          permission="observe"),
-            pb.CheckVariableAccessResponse,
-        )
-        assert response.allowed
-        assert response.owner_session == a.session_id
-
-
-async def test_check_variable_access_answers_false_and_names_nothing_for_an_invisible_variable(
-    served: EmbeddedServer,
-) -> None:
-    """Issue #12: ``check_variable_access`` raised ``KeyError`` where the spec answers
-    False; the answer must still not reveal the variable's id or owner."""
-    from dspex_rx.v1 import variables_pb2 as pb
-
-    tag = secrets.token_hex(4)
-    async with dspex_rx.connect(served.target, session_id=f"owner_{tag}") as a, \
-            dspex_rx.connect(served.target, session_id=f"stranger_{tag}") as s:
-        var = await a.register_variable("x", "integer", 1)
-        assert await s.check_variable_access(var, "read") is False
-        response = await s._call(
-            "CheckVariableAccess",
-            pb.CheckVariableAccessRequest(session_id=s.session_id, ref=var,
-                                          permission="read"),
-            pb.CheckVariableAccessResponse,
-        )
-        assert (response.allowed, response.variable_id, response.owner_session) == (
-            False, "", "")

@@ -1,30 +1,29 @@
-"""Watch-stream reconnect/resume (actors.WatchHub) and the lease re-attach
-(client.SessionContext._heartbeat/_reattach).
+"""The watch stream across breaks: resume from the last revision without loss or reordering,
+backoff and giving up, and what a stream that fails for good leaves behind.
 
-Regression tests: each asserts the promised behaviour, and its name says the bug it
-guards against (all failed on the code as first reviewed). A wrapper around the
-transport's streams breaks a stream at a chosen message (``FlakyStream``), so every
-break is deterministic; backoff runs in virtual time (``mock_clock``). Real-time loops
-are hang guards only.
-"""
+A wrapper around the transport's streams breaks a stream at a chosen message (``FlakyStream``),
+so every break is deterministic; backoff runs in virtual time (``mock_clock``). Real-time loops
+are hang guards only."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from helpers import drain, settle, unavailable, until
 
 import dspex_rx
+from dspex_rx import SessionContext
+from dspex_rx.errors import SessionNotFoundError
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.security import token_metadata
-
-# ---------------------------------------------------------------- harness
 
 
 class FlakyStream:
@@ -141,9 +140,28 @@ def _versions(watch: dspex_rx.Watch) -> list[tuple[int, Any, str]]:
     return [(u.version, u.value, u.update_type) for u in drain(watch)]
 
 
-# ------------------------------------------------------------------ tests
+def _carries_events(message: spb.ServerMessage) -> bool:
+    return any(frame.events for frame in message.frames)
 
 
+async def _reopen(
+    session: dspex_rx.SessionContext, flaky: Flaky, clock: trio.testing.MockClock
+) -> None:
+    """After the first break, move virtual time on until the second stream is open (the
+    backoff's sleep may start after any single jump)."""
+    await until(lambda: _hub(session).reconnects >= 1, "the break was noticed")
+    deadline = time.monotonic() + 10  # a hang guard, not a timing assertion
+    while len(flaky.streams) < 2:
+        assert time.monotonic() < deadline, "the stream was never reopened"
+        clock.jump(0.5)
+        await trio.sleep(0)
+        await trio.to_thread.run_sync(lambda: None)
+
+
+# ---------------------------------- resume after a break: nothing lost, nothing reordered
+
+
+# Guards: a resume re-sent after a second break lost its from_revision, skipping versions.
 async def test_a_second_break_before_the_resume_is_acked_does_not_skip_versions(
     two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
     mock_clock: trio.testing.MockClock,
@@ -176,6 +194,7 @@ async def test_a_second_break_before_the_resume_is_acked_does_not_skip_versions(
     assert flaky.metadata == [token_metadata(watcher.token)] * 3
 
 
+# Guards: 'opened' moved the resume point past a replay that a second break then lost.
 async def test_opened_on_a_resumed_stream_does_not_move_the_resume_point_past_the_replay(
     two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
     mock_clock: trio.testing.MockClock,
@@ -206,6 +225,7 @@ async def test_opened_on_a_resumed_stream_does_not_move_the_resume_point_past_th
     assert await watcher.get_variable("x") == 3
 
 
+# Guards: a subscribe whose unsubscribe was lost was re-sent and streamed to nobody.
 async def test_an_unsubscribe_lost_with_the_stream_does_not_leave_a_server_subscription(
     server: EmbeddedServer,
     two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
@@ -248,6 +268,7 @@ async def test_an_unsubscribe_lost_with_the_stream_does_not_leave_a_server_subsc
     watch.cancel()
 
 
+# Guards: the resume of a variable deleted in the break was refused: KeyError, events lost.
 async def test_a_variable_deleted_during_a_break_ends_the_watch_with_the_missed_events(
     two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
     mock_clock: trio.testing.MockClock,
@@ -274,6 +295,7 @@ async def test_a_variable_deleted_during_a_break_ends_the_watch_with_the_missed_
     assert updates[-1].update_type == "deleted"
 
 
+# Guards: per-variable resumes replayed x then y: out of order, atomic batches split.
 async def test_a_resumed_multi_variable_watch_keeps_commit_order_and_atomic_batches(
     two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
     mock_clock: trio.testing.MockClock,
@@ -302,158 +324,7 @@ async def test_a_resumed_multi_variable_watch_keeps_commit_order_and_atomic_batc
     assert [r for _, _, r in got] == sorted(r for _, _, r in got), got
 
 
-async def test_send_and_receive_failing_together_still_reconnects(
-    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    # When the connection dies while the sender is writing, the sender and the dispatcher
-    # both raise UNAVAILABLE; the nursery reports a group of two, _unwrap only opens
-    # groups of one, _retryable says no, and every watch fails instead of resuming.
-    writer, watcher = two
-    flaky = Flaky(watcher)
-    await writer.register_variable("x", "integer", 0)
-    await writer.register_variable("y", "integer", 0)
-    watch = await watcher.watch_variable("x")
-    await settle(watcher)
-    drain(watch)
-
-    first = flaky.streams[0]
-    first.kill()
-    watcher.watch_variable("y")  # the sender is now blocked writing this subscribe
-    await trio.testing.wait_all_tasks_blocked()
-    first.fire()
-    await trio.testing.wait_all_tasks_blocked()
-    hub = _hub(watcher)
-    assert hub._failure is None, f"the watches failed: {hub._failure!r}"
-    assert not watch.closed
-    await _reconnect(watcher, mock_clock, 1)
-    await until(lambda: len(flaky.streams) == 2, "second stream opened")
-    await writer.set_variable("x", 1)
-    await settle(watcher)
-    assert [(v, x) for v, x, _ in _versions(watch)] == [(2, 1)]
-
-
-async def test_a_failed_reattach_does_not_kill_the_session_services(
-    server: EmbeddedServer, mock_clock: trio.testing.MockClock
-) -> None:
-    # _reattach runs inside the `except SessionNotFoundError` clause, so an error it raises
-    # (a network blip on InitializeSession) is not caught by the sibling `except` below
-    # it: it leaves _heartbeat and takes down the services nursery, i.e. the heartbeat,
-    # the watch stream and the scheduler. Nothing reports it to the user.
-    async with (
-        dspex_rx.connect(server.target, ttl_seconds=30.0) as a,
-        dspex_rx.connect(
-            server.target, session_id=a.session_id, token=a.token, ttl_seconds=30.0
-        ) as b,
-    ):
-        await b.register_variable("kept", "integer", 7)
-        real_call = a._call
-        blips = [True]
-
-        async def call(
-            method: str, request: Any, response_type: Any, *args: Any, **kwargs: Any
-        ) -> Any:
-            if method == "InitializeSession" and blips:
-                blips.pop()
-                raise unavailable()
-            return await real_call(method, request, response_type, *args, **kwargs)
-
-        a._call = call  # type: ignore[method-assign]
-        sid, old = a.session_id, a._client_id
-
-        def expire() -> None:
-            server.store.session(sid).clients[old].last_seen = -1e12
-            # b keeps the session. (The server is shared: other tests' idle sessions
-            # may expire here too, so only this one's fate is asserted.)
-            assert sid not in server.store.expire()
-            assert old not in server.store.session(sid).clients
-
-        server.call(expire)
-        deadline = time.monotonic() + 10  # hang guard
-        while a.reattached == 0:
-            assert time.monotonic() < deadline, (
-                f"never re-attached; services task ended: {a._services_done.is_set()}"
-            )
-            mock_clock.jump(a.ttl_seconds / 3)
-            for _ in range(20):
-                await trio.sleep(0)
-            await trio.to_thread.run_sync(lambda: None)
-        assert not a._services_done.is_set()
-
-
-async def test_backoff_starts_again_after_a_successful_reconnect(
-    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    # `failures` is never reset once a stream is healthy again, so each new, unrelated
-    # break waits longer; from the sixth on every blip costs the full 2 s (documented:
-    # 50 ms doubling to 2 s per outage).
-    writer, watcher = two
-    flaky = Flaky(watcher)
-    await writer.register_variable("x", "integer", 0)
-    watch = await watcher.watch_variable("x")
-    await settle(watcher)
-    for incident in range(1, 7):
-        flaky.streams[-1].fail()
-        opened = len(flaky.streams)
-        await until(lambda n=incident: _hub(watcher).reconnects == n, f"break {incident}")
-        mock_clock.jump(0.1)  # first step of the backoff
-        await until(
-            lambda n=opened: len(flaky.streams) == n + 1,
-            f"reconnected within 0.1 s after break {incident}",
-            guard=3.0,
-        )
-        await settle(watcher)
-    assert not watch.closed
-
-
-async def test_a_stream_that_dies_after_every_open_gives_up_after_the_timeout(
-    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    # Any first message (the server's immediate "opened") marks the stream healthy and
-    # resets the 30 s deadline, so a stream that opens and then fails every time (a
-    # poison subscription the server crashes on with UNKNOWN, a bad proxy) is retried
-    # forever: watchers neither get data nor an error, and sync() hangs.
-    writer, watcher = two
-    flaky = Flaky(watcher)
-    await writer.register_variable("x", "integer", 0)
-    watch = await watcher.watch_variable("x")
-    await settle(watcher)
-    for i in range(1, 40):
-        flaky.plans[i] = lambda s: setattr(
-            s, "fail_before", lambda m: m.WhichOneof("control") != "opened"
-        )
-    flaky.streams[0].fail()
-    hub = _hub(watcher)
-    for attempt in range(1, 30):  # 29 attempts, 2 s apart: 58 s of virtual time
-        if watch.closed:
-            break
-        await until(lambda n=attempt: hub.reconnects >= n or watch.closed, f"attempt {attempt}")
-        mock_clock.jump(2.0)
-    assert watch.closed and watch._error is not None, (
-        f"still reconnecting after {hub.reconnects} attempts"
-    )
-
-
-def _carries_events(message: spb.ServerMessage) -> bool:
-    return any(frame.events for frame in message.frames)
-
-
-async def _reopen(
-    session: dspex_rx.SessionContext, flaky: Flaky, clock: trio.testing.MockClock
-) -> None:
-    """After the first break, move virtual time on until the second stream is open (the
-    backoff's sleep may start after any single jump)."""
-    await until(lambda: _hub(session).reconnects >= 1, "the break was noticed")
-    deadline = time.monotonic() + 10  # a hang guard, not a timing assertion
-    while len(flaky.streams) < 2:
-        assert time.monotonic() < deadline, "the stream was never reopened"
-        clock.jump(0.5)
-        await trio.sleep(0)
-        await trio.to_thread.run_sync(lambda: None)
-
-
+# Guards: a break between the ack and the initial values left the watch without a value.
 async def test_a_break_between_the_ack_and_the_initial_values_still_delivers_them(
     two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
     mock_clock: trio.testing.MockClock,
@@ -477,6 +348,7 @@ async def test_a_break_between_the_ack_and_the_initial_values_still_delivers_the
         assert [(u.name, u.value) for u in drain(watch)] == [("y", 7)]
 
 
+# Guards: a break inside a split snapshot left the later parts' variables without a value.
 async def test_a_break_between_the_parts_of_a_split_snapshot_delivers_the_rest(
     mock_clock: trio.testing.MockClock,
 ) -> None:
@@ -509,3 +381,212 @@ async def test_a_break_between_the_parts_of_a_split_snapshot_delivers_the_rest(
                 assert all(got[n] == str(i) * 90_000 for i, n in enumerate(names))
                 parts = [m for m in flaky.streams[0].received if _carries_events(m)]
                 assert len(parts) >= 2  # the snapshot was split, and the break fell inside
+
+
+# Guards: an acked watch broken before its initial value was re-subscribed afresh and failed.
+async def test_a_variable_deleted_during_a_break_before_its_initial_value_ends_the_watch_cleanly(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The watch is in force (the server acked it) but the break fell before the initial
+    # value. Meanwhile the variable changes and is deleted. A watch that had its value
+    # gets the missed change and the "deleted" event and completes (the resume replays the
+    # log; test_a_variable_deleted_during_a_break_ends_the_watch_with_the_missed_events).
+    # This one is re-subscribed afresh (WatchHub._resubscribe, from_revision=0), which the
+    # server refuses outright for a missing ref: the established watch fails with
+    # VariableNotFoundError, as if the variable had never existed.
+    writer, watcher = two
+    await writer.register_variable("x", "integer", 5)
+    flaky = Flaky(watcher)
+    flaky.plans[0] = lambda s: setattr(s, "fail_before", _carries_events)
+    watch = watcher.watch_variable("x")
+    await until(lambda: _hub(watcher).reconnects >= 1, "the break was noticed")
+    assert not _hub(watcher)._pending  # the subscribe was acked before the break
+    await writer.set_variable("x", 6)
+    await writer.delete_variable("x")
+    await _reopen(watcher, flaky, mock_clock)
+    await until(lambda: watch.closed, "the watch ended")
+    updates = drain(watch)
+    assert watch._error is None, f"watch failed: {watch._error!r}"
+    assert updates and updates[-1].update_type == "deleted"
+
+
+# ----------------------------------------- retries: what is retryable, backoff, giving up
+
+
+# Guards: a group of two UNAVAILABLE errors was not retryable, so every watch failed.
+async def test_send_and_receive_failing_together_still_reconnects(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # When the connection dies while the sender is writing, the sender and the dispatcher
+    # both raise UNAVAILABLE; the nursery reports a group of two, _unwrap only opens
+    # groups of one, _retryable says no, and every watch fails instead of resuming.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    await writer.register_variable("y", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    drain(watch)
+
+    first = flaky.streams[0]
+    first.kill()
+    watcher.watch_variable("y")  # the sender is now blocked writing this subscribe
+    await trio.testing.wait_all_tasks_blocked()
+    first.fire()
+    await trio.testing.wait_all_tasks_blocked()
+    hub = _hub(watcher)
+    assert hub._failure is None, f"the watches failed: {hub._failure!r}"
+    assert not watch.closed
+    await _reconnect(watcher, mock_clock, 1)
+    await until(lambda: len(flaky.streams) == 2, "second stream opened")
+    await writer.set_variable("x", 1)
+    await settle(watcher)
+    assert [(v, x) for v, x, _ in _versions(watch)] == [(2, 1)]
+
+
+# Guards: the failure count was never reset: each later, unrelated break waited longer.
+async def test_backoff_starts_again_after_a_successful_reconnect(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # `failures` is never reset once a stream is healthy again, so each new, unrelated
+    # break waits longer; from the sixth on every blip costs the full 2 s (documented:
+    # 50 ms doubling to 2 s per outage).
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    for incident in range(1, 7):
+        flaky.streams[-1].fail()
+        opened = len(flaky.streams)
+        await until(lambda n=incident: _hub(watcher).reconnects == n, f"break {incident}")
+        mock_clock.jump(0.1)  # first step of the backoff
+        await until(
+            lambda n=opened: len(flaky.streams) == n + 1,
+            f"reconnected within 0.1 s after break {incident}",
+            guard=3.0,
+        )
+        await settle(watcher)
+    assert not watch.closed
+
+
+# Guards: any first message reset the deadline: a stream dying after each open looped forever.
+async def test_a_stream_that_dies_after_every_open_gives_up_after_the_timeout(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Any first message (the server's immediate "opened") marks the stream healthy and
+    # resets the 30 s deadline, so a stream that opens and then fails every time (a
+    # poison subscription the server crashes on with UNKNOWN, a bad proxy) is retried
+    # forever: watchers neither get data nor an error, and sync() hangs.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    for i in range(1, 40):
+        flaky.plans[i] = lambda s: setattr(
+            s, "fail_before", lambda m: m.WhichOneof("control") != "opened"
+        )
+    flaky.streams[0].fail()
+    hub = _hub(watcher)
+    for attempt in range(1, 30):  # 29 attempts, 2 s apart: 58 s of virtual time
+        if watch.closed:
+            break
+        await until(lambda n=attempt: hub.reconnects >= n or watch.closed, f"attempt {attempt}")
+        mock_clock.jump(2.0)
+    assert watch.closed and watch._error is not None, (
+        f"still reconnecting after {hub.reconnects} attempts"
+    )
+
+
+# ------------------------------------------------ a stream that fails for good, and close
+
+
+# Guards: a watch got an ExceptionGroup of a raw AioRpcError, not SessionNotFoundError.
+async def test_a_watch_ended_by_a_closed_session_raises_session_not_found(
+    server: EmbeddedServer,
+) -> None:
+    # The server ends the stream with NOT_FOUND + kind session_not_found; the hub hands
+    # observers the nursery's ExceptionGroup of a raw AioRpcError instead of the mapped error.
+    async with dspex_rx.connect(server.target) as s:
+        await s.register_variable("gone", "integer", 0)
+        watch = await s.watch_variable("gone")
+        sid, cid = s.session_id, s._client_id
+        server.call(lambda: server.store.close_session(sid, cid))
+        with trio.fail_after(10), pytest.raises(SessionNotFoundError):
+            async for _ in watch:
+                pass
+
+
+# Guards: a failed stream's outbox stayed with no reader; later pings and subscribes hung.
+async def test_sync_and_observe_answer_once_the_watch_stream_has_failed(
+    server: EmbeddedServer,
+) -> None:
+    # Once a failed stream left its outbox in place with no reader, later pings and
+    # subscribes hung: they must fail fast or reach a new stream.
+    async with dspex_rx.connect(server.target) as writer:  # noqa: SIM117 - needs writer's id
+        async with dspex_rx.connect(server.target, session_id=writer.session_id,
+                                    token=writer.token) as s:
+            await writer.register_variable("x", "integer", 0)
+            watch = await s.watch_variable("x")
+            # the stream breaks (network blip / proxy reset), the session lives on
+            server.call(lambda: [sub.on_commit(None) for sub in server.service.subscribers
+                                 if sub.session_id == s.session_id])
+            with trio.fail_after(10), contextlib.suppress(Exception):
+                async for _ in watch:
+                    pass
+            errors: list[Exception] = []
+            got: list[int] = []
+            s.observe("x").subscribe(lambda u: got.append(u.value), errors.append)
+            with trio.move_on_after(5) as guard, contextlib.suppress(Exception):
+                await s.sync()
+            assert not guard.cancelled_caught, "session.sync() hangs forever"
+            assert got or errors, "a new observer gets neither values nor an error"
+
+
+# Guards: a failed actor never unpinned its cache entry; reads served a stale value forever.
+async def test_a_watched_entry_expires_once_its_stream_has_failed(
+    two: tuple[SessionContext, SessionContext], server: EmbeddedServer,
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # VariableActor.fail() drops `live` but never unpins the cache entry, so it is neither
+    # pushed nor expired: get_variable serves the pre-failure value forever.
+    writer, watcher = two
+    watcher.set_cache_config(ttl=5.0)
+    await writer.register_variable("cfg", "integer", 0)
+    watch = await watcher.watch_variable("cfg")
+    server.call(lambda: [sub.on_commit(None) for sub in server.service.subscribers
+                         if sub.session_id == watcher.session_id])
+    with trio.fail_after(10), contextlib.suppress(Exception):
+        async for _ in watch:
+            pass
+    await writer.set_variable("cfg", 1)
+    mock_clock.jump(60)  # far past the TTL
+    assert await watcher.get_variable("cfg") == 1
+
+
+# Guards: hub.close() neither set nor failed the pending pongs; a task in sync() never woke.
+async def test_close_wakes_a_concurrent_sync(server: EmbeddedServer) -> None:
+    # hub.close() neither sets the pending pong events nor fails them.
+    s = await SessionContext(None, server.target).initialize()
+    outcome: list[object] = []
+
+    async def waiter(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            await s.sync()
+            outcome.append("returned")
+        except Exception as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(waiter)
+        await s.close()
+        await trio.testing.wait_all_tasks_blocked()
+        done = bool(outcome)
+        nursery.cancel_scope.cancel()
+    assert done, "a task in session.sync() (or `await watch_variable(...)`) never wakes up"
