@@ -33,7 +33,9 @@ RECEIVERS: dict[str, Any] = {
     "watch": Watch,
     "proposal": Proposal,
 }
-CALL = re.compile(r"(?<![\w./])(" + "|".join(RECEIVERS) + r")\.([A-Za-z_]\w*)(?!\w*\.py\b)")
+# A receiver inside a quoted string or a path ("server.pem", client/watch.py) is not one;
+# private attributes are instance state the class does not list.
+CALL = re.compile(r"(?<![\w./\"'])(" + "|".join(RECEIVERS) + r")\.([A-Za-z]\w*)(?!\w*\.py\b)")
 INLINE_CODE = re.compile(r"``(.+?)``", re.S)
 
 
