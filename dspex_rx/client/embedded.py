@@ -18,13 +18,22 @@ from dspex_rx.errors import InvalidValueError
 class EmbeddedHandle(Protocol):
     """A server the client started for itself: ``start()`` returns its ``host:port``.
 
-    Example (prose): ``handle.start()`` returns ``"127.0.0.1:<port>"``; ``handle.stop()``
-    ends it.
+    Example: ``handle.start()`` returns ``"127.0.0.1:<port>"``; ``handle.stop()`` ends it.
     """
 
-    def start(self) -> str: ...
+    def start(self) -> str:
+        """Start serving (on a worker thread) and return the ``host:port`` target.
 
-    def stop(self) -> None: ...
+        Example: ``target = handle.start()``.
+        """
+        ...
+
+    def stop(self) -> None:
+        """Stop the server.
+
+        Example: ``handle.stop()``.
+        """
+        ...
 
 
 EmbeddedFactory = Callable[[Limits | None], EmbeddedHandle]
@@ -61,8 +70,8 @@ def registered_factory() -> EmbeddedFactory:
 async def start_embedded(limits: Limits | None) -> tuple[EmbeddedHandle, str]:
     """Start an embedded server on a worker thread; returns the handle and its target.
 
-    Example (prose): ``handle, target = await start_embedded(None)`` serves on
-    127.0.0.1 until ``handle.stop()``.
+    Example: ``handle, target = await start_embedded(None)`` serves on 127.0.0.1 until
+    ``handle.stop()``.
     """
     handle = registered_factory()(limits)
     target = await trio.to_thread.run_sync(handle.start)
