@@ -215,7 +215,8 @@ T = TypeVar("T")
 
 
 class Forwarded(Generic[T]):
-    """A read-only attribute of the facade that lives on one of its components.
+    """An attribute of the facade that lives on one of its components (reads and writes
+    go there, so ``session.timeout = 5`` before ``initialize`` still counts).
 
     >>> class Box:
     ...     size: Forwarded[int] = Forwarded("_inner", "size")
@@ -231,3 +232,6 @@ class Forwarded(Generic[T]):
         if obj is None:
             return self  # type: ignore[return-value]  # the class attribute: for help()
         return cast(T, getattr(getattr(obj, self.component), self.name))
+
+    def __set__(self, obj: object, value: T) -> None:
+        setattr(getattr(obj, self.component), self.name, value)

@@ -14,7 +14,7 @@ from dspex_rx.wire.convert import DEPENDENCY_FROM_PB, DEPENDENCY_TO_PB, type_fro
 
 
 class Dependencies:
-    """The session's dependency calls; ``SessionContext`` documents each for users.
+    """The session's dependency calls (``SessionContext`` delegates to them).
 
     Example: ``await dependencies.add_dependency("b", "a")`` returns True.
     """

@@ -13,7 +13,7 @@ from dspex_rx.wire.convert import utc_datetime
 
 
 class History:
-    """The session's history calls; ``SessionContext`` documents each for users.
+    """The session's history calls (``SessionContext`` delegates to them).
 
     Example: ``await history.get_variable_history("t", 10)`` returns the newest ten.
     """

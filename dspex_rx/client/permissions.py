@@ -13,7 +13,7 @@ from dspex_rx.wire import codec
 
 
 class Permissions:
-    """The session's access-rule calls; ``SessionContext`` documents each for users.
+    """The session's access-rule calls (``SessionContext`` delegates to them).
 
     Example: ``await permissions.check_variable_access("t", "write")`` returns a bool.
     """

@@ -53,6 +53,8 @@ class SessionContext(OptimizationCalls):
     lies in, needed to create such a session. ``limits`` configures the embedded server
     (no target); ``max_message_bytes`` is the largest message the client sends or takes
     (default: ``limits.max_message_bytes`` if given, else the server default, 64 MiB).
+    Each method's full contract is documented on the component method it calls
+    (``Variables.get_variables``, ``Optimizations.start_optimization``...).
 
     Example: ``session = await SessionContext("session_123", "127.0.0.1:50051").initialize()``
     then ``await session.get_variable("temperature")`` reads one value.

@@ -54,7 +54,7 @@ def import_result(response: pb.ImportVariablesResponse) -> dict[str, Any]:
 
 
 class Snapshots:
-    """The session's export and import calls; ``SessionContext`` documents each.
+    """The session's export and import calls (``SessionContext`` delegates to them).
 
     Example: ``await snapshots.export_variables("json")`` returns the file's bytes.
     """

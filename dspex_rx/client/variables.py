@@ -31,7 +31,7 @@ from dspex_rx.wire.convert import type_to_pb, utc_datetime
 
 
 class Variables:
-    """The session's variable calls; ``SessionContext`` documents each for users.
+    """The session's variable calls (``SessionContext`` delegates to them).
 
     Example: ``await variables.get_variable("t")`` returns the value ``session.get_variable``
     would.
