@@ -449,8 +449,8 @@ class SessionContext(OptimizationCalls):
     ) -> Watch:
         """Watch one variable: an async iterator of ``VariableUpdate`` (built on ``observe``).
 
-        Example: ``async with session.watch_variable("progress", throttle_ms=500) as watch``,
-        then ``async for update in watch``.
+        Example: ``session.watch_variable("progress", throttle_ms=500)`` is a watch to use in
+        ``async with`` and iterate with ``async for``.
         """
         return self._watching.watch_variable(name, include_initial, filter_fn, throttle_ms)
 
@@ -461,7 +461,8 @@ class SessionContext(OptimizationCalls):
     ) -> Watch:
         """Watch several variables through one async iterator.
 
-        Example: ``async for update in session.watch_variables(["a", "b"], debounce_ms=200)``.
+        Example: ``session.watch_variables(["a", "b"], debounce_ms=200)`` yields both variables'
+        updates.
         """
         return self._watching.watch_variables(
             names, include_initial, filter_fn, throttle_ms, debounce_ms
@@ -521,8 +522,8 @@ async def connect(
     in a namespace the server reserves (``--principals``). Other ``options`` go to
     ``SessionContext``.
 
-    Example: ``async with dspex_rx.connect() as session`` runs an embedded server for the
-    block; ``connect("db.example:50051", session_id=a.session_id, token=a.token,
+    Example: ``dspex_rx.connect()`` used in ``async with`` runs an embedded server for the
+    block; ``dspex_rx.connect("db.example:50051", session_id=a.session_id, token=a.token,
     ca_cert="ca.pem")`` joins ``a``'s session over TLS.
     """
     session = SessionContext(

@@ -53,8 +53,8 @@ class OptimizationCalls:
         while the run goes on in the background (in this connection's nursery).
 
         Example: ``await session.start_optimization("temperature", "bayesian", {"seed": 7},
-        max_iterations=20)``, then ``async for proposal in session.proposals("temperature")``
-        and ``await proposal.report(score)``.
+        max_iterations=20)`` starts a run; each proposal of ``session.proposals("temperature")``
+        is answered by ``await proposal.report(score)``.
         """
         return await self._optimizations.start_optimization(
             variable, optimizer_type, optimizer_config, max_iterations, convergence_threshold,
@@ -70,9 +70,9 @@ class OptimizationCalls:
         """Hold the variable's optimization lease for a block (an optimization driven by hand
         or by another library); leaving the block releases it.
 
-        Example: ``async with session.optimization_lease("temperature", "my_sweep") as
-        lease``, then ``await lease.write(0.2, iteration=1)`` and ``await lease.record(1, 0.2,
-        {"accuracy": 0.9})``.
+        Example: ``session.optimization_lease("temperature", "my_sweep")`` is the
+        ``async with`` block in which ``await lease.write(0.2, iteration=1)`` and
+        ``await lease.record(1, 0.2, {"accuracy": 0.9})`` run.
         """
         async with self._optimizations.optimization_lease(
             variable, optimizer_type, optimizer_config, max_iterations=max_iterations,
@@ -149,8 +149,8 @@ class OptimizationCalls:
         """Watch a variable's optimization: status dicts, the current one first, then one per
         change.
 
-        Example: ``async for status in session.watch_optimization("temperature")`` prints
-        or stops on ``status["state"]``.
+        Example: ``session.watch_optimization("temperature")`` yields status dicts; stop
+        iterating once ``status["state"]`` says the run ended.
         """
         return self._progress.watch_optimization(variable)
 
@@ -158,7 +158,7 @@ class OptimizationCalls:
         """A watch of the proposals of the variable's run that await a report, in order, none
         missed; it ends with the run.
 
-        Example: ``async for proposal in session.proposals("temperature")`` then
+        Example: ``session.proposals("temperature")`` yields proposals, each answered by
         ``await proposal.report({"accuracy": await evaluate(proposal.value)})``.
         """
         return self._progress.proposals(variable)

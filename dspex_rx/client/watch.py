@@ -39,8 +39,8 @@ class Watch:
     until it ends, and then returns the last update (see ``run``);
     ``session.cancel_watch(task)`` cancels that task and ends the watch.
 
-    Example: ``async with session.watch_variable("progress", throttle_ms=500) as watch``
-    then ``async for update in watch`` reads the updates.
+    Example: ``session.watch_variable("progress", throttle_ms=500)`` is one: use it in
+    ``async with`` and iterate it with ``async for``.
     """
 
     def __init__(

@@ -131,8 +131,8 @@ class Watching:
         called; end it with ``cancel_watch(watch)``, ``async with``, or by cancelling the
         task that iterates it.
 
-        Example: ``async with session.watch_variable("progress", throttle_ms=500) as watch``,
-        then ``async for update in watch``.
+        Example: ``session.watch_variable("progress", throttle_ms=500)`` is a watch to use in
+        ``async with`` and iterate with ``async for``.
         """
         observable = self.observe(name, include_initial)
         if filter_fn is not None:
@@ -162,7 +162,8 @@ class Watching:
         variable; ``debounce_ms`` applies across the set: once no change has come for that
         long, the latest update of each variable that changed arrives, in revision order.
 
-        Example: ``async for update in session.watch_variables(["a", "b"], debounce_ms=200)``.
+        Example: ``session.watch_variables(["a", "b"], debounce_ms=200)`` yields both variables'
+        updates.
         """
         if isinstance(names, str):
             raise InvalidValueError("watch_variables takes a list of names, not one string")

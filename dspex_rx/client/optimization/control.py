@@ -112,8 +112,8 @@ class Optimizations:
         is how long the lease outlives a holder that stops renewing it.
 
         Example: ``await session.start_optimization("temperature", "bayesian", {"seed": 7},
-        max_iterations=20)``, then ``async for proposal in session.proposals("temperature")``
-        and ``await proposal.report(score)``.
+        max_iterations=20)`` starts a run; each proposal of ``session.proposals("temperature")``
+        is answered by ``await proposal.report(score)``.
         """
         config = dict(optimizer_config or {})
         objective_fn = as_objective(objective, variable)
@@ -223,9 +223,9 @@ class Optimizations:
         ``OptimizationLockedError``. ``optimizer_config['metric']``/``['mode']`` tell
         ``record`` how to read a metrics dict.
 
-        Example: ``async with session.optimization_lease("temperature", "my_sweep") as
-        lease``, then ``await lease.write(0.2, iteration=1)`` and ``await lease.record(1, 0.2,
-        {"accuracy": 0.9})``.
+        Example: ``session.optimization_lease("temperature", "my_sweep")`` is the
+        ``async with`` block in which ``await lease.write(0.2, iteration=1)`` and
+        ``await lease.record(1, 0.2, {"accuracy": 0.9})`` run.
         """
         config = dict(optimizer_config or {})
         mode, metric = check_mode(variable, config), check_metric(variable, config)

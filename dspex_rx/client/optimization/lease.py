@@ -67,7 +67,7 @@ class Proposal:
     """A value an optimization run (started without ``objective=``) wrote into its
     variable and waits to hear about: ``session.proposals(variable)`` yields them.
 
-    Example: ``async for proposal in session.proposals("temperature")`` yields them.
+    Example: ``session.proposals("temperature")`` yields them.
     """
 
     session: SessionContext = field(repr=False)
@@ -97,8 +97,8 @@ class HeldLease:
     hands one out for optimizations driven by hand (or by another library); the built-in
     loop uses one too.
 
-    Example: ``async with session.optimization_lease("temperature", "my_tuner")`` hands
-    one out.
+    Example: ``session.optimization_lease("temperature", "my_tuner")`` hands one out
+    (an ``async with`` block).
     """
 
     def __init__(

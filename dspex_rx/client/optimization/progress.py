@@ -61,8 +61,8 @@ class Progress:
         starting with the current status, then one per change, in order. Any session
         that can read the variable can watch.
 
-        Example: ``async for status in session.watch_optimization("temperature")`` prints
-        or stops on ``status["state"]``.
+        Example: ``session.watch_optimization("temperature")`` yields status dicts; stop
+        iterating once ``status["state"]`` says the run ended.
         """
         live = self.observe_optimization(variable)
         nursery = self.core.nursery()
@@ -114,7 +114,7 @@ class Progress:
         ``start_optimization`` misses none. Before a run starts the watch waits for one;
         it ends when the run it followed ends.
 
-        Example: ``async for proposal in session.proposals("temperature")`` then
+        Example: ``session.proposals("temperature")`` yields proposals, each answered by
         ``await proposal.report({"accuracy": await evaluate(proposal.value)})``.
         """
         assert self.core.conn.nursery is not None, "the session is not initialized"
