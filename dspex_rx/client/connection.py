@@ -1,5 +1,5 @@
 """One session's connection: channel and credentials, the embedded server, attaching and
-re-attaching, the heartbeat, the background services, close, and the unary ``call``."""
+re-attaching, the heartbeat, the background services (watch hub, cache), close, ``call``."""
 
 from __future__ import annotations
 
@@ -84,7 +84,6 @@ class Connection:
         self,
         session_id: str | None,
         target: str | None,
-        cache: VariableCache,
         *,
         metadata: Mapping[str, Any] | None,
         ttl_seconds: float,
@@ -97,6 +96,9 @@ class Connection:
         principal_key: str | None,
         limits: Limits | None,
         max_message_bytes: int | None,
+        cache_ttl: float | None,
+        cache_max_size: int | None,
+        cache_eviction_policy: str,
     ) -> None:
         if target is not None and not isinstance(target, str):
             raise TypeError(target_error(target))
@@ -134,7 +136,6 @@ class Connection:
         self.ttl_seconds = ttl_seconds
         self.client_name = client_name
         self.timeout = timeout
-        self.cache = cache
         self.send: CallFn = self.call
         self.embedded: EmbeddedHandle | None = None
         self.transport: Any = None
@@ -159,6 +160,11 @@ class Connection:
         self._lost_reason = ""
         self.closed = False
         self._portal_release: Callable[[], None] | None = None
+        # Made last, as before the split: bad connection arguments are reported first. The
+        # watch hub writes pushed values into it.
+        self.cache = VariableCache(
+            ttl=cache_ttl, max_size=cache_max_size, eviction_policy=cache_eviction_policy
+        )
 
     def require_session_id(self) -> str:
         """The server's id for the session; ``RuntimeError`` before ``open`` or after close.

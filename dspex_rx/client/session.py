@@ -69,15 +69,14 @@ class SessionContext(OptimizationCalls):
         tls_server_name: str | None = None, principal_key: str | None = None,
         limits: Limits | None = None, max_message_bytes: int | None = None,
     ) -> None:
-        self._cache = VariableCache(
-            ttl=cache_ttl, max_size=cache_max_size, eviction_policy=cache_eviction_policy
-        )
         self._conn = Connection(
-            session_id, target, self._cache, metadata=metadata, ttl_seconds=ttl_seconds,
+            session_id, target, metadata=metadata, ttl_seconds=ttl_seconds,
             client_name=client_name, timeout=timeout, token=token, tls=tls, ca_cert=ca_cert,
             tls_server_name=tls_server_name, principal_key=principal_key, limits=limits,
-            max_message_bytes=max_message_bytes,
+            max_message_bytes=max_message_bytes, cache_ttl=cache_ttl,
+            cache_max_size=cache_max_size, cache_eviction_policy=cache_eviction_policy,
         )
+        self._cache = self._conn.cache
         # Every call of every component goes through ``_call``, so one wrapper there (tests
         # inject faults that way) sees all of them, the connection's own included.
         self._conn.send = self._send
