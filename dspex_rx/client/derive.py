@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -13,7 +13,9 @@ from reactivex import abc as rx_abc
 
 from dspex_rx.client.actors import VariableUpdate
 from dspex_rx.client.aio import portal_aware
-from dspex_rx.core.types import same_value
+from dspex_rx.client.core import SessionCore
+from dspex_rx.core.types import infer_type, same_value
+from dspex_rx.errors import InvalidValueError
 from dspex_rx.logs import get_logger
 
 if TYPE_CHECKING:
@@ -34,12 +36,8 @@ class Derived:
     coming; recomputation waits for it, so a chain never computes from a stale link.
     The task ends when the variable or one of its inputs is deleted.
 
-    Example::
-
-        derived = await session.derive("effective_temperature",
-                                       ["base_temperature", "style_modifier"],
-                                       lambda base, style: base * style)
-        derived.cancel()
+    Example: ``await session.derive("effective_temperature", ["base_temperature",
+    "style_modifier"], lambda base, style: base * style)`` returns one.
     """
 
     def __init__(
@@ -107,9 +105,7 @@ class Derived:
     async def run(self) -> None:
         """Subscribe to the inputs and recompute until cancelled (the session runs this).
 
-        Example::
-
-            nursery.start_soon(derived.run)
+        Example: ``nursery.start_soon(derived.run)`` keeps it current.
         """
         with self._scope:
             try:
@@ -165,9 +161,7 @@ class Derived:
         """Wait until every input update seen so far has been recomputed and written
         (returns at once once the task has ended).
 
-        Example::
-
-            await session.sync(); await derived.settled()
+        Example: ``await derived.settled()`` after ``await session.sync()``.
         """
         if not self.ended:
             await self._idle.wait()
@@ -175,8 +169,49 @@ class Derived:
     def cancel(self) -> None:
         """Stop recomputing (the variable stays, with its last value).
 
-        Example::
-
-            derived.cancel()
+        Example: ``derived.cancel()`` stops recomputing.
         """
         self._scope.cancel()
+
+
+async def derive(
+    session: SessionContext,
+    core: SessionCore,
+    name: str,
+    inputs: Sequence[str],
+    fn: Callable[..., Any],
+    type: str | None = None,
+    constraints: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    description: str = "",
+) -> Derived:
+    """Register ``name`` as a computed variable: ``fn(*input_values)`` (sync or async),
+    with ``inputs`` as its dependencies, recomputed by this session from the latest
+    inputs and written back with ``source='derived'``. Glitch-free: an atomic batch
+    that changes several inputs causes one recomputation from all of its new values.
+    ``type`` defaults to the type of the first result. Returns a ``Derived`` handle
+    (``cancel()`` stops recomputing; closing the session does too).
+
+    Example: ``await session.derive("effective_temperature", ["base_temperature",
+    "style_modifier"], lambda base, style: base * style)`` returns the ``Derived``.
+    """
+    if isinstance(inputs, str) or not inputs:
+        raise InvalidValueError(f"variable {name!r}: derive needs a list of input variables")
+    nursery = core.nursery()  # RuntimeError: the session is not initialized
+    current = await session.get_variables(list(inputs), include_metadata=True)
+    input_values = [current[ref]["value"] for ref in inputs]
+    result = fn(*input_values)
+    if inspect.isawaitable(result):
+        result = await result
+    type_name = type or infer_type(name, result)
+    var_id = await session.register_variable(
+        name, type_name, result, constraints=constraints,
+        metadata={**(metadata or {}), "derived_from": list(inputs)},
+        description=description, dependencies=list(inputs),
+    )
+    derived_inputs = [
+        i for i, ref in enumerate(inputs) if "derived_from" in current[ref]["metadata"]
+    ]
+    derived = Derived(session, name, inputs, fn, result, input_values, var_id, derived_inputs)
+    nursery.start_soon(derived.run, name=f"dspex-rx-derive[{name}]")
+    return derived

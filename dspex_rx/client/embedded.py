@@ -18,16 +18,21 @@ from dspex_rx.errors import InvalidValueError
 class EmbeddedHandle(Protocol):
     """A server the client started for itself: ``start()`` returns its ``host:port``.
 
-    Example (prose): ``handle.start()`` returns ``"127.0.0.1:<port>"``; ``handle.stop()``
-    ends it.
+    Example: ``handle.start()`` returns ``"127.0.0.1:<port>"``; ``handle.stop()`` ends it.
     """
 
     def start(self) -> str:
-        """Serve, and return ``host:port``. Example: ``handle.start()`` -> ``"127.0.0.1:50123"``."""
+        """Start serving (on a worker thread) and return the ``host:port`` target.
+
+        Example: ``target = handle.start()``.
+        """
         ...
 
     def stop(self) -> None:
-        """Stop serving. Example: ``handle.stop()`` after the last session closed."""
+        """Stop the server.
+
+        Example: ``handle.stop()``.
+        """
         ...
 
 
@@ -65,8 +70,8 @@ def registered_factory() -> EmbeddedFactory:
 async def start_embedded(limits: Limits | None) -> tuple[EmbeddedHandle, str]:
     """Start an embedded server on a worker thread; returns the handle and its target.
 
-    Example (prose): ``handle, target = await start_embedded(None)`` serves on
-    127.0.0.1 until ``handle.stop()``.
+    Example: ``handle, target = await start_embedded(None)`` serves on 127.0.0.1 until
+    ``handle.stop()``.
     """
     handle = registered_factory()(limits)
     target = await trio.to_thread.run_sync(handle.start)

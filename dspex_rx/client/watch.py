@@ -39,11 +39,8 @@ class Watch:
     until it ends, and then returns the last update (see ``run``);
     ``session.cancel_watch(task)`` cancels that task and ends the watch.
 
-    Example::
-
-        async with session.watch_variable("progress", throttle_ms=500) as watch:
-            async for update in watch:
-                print(update.value)
+    Example: ``session.watch_variable("progress", throttle_ms=500)`` is one: use it in
+    ``async with`` and iterate it with ``async for``.
     """
 
     def __init__(
@@ -75,9 +72,7 @@ class Watch:
     def closed(self) -> bool:
         """True once the watch has ended (buffered updates may still be read).
 
-        Example::
-
-            if watch.closed: ...
+        Example: ``watch.closed`` is True once ``watch.cancel()`` ran.
         """
         return self._closed
 
@@ -121,9 +116,7 @@ class Watch:
     def cancel(self) -> None:
         """End the watch: unsubscribe now; an iterating consumer stops after what is buffered.
 
-        Example::
-
-            watch.cancel()
+        Example: ``watch.cancel()`` ends it.
         """
         self._subscription.dispose()
         self._end()
@@ -141,9 +134,7 @@ class Watch:
     async def next(self) -> VariableUpdate:
         """The next update (what ``async for`` takes); ``StopAsyncIteration`` at the end.
 
-        Example::
-
-            update = await watch.next()
+        Example: ``update = await watch.next()``.
         """
         while not self._buffer:
             if self._closed:
@@ -164,11 +155,8 @@ class Watch:
         deletion, the session closing) or the caller is cancelled (which ends it); returns
         the last update, None if none came. This is what a task made from the watch runs.
 
-        Example::
-
-            task = asyncio.create_task(session.watch_variable("temperature"))
-            ...
-            session.cancel_watch(task)
+        Example: ``session.cancel_watch(asyncio.create_task(session.watch_variable("t")))``
+        ends the task's watch.
         """
         last: VariableUpdate | None = None
         async for update in self:
@@ -180,9 +168,7 @@ class Watch:
     def send(self, value: Any) -> Any:
         """Coroutine protocol: step ``run()`` (what an asyncio task does with a watch).
 
-        Example::
-
-            task = asyncio.create_task(watch)   # the task calls watch.send(None)
+        Example: ``asyncio.create_task(watch)``; the task calls ``watch.send(None)``.
         """
         if self._driver is None:
             self._driver = self.run()
@@ -191,9 +177,7 @@ class Watch:
     def throw(self, *exc: Any) -> Any:
         """Coroutine protocol: raise into ``run()`` (a task's cancellation ends the watch).
 
-        Example::
-
-            task.cancel()   # the task calls watch.throw(CancelledError())
+        Example: ``task.cancel()``; the task calls ``watch.throw(CancelledError())``.
         """
         if self._driver is None:
             self._driver = self.run()
@@ -203,9 +187,7 @@ class Watch:
         """Coroutine protocol: close ``run()`` if a task started it (``cancel()`` ends the
         watch itself).
 
-        Example::
-
-            watch.close()
+        Example: ``watch.close()``.
         """
         if self._driver is not None:
             self._driver.close()
@@ -213,9 +195,7 @@ class Watch:
     async def aclose(self) -> None:
         """Same as ``cancel()``, for ``contextlib.aclosing`` and friends.
 
-        Example::
-
-            await watch.aclose()
+        Example: ``await watch.aclose()``.
         """
         self.cancel()
 
@@ -223,9 +203,7 @@ class Watch:
         """Wait until the server has registered the watch: a change committed after this
         returns is certain to arrive (the subscription itself is sent asynchronously).
 
-        Example::
-
-            watch = await session.watch_variable("x").started()
+        Example: ``watch = await session.watch_variable("x").started()``.
         """
         if self._ready is not None:
             await self._ready()
@@ -249,9 +227,7 @@ def commit_revision(update: VariableUpdate) -> int:
     """The revision of the commit an update came from (a ``dependency_changed`` carries the
     dependent's own last revision in ``revision``, the change's in its metadata).
 
-    Example::
-
-        sorted(updates, key=commit_revision)
+    Example: ``sorted(updates, key=commit_revision)`` orders updates by commit.
     """
     if update.update_type == "dependency_changed":
         source = update.metadata.get("source_revision")
@@ -264,9 +240,7 @@ def keep_latest(previous: VariableUpdate | None, new: VariableUpdate) -> Variabl
     """Which update stands for a variable when two are collapsed into one: the newer,
     except that a notification never hides the value change it followed.
 
-    Example::
-
-        kept = keep_latest(held.get(var_id), update)
+    Example: ``keep_latest(held.get(var_id), update)`` is the update to hold.
     """
     if (
         previous is not None
@@ -285,9 +259,7 @@ def debounce_settled(window_s: float) -> Callable[
     the latest update of each variable that changed, in revision order. Initial values
     pass at once; completion flushes what is held.
 
-    Example::
-
-        merged.pipe(debounce_settled(0.2)).subscribe(print)
+    Example: ``merged.pipe(debounce_settled(0.2)).subscribe(print)``.
     """
 
     def operator(
