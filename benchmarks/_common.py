@@ -71,7 +71,7 @@ def server_process(
     with tempfile.TemporaryDirectory(prefix="dspex-rx-bench-") as tmp:
         port_file = Path(tmp) / "port"
         cmd = [
-            sys.executable, "-m", "dspex_rx.cli", "serve",
+            sys.executable, "-m", "dspex_rx.server.cli", "serve",
             "--port", "0", "--port-file", str(port_file), "--log-level", "warning",
         ]
         # The server's stdout goes to our stderr so stdout stays pure JSON lines.

@@ -1,7 +1,7 @@
 """Owns the batch benchmark: one ``update_variables`` / ``get_variables`` call for 100
 variables against 100 single-variable calls.
 
-The server runs in a separate process (``python -m dspex_rx.cli serve --port 0``), the client
+The server runs in a separate process (``python -m dspex_rx.server.cli serve --port 0``), the client
 is one trio program with one session on one channel. Each figure is one JSON line on stdout;
 progress goes to stderr.
 

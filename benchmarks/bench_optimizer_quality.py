@@ -1,7 +1,7 @@
 """Owns the optimizer quality benchmark: how many noisy evaluations each built-in optimizer
 needs before its recommendation is near the optimum of a 1-d function with a decoy.
 
-No server: the optimizers are pure algorithms (``dspex_rx.optimizers``), driven here by the
+No server: the optimizers are pure algorithms (``dspex_rx.client.optimization``), driven here by the
 same ask/tell loop the runner uses, so the figures measure search quality only.
 
 Objective, on ``x`` in ``[0, 2]`` (a float variable with min 0 and max 2)::

@@ -1,7 +1,7 @@
 """Owns the reactive-client benchmark: cached reads, set->observer latency, events/s to a
 watcher under a burst, and client memory per watched variable.
 
-The server runs in a separate process (``python -m dspex_rx.cli serve --port 0``); the client
+The server runs in a separate process (``python -m dspex_rx.server.cli serve --port 0``); the client
 is one trio program. Figures that need a writer and a watcher use two connections attached
 to the same server session (the second ``connect`` passes the first one's ``session_id``),
 so the write travels A -> server -> B's Session stream -> B's variable actor -> observer.

@@ -1,6 +1,6 @@
 """Owns the unary-call benchmark: variable get/set calls/s against the raw Echo RPC, and wire bytes.
 
-The server runs in a separate process (``python -m dspex_rx.cli serve --port 0``), the client
+The server runs in a separate process (``python -m dspex_rx.server.cli serve --port 0``), the client
 is one trio program with one session on one channel, going through the same trio <-> asyncio
 bridge as every other call. Each figure is one JSON line on stdout; progress goes to stderr.
 
