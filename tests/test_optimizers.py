@@ -1,4 +1,4 @@
-"""The optimizer algorithms (``dspex_rx.optimizers``), without a server.
+"""The optimizer algorithms (``dspex_rx.client.optimization``), without a server.
 
 It proves that:
 

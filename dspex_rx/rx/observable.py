@@ -31,7 +31,7 @@ def _subscribe_in_run(
     subscribe: Callable[..., abc.DisposableBase], token: trio.lowlevel.TrioToken,
     on_next: Any, on_error: Any, on_completed: Any, scheduler: abc.SchedulerBase,
 ) -> abc.DisposableBase:
-    # Without an asyncio-aware hook (client/aio.py registers one), subscribing and
+    # Without an asyncio-aware hook (client/crossings.py registers one), subscribing and
     # disposing happen in the trio run and the callbacks run there too.
     inner = trio.from_thread.run_sync(
         lambda: subscribe(on_next, on_error, on_completed, scheduler=scheduler),
