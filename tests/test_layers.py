@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import layers_tree
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dspex_rx"
@@ -208,3 +209,9 @@ def test_each_module_is_small_and_says_what_it_owns(dotted: str, path: Path) -> 
         if isinstance(node, ast.ClassDef):
             size = (node.end_lineno or node.lineno) - node.lineno + 1
             assert size <= MAX_CLASS_LINES, f"{dotted}.{node.name} has {size} lines"
+
+
+def test_architecture_opens_with_the_tree_as_it_is() -> None:
+    # The map users read first must be the code's: regenerate with tests/layers_tree.py.
+    architecture = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    assert layers_tree.documented(architecture) == layers_tree.render()
