@@ -3,7 +3,8 @@
 Import from here; the modules below are the engine's parts.
 """
 
-from dspex_rx.store.memory import (
+from dspex_rx.store.engine import MemoryStore
+from dspex_rx.store.records import (
     ITEM_OVERHEAD,
     MAX_SOURCE_NAMES,
     OPTIMIZATION_EVENT,
@@ -12,7 +13,6 @@ from dspex_rx.store.memory import (
     HistoryEntry,
     ImportReport,
     Listener,
-    MemoryStore,
     Snapshot,
     SnapshotDependency,
     SnapshotVariable,

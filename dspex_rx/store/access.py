@@ -1,0 +1,301 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from dspex_rx.core.access import (
+    ANY_SESSION,
+    TIME_CONDITIONS,
+    AccessRule,
+    check_permission,
+    check_rules,
+)
+from dspex_rx.core.identity import is_glob
+from dspex_rx.errors import (
+    AccessDeniedError,
+    InvalidValueError,
+    VariableNotFoundError,
+)
+from dspex_rx.store.accounts import (
+    Accounts,
+)
+from dspex_rx.store.base import (
+    _show,
+)
+from dspex_rx.store.records import (
+    VariableRecord,
+)
+from dspex_rx.store.state import (
+    Session,
+)
+
+
+class Access(Accounts):
+    """TODO."""
+
+    def claimed(self, session_id: str) -> bool:
+        """Whether the id is live, or retired and still claimed by its last session's token.
+
+        Example::
+
+            store.claimed("bob")
+        """
+        return session_id in self._sessions or self._retired.claims(session_id)
+
+    def claim_of(self, session_id: str) -> int:
+        """The claim number of a live or retired id (0: nobody's), see ``identity.py``.
+
+        Example::
+
+            store.claim_of("bob")
+        """
+        session = self._sessions.get(session_id)
+        return session.claim if session is not None else self._retired.claim_of(session_id)
+
+    def _checked_rules(
+        self, name: str, type_name: str, rules: Any
+    ) -> tuple[AccessRule, ...]:
+        return self._bind_rules(name, check_rules(name, type_name, rules))
+
+    def _bind_rules(
+        self, name: str, clean: tuple[AccessRule, ...]
+    ) -> tuple[AccessRule, ...]:
+        # check_rules is the shape; here, whether each rule names who the owner means, and
+        # each exact unreserved id bound to its claim (a rule from an export must find the
+        # claim it was written for).
+        if not self.identity_checked:
+            return tuple(dataclasses.replace(rule, claim=0) for rule in clean)
+        out = []
+        for index, rule in enumerate(clean):
+            pattern = rule.session_pattern
+            where = f"variable {name!r}: access rule {index}: session_pattern {pattern!r}"
+            if pattern == ANY_SESSION or self.principals.covers(pattern):
+                if rule.claim:
+                    # Bound to an ordinary id's claim where it was written (another
+                    # server, or before the namespace was reserved): here a principal
+                    # holds it, another party.
+                    raise InvalidValueError(
+                        f"{where} was written for the party that held an ordinary id, and "
+                        "another party holds it now (here it is 'any' or reserved for a "
+                        "principal); rewrite the rule to grant the session you mean"
+                    )
+                out.append(rule)
+                continue
+            if is_glob(pattern):
+                raise InvalidValueError(
+                    f"{where} is a glob over ids anyone may create, so it would grant "
+                    "whoever names a session to match; a glob must lie in a namespace "
+                    f"reserved on the server ({self._reserved()}), or use 'any' to mean "
+                    "every session"
+                )
+            claim = self.claim_of(pattern)
+            if not claim:
+                raise InvalidValueError(
+                    f"{where} names no session this server knows, so whoever creates it "
+                    "first would get the grant; name a session that exists or has "
+                    f"existed, an id reserved on the server ({self._reserved()}), or 'any'"
+                )
+            if rule.claim and rule.claim != claim:
+                raise InvalidValueError(
+                    f"{where} was written for the party that held that id then (on this "
+                    "server or another), and another party holds it now; rewrite the rule "
+                    "to grant the session you mean"
+                )
+            out.append(dataclasses.replace(rule, claim=claim))
+        return tuple(out)
+
+    def _reserved(self) -> str:
+        if not self.principals:
+            return "this server reserves none: see principals / --principals"
+        return "reserved: " + ", ".join(repr(ns.pattern) for ns in self.principals.namespaces)
+
+    def _resolve(self, session: Session, ref: str) -> VariableRecord:
+        if not isinstance(ref, str) or not ref:
+            raise InvalidValueError("a variable name or id is required")
+        record = session.variables.get(ref)
+        if record is None:
+            var_id = session.names.get(ref)
+            record = session.variables.get(var_id) if var_id else None
+        if record is None:
+            owner = self._owner(ref)
+            if owner is not None and owner != session.id and isinstance(ref, str):
+                # Another session's variable, which needs a permission: callers that may
+                # act on foreign variables go through _locate.
+                foreign = self._sessions[owner]
+                if self._rights(session.id, foreign, ref):
+                    raise InvalidValueError(
+                        f"variable {ref!r} belongs to session {owner!r}: this operation "
+                        f"works on variables of session {session.id!r} only"
+                    )
+            raise VariableNotFoundError(f"no variable {_show(ref)} in session {session.id!r}")
+        return record
+
+    def _rights(self, caller_id: str, owner: Session, var_id: str) -> set[str]:
+        # What a non-owner may do: the union of the matching rules whose time holds.
+        caller = self._sessions.get(caller_id)
+        claim = caller.claim if caller is not None else 0
+        return {p for r in self._live_rules(caller_id, claim, owner, var_id)
+                for p in r.permissions}
+
+    def _live_rules(
+        self, caller_id: str, claim: int, owner: Session, var_id: str
+    ) -> list[AccessRule]:
+        # The rules of ``owner``'s variable that name this caller and hold now.
+        rules = owner.rules.get(var_id)
+        if not rules:
+            return []
+        now = self._clock()
+        return [r for r in rules if r.matches(caller_id, claim) and r.active(now)]
+
+    def _locate(
+        self, caller: Session, ref: str, need: str, value: Any = None, check_value: bool = False
+    ) -> tuple[Session, VariableRecord]:
+        """The owner session and record of ``ref`` for a caller that needs ``need``.
+
+        The caller's own variables (by id or name) come first and allow everything.
+        Another session's variable is found by id only; a caller with no permission at
+        all on it gets the same ``VariableNotFoundError`` as for a missing variable (it
+        cannot learn the variable exists), one with some permission but not ``need``
+        gets ``AccessDeniedError``. ``need`` is a permission or ``"owner"`` (delete,
+        permissions, dependencies). With ``check_value`` a write must also be within
+        the value bounds of a rule that grants it.
+        """
+        if not isinstance(ref, str) or not ref:
+            raise InvalidValueError("a variable name or id is required")
+        record = caller.variables.get(ref)
+        if record is None:
+            var_id = caller.names.get(ref)
+            record = caller.variables.get(var_id) if var_id else None
+        if record is not None:
+            return caller, record
+        owner_id = self._owner(ref)
+        owner = self._sessions.get(owner_id) if owner_id else None
+        # One reading of the rules (and the clock) serves the rights and the write bounds.
+        live = self._live_rules(caller.id, caller.claim, owner, ref) if owner is not None else []
+        granted = {p for r in live for p in r.permissions}
+        if owner is None or owner is caller or not granted:
+            raise VariableNotFoundError(f"no variable {_show(ref)} in session {caller.id!r}")
+        record = owner.variables[ref]
+        if need == "owner":
+            raise AccessDeniedError(
+                f"variable {ref!r} ({record.name!r}) belongs to session {owner.id!r}; only "
+                f"its owner may do this (session {caller.id!r} may "
+                f"{', '.join(sorted(granted))})",
+                variable=ref, permission="owner",
+            )
+        if need not in granted:
+            raise AccessDeniedError(
+                f"session {caller.id!r} has no {need!r} permission on variable {ref!r} "
+                f"({record.name!r}, owned by session {owner.id!r})",
+                variable=ref, permission=need,
+            )
+        if check_value and need == "write":
+            rules = [r for r in live if "write" in r.permissions]
+            if not any(r.allows_value(value) for r in rules):
+                bounds = "; ".join(
+                    f"{r.conditions.get('min_value', '-inf')}.."
+                    f"{r.conditions.get('max_value', 'inf')}"
+                    for r in rules
+                )
+                raise AccessDeniedError(
+                    f"session {caller.id!r} may write variable {ref!r} ({record.name!r}) "
+                    f"only within the bounds of its rule(s) ({bounds}), not {value!r}",
+                    variable=ref, permission=need,
+                )
+        return owner, record
+
+    def may(self, session_id: str, var_id: str, permission: str) -> bool:
+        """Whether a session may use ``permission`` on a variable, by id (False when the
+        variable is gone). Used to re-check a live watch.
+
+        Example::
+
+            store.may("guest_1", "var_t_1", "observe")
+        """
+        owner_id = self._owner(var_id)
+        owner = self._sessions.get(owner_id) if owner_id else None
+        if owner is None or var_id not in owner.variables:
+            return False
+        if owner.id == session_id:
+            return True
+        return permission in self._rights(session_id, owner, var_id)
+
+    def lookup(self, session_id: str, ref: str, permission: str) -> VariableRecord:
+        """The record of ``ref`` if the session may use ``permission`` on it (``KeyError``
+        if it cannot see it, ``AccessDeniedError`` if it lacks the permission).
+
+        Example::
+
+            store.lookup("guest_1", "var_t_1", "optimize")
+        """
+        return self._locate(self.session(session_id), ref, permission)[1]
+
+    def timed_rules(self, session_id: str, var_id: str) -> bool:
+        """Whether a rule of another session's variable that names ``session_id`` has a
+        time condition (so its rights may have changed without a permissions commit).
+
+        Example::
+
+            store.timed_rules("guest_1", "var_t_1")
+        """
+        owner = self._sessions.get(self._owner(var_id) or "")
+        rules = owner.rules.get(var_id, ()) if owner is not None else ()
+        claim = self.claim_of(session_id)
+        return any(r.matches(session_id, claim)
+                   and any(k in r.conditions for k in TIME_CONDITIONS)
+                   for r in rules)
+
+    def owner_of(self, var_id: str) -> str | None:
+        """The id of the session that owns a variable, or None.
+
+        Example::
+
+            store.owner_of("var_t_1")
+        """
+        return self._owner(var_id)
+
+    def check_access(self, session_id: str, ref: str, permission: str) -> bool:
+        """Whether the session may use ``permission`` on the variable: ``False`` for a
+        missing permission and for a variable it cannot see at all (the spec: "True if
+        access granted, False otherwise"; an unknown variable answers the same, so the
+        answer reveals nothing). An unknown permission name raises ``ValueError``.
+
+        Example::
+
+            store.check_access("guest_1", "var_t_1", "write")
+        """
+        check_permission(permission)
+        caller = self.session(session_id)
+        try:
+            self._locate(caller, ref, permission)
+        except (AccessDeniedError, VariableNotFoundError):
+            return False
+        return True
+
+    def visible(self, session_id: str, ref: str) -> bool:
+        """Whether the session can see the variable at all (its own, or another's it has
+        some permission on).
+
+        Example::
+
+            store.visible("guest_1", "var_t_1")
+        """
+        try:
+            self._locate(self.session(session_id), ref, "read")
+        except AccessDeniedError:
+            return True
+        except VariableNotFoundError:
+            return False
+        return True
+
+    def rules(self, session_id: str, ref: str) -> tuple[AccessRule, ...]:
+        """A variable's access rules (its owner only).
+
+        Example::
+
+            store.rules(sid, "temperature")
+        """
+        owner, record = self._locate(self.session(session_id), ref, "owner")
+        return owner.rules.get(record.id, ())

@@ -1,0 +1,296 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dspex_rx.core.identity import Principals, RetiredIds
+from dspex_rx.core.limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_length,
+    measure_map,
+    measure_value,
+    too_big,
+)
+from dspex_rx.core.types import (
+    INT64_MAX,
+    check_constraints,
+    check_metadata,
+    keep_origin,
+    normalize_type,
+    validate_stored,
+    validate_value,
+)
+from dspex_rx.errors import (
+    InvalidValueError,
+    SessionNotFoundError,
+    VariableTypeError,
+)
+from dspex_rx.logs import get_logger
+from dspex_rx.store.backend import Backend
+from dspex_rx.store.memory.backend import MemoryBackend
+from dspex_rx.store.records import (
+    ITEM_OVERHEAD,
+)
+from dspex_rx.store.state import (
+    Session,
+)
+
+log = get_logger("dspex_rx.store")
+
+
+MAX_TTL = 7 * 24 * 3600.0
+
+
+MAX_ITERATIONS = 10_000_000
+
+
+# Ended leases kept per variable, for status by optimization id and for resync.
+RECENT_LEASES = 16
+
+
+MAX_VERSION = INT64_MAX
+
+
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
+
+
+# Room a batch's answer needs beyond the stored values: per entry (id, name, type,
+# timestamps, versions) and for the whole message.
+BATCH_ENTRY_FRAMING = 512
+
+
+BATCH_FRAMING = 64 * 1024
+
+
+# The shape of the ids the store makes (``var_<name>_<n>``). Ids are addressed across
+# sessions, so no session may name a variable like one (whether or not that id exists,
+# which a check would disclose).
+ID_SHAPE_RE = re.compile(r"var_.+_[0-9]+")
+
+
+def _check_not_id_shaped(name: str) -> None:
+    if ID_SHAPE_RE.fullmatch(name):
+        raise InvalidValueError(
+            f"variable name {name!r} is shaped like a variable id (var_<name>_<n>), which "
+            "names a variable in any session; choose another name"
+        )
+
+
+def _random_id() -> int:
+    # A claim or incarnation number: random (unguessable, unlikely to meet another
+    # server's), positive, and within int64 (export files' integers).
+    return secrets.randbits(62) + 1
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidValueError(
+            f"variable name {_show(name)} is not valid (letters, digits, _ . - /; up to "
+            "256 characters, not starting with a digit)"
+        )
+
+
+def _show(text: Any, limit: int = 80) -> str:
+    # A user-supplied string as error messages quote it: repr, cut to ``limit`` characters
+    # (a megabyte ref must not come back as a megabyte message).
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...{shown[0]}"
+
+
+def _plain_dict(value: Any) -> Any:
+    # Mappings become dicts for check_metadata; anything else goes on to be refused there.
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+class StoreBase:
+    """TODO."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        default_ttl: float = 60.0,
+        limits: Limits | None = None,
+        max_variables_per_session: int | None = None,
+        log_size: int = 10_000,
+        history_size: int | None = None,
+        lease_ttl: float = 30.0,
+        optimization_history_size: int = 10_000,
+        principals: Principals | Mapping[str, str] | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        # Where the state lives (backend.py): records, revisions, commit logs, watchers.
+        self._backend: Backend = backend if backend is not None else MemoryBackend()
+        self._clock = clock
+        self.default_ttl = default_ttl
+        self.lease_ttl = lease_ttl
+        self.optimization_history_size = optimization_history_size
+        if history_size is not None and history_size < 1:
+            raise InvalidValueError(f"history_size must be at least 1, got {history_size}")
+        # The two limits that were constructor arguments before Limits stay so.
+        self.limits = (limits or DEFAULT_LIMITS).replace(
+            max_variables_per_session=max_variables_per_session, history_size=history_size
+        )
+        self.log_size = log_size
+        self._ids = itertools.count(1)
+        # The memory accounts of all sessions together (see Session.used / pinned).
+        self.used_bytes = 0
+        self.pinned_bytes = 0
+        # Who an id belongs to (identity.py): reserved namespaces, and ended ids that stay
+        # claimed by their token, so a rule naming an id keeps naming the same party.
+        self.principals = (
+            principals if isinstance(principals, Principals) else Principals(principals)
+        )
+        self._retired = RetiredIds(self.limits.max_retired_sessions)
+        # Whether rules must name parties whose identity is checked; a server that checks
+        # no tokens (auth="none") turns it off, since there no id is anyone's.
+        self.identity_checked = True
+
+    @property
+    def history_size(self) -> int:
+        """Versions kept per variable (``limits.history_size``).
+
+        Example::
+
+            MemoryStore(history_size=5).history_size
+        """
+        return self.limits.history_size
+
+    @property
+    def max_variables_per_session(self) -> int:
+        """``limits.max_variables_per_session``.
+
+        Example::
+
+            MemoryStore().max_variables_per_session
+        """
+        return self.limits.max_variables_per_session
+
+    @property
+    def revision(self) -> int:
+        """The newest revision of any commit in the store.
+
+        Example::
+
+            store.revision
+        """
+        return self._backend.revision
+
+    @property
+    def _revision(self) -> int:
+        # One revision counter for all sessions (a stream can carry several sessions'
+        # events in one order): the backend's.
+        return self._backend.revision
+
+    @property
+    def _sessions(self) -> Mapping[str, Session]:
+        return self._backend.sessions
+
+    def _owner(self, var_id: str) -> str | None:
+        # The session that owns a variable id (ids are addressed across sessions).
+        return self._backend.read().owner(var_id)
+
+    def session(self, session_id: str) -> Session:
+        """The live session, or ``SessionNotFoundError``.
+
+        Example::
+
+            store.session("sess_1").revision
+        """
+        try:
+            return self._sessions[session_id]
+        except (KeyError, TypeError):
+            raise SessionNotFoundError(
+                f"no session {_show(session_id)} (never created, closed, or expired)"
+            ) from None
+
+    def session_ids(self) -> list[str]:
+        """Ids of the live sessions.
+
+        Example::
+
+            assert "sess_1" in store.session_ids()
+        """
+        return list(self._sessions)
+
+    def _check_reason(self, what: str, reason: Any) -> None:
+        if not isinstance(reason, str):
+            raise VariableTypeError(f"{what} must be a string")
+        check_length(what, reason, "max_string_length", self.limits.max_string_length)
+
+    def _declared(
+        self, name: str, type_: Any, raw_constraints: Any
+    ) -> tuple[str, dict[str, Any], int]:
+        # A new variable's type and constraints, checked, and the bytes charged once for
+        # it so far (the item, its constraints).
+        type_name = normalize_type(type_)
+        fixed = ITEM_OVERHEAD
+        if raw_constraints is not None:
+            if not isinstance(raw_constraints, Mapping):
+                raise VariableTypeError(f"variable {name!r}: constraints must be a dict")
+            fixed += measure_map(raw_constraints, self.limits, f"variable {name!r}: constraints")
+        constraints = check_constraints(
+            name, type_name, raw_constraints, max_pattern_length=self.limits.max_pattern_length
+        )
+        return type_name, constraints, fixed
+
+    def _description_size(self, name: str, description: Any) -> int:
+        if not isinstance(description, str):
+            raise VariableTypeError(f"variable {name!r}: description must be a string")
+        check_length(f"variable {name!r}: description", description, "max_description_length",
+                     self.limits.max_description_length)
+        return measure_value(description, self.limits, f"variable {name!r}: description")
+
+    def _validated(
+        self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
+    ) -> tuple[Any, int]:
+        # Validate a value and measure what will be stored (the measure checks depth,
+        # items and size). Validation recurses through what it was given: a structure
+        # deeper than Python's stack (only an in-process caller can make one; protobuf
+        # stops the wire's at ~48 levels) is refused as too deep.
+        where = f"variable {name!r}: value"
+        try:
+            clean = keep_origin(value, validate_value(name, type_name, value, constraints))
+        except RecursionError:
+            raise too_big(f"{where} nests too deep to validate", 0, "max_depth",
+                          self.limits.max_depth) from None
+        return clean, measure_value(clean, self.limits, where)
+
+    def _clean_metadata(
+        self, name: str, metadata: Mapping[str, Any] | None, where: str, depth: int = 1
+    ) -> tuple[dict[str, Any], int]:
+        # Metadata-like maps (metadata, config, metrics): the limits, then the JSON rules.
+        if metadata is None:
+            return {}, 0
+        if not isinstance(metadata, dict):
+            raise VariableTypeError(f"{where} must be a dict")
+        size = measure_map(metadata, self.limits, where, depth)
+        return check_metadata(name, metadata), size
+
+    def _check_batch_bytes(self, size: int, count: int, what: str) -> None:
+        # What one batch stores is echoed in one answer (records, changed values), so it
+        # must fit one message with the framing of each entry.
+        total = size + count * BATCH_ENTRY_FRAMING
+        limit = self.limits.max_message_bytes - BATCH_FRAMING
+        if total > limit:
+            raise too_big(
+                f"{what} would store {total} bytes, more than one message can echo back "
+                f"({limit} bytes)", total, "max_message_bytes", self.limits.max_message_bytes,
+            )
+
+    def _stored(
+        self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
+    ) -> Any:
+        # validate_stored, with a structure deeper than Python's stack refused as too deep.
+        try:
+            return validate_stored(name, type_name, value, constraints)
+        except RecursionError:
+            raise too_big(f"variable {name!r}: value nests too deep to validate", 0,
+                          "max_depth", self.limits.max_depth) from None
