@@ -38,18 +38,19 @@ class Access(Accounts):
     def claimed(self, session_id: str) -> bool:
         """Whether the id is live, or retired and still claimed by its last session's token.
 
-        Example::
-
-            store.claimed("bob")
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> _ = store.initialize_session("bob")
+        >>> store.claimed("bob"), store.claimed("carol")
+        (True, False)
         """
         return session_id in self._sessions or self._retired.claims(session_id)
 
     def claim_of(self, session_id: str) -> int:
         """The claim number of a live or retired id (0: nobody's), see ``identity.py``.
 
-        Example::
-
-            store.claim_of("bob")
+        Example: ``store.claim_of("bob")``
+        returns the claim number of ``bob`` (0 for an id nobody holds).
         """
         session = self._sessions.get(session_id)
         return session.claim if session is not None else self._retired.claim_of(session_id)
@@ -210,9 +211,8 @@ class Access(Accounts):
         """Whether a session may use ``permission`` on a variable, by id (False when the
         variable is gone). Used to re-check a live watch.
 
-        Example::
-
-            store.may("guest_1", "var_t_1", "observe")
+        Example: ``store.may("guest_1", "var_t_1", "observe")``
+        tells whether guest_1 may still watch the variable.
         """
         owner_id = self._owner(var_id)
         owner = self._sessions.get(owner_id) if owner_id else None
@@ -226,9 +226,8 @@ class Access(Accounts):
         """The record of ``ref`` if the session may use ``permission`` on it (``KeyError``
         if it cannot see it, ``AccessDeniedError`` if it lacks the permission).
 
-        Example::
-
-            store.lookup("guest_1", "var_t_1", "optimize")
+        Example: ``store.lookup("guest_1", "var_t_1", "optimize")``
+        returns the record guest_1 may optimize.
         """
         return self._locate(self.session(session_id), ref, permission)[1]
 
@@ -236,9 +235,8 @@ class Access(Accounts):
         """Whether a rule of another session's variable that names ``session_id`` has a
         time condition (so its rights may have changed without a permissions commit).
 
-        Example::
-
-            store.timed_rules("guest_1", "var_t_1")
+        Example: ``store.timed_rules("guest_1", "var_t_1")``
+        is True when a rule granting guest_1 has a time window.
         """
         owner = self._sessions.get(self._owner(var_id) or "")
         rules = owner.rules.get(var_id, ()) if owner is not None else ()
@@ -250,9 +248,12 @@ class Access(Accounts):
     def owner_of(self, var_id: str) -> str | None:
         """The id of the session that owns a variable, or None.
 
-        Example::
-
-            store.owner_of("var_t_1")
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> store.owner_of(store.get("s", "t").id), store.owner_of("var_nope_9")
+        ('s', None)
         """
         return self._owner(var_id)
 
@@ -262,9 +263,14 @@ class Access(Accounts):
         access granted, False otherwise"; an unknown variable answers the same, so the
         answer reveals nothing). An unknown permission name raises ``ValueError``.
 
-        Example::
-
-            store.check_access("guest_1", "var_t_1", "write")
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> _ = store.initialize_session("guest")
+        >>> var_id = store.get("s", "t").id
+        >>> store.check_access("s", "t", "write"), store.check_access("guest", var_id, "read")
+        (True, False)
         """
         check_permission(permission)
         caller = self.session(session_id)
@@ -278,9 +284,8 @@ class Access(Accounts):
         """Whether the session can see the variable at all (its own, or another's it has
         some permission on).
 
-        Example::
-
-            store.visible("guest_1", "var_t_1")
+        Example: ``store.visible("guest_1", "var_t_1")``
+        is False unless guest_1 has some permission on it.
         """
         try:
             self._locate(self.session(session_id), ref, "read")
@@ -293,9 +298,7 @@ class Access(Accounts):
     def rules(self, session_id: str, ref: str) -> tuple[AccessRule, ...]:
         """A variable's access rules (its owner only).
 
-        Example::
-
-            store.rules(sid, "temperature")
+        Example: ``store.rules(sid, "temperature")`` returns the variable's ``AccessRule`` tuple.
         """
         owner, record = self._locate(self.session(session_id), ref, "owner")
         return owner.rules.get(record.id, ())

@@ -176,9 +176,11 @@ class Accounts(StoreBase):
         """Recompute every memory account from the state; ``AssertionError`` on any
         difference. The property test calls it after every step.
 
-        Example::
-
-            store.check_accounts()
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> store.check_accounts()
         """
         used = pinned = 0
         for session in self._sessions.values():

@@ -157,9 +157,9 @@ class StoreBase:
     def history_size(self) -> int:
         """Versions kept per variable (``limits.history_size``).
 
-        Example::
-
-            MemoryStore(history_size=5).history_size
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> MemoryStore(history_size=5).history_size
+        5
         """
         return self.limits.history_size
 
@@ -167,9 +167,9 @@ class StoreBase:
     def max_variables_per_session(self) -> int:
         """``limits.max_variables_per_session``.
 
-        Example::
-
-            MemoryStore().max_variables_per_session
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> MemoryStore(max_variables_per_session=50).max_variables_per_session
+        50
         """
         return self.limits.max_variables_per_session
 
@@ -177,9 +177,12 @@ class StoreBase:
     def revision(self) -> int:
         """The newest revision of any commit in the store.
 
-        Example::
-
-            store.revision
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> store.revision
+        1
         """
         return self._backend.revision
 
@@ -200,9 +203,12 @@ class StoreBase:
     def session(self, session_id: str) -> Session:
         """The live session, or ``SessionNotFoundError``.
 
-        Example::
-
-            store.session("sess_1").revision
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> store.session("s").revision
+        1
         """
         try:
             return self._sessions[session_id]
@@ -214,9 +220,11 @@ class StoreBase:
     def session_ids(self) -> list[str]:
         """Ids of the live sessions.
 
-        Example::
-
-            assert "sess_1" in store.session_ids()
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> store.session_ids()
+        ['s']
         """
         return list(self._sessions)
 

@@ -197,9 +197,16 @@ class Committer(Access):
         what another session opens must not lock the owner out of its own streams. It
         is bounded by the watching session's own stream limit (one per owner per stream).
 
-        Example::
-
-            stop = store.add_listener(sid, frames.append); ...; stop()
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> frames = []
+        >>> stop = store.add_listener("s", frames.append)
+        >>> _ = store.set("s", "t", 0.9, actor="me")
+        >>> stop()
+        >>> [(c.revision, c.events[0].record.value) for c in frames]
+        [(2, 0.9)]
         """
         session = self.session(session_id)
         limit = self.limits.max_streams_per_session
@@ -214,9 +221,12 @@ class Committer(Access):
     def commits_since(self, session_id: str, revision: int) -> list[Commit] | None:
         """The logged commits after ``revision``, or None if the log no longer reaches back.
 
-        Example::
-
-            missed = store.commits_since(sid, 41)   # None -> resync from current values
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> [c.revision for c in store.commits_since("s", 0)]
+        [1]
         """
         self.session(session_id)
         return self._backend.commits_since(session_id, revision)

@@ -39,9 +39,15 @@ class Dependencies(Variables):
         A dependency that would close a cycle raises ``ValueError`` naming it
         (``a -> b -> a``); unknown variables raise ``KeyError``.
 
-        Example::
-
-            store.add_dependency(sid, "effective_temperature", "base_temperature")
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> specs = [VariableSpec("base", "float", 0.5), VariableSpec("eff", "float", 0.5)]
+        >>> _ = store.register("s", specs, actor="me")
+        >>> store.add_dependency("s", "eff", "base")
+        2
+        >>> [r.name for r, _, _ in store.dependencies("s", "eff")]
+        ['base']
         """
         session = self.session(session_id)
         dependent = self._resolve(session, from_ref)
@@ -78,9 +84,8 @@ class Dependencies(Variables):
     ) -> tuple[bool, int]:
         """Forget that ``from_ref`` depends on ``to_ref``; returns (existed, revision).
 
-        Example::
-
-            removed, revision = store.remove_dependency(sid, "eff", "base")
+        Example: ``store.remove_dependency(sid, "eff", "base")``
+        returns ``(True, revision)`` when the edge existed.
         """
         session = self.session(session_id)
         dependent = self._resolve(session, from_ref)
@@ -97,9 +102,8 @@ class Dependencies(Variables):
         """What ``ref`` depends on (or, with ``dependents``, what depends on it):
         (record, depth, the edge that reached it), nearest first.
 
-        Example::
-
-            [r.name for r, _, _ in store.dependencies(sid, "eff", transitive=True)]
+        Example: ``store.dependencies(sid, "eff", transitive=True)``
+        lists (record, depth, edge), nearest first.
         """
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "read")

@@ -8,9 +8,11 @@ from dspex_rx.store.exchange import Exchange
 class MemoryStore(Exchange):
     """Sessions and variables in memory; the default backend.
 
-    Example::
-
-        store = MemoryStore()
-        session, client_id, _ = store.initialize_session()
-        store.register(session.id, [VariableSpec("t", "float", 0.5)], actor=session.id)
+    >>> from dspex_rx.store import VariableSpec
+    >>> store = MemoryStore()
+    >>> session, client_id, _ = store.initialize_session()
+    >>> specs = [VariableSpec("t", "float", 0.5)]
+    >>> records, revision = store.register(session.id, specs, actor=session.id)
+    >>> store.get(session.id, "t").value, revision
+    (0.5, 1)
     """

@@ -61,9 +61,13 @@ class Exchange(ImportPlanning):
         values, types, constraints, metadata, descriptions, versions, and on request each
         one's retained history (oldest first) and what it depends on (by name).
 
-        Example::
-
-            snapshot = store.export_snapshot(sid, include_history=True, pattern=r".*model.*")
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> snapshot = store.export_snapshot("s", include_history=True)
+        >>> [(v.name, v.value, len(v.history)) for v in snapshot.variables]
+        [('t', 0.7, 1)]
         """
         session = self.session(session_id)
         variables = []
@@ -122,10 +126,15 @@ class Exchange(ImportPlanning):
 
         ``dry_run`` validates and reports what would happen, changing nothing.
 
-        Example::
-
-            report = store.import_snapshot(sid, snapshot, strategy="merge", dry_run=True)
-            [(o.name, o.action, o.message) for o in report.outcomes]
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> snapshot = store.export_snapshot("s")
+        >>> _ = store.initialize_session("copy")
+        >>> report = store.import_snapshot("copy", snapshot)
+        >>> [(o.name, o.action, o.version) for o in report.outcomes], report.applied
+        ([('t', 'create', 1)], True)
         """
         if strategy not in MERGE_STRATEGIES:
             raise InvalidValueError(

@@ -32,9 +32,13 @@ class History(Dependencies):
         down to ``current - offset - limit + 1``. Versions of that range that fell out of
         retention are reported in ``expired``, never silently left out.
 
-        Example::
-
-            page = store.history(sid, "temperature", limit=10, offset=0)
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> _ = store.set("s", "t", 0.9, actor="me")
+        >>> [(e.version, e.value) for e in store.history("s", "t", limit=10).entries]
+        [(2, 0.9), (1, 0.7)]
         """
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
@@ -66,9 +70,14 @@ class History(Dependencies):
         raise ``ValueError``. Another session's variable needs ``read`` as well as
         ``write``: choosing a past value is reading the history.
 
-        Example::
-
-            record, revision = store.rollback(sid, "temperature", 3, reason="bad sweep", actor="me")
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> _ = store.set("s", "t", 0.9, actor="me")
+        >>> record, revision = store.rollback("s", "t", 1, reason="bad sweep", actor="me")
+        >>> record.version, record.value
+        (3, 0.7)
         """
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "write")

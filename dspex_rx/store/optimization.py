@@ -63,10 +63,15 @@ class Optimization(History):
         ``takes_reports``: each proposal the holder writes is evaluated elsewhere and
         reported with ``report_metrics``.
 
-        Example::
-
-            lease, revision = store.start_optimization(sid, "t", optimizer_type="bayesian")
-            store.set(sid, "t", 0.4, actor="me", fencing_token=lease.token)
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> lease, _ = store.start_optimization("s", "t", optimizer_type="grid",
+        ...                                     client_id=client_id)
+        >>> record, _, _ = store.set("s", "t", 0.4, actor="me", fencing_token=lease.token)
+        >>> lease.state, record.value
+        ('running', 0.4)
         """
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "optimize")
@@ -167,11 +172,8 @@ class Optimization(History):
         record or None, revision). Everything is validated before anything changes; a
         lease that has ended raises ``OptimizationLockedError``.
 
-        Example::
-
-            store.optimization_step(sid, "t", lease.id, lease.token, proposal=(0.4, 1))
-            store.optimization_step(sid, "t", lease.id, lease.token,
-                                    evaluation=(1, 0.4, {"acc": 0.8}, 0.8))
+        Example: ``store.optimization_step(sid, "t", lease.id, lease.token, proposal=(0.4, 1))``
+        writes proposal 1 and renews the lease.
         """
         session, record, lease, clean = self._held(
             session_id, ref, optimization_id, fencing_token, evaluation
@@ -232,10 +234,8 @@ class Optimization(History):
         """End a run by its holder: record the last evaluation, write the final value and
         release the lease, in one commit. ``state`` is ``completed`` or ``failed``.
 
-        Example::
-
-            store.finish_optimization(sid, "t", lease.id, lease.token, final_value=0.4,
-                                      write_final=True, reason="converged")
+        Example: ``store.finish_optimization(sid, "t", lease.id, lease.token)`` ends the run
+        as completed (with ``write_final=True`` it also writes ``final_value``).
         """
         if state not in FINISH_STATES:
             raise InvalidValueError(
@@ -291,9 +291,8 @@ class Optimization(History):
         token is refused, so none of its writes lands. ``apply_best`` writes the best value
         recorded so far in the same commit. ``optimization_id`` stops only that run.
 
-        Example::
-
-            stopped, lease, _, _ = store.stop_optimization(sid, "t", reason="budget spent")
+        Example: ``store.stop_optimization(sid, "t", reason="budget spent")``
+        returns ``(True, lease, revision, None)`` when a run was stopped.
         """
         self._check_reason("the stop reason", reason)
         self._check_reason("the stopping actor", actor)

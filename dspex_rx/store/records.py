@@ -23,9 +23,13 @@ MAX_SOURCE_NAMES = 100
 class VariableRecord:
     """One version of a variable, as stored. Never mutated; writes make a new record.
 
-    Example::
-
-        record = store.get(session_id, "temperature"); record.value, record.version
+    >>> from dspex_rx.store import MemoryStore, VariableSpec
+    >>> store = MemoryStore()
+    >>> session, client_id, created = store.initialize_session("s")
+    >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+    >>> record = store.get("s", "t")
+    >>> record.value, record.version, record.mod_revision
+    (0.7, 1, 1)
     """
 
     id: str
@@ -51,9 +55,7 @@ class VariableRecord:
 class HistoryEntry:
     """One version a variable held.
 
-    Example::
-
-        entry.version, entry.value, entry.metadata.get("rollback_to")
+    Example: ``store.history(sid, "t").entries[0].value`` is the newest version's value.
     """
 
     version: int
@@ -69,10 +71,8 @@ class HistoryEntry:
 class HistoryPage:
     """A page of history, newest first, and what fell out of retention within it.
 
-    Example::
-
-        page = store.history(sid, "x", limit=10)
-        if page.expired: print("versions", page.expired, "are no longer retained")
+    Example: ``store.history(sid, "x", limit=10).expired``
+    is ``(first, last)`` of the versions no longer retained, or None.
     """
 
     entries: list[HistoryEntry]
@@ -86,9 +86,8 @@ class HistoryPage:
 class VariableSpec:
     """What a caller asks to register.
 
-    Example::
-
-        VariableSpec("temperature", "float", 0.7, {"min": 0.0, "max": 2.0})
+    >>> VariableSpec("temperature", "float", 0.7, {"min": 0.0, "max": 2.0}).constraints
+    {'min': 0.0, 'max': 2.0}
     """
 
     name: str
@@ -105,9 +104,8 @@ class VariableSpec:
 class SnapshotDependency:
     """One edge of an export, seen from the dependent: it depends on ``name``.
 
-    Example::
-
-        SnapshotDependency("base_temperature", "data", {})
+    >>> SnapshotDependency("base_temperature").type
+    'data'
     """
 
     name: str
@@ -121,9 +119,8 @@ class SnapshotVariable:
 
     ``history`` (oldest first) and ``dependencies`` are None when the export left them out.
 
-    Example::
-
-        SnapshotVariable("temperature", "float", 0.7, {"min": 0.0, "max": 2.0})
+    >>> SnapshotVariable("temperature", "float", 0.7).version
+    1
     """
 
     name: str
@@ -146,10 +143,8 @@ class Snapshot:
     """What ``export_snapshot`` returns and ``import_snapshot`` applies: variables plus
     where they came from (session, revision, time) and the export's format version.
 
-    Example::
-
-        snapshot = store.export_snapshot(sid, include_history=True)
-        store.import_snapshot(other_sid, snapshot, strategy="keep")
+    Example: ``store.import_snapshot(other_sid, store.export_snapshot(sid), strategy="keep")``
+    copies the variables across.
     """
 
     variables: tuple[SnapshotVariable, ...]
@@ -168,9 +163,8 @@ class ImportOutcome:
     ``action`` is ``create``, ``replace``, ``merge``, ``skip`` or ``error``; ``version``
     is the variable's version after the import; ``record`` is set for applied writes.
 
-    Example::
-
-        [(o.name, o.action) for o in report.outcomes]
+    Example: ``store.import_snapshot(sid, snapshot).outcomes[0].action``
+    is "create" for a new variable.
     """
 
     name: str
@@ -185,10 +179,8 @@ class ImportOutcome:
 class ImportReport:
     """The result of ``import_snapshot``: one outcome per variable, in the snapshot's order.
 
-    Example::
-
-        report = store.import_snapshot(sid, snapshot, dry_run=True)
-        report.applied, report.revision, report.dependencies_added
+    Example: ``store.import_snapshot(sid, snapshot, dry_run=True).applied``
+    is False: a dry run changes nothing.
     """
 
     outcomes: list[ImportOutcome]
@@ -207,9 +199,7 @@ class ChangeEvent:
     it depends on changed; ``metadata`` names which, and the revision) or ``optimization``
     (its optimization status changed; ``metadata`` is the status).
 
-    Example::
-
-        event.record.name, event.old_value, event.record.value
+    Example: ``commit.events[0].update_type`` is "value_change" for a plain write.
     """
 
     record: VariableRecord
@@ -226,9 +216,7 @@ class ChangeEvent:
 class Commit:
     """Everything one write changed, under its one revision (an atomic batch is one commit).
 
-    Example::
-
-        for event in commit.events: print(commit.revision, event.record.name)
+    Example: ``store.commits_since(sid, 0)[0].revision`` is the session's first commit's revision.
     """
 
     revision: int
@@ -249,9 +237,7 @@ Listener = Callable[[Commit | None], None]
 class UpdateOutcome:
     """The result of one entry of ``update_many``.
 
-    Example::
-
-        outcome.ok, outcome.error, outcome.record
+    Example: ``store.update_many(sid, [("t", 0.1)], actor="me")[0][0].ok`` is True when applied.
     """
 
     ref: str

@@ -44,9 +44,12 @@ class Registration(Sessions):
     ) -> tuple[list[VariableRecord], int]:
         """Register variables atomically: all validated, then all committed under one revision.
 
-        Example::
-
-            records, revision = store.register(sid, [VariableSpec("t", "float", 0.7)], "me")
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> records, revision = store.register("s", [VariableSpec("t", "float", 0.7)], "me")
+        >>> records[0].name, records[0].version, revision
+        ('t', 1, 1)
         """
         session = self.session(session_id)
         limits = self.limits

@@ -57,11 +57,8 @@ class OptimizationReports(Optimization):
         credited to a later one), the proposal was reported already
         (the first report counts), or the metrics lack the run's target metric.
 
-        Example::
-
-            store.report_metrics(sid, "t", {"accuracy": 0.81}, version=12)
-            store.report_metrics(sid, "t", {"accuracy": 0.81}, iteration=3,
-                                 optimization_id=lease.id)
+        Example: ``store.report_metrics(sid, "t", {"accuracy": 0.81}, version=12)``
+        scores the proposal written as version 12.
         """
         self._check_reason("the reporter", actor)
         if not isinstance(optimization_id, str):
@@ -156,9 +153,13 @@ class OptimizationReports(Optimization):
     ) -> tuple[VariableRecord, OptimizationLease | None]:
         """The variable and its latest lease (running or ended; None if never optimized).
 
-        Example::
-
-            record, lease = store.optimization_status(sid, "temperature")
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> record, lease = store.optimization_status("s", "t")
+        >>> record.value, lease
+        (0.7, None)
         """
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "read")
@@ -173,9 +174,8 @@ class OptimizationReports(Optimization):
         it: what a watcher resynced past the log's horizon must hear besides the values
         (how the run it followed ended, and what runs since).
 
-        Example::
-
-            events = store.status_events(sid, [store.get(sid, "temperature")], 41)
+        Example: ``store.status_events(sid, [store.get(sid, "temperature")], 41)``
+        lists the run statuses published after revision 41.
         """
         session = self.session(session_id)
         events = []
@@ -194,9 +194,8 @@ class OptimizationReports(Optimization):
         """The variable and one of its recent optimizations, by id (``KeyError`` once it is
         no longer kept).
 
-        Example::
-
-            record, lease = store.optimization_by_id(sid, "t", "opt_1f2e")
+        Example: ``store.optimization_by_id(sid, "t", "opt_1f2e")``
+        returns ``(record, lease)`` of that run.
         """
         caller = self.session(session_id)
         session, record = self._locate(caller, ref, "read")
@@ -222,9 +221,8 @@ class OptimizationReports(Optimization):
         """The newest ``limit`` evaluations of the variable (of one optimization, and at or
         after ``since``, to the microsecond, when given), oldest first.
 
-        Example::
-
-            [e.value for e in store.optimization_history(sid, "t", limit=10)]
+        Example: ``store.optimization_history(sid, "t", limit=10)``
+        returns the newest ten evaluations, oldest first.
         """
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")

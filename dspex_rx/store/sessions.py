@@ -73,10 +73,13 @@ class Sessions(Leasing):
         namespace of ``principals`` needs that principal's ``principal_key``. A refusal is
         ``AuthenticationError``, and nothing changes.
 
-        Example::
-
-            session, client_id, created = store.initialize_session("session_123")
-            store.initialize_session("session_123", token=session.token, require_token=True)
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("session_123")
+        >>> _, _, again = store.initialize_session("session_123", token=session.token,
+        ...                                         require_token=True)
+        >>> created, again
+        (True, False)
         """
         if ttl is not None and not (ttl == 0 or (math.isfinite(ttl) and 0 < ttl <= MAX_TTL)):
             raise InvalidValueError(
@@ -158,9 +161,11 @@ class Sessions(Leasing):
 
         The comparison takes the same time wherever the token differs.
 
-        Example::
-
-            session = store.authenticate("session_123", token_from_the_caller)
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> store.authenticate("s", session.token).id
+        's'
         """
         session = self.session(session_id)
         _check_token(session, token)
@@ -169,9 +174,11 @@ class Sessions(Leasing):
     def heartbeat(self, session_id: str, client_id: str) -> float:
         """Keep a client attached; returns when it will expire without another heartbeat.
 
-        Example::
-
-            expires_at = store.heartbeat(session.id, client_id)
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore(clock=lambda: 100.0)
+        >>> session, client_id, _ = store.initialize_session("s", ttl=30)
+        >>> store.heartbeat("s", client_id)
+        130.0
         """
         session = self.session(session_id)
         lease = session.clients.get(client_id)
@@ -187,9 +194,11 @@ class Sessions(Leasing):
     def close_session(self, session_id: str, client_id: str) -> bool:
         """Detach a client; the session and its variables go with its last client.
 
-        Example::
-
-            removed = store.close_session(session.id, client_id)
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> store.close_session("s", client_id), store.session_ids()
+        (True, [])
         """
         session = self.session(session_id)
         client = session.clients.pop(client_id, None)
@@ -229,9 +238,13 @@ class Sessions(Leasing):
     def expire(self) -> list[str]:
         """Drop clients silent past their TTL, then sessions left with none; returns those ids.
 
-        Example::
-
-            removed = store.expire()
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> now = [0.0]
+        >>> store = MemoryStore(clock=lambda: now[0])
+        >>> _ = store.initialize_session("s", ttl=10)
+        >>> now[0] = 11.0
+        >>> store.expire()
+        ['s']
         """
         now = self._clock()
         removed = []

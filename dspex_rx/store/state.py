@@ -23,9 +23,7 @@ from dspex_rx.store.records import (
 class ClientLease:
     """One client attached to a session, alive while it heartbeats within ``ttl``.
 
-    Example::
-
-        lease = session.clients[client_id]; lease.last_seen + lease.ttl
+    Example: ``store.session(sid).clients[client_id].ttl`` is that client's heartbeat TTL.
     """
 
     name: str
@@ -37,9 +35,7 @@ class ClientLease:
 class Session:
     """A namespace of variables with one revision counter, shared by attached clients.
 
-    Example::
-
-        session = store.session("sess_1"); session.revision
+    Example: ``store.session("sess_1").revision`` is the revision of its newest commit.
     """
 
     id: str
@@ -99,9 +95,7 @@ class Session:
     def pinned(self) -> int:
         """Bytes that no retention policy can drop: current records and other state.
 
-        Example::
-
-            store.session(sid).pinned <= store.limits.max_session_bytes
+        Example: ``store.session(sid).pinned <= store.limits.max_session_bytes`` always holds.
         """
         return self.current_bytes + self.other_bytes
 
@@ -109,9 +103,7 @@ class Session:
     def used(self) -> int:
         """Bytes the session's memory account charges (pinned plus retention).
 
-        Example::
-
-            store.session(sid).used <= store.limits.max_session_bytes
+        Example: ``store.session(sid).used`` is what eviction brings back under the budget.
         """
         return self.other_bytes + self.history_bytes + self.log_bytes + self.graveyard_bytes
     # Each variable's access rules (what other sessions may do with it); beside the

@@ -56,9 +56,12 @@ class Variables(Registration):
     def get(self, session_id: str, ref: str) -> VariableRecord:
         """The current record of a variable, by id or name.
 
-        Example::
-
-            store.get(sid, "temperature").value
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> store.get("s", "t").value
+        0.7
         """
         return self._locate(self.session(session_id), ref, "read")[1]
 
@@ -69,9 +72,13 @@ class Variables(Registration):
         the session may not see). A visible variable without ``permission`` raises
         ``AccessDeniedError``.
 
-        Example::
-
-            found, missing = store.get_many(sid, ["a", "b"])
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> found, missing = store.get_many("s", ["t", "nope"])
+        >>> [r.name for r in found], missing
+        (['t'], ['nope'])
         """
         session = self.session(session_id)
         if not isinstance(refs, list | tuple):
@@ -143,10 +150,17 @@ class Variables(Registration):
         under an optimization lease takes the write only with the lease's
         ``fencing_token``; otherwise ``OptimizationLockedError``.
 
-        Example::
-
-            record, revision, _ = store.set(sid, "temperature", 0.9, actor="me")
-            store.set(sid, "n", 5, actor="me", expected_version=record.version)
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> record, revision, created = store.set("s", "t", 0.9, actor="me")
+        >>> record.version, revision, created
+        (2, 2, False)
+        >>> store.set("s", "t", 0.1, actor="me", expected_version=1)
+        Traceback (most recent call last):
+        ...
+        dspex_rx.errors.ConflictError: variable 't': expected version 1, but it is at version 2
         """
         caller = self.session(session_id)
         if source is not None:
@@ -211,9 +225,14 @@ class Variables(Registration):
         names ``(ref, optimization_id, fencing_token)`` leases the caller must still hold:
         if one has ended, ``OptimizationLockedError`` and nothing is applied.
 
-        Example::
-
-            outcomes, revision, applied = store.update_many(sid, [("a", 1), ("b", 2)], actor="me")
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> specs = [VariableSpec("a", "int", 0), VariableSpec("b", "int", 0)]
+        >>> _ = store.register("s", specs, actor="me")
+        >>> outcomes, revision, applied = store.update_many("s", [("a", 1), ("b", 2)], actor="me")
+        >>> [o.record.value for o in outcomes], revision, applied
+        ([1, 2], 2, True)
         """
         caller = self.session(session_id)
         if not isinstance(updates, list | tuple) or not all(
@@ -317,9 +336,13 @@ class Variables(Registration):
         A variable others depend on is refused unless ``cascade``, which deletes every
         variable that depends on it, transitively, in the same commit.
 
-        Example::
-
-            deleted, revision = store.delete(sid, "temperature")
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> deleted, revision = store.delete("s", "t")
+        >>> deleted, revision
+        (['var_t_1'], 2)
         """
         session, record = self._locate(self.session(session_id), ref, "owner")
         self._expire_leases(session)
@@ -346,10 +369,14 @@ class Variables(Registration):
         optimization of a session that lost ``optimize`` is stopped right after (its own
         commit; the later revision is returned).
 
-        Example::
-
-            store.set_permissions(sid, "t", [{"session_pattern": "any",
-                                              "permissions": ["read"]}])
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> store.set_permissions("s", "t", [{"session_pattern": "any", "permissions": ["read"]}])
+        2
+        >>> [rule.permissions for rule in store.rules("s", "t")]
+        [('read',)]
         """
         owner, record = self._locate(self.session(session_id), ref, "owner")
         clean = self._checked_rules(record.name, record.type, rules)
@@ -368,9 +395,13 @@ class Variables(Registration):
         name) with RE2 (``patterns.compile_name_filter``), in linear time. Clients send an
         explicit glob already translated (``patterns.glob_as_search``).
 
-        Example::
-
-            [r.name for r in store.list(sid, r"^model\\.")]
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> specs = [VariableSpec("model.lr", "float", 0.1), VariableSpec("seed", "int", 1)]
+        >>> _ = store.register("s", specs, actor="me")
+        >>> [r.name for r in store.list("s", r"^model\\.")]
+        ['model.lr']
         """
         session = self.session(session_id)
         records = sorted(session.variables.values(), key=lambda r: r.name)
