@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Who may do what: locating a variable for a caller (its own, or another session's by id
+under its access rules), and binding rules to the parties (claims) they name.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +35,10 @@ from dspex_rx.store.state import (
 
 
 class Access(Accounts):
-    """TODO."""
+    """The engine's access part: locating variables for callers, and rules' parties.
+
+    Example: ``store.check_access("guest_1", "var_t_1", "read")`` answers without disclosing.
+    """
 
     def claimed(self, session_id: str) -> bool:
         """Whether the id is live, or retired and still claimed by its last session's token.

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""The memory account: encoded bytes plus a fixed overhead per stored item, per session and in
+total; pinned state must fit the budgets, retention (history, the log) is evicted oldest first.
+
+Current values and optimization records are *pinned* and must fit ``max_session_bytes``;
+history and the replay log are *retention*, dropped oldest first when the budget needs room.
+A part of the engine's chain (see base.py), over the session tables it shares.
+"""
 
 from __future__ import annotations
 
@@ -67,7 +73,10 @@ def _rules_cost(rules: Iterable[AccessRule]) -> int:
 
 
 class Accounts(StoreBase):
-    """TODO."""
+    """The engine's memory-account part (invariants in ``check_accounts``).
+
+    Example: ``store.session(sid).used <= store.limits.max_session_bytes`` after every write.
+    """
 
     def _charge(self, session: Session, kind: str, delta: int) -> None:
         # Every change to a session's account goes through here, so the store's totals

@@ -1,4 +1,13 @@
-"""TODO docstring."""
+"""The engine's foundation: configuration, the Backend it runs over, session lookup, and the
+checks of values, metadata and names every part uses.
+
+The engine is one class (``MemoryStore``) built as a linear chain of parts over one shared
+state: base -> accounts -> access -> commit -> leasing -> sessions -> registration ->
+variables -> dependencies -> history -> optimization -> reports -> import_plan -> exchange;
+each part calls only the parts below it. Methods are synchronous and never yield, so a
+call is atomic on the server's one loop: a request is validated in full, then committed in
+one step (commit.py), and a refused request leaves no trace.
+"""
 
 from __future__ import annotations
 
@@ -110,7 +119,12 @@ def _plain_dict(value: Any) -> Any:
 
 
 class StoreBase:
-    """TODO."""
+    """Configuration and shared checks of the engine (the bottom of its chain).
+
+    >>> from dspex_rx.store import MemoryStore
+    >>> MemoryStore(log_size=100).log_size
+    100
+    """
 
     def __init__(
         self,

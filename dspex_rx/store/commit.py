@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The one place a write is applied: a revision-stamped commit through the Backend's write txn,
+with its history, graph, rules and accounting, and the watch API over the commit log.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +44,10 @@ _T = TypeVar("_T")
 
 
 class Committer(Access):
-    """TODO."""
+    """The engine's commit part: ``_commit`` applies a write; watchers follow the log.
+
+    Example: ``store.add_listener(sid, frames.append)`` hears every later commit.
+    """
 
     def _commit(
         self,

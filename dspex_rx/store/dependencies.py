@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The dependency graph's API: add and remove edges (acyclic, counted, charged) and walk it.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ from dspex_rx.store.variables import (
 
 
 class Dependencies(Variables):
-    """TODO."""
+    """The engine's dependency part.
+
+    Example: ``store.add_dependency(sid, "eff", "base")`` returns the new revision.
+    """
 
     def add_dependency(
         self,

@@ -6,7 +6,8 @@ from dspex_rx.store.exchange import Exchange
 
 
 class MemoryStore(Exchange):
-    """Sessions and variables in memory; the default backend.
+    """The store: sessions and variables, validated, access-checked and accounted, over a
+    Backend (``backend=``; by default a MemoryBackend, so today's arguments keep their meaning).
 
     >>> from dspex_rx.store import VariableSpec
     >>> store = MemoryStore()

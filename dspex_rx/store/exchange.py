@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Export and import of snapshots: export_snapshot, and import_snapshot applying a checked plan
+(import_plan.py) in one commit, or nothing.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +49,10 @@ from dspex_rx.store.state import (
 
 
 class Exchange(ImportPlanning):
-    """TODO."""
+    """The engine's export/import part.
+
+    Example: ``store.export_snapshot(sid, include_history=True)`` returns a Snapshot.
+    """
 
     def export_snapshot(
         self,

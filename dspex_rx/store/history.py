@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Variables' retained versions: pages of history (with what expired) and rollback, which
+writes an old value as a new version.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +25,10 @@ from dspex_rx.store.records import (
 
 
 class History(Dependencies):
-    """TODO."""
+    """The engine's history part.
+
+    Example: ``store.history(sid, "t", limit=10).entries`` is newest first.
+    """
 
     def history(
         self, session_id: str, ref: str, limit: int = 100, offset: int = 0

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Planning an import: each snapshot entry checked and turned into a create/replace/merge/skip
+plan, its history and dependency edges checked, and the room it needs; nothing changes here.
+"""
 
 from __future__ import annotations
 
@@ -92,7 +94,10 @@ def _import_note(snapshot: Snapshot, strategy: str) -> dict[str, Any]:
 
 
 class ImportPlanning(OptimizationReports):
-    """TODO."""
+    """The engine's import planner.
+
+    Example: ``store.import_snapshot(sid, snapshot, dry_run=True)`` reports the plan only.
+    """
 
     def _plan_import(
         self,

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Optimization leases' rules: lapse and end, fencing-token checks, the holder's checks, and
+the evaluations a run records. The lease objects themselves are leases.py.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +38,10 @@ _Evaluation = tuple[int, Any, dict[str, Any], float, int]
 
 
 class Leasing(Committer):
-    """TODO."""
+    """The engine's lease rules shared by writes and the optimization API.
+
+    Example: ``store.set(sid, "t", 0.4, actor="me", fencing_token=lease.token)`` passes them.
+    """
 
     def _expire_leases(self, session: Session) -> None:
         # Leases lapse lazily, on the next call that could see them, and in expire();

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Running an optimization: take the lease, step (renew, evaluate, propose), finish, stop.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ from dspex_rx.store.records import (
 
 
 class Optimization(History):
-    """TODO."""
+    """The engine's optimization-run part.
+
+    Example: ``store.start_optimization(sid, "t", optimizer_type="grid")`` takes the lease.
+    """
 
     def start_optimization(
         self,

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The store's immutable values: records, history entries, specs, snapshots, reports, and the
+ChangeEvent/Commit a write publishes. No behaviour here.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Registering variables: names, types, constraints, initial values, rules and dependencies,
+all checked, then committed under one revision.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ from dspex_rx.store.state import (
 
 
 class Registration(Sessions):
-    """TODO."""
+    """The engine's registration part.
+
+    Example: ``store.register(sid, [VariableSpec("t", "float", 0.7)], "me")`` registers t.
+    """
 
     def register(
         self, session_id: str, specs: Sequence[VariableSpec], actor: str

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Optimization reports and queries: metrics reported for a proposal, status, the statuses a
+resync must hear, runs by id, and recorded evaluations.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +30,10 @@ from dspex_rx.store.records import (
 
 
 class OptimizationReports(Optimization):
-    """TODO."""
+    """The engine's optimization reports and queries part.
+
+    Example: ``store.optimization_status(sid, "t")`` returns ``(record, lease or None)``.
+    """
 
     def report_metrics(
         self,

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Session lifecycle: create or attach (tokens and identity claims), heartbeat, close, expire.
+
+Each session keeps a secret token, made when it is created. The store only keeps and
+compares it; who must present it, and how it travels, is the server's business.
+"""
 
 from __future__ import annotations
 
@@ -52,7 +56,10 @@ def _check_token(session: Session, token: str) -> None:
 
 
 class Sessions(Leasing):
-    """TODO."""
+    """The engine's session lifecycle part.
+
+    Example: ``store.initialize_session("s")`` returns ``(session, client_id, True)``.
+    """
 
     def initialize_session(
         self,

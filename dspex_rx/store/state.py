@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The mutable state of one session (Session, ClientLease) that a Backend holds: its records,
+names, log and watchers, and the tables the engine keeps beside them (history, graph, leases).
+"""
 
 from __future__ import annotations
 

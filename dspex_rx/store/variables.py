@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Reading and writing variables: get, get_many, list, set (compare-and-set, fencing),
+update_many (atomic or not), delete (with cascade) and set_permissions.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +53,10 @@ def _failed(ref: str, error: DspexError | None) -> UpdateOutcome:
 
 
 class Variables(Registration):
-    """TODO."""
+    """The engine's variable read/write part.
+
+    Example: ``store.set(sid, "t", 0.9, actor="me")`` returns ``(record, revision, False)``.
+    """
 
     def get(self, session_id: str, ref: str) -> VariableRecord:
         """The current record of a variable, by id or name.
