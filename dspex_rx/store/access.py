@@ -20,10 +20,8 @@ from dspex_rx.errors import (
     InvalidValueError,
     VariableNotFoundError,
 )
-from dspex_rx.store.accounts import (
-    Accounts,
-)
 from dspex_rx.store.base import (
+    StoreBase,
     _show,
 )
 from dspex_rx.store.records import (
@@ -34,7 +32,7 @@ from dspex_rx.store.state import (
 )
 
 
-class Access(Accounts):
+class Access(StoreBase):
     """The engine's access part: locating variables for callers, and rules' parties.
 
     Example: ``store.check_access("guest_1", "var_t_1", "read")`` answers without disclosing.

@@ -3,7 +3,7 @@ total; pinned state must fit the budgets, retention (history, the log) is evicte
 
 Current values and optimization records are *pinned* and must fit ``max_session_bytes``;
 history and the replay log are *retention*, dropped oldest first when the budget needs room.
-A part of the engine's chain (see base.py), over the session tables it shares.
+A component the engine holds (``Accounts``), over the session tables the backend holds.
 """
 
 from __future__ import annotations
@@ -17,12 +17,8 @@ from typing import Any
 from dspex_rx.core.access import (
     AccessRule,
 )
-from dspex_rx.core.limits import (
-    too_many,
-)
-from dspex_rx.store.base import (
-    StoreBase,
-)
+from dspex_rx.core.limits import Limits, too_many
+from dspex_rx.store.backend import Backend
 from dspex_rx.store.records import (
     ITEM_OVERHEAD,
     OPTIMIZATION_EVENT,
@@ -72,13 +68,39 @@ def _rules_cost(rules: Iterable[AccessRule]) -> int:
     )
 
 
-class Accounts(StoreBase):
-    """The engine's memory-account part (invariants in ``check_accounts``).
+class Accounts:
+    """The memory accounts of every session the backend holds, and the totals over them.
 
-    Example: ``store.session(sid).used <= store.limits.max_session_bytes`` after every write.
+    The engine charges through it and asks it for room before any write; it evicts
+    retention and compacts the backend's logs to stay within the budgets.
+
+    >>> from dspex_rx.core.limits import DEFAULT_LIMITS
+    >>> from dspex_rx.store.memory import MemoryBackend
+    >>> accounts = Accounts(DEFAULT_LIMITS, MemoryBackend())
+    >>> accounts.used_bytes, accounts.pinned_bytes
+    (0, 0)
     """
 
-    def _charge(self, session: Session, kind: str, delta: int) -> None:
+    def __init__(self, limits: Limits, backend: Backend) -> None:
+        self.limits = limits
+        self._backend = backend
+        # The memory accounts of all sessions together (see Session.used / pinned).
+        self.used_bytes = 0
+        self.pinned_bytes = 0
+
+    def forget_session(self, session: Session) -> None:
+        """Drop a removed session's account from the totals.
+
+        Example: ``accounts.forget_session(store.session(sid))`` as the session goes.
+        """
+        self.used_bytes -= session.used
+        self.pinned_bytes -= session.pinned
+
+    def charge(self, session: Session, kind: str, delta: int) -> None:
+        """Add ``delta`` bytes to one field of a session's account.
+
+        Example: ``accounts.charge(session, "other_bytes", 200)`` charges 200 pinned bytes.
+        """
         # Every change to a session's account goes through here, so the store's totals
         # follow. ``kind`` names a byte field of Session; current_bytes is a part of
         # history_bytes (so not added to ``used`` again); it and other_bytes are pinned.
@@ -90,7 +112,11 @@ class Accounts(StoreBase):
         if kind in ("current_bytes", "other_bytes"):
             self.pinned_bytes += delta
 
-    def _check_room(self, session: Session, added: int) -> None:
+    def check_room(self, session: Session, added: int) -> None:
+        """Refuse (``ResourceExhaustedError``) pinned growth past the budgets.
+
+        Example: ``accounts.check_room(session, 1024)`` passes while 1 KiB more fits.
+        """
         # Refuse, before anything changes, a write after which the pinned bytes (current
         # records and other state) would not fit the budgets. Retention (history, log) is
         # dropped to make room after the write, so it never refuses one.
@@ -110,12 +136,16 @@ class Accounts(StoreBase):
                 total, "max_store_bytes", limits.max_store_bytes,
             )
 
-    def _make_room(self, session: Session) -> None:
+    def make_room(self, session: Session) -> None:
+        """Evict retention until the session and the store fit their budgets.
+
+        Example: ``accounts.make_room(session)`` after a commit.
+        """
         limits = self.limits
         self._evict(session, limits.max_session_bytes)
         if self.used_bytes > limits.max_store_bytes:
             # The writer's own retention goes first, then other sessions'.
-            for victim in [session, *self._sessions.values()]:
+            for victim in [session, *self._backend.sessions.values()]:
                 excess = self.used_bytes - limits.max_store_bytes
                 if excess <= 0:
                     break
@@ -127,11 +157,11 @@ class Accounts(StoreBase):
         # history entries, then log commits. Current records are never dropped.
         while session.used > target:
             if session.graveyard:
-                self._trim_log(session, session.graveyard[0][0])
+                self.trim_log(session, session.graveyard[0][0])
             elif not self._drop_oldest_history(session):
                 if not session.log:
                     return
-                self._trim_log(session, session.log[0].revision)
+                self.trim_log(session, session.log[0].revision)
 
     def _drop_oldest_history(self, session: Session) -> bool:
         order = session.superseded
@@ -142,7 +172,7 @@ class Accounts(StoreBase):
                 continue  # already gone
             entry = entries.popleft()
             session.history_entries -= 1
-            self._charge(session, "history_bytes", -entry.size)
+            self.charge(session, "history_bytes", -entry.size)
             self._bury(session, superseded_at, entry.size)
             return True
         return False
@@ -154,45 +184,49 @@ class Accounts(StoreBase):
 
         session.superseded = deque(item for item in session.superseded if retained(item))
 
-    def _forget_history(
+    def forget_history(
         self, session: Session, entries: deque[HistoryEntry], revision: int
     ) -> None:
+        """Release a deleted variable's history once the log no longer holds it.
+
+        Example: ``accounts.forget_history(session, entries, revision)`` on delete.
+        """
         # A deleted variable's history: the log holds its values until ``revision``.
         total = sum(e.size for e in entries)
         session.history_entries -= len(entries)
-        self._charge(session, "current_bytes", -entries[-1].size)
-        self._charge(session, "history_bytes", -total)
+        self.charge(session, "current_bytes", -entries[-1].size)
+        self.charge(session, "history_bytes", -total)
         self._bury(session, revision, total)
 
     def _bury(self, session: Session, release_after: int, size: int) -> None:
         heapq.heappush(session.graveyard, (release_after, size))
-        self._charge(session, "graveyard_bytes", size)
+        self.charge(session, "graveyard_bytes", size)
         self._release(session)
 
     def _release(self, session: Session) -> None:
         graveyard = session.graveyard
         while graveyard and graveyard[0][0] <= session.log_floor:
-            self._charge(session, "graveyard_bytes", -heapq.heappop(graveyard)[1])
+            self.charge(session, "graveyard_bytes", -heapq.heappop(graveyard)[1])
 
-    def _trim_log(self, session: Session, through: int) -> None:
+    def trim_log(self, session: Session, through: int) -> None:
+        """Compact the session's log through a revision, releasing what only it held.
+
+        Example: ``accounts.trim_log(session, 10)`` drops commits up to revision 10.
+        """
         # Drop logged commits up to revision ``through``: a resume from before them gets
         # a resync (the log's contract), and values only they held are released.
         for commit in self._backend.compact(session.id, through):
-            self._charge(session, "log_bytes", -_commit_cost(commit))
+            self.charge(session, "log_bytes", -_commit_cost(commit))
         self._release(session)
 
-    def check_accounts(self) -> None:
+    def check(self) -> None:
         """Recompute every memory account from the state; ``AssertionError`` on any
-        difference. The property test calls it after every step.
+        difference (``MemoryStore.check_accounts``).
 
-        >>> from dspex_rx.store import MemoryStore, VariableSpec
-        >>> store = MemoryStore()
-        >>> session, client_id, created = store.initialize_session("s")
-        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
-        >>> store.check_accounts()
+        Example: ``accounts.check()`` returns None when every account adds up.
         """
         used = pinned = 0
-        for session in self._sessions.values():
+        for session in self._backend.sessions.values():
             current = history = entries = 0
             assert set(session.history) == set(session.variables), session.id
             for var_id, kept in session.history.items():
@@ -224,9 +258,13 @@ class Accounts(StoreBase):
             (self.used_bytes, self.pinned_bytes), (used, pinned)
         )
 
-    def _records_cost(
+    def records_cost(
         self, session: Session, records: Sequence[VariableRecord], metadata_size: int = 0
     ) -> int:
+        """How many pinned bytes committing these records adds.
+
+        Example: ``accounts.records_cost(session, [record])`` before ``check_room``.
+        """
         # How much a commit of these records adds to the pinned bytes: each becomes its
         # variable's newest history entry, replacing the one it has (if any).
         added = 0
@@ -237,16 +275,20 @@ class Accounts(StoreBase):
                 added -= entries[-1].size
         return added
 
-    def _remember(
+    def remember(
         self,
         session: Session,
         record: VariableRecord,
         metadata: Mapping[str, Any],
         metadata_size: int,
     ) -> None:
+        """Append a committed record to its history, charging it.
+
+        Example: ``accounts.remember(session, record, {}, 0)`` inside a commit.
+        """
         entries = session.history.get(record.id)
         if entries is None:
-            entries = session.history[record.id] = deque(maxlen=self.history_size)
+            entries = session.history[record.id] = deque(maxlen=self.limits.history_size)
         size = ITEM_OVERHEAD + record.size + metadata_size
         # The hot path of every write: the account is updated field by field here (the
         # same arithmetic as _charge).
@@ -281,22 +323,26 @@ class Accounts(StoreBase):
         if len(session.superseded) > 2 * (session.history_entries - len(session.history)) + 1024:
             self._compact_superseded(session)
 
-    def _seed_history(
+    def seed_history(
         self, session: Session, var_id: str, entries: Sequence[HistoryEntry], revision: int
     ) -> None:
+        """Restore an imported variable's older versions, charged as retention.
+
+        Example: ``accounts.seed_history(session, var_id, entries, revision)`` on import.
+        """
         # An import's restored history (sizes measured by the planner), before the
         # variable's own version is remembered: retention, superseded oldest first; the
         # newest restored entry counts as current until _remember supersedes it.
         kept = deque(
             (dataclasses.replace(entry, revision=revision) for entry in entries),
-            maxlen=self.history_size,
+            maxlen=self.limits.history_size,
         )
         if not kept:
             return
         total = sum(e.size for e in kept)
         session.history[var_id] = kept
         session.history_entries += len(kept)
-        self._charge(session, "history_bytes", total)
-        self._charge(session, "current_bytes", kept[-1].size)
+        self.charge(session, "history_bytes", total)
+        self.charge(session, "current_bytes", kept[-1].size)
         for entry in list(kept)[:-1]:
             session.superseded.append((revision, var_id, entry.version))

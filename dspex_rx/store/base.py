@@ -1,10 +1,11 @@
 """The engine's foundation: configuration, the Backend it runs over, session lookup, and the
 checks of values, metadata and names every part uses.
 
-The engine is one class (``MemoryStore``) built as a linear chain of parts over one shared
-state: base -> accounts -> access -> commit -> leasing -> sessions -> registration ->
-variables -> dependencies -> history -> optimization -> reports -> import_plan -> exchange;
-each part calls only the parts below it. Methods are synchronous and never yield, so a
+The engine is one class (``MemoryStore``) built as a linear chain of parts (mixins) over
+one shared state, the session tables: base -> access -> commit -> leasing -> sessions ->
+registration -> variables -> dependencies -> history -> optimization -> reports ->
+import_plan -> exchange; each part calls only the parts below it. The memory account is a
+component with its own state (accounts.py), and the storage is the Backend (backend.py). Methods are synchronous and never yield, so a
 call is atomic on the server's one loop: a request is validated in full, then committed in
 one step (commit.py), and a refused request leaves no trace.
 """
@@ -42,6 +43,7 @@ from dspex_rx.errors import (
     VariableTypeError,
 )
 from dspex_rx.logs import get_logger
+from dspex_rx.store.accounts import Accounts
 from dspex_rx.store.backend import Backend
 from dspex_rx.store.memory.backend import MemoryBackend
 from dspex_rx.store.records import (
@@ -154,14 +156,13 @@ class StoreBase:
         )
         self.log_size = log_size
         self._ids = itertools.count(1)
-        # The memory accounts of all sessions together (see Session.used / pinned).
-        self.used_bytes = 0
-        self.pinned_bytes = 0
         # Who an id belongs to (identity.py): reserved namespaces, and ended ids that stay
         # claimed by their token, so a rule naming an id keeps naming the same party.
         self.principals = (
             principals if isinstance(principals, Principals) else Principals(principals)
         )
+        # The memory accounts of every session (accounts.py), checked before each write.
+        self._accounts = Accounts(self.limits, self._backend)
         self._retired = RetiredIds(self.limits.max_retired_sessions)
         # Whether rules must name parties whose identity is checked; a server that checks
         # no tokens (auth="none") turns it off, since there no id is anyone's.
@@ -199,6 +200,38 @@ class StoreBase:
         1
         """
         return self._backend.revision
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes every session's memory account charges together.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().used_bytes
+        0
+        """
+        return self._accounts.used_bytes
+
+    @property
+    def pinned_bytes(self) -> int:
+        """The pinned part of ``used_bytes`` (current values and records).
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().pinned_bytes
+        0
+        """
+        return self._accounts.pinned_bytes
+
+    def check_accounts(self) -> None:
+        """Recompute every memory account from the state; ``AssertionError`` on any
+        difference. The property test calls it after every step.
+
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> store.check_accounts()
+        """
+        self._accounts.check()
 
     @property
     def _revision(self) -> int:

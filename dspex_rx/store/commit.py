@@ -113,8 +113,8 @@ class Committer(Access):
             old = txn.get(sid, record.id)
             txn.put(sid, record)
             if restored and record.id in restored:
-                self._seed_history(session, record.id, restored[record.id], revision)
-            self._remember(session, record, meta, metadata_size)
+                self._accounts.seed_history(session, record.id, restored[record.id], revision)
+            self._accounts.remember(session, record, meta, metadata_size)
             if old is not None:
                 changed.append(record)
                 events.append(ChangeEvent(record, old.value, "value_change", meta, source))
@@ -122,7 +122,7 @@ class Committer(Access):
             before = session.graph.bytes
             for edge in edges:
                 session.graph.add(edge)
-            self._charge(session, "other_bytes", session.graph.bytes - before)
+            self._accounts.charge(session, "other_bytes", session.graph.bytes - before)
         if changed and len(session.graph):
             # Dependents learn of the change in the same frame, upstream first, each told
             # which of the changed variables it depends on (the first MAX_SOURCE_NAMES).
@@ -158,26 +158,26 @@ class Committer(Access):
             txn.delete(sid, record.id)
             before = session.graph.bytes
             session.graph.drop(record.id)
-            self._charge(session, "other_bytes", session.graph.bytes - before)
+            self._accounts.charge(session, "other_bytes", session.graph.bytes - before)
             entries = session.history.pop(record.id, None)
             if entries:
-                self._forget_history(session, entries, revision)
+                self._accounts.forget_history(session, entries, revision)
             session.leases.pop(record.id, None)
             for ended in session.recent_leases.pop(record.id, ()):
-                self._charge(session, "other_bytes", -ended.size)
+                self._accounts.charge(session, "other_bytes", -ended.size)
             evaluations = session.evaluations.pop(record.id, None)
             if evaluations:
-                self._charge(session, "other_bytes", -sum(e.size for e in evaluations))
-            self._charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
+                self._accounts.charge(session, "other_bytes", -sum(e.size for e in evaluations))
+            self._accounts.charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
             self._set_rules(session, record.id, ())
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         def settle(commit: Commit) -> None:
             # What the commit retained, accounted before any watcher hears of it.
-            self._charge(session, "log_bytes", _commit_cost(commit))
+            self._accounts.charge(session, "log_bytes", _commit_cost(commit))
             if len(session.log) > self.log_size:
-                self._trim_log(session, session.log[0].revision)
-            self._make_room(session)
+                self._accounts.trim_log(session, session.log[0].revision)
+            self._accounts.make_room(session)
 
         commit = txn.commit(sid, events, timestamp=self._clock(),
                             permissions=tuple(rules or ()), settle=settle)
@@ -188,7 +188,7 @@ class Committer(Access):
         old = session.rules.pop(var_id, ())
         if rules:
             session.rules[var_id] = rules
-        self._charge(session, "other_bytes", _rules_cost(rules) - _rules_cost(old))
+        self._accounts.charge(session, "other_bytes", _rules_cost(rules) - _rules_cost(old))
 
     def add_listener(
         self, session_id: str, listener: Listener, *, foreign: bool = False

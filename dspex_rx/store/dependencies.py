@@ -72,7 +72,7 @@ class Dependencies(Variables):
                 len(session.graph) + 1, "max_dependencies_per_session",
                 self.limits.max_dependencies_per_session,
             )
-        self._check_room(session, edge.size - (existing.size if existing else 0))
+        self._accounts.check_room(session, edge.size - (existing.size if existing else 0))
         before = session.graph.bytes
         try:
             changed = session.graph.add(edge)
@@ -80,7 +80,7 @@ class Dependencies(Variables):
             raise self._cycle_error(session, exc) from None
         if not changed:
             return session.revision  # already there, unchanged: nothing was written
-        self._charge(session, "other_bytes", session.graph.bytes - before)
+        self._accounts.charge(session, "other_bytes", session.graph.bytes - before)
         return self._commit(session, (), source=actor)[1]
 
     def remove_dependency(
@@ -97,7 +97,7 @@ class Dependencies(Variables):
         before = session.graph.bytes
         if not session.graph.remove(dependent.id, dependency.id):
             return False, session.revision
-        self._charge(session, "other_bytes", session.graph.bytes - before)
+        self._accounts.charge(session, "other_bytes", session.graph.bytes - before)
         return True, self._commit(session, (), source=actor)[1]
 
     def dependencies(

@@ -248,7 +248,7 @@ class Exchange(ImportPlanning):
         if records or final_edges:
             for var_id, cost in fixed.items():
                 session.fixed[var_id] = cost
-            self._charge(session, "other_bytes", sum(fixed.values()))
+            self._accounts.charge(session, "other_bytes", sum(fixed.values()))
             stamped, revision = self._commit(
                 session, records, metadata=note, source=actor, edges=final_edges,
                 restored=restored, rules=rules, metadata_size=note_size,

@@ -127,7 +127,9 @@ class History(Dependencies):
         new = self._prepare_write(
             record, entry.value, {}, actor, self._revision + 1, validated=True
         )
-        self._check_room(session, self._records_cost(session, [new], metadata_size))
+        self._accounts.check_room(
+            session, self._accounts.records_cost(session, [new], metadata_size)
+        )
         written, revision = self._commit(
             session, [new], metadata=metadata, source=actor, metadata_size=metadata_size
         )

@@ -314,5 +314,5 @@ class ImportPlanning(OptimizationReports):
             added += ITEM_OVERHEAD + plan.size + note_size
             if plan.existing is not None:
                 added -= session.history[plan.existing.id][-1].size
-        self._check_room(session, added)
+        self._accounts.check_room(session, added)
         return note_size

@@ -268,7 +268,7 @@ class Leasing(Committer):
                 maxlen=self.optimization_history_size
             )
         if len(entries) == entries.maxlen:
-            self._charge(session, "other_bytes", -entries[0].size)  # append drops it
+            self._accounts.charge(session, "other_bytes", -entries[0].size)  # append drops it
         entries.append(
             OptimizationEntry(
                 lease.id, lease.optimizer_type, iteration, value, metrics, score,
@@ -276,4 +276,4 @@ class Leasing(Committer):
                 round(self._clock() * 1e6) / 1e6, self._revision + 1, size,
             )
         )
-        self._charge(session, "other_bytes", size)
+        self._accounts.charge(session, "other_bytes", size)

@@ -144,7 +144,7 @@ class Optimization(History):
         # (the latest, in session.leases, is one of them).
         recent = session.recent_leases.get(record.id)
         replaced = recent[0].size if recent and len(recent) >= RECENT_LEASES else 0
-        self._check_room(session, lease.size - replaced)
+        self._accounts.check_room(session, lease.size - replaced)
         session.leases[record.id] = lease
         session.running[record.id] = lease
         if recent is None:
@@ -152,7 +152,7 @@ class Optimization(History):
         if len(recent) >= RECENT_LEASES:
             recent.popleft()
         recent.append(lease)
-        self._charge(session, "other_bytes", lease.size - replaced)
+        self._accounts.charge(session, "other_bytes", lease.size - replaced)
         log.info("optimization_started", session_id=session.id, optimization_id=lease.id,
                  variable=record.name, optimizer=optimizer_type, client_id=client_id)
         revision = self._commit(session, (), source=actor or lease.id, notes=[lease])[1]
@@ -202,9 +202,9 @@ class Optimization(History):
                     f"already proposed (the last proposal is {lease.proposal()})"
                 )
         metadata_size = measure_map(metadata, self.limits, "the step's metadata")
-        self._check_room(
+        self._accounts.check_room(
             session,
-            self._records_cost(session, written, metadata_size)
+            self._accounts.records_cost(session, written, metadata_size)
             + self._evaluation_cost(session, lease, clean),
         )
         lease.renew(self._clock())
@@ -264,9 +264,9 @@ class Optimization(History):
             ]
             self._status_value(record, written[0].value, "final value")
         metadata_size = measure_map(commit_metadata, self.limits, "the finish's metadata")
-        self._check_room(
+        self._accounts.check_room(
             session,
-            self._records_cost(session, written, metadata_size)
+            self._accounts.records_cost(session, written, metadata_size)
             + self._evaluation_cost(session, lease, clean),
         )
         if clean is not None:
@@ -319,7 +319,9 @@ class Optimization(History):
                 )
             ]
         metadata_size = measure_map(metadata, self.limits, "the stop's metadata")
-        self._check_room(session, self._records_cost(session, written, metadata_size))
+        self._accounts.check_room(
+            session, self._accounts.records_cost(session, written, metadata_size)
+        )
         if apply_best and lease.best_score is not None:
             lease.final_value, lease.has_final = lease.best_value, True
         revision = self._end_lease(

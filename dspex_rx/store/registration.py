@@ -83,9 +83,9 @@ class Registration(Sessions):
             sum(r.size for r in prepared) + sum(fixed), len(prepared), "the registration"
         )
         edges = self._new_edges(session, specs, prepared)
-        self._check_room(
+        self._accounts.check_room(
             session,
-            self._records_cost(session, prepared) + sum(fixed) + sum(e.size for e in edges)
+            self._accounts.records_cost(session, prepared) + sum(fixed) + sum(e.size for e in edges)
             + sum(_rules_cost(r) for r in rules.values()),
         )
         before = session.graph.bytes
@@ -99,7 +99,7 @@ class Registration(Sessions):
                 session.graph.remove(edge.dependent, edge.dependency)
             names = {r.id: r.name for r in prepared}
             raise self._cycle_error(session, exc, names) from None
-        self._charge(session, "other_bytes", session.graph.bytes - before + sum(fixed))
+        self._accounts.charge(session, "other_bytes", session.graph.bytes - before + sum(fixed))
         for record, cost in zip(prepared, fixed, strict=True):
             session.fixed[record.id] = cost
         return self._commit(session, prepared, rules={k: v for k, v in rules.items() if v})

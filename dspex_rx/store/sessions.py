@@ -122,10 +122,10 @@ class Sessions(Leasing):
                 claim=self._retired.claim_of(session_id) if returning else _random_id(),
                 incarnation=_random_id(),
             )
-            self._check_room(session, _session_cost(session) + _client_cost(client))
+            self._accounts.check_room(session, _session_cost(session) + _client_cost(client))
             self._retired.revive(session_id)
             self._backend.add_session(session)
-            self._charge(session, "other_bytes", _session_cost(session))
+            self._accounts.charge(session, "other_bytes", _session_cost(session))
             created = True
         else:
             if require_token:
@@ -136,10 +136,10 @@ class Sessions(Leasing):
                     "attached", len(session.clients) + 1, "max_clients_per_session",
                     limits.max_clients_per_session,
                 )
-            self._check_room(session, _client_cost(client))
+            self._accounts.check_room(session, _client_cost(client))
         client_id = "cli_" + secrets.token_hex(8)
         session.clients[client_id] = client
-        self._charge(session, "other_bytes", _client_cost(client))
+        self._accounts.charge(session, "other_bytes", _client_cost(client))
         return session, client_id, created
 
     def _check_claim(
@@ -210,7 +210,7 @@ class Sessions(Leasing):
         session = self.session(session_id)
         client = session.clients.pop(client_id, None)
         if client is not None:
-            self._charge(session, "other_bytes", -_client_cost(client))
+            self._accounts.charge(session, "other_bytes", -_client_cost(client))
         if not session.clients:
             self._remove(session)
             return True
@@ -226,8 +226,7 @@ class Sessions(Leasing):
             # After the session left the table, before its watchers hear None.
             self._retired.retire(gone.id, gone.token, gone.claim)
             self._retired.trim(self._named_ids)
-            self.used_bytes -= gone.used
-            self.pinned_bytes -= gone.pinned
+            self._accounts.forget_session(gone)
             self._end_held_leases(gone.id, "failed", f"its holder session {gone.id} went away")
 
         self._backend.remove_session(session.id, settle=settle)
@@ -260,7 +259,7 @@ class Sessions(Leasing):
             for client_id, lease in list(session.clients.items()):
                 if now - lease.last_seen > lease.ttl:
                     del session.clients[client_id]
-                    self._charge(session, "other_bytes", -_client_cost(lease))
+                    self._accounts.charge(session, "other_bytes", -_client_cost(lease))
                     if session.clients:
                         self._release_client_leases(
                             session, client_id, "expired",

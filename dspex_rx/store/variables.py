@@ -195,7 +195,9 @@ class Variables(Registration):
             record.name, metadata, f"variable {record.name!r}: metadata"
         )
         new = self._prepare_write(record, value, clean_metadata, actor, self._revision + 1)
-        self._check_room(session, self._records_cost(session, [new], metadata_size))
+        self._accounts.check_room(
+            session, self._accounts.records_cost(session, [new], metadata_size)
+        )
         written, revision = self._commit(
             session, [new], metadata=clean_metadata, source=source or actor,
             metadata_size=metadata_size,
@@ -321,7 +323,9 @@ class Variables(Registration):
         committed: dict[str, VariableRecord] = {}
         if to_apply:
             # A budget refusal is the whole request's, atomic or not: nothing is applied.
-            self._check_room(session, self._records_cost(session, to_apply, metadata_size))
+            self._accounts.check_room(
+                session, self._accounts.records_cost(session, to_apply, metadata_size)
+            )
             written, revision = self._commit(
                 session, to_apply, metadata=clean_metadata, source=actor,
                 metadata_size=metadata_size,
@@ -385,7 +389,7 @@ class Variables(Registration):
         """
         owner, record = self._locate(self.session(session_id), ref, "owner")
         clean = self._checked_rules(record.name, record.type, rules)
-        self._check_room(
+        self._accounts.check_room(
             owner, _rules_cost(clean) - _rules_cost(owner.rules.get(record.id, ()))
         )
         revision = self._commit(owner, (), source=actor, rules={record.id: clean})[1]
