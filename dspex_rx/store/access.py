@@ -1,27 +1,27 @@
-"""Who may do what: locating a variable for a caller (its own, or another session's by id
-under its access rules), and binding rules to the parties (claims) they name.
+"""Who may do what: the Access component locates a variable for a caller (its own, or another
+session's by id under its access rules) and binds rules to the parties (claims) they name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from dspex_rx.core.access import (
     ANY_SESSION,
     TIME_CONDITIONS,
     AccessRule,
-    check_permission,
     check_rules,
 )
-from dspex_rx.core.identity import is_glob
+from dspex_rx.core.identity import Principals, RetiredIds, is_glob
 from dspex_rx.errors import (
     AccessDeniedError,
     InvalidValueError,
     VariableNotFoundError,
 )
-from dspex_rx.store.base import (
-    StoreBase,
+from dspex_rx.store.backend import Backend
+from dspex_rx.store.checks import (
     _show,
 )
 from dspex_rx.store.records import (
@@ -32,40 +32,71 @@ from dspex_rx.store.state import (
 )
 
 
-class Access(StoreBase):
-    """The engine's access part: locating variables for callers, and rules' parties.
+class Access:
+    """Who may do what with a variable, by the owner's access rules, and who a rule names.
 
-    Example: ``store.check_access("guest_1", "var_t_1", "read")`` answers without disclosing.
+    It reads the sessions the backend holds and the retired ids' claims; it changes
+    nothing. ``identity_checked`` off (a server that checks no tokens) leaves rules
+    unbound to claims, since there no id is anyone's.
+
+    >>> from dspex_rx.core.identity import Principals, RetiredIds
+    >>> from dspex_rx.store.memory import MemoryBackend
+    >>> access = Access(MemoryBackend(), lambda: 0.0, Principals(None), RetiredIds(10))
+    >>> access.claimed("bob"), access.owner("var_t_1")
+    (False, None)
     """
 
-    def claimed(self, session_id: str) -> bool:
-        """Whether the id is live, or retired and still claimed by its last session's token.
+    def __init__(
+        self,
+        backend: Backend,
+        clock: Callable[[], float],
+        principals: Principals,
+        retired: RetiredIds,
+    ) -> None:
+        self._backend = backend
+        self._clock = clock
+        self.principals = principals
+        self._retired = retired
+        self.identity_checked = True
 
-        >>> from dspex_rx.store import MemoryStore, VariableSpec
-        >>> store = MemoryStore()
-        >>> _ = store.initialize_session("bob")
-        >>> store.claimed("bob"), store.claimed("carol")
-        (True, False)
+    def owner(self, var_id: str) -> str | None:
+        """The session that owns a variable id (ids are addressed across sessions).
+
+        Example: ``store.owner_of("var_t_1")`` delegates here.
         """
-        return session_id in self._sessions or self._retired.claims(session_id)
+        return self._backend.read().owner(var_id)
+
+    def claimed(self, session_id: str) -> bool:
+        """Whether the id is live, or retired and still claimed by its last token.
+
+        Example: ``store.claimed("bob")`` delegates here.
+        """
+        return session_id in self._backend.sessions or self._retired.claims(session_id)
 
     def claim_of(self, session_id: str) -> int:
-        """The claim number of a live or retired id (0: nobody's), see ``identity.py``.
+        """The claim number of a live or retired id (0: nobody's).
 
-        Example: ``store.claim_of("bob")``
-        returns the claim number of ``bob`` (0 for an id nobody holds).
+        Example: ``store.claim_of("bob")`` delegates here.
         """
-        session = self._sessions.get(session_id)
+        session = self._backend.sessions.get(session_id)
         return session.claim if session is not None else self._retired.claim_of(session_id)
 
-    def _checked_rules(
+    def checked_rules(
         self, name: str, type_name: str, rules: Any
     ) -> tuple[AccessRule, ...]:
-        return self._bind_rules(name, check_rules(name, type_name, rules))
+        """Rules checked for shape (core.access) and bound to the parties they name.
 
-    def _bind_rules(
+        Example: ``access.checked_rules("t", "float", rules)`` returns the bound rules, or raises.
+        """
+        return self.bind_rules(name, check_rules(name, type_name, rules))
+
+    def bind_rules(
         self, name: str, clean: tuple[AccessRule, ...]
     ) -> tuple[AccessRule, ...]:
+        """Each rule checked to name who the owner means, exact ids bound to their claims.
+
+        Example: ``access.bind_rules("t", rules)`` refuses a glob outside reserved namespaces.
+        """
         # check_rules is the shape; here, whether each rule names who the owner means, and
         # each exact unreserved id bound to its claim (a rule from an export must find the
         # claim it was written for).
@@ -115,7 +146,11 @@ class Access(StoreBase):
             return "this server reserves none: see principals / --principals"
         return "reserved: " + ", ".join(repr(ns.pattern) for ns in self.principals.namespaces)
 
-    def _resolve(self, session: Session, ref: str) -> VariableRecord:
+    def resolve(self, session: Session, ref: str) -> VariableRecord:
+        """A variable of ``session`` itself, by id or name (never another session's).
+
+        Example: ``access.resolve(store.session(sid), "t")`` returns its record.
+        """
         if not isinstance(ref, str) or not ref:
             raise InvalidValueError("a variable name or id is required")
         record = session.variables.get(ref)
@@ -123,12 +158,12 @@ class Access(StoreBase):
             var_id = session.names.get(ref)
             record = session.variables.get(var_id) if var_id else None
         if record is None:
-            owner = self._owner(ref)
+            owner = self.owner(ref)
             if owner is not None and owner != session.id and isinstance(ref, str):
                 # Another session's variable, which needs a permission: callers that may
                 # act on foreign variables go through _locate.
-                foreign = self._sessions[owner]
-                if self._rights(session.id, foreign, ref):
+                foreign = self._backend.sessions[owner]
+                if self.rights(session.id, foreign, ref):
                     raise InvalidValueError(
                         f"variable {ref!r} belongs to session {owner!r}: this operation "
                         f"works on variables of session {session.id!r} only"
@@ -136,9 +171,13 @@ class Access(StoreBase):
             raise VariableNotFoundError(f"no variable {_show(ref)} in session {session.id!r}")
         return record
 
-    def _rights(self, caller_id: str, owner: Session, var_id: str) -> set[str]:
+    def rights(self, caller_id: str, owner: Session, var_id: str) -> set[str]:
+        """What a non-owner may do: the union of the matching rules whose time holds.
+
+        Example: ``access.rights("guest_1", store.session("s"), "var_t_1")`` returns {"read"}.
+        """
         # What a non-owner may do: the union of the matching rules whose time holds.
-        caller = self._sessions.get(caller_id)
+        caller = self._backend.sessions.get(caller_id)
         claim = caller.claim if caller is not None else 0
         return {p for r in self._live_rules(caller_id, claim, owner, var_id)
                 for p in r.permissions}
@@ -153,7 +192,7 @@ class Access(StoreBase):
         now = self._clock()
         return [r for r in rules if r.matches(caller_id, claim) and r.active(now)]
 
-    def _locate(
+    def locate(
         self, caller: Session, ref: str, need: str, value: Any = None, check_value: bool = False
     ) -> tuple[Session, VariableRecord]:
         """The owner session and record of ``ref`` for a caller that needs ``need``.
@@ -165,6 +204,8 @@ class Access(StoreBase):
         gets ``AccessDeniedError``. ``need`` is a permission or ``"owner"`` (delete,
         permissions, dependencies). With ``check_value`` a write must also be within
         the value bounds of a rule that grants it.
+
+        Example: ``store.lookup("guest_1", "var_t_1", "read")`` is ``locate(...)[1]``.
         """
         if not isinstance(ref, str) or not ref:
             raise InvalidValueError("a variable name or id is required")
@@ -174,8 +215,8 @@ class Access(StoreBase):
             record = caller.variables.get(var_id) if var_id else None
         if record is not None:
             return caller, record
-        owner_id = self._owner(ref)
-        owner = self._sessions.get(owner_id) if owner_id else None
+        owner_id = self.owner(ref)
+        owner = self._backend.sessions.get(owner_id) if owner_id else None
         # One reading of the rules (and the clock) serves the rights and the write bounds.
         live = self._live_rules(caller.id, caller.claim, owner, ref) if owner is not None else []
         granted = {p for r in live for p in r.permissions}
@@ -211,97 +252,27 @@ class Access(StoreBase):
         return owner, record
 
     def may(self, session_id: str, var_id: str, permission: str) -> bool:
-        """Whether a session may use ``permission`` on a variable, by id (False when the
-        variable is gone). Used to re-check a live watch.
+        """Whether a session may use ``permission`` on a variable, by id.
 
-        Example: ``store.may("guest_1", "var_t_1", "observe")``
-        tells whether guest_1 may still watch the variable.
+        Example: ``store.may("guest_1", "var_t_1", "observe")`` delegates here.
         """
-        owner_id = self._owner(var_id)
-        owner = self._sessions.get(owner_id) if owner_id else None
+        owner_id = self.owner(var_id)
+        owner = self._backend.sessions.get(owner_id) if owner_id else None
         if owner is None or var_id not in owner.variables:
             return False
         if owner.id == session_id:
             return True
-        return permission in self._rights(session_id, owner, var_id)
-
-    def lookup(self, session_id: str, ref: str, permission: str) -> VariableRecord:
-        """The record of ``ref`` if the session may use ``permission`` on it (``KeyError``
-        if it cannot see it, ``AccessDeniedError`` if it lacks the permission).
-
-        Example: ``store.lookup("guest_1", "var_t_1", "optimize")``
-        returns the record guest_1 may optimize.
-        """
-        return self._locate(self.session(session_id), ref, permission)[1]
+        return permission in self.rights(session_id, owner, var_id)
 
     def timed_rules(self, session_id: str, var_id: str) -> bool:
-        """Whether a rule of another session's variable that names ``session_id`` has a
-        time condition (so its rights may have changed without a permissions commit).
+        """Whether a rule naming ``session_id`` on the variable has a time condition.
 
-        Example: ``store.timed_rules("guest_1", "var_t_1")``
-        is True when a rule granting guest_1 has a time window.
+        Example: ``store.timed_rules("guest_1", "var_t_1")`` delegates here.
         """
-        owner = self._sessions.get(self._owner(var_id) or "")
+        owner = self._backend.sessions.get(self.owner(var_id) or "")
         rules = owner.rules.get(var_id, ()) if owner is not None else ()
         claim = self.claim_of(session_id)
         return any(r.matches(session_id, claim)
                    and any(k in r.conditions for k in TIME_CONDITIONS)
                    for r in rules)
 
-    def owner_of(self, var_id: str) -> str | None:
-        """The id of the session that owns a variable, or None.
-
-        >>> from dspex_rx.store import MemoryStore, VariableSpec
-        >>> store = MemoryStore()
-        >>> session, client_id, created = store.initialize_session("s")
-        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
-        >>> store.owner_of(store.get("s", "t").id), store.owner_of("var_nope_9")
-        ('s', None)
-        """
-        return self._owner(var_id)
-
-    def check_access(self, session_id: str, ref: str, permission: str) -> bool:
-        """Whether the session may use ``permission`` on the variable: ``False`` for a
-        missing permission and for a variable it cannot see at all (the spec: "True if
-        access granted, False otherwise"; an unknown variable answers the same, so the
-        answer reveals nothing). An unknown permission name raises ``ValueError``.
-
-        >>> from dspex_rx.store import MemoryStore, VariableSpec
-        >>> store = MemoryStore()
-        >>> session, client_id, created = store.initialize_session("s")
-        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
-        >>> _ = store.initialize_session("guest")
-        >>> var_id = store.get("s", "t").id
-        >>> store.check_access("s", "t", "write"), store.check_access("guest", var_id, "read")
-        (True, False)
-        """
-        check_permission(permission)
-        caller = self.session(session_id)
-        try:
-            self._locate(caller, ref, permission)
-        except (AccessDeniedError, VariableNotFoundError):
-            return False
-        return True
-
-    def visible(self, session_id: str, ref: str) -> bool:
-        """Whether the session can see the variable at all (its own, or another's it has
-        some permission on).
-
-        Example: ``store.visible("guest_1", "var_t_1")``
-        is False unless guest_1 has some permission on it.
-        """
-        try:
-            self._locate(self.session(session_id), ref, "read")
-        except AccessDeniedError:
-            return True
-        except VariableNotFoundError:
-            return False
-        return True
-
-    def rules(self, session_id: str, ref: str) -> tuple[AccessRule, ...]:
-        """A variable's access rules (its owner only).
-
-        Example: ``store.rules(sid, "temperature")`` returns the variable's ``AccessRule`` tuple.
-        """
-        owner, record = self._locate(self.session(session_id), ref, "owner")
-        return owner.rules.get(record.id, ())

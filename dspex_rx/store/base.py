@@ -2,19 +2,19 @@
 checks of values, metadata and names every part uses.
 
 The engine is one class (``MemoryStore``) built as a linear chain of parts (mixins) over
-one shared state, the session tables: base -> access -> commit -> leasing -> sessions ->
-registration -> variables -> dependencies -> history -> optimization -> reports ->
-import_plan -> exchange; each part calls only the parts below it. The memory account is a
-component with its own state (accounts.py), and the storage is the Backend (backend.py). Methods are synchronous and never yield, so a
-call is atomic on the server's one loop: a request is validated in full, then committed in
-one step (commit.py), and a refused request leaves no trace.
+one shared state, the session tables: base -> permissions -> commit -> leasing ->
+sessions -> registration -> variables -> dependencies -> history -> optimization ->
+reports -> import_plan -> exchange; each part calls only the parts below it. Two concerns
+are components with narrow interfaces instead: the memory account (accounts.py) and
+access (access.py); the storage is the Backend (backend.py).
+Methods are synchronous and never yield, so a call is atomic on the server's one loop: a
+request is validated in full, then committed in one step (commit.py), and a refused
+request leaves no trace.
 """
 
 from __future__ import annotations
 
 import itertools
-import re
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,7 +29,6 @@ from dspex_rx.core.limits import (
     too_big,
 )
 from dspex_rx.core.types import (
-    INT64_MAX,
     check_constraints,
     check_metadata,
     keep_origin,
@@ -43,8 +42,14 @@ from dspex_rx.errors import (
     VariableTypeError,
 )
 from dspex_rx.logs import get_logger
+from dspex_rx.store.access import Access
 from dspex_rx.store.accounts import Accounts
 from dspex_rx.store.backend import Backend
+from dspex_rx.store.checks import (
+    BATCH_ENTRY_FRAMING,
+    BATCH_FRAMING,
+    _show,
+)
 from dspex_rx.store.memory.backend import MemoryBackend
 from dspex_rx.store.records import (
     ITEM_OVERHEAD,
@@ -56,68 +61,6 @@ from dspex_rx.store.state import (
 log = get_logger("dspex_rx.store")
 
 
-MAX_TTL = 7 * 24 * 3600.0
-
-
-MAX_ITERATIONS = 10_000_000
-
-
-# Ended leases kept per variable, for status by optimization id and for resync.
-RECENT_LEASES = 16
-
-
-MAX_VERSION = INT64_MAX
-
-
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,255}")
-
-
-# Room a batch's answer needs beyond the stored values: per entry (id, name, type,
-# timestamps, versions) and for the whole message.
-BATCH_ENTRY_FRAMING = 512
-
-
-BATCH_FRAMING = 64 * 1024
-
-
-# The shape of the ids the store makes (``var_<name>_<n>``). Ids are addressed across
-# sessions, so no session may name a variable like one (whether or not that id exists,
-# which a check would disclose).
-ID_SHAPE_RE = re.compile(r"var_.+_[0-9]+")
-
-
-def _check_not_id_shaped(name: str) -> None:
-    if ID_SHAPE_RE.fullmatch(name):
-        raise InvalidValueError(
-            f"variable name {name!r} is shaped like a variable id (var_<name>_<n>), which "
-            "names a variable in any session; choose another name"
-        )
-
-
-def _random_id() -> int:
-    # A claim or incarnation number: random (unguessable, unlikely to meet another
-    # server's), positive, and within int64 (export files' integers).
-    return secrets.randbits(62) + 1
-
-
-def _check_name(name: Any) -> None:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidValueError(
-            f"variable name {_show(name)} is not valid (letters, digits, _ . - /; up to "
-            "256 characters, not starting with a digit)"
-        )
-
-
-def _show(text: Any, limit: int = 80) -> str:
-    # A user-supplied string as error messages quote it: repr, cut to ``limit`` characters
-    # (a megabyte ref must not come back as a megabyte message).
-    shown = repr(text)
-    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...{shown[0]}"
-
-
-def _plain_dict(value: Any) -> Any:
-    # Mappings become dicts for check_metadata; anything else goes on to be refused there.
-    return dict(value) if isinstance(value, Mapping) else value
 
 
 class StoreBase:
@@ -158,15 +101,15 @@ class StoreBase:
         self._ids = itertools.count(1)
         # Who an id belongs to (identity.py): reserved namespaces, and ended ids that stay
         # claimed by their token, so a rule naming an id keeps naming the same party.
-        self.principals = (
-            principals if isinstance(principals, Principals) else Principals(principals)
-        )
         # The memory accounts of every session (accounts.py), checked before each write.
         self._accounts = Accounts(self.limits, self._backend)
+        # Ended ids still claimed by their token (identity.py), and who may do what.
         self._retired = RetiredIds(self.limits.max_retired_sessions)
-        # Whether rules must name parties whose identity is checked; a server that checks
-        # no tokens (auth="none") turns it off, since there no id is anyone's.
-        self.identity_checked = True
+        self._access = Access(
+            self._backend, clock,
+            principals if isinstance(principals, Principals) else Principals(principals),
+            self._retired,
+        )
 
     @property
     def history_size(self) -> int:
@@ -243,9 +186,34 @@ class StoreBase:
     def _sessions(self) -> Mapping[str, Session]:
         return self._backend.sessions
 
-    def _owner(self, var_id: str) -> str | None:
-        # The session that owns a variable id (ids are addressed across sessions).
-        return self._backend.read().owner(var_id)
+    @property
+    def principals(self) -> Principals:
+        """The reserved namespaces (identity.py); the server may replace them.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> bool(MemoryStore().principals)
+        False
+        """
+        return self._access.principals
+
+    @principals.setter
+    def principals(self, principals: Principals) -> None:
+        self._access.principals = principals
+
+    @property
+    def identity_checked(self) -> bool:
+        """Whether rules must name parties whose identity is checked; a server that checks
+        no tokens (auth="none") turns it off, since there no id is anyone's.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().identity_checked
+        True
+        """
+        return self._access.identity_checked
+
+    @identity_checked.setter
+    def identity_checked(self, checked: bool) -> None:
+        self._access.identity_checked = checked
 
     def session(self, session_id: str) -> Session:
         """The live session, or ``SessionNotFoundError``.

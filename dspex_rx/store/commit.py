@@ -16,15 +16,13 @@ from dspex_rx.core.graph import Edge
 from dspex_rx.core.limits import (
     too_many,
 )
-from dspex_rx.store.access import (
-    Access,
-)
 from dspex_rx.store.accounts import (
     _commit_cost,
     _rules_cost,
 )
 from dspex_rx.store.backend import RevisionConflict, WriteTxn
 from dspex_rx.store.leases import OptimizationLease
+from dspex_rx.store.permissions import AccessMethods
 from dspex_rx.store.records import (
     MAX_SOURCE_NAMES,
     OPTIMIZATION_EVENT,
@@ -43,7 +41,7 @@ MAX_CONFLICT_ATTEMPTS = 3
 _T = TypeVar("_T")
 
 
-class Committer(Access):
+class Committer(AccessMethods):
     """The engine's commit part: ``_commit`` applies a write; watchers follow the log.
 
     Example: ``store.add_listener(sid, frames.append)`` hears every later commit.

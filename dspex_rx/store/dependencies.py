@@ -54,8 +54,8 @@ class Dependencies(Variables):
         ['base']
         """
         session = self.session(session_id)
-        dependent = self._resolve(session, from_ref)
-        dependency = self._resolve(session, to_ref)
+        dependent = self._access.resolve(session, from_ref)
+        dependency = self._access.resolve(session, to_ref)
         if dependency_type not in DEPENDENCY_TYPES:
             raise InvalidValueError(
                 f"dependency type must be one of {', '.join(DEPENDENCY_TYPES)}, "
@@ -92,8 +92,8 @@ class Dependencies(Variables):
         returns ``(True, revision)`` when the edge existed.
         """
         session = self.session(session_id)
-        dependent = self._resolve(session, from_ref)
-        dependency = self._resolve(session, to_ref)
+        dependent = self._access.resolve(session, from_ref)
+        dependency = self._access.resolve(session, to_ref)
         before = session.graph.bytes
         if not session.graph.remove(dependent.id, dependency.id):
             return False, session.revision
@@ -110,7 +110,7 @@ class Dependencies(Variables):
         lists (record, depth, edge), nearest first.
         """
         caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "read")
+        session, record = self._access.locate(caller, ref, "read")
         walk = session.graph.dependents if dependents else session.graph.dependencies
         # Of another session's graph, only the variables the caller may read are shown.
         return [

@@ -49,7 +49,7 @@ class History(Dependencies):
             raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise InvalidValueError(f"history offset must be an integer >= 0, got {offset!r}")
-        session, record = self._locate(self.session(session_id), ref, "read")
+        session, record = self._access.locate(self.session(session_id), ref, "read")
         entries = session.history.get(record.id, deque())
         oldest = entries[0].version if entries else record.version
         newest_wanted = record.version - offset
@@ -85,11 +85,11 @@ class History(Dependencies):
         (3, 0.7)
         """
         caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "write")
+        session, record = self._access.locate(caller, ref, "write")
         if session is not caller:
             # Rolling back chooses a past value (and the response carries it): that is
             # reading the history, so another session's variable needs read as well.
-            self._locate(caller, record.id, "read")
+            self._access.locate(caller, record.id, "read")
         self._expire_leases(session)
         self._check_lease(session, record, None, doing="rolled back")
         self._check_version(record, expected_version)
@@ -110,7 +110,7 @@ class History(Dependencies):
                 "within the session's memory budget)"
             )
         if session is not caller:
-            self._locate(caller, record.id, "write", entry.value, check_value=True)
+            self._access.locate(caller, record.id, "write", entry.value, check_value=True)
         metadata: dict[str, Any] = {"rollback_to": version}
         if reason is not None:
             if not isinstance(reason, str):

@@ -32,7 +32,7 @@ from dspex_rx.errors import (
 from dspex_rx.store.accounts import (
     _rules_cost,
 )
-from dspex_rx.store.base import (
+from dspex_rx.store.checks import (
     MAX_VERSION,
     _check_name,
     _check_not_id_shaped,
@@ -131,7 +131,7 @@ class ImportPlanning(OptimizationReports):
         rules = check_rules(name, type_name, list(entry.access_rules or ()))
         existing_id = session.names.get(name)
         if existing_id is None:
-            rules = self._bind_rules(name, rules)
+            rules = self._access.bind_rules(name, rules)
             if name in session.variables:
                 raise AlreadyExistsError(
                     f"variable name {name!r} already exists as the id of another variable"

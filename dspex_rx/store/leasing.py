@@ -138,7 +138,7 @@ class Leasing(Committer):
         # What a holder's step and finish both start with: the variable (with the optimize
         # right), its lease (held by this caller with this token), the evaluation checked.
         caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "optimize")
+        session, record = self._access.locate(caller, ref, "optimize")
         self._expire_leases(session)
         lease = self._holder_lease(session, record, optimization_id, token, caller.id)
         clean = self._prepare_evaluation(lease, record, evaluation) if evaluation else None
@@ -177,7 +177,7 @@ class Leasing(Committer):
         # ``optimize`` on the variable; returns the last revision taken, or 0.
         revision = 0
         for lease in list(session.running.values()):
-            if lease.holder_session == session.id or "optimize" in self._rights(
+            if lease.holder_session == session.id or "optimize" in self._access.rights(
                 lease.holder_session, session, lease.variable_id
             ):
                 continue

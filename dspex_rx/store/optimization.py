@@ -23,12 +23,14 @@ from dspex_rx.errors import (
     VariableTypeError,
 )
 from dspex_rx.store.base import (
+    log,
+)
+from dspex_rx.store.checks import (
     MAX_ITERATIONS,
     MAX_TTL,
     NAME_RE,
     RECENT_LEASES,
     _show,
-    log,
 )
 from dspex_rx.store.history import (
     History,
@@ -78,7 +80,7 @@ class Optimization(History):
         ('running', 0.4)
         """
         caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "optimize")
+        session, record = self._access.locate(caller, ref, "optimize")
         self._expire_leases(session)
         if not isinstance(optimizer_type, str) or not NAME_RE.fullmatch(optimizer_type):
             raise InvalidValueError(
@@ -301,7 +303,7 @@ class Optimization(History):
         self._check_reason("the stop reason", reason)
         self._check_reason("the stopping actor", actor)
         caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "optimize")
+        session, record = self._access.locate(caller, ref, "optimize")
         self._expire_leases(session)
         lease = session.running.get(record.id)
         if lease is None or (optimization_id and lease.id != optimization_id):

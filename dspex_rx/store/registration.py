@@ -21,7 +21,7 @@ from dspex_rx.errors import (
 from dspex_rx.store.accounts import (
     _rules_cost,
 )
-from dspex_rx.store.base import (
+from dspex_rx.store.checks import (
     _check_name,
     _check_not_id_shaped,
 )
@@ -75,7 +75,7 @@ class Registration(Sessions):
             record, cost = self._prepare_new(session, spec, actor, taken)
             prepared.append(record)
             fixed.append(cost)
-            rules[record.id] = self._checked_rules(
+            rules[record.id] = self._access.checked_rules(
                 record.name, record.type, getattr(spec, "access_rules", ()) or ()
             )
             taken.add(spec.name)
@@ -158,7 +158,7 @@ class Registration(Sessions):
             check_count(f"variable {spec.name!r}: the dependency list", len(spec.dependencies),
                         "max_batch_size", limits.max_batch_size)
             for ref in spec.dependencies:
-                target = in_batch.get(ref) or self._resolve(session, ref).id
+                target = in_batch.get(ref) or self._access.resolve(session, ref).id
                 edges[record.id, target] = Edge(record.id, target, "data", {}, ITEM_OVERHEAD)
         count = len(session.graph) + len(edges)
         if count > limits.max_dependencies_per_session:

@@ -14,7 +14,7 @@ from dspex_rx.errors import (
     VariableNotFoundError,
     VariableTypeError,
 )
-from dspex_rx.store.base import (
+from dspex_rx.store.checks import (
     RECENT_LEASES,
     _show,
 )
@@ -73,7 +73,7 @@ class OptimizationReports(Optimization):
         # Quoted as given in the errors below, but never a megabyte of it.
         run_named = optimization_id if len(optimization_id) <= 80 else _show(optimization_id)
         caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "optimize")
+        session, record = self._access.locate(caller, ref, "optimize")
         self._expire_leases(session)
         where = f"variable {record.name!r}"
         for label, number in (("iteration", iteration), ("version", version)):
@@ -167,7 +167,7 @@ class OptimizationReports(Optimization):
         (0.7, None)
         """
         caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "read")
+        session, record = self._access.locate(caller, ref, "read")
         self._expire_leases(session)
         return record, session.leases.get(record.id)
 
@@ -203,7 +203,7 @@ class OptimizationReports(Optimization):
         returns ``(record, lease)`` of that run.
         """
         caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "read")
+        session, record = self._access.locate(caller, ref, "read")
         self._expire_leases(session)
         lease = next((kept for kept in session.recent_leases.get(record.id, ())
                       if kept.id == optimization_id), None)
@@ -232,7 +232,7 @@ class OptimizationReports(Optimization):
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise InvalidValueError(f"history limit must be a positive integer, got {limit!r}")
         caller = self.session(session_id)
-        session, record = self._locate(caller, ref, "read")
+        session, record = self._access.locate(caller, ref, "read")
         # In whole microseconds, the resolution of the datetimes the API hands out (entry
         # times are whole microseconds): an entry's own timestamp given back as ``since``
         # includes that entry, whatever float error the round trip added.

@@ -28,7 +28,7 @@ from dspex_rx.store.accounts import (
     _client_cost,
     _session_cost,
 )
-from dspex_rx.store.base import (
+from dspex_rx.store.checks import (
     MAX_TTL,
     NAME_RE,
     _random_id,

@@ -27,7 +27,7 @@ from dspex_rx.errors import (
 from dspex_rx.store.accounts import (
     _rules_cost,
 )
-from dspex_rx.store.base import (
+from dspex_rx.store.checks import (
     _show,
 )
 from dspex_rx.store.records import (
@@ -68,7 +68,7 @@ class Variables(Registration):
         >>> store.get("s", "t").value
         0.7
         """
-        return self._locate(self.session(session_id), ref, "read")[1]
+        return self._access.locate(self.session(session_id), ref, "read")[1]
 
     def get_many(
         self, session_id: str, refs: Sequence[str], permission: str = "read"
@@ -93,7 +93,7 @@ class Variables(Registration):
         found, missing = [], []
         for ref in refs:
             try:
-                found.append(self._locate(session, ref, permission)[1])
+                found.append(self._access.locate(session, ref, permission)[1])
             except VariableNotFoundError:
                 missing.append(ref)
         return found, missing
@@ -171,7 +171,7 @@ class Variables(Registration):
         if source is not None:
             self._check_reason("a write's source", source)
         try:
-            session, record = self._locate(caller, ref, "write", value, check_value=True)
+            session, record = self._access.locate(caller, ref, "write", value, check_value=True)
         except VariableNotFoundError:
             session = caller
             if not create_if_missing:
@@ -262,7 +262,7 @@ class Variables(Registration):
         )
         self._expire_leases(caller)
         for ref, optimization_id, token in require_leases:
-            guard_owner, guarded = self._locate(caller, ref, "optimize")
+            guard_owner, guarded = self._access.locate(caller, ref, "optimize")
             self._expire_leases(guard_owner)
             self._holder_lease(guard_owner, guarded, optimization_id, token, caller.id)
         prepared: list[VariableRecord | None] = []
@@ -276,7 +276,7 @@ class Variables(Registration):
             ref, value = update[0], update[1]
             expected = update[2] if len(update) > 2 else None
             try:
-                owner, record = self._locate(caller, ref, "write", value, check_value=True)
+                owner, record = self._access.locate(caller, ref, "write", value, check_value=True)
                 if session is None:
                     session = owner
                     if owner is not caller:
@@ -353,7 +353,7 @@ class Variables(Registration):
         >>> deleted, revision
         (['var_t_1'], 2)
         """
-        session, record = self._locate(self.session(session_id), ref, "owner")
+        session, record = self._access.locate(self.session(session_id), ref, "owner")
         self._expire_leases(session)
         dependents = session.graph.dependents(record.id, transitive=True)
         if dependents and not cascade:
@@ -387,8 +387,8 @@ class Variables(Registration):
         >>> [rule.permissions for rule in store.rules("s", "t")]
         [('read',)]
         """
-        owner, record = self._locate(self.session(session_id), ref, "owner")
-        clean = self._checked_rules(record.name, record.type, rules)
+        owner, record = self._access.locate(self.session(session_id), ref, "owner")
+        clean = self._access.checked_rules(record.name, record.type, rules)
         self._accounts.check_room(
             owner, _rules_cost(clean) - _rules_cost(owner.rules.get(record.id, ()))
         )
