@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from dspex_rx.core.access import AccessRule
 from dspex_rx.store.backend import Backend, RevisionConflict
 from dspex_rx.store.memory import MemoryBackend
 from dspex_rx.store.records import ChangeEvent, Commit, VariableRecord
@@ -82,6 +83,26 @@ def test_puts_and_deletes_apply_records_names_and_owners(backend: Backend) -> No
         None, None, None
     )
     assert view.records("s") == []
+
+
+def test_access_rules_are_staged_and_applied_with_the_commit(backend: Backend) -> None:
+    readers = (AccessRule("any", ("read",)),)
+    with backend.write() as txn:
+        txn.put("s", record("x", 1))
+        txn.set_rules("s", "var_x_1", readers)
+        assert txn.rules("s", "var_x_1") == readers
+        assert backend.read().rules("s", "var_x_1") == ()
+        txn.commit("s", [], timestamp=1.0, permissions=["var_x_1"])
+    assert backend.read().rules("s", "var_x_1") == readers
+    assert [c.permissions for c in backend.commits_since("s", 0) or ()] == [("var_x_1",)]
+    with pytest.raises(KeyError), backend.write() as txn:
+        txn.set_rules("s", "var_x_1", ())
+        raise KeyError("refused")
+    assert backend.read().rules("s", "var_x_1") == readers  # the refused txn left them
+    with backend.write() as txn:
+        txn.set_rules("s", "var_x_1", ())
+        txn.commit("s", [], timestamp=1.0)
+    assert backend.read().rules("s", "var_x_1") == ()
 
 
 def test_an_exception_inside_a_write_txn_leaves_no_trace(backend: Backend) -> None:

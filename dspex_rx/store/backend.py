@@ -34,12 +34,12 @@ Decisions (issue #13):
   one tells its watchers ``None``.
 
 Behind the seam now: the sessions table, variable records and their names, the owner of
-every variable id, the revision counter, each session's commit log (``commits_since``,
-``compact``) and its watchers.
+every variable id, variables' access rules, the revision counter, each session's commit
+log (``commits_since``, ``compact``) and its watchers.
 
 Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``
 directly on its hot paths instead of through a ``ReadTxn``; it mutates the other tables of
-the ``Session`` object in place during a commit (history, dependency graph, access rules,
+the ``Session`` object in place during a commit (history, dependency graph,
 optimization leases and evaluations, attached clients, the memory account, superseded
 and graveyard queues), so only the records are staged and only they roll back on abort; the
 id counter (``var_<name>_<n>``) and the retired ids and claims (``RetiredIds``) live in the
@@ -52,6 +52,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
+from dspex_rx.core.access import AccessRule
 from dspex_rx.errors import ConflictError
 from dspex_rx.store.records import ChangeEvent, Commit, Listener, VariableRecord
 from dspex_rx.store.state import Session
@@ -117,6 +118,13 @@ class ReadTxn(ABC):
         Example: ``backend.read().owner("var_t_1")`` returns "sess_1".
         """
 
+    @abstractmethod
+    def rules(self, session_id: str, var_id: str) -> tuple[AccessRule, ...]:
+        """A variable's access rules (empty when it has none).
+
+        Example: ``backend.read().rules("sess_1", "var_t_1")`` returns its rules.
+        """
+
 
 class WriteTxn(ReadTxn):
     """The one open write: staged puts and deletes, applied together by ``commit()``.
@@ -148,6 +156,13 @@ class WriteTxn(ReadTxn):
         """Stage a record (new or a new version; its name maps to its id).
 
         Example: ``txn.put("sess_1", record)`` stages the record.
+        """
+
+    @abstractmethod
+    def set_rules(self, session_id: str, var_id: str, rules: tuple[AccessRule, ...]) -> None:
+        """Stage a variable's access rules (empty: it has none).
+
+        Example: ``txn.set_rules("sess_1", "var_t_1", ())`` stages their removal.
         """
 
     @abstractmethod

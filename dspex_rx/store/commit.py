@@ -70,7 +70,7 @@ class Committer(AccessMethods):
         # version is remembered, each entry stamped with this revision (its ``size`` set
         # by the caller). ``rules`` sets variables' access rules (on register, or by their
         # owner). The revision counter is the store's, shared by all sessions.
-        # Callers have checked every limit (``_check_room`` included): nothing here fails.
+        # Callers have checked every limit (``check_room`` included): nothing here fails.
         # The records go through the backend's write txn (staged, applied by its commit
         # under one revision); the session's other tables change in place (backend.py
         # lists them as not yet behind the seam).
@@ -151,7 +151,7 @@ class Committer(AccessMethods):
                 )
             )
         for var_id, clean in (rules or {}).items():
-            self._set_rules(session, var_id, clean)
+            self._set_rules(txn, session, var_id, clean)
         for record in removed:
             txn.delete(sid, record.id)
             before = session.graph.bytes
@@ -167,7 +167,7 @@ class Committer(AccessMethods):
             if evaluations:
                 self._accounts.charge(session, "other_bytes", -sum(e.size for e in evaluations))
             self._accounts.charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
-            self._set_rules(session, record.id, ())
+            self._set_rules(txn, session, record.id, ())
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         def settle(commit: Commit) -> None:
@@ -181,11 +181,13 @@ class Committer(AccessMethods):
                             permissions=tuple(rules or ()), settle=settle)
         return stamped, commit.revision
 
-    def _set_rules(self, session: Session, var_id: str, rules: tuple[AccessRule, ...]) -> None:
-        # A variable's access rules, charged to the session's other_bytes (_rules_cost).
-        old = session.rules.pop(var_id, ())
-        if rules:
-            session.rules[var_id] = rules
+    def _set_rules(
+        self, txn: WriteTxn, session: Session, var_id: str, rules: tuple[AccessRule, ...]
+    ) -> None:
+        # A variable's access rules, staged on the txn and charged to the session's
+        # other_bytes (_rules_cost).
+        old = txn.rules(session.id, var_id)
+        txn.set_rules(session.id, var_id, rules)
         self._accounts.charge(session, "other_bytes", _rules_cost(rules) - _rules_cost(old))
 
     def add_listener(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from dspex_rx.core.access import AccessRule
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import Backend, ReadTxn, RevisionConflict, WriteTxn
 from dspex_rx.store.records import ChangeEvent, Commit, Listener, VariableRecord
@@ -175,6 +176,11 @@ class MemoryBackend(Backend):
                 session.variables[var_id] = record
                 session.names[record.name] = var_id
                 self._owners.setdefault(var_id, session_id)  # an owner never changes
+        for var_id, rules in txn.staged_rules.items():
+            if rules:
+                session.rules[var_id] = rules
+            else:
+                session.rules.pop(var_id, None)
         session.revision = self._revision = revision
         commit = Commit(revision, tuple(events), timestamp, session_id, tuple(permissions))
         session.log.append(commit)
@@ -226,12 +232,18 @@ class _MemoryRead(ReadTxn):
         self._check()
         return self._backend._owners.get(var_id)
 
+    def rules(self, session_id: str, var_id: str) -> tuple[AccessRule, ...]:
+        session = self.session(session_id)
+        return session.rules.get(var_id, ()) if session is not None else ()
+
 
 class _MemoryWrite(WriteTxn, _MemoryRead):
     # Staged changes by variable id (None: deleted), in order; reads see them first.
     def __init__(self, backend: MemoryBackend) -> None:
         _MemoryRead.__init__(self, backend)
         self.staged: dict[str, VariableRecord | None] = {}
+        self.staged_rules: dict[str, tuple[AccessRule, ...]] = {}
+        # The session of each staged variable (a commit is one session's).
         self.session_of: dict[str, str] = {}
         self._done = False
 
@@ -284,6 +296,16 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
             return self.session_of[var_id] if self.staged[var_id] is not None else None
         return owner
 
+    def rules(self, session_id: str, var_id: str) -> tuple[AccessRule, ...]:
+        if var_id in self.staged_rules and self.session_of.get(var_id) == session_id:
+            return self.staged_rules[var_id]
+        return _MemoryRead.rules(self, session_id, var_id)
+
+    def set_rules(self, session_id: str, var_id: str, rules: tuple[AccessRule, ...]) -> None:
+        self._live()
+        self.staged_rules[var_id] = rules
+        self.session_of[var_id] = session_id
+
     def put(self, session_id: str, record: VariableRecord) -> None:
         self._live()
         self.staged.pop(record.id, None)  # keep the order of the last change
@@ -319,6 +341,7 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         self._live()
         self._done = True
         self.staged.clear()
+        self.staged_rules.clear()
         self._backend._open = None
 
 
