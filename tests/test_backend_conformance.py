@@ -260,3 +260,13 @@ def test_sync_returns_for_committed_revisions(backend: Backend) -> None:
             await backend.sync(revision + 1)
 
     asyncio.run(durable())
+
+
+def test_the_id_sequence_never_repeats_a_number(backend: Backend) -> None:
+    first = [backend.next_id() for _ in range(3)]
+    txn = backend.write()
+    taken = backend.next_id()  # taken by a write that is then refused: skipped, not reused
+    txn.abort()
+    after = backend.next_id()
+    numbers = [*first, taken, after]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 5

@@ -33,17 +33,19 @@ Decisions (issue #13):
   ``remove_session``): a session is not a change any watcher is told about, and removing
   one tells its watchers ``None``.
 
-Behind the seam now: the sessions table, variable records and their names, the owner of
-every variable id, variables' access rules, the revision counter, each session's commit
-log (``commits_since``, ``compact``) and its watchers.
+Behind the seam now: the sessions table; variable records and their names; the owner of
+every variable id; variables' access rules; the variable id sequence; the revision
+counter; each session's commit log (``commits_since``, ``compact``) and its watchers.
 
 Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``
-directly on its hot paths instead of through a ``ReadTxn``; it mutates the other tables of
-the ``Session`` object in place during a commit (history, dependency graph,
-optimization leases and evaluations, attached clients, the memory account, superseded
-and graveyard queues), so only the records are staged and only they roll back on abort; the
-id counter (``var_<name>_<n>``) and the retired ids and claims (``RetiredIds``) live in the
-engine. A durable backend needs each of those as staged writes of the txn.
+directly on its hot paths instead of through a ``ReadTxn``; it changes the other tables of
+the ``Session`` object in place (history, the dependency graph, optimization leases and
+evaluations, attached clients, the memory account, the superseded and graveyard queues),
+so only records and rules are staged and only they roll back on abort (the engine
+validates everything first, so it never aborts after changing them); the retired ids and
+their claims (``RetiredIds``) live in the engine. A durable backend needs each of those as
+staged writes of the txn, and the graph and lease changes that registration,
+add_dependency and start_optimization make before calling ``_commit`` moved inside it.
 """
 
 from __future__ import annotations
@@ -251,6 +253,14 @@ class Backend(ABC):
         """Open the write txn (``RuntimeError`` while another is open).
 
         Example: ``with backend.write() as txn: ...`` stages and commits one write.
+        """
+
+    @abstractmethod
+    def next_id(self) -> int:
+        """A number for a new variable id (``var_<name>_<n>``), never handed out before.
+
+        Not part of a txn: a number a refused write took is skipped, never reused.
+        Example: ``backend.next_id()`` returns 1, then 2, ...
         """
 
     @abstractmethod

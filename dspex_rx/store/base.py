@@ -14,7 +14,6 @@ request leaves no trace.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -98,7 +97,6 @@ class StoreBase:
             max_variables_per_session=max_variables_per_session, history_size=history_size
         )
         self.log_size = log_size
-        self._ids = itertools.count(1)
         # Who an id belongs to (identity.py): reserved namespaces, and ended ids that stay
         # claimed by their token, so a rule naming an id keeps naming the same party.
         # The memory accounts of every session (accounts.py), checked before each write.

@@ -218,7 +218,7 @@ class Exchange(ImportPlanning):
         fixed: dict[str, int] = {}
         for plan in plans:
             if plan.action == "create":
-                var_id = ids[plan.key] = f"var_{plan.name}_{next(self._ids)}"
+                var_id = ids[plan.key] = f"var_{plan.name}_{self._backend.next_id()}"
                 if plan.rules:
                     rules[var_id] = plan.rules
                 records.append(VariableRecord(

@@ -126,7 +126,7 @@ class Registration(Sessions):
         fixed += self._description_size(name, spec.description)
         now = self._clock()
         record = VariableRecord(
-            id=f"var_{name}_{next(self._ids)}",
+            id=f"var_{name}_{self._backend.next_id()}",
             name=name,
             type=type_name,
             value=value,

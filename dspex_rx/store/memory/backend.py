@@ -6,6 +6,7 @@ conflicts and ``sync`` has nothing to wait for.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 from dspex_rx.core.access import AccessRule
@@ -33,6 +34,7 @@ class MemoryBackend(Backend):
         self._sessions: dict[str, Session] = {}
         self._owners: dict[str, str] = {}
         self._revision = 0
+        self._ids = itertools.count(1)
         self._open: _MemoryWrite | None = None
         self._view = _MemoryRead(self)
 
@@ -72,6 +74,14 @@ class MemoryBackend(Backend):
             raise RuntimeError("a write txn is already open on this backend (one at a time)")
         self._open = _MemoryWrite(self)
         return self._open
+
+    def next_id(self) -> int:
+        """The next number of the id sequence.
+
+        >>> backend = MemoryBackend(); backend.next_id(), backend.next_id()
+        (1, 2)
+        """
+        return next(self._ids)
 
     def add_session(self, session: Session) -> None:
         """Hold a new session.
