@@ -236,7 +236,7 @@ class Backend(ABC):
     @property
     @abstractmethod
     def sessions(self) -> Mapping[str, Session]:
-        """The live sessions by id.
+        """The live sessions by id: the same live mapping for the backend's whole life.
 
         Example: ``"sess_1" in backend.sessions`` tells whether it is live.
         """

@@ -86,6 +86,8 @@ class StoreBase:
     ) -> None:
         # Where the state lives (backend.py): records, revisions, commit logs, watchers.
         self._backend: Backend = backend if backend is not None else MemoryBackend()
+        # The backend's live sessions (the same mapping for its whole life).
+        self._sessions: Mapping[str, Session] = self._backend.sessions
         self._clock = clock
         self.default_ttl = default_ttl
         self.lease_ttl = lease_ttl
@@ -179,10 +181,6 @@ class StoreBase:
         # One revision counter for all sessions (a stream can carry several sessions'
         # events in one order): the backend's.
         return self._backend.revision
-
-    @property
-    def _sessions(self) -> Mapping[str, Session]:
-        return self._backend.sessions
 
     @property
     def principals(self) -> Principals:

@@ -171,9 +171,8 @@ class MemoryBackend(Backend):
                settle: Callable[[Commit], None] | None) -> Commit:
         if txn.base_revision != self._revision:  # cannot happen while writes are serialised
             raise RevisionConflict(f"the store moved on from revision {txn.base_revision}")
-        others = {owner for owner in txn.session_of.values() if owner != session_id}
-        if others:
-            raise ValueError(f"a commit of session {session_id!r} staged changes of {others}")
+        if any(owner != session_id for owner in txn.session_of.values()):
+            raise ValueError(f"a commit of session {session_id!r} staged another session's")
         session = self._sessions[session_id]
         revision = self._revision + 1
         for var_id, record in txn.staged.items():
@@ -207,7 +206,7 @@ class _MemoryRead(ReadTxn):
     # a read after a commit moved the backend on is refused, never a mix of two states.
     def __init__(self, backend: MemoryBackend) -> None:
         self._backend = backend
-        self._revision = backend.revision
+        self._revision = backend._revision
 
     @property
     def revision(self) -> int:
@@ -274,9 +273,13 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
             raise RuntimeError("this write txn has ended (committed or aborted)")
 
     def get(self, session_id: str, var_id: str) -> VariableRecord | None:
-        if var_id in self.staged and self.session_of.get(var_id) == session_id:
-            return self.staged[var_id]
-        return _MemoryRead.get(self, session_id, var_id)
+        # The hot path of every commit: no staleness check (nothing commits while the one
+        # write txn is open).
+        staged = self.staged
+        if var_id in staged and self.session_of.get(var_id) == session_id:
+            return staged[var_id]
+        session = self._backend._sessions.get(session_id)
+        return session.variables.get(var_id) if session is not None else None
 
     def find(self, session_id: str, name: str) -> VariableRecord | None:
         for var_id, record in reversed(self.staged.items()):
