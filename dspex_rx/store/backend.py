@@ -12,7 +12,7 @@ Decisions (issue #13):
 - **Atomicity.** The engine's methods are synchronous and never yield (the server calls
   them on its one asyncio loop), so validation and commit happen in one step and at most
   one write transaction is open per backend. ``write()`` opens it; the engine stages its
-  changes (``put``/``delete``); ``commit()`` applies them all under ONE new revision,
+  changes (``put``/``delete``/``set_rules``); ``commit()`` applies them all under ONE new revision,
   appends one ``Commit`` to the session's log and notifies its watchers. An exception
   before ``commit()`` (or ``abort()``) leaves no trace. A second ``write()`` while one is
   open is a programming error: ``RuntimeError``.
@@ -22,9 +22,10 @@ Decisions (issue #13):
 - **Conflicts.** A remote backend reads at a revision and commits with a compare: the txn
   carries the revision it read (``base_revision``), and ``commit()`` may raise
   ``RevisionConflict`` (a ``ConflictError``) when the backend moved on. The engine then
-  re-runs the whole method, boundedly (``dspex_rx.store.commit.rerun_on_conflict`` is the
-  hook); a method re-run validates again against the new state. MemoryBackend never raises
-  it, because its writes are serialised.
+  re-runs the whole method, boundedly, validating again against the new state
+  (``dspex_rx.store.commit.rerun_on_conflict`` is the hook; it is applied with the first
+  backend that can conflict, once the session tables it changes roll back with the txn).
+  MemoryBackend never raises it, because its writes are serialised.
 - **Watchers** run synchronously inside ``commit()``, after the state changed and after
   the engine's ``settle`` step (its accounting of what the commit retained), so a watcher
   added in the same step as a snapshot misses nothing and sees nothing twice. A failing
