@@ -135,7 +135,7 @@ class WriteTxn(ReadTxn):
     Its reads see the state at ``base_revision`` plus its own staged changes. Used as a
     context manager it aborts when left without a commit.
 
-    Example: ``with backend.write() as txn: txn.put("sess_1", record); txn.commit(...)``.
+    Example: ``txn = backend.write()`` opens it; ``txn.put("sess_1", record)`` stages a record.
     """
 
     @property
@@ -253,7 +253,7 @@ class Backend(ABC):
     def write(self) -> WriteTxn:
         """Open the write txn (``RuntimeError`` while another is open).
 
-        Example: ``with backend.write() as txn: ...`` stages and commits one write.
+        Example: ``backend.write().base_revision == backend.revision`` while it is open.
         """
 
     @abstractmethod
