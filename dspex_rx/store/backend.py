@@ -253,7 +253,7 @@ class Backend(ABC):
     def write(self) -> WriteTxn:
         """Open the write txn (``RuntimeError`` while another is open).
 
-        Example: ``backend.write().base_revision == backend.revision`` while it is open.
+        Example: ``txn = backend.write()`` opens it; a second ``backend.write()`` raises.
         """
 
     @abstractmethod
