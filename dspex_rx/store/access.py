@@ -161,7 +161,7 @@ class Access:
             owner = self.owner(ref)
             if owner is not None and owner != session.id and isinstance(ref, str):
                 # Another session's variable, which needs a permission: callers that may
-                # act on foreign variables go through _locate.
+                # act on foreign variables go through locate.
                 foreign = self._backend.sessions[owner]
                 if self.rights(session.id, foreign, ref):
                     raise InvalidValueError(

@@ -291,7 +291,7 @@ class Accounts:
             entries = session.history[record.id] = deque(maxlen=self.limits.history_size)
         size = ITEM_OVERHEAD + record.size + metadata_size
         # The hot path of every write: the account is updated field by field here (the
-        # same arithmetic as _charge).
+        # same arithmetic as charge).
         added = size
         if entries:
             previous = entries[-1]
@@ -332,7 +332,7 @@ class Accounts:
         """
         # An import's restored history (sizes measured by the planner), before the
         # variable's own version is remembered: retention, superseded oldest first; the
-        # newest restored entry counts as current until _remember supersedes it.
+        # newest restored entry counts as current until remember supersedes it.
         kept = deque(
             (dataclasses.replace(entry, revision=revision) for entry in entries),
             maxlen=self.limits.history_size,
