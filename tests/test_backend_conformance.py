@@ -11,6 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from dspex_rx.core.access import AccessRule
+from dspex_rx.errors import ConflictError
+from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.store.backend import Backend, RevisionConflict
 from dspex_rx.store.memory import MemoryBackend
 from dspex_rx.store.records import ChangeEvent, Commit, VariableRecord
@@ -22,11 +24,16 @@ BACKENDS: list[Callable[[], Backend]] = [
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda make: make.__name__)
-def backend(request: pytest.FixtureRequest) -> Backend:
+def empty_backend(request: pytest.FixtureRequest) -> Backend:
     made: Backend = request.param()
-    made.add_session(Session("s", {}, 0.0))
-    made.add_session(Session("other", {}, 0.0))
     return made
+
+
+@pytest.fixture
+def backend(empty_backend: Backend) -> Backend:
+    empty_backend.add_session(Session("s", {}, 0.0))
+    empty_backend.add_session(Session("other", {}, 0.0))
+    return empty_backend
 
 
 def record(name: str, value: object, version: int = 1, var_id: str = "") -> VariableRecord:
@@ -270,3 +277,35 @@ def test_the_id_sequence_never_repeats_a_number(backend: Backend) -> None:
     after = backend.next_id()
     numbers = [*first, taken, after]
     assert numbers == sorted(numbers) and len(set(numbers)) == 5
+
+
+def test_the_engine_runs_over_the_backend(empty_backend: Backend) -> None:
+    store = MemoryStore(backend=empty_backend)
+    session, client_id, _ = store.initialize_session("s")
+    assert empty_backend.sessions["s"] is session
+    frames: list[Commit | None] = []
+    store.add_listener("s", frames.append)
+    records, first = store.register(
+        "s", [VariableSpec("a", "int", 1), VariableSpec("b", "int", 2, dependencies=["a"])],
+        actor="me",
+    )
+    record, second, _ = store.set("s", "a", 5, actor="me")
+    assert (record.version, record.mod_revision) == (2, 2)
+    with pytest.raises(ConflictError):
+        store.set("s", "a", 6, actor="me", expected_version=1)  # refused: no trace
+    outcomes, _, applied = store.update_many("s", [("a", 7), ("nope", 1)], actor="me")
+    assert not applied and [o.ok for o in outcomes] == [False, False]
+    deleted, third = store.delete("s", "a", cascade=True)
+    assert (first, second, third) == (1, 2, 3) == (1, 2, empty_backend.revision)
+    assert [c.revision for c in frames if c] == [1, 2, 3]
+    write = frames[1]
+    assert write is not None
+    assert [(e.record.name, e.update_type) for e in write.events] == [
+        ("a", "value_change"), ("b", "dependency_changed"),
+    ]
+    assert sorted(deleted) == sorted(r.id for r in records)
+    assert empty_backend.read().records("s") == []
+    assert [c.revision for c in store.commits_since("s", 1) or ()] == [2, 3]
+    store.check_accounts()
+    assert store.close_session("s", client_id)
+    assert frames[-1] is None and "s" not in empty_backend.sessions
