@@ -8,28 +8,13 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from dspex_rx.core.access import (
-    ANY_SESSION,
-    TIME_CONDITIONS,
-    AccessRule,
-    check_rules,
-)
+from dspex_rx.core.access import ANY_SESSION, TIME_CONDITIONS, AccessRule, check_rules
 from dspex_rx.core.identity import Principals, RetiredIds, is_glob
-from dspex_rx.errors import (
-    AccessDeniedError,
-    InvalidValueError,
-    VariableNotFoundError,
-)
+from dspex_rx.errors import AccessDeniedError, InvalidValueError, VariableNotFoundError
 from dspex_rx.store.backend import Backend
-from dspex_rx.store.checks import (
-    _show,
-)
-from dspex_rx.store.records import (
-    VariableRecord,
-)
-from dspex_rx.store.state import (
-    Session,
-)
+from dspex_rx.store.checks import _show
+from dspex_rx.store.records import VariableRecord
+from dspex_rx.store.state import Session
 
 
 class Access:

@@ -14,9 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from dspex_rx.core.access import (
-    AccessRule,
-)
+from dspex_rx.core.access import AccessRule
 from dspex_rx.core.limits import Limits, too_many
 from dspex_rx.store.backend import Backend
 from dspex_rx.store.records import (
@@ -27,10 +25,7 @@ from dspex_rx.store.records import (
     HistoryEntry,
     VariableRecord,
 )
-from dspex_rx.store.state import (
-    ClientLease,
-    Session,
-)
+from dspex_rx.store.state import ClientLease, Session
 
 
 def _event_cost(event: ChangeEvent) -> int:

@@ -35,27 +35,15 @@ from dspex_rx.core.types import (
     validate_stored,
     validate_value,
 )
-from dspex_rx.errors import (
-    InvalidValueError,
-    SessionNotFoundError,
-    VariableTypeError,
-)
+from dspex_rx.errors import InvalidValueError, SessionNotFoundError, VariableTypeError
 from dspex_rx.logs import get_logger
 from dspex_rx.store.access import Access
 from dspex_rx.store.accounts import Accounts
 from dspex_rx.store.backend import Backend
-from dspex_rx.store.checks import (
-    BATCH_ENTRY_FRAMING,
-    BATCH_FRAMING,
-    _show,
-)
+from dspex_rx.store.checks import BATCH_ENTRY_FRAMING, BATCH_FRAMING, _show
 from dspex_rx.store.memory.backend import MemoryBackend
-from dspex_rx.store.records import (
-    ITEM_OVERHEAD,
-)
-from dspex_rx.store.state import (
-    Session,
-)
+from dspex_rx.store.records import ITEM_OVERHEAD
+from dspex_rx.store.state import Session
 
 log = get_logger("dspex_rx.store")
 

@@ -9,17 +9,10 @@ import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from dspex_rx.core.access import (
-    AccessRule,
-)
+from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import Edge
-from dspex_rx.core.limits import (
-    too_many,
-)
-from dspex_rx.store.accounts import (
-    _commit_cost,
-    _rules_cost,
-)
+from dspex_rx.core.limits import too_many
+from dspex_rx.store.accounts import _commit_cost, _rules_cost
 from dspex_rx.store.backend import RevisionConflict, WriteTxn
 from dspex_rx.store.leases import OptimizationLease
 from dspex_rx.store.permissions import AccessMethods
@@ -32,9 +25,7 @@ from dspex_rx.store.records import (
     Listener,
     VariableRecord,
 )
-from dspex_rx.store.state import (
-    Session,
-)
+from dspex_rx.store.state import Session
 
 # How often a method whose commit conflicted (a remote backend moved on) is run again.
 MAX_CONFLICT_ATTEMPTS = 3

@@ -8,19 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from dspex_rx.core.graph import DEPENDENCY_TYPES, CycleError, Edge
-from dspex_rx.core.limits import (
-    too_many,
-)
-from dspex_rx.errors import (
-    InvalidValueError,
-)
-from dspex_rx.store.records import (
-    ITEM_OVERHEAD,
-    VariableRecord,
-)
-from dspex_rx.store.variables import (
-    Variables,
-)
+from dspex_rx.core.limits import too_many
+from dspex_rx.errors import InvalidValueError
+from dspex_rx.store.records import ITEM_OVERHEAD, VariableRecord
+from dspex_rx.store.variables import Variables
 
 
 class Dependencies(Variables):

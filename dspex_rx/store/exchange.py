@@ -9,24 +9,12 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from dspex_rx.core.access import (
-    AccessRule,
-)
+from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import Edge
-from dspex_rx.core.limits import (
-    check_count,
-    too_many,
-)
-from dspex_rx.errors import (
-    DspexError,
-    InvalidValueError,
-)
-from dspex_rx.store.accounts import (
-    _rules_cost,
-)
-from dspex_rx.store.base import (
-    log,
-)
+from dspex_rx.core.limits import check_count, too_many
+from dspex_rx.errors import DspexError, InvalidValueError
+from dspex_rx.store.accounts import _rules_cost
+from dspex_rx.store.base import log
 from dspex_rx.store.import_plan import (
     _NEW,
     MERGE_STRATEGIES,
@@ -43,9 +31,7 @@ from dspex_rx.store.records import (
     SnapshotVariable,
     VariableRecord,
 )
-from dspex_rx.store.state import (
-    Session,
-)
+from dspex_rx.store.state import Session
 
 
 class Exchange(ImportPlanning):

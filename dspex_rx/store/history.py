@@ -7,21 +7,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from dspex_rx.core.limits import (
-    check_length,
-    measure_map,
-)
-from dspex_rx.errors import (
-    InvalidValueError,
-    VariableTypeError,
-)
-from dspex_rx.store.dependencies import (
-    Dependencies,
-)
-from dspex_rx.store.records import (
-    HistoryPage,
-    VariableRecord,
-)
+from dspex_rx.core.limits import check_length, measure_map
+from dspex_rx.errors import InvalidValueError, VariableTypeError
+from dspex_rx.store.dependencies import Dependencies
+from dspex_rx.store.records import HistoryPage, VariableRecord
 
 
 class History(Dependencies):

@@ -10,34 +10,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspex_rx.core.access import (
-    AccessRule,
-    check_rules,
-)
+from dspex_rx.core.access import AccessRule, check_rules
 from dspex_rx.core.graph import DEPENDENCY_TYPES, CycleError, Edge
-from dspex_rx.core.limits import (
-    check_length,
-    measure_map,
-    measure_value,
-)
-from dspex_rx.core.types import (
-    same_value,
-)
-from dspex_rx.errors import (
-    AlreadyExistsError,
-    DspexError,
-    InvalidValueError,
-    VariableTypeError,
-)
-from dspex_rx.store.accounts import (
-    _rules_cost,
-)
-from dspex_rx.store.checks import (
-    MAX_VERSION,
-    _check_name,
-    _check_not_id_shaped,
-    _plain_dict,
-)
+from dspex_rx.core.limits import check_length, measure_map, measure_value
+from dspex_rx.core.types import same_value
+from dspex_rx.errors import AlreadyExistsError, DspexError, InvalidValueError, VariableTypeError
+from dspex_rx.store.accounts import _rules_cost
+from dspex_rx.store.checks import MAX_VERSION, _check_name, _check_not_id_shaped, _plain_dict
 from dspex_rx.store.records import (
     ITEM_OVERHEAD,
     HistoryEntry,
@@ -45,12 +24,8 @@ from dspex_rx.store.records import (
     SnapshotVariable,
     VariableRecord,
 )
-from dspex_rx.store.reports import (
-    OptimizationReports,
-)
-from dspex_rx.store.state import (
-    Session,
-)
+from dspex_rx.store.reports import OptimizationReports
+from dspex_rx.store.state import Session
 
 MERGE_STRATEGIES = ("replace", "keep", "merge")
 

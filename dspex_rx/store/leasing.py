@@ -10,28 +10,13 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dspex_rx.core.limits import (
-    measure_value,
-    too_big,
-)
-from dspex_rx.errors import (
-    InvalidValueError,
-    OptimizationLockedError,
-)
-from dspex_rx.store.base import (
-    log,
-)
-from dspex_rx.store.commit import (
-    Committer,
-)
+from dspex_rx.core.limits import measure_value, too_big
+from dspex_rx.errors import InvalidValueError, OptimizationLockedError
+from dspex_rx.store.base import log
+from dspex_rx.store.commit import Committer
 from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
-from dspex_rx.store.records import (
-    ITEM_OVERHEAD,
-    VariableRecord,
-)
-from dspex_rx.store.state import (
-    Session,
-)
+from dspex_rx.store.records import ITEM_OVERHEAD, VariableRecord
+from dspex_rx.store.state import Session
 
 # A checked evaluation: (iteration, value, metrics, score, bytes charged for it).
 _Evaluation = tuple[int, Any, dict[str, Any], float, int]

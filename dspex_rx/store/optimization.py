@@ -9,37 +9,19 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from dspex_rx.core.limits import (
-    check_length,
-    measure_map,
-)
-from dspex_rx.core.types import (
-    same_value,
-)
+from dspex_rx.core.limits import check_length, measure_map
+from dspex_rx.core.types import same_value
 from dspex_rx.errors import (
     InvalidValueError,
     OptimizationLockedError,
     SessionNotFoundError,
     VariableTypeError,
 )
-from dspex_rx.store.base import (
-    log,
-)
-from dspex_rx.store.checks import (
-    MAX_ITERATIONS,
-    MAX_TTL,
-    NAME_RE,
-    RECENT_LEASES,
-    _show,
-)
-from dspex_rx.store.history import (
-    History,
-)
+from dspex_rx.store.base import log
+from dspex_rx.store.checks import MAX_ITERATIONS, MAX_TTL, NAME_RE, RECENT_LEASES, _show
+from dspex_rx.store.history import History
 from dspex_rx.store.leases import FINISH_STATES, OptimizationLease
-from dspex_rx.store.records import (
-    ITEM_OVERHEAD,
-    VariableRecord,
-)
+from dspex_rx.store.records import ITEM_OVERHEAD, VariableRecord
 
 
 class Optimization(History):

@@ -6,36 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from dspex_rx.core.access import (
-    AccessRule,
-)
+from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import CycleError, Edge
-from dspex_rx.core.limits import (
-    check_count,
-    too_many,
-)
-from dspex_rx.errors import (
-    AlreadyExistsError,
-    InvalidValueError,
-)
-from dspex_rx.store.accounts import (
-    _rules_cost,
-)
-from dspex_rx.store.checks import (
-    _check_name,
-    _check_not_id_shaped,
-)
-from dspex_rx.store.records import (
-    ITEM_OVERHEAD,
-    VariableRecord,
-    VariableSpec,
-)
-from dspex_rx.store.sessions import (
-    Sessions,
-)
-from dspex_rx.store.state import (
-    Session,
-)
+from dspex_rx.core.limits import check_count, too_many
+from dspex_rx.errors import AlreadyExistsError, InvalidValueError
+from dspex_rx.store.accounts import _rules_cost
+from dspex_rx.store.checks import _check_name, _check_not_id_shaped
+from dspex_rx.store.records import ITEM_OVERHEAD, VariableRecord, VariableSpec
+from dspex_rx.store.sessions import Sessions
+from dspex_rx.store.state import Session
 
 
 class Registration(Sessions):

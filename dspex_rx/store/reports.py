@@ -9,24 +9,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dspex_rx.core.metrics import score_of
-from dspex_rx.errors import (
-    InvalidValueError,
-    VariableNotFoundError,
-    VariableTypeError,
-)
-from dspex_rx.store.checks import (
-    RECENT_LEASES,
-    _show,
-)
+from dspex_rx.errors import InvalidValueError, VariableNotFoundError, VariableTypeError
+from dspex_rx.store.checks import RECENT_LEASES, _show
 from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
-from dspex_rx.store.optimization import (
-    Optimization,
-)
-from dspex_rx.store.records import (
-    OPTIMIZATION_EVENT,
-    ChangeEvent,
-    VariableRecord,
-)
+from dspex_rx.store.optimization import Optimization
+from dspex_rx.store.records import OPTIMIZATION_EVENT, ChangeEvent, VariableRecord
 
 
 class OptimizationReports(Optimization):

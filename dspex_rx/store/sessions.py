@@ -12,35 +12,14 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from dspex_rx.core.access import (
-    ANY_SESSION,
-)
+from dspex_rx.core.access import ANY_SESSION
 from dspex_rx.core.identity import is_glob
-from dspex_rx.core.limits import (
-    too_many,
-)
-from dspex_rx.errors import (
-    AuthenticationError,
-    InvalidValueError,
-    SessionNotFoundError,
-)
-from dspex_rx.store.accounts import (
-    _client_cost,
-    _session_cost,
-)
-from dspex_rx.store.checks import (
-    MAX_TTL,
-    NAME_RE,
-    _random_id,
-    _show,
-)
-from dspex_rx.store.leasing import (
-    Leasing,
-)
-from dspex_rx.store.state import (
-    ClientLease,
-    Session,
-)
+from dspex_rx.core.limits import too_many
+from dspex_rx.errors import AuthenticationError, InvalidValueError, SessionNotFoundError
+from dspex_rx.store.accounts import _client_cost, _session_cost
+from dspex_rx.store.checks import MAX_TTL, NAME_RE, _random_id, _show
+from dspex_rx.store.leasing import Leasing
+from dspex_rx.store.state import ClientLease, Session
 
 
 def _check_token(session: Session, token: str) -> None:

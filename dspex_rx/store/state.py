@@ -8,17 +8,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspex_rx.core.access import (
-    AccessRule,
-)
+from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import DependencyGraph
 from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
-from dspex_rx.store.records import (
-    Commit,
-    HistoryEntry,
-    Listener,
-    VariableRecord,
-)
+from dspex_rx.store.records import Commit, HistoryEntry, Listener, VariableRecord
 
 
 @dataclass(slots=True)

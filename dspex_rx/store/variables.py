@@ -8,39 +8,15 @@ import builtins
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dspex_rx.core.limits import (
-    check_count,
-    measure_map,
-    measure_value,
-)
+from dspex_rx.core.limits import check_count, measure_map, measure_value
 from dspex_rx.core.patterns import compile_name_filter
-from dspex_rx.core.types import (
-    infer_type,
-    normalize_type,
-)
-from dspex_rx.errors import (
-    ConflictError,
-    DspexError,
-    InvalidValueError,
-    VariableNotFoundError,
-)
-from dspex_rx.store.accounts import (
-    _rules_cost,
-)
-from dspex_rx.store.checks import (
-    _show,
-)
-from dspex_rx.store.records import (
-    UpdateOutcome,
-    VariableRecord,
-    VariableSpec,
-)
-from dspex_rx.store.registration import (
-    Registration,
-)
-from dspex_rx.store.state import (
-    Session,
-)
+from dspex_rx.core.types import infer_type, normalize_type
+from dspex_rx.errors import ConflictError, DspexError, InvalidValueError, VariableNotFoundError
+from dspex_rx.store.accounts import _rules_cost
+from dspex_rx.store.checks import _show
+from dspex_rx.store.records import UpdateOutcome, VariableRecord, VariableSpec
+from dspex_rx.store.registration import Registration
+from dspex_rx.store.state import Session
 
 
 def _failed(ref: str, error: DspexError | None) -> UpdateOutcome:
