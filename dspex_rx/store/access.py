@@ -1,5 +1,8 @@
-"""Who may do what: the Access component locates a variable for a caller (its own, or another
-session's by id under its access rules) and binds rules to the parties (claims) they name.
+"""Who may do what: the Access component locates variables for callers and binds access rules
+to the parties (claims) they name.
+
+A caller's own variables are found by id or name; another session's by id only, under its
+owner's rules.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The memory account: encoded bytes plus a fixed overhead per stored item, per session and in
-total; pinned state must fit the budgets, retention (history, the log) is evicted oldest first.
+"""The memory account, per session and in total: pinned state must fit the budgets, retention
+is evicted oldest first.
+
+Each stored item costs its encoded bytes plus a fixed overhead (``ITEM_OVERHEAD``).
 
 Current values and optimization records are *pinned* and must fit ``max_session_bytes``;
 history and the replay log are *retention*, dropped oldest first when the budget needs room.

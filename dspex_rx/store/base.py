@@ -1,5 +1,5 @@
-"""The engine's foundation: configuration, the Backend it runs over, session lookup, and the
-checks of values, metadata and names every part uses.
+"""The engine's foundation: configuration, the Backend it runs over, session lookup and the
+value and metadata checks every part uses.
 
 The engine is one class (``MemoryStore``) built as a linear chain of parts (mixins) over
 one shared state, the session tables: base -> permissions -> commit -> leasing ->

@@ -1,5 +1,5 @@
-"""The shapes and bounds the engine checks (names, ids, TTLs, iterations, batch framing), and
-how an error message quotes what a caller sent.
+"""The shapes and bounds the engine checks (names, ids, TTLs, batch framing), and how an error
+quotes what a caller sent.
 """
 
 from __future__ import annotations

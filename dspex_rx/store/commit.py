@@ -1,5 +1,7 @@
-"""The one place a write is applied: a revision-stamped commit through the Backend's write txn,
-with its history, graph, rules and accounting, and the watch API over the commit log.
+"""The one place a write is applied (one revision, through the Backend's write txn), and the
+watch API over the commit log.
+
+A commit also updates history, the dependency graph, rules and the memory account.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Planning an import: each snapshot entry checked and turned into a create/replace/merge/skip
-plan, its history and dependency edges checked, and the room it needs; nothing changes here.
+"""Planning an import: each snapshot entry checked and planned (create, replace, merge, skip);
+nothing changes here.
+
+Its history, its dependency edges and the room the import needs are checked too.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The mutable state of one session (Session, ClientLease) that a Backend holds: its records,
-names, log and watchers, and the tables the engine keeps beside them (history, graph, leases).
+"""The mutable state of one session (Session, ClientLease), held by a Backend.
+
+Its records, names, log and watchers, and the tables the engine keeps beside them
+(history, graph, leases, the memory account).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Reading and writing variables: get, get_many, list, set (compare-and-set, fencing),
-update_many (atomic or not), delete (with cascade) and set_permissions.
+"""Reading and writing variables: get, get_many, list, set, update_many, delete and
+set_permissions.
+
+Writes may compare-and-set a version and must pass an optimization lease's fence.
 """
 
 from __future__ import annotations
