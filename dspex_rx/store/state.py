@@ -92,7 +92,8 @@ class Session:
     def pinned(self) -> int:
         """Bytes that no retention policy can drop: current records and other state.
 
-        Example: ``store.session(sid).pinned <= store.limits.max_session_bytes`` always holds.
+        Example: ``store.session(sid).pinned`` never exceeds ``max_session_bytes``: a write
+        that would is refused first.
         """
         return self.current_bytes + self.other_bytes
 
