@@ -21,10 +21,8 @@ class OptimizationLease:
     Mutable on purpose: the store is its only writer, and every change to it is published
     as a commit carrying ``status()``.
 
-    Example::
-
-        lease = store.optimization_status(sid, "temperature")[1]
-        lease.state, lease.iteration, lease.best_value
+    Example: ``store.optimization_status(sid, "temperature")[1]``
+    is the latest lease (``state``, ``iteration``, ``best_value``).
     """
 
     id: str
@@ -62,18 +60,14 @@ class OptimizationLease:
     def active(self) -> bool:
         """True while the lease is held.
 
-        Example::
-
-            if lease.active: print("locked by", lease.id)
+        Example: ``lease.active`` is True until the lease ends.
         """
         return self.state == "running"
 
     def renew(self, now: float) -> None:
         """Push the expiry ``ttl`` seconds past ``now``.
 
-        Example::
-
-            lease.renew(clock())
+        Example: ``lease.renew(now)`` moves ``expires_at`` to ``now + lease.ttl``.
         """
         self.last_update = now
         self.expires_at = now + self.ttl
@@ -81,9 +75,8 @@ class OptimizationLease:
     def propose(self, iteration: int, version: int) -> None:
         """Note a proposal the holder wrote: reports now evaluate it, none has come yet.
 
-        Example::
-
-            lease.propose(3, record.version)
+        Example: ``lease.propose(3, record.version)``
+        records iteration 3's proposal, awaiting its report.
         """
         self.proposal_iteration = iteration
         self.proposal_version = version
@@ -93,9 +86,7 @@ class OptimizationLease:
     def proposal(self) -> str:
         """The current proposal in words, for errors.
 
-        Example::
-
-            lease.proposal()   # 'iteration 3 (version 7)'
+        Example: ``lease.proposal()`` returns "iteration 3 (version 7)", or "none yet".
         """
         if not self.proposal_iteration:
             return "none yet"
@@ -105,9 +96,8 @@ class OptimizationLease:
         """Count an evaluated iteration; returns True when it is the best so far (a higher
         score is better, or a lower one when the lease minimizes).
 
-        Example::
-
-            lease.record(3, 0.7, {"accuracy": 0.91}, 0.91)
+        Example: ``lease.record(3, 0.7, {"accuracy": 0.91}, 0.91)``
+        keeps 0.7 as best if 0.91 beats the best score.
         """
         self.iteration = max(self.iteration, iteration)
         best = self.best_score
@@ -121,9 +111,7 @@ class OptimizationLease:
     def end(self, state: str, reason: str, now: float) -> None:
         """Release the lease for good.
 
-        Example::
-
-            lease.end("stopped", "stopped by sess_2", clock())
+        Example: ``lease.end("stopped", "stopped by sess_2", now)`` ends the lease once.
         """
         self.state = state
         self.end_reason = reason
@@ -134,9 +122,7 @@ class OptimizationLease:
         """The status as plain values: what ``get_optimization_status`` answers and what an
         optimization event carries as metadata. ``revision`` is the commit it belongs to.
 
-        Example::
-
-            lease.status("temperature", 42)["is_optimizing"]
+        Example: ``lease.status("temperature", 42)["is_optimizing"]`` is True while it runs.
         """
         return {
             "variable": name,
@@ -172,9 +158,7 @@ class OptimizationLease:
 class OptimizationEntry:
     """One evaluated iteration, as the optimization history keeps it.
 
-    Example::
-
-        entry.iteration, entry.value, entry.metrics, entry.optimization_id
+    Example: ``store.optimization_history(sid, "t")[-1].score`` is the newest evaluation's score.
     """
 
     optimization_id: str

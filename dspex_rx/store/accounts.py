@@ -1,0 +1,345 @@
+"""The memory account, per session and in total: pinned state must fit the budgets, retention
+is evicted oldest first.
+
+Each stored item costs its encoded bytes plus a fixed overhead (``ITEM_OVERHEAD``).
+
+Current values and optimization records are *pinned* and must fit ``max_session_bytes``;
+history and the replay log are *retention*, dropped oldest first when the budget needs room.
+A component the engine holds (``Accounts``), over the session tables the backend holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from dspex_rx.core.access import AccessRule
+from dspex_rx.core.limits import Limits, too_many
+from dspex_rx.store.backend import Backend
+from dspex_rx.store.records import (
+    ITEM_OVERHEAD,
+    OPTIMIZATION_EVENT,
+    ChangeEvent,
+    Commit,
+    HistoryEntry,
+    VariableRecord,
+)
+from dspex_rx.store.state import ClientLease, Session
+
+
+def _event_cost(event: ChangeEvent) -> int:
+    # The memory account's charge for one logged event beyond the values it shares with
+    # history: the objects of its own metadata (a dependency note, a status dict).
+    metadata = event.metadata
+    if event.update_type == "dependency_changed":
+        extra = len(metadata.get("source_variables", ()))
+    elif event.update_type == OPTIMIZATION_EVENT:
+        extra = len(metadata) + len(metadata.get("best_metrics") or ())
+    else:
+        extra = 0
+    return ITEM_OVERHEAD + 64 * extra
+
+
+def _commit_cost(commit: Commit) -> int:
+    return ITEM_OVERHEAD + sum(_event_cost(e) for e in commit.events)
+
+
+def _session_cost(session: Session) -> int:
+    return ITEM_OVERHEAD + session.metadata_size
+
+
+def _client_cost(lease: ClientLease) -> int:
+    return ITEM_OVERHEAD + len(lease.name)
+
+
+def _rules_cost(rules: Iterable[AccessRule]) -> int:
+    # What the memory account charges for a variable's access rules (pinned, like
+    # constraints): per rule its pattern, permissions and conditions.
+    return sum(
+        ITEM_OVERHEAD + len(rule.session_pattern) + 16 * len(rule.permissions)
+        + 32 * len(rule.conditions)
+        for rule in rules
+    )
+
+
+class Accounts:
+    """The memory accounts of every session the backend holds, and the totals over them.
+
+    The engine charges through it and asks it for room before any write; it evicts
+    retention and compacts the backend's logs to stay within the budgets.
+
+    >>> from dspex_rx.core.limits import DEFAULT_LIMITS
+    >>> from dspex_rx.store.memory import MemoryBackend
+    >>> accounts = Accounts(DEFAULT_LIMITS, MemoryBackend())
+    >>> accounts.used_bytes, accounts.pinned_bytes
+    (0, 0)
+    """
+
+    def __init__(self, limits: Limits, backend: Backend) -> None:
+        self.limits = limits
+        self._backend = backend
+        # The memory accounts of all sessions together (see Session.used / pinned).
+        self.used_bytes = 0
+        self.pinned_bytes = 0
+
+    def forget_session(self, session: Session) -> None:
+        """Drop a removed session's account from the totals.
+
+        Example: ``accounts.forget_session(store.session(sid))`` as the session goes.
+        """
+        self.used_bytes -= session.used
+        self.pinned_bytes -= session.pinned
+
+    def charge(self, session: Session, kind: str, delta: int) -> None:
+        """Add ``delta`` bytes to one field of a session's account.
+
+        Example: ``accounts.charge(session, "other_bytes", 200)`` charges 200 pinned bytes.
+        """
+        # Every change to a session's account goes through here, so the store's totals
+        # follow. ``kind`` names a byte field of Session; current_bytes is a part of
+        # history_bytes (so not added to ``used`` again); it and other_bytes are pinned.
+        if not delta:
+            return
+        setattr(session, kind, getattr(session, kind) + delta)
+        if kind != "current_bytes":
+            self.used_bytes += delta
+        if kind in ("current_bytes", "other_bytes"):
+            self.pinned_bytes += delta
+
+    def check_room(self, session: Session, added: int) -> None:
+        """Refuse (``ResourceExhaustedError``) pinned growth past the budgets.
+
+        Example: ``accounts.check_room(session, 1024)`` passes while 1 KiB more fits.
+        """
+        # Refuse, before anything changes, a write after which the pinned bytes (current
+        # records and other state) would not fit the budgets. Retention (history, log) is
+        # dropped to make room after the write, so it never refuses one.
+        if added <= 0:
+            return
+        limits = self.limits
+        after = session.pinned + added
+        if after > limits.max_session_bytes:
+            raise too_many(
+                f"session {session.id!r} would hold {after} bytes of current values and "
+                "records", after, "max_session_bytes", limits.max_session_bytes,
+            )
+        total = self.pinned_bytes + added
+        if total > limits.max_store_bytes:
+            raise too_many(
+                f"the server would hold {total} bytes of current values and records",
+                total, "max_store_bytes", limits.max_store_bytes,
+            )
+
+    def make_room(self, session: Session) -> None:
+        """Evict retention until the session and the store fit their budgets.
+
+        Example: ``accounts.make_room(session)`` after a commit.
+        """
+        limits = self.limits
+        self._evict(session, limits.max_session_bytes)
+        if self.used_bytes > limits.max_store_bytes:
+            # The writer's own retention goes first, then other sessions'.
+            for victim in [session, *self._backend.sessions.values()]:
+                excess = self.used_bytes - limits.max_store_bytes
+                if excess <= 0:
+                    break
+                self._evict(victim, victim.used - excess)
+
+    def _evict(self, session: Session, target: int) -> None:
+        # Drop retention, oldest first, until the session's account is at most ``target``:
+        # values already out of history but still held by the log, then superseded
+        # history entries, then log commits. Current records are never dropped.
+        while session.used > target:
+            if session.graveyard:
+                self.trim_log(session, session.graveyard[0][0])
+            elif not self._drop_oldest_history(session):
+                if not session.log:
+                    return
+                self.trim_log(session, session.log[0].revision)
+
+    def _drop_oldest_history(self, session: Session) -> bool:
+        order = session.superseded
+        while order:
+            superseded_at, var_id, version = order.popleft()
+            entries = session.history.get(var_id)
+            if entries is None or len(entries) < 2 or entries[0].version != version:
+                continue  # already gone
+            entry = entries.popleft()
+            session.history_entries -= 1
+            self.charge(session, "history_bytes", -entry.size)
+            self._bury(session, superseded_at, entry.size)
+            return True
+        return False
+
+    def _compact_superseded(self, session: Session) -> None:
+        def retained(item: tuple[int, str, int]) -> bool:
+            entries = session.history.get(item[1])
+            return entries is not None and entries[0].version <= item[2] < entries[-1].version
+
+        session.superseded = deque(item for item in session.superseded if retained(item))
+
+    def forget_history(
+        self, session: Session, entries: deque[HistoryEntry], revision: int
+    ) -> None:
+        """Release a deleted variable's history once the log no longer holds it.
+
+        Example: ``accounts.forget_history(session, entries, revision)`` on delete.
+        """
+        # A deleted variable's history: the log holds its values until ``revision``.
+        total = sum(e.size for e in entries)
+        session.history_entries -= len(entries)
+        self.charge(session, "current_bytes", -entries[-1].size)
+        self.charge(session, "history_bytes", -total)
+        self._bury(session, revision, total)
+
+    def _bury(self, session: Session, release_after: int, size: int) -> None:
+        heapq.heappush(session.graveyard, (release_after, size))
+        self.charge(session, "graveyard_bytes", size)
+        self._release(session)
+
+    def _release(self, session: Session) -> None:
+        graveyard = session.graveyard
+        while graveyard and graveyard[0][0] <= session.log_floor:
+            self.charge(session, "graveyard_bytes", -heapq.heappop(graveyard)[1])
+
+    def trim_log(self, session: Session, through: int) -> None:
+        """Compact the session's log through a revision, releasing what only it held.
+
+        Example: ``accounts.trim_log(session, 10)`` drops commits up to revision 10.
+        """
+        # Drop logged commits up to revision ``through``: a resume from before them gets
+        # a resync (the log's contract), and values only they held are released.
+        for commit in self._backend.compact(session.id, through):
+            self.charge(session, "log_bytes", -_commit_cost(commit))
+        self._release(session)
+
+    def check(self) -> None:
+        """Recompute every memory account from the state; ``AssertionError`` on any
+        difference (``MemoryStore.check_accounts``).
+
+        Example: ``accounts.check()`` returns None when every account adds up.
+        """
+        used = pinned = 0
+        for session in self._backend.sessions.values():
+            current = history = entries = 0
+            assert set(session.history) == set(session.variables), session.id
+            for var_id, kept in session.history.items():
+                versions = [e.version for e in kept]
+                assert versions, f"empty history of {var_id}"
+                assert versions[-1] == session.variables[var_id].version, (var_id, versions)
+                assert versions == list(range(versions[0], versions[-1] + 1)), versions
+                current += kept[-1].size
+                history += sum(e.size for e in kept)
+                entries += len(kept)
+            other = (
+                _session_cost(session)
+                + sum(_client_cost(c) for c in session.clients.values())
+                + session.graph.bytes
+                + sum(lease.size for kept in session.recent_leases.values() for lease in kept)
+                + sum(_rules_cost(rules) for rules in session.rules.values())
+                + sum(e.size for kept in session.evaluations.values() for e in kept)
+                + sum(session.fixed.values())
+            )
+            log = sum(_commit_cost(c) for c in session.log)
+            grave = sum(size for _, size in session.graveyard)
+            actual = (session.current_bytes, session.history_bytes, session.other_bytes,
+                      session.log_bytes, session.graveyard_bytes, session.history_entries)
+            expected = (current, history, other, log, grave, entries)
+            assert actual == expected, (session.id, actual, expected)
+            used += session.used
+            pinned += session.pinned
+        assert (self.used_bytes, self.pinned_bytes) == (used, pinned), (
+            (self.used_bytes, self.pinned_bytes), (used, pinned)
+        )
+
+    def records_cost(
+        self, session: Session, records: Sequence[VariableRecord], metadata_size: int = 0
+    ) -> int:
+        """How many pinned bytes committing these records adds.
+
+        Example: ``accounts.records_cost(session, [record])`` before ``check_room``.
+        """
+        # How much a commit of these records adds to the pinned bytes: each becomes its
+        # variable's newest history entry, replacing the one it has (if any).
+        added = 0
+        for record in records:
+            added += ITEM_OVERHEAD + record.size + metadata_size
+            entries = session.history.get(record.id)
+            if entries:
+                added -= entries[-1].size
+        return added
+
+    def remember(
+        self,
+        session: Session,
+        record: VariableRecord,
+        metadata: Mapping[str, Any],
+        metadata_size: int,
+    ) -> None:
+        """Append a committed record to its history, charging it.
+
+        Example: ``accounts.remember(session, record, {}, 0)`` inside a commit.
+        """
+        entries = session.history.get(record.id)
+        if entries is None:
+            entries = session.history[record.id] = deque(maxlen=self.limits.history_size)
+        size = ITEM_OVERHEAD + record.size + metadata_size
+        # The hot path of every write: the account is updated field by field here (the
+        # same arithmetic as charge).
+        added = size
+        if entries:
+            previous = entries[-1]
+            session.current_bytes -= previous.size
+            self.pinned_bytes -= previous.size
+            session.superseded.append((record.mod_revision, record.id, previous.version))
+            if len(entries) == entries.maxlen:
+                dropped = entries[0]  # append drops it
+                added -= dropped.size
+                session.history_entries -= 1
+                # The log holds its value up to the commit of the version after it.
+                successor = entries[1].revision if len(entries) > 1 else record.mod_revision
+                heapq.heappush(session.graveyard, (successor, dropped.size))
+                session.graveyard_bytes += dropped.size
+                self.used_bytes += dropped.size
+        entries.append(
+            HistoryEntry(
+                record.version, record.value, record.updated_at, record.updated_by,
+                metadata, record.mod_revision, size,
+            )
+        )
+        session.history_entries += 1
+        session.history_bytes += added
+        self.used_bytes += added
+        session.current_bytes += size
+        self.pinned_bytes += size
+        if session.graveyard and session.graveyard[0][0] <= session.log_floor:
+            self._release(session)
+        if len(session.superseded) > 2 * (session.history_entries - len(session.history)) + 1024:
+            self._compact_superseded(session)
+
+    def seed_history(
+        self, session: Session, var_id: str, entries: Sequence[HistoryEntry], revision: int
+    ) -> None:
+        """Restore an imported variable's older versions, charged as retention.
+
+        Example: ``accounts.seed_history(session, var_id, entries, revision)`` on import.
+        """
+        # An import's restored history (sizes measured by the planner), before the
+        # variable's own version is remembered: retention, superseded oldest first; the
+        # newest restored entry counts as current until remember supersedes it.
+        kept = deque(
+            (dataclasses.replace(entry, revision=revision) for entry in entries),
+            maxlen=self.limits.history_size,
+        )
+        if not kept:
+            return
+        total = sum(e.size for e in kept)
+        session.history[var_id] = kept
+        session.history_entries += len(kept)
+        self.charge(session, "history_bytes", total)
+        self.charge(session, "current_bytes", kept[-1].size)
+        for entry in list(kept)[:-1]:
+            session.superseded.append((revision, var_id, entry.version))

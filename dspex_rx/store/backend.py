@@ -1,0 +1,313 @@
+"""The Backend seam: what the store engine needs from storage (read txn, write txn, revisions,
+a watchable commit log), and the decisions every backend implements.
+
+The engine (validation, access, leases, history, quotas, identity checks) runs once, above
+this protocol; ``dspex_rx.store.memory.MemoryBackend`` is today's state behind it, and a
+durable (SQLite, #14) or remote (etcd, #15) backend implements the same class. The model is
+etcd's mvcc ``KV`` (Range, Put/DeleteRange inside a txn, one revision per txn, a watchable
+stream) and httpcore's ``_backends`` (one documented base, several implementations).
+
+Decisions (issue #13):
+
+- **Atomicity.** The engine's methods are synchronous and never yield (the server calls
+  them on its one asyncio loop), so validation and commit happen in one step and at most
+  one write transaction is open per backend. ``write()`` opens it; the engine stages its
+  changes (``put``/``delete``/``set_rules``); ``commit()`` applies them all under ONE new revision,
+  appends one ``Commit`` to the session's log and notifies its watchers. An exception
+  before ``commit()`` (or ``abort()``) leaves no trace. A second ``write()`` while one is
+  open is a programming error: ``RuntimeError``.
+- **Durability is separate from atomicity.** ``await sync(revision)`` returns once that
+  revision is durable. MemoryBackend returns at once; SQLite will group-commit there. (The
+  server does not await it yet: wiring it is #14's.)
+- **Conflicts.** A remote backend reads at a revision and commits with a compare: the txn
+  carries the revision it read (``base_revision``), and ``commit()`` may raise
+  ``RevisionConflict`` (a ``ConflictError``) when the backend moved on. The engine then
+  re-runs the whole method, boundedly, validating again against the new state
+  (``dspex_rx.store.commit.rerun_on_conflict`` is the hook; it is applied with the first
+  backend that can conflict, once the session tables it changes roll back with the txn).
+  MemoryBackend never raises it, because its writes are serialised.
+- **Watchers** run synchronously inside ``commit()``, after the state changed and after
+  the engine's ``settle`` step (its accounting of what the commit retained), so a watcher
+  added in the same step as a snapshot misses nothing and sees nothing twice. A failing
+  watcher is logged, never undoes a commit.
+- **Sessions** are created and removed outside revisioned commits (``add_session``,
+  ``remove_session``): a session is not a change any watcher is told about, and removing
+  one tells its watchers ``None``.
+
+Behind the seam now: the sessions table; variable records and their names; the owner of
+every variable id; variables' access rules; the variable id sequence; the revision
+counter; each session's commit log (``commits_since``, ``compact``) and its watchers.
+
+Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``
+directly on its hot paths instead of through a ``ReadTxn``; it changes the other tables of
+the ``Session`` object in place (history, the dependency graph, optimization leases and
+evaluations, attached clients, the memory account, the superseded and graveyard queues),
+so only records and rules are staged and only they roll back on abort (the engine
+validates everything first, so it never aborts after changing them); the retired ids and
+their claims (``RetiredIds``) live in the engine. A durable backend needs each of those as
+staged writes of the txn, and the graph and lease changes that registration,
+add_dependency and start_optimization make before calling ``_commit`` moved inside it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+
+from dspex_rx.core.access import AccessRule
+from dspex_rx.errors import ConflictError
+from dspex_rx.store.records import ChangeEvent, Commit, Listener, VariableRecord
+from dspex_rx.store.state import Session
+
+
+class RevisionConflict(ConflictError):
+    """The backend moved past a write txn's ``base_revision``: re-run the method.
+
+    Distinct from a caller's compare-and-set ``ConflictError`` (``expected_version``), which
+    the engine never retries.
+
+    >>> issubclass(RevisionConflict, ConflictError)
+    True
+    """
+
+
+class ReadTxn(ABC):
+    """A consistent view of the store at one ``revision``.
+
+    Example: ``backend.read().get("sess_1", "var_t_1")`` returns that record or None.
+    """
+
+    @property
+    @abstractmethod
+    def revision(self) -> int:
+        """The revision this view reads at.
+
+        Example: ``backend.read().revision`` is the newest committed revision.
+        """
+
+    @abstractmethod
+    def session(self, session_id: str) -> Session | None:
+        """The session's state, or None.
+
+        Example: ``backend.read().session("sess_1")`` returns the session or None.
+        """
+
+    @abstractmethod
+    def get(self, session_id: str, var_id: str) -> VariableRecord | None:
+        """A variable's record by id, or None.
+
+        Example: ``backend.read().get("sess_1", "var_t_1")`` returns the record or None.
+        """
+
+    @abstractmethod
+    def find(self, session_id: str, name: str) -> VariableRecord | None:
+        """A variable's record by name, or None.
+
+        Example: ``backend.read().find("sess_1", "t")`` returns the record or None.
+        """
+
+    @abstractmethod
+    def records(self, session_id: str) -> list[VariableRecord]:
+        """Every record of the session (the Range of the session), by name.
+
+        Example: ``backend.read().records("sess_1")`` lists its records by name.
+        """
+
+    @abstractmethod
+    def owner(self, var_id: str) -> str | None:
+        """The id of the session that owns a variable id, or None.
+
+        Example: ``backend.read().owner("var_t_1")`` returns "sess_1".
+        """
+
+    @abstractmethod
+    def rules(self, session_id: str, var_id: str) -> tuple[AccessRule, ...]:
+        """A variable's access rules (empty when it has none).
+
+        Example: ``backend.read().rules("sess_1", "var_t_1")`` returns its rules.
+        """
+
+
+class WriteTxn(ReadTxn):
+    """The one open write: staged puts and deletes, applied together by ``commit()``.
+
+    Its reads see the state at ``base_revision`` plus its own staged changes. Used as a
+    context manager it aborts when left without a commit.
+
+    Example: ``txn = backend.write()`` opens it; ``txn.put("sess_1", record)`` stages a record.
+    """
+
+    @property
+    @abstractmethod
+    def base_revision(self) -> int:
+        """The revision the txn read at (what a remote backend's commit compares).
+
+        Example: ``backend.write().base_revision == backend.revision``.
+        """
+
+    @property
+    def revision(self) -> int:
+        """The revision ``commit()`` will take: ``base_revision + 1``.
+
+        Example: records are stamped with ``txn.revision`` before the commit.
+        """
+        return self.base_revision + 1
+
+    @abstractmethod
+    def put(self, session_id: str, record: VariableRecord) -> None:
+        """Stage a record (new or a new version; its name maps to its id).
+
+        Example: ``txn.put("sess_1", record)`` stages the record.
+        """
+
+    @abstractmethod
+    def set_rules(self, session_id: str, var_id: str, rules: tuple[AccessRule, ...]) -> None:
+        """Stage a variable's access rules (empty: it has none).
+
+        Example: ``txn.set_rules("sess_1", "var_t_1", ())`` stages their removal.
+        """
+
+    @abstractmethod
+    def delete(self, session_id: str, var_id: str) -> None:
+        """Stage a variable's removal (record, name and owner).
+
+        Example: ``txn.delete("sess_1", "var_t_1")`` stages the removal.
+        """
+
+    @abstractmethod
+    def commit(
+        self,
+        session_id: str,
+        events: Sequence[ChangeEvent],
+        *,
+        timestamp: float,
+        permissions: Sequence[str] = (),
+        settle: Callable[[Commit], None] | None = None,
+    ) -> Commit:
+        """Apply the staged changes under one new revision, log one Commit, then call
+        ``settle`` (the engine's accounting; it must not fail) and notify the watchers.
+
+        May raise ``RevisionConflict`` (nothing applied). Example:
+        ``txn.commit("sess_1", events, timestamp=now)`` returns the logged Commit.
+        """
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop the staged changes; the txn ends and leaves no trace.
+
+        Example: ``txn.abort()`` ends the txn with nothing applied.
+        """
+
+    @property
+    @abstractmethod
+    def done(self) -> bool:
+        """Whether the txn was committed or aborted.
+
+        Example: ``txn.done`` is True after ``commit()``.
+        """
+
+    def __enter__(self) -> WriteTxn:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if not self.done:
+            self.abort()
+
+
+class Backend(ABC):
+    """Where the store's state lives: sessions, records, revisions and the commit log.
+
+    Example: ``MemoryStore(backend=MemoryBackend())`` runs the engine over it.
+    """
+
+    @property
+    @abstractmethod
+    def revision(self) -> int:
+        """The newest committed revision (0 before any commit).
+
+        Example: ``backend.revision`` grows by one per commit.
+        """
+
+    @property
+    @abstractmethod
+    def sessions(self) -> Mapping[str, Session]:
+        """The live sessions by id: the same live mapping for the backend's whole life.
+
+        Example: ``"sess_1" in backend.sessions`` tells whether it is live.
+        """
+
+    @abstractmethod
+    def read(self) -> ReadTxn:
+        """A read txn at the newest revision.
+
+        Example: ``backend.read().records("sess_1")`` lists its records.
+        """
+
+    @abstractmethod
+    def write(self) -> WriteTxn:
+        """Open the write txn (``RuntimeError`` while another is open).
+
+        Example: ``txn = backend.write()`` opens it; a second ``backend.write()`` raises.
+        """
+
+    @abstractmethod
+    def next_id(self) -> int:
+        """A number for a new variable id (``var_<name>_<n>``), never handed out before.
+
+        Not part of a txn: a number a refused write took is skipped, never reused.
+        Example: ``backend.next_id()`` returns 1, then 2, ...
+        """
+
+    @abstractmethod
+    def add_session(self, session: Session) -> None:
+        """Hold a new session (not a revisioned commit).
+
+        Example: ``backend.add_session(Session("sess_1", {}, 0.0))`` makes it live.
+        """
+
+    @abstractmethod
+    def remove_session(
+        self, session_id: str, *, settle: Callable[[Session], None] | None = None
+    ) -> Session:
+        """Drop a session and its variables, call ``settle`` with it (the engine's
+        clean-up), then tell its watchers ``None``.
+
+        Example: ``backend.remove_session("sess_1")`` returns the removed session.
+        """
+
+    @abstractmethod
+    def commits_since(self, session_id: str, revision: int) -> list[Commit] | None:
+        """The session's logged commits after ``revision``, oldest first, or None when the
+        log no longer reaches back (the watcher must resync from current values).
+
+        Example: ``backend.commits_since("sess_1", 41)`` returns the later commits or None.
+        """
+
+    @abstractmethod
+    def compact(self, session_id: str, through: int) -> list[Commit]:
+        """Drop the session's logged commits up to revision ``through``; returns them.
+
+        Example: ``backend.compact("sess_1", 10)`` returns the commits it dropped.
+        """
+
+    @abstractmethod
+    def watch(
+        self, session_id: str, listener: Listener, *, foreign: bool = False
+    ) -> Callable[[], None]:
+        """Call ``listener`` with every later commit of the session; returns the remover.
+
+        Example: ``stop = backend.watch("sess_1", seen.append)`` and later ``stop()``.
+        """
+
+    @abstractmethod
+    async def sync(self, revision: int) -> None:
+        """Return once ``revision`` is durable (``ValueError`` if not yet committed).
+
+        Example: ``await backend.sync(txn_commit.revision)`` returns once it is durable.
+        """

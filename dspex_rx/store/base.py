@@ -1,0 +1,303 @@
+"""The engine's foundation: configuration, the Backend it runs over, session lookup and the
+value and metadata checks every part uses.
+
+The engine is one class (``MemoryStore``) built as a linear chain of parts (mixins) over
+one shared state, the session tables: base -> permissions -> commit -> leasing ->
+sessions -> registration -> variables -> dependencies -> history -> optimization ->
+reports -> import_plan -> exchange; each part calls only the parts below it. Two concerns
+are components with narrow interfaces instead: the memory account (accounts.py) and
+access (access.py); the storage is the Backend (backend.py).
+Methods are synchronous and never yield, so a call is atomic on the server's one loop: a
+request is validated in full, then committed in one step (commit.py), and a refused
+request leaves no trace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dspex_rx.core.identity import Principals, RetiredIds
+from dspex_rx.core.limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_length,
+    measure_map,
+    measure_value,
+    too_big,
+)
+from dspex_rx.core.types import (
+    check_constraints,
+    check_metadata,
+    keep_origin,
+    normalize_type,
+    validate_stored,
+    validate_value,
+)
+from dspex_rx.errors import InvalidValueError, SessionNotFoundError, VariableTypeError
+from dspex_rx.logs import get_logger
+from dspex_rx.store.access import Access
+from dspex_rx.store.accounts import Accounts
+from dspex_rx.store.backend import Backend
+from dspex_rx.store.checks import BATCH_ENTRY_FRAMING, BATCH_FRAMING, _show
+from dspex_rx.store.memory.backend import MemoryBackend
+from dspex_rx.store.records import ITEM_OVERHEAD
+from dspex_rx.store.state import Session
+
+log = get_logger("dspex_rx.store")
+
+
+
+
+class StoreBase:
+    """Configuration and shared checks of the engine (the bottom of its chain).
+
+    >>> from dspex_rx.store import MemoryStore
+    >>> MemoryStore(log_size=100).log_size
+    100
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        default_ttl: float = 60.0,
+        limits: Limits | None = None,
+        max_variables_per_session: int | None = None,
+        log_size: int = 10_000,
+        history_size: int | None = None,
+        lease_ttl: float = 30.0,
+        optimization_history_size: int = 10_000,
+        principals: Principals | Mapping[str, str] | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        # Where the state lives (backend.py): records, revisions, commit logs, watchers.
+        self._backend: Backend = backend if backend is not None else MemoryBackend()
+        # The backend's live sessions (the same mapping for its whole life).
+        self._sessions: Mapping[str, Session] = self._backend.sessions
+        self._clock = clock
+        self.default_ttl = default_ttl
+        self.lease_ttl = lease_ttl
+        self.optimization_history_size = optimization_history_size
+        if history_size is not None and history_size < 1:
+            raise InvalidValueError(f"history_size must be at least 1, got {history_size}")
+        # The two limits that were constructor arguments before Limits stay so.
+        self.limits = (limits or DEFAULT_LIMITS).replace(
+            max_variables_per_session=max_variables_per_session, history_size=history_size
+        )
+        self.log_size = log_size
+        # Who an id belongs to (identity.py): reserved namespaces, and ended ids that stay
+        # claimed by their token, so a rule naming an id keeps naming the same party.
+        # The memory accounts of every session (accounts.py), checked before each write.
+        self._accounts = Accounts(self.limits, self._backend)
+        # Ended ids still claimed by their token (identity.py), and who may do what.
+        self._retired = RetiredIds(self.limits.max_retired_sessions)
+        self._access = Access(
+            self._backend, clock,
+            principals if isinstance(principals, Principals) else Principals(principals),
+            self._retired,
+        )
+
+    @property
+    def history_size(self) -> int:
+        """Versions kept per variable (``limits.history_size``).
+
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> MemoryStore(history_size=5).history_size
+        5
+        """
+        return self.limits.history_size
+
+    @property
+    def max_variables_per_session(self) -> int:
+        """``limits.max_variables_per_session``.
+
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> MemoryStore(max_variables_per_session=50).max_variables_per_session
+        50
+        """
+        return self.limits.max_variables_per_session
+
+    @property
+    def revision(self) -> int:
+        """The newest revision of any commit in the store.
+
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> store.revision
+        1
+        """
+        return self._backend.revision
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes every session's memory account charges together.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().used_bytes
+        0
+        """
+        return self._accounts.used_bytes
+
+    @property
+    def pinned_bytes(self) -> int:
+        """The pinned part of ``used_bytes`` (current values and records).
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().pinned_bytes
+        0
+        """
+        return self._accounts.pinned_bytes
+
+    def check_accounts(self) -> None:
+        """Recompute every memory account from the state; ``AssertionError`` on any
+        difference. The property test calls it after every step.
+
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> store.check_accounts()
+        """
+        self._accounts.check()
+
+    @property
+    def _revision(self) -> int:
+        # One revision counter for all sessions (a stream can carry several sessions'
+        # events in one order): the backend's.
+        return self._backend.revision
+
+    @property
+    def principals(self) -> Principals:
+        """The reserved namespaces (identity.py); the server may replace them.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> bool(MemoryStore().principals)
+        False
+        """
+        return self._access.principals
+
+    @principals.setter
+    def principals(self, principals: Principals) -> None:
+        self._access.principals = principals
+
+    @property
+    def identity_checked(self) -> bool:
+        """Whether rules must name parties whose identity is checked; a server that checks
+        no tokens (auth="none") turns it off, since there no id is anyone's.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().identity_checked
+        True
+        """
+        return self._access.identity_checked
+
+    @identity_checked.setter
+    def identity_checked(self, checked: bool) -> None:
+        self._access.identity_checked = checked
+
+    def session(self, session_id: str) -> Session:
+        """The live session, or ``SessionNotFoundError``.
+
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> store.session("s").revision
+        1
+        """
+        try:
+            return self._sessions[session_id]
+        except (KeyError, TypeError):
+            raise SessionNotFoundError(
+                f"no session {_show(session_id)} (never created, closed, or expired)"
+            ) from None
+
+    def session_ids(self) -> list[str]:
+        """Ids of the live sessions.
+
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> store.session_ids()
+        ['s']
+        """
+        return list(self._sessions)
+
+    def _check_reason(self, what: str, reason: Any) -> None:
+        if not isinstance(reason, str):
+            raise VariableTypeError(f"{what} must be a string")
+        check_length(what, reason, "max_string_length", self.limits.max_string_length)
+
+    def _declared(
+        self, name: str, type_: Any, raw_constraints: Any
+    ) -> tuple[str, dict[str, Any], int]:
+        # A new variable's type and constraints, checked, and the bytes charged once for
+        # it so far (the item, its constraints).
+        type_name = normalize_type(type_)
+        fixed = ITEM_OVERHEAD
+        if raw_constraints is not None:
+            if not isinstance(raw_constraints, Mapping):
+                raise VariableTypeError(f"variable {name!r}: constraints must be a dict")
+            fixed += measure_map(raw_constraints, self.limits, f"variable {name!r}: constraints")
+        constraints = check_constraints(
+            name, type_name, raw_constraints, max_pattern_length=self.limits.max_pattern_length
+        )
+        return type_name, constraints, fixed
+
+    def _description_size(self, name: str, description: Any) -> int:
+        if not isinstance(description, str):
+            raise VariableTypeError(f"variable {name!r}: description must be a string")
+        check_length(f"variable {name!r}: description", description, "max_description_length",
+                     self.limits.max_description_length)
+        return measure_value(description, self.limits, f"variable {name!r}: description")
+
+    def _validated(
+        self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
+    ) -> tuple[Any, int]:
+        # Validate a value and measure what will be stored (the measure checks depth,
+        # items and size). Validation recurses through what it was given: a structure
+        # deeper than Python's stack (only an in-process caller can make one; protobuf
+        # stops the wire's at ~48 levels) is refused as too deep.
+        where = f"variable {name!r}: value"
+        try:
+            clean = keep_origin(value, validate_value(name, type_name, value, constraints))
+        except RecursionError:
+            raise too_big(f"{where} nests too deep to validate", 0, "max_depth",
+                          self.limits.max_depth) from None
+        return clean, measure_value(clean, self.limits, where)
+
+    def _clean_metadata(
+        self, name: str, metadata: Mapping[str, Any] | None, where: str, depth: int = 1
+    ) -> tuple[dict[str, Any], int]:
+        # Metadata-like maps (metadata, config, metrics): the limits, then the JSON rules.
+        if metadata is None:
+            return {}, 0
+        if not isinstance(metadata, dict):
+            raise VariableTypeError(f"{where} must be a dict")
+        size = measure_map(metadata, self.limits, where, depth)
+        return check_metadata(name, metadata), size
+
+    def _check_batch_bytes(self, size: int, count: int, what: str) -> None:
+        # What one batch stores is echoed in one answer (records, changed values), so it
+        # must fit one message with the framing of each entry.
+        total = size + count * BATCH_ENTRY_FRAMING
+        limit = self.limits.max_message_bytes - BATCH_FRAMING
+        if total > limit:
+            raise too_big(
+                f"{what} would store {total} bytes, more than one message can echo back "
+                f"({limit} bytes)", total, "max_message_bytes", self.limits.max_message_bytes,
+            )
+
+    def _stored(
+        self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
+    ) -> Any:
+        # validate_stored, with a structure deeper than Python's stack refused as too deep.
+        try:
+            return validate_stored(name, type_name, value, constraints)
+        except RecursionError:
+            raise too_big(f"variable {name!r}: value nests too deep to validate", 0,
+                          "max_depth", self.limits.max_depth) from None

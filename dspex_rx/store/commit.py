@@ -1,0 +1,268 @@
+"""The one place a write is applied (one revision, through the Backend's write txn), and the
+watch API over the commit log.
+
+A commit also updates history, the dependency graph, rules and the memory account.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from dspex_rx.core.access import AccessRule
+from dspex_rx.core.graph import Edge
+from dspex_rx.core.limits import too_many
+from dspex_rx.store.accounts import _commit_cost, _rules_cost
+from dspex_rx.store.backend import RevisionConflict, WriteTxn
+from dspex_rx.store.leases import OptimizationLease
+from dspex_rx.store.permissions import AccessMethods
+from dspex_rx.store.records import (
+    MAX_SOURCE_NAMES,
+    OPTIMIZATION_EVENT,
+    ChangeEvent,
+    Commit,
+    HistoryEntry,
+    Listener,
+    VariableRecord,
+)
+from dspex_rx.store.state import Session
+
+# How often a method whose commit conflicted (a remote backend moved on) is run again.
+MAX_CONFLICT_ATTEMPTS = 3
+_T = TypeVar("_T")
+
+
+class Committer(AccessMethods):
+    """The engine's commit part: ``_commit`` applies a write; watchers follow the log.
+
+    Example: ``store.add_listener(sid, frames.append)`` hears every later commit.
+    """
+
+    def _commit(
+        self,
+        session: Session,
+        records: Iterable[VariableRecord],
+        removed: Iterable[VariableRecord] = (),
+        metadata: Mapping[str, Any] | None = None,
+        source: str = "",
+        notes: Sequence[OptimizationLease] = (),
+        metadata_size: int = 0,
+        edges: Sequence[Edge] = (),
+        restored: Mapping[str, Sequence[HistoryEntry]] | None = None,
+        rules: Mapping[str, tuple[AccessRule, ...]] | None = None,
+    ) -> tuple[list[VariableRecord], int]:
+        # The only place variable state changes: one new revision for the whole write,
+        # stamped on every record it writes (and as create_revision on new ones), logged
+        # as one commit and handed to the session's listeners. ``notes`` are leases whose
+        # status changed in this commit: each becomes an optimization event after the
+        # value changes, so a watcher sees a write and the status it led to together.
+        # ``edges`` (checked acyclic by the caller) join the graph before propagation;
+        # ``restored`` seeds the history of new records (an import) before their own
+        # version is remembered, each entry stamped with this revision (its ``size`` set
+        # by the caller). ``rules`` sets variables' access rules (on register, or by their
+        # owner). The revision counter is the store's, shared by all sessions.
+        # Callers have checked every limit (``check_room`` included): nothing here fails.
+        # The records go through the backend's write txn (staged, applied by its commit
+        # under one revision); the session's other tables change in place (backend.py
+        # lists them as not yet behind the seam).
+        with self._backend.write() as txn:
+            return self._write(txn, session, records, removed, metadata, source, notes,
+                               metadata_size, edges, restored, rules)
+
+    def _write(
+        self,
+        txn: WriteTxn,
+        session: Session,
+        records: Iterable[VariableRecord],
+        removed: Iterable[VariableRecord],
+        metadata: Mapping[str, Any] | None,
+        source: str,
+        notes: Sequence[OptimizationLease],
+        metadata_size: int,
+        edges: Sequence[Edge],
+        restored: Mapping[str, Sequence[HistoryEntry]] | None,
+        rules: Mapping[str, tuple[AccessRule, ...]] | None,
+    ) -> tuple[list[VariableRecord], int]:
+        revision = txn.revision
+        sid = session.id
+        stamped = [
+            r
+            if r.mod_revision == revision and r.create_revision
+            else VariableRecord(
+                r.id, r.name, r.type, r.value, r.constraints, r.metadata, r.version, revision,
+                r.create_revision or revision, r.created_at, r.updated_at, r.updated_by,
+                r.description, r.size, r.metadata_size,
+            )
+            for r in records
+        ]
+        events = []
+        meta = metadata or {}
+        changed: list[VariableRecord] = []
+        for record in stamped:
+            old = txn.get(sid, record.id)
+            txn.put(sid, record)
+            if restored and record.id in restored:
+                self._accounts.seed_history(session, record.id, restored[record.id], revision)
+            self._accounts.remember(session, record, meta, metadata_size)
+            if old is not None:
+                changed.append(record)
+                events.append(ChangeEvent(record, old.value, "value_change", meta, source))
+        if edges:
+            before = session.graph.bytes
+            for edge in edges:
+                session.graph.add(edge)
+            self._accounts.charge(session, "other_bytes", session.graph.bytes - before)
+        if changed and len(session.graph):
+            # Dependents learn of the change in the same frame, upstream first, each told
+            # which of the changed variables it depends on (the first MAX_SOURCE_NAMES).
+            downstream = session.graph.downstream_with_sources(
+                (r.id for r in changed), MAX_SOURCE_NAMES
+            )
+            for var_id, source_ids, truncated in downstream:
+                dependent = _present(txn.get(sid, var_id))
+                names = [_present(txn.get(sid, s)).name for s in source_ids]
+                note: dict[str, Any] = {
+                    "source_variable": names[0],
+                    "source_variables": names,
+                    "source_revision": revision,
+                }
+                if truncated:
+                    note["source_variables_truncated"] = True
+                events.append(ChangeEvent(
+                    dependent, dependent.value, "dependency_changed", note, source,
+                    tuple(source_ids),
+                ))
+        for lease in notes:
+            lease.revision = revision
+            record = _present(txn.get(sid, lease.variable_id))
+            events.append(
+                ChangeEvent(
+                    record, record.value, OPTIMIZATION_EVENT,
+                    lease.status(record.name, revision), lease.id,
+                )
+            )
+        for var_id, clean in (rules or {}).items():
+            self._set_rules(txn, session, var_id, clean)
+        for record in removed:
+            txn.delete(sid, record.id)
+            before = session.graph.bytes
+            session.graph.drop(record.id)
+            self._accounts.charge(session, "other_bytes", session.graph.bytes - before)
+            entries = session.history.pop(record.id, None)
+            if entries:
+                self._accounts.forget_history(session, entries, revision)
+            session.leases.pop(record.id, None)
+            for ended in session.recent_leases.pop(record.id, ()):
+                self._accounts.charge(session, "other_bytes", -ended.size)
+            evaluations = session.evaluations.pop(record.id, None)
+            if evaluations:
+                self._accounts.charge(session, "other_bytes", -sum(e.size for e in evaluations))
+            self._accounts.charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
+            self._set_rules(txn, session, record.id, ())
+            gone = dataclasses.replace(record, mod_revision=revision)
+            events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
+        def settle(commit: Commit) -> None:
+            # What the commit retained, accounted before any watcher hears of it.
+            self._accounts.charge(session, "log_bytes", _commit_cost(commit))
+            if len(session.log) > self.log_size:
+                self._accounts.trim_log(session, session.log[0].revision)
+            self._accounts.make_room(session)
+
+        commit = txn.commit(sid, events, timestamp=self._clock(),
+                            permissions=tuple(rules or ()), settle=settle)
+        return stamped, commit.revision
+
+    def _set_rules(
+        self, txn: WriteTxn, session: Session, var_id: str, rules: tuple[AccessRule, ...]
+    ) -> None:
+        # A variable's access rules, staged on the txn and charged to the session's
+        # other_bytes (_rules_cost).
+        old = txn.rules(session.id, var_id)
+        txn.set_rules(session.id, var_id, rules)
+        self._accounts.charge(session, "other_bytes", _rules_cost(rules) - _rules_cost(old))
+
+    def add_listener(
+        self, session_id: str, listener: Listener, *, foreign: bool = False
+    ) -> Callable[[], None]:
+        """Call ``listener`` with every later commit of the session; returns the remover.
+
+        Listeners run synchronously inside the write, after the state changed, so a
+        listener added in the same step as a snapshot misses nothing and sees nothing twice.
+        A ``foreign`` listener (another session's stream watching this session's shared
+        variables) does not count against this session's ``max_streams_per_session``:
+        what another session opens must not lock the owner out of its own streams. It
+        is bounded by the watching session's own stream limit (one per owner per stream).
+
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> frames = []
+        >>> stop = store.add_listener("s", frames.append)
+        >>> _ = store.set("s", "t", 0.9, actor="me")
+        >>> stop()
+        >>> [(c.revision, c.events[0].record.value) for c in frames]
+        [(2, 0.9)]
+        """
+        session = self.session(session_id)
+        limit = self.limits.max_streams_per_session
+        own = len(session.listeners) - session.foreign_listeners
+        if not foreign and own >= limit:
+            raise too_many(
+                f"session {session_id!r} already has {own} watch streams",
+                own + 1, "max_streams_per_session", limit,
+            )
+        return self._backend.watch(session_id, listener, foreign=foreign)
+
+    def commits_since(self, session_id: str, revision: int) -> list[Commit] | None:
+        """The logged commits after ``revision``, or None if the log no longer reaches back.
+
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7)], actor="me")
+        >>> [c.revision for c in store.commits_since("s", 0)]
+        [1]
+        """
+        self.session(session_id)
+        return self._backend.commits_since(session_id, revision)
+
+
+def _present(record: VariableRecord | None) -> VariableRecord:
+    # A record the txn must hold (a dependent, a leased variable).
+    if record is None:
+        raise AssertionError("a commit refers to a variable it does not hold")
+    return record
+
+
+def rerun_on_conflict(
+    method: Callable[..., _T], attempts: int = MAX_CONFLICT_ATTEMPTS
+) -> Callable[..., _T]:
+    """The conflict hook: run a store method again (validating again) when its commit
+    meets ``RevisionConflict``, at most ``attempts`` times; then the conflict propagates.
+
+    Not applied to MemoryStore's methods yet: MemoryBackend never conflicts, and the
+    session tables changed in place (backend.py) would not roll back with the txn.
+
+    >>> calls = []
+    >>> def flaky() -> str:
+    ...     calls.append(1)
+    ...     if len(calls) < 2:
+    ...         raise RevisionConflict("moved on")
+    ...     return "done"
+    >>> rerun_on_conflict(flaky)(), len(calls)
+    ('done', 2)
+    """
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> _T:
+        for _ in range(attempts - 1):
+            try:
+                return method(*args, **kwargs)
+            except RevisionConflict:
+                continue
+        return method(*args, **kwargs)
+
+    return run

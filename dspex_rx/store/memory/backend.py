@@ -1,0 +1,366 @@
+"""MemoryBackend: the Backend over today's in-process state (Session objects in a dict).
+
+Writes are serialised (one open write txn, and the engine never yields), so a commit never
+conflicts and ``sync`` has nothing to wait for.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+from dspex_rx.core.access import AccessRule
+from dspex_rx.logs import get_logger
+from dspex_rx.store.backend import Backend, ReadTxn, RevisionConflict, WriteTxn
+from dspex_rx.store.records import ChangeEvent, Commit, Listener, VariableRecord
+from dspex_rx.store.state import Session
+
+log = get_logger("dspex_rx.store")
+
+
+class MemoryBackend(Backend):
+    """Sessions, records, the revision counter and the commit logs, in memory.
+
+    >>> from dspex_rx.store.state import Session
+    >>> backend = MemoryBackend()
+    >>> backend.add_session(Session("s", {}, 0.0))
+    >>> with backend.write() as txn:
+    ...     commit = txn.commit("s", (), timestamp=1.0)
+    >>> commit.revision, backend.revision, len(backend.commits_since("s", 0))
+    (1, 1, 1)
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._owners: dict[str, str] = {}
+        self._revision = 0
+        self._ids = itertools.count(1)
+        self._open: _MemoryWrite | None = None
+        self._view = _MemoryRead(self)
+
+    @property
+    def revision(self) -> int:
+        """The newest committed revision.
+
+        >>> MemoryBackend().revision
+        0
+        """
+        return self._revision
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        """The live sessions by id (the dict itself).
+
+        >>> MemoryBackend().sessions
+        {}
+        """
+        return self._sessions
+
+    def read(self) -> ReadTxn:
+        """A read view at the newest revision; it refuses reads once a commit moved on.
+
+        >>> MemoryBackend().read().revision
+        0
+        """
+        return _MemoryRead(self)
+
+    def write(self) -> WriteTxn:
+        """Open the one write txn.
+
+        >>> backend = MemoryBackend(); txn = backend.write(); txn.base_revision
+        0
+        """
+        if self._open is not None:
+            raise RuntimeError("a write txn is already open on this backend (one at a time)")
+        self._open = _MemoryWrite(self)
+        return self._open
+
+    def next_id(self) -> int:
+        """The next number of the id sequence.
+
+        >>> backend = MemoryBackend(); backend.next_id(), backend.next_id()
+        (1, 2)
+        """
+        return next(self._ids)
+
+    def add_session(self, session: Session) -> None:
+        """Hold a new session.
+
+        >>> backend = MemoryBackend(); backend.add_session(Session("s", {}, 0.0))
+        >>> list(backend.sessions)
+        ['s']
+        """
+        self._sessions[session.id] = session
+
+    def remove_session(
+        self, session_id: str, *, settle: Callable[[Session], None] | None = None
+    ) -> Session:
+        """Drop a session and its variables' owners, settle, tell its watchers ``None``.
+
+        >>> backend = MemoryBackend(); backend.add_session(Session("s", {}, 0.0))
+        >>> backend.remove_session("s").id
+        's'
+        """
+        session = self._sessions.pop(session_id)
+        for var_id in session.variables:
+            self._owners.pop(var_id, None)
+        if settle is not None:
+            settle(session)
+        for listener in list(session.listeners):
+            _notify(listener, None)
+        session.listeners.clear()
+        return session
+
+    def commits_since(self, session_id: str, revision: int) -> list[Commit] | None:
+        """The logged commits after ``revision``, or None past the log's horizon.
+
+        >>> backend = MemoryBackend(); backend.add_session(Session("s", {}, 0.0))
+        >>> backend.commits_since("s", 0)
+        []
+        """
+        session = self._sessions[session_id]
+        if revision < session.log_floor:
+            return None
+        return [c for c in session.log if c.revision > revision]
+
+    def compact(self, session_id: str, through: int) -> list[Commit]:
+        """Drop logged commits up to ``through``; a resume from before them gets None.
+
+        >>> backend = MemoryBackend(); backend.add_session(Session("s", {}, 0.0))
+        >>> backend.compact("s", 0)
+        []
+        """
+        session = self._sessions[session_id]
+        dropped = []
+        while session.log and session.log[0].revision <= through:
+            dropped.append(session.log.popleft())
+        session.log_floor = max(session.log_floor, min(through, session.revision))
+        return dropped
+
+    def watch(
+        self, session_id: str, listener: Listener, *, foreign: bool = False
+    ) -> Callable[[], None]:
+        """Add a watcher of the session's commits; returns its remover.
+
+        >>> backend = MemoryBackend(); backend.add_session(Session("s", {}, 0.0))
+        >>> stop = backend.watch("s", print); stop()
+        """
+        session = self._sessions[session_id]
+        session.listeners.append(listener)
+        if foreign:
+            session.foreign_listeners += 1
+
+        def remove() -> None:
+            if listener in session.listeners:
+                session.listeners.remove(listener)
+                if foreign:
+                    session.foreign_listeners -= 1
+
+        return remove
+
+    async def sync(self, revision: int) -> None:
+        """Memory holds nothing durable: a committed revision is as durable as it gets.
+
+        >>> import asyncio; asyncio.run(MemoryBackend().sync(0))
+        """
+        if revision > self._revision:
+            raise ValueError(f"revision {revision} is not committed (newest {self._revision})")
+
+    def _apply(self, txn: _MemoryWrite, session_id: str, events: Sequence[ChangeEvent],
+               timestamp: float, permissions: Sequence[str],
+               settle: Callable[[Commit], None] | None) -> Commit:
+        if txn.base_revision != self._revision:  # cannot happen while writes are serialised
+            raise RevisionConflict(f"the store moved on from revision {txn.base_revision}")
+        if any(owner != session_id for owner in txn.session_of.values()):
+            raise ValueError(f"a commit of session {session_id!r} staged another session's")
+        session = self._sessions[session_id]
+        revision = self._revision + 1
+        for var_id, record in txn.staged.items():
+            if record is None:
+                gone = session.variables.pop(var_id, None)  # None: put and deleted in txn
+                if gone is not None:
+                    del session.names[gone.name]
+                    self._owners.pop(var_id, None)
+            else:
+                session.variables[var_id] = record
+                session.names[record.name] = var_id
+                self._owners.setdefault(var_id, session_id)  # an owner never changes
+        for var_id, rules in txn.staged_rules.items():
+            if rules:
+                session.rules[var_id] = rules
+            else:
+                session.rules.pop(var_id, None)
+        session.revision = self._revision = revision
+        commit = Commit(revision, tuple(events), timestamp, session_id, tuple(permissions))
+        session.log.append(commit)
+        self._open = None
+        if settle is not None:
+            settle(commit)
+        for listener in list(session.listeners):
+            _notify(listener, commit)
+        return commit
+
+
+class _MemoryRead(ReadTxn):
+    # A view of the live dicts: consistent because nothing commits while the engine runs;
+    # a read after a commit moved the backend on is refused, never a mix of two states.
+    def __init__(self, backend: MemoryBackend) -> None:
+        self._backend = backend
+        self._revision = backend._revision
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def _check(self) -> None:
+        if self._backend.revision != self._revision:
+            raise RevisionConflict(
+                f"read at revision {self._revision}, and the store is at "
+                f"{self._backend.revision}: open a new read"
+            )
+
+    def session(self, session_id: str) -> Session | None:
+        self._check()
+        return self._backend.sessions.get(session_id)
+
+    def get(self, session_id: str, var_id: str) -> VariableRecord | None:
+        session = self.session(session_id)
+        return session.variables.get(var_id) if session is not None else None
+
+    def find(self, session_id: str, name: str) -> VariableRecord | None:
+        session = self.session(session_id)
+        var_id = session.names.get(name) if session is not None else None
+        return self.get(session_id, var_id) if var_id else None
+
+    def records(self, session_id: str) -> list[VariableRecord]:
+        session = self.session(session_id)
+        found = list(session.variables.values()) if session is not None else []
+        return sorted(found, key=lambda r: r.name)
+
+    def owner(self, var_id: str) -> str | None:
+        self._check()
+        return self._backend._owners.get(var_id)
+
+    def rules(self, session_id: str, var_id: str) -> tuple[AccessRule, ...]:
+        session = self.session(session_id)
+        return session.rules.get(var_id, ()) if session is not None else ()
+
+
+class _MemoryWrite(WriteTxn, _MemoryRead):
+    # Staged changes by variable id (None: deleted), in order; reads see them first.
+    def __init__(self, backend: MemoryBackend) -> None:
+        _MemoryRead.__init__(self, backend)
+        self.staged: dict[str, VariableRecord | None] = {}
+        self.staged_rules: dict[str, tuple[AccessRule, ...]] = {}
+        # The session of each staged variable (a commit is one session's).
+        self.session_of: dict[str, str] = {}
+        self._done = False
+
+    @property
+    def base_revision(self) -> int:
+        return self._revision
+
+    @property
+    def revision(self) -> int:
+        return self._revision + 1
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _live(self) -> None:
+        if self._done:
+            raise RuntimeError("this write txn has ended (committed or aborted)")
+
+    def get(self, session_id: str, var_id: str) -> VariableRecord | None:
+        # The hot path of every commit: no staleness check (nothing commits while the one
+        # write txn is open).
+        staged = self.staged
+        if var_id in staged and self.session_of.get(var_id) == session_id:
+            return staged[var_id]
+        session = self._backend._sessions.get(session_id)
+        return session.variables.get(var_id) if session is not None else None
+
+    def find(self, session_id: str, name: str) -> VariableRecord | None:
+        for var_id, record in reversed(self.staged.items()):
+            if record is not None and record.name == name and (
+                self.session_of[var_id] == session_id
+            ):
+                return record
+        found = _MemoryRead.find(self, session_id, name)
+        if found is not None and found.id in self.staged:
+            return self.get(session_id, found.id)
+        return found
+
+    def records(self, session_id: str) -> list[VariableRecord]:
+        mine = {r.id: r for r in _MemoryRead.records(self, session_id)}
+        for var_id, record in self.staged.items():
+            if self.session_of[var_id] != session_id:
+                continue
+            if record is None:
+                mine.pop(var_id, None)
+            else:
+                mine[var_id] = record
+        return sorted(mine.values(), key=lambda r: r.name)
+
+    def owner(self, var_id: str) -> str | None:
+        owner = _MemoryRead.owner(self, var_id)
+        if var_id in self.staged:
+            return self.session_of[var_id] if self.staged[var_id] is not None else None
+        return owner
+
+    def rules(self, session_id: str, var_id: str) -> tuple[AccessRule, ...]:
+        if var_id in self.staged_rules and self.session_of.get(var_id) == session_id:
+            return self.staged_rules[var_id]
+        return _MemoryRead.rules(self, session_id, var_id)
+
+    def set_rules(self, session_id: str, var_id: str, rules: tuple[AccessRule, ...]) -> None:
+        self._live()
+        self.staged_rules[var_id] = rules
+        self.session_of[var_id] = session_id
+
+    def put(self, session_id: str, record: VariableRecord) -> None:
+        self._live()
+        self.staged.pop(record.id, None)  # keep the order of the last change
+        self.staged[record.id] = record
+        self.session_of[record.id] = session_id
+
+    def delete(self, session_id: str, var_id: str) -> None:
+        self._live()
+        if self.get(session_id, var_id) is None:
+            raise KeyError(var_id)
+        self.staged.pop(var_id, None)
+        self.staged[var_id] = None
+        self.session_of[var_id] = session_id
+
+    def commit(
+        self,
+        session_id: str,
+        events: Sequence[ChangeEvent],
+        *,
+        timestamp: float,
+        permissions: Sequence[str] = (),
+        settle: Callable[[Commit], None] | None = None,
+    ) -> Commit:
+        self._live()
+        self._done = True
+        try:
+            return self._backend._apply(self, session_id, events, timestamp, permissions,
+                                        settle)
+        finally:
+            self._backend._open = None
+
+    def abort(self) -> None:
+        self._live()
+        self._done = True
+        self.staged.clear()
+        self.staged_rules.clear()
+        self._backend._open = None
+
+
+def _notify(listener: Listener, commit: Commit | None) -> None:
+    try:
+        listener(commit)
+    except Exception:
+        # A broken watcher must not undo or block a committed write.
+        log.exception("listener_failed")

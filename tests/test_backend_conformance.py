@@ -1,0 +1,311 @@
+"""Every Backend keeps the guarantees of dspex_rx/store/backend.py (one suite, every backend).
+
+A new backend joins by one line in BACKENDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from dspex_rx.core.access import AccessRule
+from dspex_rx.errors import ConflictError
+from dspex_rx.store import MemoryStore, VariableSpec
+from dspex_rx.store.backend import Backend, RevisionConflict
+from dspex_rx.store.memory import MemoryBackend
+from dspex_rx.store.records import ChangeEvent, Commit, VariableRecord
+from dspex_rx.store.state import Session
+
+BACKENDS: list[Callable[[], Backend]] = [
+    MemoryBackend,
+]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda make: make.__name__)
+def empty_backend(request: pytest.FixtureRequest) -> Backend:
+    made: Backend = request.param()
+    return made
+
+
+@pytest.fixture
+def backend(empty_backend: Backend) -> Backend:
+    empty_backend.add_session(Session("s", {}, 0.0))
+    empty_backend.add_session(Session("other", {}, 0.0))
+    return empty_backend
+
+
+def record(name: str, value: object, version: int = 1, var_id: str = "") -> VariableRecord:
+    return VariableRecord(
+        var_id or f"var_{name}_1", name, "int", value, {}, {}, version, 0, 0, 0.0, 0.0, "t"
+    )
+
+
+def event(rec: VariableRecord) -> ChangeEvent:
+    return ChangeEvent(rec, None, "value_change", {}, "t")
+
+
+def put(backend: Backend, name: str, value: object, session: str = "s") -> Commit:
+    # One committed write of one record (a new version when it exists).
+    with backend.write() as txn:
+        old = txn.find(session, name)
+        rec = record(name, value, old.version + 1 if old else 1, old.id if old else "")
+        txn.put(session, rec)
+        return txn.commit(session, [event(rec)], timestamp=1.0)
+
+
+def test_revisions_strictly_increase_by_one_per_commit(backend: Backend) -> None:
+    assert backend.revision == 0
+    revisions = [put(backend, "x", n).revision for n in range(3)]
+    revisions.append(put(backend, "y", 9, session="other").revision)
+    assert revisions == [1, 2, 3, 4]  # one counter for every session
+    assert backend.revision == 4
+    assert backend.sessions["s"].revision == 3
+    assert backend.sessions["other"].revision == 4
+
+
+def test_a_txn_stamps_one_revision_known_before_its_commit(backend: Backend) -> None:
+    put(backend, "x", 1)
+    with backend.write() as txn:
+        assert (txn.base_revision, txn.revision) == (1, 2)
+        txn.put("s", record("a", 1, var_id="var_a_1"))
+        txn.put("s", record("b", 2, var_id="var_b_1"))
+        commit = txn.commit("s", [], timestamp=2.0)
+    assert commit.revision == 2 and commit.session_id == "s" and commit.timestamp == 2.0
+    assert [r.name for r in backend.read().records("s")] == ["a", "b", "x"]
+
+
+def test_puts_and_deletes_apply_records_names_and_owners(backend: Backend) -> None:
+    put(backend, "x", 1)
+    view = backend.read()
+    assert view.get("s", "var_x_1") == view.find("s", "x") == record("x", 1)
+    assert view.owner("var_x_1") == "s"
+    assert view.get("other", "var_x_1") is None
+    with backend.write() as txn:
+        txn.delete("s", "var_x_1")
+        txn.commit("s", [], timestamp=1.0)
+    view = backend.read()
+    assert (view.get("s", "var_x_1"), view.find("s", "x"), view.owner("var_x_1")) == (
+        None, None, None
+    )
+    assert view.records("s") == []
+
+
+def test_access_rules_are_staged_and_applied_with_the_commit(backend: Backend) -> None:
+    readers = (AccessRule("any", ("read",)),)
+    with backend.write() as txn:
+        txn.put("s", record("x", 1))
+        txn.set_rules("s", "var_x_1", readers)
+        assert txn.rules("s", "var_x_1") == readers
+        assert backend.read().rules("s", "var_x_1") == ()
+        txn.commit("s", [], timestamp=1.0, permissions=["var_x_1"])
+    assert backend.read().rules("s", "var_x_1") == readers
+    assert [c.permissions for c in backend.commits_since("s", 0) or ()] == [("var_x_1",)]
+    with pytest.raises(KeyError), backend.write() as txn:
+        txn.set_rules("s", "var_x_1", ())
+        raise KeyError("refused")
+    assert backend.read().rules("s", "var_x_1") == readers  # the refused txn left them
+    with backend.write() as txn:
+        txn.set_rules("s", "var_x_1", ())
+        txn.commit("s", [], timestamp=1.0)
+    assert backend.read().rules("s", "var_x_1") == ()
+
+
+def test_an_exception_inside_a_write_txn_leaves_no_trace(backend: Backend) -> None:
+    put(backend, "x", 1)
+    seen: list[Commit | None] = []
+    backend.watch("s", seen.append)
+    with pytest.raises(ZeroDivisionError), backend.write() as txn:
+        txn.put("s", record("x", 2, version=2))
+        txn.put("s", record("y", 3))
+        txn.delete("s", "var_x_1")
+        raise ZeroDivisionError
+    view = backend.read()
+    assert view.get("s", "var_x_1") == record("x", 1)
+    assert view.find("s", "y") is None and view.owner("var_y_1") is None
+    assert backend.revision == 1
+    assert backend.commits_since("s", 1) == []
+    assert seen == []
+    assert put(backend, "x", 5).revision == 2  # the aborted txn took no revision
+
+
+def test_abort_drops_the_staged_changes(backend: Backend) -> None:
+    seen: list[Commit | None] = []
+    backend.watch("s", seen.append)
+    txn = backend.write()
+    txn.put("s", record("x", 1))
+    txn.abort()
+    assert txn.done
+    assert backend.read().records("s") == []
+    assert (backend.revision, backend.commits_since("s", 0), seen) == (0, [], [])
+    with pytest.raises(RuntimeError):
+        txn.put("s", record("x", 1))  # an ended txn takes nothing more
+
+
+def test_reads_in_a_txn_see_its_own_changes_and_others_do_not(backend: Backend) -> None:
+    put(backend, "x", 1)
+    before = backend.read()
+    with backend.write() as txn:
+        txn.put("s", record("x", 2, version=2))
+        txn.put("s", record("y", 7))
+        assert txn.get("s", "var_x_1") == record("x", 2, version=2)
+        assert txn.find("s", "y") == record("y", 7)
+        assert [r.value for r in txn.records("s")] == [2, 7]
+        assert txn.owner("var_y_1") == "s"
+        outside = backend.read()
+        assert outside.get("s", "var_x_1") == record("x", 1)
+        assert outside.find("s", "y") is None
+        txn.commit("s", [], timestamp=1.0)
+    # A view opened before the commit never mixes the two states: it still reads the old
+    # one (a snapshot), or refuses to read (RevisionConflict).
+    try:
+        old = (before.get("s", "var_x_1"), before.find("s", "y"))
+    except RevisionConflict:
+        pass
+    else:
+        assert old == (record("x", 1), None)
+    assert [r.value for r in backend.read().records("s")] == [2, 7]
+
+
+def test_one_write_txn_at_a_time(backend: Backend) -> None:
+    txn = backend.write()
+    with pytest.raises(RuntimeError):
+        backend.write()
+    txn.commit("s", [], timestamp=1.0)
+    second = backend.write()  # the first ended: the next may open
+    second.abort()
+    with backend.write() as third:
+        third.commit("s", [], timestamp=1.0)
+    assert backend.revision == 2
+
+
+def test_a_watch_from_revision_r_sees_every_later_commit_once_in_order(
+    backend: Backend,
+) -> None:
+    for n in range(3):
+        put(backend, "x", n)
+    put(backend, "z", 0, session="other")
+    start = backend.revision
+    # What a resuming watcher does: replay the log after R, then follow the watch.
+    seen: list[int] = [c.revision for c in backend.commits_since("s", 2) or ()]
+    watched: list[Commit | None] = []
+    stop = backend.watch("s", watched.append)
+    for n in range(3):
+        put(backend, "x", 10 + n)
+    put(backend, "z", 1, session="other")  # another session's commit is not this watch's
+    put(backend, "y", 1)
+    seen += [c.revision for c in watched if c is not None]
+    assert seen == [3, 5, 6, 7, 9]
+    assert [c.revision for c in backend.commits_since("s", start) or ()] == [5, 6, 7, 9]
+    assert [[e.record.value for e in c.events] for c in watched if c] == [[10], [11], [12], [1]]
+    stop()
+    put(backend, "x", 99)
+    assert len(watched) == 4  # a removed watch hears nothing more
+
+
+def test_watchers_run_after_the_state_changed_and_after_settle(backend: Backend) -> None:
+    order: list[str] = []
+
+    def listener(commit: Commit | None) -> None:
+        assert commit is not None
+        assert backend.read().find("s", "x") == record("x", 1)
+        assert backend.revision == commit.revision
+        order.append("watch")
+
+    backend.watch("s", listener)
+    with backend.write() as txn:
+        txn.put("s", record("x", 1))
+        txn.commit("s", [], timestamp=1.0, settle=lambda c: order.append(f"settle {c.revision}"))
+    assert order == ["settle 1", "watch"]
+
+
+def test_a_failing_watcher_does_not_undo_a_commit(backend: Backend) -> None:
+    def broken(commit: Commit | None) -> None:
+        raise RuntimeError("watcher bug")
+
+    seen: list[Commit | None] = []
+    backend.watch("s", broken)
+    backend.watch("s", seen.append)
+    assert put(backend, "x", 1).revision == 1
+    assert backend.read().find("s", "x") == record("x", 1)
+    assert [c.revision for c in seen if c] == [1]
+
+
+def test_a_compacted_point_answers_none(backend: Backend) -> None:
+    for n in range(5):
+        put(backend, "x", n)
+    dropped = backend.compact("s", 3)
+    assert [c.revision for c in dropped] == [1, 2, 3]
+    assert backend.commits_since("s", 0) is None
+    assert backend.commits_since("s", 2) is None
+    assert [c.revision for c in backend.commits_since("s", 3) or ()] == [4, 5]
+    assert backend.commits_since("s", 5) == []
+    assert backend.compact("s", 3) == []  # compacting again drops nothing
+
+
+def test_removing_a_session_settles_then_tells_its_watchers_none(backend: Backend) -> None:
+    put(backend, "x", 1)
+    order: list[object] = []
+    backend.watch("s", order.append)
+    other: list[Commit | None] = []
+    backend.watch("other", other.append)
+    gone = backend.remove_session("s", settle=lambda s: order.append(f"settle {s.id}"))
+    assert gone.id == "s"
+    assert order == ["settle s", None]
+    assert other == []
+    assert "s" not in backend.sessions and backend.read().owner("var_x_1") is None
+
+
+def test_sync_returns_for_committed_revisions(backend: Backend) -> None:
+    revision = put(backend, "x", 1).revision
+
+    async def durable() -> None:
+        await backend.sync(0)
+        await backend.sync(revision)
+        with pytest.raises(ValueError):
+            await backend.sync(revision + 1)
+
+    asyncio.run(durable())
+
+
+def test_the_id_sequence_never_repeats_a_number(backend: Backend) -> None:
+    first = [backend.next_id() for _ in range(3)]
+    txn = backend.write()
+    taken = backend.next_id()  # taken by a write that is then refused: skipped, not reused
+    txn.abort()
+    after = backend.next_id()
+    numbers = [*first, taken, after]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 5
+
+
+def test_the_engine_runs_over_the_backend(empty_backend: Backend) -> None:
+    store = MemoryStore(backend=empty_backend)
+    session, client_id, _ = store.initialize_session("s")
+    assert empty_backend.sessions["s"] is session
+    frames: list[Commit | None] = []
+    store.add_listener("s", frames.append)
+    records, first = store.register(
+        "s", [VariableSpec("a", "int", 1), VariableSpec("b", "int", 2, dependencies=["a"])],
+        actor="me",
+    )
+    record, second, _ = store.set("s", "a", 5, actor="me")
+    assert (record.version, record.mod_revision) == (2, 2)
+    with pytest.raises(ConflictError):
+        store.set("s", "a", 6, actor="me", expected_version=1)  # refused: no trace
+    outcomes, _, applied = store.update_many("s", [("a", 7), ("nope", 1)], actor="me")
+    assert not applied and [o.ok for o in outcomes] == [False, False]
+    deleted, third = store.delete("s", "a", cascade=True)
+    assert (first, second, third) == (1, 2, 3) == (1, 2, empty_backend.revision)
+    assert [c.revision for c in frames if c] == [1, 2, 3]
+    write = frames[1]
+    assert write is not None
+    assert [(e.record.name, e.update_type) for e in write.events] == [
+        ("a", "value_change"), ("b", "dependency_changed"),
+    ]
+    assert sorted(deleted) == sorted(r.id for r in records)
+    assert empty_backend.read().records("s") == []
+    assert [c.revision for c in store.commits_since("s", 1) or ()] == [2, 3]
+    store.check_accounts()
+    assert store.close_session("s", client_id)
+    assert frames[-1] is None and "s" not in empty_backend.sessions
