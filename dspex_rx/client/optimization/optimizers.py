@@ -24,6 +24,7 @@ __all__ = [
     "SearchSpace",
     "check_optimizer_class",
     "get_optimizer",
+    "is_builtin",
     "make_optimizer",
     "optimizer_names",
     "register_optimizer",
@@ -34,6 +35,7 @@ _BUILTINS: dict[str, type[BaseOptimizer]] = {
     cls.name: cls for cls in (GridSearch, RandomSearch, BayesianOptimizer, GradientOptimizer)
 }
 _REGISTRY: dict[str, type[BaseOptimizer]] = dict(_BUILTINS)
+_BUILTIN_CLASSES = frozenset(_BUILTINS.values())
 
 
 def check_optimizer_class(name: str, cls: type[BaseOptimizer]) -> None:
@@ -85,6 +87,16 @@ def get_optimizer(name: str) -> type[BaseOptimizer]:
         raise InvalidValueError(
             f"unknown optimizer {name!r} (known: {', '.join(optimizer_names())})"
         ) from None
+
+
+def is_builtin(optimizer: BaseOptimizer) -> bool:
+    """Whether ``optimizer`` is exactly one of the built-in classes (quick enough to run in
+    the trio thread); a subclass may override anything, so it is not.
+
+    >>> is_builtin(make_optimizer("grid_search", SearchSpace("boolean"), {}, seed=0))
+    True
+    """
+    return type(optimizer) in _BUILTIN_CLASSES
 
 
 def optimizer_names() -> list[str]:

@@ -18,7 +18,7 @@ from dspex_rx.client.actors import VariableUpdate
 from dspex_rx.client.aio import is_async_callable
 from dspex_rx.client.core import SessionCore
 from dspex_rx.client.optimization.lease import Evaluation, HeldLease, Proposal, Revoked
-from dspex_rx.client.optimization.optimizers import BaseOptimizer, SearchSpace
+from dspex_rx.client.optimization.optimizers import BaseOptimizer, SearchSpace, is_builtin
 from dspex_rx.client.optimization.status import Objective, end_reason
 from dspex_rx.core.metrics import score_of
 from dspex_rx.errors import (
@@ -364,7 +364,7 @@ class OptimizationRun:
     async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
         # The built-ins are quick (a GP on at most 300 points); a custom optimizer may not
         # be, and the keep-alive needs the trio thread to renew the lease meanwhile.
-        if type(self.optimizer).__module__ == BaseOptimizer.__module__:
+        if is_builtin(self.optimizer):
             return fn(*args)
         return await trio.to_thread.run_sync(fn, *args)
 
