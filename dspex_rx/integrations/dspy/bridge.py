@@ -1,5 +1,5 @@
 """The bridge: ``DSPyOptimizationBridge`` connects DSPy programs to a session (variable-aware
-optimizers, live binding of predictor settings). Re-exports the integration's public names.
+optimizers, live binding of predictor settings). The package re-exports the public names.
 """
 
 from __future__ import annotations
@@ -16,19 +16,13 @@ from dspex_rx.integrations.dspy.binding import (
     _setting_spec,
     _Target,
 )
-from dspex_rx.integrations.dspy.helpers import _existing, plain, run_in_thread
-from dspex_rx.integrations.dspy.optimizer import CompileRun, VariableAwareOptimizer
+from dspex_rx.integrations.dspy.helpers import _existing
+from dspex_rx.integrations.dspy.optimizer import VariableAwareOptimizer
 from dspex_rx.integrations.dspy.parameters import (
-    LM_SETTINGS,
-    LMSetting,
     _Parameter,
     _parameters,
     _shape,
-    default_prefix,
-    parameter_variables,
-    short_name,
 )
-from dspex_rx.integrations.dspy.resolver import ModuleVariableResolver, VariableModule
 from dspex_rx.logs import get_logger
 
 if TYPE_CHECKING:
@@ -36,20 +30,7 @@ if TYPE_CHECKING:
 
 log = get_logger("dspex_rx.dspy")
 
-__all__ = [
-    "LM_SETTINGS",
-    "CompileRun",
-    "DSPyOptimizationBridge",
-    "LMSetting",
-    "ModuleVariableResolver",
-    "VariableAwareOptimizer",
-    "VariableModule",
-    "default_prefix",
-    "parameter_variables",
-    "plain",
-    "run_in_thread",
-    "short_name",
-]
+__all__ = ["DSPyOptimizationBridge"]
 
 
 @portal_aware
