@@ -24,9 +24,14 @@ from dspex_rx.integrations.dspy.parameters import (
     parameter_variables,
     short_name,
 )
-from dspex_rx.integrations.dspy.resolver import ModuleVariableResolver, VariableModule
+from dspex_rx.integrations.dspy.resolver import (
+    BUILTIN_MODULES,
+    ModuleVariableResolver,
+    VariableModule,
+)
 
 __all__ = [
+    "BUILTIN_MODULES",
     "LM_SETTINGS",
     "CompileRun",
     "DSPyOptimizationBridge",
