@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from dspex_rx.core.access import AccessRule
+from dspex_rx.core.graph import Edge
 from dspex_rx.errors import ConflictError
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.store.backend import Backend, RevisionConflict
@@ -110,6 +111,43 @@ def test_access_rules_are_staged_and_applied_with_the_commit(backend: Backend) -
         txn.set_rules("s", "var_x_1", ())
         txn.commit("s", [], timestamp=1.0)
     assert backend.read().rules("s", "var_x_1") == ()
+
+
+def test_dependency_edges_are_staged_and_applied_with_the_commit(backend: Backend) -> None:
+    for name in ("a", "b", "c"):
+        put(backend, name, 1)
+    b_on_a, c_on_b = Edge("var_b_1", "var_a_1", size=10), Edge("var_c_1", "var_b_1", size=20)
+    with pytest.raises(KeyError), backend.write() as txn:
+        txn.add_edge("s", b_on_a)
+        assert txn.graph("s").edge("var_b_1", "var_a_1") == b_on_a  # its own change
+        assert backend.read().graph("s").edge("var_b_1", "var_a_1") is None
+        raise KeyError("refused")
+    assert len(backend.read().graph("s")) == 0  # the aborted txn left the graph
+    with backend.write() as txn:
+        txn.add_edge("s", b_on_a)
+        txn.add_edge("s", c_on_b)
+        assert txn.graph("s").downstream(["var_a_1"]) == ["var_b_1", "var_c_1"]
+        assert len(backend.read().graph("s")) == 0  # a reader sees it after the commit
+        txn.commit("s", [], timestamp=1.0)
+    graph = backend.read().graph("s")
+    assert (graph.edges(), graph.bytes) == ([b_on_a, c_on_b], 30)
+    txn = backend.write()
+    txn.drop_edge("s", "var_b_1", "var_a_1")
+    txn.drop_edges("s", "var_c_1")
+    assert len(txn.graph("s")) == 0
+    txn.abort()
+    assert backend.read().graph("s").edges() == [b_on_a, c_on_b]
+    with backend.write() as txn:
+        txn.drop_edges("s", "var_b_1")  # both ways
+        assert len(backend.read().graph("s")) == 2
+        txn.commit("s", [], timestamp=1.0)
+    graph = backend.read().graph("s")
+    assert (len(graph), graph.bytes) == (0, 0)
+    with backend.write() as txn:
+        txn.add_edge("s", c_on_b)
+        txn.drop_edge("s", "var_c_1", "var_b_1")  # in order: added, then dropped
+        txn.commit("s", [], timestamp=1.0)
+    assert len(backend.read().graph("s")) == 0
 
 
 def test_an_exception_inside_a_write_txn_leaves_no_trace(backend: Backend) -> None:

@@ -35,18 +35,22 @@ Decisions (issue #13):
   one tells its watchers ``None``.
 
 Behind the seam now: the sessions table; variable records and their names; the owner of
-every variable id; variables' access rules; the variable id sequence; the revision
-counter; each session's commit log (``commits_since``, ``compact``) and its watchers.
+every variable id; variables' access rules; the dependency graph (edges staged by
+``add_edge``/``drop_edge``/``drop_edges`` and applied by the commit: registration,
+add_dependency, remove_dependency, import and delete change it only there; cycles are
+checked before, against the graph plus the txn's edges, which ``graph()`` reads); the
+variable id sequence; the revision counter; each session's commit log
+(``commits_since``, ``compact``) and its watchers.
 
 Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``
-directly on its hot paths instead of through a ``ReadTxn``; it changes the other tables of
-the ``Session`` object in place (history, the dependency graph, optimization leases and
-evaluations, attached clients, the memory account, the superseded and graveyard queues),
-so only records and rules are staged and only they roll back on abort (the engine
-validates everything first, so it never aborts after changing them); the retired ids and
-their claims (``RetiredIds``) live in the engine. A durable backend needs each of those as
-staged writes of the txn, and the graph and lease changes that registration,
-add_dependency and start_optimization make before calling ``_commit`` moved inside it.
+and ``graph`` directly in validation instead of through a ``ReadTxn``; it changes the
+other tables of the ``Session`` object in place (history, optimization leases and
+evaluations, attached clients, the memory account, the per-variable fixed costs, the
+superseded and graveyard queues), so only records, rules and edges are staged and only
+they roll back on abort (the engine validates everything first, so it never aborts after
+changing the rest); the retired ids and their claims (``RetiredIds``) live in the engine.
+A durable backend needs each of those as staged writes of the txn, and the lease changes
+that start_optimization makes before calling ``_commit`` moved inside it.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 from dspex_rx.core.access import AccessRule
+from dspex_rx.core.graph import DependencyGraph, Edge
 from dspex_rx.errors import ConflictError
 from dspex_rx.store.records import ChangeEvent, Commit, Listener, VariableRecord
 from dspex_rx.store.state import Session
@@ -128,6 +133,13 @@ class ReadTxn(ABC):
         Example: ``backend.read().rules("sess_1", "var_t_1")`` returns its rules.
         """
 
+    @abstractmethod
+    def graph(self, session_id: str) -> DependencyGraph:
+        """The session's dependency graph as this view sees it (read it, never change it).
+
+        Example: ``backend.read().graph("sess_1").edge("var_b_2", "var_a_1")`` is the edge.
+        """
+
 
 class WriteTxn(ReadTxn):
     """The one open write: staged puts and deletes, applied together by ``commit()``.
@@ -166,6 +178,28 @@ class WriteTxn(ReadTxn):
         """Stage a variable's access rules (empty: it has none).
 
         Example: ``txn.set_rules("sess_1", "var_t_1", ())`` stages their removal.
+        """
+
+    @abstractmethod
+    def add_edge(self, session_id: str, edge: Edge) -> None:
+        """Stage a dependency edge (new, or replacing the type/metadata of one); the engine
+        has checked it closes no cycle with the graph plus what the txn stages.
+
+        Example: ``txn.add_edge("sess_1", Edge("var_b_2", "var_a_1"))`` stages b -> a.
+        """
+
+    @abstractmethod
+    def drop_edge(self, session_id: str, dependent: str, dependency: str) -> None:
+        """Stage the removal of one dependency edge (nothing if there is none).
+
+        Example: ``txn.drop_edge("sess_1", "var_b_2", "var_a_1")`` stages its removal.
+        """
+
+    @abstractmethod
+    def drop_edges(self, session_id: str, var_id: str) -> None:
+        """Stage the removal of every edge touching a variable (both ways).
+
+        Example: ``txn.drop_edges("sess_1", "var_a_1")`` as the variable is deleted.
         """
 
     @abstractmethod

@@ -52,6 +52,7 @@ class Committer(AccessMethods):
         edges: Sequence[Edge] = (),
         restored: Mapping[str, Sequence[HistoryEntry]] | None = None,
         rules: Mapping[str, tuple[AccessRule, ...]] | None = None,
+        unlinked: Sequence[tuple[str, str]] = (),
     ) -> tuple[list[VariableRecord], int]:
         # The only place variable state changes: one new revision for the whole write,
         # stamped on every record it writes (and as create_revision on new ones), logged
@@ -59,17 +60,18 @@ class Committer(AccessMethods):
         # status changed in this commit: each becomes an optimization event after the
         # value changes, so a watcher sees a write and the status it led to together.
         # ``edges`` (checked acyclic by the caller) join the graph before propagation;
+        # ``unlinked`` edges (dependent, dependency) leave it;
         # ``restored`` seeds the history of new records (an import) before their own
         # version is remembered, each entry stamped with this revision (its ``size`` set
         # by the caller). ``rules`` sets variables' access rules (on register, or by their
         # owner). The revision counter is the store's, shared by all sessions.
         # Callers have checked every limit (``check_room`` included): nothing here fails.
-        # The records go through the backend's write txn (staged, applied by its commit
-        # under one revision); the session's other tables change in place (backend.py
-        # lists them as not yet behind the seam).
+        # The records, rules and graph go through the backend's write txn (staged, applied
+        # by its commit under one revision); the session's other tables change in place
+        # (backend.py lists them as not yet behind the seam).
         with self._backend.write() as txn:
             return self._write(txn, session, records, removed, metadata, source, notes,
-                               metadata_size, edges, restored, rules)
+                               metadata_size, edges, restored, rules, unlinked)
 
     def _write(
         self,
@@ -84,9 +86,11 @@ class Committer(AccessMethods):
         edges: Sequence[Edge],
         restored: Mapping[str, Sequence[HistoryEntry]] | None,
         rules: Mapping[str, tuple[AccessRule, ...]] | None,
+        unlinked: Sequence[tuple[str, str]],
     ) -> tuple[list[VariableRecord], int]:
         revision = txn.revision
         sid = session.id
+        graph_bytes = session.graph.bytes  # the graph changes with the commit: charged then
         stamped = [
             r
             if r.mod_revision == revision and r.create_revision
@@ -109,15 +113,15 @@ class Committer(AccessMethods):
             if old is not None:
                 changed.append(record)
                 events.append(ChangeEvent(record, old.value, "value_change", meta, source))
-        if edges:
-            before = session.graph.bytes
-            for edge in edges:
-                session.graph.add(edge)
-            self._accounts.charge(session, "other_bytes", session.graph.bytes - before)
-        if changed and len(session.graph):
+        for edge in edges:
+            txn.add_edge(sid, edge)
+        for child, parent in unlinked:
+            txn.drop_edge(sid, child, parent)
+        graph = txn.graph(sid) if changed else None
+        if graph is not None and len(graph):
             # Dependents learn of the change in the same frame, upstream first, each told
             # which of the changed variables it depends on (the first MAX_SOURCE_NAMES).
-            downstream = session.graph.downstream_with_sources(
+            downstream = graph.downstream_with_sources(
                 (r.id for r in changed), MAX_SOURCE_NAMES
             )
             for var_id, source_ids, truncated in downstream:
@@ -147,9 +151,7 @@ class Committer(AccessMethods):
             self._set_rules(txn, session, var_id, clean)
         for record in removed:
             txn.delete(sid, record.id)
-            before = session.graph.bytes
-            session.graph.drop(record.id)
-            self._accounts.charge(session, "other_bytes", session.graph.bytes - before)
+            txn.drop_edges(sid, record.id)
             entries = session.history.pop(record.id, None)
             if entries:
                 self._accounts.forget_history(session, entries, revision)
@@ -165,6 +167,7 @@ class Committer(AccessMethods):
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         def settle(commit: Commit) -> None:
             # What the commit retained, accounted before any watcher hears of it.
+            self._accounts.charge(session, "other_bytes", session.graph.bytes - graph_bytes)
             self._accounts.charge(session, "log_bytes", _commit_cost(commit))
             if len(session.log) > self.log_size:
                 self._accounts.trim_log(session, session.log[0].revision)

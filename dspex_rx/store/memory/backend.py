@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Callable, Sequence
 
 from dspex_rx.core.access import AccessRule
+from dspex_rx.core.graph import DependencyGraph, Edge
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import Backend, ReadTxn, RevisionConflict, WriteTxn
 from dspex_rx.store.records import ChangeEvent, Commit, Listener, VariableRecord
@@ -171,7 +172,9 @@ class MemoryBackend(Backend):
                settle: Callable[[Commit], None] | None) -> Commit:
         if txn.base_revision != self._revision:  # cannot happen while writes are serialised
             raise RevisionConflict(f"the store moved on from revision {txn.base_revision}")
-        if any(owner != session_id for owner in txn.session_of.values()):
+        if any(owner != session_id for owner in txn.session_of.values()) or (
+            txn.graph_ops and any(op[0] != session_id for op in txn.graph_ops)
+        ):
             raise ValueError(f"a commit of session {session_id!r} staged another session's")
         session = self._sessions[session_id]
         revision = self._revision + 1
@@ -185,6 +188,8 @@ class MemoryBackend(Backend):
                 session.variables[var_id] = record
                 session.names[record.name] = var_id
                 self._owners.setdefault(var_id, session_id)  # an owner never changes
+        if txn.graph_ops:
+            _apply_graph(session.graph, txn.graph_ops)
         for var_id, rules in txn.staged_rules.items():
             if rules:
                 session.rules[var_id] = rules
@@ -245,6 +250,10 @@ class _MemoryRead(ReadTxn):
         session = self.session(session_id)
         return session.rules.get(var_id, ()) if session is not None else ()
 
+    def graph(self, session_id: str) -> DependencyGraph:
+        self._check()
+        return self._backend._sessions[session_id].graph
+
 
 class _MemoryWrite(WriteTxn, _MemoryRead):
     # Staged changes by variable id (None: deleted), in order; reads see them first.
@@ -254,6 +263,13 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         self.staged_rules: dict[str, tuple[AccessRule, ...]] = {}
         # The session of each staged variable (a commit is one session's).
         self.session_of: dict[str, str] = {}
+        # Staged graph changes, in order: (session id, edge to add, or None and the
+        # dependent/dependency of the edge to drop, dependency "" for every edge of it).
+        # None until the first one (no allocation on the write path that has none).
+        self.graph_ops: list[_GraphOp] | None = None
+        # A session's graph as the txn leaves it (built on first read), and how many of
+        # its ops it holds.
+        self._view: tuple[str, DependencyGraph, int] | None = None
         self._done = False
 
     @property
@@ -314,6 +330,36 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
             return self.staged_rules[var_id]
         return _MemoryRead.rules(self, session_id, var_id)
 
+    def graph(self, session_id: str) -> DependencyGraph:
+        base = _MemoryRead.graph(self, session_id)
+        if not self.graph_ops:  # the write path: nothing staged, nothing allocated
+            return base
+        ops = [op for op in self.graph_ops if op[0] == session_id]
+        if not ops:
+            return base
+        if self._view is not None and self._view[0] == session_id:
+            _, view, applied = self._view
+        else:
+            view, applied = base.copy(), 0
+        _apply_graph(view, ops[applied:])
+        self._view = (session_id, view, len(ops))
+        return view
+
+    def add_edge(self, session_id: str, edge: Edge) -> None:
+        self._stage_graph((session_id, edge, edge.dependent, edge.dependency))
+
+    def drop_edge(self, session_id: str, dependent: str, dependency: str) -> None:
+        self._stage_graph((session_id, None, dependent, dependency))
+
+    def drop_edges(self, session_id: str, var_id: str) -> None:
+        self._stage_graph((session_id, None, var_id, ""))
+
+    def _stage_graph(self, op: _GraphOp) -> None:
+        self._live()
+        if self.graph_ops is None:
+            self.graph_ops = []
+        self.graph_ops.append(op)
+
     def set_rules(self, session_id: str, var_id: str, rules: tuple[AccessRule, ...]) -> None:
         self._live()
         self.staged_rules[var_id] = rules
@@ -355,7 +401,24 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         self._done = True
         self.staged.clear()
         self.staged_rules.clear()
+        self.graph_ops = None
+        self._view = None
         self._backend._open = None
+
+
+# A staged graph change: (session id, edge to add or None, dependent, dependency).
+_GraphOp = tuple[str, Edge | None, str, str]
+
+
+def _apply_graph(graph: DependencyGraph, ops: Sequence[_GraphOp]) -> None:
+    # The staged graph changes, in order (the engine checked that no add closes a cycle).
+    for _, edge, dependent, dependency in ops:
+        if edge is not None:
+            graph.add(edge)
+        elif dependency:
+            graph.remove(dependent, dependency)
+        else:
+            graph.drop(dependent)
 
 
 def _notify(listener: Listener, commit: Commit | None) -> None:
