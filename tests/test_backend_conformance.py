@@ -14,9 +14,9 @@ from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import Edge
 from dspex_rx.errors import ConflictError
 from dspex_rx.store import MemoryStore, VariableSpec
-from dspex_rx.store.backend import Backend, RevisionConflict
+from dspex_rx.store.backend import Backend, RevisionConflict, WriteTxn
 from dspex_rx.store.memory import MemoryBackend
-from dspex_rx.store.records import ChangeEvent, Commit, VariableRecord
+from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, VariableRecord
 from dspex_rx.store.state import Session
 
 BACKENDS: list[Callable[[], Backend]] = [
@@ -148,6 +148,86 @@ def test_dependency_edges_are_staged_and_applied_with_the_commit(backend: Backen
         txn.drop_edge("s", "var_c_1", "var_b_1")  # in order: added, then dropped
         txn.commit("s", [], timestamp=1.0)
     assert len(backend.read().graph("s")) == 0
+
+
+def entry(version: int, value: object, revision: int) -> HistoryEntry:
+    return HistoryEntry(version, value, 0.0, "t", {}, revision, 100)
+
+
+def test_history_entries_are_staged_and_applied_with_the_commit(backend: Backend) -> None:
+    put(backend, "x", 1)
+    first, second = entry(1, 1, 1), entry(2, 5, 2)
+    with backend.write() as txn:
+        txn.append_history("s", "var_x_1", first)
+        txn.commit("s", [], timestamp=1.0)
+    assert list(backend.read().history("s", "var_x_1")) == [first]
+    with pytest.raises(KeyError), backend.write() as txn:
+        txn.append_history("s", "var_x_1", second)
+        assert list(txn.history("s", "var_x_1")) == [first, second]  # its own change
+        assert list(backend.read().history("s", "var_x_1")) == [first]
+        raise KeyError("refused")
+    assert list(backend.read().history("s", "var_x_1")) == [first]  # the abort left it
+    with backend.write() as txn:
+        txn.append_history("s", "var_x_1", second)
+        assert list(backend.read().history("s", "var_x_1")) == [first]  # not before commit
+        txn.commit("s", [], timestamp=1.0)
+    assert list(backend.read().history("s", "var_x_1")) == [first, second]
+    txn = backend.write()
+    txn.drop_history("s", "var_x_1")
+    assert list(txn.history("s", "var_x_1")) == []
+    txn.abort()
+    assert list(backend.read().history("s", "var_x_1")) == [first, second]
+    with backend.write() as txn:
+        txn.drop_history("s", "var_x_1")
+        txn.commit("s", [], timestamp=1.0)
+    assert list(backend.read().history("s", "var_x_1")) == []
+    assert list(backend.read().history("other", "var_x_1")) == []
+
+
+def test_a_refused_engine_write_leaves_history_graph_and_accounts_alone(
+    empty_backend: Backend,
+) -> None:
+    # The engine stages a whole write, then the commit applies it: a write that fails
+    # while its txn is open (here: the backend refuses the commit) changes nothing.
+    store = MemoryStore(backend=empty_backend)
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("a", "int", 1), VariableSpec("b", "int", 2)], actor="me")
+    store.set("s", "a", 5, actor="me")
+
+    def state() -> object:
+        session = empty_backend.sessions["s"]
+        return (
+            [(e.version, e.value) for e in store.history("s", "a").entries],
+            [(e.version, e.value) for e in store.history("s", "b").entries],
+            empty_backend.read().graph("s").edges(), session.used, session.pinned,
+            session.history_entries, empty_backend.revision,
+        )
+
+    before = state()
+    real = empty_backend.write
+
+    def refusing() -> WriteTxn:
+        txn = real()
+
+        def commit(*args: object, **kwargs: object) -> Commit:
+            raise RevisionConflict("moved on")
+
+        txn.commit = commit  # type: ignore[method-assign]
+        return txn
+
+    empty_backend.write = refusing  # type: ignore[method-assign]
+    with pytest.raises(RevisionConflict):
+        store.set("s", "a", 6, actor="me")
+    with pytest.raises(RevisionConflict):
+        store.add_dependency("s", "b", "a")
+    with pytest.raises(RevisionConflict):
+        store.delete("s", "a")
+    empty_backend.write = real  # type: ignore[method-assign]
+    assert state() == before
+    store.check_accounts()
+    assert store.add_dependency("s", "b", "a") == store.revision
+    assert store.set("s", "a", 7, actor="me")[0].version == 3
+    store.check_accounts()
 
 
 def test_an_exception_inside_a_write_txn_leaves_no_trace(backend: Backend) -> None:

@@ -35,22 +35,23 @@ Decisions (issue #13):
   one tells its watchers ``None``.
 
 Behind the seam now: the sessions table; variable records and their names; the owner of
-every variable id; variables' access rules; the dependency graph (edges staged by
-``add_edge``/``drop_edge``/``drop_edges`` and applied by the commit: registration,
-add_dependency, remove_dependency, import and delete change it only there; cycles are
-checked before, against the graph plus the txn's edges, which ``graph()`` reads); the
-variable id sequence; the revision counter; each session's commit log
-(``commits_since``, ``compact``) and its watchers.
+every variable id; variables' access rules; the dependency graph (``add_edge``,
+``drop_edge``, ``drop_edges``: registration, add/remove_dependency, import and delete
+change it only in the commit; cycles are checked before, against the graph plus the
+txn's edges, which ``graph()`` reads); history entries (``append_history``,
+``drop_history``); the variable id sequence; the revision counter; each session's commit
+log (``commits_since``, ``compact``) and its watchers. The memory account of what a
+commit stages (history, edges, rules, fixed costs, a deleted variable's tables) is
+charged in the engine's ``settle``, so an aborted txn leaves it untouched too.
 
-Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``
-and ``graph`` directly in validation instead of through a ``ReadTxn``; it changes the
-other tables of the ``Session`` object in place (history, optimization leases and
-evaluations, attached clients, the memory account, the per-variable fixed costs, the
-superseded and graveyard queues), so only records, rules and edges are staged and only
-they roll back on abort (the engine validates everything first, so it never aborts after
-changing the rest); the retired ids and their claims (``RetiredIds``) live in the engine.
-A durable backend needs each of those as staged writes of the txn, and the lease changes
-that start_optimization makes before calling ``_commit`` moved inside it.
+Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``,
+``graph`` and ``history`` directly in validation instead of through a ``ReadTxn``;
+retention (``settle``: history beyond ``history_size`` and evicted for the budget, the
+log, the graveyard and superseded queues) changes the session in place after the commit
+applied; optimization leases and evaluations are changed in place (start_optimization
+before calling ``_commit``), as are attached clients and the session's own account; the
+retired ids and their claims (``RetiredIds``) live in the engine. A durable backend needs
+each of those as staged writes of the txn.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from types import TracebackType
 from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import DependencyGraph, Edge
 from dspex_rx.errors import ConflictError
-from dspex_rx.store.records import ChangeEvent, Commit, Listener, VariableRecord
+from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, Listener, VariableRecord
 from dspex_rx.store.state import Session
 
 
@@ -134,6 +135,13 @@ class ReadTxn(ABC):
         """
 
     @abstractmethod
+    def history(self, session_id: str, var_id: str) -> Sequence[HistoryEntry]:
+        """A variable's retained history entries, oldest first (empty when it has none).
+
+        Example: ``backend.read().history("sess_1", "var_t_1")[-1]`` is its newest version.
+        """
+
+    @abstractmethod
     def graph(self, session_id: str) -> DependencyGraph:
         """The session's dependency graph as this view sees it (read it, never change it).
 
@@ -178,6 +186,21 @@ class WriteTxn(ReadTxn):
         """Stage a variable's access rules (empty: it has none).
 
         Example: ``txn.set_rules("sess_1", "var_t_1", ())`` stages their removal.
+        """
+
+    @abstractmethod
+    def append_history(self, session_id: str, var_id: str, entry: HistoryEntry) -> None:
+        """Stage a history entry, appended after the variable's newest (retention by count
+        and by budget is the engine's ``settle``, after the commit applied it).
+
+        Example: ``txn.append_history("sess_1", "var_t_1", entry)`` stages the entry.
+        """
+
+    @abstractmethod
+    def drop_history(self, session_id: str, var_id: str) -> None:
+        """Stage dropping every history entry of a variable (it is deleted).
+
+        Example: ``txn.drop_history("sess_1", "var_t_1")`` as the variable is deleted.
         """
 
     @abstractmethod

@@ -19,6 +19,7 @@ from dspex_rx.store.backend import RevisionConflict, WriteTxn
 from dspex_rx.store.leases import OptimizationLease
 from dspex_rx.store.permissions import AccessMethods
 from dspex_rx.store.records import (
+    ITEM_OVERHEAD,
     MAX_SOURCE_NAMES,
     OPTIMIZATION_EVENT,
     ChangeEvent,
@@ -44,7 +45,7 @@ class Committer(AccessMethods):
         self,
         session: Session,
         records: Iterable[VariableRecord],
-        removed: Iterable[VariableRecord] = (),
+        removed: Sequence[VariableRecord] = (),
         metadata: Mapping[str, Any] | None = None,
         source: str = "",
         notes: Sequence[OptimizationLease] = (),
@@ -53,6 +54,7 @@ class Committer(AccessMethods):
         restored: Mapping[str, Sequence[HistoryEntry]] | None = None,
         rules: Mapping[str, tuple[AccessRule, ...]] | None = None,
         unlinked: Sequence[tuple[str, str]] = (),
+        fixed: Mapping[str, int] | None = None,
     ) -> tuple[list[VariableRecord], int]:
         # The only place variable state changes: one new revision for the whole write,
         # stamped on every record it writes (and as create_revision on new ones), logged
@@ -64,21 +66,23 @@ class Committer(AccessMethods):
         # ``restored`` seeds the history of new records (an import) before their own
         # version is remembered, each entry stamped with this revision (its ``size`` set
         # by the caller). ``rules`` sets variables' access rules (on register, or by their
-        # owner). The revision counter is the store's, shared by all sessions.
+        # owner). ``fixed``: the bytes charged once for each new variable. The revision
+        # counter is the store's, shared by all sessions.
         # Callers have checked every limit (``check_room`` included): nothing here fails.
-        # The records, rules and graph go through the backend's write txn (staged, applied
-        # by its commit under one revision); the session's other tables change in place
-        # (backend.py lists them as not yet behind the seam).
+        # The records, rules, graph and history go through the backend's write txn
+        # (staged, applied by its commit under one revision); the memory account and the
+        # session's other tables change in the commit's settle step, so a txn that ends
+        # without a commit leaves them too (backend.py lists what is not behind the seam).
         with self._backend.write() as txn:
             return self._write(txn, session, records, removed, metadata, source, notes,
-                               metadata_size, edges, restored, rules, unlinked)
+                               metadata_size, edges, restored, rules, unlinked, fixed)
 
     def _write(
         self,
         txn: WriteTxn,
         session: Session,
         records: Iterable[VariableRecord],
-        removed: Iterable[VariableRecord],
+        removed: Sequence[VariableRecord],
         metadata: Mapping[str, Any] | None,
         source: str,
         notes: Sequence[OptimizationLease],
@@ -87,10 +91,12 @@ class Committer(AccessMethods):
         restored: Mapping[str, Sequence[HistoryEntry]] | None,
         rules: Mapping[str, tuple[AccessRule, ...]] | None,
         unlinked: Sequence[tuple[str, str]],
+        fixed: Mapping[str, int] | None,
     ) -> tuple[list[VariableRecord], int]:
         revision = txn.revision
         sid = session.id
         graph_bytes = session.graph.bytes  # the graph changes with the commit: charged then
+        other = 0  # other_bytes the staged changes add (rules), charged by settle
         stamped = [
             r
             if r.mod_revision == revision and r.create_revision
@@ -104,12 +110,18 @@ class Committer(AccessMethods):
         events = []
         meta = metadata or {}
         changed: list[VariableRecord] = []
+        keep = self.limits.history_size
         for record in stamped:
             old = txn.get(sid, record.id)
             txn.put(sid, record)
             if restored and record.id in restored:
-                self._accounts.seed_history(session, record.id, restored[record.id], revision)
-            self._accounts.remember(session, record, meta, metadata_size)
+                for entry in restored[record.id][-keep:]:  # as a deque of keep would
+                    seeded = dataclasses.replace(entry, revision=revision)
+                    txn.append_history(sid, record.id, seeded)
+            txn.append_history(sid, record.id, HistoryEntry(
+                record.version, record.value, record.updated_at, record.updated_by, meta,
+                revision, ITEM_OVERHEAD + record.size + metadata_size,
+            ))
             if old is not None:
                 changed.append(record)
                 events.append(ChangeEvent(record, old.value, "value_change", meta, source))
@@ -148,26 +160,41 @@ class Committer(AccessMethods):
                 )
             )
         for var_id, clean in (rules or {}).items():
-            self._set_rules(txn, session, var_id, clean)
+            other += self._set_rules(txn, sid, var_id, clean)
+        # The deleted variables' histories, released by settle (None: no list to make).
+        forgotten: list[Sequence[HistoryEntry]] | None = None
         for record in removed:
             txn.delete(sid, record.id)
             txn.drop_edges(sid, record.id)
-            entries = session.history.pop(record.id, None)
+            entries = txn.history(sid, record.id)
             if entries:
-                self._accounts.forget_history(session, entries, revision)
-            session.leases.pop(record.id, None)
-            for ended in session.recent_leases.pop(record.id, ()):
-                self._accounts.charge(session, "other_bytes", -ended.size)
-            evaluations = session.evaluations.pop(record.id, None)
-            if evaluations:
-                self._accounts.charge(session, "other_bytes", -sum(e.size for e in evaluations))
-            self._accounts.charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
-            self._set_rules(txn, session, record.id, ())
+                forgotten = forgotten or []
+                forgotten.append(entries)
+            txn.drop_history(sid, record.id)
+            other += self._set_rules(txn, sid, record.id, ())
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         def settle(commit: Commit) -> None:
             # What the commit retained, accounted before any watcher hears of it.
-            self._accounts.charge(session, "other_bytes", session.graph.bytes - graph_bytes)
+            charge = self._accounts.charge
+            charge(session, "other_bytes", other + session.graph.bytes - graph_bytes)
+            if fixed:
+                session.fixed.update(fixed)
+                charge(session, "other_bytes", sum(fixed.values()))
+            for record in removed:
+                session.leases.pop(record.id, None)
+                for ended in session.recent_leases.pop(record.id, ()):
+                    charge(session, "other_bytes", -ended.size)
+                evaluations = session.evaluations.pop(record.id, None)
+                if evaluations:
+                    charge(session, "other_bytes", -sum(e.size for e in evaluations))
+                charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
+            for record in stamped:
+                if restored and record.id in restored:
+                    self._accounts.seeded(session, record.id, len(restored[record.id][-keep:]))
+                self._accounts.remember(session, record.id)
+            for entries in forgotten or ():
+                self._accounts.forget_history(session, entries, revision)
             self._accounts.charge(session, "log_bytes", _commit_cost(commit))
             if len(session.log) > self.log_size:
                 self._accounts.trim_log(session, session.log[0].revision)
@@ -177,14 +204,15 @@ class Committer(AccessMethods):
                             permissions=tuple(rules or ()), settle=settle)
         return stamped, commit.revision
 
+    @staticmethod
     def _set_rules(
-        self, txn: WriteTxn, session: Session, var_id: str, rules: tuple[AccessRule, ...]
-    ) -> None:
-        # A variable's access rules, staged on the txn and charged to the session's
-        # other_bytes (_rules_cost).
-        old = txn.rules(session.id, var_id)
-        txn.set_rules(session.id, var_id, rules)
-        self._accounts.charge(session, "other_bytes", _rules_cost(rules) - _rules_cost(old))
+        txn: WriteTxn, session_id: str, var_id: str, rules: tuple[AccessRule, ...]
+    ) -> int:
+        # A variable's access rules, staged on the txn; returns what they add to the
+        # session's other_bytes (_rules_cost), charged once the commit applied them.
+        old = txn.rules(session_id, var_id)
+        txn.set_rules(session_id, var_id, rules)
+        return _rules_cost(rules) - _rules_cost(old)
 
     def add_listener(
         self, session_id: str, listener: Listener, *, foreign: bool = False

@@ -77,11 +77,9 @@ class Registration(Sessions):
         except CycleError as exc:
             names = {r.id: r.name for r in prepared}
             raise self._cycle_error(session, exc, names) from None
-        self._accounts.charge(session, "other_bytes", sum(fixed))
-        for record, cost in zip(prepared, fixed, strict=True):
-            session.fixed[record.id] = cost
         return self._commit(
-            session, prepared, rules={k: v for k, v in rules.items() if v}, edges=edges
+            session, prepared, rules={k: v for k, v in rules.items() if v}, edges=edges,
+            fixed={record.id: cost for record, cost in zip(prepared, fixed, strict=True)},
         )
 
     def _prepare_new(

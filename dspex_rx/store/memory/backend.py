@@ -7,13 +7,14 @@ conflicts and ``sync`` has nothing to wait for.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import DependencyGraph, Edge
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import Backend, ReadTxn, RevisionConflict, WriteTxn
-from dspex_rx.store.records import ChangeEvent, Commit, Listener, VariableRecord
+from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, Listener, VariableRecord
 from dspex_rx.store.state import Session
 
 log = get_logger("dspex_rx.store")
@@ -174,7 +175,7 @@ class MemoryBackend(Backend):
             raise RevisionConflict(f"the store moved on from revision {txn.base_revision}")
         if any(owner != session_id for owner in txn.session_of.values()) or (
             txn.graph_ops and any(op[0] != session_id for op in txn.graph_ops)
-        ):
+        ) or (txn.history_ops and any(op[0] != session_id for op in txn.history_ops)):
             raise ValueError(f"a commit of session {session_id!r} staged another session's")
         session = self._sessions[session_id]
         revision = self._revision + 1
@@ -190,6 +191,14 @@ class MemoryBackend(Backend):
                 self._owners.setdefault(var_id, session_id)  # an owner never changes
         if txn.graph_ops:
             _apply_graph(session.graph, txn.graph_ops)
+        for _, var_id, entry in txn.history_ops or ():
+            if entry is None:
+                session.history.pop(var_id, None)
+            else:
+                entries = session.history.get(var_id)
+                if entries is None:
+                    entries = session.history[var_id] = deque()
+                entries.append(entry)
         for var_id, rules in txn.staged_rules.items():
             if rules:
                 session.rules[var_id] = rules
@@ -250,6 +259,10 @@ class _MemoryRead(ReadTxn):
         session = self.session(session_id)
         return session.rules.get(var_id, ()) if session is not None else ()
 
+    def history(self, session_id: str, var_id: str) -> Sequence[HistoryEntry]:
+        session = self.session(session_id)
+        return session.history.get(var_id, ()) if session is not None else ()
+
     def graph(self, session_id: str) -> DependencyGraph:
         self._check()
         return self._backend._sessions[session_id].graph
@@ -270,6 +283,9 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         # A session's graph as the txn leaves it (built on first read), and how many of
         # its ops it holds.
         self._view: tuple[str, DependencyGraph, int] | None = None
+        # Staged history changes, in order: (session id, variable id, the entry to append,
+        # or None to drop all of the variable's).
+        self.history_ops: list[tuple[str, str, HistoryEntry | None]] | None = None
         self._done = False
 
     @property
@@ -345,6 +361,31 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         self._view = (session_id, view, len(ops))
         return view
 
+    def history(self, session_id: str, var_id: str) -> Sequence[HistoryEntry]:
+        kept = _MemoryRead.history(self, session_id, var_id)
+        ops = [op for op in self.history_ops or () if op[1] == var_id and op[0] == session_id]
+        if not ops:
+            return kept
+        seen = list(kept)
+        for _, _, entry in ops:
+            if entry is None:
+                seen.clear()
+            else:
+                seen.append(entry)
+        return seen
+
+    def append_history(self, session_id: str, var_id: str, entry: HistoryEntry) -> None:
+        self._live()
+        if self.history_ops is None:
+            self.history_ops = []
+        self.history_ops.append((session_id, var_id, entry))
+
+    def drop_history(self, session_id: str, var_id: str) -> None:
+        self._live()
+        if self.history_ops is None:
+            self.history_ops = []
+        self.history_ops.append((session_id, var_id, None))
+
     def add_edge(self, session_id: str, edge: Edge) -> None:
         self._stage_graph((session_id, edge, edge.dependent, edge.dependency))
 
@@ -401,7 +442,7 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         self._done = True
         self.staged.clear()
         self.staged_rules.clear()
-        self.graph_ops = None
+        self.graph_ops = self.history_ops = None
         self._view = None
         self._backend._open = None
 
