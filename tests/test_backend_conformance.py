@@ -15,6 +15,7 @@ from dspex_rx.core.graph import Edge
 from dspex_rx.errors import ConflictError
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.store.backend import Backend, RevisionConflict, WriteTxn
+from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
 from dspex_rx.store.memory import MemoryBackend
 from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, VariableRecord
 from dspex_rx.store.state import Session
@@ -184,15 +185,74 @@ def test_history_entries_are_staged_and_applied_with_the_commit(backend: Backend
     assert list(backend.read().history("other", "var_x_1")) == []
 
 
-def test_a_refused_engine_write_leaves_history_graph_and_accounts_alone(
+def lease(lease_id: str) -> OptimizationLease:
+    return OptimizationLease(
+        lease_id, "var_x_1", "grid", "s", "c1", 7, 30.0, {}, 10, 0.0, 0.0, 30.0, size=50
+    )
+
+
+def evaluation(iteration: int) -> OptimizationEntry:
+    return OptimizationEntry("opt_1", "grid", iteration, 0.5, {}, 0.9, 0.0, 1, 40)
+
+
+def test_leases_and_evaluations_are_staged_and_applied_with_the_commit(
+    backend: Backend,
+) -> None:
+    put(backend, "x", 1)
+    first = lease("opt_1")
+    with pytest.raises(KeyError), backend.write() as txn:
+        txn.put_lease("s", first)
+        txn.append_evaluation("s", "var_x_1", evaluation(1))
+        assert txn.lease("s", "var_x_1") is first  # its own changes
+        assert list(txn.evaluations("s", "var_x_1")) == [evaluation(1)]
+        assert backend.read().lease("s", "var_x_1") is None
+        raise KeyError("refused")
+    view = backend.read()
+    assert (view.lease("s", "var_x_1"), list(view.evaluations("s", "var_x_1"))) == (None, [])
+    session = backend.sessions["s"]
+    assert (session.running, session.recent_leases) == ({}, {})  # the abort left them
+    with backend.write() as txn:
+        txn.put_lease("s", first)
+        txn.append_evaluation("s", "var_x_1", evaluation(1))
+        assert backend.read().lease("s", "var_x_1") is None  # not before the commit
+        txn.commit("s", [], timestamp=1.0)
+    view = backend.read()
+    assert view.lease("s", "var_x_1") is first
+    assert list(view.evaluations("s", "var_x_1")) == [evaluation(1)]
+    assert session.running == {"var_x_1": first}
+    first.end("stopped", "by a test", 2.0)  # the engine ends it, then puts it as ended
+    with backend.write() as txn:
+        txn.put_lease("s", first)
+        txn.commit("s", [], timestamp=1.0)
+    assert session.running == {} and backend.read().lease("s", "var_x_1") is first
+    second = lease("opt_2")
+    with backend.write() as txn:
+        txn.put_lease("s", second)
+        txn.commit("s", [], timestamp=1.0)
+    assert [kept.id for kept in session.recent_leases["var_x_1"]] == ["opt_1", "opt_2"]
+    txn = backend.write()
+    txn.drop_leases("s", "var_x_1")
+    assert txn.lease("s", "var_x_1") is None and list(txn.evaluations("s", "var_x_1")) == []
+    txn.abort()
+    assert backend.read().lease("s", "var_x_1") is second
+    with backend.write() as txn:
+        txn.drop_leases("s", "var_x_1")
+        txn.commit("s", [], timestamp=1.0)
+    view = backend.read()
+    assert (view.lease("s", "var_x_1"), list(view.evaluations("s", "var_x_1"))) == (None, [])
+    assert (session.running, session.recent_leases) == ({}, {})
+
+
+def test_a_refused_engine_write_leaves_the_session_and_its_accounts_alone(
     empty_backend: Backend,
 ) -> None:
     # The engine stages a whole write, then the commit applies it: a write that fails
     # while its txn is open (here: the backend refuses the commit) changes nothing.
     store = MemoryStore(backend=empty_backend)
-    store.initialize_session("s")
+    _, client_id, _ = store.initialize_session("s")
     store.register("s", [VariableSpec("a", "int", 1), VariableSpec("b", "int", 2)], actor="me")
     store.set("s", "a", 5, actor="me")
+    run, _ = store.start_optimization("s", "b", optimizer_type="grid", client_id=client_id)
 
     def state() -> object:
         session = empty_backend.sessions["s"]
@@ -200,7 +260,9 @@ def test_a_refused_engine_write_leaves_history_graph_and_accounts_alone(
             [(e.version, e.value) for e in store.history("s", "a").entries],
             [(e.version, e.value) for e in store.history("s", "b").entries],
             empty_backend.read().graph("s").edges(), session.used, session.pinned,
-            session.history_entries, empty_backend.revision,
+            session.history_entries, empty_backend.revision, dict(session.running),
+            {var: list(kept) for var, kept in session.recent_leases.items()},
+            {var: list(kept) for var, kept in session.evaluations.items()},
         )
 
     before = state()
@@ -222,9 +284,15 @@ def test_a_refused_engine_write_leaves_history_graph_and_accounts_alone(
         store.add_dependency("s", "b", "a")
     with pytest.raises(RevisionConflict):
         store.delete("s", "a")
+    with pytest.raises(RevisionConflict):
+        store.start_optimization("s", "a", optimizer_type="grid", client_id=client_id)
+    with pytest.raises(RevisionConflict):
+        store.optimization_step("s", "b", run.id, run.token, evaluation=(1, 3, {}, 0.5))
     empty_backend.write = real  # type: ignore[method-assign]
     assert state() == before
     store.check_accounts()
+    store.optimization_step("s", "b", run.id, run.token, evaluation=(2, 3, {}, 0.5))
+    assert [e.iteration for e in empty_backend.read().evaluations("s", "var_b_2")] == [2]
     assert store.add_dependency("s", "b", "a") == store.revision
     assert store.set("s", "a", 7, actor="me")[0].version == 3
     store.check_accounts()

@@ -39,19 +39,23 @@ every variable id; variables' access rules; the dependency graph (``add_edge``,
 ``drop_edge``, ``drop_edges``: registration, add/remove_dependency, import and delete
 change it only in the commit; cycles are checked before, against the graph plus the
 txn's edges, which ``graph()`` reads); history entries (``append_history``,
-``drop_history``); the variable id sequence; the revision counter; each session's commit
-log (``commits_since``, ``compact``) and its watchers. The memory account of what a
-commit stages (history, edges, rules, fixed costs, a deleted variable's tables) is
-charged in the engine's ``settle``, so an aborted txn leaves it untouched too.
+``drop_history``); optimization leases as the variables' latest, running and recent ones
+(``put_lease``, start_optimization included) and evaluations (``append_evaluation``;
+``drop_leases`` on delete); the variable id sequence; the revision counter; each
+session's commit log (``commits_since``, ``compact``) and its watchers. The memory
+account of what a commit stages (history, edges, rules, leases, evaluations, fixed
+costs) is charged in the engine's ``settle``, so an aborted txn leaves it untouched too.
 
 Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``,
-``graph`` and ``history`` directly in validation instead of through a ``ReadTxn``;
-retention (``settle``: history beyond ``history_size`` and evicted for the budget, the
-log, the graveyard and superseded queues) changes the session in place after the commit
-applied; optimization leases and evaluations are changed in place (start_optimization
-before calling ``_commit``), as are attached clients and the session's own account; the
-retired ids and their claims (``RetiredIds``) live in the engine. A durable backend needs
-each of those as staged writes of the txn.
+``graph``, ``history`` and the lease tables directly in validation instead of through a
+``ReadTxn``; a lease is a mutable object whose fields (renewal, best score, end state,
+proposal, report) the engine changes before the commit puts it, so an abort does not
+restore them (a renewal alone is no commit at all); retention (``settle``: history beyond
+``history_size`` and evicted for the budget, recent leases beyond ``RECENT_LEASES``,
+evaluations beyond ``optimization_history_size``, the log, the graveyard and superseded
+queues) changes the session in place after the commit applied; attached clients and the
+session's own account change in place; the retired ids and their claims (``RetiredIds``)
+live in the engine. A durable backend needs each of those as staged writes of the txn.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from types import TracebackType
 from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import DependencyGraph, Edge
 from dspex_rx.errors import ConflictError
+from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
 from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, Listener, VariableRecord
 from dspex_rx.store.state import Session
 
@@ -142,6 +147,20 @@ class ReadTxn(ABC):
         """
 
     @abstractmethod
+    def lease(self, session_id: str, var_id: str) -> OptimizationLease | None:
+        """A variable's latest optimization lease (running or ended), or None.
+
+        Example: ``backend.read().lease("sess_1", "var_t_1").state`` is "running" or how it ended.
+        """
+
+    @abstractmethod
+    def evaluations(self, session_id: str, var_id: str) -> Sequence[OptimizationEntry]:
+        """A variable's retained evaluations, oldest first.
+
+        Example: ``backend.read().evaluations("sess_1", "var_t_1")[-1].score`` is the newest.
+        """
+
+    @abstractmethod
     def graph(self, session_id: str) -> DependencyGraph:
         """The session's dependency graph as this view sees it (read it, never change it).
 
@@ -201,6 +220,29 @@ class WriteTxn(ReadTxn):
         """Stage dropping every history entry of a variable (it is deleted).
 
         Example: ``txn.drop_history("sess_1", "var_t_1")`` as the variable is deleted.
+        """
+
+    @abstractmethod
+    def put_lease(self, session_id: str, lease: OptimizationLease) -> None:
+        """Stage a variable's latest optimization lease (new, or its status changed): the
+        commit makes it the latest, running while ``lease.active``, and one of the recent
+        ones (trimming them to ``RECENT_LEASES`` is the engine's ``settle``).
+
+        Example: ``txn.put_lease("sess_1", lease)`` as the lease starts or ends.
+        """
+
+    @abstractmethod
+    def append_evaluation(self, session_id: str, var_id: str, entry: OptimizationEntry) -> None:
+        """Stage an evaluated iteration of a variable's optimization.
+
+        Example: ``txn.append_evaluation("sess_1", "var_t_1", entry)`` stages it.
+        """
+
+    @abstractmethod
+    def drop_leases(self, session_id: str, var_id: str) -> None:
+        """Stage dropping a variable's leases and evaluations (it is deleted).
+
+        Example: ``txn.drop_leases("sess_1", "var_t_1")`` as the variable is deleted.
         """
 
     @abstractmethod

@@ -1,7 +1,8 @@
 """The one place a write is applied (one revision, through the Backend's write txn), and the
 watch API over the commit log.
 
-A commit also updates history, the dependency graph, rules and the memory account.
+A commit stages records, rules, edges, history, leases and evaluations on the txn, and
+charges the memory account in its settle step (only once the backend applied them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dspex_rx.core.graph import Edge
 from dspex_rx.core.limits import too_many
 from dspex_rx.store.accounts import _commit_cost, _rules_cost
 from dspex_rx.store.backend import RevisionConflict, WriteTxn
-from dspex_rx.store.leases import OptimizationLease
+from dspex_rx.store.checks import RECENT_LEASES
+from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
 from dspex_rx.store.permissions import AccessMethods
 from dspex_rx.store.records import (
     ITEM_OVERHEAD,
@@ -55,12 +57,15 @@ class Committer(AccessMethods):
         rules: Mapping[str, tuple[AccessRule, ...]] | None = None,
         unlinked: Sequence[tuple[str, str]] = (),
         fixed: Mapping[str, int] | None = None,
+        evaluated: Sequence[tuple[str, OptimizationEntry]] = (),
     ) -> tuple[list[VariableRecord], int]:
         # The only place variable state changes: one new revision for the whole write,
         # stamped on every record it writes (and as create_revision on new ones), logged
         # as one commit and handed to the session's listeners. ``notes`` are leases whose
         # status changed in this commit: each becomes an optimization event after the
-        # value changes, so a watcher sees a write and the status it led to together.
+        # value changes, so a watcher sees a write and the status it led to together;
+        # each is put as its variable's latest lease (a new one joins its recent leases).
+        # ``evaluated``: (variable id, evaluation) pairs a run recorded.
         # ``edges`` (checked acyclic by the caller) join the graph before propagation;
         # ``unlinked`` edges (dependent, dependency) leave it;
         # ``restored`` seeds the history of new records (an import) before their own
@@ -75,7 +80,8 @@ class Committer(AccessMethods):
         # without a commit leaves them too (backend.py lists what is not behind the seam).
         with self._backend.write() as txn:
             return self._write(txn, session, records, removed, metadata, source, notes,
-                               metadata_size, edges, restored, rules, unlinked, fixed)
+                               metadata_size, edges, restored, rules, unlinked, fixed,
+                               evaluated)
 
     def _write(
         self,
@@ -92,11 +98,12 @@ class Committer(AccessMethods):
         rules: Mapping[str, tuple[AccessRule, ...]] | None,
         unlinked: Sequence[tuple[str, str]],
         fixed: Mapping[str, int] | None,
+        evaluated: Sequence[tuple[str, OptimizationEntry]],
     ) -> tuple[list[VariableRecord], int]:
         revision = txn.revision
         sid = session.id
         graph_bytes = session.graph.bytes  # the graph changes with the commit: charged then
-        other = 0  # other_bytes the staged changes add (rules), charged by settle
+        other = 0  # other_bytes the staged changes add (rules, leases), charged by settle
         stamped = [
             r
             if r.mod_revision == revision and r.create_revision
@@ -150,7 +157,14 @@ class Committer(AccessMethods):
                     dependent, dependent.value, "dependency_changed", note, source,
                     tuple(source_ids),
                 ))
+        # The leases new in this commit (not yet among their variable's recent leases).
+        recents = session.recent_leases
+        started = [
+            lease for lease in notes
+            if not any(kept is lease for kept in recents.get(lease.variable_id, ()))
+        ] if notes else ()
         for lease in notes:
+            txn.put_lease(sid, lease)
             lease.revision = revision
             record = _present(txn.get(sid, lease.variable_id))
             events.append(
@@ -159,6 +173,9 @@ class Committer(AccessMethods):
                     lease.status(record.name, revision), lease.id,
                 )
             )
+        for var_id, evaluation in evaluated:
+            txn.append_evaluation(sid, var_id, evaluation)
+            other += evaluation.size
         for var_id, clean in (rules or {}).items():
             other += self._set_rules(txn, sid, var_id, clean)
         # The deleted variables' histories, released by settle (None: no list to make).
@@ -171,24 +188,32 @@ class Committer(AccessMethods):
                 forgotten = forgotten or []
                 forgotten.append(entries)
             txn.drop_history(sid, record.id)
+            other -= sum(kept.size for kept in session.recent_leases.get(record.id, ()))
+            other -= sum(e.size for e in session.evaluations.get(record.id, ()))
+            txn.drop_leases(sid, record.id)
             other += self._set_rules(txn, sid, record.id, ())
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
         def settle(commit: Commit) -> None:
             # What the commit retained, accounted before any watcher hears of it.
             charge = self._accounts.charge
-            charge(session, "other_bytes", other + session.graph.bytes - graph_bytes)
+            if other or session.graph.bytes != graph_bytes:
+                charge(session, "other_bytes", other + session.graph.bytes - graph_bytes)
             if fixed:
                 session.fixed.update(fixed)
                 charge(session, "other_bytes", sum(fixed.values()))
             for record in removed:
-                session.leases.pop(record.id, None)
-                for ended in session.recent_leases.pop(record.id, ()):
-                    charge(session, "other_bytes", -ended.size)
-                evaluations = session.evaluations.pop(record.id, None)
-                if evaluations:
-                    charge(session, "other_bytes", -sum(e.size for e in evaluations))
                 charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
+            # Retention by count: a variable's recent leases and evaluations.
+            for lease in started:
+                recent = session.recent_leases[lease.variable_id]
+                charge(session, "other_bytes", lease.size)
+                while len(recent) > RECENT_LEASES:
+                    charge(session, "other_bytes", -recent.popleft().size)
+            for var_id, _ in evaluated:
+                kept = session.evaluations[var_id]
+                while len(kept) > self.optimization_history_size:
+                    charge(session, "other_bytes", -kept.popleft().size)
             for record in stamped:
                 if restored and record.id in restored:
                     self._accounts.seeded(session, record.id, len(restored[record.id][-keep:]))
@@ -274,8 +299,9 @@ def rerun_on_conflict(
     """The conflict hook: run a store method again (validating again) when its commit
     meets ``RevisionConflict``, at most ``attempts`` times; then the conflict propagates.
 
-    Not applied to MemoryStore's methods yet: MemoryBackend never conflicts, and the
-    session tables changed in place (backend.py) would not roll back with the txn.
+    Not applied to MemoryStore's methods yet: MemoryBackend never conflicts, and what
+    still changes in place before a commit (a lease's fields, backend.py) would not roll
+    back with the txn.
 
     >>> calls = []
     >>> def flaky() -> str:

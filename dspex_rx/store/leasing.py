@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,14 +52,15 @@ class Leasing(Committer):
         metadata: Mapping[str, Any] | None = None,
         actor: str = "",
         metadata_size: int = 0,
+        evaluated: Sequence[tuple[str, OptimizationEntry]] = (),
     ) -> int:
+        # The lease leaves session.running with the commit (put as ended).
         lease.end(state, reason, self._clock())
-        session.running.pop(lease.variable_id, None)
         log.info("optimization_ended", session_id=session.id, optimization_id=lease.id,
                  state=state, reason=reason, iterations=lease.iteration)
         return self._commit(
             session, records, metadata=metadata, source=actor or lease.id, notes=[lease],
-            metadata_size=metadata_size,
+            metadata_size=metadata_size, evaluated=evaluated,
         )[1]
 
     @staticmethod
@@ -236,29 +236,18 @@ class Leasing(Committer):
         if evaluation is None:
             return 0
         entries = session.evaluations.get(lease.variable_id)
-        dropped = entries[0].size if entries and len(entries) == entries.maxlen else 0
+        full = entries and len(entries) >= self.optimization_history_size
+        dropped = entries[0].size if entries and full else 0
         return evaluation[4] - dropped
 
     def _record_evaluation(
-        self,
-        session: Session,
-        lease: OptimizationLease,
-        evaluation: _Evaluation,
-    ) -> None:
+        self, lease: OptimizationLease, evaluation: _Evaluation
+    ) -> tuple[str, OptimizationEntry]:
+        # Counts the iteration on the lease; the entry is for _commit (``evaluated``).
         iteration, value, metrics, score, size = evaluation
         lease.record(iteration, value, metrics, score)
-        entries = session.evaluations.get(lease.variable_id)
-        if entries is None:
-            entries = session.evaluations[lease.variable_id] = deque(
-                maxlen=self.optimization_history_size
-            )
-        if len(entries) == entries.maxlen:
-            self._accounts.charge(session, "other_bytes", -entries[0].size)  # append drops it
-        entries.append(
-            OptimizationEntry(
-                lease.id, lease.optimizer_type, iteration, value, metrics, score,
-                # Whole microseconds, as the API's datetimes show it and since= compares.
-                round(self._clock() * 1e6) / 1e6, self._revision + 1, size,
-            )
+        return lease.variable_id, OptimizationEntry(
+            lease.id, lease.optimizer_type, iteration, value, metrics, score,
+            # Whole microseconds, as the API's datetimes show it and since= compares.
+            round(self._clock() * 1e6) / 1e6, self._revision + 1, size,
         )
-        self._accounts.charge(session, "other_bytes", size)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -129,14 +128,6 @@ class Optimization(History):
         recent = session.recent_leases.get(record.id)
         replaced = recent[0].size if recent and len(recent) >= RECENT_LEASES else 0
         self._accounts.check_room(session, lease.size - replaced)
-        session.leases[record.id] = lease
-        session.running[record.id] = lease
-        if recent is None:
-            recent = session.recent_leases[record.id] = deque()
-        if len(recent) >= RECENT_LEASES:
-            recent.popleft()
-        recent.append(lease)
-        self._accounts.charge(session, "other_bytes", lease.size - replaced)
         log.info("optimization_started", session_id=session.id, optimization_id=lease.id,
                  variable=record.name, optimizer=optimizer_type, client_id=client_id)
         revision = self._commit(session, (), source=actor or lease.id, notes=[lease])[1]
@@ -194,13 +185,12 @@ class Optimization(History):
         lease.renew(self._clock())
         if clean is None and not written:
             return lease, None, session.revision
-        if clean is not None:
-            self._record_evaluation(session, lease, clean)
+        evaluated = [self._record_evaluation(lease, clean)] if clean is not None else []
         if written:
             lease.propose(proposal[1] if proposal else 0, written[0].version)
         stamped, revision = self._commit(
             session, written, metadata=metadata, source=lease.id, notes=[lease],
-            metadata_size=metadata_size,
+            metadata_size=metadata_size, evaluated=evaluated,
         )
         return lease, (stamped[0] if stamped else None), revision
 
@@ -253,13 +243,12 @@ class Optimization(History):
             self._accounts.records_cost(session, written, metadata_size)
             + self._evaluation_cost(session, lease, clean),
         )
-        if clean is not None:
-            self._record_evaluation(session, lease, clean)
+        evaluated = [self._record_evaluation(lease, clean)] if clean is not None else []
         if written:
             lease.final_value, lease.has_final = written[0].value, True
         revision = self._end_lease(
             session, lease, state, reason or state, written, commit_metadata, actor=lease.id,
-            metadata_size=metadata_size,
+            metadata_size=metadata_size, evaluated=evaluated,
         )
         return lease, (session.variables[record.id] if written else None), revision
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import DependencyGraph, Edge
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import Backend, ReadTxn, RevisionConflict, WriteTxn
+from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
 from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, Listener, VariableRecord
 from dspex_rx.store.state import Session
 
@@ -173,9 +175,7 @@ class MemoryBackend(Backend):
                settle: Callable[[Commit], None] | None) -> Commit:
         if txn.base_revision != self._revision:  # cannot happen while writes are serialised
             raise RevisionConflict(f"the store moved on from revision {txn.base_revision}")
-        if any(owner != session_id for owner in txn.session_of.values()) or (
-            txn.graph_ops and any(op[0] != session_id for op in txn.graph_ops)
-        ) or (txn.history_ops and any(op[0] != session_id for op in txn.history_ops)):
+        if txn.mixed or txn.staged_session not in (None, session_id):
             raise ValueError(f"a commit of session {session_id!r} staged another session's")
         session = self._sessions[session_id]
         revision = self._revision + 1
@@ -191,14 +191,8 @@ class MemoryBackend(Backend):
                 self._owners.setdefault(var_id, session_id)  # an owner never changes
         if txn.graph_ops:
             _apply_graph(session.graph, txn.graph_ops)
-        for _, var_id, entry in txn.history_ops or ():
-            if entry is None:
-                session.history.pop(var_id, None)
-            else:
-                entries = session.history.get(var_id)
-                if entries is None:
-                    entries = session.history[var_id] = deque()
-                entries.append(entry)
+        for _, var_id, change in txn.table_ops or ():
+            _apply_change(session, var_id, change)
         for var_id, rules in txn.staged_rules.items():
             if rules:
                 session.rules[var_id] = rules
@@ -263,6 +257,14 @@ class _MemoryRead(ReadTxn):
         session = self.session(session_id)
         return session.history.get(var_id, ()) if session is not None else ()
 
+    def lease(self, session_id: str, var_id: str) -> OptimizationLease | None:
+        session = self.session(session_id)
+        return session.leases.get(var_id) if session is not None else None
+
+    def evaluations(self, session_id: str, var_id: str) -> Sequence[OptimizationEntry]:
+        session = self.session(session_id)
+        return session.evaluations.get(var_id, ()) if session is not None else ()
+
     def graph(self, session_id: str) -> DependencyGraph:
         self._check()
         return self._backend._sessions[session_id].graph
@@ -283,9 +285,13 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         # A session's graph as the txn leaves it (built on first read), and how many of
         # its ops it holds.
         self._view: tuple[str, DependencyGraph, int] | None = None
-        # Staged history changes, in order: (session id, variable id, the entry to append,
-        # or None to drop all of the variable's).
-        self.history_ops: list[tuple[str, str, HistoryEntry | None]] | None = None
+        # Staged changes of the session's other tables, in order: (session id, variable
+        # id, a history entry or evaluation to append, a lease to put, or _DROP_HISTORY /
+        # _DROP_LEASES); None until the first one.
+        self.table_ops: list[tuple[str, str, _Change]] | None = None
+        # The session the staged changes are of, and whether some were of another.
+        self.staged_session: str | None = None
+        self.mixed = False
         self._done = False
 
     @property
@@ -303,6 +309,15 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
     def _live(self) -> None:
         if self._done:
             raise RuntimeError("this write txn has ended (committed or aborted)")
+
+    def _touch(self, session_id: str) -> None:
+        # Before staging a change of ``session_id``: the txn is live, and the session
+        # every change so far was of (a commit is one session's) is remembered.
+        self._live()
+        if self.staged_session is None:
+            self.staged_session = session_id
+        elif session_id != self.staged_session:
+            self.mixed = True
 
     def get(self, session_id: str, var_id: str) -> VariableRecord | None:
         # The hot path of every commit: no staleness check (nothing commits while the one
@@ -347,7 +362,7 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         return _MemoryRead.rules(self, session_id, var_id)
 
     def graph(self, session_id: str) -> DependencyGraph:
-        base = _MemoryRead.graph(self, session_id)
+        base = self._backend._sessions[session_id].graph  # no staleness check (as get)
         if not self.graph_ops:  # the write path: nothing staged, nothing allocated
             return base
         ops = [op for op in self.graph_ops if op[0] == session_id]
@@ -361,30 +376,46 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         self._view = (session_id, view, len(ops))
         return view
 
+    def _changes(self, session_id: str, var_id: str) -> list[_Change]:
+        return [op[2] for op in self.table_ops or () if op[1] == var_id and op[0] == session_id]
+
     def history(self, session_id: str, var_id: str) -> Sequence[HistoryEntry]:
         kept = _MemoryRead.history(self, session_id, var_id)
-        ops = [op for op in self.history_ops or () if op[1] == var_id and op[0] == session_id]
-        if not ops:
-            return kept
-        seen = list(kept)
-        for _, _, entry in ops:
-            if entry is None:
-                seen.clear()
-            else:
-                seen.append(entry)
-        return seen
+        return _replay(kept, self._changes(session_id, var_id), HistoryEntry, _DROP_HISTORY)
+
+    def evaluations(self, session_id: str, var_id: str) -> Sequence[OptimizationEntry]:
+        kept = _MemoryRead.evaluations(self, session_id, var_id)
+        return _replay(kept, self._changes(session_id, var_id), OptimizationEntry, _DROP_LEASES)
+
+    def lease(self, session_id: str, var_id: str) -> OptimizationLease | None:
+        latest = _MemoryRead.lease(self, session_id, var_id)
+        for change in self._changes(session_id, var_id):
+            if isinstance(change, OptimizationLease):
+                latest = change
+            elif change is _DROP_LEASES:
+                latest = None
+        return latest
 
     def append_history(self, session_id: str, var_id: str, entry: HistoryEntry) -> None:
-        self._live()
-        if self.history_ops is None:
-            self.history_ops = []
-        self.history_ops.append((session_id, var_id, entry))
+        self._stage(session_id, var_id, entry)
 
     def drop_history(self, session_id: str, var_id: str) -> None:
-        self._live()
-        if self.history_ops is None:
-            self.history_ops = []
-        self.history_ops.append((session_id, var_id, None))
+        self._stage(session_id, var_id, _DROP_HISTORY)
+
+    def put_lease(self, session_id: str, lease: OptimizationLease) -> None:
+        self._stage(session_id, lease.variable_id, lease)
+
+    def append_evaluation(self, session_id: str, var_id: str, entry: OptimizationEntry) -> None:
+        self._stage(session_id, var_id, entry)
+
+    def drop_leases(self, session_id: str, var_id: str) -> None:
+        self._stage(session_id, var_id, _DROP_LEASES)
+
+    def _stage(self, session_id: str, var_id: str, change: _Change) -> None:
+        self._touch(session_id)
+        if self.table_ops is None:
+            self.table_ops = []
+        self.table_ops.append((session_id, var_id, change))
 
     def add_edge(self, session_id: str, edge: Edge) -> None:
         self._stage_graph((session_id, edge, edge.dependent, edge.dependency))
@@ -396,24 +427,24 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         self._stage_graph((session_id, None, var_id, ""))
 
     def _stage_graph(self, op: _GraphOp) -> None:
-        self._live()
+        self._touch(op[0])
         if self.graph_ops is None:
             self.graph_ops = []
         self.graph_ops.append(op)
 
     def set_rules(self, session_id: str, var_id: str, rules: tuple[AccessRule, ...]) -> None:
-        self._live()
+        self._touch(session_id)
         self.staged_rules[var_id] = rules
         self.session_of[var_id] = session_id
 
     def put(self, session_id: str, record: VariableRecord) -> None:
-        self._live()
+        self._touch(session_id)
         self.staged.pop(record.id, None)  # keep the order of the last change
         self.staged[record.id] = record
         self.session_of[record.id] = session_id
 
     def delete(self, session_id: str, var_id: str) -> None:
-        self._live()
+        self._touch(session_id)
         if self.get(session_id, var_id) is None:
             raise KeyError(var_id)
         self.staged.pop(var_id, None)
@@ -442,9 +473,53 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         self._done = True
         self.staged.clear()
         self.staged_rules.clear()
-        self.graph_ops = self.history_ops = None
+        self.graph_ops = self.table_ops = None
         self._view = None
         self._backend._open = None
+
+
+# A staged change of a session table (history, leases, evaluations) and the two drops.
+_DROP_HISTORY, _DROP_LEASES = "drop history", "drop leases"
+_Change = HistoryEntry | OptimizationLease | OptimizationEntry | str
+_T = TypeVar("_T")
+
+
+def _replay(kept: Sequence[_T], changes: list[_Change], kind: type[_T], drop: str) -> Sequence[_T]:
+    # A variable's entries of one kind as the staged changes leave them.
+    if not changes:
+        return kept
+    seen = list(kept)
+    for change in changes:
+        if change is drop:
+            seen = []
+        elif isinstance(change, kind):
+            seen.append(change)
+    return seen
+
+
+def _apply_change(session: Session, var_id: str, change: _Change) -> None:
+    if isinstance(change, HistoryEntry):
+        kept = session.history.get(var_id)
+        if kept is None:
+            kept = session.history[var_id] = deque()
+        kept.append(change)
+    elif isinstance(change, OptimizationEntry):
+        session.evaluations.setdefault(var_id, deque()).append(change)
+    elif isinstance(change, OptimizationLease):
+        session.leases[var_id] = change
+        if change.active:
+            session.running[var_id] = change
+        else:
+            session.running.pop(var_id, None)
+        recent = session.recent_leases.setdefault(var_id, deque())
+        if not any(kept is change for kept in recent):
+            recent.append(change)
+    elif change is _DROP_HISTORY:
+        session.history.pop(var_id, None)
+    else:
+        for table in (session.leases, session.running, session.recent_leases,
+                      session.evaluations):
+            table.pop(var_id, None)
 
 
 # A staged graph change: (session id, edge to add or None, dependent, dependency).
