@@ -32,6 +32,12 @@ from dspex_rx.store.records import (
 )
 from dspex_rx.store.state import Session
 
+# What a commit's settle step accounts beyond its records, when it has any: the removed
+# records, new variables' fixed costs, started leases, evaluations, deleted histories.
+_Rare = tuple[
+    Sequence[VariableRecord], Mapping[str, int] | None, Sequence[OptimizationLease],
+    Sequence[tuple[str, OptimizationEntry]], Sequence[Sequence[HistoryEntry]] | None,
+]
 # How often a method whose commit conflicted (a remote backend moved on) is run again.
 MAX_CONFLICT_ATTEMPTS = 3
 _T = TypeVar("_T")
@@ -194,40 +200,71 @@ class Committer(AccessMethods):
             other += self._set_rules(txn, sid, record.id, ())
             gone = dataclasses.replace(record, mod_revision=revision)
             events.append(ChangeEvent(gone, record.value, "deleted", meta, source))
-        def settle(commit: Commit) -> None:
-            # What the commit retained, accounted before any watcher hears of it.
-            charge = self._accounts.charge
-            if other or session.graph.bytes != graph_bytes:
-                charge(session, "other_bytes", other + session.graph.bytes - graph_bytes)
-            if fixed:
-                session.fixed.update(fixed)
-                charge(session, "other_bytes", sum(fixed.values()))
-            for record in removed:
-                charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
-            # Retention by count: a variable's recent leases and evaluations.
-            for lease in started:
-                recent = session.recent_leases[lease.variable_id]
-                charge(session, "other_bytes", lease.size)
-                while len(recent) > RECENT_LEASES:
-                    charge(session, "other_bytes", -recent.popleft().size)
-            for var_id, _ in evaluated:
-                kept = session.evaluations[var_id]
-                while len(kept) > self.optimization_history_size:
-                    charge(session, "other_bytes", -kept.popleft().size)
-            for record in stamped:
-                if restored and record.id in restored:
-                    self._accounts.seeded(session, record.id, len(restored[record.id][-keep:]))
-                self._accounts.remember(session, record.id)
-            for entries in forgotten or ():
-                self._accounts.forget_history(session, entries, revision)
-            self._accounts.charge(session, "log_bytes", _commit_cost(commit))
-            if len(session.log) > self.log_size:
-                self._accounts.trim_log(session, session.log[0].revision)
-            self._accounts.make_room(session)
-
+        # What settle accounts once the commit applied (the rare tables only when touched).
+        rare = (removed, fixed, started, evaluated, forgotten) if (
+            removed or fixed or notes or evaluated
+        ) else None
+        settle = functools.partial(self._settle, session, stamped, restored, graph_bytes,
+                                   other, rare)
         commit = txn.commit(sid, events, timestamp=self._clock(),
                             permissions=tuple(rules or ()), settle=settle)
         return stamped, commit.revision
+
+    def _settle(
+        self,
+        session: Session,
+        stamped: Sequence[VariableRecord],
+        restored: Mapping[str, Sequence[HistoryEntry]] | None,
+        graph_bytes: int,
+        other: int,
+        rare: _Rare | None,
+        commit: Commit,
+    ) -> None:
+        # What the commit retained, accounted before any watcher hears of it.
+        accounts = self._accounts
+        if other or session.graph.bytes != graph_bytes:
+            accounts.charge(session, "other_bytes", other + session.graph.bytes - graph_bytes)
+        if rare is not None:
+            self._settle_tables(session, commit.revision, *rare)
+        for record in stamped:
+            if restored and record.id in restored:
+                count = min(len(restored[record.id]), self.limits.history_size)
+                accounts.seeded(session, record.id, count)
+            accounts.remember(session, record.id)
+        accounts.charge(session, "log_bytes", _commit_cost(commit))
+        if len(session.log) > self.log_size:
+            accounts.trim_log(session, session.log[0].revision)
+        accounts.make_room(session)
+
+    def _settle_tables(
+        self,
+        session: Session,
+        revision: int,
+        removed: Sequence[VariableRecord],
+        fixed: Mapping[str, int] | None,
+        started: Sequence[OptimizationLease],
+        evaluated: Sequence[tuple[str, OptimizationEntry]],
+        forgotten: Sequence[Sequence[HistoryEntry]] | None,
+    ) -> None:
+        # The fixed costs, leases and evaluations a commit changed, and the retention by
+        # count of a variable's recent leases and evaluations.
+        charge = self._accounts.charge
+        if fixed:
+            session.fixed.update(fixed)
+            charge(session, "other_bytes", sum(fixed.values()))
+        for record in removed:
+            charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
+        for lease in started:
+            recent = session.recent_leases[lease.variable_id]
+            charge(session, "other_bytes", lease.size)
+            while len(recent) > RECENT_LEASES:
+                charge(session, "other_bytes", -recent.popleft().size)
+        for var_id, _ in evaluated:
+            kept = session.evaluations[var_id]
+            while len(kept) > self.optimization_history_size:
+                charge(session, "other_bytes", -kept.popleft().size)
+        for entries in forgotten or ():
+            self._accounts.forget_history(session, entries, revision)
 
     @staticmethod
     def _set_rules(

@@ -7,12 +7,13 @@ conflicts and ``sync`` has nothing to wait for.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import Backend, ReadTxn, RevisionConflict, WriteTxn
 from dspex_rx.store.memory.txn import _apply_change, _apply_graph, _MemoryRead, _MemoryWrite
-from dspex_rx.store.records import ChangeEvent, Commit, Listener
+from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, Listener
 from dspex_rx.store.state import Session
 
 log = get_logger("dspex_rx.store")
@@ -187,8 +188,15 @@ class MemoryBackend(Backend):
                 self._owners.setdefault(var_id, session_id)  # an owner never changes
         if txn.graph_ops:
             _apply_graph(session.graph, txn.graph_ops)
+        history = session.history
         for _, var_id, change in txn.table_ops or ():
-            _apply_change(session, var_id, change)
+            if type(change) is HistoryEntry:  # every write's: inlined
+                kept = history.get(var_id)
+                if kept is None:
+                    kept = history[var_id] = deque()
+                kept.append(change)
+            else:
+                _apply_change(session, var_id, change)
         for var_id, rules in txn.staged_rules.items():
             if rules:
                 session.rules[var_id] = rules

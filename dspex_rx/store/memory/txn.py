@@ -209,7 +209,12 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         return latest
 
     def append_history(self, session_id: str, var_id: str, entry: HistoryEntry) -> None:
-        self._stage(session_id, var_id, entry)
+        # On every write's path: _stage inlined.
+        if self._done or session_id != self.staged_session:
+            self._touch(session_id)
+        if self.table_ops is None:
+            self.table_ops = []
+        self.table_ops.append((session_id, var_id, entry))
 
     def drop_history(self, session_id: str, var_id: str) -> None:
         self._stage(session_id, var_id, _DROP_HISTORY)
@@ -250,7 +255,8 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
         self.session_of[var_id] = session_id
 
     def put(self, session_id: str, record: VariableRecord) -> None:
-        self._touch(session_id)
+        if self._done or session_id != self.staged_session:
+            self._touch(session_id)
         self.staged.pop(record.id, None)  # keep the order of the last change
         self.staged[record.id] = record
         self.session_of[record.id] = session_id
