@@ -16,6 +16,7 @@ from dspex_rx.errors import ConflictError
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.store.backend import Backend, RevisionConflict, WriteTxn
 from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
+from dspex_rx.store.leasing import staged_copy
 from dspex_rx.store.memory import MemoryBackend
 from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, VariableRecord
 from dspex_rx.store.state import Session
@@ -220,11 +221,20 @@ def test_leases_and_evaluations_are_staged_and_applied_with_the_commit(
     assert view.lease("s", "var_x_1") is first
     assert list(view.evaluations("s", "var_x_1")) == [evaluation(1)]
     assert session.running == {"var_x_1": first}
-    first.end("stopped", "by a test", 2.0)  # the engine ends it, then puts it as ended
+    ended = staged_copy(first)  # the engine ends a copy and puts it
+    ended.end("stopped", "by a test", 2.0)
+    with pytest.raises(KeyError), backend.write() as txn:
+        txn.put_lease("s", ended)
+        assert txn.lease("s", "var_x_1") is ended
+        raise KeyError("refused")
+    assert first.state == "running" and session.running == {"var_x_1": first}
     with backend.write() as txn:
-        txn.put_lease("s", first)
+        txn.put_lease("s", ended)
         txn.commit("s", [], timestamp=1.0)
+    # Written back into the lease object every holder has.
+    assert (first.state, first.end_reason) == ("stopped", "by a test")
     assert session.running == {} and backend.read().lease("s", "var_x_1") is first
+    assert list(session.recent_leases["var_x_1"]) == [first]
     second = lease("opt_2")
     with backend.write() as txn:
         txn.put_lease("s", second)
@@ -288,11 +298,15 @@ def test_a_refused_engine_write_leaves_the_session_and_its_accounts_alone(
         store.start_optimization("s", "a", optimizer_type="grid", client_id=client_id)
     with pytest.raises(RevisionConflict):
         store.optimization_step("s", "b", run.id, run.token, evaluation=(1, 3, {}, 0.5))
+    with pytest.raises(RevisionConflict):
+        store.stop_optimization("s", "b", reason="refused")
     empty_backend.write = real  # type: ignore[method-assign]
     assert state() == before
+    assert (run.state, run.iteration, run.best_score) == ("running", 0, None)  # as it was
     store.check_accounts()
-    store.optimization_step("s", "b", run.id, run.token, evaluation=(2, 3, {}, 0.5))
-    assert [e.iteration for e in empty_backend.read().evaluations("s", "var_b_2")] == [2]
+    store.optimization_step("s", "b", run.id, run.token, evaluation=(1, 3, {}, 0.5))
+    assert [e.iteration for e in empty_backend.read().evaluations("s", "var_b_2")] == [1]
+    assert (run.iteration, run.best_score) == (1, 0.5)
     assert store.add_dependency("s", "b", "a") == store.revision
     assert store.set("s", "a", 7, actor="me")[0].version == 3
     store.check_accounts()

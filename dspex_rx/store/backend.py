@@ -40,7 +40,8 @@ every variable id; variables' access rules; the dependency graph (``add_edge``,
 change it only in the commit; cycles are checked before, against the graph plus the
 txn's edges, which ``graph()`` reads); history entries (``append_history``,
 ``drop_history``); optimization leases as the variables' latest, running and recent ones
-(``put_lease``, start_optimization included) and evaluations (``append_evaluation``;
+(``put_lease``, start_optimization included; the engine changes a copy of a lease, which
+the commit writes back into the lease object) and evaluations (``append_evaluation``;
 ``drop_leases`` on delete); the variable id sequence; the revision counter; each
 session's commit log (``commits_since``, ``compact``) and its watchers. The memory
 account of what a commit stages (history, edges, rules, leases, evaluations, fixed
@@ -48,14 +49,13 @@ costs) is charged in the engine's ``settle``, so an aborted txn leaves it untouc
 
 Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``,
 ``graph``, ``history`` and the lease tables directly in validation instead of through a
-``ReadTxn``; a lease is a mutable object whose fields (renewal, best score, end state,
-proposal, report) the engine changes before the commit puts it, so an abort does not
-restore them (a renewal alone is no commit at all); retention (``settle``: history beyond
-``history_size`` and evicted for the budget, recent leases beyond ``RECENT_LEASES``,
-evaluations beyond ``optimization_history_size``, the log, the graveyard and superseded
-queues) changes the session in place after the commit applied; attached clients and the
-session's own account change in place; the retired ids and their claims (``RetiredIds``)
-live in the engine. A durable backend needs each of those as staged writes of the txn.
+``ReadTxn``; a step that only renews a lease changes it in place (a heartbeat, no
+commit); retention (``settle``: history beyond ``history_size`` and evicted for the
+budget, recent leases beyond ``RECENT_LEASES``, evaluations beyond
+``optimization_history_size``, the log, the graveyard and superseded queues) changes the
+session in place after the commit applied; attached clients and the session's own
+account change in place; the retired ids and their claims (``RetiredIds``) live in the
+engine. A durable backend needs each of those as staged writes of the txn.
 """
 
 from __future__ import annotations
@@ -226,7 +226,8 @@ class WriteTxn(ReadTxn):
     def put_lease(self, session_id: str, lease: OptimizationLease) -> None:
         """Stage a variable's latest optimization lease (new, or its status changed): the
         commit makes it the latest, running while ``lease.active``, and one of the recent
-        ones (trimming them to ``RECENT_LEASES`` is the engine's ``settle``).
+        ones (trimming them to ``RECENT_LEASES`` is the engine's ``settle``). A copy of
+        the latest lease (same id, ``staged_copy``) is written back into that object.
 
         Example: ``txn.put_lease("sess_1", lease)`` as the lease starts or ends.
         """

@@ -167,7 +167,7 @@ class Committer(AccessMethods):
         recents = session.recent_leases
         started = [
             lease for lease in notes
-            if not any(kept is lease for kept in recents.get(lease.variable_id, ()))
+            if not any(kept.id == lease.id for kept in recents.get(lease.variable_id, ()))
         ] if notes else ()
         for lease in notes:
             txn.put_lease(sid, lease)
@@ -336,9 +336,9 @@ def rerun_on_conflict(
     """The conflict hook: run a store method again (validating again) when its commit
     meets ``RevisionConflict``, at most ``attempts`` times; then the conflict propagates.
 
-    Not applied to MemoryStore's methods yet: MemoryBackend never conflicts, and what
-    still changes in place before a commit (a lease's fields, backend.py) would not roll
-    back with the txn.
+    Not applied to MemoryStore's methods yet: MemoryBackend never conflicts (the first
+    backend that can applies it; what a method changes before its commit is listed in
+    backend.py).
 
     >>> calls = []
     >>> def flaky() -> str:

@@ -4,6 +4,7 @@ the evaluations a run records. The lease objects themselves are leases.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,19 @@ from dspex_rx.store.state import Session
 
 # A checked evaluation: (iteration, value, metrics, score, bytes charged for it).
 _Evaluation = tuple[int, Any, dict[str, Any], float, int]
+
+
+def staged_copy(lease: OptimizationLease) -> OptimizationLease:
+    """A copy of a lease to change for a commit (``put_lease``): the backend writes it back
+    into the lease it copies (same id) once the commit applies, so an abort leaves it be.
+
+    >>> lease = OptimizationLease("opt_1", "var_t_1", "grid", "s", "c", 7, 30.0, {}, 10,
+    ...                           0.0, 0.0, 30.0)
+    >>> copy = staged_copy(lease); copy.end("stopped", "test", 1.0)
+    >>> lease.state, copy.state, copy.id == lease.id
+    ('running', 'stopped', True)
+    """
+    return dataclasses.replace(lease)
 
 
 class Leasing(Committer):
@@ -54,7 +68,9 @@ class Leasing(Committer):
         metadata_size: int = 0,
         evaluated: Sequence[tuple[str, OptimizationEntry]] = (),
     ) -> int:
-        # The lease leaves session.running with the commit (put as ended).
+        # A staged copy ends; the commit writes it back into the lease and takes it out
+        # of session.running, so a txn that ends without a commit leaves it running.
+        lease = staged_copy(lease)
         lease.end(state, reason, self._clock())
         log.info("optimization_ended", session_id=session.id, optimization_id=lease.id,
                  state=state, reason=reason, iterations=lease.iteration)

@@ -4,6 +4,7 @@ that stages changes (records, rules, edges, history, leases) for the backend to 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -300,6 +301,7 @@ class _MemoryWrite(WriteTxn, _MemoryRead):
 _DROP_HISTORY, _DROP_LEASES = "drop history", "drop leases"
 _Change = HistoryEntry | OptimizationLease | OptimizationEntry | str
 _T = TypeVar("_T")
+_LEASE_FIELDS = tuple(f.name for f in dataclasses.fields(OptimizationLease))
 
 
 def _replay(kept: Sequence[_T], changes: list[_Change], kind: type[_T], drop: str) -> Sequence[_T]:
@@ -324,6 +326,13 @@ def _apply_change(session: Session, var_id: str, change: _Change) -> None:
     elif isinstance(change, OptimizationEntry):
         session.evaluations.setdefault(var_id, deque()).append(change)
     elif isinstance(change, OptimizationLease):
+        live = session.leases.get(var_id)
+        if live is not None and live is not change and live.id == change.id:
+            # A staged copy of the live lease: written back, so every holder of the
+            # lease object sees the committed state.
+            for name in _LEASE_FIELDS:
+                setattr(live, name, getattr(change, name))
+            change = live
         session.leases[var_id] = change
         if change.active:
             session.running[var_id] = change
