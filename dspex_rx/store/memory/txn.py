@@ -85,26 +85,28 @@ class _MemoryRead(ReadTxn):
 
 class _MemoryWrite(WriteTxn, _MemoryRead):
     # Staged changes by variable id (None: deleted), in order; reads see them first.
+    # The optional ones are class-level defaults until first set (one write txn per
+    # write: nothing set that the write does not use).
+    # Staged graph changes, in order: (session id, edge to add, or None and the
+    # dependent/dependency of the edge to drop, dependency "" for every edge of it).
+    graph_ops: list[_GraphOp] | None = None
+    # A session's graph as the txn leaves it (built on first read), and how many of its
+    # ops it holds.
+    _view: tuple[str, DependencyGraph, int] | None = None
+    # Staged changes of the session's other tables, in order: (session id, variable id,
+    # a history entry or evaluation to append, a lease to put, or _DROP_HISTORY /
+    # _DROP_LEASES).
+    table_ops: list[tuple[str, str, _Change]] | None = None
+    # The session the staged changes are of, and whether some were of another.
+    staged_session: str | None = None
+    mixed = False
+
     def __init__(self, backend: MemoryBackend) -> None:
         _MemoryRead.__init__(self, backend)
         self.staged: dict[str, VariableRecord | None] = {}
         self.staged_rules: dict[str, tuple[AccessRule, ...]] = {}
         # The session of each staged variable (a commit is one session's).
         self.session_of: dict[str, str] = {}
-        # Staged graph changes, in order: (session id, edge to add, or None and the
-        # dependent/dependency of the edge to drop, dependency "" for every edge of it).
-        # None until the first one (no allocation on the write path that has none).
-        self.graph_ops: list[_GraphOp] | None = None
-        # A session's graph as the txn leaves it (built on first read), and how many of
-        # its ops it holds.
-        self._view: tuple[str, DependencyGraph, int] | None = None
-        # Staged changes of the session's other tables, in order: (session id, variable
-        # id, a history entry or evaluation to append, a lease to put, or _DROP_HISTORY /
-        # _DROP_LEASES); None until the first one.
-        self.table_ops: list[tuple[str, str, _Change]] | None = None
-        # The session the staged changes are of, and whether some were of another.
-        self.staged_session: str | None = None
-        self.mixed = False
         self._done = False
 
     @property
