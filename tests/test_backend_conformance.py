@@ -11,11 +11,14 @@ from collections.abc import Callable
 import pytest
 
 from dspex_rx.core.access import AccessRule
+from dspex_rx.core.graph import Edge
 from dspex_rx.errors import ConflictError
 from dspex_rx.store import MemoryStore, VariableSpec
-from dspex_rx.store.backend import Backend, RevisionConflict
+from dspex_rx.store.backend import Backend, RevisionConflict, WriteTxn
+from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
+from dspex_rx.store.leasing import staged_copy
 from dspex_rx.store.memory import MemoryBackend
-from dspex_rx.store.records import ChangeEvent, Commit, VariableRecord
+from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, VariableRecord
 from dspex_rx.store.state import Session
 
 BACKENDS: list[Callable[[], Backend]] = [
@@ -110,6 +113,203 @@ def test_access_rules_are_staged_and_applied_with_the_commit(backend: Backend) -
         txn.set_rules("s", "var_x_1", ())
         txn.commit("s", [], timestamp=1.0)
     assert backend.read().rules("s", "var_x_1") == ()
+
+
+def test_dependency_edges_are_staged_and_applied_with_the_commit(backend: Backend) -> None:
+    for name in ("a", "b", "c"):
+        put(backend, name, 1)
+    b_on_a, c_on_b = Edge("var_b_1", "var_a_1", size=10), Edge("var_c_1", "var_b_1", size=20)
+    with pytest.raises(KeyError), backend.write() as txn:
+        txn.add_edge("s", b_on_a)
+        assert txn.graph("s").edge("var_b_1", "var_a_1") == b_on_a  # its own change
+        assert backend.read().graph("s").edge("var_b_1", "var_a_1") is None
+        raise KeyError("refused")
+    assert len(backend.read().graph("s")) == 0  # the aborted txn left the graph
+    with backend.write() as txn:
+        txn.add_edge("s", b_on_a)
+        txn.add_edge("s", c_on_b)
+        assert txn.graph("s").downstream(["var_a_1"]) == ["var_b_1", "var_c_1"]
+        assert len(backend.read().graph("s")) == 0  # a reader sees it after the commit
+        txn.commit("s", [], timestamp=1.0)
+    graph = backend.read().graph("s")
+    assert (graph.edges(), graph.bytes) == ([b_on_a, c_on_b], 30)
+    txn = backend.write()
+    txn.drop_edge("s", "var_b_1", "var_a_1")
+    txn.drop_edges("s", "var_c_1")
+    assert len(txn.graph("s")) == 0
+    txn.abort()
+    assert backend.read().graph("s").edges() == [b_on_a, c_on_b]
+    with backend.write() as txn:
+        txn.drop_edges("s", "var_b_1")  # both ways
+        assert len(backend.read().graph("s")) == 2
+        txn.commit("s", [], timestamp=1.0)
+    graph = backend.read().graph("s")
+    assert (len(graph), graph.bytes) == (0, 0)
+    with backend.write() as txn:
+        txn.add_edge("s", c_on_b)
+        txn.drop_edge("s", "var_c_1", "var_b_1")  # in order: added, then dropped
+        txn.commit("s", [], timestamp=1.0)
+    assert len(backend.read().graph("s")) == 0
+
+
+def entry(version: int, value: object, revision: int) -> HistoryEntry:
+    return HistoryEntry(version, value, 0.0, "t", {}, revision, 100)
+
+
+def test_history_entries_are_staged_and_applied_with_the_commit(backend: Backend) -> None:
+    put(backend, "x", 1)
+    first, second = entry(1, 1, 1), entry(2, 5, 2)
+    with backend.write() as txn:
+        txn.append_history("s", "var_x_1", first)
+        txn.commit("s", [], timestamp=1.0)
+    assert list(backend.read().history("s", "var_x_1")) == [first]
+    with pytest.raises(KeyError), backend.write() as txn:
+        txn.append_history("s", "var_x_1", second)
+        assert list(txn.history("s", "var_x_1")) == [first, second]  # its own change
+        assert list(backend.read().history("s", "var_x_1")) == [first]
+        raise KeyError("refused")
+    assert list(backend.read().history("s", "var_x_1")) == [first]  # the abort left it
+    with backend.write() as txn:
+        txn.append_history("s", "var_x_1", second)
+        assert list(backend.read().history("s", "var_x_1")) == [first]  # not before commit
+        txn.commit("s", [], timestamp=1.0)
+    assert list(backend.read().history("s", "var_x_1")) == [first, second]
+    txn = backend.write()
+    txn.drop_history("s", "var_x_1")
+    assert list(txn.history("s", "var_x_1")) == []
+    txn.abort()
+    assert list(backend.read().history("s", "var_x_1")) == [first, second]
+    with backend.write() as txn:
+        txn.drop_history("s", "var_x_1")
+        txn.commit("s", [], timestamp=1.0)
+    assert list(backend.read().history("s", "var_x_1")) == []
+    assert list(backend.read().history("other", "var_x_1")) == []
+
+
+def lease(lease_id: str) -> OptimizationLease:
+    return OptimizationLease(
+        lease_id, "var_x_1", "grid", "s", "c1", 7, 30.0, {}, 10, 0.0, 0.0, 30.0, size=50
+    )
+
+
+def evaluation(iteration: int) -> OptimizationEntry:
+    return OptimizationEntry("opt_1", "grid", iteration, 0.5, {}, 0.9, 0.0, 1, 40)
+
+
+def test_leases_and_evaluations_are_staged_and_applied_with_the_commit(
+    backend: Backend,
+) -> None:
+    put(backend, "x", 1)
+    first = lease("opt_1")
+    with pytest.raises(KeyError), backend.write() as txn:
+        txn.put_lease("s", first)
+        txn.append_evaluation("s", "var_x_1", evaluation(1))
+        assert txn.lease("s", "var_x_1") is first  # its own changes
+        assert list(txn.evaluations("s", "var_x_1")) == [evaluation(1)]
+        assert backend.read().lease("s", "var_x_1") is None
+        raise KeyError("refused")
+    view = backend.read()
+    assert (view.lease("s", "var_x_1"), list(view.evaluations("s", "var_x_1"))) == (None, [])
+    session = backend.sessions["s"]
+    assert (session.running, session.recent_leases) == ({}, {})  # the abort left them
+    with backend.write() as txn:
+        txn.put_lease("s", first)
+        txn.append_evaluation("s", "var_x_1", evaluation(1))
+        assert backend.read().lease("s", "var_x_1") is None  # not before the commit
+        txn.commit("s", [], timestamp=1.0)
+    view = backend.read()
+    assert view.lease("s", "var_x_1") is first
+    assert list(view.evaluations("s", "var_x_1")) == [evaluation(1)]
+    assert session.running == {"var_x_1": first}
+    ended = staged_copy(first)  # the engine ends a copy and puts it
+    ended.end("stopped", "by a test", 2.0)
+    with pytest.raises(KeyError), backend.write() as txn:
+        txn.put_lease("s", ended)
+        assert txn.lease("s", "var_x_1") is ended
+        raise KeyError("refused")
+    assert first.state == "running" and session.running == {"var_x_1": first}
+    with backend.write() as txn:
+        txn.put_lease("s", ended)
+        txn.commit("s", [], timestamp=1.0)
+    # Written back into the lease object every holder has.
+    assert (first.state, first.end_reason) == ("stopped", "by a test")
+    assert session.running == {} and backend.read().lease("s", "var_x_1") is first
+    assert list(session.recent_leases["var_x_1"]) == [first]
+    second = lease("opt_2")
+    with backend.write() as txn:
+        txn.put_lease("s", second)
+        txn.commit("s", [], timestamp=1.0)
+    assert [kept.id for kept in session.recent_leases["var_x_1"]] == ["opt_1", "opt_2"]
+    txn = backend.write()
+    txn.drop_leases("s", "var_x_1")
+    assert txn.lease("s", "var_x_1") is None and list(txn.evaluations("s", "var_x_1")) == []
+    txn.abort()
+    assert backend.read().lease("s", "var_x_1") is second
+    with backend.write() as txn:
+        txn.drop_leases("s", "var_x_1")
+        txn.commit("s", [], timestamp=1.0)
+    view = backend.read()
+    assert (view.lease("s", "var_x_1"), list(view.evaluations("s", "var_x_1"))) == (None, [])
+    assert (session.running, session.recent_leases) == ({}, {})
+
+
+def test_a_refused_engine_write_leaves_the_session_and_its_accounts_alone(
+    empty_backend: Backend,
+) -> None:
+    # The engine stages a whole write, then the commit applies it: a write that fails
+    # while its txn is open (here: the backend refuses the commit) changes nothing.
+    store = MemoryStore(backend=empty_backend)
+    _, client_id, _ = store.initialize_session("s")
+    store.register("s", [VariableSpec("a", "int", 1), VariableSpec("b", "int", 2)], actor="me")
+    store.set("s", "a", 5, actor="me")
+    run, _ = store.start_optimization("s", "b", optimizer_type="grid", client_id=client_id)
+
+    def state() -> object:
+        session = empty_backend.sessions["s"]
+        return (
+            [(e.version, e.value) for e in store.history("s", "a").entries],
+            [(e.version, e.value) for e in store.history("s", "b").entries],
+            empty_backend.read().graph("s").edges(), session.used, session.pinned,
+            session.history_entries, empty_backend.revision, dict(session.running),
+            {var: list(kept) for var, kept in session.recent_leases.items()},
+            {var: list(kept) for var, kept in session.evaluations.items()},
+        )
+
+    before = state()
+    real = empty_backend.write
+
+    def refusing() -> WriteTxn:
+        txn = real()
+
+        def commit(*args: object, **kwargs: object) -> Commit:
+            raise RevisionConflict("moved on")
+
+        txn.commit = commit  # type: ignore[method-assign]
+        return txn
+
+    empty_backend.write = refusing  # type: ignore[method-assign]
+    with pytest.raises(RevisionConflict):
+        store.set("s", "a", 6, actor="me")
+    with pytest.raises(RevisionConflict):
+        store.add_dependency("s", "b", "a")
+    with pytest.raises(RevisionConflict):
+        store.delete("s", "a")
+    with pytest.raises(RevisionConflict):
+        store.start_optimization("s", "a", optimizer_type="grid", client_id=client_id)
+    with pytest.raises(RevisionConflict):
+        store.optimization_step("s", "b", run.id, run.token, evaluation=(1, 3, {}, 0.5))
+    with pytest.raises(RevisionConflict):
+        store.stop_optimization("s", "b", reason="refused")
+    empty_backend.write = real  # type: ignore[method-assign]
+    assert state() == before
+    assert (run.state, run.iteration, run.best_score) == ("running", 0, None)  # as it was
+    store.check_accounts()
+    store.optimization_step("s", "b", run.id, run.token, evaluation=(1, 3, {}, 0.5))
+    assert [e.iteration for e in empty_backend.read().evaluations("s", "var_b_2")] == [1]
+    assert (run.iteration, run.best_score) == (1, 0.5)
+    assert store.add_dependency("s", "b", "a") == store.revision
+    assert store.set("s", "a", 7, actor="me")[0].version == 3
+    store.check_accounts()
 
 
 def test_an_exception_inside_a_write_txn_leaves_no_trace(backend: Backend) -> None:

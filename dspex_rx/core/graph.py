@@ -77,6 +77,7 @@ class DependencyGraph:
         clone = DependencyGraph()
         clone._out = {node: dict(edges) for node, edges in self._out.items()}
         clone._in = {node: dict(edges) for node, edges in self._in.items()}
+        clone._count, clone.bytes = self._count, self.bytes
         return clone
 
     def edges(self) -> list[Edge]:

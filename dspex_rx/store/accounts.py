@@ -10,11 +10,10 @@ A component the engine holds (``Accounts``), over the session tables the backend
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
+import itertools
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from dspex_rx.core.access import AccessRule
 from dspex_rx.core.limits import Limits, too_many
@@ -182,7 +181,7 @@ class Accounts:
         session.superseded = deque(item for item in session.superseded if retained(item))
 
     def forget_history(
-        self, session: Session, entries: deque[HistoryEntry], revision: int
+        self, session: Session, entries: Sequence[HistoryEntry], revision: int
     ) -> None:
         """Release a deleted variable's history once the log no longer holds it.
 
@@ -272,44 +271,30 @@ class Accounts:
                 added -= entries[-1].size
         return added
 
-    def remember(
-        self,
-        session: Session,
-        record: VariableRecord,
-        metadata: Mapping[str, Any],
-        metadata_size: int,
-    ) -> None:
-        """Append a committed record to its history, charging it.
+    def remember(self, session: Session, var_id: str) -> None:
+        """Account the entry a commit appended to a variable's history (its newest) and
+        drop the oldest past ``history_size``.
 
-        Example: ``accounts.remember(session, record, {}, 0)`` inside a commit.
+        Example: ``accounts.remember(session, "var_t_1")`` in a commit's settle step.
         """
-        entries = session.history.get(record.id)
-        if entries is None:
-            entries = session.history[record.id] = deque(maxlen=self.limits.history_size)
-        size = ITEM_OVERHEAD + record.size + metadata_size
         # The hot path of every write: the account is updated field by field here (the
-        # same arithmetic as charge).
-        added = size
-        if entries:
-            previous = entries[-1]
+        # same arithmetic as charge). The previous newest entry stops being current.
+        entries = session.history[var_id]
+        entry = entries[-1]
+        size = added = entry.size
+        if len(entries) > 1:
+            previous = entries[-2]
             session.current_bytes -= previous.size
             self.pinned_bytes -= previous.size
-            session.superseded.append((record.mod_revision, record.id, previous.version))
-            if len(entries) == entries.maxlen:
-                dropped = entries[0]  # append drops it
+            session.superseded.append((entry.revision, var_id, previous.version))
+            if len(entries) > self.limits.history_size:
+                dropped = entries.popleft()
                 added -= dropped.size
                 session.history_entries -= 1
                 # The log holds its value up to the commit of the version after it.
-                successor = entries[1].revision if len(entries) > 1 else record.mod_revision
-                heapq.heappush(session.graveyard, (successor, dropped.size))
+                heapq.heappush(session.graveyard, (entries[0].revision, dropped.size))
                 session.graveyard_bytes += dropped.size
                 self.used_bytes += dropped.size
-        entries.append(
-            HistoryEntry(
-                record.version, record.value, record.updated_at, record.updated_by,
-                metadata, record.mod_revision, size,
-            )
-        )
         session.history_entries += 1
         session.history_bytes += added
         self.used_bytes += added
@@ -320,26 +305,18 @@ class Accounts:
         if len(session.superseded) > 2 * (session.history_entries - len(session.history)) + 1024:
             self._compact_superseded(session)
 
-    def seed_history(
-        self, session: Session, var_id: str, entries: Sequence[HistoryEntry], revision: int
-    ) -> None:
-        """Restore an imported variable's older versions, charged as retention.
+    def seeded(self, session: Session, var_id: str, count: int) -> None:
+        """Account an imported variable's restored older versions (the oldest ``count``
+        entries of its history, which the commit appended), as retention.
 
-        Example: ``accounts.seed_history(session, var_id, entries, revision)`` on import.
+        Example: ``accounts.seeded(session, var_id, 3)`` in a commit's settle step.
         """
-        # An import's restored history (sizes measured by the planner), before the
-        # variable's own version is remembered: retention, superseded oldest first; the
-        # newest restored entry counts as current until remember supersedes it.
-        kept = deque(
-            (dataclasses.replace(entry, revision=revision) for entry in entries),
-            maxlen=self.limits.history_size,
-        )
+        # The newest restored entry counts as current until remember supersedes it.
+        kept = list(itertools.islice(session.history[var_id], count))
         if not kept:
             return
-        total = sum(e.size for e in kept)
-        session.history[var_id] = kept
         session.history_entries += len(kept)
-        self.charge(session, "history_bytes", total)
+        self.charge(session, "history_bytes", sum(e.size for e in kept))
         self.charge(session, "current_bytes", kept[-1].size)
-        for entry in list(kept)[:-1]:
-            session.superseded.append((revision, var_id, entry.version))
+        for entry in kept[:-1]:
+            session.superseded.append((entry.revision, var_id, entry.version))

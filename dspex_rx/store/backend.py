@@ -35,18 +35,27 @@ Decisions (issue #13):
   one tells its watchers ``None``.
 
 Behind the seam now: the sessions table; variable records and their names; the owner of
-every variable id; variables' access rules; the variable id sequence; the revision
-counter; each session's commit log (``commits_since``, ``compact``) and its watchers.
+every variable id; variables' access rules; the dependency graph (``add_edge``,
+``drop_edge``, ``drop_edges``: registration, add/remove_dependency, import and delete
+change it only in the commit; cycles are checked before, against the graph plus the
+txn's edges, which ``graph()`` reads); history entries (``append_history``,
+``drop_history``); optimization leases as the variables' latest, running and recent ones
+(``put_lease``, start_optimization included; the engine changes a copy of a lease, which
+the commit writes back into the lease object) and evaluations (``append_evaluation``;
+``drop_leases`` on delete); the variable id sequence; the revision counter; each
+session's commit log (``commits_since``, ``compact``) and its watchers. The memory
+account of what a commit stages (history, edges, rules, leases, evaluations, fixed
+costs) is charged in the engine's ``settle``, so an aborted txn leaves it untouched too.
 
-Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``
-directly on its hot paths instead of through a ``ReadTxn``; it changes the other tables of
-the ``Session`` object in place (history, the dependency graph, optimization leases and
-evaluations, attached clients, the memory account, the superseded and graveyard queues),
-so only records and rules are staged and only they roll back on abort (the engine
-validates everything first, so it never aborts after changing them); the retired ids and
-their claims (``RetiredIds``) live in the engine. A durable backend needs each of those as
-staged writes of the txn, and the graph and lease changes that registration,
-add_dependency and start_optimization make before calling ``_commit`` moved inside it.
+Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``,
+``graph``, ``history`` and the lease tables directly in validation instead of through a
+``ReadTxn``; a step that only renews a lease changes it in place (a heartbeat, no
+commit); retention (``settle``: history beyond ``history_size`` and evicted for the
+budget, recent leases beyond ``RECENT_LEASES``, evaluations beyond
+``optimization_history_size``, the log, the graveyard and superseded queues) changes the
+session in place after the commit applied; attached clients and the session's own
+account change in place; the retired ids and their claims (``RetiredIds``) live in the
+engine. A durable backend needs each of those as staged writes of the txn.
 """
 
 from __future__ import annotations
@@ -56,8 +65,10 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 from dspex_rx.core.access import AccessRule
+from dspex_rx.core.graph import DependencyGraph, Edge
 from dspex_rx.errors import ConflictError
-from dspex_rx.store.records import ChangeEvent, Commit, Listener, VariableRecord
+from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
+from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, Listener, VariableRecord
 from dspex_rx.store.state import Session
 
 
@@ -128,6 +139,34 @@ class ReadTxn(ABC):
         Example: ``backend.read().rules("sess_1", "var_t_1")`` returns its rules.
         """
 
+    @abstractmethod
+    def history(self, session_id: str, var_id: str) -> Sequence[HistoryEntry]:
+        """A variable's retained history entries, oldest first (empty when it has none).
+
+        Example: ``backend.read().history("sess_1", "var_t_1")[-1]`` is its newest version.
+        """
+
+    @abstractmethod
+    def lease(self, session_id: str, var_id: str) -> OptimizationLease | None:
+        """A variable's latest optimization lease (running or ended), or None.
+
+        Example: ``backend.read().lease("sess_1", "var_t_1").state`` is "running" or how it ended.
+        """
+
+    @abstractmethod
+    def evaluations(self, session_id: str, var_id: str) -> Sequence[OptimizationEntry]:
+        """A variable's retained evaluations, oldest first.
+
+        Example: ``backend.read().evaluations("sess_1", "var_t_1")[-1].score`` is the newest.
+        """
+
+    @abstractmethod
+    def graph(self, session_id: str) -> DependencyGraph:
+        """The session's dependency graph as this view sees it (read it, never change it).
+
+        Example: ``backend.read().graph("sess_1").edge("var_b_2", "var_a_1")`` is the edge.
+        """
+
 
 class WriteTxn(ReadTxn):
     """The one open write: staged puts and deletes, applied together by ``commit()``.
@@ -166,6 +205,67 @@ class WriteTxn(ReadTxn):
         """Stage a variable's access rules (empty: it has none).
 
         Example: ``txn.set_rules("sess_1", "var_t_1", ())`` stages their removal.
+        """
+
+    @abstractmethod
+    def append_history(self, session_id: str, var_id: str, entry: HistoryEntry) -> None:
+        """Stage a history entry, appended after the variable's newest (retention by count
+        and by budget is the engine's ``settle``, after the commit applied it).
+
+        Example: ``txn.append_history("sess_1", "var_t_1", entry)`` stages the entry.
+        """
+
+    @abstractmethod
+    def drop_history(self, session_id: str, var_id: str) -> None:
+        """Stage dropping every history entry of a variable (it is deleted).
+
+        Example: ``txn.drop_history("sess_1", "var_t_1")`` as the variable is deleted.
+        """
+
+    @abstractmethod
+    def put_lease(self, session_id: str, lease: OptimizationLease) -> None:
+        """Stage a variable's latest optimization lease (new, or its status changed): the
+        commit makes it the latest, running while ``lease.active``, and one of the recent
+        ones (trimming them to ``RECENT_LEASES`` is the engine's ``settle``). A copy of
+        the latest lease (same id, ``staged_copy``) is written back into that object.
+
+        Example: ``txn.put_lease("sess_1", lease)`` as the lease starts or ends.
+        """
+
+    @abstractmethod
+    def append_evaluation(self, session_id: str, var_id: str, entry: OptimizationEntry) -> None:
+        """Stage an evaluated iteration of a variable's optimization.
+
+        Example: ``txn.append_evaluation("sess_1", "var_t_1", entry)`` stages it.
+        """
+
+    @abstractmethod
+    def drop_leases(self, session_id: str, var_id: str) -> None:
+        """Stage dropping a variable's leases and evaluations (it is deleted).
+
+        Example: ``txn.drop_leases("sess_1", "var_t_1")`` as the variable is deleted.
+        """
+
+    @abstractmethod
+    def add_edge(self, session_id: str, edge: Edge) -> None:
+        """Stage a dependency edge (new, or replacing the type/metadata of one); the engine
+        has checked it closes no cycle with the graph plus what the txn stages.
+
+        Example: ``txn.add_edge("sess_1", Edge("var_b_2", "var_a_1"))`` stages b -> a.
+        """
+
+    @abstractmethod
+    def drop_edge(self, session_id: str, dependent: str, dependency: str) -> None:
+        """Stage the removal of one dependency edge (nothing if there is none).
+
+        Example: ``txn.drop_edge("sess_1", "var_b_2", "var_a_1")`` stages its removal.
+        """
+
+    @abstractmethod
+    def drop_edges(self, session_id: str, var_id: str) -> None:
+        """Stage the removal of every edge touching a variable (both ways).
+
+        Example: ``txn.drop_edges("sess_1", "var_a_1")`` as the variable is deleted.
         """
 
     @abstractmethod

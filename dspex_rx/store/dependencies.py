@@ -64,15 +64,13 @@ class Dependencies(Variables):
                 self.limits.max_dependencies_per_session,
             )
         self._accounts.check_room(session, edge.size - (existing.size if existing else 0))
-        before = session.graph.bytes
-        try:
-            changed = session.graph.add(edge)
-        except CycleError as exc:
-            raise self._cycle_error(session, exc) from None
-        if not changed:
+        if existing == edge:
             return session.revision  # already there, unchanged: nothing was written
-        self._accounts.charge(session, "other_bytes", session.graph.bytes - before)
-        return self._commit(session, (), source=actor)[1]
+        if existing is None:
+            back = session.graph.path(dependency.id, dependent.id)
+            if back is not None:
+                raise self._cycle_error(session, CycleError([dependent.id, *back])) from None
+        return self._commit(session, (), source=actor, edges=[edge])[1]
 
     def remove_dependency(
         self, session_id: str, from_ref: str, to_ref: str, actor: str = ""
@@ -85,11 +83,10 @@ class Dependencies(Variables):
         session = self.session(session_id)
         dependent = self._access.resolve(session, from_ref)
         dependency = self._access.resolve(session, to_ref)
-        before = session.graph.bytes
-        if not session.graph.remove(dependent.id, dependency.id):
+        if session.graph.edge(dependent.id, dependency.id) is None:
             return False, session.revision
-        self._accounts.charge(session, "other_bytes", session.graph.bytes - before)
-        return True, self._commit(session, (), source=actor)[1]
+        unlinked = [(dependent.id, dependency.id)]
+        return True, self._commit(session, (), source=actor, unlinked=unlinked)[1]
 
     def dependencies(
         self, session_id: str, ref: str, *, dependents: bool = False, transitive: bool = False

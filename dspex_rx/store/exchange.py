@@ -232,12 +232,9 @@ class Exchange(ImportPlanning):
         written: dict[str, VariableRecord] = {}
         revision = session.revision
         if records or final_edges:
-            for var_id, cost in fixed.items():
-                session.fixed[var_id] = cost
-            self._accounts.charge(session, "other_bytes", sum(fixed.values()))
             stamped, revision = self._commit(
                 session, records, metadata=note, source=actor, edges=final_edges,
-                restored=restored, rules=rules, metadata_size=note_size,
+                restored=restored, rules=rules, metadata_size=note_size, fixed=fixed,
             )
             written = {r.name: r for r in stamped}
             log.info("variables_imported", session_id=session.id, revision=revision,

@@ -4,9 +4,9 @@ the evaluations a run records. The lease objects themselves are leases.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +20,19 @@ from dspex_rx.store.state import Session
 
 # A checked evaluation: (iteration, value, metrics, score, bytes charged for it).
 _Evaluation = tuple[int, Any, dict[str, Any], float, int]
+
+
+def staged_copy(lease: OptimizationLease) -> OptimizationLease:
+    """A copy of a lease to change for a commit (``put_lease``): the backend writes it back
+    into the lease it copies (same id) once the commit applies, so an abort leaves it be.
+
+    >>> lease = OptimizationLease("opt_1", "var_t_1", "grid", "s", "c", 7, 30.0, {}, 10,
+    ...                           0.0, 0.0, 30.0)
+    >>> copy = staged_copy(lease); copy.end("stopped", "test", 1.0)
+    >>> lease.state, copy.state, copy.id == lease.id
+    ('running', 'stopped', True)
+    """
+    return dataclasses.replace(lease)
 
 
 class Leasing(Committer):
@@ -53,14 +66,17 @@ class Leasing(Committer):
         metadata: Mapping[str, Any] | None = None,
         actor: str = "",
         metadata_size: int = 0,
+        evaluated: Sequence[tuple[str, OptimizationEntry]] = (),
     ) -> int:
+        # A staged copy ends; the commit writes it back into the lease and takes it out
+        # of session.running, so a txn that ends without a commit leaves it running.
+        lease = staged_copy(lease)
         lease.end(state, reason, self._clock())
-        session.running.pop(lease.variable_id, None)
         log.info("optimization_ended", session_id=session.id, optimization_id=lease.id,
                  state=state, reason=reason, iterations=lease.iteration)
         return self._commit(
             session, records, metadata=metadata, source=actor or lease.id, notes=[lease],
-            metadata_size=metadata_size,
+            metadata_size=metadata_size, evaluated=evaluated,
         )[1]
 
     @staticmethod
@@ -236,29 +252,18 @@ class Leasing(Committer):
         if evaluation is None:
             return 0
         entries = session.evaluations.get(lease.variable_id)
-        dropped = entries[0].size if entries and len(entries) == entries.maxlen else 0
+        full = entries and len(entries) >= self.optimization_history_size
+        dropped = entries[0].size if entries and full else 0
         return evaluation[4] - dropped
 
     def _record_evaluation(
-        self,
-        session: Session,
-        lease: OptimizationLease,
-        evaluation: _Evaluation,
-    ) -> None:
+        self, lease: OptimizationLease, evaluation: _Evaluation
+    ) -> tuple[str, OptimizationEntry]:
+        # Counts the iteration on the lease; the entry is for _commit (``evaluated``).
         iteration, value, metrics, score, size = evaluation
         lease.record(iteration, value, metrics, score)
-        entries = session.evaluations.get(lease.variable_id)
-        if entries is None:
-            entries = session.evaluations[lease.variable_id] = deque(
-                maxlen=self.optimization_history_size
-            )
-        if len(entries) == entries.maxlen:
-            self._accounts.charge(session, "other_bytes", -entries[0].size)  # append drops it
-        entries.append(
-            OptimizationEntry(
-                lease.id, lease.optimizer_type, iteration, value, metrics, score,
-                # Whole microseconds, as the API's datetimes show it and since= compares.
-                round(self._clock() * 1e6) / 1e6, self._revision + 1, size,
-            )
+        return lease.variable_id, OptimizationEntry(
+            lease.id, lease.optimizer_type, iteration, value, metrics, score,
+            # Whole microseconds, as the API's datetimes show it and since= compares.
+            round(self._clock() * 1e6) / 1e6, self._revision + 1, size,
         )
-        self._accounts.charge(session, "other_bytes", size)

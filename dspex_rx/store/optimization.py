@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ from dspex_rx.store.base import log
 from dspex_rx.store.checks import MAX_ITERATIONS, MAX_TTL, NAME_RE, RECENT_LEASES, _show
 from dspex_rx.store.history import History
 from dspex_rx.store.leases import FINISH_STATES, OptimizationLease
+from dspex_rx.store.leasing import staged_copy
 from dspex_rx.store.records import ITEM_OVERHEAD, VariableRecord
 
 
@@ -129,14 +129,6 @@ class Optimization(History):
         recent = session.recent_leases.get(record.id)
         replaced = recent[0].size if recent and len(recent) >= RECENT_LEASES else 0
         self._accounts.check_room(session, lease.size - replaced)
-        session.leases[record.id] = lease
-        session.running[record.id] = lease
-        if recent is None:
-            recent = session.recent_leases[record.id] = deque()
-        if len(recent) >= RECENT_LEASES:
-            recent.popleft()
-        recent.append(lease)
-        self._accounts.charge(session, "other_bytes", lease.size - replaced)
         log.info("optimization_started", session_id=session.id, optimization_id=lease.id,
                  variable=record.name, optimizer=optimizer_type, client_id=client_id)
         revision = self._commit(session, (), source=actor or lease.id, notes=[lease])[1]
@@ -191,16 +183,18 @@ class Optimization(History):
             self._accounts.records_cost(session, written, metadata_size)
             + self._evaluation_cost(session, lease, clean),
         )
-        lease.renew(self._clock())
         if clean is None and not written:
+            lease.renew(self._clock())  # a heartbeat alone: no commit, no revision
             return lease, None, session.revision
-        if clean is not None:
-            self._record_evaluation(session, lease, clean)
+        # The step changes a staged copy; the commit writes it back into ``lease``.
+        staged = staged_copy(lease)
+        staged.renew(self._clock())
+        evaluated = [self._record_evaluation(staged, clean)] if clean is not None else []
         if written:
-            lease.propose(proposal[1] if proposal else 0, written[0].version)
+            staged.propose(proposal[1] if proposal else 0, written[0].version)
         stamped, revision = self._commit(
-            session, written, metadata=metadata, source=lease.id, notes=[lease],
-            metadata_size=metadata_size,
+            session, written, metadata=metadata, source=lease.id, notes=[staged],
+            metadata_size=metadata_size, evaluated=evaluated,
         )
         return lease, (stamped[0] if stamped else None), revision
 
@@ -253,13 +247,13 @@ class Optimization(History):
             self._accounts.records_cost(session, written, metadata_size)
             + self._evaluation_cost(session, lease, clean),
         )
-        if clean is not None:
-            self._record_evaluation(session, lease, clean)
+        staged = staged_copy(lease)  # written back into ``lease`` by the commit
+        evaluated = [self._record_evaluation(staged, clean)] if clean is not None else []
         if written:
-            lease.final_value, lease.has_final = written[0].value, True
+            staged.final_value, staged.has_final = written[0].value, True
         revision = self._end_lease(
-            session, lease, state, reason or state, written, commit_metadata, actor=lease.id,
-            metadata_size=metadata_size,
+            session, staged, state, reason or state, written, commit_metadata, actor=lease.id,
+            metadata_size=metadata_size, evaluated=evaluated,
         )
         return lease, (session.variables[record.id] if written else None), revision
 
@@ -306,10 +300,11 @@ class Optimization(History):
         self._accounts.check_room(
             session, self._accounts.records_cost(session, written, metadata_size)
         )
+        staged = staged_copy(lease)  # written back into ``lease`` by the commit
         if apply_best and lease.best_score is not None:
-            lease.final_value, lease.has_final = lease.best_value, True
+            staged.final_value, staged.has_final = lease.best_value, True
         revision = self._end_lease(
-            session, lease, "stopped", reason or f"stopped by {actor or 'a session'}",
+            session, staged, "stopped", reason or f"stopped by {actor or 'a session'}",
             written, metadata, actor=actor, metadata_size=metadata_size,
         )
         return True, lease, revision, (session.variables[record.id] if written else None)

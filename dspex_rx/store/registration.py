@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from dspex_rx.core.access import AccessRule
-from dspex_rx.core.graph import CycleError, Edge
+from dspex_rx.core.graph import CycleError, DependencyGraph, Edge
 from dspex_rx.core.limits import check_count, too_many
 from dspex_rx.errors import AlreadyExistsError, InvalidValueError
 from dspex_rx.store.accounts import _rules_cost
@@ -67,21 +67,20 @@ class Registration(Sessions):
             self._accounts.records_cost(session, prepared) + sum(fixed) + sum(e.size for e in edges)
             + sum(_rules_cost(r) for r in rules.values()),
         )
-        before = session.graph.bytes
-        added: list[Edge] = []
+        # Only a batch edge between two new variables can close a cycle (nothing already
+        # in the graph reaches a new variable), so the batch's edges alone are tried, on
+        # a graph of their own: the session's changes only with the commit.
+        trial = DependencyGraph()
         try:
             for edge in edges:
-                if session.graph.add(edge):
-                    added.append(edge)
+                trial.add(edge)
         except CycleError as exc:
-            for edge in added:  # nothing of a refused batch stays
-                session.graph.remove(edge.dependent, edge.dependency)
             names = {r.id: r.name for r in prepared}
             raise self._cycle_error(session, exc, names) from None
-        self._accounts.charge(session, "other_bytes", session.graph.bytes - before + sum(fixed))
-        for record, cost in zip(prepared, fixed, strict=True):
-            session.fixed[record.id] = cost
-        return self._commit(session, prepared, rules={k: v for k, v in rules.items() if v})
+        return self._commit(
+            session, prepared, rules={k: v for k, v in rules.items() if v}, edges=edges,
+            fixed={record.id: cost for record, cost in zip(prepared, fixed, strict=True)},
+        )
 
     def _prepare_new(
         self, session: Session, spec: VariableSpec, actor: str, taken: set[str]

@@ -12,6 +12,7 @@ from dspex_rx.core.metrics import score_of
 from dspex_rx.errors import InvalidValueError, VariableNotFoundError, VariableTypeError
 from dspex_rx.store.checks import RECENT_LEASES, _show
 from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
+from dspex_rx.store.leasing import staged_copy
 from dspex_rx.store.optimization import Optimization
 from dspex_rx.store.records import OPTIMIZATION_EVENT, ChangeEvent, VariableRecord
 
@@ -135,9 +136,10 @@ class OptimizationReports(Optimization):
         score_of(record.name, clean, metric, lease.proposal_iteration, "the report")
         # One report per proposal, bounded like metadata and replaced by the next
         # proposal's: the lease's own footprint, not charged as history is.
-        lease.report = clean
-        lease.reported_by = actor
-        revision = self._commit(session, (), source=actor or lease.id, notes=[lease])[1]
+        staged = staged_copy(lease)  # written back into ``lease`` by the commit
+        staged.report = clean
+        staged.reported_by = actor
+        revision = self._commit(session, (), source=actor or lease.id, notes=[staged])[1]
         return lease, record, revision
 
     def optimization_status(

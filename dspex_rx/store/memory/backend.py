@@ -7,12 +7,13 @@ conflicts and ``sync`` has nothing to wait for.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 
-from dspex_rx.core.access import AccessRule
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import Backend, ReadTxn, RevisionConflict, WriteTxn
-from dspex_rx.store.records import ChangeEvent, Commit, Listener, VariableRecord
+from dspex_rx.store.memory.txn import _apply_change, _apply_graph, _MemoryRead, _MemoryWrite
+from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, Listener
 from dspex_rx.store.state import Session
 
 log = get_logger("dspex_rx.store")
@@ -171,7 +172,7 @@ class MemoryBackend(Backend):
                settle: Callable[[Commit], None] | None) -> Commit:
         if txn.base_revision != self._revision:  # cannot happen while writes are serialised
             raise RevisionConflict(f"the store moved on from revision {txn.base_revision}")
-        if any(owner != session_id for owner in txn.session_of.values()):
+        if txn.mixed or txn.staged_session not in (None, session_id):
             raise ValueError(f"a commit of session {session_id!r} staged another session's")
         session = self._sessions[session_id]
         revision = self._revision + 1
@@ -185,6 +186,17 @@ class MemoryBackend(Backend):
                 session.variables[var_id] = record
                 session.names[record.name] = var_id
                 self._owners.setdefault(var_id, session_id)  # an owner never changes
+        if txn.graph_ops:
+            _apply_graph(session.graph, txn.graph_ops)
+        history = session.history
+        for _, var_id, change in txn.table_ops or ():
+            if type(change) is HistoryEntry:  # every write's: inlined
+                kept = history.get(var_id)
+                if kept is None:
+                    kept = history[var_id] = deque()
+                kept.append(change)
+            else:
+                _apply_change(session, var_id, change)
         for var_id, rules in txn.staged_rules.items():
             if rules:
                 session.rules[var_id] = rules
@@ -199,163 +211,6 @@ class MemoryBackend(Backend):
         for listener in list(session.listeners):
             _notify(listener, commit)
         return commit
-
-
-class _MemoryRead(ReadTxn):
-    # A view of the live dicts: consistent because nothing commits while the engine runs;
-    # a read after a commit moved the backend on is refused, never a mix of two states.
-    def __init__(self, backend: MemoryBackend) -> None:
-        self._backend = backend
-        self._revision = backend._revision
-
-    @property
-    def revision(self) -> int:
-        return self._revision
-
-    def _check(self) -> None:
-        if self._backend.revision != self._revision:
-            raise RevisionConflict(
-                f"read at revision {self._revision}, and the store is at "
-                f"{self._backend.revision}: open a new read"
-            )
-
-    def session(self, session_id: str) -> Session | None:
-        self._check()
-        return self._backend.sessions.get(session_id)
-
-    def get(self, session_id: str, var_id: str) -> VariableRecord | None:
-        session = self.session(session_id)
-        return session.variables.get(var_id) if session is not None else None
-
-    def find(self, session_id: str, name: str) -> VariableRecord | None:
-        session = self.session(session_id)
-        var_id = session.names.get(name) if session is not None else None
-        return self.get(session_id, var_id) if var_id else None
-
-    def records(self, session_id: str) -> list[VariableRecord]:
-        session = self.session(session_id)
-        found = list(session.variables.values()) if session is not None else []
-        return sorted(found, key=lambda r: r.name)
-
-    def owner(self, var_id: str) -> str | None:
-        self._check()
-        return self._backend._owners.get(var_id)
-
-    def rules(self, session_id: str, var_id: str) -> tuple[AccessRule, ...]:
-        session = self.session(session_id)
-        return session.rules.get(var_id, ()) if session is not None else ()
-
-
-class _MemoryWrite(WriteTxn, _MemoryRead):
-    # Staged changes by variable id (None: deleted), in order; reads see them first.
-    def __init__(self, backend: MemoryBackend) -> None:
-        _MemoryRead.__init__(self, backend)
-        self.staged: dict[str, VariableRecord | None] = {}
-        self.staged_rules: dict[str, tuple[AccessRule, ...]] = {}
-        # The session of each staged variable (a commit is one session's).
-        self.session_of: dict[str, str] = {}
-        self._done = False
-
-    @property
-    def base_revision(self) -> int:
-        return self._revision
-
-    @property
-    def revision(self) -> int:
-        return self._revision + 1
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def _live(self) -> None:
-        if self._done:
-            raise RuntimeError("this write txn has ended (committed or aborted)")
-
-    def get(self, session_id: str, var_id: str) -> VariableRecord | None:
-        # The hot path of every commit: no staleness check (nothing commits while the one
-        # write txn is open).
-        staged = self.staged
-        if var_id in staged and self.session_of.get(var_id) == session_id:
-            return staged[var_id]
-        session = self._backend._sessions.get(session_id)
-        return session.variables.get(var_id) if session is not None else None
-
-    def find(self, session_id: str, name: str) -> VariableRecord | None:
-        for var_id, record in reversed(self.staged.items()):
-            if record is not None and record.name == name and (
-                self.session_of[var_id] == session_id
-            ):
-                return record
-        found = _MemoryRead.find(self, session_id, name)
-        if found is not None and found.id in self.staged:
-            return self.get(session_id, found.id)
-        return found
-
-    def records(self, session_id: str) -> list[VariableRecord]:
-        mine = {r.id: r for r in _MemoryRead.records(self, session_id)}
-        for var_id, record in self.staged.items():
-            if self.session_of[var_id] != session_id:
-                continue
-            if record is None:
-                mine.pop(var_id, None)
-            else:
-                mine[var_id] = record
-        return sorted(mine.values(), key=lambda r: r.name)
-
-    def owner(self, var_id: str) -> str | None:
-        owner = _MemoryRead.owner(self, var_id)
-        if var_id in self.staged:
-            return self.session_of[var_id] if self.staged[var_id] is not None else None
-        return owner
-
-    def rules(self, session_id: str, var_id: str) -> tuple[AccessRule, ...]:
-        if var_id in self.staged_rules and self.session_of.get(var_id) == session_id:
-            return self.staged_rules[var_id]
-        return _MemoryRead.rules(self, session_id, var_id)
-
-    def set_rules(self, session_id: str, var_id: str, rules: tuple[AccessRule, ...]) -> None:
-        self._live()
-        self.staged_rules[var_id] = rules
-        self.session_of[var_id] = session_id
-
-    def put(self, session_id: str, record: VariableRecord) -> None:
-        self._live()
-        self.staged.pop(record.id, None)  # keep the order of the last change
-        self.staged[record.id] = record
-        self.session_of[record.id] = session_id
-
-    def delete(self, session_id: str, var_id: str) -> None:
-        self._live()
-        if self.get(session_id, var_id) is None:
-            raise KeyError(var_id)
-        self.staged.pop(var_id, None)
-        self.staged[var_id] = None
-        self.session_of[var_id] = session_id
-
-    def commit(
-        self,
-        session_id: str,
-        events: Sequence[ChangeEvent],
-        *,
-        timestamp: float,
-        permissions: Sequence[str] = (),
-        settle: Callable[[Commit], None] | None = None,
-    ) -> Commit:
-        self._live()
-        self._done = True
-        try:
-            return self._backend._apply(self, session_id, events, timestamp, permissions,
-                                        settle)
-        finally:
-            self._backend._open = None
-
-    def abort(self) -> None:
-        self._live()
-        self._done = True
-        self.staged.clear()
-        self.staged_rules.clear()
-        self._backend._open = None
 
 
 def _notify(listener: Listener, commit: Commit | None) -> None:
