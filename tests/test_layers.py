@@ -7,6 +7,7 @@ lazy import inside a function counts as much as one at the top of a module.
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -215,3 +216,24 @@ def test_architecture_opens_with_the_tree_as_it_is() -> None:
     # The map users read first must be the code's: regenerate with tests/layers_tree.py.
     architecture = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
     assert layers_tree.documented(architecture) == layers_tree.render()
+
+
+# Guards: the split dropped names users import from the entry points (add_service for a
+# program hosting the servicer, the store's result types, BUILTIN_MODULES); second review.
+@pytest.mark.parametrize("module,names", [
+    ("dspex_rx", ["connect", "SessionContext", "VariableCache", "Watch", "Proposal",
+                  "BaseOptimizer", "SearchSpace", "Limits", "Server", "EmbeddedServer",
+                  "VariableUpdate", "DspexError", "ConflictError", "TYPES"]),
+    ("dspex_rx.server", ["VariablesService", "add_service", "serve", "Server", "EmbeddedServer",
+                         "parse_request", "Malformed", "abort_with", "snapshot_to_pb",
+                         "snapshot_from_pb", "import_report_to_pb", "rules_to_pb",
+                         "MAX_MESSAGE_BYTES", "SERVICE_NAME", "grpc_options"]),
+    ("dspex_rx.store", ["MemoryStore", "Session", "ClientLease", "HistoryPage",
+                        "UpdateOutcome", "ImportOutcome", "VariableRecord", "VariableSpec",
+                        "Backend", "MemoryBackend"]),
+    ("dspex_rx.dspy", ["BUILTIN_MODULES", "VariableAwareOptimizer", "DSPyOptimizationBridge",
+                       "ModuleVariableResolver"]),
+])
+def test_the_entry_points_export_what_users_import(module: str, names: list[str]) -> None:
+    imported = importlib.import_module(module)
+    assert [n for n in names if not hasattr(imported, n)] == []
