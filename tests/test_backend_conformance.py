@@ -6,6 +6,7 @@ A new backend joins by one line in BACKENDS.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -509,3 +510,55 @@ def test_the_engine_runs_over_the_backend(empty_backend: Backend) -> None:
     store.check_accounts()
     assert store.close_session("s", client_id)
     assert frames[-1] is None and "s" not in empty_backend.sessions
+
+
+# ------------------------------------------------ the server acknowledges durable writes
+
+
+class GatedBackend(MemoryBackend):
+    """A MemoryBackend whose ``sync`` waits for the test to open a gate, as a durable
+    backend waits for its fsync; it notes each revision it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.synced: list[int] = []
+
+    async def sync(self, revision: int) -> None:
+        await super().sync(revision)
+        self.entered.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait)
+        self.synced.append(revision)
+
+
+async def test_the_server_answers_a_write_only_after_its_revision_is_durable() -> None:
+    import trio
+
+    import dspex_rx
+    from dspex_rx.server import EmbeddedServer
+
+    backend = GatedBackend()
+    with EmbeddedServer(store=MemoryStore(backend=backend)) as server:
+        async with dspex_rx.connect(server.target) as session:
+            await session.register_variable("t", "float", 0.5)
+            registered = backend.revision
+            assert backend.synced == [registered]
+            backend.gate.clear()
+            backend.entered.clear()
+            answered: list[int] = []
+
+            async def write() -> None:
+                await session.set_variable("t", 0.25)
+                answered.append(backend.revision)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write)
+                await trio.to_thread.run_sync(backend.entered.wait)
+                # The write is committed (a read sees it) but not acknowledged until durable.
+                assert await session.get_variable("t", bypass_cache=True) == 0.25
+                assert answered == [] and backend.synced == [registered]
+                backend.gate.set()
+            assert answered == [registered + 1]
+            assert backend.synced == [registered, registered + 1]  # reads never wait

@@ -250,7 +250,8 @@ class Unary(Generic[Req, Resp]):
     (``InitializeSession``, where the store checks an attacher's token, and ``Echo``) the
     handler's ``call.session_id`` is "". Either way a malformed request is answered
     INVALID_ARGUMENT, a store error with its status and kind, a builtin error from deeper
-    code INVALID_ARGUMENT, and anything else INTERNAL (logged); nothing escapes.
+    code INVALID_ARGUMENT, and anything else INTERNAL (logged); nothing escapes. A call
+    that committed is answered after ``store.sync`` says its revision is durable.
 
     Example: ``GetVariable = Unary(variables.get_variable)`` in ``VariablesService``.
     """
@@ -286,7 +287,14 @@ class Unary(Generic[Req, Resp]):
                 if authenticated:
                     service.authenticate(getattr(request, "session_id", ""), context)
                     session_id = require_session_id(request)
-                return handler(Call(service, context, name, session_id), request)
+                store = service.store
+                before = store.revision
+                response = handler(Call(service, context, name, session_id), request)
+                # A write is acknowledged only once durable: the handler committed in one
+                # synchronous step, so the store's revision now is the write's own.
+                if store.revision != before:
+                    await store.sync(store.revision)
+                return response
             except DspexError as exc:
                 await refuse(context, exc, name)
             except (KeyError, ValueError, TypeError, PermissionError) as exc:

@@ -17,8 +17,9 @@ Decisions (issue #13):
   before ``commit()`` (or ``abort()``) leaves no trace. A second ``write()`` while one is
   open is a programming error: ``RuntimeError``.
 - **Durability is separate from atomicity.** ``await sync(revision)`` returns once that
-  revision is durable. MemoryBackend returns at once; SQLite will group-commit there. (The
-  server does not await it yet: wiring it is #14's.)
+  revision is durable. MemoryBackend returns at once; SQLite will group-commit there. The
+  server awaits ``MemoryStore.sync`` after every call that committed, before answering
+  (``server/rpc.py``); watch events are not held back for it (#14 decides).
 - **Conflicts.** A remote backend reads at a revision and commits with a compare: the txn
   carries the revision it read (``base_revision``), and ``commit()`` may raise
   ``RevisionConflict`` (a ``ConflictError``) when the backend moved on. The engine then

@@ -132,6 +132,17 @@ class StoreBase:
         """
         return self._backend.revision
 
+    async def sync(self, revision: int) -> None:
+        """Return once ``revision`` is durable in the backend (at once for memory); the
+        server awaits it before acknowledging a write, so a durable backend can make many
+        writes durable together.
+
+        >>> import asyncio
+        >>> from dspex_rx.store import MemoryStore
+        >>> asyncio.run(MemoryStore().sync(0))
+        """
+        await self._backend.sync(revision)
+
     @property
     def used_bytes(self) -> int:
         """Bytes every session's memory account charges together.
