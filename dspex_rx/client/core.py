@@ -112,20 +112,25 @@ class SessionCore:
         )
         return actor
 
-    def read_cached(self, ref: str, bypass_cache: bool) -> tuple[bool, Any, bool]:
-        """A local read: (found, value, whether a miss was already counted).
+    def read_cached(
+        self, ref: str, bypass_cache: bool
+    ) -> tuple[bool, Any, bool, VariableActor | None]:
+        """A local read: (found, value, whether a miss was already counted, the actor).
 
-        Example: ``found, value, counted = core.read_cached("t", bypass_cache=False)``.
+        The actor comes back so a hit's caller need not look it up again (the cache hit
+        is the hot path, hundreds of thousands a second).
+
+        Example: ``found, value, counted, actor = core.read_cached("t", bypass_cache=False)``.
         """
         actor = self.hub().known(ref)
         if actor is None:
             self.cache.lookup(ref)  # nothing is cached under an unknown ref: a miss
-            return False, None, False
+            return False, None, False, None
         if bypass_cache:
             actor.stats.cache_misses += 1
-            return False, None, True
+            return False, None, True, actor
         found, value = actor.read()
-        return found, value, True
+        return found, value, True, actor
 
     async def get_many(self, refs: list[str]) -> tuple[dict[str, pb.Variable], set[str], int]:
         """One GetVariables call: (ref -> variable for those found, missing refs, revision).

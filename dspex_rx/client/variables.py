@@ -186,16 +186,11 @@ class Variables:
         """
         kind = codec.check_tensor_kind(as_tensor)
         started = time.perf_counter()
-        # The cache hit is the hot path (hundreds of thousands a second): one actor lookup.
-        actor = self.core.hub().known(name)
-        if actor is not None and not bypass_cache:
-            found, cached = actor.read()
-            if found:
-                actor.stats.read_latency_total += time.perf_counter() - started
-                return codec.present(cached, kind)
-            counted = True
-        else:
-            found, cached, counted = self.core.read_cached(name, bypass_cache)
+        found, cached, counted, actor = self.core.read_cached(name, bypass_cache)
+        if found:
+            assert actor is not None
+            actor.stats.read_latency_total += time.perf_counter() - started
+            return codec.present(cached, kind)
         try:
             response = await self.core.call(
                 "GetVariable",
@@ -248,7 +243,9 @@ class Variables:
         counted: set[str] = set()
         to_fetch: list[str] = []
         for ref in dict.fromkeys(names):
-            found_locally, cached, was_counted = self.core.read_cached(ref, bypass_cache=not plain)
+            found_locally, cached, was_counted, _ = self.core.read_cached(
+                ref, bypass_cache=not plain
+            )
             if was_counted:
                 counted.add(ref)
             if found_locally:
