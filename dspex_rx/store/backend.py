@@ -67,6 +67,7 @@ from types import TracebackType
 
 from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import DependencyGraph, Edge
+from dspex_rx.core.identity import RetiredIds
 from dspex_rx.errors import ConflictError
 from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
 from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, Listener, VariableRecord
@@ -408,7 +409,38 @@ class Backend(ABC):
 
     @abstractmethod
     async def sync(self, revision: int) -> None:
-        """Return once ``revision`` is durable (``ValueError`` if not yet committed).
+        """Return once ``revision``, and every change made before this call (sessions
+        added or removed, clients attached), is durable (``ValueError`` if ``revision``
+        is not yet committed; ``StorageError`` if the storage refused the write).
 
         Example: ``await backend.sync(txn_commit.revision)`` returns once it is durable.
+        """
+
+    @property
+    def pending(self) -> bool:
+        """Whether some change is not yet durable (a reply must ``sync`` first).
+
+        Example: ``if backend.pending: await backend.sync(backend.revision)``.
+        """
+        return False
+
+    def touch(self, session_id: str, var_id: str = "") -> None:
+        """Say that the engine changed a session's state in place, outside a commit (a
+        client attached or left; with ``var_id``, retention dropped that variable's
+        history), so a durable backend writes it with the next sync.
+
+        Example: ``backend.touch("sess_1")`` after a client attached.
+        """
+
+    def keep_retired(self, retired: RetiredIds) -> None:
+        """Keep the engine's retired ids: a durable backend loads the stored ones into
+        ``retired`` and writes its changes with each sync.
+
+        Example: ``backend.keep_retired(RetiredIds(1000))`` once, as the engine starts.
+        """
+
+    def close(self) -> None:
+        """Release what the backend holds open (files, threads); idempotent.
+
+        Example: ``backend.close()`` as the server stops.
         """
