@@ -162,6 +162,24 @@ class ResourceExhaustedError(DspexError):
     kind = "resource_exhausted"
 
 
+class StorageError(DspexError, OSError):
+    """The server's storage refused a write (a full disk, a read-only or missing data
+    directory): nothing of the refused call was kept. Reads go on; retry writes later.
+
+    An ``OSError``, so code that retries connection failures retries it too.
+
+    >>> error = StorageError("the data dir is read-only")
+    >>> isinstance(error, OSError), kind_of(error)
+    (True, 'storage_unavailable')
+    """
+
+    kind = "storage_unavailable"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        # OSError's own constructor would read (errno, strerror) out of the arguments.
+        DspexError.__init__(self, message, **details)
+
+
 class InternalError(DspexError):
     """The server failed in a way that is not the caller's fault.
 
@@ -186,6 +204,7 @@ _BY_KIND: dict[str, type[DspexError]] = {
         AccessDeniedError,
         AuthenticationError,
         ResourceExhaustedError,
+        StorageError,
         InternalError,
     )
 }

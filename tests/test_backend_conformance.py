@@ -6,8 +6,9 @@ A new backend joins by one line in BACKENDS.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -22,15 +23,25 @@ from dspex_rx.store.memory import MemoryBackend
 from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, VariableRecord
 from dspex_rx.store.state import Session
 
+
+def SqliteBackend() -> Backend:  # noqa: N802 - named for the test ids
+    # A fresh data dir per test; the durable store behind the same seam.
+    from dspex_rx.store.sqlite import SqliteBackend as Durable
+
+    return Durable(tempfile.mkdtemp(prefix="dspex-conformance-"))
+
+
 BACKENDS: list[Callable[[], Backend]] = [
     MemoryBackend,
+    SqliteBackend,
 ]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda make: make.__name__)
-def empty_backend(request: pytest.FixtureRequest) -> Backend:
+def empty_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     made: Backend = request.param()
-    return made
+    yield made
+    made.close()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,6 +308,26 @@ class RetiredIds:
 
         self._digests.pop(session_id, None)  # re-insert: newest last
         self._digests[session_id] = (digest(token), claim)
+
+    def items(self) -> list[tuple[str, tuple[bytes, int]]]:
+        """The retired ids, oldest first, with their token digest and claim (what a
+        durable store keeps; the token itself is never kept).
+
+        >>> retired = RetiredIds(10); retired.retire("bob", "bob-token", claim=2)
+        >>> [(sid, claim) for sid, (_, claim) in retired.items()]
+        [('bob', 2)]
+        """
+        return list(self._digests.items())
+
+    def restore(self, items: Iterable[tuple[str, tuple[bytes, int]]]) -> None:
+        """Replace the retired ids by stored ``items()`` (oldest first).
+
+        >>> retired, again = RetiredIds(10), RetiredIds(10)
+        >>> retired.retire("bob", "bob-token", claim=2); again.restore(retired.items())
+        >>> again.token_matches("bob", "bob-token"), again.claim_of("bob")
+        (True, 2)
+        """
+        self._digests = {sid: (bytes(kept[0]), int(kept[1])) for sid, kept in items}
 
     def revive(self, session_id: str) -> None:
         """The id is live again (its claimant came back); it is no longer retired.

@@ -64,6 +64,19 @@ def _rules_cost(rules: Iterable[AccessRule]) -> int:
     )
 
 
+def _other_cost(session: Session) -> int:
+    # The session's other_bytes as its state implies them (check and rebuild).
+    return (
+        _session_cost(session)
+        + sum(_client_cost(c) for c in session.clients.values())
+        + session.graph.bytes
+        + sum(lease.size for kept in session.recent_leases.values() for lease in kept)
+        + sum(_rules_cost(rules) for rules in session.rules.values())
+        + sum(e.size for kept in session.evaluations.values() for e in kept)
+        + sum(session.fixed.values())
+    )
+
+
 class Accounts:
     """The memory accounts of every session the backend holds, and the totals over them.
 
@@ -167,6 +180,7 @@ class Accounts:
             if entries is None or len(entries) < 2 or entries[0].version != version:
                 continue  # already gone
             entry = entries.popleft()
+            self._backend.touch(session.id, var_id)  # changed outside a commit
             session.history_entries -= 1
             self.charge(session, "history_bytes", -entry.size)
             self._bury(session, superseded_at, entry.size)
@@ -215,6 +229,32 @@ class Accounts:
             self.charge(session, "log_bytes", -_commit_cost(commit))
         self._release(session)
 
+    def rebuild(self) -> None:
+        """Compute every session's account, and the totals, from the state (after a
+        durable backend loaded it): what ``check`` expects, with an empty graveyard (the
+        log's values were loaded with it) and superseded history in supersession order.
+
+        Example: ``accounts.rebuild()`` then ``accounts.check()`` passes.
+        """
+        self.used_bytes = self.pinned_bytes = 0
+        for session in self._backend.sessions.values():
+            superseded = []
+            current = history = entries = 0
+            for var_id, kept in session.history.items():
+                current += kept[-1].size
+                history += sum(e.size for e in kept)
+                entries += len(kept)
+                superseded += [(after.revision, var_id, before.version)
+                               for before, after in itertools.pairwise(kept)]
+            session.superseded = deque(sorted(superseded))
+            session.current_bytes, session.history_bytes = current, history
+            session.history_entries = entries
+            session.other_bytes = _other_cost(session)
+            session.log_bytes = sum(_commit_cost(c) for c in session.log)
+            session.graveyard, session.graveyard_bytes = [], 0
+            self.used_bytes += session.used
+            self.pinned_bytes += session.pinned
+
     def check(self) -> None:
         """Recompute every memory account from the state; ``AssertionError`` on any
         difference (``MemoryStore.check_accounts``).
@@ -233,15 +273,7 @@ class Accounts:
                 current += kept[-1].size
                 history += sum(e.size for e in kept)
                 entries += len(kept)
-            other = (
-                _session_cost(session)
-                + sum(_client_cost(c) for c in session.clients.values())
-                + session.graph.bytes
-                + sum(lease.size for kept in session.recent_leases.values() for lease in kept)
-                + sum(_rules_cost(rules) for rules in session.rules.values())
-                + sum(e.size for kept in session.evaluations.values() for e in kept)
-                + sum(session.fixed.values())
-            )
+            other = _other_cost(session)
             log = sum(_commit_cost(c) for c in session.log)
             grave = sum(size for _, size in session.graveyard)
             actual = (session.current_bytes, session.history_bytes, session.other_bytes,

@@ -439,6 +439,22 @@ class Backend(ABC):
         Example: ``backend.keep_retired(RetiredIds(1000))`` once, as the engine starts.
         """
 
+    @property
+    def generation(self) -> int:
+        """How many times the live state was reloaded from storage (a durable backend
+        reloads when a flush fails): what was queued for a watcher before is void.
+
+        Example: ``backend.generation`` is 0 until a flush failed.
+        """
+        return 0
+
+    def on_reload(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` each time the live state is reloaded from storage (never, in
+        memory): the engine rebuilds its accounts, the server ends its streams.
+
+        Example: ``backend.on_reload(accounts.rebuild)``.
+        """
+
     def close(self) -> None:
         """Release what the backend holds open (files, threads); idempotent.
 

@@ -93,6 +93,12 @@ class StoreBase:
         self._accounts = Accounts(self.limits, self._backend)
         # Ended ids still claimed by their token (identity.py), and who may do what.
         self._retired = RetiredIds(self.limits.max_retired_sessions)
+        # A durable backend loads the retired ids it stored, and its sessions: their
+        # accounts are derived state, computed again (and after any reload).
+        self._backend.keep_retired(self._retired)
+        self._backend.on_reload(self._accounts.rebuild)
+        if self._sessions:
+            self._accounts.rebuild()
         self._access = Access(
             self._backend, clock,
             principals if isinstance(principals, Principals) else Principals(principals),
@@ -142,6 +148,42 @@ class StoreBase:
         >>> asyncio.run(MemoryStore().sync(0))
         """
         await self._backend.sync(revision)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a change is not yet durable: the server syncs before it answers.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().pending
+        False
+        """
+        return self._backend.pending
+
+    @property
+    def generation(self) -> int:
+        """How many times the backend reloaded its state from storage (a refused flush);
+        a stream opened in an older generation must end (its queue may hold undone commits).
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().generation
+        0
+        """
+        return self._backend.generation
+
+    def on_reload(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` whenever the backend reloads its state from storage.
+
+        Example: ``store.on_reload(end_every_stream)`` in the server.
+        """
+        self._backend.on_reload(hook)
+
+    def close(self) -> None:
+        """Release the backend's files and threads (a durable backend's data dir lock).
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().close()
+        """
+        self._backend.close()
 
     @property
     def used_bytes(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dspex_rx.store.exchange import Exchange
 
 
@@ -17,3 +19,9 @@ class MemoryStore(Exchange):
     >>> store.get(session.id, "t").value, revision
     (0.5, 1)
     """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # Optimizations running when a durable store stopped have no holder any more, and
+        # their fencing tokens must never be accepted again.
+        self._end_leases_of_old_holders("the server restarted")

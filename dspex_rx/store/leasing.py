@@ -56,6 +56,13 @@ class Leasing(Committer):
         # A rule's time condition may have lapsed since: its optimize grant with it.
         self._end_unpermitted_leases(session, "the rule granting it no longer applies")
 
+    def _end_leases_of_old_holders(self, reason: str) -> None:
+        # Every lease the backend holds as running (a durable store's, loaded) ends as
+        # "failed", each in its own commit, so its token is refused from now on.
+        for session in list(self._sessions.values()):
+            for lease in list(session.running.values()):
+                self._end_lease(session, lease, "failed", reason)
+
     def _end_lease(
         self,
         session: Session,

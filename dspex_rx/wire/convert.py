@@ -40,6 +40,7 @@ STATUS_BY_KIND: dict[str, grpc.StatusCode] = {
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "storage_unavailable": grpc.StatusCode.UNAVAILABLE,
     "internal": grpc.StatusCode.INTERNAL,
 }
 

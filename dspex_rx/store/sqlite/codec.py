@@ -1,0 +1,138 @@
+"""The SQLite file of a durable store: where it lives in the data dir, its schema and format
+version, opening it (WAL, ``synchronous=FULL``, an exclusive lock) and refusing a bad one.
+
+Rows hold pickled store objects: the data dir must be trusted like the server's own code
+(it is created ``0700``); a file is never read from anywhere else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pickle
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from dspex_rx.errors import StorageError
+
+FILE_NAME = "dspex-rx.sqlite3"
+LOCK_NAME = "LOCK"
+# Bumped when a stored shape changes; a file of another format is refused, not guessed at.
+FORMAT = 1
+
+# One row per kind of state. ``entries`` holds the ordered tails (history, evaluations,
+# the commit log) as (session, kind, variable, sequence number); ``variables`` one row per
+# variable (record, rules, fixed cost, leases); ``sessions`` a header and the graph.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, header BLOB NOT NULL, graph BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS variables (
+    session TEXT NOT NULL, id TEXT NOT NULL, row BLOB NOT NULL,
+    PRIMARY KEY (session, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entries (
+    session TEXT NOT NULL, kind INTEGER NOT NULL, var TEXT NOT NULL, seq INTEGER NOT NULL,
+    item BLOB NOT NULL, PRIMARY KEY (session, kind, var, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS retired (
+    id TEXT PRIMARY KEY, digest BLOB NOT NULL, claim INTEGER NOT NULL,
+    ord INTEGER NOT NULL);
+"""
+
+# The kinds of ``entries`` rows.
+HISTORY, EVALUATIONS, LOG = 1, 2, 3
+
+
+def dumps(obj: Any) -> bytes:
+    """The stored bytes of a store object.
+
+    >>> loads(dumps({"t": 0.5}))
+    {'t': 0.5}
+    """
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(data: bytes) -> Any:
+    """A store object from its stored bytes (only ever bytes this server wrote).
+
+    >>> loads(dumps([1, 2]))
+    [1, 2]
+    """
+    return pickle.loads(data)  # noqa: S301 - the data dir is trusted (module docstring)
+
+
+def _refuse(path: Path, why: str, cause: BaseException | None = None) -> StorageError:
+    error = StorageError(
+        f"the data file {path} {why}; refusing to start rather than serve it empty or "
+        "half-read (restore a backup with 'dspex-rx restore', or move the file away "
+        "to start afresh)", path=str(path),
+    )
+    error.__cause__ = cause
+    return error
+
+
+def lock_dir(data_dir: Path) -> int:
+    """Create the data dir (``0700``) if needed and hold its lock; returns the lock's fd.
+
+    A second server on the same dir is refused: two writers would corrupt the file.
+    Example: ``fd = lock_dir(Path("dspex-rx-data"))``; closing ``fd`` releases it.
+    """
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StorageError(f"cannot use data dir {data_dir}: {exc.strerror or exc}",
+                           path=str(data_dir)) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StorageError(
+            f"data dir {data_dir} is in use by another dspex-rx server (its LOCK is held); "
+            "stop that server or give another --data-dir", path=str(data_dir),
+        ) from None
+    return fd
+
+
+def connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    """Open the data file (creating its schema when ``create``), checked: a file that is
+    not a dspex-rx store of this format, or fails SQLite's quick check, is refused with
+    ``StorageError``.
+
+    Example: ``db = connect(Path("dspex-rx-data/dspex-rx.sqlite3"), create=True)``.
+    """
+    existed = path.exists() and path.stat().st_size > 0
+    try:
+        # Autocommit mode: the flush opens its own BEGIN IMMEDIATE .. COMMIT.
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _refuse(path, f"cannot be opened ({exc})", exc) from exc
+    try:
+        db.execute("PRAGMA journal_mode=WAL").fetchone()
+        # FULL: a commit returns once the WAL is fsynced, so an acknowledged write
+        # survives power loss, not only a process crash.
+        db.execute("PRAGMA synchronous=FULL")
+        if existed:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                raise _refuse(path, f"is corrupt (SQLite quick_check: {verdict})")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            if "meta" not in tables:
+                raise _refuse(path, "is an SQLite file, but not a dspex-rx store")
+        elif not create:
+            raise _refuse(path, "does not exist")
+        db.executescript(SCHEMA)
+        stored = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+        if stored is None:
+            if existed:
+                raise _refuse(path, "has no format version (not a complete dspex-rx store)")
+            db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+        elif int(stored[0]) != FORMAT:
+            raise _refuse(path, f"is of format {stored[0]}; this server reads format {FORMAT}")
+    except StorageError:
+        db.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise _refuse(path, f"is not a readable SQLite database ({exc})", exc) from exc
+    return db

@@ -1,0 +1,217 @@
+"""The durable image's bookkeeping: which parts of the live state changed since the last
+flush, and the SQL statements that bring the file up to them (a ``Batch``).
+
+The live state is the memory backend's Session objects; this module only reads them. Tails
+(history, evaluations, the commit log) are appended at the end and trimmed at the front, so
+a flush writes their new items and deletes the trimmed ones, never the whole tail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dspex_rx.store.sqlite.codec import EVALUATIONS, HISTORY, LOG, dumps
+from dspex_rx.store.state import Session
+
+# SQL with the rows to run it on (executemany), in the order they must run.
+Statement = tuple[str, list[tuple[Any, ...]]]
+
+
+@dataclass(slots=True)
+class Dirty:
+    """What changed in one session since the last flush.
+
+    >>> Dirty().variables
+    set()
+    """
+
+    header: bool = False
+    graph: bool = False
+    log: bool = False
+    variables: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Tail:
+    # What the file holds of one tail: sequence numbers [first, next) and the object the
+    # newest row was written from (compared by identity with the live tail's items).
+    first: int
+    next: int
+    last: object
+
+
+def session_header(session: Session) -> dict[str, Any]:
+    """The stored part of a session beside its variables and graph.
+
+    >>> from dspex_rx.store.state import Session
+    >>> session_header(Session("s", {}, 1.0))["created_at"]
+    1.0
+    """
+    return {
+        "metadata": session.metadata, "created_at": session.created_at,
+        "revision": session.revision, "metadata_size": session.metadata_size,
+        "token": session.token, "claim": session.claim, "incarnation": session.incarnation,
+        "log_floor": session.log_floor,
+        "clients": {cid: (c.name, c.ttl) for cid, c in session.clients.items()},
+        "idle_since": getattr(session, "idle_since", None),
+    }
+
+
+def variable_row(session: Session, var_id: str) -> tuple[Any, ...]:
+    """A variable's stored row: record, rules, fixed cost, latest and recent leases (one
+    pickle, so the latest lease stays the same object as its entry among the recent ones).
+
+    Example: ``variable_row(session, "var_t_1")[0]`` is its record.
+    """
+    return (
+        session.variables[var_id], session.rules.get(var_id, ()), session.fixed.get(var_id, 0),
+        session.leases.get(var_id), list(session.recent_leases.get(var_id, ())),
+    )
+
+
+class Image:
+    """What the file holds, as far as a flush needs to know: the tails' shadows and the
+    retired ids written; ``batch`` turns what changed into statements.
+
+    >>> from dspex_rx.store.state import Session
+    >>> image = Image()
+    >>> session = Session("s", {}, 0.0)
+    >>> statements = image.batch({"s": session}, {"s": Dirty(header=True)}, (), 0, 1, None)
+    >>> [sql.split()[0] for sql, _ in statements]
+    ['INSERT', 'INSERT', 'INSERT']
+    """
+
+    def __init__(self) -> None:
+        self._tails: dict[tuple[str, int, str], _Tail] = {}
+        self._retired: dict[str, tuple[bytes, int]] = {}
+        self._retired_ord = 0
+
+    def know(self, session_id: str, kind: int, var_id: str, first: int, next_: int,
+             last: object) -> None:
+        """Record what the file holds of a tail (as loaded).
+
+        Example: ``image.know("s", HISTORY, "var_t_1", 0, 3, entries[-1])``.
+        """
+        if next_ > first:
+            self._tails[(session_id, kind, var_id)] = _Tail(first, next_, last)
+
+    def know_retired(self, retired: Mapping[str, tuple[bytes, int]], ord_: int) -> None:
+        """Record the retired ids the file holds (as loaded).
+
+        Example: ``image.know_retired({"bob": (digest, 7)}, 1)``.
+        """
+        self._retired = dict(retired)
+        self._retired_ord = ord_
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop the shadows of a removed session's tails.
+
+        Example: ``image.forget_session("s")`` as the session's rows are deleted.
+        """
+        for key in [k for k in self._tails if k[0] == session_id]:
+            del self._tails[key]
+
+    def batch(
+        self,
+        sessions: Mapping[str, Session],
+        dirty: Mapping[str, Dirty],
+        gone: Iterable[str],
+        revision: int,
+        next_id: int,
+        retired: Mapping[str, tuple[bytes, int]] | None,
+    ) -> list[Statement]:
+        """The statements that write what changed: removed sessions, then each dirty
+        session's header, graph, variables and tails, then the retired ids (when given)
+        and the counters. Shadows move to what the statements write.
+
+        Example: ``image.batch(backend.sessions, dirty, gone, 7, 3, None)``.
+        """
+        out: list[Statement] = []
+        for session_id in gone:
+            self.forget_session(session_id)
+            for table, column in (("sessions", "id"), ("variables", "session"),
+                                  ("entries", "session")):
+                out.append((f"DELETE FROM {table} WHERE {column} = ?", [(session_id,)]))
+        for session_id, changed in dirty.items():
+            session = sessions.get(session_id)
+            if session is None:
+                continue  # removed after it changed: its rows went with ``gone``
+            self._session(out, session, changed)
+        if retired is not None:
+            self._retired_rows(out, retired)
+        out.append(("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    [("revision", revision), ("next_id", next_id)]))
+        return out
+
+    def _session(self, out: list[Statement], session: Session, changed: Dirty) -> None:
+        sid = session.id
+        if changed.header or changed.graph:
+            out.append(("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
+                        [(sid, dumps(session_header(session)), dumps(session.graph))]))
+        rows, deleted = [], []
+        for var_id in changed.variables:
+            if var_id in session.variables:
+                rows.append((sid, var_id, dumps(variable_row(session, var_id))))
+            else:
+                deleted.append((sid, var_id))
+            self._tail(out, sid, HISTORY, var_id, session.history.get(var_id, ()))
+            self._tail(out, sid, EVALUATIONS, var_id, session.evaluations.get(var_id, ()))
+        if rows:
+            out.append(("INSERT OR REPLACE INTO variables VALUES (?, ?, ?)", rows))
+        if deleted:
+            out.append(("DELETE FROM variables WHERE session = ? AND id = ?", deleted))
+        if changed.log:
+            self._tail(out, sid, LOG, "", session.log)
+
+    def _tail(self, out: list[Statement], sid: str, kind: int, var_id: str,
+              items: Sequence[object]) -> None:
+        # Find the newest item the file holds among the live ones (from the end: usually
+        # a few new ones follow it); the ones after it are new, the ones the file holds
+        # before what is still live were trimmed.
+        key = (sid, kind, var_id)
+        tail = self._tails.get(key)
+        held = -1
+        if tail is not None:
+            for back, item in enumerate(reversed(items)):
+                if item is tail.last:
+                    held = len(items) - 1 - back
+                    break
+        if tail is not None and held < 0:
+            # Nothing the file holds is live any more (dropped, or dropped and refilled).
+            out.append(("DELETE FROM entries WHERE session = ? AND kind = ? AND var = ?",
+                        [key]))
+            first = tail.next
+        elif tail is not None:
+            first = tail.first + (tail.next - tail.first) - (held + 1)
+            if first > tail.first:
+                out.append(("DELETE FROM entries WHERE session = ? AND kind = ? AND var = ? "
+                            "AND seq < ?", [(*key, first)]))
+        else:
+            first = 0
+        start = tail.next if tail is not None else 0
+        new = list(items)[held + 1:]
+        if new:
+            out.append(("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+                        [(*key, start + i, dumps(item)) for i, item in enumerate(new)]))
+        if items:
+            self._tails[key] = _Tail(first if held >= 0 else start, start + len(new),
+                                     items[-1])
+        else:
+            self._tails.pop(key, None)
+
+    def _retired_rows(self, out: list[Statement], retired: Mapping[str, tuple[bytes, int]]
+                      ) -> None:
+        shadow = self._retired
+        gone = [(sid,) for sid in shadow if sid not in retired]
+        if gone:
+            out.append(("DELETE FROM retired WHERE id = ?", gone))
+        rows = []
+        for sid, (digest, claim) in retired.items():
+            if shadow.get(sid) != (digest, claim):
+                self._retired_ord += 1
+                rows.append((sid, digest, claim, self._retired_ord))
+        if rows:
+            out.append(("INSERT OR REPLACE INTO retired VALUES (?, ?, ?, ?)", rows))
+        self._retired = dict(retired)

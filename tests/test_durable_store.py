@@ -1,0 +1,401 @@
+"""The SQLite backend keeps everything across a restart: whatever the engine did, the state
+read back from the file equals the live state that was synced (and the engine's accounts
+add up over it); a corrupt or foreign file is refused; a refused flush fails its writers,
+undoes their changes and leaves reads going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_property_wire import LIMITS, check_invariants
+
+from dspex_rx.errors import DspexError, StorageError
+from dspex_rx.store import MemoryStore, VariableSpec
+from dspex_rx.store.backend import Backend
+from dspex_rx.store.sqlite import FILE_NAME, SqliteBackend
+
+
+def dump(backend: Backend) -> dict[str, str]:
+    """Everything a backend holds, comparable by value (repr: numpy arrays too)."""
+    out = {"": repr(backend.revision)}
+    for sid, s in sorted(backend.sessions.items()):
+        out[sid] = repr((
+            s.metadata, s.created_at, s.revision, s.metadata_size, s.token, s.claim,
+            s.incarnation, sorted((k, c.name, c.ttl) for k, c in s.clients.items()),
+            list(s.log), s.log_floor, sorted(s.variables.items()), sorted(s.names.items()),
+            sorted((k, list(v)) for k, v in s.history.items()), sorted(s.leases.items()),
+            sorted(s.running), sorted((k, list(v)) for k, v in s.recent_leases.items()),
+            sorted((k, list(v)) for k, v in s.evaluations.items()), sorted(s.fixed.items()),
+            sorted(s.rules.items()),
+            sorted((e.dependent, e.dependency, e.type, repr(e.metadata))
+                   for e in s.graph.edges()),
+        ))
+    return out
+
+
+def sync(store: MemoryStore) -> None:
+    asyncio.run(store.sync(store.revision))
+
+
+def reopened(data: Path) -> SqliteBackend:
+    return SqliteBackend(data)
+
+
+# ------------------------------------------------------------ everything persists
+
+
+NAMES = ["a", "b", "c", "d"]
+VALUE = st.integers(0, 9) | st.floats(0, 1) | st.lists(st.integers(0, 3), max_size=3)
+
+
+@st.composite
+def steps(draw: st.DrawFn) -> tuple[str, ...] | tuple[str, Any, Any]:
+    # Mostly valid calls (so most steps commit), over two sessions, with the calls that
+    # change state in place: attach/leave, retention, compaction, optimizations.
+    name = draw(st.sampled_from(NAMES))
+    op = draw(st.sampled_from([
+        "register", "set", "set", "set", "batch", "delete", "depend", "undepend",
+        "rollback", "optimize", "step", "finish", "stop", "rules", "attach", "leave",
+        "reopen",
+    ]))
+    return op, name, draw(VALUE)
+
+
+def run_step(store: MemoryStore, state: dict[str, Any], op: str, name: str, value: Any) -> None:
+    sid = state["sid"]
+    kind = "list" if isinstance(value, list) else "float"
+    if op == "register":
+        store.register(sid, [VariableSpec(name, kind, value)], actor="t")
+    elif op == "set":
+        store.set(sid, name, value, actor="t", create_if_missing=True)
+    elif op == "batch":
+        store.update_many(sid, [(n, value) for n in NAMES[:2]], actor="t", atomic=True)
+    elif op == "delete":
+        store.delete(sid, name, cascade=True)
+    elif op == "depend":
+        store.add_dependency(sid, name, NAMES[(NAMES.index(name) + 1) % 4])
+    elif op == "undepend":
+        store.remove_dependency(sid, name, NAMES[(NAMES.index(name) + 1) % 4])
+    elif op == "rollback":
+        store.rollback(sid, name, max(1, store.get(sid, name).version - 1),
+                       reason="r", actor="t")
+    elif op == "optimize":
+        lease, _ = store.start_optimization(sid, name, optimizer_type="grid",
+                                            max_iterations=50, client_id=state["client"])
+        state["lease"] = (name, lease.id, lease.token)
+    elif op in ("step", "finish") and "lease" in state:
+        var, lease_id, token = state["lease"]
+        evaluation = (state.setdefault("i", 0) + 1, value, {"m": 1.0}, 0.5)
+        state["i"] += 1
+        if op == "step":
+            store.optimization_step(sid, var, lease_id, token, evaluation=evaluation)
+        else:
+            store.finish_optimization(sid, var, lease_id, token, evaluation=evaluation)
+    elif op == "stop":
+        store.stop_optimization(sid, name, reason="enough")
+    elif op == "rules":
+        store.set_permissions(sid, name, [{"session_pattern": "other",
+                                           "permissions": ["read"]}], actor="t")
+    elif op == "attach":
+        state["extra"] = store.initialize_session(sid, client_name="x")[1]
+    elif op == "leave" and "extra" in state:
+        store.close_session(sid, state.pop("extra"))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(steps(), min_size=1, max_size=30))
+def test_the_file_holds_exactly_the_synced_state_after_any_calls(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str, Any]],
+) -> None:
+    data = tmp_path_factory.mktemp("data")
+    options: dict[str, Any] = {"limits": LIMITS, "log_size": 5, "history_size": 3}
+    store = MemoryStore(backend=SqliteBackend(data), **options)
+    session, client, _ = store.initialize_session()
+    store.initialize_session("other")
+    state: dict[str, Any] = {"sid": session.id, "client": client}
+    store.register(session.id, [VariableSpec(n, "float", 0.5) for n in NAMES[:2]], actor="t")
+    for step, (op, name, value) in enumerate([*ops, ("reopen", "", None)]):
+        if op != "reopen":
+            try:
+                run_step(store, state, op, name, value)
+            except DspexError:
+                pass
+            if step % 3:
+                continue
+        sync(store)
+        live = dump(store._backend)
+        store.close()
+        back = SqliteBackend(data)
+        assert dump(back) == live, op
+        # The engine over the file: its running leases end (their holders are gone),
+        # and every account adds up.
+        store = MemoryStore(backend=back, **options)
+        assert not any(s.running for s in back.sessions.values())
+        state.pop("lease", None)
+        check_invariants(store)
+    store.close()
+
+
+def test_a_restart_keeps_versions_history_rules_graph_leases_and_revisions(
+    tmp_path: Path,
+) -> None:
+    store = MemoryStore(backend=SqliteBackend(tmp_path), history_size=3)
+    alice, client_id, _ = store.initialize_session("alice")
+    store.initialize_session("bob")
+    store.register("alice", [
+        VariableSpec("base", "float", 0.5),
+        VariableSpec("t", "float", 0.5, {"min": 0.0, "max": 1.0}, dependencies=["base"],
+                     access_rules=[{"session_pattern": "bob", "permissions": ["read"]}]),
+    ], actor="alice")
+    for value in (0.1, 0.2, 0.3, 0.4):
+        store.set("alice", "t", value, actor="alice")
+    lease, _ = store.start_optimization("alice", "t", optimizer_type="grid", max_iterations=5,
+                                        client_id=client_id)
+    revision = store.revision
+    sync(store)
+    store.close()
+
+    store = MemoryStore(backend=SqliteBackend(tmp_path), history_size=3)
+    t = store.get("alice", "t")
+    assert (t.value, t.version) == (0.4, 5)
+    assert [e.version for e in store.session("alice").history[t.id]] == [3, 4, 5]
+    assert store.session("alice").graph.edge(t.id, store.get("alice", "base").id)
+    assert store.get("bob", t.id).value == 0.4  # bob's read rule came back with it
+    assert store.session("alice").token == alice.token
+    # The optimization running at the stop ended, in a commit after the stored ones.
+    ended = store.session("alice").leases[t.id]
+    assert (ended.id, ended.state) == (lease.id, "failed")
+    assert "restarted" in ended.end_reason
+    assert store.revision == revision + 1
+    assert store.set("alice", "t", 0.9, actor="alice")[1] == revision + 2
+    store.check_accounts()
+    store.close()
+
+
+def test_retired_ids_stay_claimed_across_a_restart(tmp_path: Path) -> None:
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    session, client_id, _ = store.initialize_session("carol")
+    token = session.token
+    store.close_session("carol", client_id)
+    sync(store)
+    store.close()
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    with pytest.raises(PermissionError, match="belonged to a session that has ended"):
+        store.initialize_session("carol", require_token=True)
+    again, _, created = store.initialize_session("carol", token=token, require_token=True)
+    assert created and again.token == token
+    store.close()
+
+
+def test_variable_ids_are_never_handed_out_twice_across_restarts(tmp_path: Path) -> None:
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    store.initialize_session("s")
+    first = store.register("s", [VariableSpec("a", "float", 0.5)], actor="s")[0][0].id
+    store.delete("s", "a")
+    sync(store)
+    store.close()
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    second = store.register("s", [VariableSpec("a", "float", 0.5)], actor="s")[0][0].id
+    assert first != second
+    store.close()
+
+
+def test_a_resume_point_before_the_restart_replays_the_stored_log(tmp_path: Path) -> None:
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    resume = store.revision
+    for value in range(1, 6):
+        store.set("s", "t", value, actor="s")
+    sync(store)
+    store.close()
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    replay = store.commits_since("s", resume)
+    assert replay is not None
+    assert [c.events[0].record.value for c in replay] == [1, 2, 3, 4, 5]
+    assert [c.revision for c in replay] == list(range(resume + 1, resume + 6))
+    store.close()
+
+
+def test_an_unsynced_change_is_not_in_the_file(tmp_path: Path) -> None:
+    # What sync has not returned for is not promised: here it is simply not there.
+    backend = SqliteBackend(tmp_path)
+    store = MemoryStore(backend=backend)
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+    store.set("s", "t", 1, actor="s")
+    assert backend.pending
+    backend.close()
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    assert store.get("s", "t").value == 0
+    store.close()
+
+
+# ------------------------------------------------------------ group commit
+
+
+def test_concurrent_syncs_share_flushes(tmp_path: Path) -> None:
+    backend = SqliteBackend(tmp_path)
+    store = MemoryStore(backend=backend)
+    store.initialize_session("s")
+    store.register("s", [VariableSpec(f"v{i}", "integer", 0) for i in range(32)], actor="s")
+    flushes = []
+    write = backend._write
+
+    def counted(batch: Any) -> None:
+        flushes.append(len(batch))
+        write(batch)
+
+    backend._write = counted  # type: ignore[method-assign]
+
+    async def writers() -> None:
+        async def one(i: int) -> None:
+            for value in range(5):
+                store.set("s", f"v{i}", value, actor="s")
+                await store.sync(store.revision)
+
+        await asyncio.gather(*(one(i) for i in range(32)))
+
+    asyncio.run(writers())
+    # 160 acknowledged writes; each flush carries every change waiting when it began.
+    assert 2 <= len(flushes) <= 20, len(flushes)
+    assert not backend.pending
+    store.close()
+    back = SqliteBackend(tmp_path)
+    values = {r.name: r.value for r in back.read().records("s")}
+    assert values == {f"v{i}": 4 for i in range(32)}
+    back.close()
+
+
+# ------------------------------------------------------------ refusing bad files
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    first = SqliteBackend(tmp_path)
+    with pytest.raises(StorageError, match="in use by another dspex-rx server"):
+        SqliteBackend(tmp_path)
+    first.close()
+    SqliteBackend(tmp_path).close()
+
+
+def test_a_corrupt_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "string", "x" * 5000)], actor="s")
+    sync(store)
+    store.close()
+    path = tmp_path / FILE_NAME
+    for leftover in (tmp_path / (FILE_NAME + "-wal"), tmp_path / (FILE_NAME + "-shm")):
+        leftover.unlink(missing_ok=True)
+    data = bytearray(path.read_bytes())
+    data[4096:8192] = b"\xde\xad" * 2048  # a torn page in the middle
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match="refusing to start") as refused:
+        SqliteBackend(tmp_path)
+    assert str(path) in str(refused.value)
+    assert path.read_bytes() == bytes(data)
+
+
+def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
+    (tmp_path / FILE_NAME).write_bytes(b"hello, not a database" * 100)
+    with pytest.raises(StorageError, match="refusing to start"):
+        SqliteBackend(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    db = sqlite3.connect(other / FILE_NAME)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(StorageError, match="not a dspex-rx store"):
+        SqliteBackend(other)
+
+
+def test_a_data_dir_that_cannot_be_created_is_refused_clearly(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="cannot use data dir"):
+        SqliteBackend(blocker / "data")
+
+
+# ------------------------------------------------------------ a disk that refuses
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
+def test_a_read_only_data_dir_is_refused_at_start(tmp_path: Path) -> None:
+    SqliteBackend(tmp_path).close()
+    tmp_path.chmod(0o500)
+    (tmp_path / FILE_NAME).chmod(0o400)
+    try:
+        with pytest.raises(StorageError):
+            SqliteBackend(tmp_path)
+    finally:
+        tmp_path.chmod(0o700)
+        (tmp_path / FILE_NAME).chmod(0o600)
+
+
+def test_a_refused_flush_fails_its_writers_undoes_their_change_and_reads_go_on(
+    tmp_path: Path,
+) -> None:
+    backend = SqliteBackend(tmp_path)
+    store = MemoryStore(backend=backend)
+    reloads = []
+    store.on_reload(lambda: reloads.append(store.revision))
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+    kept = store.revision
+    write = backend._write
+
+    def full_disk(batch: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    backend._write = full_disk  # type: ignore[method-assign]
+    store.set("s", "t", 1, actor="s")
+    assert store.get("s", "t").value == 1  # live, not yet acknowledged
+    with pytest.raises(StorageError, match="disk is full") as refused:
+        sync(store)
+    assert "nothing of it was kept" in str(refused.value)
+    # The refused write is gone: reads see the file's state, and go on.
+    assert store.get("s", "t").value == 0
+    assert (store.revision, store.generation, reloads) == (kept, 1, [kept])
+    store.check_accounts()
+    # For a moment writes are refused at once, without touching the disk.
+    with pytest.raises(StorageError):
+        store.set("s", "t", 2, actor="s")
+    assert store.get("s", "t").value == 0
+    # Once the disk takes writes again, so does the store.
+    backend._write = write  # type: ignore[method-assign]
+    backend._refusing_until = 0.0
+    store.set("s", "t", 3, actor="s")
+    sync(store)
+    store.close()
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    assert store.get("s", "t").value == 3
+    assert [e.value for e in store.session("s").history[store.get("s", "t").id]] == [0, 3]
+    store.close()
+
+
+def test_the_real_disk_refusing_a_flush_is_reported(tmp_path: Path) -> None:
+    # A real SQLite error from the writer thread, not a stand-in: the file is made
+    # read-only under a running backend.
+    backend = SqliteBackend(tmp_path)
+    store = MemoryStore(backend=backend)
+    store.initialize_session("s")
+    sync(store)
+    backend._db.execute("PRAGMA query_only=ON")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    with pytest.raises(StorageError, match="readonly|read-only|query_only"):
+        sync(store)
+    assert store.session("s").variables == {}
+    backend._db.execute("PRAGMA query_only=OFF")
+    store.close()
