@@ -67,7 +67,7 @@ def test_a_session_whose_last_client_closed_is_kept_for_the_ttl_with_its_variabl
 def test_an_idle_session_is_removed_once_the_ttl_has_passed_not_before(
     store: MemoryStore, clock: Clock
 ) -> None:
-    session, client_id, _ = store.initialize_session("s")
+    _, client_id, _ = store.initialize_session("s")
     store.close_session("s", client_id)
     clock.now += TTL  # exactly the TTL: still kept
     assert store.expire() == [] and store.session_ids() == ["s"]
@@ -104,7 +104,7 @@ def test_joining_an_idle_session_resets_its_ttl(store: MemoryStore, clock: Clock
 def test_a_session_whose_last_client_expired_is_kept_from_that_expiry(
     store: MemoryStore, clock: Clock
 ) -> None:
-    session, client_id, _ = store.initialize_session("s", ttl=10)
+    session, _, _ = store.initialize_session("s", ttl=10)
     clock.now += 11
     assert store.expire() == []
     assert session.clients == {} and session.idle_since == clock.now
@@ -173,16 +173,15 @@ def test_every_in_place_change_of_a_sessions_clients_tells_the_backend(clock: Cl
     store = MemoryStore(clock=clock, default_ttl=10.0, session_ttl=TTL, backend=backend)
     _, first, _ = store.initialize_session("s", ttl=10)
     assert backend.touched == ["s"]  # attached
-    _, second, _ = store.initialize_session("s", ttl=10)
+    store.initialize_session("s", ttl=10)
     assert backend.touched == ["s"] * 2
     store.close_session("s", first)
     assert backend.touched == ["s"] * 3  # one left; the session is not idle
     clock.now += 11
-    store.expire()  # the other expired: it left, and the session became idle
-    assert len(backend.touched) >= 4 and store.session("s").idle_since == clock.now
-    before = len(backend.touched)
+    store.expire()  # the other expired (one touch), and the session became idle (one)
+    assert backend.touched == ["s"] * 5 and store.session("s").idle_since == clock.now
     store.initialize_session("s")  # attached again: no longer idle
-    assert len(backend.touched) == before + 1 and store.session("s").idle_since is None
+    assert backend.touched == ["s"] * 6 and store.session("s").idle_since is None
 
 
 # -- store: create=False ---------------------------------------------------------------
@@ -234,7 +233,7 @@ def test_create_false_does_not_revive_an_ended_id_even_with_its_token(
 @pytest.mark.parametrize("empty", [None, ""])
 def test_create_false_without_a_session_id_is_invalid(store: MemoryStore, empty: Any) -> None:
     before = _state(store)
-    with pytest.raises(InvalidValueError, match="create=False.*session_id"):
+    with pytest.raises(InvalidValueError, match=r"create=False.*session_id"):
         store.initialize_session(empty, create=False)
     assert _state(store) == before
 
@@ -281,12 +280,19 @@ async def test_connect_with_create_false_to_an_unknown_id_raises_session_not_fou
     assert sid not in durable.call(durable.store.session_ids)
 
 
-async def test_create_false_without_a_session_id_fails_before_any_call() -> None:
-    # No target: a call would start an embedded server; the check comes first.
-    session = dspex_rx.SessionContext(create=False)
-    with pytest.raises(InvalidValueError, match="create=False"):
-        await session.initialize()
-    assert session._transport is None and session._conn.embedded is None
+@pytest.mark.parametrize("empty", [None, ""])
+async def test_create_false_without_a_session_id_fails_before_any_call(empty: Any) -> None:
+    # No target: opening would start an embedded server; the check comes before.
+    with pytest.raises(InvalidValueError, match=r"create=False.*session_id"):
+        dspex_rx.SessionContext(empty, create=False)
+    with pytest.raises(InvalidValueError, match=r"create=False.*session_id"):
+        async with dspex_rx.connect(session_id=empty, create=False):
+            pytest.fail("opened a session without an id to join")
+
+
+async def test_create_must_be_a_bool() -> None:
+    with pytest.raises(InvalidValueError, match="create must be True or False"):
+        dspex_rx.SessionContext("s", create="no")  # type: ignore[arg-type]
 
 
 async def test_a_reattach_after_the_session_ended_does_not_recreate_it(
