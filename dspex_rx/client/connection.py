@@ -99,9 +99,19 @@ class Connection:
         cache_ttl: float | None,
         cache_max_size: int | None,
         cache_eviction_policy: str,
+        create: bool = True,
     ) -> None:
         if target is not None and not isinstance(target, str):
             raise TypeError(target_error(target))
+        if not isinstance(create, bool):
+            raise InvalidValueError(f"create must be True or False, got {create!r}")
+        if not create and not session_id:
+            raise InvalidValueError(
+                "create=False joins an existing session, so it needs that session's id; "
+                "none was given (pass session_id, or leave create=True for a new session)"
+            )
+        # False: join only; the server refuses an id with no live session (must_exist).
+        self._create = create
         if token is not None and not isinstance(token, str):
             raise InvalidValueError(f"token must be a string, got {type(token).__name__}")
         if principal_key is not None and not isinstance(principal_key, str):
@@ -232,6 +242,7 @@ class Connection:
                     metadata=encode_metadata("session", self._metadata),
                     ttl_seconds=self.ttl_seconds,
                     client_name=self.client_name,
+                    must_exist=not self._create,
                 )
             )
         except BaseException:
@@ -330,23 +341,30 @@ class Connection:
         )
 
     async def reattach(self) -> None:
-        """Attach again after the client's lease expired; ``lose`` if the id now names
-        another session (and release the lease taken there).
+        """Attach again after the client's lease expired; ``lose`` if the session ended
+        or the id now names another session (and release the lease taken there).
 
         Example: the heartbeat calls ``await conn.reattach()`` on a detached answer.
         """
-        response = await self._attach(
-            pb.InitializeSessionRequest(
-                session_id=self.require_session_id(),
-                ttl_seconds=self.ttl_seconds,
-                client_name=self.client_name,
+        try:
+            # must_exist: a session that ended is never made again, empty, by a re-attach.
+            response = await self._attach(
+                pb.InitializeSessionRequest(
+                    session_id=self.require_session_id(),
+                    ttl_seconds=self.ttl_seconds,
+                    client_name=self.client_name,
+                    must_exist=True,
+                )
             )
-        )
+        except SessionNotFoundError:
+            self.lose("it ended")
+            return
         if response.created or response.incarnation != self._incarnation:
-            # Not our session: it had gone, and this call made an empty one of the same
-            # id (undone with that session's token), or the id names a later session (its
-            # holder came back with the token, or a principal made it again). Say so at
-            # once; releasing the lease just taken there is retried at each beat.
+            # Not our session. The id names a later session (its holder came back with
+            # the token, or a principal made it again); or, from a server that does not
+            # know must_exist, this call made an empty one of the same id (undone with
+            # that session's token). Say so at once; releasing the lease just taken
+            # there is retried at each beat.
             self.lose("it ended" if response.created
                       else "it ended, and its id now names a later session")
             self.stray = (response.client_id,

@@ -50,7 +50,9 @@ class SessionContext(OptimizationCalls):
     TLS, trusting the system's roots, or ``ca_cert`` (PEM path or bytes; it implies TLS);
     ``tls_server_name`` overrides the name checked against the certificate (tests).
     ``principal_key`` is the key of the server namespace (``--principals``) the session id
-    lies in, needed to create such a session. ``limits`` configures the embedded server
+    lies in, needed to create such a session. ``create=False`` only joins: it needs
+    ``session_id``, and an id with no live session is ``SessionNotFoundError`` rather
+    than a new empty session. ``limits`` configures the embedded server
     (no target); ``max_message_bytes`` is the largest message the client sends or takes
     (default: ``limits.max_message_bytes`` if given, else the server default, 64 MiB).
     Each method's full contract is documented on the component method it calls
@@ -68,6 +70,7 @@ class SessionContext(OptimizationCalls):
         token: str | None = None, tls: bool = False, ca_cert: Pem | None = None,
         tls_server_name: str | None = None, principal_key: str | None = None,
         limits: Limits | None = None, max_message_bytes: int | None = None,
+        create: bool = True,
     ) -> None:
         self._conn = Connection(
             session_id, target, metadata=metadata, ttl_seconds=ttl_seconds,
@@ -75,6 +78,7 @@ class SessionContext(OptimizationCalls):
             tls_server_name=tls_server_name, principal_key=principal_key, limits=limits,
             max_message_bytes=max_message_bytes, cache_ttl=cache_ttl,
             cache_max_size=cache_max_size, cache_eviction_policy=cache_eviction_policy,
+            create=create,
         )
         self._cache = self._conn.cache
         # Every call of every component goes through ``_call``, so one wrapper there (tests
@@ -511,6 +515,7 @@ async def connect(
     ca_cert: Pem | None = None,
     tls_server_name: str | None = None,
     principal_key: str | None = None,
+    create: bool = True,
     **options: Any,
 ) -> AsyncIterator[SessionContext]:
     """Open a session; with no target an embedded server runs for the block's duration.
@@ -518,16 +523,21 @@ async def connect(
     Joining an existing session needs its ``token`` (``AuthenticationError``, a
     ``PermissionError``, without it or with a wrong one). ``tls=True`` or ``ca_cert``
     (PEM path or bytes) for a TLS server. ``principal_key`` creates a session whose id lies
-    in a namespace the server reserves (``--principals``). Other ``options`` go to
-    ``SessionContext``.
+    in a namespace the server reserves (``--principals``). ``create=False`` joins only:
+    an id with no live session raises ``SessionNotFoundError`` (a server with a session
+    TTL keeps a session after its last client leaves, so a later program can join it).
+    Other ``options`` go to ``SessionContext``.
 
     Example: ``dspex_rx.connect()`` used in ``async with`` runs an embedded server for the
     block; ``dspex_rx.connect("db.example:50051", session_id=a.session_id, token=a.token,
-    ca_cert="ca.pem")`` joins ``a``'s session over TLS.
+    ca_cert="ca.pem")`` joins ``a``'s session over TLS; ``dspex_rx.connect(target,
+    session_id="run_1", token=saved_token, create=False)`` joins the session an earlier
+    program left, or fails.
     """
     session = SessionContext(
         session_id, target, token=token, tls=tls, ca_cert=ca_cert,
-        tls_server_name=tls_server_name, principal_key=principal_key, **options,
+        tls_server_name=tls_server_name, principal_key=principal_key, create=create,
+        **options,
     )
     await session.initialize()
     try:

@@ -14,6 +14,7 @@ request leaves no trace.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -56,6 +57,8 @@ class StoreBase:
     >>> from dspex_rx.store import MemoryStore
     >>> MemoryStore(log_size=100).log_size
     100
+    >>> MemoryStore(session_ttl=86400).session_ttl
+    86400.0
     """
 
     def __init__(
@@ -71,13 +74,27 @@ class StoreBase:
         optimization_history_size: int = 10_000,
         principals: Principals | Mapping[str, str] | None = None,
         backend: Backend | None = None,
+        session_ttl: float = 0.0,
     ) -> None:
+        # Checked first: a bad setting is refused before anything is made.
+        if (
+            isinstance(session_ttl, bool)
+            or not isinstance(session_ttl, (int, float))
+            or not math.isfinite(session_ttl)
+            or session_ttl < 0
+        ):
+            raise InvalidValueError(
+                f"session_ttl must be a finite number of seconds >= 0 (0: a session ends "
+                f"with its last client), got {session_ttl!r}"
+            )
         # Where the state lives (backend.py): records, revisions, commit logs, watchers.
         self._backend: Backend = backend if backend is not None else MemoryBackend()
         # The backend's live sessions (the same mapping for its whole life).
         self._sessions: Mapping[str, Session] = self._backend.sessions
         self._clock = clock
         self.default_ttl = default_ttl
+        # How long a session with no client left is kept (sessions.py); 0: not at all.
+        self.session_ttl = float(session_ttl)
         self.lease_ttl = lease_ttl
         self.optimization_history_size = optimization_history_size
         if history_size is not None and history_size < 1:

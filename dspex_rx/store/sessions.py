@@ -50,6 +50,7 @@ class Sessions(Leasing):
         token: str = "",
         require_token: bool = False,
         principal_key: str = "",
+        create: bool = True,
     ) -> tuple[Session, str, bool]:
         """Create a session, or attach to an existing one; returns (session, client_id, created).
 
@@ -57,7 +58,9 @@ class Sessions(Leasing):
         attaching to an existing session needs that ``token``, and so does creating again
         the id of an ended session (which then keeps its token). Creating an id in a
         namespace of ``principals`` needs that principal's ``principal_key``. A refusal is
-        ``AuthenticationError``, and nothing changes.
+        ``AuthenticationError``, and nothing changes. With ``create=False`` the call only
+        joins: an id with no live session is ``SessionNotFoundError`` (no empty session is
+        made, no ended id revived), and an empty id is ``InvalidValueError``.
 
         >>> from dspex_rx.store import MemoryStore, VariableSpec
         >>> store = MemoryStore()
@@ -66,6 +69,10 @@ class Sessions(Leasing):
         ...                                         require_token=True)
         >>> created, again
         (True, False)
+        >>> store.initialize_session("nobody_here", create=False)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        dspex_rx.errors.SessionNotFoundError: no session 'nobody_here' to join ...
         """
         if ttl is not None and not (ttl == 0 or (math.isfinite(ttl) and 0 < ttl <= MAX_TTL)):
             raise InvalidValueError(
@@ -82,11 +89,23 @@ class Sessions(Leasing):
                     f"session id {_show(session_id)} is not valid (letters, digits, _ . - /; "
                     "up to 256 characters, not starting with a digit)"
                 )
+        elif not create:
+            raise InvalidValueError(
+                "create=False joins an existing session, so it needs that session's id; "
+                "none was given (pass session_id, or create=True for a new session)"
+            )
         else:
             session_id = "sess_" + secrets.token_hex(8)
         self._check_reason("client name", client_name)
         client = ClientLease(client_name, ttl, now)
         session = self._sessions.get(session_id)
+        if session is None and not create:
+            # Before the claim checks: a join that finds nothing changes nothing.
+            raise SessionNotFoundError(
+                f"no session {session_id!r} to join (create=False): it was never created, or "
+                "it ended (its last client left and the server's session TTL ran out); "
+                "check the id, or pass create=True to start a new session with this id"
+            )
         if session is None:
             if len(self._sessions) >= limits.max_sessions:
                 raise too_many(
@@ -118,7 +137,9 @@ class Sessions(Leasing):
             self._accounts.check_room(session, _client_cost(client))
         client_id = "cli_" + secrets.token_hex(8)
         session.clients[client_id] = client
+        session.idle_since = None
         self._accounts.charge(session, "other_bytes", _client_cost(client))
+        self._backend.touch(session.id)
         return session, client_id, created
 
     def _check_claim(
@@ -178,19 +199,27 @@ class Sessions(Leasing):
         return lease.last_seen + lease.ttl
 
     def close_session(self, session_id: str, client_id: str) -> bool:
-        """Detach a client; the session and its variables go with its last client.
+        """Detach a client; returns whether the session went with it. With ``session_ttl``
+        0 a session and its variables go with its last client; otherwise it is kept,
+        idle, for ``session_ttl`` seconds (``expire`` removes it after), and a client may
+        join it again meanwhile.
 
         >>> from dspex_rx.store import MemoryStore, VariableSpec
         >>> store = MemoryStore()
         >>> session, client_id, created = store.initialize_session("s")
         >>> store.close_session("s", client_id), store.session_ids()
         (True, [])
+        >>> kept = MemoryStore(session_ttl=3600, clock=lambda: 50.0)
+        >>> session, client_id, created = kept.initialize_session("s")
+        >>> kept.close_session("s", client_id), kept.session("s").idle_since
+        (False, 50.0)
         """
         session = self.session(session_id)
         client = session.clients.pop(client_id, None)
         if client is not None:
             self._accounts.charge(session, "other_bytes", -_client_cost(client))
-        if not session.clients:
+            self._backend.touch(session.id)
+        if not session.clients and not self.session_ttl:
             self._remove(session)
             return True
         # Its optimizations end with it: nothing is left to renew them, and waiting for
@@ -198,7 +227,16 @@ class Sessions(Leasing):
         self._release_client_leases(
             session, client_id, "failed", f"its holder ({client_id}) closed its connection"
         )
+        if not session.clients:
+            self._idle(session, self._clock())
         return False
+
+    def _idle(self, session: Session, now: float) -> None:
+        # The last client left a session the store keeps: its TTL counts from now (from
+        # the first time it was seen without clients, if that was earlier).
+        if session.idle_since is None:
+            session.idle_since = now
+            self._backend.touch(session.id)
 
     def _remove(self, session: Session) -> None:
         def settle(gone: Session) -> None:
@@ -221,7 +259,9 @@ class Sessions(Leasing):
         }
 
     def expire(self) -> list[str]:
-        """Drop clients silent past their TTL, then sessions left with none; returns those ids.
+        """Drop clients silent past their TTL; then remove the sessions left with none
+        (with ``session_ttl``, once they have had none for longer than it); returns the
+        ids removed.
 
         >>> from dspex_rx.store import MemoryStore, VariableSpec
         >>> now = [0.0]
@@ -229,6 +269,14 @@ class Sessions(Leasing):
         >>> _ = store.initialize_session("s", ttl=10)
         >>> now[0] = 11.0
         >>> store.expire()
+        ['s']
+        >>> kept = MemoryStore(clock=lambda: now[0], session_ttl=100)
+        >>> _ = kept.initialize_session("s", ttl=10)
+        >>> now[0] = 22.0
+        >>> kept.expire(), kept.session("s").idle_since
+        ([], 22.0)
+        >>> now[0] = 123.0
+        >>> kept.expire()
         ['s']
         """
         now = self._clock()
@@ -239,12 +287,23 @@ class Sessions(Leasing):
                 if now - lease.last_seen > lease.ttl:
                     del session.clients[client_id]
                     self._accounts.charge(session, "other_bytes", -_client_cost(lease))
-                    if session.clients:
+                    self._backend.touch(session.id)
+                    # A session that stays (other clients, or a session TTL) must end
+                    # this client's leases itself; a removed one ends them as it goes.
+                    if session.clients or self.session_ttl:
                         self._release_client_leases(
                             session, client_id, "expired",
                             f"its holder ({client_id}) stopped heartbeating",
                         )
-            if not session.clients:
-                self._remove(session)
-                removed.append(session.id)
+            if session.clients:
+                continue
+            if self.session_ttl:
+                # idle_since is None when it lost its last client just now, or when it
+                # came without one (a durable backend reopened): its TTL starts now.
+                self._idle(session, now)
+                assert session.idle_since is not None
+                if now - session.idle_since <= self.session_ttl:
+                    continue
+            self._remove(session)
+            removed.append(session.id)
         return removed

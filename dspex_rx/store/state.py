@@ -51,6 +51,9 @@ class Session:
     variables: dict[str, VariableRecord] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     clients: dict[str, ClientLease] = field(default_factory=dict)
+    # When its last client left, while the store keeps it for ``session_ttl``; None while
+    # a client is attached (sessions.py).
+    idle_since: float | None = None
     # The bounded event log: commits newer than log_floor, oldest first.
     log: deque[Commit] = field(default_factory=deque)
     log_floor: int = 0

@@ -112,16 +112,18 @@ class VariableRef(_message.Message):
     def __init__(self, ref: _Optional[str] = ...) -> None: ...
 
 class InitializeSessionRequest(_message.Message):
-    __slots__ = ("session_id", "metadata", "ttl_seconds", "client_name")
+    __slots__ = ("session_id", "metadata", "ttl_seconds", "client_name", "must_exist")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    MUST_EXIST_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     metadata: _value_pb2.MapValue
     ttl_seconds: float
     client_name: str
-    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., client_name: _Optional[str] = ...) -> None: ...
+    must_exist: bool
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Union[_value_pb2.MapValue, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., client_name: _Optional[str] = ..., must_exist: _Optional[bool] = ...) -> None: ...
 
 class InitializeSessionResponse(_message.Message):
     __slots__ = ("session_id", "client_id", "created", "revision", "ttl_seconds", "created_at", "session_token", "incarnation")

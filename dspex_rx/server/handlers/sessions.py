@@ -22,6 +22,7 @@ def initialize_session(
 ) -> pb.InitializeSessionResponse:
     """``InitializeSession``: create a session, or attach to one (the store checks the
     token an attacher presents); the token goes only to who made it or proved it.
+    ``must_exist`` only attaches: no live session of the id is ``NOT_FOUND``.
 
     Example: ``await stub.InitializeSession(request)`` answers the session's id and token.
     """
@@ -35,6 +36,7 @@ def initialize_session(
         token=given,
         require_token=auth == "token",
         principal_key=presented(call.context, PRINCIPAL_KEY_KEY),
+        create=not request.must_exist,
     )
     lease = session.clients[client_id]
     log.info("session_attached", session_id=session.id, client_id=client_id, created=created)
@@ -71,7 +73,8 @@ def heartbeat(call: Call, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
 
 
 def close_session(call: Call, request: pb.CloseSessionRequest) -> pb.CloseSessionResponse:
-    """``CloseSession``: detach the client; the session goes with its last client.
+    """``CloseSession``: detach the client; the session goes with its last client, or
+    with a session TTL is kept idle that long.
 
     Example: ``await stub.CloseSession(request)`` says whether the session was removed.
     """
