@@ -65,14 +65,17 @@ def make_note(prefix: str) -> Callable[[str], None]:
 
 @contextmanager
 def server_process(
-    note: Callable[[str], None], start_timeout: float = SERVER_START_TIMEOUT
+    note: Callable[[str], None], start_timeout: float = SERVER_START_TIMEOUT,
+    storage: str = "memory",
 ) -> Iterator[str]:
-    """Run ``dspex-rx serve`` in a child process; yield its target; always stop it."""
+    """Run ``dspex-rx serve`` in a child process (``--storage memory`` unless told, so the
+    transport is what is measured; its data dir is a temp dir); yield its target."""
     with tempfile.TemporaryDirectory(prefix="dspex-rx-bench-") as tmp:
         port_file = Path(tmp) / "port"
         cmd = [
             sys.executable, "-m", "dspex_rx.server.cli", "serve",
             "--port", "0", "--port-file", str(port_file), "--log-level", "warning",
+            "--storage", storage, "--data-dir", str(Path(tmp) / "data"),
         ]
         # The server's stdout goes to our stderr so stdout stays pure JSON lines.
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=sys.stderr)

@@ -3,6 +3,7 @@
 Start with ``async with dspex_rx.connect() as session:`` (no target: an embedded server).
 """
 
+import os
 from typing import Any
 
 from dspex_rx.client import SessionContext, connect
@@ -23,8 +24,8 @@ from dspex_rx.errors import (
     InvalidValueError,
     OptimizationLockedError,
     ResourceExhaustedError,
-    StorageError,
     SessionNotFoundError,
+    StorageError,
     VariableNotFoundError,
     VariableTypeError,
 )
@@ -43,11 +44,11 @@ __all__ = [
     "OptimizationLockedError",
     "Proposal",
     "ResourceExhaustedError",
-    "StorageError",
     "SearchSpace",
     "Server",
     "SessionContext",
     "SessionNotFoundError",
+    "StorageError",
     "VariableCache",
     "VariableNotFoundError",
     "VariableTypeError",
@@ -58,12 +59,13 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def _embedded_server(limits: Limits | None) -> EmbeddedHandle:
+def _embedded_server(limits: Limits | None, data_dir: str | os.PathLike[str] | None
+                     ) -> EmbeddedHandle:
     # Imported here, not above: a client program that connects to a remote server never
     # loads the server or the store.
     from dspex_rx.server import EmbeddedServer
 
-    return EmbeddedServer(limits=limits)
+    return EmbeddedServer(limits=limits, data_dir=data_dir)
 
 
 register_embedded_factory(_embedded_server)

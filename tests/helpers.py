@@ -54,10 +54,12 @@ async def beat_until(session: dspex_rx.SessionContext, clock: trio.testing.MockC
 
 @asynccontextmanager
 async def cli_server(tmp_path: Path, *flags: str) -> AsyncIterator[str]:
-    """Run ``dspex-rx serve --port 0 <flags>``; yields its target once it serves."""
+    """Run ``dspex-rx serve --port 0 <flags>`` (its data in ``tmp_path/data``); yields its
+    target once it serves."""
     port_file = tmp_path / "port"
     proc = subprocess.Popen([str(SCRIPT), "serve", "--port", "0", "--port-file",
-                             str(port_file), "--log-level", "warning", *flags])
+                             str(port_file), "--log-level", "warning",
+                             "--data-dir", str(tmp_path / "data"), *flags])
     try:
         guard = time.monotonic() + 30  # a hang guard, not a timing assertion
         while not port_file.exists():

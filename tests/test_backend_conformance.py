@@ -24,7 +24,7 @@ from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, VariableRe
 from dspex_rx.store.state import Session
 
 
-def SqliteBackend() -> Backend:  # noqa: N802 - named for the test ids
+def SqliteBackend() -> Backend:
     # A fresh data dir per test; the durable store behind the same seam.
     from dspex_rx.store.sqlite import SqliteBackend as Durable
 

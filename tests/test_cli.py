@@ -20,11 +20,10 @@ import dspex_rx
 SCRIPT = Path(sys.executable).parent / "dspex-rx"
 
 
-@pytest.fixture
-def served(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    extra = getattr(request, "param", [])
+def start(*args: str) -> tuple[subprocess.Popen[str], int]:
+    # ``dspex-rx serve`` in a child process; returns it once it logged its port.
     proc = subprocess.Popen(
-        [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", "0", *extra],
+        [str(SCRIPT), "serve", "--host", "127.0.0.1", *args],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -36,6 +35,15 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[st
             port = int(match.group(1))
             break
     assert port, "dspex-rx serve exited before serving"
+    return proc, port
+
+
+@pytest.fixture
+def served(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    extra = getattr(request, "param", [])
+    proc, port = start("--port", "0", "--data-dir", str(tmp_path / "data"), *extra)
     try:
         yield proc, port
     finally:

@@ -7,7 +7,7 @@ undoes their changes and leaves reads going.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -125,10 +125,8 @@ def test_the_file_holds_exactly_the_synced_state_after_any_calls(
     store.register(session.id, [VariableSpec(n, "float", 0.5) for n in NAMES[:2]], actor="t")
     for step, (op, name, value) in enumerate([*ops, ("reopen", "", None)]):
         if op != "reopen":
-            try:
+            with contextlib.suppress(DspexError):  # refused steps change nothing
                 run_step(store, state, op, name, value)
-            except DspexError:
-                pass
             if step % 3:
                 continue
         sync(store)
@@ -330,19 +328,6 @@ def test_a_data_dir_that_cannot_be_created_is_refused_clearly(tmp_path: Path) ->
 # ------------------------------------------------------------ a disk that refuses
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
-def test_a_read_only_data_dir_is_refused_at_start(tmp_path: Path) -> None:
-    SqliteBackend(tmp_path).close()
-    tmp_path.chmod(0o500)
-    (tmp_path / FILE_NAME).chmod(0o400)
-    try:
-        with pytest.raises(StorageError):
-            SqliteBackend(tmp_path)
-    finally:
-        tmp_path.chmod(0o700)
-        (tmp_path / FILE_NAME).chmod(0o600)
-
-
 def test_a_refused_flush_fails_its_writers_undoes_their_change_and_reads_go_on(
     tmp_path: Path,
 ) -> None:
@@ -394,7 +379,7 @@ def test_the_real_disk_refusing_a_flush_is_reported(tmp_path: Path) -> None:
     sync(store)
     backend._db.execute("PRAGMA query_only=ON")
     store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
-    with pytest.raises(StorageError, match="readonly|read-only|query_only"):
+    with pytest.raises(StorageError, match=r"readonly|read-only|query_only"):
         sync(store)
     assert store.session("s").variables == {}
     backend._db.execute("PRAGMA query_only=OFF")

@@ -3,6 +3,7 @@ re-attaching, the heartbeat, the background services (watch hub, cache), close, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -100,6 +101,7 @@ class Connection:
         cache_max_size: int | None,
         cache_eviction_policy: str,
         create: bool = True,
+        data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if target is not None and not isinstance(target, str):
             raise TypeError(target_error(target))
@@ -127,6 +129,14 @@ class Connection:
                 "has its own (pass max_message_bytes= to match its message size)"
             )
         self._limits = limits
+        if data_dir is not None and target is not None:
+            raise InvalidValueError(
+                "data_dir is where the embedded server (no target) keeps its data; a "
+                "server you connect to has its own (dspex-rx serve --data-dir)"
+            )
+        if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
+            raise InvalidValueError(f"data_dir must be a path, got {type(data_dir).__name__}")
+        self._data_dir = data_dir
         if max_message_bytes is None:
             max_message_bytes = (limits or DEFAULT_LIMITS).max_message_bytes
         if not isinstance(max_message_bytes, int) or isinstance(max_message_bytes, bool) or (
@@ -225,7 +235,7 @@ class Connection:
                         "tls/ca_cert need a target: the embedded server (no target) serves "
                         "plaintext on 127.0.0.1"
                     )
-                self.embedded, self.target = await start_embedded(self._limits)
+                self.embedded, self.target = await start_embedded(self._limits, self._data_dir)
             options: list[tuple[str, Any]] = list(grpc_options(self.max_message_bytes))
             credentials = None
             if self.tls:

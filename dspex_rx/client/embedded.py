@@ -6,6 +6,7 @@ the small handle it returns, so ``import dspex_rx.client`` loads no server modul
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Protocol
 
@@ -36,7 +37,8 @@ class EmbeddedHandle(Protocol):
         ...
 
 
-EmbeddedFactory = Callable[[Limits | None], EmbeddedHandle]
+# (limits, data_dir): data_dir None keeps everything in memory.
+EmbeddedFactory = Callable[[Limits | None, str | os.PathLike[str] | None], EmbeddedHandle]
 _factory: EmbeddedFactory | None = None
 
 
@@ -67,12 +69,15 @@ def registered_factory() -> EmbeddedFactory:
     return _factory
 
 
-async def start_embedded(limits: Limits | None) -> tuple[EmbeddedHandle, str]:
-    """Start an embedded server on a worker thread; returns the handle and its target.
+async def start_embedded(
+    limits: Limits | None, data_dir: str | os.PathLike[str] | None = None
+) -> tuple[EmbeddedHandle, str]:
+    """Start an embedded server on a worker thread (durable in ``data_dir`` if given);
+    returns the handle and its target.
 
     Example: ``handle, target = await start_embedded(None)`` serves on 127.0.0.1 until
     ``handle.stop()``.
     """
-    handle = registered_factory()(limits)
+    handle = await trio.to_thread.run_sync(registered_factory(), limits, data_dir)
     target = await trio.to_thread.run_sync(handle.start)
     return handle, target

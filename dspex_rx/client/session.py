@@ -9,6 +9,7 @@ token=session.token)``. From asyncio the same API works unchanged (``aio.portal_
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -53,8 +54,10 @@ class SessionContext(OptimizationCalls):
     lies in, needed to create such a session. ``create=False`` only joins: it needs
     ``session_id``, and an id with no live session is ``SessionNotFoundError`` rather
     than a new empty session. ``limits`` configures the embedded server
-    (no target); ``max_message_bytes`` is the largest message the client sends or takes
-    (default: ``limits.max_message_bytes`` if given, else the server default, 64 MiB).
+    (no target), and ``data_dir`` makes it durable there (a SQLite file: a later program
+    with the same ``data_dir``, session id and token finds the session again);
+    ``max_message_bytes`` is the largest message the client sends or takes (default:
+    ``limits.max_message_bytes`` if given, else the server default, 64 MiB).
     Each method's full contract is documented on the component method it calls
     (``Variables.get_variables``, ``Optimizations.start_optimization``...).
 
@@ -70,7 +73,7 @@ class SessionContext(OptimizationCalls):
         token: str | None = None, tls: bool = False, ca_cert: Pem | None = None,
         tls_server_name: str | None = None, principal_key: str | None = None,
         limits: Limits | None = None, max_message_bytes: int | None = None,
-        create: bool = True,
+        create: bool = True, data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._conn = Connection(
             session_id, target, metadata=metadata, ttl_seconds=ttl_seconds,
@@ -78,7 +81,7 @@ class SessionContext(OptimizationCalls):
             tls_server_name=tls_server_name, principal_key=principal_key, limits=limits,
             max_message_bytes=max_message_bytes, cache_ttl=cache_ttl,
             cache_max_size=cache_max_size, cache_eviction_policy=cache_eviction_policy,
-            create=create,
+            create=create, data_dir=data_dir,
         )
         self._cache = self._conn.cache
         # Every call of every component goes through ``_call``, so one wrapper there (tests
@@ -526,10 +529,12 @@ async def connect(
     in a namespace the server reserves (``--principals``). ``create=False`` joins only:
     an id with no live session raises ``SessionNotFoundError`` (a server with a session
     TTL keeps a session after its last client leaves, so a later program can join it).
-    Other ``options`` go to ``SessionContext``.
+    Other ``options`` go to ``SessionContext`` (``data_dir=`` keeps an embedded
+    server's data in that directory instead of in memory).
 
     Example: ``dspex_rx.connect()`` used in ``async with`` runs an embedded server for the
-    block; ``dspex_rx.connect("db.example:50051", session_id=a.session_id, token=a.token,
+    block (``dspex_rx.connect(data_dir="dspex-rx-data")`` a durable one);
+    ``dspex_rx.connect("db.example:50051", session_id=a.session_id, token=a.token,
     ca_cert="ca.pem")`` joins ``a``'s session over TLS; ``dspex_rx.connect(target,
     session_id="run_1", token=saved_token, create=False)`` joins the session an earlier
     program left, or fails.

@@ -31,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from dspex_rx.core.identity import Principals
 from dspex_rx.core.limits import Limits
-from dspex_rx.errors import InvalidValueError
+from dspex_rx.errors import InvalidValueError, StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.server.service import VariablesService, add_service
 from dspex_rx.store import MemoryStore
@@ -170,6 +170,12 @@ class Server:
                 await self._expiry
         await self._server.stop(grace)
         self._server = None
+        if self.store.pending:
+            # What changed last (clients detaching) is kept for the next start.
+            try:
+                await self.store.sync(self.store.revision)
+            except StorageError as exc:
+                log.error("final_sync_failed", error=str(exc))
         log.info("server_stopped", port=self.port)
 
     async def wait_for_termination(self) -> None:
@@ -220,6 +226,23 @@ async def serve(
     await server.stop()
 
 
+def durable_store(data_dir: str | os.PathLike[str], limits: Limits | None = None,
+                  session_ttl: float = 86400.0) -> MemoryStore:
+    """A store over a SQLite data dir, keeping client-less sessions ``session_ttl`` seconds
+    (a day, as ``dspex-rx serve`` does by default); close it to release the dir.
+
+    Example: ``EmbeddedServer(store=durable_store("dspex-rx-data"))``.
+    """
+    from dspex_rx.store.sqlite import SqliteBackend
+
+    backend = SqliteBackend(data_dir)
+    try:
+        return MemoryStore(limits=limits, backend=backend, session_ttl=session_ttl)
+    except BaseException:
+        backend.close()
+        raise
+
+
 class EmbeddedServer:
     """A server on its own thread and asyncio loop, for ``connect()`` with no target and tests.
 
@@ -231,8 +254,15 @@ class EmbeddedServer:
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, store: MemoryStore | None = None,
-        **options: Any,
+        *, data_dir: str | os.PathLike[str] | None = None, **options: Any,
     ) -> None:
+        # With ``data_dir`` the server makes its own durable store, and closes it (its
+        # file and lock) when it stops, so the next server on that dir may open it.
+        self._owned: MemoryStore | None = None
+        if data_dir is not None:
+            if store is not None:
+                raise InvalidValueError("give a store or a data_dir, not both")
+            store = self._owned = durable_store(data_dir, options.get("limits"))
         self._server = Server(host, port, store, **options)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -289,11 +319,15 @@ class EmbeddedServer:
             await self._server.start()
         except BaseException as exc:
             self._error = exc
+            if self._owned is not None:
+                self._owned.close()
             self._ready.set()
             return
         self._ready.set()
         await self._stop.wait()
         await self._server.stop(grace=1.0)
+        if self._owned is not None:
+            self._owned.close()
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the server's loop thread and return its result (blocking).

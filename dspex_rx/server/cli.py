@@ -1,4 +1,5 @@
-"""The ``dspex-rx`` command line: ``dspex-rx serve`` runs the gRPC server in the foreground.
+"""The ``dspex-rx`` command line: ``serve`` runs the gRPC server in the foreground over a
+data dir (or in memory); ``backup``, ``restore`` and ``export`` administer a data dir.
 
 Every field of ``limits.Limits`` is a flag of ``serve`` (``max_value_bytes`` is
 ``--max-value-bytes``), with the same default.
@@ -15,14 +16,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import sys
 
 from dspex_rx.core.identity import Principals
 from dspex_rx.core.limits import Limits
-from dspex_rx.errors import InvalidValueError
+from dspex_rx.errors import InvalidValueError, StorageError
 from dspex_rx.logs import configure
+from dspex_rx.store.sqlite import SqliteBackend
 from dspex_rx.wire.security import AUTH_MODES, check_bind, server_credentials
 
+DEFAULT_DATA_DIR = "./dspex-rx-data"
+DEFAULT_SESSION_TTL = 86400.0
+
 _SERVE_EPILOG = """\
+storage:
+  By default the server keeps everything in --data-dir (./dspex-rx-data): one SQLite
+  file, written before any write is acknowledged, so a restart (even kill -9) loses
+  nothing acknowledged and clients carry on. A session with no client left is kept for
+  --session-ttl seconds (default a day). --storage memory keeps nothing across restarts
+  (and ends a session with its last client unless --session-ttl says otherwise).
+
 security:
   Each session has a secret token, returned to the client that creates it; every later
   call for the session must present it (--auth token, the default). --auth none issues
@@ -80,8 +93,32 @@ def main(argv: list[str] | None = None) -> int:
                          help="YAML/JSON file of reserved session-id namespaces, "
                          "{'admin_*': KEY}: creating a session in one needs its KEY (or "
                          "give 'sha256:<hex>' of it); access-rule globs must lie in one")
+    serve_p.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite",
+                         help="sqlite: durable, in --data-dir (default); memory: lost at "
+                         "exit")
+    serve_p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",
+                         help=f"where --storage sqlite keeps its file (default "
+                         f"{DEFAULT_DATA_DIR}, created 0700)")
+    serve_p.add_argument("--session-ttl", type=float, default=None, metavar="SECONDS",
+                         help="keep a session with no client attached this long (default "
+                         "86400 with sqlite, 0 = end with its last client with memory)")
     _limit_flags(serve_p)
+    backup_p = sub.add_parser(
+        "backup", help="write a consistent snapshot of a data dir (safe while serving)")
+    backup_p.add_argument("out", help="the snapshot file to write")
+    backup_p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR")
+    restore_p = sub.add_parser(
+        "restore", help="make a snapshot the data dir's state (the server must be stopped)")
+    restore_p.add_argument("snapshot", help="a file written by 'dspex-rx backup'")
+    restore_p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR")
+    restore_p.add_argument("--force", action="store_true",
+                           help="replace the data the dir holds already")
+    export_p = sub.add_parser(
+        "export", help="every session of a data dir as JSON Lines (safe while serving)")
+    export_p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR")
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        return _admin(args)
 
     try:
         limits = Limits(**{spec.name: getattr(args, spec.name)
@@ -103,14 +140,51 @@ def main(argv: list[str] | None = None) -> int:
     from dspex_rx.server.app import serve
     from dspex_rx.store import MemoryStore
 
-    store = MemoryStore(limits=limits, log_size=args.log_size, principals=principals)
-    asyncio.run(
-        serve(
-            args.host, args.port, port_file=args.port_file, store=store, limits=limits,
-            auth=args.auth, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            insecure=args.insecure,
+    session_ttl = args.session_ttl
+    if session_ttl is None:
+        session_ttl = DEFAULT_SESSION_TTL if args.storage == "sqlite" else 0.0
+    backend = None
+    try:
+        if args.storage == "sqlite":
+            backend = SqliteBackend(args.data_dir)
+        store = MemoryStore(limits=limits, log_size=args.log_size, principals=principals,
+                            session_ttl=session_ttl, backend=backend)
+    except (StorageError, InvalidValueError) as exc:
+        if backend is not None:
+            backend.close()
+        serve_p.exit(2, f"dspex-rx serve: error: {exc}\n")
+    try:
+        asyncio.run(
+            serve(
+                args.host, args.port, port_file=args.port_file, store=store, limits=limits,
+                auth=args.auth, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                insecure=args.insecure,
+            )
         )
-    )
+    finally:
+        store.close()
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    # backup / restore / export of a data dir; a refusal is one line on stderr, exit 1.
+    from dspex_rx.store.sqlite.backup import restore, snapshot
+
+    try:
+        if args.command == "backup":
+            written = snapshot(args.data_dir, args.out)
+            print(f"backed up {args.data_dir} to {written}", file=sys.stderr)
+        elif args.command == "restore":
+            target = restore(args.snapshot, args.data_dir, force=args.force)
+            print(f"restored {args.snapshot} into {target}", file=sys.stderr)
+        else:
+            from dspex_rx.server.admin import write_export
+
+            count = write_export(args.data_dir, sys.stdout)
+            print(f"exported {count} sessions from {args.data_dir}", file=sys.stderr)
+    except StorageError as exc:
+        print(f"dspex-rx {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -163,6 +163,13 @@ class Subscriber:
             for owner in [o for o in self._foreign if o not in still]:
                 self._foreign.pop(owner)()
 
+    def wake(self) -> None:
+        """Wake the stream's sender (it checks the store before sending anything).
+
+        >>> Subscriber().wake()
+        """
+        self._wake()
+
     def close(self) -> None:
         """Remove the listeners on other sessions (the stream ended).
 

@@ -251,7 +251,8 @@ class Unary(Generic[Req, Resp]):
     handler's ``call.session_id`` is "". Either way a malformed request is answered
     INVALID_ARGUMENT, a store error with its status and kind, a builtin error from deeper
     code INVALID_ARGUMENT, and anything else INTERNAL (logged); nothing escapes. A call
-    that committed is answered after ``store.sync`` says its revision is durable.
+    that committed, or that may show a change not yet durable, is answered after
+    ``store.sync`` says it is durable.
 
     Example: ``GetVariable = Unary(variables.get_variable)`` in ``VariablesService``.
     """
@@ -291,8 +292,10 @@ class Unary(Generic[Req, Resp]):
                 before = store.revision
                 response = handler(Call(service, context, name, session_id), request)
                 # A write is acknowledged only once durable: the handler committed in one
-                # synchronous step, so the store's revision now is the write's own.
-                if store.revision != before:
+                # synchronous step, so the store's revision now is the write's own. A
+                # read (or an attach) waits too while anything it may show is not yet
+                # durable: an answer never shows what the disk could still refuse.
+                if store.revision != before or store.pending:
                     await store.sync(store.revision)
                 return response
             except DspexError as exc:

@@ -54,6 +54,13 @@ class VariablesService(pb_grpc.VariablesServicer):
         self.limits = limits or store.limits
         # The live streams' queues, for introspection (read them on the server's loop).
         self.subscribers: set[Subscriber] = set()
+        # A durable store that went back to its file (the disk refused a write) wakes
+        # every stream, which then ends: its queue may hold commits that were undone.
+        store.on_reload(self._wake_streams)
+
+    def _wake_streams(self) -> None:
+        for subscriber in list(self.subscribers):
+            subscriber.wake()
 
     def authenticate(self, session_id: str, context: grpc.aio.ServicerContext) -> None:
         """Raise ``AuthenticationError`` unless the call carries ``session_id``'s token

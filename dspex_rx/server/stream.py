@@ -11,11 +11,12 @@ from typing import Protocol
 
 import grpc
 
-from dspex_rx.errors import DspexError, InvalidValueError
+from dspex_rx.errors import DspexError, InvalidValueError, StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.server.fanout import Subscriber
 from dspex_rx.server.frames import pack
 from dspex_rx.server.rpc import Malformed, Service, abort_with, clip, refuse, require_session_id
+from dspex_rx.store import MemoryStore
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.convert import ERROR_KIND_KEY
 
@@ -95,7 +96,10 @@ async def session(
         _read(service, request_iterator, session_id, subscriber, room)
     )
     reader.add_done_callback(lambda _: wake.set())
+    generation = store.generation
     try:
+        if not await _settled(store, generation, context):
+            return
         yield spb.ServerMessage(
             opened=spb.StreamOpened(
                 session_id=session_id,
@@ -109,10 +113,15 @@ async def session(
                     await asyncio.wait_for(wake.wait(), interval)
                 except TimeoutError:
                     if not subscriber.has_pending():
+                        if not await _settled(store, generation, context):
+                            return
                         yield spb.ServerMessage(progress=spb.Progress(revision=store.revision))
                         continue
             wake.clear()
-            for message in pack(subscriber.drain(), service.limits):
+            messages = list(pack(subscriber.drain(), service.limits))
+            if not await _settled(store, generation, context):
+                return
+            for message in messages:
                 yield message
             room.set()  # everything queued is sent: the reader may read on
             if subscriber.closed:
@@ -135,6 +144,29 @@ async def session(
         subscriber.close()
         reader.cancel()
         log.info("stream_closed", session_id=session_id, conflations=subscriber.conflations)
+
+
+async def _settled(store: MemoryStore, generation: int,
+                   context: grpc.aio.ServicerContext) -> bool:
+    """Whether what is queued may be sent: every commit it shows is durable (a durable
+    store syncs first), and the store was not reloaded since the stream opened (its queue
+    may hold commits the storage refused). Otherwise the stream is aborted UNAVAILABLE
+    and the client resumes from the last revision it got.
+
+    Example: ``if not await _settled(store, generation, context): return``.
+    """
+    try:
+        if store.pending:
+            await store.sync(store.revision)
+        if store.generation != generation:
+            raise StorageError(
+                "the server's storage refused a write and went back to its last durable "
+                "state; resume from the last revision received"
+            )
+    except StorageError as exc:
+        await abort_with(context, exc)
+        return False
+    return True
 
 
 async def _read(

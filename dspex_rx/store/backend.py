@@ -424,7 +424,7 @@ class Backend(ABC):
         """
         return False
 
-    def touch(self, session_id: str, var_id: str = "") -> None:
+    def touch(self, session_id: str, var_id: str = "") -> None:  # noqa: B027 - optional, a no-op here
         """Say that the engine changed a session's state in place, outside a commit (a
         client attached or left; with ``var_id``, retention dropped that variable's
         history), so a durable backend writes it with the next sync.
@@ -432,7 +432,7 @@ class Backend(ABC):
         Example: ``backend.touch("sess_1")`` after a client attached.
         """
 
-    def keep_retired(self, retired: RetiredIds) -> None:
+    def keep_retired(self, retired: RetiredIds) -> None:  # noqa: B027 - optional, a no-op here
         """Keep the engine's retired ids: a durable backend loads the stored ones into
         ``retired`` and writes its changes with each sync.
 
@@ -448,14 +448,14 @@ class Backend(ABC):
         """
         return 0
 
-    def on_reload(self, hook: Callable[[], None]) -> None:
+    def on_reload(self, hook: Callable[[], None]) -> None:  # noqa: B027 - optional, a no-op here
         """Call ``hook`` each time the live state is reloaded from storage (never, in
         memory): the engine rebuilds its accounts, the server ends its streams.
 
         Example: ``backend.on_reload(accounts.rebuild)``.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional, a no-op here
         """Release what the backend holds open (files, threads); idempotent.
 
         Example: ``backend.close()`` as the server stops.
