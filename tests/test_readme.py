@@ -350,6 +350,15 @@ async def tls_connect(env: Env) -> AsyncIterator[dict[str, Any]]:
     assert isinstance(ns[LAST], AbstractAsyncContextManager)  # nothing connects until used
 
 
+@asynccontextmanager
+async def durable_sessions(env: Env) -> AsyncIterator[dict[str, Any]]:
+    # A durable server of its own (the README's is `dspex-rx serve`, durable by default).
+    with EmbeddedServer(data_dir=env.tmp_path / "data") as own:
+        ns = {"dspex_rx": AtTestServer(own.target), "print": env.recording_print()}
+        yield ns
+        assert env.printed == [0.02] and not ns["later"].created
+
+
 # Blocks that are not full programs, by their first line.
 CONTEXTS: dict[str, Context] = {
     'session = dspex_rx.SessionContext("session_123", "127.0.0.1:50051")': spec_form,
@@ -365,6 +374,8 @@ CONTEXTS: dict[str, Context] = {
     'filter_pattern=r".*model.*")': export_import,
     "import dspy": dspy_block,
     "import time": access_rules,
+    'async with dspex_rx.connect("127.0.0.1:50051", session_id="run_1") as first:':
+        durable_sessions,
     'dspex_rx.connect("db.example:50051", ca_cert="ca.pem")   # or tls=True: system roots':
         tls_connect,
 }

@@ -3,9 +3,9 @@ a watchable commit log), and the decisions every backend implements.
 
 The engine (validation, access, leases, history, quotas, identity checks) runs once, above
 this protocol; ``dspex_rx.store.memory.MemoryBackend`` is today's state behind it, and a
-durable (SQLite, #14) or remote (etcd, #15) backend implements the same class. The model is
-etcd's mvcc ``KV`` (Range, Put/DeleteRange inside a txn, one revision per txn, a watchable
-stream) and httpcore's ``_backends`` (one documented base, several implementations).
+durable (``store/sqlite/``) or remote (etcd, #15) backend implements the same class. The
+model is etcd's mvcc ``KV`` (Range, Put/DeleteRange inside a txn, one revision per txn, a
+watchable stream) and httpcore's ``_backends`` (one documented base, several implementations).
 
 Decisions (issue #13):
 
@@ -17,9 +17,10 @@ Decisions (issue #13):
   before ``commit()`` (or ``abort()``) leaves no trace. A second ``write()`` while one is
   open is a programming error: ``RuntimeError``.
 - **Durability is separate from atomicity.** ``await sync(revision)`` returns once that
-  revision is durable. MemoryBackend returns at once; SQLite will group-commit there. The
-  server awaits ``MemoryStore.sync`` after every call that committed, before answering
-  (``server/rpc.py``); watch events are not held back for it (#14 decides).
+  revision, and every change before the call, is durable. MemoryBackend returns at once;
+  SqliteBackend (``store/sqlite/``) group-commits there. The server awaits
+  ``MemoryStore.sync`` before any answer or stream message that could show a change
+  still ``pending`` (``server/rpc.py``, ``server/stream.py``).
 - **Conflicts.** A remote backend reads at a revision and commits with a compare: the txn
   carries the revision it read (``base_revision``), and ``commit()`` may raise
   ``RevisionConflict`` (a ``ConflictError``) when the backend moved on. The engine then
@@ -48,7 +49,9 @@ session's commit log (``commits_since``, ``compact``) and its watchers. The memo
 account of what a commit stages (history, edges, rules, leases, evaluations, fixed
 costs) is charged in the engine's ``settle``, so an aborted txn leaves it untouched too.
 
-Not yet behind the seam (needed by #14): the engine reads ``Session.variables``/``names``,
+Not yet behind the seam (SqliteBackend does without: it marks what each change touched,
+through ``touch`` for what changes in place, and writes the live state; a remote backend
+needs them as staged writes): the engine reads ``Session.variables``/``names``,
 ``graph``, ``history`` and the lease tables directly in validation instead of through a
 ``ReadTxn``; a step that only renews a lease changes it in place (a heartbeat, no
 commit); retention (``settle``: history beyond ``history_size`` and evicted for the
@@ -56,7 +59,7 @@ budget, recent leases beyond ``RECENT_LEASES``, evaluations beyond
 ``optimization_history_size``, the log, the graveyard and superseded queues) changes the
 session in place after the commit applied; attached clients and the session's own
 account change in place; the retired ids and their claims (``RetiredIds``) live in the
-engine. A durable backend needs each of those as staged writes of the txn.
+engine (``keep_retired`` hands them over).
 """
 
 from __future__ import annotations
