@@ -80,7 +80,7 @@ class Image:
     >>> session = Session("s", {}, 0.0)
     >>> statements = image.batch({"s": session}, {"s": Dirty(header=True)}, (), 0, 1, None)
     >>> [sql.split()[0] for sql, _ in statements]
-    ['INSERT', 'INSERT', 'INSERT']
+    ['INSERT', 'INSERT']
     """
 
     def __init__(self) -> None:
@@ -173,11 +173,13 @@ class Image:
         key = (sid, kind, var_id)
         tail = self._tails.get(key)
         held = -1
-        if tail is not None:
-            for back, item in enumerate(reversed(items)):
-                if item is tail.last:
-                    held = len(items) - 1 - back
-                    break
+        new: list[object] = []  # newest first until the scan ends
+        for item in reversed(items):
+            if tail is not None and item is tail.last:
+                held = len(items) - 1 - len(new)
+                break
+            new.append(item)
+        new.reverse()
         if tail is not None and held < 0:
             # Nothing the file holds is live any more (dropped, or dropped and refilled).
             out.append(("DELETE FROM entries WHERE session = ? AND kind = ? AND var = ?",
@@ -191,7 +193,6 @@ class Image:
         else:
             first = 0
         start = tail.next if tail is not None else 0
-        new = list(items)[held + 1:]
         if new:
             out.append(("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
                         [(*key, start + i, dumps(item)) for i, item in enumerate(new)]))
