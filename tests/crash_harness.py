@@ -301,6 +301,9 @@ class Ledger:
         self.acks = 0
         self.epoch = 0
         self.on_event: Callable[[str], None] | None = None
+        # Set when going on is pointless (a durable server lost the session): the phases
+        # waiting for progress give up at once instead of at their hang guard.
+        self.fatal = trio.Event()
 
     def _next(self) -> int:
         self.tick += 1
@@ -398,15 +401,15 @@ def check(
                 problems.append(f"value {entry.value} stored twice: {name} v{entry.version} "
                                 f"and {other[0]} v{other[1]}")
             seen_values[entry.value] = (name, entry.version)
-            write = written.get(entry.value) if isinstance(entry.value, int) else None
-            if write is None:
+            found = written.get(entry.value) if isinstance(entry.value, int) else None
+            if found is None:
                 problems.append(f"history of {name} v{entry.version} holds {entry.value!r}, "
                                 "which no writer sent")
-            elif write.meant_to_refuse:
+            elif found.meant_to_refuse:
                 problems.append(f"refused value {entry.value} stored: {name} v{entry.version} "
-                                f"(the writer was told {write.outcome})")
-            elif write.name != name:
-                problems.append(f"value {entry.value} sent to {write.name} is stored in {name}")
+                                f"(the writer was told {found.outcome})")
+            elif found.name != name:
+                problems.append(f"value {entry.value} sent to {found.name} is stored in {name}")
         truth[name] = by_version
         if entries and name in current and current[name] != entries[-1].value:
             problems.append(f"{name}: get_variable says {current[name]!r}, history's newest "
@@ -555,6 +558,7 @@ class SessionRun:
         self.session_id = ""
         self.token: str | None = None
         self.stopping = False
+        self.closed = False
         self.cancel_scope: trio.CancelScope | None = None
         self.writers_done = trio.Event()
 
@@ -664,6 +668,7 @@ class SessionRun:
         problem = f"{client.label}: session not found after a restart: {exc}"
         if problem not in self.ledger.client_problems:
             self.ledger.client_problems.append(problem)
+        self.ledger.fatal.set()
         if client.session.lost:
             # Keep writing through a new connection so the run reports everything.
             old = client.session
@@ -726,7 +731,12 @@ class SessionRun:
         return total
 
     async def close(self) -> None:
-        """Dispose every observer and close every connection (a dead server is fine)."""
+        """Dispose every observer and close every connection (a dead server is fine);
+        safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        self.cancel()
         for client in self.watchers + self.writers:
             for observer in client.observers:
                 observer.dispose()
@@ -753,7 +763,6 @@ class CrashReport:
     deliveries: int
     resyncs: int
     reconnects: int
-    checked_sessions: int
     server_start_seconds: list[float]
     problems: list[str]
     server_log: str = ""
@@ -776,12 +785,12 @@ class CrashReport:
 
 async def run_crash(config: CrashConfig, workdir: Path) -> CrashReport:
     """Run ``config`` against a server in a child process with its data in ``workdir``.
+    A run that cannot go on (no progress, the session gone) ends with that as a problem.
 
     Example: ``report = await run_crash(CrashConfig(seed=1, kills=20), tmp_path)``; then
     ``assert not report.problems``.
     """
     began = time.monotonic()
-    rng = random.Random(config.seed)
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     server = ServerProcess(
@@ -789,47 +798,19 @@ async def run_crash(config: CrashConfig, workdir: Path) -> CrashReport:
         [*storage_flags(config.storage, data_dir), "--history-size", str(config.history_size)],
         start_guard=config.start_guard,
     )
-    ledgers: list[Ledger] = []
-    runs: list[SessionRun] = []
+    crash = _Crash(config, server)
     try:
-        target = await server.start()
-        async with trio.open_nursery() as nursery:
-            ledger = Ledger()
-            ledgers.append(ledger)
-            run = await SessionRun.open(config, target, ledger, epoch=0)
-            runs.append(run)
-            await nursery.start(run.write)
-            for kill in range(config.kills):
-                await _kill_at_random_point(config, rng, ledger, server, kill)
-                await server.reap()
-                await server.start()
-                if config.durable:
-                    ledger.epoch += 1
-                    continue
-                # The memory server forgot the session: new clients, a new session.
-                run.cancel()
-                await run.writers_done.wait()
-                await run.close()
-                ledger = Ledger()
-                ledger.epoch = kill + 1
-                ledgers.append(ledger)
-                run = await SessionRun.open(config, server.target, ledger, epoch=kill + 1)
-                runs.append(run)
-                await nursery.start(run.write)
-            await _wait_acks(config, ledger, config.final_acks, "after the last restart")
-            run.stop()
-            with trio.fail_after(config.progress_guard):  # a hang guard
-                await run.writers_done.wait()
-                await run.sync_watchers()
-                history, current, expired = await run.read()
-                # What the watchers saw up to the newest history entry is now in.
-                await run.sync_watchers()
-            problems = check(ledger, history, current, expired=expired)
-            reconnects = sum(r.reconnects() for r in runs)
-            await run.close()
+        problems = await crash.run()
+    except HarnessError as exc:
+        problems = [f"the run stopped: {exc}", *crash.ledgers[-1].client_problems]
+    except trio.TooSlowError:
+        problems = ["the run stopped: the final checks made no progress (hang guard)"]
     finally:
-        await server.stop()
-    checked = ledgers[-1]
+        with trio.CancelScope(shield=True):
+            for run in crash.runs:
+                await run.close()
+            await server.stop()
+    ledgers = crash.ledgers
     return CrashReport(
         seed=config.seed, storage=config.storage, kills=server.kills,
         seconds=time.monotonic() - began,
@@ -839,37 +820,102 @@ async def run_crash(config: CrashConfig, workdir: Path) -> CrashReport:
         errors=sum(x.count("error") for x in ledgers),
         deliveries=sum(len(x.deliveries) for x in ledgers),
         resyncs=sum(1 for x in ledgers for d in x.deliveries if d.update_type == "resync"),
-        reconnects=reconnects, checked_sessions=1 if checked is not None else 0,
-        server_start_seconds=server.start_seconds, problems=problems,
-        server_log=server.log_tail() if problems else "",
+        reconnects=crash.reconnects, server_start_seconds=server.start_seconds,
+        problems=problems, server_log=server.log_tail() if problems else "",
     )
+
+
+class _Crash:
+    """The orchestration of one run: sessions, kills, restarts, the final read."""
+
+    def __init__(self, config: CrashConfig, server: ServerProcess) -> None:
+        self.config = config
+        self.server = server
+        self.rng = random.Random(config.seed)
+        self.ledgers: list[Ledger] = [Ledger()]
+        self.runs: list[SessionRun] = []
+        self.reconnects = 0
+
+    async def _session(self, nursery: trio.Nursery, epoch: int) -> SessionRun:
+        run = await SessionRun.open(self.config, self.server.target, self.ledgers[-1], epoch)
+        self.runs.append(run)
+        await nursery.start(run.write)
+        return run
+
+    async def run(self) -> list[str]:
+        await self.server.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                problems = await self._phases(nursery)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Only the orchestration raises here (writers catch their own errors).
+            first = group.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        return problems
+
+    async def _phases(self, nursery: trio.Nursery) -> list[str]:
+        config, server = self.config, self.server
+        run = await self._session(nursery, 0)
+        for kill in range(config.kills):
+            ledger = self.ledgers[-1]
+            await _kill_at_random_point(config, self.rng, ledger, server, kill)
+            await server.reap()
+            await server.start()
+            if config.durable:
+                ledger.epoch += 1
+                continue
+            # The memory server forgot the session: new clients, a new session.
+            run.cancel()
+            await run.writers_done.wait()
+            await run.close()
+            self.ledgers.append(Ledger())
+            self.ledgers[-1].epoch = kill + 1
+            run = await self._session(nursery, kill + 1)
+        ledger = self.ledgers[-1]
+        await _wait_acks(config, ledger, config.final_acks, "after the last restart")
+        run.stop()
+        with trio.fail_after(config.progress_guard):  # a hang guard
+            await run.writers_done.wait()
+            history, current, expired = await run.read()
+            # Everything committed up to the history read has reached every watcher.
+            await run.sync_watchers()
+        self.reconnects = sum(r.reconnects() for r in self.runs)
+        return check(ledger, history, current, expired=expired)
 
 
 async def _kill_at_random_point(config: CrashConfig, rng: random.Random, ledger: Ledger,
                                 server: ServerProcess, kill: int) -> None:
     """SIGKILL the server right after a seeded number (1 to ``max_writes_before_kill``)
-    of writes sent, or of writes acknowledged, counted from now."""
-    kind = rng.choice(("send", "ack"))
+    of writes sent or acknowledged. Mostly counted from the first write the restarted
+    server acknowledged (so writes are in flight); one kill in eight counts sends from the
+    restart itself, which can land while the server is still recovering."""
+    kind = rng.choice(("send", "ack", "send", "ack", "send", "ack", "send", "early"))
     count = rng.randint(1, config.max_writes_before_kill)
-    base = ledger.sends if kind == "send" else ledger.acks
+    if kind != "early":
+        await _wait_acks(config, ledger, 1, f"kill {kill + 1}: the first write since the start")
+    counted = "ack" if kind == "ack" else "send"
+
+    def so_far() -> int:
+        return ledger.acks if counted == "ack" else ledger.sends
+
+    base = so_far()
     killed = trio.Event()
 
     def on_event(event: str) -> None:
-        reached = (ledger.sends if kind == "send" else ledger.acks) - base >= count
-        if event == kind and reached and not killed.is_set():
+        if event == counted and so_far() - base >= count and not killed.is_set():
             server.kill()
             ledger.on_event = None
             killed.set()
 
     ledger.on_event = on_event
-    with trio.move_on_after(config.progress_guard) as guard:  # a hang guard
-        await killed.wait()
-    if guard.cancelled_caught:
+    if not await _progress(config, ledger, killed):
         ledger.on_event = None
         raise HarnessError(
-            f"kill {kill + 1}: waited for {count} writes {kind} since the restart, got "
-            f"{(ledger.sends if kind == 'send' else ledger.acks) - base}; "
-            f"problems so far: {ledger.client_problems[:3]}"
+            f"kill {kill + 1}: waited for {count} writes {counted} since the restart, got "
+            f"{so_far() - base}; problems so far: {ledger.client_problems[:3]}"
         )
 
 
@@ -882,10 +928,23 @@ async def _wait_acks(config: CrashConfig, ledger: Ledger, count: int, when: str)
             reached.set()
 
     ledger.on_event = on_event
-    with trio.move_on_after(config.progress_guard) as guard:  # a hang guard
-        await reached.wait()
+    made = await _progress(config, ledger, reached)
     ledger.on_event = None
-    if guard.cancelled_caught:
+    if not made:
         raise HarnessError(f"{when}: waited for {count} acknowledged writes, got "
                            f"{ledger.acks - base}; problems so far: "
                            f"{ledger.client_problems[:3]}")
+
+
+async def _progress(config: CrashConfig, ledger: Ledger, done: trio.Event) -> bool:
+    """Wait for ``done``; False if the ledger turned fatal or the hang guard ran out."""
+    async with trio.open_nursery() as nursery:
+        async def give_up() -> None:
+            await ledger.fatal.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(give_up)
+        with trio.move_on_after(config.progress_guard):  # a hang guard
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    return done.is_set()
