@@ -43,6 +43,8 @@ INITIAL_VALUE = 0
 RETRY_PAUSE = 0.02
 # Update types a watcher of these variables may see (no deletes, no dependencies).
 WATCH_TYPES = ("initial", "value_change", "resync")
+# The tree this module belongs to: the server child runs its code, not an installed copy.
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class HarnessError(RuntimeError):
@@ -115,29 +117,61 @@ def serve_help() -> str:
     """``dspex-rx serve --help``, to see which storage flags this tree has."""
     return subprocess.run(
         [sys.executable, "-m", "dspex_rx.server.cli", "serve", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, cwd=REPO_ROOT,
     ).stdout
 
 
+def _has_sqlite_backend() -> bool:
+    try:
+        from dspex_rx.store import sqlite  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def storage_available(storage: str) -> bool:
-    """Whether ``dspex-rx serve`` here can run ``storage`` (memory always can)."""
+    """Whether ``storage`` can be served here (memory always can)."""
     if storage == "memory":
         return True
-    return "--data-dir" in serve_help()
+    return "--data-dir" in serve_help() or _has_sqlite_backend()
 
 
-def storage_flags(storage: str, data_dir: Path) -> list[str]:
-    """The ``serve`` flags that pick ``storage`` in ``data_dir``; the memory server gets
-    ``--storage memory`` (and a data dir of its own) once those flags exist."""
+# Interim, until ``dspex-rx serve`` has --data-dir: the same server (``serve`` with the
+# CLI's store) over SqliteBackend, so the harness runs against the durable backend now.
+_SQLITE_SERVE = """\
+import asyncio, sys
+from dspex_rx.core.limits import Limits
+from dspex_rx.logs import configure
+from dspex_rx.server.app import serve
+from dspex_rx.store import MemoryStore
+from dspex_rx.store.sqlite import SqliteBackend
+port, port_file, data_dir, history_size = sys.argv[1:5]
+configure("warning")
+limits = Limits(history_size=int(history_size))
+store = MemoryStore(backend=SqliteBackend(data_dir), limits=limits, session_ttl=86400.0)
+asyncio.run(serve("127.0.0.1", int(port), port_file=port_file, store=store, limits=limits,
+                  auth="token"))
+"""
+
+
+def server_command(storage: str, data_dir: Path, history_size: int, port: int,
+                   port_file: Path) -> list[str]:
+    """The command that serves ``storage`` in ``data_dir`` on ``port``: ``python -m
+    dspex_rx.server.cli serve`` with the storage flags this tree has (the memory server
+    gets ``--storage memory`` and a data dir of its own once they exist)."""
     text = serve_help()
-    flags: list[str] = []
+    base = [sys.executable, "-m", "dspex_rx.server.cli", "serve", "--port", str(port),
+            "--port-file", str(port_file), "--log-level", "warning", "--auth", "token",
+            "--history-size", str(history_size)]
     if "--data-dir" in text:
-        flags += ["--data-dir", str(data_dir)]
-    if "--storage" in text:
-        flags += ["--storage", storage]
-    elif storage != "memory":
-        raise HarnessError(f"dspex-rx serve has no --storage flag for {storage!r}")
-    return flags
+        base += ["--data-dir", str(data_dir)]
+        if "--storage" in text:
+            base += ["--storage", storage]
+        return base
+    if storage == "memory":
+        return base
+    return [sys.executable, "-c", _SQLITE_SERVE, str(port), str(port_file), str(data_dir),
+            str(history_size)]
 
 
 class ServerProcess:
@@ -148,9 +182,12 @@ class ServerProcess:
     ``await server.start()`` again; ``await server.stop()`` at the end.
     """
 
-    def __init__(self, workdir: Path, flags: Sequence[str], start_guard: float = 30.0) -> None:
+    def __init__(self, workdir: Path, storage: str, history_size: int,
+                 start_guard: float = 30.0) -> None:
         self.workdir = workdir
-        self.flags = list(flags)
+        self.storage = storage
+        self.data_dir = workdir / "data"
+        self.history_size = history_size
         self.start_guard = start_guard
         self.port = 0
         self.starts = 0
@@ -171,10 +208,9 @@ class ServerProcess:
             raise HarnessError("the server is still running")
         self.starts += 1
         port_file = self.workdir / f"port-{self.starts}"
-        cmd = [sys.executable, "-m", "dspex_rx.server.cli", "serve",
-               "--port", str(self.port), "--port-file", str(port_file),
-               "--log-level", "warning", "--auth", "token",
-               *self.flags]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = server_command(self.storage, self.data_dir, self.history_size, self.port,
+                             port_file)
         if self._log is None:
             self._log = self.log_path.open("a")
         self._log.write(f"--- start {self.starts}: {' '.join(cmd)}\n")
@@ -182,7 +218,7 @@ class ServerProcess:
         began = time.monotonic()
         # From the tree this module belongs to, so the server runs the code under test.
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=Path(__file__).resolve().parent.parent)
+                                     cwd=REPO_ROOT)
         guard = began + self.start_guard  # a hang guard, not a timing assertion
         while not port_file.exists() or not port_file.read_text().strip():
             if self.proc.poll() is not None:
@@ -766,6 +802,9 @@ class CrashReport:
     server_start_seconds: list[float]
     problems: list[str]
     server_log: str = ""
+    # The checked session's ledger and history, to look into a failure.
+    ledger: Ledger | None = None
+    history: dict[str, list[Entry]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The report as one JSON-ready dict (no problem list, only their count and the
@@ -791,13 +830,7 @@ async def run_crash(config: CrashConfig, workdir: Path) -> CrashReport:
     ``assert not report.problems``.
     """
     began = time.monotonic()
-    data_dir = workdir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = ServerProcess(
-        workdir,
-        [*storage_flags(config.storage, data_dir), "--history-size", str(config.history_size)],
-        start_guard=config.start_guard,
-    )
+    server = ServerProcess(workdir, config.storage, config.history_size, config.start_guard)
     crash = _Crash(config, server)
     try:
         problems = await crash.run()
@@ -822,6 +855,7 @@ async def run_crash(config: CrashConfig, workdir: Path) -> CrashReport:
         resyncs=sum(1 for x in ledgers for d in x.deliveries if d.update_type == "resync"),
         reconnects=crash.reconnects, server_start_seconds=server.start_seconds,
         problems=problems, server_log=server.log_tail() if problems else "",
+        ledger=ledgers[-1], history=crash.history,
     )
 
 
@@ -835,6 +869,7 @@ class _Crash:
         self.ledgers: list[Ledger] = [Ledger()]
         self.runs: list[SessionRun] = []
         self.reconnects = 0
+        self.history: dict[str, list[Entry]] = {}
 
     async def _session(self, nursery: trio.Nursery, epoch: int) -> SessionRun:
         run = await SessionRun.open(self.config, self.server.target, self.ledgers[-1], epoch)
@@ -860,12 +895,11 @@ class _Crash:
         config, server = self.config, self.server
         run = await self._session(nursery, 0)
         for kill in range(config.kills):
-            ledger = self.ledgers[-1]
-            await _kill_at_random_point(config, self.rng, ledger, server, kill)
+            await _kill_at_random_point(config, self.rng, run, server, kill)
             await server.reap()
             await server.start()
             if config.durable:
-                ledger.epoch += 1
+                run.ledger.epoch += 1
                 continue
             # The memory server forgot the session: new clients, a new session.
             run.cancel()
@@ -883,19 +917,26 @@ class _Crash:
             # Everything committed up to the history read has reached every watcher.
             await run.sync_watchers()
         self.reconnects = sum(r.reconnects() for r in self.runs)
+        self.history = history
         return check(ledger, history, current, expired=expired)
 
 
-async def _kill_at_random_point(config: CrashConfig, rng: random.Random, ledger: Ledger,
+async def _kill_at_random_point(config: CrashConfig, rng: random.Random, run: SessionRun,
                                 server: ServerProcess, kill: int) -> None:
     """SIGKILL the server right after a seeded number (1 to ``max_writes_before_kill``)
-    of writes sent or acknowledged. Mostly counted from the first write the restarted
-    server acknowledged (so writes are in flight); one kill in eight counts sends from the
-    restart itself, which can land while the server is still recovering."""
+    of writes sent or acknowledged. Mostly counted once the restarted server acknowledged
+    a write and every watcher's stream is back (so writes are in flight and events on
+    their way); one kill in eight counts sends from the restart itself, which can land
+    while the server is still recovering."""
+    ledger = run.ledger
     kind = rng.choice(("send", "ack", "send", "ack", "send", "ack", "send", "early"))
     count = rng.randint(1, config.max_writes_before_kill)
     if kind != "early":
         await _wait_acks(config, ledger, 1, f"kill {kill + 1}: the first write since the start")
+        with trio.move_on_after(config.progress_guard) as guard:  # a hang guard
+            await run.sync_watchers()
+        if guard.cancelled_caught:
+            raise HarnessError(f"kill {kill + 1}: the watchers' streams did not come back")
     counted = "ack" if kind == "ack" else "send"
 
     def so_far() -> int:
