@@ -121,57 +121,23 @@ def serve_help() -> str:
     ).stdout
 
 
-def _has_sqlite_backend() -> bool:
-    try:
-        from dspex_rx.store import sqlite  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def storage_available(storage: str) -> bool:
-    """Whether ``storage`` can be served here (memory always can)."""
-    if storage == "memory":
-        return True
-    return "--data-dir" in serve_help() or _has_sqlite_backend()
-
-
-# Interim, until ``dspex-rx serve`` has --data-dir: the same server (``serve`` with the
-# CLI's store) over SqliteBackend, so the harness runs against the durable backend now.
-_SQLITE_SERVE = """\
-import asyncio, sys
-from dspex_rx.core.limits import Limits
-from dspex_rx.logs import configure
-from dspex_rx.server.app import serve
-from dspex_rx.store import MemoryStore
-from dspex_rx.store.sqlite import SqliteBackend
-port, port_file, data_dir, history_size = sys.argv[1:5]
-configure("warning")
-limits = Limits(history_size=int(history_size))
-store = MemoryStore(backend=SqliteBackend(data_dir), limits=limits, session_ttl=86400.0)
-asyncio.run(serve("127.0.0.1", int(port), port_file=port_file, store=store, limits=limits,
-                  auth="token"))
-"""
+    """Whether ``dspex-rx serve`` here can run ``storage`` (memory always can)."""
+    return storage == "memory" or "--data-dir" in serve_help()
 
 
 def server_command(storage: str, data_dir: Path, history_size: int, port: int,
                    port_file: Path) -> list[str]:
-    """The command that serves ``storage`` in ``data_dir`` on ``port``: ``python -m
-    dspex_rx.server.cli serve`` with the storage flags this tree has (the memory server
-    gets ``--storage memory`` and a data dir of its own once they exist)."""
-    text = serve_help()
-    base = [sys.executable, "-m", "dspex_rx.server.cli", "serve", "--port", str(port),
-            "--port-file", str(port_file), "--log-level", "warning", "--auth", "token",
-            "--history-size", str(history_size)]
-    if "--data-dir" in text:
-        base += ["--data-dir", str(data_dir)]
-        if "--storage" in text:
-            base += ["--storage", storage]
-        return base
-    if storage == "memory":
-        return base
-    return [sys.executable, "-c", _SQLITE_SERVE, str(port), str(port_file), str(data_dir),
-            str(history_size)]
+    """``python -m dspex_rx.server.cli serve`` for ``storage`` in ``data_dir`` on ``port``
+    (a tree without storage flags serves memory only)."""
+    command = [sys.executable, "-m", "dspex_rx.server.cli", "serve", "--port", str(port),
+               "--port-file", str(port_file), "--log-level", "warning", "--auth", "token",
+               "--history-size", str(history_size)]
+    if "--data-dir" in serve_help():
+        return [*command, "--storage", storage, "--data-dir", str(data_dir)]
+    if storage != "memory":
+        raise HarnessError(f"dspex-rx serve here has no --data-dir for {storage!r}")
+    return command
 
 
 class ServerProcess:
@@ -213,8 +179,7 @@ class ServerProcess:
                              port_file)
         if self._log is None:
             self._log = self.log_path.open("a")
-        shown = ["<sqlite launcher>" if arg == _SQLITE_SERVE else arg for arg in cmd]
-        self._log.write(f"--- start {self.starts}: {' '.join(shown)}\n")
+        self._log.write(f"--- start {self.starts}: {' '.join(cmd)}\n")
         self._log.flush()
         began = time.monotonic()
         # From the tree this module belongs to, so the server runs the code under test.

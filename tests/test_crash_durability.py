@@ -23,7 +23,6 @@ from crash_harness import (
     check,
     run_crash,
     seed_from_env,
-    storage_available,
 )
 
 from dspex_rx.client.actors import VariableUpdate
@@ -46,33 +45,18 @@ def failure(report: CrashReport) -> str:
 # ----------------------------------------------------------------------------- real servers
 
 
-# Watch events go out before their commit is durable (ARCHITECTURE, the Backend seam:
-# "watch events are not held back for it (#14 decides)"), so a kill can take back what a
-# watcher was told: it saw v6 = A, the restarted server gives v6 to B, and a resume from the
-# lost revision skips commits. Until #14 holds events back (or the client resyncs past a
-# revision the server no longer has), those watcher problems make the test xfail, after
-# every write check passed; set this True with that fix so they fail it.
-WATCH_EVENTS_DURABLE = False
-
-
-@pytest.mark.skipif(not storage_available("sqlite"),
-                    reason="no SqliteBackend in this tree (#14)")
 async def test_sqlite_server_killed_20_times_loses_no_acknowledged_write(
     tmp_path: Path,
 ) -> None:
     config = CrashConfig(seed=seed_from_env(), kills=DURABLE_KILLS, storage="sqlite")
     report = await run_crash(config, tmp_path)
-    writes = [p for p in report.problems if not p.startswith("watch")]
-    assert not writes, failure(report)
+    assert not report.problems, failure(report)
     assert report.kills == DURABLE_KILLS, failure(report)
     # The run really wrote through the kills: acknowledged, refused and unknown writes.
     assert report.acked >= DURABLE_KILLS + config.final_acks, failure(report)
     assert report.refused > 0, failure(report)
     assert report.maybe > 0, failure(report)
     assert report.deliveries > 0, failure(report)
-    if report.problems and not WATCH_EVENTS_DURABLE:
-        pytest.xfail("watchers were told commits a kill took back: " + failure(report))
-    assert not report.problems, failure(report)
 
 
 async def test_memory_server_killed_and_restarted_passes_every_check_but_durability(
