@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -139,3 +139,30 @@ def run_benchmark(
     with server_process(note) as target:
         trio.run(client_main, target, args)
     return 0
+
+
+# Awaitable calls to time: ``op(i)`` makes the i-th call.
+Op = Callable[[int], Awaitable[Any]]
+
+
+async def run_sequential(op: Op, calls: int) -> float:
+    """Seconds for ``calls`` calls made one after another."""
+    start = time.perf_counter()
+    for i in range(calls):
+        await op(i)
+    return time.perf_counter() - start
+
+
+async def run_concurrent(op: Op, calls: int, concurrency: int) -> float:
+    """Seconds for ``calls`` calls spread over ``concurrency`` tasks (``calls`` divisible)."""
+    per_task = calls // concurrency
+
+    async def worker(offset: int) -> None:
+        for i in range(offset, offset + per_task):
+            await op(i)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for task in range(concurrency):
+            nursery.start_soon(worker, task * per_task)
+    return time.perf_counter() - start

@@ -36,12 +36,21 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
-from _common import emit, environment, make_note, quiet_logging, require_positive, server_process
+from _common import (
+    Op,
+    emit,
+    environment,
+    make_note,
+    quiet_logging,
+    require_positive,
+    run_concurrent,
+    run_sequential,
+    server_process,
+)
 
 import dspex_rx
 
@@ -49,32 +58,8 @@ GOAL_SEQUENTIAL = 0.4
 GOAL_CONCURRENT = 0.6
 STORAGES = ("memory", "sqlite")
 
-Op = Callable[[int], Awaitable[Any]]
 
 note = make_note("bench_durable")
-
-
-async def run_sequential(op: Op, calls: int) -> float:
-    """Seconds for ``calls`` calls made one after another."""
-    start = time.perf_counter()
-    for i in range(calls):
-        await op(i)
-    return time.perf_counter() - start
-
-
-async def run_concurrent(op: Op, calls: int, concurrency: int) -> float:
-    """Seconds for ``calls`` calls spread over ``concurrency`` tasks (``calls`` divisible)."""
-    per_task = calls // concurrency
-
-    async def worker(offset: int) -> None:
-        for i in range(offset, offset + per_task):
-            await op(i)
-
-    start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for task in range(concurrency):
-            nursery.start_soon(worker, task * per_task)
-    return time.perf_counter() - start
 
 
 def fsync_loop(path: Path, rows: int) -> float:

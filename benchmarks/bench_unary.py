@@ -26,13 +26,18 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-import trio
-from _common import emit, make_note, require_positive, run_benchmark
+from _common import (
+    Op,
+    emit,
+    make_note,
+    require_positive,
+    run_benchmark,
+    run_concurrent,
+    run_sequential,
+)
 from google.protobuf.message import Message
 
 import dspex_rx
@@ -44,36 +49,12 @@ GOAL_MAX_BYTES = 3200
 GRPC_FRAME_BYTES = 5  # 1-byte compressed flag + 4-byte big-endian length, per message
 EMBEDDING_DIMS = 768
 
-Op = Callable[[int], Awaitable[Any]]
 
 
 note = make_note("bench_unary")
 
 
 # ----------------------------------------------------------------------------- timing
-
-
-async def run_sequential(op: Op, calls: int) -> float:
-    """Seconds for ``calls`` calls made one after another."""
-    start = time.perf_counter()
-    for i in range(calls):
-        await op(i)
-    return time.perf_counter() - start
-
-
-async def run_concurrent(op: Op, calls: int, concurrency: int) -> float:
-    """Seconds for ``calls`` calls spread over ``concurrency`` tasks (``calls`` divisible)."""
-    per_task = calls // concurrency
-
-    async def worker(offset: int) -> None:
-        for i in range(offset, offset + per_task):
-            await op(i)
-
-    start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for task in range(concurrency):
-            nursery.start_soon(worker, task * per_task)
-    return time.perf_counter() - start
 
 
 async def run_mode(op: Op, mode: str, calls: int, concurrency: int) -> float:
