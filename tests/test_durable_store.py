@@ -384,3 +384,29 @@ def test_the_real_disk_refusing_a_flush_is_reported(tmp_path: Path) -> None:
     assert store.session("s").variables == {}
     backend._db.execute("PRAGMA query_only=OFF")
     store.close()
+
+
+def test_a_read_only_data_file_serves_reads_and_refuses_writes(tmp_path: Path) -> None:
+    # As a read-only mount looks to SQLite: the file opens, and the first write fails.
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+    store.close()
+    real = sqlite3.connect
+
+    def read_only(path: Any, **options: Any) -> sqlite3.Connection:
+        return real(f"file:{path}?mode=ro", uri=True, **options)
+
+    sqlite3.connect = read_only  # type: ignore[assignment]
+    try:
+        store = MemoryStore(backend=SqliteBackend(tmp_path))
+    finally:
+        sqlite3.connect = real
+    assert store.get("s", "t").value == 0
+    store.set("s", "t", 1, actor="s")
+    with pytest.raises(StorageError, match="readonly") as refused:
+        sync(store)
+    assert "nothing of it was kept" in str(refused.value)
+    assert store.get("s", "t").value == 0  # reads go on, from what the file holds
+    store.close()

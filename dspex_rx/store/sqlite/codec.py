@@ -132,6 +132,15 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
     except StorageError:
         db.close()
         raise
+    except sqlite3.OperationalError as exc:
+        db.close()
+        # A read-only dir or file, a full disk: the file may be fine, the server cannot
+        # write it, and a store that cannot acknowledge writes must not start.
+        raise StorageError(
+            f"the data file {path} cannot be written ({exc}); refusing to start a server "
+            f"that could not keep what it acknowledges: check the permissions of "
+            f"{path.parent} and its free space", path=str(path),
+        ) from exc
     except sqlite3.DatabaseError as exc:
         db.close()
         raise _refuse(path, f"is not a readable SQLite database ({exc})", exc) from exc
