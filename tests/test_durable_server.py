@@ -162,3 +162,22 @@ def test_serve_refuses_a_corrupt_data_file_with_a_clear_message(tmp_path: Path) 
     assert done.returncode == 2
     assert "refusing to start" in done.stderr and "dspex-rx.sqlite3" in done.stderr
     assert (tmp_path / "dspex-rx.sqlite3").read_bytes() == b"garbage" * 1000
+
+
+async def test_an_expiry_is_made_durable_without_waiting_for_a_call(tmp_path: Path) -> None:
+    # Regression: an expired session stayed in the file until some later call synced.
+    from dspex_rx.store import MemoryStore
+    from dspex_rx.store.sqlite import SqliteBackend
+
+    now = [1000.0]
+    store = MemoryStore(backend=SqliteBackend(tmp_path), clock=lambda: now[0])
+    with EmbeddedServer(store=store, expire_interval=0.01) as server:
+        server.call(lambda: store.initialize_session("brief", ttl=10))
+        now[0] += 11
+        await until(lambda: server.call(lambda: "brief" not in store.session_ids()
+                                        and not store.pending), "the expiry synced")
+        server.stop()  # no call came after the expiry
+        store._backend.close()
+    reopened = SqliteBackend(tmp_path)
+    assert "brief" not in reopened.sessions
+    reopened.close()

@@ -155,6 +155,13 @@ class Server:
             await asyncio.sleep(self.expire_interval)
             for session_id in self.store.expire():
                 log.info("session_expired", session_id=session_id)
+            if self.store.pending:
+                # Expiry changed state no call will sync for (clients dropped, sessions
+                # removed, leases ended): make it durable now, not with the next write.
+                try:
+                    await self.store.sync(self.store.revision)
+                except StorageError as exc:
+                    log.error("expiry_sync_failed", error=str(exc))
 
     async def stop(self, grace: float | None = 2.0) -> None:
         """Stop accepting calls, let running ones finish within ``grace`` seconds.
