@@ -1,45 +1,24 @@
-"""SqliteBackend: the memory backend's live state, made durable in one SQLite file by group
-commit (every change waiting when a flush starts shares its one fsync).
-
-Like etcd's in-memory index over bbolt: reads and the engine's checks run on the live
-state; ``sync`` returns once the file holds everything changed before the call. A flush
-the disk refuses reverts the live state to the file and fails every waiter.
+"""SqliteBackend: the durable backend's rows in one SQLite file under a data dir, each flush
+one ``BEGIN IMMEDIATE .. COMMIT`` (WAL, ``synchronous=FULL``: one fsync per flush).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-from dspex_rx.core.identity import RetiredIds
 from dspex_rx.errors import StorageError
-from dspex_rx.logs import get_logger
-from dspex_rx.store.backend import WriteTxn
-from dspex_rx.store.memory.backend import MemoryBackend
-from dspex_rx.store.memory.txn import _MemoryWrite
-from dspex_rx.store.records import ChangeEvent, Commit
+from dspex_rx.store.durable.backend import DurableBackend
+from dspex_rx.store.durable.rows import Delete, Op, Put, below_range, encode_key, prefix_range
 from dspex_rx.store.sqlite.codec import FILE_NAME, connect, lock_dir
-from dspex_rx.store.sqlite.image import Dirty, Image, Statement
-from dspex_rx.store.sqlite.load import CorruptRow, Loaded, load
-from dspex_rx.store.state import Session
-
-log = get_logger("dspex_rx.store")
-
-# How long writes are refused at once after the disk refused one, before the next write
-# tries the disk again (each try reloads the state from the file).
-RETRY_AFTER = 1.0
 
 
-class SqliteBackend(MemoryBackend):
-    """The store's state in ``data_dir/dspex-rx.sqlite3`` (WAL, ``synchronous=FULL``).
+class SqliteBackend(DurableBackend):
+    """The store's state in ``data_dir/dspex-rx.sqlite3``.
 
     The directory is created (``0700``) and locked: a second server on it is refused. A
     corrupt or foreign file is refused with ``StorageError``, never emptied.
@@ -58,301 +37,75 @@ class SqliteBackend(MemoryBackend):
     >>> again.close()
     """
 
+    storage_errors = (sqlite3.Error, OSError)
+
     def __init__(
         self, data_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
     ) -> None:
-        super().__init__()
+        super().__init__(clock=clock)
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / FILE_NAME
-        self._clock = clock
+        self.refusal_hint = " (free disk space, check its permissions)"
         self._lock = lock_dir(self.data_dir)
         try:
             self._db = connect(self.path, create=True)
             try:
-                loaded = self._read()
+                self._start()
             except BaseException:
                 self._db.close()
                 raise
         except BaseException:
             os.close(self._lock)
             raise
-        self._next = 1
-        self._image = Image()
-        self._retired_ids: RetiredIds | None = None
-        self._stored_retired: dict[str, tuple[bytes, int]] = {}
-        self._install(loaded)
-        # What changed since the last flush began; ``_epoch`` counts changes, and
-        # ``_durable`` is the count the file holds.
-        self._dirty: dict[str, Dirty] = {}
-        self._gone: list[str] = []
-        self._retired_dirty = False
-        self._epoch = self._durable = 0
-        self._flushing: asyncio.Future[None] | None = None
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="dspex-rx-sqlite")
-        self._refusing_until = 0.0
-        self._refusal = ""
-        # Bumped each time the live state is reloaded from the file: what was shown
-        # from an older generation and not yet durable must not be sent any more.
-        self._generation = 0
-        self._reload_hooks: list[Callable[[], None]] = []
-        self._closed = False
 
-    # -- loading -------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        """The data file, for messages.
 
-    def _read(self) -> Loaded:
+        Example: ``backend.where`` names ``dspex-rx-data/dspex-rx.sqlite3``.
+        """
+        return f"the data file {self.path}"
+
+    def _rows(self) -> Iterator[tuple[bytes, bytes]]:
         try:
-            return load(self._db, self._clock())
-        except CorruptRow as exc:
-            raise StorageError(
-                f"the data file {self.path} holds a row this server cannot read "
-                f"({', '.join(map(str, exc.args))}); refusing to start rather than serve "
-                "it half-read (restore a backup, or move the file away to start afresh)",
-                path=str(self.path),
-            ) from exc
+            # One read transaction: every row of one committed state.
+            self._db.execute("BEGIN")
+            try:
+                yield from self._db.execute("SELECT k, v FROM kv ORDER BY k")
+            finally:
+                self._db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise StorageError(
-                f"the data file {self.path} cannot be read ({exc}); refusing to start "
-                "rather than serve it half-read", path=str(self.path),
+                f"{self.where} cannot be read ({exc}); refusing to start rather than serve "
+                "it half-read", path=str(self.path),
             ) from exc
 
-    def _install(self, loaded: Loaded) -> None:
-        # The engine holds ``self._sessions`` itself: refill it, never replace it.
-        self._sessions.clear()
-        self._sessions.update(loaded.sessions)
-        self._owners.clear()
-        self._owners.update(loaded.owners)
-        for session in self._sessions.values():
-            if session.log and session.log[-1].revision > session.revision:
-                session.revision = session.log[-1].revision
-        self._revision = loaded.revision
-        self._next = loaded.next_id
-        self._ids = itertools.count(loaded.next_id)
-        self._image = loaded.image
-        self._stored_retired = loaded.retired
-        if self._retired_ids is not None:
-            self._retired_ids.restore(loaded.retired.items())
-
-    def keep_retired(self, retired: RetiredIds) -> None:
-        """Load the stored retired ids into the engine's ``retired``; write its changes.
-
-        Example: ``backend.keep_retired(store_retired)`` as the engine starts.
-        """
-        self._retired_ids = retired
-        retired.restore(self._stored_retired.items())
-
-    @property
-    def generation(self) -> int:
-        """How many times a refused flush reloaded the live state from the file.
-
-        Example: ``backend.generation`` is 0 until the disk refused a flush.
-        """
-        return self._generation
-
-    def on_reload(self, hook: Callable[[], None]) -> None:
-        """Call ``hook`` after the live state was reloaded from the file (a flush failed).
-
-        Example: ``backend.on_reload(accounts.rebuild)``.
-        """
-        self._reload_hooks.append(hook)
-
-    # -- what changed ----------------------------------------------------------------
-
-    def _mark(self, session_id: str) -> Dirty:
-        self._epoch += 1
-        dirty = self._dirty.get(session_id)
-        if dirty is None:
-            dirty = self._dirty[session_id] = Dirty()
-        return dirty
-
-    @property
-    def pending(self) -> bool:
-        """Whether a change is not yet in the file.
-
-        Example: ``backend.pending`` is True between a commit and its ``sync``.
-        """
-        return self._epoch != self._durable
-
-    def write(self) -> WriteTxn:
-        """Open the write txn; refused (``StorageError``) for a moment after the disk
-        refused a flush.
-
-        Example: ``txn = backend.write()``.
-        """
-        if self._refusing_until and time.monotonic() < self._refusing_until:
-            raise StorageError(self._refusal, path=str(self.path))
-        return super().write()
-
-    def next_id(self) -> int:
-        """The next variable id number (the counter is stored with the next flush).
-
-        Example: ``backend.next_id()`` returns 1, then 2, ...
-        """
-        number = super().next_id()
-        self._next = number + 1
-        self._epoch += 1
-        return number
-
-    def add_session(self, session: Session) -> None:
-        """Hold a new session; its rows are written with the next flush.
-
-        Example: ``backend.add_session(Session("s", {}, 0.0))``.
-        """
-        super().add_session(session)
-        dirty = self._mark(session.id)
-        dirty.header = dirty.graph = True
-        self._retired_dirty = True  # creating an id may revive a retired one
-
-    def remove_session(
-        self, session_id: str, *, settle: Callable[[Session], None] | None = None
-    ) -> Session:
-        """Drop a session; its rows are deleted with the next flush.
-
-        Example: ``backend.remove_session("s")``.
-        """
-        gone = super().remove_session(session_id, settle=settle)
-        self._epoch += 1
-        self._dirty.pop(session_id, None)
-        self._gone.append(session_id)
-        self._retired_dirty = True
-        return gone
-
-    def touch(self, session_id: str, var_id: str = "") -> None:
-        """Write a session's header (or, with ``var_id``, that variable) with the next flush.
-
-        Example: ``backend.touch("s")`` after a client attached.
-        """
-        if session_id not in self._sessions:
-            return
-        dirty = self._mark(session_id)
-        if var_id:
-            dirty.variables.add(var_id)
-        else:
-            dirty.header = True
-
-    def compact(self, session_id: str, through: int) -> list[Commit]:
-        """Drop logged commits up to ``through`` (in the file with the next flush).
-
-        Example: ``backend.compact("s", 10)``.
-        """
-        floor = self._sessions[session_id].log_floor
-        dropped = super().compact(session_id, through)
-        if dropped or self._sessions[session_id].log_floor != floor:
-            dirty = self._mark(session_id)
-            dirty.header = dirty.log = True
-        return dropped
-
-    def _apply(self, txn: _MemoryWrite, session_id: str, events: Sequence[ChangeEvent],
-               timestamp: float, permissions: Sequence[str],
-               settle: Callable[[Commit], None] | None) -> Commit:
-        commit = super()._apply(txn, session_id, events, timestamp, permissions, settle)
-        dirty = self._mark(session_id)
-        dirty.log = True
-        changed = dirty.variables
-        changed.update(txn.staged)
-        changed.update(txn.staged_rules)
-        for _, var_id, _ in txn.table_ops or ():
-            changed.add(var_id)
-        if txn.graph_ops:
-            dirty.graph = True
-        return commit
-
-    # -- group commit ----------------------------------------------------------------
-
-    async def sync(self, revision: int) -> None:
-        """Return once the file holds ``revision`` and every change made before the call;
-        concurrent callers share one flush (one fsync). ``StorageError`` if the disk
-        refused it: the change is gone, and the live state is the file's again.
-
-        Example: ``await backend.sync(commit.revision)``.
-        """
-        if revision > self._revision:
-            raise ValueError(f"revision {revision} is not committed (newest {self._revision})")
-        target, generation = self._epoch, self._generation
-        while self._durable < target:
-            flushing = self._flushing
-            if flushing is None:
-                flushing = self._flushing = asyncio.ensure_future(self._flush())
-                flushing.add_done_callback(_retrieve)
-            await asyncio.shield(flushing)
-            if self._generation != generation:
-                raise StorageError(self._refusal, path=str(self.path))
-
-    async def _flush(self) -> None:
-        try:
-            epoch = self._epoch
-            batch = self._collect()
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(self._writer, self._write, batch)
-            except (sqlite3.Error, OSError) as exc:
-                self._refuse(exc)
-            self._durable = max(self._durable, epoch)
-            self._refusing_until = 0.0
-        finally:
-            self._flushing = None
-
-    def _collect(self) -> list[Statement]:
-        # On the loop: what changed, serialised now (the live objects change after).
-        dirty, self._dirty = self._dirty, {}
-        gone, self._gone = self._gone, []
-        retired = None
-        if self._retired_dirty and self._retired_ids is not None:
-            retired = dict(self._retired_ids.items())
-        self._retired_dirty = False
-        return self._image.batch(self._sessions, dirty, gone, self._revision, self._next,
-                                 retired)
-
-    def _write(self, batch: list[Statement]) -> None:
+    def _write(self, ops: list[Op]) -> None:
         # On the writer thread: one transaction, one fsync (synchronous=FULL).
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for sql, rows in batch:
-                db.executemany(sql, rows)
+            for op in ops:
+                if isinstance(op, Put):
+                    db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)",
+                               (encode_key(op.table, op.key), op.value))
+                    continue
+                _delete(db, op)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
 
-    def _refuse(self, exc: BaseException) -> None:
-        # The file did not take the flush: every change since the last good one is
-        # undone (the live state is the file's again), and writes are refused for a moment.
-        self._refusal = (
-            f"the server's storage refused the write ({exc}); nothing of it was kept. "
-            f"Reads go on; writes fail until the data dir {self.data_dir} accepts them "
-            "again (free disk space, check its permissions)"
-        )
-        log.error("storage_refused", data_dir=str(self.data_dir), error=str(exc))
-        self._refusing_until = time.monotonic() + RETRY_AFTER
-        self._install(self._read())
-        self._dirty.clear()
-        self._gone.clear()
-        self._retired_dirty = False
-        self._durable = self._epoch
-        self._generation += 1
-        # The engine rebuilds what it derives from the state (accounts); the server
-        # ends every stream, whose clients resume from the last revision they got
-        # (which the file holds).
-        for hook in self._reload_hooks:
-            hook()
-        raise StorageError(self._refusal, path=str(self.path)) from exc
-
-    def close(self) -> None:
-        """Wait for the writer, close the file and release the data dir's lock.
-
-        Example: ``backend.close()`` as the server stops.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self._writer.shutdown(wait=True)
+    def _release(self) -> None:
         self._db.close()
         os.close(self._lock)
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    # A flush whose every waiter was cancelled still had its error seen (no warning).
-    if not future.cancelled():
-        future.exception()
-
+def _delete(db: sqlite3.Connection, op: Delete) -> None:
+    if op.prefix or op.below is not None:
+        start, end = (below_range(op.table, op.key, op.below) if op.below is not None
+                      else prefix_range(op.table, op.key))
+        db.execute("DELETE FROM kv WHERE k >= ? AND k < ?", (start, end))
+    else:
+        db.execute("DELETE FROM kv WHERE k = ?", (encode_key(op.table, op.key),))

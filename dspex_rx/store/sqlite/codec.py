@@ -1,18 +1,14 @@
-"""The SQLite file of a durable store: where it lives in the data dir, its schema and format
-version, opening it (WAL, ``synchronous=FULL``, an exclusive lock) and refusing a bad one.
-
-Rows hold pickled store objects: the data dir must be trusted like the server's own code
-(it is created ``0700``); a file is never read from anywhere else.
+"""The SQLite file of a durable store: where it lives in the data dir, its schema (the
+rows of `store/durable/rows.py` in one key-value table) and format version, opening it
+(WAL, ``synchronous=FULL``, an exclusive lock on the dir) and refusing a bad one.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import pickle
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from dspex_rx.errors import StorageError
 
@@ -21,44 +17,12 @@ LOCK_NAME = "LOCK"
 # Bumped when a stored shape changes; a file of another format is refused, not guessed at.
 FORMAT = 1
 
-# One row per kind of state. ``entries`` holds the ordered tails (history, evaluations,
-# the commit log) as (session, kind, variable, sequence number); ``variables`` one row per
-# variable (record, rules, fixed cost, leases); ``sessions`` a header and the graph.
+# The rows (store/durable/rows.py: key bytes in the space's order, pickled values); the
+# data dir must be trusted like the server's own code, which is why it is created 0700.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY, header BLOB NOT NULL, graph BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS variables (
-    session TEXT NOT NULL, id TEXT NOT NULL, row BLOB NOT NULL,
-    PRIMARY KEY (session, id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS entries (
-    session TEXT NOT NULL, kind INTEGER NOT NULL, var TEXT NOT NULL, seq INTEGER NOT NULL,
-    item BLOB NOT NULL, PRIMARY KEY (session, kind, var, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS retired (
-    id TEXT PRIMARY KEY, digest BLOB NOT NULL, claim INTEGER NOT NULL,
-    ord INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS file_info (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
 """
-
-# The kinds of ``entries`` rows.
-HISTORY, EVALUATIONS, LOG = 1, 2, 3
-
-
-def dumps(obj: Any) -> bytes:
-    """The stored bytes of a store object.
-
-    >>> loads(dumps({"t": 0.5}))
-    {'t': 0.5}
-    """
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def loads(data: bytes) -> Any:
-    """A store object from its stored bytes (only ever bytes this server wrote).
-
-    >>> loads(dumps([1, 2]))
-    [1, 2]
-    """
-    return pickle.loads(data)
 
 
 def _refuse(path: Path, why: str, cause: BaseException | None = None) -> StorageError:
@@ -117,16 +81,16 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
             if verdict != "ok":
                 raise _refuse(path, f"is corrupt (SQLite quick_check: {verdict})")
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-            if "meta" not in tables:
+            if not {"file_info", "kv"} <= tables:
                 raise _refuse(path, "is an SQLite file, but not a dspex-rx store")
         elif not create:
             raise _refuse(path, "does not exist")
         db.executescript(SCHEMA)
-        stored = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+        stored = db.execute("SELECT value FROM file_info WHERE key='format'").fetchone()
         if stored is None:
             if existed:
                 raise _refuse(path, "has no format version (not a complete dspex-rx store)")
-            db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+            db.execute("INSERT INTO file_info VALUES ('format', ?)", (FORMAT,))
         elif int(stored[0]) != FORMAT:
             raise _refuse(path, f"is of format {stored[0]}; this server reads format {FORMAT}")
     except StorageError:

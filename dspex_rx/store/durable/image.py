@@ -1,5 +1,5 @@
 """The durable image's bookkeeping: which parts of the live state changed since the last
-flush, and the SQL statements that bring the file up to them (a ``Batch``).
+flush, and the row writes (``rows.Put``/``Delete``) that bring the stored rows up to them.
 
 The live state is the memory backend's Session objects; this module only reads them. Tails
 (history, evaluations, the commit log) are appended at the end and trimmed at the front, so
@@ -10,13 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from dspex_rx.store.sqlite.codec import EVALUATIONS, HISTORY, LOG, dumps
+from dspex_rx.store.durable.rows import (
+    ENTRIES,
+    EVALUATIONS,
+    HISTORY,
+    LOG,
+    META,
+    RETIRED,
+    SESSIONS,
+    VARIABLES,
+    Delete,
+    Op,
+    Put,
+    dumps,
+    session_header,
+    variable_row,
+)
 from dspex_rx.store.state import Session
-
-# SQL with the rows to run it on (executemany), in the order they must run.
-Statement = tuple[str, list[tuple[Any, ...]]]
 
 
 @dataclass(slots=True)
@@ -42,35 +53,6 @@ class _Tail:
     last: object
 
 
-def session_header(session: Session) -> dict[str, Any]:
-    """The stored part of a session beside its variables and graph.
-
-    >>> from dspex_rx.store.state import Session
-    >>> session_header(Session("s", {}, 1.0))["created_at"]
-    1.0
-    """
-    return {
-        "metadata": session.metadata, "created_at": session.created_at,
-        "revision": session.revision, "metadata_size": session.metadata_size,
-        "token": session.token, "claim": session.claim, "incarnation": session.incarnation,
-        "log_floor": session.log_floor,
-        "clients": {cid: (c.name, c.ttl) for cid, c in session.clients.items()},
-        "idle_since": getattr(session, "idle_since", None),
-    }
-
-
-def variable_row(session: Session, var_id: str) -> tuple[Any, ...]:
-    """A variable's stored row: record, rules, fixed cost, latest and recent leases (one
-    pickle, so the latest lease stays the same object as its entry among the recent ones).
-
-    Example: ``variable_row(session, "var_t_1")[0]`` is its record.
-    """
-    return (
-        session.variables[var_id], session.rules.get(var_id, ()), session.fixed.get(var_id, 0),
-        session.leases.get(var_id), list(session.recent_leases.get(var_id, ())),
-    )
-
-
 class Image:
     """What the file holds, as far as a flush needs to know: the tails' shadows and the
     retired ids written; ``batch`` turns what changed into statements.
@@ -78,9 +60,9 @@ class Image:
     >>> from dspex_rx.store.state import Session
     >>> image = Image()
     >>> session = Session("s", {}, 0.0)
-    >>> statements = image.batch({"s": session}, {"s": Dirty(header=True)}, (), 0, 1, None)
-    >>> [sql.split()[0] for sql, _ in statements]
-    ['INSERT', 'INSERT']
+    >>> ops = image.batch({"s": session}, {"s": Dirty(header=True)}, (), 0, 1, None)
+    >>> [(type(op).__name__, op.table) for op in ops]
+    [('Put', 'sessions'), ('Put', 'meta'), ('Put', 'meta')]
     """
 
     def __init__(self) -> None:
@@ -121,19 +103,19 @@ class Image:
         revision: int,
         next_id: int,
         retired: Mapping[str, tuple[bytes, int]] | None,
-    ) -> list[Statement]:
-        """The statements that write what changed: removed sessions, then each dirty
+    ) -> list[Op]:
+        """The row writes of what changed: removed sessions, then each dirty
         session's header, graph, variables and tails, then the retired ids (when given)
-        and the counters. Shadows move to what the statements write.
+        and the counters. Shadows move to what the writes make the rows.
 
         Example: ``image.batch(backend.sessions, dirty, gone, 7, 3, None)``.
         """
-        out: list[Statement] = []
+        out: list[Op] = []
         for session_id in gone:
             self.forget_session(session_id)
-            for table, column in (("sessions", "id"), ("variables", "session"),
-                                  ("entries", "session")):
-                out.append((f"DELETE FROM {table} WHERE {column} = ?", [(session_id,)]))
+            out.append(Delete(SESSIONS, (session_id,)))
+            out.append(Delete(VARIABLES, (session_id,), prefix=True))
+            out.append(Delete(ENTRIES, (session_id,), prefix=True))
         for session_id, changed in dirty.items():
             session = sessions.get(session_id)
             if session is None:
@@ -141,31 +123,25 @@ class Image:
             self._session(out, session, changed)
         if retired is not None:
             self._retired_rows(out, retired)
-        out.append(("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    [("revision", revision), ("next_id", next_id)]))
+        out.append(Put(META, ("revision",), str(revision).encode()))
+        out.append(Put(META, ("next_id",), str(next_id).encode()))
         return out
 
-    def _session(self, out: list[Statement], session: Session, changed: Dirty) -> None:
+    def _session(self, out: list[Op], session: Session, changed: Dirty) -> None:
         sid = session.id
         if changed.header or changed.graph:
-            out.append(("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
-                        [(sid, dumps(session_header(session)), dumps(session.graph))]))
-        rows, deleted = [], []
+            out.append(Put(SESSIONS, (sid,), dumps((session_header(session), session.graph))))
         for var_id in changed.variables:
             if var_id in session.variables:
-                rows.append((sid, var_id, dumps(variable_row(session, var_id))))
+                out.append(Put(VARIABLES, (sid, var_id), dumps(variable_row(session, var_id))))
             else:
-                deleted.append((sid, var_id))
+                out.append(Delete(VARIABLES, (sid, var_id)))
             self._tail(out, sid, HISTORY, var_id, session.history.get(var_id, ()))
             self._tail(out, sid, EVALUATIONS, var_id, session.evaluations.get(var_id, ()))
-        if rows:
-            out.append(("INSERT OR REPLACE INTO variables VALUES (?, ?, ?)", rows))
-        if deleted:
-            out.append(("DELETE FROM variables WHERE session = ? AND id = ?", deleted))
         if changed.log:
             self._tail(out, sid, LOG, "", session.log)
 
-    def _tail(self, out: list[Statement], sid: str, kind: int, var_id: str,
+    def _tail(self, out: list[Op], sid: str, kind: int, var_id: str,
               items: Sequence[object]) -> None:
         # Find the newest item the file holds among the live ones (from the end: usually
         # a few new ones follow it); the ones after it are new, the ones the file holds
@@ -182,37 +158,27 @@ class Image:
         new.reverse()
         if tail is not None and held < 0:
             # Nothing the file holds is live any more (dropped, or dropped and refilled).
-            out.append(("DELETE FROM entries WHERE session = ? AND kind = ? AND var = ?",
-                        [key]))
+            out.append(Delete(ENTRIES, key, prefix=True))
             first = tail.next
         elif tail is not None:
             first = tail.first + (tail.next - tail.first) - (held + 1)
             if first > tail.first:
-                out.append(("DELETE FROM entries WHERE session = ? AND kind = ? AND var = ? "
-                            "AND seq < ?", [(*key, first)]))
+                out.append(Delete(ENTRIES, key, below=first))
         else:
             first = 0
         start = tail.next if tail is not None else 0
-        if new:
-            out.append(("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
-                        [(*key, start + i, dumps(item)) for i, item in enumerate(new)]))
+        out.extend(Put(ENTRIES, (*key, start + i), dumps(item)) for i, item in enumerate(new))
         if items:
             self._tails[key] = _Tail(first if held >= 0 else start, start + len(new),
                                      items[-1])
         else:
             self._tails.pop(key, None)
 
-    def _retired_rows(self, out: list[Statement], retired: Mapping[str, tuple[bytes, int]]
-                      ) -> None:
+    def _retired_rows(self, out: list[Op], retired: Mapping[str, tuple[bytes, int]]) -> None:
         shadow = self._retired
-        gone = [(sid,) for sid in shadow if sid not in retired]
-        if gone:
-            out.append(("DELETE FROM retired WHERE id = ?", gone))
-        rows = []
+        out.extend(Delete(RETIRED, (sid,)) for sid in shadow if sid not in retired)
         for sid, (digest, claim) in retired.items():
             if shadow.get(sid) != (digest, claim):
                 self._retired_ord += 1
-                rows.append((sid, digest, claim, self._retired_ord))
-        if rows:
-            out.append(("INSERT OR REPLACE INTO retired VALUES (?, ?, ?, ?)", rows))
+                out.append(Put(RETIRED, (sid,), dumps((digest, claim, self._retired_ord))))
         self._retired = dict(retired)
