@@ -85,12 +85,17 @@ class SqliteBackend(DurableBackend):
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            puts: list[tuple[bytes, bytes]] = []  # consecutive puts go in one executemany
             for op in ops:
                 if isinstance(op, Put):
-                    db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)",
-                               (encode_key(op.table, op.key), op.value))
+                    puts.append((encode_key(op.table, op.key), op.value))
                     continue
+                if puts:
+                    db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", puts)
+                    puts = []
                 _delete(db, op)
+            if puts:
+                db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", puts)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
