@@ -114,6 +114,8 @@ class Server:
 
         Example: ``port = await server.start()`` binds and serves.
         """
+        # A replicated backend applies other replicas' writes on this loop.
+        self.store.bind_loop(asyncio.get_running_loop())
         server = grpc.aio.server(options=grpc_options(self.limits.max_message_bytes))
         add_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

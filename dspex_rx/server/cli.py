@@ -22,6 +22,7 @@ from dspex_rx.core.identity import Principals
 from dspex_rx.core.limits import Limits
 from dspex_rx.errors import InvalidValueError, StorageError
 from dspex_rx.logs import configure
+from dspex_rx.store.durable.backend import DurableBackend
 from dspex_rx.store.sqlite import SqliteBackend
 from dspex_rx.wire.security import AUTH_MODES, check_bind, server_credentials
 
@@ -93,9 +94,17 @@ def main(argv: list[str] | None = None) -> int:
                          help="YAML/JSON file of reserved session-id namespaces, "
                          "{'admin_*': KEY}: creating a session in one needs its KEY (or "
                          "give 'sha256:<hex>' of it); access-rule globs must lie in one")
-    serve_p.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite",
+    serve_p.add_argument("--storage", choices=["sqlite", "memory", "etcd"], default="sqlite",
                          help="sqlite: durable, in --data-dir (default); memory: lost at "
-                         "exit")
+                         "exit; etcd: in an etcd cluster (--etcd-endpoints), shared by "
+                         "every server (replica) given the same endpoints and prefix")
+    serve_p.add_argument("--etcd-endpoints", default="127.0.0.1:2379", metavar="H:P[,H:P]",
+                         help="the etcd members for --storage etcd (default 127.0.0.1:2379)")
+    serve_p.add_argument("--etcd-prefix", default="dspex-rx/", metavar="PREFIX",
+                         help="the key prefix of this store in etcd (default dspex-rx/)")
+    serve_p.add_argument("--etcd-max-txn-ops", type=int, default=128, metavar="N",
+                         help="etcd's --max-txn-ops (default 128): a write needing more "
+                         "operations is refused, naming it")
     serve_p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",
                          help=f"where --storage sqlite keeps its file (default "
                          f"{DEFAULT_DATA_DIR}, created 0700)")
@@ -142,11 +151,16 @@ def main(argv: list[str] | None = None) -> int:
 
     session_ttl = args.session_ttl
     if session_ttl is None:
-        session_ttl = DEFAULT_SESSION_TTL if args.storage == "sqlite" else 0.0
-    backend = None
+        session_ttl = DEFAULT_SESSION_TTL if args.storage != "memory" else 0.0
+    backend: DurableBackend | None = None
     try:
         if args.storage == "sqlite":
             backend = SqliteBackend(args.data_dir)
+        elif args.storage == "etcd":
+            from dspex_rx.etcd import EtcdBackend
+
+            backend = EtcdBackend(args.etcd_endpoints.split(","), prefix=args.etcd_prefix,
+                                  max_txn_ops=args.etcd_max_txn_ops)
         store = MemoryStore(limits=limits, log_size=args.log_size, principals=principals,
                             session_ttl=session_ttl, backend=backend)
     except (StorageError, InvalidValueError) as exc:

@@ -16,10 +16,12 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from dspex_rx.core.limits import Limits, too_many
-from dspex_rx.errors import AuthenticationError, DspexError, InvalidValueError
+from dspex_rx.errors import AuthenticationError, ConflictError, DspexError, InvalidValueError
 from dspex_rx.logs import get_logger
 from dspex_rx.server.encode import seen_variable
 from dspex_rx.store import MemoryStore, VariableRecord
+from dspex_rx.store.backend import RevisionConflict
+from dspex_rx.store.commit import MAX_CONFLICT_ATTEMPTS
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire.convert import ERROR_DETAIL_PREFIX, ERROR_KIND_KEY, STATUS_BY_KIND
 from dspex_rx.wire.security import SESSION_TOKEN_KEY
@@ -289,15 +291,27 @@ class Unary(Generic[Req, Resp]):
                     service.authenticate(getattr(request, "session_id", ""), context)
                     session_id = require_session_id(request)
                 store = service.store
-                before = store.revision
-                response = handler(Call(service, context, name, session_id), request)
-                # A write is acknowledged only once durable: the handler committed in one
-                # synchronous step, so the store's revision now is the write's own. A
-                # read (or an attach) waits too while anything it may show is not yet
-                # durable: an answer never shows what the disk could still refuse.
-                if store.revision != before or store.pending:
-                    await store.sync(store.revision)
-                return response
+                call = Call(service, context, name, session_id)
+                for attempt in range(1, MAX_CONFLICT_ATTEMPTS + 1):
+                    before = store.revision
+                    response = handler(call, request)
+                    # A write is acknowledged only once durable: the handler committed in
+                    # one synchronous step, so the store's revision now is the write's
+                    # own. A read (or an attach) waits too while anything it may show is
+                    # not yet durable: an answer never shows what the disk could refuse.
+                    if store.revision == before and not store.pending:
+                        return response
+                    try:
+                        await store.sync(store.revision)
+                        return response
+                    except RevisionConflict as exc:
+                        # Another replica moved the store on first: this call's change
+                        # was undone; run it again against the new state, boundedly.
+                        if attempt == MAX_CONFLICT_ATTEMPTS:
+                            raise ConflictError(
+                                f"{name} met another replica's writes {attempt} times in a "
+                                "row; nothing of it was kept: try again"
+                            ) from exc
             except DspexError as exc:
                 await refuse(context, exc, name)
             except (KeyError, ValueError, TypeError, PermissionError) as exc:

@@ -17,6 +17,7 @@ from dspex_rx.server.fanout import Subscriber
 from dspex_rx.server.frames import pack
 from dspex_rx.server.rpc import Malformed, Service, abort_with, clip, refuse, require_session_id
 from dspex_rx.store import MemoryStore
+from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.convert import ERROR_KIND_KEY
 
@@ -160,11 +161,12 @@ async def _settled(store: MemoryStore, generation: int,
             await store.sync(store.revision)
         if store.generation != generation:
             raise StorageError(
-                "the server's storage refused a write and went back to its last durable "
-                "state; resume from the last revision received"
+                "the server's state went back to what its storage holds (a refused write, "
+                "or another replica's); resume from the last revision received"
             )
-    except StorageError as exc:
-        await abort_with(context, exc)
+    except (StorageError, RevisionConflict) as exc:
+        # UNAVAILABLE either way: the client resumes from its last revision.
+        await abort_with(context, StorageError(str(exc)))
         return False
     return True
 

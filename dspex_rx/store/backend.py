@@ -64,6 +64,7 @@ engine (``keep_retired`` hands them over).
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -456,6 +457,13 @@ class Backend(ABC):
         memory): the engine rebuilds its accounts, the server ends its streams.
 
         Example: ``backend.on_reload(accounts.rebuild)``.
+        """
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: B027 - optional
+        """Run background work of the backend (a replica's watch of the others' writes)
+        on ``loop``, the loop the store is used from; the server calls it as it starts.
+
+        Example: ``backend.bind_loop(asyncio.get_running_loop())``.
         """
 
     def close(self) -> None:  # noqa: B027 - optional, a no-op here

@@ -15,6 +15,7 @@ request leaves no trace.
 from __future__ import annotations
 
 import math
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -193,6 +194,14 @@ class StoreBase:
         Example: ``store.on_reload(end_every_stream)`` in the server.
         """
         self._backend.on_reload(hook)
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Tell the backend which loop the store is used from (a replicated backend
+        applies other replicas' writes there); the server calls it as it starts.
+
+        Example: ``store.bind_loop(asyncio.get_running_loop())``.
+        """
+        self._backend.bind_loop(loop)
 
     def close(self) -> None:
         """Release the backend's files and threads (a durable backend's data dir lock).

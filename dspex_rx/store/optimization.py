@@ -185,6 +185,8 @@ class Optimization(History):
         )
         if clean is None and not written:
             lease.renew(self._clock())  # a heartbeat alone: no commit, no revision
+            # Stored too, so a reload (another replica's write) keeps the renewal.
+            self._backend.touch(session.id, lease.variable_id)
             return lease, None, session.revision
         # The step changes a staged copy; the commit writes it back into ``lease``.
         staged = staged_copy(lease)

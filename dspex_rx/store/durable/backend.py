@@ -20,11 +20,11 @@ from typing import Any
 from dspex_rx.core.identity import RetiredIds
 from dspex_rx.errors import StorageError
 from dspex_rx.logs import get_logger
-from dspex_rx.store.backend import WriteTxn
+from dspex_rx.store.backend import RevisionConflict, WriteTxn
 from dspex_rx.store.durable.image import Dirty, Image
 from dspex_rx.store.durable.load import CorruptRow, Loaded, load
 from dspex_rx.store.durable.rows import Op
-from dspex_rx.store.memory.backend import MemoryBackend
+from dspex_rx.store.memory.backend import MemoryBackend, _notify
 from dspex_rx.store.memory.txn import _MemoryWrite
 from dspex_rx.store.records import ChangeEvent, Commit
 from dspex_rx.store.state import Session
@@ -70,6 +70,10 @@ class DurableBackend(MemoryBackend):
         # an older generation and not yet durable must not be sent any more.
         self._generation = 0
         self._reload_hooks: list[Callable[[], None]] = []
+        # Whether the last reset was a conflict (another writer first), and whether a
+        # catch-up with another writer waits for this process's flush.
+        self._conflicted = False
+        self._behind = False
         self._closed = False
 
     @property
@@ -108,8 +112,11 @@ class DurableBackend(MemoryBackend):
                 "it half-read (restore a backup, or move it away to start afresh)",
             ) from exc
 
-    def _install(self, loaded: Loaded) -> None:
-        # The engine holds ``self._sessions`` itself: refill it, never replace it.
+    def _install(self, loaded: Loaded, *, carry: bool = False) -> None:
+        # The engine holds ``self._sessions`` itself: refill it, never replace it. With
+        # ``carry`` (catching up with another writer) each session keeps its watchers,
+        # who then hear every commit they had not, in order, and None if it went.
+        before = dict(self._sessions) if carry else {}
         self._sessions.clear()
         self._sessions.update(loaded.sessions)
         self._owners.clear()
@@ -124,6 +131,11 @@ class DurableBackend(MemoryBackend):
         self._stored_retired = loaded.retired
         if self._retired_ids is not None:
             self._retired_ids.restore(loaded.retired.items())
+        gaps = [sid for sid, old in before.items() if _carry(old, self._sessions.get(sid))]
+        if gaps:
+            # Commits a watcher missed are no longer in the log: its stream must end and
+            # resume (the server answers RESYNC from past its horizon).
+            self._generation += 1
 
     def keep_retired(self, retired: RetiredIds) -> None:
         """Load the stored retired ids into the engine's ``retired``; write its changes.
@@ -268,7 +280,17 @@ class DurableBackend(MemoryBackend):
                 flushing.add_done_callback(_retrieve)
             await asyncio.shield(flushing)
             if self._generation != generation:
-                raise StorageError(self._refusal)
+                raise self._reset_error()
+
+    def _reset_error(self) -> StorageError | RevisionConflict:
+        # Why the live state went back to the stored one: the storage refused a write, or
+        # another writer of the same storage (a replica) moved it on first.
+        if self._conflicted:
+            return RevisionConflict(
+                f"{self.where} moved on (another replica wrote first); the call is run "
+                "again against the new state"
+            )
+        return StorageError(self._refusal)
 
     async def _flush(self) -> None:
         try:
@@ -277,12 +299,35 @@ class DurableBackend(MemoryBackend):
             loop = asyncio.get_running_loop()
             try:
                 await loop.run_in_executor(self._writer, self._write, batch)
+            except RevisionConflict as exc:
+                self._reset(conflicted=True)
+                raise self._reset_error() from exc
             except self.storage_errors as exc:
                 self._refuse(exc)
             self._durable = max(self._durable, epoch)
             self._refusing_until = 0.0
         finally:
             self._flushing = None
+            if self._behind:
+                self.catch_up()
+
+    def catch_up(self) -> None:
+        """Bring the live state up to what another writer of the same storage stored (a
+        replica's watch calls it): a full read, the watchers told each new commit in order.
+        While a change of this process is waiting for its flush, it waits for that flush
+        (which will conflict, or already covers it).
+
+        Example: ``backend.catch_up()`` once another replica's write was seen.
+        """
+        if self._closed:
+            return
+        if self.pending or self._flushing is not None:
+            self._behind = True
+            return
+        self._behind = False
+        self._install(self._read(), carry=True)
+        for hook in self._reload_hooks:
+            hook()
 
     def _collect(self) -> list[Op]:
         # On the loop: what changed, serialised now (the live objects change after).
@@ -306,18 +351,24 @@ class DurableBackend(MemoryBackend):
         )
         log.error("storage_refused", where=self.where, error=str(exc))
         self._refusing_until = time.monotonic() + RETRY_AFTER
+        self._reset(conflicted=False)
+        raise StorageError(self._refusal) from exc
+
+    def _reset(self, *, conflicted: bool) -> None:
+        # Every change since the last durable one is undone: the live state is the stored
+        # one again. The engine rebuilds what it derives (accounts); the server ends every
+        # stream (its queue may hold undone commits), whose clients resume from the last
+        # revision they got, which the storage holds.
+        self._conflicted = conflicted
+        self._behind = False
         self._install(self._read())
         self._dirty.clear()
         self._gone.clear()
         self._retired_dirty = False
         self._durable = self._epoch
         self._generation += 1
-        # The engine rebuilds what it derives from the state (accounts); the server
-        # ends every stream, whose clients resume from the last revision they got
-        # (which the file holds).
         for hook in self._reload_hooks:
             hook()
-        raise StorageError(self._refusal) from exc
 
     # What to do about a refusal, after the message (a subclass names its remedy).
     refusal_hint = ""
@@ -332,6 +383,24 @@ class DurableBackend(MemoryBackend):
         self._closed = True
         self._writer.shutdown(wait=True)
         self._release()
+
+
+def _carry(old: Session, new: Session | None) -> bool:
+    # The same list object, so a watcher's remover (bound to the old session) still works.
+    # Returns whether commits the watchers missed are gone from the log.
+    if new is None:
+        for listener in list(old.listeners):
+            _notify(listener, None)
+        return False
+    new.listeners = old.listeners
+    new.foreign_listeners = old.foreign_listeners
+    if new.revision > old.revision and new.log_floor > old.revision and old.listeners:
+        return True
+    for commit in new.log:
+        if commit.revision > old.revision:
+            for listener in list(new.listeners):
+                _notify(listener, commit)
+    return False
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -1,0 +1,245 @@
+"""EtcdBackend: the durable image's rows as etcd keys under a prefix. Each flush is one etcd
+txn guarded by the store revision it builds on, so of two replicas writing at once one
+conflicts, reads the new state and runs its calls again; a watch brings other replicas'
+writes into the live state and to this replica's watchers, in revision order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+
+from dspex_rx.errors import StorageError
+from dspex_rx.etcd_v3 import rpc_pb2 as etcd
+from dspex_rx.etcd_v3 import rpc_pb2_grpc as etcd_grpc
+from dspex_rx.logs import get_logger
+from dspex_rx.store.backend import RevisionConflict
+from dspex_rx.store.durable.backend import DurableBackend
+from dspex_rx.store.durable.rows import (
+    META,
+    Delete,
+    Op,
+    Put,
+    below_range,
+    encode_key,
+    prefix_range,
+)
+
+log = get_logger("dspex_rx.etcd")
+
+# etcd's own defaults (--max-txn-ops, --max-request-bytes): a flush beyond them is refused
+# with a message naming the flag, never cut into txns another replica could see half of.
+MAX_TXN_OPS = 128
+MAX_REQUEST_BYTES = int(1.5 * 1024 * 1024)
+# How long one etcd call may take before the write is refused (etcd down, no quorum).
+CALL_TIMEOUT = 5.0
+# A pause before the watch is opened again after it broke (etcd restarting).
+WATCH_RETRY = 0.2
+
+
+class EtcdBackend(DurableBackend):
+    """The store's state in etcd at ``endpoints`` under ``prefix``; several servers
+    (replicas) over the same etcd and prefix share one store.
+
+    ``max_txn_ops`` and ``max_request_bytes`` must not exceed the etcd members' own
+    (``--max-txn-ops``, ``--max-request-bytes``).
+
+    Example: ``MemoryStore(backend=EtcdBackend(["127.0.0.1:2379"]))``.
+    """
+
+    storage_errors = (grpc.RpcError, StorageError, OSError)
+
+    def __init__(
+        self, endpoints: Sequence[str], *, prefix: str = "dspex-rx/",
+        clock: Callable[[], float] = time.time, max_txn_ops: int = MAX_TXN_OPS,
+        max_request_bytes: int = MAX_REQUEST_BYTES, timeout: float = CALL_TIMEOUT,
+    ) -> None:
+        super().__init__(clock=clock)
+        if not endpoints:
+            raise StorageError("an etcd backend needs at least one endpoint (host:port)")
+        self.endpoints = list(endpoints)
+        self.prefix = prefix.encode()
+        self.max_txn_ops = max_txn_ops
+        self.max_request_bytes = max_request_bytes
+        self.timeout = timeout
+        self.refusal_hint = " (is etcd up, with a quorum?)"
+        # gRPC picks a reachable member among them and moves on when one goes.
+        target = "ipv4:" + ",".join(self.endpoints) if len(self.endpoints) > 1 else self.endpoints[0]
+        self._channel = grpc.insecure_channel(
+            target, options=[("grpc.lb_policy_name", "round_robin")]
+        )
+        self._kv = etcd_grpc.KVStub(self._channel)
+        # The store revision the stored rows are at (what the next flush compares), the
+        # etcd revision the live state reflects, and etcd revisions of this replica's own
+        # writes (its watch skips them).
+        self._stored_revision = 0
+        self._seen = 0
+        self._own: set[int] = set()
+        self._own_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch_stop = threading.Event()
+        self._watch_requests: queue.Queue[etcd.WatchRequest | None] = queue.Queue()
+        self._watcher: threading.Thread | None = None
+        try:
+            self._start()
+        except BaseException:
+            self._channel.close()
+            raise
+
+    @property
+    def where(self) -> str:
+        """The etcd cluster, for messages.
+
+        Example: ``backend.where`` is ``"etcd at 127.0.0.1:2379"``.
+        """
+        return f"etcd at {','.join(self.endpoints)}"
+
+    def _key(self, table: str, key: tuple[str | int, ...]) -> bytes:
+        return self.prefix + encode_key(table, key)
+
+    def _rows(self) -> Iterator[tuple[bytes, bytes]]:
+        end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
+        try:
+            reply = self._kv.Range(etcd.RangeRequest(key=self.prefix, range_end=end),
+                                   timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise StorageError(f"cannot read {self.where}: {_why(exc)}") from exc
+        self._seen = reply.header.revision
+        cut = len(self.prefix)
+        rows = sorted((kv.key[cut:], kv.value) for kv in reply.kvs)
+        for key, value in rows:
+            if key == encode_key(META, ("revision",)):
+                self._stored_revision = int(value)
+        if not any(key == encode_key(META, ("revision",)) for key, _ in rows):
+            self._stored_revision = 0
+        return iter(rows)
+
+    def _write(self, ops: list[Op]) -> None:
+        # On the writer thread: one txn, applied only if the stored revision is still the
+        # one this replica's live state built on.
+        head = self._key(META, ("revision",))
+        if self._stored_revision:
+            guard = etcd.Compare(key=head, target=etcd.Compare.VALUE,
+                                 result=etcd.Compare.EQUAL,
+                                 value=str(self._stored_revision).encode())
+        else:
+            guard = etcd.Compare(key=head, target=etcd.Compare.VERSION,
+                                 result=etcd.Compare.EQUAL, version=0)
+        success = [self._request(op) for op in ops]
+        if len(success) > self.max_txn_ops:
+            raise StorageError(
+                f"one write to {self.where} would be {len(success)} operations, more than "
+                f"its limit of {self.max_txn_ops} (etcd --max-txn-ops); start etcd with a "
+                "higher --max-txn-ops, or write fewer variables per call"
+            )
+        request = etcd.TxnRequest(compare=[guard], success=success)
+        if request.ByteSize() > self.max_request_bytes:
+            raise StorageError(
+                f"one write to {self.where} would be {request.ByteSize()} bytes, more than "
+                f"its limit of {self.max_request_bytes} (etcd --max-request-bytes); start "
+                "etcd with a higher --max-request-bytes, or write smaller values"
+            )
+        try:
+            reply = self._kv.Txn(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise StorageError(f"{self.where} did not take the write: {_why(exc)}") from exc
+        if not reply.succeeded:
+            raise RevisionConflict(f"{self.where} moved on from revision "
+                                   f"{self._stored_revision}")
+        if self._watcher is not None:  # only a watch ever removes them again
+            with self._own_lock:
+                self._own.add(reply.header.revision)
+        for op in ops:
+            if isinstance(op, Put) and op.table == META and op.key == ("revision",):
+                self._stored_revision = int(op.value)
+
+    def _request(self, op: Op) -> etcd.RequestOp:
+        if isinstance(op, Put):
+            return etcd.RequestOp(request_put=etcd.PutRequest(
+                key=self._key(op.table, op.key), value=op.value))
+        if op.prefix or op.below is not None:
+            start, end = (below_range(op.table, op.key, op.below) if op.below is not None
+                          else prefix_range(op.table, op.key))
+            return etcd.RequestOp(request_delete_range=etcd.DeleteRangeRequest(
+                key=self.prefix + start, range_end=self.prefix + end))
+        return etcd.RequestOp(request_delete_range=etcd.DeleteRangeRequest(
+            key=self._key(op.table, op.key)))
+
+    # -- other replicas' writes -------------------------------------------------------
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start watching etcd for other replicas' writes, applied on ``loop`` (the loop
+        the store runs on); the server calls it as it starts.
+
+        Example: ``backend.bind_loop(asyncio.get_running_loop())``.
+        """
+        if self._watcher is not None:
+            return
+        self._loop = loop
+        self._watcher = threading.Thread(target=self._watch, name="dspex-rx-etcd-watch",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        # One watch over the prefix from just after what the live state reflects; each
+        # revision written by another replica is a catch-up on the loop.
+        watch = etcd_grpc.WatchStub(self._channel)
+        end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
+        while not self._watch_stop.is_set():
+            start = self._seen + 1
+            requests: queue.Queue[etcd.WatchRequest | None] = queue.Queue()
+            self._watch_requests = requests
+            requests.put(etcd.WatchRequest(create_request=etcd.WatchCreateRequest(
+                key=self.prefix, range_end=end, start_revision=start)))
+
+            def feed(box: queue.Queue[etcd.WatchRequest | None] = requests
+                     ) -> Iterator[etcd.WatchRequest]:
+                while (item := box.get()) is not None:
+                    yield item
+
+            try:
+                for reply in watch.Watch(feed()):
+                    if reply.compact_revision:
+                        self._post(reply.compact_revision)
+                        break
+                    revisions = {event.kv.mod_revision for event in reply.events}
+                    with self._own_lock:
+                        foreign = {r for r in revisions if r not in self._own}
+                        self._own -= revisions
+                    if foreign:
+                        self._post(max(foreign))
+            except grpc.RpcError as exc:
+                if self._watch_stop.is_set():
+                    return
+                log.warning("etcd_watch_broken", where=self.where, error=_why(exc))
+            self._watch_stop.wait(WATCH_RETRY)
+
+    def _post(self, revision: int) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._foreign_write, revision)
+
+    def _foreign_write(self, revision: int) -> None:
+        if revision > self._seen:
+            self.catch_up()
+
+    def _release(self) -> None:
+        self._watch_stop.set()
+        self._watch_requests.put(None)
+        self._channel.close()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+
+
+def _why(exc: grpc.RpcError) -> str:
+    code = getattr(exc, "code", lambda: None)()
+    details = getattr(exc, "details", lambda: "")()
+    return f"{getattr(code, 'name', code)}: {details}" if code else str(exc)
+
