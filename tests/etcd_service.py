@@ -22,9 +22,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 BINARY_ENV = "DSPEX_ETCD_BIN"
 # A hang guard, not a timing claim: a healthy single member answers in well under a second.
@@ -71,6 +74,22 @@ def in_ci(environ: Mapping[str, str] = os.environ) -> bool:
     (True, False)
     """
     return environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def require_binary(environ: Mapping[str, str] = os.environ) -> str:
+    """The etcd binary, or the test's end: ``pytest.skip`` with the reason, or
+    ``pytest.fail`` in CI, where etcd tests must run.
+
+    Example: ``require_binary()`` first thing in a fixture that starts a member.
+    """
+    import pytest  # only the tests call this; the benchmarks import this module too
+
+    try:
+        return find_binary(environ)
+    except EtcdUnavailable as missing:
+        if in_ci(environ):
+            pytest.fail(f"etcd is required in CI: {missing}", pytrace=False)
+        pytest.skip(f"etcd not available: {missing}")
 
 
 def free_port() -> int:
@@ -281,12 +300,56 @@ class _PortTaken(RuntimeError):
     pass
 
 
-def running_member(workdir: Path, **options: object) -> Iterator[EtcdMember]:
-    """A started member for as long as the generator is suspended; stopped and removed
-    after (a pytest fixture body: ``yield from running_member(path)``)."""
-    member = EtcdMember(workdir, **options)  # type: ignore[arg-type]
+@contextmanager
+def running_member(workdir: Path, **options: Any) -> Iterator[EtcdMember]:
+    """A started, healthy member for the ``with`` block; stopped and its dir removed after.
+
+    Example::
+
+        with running_member(tmp_path / "etcd") as member:
+            channel = grpc.aio.insecure_channel(member.endpoint)
+    """
+    member = EtcdMember(workdir, **options)
     member.start()
     try:
         yield member
     finally:
         member.remove()
+
+
+@dataclass
+class Stubs:
+    """etcd's v3 services on one ``grpc.aio`` channel (``dspex_rx.etcd_v3`` stubs)."""
+
+    channel: Any
+    kv: Any
+    watch: Any
+    lease: Any
+    maintenance: Any
+
+
+@asynccontextmanager
+async def stubs(endpoint: str) -> AsyncIterator[Stubs]:
+    """The KV, Watch, Lease and Maintenance stubs on a new channel to ``endpoint``, closed
+    after; call inside a running asyncio loop (grpc.aio).
+
+    Example::
+
+        async with stubs(member.endpoint) as etcd:
+            await etcd.kv.Put(rpc_pb2.PutRequest(key=b"k", value=b"v"))
+    """
+    import grpc
+
+    from dspex_rx.etcd_v3 import rpc_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(endpoint)
+    try:
+        yield Stubs(
+            channel=channel,
+            kv=rpc_pb2_grpc.KVStub(channel),
+            watch=rpc_pb2_grpc.WatchStub(channel),
+            lease=rpc_pb2_grpc.LeaseStub(channel),
+            maintenance=rpc_pb2_grpc.MaintenanceStub(channel),
+        )
+    finally:
+        await channel.close()
