@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_optimizer_quality.py
 	$(BIN)/python benchmarks/bench_optimize.py
 	$(BIN)/python benchmarks/bench_durable.py
+	$(BIN)/python benchmarks/bench_etcd_raw.py
 
 serve: $(STAMP)
 	$(BIN)/dspex-rx serve
