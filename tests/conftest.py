@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 # DSPy's real LM path may import litellm, which downloads a model price table on import
 # unless told to use its bundled copy; tests never touch the network. Set before any
 # test module can import it.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import etcd_service
 import pytest
 from openai_stub import OpenAIStub, arithmetic
 
@@ -46,3 +48,21 @@ def stub() -> Iterator[OpenAIStub]:
     """A running loopback OpenAI-compatible stub answering "What is a + b?" (DSPy tests)."""
     with OpenAIStub(arithmetic) as running:
         yield running
+
+
+# etcd (issue #15): one member for the run, and members of a test's own for restarts and
+# faults. Without etcd these skip with the reason; in CI they fail (tests/etcd_service.py).
+@pytest.fixture(scope="session")
+def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of one etcd member shared by the whole run."""
+    etcd_service.require_binary()
+    with etcd_service.running_member(tmp_path_factory.mktemp("etcd")) as member:
+        yield member.endpoint
+
+
+@pytest.fixture
+def etcd_member(tmp_path: Path) -> Iterator[etcd_service.EtcdMember]:
+    """A member of this test's own (stop/start, kill -9 and restart on the same data dir)."""
+    etcd_service.require_binary()
+    with etcd_service.running_member(tmp_path / "etcd") as member:
+        yield member

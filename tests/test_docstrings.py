@@ -50,7 +50,7 @@ def has(cls: Any, attribute: str) -> bool:
 def sources() -> Iterator[tuple[str, Path]]:
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE)
-        if relative.parts[0] != "v1":
+        if relative.parts[0] != "v1" and "_pb2" not in relative.name:
             yield str(relative), path
 
 
