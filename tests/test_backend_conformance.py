@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -31,14 +32,25 @@ def SqliteBackend() -> Backend:
     return Durable(tempfile.mkdtemp(prefix="dspex-conformance-"))
 
 
+def EtcdBackend() -> Backend:
+    # A fresh prefix per test on the run's etcd member (set by the fixture below).
+    from dspex_rx.etcd import EtcdBackend as Replicated
+
+    return Replicated([_ETCD[0]], prefix=f"conformance-{uuid.uuid4().hex}/")
+
+
+_ETCD: list[str] = []
 BACKENDS: list[Callable[[], Backend]] = [
     MemoryBackend,
     SqliteBackend,
+    EtcdBackend,
 ]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda make: make.__name__)
 def empty_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param is EtcdBackend and not _ETCD:
+        _ETCD.append(request.getfixturevalue("etcd_endpoint"))
     made: Backend = request.param()
     yield made
     made.close()

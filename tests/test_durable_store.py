@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from test_property_wire import LIMITS, check_invariants
 from dspex_rx.errors import DspexError, StorageError
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.store.backend import Backend
+from dspex_rx.store.durable.backend import DurableBackend
 from dspex_rx.store.sqlite import FILE_NAME, SqliteBackend
 
 
@@ -110,15 +113,37 @@ def run_step(store: MemoryStore, state: dict[str, Any], op: str, name: str, valu
         store.close_session(sid, state.pop("extra"))
 
 
+_ETCD: list[str] = []
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def durable(request: pytest.FixtureRequest) -> str:
+    # Which durable backend; an etcd member for the run when it is etcd.
+    if request.param == "etcd" and not _ETCD:
+        _ETCD.append(request.getfixturevalue("etcd_endpoint"))
+    return str(request.param)
+
+
+def opener(kind: str, tmp: pytest.TempPathFactory) -> Callable[[], DurableBackend]:
+    """A function that opens the same durable storage again each time it is called."""
+    if kind == "sqlite":
+        data = tmp.mktemp("data")
+        return lambda: SqliteBackend(data)
+    from dspex_rx.etcd import EtcdBackend
+
+    prefix = f"durable-{uuid.uuid4().hex}/"
+    return lambda: EtcdBackend([_ETCD[0]], prefix=prefix)
+
+
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(steps(), min_size=1, max_size=30))
-def test_the_file_holds_exactly_the_synced_state_after_any_calls(
-    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str, Any]],
+def test_the_storage_holds_exactly_the_synced_state_after_any_calls(
+    tmp_path_factory: pytest.TempPathFactory, durable: str, ops: list[tuple[str, str, Any]],
 ) -> None:
-    data = tmp_path_factory.mktemp("data")
+    open_backend = opener(durable, tmp_path_factory)
     options: dict[str, Any] = {"limits": LIMITS, "log_size": 5, "history_size": 3}
-    store = MemoryStore(backend=SqliteBackend(data), **options)
+    store = MemoryStore(backend=open_backend(), **options)
     session, client, _ = store.initialize_session()
     store.initialize_session("other")
     state: dict[str, Any] = {"sid": session.id, "client": client}
@@ -132,7 +157,7 @@ def test_the_file_holds_exactly_the_synced_state_after_any_calls(
         sync(store)
         live = dump(store._backend)
         store.close()
-        back = SqliteBackend(data)
+        back = open_backend()
         assert dump(back) == live, op
         # The engine over the file: its running leases end (their holders are gone),
         # and every account adds up.

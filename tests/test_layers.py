@@ -29,7 +29,6 @@ ALLOWED: dict[str, set[str]] = {
     "wire": {"errors", "logs", "core", "v1"},
     "store": {"errors", "logs", "core"},
     "server": {"errors", "logs", "core", "wire", "v1", "store", "etcd"},
-    "etcd_v3": set(),
     "etcd": {"errors", "logs", "core", "store", "etcd_v3"},
     "rx": {"errors", "logs"},
     "client": {"errors", "logs", "core", "wire", "v1", "rx"},

@@ -23,7 +23,6 @@ from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.store.durable.backend import DurableBackend
 from dspex_rx.store.durable.rows import (
     META,
-    Delete,
     Op,
     Put,
     below_range,
@@ -70,15 +69,16 @@ class EtcdBackend(DurableBackend):
         self.timeout = timeout
         self.refusal_hint = " (is etcd up, with a quorum?)"
         # gRPC picks a reachable member among them and moves on when one goes.
-        target = "ipv4:" + ",".join(self.endpoints) if len(self.endpoints) > 1 else self.endpoints[0]
+        target = ("ipv4:" + ",".join(self.endpoints) if len(self.endpoints) > 1
+                  else self.endpoints[0])
         self._channel = grpc.insecure_channel(
             target, options=[("grpc.lb_policy_name", "round_robin")]
         )
-        self._kv = etcd_grpc.KVStub(self._channel)
-        # The store revision the stored rows are at (what the next flush compares), the
-        # etcd revision the live state reflects, and etcd revisions of this replica's own
-        # writes (its watch skips them).
-        self._stored_revision = 0
+        self._kv = etcd_grpc.KVStub(self._channel)  # type: ignore[no-untyped-call]
+        # The etcd revision of the last write of the head row this replica knows of (what
+        # the next flush compares), the etcd revision the live state reflects, and the
+        # etcd revisions of this replica's own writes (its watch skips them).
+        self._head = 0
         self._seen = 0
         self._own: set[int] = set()
         self._own_lock = threading.Lock()
@@ -111,26 +111,18 @@ class EtcdBackend(DurableBackend):
         except grpc.RpcError as exc:
             raise StorageError(f"cannot read {self.where}: {_why(exc)}") from exc
         self._seen = reply.header.revision
+        head = self._key(META, ("revision",))
+        self._head = next((kv.mod_revision for kv in reply.kvs if kv.key == head), 0)
         cut = len(self.prefix)
-        rows = sorted((kv.key[cut:], kv.value) for kv in reply.kvs)
-        for key, value in rows:
-            if key == encode_key(META, ("revision",)):
-                self._stored_revision = int(value)
-        if not any(key == encode_key(META, ("revision",)) for key, _ in rows):
-            self._stored_revision = 0
-        return iter(rows)
+        return iter(sorted((kv.key[cut:], kv.value) for kv in reply.kvs))
 
     def _write(self, ops: list[Op]) -> None:
         # On the writer thread: one txn, applied only if the stored revision is still the
         # one this replica's live state built on.
-        head = self._key(META, ("revision",))
-        if self._stored_revision:
-            guard = etcd.Compare(key=head, target=etcd.Compare.VALUE,
-                                 result=etcd.Compare.EQUAL,
-                                 value=str(self._stored_revision).encode())
-        else:
-            guard = etcd.Compare(key=head, target=etcd.Compare.VERSION,
-                                 result=etcd.Compare.EQUAL, version=0)
+        # Every flush writes the head row, so its mod revision says who wrote last (0:
+        # nobody yet).
+        guard = etcd.Compare(key=self._key(META, ("revision",)), target=etcd.Compare.MOD,
+                             result=etcd.Compare.EQUAL, mod_revision=self._head)
         success = [self._request(op) for op in ops]
         if len(success) > self.max_txn_ops:
             raise StorageError(
@@ -150,14 +142,11 @@ class EtcdBackend(DurableBackend):
         except grpc.RpcError as exc:
             raise StorageError(f"{self.where} did not take the write: {_why(exc)}") from exc
         if not reply.succeeded:
-            raise RevisionConflict(f"{self.where} moved on from revision "
-                                   f"{self._stored_revision}")
+            raise RevisionConflict(f"{self.where} moved on (another replica wrote)")
         if self._watcher is not None:  # only a watch ever removes them again
             with self._own_lock:
                 self._own.add(reply.header.revision)
-        for op in ops:
-            if isinstance(op, Put) and op.table == META and op.key == ("revision",):
-                self._stored_revision = int(op.value)
+        self._head = reply.header.revision
 
     def _request(self, op: Op) -> etcd.RequestOp:
         if isinstance(op, Put):
@@ -189,7 +178,7 @@ class EtcdBackend(DurableBackend):
     def _watch(self) -> None:
         # One watch over the prefix from just after what the live state reflects; each
         # revision written by another replica is a catch-up on the loop.
-        watch = etcd_grpc.WatchStub(self._channel)
+        watch = etcd_grpc.WatchStub(self._channel)  # type: ignore[no-untyped-call]
         end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
         while not self._watch_stop.is_set():
             start = self._seen + 1

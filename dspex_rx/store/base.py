@@ -14,8 +14,8 @@ request leaves no trace.
 
 from __future__ import annotations
 
-import math
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
