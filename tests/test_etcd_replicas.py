@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -18,6 +19,7 @@ from helpers import until
 
 import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
+from dspex_rx.errors import StorageError
 from dspex_rx.etcd import EtcdBackend
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore, VariableSpec
@@ -159,3 +161,32 @@ async def test_watchers_on_every_replica_see_every_write_once_in_order(
                     assert written[update.version] == update.value
             revisions = [u.revision for u in seen[i][name]]
             assert revisions == sorted(revisions)
+
+
+def test_with_etcd_down_writes_and_reads_are_refused_clearly_and_nothing_unstored_shows(
+    etcd_member: Any,
+) -> None:
+    store = MemoryStore(backend=EtcdBackend([etcd_member.endpoint], prefix="down/",
+                                            timeout=1.0))
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+    etcd_member.stop()
+    store.set("s", "t", 1, actor="s")
+    with pytest.raises(StorageError, match=r"etcd at .* did not take the write"):
+        sync(store)
+    # etcd cannot even be read back: the unstored 1 must not show; every answer waits.
+    assert store.pending
+    with pytest.raises(StorageError):
+        sync(store)
+    etcd_member.start()
+    with pytest.raises(StorageError):  # this sync reads etcd back: the 1 is undone
+        sync(store)
+    assert not store.pending and store.get("s", "t").value == 0
+    store._backend._refusing_until = 0.0
+    store.set("s", "t", 2, actor="s")
+    sync(store)
+    store.close()
+    again = MemoryStore(backend=EtcdBackend([etcd_member.endpoint], prefix="down/"))
+    assert again.get("s", "t").value == 2
+    again.close()

@@ -10,6 +10,7 @@ flush the storage refuses reverts the live state to the stored rows and fails ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from abc import abstractmethod
@@ -74,6 +75,7 @@ class DurableBackend(MemoryBackend):
         # catch-up with another writer waits for this process's flush.
         self._conflicted = False
         self._behind = False
+        self._broken = False
         self._closed = False
 
     @property
@@ -175,7 +177,7 @@ class DurableBackend(MemoryBackend):
 
         Example: ``backend.pending`` is True between a commit and its ``sync``.
         """
-        return self._epoch != self._durable
+        return self._broken or self._epoch != self._durable
 
     def write(self) -> WriteTxn:
         """Open the write txn; refused (``StorageError``) for a moment after the disk
@@ -272,6 +274,8 @@ class DurableBackend(MemoryBackend):
         """
         if revision > self._revision:
             raise ValueError(f"revision {revision} is not committed (newest {self._revision})")
+        if self._broken:
+            self._recover()
         target, generation = self._epoch, self._generation
         while self._durable < target:
             flushing = self._flushing
@@ -300,7 +304,11 @@ class DurableBackend(MemoryBackend):
             try:
                 await loop.run_in_executor(self._writer, self._write, batch)
             except RevisionConflict as exc:
-                self._reset(conflicted=True)
+                try:
+                    self._reset(conflicted=True)
+                except StorageError:
+                    self._refusal = f"{self.where} cannot be read back after a conflict"
+                    raise StorageError(self._refusal) from exc
                 raise self._reset_error() from exc
             except self.storage_errors as exc:
                 self._refuse(exc)
@@ -324,8 +332,15 @@ class DurableBackend(MemoryBackend):
         if self.pending or self._flushing is not None:
             self._behind = True
             return
+        try:
+            loaded = self._read()
+        except StorageError as exc:
+            # Tried again with the next write seen, or the next flush.
+            self._behind = True
+            log.warning("catch_up_failed", where=self.where, error=str(exc))
+            return
         self._behind = False
-        self._install(self._read(), carry=True)
+        self._install(loaded, carry=True)
         for hook in self._reload_hooks:
             hook()
 
@@ -351,17 +366,34 @@ class DurableBackend(MemoryBackend):
         )
         log.error("storage_refused", where=self.where, error=str(exc))
         self._refusing_until = time.monotonic() + RETRY_AFTER
-        self._reset(conflicted=False)
+        with contextlib.suppress(StorageError):  # unreadable too: broken, said below
+            self._reset(conflicted=False)
         raise StorageError(self._refusal) from exc
+
+    def _recover(self) -> None:
+        # The live state holds changes the storage never took, and reading it back failed
+        # too: nothing may be shown until it can be read (every answer syncs first).
+        try:
+            self._reset(conflicted=False)
+        except StorageError:
+            raise StorageError(self._refusal) from None
+        raise StorageError(self._refusal)  # this caller's change, if any, was undone
 
     def _reset(self, *, conflicted: bool) -> None:
         # Every change since the last durable one is undone: the live state is the stored
         # one again. The engine rebuilds what it derives (accounts); the server ends every
         # stream (its queue may hold undone commits), whose clients resume from the last
-        # revision they got, which the storage holds.
+        # revision they got, which the storage holds. If the storage cannot even be read,
+        # the backend stays broken (``pending``) until a later sync reads it.
         self._conflicted = conflicted
         self._behind = False
-        self._install(self._read())
+        try:
+            loaded = self._read()
+        except StorageError:
+            self._broken = True
+            raise
+        self._broken = False
+        self._install(loaded)
         self._dirty.clear()
         self._gone.clear()
         self._retired_dirty = False
