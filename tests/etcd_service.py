@@ -41,6 +41,10 @@ INSTALL_HINT = (
 )
 
 
+# Loopback only: an http_proxy in the environment must not carry the health check away.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class EtcdUnavailable(RuntimeError):
     """No etcd binary here; the message says why and how to get one."""
 
@@ -216,9 +220,9 @@ class EtcdMember:
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {' '.join(self.command())}\n".encode())
             log.flush()
+            # In our process group, so whatever stops the run's group stops etcd too.
             self._proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -241,7 +245,7 @@ class EtcdMember:
         """True when the member answers ``GET /health`` with ``{"health": "true"}`` (a
         linearizable read through raft, so it has a leader and applies writes)."""
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=2) as answer:
+            with _NO_PROXY.open(f"{self.client_url}/health", timeout=2) as answer:
                 return bool(json.loads(answer.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -342,7 +346,8 @@ async def stubs(endpoint: str) -> AsyncIterator[Stubs]:
 
     from dspex_rx.etcd_v3 import rpc_pb2_grpc
 
-    channel = grpc.aio.insecure_channel(endpoint)
+    # Loopback only: gRPC would otherwise honour an http_proxy in the environment.
+    channel = grpc.aio.insecure_channel(endpoint, options=[("grpc.enable_http_proxy", 0)])
     try:
         yield Stubs(
             channel=channel,
