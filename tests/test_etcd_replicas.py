@@ -194,3 +194,41 @@ def test_with_etcd_down_writes_and_reads_are_refused_clearly_and_nothing_unstore
     again = MemoryStore(backend=EtcdBackend([etcd_member.endpoint], prefix="down/"))
     assert again.get("s", "t").value == 2
     again.close()
+
+
+async def test_a_client_of_two_replicas_moves_on_when_its_replica_dies_and_loses_no_event(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    first, second = replica(etcd_endpoint, prefix), replica(etcd_endpoint, prefix)
+    seen: list[VariableUpdate] = []
+    try:
+        async with dspex_rx.connect([first.target, second.target],
+                                    session_id="failover") as watcher:
+            await watcher.register_variable("t", "integer", 0)
+            watcher.observe("t").subscribe(seen.append)
+            await until(lambda: bool(seen), "the initial value", 30)
+            await until(lambda: "failover" in second.call(second.store.session_ids),
+                        "the session reached the second replica", 30)
+            async with dspex_rx.connect(second.target, session_id="failover",
+                                        token=watcher.token, create=False) as writer:
+                await writer.set_variable("t", 1)
+                await until(lambda: seen[-1].value == 1, "1 through the first replica", 30)
+                await trio.to_thread.run_sync(first.stop)  # the watcher's replica dies
+                for value in (2, 3, 4):
+                    await writer.set_variable("t", value)
+                await until(lambda: seen[-1].value == 4, "4 after the failover", 30)
+            # The watcher's own calls go on through the replica that is left.
+            with trio.fail_after(30):  # a hang guard: its channel reconnects first
+                while True:
+                    try:
+                        await watcher.set_variable("t", 5)
+                        break
+                    except OSError:
+                        await trio.sleep(0.05)
+            await until(lambda: seen[-1].value == 5, "its own write", 30)
+    finally:
+        first.stop()
+        second.stop()
+    assert [u.value for u in seen] == [0, 1, 2, 3, 4, 5]
+    assert [u.version for u in seen] == [1, 2, 3, 4, 5, 6]
+    assert "resync" not in {u.update_type for u in seen}

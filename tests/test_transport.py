@@ -280,3 +280,16 @@ def test_importing_trio_asyncio_breaks_neither_trio_nor_asyncio_programs() -> No
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["trio 2 asyncio", "asyncio 3", "hosted 5"]
+
+
+def test_several_addresses_become_one_failover_target_and_bad_ones_are_named() -> None:
+    from dspex_rx.errors import InvalidValueError
+    from dspex_rx.wire.channel import channel_target
+
+    assert channel_target("127.0.0.1:5001,127.0.0.1:5002") == (
+        "ipv4:127.0.0.1:5001,127.0.0.1:5002", "127.0.0.1")
+    assert channel_target("[::1]:5001,[::1]:5002")[0] == "ipv6:[::1]:5001,[::1]:5002"
+    with pytest.raises(InvalidValueError, match=r"'127\.0\.0\.1' is not host:port"):
+        channel_target("127.0.0.1:5001,127.0.0.1")
+    with pytest.raises(InvalidValueError, match="names no address"):
+        channel_target(" , ")

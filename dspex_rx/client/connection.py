@@ -4,7 +4,7 @@ re-attaching, the heartbeat, the background services (watch hub, cache), close, 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -26,7 +26,7 @@ from dspex_rx.errors import (
 from dspex_rx.logs import get_logger
 from dspex_rx.rx import TrioScheduler
 from dspex_rx.v1 import variables_pb2 as pb
-from dspex_rx.wire.channel import SERVICE_NAME, grpc_options
+from dspex_rx.wire.channel import SERVICE_NAME, channel_target, grpc_options
 from dspex_rx.wire.convert import map_rpc_error
 from dspex_rx.wire.security import Pem, channel_credentials, principal_metadata, token_metadata
 
@@ -84,7 +84,7 @@ class Connection:
     def __init__(
         self,
         session_id: str | None,
-        target: str | None,
+        target: str | Sequence[str] | None,
         *,
         metadata: Mapping[str, Any] | None,
         ttl_seconds: float,
@@ -103,6 +103,10 @@ class Connection:
         create: bool = True,
         data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        if isinstance(target, list | tuple) and target and all(
+            isinstance(t, str) for t in target
+        ):
+            target = ",".join(target)  # several replicas of one store
         if target is not None and not isinstance(target, str):
             raise TypeError(target_error(target))
         if not isinstance(create, bool):
@@ -237,13 +241,17 @@ class Connection:
                     )
                 self.embedded, self.target = await start_embedded(self._limits, self._data_dir)
             options: list[tuple[str, Any]] = list(grpc_options(self.max_message_bytes))
+            # Several addresses (replicas): the channel connects to the first that answers
+            # and moves to another when it goes; its streams resume there.
+            channel, host = await trio.to_thread.run_sync(channel_target, self.target)
             credentials = None
             if self.tls:
                 credentials = channel_credentials(self._ca_cert)
-                if self._tls_server_name:
-                    options.append(("grpc.ssl_target_name_override", self._tls_server_name))
+                name = self._tls_server_name or (host if channel != self.target else None)
+                if name:
+                    options.append(("grpc.ssl_target_name_override", name))
             self.transport = Transport(
-                self.target, options, timeout=self.timeout, credentials=credentials
+                channel, options, timeout=self.timeout, credentials=credentials
             )
             await self.transport.open()
             response = await self._attach(

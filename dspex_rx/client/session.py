@@ -66,7 +66,7 @@ class SessionContext(OptimizationCalls):
     """
 
     def __init__(
-        self, session_id: str | None = None, target: str | None = None, *,
+        self, session_id: str | None = None, target: str | Sequence[str] | None = None, *,
         metadata: Mapping[str, Any] | None = None, ttl_seconds: float = 60.0,
         client_name: str = "", timeout: float | None = 30.0, cache_ttl: float | None = 60.0,
         cache_max_size: int | None = 10_000, cache_eviction_policy: str = "lru",
@@ -510,7 +510,7 @@ class SessionContext(OptimizationCalls):
 @portal_context
 @asynccontextmanager
 async def connect(
-    target: str | None = None,
+    target: str | Sequence[str] | None = None,
     session_id: str | None = None,
     *,
     token: str | None = None,
@@ -529,8 +529,11 @@ async def connect(
     in a namespace the server reserves (``--principals``). ``create=False`` joins only:
     an id with no live session raises ``SessionNotFoundError`` (a server with a session
     TTL keeps a session after its last client leaves, so a later program can join it).
-    Other ``options`` go to ``SessionContext`` (``data_dir=`` keeps an embedded
-    server's data in that directory instead of in memory).
+    ``target`` may name several replicas of one store (``["a:50051", "b:50051"]`` or
+    ``"a:50051,b:50051"``): the session uses the first that answers and moves to another
+    when it goes, its watches resuming from their last revision. Other ``options`` go to
+    ``SessionContext`` (``data_dir=`` keeps an embedded server's data in that directory
+    instead of in memory).
 
     Example: ``dspex_rx.connect()`` used in ``async with`` runs an embedded server for the
     block (``dspex_rx.connect(data_dir="dspex-rx-data")`` a durable one);
