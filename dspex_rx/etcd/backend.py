@@ -18,6 +18,7 @@ import grpc
 from dspex_rx.errors import StorageError
 from dspex_rx.etcd_v3 import rpc_pb2 as etcd
 from dspex_rx.etcd_v3 import rpc_pb2_grpc as etcd_grpc
+from dspex_rx.etcd_v3.kv_pb2 import Event
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.store.durable.backend import DurableBackend
@@ -38,6 +39,7 @@ MAX_TXN_OPS = 128
 MAX_REQUEST_BYTES = int(1.5 * 1024 * 1024)
 # How long one etcd call may take before the write is refused (etcd down, no quorum).
 CALL_TIMEOUT = 5.0
+PUT = Event.PUT
 # A pause before the watch is opened again after it broke (etcd restarting).
 WATCH_RETRY = 0.2
 
@@ -194,30 +196,45 @@ class EtcdBackend(DurableBackend):
 
             try:
                 for reply in watch.Watch(feed()):
-                    if reply.compact_revision:
-                        self._post(reply.compact_revision)
+                    if reply.compact_revision or reply.canceled:
+                        # Past etcd's compaction: only a full read can catch up.
+                        self._post(max(reply.compact_revision, self._seen + 1), None)
                         break
                     revisions = {event.kv.mod_revision for event in reply.events}
                     with self._own_lock:
                         foreign = {r for r in revisions if r not in self._own}
                         self._own -= revisions
                     if foreign:
-                        self._post(max(foreign))
+                        cut = len(self.prefix)
+                        changes = [
+                            (event.type == PUT, event.kv.key[cut:], event.kv.value)
+                            for event in reply.events if event.kv.mod_revision in foreign
+                        ]
+                        self._post(max(foreign), changes)
             except grpc.RpcError as exc:
                 if self._watch_stop.is_set():
                     return
                 log.warning("etcd_watch_broken", where=self.where, error=_why(exc))
             self._watch_stop.wait(WATCH_RETRY)
 
-    def _post(self, revision: int) -> None:
+    def _post(self, revision: int, changes: list[tuple[bool, bytes, bytes]] | None) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._foreign_write, revision)
+                loop.call_soon_threadsafe(self._foreign_write, revision, changes)
 
-    def _foreign_write(self, revision: int) -> None:
-        if revision > self._seen:
+    def _foreign_write(self, revision: int,
+                       changes: list[tuple[bool, bytes, bytes]] | None) -> None:
+        # Another replica's write, on the loop: applied row by row when this replica is
+        # exactly one step behind it, else by a full read.
+        if revision <= self._seen:
+            return  # a full read already covered it
+        if changes is None:
             self.catch_up()
+            return
+        self.apply_foreign(changes)
+        if not self._behind:
+            self._seen = revision
 
     def _release(self) -> None:
         self._watch_stop.set()

@@ -24,6 +24,7 @@ from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import RevisionConflict, WriteTxn
 from dspex_rx.store.durable.image import Dirty, Image
 from dspex_rx.store.durable.load import CorruptRow, Loaded, load
+from dspex_rx.store.durable.replay import replay
 from dspex_rx.store.durable.rows import Op
 from dspex_rx.store.memory.backend import MemoryBackend, _notify
 from dspex_rx.store.memory.txn import _MemoryWrite
@@ -318,6 +319,51 @@ class DurableBackend(MemoryBackend):
             self._flushing = None
             if self._behind:
                 self.catch_up()
+
+    def apply_foreign(self, changes: list[tuple[bool, bytes, bytes]]) -> None:
+        """Apply another writer's row changes ``(is_put, key, value)`` in place and tell
+        the watchers its commits, in order (a replica's watch calls it). While this
+        process has a change of its own in flight, or the rows cannot be applied, the
+        full ``catch_up`` runs instead, after the flush.
+
+        Example: ``backend.apply_foreign([(True, key, value)])``.
+        """
+        if self._closed:
+            return
+        if self.pending or self._flushing is not None or self._behind:
+            self._behind = True
+            return
+        try:
+            out = replay(self._sessions, self._owners, self._image, changes, self._clock())
+        except CorruptRow as exc:
+            log.warning("replay_failed", where=self.where, error=repr(exc))
+            self._behind = True
+            self.catch_up()
+            return
+        if out.revision is not None:
+            self._revision = out.revision
+        if out.next_id is not None:
+            self._next = out.next_id
+            self._ids = itertools.count(out.next_id)
+        if out.retired and self._retired_ids is not None:
+            merged = dict(self._retired_ids.items())
+            for sid, kept in out.retired.items():
+                if kept is None:
+                    merged.pop(sid, None)
+                else:
+                    merged.pop(sid, None)
+                    merged[sid] = kept
+            self._retired_ids.restore(merged.items())
+            self._image.set_retired(merged)
+        for session in out.gone:
+            for listener in list(session.listeners):
+                _notify(listener, None)
+            session.listeners.clear()
+        for hook in self._reload_hooks:
+            hook()
+        for session, commit in out.commits:
+            for listener in list(session.listeners):
+                _notify(listener, commit)
 
     def catch_up(self) -> None:
         """Bring the live state up to what another writer of the same storage stored (a

@@ -87,6 +87,41 @@ class Image:
         self._retired = dict(retired)
         self._retired_ord = ord_
 
+    def appended(self, session_id: str, kind: int, var_id: str, seq: int,
+                 item: object) -> None:
+        """Record that the rows gained a tail item (another writer put it).
+
+        Example: ``image.appended("s", LOG, "", 7, commit)``.
+        """
+        key = (session_id, kind, var_id)
+        tail = self._tails.get(key)
+        if tail is None:
+            self._tails[key] = _Tail(seq, seq + 1, item)
+        else:
+            tail.next, tail.last = seq + 1, item
+
+    def trimmed(self, session_id: str, kind: int, var_id: str, seq: int,
+                last: object | None) -> None:
+        """Record that the rows lost a tail's item ``seq`` from its front (another writer
+        deleted it); ``last`` is the newest live item left, None when none is.
+
+        Example: ``image.trimmed("s", HISTORY, "var_t_1", 3, entries[-1])``.
+        """
+        key = (session_id, kind, var_id)
+        tail = self._tails.get(key)
+        if tail is None:
+            return
+        tail.first = seq + 1
+        if last is None or tail.first >= tail.next:
+            del self._tails[key]
+
+    def set_retired(self, retired: Mapping[str, tuple[bytes, int]]) -> None:
+        """Record the retired ids the rows hold now (another writer changed them).
+
+        Example: ``image.set_retired({"bob": (digest, 7)})``.
+        """
+        self._retired = dict(retired)
+
     def forget_session(self, session_id: str) -> None:
         """Drop the shadows of a removed session's tails.
 

@@ -1,0 +1,169 @@
+"""Another writer's row changes applied to the live state in place (a replica catching up
+from its watch), with the image's shadows kept true, and the new commits to tell watchers.
+
+The rows are the ones ``image.Image.batch`` writes, in the order it writes them: a
+session's row before its variables', a tail's deletes before its puts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from dspex_rx.store.durable.image import Image
+from dspex_rx.store.durable.load import CorruptRow, _load, _session, _variable
+from dspex_rx.store.durable.rows import (
+    ENTRIES,
+    EVALUATIONS,
+    HISTORY,
+    LOG,
+    META,
+    RETIRED,
+    SESSIONS,
+    VARIABLES,
+    decode_key,
+)
+from dspex_rx.store.records import Commit
+from dspex_rx.store.state import Session
+
+
+@dataclass(slots=True)
+class Replayed:
+    """What applying a batch of rows changed beyond the sessions themselves.
+
+    >>> Replayed().commits
+    []
+    """
+
+    # New commits, in order, with the session they belong to.
+    commits: list[tuple[Session, Commit]] = field(default_factory=list)
+    # Sessions that went (their watchers hear None).
+    gone: list[Session] = field(default_factory=list)
+    revision: int | None = None
+    next_id: int | None = None
+    # The retired ids that changed (None: deleted), when any did.
+    retired: dict[str, tuple[bytes, int] | None] = field(default_factory=dict)
+
+
+def replay(
+    sessions: dict[str, Session], owners: dict[str, str], image: Image,
+    changes: list[tuple[bool, bytes, bytes]], now: float,
+) -> Replayed:
+    """Apply ``(is_put, key, value)`` row changes, in order, to ``sessions`` and ``owners``
+    (and the image's shadows); returns what else changed.
+
+    >>> from dspex_rx.store.durable.rows import encode_key
+    >>> out = replay({}, {}, Image(), [(True, encode_key(META, ("revision",)), b"3")], 0.0)
+    >>> out.revision
+    3
+    """
+    out = Replayed()
+    for is_put, raw_key, value in changes:
+        table, key = decode_key(raw_key)
+        if table == META:
+            number = int(value) if is_put else 0
+            if key == ("revision",):
+                out.revision = number
+            elif key == ("next_id",):
+                out.next_id = number
+        elif table == SESSIONS:
+            _session_row(sessions, owners, image, out, str(key[0]), is_put, value, now)
+        elif table == VARIABLES:
+            _variable_row(sessions, owners, str(key[0]), str(key[1]), is_put, value)
+        elif table == ENTRIES:
+            _entry_row(sessions, image, out, key, is_put, value)
+        elif table == RETIRED:
+            sid = str(key[0])
+            if is_put:
+                digest, claim, _ = _load(value, RETIRED, sid)
+                out.retired[sid] = (bytes(digest), int(claim))
+            else:
+                out.retired[sid] = None
+        else:
+            raise CorruptRow(table, key)
+    return out
+
+
+def _session_row(sessions: dict[str, Session], owners: dict[str, str], image: Image,
+                 out: Replayed, sid: str, is_put: bool, value: bytes, now: float) -> None:
+    session = sessions.get(sid)
+    if not is_put:
+        if session is not None:
+            del sessions[sid]
+            for var_id in session.variables:
+                owners.pop(var_id, None)
+            image.forget_session(sid)
+            out.gone.append(session)
+        return
+    header, graph = _load(value, SESSIONS, sid)
+    fresh = _session(sid, header, graph, now)
+    if session is None:
+        sessions[sid] = fresh
+        return
+    # The same object stays (watchers and the engine hold it); its header changes.
+    for name in ("metadata", "created_at", "metadata_size", "token", "claim",
+                 "incarnation", "log_floor", "graph", "idle_since"):
+        setattr(session, name, getattr(fresh, name))
+    session.revision = max(session.revision, fresh.revision)
+    kept = session.clients
+    session.clients = {cid: kept.get(cid, lease) for cid, lease in fresh.clients.items()}
+
+
+def _variable_row(sessions: dict[str, Session], owners: dict[str, str], sid: str,
+                  var_id: str, is_put: bool, value: bytes) -> None:
+    session = sessions.get(sid)
+    if session is None:
+        if not is_put:
+            return  # its session went first, in the same write
+        raise CorruptRow(VARIABLES, f"{sid}/{var_id} (no such session)")
+    old = session.variables.pop(var_id, None)
+    if old is not None:
+        session.names.pop(old.name, None)
+    for table in (session.rules, session.fixed, session.leases, session.running,
+                  session.recent_leases):
+        table.pop(var_id, None)
+    if is_put:
+        _variable(session, var_id, _load(value, VARIABLES, var_id))
+        owners[var_id] = sid
+    else:
+        owners.pop(var_id, None)
+
+
+def _entry_row(sessions: dict[str, Session], image: Image, out: Replayed,
+               key: tuple[str | int, ...], is_put: bool, value: bytes) -> None:
+    sid, kind, var_id, seq = str(key[0]), int(key[1]), str(key[2]), int(key[3])
+    session = sessions.get(sid)
+    if session is None:
+        if not is_put:
+            return  # its session went first, in the same write
+        raise CorruptRow(ENTRIES, f"{sid}/{kind}/{var_id} (no such session)")
+    items = _tail(session, kind, var_id)
+    if is_put:
+        item = _load(value, ENTRIES, key)
+        items.append(item)
+        image.appended(sid, kind, var_id, seq, item)
+        if kind == LOG:
+            session.revision = max(session.revision, item.revision)
+            out.commits.append((session, item))
+        return
+    # Deletes trim a tail from its front (or drop it whole, front to back).
+    if items:
+        items.popleft()
+    image.trimmed(sid, kind, var_id, seq, items[-1] if items else None)
+    if not items and kind != LOG:
+        (session.history if kind == HISTORY else session.evaluations).pop(var_id, None)
+
+
+def _tail(session: Session, kind: int, var_id: str) -> deque[Any]:
+    if kind == LOG:
+        return session.log
+    table: dict[str, deque[Any]] = (
+        session.history if kind == HISTORY else session.evaluations
+    )
+    if kind not in (HISTORY, EVALUATIONS):
+        raise CorruptRow(ENTRIES, f"{session.id}/{kind}/{var_id} (unknown kind)")
+    found = table.get(var_id)
+    if found is None:
+        found = table[var_id] = deque()
+    return found
