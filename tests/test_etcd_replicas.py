@@ -281,3 +281,25 @@ async def _caught_up(follower: EtcdBackend, writer: MemoryStore) -> None:
     while follower._seen < head:
         assert time.monotonic() < guard, "the follower never caught up"
         await asyncio.sleep(0.005)
+
+
+def test_an_optimizer_stopped_on_another_replica_is_fenced_on_its_own(
+    pair: tuple[MemoryStore, MemoryStore],
+) -> None:
+    a, b = pair
+    _, client, _ = a.initialize_session("shared")
+    a.register("shared", [VariableSpec("t", "float", 0.5)], actor="a")
+    lease, _ = a.start_optimization("shared", "t", optimizer_type="grid", max_iterations=9,
+                                    client_id=client)
+    sync(a)
+    b._backend.catch_up()
+    b.stop_optimization("shared", "t", reason="enough")
+    sync(b)
+    # a has not heard of the stop yet: its step commits locally, then meets b's write.
+    a.optimization_step("shared", "t", lease.id, lease.token, proposal=(0.7, 1))
+    with pytest.raises(RevisionConflict):
+        sync(a)
+    # Run again against the stored state (as the server does): the holder is fenced.
+    with pytest.raises(dspex_rx.OptimizationLockedError):
+        a.optimization_step("shared", "t", lease.id, lease.token, proposal=(0.7, 1))
+    assert a.get("shared", "t").value == 0.5

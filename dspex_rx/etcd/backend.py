@@ -44,6 +44,16 @@ PUT = Event.PUT
 WATCH_RETRY = 0.2
 
 
+def value_cap(max_request_bytes: int = MAX_REQUEST_BYTES) -> int:
+    """The largest value one etcd write can carry: a set stores it three times in its txn
+    (the record, its history entry, the logged commit), with room for the rest.
+
+    >>> value_cap(1536 * 1024)
+    502442
+    """
+    return (max_request_bytes - 64 * 1024) // 3
+
+
 class EtcdBackend(DurableBackend):
     """The store's state in etcd at ``endpoints`` under ``prefix``; several servers
     (replicas) over the same etcd and prefix share one store.

@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--etcd-max-txn-ops", type=int, default=128, metavar="N",
                          help="etcd's --max-txn-ops (default 128): a write needing more "
                          "operations is refused, naming it")
+    serve_p.add_argument("--etcd-max-request-bytes", type=int, default=1536 * 1024,
+                         metavar="N", help="etcd's --max-request-bytes (default 1.5 MiB): "
+                         "caps --max-value-bytes to what one etcd write can carry")
     serve_p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",
                          help=f"where --storage sqlite keeps its file (default "
                          f"{DEFAULT_DATA_DIR}, created 0700)")
@@ -157,10 +160,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.storage == "sqlite":
             backend = SqliteBackend(args.data_dir)
         elif args.storage == "etcd":
-            from dspex_rx.etcd import EtcdBackend
+            from dspex_rx.etcd.backend import EtcdBackend, value_cap
 
+            cap = value_cap(args.etcd_max_request_bytes)
+            if limits.max_value_bytes > cap:
+                # Refused by the store's own check, naming max_value_bytes, before any
+                # write reaches etcd.
+                print(f"dspex-rx serve: --max-value-bytes is {cap} with etcd (a value is "
+                      f"written three times in one etcd request of at most "
+                      f"{args.etcd_max_request_bytes} bytes)", file=sys.stderr)
+                limits = limits.replace(max_value_bytes=cap)
             backend = EtcdBackend(args.etcd_endpoints.split(","), prefix=args.etcd_prefix,
-                                  max_txn_ops=args.etcd_max_txn_ops)
+                                  max_txn_ops=args.etcd_max_txn_ops,
+                                  max_request_bytes=args.etcd_max_request_bytes)
         store = MemoryStore(limits=limits, log_size=args.log_size, principals=principals,
                             session_ttl=session_ttl, backend=backend)
     except (StorageError, InvalidValueError) as exc:
