@@ -303,3 +303,32 @@ def test_an_optimizer_stopped_on_another_replica_is_fenced_on_its_own(
     with pytest.raises(dspex_rx.OptimizationLockedError):
         a.optimization_step("shared", "t", lease.id, lease.token, proposal=(0.7, 1))
     assert a.get("shared", "t").value == 0.5
+
+
+def test_a_client_heartbeating_through_one_replica_is_not_expired_by_another(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Regression: heartbeats renewed a client only where they arrived, so every other
+    # replica expired it one TTL after it attached.
+    now = [1000.0]
+    clock = lambda: now[0]  # noqa: E731
+    a = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix, clock=clock),
+                    clock=clock)
+    b = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix, clock=clock),
+                    clock=clock)
+    try:
+        _, client, _ = a.initialize_session("s", ttl=10)
+        sync(a)
+        b._backend.catch_up()
+        now[0] += 8
+        a.heartbeat("s", client)
+        assert a.pending  # the heartbeat is written to etcd, so b's watch hears of it
+        sync(a)
+        b._backend.catch_up()
+        now[0] += 5  # 13 s after attaching, 5 after the heartbeat
+        assert b.expire() == [] and client in b.session("s").clients
+        now[0] += 6  # 11 s after the heartbeat: silent past its TTL
+        assert b.expire() == ["s"]
+    finally:
+        a.close()
+        b.close()

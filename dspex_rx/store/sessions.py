@@ -196,6 +196,8 @@ class Sessions(Leasing):
                 detached=True,
             )
         lease.last_seen = self._clock()
+        # Stored too: another replica of a shared store must see the client is alive.
+        self._backend.touch(session.id)
         return lease.last_seen + lease.ttl
 
     def close_session(self, session_id: str, client_id: str) -> bool:

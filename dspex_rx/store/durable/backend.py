@@ -103,11 +103,13 @@ class DurableBackend(MemoryBackend):
 
     def _start(self) -> None:
         # The subclass opened its storage: read it into the live state.
-        self._install(self._read())
+        self._install(self._read(starting=True))
 
-    def _read(self) -> Loaded:
+    def _read(self, *, starting: bool = False) -> Loaded:
+        # At start every client gets a fresh heartbeat window (the time the server was
+        # down does not count); a re-read while serving keeps their stored heartbeats.
         try:
-            return load(self._rows(), self._clock())
+            return load(self._rows(), self._clock() if starting else None)
         except CorruptRow as exc:
             raise StorageError(
                 f"{self.where} holds a row this server cannot read "
@@ -334,7 +336,7 @@ class DurableBackend(MemoryBackend):
             self._behind = True
             return
         try:
-            out = replay(self._sessions, self._owners, self._image, changes, self._clock())
+            out = replay(self._sessions, self._owners, self._image, changes)
         except CorruptRow as exc:
             log.warning("replay_failed", where=self.where, error=repr(exc))
             self._behind = True

@@ -63,8 +63,9 @@ def _load(data: bytes, table: str, key: object) -> Any:
         raise CorruptRow(table, key) from exc
 
 
-def load(rows: Iterable[tuple[bytes, bytes]], now: float) -> Loaded:
-    """Live state from every stored row (key, value), given in key order.
+def load(rows: Iterable[tuple[bytes, bytes]], now: float | None) -> Loaded:
+    """Live state from every stored row (key, value), given in key order; ``now`` is the
+    start time every client's heartbeat window begins at (None: as stored).
 
     >>> load([], 0.0).sessions
     {}
@@ -110,17 +111,20 @@ def _owner(out: Loaded, table: str, sid: object, what: object) -> Session:
     return session
 
 
-def _session(sid: str, header: dict[str, Any], graph: Any, now: float) -> Session:
+def _session(sid: str, header: dict[str, Any], graph: Any, now: float | None) -> Session:
+    # ``now``: a restart's time, from which every client gets a fresh heartbeat window;
+    # None (a replica applying another's rows) keeps each client's last heartbeat.
     session = Session(
         sid, header["metadata"], header["created_at"], revision=header["revision"],
         metadata_size=header["metadata_size"], token=header["token"], claim=header["claim"],
         incarnation=header["incarnation"], log_floor=header["log_floor"], graph=graph,
     )
-    session.clients = {cid: ClientLease(name, ttl, now)
-                       for cid, (name, ttl) in header["clients"].items()}
+    session.clients = {cid: ClientLease(kept[0], kept[1], kept[2] if now is None else now)
+                       for cid, kept in header["clients"].items()}
     # A session idle before the restart stays idle; its wait starts again at the restart
     # (time the server was down does not count against it).
-    session.idle_since = now if header.get("idle_since") is not None else None
+    idle = header.get("idle_since")
+    session.idle_since = idle if now is None or idle is None else now
     return session
 
 

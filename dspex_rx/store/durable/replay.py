@@ -48,13 +48,13 @@ class Replayed:
 
 def replay(
     sessions: dict[str, Session], owners: dict[str, str], image: Image,
-    changes: list[tuple[bool, bytes, bytes]], now: float,
+    changes: list[tuple[bool, bytes, bytes]],
 ) -> Replayed:
     """Apply ``(is_put, key, value)`` row changes, in order, to ``sessions`` and ``owners``
     (and the image's shadows); returns what else changed.
 
     >>> from dspex_rx.store.durable.rows import encode_key
-    >>> out = replay({}, {}, Image(), [(True, encode_key(META, ("revision",)), b"3")], 0.0)
+    >>> out = replay({}, {}, Image(), [(True, encode_key(META, ("revision",)), b"3")])
     >>> out.revision
     3
     """
@@ -68,7 +68,7 @@ def replay(
             elif key == ("next_id",):
                 out.next_id = number
         elif table == SESSIONS:
-            _session_row(sessions, owners, image, out, str(key[0]), is_put, value, now)
+            _session_row(sessions, owners, image, out, str(key[0]), is_put, value)
         elif table == VARIABLES:
             _variable_row(sessions, owners, str(key[0]), str(key[1]), is_put, value)
         elif table == ENTRIES:
@@ -86,7 +86,7 @@ def replay(
 
 
 def _session_row(sessions: dict[str, Session], owners: dict[str, str], image: Image,
-                 out: Replayed, sid: str, is_put: bool, value: bytes, now: float) -> None:
+                 out: Replayed, sid: str, is_put: bool, value: bytes) -> None:
     session = sessions.get(sid)
     if not is_put:
         if session is not None:
@@ -97,17 +97,15 @@ def _session_row(sessions: dict[str, Session], owners: dict[str, str], image: Im
             out.gone.append(session)
         return
     header, graph = _load(value, SESSIONS, sid)
-    fresh = _session(sid, header, graph, now)
+    fresh = _session(sid, header, graph, None)  # clients' heartbeats as stored
     if session is None:
         sessions[sid] = fresh
         return
     # The same object stays (watchers and the engine hold it); its header changes.
     for name in ("metadata", "created_at", "metadata_size", "token", "claim",
-                 "incarnation", "log_floor", "graph", "idle_since"):
+                 "incarnation", "log_floor", "graph", "idle_since", "clients"):
         setattr(session, name, getattr(fresh, name))
     session.revision = max(session.revision, fresh.revision)
-    kept = session.clients
-    session.clients = {cid: kept.get(cid, lease) for cid, lease in fresh.clients.items()}
 
 
 def _variable_row(sessions: dict[str, Session], owners: dict[str, str], sid: str,

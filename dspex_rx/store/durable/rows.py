@@ -140,7 +140,7 @@ def session_header(session: Session) -> dict[str, Any]:
         "revision": session.revision, "metadata_size": session.metadata_size,
         "token": session.token, "claim": session.claim, "incarnation": session.incarnation,
         "log_floor": session.log_floor,
-        "clients": {cid: (c.name, c.ttl) for cid, c in session.clients.items()},
+        "clients": {cid: (c.name, c.ttl, c.last_seen) for cid, c in session.clients.items()},
         "idle_since": session.idle_since,
     }
 
