@@ -94,6 +94,8 @@ class EtcdBackend(DurableBackend):
         self._seen = 0
         self._own: set[int] = set()
         self._own_lock = threading.Lock()
+        # Writes the watch saw while a flush was in flight, told apart after it.
+        self._queued: list[tuple[int, list[tuple[bool, bytes, bytes]] | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch_stop = threading.Event()
         self._watch_requests: queue.Queue[etcd.WatchRequest | None] = queue.Queue()
@@ -210,17 +212,17 @@ class EtcdBackend(DurableBackend):
                         # Past etcd's compaction: only a full read can catch up.
                         self._post(max(reply.compact_revision, self._seen + 1), None)
                         break
-                    revisions = {event.kv.mod_revision for event in reply.events}
+                    cut = len(self.prefix)
+                    by_revision: dict[int, list[tuple[bool, bytes, bytes]]] = {}
+                    for event in reply.events:
+                        by_revision.setdefault(event.kv.mod_revision, []).append(
+                            (event.type == PUT, event.kv.key[cut:], event.kv.value))
                     with self._own_lock:
-                        foreign = {r for r in revisions if r not in self._own}
-                        self._own -= revisions
-                    if foreign:
-                        cut = len(self.prefix)
-                        changes = [
-                            (event.type == PUT, event.kv.key[cut:], event.kv.value)
-                            for event in reply.events if event.kv.mod_revision in foreign
-                        ]
-                        self._post(max(foreign), changes)
+                        own = {r for r in by_revision if r in self._own}
+                        self._own -= own
+                    for revision, changes in sorted(by_revision.items()):
+                        if revision not in own:
+                            self._post(revision, changes)
             except grpc.RpcError as exc:
                 if self._watch_stop.is_set():
                     return
@@ -235,8 +237,15 @@ class EtcdBackend(DurableBackend):
 
     def _foreign_write(self, revision: int,
                        changes: list[tuple[bool, bytes, bytes]] | None) -> None:
-        # Another replica's write, on the loop: applied row by row when this replica is
-        # exactly one step behind it, else by a full read.
+        # A write the watch saw, on the loop. It may be this replica's own, seen before
+        # its txn's answer came back: only once no flush is in flight can it be told.
+        if self._flushing is not None or self.pending:
+            self._queued.append((revision, changes))
+            return
+        with self._own_lock:
+            if revision in self._own:
+                self._own.discard(revision)
+                return
         if revision <= self._seen:
             return  # a full read already covered it
         if changes is None:
@@ -245,6 +254,13 @@ class EtcdBackend(DurableBackend):
         self.apply_foreign(changes)
         if not self._behind:
             self._seen = revision
+
+    def _after_flush(self) -> None:
+        # What the watch saw during the flush: this replica's own writes, or others'
+        # that came after (a write before would have failed the flush's compare).
+        queued, self._queued = self._queued, []
+        for revision, changes in queued:
+            self._foreign_write(revision, changes)
 
     def _release(self) -> None:
         self._watch_stop.set()

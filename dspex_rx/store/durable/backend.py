@@ -319,6 +319,7 @@ class DurableBackend(MemoryBackend):
             self._refusing_until = 0.0
         finally:
             self._flushing = None
+            self._after_flush()
             if self._behind:
                 self.catch_up()
 
@@ -366,6 +367,10 @@ class DurableBackend(MemoryBackend):
         for session, commit in out.commits:
             for listener in list(session.listeners):
                 _notify(listener, commit)
+
+    def _after_flush(self) -> None:
+        """Called on the loop after every flush, whatever its outcome (a replicated
+        subclass sorts out what its watch saw meanwhile)."""
 
     def catch_up(self) -> None:
         """Bring the live state up to what another writer of the same storage stored (a
