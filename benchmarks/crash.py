@@ -15,6 +15,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import tempfile
@@ -72,20 +73,29 @@ def main(argv: list[str] | None = None) -> int:
     if not storage_available(args.storage):
         note(f"storage {args.storage!r} is not available in this tree")
         return 2
-    config = CrashConfig(
-        seed=args.seed if args.seed is not None else seed_from_env(),
-        kills=args.kills, storage=args.storage,
-        max_writes_before_kill=args.max_writes_before_kill, writers=args.writers,
-        tasks_per_writer=args.tasks_per_writer, watchers=args.watchers,
-    )
-    note(f"seed {config.seed}, {config.kills} kills, storage {config.storage}")
-    if args.keep:
-        workdir = Path(args.keep)
-        workdir.mkdir(parents=True, exist_ok=True)
-        report = trio.run(run_crash, config, workdir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="dspex-rx-crash-") as tmp:
-            report = trio.run(run_crash, config, Path(tmp))
+    with contextlib.ExitStack() as stack:
+        endpoint = ""
+        if args.storage == "etcd":
+            # The member the killed replica keeps its rows in: it stays up all run.
+            from etcd_service import running_member
+
+            etcd_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="dspex-etcd-"))
+            endpoint = stack.enter_context(running_member(Path(etcd_dir))).endpoint
+        config = CrashConfig(
+            seed=args.seed if args.seed is not None else seed_from_env(),
+            kills=args.kills, storage=args.storage,
+            max_writes_before_kill=args.max_writes_before_kill, writers=args.writers,
+            tasks_per_writer=args.tasks_per_writer, watchers=args.watchers,
+            etcd_endpoint=endpoint,
+        )
+        note(f"seed {config.seed}, {config.kills} kills, storage {config.storage}")
+        if args.keep:
+            workdir = Path(args.keep)
+            workdir.mkdir(parents=True, exist_ok=True)
+            report = trio.run(run_crash, config, workdir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="dspex-rx-crash-") as tmp:
+                report = trio.run(run_crash, config, Path(tmp))
     emit(report.summary())
     for problem in report.problems:
         print(f"[crash] problem: {problem}", file=sys.stderr)

@@ -31,7 +31,7 @@ import dspex_rx
 from dspex_rx.client.actors import VariableUpdate
 from dspex_rx.errors import DspexError, InvalidValueError, SessionNotFoundError
 
-STORAGES = ("memory", "sqlite")
+STORAGES = ("memory", "sqlite", "etcd")
 SEED_ENV = "DSPEX_CRASH_SEED"
 # Every writer's values are unique: (task number + 1) * VALUE_BASE + its sequence number.
 # A refused write sends the negative of its unique value, against the constraint min 0.
@@ -86,8 +86,12 @@ class CrashConfig:
     # Hang guards, not timings: a phase that makes no progress this long fails the run.
     progress_guard: float = 30.0
     start_guard: float = 30.0
+    # With storage "etcd": the member the killed server keeps its rows in (it stays up).
+    etcd_endpoint: str = ""
 
     def __post_init__(self) -> None:
+        if self.storage == "etcd" and not self.etcd_endpoint:
+            raise ValueError("storage 'etcd' needs etcd_endpoint")
         if self.storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
         for name in ("variables", "writers", "tasks_per_writer", "max_writes_before_kill",
@@ -119,16 +123,23 @@ def serve_help() -> str:
 
 def storage_available(storage: str) -> bool:
     """Whether ``dspex-rx serve`` here can run ``storage`` (memory always can)."""
+    if storage == "etcd":
+        return "--etcd-endpoints" in serve_help()
     return storage == "memory" or "--data-dir" in serve_help()
 
 
 def server_command(storage: str, data_dir: Path, history_size: int, port: int,
-                   port_file: Path) -> list[str]:
-    """``python -m dspex_rx.server.cli serve`` for ``storage`` in ``data_dir`` on ``port``
-    (a tree without storage flags serves memory only)."""
+                   port_file: Path, etcd_endpoint: str = "") -> list[str]:
+    """``python -m dspex_rx.server.cli serve`` for ``storage`` in ``data_dir`` (or, for
+    etcd, under a prefix named after it) on ``port`` (a tree without storage flags serves
+    memory only)."""
     command = [sys.executable, "-m", "dspex_rx.server.cli", "serve", "--port", str(port),
                "--port-file", str(port_file), "--log-level", "warning", "--auth", "token",
                "--history-size", str(history_size)]
+    if storage == "etcd":
+        return [*command, "--storage", "etcd", "--etcd-endpoints", etcd_endpoint,
+                "--etcd-prefix", f"crash-{data_dir.parent.name}/", "--etcd-max-txn-ops",
+                "4096"]
     if "--data-dir" in serve_help():
         return [*command, "--storage", storage, "--data-dir", str(data_dir)]
     if storage != "memory":
@@ -145,9 +156,10 @@ class ServerProcess:
     """
 
     def __init__(self, workdir: Path, storage: str, history_size: int,
-                 start_guard: float = 30.0) -> None:
+                 start_guard: float = 30.0, etcd_endpoint: str = "") -> None:
         self.workdir = workdir
         self.storage = storage
+        self.etcd_endpoint = etcd_endpoint
         self.data_dir = workdir / "data"
         self.history_size = history_size
         self.start_guard = start_guard
@@ -172,7 +184,7 @@ class ServerProcess:
         port_file = self.workdir / f"port-{self.starts}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = server_command(self.storage, self.data_dir, self.history_size, self.port,
-                             port_file)
+                             port_file, self.etcd_endpoint)
         if self._log is None:
             self._log = self.log_path.open("a")
         self._log.write(f"--- start {self.starts}: {' '.join(cmd)}\n")
@@ -499,7 +511,8 @@ async def run_crash(config: CrashConfig, workdir: Path) -> CrashReport:
     ``assert not report.problems``.
     """
     began = time.monotonic()
-    server = ServerProcess(workdir, config.storage, config.history_size, config.start_guard)
+    server = ServerProcess(workdir, config.storage, config.history_size, config.start_guard,
+                           config.etcd_endpoint)
     crash = _Crash(config, server)
     try:
         problems = await crash.run()

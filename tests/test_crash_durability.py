@@ -22,6 +22,7 @@ from dspex_rx.client.actors import VariableUpdate
 # run only proves the harness itself (its kills lose the session by design).
 DURABLE_KILLS = 20
 MEMORY_KILLS = 8
+ETCD_KILLS = 10
 # The suite replays one seed (repeatable); benchmarks/crash.py draws fresh ones.
 DEFAULT_SEED = 14
 
@@ -64,8 +65,23 @@ async def test_memory_server_killed_and_restarted_passes_every_check_but_durabil
     assert report.deliveries > 0, failure(report)
 
 
+async def test_etcd_replica_killed_10_times_loses_no_acknowledged_write(
+    tmp_path: Path, etcd_endpoint: str,
+) -> None:
+    # The server is the replica killed; etcd, which holds the rows, stays up (#15).
+    config = CrashConfig(seed=seed_from_env(DEFAULT_SEED), kills=ETCD_KILLS, storage="etcd",
+                         etcd_endpoint=etcd_endpoint)
+    report = await run_crash(config, tmp_path)
+    assert not report.problems, failure(report)
+    assert report.kills == ETCD_KILLS, failure(report)
+    assert report.acked >= ETCD_KILLS + config.final_acks, failure(report)
+    assert report.refused > 0 and report.deliveries > 0, failure(report)
+
+
 def test_config_names_a_storage_it_does_not_know() -> None:
     with pytest.raises(ValueError, match=r"storage must be one of .*'etcd'"):
+        CrashConfig(seed=1, storage="tape")
+    with pytest.raises(ValueError, match="storage 'etcd' needs etcd_endpoint"):
         CrashConfig(seed=1, storage="etcd")
     with pytest.raises(ValueError, match="writers must be at least 1, got 0"):
         CrashConfig(seed=1, writers=0)
