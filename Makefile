@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test proto check-proto lint typecheck bench clean serve etcd
+.PHONY: demo test proto check-proto lint typecheck bench clean serve etcd cluster-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ demo: $(STAMP)
 	@echo
 	@echo "--- DSPy: a strategy variable picks Predict or ChainOfThought per question (DummyLM) ---"
 	$(BIN)/python examples/adaptive_reasoning.py
+
+# Three `dspex-rx serve --storage etcd` replicas over one etcd member on this machine (temp
+# dir, free ports), a writer on one and watchers on the others, one replica killed and
+# brought back; everything it starts is stopped when it ends (also on Ctrl-C). Issue #15.
+cluster-demo: $(STAMP) etcd
+	$(BIN)/python examples/cluster_demo.py
 
 # etcd for the etcd backend's tests (issue #15): Debian's etcd-server (3.4.23 on bookworm),
 # installed when no etcd is found. Debian's over a PyPI wheel: the one that ships the binary

@@ -337,6 +337,12 @@ if __name__ == "__main__":
         sys.exit(f"cluster demo: {missing}")
     try:
         main()
-    except KeyboardInterrupt:
+    except BaseException as stopped:
+        # Ctrl-C arrives bare, or inside the group of a nursery it cancelled.
+        interrupted = isinstance(stopped, KeyboardInterrupt) or (
+            isinstance(stopped, BaseExceptionGroup)
+            and stopped.subgroup(KeyboardInterrupt) is not None)
+        if not interrupted:
+            raise
         print("\ninterrupted: etcd and the replicas are stopped", file=sys.stderr)
         sys.exit(130)
