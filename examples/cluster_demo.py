@@ -1,6 +1,7 @@
 """The `make cluster-demo` job: three `dspex-rx serve --storage etcd` replicas over one etcd
 member on this machine; a writer on replica 1, watchers on replicas 2 and 3, then replica 2
-is killed and brought back while the writes go on.
+is killed: its watcher's client moves to replica 3 and misses nothing; replica 2 restarted
+serves what it missed.
 
 Everything it starts (etcd, the replicas) runs in a temp dir on free loopback ports and is
 stopped when it ends, also on Ctrl-C or SIGTERM. Run: ``python examples/cluster_demo.py``.
@@ -161,27 +162,28 @@ def cluster(workdir: Path) -> Iterator[tuple[Any, list[Replica]]]:
 
 
 class Watcher:
-    """A client on one replica watching ``VARIABLE``: prints and keeps every update.
+    """A client watching ``VARIABLE`` through ``targets`` (several: the first replica that
+    answers, the next when it dies): prints and keeps every update.
 
-    Example: ``nursery.start_soon(Watcher("replica 2", target, token).run)``.
+    Example: ``nursery.start_soon(Watcher("watcher 3", [target], token).run)``.
     """
 
-    def __init__(self, label: str, target: str, token: str) -> None:
+    def __init__(self, label: str, targets: list[str], token: str) -> None:
         self.label = label
-        self.target = target
+        self.targets = targets
         self.token = token
         self.seen: list[VariableUpdate] = []
         self.changed = trio.Event()
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Join the session on this replica and print each update until cancelled."""
-        session = await join(self.target, self.token)
+        """Join the session and print each update until cancelled."""
+        session = await join(self.targets, self.token)
         try:
             async with session.watch_variable(VARIABLE) as watch:
                 task_status.started(session)
                 async for update in watch:
                     self.seen.append(update)
-                    print(f"  [watcher on {self.label}] {update.name} = {update.value!r} "
+                    print(f"  [{self.label}] {update.name} = {update.value!r} "
                           f"(version {update.version}, revision {update.revision}, "
                           f"{update.update_type})")
                     self.changed.set()
@@ -202,11 +204,12 @@ class Watcher:
         return [u.version for u in self.seen]
 
 
-async def join(target: str, token: str) -> dspex_rx.SessionContext:
-    """Join the demo session on another replica, once that replica has heard of it (its
-    etcd watch brings the session over within milliseconds).
+async def join(target: str | list[str], token: str) -> dspex_rx.SessionContext:
+    """Join the demo session through another replica (or the first of several that
+    answers), once that replica has heard of it (its etcd watch brings the session over
+    within milliseconds).
 
-    Example: ``session = await join(replicas[1].target, writer.token)``.
+    Example: ``session = await join([replicas[1].target, replicas[2].target], token)``.
     """
     with trio.fail_after(SEE_GUARD):
         while True:
@@ -235,8 +238,12 @@ async def demo(replicas: list[Replica]) -> dict[str, Any]:
                                        constraints={"min": 0.0, "max": 2.0})
         print(f"[writer on replica 1] registered {VARIABLE} = 0.5 in session {SESSION}")
         assert writer.token is not None
-        two = Watcher("replica 2", second.target, writer.token)
-        three = Watcher("replica 3", third.target, writer.token)
+        # Watcher 2 names replica 2 and then replica 3: its client uses the first that
+        # answers and moves to the next when that one dies (issue #15's client failover).
+        two = Watcher("watcher 2", [second.target, third.target], writer.token)
+        three = Watcher("watcher 3", [third.target], writer.token)
+        print("watcher 2 joins through replica 2 (replica 3 if 2 dies); watcher 3 through "
+              "replica 3")
         async with trio.open_nursery() as nursery:
             await nursery.start(two.run)
             await nursery.start(three.run)
@@ -247,27 +254,21 @@ async def demo(replicas: list[Replica]) -> dict[str, Any]:
             for value in (0.6, 0.7, 0.8):
                 await write(writer, value, two, three)
 
-            print(f"\n--- replica 2 killed (SIGKILL, pid {second.pids[-1]}); "
-                  "the writes go on ---")
+            print(f"\n--- replica 2 killed (SIGKILL, pid {second.pids[-1]}): watcher 2's "
+                  "client moves to replica 3 and resumes from its last revision ---")
             second.kill()
             before_kill = len(two.seen)
-            missed = [await write(writer, value, three) for value in (0.9, 1.0)]
-            print(f"  [watcher on replica 2] heard nothing: its client keeps trying "
-                  f"{second.target} (last version seen {two.versions[-1]})")
+            missed = [await write(writer, value, two, three) for value in (0.9, 1.0)]
 
-            # ================================================================
-            # FAILOVER (issue #15, the lead's client work): when connect() takes several
-            # targets, the replica-2 watcher joins with
-            #     join(f"{second.target},{third.target}", token)
-            # and its client moves to replica 3 here by itself, resuming its watch from
-            # the last revision it saw: it prints versions `missed` with no restart below.
-            # Until then the watcher's client can only retry the address it has, so the
-            # demo brings replica 2 back on it.
-            # ================================================================
-            print(f"\n--- replica 2 restarted at {second.target}; its watcher's client "
-                  "reconnects and resumes ---")
+            print(f"\n--- replica 2 restarted at {second.target}: it reads etcd and "
+                  "serves what it missed ---")
             await trio.to_thread.run_sync(second.start)
-            await two.wait_for(missed[-1])
+            back = await join(second.target, writer.token)
+            try:
+                print(f"[a reader on replica 2] {VARIABLE} = "
+                      f"{await back.get_variable(VARIABLE)!r}")
+            finally:
+                await back.close()
             last = await write(writer, 1.1, two, three)
             nursery.cancel_scope.cancel()
 
@@ -279,20 +280,24 @@ async def demo(replicas: list[Replica]) -> dict[str, Any]:
             finally:
                 await session.close()
     print(f"\n{VARIABLE} read on replicas 1, 2, 3: {finals}")
-    print(f"watcher on replica 2 saw versions {two.versions}")
-    print(f"watcher on replica 3 saw versions {three.versions}")
+    print(f"watcher 2 saw versions {two.versions}")
+    print(f"watcher 3 saw versions {three.versions}")
     return {"two": two.versions, "three": three.versions, "finals": finals, "last": last,
             "missed": missed, "before_kill": before_kill,
             "resumed": [u.update_type for u in two.seen[before_kill:]]}
 
 
 class _ReconnectNotes(logging.Handler):
-    # The client logs each reconnect attempt as a long warning; the demo shows one line.
+    # The client logs each reconnect attempt as a long warning; the demo shows one line
+    # and counts them (a failover is one: the watcher really was on the replica killed).
+    reconnects = 0
+
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if "watch_stream_reconnecting" not in text:
             print(text, file=sys.stderr)
             return
+        self.reconnects += 1
         attempt = re.search(r"attempt=(\d+)", text)
         why = re.search(r'details = "([^"]*)', text)
         print(f"  [a watcher's client] stream broken, reconnecting (attempt "
@@ -321,6 +326,7 @@ def main() -> dict[str, Any]:
                   flush=True)
             result = trio.run(demo, replicas)
             result["pids"] = [member.pid, *(pid for r in replicas for pid in r.pids)]
+            result["reconnects"] = notes.reconnects
     finally:
         signal.signal(signal.SIGTERM, previous)
         library.removeHandler(notes)
