@@ -37,6 +37,9 @@ VARIABLE = "temperature"
 # watcher hears a write on another replica within milliseconds.
 START_GUARD = 20.0
 SEE_GUARD = 10.0
+# etcd's default --max-txn-ops (128) is below what one busy replica's group commit can
+# need; etcd and the replicas are given the same higher limit, as the README advises.
+MAX_TXN_OPS = "4096"
 
 
 def _etcd_service() -> ModuleType:
@@ -96,7 +99,7 @@ class Replica:
                 [*serve_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                  "--port-file", str(port_file), "--log-level", "warning",
                  "--storage", "etcd", "--etcd-endpoints", self.endpoint,
-                 "--etcd-prefix", self.prefix],
+                 "--etcd-prefix", self.prefix, "--etcd-max-txn-ops", MAX_TXN_OPS],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
         self.pids.append(self.proc.pid)
@@ -144,7 +147,8 @@ def cluster(workdir: Path) -> Iterator[tuple[Any, list[Replica]]]:
     Example: ``with cluster(Path(tmp)) as (member, replicas): replicas[0].target``.
     """
     etcd_service = _etcd_service()
-    member = etcd_service.EtcdMember(workdir / "etcd", name="dspex-demo")
+    member = etcd_service.EtcdMember(workdir / "etcd", name="dspex-demo",
+                                     extra_args=["--max-txn-ops", MAX_TXN_OPS])
     replicas: list[Replica] = []
     try:
         member.start()
