@@ -225,6 +225,24 @@ async def join(target: str | list[str], token: str) -> dspex_rx.SessionContext:
                 await trio.sleep(0.05)  # the replica has not caught up with etcd yet
 
 
+async def read_at(target: str, token: str, version: int) -> Any:
+    """``VARIABLE`` read through one replica once that replica holds ``version``.
+
+    Example: ``await read_at(replicas[1].target, token, 7)`` is the value of version 7.
+    """
+    session = await join(target, token)
+    try:
+        with trio.fail_after(SEE_GUARD):
+            while True:
+                read = (await session.get_variables([VARIABLE], include_metadata=True)
+                        )[VARIABLE]
+                if read["version"] >= version:
+                    return read["value"]
+                await trio.sleep(0.01)  # its watch has not applied the write yet
+    finally:
+        await session.close()
+
+
 async def write(writer: dspex_rx.SessionContext, value: float, *watchers: Watcher) -> int:
     """Write on replica 1 and wait until each of ``watchers`` has seen it."""
     print(f"[writer on replica 1] sets {VARIABLE} = {value!r}")
@@ -276,14 +294,10 @@ async def demo(replicas: list[Replica]) -> dict[str, Any]:
             last = await write(writer, 1.1, two, three)
             nursery.cancel_scope.cancel()
 
-        finals = []
-        for replica in replicas:
-            session = await join(replica.target, writer.token)
-            try:
-                finals.append(await session.get_variable(VARIABLE))
-            finally:
-                await session.close()
-    print(f"\n{VARIABLE} read on replicas 1, 2, 3: {finals}")
+        # No read-your-writes across replicas: each is read once its watch applied the
+        # last write (within milliseconds here).
+        finals = [await read_at(replica.target, writer.token, last) for replica in replicas]
+    print(f"\n{VARIABLE} read on replicas 1, 2, 3 at version {last}: {finals}")
     print(f"watcher 2 saw versions {two.versions}")
     print(f"watcher 3 saw versions {three.versions}")
     return {"two": two.versions, "three": three.versions, "finals": finals, "last": last,

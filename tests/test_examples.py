@@ -166,7 +166,7 @@ def test_cluster_demo_runs_by_itself_within_its_promise() -> None:
                           timeout=CLUSTER_DEMO_GUARD)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "temperature read on replicas 1, 2, 3: [1.1, 1.1, 1.1]" in out
+    assert "temperature read on replicas 1, 2, 3 at version 7: [1.1, 1.1, 1.1]" in out
     assert "watcher 2 saw versions [1, 2, 3, 4, 5, 6, 7]" in out
     assert "[a watcher's client] stream broken, reconnecting (attempt 1)" in out
     assert "[a reader on replica 2] temperature = 1.0" in out
