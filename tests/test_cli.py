@@ -102,3 +102,10 @@ def test_a_bad_limit_flag_is_refused() -> None:
     usage = subprocess.run([str(SCRIPT), "serve", "--help"], capture_output=True, text=True,
                            timeout=60).stdout
     assert "--max-message-bytes" in usage and "--max-subscriptions-per-stream" in usage
+
+
+def test_serve_with_etcd_refuses_an_empty_endpoint_list() -> None:
+    done = subprocess.run([str(SCRIPT), "serve", "--storage", "etcd", "--etcd-endpoints", " , "],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--etcd-endpoints names no etcd member (host:port)" in done.stderr

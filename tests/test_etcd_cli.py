@@ -219,7 +219,7 @@ def test_etcd_endpoints_with_nothing_listening_stop_serve_with_the_reason(
     reason = done.stderr.splitlines()[-1]  # earlier lines may note settings etcd changed
     assert reason.startswith(f"dspex-rx serve: error: cannot read etcd at {endpoints}: "
                              "UNAVAILABLE: ")
-    assert reason.endswith("Connection refused")
+    assert reason.endswith("Connection refused (is etcd up, with a quorum?)")
     assert not (tmp_path / "port").exists()  # it never served
 
 
@@ -252,5 +252,5 @@ def test_an_etcd_endpoint_that_never_answers_stops_serve_after_the_call_timeout(
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
         f"dspex-rx serve: error: cannot read etcd at {endpoint}: "
-        "DEADLINE_EXCEEDED: Deadline Exceeded")
+        "DEADLINE_EXCEEDED: Deadline Exceeded (is etcd up, with a quorum?)")
     assert not (tmp_path / "port").exists()

@@ -123,7 +123,8 @@ class EtcdBackend(DurableBackend):
             reply = self._kv.Range(etcd.RangeRequest(key=self.prefix, range_end=end),
                                    timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise StorageError(f"cannot read {self.where}: {_why(exc)}") from exc
+            raise StorageError(f"cannot read {self.where}: {_why(exc)}"
+                               f"{self.refusal_hint}") from exc
         self._seen = reply.header.revision
         head = self._key(META, ("revision",))
         self._head = next((kv.mod_revision for kv in reply.kvs if kv.key == head), 0)

@@ -162,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.storage == "etcd":
             from dspex_rx.etcd.backend import EtcdBackend, value_cap
 
+            endpoints = [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
+            if not endpoints:
+                serve_p.error("--etcd-endpoints names no etcd member (host:port)")
+            backend = EtcdBackend(endpoints, prefix=args.etcd_prefix,
+                                  max_txn_ops=args.etcd_max_txn_ops,
+                                  max_request_bytes=args.etcd_max_request_bytes)
             cap = value_cap(args.etcd_max_request_bytes)
             if limits.max_value_bytes > cap:
                 # Refused by the store's own check, naming max_value_bytes, before any
@@ -170,9 +176,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"written three times in one etcd request of at most "
                       f"{args.etcd_max_request_bytes} bytes)", file=sys.stderr)
                 limits = limits.replace(max_value_bytes=cap)
-            backend = EtcdBackend(args.etcd_endpoints.split(","), prefix=args.etcd_prefix,
-                                  max_txn_ops=args.etcd_max_txn_ops,
-                                  max_request_bytes=args.etcd_max_request_bytes)
         store = MemoryStore(limits=limits, log_size=args.log_size, principals=principals,
                             session_ttl=session_ttl, backend=backend)
     except (StorageError, InvalidValueError) as exc:
