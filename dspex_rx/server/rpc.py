@@ -8,6 +8,8 @@ between the store's check and its write, which is what keeps a store call atomic
 
 from __future__ import annotations
 
+import asyncio
+import random
 import types
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
@@ -21,7 +23,6 @@ from dspex_rx.logs import get_logger
 from dspex_rx.server.encode import seen_variable
 from dspex_rx.store import MemoryStore, VariableRecord
 from dspex_rx.store.backend import RevisionConflict
-from dspex_rx.store.commit import MAX_CONFLICT_ATTEMPTS
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire.convert import ERROR_DETAIL_PREFIX, ERROR_KIND_KEY, STATUS_BY_KIND
 from dspex_rx.wire.security import SESSION_TOKEN_KEY
@@ -33,6 +34,10 @@ log = get_logger("dspex_rx.server")
 # instead of the error itself.
 MAX_ERROR_MESSAGE = 2000
 MAX_ERROR_DETAIL = 200
+# How often a call that met another replica's writes runs again, and the pause before
+# each (up to this many seconds times the attempt, at random).
+CONFLICT_RERUNS = 8
+CONFLICT_PAUSE = 0.005
 # Room left in a message for the framing around what the size checks count.
 MESSAGE_SLACK = 64 * 1024
 
@@ -292,7 +297,7 @@ class Unary(Generic[Req, Resp]):
                     session_id = require_session_id(request)
                 store = service.store
                 call = Call(service, context, name, session_id)
-                for attempt in range(1, MAX_CONFLICT_ATTEMPTS + 1):
+                for attempt in range(1, CONFLICT_RERUNS + 1):
                     before = store.revision
                     response = handler(call, request)
                     # A write is acknowledged only once durable: the handler committed in
@@ -306,12 +311,14 @@ class Unary(Generic[Req, Resp]):
                         return response
                     except RevisionConflict as exc:
                         # Another replica moved the store on first: this call's change
-                        # was undone; run it again against the new state, boundedly.
-                        if attempt == MAX_CONFLICT_ATTEMPTS:
+                        # was undone; run it again against the new state, boundedly,
+                        # after a random pause so replicas that collided spread out.
+                        if attempt == CONFLICT_RERUNS:
                             raise ConflictError(
                                 f"{name} met another replica's writes {attempt} times in a "
                                 "row; nothing of it was kept: try again"
                             ) from exc
+                        await asyncio.sleep(random.uniform(0, CONFLICT_PAUSE * attempt))
             except DspexError as exc:
                 await refuse(context, exc, name)
             except (KeyError, ValueError, TypeError, PermissionError) as exc:
