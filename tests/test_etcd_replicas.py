@@ -332,3 +332,30 @@ def test_a_client_heartbeating_through_one_replica_is_not_expired_by_another(
     finally:
         a.close()
         b.close()
+
+
+async def test_the_expiry_loop_survives_another_replica_writing_first(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Regression: the expiry loop's sync met a RevisionConflict, the task died, and the
+    # replica never expired a session again (and its stop re-raised the conflict).
+    now = [1000.0]
+    a = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    b = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix),
+                    clock=lambda: now[0])
+    a.initialize_session("shared")
+    a.register("shared", [VariableSpec("t", "integer", 0)], actor="a")
+    sync(a)
+    b._backend.catch_up()
+    b.initialize_session("brief", ttl=10)  # pending on b when a writes first:
+    a.set("shared", "t", 1, actor="a")
+    sync(a)
+    with EmbeddedServer(store=b, expire_interval=0.01) as server:
+        # b's first expiry sync conflicts (a wrote first); the loop must go on.
+        await until(lambda: server.call(lambda: not b.pending), "b caught up", 30)
+        server.call(lambda: b.initialize_session("brief", ttl=10))
+        now[0] += 11
+        await until(lambda: server.call(lambda: "brief" not in b.session_ids()
+                                        and not b.pending), "the expiry", 30)
+    a.close()
+    b.close()

@@ -35,6 +35,7 @@ from dspex_rx.errors import InvalidValueError, StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.server.service import VariablesService, add_service
 from dspex_rx.store import MemoryStore
+from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.wire.channel import SERVICE_NAME, grpc_options
 from dspex_rx.wire.security import Pem, check_bind, is_loopback, server_credentials
 
@@ -162,8 +163,10 @@ class Server:
                 # removed, leases ended): make it durable now, not with the next write.
                 try:
                     await self.store.sync(self.store.revision)
-                except StorageError as exc:
-                    log.error("expiry_sync_failed", error=str(exc))
+                except (StorageError, RevisionConflict) as exc:
+                    # Undone (the disk refused, or another replica wrote first): the
+                    # next tick expires again from the state as stored.
+                    log.warning("expiry_sync_failed", error=str(exc))
 
     async def stop(self, grace: float | None = 2.0) -> None:
         """Stop accepting calls, let running ones finish within ``grace`` seconds.
@@ -183,7 +186,7 @@ class Server:
             # What changed last (clients detaching) is kept for the next start.
             try:
                 await self.store.sync(self.store.revision)
-            except StorageError as exc:
+            except (StorageError, RevisionConflict) as exc:
                 log.error("final_sync_failed", error=str(exc))
         log.info("server_stopped", port=self.port)
 
