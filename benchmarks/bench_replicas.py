@@ -25,7 +25,9 @@ Figures (JSON lines on stdout, progress on stderr):
   once every watcher had the last. ``ratio_to_raw_watch`` = median / raw put -> watch
   median (goal <= 2.0).
 * ``{"bench": "replicas_store"}``: the prefix's rows and bytes in etcd after each repeat
-  (what every catch-up reads in full).
+  (what every catch-up reads in full), and what one such full read costs, timed in this
+  process: ``full_read_range_ms`` (the Range of the prefix) and ``full_read_load_ms``
+  (``store.durable.load`` of its rows), medians of 5.
 * ``{"bench": "etcd_raw"}`` / ``{"bench": "etcd_raw_watch"}`` as bench_etcd_raw.py prints
   them, medians over the repeats; ``{"bench": "environment"}`` with the etcd version.
 
@@ -75,6 +77,7 @@ from bench_etcd_raw import etcd_version, raw_figures
 
 import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
+from dspex_rx.store.durable.load import load
 
 # bench_etcd_raw put tests/ on sys.path for this.
 import etcd_service  # isort: skip
@@ -86,6 +89,7 @@ MAX_TXN_OPS = 4096
 WAIT_TIMEOUT = 60.0  # a hang guard: an expected event this late fails the run
 ATTACH_TIMEOUT = 30.0  # the session reaching the other replicas through etcd's watch
 REPLICAS = (1, 3)
+RAW_PREFIX = b"bench/"  # where bench_etcd_raw's keys live
 
 note = make_note("bench_replicas")
 # Loopback only: an http_proxy in the environment must not carry the metrics away.
@@ -114,18 +118,40 @@ class EtcdProbe:
             out[method] = out.get(method, 0.0) + float(value)
         return out
 
-    def prefix_size(self, prefix: str) -> tuple[int, int, int]:
-        """(rows, bytes of keys and values, revision) under ``prefix``: what a catch-up
-        reads."""
+    def delete_prefix(self, prefix: bytes) -> None:
+        """Delete every key under ``prefix``."""
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        with grpc.insecure_channel(self.endpoint,
+                                   options=[("grpc.enable_http_proxy", 0)]) as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)  # type: ignore[no-untyped-call]
+            kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=prefix, range_end=end), timeout=30)
+
+    def prefix_size(self, prefix: str, reads: int) -> dict[str, Any]:
+        """Rows and bytes (keys and values) under ``prefix`` and the revision; and the
+        median ms of ``reads`` full reads as a catch-up makes them (one Range of the
+        prefix, then ``load`` of every row into live state), in this process."""
         key = prefix.encode()
         end = key[:-1] + bytes([key[-1] + 1])
+        range_ms, load_ms = [], []
         with grpc.insecure_channel(self.endpoint,
                                    options=[("grpc.enable_http_proxy", 0),
                                             ("grpc.max_receive_message_length", -1)]) as ch:
             kv = rpc_pb2_grpc.KVStub(ch)  # type: ignore[no-untyped-call]
-            reply = kv.Range(rpc_pb2.RangeRequest(key=key, range_end=end), timeout=30)
-        size = sum(len(item.key) + len(item.value) for item in reply.kvs)
-        return len(reply.kvs), size, reply.header.revision
+            for _ in range(reads):
+                start = time.perf_counter()
+                reply = kv.Range(rpc_pb2.RangeRequest(key=key, range_end=end), timeout=30)
+                got = time.perf_counter()
+                cut = len(key)
+                load(sorted((item.key[cut:], item.value) for item in reply.kvs), time.time())
+                range_ms.append((got - start) * 1000)
+                load_ms.append((time.perf_counter() - got) * 1000)
+        return {
+            "rows": len(reply.kvs),
+            "bytes": sum(len(item.key) + len(item.value) for item in reply.kvs),
+            "etcd_revision": reply.header.revision,
+            "full_read_range_ms": round(statistics.median(range_ms), 2),
+            "full_read_load_ms": round(statistics.median(load_ms), 2),
+        }
 
 
 @dataclass
@@ -379,6 +405,9 @@ async def client_main(endpoint: str, prefixes: dict[int, str],
                                  args.warmup)
         for repeat in range(args.repeats):
             tag = f"repeat {repeat + 1}/{args.repeats}"
+            # raw_figures' txns expect their keys absent (compare mod_revision 0) when
+            # it starts: clear the keys the previous repeat left.
+            await trio.to_thread.run_sync(probe.delete_prefix, RAW_PREFIX)
             raw = await trio.to_thread.run_sync(
                 asyncio.run, raw_figures(endpoint, raw_namespace(args)))
             raw_runs.append(raw)
@@ -403,11 +432,12 @@ async def client_main(endpoint: str, prefixes: dict[int, str],
                          f"{statistics.median(lat) * 1000:.2f} ms, p99 "
                          f"{percentile(lat, 99) * 1000:.2f} ms")
             for n in REPLICAS:
-                rows, size, revision = await trio.to_thread.run_sync(
-                    probe.prefix_size, prefixes[n])
+                size = await trio.to_thread.run_sync(probe.prefix_size, prefixes[n], 5)
                 stores.append({"bench": "replicas_store", "replicas": n, "repeat": repeat + 1,
-                               "rows": rows, "bytes": size, "etcd_revision": revision})
-                note(f"{tag} {n} replica(s): prefix holds {rows} rows, {size} bytes")
+                               **size})
+                note(f"{tag} {n} replica(s): prefix holds {size['rows']} rows, "
+                     f"{size['bytes']} bytes; a full read {size['full_read_range_ms']} ms "
+                     f"Range + {size['full_read_load_ms']} ms load")
     report(raw_runs, writes, watches, stores, modes, args)
 
 
@@ -508,8 +538,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="writes timed to the watchers per repeat (default 300)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="warm-up writes per topology (default calls / 5)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per row, interleaved; the figure is the median (default 3)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="runs per row, interleaved; the figure is the median (default 3, "
+                        "1 with --quick)")
     parser.add_argument("--raw-calls", type=int, default=1000,
                         help="raw etcd sequential calls per op and repeat (default 1000)")
     parser.add_argument("--raw-latency-samples", type=int, default=1000,
@@ -524,12 +555,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run each server under cProfile, its stats in DIR/<tag>-<i>.prof")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 60 sequential / 320 concurrent writes, 60 latency "
-                        "samples, 200 raw calls, 1 repeat")
+                        "samples, 200 raw calls, 1 repeat unless --repeats")
     args = parser.parse_args(argv)
     if args.quick:
-        args.calls, args.latency_samples, args.repeats = 60, 60, 1
+        args.calls, args.latency_samples = 60, 60
+        args.repeats = args.repeats or 1
         args.raw_calls, args.raw_latency_samples = 200, 200
         args.concurrent_calls = args.concurrent_calls or 320
+    if args.repeats is None:
+        args.repeats = 3
     require_positive(parser, args, "calls", "concurrency", "repeats", "latency_samples",
                      "raw_calls", "raw_latency_samples")
     if args.concurrent_calls is None:
