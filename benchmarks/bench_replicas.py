@@ -193,8 +193,9 @@ class Meter:
     def between(before: tuple[dict[str, float], int],
                 after: tuple[dict[str, float], int]) -> Activity:
         (c0, r0), (c1, r1) = before, after
+        # Less the one Range ``reading`` made itself after the first counts.
         return Activity(txns=int(c1.get("Txn", 0) - c0.get("Txn", 0)), revisions=r1 - r0,
-                        ranges=int(c1.get("Range", 0) - c0.get("Range", 0)))
+                        ranges=int(c1.get("Range", 0) - c0.get("Range", 0)) - 1)
 
 
 # ----------------------------------------------------------------------------- servers
