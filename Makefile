@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_optimize.py
 	$(BIN)/python benchmarks/bench_durable.py
 	$(BIN)/python benchmarks/bench_etcd_raw.py
+	$(BIN)/python benchmarks/bench_replicas.py
 
 serve: $(STAMP)
 	$(BIN)/dspex-rx serve
