@@ -195,6 +195,7 @@ class EtcdBackend(DurableBackend):
         # revision written by another replica is a catch-up on the loop.
         watch = etcd_grpc.WatchStub(self._channel)  # type: ignore[no-untyped-call]
         end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
+        broken = False
         while not self._watch_stop.is_set():
             start = self._seen + 1
             requests: queue.Queue[etcd.WatchRequest | None] = queue.Queue()
@@ -209,6 +210,7 @@ class EtcdBackend(DurableBackend):
 
             try:
                 for reply in watch.Watch(feed()):
+                    broken = False
                     if reply.compact_revision or reply.canceled:
                         # Past etcd's compaction: only a full read can catch up.
                         self._post(max(reply.compact_revision, self._seen + 1), None)
@@ -227,7 +229,10 @@ class EtcdBackend(DurableBackend):
             except grpc.RpcError as exc:
                 if self._watch_stop.is_set():
                     return
-                log.warning("etcd_watch_broken", where=self.where, error=_why(exc))
+                # Said once per outage, not at every retry.
+                (log.debug if broken else log.warning)(
+                    "etcd_watch_broken", where=self.where, error=_why(exc))
+                broken = True
             self._watch_stop.wait(WATCH_RETRY)
 
     def _post(self, revision: int, changes: list[tuple[bool, bytes, bytes]] | None) -> None:
