@@ -181,3 +181,49 @@ async def test_an_expiry_is_made_durable_without_waiting_for_a_call(tmp_path: Pa
     reopened = SqliteBackend(tmp_path)
     assert "brief" not in reopened.sessions
     reopened.close()
+
+
+async def test_a_watch_resuming_past_a_restored_backup_gets_the_restored_values(
+    tmp_path: Path,
+) -> None:
+    # Regression (#17's "resume from the future"): a watch whose last revision is past
+    # the restored state's resumed silently, and its actors dropped the older versions.
+    from dspex_rx.store.sqlite.backup import restore, snapshot
+
+    data, backup = tmp_path / "data", tmp_path / "backup.sqlite3"
+    server = EmbeddedServer(data_dir=data)
+    server.start()
+    seen: list[VariableUpdate] = []
+    try:
+        async with dspex_rx.connect(server.target, session_id="job") as writer, \
+                dspex_rx.connect(server.target, session_id="job", token=writer.token,
+                                 create=False) as watcher:
+            await writer.register_variable("t", "integer", 0)
+            watcher.observe("t").subscribe(seen.append)
+            await until(lambda: bool(seen), "the initial value", 30)
+            await writer.set_variable("t", 1)
+            await until(lambda: seen[-1].value == 1, "1", 30)
+            await trio.to_thread.run_sync(snapshot, data, backup)
+            for value in (2, 3):
+                await writer.set_variable("t", value)
+            await until(lambda: seen[-1].value == 3, "3", 30)
+            port = int(server.target.rsplit(":", 1)[1])
+            server.stop()
+            await trio.to_thread.run_sync(lambda: restore(backup, data, force=True))
+            server = EmbeddedServer(port=port, data_dir=data)
+            await trio.to_thread.run_sync(server.start)
+            await until(lambda: seen[-1].value == 1, "the restored value", 30)
+            with trio.fail_after(30):  # a hang guard: the channel reconnects first
+                while True:
+                    try:
+                        await writer.set_variable("t", 5)
+                        break
+                    except OSError:
+                        await trio.sleep(0.05)
+            await until(lambda: seen[-1].value == 5, "a write after the restore", 30)
+    finally:
+        server.stop()
+    assert [(u.value, u.version, u.update_type) for u in seen] == [
+        (0, 1, "initial"), (1, 2, "value_change"), (2, 3, "value_change"),
+        (3, 4, "value_change"), (1, 2, "resync"), (5, 3, "value_change"),
+    ]

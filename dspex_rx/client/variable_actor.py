@@ -260,6 +260,11 @@ class VariableActor:
             self.live = True
         if kind == "deleted":
             self.hub.cache.invalidate_nowait(self.id, "deleted")
+        elif kind == "resync" and update.version < self.version:
+            # The server's state went back (a restored backup): its value is the truth,
+            # whatever version this actor had seen.
+            self.version = 0
+            self.store(update.value, update.version, update.revision)
         elif update.version >= self.version:
             self.store(update.value, update.version, update.revision)
         for attached in list(self.attached):
@@ -273,7 +278,11 @@ class VariableActor:
                 if attached.include_initial:
                     self._deliver(attached, update)
                 continue
-            if (
+            if kind == "resync" and update.version < attached.last_version:
+                # Versions went back with the server's state: start counting again.
+                attached.last_version = update.version
+                self._deliver(attached, update)
+            elif (
                 kind == "deleted"
                 or update.version > attached.last_version
                 or (kind == "dependency_changed" and update.version == attached.last_version)

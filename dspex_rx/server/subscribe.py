@@ -96,7 +96,11 @@ class _Subscription:
 
     def _log(self) -> list[Commit] | None:
         # The log of every session involved, merged by (store-wide) revision; None if any
-        # no longer reaches back (the whole request resyncs).
+        # no longer reaches back (the whole request resyncs), or if the resume point is
+        # one the store has not reached: its state went back (a backup restored, an
+        # in-memory server restarted), and a replay would silently skip what changed.
+        if self.since > self.store.revision:
+            return None
         commits = self.store.commits_since(self.session_id, self.since)
         merged = list(commits or ())
         for owner in self.owners:
