@@ -590,3 +590,38 @@ async def test_close_wakes_a_concurrent_sync(server: EmbeddedServer) -> None:
         done = bool(outcome)
         nursery.cancel_scope.cancel()
     assert done, "a task in session.sync() (or `await watch_variable(...)`) never wakes up"
+
+
+# Guards: an UNAUTHENTICATED reopen (AuthenticationError is a PermissionError, an OSError)
+# was retried as a network blip for the whole reconnect timeout.
+async def test_a_refused_credential_ends_the_watch_at_once(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock, server: EmbeddedServer,
+) -> None:
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    drain(watch)
+    sid = watcher.session_id
+    # The session's token is not the one this client holds any more (as after a server
+    # that lost its state gave the id to another session).
+    server.call(lambda: setattr(server.store.session(sid), "token", "t" * 43))
+    started = trio.current_time()
+    flaky.streams[0].fail()
+    await until(lambda: _hub(watcher).reconnects >= 1, "the break was noticed")
+    # Virtual time moves until the watch ends (the backoff's sleep may start after any
+    # one jump); with the bug it never does, and the real-time guard fails the test.
+    deadline = time.monotonic() + 10  # a hang guard, not a timing assertion
+    while not watch.closed:
+        assert time.monotonic() < deadline, "the refused reopen was retried, not ended"
+        mock_clock.jump(0.5)
+        await trio.sleep(0)
+        await trio.to_thread.run_sync(lambda: None)
+    with pytest.raises(dspex_rx.AuthenticationError):
+        async for _ in watch:
+            pass
+    # Ended by the refusal, not by the reconnect timeout: a reopen's refusal can first
+    # surface as the send side's transport error (retried), never for the whole timeout.
+    assert trio.current_time() - started < _hub(watcher).reconnect_timeout

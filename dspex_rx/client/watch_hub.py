@@ -17,7 +17,7 @@ from dspex_rx.client.actor_directory import ActorDirectory
 from dspex_rx.client.cache import VariableCache
 from dspex_rx.client.updates import update_from_pb
 from dspex_rx.client.variable_actor import VariableActor
-from dspex_rx.errors import DspexError, error_from_kind
+from dspex_rx.errors import DspexError, StorageError, error_from_kind
 from dspex_rx.logs import get_logger
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.convert import map_rpc_error
@@ -392,6 +392,10 @@ def _retryable(error: BaseException) -> bool:
     """A failure of the connection, not a refusal by the server (every error of a group)."""
     if isinstance(error, BaseExceptionGroup):
         return all(_retryable(e) for e in error.exceptions)
+    if isinstance(error, DspexError):
+        # A refusal the server meant (a bad token is a PermissionError, an OSError): only
+        # a storage that could not take a write is worth waiting out.
+        return isinstance(error, StorageError)
     if isinstance(error, ConnectionError | OSError):
         return True
     code = getattr(error, "code", None)
