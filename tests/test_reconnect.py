@@ -629,3 +629,24 @@ async def test_a_refused_credential_ends_the_watch_at_once(
     # Ended by the refusal, not by the reconnect timeout: a reopen's refusal can first
     # surface as the send side's transport error (retried), never for the whole timeout.
     assert trio.current_time() - started < _hub(watcher).reconnect_timeout
+
+
+# Guards: while the stream was reconnecting, reads of watched variables were served from a
+# pinned cache entry that nothing updated (#17).
+async def test_a_watched_value_is_read_from_the_server_while_its_stream_is_down(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    drain(watch)
+    assert await watcher.get_variable("x") == 0
+    flaky.streams[0].kill()  # the connection hangs: nothing more is pushed
+    flaky.streams[0].fire()
+    await until(lambda: _hub(watcher).reconnects >= 1, "the break was noticed")
+    await writer.set_variable("x", 1)
+    # The hub is in its (virtual) backoff: the value can only come from the server.
+    assert await watcher.get_variable("x") == 1

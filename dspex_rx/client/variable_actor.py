@@ -208,6 +208,15 @@ class VariableActor:
             self._unwire()
             self.hub.request_unsubscribe(self)
 
+    def suspend(self) -> None:
+        """The stream broke: drop the cached value (reads ask the server) until the resumed
+        stream pushes again; observers stay attached.
+
+        Example: the hub calls ``actor.suspend()`` for every watched actor on a break.
+        """
+        self.live = False
+        self.hub.cache.invalidate_nowait(self.id, "stream broken")
+
     def _unwire(self) -> None:
         self.wire = False
         self.live = False

@@ -244,6 +244,11 @@ class WatchHub:
                 failures += 1
                 resume = True
                 self.reconnects += 1
+                # Nothing is pushed until the stream is back: a watched entry must not
+                # keep claiming to be current meanwhile.
+                for actor in self.directory.all():
+                    if actor.wire:
+                        actor.suspend()
                 log.warning("watch_stream_reconnecting", session_id=self.session_id,
                             attempt=failures, error=repr(error))
                 await trio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
