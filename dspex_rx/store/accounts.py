@@ -64,6 +64,25 @@ def _rules_cost(rules: Iterable[AccessRule]) -> int:
     )
 
 
+def _recount(session: Session) -> None:
+    # A session's account from its state alone (check's arithmetic), with an empty
+    # graveyard and its superseded history in supersession order.
+    superseded = []
+    current = history = entries = 0
+    for var_id, kept in session.history.items():
+        current += kept[-1].size
+        history += sum(e.size for e in kept)
+        entries += len(kept)
+        superseded += [(after.revision, var_id, before.version)
+                       for before, after in itertools.pairwise(kept)]
+    session.superseded = deque(sorted(superseded))
+    session.current_bytes, session.history_bytes = current, history
+    session.history_entries = entries
+    session.other_bytes = _other_cost(session)
+    session.log_bytes = sum(_commit_cost(c) for c in session.log)
+    session.graveyard, session.graveyard_bytes = [], 0
+
+
 def _other_cost(session: Session) -> int:
     # The session's other_bytes as its state implies them (check and rebuild).
     return (
@@ -238,20 +257,22 @@ class Accounts:
         """
         self.used_bytes = self.pinned_bytes = 0
         for session in self._backend.sessions.values():
-            superseded = []
-            current = history = entries = 0
-            for var_id, kept in session.history.items():
-                current += kept[-1].size
-                history += sum(e.size for e in kept)
-                entries += len(kept)
-                superseded += [(after.revision, var_id, before.version)
-                               for before, after in itertools.pairwise(kept)]
-            session.superseded = deque(sorted(superseded))
-            session.current_bytes, session.history_bytes = current, history
-            session.history_entries = entries
-            session.other_bytes = _other_cost(session)
-            session.log_bytes = sum(_commit_cost(c) for c in session.log)
-            session.graveyard, session.graveyard_bytes = [], 0
+            _recount(session)
+            self.used_bytes += session.used
+            self.pinned_bytes += session.pinned
+
+    def resettle(self, changed: Iterable[Session], gone: Iterable[Session]) -> None:
+        """Recompute the accounts of the sessions another writer changed (a replica's
+        rows applied in place) and drop those of the sessions it removed.
+
+        Example: ``accounts.resettle([session], [])`` after another replica's write.
+        """
+        for session in gone:
+            self.forget_session(session)
+        for session in changed:
+            self.used_bytes -= session.used
+            self.pinned_bytes -= session.pinned
+            _recount(session)
             self.used_bytes += session.used
             self.pinned_bytes += session.pinned
 

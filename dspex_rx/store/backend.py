@@ -459,6 +459,15 @@ class Backend(ABC):
         Example: ``backend.on_reload(accounts.rebuild)``.
         """
 
+    def on_replicated(  # noqa: B027 - optional, a no-op here
+        self, hook: Callable[[Sequence[Session], Sequence[Session]], None]
+    ) -> None:
+        """Call ``hook(changed, gone)`` after another writer's changes were applied to
+        these sessions in place (a replica catching up; never, in memory).
+
+        Example: ``backend.on_replicated(accounts.resettle)``.
+        """
+
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: B027 - optional
         """Run background work of the backend (a replica's watch of the others' writes)
         on ``loop``, the loop the store is used from; the server calls it as it starts.

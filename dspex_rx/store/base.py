@@ -115,6 +115,7 @@ class StoreBase:
         # accounts are derived state, computed again (and after any reload).
         self._backend.keep_retired(self._retired)
         self._backend.on_reload(self._accounts.rebuild)
+        self._backend.on_replicated(self._accounts.resettle)
         if self._sessions:
             self._accounts.rebuild()
         self._access = Access(

@@ -72,6 +72,9 @@ class DurableBackend(MemoryBackend):
         # an older generation and not yet durable must not be sent any more.
         self._generation = 0
         self._reload_hooks: list[Callable[[], None]] = []
+        self._replicated_hooks: list[
+            Callable[[Sequence[Session], Sequence[Session]], None]
+        ] = []
         # Whether the last reset was a conflict (another writer first), and whether a
         # catch-up with another writer waits for this process's flush.
         self._conflicted = False
@@ -164,6 +167,15 @@ class DurableBackend(MemoryBackend):
         Example: ``backend.on_reload(accounts.rebuild)``.
         """
         self._reload_hooks.append(hook)
+
+    def on_replicated(
+        self, hook: Callable[[Sequence[Session], Sequence[Session]], None]
+    ) -> None:
+        """Call ``hook(changed, gone)`` after another writer's rows were applied in place.
+
+        Example: ``backend.on_replicated(accounts.resettle)``.
+        """
+        self._replicated_hooks.append(hook)
 
     # -- what changed ----------------------------------------------------------------
 
@@ -362,8 +374,9 @@ class DurableBackend(MemoryBackend):
             for listener in list(session.listeners):
                 _notify(listener, None)
             session.listeners.clear()
-        for hook in self._reload_hooks:
-            hook()
+        changed = [self._sessions[sid] for sid in out.touched if sid in self._sessions]
+        for replicated in self._replicated_hooks:
+            replicated(changed, out.gone)
         for session, commit in out.commits:
             for listener in list(session.listeners):
                 _notify(listener, commit)

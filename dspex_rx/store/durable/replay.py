@@ -38,8 +38,10 @@ class Replayed:
 
     # New commits, in order, with the session they belong to.
     commits: list[tuple[Session, Commit]] = field(default_factory=list)
-    # Sessions that went (their watchers hear None).
+    # Sessions that went (their watchers hear None), and the ids of those whose rows
+    # changed (their accounts are recomputed).
     gone: list[Session] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
     revision: int | None = None
     next_id: int | None = None
     # The retired ids that changed (None: deleted), when any did.
@@ -68,10 +70,13 @@ def replay(
             elif key == ("next_id",):
                 out.next_id = number
         elif table == SESSIONS:
+            out.touched.add(str(key[0]))
             _session_row(sessions, owners, image, out, str(key[0]), is_put, value)
         elif table == VARIABLES:
+            out.touched.add(str(key[0]))
             _variable_row(sessions, owners, str(key[0]), str(key[1]), is_put, value)
         elif table == ENTRIES:
+            out.touched.add(str(key[0]))
             _entry_row(sessions, image, out, key, is_put, value)
         elif table == RETIRED:
             sid = str(key[0])
