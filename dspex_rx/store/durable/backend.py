@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +25,7 @@ from dspex_rx.store.durable.image import Dirty, Image
 from dspex_rx.store.durable.load import CorruptRow, Loaded, load
 from dspex_rx.store.durable.replay import replay
 from dspex_rx.store.durable.rows import Op
-from dspex_rx.store.memory.backend import MemoryBackend, _notify
+from dspex_rx.store.memory.backend import MemoryBackend, _tell
 from dspex_rx.store.memory.txn import _MemoryWrite
 from dspex_rx.store.records import ChangeEvent, Commit
 from dspex_rx.store.state import Session
@@ -134,7 +133,6 @@ class DurableBackend(MemoryBackend):
                 session.revision = session.log[-1].revision
         self._revision = loaded.revision
         self._next = loaded.next_id
-        self._ids = itertools.count(loaded.next_id)
         self._image = loaded.image
         self._stored_retired = loaded.retired
         if self._retired_ids is not None:
@@ -209,8 +207,10 @@ class DurableBackend(MemoryBackend):
 
         Example: ``backend.next_id()`` returns 1, then 2, ...
         """
-        number = super().next_id()
-        self._next = number + 1
+        # ``_next`` alone counts here: it is what is stored, and what a reload or another
+        # replica's write sets.
+        number = self._next
+        self._next += 1
         self._epoch += 1
         return number
 
@@ -359,27 +359,22 @@ class DurableBackend(MemoryBackend):
             self._revision = out.revision
         if out.next_id is not None:
             self._next = out.next_id
-            self._ids = itertools.count(out.next_id)
         if out.retired and self._retired_ids is not None:
             merged = dict(self._retired_ids.items())
             for sid, kept in out.retired.items():
-                if kept is None:
-                    merged.pop(sid, None)
-                else:
-                    merged.pop(sid, None)
+                merged.pop(sid, None)  # re-inserted last: the newest retired
+                if kept is not None:
                     merged[sid] = kept
             self._retired_ids.restore(merged.items())
             self._image.set_retired(merged)
         for session in out.gone:
-            for listener in list(session.listeners):
-                _notify(listener, None)
+            _tell(session, None)
             session.listeners.clear()
         changed = [self._sessions[sid] for sid in out.touched if sid in self._sessions]
         for replicated in self._replicated_hooks:
             replicated(changed, out.gone)
         for session, commit in out.commits:
-            for listener in list(session.listeners):
-                _notify(listener, commit)
+            _tell(session, commit)
 
     def _after_flush(self) -> None:
         """Called on the loop after every flush, whatever its outcome (a replicated
@@ -487,8 +482,7 @@ def _carry(old: Session, new: Session | None) -> bool:
     # The same list object, so a watcher's remover (bound to the old session) still works.
     # Returns whether commits the watchers missed are gone from the log.
     if new is None:
-        for listener in list(old.listeners):
-            _notify(listener, None)
+        _tell(old, None)
         return False
     new.listeners = old.listeners
     new.foreign_listeners = old.foreign_listeners
@@ -496,8 +490,7 @@ def _carry(old: Session, new: Session | None) -> bool:
         return True
     for commit in new.log:
         if commit.revision > old.revision:
-            for listener in list(new.listeners):
-                _notify(listener, commit)
+            _tell(new, commit)
     return False
 
 

@@ -107,8 +107,7 @@ class MemoryBackend(Backend):
             self._owners.pop(var_id, None)
         if settle is not None:
             settle(session)
-        for listener in list(session.listeners):
-            _notify(listener, None)
+        _tell(session, None)
         session.listeners.clear()
         return session
 
@@ -208,9 +207,14 @@ class MemoryBackend(Backend):
         self._open = None
         if settle is not None:
             settle(commit)
-        for listener in list(session.listeners):
-            _notify(listener, commit)
+        _tell(session, commit)
         return commit
+
+
+def _tell(session: Session, commit: Commit | None) -> None:
+    # Every watcher of the session, in the order they came (a copy: one may leave).
+    for listener in list(session.listeners):
+        _notify(listener, commit)
 
 
 def _notify(listener: Listener, commit: Commit | None) -> None:
