@@ -8,10 +8,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -24,6 +24,7 @@ from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore
 
 SCRIPT = Path(sys.executable).parent / "dspex-rx"
+T = TypeVar("T")
 
 
 async def settle(watcher: dspex_rx.SessionContext) -> None:
@@ -112,6 +113,27 @@ async def until(predicate: Callable[[], bool], what: str, guard: float = 10.0) -
         assert time.monotonic() < deadline, f"never happened: {what}"
         await trio.sleep(0)
         await trio.to_thread.run_sync(lambda: None)
+
+
+async def through_reconnect(call: Callable[[], Awaitable[T]], guard: float = 30.0) -> T:
+    """``await call()`` again while it fails with a transport error (an ``OSError``): the
+    client's channel is still reconnecting to a restarted or other server. A hang guard,
+    no timing: the pause only paces the retries."""
+    with trio.fail_after(guard):
+        while True:
+            try:
+                return await call()
+            except OSError:
+                await trio.sleep(0.05)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str,
+                     guard: float = 30.0) -> None:
+    """Ask ``check()`` (which calls a server) until it says yes (a hang guard, no timing)."""
+    deadline = time.monotonic() + guard  # a hang guard, not a timing assertion
+    while not await check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await trio.sleep(0.01)  # polls another process; no timing is asserted
 
 
 def unavailable() -> grpc.aio.AioRpcError:

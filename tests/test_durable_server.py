@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import SCRIPT, cli_server, until
+from helpers import SCRIPT, cli_server, through_reconnect, until
 
 import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
@@ -52,13 +52,7 @@ async def test_after_a_restart_writes_continue_and_a_watch_resumes_without_a_gap
             server = await trio.to_thread.run_sync(restart, server, tmp_path)
             # Both clients carry on by themselves: the writer's next call goes through
             # the reconnected channel, the watcher's stream resumes from its revision.
-            with trio.fail_after(30):  # a hang guard, not a timing assertion
-                while True:
-                    try:
-                        await writer.set_variable("t", 4)
-                        break
-                    except OSError:  # the channel is still reconnecting
-                        await trio.sleep(0.05)
+            await through_reconnect(lambda: writer.set_variable("t", 4))
             for value in (5, 6):
                 await writer.set_variable("t", value)
             await until(lambda: seen and seen[-1].value == 6, "the watcher saw 6", 30)
@@ -213,13 +207,7 @@ async def test_a_watch_resuming_past_a_restored_backup_gets_the_restored_values(
             server = EmbeddedServer(port=port, data_dir=data)
             await trio.to_thread.run_sync(server.start)
             await until(lambda: seen[-1].value == 1, "the restored value", 30)
-            with trio.fail_after(30):  # a hang guard: the channel reconnects first
-                while True:
-                    try:
-                        await writer.set_variable("t", 5)
-                        break
-                    except OSError:
-                        await trio.sleep(0.05)
+            await through_reconnect(lambda: writer.set_variable("t", 5))
             await until(lambda: seen[-1].value == 5, "a write after the restore", 30)
     finally:
         server.stop()

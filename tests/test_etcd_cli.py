@@ -21,7 +21,7 @@ from pathlib import Path
 import etcd_service
 import pytest
 import trio
-from helpers import SCRIPT, until
+from helpers import SCRIPT, eventually, until
 
 import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
@@ -160,10 +160,7 @@ async def test_a_cas_race_across_replicas_has_one_winner_and_one_conflict(
             async def both_agree() -> bool:
                 return [await s.get_variable("owner", bypass_cache=True)
                         for s in (a, b)] == winners * 2
-            guard = time.monotonic() + START_GUARD  # a hang guard, not a timing assertion
-            while not await both_agree():
-                assert time.monotonic() < guard, "the replicas never agreed on the winner"
-                await trio.sleep(0.01)
+            await eventually(both_agree, "the replicas agreed on the winner", START_GUARD)
         finally:
             await b.close()
 
@@ -195,10 +192,9 @@ async def test_a_replica_restarted_serves_the_state_it_had_and_what_it_missed(
             assert await again.set_variable("note", "v4") == 4
         finally:
             await again.close()
-        guard = time.monotonic() + START_GUARD  # a hang guard, not a timing assertion
-        while await keeper.get_variable("note", bypass_cache=True) != "v4":
-            assert time.monotonic() < guard, "replica 2 never saw replica 1's write"
-            await trio.sleep(0.01)
+        async def seen() -> bool:
+            return await keeper.get_variable("note", bypass_cache=True) == "v4"
+        await eventually(seen, "replica 2 saw replica 1's write", START_GUARD)
 
 
 def serve_once(endpoints: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
