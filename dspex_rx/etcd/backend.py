@@ -26,9 +26,8 @@ from dspex_rx.store.durable.rows import (
     META,
     Op,
     Put,
-    below_range,
+    delete_range,
     encode_key,
-    prefix_range,
 )
 
 log = get_logger("dspex_rx.etcd")
@@ -76,6 +75,8 @@ class EtcdBackend(DurableBackend):
             raise StorageError("an etcd backend needs at least one endpoint (host:port)")
         self.endpoints = list(endpoints)
         self.prefix = prefix.encode()
+        # Just past every key under the prefix: the end of its range.
+        self._end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
         self.max_txn_ops = max_txn_ops
         self.max_request_bytes = max_request_bytes
         self.timeout = timeout
@@ -118,9 +119,8 @@ class EtcdBackend(DurableBackend):
         return self.prefix + encode_key(table, key)
 
     def _rows(self) -> Iterator[tuple[bytes, bytes]]:
-        end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
         try:
-            reply = self._kv.Range(etcd.RangeRequest(key=self.prefix, range_end=end),
+            reply = self._kv.Range(etcd.RangeRequest(key=self.prefix, range_end=self._end),
                                    timeout=self.timeout)
         except grpc.RpcError as exc:
             raise StorageError(f"cannot read {self.where}: {_why(exc)}"
@@ -132,10 +132,8 @@ class EtcdBackend(DurableBackend):
         return iter(sorted((kv.key[cut:], kv.value) for kv in reply.kvs))
 
     def _write(self, ops: list[Op]) -> None:
-        # On the writer thread: one txn, applied only if the stored revision is still the
-        # one this replica's live state built on.
-        # Every flush writes the head row, so its mod revision says who wrote last (0:
-        # nobody yet).
+        # On the writer thread: one txn, applied only if the head row (which every flush
+        # writes) was last written where this replica's live state built on (0: never).
         guard = etcd.Compare(key=self._key(META, ("revision",)), target=etcd.Compare.MOD,
                              result=etcd.Compare.EQUAL, mod_revision=self._head)
         success = [self._request(op) for op in ops]
@@ -167,11 +165,10 @@ class EtcdBackend(DurableBackend):
         if isinstance(op, Put):
             return etcd.RequestOp(request_put=etcd.PutRequest(
                 key=self._key(op.table, op.key), value=op.value))
-        if op.prefix or op.below is not None:
-            start, end = (below_range(op.table, op.key, op.below) if op.below is not None
-                          else prefix_range(op.table, op.key))
+        span = delete_range(op)
+        if span is not None:
             return etcd.RequestOp(request_delete_range=etcd.DeleteRangeRequest(
-                key=self.prefix + start, range_end=self.prefix + end))
+                key=self.prefix + span[0], range_end=self.prefix + span[1]))
         return etcd.RequestOp(request_delete_range=etcd.DeleteRangeRequest(
             key=self._key(op.table, op.key)))
 
@@ -194,14 +191,13 @@ class EtcdBackend(DurableBackend):
         # One watch over the prefix from just after what the live state reflects; each
         # revision written by another replica is a catch-up on the loop.
         watch = etcd_grpc.WatchStub(self._channel)  # type: ignore[no-untyped-call]
-        end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
         broken = False
         while not self._watch_stop.is_set():
             start = self._seen + 1
             requests: queue.Queue[etcd.WatchRequest | None] = queue.Queue()
             self._watch_requests = requests
             requests.put(etcd.WatchRequest(create_request=etcd.WatchCreateRequest(
-                key=self.prefix, range_end=end, start_revision=start)))
+                key=self.prefix, range_end=self._end, start_revision=start)))
 
             def feed(box: queue.Queue[etcd.WatchRequest | None] = requests
                      ) -> Iterator[etcd.WatchRequest]:

@@ -96,6 +96,21 @@ def below_range(table: str, key: tuple[str | int, ...], below: int) -> tuple[byt
     return start, start + _int(below, 4)
 
 
+def delete_range(op: Delete) -> tuple[bytes, bytes] | None:
+    """The keys a ``Delete`` removes as ``[start, end)``, or None for its one row.
+
+    >>> delete_range(Delete(VARIABLES, ("s",), prefix=True))
+    (b'variables\\x00s\\x00', b'variables\\x00s\\x01')
+    >>> delete_range(Delete(VARIABLES, ("s", "var_t_1"))) is None
+    True
+    """
+    if op.below is not None:
+        return below_range(op.table, op.key, op.below)
+    if op.prefix:
+        return prefix_range(op.table, op.key)
+    return None
+
+
 def decode_key(raw: bytes) -> tuple[str, tuple[str | int, ...]]:
     """A row's table and key parts from its bytes (numbers where the schema has them).
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dspex_rx.errors import StorageError
 from dspex_rx.store.durable.backend import DurableBackend
-from dspex_rx.store.durable.rows import Delete, Op, Put, below_range, encode_key, prefix_range
+from dspex_rx.store.durable.rows import Delete, Op, Put, delete_range, encode_key
 from dspex_rx.store.sqlite.codec import FILE_NAME, connect, lock_dir
 
 
@@ -108,9 +108,8 @@ class SqliteBackend(DurableBackend):
 
 
 def _delete(db: sqlite3.Connection, op: Delete) -> None:
-    if op.prefix or op.below is not None:
-        start, end = (below_range(op.table, op.key, op.below) if op.below is not None
-                      else prefix_range(op.table, op.key))
-        db.execute("DELETE FROM kv WHERE k >= ? AND k < ?", (start, end))
+    span = delete_range(op)
+    if span is not None:
+        db.execute("DELETE FROM kv WHERE k >= ? AND k < ?", span)
     else:
         db.execute("DELETE FROM kv WHERE k = ?", (encode_key(op.table, op.key),))
