@@ -33,6 +33,17 @@ SERVER_START_TIMEOUT = 20.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def concurrent_calls(requested: int | None, calls: int, concurrency: int, factor: int) -> int:
+    """Calls for a concurrent row: ``requested``, else ``factor`` x ``calls``, rounded up to
+    a multiple of ``concurrency`` so every task makes as many.
+
+    >>> concurrent_calls(None, 100, 32, 4), concurrent_calls(640, 100, 32, 4)
+    (416, 640)
+    """
+    wanted = factor * calls if requested is None else requested
+    return -(-wanted // concurrency) * concurrency
+
+
 def require_positive(parser: Any, args: Any, *flags: str) -> None:
     """``parser.error`` for the first of ``flags`` (argparse dest names) below 1."""
     for flag in flags:

@@ -42,6 +42,7 @@ from typing import Any
 import trio
 from _common import (
     Op,
+    concurrent_calls,
     emit,
     environment,
     make_note,
@@ -190,9 +191,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.calls, args.repeats = 200, 1
         args.concurrent_calls = args.concurrent_calls or 640
     require_positive(parser, args, "calls", "concurrency", "repeats")
-    if args.concurrent_calls is None:
-        args.concurrent_calls = 4 * args.calls
-    args.concurrent_calls = -(-args.concurrent_calls // args.concurrency) * args.concurrency
+    args.concurrent_calls = concurrent_calls(args.concurrent_calls, args.calls,
+                                             args.concurrency, 4)
     if args.loop_rows is None:
         args.loop_rows = args.calls
     if args.warmup is None:

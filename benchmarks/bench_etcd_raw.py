@@ -41,6 +41,7 @@ from typing import Any
 
 from _common import (
     REPO_ROOT,
+    concurrent_calls,
     emit,
     environment,
     make_note,
@@ -247,9 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.calls, args.repeats, args.latency_samples = 200, 1, 200
         args.concurrent_calls = args.concurrent_calls or 640
     require_positive(parser, args, "calls", "concurrency", "repeats", "latency_samples")
-    if args.concurrent_calls is None:
-        args.concurrent_calls = 4 * args.calls
-    args.concurrent_calls = -(-args.concurrent_calls // args.concurrency) * args.concurrency
+    args.concurrent_calls = concurrent_calls(args.concurrent_calls, args.calls,
+                                             args.concurrency, 4)
     if args.warmup is None:
         args.warmup = max(50, args.calls // 5)
     return args

@@ -64,6 +64,7 @@ from _common import (
     REPO_ROOT,
     SERVER_START_TIMEOUT,
     Op,
+    concurrent_calls,
     emit,
     environment,
     make_note,
@@ -567,13 +568,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repeats = 3
     require_positive(parser, args, "calls", "concurrency", "repeats", "latency_samples",
                      "raw_calls", "raw_latency_samples")
-    if args.concurrent_calls is None:
-        args.concurrent_calls = 4 * args.calls
-    args.concurrent_calls = -(-args.concurrent_calls // args.concurrency) * args.concurrency
+    args.concurrent_calls = concurrent_calls(args.concurrent_calls, args.calls,
+                                             args.concurrency, 4)
     if args.warmup is None:
         args.warmup = max(20, args.calls // 5)
     args.latency_warmup = max(5, args.latency_samples // 10)
-    args.raw_concurrent_calls = -(-4 * args.raw_calls // args.concurrency) * args.concurrency
+    args.raw_concurrent_calls = concurrent_calls(None, args.raw_calls, args.concurrency, 4)
     args.raw_warmup = max(50, args.raw_calls // 5)
     return args
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from _common import (
     Op,
+    concurrent_calls,
     emit,
     make_note,
     require_positive,
@@ -238,10 +239,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.calls, args.repeats = 300, 1
         args.concurrent_calls = args.concurrent_calls or 640
     require_positive(parser, args, "calls", "concurrency", "repeats")
-    if args.concurrent_calls is None:
-        args.concurrent_calls = 2 * args.calls
-    # Every task makes the same number of calls.
-    args.concurrent_calls = -(-args.concurrent_calls // args.concurrency) * args.concurrency
+    args.concurrent_calls = concurrent_calls(args.concurrent_calls, args.calls,
+                                             args.concurrency, 2)
     if args.warmup is None:
         args.warmup = max(50, args.calls // 6)
     return args
