@@ -12,7 +12,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch pinned to the CPU build: an open range would pull a CUDA build of several GB.
-	$(BIN)/pip install --quiet -e '.[dev,plot,parquet,dspy,torch,etcd]' 'torch==2.13.0'
+	$(BIN)/pip install --quiet -e '.[dev,plot,parquet,dspy,torch,etcd,web]' 'torch==2.13.0'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -33,8 +33,13 @@ ALLOWED: dict[str, set[str]] = {
     "rx": {"errors", "logs"},
     "client": {"errors", "logs", "core", "wire", "v1", "rx"},
     "integrations": {"errors", "logs", "core", "wire", "v1", "rx", "client"},
+    # The shell client and the web bridge are users of the public client API.
+    "shell": {"errors", "logs", "core", "wire", "v1", "rx", "client"},
+    "web": {"errors", "logs", "core", "rx", "client"},
 }
-TOP_LEVEL = {"__init__", "dspy"}
+# Composition modules: the package's front door, the DSPy integration's, and the one
+# command line that gathers the server's, the shell's and the web view's subcommands.
+TOP_LEVEL = {"__init__", "dspy", "cli"}
 # "about 500 lines or less" per module, "no class over ~600 lines": the hard lines here
 # leave the "about" its room and fail a file that grew a second job.
 MAX_MODULE_LINES = 600

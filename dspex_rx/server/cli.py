@@ -59,13 +59,12 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dspex-rx`` console script.
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve``, ``backup``, ``restore`` and ``export`` to the ``dspex-rx`` parser.
 
-    Example: ``main(["serve", "--port", "50051"])`` serves until SIGINT or SIGTERM.
+    Example: ``add_commands(parser.add_subparsers(dest="command"))``; each parsed command
+    carries ``run``, the function that carries it out and returns the exit code.
     """
-    parser = argparse.ArgumentParser(prog="dspex-rx", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
     serve_p = sub.add_parser(
         "serve", help="run the gRPC server until SIGINT/SIGTERM",
         epilog=_SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -115,28 +114,45 @@ def main(argv: list[str] | None = None) -> int:
                          help="keep a session with no client attached this long (default "
                          "86400 with sqlite, 0 = end with its last client with memory)")
     _limit_flags(serve_p)
+    serve_p.set_defaults(run=_serve, parser=serve_p)
     backup_p = sub.add_parser(
         "backup", help="write a consistent snapshot of a data dir (safe while serving)")
     backup_p.add_argument("out", help="the snapshot file to write")
     backup_p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR")
+    backup_p.set_defaults(run=_admin)
     restore_p = sub.add_parser(
         "restore", help="make a snapshot the data dir's state (the server must be stopped)")
     restore_p.add_argument("snapshot", help="a file written by 'dspex-rx backup'")
     restore_p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR")
     restore_p.add_argument("--force", action="store_true",
                            help="replace the data the dir holds already")
+    restore_p.set_defaults(run=_admin)
     export_p = sub.add_parser(
         "export", help="every session of a data dir as JSON Lines (safe while serving)")
     export_p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR")
-    args = parser.parse_args(argv)
-    if args.command != "serve":
-        return _admin(args)
+    export_p.set_defaults(run=_admin)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """The server's commands alone (``python -m dspex_rx.server.cli``); the ``dspex-rx``
+    console script is ``dspex_rx.cli.main``, which adds the client's commands.
+
+    Example: ``main(["serve", "--port", "50051"])`` serves until SIGINT or SIGTERM.
+    """
+    parser = argparse.ArgumentParser(prog="dspex-rx", description=__doc__)
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+def _serve(args: argparse.Namespace) -> int:
+    serve_p: argparse.ArgumentParser = args.parser
     try:
         limits = Limits(**{spec.name: getattr(args, spec.name)
                            for spec in dataclasses.fields(Limits)})
     except InvalidValueError as exc:
-        parser.error(str(exc))
+        serve_p.error(str(exc))
     if (args.tls_cert is None) != (args.tls_key is None):
         serve_p.error("--tls-cert and --tls-key go together")
     try:
