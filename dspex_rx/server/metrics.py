@@ -182,7 +182,7 @@ class ServerMetrics:
     def observe(self, observed: Observed, loop: asyncio.AbstractEventLoop) -> None:
         """Read the gauges from ``observed`` (the servicer), counted on ``loop``.
 
-        Example: ``metrics.observe(server.service, asyncio.get_running_loop())``.
+        Example: ``metrics.observe(service, asyncio.get_running_loop())`` on the server's loop.
         """
 
         async def on_loop() -> Counts:
@@ -236,7 +236,7 @@ class ServerMetrics:
             self._thread = None
 
 
-class _Interceptor(grpc.aio.ServerInterceptor):
+class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Counts and times every RPC around its handler: unary calls when answered, streams
     when opened and when they end, each with the status code it ended with."""
 
