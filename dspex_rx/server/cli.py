@@ -9,6 +9,10 @@ that session's token) or ``--auth none`` (tokens issued, not checked); ``--tls-c
 ``--tls-key`` serve TLS; a non-loopback ``--host`` is refused unless auth is ``token`` and
 TLS is on, or ``--insecure`` says to serve anyway. ``--principals FILE`` reserves
 session-id namespaces for principals holding a key (``identity.Principals``).
+
+Operations flags of ``serve``: ``--metrics-port`` serves Prometheus metrics
+(``metrics.ServerMetrics``), ``--log-format json|console`` picks the stderr format; a port
+outside 0..65535 is refused at parse time, one in use when binding.
 """
 
 from __future__ import annotations
