@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import trio
 from serve_process import Served, sample, scrape
@@ -16,6 +17,7 @@ import dspex_rx
 from dspex_rx.server.fanout import PendingFrame, Subscriber
 from dspex_rx.server.metrics import ServerMetrics, count
 from dspex_rx.store import ChangeEvent, MemoryStore, VariableSpec
+from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.channel import SERVICE_NAME
 
 V = SERVICE_NAME
@@ -122,6 +124,30 @@ async def test_gauges_count_sessions_variables_streams_and_watches(
         await b.delete_variable("z")
         samples = await scraped(port)
         assert sample(samples, "dspex_rx_variables") == 2
+
+
+def open_stream_without_token(target: str, session_id: str) -> grpc.StatusCode:
+    # A Session stream that presents no token: the server refuses it at open.
+    with grpc.insecure_channel(target) as channel:
+        stream = channel.stream_stream(
+            f"/{V}/Session", request_serializer=spb.ClientMessage.SerializeToString,
+            response_deserializer=spb.ServerMessage.FromString)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stream(iter([spb.ClientMessage(open=spb.OpenStream(session_id=session_id))]),
+                        timeout=30))
+    return refused.value.code()  # type: ignore[no-any-return]
+
+
+async def test_a_refused_stream_is_counted_with_its_code(served: tuple[str, int]) -> None:
+    target, port = served
+    async with dspex_rx.connect(target) as s:
+        code = await trio.to_thread.run_sync(open_stream_without_token, target, s.session_id)
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        samples = await scraped(port)
+    assert sample(samples, "dspex_rx_rpc_handled_total", service=V, method="Session",
+                  code="UNAUTHENTICATED") == 1
+    assert sample(samples, "dspex_rx_rpc_started_total", service=V, method="Session") == 1
+    assert sample(samples, "dspex_rx_streams") == 0
 
 
 def test_count_reads_the_streams_queue_depths() -> None:
