@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from dspex_rx.core.limits import measure_map, too_many
 from dspex_rx.errors import (
+    AlreadyExistsError,
     DerivationFencedError,
     DspexError,
     InvalidValueError,
@@ -91,6 +92,12 @@ class Deriving(Committer):
                 f"{self._names(session, input_ids)}, is refused"
             )
         if derivation is None:
+            if "derived_from" not in record.metadata:
+                raise AlreadyExistsError(
+                    f"variable {record.name!r} already exists and is not derived: a "
+                    "derivation takes a variable derive() registered (metadata "
+                    "'derived_from'), not one written by hand"
+                )
             derivation = Derivation(record.id, input_ids, ttl or self.lease_ttl)
             session.derivations[record.id] = derivation
         role = derivation.role(caller.id, client_id)
