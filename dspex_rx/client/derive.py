@@ -131,6 +131,7 @@ class Derived:
         self.writes = 0
         self.errors = 0
         self.takeovers = 0
+        self.renewals = 0
         self.last_error: BaseException | None = None
         self.role, self._token, self.ttl = lease
         self._last_written = last_written
@@ -176,11 +177,11 @@ class Derived:
         self.ended = True
         self._scope.cancel()
 
-    async def run(self) -> None:
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe to the inputs, keep the lease and recompute (as owner) until
-        cancelled (the session runs this).
+        cancelled (the session runs this); started once it has subscribed.
 
-        Example: ``nursery.start_soon(derived.run)`` keeps it current.
+        Example: ``await nursery.start(derived.run)`` keeps it current.
         """
         with self._scope:
             try:
@@ -192,17 +193,18 @@ class Derived:
                 for index, ref in enumerate(self.inputs):
                     on_input = functools.partial(self._on_input, index)
                     self._subscriptions.append(self.session.observe(ref).subscribe(on_input))
+                task_status.started()
                 async with trio.open_nursery() as nursery:
                     if self._core is not None and self.ttl > 0:
                         nursery.start_soon(self._keep, self._core)
                     await self._follow()
             finally:
-                self.ended = True
-                self._idle.set()
                 for subscription in self._subscriptions:
                     subscription.dispose()
                 if self._release and self._core is not None:
                     await self._give_back(self._core)
+                self.ended = True
+                self._idle.set()
 
     async def _follow(self) -> None:
         while True:
@@ -233,6 +235,7 @@ class Derived:
             except (DspexError, OSError) as exc:  # a blip: the next renewal tries again
                 log.warning("derive_renew_failed", variable=self.name, error=repr(exc))
                 continue
+            self.renewals += 1
             self._adopt(answer)
 
     def _adopt(self, answer: pb.DeriveLeaseResponse) -> None:
@@ -370,7 +373,8 @@ async def derive(
     lease = (answer.role, answer.fencing_token, answer.status.ttl_seconds)
     derived = Derived(session, name, inputs, fn, last, initial, var_id, derived_inputs,
                       lease, core)
-    nursery.start_soon(derived.run, name=f"dspex-rx-derive[{name}]")
+    # Subscribed before it returns: a ``sync()`` after it covers its inputs' first values.
+    await nursery.start(derived.run, name=f"dspex-rx-derive[{name}]")
     return derived
 
 

@@ -147,18 +147,20 @@ class Deriving(Committer):
         """
         caller = self.session(session_id)
         session, record = self._access.locate(caller, ref, "write")
+        now = self._clock()
+        derivation = session.derivations.get(record.id)
+        # A standby renewing is alive now: renewed before lapses are handled, so it can
+        # be the heir of an owner that lapsed meanwhile (an owner that lapsed has lost).
+        entry = derivation.standby(caller.id, client_id) if derivation is not None else None
+        if entry is not None:
+            entry.expires_at = now + derivation.ttl  # type: ignore[union-attr]
         self._expire_leases(session)
         derivation = session.derivations.get(record.id)
         if derivation is None:
             return None, "none"
         role = derivation.role(caller.id, client_id)
-        now = self._clock()
         if role == "owner":
             derivation.expires_at = now + derivation.ttl
-        elif role == "standby":
-            entry = derivation.standby(caller.id, client_id)
-            assert entry is not None
-            entry.expires_at = now + derivation.ttl
         if role != "none":
             self._backend.touch(session.id, record.id)
         return derivation, role
