@@ -182,7 +182,7 @@ def test_a_closing_owner_hands_over_at_once_and_a_deleted_variable_drops_its_lea
 def test_a_restart_keeps_one_owner_with_its_token_and_a_fresh_window(tmp_path: Path) -> None:
     clock = Clock()
     store = MemoryStore(backend=SqliteBackend(tmp_path), clock=clock, lease_ttl=TTL)
-    one, two, three = three_clients(store)
+    one, two, _ = three_clients(store)
     derivation, _, _ = store.claim_derivation("s", "d", ["a", "b"], client_id=one)
     store.claim_derivation("s", "d", ["a", "b"], client_id=two)
     token = derivation.token

@@ -74,7 +74,7 @@ class Deriving(Committer):
         """
         caller = self.session(session_id)
         session, record = self._access.locate(caller, ref, "write")
-        self._expire_leases(session)
+        self._expire_derivations(session)
         self._check_client(caller, client_id)
         if ttl is not None and not (ttl == 0 or (math.isfinite(ttl) and 0 < ttl <= MAX_TTL)):
             raise InvalidValueError(
@@ -154,7 +154,7 @@ class Deriving(Committer):
         entry = derivation.standby(caller.id, client_id) if derivation is not None else None
         if entry is not None:
             entry.expires_at = now + derivation.ttl  # type: ignore[union-attr]
-        self._expire_leases(session)
+        self._expire_derivations(session)
         derivation = session.derivations.get(record.id)
         if derivation is None:
             return None, "none"
@@ -184,7 +184,7 @@ class Deriving(Committer):
         """
         caller = self.session(session_id)
         session, record = self._access.locate(caller, ref, "write")
-        self._expire_leases(session)
+        self._expire_derivations(session)
         derivation = session.derivations.get(record.id)
         if derivation is None:
             return None, session.revision
@@ -217,7 +217,7 @@ class Deriving(Committer):
         """
         caller = self.session(session_id)
         session, record = self._access.locate(caller, ref, "read")
-        self._expire_leases(session)
+        self._expire_derivations(session)
         derivation = session.derivations.get(record.id)
         role = derivation.role(caller.id, client_id) if derivation is not None else "none"
         return session.variables[record.id], derivation, role
