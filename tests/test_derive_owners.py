@@ -325,6 +325,8 @@ async def test_a_standby_takes_over_within_the_ttl_and_follows_new_inputs(
     assert await a.get_variable("d", bypass_cache=True) == 21.0
 
 
+# Guards: derive() returned before its task subscribed, so settled() could return before
+# the new owner's first recomputation of an existing (stale) variable was written.
 async def test_without_a_standby_the_variable_goes_stale_then_a_new_owner_clears_it(
     pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
     served: EmbeddedServer, clock: FakeClock, mock_clock: trio.testing.MockClock,

@@ -38,7 +38,8 @@ class Deriving(Committer):
     >>> store = MemoryStore()
     >>> session, client_id, _ = store.initialize_session("s")
     >>> _ = store.register("s", [VariableSpec("a", "float", 1.0),
-    ...                          VariableSpec("d", "float", 2.0)], actor="me")
+    ...                          VariableSpec("d", "float", 2.0,
+    ...                          {}, {"derived_from": ["a"]})], actor="me")
     >>> derivation, role, _ = store.claim_derivation("s", "d", ["a"], client_id=client_id)
     >>> role, derivation.owner_client == client_id
     ('owner', True)
@@ -66,7 +67,8 @@ class Deriving(Committer):
         >>> _, one, _ = store.initialize_session("s")
         >>> _, two, _ = store.initialize_session("s", token=store.session("s").token)
         >>> _ = store.register("s", [VariableSpec("a", "float", 1.0),
-        ...                          VariableSpec("d", "float", 2.0)], actor="me")
+        ...                          VariableSpec("d", "float", 2.0,
+        ...                          {}, {"derived_from": ["a"]})], actor="me")
         >>> store.claim_derivation("s", "d", ["a"], client_id=one)[1]
         'owner'
         >>> store.claim_derivation("s", "d", ["a"], client_id=two)[1]
@@ -140,7 +142,8 @@ class Deriving(Committer):
         >>> store = MemoryStore()
         >>> session, client_id, _ = store.initialize_session("s")
         >>> _ = store.register("s", [VariableSpec("a", "float", 1.0),
-        ...                          VariableSpec("d", "float", 2.0)], actor="me")
+        ...                          VariableSpec("d", "float", 2.0,
+        ...                          {}, {"derived_from": ["a"]})], actor="me")
         >>> _ = store.claim_derivation("s", "d", ["a"], client_id=client_id)
         >>> store.renew_derivation("s", "d", client_id=client_id)[1]
         'owner'
@@ -176,7 +179,8 @@ class Deriving(Committer):
         >>> store = MemoryStore()
         >>> session, client_id, _ = store.initialize_session("s")
         >>> _ = store.register("s", [VariableSpec("a", "float", 1.0),
-        ...                          VariableSpec("d", "float", 2.0)], actor="me")
+        ...                          VariableSpec("d", "float", 2.0,
+        ...                          {}, {"derived_from": ["a"]})], actor="me")
         >>> _ = store.claim_derivation("s", "d", ["a"], client_id=client_id)
         >>> derivation, _ = store.release_derivation("s", "d", client_id=client_id)
         >>> derivation.stale, store.get("s", "d").metadata["stale"]
@@ -211,7 +215,8 @@ class Deriving(Committer):
         >>> from dspex_rx.store import MemoryStore, VariableSpec
         >>> store = MemoryStore()
         >>> session, client_id, _ = store.initialize_session("s")
-        >>> _ = store.register("s", [VariableSpec("d", "float", 2.0)], actor="me")
+        >>> _ = store.register("s", [VariableSpec("d", "float", 2.0,
+        ...                          {}, {"derived_from": ["a"]})], actor="me")
         >>> store.derivation_status("s", "d")[1] is None
         True
         """
@@ -228,7 +233,8 @@ class Deriving(Committer):
         >>> from dspex_rx.store import MemoryStore, VariableSpec
         >>> store = MemoryStore()
         >>> session, client_id, _ = store.initialize_session("s")
-        >>> _ = store.register("s", [VariableSpec("d", "float", 2.0)], actor="me")
+        >>> _ = store.register("s", [VariableSpec("d", "float", 2.0,
+        ...                          {}, {"derived_from": ["a"]})], actor="me")
         >>> store.derivation_input_names("s", "d")
         {}
         """
