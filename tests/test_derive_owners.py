@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import Clock, drain, settle, until
+from helpers import Clock, drain, expire_client, settle, until
 from optimization_helpers import FakeClock
+from test_durable_store import durable, opener  # noqa: F401 - the fixture, by name
 
 import dspex_rx
 from dspex_rx.client.derive import Derived
@@ -179,9 +180,12 @@ def test_a_closing_owner_hands_over_at_once_and_a_deleted_variable_drops_its_lea
     store.check_accounts()
 
 
-def test_a_restart_keeps_one_owner_with_its_token_and_a_fresh_window(tmp_path: Path) -> None:
+def test_a_restart_keeps_one_owner_with_its_token_and_a_fresh_window(
+    tmp_path_factory: pytest.TempPathFactory, durable: str,  # noqa: F811 - the fixture
+) -> None:
+    open_backend = opener(durable, tmp_path_factory)
     clock = Clock()
-    store = MemoryStore(backend=SqliteBackend(tmp_path), clock=clock, lease_ttl=TTL)
+    store = MemoryStore(backend=open_backend(), clock=clock, lease_ttl=TTL)
     one, two, _ = three_clients(store)
     derivation, _, _ = store.claim_derivation("s", "d", ["a", "b"], client_id=one)
     store.claim_derivation("s", "d", ["a", "b"], client_id=two)
@@ -191,7 +195,7 @@ def test_a_restart_keeps_one_owner_with_its_token_and_a_fresh_window(tmp_path: P
     store.close()
 
     clock.now += 1000.0  # down far longer than the TTL
-    store = MemoryStore(backend=SqliteBackend(tmp_path), clock=clock, lease_ttl=TTL)
+    store = MemoryStore(backend=open_backend(), clock=clock, lease_ttl=TTL)
     back = store.session("s").derivations[store.get("s", "d").id]
     assert (back.owner_client, back.token, [s.client for s in back.standbys]) == (
         one, token, [two])
@@ -209,7 +213,7 @@ def test_a_restart_keeps_one_owner_with_its_token_and_a_fresh_window(tmp_path: P
     asyncio.run(store.sync(store.revision))
     store.close()
 
-    store = MemoryStore(backend=SqliteBackend(tmp_path), clock=clock, lease_ttl=TTL)
+    store = MemoryStore(backend=open_backend(), clock=clock, lease_ttl=TTL)
     again = store.session("s").derivations[store.get("s", "d").id]
     assert (again.owner_client, again.token) == (two, back.token)
     with pytest.raises(DerivationFencedError, match="lapsed"):
@@ -361,6 +365,26 @@ async def test_without_a_standby_the_variable_goes_stale_then_a_new_owner_clears
     assert (info["value"], info["metadata"]["stale"]) == (12.0, False)
     assert (await b.derivation_status("d"))["stale"] is False
     watch.cancel()
+
+
+async def test_an_owner_whose_connection_goes_silent_is_replaced_when_its_client_expires(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    served: EmbeddedServer, clock: FakeClock, mock_clock: trio.testing.MockClock,
+) -> None:
+    a, b = pair
+    owner = await a.derive("d", ["x"], triple)
+    standby = await b.derive("d", ["x"], triple)
+    die(owner)
+    await a.set_variable("x", 3.0)
+    # The server stops hearing from a's client (its heartbeats lapsed): its parts go with
+    # it, before the derivation's own TTL would.
+    expire_client(served, a.session_id, a._core.client_id)
+    status = await b.derivation_status("d")
+    assert (status["owner"], status["role"], status["stale"]) == (b._core.client_id, "owner",
+                                                                   False)
+    await tick(clock, mock_clock, standby)
+    await until(lambda: standby.writes == 1, "the takeover write")
+    assert await b.get_variable("d", bypass_cache=True) == 9.0
 
 
 async def test_cancel_hands_the_lease_over_at_once_and_status_says_who_is_who(
