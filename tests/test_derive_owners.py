@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import Clock, drain, expire_client, settle, until
+from helpers import Clock, drain, expire_client, settle, unavailable, until
 from optimization_helpers import FakeClock
 from test_durable_store import durable, opener  # noqa: F401 - the fixture, by name
 
 import dspex_rx
+from dspex_rx.client import derive as derive_module
 from dspex_rx.client.derive import Derived
 from dspex_rx.errors import (
     AlreadyExistsError,
@@ -385,6 +386,40 @@ async def test_an_owner_whose_connection_goes_silent_is_replaced_when_its_client
     await tick(clock, mock_clock, standby)
     await until(lambda: standby.writes == 1, "the takeover write")
     assert await b.get_variable("d", bypass_cache=True) == 9.0
+
+
+# Guards: a renewal that failed in transport (not a DspexError) ended the derive task and
+# crashed the session's nursery with it.
+async def test_a_failed_renewal_is_retried_and_the_owner_keeps_its_lease(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    clock: FakeClock, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, _ = pair
+    owner = await a.derive("d", ["x"], triple)
+    real = derive_module.lease_call
+    failures: list[str] = []
+
+    async def flaky(core: Any, ref: str, action: str, *args: Any) -> Any:
+        if action == "renew" and not failures:
+            failures.append(ref)
+            raise unavailable()
+        return await real(core, ref, action, *args)
+
+    monkeypatch.setattr(derive_module, "lease_call", flaky)
+    await trio.testing.wait_all_tasks_blocked()
+    clock.now += TTL / 3
+    mock_clock.jump(TTL / 3)
+    await until(lambda: len(failures) == 1, "the failed renewal")
+    assert owner.renewals == 0 and not owner.ended
+    for _ in range(4):  # 4 s: past the TTL, renewed every second
+        await tick(clock, mock_clock, owner)
+    assert (owner.role, owner.renewals, owner.ended) == ("owner", 4, False)
+    assert (await a.derivation_status("d"))["owner"] == a._core.client_id
+    await a.set_variable("x", 4.0)
+    await settle(a)
+    with trio.fail_after(10):
+        await owner.settled()
+    assert await a.get_variable("d", bypass_cache=True) == 12.0
 
 
 async def test_cancel_hands_the_lease_over_at_once_and_status_says_who_is_who(

@@ -19,7 +19,6 @@ from dspex_rx.core.types import infer_type, same_value
 from dspex_rx.errors import (
     AlreadyExistsError,
     DerivationFencedError,
-    DspexError,
     InvalidValueError,
     VariableNotFoundError,
 )
@@ -232,7 +231,9 @@ class Derived:
             except VariableNotFoundError:
                 self._end()
                 return
-            except (DspexError, OSError) as exc:  # a blip: the next renewal tries again
+            except RuntimeError:  # the session closed under it: nothing left to renew
+                return
+            except Exception as exc:  # a blip (transport, storage): the next renewal retries
                 log.warning("derive_renew_failed", variable=self.name, error=repr(exc))
                 continue
             self.renewals += 1
@@ -256,7 +257,7 @@ class Derived:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             try:
                 await lease_call(core, self.var_id, "release")
-            except (DspexError, OSError) as exc:
+            except Exception as exc:  # best effort: else the lease lapses after its TTL
                 log.warning("derive_release_failed", variable=self.name, error=repr(exc))
 
     async def _recompute(self) -> None:
