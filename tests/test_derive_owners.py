@@ -472,3 +472,33 @@ def test_derivation_status_is_answered_to_asyncio_callers_too(served: EmbeddedSe
 
     status = asyncio.run(main())
     assert (status["derived"], status["owner"], status["standbys"]) == (False, None, [])
+
+
+async def test_the_servers_own_sweep_hands_over_a_lapsed_owner_and_marks_stale(
+    clock: FakeClock, mock_clock: trio.testing.MockClock,
+) -> None:
+    # No call sees the lapse: only the server's expiry loop (every 10 ms of real time)
+    # does. The loop is real; the TTL is counted on the server's fake clock.
+    store = MemoryStore(clock=clock, lease_ttl=TTL)
+    with EmbeddedServer(store=store, expire_interval=0.01) as swept:
+        async with dspex_rx.connect(swept.target, ttl_seconds=3600) as a, dspex_rx.connect(
+            swept.target, session_id=a.session_id, token=a.token, ttl_seconds=3600
+        ) as b:
+            await a.register_variable("x", "float", 1.0)
+            owner = await a.derive("d", ["x"], triple)
+            await b.derive("d", ["x"], triple)
+            die(owner)
+            clock.now += TTL + 0.1  # a's lease lapses; b's standby entry too
+            var_id = owner.var_id
+
+            def marked() -> bool:
+                # Read on the server's loop: get() never expires a lease itself.
+                return bool(swept.call(lambda: store.get(a.session_id, var_id).metadata
+                                       .get("stale")))
+
+            await until(marked, "the sweep marked d stale")
+            status = await a.derivation_status("d")
+            assert (status["owner"], status["standbys"]) == (None, [])
+            assert "no renewal from" in status["stale_reason"]
+            info = (await a.get_variables(["d"], include_metadata=True))["d"]
+            assert (info["value"], info["metadata"]["stale"]) == (3.0, True)
