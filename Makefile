@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_batch.py
 	$(BIN)/python benchmarks/bench_optimizer_quality.py
 	$(BIN)/python benchmarks/bench_optimize.py
+	$(BIN)/python benchmarks/bench_derive_failover.py
 	$(BIN)/python benchmarks/bench_durable.py
 	$(BIN)/python benchmarks/bench_etcd_raw.py
 	$(BIN)/python benchmarks/bench_replicas.py
