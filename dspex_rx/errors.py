@@ -191,6 +191,19 @@ class InternalError(DspexError):
     kind = "internal"
 
 
+def install_hint(extra: str) -> str:
+    """The command that installs an optional part of dspex-rx. The package is not on an
+    index, so ``pip install 'dspex-rx[x]'`` would fail; from a checkout this works.
+
+    >>> install_hint("parquet")
+    "from the dspex-rx checkout (the folder with pyproject.toml): pip install -e '.[parquet]'"
+    """
+    return (
+        "from the dspex-rx checkout (the folder with pyproject.toml): "
+        f"pip install -e '.[{extra}]'"
+    )
+
+
 _BY_KIND: dict[str, type[DspexError]] = {
     cls.kind: cls
     for cls in (
