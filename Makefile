@@ -111,7 +111,7 @@ bench: $(STAMP)
 		$(BIN)/python benchmarks/$$name.py $(BENCH_ARGS) || exit 1; \
 	done
 
-serve: $(STAMP)
+serve: $(DEMO_STAMP)
 	$(BIN)/dspex-rx serve
 
 clean:
