@@ -26,7 +26,7 @@ say = printf '%s\n' $(1) >&2
 define pip_install
 	@$(BIN)/pip install --progress-bar off $(1) 2>&1 | tee $(VENV)/pip.log \
 		| { grep --line-buffered -E '^(Collecting|Installing collected)' || true; } \
-		| sed -u -e 's/^\(.\{0,88\}\).*/    \1/' >&2 \
+		| sed -u -e 's/ (from .*//' -e 's/^\(.\{0,88\}\).*/    \1/' >&2 \
 		|| { tail -n 25 $(VENV)/pip.log >&2; exit 1; }
 endef
 
@@ -37,7 +37,7 @@ $(BIN)/python:
 $(DEMO_STAMP): $(BIN)/python pyproject.toml
 	@$(call say,"upgrading pip")
 	$(call pip_install,--upgrade pip)
-	@$(call say,"installing the demo's dependencies: runtime$(,) plot$(,) dspy (about 530 MB$(,)" \
+	@$(call say,"installing the demo's dependencies: runtime$(,) plot$(,) dspy (about 600 MB$(,)" \
 		"1-3 min on a fresh machine; DSPy brings litellm$(,) about 200 MB of it)")
 	$(call pip_install,-e '.[$(DEMO_EXTRAS)]')
 	@touch $(DEMO_STAMP)

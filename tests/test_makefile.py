@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make on
 # it was asked to run and answers as a benchmark does (JSON to stdout, text to stderr).
 FAKE_PIP = """#!/bin/sh
 echo "$*" >> "$(dirname "$0")/../pip-calls"
-echo "Collecting numpy>=1.26"
+echo "Collecting numpy>=1.26 (from dspex-rx==0.1.0)"
 echo "  Downloading numpy-2.0-cp311.whl (18 MB)"
 echo "Installing collected packages: numpy"
 if [ -n "$FAKE_PIP_FAILS" ]; then echo "ERROR: no matching distribution for numpy"; exit 1; fi
@@ -81,7 +81,7 @@ def test_the_demo_install_says_each_step_and_shows_pips_progress(tmp_path: Path)
     assert lines[0] == "upgrading pip"
     assert lines[1:3] == ["    Collecting numpy>=1.26", "    Installing collected packages: numpy"]
     assert lines[3].startswith("installing the demo's dependencies: runtime, plot, dspy "
-                               "(about 530 MB")
+                               "(about 600 MB")
     assert lines[5:] == ["    Collecting numpy>=1.26", "    Installing collected packages: numpy"]
     assert (venv / "pip-calls").read_text().splitlines() == [
         "install --progress-bar off --upgrade pip",
