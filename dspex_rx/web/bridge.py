@@ -227,7 +227,9 @@ def app(
     if page:
         routes.append(Route("/", _page_response("index.html")))
         routes.extend(Route(f"/static/{name}", _page_response(name)) for name in PAGE_FILES)
-    bridge: ASGIApp = Starlette(routes=routes)
+    starlette = Starlette(routes=routes)
+    starlette.state.streams = streams  # what is open, for a look from outside (tests)
+    bridge: ASGIApp = starlette
     if token:
         bridge = BearerToken(bridge, token)
     return bridge

@@ -116,9 +116,11 @@ class Streams:
         self.max_buffer = max_buffer
         self.keepalive = keepalive
         self.poll_interval = poll_interval
+        self.open = 0  # streams being served: each one's subscriptions end with it
 
     async def _one(self, name: str, arrays: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         feed = Feed(self.max_buffer)
+        self.open += 1
         try:
             feed.follow(self.session.observe(name), name)
             while True:
@@ -126,10 +128,12 @@ class Streams:
                 yield ("update", update_event(update, arrays)) if update else ("", {})
         finally:
             feed.close()
+            self.open -= 1
 
     async def _all(self, pattern: str | None, arrays: str
                    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         feed = Feed(self.max_buffer)
+        self.open += 1
         try:
             while True:
                 # Variables registered after the stream opened are found by listing again.
@@ -143,6 +147,7 @@ class Streams:
                 yield "", {}
         finally:
             feed.close()
+            self.open -= 1
 
     async def variable_events(self, request: Request) -> Response:
         """``GET /variables/{name}/events``: SSE ``update`` events of one variable, the
@@ -237,6 +242,7 @@ class Streams:
             wake[0].set()
 
         subscription = self.session.observe_optimization(name).subscribe(on_status)
+        self.open += 1
         try:
             run: str | None = None
             seen = 0
@@ -260,6 +266,7 @@ class Streams:
                 wake[0] = anyio.Event()
         finally:
             subscription.dispose()
+            self.open -= 1
 
     async def optimization_events(self, request: Request) -> Response:
         """``GET /optimizations/{name}/events``: SSE ``iteration`` events (``iteration``,
