@@ -87,16 +87,21 @@ class Feed:
         if key in self.following:
             return
 
+        ended: list[bool] = []
+
         def completed() -> None:
+            ended.append(True)
             self.following.pop(key, None)  # a deleted variable may come back: follow it then
 
         def failed(error: Exception) -> None:
-            self.following.pop(key, None)
+            completed()
             if fatal:
                 self.error = error
                 self._wake.set()
 
-        self.following[key] = observable.subscribe(self.push, failed, completed)
+        subscription = observable.subscribe(self.push, failed, completed)
+        if not ended:  # a source may end while subscribing: then it is not followed
+            self.following[key] = subscription
 
     async def next(self, timeout: float | None = None) -> VariableUpdate | None:
         """The oldest buffered update, waiting for one (None after ``timeout`` seconds).
