@@ -56,6 +56,18 @@ def missing(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def sole(group: BaseExceptionGroup[BaseException]) -> Exception | None:
+    """The one exception inside nested groups of one, if that is what ``group`` is.
+
+    >>> sole(ExceptionGroup("outer", [ExceptionGroup("inner", [OSError("in use")])]))
+    OSError('in use')
+    """
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner if isinstance(inner, Exception) and inner is not group else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out ``dspex-rx ui``: serve until SIGINT or SIGTERM; 0 then, 1 on a failure
     (said in one line on stderr), 2 on a missing setting.
@@ -104,15 +116,16 @@ async def _serve(args: argparse.Namespace) -> None:
                     url = await nursery.start(
                         serve_bridge, app(session, token=args.ui_token), args.host, args.port
                     )
-                    hint = "?token=..." if args.ui_token else ""
-                    print(f"dspex-rx ui: session {session.session_id} at {url}/{hint} "
-                          "(Ctrl-C to stop)", flush=True)
+                    hint = "open it as /?token=<the --ui-token>; " if args.ui_token else ""
+                    print(f"dspex-rx ui: session {session.session_id} at {url}/ "
+                          f"({hint}Ctrl-C to stop)", flush=True)
                     async for _ in signals:
                         nursery.cancel_scope.cancel()
                         break
             except BaseExceptionGroup as group:
-                # One failure (a port in use) reads better than a group of one.
-                if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
-                    raise group.exceptions[0] from None
+                # One failure (a port in use) reads better than groups of one in groups.
+                leaf = sole(group)
+                if leaf is not None:
+                    raise leaf from None
                 raise
     print("dspex-rx ui: stopped", flush=True)
