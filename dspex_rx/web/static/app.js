@@ -22,10 +22,14 @@ function cell(text, className) {
 }
 
 // Values arrive JSON-safe: arrays as {type: "ndarray", shape, dtype, head}, bytes as base64.
+// Floats are shown to 6 significant digits: the page is for reading, the API has them all.
+function number(v) { return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(6))); }
 function show(value) {
+  if (typeof value === "number") return number(value);
   if (value && typeof value === "object" && value.type === "ndarray") {
-    const more = value.size > (value.head || []).length ? ", …" : "";
-    return `${value.dtype}[${value.shape.join("×")}] [${(value.head || []).join(", ")}${more}]`;
+    const head = (value.head || []).map((v) => typeof v === "number" ? number(v) : v);
+    const more = value.size > head.length ? ", …" : "";
+    return `${value.dtype}[${value.shape.join("×")}] [${head.join(", ")}${more}]`;
   }
   if (value && typeof value === "object" && value.type === "bytes") return `bytes(${value.base64.length * 3 / 4 | 0})`;
   const text = typeof value === "string" ? value : JSON.stringify(value);
@@ -136,9 +140,12 @@ function plot(run) {
   svg.replaceChildren();
   const points = run.points;
   const xs = points.map((p) => p.iteration);
-  const xmin = Math.min(...xs, 0), xmax = Math.max(...xs, 1);
+  const xmin = xs.length ? Math.min(...xs) : 0, xmax = xs.length ? Math.max(...xs, xmin + 1) : 1;
   const x = (i) => L + (W - L - R) * (i - xmin) / ((xmax - xmin) || 1);
   svg.append(svgElement("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#aab" }));
+  for (const i of points.length ? [xmin, xmax] : []) {
+    svg.append(Object.assign(svgElement("text", { x: x(i), y: H - B + 11, "font-size": 9, "text-anchor": "middle", fill: "#667" }), { textContent: i }));
+  }
   svg.append(Object.assign(svgElement("text", { x: W / 2, y: H - 4, "font-size": 10, "text-anchor": "middle", fill: "#667" }), { textContent: "iteration" }));
   const series = [["value", "#2f6fdf", L, "end"], ["score", "#d9822b", W - R, "start"]];
   for (const [key, color, axis, anchor] of series) {
