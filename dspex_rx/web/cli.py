@@ -65,7 +65,9 @@ def sole(group: BaseExceptionGroup[BaseException]) -> Exception | None:
     inner: BaseException = group
     while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
         inner = inner.exceptions[0]
-    return inner if isinstance(inner, Exception) and inner is not group else None
+    if isinstance(inner, BaseExceptionGroup) or not isinstance(inner, Exception):
+        return None
+    return inner
 
 
 def run(args: argparse.Namespace) -> int:
