@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    import dspex_rx
+    from dspex_rx.client import connect
     from dspex_rx.web.bridge import app
     from dspex_rx.web.serve import serve_bridge
 
@@ -111,7 +111,7 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.ca_cert:
         options["ca_cert"] = args.ca_cert
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with dspex_rx.connect(args.target, session_id=args.session, token=args.token,
+        async with connect(args.target, session_id=args.session, token=args.token,
                                     create=False, **options) as session:
             try:
                 async with trio.open_nursery() as nursery:
