@@ -327,3 +327,20 @@ def test_the_bridge_runs_under_asyncio_through_the_portal(server: EmbeddedServer
     assert [(e["value"], e["version"], e["update_type"]) for e in events] == [
         (0.5, 1, "initial"), (0.6, 2, "value_change"), (0.7, 3, "value_change")]
     assert ws_version == 3
+
+
+async def test_session_streams_keep_to_the_pattern_and_refuse_a_bad_one(
+    session: dspex_rx.SessionContext,
+) -> None:
+    await session.register_variable("model.lr", "float", 0.1)
+    await session.register_variable("data.size", "integer", 10)
+    async with served(session) as url, httpx.AsyncClient(base_url=url) as client:
+        bad = await client.get("/events", params={"pattern": "("})
+        async with sse(client, "/events?pattern=%5Emodel%5C.") as events:
+            _, first = await events.next()
+            await session.set_variable("data.size", 11)  # not matched: never sent
+            await session.set_variable("model.lr", 0.2)
+            _, second = await events.next()
+    assert bad.status_code == 400 and "pattern" in bad.json()["error"]
+    assert [(e["name"], e["value"]) for e in (first, second)] == [
+        ("model.lr", 0.1), ("model.lr", 0.2)]

@@ -65,3 +65,17 @@ async def test_ui_on_a_port_in_use_fails_in_one_line(session: dspex_rx.SessionCo
     assert done.returncode == 1
     assert done.stderr.startswith(f"dspex-rx ui: cannot serve on 127.0.0.1:{port}: ")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_ui_against_no_server_fails_in_one_line() -> None:
+    # Bug: an unreachable server printed gRPC's multi-line error repr.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        done = subprocess.run(
+            [str(SCRIPT), "ui", "--target", f"127.0.0.1:{port}", "--session", "s1",
+             "--token", "t", "--port", "0"], capture_output=True, text=True, timeout=120,
+        )
+    assert done.returncode == 1
+    assert done.stderr.startswith("dspex-rx ui: ")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dspex_rx.client import SessionContext
 from dspex_rx.web.feed import DEFAULT_MAX_BUFFER
 from dspex_rx.web.jsonsafe import array_mode, to_json
-from dspex_rx.web.streams import Streams, message_of, status_for
+from dspex_rx.web.streams import MAX_ITERATIONS, Streams, message_of, status_for
 
 # The page's files, read once: three small files, so no file serving machinery (or
 # worker threads) at request time.
@@ -156,7 +156,7 @@ class Snapshots:
         [...]}``.
         """
         name = request.path_params["name"]
-        limit = _int(request.query_params.get("limit", "1000"), "limit")
+        limit = _int(request.query_params.get("limit", str(MAX_ITERATIONS)), "limit")
         status = await self.session.get_optimization_status(name)
         iterations: list[dict[str, Any]] = []
         if status["optimization_id"] is not None:

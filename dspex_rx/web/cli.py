@@ -70,6 +70,21 @@ def sole(group: BaseExceptionGroup[BaseException]) -> Exception | None:
     return inner
 
 
+def one_line(error: BaseException) -> str:
+    """An error as one line: a gRPC error's details (not its multi-line repr), else the
+    class and the message's first line.
+
+    >>> one_line(KeyError("no session 's1'"))
+    "KeyError: no session 's1'"
+    """
+    details = getattr(error, "details", None)
+    text = details() if callable(details) else None
+    if not isinstance(text, str) or not text:
+        text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    first = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return f"{type(error).__name__}: {first}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out ``dspex-rx ui``: serve until SIGINT or SIGTERM; 0 then, 1 on a failure
     (said in one line on stderr), 2 on a missing setting.
@@ -97,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     except Exception as error:  # one line, not a traceback: the cause is in the message
-        print(f"dspex-rx ui: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"dspex-rx ui: {one_line(error)}", file=sys.stderr)
         return 1
     return 0
 

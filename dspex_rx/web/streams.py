@@ -17,6 +17,7 @@ from dspex_rx.client import SessionContext
 from dspex_rx.web.feed import Feed
 from dspex_rx.web.jsonsafe import array_mode, to_json, update_event
 
+MAX_ITERATIONS = 1000  # the most iterations one read sends: a new page gets the newest ones
 Events = Callable[[], AsyncIterator[tuple[str, dict[str, Any]]]]
 
 
@@ -250,9 +251,13 @@ class Streams:
                 status = await self.session.get_optimization_status(name)
                 if status["optimization_id"] != run:
                     run, seen = status["optimization_id"], 0
-                if run is not None:
+                # Only the entries past the last one sent: the newest (iteration - seen)
+                # of the history, a few more in case the count runs ahead, never all of
+                # it again (a long run would cost O(n) per iteration).
+                need = int(status["iteration"]) - seen
+                if run is not None and need > 0:
                     for entry in await self.session.get_optimization_history(
-                        name, 1000, optimizer_id=run
+                        name, min(need + 8, MAX_ITERATIONS), optimizer_id=run
                     ):
                         if entry["iteration"] > seen:
                             seen = entry["iteration"]
