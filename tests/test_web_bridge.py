@@ -27,14 +27,17 @@ GUARD = 10.0  # wall-clock bound on any one wait for the real server: a hang gua
 
 
 @asynccontextmanager
-async def served(session: dspex_rx.SessionContext, **options: Any) -> AsyncIterator[str]:
-    """The bridge of ``session`` on 127.0.0.1 (a free port) for the block; its base URL."""
-    bridge = dspex_rx.web.app(session, **options)
+async def serving(bridge: Any) -> AsyncIterator[str]:
+    """``bridge`` on 127.0.0.1 (a free port) for the block; its base URL."""
     async with trio.open_nursery() as nursery:
         url: str = await nursery.start(serve_bridge, bridge, "127.0.0.1", 0)
-        served.last = bridge  # type: ignore[attr-defined]
         yield url
         nursery.cancel_scope.cancel()
+
+
+def served(session: dspex_rx.SessionContext, **options: Any) -> Any:
+    """The bridge of ``session`` (``app(session, **options)``), served for the block."""
+    return serving(dspex_rx.web.app(session, **options))
 
 
 class Events:
@@ -207,8 +210,9 @@ async def test_a_closed_stream_ends_its_subscriptions(
     session: dspex_rx.SessionContext,
 ) -> None:
     await session.register_variable("t", "float", 0.5)
-    async with served(session) as url, httpx.AsyncClient(base_url=url) as client:
-        streams = served.last.state.streams  # type: ignore[attr-defined]
+    bridge = dspex_rx.web.app(session)
+    streams = bridge.state.streams  # type: ignore[attr-defined]
+    async with serving(bridge) as url, httpx.AsyncClient(base_url=url) as client:
         async with sse(client, "/variables/t/events") as events:
             await events.next()
             assert streams.open == 1
