@@ -14,10 +14,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import reactivex
 import trio
 from helpers import until
 from httpx_ws import WebSocketUpgradeError, aconnect_ws
 from optimization_helpers import FLOAT, Gate
+from reactivex import operators as ops
 
 import dspex_rx
 from dspex_rx.server import EmbeddedServer
@@ -348,3 +350,31 @@ async def test_session_streams_keep_to_the_pattern_and_refuse_a_bad_one(
     assert bad.status_code == 400 and "pattern" in bad.json()["error"]
     assert [(e["name"], e["value"]) for e in (first, second)] == [
         ("model.lr", 0.1), ("model.lr", 0.2)]
+
+
+async def test_a_stream_whose_source_fails_ends_with_an_error_event(
+    session: dspex_rx.SessionContext, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Bug: an error mid-stream (access revoked, session lost) broke the response with a
+    # server error instead of telling the page why its stream ended.
+    await session.register_variable("t", "float", 0.5)
+    real = session.observe
+
+    def revoked(name: str, include_initial: bool = True) -> Any:
+        first = real(name, include_initial).pipe(ops.take(1))
+        return reactivex.concat(first, reactivex.throw(PermissionError("no read access to 't'")))
+
+    monkeypatch.setattr(session, "observe", revoked)
+    async with served(session) as url, httpx.AsyncClient(base_url=url) as client:
+        async with client.stream("GET", "/variables/t/events") as response:
+            with trio.fail_after(GUARD):
+                body = (await response.aread()).decode()
+        async with aconnect_ws("/variables/t/ws", client) as ws:
+            with trio.fail_after(GUARD):
+                first, error = await ws.receive_json(), await ws.receive_json()
+    frames = [frame for frame in body.split("\n\n") if frame.startswith("event:")]
+    assert [f.splitlines()[0] for f in frames] == ["event: update", "event: error"]
+    assert json.loads(frames[1].splitlines()[-1][6:]) == {
+        "error": "no read access to 't'", "status": 403}
+    assert first["value"] == 0.5
+    assert error == {"error": "no read access to 't'"}

@@ -3,6 +3,7 @@ variable of the session, and an optimization's status and iterations as they hap
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -83,6 +84,15 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": 200,
                     "headers": self.raw_headers})
 
+        async def emit(body: bytes, more: bool = True) -> bool:
+            # Only a failed send means the client left (uvicorn raises OSError then); a
+            # PermissionError from the source is an OSError too, and is not that.
+            try:
+                await send({"type": "http.response.body", "body": body, "more_body": more})
+            except OSError:
+                return False
+            return True
+
         async def stream(cancel: anyio.CancelScope) -> None:
             iterator = self.events()
             try:
@@ -90,9 +100,12 @@ class EventStream(Response):
                     # An idle stream still writes now and then: proxies keep it open, and a
                     # browser that left is noticed.
                     frame = sse(event, data, data.get("revision")) if event else b": idle\n\n"
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
-            except OSError:
-                pass
+                    if not await emit(frame):
+                        return
+                await emit(b"", more=False)
+            except Exception as error:  # refused or lost mid-stream: say so, end it cleanly
+                frame = sse("error", {"error": message_of(error), "status": status_for(error)})
+                await emit(frame, more=False)
             finally:
                 with anyio.CancelScope(shield=True):
                     await iterator.aclose()  # type: ignore[attr-defined]
@@ -103,6 +116,15 @@ class EventStream(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
             group.cancel_scope.cancel()
+
+
+async def _send_text(websocket: WebSocket, text: str) -> bool:
+    # False when the client left; a source's PermissionError (an OSError) is not caught here.
+    try:
+        await websocket.send_text(text)
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        return False
+    return True
 
 
 class Streams:
@@ -189,17 +211,21 @@ class Streams:
             iterator = events()
             try:
                 async for event, data in iterator:
-                    if event:
-                        await websocket.send_text(json.dumps(data, allow_nan=False))
-            except (WebSocketDisconnect, OSError):
-                pass
+                    if event and not await _send_text(websocket, json.dumps(data,
+                                                                            allow_nan=False)):
+                        break
+            except Exception as error:  # refused or lost mid-stream: say so, then close
+                with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+                    await self._refuse(websocket, error, accepted=True)
             finally:
                 with anyio.CancelScope(shield=True):
                     await iterator.aclose()  # type: ignore[attr-defined]
             group.cancel_scope.cancel()
 
-    async def _refuse(self, websocket: WebSocket, error: BaseException) -> None:
-        await websocket.accept()
+    async def _refuse(self, websocket: WebSocket, error: BaseException,
+                      accepted: bool = False) -> None:
+        if not accepted:
+            await websocket.accept()
         await websocket.send_text(json.dumps({"error": message_of(error)}))
         await websocket.close(code=4000 + status_for(error), reason=message_of(error)[:120])
 
