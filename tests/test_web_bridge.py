@@ -17,7 +17,7 @@ import pytest
 import reactivex
 import trio
 from helpers import until
-from httpx_ws import WebSocketUpgradeError, aconnect_ws
+from httpx_ws import WebSocketDisconnect, WebSocketUpgradeError, aconnect_ws
 from optimization_helpers import FLOAT, Gate
 from reactivex import operators as ops
 
@@ -175,7 +175,10 @@ async def test_unknown_variable_is_a_404_naming_it_on_every_endpoint(
         async with aconnect_ws("/variables/nope/ws", client) as ws:
             with trio.fail_after(GUARD):
                 message = await ws.receive_json()
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    await ws.receive_json()
         assert "'nope'" in message["error"]
+        assert closed.value.code == 4404
 
 
 async def test_bad_query_values_are_a_400_saying_what_was_wrong(
@@ -372,9 +375,12 @@ async def test_a_stream_whose_source_fails_ends_with_an_error_event(
         async with aconnect_ws("/variables/t/ws", client) as ws:
             with trio.fail_after(GUARD):
                 first, error = await ws.receive_json(), await ws.receive_json()
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    await ws.receive_json()
     frames = [frame for frame in body.split("\n\n") if frame.startswith("event:")]
-    assert [f.splitlines()[0] for f in frames] == ["event: update", "event: error"]
+    assert [f.splitlines()[0] for f in frames] == ["event: update", "event: failed"]
     assert json.loads(frames[1].splitlines()[-1][6:]) == {
         "error": "no read access to 't'", "status": 403}
     assert first["value"] == 0.5
     assert error == {"error": "no read access to 't'"}
+    assert closed.value.code == 4403

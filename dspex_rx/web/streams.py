@@ -104,7 +104,7 @@ class EventStream(Response):
                         return
                 await emit(b"", more=False)
             except Exception as error:  # refused or lost mid-stream: say so, end it cleanly
-                frame = sse("error", {"error": message_of(error), "status": status_for(error)})
+                frame = sse("failed", {"error": message_of(error), "status": status_for(error)})
                 await emit(frame, more=False)
             finally:
                 with anyio.CancelScope(shield=True):

@@ -88,6 +88,12 @@ async function loadVariables() {
 function connect() {
   const source = new EventSource(api("events"));
   source.addEventListener("update", onUpdate);
+  // The bridge ends a stream its session can no longer read with a "failed" event (not
+  // "error": EventSource fires that name for its own connection errors).
+  source.addEventListener("failed", (event) => {
+    $("#connection").textContent = JSON.parse(event.data).error;
+    $("#connection").className = "connection down";
+  });
   source.onopen = () => { $("#connection").textContent = "live"; $("#connection").className = "connection up"; };
   source.onerror = () => { $("#connection").textContent = "reconnecting…"; $("#connection").className = "connection down"; };
 }
