@@ -262,8 +262,7 @@ class Streams:
     async def _optimization(self, name: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         # Statuses are cumulative and the iterations are read back from the history, so
         # keeping only a flag ("something changed") loses nothing and buffers nothing.
-        changed = anyio.Event()
-        wake: list[anyio.Event] = [changed]
+        wake = [anyio.Event()]  # replaced after each wake-up: anyio events cannot be reset
 
         def on_status(_: dict[str, Any]) -> None:
             wake[0].set()
