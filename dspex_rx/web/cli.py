@@ -85,6 +85,21 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {first}"
 
 
+def exposure_warning(host: str, ui_token: str | None) -> str | None:
+    """What to tell a user who serves the page beyond this machine without a token.
+
+    >>> exposure_warning("127.0.0.1", None) is None, exposure_warning("0.0.0.0", "s") is None
+    (True, True)
+    >>> exposure_warning("0.0.0.0", None).startswith("dspex-rx ui: warning: serving on 0.0.0.0")
+    True
+    """
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if loopback or ui_token:
+        return None
+    return (f"dspex-rx ui: warning: serving on {host} without --ui-token: anyone who can "
+            "reach this port reads what the session may read")
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out ``dspex-rx ui``: serve until SIGINT or SIGTERM; 0 then, 1 on a failure
     (said in one line on stderr), 2 on a missing setting.
@@ -105,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"dspex-rx ui: needs the web extra ({error.name} is missing): "
               "pip install -e '.[web]' from the checkout", file=sys.stderr)
         return 1
+    warning = exposure_warning(args.host, args.ui_token)
+    if warning:
+        print(warning, file=sys.stderr)
     try:
         trio.run(_serve, args)
     except OSError as error:
