@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import functools
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from dspex_rx.shell import exchange, optimize, sessions, variables
 from dspex_rx.shell.runner import connection_flags, run
 
 Body = Callable[[argparse.Namespace], Awaitable[int]]
-SubParsers = argparse._SubParsersAction  # type: ignore[type-arg]
+if TYPE_CHECKING:  # argparse's action class is generic to type checkers only
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 _EPILOG = """\
 exit codes: 0 done; 1 refused (not found, permission, bad value...); 2 usage; 3 the
@@ -74,8 +76,7 @@ def _variable_commands(sub: SubParsers) -> None:
 
 
 def _exchange_commands(sub: SubParsers) -> None:
-    formats = {"choices": exchange.FORMATS, "help": "file format (default: from FILE's "
-               "extension, else json)"}
+    formats_help = "file format (default: from FILE's extension, else json)"
     admin = sub.choices.get("export")
     if admin is None:
         p = _command(sub, "export", exchange.export, "write the session's variables to a file")
@@ -86,13 +87,13 @@ def _exchange_commands(sub: SubParsers) -> None:
                 choice.help = ("a session's variables to a file; with --data-dir (or no "
                                "session) every session of a data dir")
     p.add_argument("file", nargs="?", metavar="FILE", help="where to write (default stdout)")
-    p.add_argument("--format", **formats)
+    p.add_argument("--format", choices=exchange.FORMATS, help=formats_help)
     p.add_argument("--history", action="store_true", help="include past versions")
     p.add_argument("--pattern", help="only variables whose names match this RE2 pattern")
     p = _command(sub, "import", exchange.import_,
                  "apply an export file to the session, all or nothing")
     p.add_argument("file", metavar="FILE", help="an export file ('-' reads stdin)")
-    p.add_argument("--format", **formats)
+    p.add_argument("--format", choices=exchange.FORMATS, help=formats_help)
     p.add_argument("--merge", choices=["replace", "keep", "merge"], default="replace",
                    help="what to do with variables that exist (default replace)")
     p.add_argument("--dry-run", action="store_true", help="report, change nothing")

@@ -118,6 +118,7 @@ async def start(args: argparse.Namespace) -> int:
 
         async def follow() -> None:
             if not args.evaluate:
+                proposal: Any  # a Watch of proposals yields Proposal, not VariableUpdate
                 async with session.proposals(args.name) as proposals:
                     async for proposal in proposals:
                         show("proposal", iteration=proposal.iteration,
@@ -204,6 +205,7 @@ async def watch(args: argparse.Namespace) -> int:
 
         async def follow() -> None:
             printed = 0
+            found: Any  # the status watch yields dicts, not VariableUpdate
             async with session.watch_optimization(args.name) as statuses:
                 async for found in statuses:
                     print(dumps(found) if args.output == "json" else status_line(found),

@@ -83,9 +83,8 @@ def when(value: Any) -> str:
     """
     if value is None:
         return "-"
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(float(value), UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    moment = value if isinstance(value, datetime) else datetime.fromtimestamp(float(value), UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None
