@@ -62,7 +62,7 @@ class Shell:
         """Run ``dspex-rx ARGS``; with ``check``, assert exit 0 (showing stderr if not)."""
         done = subprocess.run(
             [str(SCRIPT), *args], capture_output=True, text=True, timeout=HANG_GUARD,
-            env=environment(DSPEX_RX_TARGET=self.target, **self.env, **extra),
+            env=environment(**{"DSPEX_RX_TARGET": self.target, **self.env, **extra}),
         )
         if check:
             assert done.returncode == 0, f"dspex-rx {' '.join(args)}: {done.stderr}"
