@@ -4,11 +4,14 @@ import) and its errors, each run as the real ``dspex-rx`` against a real server.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from shell_run import Shell, served
+from helpers import SCRIPT
+from shell_run import HANG_GUARD, ROOT, Shell, environment, served
 
 import dspex_rx
 
@@ -172,3 +175,25 @@ def test_expected_errors_are_one_line_with_an_exit_code(sh: Shell, target: str) 
     assert "without a scheme" in scheme
     usage = sh("rollback", "t", "one", check=False)
     assert usage.returncode == 2 and "invalid int value" in usage.stderr
+
+
+def readme_shell_session() -> tuple[list[str], list[str]]:
+    """The README's Shell section's console block: its commands and its output lines."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Shell\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```console\n", 1)[1].split("```", 1)[0]
+    commands = [line[2:] for line in block.splitlines() if line.startswith("$ ")]
+    output = [line for line in block.splitlines() if not line.startswith("$ ")]
+    return commands, output
+
+
+def test_the_readme_shell_session_is_what_the_shell_prints(tmp_path: Path) -> None:
+    commands, expected = readme_shell_session()
+    assert commands[0] == "dspex-rx serve --storage memory --session-ttl 3600 &"
+    with served(tmp_path, "--session-ttl", "3600") as address:
+        env = environment(DSPEX_RX_TARGET=address)
+        env["PATH"] = f"{SCRIPT.parent}{os.pathsep}{env['PATH']}"
+        script = "exec 2>&1\n" + "\n".join(commands[1:]) + "\n"
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              env=env, timeout=HANG_GUARD * 2)
+    assert done.stdout.splitlines() == expected
