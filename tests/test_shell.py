@@ -29,13 +29,12 @@ def sh(target: str) -> Shell:
     return shell
 
 
-def one_error(done: object, command: str, code: int) -> str:
+def one_error(done: subprocess.CompletedProcess[str], command: str, code: int) -> str:
     """The single stderr line of a refused command (no traceback), its prefix checked."""
-    assert done.returncode == code, done.stderr  # type: ignore[attr-defined]
-    stderr: str = done.stderr  # type: ignore[attr-defined]
-    assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
-    assert stderr.startswith(f"dspex-rx {command}: error: "), stderr
-    return stderr
+    assert done.returncode == code, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"dspex-rx {command}: error: "), done.stderr
+    return done.stderr
 
 
 def test_set_registers_with_type_then_writes_and_get_reads(sh: Shell) -> None:
@@ -162,6 +161,10 @@ def test_expected_errors_are_one_line_with_an_exit_code(sh: Shell, target: str) 
     bad_json = one_error(sh("set", "x", "1", "--type", "integer", "--constraints", "{bad",
                             check=False), "set", 2)
     assert "--constraints is not JSON" in bad_json
+    untyped = one_error(sh("set", "y", "1", "--constraints", "{}", check=False), "set", 2)
+    assert "needs --type" in untyped
+    assert "--count must be at least 1" in one_error(
+        sh("watch", "t", "--count", "0", check=False), "watch", 2)
 
     token = one_error(sh("ls", check=False, DSPEX_RX_TOKEN="not-the-token"), "ls", 1)
     assert "not the token of session" in token and "DSPEX_RX_TOKEN" in token

@@ -8,7 +8,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from shell_run import HANG_GUARD, Shell, read_line, served
@@ -21,28 +21,34 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def sh(target: str) -> Iterator[Shell]:
+def sh(target: str) -> Shell:
     shell = Shell(target)
     shell.new()
+    return shell
+
+
+@pytest.fixture
+def child(sh: Shell) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``dspex-rx ARGS`` as ``sh``'s session; children still running are killed."""
     children: list[subprocess.Popen[str]] = []
-    shell.children = children  # type: ignore[attr-defined]
-    yield shell
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        children.append(sh.popen(*args))
+        return children[-1]
+
+    yield start
+    for proc in children:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
-def child(sh: Shell, *args: str) -> subprocess.Popen[str]:
-    proc = sh.popen(*args)
-    sh.children.append(proc)  # type: ignore[attr-defined]
-    return proc
-
-
-def test_watch_prints_current_values_then_each_change_as_json_lines(sh: Shell) -> None:
+def test_watch_prints_current_values_then_each_change_as_json_lines(
+    sh: Shell, child: Callable[..., subprocess.Popen[str]]
+) -> None:
     sh("set", "a", "1", "--type", "integer")
     sh("set", "b", "x", "--type", "string")
-    watcher = child(sh, "watch", "a", "b", "-o", "json", "--count", "4")
+    watcher = child("watch", "a", "b", "-o", "json", "--count", "4")
     first = [json.loads(read_line(watcher)) for _ in range(2)]
     assert sorted((e["name"], e["value"], e["update_type"]) for e in first) == [
         ("a", 1, "initial"), ("b", "x", "initial")]
@@ -58,9 +64,11 @@ def test_watch_prints_current_values_then_each_change_as_json_lines(sh: Shell) -
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_watch_runs_until_a_signal_then_exits_zero(sh: Shell, signum: int) -> None:
+def test_watch_runs_until_a_signal_then_exits_zero(
+    sh: Shell, child: Callable[..., subprocess.Popen[str]], signum: int
+) -> None:
     sh("set", "t", "0.5", "--type", "float")
-    watcher = child(sh, "watch", "t")
+    watcher = child("watch", "t")
     assert read_line(watcher) == "t = 0.5 (version 1)"
     sh("set", "t", "0.75")
     assert read_line(watcher) == "t = 0.75 (version 2)"
@@ -95,14 +103,16 @@ def test_optimize_start_evaluates_each_proposal_with_a_command(sh: Shell) -> Non
     assert "state: completed" in sh("optimize", "status", "t").stdout.splitlines()
 
 
-def test_optimize_start_waits_for_reports_from_another_program(sh: Shell) -> None:
+def test_optimize_start_waits_for_reports_from_another_program(
+    sh: Shell, child: Callable[..., subprocess.Popen[str]]
+) -> None:
     sh("set", "t", "0.5", "--type", "float", "--constraints", '{"min": 0, "max": 1}')
-    runner = child(sh, "optimize", "start", "t", "grid_search", "-o", "json", "--config",
+    runner = child("optimize", "start", "t", "grid_search", "-o", "json", "--config",
                    '{"choices": [0.3, 0.7]}')
     proposal = json.loads(read_line(runner))
     assert (proposal["event"], proposal["iteration"], proposal["value"]) == (
         "proposal", 1, 0.3)
-    follower = child(sh, "optimize", "watch", "t", "-o", "json")
+    follower = child("optimize", "watch", "t", "-o", "json")
     assert json.loads(read_line(follower))["state"] == "running"
 
     stale = sh("optimize", "report", "t", "0.1", "--version", str(proposal["version"] - 1),
@@ -130,9 +140,11 @@ def test_optimize_start_waits_for_reports_from_another_program(sh: Shell) -> Non
     assert nothing.returncode == 1 and "awaits a report" in nothing.stderr
 
 
-def test_optimize_start_interrupted_ends_the_run_as_stopped(sh: Shell) -> None:
+def test_optimize_start_interrupted_ends_the_run_as_stopped(
+    sh: Shell, child: Callable[..., subprocess.Popen[str]]
+) -> None:
     sh("set", "t", "0.5", "--type", "float", "--constraints", '{"min": 0, "max": 1}')
-    runner = child(sh, "optimize", "start", "t", "grid_search", "--config",
+    runner = child("optimize", "start", "t", "grid_search", "--config",
                    '{"choices": [0.3, 0.7]}')
     assert read_line(runner) == "proposal 1: t = 0.3 (version 2)"
     runner.send_signal(signal.SIGINT)
@@ -142,9 +154,11 @@ def test_optimize_start_interrupted_ends_the_run_as_stopped(sh: Shell) -> None:
     assert sh.json("optimize", "status", "t")["state"] == "stopped"
 
 
-def test_optimize_stop_from_another_program_ends_the_run(sh: Shell) -> None:
+def test_optimize_stop_from_another_program_ends_the_run(
+    sh: Shell, child: Callable[..., subprocess.Popen[str]]
+) -> None:
     sh("set", "t", "0.5", "--type", "float", "--constraints", '{"min": 0, "max": 1}')
-    runner = child(sh, "optimize", "start", "t", "grid_search", "--config",
+    runner = child("optimize", "start", "t", "grid_search", "--config",
                    '{"choices": [0.3, 0.7]}')
     assert read_line(runner).startswith("proposal 1:")
     stopped = sh("optimize", "stop", "t", "--reason", "budget spent")
