@@ -57,10 +57,8 @@ async def get(args: argparse.Namespace) -> int:
     Example: ``dspex-rx get temperature`` prints ``0.7``.
     """
     async with joined(args) as session:
-        found = await session.get_variables([args.name], include_metadata=True)
-    if args.name not in found:
-        raise VariableNotFoundError(f"no variable {args.name!r} in session {args.session!r}")
-    entry = found[args.name]
+        # A missing name is refused by the server, naming it.
+        entry = (await session.get_variables([args.name], include_metadata=True))[args.name]
     emit(args, described(entry), lambda: print(text(plain(entry["value"]))))
     return 0
 
