@@ -1,4 +1,5 @@
-"""Library logging: structlog key-value lines routed through stdlib ``logging``.
+"""Library logging: structlog events routed through stdlib ``logging``, rendered as
+``key=value`` lines (console) or one JSON object a line (json).
 
 The library never configures logging itself, so an application that does nothing sees only
 warnings (Python's default); ``dspex-rx serve`` turns on info lines on stderr.
@@ -6,10 +7,27 @@ warnings (Python's default); ``dspex-rx serve`` turns on info lines on stderr.
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from typing import Any
 
 import structlog
+
+LOG_FORMATS = ("console", "json")
+_HANDLER = "dspex_rx.stderr"
+
+_console = structlog.processors.KeyValueRenderer(
+    key_order=["timestamp", "level", "event"], sort_keys=True
+)
+_json = structlog.processors.JSONRenderer(sort_keys=True, default=repr)
+# The renderer every logger uses, chosen by ``configure`` after the loggers were made
+# (modules make theirs at import): one switch, read per event.
+_renderer: Any = _console
+
+
+def _render(logger: Any, method: str, event: Any) -> Any:
+    return _renderer(logger, method, event)
 
 
 def get_logger(name: str) -> Any:
@@ -25,19 +43,49 @@ def get_logger(name: str) -> Any:
             structlog.stdlib.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.KeyValueRenderer(
-                key_order=["timestamp", "level", "event"], sort_keys=True
-            ),
+            _render,
         ],
         wrapper_class=structlog.stdlib.BoundLogger,
     )
 
 
-def configure(level: str = "info") -> None:
-    """Send dspex-rx log lines at ``level`` and above to stderr, one event per line.
+class _JsonLines(logging.Formatter):
+    """Every stderr line JSON: dspex-rx's events are rendered already; a record of any
+    other logger (grpc, asyncio) is wrapped in the same shape."""
 
-    Example: ``configure("debug")`` shows the library's debug lines on stderr.
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name.startswith("dspex_rx") and message.startswith("{"):
+            return message
+        fields: dict[str, Any] = {
+            "timestamp": self.formatTime(record), "level": record.levelname.lower(),
+            "logger": record.name, "event": message,
+        }
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return json.dumps(fields, sort_keys=True, default=repr)
+
+
+def configure(level: str = "info", fmt: str = "console") -> None:
+    """Send dspex-rx log lines at ``level`` and above to stderr, one event per line:
+    ``fmt="console"`` as ``key=value`` pairs, ``fmt="json"`` as one JSON object each.
+
+    Example: ``configure("debug", "json")`` shows the library's debug lines as JSON.
     """
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    global _renderer
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
+    _renderer = _json if fmt == "json" else _console
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.set_name(_HANDLER)
+    root = logging.getLogger()
+    # Configuring again (another format) replaces this function's handler, not others'.
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
     logging.getLogger("dspex_rx").setLevel(level.upper())

@@ -69,6 +69,29 @@ def test_pattern_length_is_bounded() -> None:
         compile_glob("*" * (patterns.DEFAULT_MAX_PATTERN_LENGTH + 1))
 
 
+def test_patterns_are_compiled_without_capture_groups() -> None:
+    # Guards #17: "(.*)" * 1000 against 5,000 characters took ~11 s with RE2 tracking every
+    # group; only match/no-match is ever asked, so no group is kept.
+    regex = compile_regex("(.*)" * 1000)
+    assert regex.engine.options.never_capture is True
+    assert regex.engine.groups == 0
+    assert regex.fullmatch("x" * 5000) is True
+
+
+def test_a_many_group_pattern_constraint_is_answered_at_full_size() -> None:
+    # Guards #17: the largest legal pattern of groups, against a text 20x the 5,000 that
+    # took ~11 s, would hold the test for minutes if groups were tracked.
+    from dspex_rx.store import MemoryStore, VariableSpec
+
+    store = MemoryStore()
+    session, _, _ = store.initialize_session()
+    pattern = "(.*)" * (patterns.DEFAULT_MAX_PATTERN_LENGTH // 4)
+    store.register(session.id, [VariableSpec("text", "string", "x", {"pattern": pattern})],
+                   actor="t")
+    store.set(session.id, "text", "y" * 100_000, actor="t")
+    assert store.get(session.id, "text").value == "y" * 100_000
+
+
 def test_text_that_is_not_unicode_is_refused() -> None:
     with pytest.raises(InvalidValueError, match="not valid Unicode"):
         compile_regex("a").fullmatch("\ud800")

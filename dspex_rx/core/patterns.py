@@ -47,6 +47,10 @@ def _options() -> Any:
     options = re2.Options()
     options.log_errors = False  # RE2 would print every refused pattern to stderr
     options.max_mem = REGEX_MAX_MEM
+    # Only match/no-match is ever asked. With capture on, RE2 tracks every group through
+    # its slower engines: "(.*)" * 1000 against 5,000 characters took ~11 s on the server
+    # loop; without, ~0.1 ms.
+    options.never_capture = True
     return options
 
 

@@ -3,7 +3,8 @@
 Import from here; the modules below are its parts: ``app`` (the server process),
 ``service`` (the servicer, each RPC declared once through ``rpc.Unary``), ``handlers/``
 (one module per service area), ``stream``/``subscribe``/``frames``/``fanout`` (the Session
-stream), ``encode`` (store values to wire messages) and ``cli``.
+stream), ``encode`` (store values to wire messages), ``metrics`` (Prometheus), ``audit``
+(refused-write log lines) and ``cli``.
 """
 
 from dspex_rx.server.app import EmbeddedServer, Server, serve

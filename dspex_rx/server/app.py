@@ -33,6 +33,7 @@ from dspex_rx.core.identity import Principals
 from dspex_rx.core.limits import Limits
 from dspex_rx.errors import InvalidValueError, StorageError
 from dspex_rx.logs import get_logger
+from dspex_rx.server.metrics import ServerMetrics
 from dspex_rx.server.service import VariablesService, add_service
 from dspex_rx.store import MemoryStore
 from dspex_rx.store.backend import RevisionConflict
@@ -56,6 +57,10 @@ class Server:
     construction) unless auth is ``"token"`` and TLS is configured, or ``insecure=True``.
     ``principals`` (``{"admin_*": key}``, see ``identity.Principals``) reserves session-id
     namespaces: creating a session in one needs its key. They need ``auth="token"``.
+    ``metrics`` (a ``ServerMetrics``) counts every RPC and reads the store's gauges.
+
+    The port is bound without SO_REUSEPORT: a port another process serves is refused
+    (``OSError`` naming it), never shared.
 
     Example: ``await server.start()`` binds ``Server(port=0)`` and returns the port.
     """
@@ -75,6 +80,7 @@ class Server:
         tls_key: Pem | None = None,
         insecure: bool = False,
         principals: Principals | dict[str, str] | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._credentials = server_credentials(tls_cert, tls_key)
         check_bind(host, auth, self._credentials is not None, insecure)
@@ -106,6 +112,7 @@ class Server:
         self.service = VariablesService(
             self.store, progress_interval, max_pending_events, self.limits, auth=auth
         )
+        self.metrics = metrics
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._expiry: asyncio.Task[None] | None = None
@@ -117,19 +124,34 @@ class Server:
         """
         # A replicated backend applies other replicas' writes on this loop.
         self.store.bind_loop(asyncio.get_running_loop())
-        server = grpc.aio.server(options=grpc_options(self.limits.max_message_bytes))
+        # gRPC sets SO_REUSEPORT by default, so a second server on a port in use would
+        # bind it too and the kernel would split connections between the two.
+        options = [*grpc_options(self.limits.max_message_bytes), ("grpc.so_reuseport", 0)]
+        interceptors = [self.metrics.interceptor] if self.metrics is not None else []
+        server = grpc.aio.server(options=options, interceptors=interceptors)
         add_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = f"{self.host}:{self.requested_port}"
-        if self._credentials is not None:
-            self.port = server.add_secure_port(address, self._credentials)
+        try:
+            if self._credentials is not None:
+                self.port = server.add_secure_port(address, self._credentials)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # what grpc raises for a bind that failed
+            self.port = 0
+            cause: BaseException | None = exc
         else:
-            self.port = server.add_insecure_port(address)
+            cause = None
         if self.port == 0:
-            raise OSError(f"could not bind {address}")
+            raise OSError(
+                f"cannot serve on {address}: port {self.requested_port} is in use by another "
+                "process, or the address is not this machine's"
+            ) from cause
+        if self.metrics is not None:
+            self.metrics.observe(self.service, asyncio.get_running_loop())
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):
@@ -211,19 +233,34 @@ async def serve(
     tls_key: Pem | None = None,
     insecure: bool = False,
     principals: Principals | dict[str, str] | None = None,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
     ``port_file`` receives the bound port once serving (handy with ``port=0``). ``limits``,
     ``auth``, ``tls_cert``, ``tls_key``, ``insecure`` and ``principals`` are ``Server``'s.
+    ``metrics_port`` (0: a free one) serves Prometheus metrics at
+    ``http://metrics_host:metrics_port/metrics``; a port in use raises ``OSError`` and
+    nothing is left serving.
 
     Example: ``asyncio.run(serve("127.0.0.1", 50051))`` serves until interrupted.
     """
+    metrics = ServerMetrics() if metrics_port is not None else None
     server = Server(
         host, port, store, limits=limits, auth=auth, tls_cert=tls_cert, tls_key=tls_key,
-        insecure=insecure, principals=principals,
+        insecure=insecure, principals=principals, metrics=metrics,
     )
     bound = await server.start()
+    if metrics is not None and metrics_port is not None:
+        try:
+            # Off the loop: binding and starting the HTTP thread may block briefly.
+            metrics_bound = await asyncio.to_thread(metrics.serve_http, metrics_host,
+                                                    metrics_port)
+        except OSError:
+            await server.stop(grace=0)
+            raise
+        log.info("metrics_started", host=metrics_host, port=metrics_bound, path="/metrics")
     if port_file:
         tmp = f"{port_file}.tmp"
         with open(tmp, "w") as f:
@@ -236,6 +273,8 @@ async def serve(
     await stop.wait()
     log.info("shutdown_requested")
     await server.stop()
+    if metrics is not None:
+        await asyncio.to_thread(metrics.close)
 
 
 def durable_store(data_dir: str | os.PathLike[str], limits: Limits | None = None,

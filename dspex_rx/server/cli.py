@@ -9,6 +9,10 @@ that session's token) or ``--auth none`` (tokens issued, not checked); ``--tls-c
 ``--tls-key`` serve TLS; a non-loopback ``--host`` is refused unless auth is ``token`` and
 TLS is on, or ``--insecure`` says to serve anyway. ``--principals FILE`` reserves
 session-id namespaces for principals holding a key (``identity.Principals``).
+
+Operations flags of ``serve``: ``--metrics-port`` serves Prometheus metrics
+(``metrics.ServerMetrics``), ``--log-format json|console`` picks the stderr format; a port
+outside 0..65535 is refused at parse time, one in use when binding.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sys
 from dspex_rx.core.identity import Principals
 from dspex_rx.core.limits import Limits
 from dspex_rx.errors import InvalidValueError, StorageError
-from dspex_rx.logs import configure
+from dspex_rx.logs import LOG_FORMATS, configure
 from dspex_rx.store.durable.backend import DurableBackend
 from dspex_rx.store.sqlite import SqliteBackend
 from dspex_rx.wire.security import AUTH_MODES, check_bind, server_credentials
@@ -59,6 +63,27 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def port_number(text: str) -> int:
+    """A TCP port from the command line: an integer 0..65535 (0 = pick a free one).
+
+    >>> port_number("50051")
+    50051
+    >>> port_number("99999")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 99999 is not a port: give 0..65535 (0 picks a free one)
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        # gRPC would otherwise serve on a random port and say nothing.
+        raise argparse.ArgumentTypeError(
+            f"{port} is not a port: give 0..65535 (0 picks a free one)")
+    return port
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve``, ``backup``, ``restore`` and ``export`` to the ``dspex-rx`` parser.
 
@@ -71,9 +96,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     serve_p.add_argument("--host", default="127.0.0.1",
                          help="address to bind (default 127.0.0.1; see security below)")
-    serve_p.add_argument("--port", type=int, default=50051)
+    serve_p.add_argument("--port", type=port_number, default=50051,
+                         help="TCP port to serve gRPC on, 0..65535 (default 50051; 0 picks "
+                         "a free one: see --port-file); a port in use is refused")
     serve_p.add_argument("--log-level", default="info",
                          choices=["debug", "info", "warning", "error"])
+    serve_p.add_argument("--log-format", default="console", choices=LOG_FORMATS,
+                         help="console: key=value lines (default); json: one JSON object "
+                         "a line, for log shippers")
+    serve_p.add_argument("--metrics-port", type=port_number, default=None, metavar="N",
+                         help="serve Prometheus metrics at http://HOST:N/metrics (0 picks a "
+                         "free one, logged as metrics_started); off by default")
+    serve_p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                         help="address the metrics endpoint binds (default 127.0.0.1)")
     serve_p.add_argument("--port-file", help="write the bound port here once serving "
                          "(useful with --port 0)")
     serve_p.add_argument("--log-size", type=int, default=10_000,
@@ -164,7 +199,7 @@ def _serve(args: argparse.Namespace) -> int:
     except InvalidValueError as exc:
         serve_p.error(str(exc))
 
-    configure(args.log_level)
+    configure(args.log_level, args.log_format)
     from dspex_rx.server.app import serve
     from dspex_rx.store import MemoryStore
 
@@ -203,9 +238,15 @@ def _serve(args: argparse.Namespace) -> int:
             serve(
                 args.host, args.port, port_file=args.port_file, store=store, limits=limits,
                 auth=args.auth, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                insecure=args.insecure,
+                insecure=args.insecure, metrics_host=args.metrics_host,
+                metrics_port=args.metrics_port,
             )
         )
+    except OSError as exc:
+        # A port in use (gRPC's or the metrics'), or storage that failed while serving:
+        # one line saying which, not a traceback.
+        print(f"dspex-rx serve: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         store.close()
     return 0

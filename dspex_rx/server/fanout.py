@@ -307,6 +307,26 @@ class Subscriber:
         self.pending_controls += 1
         self._wake()
 
+    @property
+    def queued(self) -> int:
+        """How many items (frames and control notes) wait to be sent.
+
+        >>> sub = Subscriber()
+        >>> sub.push_control("pong")
+        >>> sub.queued
+        1
+        """
+        return len(self._queue)
+
+    @property
+    def pending_events(self) -> int:
+        """How many change events the waiting frames hold (conflation keeps it bounded).
+
+        >>> Subscriber().pending_events
+        0
+        """
+        return self._pending_events
+
     def has_pending(self) -> bool:
         """True while anything waits to be sent.
 

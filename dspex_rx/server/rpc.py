@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from dspex_rx.core.limits import Limits, too_many
 from dspex_rx.errors import AuthenticationError, ConflictError, DspexError, InvalidValueError
 from dspex_rx.logs import get_logger
+from dspex_rx.server import audit
 from dspex_rx.server.encode import seen_variable
 from dspex_rx.store import MemoryStore, VariableRecord
 from dspex_rx.store.backend import RevisionConflict
@@ -259,16 +260,20 @@ class Unary(Generic[Req, Resp]):
     INVALID_ARGUMENT, a store error with its status and kind, a builtin error from deeper
     code INVALID_ARGUMENT, and anything else INTERNAL (logged); nothing escapes. A call
     that committed, or that may show a change not yet durable, is answered after
-    ``store.sync`` says it is durable.
+    ``store.sync`` says it is durable. With ``writes=True`` a refusal (and each item a
+    non-atomic batch refused) is logged at info as ``write_refused``.
 
     Example: ``GetVariable = Unary(variables.get_variable)`` in ``VariablesService``.
     """
 
     def __init__(
-        self, handler: Callable[[Call, Req], Resp], *, authenticated: bool = True
+        self, handler: Callable[[Call, Req], Resp], *, authenticated: bool = True,
+        writes: bool = False,
     ) -> None:
         self.handler = handler
         self.authenticated = authenticated
+        # A write RPC: a refusal is logged at info (audit.refused_write).
+        self.writes = writes
         # Named after its handler until the servicer names it after the RPC (the name
         # logs and INTERNAL answers use, and what the answer's size meter reports).
         self.name = handler.__name__
@@ -284,6 +289,7 @@ class Unary(Generic[Req, Resp]):
 
     def _method(self) -> Callable[..., Any]:
         handler, authenticated, name = self.handler, self.authenticated, self.name
+        writes = self.writes
 
         async def method(
             service: Service, request: Req, context: grpc.aio.ServicerContext
@@ -305,10 +311,10 @@ class Unary(Generic[Req, Resp]):
                     # own. A read (or an attach) waits too while anything it may show is
                     # not yet durable: an answer never shows what the disk could refuse.
                     if store.revision == before and not store.pending:
-                        return response
+                        break
                     try:
                         await store.sync(store.revision)
-                        return response
+                        break
                     except RevisionConflict as exc:
                         # Another replica moved the store on first: this call's change
                         # was undone; run it again against the new state, boundedly,
@@ -319,7 +325,12 @@ class Unary(Generic[Req, Resp]):
                                 "row; nothing of it was kept: try again"
                             ) from exc
                         await asyncio.sleep(random.uniform(0, CONFLICT_PAUSE * attempt))
+                if writes:
+                    audit.refused_results(name, request, response)
+                return response
             except DspexError as exc:
+                if writes:
+                    audit.refused_write(name, request, exc)
                 await refuse(context, exc, name)
             except (KeyError, ValueError, TypeError, PermissionError) as exc:
                 # A builtin from deeper code is still the caller's bad input, not a crash.

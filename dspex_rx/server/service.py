@@ -83,21 +83,21 @@ class VariablesService(pb_grpc.VariablesServicer):
     # Session-less: the handler shows only what the presented token or key opens.
     ListSessions = Unary(sessions.list_sessions, authenticated=False)
 
-    RegisterVariable = Unary(variables.register_variable)
-    RegisterVariables = Unary(variables.register_variables)
+    RegisterVariable = Unary(variables.register_variable, writes=True)
+    RegisterVariables = Unary(variables.register_variables, writes=True)
     GetVariable = Unary(variables.get_variable)
     GetVariables = Unary(variables.get_variables)
-    SetVariable = Unary(variables.set_variable)
-    UpdateVariables = Unary(variables.update_variables)
+    SetVariable = Unary(variables.set_variable, writes=True)
+    UpdateVariables = Unary(variables.update_variables, writes=True)
     ListVariables = Unary(variables.list_variables)
-    DeleteVariable = Unary(variables.delete_variable)
+    DeleteVariable = Unary(variables.delete_variable, writes=True)
 
-    AddDependency = Unary(dependencies.add_dependency)
-    RemoveDependency = Unary(dependencies.remove_dependency)
+    AddDependency = Unary(dependencies.add_dependency, writes=True)
+    RemoveDependency = Unary(dependencies.remove_dependency, writes=True)
     GetDependencies = Unary(dependencies.get_dependencies)
 
     GetHistory = Unary(history.get_history)
-    Rollback = Unary(history.rollback)
+    Rollback = Unary(history.rollback, writes=True)
 
     StartOptimization = Unary(optimization.start_optimization)
     OptimizationStep = Unary(optimization.optimization_step)
@@ -108,9 +108,9 @@ class VariablesService(pb_grpc.VariablesServicer):
     ReportMetrics = Unary(optimization.report_metrics)
 
     ExportVariables = Unary(exchange.export_variables)
-    ImportVariables = Unary(exchange.import_variables)
+    ImportVariables = Unary(exchange.import_variables, writes=True)
 
-    SetVariablePermissions = Unary(access.set_variable_permissions)
+    SetVariablePermissions = Unary(access.set_variable_permissions, writes=True)
     CheckVariableAccess = Unary(access.check_variable_access)
 
     # The watch stream, and its Subscribe step as a method (tests wrap it per instance).

@@ -39,7 +39,8 @@ def initialize_session(
         create=not request.must_exist,
     )
     lease = session.clients[client_id]
-    log.info("session_attached", session_id=session.id, client_id=client_id, created=created)
+    log.info("session_created" if created else "session_attached", session_id=session.id,
+             client_id=client_id, created=created)
     response = pb.InitializeSessionResponse(
         session_id=session.id,
         client_id=client_id,
@@ -79,8 +80,8 @@ def close_session(call: Call, request: pb.CloseSessionRequest) -> pb.CloseSessio
     Example: ``await stub.CloseSession(request)`` says whether the session was removed.
     """
     removed = call.store.close_session(call.session_id, request.client_id)
-    log.info("session_detached", session_id=call.session_id, client_id=request.client_id,
-             session_removed=removed)
+    log.info("session_closed" if removed else "session_detached", session_id=call.session_id,
+             client_id=request.client_id, session_removed=removed)
     return pb.CloseSessionResponse(session_removed=removed)
 
 
