@@ -173,7 +173,8 @@ def test_expected_errors_are_one_line_with_an_exit_code(sh: Shell, target: str) 
     nobody = one_error(Shell(target)("ls", check=False), "ls", 2)
     assert "pass --session ID or set DSPEX_RX_SESSION" in nobody
     refused = one_error(sh("ls", "--target", "127.0.0.1:1", check=False), "ls", 3)
-    assert "cannot reach the server at 127.0.0.1:1" in refused
+    assert "cannot connect to the dspex-rx server at '127.0.0.1:1': nothing is listening" in (
+        refused)
     scheme = one_error(sh("ls", "--target", f"http://{target}", check=False), "ls", 2)
     assert "without a scheme" in scheme
     usage = sh("rollback", "t", "one", check=False)

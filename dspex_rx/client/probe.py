@@ -12,8 +12,9 @@ import grpc
 import trio
 
 from dspex_rx.client.transport import Transport
+from dspex_rx.errors import ServerUnavailableError
 from dspex_rx.v1 import variables_pb2 as pb
-from dspex_rx.wire.channel import SERVICE_NAME, channel_target, grpc_options
+from dspex_rx.wire.channel import SERVICE_NAME, channel_target, grpc_options, unreachable_hint
 from dspex_rx.wire.convert import map_rpc_error, seconds
 from dspex_rx.wire.security import Pem, channel_credentials, principal_metadata, token_metadata
 
@@ -37,6 +38,18 @@ def session_info(info: pb.SessionInfo) -> dict[str, Any]:
         "idle_since": seconds(info.idle_since) if info.HasField("idle_since") else None,
         "expires_at": seconds(info.expires_at) if info.HasField("expires_at") else None,
     }
+
+
+def _unreachable(exc: grpc.aio.AioRpcError, target: str, tls: bool) -> BaseException:
+    # As connect() does: a server that cannot be reached is one error saying what to
+    # change, its gRPC error chained; any other status is the package's error for it.
+    code = exc.code()
+    if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return map_rpc_error(exc)
+    hint = unreachable_hint(target, exc.details() or "", tls=tls,
+                            timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
+    return ServerUnavailableError(
+        f"cannot connect to the dspex-rx server at {target!r}: {hint}", target=target)
 
 
 @asynccontextmanager
@@ -81,10 +94,10 @@ async def list_sessions(
                 pb.ListSessionsResponse, metadata=metadata,
             )
         except grpc.aio.AioRpcError as exc:
-            mapped = map_rpc_error(exc)
+            mapped = _unreachable(exc, target, tls or ca_cert is not None)
             if mapped is exc:
                 raise
-            raise mapped from None
+            raise mapped from exc
     return [session_info(info) for info in response.sessions], response.all_sessions
 
 
@@ -94,7 +107,7 @@ async def health_status(
 ) -> str:
     """The server's answer to the standard gRPC health check for ``service`` ("" is the
     whole server): ``"SERVING"``, ``"NOT_SERVING"``, ``"SERVICE_UNKNOWN"``...; a server
-    that cannot be reached raises ``grpc.aio.AioRpcError`` (UNAVAILABLE).
+    that cannot be reached raises ``ServerUnavailableError`` saying what to change.
 
     Example: ``await health_status("127.0.0.1:50051")`` is ``"SERVING"`` for a live server.
     """
@@ -109,6 +122,9 @@ async def health_status(
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return "SERVICE_UNKNOWN"
-            raise
+            mapped = _unreachable(exc, target, tls or ca_cert is not None)
+            if mapped is exc:
+                raise
+            raise mapped from exc
     name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return name

@@ -145,14 +145,16 @@ def run(args: argparse.Namespace, body: Callable[[argparse.Namespace], Awaitable
     except SessionNotFoundError as exc:
         report(command, f"{_message(exc)} (check --session / DSPEX_RX_SESSION)")
         return EXIT_REFUSED
+    except ConnectionError as exc:
+        # Before DspexError: connect()'s ServerUnavailableError is both, and says what to
+        # change (the address, TLS on one side only...).
+        report(command, _message(exc))
+        return EXIT_UNREACHABLE
     except DspexError as exc:
         report(command, _message(exc))
         return EXIT_REFUSED
     except grpc.RpcError as exc:
         report(command, _rpc_message(exc, target))
-        return EXIT_UNREACHABLE
-    except ConnectionError as exc:
-        report(command, f"cannot reach the server at {target}: {_message(exc)}")
         return EXIT_UNREACHABLE
     except (OSError, ValueError, TypeError, KeyError, PermissionError) as exc:
         report(command, _message(exc))
