@@ -2,20 +2,54 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# Two installs, each with its stamp: the demo's (runtime, plot, dspy) and the rest (tests,
+# tools, every extra). `make demo` makes only the first, `make test` both.
+DEMO_STAMP := $(VENV)/.demo-installed
 STAMP := $(VENV)/.installed
+# What the demos import: quickstart and progress_tracking only the runtime,
+# optimization_workflow matplotlib (plot), adaptive_reasoning DSPy (dspy), which brings
+# litellm (about 200 MB) with it: `import dspy` imports litellm, so the DSPy demo cannot
+# run without it. Not dev (mypy, ruff, pytest), parquet (pyarrow), torch, etcd or web.
+DEMO_EXTRAS := plot,dspy
+TEST_EXTRAS := dev,plot,parquet,dspy,torch,etcd,web
 
-.PHONY: demo test proto check-proto lint typecheck bench clean serve etcd cluster-demo
+.PHONY: demo test proto check-proto lint typecheck bench clean serve etcd chromium cluster-demo
+
+# pip, quiet but not silent: one line per package as it collects it, the last lines of
+# its log when it fails (the whole log stays in $(VENV)/pip.log). pipefail (bash) so a
+# failing pip fails the step through the filter. Everything make says goes to stderr
+# (`say`), so `make bench > results.jsonl` gets only the benchmarks' JSON lines.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+, := ,
+say = printf '%s\n' $(1) >&2
+define pip_install
+	@$(BIN)/pip install --progress-bar off $(1) 2>&1 | tee $(VENV)/pip.log \
+		| { grep --line-buffered -E '^(Collecting|Installing collected)' || true; } \
+		| sed -u -e 's/ (from .*//' -e 's/^\(.\{0,88\}\).*/    \1/' >&2 \
+		|| { tail -n 25 $(VENV)/pip.log >&2; exit 1; }
+endef
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(call say,"creating $(VENV) (a Python virtual environment, a few seconds)")
+	@$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet --upgrade pip
+$(DEMO_STAMP): $(BIN)/python pyproject.toml
+	@$(call say,"upgrading pip")
+	$(call pip_install,--upgrade pip)
+	@$(call say,"installing the demo's dependencies: runtime$(,) plot$(,) dspy (about 600 MB$(,)" \
+		"1-3 min on a fresh machine; DSPy brings litellm$(,) about 200 MB of it)")
+	$(call pip_install,-e '.[$(DEMO_EXTRAS)]')
+	@touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP) pyproject.toml
+	@$(call say,"installing the test and tool dependencies: $(TEST_EXTRAS) (about 1.2 GB$(,)" \
+		"most of it the CPU build of torch; 2-5 min on a fresh machine)")
 	# torch pinned to the CPU build: an open range would pull a CUDA build of several GB.
-	$(BIN)/pip install --quiet -e '.[dev,plot,parquet,dspy,torch,etcd,web]' 'torch==2.13.0'
-	touch $(STAMP)
+	$(call pip_install,-e '.[$(TEST_EXTRAS)]' 'torch==2.13.0')
+	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/quickstart.py
 	@echo
 	@echo "--- live watching: a worker reports progress, a second connection watches it ---"
@@ -55,7 +89,27 @@ etcd:
 		[ "$$CI" != true ] || exit 1; \
 	fi
 
-test: $(STAMP) etcd
+# Chromium for the web view's browser test (issue #16): Debian's chromium and
+# chromium-driver, installed when either is missing. Where they cannot be installed (not
+# root, no apt-get) tests/test_web_view.py skips with the reason; in CI (CI=true) that is
+# a failure, here and in the test.
+chromium:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver with apt-get (web view test, issue #16)"; \
+		if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends chromium chromium-driver; } >/tmp/dspex-chromium-install.log 2>&1; then \
+			tail -n 20 /tmp/dspex-chromium-install.log; \
+			echo "chromium did not install: the browser test will skip"; \
+			[ "$$CI" != true ] || exit 1; \
+		fi; \
+	else \
+		echo "no chromium and no way to install it (needs root and apt-get): the browser test will skip"; \
+		[ "$$CI" != true ] || exit 1; \
+	fi
+
+test: $(STAMP) etcd chromium
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q --doctest-modules dspex_rx
 	$(BIN)/ruff check dspex_rx tests examples benchmarks
@@ -67,18 +121,17 @@ proto: $(STAMP)
 	$(BIN)/python -m dspex_rx.wire._codegen
 	$(BIN)/python -m dspex_rx.etcd_v3._codegen
 
+# `make bench > results.jsonl`: stdout is the benchmarks' JSON lines and nothing else (the
+# recipe lines are not echoed; each benchmark writes its human text to stderr).
+BENCHMARKS := bench_unary bench_reactive bench_batch bench_optimizer_quality bench_optimize \
+	bench_derive_failover bench_durable bench_etcd_raw bench_replicas
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_unary.py
-	$(BIN)/python benchmarks/bench_reactive.py
-	$(BIN)/python benchmarks/bench_batch.py
-	$(BIN)/python benchmarks/bench_optimizer_quality.py
-	$(BIN)/python benchmarks/bench_optimize.py
-	$(BIN)/python benchmarks/bench_derive_failover.py
-	$(BIN)/python benchmarks/bench_durable.py
-	$(BIN)/python benchmarks/bench_etcd_raw.py
-	$(BIN)/python benchmarks/bench_replicas.py
+	@for name in $(BENCHMARKS); do \
+		$(call say,"--- benchmarks/$$name.py") && \
+		$(BIN)/python benchmarks/$$name.py $(BENCH_ARGS) || exit 1; \
+	done
 
-serve: $(STAMP)
+serve: $(DEMO_STAMP)
 	$(BIN)/dspex-rx serve
 
 clean:

@@ -20,7 +20,7 @@ Figures (one JSON line each): ``{"bench": "derive_failover", "mode": ..., "ttl":
 Run::
 
     .venv/bin/python benchmarks/bench_derive_failover.py            # about 30 s
-    .venv/bin/python benchmarks/bench_derive_failover.py --trials 3 --ttl 0.9
+    .venv/bin/python benchmarks/bench_derive_failover.py --quick    # about 3 s
 """
 
 from __future__ import annotations
@@ -91,7 +91,11 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--ttl", type=float, default=1.5,
                         help="the derivation lease's TTL in seconds")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 2 trials of a 0.6 s TTL (about 3 s)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.trials, args.ttl = 2, 0.6
     require_positive(parser, args, "trials")
     if not args.ttl > 0:
         parser.error("--ttl must be positive")

@@ -193,6 +193,26 @@ class StorageError(DspexError, OSError):
         DspexError.__init__(self, message, **details)
 
 
+class ServerUnavailableError(DspexError, ConnectionError):
+    """``connect()`` could not reach a server: nothing listens at the target, the host
+    does not resolve, TLS on one side only, a certificate not trusted, a URL given as the
+    target. The message says which and what to change; the gRPC error is its
+    ``__cause__``. A ``ConnectionError`` (an ``OSError``), so code that retries connection
+    failures retries it too. Only the first attach raises it: a session already open
+    reconnects by itself.
+
+    >>> error = ServerUnavailableError("cannot connect to 'localhost:1': nothing listens")
+    >>> isinstance(error, ConnectionError), kind_of(error)
+    (True, 'unavailable')
+    """
+
+    kind = "unavailable"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        # OSError's own constructor would read (errno, strerror) out of the arguments.
+        DspexError.__init__(self, message, **details)
+
+
 class InternalError(DspexError):
     """The server failed in a way that is not the caller's fault.
 
@@ -202,6 +222,19 @@ class InternalError(DspexError):
 
 
     kind = "internal"
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs an optional part of dspex-rx. The package is not on an
+    index, so ``pip install 'dspex-rx[x]'`` would fail; from a checkout this works.
+
+    >>> install_hint("parquet")
+    "from the dspex-rx checkout (the folder with pyproject.toml): pip install -e '.[parquet]'"
+    """
+    return (
+        "from the dspex-rx checkout (the folder with pyproject.toml): "
+        f"pip install -e '.[{extra}]'"
+    )
 
 
 _BY_KIND: dict[str, type[DspexError]] = {
@@ -219,6 +252,7 @@ _BY_KIND: dict[str, type[DspexError]] = {
         AuthenticationError,
         ResourceExhaustedError,
         StorageError,
+        ServerUnavailableError,
         InternalError,
     )
 }

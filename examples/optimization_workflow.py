@@ -94,9 +94,20 @@ class ProgressBar:
                   f"{quality:.3f}  (best {best_quality:.3f} at {best_value:.3f})",
                   file=self.stream)
 
-    def close(self) -> None:
+    def close(self, final: dict[str, Any]) -> None:
+        """End the display at the run's real last iteration: a run that converged early
+        ends a full bar at that iteration, not a bar stuck part-way to max_iterations."""
+        last, state = int(final["iteration"]), str(final["state"])
+        if state == "completed" and last:
+            self.total = last  # what the run needed is the whole of it
         if self.tty:
-            self.stream.write("\n")  # keep the bar's last state on screen
+            done = self.width * last // self.total
+            bar = "#" * done + "-" * (self.width - done)
+            # \x1b[K: clear what a longer progress line left to the right.
+            self.stream.write(f"\r  [{bar}] {last:>2}/{self.total}  {state}: "
+                              f"{final['end_reason']}\x1b[K\n")
+        else:
+            print(f"  {state} at iteration {last}: {final['end_reason']}", file=self.stream)
 
 
 async def poll_status(other: dspex_rx.SessionContext, seen: list[tuple[str, int]]) -> None:
@@ -235,7 +246,7 @@ async def main(out_dir: str | Path | None = None) -> dict[str, Any]:
             # Started after the run, not before: the first poll then cannot come too late.
             nursery.start_soon(poll_status, other, polled)
             final = await session.wait_for_optimization(TARGET)
-            bar.close()
+            bar.close(final)
 
         await session.sync()
         await derived.settled()

@@ -307,11 +307,11 @@ class SessionRun:
             try:
                 await session.initialize()
                 break
-            except grpc.aio.AioRpcError as exc:
+            except dspex_rx.ServerUnavailableError:
                 # gRPC shares one subchannel per target in a process: a new channel
                 # inherits the reconnect backoff the old clients ran into while the server
                 # was down, and fails fast until it ends.
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > guard:
+                if time.monotonic() > guard:
                     raise
                 await trio.sleep(RETRY_PAUSE)
         if create:

@@ -23,7 +23,7 @@ import trustme
 from helpers import SCRIPT, beat_until, cli_server, settle
 
 import dspex_rx
-from dspex_rx import AuthenticationError, SessionContext
+from dspex_rx import AuthenticationError, ServerUnavailableError, SessionContext
 from dspex_rx.errors import InvalidValueError, SessionNotFoundError, error_from_kind
 from dspex_rx.server import EmbeddedServer, Server
 from dspex_rx.store import MemoryStore
@@ -550,40 +550,40 @@ async def test_tls_server_name_override(
     async with dspex_rx.connect(tls_server.target, tls=True, ca_cert=tls_files["ca"],
                                 tls_server_name="dspex.test") as s:
         assert await s.ping(b"ok") == b"ok"
-    with pytest.raises(grpc.RpcError) as info:
+    with pytest.raises(ServerUnavailableError, match="does not name the host") as info:
         async with dspex_rx.connect(tls_server.target, ca_cert=tls_files["ca"],
                                     tls_server_name="elsewhere.test", timeout=10):
             pass
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert info.value.__cause__.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[union-attr]
 
 
 async def test_a_plaintext_client_cannot_talk_to_a_tls_server(
     tls_server: EmbeddedServer,
 ) -> None:
-    with pytest.raises(grpc.RpcError) as info:
+    with pytest.raises(ServerUnavailableError, match="does it serve TLS") as info:
         async with dspex_rx.connect(tls_server.target, timeout=10):
             pass
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert info.value.__cause__.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[union-attr]
 
 
 async def test_a_tls_client_trusting_another_ca_is_refused(
     tls_server: EmbeddedServer,
 ) -> None:
     stranger = trustme.CA()
-    with pytest.raises(grpc.RpcError) as info:
+    with pytest.raises(ServerUnavailableError, match="not trusted") as info:
         async with dspex_rx.connect(tls_server.target, ca_cert=stranger.cert_pem.bytes(),
                                     timeout=10):
             pass
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert info.value.__cause__.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[union-attr]
 
 
 async def test_tls_with_the_system_roots_does_not_trust_a_private_ca(
     tls_server: EmbeddedServer,
 ) -> None:
-    with pytest.raises(grpc.RpcError) as info:
+    with pytest.raises(ServerUnavailableError, match="not trusted") as info:
         async with dspex_rx.connect(tls_server.target, tls=True, timeout=10):
             pass
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert info.value.__cause__.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[union-attr]
 
 
 def test_tls_material_is_checked_at_construction(

@@ -3,6 +3,7 @@ promise; the cluster demo also stops everything it started, interrupted or not."
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -104,6 +105,36 @@ async def test_optimization_workflow_example(
     assert [line.split("/")[0].strip() for line in out.splitlines() if "/25 " in line] == [
         str(i) for i in range(1, n + 1)
     ]
+    # ...and the display ends at the run's real last iteration.
+    assert f"  completed at iteration {n}: {final['end_reason']}" in out.splitlines()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+# Guards: a run that converged early left the bar part-way ("12/25", 12 of 25 cells).
+def test_the_progress_bar_ends_full_at_the_iteration_a_converged_run_ended() -> None:
+    terminal = _Terminal()
+    bar = _load("optimization_workflow.py")["ProgressBar"](10, terminal, 10)  # type: ignore[operator]
+    for iteration in (1, 2, 3, 4):
+        bar.update(iteration, 0.1 * iteration, {"quality": 0.5 + 0.01 * iteration})
+    assert terminal.getvalue().split("\r")[-1].startswith("  [####------]  4/10  best")
+    bar.close({"iteration": 4, "state": "completed",
+               "end_reason": "converged after 4 iterations"})
+    assert terminal.getvalue().split("\r")[-1] == (
+        "  [##########]  4/4  completed: converged after 4 iterations\x1b[K\n")
+
+
+def test_the_progress_bar_of_a_stopped_run_stays_where_it_stopped() -> None:
+    terminal = _Terminal()
+    bar = _load("optimization_workflow.py")["ProgressBar"](10, terminal, 10)  # type: ignore[operator]
+    for iteration in (1, 2, 3):
+        bar.update(iteration, 0.1 * iteration, {"quality": 0.5})
+    bar.close({"iteration": 3, "state": "stopped", "end_reason": "cancelled"})
+    assert terminal.getvalue().split("\r")[-1] == (
+        "  [###-------]  3/10  stopped: cancelled\x1b[K\n")
 
 
 # The cluster demo (`make cluster-demo`, issue #15) starts etcd and three replicas of its own.

@@ -226,7 +226,8 @@ async def test_a_holder_that_dies_loses_the_lease_after_its_ttl(
     watch.cancel()
 
 
-async def test_a_closing_holder_releases_its_lease(clocked: EmbeddedServer) -> None:
+# Guards: a run cancelled under its holder (the session closing) was reported "failed".
+async def test_a_closing_holder_releases_its_lease_as_stopped(clocked: EmbeddedServer) -> None:
     async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:
         await a.register_variable("t", "float", 0.5, constraints=FLOAT)
         async with dspex_rx.connect(clocked.target, session_id=a.session_id,
@@ -235,8 +236,57 @@ async def test_a_closing_holder_releases_its_lease(clocked: EmbeddedServer) -> N
             await b.start_optimization("t", "random", {"seed": 1}, objective=gate)
             await gate.arrived(1)
         status = await a.get_optimization_status("t")
-        assert status["state"] == "failed" and "session closed" in status["end_reason"]
+        assert (status["state"], status["end_reason"]) == (
+            "stopped", "cancelled: interrupted (Ctrl-C), or its holder's session closed")
+        assert status["is_optimizing"] is False
         assert await a.set_variable("t", 1.0) > 1
+
+
+# Guards: a Ctrl-C'd optimization (KeyboardInterrupt in the program) was reported "failed".
+async def test_a_ctrl_c_during_a_run_ends_it_stopped_with_the_best_so_far_written(
+    clocked: EmbeddedServer,
+) -> None:
+    async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:
+        await a.register_variable("t", "float", 0.5, constraints=FLOAT)
+        gate = Gate()
+        with pytest.raises(KeyboardInterrupt):
+            async with dspex_rx.connect(clocked.target, session_id=a.session_id,
+                                        token=a.token) as b:
+                await b.start_optimization("t", "random", {"seed": 1}, objective=gate,
+                                           max_iterations=10)
+                await gate.arrived(1)
+                gate.release()
+                await gate.arrived(2)  # iteration 1 is evaluated, 2 is under way
+                raise KeyboardInterrupt  # what trio raises in the main task on Ctrl-C
+        status = await a.get_optimization_status("t")
+        assert status["state"] == "stopped", status
+        assert status["end_reason"] == ("cancelled: interrupted (Ctrl-C), or its holder's "
+                                        "session closed")
+        assert status["iteration"] == 1 and status["best_value"] == gate.entered[0]
+        # Stopped is not failed: the recommendation (the one evaluated value) was written.
+        assert status["final_value"] == gate.entered[0]
+        assert await a.get_variable("t", bypass_cache=True) == gate.entered[0]
+
+
+# Guards: a lease block left by Ctrl-C or cancellation was released as "failed".
+async def test_a_lease_block_left_by_cancellation_ends_stopped_and_by_an_error_failed(
+    clocked: EmbeddedServer,
+) -> None:
+    async with dspex_rx.connect(clocked.target, ttl_seconds=3600) as a:
+        await a.register_variable("t", "float", 0.5, constraints=FLOAT)
+        with trio.CancelScope() as scope:
+            async with a.optimization_lease("t", "manual") as lease:
+                await lease.write(0.2, iteration=1)
+                scope.cancel()
+                await trio.sleep_forever()
+        stopped = await a.get_optimization_status("t")
+        assert (stopped["state"], stopped["end_reason"]) == (
+            "stopped", "cancelled: interrupted (Ctrl-C), or its holder's session closed")
+        with pytest.raises(RuntimeError, match="boom"):
+            async with a.optimization_lease("t", "manual"):
+                raise RuntimeError("boom")
+        failed = await a.get_optimization_status("t")
+        assert (failed["state"], failed["end_reason"]) == ("failed", "RuntimeError: boom")
 
 
 # ------------------------------------------------------------- status and history

@@ -143,7 +143,7 @@ async def test_closing_while_a_recorded_step_is_unanswered_releases_the_lease(
             status = await b.get_optimization_status("t")
             assert status["iteration"] == 1
             assert status["is_optimizing"] is False, status
-            assert status["state"] == "failed"
+            assert status["state"] == "stopped"  # closed under the run: a cancellation
             assert await b.set_variable("t", 1.0) > 1
 
 

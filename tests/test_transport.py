@@ -122,11 +122,12 @@ async def test_cancelled_calls_leave_session_usable(session: SessionContext) -> 
     assert await session.get_variable("n") == 1000
 
 
-async def test_transport_failure_stays_a_raw_rpc_error() -> None:
-    with pytest.raises(grpc.RpcError) as info:
+# Guards: a first connection that failed surfaced gRPC's raw UNAVAILABLE traceback.
+async def test_a_first_connection_that_fails_is_one_error_with_the_grpc_cause() -> None:
+    with pytest.raises(dspex_rx.ServerUnavailableError, match="nothing is listening") as info:
         await SessionContext(target="127.0.0.1:1", timeout=5).initialize()
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert not isinstance(info.value, dspex_rx.DspexError)
+    assert isinstance(info.value.__cause__, grpc.aio.AioRpcError)
+    assert info.value.__cause__.code() == grpc.StatusCode.UNAVAILABLE
     assert not [t for t in threading.enumerate() if t.name.startswith("dspex-rx-io")]
 
 

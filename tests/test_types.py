@@ -1073,5 +1073,7 @@ async def test_as_tensor_torch_without_torch_says_what_is_missing(
     monkeypatch.setattr(codec, "_torch", lambda: None)  # as where torch is not installed
     await session.register_variable("w", "tensor", np.zeros(3, np.float32))
     with pytest.raises(ImportError, match=r"as_tensor='torch' needs PyTorch, which is not "
-                                          r"installed \(pip install torch\)"):
+                                          r"installed \(from the dspex-rx checkout .*: "
+                                          r"pip install -e '\.\[torch\]', or pip install "
+                                          r"torch\)"):
         await session.get_variable("w", as_tensor="torch")

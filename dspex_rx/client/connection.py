@@ -21,12 +21,18 @@ from dspex_rx.errors import (
     AuthenticationError,
     DspexError,
     InvalidValueError,
+    ServerUnavailableError,
     SessionNotFoundError,
 )
 from dspex_rx.logs import get_logger
 from dspex_rx.rx import TrioScheduler
 from dspex_rx.v1 import variables_pb2 as pb
-from dspex_rx.wire.channel import SERVICE_NAME, channel_target, grpc_options
+from dspex_rx.wire.channel import (
+    SERVICE_NAME,
+    channel_target,
+    grpc_options,
+    unreachable_hint,
+)
 from dspex_rx.wire.convert import map_rpc_error
 from dspex_rx.wire.security import Pem, channel_credentials, principal_metadata, token_metadata
 
@@ -254,15 +260,21 @@ class Connection:
                 channel, options, timeout=self.timeout, credentials=credentials
             )
             await self.transport.open()
-            response = await self._attach(
-                pb.InitializeSessionRequest(
-                    session_id=self._requested_session_id or "",
-                    metadata=encode_metadata("session", self._metadata),
-                    ttl_seconds=self.ttl_seconds,
-                    client_name=self.client_name,
-                    must_exist=not self._create,
+            try:
+                response = await self._attach(
+                    pb.InitializeSessionRequest(
+                        session_id=self._requested_session_id or "",
+                        metadata=encode_metadata("session", self._metadata),
+                        ttl_seconds=self.ttl_seconds,
+                        client_name=self.client_name,
+                        must_exist=not self._create,
+                    )
                 )
-            )
+            except grpc.aio.AioRpcError as exc:
+                unreachable = self._unreachable(exc)
+                if unreachable is None:
+                    raise
+                raise unreachable from exc
         except BaseException:
             await self._teardown()
             raise
@@ -277,6 +289,20 @@ class Connection:
         # Opened from asyncio: the portal's trio run must last until this session closes.
         self._portal_release = hold_current_run()
         log.debug("session_initialized", session_id=self.session_id, target=self.target)
+
+    def _unreachable(self, exc: grpc.aio.AioRpcError) -> ServerUnavailableError | None:
+        # The first attach is where a wrong address, a server that is not running or TLS
+        # on one side only shows: one error saying what to change, instead of gRPC's
+        # status dump. Later calls keep gRPC's errors: the watch hub reconnects on them.
+        code = exc.code()
+        if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return None
+        target = str(self.target)
+        hint = unreachable_hint(target, exc.details() or "", tls=self.tls,
+                                timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
+        return ServerUnavailableError(
+            f"cannot connect to the dspex-rx server at {target!r}: {hint}", target=target
+        )
 
     async def _start_services(self, ttl: float) -> None:
         # One system task owns a nursery for everything the session runs in the

@@ -72,9 +72,9 @@ class Snapshots:
         glob: bool = False,
     ) -> bytes:
         """This session's variables as a file in ``format``: ``json``, ``yaml``,
-        ``parquet`` (needs the ``parquet`` extra: ``pip install 'dspex-rx[parquet]'``) or
-        ``pickle``. Each variable keeps its type, value (arrays bit for bit: dtype, shape
-        and bytes), constraints, metadata, description, version and access rules; with
+        ``parquet`` (needs the ``parquet`` extra: ``pip install -e '.[parquet]'`` in the
+        checkout) or ``pickle``. Each variable keeps its type, value (arrays bit for bit:
+        dtype, shape and bytes), constraints, metadata, description, version and access rules; with
         ``include_history`` its retained versions, with ``include_dependencies`` (the
         default) what it depends on. ``filter_pattern`` is a regular expression (RE2)
         searched in each name, as ``re.search`` would (``r'.*model.*'`` or ``'model'``: names

@@ -10,7 +10,9 @@ from typing import Any
 
 # A lease is "running" until it ends in one of the other states, once.
 STATES = ("running", "completed", "stopped", "expired", "failed")
-FINISH_STATES = ("completed", "failed")
+# What a holder may end its own run as: "stopped" when it cancelled the run (Ctrl-C), which
+# is not a failure of the optimization.
+FINISH_STATES = ("completed", "failed", "stopped")
 
 
 @dataclass(slots=True)

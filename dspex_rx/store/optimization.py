@@ -216,7 +216,8 @@ class Optimization(History):
         metadata: Mapping[str, Any] | None = None,
     ) -> tuple[OptimizationLease, VariableRecord | None, int]:
         """End a run by its holder: record the last evaluation, write the final value and
-        release the lease, in one commit. ``state`` is ``completed`` or ``failed``.
+        release the lease, in one commit. ``state`` is ``completed``, ``failed`` or
+        ``stopped`` (the holder cancelled it).
 
         Example: ``store.finish_optimization(sid, "t", lease.id, lease.token)`` ends the run
         as completed (with ``write_final=True`` it also writes ``final_value``).

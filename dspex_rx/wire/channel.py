@@ -53,8 +53,10 @@ def channel_target(target: str) -> tuple[str, str]:
         try:
             found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise InvalidValueError(f"target {target!r}: cannot resolve {host!r} ({exc})"
-                                    ) from None
+            hint = unreachable_hint(f"{host}:{port}", "lookup", tls=False)
+            raise InvalidValueError(
+                f"target {target!r}: cannot resolve {host!r} ({exc}): {hint}"
+            ) from None
         for family, _, _, _, address in found:
             if family == socket.AF_INET:
                 v4.append(f"{address[0]}:{port}")
@@ -70,3 +72,46 @@ def _split(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise InvalidValueError(f"address {address!r} is not host:port")
     return host.strip("[]"), int(port)
+
+
+def unreachable_hint(target: str, details: str, *, tls: bool, timed_out: bool = False) -> str:
+    """One line saying why a first connection to ``target`` failed and what to change,
+    read from gRPC's error ``details`` and how the client connected (``tls``).
+
+    >>> unreachable_hint("http://localhost:50051", "errors resolving ...", tls=False)
+    "drop the 'http://' prefix: gRPC targets are host:port, e.g. 'localhost:50051'"
+    >>> unreachable_hint("localhost:1", "... Connection refused", tls=False)
+    'nothing is listening there: is the server running at localhost:1 (dspex-rx serve --port 1)?'
+    """
+    lowered = details.lower()
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https", "grpc", "grpcs"):
+        address = rest.split("/")[0] or "localhost:50051"
+        secure = scheme.lower() in ("https", "grpcs")
+        return (f"drop the '{scheme}://' prefix: gRPC targets are host:port, e.g. "
+                f"{address!r}" + (" (with tls=True for a TLS server)" if secure else ""))
+    if timed_out:
+        return ("no answer within the call's timeout: is the server running there, and "
+                "is the address reachable from here (a firewall)?")
+    if "wrong_version_number" in lowered or ("handshake" in lowered and "certificate" not in
+                                              lowered and "verif" not in lowered):
+        return ("the TLS handshake failed: does the server serve TLS? One started without "
+                "--tls-cert serves plaintext: connect without tls/ca_cert")
+    if "certificate_verify_failed" in lowered or "local issuer" in lowered:
+        return ("the server's certificate is not trusted: pass ca_cert= the CA "
+                "certificate that signed it (PEM path or bytes)")
+    if "hostname verification" in lowered or "no match found for server name" in lowered:
+        return ("the server's certificate does not name the host connected to: connect "
+                "by a name it holds, or pass tls_server_name=")
+    if not tls and ("socket closed" in lowered or "connection reset" in lowered
+                    or "end of file" in lowered):
+        return ("the server closed the connection at once: does it serve TLS "
+                "(--tls-cert)? Then pass tls=True or ca_cert='ca.pem'")
+    if "connection refused" in lowered:
+        port = target.rpartition(":")[2]
+        flag = f" --port {port}" if port.isdigit() else ""
+        return (f"nothing is listening there: is the server running at {target} "
+                f"(dspex-rx serve{flag})?")
+    if "resolv" in lowered or "domain name" in lowered or "lookup" in lowered:
+        return "its host name does not resolve: check it (targets are host:port)"
+    return "is the server running there, and does it serve TLS exactly when tls is on?"

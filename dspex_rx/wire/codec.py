@@ -26,7 +26,7 @@ from dspex_rx.core.types import (
     KeysConvertedDict,
     TorchOriginArray,
 )
-from dspex_rx.errors import InvalidValueError, VariableTypeError
+from dspex_rx.errors import InvalidValueError, VariableTypeError, install_hint
 from dspex_rx.v1 import value_pb2 as pb
 
 Value = pb.Value
@@ -280,7 +280,8 @@ def _to_torch(array: np.ndarray) -> Any:
     torch = _torch()
     if torch is None:
         raise ImportError(
-            "as_tensor='torch' needs PyTorch, which is not installed (pip install torch)"
+            "as_tensor='torch' needs PyTorch, which is not installed "
+            f"({install_hint('torch')}, or pip install torch)"
         )
     # A copy: stored arrays are read-only and shared, a tensor is writable.
     return torch.from_numpy(np.array(array.view(np.ndarray), copy=True))

@@ -14,6 +14,7 @@ import numpy as np
 from dspex_rx.client.exchange.document import PARQUET_HEADER_KEY, ExportFormatError, Untag
 from dspex_rx.client.exchange.tagged import _array, _native, _tag, _untag
 from dspex_rx.client.exchange.versions import _format_version, _kind
+from dspex_rx.errors import install_hint
 from dspex_rx.wire import codec
 
 
@@ -24,7 +25,7 @@ def _pyarrow() -> tuple[Any, Any]:
     except ImportError as exc:
         raise ImportError(
             "format 'parquet' needs pyarrow, an optional dependency of dspex-rx: "
-            "pip install 'dspex-rx[parquet]'"
+            f"{install_hint('parquet')}"
         ) from exc
     return pyarrow, pyarrow.parquet
 

@@ -23,10 +23,12 @@ from dspex_rx.client.optimization.optimizers import (
 )
 from dspex_rx.client.optimization.run import OptimizationRun
 from dspex_rx.client.optimization.status import (
+    INTERRUPTED,
     as_objective,
     check_metric,
     check_mode,
     end_reason,
+    interrupted,
     status_from_pb,
 )
 from dspex_rx.errors import DspexError, InvalidValueError, VariableTypeError, error_from_kind
@@ -217,11 +219,12 @@ class Optimizations:
         by another library (a DSPy optimizer): inside the block nobody else can write the
         variable, ``lease.write`` writes under the fencing token, ``lease.record`` adds
         evaluations to the optimization history, and the lease is renewed in the
-        background. Leaving the block releases it (``completed``, or ``failed`` with the
-        exception); ``await lease.finish(value, write_final=True)`` inside it ends the
-        run with a final value. A stop from elsewhere makes the next write raise
-        ``OptimizationLockedError``. ``optimizer_config['metric']``/``['mode']`` tell
-        ``record`` how to read a metrics dict.
+        background. Leaving the block releases it (``completed``, ``failed`` with the
+        exception, or ``stopped`` when cancelled: Ctrl-C); ``await lease.finish(value,
+        write_final=True)`` inside it ends the run with a final value. A stop from
+        elsewhere makes the next write raise ``OptimizationLockedError``.
+        ``optimizer_config['metric']``/``['mode']`` tell ``record`` how to read a metrics
+        dict.
 
         Example: ``session.optimization_lease("temperature", "my_sweep")`` is the
         ``async with`` block in which ``await lease.write(0.2, iteration=1)`` and
@@ -244,9 +247,14 @@ class Optimizations:
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 if not lease.released and lease.revoked is None:
+                    # Cancelled (Ctrl-C): stopped by its holder, not a failure.
+                    stopped = interrupted(exc)
                     try:
-                        await lease.finish(state="failed",
-                                           reason=end_reason(f"{type(exc).__name__}: {exc}"))
+                        await lease.finish(
+                            state="stopped" if stopped else "failed",
+                            reason=INTERRUPTED if stopped
+                            else end_reason(f"{type(exc).__name__}: {exc}"),
+                        )
                     except Exception as again:
                         log.warning("optimization_release_failed", variable=variable,
                                     error=str(again))

@@ -198,7 +198,7 @@ class HeldLease:
     ) -> None:
         """Release the lease: record ``evaluation``, write ``final_value`` (with
         ``write_final``, its commit carrying ``metadata`` too) and end the run as
-        ``completed`` or ``failed``, in one commit.
+        ``completed``, ``failed`` or ``stopped`` (cancelled by its holder), in one commit.
         A lease already taken away raises ``OptimizationLockedError``.
 
         Example: ``await lease.finish(0.4, write_final=True, reason="done")`` releases it.

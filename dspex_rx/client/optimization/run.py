@@ -19,7 +19,7 @@ from dspex_rx.client.aio import is_async_callable
 from dspex_rx.client.core import SessionCore
 from dspex_rx.client.optimization.lease import Evaluation, HeldLease, Proposal, Revoked
 from dspex_rx.client.optimization.optimizers import BaseOptimizer, SearchSpace, is_builtin
-from dspex_rx.client.optimization.status import Objective, end_reason
+from dspex_rx.client.optimization.status import INTERRUPTED, Objective, end_reason
 from dspex_rx.core.metrics import score_of
 from dspex_rx.errors import (
     DspexError,
@@ -139,11 +139,11 @@ class OptimizationRun:
                         self._pending, "failed", f"{type(error).__name__}: {error}"
                     )
         finally:
-            if not ended:  # cancelled: the session is closing under the run
+            if not ended:
+                # Cancelled (Ctrl-C, the session closing under the run): the user stopped
+                # it, the optimization did not fail; the best so far is still written.
                 with trio.CancelScope(shield=True):
-                    await self._finish_quietly(
-                        self._pending, "failed", "cancelled: the holder's session closed"
-                    )
+                    await self._finish_quietly(self._pending, "stopped", INTERRUPTED)
             self.elapsed = time.perf_counter() - started
             self.core.add_optimization_time(self.variable, self.elapsed)
             self.finished.set()

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import trio
+
 from dspex_rx.errors import InvalidValueError
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire import codec
@@ -139,6 +141,22 @@ def end_reason(text: str) -> str:
     """
     text = text.encode("utf-8", "replace").decode("utf-8")
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+INTERRUPTED = "cancelled: interrupted (Ctrl-C), or its holder's session closed"
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation (``trio.Cancelled``, ``KeyboardInterrupt``, or a
+    group of only those) rather than a failure: a run ended by it is ``stopped``.
+
+    >>> interrupted(KeyboardInterrupt()), interrupted(ValueError("bad"))
+    (True, False)
+    """
+    kinds = (KeyboardInterrupt, trio.Cancelled)
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(kinds)[1] is None
+    return isinstance(exc, kinds)
 
 
 def as_objective(objective: Any, name: str) -> Objective | None:

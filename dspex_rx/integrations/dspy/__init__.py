@@ -6,12 +6,14 @@ Modules: ``bridge`` (DSPyOptimizationBridge), ``optimizer`` (VariableAwareOptimi
 ``helpers``. Imported only when DSPy is installed; ``import dspex_rx`` never imports it.
 """
 
+from dspex_rx.errors import install_hint
+
 # Checked here, before any module of the package imports DSPy, so the error says what to do.
 try:
     import dspy  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
-        "dspex_rx.dspy needs DSPy: pip install 'dspex-rx[dspy]' (dspy>=3.4,<3.5)"
+        f"dspex_rx.dspy needs DSPy (dspy>=3.4,<3.5): {install_hint('dspy')}"
     ) from exc
 
 from dspex_rx.integrations.dspy.bridge import DSPyOptimizationBridge
