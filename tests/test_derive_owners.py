@@ -464,6 +464,24 @@ async def test_a_client_deriving_another_function_of_the_variable_is_refused(
     assert (await a.derivation_status("d"))["standbys"] == []
 
 
+# Guards: a client deriving a variable twice ran two tasks under its one lease.
+async def test_one_client_derives_a_variable_once_until_it_cancels(
+    pair: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    a, _ = pair
+    first = await a.derive("d", ["x"], triple)
+    with pytest.raises(AlreadyExistsError, match="'d' is already derived by this client"):
+        await a.derive("d", ["x"], triple)
+    assert [t.name for t in a._nursery.child_tasks  # type: ignore[union-attr]
+            if "dspex-rx-derive" in t.name] == ["dspex-rx-derive[d]"]
+    first.cancel()
+    await until(lambda: first.ended, "the first task ended")
+    again = await a.derive("d", ["x"], triple)  # it went stale; this client owns it again
+    assert again.role == "owner"
+    assert (await a.derivation_status("d"))["stale"] is False
+
+
 def test_derivation_status_is_answered_to_asyncio_callers_too(served: EmbeddedServer) -> None:
     async def main() -> dict[str, Any]:
         async with dspex_rx.connect(served.target) as s:

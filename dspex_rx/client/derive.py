@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,11 @@ log = get_logger("dspex_rx.derive")
 
 # A lease answer as the client keeps it: (role, fencing token, ttl seconds).
 _Lease = tuple[str, int, float]
+# Each connection's Derived handles by variable id: a second derive() of a variable this
+# client already keeps would run two tasks under one lease.
+_KEPT: weakref.WeakKeyDictionary[SessionCore, dict[str, Derived]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def lease_call(
@@ -342,6 +348,12 @@ async def derive(
     nursery = core.nursery()  # RuntimeError: the session is not initialized
     current = await session.get_variables(list(inputs), include_metadata=True)
     input_values = [current[ref]["value"] for ref in inputs]
+    kept = _KEPT.setdefault(core, {})
+    if any(not d.ended and name in (d.name, d.var_id) for d in kept.values()):
+        raise AlreadyExistsError(
+            f"variable {name!r} is already derived by this client: cancel() its Derived "
+            "before deriving it again"
+        )
     registered = False
     try:
         answer = await lease_call(core, name, "claim", inputs, ttl)
@@ -374,6 +386,7 @@ async def derive(
     lease = (answer.role, answer.fencing_token, answer.status.ttl_seconds)
     derived = Derived(session, name, inputs, fn, last, initial, var_id, derived_inputs,
                       lease, core)
+    kept[var_id] = derived
     # Subscribed before it returns: a ``sync()`` after it covers its inputs' first values.
     await nursery.start(derived.run, name=f"dspex-rx-derive[{name}]")
     return derived
