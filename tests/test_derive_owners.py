@@ -164,6 +164,25 @@ def test_no_standby_marks_the_variable_stale_in_a_commit_and_a_new_owner_clears_
     store.check_accounts()
 
 
+# Guards: the scan for lapses, skipped until the earliest known expiry, must still see a
+# shorter lease claimed after it was computed.
+def test_a_short_lease_claimed_after_a_long_one_still_lapses_on_time() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock, lease_ttl=TTL)
+    one, _, _ = three_clients(store)
+    store.claim_derivation("s", "d", ["a", "b"], client_id=one, ttl=60.0)
+    clock.now += 1.0
+    store.expire()  # a scan: nothing lapses before 60 s from now
+    store.register("s", [VariableSpec("e", "float", 0.0, metadata={"derived_from": ["a"]})],
+                   actor="s")
+    short, _, _ = store.claim_derivation("s", "e", ["a"], client_id=one, ttl=1.0)
+    clock.now += 1.5
+    store.set("s", "a", 2.0, actor="s")  # any write sees lapses first
+    assert (short.owned, short.stale) == (False, True)
+    assert store.get("s", "e").metadata["stale"] is True
+    assert store.session("s").derivations[store.get("s", "d").id].owned  # 60 s: still held
+
+
 def test_a_closing_owner_hands_over_at_once_and_a_deleted_variable_drops_its_lease() -> None:
     store = MemoryStore(clock=Clock(), lease_ttl=TTL)
     one, two, _ = three_clients(store)

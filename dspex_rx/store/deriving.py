@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 from dspex_rx.core.limits import measure_map, too_many
 from dspex_rx.errors import (
@@ -44,6 +45,16 @@ class Deriving(Committer):
     >>> role, derivation.owner_client == client_id
     ('owner', True)
     """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # The earliest moment a derivation lease of each session can lapse (no entry: not
+        # known, scan). Every write checks for lapses; before that moment it skips the
+        # scan, which costs a step per derived variable. A renewal only moves a lease's
+        # expiry later, so the bound stays true; a new expiry lowers it (``_due``).
+        self._derive_due: dict[str, float] = {}
+        self._backend.on_reload(self._derive_due.clear)
+        self._backend.on_replicated(lambda changed, gone: self._derive_due.clear())
 
     def claim_derivation(
         self,
@@ -127,6 +138,7 @@ class Deriving(Committer):
             else:
                 standby.expires_at = now + derivation.ttl
             role = "standby"
+        self._due(session.id, now + derivation.ttl)
         self._backend.touch(session.id, record.id)
         return derivation, role, revision
 
@@ -252,6 +264,9 @@ class Deriving(Committer):
         if not session.derivations:
             return
         now = self._clock()
+        due = self._derive_due.get(session.id)
+        if due is not None and now <= due:
+            return  # nothing can have lapsed yet
         for derivation in list(session.derivations.values()):
             live = [s for s in derivation.standbys if now <= s.expires_at]
             if len(live) != len(derivation.standbys):
@@ -263,6 +278,17 @@ class Deriving(Committer):
                     f"the lease lapsed: no renewal from {derivation.owner_client} within "
                     f"{derivation.ttl:g} s",
                 )
+        self._derive_due[session.id] = min(
+            (e for d in session.derivations.values()
+             for e in ([d.expires_at] if d.owned else []) + [s.expires_at for s in d.standbys]),
+            default=math.inf,
+        )
+
+    def _due(self, session_id: str, when: float) -> None:
+        # A lease of the session now expires at ``when``: the next scan is due by then.
+        due = self._derive_due.get(session_id)
+        if due is not None and when < due:
+            self._derive_due[session_id] = when
 
     def _hand_over(self, session: Session, derivation: Derivation, why: str) -> int:
         # The owner's lease ended: the first live standby takes it under a new token, or
@@ -277,6 +303,7 @@ class Deriving(Committer):
         if live:
             heir = live[0]
             derivation.take(heir.session, heir.client, self._derivation_token(derivation), now)
+            self._due(session.id, derivation.expires_at)
             log.info("derivation_owner", session_id=session.id, variable=record.name,
                      client_id=heir.client, took_over=True, reason=why)
             return 0
@@ -370,6 +397,7 @@ class Deriving(Committer):
         # A restart: every owner and standby gets a fresh window, as attached clients do
         # (the time the server was down does not count); tokens stay, so one owner stays.
         now = self._clock()
+        self._derive_due.clear()
         for session in self._sessions.values():
             for derivation in session.derivations.values():
                 if derivation.owned:
