@@ -511,7 +511,7 @@ def test_derivation_status_is_answered_to_asyncio_callers_too(served: EmbeddedSe
     assert (status["derived"], status["owner"], status["standbys"]) == (False, None, [])
 
 
-async def test_the_servers_own_sweep_hands_over_a_lapsed_owner_and_marks_stale(
+async def test_the_servers_own_sweep_lapses_an_owner_and_marks_the_variable_stale(
     clock: FakeClock, mock_clock: trio.testing.MockClock,
 ) -> None:
     # No call sees the lapse: only the server's expiry loop (every 10 ms of real time)
