@@ -24,7 +24,7 @@ from dspex_rx.client.cache import VariableCache
 from dspex_rx.client.connection import Connection, M
 from dspex_rx.client.core import Forwarded, SessionCore
 from dspex_rx.client.dependencies import Dependencies
-from dspex_rx.client.derive import Derived, derive
+from dspex_rx.client.derive import Derived, derivation_status, derive
 from dspex_rx.client.encoding import MISSING
 from dspex_rx.client.history import History
 from dspex_rx.client.optimization.control import Optimizations
@@ -501,17 +501,28 @@ class SessionContext(OptimizationCalls):
     async def derive(
         self, name: str, inputs: Sequence[str], fn: Callable[..., Any], type: str | None = None,
         constraints: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
-        description: str = "",
+        description: str = "", *, ttl: float = 0.0,
     ) -> Derived:
-        """Register ``name`` as a computed variable ``fn(*input_values)``, recomputed by this
-        session, glitch-free, when its inputs change; returns a ``Derived`` handle.
+        """Register ``name`` as a computed variable ``fn(*input_values)``, recomputed,
+        glitch-free, when its inputs change, by the owner of its derivation lease (``ttl``
+        seconds, renewed; 0: the server's default); a client deriving it from the same
+        inputs later stands by and takes over if the owner dies. Returns a ``Derived``.
 
         Example: ``await session.derive("effective_temperature", ["base_temperature",
         "style_modifier"], lambda base, style: base * style)`` returns the ``Derived``.
         """
         return await derive(
-            self, self._core, name, inputs, fn, type, constraints, metadata, description
+            self, self._core, name, inputs, fn, type, constraints, metadata, description, ttl
         )
+
+    async def derivation_status(self, name: str) -> dict[str, Any]:
+        """Who keeps a derived variable: ``owner`` (client id; None when none),
+        ``standbys``, ``last_computed_revision``, ``stale``, ``ttl``, ``expires_at``,
+        ``inputs`` and this client's ``role`` (see ``dspex_rx.client.derive``).
+
+        Example: ``(await session.derivation_status("effective_temperature"))["owner"]``.
+        """
+        return await derivation_status(self._core, name)
 
     async def sync(self) -> int:
         """Wait until every change committed before this call has reached this client's

@@ -15,6 +15,7 @@ from dspex_rx.server.fanout import Subscriber
 from dspex_rx.server.handlers import (
     access,
     dependencies,
+    derivation,
     exchange,
     history,
     optimization,
@@ -106,6 +107,8 @@ class VariablesService(pb_grpc.VariablesServicer):
     GetOptimizationStatus = Unary(optimization.get_optimization_status)
     GetOptimizationHistory = Unary(optimization.get_optimization_history)
     ReportMetrics = Unary(optimization.report_metrics)
+
+    DeriveLease = Unary(derivation.derive_lease)
 
     ExportVariables = Unary(exchange.export_variables)
     ImportVariables = Unary(exchange.import_variables, writes=True)
