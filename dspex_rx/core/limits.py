@@ -109,6 +109,38 @@ class Limits:
         4096 * MiB, "memory budget of the whole server, counted like max_session_bytes"
     )
 
+    max_session_ttl: int = _limit(
+        3600,
+        "longest client TTL a session may ask for, in seconds (how long a client that "
+        "stops heartbeating stays attached); a longer ask is granted this, and the answer "
+        "says so",
+    )
+    max_sessions_per_peer: int = _limit(
+        1000,
+        "most sessions one peer address (an IPv6 /64) may have created that still have a "
+        "client attached; past it InitializeSession creating one is RESOURCE_EXHAUSTED",
+    )
+    inits_per_minute_per_peer: int = _limit(
+        3000,
+        "InitializeSession calls one peer address may make per minute (a token bucket: "
+        "bursts up to this many, refilled evenly over the minute); past it "
+        "RESOURCE_EXHAUSTED with a retry-after",
+    )
+    inits_per_minute_per_session: int = _limit(
+        120, "InitializeSession calls naming one session id per minute (a token bucket)"
+    )
+    auth_failures_per_minute_per_peer: int = _limit(
+        120,
+        "failed authentications (a missing or wrong token, a wrong principal key) one "
+        "peer address may make per minute (a token bucket); with none left, every call "
+        "from it that needs authentication is RESOURCE_EXHAUSTED until one refills",
+    )
+    auth_failures_per_minute_per_session: int = _limit(
+        30,
+        "failed authentications naming one session id per minute (a token bucket); with "
+        "none left, InitializeSession for that id is RESOURCE_EXHAUSTED until one refills",
+    )
+
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)

@@ -22,10 +22,16 @@ from dspex_rx.errors import AuthenticationError, ConflictError, DspexError, Inva
 from dspex_rx.logs import get_logger
 from dspex_rx.server import audit
 from dspex_rx.server.encode import seen_variable
+from dspex_rx.server.ratelimit import Guard
 from dspex_rx.store import MemoryStore, VariableRecord
 from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.v1 import variables_pb2 as pb
-from dspex_rx.wire.convert import ERROR_DETAIL_PREFIX, ERROR_KIND_KEY, STATUS_BY_KIND
+from dspex_rx.wire.convert import (
+    ERROR_DETAIL_PREFIX,
+    ERROR_KIND_KEY,
+    RETRY_AFTER_KEY,
+    STATUS_BY_KIND,
+)
 from dspex_rx.wire.security import SESSION_TOKEN_KEY
 
 log = get_logger("dspex_rx.server")
@@ -47,7 +53,8 @@ Resp = TypeVar("Resp")
 
 
 class Service(Protocol):
-    """What handlers use of the servicer (``VariablesService``): its store, limits, auth.
+    """What handlers use of the servicer (``VariablesService``): its store, limits, auth
+    and rate limits (``guard``).
 
     Example: ``service.authenticate(request.session_id, context)`` raises or returns.
     """
@@ -55,6 +62,7 @@ class Service(Protocol):
     store: MemoryStore
     limits: Limits
     auth: str
+    guard: Guard
 
     def authenticate(self, session_id: str, context: grpc.aio.ServicerContext) -> None:
         """Raise unless the call carries ``session_id``'s token.
@@ -84,6 +92,8 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: DspexError) -> None
         (ERROR_DETAIL_PREFIX + key.replace("_", "-"), clip(str(value), MAX_ERROR_DETAIL))
         for key, value in exc.details.items()
     ]
+    if "retry_after" in exc.details:
+        metadata.append((RETRY_AFTER_KEY, str(exc.details["retry_after"])))
     context.set_trailing_metadata(tuple(metadata))
     await context.abort(STATUS_BY_KIND[exc.kind], clip(str(exc), MAX_ERROR_MESSAGE))
 

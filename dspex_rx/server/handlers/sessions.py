@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
-from dspex_rx.errors import AuthenticationError
+from dspex_rx.errors import AuthenticationError, SessionNotFoundError
 from dspex_rx.logs import get_logger
+from dspex_rx.server.ratelimit import peer_address
 from dspex_rx.server.rpc import Call, presented, presented_token
+from dspex_rx.store import MemoryStore
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire import codec
 from dspex_rx.wire.convert import timestamp
@@ -22,22 +25,38 @@ def initialize_session(
 ) -> pb.InitializeSessionResponse:
     """``InitializeSession``: create a session, or attach to one (the store checks the
     token an attacher presents); the token goes only to who made it or proved it.
-    ``must_exist`` only attaches: no live session of the id is ``NOT_FOUND``.
+    ``must_exist`` only attaches: no live session of the id is ``NOT_FOUND``. Rate
+    limited per peer and per session id (``ratelimit.Guard``): over a limit it is
+    RESOURCE_EXHAUSTED with a retry-after, and so is creating a session from a peer with
+    ``max_sessions_per_peer`` sessions attached.
 
     Example: ``await stub.InitializeSession(request)`` answers the session's id and token.
     """
-    store, auth = call.store, call.service.auth
+    store, auth, guard = call.store, call.service.auth, call.service.guard
     given = presented_token(call.context)
-    session, client_id, created = store.initialize_session(
-        request.session_id or None,
-        codec.decode_map(request.metadata),
-        request.ttl_seconds or None,
-        request.client_name,
-        token=given,
-        require_token=auth == "token",
-        principal_key=presented(call.context, PRINCIPAL_KEY_KEY),
-        create=not request.must_exist,
-    )
+    # Rate limits first (ratelimit.py): a refused call changes nothing, and a caller out
+    # of failed authentications learns nothing from its credentials.
+    peer = peer_address(call.context.peer())
+    guard.admit_init(peer, request.session_id)
+    attached = _attached(store)
+    if not request.must_exist and not _exists(store, request.session_id):
+        guard.check_sessions(peer, attached)
+    try:
+        session, client_id, created = store.initialize_session(
+            request.session_id or None,
+            codec.decode_map(request.metadata),
+            request.ttl_seconds or None,
+            request.client_name,
+            token=given,
+            require_token=auth == "token",
+            principal_key=presented(call.context, PRINCIPAL_KEY_KEY),
+            create=not request.must_exist,
+        )
+    except AuthenticationError:
+        guard.failed(peer, request.session_id)
+        raise
+    if created:
+        guard.made(peer, session.id, session.incarnation, attached)
     lease = session.clients[client_id]
     log.info("session_created" if created else "session_attached", session_id=session.id,
              client_id=client_id, created=created)
@@ -60,6 +79,29 @@ def initialize_session(
     if proven:
         response.session_token = session.token
     return response
+
+
+def _exists(store: MemoryStore, session_id: str) -> bool:
+    # Whether the call would attach to a live session rather than create one.
+    if not session_id:
+        return False
+    try:
+        store.session(session_id)
+    except SessionNotFoundError:
+        return False
+    return True
+
+
+def _attached(store: MemoryStore) -> Callable[[str, int], bool]:
+    # Whether that incarnation of a session id is live with a client attached.
+    def attached(session_id: str, incarnation: int) -> bool:
+        try:
+            session = store.session(session_id)
+        except SessionNotFoundError:
+            return False
+        return bool(session.clients) and incarnation == session.incarnation
+
+    return attached
 
 
 def heartbeat(call: Call, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
