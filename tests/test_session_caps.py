@@ -70,8 +70,8 @@ def test_at_max_sessions_the_longest_idle_session_gives_way_to_a_new_one() -> No
     _, _, created = store.initialize_session("e")
     assert created and sorted(store.session_ids()) == ["c", "d", "e"]
     # Every session has a client now: nothing gives way, and nothing changes.
-    with pytest.raises(ResourceExhaustedError, match="each with a client attached, above "
-                       "the max_sessions limit of 3"):
+    with pytest.raises(ResourceExhaustedError, match="holds 3 sessions, above the "
+                       "max_sessions limit of 3"):
         store.initialize_session("f")
     assert sorted(store.session_ids()) == ["c", "d", "e"]
     store.check_accounts()

@@ -12,7 +12,6 @@ from google.protobuf.message_factory import GetMessageClass
 from dspex_rx.core.limits import Limits
 from dspex_rx.errors import AuthenticationError, InvalidValueError
 from dspex_rx.server.fanout import Subscriber
-from dspex_rx.server.ratelimit import Guard, peer_address
 from dspex_rx.server.handlers import (
     access,
     dependencies,
@@ -22,6 +21,7 @@ from dspex_rx.server.handlers import (
     sessions,
     variables,
 )
+from dspex_rx.server.ratelimit import Guard, peer_address
 from dspex_rx.server.rpc import Unary, parse_request, presented_token
 from dspex_rx.server.stream import session
 from dspex_rx.server.subscribe import subscribe

@@ -113,9 +113,8 @@ class Sessions(Leasing):
             clean, size = self._clean_metadata(session_id, metadata, "session metadata")
             if len(self._sessions) >= limits.max_sessions and not self._evict_idle():
                 raise too_many(
-                    f"the server already holds {len(self._sessions)} sessions, each with "
-                    "a client attached", len(self._sessions) + 1, "max_sessions",
-                    limits.max_sessions,
+                    f"the server already holds {len(self._sessions)} sessions",
+                    len(self._sessions) + 1, "max_sessions", limits.max_sessions,
                 )
             session = Session(
                 session_id, clean, now, metadata_size=size,
