@@ -17,6 +17,7 @@ from peers import from_peer, initialize, raw
 
 import dspex_rx
 from dspex_rx import Limits, RateLimitedError
+from dspex_rx.client.watch_hub import _retryable
 from dspex_rx.errors import ResourceExhaustedError
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.server.ratelimit import MAX_KEYS, Buckets, Guard, peer_address
@@ -299,3 +300,8 @@ def test_resource_exhausted_without_retry_after_stays_a_plain_limit() -> None:
     error = convert(_aio_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                (("dspex-error-kind", "resource_exhausted"),)))
     assert type(error) is ResourceExhaustedError
+
+
+def test_a_rate_limited_watch_stream_is_retried_while_other_limits_end_it() -> None:
+    assert _retryable(RateLimitedError("slow down", retry_after="1.5"))
+    assert not _retryable(ResourceExhaustedError("too many subscriptions"))

@@ -10,7 +10,10 @@ with a message naming the limit and the value that broke it:
   the server's state;
 - limits on what the server holds (sessions, variables, streams, subscriptions, the
   session's memory budget) raise ``ResourceExhaustedError`` (RESOURCE_EXHAUSTED), as
-  does gRPC itself for a message above ``max_message_bytes``.
+  does gRPC itself for a message above ``max_message_bytes``;
+- rate limits (the ``*_per_minute_*`` fields) are token buckets the server keeps per peer
+  address and per session id (``server/ratelimit.py``): over one, ``RateLimitedError``
+  (RESOURCE_EXHAUSTED, with a retry-after). Like every limit they have no "off" value.
 
 ``measure_value`` and ``measure_map`` compute the exact encoded size of a plain value
 (as ``codec`` would send it, without gRPC) while checking depth, collection items and

@@ -18,7 +18,13 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from dspex_rx.core.limits import Limits, too_many
-from dspex_rx.errors import AuthenticationError, ConflictError, DspexError, InvalidValueError
+from dspex_rx.errors import (
+    AuthenticationError,
+    ConflictError,
+    DspexError,
+    InvalidValueError,
+    RateLimitedError,
+)
 from dspex_rx.logs import get_logger
 from dspex_rx.server import audit
 from dspex_rx.server.encode import seen_variable
@@ -99,12 +105,16 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: DspexError) -> None
 
 
 async def refuse(context: grpc.aio.ServicerContext, exc: DspexError, method: str) -> None:
-    """Abort a refused call; one that failed authentication is logged, with its peer.
+    """Abort a refused call; one that failed authentication (warning) or met a rate limit
+    (info) is logged, with its peer.
 
     Example: ``await refuse(context, exc, "GetVariable")`` ends the call with ``exc``.
     """
     if isinstance(exc, AuthenticationError):
         log.warning("unauthenticated", method=method, peer=context.peer(), error=str(exc))
+    elif isinstance(exc, RateLimitedError):
+        log.info("rate_limited", method=method, peer=context.peer(),
+                 limit=exc.details.get("limit"), retry_after=exc.details.get("retry_after"))
     await abort_with(context, exc)
 
 

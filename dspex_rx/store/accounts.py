@@ -338,6 +338,8 @@ class Accounts:
         assert (self.used_bytes, self.pinned_bytes) == (used, pinned), (
             (self.used_bytes, self.pinned_bytes), (used, pinned)
         )
+        ids = [sid for sid, _ in self.retired.items()]
+        assert self.retired.id_chars == sum(map(len, ids)), (self.retired.id_chars, ids)
 
     def records_cost(
         self, session: Session, records: Sequence[VariableRecord], metadata_size: int = 0
