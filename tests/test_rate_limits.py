@@ -305,3 +305,34 @@ def test_resource_exhausted_without_retry_after_stays_a_plain_limit() -> None:
 def test_a_rate_limited_watch_stream_is_retried_while_other_limits_end_it() -> None:
     assert _retryable(RateLimitedError("slow down", retry_after="1.5"))
     assert not _retryable(ResourceExhaustedError("too many subscriptions"))
+
+
+async def test_list_sessions_with_wrong_principal_keys_is_rate_limited_like_a_login() -> None:
+    # ListSessions answers which key opens a namespace: without a limit it would be an
+    # unbounded oracle for principal keys.
+    limits = Limits(auth_failures_per_minute_per_peer=2)
+    with EmbeddedServer(limits=limits, principals={"admin_*": ADMIN_KEY}) as server:
+        now = Now()
+        _guarded(server, now)
+        right = ((PRINCIPAL_KEY_KEY, ADMIN_KEY),)
+        assert _codes(await initialize(server.target, 1, session_id="admin_x",
+                                       metadata=right)) == ["ok"]
+
+        async def listing(key: str) -> str | list[str]:
+            async def call(stub: object) -> str | list[str]:
+                try:
+                    answer = await stub.ListSessions(  # type: ignore[attr-defined]
+                        pb.ListSessionsRequest(), metadata=((PRINCIPAL_KEY_KEY, key),))
+                except grpc.aio.AioRpcError as exc:
+                    return str(exc.code().name)
+                return [s.session_id for s in answer.sessions]
+
+            result: str | list[str] = await raw(server.target, call)
+            return result
+
+        assert await listing(ADMIN_KEY) == ["admin_x"]  # a right key spends nothing
+        wrong = [await listing(f"guess-{i}-0123456789abcdef") for i in range(3)]
+        assert wrong == [[], [], "RESOURCE_EXHAUSTED"]
+        assert await listing(ADMIN_KEY) == "RESOURCE_EXHAUSTED"
+        now.now += 30  # one failure refilled (2 a minute)
+        assert await listing(ADMIN_KEY) == ["admin_x"]

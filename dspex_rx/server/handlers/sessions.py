@@ -130,17 +130,30 @@ def close_session(call: Call, request: pb.CloseSessionRequest) -> pb.CloseSessio
 def list_sessions(call: Call, request: pb.ListSessionsRequest) -> pb.ListSessionsResponse:
     """``ListSessions``: the sessions the caller may see (``store.visible_sessions``): its
     own when it presents the session's token, those in namespaces whose principal key it
-    presents; every session when the server checks no tokens (``auth="none"``).
+    presents; every session when the server checks no tokens (``auth="none"``). A wrong
+    token or a key that opens no namespace counts as a failed authentication
+    (``ratelimit.Guard``).
 
     Example: ``await stub.ListSessions(request, metadata=token_metadata(token))`` lists
     the caller's session.
     """
-    store = call.store
+    store, guard = call.store, call.service.guard
     everything = call.service.auth == "none"
-    found = store.visible_sessions(
-        request.session_id, presented_token(call.context),
-        presented(call.context, PRINCIPAL_KEY_KEY), everything=everything,
-    )
+    key = presented(call.context, PRINCIPAL_KEY_KEY)
+    peer = peer_address(call.context.peer())
+    if not everything and (request.session_id or key):
+        # The answer says whether a token or key is right, so it is rate limited like
+        # any authentication; a key that opens no namespace is a failed one.
+        guard.admit_auth(peer)
+        if key and not any(ns.key_matches(key) for ns in store.principals.namespaces):
+            guard.failed(peer)
+    try:
+        found = store.visible_sessions(
+            request.session_id, presented_token(call.context), key, everything=everything,
+        )
+    except AuthenticationError:
+        guard.failed(peer, request.session_id)
+        raise
     response = pb.ListSessionsResponse(all_sessions=everything)
     answer = call.answer()
     for session in found:
