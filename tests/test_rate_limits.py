@@ -92,6 +92,17 @@ def test_buckets_forget_full_ones_first_past_max_keys() -> None:
     assert len(buckets) == 1 and buckets.tokens("drained") == 9.0
 
 
+def test_past_max_keys_of_drained_buckets_the_oldest_go_down_to_three_quarters() -> None:
+    buckets = Buckets(10, Now())
+    for i in range(MAX_KEYS + 1):
+        buckets.spend(f"k{i}")
+    assert len(buckets) == MAX_KEYS - MAX_KEYS // 4
+    assert buckets.tokens("k0") == 10.0  # forgotten: the oldest
+    assert buckets.tokens(f"k{MAX_KEYS}") == 9.0  # kept: the newest
+    buckets.spend("one more")  # far below the bound now: no scan, nothing forgotten
+    assert len(buckets) == MAX_KEYS - MAX_KEYS // 4 + 1
+
+
 @pytest.mark.parametrize(("peer", "address"), [
     ("ipv4:192.0.2.7:40001", "192.0.2.7"),
     ("ipv4:192.0.2.7:40002", "192.0.2.7"),

@@ -10,6 +10,7 @@ to that many tokens and refills evenly over a minute.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -19,8 +20,8 @@ from dspex_rx.errors import RateLimitedError
 
 MINUTE = 60.0
 # Buckets kept per kind before full ones are forgotten (a full bucket is the same as none)
-# and, past that, the oldest: session ids are the caller's to choose, so their buckets
-# must not grow without bound.
+# and, past that, the oldest down to three quarters: session ids are the caller's to
+# choose, so their buckets must not grow without bound.
 MAX_KEYS = 65_536
 
 
@@ -126,10 +127,13 @@ class Buckets:
         levels.pop(key, None)  # re-inserted: newest last
         levels[key] = (tokens, self._clock())
         if len(levels) > MAX_KEYS:
+            # Down to three quarters, so this scan runs once per MAX_KEYS/4 new keys at
+            # most, never on every call of a caller that keeps the map full.
             for old in [k for k in levels if self.tokens(k) >= self.capacity]:
                 del levels[old]
-            while len(levels) > MAX_KEYS:
-                del levels[next(iter(levels))]
+            excess = len(levels) - (MAX_KEYS - MAX_KEYS // 4)
+            for old in list(itertools.islice(levels, max(0, excess))):
+                del levels[old]
 
 
 def _seconds(wait: float) -> str:
