@@ -175,6 +175,31 @@ class ResourceExhaustedError(DspexError):
     kind = "resource_exhausted"
 
 
+class RateLimitedError(ResourceExhaustedError):
+    """Too many calls of one kind from one peer address or for one session id (session
+    creations, failed authentications): wait ``retry_after`` seconds, then try again.
+
+    >>> error = RateLimitedError("slow down", retry_after="1.5")
+    >>> isinstance(error, ResourceExhaustedError), error.retry_after, kind_of(error)
+    (True, 1.5, 'rate_limited')
+    """
+
+    kind = "rate_limited"
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until the call may succeed (None when the server did not say).
+
+        >>> RateLimitedError("slow down").retry_after is None
+        True
+        """
+        value = self.details.get("retry_after")
+        try:
+            return float(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+
+
 class StorageError(DspexError, OSError):
     """The server's storage refused a write (a full disk, a read-only or missing data
     directory): nothing of the refused call was kept. Reads go on; retry writes later.
@@ -251,6 +276,7 @@ _BY_KIND: dict[str, type[DspexError]] = {
         AccessDeniedError,
         AuthenticationError,
         ResourceExhaustedError,
+        RateLimitedError,
         StorageError,
         ServerUnavailableError,
         InternalError,

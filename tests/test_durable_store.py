@@ -68,7 +68,7 @@ def steps(draw: st.DrawFn) -> tuple[str, ...] | tuple[str, Any, Any]:
     op = draw(st.sampled_from([
         "register", "set", "set", "set", "batch", "delete", "depend", "undepend",
         "rollback", "optimize", "step", "finish", "stop", "rules", "attach", "leave",
-        "reopen", "derive", "derive", "release",
+        "retire", "reopen", "derive", "derive", "release",
     ]))
     return op, name, draw(VALUE)
 
@@ -123,6 +123,10 @@ def run_step(store: MemoryStore, state: dict[str, Any], op: str, name: str, valu
         state["extra"] = store.initialize_session(sid, client_name="x")[1]
     elif op == "leave" and "extra" in state:
         store.close_session(sid, state.pop("extra"))
+    elif op == "retire":
+        # A session that comes and goes: its id is retired, charged to the store budget.
+        gone = f"gone_{name}"
+        store.close_session(gone, store.initialize_session(gone)[1])
 
 
 _ETCD: list[str] = []
@@ -168,12 +172,14 @@ def test_the_storage_holds_exactly_the_synced_state_after_any_calls(
                 continue
         sync(store)
         live = dump(store._backend)
+        retired = store.retired_bytes
         store.close()
         back = open_backend()
         assert dump(back) == live, op
         # The engine over the file: its running leases end (their holders are gone),
-        # and every account adds up.
+        # and every account adds up, the retired ids' charge included.
         store = MemoryStore(backend=back, **options)
+        assert store.retired_bytes == retired
         assert not any(s.running for s in back.sessions.values())
         state.pop("lease", None)
         check_invariants(store)

@@ -17,7 +17,7 @@ from dspex_rx.client.actor_directory import ActorDirectory
 from dspex_rx.client.cache import VariableCache
 from dspex_rx.client.updates import update_from_pb
 from dspex_rx.client.variable_actor import VariableActor
-from dspex_rx.errors import DspexError, StorageError, error_from_kind
+from dspex_rx.errors import DspexError, RateLimitedError, StorageError, error_from_kind
 from dspex_rx.logs import get_logger
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.convert import map_rpc_error
@@ -251,7 +251,10 @@ class WatchHub:
                         actor.suspend()
                 log.warning("watch_stream_reconnecting", session_id=self.session_id,
                             attempt=failures, error=repr(error))
-                await trio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
+                pause = min(2.0, 0.05 * 2 ** min(failures, 6))
+                if isinstance(error, RateLimitedError) and error.retry_after:
+                    pause = max(pause, error.retry_after)  # sooner is refused again
+                await trio.sleep(pause)
             finally:
                 if stream is not None:
                     with trio.CancelScope(shield=True):
@@ -399,8 +402,9 @@ def _retryable(error: BaseException) -> bool:
         return all(_retryable(e) for e in error.exceptions)
     if isinstance(error, DspexError):
         # A refusal the server meant (a bad token is a PermissionError, an OSError): only
-        # a storage that could not take a write is worth waiting out.
-        return isinstance(error, StorageError)
+        # a storage that could not take a write, or a rate limit (another caller from
+        # this address guessing), is worth waiting out.
+        return isinstance(error, StorageError | RateLimitedError)
     if isinstance(error, ConnectionError | OSError):
         return True
     code = getattr(error, "code", None)

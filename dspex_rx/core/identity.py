@@ -260,6 +260,9 @@ class RetiredIds:
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self._digests: dict[str, tuple[bytes, int]] = {}
+        # Characters of every id kept, so the store's memory account can charge them
+        # (accounts.retired_cost) without a walk.
+        self.id_chars = 0
         # When to trim next: the cap, or (if rules name more ids than it) a tenth of the
         # cap above what the last trim had to keep, so each scan of the rules is paid for
         # by that many session ends rather than run on every one.
@@ -306,8 +309,9 @@ class RetiredIds:
         (True, 2)
         """
 
-        self._digests.pop(session_id, None)  # re-insert: newest last
+        self.revive(session_id)  # re-insert: newest last
         self._digests[session_id] = (digest(token), claim)
+        self.id_chars += len(session_id)
 
     def items(self) -> list[tuple[str, tuple[bytes, int]]]:
         """The retired ids, oldest first, with their token digest and claim (what a
@@ -328,13 +332,15 @@ class RetiredIds:
         (True, 2)
         """
         self._digests = {sid: (bytes(kept[0]), int(kept[1])) for sid, kept in items}
+        self.id_chars = sum(map(len, self._digests))
 
     def revive(self, session_id: str) -> None:
         """The id is live again (its claimant came back); it is no longer retired.
 
         >>> RetiredIds(1).revive("bob")
         """
-        self._digests.pop(session_id, None)
+        if self._digests.pop(session_id, None) is not None:
+            self.id_chars -= len(session_id)
 
     def trim(self, named: Callable[[], set[str]]) -> int:
         """Over ``cap``, forget the oldest ids not in ``named()`` until a tenth below it;
@@ -355,7 +361,7 @@ class RetiredIds:
             if len(self._digests) <= goal:
                 break
             if session_id not in keep:
-                del self._digests[session_id]
+                self.revive(session_id)
                 gone += 1
         self._trim_at = max(self.cap, len(self._digests) + max(1, self.cap // 10))
         return gone

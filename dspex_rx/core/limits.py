@@ -10,7 +10,10 @@ with a message naming the limit and the value that broke it:
   the server's state;
 - limits on what the server holds (sessions, variables, streams, subscriptions, the
   session's memory budget) raise ``ResourceExhaustedError`` (RESOURCE_EXHAUSTED), as
-  does gRPC itself for a message above ``max_message_bytes``.
+  does gRPC itself for a message above ``max_message_bytes``;
+- rate limits (the ``*_per_minute_*`` fields) are token buckets the server keeps per peer
+  address and per session id (``server/ratelimit.py``): over one, ``RateLimitedError``
+  (RESOURCE_EXHAUSTED, with a retry-after). Like every limit they have no "off" value.
 
 ``measure_value`` and ``measure_map`` compute the exact encoded size of a plain value
 (as ``codec`` would send it, without gRPC) while checking depth, collection items and
@@ -107,6 +110,38 @@ class Limits:
     )
     max_store_bytes: int = _limit(
         4096 * MiB, "memory budget of the whole server, counted like max_session_bytes"
+    )
+
+    max_session_ttl: int = _limit(
+        3600,
+        "longest client TTL a session may ask for, in seconds (how long a client that "
+        "stops heartbeating stays attached); a longer ask is granted this, and the answer "
+        "says so",
+    )
+    max_sessions_per_peer: int = _limit(
+        1000,
+        "most sessions one peer address (an IPv6 /64) may have created that still have a "
+        "client attached; past it InitializeSession creating one is RESOURCE_EXHAUSTED",
+    )
+    inits_per_minute_per_peer: int = _limit(
+        3000,
+        "InitializeSession calls one peer address may make per minute (a token bucket: "
+        "bursts up to this many, refilled evenly over the minute); past it "
+        "RESOURCE_EXHAUSTED with a retry-after",
+    )
+    inits_per_minute_per_session: int = _limit(
+        120, "InitializeSession calls naming one session id per minute (a token bucket)"
+    )
+    auth_failures_per_minute_per_peer: int = _limit(
+        120,
+        "failed authentications (a missing or wrong token, a wrong principal key) one "
+        "peer address may make per minute (a token bucket); with none left, every call "
+        "from it that needs authentication is RESOURCE_EXHAUSTED until one refills",
+    )
+    auth_failures_per_minute_per_session: int = _limit(
+        30,
+        "failed authentications naming one session id per minute (a token bucket); with "
+        "none left, InitializeSession for that id is RESOURCE_EXHAUSTED until one refills",
     )
 
     def __post_init__(self) -> None:

@@ -18,14 +18,26 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from dspex_rx.core.limits import Limits, too_many
-from dspex_rx.errors import AuthenticationError, ConflictError, DspexError, InvalidValueError
+from dspex_rx.errors import (
+    AuthenticationError,
+    ConflictError,
+    DspexError,
+    InvalidValueError,
+    RateLimitedError,
+)
 from dspex_rx.logs import get_logger
 from dspex_rx.server import audit
 from dspex_rx.server.encode import seen_variable
+from dspex_rx.server.ratelimit import Guard
 from dspex_rx.store import MemoryStore, VariableRecord
 from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.v1 import variables_pb2 as pb
-from dspex_rx.wire.convert import ERROR_DETAIL_PREFIX, ERROR_KIND_KEY, STATUS_BY_KIND
+from dspex_rx.wire.convert import (
+    ERROR_DETAIL_PREFIX,
+    ERROR_KIND_KEY,
+    RETRY_AFTER_KEY,
+    STATUS_BY_KIND,
+)
 from dspex_rx.wire.security import SESSION_TOKEN_KEY
 
 log = get_logger("dspex_rx.server")
@@ -47,7 +59,8 @@ Resp = TypeVar("Resp")
 
 
 class Service(Protocol):
-    """What handlers use of the servicer (``VariablesService``): its store, limits, auth.
+    """What handlers use of the servicer (``VariablesService``): its store, limits, auth
+    and rate limits (``guard``).
 
     Example: ``service.authenticate(request.session_id, context)`` raises or returns.
     """
@@ -55,6 +68,7 @@ class Service(Protocol):
     store: MemoryStore
     limits: Limits
     auth: str
+    guard: Guard
 
     def authenticate(self, session_id: str, context: grpc.aio.ServicerContext) -> None:
         """Raise unless the call carries ``session_id``'s token.
@@ -84,17 +98,23 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: DspexError) -> None
         (ERROR_DETAIL_PREFIX + key.replace("_", "-"), clip(str(value), MAX_ERROR_DETAIL))
         for key, value in exc.details.items()
     ]
+    if "retry_after" in exc.details:
+        metadata.append((RETRY_AFTER_KEY, str(exc.details["retry_after"])))
     context.set_trailing_metadata(tuple(metadata))
     await context.abort(STATUS_BY_KIND[exc.kind], clip(str(exc), MAX_ERROR_MESSAGE))
 
 
 async def refuse(context: grpc.aio.ServicerContext, exc: DspexError, method: str) -> None:
-    """Abort a refused call; one that failed authentication is logged, with its peer.
+    """Abort a refused call; one that failed authentication (warning) or met a rate limit
+    (info) is logged, with its peer.
 
     Example: ``await refuse(context, exc, "GetVariable")`` ends the call with ``exc``.
     """
     if isinstance(exc, AuthenticationError):
         log.warning("unauthenticated", method=method, peer=context.peer(), error=str(exc))
+    elif isinstance(exc, RateLimitedError):
+        log.info("rate_limited", method=method, peer=context.peer(),
+                 limit=exc.details.get("limit"), retry_after=exc.details.get("retry_after"))
     await abort_with(context, exc)
 
 

@@ -10,7 +10,7 @@ import grpc
 from google.protobuf.message_factory import GetMessageClass
 
 from dspex_rx.core.limits import Limits
-from dspex_rx.errors import InvalidValueError
+from dspex_rx.errors import AuthenticationError, InvalidValueError
 from dspex_rx.server.fanout import Subscriber
 from dspex_rx.server.handlers import (
     access,
@@ -22,6 +22,7 @@ from dspex_rx.server.handlers import (
     sessions,
     variables,
 )
+from dspex_rx.server.ratelimit import Guard, peer_address
 from dspex_rx.server.rpc import Unary, parse_request, presented_token
 from dspex_rx.server.stream import session
 from dspex_rx.server.subscribe import subscribe
@@ -53,6 +54,8 @@ class VariablesService(pb_grpc.VariablesServicer):
         self.progress_interval = progress_interval
         self.max_pending_events = max_pending_events
         self.limits = limits or store.limits
+        # Rate limits and per-peer session counts (ratelimit.py); in memory, per server.
+        self.guard = Guard(self.limits)
         # The live streams' queues, for introspection (read them on the server's loop).
         self.subscribers: set[Subscriber] = set()
         # A durable store that went back to its file (the disk refused a write) wakes
@@ -67,13 +70,25 @@ class VariablesService(pb_grpc.VariablesServicer):
         """Raise ``AuthenticationError`` unless the call carries ``session_id``'s token
         (``SessionNotFoundError`` for an unknown session); a no-op with ``auth="none"``.
 
+        A peer whose failed authentications are used up (``Limits``'
+        ``auth_failures_per_minute_per_peer``) is refused with ``RateLimitedError``
+        first; a failure counts against the peer and the session id named.
+
         Example: ``service.authenticate(request.session_id, context)`` returns or raises.
         """
         if self.auth == "none":
             return
         if not session_id:
             raise InvalidValueError("session_id is required")
-        self.store.authenticate(session_id, presented_token(context))
+        # A peer out of failures is refused before its token is looked at: otherwise a
+        # guesser would still learn which guess was right, however often it was refused.
+        peer = peer_address(context.peer())
+        self.guard.admit_auth(peer)
+        try:
+            self.store.authenticate(session_id, presented_token(context))
+        except AuthenticationError:
+            self.guard.failed(peer, session_id)
+            raise
 
     # Every unary RPC, declared once: its handler (decode, store call, encode). Creating
     # or attaching checks a presented token in the store; Echo belongs to no session.

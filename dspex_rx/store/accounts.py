@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 
 from dspex_rx.core.access import AccessRule
+from dspex_rx.core.identity import RetiredIds
 from dspex_rx.core.limits import Limits, too_many
 from dspex_rx.store.backend import Backend
 from dspex_rx.store.records import (
@@ -48,6 +49,22 @@ def _commit_cost(commit: Commit) -> int:
 
 def _session_cost(session: Session) -> int:
     return ITEM_OVERHEAD + session.metadata_size
+
+
+# A retired id beyond its characters: the 32-byte digest of its token, its claim number,
+# and the entry holding them (as every item, ITEM_OVERHEAD).
+RETIRED_ID_COST = ITEM_OVERHEAD + 32 + 8
+
+
+def retired_cost(retired: RetiredIds) -> int:
+    """What the retired ids cost the store's budget (``max_store_bytes``): per id its
+    characters plus ``RETIRED_ID_COST``.
+
+    >>> retired = RetiredIds(10); retired.retire("bob", "bob-token")
+    >>> retired_cost(retired) == 3 + RETIRED_ID_COST
+    True
+    """
+    return len(retired) * RETIRED_ID_COST + retired.id_chars
 
 
 def _client_cost(lease: ClientLease) -> int:
@@ -109,12 +126,25 @@ class Accounts:
     (0, 0)
     """
 
-    def __init__(self, limits: Limits, backend: Backend) -> None:
+    def __init__(
+        self, limits: Limits, backend: Backend, retired: RetiredIds | None = None
+    ) -> None:
         self.limits = limits
         self._backend = backend
+        # Ended sessions' ids (identity.py): no session's, but the store holds them, so
+        # they count toward max_store_bytes (retired_bytes), pinned: only trim drops them.
+        self.retired = retired if retired is not None else RetiredIds(limits.max_retired_sessions)
         # The memory accounts of all sessions together (see Session.used / pinned).
         self.used_bytes = 0
         self.pinned_bytes = 0
+
+    @property
+    def retired_bytes(self) -> int:
+        """What the retired ids cost (``retired_cost``), beside the sessions' accounts.
+
+        Example: ``accounts.retired_bytes`` grows by an id's cost as its session ends.
+        """
+        return retired_cost(self.retired)
 
     def forget_session(self, session: Session) -> None:
         """Drop a removed session's account from the totals.
@@ -157,10 +187,11 @@ class Accounts:
                 f"session {session.id!r} would hold {after} bytes of current values and "
                 "records", after, "max_session_bytes", limits.max_session_bytes,
             )
-        total = self.pinned_bytes + added
+        total = self.pinned_bytes + self.retired_bytes + added
         if total > limits.max_store_bytes:
             raise too_many(
-                f"the server would hold {total} bytes of current values and records",
+                f"the server would hold {total} bytes of current values, records and "
+                "retired session ids",
                 total, "max_store_bytes", limits.max_store_bytes,
             )
 
@@ -171,10 +202,11 @@ class Accounts:
         """
         limits = self.limits
         self._evict(session, limits.max_session_bytes)
-        if self.used_bytes > limits.max_store_bytes:
+        budget = limits.max_store_bytes - self.retired_bytes
+        if self.used_bytes > budget:
             # The writer's own retention goes first, then other sessions'.
             for victim in [session, *self._backend.sessions.values()]:
-                excess = self.used_bytes - limits.max_store_bytes
+                excess = self.used_bytes - budget
                 if excess <= 0:
                     break
                 self._evict(victim, victim.used - excess)
@@ -306,6 +338,8 @@ class Accounts:
         assert (self.used_bytes, self.pinned_bytes) == (used, pinned), (
             (self.used_bytes, self.pinned_bytes), (used, pinned)
         )
+        ids = [sid for sid, _ in self.retired.items()]
+        assert self.retired.id_chars == sum(map(len, ids)), (self.retired.id_chars, ids)
 
     def records_cost(
         self, session: Session, records: Sequence[VariableRecord], metadata_size: int = 0

@@ -108,9 +108,10 @@ class StoreBase:
         # Who an id belongs to (identity.py): reserved namespaces, and ended ids that stay
         # claimed by their token, so a rule naming an id keeps naming the same party.
         # The memory accounts of every session (accounts.py), checked before each write.
-        self._accounts = Accounts(self.limits, self._backend)
-        # Ended ids still claimed by their token (identity.py), and who may do what.
+        # Ended ids still claimed by their token (identity.py), and who may do what; the
+        # accounts charge them to the store's budget.
         self._retired = RetiredIds(self.limits.max_retired_sessions)
+        self._accounts = Accounts(self.limits, self._backend, self._retired)
         # A durable backend loads the retired ids it stored, and its sessions: their
         # accounts are derived state, computed again (and after any reload).
         self._backend.keep_retired(self._retired)
@@ -221,6 +222,21 @@ class StoreBase:
         0
         """
         return self._accounts.used_bytes
+
+    @property
+    def retired_bytes(self) -> int:
+        """Bytes the ids of ended sessions cost (``accounts.retired_cost``): not in
+        ``used_bytes``, but ``max_store_bytes`` holds both.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> store = MemoryStore()
+        >>> _, client_id, _ = store.initialize_session("bob")
+        >>> before = store.retired_bytes
+        >>> _ = store.close_session("bob", client_id)
+        >>> before, store.retired_bytes
+        (0, 243)
+        """
+        return self._accounts.retired_bytes
 
     @property
     def pinned_bytes(self) -> int:

@@ -79,7 +79,9 @@ class Sessions(Leasing):
                 f"session ttl must be between 0 and {MAX_TTL:g} seconds (0 for the server "
                 f"default), got {ttl!r}"
             )
-        ttl = ttl or self.default_ttl
+        # The server's terms, not the caller's: a client that stops heartbeating is
+        # detached after at most max_session_ttl, whatever it asked (the answer says).
+        ttl = min(ttl or self.default_ttl, self.limits.max_session_ttl)
         now = self._clock()
         created = False
         limits = self.limits
@@ -107,13 +109,13 @@ class Sessions(Leasing):
                 "check the id, or pass create=True to start a new session with this id"
             )
         if session is None:
-            if len(self._sessions) >= limits.max_sessions:
+            returning = self._check_claim(session_id, token, require_token, principal_key)
+            clean, size = self._clean_metadata(session_id, metadata, "session metadata")
+            if len(self._sessions) >= limits.max_sessions and not self._evict_idle():
                 raise too_many(
                     f"the server already holds {len(self._sessions)} sessions",
                     len(self._sessions) + 1, "max_sessions", limits.max_sessions,
                 )
-            returning = self._check_claim(session_id, token, require_token, principal_key)
-            clean, size = self._clean_metadata(session_id, metadata, "session metadata")
             session = Session(
                 session_id, clean, now, metadata_size=size,
                 token=token if returning else secrets.token_urlsafe(32),
@@ -141,6 +143,19 @@ class Sessions(Leasing):
         self._accounts.charge(session, "other_bytes", _client_cost(client))
         self._backend.touch(session.id)
         return session, client_id, created
+
+    def _evict_idle(self) -> bool:
+        # At max_sessions, a session no client is attached to (kept only for the
+        # session_ttl courtesy) gives way to a new one: the longest idle goes, as expiry
+        # would have removed it; whether there was one. Without this, sessions left idle
+        # by a flood (or by clients that never came back) locked everyone out.
+        idle = [s for s in self._sessions.values() if not s.clients]
+        if not idle:
+            return False
+        now = self._clock()
+        oldest = min(idle, key=lambda s: now if s.idle_since is None else s.idle_since)
+        self._remove(oldest)
+        return True
 
     def _check_claim(
         self, session_id: str, token: str, require_token: bool, principal_key: str

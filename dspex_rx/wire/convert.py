@@ -41,6 +41,7 @@ STATUS_BY_KIND: dict[str, grpc.StatusCode] = {
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "storage_unavailable": grpc.StatusCode.UNAVAILABLE,
     "internal": grpc.StatusCode.INTERNAL,
 }
@@ -59,6 +60,9 @@ KIND_BY_STATUS: dict[grpc.StatusCode, str] = {
 
 ERROR_KIND_KEY = "dspex-error-kind"
 ERROR_DETAIL_PREFIX = "dspex-error-"
+# Seconds a refused caller should wait (RESOURCE_EXHAUSTED from a rate limit), as HTTP's
+# Retry-After: a plain header any gRPC client can read, beside the dspex detail.
+RETRY_AFTER_KEY = "retry-after"
 
 
 def type_to_pb(type_name: str) -> int:
@@ -164,6 +168,11 @@ def map_rpc_error(error: BaseException) -> BaseException:
         for key, value in metadata.items()
         if key.startswith(ERROR_DETAIL_PREFIX) and key != ERROR_KIND_KEY
     }
+    if RETRY_AFTER_KEY in metadata:
+        # Only the plain header (a server other than dspex-rx's): still a rate limit.
+        details.setdefault("retry_after", metadata[RETRY_AFTER_KEY])
+        if kind == "resource_exhausted":
+            kind = "rate_limited"
     message: str = error.details() or error.code().name
     return error_from_kind(kind, message, **details)
 

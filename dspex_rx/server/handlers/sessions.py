@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
-from dspex_rx.errors import AuthenticationError
+from dspex_rx.errors import AuthenticationError, SessionNotFoundError
 from dspex_rx.logs import get_logger
+from dspex_rx.server.ratelimit import peer_address
 from dspex_rx.server.rpc import Call, presented, presented_token
+from dspex_rx.store import MemoryStore
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire import codec
 from dspex_rx.wire.convert import timestamp
@@ -22,22 +25,38 @@ def initialize_session(
 ) -> pb.InitializeSessionResponse:
     """``InitializeSession``: create a session, or attach to one (the store checks the
     token an attacher presents); the token goes only to who made it or proved it.
-    ``must_exist`` only attaches: no live session of the id is ``NOT_FOUND``.
+    ``must_exist`` only attaches: no live session of the id is ``NOT_FOUND``. Rate
+    limited per peer and per session id (``ratelimit.Guard``): over a limit it is
+    RESOURCE_EXHAUSTED with a retry-after, and so is creating a session from a peer with
+    ``max_sessions_per_peer`` sessions attached.
 
     Example: ``await stub.InitializeSession(request)`` answers the session's id and token.
     """
-    store, auth = call.store, call.service.auth
+    store, auth, guard = call.store, call.service.auth, call.service.guard
     given = presented_token(call.context)
-    session, client_id, created = store.initialize_session(
-        request.session_id or None,
-        codec.decode_map(request.metadata),
-        request.ttl_seconds or None,
-        request.client_name,
-        token=given,
-        require_token=auth == "token",
-        principal_key=presented(call.context, PRINCIPAL_KEY_KEY),
-        create=not request.must_exist,
-    )
+    # Rate limits first (ratelimit.py): a refused call changes nothing, and a caller out
+    # of failed authentications learns nothing from its credentials.
+    peer = peer_address(call.context.peer())
+    guard.admit_init(peer, request.session_id)
+    attached = _attached(store)
+    if not request.must_exist and not _exists(store, request.session_id):
+        guard.check_sessions(peer, attached)
+    try:
+        session, client_id, created = store.initialize_session(
+            request.session_id or None,
+            codec.decode_map(request.metadata),
+            request.ttl_seconds or None,
+            request.client_name,
+            token=given,
+            require_token=auth == "token",
+            principal_key=presented(call.context, PRINCIPAL_KEY_KEY),
+            create=not request.must_exist,
+        )
+    except AuthenticationError:
+        guard.failed(peer, request.session_id)
+        raise
+    if created:
+        guard.made(peer, session.id, session.incarnation, attached)
     lease = session.clients[client_id]
     log.info("session_created" if created else "session_attached", session_id=session.id,
              client_id=client_id, created=created)
@@ -60,6 +79,29 @@ def initialize_session(
     if proven:
         response.session_token = session.token
     return response
+
+
+def _exists(store: MemoryStore, session_id: str) -> bool:
+    # Whether the call would attach to a live session rather than create one.
+    if not session_id:
+        return False
+    try:
+        store.session(session_id)
+    except SessionNotFoundError:
+        return False
+    return True
+
+
+def _attached(store: MemoryStore) -> Callable[[str, int], bool]:
+    # Whether that incarnation of a session id is live with a client attached.
+    def attached(session_id: str, incarnation: int) -> bool:
+        try:
+            session = store.session(session_id)
+        except SessionNotFoundError:
+            return False
+        return bool(session.clients) and incarnation == session.incarnation
+
+    return attached
 
 
 def heartbeat(call: Call, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
@@ -88,17 +130,30 @@ def close_session(call: Call, request: pb.CloseSessionRequest) -> pb.CloseSessio
 def list_sessions(call: Call, request: pb.ListSessionsRequest) -> pb.ListSessionsResponse:
     """``ListSessions``: the sessions the caller may see (``store.visible_sessions``): its
     own when it presents the session's token, those in namespaces whose principal key it
-    presents; every session when the server checks no tokens (``auth="none"``).
+    presents; every session when the server checks no tokens (``auth="none"``). A wrong
+    token or a key that opens no namespace counts as a failed authentication
+    (``ratelimit.Guard``).
 
     Example: ``await stub.ListSessions(request, metadata=token_metadata(token))`` lists
     the caller's session.
     """
-    store = call.store
+    store, guard = call.store, call.service.guard
     everything = call.service.auth == "none"
-    found = store.visible_sessions(
-        request.session_id, presented_token(call.context),
-        presented(call.context, PRINCIPAL_KEY_KEY), everything=everything,
-    )
+    key = presented(call.context, PRINCIPAL_KEY_KEY)
+    peer = peer_address(call.context.peer())
+    if not everything and (request.session_id or key):
+        # The answer says whether a token or key is right, so it is rate limited like
+        # any authentication; a key that opens no namespace is a failed one.
+        guard.admit_auth(peer)
+        if key and not any(ns.key_matches(key) for ns in store.principals.namespaces):
+            guard.failed(peer)
+    try:
+        found = store.visible_sessions(
+            request.session_id, presented_token(call.context), key, everything=everything,
+        )
+    except AuthenticationError:
+        guard.failed(peer, request.session_id)
+        raise
     response = pb.ListSessionsResponse(all_sessions=everything)
     answer = call.answer()
     for session in found:
