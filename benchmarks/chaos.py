@@ -26,7 +26,8 @@ import trio
 from _common import REPO_ROOT, emit, quiet_logging
 
 # The harness lives with the tests that run it in CI.
-sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT / "tests" / "chaos")]
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+sys.path.insert(0, str(REPO_ROOT / "tests" / "chaos"))
 from crash_harness import seed_from_env
 from harness import Chaos, ChaosConfig, Summary
 

@@ -46,13 +46,13 @@ def test_a_clean_history_has_no_violation() -> None:
 
 
 @pytest.mark.parametrize(("seen", "expected"), [
-    (FULL[:2] + [FULL[1]] + FULL[2:], ["duplicate"]),
+    ([*FULL[:2], FULL[1], *FULL[2:]], ["duplicate"]),
     # v1, v3 (gap), v2 (back), v4 (a gap from v2)
     ([FULL[0], FULL[2], FULL[1], FULL[3]], ["gap", "gap", "order"]),
     ([FULL[0], FULL[1], FULL[3]], ["gap"]),
     (FULL[:3], ["final"]),
-    (FULL[:3] + [(4, 999, 13)], ["final", "phantom"]),
-    (FULL[:3] + [(4, C, 99)], ["mismatch"]),
+    ([*FULL[:3], (4, 999, 13)], ["final", "phantom"]),
+    ([*FULL[:3], (4, C, 99)], ["mismatch"]),
 ])
 def test_each_watcher_violation_is_found_by_its_kind(
     seen: list[tuple[int, int, int]], expected: list[str]
@@ -81,7 +81,7 @@ def test_a_write_acknowledged_at_another_version_is_lost() -> None:
     ledger, history = ledger_with_three_sets()
     history["x"][3] = Entry(4, B + 1, 13)  # v4 holds something else, sent by nobody
     ledger.send("w1", "x", B + 1, False)  # ...by w1, outcome unknown
-    deliver(ledger, FULL[:3] + [(4, B + 1, 13)])
+    deliver(ledger, [*FULL[:3], (4, B + 1, 13)])
     assert kinds(ledger, history) == ["lost"]
 
 
