@@ -113,10 +113,13 @@ class Verdict:
         return {v.kind for v in self.violations}
 
 
-def check_run(ledger: ChaosLedger, history: Mapping[str, Sequence[Entry]]) -> Verdict:
+def check_run(ledger: ChaosLedger, history: Mapping[str, Sequence[Entry]],
+              reads: Mapping[str, Mapping[str, Any]] | None = None) -> Verdict:
     """Every promise the store broke to this run's clients, by kind.
 
-    ``history``: each variable's whole history (oldest first) read after the run.
+    ``history``: each variable's whole history (oldest first) read after the run;
+    ``reads``: what each reader's ``get_variable`` said after the run (reader -> name ->
+    value), which must be the variable's last value.
 
     >>> ledger = ChaosLedger()
     >>> ledger.ack(ledger.send("w0", "x", 1_000_001, False), 2)
@@ -138,6 +141,12 @@ def check_run(ledger: ChaosLedger, history: Mapping[str, Sequence[Entry]]) -> Ve
     _check_acks(verdict, ledger, history, by_version)
     _check_batches(verdict, ledger.batches, history)
     _check_watchers(verdict, ledger.deliveries, history, by_version, written)
+    for reader, values in sorted((reads or {}).items()):
+        for name, value in sorted(values.items()):
+            last = history.get(name, ())
+            if last and value != last[-1].value:
+                verdict.add("final", f"{reader}: get_variable({name!r}) says {value!r}, the "
+                            f"variable ends at v{last[-1].version}={last[-1].value!r}")
     return verdict
 
 

@@ -206,7 +206,8 @@ class _Run:
             for watcher in watchers:
                 await retrying(watcher.sync, config.guard)
             history = await self._read(owner)
-            verdict = check_run(self.ledger, history)
+            reads = await self._reads(owner, watchers)
+            verdict = check_run(self.ledger, history, reads)
         finally:
             with trio.CancelScope(shield=True):
                 for session in self.sessions:
@@ -335,6 +336,21 @@ class _Run:
                 proxy.heal_all()  # black holes and delays end; cut links stay cut
             else:
                 proxy.random_fault(rng, config.max_delay)
+
+    async def _reads(self, owner: dspex_rx.SessionContext,
+                     watchers: list[dspex_rx.SessionContext]) -> dict[str, dict[str, object]]:
+        """What each watcher reads (from its pushed cache) and the owner, uncached."""
+        reads: dict[str, dict[str, object]] = {}
+        readers = [(f"watch{i}", w, False) for i, w in enumerate(watchers)]
+        for label, session, bypass in [*readers, ("owner", owner, True)]:
+            reads[label] = {}
+            for name in self.names:
+                async def read(s: dspex_rx.SessionContext = session, n: str = name,
+                               b: bool = bypass) -> object:
+                    return await s.get_variable(n, bypass_cache=b)
+
+                reads[label][name] = await retrying(read, self.config.guard)
+        return reads
 
     async def _read(self, owner: dspex_rx.SessionContext) -> dict[str, list[Entry]]:
         history: dict[str, list[Entry]] = {}

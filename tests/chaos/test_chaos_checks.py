@@ -140,3 +140,11 @@ def test_a_watch_that_ended_with_an_error_is_a_violation() -> None:
     assert [v.kind for v in verdict.violations] == ["watch_error"]
     assert verdict.by_kind()["watch_error"] == 1
     assert set(verdict.by_kind()) == set(KINDS)
+
+
+def test_a_read_after_the_run_that_is_not_the_last_value_is_found() -> None:
+    ledger, history = ledger_with_three_sets()
+    deliver(ledger, FULL)
+    reads = {"watch0": {"x": C}, "watch1": {"x": B}}  # watch1's cache kept an old value
+    verdict = check_run(ledger, history, reads)
+    assert [(v.kind, v.text.split(":")[0]) for v in verdict.violations] == [("final", "watch1")]
