@@ -55,7 +55,7 @@ async def wait_for(predicate: object, what: str, guard: float) -> float:
 async def test_black_holed_watch_reconnects_and_gets_the_write_made_meanwhile(
     server: EmbeddedServer,
 ) -> None:
-    # Guards the keepalive bug: black-holed for 75 s, watchers saw 0 errors, 0 reconnects.
+    # Guards: black-holed for 75 s, watchers saw 0 errors and 0 reconnects, reads stale.
     async with proxied(server) as proxy, dspex_rx.connect(server.target) as writer:
         await writer.register_variable("kept", "integer", 1)
         async with dspex_rx.connect(f"127.0.0.1:{proxy.port}", writer.session_id,
@@ -92,8 +92,8 @@ async def test_black_holed_watch_reconnects_and_gets_the_write_made_meanwhile(
 async def test_keepalive_pings_do_not_make_the_server_drop_an_idle_client(
     server: EmbeddedServer,
 ) -> None:
-    # The server's ping policy must allow the client's keepalive: with gRPC's default
-    # (5 min between pings) it answers GOAWAY "too_many_pings" and the watch breaks.
+    # Guards: the server's default ping policy (5 min between pings) answers the client's
+    # keepalive with GOAWAY "too_many_pings", breaking the watch (seen before the fix).
     async with dspex_rx.connect(server.target, **KEEPALIVE) as session:
         await session.register_variable("idle", "integer", 1)
         seen: list[VariableUpdate] = []
