@@ -32,14 +32,16 @@ from dspex_rx.client.optimization.lease import HeldLease
 from dspex_rx.client.optimization.progress import Progress
 from dspex_rx.client.optimization.run import OptimizationRun
 from dspex_rx.client.permissions import Permissions
+from dspex_rx.client.probe import session_info
 from dspex_rx.client.session_optimization import OptimizationCalls
 from dspex_rx.client.snapshots import Snapshots
 from dspex_rx.client.variables import Variables
 from dspex_rx.client.watch import Watch
 from dspex_rx.client.watching import Watching
 from dspex_rx.core.limits import Limits
+from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire.channel import DEFAULT_KEEPALIVE_TIME, DEFAULT_KEEPALIVE_TIMEOUT
-from dspex_rx.wire.security import Pem
+from dspex_rx.wire.security import Pem, principal_metadata, token_metadata
 
 
 @portal_aware(local=("cancel_watch",))
@@ -190,6 +192,19 @@ class SessionContext(OptimizationCalls):
         Example: ``await session.ping(b"x")`` returns ``b"x"``.
         """
         return await self._variables.ping(payload)
+
+    async def list_sessions(self, principal_key: str | None = None) -> list[dict[str, Any]]:
+        """The sessions this caller may see (``probe.list_sessions``): this one, plus those
+        in the principal namespace ``principal_key`` opens (all, on an ``--auth none`` server).
+
+        Example: ``[s["session_id"] for s in await session.list_sessions()]`` names this one.
+        """
+        response = await self._call(
+            "ListSessions", pb.ListSessionsRequest(session_id=self.session_id),
+            pb.ListSessionsResponse,
+            metadata=token_metadata(self.token) + principal_metadata(principal_key),
+        )
+        return [session_info(info) for info in response.sessions]
 
     async def register_variable(
         self, name: str, type: str, initial_value: Any,

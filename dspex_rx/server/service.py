@@ -80,6 +80,8 @@ class VariablesService(pb_grpc.VariablesServicer):
     Heartbeat = Unary(sessions.heartbeat)
     CloseSession = Unary(sessions.close_session)
     Echo = Unary(sessions.echo, authenticated=False)
+    # Session-less: the handler shows only what the presented token or key opens.
+    ListSessions = Unary(sessions.list_sessions, authenticated=False)
 
     RegisterVariable = Unary(variables.register_variable, writes=True)
     RegisterVariables = Unary(variables.register_variables, writes=True)

@@ -175,6 +175,40 @@ class CloseSessionResponse(_message.Message):
     session_removed: bool
     def __init__(self, session_removed: _Optional[bool] = ...) -> None: ...
 
+class ListSessionsRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("session_id", "created_at", "clients", "variables", "revision", "session_ttl_seconds", "idle_since", "expires_at")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    created_at: _timestamp_pb2.Timestamp
+    clients: int
+    variables: int
+    revision: int
+    session_ttl_seconds: float
+    idle_since: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, session_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clients: _Optional[int] = ..., variables: _Optional[int] = ..., revision: _Optional[int] = ..., session_ttl_seconds: _Optional[float] = ..., idle_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions", "all_sessions")
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    ALL_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionInfo]
+    all_sessions: bool
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ..., all_sessions: _Optional[bool] = ...) -> None: ...
+
 class VariableSpec(_message.Message):
     __slots__ = ("name", "type", "initial_value", "constraints", "metadata", "description", "dependencies", "access_rules")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,11 @@ class VariablesStub:
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/dspex_rx.v1.Variables/ListSessions',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
         self.RegisterVariable = channel.unary_unary(
                 '/dspex_rx.v1.Variables/RegisterVariable',
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.RegisterVariableRequest.SerializeToString,
@@ -199,6 +204,13 @@ class VariablesServicer:
 
     def CloseSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """The sessions the caller may see (see ListSessionsRequest); needs no session.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -379,6 +391,11 @@ def add_VariablesServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.CloseSessionRequest.FromString,
                     response_serializer=dspex__rx_dot_v1_dot_variables__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ListSessionsRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.ListSessionsResponse.SerializeToString,
             ),
             'RegisterVariable': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterVariable,
@@ -592,6 +609,33 @@ class Variables:
             '/dspex_rx.v1.Variables/CloseSession',
             dspex__rx_dot_v1_dot_variables__pb2.CloseSessionRequest.SerializeToString,
             dspex__rx_dot_v1_dot_variables__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/ListSessions',
+            dspex__rx_dot_v1_dot_variables__pb2.ListSessionsRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
