@@ -3,6 +3,7 @@ re-attaching, the heartbeat, the background services (watch hub, cache), close, 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
@@ -28,8 +29,11 @@ from dspex_rx.logs import get_logger
 from dspex_rx.rx import TrioScheduler
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire.channel import (
+    DEFAULT_KEEPALIVE_TIME,
+    DEFAULT_KEEPALIVE_TIMEOUT,
     SERVICE_NAME,
     channel_target,
+    client_keepalive_options,
     grpc_options,
     unreachable_hint,
 )
@@ -39,6 +43,8 @@ from dspex_rx.wire.security import Pem, channel_credentials, principal_metadata,
 log = get_logger("dspex_rx.client")
 
 M = TypeVar("M", bound=Message)
+# A heartbeat failing with these says the connection, not the session, is in trouble.
+_DEAD_CONNECTION = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class CallFn(Protocol):
@@ -108,6 +114,8 @@ class Connection:
         cache_eviction_policy: str,
         create: bool = True,
         data_dir: str | os.PathLike[str] | None = None,
+        keepalive_time: float = DEFAULT_KEEPALIVE_TIME,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
     ) -> None:
         if isinstance(target, list | tuple) and target and all(
             isinstance(t, str) for t in target
@@ -156,6 +164,8 @@ class Connection:
                 f"max_message_bytes must be a positive integer, got {max_message_bytes!r}"
             )
         self.max_message_bytes = max_message_bytes
+        # Checked now: a bad keepalive is the caller's mistake, not a failed connect.
+        self._keepalive = client_keepalive_options(keepalive_time, keepalive_timeout)
         self._requested_session_id = session_id
         self.target = target
         self.token = token or None
@@ -246,7 +256,8 @@ class Connection:
                         "plaintext on 127.0.0.1"
                     )
                 self.embedded, self.target = await start_embedded(self._limits, self._data_dir)
-            options: list[tuple[str, Any]] = list(grpc_options(self.max_message_bytes))
+            options: list[tuple[str, Any]] = [*grpc_options(self.max_message_bytes),
+                                              *self._keepalive]
             # Several addresses (replicas): the channel connects to the first that answers
             # and moves to another when it goes; its streams resume there.
             channel, host = await trio.to_thread.run_sync(channel_target, self.target)
@@ -349,6 +360,9 @@ class Connection:
                         session_id=self.require_session_id(), client_id=self.client_id
                     ),
                     pb.HeartbeatResponse,
+                    # Bounded by the beat interval: a beat hanging on a dead connection
+                    # must fail before the next one is due, not after the call timeout.
+                    timeout=min(max(interval, 2.0), self.timeout or math.inf),
                 )
                 self.heartbeats += 1
             except SessionNotFoundError as exc:
@@ -375,6 +389,12 @@ class Connection:
                 self.lose(str(exc))
             except (DspexError, grpc.RpcError, RuntimeError) as exc:
                 log.warning("heartbeat_failed", session_id=self.session_id, error=str(exc))
+                code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+                if code in _DEAD_CONNECTION and self.hub is not None:
+                    # Keepalive breaks a silent connection first; this is the backstop
+                    # (a peer that answers pings but not calls): watched values stop
+                    # being served from the cache and the stream is reopened.
+                    self.hub.suspect(f"heartbeat: {code.name}")
 
     async def _attach(self, request: pb.InitializeSessionRequest) -> pb.InitializeSessionResponse:
         # Creating or (re)attaching: the token, and for an id in a reserved namespace the

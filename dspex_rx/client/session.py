@@ -40,6 +40,7 @@ from dspex_rx.client.watch import Watch
 from dspex_rx.client.watching import Watching
 from dspex_rx.core.limits import Limits
 from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire.channel import DEFAULT_KEEPALIVE_TIME, DEFAULT_KEEPALIVE_TIMEOUT
 from dspex_rx.wire.security import Pem, principal_metadata, token_metadata
 
 
@@ -60,6 +61,10 @@ class SessionContext(OptimizationCalls):
     with the same ``data_dir``, session id and token finds the session again);
     ``max_message_bytes`` is the largest message the client sends or takes (default:
     ``limits.max_message_bytes`` if given, else the server default, 64 MiB).
+    ``keepalive_time`` and ``keepalive_timeout`` (seconds, default 3 and 2) bound how long
+    a silently dead connection goes unnoticed: a ping every ``keepalive_time``, and one
+    unanswered for ``keepalive_timeout`` breaks the connection, so watches reconnect and
+    watched values stop being served from the cache (``keepalive_time`` >= 1 s).
     Each method's full contract is documented on the component method it calls
     (``Variables.get_variables``, ``Optimizations.start_optimization``...).
 
@@ -76,6 +81,8 @@ class SessionContext(OptimizationCalls):
         tls_server_name: str | None = None, principal_key: str | None = None,
         limits: Limits | None = None, max_message_bytes: int | None = None,
         create: bool = True, data_dir: str | os.PathLike[str] | None = None,
+        keepalive_time: float = DEFAULT_KEEPALIVE_TIME,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
     ) -> None:
         self._conn = Connection(
             session_id, target, metadata=metadata, ttl_seconds=ttl_seconds,
@@ -83,7 +90,8 @@ class SessionContext(OptimizationCalls):
             tls_server_name=tls_server_name, principal_key=principal_key, limits=limits,
             max_message_bytes=max_message_bytes, cache_ttl=cache_ttl,
             cache_max_size=cache_max_size, cache_eviction_policy=cache_eviction_policy,
-            create=create, data_dir=data_dir,
+            create=create, data_dir=data_dir, keepalive_time=keepalive_time,
+            keepalive_timeout=keepalive_timeout,
         )
         self._cache = self._conn.cache
         # Every call of every component goes through ``_call``, so one wrapper there (tests

@@ -94,6 +94,9 @@ class WatchHub:
         self.reconnect_timeout = 30.0
         self.reconnects = 0
         self._healthy = False
+        # The scope of the stream being served, cancelled by ``suspect`` to reopen it.
+        self._stream_scope: trio.CancelScope | None = None
+        self._suspicion = ""
 
     @property
     def wire_subscribes(self) -> int:
@@ -212,24 +215,30 @@ class WatchHub:
             stream: Stream[spb.ServerMessage] | None = None
             self._healthy = False
             try:
-                stream = await self.transport.open_stream(
-                    self.path, spb.ServerMessage, metadata=self.metadata
-                )
-                await stream.send(
-                    spb.ClientMessage(
-                        open=spb.OpenStream(session_id=self.session_id, client_id=self.client_id)
+                with trio.CancelScope() as scope:
+                    self._stream_scope = scope
+                    stream = await self.transport.open_stream(
+                        self.path, spb.ServerMessage, metadata=self.metadata
                     )
-                )
-                if resume:
-                    await self._resubscribe(stream)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._send_loop, stream, outbox)
-                    await self._dispatch_loop(stream)
-                    nursery.cancel_scope.cancel()
+                    await stream.send(
+                        spb.ClientMessage(open=spb.OpenStream(
+                            session_id=self.session_id, client_id=self.client_id
+                        ))
+                    )
+                    if resume:
+                        await self._resubscribe(stream)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._send_loop, stream, outbox)
+                        await self._dispatch_loop(stream)
+                        nursery.cancel_scope.cancel()
+                self._stream_scope = None
                 if self._closed:
                     return
+                if scope.cancelled_caught:
+                    raise ConnectionError(f"the connection looks dead: {self._suspicion}")
                 raise ConnectionError("the server ended the watch stream")
             except Exception as exc:
+                self._stream_scope = None
                 if self._closed:  # errors while closing are the closing itself
                     return
                 error = _unwrap(exc)
@@ -362,6 +371,22 @@ class WatchHub:
                 if resolved.wire:
                     resolved._unwire()
                 self.request_unsubscribe(resolved)
+
+    def suspect(self, reason: str) -> None:
+        """A call on this connection failed as a dead connection does (the heartbeat
+        timed out or was unavailable): stop serving watched values from the cache and
+        reopen the stream, which resumes as after any break.
+
+        Example: the heartbeat calls ``hub.suspect("heartbeat: UNAVAILABLE")``.
+        """
+        if self._closed or self._outbox_send is None:  # no stream: nothing is pushed
+            return
+        for actor in self.directory.all():
+            if actor.wire:
+                actor.suspend()
+        self._suspicion = reason
+        if self._stream_scope is not None:
+            self._stream_scope.cancel()
 
     def fail(self, error: Exception) -> None:
         """End every watch with ``error`` (the session is lost); later subscriptions open

@@ -37,7 +37,7 @@ from dspex_rx.server.metrics import ServerMetrics
 from dspex_rx.server.service import VariablesService, add_service
 from dspex_rx.store import MemoryStore
 from dspex_rx.store.backend import RevisionConflict
-from dspex_rx.wire.channel import SERVICE_NAME, grpc_options
+from dspex_rx.wire.channel import SERVICE_NAME, grpc_options, server_keepalive_options
 from dspex_rx.wire.security import Pem, check_bind, is_loopback, server_credentials
 
 log = get_logger("dspex_rx.server")
@@ -126,7 +126,8 @@ class Server:
         self.store.bind_loop(asyncio.get_running_loop())
         # gRPC sets SO_REUSEPORT by default, so a second server on a port in use would
         # bind it too and the kernel would split connections between the two.
-        options = [*grpc_options(self.limits.max_message_bytes), ("grpc.so_reuseport", 0)]
+        options = [*grpc_options(self.limits.max_message_bytes), ("grpc.so_reuseport", 0),
+                   *server_keepalive_options()]
         interceptors = [self.metrics.interceptor] if self.metrics is not None else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
         add_service(self.service, server)

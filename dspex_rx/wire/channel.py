@@ -1,11 +1,12 @@
-"""What client and server agree on about the channel: the service name, message size options
-and how an address (or several replicas' addresses) becomes a gRPC target.
+"""What client and server agree on about the channel: the service name, message size and
+keepalive options, and how an address (or several replicas' addresses) becomes a gRPC target.
 
 Both ends import it from here, so neither has to import the other.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 
 from dspex_rx.core.limits import DEFAULT_LIMITS
@@ -26,6 +27,74 @@ def grpc_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, 
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+# Keepalive: the client pings every ``keepalive_time`` seconds, even on an idle stream, and
+# a ping unanswered for ``keepalive_timeout`` closes the connection, so a silently dead path
+# fails every call on it within about the sum. The server must accept pings that often or it
+# answers GOAWAY "too_many_pings" (gRPC's default floor is 5 minutes): it accepts one a second
+# (so the client's floor is that too), and pings its own clients every 30 s to free the
+# streams of clients that vanished.
+DEFAULT_KEEPALIVE_TIME = 3.0
+DEFAULT_KEEPALIVE_TIMEOUT = 2.0
+MIN_KEEPALIVE_TIME = 1.0
+SERVER_KEEPALIVE_TIME = 30.0
+SERVER_KEEPALIVE_TIMEOUT = 10.0
+
+
+def client_keepalive_options(
+    keepalive_time: float = DEFAULT_KEEPALIVE_TIME,
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+) -> list[tuple[str, int]]:
+    """The client channel's keepalive options, checked: ``keepalive_time`` at least
+    ``MIN_KEEPALIVE_TIME`` (the server's floor), ``keepalive_timeout`` positive; seconds.
+
+    >>> client_keepalive_options(1.0, 0.5)[:2]
+    [('grpc.keepalive_time_ms', 1000), ('grpc.keepalive_timeout_ms', 500)]
+    >>> try:
+    ...     client_keepalive_options(0.2, 1.0)
+    ... except InvalidValueError as exc:
+    ...     print(str(exc).split(" (")[0])
+    keepalive_time must be a number of seconds >= 1.0
+    """
+    for name, value, floor in (("keepalive_time", keepalive_time, MIN_KEEPALIVE_TIME),
+                               ("keepalive_timeout", keepalive_timeout, None)):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or (
+            value < floor if floor is not None else value <= 0
+        ):
+            need = (f">= {floor} (the server refuses pings more often)" if floor is not None
+                    else "> 0")
+            raise InvalidValueError(f"{name} must be a number of seconds {need}, got {value!r}")
+    return [
+        ("grpc.keepalive_time_ms", round(keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", round(keepalive_timeout * 1000)),
+        # Any ping unanswered (gRPC's flow-control probe too, which a keepalive ping rides
+        # on when one is in flight) counts as dead after the same time, not gRPC's 60 s.
+        ("grpc.http2.ping_timeout_ms", round(keepalive_timeout * 1000)),
+        # Ping even with no call in flight, and without limit on an idle stream (gRPC's
+        # default stops after two pings that carried no data: an idle watch would go deaf).
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_keepalive_options() -> list[tuple[str, int]]:
+    """The server's keepalive policy: accept a client's pings down to one a second, even
+    with no call in flight, and ping its own clients every 30 s.
+
+    >>> dict(server_keepalive_options())["grpc.http2.min_recv_ping_interval_without_data_ms"]
+    1000
+    """
+    floor = round(MIN_KEEPALIVE_TIME * 1000)
+    return [
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", floor),
+        ("grpc.http2.min_ping_interval_without_data_ms", floor),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_time_ms", round(SERVER_KEEPALIVE_TIME * 1000)),
+        ("grpc.keepalive_timeout_ms", round(SERVER_KEEPALIVE_TIMEOUT * 1000)),
     ]
 
 
