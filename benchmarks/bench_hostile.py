@@ -25,11 +25,14 @@ import argparse
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -47,9 +50,9 @@ PROBE_TIMEOUT = 10.0
 # ------------------------------------------------------------------ child processes
 
 
-def probe(target: str, seconds: float, interval: float) -> None:
-    """The prober: Health/Check every ``interval`` s for ``seconds``; prints the latencies
-    (ms, a timeout counted as its full wait) as one JSON object on its stdout."""
+def probe(target: str, seconds: float, interval: float, out: str) -> None:
+    """The prober: Health/Check every ``interval`` s for ``seconds``; writes the latencies
+    (ms, a timeout counted as its full wait) as one JSON object to the file ``out``."""
     channel = grpc.insecure_channel(target)
     stub = health_pb2_grpc.HealthStub(channel)
     stub.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT)  # connected first
@@ -66,7 +69,7 @@ def probe(target: str, seconds: float, interval: float) -> None:
         latencies.append((time.perf_counter() - start) * 1000)
         time.sleep(interval)
     channel.close()
-    print(json.dumps({"latencies": latencies, "failures": failures}), flush=True)
+    Path(out).write_text(json.dumps({"latencies": latencies, "failures": failures}))
 
 
 def _http2_garbage(rng: random.Random) -> bytes:
@@ -81,9 +84,9 @@ def _http2_garbage(rng: random.Random) -> bytes:
     return out
 
 
-def flood(target: str, seconds: float, seed: int, oversize_every: float) -> None:
-    """The flooder: malformed traffic for ``seconds``; prints what it sent as one JSON
-    object on its stdout."""
+def flood(target: str, seconds: float, seed: int, oversize_every: float, out: str) -> None:
+    """The flooder: malformed traffic for ``seconds``; writes what it sent as one JSON
+    object to the file ``out``."""
     rng = random.Random(seed)
     host, port = target.rsplit(":", 1)
     sent: dict[str, int] = defaultdict(int)
@@ -128,16 +131,18 @@ def flood(target: str, seconds: float, seed: int, oversize_every: float) -> None
                 answers[exc.code().name] += 1
         sent[kind] += 1
     channel.close()
-    print(json.dumps({"sent": dict(sent), "answers": dict(answers)}), flush=True)
+    Path(out).write_text(json.dumps({"sent": dict(sent), "answers": dict(answers)}))
 
 
 class Child:
-    """A child process of this script (prober or flooder) whose stdout is one JSON object."""
+    """A child process of this script (prober or flooder) that writes one JSON object to
+    a file (its stdout and stderr are not ours: stdout carries only our JSON lines)."""
 
     def __init__(self, *args: str) -> None:
+        self.out = Path(tempfile.mkdtemp(prefix="dspex-rx-hostile-")) / "result.json"
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, os.path.abspath(__file__), *args, "--out", str(self.out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
 
     def wait_ready(self) -> None:
@@ -147,10 +152,12 @@ class Child:
             raise RuntimeError(f"the prober did not start: {line}{self.proc.stderr.read()}")
 
     def result(self, timeout: float) -> dict[str, Any]:
-        out, err = self.proc.communicate(timeout=timeout)
+        _, err = self.proc.communicate(timeout=timeout)
         if self.proc.returncode != 0:
             raise RuntimeError(f"child {self.proc.args} failed: {err}")
-        return json.loads(out)  # type: ignore[no-any-return]
+        result = json.loads(self.out.read_text())
+        shutil.rmtree(self.out.parent, ignore_errors=True)
+        return result  # type: ignore[no-any-return]
 
 
 def health_figures(result: dict[str, Any]) -> dict[str, Any]:
@@ -330,6 +337,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--role", choices=["probe", "flood"], help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.clients, args.items = 4.0, 10, 200_000
@@ -339,10 +347,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "probe":
-        probe(args.target, args.seconds, args.probe_interval)
+        probe(args.target, args.seconds, args.probe_interval, args.out)
         return 0
     if args.role == "flood":
-        flood(args.target, args.seconds, args.seed, args.oversize_every)
+        flood(args.target, args.seconds, args.seed, args.oversize_every, args.out)
         return 0
     quiet_logging()
     emit(environment())
