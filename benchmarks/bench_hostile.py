@@ -22,6 +22,7 @@ on stderr. Exit status 1 if an invariant broke. Run as a file:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -114,10 +115,8 @@ def flood(target: str, seconds: float, seed: int, oversize_every: float, out: st
                 with socket.create_connection((host, int(port)), timeout=2) as sock:
                     sock.sendall(data)
                     sock.settimeout(0.2)
-                    try:
+                    with contextlib.suppress(TimeoutError, OSError):
                         sock.recv(4096)
-                    except (TimeoutError, OSError):
-                        pass
             except OSError:
                 answers["socket_error"] += 1
         else:
