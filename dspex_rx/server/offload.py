@@ -221,8 +221,13 @@ class Lane:
         else:
             # Gave up before its turn: the next write still waits for the one before.
             assert self._prev is not None
-            self._prev.add_done_callback(lambda _: done.done() or done.set_result(None))
+            self._prev.add_done_callback(lambda _: _finish(done))
         self._lanes.forget(self._key, done)
+
+
+def _finish(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 class Lanes:

@@ -65,7 +65,7 @@ class Checked:
         self.limits = limits
         self.clean: Any = None
         self.size = 0
-        self.error: DspexError | ValueError | TypeError | None = None
+        self.error: DspexError | ValueError | TypeError | KeyError | None = None
 
     def fits(
         self, name: str, type_name: str, constraints: Mapping[str, Any], limits: Limits
@@ -110,7 +110,7 @@ def check_ahead(
     checked = Checked(value, name, type_name, constraints, limits)
     try:
         checked.clean, checked.size = validated(name, type_name, value, constraints, limits)
-    except (DspexError, ValueError, TypeError) as exc:
+    except (DspexError, ValueError, TypeError, KeyError) as exc:
         checked.error = exc
     return checked
 
@@ -119,7 +119,7 @@ def raw_value(value: Any) -> Any:
     """The value as sent: a ``Checked``'s raw value, anything else itself.
 
     >>> from dspex_rx.core.limits import DEFAULT_LIMITS
-    >>> raw_value(check_ahead("t", "int", 3, {}, DEFAULT_LIMITS)), raw_value(4)
+    >>> raw_value(check_ahead("t", "integer", 3, {}, DEFAULT_LIMITS)), raw_value(4)
     (3, 4)
     """
     return value.raw if isinstance(value, Checked) else value

@@ -156,7 +156,7 @@ def update_variables(
     return response
 
 
-def _echo_if_changed(out: pb.Value, sent: object, stored: object) -> None:
+def _echo_if_changed(out: codec.Value, sent: object, stored: object) -> None:
     # The stored value goes back only when it differs from the one sent (a cast, a
     # normalization), as the client then has to learn it.
     if not same_value(sent, stored):
