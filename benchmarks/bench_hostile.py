@@ -4,6 +4,10 @@ Two phases against one ``dspex-rx serve`` child process, each for a bounded time
 health prober (its own process, so client-side work never delays it) calls
 ``grpc.health.v1.Health/Check`` every ``--probe-interval`` seconds and times each answer:
 
+The health figures count the probes a stall kept from being sent (a probe that waited
+2 s stands for the 200 due meanwhile, ``corrected``), so one long stall weighs as long as
+it lasted, not as one sample.
+
 * ``large_values``: one client writes and reads back a list of ``--items`` items (a
   million by default, the most ``max_collection_items`` allows) in a loop.
 * ``mixed_under_flood``: ``--clients`` sessions (50), each on its own connection, make
@@ -159,10 +163,29 @@ class Child:
         return result  # type: ignore[no-any-return]
 
 
-def health_figures(result: dict[str, Any]) -> dict[str, Any]:
-    latencies = result["latencies"]
+def corrected(latencies: list[float], interval_ms: float) -> list[float]:
+    """Latencies with the probes a stall kept from being sent put back (coordinated
+    omission): a probe that waited L ms stood for the ones due every ``interval_ms`` in
+    that time, which would have waited L - interval, L - 2 x interval, ...
+
+    >>> corrected([5.0, 35.0], 10.0)
+    [5.0, 35.0, 25.0, 15.0, 5.0]
+    """
+    out = []
+    for latency in latencies:
+        out.append(latency)
+        missed = latency - interval_ms
+        while missed > 0:
+            out.append(missed)
+            missed -= interval_ms
+    return out
+
+
+def health_figures(result: dict[str, Any], interval: float) -> dict[str, Any]:
+    probes = result["latencies"]
+    latencies = corrected(probes, interval * 1000)
     return {
-        "health_probes": len(latencies),
+        "health_probes": len(probes),
         "health_failures": result["failures"],
         "health_p50_ms": round(percentile(latencies, 50), 2),
         "health_p99_ms": round(percentile(latencies, 99), 2),
@@ -191,7 +214,9 @@ async def large_values(target: str, args: argparse.Namespace) -> dict[str, Any]:
             back = await session.get_variable("big", bypass_cache=True)
             reads += 1
             wrong += back != value
-    figures = health_figures(await trio.to_thread.run_sync(prober.result, args.seconds + 60))
+    figures = health_figures(
+        await trio.to_thread.run_sync(prober.result, args.seconds + 60), args.probe_interval
+    )
     note(f"large values: {writes} writes and {reads} reads of {args.items} items; health "
          f"p99 {figures['health_p99_ms']} ms, max {figures['health_max_ms']} ms")
     return {"bench": "hostile", "phase": "large_values", "items": args.items,
@@ -287,7 +312,9 @@ async def mixed_under_flood(target: str, args: argparse.Namespace) -> dict[str, 
             nursery.start_soon(client.run, target, end, random.Random(rng.random()))
     elapsed = trio.current_time() - start
     flood_result = await trio.to_thread.run_sync(flooder.result, 120)
-    figures = health_figures(await trio.to_thread.run_sync(prober.result, 120))
+    figures = health_figures(
+        await trio.to_thread.run_sync(prober.result, 120), args.probe_interval
+    )
     by_kind: dict[str, list[float]] = defaultdict(list)
     for client in clients:
         for kind, values in client.latencies.items():
