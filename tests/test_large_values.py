@@ -16,12 +16,14 @@ from google.protobuf.message import DecodeError
 from wire import field, nested_list
 
 import dspex_rx
+from dspex_rx.core.types import KeysConvertedDict, TorchOriginArray
 from dspex_rx.server import EmbeddedServer, offload
 from dspex_rx.store.checked import Checked
 from dspex_rx.v1 import value_pb2 as vpb
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire import codec
 from dspex_rx.wire.pieces import merge_in_pieces, top_level_string
+from dspex_rx.wire.spliced import encode_in_pieces, placeholder, serialize_spliced
 
 # A list whose SetVariable request is well above offload.LARGE_REQUEST_BYTES.
 BIG = list(range(100_000))
@@ -245,3 +247,46 @@ def test_the_session_id_is_read_without_parsing_the_rest() -> None:
     data = pb.SetVariableRequest(session_id="sess", ref="t", value=codec.encode(BIG))
     assert top_level_string(data.SerializeToString(), 1) == "sess"
     assert top_level_string(b"\x0a\x05ab", 1) == ""  # truncated: no id, refused later
+
+
+# -------------------------------------------------------------- answers in pieces
+
+
+def _stored_cases() -> list[Any]:
+    return [
+        list(range(10_000)),
+        [[list(range(3000))], [], {}, "x" * 100, None, True, 2.5],
+        {f"k{i}": [i] * 20 for i in range(500)},
+        KeysConvertedDict({"1": list(range(5000)), "2": {"a": []}}),
+        {"big": list(range(6000)), "small": 1, "deep": [[[[1]]]]},
+        [np.arange(100, dtype=np.float32), np.zeros((2, 3), dtype=np.int8)] * 3000,
+        [np.arange(10, dtype=np.float64).view(TorchOriginArray)] * 5000,
+    ]
+
+
+@pytest.mark.parametrize("value", _stored_cases())
+def test_a_value_encoded_in_pieces_parses_to_the_value_encoded_whole(value: Any) -> None:
+    data = encode_in_pieces(value, leaves=100)
+    assert vpb.Value.FromString(data) == codec.encode(value)
+
+
+def test_an_answer_serialized_around_placeholders_is_the_answer_serialized_whole() -> None:
+    whole = pb.GetVariablesResponse(revision=9, missing=["gone"])
+    spliced = pb.GetVariablesResponse(revision=9, missing=["gone"])
+    values = [list(range(3000)), "small", list(range(2000)), None]
+    pieces: list[bytes | None] = []
+    for i, value in enumerate(values):
+        for response in (whole, spliced):
+            variable = response.variables.add(name=f"v{i}", version=i + 1)
+            variable.metadata.SetInParent()
+        if value is None:
+            placeholder(spliced.variables[i].value, len(pieces))
+            pieces.append(None)  # left out, as an echo equal to what was sent
+            continue
+        codec.fill(whole.variables[i].value, value)
+        placeholder(spliced.variables[i].value, len(pieces))
+        pieces.append(encode_in_pieces(value, leaves=100))
+    parsed = pb.GetVariablesResponse.FromString(serialize_spliced(spliced, pieces))
+    assert parsed == whole
+    assert not parsed.variables[3].HasField("value")
+    assert parsed.variables[0].HasField("metadata")

@@ -11,7 +11,8 @@ token and take the session's place in line); the parse (in pieces, ``wire/pieces
 the decode and the validation (``store/checked.py``) run on a worker; the loop then makes
 the store call, which takes the checked value without checking it again; and values of
 ``LARGE_VALUE_BYTES`` or more are written into the answer on a worker after the store
-call (stored values are immutable, so reading them there is safe).
+call, and the answer is serialized around them there, in pieces (``wire/spliced.py``;
+stored values are immutable, so reading them there is safe).
 
 The workers are a bounded pool (``WORKERS`` threads): Python threads share one
 interpreter lock, so more threads would not go faster, they would only make the loop wait
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError
 
 from dspex_rx.core.limits import Limits
-from dspex_rx.core.types import check_constraints, infer_type, normalize_type
+from dspex_rx.core.types import check_constraints, infer_type, normalize_type, same_value
 from dspex_rx.errors import DspexError
 from dspex_rx.store import MemoryStore, VariableSpec
 from dspex_rx.store.checked import check_ahead
@@ -38,6 +39,7 @@ from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire import codec
 from dspex_rx.wire.convert import rules_from_pb, type_from_pb
 from dspex_rx.wire.pieces import merge_in_pieces, top_level_string
+from dspex_rx.wire.spliced import encode_in_pieces, placeholder, serialize_spliced
 
 # A request this big is parsed, decoded and checked on a worker (a parse of this size on
 # the loop takes a few milliseconds).
@@ -114,26 +116,58 @@ async def parse(large: Large, malformed: Callable[[str, Exception], Any]) -> Any
         return malformed(large.type_name, exc)
 
 
+class Serialized:
+    """An answer already serialized (on a worker, ``Work.answer``): the service's
+    response serializer passes its bytes on as they are.
+
+    >>> Serialized(b"\x10\x04").data
+    b'\x10\x04'
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def serialize_response(response: Any) -> bytes:
+    """The response serializer of every RPC: a message's bytes, or a ``Serialized``'s.
+
+    >>> serialize_response(pb.GetVariableResponse(revision=4))
+    b'\x10\x04'
+    """
+    if isinstance(response, Serialized):
+        return response.data
+    return response.SerializeToString()  # type: ignore[no-any-return]
+
+
 class Work:
     """One call's work for the workers: the values checked ahead of the store call
-    (``checked``, in the order its handler reads them) and the parts of the answer to
-    write after it (``later``), with the encoded bytes they will add.
+    (``checked``, in the order its handler reads them), and the large values of its
+    answer, left as placeholders until ``answer`` encodes them and serializes the answer
+    around them, in pieces (``wire/spliced.py``), after the store call.
 
     >>> work = Work()
-    >>> msg = pb.Variable()
-    >>> work.fill(msg.value, list(range(10_000)), 60_000)
-    >>> work.take_pending(), msg.HasField("value")
-    (60006, False)
-    >>> work.finish(); len(msg.value.list_value.values)
+    >>> response = pb.GetVariableResponse(revision=1)
+    >>> work.fill(response.variable.value, list(range(10_000)), 60_000)
+    >>> work.take_pending(), bool(work)
+    (60006, True)
+    >>> data = work.answer(response).data
+    >>> len(pb.GetVariableResponse.FromString(data).variable.value.list_value.values)
     10000
     """
 
-    __slots__ = ("checked", "later", "pending")
+    __slots__ = ("checked", "pending", "values")
 
     def __init__(self) -> None:
         self.checked: list[Any] | None = None
-        self.later: list[Callable[[], None]] = []
+        # Per placeholder: the value to encode, and the value sent if it goes back only
+        # when the stored one differs (``fill_if_changed``).
+        self.values: list[tuple[Any, Any]] = []
         self.pending = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.values)
 
     def fill(self, msg: Any, value: Any, size: int) -> None:
         """Write ``value`` (of encoded ``size``) into ``msg`` now if small, else later.
@@ -143,17 +177,24 @@ class Work:
         if size < LARGE_VALUE_BYTES:
             codec.fill(msg, value)
             return
-        self.later.append(functools.partial(codec.fill, msg, value))
+        self._defer(msg, value, _ALWAYS, size)
+
+    def fill_if_changed(self, msg: Any, sent: Any, stored: Any, size: int) -> None:
+        """Write ``stored`` into ``msg`` only if it differs from ``sent`` (an echo the
+        client needs only then), now if small, else later.
+
+        Example: ``work.fill_if_changed(result.value, sent, record.value, size)``.
+        """
+        if size >= LARGE_VALUE_BYTES:
+            self._defer(msg, stored, sent, size)
+        elif not same_value(sent, stored):
+            codec.fill(msg, stored)
+
+    def _defer(self, msg: Any, value: Any, sent: Any, size: int) -> None:
+        placeholder(msg, len(self.values))
+        self.values.append((value, sent))
         # The value field's tag and length around the value itself.
         self.pending += size + 6
-
-    def defer(self, step: Callable[[], None], size: int) -> None:
-        """Run ``step`` (a pure encoding step of ``size`` bytes) after the store call.
-
-        Example: ``work.defer(lambda: codec.fill(out, value), size)``.
-        """
-        self.later.append(step)
-        self.pending += size
 
     def take_pending(self) -> int:
         """Bytes deferred since the last call (what an answer's size meter adds).
@@ -163,14 +204,21 @@ class Work:
         pending, self.pending = self.pending, 0
         return pending
 
-    def finish(self) -> None:
-        """Run the deferred steps (on a worker: ``await off_loop(work.finish)``).
+    def answer(self, response: Any) -> Serialized:
+        """Encode the deferred values and serialize ``response`` with them, in pieces
+        (run it on a worker: ``await off_loop(work.answer, response)``).
 
-        Example: ``work.finish()`` fills the answer's large values.
+        Example: ``return await off_loop(call.work.answer, response)``.
         """
-        later, self.later = self.later, []
-        for step in later:
-            step()
+        pieces = [
+            None if sent is not _ALWAYS and same_value(sent, value) else encode_in_pieces(value)
+            for value, sent in self.values
+        ]
+        return Serialized(serialize_spliced(response, pieces))
+
+
+# The "sent" of a deferred value that always goes back.
+_ALWAYS = object()
 
 
 class Lane:
@@ -392,6 +440,7 @@ async def check_registers(call: Any, request: pb.RegisterVariablesRequest) -> No
 Ahead = Callable[[Any, Any], Awaitable[None]]
 __all__ = [
     "LARGE_REQUEST_BYTES", "LARGE_VALUE_BYTES", "WORKERS", "Ahead", "Lane",
-    "Lanes", "Large", "Work", "check_register", "check_registers", "check_set",
-    "check_updates", "lanes_of", "off_loop", "parse", "parse_large", "spec_ahead",
+    "Lanes", "Large", "Serialized", "Work", "check_register", "check_registers", "check_set",
+    "check_updates", "lanes_of", "off_loop", "parse", "parse_large", "serialize_response",
+    "spec_ahead",
 ]

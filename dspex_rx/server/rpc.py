@@ -360,10 +360,12 @@ class Unary(Generic[Req, Resp]):
                                 "row; nothing of it was kept: try again"
                             ) from exc
                         await asyncio.sleep(random.uniform(0, CONFLICT_PAUSE * attempt))
-                if call.work.later:
-                    await offload.off_loop(call.work.finish)
                 if writes:
                     audit.refused_results(name, request, response)
+                if call.work:
+                    # Large values: encoded, and the answer serialized, on a worker.
+                    answer: Any = await offload.off_loop(call.work.answer, response)
+                    return answer  # type: ignore[no-any-return]
                 return response
             except DspexError as exc:
                 if writes:

@@ -148,7 +148,8 @@ def add_service(service: VariablesService, server: grpc.aio.Server) -> None:
                 # A large unary request is parsed on a worker, off the loop (offload.py).
                 defer_large=not method.client_streaming,
             ),
-            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            # An answer with large values comes already serialized (offload.Work.answer).
+            response_serializer=offload.serialize_response,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)

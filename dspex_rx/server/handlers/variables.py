@@ -4,11 +4,7 @@ list and delete.
 
 from __future__ import annotations
 
-import functools
-
-from dspex_rx.core.types import same_value
 from dspex_rx.server.encode import name_seen_by, spec_from_pb
-from dspex_rx.server.offload import LARGE_VALUE_BYTES
 from dspex_rx.server.rpc import Call
 from dspex_rx.store.checked import raw_value
 from dspex_rx.v1 import variables_pb2 as pb
@@ -143,24 +139,12 @@ def update_variables(
             result.name = name_seen_by(call.store, sid, record)
             result.version = record.version
             result.mod_revision = record.mod_revision
-            value_size = record.size - record.metadata_size
-            if value_size < LARGE_VALUE_BYTES:
-                if not same_value(raw_value(sent), record.value):
-                    codec.fill(result.value, record.value)
-            else:
-                # Comparing and encoding a large value: on a worker, after the store call.
-                echo = functools.partial(
-                    _echo_if_changed, result.value, raw_value(sent), record.value
-                )
-                call.work.defer(echo, value_size + 6)
+            # The stored value goes back only if it differs from the one sent (a cast, a
+            # normalization); a large one is compared and encoded on a worker, later.
+            call.work.fill_if_changed(
+                result.value, raw_value(sent), record.value, record.size - record.metadata_size
+            )
     return response
-
-
-def _echo_if_changed(out: codec.Value, sent: object, stored: object) -> None:
-    # The stored value goes back only when it differs from the one sent (a cast, a
-    # normalization), as the client then has to learn it.
-    if not same_value(sent, stored):
-        codec.fill(out, stored)
 
 
 def list_variables(call: Call, request: pb.ListVariablesRequest) -> pb.ListVariablesResponse:
