@@ -120,8 +120,8 @@ class Serialized:
     """An answer already serialized (on a worker, ``Work.answer``): the service's
     response serializer passes its bytes on as they are.
 
-    >>> Serialized(b"\x10\x04").data
-    b'\x10\x04'
+    >>> Serialized(b"\\x10\\x04").data
+    b'\\x10\\x04'
     """
 
     __slots__ = ("data",)
@@ -134,7 +134,7 @@ def serialize_response(response: Any) -> bytes:
     """The response serializer of every RPC: a message's bytes, or a ``Serialized``'s.
 
     >>> serialize_response(pb.GetVariableResponse(revision=4))
-    b'\x10\x04'
+    b'\\x10\\x04'
     """
     if isinstance(response, Serialized):
         return response.data
