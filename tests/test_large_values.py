@@ -92,6 +92,37 @@ async def test_another_session_is_answered_while_a_large_value_is_checked(
     assert await session.get_variable("big", bypass_cache=True) == BIG
 
 
+async def test_a_watcher_of_a_large_value_gets_it_encoded_while_others_are_answered(
+    server: EmbeddedServer, session: dspex_rx.SessionContext, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A watched large value was encoded on the loop for every stream's frame (value and
+    # old value): seconds per watcher per write.
+    from dspex_rx.server import stream
+
+    held = Gate(stream._packed)
+
+    def packed(items: list[Any], limits: Any) -> Any:
+        if not stream._carries_large_values(items):
+            return held.real(items, limits)
+        assert server.call(threading.get_ident) != threading.get_ident()  # not the loop
+        return held(items, limits)
+
+    monkeypatch.setattr(stream, "_packed", packed)
+    await session.register_variable("big", "list", [])
+    async with dspex_rx.connect(server.target) as other, \
+            session.watch_variable("big", include_initial=False) as updates:
+        await other.register_variable("t", "float", 0.5)
+        await session.set_variable("big", BIG)
+        await held.wait_started()
+        assert await other.get_variable("t", bypass_cache=True) == 0.5
+        held.log.append("other session answered")
+        held.open()
+        with trio.fail_after(GUARD):
+            update = await anext(aiter(updates))
+    assert update.value == BIG and update.version == 2
+    assert held.log[:3] == ["check started", "other session answered", "released by the test"]
+
+
 async def test_two_writes_of_one_session_apply_in_the_order_they_arrived(
     server: EmbeddedServer, session: dspex_rx.SessionContext, gate: Gate,
     monkeypatch: pytest.MonkeyPatch,
