@@ -5,6 +5,7 @@ in the order they arrived; a large value's answers and refusals are those of a s
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -213,6 +214,20 @@ async def test_a_large_write_refused_first_for_its_version_says_so(
     await session.register_variable("x", "list", [], constraints={"max_length": 10})
     with pytest.raises(dspex_rx.errors.ConflictError, match="expected version 7"):
         await session.set_variable("x", BIG, expected_version=7)
+
+
+async def test_a_write_only_session_gets_no_large_value_back(server: EmbeddedServer) -> None:
+    # The answer's value is written later, on a worker: whether the caller may read it is
+    # decided before (it used to be written, then cleared).
+    tag = secrets.token_hex(4)
+    async with dspex_rx.connect(server.target, session_id=f"owner_{tag}") as owner, \
+            dspex_rx.connect(server.target, session_id=f"w_{tag}") as writer:
+        var = await owner.register_variable("plan", "list", [], access_rules=[
+            {"session_pattern": f"w_{tag}", "permissions": ["write"]}])
+        assert await writer.set_variable(var, BIG) == 2
+        with pytest.raises(dspex_rx.errors.AccessDeniedError):
+            await writer.get_variable(var)
+        assert await owner.get_variable("plan", bypass_cache=True) == BIG
 
 
 async def test_a_large_write_creating_its_variable_infers_the_type(
