@@ -131,6 +131,19 @@ class OptimizationLockedError(ConflictError):
         return str(self.details.get("optimization_id", ""))
 
 
+class DerivationFencedError(ConflictError):
+    """A write to a derived variable under a fencing token its derivation no longer
+    honours: the lease lapsed, was released or was taken over, or the token was never
+    the derivation's. The message names the variable and why.
+
+    >>> error = DerivationFencedError("variable 'd': derivation fencing token 7 is stale")
+    >>> isinstance(error, ConflictError), error.kind
+    (True, 'fenced')
+    """
+
+    kind = "fenced"
+
+
 class AccessDeniedError(DspexError, PermissionError):
     """The session may not do this to the variable.
 
@@ -234,6 +247,7 @@ _BY_KIND: dict[str, type[DspexError]] = {
         AlreadyExistsError,
         ConflictError,
         OptimizationLockedError,
+        DerivationFencedError,
         AccessDeniedError,
         AuthenticationError,
         ResourceExhaustedError,

@@ -109,3 +109,24 @@ def test_serve_with_etcd_refuses_an_empty_endpoint_list() -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--etcd-endpoints names no etcd member (host:port)" in done.stderr
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    done = subprocess.run([str(SCRIPT), "--version"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"dspex-rx {version('dspex-rx')}"
+    assert re.fullmatch(r"dspex-rx \d+\.\d+\.\d+\S*", done.stdout.strip())
+
+
+def test_the_one_command_line_holds_the_server_shell_and_web_commands() -> None:
+    done = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    commands = set(re.findall(r"^    (\w+)", done.stdout, flags=re.MULTILINE))
+    assert "set (put)" in done.stdout
+    assert {"serve", "backup", "restore", "export", "get", "set", "watch", "ls",
+            "history", "rollback", "rm", "import", "deps", "optimize", "sessions",
+            "session", "health", "ui"} <= commands

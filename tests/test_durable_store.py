@@ -37,7 +37,7 @@ def dump(backend: Backend) -> dict[str, str]:
             sorted((k, list(v)) for k, v in s.history.items()), sorted(s.leases.items()),
             sorted(s.running), sorted((k, list(v)) for k, v in s.recent_leases.items()),
             sorted((k, list(v)) for k, v in s.evaluations.items()), sorted(s.fixed.items()),
-            sorted(s.rules.items()),
+            sorted(s.rules.items()), sorted(s.derivations.items()),
             sorted((e.dependent, e.dependency, e.type, repr(e.metadata))
                    for e in s.graph.edges()),
         ))
@@ -62,12 +62,13 @@ VALUE = st.integers(0, 9) | st.floats(0, 1) | st.lists(st.integers(0, 3), max_si
 @st.composite
 def steps(draw: st.DrawFn) -> tuple[str, ...] | tuple[str, Any, Any]:
     # Mostly valid calls (so most steps commit), over two sessions, with the calls that
-    # change state in place: attach/leave, retention, compaction, optimizations.
+    # change state in place: attach/leave, retention, compaction, optimizations and
+    # derivation leases.
     name = draw(st.sampled_from(NAMES))
     op = draw(st.sampled_from([
         "register", "set", "set", "set", "batch", "delete", "depend", "undepend",
         "rollback", "optimize", "step", "finish", "stop", "rules", "attach", "leave",
-        "reopen",
+        "reopen", "derive", "derive", "release",
     ]))
     return op, name, draw(VALUE)
 
@@ -107,6 +108,17 @@ def run_step(store: MemoryStore, state: dict[str, Any], op: str, name: str, valu
     elif op == "rules":
         store.set_permissions(sid, name, [{"session_pattern": "other",
                                            "permissions": ["read"]}], actor="t")
+    elif op == "derive":
+        # A derived variable's lease, from the main client or (as standby) the extra one.
+        source = "b" if name == "a" else "a"
+        if name not in store.session(sid).names:
+            store.register(sid, [VariableSpec(name, "float", 0.5,
+                                              metadata={"derived_from": [source]},
+                                              dependencies=[source])], actor="t")
+        store.claim_derivation(sid, name, [source], client_id=state.get("extra", state["client"]))
+    elif op == "release":
+        # The owner leaves: its standby takes over, or the variable is marked stale.
+        store.release_derivation(sid, name, client_id=state["client"])
     elif op == "attach":
         state["extra"] = store.initialize_session(sid, client_name="x")[1]
     elif op == "leave" and "extra" in state:

@@ -353,3 +353,52 @@ async def test_the_expiry_loop_survives_another_replica_writing_first(
                                         and not b.pending), "the expiry", 30)
     a.close()
     b.close()
+
+
+def test_a_derivation_renewed_on_one_replica_lapses_on_none_and_a_takeover_fences_on_all(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Derivation leases (issue #17) live in the variable's row: a renewal through one
+    # replica reaches the others, and so does a takeover and the old token's refusal.
+    now = [1000.0]
+    clock = lambda: now[0]  # noqa: E731
+    a = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix, clock=clock),
+                    clock=clock, lease_ttl=3.0)
+    b = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix, clock=clock),
+                    clock=clock, lease_ttl=3.0)
+    try:
+        _, one, _ = a.initialize_session("s", ttl=3600)
+        two = a.initialize_session("s", ttl=3600, token=a.session("s").token)[1]
+        a.register("s", [VariableSpec("x", "float", 1.0),
+                         VariableSpec("d", "float", 3.0, metadata={"derived_from": ["x"]},
+                                      dependencies=["x"])], actor="a")
+        derivation, _, _ = a.claim_derivation("s", "d", ["x"], client_id=one)
+        token = derivation.token
+        sync(a)
+        b._backend.catch_up()
+        assert b.claim_derivation("s", "d", ["x"], client_id=two)[1] == "standby"
+        sync(b)
+        a._backend.catch_up()
+        now[0] += 2
+        a.renew_derivation("s", "d", client_id=one)
+        sync(a)
+        b._backend.catch_up()
+        b.renew_derivation("s", "d", client_id=two)
+        sync(b)
+        now[0] += 2  # 4 s after the claim, 2 after the renewal through a
+        assert b.expire() == []
+        assert b.derivation_status("s", "d")[1].owner_client == one  # type: ignore[union-attr]
+        sync(b)
+        a._backend.catch_up()
+        now[0] += 2  # one is silent past its TTL; two renews through b and takes over
+        assert b.renew_derivation("s", "d", client_id=two)[1] == "owner"
+        sync(b)
+        a._backend.catch_up()
+        seen = a.derivation_status("s", "d")[1]
+        assert seen is not None and (seen.owner_client, seen.standbys) == (two, [])
+        with pytest.raises(dspex_rx.DerivationFencedError, match="lapsed"):
+            a.set("s", "d", 9.0, actor="a", fencing_token=token)
+        assert a.set("s", "d", 4.0, actor="a", fencing_token=seen.token)[0].value == 4.0
+    finally:
+        a.close()
+        b.close()

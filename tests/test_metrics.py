@@ -117,10 +117,13 @@ async def test_gauges_count_sessions_variables_streams_and_watches(
             samples = await scraped_when(port, "dspex_rx_watches", 0)
             assert sample(samples, "dspex_rx_streams") == 1
         samples = await scraped_when(port, "dspex_rx_streams", 0)
-        # The stream, counted once when it ended: a closing client cancels its stream.
+        # The stream, counted once when it ended. A closing client ends its session (the
+        # server then ends the session's streams: OK) and cancels its stream (CANCELLED);
+        # which the server sees first is a race a loaded machine showed both ways.
         ended = {dict(labels)["code"]: value for (name, labels), value in samples.items()
-                 if name == "dspex_rx_rpc_handled_total" and ("method", "Session") in labels}
-        assert ended == {"CANCELLED": 1}
+                 if name == "dspex_rx_rpc_handled_total" and ("method", "Session") in labels
+                 and value}
+        assert sum(ended.values()) == 1 and set(ended) <= {"OK", "CANCELLED"}, ended
         await b.delete_variable("z")
         samples = await scraped(port)
         assert sample(samples, "dspex_rx_variables") == 2

@@ -1,10 +1,12 @@
 """Computed variables: ``session.derive(name, inputs, fn)`` keeps ``name`` equal to
-``fn(*inputs)`` by recomputing on the client from the latest input values, glitch-free."""
+``fn(*inputs)`` by recomputing on the client from the latest input values, glitch-free,
+under a derivation lease: one owner writes, other clients stand by to take over."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +17,15 @@ from dspex_rx.client.actors import VariableUpdate
 from dspex_rx.client.aio import portal_aware
 from dspex_rx.client.core import SessionCore
 from dspex_rx.core.types import infer_type, same_value
-from dspex_rx.errors import InvalidValueError
+from dspex_rx.errors import (
+    AlreadyExistsError,
+    DerivationFencedError,
+    InvalidValueError,
+    VariableNotFoundError,
+)
 from dspex_rx.logs import get_logger
+from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire.convert import utc_datetime
 
 if TYPE_CHECKING:
     from dspex_rx.client import SessionContext
@@ -24,9 +33,69 @@ if TYPE_CHECKING:
 log = get_logger("dspex_rx.derive")
 
 
+# A lease answer as the client keeps it: (role, fencing token, ttl seconds).
+_Lease = tuple[str, int, float]
+# Each connection's Derived handles by variable id: a second derive() of a variable this
+# client already keeps would run two tasks under one lease.
+_KEPT: weakref.WeakKeyDictionary[SessionCore, dict[str, Derived]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def lease_call(
+    core: SessionCore, ref: str, action: str, inputs: Sequence[str] = (), ttl: float = 0.0,
+) -> pb.DeriveLeaseResponse:
+    """One ``DeriveLease`` call for this client: ``claim``, ``renew``, ``release`` or
+    ``status``.
+
+    Example: ``(await lease_call(core, "d", "renew")).role`` is "owner" for the owner.
+    """
+    return await core.call(
+        "DeriveLease",
+        pb.DeriveLeaseRequest(
+            session_id=core.session_id, ref=ref, client_id=core.client_id, action=action,
+            inputs=list(inputs), ttl_seconds=ttl,
+        ),
+        pb.DeriveLeaseResponse,
+    )
+
+
+def status_dict(response: pb.DeriveLeaseResponse) -> dict[str, Any]:
+    """A ``DeriveLease`` answer as the status dict ``derivation_status`` returns.
+
+    >>> answer = pb.DeriveLeaseResponse(role="standby")
+    >>> answer.status.name, answer.status.derived, answer.status.owner_client = "d", True, "c1"
+    >>> status = status_dict(answer)
+    >>> status["owner"], status["role"], status["stale"]
+    ('c1', 'standby', False)
+    """
+    st = response.status
+    return {
+        "variable": st.name,
+        "derived": st.derived,
+        "inputs": list(st.inputs),
+        "owner": st.owner_client or None,
+        "owner_session": st.owner_session or None,
+        "standbys": list(st.standby_clients),
+        "standby_sessions": list(st.standby_sessions),
+        "last_computed_revision": st.last_computed_revision,
+        "stale": st.stale,
+        "stale_reason": st.stale_reason,
+        "ttl": st.ttl_seconds,
+        "expires_at": utc_datetime(st.expires_at) if st.HasField("expires_at") else None,
+        "role": response.role,
+    }
+
+
 @portal_aware
 class Derived:
-    """The handle of a computed variable this session keeps up to date.
+    """The handle of a computed variable this client takes part in.
+
+    One client, the owner of the variable's derivation lease, recomputes and writes it
+    (under the lease's fencing token); the others stand by, following the inputs without
+    calling ``fn``. Every part renews its lease every third of the TTL. When the owner's
+    lease lapses, a standby takes over: it recomputes from the current inputs and writes
+    under its new token. ``role`` says which this client is now.
 
     Glitch-free: input updates are collected while the watch stream's dispatcher applies
     a message (an atomic batch is one frame, so all of it), and one recomputation runs
@@ -50,11 +119,14 @@ class Derived:
         initial_inputs: Sequence[Any] = (),
         var_id: str = "",
         derived_inputs: Sequence[int] = (),
+        lease: _Lease = ("owner", 0, 0.0),
+        core: SessionCore | None = None,
     ) -> None:
         self.session = session
         self.name = name
         self.var_id = var_id or name
         self.ended = False
+        self._core = core
         self._derived_inputs = set(derived_inputs)
         # Derived inputs that announced a recomputation: index -> the causing revision.
         self._awaiting: dict[int, int] = {}
@@ -63,14 +135,22 @@ class Derived:
         self.recomputations = 0
         self.writes = 0
         self.errors = 0
+        self.takeovers = 0
+        self.renewals = 0
         self.last_error: BaseException | None = None
+        self.role, self._token, self.ttl = lease
         self._last_written = last_written
         # The inputs the registered value was computed from: their initial events do not
         # call fn again (it may be expensive: an LLM call, say).
         self._computed_from: list[Any] | None = list(initial_inputs) or None
         self._latest: dict[int, Any] = {}
         self._revision = 0
+        # A standby that took over writes its first result even when unchanged, so the
+        # takeover is a write under its token (and ``last_computed_revision`` follows).
+        self._force = False
         self._wake = trio.Event()
+        self._check = trio.Event()  # ask the keeper to renew now (a write was fenced)
+        self._release = False
         self._scope = trio.CancelScope()
         self._subscriptions: list[rx_abc.DisposableBase] = []
         self._idle = trio.Event()
@@ -102,10 +182,11 @@ class Derived:
         self.ended = True
         self._scope.cancel()
 
-    async def run(self) -> None:
-        """Subscribe to the inputs and recompute until cancelled (the session runs this).
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe to the inputs, keep the lease and recompute (as owner) until
+        cancelled (the session runs this); started once it has subscribed.
 
-        Example: ``nursery.start_soon(derived.run)`` keeps it current.
+        Example: ``await nursery.start(derived.run)`` keeps it current.
         """
         with self._scope:
             try:
@@ -117,19 +198,73 @@ class Derived:
                 for index, ref in enumerate(self.inputs):
                     on_input = functools.partial(self._on_input, index)
                     self._subscriptions.append(self.session.observe(ref).subscribe(on_input))
-                while True:
-                    if not self._wake.is_set():  # input that came meanwhile is not settled
-                        self._idle.set()
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-                    if len(self._latest) < len(self.inputs) or self._awaiting:
-                        continue  # an input has not reported yet, or a new value is coming
-                    await self._recompute()
+                task_status.started()
+                async with trio.open_nursery() as nursery:
+                    if self._core is not None and self.ttl > 0:
+                        nursery.start_soon(self._keep, self._core)
+                    await self._follow()
             finally:
-                self.ended = True
-                self._idle.set()
                 for subscription in self._subscriptions:
                     subscription.dispose()
+                if self._release and self._core is not None:
+                    await self._give_back(self._core)
+                self.ended = True
+                self._idle.set()
+
+    async def _follow(self) -> None:
+        while True:
+            if not self._wake.is_set():  # input that came meanwhile is not settled
+                self._idle.set()
+            await self._wake.wait()
+            self._wake = trio.Event()
+            if len(self._latest) < len(self.inputs) or self._awaiting:
+                continue  # an input has not reported yet, or a new value is coming
+            if self.role == "owner":
+                await self._recompute()
+
+    async def _keep(self, core: SessionCore) -> None:
+        # Renew this client's part every third of the TTL (at once when a write was
+        # fenced); a part that lapsed claims again (as standby, or owner if none is left).
+        while True:
+            with trio.move_on_after(self.ttl / 3):
+                await self._check.wait()
+            self._check = trio.Event()
+            try:
+                answer = await lease_call(core, self.var_id, "renew")
+                if answer.role == "none":
+                    answer = await lease_call(core, self.var_id, "claim", self.inputs,
+                                              self.ttl)
+            except VariableNotFoundError:
+                self._end()
+                return
+            except RuntimeError:  # the session closed under it: nothing left to renew
+                return
+            except Exception as exc:  # a blip (transport, storage): the next renewal retries
+                log.warning("derive_renew_failed", variable=self.name, error=repr(exc))
+                continue
+            self.renewals += 1
+            self._adopt(answer)
+
+    def _adopt(self, answer: pb.DeriveLeaseResponse) -> None:
+        was, self.role = self.role, answer.role
+        if answer.status.ttl_seconds:
+            self.ttl = answer.status.ttl_seconds
+        if self.role == "owner" and (was != "owner" or answer.fencing_token != self._token):
+            # Taken over: recompute from the current inputs and write under the new token.
+            self._token = answer.fencing_token
+            self.takeovers += 1
+            self._force, self._computed_from = True, None
+            log.info("derive_took_over", variable=self.name)
+            self._idle = trio.Event()
+            self._wake.set()
+
+    async def _give_back(self, core: SessionCore) -> None:
+        # cancel(): hand the lease to a standby now rather than after the TTL.
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            try:
+                await lease_call(core, self.var_id, "release")
+            except Exception as exc:  # best effort: else the lease lapses after its TTL
+                log.warning("derive_release_failed", variable=self.name, error=repr(exc))
 
     async def _recompute(self) -> None:
         values = [self._latest[i] for i in range(len(self.inputs))]
@@ -144,14 +279,21 @@ class Derived:
             result = self.fn(*values)
             if inspect.isawaitable(result):
                 result = await result
-            if same_value(result, self._last_written):
+            if same_value(result, self._last_written) and not self._force:
                 return
             await self.session.set_variable(
                 self.var_id, result, metadata={"derived_from_revision": revision},
-                source="derived",
+                source="derived", fencing_token=self._token or None,
             )
             self._last_written = result
+            self._force = False
             self.writes += 1
+        except DerivationFencedError as exc:  # no longer the owner: find out what we are
+            self.errors += 1
+            self.last_error = exc
+            self.role = "none"
+            self._check.set()
+            log.warning("derive_fenced", variable=self.name, error=str(exc))
         except Exception as exc:  # the computation or its write failed: keep serving
             self.errors += 1
             self.last_error = exc
@@ -167,10 +309,12 @@ class Derived:
             await self._idle.wait()
 
     def cancel(self) -> None:
-        """Stop recomputing (the variable stays, with its last value).
+        """Stop recomputing (the variable stays, with its last value) and give up this
+        client's part in the lease: a standby takes over, or the variable goes stale.
 
         Example: ``derived.cancel()`` stops recomputing.
         """
+        self._release = True
         self._scope.cancel()
 
 
@@ -184,12 +328,16 @@ async def derive(
     constraints: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     description: str = "",
+    ttl: float = 0.0,
 ) -> Derived:
     """Register ``name`` as a computed variable: ``fn(*input_values)`` (sync or async),
-    with ``inputs`` as its dependencies, recomputed by this session from the latest
-    inputs and written back with ``source='derived'``. Glitch-free: an atomic batch
-    that changes several inputs causes one recomputation from all of its new values.
-    ``type`` defaults to the type of the first result. Returns a ``Derived`` handle
+    with ``inputs`` as its dependencies, recomputed from the latest inputs and written
+    back with ``source='derived'``, and take its derivation lease (``ttl`` seconds, 0 for
+    the server's default). Glitch-free: an atomic batch that changes several inputs
+    causes one recomputation from all of its new values. ``type`` defaults to the type
+    of the first result. When ``name`` is already derived from the same inputs (by another
+    client) this client stands by, and takes over if its owner dies; if it was stale
+    this client becomes its owner and recomputes it. Returns a ``Derived`` handle
     (``cancel()`` stops recomputing; closing the session does too).
 
     Example: ``await session.derive("effective_temperature", ["base_temperature",
@@ -200,18 +348,56 @@ async def derive(
     nursery = core.nursery()  # RuntimeError: the session is not initialized
     current = await session.get_variables(list(inputs), include_metadata=True)
     input_values = [current[ref]["value"] for ref in inputs]
-    result = fn(*input_values)
-    if inspect.isawaitable(result):
-        result = await result
-    type_name = type or infer_type(name, result)
-    var_id = await session.register_variable(
-        name, type_name, result, constraints=constraints,
-        metadata={**(metadata or {}), "derived_from": list(inputs)},
-        description=description, dependencies=list(inputs),
-    )
+    kept = _KEPT.setdefault(core, {})
+    if any(not d.ended and name in (d.name, d.var_id) for d in kept.values()):
+        raise AlreadyExistsError(
+            f"variable {name!r} is already derived by this client: cancel() its Derived "
+            "before deriving it again"
+        )
+    registered = False
+    try:
+        answer = await lease_call(core, name, "claim", inputs, ttl)
+    except VariableNotFoundError as exc:
+        if not str(exc).startswith("no variable "):
+            raise  # an input went meanwhile ("variable 'd': no input variable ...")
+        result = fn(*input_values)
+        if inspect.isawaitable(result):
+            result = await result
+        type_name = type or infer_type(name, result)
+        try:
+            await session.register_variable(
+                name, type_name, result, constraints=constraints,
+                metadata={**(metadata or {}), "derived_from": list(inputs)},
+                description=description, dependencies=list(inputs),
+            )
+            registered = True
+        except AlreadyExistsError:
+            pass  # another client registered it meanwhile: claim as it stands
+        answer = await lease_call(core, name, "claim", inputs, ttl)
+    var_id = answer.status.variable_id
+    if registered:
+        last, initial = result, input_values
+    else:
+        # Not computed here: the first round computes, and writes only a change.
+        last, initial = await session.get_variable(var_id, bypass_cache=True), []
     derived_inputs = [
         i for i, ref in enumerate(inputs) if "derived_from" in current[ref]["metadata"]
     ]
-    derived = Derived(session, name, inputs, fn, result, input_values, var_id, derived_inputs)
-    nursery.start_soon(derived.run, name=f"dspex-rx-derive[{name}]")
+    lease = (answer.role, answer.fencing_token, answer.status.ttl_seconds)
+    derived = Derived(session, name, inputs, fn, last, initial, var_id, derived_inputs,
+                      lease, core)
+    kept[var_id] = derived
+    # Subscribed before it returns: a ``sync()`` after it covers its inputs' first values.
+    await nursery.start(derived.run, name=f"dspex-rx-derive[{name}]")
     return derived
+
+
+async def derivation_status(core: SessionCore, name: str) -> dict[str, Any]:
+    """The derivation lease of ``name``: ``owner`` (client id, None when none), ``owner_session``,
+    ``standbys`` (client ids, in takeover order), ``last_computed_revision``, ``stale``
+    (and ``stale_reason``), ``ttl``, ``expires_at``, ``inputs``, ``derived`` (False: no
+    lease) and this client's ``role`` (owner, standby or none).
+
+    Example: ``(await session.derivation_status("effective_temperature"))["stale"]``.
+    """
+    return status_dict(await lease_call(core, name, "status"))

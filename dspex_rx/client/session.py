@@ -24,7 +24,7 @@ from dspex_rx.client.cache import VariableCache
 from dspex_rx.client.connection import Connection, M
 from dspex_rx.client.core import Forwarded, SessionCore
 from dspex_rx.client.dependencies import Dependencies
-from dspex_rx.client.derive import Derived, derive
+from dspex_rx.client.derive import Derived, derivation_status, derive
 from dspex_rx.client.encoding import MISSING
 from dspex_rx.client.history import History
 from dspex_rx.client.optimization.control import Optimizations
@@ -32,13 +32,15 @@ from dspex_rx.client.optimization.lease import HeldLease
 from dspex_rx.client.optimization.progress import Progress
 from dspex_rx.client.optimization.run import OptimizationRun
 from dspex_rx.client.permissions import Permissions
+from dspex_rx.client.probe import session_info
 from dspex_rx.client.session_optimization import OptimizationCalls
 from dspex_rx.client.snapshots import Snapshots
 from dspex_rx.client.variables import Variables
 from dspex_rx.client.watch import Watch
 from dspex_rx.client.watching import Watching
 from dspex_rx.core.limits import Limits
-from dspex_rx.wire.security import Pem
+from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire.security import Pem, principal_metadata, token_metadata
 
 
 @portal_aware(local=("cancel_watch",))
@@ -182,6 +184,19 @@ class SessionContext(OptimizationCalls):
         Example: ``await session.ping(b"x")`` returns ``b"x"``.
         """
         return await self._variables.ping(payload)
+
+    async def list_sessions(self, principal_key: str | None = None) -> list[dict[str, Any]]:
+        """The sessions this caller may see (``probe.list_sessions``): this one, plus those
+        in the principal namespace ``principal_key`` opens (all, on an ``--auth none`` server).
+
+        Example: ``[s["session_id"] for s in await session.list_sessions()]`` names this one.
+        """
+        response = await self._call(
+            "ListSessions", pb.ListSessionsRequest(session_id=self.session_id),
+            pb.ListSessionsResponse,
+            metadata=token_metadata(self.token) + principal_metadata(principal_key),
+        )
+        return [session_info(info) for info in response.sessions]
 
     async def register_variable(
         self, name: str, type: str, initial_value: Any,
@@ -486,17 +501,28 @@ class SessionContext(OptimizationCalls):
     async def derive(
         self, name: str, inputs: Sequence[str], fn: Callable[..., Any], type: str | None = None,
         constraints: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
-        description: str = "",
+        description: str = "", *, ttl: float = 0.0,
     ) -> Derived:
-        """Register ``name`` as a computed variable ``fn(*input_values)``, recomputed by this
-        session, glitch-free, when its inputs change; returns a ``Derived`` handle.
+        """Register ``name`` as a computed variable ``fn(*input_values)``, recomputed,
+        glitch-free, when its inputs change, by the owner of its derivation lease (``ttl``
+        seconds, renewed; 0: the server's default); a client deriving it from the same
+        inputs later stands by and takes over if the owner dies. Returns a ``Derived``.
 
         Example: ``await session.derive("effective_temperature", ["base_temperature",
         "style_modifier"], lambda base, style: base * style)`` returns the ``Derived``.
         """
         return await derive(
-            self, self._core, name, inputs, fn, type, constraints, metadata, description
+            self, self._core, name, inputs, fn, type, constraints, metadata, description, ttl
         )
+
+    async def derivation_status(self, name: str) -> dict[str, Any]:
+        """Who keeps a derived variable: ``owner`` (client id; None when none),
+        ``standbys``, ``last_computed_revision``, ``stale``, ``ttl``, ``expires_at``,
+        ``inputs`` and this client's ``role`` (see ``dspex_rx.client.derive``).
+
+        Example: ``(await session.derivation_status("effective_temperature"))["owner"]``.
+        """
+        return await derivation_status(self._core, name)
 
     async def sync(self) -> int:
         """Wait until every change committed before this call has reached this client's

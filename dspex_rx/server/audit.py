@@ -24,6 +24,7 @@ REASONS = {
     "conflict": "conflict",
     "already_exists": "conflict",
     "locked": "fencing",
+    "fenced": "fencing",
     "not_found": "not_found",
     "session_not_found": "not_found",
     "storage_unavailable": "storage",

@@ -16,6 +16,7 @@ from dspex_rx.server.fanout import Subscriber
 from dspex_rx.server.handlers import (
     access,
     dependencies,
+    derivation,
     exchange,
     history,
     optimization,
@@ -81,6 +82,8 @@ class VariablesService(pb_grpc.VariablesServicer):
     Heartbeat = Unary(sessions.heartbeat)
     CloseSession = Unary(sessions.close_session)
     Echo = Unary(sessions.echo, authenticated=False)
+    # Session-less: the handler shows only what the presented token or key opens.
+    ListSessions = Unary(sessions.list_sessions, authenticated=False)
 
     # A large value is decoded and checked off the loop first (``ahead``, offload.py).
     RegisterVariable = Unary(
@@ -112,6 +115,8 @@ class VariablesService(pb_grpc.VariablesServicer):
     GetOptimizationStatus = Unary(optimization.get_optimization_status)
     GetOptimizationHistory = Unary(optimization.get_optimization_history)
     ReportMetrics = Unary(optimization.report_metrics)
+
+    DeriveLease = Unary(derivation.derive_lease)
 
     ExportVariables = Unary(exchange.export_variables)
     ImportVariables = Unary(exchange.import_variables, writes=True)

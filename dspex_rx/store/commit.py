@@ -254,6 +254,7 @@ class Committer(AccessMethods):
             charge(session, "other_bytes", sum(fixed.values()))
         for record in removed:
             charge(session, "other_bytes", -session.fixed.pop(record.id, 0))
+            session.derivations.pop(record.id, None)  # its row goes with the variable
         for lease in started:
             recent = session.recent_leases[lease.variable_id]
             charge(session, "other_bytes", lease.size)

@@ -25,3 +25,5 @@ class MemoryStore(Exchange):
         # Optimizations running when a durable store stopped have no holder any more, and
         # their fencing tokens must never be accepted again.
         self._end_leases_of_old_holders("the server restarted")
+        # Derivation owners keep their tokens, with a fresh window to renew in.
+        self._refresh_derivations()

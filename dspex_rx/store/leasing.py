@@ -13,7 +13,7 @@ from typing import Any
 from dspex_rx.core.limits import measure_value, too_big
 from dspex_rx.errors import InvalidValueError, OptimizationLockedError
 from dspex_rx.store.base import log
-from dspex_rx.store.commit import Committer
+from dspex_rx.store.deriving import Deriving
 from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
 from dspex_rx.store.records import ITEM_OVERHEAD, VariableRecord
 from dspex_rx.store.state import Session
@@ -35,7 +35,7 @@ def staged_copy(lease: OptimizationLease) -> OptimizationLease:
     return dataclasses.replace(lease)
 
 
-class Leasing(Committer):
+class Leasing(Deriving):
     """The engine's lease rules shared by writes and the optimization API.
 
     Example: ``store.set(sid, "t", 0.4, actor="me", fencing_token=lease.token)`` passes them.
@@ -43,7 +43,9 @@ class Leasing(Committer):
 
     def _expire_leases(self, session: Session) -> None:
         # Leases lapse lazily, on the next call that could see them, and in expire();
-        # each lapse is its own commit, before whatever the caller does next.
+        # each lapse is its own commit, before whatever the caller does next. Derivation
+        # leases lapse on the same calls.
+        self._expire_derivations(session)
         if not session.running:
             return
         now = self._clock()
@@ -200,7 +202,9 @@ class Leasing(Committer):
         self, holder: str, state: str, reason: str, client_id: str | None = None
     ) -> None:
         # End the running leases session ``holder`` holds (those of one of its clients,
-        # with ``client_id``) on the variables of every live session.
+        # with ``client_id``) on the variables of every live session; its derivation
+        # leases pass on too.
+        self._drop_held_derivations(holder, client_id, reason)
         for owner in list(self._sessions.values()):
             for lease in [lease for lease in owner.running.values()
                           if lease.holder_session == holder

@@ -178,6 +178,36 @@ class Sessions(Leasing):
         _check_token(session, token)
         return session
 
+    def visible_sessions(
+        self, session_id: str = "", token: str = "", principal_key: str = "", *,
+        everything: bool = False,
+    ) -> list[Session]:
+        """The live sessions a caller may see, sorted by id: ``session_id`` when ``token``
+        is its own (else ``AuthenticationError``, or ``SessionNotFoundError`` for no such
+        session), and every session whose id lies in a principal namespace that
+        ``principal_key`` opens; ``everything`` (a server without token checks) shows all.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> store = MemoryStore()
+        >>> mine, _, _ = store.initialize_session("mine")
+        >>> _ = store.initialize_session("theirs")
+        >>> [s.id for s in store.visible_sessions("mine", mine.token)]
+        ['mine']
+        >>> [s.id for s in store.visible_sessions(everything=True)]
+        ['mine', 'theirs']
+        """
+        if everything:
+            return sorted(self._sessions.values(), key=lambda s: s.id)
+        seen: dict[str, Session] = {}
+        if session_id:
+            seen[session_id] = self.authenticate(session_id, token)
+        if principal_key:
+            for session in self._sessions.values():
+                namespace = self.principals.owner(session.id)
+                if namespace is not None and namespace.key_matches(principal_key):
+                    seen[session.id] = session
+        return [seen[key] for key in sorted(seen)]
+
     def heartbeat(self, session_id: str, client_id: str) -> float:
         """Keep a client attached; returns when it will expire without another heartbeat.
 

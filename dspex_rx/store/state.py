@@ -12,6 +12,7 @@ from typing import Any
 
 from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import DependencyGraph
+from dspex_rx.store.derivations import Derivation
 from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
 from dspex_rx.store.records import Commit, HistoryEntry, Listener, VariableRecord
 
@@ -110,4 +111,7 @@ class Session:
     # Each variable's access rules (what other sessions may do with it); beside the
     # record, not in it: changing them is not a write of the value.
     rules: dict[str, tuple[AccessRule, ...]] = field(default_factory=dict)
+    # Each derived variable's derivation lease (owner, standbys, stale), by variable id;
+    # kept with its variable's row by a durable backend.
+    derivations: dict[str, Derivation] = field(default_factory=dict)
 

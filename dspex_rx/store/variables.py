@@ -193,7 +193,9 @@ class Variables(Registration):
             return records[0], revision, True
         self._expire_leases(session)
         record = session.variables[record.id]
-        self._check_lease(session, record, fencing_token, caller_id=session_id)
+        # A derived variable's owner writes under its derivation token (consumed here).
+        lease_token = self._check_derivation(session, record, fencing_token, session_id)
+        self._check_lease(session, record, lease_token, caller_id=session_id)
         self._check_version(record, expected_version)
         clean_metadata, metadata_size = self._clean_metadata(
             record.name, metadata, f"variable {record.name!r}: metadata"
@@ -206,6 +208,8 @@ class Variables(Registration):
             session, [new], metadata=clean_metadata, source=source or actor,
             metadata_size=metadata_size,
         )
+        if fencing_token and lease_token is None:
+            self._derivation_written(session, record.id, revision)
         return written[0], revision, False
 
     @staticmethod

@@ -175,6 +175,40 @@ class CloseSessionResponse(_message.Message):
     session_removed: bool
     def __init__(self, session_removed: _Optional[bool] = ...) -> None: ...
 
+class ListSessionsRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("session_id", "created_at", "clients", "variables", "revision", "session_ttl_seconds", "idle_since", "expires_at")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    created_at: _timestamp_pb2.Timestamp
+    clients: int
+    variables: int
+    revision: int
+    session_ttl_seconds: float
+    idle_since: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, session_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clients: _Optional[int] = ..., variables: _Optional[int] = ..., revision: _Optional[int] = ..., session_ttl_seconds: _Optional[float] = ..., idle_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions", "all_sessions")
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    ALL_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionInfo]
+    all_sessions: bool
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ..., all_sessions: _Optional[bool] = ...) -> None: ...
+
 class VariableSpec(_message.Message):
     __slots__ = ("name", "type", "initial_value", "constraints", "metadata", "description", "dependencies", "access_rules")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -1000,3 +1034,61 @@ class ImportVariablesResponse(_message.Message):
     dry_run: bool
     dependencies_added: int
     def __init__(self, outcomes: _Optional[_Iterable[_Union[ImportOutcome, _Mapping]]] = ..., revision: _Optional[int] = ..., applied: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., dependencies_added: _Optional[int] = ...) -> None: ...
+
+class DerivationStatus(_message.Message):
+    __slots__ = ("variable_id", "name", "inputs", "owner_session", "owner_client", "standby_sessions", "standby_clients", "last_computed_revision", "stale", "stale_reason", "ttl_seconds", "expires_at", "derived")
+    VARIABLE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    OWNER_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_COMPUTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    STALE_REASON_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DERIVED_FIELD_NUMBER: _ClassVar[int]
+    variable_id: str
+    name: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    owner_session: str
+    owner_client: str
+    standby_sessions: _containers.RepeatedScalarFieldContainer[str]
+    standby_clients: _containers.RepeatedScalarFieldContainer[str]
+    last_computed_revision: int
+    stale: bool
+    stale_reason: str
+    ttl_seconds: float
+    expires_at: _timestamp_pb2.Timestamp
+    derived: bool
+    def __init__(self, variable_id: _Optional[str] = ..., name: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., owner_session: _Optional[str] = ..., owner_client: _Optional[str] = ..., standby_sessions: _Optional[_Iterable[str]] = ..., standby_clients: _Optional[_Iterable[str]] = ..., last_computed_revision: _Optional[int] = ..., stale: _Optional[bool] = ..., stale_reason: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., derived: _Optional[bool] = ...) -> None: ...
+
+class DeriveLeaseRequest(_message.Message):
+    __slots__ = ("session_id", "ref", "client_id", "action", "inputs", "ttl_seconds")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    client_id: str
+    action: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    ttl_seconds: float
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., client_id: _Optional[str] = ..., action: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class DeriveLeaseResponse(_message.Message):
+    __slots__ = ("status", "role", "fencing_token", "revision")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    status: DerivationStatus
+    role: str
+    fencing_token: int
+    revision: int
+    def __init__(self, status: _Optional[_Union[DerivationStatus, _Mapping]] = ..., role: _Optional[str] = ..., fencing_token: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...

@@ -50,6 +50,11 @@ class VariablesStub:
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/dspex_rx.v1.Variables/ListSessions',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
         self.RegisterVariable = channel.unary_unary(
                 '/dspex_rx.v1.Variables/RegisterVariable',
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.RegisterVariableRequest.SerializeToString,
@@ -180,6 +185,11 @@ class VariablesStub:
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessRequest.SerializeToString,
                 response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessResponse.FromString,
                 _registered_method=True)
+        self.DeriveLease = channel.unary_unary(
+                '/dspex_rx.v1.Variables/DeriveLease',
+                request_serializer=dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseRequest.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class VariablesServicer:
@@ -199,6 +209,13 @@ class VariablesServicer:
 
     def CloseSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """The sessions the caller may see (see ListSessionsRequest); needs no session.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -362,6 +379,13 @@ class VariablesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeriveLease(self, request, context):
+        """Derivation leases (issue #17): claim, renew, release, status of a derived variable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariablesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -379,6 +403,11 @@ def add_VariablesServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.CloseSessionRequest.FromString,
                     response_serializer=dspex__rx_dot_v1_dot_variables__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.ListSessionsRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.ListSessionsResponse.SerializeToString,
             ),
             'RegisterVariable': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterVariable,
@@ -510,6 +539,11 @@ def add_VariablesServicer_to_server(servicer, server):
                     request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessRequest.FromString,
                     response_serializer=dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessResponse.SerializeToString,
             ),
+            'DeriveLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeriveLease,
+                    request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseRequest.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dspex_rx.v1.Variables', rpc_method_handlers)
@@ -592,6 +626,33 @@ class Variables:
             '/dspex_rx.v1.Variables/CloseSession',
             dspex__rx_dot_v1_dot_variables__pb2.CloseSessionRequest.SerializeToString,
             dspex__rx_dot_v1_dot_variables__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/ListSessions',
+            dspex__rx_dot_v1_dot_variables__pb2.ListSessionsRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1294,6 +1355,33 @@ class Variables:
             '/dspex_rx.v1.Variables/CheckVariableAccess',
             dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessRequest.SerializeToString,
             dspex__rx_dot_v1_dot_variables__pb2.CheckVariableAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeriveLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_rx.v1.Variables/DeriveLease',
+            dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseRequest.SerializeToString,
+            dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

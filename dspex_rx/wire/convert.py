@@ -37,6 +37,7 @@ STATUS_BY_KIND: dict[str, grpc.StatusCode] = {
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
     "conflict": grpc.StatusCode.FAILED_PRECONDITION,
     "locked": grpc.StatusCode.FAILED_PRECONDITION,
+    "fenced": grpc.StatusCode.FAILED_PRECONDITION,
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,

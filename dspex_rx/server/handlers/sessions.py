@@ -1,5 +1,5 @@
 """Session RPCs: create or attach (``InitializeSession``, which hands out the token),
-``Heartbeat``, ``CloseSession``, and the session-less ``Echo``.
+``Heartbeat``, ``CloseSession``, and the session-less ``Echo`` and ``ListSessions``.
 """
 
 from __future__ import annotations
@@ -83,6 +83,35 @@ def close_session(call: Call, request: pb.CloseSessionRequest) -> pb.CloseSessio
     log.info("session_closed" if removed else "session_detached", session_id=call.session_id,
              client_id=request.client_id, session_removed=removed)
     return pb.CloseSessionResponse(session_removed=removed)
+
+
+def list_sessions(call: Call, request: pb.ListSessionsRequest) -> pb.ListSessionsResponse:
+    """``ListSessions``: the sessions the caller may see (``store.visible_sessions``): its
+    own when it presents the session's token, those in namespaces whose principal key it
+    presents; every session when the server checks no tokens (``auth="none"``).
+
+    Example: ``await stub.ListSessions(request, metadata=token_metadata(token))`` lists
+    the caller's session.
+    """
+    store = call.store
+    everything = call.service.auth == "none"
+    found = store.visible_sessions(
+        request.session_id, presented_token(call.context),
+        presented(call.context, PRINCIPAL_KEY_KEY), everything=everything,
+    )
+    response = pb.ListSessionsResponse(all_sessions=everything)
+    answer = call.answer()
+    for session in found:
+        info = response.sessions.add(
+            session_id=session.id, created_at=timestamp(session.created_at),
+            clients=len(session.clients), variables=len(session.variables),
+            revision=session.revision, session_ttl_seconds=store.session_ttl,
+        )
+        if not session.clients and session.idle_since is not None:
+            info.idle_since.CopyFrom(timestamp(session.idle_since))
+            info.expires_at.CopyFrom(timestamp(session.idle_since + store.session_ttl))
+        answer.add(info)
+    return response
 
 
 def echo(call: Call, request: pb.EchoRequest) -> pb.EchoResponse:

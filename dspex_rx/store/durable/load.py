@@ -129,7 +129,9 @@ def _session(sid: str, header: dict[str, Any], graph: Any, now: float | None) ->
 
 
 def _variable(session: Session, var_id: str, row: tuple[Any, ...]) -> None:
-    record, rules, fixed, lease, recent = row
+    # Rows written before derivation leases have five parts.
+    record, rules, fixed, lease, recent, *later = row
+    derivation = later[0] if later else None
     session.variables[var_id] = record
     session.names[record.name] = var_id
     if rules:
@@ -142,6 +144,8 @@ def _variable(session: Session, var_id: str, row: tuple[Any, ...]) -> None:
             session.running[var_id] = lease
     if recent:
         session.recent_leases[var_id] = deque(recent)
+    if derivation is not None:
+        session.derivations[var_id] = derivation
 
 
 def _tails(out: Loaded, rows: list[tuple[tuple[str | int, ...], bytes]]) -> None:

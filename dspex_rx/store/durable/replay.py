@@ -124,7 +124,7 @@ def _variable_row(sessions: dict[str, Session], owners: dict[str, str], sid: str
     if old is not None:
         session.names.pop(old.name, None)
     for table in (session.rules, session.fixed, session.leases, session.running,
-                  session.recent_leases):
+                  session.recent_leases, session.derivations):
         table.pop(var_id, None)
     if is_put:
         _variable(session, var_id, _load(value, VARIABLES, var_id))

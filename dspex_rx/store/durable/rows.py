@@ -162,11 +162,13 @@ def session_header(session: Session) -> dict[str, Any]:
 
 def variable_row(session: Session, var_id: str) -> tuple[Any, ...]:
     """A variable's stored row: record, rules, fixed cost, latest and recent leases (one
-    pickle, so the latest lease stays the same object as its entry among the recent ones).
+    pickle, so the latest lease stays the same object as its entry among the recent ones),
+    and its derivation lease (None when it has none).
 
     Example: ``variable_row(session, "var_t_1")[0]`` is its record.
     """
     return (
         session.variables[var_id], session.rules.get(var_id, ()), session.fixed.get(var_id, 0),
         session.leases.get(var_id), list(session.recent_leases.get(var_id, ())),
+        session.derivations.get(var_id),
     )
