@@ -531,6 +531,27 @@ async def test_a_newer_format_version_is_refused(
         await fresh.import_variables(data, format)
 
 
+# Guards issue #17: files with format_version 0, -1, 2 and 99 were all imported.
+@pytest.mark.parametrize("format", ["json", "yaml", "parquet", "pickle"])
+@pytest.mark.parametrize(("version", "refusal"), [
+    (0, r"'format_version' must be a positive integer, got 0$"),
+    (-1, r"'format_version' must be a positive integer, got -1$"),
+    (2, r"format_version 2, newer than this dspex-rx reads \(up to 1\); upgrade"),
+    (99, r"format_version 99, newer than this dspex-rx reads \(up to 1\); upgrade"),
+])
+async def test_an_unknown_format_version_is_refused_and_nothing_is_imported(
+    session: dspex_rx.SessionContext, fresh: dspex_rx.SessionContext, format: str,
+    version: int, refusal: str,
+) -> None:
+    await session.register_variable("x", "integer", 1)
+    doc = exchange.read_document(await session.export_variables("json"), "json")
+    doc["format_version"] = version
+    data = exchange.write_document(doc, format)
+    with pytest.raises(exchange.ExportFormatError, match=refusal):
+        await fresh.import_variables(data, format, trusted=True)
+    assert await fresh.list_variables() == []
+
+
 # Guards: the ImportError said pip install 'dspex-rx[parquet]', but no index has dspex-rx.
 async def test_a_missing_pyarrow_names_the_install_command_that_works_from_a_checkout(
     session: dspex_rx.SessionContext, monkeypatch: pytest.MonkeyPatch

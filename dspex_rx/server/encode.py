@@ -4,7 +4,7 @@ rules, change events, optimization statuses and history entries, variable specs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dspex_rx.core.access import AccessRule
@@ -21,6 +21,9 @@ from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire import codec
 from dspex_rx.wire.convert import rules_from_pb, timestamp, type_from_pb, type_to_pb
+
+# Writes a value into a wire ``Value`` (``codec.fill`` or one that defers the work).
+Fill = Callable[[Any, Any], None]
 
 UPDATE_TYPES: dict[str, int] = {
     name: spb.UpdateType.Value("UPDATE_TYPE_" + name.upper())
@@ -51,8 +54,11 @@ def rules_to_pb(rules: Sequence[AccessRule], out: Any) -> None:
         )
 
 
-def record_to_pb(record: VariableRecord, out: pb.Variable | None = None) -> pb.Variable:
-    """Fill a wire ``Variable`` from a store record.
+def record_to_pb(
+    record: VariableRecord, out: pb.Variable | None = None, fill: Fill = codec.fill
+) -> pb.Variable:
+    """Fill a wire ``Variable`` from a store record; ``fill`` writes the value (the
+    server's writes a large one later, off the loop).
 
     Example:
 
@@ -65,7 +71,7 @@ def record_to_pb(record: VariableRecord, out: pb.Variable | None = None) -> pb.V
     msg.id = record.id
     msg.name = record.name
     msg.type = type_to_pb(record.type)  # type: ignore[assignment]
-    codec.fill(msg.value, record.value)
+    fill(msg.value, record.value)
     msg.constraints.CopyFrom(codec.encode_map(record.constraints))
     msg.metadata.CopyFrom(codec.encode_map(record.metadata))
     msg.version = record.version
@@ -88,23 +94,28 @@ def name_seen_by(store: MemoryStore, session_id: str, record: VariableRecord) ->
 
 
 def seen_variable(
-    store: MemoryStore, session_id: str, record: VariableRecord, out: pb.Variable
+    store: MemoryStore, session_id: str, record: VariableRecord, out: pb.Variable,
+    fill: Fill = codec.fill,
 ) -> pb.Variable:
     """Fill ``out`` with a record as this caller sees it: its owner, its rules for the
-    owner only, and no value for a caller that may write but not read.
+    owner only, and no value for a caller that may write but not read (``fill`` writes
+    the value, as in ``record_to_pb``).
 
     Example: ``seen_variable(store, "session_1", record, response.variable)`` returns it.
     """
-    record_to_pb(record, out)
     owner = store.owner_of(record.id) or session_id
+    # A caller that may write but not read (a write-only set) gets no value back, and its
+    # client caches none: decided before the value is written, which may be later.
+    readable = owner == session_id or store.may(session_id, record.id, "read")
+    record_to_pb(record, out, fill if readable else _no_value)
     out.owner_session = owner
     if owner == session_id:
         rules_to_pb(store.session(owner).rules.get(record.id, ()), out.access_rules)
-    elif not store.may(session_id, record.id, "read"):
-        # A caller that may write but not read (a write-only set) gets no value back,
-        # and its client caches none.
-        out.ClearField("value")
     return out
+
+
+def _no_value(out: Any, value: Any) -> None:
+    pass
 
 
 def event_to_pb(

@@ -26,7 +26,7 @@ from dspex_rx.errors import (
     RateLimitedError,
 )
 from dspex_rx.logs import get_logger
-from dspex_rx.server import audit
+from dspex_rx.server import audit, offload
 from dspex_rx.server.encode import seen_variable
 from dspex_rx.server.ratelimit import Guard
 from dspex_rx.store import MemoryStore, VariableRecord
@@ -147,8 +147,10 @@ class Malformed:
         return InvalidValueError(f"malformed {self.type_name}: {reason}")
 
 
-def parse_request(message_type: Any, data: bytes) -> Any:
-    """Parse a request; bytes protobuf refuses become a ``Malformed``.
+def parse_request(message_type: Any, data: bytes, *, defer_large: bool = False) -> Any:
+    """Parse a request; bytes protobuf refuses become a ``Malformed``. With
+    ``defer_large`` (unary calls) a large one becomes an ``offload.Large``, parsed later
+    on a worker.
 
     Example:
 
@@ -156,6 +158,9 @@ def parse_request(message_type: Any, data: bytes) -> Any:
     payload: "x"
     <BLANKLINE>
     """
+    if defer_large and len(data) >= offload.LARGE_REQUEST_BYTES:
+        # Parsed on a worker by ``Unary`` (offload.py), not here on the loop.
+        return offload.Large(message_type, data)
     try:
         return message_type.FromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
@@ -210,19 +215,21 @@ class Answer:
     dspex_rx.errors.ResourceExhaustedError: the answer to GetVariables would be more than ...
     """
 
-    __slots__ = ("limit", "size", "what")
+    __slots__ = ("limit", "size", "what", "work")
 
-    def __init__(self, limit: int, what: str) -> None:
+    def __init__(self, limit: int, what: str, work: offload.Work | None = None) -> None:
         self.limit = limit
         self.what = what
         self.size = 0
+        # Large values written into the answer later, on a worker: counted here now.
+        self.work = work
 
     def add(self, part: Any) -> None:
         """Count ``part`` (a message about to be sent within the answer).
 
         Example: ``answer.add(response.variables.add())`` counts one more variable.
         """
-        self.size += part.ByteSize() + 8
+        self.size += part.ByteSize() + 8 + (self.work.take_pending() if self.work else 0)
         if self.size > self.limit - MESSAGE_SLACK:
             raise too_many(
                 f"the answer to {self.what} would be more than {self.size} bytes; ask for "
@@ -237,7 +244,7 @@ class Call:
     Example: ``call.variable(record, response.variable)`` fills what the caller may see.
     """
 
-    __slots__ = ("context", "method", "service", "session_id")
+    __slots__ = ("context", "method", "service", "session_id", "work")
 
     def __init__(
         self, service: Service, context: grpc.aio.ServicerContext, method: str, session_id: str
@@ -246,6 +253,8 @@ class Call:
         self.context = context
         self.method = method
         self.session_id = session_id
+        # Values checked ahead of the store call, answer parts written after it.
+        self.work = offload.Work()
 
     @property
     def store(self) -> MemoryStore:
@@ -260,14 +269,17 @@ class Call:
 
         Example: ``call.answer().add(response)`` refuses an answer too big to send.
         """
-        return Answer(self.service.limits.max_message_bytes, self.method)
+        return Answer(self.service.limits.max_message_bytes, self.method, self.work)
 
     def variable(self, record: VariableRecord, out: pb.Variable) -> pb.Variable:
         """Fill ``out`` with ``record`` as the caller sees it (``encode.seen_variable``).
 
         Example: ``call.variable(record, response.variable)`` returns ``response.variable``.
         """
-        return seen_variable(self.service.store, self.session_id, record, out)
+        return seen_variable(
+            self.service.store, self.session_id, record, out,
+            lambda msg, value: self.work.fill(msg, value, record.size - record.metadata_size),
+        )
 
 
 class Unary(Generic[Req, Resp]):
@@ -283,14 +295,22 @@ class Unary(Generic[Req, Resp]):
     ``store.sync`` says it is durable. With ``writes=True`` a refusal (and each item a
     non-atomic batch refused) is logged at info as ``write_refused``.
 
+    Large requests and values go off the loop (offload.py): a request of
+    ``LARGE_REQUEST_BYTES`` is parsed on a worker, and ``ahead`` (if given) decodes and
+    checks its values there too; large values are written into the answer there. A
+    write waits for the session's earlier writes to make their store calls first, so
+    they apply in the order they arrived.
+
     Example: ``GetVariable = Unary(variables.get_variable)`` in ``VariablesService``.
     """
 
     def __init__(
         self, handler: Callable[[Call, Req], Resp], *, authenticated: bool = True,
-        writes: bool = False,
+        writes: bool = False, ahead: offload.Ahead | None = None,
     ) -> None:
         self.handler = handler
+        # Decodes and checks a large request's values on a worker (offload.check_set...).
+        self.ahead = ahead
         self.authenticated = authenticated
         # A write RPC: a refusal is logged at info (audit.refused_write).
         self.writes = writes
@@ -309,11 +329,12 @@ class Unary(Generic[Req, Resp]):
 
     def _method(self) -> Callable[..., Any]:
         handler, authenticated, name = self.handler, self.authenticated, self.name
-        writes = self.writes
+        writes, ahead = self.writes, self.ahead
 
         async def method(
             service: Service, request: Req, context: grpc.aio.ServicerContext
         ) -> Resp:
+            lane: offload.Lane | None = None
             try:
                 if isinstance(request, Malformed):
                     raise request.exception()
@@ -323,9 +344,23 @@ class Unary(Generic[Req, Resp]):
                     session_id = require_session_id(request)
                 store = service.store
                 call = Call(service, context, name, session_id)
+                if writes:
+                    lane = offload.lanes_of(service).enter(session_id)
+                if isinstance(request, offload.Large):
+                    request = await offload.parse(request, Malformed)
+                    if isinstance(request, Malformed):
+                        raise request.exception()
+                    if lane is not None:
+                        await lane.turn()
+                    if ahead is not None:
+                        await ahead(call, request)
+                elif lane is not None:
+                    await lane.turn()
                 for attempt in range(1, CONFLICT_RERUNS + 1):
                     before = store.revision
                     response = handler(call, request)
+                    if lane is not None:
+                        lane.leave()
                     # A write is acknowledged only once durable: the handler committed in
                     # one synchronous step, so the store's revision now is the write's
                     # own. A read (or an attach) waits too while anything it may show is
@@ -347,6 +382,10 @@ class Unary(Generic[Req, Resp]):
                         await asyncio.sleep(random.uniform(0, CONFLICT_PAUSE * attempt))
                 if writes:
                     audit.refused_results(name, request, response)
+                if call.work:
+                    # Large values: encoded, and the answer serialized, on a worker.
+                    answer: Any = await offload.off_loop(call.work.answer, response)
+                    return answer  # type: ignore[no-any-return]
                 return response
             except DspexError as exc:
                 if writes:
@@ -360,6 +399,9 @@ class Unary(Generic[Req, Resp]):
                 log.exception("handler_failed", method=name)
                 context.set_trailing_metadata(((ERROR_KIND_KEY, "internal"),))
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}")
+            finally:
+                if lane is not None:
+                    lane.leave()
             raise AssertionError("unreachable: context.abort raises")
 
         method.__name__ = method.__qualname__ = name

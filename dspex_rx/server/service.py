@@ -11,6 +11,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from dspex_rx.core.limits import Limits
 from dspex_rx.errors import AuthenticationError, InvalidValueError
+from dspex_rx.server import offload
 from dspex_rx.server.fanout import Subscriber
 from dspex_rx.server.handlers import (
     access,
@@ -99,12 +100,19 @@ class VariablesService(pb_grpc.VariablesServicer):
     # Session-less: the handler shows only what the presented token or key opens.
     ListSessions = Unary(sessions.list_sessions, authenticated=False)
 
-    RegisterVariable = Unary(variables.register_variable, writes=True)
-    RegisterVariables = Unary(variables.register_variables, writes=True)
+    # A large value is decoded and checked off the loop first (``ahead``, offload.py).
+    RegisterVariable = Unary(
+        variables.register_variable, writes=True, ahead=offload.check_register
+    )
+    RegisterVariables = Unary(
+        variables.register_variables, writes=True, ahead=offload.check_registers
+    )
     GetVariable = Unary(variables.get_variable)
     GetVariables = Unary(variables.get_variables)
-    SetVariable = Unary(variables.set_variable, writes=True)
-    UpdateVariables = Unary(variables.update_variables, writes=True)
+    SetVariable = Unary(variables.set_variable, writes=True, ahead=offload.check_set)
+    UpdateVariables = Unary(
+        variables.update_variables, writes=True, ahead=offload.check_updates
+    )
     ListVariables = Unary(variables.list_variables)
     DeleteVariable = Unary(variables.delete_variable, writes=True)
 
@@ -156,9 +164,12 @@ def add_service(service: VariablesService, server: grpc.aio.Server) -> None:
         handlers[method.name] = make(
             getattr(service, method.name),
             request_deserializer=functools.partial(
-                parse_request, GetMessageClass(method.input_type)
+                parse_request, GetMessageClass(method.input_type),
+                # A large unary request is parsed on a worker, off the loop (offload.py).
+                defer_large=not method.client_streaming,
             ),
-            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            # An answer with large values comes already serialized (offload.Work.answer).
+            response_serializer=offload.serialize_response,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)

@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
+from dspex_rx.core.limits import Limits
 from dspex_rx.errors import DspexError, InvalidValueError, StorageError
 from dspex_rx.logs import get_logger
-from dspex_rx.server.fanout import Subscriber
+from dspex_rx.server import offload
+from dspex_rx.server.fanout import PendingFrame, Subscriber
 from dspex_rx.server.frames import pack
 from dspex_rx.server.rpc import Malformed, Service, abort_with, clip, refuse, require_session_id
 from dspex_rx.store import MemoryStore
@@ -119,7 +121,12 @@ async def session(
                         yield spb.ServerMessage(progress=spb.Progress(revision=store.revision))
                         continue
             wake.clear()
-            messages = list(pack(subscriber.drain(), service.limits))
+            items = subscriber.drain()
+            if _carries_large_values(items):
+                # Encoding a large value takes seconds: on a worker (offload.py).
+                messages = await offload.off_loop(_packed, items, service.limits)
+            else:
+                messages = _packed(items, service.limits)
             if not await _settled(store, generation, context):
                 return
             for message in messages:
@@ -145,6 +152,21 @@ async def session(
         subscriber.close()
         reader.cancel()
         log.info("stream_closed", session_id=session_id, conflations=subscriber.conflations)
+
+
+def _packed(items: list[Any], limits: Limits) -> list[spb.ServerMessage]:
+    return list(pack(items, limits))
+
+
+def _carries_large_values(items: list[Any]) -> bool:
+    # A frame whose events carry a large stored value (by the record's encoded size).
+    return any(
+        isinstance(item, PendingFrame) and any(
+            event.record.size - event.record.metadata_size >= offload.LARGE_VALUE_BYTES
+            for event in item.events
+        )
+        for item in items
+    )
 
 
 async def _settled(store: MemoryStore, generation: int,

@@ -32,16 +32,15 @@ from dspex_rx.core.limits import (
 from dspex_rx.core.types import (
     check_constraints,
     check_metadata,
-    keep_origin,
     normalize_type,
     validate_stored,
-    validate_value,
 )
 from dspex_rx.errors import InvalidValueError, SessionNotFoundError, VariableTypeError
 from dspex_rx.logs import get_logger
 from dspex_rx.store.access import Access
 from dspex_rx.store.accounts import Accounts
 from dspex_rx.store.backend import Backend
+from dspex_rx.store.checked import Checked, validated
 from dspex_rx.store.checks import BATCH_ENTRY_FRAMING, BATCH_FRAMING, _show
 from dspex_rx.store.memory.backend import MemoryBackend
 from dspex_rx.store.records import ITEM_OVERHEAD
@@ -355,16 +354,13 @@ class StoreBase:
         self, name: str, type_name: str, value: Any, constraints: Mapping[str, Any]
     ) -> tuple[Any, int]:
         # Validate a value and measure what will be stored (the measure checks depth,
-        # items and size). Validation recurses through what it was given: a structure
-        # deeper than Python's stack (only an in-process caller can make one; protobuf
-        # stops the wire's at ~48 levels) is refused as too deep.
-        where = f"variable {name!r}: value"
-        try:
-            clean = keep_origin(value, validate_value(name, type_name, value, constraints))
-        except RecursionError:
-            raise too_big(f"{where} nests too deep to validate", 0, "max_depth",
-                          self.limits.max_depth) from None
-        return clean, measure_value(clean, self.limits, where)
+        # items and size). A value checked ahead (checked.py, off the server's loop) for
+        # this very write is not checked again; one checked for something else is.
+        if isinstance(value, Checked):
+            if value.fits(name, type_name, constraints, self.limits):
+                return value.result()
+            value = value.raw
+        return validated(name, type_name, value, constraints, self.limits)
 
     def _clean_metadata(
         self, name: str, metadata: Mapping[str, Any] | None, where: str, depth: int = 1

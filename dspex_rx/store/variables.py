@@ -15,6 +15,7 @@ from dspex_rx.core.patterns import compile_name_filter
 from dspex_rx.core.types import infer_type, normalize_type
 from dspex_rx.errors import ConflictError, DspexError, InvalidValueError, VariableNotFoundError
 from dspex_rx.store.accounts import _rules_cost
+from dspex_rx.store.checked import raw_value
 from dspex_rx.store.checks import _show
 from dspex_rx.store.records import UpdateOutcome, VariableRecord, VariableSpec
 from dspex_rx.store.registration import Registration
@@ -75,6 +76,27 @@ class Variables(Registration):
             except VariableNotFoundError:
                 missing.append(ref)
         return found, missing
+
+    def write_target(
+        self, session_id: str, ref: str
+    ) -> tuple[str, str, Mapping[str, Any]] | None:
+        """What a write of ``ref`` by this session would be validated against now: the
+        variable's (name, type, constraints), or ``None`` when the write would be refused
+        before validation (no session, no such variable, no write permission). Changes
+        nothing; the server uses it to check a large value ahead (``checked.py``).
+
+        >>> from dspex_rx.store import MemoryStore, VariableSpec
+        >>> store = MemoryStore()
+        >>> session, client_id, created = store.initialize_session("s")
+        >>> _ = store.register("s", [VariableSpec("t", "float", 0.7, {"max": 1.0})], actor="me")
+        >>> store.write_target("s", "t"), store.write_target("s", "nope")
+        (('t', 'float', {'max': 1.0}), None)
+        """
+        try:
+            record = self._access.locate(self.session(session_id), ref, "write")[1]
+        except DspexError:
+            return None
+        return record.name, record.type, record.constraints
 
     def _prepare_write(
         self,
@@ -149,7 +171,9 @@ class Variables(Registration):
         if source is not None:
             self._check_reason("a write's source", source)
         try:
-            session, record = self._access.locate(caller, ref, "write", value, check_value=True)
+            session, record = self._access.locate(
+                caller, ref, "write", raw_value(value), check_value=True
+            )
         except VariableNotFoundError:
             session = caller
             if not create_if_missing:
@@ -160,7 +184,9 @@ class Variables(Registration):
                     "not exist",
                     current_version=0,
                 ) from None
-            type_name = normalize_type(type_hint) if type_hint else infer_type(ref, value)
+            type_name = (
+                normalize_type(type_hint) if type_hint else infer_type(ref, raw_value(value))
+            )
             records, revision = self.register(
                 session_id, [VariableSpec(ref, type_name, value, None, metadata)], actor
             )
@@ -258,7 +284,9 @@ class Variables(Registration):
             ref, value = update[0], update[1]
             expected = update[2] if len(update) > 2 else None
             try:
-                owner, record = self._access.locate(caller, ref, "write", value, check_value=True)
+                owner, record = self._access.locate(
+                    caller, ref, "write", raw_value(value), check_value=True
+                )
                 if session is None:
                     session = owner
                     if owner is not caller:

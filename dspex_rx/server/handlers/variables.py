@@ -4,9 +4,9 @@ list and delete.
 
 from __future__ import annotations
 
-from dspex_rx.core.types import same_value
 from dspex_rx.server.encode import name_seen_by, spec_from_pb
 from dspex_rx.server.rpc import Call
+from dspex_rx.store.checked import raw_value
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire import codec
 from dspex_rx.wire.convert import type_from_pb
@@ -20,7 +20,9 @@ def register_variable(
     Example: ``await stub.RegisterVariable(request)`` answers with the new variable.
     """
     sid = call.session_id
-    records, revision = call.store.register(sid, [spec_from_pb(request.spec)], actor=sid)
+    # A large request's spec was decoded and checked on a worker (offload.check_register).
+    specs = call.work.checked or [spec_from_pb(request.spec)]
+    records, revision = call.store.register(sid, specs, actor=sid)
     response = pb.RegisterVariableResponse(revision=revision)
     call.variable(records[0], response.variable)
     return response
@@ -34,7 +36,7 @@ def register_variables(
     Example: ``await stub.RegisterVariables(request)`` answers with the new variables.
     """
     sid = call.session_id
-    specs = [spec_from_pb(spec) for spec in request.specs]
+    specs = call.work.checked or [spec_from_pb(spec) for spec in request.specs]
     records, revision = call.store.register(sid, specs, actor=sid)
     response = pb.RegisterVariablesResponse(revision=revision)
     # The echo fits one message: the store bounds what a batch stores (batch_bytes).
@@ -80,10 +82,12 @@ def set_variable(call: Call, request: pb.SetVariableRequest) -> pb.SetVariableRe
     """
     sid = call.session_id
     hint = type_from_pb(request.type_hint) if request.type_hint else None
+    # A large request's value was decoded and checked on a worker (offload.check_set).
+    value = call.work.checked[0] if call.work.checked else codec.decode(request.value)
     record, revision, created = call.store.set(
         sid,
         request.ref,
-        codec.decode(request.value),
+        value,
         metadata=codec.decode_map(request.metadata),
         actor=sid,
         create_if_missing=request.create_if_missing,
@@ -106,8 +110,11 @@ def update_variables(
     Example: ``await stub.UpdateVariables(request)`` answers one result per update.
     """
     sid = call.session_id
+    # A large request's values were decoded and checked on a worker (check_updates).
+    values = call.work.checked or [codec.decode(u.value) for u in request.updates]
     updates = [
-        (u.ref, codec.decode(u.value), u.expected_version or None) for u in request.updates
+        (u.ref, value, u.expected_version or None)
+        for u, value in zip(request.updates, values, strict=True)
     ]
     outcomes, revision, applied = call.store.update_many(
         sid,
@@ -132,8 +139,11 @@ def update_variables(
             result.name = name_seen_by(call.store, sid, record)
             result.version = record.version
             result.mod_revision = record.mod_revision
-            if not same_value(sent, record.value):
-                codec.fill(result.value, record.value)
+            # The stored value goes back only if it differs from the one sent (a cast, a
+            # normalization); a large one is compared and encoded on a worker, later.
+            call.work.fill_if_changed(
+                result.value, raw_value(sent), record.value, record.size - record.metadata_size
+            )
     return response
 
 
