@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dspex_rx.core.limits import too_many
+from dspex_rx.server.failpoints import FAILPOINTS
 from dspex_rx.store import OPTIMIZATION_EVENT, ChangeEvent, Commit, Listener, VariableRecord
 
 
@@ -234,6 +235,8 @@ class Subscriber:
                 self._records[event.record.id] = event.record
             events = self.redact(events)
         deleted = [e.record.id for e in events if e.update_type == "deleted"]
+        if events and FAILPOINTS.armed and FAILPOINTS.fire("skip_frame"):
+            events = []  # a planted bug (failpoints.py): the chaos checker must see a gap
         if events:
             self.push_frame(PendingFrame(commit.revision, events))
         if denied:

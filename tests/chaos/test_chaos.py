@@ -1,6 +1,7 @@
 """A short seeded chaos run in the suite: writers and watchers through the fault proxy against
 a SQLite server that is killed and restarted, with no violation; and the same runs with a bug
-planted in what the clients record, which the checker must catch, each by its kind.
+planted in what the clients record, which the checker must catch, each by its kind; and a
+server started with a failpoint that drops one watch frame, caught as a gap.
 
 Real time (a child process and real sockets), bounded: the whole file stays under 40 s; the
 long runs are ``benchmarks/chaos.py --runs N``. ``DSPEX_CHAOS_SEED`` replays another seed.
@@ -71,3 +72,25 @@ async def test_bugs_planted_in_real_runs_are_caught_by_kind(chaos: Chaos) -> Non
             summary.add(result)
     assert summary.failed_seeds == [SEED * 1000 + 100 + i for i in range(len(PLANTED))]
     assert f"violations={sum(summary.violations.values())} " in summary.line()
+
+
+async def test_a_server_that_drops_one_frame_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bug is planted in the server itself, not in what the clients record: its 25th
+    # watch frame is never sent (server/failpoints.py), as if a commit were lost on its way.
+    monkeypatch.setenv("DSPEX_RX_FAILPOINTS", "skip_frame=25")
+    async with trio.open_nursery() as nursery:
+        planted = await Chaos.start(tmp_path, nursery)
+        try:
+            with trio.fail_after(WALL_GUARD):
+                result = await planted.run(ChaosConfig(seed=SEED * 1000 + 200,
+                                                       restart_share=0.0))
+        finally:
+            await planted.stop()
+            nursery.cancel_scope.cancel()
+    assert result.deliveries > 25, result.deliveries
+    # A later write of the same variable shows the hole as a gap; if the dropped frame
+    # was its last write, the watcher's final value is the one that is wrong.
+    assert result.verdict.kinds() & {"gap", "final"}, result.verdict.violations
+    assert result.verdict.kinds() <= {"gap", "final"}, result.verdict.violations
