@@ -56,11 +56,12 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def quiet_logging() -> None:
-    """Client-side log lines: warnings and up, on stderr, never into the JSON lines."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+def quiet_logging(level: int = logging.WARNING) -> None:
+    """Client-side log lines: ``level`` and up, on stderr, never into the JSON lines."""
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
+    logging.getLogger().setLevel(level)
     structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
     )
 

@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import structlog
 import trio
 from _common import REPO_ROOT, emit, quiet_logging
 
@@ -86,11 +85,8 @@ async def run_all(args: argparse.Namespace, seed: int, workdir: Path) -> Summary
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    quiet_logging()
     # Every fault makes the clients log reconnects; only errors stay.
-    logging.getLogger().setLevel(logging.ERROR)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
-                        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    quiet_logging(logging.ERROR)
     seed = args.seed if args.seed is not None else seed_from_env()
     note(f"seed {seed}, {args.runs} runs from {args.first}")
     began = time.monotonic()

@@ -21,7 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import structlog
 import trio
 from _common import REPO_ROOT, emit, make_note, quiet_logging
 
@@ -65,11 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    quiet_logging()
     # Every kill makes each client log its reconnects; only errors (a lost session) stay.
-    logging.getLogger().setLevel(logging.ERROR)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
-                        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    quiet_logging(logging.ERROR)
     if not storage_available(args.storage):
         note(f"storage {args.storage!r} is not available in this tree")
         return 2

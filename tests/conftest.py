@@ -14,6 +14,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import etcd_service
 import pytest
+import shell_run
 from openai_stub import OpenAIStub, arithmetic
 
 import dspex_rx
@@ -66,3 +67,18 @@ def etcd_member(tmp_path: Path) -> Iterator[etcd_service.EtcdMember]:
     etcd_service.require_binary()
     with etcd_service.running_member(tmp_path / "etcd") as member:
         yield member
+
+
+@pytest.fixture(scope="session")
+def shell_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``dspex-rx serve`` (in memory, sessions kept 600 s) the shell tests share."""
+    with shell_run.served(tmp_path_factory.mktemp("serve"), "--session-ttl", "600") as address:
+        yield address
+
+
+@pytest.fixture
+def sh(shell_target: str) -> shell_run.Shell:
+    """A ``dspex-rx`` runner with a new session of its own on ``shell_target``."""
+    shell = shell_run.Shell(shell_target)
+    shell.new()
+    return shell

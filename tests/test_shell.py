@@ -6,27 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from helpers import SCRIPT
 from shell_run import HANG_GUARD, ROOT, Shell, environment, served
 
 import dspex_rx
-
-
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with served(tmp_path_factory.mktemp("serve"), "--session-ttl", "600") as address:
-        yield address
-
-
-@pytest.fixture
-def sh(target: str) -> Shell:
-    shell = Shell(target)
-    shell.new()
-    return shell
 
 
 def one_error(done: subprocess.CompletedProcess[str], command: str, code: int) -> str:
@@ -151,7 +136,7 @@ async def test_export_with_a_data_dir_is_still_the_servers_export(
     assert done.stderr == f"exported 1 sessions from {tmp_path / 'data'}\n"
 
 
-def test_expected_errors_are_one_line_with_an_exit_code(sh: Shell, target: str) -> None:
+def test_expected_errors_are_one_line_with_an_exit_code(sh: Shell, shell_target: str) -> None:
     sh("set", "t", "0.5", "--type", "float", "--constraints", '{"min": 0, "max": 1}')
     assert "no variable(s) 'nope'" in one_error(sh("get", "nope", check=False), "get", 1)
     missing = one_error(sh("set", "nope", "1", check=False), "set", 1)
@@ -170,12 +155,12 @@ def test_expected_errors_are_one_line_with_an_exit_code(sh: Shell, target: str) 
     assert "not the token of session" in token and "DSPEX_RX_TOKEN" in token
     unknown = one_error(sh("ls", check=False, DSPEX_RX_SESSION="no_such_session"), "ls", 1)
     assert "no session 'no_such_session'" in unknown
-    nobody = one_error(Shell(target)("ls", check=False), "ls", 2)
+    nobody = one_error(Shell(shell_target)("ls", check=False), "ls", 2)
     assert "pass --session ID or set DSPEX_RX_SESSION" in nobody
     refused = one_error(sh("ls", "--target", "127.0.0.1:1", check=False), "ls", 3)
     assert "cannot connect to the dspex-rx server at '127.0.0.1:1': nothing is listening" in (
         refused)
-    scheme = one_error(sh("ls", "--target", f"http://{target}", check=False), "ls", 2)
+    scheme = one_error(sh("ls", "--target", f"http://{shell_target}", check=False), "ls", 2)
     assert "without a scheme" in scheme
     usage = sh("rollback", "t", "one", check=False)
     assert usage.returncode == 2 and "invalid int value" in usage.stderr

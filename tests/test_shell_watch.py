@@ -11,20 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
-from shell_run import HANG_GUARD, Shell, read_line, served
-
-
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with served(tmp_path_factory.mktemp("serve"), "--session-ttl", "600") as address:
-        yield address
-
-
-@pytest.fixture
-def sh(target: str) -> Shell:
-    shell = Shell(target)
-    shell.new()
-    return shell
+from shell_run import HANG_GUARD, Shell, read_line
 
 
 @pytest.fixture
