@@ -62,15 +62,24 @@ async def cli_server(tmp_path: Path, *flags: str) -> AsyncIterator[str]:
                              str(port_file), "--log-level", "warning",
                              "--data-dir", str(tmp_path / "data"), *flags])
     try:
-        guard = time.monotonic() + 30  # a hang guard, not a timing assertion
-        while not port_file.exists():
-            assert proc.poll() is None, "dspex-rx serve exited"
-            assert time.monotonic() < guard, "dspex-rx serve never wrote its port"
-            await trio.sleep(0.01)  # polls another process; no timing is asserted
-        yield f"127.0.0.1:{port_file.read_text().strip()}"
+        port = await trio.to_thread.run_sync(wait_for_port, proc, port_file)
+        yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def wait_for_port(proc: subprocess.Popen[Any], port_file: Path, guard: float = 30.0,
+                  detail: Callable[[], str] = lambda: "") -> int:
+    """The port a ``dspex-rx serve --port-file`` child wrote, once it serves; fails if the
+    child exits first or writes nothing within ``guard`` seconds (a hang guard, not a
+    timing assertion). ``detail`` adds, say, the child's log to the failure."""
+    deadline = time.monotonic() + guard
+    while not port_file.exists() or not port_file.read_text().strip():
+        assert proc.poll() is None, f"dspex-rx serve exited{detail()}"
+        assert time.monotonic() < deadline, f"dspex-rx serve never wrote its port{detail()}"
+        time.sleep(0.01)  # polls another process; no timing is asserted
+    return int(port_file.read_text().strip())
 
 
 class Clock:

@@ -7,14 +7,13 @@ import json
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import SCRIPT
+from helpers import SCRIPT, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HANG_GUARD = 60.0  # seconds: a bound on a child that hangs, never a timing assertion
@@ -30,12 +29,7 @@ def served(tmp: Path, *flags: str) -> Iterator[str]:
         env=environment(), stderr=subprocess.DEVNULL,
     )
     try:
-        guard = time.monotonic() + HANG_GUARD
-        while not port_file.exists() or not port_file.read_text().strip():
-            assert proc.poll() is None, "dspex-rx serve exited"
-            assert time.monotonic() < guard, "dspex-rx serve never wrote its port"
-            time.sleep(0.02)  # polls another process; no timing is asserted
-        yield f"127.0.0.1:{port_file.read_text().strip()}"
+        yield f"127.0.0.1:{wait_for_port(proc, port_file, HANG_GUARD)}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

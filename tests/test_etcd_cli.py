@@ -21,7 +21,7 @@ from pathlib import Path
 import etcd_service
 import pytest
 import trio
-from helpers import SCRIPT, eventually, until
+from helpers import SCRIPT, eventually, until, wait_for_port
 
 import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
@@ -51,12 +51,8 @@ class Replica:
                  "--etcd-endpoints", self.endpoints, "--etcd-prefix", self.prefix],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
-        guard = time.monotonic() + START_GUARD
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert self.proc.poll() is None, f"dspex-rx serve exited:\n{self.log()}"
-            assert time.monotonic() < guard, f"dspex-rx serve never served:\n{self.log()}"
-            time.sleep(0.01)
-        self.target = f"127.0.0.1:{port_file.read_text().strip()}"
+        port = wait_for_port(self.proc, port_file, START_GUARD, lambda: f":\n{self.log()}")
+        self.target = f"127.0.0.1:{port}"
         return self
 
     def kill(self) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from helpers import wait_for_port
 from serve_process import GUARD, SCRIPT, Served
 
 from dspex_rx.v1 import variables_pb2 as pb
@@ -24,12 +24,7 @@ def first(tmp_path: Path) -> Iterator[int]:
     port_file = tmp_path / "port"
     server = Served("--port", "0", "--storage", "memory", "--port-file", str(port_file))
     try:
-        deadline = time.monotonic() + GUARD  # a hang guard, not a timing assertion
-        while not port_file.exists():
-            assert server.proc.poll() is None, server.lines
-            assert time.monotonic() < deadline, "dspex-rx serve never wrote its port"
-            time.sleep(0.01)  # polls another process; no timing is asserted
-        yield int(port_file.read_text())
+        yield wait_for_port(server.proc, port_file, GUARD, lambda: f": {server.lines}")
     finally:
         server.kill()
 
