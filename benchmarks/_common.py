@@ -44,6 +44,40 @@ def concurrent_calls(requested: int | None, calls: int, concurrency: int, factor
     return -(-wanted // concurrency) * concurrency
 
 
+def add_rate_flags(parser: Any, *, calls: int, factor: int, warmup_divisor: int,
+                   unit: str = "calls", warmup_per: str = "op and mode",
+                   repeats: int | None = 3) -> None:
+    """The flags of a calls/s benchmark: ``--calls`` (sequential row), ``--concurrent-calls``,
+    ``--concurrency``, ``--warmup`` and ``--repeats``; ``finish_rate_args`` fills their
+    defaults once parsed. ``repeats=None``: 3, or what ``--quick`` sets."""
+    parser.add_argument("--calls", type=int, default=calls,
+                        help=f"{unit} per sequential row (default {calls})")
+    parser.add_argument("--concurrent-calls", type=int, default=None,
+                        help=f"{unit} per concurrent row (default {factor} x --calls, rounded "
+                        "up to a multiple of --concurrency)")
+    parser.add_argument("--concurrency", type=int, default=32,
+                        help=f"{unit} in flight in the concurrent rows (default 32)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help=f"warm-up {unit} per {warmup_per} (default calls / "
+                        f"{warmup_divisor})")
+    parser.add_argument("--repeats", type=int, default=repeats,
+                        help="runs per row, interleaved; the figure is the median (default "
+                        + ("3, 1 with --quick)" if repeats is None else f"{repeats})"))
+
+
+def finish_rate_args(parser: Any, args: Any, *, factor: int, warmup_divisor: int,
+                     warmup_min: int = 50, positive: tuple[str, ...] = ()) -> None:
+    """After ``--quick`` has had its say: ``add_rate_flags``' defaults, and each count
+    (``calls``, ``concurrency``, ``repeats`` and ``positive``) at least 1."""
+    if args.repeats is None:
+        args.repeats = 3
+    require_positive(parser, args, "calls", "concurrency", "repeats", *positive)
+    args.concurrent_calls = concurrent_calls(args.concurrent_calls, args.calls,
+                                             args.concurrency, factor)
+    if args.warmup is None:
+        args.warmup = max(warmup_min, args.calls // warmup_divisor)
+
+
 def require_positive(parser: Any, args: Any, *flags: str) -> None:
     """``parser.error`` for the first of ``flags`` (argparse dest names) below 1."""
     for flag in flags:

@@ -42,12 +42,12 @@ from typing import Any
 import trio
 from _common import (
     Op,
-    concurrent_calls,
+    add_rate_flags,
     emit,
     environment,
+    finish_rate_args,
     make_note,
     quiet_logging,
-    require_positive,
     run_concurrent,
     run_sequential,
     server_process,
@@ -168,19 +168,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "insert+fsync loop. One JSON line per figure."
         ),
     )
-    parser.add_argument("--calls", type=int, default=1000,
-                        help="calls per sequential row (default 1000)")
-    parser.add_argument("--concurrent-calls", type=int, default=None,
-                        help="calls per concurrent row (default 4 x --calls, rounded up to "
-                        "a multiple of --concurrency)")
-    parser.add_argument("--concurrency", type=int, default=32,
-                        help="calls in flight in the concurrent rows (default 32)")
+    add_rate_flags(parser, calls=1000, factor=4, warmup_divisor=5,
+                   warmup_per="storage and mode")
     parser.add_argument("--loop-rows", type=int, default=None,
                         help="rows of the plain fsync loop per repeat (default --calls)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="warm-up calls per storage and mode (default calls / 5)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per row, interleaved; the figure is the median (default 3)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the plain loop's files go (default a temp dir; put it "
                         "on the disk the server's --data-dir would use)")
@@ -190,13 +181,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.calls, args.repeats = 200, 1
         args.concurrent_calls = args.concurrent_calls or 640
-    require_positive(parser, args, "calls", "concurrency", "repeats")
-    args.concurrent_calls = concurrent_calls(args.concurrent_calls, args.calls,
-                                             args.concurrency, 4)
+    finish_rate_args(parser, args, factor=4, warmup_divisor=5)
     if args.loop_rows is None:
         args.loop_rows = args.calls
-    if args.warmup is None:
-        args.warmup = max(50, args.calls // 5)
     return args
 
 

@@ -41,13 +41,13 @@ from typing import Any
 
 from _common import (
     REPO_ROOT,
-    concurrent_calls,
+    add_rate_flags,
     emit,
     environment,
+    finish_rate_args,
     make_note,
     percentile,
     quiet_logging,
-    require_positive,
     run_sequential,
 )
 
@@ -224,19 +224,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Raw etcd from one Python process (grpc.aio): put/txn/get calls/s, "
         "sequential and concurrent, and put -> watcher latency. One JSON line per figure.",
     )
-    parser.add_argument("--calls", type=int, default=2000,
-                        help="calls per sequential row (default 2000)")
-    parser.add_argument("--concurrent-calls", type=int, default=None,
-                        help="calls per concurrent row (default 4 x --calls, rounded up to "
-                        "a multiple of --concurrency)")
-    parser.add_argument("--concurrency", type=int, default=32,
-                        help="calls in flight in the concurrent rows (default 32)")
+    add_rate_flags(parser, calls=2000, factor=4, warmup_divisor=5)
     parser.add_argument("--latency-samples", type=int, default=2000,
                         help="puts timed to the watcher (default 2000)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="warm-up calls per op and mode (default calls / 5)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per row, interleaved; the figure is the median (default 3)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where etcd's member dir goes (default a temp dir; put it on "
                         "the disk a real etcd would use)")
@@ -247,11 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.calls, args.repeats, args.latency_samples = 200, 1, 200
         args.concurrent_calls = args.concurrent_calls or 640
-    require_positive(parser, args, "calls", "concurrency", "repeats", "latency_samples")
-    args.concurrent_calls = concurrent_calls(args.concurrent_calls, args.calls,
-                                             args.concurrency, 4)
-    if args.warmup is None:
-        args.warmup = max(50, args.calls // 5)
+    finish_rate_args(parser, args, factor=4, warmup_divisor=5, positive=("latency_samples",))
     return args
 
 

@@ -64,13 +64,14 @@ from _common import (
     REPO_ROOT,
     SERVER_START_TIMEOUT,
     Op,
+    add_rate_flags,
     concurrent_calls,
     emit,
     environment,
+    finish_rate_args,
     make_note,
     percentile,
     quiet_logging,
-    require_positive,
     run_concurrent,
     run_sequential,
 )
@@ -529,20 +530,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "dspex-rx replicas over one etcd member, beside raw etcd in the same run. One JSON "
         "line per figure.",
     )
-    parser.add_argument("--calls", type=int, default=300,
-                        help="sequential writes per run (default 300)")
-    parser.add_argument("--concurrent-calls", type=int, default=None,
-                        help="writes per concurrent run (default 4 x --calls, rounded up to "
-                        "a multiple of --concurrency)")
-    parser.add_argument("--concurrency", type=int, default=32,
-                        help="writes in flight in the concurrent rows (default 32)")
+    add_rate_flags(parser, calls=300, factor=4, warmup_divisor=5, unit="writes",
+                   warmup_per="topology", repeats=None)
     parser.add_argument("--latency-samples", type=int, default=300,
                         help="writes timed to the watchers per repeat (default 300)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="warm-up writes per topology (default calls / 5)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="runs per row, interleaved; the figure is the median (default 3, "
-                        "1 with --quick)")
     parser.add_argument("--raw-calls", type=int, default=1000,
                         help="raw etcd sequential calls per op and repeat (default 1000)")
     parser.add_argument("--raw-latency-samples", type=int, default=1000,
@@ -564,14 +555,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repeats = args.repeats or 1
         args.raw_calls, args.raw_latency_samples = 200, 200
         args.concurrent_calls = args.concurrent_calls or 320
-    if args.repeats is None:
-        args.repeats = 3
-    require_positive(parser, args, "calls", "concurrency", "repeats", "latency_samples",
-                     "raw_calls", "raw_latency_samples")
-    args.concurrent_calls = concurrent_calls(args.concurrent_calls, args.calls,
-                                             args.concurrency, 4)
-    if args.warmup is None:
-        args.warmup = max(20, args.calls // 5)
+    finish_rate_args(parser, args, factor=4, warmup_divisor=5, warmup_min=20,
+                     positive=("latency_samples", "raw_calls", "raw_latency_samples"))
     args.latency_warmup = max(5, args.latency_samples // 10)
     args.raw_concurrent_calls = concurrent_calls(None, args.raw_calls, args.concurrency, 4)
     args.raw_warmup = max(50, args.raw_calls // 5)

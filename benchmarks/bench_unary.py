@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from _common import (
     Op,
-    concurrent_calls,
+    add_rate_flags,
     emit,
+    finish_rate_args,
     make_note,
-    require_positive,
     run_benchmark,
     run_concurrent,
     run_sequential,
@@ -221,28 +221,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "wire size of a 768-d float32 set_variable request. One JSON line per figure."
         ),
     )
-    parser.add_argument("--calls", type=int, default=3000,
-                        help="calls per sequential row (default 3000)")
-    parser.add_argument("--concurrent-calls", type=int, default=None,
-                        help="calls per concurrent row (default 2 x --calls, rounded up "
-                        "to a multiple of --concurrency)")
-    parser.add_argument("--concurrency", type=int, default=32,
-                        help="calls in flight in the concurrent rows (default 32)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="warm-up calls per op and mode (default calls / 6)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per row, interleaved; the figure is the median (default 3)")
+    add_rate_flags(parser, calls=3000, factor=2, warmup_divisor=6)
     parser.add_argument("--quick", action="store_true",
                         help="short smoke run: 300 sequential / 640 concurrent, 1 repeat")
     args = parser.parse_args(argv)
     if args.quick:
         args.calls, args.repeats = 300, 1
         args.concurrent_calls = args.concurrent_calls or 640
-    require_positive(parser, args, "calls", "concurrency", "repeats")
-    args.concurrent_calls = concurrent_calls(args.concurrent_calls, args.calls,
-                                             args.concurrency, 2)
-    if args.warmup is None:
-        args.warmup = max(50, args.calls // 6)
+    finish_rate_args(parser, args, factor=2, warmup_divisor=6)
     return args
 
 
