@@ -631,3 +631,14 @@ async def test_cli_serves_tls(tls_files: dict[str, Any], tmp_path: Path) -> None
         async with dspex_rx.connect(target, ca_cert=tls_files["ca_path"]) as s:
             await s.register_variable("x", "integer", 3)
             assert await s.get_variable("x", bypass_cache=True) == 3
+
+
+def test_issued_tokens_never_start_with_a_dash() -> None:
+    # Guards: 1 token in 64 started with "-", and `dspex-rx ui --token <it>` was refused as
+    # a missing argument (argparse took it for an option); found by a flaky test_web_cli.
+    from dspex_rx.store import MemoryStore
+
+    store = MemoryStore()
+    tokens = [store.initialize_session()[0].token for _ in range(400)]
+    assert len(set(tokens)) == 400
+    assert all(t.startswith("tok_") and len(t) == 47 for t in tokens)

@@ -22,6 +22,18 @@ from dspex_rx.store.leasing import Leasing
 from dspex_rx.store.state import ClientLease, Session
 
 
+def new_token() -> str:
+    """A session's secret: 32 random bytes, URL-safe. The prefix keeps it from starting
+    with "-" (1 token in 64 did), which a command line takes for an option:
+    ``dspex-rx get x --token -Qx...`` was a usage error.
+
+    >>> token = new_token()
+    >>> token.startswith("tok_"), len(token)
+    (True, 47)
+    """
+    return "tok_" + secrets.token_urlsafe(32)
+
+
 def _check_token(session: Session, token: str) -> None:
     # The messages say why, never what was sent or expected.
     if not token:
@@ -118,7 +130,7 @@ class Sessions(Leasing):
                 )
             session = Session(
                 session_id, clean, now, metadata_size=size,
-                token=token if returning else secrets.token_urlsafe(32),
+                token=token if returning else new_token(),
                 claim=self._retired.claim_of(session_id) if returning else _random_id(),
                 incarnation=_random_id(),
             )
