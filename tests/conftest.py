@@ -15,6 +15,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import etcd_service
 import pytest
 import shell_run
+from calls_gate import Gate
 from openai_stub import OpenAIStub, arithmetic
 
 import dspex_rx
@@ -82,3 +83,13 @@ def sh(shell_target: str) -> shell_run.Shell:
     shell = shell_run.Shell(shell_target)
     shell.new()
     return shell
+
+
+@pytest.fixture
+def gate(server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """GetVariable of ref \"slow\" held on the server until ``gate.open()``."""
+    g = Gate(server)
+    # An instance attribute: the Calls stream looks its handlers up per request, the
+    # unary registration keeps the real one.
+    monkeypatch.setattr(server.service, "GetVariable", g, raising=False)
+    return g

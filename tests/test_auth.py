@@ -206,7 +206,8 @@ async def test_raw_calls_without_metadata_are_unauthenticated_and_write_nothing(
     assert await session.get_variable("x", bypass_cache=True) == "launch at dawn"
 
 
-_OPEN = {"InitializeSession", "Echo", "Session"}
+# Calls is a stream of such RPCs, each checked as its unary RPC (test_calls_stream.py).
+_OPEN = {"InitializeSession", "Echo", "Session", "Calls"}
 _SCOPED = [m.name for m in pb.DESCRIPTOR.services_by_name["Variables"].methods
            if m.name not in _OPEN]
 

@@ -153,6 +153,7 @@ class Server:
             ) from cause
         if self.metrics is not None:
             self.metrics.observe(self.service, asyncio.get_running_loop())
+            self.service.call_observer = self.metrics.record_call
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):

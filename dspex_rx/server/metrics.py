@@ -24,6 +24,7 @@ from prometheus_client.exposition import start_http_server
 from dspex_rx.logs import get_logger
 from dspex_rx.server.fanout import Subscriber
 from dspex_rx.store import MemoryStore
+from dspex_rx.wire.channel import SERVICE_NAME
 
 log = get_logger("dspex_rx.server")
 
@@ -199,6 +200,17 @@ class ServerMetrics:
             return future.result(SCRAPE_TIMEOUT)
 
         self._collector.read = read
+
+    def record_call(self, method: str, code: str, seconds: float) -> None:
+        """Count one call made on a Calls stream as its own unary RPC would be counted
+        (the service's ``call_observer``).
+
+        Example: ``metrics.record_call("GetVariable", "OK", 0.0002)``.
+        """
+        labels = (SERVICE_NAME, method)
+        self.started.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+        self.handled.labels(*labels, code).inc()
 
     def render(self) -> bytes:
         """The exposition text Prometheus would scrape now (call it off the server's loop:

@@ -12,6 +12,7 @@ from google.protobuf.message_factory import GetMessageClass
 from dspex_rx.core.limits import Limits
 from dspex_rx.errors import AuthenticationError, InvalidValueError
 from dspex_rx.server import offload
+from dspex_rx.server.calls import CallObserver, calls
 from dspex_rx.server.fanout import Subscriber
 from dspex_rx.server.handlers import (
     access,
@@ -59,6 +60,8 @@ class VariablesService(pb_grpc.VariablesServicer):
         self.guard = Guard(self.limits)
         # The live streams' queues, for introspection (read them on the server's loop).
         self.subscribers: set[Subscriber] = set()
+        # Told of every call on a Calls stream (method, status, seconds): the metrics.
+        self.call_observer: CallObserver | None = None
         # A durable store that went back to its file (the disk refused a write) wakes
         # every stream, which then ends: its queue may hold commits that were undone.
         store.on_reload(self._wake_streams)
@@ -142,6 +145,8 @@ class VariablesService(pb_grpc.VariablesServicer):
     # The watch stream, and its Subscribe step as a method (tests wrap it per instance).
     Session = session
     _subscribe = subscribe
+    # The unary RPCs above, pipelined over one stream (calls.py).
+    Calls = calls
 
 
 def add_service(service: VariablesService, server: grpc.aio.Server) -> None:

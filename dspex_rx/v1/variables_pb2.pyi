@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from dspex_rx.v1 import value_pb2 as _value_pb2
 from dspex_rx.v1 import session_pb2 as _session_pb2
+from dspex_rx.v1 import calls_pb2 as _calls_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from dspex_rx.v1 import calls_pb2 as dspex__rx_dot_v1_dot_calls__pb2
 from dspex_rx.v1 import session_pb2 as dspex__rx_dot_v1_dot_session__pb2
 from dspex_rx.v1 import variables_pb2 as dspex__rx_dot_v1_dot_variables__pb2
 
@@ -189,6 +190,11 @@ class VariablesStub:
                 '/dspex_rx.v1.Variables/DeriveLease',
                 request_serializer=dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseRequest.SerializeToString,
                 response_deserializer=dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseResponse.FromString,
+                _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/dspex_rx.v1.Variables/Calls',
+                request_serializer=dspex__rx_dot_v1_dot_calls__pb2.CallFrame.SerializeToString,
+                response_deserializer=dspex__rx_dot_v1_dot_calls__pb2.ReplyFrame.FromString,
                 _registered_method=True)
 
 
@@ -386,6 +392,13 @@ class VariablesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """The unary RPCs above pipelined over one stream per connection (see calls.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariablesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -543,6 +556,11 @@ def add_VariablesServicer_to_server(servicer, server):
                     servicer.DeriveLease,
                     request_deserializer=dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseRequest.FromString,
                     response_serializer=dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseResponse.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=dspex__rx_dot_v1_dot_calls__pb2.CallFrame.FromString,
+                    response_serializer=dspex__rx_dot_v1_dot_calls__pb2.ReplyFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1382,6 +1400,33 @@ class Variables:
             '/dspex_rx.v1.Variables/DeriveLease',
             dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseRequest.SerializeToString,
             dspex__rx_dot_v1_dot_variables__pb2.DeriveLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dspex_rx.v1.Variables/Calls',
+            dspex__rx_dot_v1_dot_calls__pb2.CallFrame.SerializeToString,
+            dspex__rx_dot_v1_dot_calls__pb2.ReplyFrame.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,7 +17,7 @@ def proto_files() -> list[Path]:
     """The .proto sources, sorted.
 
     >>> [p.name for p in proto_files()]
-    ['session.proto', 'value.proto', 'variables.proto']
+    ['calls.proto', 'session.proto', 'value.proto', 'variables.proto']
     """
     return sorted((PROTO_DIR / "dspex_rx" / "v1").glob("*.proto"))
 

@@ -1,0 +1,246 @@
+"""The Calls stream: the service's unary RPCs pipelined over one bidi stream per
+connection, each request run exactly as its unary RPC, answers sent back by id, packed.
+"""
+
+# Why a stream: a unary call is a new HTTP/2 request with its own headers and trailers,
+# which costs grpc.aio (on both ends) more than the store call itself. On the stream a
+# request is a few bytes in a message that often carries several.
+#
+# Order: the requests of a frame, and frames in arrival order, start in that order. Each
+# runs as a task; a task's first step (auth, the store call for a read, the lane for a
+# write) runs before the next task's, since asyncio runs ready tasks first in, first out,
+# and a write waits in its session's lane (offload.Lanes) as a unary write does. Answers
+# leave as they are ready: a read queued behind a slow durable write is not held back.
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.message_factory import GetMessageClass
+
+from dspex_rx.errors import InvalidValueError
+from dspex_rx.logs import get_logger
+from dspex_rx.server import offload
+from dspex_rx.server.rpc import Malformed, Service, abort_with, clip, parse_request
+from dspex_rx.v1 import calls_pb2 as cpb
+from dspex_rx.v1 import variables_pb2 as pb
+
+log = get_logger("dspex_rx.server")
+
+# Requests of one stream running at once: past this the stream stops reading, so gRPC's
+# flow control holds the client back instead of the server's memory growing.
+MAX_IN_FLIGHT = 256
+# An answer frame stops growing at this many bytes (one large answer may pass it alone).
+MAX_FRAME_BYTES = 1 << 20
+
+# The unary RPCs of the service by name, with their request types: what a request may name.
+UNARY_REQUESTS: dict[str, Any] = {
+    method.name: GetMessageClass(method.input_type)
+    for method in pb.DESCRIPTOR.services_by_name["Variables"].methods
+    if not method.client_streaming and not method.server_streaming
+}
+
+CallObserver = Callable[[str, str, float], None]
+
+
+class CallsService(Service, Protocol):
+    """What the Calls stream uses of the servicer: the unary RPCs by name (as methods)
+    and an optional observer of each call (method, status code name, seconds).
+
+    Example: ``await getattr(service, "GetVariable")(request, context)`` is the answer.
+    """
+
+    call_observer: CallObserver | None
+
+
+class Aborted(BaseException):
+    """Raised by ``CallContext.abort``: a BaseException so that no handler's ``except
+    Exception`` mistakes the end of a call for an error of its own.
+
+    Example: ``except Aborted:`` around a handler, then read the context's code.
+    """
+
+
+class CallContext:
+    """The ``ServicerContext`` one pipelined request's handler sees: the stream's
+    metadata and peer, and the status it ends with, kept for its answer.
+
+    >>> context = CallContext(None)
+    >>> context.code() is None
+    True
+    """
+
+    __slots__ = ("_code", "_details", "_stream", "_trailers")
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._trailers: tuple[tuple[str, str], ...] = ()
+
+    def invocation_metadata(self) -> Any:
+        """The stream's call metadata (the session token travels there).
+
+        Example: ``context.invocation_metadata()`` as on a unary call.
+        """
+        return self._stream.invocation_metadata()
+
+    def peer(self) -> str:
+        """The stream's peer address.
+
+        Example: ``context.peer()`` is e.g. ``"ipv4:127.0.0.1:50312"``.
+        """
+        return str(self._stream.peer())
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        """Keep the trailers the call's answer carries.
+
+        Example: ``context.set_trailing_metadata((("dspex-error-kind", "conflict"),))``.
+        """
+        self._trailers = tuple(metadata)
+
+    def code(self) -> grpc.StatusCode | None:
+        """The status set by ``abort`` (None while the call has not failed).
+
+        Example: ``context.code()`` is ``None`` for a call that answered.
+        """
+        return self._code
+
+    async def abort(self, code: grpc.StatusCode, details: str = "",
+                    trailing_metadata: Any = ()) -> None:
+        """End the call with ``code``: raises ``Aborted``.
+
+        Example: ``await context.abort(grpc.StatusCode.NOT_FOUND, "no such variable")``.
+        """
+        self._code = code
+        self._details = details
+        if trailing_metadata:
+            self._trailers = tuple(trailing_metadata)
+        raise Aborted
+
+    def reply(self, call_id: int) -> cpb.CallReply:
+        """The answer of an aborted call.
+
+        >>> context = CallContext(None)
+        >>> context._code = grpc.StatusCode.NOT_FOUND
+        >>> context.reply(3).code
+        5
+        """
+        code = self._code or grpc.StatusCode.UNKNOWN
+        return cpb.CallReply(
+            id=call_id, code=code.value[0], details=self._details,
+            trailers=[cpb.TrailerPair(key=k, value=str(v)) for k, v in self._trailers],
+        )
+
+
+async def answer(service: CallsService, request: cpb.CallRequest, stream: Any) -> cpb.CallReply:
+    """Run one pipelined request as its unary RPC and make its answer.
+
+    Example: ``reply = await answer(service, cpb.CallRequest(id=1, method="Echo"), context)``.
+    """
+    started = time.perf_counter()
+    context = CallContext(stream)
+    request_type = UNARY_REQUESTS.get(request.method)
+    try:
+        if request_type is None:
+            await abort_with(context, InvalidValueError(
+                f"no unary RPC named {clip(request.method, 100)!r} for the Calls stream"))
+        message = parse_request(request_type, request.request, defer_large=True)
+        response = await getattr(service, request.method)(message, context)
+        reply = cpb.CallReply(id=request.id, response=offload.serialize_response(response))
+    except Aborted:
+        reply = context.reply(request.id)
+    observer = service.call_observer
+    if observer is not None:
+        code = grpc.StatusCode.OK if reply.code == 0 else context.code()
+        observer(request.method, code.name if code else "UNKNOWN", time.perf_counter() - started)
+    return reply
+
+
+async def calls(
+    service: CallsService,
+    request_iterator: AsyncIterator[cpb.CallFrame],
+    context: grpc.aio.ServicerContext,
+) -> AsyncIterator[cpb.ReplyFrame]:
+    """The ``Calls`` stream: frames of requests in, frames of answers out, by id.
+
+    Example: ``call = stub.Calls()``; ``await call.write(CallFrame(calls=[...]))``.
+    """
+    loop = asyncio.get_running_loop()
+    ready: deque[cpb.CallReply] = deque()
+    wake = asyncio.Event()
+    running: dict[int, asyncio.Task[None]] = {}
+    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def run(request: cpb.CallRequest) -> None:
+        try:
+            reply = await answer(service, request, context)
+        except asyncio.CancelledError:
+            return  # the client gave up on it: no answer
+        except Exception:
+            log.exception("call_failed", method=clip(request.method, 100))
+            reply = cpb.CallReply(id=request.id, code=grpc.StatusCode.INTERNAL.value[0],
+                                  details=f"internal error in {clip(request.method, 100)}")
+        ready.append(reply)
+        wake.set()
+
+    def finished(call_id: int, task: asyncio.Task[None]) -> None:
+        # A done callback, not a finally: a task cancelled before its first step never
+        # runs its coroutine, yet its slot must come back.
+        if running.get(call_id) is task:
+            del running[call_id]
+        slots.release()
+        wake.set()
+
+    async def read() -> None:
+        async for frame in request_iterator:
+            if isinstance(frame, Malformed):
+                raise frame.exception()
+            for call_id in frame.cancel:
+                task = running.pop(call_id, None)
+                if task is not None:
+                    task.cancel()
+            for request in frame.calls:
+                if request.id in running:
+                    raise InvalidValueError(
+                        f"request id {request.id} is already in flight on this stream")
+                await slots.acquire()
+                task = loop.create_task(run(request))
+                task.add_done_callback(functools.partial(finished, request.id))
+                running[request.id] = task
+
+    reader = loop.create_task(read())
+    reader.add_done_callback(lambda _: wake.set())
+    try:
+        # Served: the client writes nothing before this, since grpc.aio reports a write
+        # racing a server's UNIMPLEMENTED (one from before the stream) as INTERNAL.
+        yield cpb.ReplyFrame()
+        while True:
+            if not ready:
+                if reader.done() and not running:
+                    break
+                await wake.wait()
+                wake.clear()
+                continue
+            frame, size = cpb.ReplyFrame(), 0
+            while ready and (size < MAX_FRAME_BYTES or not frame.replies):
+                reply = ready.popleft()
+                size += len(reply.response) + 16
+                frame.replies.append(reply)
+            yield frame
+        error = reader.exception()
+        if isinstance(error, InvalidValueError):
+            await abort_with(context, error)
+        if error is not None:
+            log.error("calls_reader_failed", error=clip(repr(error), 500))
+            await context.abort(grpc.StatusCode.INTERNAL, "Calls stream reader failed")
+    finally:
+        reader.cancel()
+        for task in list(running.values()):
+            task.cancel()
