@@ -53,10 +53,12 @@ async def scraped_when(port: int, name: str, value: float) -> dict[
         await trio.sleep(0.02)
 
 
+# Pipelined calls (the Calls stream) are counted as the unary RPCs they stand for.
+@pytest.mark.parametrize("pipelined", [True, False])
 async def test_rpcs_are_counted_by_method_and_code_and_timed(
-        served: tuple[str, int]) -> None:
+        served: tuple[str, int], pipelined: bool) -> None:
     target, port = served
-    async with dspex_rx.connect(target) as s:
+    async with dspex_rx.connect(target, pipelined=pipelined) as s:
         await s.register_variable("t", "float", 0.5, constraints={"min": 0.0, "max": 1.0})
         await s.set_variable("t", 0.6)
         await s.set_variable("t", 0.7)

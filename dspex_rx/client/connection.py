@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from dspex_rx.client.actors import WatchHub
 from dspex_rx.client.aio import hold_current_run
 from dspex_rx.client.cache import VariableCache
+from dspex_rx.client.calls import NotSent, Pipeline
 from dspex_rx.client.embedded import EmbeddedHandle, start_embedded
 from dspex_rx.client.encoding import encode_metadata
 from dspex_rx.core.limits import DEFAULT_LIMITS, Limits
@@ -45,6 +46,9 @@ log = get_logger("dspex_rx.client")
 M = TypeVar("M", bound=Message)
 # A heartbeat failing with these says the connection, not the session, is in trouble.
 _DEAD_CONNECTION = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# The session's own lifecycle calls stay unary RPCs: they run before the Calls stream
+# exists or after it has stopped, and a heartbeat must test the connection by itself.
+_UNARY_ONLY = frozenset({"InitializeSession", "Heartbeat", "CloseSession"})
 
 
 class CallFn(Protocol):
@@ -116,6 +120,7 @@ class Connection:
         data_dir: str | os.PathLike[str] | None = None,
         keepalive_time: float = DEFAULT_KEEPALIVE_TIME,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        pipelined: bool = True,
     ) -> None:
         if isinstance(target, list | tuple) and target and all(
             isinstance(t, str) for t in target
@@ -132,6 +137,11 @@ class Connection:
             )
         # False: join only; the server refuses an id with no live session (must_exist).
         self._create = create
+        if not isinstance(pipelined, bool):
+            raise InvalidValueError(f"pipelined must be True or False, got {pipelined!r}")
+        # Calls as requests on one Calls stream (calls.py) rather than one RPC each.
+        self.pipelined = pipelined
+        self.pipeline: Pipeline | None = None
         if token is not None and not isinstance(token, str):
             raise InvalidValueError(f"token must be a string, got {type(token).__name__}")
         if principal_key is not None and not isinstance(principal_key, str):
@@ -335,12 +345,17 @@ class Connection:
                         nursery, self.cache, metadata=token_metadata(self.token),
                     )
                     nursery.start_soon(self._heartbeat, interval)
+                    if self.pipelined:
+                        self.pipeline = Pipeline(self.transport, f"/{SERVICE_NAME}/Calls",
+                                                 token_metadata(self.token))
+                        nursery.start_soon(self.pipeline.run)
                     started.set()
                     await stop.wait()
                     nursery.cancel_scope.cancel()
             except Exception:
                 log.exception("session_services_failed", session_id=self.session_id)
             finally:
+                self.pipeline = None
                 started.set()
                 self.services_done.set()
 
@@ -395,6 +410,8 @@ class Connection:
                     # (a peer that answers pings but not calls): watched values stop
                     # being served from the cache and the stream is reopened.
                     self.hub.suspect(f"heartbeat: {code.name}")
+                    if self.pipeline is not None:
+                        await self.pipeline.reset(f"heartbeat: {code.name}")
 
     async def _attach(self, request: pb.InitializeSessionRequest) -> pb.InitializeSessionResponse:
         # Creating or (re)attaching: the token, and for an id in a reserved namespace the
@@ -547,8 +564,9 @@ class Connection:
         timeout: float | None = None,
         metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> M:
-        """One unary call with the session's token (unless ``metadata`` is given), errors
-        mapped to the package's; it raises the revision the session has seen.
+        """One call with the session's token (unless ``metadata`` is given), errors mapped
+        to the package's; it raises the revision the session has seen. Pipelined on the
+        Calls stream when the session is (``pipelined=True``), else one unary RPC.
 
         Example: ``await conn.call("Echo", pb.EchoRequest(payload=b"x"), pb.EchoResponse)``.
         """
@@ -558,11 +576,19 @@ class Connection:
             raise self.lost_error()
         if metadata is None:
             metadata = token_metadata(self.token)
+        pipeline = self.pipeline
         try:
-            response: M = await self.transport.unary(
-                f"/{SERVICE_NAME}/{method}", request, response_type, timeout,
-                metadata=metadata,
-            )
+            try:
+                if pipeline is None or metadata != pipeline.metadata or method in _UNARY_ONLY:
+                    raise NotSent
+                response: M = await pipeline.call(
+                    method, request, response_type, self.timeout if timeout is None else timeout
+                )
+            except NotSent:
+                response = await self.transport.unary(
+                    f"/{SERVICE_NAME}/{method}", request, response_type, timeout,
+                    metadata=metadata,
+                )
         except grpc.aio.AioRpcError as exc:
             mapped = map_rpc_error(exc)
             if mapped is exc:

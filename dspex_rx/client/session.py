@@ -65,6 +65,9 @@ class SessionContext(OptimizationCalls):
     a silently dead connection goes unnoticed: a ping every ``keepalive_time``, and one
     unanswered for ``keepalive_timeout`` breaks the connection, so watches reconnect and
     watched values stop being served from the cache (``keepalive_time`` >= 1 s).
+    ``pipelined`` (default True) sends the calls as requests on one long-lived stream,
+    answered by id, so calls from many tasks share messages; False makes each call its own
+    unary RPC (what other gRPC clients see). A server without that stream is used unary.
     Each method's full contract is documented on the component method it calls
     (``Variables.get_variables``, ``Optimizations.start_optimization``...).
 
@@ -82,7 +85,7 @@ class SessionContext(OptimizationCalls):
         limits: Limits | None = None, max_message_bytes: int | None = None,
         create: bool = True, data_dir: str | os.PathLike[str] | None = None,
         keepalive_time: float = DEFAULT_KEEPALIVE_TIME,
-        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT, pipelined: bool = True,
     ) -> None:
         self._conn = Connection(
             session_id, target, metadata=metadata, ttl_seconds=ttl_seconds,
@@ -91,7 +94,7 @@ class SessionContext(OptimizationCalls):
             max_message_bytes=max_message_bytes, cache_ttl=cache_ttl,
             cache_max_size=cache_max_size, cache_eviction_policy=cache_eviction_policy,
             create=create, data_dir=data_dir, keepalive_time=keepalive_time,
-            keepalive_timeout=keepalive_timeout,
+            keepalive_timeout=keepalive_timeout, pipelined=pipelined,
         )
         self._cache = self._conn.cache
         # Every call of every component goes through ``_call``, so one wrapper there (tests

@@ -1,0 +1,256 @@
+"""Pipelined calls: a session's unary calls sent as requests on one ``Calls`` stream and
+answered by id, so calls made at once from many trio tasks leave in one message.
+"""
+
+# One writer task takes every request queued since its last write and sends them as one
+# frame: with no other call in flight a request leaves at once (nothing waits for company),
+# and under load frames grow by themselves while a write is under way. One reader task
+# hands each answer to its caller. A request that never left can always go another way
+# (``NotSent``: the caller makes it a unary call); one that left and whose stream broke
+# fails with the stream's error, as a unary call cut mid-way does.
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, TypeVar
+
+import grpc
+import trio
+from google.protobuf.message import Message
+
+from dspex_rx.logs import get_logger
+from dspex_rx.v1 import calls_pb2 as cpb
+
+log = get_logger("dspex_rx.client")
+
+M = TypeVar("M", bound=Message)
+# Requests on the stream at once (sent or queued): a caller past this waits its turn.
+MAX_IN_FLIGHT = 1024
+# A request frame stops growing at this many bytes.
+MAX_FRAME_BYTES = 1 << 20
+# A request this large goes as its own unary call: on the shared stream it would hold up
+# every call behind it while it is sent.
+MAX_PIPELINED_REQUEST = 256 * 1024
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class NotSent(Exception):  # a signal to the caller, not a failure
+    """The request never left (no stream, or the server has no Calls stream): make it
+    as a unary call instead.
+
+    Example: ``except NotSent: response = await transport.unary(...)``.
+    """
+
+
+def rpc_error(code: grpc.StatusCode, details: str,
+              trailers: tuple[tuple[str, str], ...] = ()) -> grpc.aio.AioRpcError:
+    """The ``AioRpcError`` a unary call would have raised with this status.
+
+    >>> rpc_error(grpc.StatusCode.NOT_FOUND, "no such variable").code().name
+    'NOT_FOUND'
+    """
+    return grpc.aio.AioRpcError(
+        code=code, initial_metadata=grpc.aio.Metadata(),
+        trailing_metadata=grpc.aio.Metadata(*trailers), details=details,
+    )
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "reply", "sent")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: cpb.CallReply | None = None
+        self.error: BaseException | None = None
+        self.sent = False
+
+
+class Pipeline:
+    """The ``Calls`` stream of one connection, opened on first use and again after it
+    breaks; ``run`` (a background task) owns it, ``call`` is what callers await.
+
+    Example: ``nursery.start_soon(pipeline.run)``, then
+    ``await pipeline.call("GetVariable", request, pb.GetVariableResponse, 30.0)``.
+    """
+
+    def __init__(self, transport: Any, path: str, metadata: tuple[tuple[str, str], ...],
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self._transport = transport
+        self._path = path
+        # The stream's call metadata (the session token): each request is checked with it.
+        self.metadata = metadata
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, _Waiter] = {}
+        self._outbox: dict[int, cpb.CallRequest] = {}
+        self._cancels: list[int] = []
+        self._work = trio.Event()
+        self._slots = trio.Semaphore(max_in_flight)
+        self.running = False
+        # False once the server turned the stream down (no Calls RPC): calls go unary.
+        self.available = True
+        self.frames_sent = 0
+        self.streams_opened = 0
+        self._write_error: BaseException | None = None
+        self._stream: Any = None
+
+    async def call(self, method: str, request: Message, response_type: type[M],
+                   timeout: float | None) -> M:
+        """Make ``method`` with ``request`` on the stream; its answer, or the
+        ``AioRpcError`` the unary call would raise. ``NotSent`` if it never left.
+
+        Example: ``await pipeline.call("Echo", pb.EchoRequest(), pb.EchoResponse, 5.0)``.
+        """
+        if not self.running or not self.available:
+            raise NotSent
+        payload = request.SerializeToString()
+        if len(payload) > MAX_PIPELINED_REQUEST:
+            raise NotSent
+        async with self._slots:
+            call_id = next(self._ids)
+            waiter = _Waiter()
+            self._waiters[call_id] = waiter
+            self._outbox[call_id] = cpb.CallRequest(id=call_id, method=method, request=payload)
+            self._work.set()
+            try:
+                with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                    await waiter.done.wait()
+            finally:
+                if not waiter.done.is_set():
+                    # Cancelled or timed out: only this request is given up.
+                    self._give_up(call_id, waiter)
+            if waiter.reply is None:
+                if waiter.error is not None:
+                    raise waiter.error
+                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        reply = waiter.reply
+        if reply.code:
+            raise rpc_error(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.details,
+                            tuple((pair.key, pair.value) for pair in reply.trailers))
+        return response_type.FromString(reply.response)
+
+    def _give_up(self, call_id: int, waiter: _Waiter) -> None:
+        self._waiters.pop(call_id, None)
+        if self._outbox.pop(call_id, None) is None and waiter.sent:
+            self._cancels.append(call_id)
+            self._work.set()
+
+    async def run(self) -> None:
+        """Serve the callers until cancelled: open the stream when a request waits, write
+        frames, hand out answers; a broken stream fails what it carried and is reopened
+        for the next request.
+
+        Example: ``nursery.start_soon(pipeline.run)`` in the session's services nursery.
+        """
+        self.running = True
+        try:
+            while self.available:
+                await self._work.wait()
+                if self._outbox:
+                    await self._serve_one_stream()
+                else:
+                    self._work = trio.Event()
+        finally:
+            self.running = False
+            for waiter in self._waiters.values():
+                waiter.error = waiter.error or (
+                    rpc_error(grpc.StatusCode.CANCELLED, "the session is closing")
+                    if waiter.sent else NotSent())
+                waiter.done.set()
+            self._waiters.clear()
+            self._outbox.clear()
+
+    async def _serve_one_stream(self) -> None:
+        try:
+            stream = await self._transport.open_stream(
+                self._path, cpb.ReplyFrame, self.metadata)
+        except grpc.aio.AioRpcError as exc:
+            for waiter in self._waiters.values():
+                waiter.sent = True  # fail them all with the error, below
+            self._outbox.clear()
+            self._fail_sent(exc)
+            return
+        self.streams_opened += 1
+        self._write_error = None
+        self._stream = stream
+        error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    # The server's empty first frame: it serves the stream (else this
+                    # raises, UNIMPLEMENTED from a server before it, and nothing was sent).
+                    if await stream.receive_batch() is not None:
+                        nursery.start_soon(self._write, stream)
+                    while (batch := await stream.receive_batch()) is not None:
+                        self._deliver(batch)
+                    error = rpc_error(grpc.StatusCode.UNAVAILABLE, "the Calls stream ended")
+                except grpc.aio.AioRpcError as exc:
+                    error = exc
+                nursery.cancel_scope.cancel()
+        finally:
+            self._stream = None
+            with trio.CancelScope(shield=True):
+                await stream.close()
+        self._fail_sent(error if self._write_error is None else self._write_error)
+
+    async def reset(self, reason: str) -> None:
+        """Drop the current stream (a connection suspected dead): what it carried fails
+        UNAVAILABLE with ``reason``; the next call opens another.
+
+        Example: ``await pipeline.reset("heartbeat: DEADLINE_EXCEEDED")``.
+        """
+        stream = self._stream
+        if stream is not None:
+            self._write_error = rpc_error(grpc.StatusCode.UNAVAILABLE, reason)
+            await stream.close()
+
+    def _deliver(self, batch: list[cpb.ReplyFrame]) -> None:
+        waiters = self._waiters
+        for frame in batch:
+            for reply in frame.replies:
+                waiter = waiters.pop(reply.id, None)
+                if waiter is not None:  # else: given up on meanwhile
+                    waiter.reply = reply
+                    waiter.done.set()
+
+    def _fail_sent(self, error: BaseException | None) -> None:
+        if isinstance(error, grpc.aio.AioRpcError) and (
+            error.code() == grpc.StatusCode.UNIMPLEMENTED
+        ):
+            # A server from before the Calls stream: nothing sent ran; all go unary.
+            log.info("calls_stream_unavailable", details=error.details())
+            self.available = False
+            for waiter in self._waiters.values():
+                waiter.error = NotSent()
+                waiter.done.set()
+            self._waiters.clear()
+            self._outbox.clear()
+            return
+        failed = [call_id for call_id, waiter in self._waiters.items() if waiter.sent]
+        for call_id in failed:
+            waiter = self._waiters.pop(call_id)
+            waiter.error = error or rpc_error(grpc.StatusCode.UNAVAILABLE,
+                                              "the Calls stream ended")
+            waiter.done.set()
+
+    async def _write(self, stream: Any) -> None:
+        while True:
+            if not self._outbox and not self._cancels:
+                self._work = trio.Event()
+                await self._work.wait()
+            frame = cpb.CallFrame(cancel=self._cancels)
+            self._cancels = []
+            size = 0
+            outbox = self._outbox
+            while outbox and size < MAX_FRAME_BYTES:
+                call_id = next(iter(outbox))
+                request = outbox.pop(call_id)
+                self._waiters[call_id].sent = True
+                frame.calls.append(request)
+                size += len(request.request) + 32
+            try:
+                await stream.send(frame)
+            except (grpc.aio.AioRpcError, RuntimeError):
+                # The stream has ended: the reader learns how, and fails what was sent
+                # with that status (an UNIMPLEMENTED one sends everything unary).
+                return
+            self.frames_sent += 1

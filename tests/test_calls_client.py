@@ -1,0 +1,198 @@
+"""Pipelined calls from the client: calls from many tasks share frames, errors are the
+unary path's, one call cancelled or timed out leaves the rest, a broken stream fails what
+it carried and the next call opens another, and a server without the stream is used unary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+import trio
+import trio.testing
+from calls_gate import Gate
+
+import dspex_rx
+from dspex_rx.client import calls as client_calls
+from dspex_rx.server import EmbeddedServer
+
+
+def pipeline_of(session: dspex_rx.SessionContext) -> client_calls.Pipeline:
+    pipeline = session._conn.pipeline
+    assert pipeline is not None
+    return pipeline
+
+
+async def wait_for(condition: object) -> None:
+    # A hang guard polling the server thread; no duration is asserted.
+    with trio.fail_after(30):
+        while not condition():  # type: ignore[operator]
+            await trio.sleep(0.002)
+
+
+async def test_calls_from_many_tasks_leave_in_shared_frames(
+    session: dspex_rx.SessionContext,
+) -> None:
+    await session.register_variables([{"name": f"v{i}", "type": "integer", "initial_value": i}
+                                      for i in range(32)])
+    pipeline = pipeline_of(session)
+    before = pipeline.frames_sent
+    got: dict[int, int] = {}
+
+    async def read(i: int) -> None:
+        got[i] = await session.get_variable(f"v{i}", bypass_cache=True)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(32):
+            nursery.start_soon(read, i)
+    assert got == {i: i for i in range(32)}
+    # 32 calls made at once: the writer packs what queued while it wrote.
+    assert 1 <= pipeline.frames_sent - before < 16
+
+
+async def test_pipelined_and_unary_sessions_raise_the_same_errors(
+    server: EmbeddedServer,
+) -> None:
+    outcomes = []
+    for pipelined in (True, False):
+        async with dspex_rx.connect(server.target, pipelined=pipelined) as s:
+            assert (s._conn.pipeline is not None) is pipelined
+            await s.register_variable("t", "float", 0.5, constraints={"min": 0, "max": 1})
+            seen = []
+            for bad in (
+                lambda: s.set_variable("t", 5.0),
+                lambda: s.set_variable("t", 0.2, expected_version=7),
+                lambda: s.get_variable("missing"),
+                lambda: s.register_variable("t", "float", 0.1),
+                lambda: s.set_variable("t", "not a number"),
+            ):
+                with pytest.raises(Exception) as caught:
+                    await bad()
+                message = str(caught.value).replace(s.session_id, "<sid>")
+                seen.append((type(caught.value).__name__, message))
+            seen.append(("value", await s.get_variable("t", bypass_cache=True)))
+            outcomes.append(seen)
+    assert outcomes[0] == outcomes[1], outcomes
+    assert [kind for kind, _ in outcomes[0]] == [
+        "InvalidValueError", "ConflictError", "VariableNotFoundError",
+        "AlreadyExistsError", "VariableTypeError", "value"]
+
+
+async def test_cancelling_one_call_cancels_only_that_request(
+    session: dspex_rx.SessionContext, gate: Gate,
+) -> None:
+    await session.register_variable("t", "integer", 1)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.get_variable, "slow", None, True)
+            await wait_for(lambda: gate.read(lambda g: g.waiting) == 1)
+            # Another call on the same stream meanwhile is answered.
+            assert await session.get_variable("t", bypass_cache=True) == 1
+            scope.cancel()
+    assert scope.cancelled_caught
+    await wait_for(lambda: gate.read(lambda g: g.cancelled) == 1)
+    assert gate.read(lambda g: g.waiting) == 0
+    await session.set_variable("t", 2)
+    assert await session.get_variable("t", bypass_cache=True) == 2
+
+
+async def test_a_call_past_its_timeout_fails_deadline_exceeded_in_virtual_time(
+    server: EmbeddedServer, gate: Gate, mock_clock: trio.testing.MockClock,
+) -> None:
+    async with dspex_rx.connect(server.target, timeout=5.0) as s:
+        async with trio.open_nursery() as nursery:
+            async def stalled() -> None:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await s.get_variable("slow", bypass_cache=True)
+                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+            nursery.start_soon(stalled)
+            await wait_for_real(lambda: gate.read(lambda g: g.waiting) == 1)
+            mock_clock.jump(4.9)
+            await trio.testing.wait_all_tasks_blocked()
+            assert gate.read(lambda g: g.cancelled) == 0  # not yet
+            mock_clock.jump(0.2)
+        # Given up: the server cancels the request.
+        await wait_for_real(lambda: gate.read(lambda g: g.cancelled) == 1)
+
+
+async def wait_for_real(condition: object) -> None:
+    # Under a MockClock with no autojump trio.sleep never ends: poll the server thread
+    # from a worker thread instead (a bounded hang guard, no duration asserted).
+    import time
+
+    def poll() -> None:
+        deadline = time.monotonic() + 30
+        while not condition():  # type: ignore[operator]
+            assert time.monotonic() < deadline, "condition never held"
+            time.sleep(0.002)
+
+    await trio.to_thread.run_sync(poll)
+
+
+async def test_a_reset_stream_fails_what_it_carried_and_the_next_call_opens_another(
+    session: dspex_rx.SessionContext, gate: Gate,
+) -> None:
+    await session.register_variable("t", "integer", 1)
+    pipeline = pipeline_of(session)
+    opened = pipeline.streams_opened
+    async with trio.open_nursery() as nursery:
+        async def carried() -> None:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await session.get_variable("slow", bypass_cache=True)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "connection suspected dead" in (caught.value.details() or "")
+
+        nursery.start_soon(carried)
+        await wait_for(lambda: gate.read(lambda g: g.waiting) == 1)
+        await pipeline.reset("connection suspected dead")
+    assert await session.get_variable("t", bypass_cache=True) == 1
+    assert pipeline.streams_opened == opened + 1
+    await wait_for(lambda: gate.read(lambda g: g.cancelled) == 1)
+
+
+async def test_a_large_request_goes_as_its_own_unary_call(
+    session: dspex_rx.SessionContext,
+) -> None:
+    await session.register_variable("text", "string", "")
+    pipeline = pipeline_of(session)
+    await session.get_variable("text", bypass_cache=True)
+    before = pipeline.frames_sent
+    big = "x" * (client_calls.MAX_PIPELINED_REQUEST + 1)
+    await session.set_variable("text", big)
+    assert pipeline.frames_sent == before
+    assert await session.get_variable("text", bypass_cache=True) == big
+    assert pipeline.frames_sent == before + 1
+
+
+class _HideCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        if details.method.endswith("/Calls"):
+            return None  # what a server from before the stream answers: UNIMPLEMENTED
+        return await continuation(details)
+
+
+@pytest.fixture
+def old_server(monkeypatch: pytest.MonkeyPatch) -> EmbeddedServer:
+    """A server without the Calls stream, as one from before it."""
+    real = grpc.aio.server
+
+    def server(*args: Any, interceptors: Any = (), **kwargs: Any) -> Any:
+        return real(*args, interceptors=[*interceptors, _HideCalls()], **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "server", server)
+    return EmbeddedServer()
+
+
+async def test_a_server_without_the_calls_stream_gets_each_call_once_as_unary(
+    old_server: EmbeddedServer,
+) -> None:
+    with old_server:
+        async with dspex_rx.connect(old_server.target) as s:
+            await s.register_variable("t", "integer", 0)
+            for i in range(1, 4):
+                await s.set_variable("t", i)
+            history = await s.get_variable_history("t")
+            assert sorted(entry["version"] for entry in history) == [1, 2, 3, 4]  # each once
+            assert await s.get_variable("t", bypass_cache=True) == 3
+            assert s._conn.pipeline is not None and not s._conn.pipeline.available
