@@ -179,10 +179,9 @@ async def calls(
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def run(request: cpb.CallRequest) -> None:
+        # A cancel (the client gave up on it) passes through: no answer, task cancelled.
         try:
             reply = await answer(service, request, context)
-        except asyncio.CancelledError:
-            return  # the client gave up on it: no answer
         except Exception:
             log.exception("call_failed", method=clip(request.method, 100))
             reply = cpb.CallReply(id=request.id, code=grpc.StatusCode.INTERNAL.value[0],
@@ -192,10 +191,12 @@ async def calls(
 
     def finished(call_id: int, task: asyncio.Task[None]) -> None:
         # A done callback, not a finally: a task cancelled before its first step never
-        # runs its coroutine, yet its slot must come back.
+        # runs its coroutine. Its slot comes back now if it left no answer, else once the
+        # answer is sent: a client that does not read holds at most MAX_IN_FLIGHT answers.
         if running.get(call_id) is task:
             del running[call_id]
-        slots.release()
+        if task.cancelled():
+            slots.release()
         wake.set()
 
     async def read() -> None:
@@ -233,6 +234,7 @@ async def calls(
                 reply = ready.popleft()
                 size += len(reply.response) + 16
                 frame.replies.append(reply)
+                slots.release()
             yield frame
         error = reader.exception()
         if isinstance(error, InvalidValueError):
