@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 from dspex_rx.server import EmbeddedServer
-from dspex_rx.v1 import variables_pb2 as pb
 
 
 class Gate:
@@ -37,7 +36,7 @@ class Gate:
             raise
         finally:
             self.waiting -= 1
-        return pb.GetVariableResponse(revision=1)
+        return await self.inner(message, context)  # then answered as usual (NOT_FOUND)
 
     def open(self) -> None:
         def release() -> None:

@@ -4,6 +4,7 @@ it carried and the next call opens another, and a server without the stream is u
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -48,6 +49,14 @@ async def test_calls_from_many_tasks_leave_in_shared_frames(
     assert got == {i: i for i in range(32)}
     # 32 calls made at once: the writer packs what queued while it wrote.
     assert 1 <= pipeline.frames_sent - before < 16
+
+
+# Guards: the pipeline's task started after connect() returned, so the first calls went
+# unary.
+async def test_the_first_call_after_connect_goes_on_the_stream(server: EmbeddedServer) -> None:
+    async with dspex_rx.connect(server.target) as s:
+        assert await s.ping(b"first") == b"first"
+        assert (pipeline_of(s).streams_opened, pipeline_of(s).frames_sent) == (1, 1)
 
 
 async def test_pipelined_and_unary_sessions_raise_the_same_errors(
@@ -96,31 +105,9 @@ async def test_cancelling_one_call_cancels_only_that_request(
     assert await session.get_variable("t", bypass_cache=True) == 2
 
 
-async def test_a_call_past_its_timeout_fails_deadline_exceeded_in_virtual_time(
-    server: EmbeddedServer, gate: Gate, mock_clock: trio.testing.MockClock,
-) -> None:
-    async with dspex_rx.connect(server.target, timeout=5.0) as s:
-        async with trio.open_nursery() as nursery:
-            async def stalled() -> None:
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await s.get_variable("slow", bypass_cache=True)
-                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-
-            nursery.start_soon(stalled)
-            await wait_for_real(lambda: gate.read(lambda g: g.waiting) == 1)
-            mock_clock.jump(4.9)
-            await trio.testing.wait_all_tasks_blocked()
-            assert gate.read(lambda g: g.cancelled) == 0  # not yet
-            mock_clock.jump(0.2)
-        # Given up: the server cancels the request.
-        await wait_for_real(lambda: gate.read(lambda g: g.cancelled) == 1)
-
-
 async def wait_for_real(condition: object) -> None:
-    # Under a MockClock with no autojump trio.sleep never ends: poll the server thread
-    # from a worker thread instead (a bounded hang guard, no duration asserted).
-    import time
-
+    # Under a MockClock trio.sleep is virtual: poll the server thread from a worker
+    # thread instead (a bounded hang guard, no duration asserted).
     def poll() -> None:
         deadline = time.monotonic() + 30
         while not condition():  # type: ignore[operator]
@@ -128,6 +115,41 @@ async def wait_for_real(condition: object) -> None:
             time.sleep(0.002)
 
     await trio.to_thread.run_sync(poll)
+
+
+async def test_a_call_past_its_deadline_fails_deadline_exceeded_and_is_cancelled(
+    server: EmbeddedServer, gate: Gate,
+) -> None:
+    # A call's timeout is a gRPC deadline, wall-clock (the deadline thread's own logic is
+    # tested on a fake clock in test_deadlines.py); 0.05 s only keeps the test short.
+    async with dspex_rx.connect(server.target, timeout=0.05) as s:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await s.get_variable("slow", bypass_cache=True)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await wait_for_real(lambda: gate.read(lambda g: g.cancelled) == 1)
+        assert await s.ping(b"after") is not None
+
+
+# Guards: pipelined calls timed out with trio's clock, so under an autojump MockClock they
+# failed DEADLINE_EXCEEDED while the server was still answering (virtual time leapt on).
+async def test_virtual_time_leaping_past_the_timeout_does_not_fail_a_call(
+    server: EmbeddedServer, gate: Gate, autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with dspex_rx.connect(server.target, timeout=5.0) as s:
+        got: list[object] = []
+
+        async def held() -> None:
+            got.append(await s.get_variable("slow", default="answered", bypass_cache=True))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(held)
+            start = trio.current_time()
+            await wait_for_real(lambda: gate.read(lambda g: g.waiting) == 1)
+            await trio.sleep(60)  # autojump: a minute of virtual time, all blocked
+            assert trio.current_time() - start >= 60
+            gate.open()
+        assert gate.read(lambda g: g.cancelled) == 0
+        assert len(got) == 1
 
 
 async def test_a_reset_stream_fails_what_it_carried_and_the_next_call_opens_another(
@@ -149,6 +171,28 @@ async def test_a_reset_stream_fails_what_it_carried_and_the_next_call_opens_anot
     assert await session.get_variable("t", bypass_cache=True) == 1
     assert pipeline.streams_opened == opened + 1
     await wait_for(lambda: gate.read(lambda g: g.cancelled) == 1)
+
+
+# Guards: an error inside the pipeline's task took the session's whole services nursery
+# (heartbeat, watches) down with it, and every later call hung.
+async def test_a_failing_calls_stream_leaves_the_session_working_unary(
+    server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with dspex_rx.connect(server.target) as s:
+        real_open = s._conn.transport.open_stream
+
+        async def broken(path: str, response_type: Any, metadata: Any = ()) -> Any:
+            if path.endswith("/Calls"):
+                raise TypeError("a bug in the stream's set-up")
+            return await real_open(path, response_type, metadata=metadata)
+
+        monkeypatch.setattr(s._conn.transport, "open_stream", broken)
+        await s.register_variable("t", "integer", 1)
+        async with s.watch_variable("t", include_initial=False) as watch:
+            await s.set_variable("t", 2)
+            update = await watch.__anext__()
+        assert (update.value, await s.get_variable("t", bypass_cache=True)) == (2, 2)
+        assert not pipeline_of(s).available and not pipeline_of(s).running
 
 
 async def test_a_large_request_goes_as_its_own_unary_call(

@@ -18,6 +18,7 @@ import grpc
 import trio
 from google.protobuf.message import Message
 
+from dspex_rx.client.deadlines import Deadlines
 from dspex_rx.logs import get_logger
 from dspex_rx.v1 import calls_pb2 as cpb
 
@@ -69,7 +70,7 @@ class Pipeline:
     """The ``Calls`` stream of one connection, opened on first use and again after it
     breaks; ``run`` (a background task) owns it, ``call`` is what callers await.
 
-    Example: ``nursery.start_soon(pipeline.run)``, then
+    Example: ``await nursery.start(pipeline.run)``, then
     ``await pipeline.call("GetVariable", request, pb.GetVariableResponse, 30.0)``.
     """
 
@@ -92,6 +93,7 @@ class Pipeline:
         self.streams_opened = 0
         self._write_error: BaseException | None = None
         self._stream: Any = None
+        self._deadlines: Deadlines | None = None
 
     async def call(self, method: str, request: Message, response_type: type[M],
                    timeout: float | None) -> M:
@@ -111,17 +113,19 @@ class Pipeline:
             self._waiters[call_id] = waiter
             self._outbox[call_id] = cpb.CallRequest(id=call_id, method=method, request=payload)
             self._work.set()
+            deadlines = self._deadlines
+            deadline = (None if timeout is None or deadlines is None
+                        else deadlines.add(timeout, lambda: self._expire(call_id)))
             try:
-                with trio.move_on_after(timeout if timeout is not None else float("inf")):
-                    await waiter.done.wait()
+                await waiter.done.wait()
             finally:
-                if not waiter.done.is_set():
-                    # Cancelled or timed out: only this request is given up.
+                if deadline is not None and deadlines is not None:
+                    deadlines.forget(deadline)
+                if waiter.reply is None:
+                    # Cancelled or past its deadline: only this request is given up.
                     self._give_up(call_id, waiter)
             if waiter.reply is None:
-                if waiter.error is not None:
-                    raise waiter.error
-                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                raise waiter.error or rpc_error(grpc.StatusCode.UNKNOWN, "no answer")
         reply = waiter.reply
         if reply.code:
             raise rpc_error(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.details,
@@ -129,19 +133,32 @@ class Pipeline:
         return response_type.FromString(reply.response)
 
     def _give_up(self, call_id: int, waiter: _Waiter) -> None:
-        self._waiters.pop(call_id, None)
+        if self._waiters.pop(call_id, None) is None:
+            return  # answered, or failed with its stream, meanwhile
         if self._outbox.pop(call_id, None) is None and waiter.sent:
             self._cancels.append(call_id)
             self._work.set()
 
-    async def run(self) -> None:
+    def _expire(self, call_id: int) -> None:
+        # In the trio run, from the deadline thread: what gRPC's deadline does for a
+        # unary call (the server is told to cancel it by ``_give_up``).
+        waiter = self._waiters.get(call_id)
+        if waiter is not None and not waiter.done.is_set():
+            waiter.error = rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            waiter.done.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
         """Serve the callers until cancelled: open the stream when a request waits, write
         frames, hand out answers; a broken stream fails what it carried and is reopened
         for the next request.
 
-        Example: ``nursery.start_soon(pipeline.run)`` in the session's services nursery.
+        Example: ``await nursery.start(pipeline.run)`` in the session's services nursery.
         """
         self.running = True
+        self._deadlines = Deadlines(trio.lowlevel.current_trio_token())
+        ended = rpc_error(grpc.StatusCode.CANCELLED, "the session is closing")
+        task_status.started()
         try:
             while self.available:
                 await self._work.wait()
@@ -149,12 +166,17 @@ class Pipeline:
                     await self._serve_one_stream()
                 else:
                     self._work = trio.Event()
+        except Exception as exc:
+            # A bug here must not take the session's other services down with it: the
+            # calls go unary from now on.
+            log.exception("calls_stream_failed")
+            self.available = False
+            ended = rpc_error(grpc.StatusCode.UNAVAILABLE, f"the Calls stream failed: {exc!r}")
         finally:
             self.running = False
+            self._deadlines.close()
             for waiter in self._waiters.values():
-                waiter.error = waiter.error or (
-                    rpc_error(grpc.StatusCode.CANCELLED, "the session is closing")
-                    if waiter.sent else NotSent())
+                waiter.error = waiter.error or (ended if waiter.sent else NotSent())
                 waiter.done.set()
             self._waiters.clear()
             self._outbox.clear()
@@ -162,7 +184,7 @@ class Pipeline:
     async def _serve_one_stream(self) -> None:
         try:
             stream = await self._transport.open_stream(
-                self._path, cpb.ReplyFrame, self.metadata)
+                self._path, cpb.ReplyFrame, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             for waiter in self._waiters.values():
                 waiter.sent = True  # fail them all with the error, below
@@ -247,10 +269,11 @@ class Pipeline:
                 self._waiters[call_id].sent = True
                 frame.calls.append(request)
                 size += len(request.request) + 32
+            # Counted before the write returns: its answers may come back first.
+            self.frames_sent += 1
             try:
                 await stream.send(frame)
             except (grpc.aio.AioRpcError, RuntimeError):
                 # The stream has ended: the reader learns how, and fails what was sent
                 # with that status (an UNIMPLEMENTED one sends everything unary).
                 return
-            self.frames_sent += 1

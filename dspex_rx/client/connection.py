@@ -348,7 +348,7 @@ class Connection:
                     if self.pipelined:
                         self.pipeline = Pipeline(self.transport, f"/{SERVICE_NAME}/Calls",
                                                  token_metadata(self.token))
-                        nursery.start_soon(self.pipeline.run)
+                        await nursery.start(self.pipeline.run)
                     started.set()
                     await stop.wait()
                     nursery.cancel_scope.cancel()
