@@ -107,7 +107,9 @@ def breakable(session: dspex_rx.SessionContext) -> list[BreakableStream]:
     real_open = transport.open_stream
     streams: list[BreakableStream] = []
 
-    async def open_stream(path: str, response_type: Any, **kw: Any) -> BreakableStream:
+    async def open_stream(path: str, response_type: Any, **kw: Any) -> Any:
+        if not path.endswith("/Session"):
+            return await real_open(path, response_type, **kw)  # the Calls stream
         stream = BreakableStream(await real_open(path, response_type, **kw))
         streams.append(stream)
         return stream

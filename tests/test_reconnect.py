@@ -98,7 +98,8 @@ class FlakyStream:
 
 
 class Flaky:
-    """Wraps every stream the session's transport opens; ``plans[i]`` configures stream i."""
+    """Wraps every Session stream the session's transport opens; ``plans[i]`` configures
+    stream i."""
 
     def __init__(self, session: dspex_rx.SessionContext) -> None:
         transport = session._transport
@@ -111,7 +112,9 @@ class Flaky:
 
     async def open_stream(
         self, path: str, response_type: Any, metadata: Any = ()
-    ) -> FlakyStream:
+    ) -> Any:
+        if not path.endswith("/Session"):
+            return await self._open(path, response_type, metadata=metadata)  # Calls
         self.metadata.append(tuple(metadata))
         stream = FlakyStream(await self._open(path, response_type, metadata=metadata))
         plan = self.plans.get(len(self.streams))
