@@ -8,11 +8,13 @@ Figures:
 
 * ``{"bench": "unary", ...}`` for echo, get_variable and set_variable, each sequential (one
   call at a time) and with ``--concurrency`` calls in flight (that many trio tasks in one
-  nursery, each making its share of the calls). ``ratio_to_echo`` is the op's calls/s divided
+  nursery, each making its share of the calls), through each ``path``: ``stream`` (calls
+  pipelined on the Calls stream, the default) and ``unary`` (``pipelined=False``). ``ratio_to_echo`` is the op's calls/s divided
   by Echo's calls/s in the same mode, measured in the same run; the goal is >= 0.7.
 * ``{"bench": "wire_bytes", ...}``: the size of the exact ``SetVariableRequest`` the client
   sends for a 768-d float32 embedding (3,072 bytes of payload), checked byte for byte against
-  the request captured on its way into the transport; the value's round trip is asserted.
+  the request captured on its way into the transport (of the unary path, where each call
+  is its own message); the value's round trip is asserted.
 * ``{"bench": "environment", ...}``: Python, grpcio and CPU count.
 
 Run::
@@ -49,6 +51,7 @@ GOAL_RATIO = 0.7
 GOAL_MAX_BYTES = 3200
 GRPC_FRAME_BYTES = 5  # 1-byte compressed flag + 4-byte big-endian length, per message
 EMBEDDING_DIMS = 768
+PATHS = ("stream", "unary")
 
 
 
@@ -204,10 +207,15 @@ async def bench_wire_bytes(session: dspex_rx.SessionContext) -> dict[str, Any]:
 
 
 async def client_main(target: str, args: argparse.Namespace) -> None:
-    async with dspex_rx.connect(target, client_name="bench_unary") as session:
-        for record in await bench_unary(session, args):
-            emit(record)
-        emit(await bench_wire_bytes(session))
+    # Both call paths, one after the other: pipelined on the Calls stream (the default)
+    # and one unary RPC per call (pipelined=False).
+    for path in PATHS:
+        async with dspex_rx.connect(target, client_name="bench_unary",
+                                    pipelined=path == "stream") as session:
+            for record in await bench_unary(session, args):
+                emit({**record, "path": path})
+            if path == "unary":
+                emit(await bench_wire_bytes(session))
 
 
 # ----------------------------------------------------------------------------- cli
