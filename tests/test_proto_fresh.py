@@ -21,6 +21,6 @@ def test_generated_code_matches_proto(tmp_path: Path) -> None:
 
 def test_every_proto_has_generated_code() -> None:
     stems = {p.stem for p in _codegen.proto_files()}
-    assert stems == {"session", "value", "variables"}
+    assert stems == {"calls", "session", "value", "variables"}
     for stem in stems:
         assert (PACKAGE / f"{stem}_pb2.py").exists()
