@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from bench_etcd_raw import Ops, etcd_service
 
 T = TypeVar("T")
 PAYLOAD = bench_etcd_raw.PAYLOAD  # 64 bytes, about what one set_variable stores
+REDIS_BINARY_ENV = "DSPEX_REDIS_BIN"
 REDIS_START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 WAIT_TIMEOUT = 30.0  # seconds one expected watch event may take before the run fails
@@ -120,9 +122,16 @@ class EtcdPeer:
 
 
 def redis_binary() -> str:
-    """The redis-server to run, or ``PeerUnavailable`` naming what is missing."""
-    found = shutil.which("redis-server") or shutil.which("redis-server",
-                                                         path="/usr/bin:/usr/local/bin")
+    """The redis-server to run: ``$DSPEX_REDIS_BIN``, else ``redis-server`` on PATH or in
+    /usr/bin; ``PeerUnavailable`` naming what is missing (also when redis-py is)."""
+    named = os.environ.get(REDIS_BINARY_ENV)
+    if named:
+        if not (os.path.isfile(named) and os.access(named, os.X_OK)):
+            raise PeerUnavailable(f"{REDIS_BINARY_ENV}={named} is not an executable file")
+        found: str | None = named
+    else:
+        found = shutil.which("redis-server") or shutil.which("redis-server",
+                                                             path="/usr/bin:/usr/local/bin")
     if found is None:
         raise PeerUnavailable("no redis-server on PATH (Debian: apt-get install redis-server, "
                               "or `make redis`)")
