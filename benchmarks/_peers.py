@@ -65,6 +65,7 @@ class LoopThread:
         return future.result()
 
     def close(self) -> None:
+        """Stop the loop and its thread (the clients on it are closed already)."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=STOP_TIMEOUT)
         if not self._thread.is_alive():

@@ -163,6 +163,8 @@ class DspexPath:
 
 async def open_path(target: str, path: str, options: dict[str, Any], concurrency: int,
                     stack: contextlib.AsyncExitStack) -> DspexPath:
+    """Connections A and B (B joins A's session) with ``options``, and the variables the
+    rows use: ``v0`` .. ``v{concurrency - 1}``, ``probe`` (watched) and ``cached``."""
     a = await stack.enter_async_context(dspex_rx.connect(
         target, client_name=f"bench_peers-{path}-a", **options))
     b = await stack.enter_async_context(dspex_rx.connect(
@@ -221,6 +223,7 @@ System = DspexPath | AsyncioPeer
 
 
 def label(system: System) -> str:
+    """The key of a system in the results: ``"dspex-rx/stream"``, ``"etcd/raw"``..."""
     return f"{system.name}/{system.path}"
 
 
@@ -229,6 +232,8 @@ def label(system: System) -> str:
 
 @dataclass
 class Results:
+    """Every run's figure: calls/s per (system, op, mode), latencies per system and repeat."""
+
     rates: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
     latencies: dict[str, list[list[float]]] = field(default_factory=dict)
 
@@ -245,6 +250,7 @@ class Results:
 
 
 async def warm_up(systems: list[System], args: argparse.Namespace) -> None:
+    """``--warmup`` calls per system, op and mode, before anything is timed."""
     note(f"warm-up: {args.warmup} calls per system, op and mode")
     warm = max(args.concurrency, args.warmup // args.concurrency * args.concurrency)
     for system in systems:
@@ -351,6 +357,7 @@ def ratios(systems: list[System], results: Results) -> list[dict[str, Any]]:
 
 async def client_main(target: str, peers: list[EtcdPeer | RedisPeer],
                       args: argparse.Namespace) -> None:
+    """Open every system, warm up, measure, check the cached reads hit, print the figures."""
     loop = LoopThread()
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -381,6 +388,8 @@ async def client_main(target: str, peers: list[EtcdPeer | RedisPeer],
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--quick`` sets small counts (a flag given beside it wins for
+    ``--concurrent-calls``, ``--repeats`` and ``--warmup``)."""
     parser = argparse.ArgumentParser(
         description="dspex-rx (stream and unary paths) beside raw etcd and Redis in one run: "
         "writes/s and reads/s (sequential, 32 in flight), write -> watcher latency, cached "
@@ -410,6 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Start the server and the installed peers, run the benchmark, stop them all."""
     args = parse_args(argv)
     quiet_logging()
     env: dict[str, Any] = {**environment(), "skipped": {}}
