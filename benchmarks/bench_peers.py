@@ -293,18 +293,24 @@ def records(systems: list[System], results: Results,
     """The figures and the goal ratios, as JSON-ready records."""
     out: list[dict[str, Any]] = []
     modes = {"sequential": args.calls, "concurrent": args.concurrent_calls}
+    peer_names = [s.name for s in systems if isinstance(s, AsyncioPeer)]
     for op in OPS:
         for mode, calls in modes.items():
             for system in systems:
                 runs = results.rates[(label(system), op, mode)]
-                out.append({
+                record = {
                     "bench": "peers", "system": system.name, "path": system.path, "op": op,
                     "call": system.calls[op], "mode": mode,
                     "in_flight": 1 if mode == "sequential" else args.concurrency,
                     "calls": calls, "repeats": args.repeats,
                     "calls_per_s": round(statistics.median(runs), 1),
                     "runs_calls_per_s": [round(r, 1) for r in runs],
-                })
+                }
+                if isinstance(system, DspexPath):  # ours / each peer's, same op and mode
+                    for peer in peer_names:
+                        theirs = results.rate((f"{peer}/raw", op, mode))
+                        record[f"ratio_to_{peer}"] = round(statistics.median(runs) / theirs, 3)
+                out.append(record)
     cached = results.rates[("dspex-rx/cache", "cached_read", "sequential")]
     out.append({
         "bench": "peers", "system": "dspex-rx", "path": "cache", "op": "cached_read",
@@ -316,13 +322,18 @@ def records(systems: list[System], results: Results,
     for system in systems:
         runs = results.latencies[label(system)]
         ms = [s * 1000 for s in itertools.chain(*runs)]
-        out.append({
+        record = {
             "bench": "peers_watch", "system": system.name, "path": system.path,
             "what": system.watch, "samples": len(ms), "repeats": args.repeats,
             "median_ms": round(statistics.median(ms), 3),
             "p99_ms": round(percentile(ms, 99), 3), "max_ms": round(max(ms), 3),
             "runs_median_ms": [round(statistics.median(r) * 1000, 3) for r in runs],
-        })
+        }
+        if isinstance(system, DspexPath):  # median / each peer's median: below 1 is faster
+            for peer in peer_names:
+                theirs = results.watch_median(f"{peer}/raw")
+                record[f"ratio_to_{peer}"] = round(statistics.median(ms) / 1000 / theirs, 3)
+        out.append(record)
     out.extend(ratios(systems, results))
     return out
 

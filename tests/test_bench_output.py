@@ -44,6 +44,7 @@ def test_bench_peers_skips_a_peer_that_is_not_installed_and_says_so() -> None:
     assert {r["system"] for r in figures} == {"dspex-rx"}
     # Every ratio needs a peer: none is printed, none is made up.
     assert [r for r in records if r["bench"] == "peers_ratio"] == []
+    assert [k for r in figures for k in r if k.startswith("ratio_to_")] == []
     rows = {(r["path"], r["op"], r.get("mode")) for r in figures if r["bench"] == "peers"}
     assert ("cache", "cached_read", "sequential") in rows
     for path in {r["path"] for r in figures} - {"cache"}:
