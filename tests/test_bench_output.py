@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["bench_optimize", "bench_optimizer_quality", "bench_unary"])
+@pytest.mark.parametrize("script", ["bench_optimize", "bench_optimizer_quality", "bench_unary",
+                                    "bench_peers"])
 def test_a_quick_benchmark_run_prints_only_json_objects_to_stdout(script: str) -> None:
     done = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick"],
                           capture_output=True, text=True, timeout=240,
@@ -24,6 +26,30 @@ def test_a_quick_benchmark_run_prints_only_json_objects_to_stdout(script: str) -
     assert len(lines) >= 2  # the environment line and at least one figure
     records = [json.loads(line) for line in lines]
     assert all(isinstance(record, dict) for record in records)
+
+
+def test_bench_peers_skips_a_peer_that_is_not_installed_and_says_so() -> None:
+    missing = {"DSPEX_ETCD_BIN": "/nonexistent/etcd", "DSPEX_REDIS_BIN": "/nonexistent/redis"}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_peers.py"), "--quick",
+                           "--calls", "40", "--concurrent-calls", "64",
+                           "--latency-samples", "20", "--cached-reads", "500"],
+                          capture_output=True, text=True, timeout=240, cwd=BENCHMARKS.parent,
+                          env={**os.environ, **missing})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipping etcd: DSPEX_ETCD_BIN=/nonexistent/etcd" in done.stderr
+    assert "skipping Redis: DSPEX_REDIS_BIN=/nonexistent/redis" in done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert set(records[0]["skipped"]) == {"etcd", "redis"}
+    figures = [r for r in records if r["bench"] in ("peers", "peers_watch")]
+    assert {r["system"] for r in figures} == {"dspex-rx"}
+    # Every ratio needs a peer: none is printed, none is made up.
+    assert [r for r in records if r["bench"] == "peers_ratio"] == []
+    assert [k for r in figures for k in r if k.startswith("ratio_to_")] == []
+    rows = {(r["path"], r["op"], r.get("mode")) for r in figures if r["bench"] == "peers"}
+    assert ("cache", "cached_read", "sequential") in rows
+    for path in {r["path"] for r in figures} - {"cache"}:
+        assert {(path, op, mode) for op in ("write", "read")
+                for mode in ("sequential", "concurrent")} <= rows
 
 
 def _stdout_prints(path: Path) -> list[int]:

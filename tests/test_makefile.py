@@ -63,11 +63,12 @@ def test_make_demo_installs_only_what_the_demos_import(tmp_path: Path) -> None:
     assert len(installs) == 2
     assert "--upgrade pip" in installs[0]
     assert "-e '.[plot,dspy]'" in installs[1]
-    for extra in ("dev", "parquet", "torch", "etcd", "web"):
+    for extra in ("dev", "parquet", "torch", "etcd", "web", "bench"):
         assert extra not in installs[1]
-    # The rest comes with `make test`, web included.
+    # The rest comes with `make test`, web and bench (redis-py, for bench_peers) included.
     test_installs = _pip_installs(_make("-n", "test", f"VENV={tmp_path / 'none'}").stdout)
-    assert "-e '.[dev,plot,parquet,dspy,torch,etcd,web]' 'torch==2.13.0'" in test_installs[-1]
+    assert ("-e '.[dev,plot,parquet,dspy,torch,etcd,web,bench]' 'torch==2.13.0'"
+            in test_installs[-1])
 
 
 # Guards: the first `make demo` was ~80 s of silence (pip --quiet, no word of what ran).
@@ -103,15 +104,31 @@ def test_make_bench_writes_only_the_benchmarks_json_lines_to_stdout(tmp_path: Pa
     venv = _venv(tmp_path)
     for stamp in (".demo-installed", ".installed"):
         (venv / stamp).touch()  # newer than pyproject.toml: nothing to install
-    done = _make("bench", f"VENV={venv}", "BENCH_ARGS=--quick")
+    # The peers are "there" (named binaries): the etcd and redis prerequisites install nothing.
+    done = _make("bench", f"VENV={venv}", "BENCH_ARGS=--quick",
+                 env={"DSPEX_ETCD_BIN": "/bin/true", "DSPEX_REDIS_BIN": "/bin/true"})
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["script"] for r in records] == [
         f"benchmarks/{name}.py" for name in (
             "bench_unary", "bench_reactive", "bench_batch", "bench_optimizer_quality",
             "bench_optimize", "bench_derive_failover", "bench_durable", "bench_etcd_raw",
-            "bench_replicas", "bench_hostile")
+            "bench_replicas", "bench_hostile", "bench_peers")
     ]
     assert {r["args"] for r in records} == {"--quick"}
-    assert done.stderr.count("[bench] human progress text") == 10
+    assert done.stderr.count("[bench] human progress text") == 11
     assert "--- benchmarks/bench_unary.py" in done.stderr
+
+
+# Guards: bench_peers.py (#18) found no Redis or etcd on a fresh machine: `make bench` gets
+# both first, and says what it does on stderr, never among the JSON lines.
+def test_make_bench_gets_etcd_and_redis_first_saying_so_only_on_stderr() -> None:
+    dry = _make("-n", "bench", "VENV=/nonexistent-venv")
+    assert dry.returncode == 0, dry.stderr
+    recipe = dry.stdout
+    etcd = recipe.find("--no-install-recommends etcd-server")
+    redis = recipe.find("--no-install-recommends redis-server")
+    assert -1 < etcd < redis < recipe.find("benchmarks/$name.py")
+    for line in recipe.splitlines():
+        if line.lstrip().startswith(("echo ", "tail ")):
+            assert ">&2" in line or line.rstrip().endswith("\\"), line
