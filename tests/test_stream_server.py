@@ -4,7 +4,9 @@ conflation for slow consumers, progress notes, and errors."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -17,6 +19,7 @@ from dspex_rx import SessionContext
 from dspex_rx.client.transport import Stream, Transport
 from dspex_rx.server import SERVICE_NAME, EmbeddedServer
 from dspex_rx.server.fanout import PendingFrame, Subscriber
+from dspex_rx.server.stream import Wake
 from dspex_rx.store import ChangeEvent, Commit, MemoryStore, VariableRecord, VariableSpec
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.security import token_metadata
@@ -453,3 +456,47 @@ async def test_a_negative_progress_interval_is_refused(
         await stream.close()
     finally:
         await transport.close()
+
+
+class _TimeJumpingLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop on virtual time: every timer is due at once."""
+
+    def call_later(self, delay: float, callback: Any, *args: Any,
+                   context: Any = None) -> asyncio.Handle:
+        return self.call_soon(callback, *args, context=context)
+
+
+def _run_jumping(main: Any) -> Any:
+    loop = _TimeJumpingLoop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def test_sender_wake_reports_a_set_flag_and_a_timeout_apart() -> None:
+    async def main() -> list[bool]:
+        wake = Wake()
+        seen = [await wake.wait(5.0)]  # nothing set: the timer ends the wait
+        wake.set()
+        seen.append(await wake.wait(5.0))  # set before the wait: at once
+        wake.clear()
+        seen.append(await wake.wait(5.0))  # cleared: the timer again
+        return seen
+
+    assert _run_jumping(main) == [False, True, False]
+
+
+def test_sender_wake_resumes_the_sender_on_the_next_loop_turn() -> None:
+    # Guards the trim of the commit -> send hop: asyncio.wait_for over an Event took
+    # three loop turns (inner task, its done callback, the outer task) to resume.
+    async def main() -> tuple[bool, bool, bool]:
+        wake = Wake()
+        sender = asyncio.get_running_loop().create_task(wake.wait(3600))
+        await asyncio.sleep(0)  # the sender now waits
+        waiting = not sender.done()
+        wake.set()
+        await asyncio.sleep(0)  # one turn
+        return waiting, sender.done(), sender.result() if sender.done() else False
+
+    assert asyncio.run(main()) == (True, True, True)
