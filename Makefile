@@ -124,7 +124,7 @@ proto: $(STAMP)
 # `make bench > results.jsonl`: stdout is the benchmarks' JSON lines and nothing else (the
 # recipe lines are not echoed; each benchmark writes its human text to stderr).
 BENCHMARKS := bench_unary bench_reactive bench_batch bench_optimizer_quality bench_optimize \
-	bench_derive_failover bench_durable bench_etcd_raw bench_replicas bench_hostile
+	bench_derive_failover bench_durable bench_etcd_raw bench_replicas bench_hostile bench_watch_path
 bench: $(STAMP)
 	@for name in $(BENCHMARKS); do \
 		$(call say,"--- benchmarks/$$name.py") && \

@@ -500,3 +500,26 @@ def test_sender_wake_resumes_the_sender_on_the_next_loop_turn() -> None:
         return waiting, sender.done(), sender.result() if sender.done() else False
 
     assert asyncio.run(main()) == (True, True, True)
+
+
+def test_an_event_packed_for_many_streams_is_encoded_alike_and_keeps_each_override() -> None:
+    # Streams share one encoding of a commit's event: the copy must equal a fresh
+    # encoding, and a frame that overrides the type (initial, resync) must not get the
+    # plain event's bytes, nor the reverse.
+    from dspex_rx.core.limits import Limits
+    from dspex_rx.server.encode import event_to_pb
+    from dspex_rx.server.frames import pack
+
+    record = VariableRecord("var_t_1", "t", "float", 0.5, {}, {}, 4, 9, 2, 1.0, 2.0, "s", size=9)
+    event = ChangeEvent(record, 0.25, "value_change", {"why": "test"}, "s")
+    plain = PendingFrame(9, [event])
+    initial = PendingFrame(9, [event], update_type="initial")
+    sent = [list(pack([frame], Limits())) for frame in (plain, plain, initial, plain, initial)]
+    events = [messages[0].frames[0].events[0] for messages in sent]
+    fresh_plain, fresh_initial = spb.VariableEvent(), spb.VariableEvent()
+    event_to_pb(event, None, fresh_plain, Limits().max_value_bytes)
+    event_to_pb(event, "initial", fresh_initial, Limits().max_value_bytes)
+    assert [e == fresh_plain for e in events] == [True, True, False, True, False]
+    assert [e == fresh_initial for e in events] == [False, False, True, False, True]
+    assert events[2].update_type == spb.UPDATE_TYPE_INITIAL
+    assert not events[2].HasField("old_value") and events[1].HasField("old_value")
