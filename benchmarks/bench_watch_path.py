@@ -151,10 +151,31 @@ def instrument_server() -> None:
     VariablesService.Session = session_stamped  # type: ignore[assignment]
 
 
+def yield_after_write() -> None:
+    """The ``yield`` variant (an experiment, not product code): ``SetVariable`` lets the
+    loop run once between its commit and its answer, so the woken stream sender writes
+    the watch frame before gRPC sends the writer its answer."""
+    import asyncio
+
+    from dspex_rx.server.service import VariablesService
+
+    unary = VariablesService.__dict__["SetVariable"]
+    set_method = unary.method
+
+    async def set_variable(service: Any, request: Any, context: Any) -> Any:
+        response = await set_method(service, request, context)
+        await asyncio.sleep(0)
+        return response
+
+    unary.method = set_variable
+
+
 def serve_child(port_file: str, stamp_file: str) -> int:
     """The server child: instrumented unless ``stamp_file`` is empty; stamps saved at exit."""
     from dspex_rx.server.cli import main
 
+    if os.environ.get("BENCH_WATCH_PATH_VARIANT") == "yield":
+        yield_after_write()
     if stamp_file:
         instrument_server()
     with tempfile.TemporaryDirectory(prefix="dspex-rx-watchpath-") as tmp:
@@ -237,9 +258,9 @@ def instrument_client() -> None:
     watch_hub.update_from_pb = decoded  # type: ignore[assignment]
 
 
-async def writes(target: str, samples: int, warmup: int) -> list[tuple[int, int]]:
+async def writes(target: str, samples: int, warmup: int) -> list[tuple[int, int, int]]:
     """A writes ``warmup + samples`` values one at a time, waiting each time for B's
-    callback; returns (version, write -> callback ns) of the measured ones."""
+    callback; returns (version, write -> callback ns, A's call ns) of the measured ones."""
     async with (
         dspex_rx.connect(target, client_name="bench_watch_path-a") as a,
         dspex_rx.connect(target, session_id=a.session_id, token=a.token,
@@ -261,13 +282,15 @@ async def writes(target: str, samples: int, warmup: int) -> list[tuple[int, int]
             for i in range(warmup + samples):
                 start = now()
                 version = await a.set_variable(PROBE, float(i + 1))
+                returned = now()
                 stamp("call_start", version, start)
                 if version not in STAMPS["callback"]:
                     wanted, arrived = version, trio.Event()
                     with trio.fail_after(WAIT_TIMEOUT):
                         await arrived.wait()
                 if i >= warmup:
-                    out.append((version, STAMPS["callback"][version] - start))
+                    out.append((version, STAMPS["callback"][version] - start,
+                                returned - start))
         finally:
             subscription.dispose()
         return out
@@ -277,10 +300,12 @@ def run_plain(args: argparse.Namespace, note: Callable[[str], None]) -> dict[str
     """Write -> callback with nothing stamped but the two ends."""
     with server(note, stamped=False) as (target, _):
         measured = trio.run(writes, target, args.samples, args.warmup)
-    lat = [ns for _, ns in measured]
-    return {"bench": "watch_path_plain", "samples": len(lat),
+    lat = [ns for _, ns, _ in measured]
+    call = [ns for _, _, ns in measured]
+    return {"bench": "watch_path_plain", "samples": len(lat), "variant": args.variant,
             "median_ms": round(statistics.median(lat) / 1e6, 4),
-            "p99_ms": round(percentile(lat, 99) / 1e6, 4)}
+            "p99_ms": round(percentile(lat, 99) / 1e6, 4),
+            "writer_call_median_ms": round(statistics.median(call) / 1e6, 4)}
 
 
 def run_stages(args: argparse.Namespace, note: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -288,7 +313,7 @@ def run_stages(args: argparse.Namespace, note: Callable[[str], None]) -> list[di
     instrument_client()
     with server(note, stamped=True) as (target, _):
         measured = trio.run(writes, target, args.samples, args.warmup)
-    versions = [v for v, _ in measured if all(v in STAMPS[s] for s in STAGES)]
+    versions = [v for v, _, _ in measured if all(v in STAMPS[s] for s in STAGES)]
     if len(versions) < len(measured) * 0.9:
         raise AssertionError(f"only {len(versions)} of {len(measured)} writes stamped fully")
     lines = []
@@ -323,25 +348,34 @@ def run_stages(args: argparse.Namespace, note: Callable[[str], None]) -> list[di
 def run_compare(args: argparse.Namespace, note: Callable[[str], None]) -> dict[str, Any]:
     """Plain runs of this tree and ``--compare``'s, interleaved, each in its own process."""
     ours = str(HERE.parent.parent)
-    trees = {"baseline": args.compare, "this": ours}
+    # ``--compare yield``: this tree both times, the second run with the yield variant.
+    variant = args.compare == "yield"
+    trees = {"baseline": ours if variant else args.compare, "this": ours}
     runs: dict[str, list[float]] = {k: [] for k in trees}
+    calls: dict[str, list[float]] = {k: [] for k in trees}
     for r in range(args.rounds):
         for key, tree in trees.items():
             env = dict(os.environ, PYTHONPATH=tree)
+            if variant and key == "this":
+                env["BENCH_WATCH_PATH_VARIANT"] = "yield"
             out = subprocess.run(
                 [sys.executable, str(HERE), "--plain", "--samples", str(args.samples),
                  "--warmup", str(args.warmup)],
                 env=env, check=True, capture_output=True, text=True,
             ).stdout
-            median = json.loads(out.strip().splitlines()[-1])["median_ms"]
-            note(f"round {r + 1} {key}: {median} ms")
-            runs[key].append(median)
+            line = json.loads(out.strip().splitlines()[-1])
+            note(f"round {r + 1} {key}: {line['median_ms']} ms")
+            runs[key].append(line["median_ms"])
+            calls[key].append(line["writer_call_median_ms"])
     base, this = statistics.median(runs["baseline"]), statistics.median(runs["this"])
-    return {"bench": "watch_path_compare", "baseline_tree": args.compare, "this_tree": ours,
+    return {"bench": "watch_path_compare", "baseline": args.compare, "this_tree": ours,
+            "this_variant": "yield" if variant else "plain",
             "rounds": args.rounds, "samples": args.samples,
             "baseline_median_ms": base, "this_median_ms": this,
             "baseline_runs_ms": runs["baseline"], "this_runs_ms": runs["this"],
-            "ratio_this_to_baseline": round(this / base, 3)}
+            "ratio_this_to_baseline": round(this / base, 3),
+            "writer_call_ratio": round(statistics.median(calls["this"])
+                                       / statistics.median(calls["baseline"]), 3)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -353,7 +387,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plain", action="store_true",
                         help="no stamps: one write -> callback line")
     parser.add_argument("--compare", metavar="TREE",
-                        help="also compare plain runs with the dspex-rx tree at TREE")
+                        help="compare plain runs with the dspex-rx tree at TREE; 'yield': "
+                        "with this tree's server yielding once between commit and answer")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (--compare)")
     parser.add_argument("--serve-child", nargs=2, metavar=("PORT_FILE", "STAMP_FILE"),
                         help=argparse.SUPPRESS)
@@ -372,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_child(*args.serve_child)
     quiet_logging()
     note = make_note("bench_watch_path")
+    args.variant = os.environ.get("BENCH_WATCH_PATH_VARIANT", "plain")
     if args.plain:
         emit(run_plain(args, note))
         return 0

@@ -523,3 +523,70 @@ def test_an_event_packed_for_many_streams_is_encoded_alike_and_keeps_each_overri
     assert [e == fresh_initial for e in events] == [False, False, True, False, True]
     assert events[2].update_type == spb.UPDATE_TYPE_INITIAL
     assert not events[2].HasField("old_value") and events[1].HasField("old_value")
+
+
+class _NoContext:
+    """What a unary handler asks of a gRPC context on the success path (nothing sent)."""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+# Guards the watch-path trim: a write's answer went out before the watcher's frame, so a
+# watcher heard of a write only after gRPC had sent the writer its answer.
+def test_a_write_lets_the_watching_stream_send_its_frame_before_answering() -> None:
+    from dspex_rx.server.service import VariablesService
+    from dspex_rx.v1 import variables_pb2 as pb
+    from dspex_rx.wire import codec
+
+    store = MemoryStore()
+    store.initialize_session("a")
+    store.register("a", [VariableSpec("t", "float", 0.5)], actor="a")
+    service = VariablesService(store, auth="none")
+
+    async def main() -> list[str]:
+        order: list[str] = []
+        wake = Wake()
+        subscriber = Subscriber(wake.set, session_id="a")
+        subscriber.watch([store.session("a").names["t"]])
+        store.add_listener("a", subscriber.on_commit)
+
+        async def sender() -> None:
+            await wake.wait(3600)
+            order.append(f"frame v{subscriber.drain()[0].events[0].record.version}")
+
+        task = asyncio.get_running_loop().create_task(sender())
+        await asyncio.sleep(0)  # the sender waits, as an idle stream's does
+        request = pb.SetVariableRequest(session_id="a", ref="t")
+        request.value.CopyFrom(codec.encode(0.75))
+        answer = await service.SetVariable(request, _NoContext())
+        order.append(f"answer v{answer.variable.version}")
+        await task
+        return order
+
+    assert asyncio.run(main()) == ["frame v2", "answer v2"]
+
+
+def test_a_write_nobody_watches_is_answered_without_yielding() -> None:
+    from dspex_rx.server.service import VariablesService
+    from dspex_rx.v1 import variables_pb2 as pb
+    from dspex_rx.wire import codec
+
+    store = MemoryStore()
+    store.initialize_session("a")
+    store.register("a", [VariableSpec("t", "float", 0.5)], actor="a")
+    service = VariablesService(store, auth="none")
+    request = pb.SetVariableRequest(session_id="a", ref="t")
+    request.value.CopyFrom(codec.encode(0.75))
+
+    async def main() -> int:
+        # Driven by hand: a coroutine that never yields finishes on its first step.
+        step = service.SetVariable(request, _NoContext())
+        with pytest.raises(StopIteration) as done:
+            step.send(None)
+        return int(done.value.value.variable.version)
+
+    assert asyncio.run(main()) == 2
