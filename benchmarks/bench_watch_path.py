@@ -14,11 +14,14 @@ Stages, in order (each figure is the median of the time from the stage before):
 * ``fanout_queued``: ``Subscriber`` queued the frame and woke the sender.
 * ``sender_drained``: the stream's sender task runs again and starts encoding.
 * ``encoded``: the frame is a ``ServerMessage``.
-* ``written``: grpc.aio asks the sender for the next message (the write returned).
 * ``reader_got``: B's transport reader on the loop thread has the message.
 * ``trio_batch``: B's trio side took the batch from the inbox.
 * ``decoded``: the hub decoded the event into a ``VariableUpdate``.
 * ``callback``: B's ``observe(name).subscribe(callback)`` callback runs.
+
+Off the chain (``{"bench": "watch_path_side"}``, timed from the stage named): ``handler_exit``
+(A's answer leaves the handler, from ``fanout_queued``) and ``written`` (grpc.aio asks the
+sender for its next message: the frame's write returned, from ``encoded``).
 
 Output (JSON lines): ``{"bench": "watch_path_stage"}`` per stage, one
 ``{"bench": "watch_path"}`` summary, and with ``--compare TREE`` one
@@ -27,14 +30,15 @@ this tree and TREE, runs interleaved (TREE, this, TREE, this...) and their ratio
 
 Run::
 
-    .venv/bin/python benchmarks/bench_watch_path.py                 # about 15 s
-    .venv/bin/python benchmarks/bench_watch_path.py --quick         # about 5 s
+    .venv/bin/python benchmarks/bench_watch_path.py                 # about 5 s
+    .venv/bin/python benchmarks/bench_watch_path.py --quick         # about 2 s
     .venv/bin/python benchmarks/bench_watch_path.py --compare /work/main --rounds 4
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -57,17 +61,19 @@ WAIT_TIMEOUT = 10.0
 START_TIMEOUT = 20.0
 STAGES = [
     "call_start", "handler_entry", "commit", "fanout_queued", "sender_drained", "encoded",
-    "written", "reader_got", "trio_batch", "decoded", "callback",
+    "reader_got", "trio_batch", "decoded", "callback",
 ]
-# Off the chain above: when A's handler returned its answer (grpc.aio sends it next).
-SIDE_STAGES = ["handler_exit"]
-SERVER_STAGES = {"handler_exit", "handler_entry", "commit", "fanout_queued", "sender_drained", "encoded",
-                 "written"}
+# Off the chain above (B's reader may have the frame before the server's write returns),
+# each timed from a stage of the chain: A's handler returned its answer (grpc.aio sends
+# it next), and grpc.aio's write of the frame returned.
+SIDE_STAGES = {"handler_exit": "fanout_queued", "written": "encoded"}
+SERVER_STAGES = {"handler_exit", "handler_entry", "commit", "fanout_queued", "sender_drained",
+                 "encoded", "written"}
 PROBE = "watch_path_probe"
 now = time.perf_counter_ns
 
 # stage -> version -> ns; the first stamp of a version wins.
-STAMPS: dict[str, dict[int, int]] = {s: {} for s in STAGES + SIDE_STAGES}
+STAMPS: dict[str, dict[int, int]] = {s: {} for s in [*STAGES, *SIDE_STAGES]}
 
 
 def stamp(stage: str, version: int, t: int) -> None:
@@ -151,31 +157,10 @@ def instrument_server() -> None:
     VariablesService.Session = session_stamped  # type: ignore[assignment]
 
 
-def yield_after_write() -> None:
-    """The ``yield`` variant (an experiment, not product code): ``SetVariable`` lets the
-    loop run once between its commit and its answer, so the woken stream sender writes
-    the watch frame before gRPC sends the writer its answer."""
-    import asyncio
-
-    from dspex_rx.server.service import VariablesService
-
-    unary = VariablesService.__dict__["SetVariable"]
-    set_method = unary.method
-
-    async def set_variable(service: Any, request: Any, context: Any) -> Any:
-        response = await set_method(service, request, context)
-        await asyncio.sleep(0)
-        return response
-
-    unary.method = set_variable
-
-
 def serve_child(port_file: str, stamp_file: str) -> int:
     """The server child: instrumented unless ``stamp_file`` is empty; stamps saved at exit."""
     from dspex_rx.server.cli import main
 
-    if os.environ.get("BENCH_WATCH_PATH_VARIANT") == "yield":
-        yield_after_write()
     if stamp_file:
         instrument_server()
     with tempfile.TemporaryDirectory(prefix="dspex-rx-watchpath-") as tmp:
@@ -302,7 +287,7 @@ def run_plain(args: argparse.Namespace, note: Callable[[str], None]) -> dict[str
         measured = trio.run(writes, target, args.samples, args.warmup)
     lat = [ns for _, ns, _ in measured]
     call = [ns for _, _, ns in measured]
-    return {"bench": "watch_path_plain", "samples": len(lat), "variant": args.variant,
+    return {"bench": "watch_path_plain", "samples": len(lat),
             "median_ms": round(statistics.median(lat) / 1e6, 4),
             "p99_ms": round(percentile(lat, 99) / 1e6, 4),
             "writer_call_median_ms": round(statistics.median(call) / 1e6, 4)}
@@ -318,7 +303,7 @@ def run_stages(args: argparse.Namespace, note: Callable[[str], None]) -> list[di
         raise AssertionError(f"only {len(versions)} of {len(measured)} writes stamped fully")
     lines = []
     total = [STAMPS["callback"][v] - STAMPS["call_start"][v] for v in versions]
-    for before, stage in zip(STAGES, STAGES[1:], strict=False):
+    for before, stage in itertools.pairwise(STAGES):
         deltas = [STAMPS[stage][v] - STAMPS[before][v] for v in versions]
         lines.append({
             "bench": "watch_path_stage", "stage": stage, "from": before,
@@ -326,20 +311,19 @@ def run_stages(args: argparse.Namespace, note: Callable[[str], None]) -> list[di
             "median_us": round(statistics.median(deltas) / 1e3, 1),
             "p99_us": round(percentile(deltas, 99) / 1e3, 1),
         })
-    for before, stage, after in [("fanout_queued", "handler_exit", "sender_drained")]:
+    for stage, before in SIDE_STAGES.items():
         have = [v for v in versions if v in STAMPS[stage]]
         lines.append({
-            "bench": "watch_path_side", "stage": stage,
-            "after_" + before + "_median_us": round(statistics.median(
+            "bench": "watch_path_side", "stage": stage, "from": before,
+            "median_us": round(statistics.median(
                 [STAMPS[stage][v] - STAMPS[before][v] for v in have]) / 1e3, 1),
-            "before_" + after + "_median_us": round(statistics.median(
-                [STAMPS[after][v] - STAMPS[stage][v] for v in have]) / 1e3, 1),
         })
     lines.append({
         "bench": "watch_path", "samples": len(versions),
         "median_ms": round(statistics.median(total) / 1e6, 4),
         "p99_ms": round(percentile(total, 99) / 1e6, 4),
-        "sum_of_stage_medians_ms": round(sum(x.get("median_us", 0) for x in lines) / 1e3, 4),
+        "sum_of_stage_medians_ms": round(sum(
+            x["median_us"] for x in lines if x["bench"] == "watch_path_stage") / 1e3, 4),
         "stamped": "every stage above (the stamps cost a little)",
     })
     return lines
@@ -348,16 +332,12 @@ def run_stages(args: argparse.Namespace, note: Callable[[str], None]) -> list[di
 def run_compare(args: argparse.Namespace, note: Callable[[str], None]) -> dict[str, Any]:
     """Plain runs of this tree and ``--compare``'s, interleaved, each in its own process."""
     ours = str(HERE.parent.parent)
-    # ``--compare yield``: this tree both times, the second run with the yield variant.
-    variant = args.compare == "yield"
-    trees = {"baseline": ours if variant else args.compare, "this": ours}
+    trees = {"baseline": args.compare, "this": ours}
     runs: dict[str, list[float]] = {k: [] for k in trees}
     calls: dict[str, list[float]] = {k: [] for k in trees}
     for r in range(args.rounds):
         for key, tree in trees.items():
             env = dict(os.environ, PYTHONPATH=tree)
-            if variant and key == "this":
-                env["BENCH_WATCH_PATH_VARIANT"] = "yield"
             out = subprocess.run(
                 [sys.executable, str(HERE), "--plain", "--samples", str(args.samples),
                  "--warmup", str(args.warmup)],
@@ -369,9 +349,8 @@ def run_compare(args: argparse.Namespace, note: Callable[[str], None]) -> dict[s
             calls[key].append(line["writer_call_median_ms"])
     base, this = statistics.median(runs["baseline"]), statistics.median(runs["this"])
     return {"bench": "watch_path_compare", "baseline": args.compare, "this_tree": ours,
-            "this_variant": "yield" if variant else "plain",
             "rounds": args.rounds, "samples": args.samples,
-            "baseline_median_ms": base, "this_median_ms": this,
+            "baseline_median_ms": round(base, 4), "this_median_ms": round(this, 4),
             "baseline_runs_ms": runs["baseline"], "this_runs_ms": runs["this"],
             "ratio_this_to_baseline": round(this / base, 3),
             "writer_call_ratio": round(statistics.median(calls["this"])
@@ -387,8 +366,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plain", action="store_true",
                         help="no stamps: one write -> callback line")
     parser.add_argument("--compare", metavar="TREE",
-                        help="compare plain runs with the dspex-rx tree at TREE; 'yield': "
-                        "with this tree's server yielding once between commit and answer")
+                        help="compare plain runs with the dspex-rx tree at TREE")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (--compare)")
     parser.add_argument("--serve-child", nargs=2, metavar=("PORT_FILE", "STAMP_FILE"),
                         help=argparse.SUPPRESS)
@@ -407,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
         return serve_child(*args.serve_child)
     quiet_logging()
     note = make_note("bench_watch_path")
-    args.variant = os.environ.get("BENCH_WATCH_PATH_VARIANT", "plain")
     if args.plain:
         emit(run_plain(args, note))
         return 0

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspex_rx.core.limits import Limits
 from dspex_rx.server.encode import event_to_pb
 from dspex_rx.server.fanout import PendingFrame
-from dspex_rx.store import ChangeEvent
 from dspex_rx.server.rpc import MESSAGE_SLACK
 from dspex_rx.v1 import session_pb2 as spb
+
+if TYPE_CHECKING:
+    from dspex_rx.store import ChangeEvent
 
 MAX_FRAMES_PER_MESSAGE = 256
 # A stream message is flushed once its frames pass this size, far below the send limit.
@@ -95,7 +97,7 @@ def encode_shared(
 
     Example:
 
-    >>> from dspex_rx.store import VariableRecord
+    >>> from dspex_rx.store import ChangeEvent, VariableRecord
     >>> record = VariableRecord("var_t_1", "t", "float", 0.5, {}, {}, 2, 3, 3, 0.0, 0.0, "s")
     >>> event = ChangeEvent(record, 0.25, "value_change", {}, "s")
     >>> first, second = spb.VariableEvent(), spb.VariableEvent()

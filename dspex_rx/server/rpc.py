@@ -388,7 +388,7 @@ class Unary(Generic[Req, Resp]):
                     # The commit queued a frame for a watching stream: one loop turn lets
                     # its sender encode and start writing it before gRPC sends this
                     # answer, so a watcher hears of a write about when its writer does
-                    # (bench_watch_path.py --compare yield: write -> watcher ~0.66x).
+                    # (bench_watch_path.py: write -> watcher ~0.7x).
                     await asyncio.sleep(0)
                 if call.work:
                     # Large values: encoded, and the answer serialized, on a worker.

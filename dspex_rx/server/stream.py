@@ -111,13 +111,15 @@ async def session(
             )
         )
         while True:
-            if not subscriber.has_pending() and not reader.done():
-                if not await wake.wait(interval):
-                    if not subscriber.has_pending():
-                        if not await _settled(store, generation, context):
-                            return
-                        yield spb.ServerMessage(progress=spb.Progress(revision=store.revision))
-                        continue
+            if (
+                not subscriber.has_pending() and not reader.done()
+                and not await wake.wait(interval) and not subscriber.has_pending()
+            ):
+                # Idle for the interval: tell the client the revision it is current at.
+                if not await _settled(store, generation, context):
+                    return
+                yield spb.ServerMessage(progress=spb.Progress(revision=store.revision))
+                continue
             wake.clear()
             items = subscriber.drain()
             if _carries_large_values(items):
