@@ -4,7 +4,9 @@ conflation for slow consumers, progress notes, and errors."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -17,6 +19,7 @@ from dspex_rx import SessionContext
 from dspex_rx.client.transport import Stream, Transport
 from dspex_rx.server import SERVICE_NAME, EmbeddedServer
 from dspex_rx.server.fanout import PendingFrame, Subscriber
+from dspex_rx.server.stream import Wake
 from dspex_rx.store import ChangeEvent, Commit, MemoryStore, VariableRecord, VariableSpec
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.security import token_metadata
@@ -453,3 +456,137 @@ async def test_a_negative_progress_interval_is_refused(
         await stream.close()
     finally:
         await transport.close()
+
+
+class _TimeJumpingLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop on virtual time: every timer is due at once."""
+
+    def call_later(self, delay: float, callback: Any, *args: Any,
+                   context: Any = None) -> asyncio.Handle:
+        return self.call_soon(callback, *args, context=context)
+
+
+def _run_jumping(main: Any) -> Any:
+    loop = _TimeJumpingLoop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def test_sender_wake_reports_a_set_flag_and_a_timeout_apart() -> None:
+    async def main() -> list[bool]:
+        wake = Wake()
+        seen = [await wake.wait(5.0)]  # nothing set: the timer ends the wait
+        wake.set()
+        seen.append(await wake.wait(5.0))  # set before the wait: at once
+        wake.clear()
+        seen.append(await wake.wait(5.0))  # cleared: the timer again
+        return seen
+
+    assert _run_jumping(main) == [False, True, False]
+
+
+def test_sender_wake_resumes_the_sender_on_the_next_loop_turn() -> None:
+    # Guards the trim of the commit -> send hop: asyncio.wait_for over an Event took
+    # three loop turns (inner task, its done callback, the outer task) to resume.
+    async def main() -> tuple[bool, bool, bool]:
+        wake = Wake()
+        sender = asyncio.get_running_loop().create_task(wake.wait(3600))
+        await asyncio.sleep(0)  # the sender now waits
+        waiting = not sender.done()
+        wake.set()
+        await asyncio.sleep(0)  # one turn
+        return waiting, sender.done(), sender.result() if sender.done() else False
+
+    assert asyncio.run(main()) == (True, True, True)
+
+
+def test_an_event_packed_for_many_streams_is_encoded_alike_and_keeps_each_override() -> None:
+    # Streams share one encoding of a commit's event: the copy must equal a fresh
+    # encoding, and a frame that overrides the type (initial, resync) must not get the
+    # plain event's bytes, nor the reverse.
+    from dspex_rx.core.limits import Limits
+    from dspex_rx.server.encode import event_to_pb
+    from dspex_rx.server.frames import pack
+
+    record = VariableRecord("var_t_1", "t", "float", 0.5, {}, {}, 4, 9, 2, 1.0, 2.0, "s", size=9)
+    event = ChangeEvent(record, 0.25, "value_change", {"why": "test"}, "s")
+    plain = PendingFrame(9, [event])
+    initial = PendingFrame(9, [event], update_type="initial")
+    sent = [list(pack([frame], Limits())) for frame in (plain, plain, initial, plain, initial)]
+    events = [messages[0].frames[0].events[0] for messages in sent]
+    fresh_plain, fresh_initial = spb.VariableEvent(), spb.VariableEvent()
+    event_to_pb(event, None, fresh_plain, Limits().max_value_bytes)
+    event_to_pb(event, "initial", fresh_initial, Limits().max_value_bytes)
+    assert [e == fresh_plain for e in events] == [True, True, False, True, False]
+    assert [e == fresh_initial for e in events] == [False, False, True, False, True]
+    assert events[2].update_type == spb.UPDATE_TYPE_INITIAL
+    assert not events[2].HasField("old_value") and events[1].HasField("old_value")
+
+
+class _NoContext:
+    """What a unary handler asks of a gRPC context on the success path (nothing sent)."""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+# Guards the watch-path trim: a write's answer went out before the watcher's frame, so a
+# watcher heard of a write only after gRPC had sent the writer its answer.
+def test_a_write_lets_the_watching_stream_send_its_frame_before_answering() -> None:
+    from dspex_rx.server.service import VariablesService
+    from dspex_rx.v1 import variables_pb2 as pb
+    from dspex_rx.wire import codec
+
+    store = MemoryStore()
+    store.initialize_session("a")
+    store.register("a", [VariableSpec("t", "float", 0.5)], actor="a")
+    service = VariablesService(store, auth="none")
+
+    async def main() -> list[str]:
+        order: list[str] = []
+        wake = Wake()
+        subscriber = Subscriber(wake.set, session_id="a")
+        subscriber.watch([store.session("a").names["t"]])
+        store.add_listener("a", subscriber.on_commit)
+
+        async def sender() -> None:
+            await wake.wait(3600)
+            order.append(f"frame v{subscriber.drain()[0].events[0].record.version}")
+
+        task = asyncio.get_running_loop().create_task(sender())
+        await asyncio.sleep(0)  # the sender waits, as an idle stream's does
+        request = pb.SetVariableRequest(session_id="a", ref="t")
+        request.value.CopyFrom(codec.encode(0.75))
+        answer = await service.SetVariable(request, _NoContext())
+        order.append(f"answer v{answer.variable.version}")
+        await task
+        return order
+
+    assert asyncio.run(main()) == ["frame v2", "answer v2"]
+
+
+def test_a_write_nobody_watches_is_answered_without_yielding() -> None:
+    from dspex_rx.server.service import VariablesService
+    from dspex_rx.v1 import variables_pb2 as pb
+    from dspex_rx.wire import codec
+
+    store = MemoryStore()
+    store.initialize_session("a")
+    store.register("a", [VariableSpec("t", "float", 0.5)], actor="a")
+    service = VariablesService(store, auth="none")
+    request = pb.SetVariableRequest(session_id="a", ref="t")
+    request.value.CopyFrom(codec.encode(0.75))
+
+    async def main() -> int:
+        # Driven by hand: a coroutine that never yields finishes on its first step.
+        step = service.SetVariable(request, _NoContext())
+        with pytest.raises(StopIteration) as done:
+            step.send(None)
+        return int(done.value.value.variable.version)
+
+    assert asyncio.run(main()) == 2

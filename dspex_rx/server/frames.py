@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspex_rx.core.limits import Limits
 from dspex_rx.server.encode import event_to_pb
@@ -13,9 +14,18 @@ from dspex_rx.server.fanout import PendingFrame
 from dspex_rx.server.rpc import MESSAGE_SLACK
 from dspex_rx.v1 import session_pb2 as spb
 
+if TYPE_CHECKING:
+    from dspex_rx.store import ChangeEvent
+
 MAX_FRAMES_PER_MESSAGE = 256
 # A stream message is flushed once its frames pass this size, far below the send limit.
 MESSAGE_SOFT_LIMIT = 4 * 1024 * 1024
+# Every stream watching a variable is handed the same ChangeEvent object by the commit:
+# the first stream to send it encodes it, the others copy those bytes (a few events, so
+# only recent commits; the store's log holds them anyway, so the refs cost nothing).
+SHARED_EVENTS = 16
+SHARE_MAX_BYTES = 64 * 1024
+_shared: deque[tuple[ChangeEvent, str | None, int, bytes]] = deque(maxlen=SHARED_EVENTS)
 _CONTROL_FIELDS = {spb.Subscribed: "subscribed", spb.Unsubscribed: "unsubscribed", spb.Pong: "pong"}
 
 
@@ -44,7 +54,7 @@ def pack(items: list[Any], limits: Limits) -> Iterator[spb.ServerMessage]:
             size += 32
             for event in item.events:
                 out = frame.events.add()
-                event_to_pb(event, item.update_type, out, pair)
+                encode_shared(event, item.update_type, out, pair)
                 event_size = out.ByteSize() + 16
                 if size + event_size > hard and size > 32:
                     moved = spb.VariableEvent()
@@ -77,3 +87,30 @@ def pack(items: list[Any], limits: Limits) -> Iterator[spb.ServerMessage]:
         yield control
     if message.frames:
         yield message
+
+
+def encode_shared(
+    event: ChangeEvent, update_type: str | None, out: spb.VariableEvent, pair: int
+) -> None:
+    """``event_to_pb``, encoded once for all the streams that send the same event: a
+    recent event (by identity, with the same override and limit) is copied as bytes.
+
+    Example:
+
+    >>> from dspex_rx.store import ChangeEvent, VariableRecord
+    >>> record = VariableRecord("var_t_1", "t", "float", 0.5, {}, {}, 2, 3, 3, 0.0, 0.0, "s")
+    >>> event = ChangeEvent(record, 0.25, "value_change", {}, "s")
+    >>> first, second = spb.VariableEvent(), spb.VariableEvent()
+    >>> encode_shared(event, None, first, 1 << 20)
+    >>> encode_shared(event, None, second, 1 << 20)
+    >>> first == second, second.version
+    (True, 2)
+    """
+    # A snapshot of the deque: a worker thread may pack a large frame meanwhile.
+    for cached, kind, limit, data in tuple(_shared):
+        if cached is event and kind == update_type and limit == pair:
+            out.MergeFromString(data)
+            return
+    event_to_pb(event, update_type, out, pair)
+    if event.record.size <= SHARE_MAX_BYTES:
+        _shared.append((event, update_type, pair, out.SerializeToString()))

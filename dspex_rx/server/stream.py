@@ -78,7 +78,7 @@ async def session(
                 f"progress_interval_seconds must be a finite number >= "
                 f"{MIN_PROGRESS_INTERVAL} (0 for the server default), got {interval!r}"
             )
-        wake = asyncio.Event()
+        wake = Wake()
         room = asyncio.Event()  # set while the reader may go on
         room.set()
         subscriber = Subscriber(
@@ -111,15 +111,15 @@ async def session(
             )
         )
         while True:
-            if not subscriber.has_pending() and not reader.done():
-                try:
-                    await asyncio.wait_for(wake.wait(), interval)
-                except TimeoutError:
-                    if not subscriber.has_pending():
-                        if not await _settled(store, generation, context):
-                            return
-                        yield spb.ServerMessage(progress=spb.Progress(revision=store.revision))
-                        continue
+            if (
+                not subscriber.has_pending() and not reader.done()
+                and not await wake.wait(interval) and not subscriber.has_pending()
+            ):
+                # Idle for the interval: tell the client the revision it is current at.
+                if not await _settled(store, generation, context):
+                    return
+                yield spb.ServerMessage(progress=spb.Progress(revision=store.revision))
+                continue
             wake.clear()
             items = subscriber.drain()
             if _carries_large_values(items):
@@ -152,6 +152,68 @@ async def session(
         subscriber.close()
         reader.cancel()
         log.info("stream_closed", session_id=session_id, conflations=subscriber.conflations)
+
+
+class Wake:
+    """The sender's wake-up flag: ``set`` from a store listener (on the loop), ``wait``
+    with a timeout. One future per wait and a timer handle, where ``asyncio.wait_for``
+    over an ``Event`` adds a task and two more loop turns between a commit and its send.
+
+    Example:
+
+    >>> async def main():
+    ...     wake = Wake()
+    ...     timed_out = await wake.wait(0.01)
+    ...     wake.set()
+    ...     return timed_out, await wake.wait(10)
+    >>> asyncio.run(main())
+    (False, True)
+    """
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        """Raise the flag and wake a waiting sender.
+
+        Example: ``Subscriber(wake.set, ...)`` wakes the sender on every queued frame.
+        """
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        """Lower the flag (the sender is about to drain the queue).
+
+        Example: ``wake.clear()`` before ``subscriber.drain()``.
+        """
+        self._flag = False
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until the flag is up or ``timeout`` seconds pass; True if it is up.
+
+        Example: ``if not await wake.wait(interval):`` sends progress instead.
+        """
+        if self._flag:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _time_up, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return self._flag
+
+
+def _time_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _packed(items: list[Any], limits: Limits) -> list[spb.ServerMessage]:
