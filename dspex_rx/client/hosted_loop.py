@@ -21,8 +21,28 @@ import trio
 T = TypeVar("T")
 
 
+class _RunLoop:
+    # The one hosted loop of a trio run, shared by every transport in it: grpc.aio's
+    # poller has one wake-up socket per process and every loop it serves watches it with
+    # add_reader, but trio lets only one task wait on an fd per run (a second hosted loop
+    # in the same run fails with BusyResourceError).
+    def __init__(self) -> None:
+        self.loop: Any = None
+        self.users = 0
+        self.failure: BaseException | None = None
+        self.ready = trio.Event()
+        self.stop = trio.Event()
+        self.stopped = trio.Event()
+
+
+_RUN_LOOP: trio.lowlevel.RunVar[_RunLoop | None] = trio.lowlevel.RunVar(
+    "dspex_rx_hosted_loop", default=None
+)
+
+
 class TrioHostedLoop:
-    """An asyncio event loop hosted in the calling trio run (``trio_asyncio.open_loop``).
+    """An asyncio event loop hosted in the calling trio run (``trio_asyncio.open_loop``),
+    shared by every ``TrioHostedLoop`` started in that run and closed with the last.
 
     >>> async def main():
     ...     host = TrioHostedLoop("example")
@@ -40,41 +60,37 @@ class TrioHostedLoop:
     def __init__(self, name: str = "dspex-rx-io") -> None:
         self.name = name
         self.loop: Any = None
-        self._stop: trio.Event | None = None
-        self._stopped: trio.Event | None = None
+        self._shared: _RunLoop | None = None
 
     async def start(self) -> None:
-        """Open the loop in a system task of the current trio run and wait until it runs.
+        """Join this trio run's hosted loop, opening it (in a system task) if there is
+        none, and wait until it runs.
 
         Example: ``await host.start()``; ``host.loop`` is then a running trio-asyncio loop.
         """
-        # Imported here, not at module load: importing trio_asyncio patches asyncio's
-        # loop functions process-wide, so a program that never opens a hosted transport
-        # never has it patched.
-        import trio_asyncio
-
-        ready = trio.Event()
-        stop = self._stop = trio.Event()
-        stopped = self._stopped = trio.Event()
-        failure: list[BaseException] = []
-
-        async def main() -> None:
-            try:
-                async with trio_asyncio.open_loop() as loop:
-                    self.loop = loop
-                    ready.set()
-                    await stop.wait()
-            except Exception as exc:  # a system task must not raise: it would end the run
-                failure.append(exc)
-            finally:
-                self.loop = None
-                ready.set()
-                stopped.set()
-
-        trio.lowlevel.spawn_system_task(main, name=self.name)
-        await ready.wait()
-        if failure:
-            raise RuntimeError("the hosted asyncio loop did not start") from failure[0]
+        if self._shared is not None:
+            return
+        while (shared := _RUN_LOOP.get()) is not None and shared.stop.is_set():
+            # The last user is closing it: a second loop may watch the poller's socket
+            # only once the first has let go of it.
+            await shared.stopped.wait()
+        if shared is None:
+            shared = _RunLoop()
+            _RUN_LOOP.set(shared)
+            _open(shared, self.name)
+        # Counted before waiting, so the loop cannot close under a joiner; one cancelled
+        # while it opens leaves again (the last to leave closes the loop).
+        shared.users += 1
+        self._shared = shared
+        try:
+            await shared.ready.wait()
+        except BaseException:
+            await self.stop()
+            raise
+        if shared.loop is None:
+            await self.stop()
+            raise RuntimeError("the hosted asyncio loop did not start") from shared.failure
+        self.loop = shared.loop
 
     async def run(self, factory: Callable[[], Awaitable[T]]) -> T:
         """Run ``factory()`` as a task on the loop and await its result, on this thread.
@@ -110,22 +126,44 @@ class TrioHostedLoop:
         fn()
 
     async def stop(self) -> None:
-        """End the loop (cancelling what is left on it) and wait until it has closed; safe
-        to call twice.
+        """Leave the run's loop; the last user ends it (cancelling what is left on it) and
+        waits until it has closed. Safe to call twice.
 
-        Example: ``await host.stop()`` returns once the loop's system task has finished.
+        Example: ``await host.stop()``.
         """
-        if self._stop is None or self._stopped is None:
+        shared, self._shared = self._shared, None
+        self.loop = None
+        if shared is None:
             return
-        self._stop.set()
-        with trio.CancelScope(shield=True):
-            await self._stopped.wait()
+        shared.users -= 1
+        if shared.users == 0:
+            shared.stop.set()
+            with trio.CancelScope(shield=True):
+                await shared.stopped.wait()
 
 
-def running_tasks() -> int:
-    """The asyncio tasks on the running loop other than the caller's own.
+def _open(shared: _RunLoop, name: str) -> None:
+    # Imported here, not at module load: importing trio_asyncio patches asyncio's loop
+    # functions process-wide, so a program that never opens a hosted transport never has
+    # them patched.
+    import trio_asyncio
 
-    >>> asyncio.run(asyncio.sleep(0)) or 0
-    0
-    """
-    return len(asyncio.all_tasks()) - 1
+    async def main() -> None:
+        try:
+            async with trio_asyncio.open_loop() as loop:
+                shared.loop = loop
+                shared.ready.set()
+                await shared.stop.wait()
+        except Exception as exc:  # a system task must not raise: it would end the run
+            shared.failure = exc
+        finally:
+            shared.loop = None
+            shared.stop.set()
+            shared.ready.set()
+            shared.stopped.set()
+            if _RUN_LOOP.get() is shared:
+                _RUN_LOOP.set(None)
+
+    trio.lowlevel.spawn_system_task(main, name=name)
+
+

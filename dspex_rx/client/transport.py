@@ -175,6 +175,9 @@ Host = LoopThread | TrioHostedLoop
 HOSTS: dict[str, type[LoopThread] | type[TrioHostedLoop]] = {
     "trio": TrioHostedLoop, "thread": LoopThread,
 }
+# What a Transport made without ``host=`` uses (connections, probes); see ARCHITECTURE.md
+# "Transport and the trio bridge" for the figures behind the choice.
+DEFAULT_HOST = "trio"
 
 
 class Transport:
@@ -182,9 +185,9 @@ class Transport:
 
     ``credentials`` (``grpc.ssl_channel_credentials(...)``) makes the channel TLS; without
     them it is plaintext. ``host`` says where grpc.aio's asyncio loop runs: ``"trio"``
-    (default) hosts it inside the caller's trio run on the same thread
+    hosts it inside the caller's trio run on the same thread
     (``hosted_loop.TrioHostedLoop``); ``"thread"`` runs it on a private daemon thread
-    (``LoopThread``), every call crossing threads twice.
+    (``LoopThread``), every call crossing threads twice. None: ``DEFAULT_HOST``.
 
     Example: ``await transport.unary("/dspex_rx.v1.Variables/Echo", request, EchoResponse)``.
     """
@@ -195,8 +198,9 @@ class Transport:
         options: list[tuple[str, Any]] | None = None,
         timeout: float | None = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
-        host: str = "trio",
+        host: str | None = None,
     ) -> None:
+        host = DEFAULT_HOST if host is None else host
         if host not in HOSTS:
             raise ValueError(f"host must be one of {sorted(HOSTS)}, not {host!r}")
         self.target = target
