@@ -13,6 +13,7 @@ current trio run, on the trio thread, so a grpc.aio call costs no thread crossin
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -142,11 +143,38 @@ class TrioHostedLoop:
                 await shared.stopped.wait()
 
 
-def _open(shared: _RunLoop, name: str) -> None:
-    # Imported here, not at module load: importing trio_asyncio patches asyncio's loop
-    # functions process-wide, so a program that never opens a hosted transport never has
-    # them patched.
+_LOOP_FUNCTIONS = ("new_event_loop", "get_event_loop", "set_event_loop")
+
+
+def import_trio_asyncio() -> Any:
+    """``trio_asyncio``, imported without changing how the rest of the process makes loops.
+
+    Importing it replaces asyncio's loop functions process-wide: ``asyncio.run`` outside
+    trio would then make a trio-driven ``SyncTrioEventLoop``, and an asyncio program (or a
+    library calling ``asyncio.run`` in a worker thread) would run inside a trio run of its
+    own. When this is the first import, the three loop-making functions go back to
+    asyncio's own; the running-loop lookup stays patched (the hosted loop needs it, and it
+    defers to asyncio's outside trio). A program that imported trio_asyncio itself keeps
+    all its patches.
+
+    >>> import_trio_asyncio().__name__
+    'trio_asyncio'
+    """
+    if "trio_asyncio" in sys.modules:
+        return sys.modules["trio_asyncio"]
+    saved = {name: getattr(asyncio.events, name) for name in _LOOP_FUNCTIONS}
     import trio_asyncio
+
+    for name, original in saved.items():
+        setattr(asyncio.events, name, original)
+        setattr(asyncio, name, original)
+    return trio_asyncio
+
+
+def _open(shared: _RunLoop, name: str) -> None:
+    # Imported here, not at module load: a program that never opens a hosted transport
+    # never loads it.
+    trio_asyncio = import_trio_asyncio()
 
     async def main() -> None:
         try:
