@@ -14,7 +14,10 @@ Figures (one JSON line each; progress on stderr):
   Echo unary calls/s, one at a time and ``--concurrency`` in flight;
 * ``{"bench": "hop", ..., "op": "stream_round_trip", "mode": "sequential"}``: Session-stream
   ping -> pong round trips/s, one in flight;
-* ``ratio_to_thread``: the row's calls/s over the ``thread`` host's in the same run.
+* ``cpu_us_per_call``: CPU time of the whole client process (every thread) per call, the
+  figure that moves least when other programs share the cores;
+* ``ratio_to_thread`` / ``cpu_ratio_to_thread``: the row's calls/s (CPU per call) over the
+  ``thread`` host's in the same repeat, median over the repeats.
 
 Run::
 
@@ -61,10 +64,11 @@ note = make_note("bench_hop")
 # ----------------------------------------------------------------------------- trio hosts
 
 
-async def _timed_trio(op: Callable[[], Awaitable[Any]], calls: int, concurrency: int) -> float:
+async def _timed_trio(op: Callable[[], Awaitable[Any]], calls: int,
+                      concurrency: int) -> tuple[float, float]:
     gc.collect()
     per_task = calls // concurrency
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if concurrency == 1:
         for _ in range(calls):
             await op()
@@ -76,10 +80,21 @@ async def _timed_trio(op: Callable[[], Awaitable[Any]], calls: int, concurrency:
         async with trio.open_nursery() as nursery:
             for _ in range(concurrency):
                 nursery.start_soon(worker)
-    return (per_task * concurrency) / (time.perf_counter() - start)
+    return _figures(per_task * concurrency, start, cpu)
 
 
-async def trio_client(target: str, host: str, args: argparse.Namespace) -> dict[str, float]:
+def _figures(calls: int, start: float, cpu: float) -> tuple[float, float]:
+    # calls/s of wall time, and CPU microseconds per call over every thread of this
+    # process (the loop thread and gRPC's poller included): the second moves far less
+    # than the first when other programs share the cores.
+    return (calls / (time.perf_counter() - start),
+            (time.process_time() - cpu) / calls * 1e6)
+
+
+Figures = dict[str, tuple[float, float]]  # "op/mode" -> (calls/s, CPU us per call)
+
+
+async def trio_client(target: str, host: str, args: argparse.Namespace) -> Figures:
     transport = Transport(target, timeout=30.0, host=host)
     await transport.open()
     try:
@@ -129,7 +144,8 @@ async def trio_client(target: str, host: str, args: argparse.Namespace) -> dict[
 # ----------------------------------------------------------------------------- plain asyncio
 
 
-async def _timed_aio(op: Callable[[], Awaitable[Any]], calls: int, concurrency: int) -> float:
+async def _timed_aio(op: Callable[[], Awaitable[Any]], calls: int,
+                     concurrency: int) -> tuple[float, float]:
     gc.collect()
     per_task = calls // concurrency
 
@@ -137,12 +153,12 @@ async def _timed_aio(op: Callable[[], Awaitable[Any]], calls: int, concurrency: 
         for _ in range(per_task):
             await op()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return (per_task * concurrency) / (time.perf_counter() - start)
+    return _figures(per_task * concurrency, start, cpu)
 
 
-async def asyncio_client(target: str, args: argparse.Namespace) -> dict[str, float]:
+async def asyncio_client(target: str, args: argparse.Namespace) -> Figures:
     async with grpc.aio.insecure_channel(target) as channel:
         echo_method = channel.unary_unary(
             ECHO, request_serializer=pb.EchoRequest.SerializeToString,
@@ -188,7 +204,7 @@ async def asyncio_client(target: str, args: argparse.Namespace) -> dict[str, flo
         return figures
 
 
-def run_host(host: str, target: str, args: argparse.Namespace) -> dict[str, float]:
+def run_host(host: str, target: str, args: argparse.Namespace) -> Figures:
     """One fresh run of ``host``'s client (its own trio run or asyncio loop)."""
     if host == "asyncio":
         # A plain selector loop, not asyncio.run's: with trio_asyncio imported (the trio
@@ -202,23 +218,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logging()
     emit(environment())
-    runs: dict[tuple[str, str], list[float]] = {}
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with server_process(note) as target:
         for repeat in range(args.repeats):
             for host in args.hosts:
                 note(f"repeat {repeat + 1}/{args.repeats}: {host}")
-                for key, rate in run_host(host, target, args).items():
-                    runs.setdefault((host, key), []).append(rate)
-    medians = {key: statistics.median(rates) for key, rates in runs.items()}
-    for (host, key), rate in medians.items():
+                for key, figures in run_host(host, target, args).items():
+                    runs.setdefault((host, key), []).append(figures)
+    for (host, key), figures in runs.items():
         op, mode = key.split("/")
-        base = medians.get(("thread", key))
-        emit({
+        rates, cpus = [f[0] for f in figures], [f[1] for f in figures]
+        base = runs.get(("thread", key))
+        record: dict[str, Any] = {
             "bench": "hop", "host": host, "op": op, "mode": mode,
             "concurrency": args.concurrency if mode == "concurrent" else 1,
-            "per_s": round(rate, 1), "runs": [round(r, 1) for r in runs[(host, key)]],
-            "ratio_to_thread": round(rate / base, 3) if base else None,
-        })
+            "per_s": round(statistics.median(rates), 1), "runs": [round(r) for r in rates],
+            "cpu_us_per_call": round(statistics.median(cpus), 1),
+        }
+        if base:
+            # Each repeat against the thread host's run just before it, then the median:
+            # pairs share the machine's load of the moment.
+            record["ratio_to_thread"] = round(statistics.median(
+                r / b[0] for r, b in zip(rates, base, strict=True)), 3)
+            record["cpu_ratio_to_thread"] = round(statistics.median(
+                c / b[1] for c, b in zip(cpus, base, strict=True)), 3)
+        emit(record)
     return 0
 
 
