@@ -57,7 +57,7 @@ from dspex_rx.wire.security import token_metadata
 ECHO = f"/{SERVICE_NAME}/Echo"
 INIT = f"/{SERVICE_NAME}/InitializeSession"
 SESSION = f"/{SERVICE_NAME}/Session"
-HOSTS = ("thread", "trio", "asyncio")
+HOSTS = ("thread", "trio", "trio_asyncio", "asyncio")
 
 note = make_note("bench_hop")
 

@@ -288,8 +288,8 @@ def test_importing_trio_asyncio_breaks_neither_trio_nor_asyncio_programs() -> No
         timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert done.returncode == 0, done.stderr
-    # The trio program's channel runs on the loop hosted in its run: trio-asyncio's.
-    assert done.stdout.splitlines() == ["trio 2 trio_asyncio", "asyncio 3", "hosted 5"]
+    # The trio program's channel runs on the loop hosted in its run (dspex_rx's own).
+    assert done.stdout.splitlines() == ["trio 2 dspex_rx", "asyncio 3", "hosted 5"]
 
 
 def test_several_addresses_become_one_failover_target_and_bad_ones_are_named() -> None:

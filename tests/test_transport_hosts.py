@@ -221,7 +221,8 @@ async def test_cancelling_an_open_while_the_loop_starts_leaves_no_loop_behind(
 
 
 def test_an_unknown_host_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match=r"host must be one of \['thread', 'trio'\], not 'fast'"):
+    names = r"\['thread', 'trio', 'trio_asyncio'\]"
+    with pytest.raises(ValueError, match=rf"host must be one of {names}, not 'fast'"):
         Transport("127.0.0.1:1", host="fast")
 
 
@@ -229,7 +230,7 @@ _AFTER_HOSTED = """
 import asyncio, sys, trio
 from dspex_rx.client.transport import Transport
 async def main():
-    transport = Transport("127.0.0.1:1", host="trio")
+    transport = Transport("127.0.0.1:1", host=sys.argv[1])
     await transport.open()
     await transport.close()
 trio.run(main)
@@ -239,11 +240,15 @@ print("trio_asyncio" in sys.modules, asyncio.run(which()))
 """
 
 
-def test_a_hosted_loop_leaves_later_asyncio_programs_on_plain_asyncio_loops() -> None:
+@pytest.mark.parametrize(("host", "imported"), [("trio", "False"), ("trio_asyncio", "True")])
+def test_a_hosted_loop_leaves_later_asyncio_programs_on_plain_asyncio_loops(
+    host: str, imported: str
+) -> None:
     # Guards: importing trio_asyncio made every later asyncio.run loop trio-driven, and a
-    # sync client method called from such a program failed "call it from a thread".
-    done = subprocess.run([sys.executable, "-c", _AFTER_HOSTED], capture_output=True,
+    # sync client method called from such a program failed "call it from a thread". The
+    # default host does not load trio_asyncio at all.
+    done = subprocess.run([sys.executable, "-c", _AFTER_HOSTED, host], capture_output=True,
                           text=True, timeout=120, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "asyncio"]
+    assert done.stdout.split() == [imported, "asyncio"]

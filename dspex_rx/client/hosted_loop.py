@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from dspex_rx.client.trio_loop import TrioDrivenLoop, run_on
+
 T = TypeVar("T")
 
 
@@ -27,7 +29,8 @@ class _RunLoop:
     # poller has one wake-up socket per process and every loop it serves watches it with
     # add_reader, but trio lets only one task wait on an fd per run (a second hosted loop
     # in the same run fails with BusyResourceError).
-    def __init__(self) -> None:
+    def __init__(self, driver: str) -> None:
+        self.driver = driver
         self.loop: Any = None
         self.users = 0
         self.failure: BaseException | None = None
@@ -58,8 +61,9 @@ class TrioHostedLoop:
 
     hosted = True
 
-    def __init__(self, name: str = "dspex-rx-io") -> None:
+    def __init__(self, name: str = "dspex-rx-io", driver: str = "native") -> None:
         self.name = name
+        self.driver = driver
         self.loop: Any = None
         self._shared: _RunLoop | None = None
 
@@ -71,12 +75,14 @@ class TrioHostedLoop:
         """
         if self._shared is not None:
             return
-        while (shared := _RUN_LOOP.get()) is not None and shared.stop.is_set():
+        while (shared := _RUN_LOOP.get()) is not None and (
+            shared.stop.is_set() or shared.driver != self.driver
+        ):
             # The last user is closing it: a second loop may watch the poller's socket
             # only once the first has let go of it.
             await shared.stopped.wait()
         if shared is None:
-            shared = _RunLoop()
+            shared = _RunLoop(self.driver)
             _RUN_LOOP.set(shared)
             _open(shared, self.name)
         # Counted before waiting, so the loop cannot close under a joiner; one cancelled
@@ -103,6 +109,9 @@ class TrioHostedLoop:
         loop = self.loop
         if loop is None or loop.is_closed():
             raise RuntimeError("the transport is closed")
+
+        if isinstance(loop, TrioDrivenLoop):
+            return await run_on(loop, factory)
 
         async def invoke() -> T:
             return await factory()
@@ -172,16 +181,27 @@ def import_trio_asyncio() -> Any:
 
 
 def _open(shared: _RunLoop, name: str) -> None:
-    # Imported here, not at module load: a program that never opens a hosted transport
-    # never loads it.
-    trio_asyncio = import_trio_asyncio()
+    async def native() -> None:
+        loop = TrioDrivenLoop()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.drive)
+            shared.loop = loop
+            shared.ready.set()
+            await shared.stop.wait()
+            await loop.shutdown()
+
+    async def hosted_by_trio_asyncio() -> None:
+        # Imported here, not at module load: a program that never asks for this driver
+        # never loads it.
+        trio_asyncio = import_trio_asyncio()
+        async with trio_asyncio.open_loop() as loop:
+            shared.loop = loop
+            shared.ready.set()
+            await shared.stop.wait()
 
     async def main() -> None:
         try:
-            async with trio_asyncio.open_loop() as loop:
-                shared.loop = loop
-                shared.ready.set()
-                await shared.stop.wait()
+            await (native() if shared.driver == "native" else hosted_by_trio_asyncio())
         except Exception as exc:  # a system task must not raise: it would end the run
             shared.failure = exc
         finally:
