@@ -1,14 +1,13 @@
-"""The transport's default loop host: an asyncio loop (trio-asyncio's) running inside the
-current trio run, on the trio thread, so a grpc.aio call costs no thread crossing.
+"""The transport's default loop host: one asyncio loop per trio run, running inside that run on
+the trio thread (``trio_loop.TrioDrivenLoop``, or trio-asyncio's), so a call crosses no thread.
 """
 
-# The loop lives in a trio system task (``open_loop`` wants a task that stays inside its
-# ``async with`` for the loop's whole life, and a transport is opened without a nursery),
-# and ends when ``stop`` sets its event or the trio run ends. Both hosts (this and
-# ``transport.LoopThread``) offer the same four things: ``loop``, ``run(factory)``,
-# ``to_loop(fn)`` (schedule on the loop from trio) and ``to_trio(fn)`` (wake trio from the
-# loop). Here the last two need no token: asyncio callbacks already run in the trio thread,
-# inside the loop's own trio task.
+# The loop lives in a trio system task (a transport is opened without a nursery, and the
+# loop must outlive any one caller) and ends when its last user stops it or the trio run
+# ends. Both hosts (this and ``transport.LoopThread``) offer the same four things: ``loop``,
+# ``run(factory)``, ``to_loop(fn)`` (schedule on the loop from trio) and ``to_trio(fn)``
+# (wake trio from the loop). Here the last two need no token: asyncio callbacks already run
+# on the trio thread, inside the loop's own trio task.
 
 from __future__ import annotations
 
@@ -45,8 +44,10 @@ _RUN_LOOP: trio.lowlevel.RunVar[_RunLoop | None] = trio.lowlevel.RunVar(
 
 
 class TrioHostedLoop:
-    """An asyncio event loop hosted in the calling trio run (``trio_asyncio.open_loop``),
-    shared by every ``TrioHostedLoop`` started in that run and closed with the last.
+    """An asyncio event loop hosted in the calling trio run, shared by every
+    ``TrioHostedLoop`` started in that run and closed with the last. ``driver`` is
+    ``"native"`` (``trio_loop.TrioDrivenLoop``) or ``"trio_asyncio"`` (its ``open_loop``,
+    kept to be measured against: ``benchmarks/bench_hop.py``).
 
     >>> async def main():
     ...     host = TrioHostedLoop("example")

@@ -1,13 +1,15 @@
-"""The transport: one grpc.aio channel on a private asyncio loop thread (``LoopThread``),
-bridged to trio: unary calls and ``Stream``s of opaque protobuf messages by method path.
+"""The transport: one grpc.aio channel, its asyncio loop hosted in the trio run (default) or
+on a private thread (``LoopThread``): unary calls and ``Stream``s of protobuf messages by path.
 """
 
 # It knows nothing of variables or types; call metadata (such as a session token) is
 # whatever pairs the caller passes, and the channel is plain or TLS as the caller's
-# ``credentials`` say. A call is started on the loop with ``call_soon_threadsafe`` and its
-# outcome is handed back through the trio token. Cancelling the trio caller cancels the
-# asyncio task (and with it the RPC), then waits, shielded, until that task has really
-# finished, so nothing of a call outlives its caller.
+# ``credentials`` say. Where the loop runs is the host's business (``hosted_loop``,
+# ``LoopThread``): on the thread a call is started with ``call_soon_threadsafe`` and its
+# outcome handed back through the trio token; hosted, both are plain calls on the trio
+# thread. Either way, cancelling the trio caller cancels the asyncio task (and with it the
+# RPC), then waits, shielded, until that task has really finished, so nothing of a call
+# outlives its caller.
 
 from __future__ import annotations
 
