@@ -4,6 +4,7 @@ idempotent, nothing is left behind; the hosted loop is one per run and leaves as
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -252,3 +253,37 @@ def test_a_hosted_loop_leaves_later_asyncio_programs_on_plain_asyncio_loops(
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [imported, "asyncio"]
+
+
+async def test_asyncio_timers_on_the_hosted_loop_follow_trios_clock(
+    child: Child, autojump_clock: trio.testing.MockClock
+) -> None:
+    transport = Transport(child.target, host="trio")
+    await transport.open()
+    try:
+        start = trio.current_time()
+        # 30 virtual seconds: only a loop whose clock is trio's wakes without waiting them.
+        assert await transport._loop.run(lambda: asyncio.sleep(30, "woke")) == "woke"
+        assert trio.current_time() - start >= 30
+    finally:
+        await transport.close()
+
+
+async def test_a_callback_from_another_thread_wakes_the_hosted_loop(child: Child) -> None:
+    transport = Transport(child.target, host="trio")
+    await transport.open()
+    try:
+        loop = transport._loop.loop
+        assert loop is not None
+
+        async def wait_for_other_thread() -> str:
+            arrived: asyncio.Future[str] = loop.create_future()
+            threading.Thread(
+                target=loop.call_soon_threadsafe, args=(arrived.set_result, "from thread")
+            ).start()
+            return await arrived
+
+        with trio.fail_after(30):  # a hang guard only
+            assert await transport._loop.run(wait_for_other_thread) == "from thread"
+    finally:
+        await transport.close()
