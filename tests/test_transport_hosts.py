@@ -1,6 +1,7 @@
-"""Where grpc.aio's loop runs (issue #18): hosted in the trio run (the default) or on its own
-thread. Both hosts: a server killed mid-call or mid-stream is an UNAVAILABLE error, close is
-idempotent, nothing is left behind; the hosted loop is one per run and leaves asyncio alone."""
+"""Where grpc.aio's loop runs (issue #18): hosted in the trio run (the default), on its own
+thread, or trio-asyncio's. Every host: a server killed mid-call or mid-stream is an
+UNAVAILABLE error, close is idempotent, nothing is left behind; the hosted loop is one per
+run, follows trio's clock and leaves asyncio alone."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from dspex_rx.client import hosted_loop
 from dspex_rx.client.transport import Transport
 from dspex_rx.v1 import variables_pb2 as pb
 
-HOSTS = ["trio", "thread"]
+HOSTS = ["trio", "thread", "trio_asyncio"]
 ROOT = Path(__file__).resolve().parent.parent
 
 # A grpc.aio server in its own process: Hang never answers, Echo streams every message back.
