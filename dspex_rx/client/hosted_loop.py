@@ -60,8 +60,6 @@ class TrioHostedLoop:
     'done'
     """
 
-    hosted = True
-
     def __init__(self, name: str = "dspex-rx-io", driver: str = "native") -> None:
         self.name = name
         self.driver = driver

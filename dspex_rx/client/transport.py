@@ -57,8 +57,6 @@ class LoopThread:
     >>> io.stop()
     """
 
-    hosted = False
-
     def __init__(self, name: str = "dspex-rx-io") -> None:
         self.name = name
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -180,8 +178,8 @@ HOSTS: dict[str, Callable[[str], Host]] = {
     # trio-asyncio's loop in the run: measured against the others (benchmarks/bench_hop.py)
     "trio_asyncio": lambda name: TrioHostedLoop(name, driver="trio_asyncio"),
 }
-# What a Transport made without ``host=`` uses (connections, probes); see ARCHITECTURE.md
-# "Transport and the trio bridge" for the figures behind the choice.
+# What a Transport made without ``host=`` uses (connections, probes); ARCHITECTURE.md
+# "Where grpc.aio's loop runs" has the figures behind the choice.
 DEFAULT_HOST = "trio"
 
 
@@ -192,7 +190,8 @@ class Transport:
     them it is plaintext. ``host`` says where grpc.aio's asyncio loop runs: ``"trio"``
     hosts it inside the caller's trio run on the same thread
     (``hosted_loop.TrioHostedLoop``); ``"thread"`` runs it on a private daemon thread
-    (``LoopThread``), every call crossing threads twice. None: ``DEFAULT_HOST``.
+    (``LoopThread``), every call crossing threads twice; ``"trio_asyncio"`` hosts
+    trio-asyncio's loop in the run (for measuring). None: ``DEFAULT_HOST``.
 
     Example: ``await transport.unary("/dspex_rx.v1.Variables/Echo", request, EchoResponse)``.
     """
