@@ -288,3 +288,21 @@ async def test_a_callback_from_another_thread_wakes_the_hosted_loop(child: Child
             assert await transport._loop.run(wait_for_other_thread) == "from thread"
     finally:
         await transport.close()
+
+
+async def test_a_second_kind_of_hosted_loop_in_the_same_run_is_refused_by_name(
+    child: Child,
+) -> None:
+    native = Transport(child.target, host="trio")
+    await native.open()
+    try:
+        other = Transport(child.target, host="trio_asyncio")
+        with pytest.raises(RuntimeError, match="already hosts a 'native' loop"):
+            await other.open()
+        await other.close()
+        stream = await native.open_stream("/test.T/Echo", pb.EchoRequest)  # unharmed
+        await stream.send(pb.EchoRequest(payload=b"still"))
+        assert [m.payload for m in await _receive(stream)] == [b"still"]
+        await stream.close()
+    finally:
+        await native.close()

@@ -74,12 +74,15 @@ class TrioHostedLoop:
         """
         if self._shared is not None:
             return
-        while (shared := _RUN_LOOP.get()) is not None and (
-            shared.stop.is_set() or shared.driver != self.driver
-        ):
+        while (shared := _RUN_LOOP.get()) is not None and shared.stop.is_set():
             # The last user is closing it: a second loop may watch the poller's socket
             # only once the first has let go of it.
             await shared.stopped.wait()
+        if shared is not None and shared.driver != self.driver:
+            raise RuntimeError(
+                f"this trio run already hosts a {shared.driver!r} loop; one run hosts one "
+                f"loop (gRPC's poller socket takes one waiter), so not a {self.driver!r} one"
+            )
         if shared is None:
             shared = _RunLoop(self.driver)
             _RUN_LOOP.set(shared)
