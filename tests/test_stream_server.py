@@ -316,11 +316,12 @@ async def test_slow_stream_does_not_slow_others(
     await fast.stream.close()
 
 
-async def test_client_inbox_is_bounded_and_pushes_back_to_the_server() -> None:
+@pytest.mark.parametrize("host", ["trio", "thread"])
+async def test_client_inbox_is_bounded_and_pushes_back_to_the_server(host: str) -> None:
     with EmbeddedServer(max_pending_events=50) as embedded:
         async with dspex_rx.connect(embedded.target) as session:
             await session.register_variable("hot", "integer", 0)
-            transport = Transport(embedded.target)
+            transport = Transport(embedded.target, host=host)
             await transport.open()
             try:
                 raw = await open_raw(transport, session)

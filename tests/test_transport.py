@@ -19,6 +19,7 @@ from helpers import beat_until, expire_client
 
 import dspex_rx
 from dspex_rx import SessionContext
+from dspex_rx.client import transport as transport_module
 from dspex_rx.client.transport import Transport
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.v1 import variables_pb2 as pb
@@ -80,8 +81,9 @@ async def _pending_tasks(transport: Transport) -> int:
     return await transport._loop.run(count)
 
 
-async def test_cancel_reaches_the_rpc_and_returns(hanging: HangingServer) -> None:
-    transport = Transport(f"127.0.0.1:{hanging.port}", timeout=None)
+@pytest.mark.parametrize("host", ["trio", "thread"])
+async def test_cancel_reaches_the_rpc_and_returns(hanging: HangingServer, host: str) -> None:
+    transport = Transport(f"127.0.0.1:{hanging.port}", timeout=None, host=host)
     await transport.open()
     try:
         with trio.move_on_after(10) as scope:  # a generous bound, not a timing assertion
@@ -154,7 +156,11 @@ def _system_tasks() -> int:
     return sum(len(n.child_tasks) for n in root.child_nurseries)
 
 
-async def test_close_leaves_no_thread_or_task_behind() -> None:
+@pytest.mark.parametrize("host", ["trio", "thread"])
+async def test_close_leaves_no_thread_or_task_behind(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport_module, "DEFAULT_HOST", host)
     # The first session starts process-wide singletons (gRPC's poller thread); what is
     # alive after it is the baseline every later session must return to.
     async with dspex_rx.connect() as session:
@@ -163,8 +169,10 @@ async def test_close_leaves_no_thread_or_task_behind() -> None:
     baseline_tasks = _system_tasks()
     for _ in range(3):
         async with dspex_rx.connect() as session:
-            assert any(t.name.startswith("dspex-rx-io") for t in threading.enumerate())
-            assert _system_tasks() == baseline_tasks + 1  # the session's services task
+            io_threads = [t for t in threading.enumerate() if t.name.startswith("dspex-rx-io")]
+            assert len(io_threads) == (1 if host == "thread" else 0)
+            # the session's services task, and for the hosted loop the loop's own task
+            assert _system_tasks() == baseline_tasks + (1 if host == "thread" else 2)
             await session.register_variable("x", "integer", 1)
             assert await session.get_variable("x") == 1
     assert not [t for t in threading.enumerate() if t.name.startswith("dspex-rx-io")]
@@ -282,7 +290,8 @@ def test_importing_trio_asyncio_breaks_neither_trio_nor_asyncio_programs() -> No
         timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["trio 2 asyncio", "asyncio 3", "hosted 5"]
+    # The trio program's channel runs on the loop hosted in its run (dspex_rx's own).
+    assert done.stdout.splitlines() == ["trio 2 dspex_rx", "asyncio 3", "hosted 5"]
 
 
 def test_several_addresses_become_one_failover_target_and_bad_ones_are_named() -> None:

@@ -1,13 +1,15 @@
-"""The transport: one grpc.aio channel on a private asyncio loop thread (``LoopThread``),
-bridged to trio: unary calls and ``Stream``s of opaque protobuf messages by method path.
+"""The transport: one grpc.aio channel, its asyncio loop hosted in the trio run (default) or
+on a private thread (``LoopThread``): unary calls and ``Stream``s of protobuf messages by path.
 """
 
 # It knows nothing of variables or types; call metadata (such as a session token) is
 # whatever pairs the caller passes, and the channel is plain or TLS as the caller's
-# ``credentials`` say. A call is started on the loop with ``call_soon_threadsafe`` and its
-# outcome is handed back through the trio token. Cancelling the trio caller cancels the
-# asyncio task (and with it the RPC), then waits, shielded, until that task has really
-# finished, so nothing of a call outlives its caller.
+# ``credentials`` say. Where the loop runs is the host's business (``hosted_loop``,
+# ``LoopThread``): on the thread a call is started with ``call_soon_threadsafe`` and its
+# outcome handed back through the trio token; hosted, both are plain calls on the trio
+# thread. Either way, cancelling the trio caller cancels the asyncio task (and with it the
+# RPC), then waits, shielded, until that task has really finished, so nothing of a call
+# outlives its caller.
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import grpc
 import outcome
 import trio
 from google.protobuf.message import Message
+
+from dspex_rx.client.hosted_loop import TrioHostedLoop
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -57,6 +61,24 @@ class LoopThread:
         self.name = name
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+
+    def to_loop(self, fn: Callable[[], Any]) -> None:
+        """Schedule ``fn()`` on the loop from another thread.
+
+        Example: ``io.to_loop(event.set)`` wakes an asyncio waiter on the loop thread.
+        """
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn)
+
+    def to_trio(self, token: trio.lowlevel.TrioToken, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` in the trio run of ``token`` (from the loop thread); a run that has
+        finished is skipped.
+
+        Example: ``io.to_trio(token, done.set)`` sets a trio event from a loop callback.
+        """
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(fn)
 
     def start(self) -> None:
         """Start the thread and wait until its loop runs.
@@ -149,11 +171,27 @@ class LoopThread:
         self._thread = None
 
 
+Host = LoopThread | TrioHostedLoop
+HOSTS: dict[str, Callable[[str], Host]] = {
+    "trio": TrioHostedLoop,
+    "thread": LoopThread,
+    # trio-asyncio's loop in the run: measured against the others (benchmarks/bench_hop.py)
+    "trio_asyncio": lambda name: TrioHostedLoop(name, driver="trio_asyncio"),
+}
+# What a Transport made without ``host=`` uses (connections, probes); ARCHITECTURE.md
+# "Where grpc.aio's loop runs" has the figures behind the choice.
+DEFAULT_HOST = "trio"
+
+
 class Transport:
     """One grpc.aio channel, callable from trio by method path with any protobuf messages.
 
     ``credentials`` (``grpc.ssl_channel_credentials(...)``) makes the channel TLS; without
-    them it is plaintext.
+    them it is plaintext. ``host`` says where grpc.aio's asyncio loop runs: ``"trio"``
+    hosts it inside the caller's trio run on the same thread
+    (``hosted_loop.TrioHostedLoop``); ``"thread"`` runs it on a private daemon thread
+    (``LoopThread``), every call crossing threads twice; ``"trio_asyncio"`` hosts
+    trio-asyncio's loop in the run (for measuring). None: ``DEFAULT_HOST``.
 
     Example: ``await transport.unary("/dspex_rx.v1.Variables/Echo", request, EchoResponse)``.
     """
@@ -164,21 +202,30 @@ class Transport:
         options: list[tuple[str, Any]] | None = None,
         timeout: float | None = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
+        host: str | None = None,
     ) -> None:
+        host = DEFAULT_HOST if host is None else host
+        if host not in HOSTS:
+            raise ValueError(f"host must be one of {sorted(HOSTS)}, not {host!r}")
         self.target = target
         self.options = options or []
         self.timeout = timeout
         self.credentials = credentials
-        self._loop = LoopThread(f"dspex-rx-io[{target}]")
+        self.host = host
+        self._loop: Host = HOSTS[host](f"dspex-rx-io[{target}]")
         self._channel: grpc.aio.Channel | None = None
         self._methods: dict[str, Any] = {}
 
     async def open(self) -> None:
-        """Start the loop thread and create the channel on it.
+        """Start the loop (hosted in this trio run, or on its thread) and create the
+        channel on it.
 
         Example: ``await transport.open()`` before the first call.
         """
-        self._loop.start()
+        if isinstance(self._loop, LoopThread):
+            self._loop.start()
+        else:
+            await self._loop.start()
 
         async def make() -> grpc.aio.Channel:
             if self.credentials is not None:
@@ -244,16 +291,20 @@ class Transport:
         return stream
 
     async def close(self) -> None:
-        """Close the channel and stop the loop thread; safe to call twice.
+        """Close the channel and stop the loop (its thread, or its hosted task); safe to
+        call twice.
 
-        Example: ``await transport.close()`` closes the channel, then stops the loop thread.
+        Example: ``await transport.close()`` closes the channel, then stops the loop.
         """
         channel, self._channel = self._channel, None
         self._methods.clear()
         with trio.CancelScope(shield=True):
-            if channel is not None:
+            if channel is not None and self._loop.loop is not None:
                 await self._loop.run(lambda: channel.close(grace=None))
-            await trio.to_thread.run_sync(self._loop.stop)
+            if isinstance(self._loop, LoopThread):
+                await trio.to_thread.run_sync(self._loop.stop)
+            else:
+                await self._loop.stop()
 
 
 async def _write(call: Any, message: Message) -> None:
@@ -287,7 +338,7 @@ class Stream(Generic[M]):
     """
 
     def __init__(
-        self, loop: LoopThread, token: trio.lowlevel.TrioToken, max_inbox: int = 1024
+        self, loop: Host, token: trio.lowlevel.TrioToken, max_inbox: int = 1024
     ) -> None:
         self._loop = loop
         self._token = token
@@ -343,8 +394,7 @@ class Stream(Generic[M]):
     def _kick(self) -> None:
         if not self._kick_pending:
             self._kick_pending = True
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._on_kick)
+            self._loop.to_trio(self._token, self._on_kick)
 
     def _on_kick(self) -> None:
         # On the trio thread: the flag drops before the wake so a message appended after
@@ -367,8 +417,8 @@ class Stream(Generic[M]):
                 while inbox:
                     batch.append(inbox.popleft())
                 self.batches += 1
-                if self._paused and self._space is not None and self._loop.loop is not None:
-                    self._loop.loop.call_soon_threadsafe(self._space.set)
+                if self._paused and self._space is not None:
+                    self._loop.to_loop(self._space.set)
                 return batch
             if self._finished:
                 if self._error is not None:
