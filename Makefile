@@ -131,7 +131,8 @@ chromium:
 		[ "$$CI" != true ] || exit 1; \
 	fi
 
-test: $(STAMP) etcd chromium
+# redis: the test of bench_peers' quick run measures Redis beside dspex-rx, as make bench does.
+test: $(STAMP) etcd chromium redis
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q --doctest-modules dspex_rx
 	$(BIN)/ruff check dspex_rx tests examples benchmarks
