@@ -83,7 +83,7 @@ def stamp(stage: str, version: int, t: int) -> None:
 
 def message_versions(message: Any) -> Iterator[int]:
     """The versions a ``ServerMessage`` carries (none for control notes)."""
-    for frame in message.frames:
+    for frame in getattr(message, "frames", ()):  # a Calls stream's ReplyFrame has none
         for event in frame.events:
             yield event.version
 
