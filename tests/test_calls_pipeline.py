@@ -1,0 +1,241 @@
+"""The client's Pipeline against a scripted stream (no server, no threads): what goes out in
+which frame, the in-flight bound, cancellation of queued and sent requests, the
+handshake, and what a broken or missing stream does to the calls waiting on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+import trio
+import trio.testing
+
+from dspex_rx.client.calls import NotSent, Pipeline, rpc_error
+from dspex_rx.v1 import calls_pb2 as cpb
+from dspex_rx.v1 import variables_pb2 as pb
+
+
+class ScriptedStream:
+    """A Calls stream the test answers by hand: ``sent`` holds every frame written."""
+
+    def __init__(self) -> None:
+        self.sent: list[cpb.CallFrame] = []
+        self.inbox: list[cpb.ReplyFrame] = []
+        self.end: BaseException | None = None
+        self.ended = False
+        self.arrived = trio.Event()
+        self.wrote = trio.Event()
+        # While set and not yet released, a write stays under way (as on a slow link).
+        self.hold: trio.Event | None = None
+
+    async def send(self, frame: cpb.CallFrame) -> None:
+        if self.ended:
+            raise RuntimeError("the stream is closed")
+        self.sent.append(frame)
+        self.wrote.set()
+        if self.hold is not None:
+            await self.hold.wait()
+
+    async def receive_batch(self) -> list[cpb.ReplyFrame] | None:
+        while not self.inbox and not self.ended:
+            self.arrived = trio.Event()
+            await self.arrived.wait()
+        if self.inbox:
+            batch, self.inbox = self.inbox, []
+            return batch
+        if self.end is not None:
+            raise self.end
+        return None
+
+    async def close(self) -> None:
+        self.finish(rpc_error(grpc.StatusCode.CANCELLED, "closed"))
+
+    def answer(self, *ids: int, code: int = 0) -> None:
+        self.inbox.append(cpb.ReplyFrame(replies=[
+            cpb.CallReply(id=i, code=code,
+                          response=pb.EchoResponse(payload=str(i).encode()).SerializeToString())
+            for i in ids]))
+        self.arrived.set()
+
+    def finish(self, error: BaseException | None) -> None:
+        self.ended, self.end = True, error
+        self.arrived.set()
+
+    async def wait_for_frames(self, count: int) -> None:
+        while len(self.sent) < count:
+            self.wrote = trio.Event()
+            await self.wrote.wait()
+
+
+class ScriptedTransport:
+    def __init__(self) -> None:
+        self.streams: list[ScriptedStream] = []
+        self.refuse: grpc.aio.AioRpcError | None = None
+
+    async def open_stream(self, path: str, response_type: Any, metadata: Any = ()) -> Any:
+        assert path.endswith("/Calls") and response_type is cpb.ReplyFrame
+        stream = ScriptedStream()
+        self.streams.append(stream)
+        if self.refuse is not None:
+            stream.finish(self.refuse)  # the server turns the stream down at once
+        else:
+            stream.inbox.append(cpb.ReplyFrame())  # the server's empty first frame
+        return stream
+
+
+def ids(frame: cpb.CallFrame) -> list[int]:
+    return [request.id for request in frame.calls]
+
+
+async def echo(pipeline: Pipeline, payload: bytes = b"", timeout: float | None = 30) -> bytes:
+    reply = await pipeline.call("Echo", pb.EchoRequest(payload=payload), pb.EchoResponse, timeout)
+    return bytes(reply.payload)
+
+
+@pytest.fixture
+async def piped() -> Any:
+    transport = ScriptedTransport()
+    pipeline = Pipeline(transport, "/dspex_rx.v1.Variables/Calls", (("k", "v"),),
+                        max_in_flight=3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pipeline.run)
+        yield pipeline, transport
+        nursery.cancel_scope.cancel()
+
+
+async def test_calls_made_together_leave_in_one_frame_and_are_answered_by_id(
+    piped: Any,
+) -> None:
+    pipeline, transport = piped
+    got: dict[int, bytes] = {}
+
+    async def call(n: int) -> None:
+        got[n] = await echo(pipeline, str(n).encode())
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(call, n)
+        await trio.testing.wait_all_tasks_blocked()
+        stream = transport.streams[0]
+        assert [ids(f) for f in stream.sent] == [[1, 2, 3]]
+        assert [r.method for r in stream.sent[0].calls] == ["Echo"] * 3
+        stream.answer(3, 1, 2)  # out of order: each still reaches its own caller
+    # The replies carry the id as payload: each caller got the answer to its own id.
+    assert sorted(got.values()) == [b"1", b"2", b"3"]
+
+
+async def test_a_call_past_max_in_flight_waits_for_an_answer(piped: Any) -> None:
+    pipeline, transport = piped
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(echo, pipeline)
+        await trio.testing.wait_all_tasks_blocked()
+        stream = transport.streams[0]
+        assert sum(len(f.calls) for f in stream.sent) == 3  # the fourth waits its turn
+        stream.answer(1)
+        await stream.wait_for_frames(2)
+        assert ids(stream.sent[1]) == [4]
+        stream.answer(2, 3, 4)
+
+
+async def test_a_cancelled_sent_call_sends_its_id_to_cancel_and_a_queued_one_never_leaves(
+    piped: Any,
+) -> None:
+    pipeline, transport = piped
+    await echo_after_answer(pipeline, transport)  # the stream is open, the writer idle
+    stream = transport.streams[0]
+    with trio.CancelScope() as sent_scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo, pipeline)
+            await stream.wait_for_frames(2)
+            sent_scope.cancel()
+    await stream.wait_for_frames(3)
+    assert stream.sent[2].cancel == [2] and not stream.sent[2].calls
+    # Given up while still queued (the writer is busy with another frame): it never
+    # leaves, and no cancel is sent for it.
+    stream.hold = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo, pipeline, b"busy")
+        await stream.wait_for_frames(4)  # the writer is now inside this frame's write
+        with trio.CancelScope() as queued_scope:
+            nursery.start_soon(cancel_soon, queued_scope)
+            await echo(pipeline, b"queued")
+        assert queued_scope.cancelled_caught
+        stream.hold.set()
+        stream.answer(3)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [ids(f) for f in stream.sent[3:]] == [[3]]  # id 4, cancelled queued, never left
+    assert all(not f.cancel for f in stream.sent[3:])
+    assert not pipeline._waiters and not pipeline._outbox
+
+
+async def cancel_soon(scope: trio.CancelScope) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    scope.cancel()
+
+
+async def echo_after_answer(pipeline: Pipeline, transport: ScriptedTransport) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo, pipeline)
+        await trio.testing.wait_all_tasks_blocked()
+        transport.streams[0].answer(1)
+
+
+async def test_a_broken_stream_fails_what_it_carried_and_the_next_call_opens_another(
+    piped: Any,
+) -> None:
+    pipeline, transport = piped
+    failures: list[grpc.StatusCode] = []
+
+    async def doomed() -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await echo(pipeline)
+        failures.append(caught.value.code())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(doomed)
+        nursery.start_soon(doomed)
+        await trio.testing.wait_all_tasks_blocked()
+        transport.streams[0].finish(rpc_error(grpc.StatusCode.UNAVAILABLE, "peer gone"))
+    assert failures == [grpc.StatusCode.UNAVAILABLE] * 2
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo, pipeline)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(transport.streams) == 2
+        transport.streams[1].answer(3)
+
+
+async def test_a_server_without_the_stream_sends_every_call_unary_and_none_twice(
+    piped: Any,
+) -> None:
+    pipeline, transport = piped
+    transport.refuse = rpc_error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    with pytest.raises(NotSent):
+        await echo(pipeline)
+    # Turned down before the handshake: nothing was written, and later calls go unary.
+    assert [s.sent for s in transport.streams] == [[]]
+    assert not pipeline.available
+    with pytest.raises(NotSent):
+        await echo(pipeline)
+    assert len(transport.streams) == 1
+
+
+async def test_an_error_answer_raises_the_status_and_trailers_a_unary_call_would(
+    piped: Any,
+) -> None:
+    pipeline, transport = piped
+    async with trio.open_nursery() as nursery:
+        async def refused() -> None:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await echo(pipeline)
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert caught.value.details() == "no variable 'x'"
+            assert dict(caught.value.trailing_metadata()) == {"dspex-error-kind": "not_found"}
+
+        nursery.start_soon(refused)
+        await trio.testing.wait_all_tasks_blocked()
+        transport.streams[0].inbox.append(cpb.ReplyFrame(replies=[cpb.CallReply(
+            id=1, code=grpc.StatusCode.NOT_FOUND.value[0], details="no variable 'x'",
+            trailers=[cpb.TrailerPair(key="dspex-error-kind", value="not_found")])]))
+        transport.streams[0].arrived.set()
