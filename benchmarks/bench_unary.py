@@ -9,8 +9,9 @@ Figures:
 * ``{"bench": "unary", ...}`` for echo, get_variable and set_variable, each sequential (one
   call at a time) and with ``--concurrency`` calls in flight (that many trio tasks in one
   nursery, each making its share of the calls), through each ``path``: ``stream`` (calls
-  pipelined on the Calls stream, the default) and ``unary`` (``pipelined=False``). ``ratio_to_echo`` is the op's calls/s divided
-  by Echo's calls/s in the same mode, measured in the same run; the goal is >= 0.7.
+  pipelined on the Calls stream, the default) and ``unary`` (``pipelined=False``).
+  ``ratio_to_echo`` is the op's calls/s divided by Echo's calls/s in the same mode and
+  path, measured in the same run; the goal is >= 0.7.
 * ``{"bench": "wire_bytes", ...}``: the size of the exact ``SetVariableRequest`` the client
   sends for a 768-d float32 embedding (3,072 bytes of payload), checked byte for byte against
   the request captured on its way into the transport (of the unary path, where each call
