@@ -2,7 +2,8 @@
 etcd and Redis in one run, with the issue's four goals as ratios measured in that run.
 
 It starts everything it measures on loopback (free ports, temp dirs) and stops it after,
-also on failure or Ctrl-C: a ``dspex-rx serve --storage memory`` child (_common), one etcd
+also on failure or Ctrl-C: a ``dspex-rx serve --storage memory`` child (``--storage sqlite``
+for the durable store; _common), one etcd
 member (tests/etcd_service.py) and one ``redis-server`` (_peers.py). A peer that is not
 installed is skipped with a line on stderr. dspex-rx is driven from one trio program,
 through ``dspex_rx.connect(target, pipelined=True)`` ("stream") and ``pipelined=False``
@@ -412,6 +413,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="writes timed to the watcher per system and repeat (default 1000)")
     parser.add_argument("--cached-reads", type=int, default=100_000,
                         help="cached get_variable calls per repeat (default 100000)")
+    parser.add_argument("--storage", choices=("memory", "sqlite"), default="memory",
+                        help="the dspex-rx server's storage (default memory; sqlite is the "
+                        "product's default and durable, as etcd's writes are)")
     parser.add_argument("--no-etcd", action="store_true", help="skip etcd")
     parser.add_argument("--no-redis", action="store_true", help="skip Redis")
     parser.add_argument("--quick", action="store_true",
@@ -433,9 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     """Start the server and the installed peers, run the benchmark, stop them all."""
     args = parse_args(argv)
     quiet_logging()
-    env: dict[str, Any] = {**environment(), "skipped": {}}
+    env: dict[str, Any] = {**environment(), "skipped": {}, "storage": args.storage}
     with contextlib.ExitStack() as stack:
-        target = stack.enter_context(server_process(note))
+        target = stack.enter_context(server_process(note, storage=args.storage))
         peers: list[EtcdPeer | RedisPeer] = []
         try:
             if args.no_etcd:
