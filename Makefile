@@ -128,7 +128,7 @@ proto: $(STAMP)
 # recipe lines are not echoed; each benchmark writes its human text to stderr).
 BENCHMARKS := bench_unary bench_reactive bench_batch bench_optimizer_quality bench_optimize \
 	bench_derive_failover bench_durable bench_etcd_raw bench_replicas bench_hostile bench_peers \
-	bench_watch_path
+	bench_watch_path bench_asyncio
 # etcd and redis: the peers bench_etcd_raw, bench_replicas and bench_peers start (each
 # skips a peer that could not be installed, outside CI).
 bench: $(STAMP) etcd redis

@@ -16,7 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.mark.parametrize("script", ["bench_hop", "bench_optimize", "bench_optimizer_quality",
-                                    "bench_unary", "bench_peers"])
+                                    "bench_unary", "bench_peers", "bench_asyncio"])
 def test_a_quick_benchmark_run_prints_only_json_objects_to_stdout(script: str) -> None:
     done = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick"],
                           capture_output=True, text=True, timeout=240,

@@ -113,10 +113,11 @@ def test_make_bench_writes_only_the_benchmarks_json_lines_to_stdout(tmp_path: Pa
         f"benchmarks/{name}.py" for name in (
             "bench_unary", "bench_reactive", "bench_batch", "bench_optimizer_quality",
             "bench_optimize", "bench_derive_failover", "bench_durable", "bench_etcd_raw",
-            "bench_replicas", "bench_hostile", "bench_peers", "bench_watch_path")
+            "bench_replicas", "bench_hostile", "bench_peers", "bench_watch_path",
+            "bench_asyncio")
     ]
     assert {r["args"] for r in records} == {"--quick"}
-    assert done.stderr.count("[bench] human progress text") == 12
+    assert done.stderr.count("[bench] human progress text") == 13
     assert "--- benchmarks/bench_unary.py" in done.stderr
 
 
