@@ -36,6 +36,10 @@ log = get_logger("dspex_rx.etcd")
 # with a message naming the flag, never cut into txns another replica could see half of.
 MAX_TXN_OPS = 128
 MAX_REQUEST_BYTES = int(1.5 * 1024 * 1024)
+# Keys per read when the store loads (its pages are one snapshot), and the largest answer
+# the client takes from etcd (a page, or a watch answer of several revisions).
+PAGE_KEYS = 1000
+MAX_RECEIVE_BYTES = 256 * 1024 * 1024
 # How long one etcd call may take before the write is refused (etcd down, no quorum).
 CALL_TIMEOUT = 5.0
 PUT = Event.PUT
@@ -84,8 +88,11 @@ class EtcdBackend(DurableBackend):
         # gRPC picks a reachable member among them and moves on when one goes.
         target = ("ipv4:" + ",".join(self.endpoints) if len(self.endpoints) > 1
                   else self.endpoints[0])
+        # A watch answer may carry several revisions' events, each up to a request's
+        # size: gRPC's default 4 MiB receive limit is too small for that.
         self._channel = grpc.insecure_channel(
-            target, options=[("grpc.lb_policy_name", "round_robin")]
+            target, options=[("grpc.lb_policy_name", "round_robin"),
+                             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
         )
         self._kv = etcd_grpc.KVStub(self._channel)  # type: ignore[no-untyped-call]
         # The etcd revision of the last write of the head row this replica knows of (what
@@ -119,17 +126,41 @@ class EtcdBackend(DurableBackend):
         return self.prefix + encode_key(table, key)
 
     def _rows(self) -> Iterator[tuple[bytes, bytes]]:
-        try:
-            reply = self._kv.Range(etcd.RangeRequest(key=self.prefix, range_end=self._end),
-                                   timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise StorageError(f"cannot read {self.where}: {_why(exc)}"
-                               f"{self.refusal_hint}") from exc
-        self._seen = reply.header.revision
+        # Every row under the prefix, read in pages of keys at one etcd revision (the
+        # first page's), so the pages make one snapshot however large the store is: read
+        # at once, a store past gRPC's message limit could not be opened again. A page
+        # too large to receive is read again in halves.
         head = self._key(META, ("revision",))
-        self._head = next((kv.mod_revision for kv in reply.kvs if kv.key == head), 0)
         cut = len(self.prefix)
-        return iter(sorted((kv.key[cut:], kv.value) for kv in reply.kvs))
+        rows: list[tuple[bytes, bytes]] = []
+        start, revision, limit, head_revision, restarts = self.prefix, 0, PAGE_KEYS, 0, 3
+        while True:
+            request = etcd.RangeRequest(key=start, range_end=self._end, limit=limit,
+                                        revision=revision)
+            try:
+                reply = self._kv.Range(request, timeout=self.timeout)
+            except grpc.RpcError as exc:
+                if _code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED and limit > 1:
+                    limit = max(1, limit // 2)
+                    continue
+                if _code(exc) == grpc.StatusCode.OUT_OF_RANGE and revision and restarts:
+                    # The snapshot's revision was compacted away between pages: again.
+                    restarts -= 1
+                    rows, start, revision, head_revision = [], self.prefix, 0, 0
+                    continue
+                raise StorageError(f"cannot read {self.where}: {_why(exc)}"
+                                   f"{self.refusal_hint}") from exc
+            revision = revision or reply.header.revision
+            for kv in reply.kvs:
+                if kv.key == head:
+                    head_revision = kv.mod_revision
+                rows.append((kv.key[cut:], kv.value))
+            if not reply.more or not reply.kvs:
+                break
+            start = reply.kvs[-1].key + b"\0"
+        self._seen = revision
+        self._head = head_revision
+        return iter(sorted(rows))
 
     def _write(self, ops: list[Op]) -> None:
         # On the writer thread: one txn, applied only if the head row (which every flush
@@ -272,8 +303,13 @@ class EtcdBackend(DurableBackend):
             self._watcher.join(timeout=5)
 
 
+def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    code: grpc.StatusCode | None = getattr(exc, "code", lambda: None)()
+    return code
+
+
 def _why(exc: grpc.RpcError) -> str:
-    code = getattr(exc, "code", lambda: None)()
+    code = _code(exc)
     details = getattr(exc, "details", lambda: "")()
     return f"{getattr(code, 'name', code)}: {details}" if code else str(exc)
 
