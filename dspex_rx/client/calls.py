@@ -91,7 +91,8 @@ class Pipeline:
         self.available = True
         self.frames_sent = 0
         self.streams_opened = 0
-        self._write_error: BaseException | None = None
+        # Set by ``reset``: the status the calls the dropped stream carried fail with.
+        self._reset_error: BaseException | None = None
         self._stream: Any = None
         self._deadlines: Deadlines | None = None
 
@@ -175,26 +176,19 @@ class Pipeline:
         finally:
             self.running = False
             self._deadlines.close()
-            for waiter in self._waiters.values():
-                waiter.error = waiter.error or (ended if waiter.sent else NotSent())
-                waiter.done.set()
-            self._waiters.clear()
-            self._outbox.clear()
+            self._end_all(ended, NotSent())
 
     async def _serve_one_stream(self) -> None:
         try:
             stream = await self._transport.open_stream(
                 self._path, cpb.ReplyFrame, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
-            for waiter in self._waiters.values():
-                waiter.sent = True  # fail them all with the error, below
-            self._outbox.clear()
-            self._fail_sent(exc)
+            self._fail(exc, unsent_too=True)
             return
         self.streams_opened += 1
-        self._write_error = None
+        self._reset_error = None
         self._stream = stream
-        error: BaseException | None = None
+        error: BaseException = rpc_error(grpc.StatusCode.UNAVAILABLE, "the Calls stream ended")
         try:
             async with trio.open_nursery() as nursery:
                 try:
@@ -204,7 +198,6 @@ class Pipeline:
                         nursery.start_soon(self._write, stream)
                     while (batch := await stream.receive_batch()) is not None:
                         self._deliver(batch)
-                    error = rpc_error(grpc.StatusCode.UNAVAILABLE, "the Calls stream ended")
                 except grpc.aio.AioRpcError as exc:
                     error = exc
                 nursery.cancel_scope.cancel()
@@ -212,7 +205,7 @@ class Pipeline:
             self._stream = None
             with trio.CancelScope(shield=True):
                 await stream.close()
-        self._fail_sent(error if self._write_error is None else self._write_error)
+        self._fail(self._reset_error or error)
 
     async def reset(self, reason: str) -> None:
         """Drop the current stream (a connection suspected dead): what it carried fails
@@ -222,7 +215,7 @@ class Pipeline:
         """
         stream = self._stream
         if stream is not None:
-            self._write_error = rpc_error(grpc.StatusCode.UNAVAILABLE, reason)
+            self._reset_error = rpc_error(grpc.StatusCode.UNAVAILABLE, reason)
             await stream.close()
 
     def _deliver(self, batch: list[cpb.ReplyFrame]) -> None:
@@ -234,25 +227,31 @@ class Pipeline:
                     waiter.reply = reply
                     waiter.done.set()
 
-    def _fail_sent(self, error: BaseException | None) -> None:
+    def _fail(self, error: BaseException, *, unsent_too: bool = False) -> None:
+        # The stream ended with ``error``: the calls it carried fail with it (and, with
+        # ``unsent_too``, the queued ones as well); the queued ones wait for the next.
         if isinstance(error, grpc.aio.AioRpcError) and (
             error.code() == grpc.StatusCode.UNIMPLEMENTED
         ):
             # A server from before the Calls stream: nothing sent ran; all go unary.
             log.info("calls_stream_unavailable", details=error.details())
             self.available = False
-            for waiter in self._waiters.values():
-                waiter.error = NotSent()
+            self._end_all(NotSent(), NotSent())
+        elif unsent_too:
+            self._end_all(error, error)
+        else:
+            for call_id in [i for i, waiter in self._waiters.items() if waiter.sent]:
+                waiter = self._waiters.pop(call_id)
+                waiter.error = error
                 waiter.done.set()
-            self._waiters.clear()
-            self._outbox.clear()
-            return
-        failed = [call_id for call_id, waiter in self._waiters.items() if waiter.sent]
-        for call_id in failed:
-            waiter = self._waiters.pop(call_id)
-            waiter.error = error or rpc_error(grpc.StatusCode.UNAVAILABLE,
-                                              "the Calls stream ended")
+
+    def _end_all(self, sent: BaseException, unsent: BaseException) -> None:
+        # Every waiting call ends: with ``sent`` if its request left, else ``unsent``.
+        for waiter in self._waiters.values():
+            waiter.error = waiter.error or (sent if waiter.sent else unsent)
             waiter.done.set()
+        self._waiters.clear()
+        self._outbox.clear()
 
     async def _write(self, stream: Any) -> None:
         while True:
