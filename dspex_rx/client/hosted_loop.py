@@ -4,10 +4,11 @@ the trio thread (``trio_loop.TrioDrivenLoop``, or trio-asyncio's), so a call cro
 
 # The loop lives in a trio system task (a transport is opened without a nursery, and the
 # loop must outlive any one caller) and ends when its last user stops it or the trio run
-# ends. Both hosts (this and ``transport.LoopThread``) offer the same four things: ``loop``,
-# ``run(factory)``, ``to_loop(fn)`` (schedule on the loop from trio) and ``to_trio(fn)``
-# (wake trio from the loop). Here the last two need no token: asyncio callbacks already run
-# on the trio thread, inside the loop's own trio task.
+# ends. Both hosts (this and ``transport.LoopThread``) offer the same things: ``open()`` and
+# ``close()`` (awaited from trio), ``loop``, ``run(factory)``, ``to_loop(fn)`` (schedule on
+# the loop from trio) and ``to_trio(fn)`` (wake trio from the loop). Here the last two
+# need no token: asyncio callbacks already run on the trio thread, inside the loop's own
+# trio task.
 
 from __future__ import annotations
 
@@ -51,11 +52,11 @@ class TrioHostedLoop:
 
     >>> async def main():
     ...     host = TrioHostedLoop("example")
-    ...     await host.start()
+    ...     await host.open()
     ...     try:
     ...         return await host.run(lambda: asyncio.sleep(0, "done"))
     ...     finally:
-    ...         await host.stop()
+    ...         await host.close()
     >>> trio.run(main)
     'done'
     """
@@ -66,11 +67,11 @@ class TrioHostedLoop:
         self.loop: Any = None
         self._shared: _RunLoop | None = None
 
-    async def start(self) -> None:
+    async def open(self) -> None:
         """Join this trio run's hosted loop, opening it (in a system task) if there is
         none, and wait until it runs.
 
-        Example: ``await host.start()``; ``host.loop`` is then a running trio-asyncio loop.
+        Example: ``await host.open()``; ``host.loop`` is then a running trio-asyncio loop.
         """
         if self._shared is not None:
             return
@@ -94,10 +95,10 @@ class TrioHostedLoop:
         try:
             await shared.ready.wait()
         except BaseException:
-            await self.stop()
+            await self.close()
             raise
         if shared.loop is None:
-            await self.stop()
+            await self.close()
             raise RuntimeError("the hosted asyncio loop did not start") from shared.failure
         self.loop = shared.loop
 
@@ -137,11 +138,11 @@ class TrioHostedLoop:
         """
         fn()
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         """Leave the run's loop; the last user ends it (cancelling what is left on it) and
         waits until it has closed. Safe to call twice.
 
-        Example: ``await host.stop()``.
+        Example: ``await host.close()``.
         """
         shared, self._shared = self._shared, None
         self.loop = None

@@ -80,6 +80,20 @@ class LoopThread:
         with contextlib.suppress(trio.RunFinishedError):
             token.run_sync_soon(fn)
 
+    async def open(self) -> None:
+        """``start`` from trio (the hosts' common form; the thread starts at once).
+
+        Example: ``await io.open()`` before the first ``io.run``.
+        """
+        self.start()
+
+    async def close(self) -> None:
+        """``stop`` from trio, on a worker thread: joining the loop's thread may wait.
+
+        Example: ``await io.close()`` once no call is wanted any more.
+        """
+        await trio.to_thread.run_sync(self.stop)
+
     def start(self) -> None:
         """Start the thread and wait until its loop runs.
 
@@ -222,10 +236,7 @@ class Transport:
 
         Example: ``await transport.open()`` before the first call.
         """
-        if isinstance(self._loop, LoopThread):
-            self._loop.start()
-        else:
-            await self._loop.start()
+        await self._loop.open()
 
         async def make() -> grpc.aio.Channel:
             if self.credentials is not None:
@@ -301,10 +312,7 @@ class Transport:
         with trio.CancelScope(shield=True):
             if channel is not None and self._loop.loop is not None:
                 await self._loop.run(lambda: channel.close(grace=None))
-            if isinstance(self._loop, LoopThread):
-                await trio.to_thread.run_sync(self._loop.stop)
-            else:
-                await self._loop.stop()
+            await self._loop.close()
 
 
 async def _write(call: Any, message: Message) -> None:
