@@ -56,6 +56,12 @@ class VariableUpdate:
     conflated: bool = False
 
 
+def _value(field: Any) -> Any:
+    # ``codec.present`` only for what it changes: the call costs more than the check.
+    value = codec.decode(field)
+    return value if value.__class__ in _AS_DECODED else codec.present(value, None)
+
+
 def update_from_pb(event: spb.VariableEvent, conflated: bool = False) -> VariableUpdate:
     """Decode a wire event.
 
@@ -69,19 +75,11 @@ def update_from_pb(event: spb.VariableEvent, conflated: bool = False) -> Variabl
     """
     # The wrapper objects protobuf makes for a fresh message's fields are most of the
     # cost here: touch each field once, and not at all the (usually empty) metadata.
-    value = codec.decode(event.value)
-    if value.__class__ not in _AS_DECODED:
-        value = codec.present(value, None)
-    old_value = None
-    if event.HasField("old_value"):
-        old_value = codec.decode(event.old_value)
-        if old_value.__class__ not in _AS_DECODED:
-            old_value = codec.present(old_value, None)
     return VariableUpdate(
         variable_id=event.variable_id,
         name=event.name,
-        value=value,
-        old_value=old_value,
+        value=_value(event.value),
+        old_value=_value(event.old_value) if event.HasField("old_value") else None,
         version=event.version,
         revision=event.revision,
         update_type=_UPDATE_NAMES.get(event.update_type, "value_change"),
