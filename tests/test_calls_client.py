@@ -4,7 +4,7 @@ it carried and the next call opens another, and a server without the stream is u
 
 from __future__ import annotations
 
-import time
+import math
 from typing import Any
 
 import grpc
@@ -15,6 +15,7 @@ from calls_gate import Gate
 
 import dspex_rx
 from dspex_rx.client import calls as client_calls
+from dspex_rx.client.deadlines import Deadlines
 from dspex_rx.server import EmbeddedServer
 
 
@@ -22,13 +23,6 @@ def pipeline_of(session: dspex_rx.SessionContext) -> client_calls.Pipeline:
     pipeline = session._conn.pipeline
     assert pipeline is not None
     return pipeline
-
-
-async def wait_for(condition: object) -> None:
-    # A hang guard polling the server thread; no duration is asserted.
-    with trio.fail_after(30):
-        while not condition():  # type: ignore[operator]
-            await trio.sleep(0.002)
 
 
 async def test_calls_from_many_tasks_leave_in_shared_frames(
@@ -94,40 +88,43 @@ async def test_cancelling_one_call_cancels_only_that_request(
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session.get_variable, "slow", None, True)
-            await wait_for(lambda: gate.read(lambda g: g.waiting) == 1)
+            await gate.until_in_trio(lambda g: g.waiting == 1)
             # Another call on the same stream meanwhile is answered.
             assert await session.get_variable("t", bypass_cache=True) == 1
             scope.cancel()
     assert scope.cancelled_caught
-    await wait_for(lambda: gate.read(lambda g: g.cancelled) == 1)
+    await gate.until_in_trio(lambda g: g.cancelled == 1)
     assert gate.read(lambda g: g.waiting) == 0
     await session.set_variable("t", 2)
     assert await session.get_variable("t", bypass_cache=True) == 2
 
 
-async def wait_for_real(condition: object) -> None:
-    # Under a MockClock trio.sleep is virtual: poll the server thread from a worker
-    # thread instead (a bounded hang guard, no duration asserted).
-    def poll() -> None:
-        deadline = time.monotonic() + 30
-        while not condition():  # type: ignore[operator]
-            assert time.monotonic() < deadline, "condition never held"
-            time.sleep(0.002)
-
-    await trio.to_thread.run_sync(poll)
-
-
 async def test_a_call_past_its_deadline_fails_deadline_exceeded_and_is_cancelled(
-    server: EmbeddedServer, gate: Gate,
+    server: EmbeddedServer, gate: Gate, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A call's timeout is a gRPC deadline, wall-clock (the deadline thread's own logic is
-    # tested on a fake clock in test_deadlines.py); 0.05 s only keeps the test short.
-    async with dspex_rx.connect(server.target, timeout=0.05) as s:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await s.get_variable("slow", bypass_cache=True)
-        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        await wait_for_real(lambda: gate.read(lambda g: g.cancelled) == 1)
-        assert await s.ping(b"after") is not None
+    # The deadlines fired by the test instead of by the timer thread and the wall clock
+    # (that thread's own logic is tested on a fake clock in test_deadlines.py).
+    made: list[Deadlines] = []
+
+    class Manual(Deadlines):
+        def __init__(self, token: object) -> None:
+            super().__init__(token=None)  # no token: no timer thread
+            made.append(self)
+
+    monkeypatch.setattr(client_calls, "Deadlines", Manual)
+    async with dspex_rx.connect(server.target) as s:
+        async with trio.open_nursery() as nursery:
+            async def stalled() -> None:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await s.get_variable("slow", bypass_cache=True)
+                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+            nursery.start_soon(stalled)
+            await gate.until_in_trio(lambda g: g.waiting == 1)
+            for deadline in made[0].due(math.inf):  # the call's deadline passes
+                deadline.fire()
+        await gate.until_in_trio(lambda g: g.cancelled == 1)  # the server was told
+        assert await s.ping(b"after") == b"after"
 
 
 # Guards: pipelined calls timed out with trio's clock, so under an autojump MockClock they
@@ -144,7 +141,7 @@ async def test_virtual_time_leaping_past_the_timeout_does_not_fail_a_call(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(held)
             start = trio.current_time()
-            await wait_for_real(lambda: gate.read(lambda g: g.waiting) == 1)
+            await gate.until_in_trio(lambda g: g.waiting == 1)
             await trio.sleep(60)  # autojump: a minute of virtual time, all blocked
             assert trio.current_time() - start >= 60
             gate.open()
@@ -166,11 +163,11 @@ async def test_a_reset_stream_fails_what_it_carried_and_the_next_call_opens_anot
             assert "connection suspected dead" in (caught.value.details() or "")
 
         nursery.start_soon(carried)
-        await wait_for(lambda: gate.read(lambda g: g.waiting) == 1)
+        await gate.until_in_trio(lambda g: g.waiting == 1)
         await pipeline.reset("connection suspected dead")
     assert await session.get_variable("t", bypass_cache=True) == 1
     assert pipeline.streams_opened == opened + 1
-    await wait_for(lambda: gate.read(lambda g: g.cancelled) == 1)
+    await gate.until_in_trio(lambda g: g.cancelled == 1)
 
 
 # Guards: an error inside the pipeline's task took the session's whole services nursery

@@ -143,8 +143,7 @@ async def test_a_cancelled_request_is_never_answered_and_its_handler_is_cancelle
         call = stub.Calls(metadata=token_metadata(session.token))
         await call.write(cpb.CallFrame(calls=[
             request(1, "GetVariable", pb.GetVariableRequest(session_id=sid, ref="slow"))]))
-        while gate.read(lambda g: g.waiting) == 0:
-            await asyncio.sleep(0.005)  # hang guard: until the handler runs
+        await asyncio.to_thread(gate.until, lambda g: g.waiting == 1)
         await call.write(cpb.CallFrame(cancel=[1], calls=[request(2, "Echo", pb.EchoRequest(
             payload=b"still here"))]))
         got = await replies(call, 1)
@@ -169,8 +168,7 @@ async def test_the_server_runs_at_most_max_in_flight_requests_of_a_stream(
         call = stub.Calls(metadata=token_metadata(session.token))
         await call.write(cpb.CallFrame(calls=[request(i, "GetVariable", slow)
                                               for i in range(1, 6)]))
-        while gate.read(lambda g: g.waiting) < 2:
-            await asyncio.sleep(0.005)  # hang guard: until two handlers wait
+        await asyncio.to_thread(gate.until, lambda g: g.waiting == 2)
         gate.open()
         got = await replies(call, 5)
         call.cancel()
