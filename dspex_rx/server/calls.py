@@ -69,17 +69,19 @@ class Aborted(BaseException):
 
 class CallContext:
     """The ``ServicerContext`` one pipelined request's handler sees: the stream's
-    metadata and peer, and the status it ends with, kept for its answer.
+    metadata and peer (read once per stream), and the status it ends with, kept for its
+    answer.
 
-    >>> context = CallContext(None)
-    >>> context.code() is None
-    True
+    >>> context = CallContext((), "ipv4:127.0.0.1:50312")
+    >>> context.code() is None, context.peer()
+    (True, 'ipv4:127.0.0.1:50312')
     """
 
-    __slots__ = ("_code", "_details", "_stream", "_trailers")
+    __slots__ = ("_code", "_details", "_metadata", "_peer", "_trailers")
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    def __init__(self, metadata: Any, peer: str) -> None:
+        self._metadata = metadata
+        self._peer = peer
         self._code: grpc.StatusCode | None = None
         self._details = ""
         self._trailers: tuple[tuple[str, str], ...] = ()
@@ -89,14 +91,14 @@ class CallContext:
 
         Example: ``context.invocation_metadata()`` as on a unary call.
         """
-        return self._stream.invocation_metadata()
+        return self._metadata
 
     def peer(self) -> str:
         """The stream's peer address.
 
         Example: ``context.peer()`` is e.g. ``"ipv4:127.0.0.1:50312"``.
         """
-        return str(self._stream.peer())
+        return self._peer
 
     def set_trailing_metadata(self, metadata: Any) -> None:
         """Keep the trailers the call's answer carries.
@@ -127,7 +129,7 @@ class CallContext:
     def reply(self, call_id: int) -> cpb.CallReply:
         """The answer of an aborted call.
 
-        >>> context = CallContext(None)
+        >>> context = CallContext((), "")
         >>> context._code = grpc.StatusCode.NOT_FOUND
         >>> context.reply(3).code
         5
@@ -139,13 +141,15 @@ class CallContext:
         )
 
 
-async def answer(service: CallsService, request: cpb.CallRequest, stream: Any) -> cpb.CallReply:
-    """Run one pipelined request as its unary RPC and make its answer.
+async def answer(service: CallsService, request: cpb.CallRequest, metadata: Any,
+                 peer: str) -> cpb.CallReply:
+    """Run one pipelined request as its unary RPC, with the stream's call ``metadata`` and
+    ``peer``, and make its answer.
 
-    Example: ``reply = await answer(service, cpb.CallRequest(id=1, method="Echo"), context)``.
+    Example: ``await answer(service, cpb.CallRequest(id=1, method="Echo"), (), peer)``.
     """
     started = time.perf_counter()
-    context = CallContext(stream)
+    context = CallContext(metadata, peer)
     request_type = UNARY_REQUESTS.get(request.method)
     try:
         if request_type is None:
@@ -173,6 +177,8 @@ async def calls(
     Example: ``call = stub.Calls()``; ``await call.write(CallFrame(calls=[...]))``.
     """
     loop = asyncio.get_running_loop()
+    # The same for every request of the stream: read once, not per call.
+    metadata, peer = context.invocation_metadata(), str(context.peer())
     ready: deque[cpb.CallReply] = deque()
     wake = asyncio.Event()
     running: dict[int, asyncio.Task[None]] = {}
@@ -181,7 +187,7 @@ async def calls(
     async def run(request: cpb.CallRequest) -> None:
         # A cancel (the client gave up on it) passes through: no answer, task cancelled.
         try:
-            reply = await answer(service, request, context)
+            reply = await answer(service, request, metadata, peer)
         except Exception:
             log.exception("call_failed", method=clip(request.method, 100))
             reply = cpb.CallReply(id=request.id, code=grpc.StatusCode.INTERNAL.value[0],
