@@ -15,10 +15,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,36 +38,6 @@ Op = Callable[[int], Awaitable[Any]]
 
 class PeerUnavailable(RuntimeError):
     """A peer that is not installed here; the message says what is missing."""
-
-
-# ----------------------------------------------------------------------------- loop thread
-
-
-class LoopThread:
-    """An asyncio loop on a thread of its own, for the peers' asyncio clients while the
-    benchmark itself runs under trio. ``run`` blocks the caller (a trio worker thread)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="peers-asyncio",
-                                        daemon=True)
-        self._thread.start()
-
-    def run(self, make: Callable[[], Awaitable[T]]) -> T:
-        """``make()``'s result, awaited on the loop."""
-
-        async def wrapped() -> T:
-            return await make()
-
-        future: Future[T] = asyncio.run_coroutine_threadsafe(wrapped(), self.loop)
-        return future.result()
-
-    def close(self) -> None:
-        """Stop the loop and its thread (the clients on it are closed already)."""
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=STOP_TIMEOUT)
-        if not self._thread.is_alive():
-            self.loop.close()
 
 
 async def time_rate(make_op: Callable[[int], Op], mode: str, calls: int,

@@ -61,7 +61,6 @@ from _common import (
 )
 from _peers import (
     EtcdPeer,
-    LoopThread,
     PeerUnavailable,
     RedisPeer,
     etcd_service,
@@ -73,6 +72,7 @@ from bench_etcd_raw import etcd_version
 
 import dspex_rx
 from dspex_rx.client.actors import VariableUpdate
+from dspex_rx.client.transport import LoopThread
 
 note = make_note("bench_peers")
 WAIT_TIMEOUT = 30.0  # seconds one expected observer callback may take before the run fails
@@ -203,7 +203,7 @@ class AsyncioPeer:
         self.path = "raw"
 
     async def _run(self, make: Callable[[], Any]) -> Any:
-        return await trio.to_thread.run_sync(self.loop.run, make)
+        return await self.loop.run(make)
 
     async def open(self) -> None:
         await self._run(self.peer.open)
@@ -370,7 +370,10 @@ def ratios(systems: list[System], results: Results) -> list[dict[str, Any]]:
 async def client_main(target: str, peers: list[EtcdPeer | RedisPeer],
                       args: argparse.Namespace) -> None:
     """Open every system, warm up, measure, check the cached reads hit, print the figures."""
-    loop = LoopThread()
+    # The peers' asyncio clients run on the client's own loop thread (the transport's
+    # LoopThread), timed on that loop while trio waits.
+    loop = LoopThread("peers-asyncio")
+    await loop.open()
     try:
         async with contextlib.AsyncExitStack() as stack:
             dspex = await open_paths(target, args.concurrency, stack)
@@ -393,7 +396,7 @@ async def client_main(target: str, peers: list[EtcdPeer | RedisPeer],
             for record in records(systems, results, args):
                 emit(record)
     finally:
-        loop.close()
+        await loop.close()
 
 
 # ----------------------------------------------------------------------------- cli
