@@ -277,6 +277,39 @@ async def _caught_up(follower: EtcdBackend, writer: MemoryStore) -> None:
         await asyncio.sleep(0.005)
 
 
+def test_a_replica_writes_after_applying_anothers_write_without_a_conflict(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards a bug: the head row's revision stayed where the replica last wrote or read,
+    # so every write after another replica's failed its compare and re-read the store.
+    a = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    b_backend = EtcdBackend([etcd_endpoint], prefix=prefix)
+
+    async def run() -> None:
+        b_backend.bind_loop(asyncio.get_running_loop())
+        b = MemoryStore(backend=b_backend)
+        a.initialize_session("shared")
+        a.register("shared", [VariableSpec("t", "integer", 0)], actor="a")
+        await a.sync(a.revision)
+        await _caught_up(b_backend, a)
+        for round_ in range(1, 4):
+            a.set("shared", "t", 2 * round_ - 1, actor="a")
+            await a.sync(a.revision)
+            await _caught_up(b_backend, a)  # b applied a's rows from its watch
+            b.set("shared", "t", 2 * round_, actor="b")
+            await b.sync(b.revision)
+            a._backend.catch_up()
+        assert b.generation == 0  # never reset: no write of b's met a conflict
+        assert (a.get("shared", "t").value, b.get("shared", "t").version) == (6, 7)
+        assert a.revision == b.revision
+
+    try:
+        asyncio.run(run())
+    finally:
+        a.close()
+        b_backend.close()
+
+
 def test_an_optimizer_stopped_on_another_replica_is_fenced_on_its_own(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:

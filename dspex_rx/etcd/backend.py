@@ -81,6 +81,8 @@ class EtcdBackend(DurableBackend):
         self.prefix = prefix.encode()
         # Just past every key under the prefix: the end of its range.
         self._end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
+        # The head row's key as the watch hands keys over (without the prefix).
+        self._head_key = encode_key(META, ("revision",))
         self.max_txn_ops = max_txn_ops
         self.max_request_bytes = max_request_bytes
         self.timeout = timeout
@@ -286,7 +288,11 @@ class EtcdBackend(DurableBackend):
             return
         self.apply_foreign(changes)
         if not self._behind:
-            self._seen = revision
+            self._seen = max(self._seen, revision)
+            # That flush wrote the head row too: the next flush builds on it. Left at the
+            # old head, every write after another replica's failed its compare once.
+            if any(key == self._head_key for _, key, _ in changes):
+                self._head = max(self._head, revision)
 
     def _after_flush(self) -> None:
         # What the watch saw during the flush: this replica's own writes, or others'
