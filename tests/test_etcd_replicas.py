@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from dspex_rx.client.updates import VariableUpdate
 from dspex_rx.errors import StorageError
 from dspex_rx.etcd import EtcdBackend
 from dspex_rx.server import EmbeddedServer
-from dspex_rx.store import MemoryStore, VariableSpec
+from dspex_rx.store import MemoryStore, VariableSpec, accounts
 from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.store.records import Commit
 
@@ -267,6 +268,61 @@ def test_a_replica_that_applies_the_others_rows_holds_exactly_the_stored_state(
         writer.close()
         follower.close()
     assert heard == sorted(set(heard))  # every commit once, in order
+
+
+def test_a_replica_follows_anothers_writes_without_recounting_whole_sessions(
+    etcd_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards a bug: each applied write recounted the whole session (every history entry
+    # and logged commit), so a follower of a long session fell behind its writer.
+    prefix = f"follow-{uuid.uuid4().hex}/"
+    options: dict[str, Any] = {"log_size": 6, "history_size": 3}
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix), **options)
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    recounted: list[str] = []
+    real_recount = accounts._recount
+    monkeypatch.setattr(accounts, "_recount",
+                        lambda s: (recounted.append(s.id), real_recount(s))[1])
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower, **options)
+        writer.initialize_session("long")
+        writer.register("long", [VariableSpec(f"v{i}", "integer", 0) for i in range(4)],
+                        actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        recounted.clear()
+        for k in range(1, 41):
+            writer.set("long", f"v{k % (4 if k <= 30 else 3)}", k, actor="w")
+            if k == 30:
+                writer.delete("long", "v3", actor="w")
+            if k % 3 == 0:  # some flushes carry several commits
+                await writer.sync(writer.revision)
+                await _caught_up(follower, writer)
+                follower_store.check_accounts()  # every figure equals a recount
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        follower_store.check_accounts()
+        session = follower_store.session("long")
+        assert session.used == writer.session("long").used
+        assert len(session.superseded) <= 2 * session.history_entries + 64
+        # Eviction's queue: every superseded entry still held, oldest first, as a recount
+        # orders them (trimmed ones may linger: eviction skips them).
+        held = sorted((after.revision, var_id, before.version)
+                      for var_id, kept in session.history.items()
+                      for before, after in itertools.pairwise(kept))
+        assert [item for item in session.superseded if item in held] == held
+        v1 = session.names["v1"]
+        assert session.history[v1][-1].version == writer.session("long").variables[v1].version
+        assert "v3" not in session.names
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+    assert recounted == []  # followed from the moved tails, never recounted whole
 
 
 async def _caught_up(follower: EtcdBackend, writer: MemoryStore) -> None:

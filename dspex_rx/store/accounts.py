@@ -27,7 +27,7 @@ from dspex_rx.store.records import (
     HistoryEntry,
     VariableRecord,
 )
-from dspex_rx.store.state import ClientLease, Session
+from dspex_rx.store.state import ClientLease, Replicated, Session, TailChange
 
 
 def _event_cost(event: ChangeEvent) -> int:
@@ -293,20 +293,58 @@ class Accounts:
             self.used_bytes += session.used
             self.pinned_bytes += session.pinned
 
-    def resettle(self, changed: Iterable[Session], gone: Iterable[Session]) -> None:
-        """Recompute the accounts of the sessions another writer changed (a replica's
-        rows applied in place) and drop those of the sessions it removed.
+    def resettle(self, replicated: Replicated) -> None:
+        """Bring the accounts of the sessions another writer changed (a replica's rows
+        applied in place) up to date, and drop those of the sessions it removed.
 
-        Example: ``accounts.resettle([session], [])`` after another replica's write.
+        A changed session's account follows the tails that moved (a write costs what it
+        added and trimmed), so a replica keeps up with another's writes however long a
+        session's history and log are; a new session is counted whole.
+
+        Example: ``accounts.resettle(Replicated([session]))`` after another replica's write.
         """
-        for session in gone:
+        for session in replicated.gone:
             self.forget_session(session)
-        for session in changed:
+        for session in replicated.changed:
             self.used_bytes -= session.used
             self.pinned_bytes -= session.pinned
-            _recount(session)
+            if session.id in replicated.fresh:
+                _recount(session)
+            else:
+                self._follow(session, replicated.history.get(session.id, {}),
+                             replicated.log.get(session.id))
             self.used_bytes += session.used
             self.pinned_bytes += session.pinned
+
+    def _follow(self, session: Session, history: dict[str, TailChange],
+                log: TailChange | None) -> None:
+        # The session's account after another writer's change, from what moved: the
+        # same figures ``check`` computes from the whole state.
+        added: list[tuple[int, str, int]] = []
+        for var_id, change in history.items():
+            session.history_bytes += (sum(e.size for e in change.appended)
+                                      - sum(e.size for e in change.popped))
+            session.history_entries += len(change.appended) - len(change.popped)
+            kept = session.history.get(var_id)
+            session.current_bytes += ((kept[-1].size if kept else 0)
+                                      - (change.before_last.size if change.before_last else 0))
+            # Each appended entry supersedes the one before it, if that one is still held.
+            before = change.before_last if len(change.popped) < change.before_len else None
+            for entry in change.appended:
+                if before is not None:
+                    added.append((entry.revision, var_id, before.version))
+                before = entry
+        superseded = session.superseded
+        superseded.extend(sorted(added))  # all newer than what the queue holds
+        if log is not None:
+            session.log_bytes += (sum(_commit_cost(c) for c in log.appended)
+                                  - sum(_commit_cost(c) for c in log.popped))
+        session.other_bytes = _other_cost(session)
+        # Trimmed entries leave stale items in the queue (eviction skips them); drop them
+        # before they outnumber the live ones.
+        if len(superseded) > 2 * session.history_entries + 64:
+            self._compact_superseded(session)
+        self._release(session)
 
     def check(self) -> None:
         """Recompute every memory account from the state; ``AssertionError`` on any

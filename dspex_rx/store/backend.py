@@ -75,7 +75,7 @@ from dspex_rx.core.identity import RetiredIds
 from dspex_rx.errors import ConflictError
 from dspex_rx.store.leases import OptimizationEntry, OptimizationLease
 from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry, Listener, VariableRecord
-from dspex_rx.store.state import Session
+from dspex_rx.store.state import Replicated, Session
 
 
 class RevisionConflict(ConflictError):
@@ -460,10 +460,10 @@ class Backend(ABC):
         """
 
     def on_replicated(  # noqa: B027 - optional, a no-op here
-        self, hook: Callable[[Sequence[Session], Sequence[Session]], None]
+        self, hook: Callable[[Replicated], None]
     ) -> None:
-        """Call ``hook(changed, gone)`` after another writer's changes were applied to
-        these sessions in place (a replica catching up; never, in memory).
+        """Call ``hook(replicated)`` after another writer's changes were applied to the
+        sessions in place (a replica catching up; never, in memory).
 
         Example: ``backend.on_replicated(accounts.resettle)``.
         """

@@ -54,7 +54,7 @@ class Deriving(Committer):
         # expiry later, so the bound stays true; a new expiry lowers it (``_due``).
         self._derive_due: dict[str, float] = {}
         self._backend.on_reload(self._derive_due.clear)
-        self._backend.on_replicated(lambda changed, gone: self._derive_due.clear())
+        self._backend.on_replicated(lambda _: self._derive_due.clear())
 
     def claim_derivation(
         self,

@@ -1,4 +1,5 @@
-"""The mutable state of one session (Session, ClientLease), held by a Backend.
+"""The mutable state of one session (Session, ClientLease), held by a Backend, and what
+another writer changed in it (Replicated), which the engine's accounts follow.
 
 Its records, names, log and watchers, and the tables the engine keeps beside them
 (history, graph, leases, the memory account).
@@ -115,3 +116,35 @@ class Session:
     # kept with its variable's row by a durable backend.
     derivations: dict[str, Derivation] = field(default_factory=dict)
 
+
+
+@dataclass(slots=True)
+class TailChange:
+    """How another writer changed one tail (a variable's history, or the log): the items
+    trimmed from its front and appended at its end, and what it held before.
+
+    >>> TailChange(before_len=0, before_last=None).appended
+    []
+    """
+
+    before_len: int
+    before_last: Any
+    popped: list[Any] = field(default_factory=list)
+    appended: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Replicated:
+    """Another writer's changes, applied in place: the sessions changed, those that went,
+    those new, and per session the tails that moved (the accounts follow them instead of
+    recounting a whole session, which costs its whole history and log).
+
+    >>> Replicated().changed
+    []
+    """
+
+    changed: list[Session] = field(default_factory=list)
+    gone: list[Session] = field(default_factory=list)
+    fresh: set[str] = field(default_factory=set)
+    history: dict[str, dict[str, TailChange]] = field(default_factory=dict)
+    log: dict[str, TailChange] = field(default_factory=dict)

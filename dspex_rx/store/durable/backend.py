@@ -28,7 +28,7 @@ from dspex_rx.store.durable.rows import Op
 from dspex_rx.store.memory.backend import MemoryBackend, _tell
 from dspex_rx.store.memory.txn import _MemoryWrite
 from dspex_rx.store.records import ChangeEvent, Commit
-from dspex_rx.store.state import Session
+from dspex_rx.store.state import Replicated, Session
 
 log = get_logger("dspex_rx.store")
 
@@ -71,9 +71,7 @@ class DurableBackend(MemoryBackend):
         # an older generation and not yet durable must not be sent any more.
         self._generation = 0
         self._reload_hooks: list[Callable[[], None]] = []
-        self._replicated_hooks: list[
-            Callable[[Sequence[Session], Sequence[Session]], None]
-        ] = []
+        self._replicated_hooks: list[Callable[[Replicated], None]] = []
         # Whether the last reset was a conflict (another writer first), and whether a
         # catch-up with another writer waits for this process's flush.
         self._conflicted = False
@@ -166,10 +164,8 @@ class DurableBackend(MemoryBackend):
         """
         self._reload_hooks.append(hook)
 
-    def on_replicated(
-        self, hook: Callable[[Sequence[Session], Sequence[Session]], None]
-    ) -> None:
-        """Call ``hook(changed, gone)`` after another writer's rows were applied in place.
+    def on_replicated(self, hook: Callable[[Replicated], None]) -> None:
+        """Call ``hook(replicated)`` after another writer's rows were applied in place.
 
         Example: ``backend.on_replicated(accounts.resettle)``.
         """
@@ -370,9 +366,12 @@ class DurableBackend(MemoryBackend):
         for session in out.gone:
             _tell(session, None)
             session.listeners.clear()
-        changed = [self._sessions[sid] for sid in out.touched if sid in self._sessions]
-        for replicated in self._replicated_hooks:
-            replicated(changed, out.gone)
+        replicated = Replicated(
+            [self._sessions[sid] for sid in out.touched if sid in self._sessions],
+            out.gone, out.fresh, out.history, out.log,
+        )
+        for hook in self._replicated_hooks:
+            hook(replicated)
         for session, commit in out.commits:
             _tell(session, commit)
 

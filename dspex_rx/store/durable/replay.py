@@ -25,7 +25,7 @@ from dspex_rx.store.durable.rows import (
     decode_key,
 )
 from dspex_rx.store.records import Commit
-from dspex_rx.store.state import Session
+from dspex_rx.store.state import Session, TailChange
 
 
 @dataclass(slots=True)
@@ -38,10 +38,15 @@ class Replayed:
 
     # New commits, in order, with the session they belong to.
     commits: list[tuple[Session, Commit]] = field(default_factory=list)
-    # Sessions that went (their watchers hear None), and the ids of those whose rows
-    # changed (their accounts are recomputed).
+    # Sessions that went (their watchers hear None), the ids of those whose rows changed
+    # and of those that are new (their accounts are computed whole).
     gone: list[Session] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
+    fresh: set[str] = field(default_factory=set)
+    # How each history (by session, then variable) and each log moved: the accounts
+    # follow these instead of recounting every entry of the session.
+    history: dict[str, dict[str, TailChange]] = field(default_factory=dict)
+    log: dict[str, TailChange] = field(default_factory=dict)
     revision: int | None = None
     next_id: int | None = None
     # The retired ids that changed (None: deleted), when any did.
@@ -105,6 +110,7 @@ def _session_row(sessions: dict[str, Session], owners: dict[str, str], image: Im
     fresh = _session(sid, header, graph, None)  # clients' heartbeats as stored
     if session is None:
         sessions[sid] = fresh
+        out.fresh.add(sid)
         return
     # The same object stays (watchers and the engine hold it); its header changes.
     for name in ("metadata", "created_at", "metadata_size", "token", "claim",
@@ -142,9 +148,12 @@ def _entry_row(sessions: dict[str, Session], image: Image, out: Replayed,
             return  # its session went first, in the same write
         raise CorruptRow(ENTRIES, f"{sid}/{kind}/{var_id} (no such session)")
     items = _tail(session, kind, var_id)
+    change = _change(out, sid, kind, var_id, items)
     if is_put:
         item = _load(value, ENTRIES, key)
         items.append(item)
+        if change is not None:
+            change.appended.append(item)
         image.appended(sid, kind, var_id, seq, item)
         if kind == LOG:
             session.revision = max(session.revision, item.revision)
@@ -152,10 +161,29 @@ def _entry_row(sessions: dict[str, Session], image: Image, out: Replayed,
         return
     # Deletes trim a tail from its front (or drop it whole, front to back).
     if items:
-        items.popleft()
+        dropped = items.popleft()
+        if change is not None:
+            change.popped.append(dropped)
     image.trimmed(sid, kind, var_id, seq, items[-1] if items else None)
     if not items and kind != LOG:
         (session.history if kind == HISTORY else session.evaluations).pop(var_id, None)
+
+
+def _change(out: Replayed, sid: str, kind: int, var_id: str,
+            items: deque[Any]) -> TailChange | None:
+    # The first change to a tail in this batch records what it held before.
+    if kind == LOG:
+        change = out.log.get(sid)
+        if change is None:
+            change = out.log[sid] = TailChange(len(items), items[-1] if items else None)
+        return change
+    if kind != HISTORY:
+        return None  # evaluations are counted with the session's other state
+    by_var = out.history.setdefault(sid, {})
+    change = by_var.get(var_id)
+    if change is None:
+        change = by_var[var_id] = TailChange(len(items), items[-1] if items else None)
+    return change
 
 
 def _tail(session: Session, kind: int, var_id: str) -> deque[Any]:
