@@ -85,6 +85,8 @@ class EtcdBackend(DurableBackend):
         self._head_key = encode_key(META, ("revision",))
         self.max_txn_ops = max_txn_ops
         self.max_request_bytes = max_request_bytes
+        # Writes arriving together wait for room rather than make one txn etcd refuses.
+        self.flush_bytes, self.flush_ops = max_request_bytes, max_txn_ops
         self.timeout = timeout
         self.refusal_hint = " (is etcd up, with a quorum?)"
         # gRPC picks a reachable member among them and moves on when one goes.

@@ -359,6 +359,9 @@ class Unary(Generic[Req, Resp]):
                     await lane.turn()
                 queued = frames_queued()
                 for attempt in range(1, CONFLICT_RERUNS + 1):
+                    if writes and store.flush_limited:
+                        # Over etcd: the next txn must stay within its limits.
+                        await store.room(request.ByteSize())  # type: ignore[attr-defined]
                     before = store.revision
                     response = handler(call, request)
                     if lane is not None:

@@ -468,6 +468,26 @@ class Backend(ABC):
         Example: ``backend.on_replicated(accounts.resettle)``.
         """
 
+    @property
+    def flush_limited(self) -> bool:
+        """Whether a durable write has a size limit, so writes must wait for ``room``.
+
+        >>> from dspex_rx.store.memory import MemoryBackend
+        >>> MemoryBackend().flush_limited
+        False
+        """
+        return False
+
+    async def room(self, nbytes: int) -> None:  # noqa: B027 - optional, a no-op here
+        """Return once a write of a request of ``nbytes`` may be applied without making
+        the next durable write larger than the storage takes (a remote backend's request
+        limit); the server awaits it before each write. At once in memory.
+
+        >>> import asyncio
+        >>> from dspex_rx.store.memory import MemoryBackend
+        >>> asyncio.run(MemoryBackend().room(1_000_000))
+        """
+
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: B027 - optional
         """Run background work of the backend (a replica's watch of the others' writes)
         on ``loop``, the loop the store is used from; the server calls it as it starts.

@@ -169,6 +169,27 @@ class StoreBase:
         await self._backend.sync(revision)
 
     @property
+    def flush_limited(self) -> bool:
+        """Whether the backend's durable writes have a size limit (``room`` then waits).
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().flush_limited
+        False
+        """
+        return self._backend.flush_limited
+
+    async def room(self, nbytes: int) -> None:
+        """Return once a write of a request of ``nbytes`` fits the backend's next durable
+        write (an etcd txn has a size limit): the server awaits it before each write, so
+        writes arriving together wait for room instead of failing together.
+
+        >>> import asyncio
+        >>> from dspex_rx.store import MemoryStore
+        >>> asyncio.run(MemoryStore().room(1_000_000))
+        """
+        await self._backend.room(nbytes)
+
+    @property
     def pending(self) -> bool:
         """Whether a change is not yet durable: the server syncs before it answers.
 
