@@ -107,7 +107,7 @@ class DnsService:
     """
 
     def __init__(self, records: Mapping[str, Sequence[str]], ttl: int = 1) -> None:
-        for name, addresses in records.items():
+        for addresses in records.values():
             for address in addresses:
                 socket.inet_aton(address)  # IPv4 only: refuse anything else up front
         self.records = {name.lower().rstrip("."): list(addresses)

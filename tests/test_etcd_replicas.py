@@ -246,7 +246,8 @@ async def test_a_client_of_a_dns_name_with_two_addresses_moves_on_when_its_repli
 ) -> None:
     # Two replicas on one port at two loopback addresses (Linux routes 127/8 to lo), one
     # name with both as A records, on a DNS server of our own that gRPC's c-ares resolver
-    # asks (the target's authority): a real lookup, no /etc/hosts.
+    # asks (the target's authority; grpcio's default resolver: GRPC_DNS_RESOLVER=native
+    # ignores the authority, and connect fails saying so): a real lookup, no /etc/hosts.
     first = replica(etcd_endpoint, prefix, "127.0.0.1")
     port = int(first.target.rpartition(":")[2])
     second = replica(etcd_endpoint, prefix, "127.0.0.2", port)

@@ -328,7 +328,7 @@ def test_a_grpc_target_uri_goes_to_grpc_unchanged_and_a_dns_target_names_its_hos
         channel_target("dns:///a.test:1,b.test:1")
     with pytest.raises(InvalidValueError, match=r"dns://\[DNS server\]/host:port"):
         channel_target("dns://replicas.dspex.test:50051")
-    with pytest.raises(InvalidValueError, match="is a gRPC target URI.*: pass it alone"):
+    with pytest.raises(InvalidValueError, match=r"is a gRPC target URI.*: pass it alone"):
         channel_target("127.0.0.1:1,dns:///replicas.dspex.test:1")
 
 
