@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
+from dns_service import DnsService
 from helpers import SCRIPT, beat_until, cli_server, settle
 
 import dspex_rx
@@ -557,6 +558,22 @@ async def test_tls_server_name_override(
             pass
     assert info.value.__cause__.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[union-attr]
 
+
+
+async def test_through_a_dns_target_tls_checks_the_name_it_resolves(
+    tls_server: EmbeddedServer, tls_files: dict[str, Any]
+) -> None:
+    # dns://server/name:port is gRPC's: the certificate must hold the name, not the server.
+    port = tls_server.target.rpartition(":")[2]
+    with DnsService({"dspex.test": ["127.0.0.1"], "elsewhere.test": ["127.0.0.1"]}) as dns:
+        async with dspex_rx.connect(f"dns://{dns.address}/dspex.test:{port}",
+                                    ca_cert=tls_files["ca"]) as s:
+            assert await s.ping(b"ok") == b"ok"
+        with pytest.raises(ServerUnavailableError, match="does not name the host"):
+            async with dspex_rx.connect(f"dns://{dns.address}/elsewhere.test:{port}",
+                                        ca_cert=tls_files["ca"], timeout=10):
+                pass
+        assert {name for name, _ in dns.queries} == {"dspex.test", "elsewhere.test"}
 
 async def test_a_plaintext_client_cannot_talk_to_a_tls_server(
     tls_server: EmbeddedServer,

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+from dns_service import TYPE_A, DnsService
 from helpers import through_reconnect, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -96,8 +97,9 @@ def test_of_two_replicas_writing_from_one_state_the_second_conflicts_and_reruns(
     assert a.get("shared", "t").value == 2 and a.revision == b.revision
 
 
-def replica(endpoint: str, prefix: str) -> EmbeddedServer:
-    server = EmbeddedServer(store=MemoryStore(
+def replica(endpoint: str, prefix: str, host: str = "127.0.0.1", port: int = 0
+            ) -> EmbeddedServer:
+    server = EmbeddedServer(host, port, store=MemoryStore(
         backend=EtcdBackend([endpoint], prefix=prefix), session_ttl=3600))
     server.start()
     return server
@@ -233,6 +235,58 @@ async def test_a_client_of_two_replicas_moves_on_when_its_replica_dies_and_loses
     assert [u.version for u in seen] == [1, 2, 3, 4, 5, 6]
     assert "resync" not in {u.update_type for u in seen}
 
+
+
+def watching(server: EmbeddedServer) -> bool:
+    """Whether a client watches a variable through this server (a stream on it)."""
+    return server.call(lambda: any(sub.watched for sub in server.service.subscribers))
+
+
+async def test_a_client_of_a_dns_name_with_two_addresses_moves_on_when_its_replica_dies(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Two replicas on one port at two loopback addresses (Linux routes 127/8 to lo), one
+    # name with both as A records, on a DNS server of our own that gRPC's c-ares resolver
+    # asks (the target's authority; grpcio's default resolver: GRPC_DNS_RESOLVER=native
+    # ignores the authority, and connect fails saying so): a real lookup, no /etc/hosts.
+    first = replica(etcd_endpoint, prefix, "127.0.0.1")
+    port = int(first.target.rpartition(":")[2])
+    second = replica(etcd_endpoint, prefix, "127.0.0.2", port)
+    servers = [first, second]
+    seen: list[VariableUpdate] = []
+    try:
+        with DnsService({"replicas.dspex.test": ["127.0.0.1", "127.0.0.2"]}) as dns:
+            target = f"dns://{dns.address}/replicas.dspex.test:{port}"
+            async with dspex_rx.connect(target, session_id="dns-failover") as watcher:
+                assert watcher.target == target
+                assert ("replicas.dspex.test", TYPE_A) in dns.queries
+                await watcher.register_variable("t", "integer", 0)
+                watcher.observe("t").subscribe(seen.append)
+                await until(lambda: bool(seen), "the initial value", 30)
+                await until(lambda: [watching(s) for s in servers].count(True) == 1,
+                            "the watch stream on one replica", 30)
+                dying, left = servers if watching(first) else servers[::-1]
+                await until(lambda: "dns-failover" in left.call(left.store.session_ids),
+                            "the session reached the other replica", 30)
+                async with dspex_rx.connect(left.target, session_id="dns-failover",
+                                            token=watcher.token, create=False) as writer:
+                    await writer.set_variable("t", 1)
+                    await until(lambda: seen[-1].value == 1, "1 through its replica", 30)
+                    await trio.to_thread.run_sync(dying.stop)  # the watcher's replica dies
+                    for value in (2, 3, 4):
+                        await writer.set_variable("t", value)
+                    await until(lambda: seen[-1].value == 4, "4 after the failover", 30)
+                    # It moved to the other address the name resolves to.
+                    await until(lambda: watching(left), "the stream on the other replica")
+                await through_reconnect(lambda: watcher.set_variable("t", 5))
+                await until(lambda: seen[-1].value == 5, "its own write", 30)
+                assert await watcher.get_variable("t") == 5
+    finally:
+        first.stop()
+        second.stop()
+    assert [u.value for u in seen] == [0, 1, 2, 3, 4, 5]
+    assert [u.version for u in seen] == [1, 2, 3, 4, 5, 6]
+    assert "resync" not in {u.update_type for u in seen}
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

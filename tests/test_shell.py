@@ -162,6 +162,10 @@ def test_expected_errors_are_one_line_with_an_exit_code(sh: Shell, shell_target:
         refused)
     scheme = one_error(sh("ls", "--target", f"http://{shell_target}", check=False), "ls", 2)
     assert "without a scheme" in scheme
+    # gRPC's dns:// target passes (here: a DNS server that is not there, named).
+    no_dns = one_error(sh("ls", "--target", "dns://127.0.0.1:1/replicas.dspex.test:1",
+                          check=False), "ls", 3)
+    assert "the DNS server 127.0.0.1:1 did not answer" in no_dns
     usage = sh("rollback", "t", "one", check=False)
     assert usage.returncode == 2 and "invalid int value" in usage.stderr
 

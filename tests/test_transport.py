@@ -305,3 +305,56 @@ def test_several_addresses_become_one_failover_target_and_bad_ones_are_named() -
         channel_target("127.0.0.1:5001,127.0.0.1")
     with pytest.raises(InvalidValueError, match="names no address"):
         channel_target(" , ")
+
+
+def test_a_grpc_target_uri_goes_to_grpc_unchanged_and_a_dns_target_names_its_host() -> None:
+    from dspex_rx.errors import InvalidValueError
+    from dspex_rx.wire.channel import channel_target, dns_parts
+
+    # A DNS name with several A records is several replicas: gRPC's resolver (asking the
+    # DNS server in the authority, or the system's) lists them; the certificate names it.
+    for target, host in (("dns://127.0.0.1:5353/replicas.dspex.test:50051",
+                          "replicas.dspex.test"),
+                         ("dns:///replicas.dspex.test:50051", "replicas.dspex.test"),
+                         ("dns:db.example:7", "db.example"),
+                         ("ipv4:127.0.0.1:1,127.0.0.2:1", "127.0.0.1"),
+                         ("ipv6:[::1]:1", "::1"),
+                         ("unix:/tmp/dspex.sock", "localhost")):
+        assert channel_target(f" {target} ") == (target, host)
+    assert dns_parts("DNS://[::1]:53/Replicas.test:9") == ("[::1]:53", "Replicas.test", 9)
+    with pytest.raises(InvalidValueError, match="is not host:port"):
+        channel_target("dns://127.0.0.1:5353/replicas.dspex.test")  # gRPC would pick 443
+    with pytest.raises(InvalidValueError, match="names one host"):
+        channel_target("dns:///a.test:1,b.test:1")
+    with pytest.raises(InvalidValueError, match=r"dns://\[DNS server\]/host:port"):
+        channel_target("dns://replicas.dspex.test:50051")
+    with pytest.raises(InvalidValueError, match=r"is a gRPC target URI.*: pass it alone"):
+        channel_target("127.0.0.1:1,dns:///replicas.dspex.test:1")
+
+
+def test_a_dns_target_that_does_not_resolve_says_which_dns_server_to_check() -> None:
+    from dspex_rx.wire.channel import unreachable_hint
+
+    target = "dns://127.0.0.1:5353/replicas.dspex.test:50051"
+    # gRPC's details, verbatim, for each case (grpcio's c-ares and native resolvers).
+    unknown = ("errors resolving replicas.dspex.test:50051: [field:hostname lookup error:"
+               "address lookup failed for replicas.dspex.test:50051: Domain name not found]")
+    silent = ("errors resolving replicas.dspex.test:50051: [field:hostname lookup error:"
+              "address lookup failed for replicas.dspex.test:50051: Could not contact DNS "
+              "servers]")
+    native = ("errors resolving replicas.dspex.test:50051: [field:hostname lookup error:"
+              "Address lookup failed for replicas.dspex.test:50051 os_error: Name or service "
+              "not known syscall: getaddrinfo]")
+    assert unreachable_hint(target, unknown, tls=False) == (
+        "the DNS server 127.0.0.1:5353 does not know 'replicas.dspex.test': check the name "
+        "(a dns: target is name:port)")
+    assert unreachable_hint(target, silent, tls=False) == (
+        "the DNS server 127.0.0.1:5353 did not answer: is it running, at that address?")
+    assert unreachable_hint(target, native, tls=False).startswith(
+        "GRPC_DNS_RESOLVER=native ignores the DNS server in the target (127.0.0.1:5353)")
+    assert unreachable_hint("dns:///replicas.dspex.test:50051", unknown, tls=False).startswith(
+        "the system's DNS resolver does not know 'replicas.dspex.test'")
+    refused = "failed to connect to all addresses; ...: Connection refused"
+    assert unreachable_hint(target, refused, tls=False) == (
+        f"nothing is listening there: is the server running at {target} "
+        "(dspex-rx serve --port 50051)?")

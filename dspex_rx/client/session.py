@@ -567,8 +567,10 @@ async def connect(
     an id with no live session raises ``SessionNotFoundError`` (a server with a session
     TTL keeps a session after its last client leaves, so a later program can join it).
     ``target`` may name several replicas of one store (``["a:50051", "b:50051"]`` or
-    ``"a:50051,b:50051"``): the session uses the first that answers and moves to another
-    when it goes, its watches resuming from their last revision. Other ``options`` go to
+    ``"a:50051,b:50051"``, or one DNS name with several addresses:
+    ``"dns://dns-server/replicas.example:50051"`` asks that DNS server): the session uses
+    the first that answers and moves to another when it goes, its watches resuming from
+    their last revision. Other ``options`` go to
     ``SessionContext`` (``data_dir=`` keeps an embedded server's data in that directory
     instead of in memory).
 

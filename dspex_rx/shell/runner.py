@@ -21,6 +21,7 @@ import trio
 
 from dspex_rx.client import SessionContext, connect
 from dspex_rx.errors import AuthenticationError, DspexError, SessionNotFoundError
+from dspex_rx.wire.channel import grpc_scheme
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -131,9 +132,11 @@ def run(args: argparse.Namespace, body: Callable[[argparse.Namespace], Awaitable
     command = " ".join(part for part in (args.command, getattr(args, "action", None)) if part)
     target = getattr(args, "target", DEFAULT_TARGET)
     try:
-        if "://" in target:
+        if "://" in target and grpc_scheme(target) is None:
             raise UsageError(f"--target takes host:port (a:1,b:2 for replicas), without a "
-                             f"scheme: {target!r}; use --tls or --ca-cert for TLS")
+                             f"scheme: {target!r}; use --tls or --ca-cert for TLS "
+                             "(dns://DNS-SERVER/name:port asks that DNS server for the "
+                             "name's addresses)")
         code: int = trio.run(body, args)
         return code
     except UsageError as exc:

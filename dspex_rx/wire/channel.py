@@ -98,21 +98,76 @@ def server_keepalive_options() -> list[tuple[str, int]]:
     ]
 
 
+# gRPC's own target schemes (its resolvers). A target naming one is a gRPC target URI and
+# goes to gRPC unchanged: ``dns://server/name:port`` asks that DNS server, ``ipv4:a:1,b:2``
+# is gRPC's own list (its commas are not ours).
+GRPC_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock")
+
+
+def grpc_scheme(target: str) -> str | None:
+    """The gRPC resolver scheme ``target`` names (one of ``GRPC_SCHEMES``, lowercase), or
+    None for a plain ``host:port`` (or a scheme gRPC does not know, like ``http://``).
+
+    >>> grpc_scheme("dns://127.0.0.1:53/replicas.example:50051"), grpc_scheme("a:50051")
+    ('dns', None)
+    >>> grpc_scheme("http://a:50051") is None
+    True
+    """
+    scheme, sep, _ = target.strip().partition(":")
+    return scheme.lower() if sep and scheme.lower() in GRPC_SCHEMES else None
+
+
+def dns_parts(target: str) -> tuple[str, str, int]:
+    """A ``dns:`` target's parts: (DNS server, or "" for the system's; host; port). gRPC
+    takes ``dns:///host:port``, ``dns://server[:port]/host:port`` and ``dns:host:port``;
+    the port is required here (gRPC's default, 443, is not a dspex-rx server's).
+
+    >>> dns_parts("dns://127.0.0.1:5353/replicas.example:50051")
+    ('127.0.0.1:5353', 'replicas.example', 50051)
+    >>> dns_parts("dns:///replicas.example:50051"), dns_parts("dns:db:1")
+    (('', 'replicas.example', 50051), ('', 'db', 1))
+    """
+    rest = target.strip()[len("dns:"):]
+    server = ""
+    if rest.startswith("//"):
+        server, slash, rest = rest[2:].partition("/")
+        if not slash:
+            raise InvalidValueError(
+                f"target {target!r}: a dns:// target is dns://[DNS server]/host:port")
+    if "," in rest:
+        raise InvalidValueError(
+            f"target {target!r}: a dns: target names one host (one name with several "
+            "address records is several replicas); list replicas as host:port,host:port")
+    host, port = _split(rest)
+    return server, host, port
+
+
 def channel_target(target: str) -> tuple[str, str]:
     """The gRPC target for an address, or for several (``"a:1,b:2"``: replicas of one
     store), and the host a TLS certificate must name. Several addresses are resolved to IPs
     (``ipv4:``/``ipv6:`` lists) so gRPC's pick_first connects to the first that answers and
     moves to the next when it goes; one address (a DNS name with several records too)
-    is left to gRPC's own resolver.
+    is left to gRPC's own resolver, and so is a gRPC target URI (``dns://server/name:port``
+    asks that DNS server; see ``GRPC_SCHEMES``), unchanged.
 
     >>> channel_target("localhost:50051")
     ('localhost:50051', 'localhost')
     >>> channel_target("127.0.0.1:5001, 127.0.0.1:5002")
     ('ipv4:127.0.0.1:5001,127.0.0.1:5002', '127.0.0.1')
+    >>> channel_target("dns://127.0.0.1:5353/replicas.example:50051")
+    ('dns://127.0.0.1:5353/replicas.example:50051', 'replicas.example')
     """
+    scheme = grpc_scheme(target)
+    if scheme is not None:
+        return target.strip(), _uri_host(scheme, target.strip())
     parts = [part.strip() for part in target.split(",") if part.strip()]
     if not parts:
         raise InvalidValueError(f"target {target!r} names no address (host:port)")
+    for part in parts:
+        if grpc_scheme(part) is not None:
+            raise InvalidValueError(
+                f"target {target!r}: {part!r} is a gRPC target URI, which names its "
+                "addresses itself: pass it alone, or list replicas as host:port")
     hosts = [_split(part) for part in parts]
     if len(parts) == 1:
         return parts[0], hosts[0][0]
@@ -134,6 +189,18 @@ def channel_target(target: str) -> tuple[str, str]:
     # One scheme per target: IPv4 when any, else IPv6.
     chosen, scheme = (v4, "ipv4") if v4 else (v6, "ipv6")
     return f"{scheme}:{','.join(dict.fromkeys(chosen))}", hosts[0][0]
+
+
+def _uri_host(scheme: str, target: str) -> str:
+    # The host gRPC's default authority names, which a TLS certificate must hold: the
+    # name a dns: target resolves, the first address of a list, localhost for a socket.
+    if scheme == "dns":
+        return dns_parts(target)[1]
+    if scheme in ("ipv4", "ipv6"):
+        first = target.partition(":")[2].split(",")[0].strip()
+        host, sep, port = first.rpartition(":")
+        return (host if sep and port.isdigit() else first).strip("[]")
+    return "localhost"
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -182,5 +249,24 @@ def unreachable_hint(target: str, details: str, *, tls: bool, timed_out: bool = 
         return (f"nothing is listening there: is the server running at {target} "
                 f"(dspex-rx serve{flag})?")
     if "resolv" in lowered or "domain name" in lowered or "lookup" in lowered:
+        if grpc_scheme(target) == "dns":
+            return _dns_hint(target, lowered)
         return "its host name does not resolve: check it (targets are host:port)"
     return "is the server running there, and does it serve TLS exactly when tls is on?"
+
+
+def _dns_hint(target: str, lowered: str) -> str:
+    # A dns: target fails to resolve: say which DNS server was asked, and catch gRPC's
+    # native resolver, which ignores the server named in the target and asks the system.
+    try:
+        server, host, _ = dns_parts(target)
+    except InvalidValueError as exc:
+        return str(exc)
+    asked = f"the DNS server {server}" if server else "the system's DNS resolver"
+    if server and "getaddrinfo" in lowered:
+        return (f"GRPC_DNS_RESOLVER=native ignores the DNS server in the target ({server}) "
+                f"and asked the system for {host!r}: unset it (gRPC's default c-ares "
+                "resolver asks that server)")
+    if "could not contact dns servers" in lowered:
+        return f"{asked} did not answer: is it running, at that address?"
+    return f"{asked} does not know {host!r}: check the name (a dns: target is name:port)"
