@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 import trio
 
 import dspex_rx
@@ -71,6 +72,37 @@ async def test_many_small_writes_at_once_stay_within_etcds_operations_per_txn(
     finally:
         server.stop()
     assert stored_values(etcd_endpoint, prefix, "many") == written
+
+
+async def test_one_write_too_large_for_etcd_is_refused_alone_and_writes_go_on(
+    etcd_endpoint: str,
+) -> None:
+    # Guards a bug: it was a storage outage (UNAVAILABLE, which clients retry): every write
+    # of the replica was refused for a second after it, and the message asked whether
+    # etcd was up.
+    prefix = f"flush-{uuid.uuid4().hex}/"
+    server = EmbeddedServer(store=MemoryStore(
+        backend=EtcdBackend([etcd_endpoint], prefix=prefix, max_txn_ops=128),
+        session_ttl=3600))
+    server.start()
+    try:
+        async with dspex_rx.connect(server.target, session_id="wide") as session:
+            await session.register_variable("kept", "integer", 1)
+            with pytest.raises(dspex_rx.ResourceExhaustedError) as refused:
+                await session.register_variables(
+                    [{"name": f"v{i}", "type": "integer", "initial_value": i}
+                     for i in range(64)])
+            assert "131 row operations" in str(refused.value)
+            assert "--max-txn-ops" in str(refused.value)
+            assert "is etcd up" not in str(refused.value)
+            # At once, with no pause: the next writes are taken.
+            assert await session.set_variable("kept", 2) == 2
+            await session.register_variable("after", "integer", 3)
+            names = await session.list_variables()
+    finally:
+        server.stop()
+    assert sorted(v["name"] for v in names) == ["after", "kept"]
+    assert stored_values(etcd_endpoint, prefix, "wide") == {"kept": 2, "after": 3}
 
 
 def stored_values(endpoint: str, prefix: str, session_id: str) -> dict[str, Any]:

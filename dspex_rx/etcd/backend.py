@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
-from dspex_rx.errors import StorageError
+from dspex_rx.errors import ResourceExhaustedError, StorageError
 from dspex_rx.etcd_v3 import rpc_pb2 as etcd
 from dspex_rx.etcd_v3 import rpc_pb2_grpc as etcd_grpc
 from dspex_rx.etcd_v3.kv_pb2 import Event
@@ -172,18 +172,25 @@ class EtcdBackend(DurableBackend):
         guard = etcd.Compare(key=self._key(META, ("revision",)), target=etcd.Compare.MOD,
                              result=etcd.Compare.EQUAL, mod_revision=self._head)
         success = [self._request(op) for op in ops]
+        # Too large for etcd: refused before anything is sent, as the caller's own limit
+        # (not a storage outage: other writes go on at once).
         if len(success) > self.max_txn_ops:
-            raise StorageError(
-                f"one write to {self.where} would be {len(success)} operations, more than "
-                f"its limit of {self.max_txn_ops} (etcd --max-txn-ops); start etcd with a "
-                "higher --max-txn-ops, or write fewer variables per call"
+            raise ResourceExhaustedError(
+                f"one write to {self.where} would be {len(success)} row operations, above "
+                f"etcd's limit of {self.max_txn_ops} per txn; nothing of it was kept: "
+                "write fewer variables per call, or run etcd with a higher --max-txn-ops "
+                "and give serve the same --etcd-max-txn-ops",
+                limit="etcd --max-txn-ops", value=len(success),
             )
         request = etcd.TxnRequest(compare=[guard], success=success)
-        if request.ByteSize() > self.max_request_bytes:
-            raise StorageError(
-                f"one write to {self.where} would be {request.ByteSize()} bytes, more than "
-                f"its limit of {self.max_request_bytes} (etcd --max-request-bytes); start "
-                "etcd with a higher --max-request-bytes, or write smaller values"
+        size = request.ByteSize()
+        if size > self.max_request_bytes:
+            raise ResourceExhaustedError(
+                f"one write to {self.where} would be {size} bytes, above etcd's request "
+                f"limit of {self.max_request_bytes}; nothing of it was kept: write smaller "
+                "values, or run etcd with a higher --max-request-bytes and give serve the "
+                "same --etcd-max-request-bytes",
+                limit="etcd --max-request-bytes", value=size,
             )
         try:
             reply = self._kv.Txn(request, timeout=self.timeout)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dspex_rx.core.identity import RetiredIds
-from dspex_rx.errors import StorageError
+from dspex_rx.errors import ResourceExhaustedError, StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import RevisionConflict, WriteTxn
 from dspex_rx.store.durable.image import Dirty, Image
@@ -377,6 +377,13 @@ class DurableBackend(MemoryBackend):
                     self._refusal = f"{self.where} cannot be read back after a conflict"
                     raise StorageError(self._refusal) from exc
                 raise self._reset_error() from exc
+            except ResourceExhaustedError as exc:
+                # The storage would not take a write this large (nothing was sent): undo
+                # it, but the storage is fine, so other writes go on at once.
+                self._refusal = str(exc)
+                with contextlib.suppress(StorageError):  # unreadable: broken, as below
+                    self._reset(conflicted=False)
+                raise
             except self.storage_errors as exc:
                 self._refuse(exc)
             self._durable = max(self._durable, epoch)
