@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 import trio
-from helpers import drain, settle
+from helpers import drain, settle, until
 
 import dspex_rx
 from dspex_rx import SessionContext
@@ -21,6 +21,7 @@ from dspex_rx.server import SERVICE_NAME, EmbeddedServer
 from dspex_rx.server.fanout import PendingFrame, Subscriber
 from dspex_rx.server.stream import Wake
 from dspex_rx.store import ChangeEvent, Commit, MemoryStore, VariableRecord, VariableSpec
+from dspex_rx.store.memory import MemoryBackend
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.security import token_metadata
 
@@ -221,6 +222,63 @@ async def test_progress_note_when_idle(
     message = await raw.next_control("progress")
     assert message.progress.revision == session.revision
     await raw.stream.close()
+
+
+class HeldBackend(MemoryBackend):
+    """Memory made "durable" only up to ``allowed``: ``sync`` waits for the test to allow
+    the revision (polling: the test's thread moves ``allowed``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.allowed = 1 << 62
+        self.syncing = 0
+
+    @property
+    def pending(self) -> bool:
+        return self.allowed < self._revision
+
+    async def sync(self, revision: int) -> None:
+        target = self._revision  # everything committed before the call
+        self.syncing += 1
+        while self.allowed < target:
+            await asyncio.sleep(0.001)
+        self.syncing -= 1
+
+
+async def test_a_progress_note_names_only_a_revision_already_durable() -> None:
+    # Guards a bug: the note named the store's revision read after its sync, which could
+    # include a write made during the sync and not yet durable; a stream ended by that
+    # write's refusal (a replica's conflict) resumed past the commit that took its place.
+    backend = HeldBackend()
+    server = EmbeddedServer(store=MemoryStore(backend=backend))
+    server.start()
+    transport = Transport(server.target)
+    await transport.open()
+    try:
+        async with dspex_rx.connect(server.target, session_id="held") as session:
+            await session.register_variable("x", "integer", 0)
+            durable = server.call(lambda: server.store.revision)
+            backend.allowed = durable
+            raw = await open_raw(transport, session, progress=0.02)
+            sid = session.session_id
+            server.call(lambda: server.store.set(sid, "x", 1, actor="t"))
+            await until(lambda: backend.syncing > 0, "the stream waits on the sync", 30)
+            # A write lands while the stream's sync waits; only the first becomes durable.
+            server.call(lambda: server.store.set(sid, "x", 2, actor="t"))
+            backend.allowed = durable + 1
+            try:
+                while True:
+                    note = (await raw.next_control("progress")).progress.revision
+                    if note != durable:
+                        break
+            finally:
+                backend.allowed = 1 << 62  # the rest may become durable: the test ends
+            assert note == durable + 1  # not durable + 2, which is not durable
+            await raw.stream.close()
+    finally:
+        backend.allowed = 1 << 62
+        await transport.close()
+        server.stop()
 
 
 async def test_first_message_must_open_a_known_session(transport: Transport) -> None:

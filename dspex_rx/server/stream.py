@@ -101,12 +101,15 @@ async def session(
     reader.add_done_callback(lambda _: wake.set())
     generation = store.generation
     try:
+        # A revision told to the client must be durable (it resumes from it): the one
+        # before the sync, not one a write made during it.
+        revision = store.revision
         if not await _settled(store, generation, context):
             return
         yield spb.ServerMessage(
             opened=spb.StreamOpened(
                 session_id=session_id,
-                revision=store.revision,
+                revision=revision,
                 log_horizon=opened.log_floor + 1,
             )
         )
@@ -116,9 +119,10 @@ async def session(
                 and not await wake.wait(interval) and not subscriber.has_pending()
             ):
                 # Idle for the interval: tell the client the revision it is current at.
+                revision = store.revision
                 if not await _settled(store, generation, context):
                     return
-                yield spb.ServerMessage(progress=spb.Progress(revision=store.revision))
+                yield spb.ServerMessage(progress=spb.Progress(revision=revision))
                 continue
             wake.clear()
             items = subscriber.drain()
