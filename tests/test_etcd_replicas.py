@@ -379,6 +379,70 @@ def test_a_replica_follows_anothers_writes_without_recounting_whole_sessions(
     assert recounted == []  # followed from the moved tails, never recounted whole
 
 
+@settings(max_examples=50, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(steps(), min_size=1, max_size=12), st.lists(steps(), min_size=1, max_size=8),
+       st.lists(steps(), min_size=1, max_size=4))
+def test_a_replica_that_lost_a_race_undoes_its_changes_without_reading_the_whole_store(
+    etcd_endpoint: str, before: list[tuple[str, str, Any]],
+    undone: list[tuple[str, str, Any]], winning: list[tuple[str, str, Any]],
+) -> None:
+    # b changes the store locally while a commits first: b's flush conflicts, b goes back
+    # to the stored rows re-reading only what its live objects cannot give back, then
+    # applies a's write from its watch. It must then hold exactly what a holds.
+    prefix = f"race-{uuid.uuid4().hex}/"
+    options: dict[str, Any] = {"limits": LIMITS, "log_size": 5, "history_size": 3}
+    a_backend = EtcdBackend([etcd_endpoint], prefix=prefix)
+    b_backend = EtcdBackend([etcd_endpoint], prefix=prefix)
+    full_reads: list[int] = []
+    real_rows = b_backend._rows
+
+    def counted_rows() -> Any:
+        full_reads.append(1)
+        return real_rows()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        a_backend.bind_loop(loop)
+        b_backend.bind_loop(loop)
+        a = MemoryStore(backend=a_backend, **options)
+        b = MemoryStore(backend=b_backend, **options)
+        session, client, _ = a.initialize_session()
+        state: dict[str, Any] = {"sid": session.id, "client": client}
+        for op, name, value in before:
+            with contextlib.suppress(dspex_rx.DspexError):
+                run_step(a, state, op, name, value)
+        await a.sync(a.revision)
+        await _caught_up(b_backend, a)
+        b_state = {"sid": session.id, "client": client}
+        for op, name, value in undone:
+            with contextlib.suppress(dspex_rx.DspexError):
+                run_step(b, b_state, op, name, value)
+        for op, name, value in winning:
+            with contextlib.suppress(dspex_rx.DspexError):
+                run_step(a, state, op, name, value)
+        won = a.pending
+        await a.sync(a.revision)
+        b_backend._rows = counted_rows  # type: ignore[method-assign]
+        if b.pending and won:
+            with pytest.raises(RevisionConflict):
+                await b.sync(b.revision)
+            assert full_reads == []  # only what the live objects could not give back
+        await b.sync(b.revision)  # anything b still holds (nothing, or its win)
+        guard = time.monotonic() + 30  # a hang guard: each hears the other's watch
+        while a_backend._head != b_backend._head:
+            assert time.monotonic() < guard, "the replicas never agreed on the head"
+            await asyncio.sleep(0.005)
+        assert dump(b_backend) == dump(a_backend)
+        b.check_accounts()
+
+    try:
+        asyncio.run(run())
+    finally:
+        a_backend.close()
+        b_backend.close()
+
+
 async def _caught_up(follower: EtcdBackend, writer: MemoryStore) -> None:
     guard = time.monotonic() + 30  # a hang guard: the follower hears etcd's watch
     head = writer._backend._head  # type: ignore[attr-defined]

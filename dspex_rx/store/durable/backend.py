@@ -349,9 +349,21 @@ class DurableBackend(MemoryBackend):
             if flushing is None:
                 flushing = self._flushing = asyncio.ensure_future(self._flush())
                 flushing.add_done_callback(_retrieve)
-            await asyncio.shield(flushing)
+            try:
+                await asyncio.shield(flushing)
+            except RevisionConflict:
+                await self._settle_conflict()
+                raise
             if self._generation != generation:
-                raise self._reset_error()
+                error = self._reset_error()
+                if isinstance(error, RevisionConflict):
+                    await self._settle_conflict()
+                raise error
+
+    async def _settle_conflict(self) -> None:
+        """After a conflict, before the calls it undid run again: wait until the live
+        state holds the write that won (a replica hears it through its watch), so they
+        do not run against the same old state and conflict again."""
 
     def _reset_error(self) -> StorageError | RevisionConflict:
         # Why the live state went back to the stored one: the storage refused a write, or
@@ -372,7 +384,7 @@ class DurableBackend(MemoryBackend):
                 await loop.run_in_executor(self._writer, self._write, batch)
             except RevisionConflict as exc:
                 try:
-                    self._reset(conflicted=True)
+                    self._reset(conflicted=True, loaded=self._read_after_conflict())
                 except StorageError:
                     self._refusal = f"{self.where} cannot be read back after a conflict"
                     raise StorageError(self._refusal) from exc
@@ -503,7 +515,13 @@ class DurableBackend(MemoryBackend):
             raise StorageError(self._refusal) from None
         raise StorageError(self._refusal)  # this caller's change, if any, was undone
 
-    def _reset(self, *, conflicted: bool) -> None:
+    def _read_after_conflict(self) -> Loaded | None:
+        """The stored state after a flush another writer beat (the live state holds the
+        undone changes); None: read it all. A replicated subclass reads back only what
+        the live objects cannot give (``revert.py``)."""
+        return None
+
+    def _reset(self, *, conflicted: bool, loaded: Loaded | None = None) -> None:
         # Every change since the last durable one is undone: the live state is the stored
         # one again. The engine rebuilds what it derives (accounts); the server ends every
         # stream (its queue may hold undone commits), whose clients resume from the last
@@ -511,11 +529,12 @@ class DurableBackend(MemoryBackend):
         # the backend stays broken (``pending``) until a later sync reads it.
         self._conflicted = conflicted
         self._behind = False
-        try:
-            loaded = self._read()
-        except StorageError:
-            self._broken = True
-            raise
+        if loaded is None:
+            try:
+                loaded = self._read()
+            except StorageError:
+                self._broken = True
+                raise
         self._broken = False
         self._install(loaded)
         self._dirty.clear()

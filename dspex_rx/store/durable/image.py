@@ -69,6 +69,11 @@ class Image:
         self._tails: dict[tuple[str, int, str], _Tail] = {}
         self._retired: dict[str, tuple[bytes, int]] = {}
         self._retired_ord = 0
+        # What the last ``batch`` replaced, so a batch the storage refused can be taken
+        # back (``rollback``): each tail's shadow before it (None: it had none), and the
+        # retired ids' shadow.
+        self._undo: dict[tuple[str, int, str], _Tail | None] = {}
+        self._undo_retired: tuple[dict[str, tuple[bytes, int]], int] | None = None
 
     def know(self, session_id: str, kind: int, var_id: str, first: int, next_: int,
              last: object) -> None:
@@ -122,6 +127,35 @@ class Image:
         """
         self._retired = dict(retired)
 
+    def tails(self) -> list[tuple[tuple[str, int, str], int, int, object]]:
+        """Every tail the rows hold: its key (session, kind, variable), the sequence numbers
+        ``[first, next)`` held, and the newest item.
+
+        >>> Image().tails()
+        []
+        """
+        return [(key, t.first, t.next, t.last) for key, t in self._tails.items()]
+
+    def rollback(self) -> None:
+        """Take the last ``batch`` back: the shadows are again what the rows held before
+        it (the storage refused it).
+
+        >>> image = Image(); image.know("s", 3, "", 0, 2, "c2")
+        >>> image.batch({}, {}, ["s"], 0, 1, None)[0].table  # the session "s" is deleted
+        'sessions'
+        >>> image.tails(); image.rollback(); image.tails()
+        []
+        [(('s', 3, ''), 0, 2, 'c2')]
+        """
+        for key, old in self._undo.items():
+            if old is None:
+                self._tails.pop(key, None)
+            else:
+                self._tails[key] = old
+        if self._undo_retired is not None:
+            self._retired, self._retired_ord = self._undo_retired
+        self._undo, self._undo_retired = {}, None
+
     def forget_session(self, session_id: str) -> None:
         """Drop the shadows of a removed session's tails.
 
@@ -146,7 +180,10 @@ class Image:
         Example: ``image.batch(backend.sessions, dirty, gone, 7, 3, None)``.
         """
         out: list[Op] = []
+        self._undo, self._undo_retired = {}, None
         for session_id in gone:
+            for key in [k for k in self._tails if k[0] == session_id]:
+                self._undo.setdefault(key, self._tails[key])
             self.forget_session(session_id)
             out.append(Delete(SESSIONS, (session_id,)))
             out.append(Delete(VARIABLES, (session_id,), prefix=True))
@@ -183,6 +220,7 @@ class Image:
         # before what is still live were trimmed.
         key = (sid, kind, var_id)
         tail = self._tails.get(key)
+        self._undo.setdefault(key, tail)
         held = -1
         new: list[object] = []  # newest first until the scan ends
         for item in reversed(items):
@@ -211,6 +249,8 @@ class Image:
 
     def _retired_rows(self, out: list[Op], retired: Mapping[str, tuple[bytes, int]]) -> None:
         shadow = self._retired
+        if self._undo_retired is None:
+            self._undo_retired = (dict(shadow), self._retired_ord)
         out.extend(Delete(RETIRED, (sid,)) for sid in shadow if sid not in retired)
         for sid, (digest, claim) in retired.items():
             if shadow.get(sid) != (digest, claim):
