@@ -40,14 +40,14 @@ async def scraped(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return await trio.to_thread.run_sync(scrape, port)
 
 
-async def scraped_when(port: int, name: str, value: float) -> dict[
+async def scraped_when(port: int, name: str, value: float, **labels: str) -> dict[
         tuple[str, tuple[tuple[str, str], ...]], float]:
-    # Scrape until the gauge ``name`` shows ``value`` (the stream's subscribe and the
-    # close are asynchronous to the client's call); a hang guard, no timing asserted.
+    # Scrape until ``name`` (with ``labels``) shows ``value`` (the stream's subscribe and
+    # the close are asynchronous to the client's call); a hang guard, no timing asserted.
     deadline = time.monotonic() + 30
     while True:
         samples = await scraped(port)
-        if sample(samples, name) == value:
+        if sample(samples, name, **labels) == value:
             return samples
         assert time.monotonic() < deadline, f"{name} never became {value}: {samples}"
         await trio.sleep(0.02)
@@ -148,7 +148,9 @@ async def test_a_refused_stream_is_counted_with_its_code(served: tuple[str, int]
     async with dspex_rx.connect(target) as s:
         code = await trio.to_thread.run_sync(open_stream_without_token, target, s.session_id)
         assert code == grpc.StatusCode.UNAUTHENTICATED
-        samples = await scraped(port)
+        # Guards a flaky read: the client hears the refusal before the server counts it.
+        samples = await scraped_when(port, "dspex_rx_rpc_handled_total", 1, service=V,
+                                     method="Session", code="UNAUTHENTICATED")
     assert sample(samples, "dspex_rx_rpc_handled_total", service=V, method="Session",
                   code="UNAUTHENTICATED") == 1
     assert sample(samples, "dspex_rx_rpc_started_total", service=V, method="Session") == 1
