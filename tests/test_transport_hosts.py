@@ -306,3 +306,29 @@ async def test_a_second_kind_of_hosted_loop_in_the_same_run_is_refused_by_name(
         await stream.close()
     finally:
         await native.close()
+
+
+async def _interrupt() -> str:
+    # Ctrl-C while the hosted loop runs this task's step (on the trio thread).
+    signal.raise_signal(signal.SIGINT)
+    return "interrupted"
+
+
+def test_ctrl_c_during_a_loop_callback_reaches_the_main_task_and_the_loop_lives_on() -> None:
+    # Guards a bug: Ctrl-C raised inside the callback ended the hosted loop, and shielded
+    # closes that still needed it (a session's watch stream) waited forever: the cluster
+    # demo hung on Ctrl-C now and then.
+    async def main() -> str:
+        host = hosted_loop.TrioHostedLoop("ctrl-c")
+        await host.open()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                await host.run(_interrupt)
+                await trio.sleep(5)  # delivered to this, the main task, when it waits
+            with trio.CancelScope(shield=True), trio.fail_after(10):  # a hang guard
+                result: str = await host.run(lambda: asyncio.sleep(0, "alive"))
+                return result
+        finally:
+            await host.close()
+
+    assert trio.run(main) == "alive"

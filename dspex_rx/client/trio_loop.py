@@ -174,6 +174,11 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
                 if not ready:
                     break
 
+    # Protected from KeyboardInterrupt, as are the fd watchers: a Ctrl-C arriving while
+    # they run a callback would otherwise be raised inside the callback and end the loop,
+    # and every task still awaiting the loop (a shielded close) would wait forever. Trio
+    # delivers it to the main task instead.
+    @trio.lowlevel.enable_ki_protection
     async def drive(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run the loop until ``shutdown``: what is ready, then sleep until poked or the
         next timer. Start it with ``nursery.start(loop.drive)``.
@@ -238,6 +243,7 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
         handle = asyncio.Handle(callback, args, self, None)
         wait = trio.lowlevel.wait_readable if kind == "read" else trio.lowlevel.wait_writable
 
+        @trio.lowlevel.enable_ki_protection
         async def watcher() -> None:
             with scope:
                 while True:
