@@ -5,6 +5,8 @@ writes arriving together are all kept instead of all refused together."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -16,17 +18,26 @@ from dspex_rx.server import EmbeddedServer
 from dspex_rx.store import MemoryStore
 
 
+@contextmanager
+def replica(endpoint: str, **options: Any) -> Iterator[tuple[EmbeddedServer, str]]:
+    """A server over etcd on a prefix of its own (``options`` go to its backend)."""
+    prefix = f"flush-{uuid.uuid4().hex}/"
+    server = EmbeddedServer(store=MemoryStore(
+        backend=EtcdBackend([endpoint], prefix=prefix, **options), session_ttl=3600))
+    server.start()
+    try:
+        yield server, prefix
+    finally:
+        server.stop()
+
+
 async def test_sixteen_large_writes_at_once_are_all_stored(etcd_endpoint: str) -> None:
     # Guards a bug: commits queued while a flush was in flight went into one etcd txn;
     # 16 sets of a 300 kB value made a 14 MB txn, refused, and every one of them failed.
-    prefix = f"flush-{uuid.uuid4().hex}/"
-    server = EmbeddedServer(store=MemoryStore(
-        backend=EtcdBackend([etcd_endpoint], prefix=prefix), session_ttl=3600))
-    server.start()
     names = [f"text{i}" for i in range(16)]
     values = {name: chr(ord("a") + i) * 300_000 for i, name in enumerate(names)}
     versions: dict[str, int] = {}
-    try:
+    with replica(etcd_endpoint) as (server, prefix):
         async with dspex_rx.connect(server.target, session_id="big") as session:
             await session.register_variables(
                 [{"name": n, "type": "string", "initial_value": ""} for n in names])
@@ -38,8 +49,6 @@ async def test_sixteen_large_writes_at_once_are_all_stored(etcd_endpoint: str) -
                 for name in names:
                     nursery.start_soon(write, name)
             assert versions == {name: 2 for name in names}
-    finally:
-        server.stop()
     assert stored_values(etcd_endpoint, prefix, "big") == values
 
 
@@ -48,14 +57,9 @@ async def test_many_small_writes_at_once_stay_within_etcds_operations_per_txn(
 ) -> None:
     # Guards a bug: 64 writers at once made one txn of about 300 operations, past etcd's
     # default --max-txn-ops (128): every write of that flush failed.
-    prefix = f"flush-{uuid.uuid4().hex}/"
-    server = EmbeddedServer(store=MemoryStore(
-        backend=EtcdBackend([etcd_endpoint], prefix=prefix, max_txn_ops=128),
-        session_ttl=3600))
-    server.start()
     names = [f"v{i}" for i in range(64)]
     written: dict[str, int] = {}
-    try:
+    with replica(etcd_endpoint, max_txn_ops=128) as (server, prefix):
         async with dspex_rx.connect(server.target, session_id="many") as session:
             for half in (names[:32], names[32:]):  # 64 at once is one txn past the limit
                 await session.register_variables(
@@ -69,8 +73,6 @@ async def test_many_small_writes_at_once_stay_within_etcds_operations_per_txn(
             async with trio.open_nursery() as nursery:
                 for i, name in enumerate(names):
                     nursery.start_soon(write, i, name)
-    finally:
-        server.stop()
     assert stored_values(etcd_endpoint, prefix, "many") == written
 
 
@@ -80,12 +82,7 @@ async def test_one_write_too_large_for_etcd_is_refused_alone_and_writes_go_on(
     # Guards a bug: it was a storage outage (UNAVAILABLE, which clients retry): every write
     # of the replica was refused for a second after it, and the message asked whether
     # etcd was up.
-    prefix = f"flush-{uuid.uuid4().hex}/"
-    server = EmbeddedServer(store=MemoryStore(
-        backend=EtcdBackend([etcd_endpoint], prefix=prefix, max_txn_ops=128),
-        session_ttl=3600))
-    server.start()
-    try:
+    with replica(etcd_endpoint, max_txn_ops=128) as (server, prefix):
         async with dspex_rx.connect(server.target, session_id="wide") as session:
             await session.register_variable("kept", "integer", 1)
             with pytest.raises(dspex_rx.ResourceExhaustedError) as refused:
@@ -99,8 +96,6 @@ async def test_one_write_too_large_for_etcd_is_refused_alone_and_writes_go_on(
             assert await session.set_variable("kept", 2) == 2
             await session.register_variable("after", "integer", 3)
             names = await session.list_variables()
-    finally:
-        server.stop()
     assert sorted(v["name"] for v in names) == ["after", "kept"]
     assert stored_values(etcd_endpoint, prefix, "wide") == {"kept": 2, "after": 3}
 

@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -215,22 +215,38 @@ async def test_a_client_of_two_replicas_moves_on_when_its_replica_dies_and_loses
             await watcher.register_variable("t", "integer", 0)
             watcher.observe("t").subscribe(seen.append)
             await until(lambda: bool(seen), "the initial value", 30)
-            await until(lambda: "failover" in second.call(second.store.session_ids),
-                        "the session reached the second replica", 30)
-            async with dspex_rx.connect(second.target, session_id="failover",
-                                        token=watcher.token, create=False) as writer:
-                await writer.set_variable("t", 1)
-                await until(lambda: seen[-1].value == 1, "1 through the first replica", 30)
-                await trio.to_thread.run_sync(first.stop)  # the watcher's replica dies
-                for value in (2, 3, 4):
-                    await writer.set_variable("t", value)
-                await until(lambda: seen[-1].value == 4, "4 after the failover", 30)
-            # The watcher's own calls go on through the replica that is left.
-            await through_reconnect(lambda: watcher.set_variable("t", 5))
-            await until(lambda: seen[-1].value == 5, "its own write", 30)
+            await loses_no_event_when_its_replica_dies(watcher, first, second, seen)
     finally:
         first.stop()
         second.stop()
+    assert_every_value_once(seen)
+
+
+async def loses_no_event_when_its_replica_dies(
+    watcher: dspex_rx.SessionContext, dying: EmbeddedServer, left: EmbeddedServer,
+    seen: list[VariableUpdate], moved: Callable[[], bool] = lambda: True,
+) -> None:
+    """Through ``left``, write 1 (the watcher hears it through ``dying``, its replica),
+    stop ``dying``, write 2-4, wait until ``moved()``; then the watcher writes 5 itself,
+    through the replica left."""
+    sid = watcher.session_id
+    await until(lambda: sid in left.call(left.store.session_ids),
+                "the session reached the other replica", 30)
+    async with dspex_rx.connect(left.target, session_id=sid, token=watcher.token,
+                                create=False) as writer:
+        await writer.set_variable("t", 1)
+        await until(lambda: seen[-1].value == 1, "1 through the watcher's replica", 30)
+        await trio.to_thread.run_sync(dying.stop)
+        for value in (2, 3, 4):
+            await writer.set_variable("t", value)
+        await until(lambda: seen[-1].value == 4, "4 after the failover", 30)
+        await until(moved, "the stream on the replica left", 30)
+    await through_reconnect(lambda: watcher.set_variable("t", 5))
+    await until(lambda: seen[-1].value == 5, "its own write", 30)
+
+
+def assert_every_value_once(seen: list[VariableUpdate]) -> None:
+    """The watcher saw 0-5, each once, in order, versions dense, and no resync."""
     assert [u.value for u in seen] == [0, 1, 2, 3, 4, 5]
     assert [u.version for u in seen] == [1, 2, 3, 4, 5, 6]
     assert "resync" not in {u.update_type for u in seen}
@@ -266,27 +282,15 @@ async def test_a_client_of_a_dns_name_with_two_addresses_moves_on_when_its_repli
                 await until(lambda: [watching(s) for s in servers].count(True) == 1,
                             "the watch stream on one replica", 30)
                 dying, left = servers if watching(first) else servers[::-1]
-                await until(lambda: "dns-failover" in left.call(left.store.session_ids),
-                            "the session reached the other replica", 30)
-                async with dspex_rx.connect(left.target, session_id="dns-failover",
-                                            token=watcher.token, create=False) as writer:
-                    await writer.set_variable("t", 1)
-                    await until(lambda: seen[-1].value == 1, "1 through its replica", 30)
-                    await trio.to_thread.run_sync(dying.stop)  # the watcher's replica dies
-                    for value in (2, 3, 4):
-                        await writer.set_variable("t", value)
-                    await until(lambda: seen[-1].value == 4, "4 after the failover", 30)
-                    # It moved to the other address the name resolves to.
-                    await until(lambda: watching(left), "the stream on the other replica")
-                await through_reconnect(lambda: watcher.set_variable("t", 5))
-                await until(lambda: seen[-1].value == 5, "its own write", 30)
+                # It moves to the other address the name resolves to.
+                await loses_no_event_when_its_replica_dies(
+                    watcher, dying, left, seen, moved=lambda: watching(left))
                 assert await watcher.get_variable("t") == 5
     finally:
         first.stop()
         second.stop()
-    assert [u.value for u in seen] == [0, 1, 2, 3, 4, 5]
-    assert [u.version for u in seen] == [1, 2, 3, 4, 5, 6]
-    assert "resync" not in {u.update_type for u in seen}
+    assert_every_value_once(seen)
+
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
