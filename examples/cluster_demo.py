@@ -354,9 +354,6 @@ def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    # A line at a time, also into a pipe: a reader (the test that interrupts the demo
-    # mid-story) sees each step as it happens, not all of them at exit.
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     service = _etcd_service()
     try:
         service.find_binary()
