@@ -49,8 +49,8 @@ class Deadline:
 class Deadlines:
     """The deadlines of one connection: ``add`` one per call, fired in the trio run.
 
-    Example: ``deadline = deadlines.add(30.0, on_expiry)`` then ``deadline.cancel()``;
-    ``deadlines.close()`` stops the thread.
+    Example: ``deadline = deadlines.add(30.0, on_expiry)`` then
+    ``deadlines.forget(deadline)``; ``deadlines.close()`` stops the thread.
 
     >>> fired = []
     >>> d = Deadlines(token=None, clock=lambda: 100.0)

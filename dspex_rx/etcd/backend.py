@@ -143,7 +143,7 @@ class EtcdBackend(DurableBackend):
         # first page's), so the pages make one snapshot however large the store is: read
         # at once, a store past gRPC's message limit could not be opened again. A page
         # too large to receive is read again in halves.
-        head = self._key(META, ("revision",))
+        head = self.prefix + self._head_key
         cut = len(self.prefix)
         rows: list[tuple[bytes, bytes]] = []
         start, revision, limit, head_revision, restarts = self.prefix, 0, PAGE_KEYS, 0, 3
@@ -206,8 +206,9 @@ class EtcdBackend(DurableBackend):
     def _write(self, ops: list[Op]) -> None:
         # On the writer thread: one txn, applied only if the head row (which every flush
         # writes) was last written where this replica's live state built on (0: never).
-        guard = etcd.Compare(key=self._key(META, ("revision",)), target=etcd.Compare.MOD,
-                             result=etcd.Compare.EQUAL, mod_revision=self._head)
+        head = self.prefix + self._head_key
+        guard = etcd.Compare(key=head, target=etcd.Compare.MOD, result=etcd.Compare.EQUAL,
+                             mod_revision=self._head)
         success = [self._request(op) for op in ops]
         # Too large for etcd: refused before anything is sent, as the caller's own limit
         # (not a storage outage: other writes go on at once).
@@ -220,7 +221,7 @@ class EtcdBackend(DurableBackend):
                 limit="etcd --max-txn-ops", value=len(success),
             )
         request = etcd.TxnRequest(compare=[guard], success=success, failure=[
-            etcd.RequestOp(request_range=etcd.RangeRequest(key=self.prefix + self._head_key))])
+            etcd.RequestOp(request_range=etcd.RangeRequest(key=head))])
         size = request.ByteSize()
         if size > self.max_request_bytes:
             raise ResourceExhaustedError(

@@ -8,6 +8,7 @@ a flush writes their new items and deletes the trimmed ones, never the whole tai
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,20 @@ from dspex_rx.store.durable.rows import (
     variable_row,
 )
 from dspex_rx.store.state import Session
+
+
+def newest_held(items: Sequence[object], last: object) -> int:
+    """The index of ``last`` (the newest item the rows hold of a tail) among the live
+    ``items``, searched from the end, where it usually is: the items after it are new.
+    -1 when it is not live any more.
+
+    >>> newest_held(["a", "b", "c"], "b"), newest_held(["a"], "z")
+    (1, -1)
+    """
+    for offset, item in enumerate(reversed(items)):
+        if item is last:
+            return len(items) - 1 - offset
+    return -1
 
 
 @dataclass(slots=True)
@@ -221,20 +236,14 @@ class Image:
         key = (sid, kind, var_id)
         tail = self._tails.get(key)
         self._undo.setdefault(key, tail)
-        held = -1
-        new: list[object] = []  # newest first until the scan ends
-        for item in reversed(items):
-            if tail is not None and item is tail.last:
-                held = len(items) - 1 - len(new)
-                break
-            new.append(item)
-        new.reverse()
+        held = newest_held(items, tail.last) if tail is not None else -1
+        new = list(itertools.islice(reversed(items), len(items) - held - 1))[::-1]
         if tail is not None and held < 0:
             # Nothing the file holds is live any more (dropped, or dropped and refilled).
             out.append(Delete(ENTRIES, key, prefix=True))
             first = tail.next
         elif tail is not None:
-            first = tail.first + (tail.next - tail.first) - (held + 1)
+            first = tail.next - held - 1
             if first > tail.first:
                 out.append(Delete(ENTRIES, key, below=first))
         else:

@@ -10,11 +10,12 @@ same objects. A full read of a long session costs milliseconds per thousand rows
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dspex_rx.store.durable.image import Image
+from dspex_rx.store.durable.image import Image, newest_held
 from dspex_rx.store.durable.load import Loaded, load
 from dspex_rx.store.durable.rows import (
     ENTRIES,
@@ -26,17 +27,13 @@ from dspex_rx.store.durable.rows import (
     SESSIONS,
     VARIABLES,
     encode_key,
+    prefix_range,
 )
 from dspex_rx.store.state import Session
 
 TailKey = tuple[str, int, str]
 # A range of row keys, [start, end).
 Span = tuple[bytes, bytes]
-
-
-def _table(name: str) -> Span:
-    start = name.encode() + b"\x00"
-    return start, name.encode() + b"\x01"
 
 
 def _seq_span(key: TailKey, first: int, upto: int) -> Span:
@@ -65,23 +62,17 @@ def plan(sessions: Mapping[str, Session], image: Image) -> tuple[list[Span],
     >>> len(spans), kept
     (4, {})
     """
-    spans = [_table(META), _table(SESSIONS), _table(VARIABLES), _table(RETIRED)]
+    spans = [prefix_range(table, ()) for table in (META, SESSIONS, VARIABLES, RETIRED)]
     kept: dict[TailKey, list[Any]] = {}
     for key, first, next_, last in image.tails():
         sid, kind, var_id = key
         live = _live_tail(sessions.get(sid), kind, var_id)
-        held = -1
-        if live is not None:
-            # Usually a few undone items follow the newest stored one: scan from the end.
-            for index in range(len(live) - 1, -1, -1):
-                if live[index] is last:
-                    held = index
-                    break
+        held = newest_held(live, last) if live is not None else -1
         if live is None or held < 0:
             spans.append(_seq_span(key, first, next_))  # nothing stored is live: read it
             kept[key] = []
             continue
-        items = [live[i] for i in range(held + 1)]
+        items = list(itertools.islice(live, held + 1))
         live_first = next_ - 1 - held  # the sequence number of the oldest live item
         if live_first > first:
             spans.append(_seq_span(key, first, live_first))  # trimmed by undone changes
