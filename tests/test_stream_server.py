@@ -225,23 +225,39 @@ async def test_progress_note_when_idle(
 
 
 class HeldBackend(MemoryBackend):
-    """Memory made "durable" only up to ``allowed``: ``sync`` waits for the test to allow
-    the revision (polling: the test's thread moves ``allowed``)."""
+    """Memory made "durable" only up to ``allowed``: ``sync`` waits until the test's
+    thread ``allow``s the revision."""
 
     def __init__(self) -> None:
         super().__init__()
         self.allowed = 1 << 62
         self.syncing = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._moved: asyncio.Event | None = None
 
     @property
     def pending(self) -> bool:
         return self.allowed < self._revision
 
+    def allow(self, revision: int) -> None:
+        """From the test's thread: revisions up to ``revision`` are durable now."""
+        self.allowed = revision
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        moved, self._moved = self._moved, None
+        if moved is not None:
+            moved.set()
+
     async def sync(self, revision: int) -> None:
         target = self._revision  # everything committed before the call
+        self._loop = asyncio.get_running_loop()
         self.syncing += 1
         while self.allowed < target:
-            await asyncio.sleep(0.001)
+            if self._moved is None:
+                self._moved = asyncio.Event()
+            await self._moved.wait()
         self.syncing -= 1
 
 
@@ -258,25 +274,25 @@ async def test_a_progress_note_names_only_a_revision_already_durable() -> None:
         async with dspex_rx.connect(server.target, session_id="held") as session:
             await session.register_variable("x", "integer", 0)
             durable = server.call(lambda: server.store.revision)
-            backend.allowed = durable
+            backend.allow(durable)
             raw = await open_raw(transport, session, progress=0.02)
             sid = session.session_id
             server.call(lambda: server.store.set(sid, "x", 1, actor="t"))
             await until(lambda: backend.syncing > 0, "the stream waits on the sync", 30)
             # A write lands while the stream's sync waits; only the first becomes durable.
             server.call(lambda: server.store.set(sid, "x", 2, actor="t"))
-            backend.allowed = durable + 1
+            backend.allow(durable + 1)
             try:
                 while True:
                     note = (await raw.next_control("progress")).progress.revision
                     if note != durable:
                         break
             finally:
-                backend.allowed = 1 << 62  # the rest may become durable: the test ends
+                backend.allow(1 << 62)  # the rest may become durable: the test ends
             assert note == durable + 1  # not durable + 2, which is not durable
             await raw.stream.close()
     finally:
-        backend.allowed = 1 << 62
+        backend.allow(1 << 62)
         await transport.close()
         server.stop()
 
