@@ -22,6 +22,7 @@ from dspex_rx.etcd_v3.kv_pb2 import Event
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.store.durable.backend import DurableBackend
+from dspex_rx.store.durable.budget import FlushBudget
 from dspex_rx.store.durable.load import CorruptRow, Loaded
 from dspex_rx.store.durable.revert import revert
 from dspex_rx.store.durable.rows import (
@@ -91,7 +92,7 @@ class EtcdBackend(DurableBackend):
         self.max_txn_ops = max_txn_ops
         self.max_request_bytes = max_request_bytes
         # Writes arriving together wait for room rather than make one txn etcd refuses.
-        self.flush_bytes, self.flush_ops = max_request_bytes, max_txn_ops
+        self._budget = FlushBudget(max_request_bytes, max_txn_ops)
         self.timeout = timeout
         self.refusal_hint = " (is etcd up, with a quorum?)"
         # gRPC picks a reachable member among them and moves on when one goes.

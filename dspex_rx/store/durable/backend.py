@@ -21,6 +21,7 @@ from dspex_rx.core.identity import RetiredIds
 from dspex_rx.errors import ResourceExhaustedError, StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import RevisionConflict, WriteTxn
+from dspex_rx.store.durable.budget import FlushBudget
 from dspex_rx.store.durable.image import Dirty, Image
 from dspex_rx.store.durable.load import CorruptRow, Loaded, load
 from dspex_rx.store.durable.replay import replay
@@ -35,10 +36,6 @@ log = get_logger("dspex_rx.store")
 # How long writes are refused at once after the disk refused one, before the next write
 # tries the disk again (each try reloads the state from the file).
 RETRY_AFTER = 1.0
-# What a flush writes beside its commits' own rows (the head, counters, session headers),
-# kept free under a storage's limits; and a write's rows beyond 3 copies of its values.
-FLUSH_SPARE_BYTES, FLUSH_SPARE_OPS = 64 * 1024, 8
-COMMIT_BYTES = 4096
 
 
 class DurableBackend(MemoryBackend):
@@ -53,10 +50,6 @@ class DurableBackend(MemoryBackend):
     """
 
     storage_errors: tuple[type[BaseException], ...] = (OSError,)
-    # The largest write the storage takes at once, in bytes and in row operations (None:
-    # no limit): a subclass over etcd sets them, and writes then wait for room (``room``).
-    flush_bytes: int | None = None
-    flush_ops: int | None = None
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
@@ -72,11 +65,9 @@ class DurableBackend(MemoryBackend):
         self._retired_dirty = False
         self._epoch = self._durable = 0
         self._flushing: asyncio.Future[None] | None = None
-        # What the next flush will write, as far as ``room`` needs to know: bytes and row
-        # operations of the commits since the last flush began, and the operations one
-        # commit takes (the largest lately, shrinking by one per commit).
-        self._pending_bytes = self._pending_ops = 0
-        self._ops_reserve = FLUSH_SPARE_OPS
+        # What the next flush will write, against the largest write the storage takes
+        # at once: a subclass over etcd sets limits, and writes then wait for ``room``.
+        self._budget = FlushBudget()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="dspex-rx-durable")
         self._refusing_until = 0.0
         self._refusal = ""
@@ -281,9 +272,7 @@ class DurableBackend(MemoryBackend):
         table_ops = txn.table_ops or ()
         values = sum(c.size for _, _, c in table_ops if type(c) is HistoryEntry)
         ops = len(txn.staged) + len(txn.staged_rules) + 2 * len(table_ops) + 2
-        self._pending_bytes += 3 * values + COMMIT_BYTES
-        self._pending_ops += ops
-        self._ops_reserve = max(ops, self._ops_reserve - 1, FLUSH_SPARE_OPS)
+        self._budget.charge(values, ops)
         dirty = self._mark(session_id)
         dirty.log = True
         changed = dirty.variables
@@ -303,7 +292,7 @@ class DurableBackend(MemoryBackend):
 
         Example: ``EtcdBackend(...).flush_limited`` is True; SQLite's is False.
         """
-        return self.flush_bytes is not None or self.flush_ops is not None
+        return self._budget.limited
 
     async def room(self, nbytes: int) -> None:
         """Return once a write of a request of ``nbytes`` fits in the next flush with what
@@ -314,23 +303,14 @@ class DurableBackend(MemoryBackend):
 
         Example: ``await backend.room(len(request_bytes))`` before applying the write.
         """
-        while (self._pending_bytes or self._pending_ops) and not self._fits(nbytes):
+        budget = self._budget
+        while not budget.empty and not budget.fits(nbytes):
             try:
                 await self.sync(self._revision)
             except (StorageError, RevisionConflict):
                 return  # the write meets the same refusal, or runs on the state reloaded
             if not self.pending:
-                self._pending_bytes = self._pending_ops = 0
-
-    def _fits(self, nbytes: int) -> bool:
-        if self.flush_bytes is not None and (
-            self._pending_bytes + 3 * nbytes + COMMIT_BYTES
-            > self.flush_bytes - FLUSH_SPARE_BYTES
-        ):
-            return False
-        return self.flush_ops is None or (
-            self._pending_ops + self._ops_reserve <= self.flush_ops - FLUSH_SPARE_OPS
-        )
+                budget.clear()
 
     async def sync(self, revision: int) -> None:
         """Return once the file holds ``revision`` and every change made before the call;
@@ -481,7 +461,7 @@ class DurableBackend(MemoryBackend):
 
     def _collect(self) -> list[Op]:
         # On the loop: what changed, serialised now (the live objects change after).
-        self._pending_bytes = self._pending_ops = 0
+        self._budget.clear()
         dirty, self._dirty = self._dirty, {}
         gone, self._gone = self._gone, []
         retired = None
@@ -539,7 +519,7 @@ class DurableBackend(MemoryBackend):
         self._install(loaded)
         self._dirty.clear()
         self._gone.clear()
-        self._pending_bytes = self._pending_ops = 0
+        self._budget.clear()
         self._retired_dirty = False
         self._durable = self._epoch
         self._generation += 1
