@@ -45,7 +45,9 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -156,13 +158,29 @@ class EtcdProbe:
         }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name (field 2) may hold spaces: count fields after its ')'.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds of this (the client) process, every thread."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 @dataclass
 class Activity:
-    """What etcd did over one measurement, from two ``EtcdProbe`` readings."""
+    """What etcd did over one measurement, from two ``EtcdProbe`` readings, and the CPU
+    seconds each process group used meanwhile (``client``, ``servers``, ``etcd``)."""
 
     txns: int
     revisions: int
     ranges: int
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def refused(self) -> int:
@@ -172,15 +190,25 @@ class Activity:
 
 
 class Meter:
-    """Wraps a measured block: etcd's counters and revision before and after."""
+    """Wraps a measured block: etcd's counters and revision before and after, and the CPU
+    time of the client, of the servers under measurement (``server_pids``) and of etcd."""
 
-    def __init__(self, probe: EtcdProbe, prefix: str) -> None:
+    def __init__(self, probe: EtcdProbe, prefix: str, server_pids: list[int],
+                 etcd_pid: int) -> None:
         self.probe, self.prefix = probe, prefix
+        self.server_pids, self.etcd_pid = server_pids, etcd_pid
 
-    async def reading(self) -> tuple[dict[str, float], int]:
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the client, the servers (summed) and etcd."""
+        return {"client": own_cpu_seconds(),
+                "servers": sum(cpu_seconds(pid) for pid in self.server_pids),
+                "etcd": cpu_seconds(self.etcd_pid)}
+
+    async def reading(self) -> tuple[dict[str, float], int, dict[str, float]]:
+        cpu = self.cpu()  # first: the probe's own calls below are not the servers' work
         counts = await trio.to_thread.run_sync(self.probe.counts)
         revision = (await trio.to_thread.run_sync(self._revision))
-        return counts, revision
+        return counts, revision, cpu
 
     def _revision(self) -> int:
         with grpc.insecure_channel(self.probe.endpoint,
@@ -191,13 +219,14 @@ class Meter:
                                                   serializable=True), timeout=10)
         return int(reply.header.revision)
 
-    @staticmethod
-    def between(before: tuple[dict[str, float], int],
-                after: tuple[dict[str, float], int]) -> Activity:
-        (c0, r0), (c1, r1) = before, after
+    def between(self, before: tuple[dict[str, float], int, dict[str, float]],
+                after: tuple[dict[str, float], int, dict[str, float]]) -> Activity:
+        (c0, r0, _), (c1, r1, _) = before, after
+        # CPU up to the second reading's first step: its probe calls are not counted.
+        cpu = {who: after[2][who] - before[2][who] for who in before[2]}
         # Less the one Range ``reading`` made itself after the first counts.
         return Activity(txns=int(c1.get("Txn", 0) - c0.get("Txn", 0)), revisions=r1 - r0,
-                        ranges=int(c1.get("Range", 0) - c0.get("Range", 0)) - 1)
+                        ranges=int(c1.get("Range", 0) - c0.get("Range", 0)) - 1, cpu=cpu)
 
 
 # ----------------------------------------------------------------------------- servers
@@ -206,9 +235,10 @@ class Meter:
 @contextlib.contextmanager
 def server_children(
     endpoint: str, prefix: str, count: int, args: argparse.Namespace, tag: str,
-) -> Iterator[list[str]]:
+) -> Iterator[tuple[list[str], list[int]]]:
     """``count`` ``dspex-rx serve --storage etcd`` children on one prefix; yields their
-    targets, stops them (SIGTERM) after. Under ``--profile`` each runs in cProfile."""
+    targets and pids, stops them (SIGTERM) after. Under ``--profile`` each runs in
+    cProfile."""
     with tempfile.TemporaryDirectory(prefix="dspex-rx-replicas-") as tmp:
         procs: list[subprocess.Popen[bytes]] = []
         port_files = []
@@ -243,7 +273,7 @@ def server_children(
                 targets.append(f"127.0.0.1:{int(port_file.read_text().strip())}")
             note(f"{tag}: {count} server(s) on prefix {prefix}: "
                  + ", ".join(f"pid {p.pid} {t}" for p, t in zip(procs, targets, strict=True)))
-            yield targets
+            yield targets, [proc.pid for proc in procs]
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -336,7 +366,7 @@ async def measure_writes(top: Topology, mode: str, calls: int, concurrency: int,
         # Task t makes calls t*per_task .. (t+1)*per_task - 1 (run_concurrent's split).
         op = top.op(lambda i: (i // per_task) % n, lambda i: f"v{i // per_task}")
         taken = await run_concurrent(op, calls, concurrency)
-    activity = Meter.between(before, await meter.reading())
+    activity = meter.between(before, await meter.reading())
     return {"seconds": taken, "retries": top.retries - retries, "activity": activity}
 
 
@@ -375,7 +405,7 @@ async def measure_latency(top: Topology, samples: int, warmup: int,
             if i >= warmup:
                 for which, seen in arrivals.items():
                     latencies[which].append(seen[version] - start)
-        activity = Meter.between(before, await meter.reading())
+        activity = meter.between(before, await meter.reading())
     finally:
         for subscription in subscriptions:
             subscription.dispose()
@@ -390,10 +420,12 @@ def raw_namespace(args: argparse.Namespace) -> argparse.Namespace:
         latency_samples=args.raw_latency_samples)
 
 
-async def client_main(endpoint: str, prefixes: dict[int, str],
-                      targets: dict[int, list[str]], args: argparse.Namespace) -> None:
+async def client_main(endpoint: str, etcd_pid: int, prefixes: dict[int, str],
+                      servers: dict[int, tuple[list[str], list[int]]],
+                      args: argparse.Namespace) -> None:
     probe = EtcdProbe(f"http://{endpoint}", endpoint)
-    meters = {n: Meter(probe, prefixes[n]) for n in REPLICAS}
+    meters = {n: Meter(probe, prefixes[n], servers[n][1], etcd_pid) for n in REPLICAS}
+    targets = {n: servers[n][0] for n in REPLICAS}
     modes = {"sequential": args.calls, "concurrent": args.concurrent_calls}
     raw_runs: list[list[dict[str, Any]]] = []
     writes: dict[tuple[int, str], list[dict[str, Any]]] = {}
@@ -494,6 +526,12 @@ def report(raw_runs: list[list[dict[str, Any]]],
                 "etcd_txns": sum(r["activity"].txns for r in runs),
                 "etcd_txns_refused": sum(r["activity"].refused for r in runs),
                 "etcd_ranges": sum(r["activity"].ranges for r in runs),
+                # CPU ms per write, by process group, over every repeat: on a machine
+                # with few cores this, not the protocol, can bound the rate.
+                "cpu_ms_per_write": {
+                    who: round(1000 * sum(r["activity"].cpu[who] for r in runs)
+                               / (calls * len(runs)), 3)
+                    for who in runs[0]["activity"].cpu},
                 "raw_txn_calls_per_s": raw_txn[mode],
                 "ratio_to_raw_txn": round(ratio, 3), "goal": GOAL_THROUGHPUT_RATIO,
                 "meets_goal": ratio >= GOAL_THROUGHPUT_RATIO,
@@ -580,9 +618,9 @@ def main(argv: list[str] | None = None) -> int:
               "etcd_max_txn_ops": MAX_TXN_OPS,
               "server_log_size": args.log_size, "server_history_size": args.history_size})
         with contextlib.ExitStack() as stack:
-            targets = {n: stack.enter_context(server_children(
+            servers = {n: stack.enter_context(server_children(
                 member.endpoint, prefixes[n], n, args, f"{n}r")) for n in REPLICAS}
-            trio.run(client_main, member.endpoint, prefixes, targets, args)
+            trio.run(client_main, member.endpoint, member.pid, prefixes, servers, args)
     return 0
 
 
