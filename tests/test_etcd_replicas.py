@@ -97,6 +97,35 @@ def test_of_two_replicas_writing_from_one_state_the_second_conflicts_and_reruns(
     assert a.get("shared", "t").value == 2 and a.revision == b.revision
 
 
+def test_a_replica_that_lost_a_race_keeps_its_watchers_and_names_what_it_undid(
+    pair: tuple[MemoryStore, MemoryStore],
+) -> None:
+    a, b = pair
+    a.initialize_session("shared")
+    a.register("shared", [VariableSpec("t", "integer", 0)], actor="a")
+    sync(a)
+    b._backend.catch_up()
+    stored = b.revision
+    heard: list[Commit | None] = []
+    undone: list[int] = []
+    b.add_listener("shared", heard.append)
+    b.on_undo(undone.append)
+    a.set("shared", "t", 1, actor="a")
+    b.set("shared", "t", 2, actor="b")  # heard at once; undone by the conflict below
+    sync(a)
+    with pytest.raises(RevisionConflict):
+        sync(b)
+    # Every commit above what b had stored was undone; its watchers were not dropped:
+    # they heard a's commit (b read it back), then b's write run again.
+    assert undone == [stored]
+    b.set("shared", "t", 2, actor="b")
+    sync(b)
+    values = [(c.revision, c.events[0].record.value) for c in heard if c is not None]
+    assert None not in heard
+    assert values == [(stored + 1, 2), (stored + 1, 1), (stored + 2, 2)]
+    assert b.generation == 0  # no stream of b's has to end for it
+
+
 def replica(endpoint: str, prefix: str, host: str = "127.0.0.1", port: int = 0
             ) -> EmbeddedServer:
     server = EmbeddedServer(host, port, store=MemoryStore(
@@ -613,3 +642,64 @@ def test_a_derivation_renewed_on_one_replica_lapses_on_none_and_a_takeover_fence
     finally:
         a.close()
         b.close()
+
+
+def hold_watch_until_conflict(backend: EtcdBackend) -> list[int]:
+    """Hold back what ``backend``'s watch hears from other replicas until its next flush
+    loses a race, then let it through: the write that won reaches it only after its own
+    write met the conflict. Returns the list of conflicts seen (their count)."""
+    held: list[tuple[Any, ...]] = []
+    conflicts: list[int] = []
+    post, write = backend._post, backend._write
+
+    def holding_post(*args: Any) -> None:
+        if not conflicts:
+            held.append(args)
+        else:
+            post(*args)
+
+    def racing_write(ops: Any) -> None:
+        try:
+            write(ops)
+        except RevisionConflict:
+            conflicts.append(1)
+            for args in held:
+                post(*args)
+            raise
+
+    backend._post = holding_post  # type: ignore[method-assign]
+    backend._write = racing_write  # type: ignore[method-assign]
+    return conflicts
+
+
+async def test_a_stream_on_a_replica_that_lost_a_race_goes_on_without_a_reconnect(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards a bug: a conflict ended every stream of the losing replica (its queue could
+    # hold the undone commits), so under writes from several replicas watchers kept
+    # reconnecting. The undone commits now leave the queues and the streams go on.
+    a, b = replica(etcd_endpoint, prefix), replica(etcd_endpoint, prefix)
+    seen: list[VariableUpdate] = []
+    try:
+        async with dspex_rx.connect(a.target, session_id="race") as writer_a:
+            await writer_a.register_variable("t", "integer", 0)
+            await until(lambda: "race" in b.call(b.store.session_ids),
+                        "the session reached the other replica", 30)
+            async with dspex_rx.connect(b.target, session_id="race", token=writer_a.token,
+                                        create=False) as on_b:
+                on_b.observe("t").subscribe(seen.append)
+                await until(lambda: bool(seen), "the initial value", 30)
+                streams = b.call(lambda: set(b.service.subscribers))
+                conflicts = b.call(lambda: hold_watch_until_conflict(b.store._backend))
+                assert await writer_a.set_variable("t", 1) == 2
+                # b has not heard of a's write: its own, from version 1, loses the race,
+                # is undone, and runs again once a's write arrived.
+                assert await on_b.set_variable("t", 2) == 3
+                await until(lambda: len(seen) == 3, "both writes through b's stream", 30)
+                assert conflicts == [1]
+                assert b.call(lambda: set(b.service.subscribers)) == streams
+    finally:
+        a.stop()
+        b.stop()
+    assert [(u.value, u.version) for u in seen] == [(0, 1), (1, 2), (2, 3)]
+    assert [u.revision for u in seen] == sorted({u.revision for u in seen})

@@ -365,6 +365,65 @@ def test_deleted_variable_stops_being_watched() -> None:
     assert sub.watched == set()
 
 
+# ---------------------------------------------------------------- undone commits (pure)
+
+
+def _change(version: int, kind: str = "value_change") -> Commit:
+    return Commit(version, (ChangeEvent(_record("a", version, version), version - 1, kind,
+                                        {}, "w"),), 0.0)
+
+
+def test_a_stream_forgets_queued_commits_another_replica_undid_and_keeps_the_rest() -> None:
+    sub = Subscriber()
+    sub.watch(["a"])
+    sub.on_commit(_change(4))
+    sub.push_control(spb.Unsubscribed(request_id=7))  # shows no revision: kept
+    sub.on_commit(_change(5))
+    sub.on_commit(_change(6))
+    assert sub.undo_above(4)
+    items = sub.drain()
+    assert [i.revision if isinstance(i, PendingFrame) else i.request_id for i in items] == [
+        4, 7]
+    assert sub.pending_events == 0 and sub.pending_controls == 0
+
+
+@pytest.mark.parametrize("above", [
+    spb.Subscribed(request_id=1, revision=6),  # its initial values may show undone commits
+    spb.Pong(nonce=1, revision=6),
+    PendingFrame(6, [], "initial"),
+    PendingFrame(6, [], conflated=True, since=3),  # holds commits on both sides
+], ids=["ack", "pong", "initial", "conflated-across"])
+def test_a_stream_that_cannot_drop_what_was_undone_changes_nothing(above: Any) -> None:
+    sub = Subscriber()
+    sub.watch(["a"])
+    sub.on_commit(_change(5))
+    sub.push_frame(above) if isinstance(above, PendingFrame) else sub.push_control(above)
+    assert not sub.undo_above(4)
+    assert sub.queued == 2
+
+
+def test_an_undone_deletion_or_foreign_record_keeps_a_stream_from_going_on() -> None:
+    # The deletion already ended the watch (undoing it would leave the stream blind);
+    # a record of another session's variable from an undone commit would be shown later.
+    sub = Subscriber()
+    sub.watch(["a"])
+    sub.on_commit(_change(5, "deleted"))
+    assert sub.watched == set() and not sub.undo_above(4)
+    foreign = Subscriber(listen=lambda owner, fn: lambda: None)
+    foreign.watch_foreign("owner", [_record("a", 5, 5)])
+    assert not foreign.undo_above(4) and foreign.undo_above(5)
+
+
+def test_a_stream_takes_only_what_a_durable_revision_covers() -> None:
+    sub = Subscriber()
+    sub.watch(["a"])
+    for version in (4, 5, 6):
+        sub.on_commit(_change(version))
+    assert [f.revision for f in sub.drain(upto=5)] == [4, 5]
+    assert sub.pending_events == 1
+    assert [f.revision for f in sub.drain()] == [6]
+
+
 async def test_slow_stream_does_not_slow_others(
     session: dspex_rx.SessionContext, transport: Transport, server: EmbeddedServer
 ) -> None:

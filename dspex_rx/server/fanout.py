@@ -85,6 +85,9 @@ class Subscriber:
         self.max_watched = max_watched
         self.conflations = 0
         self.closed = False
+        # The store undid commits (another replica wrote first) that this stream could
+        # not drop from its queue (``undo_above``): it must end, its client resume.
+        self.undone = False
         self.pending_controls = 0
         self._wake = wake
         self._queue: deque[PendingFrame | Any] = deque()
@@ -341,21 +344,68 @@ class Subscriber:
         """
         return bool(self._queue)
 
-    def drain(self) -> list[PendingFrame | Any]:
-        """Everything waiting, in order; the queue is empty afterwards.
+    def drain(self, upto: int | None = None) -> list[PendingFrame | Any]:
+        """What waits, in order: everything, or (with ``upto``) the items up to the first
+        one that shows a revision above ``upto`` (what a durable ``upto`` covers); the
+        rest stays queued.
 
         Example:
 
         >>> sub = Subscriber()
         >>> sub.push_control("pong")
-        >>> sub.drain(), sub.has_pending()
-        (['pong'], False)
+        >>> sub.push_frame(PendingFrame(5, []))
+        >>> sub.drain(upto=4), sub.has_pending()
+        (['pong'], True)
         """
-        items = list(self._queue)
-        self._queue.clear()
-        self._pending_events = 0
-        self.pending_controls = 0
+        if upto is None:
+            items = list(self._queue)
+            self._queue.clear()
+        else:
+            items = []
+            while self._queue and _revision_of(self._queue[0]) <= upto:
+                items.append(self._queue.popleft())
+        self._recount()
         return items
+
+    def undo_above(self, revision: int) -> bool:
+        """Forget the queued commits above ``revision``, which the store undid (another
+        replica wrote first); False, changing nothing, if this stream cannot go on
+        without them: an item above it is not one commit's plain events (an ack, an
+        initial or conflated frame, a deletion or revocation that ended a watch), the
+        stream keeps another session's record that came from an undone commit, or it
+        was told its session went. Its stream must then end, and its client resume from
+        the last revision it got.
+
+        Example:
+
+        >>> sub = Subscriber()
+        >>> sub.push_frame(PendingFrame(5, []))
+        >>> sub.push_frame(PendingFrame(6, []))
+        >>> sub.undo_above(5), [f.revision for f in sub.drain()]
+        (True, [5])
+        """
+        if self.closed:
+            return False  # told its session went: an undone closing, as far as it knows
+        kept: deque[PendingFrame | Any] = deque()
+        for item in self._queue:
+            if _revision_of(item) <= revision:
+                kept.append(item)
+                continue
+            if not (isinstance(item, PendingFrame) and item.update_type is None
+                    and item.since >= revision
+                    and not any(e.update_type in _ENDS_A_WATCH for e in item.events)):
+                return False
+        if any(r.mod_revision > revision for r in self._records.values()):
+            return False
+        self._queue = kept
+        self._recount()
+        return True
+
+    def _recount(self) -> None:
+        self._pending_events = sum(
+            len(i.events) for i in self._queue if isinstance(i, PendingFrame))
+        self.pending_controls = sum(
+            1 for i in self._queue if not isinstance(i, PendingFrame))
 
     def _conflate(self) -> None:
         # Merge each run of consecutive frames into one frame, in place. Frames never move
@@ -384,6 +434,14 @@ class Subscriber:
 
 # Frames queued by every stream of this process (a plain int in a list: shared, cheap).
 _queued = [0]
+# Events after which a stream no longer watches the variable (``_deliver`` unwatches it).
+_ENDS_A_WATCH = ("deleted", "revoked")
+
+
+def _revision_of(item: PendingFrame | Any) -> int:
+    # The store revision an item shows the client: a frame's, an ack's or a pong's
+    # ``revision`` (the client may resume from it); 0 for a note that shows none.
+    return int(getattr(item, "revision", 0))
 
 
 def frames_queued() -> int:

@@ -65,10 +65,20 @@ class VariablesService(pb_grpc.VariablesServicer):
         # A durable store that went back to its file (the disk refused a write) wakes
         # every stream, which then ends: its queue may hold commits that were undone.
         store.on_reload(self._wake_streams)
+        # Another replica wrote first and this one's commits above a revision were
+        # undone: each stream forgets them (nothing above a durable revision was sent);
+        # one that cannot ends alone.
+        store.on_undo(self._undo_in_streams)
 
     def _wake_streams(self) -> None:
         for subscriber in list(self.subscribers):
             subscriber.wake()
+
+    def _undo_in_streams(self, revision: int) -> None:
+        for subscriber in list(self.subscribers):
+            if not subscriber.undo_above(revision):
+                subscriber.undone = True
+                subscriber.wake()
 
     def authenticate(self, session_id: str, context: grpc.aio.ServicerContext) -> None:
         """Raise ``AuthenticationError`` unless the call carries ``session_id``'s token

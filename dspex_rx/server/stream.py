@@ -101,10 +101,9 @@ async def session(
     reader.add_done_callback(lambda _: wake.set())
     generation = store.generation
     try:
-        # A revision told to the client must be durable (it resumes from it): the one
-        # before the sync, not one a write made during it.
-        revision = store.revision
-        if not await _settled(store, generation, context):
+        # A revision told to the client must be durable (it resumes from it).
+        revision = await _settled(store, generation, context, subscriber)
+        if revision is None:
             return
         yield spb.ServerMessage(
             opened=spb.StreamOpened(
@@ -119,20 +118,23 @@ async def session(
                 and not await wake.wait(interval) and not subscriber.has_pending()
             ):
                 # Idle for the interval: tell the client the revision it is current at.
-                revision = store.revision
-                if not await _settled(store, generation, context):
+                revision = await _settled(store, generation, context, subscriber)
+                if revision is None:
                     return
                 yield spb.ServerMessage(progress=spb.Progress(revision=revision))
                 continue
             wake.clear()
-            items = subscriber.drain()
+            # Durable first, then taken: what is taken can no longer be undone. (Taken
+            # first, a conflict during the sync would leave undone commits in hand.)
+            durable = await _settled(store, generation, context, subscriber)
+            if durable is None:
+                return
+            items = subscriber.drain(upto=durable)
             if _carries_large_values(items):
                 # Encoding a large value takes seconds: on a worker (offload.py).
                 messages = await offload.off_loop(_packed, items, service.limits)
             else:
                 messages = _packed(items, service.limits)
-            if not await _settled(store, generation, context):
-                return
             for message in messages:
                 yield message
             room.set()  # everything queued is sent: the reader may read on
@@ -235,28 +237,43 @@ def _carries_large_values(items: list[Any]) -> bool:
     )
 
 
-async def _settled(store: MemoryStore, generation: int,
-                   context: grpc.aio.ServicerContext) -> bool:
-    """Whether what is queued may be sent: every commit it shows is durable (a durable
-    store syncs first), and the store was not reloaded since the stream opened (its queue
-    may hold commits the storage refused). Otherwise the stream is aborted UNAVAILABLE
-    and the client resumes from the last revision it got.
+async def _settled(store: MemoryStore, generation: int, context: grpc.aio.ServicerContext,
+                   subscriber: Subscriber) -> int | None:
+    """The revision up to which what is queued may be sent: every commit at or below it
+    is durable (a durable store syncs first). A sync that met another replica's write
+    (its commits above some revision undone, and dropped from the queue) settles again.
+    The stream is aborted UNAVAILABLE instead, and None returned, when the store was
+    reloaded since the stream opened (its queue may hold commits the storage refused),
+    the storage refused, or the queue could not drop what a conflict undid; the client
+    then resumes from the last revision it got.
 
-    Example: ``if not await _settled(store, generation, context): return``.
+    Example: ``if (durable := await _settled(store, gen, context, sub)) is None: return``.
     """
     try:
-        if store.pending:
-            await store.sync(store.revision)
-        if store.generation != generation:
-            raise StorageError(
-                "the server's state went back to what its storage holds (a refused write, "
-                "or another replica's); resume from the last revision received"
-            )
+        while True:
+            revision = store.revision
+            try:
+                if store.pending:
+                    await store.sync(revision)
+            except RevisionConflict:
+                if subscriber.undone:
+                    raise
+                continue  # the undone commits left the queue: settle what is left
+            if store.generation != generation:
+                raise StorageError(
+                    "the server's state went back to what its storage holds (a refused "
+                    "write, or another replica's); resume from the last revision received"
+                )
+            if subscriber.undone:
+                raise StorageError(
+                    "another replica wrote first and commits queued for this stream were "
+                    "undone; resume from the last revision received"
+                )
+            return revision
     except (StorageError, RevisionConflict) as exc:
         # UNAVAILABLE either way: the client resumes from its last revision.
         await abort_with(context, StorageError(str(exc)))
-        return False
-    return True
+        return None
 
 
 async def _read(

@@ -445,8 +445,9 @@ class Backend(ABC):
 
     @property
     def generation(self) -> int:
-        """How many times the live state was reloaded from storage (a durable backend
-        reloads when a flush fails): what was queued for a watcher before is void.
+        """How many times the live state was reloaded from storage in a way its watchers
+        cannot follow (a durable backend reloads when a flush fails): what was queued for
+        a watcher before is void.
 
         Example: ``backend.generation`` is 0 until a flush failed.
         """
@@ -457,6 +458,14 @@ class Backend(ABC):
         memory): the engine rebuilds its accounts, the server ends its streams.
 
         Example: ``backend.on_reload(accounts.rebuild)``.
+        """
+
+    def on_undo(self, hook: Callable[[int], None]) -> None:  # noqa: B027 - optional, a no-op here
+        """Call ``hook(revision)`` when every commit above ``revision`` made here was
+        undone because another writer of the same storage wrote first (never, in memory);
+        the watchers keep listening, so the server drops those commits from its queues.
+
+        Example: ``backend.on_undo(drop_queued_commits_above)``.
         """
 
     def on_replicated(  # noqa: B027 - optional, a no-op here

@@ -201,8 +201,9 @@ class StoreBase:
 
     @property
     def generation(self) -> int:
-        """How many times the backend reloaded its state from storage (a refused flush);
-        a stream opened in an older generation must end (its queue may hold undone commits).
+        """How many times the backend reloaded its state from storage in a way a watcher
+        cannot follow (a refused flush); a stream opened in an older generation must end
+        (its queue may hold undone commits).
 
         >>> from dspex_rx.store import MemoryStore
         >>> MemoryStore().generation
@@ -216,6 +217,14 @@ class StoreBase:
         Example: ``store.on_reload(end_every_stream)`` in the server.
         """
         self._backend.on_reload(hook)
+
+    def on_undo(self, hook: Callable[[int], None]) -> None:
+        """Call ``hook(revision)`` when the backend undid every commit above ``revision``
+        (another replica wrote first); the store's watchers keep listening.
+
+        Example: ``store.on_undo(drop_queued_commits_above)`` in the server.
+        """
+        self._backend.on_undo(hook)
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Tell the backend which loop the store is used from (a replicated backend

@@ -22,6 +22,7 @@ from dspex_rx.errors import ResourceExhaustedError, StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import RevisionConflict, WriteTxn
 from dspex_rx.store.durable.budget import FlushBudget
+from dspex_rx.store.durable.carry import carry_watchers
 from dspex_rx.store.durable.image import Dirty, Image
 from dspex_rx.store.durable.load import CorruptRow, Loaded, load
 from dspex_rx.store.durable.replay import replay
@@ -71,10 +72,17 @@ class DurableBackend(MemoryBackend):
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="dspex-rx-durable")
         self._refusing_until = 0.0
         self._refusal = ""
-        # Bumped each time the live state is reloaded from storage: what was shown from
-        # an older generation and not yet durable must not be sent any more.
+        # Bumped each time the live state is reloaded from storage and a watcher cannot
+        # simply forget what was undone: what was shown from an older generation and not
+        # yet durable must not be sent any more. ``_resets`` counts every reset (a sync
+        # in flight across one had its changes undone).
         self._generation = 0
+        self._resets = 0
+        # The store revision the storage holds, as far as this process knows: after a
+        # conflict every commit above it was undone (``on_undo``).
+        self._stored_revision = 0
         self._reload_hooks: list[Callable[[], None]] = []
+        self._undo_hooks: list[Callable[[int], None]] = []
         self._replicated_hooks: list[Callable[[Replicated], None]] = []
         # Whether the last reset was a conflict (another writer first), and whether a
         # catch-up with another writer waits for this process's flush.
@@ -121,10 +129,14 @@ class DurableBackend(MemoryBackend):
                 "it half-read (restore a backup, or move it away to start afresh)",
             ) from exc
 
-    def _install(self, loaded: Loaded, *, carry: bool = False) -> None:
+    def _install(self, loaded: Loaded, *, carry: bool = False,
+                 undone_above: int | None = None) -> None:
         # The engine holds ``self._sessions`` itself: refill it, never replace it. With
-        # ``carry`` (catching up with another writer) each session keeps its watchers,
-        # who then hear every commit they had not, in order, and None if it went.
+        # ``carry`` (catching up with another writer, or going back after a conflict)
+        # each session keeps its watchers, who then hear every commit they had not, in
+        # order, and None if it went. After a conflict (``undone_above``) the watchers
+        # already forgot the commits above it, so they hear the stored ones above it; a
+        # session that went (its creation was undone) ends every stream instead.
         before = dict(self._sessions) if carry else {}
         self._sessions.clear()
         self._sessions.update(loaded.sessions)
@@ -133,16 +145,15 @@ class DurableBackend(MemoryBackend):
         for session in self._sessions.values():
             if session.log and session.log[-1].revision > session.revision:
                 session.revision = session.log[-1].revision
-        self._revision = loaded.revision
+        self._revision = self._stored_revision = loaded.revision
         self._next = loaded.next_id
         self._image = loaded.image
         self._stored_retired = loaded.retired
         if self._retired_ids is not None:
             self._retired_ids.restore(loaded.retired.items())
-        gaps = [sid for sid, old in before.items() if _carry(old, self._sessions.get(sid))]
-        if gaps:
-            # Commits a watcher missed are no longer in the log: its stream must end and
-            # resume (the server answers RESYNC from past its horizon).
+        if carry_watchers(before, self._sessions, undone_above):
+            # A watcher cannot follow (commits it missed are no longer in the log): its
+            # stream must end and resume (the server answers RESYNC past its horizon).
             self._generation += 1
 
     def keep_retired(self, retired: RetiredIds) -> None:
@@ -167,6 +178,16 @@ class DurableBackend(MemoryBackend):
         Example: ``backend.on_reload(accounts.rebuild)``.
         """
         self._reload_hooks.append(hook)
+
+    def on_undo(self, hook: Callable[[int], None]) -> None:
+        """Call ``hook(revision)`` when every commit above ``revision`` made here was undone
+        because another writer of the same storage wrote first; the watchers keep
+        listening, so whoever queued those commits to send must drop them (before the
+        commits that won are told).
+
+        Example: ``backend.on_undo(lambda revision: print("undone above", revision))``.
+        """
+        self._undo_hooks.append(hook)
 
     def on_replicated(self, hook: Callable[[Replicated], None]) -> None:
         """Call ``hook(replicated)`` after another writer's rows were applied in place.
@@ -323,7 +344,7 @@ class DurableBackend(MemoryBackend):
             raise ValueError(f"revision {revision} is not committed (newest {self._revision})")
         if self._broken:
             self._recover()
-        target, generation = self._epoch, self._generation
+        target, resets = self._epoch, self._resets
         while self._durable < target:
             flushing = self._flushing
             if flushing is None:
@@ -334,7 +355,7 @@ class DurableBackend(MemoryBackend):
             except RevisionConflict:
                 await self._settle_conflict()
                 raise
-            if self._generation != generation:
+            if self._resets != resets:
                 error = self._reset_error()
                 if isinstance(error, RevisionConflict):
                     await self._settle_conflict()
@@ -357,7 +378,7 @@ class DurableBackend(MemoryBackend):
 
     async def _flush(self) -> None:
         try:
-            epoch = self._epoch
+            epoch, revision = self._epoch, self._revision
             batch = self._collect()
             loop = asyncio.get_running_loop()
             try:
@@ -379,6 +400,7 @@ class DurableBackend(MemoryBackend):
             except self.storage_errors as exc:
                 self._refuse(exc)
             self._durable = max(self._durable, epoch)
+            self._stored_revision = max(self._stored_revision, revision)
             self._refusing_until = 0.0
         finally:
             self._flushing = None
@@ -407,7 +429,7 @@ class DurableBackend(MemoryBackend):
             self.catch_up()
             return
         if out.revision is not None:
-            self._revision = out.revision
+            self._revision = self._stored_revision = out.revision
         if out.next_id is not None:
             self._next = out.next_id
         if out.retired and self._retired_ids is not None:
@@ -503,10 +525,14 @@ class DurableBackend(MemoryBackend):
 
     def _reset(self, *, conflicted: bool, loaded: Loaded | None = None) -> None:
         # Every change since the last durable one is undone: the live state is the stored
-        # one again. The engine rebuilds what it derives (accounts); the server ends every
-        # stream (its queue may hold undone commits), whose clients resume from the last
-        # revision they got, which the storage holds. If the storage cannot even be read,
-        # the backend stays broken (``pending``) until a later sync reads it.
+        # one again. The engine rebuilds what it derives (accounts). After a refusal the
+        # server ends every stream (its queue may hold undone commits), whose clients
+        # resume from the last revision they got, which the storage holds. After a
+        # conflict (the storage is fine, another writer was first) the watchers keep
+        # listening: the ``on_undo`` hooks drop the undone commits from the queues
+        # first (a stream that cannot go on without them ends alone), then the watchers
+        # hear the stored commits they had not. If the storage cannot even be read, the
+        # backend stays broken (``pending``) until a later sync reads it.
         self._conflicted = conflicted
         self._behind = False
         if loaded is None:
@@ -516,13 +542,20 @@ class DurableBackend(MemoryBackend):
                 self._broken = True
                 raise
         self._broken = False
-        self._install(loaded)
+        self._resets += 1
+        if conflicted:
+            undone_above = self._stored_revision
+            for undo in self._undo_hooks:
+                undo(undone_above)
+            self._install(loaded, carry=True, undone_above=undone_above)
+        else:
+            self._install(loaded)
+            self._generation += 1
         self._dirty.clear()
         self._gone.clear()
         self._budget.clear()
         self._retired_dirty = False
         self._durable = self._epoch
-        self._generation += 1
         for hook in self._reload_hooks:
             hook()
 
@@ -539,22 +572,6 @@ class DurableBackend(MemoryBackend):
         self._closed = True
         self._writer.shutdown(wait=True)
         self._release()
-
-
-def _carry(old: Session, new: Session | None) -> bool:
-    # The same list object, so a watcher's remover (bound to the old session) still works.
-    # Returns whether commits the watchers missed are gone from the log.
-    if new is None:
-        _tell(old, None)
-        return False
-    new.listeners = old.listeners
-    new.foreign_listeners = old.foreign_listeners
-    if new.revision > old.revision and new.log_floor > old.revision and old.listeners:
-        return True
-    for commit in new.log:
-        if commit.revision > old.revision:
-            _tell(new, commit)
-    return False
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
