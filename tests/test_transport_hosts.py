@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from dspex_rx.client import hosted_loop
+from dspex_rx.client import hosted_loop, trio_loop
 from dspex_rx.client.transport import Transport
 from dspex_rx.v1 import variables_pb2 as pb
 
@@ -334,3 +334,36 @@ def test_ctrl_c_during_a_loop_callback_reaches_the_main_task_and_the_loop_lives_
 
     # Virtual time: the sleep above ends at once if the interrupt never comes.
     assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == "alive"
+
+
+def test_a_hosted_loop_that_dies_fails_its_awaiters_instead_of_leaving_them_waiting() -> None:
+    # Guards a hang: a call awaiting the hosted loop waited for ever once the loop's
+    # driver had ended with an error (its abort keeps waiting for the future), and no
+    # cancellation could free it.
+    async def main() -> None:
+        loop = trio_loop.TrioDrivenLoop()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drive_and_swallow, loop)
+            await trio.sleep(0)  # the driver is running
+            never: asyncio.Future[None] = loop.create_future()
+            original = loop._run_ready
+
+            def broken() -> None:
+                loop._run_ready = original  # type: ignore[method-assign]
+                raise RuntimeError("a driver bug")
+
+            loop._run_ready = broken  # type: ignore[method-assign]
+            loop.call_soon(lambda: None)  # wakes the driver into the bug
+            with pytest.raises(RuntimeError, match="stopped before the awaited call"):
+                await trio_loop.await_future(never)
+            with pytest.raises(RuntimeError, match="has stopped"):
+                await trio_loop.await_future(loop.create_future())
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def _drive_and_swallow(loop: trio_loop.TrioDrivenLoop) -> None:
+    try:
+        await loop.drive()
+    except* RuntimeError as dead:  # the planted bug, raised out of the driver's nursery
+        assert "a driver bug" in str(dead.exceptions[0])

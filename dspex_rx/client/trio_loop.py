@@ -58,6 +58,10 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
         self._nursery: trio.Nursery | None = None
         self._watchers: dict[tuple[int, str], trio.CancelScope] = {}
         self._finished = trio.Event()
+        # Trio tasks awaiting one of this loop's futures (``await_future``): failed when
+        # ``drive`` ends, since no callback can wake them any more (a loop that died of an
+        # error would otherwise leave them waiting for ever, deaf to cancellation too).
+        self._waiting: set[trio.lowlevel.Task] = set()
 
     # -------------------------------------------------------------- asyncio's hooks
 
@@ -211,6 +215,10 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
             self._nursery = None
             self._thread_id = None  # type: ignore[assignment]
             self._finished.set()
+            waiting, self._waiting = self._waiting, set()
+            for task in waiting:
+                trio.lowlevel.reschedule(task, outcome.Error(RuntimeError(
+                    "the hosted asyncio loop stopped before the awaited call finished")))
 
     async def shutdown(self) -> None:
         """Cancel every task left on the loop, run them to their end, stop ``drive`` and
@@ -269,17 +277,27 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
 async def await_future(future: asyncio.Future[T]) -> T:
     """Await an asyncio future of a ``TrioDrivenLoop`` from trio. Trio cancellation cancels
     the future and waits until it is done; if it then ended cancelled, trio's
-    ``Cancelled`` is raised.
+    ``Cancelled`` is raised. ``RuntimeError`` if the loop stops first (its driver ended).
 
     Example: ``await await_future(loop.create_task(coro))``.
     """
     task = trio.lowlevel.current_task()
     raise_cancel: list[Callable[[], Any]] = []
+    loop = future.get_loop()
+    waiting: set[trio.lowlevel.Task] | None = getattr(loop, "_waiting", None)
+    if waiting is not None and loop._finished.is_set():  # type: ignore[attr-defined]
+        raise RuntimeError("the hosted asyncio loop has stopped")
 
     def done(f: asyncio.Future[T]) -> None:
+        if waiting is not None:
+            if task not in waiting:
+                return  # the loop's end already failed it
+            waiting.discard(task)
         trio.lowlevel.reschedule(task, outcome.capture(f.result))
 
     future.add_done_callback(done)
+    if waiting is not None:
+        waiting.add(task)
 
     def abort(raise_cancel_fn: Callable[[], Any]) -> trio.lowlevel.Abort:
         raise_cancel.append(raise_cancel_fn)
