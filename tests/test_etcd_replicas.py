@@ -53,6 +53,15 @@ def sync(store: MemoryStore) -> None:
     asyncio.run(store.sync(store.revision))
 
 
+def share_one_variable(a: MemoryStore, b: MemoryStore) -> None:
+    """Session "shared" with an integer "t" (version 1, value 0), made on ``a``; ``b``
+    has read it."""
+    a.initialize_session("shared")
+    a.register("shared", [VariableSpec("t", "integer", 0)], actor="a")
+    sync(a)
+    b._backend.catch_up()
+
+
 def test_a_replica_catches_up_with_another_and_tells_its_watchers_in_order(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:
@@ -78,10 +87,7 @@ def test_of_two_replicas_writing_from_one_state_the_second_conflicts_and_reruns(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:
     a, b = pair
-    a.initialize_session("shared")
-    a.register("shared", [VariableSpec("t", "integer", 0)], actor="a")
-    sync(a)
-    b._backend.catch_up()
+    share_one_variable(a, b)
     a.set("shared", "t", 1, actor="a", expected_version=1)
     b.set("shared", "t", 2, actor="b", expected_version=1)  # both saw version 1
     sync(a)
@@ -101,10 +107,7 @@ def test_a_replica_that_lost_a_race_keeps_its_watchers_and_names_what_it_undid(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:
     a, b = pair
-    a.initialize_session("shared")
-    a.register("shared", [VariableSpec("t", "integer", 0)], actor="a")
-    sync(a)
-    b._backend.catch_up()
+    share_one_variable(a, b)
     stored = b.revision
     heard: list[Commit | None] = []
     undone: list[int] = []
@@ -132,6 +135,17 @@ def replica(endpoint: str, prefix: str, host: str = "127.0.0.1", port: int = 0
         backend=EtcdBackend([endpoint], prefix=prefix), session_ttl=3600))
     server.start()
     return server
+
+
+@contextlib.contextmanager
+def replicas(endpoint: str, prefix: str, count: int) -> Iterator[list[EmbeddedServer]]:
+    """``count`` replicas over one etcd prefix, stopped after the block."""
+    servers = [replica(endpoint, prefix) for _ in range(count)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 async def test_watchers_on_every_replica_see_every_write_once_in_order(
@@ -236,18 +250,14 @@ def test_with_etcd_down_writes_and_reads_are_refused_clearly_and_nothing_unstore
 async def test_a_client_of_two_replicas_moves_on_when_its_replica_dies_and_loses_no_event(
     etcd_endpoint: str, prefix: str,
 ) -> None:
-    first, second = replica(etcd_endpoint, prefix), replica(etcd_endpoint, prefix)
     seen: list[VariableUpdate] = []
-    try:
+    with replicas(etcd_endpoint, prefix, 2) as (first, second):
         async with dspex_rx.connect([first.target, second.target],
                                     session_id="failover") as watcher:
             await watcher.register_variable("t", "integer", 0)
             watcher.observe("t").subscribe(seen.append)
             await until(lambda: bool(seen), "the initial value", 30)
             await loses_no_event_when_its_replica_dies(watcher, first, second, seen)
-    finally:
-        first.stop()
-        second.stop()
     assert_every_value_once(seen)
 
 
@@ -678,9 +688,8 @@ async def test_a_stream_on_a_replica_that_lost_a_race_goes_on_without_a_reconnec
     # Guards a bug: a conflict ended every stream of the losing replica (its queue could
     # hold the undone commits), so under writes from several replicas watchers kept
     # reconnecting. The undone commits now leave the queues and the streams go on.
-    a, b = replica(etcd_endpoint, prefix), replica(etcd_endpoint, prefix)
     seen: list[VariableUpdate] = []
-    try:
+    with replicas(etcd_endpoint, prefix, 2) as (a, b):
         async with dspex_rx.connect(a.target, session_id="race") as writer_a:
             await writer_a.register_variable("t", "integer", 0)
             await until(lambda: "race" in b.call(b.store.session_ids),
@@ -698,8 +707,5 @@ async def test_a_stream_on_a_replica_that_lost_a_race_goes_on_without_a_reconnec
                 await until(lambda: len(seen) == 3, "both writes through b's stream", 30)
                 assert conflicts == [1]
                 assert b.call(lambda: set(b.service.subscribers)) == streams
-    finally:
-        a.stop()
-        b.stop()
     assert [(u.value, u.version) for u in seen] == [(0, 1), (1, 2), (2, 3)]
     assert [u.revision for u in seen] == sorted({u.revision for u in seen})
