@@ -129,6 +129,25 @@ def test_a_replica_that_lost_a_race_keeps_its_watchers_and_names_what_it_undid(
     assert b.generation == 0  # no stream of b's has to end for it
 
 
+def test_a_watcher_from_another_session_leaves_no_count_behind_after_a_conflict(
+    pair: tuple[MemoryStore, MemoryStore],
+) -> None:
+    # Guards a bug (found in review): the stored copy of a session took over its listeners
+    # but the count of other sessions' watchers was copied, and the remover counted down
+    # on the old object: the owner's own stream limit then came out too generous.
+    a, b = pair
+    share_one_variable(a, b)
+    remove = b.add_listener("shared", lambda commit: None, foreign=True)
+    a.set("shared", "t", 1, actor="a")
+    b.set("shared", "t", 2, actor="b")
+    sync(a)
+    with pytest.raises(RevisionConflict):
+        sync(b)  # b's sessions are now the stored copies
+    remove()
+    session = b._backend._sessions["shared"]
+    assert (len(session.listeners), session.foreign_listeners) == (0, 0)
+
+
 def replica(endpoint: str, prefix: str, host: str = "127.0.0.1", port: int = 0
             ) -> EmbeddedServer:
     server = EmbeddedServer(host, port, store=MemoryStore(

@@ -6,6 +6,7 @@ No gRPC and no asyncio here: the stream handler drains a ``Subscriber`` when wok
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -91,6 +92,8 @@ class Subscriber:
         self.pending_controls = 0
         self._wake = wake
         self._queue: deque[PendingFrame | Any] = deque()
+        # Taken to be sent once the store made it durable (the stream's sender).
+        self._taken: list[PendingFrame | Any] = []
         self._pending_events = 0
 
     def check_room(self, variable_ids: Iterable[str]) -> None:
@@ -344,27 +347,43 @@ class Subscriber:
         """
         return bool(self._queue)
 
-    def drain(self, upto: int | None = None) -> list[PendingFrame | Any]:
-        """What waits, in order: everything, or (with ``upto``) the items up to the first
-        one that shows a revision above ``upto`` (what a durable ``upto`` covers); the
-        rest stays queued.
+    def drain(self) -> list[PendingFrame | Any]:
+        """Everything waiting, in order; the queue is empty afterwards.
 
         Example:
 
         >>> sub = Subscriber()
         >>> sub.push_control("pong")
-        >>> sub.push_frame(PendingFrame(5, []))
-        >>> sub.drain(upto=4), sub.has_pending()
-        (['pong'], True)
+        >>> sub.drain(), sub.has_pending()
+        (['pong'], False)
         """
-        if upto is None:
-            items = list(self._queue)
-            self._queue.clear()
-        else:
-            items = []
-            while self._queue and _revision_of(self._queue[0]) <= upto:
-                items.append(self._queue.popleft())
-        self._recount()
+        self.take()
+        return self.hand_over()
+
+    def take(self) -> None:
+        """Take what waits into hand, to be sent once durable (``hand_over``); what is
+        queued after waits for the next round. Taken items still count for
+        ``undo_above``.
+
+        Example:
+
+        >>> sub = Subscriber()
+        >>> sub.push_control("pong")
+        >>> sub.take(); sub.push_control("later")
+        >>> sub.hand_over(), sub.drain()
+        (['pong'], ['later'])
+        """
+        self._taken.extend(self._queue)
+        self._queue.clear()
+        self._pending_events = 0
+        self.pending_controls = 0
+
+    def hand_over(self) -> list[PendingFrame | Any]:
+        """What was taken, in order, now to be sent; the hand is empty afterwards.
+
+        Example: ``items = subscriber.hand_over()`` once the store synced.
+        """
+        items, self._taken = self._taken, []
         return items
 
     def undo_above(self, revision: int) -> bool:
@@ -386,18 +405,17 @@ class Subscriber:
         """
         if self.closed:
             return False  # told its session went: an undone closing, as far as it knows
-        kept: deque[PendingFrame | Any] = deque()
-        for item in self._queue:
-            if _revision_of(item) <= revision:
-                kept.append(item)
-                continue
-            if not (isinstance(item, PendingFrame) and item.update_type is None
+        taken = [i for i in self._taken if _revision_of(i) <= revision]
+        queued = deque(i for i in self._queue if _revision_of(i) <= revision)
+        for item in itertools.chain(self._taken, self._queue):
+            if _revision_of(item) > revision and not (
+                    isinstance(item, PendingFrame) and item.update_type is None
                     and item.since >= revision
                     and not any(e.update_type in _ENDS_A_WATCH for e in item.events)):
                 return False
         if any(r.mod_revision > revision for r in self._records.values()):
             return False
-        self._queue = kept
+        self._taken, self._queue = taken, queued
         self._recount()
         return True
 

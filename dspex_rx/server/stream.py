@@ -112,6 +112,7 @@ async def session(
                 log_horizon=opened.log_floor + 1,
             )
         )
+        closing = False
         while True:
             if (
                 not subscriber.has_pending() and not reader.done()
@@ -124,12 +125,13 @@ async def session(
                 yield spb.ServerMessage(progress=spb.Progress(revision=revision))
                 continue
             wake.clear()
-            # Durable first, then taken: what is taken can no longer be undone. (Taken
-            # first, a conflict during the sync would leave undone commits in hand.)
-            durable = await _settled(store, generation, context, subscriber)
-            if durable is None:
+            # Taken, then made durable: the sync covers every change made before it,
+            # revision or not (a session's closing takes none). A conflict during it
+            # drops the undone commits from what was taken too (``undo_above``).
+            subscriber.take()
+            if await _settled(store, generation, context, subscriber) is None:
                 return
-            items = subscriber.drain(upto=durable)
+            items = subscriber.hand_over()
             if _carries_large_values(items):
                 # Encoding a large value takes seconds: on a worker (offload.py).
                 messages = await offload.off_loop(_packed, items, service.limits)
@@ -139,6 +141,14 @@ async def session(
                 yield message
             room.set()  # everything queued is sent: the reader may read on
             if subscriber.closed:
+                if subscriber.has_pending() and not closing:
+                    closing = True  # what came before the closing goes out first, once
+                    continue
+                # The closing itself must be durable before the client hears of it: a
+                # conflict or a refused write may still undo it (the stream then ends
+                # UNAVAILABLE, and the client resumes).
+                if await _settled(store, generation, context, subscriber) is None:
+                    return
                 context.set_trailing_metadata(((ERROR_KIND_KEY, "session_not_found"),))
                 await context.abort(
                     grpc.StatusCode.NOT_FOUND, f"session {session_id!r} was closed or expired"

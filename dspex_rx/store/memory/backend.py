@@ -154,7 +154,12 @@ class MemoryBackend(Backend):
             if listener in session.listeners:
                 session.listeners.remove(listener)
                 if foreign:
-                    session.foreign_listeners -= 1
+                    # A durable backend may have put a stored copy in the session's
+                    # place, holding the same list (durable/carry.py): count there.
+                    holder = self._sessions.get(session_id)
+                    if holder is None or holder.listeners is not session.listeners:
+                        holder = session
+                    holder.foreign_listeners -= 1
 
         return remove
 
