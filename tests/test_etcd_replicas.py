@@ -30,6 +30,7 @@ from dspex_rx.client.updates import VariableUpdate
 from dspex_rx.errors import StorageError
 from dspex_rx.etcd import EtcdBackend
 from dspex_rx.server import EmbeddedServer
+from dspex_rx.server.metrics import count
 from dspex_rx.store import MemoryStore, VariableSpec, accounts
 from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.store.records import Commit
@@ -726,5 +727,8 @@ async def test_a_stream_on_a_replica_that_lost_a_race_goes_on_without_a_reconnec
                 await until(lambda: len(seen) == 3, "both writes through b's stream", 30)
                 assert conflicts == [1]
                 assert b.call(lambda: set(b.service.subscribers)) == streams
+                # What an operator sees of it: one lost race on b, none on a.
+                assert b.call(lambda: count(b.service).storage_conflicts) == 1
+                assert a.call(lambda: count(a.service).storage_conflicts) == 0
     assert [(u.value, u.version) for u in seen] == [(0, 1), (1, 2), (2, 3)]
     assert [u.revision for u in seen] == sorted({u.revision for u in seen})

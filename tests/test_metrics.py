@@ -101,6 +101,8 @@ async def test_gauges_count_sessions_variables_streams_and_watches(
         assert sample(samples, "dspex_rx_sessions") == 2
         assert sample(samples, "dspex_rx_session_clients") == 2
         assert sample(samples, "dspex_rx_variables") == 3
+        # One server: no other replica's write ever beats its flushes.
+        assert sample(samples, "dspex_rx_storage_conflicts_total") == 0
         async with dspex_rx.connect(target, session_id=a.session_id,
                                     token=a.token) as watcher:
             watch = await watcher.watch_variables(["x", "y"], include_initial=False)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 
 from dspex_rx.logs import get_logger
@@ -62,6 +62,7 @@ class Counts:
     queued: int
     deepest: int
     pending_events: int
+    storage_conflicts: int = 0
 
 
 def count(observed: Observed) -> Counts:
@@ -94,6 +95,7 @@ def count(observed: Observed) -> Counts:
         queued=sum(depths),
         deepest=max(depths, default=0),
         pending_events=sum(sub.pending_events for sub in subscribers),
+        storage_conflicts=store.conflicts,
     )
 
 
@@ -130,6 +132,10 @@ class _StoreCollector:
              counts.pending_events),
         ):
             yield GaugeMetricFamily(f"dspex_rx_{name}", text, value=value)
+        yield CounterMetricFamily(
+            "dspex_rx_storage_conflicts",
+            "Flushes another replica's write beat (undone, their calls run again)",
+            value=counts.storage_conflicts)
 
 
 def _split(full_method: str) -> tuple[str, str]:

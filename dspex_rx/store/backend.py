@@ -428,6 +428,15 @@ class Backend(ABC):
         """
         return False
 
+    @property
+    def conflicts(self) -> int:
+        """How many flushes lost their race to another writer of the same storage (a
+        replica), each undone and its calls run again (never, in memory).
+
+        Example: ``backend.conflicts`` is 0 on one server.
+        """
+        return 0
+
     def touch(self, session_id: str, var_id: str = "") -> None:  # noqa: B027 - optional, a no-op here
         """Say that the engine changed a session's state in place, outside a commit (a
         client attached or left; with ``var_id``, retention dropped that variable's

@@ -200,6 +200,17 @@ class StoreBase:
         return self._backend.pending
 
     @property
+    def conflicts(self) -> int:
+        """How many of this server's flushes another replica's write beat (each undone,
+        its calls run again): how contended the replicas' writes are.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().conflicts
+        0
+        """
+        return self._backend.conflicts
+
+    @property
     def generation(self) -> int:
         """How many times the backend reloaded its state from storage in a way a watcher
         cannot follow (a refused flush); a stream opened in an older generation must end

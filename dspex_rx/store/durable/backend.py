@@ -78,6 +78,7 @@ class DurableBackend(MemoryBackend):
         # in flight across one had its changes undone).
         self._generation = 0
         self._resets = 0
+        self._conflicts = 0
         # The store revision the storage holds, as far as this process knows: after a
         # conflict every commit above it was undone (``on_undo``).
         self._stored_revision = 0
@@ -163,6 +164,14 @@ class DurableBackend(MemoryBackend):
         """
         self._retired_ids = retired
         retired.restore(self._stored_retired.items())
+
+    @property
+    def conflicts(self) -> int:
+        """How many flushes lost their race to another writer (undone, calls rerun).
+
+        Example: ``backend.conflicts`` counts up under writes from several replicas.
+        """
+        return self._conflicts
 
     @property
     def generation(self) -> int:
@@ -544,6 +553,7 @@ class DurableBackend(MemoryBackend):
         self._broken = False
         self._resets += 1
         if conflicted:
+            self._conflicts += 1
             undone_above = self._stored_revision
             for undo in self._undo_hooks:
                 undo(undone_above)
