@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -599,7 +600,7 @@ def test_a_client_heartbeating_through_one_replica_is_not_expired_by_another(
 
 
 async def test_the_expiry_loop_survives_another_replica_writing_first(
-    etcd_endpoint: str, prefix: str,
+    etcd_endpoint: str, prefix: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Regression: the expiry loop's sync met a RevisionConflict, the task died, and the
     # replica never expired a session again (and its stop re-raised the conflict).
@@ -623,6 +624,10 @@ async def test_the_expiry_loop_survives_another_replica_writing_first(
                                         and not b.pending), "the expiry", 30)
     a.close()
     b.close()
+    # A lost race is routine between replicas: counted, not warned about every second.
+    assert b.conflicts >= 1
+    assert not [r for r in caplog.records
+                if r.levelno >= logging.WARNING and "expiry_sync" in r.getMessage()]
 
 
 def test_a_derivation_renewed_on_one_replica_lapses_on_none_and_a_takeover_fences_on_all(

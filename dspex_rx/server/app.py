@@ -187,9 +187,13 @@ class Server:
                 # removed, leases ended): make it durable now, not with the next write.
                 try:
                     await self.store.sync(self.store.revision)
-                except (StorageError, RevisionConflict) as exc:
-                    # Undone (the disk refused, or another replica wrote first): the
-                    # next tick expires again from the state as stored.
+                except RevisionConflict as exc:
+                    # Another replica wrote first: routine while replicas write at once
+                    # (dspex_rx_storage_conflicts_total counts them), not worth a warning
+                    # a second. The next tick expires again from the state as stored.
+                    log.debug("expiry_sync_conflicted", error=str(exc))
+                except StorageError as exc:
+                    # Undone (the disk refused): the next tick tries again.
                     log.warning("expiry_sync_failed", error=str(exc))
 
     async def stop(self, grace: float | None = 2.0) -> None:
