@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -261,74 +262,77 @@ class HeldBackend(MemoryBackend):
         self.syncing -= 1
 
 
-async def test_a_progress_note_names_only_a_revision_already_durable() -> None:
-    # Guards a bug: the note named the store's revision read after its sync, which could
-    # include a write made during the sync and not yet durable; a stream ended by that
-    # write's refusal (a replica's conflict) resumed past the commit that took its place.
+@asynccontextmanager
+async def held_server() -> AsyncIterator[tuple[EmbeddedServer, HeldBackend, Transport]]:
+    """A server over a ``HeldBackend`` and a transport to it; everything made durable and
+    stopped after the block."""
     backend = HeldBackend()
     server = EmbeddedServer(store=MemoryStore(backend=backend))
     server.start()
     transport = Transport(server.target)
     await transport.open()
     try:
-        async with dspex_rx.connect(server.target, session_id="held") as session:
-            await session.register_variable("x", "integer", 0)
-            durable = server.call(lambda: server.store.revision)
-            backend.allow(durable)
-            raw = await open_raw(transport, session, progress=0.02)
-            sid = session.session_id
-            server.call(lambda: server.store.set(sid, "x", 1, actor="t"))
-            await until(lambda: backend.syncing > 0, "the stream waits on the sync", 30)
-            # A write lands while the stream's sync waits; only the first becomes durable.
-            server.call(lambda: server.store.set(sid, "x", 2, actor="t"))
-            backend.allow(durable + 1)
-            try:
-                while True:
-                    note = (await raw.next_control("progress")).progress.revision
-                    if note != durable:
-                        break
-            finally:
-                backend.allow(1 << 62)  # the rest may become durable: the test ends
-            assert note == durable + 1  # not durable + 2, which is not durable
-            await raw.stream.close()
+        yield server, backend, transport
     finally:
         backend.allow(1 << 62)
         await transport.close()
         server.stop()
+
+
+async def test_a_progress_note_names_only_a_revision_already_durable() -> None:
+    # Guards a bug: the note named the store's revision read after its sync, which could
+    # include a write made during the sync and not yet durable; a stream ended by that
+    # write's refusal (a replica's conflict) resumed past the commit that took its place.
+    async with (
+        held_server() as (server, backend, transport),
+        dspex_rx.connect(server.target, session_id="held") as session,
+    ):
+        await session.register_variable("x", "integer", 0)
+        durable = server.call(lambda: server.store.revision)
+        backend.allow(durable)
+        raw = await open_raw(transport, session, progress=0.02)
+        sid = session.session_id
+        server.call(lambda: server.store.set(sid, "x", 1, actor="t"))
+        await until(lambda: backend.syncing > 0, "the stream waits on the sync", 30)
+        # A write lands while the stream's sync waits; only the first becomes durable.
+        server.call(lambda: server.store.set(sid, "x", 2, actor="t"))
+        backend.allow(durable + 1)
+        try:
+            while True:
+                note = (await raw.next_control("progress")).progress.revision
+                if note != durable:
+                    break
+        finally:
+            backend.allow(1 << 62)  # the rest may become durable: the test ends
+        assert note == durable + 1  # not durable + 2, which is not durable
+        await raw.stream.close()
 
 
 async def test_what_a_closed_session_committed_during_a_sync_still_reaches_its_stream() -> None:
     # Guards a bug (found in review): a stream whose session closed sent what it had
     # taken before its sync and ended, dropping a commit queued during that sync.
-    backend = HeldBackend()
-    server = EmbeddedServer(store=MemoryStore(backend=backend))
-    server.start()
-    transport = Transport(server.target)
-    await transport.open()
-    try:
-        async with dspex_rx.connect(server.target) as session:
-            await session.register_variable("x", "integer", 0)
-            raw = await open_raw(transport, session)
-            await raw.subscribe(["x"], include_initial=False)
-            sid, durable = session.session_id, server.call(lambda: server.store.revision)
-            backend.allow(durable)
-            server.call(lambda: server.store.set(sid, "x", 1, actor="t"))
-            await until(lambda: backend.syncing > 0, "the stream waits on the sync", 30)
-            # While the stream waits: one more write, then the session goes.
-            server.call(lambda: server.store.set(sid, "x", 2, actor="t"))
-            server.call(lambda: end(server.store, sid))
-            backend.allow(1 << 62)
-            values = [f.events[0].value.int_value for f in await raw.frames(2)]
-            assert values == [1, 2]
-            with pytest.raises(grpc.aio.AioRpcError, match="closed or expired") as info:
-                while await raw.stream.receive_batch() is not None:
-                    pass
-            assert info.value.code() == grpc.StatusCode.NOT_FOUND
-            await raw.stream.close()
-    finally:
+    async with (
+        held_server() as (server, backend, transport),
+        dspex_rx.connect(server.target) as session,
+    ):
+        await session.register_variable("x", "integer", 0)
+        raw = await open_raw(transport, session)
+        await raw.subscribe(["x"], include_initial=False)
+        sid, durable = session.session_id, server.call(lambda: server.store.revision)
+        backend.allow(durable)
+        server.call(lambda: server.store.set(sid, "x", 1, actor="t"))
+        await until(lambda: backend.syncing > 0, "the stream waits on the sync", 30)
+        # While the stream waits: one more write, then the session goes.
+        server.call(lambda: server.store.set(sid, "x", 2, actor="t"))
+        server.call(lambda: end(server.store, sid))
         backend.allow(1 << 62)
-        await transport.close()
-        server.stop()
+        values = [f.events[0].value.int_value for f in await raw.frames(2)]
+        assert values == [1, 2]
+        with pytest.raises(grpc.aio.AioRpcError, match="closed or expired") as info:
+            while await raw.stream.receive_batch() is not None:
+                pass
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        await raw.stream.close()
 
 
 async def test_first_message_must_open_a_known_session(transport: Transport) -> None:
