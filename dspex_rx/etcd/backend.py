@@ -7,8 +7,8 @@ writes into the live state and to this replica's watchers, in revision order.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -96,14 +96,13 @@ class EtcdBackend(DurableBackend):
         self.timeout = timeout
         self.refusal_hint = " (is etcd up, with a quorum?)"
         # gRPC picks a reachable member among them and moves on when one goes.
-        target = ("ipv4:" + ",".join(self.endpoints) if len(self.endpoints) > 1
-                  else self.endpoints[0])
+        self._target = ("ipv4:" + ",".join(self.endpoints) if len(self.endpoints) > 1
+                        else self.endpoints[0])
         # A watch answer may carry several revisions' events, each up to a request's
         # size: gRPC's default 4 MiB receive limit is too small for that.
-        self._channel = grpc.insecure_channel(
-            target, options=[("grpc.lb_policy_name", "round_robin"),
-                             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
-        )
+        self._options = [("grpc.lb_policy_name", "round_robin"),
+                         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
+        self._channel = grpc.insecure_channel(self._target, options=self._options)
         self._kv = etcd_grpc.KVStub(self._channel)  # type: ignore[no-untyped-call]
         # The etcd revision of the last write of the head row this replica knows of (what
         # the next flush compares), the etcd revision the live state reflects, and the
@@ -119,9 +118,7 @@ class EtcdBackend(DurableBackend):
         # Writes the watch saw while a flush was in flight, told apart after it.
         self._queued: list[tuple[int, list[tuple[bool, bytes, bytes]] | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._watch_stop = threading.Event()
-        self._watch_requests: queue.Queue[etcd.WatchRequest | None] = queue.Queue()
-        self._watcher: threading.Thread | None = None
+        self._watcher: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
         try:
             self._start()
         except BaseException:
@@ -290,59 +287,57 @@ class EtcdBackend(DurableBackend):
         if self._watcher is not None:
             return
         self._loop = loop
-        self._watcher = threading.Thread(target=self._watch, name="dspex-rx-etcd-watch",
-                                         daemon=True)
-        self._watcher.start()
+        # On the loop itself (grpc.aio), not a thread: an event costs no thread hop, no
+        # sync gRPC stream thread and no call_soon_threadsafe on its way in.
+        self._watcher = asyncio.run_coroutine_threadsafe(self._watch(), loop) if (
+            _running_loop() is not loop) else loop.create_task(self._watch())
 
-    def _watch(self) -> None:
+    async def _watch(self) -> None:
         # One watch over the prefix from just after what the live state reflects; each
-        # revision written by another replica is a catch-up on the loop.
-        watch = etcd_grpc.WatchStub(self._channel)  # type: ignore[no-untyped-call]
+        # revision written by another replica is applied as it comes.
+        channel = grpc.aio.insecure_channel(self._target, options=self._options)
+        watch = etcd_grpc.WatchStub(channel)  # type: ignore[no-untyped-call]
         broken = False
-        while not self._watch_stop.is_set():
-            start = self._seen + 1
-            requests: queue.Queue[etcd.WatchRequest | None] = queue.Queue()
-            self._watch_requests = requests
-            requests.put(etcd.WatchRequest(create_request=etcd.WatchCreateRequest(
-                key=self.prefix, range_end=self._end, start_revision=start)))
+        try:
+            while True:
+                call = watch.Watch()
+                try:
+                    await call.write(etcd.WatchRequest(create_request=etcd.WatchCreateRequest(
+                        key=self.prefix, range_end=self._end, start_revision=self._seen + 1)))
+                    async for reply in call:
+                        broken = False
+                        if reply.compact_revision or reply.canceled:
+                            # Past etcd's compaction: only a full read can catch up.
+                            self._post(max(reply.compact_revision, self._seen + 1), None)
+                            break
+                        self._replies(reply)
+                except grpc.aio.AioRpcError as exc:
+                    # Said once per outage, not at every retry.
+                    (log.debug if broken else log.warning)(
+                        "etcd_watch_broken", where=self.where, error=_why(exc))
+                    broken = True
+                finally:
+                    call.cancel()
+                await asyncio.sleep(WATCH_RETRY)
+        finally:
+            await channel.close()
 
-            def feed(box: queue.Queue[etcd.WatchRequest | None] = requests
-                     ) -> Iterator[etcd.WatchRequest]:
-                while (item := box.get()) is not None:
-                    yield item
-
-            try:
-                for reply in watch.Watch(feed()):
-                    broken = False
-                    if reply.compact_revision or reply.canceled:
-                        # Past etcd's compaction: only a full read can catch up.
-                        self._post(max(reply.compact_revision, self._seen + 1), None)
-                        break
-                    cut = len(self.prefix)
-                    by_revision: dict[int, list[tuple[bool, bytes, bytes]]] = {}
-                    for event in reply.events:
-                        by_revision.setdefault(event.kv.mod_revision, []).append(
-                            (event.type == PUT, event.kv.key[cut:], event.kv.value))
-                    with self._own_lock:
-                        own = {r for r in by_revision if r in self._own}
-                        self._own -= own
-                    for revision, changes in sorted(by_revision.items()):
-                        if revision not in own:
-                            self._post(revision, changes)
-            except grpc.RpcError as exc:
-                if self._watch_stop.is_set():
-                    return
-                # Said once per outage, not at every retry.
-                (log.debug if broken else log.warning)(
-                    "etcd_watch_broken", where=self.where, error=_why(exc))
-                broken = True
-            self._watch_stop.wait(WATCH_RETRY)
+    def _replies(self, reply: etcd.WatchResponse) -> None:
+        cut = len(self.prefix)
+        by_revision: dict[int, list[tuple[bool, bytes, bytes]]] = {}
+        for event in reply.events:
+            by_revision.setdefault(event.kv.mod_revision, []).append(
+                (event.type == PUT, event.kv.key[cut:], event.kv.value))
+        with self._own_lock:
+            own = {r for r in by_revision if r in self._own}
+            self._own -= own
+        for revision, changes in sorted(by_revision.items()):
+            if revision not in own:
+                self._post(revision, changes)
 
     def _post(self, revision: int, changes: list[tuple[bool, bytes, bytes]] | None) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._foreign_write, revision, changes)
+        # What the watch brought, on the loop (a test holds it back here).
+        self._foreign_write(revision, changes)
 
     def _foreign_write(self, revision: int,
                        changes: list[tuple[bool, bytes, bytes]] | None) -> None:
@@ -377,11 +372,18 @@ class EtcdBackend(DurableBackend):
             self._foreign_write(revision, changes)
 
     def _release(self) -> None:
-        self._watch_stop.set()
-        self._watch_requests.put(None)
+        watcher, loop = self._watcher, self._loop
+        if watcher is not None and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(watcher.cancel)
         self._channel.close()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
