@@ -685,7 +685,7 @@ def hold_watch_until_conflict(backend: EtcdBackend) -> list[int]:
     write met the conflict. Returns the list of conflicts seen (their count)."""
     held: list[tuple[Any, ...]] = []
     conflicts: list[int] = []
-    post, write = backend._post, backend._write_batch
+    post, write = backend._post, backend._write
 
     def holding_post(*args: Any) -> None:
         if not conflicts:
@@ -693,9 +693,9 @@ def hold_watch_until_conflict(backend: EtcdBackend) -> list[int]:
         else:
             post(*args)
 
-    async def racing_write(ops: Any) -> None:
+    def racing_write(ops: Any) -> None:
         try:
-            await write(ops)
+            write(ops)
         except RevisionConflict:
             conflicts.append(1)
             for args in held:
@@ -703,7 +703,7 @@ def hold_watch_until_conflict(backend: EtcdBackend) -> list[int]:
             raise
 
     backend._post = holding_post  # type: ignore[method-assign]
-    backend._write_batch = racing_write  # type: ignore[method-assign]
+    backend._write = racing_write  # type: ignore[method-assign]
     return conflicts
 
 

@@ -12,7 +12,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import grpc
 
@@ -120,8 +119,6 @@ class EtcdBackend(DurableBackend):
         self._queued: list[tuple[int, list[tuple[bool, bytes, bytes]] | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
-        # KV on the watch's grpc.aio channel, while it is open: flushes use it.
-        self._aio_kv: Any = None
         try:
             self._start()
         except BaseException:
@@ -205,31 +202,8 @@ class EtcdBackend(DurableBackend):
         return rows
 
     def _write(self, ops: list[Op]) -> None:
-        # On the writer thread (a store used without a server's loop): one txn.
-        request = self._txn_request(ops)
-        try:
-            reply = self._kv.Txn(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise StorageError(f"{self.where} did not take the write: {_why(exc)}") from exc
-        self._txn_outcome(reply)
-
-    async def _write_batch(self, ops: list[Op]) -> None:
-        # On the loop, through the watch's grpc.aio channel, once there is one: no hop to
-        # the writer thread and back.
-        kv = self._aio_kv
-        if kv is None or _running_loop() is not self._loop:
-            await super()._write_batch(ops)
-            return
-        request = self._txn_request(ops)
-        try:
-            reply = await kv.Txn(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise StorageError(f"{self.where} did not take the write: {_why(exc)}") from exc
-        self._txn_outcome(reply)
-
-    def _txn_request(self, ops: list[Op]) -> etcd.TxnRequest:
-        # One txn, applied only if the head row (which every flush writes) was last
-        # written where this replica's live state built on (0: never).
+        # On the writer thread: one txn, applied only if the head row (which every flush
+        # writes) was last written where this replica's live state built on (0: never).
         head = self.prefix + self._head_key
         guard = etcd.Compare(key=head, target=etcd.Compare.MOD, result=etcd.Compare.EQUAL,
                              mod_revision=self._head)
@@ -255,9 +229,10 @@ class EtcdBackend(DurableBackend):
                 "same --etcd-max-request-bytes",
                 limit="etcd --max-request-bytes", value=size,
             )
-        return request
-
-    def _txn_outcome(self, reply: etcd.TxnResponse) -> None:
+        try:
+            reply = self._kv.Txn(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise StorageError(f"{self.where} did not take the write: {_why(exc)}") from exc
         if not reply.succeeded:
             # The failure branch read the head: the write that won is at its revision.
             kvs = reply.responses[0].response_range.kvs if reply.responses else ()
@@ -322,7 +297,6 @@ class EtcdBackend(DurableBackend):
         # revision written by another replica is applied as it comes.
         channel = grpc.aio.insecure_channel(self._target, options=self._options)
         watch = etcd_grpc.WatchStub(channel)  # type: ignore[no-untyped-call]
-        self._aio_kv = etcd_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
         broken = False
         try:
             while True:
@@ -346,7 +320,6 @@ class EtcdBackend(DurableBackend):
                     call.cancel()
                 await asyncio.sleep(WATCH_RETRY)
         finally:
-            self._aio_kv = None
             await channel.close()
 
     def _replies(self, reply: etcd.WatchResponse) -> None:

@@ -389,8 +389,9 @@ class DurableBackend(MemoryBackend):
         try:
             epoch, revision = self._epoch, self._revision
             batch = self._collect()
+            loop = asyncio.get_running_loop()
             try:
-                await self._write_batch(batch)
+                await loop.run_in_executor(self._writer, self._write, batch)
             except RevisionConflict as exc:
                 try:
                     self._reset(conflicted=True, loaded=self._read_after_conflict())
@@ -459,11 +460,6 @@ class DurableBackend(MemoryBackend):
             hook(replicated)
         for session, commit in out.commits:
             _tell(session, commit)
-
-    async def _write_batch(self, ops: list[Op]) -> None:
-        """Write one batch: ``_write`` on the writer thread (a subclass with an asyncio
-        client may write it on the loop instead)."""
-        await asyncio.get_running_loop().run_in_executor(self._writer, self._write, ops)
 
     def _after_flush(self) -> None:
         """Called on the loop after every flush, whatever its outcome (a replicated
