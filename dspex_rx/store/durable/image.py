@@ -9,8 +9,10 @@ a flush writes their new items and deletes the trimmed ones, never the whole tai
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from dspex_rx.store.durable.rows import (
     ENTRIES,
@@ -29,6 +31,41 @@ from dspex_rx.store.durable.rows import (
     variable_row,
 )
 from dspex_rx.store.state import Session
+
+
+def tail_table(session: Session, kind: int) -> dict[str, deque[Any]] | None:
+    """The session's per-variable tails of ``kind`` (its history or its evaluations);
+    None for the log (one tail) and for a kind the rows do not know.
+
+    >>> tail_table(Session("s", {}, 0.0), HISTORY)
+    {}
+    """
+    if kind == HISTORY:
+        return session.history
+    if kind == EVALUATIONS:
+        return session.evaluations
+    return None
+
+
+def live_tail(session: Session, kind: int, var_id: str, *,
+              create: bool = False) -> deque[Any] | None:
+    """The live items of one tail (the session's log, or a variable's history or
+    evaluations), made empty if absent and ``create``; else None if absent, or if
+    ``kind`` is unknown.
+
+    >>> session = Session("s", {}, 0.0)
+    >>> live_tail(session, HISTORY, "v"), live_tail(session, HISTORY, "v", create=True)
+    (None, deque([]))
+    """
+    if kind == LOG:
+        return session.log
+    table = tail_table(session, kind)
+    if table is None:
+        return None
+    found = table.get(var_id)
+    if found is None and create:
+        found = table[var_id] = deque()
+    return found
 
 
 def newest_held(items: Sequence[object], last: object) -> int:

@@ -13,11 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspex_rx.store.durable.image import Image
+from dspex_rx.store.durable.image import Image, tail_table
 from dspex_rx.store.durable.rows import (
     ENTRIES,
-    EVALUATIONS,
-    HISTORY,
     LOG,
     META,
     RETIRED,
@@ -169,12 +167,11 @@ def _place(out: Loaded, key: tuple[str | int, ...], items: deque[Any], first: in
            last: int) -> None:
     sid, kind, var_id = str(key[0]), int(key[1]), str(key[2])
     session = _owner(out, ENTRIES, sid, f"{kind}/{var_id}")
-    if kind == HISTORY:
-        session.history[var_id] = items
-    elif kind == EVALUATIONS:
-        session.evaluations[var_id] = items
-    elif kind == LOG:
+    table = tail_table(session, kind)
+    if kind == LOG:
         session.log = items
+    elif table is not None:
+        table[var_id] = items
     else:
         raise CorruptRow(ENTRIES, f"{sid}/{kind}/{var_id} (unknown kind)")
     out.image.know(sid, kind, var_id, first, last + 1, items[-1])

@@ -11,11 +11,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspex_rx.store.durable.image import Image
+from dspex_rx.store.durable.image import Image, live_tail, tail_table
 from dspex_rx.store.durable.load import CorruptRow, _load, _session, _variable
 from dspex_rx.store.durable.rows import (
     ENTRIES,
-    EVALUATIONS,
     HISTORY,
     LOG,
     META,
@@ -165,8 +164,9 @@ def _entry_row(sessions: dict[str, Session], image: Image, out: Replayed,
         if change is not None:
             change.popped.append(dropped)
     image.trimmed(sid, kind, var_id, seq, items[-1] if items else None)
-    if not items and kind != LOG:
-        (session.history if kind == HISTORY else session.evaluations).pop(var_id, None)
+    table = tail_table(session, kind)
+    if not items and table is not None:
+        table.pop(var_id, None)
 
 
 def _change(out: Replayed, sid: str, kind: int, var_id: str,
@@ -187,14 +187,7 @@ def _change(out: Replayed, sid: str, kind: int, var_id: str,
 
 
 def _tail(session: Session, kind: int, var_id: str) -> deque[Any]:
-    if kind == LOG:
-        return session.log
-    table: dict[str, deque[Any]] = (
-        session.history if kind == HISTORY else session.evaluations
-    )
-    if kind not in (HISTORY, EVALUATIONS):
-        raise CorruptRow(ENTRIES, f"{session.id}/{kind}/{var_id} (unknown kind)")
-    found = table.get(var_id)
+    found = live_tail(session, kind, var_id, create=True)
     if found is None:
-        found = table[var_id] = deque()
+        raise CorruptRow(ENTRIES, f"{session.id}/{kind}/{var_id} (unknown kind)")
     return found

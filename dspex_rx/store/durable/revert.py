@@ -11,17 +11,13 @@ same objects. A full read of a long session costs milliseconds per thousand rows
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dspex_rx.store.durable.image import Image, newest_held
+from dspex_rx.store.durable.image import Image, live_tail, newest_held
 from dspex_rx.store.durable.load import Loaded, load
 from dspex_rx.store.durable.rows import (
     ENTRIES,
-    EVALUATIONS,
-    HISTORY,
-    LOG,
     META,
     RETIRED,
     SESSIONS,
@@ -41,15 +37,6 @@ def _seq_span(key: TailKey, first: int, upto: int) -> Span:
     return encode_key(ENTRIES, (*key, first)), encode_key(ENTRIES, (*key, upto))
 
 
-def _live_tail(session: Session | None, kind: int, var_id: str) -> deque[Any] | None:
-    if session is None:
-        return None
-    if kind == LOG:
-        return session.log
-    table = session.history if kind == HISTORY else session.evaluations
-    return table.get(var_id)
-
-
 def plan(sessions: Mapping[str, Session], image: Image) -> tuple[list[Span],
                                                                dict[TailKey, list[Any]]]:
     """What to read back, and what to keep: the ranges of rows to read (the small tables
@@ -66,7 +53,8 @@ def plan(sessions: Mapping[str, Session], image: Image) -> tuple[list[Span],
     kept: dict[TailKey, list[Any]] = {}
     for key, first, next_, last in image.tails():
         sid, kind, var_id = key
-        live = _live_tail(sessions.get(sid), kind, var_id)
+        session = sessions.get(sid)
+        live = live_tail(session, kind, var_id) if session is not None else None
         held = newest_held(live, last) if live is not None else -1
         if live is None or held < 0:
             spans.append(_seq_span(key, first, next_))  # nothing stored is live: read it
@@ -97,18 +85,9 @@ def rebuild(rows: Iterable[tuple[bytes, bytes]], kept: Mapping[TailKey, list[Any
         session = loaded.sessions.get(sid)
         if session is None:
             continue
-        if kind == LOG:
-            session.log.extend(items)
-            continue
-        table = session.history if kind == HISTORY else session.evaluations
-        if kind not in (HISTORY, EVALUATIONS):
-            continue
-        found = table.get(var_id)
-        if found is None:
-            if not items:
-                continue
-            found = table[var_id] = deque()
-        found.extend(items)
+        found = live_tail(session, kind, var_id, create=bool(items))
+        if found is not None:
+            found.extend(items)
     loaded.image = image
     return loaded
 
