@@ -284,9 +284,11 @@ async def await_future(future: asyncio.Future[T]) -> T:
     task = trio.lowlevel.current_task()
     raise_cancel: list[Callable[[], Any]] = []
     loop = future.get_loop()
-    waiting: set[trio.lowlevel.Task] | None = getattr(loop, "_waiting", None)
-    if waiting is not None and loop._finished.is_set():  # type: ignore[attr-defined]
-        raise RuntimeError("the hosted asyncio loop has stopped")
+    waiting: set[trio.lowlevel.Task] | None = None
+    if isinstance(loop, TrioDrivenLoop):
+        if loop._finished.is_set():
+            raise RuntimeError("the hosted asyncio loop has stopped")
+        waiting = loop._waiting
 
     def done(f: asyncio.Future[T]) -> None:
         if waiting is not None:

@@ -405,8 +405,6 @@ class Subscriber:
         """
         if self.closed:
             return False  # told its session went: an undone closing, as far as it knows
-        taken = [i for i in self._taken if _revision_of(i) <= revision]
-        queued = deque(i for i in self._queue if _revision_of(i) <= revision)
         for item in itertools.chain(self._taken, self._queue):
             if _revision_of(item) > revision and not (
                     isinstance(item, PendingFrame) and item.update_type is None
@@ -415,7 +413,8 @@ class Subscriber:
                 return False
         if any(r.mod_revision > revision for r in self._records.values()):
             return False
-        self._taken, self._queue = taken, queued
+        self._taken = [i for i in self._taken if _revision_of(i) <= revision]
+        self._queue = deque(i for i in self._queue if _revision_of(i) <= revision)
         self._recount()
         return True
 
