@@ -608,13 +608,13 @@ async def test_the_expiry_loop_survives_another_replica_writing_first(
     a = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
     b = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix),
                     clock=lambda: now[0])
-    a.initialize_session("shared")
-    a.register("shared", [VariableSpec("t", "integer", 0)], actor="a")
-    sync(a)
-    b._backend.catch_up()
+    # The syncs (asyncio.run) on a worker thread: inside this trio test they fail once
+    # another test in the process imported trio_asyncio (its running-loop lookup then
+    # sees this trio run).
+    await trio.to_thread.run_sync(share_one_variable, a, b)
     b.initialize_session("brief", ttl=10)  # pending on b when a writes first:
     a.set("shared", "t", 1, actor="a")
-    sync(a)
+    await trio.to_thread.run_sync(sync, a)
     with EmbeddedServer(store=b, expire_interval=0.01) as server:
         # b's first expiry sync conflicts (a wrote first); the loop must go on.
         await until(lambda: server.call(lambda: not b.pending), "b caught up", 30)
