@@ -62,6 +62,10 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
         # ``drive`` ends, since no callback can wake them any more (a loop that died of an
         # error would otherwise leave them waiting for ever, deaf to cancellation too).
         self._waiting: set[trio.lowlevel.Task] = set()
+        # True while a pass over the ready queue runs (``_pass``): callbacks scheduled
+        # then run in that pass, so waking the driver for them would only cost it a
+        # scheduler round that finds nothing to do.
+        self._busy = False
 
     # -------------------------------------------------------------- asyncio's hooks
 
@@ -80,7 +84,8 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
         Example: ``loop.call_soon(event.set)`` from trio wakes an asyncio waiter.
         """
         handle = super().call_soon(callback, *args, context=context)
-        self._poke()
+        if not self._busy:
+            self._poke()
         return handle
 
     def call_at(  # type: ignore[override]
@@ -153,7 +158,37 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
                 patched.current_loop.reset(token)  # type: ignore[union-attr]
             events._set_running_loop(outer)
 
+    def run_now(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` as a callback of this loop right now, on the calling trio task,
+        then what it made ready; inside one of the loop's own callbacks, just ``fn()``.
+
+        Example: ``loop.run_now(lambda: loop.create_task(call.write(msg)))`` starts the
+        write before returning, with no trip through the driver task.
+        """
+        self._check_closed()
+        self._pass(fn)
+
+    def _pass(self, first: Callable[[], Any] | None = None) -> None:
+        # ``first`` (a callback that became due: a watched fd's, or ``run_now``'s), then
+        # what is ready, pokes held back meanwhile; what is left after the rounds goes to
+        # the driver.
+        if self._busy:
+            if first is not None:
+                first()
+            return
+        self._busy = True
+        try:
+            with self._running():
+                if first is not None:
+                    first()
+                self._run_ready()
+        finally:
+            self._busy = False
+        if self._ready:
+            self._poke()
+
     def _run_ready(self) -> None:
+        # Within ``_pass``: this loop is the running loop, pokes are held back.
         end = self.time() + self._clock_resolution
         scheduled = self._scheduled
         while scheduled and (scheduled[0]._cancelled or scheduled[0]._when < end):
@@ -164,19 +199,16 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
             else:
                 self._ready.append(timer)
         ready = self._ready
-        if not ready:
-            return
-        with self._running():
-            # Callbacks that callbacks schedule (a future's done callbacks, a task's next
-            # step) run in the same pass, a few rounds deep, rather than after another
-            # trip through trio's scheduler and epoll each.
-            for _ in range(_ROUNDS):
-                for _ in range(len(ready)):
-                    handle = ready.popleft()
-                    if not handle._cancelled:
-                        handle._run()
-                if not ready:
-                    break
+        # Callbacks that callbacks schedule (a future's done callbacks, a task's next
+        # step) run in the same pass, a few rounds deep, rather than after another trip
+        # through trio's scheduler and epoll each.
+        for _ in range(_ROUNDS):
+            if not ready:
+                break
+            for _ in range(len(ready)):
+                handle = ready.popleft()
+                if not handle._cancelled:
+                    handle._run()
 
     # Protected from KeyboardInterrupt, as are the fd watchers: a Ctrl-C arriving while
     # they run a callback would otherwise be raised inside the callback and end the loop,
@@ -195,7 +227,7 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
                 self._nursery = nursery
                 task_status.started()
                 while not self._stopping:
-                    self._run_ready()
+                    self._pass()
                     if self._ready:
                         await trio.lowlevel.checkpoint()  # let trio's tasks run too
                         continue
@@ -256,11 +288,9 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
             with scope:
                 while True:
                     await wait(fileno)
-                    with self._running():
-                        handle._run()
-                    # What the callback made ready (gRPC's completions wake futures and
-                    # tasks) runs now, not after the driver's next wake-up.
-                    self._run_ready()
+                    # What the callback makes ready (gRPC's completions wake futures and
+                    # tasks) runs in the same pass, not after the driver's next wake-up.
+                    self._pass(handle._run)
 
         self._nursery.start_soon(watcher)
 
