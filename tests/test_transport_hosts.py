@@ -132,6 +132,78 @@ async def test_a_server_killed_mid_stream_ends_it_unavailable_after_what_arrived
 
 
 @pytest.mark.parametrize("host", HOSTS)
+async def test_posted_writes_leave_in_order_and_a_listener_hears_each_answer(
+    child: Child, host: str
+) -> None:
+    transport = Transport(child.target, timeout=None, host=host)
+    await transport.open()
+    try:
+        heard: list[bytes] = []
+        all_heard = trio.Event()
+
+        def listen(batch: list[pb.EchoRequest]) -> None:
+            heard.extend(m.payload for m in batch)
+            if len(heard) == 3:
+                all_heard.set()
+
+        stream = await transport.open_stream("/test.T/Echo", pb.EchoRequest, listener=listen)
+        written: list[tuple[int, BaseException | None]] = []
+
+        def post(i: int) -> None:
+            # The next write only once the last one is done, as Stream.post asks.
+            def done(error: BaseException | None) -> None:
+                written.append((i, error))
+                if i < 2:
+                    post(i + 1)
+
+            stream.post(pb.EchoRequest(payload=bytes([i])), done)
+
+        post(0)
+        with trio.fail_after(30):  # a hang guard only
+            await all_heard.wait()
+        assert written == [(0, None), (1, None), (2, None)]
+        assert heard == [b"\x00", b"\x01", b"\x02"]
+        await trio.to_thread.run_sync(child.kill)
+        # With a listener, receive_batch only reports the end.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stream.receive_batch()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        failed = trio.Event()
+        errors: list[BaseException | None] = []
+        stream.post(pb.EchoRequest(), lambda error: (errors.append(error), failed.set()))
+        with trio.fail_after(30):
+            await failed.wait()
+        assert isinstance(errors[0], grpc.aio.AioRpcError)
+        assert errors[0].code() == grpc.StatusCode.UNAVAILABLE
+        await stream.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            stream.post(pb.EchoRequest(), lambda error: None)
+    finally:
+        await transport.close()
+
+
+async def test_run_now_runs_a_callback_and_what_it_schedules_before_returning(
+    child: Child,
+) -> None:
+    transport = Transport(child.target, host="trio")
+    await transport.open()
+    try:
+        loop = transport._loop.loop
+        assert isinstance(loop, trio_loop.TrioDrivenLoop)
+        order: list[str] = []
+
+        def first() -> None:
+            order.append("callback")
+            asyncio.get_running_loop().call_soon(order.append, "scheduled by it")
+
+        loop.run_now(first)
+        order.append("returned")
+        assert order == ["callback", "scheduled by it", "returned"]
+    finally:
+        await transport.close()
+
+
+@pytest.mark.parametrize("host", HOSTS)
 async def test_closing_twice_is_harmless_and_a_closed_transport_refuses_calls(
     child: Child, host: str
 ) -> None:

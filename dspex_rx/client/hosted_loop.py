@@ -131,6 +131,18 @@ class TrioHostedLoop:
         if loop is not None and not loop.is_closed():
             loop.call_soon(fn)
 
+    def to_loop_now(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` on the loop before returning (``TrioDrivenLoop.run_now``), or
+        schedule it where the loop cannot (trio-asyncio's).
+
+        Example: ``host.to_loop_now(start_write)`` has started the write on return.
+        """
+        loop = self.loop
+        if isinstance(loop, TrioDrivenLoop) and not loop.is_closed():
+            loop.run_now(fn)
+        else:
+            self.to_loop(fn)
+
     def to_trio(self, token: trio.lowlevel.TrioToken, fn: Callable[[], Any]) -> None:
         """Run ``fn()`` for trio from a loop callback: directly, this is the trio thread.
 

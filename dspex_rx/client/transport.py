@@ -71,6 +71,13 @@ class LoopThread:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(fn)
 
+    def to_loop_now(self, fn: Callable[[], Any]) -> None:
+        """As ``to_loop``: a loop on another thread cannot run ``fn`` before this returns.
+
+        Example: ``io.to_loop_now(start_write)``.
+        """
+        self.to_loop(fn)
+
     def to_trio(self, token: trio.lowlevel.TrioToken, fn: Callable[[], Any]) -> None:
         """Run ``fn()`` in the trio run of ``token`` (from the loop thread); a run that has
         finished is skipped.
@@ -281,7 +288,8 @@ class Transport:
         return response
 
     async def open_stream(
-        self, path: str, response_type: type[M], metadata: Metadata = ()
+        self, path: str, response_type: type[M], metadata: Metadata = (),
+        listener: Callable[[list[M]], None] | None = None,
     ) -> Stream[M]:
         """Open a bidirectional stream, sending ``metadata`` with the call; see ``Stream``.
 
@@ -292,7 +300,8 @@ class Transport:
         method = self._channel.stream_stream(
             path, request_serializer=_serialize, response_deserializer=response_type.FromString
         )
-        stream: Stream[M] = Stream(self._loop, trio.lowlevel.current_trio_token())
+        stream: Stream[M] = Stream(self._loop, trio.lowlevel.current_trio_token(),
+                                   listener=listener)
         try:
             await self._loop.run(lambda: stream._start(method, tuple(metadata) or None))
         except BaseException:
@@ -346,10 +355,15 @@ class Stream(Generic[M]):
     """
 
     def __init__(
-        self, loop: Host, token: trio.lowlevel.TrioToken, max_inbox: int = 1024
+        self, loop: Host, token: trio.lowlevel.TrioToken, max_inbox: int = 1024,
+        listener: Callable[[list[M]], None] | None = None,
     ) -> None:
         self._loop = loop
         self._token = token
+        # Given, each batch goes to it (in trio, as it arrives) rather than waiting for
+        # receive_batch, which then only reports the end: a caller handed its answer by
+        # the arriving message costs no reader task's wake-up.
+        self._listener = listener
         self.max_inbox = max_inbox
         self._inbox: deque[M] = deque()
         self._space: asyncio.Event | None = None
@@ -408,7 +422,23 @@ class Stream(Generic[M]):
         # On the trio thread: the flag drops before the wake so a message appended after
         # this point schedules another kick rather than being stranded.
         self._kick_pending = False
+        listener = self._listener
+        if listener is not None and self._inbox:
+            listener(self._drain())
+            if not self._finished:
+                return
         self._ready.set()
+
+    def _drain(self) -> list[M]:
+        # popleft, not a copy and clear: the loop thread may append meanwhile.
+        batch = []
+        inbox = self._inbox
+        while inbox:
+            batch.append(inbox.popleft())
+        self.batches += 1
+        if self._paused and self._space is not None:
+            self._loop.to_loop(self._space.set)
+        return batch
 
     async def receive_batch(self) -> list[M] | None:
         """Every message that has arrived, waiting for at least one; None at a clean end.
@@ -420,14 +450,11 @@ class Stream(Generic[M]):
         while True:
             self._ready = trio.Event()
             if self._inbox:
-                batch = []
-                inbox = self._inbox
-                while inbox:
-                    batch.append(inbox.popleft())
-                self.batches += 1
-                if self._paused and self._space is not None:
-                    self._loop.to_loop(self._space.set)
-                return batch
+                batch = self._drain()
+                if self._listener is None:
+                    return batch
+                self._listener(batch)
+                continue
             if self._finished:
                 if self._error is not None:
                     raise self._error
@@ -444,6 +471,32 @@ class Stream(Generic[M]):
             if call is None:
                 raise RuntimeError("the stream is closed")
             await self._loop.run(lambda: _write(call, message))
+
+    def post(self, message: Message,
+             written: Callable[[BaseException | None], None]) -> None:
+        """Start writing ``message`` without waiting for it; ``written(error)`` runs in
+        trio once gRPC took it (``None``) or the write failed. One post at a time (the
+        next after ``written``), and not mixed with ``send``.
+
+        Example: ``stream.post(frame, on_written)``.
+        """
+        call = self._call
+        if call is None:
+            raise RuntimeError("the stream is closed")
+        host, token = self._loop, self._token
+
+        def finished(task: asyncio.Task[None]) -> None:
+            error = (RuntimeError("the write was cancelled") if task.cancelled()
+                     else task.exception())
+            host.to_trio(token, lambda: written(error))
+
+        def start() -> None:
+            asyncio.get_running_loop().create_task(_write(call, message)).add_done_callback(
+                finished)
+
+        # On the hosted loop the write starts before this returns: no task of the
+        # loop's, and no trio task, has to wake for it.
+        host.to_loop_now(start)
 
     async def close(self) -> None:
         """Cancel the RPC and wait until its reader has stopped; safe to call twice.
