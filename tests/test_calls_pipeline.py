@@ -26,24 +26,39 @@ class ScriptedStream:
         self.ended = False
         self.arrived = trio.Event()
         self.wrote = trio.Event()
-        # While set and not yet released, a write stays under way (as on a slow link).
-        self.hold: trio.Event | None = None
+        # While True, writes stay under way (as on a slow link) until ``release``.
+        self.hold = False
+        self.held: list[Any] = []
+        self.listener: Any = None
 
-    async def send(self, frame: cpb.CallFrame) -> None:
+    def post(self, frame: cpb.CallFrame, written: Any) -> None:
         if self.ended:
             raise RuntimeError("the stream is closed")
         self.sent.append(frame)
         self.wrote.set()
-        if self.hold is not None:
-            await self.hold.wait()
+        if self.hold:
+            self.held.append(written)
+        else:  # done a moment later, as gRPC's completion is
+            trio.lowlevel.current_trio_token().run_sync_soon(written, None)
+
+    def release(self) -> None:
+        self.hold = False
+        held, self.held = self.held, []
+        for written in held:
+            written(None)
 
     async def receive_batch(self) -> list[cpb.ReplyFrame] | None:
-        while not self.inbox and not self.ended:
-            self.arrived = trio.Event()
-            await self.arrived.wait()
-        if self.inbox:
+        # As the real stream with a listener: batches go to it; this returns at the end.
+        while True:
+            while not self.inbox and not self.ended:
+                self.arrived = trio.Event()
+                await self.arrived.wait()
+            if not self.inbox:
+                break
             batch, self.inbox = self.inbox, []
-            return batch
+            if self.listener is None:
+                return batch
+            self.listener(batch)
         if self.end is not None:
             raise self.end
         return None
@@ -73,9 +88,11 @@ class ScriptedTransport:
         self.streams: list[ScriptedStream] = []
         self.refuse: grpc.aio.AioRpcError | None = None
 
-    async def open_stream(self, path: str, response_type: Any, metadata: Any = ()) -> Any:
+    async def open_stream(self, path: str, response_type: Any, metadata: Any = (),
+                          listener: Any = None) -> Any:
         assert path.endswith("/Calls") and response_type is cpb.ReplyFrame
         stream = ScriptedStream()
+        stream.listener = listener
         self.streams.append(stream)
         if self.refuse is not None:
             stream.finish(self.refuse)  # the server turns the stream down at once
@@ -154,7 +171,7 @@ async def test_a_cancelled_sent_call_sends_its_id_to_cancel_and_a_queued_one_nev
     assert stream.sent[2].cancel == [2] and not stream.sent[2].calls
     # Given up while still queued (the writer is busy with another frame): it never
     # leaves, and no cancel is sent for it.
-    stream.hold = trio.Event()
+    stream.hold = True
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo, pipeline, b"busy")
         await stream.wait_for_frames(4)  # the writer is now inside this frame's write
@@ -162,7 +179,7 @@ async def test_a_cancelled_sent_call_sends_its_id_to_cancel_and_a_queued_one_nev
             nursery.start_soon(cancel_soon, queued_scope)
             await echo(pipeline, b"queued")
         assert queued_scope.cancelled_caught
-        stream.hold.set()
+        stream.release()
         stream.answer(3)
     await trio.testing.wait_all_tasks_blocked()
     assert [ids(f) for f in stream.sent[3:]] == [[3]]  # id 4, cancelled queued, never left
@@ -239,3 +256,59 @@ async def test_an_error_answer_raises_the_status_and_trailers_a_unary_call_would
             id=1, code=grpc.StatusCode.NOT_FOUND.value[0], details="no variable 'x'",
             trailers=[cpb.TrailerPair(key="dspex-error-kind", value="not_found")])]))
         transport.streams[0].arrived.set()
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts the steps trio runs of each task, by the task's name's last part."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        name = task.name.rsplit(".", 1)[-1]
+        self.steps[name] = self.steps.get(name, 0) + 1
+
+
+async def test_a_call_alone_on_an_idle_stream_is_written_by_its_caller_not_the_writer(
+    piped: Any,
+) -> None:
+    pipeline, transport = piped
+    await echo_after_answer(pipeline, transport)  # the stream is open and idle
+    stream = transport.streams[0]
+    counter = StepCounter()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo, pipeline, b"alone")
+            await trio.testing.wait_all_tasks_blocked()
+            assert [ids(f) for f in stream.sent[1:]] == [[2]]
+            stream.answer(2)
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    # The caller wrote its frame itself: the writer task never woke for it.
+    assert counter.steps.get("_write", 0) == 0
+    assert counter.steps["echo"] == 2  # its call, and its answer: no other schedule point
+
+
+async def test_callers_answered_in_one_frame_call_again_in_one_frame(piped: Any) -> None:
+    pipeline, transport = piped
+    got: list[bytes] = []
+
+    async def twice(n: int) -> None:
+        for _ in range(2):
+            got.append(await echo(pipeline, str(n).encode()))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(twice, n)
+        await trio.testing.wait_all_tasks_blocked()
+        stream = transport.streams[0]
+        assert [ids(f) for f in stream.sent] == [[1, 2, 3]]
+        stream.answer(1, 2, 3)
+        await stream.wait_for_frames(2)
+        await trio.testing.wait_all_tasks_blocked()
+        # Woken together, they call again together: even the first of them, alone on
+        # the stream for a moment, leaves its request to the writer to pack.
+        assert len(stream.sent) == 2 and sorted(ids(stream.sent[1])) == [4, 5, 6]
+        stream.answer(4, 5, 6)
+    assert len(got) == 6
