@@ -15,7 +15,7 @@ Stages, in order (each figure is the median of the time from the stage before):
 * ``sender_drained``: the stream's sender task runs again and starts encoding.
 * ``encoded``: the frame is a ``ServerMessage``.
 * ``reader_got``: B's transport reader on the loop thread has the message.
-* ``trio_batch``: B's trio side took the batch from the inbox.
+* ``trio_batch``: B's trio side took the batch from the inbox (for the hub's listener).
 * ``decoded``: the hub decoded the event into a ``VariableUpdate``.
 * ``callback``: B's ``observe(name).subscribe(callback)`` callback runs.
 
@@ -221,17 +221,19 @@ def instrument_client() -> None:
 
     transport.Stream._kick = kicked  # type: ignore[method-assign]
 
-    receive = transport.Stream.receive_batch
+    # Every batch leaves the inbox through _drain, for the hub's listener as for
+    # receive_batch.
+    drain = transport.Stream._drain
 
-    async def received(self: Any) -> Any:
-        batch = await receive(self)
+    def drained(self: Any) -> Any:
+        batch = drain(self)
         t = now()
-        for message in batch or ():
+        for message in batch:
             for version in message_versions(message):
                 stamp("trio_batch", version, t)
         return batch
 
-    transport.Stream.receive_batch = received  # type: ignore[method-assign]
+    transport.Stream._drain = drained  # type: ignore[method-assign]
 
     decode = watch_hub.update_from_pb
 

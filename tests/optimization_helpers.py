@@ -110,6 +110,8 @@ def breakable(session: dspex_rx.SessionContext) -> list[BreakableStream]:
     async def open_stream(path: str, response_type: Any, **kw: Any) -> Any:
         if not path.endswith("/Session"):
             return await real_open(path, response_type, **kw)  # the Calls stream
+        # The hub's listener is dropped: the hub then reads batches through the wrapper.
+        kw.pop("listener", None)
         stream = BreakableStream(await real_open(path, response_type, **kw))
         streams.append(stream)
         return stream

@@ -337,9 +337,11 @@ async def test_every_stream_open_and_reopen_sends_the_token() -> None:
             real_open = transport.open_stream
             sent: list[tuple[tuple[str, str], ...]] = []
 
-            async def recording_open(path: str, response_type: Any, metadata: Any = ()) -> Any:
+            async def recording_open(path: str, response_type: Any, metadata: Any = (),
+                                     listener: Any = None) -> Any:
                 sent.append(tuple(metadata))
-                return await real_open(path, response_type, metadata=metadata)
+                return await real_open(path, response_type, metadata=metadata,
+                                       listener=listener)
 
             transport.open_stream = recording_open
             await session.register_variable("x", "integer", 0)

@@ -178,10 +178,11 @@ async def test_a_failing_calls_stream_leaves_the_session_working_unary(
     async with dspex_rx.connect(server.target) as s:
         real_open = s._conn.transport.open_stream
 
-        async def broken(path: str, response_type: Any, metadata: Any = ()) -> Any:
+        async def broken(path: str, response_type: Any, metadata: Any = (),
+                         listener: Any = None) -> Any:
             if path.endswith("/Calls"):
                 raise TypeError("a bug in the stream's set-up")
-            return await real_open(path, response_type, metadata=metadata)
+            return await real_open(path, response_type, metadata=metadata, listener=listener)
 
         monkeypatch.setattr(s._conn.transport, "open_stream", broken)
         await s.register_variable("t", "integer", 1)

@@ -111,10 +111,12 @@ class Flaky:
         transport.open_stream = self.open_stream
 
     async def open_stream(
-        self, path: str, response_type: Any, metadata: Any = ()
+        self, path: str, response_type: Any, metadata: Any = (), listener: Any = None
     ) -> Any:
         if not path.endswith("/Session"):
-            return await self._open(path, response_type, metadata=metadata)  # Calls
+            return await self._open(path, response_type, metadata=metadata,
+                                    listener=listener)  # Calls
+        # The hub's listener is dropped: the hub then reads batches through this wrapper.
         self.metadata.append(tuple(metadata))
         stream = FlakyStream(await self._open(path, response_type, metadata=metadata))
         plan = self.plans.get(len(self.streams))

@@ -182,6 +182,33 @@ async def test_posted_writes_leave_in_order_and_a_listener_hears_each_answer(
         await transport.close()
 
 
+@pytest.mark.parametrize("host", HOSTS)
+async def test_a_listener_that_fails_ends_the_stream_with_its_error(
+    child: Child, host: str
+) -> None:
+    transport = Transport(child.target, timeout=None, host=host)
+    await transport.open()
+    try:
+        calls: list[int] = []
+
+        def listen(batch: list[pb.EchoRequest]) -> None:
+            calls.append(len(batch))
+            raise KeyError("a bug in the listener")
+
+        stream = await transport.open_stream("/test.T/Echo", pb.EchoRequest, listener=listen)
+        await stream.send(pb.EchoRequest(payload=b"x"))
+        with trio.fail_after(30), pytest.raises(KeyError, match="a bug in the listener"):
+            await stream.receive_batch()
+        # It ran once, and the stream it broke is over (its RPC cancelled, not left
+        # running): the error is what the stream ended with, for every later read.
+        assert calls == [1]
+        with trio.fail_after(30), pytest.raises(KeyError):
+            await stream.receive_batch()
+        await stream.close()
+    finally:
+        await transport.close()
+
+
 async def test_run_now_runs_a_callback_and_what_it_schedules_before_returning(
     child: Child,
 ) -> None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from dspex_rx.client.trio_loop import TrioDrivenLoop, run_on
+from dspex_rx.client.trio_loop import TrioDrivenLoop, outside_loop, run_on
 
 T = TypeVar("T")
 
@@ -144,11 +144,13 @@ class TrioHostedLoop:
             self.to_loop(fn)
 
     def to_trio(self, token: trio.lowlevel.TrioToken, fn: Callable[[], Any]) -> None:
-        """Run ``fn()`` for trio from a loop callback: directly, this is the trio thread.
+        """Run ``fn()`` for trio from a loop callback: directly, this is the trio thread,
+        with no asyncio loop running meanwhile (as in any trio task).
 
         Example: ``host.to_trio(token, done.set)`` sets a trio event from the loop.
         """
-        fn()
+        with outside_loop():
+            fn()
 
     async def close(self) -> None:
         """Leave the run's loop; the last user ends it (cancelling what is left on it) and

@@ -396,7 +396,7 @@ class Stream(Generic[M]):
         except asyncio.CancelledError:
             pass
         except BaseException as exc:  # grpc.aio.AioRpcError and friends: hand to trio
-            self._error = exc
+            self._error = self._error or exc  # (a listener's failure came first)
         finally:
             self._finished = True
             self._kick()
@@ -424,7 +424,17 @@ class Stream(Generic[M]):
         self._kick_pending = False
         listener = self._listener
         if listener is not None and self._inbox:
-            listener(self._drain())
+            try:
+                listener(self._drain())
+            except Exception as exc:
+                # The listener's failure ends the stream with it, as a reader's would:
+                # receive_batch raises it (it must not escape into the loop or trio).
+                self._listener = None
+                self._error = self._error or exc
+                self._finished = True
+                call = self._call
+                if call is not None:
+                    self._loop.to_loop(call.cancel)
             if not self._finished:
                 return
         self._ready.set()

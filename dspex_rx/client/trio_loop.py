@@ -174,7 +174,9 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
         # the driver.
         if self._busy:
             if first is not None:
-                first()
+                # (Running: a callback may have stepped outside it to hand work to trio.)
+                with self._running():
+                    first()
             return
         self._busy = True
         try:
@@ -302,6 +304,27 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
         # Cancelling takes the fd out of trio's epoll at once, before its owner closes it.
         scope.cancel()
         return True
+
+
+@contextlib.contextmanager
+def outside_loop() -> Iterator[None]:
+    """No asyncio loop is the thread's running loop inside the block: code a loop callback
+    hands to trio (an observer of a watched variable, say) runs as in a trio task. (With
+    trio-asyncio imported, whose patch asks the trio task's context instead, the hosted
+    loop stays visible there.)
+
+    >>> async def main():
+    ...     with outside_loop():
+    ...         return asyncio._get_running_loop()
+    >>> asyncio.run(main()) is None
+    True
+    """
+    outer = events._get_running_loop()
+    events._set_running_loop(None)
+    try:
+        yield
+    finally:
+        events._set_running_loop(outer)
 
 
 async def await_future(future: asyncio.Future[T]) -> T:
