@@ -27,6 +27,11 @@ import trio
 
 T = TypeVar("T")
 _ROUNDS = 8
+# The thread's own running-loop slot, read directly: trio-asyncio, once imported, replaces
+# asyncio's getter with one that asks the trio task's context instead, and restoring
+# what that returns would leave a loop "running" in the thread after the run ended.
+_thread_loop: Callable[[], Any] = (vars(events).get("_c__get_running_loop")
+                                   or vars(events)["_py__get_running_loop"])
 
 
 class TrioDrivenLoop(asyncio.BaseEventLoop):
@@ -147,7 +152,7 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
         # This loop is the running loop while its callbacks run: asyncio's thread-local,
         # and, once a program has imported trio_asyncio (which makes get_running_loop look
         # in the trio task's context instead), trio_asyncio's context variable too.
-        outer = events._get_running_loop()
+        outer = _thread_loop()
         events._set_running_loop(self)
         patched = sys.modules.get("trio_asyncio._loop")
         token = patched.current_loop.set(self) if patched is not None else None
@@ -319,7 +324,7 @@ def outside_loop() -> Iterator[None]:
     >>> asyncio.run(main()) is None
     True
     """
-    outer = events._get_running_loop()
+    outer = _thread_loop()
     events._set_running_loop(None)
     try:
         yield
