@@ -6,12 +6,13 @@ run, follows trio's clock and leaves asyncio alone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -76,6 +77,17 @@ def child() -> Iterator[Child]:
         server.kill()
 
 
+@contextlib.asynccontextmanager
+async def opened(target: str, host: str) -> AsyncIterator[Transport]:
+    """A transport to ``target`` on ``host``, open for the block."""
+    transport = Transport(target, timeout=None, host=host)
+    await transport.open()
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
 def _io_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("dspex-rx-io")]
 
@@ -135,9 +147,7 @@ async def test_a_server_killed_mid_stream_ends_it_unavailable_after_what_arrived
 async def test_posted_writes_leave_in_order_and_a_listener_hears_each_answer(
     child: Child, host: str
 ) -> None:
-    transport = Transport(child.target, timeout=None, host=host)
-    await transport.open()
-    try:
+    async with opened(child.target, host) as transport:
         heard: list[bytes] = []
         all_heard = trio.Event()
 
@@ -178,17 +188,13 @@ async def test_posted_writes_leave_in_order_and_a_listener_hears_each_answer(
         await stream.close()
         with pytest.raises(RuntimeError, match="closed"):
             stream.post(pb.EchoRequest(), lambda error: None)
-    finally:
-        await transport.close()
 
 
 @pytest.mark.parametrize("host", HOSTS)
 async def test_a_listener_that_fails_ends_the_stream_with_its_error(
     child: Child, host: str
 ) -> None:
-    transport = Transport(child.target, timeout=None, host=host)
-    await transport.open()
-    try:
+    async with opened(child.target, host) as transport:
         calls: list[int] = []
 
         def listen(batch: list[pb.EchoRequest]) -> None:
@@ -205,16 +211,12 @@ async def test_a_listener_that_fails_ends_the_stream_with_its_error(
         with trio.fail_after(30), pytest.raises(KeyError):
             await stream.receive_batch()
         await stream.close()
-    finally:
-        await transport.close()
 
 
 async def test_run_now_runs_a_callback_and_what_it_schedules_before_returning(
     child: Child,
 ) -> None:
-    transport = Transport(child.target, host="trio")
-    await transport.open()
-    try:
+    async with opened(child.target, "trio") as transport:
         loop = transport._loop.loop
         assert isinstance(loop, trio_loop.TrioDrivenLoop)
         order: list[str] = []
@@ -226,8 +228,6 @@ async def test_run_now_runs_a_callback_and_what_it_schedules_before_returning(
         loop.run_now(first)
         order.append("returned")
         assert order == ["callback", "scheduled by it", "returned"]
-    finally:
-        await transport.close()
 
 
 @pytest.mark.parametrize("host", HOSTS)
