@@ -87,6 +87,8 @@ class ScriptedTransport:
     def __init__(self) -> None:
         self.streams: list[ScriptedStream] = []
         self.refuse: grpc.aio.AioRpcError | None = None
+        # True: the server's first frame reaches the listener before open_stream returns.
+        self.early = False
 
     async def open_stream(self, path: str, response_type: Any, metadata: Any = (),
                           listener: Any = None) -> Any:
@@ -96,6 +98,8 @@ class ScriptedTransport:
         self.streams.append(stream)
         if self.refuse is not None:
             stream.finish(self.refuse)  # the server turns the stream down at once
+        elif self.early:
+            listener([cpb.ReplyFrame()])
         else:
             stream.inbox.append(cpb.ReplyFrame())  # the server's empty first frame
         return stream
@@ -312,3 +316,37 @@ async def test_callers_answered_in_one_frame_call_again_in_one_frame(piped: Any)
         assert len(stream.sent) == 2 and sorted(ids(stream.sent[1])) == [4, 5, 6]
         stream.answer(4, 5, 6)
     assert len(got) == 6
+
+
+# Guards: a first frame that reached the listener before open_stream returned was
+# forgotten, and nothing was ever written on that stream.
+async def test_a_first_frame_arriving_while_the_stream_opens_still_lets_calls_leave(
+    piped: Any,
+) -> None:
+    pipeline, transport = piped
+    transport.early = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo, pipeline, b"early")
+        await trio.testing.wait_all_tasks_blocked()
+        stream = transport.streams[0]
+        assert [ids(f) for f in stream.sent] == [[1]]
+        stream.answer(1)
+    assert pipeline.frames_sent == 1
+
+
+# Guards: a call made after its stream ended, before the pipeline noticed, was written on
+# the dead stream and failed UNAVAILABLE although it never left.
+async def test_a_call_made_as_its_stream_ends_cleanly_goes_on_the_next_stream(
+    piped: Any,
+) -> None:
+    pipeline, transport = piped
+    await echo_after_answer(pipeline, transport)
+    first = transport.streams[0]
+    first.finish(None)  # the server ends it cleanly; the pipeline has not run since
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo, pipeline, b"next")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(first.sent) == 1  # only the first call's frame
+        second = transport.streams[1]
+        assert [ids(f) for f in second.sent] == [[2]]
+        second.answer(2)

@@ -655,3 +655,46 @@ async def test_a_watched_value_is_read_from_the_server_while_its_stream_is_down(
     await writer.set_variable("x", 1)
     # The hub is in its (virtual) backoff: the value can only come from the server.
     assert await watcher.get_variable("x") == 1
+
+
+# Guards: with the hub's listener, a suspected stream kept delivering during the backoff
+# and its events made the entries just suspended current (cached, live) again.
+async def test_a_suspected_streams_late_events_leave_its_entries_suspended(
+    server: EmbeddedServer, mock_clock: trio.testing.MockClock,
+) -> None:
+    async with dspex_rx.connect(server.target) as writer, dspex_rx.connect(
+        server.target, session_id=writer.session_id, token=writer.token
+    ) as watcher:
+        transport = watcher._transport
+        real_open = transport.open_stream
+        heard: list[int] = []  # batches handed to the Session streams' listeners
+
+        async def counting_open(path: str, response_type: Any, metadata: Any = (),
+                                listener: Any = None) -> Any:
+            if path.endswith("/Session") and listener is not None:
+                inner = listener
+
+                def listener(batch: list[Any]) -> None:
+                    heard.append(len(batch))
+                    inner(batch)
+
+            return await real_open(path, response_type, metadata=metadata,
+                                   listener=listener)
+
+        transport.open_stream = counting_open
+        await writer.register_variable("x", "integer", 0)
+        got: list[int] = []
+        watcher.observe("x").subscribe(lambda update: got.append(update.value))
+        hub = _hub(watcher)
+        await hub.sync()
+        actor = hub.known("x")
+        assert actor is not None and actor.live and got == [0]
+        hub.suspect("test: the heartbeat timed out")
+        await until(lambda: hub.reconnects == 1, "the hub is in its backoff")
+        before = len(heard)
+        await writer.set_variable("x", 1)
+        await until(lambda: len(heard) > before, "the suspected stream delivered the write")
+        assert not actor.live and got == [0]
+        mock_clock.jump(2.0)  # past the backoff: a new stream resumes the watch
+        await until(lambda: got == [0, 1], "the resumed stream delivered the write")
+        assert actor.live

@@ -204,6 +204,9 @@ class Pipeline:
             self._end_all(ended, NotSent())
 
     async def _serve_one_stream(self) -> None:
+        # Before the open: the server's first frame may reach the listener before
+        # open_stream returns (the writer task's first flush then sends the queue).
+        self._served = False
         try:
             stream = await self._transport.open_stream(
                 self._path, cpb.ReplyFrame, metadata=self.metadata, listener=self._deliver)
@@ -213,7 +216,6 @@ class Pipeline:
         self.streams_opened += 1
         self._reset_error = None
         self._stream = stream
-        self._served = False
         error: BaseException = rpc_error(grpc.StatusCode.UNAVAILABLE, "the Calls stream ended")
         try:
             async with trio.open_nursery() as nursery:
@@ -304,9 +306,9 @@ class Pipeline:
         if stream is None:
             self._work.set()
             return
-        if not self._served or self._writing is not None or not (
+        if not self._served or self._writing is not None or stream.ended or not (
                 self._outbox or self._cancels):
-            return
+            return  # (an ended stream: the queue waits for the next one)
         frame = cpb.CallFrame(cancel=self._cancels)
         self._cancels = []
         size = 0

@@ -428,8 +428,9 @@ class Stream(Generic[M]):
                 listener(self._drain())
             except Exception as exc:
                 # The listener's failure ends the stream with it, as a reader's would:
-                # receive_batch raises it (it must not escape into the loop or trio).
-                self._listener = None
+                # receive_batch raises it (it must not escape into the loop or trio),
+                # and what arrives after it is dropped.
+                self._listener = self._discard
                 self._error = self._error or exc
                 self._finished = True
                 call = self._call
@@ -438,6 +439,9 @@ class Stream(Generic[M]):
             if not self._finished:
                 return
         self._ready.set()
+
+    def _discard(self, batch: list[M]) -> None:
+        pass  # the listener failed: the stream is over
 
     def _drain(self) -> list[M]:
         # popleft, not a copy and clear: the loop thread may append meanwhile.
@@ -481,6 +485,14 @@ class Stream(Generic[M]):
             if call is None:
                 raise RuntimeError("the stream is closed")
             await self._loop.run(lambda: _write(call, message))
+
+    @property
+    def ended(self) -> bool:
+        """Whether the RPC has ended (cleanly or not): nothing posted now would leave.
+
+        Example: ``if not stream.ended: stream.post(frame, on_written)``.
+        """
+        return self._finished
 
     def post(self, message: Message,
              written: Callable[[BaseException | None], None]) -> None:

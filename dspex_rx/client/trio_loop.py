@@ -163,6 +163,10 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
                 patched.current_loop.reset(token)  # type: ignore[union-attr]
             events._set_running_loop(outer)
 
+    # KI-protected as the driver and the fd watchers are: the pass runs gRPC's and the
+    # reader's callbacks, which a Ctrl-C raised inside would break half-way (a reader
+    # would take it for the stream's error); trio delivers it to the main task instead.
+    @trio.lowlevel.enable_ki_protection
     def run_now(self, fn: Callable[[], Any]) -> None:
         """Run ``fn()`` as a callback of this loop right now, on the calling trio task,
         then what it made ready; inside one of the loop's own callbacks, just ``fn()``.
@@ -191,8 +195,8 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
                 self._run_ready()
         finally:
             self._busy = False
-        if self._ready:
-            self._poke()
+            if self._ready:  # (also when a callback raised: the driver runs the rest)
+                self._poke()
 
     def _run_ready(self) -> None:
         # Within ``_pass``: this loop is the running loop, pokes are held back.

@@ -4,6 +4,7 @@ it sends (un)subscribes, routes frames, and reconnects and resumes after a break
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -96,6 +97,8 @@ class WatchHub:
         self._healthy = False
         # The scope of the stream being served, cancelled by ``suspect`` to reopen it.
         self._stream_scope: trio.CancelScope | None = None
+        # The stream whose messages reach the actors (a token per stream opened), if any.
+        self._listening: object | None = None
         self._suspicion = ""
 
     @property
@@ -217,9 +220,13 @@ class WatchHub:
             try:
                 with trio.CancelScope() as scope:
                     self._stream_scope = scope
+                    # This stream's messages count while it is the one listened to: a
+                    # stream given up on (suspected, broken) may still deliver some
+                    # before it is closed, and they must not touch the actors.
+                    listening = self._listening = object()
                     stream = await self.transport.open_stream(
                         self.path, spb.ServerMessage, metadata=self.metadata,
-                        listener=self._on_batch,
+                        listener=functools.partial(self._on_batch, listening),
                     )
                     await stream.send(
                         spb.ClientMessage(open=spb.OpenStream(
@@ -230,9 +237,10 @@ class WatchHub:
                         await self._resubscribe(stream)
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._send_loop, stream, outbox)
-                        await self._dispatch_loop(stream)
+                        await self._dispatch_loop(stream, listening)
                         nursery.cancel_scope.cancel()
                 self._stream_scope = None
+                self._listening = None
                 if self._closed:
                     return
                 if scope.cancelled_caught:
@@ -240,6 +248,7 @@ class WatchHub:
                 raise ConnectionError("the server ended the watch stream")
             except Exception as exc:
                 self._stream_scope = None
+                self._listening = None
                 if self._closed:  # errors while closing are the closing itself
                     return
                 error = _unwrap(exc)
@@ -316,16 +325,19 @@ class WatchHub:
         async for message in outbox:
             await stream.send(message)
 
-    async def _dispatch_loop(self, stream: Stream[spb.ServerMessage]) -> None:
+    async def _dispatch_loop(self, stream: Stream[spb.ServerMessage], listening: object,
+                             ) -> None:
         # The listener (``_on_batch``) handles messages as they arrive, with no task
         # woken between the stream and the actors (bench_watch_path.py: that hop was
         # about 50 us of a 630 us write -> watcher); this returns at the stream's end, or
         # raises how it ended (a listener's own failure included). A stream that has no
         # listener (a test's wrapper) hands its batches here instead.
         while (batch := await stream.receive_batch()) is not None:
-            self._on_batch(batch)
+            self._on_batch(listening, batch)
 
-    def _on_batch(self, batch: list[spb.ServerMessage]) -> None:
+    def _on_batch(self, listening: object, batch: list[spb.ServerMessage]) -> None:
+        if listening is not self._listening:
+            return  # a stream given up on: dropped, as a closed stream's would be
         for message in batch:
             self._handle(message)
 
@@ -394,6 +406,9 @@ class WatchHub:
             if actor.wire:
                 actor.suspend()
         self._suspicion = reason
+        # From now on the suspected stream's messages are dropped: one arriving before it
+        # is closed would make the entries just suspended current again.
+        self._listening = None
         if self._stream_scope is not None:
             self._stream_scope.cancel()
 
