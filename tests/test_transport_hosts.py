@@ -158,6 +158,7 @@ async def test_posted_writes_leave_in_order_and_a_listener_hears_each_answer(
 
         stream = await transport.open_stream("/test.T/Echo", pb.EchoRequest, listener=listen)
         written: list[tuple[int, BaseException | None]] = []
+        all_written = trio.Event()
 
         def post(i: int) -> None:
             # The next write only once the last one is done, as Stream.post asks.
@@ -165,12 +166,17 @@ async def test_posted_writes_leave_in_order_and_a_listener_hears_each_answer(
                 written.append((i, error))
                 if i < 2:
                     post(i + 1)
+                else:
+                    all_written.set()
 
             stream.post(pb.EchoRequest(payload=bytes([i])), done)
 
         post(0)
         with trio.fail_after(30):  # a hang guard only
+            # (Either may come first: on the thread host the write's end reaches trio
+            # through the token, and its echo may overtake it.)
             await all_heard.wait()
+            await all_written.wait()
         assert written == [(0, None), (1, None), (2, None)]
         assert heard == [b"\x00", b"\x01", b"\x02"]
         await trio.to_thread.run_sync(child.kill)
