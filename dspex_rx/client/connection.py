@@ -18,6 +18,7 @@ from dspex_rx.client.cache import VariableCache
 from dspex_rx.client.calls import NotSent, Pipeline
 from dspex_rx.client.embedded import EmbeddedHandle, start_embedded
 from dspex_rx.client.encoding import encode_metadata
+from dspex_rx.client.interrupts import handed_to_main_task
 from dspex_rx.core.limits import DEFAULT_LIMITS, Limits
 from dspex_rx.errors import (
     AuthenticationError,
@@ -326,9 +327,8 @@ class Connection:
         )
 
     async def _start_services(self, ttl: float) -> None:
-        # One system task owns a nursery for everything the session runs in the
-        # background (heartbeat, watch stream, scheduler timers), so the spec's
-        # initialize()/close() form needs no nursery from the caller; close() ends it.
+        # One system task owns a nursery for all the session runs in the background, so
+        # initialize()/close() need no nursery from the caller (Ctrl-C: interrupts.py).
         started = trio.Event()
         stop = self._stop_services = trio.Event()
         self.services_done = trio.Event()
@@ -337,7 +337,7 @@ class Connection:
 
         async def run() -> None:
             try:
-                async with trio.open_nursery() as nursery:
+                async with handed_to_main_task(), trio.open_nursery() as nursery:
                     self.nursery = nursery
                     self.scheduler = TrioScheduler(nursery)
                     self.hub = WatchHub(
