@@ -238,3 +238,20 @@ async def test_a_server_without_the_calls_stream_gets_each_call_once_as_unary(
             assert sorted(entry["version"] for entry in history) == [1, 2, 3, 4]  # each once
             assert await s.get_variable("t", bypass_cache=True) == 3
             assert s._conn.pipeline is not None and not s._conn.pipeline.available
+
+
+# Guards: a call made while the session closed (an optimization run's finish) went on the
+# Calls stream, which stops with the session's services, and failed CANCELLED when the
+# stream was torn down before its answer came.
+async def test_a_call_made_while_the_session_closes_goes_as_a_unary_rpc(
+    session: dspex_rx.SessionContext,
+) -> None:
+    pipeline = pipeline_of(session)
+    assert await session.ping(b"x") == b"x"
+    before = pipeline.frames_sent
+    session._conn.closed = True  # as close() sets it before it stops the services
+    try:
+        assert await session.ping(b"y") == b"y"
+    finally:
+        session._conn.closed = False
+    assert pipeline.frames_sent == before

@@ -278,9 +278,8 @@ class Connection:
                 name = self._tls_server_name or (host if channel != self.target else None)
                 if name:
                     options.append(("grpc.ssl_target_name_override", name))
-            self.transport = Transport(
-                channel, options, timeout=self.timeout, credentials=credentials
-            )
+            self.transport = Transport(channel, options, timeout=self.timeout,
+                                       credentials=credentials)
             await self.transport.open()
             try:
                 response = await self._attach(
@@ -576,7 +575,8 @@ class Connection:
             raise self.lost_error()
         if metadata is None:
             metadata = token_metadata(self.token)
-        pipeline = self.pipeline
+        # Closing: unary, since the Calls stream stops with the services, maybe mid-call.
+        pipeline = None if self.closed else self.pipeline
         try:
             try:
                 if pipeline is None or metadata != pipeline.metadata or method in _UNARY_ONLY:
