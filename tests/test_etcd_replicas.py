@@ -685,7 +685,7 @@ def hold_watch_until_conflict(backend: EtcdBackend) -> list[int]:
     write met the conflict. Returns the list of conflicts seen (their count)."""
     held: list[tuple[Any, ...]] = []
     conflicts: list[int] = []
-    post, write = backend._post, backend._write
+    post, store = backend._post, backend._store
 
     def holding_post(*args: Any) -> None:
         if not conflicts:
@@ -693,9 +693,9 @@ def hold_watch_until_conflict(backend: EtcdBackend) -> list[int]:
         else:
             post(*args)
 
-    def racing_write(ops: Any) -> None:
+    async def racing_store(ops: Any) -> None:
         try:
-            write(ops)
+            await store(ops)
         except RevisionConflict:
             conflicts.append(1)
             for args in held:
@@ -703,7 +703,7 @@ def hold_watch_until_conflict(backend: EtcdBackend) -> list[int]:
             raise
 
     backend._post = holding_post  # type: ignore[method-assign]
-    backend._write = racing_write  # type: ignore[method-assign]
+    backend._store = racing_store  # type: ignore[method-assign]
     return conflicts
 
 

@@ -104,6 +104,9 @@ class EtcdBackend(DurableBackend):
                          ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
         self._channel = grpc.insecure_channel(self._target, options=self._options)
         self._kv = etcd_grpc.KVStub(self._channel)  # type: ignore[no-untyped-call]
+        # Flushes go through grpc.aio on the loop they run on (``_aio_kv``).
+        self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, etcd_grpc.KVStub] | None
+        self._aio = None
         # The etcd revision of the last write of the head row this replica knows of (what
         # the next flush compares), the etcd revision the live state reflects, and the
         # etcd revisions of this replica's own writes (its watch skips them).
@@ -114,6 +117,8 @@ class EtcdBackend(DurableBackend):
         self._winner = 0
         self._head_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._own: set[int] = set()
+        # The watch's loop and the loop a flush runs on differ when a program flushes
+        # from its own (tests, tools); on a server they are one.
         self._own_lock = threading.Lock()
         # Writes the watch saw while a flush was in flight, told apart after it.
         self._queued: list[tuple[int, list[tuple[bool, bytes, bytes]] | None]] = []
@@ -201,9 +206,29 @@ class EtcdBackend(DurableBackend):
                 rows.extend((kv.key[cut:], kv.value) for kv in answer.response_range.kvs)
         return rows
 
-    def _write(self, ops: list[Op]) -> None:
-        # On the writer thread: one txn, applied only if the head row (which every flush
-        # writes) was last written where this replica's live state built on (0: never).
+    async def _store(self, ops: list[Op]) -> None:
+        # On the loop, through grpc.aio: a flush costs no hop to the writer thread and
+        # back, and no second thread holding the GIL while the loop works (measured: a
+        # sequential write's txn took 1.64 ms on the thread against ~1.0 ms alone).
+        request = self._txn(ops)  # (refused here if too large: nothing was sent)
+        try:
+            reply = await self._aio_kv().Txn(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise StorageError(f"{self.where} did not take the write: {_why(exc)}") from exc
+        self._committed(reply)
+
+    def _aio_kv(self) -> etcd_grpc.KVStub:
+        # grpc.aio channels belong to the loop that made them: one per loop the store
+        # flushes on (the server's, for its life; a test may use several in turn).
+        loop = asyncio.get_running_loop()
+        if self._aio is None or self._aio[0] is not loop:
+            channel = grpc.aio.insecure_channel(self._target, options=self._options)
+            self._aio = (loop, channel, etcd_grpc.KVStub(channel))  # type: ignore[no-untyped-call]
+        return self._aio[2]
+
+    def _txn(self, ops: list[Op]) -> etcd.TxnRequest:
+        # One txn, applied only if the head row (which every flush writes) was last
+        # written where this replica's live state built on (0: never).
         head = self.prefix + self._head_key
         guard = etcd.Compare(key=head, target=etcd.Compare.MOD, result=etcd.Compare.EQUAL,
                              mod_revision=self._head)
@@ -229,10 +254,9 @@ class EtcdBackend(DurableBackend):
                 "same --etcd-max-request-bytes",
                 limit="etcd --max-request-bytes", value=size,
             )
-        try:
-            reply = self._kv.Txn(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise StorageError(f"{self.where} did not take the write: {_why(exc)}") from exc
+        return request
+
+    def _committed(self, reply: etcd.TxnResponse) -> None:
         if not reply.succeeded:
             # The failure branch read the head: the write that won is at its revision.
             kvs = reply.responses[0].response_range.kvs if reply.responses else ()
@@ -323,17 +347,23 @@ class EtcdBackend(DurableBackend):
             await channel.close()
 
     def _replies(self, reply: etcd.WatchResponse) -> None:
+        # This replica's own writes are known by revision: skipped before their rows are
+        # copied out (with one replica, that is every event the watch brings).
         cut = len(self.prefix)
         by_revision: dict[int, list[tuple[bool, bytes, bytes]]] = {}
-        for event in reply.events:
-            by_revision.setdefault(event.kv.mod_revision, []).append(
-                (event.type == PUT, event.kv.key[cut:], event.kv.value))
         with self._own_lock:
-            own = {r for r in by_revision if r in self._own}
-            self._own -= own
+            own, mine = self._own, set()
+            for event in reply.events:
+                kv = event.kv
+                revision = kv.mod_revision
+                if revision in own:
+                    mine.add(revision)
+                    continue
+                by_revision.setdefault(revision, []).append(
+                    (event.type == PUT, kv.key[cut:], kv.value))
+            own -= mine
         for revision, changes in sorted(by_revision.items()):
-            if revision not in own:
-                self._post(revision, changes)
+            self._post(revision, changes)
 
     def _post(self, revision: int, changes: list[tuple[bool, bytes, bytes]] | None) -> None:
         # What the watch brought, on the loop (a test holds it back here).
@@ -376,6 +406,8 @@ class EtcdBackend(DurableBackend):
         if watcher is not None and loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(watcher.cancel)
+        # Dropped, a grpc.aio channel closes itself (its loop may be gone by now).
+        self._aio = None
         self._channel.close()
 
 

@@ -44,7 +44,8 @@ class DurableBackend(MemoryBackend):
 
     A subclass opens its storage, then calls ``_start()``; it implements ``_rows`` (every
     stored row, on the loop), ``_write`` (one batch of row writes, atomically, on the
-    writer thread), ``_release`` and ``where``; ``storage_errors`` are the exceptions that
+    writer thread; or ``_store``, the same awaited on the loop, for a storage reached by
+    network I/O), ``_release`` and ``where``; ``storage_errors`` are the exceptions that
     mean the storage refused a write.
 
     Example: ``SqliteBackend(data_dir)`` is one.
@@ -104,9 +105,14 @@ class DurableBackend(MemoryBackend):
     def _rows(self) -> Iterable[tuple[bytes, bytes]]:
         """Every stored row, in key order, as one consistent state."""
 
-    @abstractmethod
     def _write(self, ops: list[Op]) -> None:
         """Apply one batch of row writes atomically and durably (the writer thread)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _write nor _store")
+
+    async def _store(self, ops: list[Op]) -> None:
+        """Apply one flush's row writes: ``_write`` on the writer thread, so a blocking
+        storage (a file's fsync) never stalls the loop."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._write, ops)
 
     @abstractmethod
     def _release(self) -> None:
@@ -389,9 +395,8 @@ class DurableBackend(MemoryBackend):
         try:
             epoch, revision = self._epoch, self._revision
             batch = self._collect()
-            loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self._writer, self._write, batch)
+                await self._store(batch)
             except RevisionConflict as exc:
                 try:
                     self._reset(conflicted=True, loaded=self._read_after_conflict())
