@@ -80,3 +80,32 @@ def test_every_benchmark_prints_human_text_only_to_stderr() -> None:
     assert "print(json.dumps(record), flush=True)" in (BENCHMARKS / "_common.py"
                                                          ).read_text().splitlines()[emit[0] - 1]
     assert leaks == {name: [] for name in leaks}
+
+
+def test_the_etcd_ab_benchmark_compares_two_trees_round_by_round() -> None:
+    import etcd_service
+
+    etcd_service.require_binary()
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_etcd_ab.py"),
+                           "--baseline", str(BENCHMARKS.parent), "--rounds", "2",
+                           "--burst", "0.2", "--concurrency", "4"],
+                          capture_output=True, text=True, timeout=240, cwd=BENCHMARKS.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    figures = {(r["tree"], r["mode"]): r for r in records if r["bench"] == "etcd_ab"}
+    assert set(figures) == {(tree, mode) for tree in ("this", "baseline")
+                            for mode in ("sequential", "concurrent")}
+    # (CPU is counted in 10 ms ticks: a 0.2 s burst may show none.)
+    assert all(r["writes_per_s"] > 0 and isinstance(r["server_cpu_ms_per_write"], float)
+               for r in figures.values())
+    ratios = {r["mode"]: r for r in records if r["bench"] == "etcd_ab_ratio"}
+    assert set(ratios) == {"sequential", "concurrent"}
+    assert all(len(r["per_round"]) == 2 for r in ratios.values())
+
+
+def test_the_etcd_ab_benchmark_refuses_a_baseline_without_the_package(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_etcd_ab.py"),
+                           "--baseline", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=BENCHMARKS.parent)
+    assert done.returncode == 2
+    assert f"--baseline {tmp_path} holds no dspex_rx package" in done.stderr

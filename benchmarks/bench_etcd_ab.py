@@ -1,0 +1,172 @@
+"""Owns the etcd A/B benchmark: set_variable writes/s and server CPU per write of this tree's
+server against another tree's, both over one etcd member, in alternating short bursts.
+
+Why a separate script: on the shared 2-core VM the machine's speed moves 15-40% between
+back-to-back runs, more than most changes to the write path are worth, so two whole
+``bench_replicas.py`` runs cannot tell them apart. Here both servers run at once, one
+``dspex-rx serve --storage etcd`` child per tree (``PYTHONPATH`` = that tree, each on a
+prefix of its own), and the client writes through them in turn, ``--burst`` seconds each,
+the order swapped every round, so drift hits both alike; the verdict is the median of the
+per-round ratios.
+
+Figures (JSON lines on stdout, progress on stderr):
+
+* ``{"bench": "etcd_ab", "tree": "this"|"baseline", "mode": "sequential"|"concurrent"}``:
+  median writes/s over the rounds, its range, and the server's CPU ms per write (median,
+  from ``/proc/<pid>/stat``). ``concurrent``: ``--concurrency`` (32) trio tasks, task ``t``
+  writing its own variable ``v<t>``; ``sequential``: one write of ``v0`` at a time.
+* ``{"bench": "etcd_ab_ratio", "mode": ...}``: this / baseline writes/s per round, and
+  their median.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_etcd_ab.py --baseline /work/main          # ~1 min
+    .venv/bin/python benchmarks/bench_etcd_ab.py --baseline ../old --rounds 20 --burst 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import trio
+from _common import REPO_ROOT, SERVER_START_TIMEOUT, emit, make_note, quiet_logging
+from bench_replicas import MAX_TXN_OPS, Topology, cpu_seconds, open_topology
+
+# bench_etcd_raw (imported by bench_replicas) put tests/ on sys.path for this.
+import etcd_service  # isort: skip
+
+note = make_note("bench_etcd_ab")
+MODES = ("sequential", "concurrent")
+
+
+@contextlib.contextmanager
+def server(tree: Path, endpoint: str, workdir: Path, tag: str) -> Iterator[tuple[str, int]]:
+    """A ``serve --storage etcd`` child running the code of ``tree``; yields its target and
+    pid, stops it (SIGTERM) after."""
+    port_file = workdir / f"port-{tag}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dspex_rx.server.cli", "serve", "--storage", "etcd",
+         "--etcd-endpoints", endpoint, "--etcd-prefix", f"ab-{tag}-{uuid.uuid4().hex[:8]}/",
+         "--etcd-max-txn-ops", str(MAX_TXN_OPS), "--auth", "token", "--port", "0",
+         "--port-file", str(port_file), "--log-level", "warning"],
+        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=sys.stderr)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while not port_file.exists() or not port_file.read_text().strip():
+            if proc.poll() is not None:
+                raise RuntimeError(f"the {tag} server exited early ({proc.returncode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no port file from the {tag} server")
+            time.sleep(0.02)
+        yield f"127.0.0.1:{int(port_file.read_text().strip())}", proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def burst(top: Topology, tasks: int, seconds: float, pid: int) -> tuple[float, float]:
+    """Writes/s and the server's CPU ms per write over ``seconds`` of writes from ``tasks``
+    trio tasks (task ``t`` writes ``v<t>``)."""
+    op = top.op(lambda i: 0, lambda i: f"v{i % tasks}")
+    done = 0
+    start, cpu = time.monotonic(), cpu_seconds(pid)
+
+    async def writer(t: int) -> None:
+        nonlocal done
+        i = t
+        while time.monotonic() - start < seconds:
+            await op(i)
+            i += tasks
+            done += 1
+
+    async with trio.open_nursery() as nursery:
+        for t in range(tasks):
+            nursery.start_soon(writer, t)
+    taken = time.monotonic() - start
+    return done / taken, 1000 * (cpu_seconds(pid) - cpu) / max(done, 1)
+
+
+async def client(targets: dict[str, tuple[str, int]], args: argparse.Namespace) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        tops = {tree: await open_topology([target], "ab/", args.concurrency, stack)
+                for tree, (target, _) in targets.items()}
+        tasks = {"sequential": 1, "concurrent": args.concurrency}
+        for tree, top in tops.items():  # warm-up: sessions, channels, etcd's own caches
+            for mode in MODES:
+                await burst(top, tasks[mode], args.burst / 2, targets[tree][1])
+        rates: dict[tuple[str, str], list[float]] = {}
+        cpus: dict[tuple[str, str], list[float]] = {}
+        for round_ in range(args.rounds):
+            order = list(tops) if round_ % 2 == 0 else list(tops)[::-1]
+            for mode in MODES:
+                for tree in order:
+                    rate, cpu = await burst(tops[tree], tasks[mode], args.burst,
+                                            targets[tree][1])
+                    rates.setdefault((tree, mode), []).append(rate)
+                    cpus.setdefault((tree, mode), []).append(cpu)
+            note(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
+                f"{mode} {rates[('this', mode)][-1] / rates[('baseline', mode)][-1]:.2f}x"
+                for mode in MODES))
+    for mode in MODES:
+        for tree in tops:
+            runs = rates[(tree, mode)]
+            emit({"bench": "etcd_ab", "tree": tree, "mode": mode, "rounds": args.rounds,
+                  "burst_s": args.burst, "writes_per_s": round(statistics.median(runs), 1),
+                  "min": round(min(runs), 1), "max": round(max(runs), 1),
+                  "server_cpu_ms_per_write": round(statistics.median(cpus[(tree, mode)]), 3)})
+        ratios = [a / b for a, b in zip(rates[("this", mode)], rates[("baseline", mode)],
+                                        strict=True)]
+        emit({"bench": "etcd_ab_ratio", "mode": mode, "median": round(statistics.median(ratios), 3),
+              "per_round": [round(r, 3) for r in ratios]})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", required=True, type=Path, metavar="TREE",
+                        help="the dspex-rx tree to compare this one with")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds (default 10)")
+    parser.add_argument("--burst", type=float, default=1.0,
+                        help="seconds per tree, mode and round (default 1)")
+    parser.add_argument("--concurrency", type=int, default=32,
+                        help="writes in flight in the concurrent mode (default 32)")
+    args = parser.parse_args(argv)
+    if not (args.baseline / "dspex_rx").is_dir():
+        parser.error(f"--baseline {args.baseline} holds no dspex_rx package")
+    if args.rounds < 1 or args.burst <= 0 or args.concurrency < 1:
+        parser.error("--rounds, --burst and --concurrency must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_logging()
+    with tempfile.TemporaryDirectory(prefix="dspex-etcd-ab-") as tmp:
+        workdir = Path(tmp)
+        with etcd_service.running_member(
+            workdir / "etcd", extra_args=["--max-txn-ops", str(MAX_TXN_OPS)]
+        ) as member, server(REPO_ROOT, member.endpoint, workdir, "this") as this, \
+                server(args.baseline.resolve(), member.endpoint, workdir, "baseline") as base:
+            note(f"etcd {member.endpoint}; this tree {REPO_ROOT} (pid {this[1]}), "
+                 f"baseline {args.baseline} (pid {base[1]})")
+            targets: dict[str, Any] = {"this": this, "baseline": base}
+            trio.run(client, targets, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
