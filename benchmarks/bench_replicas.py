@@ -24,6 +24,11 @@ Figures (JSON lines on stdout, progress on stderr):
   (its own connection, on A or on B) for that version; one write at a time, the next sent
   once every watcher had the last. ``ratio_to_raw_watch`` = median / raw put -> watch
   median (goal <= 2.0).
+* ``{"bench": "replicas_floor"}``: the least a write -> watcher can cost through a
+  replica whatever the server does: ``ping_median_ms`` (a ``ping``, an Echo doing no
+  work, through replica A, one at a time) plus ``raw_txn_mean_ms`` (1 / the raw
+  sequential txn rate) = ``floor_ms``; ``floor_ratio_to_raw_watch`` is that against the
+  raw put -> watch median, the part of the 2x goal the two hops alone use up.
 * ``{"bench": "replicas_store"}``: the prefix's rows and bytes in etcd after each repeat
   (what every catch-up reads in full), and what one such full read costs, timed in this
   process: ``full_read_range_ms`` (the Range of the prefix) and ``full_read_load_ms``
@@ -412,6 +417,21 @@ async def measure_latency(top: Topology, samples: int, warmup: int,
     return {"latencies": latencies, "activity": activity}
 
 
+async def measure_floor(top: Topology, samples: int) -> list[float]:
+    """Seconds per ``ping`` (an Echo that does no work) through replica A, one at a time:
+    the client <-> server round trip every write through a replica pays on top of its
+    etcd txn."""
+    session = top.writers[0]
+    for _ in range(max(10, samples // 5)):
+        await session.ping()
+    out = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        await session.ping()
+        out.append(time.perf_counter() - start)
+    return out
+
+
 def raw_namespace(args: argparse.Namespace) -> argparse.Namespace:
     """The arguments ``raw_figures`` reads: one repeat per call (the repeats interleave)."""
     return argparse.Namespace(
@@ -431,6 +451,7 @@ async def client_main(endpoint: str, etcd_pid: int, prefixes: dict[int, str],
     writes: dict[tuple[int, str], list[dict[str, Any]]] = {}
     watches: dict[int, list[dict[str, Any]]] = {n: [] for n in REPLICAS}
     stores: list[dict[str, Any]] = []
+    pings: list[float] = []
     async with contextlib.AsyncExitStack() as stack:
         tops = {n: await open_topology(targets[n], prefixes[n], args.concurrency, stack)
                 for n in REPLICAS}
@@ -466,6 +487,7 @@ async def client_main(endpoint: str, etcd_pid: int, prefixes: dict[int, str],
                     note(f"{tag} {n} replica(s) write->{which} watcher median "
                          f"{statistics.median(lat) * 1000:.2f} ms, p99 "
                          f"{percentile(lat, 99) * 1000:.2f} ms")
+            pings += await measure_floor(tops[1], args.latency_samples)
             for n in REPLICAS:
                 size = await trio.to_thread.run_sync(probe.prefix_size, prefixes[n], 5)
                 stores.append({"bench": "replicas_store", "replicas": n, "repeat": repeat + 1,
@@ -473,7 +495,7 @@ async def client_main(endpoint: str, etcd_pid: int, prefixes: dict[int, str],
                 note(f"{tag} {n} replica(s): prefix holds {size['rows']} rows, "
                      f"{size['bytes']} bytes; a full read {size['full_read_range_ms']} ms "
                      f"Range + {size['full_read_load_ms']} ms load")
-    report(raw_runs, writes, watches, stores, modes, args)
+    report(raw_runs, writes, watches, stores, pings, modes, args)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -507,7 +529,7 @@ def raw_medians(raw_runs: list[list[dict[str, Any]]]) -> tuple[list[dict[str, An
 def report(raw_runs: list[list[dict[str, Any]]],
            writes: dict[tuple[int, str], list[dict[str, Any]]],
            watches: dict[int, list[dict[str, Any]]], stores: list[dict[str, Any]],
-           modes: dict[str, int], args: argparse.Namespace) -> None:
+           pings: list[float], modes: dict[str, int], args: argparse.Namespace) -> None:
     raw_records, raw_txn, raw_watch_ms = raw_medians(raw_runs)
     for record in raw_records:
         emit(record)
@@ -555,6 +577,15 @@ def report(raw_runs: list[list[dict[str, Any]]],
                 "ratio_to_raw_watch": round(ratio, 3), "goal": GOAL_LATENCY_RATIO,
                 "meets_goal": ratio <= GOAL_LATENCY_RATIO,
             })
+    # The least a write -> watcher can take through a replica, whatever the server does:
+    # one client <-> server round trip that does no work, plus one raw txn (mean, from
+    # the sequential rate), against raw etcd's put -> watch.
+    ping_ms = statistics.median(pings) * 1000
+    txn_ms = 1000 / raw_txn["sequential"]
+    emit({"bench": "replicas_floor", "ping_median_ms": round(ping_ms, 3),
+          "ping_samples": len(pings), "raw_txn_mean_ms": round(txn_ms, 3),
+          "floor_ms": round(ping_ms + txn_ms, 3),
+          "floor_ratio_to_raw_watch": round((ping_ms + txn_ms) / raw_watch_ms, 3)})
     for record in stores:
         emit(record)
 
