@@ -453,3 +453,61 @@ def test_a_read_only_data_file_serves_reads_and_refuses_writes(tmp_path: Path) -
     assert "nothing of it was kept" in str(refused.value)
     assert store.get("s", "t").value == 0  # reads go on, from what the file holds
     store.close()
+
+
+# ------------------------------------------------------------ a flush cut short
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["not-stored", "stored"])
+def test_a_flush_cancelled_mid_write_shows_nothing_until_the_file_is_read_back(
+    tmp_path: Path, stored: bool,
+) -> None:
+    # Guards a bug: a flush cancelled while its write was out (a program's loop shutting
+    # down) left the batch's changes unmarked, so the next flush skipped them and the
+    # store called them durable: a write the storage never took stayed on show.
+    backend = SqliteBackend(tmp_path)
+    store = MemoryStore(backend=backend)
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0), VariableSpec("u", "integer", 0)],
+                   actor="s")
+    sync(store)
+    store_rows = backend._store
+
+    async def cut_short(ops: Any) -> None:
+        if stored:
+            await store_rows(ops)  # the storage took it; its answer never came back
+        await asyncio.Event().wait()
+
+    backend._store = cut_short  # type: ignore[method-assign]
+    store.set("s", "t", 1, actor="s")
+
+    async def give_up() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.sync(store.revision), 0.05)
+
+    asyncio.run(give_up())  # the loop's end cancels the flush still waiting
+    backend._store = store_rows  # type: ignore[method-assign]
+    assert store.pending
+    store.set("s", "u", 1, actor="s")
+    with pytest.raises(StorageError, match="interrupted before it was known to be stored"):
+        sync(store)
+    # Read back: what the file holds, nothing else; u (made on the unsure state) undone.
+    assert (store.get("s", "t").value, store.get("s", "u").value) == (int(stored), 0)
+    assert not store.pending
+    store.set("s", "u", 2, actor="s")
+    sync(store)
+    store.close()
+    again = MemoryStore(backend=SqliteBackend(tmp_path))
+    assert (again.get("s", "t").value, again.get("s", "u").value) == (int(stored), 2)
+    again.close()
+
+
+def test_a_closed_durable_store_refuses_to_flush_by_name(tmp_path: Path) -> None:
+    store = MemoryStore(backend=SqliteBackend(tmp_path))
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+    store.set("s", "t", 1, actor="s")
+    store.close()
+    with pytest.raises(StorageError, match=r"the data file .* is closed: nothing more"):
+        sync(store)

@@ -737,3 +737,48 @@ async def test_a_stream_on_a_replica_that_lost_a_race_goes_on_without_a_reconnec
                 assert a.call(lambda: count(a.service).storage_conflicts) == 0
     assert [(u.value, u.version) for u in seen] == [(0, 1), (1, 2), (2, 3)]
     assert [u.revision for u in seen] == sorted({u.revision for u in seen})
+
+
+def test_a_replica_whose_watch_reopens_after_etcd_restarted_tells_its_own_writes_once(
+    etcd_member: Any, prefix: str,
+) -> None:
+    # Guards a bug: the watch reopened from the last revision applied from *other*
+    # replicas, so after an etcd restart this replica's own writes came again as others'
+    # and its watchers heard each twice (and its accounts counted them twice).
+    heard: list[tuple[int, int]] = []
+    own = EtcdBackend([etcd_member.endpoint], prefix=prefix)
+    other = MemoryStore(backend=EtcdBackend([etcd_member.endpoint], prefix=prefix))
+
+    async def run() -> None:
+        own.bind_loop(asyncio.get_running_loop())
+        store = MemoryStore(backend=own)
+        store.initialize_session("s")
+        store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+        await store.sync(store.revision)
+        store.add_listener("s", lambda c: heard.append(
+            (c.revision, c.events[0].record.value)) if c else None)
+        for value in (1, 2, 3):
+            store.set("s", "t", value, actor="s")
+            await store.sync(store.revision)
+        etcd_member.restart()
+        # A write from another replica after the restart: once this replica's reopened
+        # watch has brought it, it has brought everything before it too.
+        guard = time.monotonic() + 30  # a hang guard: channels reconnect after a backoff
+        while "s" not in other.session_ids():
+            assert time.monotonic() < guard, "the other replica never read etcd"
+            other._backend.catch_up()
+            await asyncio.sleep(0.01)
+        other.set("s", "t", 4, actor="other")
+        await other.sync(other.revision)
+        while store.get("s", "t").value != 4:
+            assert time.monotonic() < guard, "the reopened watch never brought the write"
+            await asyncio.sleep(0.01)
+        assert [value for _, value in heard] == [1, 2, 3, 4]
+        assert [revision for revision, _ in heard] == sorted({r for r, _ in heard})
+        store.check_accounts()
+        store.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        other.close()

@@ -108,10 +108,13 @@ class EtcdBackend(DurableBackend):
         self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, etcd_grpc.KVStub] | None
         self._aio = None
         # The etcd revision of the last write of the head row this replica knows of (what
-        # the next flush compares), the etcd revision the live state reflects, and the
-        # etcd revisions of this replica's own writes (its watch skips them).
+        # the next flush compares), the etcd revision the live state reflects, the last
+        # revision the watch brought (this replica's own too: a watch opened again
+        # starts after it), and the etcd revisions of this replica's own writes (its
+        # watch skips them).
         self._head = 0
         self._seen = 0
+        self._delivered = 0
         # The head's revision when a flush lost to another replica's write, and calls
         # waiting (after that conflict) until the live state holds it.
         self._winner = 0
@@ -221,10 +224,12 @@ class EtcdBackend(DurableBackend):
         # grpc.aio channels belong to the loop that made them: one per loop the store
         # flushes on (the server's, for its life; a test may use several in turn).
         loop = asyncio.get_running_loop()
-        if self._aio is None or self._aio[0] is not loop:
+        aio = self._aio
+        if aio is None or aio[0] is not loop:
             channel = grpc.aio.insecure_channel(self._target, options=self._options)
-            self._aio = (loop, channel, etcd_grpc.KVStub(channel))  # type: ignore[no-untyped-call]
-        return self._aio[2]
+            stub = etcd_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
+            aio = self._aio = (loop, channel, stub)
+        return aio[2]
 
     def _txn(self, ops: list[Op]) -> etcd.TxnRequest:
         # One txn, applied only if the head row (which every flush writes) was last
@@ -326,8 +331,11 @@ class EtcdBackend(DurableBackend):
             while True:
                 call = watch.Watch()
                 try:
+                    # Not from ``_seen`` alone: it does not move for this replica's own
+                    # writes, which came again as others' after etcd restarted.
+                    start = max(self._seen, self._delivered) + 1
                     await call.write(etcd.WatchRequest(create_request=etcd.WatchCreateRequest(
-                        key=self.prefix, range_end=self._end, start_revision=self._seen + 1)))
+                        key=self.prefix, range_end=self._end, start_revision=start)))
                     async for reply in call:
                         broken = False
                         if reply.compact_revision or reply.canceled:
@@ -351,6 +359,8 @@ class EtcdBackend(DurableBackend):
         # copied out (with one replica, that is every event the watch brings).
         cut = len(self.prefix)
         by_revision: dict[int, list[tuple[bool, bytes, bytes]]] = {}
+        if reply.events:  # (in revision order)
+            self._delivered = max(self._delivered, reply.events[-1].kv.mod_revision)
         with self._own_lock:
             own, mine = self._own, set()
             for event in reply.events:

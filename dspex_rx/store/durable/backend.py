@@ -393,6 +393,8 @@ class DurableBackend(MemoryBackend):
 
     async def _flush(self) -> None:
         try:
+            if self._closed:
+                raise StorageError(f"{self.where} is closed: nothing more is stored")
             epoch, revision = self._epoch, self._revision
             batch = self._collect()
             try:
@@ -413,6 +415,17 @@ class DurableBackend(MemoryBackend):
                 raise
             except self.storage_errors as exc:
                 self._refuse(exc)
+            except BaseException:
+                # Cancelled (a program's loop shutting down) or failed unexpectedly with
+                # the batch perhaps sent: whether the storage took it is unknown, and its
+                # changes are no longer marked, so a later flush would not write them
+                # (left as they were, the live state showed a write that was never
+                # stored, or conflicted with its own). Nothing more is shown until the
+                # stored state is read back.
+                self._broken = True
+                self._refusal = (f"a write to {self.where} was interrupted before it was "
+                                 "known to be stored; the state was read back from it")
+                raise
             self._durable = max(self._durable, epoch)
             self._stored_revision = max(self._stored_revision, revision)
             self._refusing_until = 0.0
