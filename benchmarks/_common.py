@@ -109,6 +109,38 @@ def make_note(prefix: str) -> Callable[[str], None]:
     return note
 
 
+def port_from_file(proc: subprocess.Popen[bytes], port_file: Path, timeout: float,
+                   who: str = "the server") -> int:
+    """The port a ``serve --port-file`` child wrote, once it did; ``RuntimeError`` if the
+    child exited first, ``TimeoutError`` after ``timeout`` seconds (a hang guard).
+
+    Example: ``port = port_from_file(proc, Path(tmp) / "port", 20.0)``.
+    """
+    deadline = time.monotonic() + timeout
+    while not port_file.exists() or not port_file.read_text().strip():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{who} exited early with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no port file from {who} after {timeout} s")
+        time.sleep(0.02)
+    return int(port_file.read_text().strip())
+
+
+def stop_child(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM (a server shuts down gracefully; cProfile writes its file), then SIGKILL
+    after ``timeout`` seconds; reaped either way.
+
+    Example: ``stop_child(proc)`` in a ``finally``.
+    """
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def server_process(
     note: Callable[[str], None], start_timeout: float = SERVER_START_TIMEOUT,
@@ -126,24 +158,11 @@ def server_process(
         # The server's stdout goes to our stderr so stdout stays pure JSON lines.
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=sys.stderr)
         try:
-            deadline = time.monotonic() + start_timeout
-            while not port_file.exists():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited early with code {proc.returncode}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no port file from the server after {start_timeout} s")
-                time.sleep(0.02)
-            port = int(port_file.read_text().strip())
+            port = port_from_file(proc, port_file, start_timeout)
             note(f"server pid {proc.pid} on 127.0.0.1:{port}")
             yield f"127.0.0.1:{port}"
         finally:
-            if proc.poll() is None:
-                proc.terminate()  # SIGTERM: the server shuts down gracefully
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_child(proc)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

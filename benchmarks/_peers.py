@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import bench_etcd_raw
-from _common import run_sequential
+from _common import run_sequential, stop_child
 from bench_etcd_raw import Ops, etcd_service
 
 T = TypeVar("T")
@@ -150,13 +150,7 @@ def redis_server(binary: str, note: Callable[[str], None]) -> Iterator[int]:
             note(f"redis-server pid {proc.pid} on 127.0.0.1:{port}, dir {tmp}")
             yield port
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_child(proc, STOP_TIMEOUT)
 
 
 class RedisPeer:

@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from _common import REPO_ROOT, SERVER_START_TIMEOUT, emit, make_note, quiet_logging
+from _common import (
+    REPO_ROOT,
+    SERVER_START_TIMEOUT,
+    emit,
+    make_note,
+    port_from_file,
+    quiet_logging,
+    stop_child,
+)
 from bench_replicas import MAX_TXN_OPS, Topology, cpu_seconds, open_topology
 
 # bench_etcd_raw (imported by bench_replicas) put tests/ on sys.path for this.
@@ -62,21 +70,10 @@ def server(tree: Path, endpoint: str, workdir: Path, tag: str) -> Iterator[tuple
          "--port-file", str(port_file), "--log-level", "warning"],
         cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=sys.stderr)
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while not port_file.exists() or not port_file.read_text().strip():
-            if proc.poll() is not None:
-                raise RuntimeError(f"the {tag} server exited early ({proc.returncode})")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no port file from the {tag} server")
-            time.sleep(0.02)
-        yield f"127.0.0.1:{int(port_file.read_text().strip())}", proc.pid
+        port = port_from_file(proc, port_file, SERVER_START_TIMEOUT, f"the {tag} server")
+        yield f"127.0.0.1:{port}", proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, 15)
 
 
 async def burst(top: Topology, tasks: int, seconds: float, pid: int) -> tuple[float, float]:

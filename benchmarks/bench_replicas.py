@@ -78,6 +78,7 @@ from _common import (
     finish_rate_args,
     make_note,
     percentile,
+    port_from_file,
     quiet_logging,
     run_concurrent,
     run_sequential,
@@ -266,16 +267,8 @@ def server_children(
                 if args.history_size is not None:
                     cmd += ["--history-size", str(args.history_size)]
                 procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=sys.stderr))
-            targets = []
-            deadline = time.monotonic() + SERVER_START_TIMEOUT
-            for proc, port_file in zip(procs, port_files, strict=True):
-                while not port_file.exists() or not port_file.read_text().strip():
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"a server exited early with code {proc.returncode}")
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"no port file after {SERVER_START_TIMEOUT} s")
-                    time.sleep(0.02)
-                targets.append(f"127.0.0.1:{int(port_file.read_text().strip())}")
+            targets = [f"127.0.0.1:{port_from_file(proc, port_file, SERVER_START_TIMEOUT)}"
+                       for proc, port_file in zip(procs, port_files, strict=True)]
             note(f"{tag}: {count} server(s) on prefix {prefix}: "
                  + ", ".join(f"pid {p.pid} {t}" for p, t in zip(procs, targets, strict=True)))
             yield targets, [proc.pid for proc in procs]

@@ -52,7 +52,15 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from _common import emit, environment, make_note, percentile, quiet_logging
+from _common import (
+    emit,
+    environment,
+    make_note,
+    percentile,
+    port_from_file,
+    quiet_logging,
+    stop_child,
+)
 
 import dspex_rx
 
@@ -180,24 +188,11 @@ def server(note: Callable[[str], None], stamped: bool) -> Iterator[tuple[str, Pa
                str(stamp_file) if stamped else ""]
         proc = subprocess.Popen(cmd, stdout=sys.stderr)
         try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while not port_file.exists() or not port_file.read_text().strip():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited early with code {proc.returncode}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError("no port file from the server")
-                time.sleep(0.02)
-            port = int(port_file.read_text().strip())
+            port = port_from_file(proc, port_file, START_TIMEOUT)
             note(f"server pid {proc.pid} on 127.0.0.1:{port}")
             yield f"127.0.0.1:{port}", stamp_file
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_child(proc)
             if stamped and stamp_file.exists():  # written by the child as it exits
                 for stage, by_version in json.loads(stamp_file.read_text()).items():
                     STAMPS[stage].update({int(v): t for v, t in by_version.items()})
