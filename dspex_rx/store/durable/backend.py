@@ -25,7 +25,7 @@ from dspex_rx.store.durable.budget import FlushBudget
 from dspex_rx.store.durable.carry import carry_watchers
 from dspex_rx.store.durable.image import Dirty, Image
 from dspex_rx.store.durable.load import CorruptRow, Loaded, load
-from dspex_rx.store.durable.replay import replay
+from dspex_rx.store.durable.replay import merge_retired, replay
 from dspex_rx.store.durable.rows import Op
 from dspex_rx.store.memory.backend import MemoryBackend, _tell
 from dspex_rx.store.memory.txn import _MemoryWrite
@@ -385,10 +385,8 @@ class DurableBackend(MemoryBackend):
         # Why the live state went back to the stored one: the storage refused a write, or
         # another writer of the same storage (a replica) moved it on first.
         if self._conflicted:
-            return RevisionConflict(
-                f"{self.where} moved on (another replica wrote first); the call is run "
-                "again against the new state"
-            )
+            return RevisionConflict(f"{self.where} moved on (another replica wrote first); "
+                                    "the call is run again against the new state")
         return StorageError(self._refusal)
 
     async def _flush(self) -> None:
@@ -416,12 +414,9 @@ class DurableBackend(MemoryBackend):
             except self.storage_errors as exc:
                 self._refuse(exc)
             except BaseException:
-                # Cancelled (a program's loop shutting down) or failed unexpectedly with
-                # the batch perhaps sent: whether the storage took it is unknown, and its
-                # changes are no longer marked, so a later flush would not write them
-                # (left as they were, the live state showed a write that was never
-                # stored, or conflicted with its own). Nothing more is shown until the
-                # stored state is read back.
+                # Cancelled (a program's loop ending) or failed otherwise, the batch perhaps
+                # sent: its changes are no longer marked and whether they are stored is
+                # unknown, so nothing more is shown until the storage is read back.
                 self._broken = True
                 self._refusal = (f"a write to {self.where} was interrupted before it was "
                                  "known to be stored; the state was read back from it")
@@ -460,11 +455,7 @@ class DurableBackend(MemoryBackend):
         if out.next_id is not None:
             self._next = out.next_id
         if out.retired and self._retired_ids is not None:
-            merged = dict(self._retired_ids.items())
-            for sid, kept in out.retired.items():
-                merged.pop(sid, None)  # re-inserted last: the newest retired
-                if kept is not None:
-                    merged[sid] = kept
+            merged = merge_retired(self._retired_ids.items(), out.retired)
             self._retired_ids.restore(merged.items())
             self._image.set_retired(merged)
         for session in out.gone:

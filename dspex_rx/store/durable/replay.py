@@ -8,6 +8,7 @@ session's row before its variables', a tail's deletes before its puts.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,3 +192,20 @@ def _tail(session: Session, kind: int, var_id: str) -> deque[Any]:
     if found is None:
         raise CorruptRow(ENTRIES, f"{session.id}/{kind}/{var_id} (unknown kind)")
     return found
+
+
+def merge_retired(current: Iterable[tuple[str, tuple[bytes, int]]],
+                  changed: Mapping[str, tuple[bytes, int] | None],
+                  ) -> dict[str, tuple[bytes, int]]:
+    """The retired ids after a replayed write: ``current`` (oldest first) with ``changed``
+    applied; a changed one moves last (the newest retired), None removes it.
+
+    >>> merge_retired([("a", (b"x", 1)), ("b", (b"y", 2))], {"a": (b"z", 3), "b": None})
+    {'a': (b'z', 3)}
+    """
+    merged = dict(current)
+    for sid, kept in changed.items():
+        merged.pop(sid, None)
+        if kept is not None:
+            merged[sid] = kept
+    return merged
