@@ -1,8 +1,9 @@
 """TrioScheduler, TrioObservable and throttle_latest, all on trio's MockClock (virtual time).
 
 Event times in these tests are dyadic fractions (0.25, 0.125, ...), so sums are exact
-floats, and no input event shares a virtual instant with a timer: trio runs tasks woken at
-the same instant in an unspecified order.
+floats, and no input event shares a virtual instant with a timer (trio runs tasks woken at
+the same instant in an unspecified order), except where a test puts one there on purpose,
+before any checkpoint lets the timer run.
 """
 
 from __future__ import annotations
@@ -528,6 +529,34 @@ async def test_throttle_latest_dispose_cancels_the_pending_window(autojump_clock
         assert scheduler.pending == 0
         await trio.sleep(5)
     assert rec.values == ["a"]
+
+
+async def test_throttle_latest_counts_a_value_at_the_windows_end_in_the_next_window(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Guards a bug: a value that arrived at the very instant a window ended, before the
+    # window's timer task ran (trio runs tasks woken together in any order; a watch's
+    # update and the timer often are), replaced the value the window held, so the
+    # window's end emitted the later value (seen as a flaky watch throttle test in CI).
+    async with open_trio_scheduler() as scheduler:
+        t0 = trio.current_time()
+        subject: Subject[str] = Subject()
+        rec = Recorder(t0)
+        rec.subscribe(with_trio_scheduler(subject, scheduler).pipe(throttle_latest(1.0)))
+        subject.on_next("a")  # passes, opens [0, 1)
+        mock_clock.jump(0.5)
+        subject.on_next("b")  # held
+        mock_clock.jump(0.5)
+        subject.on_next("c")  # t = 1.0, no checkpoint since: the timer has not run
+        mock_clock.jump(0.5)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(0.5)  # t = 2.0: the window that "b" opened ends
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert scheduler.pending == 0
+    assert rec.values == ["a", "b", "c"]
+    assert rec.times == [0.0, 1.0, 2.0]
 
 
 def test_throttle_latest_rejects_a_non_positive_window() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from reactivex import Observable, abc
@@ -63,16 +64,21 @@ def throttle_latest(
             held: list[_T] = []  # the latest value seen during the window (0 or 1 items)
             window_open = False
             stopped = False
+            # The open window's end, and its number: a window closed early (below) leaves
+            # its timer behind, which must not close the next window.
+            ends_at, windows = timer_scheduler.now, 0
 
             def open_window() -> None:
-                nonlocal window_open
-                window_open = True
-                timer.disposable = timer_scheduler.schedule_relative(window_s, window_end)
+                nonlocal window_open, ends_at, windows
+                window_open, windows = True, windows + 1
+                ends_at = timer_scheduler.now + timedelta(seconds=window_s)
+                timer.disposable = timer_scheduler.schedule_relative(
+                    window_s, window_end, windows)
 
-            def window_end(_: abc.SchedulerBase, __: Any = None) -> None:
+            def window_end(_: abc.SchedulerBase | None = None, window: Any = None) -> None:
                 nonlocal window_open
                 with lock:
-                    if stopped or not window_open:
+                    if stopped or not window_open or window not in (None, windows):
                         return
                     if held:
                         value = held.pop()
@@ -85,6 +91,11 @@ def throttle_latest(
                 with lock:
                     if stopped:
                         return
+                    if window_open and timer_scheduler.now >= ends_at:
+                        # The window is over but its timer has not run yet (it may be
+                        # queued behind this value): close it first, so a value arriving
+                        # at or after the end is never counted in it.
+                        window_end()
                     if passthrough is not None and passthrough(value):
                         observer.on_next(value)
                     elif window_open:
