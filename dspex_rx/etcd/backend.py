@@ -182,29 +182,33 @@ class EtcdBackend(DurableBackend):
         self._head_moved()
         return iter(sorted(rows))
 
-    def _read_after_conflict(self) -> Loaded | None:
+    async def _read_after_conflict(self) -> Loaded | None:
         # Another replica wrote first: back to the rows as of the head this replica built
         # on, re-reading only the rows the live objects cannot give back (its whole
         # store was read before: 16 ms at 1,000 rows, on the loop, at every conflict);
-        # the watch then brings the write that won. Without a watch, read it all.
+        # the watch then brings the write that won. Without a watch, read it all. The
+        # read is awaited: done as a blocking call it held the loop for an etcd round
+        # trip at every lost race, the watch bringing the winner's write included.
         if not self._head or self._watcher is None:
             return None  # (no rows yet: etcd's revision 0 would mean "now")
         try:
-            return revert(self._sessions, self._image, self._read_at_head)
+            return await revert(self._sessions, self._image, self._read_at_head)
         except (grpc.RpcError, CorruptRow) as exc:
             log.info("etcd_revert_read_failed", where=self.where, error=repr(exc))
             return None  # compacted past the head, or unreadable: read it all
 
-    def _read_at_head(self, spans: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    async def _read_at_head(self, spans: list[tuple[bytes, bytes]],
+                            ) -> list[tuple[bytes, bytes]]:
         # The rows in the key ranges, at the etcd revision of the head this replica holds
-        # (one snapshot: every Range of every txn pinned to it).
-        cut = len(self.prefix)
+        # (one snapshot: every Range of every txn pinned to it; a flush is in flight, so
+        # nothing moves the head meanwhile).
+        cut, head, stub = len(self.prefix), self._head, self._aio_kv()
         rows: list[tuple[bytes, bytes]] = []
         for at in range(0, len(spans), self.max_txn_ops):
             reads = [etcd.RequestOp(request_range=etcd.RangeRequest(
-                key=self.prefix + start, range_end=self.prefix + end, revision=self._head))
+                key=self.prefix + start, range_end=self.prefix + end, revision=head))
                 for start, end in spans[at:at + self.max_txn_ops]]
-            reply = self._kv.Txn(etcd.TxnRequest(success=reads), timeout=self.timeout)
+            reply = await stub.Txn(etcd.TxnRequest(success=reads), timeout=self.timeout)
             for answer in reply.responses:
                 rows.extend((kv.key[cut:], kv.value) for kv in answer.response_range.kvs)
         return rows

@@ -399,7 +399,7 @@ class DurableBackend(MemoryBackend):
                 await self._store(batch)
             except RevisionConflict as exc:
                 try:
-                    self._reset(conflicted=True, loaded=self._read_after_conflict())
+                    self._reset(conflicted=True, loaded=await self._read_after_conflict())
                 except StorageError:
                     self._refusal = f"{self.where} cannot be read back after a conflict"
                     raise StorageError(self._refusal) from exc
@@ -535,7 +535,7 @@ class DurableBackend(MemoryBackend):
             raise StorageError(self._refusal) from None
         raise StorageError(self._refusal)  # this caller's change, if any, was undone
 
-    def _read_after_conflict(self) -> Loaded | None:
+    async def _read_after_conflict(self) -> Loaded | None:
         """The stored state after a flush another writer beat (the live state holds the
         undone changes); None: read it all. A replicated subclass reads back only what
         the live objects cannot give (``revert.py``)."""

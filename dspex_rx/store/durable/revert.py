@@ -11,7 +11,7 @@ same objects. A full read of a long session costs milliseconds per thousand rows
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from dspex_rx.store.durable.image import Image, live_tail, newest_held
@@ -92,15 +92,18 @@ def rebuild(rows: Iterable[tuple[bytes, bytes]], kept: Mapping[TailKey, list[Any
     return loaded
 
 
-def revert(sessions: Mapping[str, Session], image: Image,
-           read: Callable[[list[Span]], Iterable[tuple[bytes, bytes]]]) -> Loaded:
-    """The stored state, from ``read`` (the rows in the given key ranges, in key order, at
-    the stored revision) and the live objects; ``image`` is rolled back first.
+async def revert(sessions: Mapping[str, Session], image: Image,
+                 read: Callable[[list[Span]], Awaitable[Iterable[tuple[bytes, bytes]]]],
+                 ) -> Loaded:
+    """The stored state, from ``read`` (the rows in the given key ranges, at the stored
+    revision) and the live objects; ``image`` is rolled back first. Awaited while a flush
+    is in flight, so nothing else moves the image meanwhile; what the live objects gain
+    meanwhile is undone with the rest (the kept items were copied before).
 
-    Example: ``loaded = revert(backend.sessions, image, read_at_head)``.
+    Example: ``loaded = await revert(backend.sessions, image, read_at_head)``.
     """
     image.rollback()
     spans, kept = plan(sessions, image)
-    rows = sorted(read(spans))
+    rows = sorted(await read(spans))
     return rebuild(rows, kept, image)
 
