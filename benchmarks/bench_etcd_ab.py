@@ -3,18 +3,20 @@ server against another tree's, both over one etcd member, in alternating short b
 
 Why a separate script: on the shared 2-core VM the machine's speed moves 15-40% between
 back-to-back runs, more than most changes to the write path are worth, so two whole
-``bench_replicas.py`` runs cannot tell them apart. Here both servers run at once, one
-``dspex-rx serve --storage etcd`` child per tree (``PYTHONPATH`` = that tree, each on a
-prefix of its own), and the client writes through them in turn, ``--burst`` seconds each,
-the order swapped every round, so drift hits both alike; the verdict is the median of the
-per-round ratios.
+``bench_replicas.py`` runs cannot tell them apart. Here both trees' servers run at once:
+``--replicas`` (1) ``dspex-rx serve --storage etcd`` children per tree (``PYTHONPATH`` =
+that tree), replicas of a prefix of the tree's own, and the client writes through them in
+turn, ``--burst`` seconds each, the order swapped every round, so drift hits both alike;
+the verdict is the median of the per-round ratios.
 
 Figures (JSON lines on stdout, progress on stderr):
 
 * ``{"bench": "etcd_ab", "tree": "this"|"baseline", "mode": "sequential"|"concurrent"}``:
-  median writes/s over the rounds, its range, and the server's CPU ms per write (median,
-  from ``/proc/<pid>/stat``). ``concurrent``: ``--concurrency`` (32) trio tasks, task ``t``
-  writing its own variable ``v<t>``; ``sequential``: one write of ``v0`` at a time.
+  median writes/s over the rounds, its range, and the servers' CPU ms per write (median,
+  summed over the tree's replicas, from ``/proc/<pid>/stat``). ``concurrent``:
+  ``--concurrency`` (32) trio tasks, task ``t`` writing its own variable ``v<t>`` through
+  replica ``t % replicas``; ``sequential``: one write of ``v0`` at a time, write ``i``
+  through replica ``i % replicas``.
 * ``{"bench": "etcd_ab_ratio", "mode": ...}``: this / baseline writes/s per round, and
   their median.
 
@@ -22,6 +24,7 @@ Run::
 
     .venv/bin/python benchmarks/bench_etcd_ab.py --baseline /work/main          # ~1 min
     .venv/bin/python benchmarks/bench_etcd_ab.py --baseline ../old --rounds 20 --burst 2
+    .venv/bin/python benchmarks/bench_etcd_ab.py --baseline ../old --replicas 3
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import trio
 from _common import (
@@ -59,29 +61,41 @@ MODES = ("sequential", "concurrent")
 
 
 @contextlib.contextmanager
-def server(tree: Path, endpoint: str, workdir: Path, tag: str) -> Iterator[tuple[str, int]]:
-    """A ``serve --storage etcd`` child running the code of ``tree``; yields its target and
-    pid, stops it (SIGTERM) after."""
-    port_file = workdir / f"port-{tag}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dspex_rx.server.cli", "serve", "--storage", "etcd",
-         "--etcd-endpoints", endpoint, "--etcd-prefix", f"ab-{tag}-{uuid.uuid4().hex[:8]}/",
-         "--etcd-max-txn-ops", str(MAX_TXN_OPS), "--auth", "token", "--port", "0",
-         "--port-file", str(port_file), "--log-level", "warning"],
-        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=sys.stderr)
+def servers(tree: Path, endpoint: str, workdir: Path, tag: str,
+            count: int) -> Iterator[tuple[list[str], list[int]]]:
+    """``count`` ``serve --storage etcd`` children running the code of ``tree``, replicas
+    of one prefix; yields their targets and pids, stops them (SIGTERM) after."""
+    prefix = f"ab-{tag}-{uuid.uuid4().hex[:8]}/"
+    procs: list[subprocess.Popen[bytes]] = []
+    targets: list[str] = []
     try:
-        port = port_from_file(proc, port_file, SERVER_START_TIMEOUT, f"the {tag} server")
-        yield f"127.0.0.1:{port}", proc.pid
+        for i in range(count):
+            port_file = workdir / f"port-{tag}-{i}"
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "dspex_rx.server.cli", "serve", "--storage", "etcd",
+                 "--etcd-endpoints", endpoint, "--etcd-prefix", prefix,
+                 "--etcd-max-txn-ops", str(MAX_TXN_OPS), "--auth", "token", "--port", "0",
+                 "--port-file", str(port_file), "--log-level", "warning"],
+                cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=sys.stderr))
+            port = port_from_file(procs[-1], port_file, SERVER_START_TIMEOUT,
+                                  f"the {tag} server {i}")
+            targets.append(f"127.0.0.1:{port}")
+        yield targets, [proc.pid for proc in procs]
     finally:
-        stop_child(proc, 15)
+        for proc in procs:
+            stop_child(proc, 15)
 
 
-async def burst(top: Topology, tasks: int, seconds: float, pid: int) -> tuple[float, float]:
-    """Writes/s and the server's CPU ms per write over ``seconds`` of writes from ``tasks``
-    trio tasks (task ``t`` writes ``v<t>``)."""
-    op = top.op(lambda i: 0, lambda i: f"v{i % tasks}")
+async def burst(top: Topology, tasks: int, seconds: float,
+                pids: list[int]) -> tuple[float, float]:
+    """Writes/s and the servers' CPU ms per write (summed over the replicas) over
+    ``seconds`` of writes from ``tasks`` trio tasks: task ``t`` writes ``v<t>`` through
+    replica ``t % replicas``, and one task alone sends write ``i`` to replica
+    ``i % replicas``."""
+    replicas = top.replicas
+    op = top.op(lambda i: i % replicas, lambda i: f"v{i % tasks}")
     done = 0
-    start, cpu = time.monotonic(), cpu_seconds(pid)
+    start, cpu = time.monotonic(), sum(cpu_seconds(pid) for pid in pids)
 
     async def writer(t: int) -> None:
         nonlocal done
@@ -95,13 +109,15 @@ async def burst(top: Topology, tasks: int, seconds: float, pid: int) -> tuple[fl
         for t in range(tasks):
             nursery.start_soon(writer, t)
     taken = time.monotonic() - start
-    return done / taken, 1000 * (cpu_seconds(pid) - cpu) / max(done, 1)
+    used = sum(cpu_seconds(pid) for pid in pids) - cpu
+    return done / taken, 1000 * used / max(done, 1)
 
 
-async def client(targets: dict[str, tuple[str, int]], args: argparse.Namespace) -> None:
+async def client(targets: dict[str, tuple[list[str], list[int]]],
+                 args: argparse.Namespace) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        tops = {tree: await open_topology([target], "ab/", args.concurrency, stack)
-                for tree, (target, _) in targets.items()}
+        tops = {tree: await open_topology(addresses, "ab/", args.concurrency, stack)
+                for tree, (addresses, _) in targets.items()}
         tasks = {"sequential": 1, "concurrent": args.concurrency}
         for tree, top in tops.items():  # warm-up: sessions, channels, etcd's own caches
             for mode in MODES:
@@ -122,13 +138,15 @@ async def client(targets: dict[str, tuple[str, int]], args: argparse.Namespace) 
     for mode in MODES:
         for tree in tops:
             runs = rates[(tree, mode)]
-            emit({"bench": "etcd_ab", "tree": tree, "mode": mode, "rounds": args.rounds,
+            emit({"bench": "etcd_ab", "tree": tree, "mode": mode, "replicas": args.replicas,
+                  "rounds": args.rounds,
                   "burst_s": args.burst, "writes_per_s": round(statistics.median(runs), 1),
                   "min": round(min(runs), 1), "max": round(max(runs), 1),
                   "server_cpu_ms_per_write": round(statistics.median(cpus[(tree, mode)]), 3)})
         ratios = [a / b for a, b in zip(rates[("this", mode)], rates[("baseline", mode)],
                                         strict=True)]
-        emit({"bench": "etcd_ab_ratio", "mode": mode, "median": round(statistics.median(ratios), 3),
+        emit({"bench": "etcd_ab_ratio", "mode": mode, "replicas": args.replicas,
+              "median": round(statistics.median(ratios), 3),
               "per_round": [round(r, 3) for r in ratios]})
 
 
@@ -141,11 +159,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds per tree, mode and round (default 1)")
     parser.add_argument("--concurrency", type=int, default=32,
                         help="writes in flight in the concurrent mode (default 32)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="servers per tree, replicas of one prefix (default 1)")
     args = parser.parse_args(argv)
     if not (args.baseline / "dspex_rx").is_dir():
         parser.error(f"--baseline {args.baseline} holds no dspex_rx package")
-    if args.rounds < 1 or args.burst <= 0 or args.concurrency < 1:
-        parser.error("--rounds, --burst and --concurrency must be positive")
+    if args.rounds < 1 or args.burst <= 0 or args.concurrency < 1 or args.replicas < 1:
+        parser.error("--rounds, --burst, --concurrency and --replicas must be positive")
     return args
 
 
@@ -156,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         with etcd_service.running_member(
             workdir / "etcd", extra_args=["--max-txn-ops", str(MAX_TXN_OPS)]
-        ) as member, server(REPO_ROOT, member.endpoint, workdir, "this") as this, \
-                server(args.baseline.resolve(), member.endpoint, workdir, "baseline") as base:
-            note(f"etcd {member.endpoint}; this tree {REPO_ROOT} (pid {this[1]}), "
-                 f"baseline {args.baseline} (pid {base[1]})")
-            targets: dict[str, Any] = {"this": this, "baseline": base}
+        ) as member, servers(REPO_ROOT, member.endpoint, workdir, "this",
+                             args.replicas) as this, \
+                servers(args.baseline.resolve(), member.endpoint, workdir, "baseline",
+                        args.replicas) as base:
+            note(f"etcd {member.endpoint}; this tree {REPO_ROOT} (pids {this[1]}), "
+                 f"baseline {args.baseline} (pids {base[1]})")
+            targets = {"this": this, "baseline": base}
             trio.run(client, targets, args)
     return 0
 

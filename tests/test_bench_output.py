@@ -88,7 +88,7 @@ def test_the_etcd_ab_benchmark_compares_two_trees_round_by_round() -> None:
     etcd_service.require_binary()
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_etcd_ab.py"),
                            "--baseline", str(BENCHMARKS.parent), "--rounds", "2",
-                           "--burst", "0.2", "--concurrency", "4"],
+                           "--burst", "0.2", "--concurrency", "4", "--replicas", "2"],
                           capture_output=True, text=True, timeout=240, cwd=BENCHMARKS.parent)
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in done.stdout.splitlines()]
@@ -97,7 +97,7 @@ def test_the_etcd_ab_benchmark_compares_two_trees_round_by_round() -> None:
                             for mode in ("sequential", "concurrent")}
     # (CPU is counted in 10 ms ticks: a 0.2 s burst may show none.)
     assert all(r["writes_per_s"] > 0 and isinstance(r["server_cpu_ms_per_write"], float)
-               for r in figures.values())
+               and r["replicas"] == 2 for r in figures.values())
     ratios = {r["mode"]: r for r in records if r["bench"] == "etcd_ab_ratio"}
     assert set(ratios) == {"sequential", "concurrent"}
     assert all(len(r["per_round"]) == 2 for r in ratios.values())
