@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -557,6 +557,67 @@ async def test_throttle_latest_counts_a_value_at_the_windows_end_in_the_next_win
         assert scheduler.pending == 0
     assert rec.values == ["a", "b", "c"]
     assert rec.times == [0.0, 1.0, 2.0]
+
+
+def test_throttle_latest_on_a_wall_clock_scheduler_ends_windows_by_its_timer_only() -> None:
+    # Guards a bug: the early close above compared the scheduler's ``now``; on a
+    # wall-clock scheduler ``now`` may step (NTP) while its timers keep their own clock,
+    # and a step closed the window at the next value, two values 0.1 s apart.
+    class WallClockTimers(HistoricalScheduler):
+        """``now`` is a wall clock the test steps; timers fire when the test says."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.wall = datetime(2026, 1, 1, tzinfo=UTC)
+            self.timers: list[tuple[Any, Any]] = []
+
+        @property
+        def now(self) -> datetime:
+            return self.wall
+
+        def schedule(self, action: Any, state: Any = None) -> abc.DisposableBase:
+            return action(self, state) or Disposable()
+
+        def schedule_relative(self, duetime: Any, action: Any,
+                              state: Any = None) -> abc.DisposableBase:
+            self.timers.append((action, state))
+            return Disposable()
+
+        def schedule_absolute(self, duetime: Any, action: Any,
+                              state: Any = None) -> abc.DisposableBase:
+            raise NotImplementedError
+
+    scheduler = WallClockTimers()
+    subject: Subject[str] = Subject()
+    seen: list[str] = []
+    subject.pipe(throttle_latest(1.0, scheduler)).subscribe(seen.append)
+    subject.on_next("a")  # passes; its window's timer is set
+    subject.on_next("b")  # held
+    scheduler.wall += timedelta(seconds=30)  # the wall clock steps forward
+    subject.on_next("c")  # still within the window by its timer's clock: held
+    assert seen == ["a"]
+    action, state = scheduler.timers.pop(0)
+    action(scheduler, state)  # the window's end
+    assert seen == ["a", "c"]
+
+
+async def test_throttle_latest_emits_a_due_window_before_an_error_behind_it(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with open_trio_scheduler() as scheduler:
+        t0 = trio.current_time()
+        subject: Subject[str] = Subject()
+        rec = Recorder(t0)
+        rec.subscribe(with_trio_scheduler(subject, scheduler).pipe(throttle_latest(1.0)))
+        subject.on_next("a")
+        mock_clock.jump(0.5)
+        subject.on_next("b")
+        mock_clock.jump(0.5)
+        failure = RuntimeError("source failed")
+        subject.on_error(failure)  # t = 1.0, before the window's timer ran
+        await trio.testing.wait_all_tasks_blocked()
+        assert scheduler.pending == 0
+    assert (rec.values, rec.errors) == (["a", "b"], [failure])
 
 
 def test_throttle_latest_rejects_a_non_positive_window() -> None:

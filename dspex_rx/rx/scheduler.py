@@ -110,6 +110,14 @@ class TrioScheduler(PeriodicScheduler):
         """
         return self._anchor + timedelta(seconds=self._clock.current_time())
 
+    def current_time(self) -> float:
+        """The trio clock's reading: the time base of this scheduler's timers (``now`` is
+        it as a ``datetime``, rounded to the microsecond).
+
+        Example: under MockClock, ``scheduler.current_time()`` is ``trio.current_time()``.
+        """
+        return self._clock.current_time()
+
     def trio_time(self, duetime: typing.AbsoluteTime) -> float:
         """The trio clock reading at which the absolute ``duetime`` falls.
 

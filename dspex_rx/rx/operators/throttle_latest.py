@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any, TypeVar
 
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, SerialDisposable
 from reactivex.scheduler import TimeoutScheduler
+
+from dspex_rx.rx.scheduler import TrioScheduler
 
 __all__ = ["throttle_latest"]
 
@@ -64,16 +65,26 @@ def throttle_latest(
             held: list[_T] = []  # the latest value seen during the window (0 or 1 items)
             window_open = False
             stopped = False
-            # The open window's end, and its number: a window closed early (below) leaves
-            # its timer behind, which must not close the next window.
-            ends_at, windows = timer_scheduler.now, 0
+            # On a TrioScheduler a value and the window's timer can be woken in one trio
+            # batch, run in any order: a value that finds the window over closes it first
+            # (below), by the clock the timer runs on. Not on a wall-clock scheduler: its
+            # ``now`` may step (NTP) while its timers run on a monotonic clock.
+            clock = (timer_scheduler.current_time
+                     if isinstance(timer_scheduler, TrioScheduler) else None)
+            # The open window's end on that clock, and its number: a window closed early
+            # leaves its timer behind, which must not close the next window.
+            ends_at, windows = 0.0, 0
 
             def open_window() -> None:
                 nonlocal window_open, ends_at, windows
                 window_open, windows = True, windows + 1
-                ends_at = timer_scheduler.now + timedelta(seconds=window_s)
+                if clock is not None:
+                    ends_at = clock() + window_s
                 timer.disposable = timer_scheduler.schedule_relative(
                     window_s, window_end, windows)
+
+            def window_over() -> bool:
+                return window_open and clock is not None and clock() >= ends_at
 
             def window_end(_: abc.SchedulerBase | None = None, window: Any = None) -> None:
                 nonlocal window_open
@@ -91,11 +102,8 @@ def throttle_latest(
                 with lock:
                     if stopped:
                         return
-                    if window_open and timer_scheduler.now >= ends_at:
-                        # The window is over but its timer has not run yet (it may be
-                        # queued behind this value): close it first, so a value arriving
-                        # at or after the end is never counted in it.
-                        window_end()
+                    if window_over():
+                        window_end()  # its timer has not run yet: this value is later
                     if passthrough is not None and passthrough(value):
                         observer.on_next(value)
                     elif window_open:
@@ -107,6 +115,8 @@ def throttle_latest(
             def on_error(error: Exception) -> None:
                 nonlocal stopped
                 with lock:
+                    if window_over():
+                        window_end()  # its end came before the error: it emits as due
                     stopped = True
                     held.clear()
                     timer.dispose()
