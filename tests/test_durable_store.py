@@ -511,3 +511,24 @@ def test_a_closed_durable_store_refuses_to_flush_by_name(tmp_path: Path) -> None
     store.close()
     with pytest.raises(StorageError, match=r"the data file .* is closed: nothing more"):
         sync(store)
+
+
+def test_a_broken_store_that_was_closed_says_it_is_closed(tmp_path: Path) -> None:
+    # Guards a bug: syncing a broken (flush interrupted) store after close() tried to read
+    # the closed file back and failed with sqlite3's ProgrammingError, not a StorageError.
+    backend = SqliteBackend(tmp_path)
+    store = MemoryStore(backend=backend)
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+
+    async def failing(ops: Any) -> None:
+        raise RuntimeError("an unexpected failure mid-write")
+
+    backend._store = failing  # type: ignore[method-assign]
+    store.set("s", "t", 1, actor="s")
+    with pytest.raises(RuntimeError, match="unexpected failure"):
+        sync(store)
+    store.close()
+    with pytest.raises(StorageError, match=r"the data file .* is closed: nothing more"):
+        sync(store)

@@ -782,3 +782,110 @@ def test_a_replica_whose_watch_reopens_after_etcd_restarted_tells_its_own_writes
         asyncio.run(run())
     finally:
         other.close()
+
+
+def test_a_flush_cancelled_while_reading_back_after_a_lost_race_reads_everything_back(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards a bug: a cancel that came while a replica that lost a race read its rows
+    # back (awaited since 8218cee) escaped the handler that marks the backend broken, so
+    # its undone change stayed on show.
+    a_backend = EtcdBackend([etcd_endpoint], prefix=prefix)
+    a = MemoryStore(backend=a_backend)
+    b = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+
+    async def lose_a_race_and_give_up() -> None:
+        a_backend.bind_loop(asyncio.get_running_loop())
+        a.initialize_session("s")
+        a.register("s", [VariableSpec("t", "integer", 0)], actor="a")
+        await a.sync(a.revision)
+        b._backend.catch_up()
+        a.set("s", "t", 5, actor="a")  # not flushed yet: a's watch queues what b writes
+        b.set("s", "t", 1, actor="b")
+        await b.sync(b.revision)
+
+        async def never(spans: Any) -> Any:
+            await asyncio.Event().wait()  # etcd never answers the read-back
+
+        a_backend._read_at_head = never  # type: ignore[method-assign]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(a.sync(a.revision), 1.0)
+        assert a.get("s", "t").value == 5  # still on show while the read-back hangs
+
+    read_at_head = a_backend._read_at_head
+    try:
+        asyncio.run(lose_a_race_and_give_up())  # the loop's end cancels the flush
+        a_backend._read_at_head = read_at_head  # type: ignore[method-assign]
+        assert a.pending
+        with pytest.raises(StorageError, match="interrupted before it was known to be"):
+            sync(a)
+        assert a.get("s", "t").value == 1  # what etcd holds
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_replica_behind_that_loses_a_race_reads_everything_back(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards a bug: a replica behind (a catch-up read failed, so the watch's next write
+    # was dropped) that then lost a race went back only to the rows at its own head and
+    # called itself caught up: the dropped write never reached it.
+    a_backend = EtcdBackend([etcd_endpoint], prefix=prefix)
+    a = MemoryStore(backend=a_backend)
+    b = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+
+    async def run() -> None:
+        a_backend.bind_loop(asyncio.get_running_loop())
+        a.initialize_session("s")
+        a.register("s", [VariableSpec("t", "integer", 0), VariableSpec("u", "integer", 0),
+                         VariableSpec("v", "integer", 0)], actor="a")
+        await a.sync(a.revision)
+        b._backend.catch_up()
+        rows = a_backend._rows
+
+        def blip() -> Any:
+            raise StorageError("etcd did not answer")
+
+        a_backend._rows = blip  # type: ignore[method-assign]
+        a_backend.catch_up()  # fails: a is behind
+        a_backend._rows = rows  # type: ignore[method-assign]
+        assert a_backend._behind
+        b.set("s", "t", 1, actor="b")
+        await b.sync(b.revision)
+        guard = time.monotonic() + 30  # a hang guard: a hears etcd's watch
+        while a_backend._delivered < b._backend._head:
+            assert time.monotonic() < guard, "a's watch never brought b's write"
+            await asyncio.sleep(0.005)
+        assert a.get("s", "t").value == 0  # dropped: a is behind
+        settle = a_backend._settle_conflict
+
+        async def another_write_first() -> None:
+            # b writes again before a waits for the write that won: a's watch applies it
+            # and moves a's head past the winner's, so a waits for nothing more.
+            b.set("s", "v", 7, actor="b")
+            await b.sync(b.revision)
+            while a_backend._head < b._backend._head:
+                assert time.monotonic() < guard, "a's watch never brought b's second write"
+                await asyncio.sleep(0.005)
+            await settle()
+
+        a_backend._settle_conflict = another_write_first  # type: ignore[method-assign]
+        a.set("s", "u", 5, actor="a")
+        with pytest.raises(RevisionConflict):
+            await a.sync(a.revision)
+        a_backend._settle_conflict = settle  # type: ignore[method-assign]
+        assert a.get("s", "t").value == 1  # read back in full, b's first write included
+        assert not a_backend._behind
+        a.set("s", "u", 5, actor="a")  # the rerun
+        await a.sync(a.revision)
+
+    try:
+        asyncio.run(run())
+        fresh = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+        assert [fresh.get("s", n).value for n in "tuv"] == [1, 5, 7]
+        assert [a.get("s", n).value for n in "tuv"] == [1, 5, 7]
+        fresh.close()
+    finally:
+        a.close()
+        b.close()

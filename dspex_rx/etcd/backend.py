@@ -191,6 +191,10 @@ class EtcdBackend(DurableBackend):
         # trip at every lost race, the watch bringing the winner's write included.
         if not self._head or self._watcher is None:
             return None  # (no rows yet: etcd's revision 0 would mean "now")
+        if self._behind:
+            # It missed others' writes (a catch-up failed): the live objects lack them,
+            # and the watch will not bring them again. Only a full read has them.
+            return None
         try:
             return await revert(self._sessions, self._image, self._read_at_head)
         except (grpc.RpcError, CorruptRow) as exc:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dspex_rx.core.identity import RetiredIds
-from dspex_rx.errors import ResourceExhaustedError, StorageError
+from dspex_rx.errors import DspexError, ResourceExhaustedError, StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import RevisionConflict, WriteTxn
 from dspex_rx.store.durable.budget import FlushBudget
@@ -413,17 +413,19 @@ class DurableBackend(MemoryBackend):
                 raise
             except self.storage_errors as exc:
                 self._refuse(exc)
-            except BaseException:
-                # Cancelled (a program's loop ending) or failed otherwise, the batch perhaps
-                # sent: its changes are no longer marked and whether they are stored is
-                # unknown, so nothing more is shown until the storage is read back.
-                self._broken = True
-                self._refusal = (f"a write to {self.where} was interrupted before it was "
-                                 "known to be stored; the state was read back from it")
-                raise
             self._durable = max(self._durable, epoch)
             self._stored_revision = max(self._stored_revision, revision)
             self._refusing_until = 0.0
+        except DspexError:
+            raise  # refused, too large or lost a race: the live state says so already
+        except BaseException:
+            # Cancelled (a loop ending; in a conflict's read-back too) or failed otherwise,
+            # the batch perhaps sent: its changes are unmarked and maybe stored, so nothing
+            # more is shown until the storage is read back.
+            self._broken = True
+            self._refusal = (f"a write to {self.where} was interrupted before it was known "
+                             "to be stored; the state was read back from it")
+            raise
         finally:
             self._flushing = None
             self._after_flush()
@@ -529,6 +531,8 @@ class DurableBackend(MemoryBackend):
     def _recover(self) -> None:
         # The live state holds changes the storage never took, and reading it back failed
         # too: nothing may be shown until it can be read (every answer syncs first).
+        if self._closed:
+            raise StorageError(f"{self.where} is closed: nothing more is stored")
         try:
             self._reset(conflicted=False)
         except StorageError:
@@ -542,15 +546,11 @@ class DurableBackend(MemoryBackend):
         return None
 
     def _reset(self, *, conflicted: bool, loaded: Loaded | None = None) -> None:
-        # Every change since the last durable one is undone: the live state is the stored
-        # one again. The engine rebuilds what it derives (accounts). After a refusal the
-        # server ends every stream (its queue may hold undone commits), whose clients
-        # resume from the last revision they got, which the storage holds. After a
-        # conflict (the storage is fine, another writer was first) the watchers keep
-        # listening: the ``on_undo`` hooks drop the undone commits from the queues
-        # first (a stream that cannot go on without them ends alone), then the watchers
-        # hear the stored commits they had not. If the storage cannot even be read, the
-        # backend stays broken (``pending``) until a later sync reads it.
+        # Every change since the last durable one is undone. After a refusal the server
+        # ends every stream (its queue may hold undone commits; clients resume from what
+        # the storage holds); after a conflict the ``on_undo`` hooks drop the undone
+        # commits from the queues first, then the watchers hear the stored ones. Storage
+        # that cannot be read leaves the backend broken (``pending``) until a sync reads it.
         self._conflicted = conflicted
         self._behind = False
         if loaded is None:
