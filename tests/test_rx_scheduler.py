@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -470,6 +471,19 @@ async def throttled(
     return rec
 
 
+@asynccontextmanager
+async def throttling(
+    window_s: float = 1.0,
+) -> AsyncIterator[tuple[TrioScheduler, Subject[Any], Recorder]]:
+    """A subject throttled by ``throttle_latest(window_s)`` on a trio scheduler, into a
+    Recorder whose t0 is now."""
+    async with open_trio_scheduler() as scheduler:
+        subject: Subject[Any] = Subject()
+        rec = Recorder(trio.current_time())
+        rec.subscribe(with_trio_scheduler(subject, scheduler).pipe(throttle_latest(window_s)))
+        yield scheduler, subject, rec
+
+
 async def test_throttle_latest_burst_yields_first_and_last(autojump_clock: Any) -> None:
     burst = [(i * 0.0029296875, i) for i in range(100)]  # 100 values within 0.29 s
     rec = await throttled([*burst, (5.0, "after quiet")])
@@ -502,12 +516,8 @@ async def test_throttle_latest_flushes_the_held_value_on_completion(
 
 
 async def test_throttle_latest_error_drops_the_held_value(autojump_clock: Any) -> None:
-    async with open_trio_scheduler() as scheduler:
-        t0 = trio.current_time()
-        subject: Subject[str] = Subject()
-        rec = Recorder(t0)
-        rec.subscribe(with_trio_scheduler(subject, scheduler).pipe(throttle_latest(1.0)))
-        await feed(subject, t0, [(0.0, "a"), (0.25, "b")])
+    async with throttling() as (scheduler, subject, rec):
+        await feed(subject, rec.t0, [(0.0, "a"), (0.25, "b")])
         failure = RuntimeError("source failed")
         subject.on_error(failure)
         await trio.sleep(5)
@@ -538,11 +548,7 @@ async def test_throttle_latest_counts_a_value_at_the_windows_end_in_the_next_win
     # window's timer task ran (trio runs tasks woken together in any order; a watch's
     # update and the timer often are), replaced the value the window held, so the
     # window's end emitted the later value (seen as a flaky watch throttle test in CI).
-    async with open_trio_scheduler() as scheduler:
-        t0 = trio.current_time()
-        subject: Subject[str] = Subject()
-        rec = Recorder(t0)
-        rec.subscribe(with_trio_scheduler(subject, scheduler).pipe(throttle_latest(1.0)))
+    async with throttling() as (scheduler, subject, rec):
         subject.on_next("a")  # passes, opens [0, 1)
         mock_clock.jump(0.5)
         subject.on_next("b")  # held
@@ -604,11 +610,7 @@ def test_throttle_latest_on_a_wall_clock_scheduler_ends_windows_by_its_timer_onl
 async def test_throttle_latest_emits_a_due_window_before_an_error_behind_it(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_trio_scheduler() as scheduler:
-        t0 = trio.current_time()
-        subject: Subject[str] = Subject()
-        rec = Recorder(t0)
-        rec.subscribe(with_trio_scheduler(subject, scheduler).pipe(throttle_latest(1.0)))
+    async with throttling() as (scheduler, subject, rec):
         subject.on_next("a")
         mock_clock.jump(0.5)
         subject.on_next("b")
