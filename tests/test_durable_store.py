@@ -48,6 +48,15 @@ def sync(store: MemoryStore) -> None:
     asyncio.run(store.sync(store.revision))
 
 
+def with_t(backend: Backend) -> MemoryStore:
+    """A store on ``backend`` with session "s" holding an integer "t" (0), synced."""
+    store = MemoryStore(backend=backend)
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+    return store
+
+
 def reopened(data: Path) -> SqliteBackend:
     return SqliteBackend(data)
 
@@ -270,10 +279,7 @@ def test_a_resume_point_before_the_restart_replays_the_stored_log(tmp_path: Path
 def test_an_unsynced_change_is_not_in_the_file(tmp_path: Path) -> None:
     # What sync has not returned for is not promised: here it is simply not there.
     backend = SqliteBackend(tmp_path)
-    store = MemoryStore(backend=backend)
-    store.initialize_session("s")
-    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
-    sync(store)
+    store = with_t(backend)
     store.set("s", "t", 1, actor="s")
     assert backend.pending
     backend.close()
@@ -431,10 +437,7 @@ def test_the_real_disk_refusing_a_flush_is_reported(tmp_path: Path) -> None:
 
 def test_a_read_only_data_file_serves_reads_and_refuses_writes(tmp_path: Path) -> None:
     # As a read-only mount looks to SQLite: the file opens, and the first write fails.
-    store = MemoryStore(backend=SqliteBackend(tmp_path))
-    store.initialize_session("s")
-    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
-    sync(store)
+    store = with_t(SqliteBackend(tmp_path))
     store.close()
     real = sqlite3.connect
 
@@ -503,10 +506,7 @@ def test_a_flush_cancelled_mid_write_shows_nothing_until_the_file_is_read_back(
 
 
 def test_a_closed_durable_store_refuses_to_flush_by_name(tmp_path: Path) -> None:
-    store = MemoryStore(backend=SqliteBackend(tmp_path))
-    store.initialize_session("s")
-    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
-    sync(store)
+    store = with_t(SqliteBackend(tmp_path))
     store.set("s", "t", 1, actor="s")
     store.close()
     with pytest.raises(StorageError, match=r"the data file .* is closed: nothing more"):
@@ -517,10 +517,7 @@ def test_a_broken_store_that_was_closed_says_it_is_closed(tmp_path: Path) -> Non
     # Guards a bug: syncing a broken (flush interrupted) store after close() tried to read
     # the closed file back and failed with sqlite3's ProgrammingError, not a StorageError.
     backend = SqliteBackend(tmp_path)
-    store = MemoryStore(backend=backend)
-    store.initialize_session("s")
-    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
-    sync(store)
+    store = with_t(backend)
 
     async def failing(ops: Any) -> None:
         raise RuntimeError("an unexpected failure mid-write")
