@@ -493,10 +493,8 @@ def test_a_replica_that_lost_a_race_undoes_its_changes_without_reading_the_whole
                 await b.sync(b.revision)
             assert full_reads == []  # only what the live objects could not give back
         await b.sync(b.revision)  # anything b still holds (nothing, or its win)
-        guard = time.monotonic() + 30  # a hang guard: each hears the other's watch
-        while a_backend._head != b_backend._head:
-            assert time.monotonic() < guard, "the replicas never agreed on the head"
-            await asyncio.sleep(0.005)
+        await eventually(lambda: a_backend._head == b_backend._head,
+                         "the replicas agreed on the head")
         assert dump(b_backend) == dump(a_backend)
         b.check_accounts()
 
@@ -507,12 +505,19 @@ def test_a_replica_that_lost_a_race_undoes_its_changes_without_reading_the_whole
         b_backend.close()
 
 
-async def _caught_up(follower: EtcdBackend, writer: MemoryStore) -> None:
-    guard = time.monotonic() + 30  # a hang guard: the follower hears etcd's watch
-    head = writer._backend._head  # type: ignore[attr-defined]
-    while follower._seen < head:
-        assert time.monotonic() < guard, "the follower never caught up"
+async def eventually(done: Callable[[], bool], what: str, guard: float = 30.0) -> None:
+    """Poll ``done()`` on this asyncio loop until it holds: a hang guard, no timing (a
+    replica hears another's writes through etcd's watch; channels reconnect after a
+    backoff)."""
+    deadline = time.monotonic() + guard
+    while not done():
+        assert time.monotonic() < deadline, f"never happened: {what}"
         await asyncio.sleep(0.005)
+
+
+async def _caught_up(follower: EtcdBackend, writer: MemoryStore) -> None:
+    head = writer._backend._head  # type: ignore[attr-defined]
+    await eventually(lambda: follower._seen >= head, "the follower caught up")
 
 
 def test_a_replica_writes_after_applying_anothers_write_without_a_conflict(
@@ -763,16 +768,15 @@ def test_a_replica_whose_watch_reopens_after_etcd_restarted_tells_its_own_writes
         etcd_member.restart()
         # A write from another replica after the restart: once this replica's reopened
         # watch has brought it, it has brought everything before it too.
-        guard = time.monotonic() + 30  # a hang guard: channels reconnect after a backoff
-        while "s" not in other.session_ids():
-            assert time.monotonic() < guard, "the other replica never read etcd"
-            other._backend.catch_up()
-            await asyncio.sleep(0.01)
+        def other_read_etcd() -> bool:
+            other._backend.catch_up()  # (fails while etcd restarts)
+            return "s" in other.session_ids()
+
+        await eventually(other_read_etcd, "the other replica read etcd")
         other.set("s", "t", 4, actor="other")
         await other.sync(other.revision)
-        while store.get("s", "t").value != 4:
-            assert time.monotonic() < guard, "the reopened watch never brought the write"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: store.get("s", "t").value == 4,
+                         "the reopened watch brought the write")
         assert [value for _, value in heard] == [1, 2, 3, 4]
         assert [revision for revision, _ in heard] == sorted({r for r, _ in heard})
         store.check_accounts()
@@ -853,10 +857,8 @@ def test_a_replica_behind_that_loses_a_race_reads_everything_back(
         assert a_backend._behind
         b.set("s", "t", 1, actor="b")
         await b.sync(b.revision)
-        guard = time.monotonic() + 30  # a hang guard: a hears etcd's watch
-        while a_backend._delivered < b._backend._head:
-            assert time.monotonic() < guard, "a's watch never brought b's write"
-            await asyncio.sleep(0.005)
+        await eventually(lambda: a_backend._delivered >= b._backend._head,
+                         "a's watch brought b's write")
         assert a.get("s", "t").value == 0  # dropped: a is behind
         settle = a_backend._settle_conflict
 
@@ -865,9 +867,8 @@ def test_a_replica_behind_that_loses_a_race_reads_everything_back(
             # and moves a's head past the winner's, so a waits for nothing more.
             b.set("s", "v", 7, actor="b")
             await b.sync(b.revision)
-            while a_backend._head < b._backend._head:
-                assert time.monotonic() < guard, "a's watch never brought b's second write"
-                await asyncio.sleep(0.005)
+            await eventually(lambda: a_backend._head >= b._backend._head,
+                             "a's watch brought b's second write")
             await settle()
 
         a_backend._settle_conflict = another_write_first  # type: ignore[method-assign]
