@@ -31,59 +31,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import trio
 from _common import (
     REPO_ROOT,
-    SERVER_START_TIMEOUT,
     emit,
     make_note,
-    port_from_file,
     quiet_logging,
-    stop_child,
 )
-from bench_replicas import MAX_TXN_OPS, Topology, cpu_seconds, open_topology
+from bench_replicas import MAX_TXN_OPS, Topology, cpu_seconds, open_topology, server_children
 
 # bench_etcd_raw (imported by bench_replicas) put tests/ on sys.path for this.
 import etcd_service  # isort: skip
 
 note = make_note("bench_etcd_ab")
 MODES = ("sequential", "concurrent")
-
-
-@contextlib.contextmanager
-def servers(tree: Path, endpoint: str, workdir: Path, tag: str,
-            count: int) -> Iterator[tuple[list[str], list[int]]]:
-    """``count`` ``serve --storage etcd`` children running the code of ``tree``, replicas
-    of one prefix; yields their targets and pids, stops them (SIGTERM) after."""
-    prefix = f"ab-{tag}-{uuid.uuid4().hex[:8]}/"
-    procs: list[subprocess.Popen[bytes]] = []
-    targets: list[str] = []
-    try:
-        for i in range(count):
-            port_file = workdir / f"port-{tag}-{i}"
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "dspex_rx.server.cli", "serve", "--storage", "etcd",
-                 "--etcd-endpoints", endpoint, "--etcd-prefix", prefix,
-                 "--etcd-max-txn-ops", str(MAX_TXN_OPS), "--auth", "token", "--port", "0",
-                 "--port-file", str(port_file), "--log-level", "warning"],
-                cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=sys.stderr))
-            port = port_from_file(procs[-1], port_file, SERVER_START_TIMEOUT,
-                                  f"the {tag} server {i}")
-            targets.append(f"127.0.0.1:{port}")
-        yield targets, [proc.pid for proc in procs]
-    finally:
-        for proc in procs:
-            stop_child(proc, 15)
 
 
 async def burst(top: Topology, tasks: int, seconds: float,
@@ -176,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         with etcd_service.running_member(
             workdir / "etcd", extra_args=["--max-txn-ops", str(MAX_TXN_OPS)]
-        ) as member, servers(REPO_ROOT, member.endpoint, workdir, "this",
-                             args.replicas) as this, \
-                servers(args.baseline.resolve(), member.endpoint, workdir, "baseline",
-                        args.replicas) as base:
+        ) as member, server_children(
+            member.endpoint, f"ab-this-{uuid.uuid4().hex[:8]}/", args.replicas, "this",
+        ) as this, server_children(
+            member.endpoint, f"ab-baseline-{uuid.uuid4().hex[:8]}/", args.replicas,
+            "baseline", tree=args.baseline.resolve(),
+        ) as base:
             note(f"etcd {member.endpoint}; this tree {REPO_ROOT} (pids {this[1]}), "
                  f"baseline {args.baseline} (pids {base[1]})")
             targets = {"this": this, "baseline": base}

@@ -60,7 +60,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,11 +240,14 @@ class Meter:
 
 @contextlib.contextmanager
 def server_children(
-    endpoint: str, prefix: str, count: int, args: argparse.Namespace, tag: str,
+    endpoint: str, prefix: str, count: int, tag: str, *, tree: Path = REPO_ROOT,
+    profile: str | None = None, extra: Sequence[str] = (),
 ) -> Iterator[tuple[list[str], list[int]]]:
-    """``count`` ``dspex-rx serve --storage etcd`` children on one prefix; yields their
-    targets and pids, stops them (SIGTERM) after. Under ``--profile`` each runs in
+    """``count`` ``dspex-rx serve --storage etcd`` children on one prefix, running the code
+    of ``tree`` (another checkout: bench_etcd_ab.py) with ``extra`` flags; yields their
+    targets and pids, stops them (SIGTERM) after. With ``profile`` (a dir) each runs in
     cProfile."""
+    path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="dspex-rx-replicas-") as tmp:
         procs: list[subprocess.Popen[bytes]] = []
         port_files = []
@@ -253,20 +256,18 @@ def server_children(
                 port_file = Path(tmp) / f"port-{i}"
                 port_files.append(port_file)
                 cmd = [sys.executable]
-                if args.profile:
-                    out = Path(args.profile) / f"{tag}-{i}.prof"
+                if profile:
+                    out = Path(profile) / f"{tag}-{i}.prof"
                     cmd += ["-m", "cProfile", "-o", str(out)]
                 cmd += [
                     "-m", "dspex_rx.server.cli", "serve", "--storage", "etcd",
                     "--etcd-endpoints", endpoint, "--etcd-prefix", prefix,
                     "--etcd-max-txn-ops", str(MAX_TXN_OPS), "--auth", "token",
                     "--port", "0", "--port-file", str(port_file), "--log-level", "warning",
+                    *extra,
                 ]
-                if args.log_size is not None:
-                    cmd += ["--log-size", str(args.log_size)]
-                if args.history_size is not None:
-                    cmd += ["--history-size", str(args.history_size)]
-                procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=sys.stderr))
+                procs.append(subprocess.Popen(
+                    cmd, cwd=tree, env={**os.environ, "PYTHONPATH": path}, stdout=sys.stderr))
             targets = [f"127.0.0.1:{port_from_file(proc, port_file, SERVER_START_TIMEOUT)}"
                        for proc, port_file in zip(procs, port_files, strict=True)]
             note(f"{tag}: {count} server(s) on prefix {prefix}: "
@@ -642,8 +643,14 @@ def main(argv: list[str] | None = None) -> int:
               "etcd_max_txn_ops": MAX_TXN_OPS,
               "server_log_size": args.log_size, "server_history_size": args.history_size})
         with contextlib.ExitStack() as stack:
+            flags: list[str] = []  # the servers' own bounds, when asked for
+            if args.log_size is not None:
+                flags += ["--log-size", str(args.log_size)]
+            if args.history_size is not None:
+                flags += ["--history-size", str(args.history_size)]
             servers = {n: stack.enter_context(server_children(
-                member.endpoint, prefixes[n], n, args, f"{n}r")) for n in REPLICAS}
+                member.endpoint, prefixes[n], n, f"{n}r", profile=args.profile, extra=flags))
+                for n in REPLICAS}
             trio.run(client_main, member.endpoint, member.pid, prefixes, servers, args)
     return 0
 
