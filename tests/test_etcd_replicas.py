@@ -789,14 +789,13 @@ def test_a_replica_whose_watch_reopens_after_etcd_restarted_tells_its_own_writes
 
 
 def test_a_flush_cancelled_while_reading_back_after_a_lost_race_reads_everything_back(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[MemoryStore, MemoryStore],
 ) -> None:
     # Guards a bug: a cancel that came while a replica that lost a race read its rows
     # back (awaited since 8218cee) escaped the handler that marks the backend broken, so
     # its undone change stayed on show.
-    a_backend = EtcdBackend([etcd_endpoint], prefix=prefix)
-    a = MemoryStore(backend=a_backend)
-    b = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    a, b = pair
+    a_backend: Any = a._backend
 
     async def lose_a_race_and_give_up() -> None:
         a_backend.bind_loop(asyncio.get_running_loop())
@@ -817,27 +816,22 @@ def test_a_flush_cancelled_while_reading_back_after_a_lost_race_reads_everything
         assert a.get("s", "t").value == 5  # still on show while the read-back hangs
 
     read_at_head = a_backend._read_at_head
-    try:
-        asyncio.run(lose_a_race_and_give_up())  # the loop's end cancels the flush
-        a_backend._read_at_head = read_at_head  # type: ignore[method-assign]
-        assert a.pending
-        with pytest.raises(StorageError, match="interrupted before it was known to be"):
-            sync(a)
-        assert a.get("s", "t").value == 1  # what etcd holds
-    finally:
-        a.close()
-        b.close()
+    asyncio.run(lose_a_race_and_give_up())  # the loop's end cancels the flush
+    a_backend._read_at_head = read_at_head
+    assert a.pending
+    with pytest.raises(StorageError, match="interrupted before it was known to be"):
+        sync(a)
+    assert a.get("s", "t").value == 1  # what etcd holds
 
 
 def test_a_replica_behind_that_loses_a_race_reads_everything_back(
-    etcd_endpoint: str, prefix: str,
+    etcd_endpoint: str, prefix: str, pair: tuple[MemoryStore, MemoryStore],
 ) -> None:
     # Guards a bug: a replica behind (a catch-up read failed, so the watch's next write
     # was dropped) that then lost a race went back only to the rows at its own head and
     # called itself caught up: the dropped write never reached it.
-    a_backend = EtcdBackend([etcd_endpoint], prefix=prefix)
-    a = MemoryStore(backend=a_backend)
-    b = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    a, b = pair
+    a_backend: Any = a._backend
 
     async def run() -> None:
         a_backend.bind_loop(asyncio.get_running_loop())
@@ -881,12 +875,8 @@ def test_a_replica_behind_that_loses_a_race_reads_everything_back(
         a.set("s", "u", 5, actor="a")  # the rerun
         await a.sync(a.revision)
 
-    try:
-        asyncio.run(run())
-        fresh = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-        assert [fresh.get("s", n).value for n in "tuv"] == [1, 5, 7]
-        assert [a.get("s", n).value for n in "tuv"] == [1, 5, 7]
-        fresh.close()
-    finally:
-        a.close()
-        b.close()
+    asyncio.run(run())
+    fresh = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    assert [fresh.get("s", n).value for n in "tuv"] == [1, 5, 7]
+    assert [a.get("s", n).value for n in "tuv"] == [1, 5, 7]
+    fresh.close()
