@@ -13,7 +13,9 @@ Figures (JSON lines on stdout, progress on stderr):
 * ``{"bench": "replicas_writes", "replicas": 1|3, "mode": ...}``: set_variable calls/s.
   ``sequential``: one call at a time (with 3 replicas call ``i`` goes to replica ``i % 3``);
   ``concurrent``: ``--concurrency`` (32) trio tasks, task ``t`` writing its own variable
-  through replica ``t % replicas``. ``conflict_retries``: calls the server answered
+  through replica ``t % replicas``; with 3 replicas that row again with every task writing
+  through replica 0 (``"writing_replicas": 1``, the others only follow): the most a write
+  leader could give, with no forwarding cost. ``conflict_retries``: calls the server answered
   ConflictError (it met other replicas' writes 3 times in a row) that the client made again;
   ``etcd_txns_refused``: flushes etcd refused on the head-row compare (each one a full
   re-read and a rerun in the server), ``etcd_ranges``: full reads of the prefix (catch-ups
@@ -99,6 +101,9 @@ MAX_TXN_OPS = 4096
 WAIT_TIMEOUT = 60.0  # a hang guard: an expected event this late fails the run
 ATTACH_TIMEOUT = 30.0  # the session reaching the other replicas through etcd's watch
 REPLICAS = (1, 3)
+# The concurrent row of N replicas with every write through one of them: what a write
+# leader could reach at best (the others only follow), beside the row with writers on each.
+ONE_WRITER = "concurrent_one_writer"
 RAW_PREFIX = b"bench/"  # where bench_etcd_raw's keys live
 
 note = make_note("bench_replicas")
@@ -362,8 +367,10 @@ async def measure_writes(top: Topology, mode: str, calls: int, concurrency: int,
         taken = await run_sequential(top.op(lambda i: i % n, lambda i: "v0"), calls)
     else:
         per_task = calls // concurrency
-        # Task t makes calls t*per_task .. (t+1)*per_task - 1 (run_concurrent's split).
-        op = top.op(lambda i: (i // per_task) % n, lambda i: f"v{i // per_task}")
+        # Task t makes calls t*per_task .. (t+1)*per_task - 1 (run_concurrent's split);
+        # with one writer every task writes through replica 0 (the others follow).
+        writing = 1 if mode == ONE_WRITER else n
+        op = top.op(lambda i: (i // per_task) % writing, lambda i: f"v{i // per_task}")
         taken = await run_concurrent(op, calls, concurrency)
     activity = meter.between(before, await meter.reading())
     return {"seconds": taken, "retries": top.retries - retries, "activity": activity}
@@ -467,7 +474,7 @@ async def client_main(endpoint: str, etcd_pid: int, prefixes: dict[int, str],
                 if record["bench"] == "etcd_raw_watch":
                     note(f"{tag} raw put->watch median {record['median_ms']:.3f} ms")
             for n, top in tops.items():
-                for mode, calls in modes.items():
+                for mode, calls in modes_of(n, modes).items():
                     run = await measure_writes(top, mode, calls, args.concurrency, meters[n])
                     writes.setdefault((n, mode), []).append(run)
                     act = run["activity"]
@@ -520,6 +527,14 @@ def raw_medians(raw_runs: list[list[dict[str, Any]]]) -> tuple[list[dict[str, An
     return out, txn, watch
 
 
+def modes_of(replicas: int, modes: dict[str, int]) -> dict[str, int]:
+    """The write rows of a topology: calls per mode, and with several replicas the
+    concurrent row again through one writer (``ONE_WRITER``)."""
+    if replicas == 1:
+        return modes
+    return {**modes, ONE_WRITER: modes["concurrent"]}
+
+
 def report(raw_runs: list[list[dict[str, Any]]],
            writes: dict[tuple[int, str], list[dict[str, Any]]],
            watches: dict[int, list[dict[str, Any]]], stores: list[dict[str, Any]],
@@ -528,14 +543,16 @@ def report(raw_runs: list[list[dict[str, Any]]],
     for record in raw_records:
         emit(record)
     for n in REPLICAS:
-        for mode, calls in modes.items():
+        for mode, calls in modes_of(n, modes).items():
             runs = writes[(n, mode)]
             rates = [calls / r["seconds"] for r in runs]
             rate = statistics.median(rates)
-            ratio = rate / raw_txn[mode]
+            raw_mode = "concurrent" if mode == ONE_WRITER else mode
+            ratio = rate / raw_txn[raw_mode]
             emit({
                 "bench": "replicas_writes", "op": "set_variable", "replicas": n,
-                "mode": mode, "in_flight": 1 if mode == "sequential" else args.concurrency,
+                "mode": raw_mode, "writing_replicas": 1 if mode == ONE_WRITER else n,
+                "in_flight": 1 if mode == "sequential" else args.concurrency,
                 "calls": calls, "repeats": args.repeats,
                 "calls_per_s": round(rate, 1), "runs_calls_per_s": [round(r, 1) for r in rates],
                 "conflict_retries": sum(r["retries"] for r in runs),
@@ -548,7 +565,7 @@ def report(raw_runs: list[list[dict[str, Any]]],
                     who: round(1000 * sum(r["activity"].cpu[who] for r in runs)
                                / (calls * len(runs)), 3)
                     for who in runs[0]["activity"].cpu},
-                "raw_txn_calls_per_s": raw_txn[mode],
+                "raw_txn_calls_per_s": raw_txn[raw_mode],
                 "ratio_to_raw_txn": round(ratio, 3), "goal": GOAL_THROUGHPUT_RATIO,
                 "meets_goal": ratio >= GOAL_THROUGHPUT_RATIO,
             })
