@@ -318,6 +318,46 @@ def watching(server: EmbeddedServer) -> bool:
     return server.call(lambda: any(sub.watched for sub in server.service.subscribers))
 
 
+# Guards a bug: a resume answered by a replica still behind the client's revision resynced
+# to its older value (the value went back), then brought the same versions again.
+async def test_a_client_that_moves_to_a_replica_behind_it_sees_no_value_twice_or_go_back(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    seen: list[VariableUpdate] = []
+    with replicas(etcd_endpoint, prefix, 2) as (first, second):
+        async with dspex_rx.connect([first.target, second.target],
+                                    session_id="lagging") as watcher:
+            await watcher.register_variable("t", "integer", 0)
+            watcher.observe("t").subscribe(seen.append)
+            await until(lambda: second.call(
+                lambda: "lagging" in second.store.session_ids()), "the session on B", 30)
+            # B hears nothing more from etcd until released: it falls behind.
+            backend = second.store._backend
+            held: list[tuple[Any, ...]] = []
+            real_post = backend._post  # type: ignore[attr-defined]
+            second.call(lambda: setattr(backend, "_post", lambda *a: held.append(a)))
+            async with dspex_rx.connect(first.target, session_id="lagging",
+                                        token=watcher.token, create=False) as writer:
+                for value in (1, 2, 3):
+                    await writer.set_variable("t", value)
+            await until(lambda: seen[-1].value == 3, "3 through A", 30)
+            await trio.to_thread.run_sync(first.stop)
+            # The resume reached B (old code: answered at once, with a resync).
+            await until(lambda: second.call(lambda: bool(second.store._reaching))
+                        or watching(second), "the resume on B", 30)
+
+            def release() -> None:
+                backend._post = real_post  # type: ignore[attr-defined]
+                for args in held:
+                    real_post(*args)
+            second.call(release)
+            await until(lambda: watching(second), "the resume answered", 30)
+            await through_reconnect(lambda: watcher.set_variable("t", 4))
+            await until(lambda: seen[-1].value == 4, "its own write through B", 30)
+    assert [(u.value, u.version) for u in seen] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert "resync" not in {u.update_type for u in seen}
+
+
 async def test_a_client_of_a_dns_name_with_two_addresses_moves_on_when_its_replica_dies(
     etcd_endpoint: str, prefix: str,
 ) -> None:

@@ -74,6 +74,7 @@ class EtcdBackend(DurableBackend):
     """
 
     storage_errors = (grpc.RpcError, StorageError, OSError)
+    shared = True
 
     def __init__(
         self, endpoints: Sequence[str], *, prefix: str = "dspex-rx/",

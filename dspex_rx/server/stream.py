@@ -29,6 +29,9 @@ log = get_logger("dspex_rx.server")
 # be sent: a client that writes without reading cannot grow the server's queue.
 MAX_PENDING_CONTROLS = 1024
 MIN_PROGRESS_INTERVAL = 0.01
+# How long a resume from a revision this replica has not applied yet waits for the other
+# replicas' writes to arrive before it is answered with a resync of what is here.
+RESUME_WAIT = 5.0
 
 
 class StreamService(Service, Protocol):
@@ -300,6 +303,12 @@ async def _read(
             raise message.exception()
         kind = message.WhichOneof("kind")
         if kind == "subscribe":
+            since = message.subscribe.from_revision
+            if since > store.revision:
+                # The client saw ``since`` through another replica (one that died): a
+                # resync to this one's older state would take the values back, then
+                # bring the same versions again once it caught up. Later messages wait.
+                await store.reached(since, RESUME_WAIT)
             service._subscribe(session_id, subscriber, message.subscribe)
         elif kind == "unsubscribe":
             # Ids as given (another session's variable may be unwatched even after

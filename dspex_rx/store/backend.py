@@ -332,6 +332,10 @@ class Backend(ABC):
     Example: ``MemoryStore(backend=MemoryBackend())`` runs the engine over it.
     """
 
+    # Other writers (replicas) share this storage: the live state may lag behind what
+    # they stored, and catches up as their writes arrive (``on_replicated``).
+    shared = False
+
     @property
     @abstractmethod
     def revision(self) -> int:

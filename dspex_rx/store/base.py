@@ -116,6 +116,11 @@ class StoreBase:
         self._backend.keep_retired(self._retired)
         self._backend.on_reload(self._accounts.rebuild)
         self._backend.on_replicated(self._accounts.resettle)
+        # Who waits in ``reached`` for another replica's writes: (revision, future).
+        self._reaching: list[tuple[int, asyncio.Future[None]]] = []
+        if self._backend.shared:
+            self._backend.on_replicated(lambda _: self._wake_reaching())
+            self._backend.on_reload(self._wake_reaching)
         if self._sessions:
             self._accounts.rebuild()
         self._access = Access(
@@ -167,6 +172,37 @@ class StoreBase:
         >>> asyncio.run(MemoryStore().sync(0))
         """
         await self._backend.sync(revision)
+
+    async def reached(self, revision: int, wait: float) -> bool:
+        """Whether the store holds ``revision``: at once if it does; over a backend other
+        replicas share, once their writes up to it arrived here, waiting at most ``wait``
+        seconds. False means it does not (a backup restored, an in-memory server
+        restarted, or a replica that stayed behind): a resume from there must resync.
+
+        >>> import asyncio
+        >>> from dspex_rx.store import MemoryStore
+        >>> asyncio.run(MemoryStore().reached(5, wait=10.0))  # alone: it never will
+        False
+        """
+        if self.revision >= revision or not self._backend.shared:
+            return self.revision >= revision
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (revision, waiter)
+        self._reaching.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), wait)
+        except TimeoutError:
+            pass
+        finally:
+            if entry in self._reaching:
+                self._reaching.remove(entry)
+        return self.revision >= revision
+
+    def _wake_reaching(self) -> None:
+        revision = self.revision
+        for target, waiter in self._reaching:
+            if target <= revision and not waiter.done():
+                waiter.set_result(None)
 
     @property
     def flush_limited(self) -> bool:
