@@ -170,6 +170,28 @@ async def test_a_reset_stream_fails_what_it_carried_and_the_next_call_opens_anot
     await gate.until_in_trio(lambda g: g.cancelled == 1)
 
 
+# Guards: with the server gone, a pipelined call reopened the Calls stream in a hot loop
+# (thousands of opens) and failed DEADLINE_EXCEEDED at its timeout, not UNAVAILABLE as unary.
+async def test_calls_to_an_unreachable_server_fail_unavailable_as_unary_and_open_one_stream(
+    mock_clock: trio.testing.MockClock,  # trio's clock stands still: the unary pause lasts
+) -> None:
+    with EmbeddedServer() as server:
+        async with dspex_rx.connect(server.target, timeout=5.0) as s:
+            await s.register_variable("x", "integer", 0)
+            pipeline = pipeline_of(s)
+            opened = pipeline.streams_opened
+            await trio.to_thread.run_sync(server.stop)
+            codes = []
+            for _ in range(3):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await s.get_variable("x", bypass_cache=True)
+                codes.append(caught.value.code())
+            assert codes == [grpc.StatusCode.UNAVAILABLE] * 3
+            # One try at a stream: the first call's; the others go unary meanwhile.
+            assert pipeline.streams_opened - opened == 1
+            assert pipeline.available
+
+
 # Guards: an error inside the pipeline's task took the session's whole services nursery
 # (heartbeat, watches) down with it, and every later call hung.
 async def test_a_failing_calls_stream_leaves_the_session_working_unary(

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from dspex_rx.client.calls import NotSent, Pipeline, rpc_error
+from dspex_rx.client.calls import FIRST_RETRY, NotSent, Pipeline, rpc_error
 from dspex_rx.v1 import calls_pb2 as cpb
 from dspex_rx.v1 import variables_pb2 as pb
 
@@ -93,6 +93,8 @@ class ScriptedTransport:
     async def open_stream(self, path: str, response_type: Any, metadata: Any = (),
                           listener: Any = None) -> Any:
         assert path.endswith("/Calls") and response_type is cpb.ReplyFrame
+        if len(self.streams) >= 100:  # a pipeline reopening in a loop: stop it
+            raise RuntimeError("the Calls stream was reopened 100 times")
         stream = ScriptedStream()
         stream.listener = listener
         self.streams.append(stream)
@@ -240,6 +242,68 @@ async def test_a_server_without_the_stream_sends_every_call_unary_and_none_twice
     with pytest.raises(NotSent):
         await echo(pipeline)
     assert len(transport.streams) == 1
+
+
+# Guards: a stream that failed before its handshake (nothing listening) failed only the
+# calls it carried, none: the queued ones kept it reopening in a hot loop until their deadlines.
+async def test_a_stream_ending_before_its_handshake_sends_its_calls_unary_and_is_not_reopened(
+    piped: Any, mock_clock: trio.testing.MockClock,
+) -> None:
+    pipeline, transport = piped
+    transport.refuse = rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect")
+    outcomes: list[str] = []
+
+    async def queued() -> None:
+        try:
+            await echo(pipeline)
+        except NotSent:
+            outcomes.append("unary")
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(queued)
+    # Nothing left on it, so all three may go unary; one stream opened for them.
+    assert outcomes == ["unary"] * 3
+    assert [s.sent for s in transport.streams] == [[]]
+    # The next call, at once, goes unary without trying another stream.
+    with pytest.raises(NotSent):
+        await echo(pipeline)
+    assert len(transport.streams) == 1
+    assert pipeline.available and not pipeline._waiters and not pipeline._outbox
+
+
+async def refused_opens(pipeline: Pipeline, transport: ScriptedTransport) -> int:
+    """Streams one call opens, with every open turned down before its handshake."""
+    before = len(transport.streams)
+    with pytest.raises(NotSent):
+        await echo(pipeline)
+    return len(transport.streams) - before
+
+
+# Guards: the pause after a stream that ended before its handshake (bug: none at all).
+async def test_the_unary_pause_after_unserved_streams_doubles_and_a_handshake_resets_it(
+    piped: Any, mock_clock: trio.testing.MockClock,
+) -> None:
+    pipeline, transport = piped
+    transport.refuse = rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect")
+    assert await refused_opens(pipeline, transport) == 1
+    mock_clock.jump(FIRST_RETRY * 1.5)  # past the first pause: the next call tries again
+    assert await refused_opens(pipeline, transport) == 1
+    mock_clock.jump(FIRST_RETRY * 1.5)  # within the second, doubled, pause
+    assert await refused_opens(pipeline, transport) == 0
+    mock_clock.jump(FIRST_RETRY)
+    transport.refuse = None  # the server is back: a handshake
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo, pipeline)
+        await trio.testing.wait_all_tasks_blocked()
+        served = transport.streams[-1]
+        served.answer(*ids(served.sent[0]))
+    assert len(transport.streams) == 3
+    served.finish(rpc_error(grpc.StatusCode.UNAVAILABLE, "peer gone"))
+    transport.refuse = rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect")
+    assert await refused_opens(pipeline, transport) == 1
+    mock_clock.jump(FIRST_RETRY * 1.5)  # the pause is back to the first one
+    assert await refused_opens(pipeline, transport) == 1
 
 
 async def test_an_error_answer_raises_the_status_and_trailers_a_unary_call_would(

@@ -13,6 +13,10 @@ answered by id, so calls made at once from many trio tasks leave in one message.
 # task took (bench_peers: sequential gets 0.89x -> 0.98x etcd's). A request that never left
 # can always go another way (``NotSent``: the caller makes it a unary call); one that left
 # and whose stream broke fails with the stream's error, as a unary call cut mid-way does.
+# A stream that ended before its handshake carried nothing (nothing is written before it):
+# its calls go unary, and so do later calls for a while (``FIRST_RETRY``, doubling), so a
+# server that cannot be reached fails them UNAVAILABLE as it fails unary calls, and the
+# stream is not reopened in a loop that only gRPC's fail-fast open stands between.
 
 from __future__ import annotations
 
@@ -38,6 +42,11 @@ MAX_FRAME_BYTES = 1 << 20
 # every call behind it while it is sent.
 MAX_PIPELINED_REQUEST = 256 * 1024
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+# After a stream ends before its handshake, calls go unary for this long (trio's clock)
+# before one opens a stream again; doubled at each such stream up to LAST_RETRY, and back to
+# FIRST_RETRY at a handshake. Short: the unary calls meanwhile work, only slower.
+FIRST_RETRY = 0.1
+LAST_RETRY = 5.0
 
 
 class NotSent(Exception):  # a signal to the caller, not a failure
@@ -109,6 +118,10 @@ class Pipeline:
         # stream for a moment) leaves it to the writer to pack them.
         self._crowd = False
         self._deadlines: Deadlines | None = None
+        # Until when calls go unary (a stream ended before its handshake), else None;
+        # and the next such pause.
+        self._retry_at: float | None = None
+        self._retry_delay = FIRST_RETRY
 
     async def call(self, method: str, request: Message, response_type: type[M],
                    timeout: float | None) -> M:
@@ -117,7 +130,9 @@ class Pipeline:
 
         Example: ``await pipeline.call("Echo", pb.EchoRequest(), pb.EchoResponse, 5.0)``.
         """
-        if not self.running or not self.available:
+        retry_at = self._retry_at
+        if not self.running or not self.available or (
+                retry_at is not None and trio.current_time() < retry_at):
             raise NotSent
         payload = request.SerializeToString()
         if len(payload) > MAX_PIPELINED_REQUEST:
@@ -211,7 +226,7 @@ class Pipeline:
             stream = await self._transport.open_stream(
                 self._path, cpb.ReplyFrame, metadata=self.metadata, listener=self._deliver)
         except grpc.aio.AioRpcError as exc:
-            self._fail(exc, unsent_too=True)
+            self._fail(exc)  # before any handshake: nothing was sent
             return
         self.streams_opened += 1
         self._reset_error = None
@@ -251,6 +266,7 @@ class Pipeline:
         if not self._served:
             # The server's empty first frame: it serves the stream; the queue may go.
             self._served = True
+            self._retry_at, self._retry_delay = None, FIRST_RETRY
             self._flush()
         waiters = self._waiters
         self._crowd = len(batch) > 1 or any(len(frame.replies) > 1 for frame in batch)
@@ -261,9 +277,9 @@ class Pipeline:
                     waiter.reply = reply
                     waiter.done.set()
 
-    def _fail(self, error: BaseException, *, unsent_too: bool = False) -> None:
-        # The stream ended with ``error``: the calls it carried fail with it (and, with
-        # ``unsent_too``, the queued ones as well); the queued ones wait for the next.
+    def _fail(self, error: BaseException) -> None:
+        # The stream ended with ``error``: the calls it carried fail with it; the queued
+        # ones wait for the next stream, unless this one ended before its handshake.
         if isinstance(error, grpc.aio.AioRpcError) and (
             error.code() == grpc.StatusCode.UNIMPLEMENTED
         ):
@@ -271,8 +287,16 @@ class Pipeline:
             log.info("calls_stream_unavailable", details=error.details())
             self.available = False
             self._end_all(NotSent(), NotSent())
-        elif unsent_too:
-            self._end_all(error, error)
+        elif not self._served:
+            # Nothing was written on it (``_flush`` waits for the handshake), so every
+            # call goes unary: it fails as a unary call would (UNAVAILABLE from a server
+            # that cannot be reached) or is served. Left queued, the calls would reopen
+            # the stream at once, again and again (gRPC fails an open fast while the
+            # channel waits to reconnect), until their deadlines.
+            self._retry_at = trio.current_time() + self._retry_delay
+            log.info("calls_stream_not_served", error=repr(error), unary_for=self._retry_delay)
+            self._retry_delay = min(self._retry_delay * 2, LAST_RETRY)
+            self._end_all(error, NotSent())
         else:
             for call_id in [i for i, waiter in self._waiters.items() if waiter.sent]:
                 waiter = self._waiters.pop(call_id)
