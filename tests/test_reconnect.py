@@ -416,6 +416,72 @@ async def test_a_variable_deleted_during_a_break_before_its_initial_value_ends_t
     assert updates and updates[-1].update_type == "deleted"
 
 
+# Guards: a watch added after a quiet resume never got its initial value (actor not live).
+async def test_a_watch_added_after_a_resume_gets_the_current_value_once(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The break suspends the actor (entry dropped, not live); the resume asks for changes
+    # only, so with nothing changed no event comes and the actor stays wired and not live.
+    # A new observer then neither got the cache's value nor asked the server for one.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 7)
+    first = await watcher.watch_variable("x")
+    await settle(watcher)
+    assert _versions(first) == [(1, 7, "initial")]
+    flaky.streams[0].fail()
+    await _reopen(watcher, flaky, mock_clock)
+    await settle(watcher)  # the resume is in force; x did not change
+
+    second = await watcher.watch_variable("x")
+    seen: list[tuple[int, Any, str]] = []
+    watcher.observe("x", include_initial=False).subscribe(
+        lambda u: seen.append((u.version, u.value, u.update_type)))
+    await settle(watcher)
+    assert _versions(second) == [(1, 7, "initial")]
+    await writer.set_variable("x", 8)
+    await settle(watcher)
+    assert _versions(second) == [(2, 8, "value_change")]
+    # The first watch got neither a repeat of its value nor a gap; the observer that
+    # asked for changes only got the change, not its baseline.
+    assert _versions(first) == [(2, 8, "value_change")]
+    assert seen == [(2, 8, "value_change")]
+
+
+# Guards: a watch added during a break never got its initial value after the resume.
+async def test_a_watch_added_during_a_break_gets_a_value_and_the_first_misses_nothing(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Asking for the new observer's value must not take the actor out of the resume: a
+    # fresh subscribe instead would hand the first watch the current value and skip the
+    # changes made during the break.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    await writer.register_variable("y", "integer", 5)
+    first = await watcher.watch_variable("x")
+    quiet = await watcher.watch_variable("y")
+    await settle(watcher)
+    drain(first)
+    drain(quiet)
+    flaky.streams[0].fail()
+    await until(lambda: _hub(watcher).reconnects == 1, "break noticed")
+    await writer.set_variable("x", 1)
+    second = watcher.watch_variable("x")  # made while the stream is down
+    other = watcher.watch_variable("y")
+    await writer.set_variable("x", 2)
+    await _reopen(watcher, flaky, mock_clock)
+    await settle(watcher)
+    assert _versions(first) == [(2, 1, "value_change"), (3, 2, "value_change")]
+    got = _versions(second)
+    assert got[-1][:2] == (3, 2)
+    assert [v for v, _, _ in got] == sorted({v for v, _, _ in got})  # no repeat, in order
+    assert _versions(other) == [(1, 5, "initial")]
+    assert _versions(quiet) == []
+
+
 # ----------------------------------------- retries: what is retryable, backoff, giving up
 
 
