@@ -230,6 +230,45 @@ async def test_opened_on_a_resumed_stream_does_not_move_the_resume_point_past_th
     assert await watcher.get_variable("x") == 3
 
 
+# Guards: 'progress' before the resume's answer moved the resume point past the replay.
+async def test_progress_before_the_resume_is_answered_does_not_move_the_resume_point(
+    server: EmbeddedServer,
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # An idle server sends "progress" (its current revision) on a new stream before it has
+    # read the resume; taken as the resume point, a break before the replay made the next
+    # resume start past the changes made during the first break: they never came.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    drain(watch)
+
+    flaky.streams[0].fail()
+    await until(lambda: _hub(watcher).reconnects == 1, "first break noticed")
+    await writer.set_variable("x", 1)
+    await writer.set_variable("x", 2)
+    now = server.call(lambda: server.store.revision)
+
+    def progress_then_die(s: FlakyStream) -> None:
+        # Stream 2 hears "progress" first (the server had not read the resume yet),
+        # then dies before the replay.
+        s.pending.append(spb.ServerMessage(progress=spb.Progress(revision=now)))
+        s.fail_before = lambda m: len(m.frames) > 0
+
+    flaky.plans[1] = progress_then_die
+    mock_clock.jump(2.0)
+    await _reconnect(watcher, mock_clock, 2)
+    await until(lambda: len(flaky.streams) == 3, "third stream opened")
+    await settle(watcher)
+    assert _versions(watch) == [(2, 1, "value_change"), (3, 2, "value_change")]
+    await writer.set_variable("x", 3)
+    await settle(watcher)
+    assert _versions(watch) == [(4, 3, "value_change")]
+
+
 # Guards: a subscribe whose unsubscribe was lost was re-sent and streamed to nobody.
 async def test_an_unsubscribe_lost_with_the_stream_does_not_leave_a_server_subscription(
     server: EmbeddedServer,

@@ -362,7 +362,12 @@ class WatchHub:
             self._healthy = True  # the server answers requests on this stream
         if control == "subscribed":
             self._on_subscribed(message.subscribed)
-        elif control == "progress":
+        elif control == "progress" and not any(
+            p.from_revision for p in self._pending.values()
+        ):
+            # Not while a resume is unanswered: the server may not have read it yet, and
+            # its replay starts below this revision; a break before the replay would
+            # resume past commits never delivered (as ``opened`` would: it never counts).
             self.revision = max(self.revision, message.progress.revision)
         elif control == "pong":
             self.revision = max(self.revision, message.pong.revision)
