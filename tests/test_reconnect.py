@@ -22,6 +22,7 @@ import dspex_rx
 from dspex_rx import SessionContext
 from dspex_rx.errors import SessionNotFoundError
 from dspex_rx.server import EmbeddedServer
+from dspex_rx.store import MemoryStore
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.security import token_metadata
 
@@ -519,6 +520,39 @@ async def test_a_watch_added_during_a_break_gets_a_value_and_the_first_misses_no
     assert [v for v, _, _ in got] == sorted({v for v, _, _ in got})  # no repeat, in order
     assert _versions(other) == [(1, 5, "initial")]
     assert _versions(quiet) == []
+
+
+# Guards: a resync called filter_fn with old=None: a numeric filter raised and ended the watch.
+async def test_a_resync_passes_the_watch_filters_like_an_initial_value(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Past the log horizon the resume is answered with the current values ("resync"),
+    # which carry no old value: `new > old` raised TypeError and the watch ended with it.
+    with EmbeddedServer(store=MemoryStore(log_size=3)) as server:
+        async with dspex_rx.connect(server.target) as writer, dspex_rx.connect(
+            server.target, session_id=writer.session_id, token=writer.token
+        ) as watcher:
+            await writer.register_variable("x", "integer", 0)
+            flaky = Flaky(watcher)
+            one = await watcher.watch_variable("x", filter_fn=lambda old, new: new > old)
+            many = await watcher.watch_variables(
+                ["x"], filter_fn=lambda name, old, new: new > old)
+            await settle(watcher)
+            assert _versions(one) == _versions(many) == [(1, 0, "initial")]
+
+            flaky.streams[0].fail()
+            await until(lambda: _hub(watcher).reconnects == 1, "break noticed")
+            for value in range(5, 0, -1):  # more commits than the log keeps, going down
+                await writer.set_variable("x", value)
+            await _reopen(watcher, flaky, mock_clock)
+            await settle(watcher)
+            # The current value passes whatever the filter says of changes.
+            assert _versions(one) == _versions(many) == [(6, 1, "resync")]
+            await writer.set_variable("x", 0)
+            await writer.set_variable("x", 2)
+            await settle(watcher)
+            assert _versions(one) == _versions(many) == [(8, 2, "value_change")]
+            assert one._error is None and many._error is None
 
 
 # ----------------------------------------- retries: what is retryable, backoff, giving up
