@@ -340,6 +340,39 @@ async def test_a_variable_deleted_during_a_break_ends_the_watch_with_the_missed_
     assert updates[-1].update_type == "deleted"
 
 
+# Guards: a delete past the log horizon ended the watch with VariableNotFoundError.
+async def test_a_variable_deleted_past_the_log_horizon_ends_the_watch_with_deleted(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The resume cannot replay a delete the log no longer holds: the ack lists the
+    # variable as missing, and the watch failed as if it had never existed, where inside
+    # the log the same story ends with a "deleted" event (the test above).
+    with EmbeddedServer(store=MemoryStore(log_size=3)) as server:
+        async with dspex_rx.connect(server.target) as writer, dspex_rx.connect(
+            server.target, session_id=writer.session_id, token=writer.token
+        ) as watcher:
+            await writer.register_variable("x", "integer", 0)
+            await writer.register_variable("other", "integer", 0)
+            flaky = Flaky(watcher)
+            watch = await watcher.watch_variables(["x", "other"])
+            await settle(watcher)
+            drain(watch)
+            flaky.streams[0].fail()
+            await until(lambda: _hub(watcher).reconnects == 1, "break noticed")
+            await writer.delete_variable("x")
+            for value in range(1, 6):  # more commits than the log keeps
+                await writer.set_variable("other", value)
+            await _reopen(watcher, flaky, mock_clock)
+            await settle(watcher)
+            got = [(u.name, u.value, u.update_type) for u in drain(watch)]
+            assert sorted(got) == [("other", 5, "resync"), ("x", None, "deleted")]
+            assert not watch.closed  # "other" is still watched
+            await writer.set_variable("other", 6)
+            await settle(watcher)
+            assert [(u.name, u.value) for u in drain(watch)] == [("other", 6)]
+            assert _hub(watcher).known("x") is None  # forgotten, as a replayed delete is
+
+
 # Guards: per-variable resumes replayed x then y: out of order, atomic batches split.
 async def test_a_resumed_multi_variable_watch_keeps_commit_order_and_atomic_batches(
     two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],

@@ -312,6 +312,17 @@ class VariableActor:
             self._end(None)
             self.hub.forget(self)
 
+    def gone(self, revision: int) -> None:
+        """A resume found the variable missing (deleted in a break, the delete no longer in
+        the server's log): end the watch with a ``deleted`` event, as a replayed delete does.
+
+        Example: ``actor.gone(ack.revision)`` delivers ``deleted`` and completes the observers.
+        """
+        self.apply(VariableUpdate(
+            self.id, self.name, None, None, self.version, revision, "deleted", {},
+            utc_datetime(timestamp(time.time())), "",
+        ))
+
     def _end(self, error: Exception | None) -> None:
         attached, self.attached = self.attached, []
         self._unwire()

@@ -387,9 +387,10 @@ class WatchHub:
                     del self.by_name[ref]
                 actor.fail(error)
             return
-        for ref in ack.missing:  # a resumed variable that no longer exists
-            actor = by_ref[ref]
-            actor.fail(error_from_kind("not_found", f"no variable {ref!r} (deleted)"))
+        for ref in ack.missing:
+            # A resumed variable that no longer exists, its delete gone from the server's
+            # log (inside it, the replay brings the delete): the same ending.
+            by_ref[ref].gone(ack.revision)
         refs = list(ack.refs) or pending.refs[: len(ack.variable_ids)]
         for ref, var_id, name in zip(refs, ack.variable_ids, ack.names, strict=True):
             actor = by_ref[ref]
