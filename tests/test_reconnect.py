@@ -22,6 +22,7 @@ import dspex_rx
 from dspex_rx import SessionContext
 from dspex_rx.errors import SessionNotFoundError
 from dspex_rx.server import EmbeddedServer
+from dspex_rx.store import MemoryStore
 from dspex_rx.v1 import session_pb2 as spb
 from dspex_rx.wire.security import token_metadata
 
@@ -230,6 +231,45 @@ async def test_opened_on_a_resumed_stream_does_not_move_the_resume_point_past_th
     assert await watcher.get_variable("x") == 3
 
 
+# Guards: 'progress' before the resume's answer moved the resume point past the replay.
+async def test_progress_before_the_resume_is_answered_does_not_move_the_resume_point(
+    server: EmbeddedServer,
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # An idle server sends "progress" (its current revision) on a new stream before it has
+    # read the resume; taken as the resume point, a break before the replay made the next
+    # resume start past the changes made during the first break: they never came.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    watch = await watcher.watch_variable("x")
+    await settle(watcher)
+    drain(watch)
+
+    flaky.streams[0].fail()
+    await until(lambda: _hub(watcher).reconnects == 1, "first break noticed")
+    await writer.set_variable("x", 1)
+    await writer.set_variable("x", 2)
+    now = server.call(lambda: server.store.revision)
+
+    def progress_then_die(s: FlakyStream) -> None:
+        # Stream 2 hears "progress" first (the server had not read the resume yet),
+        # then dies before the replay.
+        s.pending.append(spb.ServerMessage(progress=spb.Progress(revision=now)))
+        s.fail_before = lambda m: len(m.frames) > 0
+
+    flaky.plans[1] = progress_then_die
+    mock_clock.jump(2.0)
+    await _reconnect(watcher, mock_clock, 2)
+    await until(lambda: len(flaky.streams) == 3, "third stream opened")
+    await settle(watcher)
+    assert _versions(watch) == [(2, 1, "value_change"), (3, 2, "value_change")]
+    await writer.set_variable("x", 3)
+    await settle(watcher)
+    assert _versions(watch) == [(4, 3, "value_change")]
+
+
 # Guards: a subscribe whose unsubscribe was lost was re-sent and streamed to nobody.
 async def test_an_unsubscribe_lost_with_the_stream_does_not_leave_a_server_subscription(
     server: EmbeddedServer,
@@ -298,6 +338,39 @@ async def test_a_variable_deleted_during_a_break_ends_the_watch_with_the_missed_
     assert watch._error is None, f"watch failed: {watch._error!r}"
     assert [(u.value, u.update_type) for u in updates][:1] == [(5, "value_change")]
     assert updates[-1].update_type == "deleted"
+
+
+# Guards: a delete past the log horizon ended the watch with VariableNotFoundError.
+async def test_a_variable_deleted_past_the_log_horizon_ends_the_watch_with_deleted(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The resume cannot replay a delete the log no longer holds: the ack lists the
+    # variable as missing, and the watch failed as if it had never existed, where inside
+    # the log the same story ends with a "deleted" event (the test above).
+    with EmbeddedServer(store=MemoryStore(log_size=3)) as server:
+        async with dspex_rx.connect(server.target) as writer, dspex_rx.connect(
+            server.target, session_id=writer.session_id, token=writer.token
+        ) as watcher:
+            await writer.register_variable("x", "integer", 0)
+            await writer.register_variable("other", "integer", 0)
+            flaky = Flaky(watcher)
+            watch = await watcher.watch_variables(["x", "other"])
+            await settle(watcher)
+            drain(watch)
+            flaky.streams[0].fail()
+            await until(lambda: _hub(watcher).reconnects == 1, "break noticed")
+            await writer.delete_variable("x")
+            for value in range(1, 6):  # more commits than the log keeps
+                await writer.set_variable("other", value)
+            await _reopen(watcher, flaky, mock_clock)
+            await settle(watcher)
+            got = [(u.name, u.value, u.update_type) for u in drain(watch)]
+            assert sorted(got) == [("other", 5, "resync"), ("x", None, "deleted")]
+            assert not watch.closed  # "other" is still watched
+            await writer.set_variable("other", 6)
+            await settle(watcher)
+            assert [(u.name, u.value) for u in drain(watch)] == [("other", 6)]
+            assert _hub(watcher).known("x") is None  # forgotten, as a replayed delete is
 
 
 # Guards: per-variable resumes replayed x then y: out of order, atomic batches split.
@@ -414,6 +487,105 @@ async def test_a_variable_deleted_during_a_break_before_its_initial_value_ends_t
     updates = drain(watch)
     assert watch._error is None, f"watch failed: {watch._error!r}"
     assert updates and updates[-1].update_type == "deleted"
+
+
+# Guards: a watch added after a quiet resume never got its initial value (actor not live).
+async def test_a_watch_added_after_a_resume_gets_the_current_value_once(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The break suspends the actor (entry dropped, not live); the resume asks for changes
+    # only, so with nothing changed no event comes and the actor stays wired and not live.
+    # A new observer then neither got the cache's value nor asked the server for one.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 7)
+    first = await watcher.watch_variable("x")
+    await settle(watcher)
+    assert _versions(first) == [(1, 7, "initial")]
+    flaky.streams[0].fail()
+    await _reopen(watcher, flaky, mock_clock)
+    await settle(watcher)  # the resume is in force; x did not change
+
+    second = await watcher.watch_variable("x")
+    seen: list[tuple[int, Any, str]] = []
+    watcher.observe("x", include_initial=False).subscribe(
+        lambda u: seen.append((u.version, u.value, u.update_type)))
+    await settle(watcher)
+    assert _versions(second) == [(1, 7, "initial")]
+    await writer.set_variable("x", 8)
+    await settle(watcher)
+    assert _versions(second) == [(2, 8, "value_change")]
+    # The first watch got neither a repeat of its value nor a gap; the observer that
+    # asked for changes only got the change, not its baseline.
+    assert _versions(first) == [(2, 8, "value_change")]
+    assert seen == [(2, 8, "value_change")]
+
+
+# Guards: a watch added during a break never got its initial value after the resume.
+async def test_a_watch_added_during_a_break_gets_a_value_and_the_first_misses_nothing(
+    two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Asking for the new observer's value must not take the actor out of the resume: a
+    # fresh subscribe instead would hand the first watch the current value and skip the
+    # changes made during the break.
+    writer, watcher = two
+    flaky = Flaky(watcher)
+    await writer.register_variable("x", "integer", 0)
+    await writer.register_variable("y", "integer", 5)
+    first = await watcher.watch_variable("x")
+    quiet = await watcher.watch_variable("y")
+    await settle(watcher)
+    drain(first)
+    drain(quiet)
+    flaky.streams[0].fail()
+    await until(lambda: _hub(watcher).reconnects == 1, "break noticed")
+    await writer.set_variable("x", 1)
+    second = watcher.watch_variable("x")  # made while the stream is down
+    other = watcher.watch_variable("y")
+    await writer.set_variable("x", 2)
+    await _reopen(watcher, flaky, mock_clock)
+    await settle(watcher)
+    assert _versions(first) == [(2, 1, "value_change"), (3, 2, "value_change")]
+    got = _versions(second)
+    assert got[-1][:2] == (3, 2)
+    assert [v for v, _, _ in got] == sorted({v for v, _, _ in got})  # no repeat, in order
+    assert _versions(other) == [(1, 5, "initial")]
+    assert _versions(quiet) == []
+
+
+# Guards: a resync called filter_fn with old=None: a numeric filter raised and ended the watch.
+async def test_a_resync_passes_the_watch_filters_like_an_initial_value(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Past the log horizon the resume is answered with the current values ("resync"),
+    # which carry no old value: `new > old` raised TypeError and the watch ended with it.
+    with EmbeddedServer(store=MemoryStore(log_size=3)) as server:
+        async with dspex_rx.connect(server.target) as writer, dspex_rx.connect(
+            server.target, session_id=writer.session_id, token=writer.token
+        ) as watcher:
+            await writer.register_variable("x", "integer", 0)
+            flaky = Flaky(watcher)
+            one = await watcher.watch_variable("x", filter_fn=lambda old, new: new > old)
+            many = await watcher.watch_variables(
+                ["x"], filter_fn=lambda name, old, new: new > old)
+            await settle(watcher)
+            assert _versions(one) == _versions(many) == [(1, 0, "initial")]
+
+            flaky.streams[0].fail()
+            await until(lambda: _hub(watcher).reconnects == 1, "break noticed")
+            for value in range(5, 0, -1):  # more commits than the log keeps, going down
+                await writer.set_variable("x", value)
+            await _reopen(watcher, flaky, mock_clock)
+            await settle(watcher)
+            # The current value passes whatever the filter says of changes.
+            assert _versions(one) == _versions(many) == [(6, 1, "resync")]
+            await writer.set_variable("x", 0)
+            await writer.set_variable("x", 2)
+            await settle(watcher)
+            assert _versions(one) == _versions(many) == [(8, 2, "value_change")]
+            assert one._error is None and many._error is None
 
 
 # ----------------------------------------- retries: what is retryable, backoff, giving up

@@ -30,8 +30,9 @@ class ActorHub(Protocol):
 
     cache: VariableCache
 
-    def request_subscribe(self, actor: VariableActor, ref: str) -> None:
-        """Queue a wire subscription for ``actor`` by ``ref``.
+    def request_subscribe(self, actor: VariableActor, ref: str, join: bool = False) -> None:
+        """Queue a wire subscription for ``actor`` by ``ref``; ``join``: the actor is
+        subscribed already and only asks for the current value again.
 
         Example: ``hub.request_subscribe(actor, "temperature")`` queues one Subscribe.
         """
@@ -188,12 +189,22 @@ class VariableActor:
             attached.last_version = self.version
             if include_initial:
                 self._deliver(attached, self._current_update(value))
-        elif not self.wire or self.live:
-            # Not subscribed yet, or live but the entry was invalidated: ask the server for
-            # the current value (a repeated subscribe is harmless: the server keeps a set).
+        elif not self.wire:
             self.wire = True
             self.live = False
             self.hub.request_subscribe(self, ref)
+        elif not optimization and (
+            self.live or any(a.baseline for a in self.attached if not a.optimization)
+        ):
+            # Subscribed, but no entry to serve: live with the entry invalidated, or
+            # resumed after a break (the entry dropped, and a resume brings changes only).
+            # Nothing on the wire will bring this observer a value, so ask for the current
+            # one beside the subscription in force: the resume keeps this actor, so the
+            # others get neither a repeat nor a gap (a repeated subscribe is harmless: the
+            # server keeps a set).
+            self.live = False
+            self.hub.request_subscribe(self, self.id, join=True)
+        # Otherwise the subscription's initial value is still to come, for this one too.
         return attached
 
     def detach(self, attached: _Attached) -> None:
@@ -300,6 +311,17 @@ class VariableActor:
         if kind == "deleted":
             self._end(None)
             self.hub.forget(self)
+
+    def gone(self, revision: int) -> None:
+        """A resume found the variable missing (deleted in a break, the delete no longer in
+        the server's log): end the watch with a ``deleted`` event, as a replayed delete does.
+
+        Example: ``actor.gone(ack.revision)`` delivers ``deleted`` and completes the observers.
+        """
+        self.apply(VariableUpdate(
+            self.id, self.name, None, None, self.version, revision, "deleted", {},
+            utc_datetime(timestamp(time.time())), "",
+        ))
 
     def _end(self, error: Exception | None) -> None:
         attached, self.attached = self.attached, []

@@ -37,6 +37,9 @@ class _PendingSubscribe:
     refs: list[str]
     include_initial: bool = True
     from_revision: int = 0
+    # Asks a subscribed actor's current value again (a new observer that cannot take the
+    # cache's): the actor stays in the resume after a break.
+    join: bool = False
 
     def message(self, request_id: int) -> spb.ClientMessage:
         return spb.ClientMessage(
@@ -154,13 +157,14 @@ class WatchHub:
         assert self._outbox_send is not None
         self._outbox_send.send_nowait(message)
 
-    def request_subscribe(self, actor: VariableActor, ref: str) -> None:
+    def request_subscribe(self, actor: VariableActor, ref: str, join: bool = False) -> None:
         """Queue a wire subscription for an actor (sent by the sender task, in order).
+        ``join``: the actor is subscribed already and only wants the current value again.
 
         Example: ``hub.request_subscribe(actor, "temperature")`` queues one Subscribe.
         """
         request_id = next(self._requests)
-        pending = self._pending[request_id] = _PendingSubscribe([actor], [ref])
+        pending = self._pending[request_id] = _PendingSubscribe([actor], [ref], join=join)
         self._send(pending.message(request_id))
 
     def request_unsubscribe(self, actor: VariableActor) -> None:
@@ -288,7 +292,10 @@ class WatchHub:
         for request_id, pending in list(self._pending.items()):
             if not any(a.wire for a in pending.actors):
                 del self._pending[request_id]  # all its observers left meanwhile
-        asked = {id(a) for p in self._pending.values() for a in p.actors}
+        # A join leaves its actor in the resume: its subscription was in force, and what
+        # changed meanwhile must reach the observers that had a value (the join's own
+        # answer comes after the replay, a repeat for them).
+        asked = {id(a) for p in self._pending.values() if not p.join for a in p.actors}
         unanswered = list(self._pending.items())
         # Every actor in by_id is keyed by its own id (learn() is the only writer), so
         # these are the wired actors whose subscribe the server answered.
@@ -355,7 +362,12 @@ class WatchHub:
             self._healthy = True  # the server answers requests on this stream
         if control == "subscribed":
             self._on_subscribed(message.subscribed)
-        elif control == "progress":
+        elif control == "progress" and not any(
+            p.from_revision for p in self._pending.values()
+        ):
+            # Not while a resume is unanswered: the server may not have read it yet, and
+            # its replay starts below this revision; a break before the replay would
+            # resume past commits never delivered (as ``opened`` would: it never counts).
             self.revision = max(self.revision, message.progress.revision)
         elif control == "pong":
             self.revision = max(self.revision, message.pong.revision)
@@ -375,9 +387,10 @@ class WatchHub:
                     del self.by_name[ref]
                 actor.fail(error)
             return
-        for ref in ack.missing:  # a resumed variable that no longer exists
-            actor = by_ref[ref]
-            actor.fail(error_from_kind("not_found", f"no variable {ref!r} (deleted)"))
+        for ref in ack.missing:
+            # A resumed variable that no longer exists, its delete gone from the server's
+            # log (inside it, the replay brings the delete): the same ending.
+            by_ref[ref].gone(ack.revision)
         refs = list(ack.refs) or pending.refs[: len(ack.variable_ids)]
         for ref, var_id, name in zip(refs, ack.variable_ids, ack.names, strict=True):
             actor = by_ref[ref]

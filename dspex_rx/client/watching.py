@@ -29,6 +29,11 @@ def is_initial(update: VariableUpdate) -> bool:
     return update.update_type == "initial"
 
 
+# Updates that state the current value rather than a change: ``initial`` and ``resync``
+# (after a gap the server could not replay). Neither has an old value to filter on.
+_CURRENT = frozenset({"initial", "resync"})
+
+
 def merge_now(
     sources: Sequence[reactivex.Observable[VariableUpdate]],
 ) -> reactivex.Observable[VariableUpdate]:
@@ -64,13 +69,14 @@ def merge_now(
 def name_filter(
     filter_fn: Callable[[str, Any, Any], bool],
 ) -> Callable[[VariableUpdate], bool]:
-    """A ``watch_variables`` filter as an update predicate (initial values always pass).
+    """A ``watch_variables`` filter as an update predicate (initial values and resyncs
+    always pass: they state the current value and have no old one).
 
     Example: ``ops.filter(name_filter(lambda name, old, new: new != old))``.
     """
     def keep(update: VariableUpdate) -> bool:
-        return update.update_type == "initial" or filter_fn(update.name, update.old_value,
-                                                            update.value)
+        return update.update_type in _CURRENT or filter_fn(update.name, update.old_value,
+                                                           update.value)
 
     return keep
 
@@ -126,10 +132,11 @@ class Watching:
         """Watch one variable: an async iterator of ``VariableUpdate`` (built on ``observe``).
 
         ``filter_fn(old, new)`` keeps the changes it returns true for (the initial value is
-        never filtered). ``throttle_ms`` passes the first change at once and then at most
-        one per window, always ending with the latest value. The watch starts when this is
-        called; end it with ``cancel_watch(watch)``, ``async with``, or by cancelling the
-        task that iterates it.
+        never filtered, nor is a ``resync``: the current value after a gap the server could
+        not replay, which has no old value). ``throttle_ms`` passes the first change at
+        once and then at most one per window, always ending with the latest value. The
+        watch starts when this is called; end it with ``cancel_watch(watch)``, ``async
+        with``, or by cancelling the task that iterates it.
 
         Example: ``session.watch_variable("progress", throttle_ms=500)`` is a watch to use in
         ``async with`` and iterate with ``async for``.
@@ -139,7 +146,7 @@ class Watching:
             keep = filter_fn
 
             def changed(u: VariableUpdate) -> bool:
-                return u.update_type == "initial" or keep(u.old_value, u.value)
+                return u.update_type in _CURRENT or keep(u.old_value, u.value)
 
             observable = observable.pipe(ops.filter(changed))
         if throttle_ms:
