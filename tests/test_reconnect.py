@@ -232,14 +232,17 @@ async def test_opened_on_a_resumed_stream_does_not_move_the_resume_point_past_th
 
 
 # Guards: 'progress' before the resume's answer moved the resume point past the replay.
+@pytest.mark.parametrize("note", ["progress", "pong"])
 async def test_progress_before_the_resume_is_answered_does_not_move_the_resume_point(
     server: EmbeddedServer,
     two: tuple[dspex_rx.SessionContext, dspex_rx.SessionContext],
     mock_clock: trio.testing.MockClock,
+    note: str,
 ) -> None:
     # An idle server sends "progress" (its current revision) on a new stream before it has
     # read the resume; taken as the resume point, a break before the replay made the next
-    # resume start past the changes made during the first break: they never came.
+    # resume start past the changes made during the first break: they never came. A pong
+    # (a ping sent during the break may leave before the resume) carries the same risk.
     writer, watcher = two
     flaky = Flaky(watcher)
     await writer.register_variable("x", "integer", 0)
@@ -256,7 +259,9 @@ async def test_progress_before_the_resume_is_answered_does_not_move_the_resume_p
     def progress_then_die(s: FlakyStream) -> None:
         # Stream 2 hears "progress" first (the server had not read the resume yet),
         # then dies before the replay.
-        s.pending.append(spb.ServerMessage(progress=spb.Progress(revision=now)))
+        s.pending.append(spb.ServerMessage(progress=spb.Progress(revision=now))
+                         if note == "progress" else
+                         spb.ServerMessage(pong=spb.Pong(nonce=10**6, revision=now)))
         s.fail_before = lambda m: len(m.frames) > 0
 
     flaky.plans[1] = progress_then_die

@@ -362,18 +362,21 @@ class WatchHub:
             self._healthy = True  # the server answers requests on this stream
         if control == "subscribed":
             self._on_subscribed(message.subscribed)
-        elif control == "progress" and not any(
-            p.from_revision for p in self._pending.values()
-        ):
-            # Not while a resume is unanswered: the server may not have read it yet, and
-            # its replay starts below this revision; a break before the replay would
-            # resume past commits never delivered (as ``opened`` would: it never counts).
+        elif control == "progress" and not self._resuming():
             self.revision = max(self.revision, message.progress.revision)
         elif control == "pong":
-            self.revision = max(self.revision, message.pong.revision)
+            if not self._resuming():
+                self.revision = max(self.revision, message.pong.revision)
             done = self._pongs.pop(message.pong.nonce, None)
             if done is not None:
                 done.set()
+
+    def _resuming(self) -> bool:
+        # A resume is unanswered: the server may not have read it yet (a ping sent during
+        # the break leaves before it), and its replay starts below the revision a progress
+        # or pong carries; taken as the resume point, a break before the replay would
+        # resume past commits never delivered (as ``opened`` would: it never counts).
+        return any(p.from_revision for p in self._pending.values())
 
     def _on_subscribed(self, ack: spb.Subscribed) -> None:
         pending = self._pending.pop(ack.request_id, None)
