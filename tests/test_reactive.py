@@ -301,6 +301,22 @@ async def test_deleting_a_watched_variable_ends_its_watch(
         await watcher.get_variable("temp")
 
 
+# Guards a bug: a deletion (no new value) reached the user's filter, so `new > old` raised
+# TypeError and the watch ended with it instead of with the deletion.
+async def test_a_deletion_passes_the_watch_filters_and_ends_the_watch(
+    two: tuple[SessionContext, SessionContext],
+) -> None:
+    writer, watcher = two
+    await writer.register_variable("temp", "integer", 1)
+    one = await watcher.watch_variable("temp", filter_fn=lambda old, new: new > old)
+    many = await watcher.watch_variables(["temp"], filter_fn=lambda name, old, new: new > old)
+    await writer.set_variable("temp", 0)  # filtered out by both
+    await writer.delete_variable("temp")
+    for watch in (one, many):
+        got = [(u.update_type, u.value, u.old_value) async for u in watch]
+        assert got == [("initial", 1, None), ("deleted", None, 0)]
+
+
 async def test_observing_an_unknown_variable_errors(session: SessionContext) -> None:
     errors: list[Exception] = []
     session.observe("ghost").subscribe(on_error=errors.append)  # type: ignore[arg-type]

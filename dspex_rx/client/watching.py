@@ -29,9 +29,10 @@ def is_initial(update: VariableUpdate) -> bool:
     return update.update_type == "initial"
 
 
-# Updates that state the current value rather than a change: ``initial`` and ``resync``
-# (after a gap the server could not replay). Neither has an old value to filter on.
-_CURRENT = frozenset({"initial", "resync"})
+# Updates a watch's filter never sees: ``initial`` and ``resync`` (after a gap the server
+# could not replay) state the current value and have no old one; ``deleted`` has no new
+# one, and ends the watch.
+_UNFILTERED = frozenset({"initial", "resync", "deleted"})
 
 
 def merge_now(
@@ -70,12 +71,12 @@ def name_filter(
     filter_fn: Callable[[str, Any, Any], bool],
 ) -> Callable[[VariableUpdate], bool]:
     """A ``watch_variables`` filter as an update predicate (initial values and resyncs
-    always pass: they state the current value and have no old one).
+    always pass: they state the current value and have no old one; so do deletions).
 
     Example: ``ops.filter(name_filter(lambda name, old, new: new != old))``.
     """
     def keep(update: VariableUpdate) -> bool:
-        return update.update_type in _CURRENT or filter_fn(update.name, update.old_value,
+        return update.update_type in _UNFILTERED or filter_fn(update.name, update.old_value,
                                                            update.value)
 
     return keep
@@ -133,10 +134,11 @@ class Watching:
 
         ``filter_fn(old, new)`` keeps the changes it returns true for (the initial value is
         never filtered, nor is a ``resync``: the current value after a gap the server could
-        not replay, which has no old value). ``throttle_ms`` passes the first change at
-        once and then at most one per window, always ending with the latest value. The
-        watch starts when this is called; end it with ``cancel_watch(watch)``, ``async
-        with``, or by cancelling the task that iterates it.
+        not replay, which has no old value; nor a deletion, which ends the watch).
+        ``throttle_ms`` passes the first change at once and then at most one per window,
+        always ending with the latest value. The watch starts when this is called; end it
+        with ``cancel_watch(watch)``, ``async with``, or by cancelling the task that
+        iterates it.
 
         Example: ``session.watch_variable("progress", throttle_ms=500)`` is a watch to use in
         ``async with`` and iterate with ``async for``.
@@ -146,7 +148,7 @@ class Watching:
             keep = filter_fn
 
             def changed(u: VariableUpdate) -> bool:
-                return u.update_type in _CURRENT or keep(u.old_value, u.value)
+                return u.update_type in _UNFILTERED or keep(u.old_value, u.value)
 
             observable = observable.pipe(ops.filter(changed))
         if throttle_ms:
