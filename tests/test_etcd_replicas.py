@@ -553,6 +553,42 @@ def test_a_replica_writes_after_applying_anothers_write_without_a_conflict(
         b_backend.close()
 
 
+def test_a_replica_follows_a_session_ended_and_created_again_in_one_write(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards a bug: that write was one txn etcd refused (it deleted the session's rows
+    # and put rows under the same keys); the follower's watchers of the old session must
+    # hear it went, and nothing of the new one.
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix), log_size=3)
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower, log_size=3)
+        _, client, _ = writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        for value in range(1, 4):
+            writer.set("s", "t", value, actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        heard: list[Commit | None] = []
+        follower_store.add_listener("s", heard.append)
+        assert writer.close_session("s", client)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("u", "integer", 7)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        assert heard == [None]
+        assert dump(follower) == dump(writer._backend)
+        follower_store.check_accounts()
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
 def test_an_optimizer_stopped_on_another_replica_is_fenced_on_its_own(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:

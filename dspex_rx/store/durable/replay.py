@@ -98,16 +98,22 @@ def replay(
 def _session_row(sessions: dict[str, Session], owners: dict[str, str], image: Image,
                  out: Replayed, sid: str, is_put: bool, value: bytes) -> None:
     session = sessions.get(sid)
-    if not is_put:
-        if session is not None:
-            del sessions[sid]
-            for var_id in session.variables:
-                owners.pop(var_id, None)
-            image.forget_session(sid)
-            out.gone.append(session)
+    fresh = None
+    if is_put:
+        header, graph = _load(value, SESSIONS, sid)
+        fresh = _session(sid, header, graph, None)  # clients' heartbeats as stored
+    # A header of another incarnation: the session ended and was created again in that
+    # one write (its header row overwritten, never deleted: etcd refuses a txn that
+    # deletes a key and puts it), so its watchers hear that it went.
+    if session is not None and (fresh is None or fresh.incarnation != session.incarnation):
+        del sessions[sid]
+        for var_id in session.variables:
+            owners.pop(var_id, None)
+        image.forget_session(sid)
+        out.gone.append(session)
+        session = None
+    if fresh is None:
         return
-    header, graph = _load(value, SESSIONS, sid)
-    fresh = _session(sid, header, graph, None)  # clients' heartbeats as stored
     if session is None:
         sessions[sid] = fresh
         out.fresh.add(sid)
