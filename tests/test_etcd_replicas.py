@@ -589,6 +589,45 @@ def test_a_replica_follows_a_session_ended_and_created_again_in_one_write(
         follower.close()
 
 
+def test_a_replica_behind_catches_up_with_the_next_write_its_watch_brings(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards a bug: once a catch-up read failed, every write the watch brought was
+    # dropped (apply_foreign returned while behind) and none tried the read again.
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+
+    def unreadable() -> Any:
+        raise StorageError("etcd did not answer")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        heard: list[Commit | None] = []
+        follower_store.add_listener("s", heard.append)
+        with monkeypatch.context() as patch:
+            patch.setattr(follower, "_rows", unreadable)
+            follower.catch_up()  # fails: the replica is behind
+        assert follower._behind
+        for value in (1, 2, 3):
+            writer.set("s", "t", value, actor="w")
+            await writer.sync(writer.revision)
+        await eventually(lambda: follower_store.get("s", "t").value == 3,
+                         "the follower applied the writes its watch brought")
+        assert [c.events[0].record.value for c in heard if c] == [1, 2, 3]
+        assert not follower._behind
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
 def test_an_optimizer_stopped_on_another_replica_is_fenced_on_its_own(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:
@@ -883,13 +922,14 @@ def test_a_replica_behind_that_loses_a_race_reads_everything_back(
 
         a_backend._rows = blip  # type: ignore[method-assign]
         a_backend.catch_up()  # fails: a is behind
-        a_backend._rows = rows  # type: ignore[method-assign]
         assert a_backend._behind
         b.set("s", "t", 1, actor="b")
         await b.sync(b.revision)
         await eventually(lambda: a_backend._delivered >= b._backend._head,
                          "a's watch brought b's write")
-        assert a.get("s", "t").value == 0  # dropped: a is behind
+        a_backend._rows = rows  # type: ignore[method-assign]
+        # Dropped: the catch-up that write set off failed too, so a is still behind.
+        assert a.get("s", "t").value == 0 and a_backend._behind
         settle = a_backend._settle_conflict
 
         async def another_write_first() -> None:

@@ -435,15 +435,18 @@ class DurableBackend(MemoryBackend):
     def apply_foreign(self, changes: list[tuple[bool, bytes, bytes]]) -> None:
         """Apply another writer's row changes ``(is_put, key, value)`` in place and tell
         the watchers its commits, in order (a replica's watch calls it). While this
-        process has a change of its own in flight, or the rows cannot be applied, the
-        full ``catch_up`` runs instead, after the flush.
+        process has a change of its own in flight, or the rows cannot be applied, or it
+        is behind (a catch-up failed), the full ``catch_up`` runs instead (after the flush).
 
         Example: ``backend.apply_foreign([(True, key, value)])``.
         """
         if self._closed:
             return
-        if self.pending or self._flushing is not None or self._behind:
+        if self.pending or self._flushing is not None:
             self._behind = True
+            return
+        if self._behind:  # a catch-up failed: only a full read has what it missed
+            self.catch_up()
             return
         try:
             out = replay(self._sessions, self._owners, self._image, changes)
@@ -473,8 +476,7 @@ class DurableBackend(MemoryBackend):
             _tell(session, commit)
 
     def _after_flush(self) -> None:
-        """Called on the loop after every flush, whatever its outcome (a replicated
-        subclass sorts out what its watch saw meanwhile)."""
+        """On the loop after every flush (a replica sorts out what its watch saw)."""
 
     def catch_up(self) -> None:
         """Bring the live state up to what another writer of the same storage stored (a
@@ -540,9 +542,8 @@ class DurableBackend(MemoryBackend):
         raise StorageError(self._refusal)  # this caller's change, if any, was undone
 
     async def _read_after_conflict(self) -> Loaded | None:
-        """The stored state after a flush another writer beat (the live state holds the
-        undone changes); None: read it all. A replicated subclass reads back only what
-        the live objects cannot give (``revert.py``)."""
+        """The stored state after a flush another writer beat; None: read it all (a
+        replica reads back only what the live objects cannot give: ``revert.py``)."""
         return None
 
     def _reset(self, *, conflicted: bool, loaded: Loaded | None = None) -> None:
@@ -595,6 +596,5 @@ class DurableBackend(MemoryBackend):
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
     # A flush whose every waiter was cancelled still had its error seen (no warning).
-    if not future.cancelled():
-        future.exception()
+    _ = future.cancelled() or future.exception()
 
