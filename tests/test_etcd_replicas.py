@@ -863,6 +863,44 @@ def test_a_replica_whose_watch_reopens_after_etcd_restarted_tells_its_own_writes
         other.close()
 
 
+def test_a_replica_written_before_its_watch_started_does_not_apply_its_own_writes_again(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards a bug: the watch opened after the last revision read or applied from
+    # others, so writes this replica flushed before it existed (not known as its own)
+    # came through it as another's: each logged commit and history entry twice.
+    own = EtcdBackend([etcd_endpoint], prefix=prefix)
+    store = MemoryStore(backend=own)
+    other = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    for value in (1, 2):
+        store.set("s", "t", value, actor="s")
+    sync(store)
+    logged = [c.revision for c in store.session("s").log]
+    heard: list[Commit | None] = []
+
+    async def run() -> None:
+        own.bind_loop(asyncio.get_running_loop())  # as a server starting on the store
+        store.add_listener("s", heard.append)
+        other._backend.catch_up()
+        other.set("s", "t", 3, actor="other")
+        await other.sync(other.revision)
+        # Once the watch brought the other's write, it brought everything before it.
+        await eventually(lambda: store.get("s", "t").value == 3, "the watch brought it")
+
+    try:
+        asyncio.run(run())
+        session = store.session("s")
+        assert [c.revision for c in session.log] == [*logged, other.revision]
+        assert [e.version for e in session.history[session.names["t"]]] == [1, 2, 3, 4]
+        assert [c.revision for c in heard if c] == [other.revision]
+        store.check_accounts()
+    finally:
+        store.close()
+        other.close()
+
+
 def test_a_flush_cancelled_while_reading_back_after_a_lost_race_reads_everything_back(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:

@@ -340,8 +340,11 @@ class EtcdBackend(DurableBackend):
                 call = watch.Watch()
                 try:
                     # Not from ``_seen`` alone: it does not move for this replica's own
-                    # writes, which came again as others' after etcd restarted.
-                    start = max(self._seen, self._delivered) + 1
+                    # writes, which came again as others' after etcd restarted, or (made
+                    # before the watch existed, so not in ``_own``) at its first start.
+                    # Every write to the prefix moves the head row, so the live state is
+                    # the prefix exactly as of ``_head``.
+                    start = max(self._seen, self._delivered, self._head) + 1
                     await call.write(etcd.WatchRequest(create_request=etcd.WatchCreateRequest(
                         key=self.prefix, range_end=self._end, start_revision=start)))
                     async for reply in call:
