@@ -30,6 +30,7 @@ import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
 from dspex_rx.errors import StorageError
 from dspex_rx.etcd import EtcdBackend
+from dspex_rx.etcd_v3 import rpc_pb2 as etcd_rpc
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.server.metrics import count
 from dspex_rx.store import MemoryStore, VariableSpec, accounts
@@ -899,6 +900,46 @@ def test_a_replica_written_before_its_watch_started_does_not_apply_its_own_write
     finally:
         store.close()
         other.close()
+
+
+def test_a_replica_whose_watch_meets_a_row_it_cannot_apply_follows_on_after_it(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards a bug: a malformed key (ValueError from decode_key, not CorruptRow) or any
+    # other error applying a watch answer ended the watch task for good.
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    bad = prefix.encode() + b"entries\x00s\x00abc\x00v\x0000000000000000000001"
+
+    def broken_once(changes: Any) -> None:
+        monkeypatch.undo()
+        raise RuntimeError("a bug applying it")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        for put in (True, False):  # the row comes and goes: the watch goes on
+            follower._kv.Put(etcd_rpc.PutRequest(key=bad, value=b"x")) if put else (
+                follower._kv.DeleteRange(etcd_rpc.DeleteRangeRequest(key=bad)))
+            writer.set("s", "t", 1 + put, actor="w")
+            await writer.sync(writer.revision)
+        await eventually(lambda: follower_store.get("s", "t").value == 1, "applied after it")
+        monkeypatch.setattr(follower, "apply_foreign", broken_once)
+        writer.set("s", "t", 3, actor="w")
+        await writer.sync(writer.revision)
+        await eventually(lambda: follower_store.get("s", "t").value == 3, "caught up")
+        assert follower._watcher is not None and not follower._watcher.done()
+        assert dump(follower) == dump(writer._backend)
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
 
 
 def test_a_flush_cancelled_while_reading_back_after_a_lost_race_reads_everything_back(

@@ -353,17 +353,37 @@ class EtcdBackend(DurableBackend):
                             # Past etcd's compaction: only a full read can catch up.
                             self._post(max(reply.compact_revision, self._seen + 1), None)
                             break
-                        self._replies(reply)
+                        try:
+                            self._replies(reply)
+                        except Exception as exc:
+                            # Never the watch's end (nothing would start it again): the
+                            # state may lack that write, so a full read catches up.
+                            log.error("etcd_watch_apply_failed", where=self.where,
+                                      error=repr(exc))
+                            self._fall_behind()
                 except grpc.aio.AioRpcError as exc:
                     # Said once per outage, not at every retry.
                     (log.debug if broken else log.warning)(
                         "etcd_watch_broken", where=self.where, error=_why(exc))
                     broken = True
+                except Exception as exc:
+                    # Anything else opens the watch again too, after the same pause.
+                    log.error("etcd_watch_failed", where=self.where, error=repr(exc))
+                    self._fall_behind()
                 finally:
                     call.cancel()
                 await asyncio.sleep(WATCH_RETRY)
         finally:
             await channel.close()
+
+    def _fall_behind(self) -> None:
+        # Writes the watch brought may be missing from the live state: read it all now,
+        # or (a flush in flight, etcd unreadable) at the next flush or write seen.
+        self._behind = True
+        try:
+            self.catch_up()
+        except Exception as exc:
+            log.error("catch_up_failed", where=self.where, error=repr(exc))
 
     def _replies(self, reply: etcd.WatchResponse) -> None:
         # This replica's own writes are known by revision: skipped before their rows are

@@ -27,6 +27,9 @@ from dspex_rx.store.durable.rows import (
 from dspex_rx.store.records import Commit
 from dspex_rx.store.state import Session, TailChange
 
+# How many parts each table's keys have (the meta rows are told apart by name).
+_PARTS = {SESSIONS: 1, VARIABLES: 2, ENTRIES: 4, RETIRED: 1}
+
 
 @dataclass(slots=True)
 class Replayed:
@@ -67,9 +70,16 @@ def replay(
     """
     out = Replayed()
     for is_put, raw_key, value in changes:
-        table, key = decode_key(raw_key)
+        # A key or counter this server never wrote is a row it cannot apply, as at load
+        # (a ValueError here used to end the replica's watch for good).
+        try:
+            table, key = decode_key(raw_key)
+            number = int(value) if table == META and is_put else 0
+        except (UnicodeDecodeError, ValueError, IndexError) as exc:
+            raise CorruptRow("?", raw_key) from exc
+        if table != META and len(key) != _PARTS.get(table):
+            raise CorruptRow(table, key)
         if table == META:
-            number = int(value) if is_put else 0
             if key == ("revision",):
                 out.revision = number
             elif key == ("next_id",):
