@@ -86,6 +86,30 @@ def test_a_replica_catches_up_with_another_and_tells_its_watchers_in_order(
     b.check_accounts()
 
 
+def test_a_full_catch_up_tells_watchers_their_session_ended_when_its_id_came_back(
+    pair: tuple[MemoryStore, MemoryStore],
+) -> None:
+    # Guards a bug: a full read carried watchers to the stored session of the same id
+    # although it was another incarnation, so they heard the new session's commits.
+    a, b = pair
+    _, client, _ = a.initialize_session("s")
+    a.register("s", [VariableSpec("t", "integer", 0)], actor="a")
+    sync(a)
+    b._backend.catch_up()
+    heard: list[Commit | None] = []
+    b.add_listener("s", heard.append)
+    assert a.close_session("s", client)
+    sync(a)
+    a.initialize_session("s")
+    a.register("s", [VariableSpec("u", "integer", 7)], actor="a")
+    sync(a)
+    b._backend.catch_up()  # one full read sees only the new incarnation
+    assert heard == [None]
+    assert b.session("s").incarnation == a.session("s").incarnation
+    assert not b.session("s").listeners
+    b.check_accounts()
+
+
 def test_of_two_replicas_writing_from_one_state_the_second_conflicts_and_reruns(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:
