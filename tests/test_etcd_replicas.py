@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 import trio
 from dns_service import TYPE_A, DnsService
@@ -271,7 +272,7 @@ def test_with_etcd_down_writes_and_reads_are_refused_clearly_and_nothing_unstore
     sync(store)
     etcd_member.stop()
     store.set("s", "t", 1, actor="s")
-    with pytest.raises(StorageError, match=r"etcd at .* did not take the write"):
+    with pytest.raises(StorageError, match=r"etcd at .* did not answer the write"):
         sync(store)
     # etcd cannot even be read back: the unstored 1 must not show; every answer waits.
     assert store.pending
@@ -291,6 +292,39 @@ def test_with_etcd_down_writes_and_reads_are_refused_clearly_and_nothing_unstore
     again = MemoryStore(backend=EtcdBackend([etcd_member.endpoint], prefix="down/"))
     assert again.get("s", "t").value == 2
     again.close()
+
+
+def test_a_write_etcd_took_but_did_not_answer_in_time_is_not_called_lost(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards a bug: a txn etcd committed whose answer timed out was reported as
+    # "nothing of it was kept", yet the read-back found it stored.
+    backend = EtcdBackend([etcd_endpoint], prefix=prefix)
+    store = MemoryStore(backend=backend)
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+
+    class AnswerLost:
+        def __init__(self, kv: Any) -> None:
+            self.kv = kv
+
+        async def Txn(self, request: Any, timeout: float) -> Any:
+            await self.kv.Txn(request, timeout=timeout)  # etcd applies it
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                       grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       details="Deadline Exceeded")
+
+    real = backend._aio_kv
+    monkeypatch.setattr(backend, "_aio_kv", lambda: AnswerLost(real()))
+    store.set("s", "t", 1, actor="s")
+    with pytest.raises(StorageError) as told:
+        sync(store)
+    assert "nothing of it was kept" not in str(told.value)
+    assert "kept or not" in str(told.value) and "read back" in str(told.value)
+    monkeypatch.undo()
+    assert store.get("s", "t").value == 1  # read back: etcd holds it
+    store.close()
 
 
 async def test_a_client_of_two_replicas_moves_on_when_its_replica_dies_and_loses_no_event(

@@ -24,6 +24,7 @@ from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.store.durable.backend import DurableBackend
 from dspex_rx.store.durable.budget import FlushBudget
 from dspex_rx.store.durable.load import CorruptRow, Loaded
+from dspex_rx.store.durable.refusal import OutcomeUnknown
 from dspex_rx.store.durable.revert import revert
 from dspex_rx.store.durable.rows import (
     META,
@@ -46,6 +47,13 @@ MAX_RECEIVE_BYTES = 256 * 1024 * 1024
 # How long one etcd call may take before the write is refused (etcd down, no quorum).
 CALL_TIMEOUT = 5.0
 PUT = Event.PUT
+# The answers that say etcd did not apply a txn; after any other error it may have.
+_NOT_APPLIED = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND,
+})
 # A pause before the watch is opened again after it broke (etcd restarting).
 WATCH_RETRY = 0.2
 # How long calls undone by a conflict wait for the watch to bring the write that won
@@ -225,7 +233,13 @@ class EtcdBackend(DurableBackend):
         try:
             reply = await self._aio_kv().Txn(request, timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise StorageError(f"{self.where} did not take the write: {_why(exc)}") from exc
+            if _code(exc) in _NOT_APPLIED:
+                raise StorageError(f"{self.where} did not take the write: {_why(exc)}",
+                                   ) from exc
+            # Sent, perhaps applied (etcd's own timeout, a deadline, a dropped connection):
+            # never "nothing was kept", as a read-back may well find it stored.
+            raise OutcomeUnknown(f"{self.where} did not answer the write: {_why(exc)}",
+                                 ) from exc
         self._committed(reply)
 
     def _aio_kv(self) -> etcd_grpc.KVStub:

@@ -25,6 +25,7 @@ from dspex_rx.store.durable.budget import FlushBudget
 from dspex_rx.store.durable.carry import carry_watchers
 from dspex_rx.store.durable.image import Dirty, Image
 from dspex_rx.store.durable.load import CorruptRow, Loaded, load
+from dspex_rx.store.durable.refusal import refusal
 from dspex_rx.store.durable.replay import merge_retired, replay
 from dspex_rx.store.durable.rows import Op
 from dspex_rx.store.memory.backend import MemoryBackend, _tell
@@ -516,14 +517,10 @@ class DurableBackend(MemoryBackend):
                                  retired)
 
     def _refuse(self, exc: BaseException) -> None:
-        # The storage did not take the flush: every change since the last good one is
-        # undone (the live state is the stored one again), and writes are refused for a
-        # moment.
-        self._refusal = (
-            f"the server's storage refused the write ({exc}); nothing of it was kept. "
-            f"Reads go on; writes fail until {self.where} accepts them again"
-            f"{self.refusal_hint}"
-        )
+        # The storage did not take the flush (or did not say): every change since the
+        # last good one is undone (the live state is the stored one again, which holds
+        # the flush if it was taken after all), and writes are refused for a moment.
+        self._refusal = refusal(exc, self.where, self.refusal_hint)
         log.error("storage_refused", where=self.where, error=str(exc))
         self._refusing_until = time.monotonic() + RETRY_AFTER
         with contextlib.suppress(StorageError):  # unreadable too: broken, said below
