@@ -294,37 +294,61 @@ def test_with_etcd_down_writes_and_reads_are_refused_clearly_and_nothing_unstore
     again.close()
 
 
-def test_a_write_etcd_took_but_did_not_answer_in_time_is_not_called_lost(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+class AnswerLost:
+    """An etcd KV stub whose Txn answers time out: after etcd applied it (``sent``), or
+    before it reached etcd."""
+
+    def __init__(self, kv: Any, *, sent: bool) -> None:
+        self.kv, self.sent = kv, sent
+
+    async def Txn(self, request: Any, timeout: float) -> Any:
+        if self.sent:
+            await self.kv.Txn(request, timeout=timeout)
+        raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
+                                   grpc.aio.Metadata(), details="Deadline Exceeded")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kv, name)
+
+
+@pytest.mark.parametrize("outcome", ["applied", "another_first", "unknown"])
+def test_a_write_whose_txn_was_not_answered_is_never_called_lost(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch, outcome: str,
 ) -> None:
-    # Guards a bug: a txn etcd committed whose answer timed out was reported as
-    # "nothing of it was kept", yet the read-back found it stored.
-    backend = EtcdBackend([etcd_endpoint], prefix=prefix)
-    store = MemoryStore(backend=backend)
+    # Guards a bug: a txn etcd applied whose answer timed out was reported as "nothing
+    # of it was kept", yet the read-back found it stored.
+    backend = EtcdBackend([etcd_endpoint], prefix=prefix, timeout=0.5)
+    store, other = MemoryStore(backend=backend), MemoryStore(
+        backend=EtcdBackend([etcd_endpoint], prefix=prefix))
     store.initialize_session("s")
     store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
     sync(store)
-
-    class AnswerLost:
-        def __init__(self, kv: Any) -> None:
-            self.kv = kv
-
-        async def Txn(self, request: Any, timeout: float) -> Any:
-            await self.kv.Txn(request, timeout=timeout)  # etcd applies it
-            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                       grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                       details="Deadline Exceeded")
-
-    real = backend._aio_kv
-    monkeypatch.setattr(backend, "_aio_kv", lambda: AnswerLost(real()))
+    kv = backend._aio_kv
+    monkeypatch.setattr(backend, "_aio_kv", lambda: AnswerLost(kv(), sent=outcome == "applied"))
+    if outcome == "another_first":
+        other._backend.catch_up()
+        other.set("s", "t", 2, actor="other")
+        sync(other)
     store.set("s", "t", 1, actor="s")
-    with pytest.raises(StorageError) as told:
-        sync(store)
-    assert "nothing of it was kept" not in str(told.value)
-    assert "kept or not" in str(told.value) and "read back" in str(told.value)
-    monkeypatch.undo()
-    assert store.get("s", "t").value == 1  # read back: etcd holds it
-    store.close()
+    try:
+        if outcome == "applied":  # found stored: answered as stored
+            sync(store)
+            assert store.generation == 0 and not store._backend.pending
+        elif outcome == "another_first":  # it never applies: the call runs again
+            with pytest.raises(RevisionConflict):
+                sync(store)
+        else:
+            with pytest.raises(StorageError, match="kept or not") as told:
+                sync(store)
+            assert "nothing of it was kept" not in str(told.value)
+        monkeypatch.undo()
+        assert store.get("s", "t").value == {"applied": 1, "another_first": 2,
+                                             "unknown": 0}[outcome]
+        other._backend.catch_up()
+        assert other.get("s", "t").value == store.get("s", "t").value
+    finally:
+        store.close()
+        other.close()
 
 
 async def test_a_client_of_two_replicas_moves_on_when_its_replica_dies_and_loses_no_event(

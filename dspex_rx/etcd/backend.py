@@ -27,9 +27,12 @@ from dspex_rx.store.durable.load import CorruptRow, Loaded
 from dspex_rx.store.durable.refusal import OutcomeUnknown
 from dspex_rx.store.durable.revert import revert
 from dspex_rx.store.durable.rows import (
+    ENTRIES,
+    LOG,
     META,
     Op,
     Put,
+    decode_key,
     delete_range,
     encode_key,
 )
@@ -238,9 +241,66 @@ class EtcdBackend(DurableBackend):
                                    ) from exc
             # Sent, perhaps applied (etcd's own timeout, a deadline, a dropped connection):
             # never "nothing was kept", as a read-back may well find it stored.
-            raise OutcomeUnknown(f"{self.where} did not answer the write: {_why(exc)}",
-                                 ) from exc
+            found = await self._find_txn(request)
+            if found is None:
+                raise OutcomeUnknown(f"{self.where} did not answer the write: {_why(exc)}",
+                                     ) from exc
+            revision, ours = found
+            if not ours:  # another replica's write came first: this one never applies
+                self._winner = revision
+                raise RevisionConflict(f"{self.where} moved on (another replica wrote)",
+                                       ) from exc
+            reply = etcd.TxnResponse(succeeded=True,
+                                     header=etcd.ResponseHeader(revision=revision))
         self._committed(reply)
+
+    async def _find_txn(self, request: etcd.TxnRequest) -> tuple[int, bool] | None:
+        # Whether a txn sent but not answered was applied. Its compare (the head row last
+        # written at ``_head``) fails forever once any other write moves the head, so it
+        # was applied iff the first write of the head after ``_head`` is it: that
+        # revision (a one-shot watch, which also waits for the txn if still in flight),
+        # and whether every key the txn puts holds its value as written there. None: not
+        # known (etcd still silent, or compacted past it).
+        try:
+            return await asyncio.wait_for(self._first_head_write(request), self.timeout)
+        except (grpc.RpcError, TimeoutError) as exc:
+            log.warning("etcd_txn_outcome_unknown", where=self.where, error=repr(exc))
+            return None
+
+    async def _first_head_write(self, request: etcd.TxnRequest) -> tuple[int, bool] | None:
+        puts = [op.request_put for op in request.success if op.HasField("request_put")]
+        # Only a logged commit (its own timestamp, pickled) is a value no other replica's
+        # write holds too: without one, whose write it was cannot be told.
+        if not any(_logged(put.key[len(self.prefix):]) for put in puts):
+            return None
+        aio = self._aio  # (the flush's loop's, as ``_aio_kv`` made it)
+        if aio is None or aio[0] is not asyncio.get_running_loop():
+            return None
+        stub = aio[2]
+        call = etcd_grpc.WatchStub(aio[1]).Watch()  # type: ignore[no-untyped-call]
+        try:
+            await call.write(etcd.WatchRequest(create_request=etcd.WatchCreateRequest(
+                key=self.prefix + self._head_key, start_revision=self._head + 1)))
+            revision = 0
+            async for reply in call:
+                if reply.compact_revision or reply.canceled:
+                    return None
+                if reply.events:
+                    revision = reply.events[0].kv.mod_revision
+                    break
+        finally:
+            call.cancel()
+        if not revision:
+            return None
+        reads = etcd.TxnRequest(success=[etcd.RequestOp(request_range=etcd.RangeRequest(
+            key=put.key, revision=revision)) for put in puts])
+        answer = await stub.Txn(reads, timeout=self.timeout)
+        ours = all(
+            len(got.response_range.kvs) == 1
+            and got.response_range.kvs[0].mod_revision == revision
+            and got.response_range.kvs[0].value == put.value
+            for put, got in zip(puts, answer.responses, strict=True))
+        return revision, ours
 
     def _aio_kv(self) -> etcd_grpc.KVStub:
         # grpc.aio channels belong to the loop that made them: one per loop the store
@@ -471,6 +531,12 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _logged(raw: bytes) -> bool:
+    # Whether a row key is a logged commit's.
+    table, key = decode_key(raw)
+    return table == ENTRIES and key[1] == LOG
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
