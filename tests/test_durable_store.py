@@ -195,6 +195,40 @@ def test_the_storage_holds_exactly_the_synced_state_after_any_calls(
     store.close()
 
 
+def test_a_flush_that_replaces_a_whole_tail_or_a_whole_session_is_stored(
+    tmp_path_factory: pytest.TempPathFactory, durable: str,
+) -> None:
+    # Guards a bug: etcd refused a txn deleting a key range and putting a key inside it
+    # ("duplicate key given in txn request"): a tail trimmed whole and refilled, a
+    # session ended and created again, in one flush.
+    open_backend = opener(durable, tmp_path_factory)
+    options: dict[str, Any] = {"history_size": 1, "log_size": 3}
+    store = MemoryStore(backend=open_backend(), **options)
+    _, client, _ = store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+    store.set("s", "t", 1, actor="s")  # the one history entry replaced
+    sync(store)
+    for value in range(2, 7):  # more commits than the log keeps, in one flush
+        store.set("s", "t", value, actor="s")
+    sync(store)
+    assert store.close_session("s", client)  # ended and created again, in one flush
+    again, _, _ = store.initialize_session("s")
+    store.register("s", [VariableSpec("u", "integer", 7)], actor="s")
+    store.set("s", "u", 8, actor="s")
+    sync(store)
+    live = dump(store._backend)
+    store.close()
+    back = open_backend()
+    assert dump(back) == live
+    session = back.sessions["s"]
+    assert session.incarnation == again.incarnation
+    assert [r.name for r in session.variables.values()] == ["u"]
+    assert [[e.value for e in h] for h in session.history.values()] == [[8]]
+    assert len(session.log) == 2
+    back.close()
+
+
 def test_a_restart_keeps_versions_history_rules_graph_leases_and_revisions(
     tmp_path: Path,
 ) -> None:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 import trio
 from dns_service import TYPE_A, DnsService
@@ -30,6 +31,7 @@ import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
 from dspex_rx.errors import StorageError
 from dspex_rx.etcd import EtcdBackend
+from dspex_rx.etcd_v3 import rpc_pb2 as etcd_rpc
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.server.metrics import count
 from dspex_rx.store import MemoryStore, VariableSpec, accounts
@@ -82,6 +84,30 @@ def test_a_replica_catches_up_with_another_and_tells_its_watchers_in_order(
     assert [c.events[0].record.value for c in heard if c] == [1, 2, 3]
     assert [c.revision for c in heard if c] == [a.revision - 2, a.revision - 1, a.revision]
     assert b.revision == a.revision
+    b.check_accounts()
+
+
+def test_a_full_catch_up_tells_watchers_their_session_ended_when_its_id_came_back(
+    pair: tuple[MemoryStore, MemoryStore],
+) -> None:
+    # Guards a bug: a full read carried watchers to the stored session of the same id
+    # although it was another incarnation, so they heard the new session's commits.
+    a, b = pair
+    _, client, _ = a.initialize_session("s")
+    a.register("s", [VariableSpec("t", "integer", 0)], actor="a")
+    sync(a)
+    b._backend.catch_up()
+    heard: list[Commit | None] = []
+    b.add_listener("s", heard.append)
+    assert a.close_session("s", client)
+    sync(a)
+    a.initialize_session("s")
+    a.register("s", [VariableSpec("u", "integer", 7)], actor="a")
+    sync(a)
+    b._backend.catch_up()  # one full read sees only the new incarnation
+    assert heard == [None]
+    assert b.session("s").incarnation == a.session("s").incarnation
+    assert not b.session("s").listeners
     b.check_accounts()
 
 
@@ -246,7 +272,7 @@ def test_with_etcd_down_writes_and_reads_are_refused_clearly_and_nothing_unstore
     sync(store)
     etcd_member.stop()
     store.set("s", "t", 1, actor="s")
-    with pytest.raises(StorageError, match=r"etcd at .* did not take the write"):
+    with pytest.raises(StorageError, match=r"etcd at .* did not answer the write"):
         sync(store)
     # etcd cannot even be read back: the unstored 1 must not show; every answer waits.
     assert store.pending
@@ -266,6 +292,63 @@ def test_with_etcd_down_writes_and_reads_are_refused_clearly_and_nothing_unstore
     again = MemoryStore(backend=EtcdBackend([etcd_member.endpoint], prefix="down/"))
     assert again.get("s", "t").value == 2
     again.close()
+
+
+class AnswerLost:
+    """An etcd KV stub whose Txn answers time out: after etcd applied it (``sent``), or
+    before it reached etcd."""
+
+    def __init__(self, kv: Any, *, sent: bool) -> None:
+        self.kv, self.sent = kv, sent
+
+    async def Txn(self, request: Any, timeout: float) -> Any:
+        if self.sent:
+            await self.kv.Txn(request, timeout=timeout)
+        raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
+                                   grpc.aio.Metadata(), details="Deadline Exceeded")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kv, name)
+
+
+@pytest.mark.parametrize("outcome", ["applied", "another_first", "unknown"])
+def test_a_write_whose_txn_was_not_answered_is_never_called_lost(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch, outcome: str,
+) -> None:
+    # Guards a bug: a txn etcd applied whose answer timed out was reported as "nothing
+    # of it was kept", yet the read-back found it stored.
+    backend = EtcdBackend([etcd_endpoint], prefix=prefix, timeout=0.5)
+    store, other = MemoryStore(backend=backend), MemoryStore(
+        backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+    kv = backend._aio_kv
+    monkeypatch.setattr(backend, "_aio_kv", lambda: AnswerLost(kv(), sent=outcome == "applied"))
+    if outcome == "another_first":
+        other._backend.catch_up()
+        other.set("s", "t", 2, actor="other")
+        sync(other)
+    store.set("s", "t", 1, actor="s")
+    try:
+        if outcome == "applied":  # found stored: answered as stored
+            sync(store)
+            assert store.generation == 0 and not store._backend.pending
+        elif outcome == "another_first":  # it never applies: the call runs again
+            with pytest.raises(RevisionConflict):
+                sync(store)
+        else:
+            with pytest.raises(StorageError, match="kept or not") as told:
+                sync(store)
+            assert "nothing of it was kept" not in str(told.value)
+        monkeypatch.undo()
+        assert store.get("s", "t").value == {"applied": 1, "another_first": 2,
+                                             "unknown": 0}[outcome]
+        other._backend.catch_up()
+        assert other.get("s", "t").value == store.get("s", "t").value
+    finally:
+        store.close()
+        other.close()
 
 
 async def test_a_client_of_two_replicas_moves_on_when_its_replica_dies_and_loses_no_event(
@@ -593,6 +676,81 @@ def test_a_replica_writes_after_applying_anothers_write_without_a_conflict(
         b_backend.close()
 
 
+def test_a_replica_follows_a_session_ended_and_created_again_in_one_write(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards a bug: that write was one txn etcd refused (it deleted the session's rows
+    # and put rows under the same keys); the follower's watchers of the old session must
+    # hear it went, and nothing of the new one.
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix), log_size=3)
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower, log_size=3)
+        _, client, _ = writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        for value in range(1, 4):
+            writer.set("s", "t", value, actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        heard: list[Commit | None] = []
+        follower_store.add_listener("s", heard.append)
+        assert writer.close_session("s", client)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("u", "integer", 7)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        assert heard == [None]
+        assert dump(follower) == dump(writer._backend)
+        follower_store.check_accounts()
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
+def test_a_replica_behind_catches_up_with_the_next_write_its_watch_brings(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards a bug: once a catch-up read failed, every write the watch brought was
+    # dropped (apply_foreign returned while behind) and none tried the read again.
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+
+    def unreadable() -> Any:
+        raise StorageError("etcd did not answer")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        heard: list[Commit | None] = []
+        follower_store.add_listener("s", heard.append)
+        with monkeypatch.context() as patch:
+            patch.setattr(follower, "_rows", unreadable)
+            follower.catch_up()  # fails: the replica is behind
+        assert follower._behind
+        for value in (1, 2, 3):
+            writer.set("s", "t", value, actor="w")
+            await writer.sync(writer.revision)
+        await eventually(lambda: follower_store.get("s", "t").value == 3,
+                         "the follower applied the writes its watch brought")
+        assert [c.events[0].record.value for c in heard if c] == [1, 2, 3]
+        assert not follower._behind
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
 def test_an_optimizer_stopped_on_another_replica_is_fenced_on_its_own(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:
@@ -828,6 +986,84 @@ def test_a_replica_whose_watch_reopens_after_etcd_restarted_tells_its_own_writes
         other.close()
 
 
+def test_a_replica_written_before_its_watch_started_does_not_apply_its_own_writes_again(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards a bug: the watch opened after the last revision read or applied from
+    # others, so writes this replica flushed before it existed (not known as its own)
+    # came through it as another's: each logged commit and history entry twice.
+    own = EtcdBackend([etcd_endpoint], prefix=prefix)
+    store = MemoryStore(backend=own)
+    other = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    for value in (1, 2):
+        store.set("s", "t", value, actor="s")
+    sync(store)
+    logged = [c.revision for c in store.session("s").log]
+    heard: list[Commit | None] = []
+
+    async def run() -> None:
+        own.bind_loop(asyncio.get_running_loop())  # as a server starting on the store
+        store.add_listener("s", heard.append)
+        other._backend.catch_up()
+        other.set("s", "t", 3, actor="other")
+        await other.sync(other.revision)
+        # Once the watch brought the other's write, it brought everything before it.
+        await eventually(lambda: store.get("s", "t").value == 3, "the watch brought it")
+
+    try:
+        asyncio.run(run())
+        session = store.session("s")
+        assert [c.revision for c in session.log] == [*logged, other.revision]
+        assert [e.version for e in session.history[session.names["t"]]] == [1, 2, 3, 4]
+        assert [c.revision for c in heard if c] == [other.revision]
+        store.check_accounts()
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_replica_whose_watch_meets_a_row_it_cannot_apply_follows_on_after_it(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards a bug: a malformed key (ValueError from decode_key, not CorruptRow) or any
+    # other error applying a watch answer ended the watch task for good.
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    bad = prefix.encode() + b"entries\x00s\x00abc\x00v\x0000000000000000000001"
+
+    def broken_once(changes: Any) -> None:
+        monkeypatch.undo()
+        raise RuntimeError("a bug applying it")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        for put in (True, False):  # the row comes and goes: the watch goes on
+            follower._kv.Put(etcd_rpc.PutRequest(key=bad, value=b"x")) if put else (
+                follower._kv.DeleteRange(etcd_rpc.DeleteRangeRequest(key=bad)))
+            writer.set("s", "t", 1 + put, actor="w")
+            await writer.sync(writer.revision)
+        await eventually(lambda: follower_store.get("s", "t").value == 1, "applied after it")
+        monkeypatch.setattr(follower, "apply_foreign", broken_once)
+        writer.set("s", "t", 3, actor="w")
+        await writer.sync(writer.revision)
+        await eventually(lambda: follower_store.get("s", "t").value == 3, "caught up")
+        assert follower._watcher is not None and not follower._watcher.done()
+        assert dump(follower) == dump(writer._backend)
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
 def test_a_flush_cancelled_while_reading_back_after_a_lost_race_reads_everything_back(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:
@@ -887,13 +1123,14 @@ def test_a_replica_behind_that_loses_a_race_reads_everything_back(
 
         a_backend._rows = blip  # type: ignore[method-assign]
         a_backend.catch_up()  # fails: a is behind
-        a_backend._rows = rows  # type: ignore[method-assign]
         assert a_backend._behind
         b.set("s", "t", 1, actor="b")
         await b.sync(b.revision)
         await eventually(lambda: a_backend._delivered >= b._backend._head,
                          "a's watch brought b's write")
-        assert a.get("s", "t").value == 0  # dropped: a is behind
+        a_backend._rows = rows  # type: ignore[method-assign]
+        # Dropped: the catch-up that write set off failed too, so a is still behind.
+        assert a.get("s", "t").value == 0 and a_backend._behind
         settle = a_backend._settle_conflict
 
         async def another_write_first() -> None:

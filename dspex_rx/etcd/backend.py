@@ -24,11 +24,15 @@ from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.store.durable.backend import DurableBackend
 from dspex_rx.store.durable.budget import FlushBudget
 from dspex_rx.store.durable.load import CorruptRow, Loaded
+from dspex_rx.store.durable.refusal import OutcomeUnknown
 from dspex_rx.store.durable.revert import revert
 from dspex_rx.store.durable.rows import (
+    ENTRIES,
+    LOG,
     META,
     Op,
     Put,
+    decode_key,
     delete_range,
     encode_key,
 )
@@ -46,6 +50,13 @@ MAX_RECEIVE_BYTES = 256 * 1024 * 1024
 # How long one etcd call may take before the write is refused (etcd down, no quorum).
 CALL_TIMEOUT = 5.0
 PUT = Event.PUT
+# The answers that say etcd did not apply a txn; after any other error it may have.
+_NOT_APPLIED = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND,
+})
 # A pause before the watch is opened again after it broke (etcd restarting).
 WATCH_RETRY = 0.2
 # How long calls undone by a conflict wait for the watch to bring the write that won
@@ -226,8 +237,71 @@ class EtcdBackend(DurableBackend):
         try:
             reply = await self._aio_kv().Txn(request, timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise StorageError(f"{self.where} did not take the write: {_why(exc)}") from exc
+            if _code(exc) in _NOT_APPLIED:
+                raise StorageError(f"{self.where} did not take the write: {_why(exc)}",
+                                   ) from exc
+            # Sent, perhaps applied (etcd's own timeout, a deadline, a dropped connection):
+            # never "nothing was kept", as a read-back may well find it stored.
+            found = await self._find_txn(request)
+            if found is None:
+                raise OutcomeUnknown(f"{self.where} did not answer the write: {_why(exc)}",
+                                     ) from exc
+            revision, ours = found
+            if not ours:  # another replica's write came first: this one never applies
+                self._winner = revision
+                raise RevisionConflict(f"{self.where} moved on (another replica wrote)",
+                                       ) from exc
+            reply = etcd.TxnResponse(succeeded=True,
+                                     header=etcd.ResponseHeader(revision=revision))
         self._committed(reply)
+
+    async def _find_txn(self, request: etcd.TxnRequest) -> tuple[int, bool] | None:
+        # Whether a txn sent but not answered was applied. Its compare (the head row last
+        # written at ``_head``) fails forever once any other write moves the head, so it
+        # was applied iff the first write of the head after ``_head`` is it: that
+        # revision (a one-shot watch, which also waits for the txn if still in flight),
+        # and whether every key the txn puts holds its value as written there. None: not
+        # known (etcd still silent, or compacted past it).
+        try:
+            return await asyncio.wait_for(self._first_head_write(request), self.timeout)
+        except (grpc.RpcError, TimeoutError) as exc:
+            log.warning("etcd_txn_outcome_unknown", where=self.where, error=repr(exc))
+            return None
+
+    async def _first_head_write(self, request: etcd.TxnRequest) -> tuple[int, bool] | None:
+        puts = [op.request_put for op in request.success if op.HasField("request_put")]
+        # Only a logged commit (its own timestamp, pickled) is a value no other replica's
+        # write holds too: without one, whose write it was cannot be told.
+        if not any(_logged(put.key[len(self.prefix):]) for put in puts):
+            return None
+        aio = self._aio  # (the flush's loop's, as ``_aio_kv`` made it)
+        if aio is None or aio[0] is not asyncio.get_running_loop():
+            return None
+        stub = aio[2]
+        call = etcd_grpc.WatchStub(aio[1]).Watch()  # type: ignore[no-untyped-call]
+        try:
+            await call.write(etcd.WatchRequest(create_request=etcd.WatchCreateRequest(
+                key=self.prefix + self._head_key, start_revision=self._head + 1)))
+            revision = 0
+            async for reply in call:
+                if reply.compact_revision or reply.canceled:
+                    return None
+                if reply.events:
+                    revision = reply.events[0].kv.mod_revision
+                    break
+        finally:
+            call.cancel()
+        if not revision:
+            return None
+        reads = etcd.TxnRequest(success=[etcd.RequestOp(request_range=etcd.RangeRequest(
+            key=put.key, revision=revision)) for put in puts])
+        answer = await stub.Txn(reads, timeout=self.timeout)
+        ours = all(
+            len(got.response_range.kvs) == 1
+            and got.response_range.kvs[0].mod_revision == revision
+            and got.response_range.kvs[0].value == put.value
+            for put, got in zip(puts, answer.responses, strict=True))
+        return revision, ours
 
     def _aio_kv(self) -> etcd_grpc.KVStub:
         # grpc.aio channels belong to the loop that made them: one per loop the store
@@ -341,8 +415,11 @@ class EtcdBackend(DurableBackend):
                 call = watch.Watch()
                 try:
                     # Not from ``_seen`` alone: it does not move for this replica's own
-                    # writes, which came again as others' after etcd restarted.
-                    start = max(self._seen, self._delivered) + 1
+                    # writes, which came again as others' after etcd restarted, or (made
+                    # before the watch existed, so not in ``_own``) at its first start.
+                    # Every write to the prefix moves the head row, so the live state is
+                    # the prefix exactly as of ``_head``.
+                    start = max(self._seen, self._delivered, self._head) + 1
                     await call.write(etcd.WatchRequest(create_request=etcd.WatchCreateRequest(
                         key=self.prefix, range_end=self._end, start_revision=start)))
                     async for reply in call:
@@ -351,17 +428,37 @@ class EtcdBackend(DurableBackend):
                             # Past etcd's compaction: only a full read can catch up.
                             self._post(max(reply.compact_revision, self._seen + 1), None)
                             break
-                        self._replies(reply)
+                        try:
+                            self._replies(reply)
+                        except Exception as exc:
+                            # Never the watch's end (nothing would start it again): the
+                            # state may lack that write, so a full read catches up.
+                            log.error("etcd_watch_apply_failed", where=self.where,
+                                      error=repr(exc))
+                            self._fall_behind()
                 except grpc.aio.AioRpcError as exc:
                     # Said once per outage, not at every retry.
                     (log.debug if broken else log.warning)(
                         "etcd_watch_broken", where=self.where, error=_why(exc))
                     broken = True
+                except Exception as exc:
+                    # Anything else opens the watch again too, after the same pause.
+                    log.error("etcd_watch_failed", where=self.where, error=repr(exc))
+                    self._fall_behind()
                 finally:
                     call.cancel()
                 await asyncio.sleep(WATCH_RETRY)
         finally:
             await channel.close()
+
+    def _fall_behind(self) -> None:
+        # Writes the watch brought may be missing from the live state: read it all now,
+        # or (a flush in flight, etcd unreadable) at the next flush or write seen.
+        self._behind = True
+        try:
+            self.catch_up()
+        except Exception as exc:
+            log.error("catch_up_failed", where=self.where, error=repr(exc))
 
     def _replies(self, reply: etcd.WatchResponse) -> None:
         # This replica's own writes are known by revision: skipped before their rows are
@@ -435,6 +532,12 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _logged(raw: bytes) -> bool:
+    # Whether a row key is a logged commit's.
+    table, key = decode_key(raw)
+    return table == ENTRIES and key[1] == LOG
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:

@@ -25,6 +25,7 @@ from dspex_rx.store.durable.budget import FlushBudget
 from dspex_rx.store.durable.carry import carry_watchers
 from dspex_rx.store.durable.image import Dirty, Image
 from dspex_rx.store.durable.load import CorruptRow, Loaded, load
+from dspex_rx.store.durable.refusal import refusal
 from dspex_rx.store.durable.replay import merge_retired, replay
 from dspex_rx.store.durable.rows import Op
 from dspex_rx.store.memory.backend import MemoryBackend, _tell
@@ -435,15 +436,18 @@ class DurableBackend(MemoryBackend):
     def apply_foreign(self, changes: list[tuple[bool, bytes, bytes]]) -> None:
         """Apply another writer's row changes ``(is_put, key, value)`` in place and tell
         the watchers its commits, in order (a replica's watch calls it). While this
-        process has a change of its own in flight, or the rows cannot be applied, the
-        full ``catch_up`` runs instead, after the flush.
+        process has a change of its own in flight, or the rows cannot be applied, or it
+        is behind (a catch-up failed), the full ``catch_up`` runs instead (after the flush).
 
         Example: ``backend.apply_foreign([(True, key, value)])``.
         """
         if self._closed:
             return
-        if self.pending or self._flushing is not None or self._behind:
+        if self.pending or self._flushing is not None:
             self._behind = True
+            return
+        if self._behind:  # a catch-up failed: only a full read has what it missed
+            self.catch_up()
             return
         try:
             out = replay(self._sessions, self._owners, self._image, changes)
@@ -473,8 +477,7 @@ class DurableBackend(MemoryBackend):
             _tell(session, commit)
 
     def _after_flush(self) -> None:
-        """Called on the loop after every flush, whatever its outcome (a replicated
-        subclass sorts out what its watch saw meanwhile)."""
+        """On the loop after every flush (a replica sorts out what its watch saw)."""
 
     def catch_up(self) -> None:
         """Bring the live state up to what another writer of the same storage stored (a
@@ -514,14 +517,10 @@ class DurableBackend(MemoryBackend):
                                  retired)
 
     def _refuse(self, exc: BaseException) -> None:
-        # The storage did not take the flush: every change since the last good one is
-        # undone (the live state is the stored one again), and writes are refused for a
-        # moment.
-        self._refusal = (
-            f"the server's storage refused the write ({exc}); nothing of it was kept. "
-            f"Reads go on; writes fail until {self.where} accepts them again"
-            f"{self.refusal_hint}"
-        )
+        # The storage did not take the flush (or did not say): every change since the
+        # last good one is undone (the live state is the stored one again, which holds
+        # the flush if it was taken after all), and writes are refused for a moment.
+        self._refusal = refusal(exc, self.where, self.refusal_hint)
         log.error("storage_refused", where=self.where, error=str(exc))
         self._refusing_until = time.monotonic() + RETRY_AFTER
         with contextlib.suppress(StorageError):  # unreadable too: broken, said below
@@ -540,9 +539,8 @@ class DurableBackend(MemoryBackend):
         raise StorageError(self._refusal)  # this caller's change, if any, was undone
 
     async def _read_after_conflict(self) -> Loaded | None:
-        """The stored state after a flush another writer beat (the live state holds the
-        undone changes); None: read it all. A replicated subclass reads back only what
-        the live objects cannot give (``revert.py``)."""
+        """The stored state after a flush another writer beat; None: read it all (a
+        replica reads back only what the live objects cannot give: ``revert.py``)."""
         return None
 
     def _reset(self, *, conflicted: bool, loaded: Loaded | None = None) -> None:
@@ -595,6 +593,5 @@ class DurableBackend(MemoryBackend):
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
     # A flush whose every waiter was cancelled still had its error seen (no warning).
-    if not future.cancelled():
-        future.exception()
+    _ = future.cancelled() or future.exception()
 

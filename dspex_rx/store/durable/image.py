@@ -126,6 +126,9 @@ class Image:
         # retired ids' shadow.
         self._undo: dict[tuple[str, int, str], _Tail | None] = {}
         self._undo_retired: tuple[dict[str, tuple[bytes, int]], int] | None = None
+        # Where the tails of a session created again in this batch start numbering: after
+        # its old incarnation's rows, which the same batch deletes.
+        self._renumber: dict[tuple[str, int, str], int] = {}
 
     def know(self, session_id: str, kind: int, var_id: str, first: int, next_: int,
              last: object) -> None:
@@ -233,9 +236,14 @@ class Image:
         """
         out: list[Op] = []
         self._undo, self._undo_retired = {}, None
-        for session_id in gone:
+        self._renumber = {}
+        for session_id in dict.fromkeys(gone):
             for key in [k for k in self._tails if k[0] == session_id]:
                 self._undo.setdefault(key, self._tails[key])
+            again = sessions.get(session_id)
+            if again is not None and session_id in dirty:
+                self._recreated(out, again, dirty[session_id])
+                continue
             self.forget_session(session_id)
             out.append(Delete(SESSIONS, (session_id,)))
             out.append(Delete(VARIABLES, (session_id,), prefix=True))
@@ -250,6 +258,24 @@ class Image:
         out.append(Put(META, ("revision",), str(revision).encode()))
         out.append(Put(META, ("next_id",), str(next_id).encode()))
         return out
+
+    def _recreated(self, out: list[Op], session: Session, changed: Dirty) -> None:
+        # A session ended and created again under its id before this flush: its old rows
+        # go, but etcd refuses a txn that deletes a range and puts a key inside it, so
+        # no delete may cover a row the new session writes. Its header is overwritten;
+        # the variable rows are deleted around the new ones; each old tail is deleted
+        # up to its end, and the new session's items are numbered after it, so a
+        # replica replaying the rows drops the old items before it appends the new.
+        sid = session.id
+        new = sorted((v for v in changed.variables if v in session.variables),
+                     key=lambda v: v.encode("utf-8", "surrogatepass"))
+        bounds: list[str | None] = [None, *new, None]
+        out.extend(Delete(VARIABLES, (sid,), prefix=True, after=lo, before=hi)
+                   for lo, hi in itertools.pairwise(bounds))
+        for key in [k for k in self._tails if k[0] == sid]:
+            tail = self._tails.pop(key)
+            out.append(Delete(ENTRIES, key, below=tail.next))
+            self._renumber[key] = tail.next
 
     def _session(self, out: list[Op], session: Session, changed: Dirty) -> None:
         sid = session.id
@@ -276,16 +302,18 @@ class Image:
         held = newest_held(items, tail.last) if tail is not None else -1
         new = list(itertools.islice(reversed(items), len(items) - held - 1))[::-1]
         if tail is not None and held < 0:
-            # Nothing the file holds is live any more (dropped, or dropped and refilled).
-            out.append(Delete(ENTRIES, key, prefix=True))
+            # Nothing the file holds is live any more (dropped, or dropped and refilled):
+            # delete what it holds, below the new items' numbers (a range over them too
+            # is a txn etcd refuses).
+            out.append(Delete(ENTRIES, key, below=tail.next))
             first = tail.next
         elif tail is not None:
             first = tail.next - held - 1
             if first > tail.first:
                 out.append(Delete(ENTRIES, key, below=first))
         else:
-            first = 0
-        start = tail.next if tail is not None else 0
+            first = self._renumber.get(key, 0)
+        start = tail.next if tail is not None else first
         out.extend(Put(ENTRIES, (*key, start + i), dumps(item)) for i, item in enumerate(new))
         if items:
             self._tails[key] = _Tail(first if held >= 0 else start, start + len(new),

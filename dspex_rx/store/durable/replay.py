@@ -27,6 +27,9 @@ from dspex_rx.store.durable.rows import (
 from dspex_rx.store.records import Commit
 from dspex_rx.store.state import Session, TailChange
 
+# How many parts each table's keys have (the meta rows are told apart by name).
+_PARTS = {SESSIONS: 1, VARIABLES: 2, ENTRIES: 4, RETIRED: 1}
+
 
 @dataclass(slots=True)
 class Replayed:
@@ -67,9 +70,16 @@ def replay(
     """
     out = Replayed()
     for is_put, raw_key, value in changes:
-        table, key = decode_key(raw_key)
+        # A key or counter this server never wrote is a row it cannot apply, as at load
+        # (a ValueError here used to end the replica's watch for good).
+        try:
+            table, key = decode_key(raw_key)
+            number = int(value) if table == META and is_put else 0
+        except (UnicodeDecodeError, ValueError, IndexError) as exc:
+            raise CorruptRow("?", raw_key) from exc
+        if table != META and len(key) != _PARTS.get(table):
+            raise CorruptRow(table, key)
         if table == META:
-            number = int(value) if is_put else 0
             if key == ("revision",):
                 out.revision = number
             elif key == ("next_id",):
@@ -98,16 +108,22 @@ def replay(
 def _session_row(sessions: dict[str, Session], owners: dict[str, str], image: Image,
                  out: Replayed, sid: str, is_put: bool, value: bytes) -> None:
     session = sessions.get(sid)
-    if not is_put:
-        if session is not None:
-            del sessions[sid]
-            for var_id in session.variables:
-                owners.pop(var_id, None)
-            image.forget_session(sid)
-            out.gone.append(session)
+    fresh = None
+    if is_put:
+        header, graph = _load(value, SESSIONS, sid)
+        fresh = _session(sid, header, graph, None)  # clients' heartbeats as stored
+    # A header of another incarnation: the session ended and was created again in that
+    # one write (its header row overwritten, never deleted: etcd refuses a txn that
+    # deletes a key and puts it), so its watchers hear that it went.
+    if session is not None and (fresh is None or fresh.incarnation != session.incarnation):
+        del sessions[sid]
+        for var_id in session.variables:
+            owners.pop(var_id, None)
+        image.forget_session(sid)
+        out.gone.append(session)
+        session = None
+    if fresh is None:
         return
-    header, graph = _load(value, SESSIONS, sid)
-    fresh = _session(sid, header, graph, None)  # clients' heartbeats as stored
     if session is None:
         sessions[sid] = fresh
         out.fresh.add(sid)

@@ -40,7 +40,9 @@ class Put:
 @dataclass(frozen=True, slots=True)
 class Delete:
     """Delete a row, or (``prefix``) every row under a key, or (``below``) the rows under a
-    key whose last part is a sequence number below it.
+    key whose last part is a sequence number below it. With ``prefix``, ``after`` and
+    ``before`` (a last key part) narrow it to the rows strictly between those two rows:
+    etcd refuses a txn that deletes a range and puts a key inside it.
 
     >>> Delete(ENTRIES, ("s", HISTORY, "var_t_1"), below=4).below
     4
@@ -50,6 +52,8 @@ class Delete:
     key: tuple[str | int, ...]
     prefix: bool = False
     below: int | None = None
+    after: str | None = None
+    before: str | None = None
 
 
 Op = Put | Delete
@@ -103,11 +107,19 @@ def delete_range(op: Delete) -> tuple[bytes, bytes] | None:
     (b'variables\\x00s\\x00', b'variables\\x00s\\x01')
     >>> delete_range(Delete(VARIABLES, ("s", "var_t_1"))) is None
     True
+    >>> delete_range(Delete(VARIABLES, ("s",), prefix=True, after="a", before="b"))
+    (b'variables\\x00s\\x00a\\x00', b'variables\\x00s\\x00b')
     """
     if op.below is not None:
         return below_range(op.table, op.key, op.below)
     if op.prefix:
-        return prefix_range(op.table, op.key)
+        start, end = prefix_range(op.table, op.key)
+        # The row right after ``after`` is ``after`` + NUL (no id holds a NUL).
+        if op.after is not None:
+            start = encode_key(op.table, (*op.key, op.after)) + SEP
+        if op.before is not None:
+            end = encode_key(op.table, (*op.key, op.before))
+        return start, end
     return None
 
 
