@@ -57,6 +57,10 @@ _NOT_APPLIED = frozenset({
     grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OUT_OF_RANGE,
     grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND,
 })
+# How long a flush whose txn was not answered looks for it in etcd: an etcd that was
+# slow past the call timeout is slow for this too, and the writer waits for both (then
+# for the read-back), so it is kept short; past it the outcome is told as unknown.
+FIND_WAIT = 1.0
 # A pause before the watch is opened again after it broke (etcd restarting).
 WATCH_RETRY = 0.2
 # How long calls undone by a conflict wait for the watch to bring the write that won
@@ -263,7 +267,8 @@ class EtcdBackend(DurableBackend):
         # and whether every key the txn puts holds its value as written there. None: not
         # known (etcd still silent, or compacted past it).
         try:
-            return await asyncio.wait_for(self._first_head_write(request), self.timeout)
+            return await asyncio.wait_for(self._first_head_write(request),
+                                          min(self.timeout, FIND_WAIT))
         except (grpc.RpcError, TimeoutError) as exc:
             log.warning("etcd_txn_outcome_unknown", where=self.where, error=repr(exc))
             return None
