@@ -36,6 +36,7 @@ from dspex_rx.server import EmbeddedServer
 from dspex_rx.server.metrics import count
 from dspex_rx.store import MemoryStore, VariableSpec, accounts
 from dspex_rx.store.backend import RevisionConflict
+from dspex_rx.store.durable import follow
 from dspex_rx.store.records import Commit
 
 
@@ -743,6 +744,89 @@ def test_a_replica_behind_catches_up_with_the_next_write_its_watch_brings(
                          "the follower applied the writes its watch brought")
         assert [c.events[0].record.value for c in heard if c] == [1, 2, 3]
         assert not follower._behind
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
+def test_a_replica_behind_whose_reads_fail_tries_one_full_read_per_pause(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards a bug: while its full reads failed, a replica behind tried one (a read of
+    # the whole store) at every write its watch brought.
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    reads: list[int] = []
+
+    def unreadable() -> Any:
+        reads.append(1)
+        raise StorageError("etcd did not answer")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        monkeypatch.setattr(follow, "CATCH_UP_RETRY", 3600.0)
+        with monkeypatch.context() as patch:
+            patch.setattr(follower, "_rows", unreadable)
+            follower.catch_up()  # fails: behind, and no read again for an hour
+            for value in (1, 2, 3, 4):
+                writer.set("s", "t", value, actor="w")
+                await writer.sync(writer.revision)
+            head = writer._backend._head  # type: ignore[attr-defined]
+            await eventually(lambda: follower._delivered >= head, "the watch brought them")
+        assert len(reads) == 1
+        # The pause over (its timer comes early): the replica reads the store and catches up.
+        assert follower._catch_up_timer is not None
+        follower._catch_up_at = 0.0
+        follower._catch_up_timer.cancel()
+        follower._catch_up_timed()
+        assert follower_store.get("s", "t").value == 4 and not follower._behind
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
+# Guards a bug: applying a write failed after the replay had raised the session's
+# revision, so the full read that followed told its watchers nothing of that write.
+def test_a_write_whose_applying_failed_half_way_is_told_by_the_full_read_after_it(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    failed: list[Any] = []
+
+    def hook_failing_once(replicated: Any) -> None:
+        if not failed:
+            failed.append(replicated)
+            raise RuntimeError("a bug in a hook")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        heard: list[Commit | None] = []
+        follower_store.add_listener("s", heard.append)
+        follower.on_replicated(hook_failing_once)
+        for value in (1, 2):
+            writer.set("s", "t", value, actor="w")
+            await writer.sync(writer.revision)
+        await eventually(lambda: follower_store.get("s", "t").value == 2, "caught up")
+        assert failed
+        assert dump(follower) == dump(writer._backend)
+        assert [c.events[0].record.value for c in heard if c] == [1, 2]
 
     try:
         asyncio.run(run())

@@ -23,12 +23,12 @@ from dspex_rx.logs import get_logger
 from dspex_rx.store.backend import RevisionConflict, WriteTxn
 from dspex_rx.store.durable.budget import FlushBudget
 from dspex_rx.store.durable.carry import carry_watchers
+from dspex_rx.store.durable.follow import Following
 from dspex_rx.store.durable.image import Dirty, Image
 from dspex_rx.store.durable.load import CorruptRow, Loaded, load
 from dspex_rx.store.durable.refusal import refusal
-from dspex_rx.store.durable.replay import merge_retired, replay
 from dspex_rx.store.durable.rows import Op
-from dspex_rx.store.memory.backend import MemoryBackend, _tell
+from dspex_rx.store.memory.backend import MemoryBackend
 from dspex_rx.store.memory.txn import _MemoryWrite
 from dspex_rx.store.records import ChangeEvent, Commit, HistoryEntry
 from dspex_rx.store.state import Replicated, Session
@@ -40,7 +40,7 @@ log = get_logger("dspex_rx.store")
 RETRY_AFTER = 1.0
 
 
-class DurableBackend(MemoryBackend):
+class DurableBackend(Following, MemoryBackend):
     """The live state of ``MemoryBackend``, kept as rows where a subclass stores them.
 
     A subclass opens its storage, then calls ``_start()``; it implements ``_rows`` (every
@@ -204,13 +204,6 @@ class DurableBackend(MemoryBackend):
         Example: ``backend.on_undo(lambda revision: print("undone above", revision))``.
         """
         self._undo_hooks.append(hook)
-
-    def on_replicated(self, hook: Callable[[Replicated], None]) -> None:
-        """Call ``hook(replicated)`` after another writer's rows were applied in place.
-
-        Example: ``backend.on_replicated(accounts.resettle)``.
-        """
-        self._replicated_hooks.append(hook)
 
     # -- what changed ----------------------------------------------------------------
 
@@ -377,11 +370,6 @@ class DurableBackend(MemoryBackend):
                     await self._settle_conflict()
                 raise error
 
-    async def _settle_conflict(self) -> None:
-        """After a conflict, before the calls it undid run again: wait until the live
-        state holds the write that won (a replica hears it through its watch), so they
-        do not run against the same old state and conflict again."""
-
     def _reset_error(self) -> StorageError | RevisionConflict:
         # Why the live state went back to the stored one: the storage refused a write, or
         # another writer of the same storage (a replica) moved it on first.
@@ -433,77 +421,6 @@ class DurableBackend(MemoryBackend):
             if self._behind:
                 self.catch_up()
 
-    def apply_foreign(self, changes: list[tuple[bool, bytes, bytes]]) -> None:
-        """Apply another writer's row changes ``(is_put, key, value)`` in place and tell
-        the watchers its commits, in order (a replica's watch calls it). While this
-        process has a change of its own in flight, or the rows cannot be applied, or it
-        is behind (a catch-up failed), the full ``catch_up`` runs instead (after the flush).
-
-        Example: ``backend.apply_foreign([(True, key, value)])``.
-        """
-        if self._closed:
-            return
-        if self.pending or self._flushing is not None:
-            self._behind = True
-            return
-        if self._behind:  # a catch-up failed: only a full read has what it missed
-            self.catch_up()
-            return
-        try:
-            out = replay(self._sessions, self._owners, self._image, changes)
-        except CorruptRow as exc:
-            log.warning("replay_failed", where=self.where, error=repr(exc))
-            self._behind = True
-            self.catch_up()
-            return
-        if out.revision is not None:
-            self._revision = self._stored_revision = out.revision
-        if out.next_id is not None:
-            self._next = out.next_id
-        if out.retired and self._retired_ids is not None:
-            merged = merge_retired(self._retired_ids.items(), out.retired)
-            self._retired_ids.restore(merged.items())
-            self._image.set_retired(merged)
-        for session in out.gone:
-            _tell(session, None)
-            session.listeners.clear()
-        replicated = Replicated(
-            [self._sessions[sid] for sid in out.touched if sid in self._sessions],
-            out.gone, out.fresh, out.history, out.log,
-        )
-        for hook in self._replicated_hooks:
-            hook(replicated)
-        for session, commit in out.commits:
-            _tell(session, commit)
-
-    def _after_flush(self) -> None:
-        """On the loop after every flush (a replica sorts out what its watch saw)."""
-
-    def catch_up(self) -> None:
-        """Bring the live state up to what another writer of the same storage stored (a
-        replica's watch calls it): a full read, the watchers told each new commit in order.
-        While a change of this process is waiting for its flush, it waits for that flush
-        (which will conflict, or already covers it).
-
-        Example: ``backend.catch_up()`` once another replica's write was seen.
-        """
-        if self._closed:
-            return
-        if self.pending or self._flushing is not None:
-            self._behind = True
-            return
-        try:
-            loaded = self._read()
-        except StorageError as exc:
-            # Tried again with the next write seen, or the next flush.
-            self._behind = True
-            log.warning("catch_up_failed", where=self.where, error=str(exc))
-            return
-        self._behind = False
-        self._install(loaded, carry=True)
-        for hook in self._reload_hooks:
-            hook()
-
     def _collect(self) -> list[Op]:
         # On the loop: what changed, serialised now (the live objects change after).
         self._budget.clear()
@@ -537,11 +454,6 @@ class DurableBackend(MemoryBackend):
         except StorageError:
             raise StorageError(self._refusal) from None
         raise StorageError(self._refusal)  # this caller's change, if any, was undone
-
-    async def _read_after_conflict(self) -> Loaded | None:
-        """The stored state after a flush another writer beat; None: read it all (a
-        replica reads back only what the live objects cannot give: ``revert.py``)."""
-        return None
 
     def _reset(self, *, conflicted: bool, loaded: Loaded | None = None) -> None:
         # Every change since the last durable one is undone. After a refusal the server

@@ -54,21 +54,25 @@ class Replayed:
     next_id: int | None = None
     # The retired ids that changed (None: deleted), when any did.
     retired: dict[str, tuple[bytes, int] | None] = field(default_factory=dict)
+    # Each session's revision before the replay raised it (what its watchers were told):
+    # where a full read's catch-up tells them from if applying fails half-way.
+    told: dict[str, int] = field(default_factory=dict)
 
 
 def replay(
     sessions: dict[str, Session], owners: dict[str, str], image: Image,
-    changes: list[tuple[bool, bytes, bytes]],
+    changes: list[tuple[bool, bytes, bytes]], out: Replayed | None = None,
 ) -> Replayed:
     """Apply ``(is_put, key, value)`` row changes, in order, to ``sessions`` and ``owners``
-    (and the image's shadows); returns what else changed.
+    (and the image's shadows); returns what else changed (``out``, when given: the
+    caller keeps it if this raises).
 
     >>> from dspex_rx.store.durable.rows import encode_key
     >>> out = replay({}, {}, Image(), [(True, encode_key(META, ("revision",)), b"3")])
     >>> out.revision
     3
     """
-    out = Replayed()
+    out = Replayed() if out is None else out
     for is_put, raw_key, value in changes:
         # A key or counter this server never wrote is a row it cannot apply, as at load
         # (a ValueError here used to end the replica's watch for good).
@@ -132,6 +136,7 @@ def _session_row(sessions: dict[str, Session], owners: dict[str, str], image: Im
     for name in ("metadata", "created_at", "metadata_size", "token", "claim",
                  "incarnation", "log_floor", "graph", "idle_since", "clients"):
         setattr(session, name, getattr(fresh, name))
+    out.told.setdefault(sid, session.revision)
     session.revision = max(session.revision, fresh.revision)
 
 
@@ -172,6 +177,7 @@ def _entry_row(sessions: dict[str, Session], image: Image, out: Replayed,
             change.appended.append(item)
         image.appended(sid, kind, var_id, seq, item)
         if kind == LOG:
+            out.told.setdefault(sid, session.revision)
             session.revision = max(session.revision, item.revision)
             out.commits.append((session, item))
         return
