@@ -295,6 +295,53 @@ def test_with_etcd_down_writes_and_reads_are_refused_clearly_and_nothing_unstore
     again.close()
 
 
+def test_with_etcd_down_a_refused_writes_read_back_is_awaited_and_shared(
+    etcd_member: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards a bug: the read-back after a refused write (and every answer's retry of it
+    # while etcd stayed unreadable) was a blocking Range on the loop, which froze the
+    # whole replica for up to the call timeout with etcd slow or without a quorum.
+    store = MemoryStore(backend=EtcdBackend([etcd_member.endpoint], prefix="down/",
+                                            timeout=1.0))
+    backend: Any = store._backend
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("t", "integer", 0)], actor="s")
+    sync(store)
+    blocking: list[Any] = []
+    monkeypatch.setattr(backend._kv, "Range", lambda *a, **k: blocking.append(a))
+    reads: list[int] = []
+    read_back = backend._read_back
+
+    async def counted() -> Any:
+        reads.append(1)
+        return await read_back()
+
+    monkeypatch.setattr(backend, "_read_back", counted)
+
+    async def run() -> None:
+        etcd_member.stop()
+        store.set("s", "t", 1, actor="s")
+        with pytest.raises(StorageError, match="did not answer the write"):
+            await store.sync(store.revision)
+        assert store.pending and len(reads) == 1  # unreadable: broken
+        answers = await asyncio.gather(*(store.sync(store.revision) for _ in range(3)),
+                                       return_exceptions=True)
+        assert all(isinstance(a, StorageError) for a in answers)
+        assert len(reads) == 2  # the three answers waited on one read-back
+        etcd_member.start()
+        guard = time.monotonic() + 30  # a hang guard: the channel reconnects after a backoff
+        while store.pending:
+            assert time.monotonic() < guard, "the store never read etcd back"
+            with pytest.raises(StorageError):  # the sync that reads etcd back undoes the 1
+                await store.sync(store.revision)
+            await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    assert blocking == []
+    assert store.get("s", "t").value == 0
+    store.close()
+
+
 class AnswerLost:
     """An etcd KV stub whose Txn answers time out: after etcd applied it (``sent``), or
     before it reached etcd."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 
 from dspex_rx.errors import ResourceExhaustedError, StorageError
+from dspex_rx.etcd.pages import PagedRead
 from dspex_rx.etcd_v3 import rpc_pb2 as etcd
 from dspex_rx.etcd_v3 import rpc_pb2_grpc as etcd_grpc
 from dspex_rx.etcd_v3.kv_pb2 import Event
@@ -43,8 +44,8 @@ log = get_logger("dspex_rx.etcd")
 # with a message naming the flag, never cut into txns another replica could see half of.
 MAX_TXN_OPS = 128
 MAX_REQUEST_BYTES = int(1.5 * 1024 * 1024)
-# Keys per read when the store loads (its pages are one snapshot), and the largest answer
-# the client takes from etcd (a page, or a watch answer of several revisions).
+# Keys per page of a full read (``pages.py``), and the largest answer the client takes
+# from etcd (a page, or a watch answer of several revisions).
 PAGE_KEYS = 1000
 MAX_RECEIVE_BYTES = 256 * 1024 * 1024
 # How long one etcd call may take before the write is refused (etcd down, no quorum).
@@ -161,42 +162,46 @@ class EtcdBackend(DurableBackend):
         return self.prefix + encode_key(table, key)
 
     def _rows(self) -> Iterator[tuple[bytes, bytes]]:
-        # Every row under the prefix, read in pages of keys at one etcd revision (the
-        # first page's), so the pages make one snapshot however large the store is: read
-        # at once, a store past gRPC's message limit could not be opened again. A page
-        # too large to receive is read again in halves.
-        head = self.prefix + self._head_key
-        cut = len(self.prefix)
-        rows: list[tuple[bytes, bytes]] = []
-        start, revision, limit, head_revision, restarts = self.prefix, 0, PAGE_KEYS, 0, 3
+        # Every row under the prefix, one snapshot (``pages.py``); blocking: at start,
+        # and for a catch-up (which runs where nothing can await).
+        pages = self._pages()
         while True:
-            request = etcd.RangeRequest(key=start, range_end=self._end, limit=limit,
-                                        revision=revision)
             try:
-                reply = self._kv.Range(request, timeout=self.timeout)
+                reply = self._kv.Range(pages.request(), timeout=self.timeout)
             except grpc.RpcError as exc:
-                if _code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED and limit > 1:
-                    limit = max(1, limit // 2)
+                if pages.again(_code(exc)):
                     continue
-                if _code(exc) == grpc.StatusCode.OUT_OF_RANGE and revision and restarts:
-                    # The snapshot's revision was compacted away between pages: again.
-                    restarts -= 1
-                    rows, start, revision, head_revision = [], self.prefix, 0, 0
+                raise self._unreadable(exc) from exc
+            if pages.took(reply):
+                return self._snapshot(pages)
+
+    async def _read_back(self) -> Loaded:
+        # The same read awaited through grpc.aio: with etcd slow or without a quorum, a
+        # refused write's read-back took the loop for up to the call timeout before.
+        pages, stub = self._pages(), self._aio_kv()
+        while True:
+            try:
+                reply = await stub.Range(pages.request(), timeout=self.timeout)
+            except grpc.RpcError as exc:
+                if pages.again(_code(exc)):
                     continue
-                raise StorageError(f"cannot read {self.where}: {_why(exc)}"
-                                   f"{self.refusal_hint}") from exc
-            revision = revision or reply.header.revision
-            for kv in reply.kvs:
-                if kv.key == head:
-                    head_revision = kv.mod_revision
-                rows.append((kv.key[cut:], kv.value))
-            if not reply.more or not reply.kvs:
-                break
-            start = reply.kvs[-1].key + b"\0"
-        self._seen = revision
-        self._head = head_revision
+                raise self._unreadable(exc) from exc
+            if pages.took(reply):
+                return self._load(self._snapshot(pages))
+
+    def _pages(self) -> PagedRead:
+        return PagedRead(self.prefix, self._end, self.prefix + self._head_key, PAGE_KEYS)
+
+    def _unreadable(self, exc: grpc.RpcError) -> StorageError:
+        return StorageError(f"cannot read {self.where}: {_why(exc)}{self.refusal_hint}")
+
+    def _snapshot(self, pages: PagedRead) -> Iterator[tuple[bytes, bytes]]:
+        # The live state is about to be this snapshot: the revision it reflects, and the
+        # head the next flush builds on.
+        self._seen = pages.revision
+        self._head = pages.head_revision
         self._head_moved()
-        return iter(sorted(rows))
+        return iter(pages.rows)
 
     async def _read_after_conflict(self) -> Loaded | None:
         # Another replica wrote first: back to the rows as of the head this replica built

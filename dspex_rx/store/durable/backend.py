@@ -68,6 +68,7 @@ class DurableBackend(Following, MemoryBackend):
         self._retired_dirty = False
         self._epoch = self._durable = 0
         self._flushing: asyncio.Future[None] | None = None
+        self._recovering: asyncio.Future[None] | None = None
         # What the next flush will write, against the largest write the storage takes
         # at once: a subclass over etcd sets limits, and writes then wait for ``room``.
         self._budget = FlushBudget()
@@ -126,10 +127,19 @@ class DurableBackend(Following, MemoryBackend):
         self._install(self._read(starting=True))
 
     def _read(self, *, starting: bool = False) -> Loaded:
+        return self._load(self._rows(), starting=starting)
+
+    async def _read_back(self) -> Loaded:
+        """The stored state, read while serving (a reset): a subclass whose storage is
+        across a network awaits it, so the loop serves on meanwhile."""
+        return self._read()
+
+    def _load(self, rows: Iterable[tuple[bytes, bytes]], *, starting: bool = False,
+              ) -> Loaded:
         # At start every client gets a fresh heartbeat window (the time the server was
         # down does not count); a re-read while serving keeps their stored heartbeats.
         try:
-            return load(self._rows(), self._clock() if starting else None)
+            return load(rows, self._clock() if starting else None)
         except CorruptRow as exc:
             raise StorageError(
                 f"{self.where} holds a row this server cannot read "
@@ -352,7 +362,7 @@ class DurableBackend(Following, MemoryBackend):
         if revision > self._revision:
             raise ValueError(f"revision {revision} is not committed (newest {self._revision})")
         if self._broken:
-            self._recover()
+            await self._recover()
         target, resets = self._epoch, self._resets
         while self._durable < target:
             flushing = self._flushing
@@ -388,7 +398,8 @@ class DurableBackend(Following, MemoryBackend):
                 await self._store(batch)
             except RevisionConflict as exc:
                 try:
-                    self._reset(conflicted=True, loaded=await self._read_after_conflict())
+                    await self._reset_read(conflicted=True,
+                                           loaded=await self._read_after_conflict())
                 except StorageError:
                     self._refusal = f"{self.where} cannot be read back after a conflict"
                     raise StorageError(self._refusal) from exc
@@ -398,10 +409,10 @@ class DurableBackend(Following, MemoryBackend):
                 # it, but the storage is fine, so other writes go on at once.
                 self._refusal = str(exc)
                 with contextlib.suppress(StorageError):  # unreadable: broken, as below
-                    self._reset(conflicted=False)
+                    await self._reset_read(conflicted=False)
                 raise
             except self.storage_errors as exc:
-                self._refuse(exc)
+                await self._refuse(exc)
             self._durable = max(self._durable, epoch)
             self._stored_revision = max(self._stored_revision, revision)
             self._refusing_until = 0.0
@@ -433,7 +444,7 @@ class DurableBackend(Following, MemoryBackend):
         return self._image.batch(self._sessions, dirty, gone, self._revision, self._next,
                                  retired)
 
-    def _refuse(self, exc: BaseException) -> None:
+    async def _refuse(self, exc: BaseException) -> None:
         # The storage did not take the flush (or did not say): every change since the
         # last good one is undone (the live state is the stored one again, which holds
         # the flush if it was taken after all), and writes are refused for a moment.
@@ -441,34 +452,52 @@ class DurableBackend(Following, MemoryBackend):
         log.error("storage_refused", where=self.where, error=str(exc))
         self._refusing_until = time.monotonic() + RETRY_AFTER
         with contextlib.suppress(StorageError):  # unreadable too: broken, said below
-            self._reset(conflicted=False)
+            await self._reset_read(conflicted=False)
         raise StorageError(self._refusal) from exc
 
-    def _recover(self) -> None:
+    async def _recover(self) -> None:
         # The live state holds changes the storage never took, and reading it back failed
         # too: nothing may be shown until it can be read (every answer syncs first).
+        # Callers meanwhile share the one read-back.
         if self._closed:
             raise StorageError(f"{self.where} is closed: nothing more is stored")
+        recovering = self._recovering
+        if recovering is None:
+            recovering = self._recovering = asyncio.ensure_future(
+                self._reset_read(conflicted=False))
+            recovering.add_done_callback(self._recovered)
         try:
-            self._reset(conflicted=False)
+            await asyncio.shield(recovering)
         except StorageError:
             raise StorageError(self._refusal) from None
         raise StorageError(self._refusal)  # this caller's change, if any, was undone
 
-    def _reset(self, *, conflicted: bool, loaded: Loaded | None = None) -> None:
-        # Every change since the last durable one is undone. After a refusal the server
-        # ends every stream (its queue may hold undone commits; clients resume from what
-        # the storage holds); after a conflict the ``on_undo`` hooks drop the undone
-        # commits from the queues first, then the watchers hear the stored ones. Storage
-        # that cannot be read leaves the backend broken (``pending``) until a sync reads it.
-        self._conflicted = conflicted
-        self._behind = False
+    def _recovered(self, recovering: asyncio.Future[None]) -> None:
+        self._recovering = None
+        _retrieve(recovering)
+        if not self._broken:
+            self._after_flush()  # what the watch brought while the state was unreadable
+
+    async def _reset_read(self, *, conflicted: bool, loaded: Loaded | None = None) -> None:
+        # ``_reset`` with the storage read back through ``_read_back`` (without blocking
+        # the loop, where the subclass can); unreadable: broken (``pending``) until a sync
+        # reads it.
         if loaded is None:
             try:
-                loaded = self._read()
+                loaded = await self._read_back()
             except StorageError:
                 self._broken = True
                 raise
+        self._reset(conflicted=conflicted, loaded=loaded)
+
+    def _reset(self, *, conflicted: bool, loaded: Loaded) -> None:
+        # Every change since the last durable one is undone: the live state is ``loaded``,
+        # what the storage holds. After a refusal the server ends every stream (its queue
+        # may hold undone commits; clients resume from what the storage holds); after a
+        # conflict the ``on_undo`` hooks drop the undone commits from the queues first,
+        # then the watchers hear the stored ones.
+        self._conflicted = conflicted
+        self._behind = False
         self._broken = False
         self._resets += 1
         if conflicted:
