@@ -4,6 +4,7 @@ writes arriving together are all kept instead of all refused together."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,9 +14,11 @@ import pytest
 import trio
 
 import dspex_rx
+from dspex_rx.errors import ResourceExhaustedError
 from dspex_rx.etcd import EtcdBackend
 from dspex_rx.server import EmbeddedServer
-from dspex_rx.store import MemoryStore
+from dspex_rx.store import MemoryStore, VariableSpec
+from dspex_rx.store.backend import RevisionConflict
 
 
 @contextmanager
@@ -107,3 +110,55 @@ def stored_values(endpoint: str, prefix: str, session_id: str) -> dict[str, Any]
         return {r.name: r.value for r in again.session(session_id).variables.values()}
     finally:
         again.close()
+
+
+# Guards a bug: a write made while a too-large one was undone (its read-back awaited)
+# went with it and was answered with that write's ResourceExhaustedError, which is not
+# retried: a one-variable set refused as too large.
+def test_a_write_made_while_a_too_large_one_is_undone_is_run_again_not_refused(
+    etcd_endpoint: str,
+) -> None:
+    backend = EtcdBackend([etcd_endpoint], prefix=f"wide-{uuid.uuid4().hex}/")
+    store = MemoryStore(backend=backend)
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("kept", "integer", 1)], actor="a")
+    asyncio.run(store.sync(store.revision))
+    reading = asyncio.Event()
+    read_back = backend._read_back
+
+    async def signalled() -> Any:
+        reading.set()
+        return await read_back()
+
+    backend._read_back = signalled  # type: ignore[method-assign]
+
+    async def wide() -> BaseException | None:
+        store.register("s", [VariableSpec(f"v{i}", "integer", i) for i in range(64)],
+                       actor="a")  # 131 row operations, above etcd's default 128
+        try:
+            await store.sync(store.revision)
+        except ResourceExhaustedError as exc:
+            return exc
+        return None
+
+    async def small() -> BaseException | None:
+        await reading.wait()  # the wide write was refused; its read-back is awaited
+        store.set("s", "kept", 2, actor="b")
+        try:
+            await store.sync(store.revision)
+        except RevisionConflict as exc:
+            return exc
+        return None
+
+    async def run() -> list[BaseException | None]:
+        return await asyncio.gather(wide(), small())
+
+    try:
+        refused, rerun = asyncio.run(run())
+        assert isinstance(refused, ResourceExhaustedError)
+        assert isinstance(rerun, RevisionConflict)  # the server runs such a call again
+        store.set("s", "kept", 2, actor="b")
+        asyncio.run(store.sync(store.revision))
+        assert store.get("s", "kept").value == 2
+    finally:
+        store.close()

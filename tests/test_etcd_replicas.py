@@ -832,7 +832,7 @@ def test_a_replica_behind_whose_reads_fail_tries_one_full_read_per_pause(
         # The pause over (its timer comes early): the replica reads the store and catches up.
         assert follower._catch_up_timer is not None
         follower._catch_up_at = 0.0
-        follower._catch_up_timer.cancel()
+        follower._catch_up_timer[1].cancel()
         follower._catch_up_timed()
         assert follower_store.get("s", "t").value == 4 and not follower._behind
 
@@ -874,6 +874,143 @@ def test_a_write_whose_applying_failed_half_way_is_told_by_the_full_read_after_i
         assert failed
         assert dump(follower) == dump(writer._backend)
         assert [c.events[0].record.value for c in heard if c] == [1, 2]
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
+# Guards a bug: a full read that failed at load (a row it cannot read) still moved the
+# replica's head to the snapshot's, so its next flush, built on its stale state, passed
+# etcd's compare: a CAS on an old version was acknowledged over another's write.
+def test_a_catch_up_that_fails_to_load_keeps_the_head_so_a_stale_write_conflicts(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    bad = prefix.encode() + b"zz\x00x"  # a row this server cannot read
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        monkeypatch.setattr(follow, "CATCH_UP_RETRY", 0.0)  # every write reads again
+        put = follower._kv.Put(etcd_rpc.PutRequest(key=bad, value=b"?"))
+        await eventually(lambda: follower._delivered >= put.header.revision, "seen")
+        assert follower._behind
+        writer.set("s", "t", 1, actor="w", expected_version=1)
+        await writer.sync(writer.revision)
+        head = writer._backend._head  # type: ignore[attr-defined]
+        await eventually(lambda: follower._delivered >= head, "the write seen")
+        assert follower._behind and follower_store.get("s", "t").value == 0
+        follower_store.set("s", "t", 10, actor="f", expected_version=1)
+        with pytest.raises((StorageError, RevisionConflict)):
+            await follower_store.sync(follower_store.revision)
+        follower._kv.DeleteRange(etcd_rpc.DeleteRangeRequest(key=bad))
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+    again = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    assert (again.get("s", "t").value, again.get("s", "t").version) == (1, 2)
+    again.close()
+
+
+# Guards a bug: a full read that failed with no write after it (the last write's apply
+# failed, then its read) armed no retry: the replica stayed behind until another write.
+def test_a_replica_behind_reads_again_after_the_pause_though_no_write_comes(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    real_rows = follower._rows
+    failed: list[str] = []
+
+    def unreadable_once() -> Any:
+        if "read" not in failed:
+            failed.append("read")
+            raise StorageError("etcd did not answer")
+        return real_rows()
+
+    def hook_failing_once(replicated: Any) -> None:
+        if "hook" not in failed:
+            failed.append("hook")
+            raise RuntimeError("a bug in a hook")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        heard: list[Commit | None] = []
+        follower_store.add_listener("s", heard.append)
+        monkeypatch.setattr(follow, "CATCH_UP_RETRY", 0.01)
+        monkeypatch.setattr(follower, "_rows", unreadable_once)
+        follower.on_replicated(hook_failing_once)
+        writer.set("s", "t", 1, actor="w")  # the last write: applying it and the read fail
+        await writer.sync(writer.revision)
+        await eventually(lambda: failed == ["hook", "read"], "both failed")
+        await eventually(lambda: not follower._behind, "read again, no other write coming")
+        assert [c.events[0].record.value for c in heard if c] == [1]
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
+# Guards a bug: after a write's applying failed half-way, a local commit made before a
+# full read succeeded took a revision past that write's, and the conflict that undid it
+# told watchers only the commits above that: the other replica's write was never told.
+def test_a_half_applied_write_is_told_though_a_local_commit_came_before_the_full_read(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    real_rows = follower._rows
+    failed: list[str] = []
+
+    def unreadable_once() -> Any:
+        if "read" not in failed:
+            failed.append("read")
+            raise StorageError("etcd did not answer")
+        return real_rows()
+
+    def hook_failing_once(replicated: Any) -> None:
+        if "hook" not in failed:
+            failed.append("hook")
+            raise RuntimeError("a bug in a hook")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0),
+                              VariableSpec("u", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        heard: list[Commit | None] = []
+        follower_store.add_listener("s", heard.append)
+        monkeypatch.setattr(follower, "_rows", unreadable_once)
+        follower.on_replicated(hook_failing_once)
+        writer.set("s", "t", 1, actor="w")
+        await writer.sync(writer.revision)
+        written = writer.revision
+        await eventually(lambda: failed == ["hook", "read"], "both failed")
+        follower_store.set("s", "u", 5, actor="f")
+        with pytest.raises(RevisionConflict):
+            await follower_store.sync(follower_store.revision)
+        assert written in [c.revision for c in heard if c]
 
     try:
         asyncio.run(run())

@@ -142,6 +142,8 @@ class EtcdBackend(DurableBackend):
         self._own_lock = threading.Lock()
         # Writes the watch saw while a flush was in flight, told apart after it.
         self._queued: list[tuple[int, list[tuple[bool, bytes, bytes]] | None]] = []
+        # The pages the last blocking read took (``_read`` adopts them once loaded).
+        self._read_pages: PagedRead | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
         try:
@@ -173,7 +175,17 @@ class EtcdBackend(DurableBackend):
                     continue
                 raise self._unreadable(exc) from exc
             if pages.took(reply):
-                return self._snapshot(pages)
+                self._read_pages = pages
+                return iter(pages.rows)
+
+    def _read(self, *, starting: bool = False) -> Loaded:
+        try:
+            loaded = super()._read(starting=starting)
+        finally:
+            pages, self._read_pages = self._read_pages, None
+        if pages is not None:  # (None: rows from elsewhere, a test's stand-in)
+            self._took(pages)
+        return loaded
 
     async def _read_back(self) -> Loaded:
         # The same read awaited through grpc.aio: with etcd slow or without a quorum, a
@@ -187,7 +199,9 @@ class EtcdBackend(DurableBackend):
                     continue
                 raise self._unreadable(exc) from exc
             if pages.took(reply):
-                return self._load(self._snapshot(pages))
+                loaded = self._load(iter(pages.rows))
+                self._took(pages)
+                return loaded
 
     def _pages(self) -> PagedRead:
         return PagedRead(self.prefix, self._end, self.prefix + self._head_key, PAGE_KEYS)
@@ -195,13 +209,13 @@ class EtcdBackend(DurableBackend):
     def _unreadable(self, exc: grpc.RpcError) -> StorageError:
         return StorageError(f"cannot read {self.where}: {_why(exc)}{self.refusal_hint}")
 
-    def _snapshot(self, pages: PagedRead) -> Iterator[tuple[bytes, bytes]]:
-        # The live state is about to be this snapshot: the revision it reflects, and the
-        # head the next flush builds on.
+    def _took(self, pages: PagedRead) -> None:
+        # Only once its rows loaded, as the live state is about to be them: the revision
+        # it reflects, and the head the next flush builds on. A read that could not be
+        # loaded leaves the old head, or a flush built on the old state would pass.
         self._seen = pages.revision
         self._head = pages.head_revision
         self._head_moved()
-        return iter(pages.rows)
 
     async def _read_after_conflict(self) -> Loaded | None:
         # Another replica wrote first: back to the rows as of the head this replica built
@@ -212,10 +226,6 @@ class EtcdBackend(DurableBackend):
         # trip at every lost race, the watch bringing the winner's write included.
         if not self._head or self._watcher is None:
             return None  # (no rows yet: etcd's revision 0 would mean "now")
-        if self._behind:
-            # It missed others' writes (a catch-up failed): the live objects lack them,
-            # and the watch will not bring them again. Only a full read has them.
-            return None
         try:
             return await revert(self._sessions, self._image, self._read_at_head)
         except (grpc.RpcError, CorruptRow) as exc:

@@ -374,6 +374,13 @@ class DurableBackend(Following, MemoryBackend):
             except RevisionConflict:
                 await self._settle_conflict()
                 raise
+            except ResourceExhaustedError as exc:
+                if getattr(exc, "batch_epoch", target) < target:
+                    # Another call's write was too large; this one, made while that was
+                    # undone (its read-back is awaited), went with it: run it again.
+                    raise RevisionConflict(f"a write too large for {self.where} was undone "
+                                           "with this call's; it is run again") from exc
+                raise
             if self._resets != resets:
                 error = self._reset_error()
                 if isinstance(error, RevisionConflict):
@@ -398,8 +405,7 @@ class DurableBackend(Following, MemoryBackend):
                 await self._store(batch)
             except RevisionConflict as exc:
                 try:
-                    await self._reset_read(conflicted=True,
-                                           loaded=await self._read_after_conflict())
+                    await self._reset_read(conflicted=True, partial=True)
                 except StorageError:
                     self._refusal = f"{self.where} cannot be read back after a conflict"
                     raise StorageError(self._refusal) from exc
@@ -408,6 +414,7 @@ class DurableBackend(Following, MemoryBackend):
                 # The storage would not take a write this large (nothing was sent): undo
                 # it, but the storage is fine, so other writes go on at once.
                 self._refusal = str(exc)
+                exc.batch_epoch = epoch  # type: ignore[attr-defined]  # (sync: whose it was)
                 with contextlib.suppress(StorageError):  # unreadable: broken, as below
                     await self._reset_read(conflicted=False)
                 raise
@@ -478,16 +485,21 @@ class DurableBackend(Following, MemoryBackend):
         if not self._broken:
             self._after_flush()  # what the watch brought while the state was unreadable
 
-    async def _reset_read(self, *, conflicted: bool, loaded: Loaded | None = None) -> None:
+    async def _reset_read(self, *, conflicted: bool, partial: bool = False) -> None:
         # ``_reset`` with the storage read back through ``_read_back`` (without blocking
-        # the loop, where the subclass can); unreadable: broken (``pending``) until a sync
-        # reads it.
-        if loaded is None:
-            try:
+        # the loop, where the subclass can; ``partial``: what the live objects cannot give
+        # first); unreadable: broken (``pending``) until a sync reads it. Not behind once
+        # read, unless marked so while the read was awaited (it may not cover that).
+        behind, self._behind = self._behind, False
+        try:
+            # Behind (a catch-up failed), the live objects lack others' writes that the
+            # watch will not bring again: only a full read has them.
+            loaded = await self._read_after_conflict() if partial and not behind else None
+            if loaded is None:
                 loaded = await self._read_back()
-            except StorageError:
-                self._broken = True
-                raise
+        except StorageError:
+            self._broken = True
+            raise
         self._reset(conflicted=conflicted, loaded=loaded)
 
     def _reset(self, *, conflicted: bool, loaded: Loaded) -> None:
@@ -497,7 +509,6 @@ class DurableBackend(Following, MemoryBackend):
         # conflict the ``on_undo`` hooks drop the undone commits from the queues first,
         # then the watchers hear the stored ones.
         self._conflicted = conflicted
-        self._behind = False
         self._broken = False
         self._resets += 1
         if conflicted:

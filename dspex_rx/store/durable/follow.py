@@ -57,7 +57,7 @@ class Following:
     # When the next full read may be tried after one failed (monotonic seconds), and the
     # timer that tries it then.
     _catch_up_at = 0.0
-    _catch_up_timer: asyncio.TimerHandle | None = None
+    _catch_up_timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
 
     def on_replicated(self, hook: Callable[[Replicated], None]) -> None:
         """Call ``hook(replicated)`` after another writer's rows were applied in place.
@@ -88,35 +88,51 @@ class Following:
             self._catch_up_soon()
             return
         out = Replayed()
+        revisions = self._revision, self._stored_revision
         try:
             self._apply_rows(changes, out)
         except CorruptRow as exc:
             log.warning("replay_failed", where=self.where, error=repr(exc))
-            self._untold(out)
+            self._untold(out, revisions)
             self._behind = True
             self.catch_up()
         except BaseException:
-            self._untold(out)
+            self._untold(out, revisions)
             raise
 
     def _catch_up_soon(self) -> None:
-        # At once, or once the pause after a failed full read is over (a timer, so a
-        # replica behind catches up even if no other write comes).
-        wait = self._catch_up_at - time.monotonic()
-        if wait <= 0:
+        # At once, or once the pause after a failed full read is over.
+        if time.monotonic() >= self._catch_up_at:
             self.catch_up()
-        elif self._catch_up_timer is None:
-            self._catch_up_timer = asyncio.get_running_loop().call_later(
-                wait, self._catch_up_timed)
+        else:
+            self._arm_catch_up()
+
+    def _arm_catch_up(self) -> None:
+        # A timer for the end of the pause, so a replica behind catches up even if no
+        # other write comes; on the loop this runs on (outside one, the next flush or
+        # write reads), made again if an earlier one is on another loop.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        timer = self._catch_up_timer
+        if timer is not None and timer[0] is loop:
+            return
+        if timer is not None:
+            timer[1].cancel()
+        wait = max(0.0, self._catch_up_at - time.monotonic())
+        self._catch_up_timer = (loop, loop.call_later(wait, self._catch_up_timed))
 
     def _catch_up_timed(self) -> None:
         self._catch_up_timer = None
         if self._behind:
             self._catch_up_soon()
 
-    def _untold(self, out: Replayed) -> None:
+    def _untold(self, out: Replayed, revisions: tuple[int, int]) -> None:
         # Applying failed half-way: the full read that follows tells each session's
-        # watchers the commits above what they heard, not above what the replay reached.
+        # watchers the commits above what they heard, not above what the replay reached;
+        # and a commit made here before it takes a revision above the stored one only.
+        self._revision, self._stored_revision = revisions
         for sid, revision in out.told.items():
             session = self._sessions.get(sid)
             if session is not None:
@@ -167,6 +183,7 @@ class Following:
             # Tried again with the next flush, or a write seen after a pause.
             self._behind = True
             self._catch_up_at = time.monotonic() + CATCH_UP_RETRY
+            self._arm_catch_up()
             log.warning("catch_up_failed", where=self.where, error=str(exc))
             return
         self._behind = False
