@@ -162,3 +162,30 @@ def test_a_write_made_while_a_too_large_one_is_undone_is_run_again_not_refused(
         assert store.get("s", "kept").value == 2
     finally:
         store.close()
+
+
+# Guards a bug: a call waiting in room() for the flush ahead of it got that flush's
+# ResourceExhaustedError (another call's write too large), though it wrote nothing.
+def test_a_write_waiting_for_room_is_not_refused_with_anothers_too_large_write(
+    etcd_endpoint: str,
+) -> None:
+    store = MemoryStore(backend=EtcdBackend([etcd_endpoint],
+                                            prefix=f"room-{uuid.uuid4().hex}/"))
+    store.initialize_session("s")
+    store.register("s", [VariableSpec("kept", "integer", 1)], actor="a")
+    asyncio.run(store.sync(store.revision))
+
+    async def run() -> list[BaseException | None]:
+        # As the server orders them: the wide call committed and syncs; a small one,
+        # arrived meanwhile, waits for room before its handler runs.
+        store.register("s", [VariableSpec(f"v{i}", "integer", i) for i in range(64)],
+                       actor="a")
+        return await asyncio.gather(store.sync(store.revision), store.room(64),
+                                    return_exceptions=True)
+
+    try:
+        refused, room = asyncio.run(run())
+        assert isinstance(refused, ResourceExhaustedError)
+        assert room is None
+    finally:
+        store.close()

@@ -1019,6 +1019,87 @@ def test_a_half_applied_write_is_told_though_a_local_commit_came_before_the_full
         follower.close()
 
 
+# Guards a bug: the catch-up timer re-armed after each failed try, so an idle replica
+# whose etcd was slow made a blocking full read every pause for as long as it lasted.
+def test_an_idle_replica_behind_tries_one_timed_full_read_per_failure(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    reads: list[int] = []
+
+    def unreadable() -> Any:
+        reads.append(1)
+        raise StorageError("etcd did not answer")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        monkeypatch.setattr(follow, "CATCH_UP_RETRY", 0.01)
+        monkeypatch.setattr(follower, "_rows", unreadable)
+        follower.catch_up()  # fails: behind, a timed try armed
+        assert follower._catch_up_timer is not None
+        await eventually(lambda: len(reads) == 2, "the timed try")
+        assert follower._behind and follower._catch_up_timer is None  # no more
+
+    try:
+        asyncio.run(run())
+    finally:
+        follower.close()
+
+
+# Guards a bug: a write the watch queued during a flush whose applying then failed
+# (a bug in a hook) failed that flush's waiters with the hook's error, and left the
+# replica unaware it lacked the write.
+def test_a_queued_write_whose_applying_fails_is_read_back_and_fails_no_flush(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    real_store = follower._store
+    failed: list[str] = []
+
+    def hook_failing_once(replicated: Any) -> None:
+        if "hook" not in failed:
+            failed.append("hook")
+            raise RuntimeError("a bug in a hook")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0),
+                              VariableSpec("u", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+
+        async def store_then_another_write(ops: Any) -> None:
+            await real_store(ops)
+            if "write" not in failed:  # the other replica writes while this flush ends
+                failed.append("write")
+                for _ in range(5):  # (it lost to the flush just made: as the server does)
+                    writer.set("s", "t", 1, actor="w")
+                    with contextlib.suppress(RevisionConflict):
+                        await writer.sync(writer.revision)
+                        break
+                head = writer._backend._head  # type: ignore[attr-defined]
+                await eventually(lambda: follower._delivered >= head, "queued")
+
+        follower._store = store_then_another_write  # type: ignore[method-assign]
+        follower.on_replicated(hook_failing_once)
+        follower_store.set("s", "u", 5, actor="f")
+        await follower_store.sync(follower_store.revision)
+        assert failed == ["write", "hook"]
+        assert follower_store.get("s", "t").value == 1 and not follower._behind
+        follower_store.set("s", "u", 6, actor="f")
+        revisions = [c.revision for c in follower._sessions["s"].log]
+        assert len(revisions) == len(set(revisions))
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
 def test_an_optimizer_stopped_on_another_replica_is_fenced_on_its_own(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:

@@ -347,8 +347,10 @@ class DurableBackend(Following, MemoryBackend):
         while not budget.empty and not budget.fits(nbytes):
             try:
                 await self.sync(self._revision)
-            except (StorageError, RevisionConflict):
-                return  # the write meets the same refusal, or runs on the state reloaded
+            except (StorageError, RevisionConflict, ResourceExhaustedError):
+                # The write meets the same refusal, or runs on the state reloaded (another
+                # call's write was too large: not this one's refusal).
+                return
             if not self.pending:
                 budget.clear()
 

@@ -13,7 +13,7 @@ from dspex_rx.core.identity import RetiredIds
 from dspex_rx.errors import StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.store.durable.image import Image
-from dspex_rx.store.durable.load import CorruptRow, Loaded
+from dspex_rx.store.durable.load import Loaded
 from dspex_rx.store.durable.replay import Replayed, merge_retired, replay
 from dspex_rx.store.memory.backend import _tell
 from dspex_rx.store.state import Replicated, Session
@@ -58,6 +58,7 @@ class Following:
     # timer that tries it then.
     _catch_up_at = 0.0
     _catch_up_timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+    _timed = False  # a catch-up the timer made is under way
 
     def on_replicated(self, hook: Callable[[Replicated], None]) -> None:
         """Call ``hook(replicated)`` after another writer's rows were applied in place.
@@ -88,16 +89,20 @@ class Following:
             self._catch_up_soon()
             return
         out = Replayed()
-        revisions = self._revision, self._stored_revision
+        stored = self._stored_revision
         try:
             self._apply_rows(changes, out)
-        except CorruptRow as exc:
+        except Exception as exc:
+            # A row it cannot read (CorruptRow), or a bug in a hook: only a full read is
+            # sure to hold that write, whatever path brought it (the watch, or what it
+            # queued during a flush, which must not fail with it).
             log.warning("replay_failed", where=self.where, error=repr(exc))
-            self._untold(out, revisions)
+            self._untold(out, stored)
             self._behind = True
             self.catch_up()
         except BaseException:
-            self._untold(out, revisions)
+            self._untold(out, stored)
+            self._behind = True
             raise
 
     def _catch_up_soon(self) -> None:
@@ -124,15 +129,26 @@ class Following:
         self._catch_up_timer = (loop, loop.call_later(wait, self._catch_up_timed))
 
     def _catch_up_timed(self) -> None:
+        # One try per pause: its failure arms no further timer (each try is a blocking
+        # read, which an idle replica would make every pause for as long as the storage
+        # fails); the next write seen or flush tries again.
         self._catch_up_timer = None
-        if self._behind:
-            self._catch_up_soon()
+        if self._behind and time.monotonic() >= self._catch_up_at:
+            self._timed = True
+            try:
+                self.catch_up()
+            finally:
+                self._timed = False
+        elif self._behind:
+            self._arm_catch_up()
 
-    def _untold(self, out: Replayed, revisions: tuple[int, int]) -> None:
+    def _untold(self, out: Replayed, stored: int) -> None:
         # Applying failed half-way: the full read that follows tells each session's
         # watchers the commits above what they heard, not above what the replay reached;
-        # and a commit made here before it takes a revision above the stored one only.
-        self._revision, self._stored_revision = revisions
+        # and should a local commit lose a race before that read, its read-back tells
+        # them what is stored above the revision before this write (``_revision`` stays:
+        # a local commit takes the next one, never this write's).
+        self._stored_revision = stored
         for sid, revision in out.told.items():
             session = self._sessions.get(sid)
             if session is not None:
@@ -183,7 +199,8 @@ class Following:
             # Tried again with the next flush, or a write seen after a pause.
             self._behind = True
             self._catch_up_at = time.monotonic() + CATCH_UP_RETRY
-            self._arm_catch_up()
+            if not self._timed:
+                self._arm_catch_up()
             log.warning("catch_up_failed", where=self.where, error=str(exc))
             return
         self._behind = False
