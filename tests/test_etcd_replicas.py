@@ -1007,6 +1007,8 @@ def test_a_half_applied_write_is_told_though_a_local_commit_came_before_the_full
         await writer.sync(writer.revision)
         written = writer.revision
         await eventually(lambda: failed == ["hook", "read"], "both failed")
+        # Not shown as reached (a pong, a stream's progress) while its watchers lack it.
+        assert follower_store.revision < written
         follower_store.set("s", "u", 5, actor="f")
         with pytest.raises(RevisionConflict):
             await follower_store.sync(follower_store.revision)
@@ -1019,26 +1021,31 @@ def test_a_half_applied_write_is_told_though_a_local_commit_came_before_the_full
         follower.close()
 
 
-# Guards a bug: the catch-up timer re-armed after each failed try, so an idle replica
-# whose etcd was slow made a blocking full read every pause for as long as it lasted.
-def test_an_idle_replica_behind_tries_one_timed_full_read_per_failure(
+# Guards two bugs: an idle replica behind whose timed full read failed either tried
+# again every pause for as long as etcd was slow (each try a blocking read), or, not
+# trying again, stayed behind for good. The pause doubles at each failure instead.
+def test_an_idle_replica_behind_tries_again_after_doubling_pauses_until_it_catches_up(
     etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     follower = EtcdBackend([etcd_endpoint], prefix=prefix)
-    reads: list[int] = []
+    rows = follower._rows
+    pauses: list[float] = []
 
-    def unreadable() -> Any:
-        reads.append(1)
-        raise StorageError("etcd did not answer")
+    def unreadable_three_times() -> Any:
+        if len(pauses) < 3:
+            pauses.append(follower._catch_up_pause)
+            raise StorageError("etcd did not answer")
+        return rows()
 
     async def run() -> None:
         follower.bind_loop(asyncio.get_running_loop())
         monkeypatch.setattr(follow, "CATCH_UP_RETRY", 0.01)
-        monkeypatch.setattr(follower, "_rows", unreadable)
+        monkeypatch.setattr(follower, "_rows", unreadable_three_times)
         follower.catch_up()  # fails: behind, a timed try armed
         assert follower._catch_up_timer is not None
-        await eventually(lambda: len(reads) == 2, "the timed try")
-        assert follower._behind and follower._catch_up_timer is None  # no more
+        await eventually(lambda: not follower._behind, "caught up, no write coming")
+        assert pauses == [0.0, 0.02, 0.04]  # (0: the first, CATCH_UP_RETRY)
+        assert follower._catch_up_pause == 0.0  # and from the start after a success
 
     try:
         asyncio.run(run())

@@ -21,9 +21,12 @@ from dspex_rx.store.state import Replicated, Session
 log = get_logger("dspex_rx.store")
 
 # After a full read failed (an unreadable row, storage unreachable), the next one waits
-# this long: each costs a read of the whole store, and a replica behind would otherwise
-# try one at every write its watch brings.
+# this long, doubled at each failure up to CATCH_UP_MAX: each is a read of the whole
+# store that blocks the loop (up to the storage's call timeout when it is slow), and a
+# replica behind would otherwise make one at every write its watch brings, or, idle,
+# every pause; never giving up, an idle replica left behind catches up once it can.
 CATCH_UP_RETRY = 1.0
+CATCH_UP_MAX = 60.0
 
 
 class Following:
@@ -58,7 +61,7 @@ class Following:
     # timer that tries it then.
     _catch_up_at = 0.0
     _catch_up_timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
-    _timed = False  # a catch-up the timer made is under way
+    _catch_up_pause = 0.0  # the pause after the next failure (0: CATCH_UP_RETRY)
 
     def on_replicated(self, hook: Callable[[Replicated], None]) -> None:
         """Call ``hook(replicated)`` after another writer's rows were applied in place.
@@ -89,7 +92,7 @@ class Following:
             self._catch_up_soon()
             return
         out = Replayed()
-        stored = self._stored_revision
+        revisions = self._revision, self._stored_revision
         try:
             self._apply_rows(changes, out)
         except Exception as exc:
@@ -97,11 +100,11 @@ class Following:
             # sure to hold that write, whatever path brought it (the watch, or what it
             # queued during a flush, which must not fail with it).
             log.warning("replay_failed", where=self.where, error=repr(exc))
-            self._untold(out, stored)
+            self._untold(out, revisions)
             self._behind = True
             self.catch_up()
         except BaseException:
-            self._untold(out, stored)
+            self._untold(out, revisions)
             self._behind = True
             raise
 
@@ -129,26 +132,19 @@ class Following:
         self._catch_up_timer = (loop, loop.call_later(wait, self._catch_up_timed))
 
     def _catch_up_timed(self) -> None:
-        # One try per pause: its failure arms no further timer (each try is a blocking
-        # read, which an idle replica would make every pause for as long as the storage
-        # fails); the next write seen or flush tries again.
         self._catch_up_timer = None
-        if self._behind and time.monotonic() >= self._catch_up_at:
-            self._timed = True
-            try:
-                self.catch_up()
-            finally:
-                self._timed = False
-        elif self._behind:
-            self._arm_catch_up()
+        if self._behind:
+            self._catch_up_soon()
 
-    def _untold(self, out: Replayed, stored: int) -> None:
+    def _untold(self, out: Replayed, revisions: tuple[int, int]) -> None:
         # Applying failed half-way: the full read that follows tells each session's
         # watchers the commits above what they heard, not above what the replay reached;
-        # and should a local commit lose a race before that read, its read-back tells
-        # them what is stored above the revision before this write (``_revision`` stays:
-        # a local commit takes the next one, never this write's).
-        self._stored_revision = stored
+        # the store's revisions go back too, so none is shown (a pong, a stream's
+        # progress) as reached that its watchers were not told, and a local commit that
+        # loses a race before that read is read back to tell them what is stored above.
+        # (A local commit meanwhile may take this write's revision: its flush conflicts,
+        # as the head did not move, and the full read-back replaces it unseen.)
+        self._revision, self._stored_revision = revisions
         for sid, revision in out.told.items():
             session = self._sessions.get(sid)
             if session is not None:
@@ -196,14 +192,16 @@ class Following:
         try:
             loaded = self._read()
         except StorageError as exc:
-            # Tried again with the next flush, or a write seen after a pause.
+            # Tried again at the next flush, or once the pause is over (a timer).
             self._behind = True
-            self._catch_up_at = time.monotonic() + CATCH_UP_RETRY
-            if not self._timed:
-                self._arm_catch_up()
+            pause = self._catch_up_pause or CATCH_UP_RETRY
+            self._catch_up_at = time.monotonic() + pause
+            self._catch_up_pause = min(2 * pause, CATCH_UP_MAX)
+            self._arm_catch_up()
             log.warning("catch_up_failed", where=self.where, error=str(exc))
             return
         self._behind = False
+        self._catch_up_pause = 0.0
         self._install(loaded, carry=True)
         for hook in self._reload_hooks:
             hook()
