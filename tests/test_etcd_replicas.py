@@ -1107,6 +1107,180 @@ def test_a_queued_write_whose_applying_fails_is_read_back_and_fails_no_flush(
         follower.close()
 
 
+# Guards a bug: the writes the watch queued while a broken replica read etcd back were
+# replayed one loop turn after the reset, so a newer write the watch brought in that turn
+# was applied first and the queued one skipped for good (never applied, never told).
+def test_a_write_queued_during_a_recovery_is_not_skipped_for_a_newer_one(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        follower.bind_loop(loop)
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0),
+                              VariableSpec("u", "integer", 0)], actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        x_revisions: list[int] = []
+
+        # etcd refuses one of the follower's writes and its read-back: broken.
+        real_store, real_read_back, real_post = (
+            follower._store, follower._read_back, follower._post)
+
+        async def refused(ops: Any) -> None:
+            raise StorageError("etcd did not take it")
+
+        async def unreadable() -> Any:
+            raise StorageError("cannot read etcd")
+
+        follower._store = refused  # type: ignore[method-assign]
+        follower._read_back = unreadable  # type: ignore[method-assign]
+        follower_store.set("s", "t", 99, actor="f")
+        with contextlib.suppress(StorageError):
+            await follower_store.sync(follower_store.revision)
+        assert follower._broken
+        follower._store = real_store  # type: ignore[method-assign]
+
+        async def read_back_as_others_write() -> Any:
+            loaded = await real_read_back()  # the snapshot, before X
+            # X: the other replica's write, brought by the watch while the read-back is
+            # awaited (queued: the replica is broken, so pending).
+            writer.set("s", "u", 10, actor="w")
+            await writer.sync(writer.revision)
+            x = writer._backend._head  # type: ignore[attr-defined]
+            x_revisions.append(writer.revision)
+            await eventually(lambda: any(r >= x for r, _ in follower._queued), "X queued")
+            # Y: the next one, which the watch task hands over in the loop turn in which
+            # this read-back ends (its reply was ready in the same turn).
+            held: list[Any] = []
+            follower._post = lambda *a: held.append(a)  # type: ignore[method-assign]
+            writer.set("s", "t", 11, actor="w")
+            await writer.sync(writer.revision)
+            await eventually(lambda: bool(held), "Y brought")
+            follower._post = real_post  # type: ignore[method-assign]
+            loop.call_soon(lambda: [real_post(*a) for a in held])
+            return loaded
+
+        follower._read_back = read_back_as_others_write  # type: ignore[method-assign]
+        with contextlib.suppress(StorageError):
+            await follower_store.sync(follower_store.revision)  # shares the recovery
+        await eventually(lambda: follower_store.get("s", "t").value == 11, "Y applied")
+        # More writes of the other replica come, as usual; none touches u.
+        writer.set("s", "t", 12, actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        logged = [c.revision for c in follower._sessions["s"].log]
+        assert follower_store.get("s", "t").value == 12
+        assert x_revisions[0] in logged, "X's commit is missing from the log (never told)"
+        assert follower_store.get("s", "u").value == 10, "X never applied: stale for good"
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
+# Guards a bug: every call a lost race undid, its wait for the winner's write timed out,
+# made a blocking full read of its own: one freeze of the loop per call with etcd slow.
+def test_one_lost_race_makes_one_blocking_read_per_pause_not_one_per_call(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    reads: list[float] = []
+
+    def slow_rows() -> Any:
+        reads.append(time.monotonic())
+        raise StorageError("cannot read etcd: DEADLINE_EXCEEDED")
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        writer.initialize_session("s")
+        writer.register("s", [VariableSpec(f"v{i}", "integer", 0) for i in range(4)],
+                        actor="w")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        monkeypatch.setattr(follow, "CATCH_UP_RETRY", 5.0)
+        # etcd goes quiet for this replica's watch (and its reads) right after a write
+        # of the other replica: the follower's own writes lose the race.
+        held: list[Any] = []
+        follower._post = lambda *a: held.append(a)  # type: ignore[method-assign]
+        writer.set("s", "v0", 100, actor="w")
+        await writer.sync(writer.revision)
+        await eventually(lambda: bool(held), "the watch brought it (held)")
+        monkeypatch.setattr(follower, "_rows", slow_rows)
+        revisions = []
+        for i in range(4):
+            follower_store.set("s", f"v{i}", i + 1, actor="f")
+            revisions.append(follower_store.revision)
+
+        async def call(revision: int) -> str:
+            try:
+                await follower_store.sync(revision)
+            except RevisionConflict:
+                return "conflict"
+            return "stored"
+
+        results = await asyncio.gather(*(call(r) for r in revisions))
+        assert results == ["conflict"] * 4
+        # One pause (5 s) has not passed: one blocking read at most.
+        assert len(reads) <= 1, f"{len(reads)} blocking full reads in one pause"
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
+# Guards a bug: a session removed by a write whose applying then failed was dropped from
+# the live state before its watchers were told; the full read after it never told them.
+def test_watchers_of_a_session_removed_by_a_half_applied_write_hear_it_went(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    bad = b"entries\x00s\x00abc\x00v\x0000000000000000000001"  # a row it cannot apply
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+
+    async def run() -> None:
+        follower.bind_loop(asyncio.get_running_loop())
+        follower_store = MemoryStore(backend=follower)
+        _, client, _ = writer.initialize_session("s")
+        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
+        writer.initialize_session("other")
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        heard: list[Commit | None] = []
+        follower_store.add_listener("s", heard.append)
+        real_post = follower._post
+
+        def post_with_a_bad_row(revision: int, changes: Any) -> None:
+            # The session's ending comes with a row this replica cannot apply (a newer
+            # replica's row format, say), after the session's own rows in the batch.
+            if changes is not None:
+                changes = [*changes, (True, bad, b"x")]
+            real_post(revision, changes)
+
+        follower._post = post_with_a_bad_row  # type: ignore[method-assign]
+        assert writer.close_session("s", client)
+        await writer.sync(writer.revision)
+        await _caught_up(follower, writer)
+        await eventually(lambda: heard == [None], "the session's watchers told it went")
+        assert "s" not in follower._sessions
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+        follower.close()
+
+
 def test_an_optimizer_stopped_on_another_replica_is_fenced_on_its_own(
     pair: tuple[MemoryStore, MemoryStore],
 ) -> None:

@@ -386,7 +386,11 @@ class EtcdBackend(DurableBackend):
         try:
             await asyncio.wait_for(asyncio.shield(waiter), SETTLE_WAIT)
         except TimeoutError:
-            self.catch_up()
+            # Behind, read at once unless a full read failed a moment ago: every call the
+            # conflict undid waits here, and each blocking read made alone in turn froze
+            # the loop for the call timeout with etcd slow.
+            self._behind = True
+            self._catch_up_soon()
 
     def _head_moved(self) -> None:
         # The live state holds the head at ``_head`` now: wake who waited for it.

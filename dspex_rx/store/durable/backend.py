@@ -472,8 +472,7 @@ class DurableBackend(Following, MemoryBackend):
             raise StorageError(f"{self.where} is closed: nothing more is stored")
         recovering = self._recovering
         if recovering is None:
-            recovering = self._recovering = asyncio.ensure_future(
-                self._reset_read(conflicted=False))
+            recovering = self._recovering = asyncio.ensure_future(self._read_again())
             recovering.add_done_callback(self._recovered)
         try:
             await asyncio.shield(recovering)
@@ -481,11 +480,17 @@ class DurableBackend(Following, MemoryBackend):
             raise StorageError(self._refusal) from None
         raise StorageError(self._refusal)  # this caller's change, if any, was undone
 
+    async def _read_again(self) -> None:
+        await self._reset_read(conflicted=False)
+        # In the same step as the reset: what the watch brought while the state was
+        # unreadable (a write it brings next would be applied first, and these skipped).
+        self._after_flush()
+        if self._behind:
+            self._catch_up_soon()
+
     def _recovered(self, recovering: asyncio.Future[None]) -> None:
         self._recovering = None
         _retrieve(recovering)
-        if not self._broken:
-            self._after_flush()  # what the watch brought while the state was unreadable
 
     async def _reset_read(self, *, conflicted: bool, partial: bool = False) -> None:
         # ``_reset`` with the storage read back through ``_read_back`` (without blocking
@@ -502,6 +507,7 @@ class DurableBackend(Following, MemoryBackend):
         except StorageError:
             self._broken = True
             raise
+        self._catch_up_pause = 0.0  # a read succeeded: the next failure pauses briefly
         self._reset(conflicted=conflicted, loaded=loaded)
 
     def _reset(self, *, conflicted: bool, loaded: Loaded) -> None:

@@ -149,6 +149,12 @@ class Following:
             session = self._sessions.get(sid)
             if session is not None:
                 session.revision = revision
+        # A session the replay removed (its watchers not yet told): held again, so the
+        # full read tells them it went, or carries them on if it did not.
+        for session in out.gone:
+            self._sessions[session.id] = session
+            for var_id in session.variables:
+                self._owners[var_id] = session.id
 
     def _apply_rows(self, changes: list[tuple[bool, bytes, bytes]], out: Replayed) -> None:
         replay(self._sessions, self._owners, self._image, changes, out)
