@@ -691,6 +691,30 @@ async def _caught_up(follower: EtcdBackend, writer: MemoryStore) -> None:
     await eventually(lambda: follower._seen >= head, "the follower caught up")
 
 
+async def following(writer: MemoryStore, follower: EtcdBackend, *names: str) -> MemoryStore:
+    """Start ``follower`` watching on this loop and, through ``writer``, a session "s" with
+    the integer variables ``names`` at 0, synced and applied by the follower; its store."""
+    follower.bind_loop(asyncio.get_running_loop())
+    follower_store = MemoryStore(backend=follower)
+    writer.initialize_session("s")
+    writer.register("s", [VariableSpec(n, "integer", 0) for n in names], actor="w")
+    await writer.sync(writer.revision)
+    await _caught_up(follower, writer)
+    return follower_store
+
+
+def fails_once(failed: list[str], what: str, error: Exception,
+               then: Callable[..., Any] = lambda *args: None) -> Callable[..., Any]:
+    """A stand-in that raises ``error`` the first time (noting ``what`` in ``failed``), and
+    afterwards does what ``then`` does."""
+    def stand_in(*args: Any) -> Any:
+        if what not in failed:
+            failed.append(what)
+            raise error
+        return then(*args)
+    return stand_in
+
+
 def test_a_replica_writes_after_applying_anothers_write_without_a_conflict(
     etcd_endpoint: str, prefix: str,
 ) -> None:
@@ -772,12 +796,7 @@ def test_a_replica_behind_catches_up_with_the_next_write_its_watch_brings(
         raise StorageError("etcd did not answer")
 
     async def run() -> None:
-        follower.bind_loop(asyncio.get_running_loop())
-        follower_store = MemoryStore(backend=follower)
-        writer.initialize_session("s")
-        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
-        await writer.sync(writer.revision)
-        await _caught_up(follower, writer)
+        follower_store = await following(writer, follower, "t")
         heard: list[Commit | None] = []
         follower_store.add_listener("s", heard.append)
         with monkeypatch.context() as patch:
@@ -813,12 +832,7 @@ def test_a_replica_behind_whose_reads_fail_tries_one_full_read_per_pause(
         raise StorageError("etcd did not answer")
 
     async def run() -> None:
-        follower.bind_loop(asyncio.get_running_loop())
-        follower_store = MemoryStore(backend=follower)
-        writer.initialize_session("s")
-        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
-        await writer.sync(writer.revision)
-        await _caught_up(follower, writer)
+        follower_store = await following(writer, follower, "t")
         monkeypatch.setattr(follow, "CATCH_UP_RETRY", 3600.0)
         with monkeypatch.context() as patch:
             patch.setattr(follower, "_rows", unreadable)
@@ -858,12 +872,7 @@ def test_a_write_whose_applying_failed_half_way_is_told_by_the_full_read_after_i
             raise RuntimeError("a bug in a hook")
 
     async def run() -> None:
-        follower.bind_loop(asyncio.get_running_loop())
-        follower_store = MemoryStore(backend=follower)
-        writer.initialize_session("s")
-        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
-        await writer.sync(writer.revision)
-        await _caught_up(follower, writer)
+        follower_store = await following(writer, follower, "t")
         heard: list[Commit | None] = []
         follower_store.add_listener("s", heard.append)
         follower.on_replicated(hook_failing_once)
@@ -893,12 +902,7 @@ def test_a_catch_up_that_fails_to_load_keeps_the_head_so_a_stale_write_conflicts
     bad = prefix.encode() + b"zz\x00x"  # a row this server cannot read
 
     async def run() -> None:
-        follower.bind_loop(asyncio.get_running_loop())
-        follower_store = MemoryStore(backend=follower)
-        writer.initialize_session("s")
-        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
-        await writer.sync(writer.revision)
-        await _caught_up(follower, writer)
+        follower_store = await following(writer, follower, "t")
         monkeypatch.setattr(follow, "CATCH_UP_RETRY", 0.0)  # every write reads again
         put = follower._kv.Put(etcd_rpc.PutRequest(key=bad, value=b"?"))
         await eventually(lambda: follower._delivered >= put.header.revision, "seen")
@@ -932,25 +936,12 @@ def test_a_replica_behind_reads_again_after_the_pause_though_no_write_comes(
     follower = EtcdBackend([etcd_endpoint], prefix=prefix)
     real_rows = follower._rows
     failed: list[str] = []
-
-    def unreadable_once() -> Any:
-        if "read" not in failed:
-            failed.append("read")
-            raise StorageError("etcd did not answer")
-        return real_rows()
-
-    def hook_failing_once(replicated: Any) -> None:
-        if "hook" not in failed:
-            failed.append("hook")
-            raise RuntimeError("a bug in a hook")
+    unreadable_once = fails_once(failed, "read", StorageError("etcd did not answer"),
+                                 then=real_rows)
+    hook_failing_once = fails_once(failed, "hook", RuntimeError("a bug in a hook"))
 
     async def run() -> None:
-        follower.bind_loop(asyncio.get_running_loop())
-        follower_store = MemoryStore(backend=follower)
-        writer.initialize_session("s")
-        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
-        await writer.sync(writer.revision)
-        await _caught_up(follower, writer)
+        follower_store = await following(writer, follower, "t")
         heard: list[Commit | None] = []
         follower_store.add_listener("s", heard.append)
         monkeypatch.setattr(follow, "CATCH_UP_RETRY", 0.01)
@@ -979,26 +970,12 @@ def test_a_half_applied_write_is_told_though_a_local_commit_came_before_the_full
     follower = EtcdBackend([etcd_endpoint], prefix=prefix)
     real_rows = follower._rows
     failed: list[str] = []
-
-    def unreadable_once() -> Any:
-        if "read" not in failed:
-            failed.append("read")
-            raise StorageError("etcd did not answer")
-        return real_rows()
-
-    def hook_failing_once(replicated: Any) -> None:
-        if "hook" not in failed:
-            failed.append("hook")
-            raise RuntimeError("a bug in a hook")
+    unreadable_once = fails_once(failed, "read", StorageError("etcd did not answer"),
+                                 then=real_rows)
+    hook_failing_once = fails_once(failed, "hook", RuntimeError("a bug in a hook"))
 
     async def run() -> None:
-        follower.bind_loop(asyncio.get_running_loop())
-        follower_store = MemoryStore(backend=follower)
-        writer.initialize_session("s")
-        writer.register("s", [VariableSpec("t", "integer", 0),
-                              VariableSpec("u", "integer", 0)], actor="w")
-        await writer.sync(writer.revision)
-        await _caught_up(follower, writer)
+        follower_store = await following(writer, follower, "t", "u")
         heard: list[Commit | None] = []
         follower_store.add_listener("s", heard.append)
         monkeypatch.setattr(follower, "_rows", unreadable_once)
@@ -1063,20 +1040,10 @@ def test_a_queued_write_whose_applying_fails_is_read_back_and_fails_no_flush(
     follower = EtcdBackend([etcd_endpoint], prefix=prefix)
     real_store = follower._store
     failed: list[str] = []
-
-    def hook_failing_once(replicated: Any) -> None:
-        if "hook" not in failed:
-            failed.append("hook")
-            raise RuntimeError("a bug in a hook")
+    hook_failing_once = fails_once(failed, "hook", RuntimeError("a bug in a hook"))
 
     async def run() -> None:
-        follower.bind_loop(asyncio.get_running_loop())
-        follower_store = MemoryStore(backend=follower)
-        writer.initialize_session("s")
-        writer.register("s", [VariableSpec("t", "integer", 0),
-                              VariableSpec("u", "integer", 0)], actor="w")
-        await writer.sync(writer.revision)
-        await _caught_up(follower, writer)
+        follower_store = await following(writer, follower, "t", "u")
 
         async def store_then_another_write(ops: Any) -> None:
             await real_store(ops)
@@ -1568,12 +1535,7 @@ def test_a_replica_whose_watch_meets_a_row_it_cannot_apply_follows_on_after_it(
         raise RuntimeError("a bug applying it")
 
     async def run() -> None:
-        follower.bind_loop(asyncio.get_running_loop())
-        follower_store = MemoryStore(backend=follower)
-        writer.initialize_session("s")
-        writer.register("s", [VariableSpec("t", "integer", 0)], actor="w")
-        await writer.sync(writer.revision)
-        await _caught_up(follower, writer)
+        follower_store = await following(writer, follower, "t")
         for put in (True, False):  # the row comes and goes: the watch goes on
             follower._kv.Put(etcd_rpc.PutRequest(key=bad, value=b"x")) if put else (
                 follower._kv.DeleteRange(etcd_rpc.DeleteRangeRequest(key=bad)))
