@@ -37,6 +37,7 @@ from dspex_rx.store.durable.rows import (
     delete_range,
     encode_key,
 )
+from dspex_rx.store.waits import RevisionWaits
 
 log = get_logger("dspex_rx.etcd")
 
@@ -135,7 +136,7 @@ class EtcdBackend(DurableBackend):
         # The head's revision when a flush lost to another replica's write, and calls
         # waiting (after that conflict) until the live state holds it.
         self._winner = 0
-        self._head_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._head_waiters = RevisionWaits()
         self._own: set[int] = set()
         # The watch's loop and the loop a flush runs on differ when a program flushes
         # from its own (tests, tools); on a server they are one.
@@ -381,25 +382,14 @@ class EtcdBackend(DurableBackend):
         target = self._winner
         if not target or self._head >= target or self._watcher is None:
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._head_waiters.append((target, waiter))
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter), SETTLE_WAIT)
-        except TimeoutError:
-            # Behind, read at once unless a full read failed a moment ago: every call the
-            # conflict undid waits here, and each blocking read made alone in turn froze
-            # the loop for the call timeout with etcd slow.
-            self._behind = True
-            self._catch_up_soon()
+        if not await self._head_waiters.until(target, SETTLE_WAIT):
+            # Through the catch-up pause: every call the conflict undid waits here, and
+            # each blocking read made alone in turn froze the loop with etcd slow.
+            self._fall_behind()
 
     def _head_moved(self) -> None:
         # The live state holds the head at ``_head`` now: wake who waited for it.
-        ready = [w for t, w in self._head_waiters if t <= self._head]
-        if ready:
-            self._head_waiters = [(t, w) for t, w in self._head_waiters if t > self._head]
-            for waiter in ready:
-                if not waiter.done():
-                    waiter.set_result(None)
+        self._head_waiters.reached(self._head)
 
     def _request(self, op: Op) -> etcd.RequestOp:
         if isinstance(op, Put):
@@ -474,15 +464,6 @@ class EtcdBackend(DurableBackend):
                 await asyncio.sleep(WATCH_RETRY)
         finally:
             await channel.close()
-
-    def _fall_behind(self) -> None:
-        # Writes the watch brought may be missing from the live state: read it all now,
-        # or (a flush in flight, etcd unreadable) at the next flush or write seen.
-        self._behind = True
-        try:
-            self.catch_up()
-        except Exception as exc:
-            log.error("catch_up_failed", where=self.where, error=repr(exc))
 
     def _replies(self, reply: etcd.WatchResponse) -> None:
         # This replica's own writes are known by revision: skipped before their rows are

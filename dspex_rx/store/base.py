@@ -45,6 +45,7 @@ from dspex_rx.store.checks import BATCH_ENTRY_FRAMING, BATCH_FRAMING, _show
 from dspex_rx.store.memory.backend import MemoryBackend
 from dspex_rx.store.records import ITEM_OVERHEAD
 from dspex_rx.store.state import Session
+from dspex_rx.store.waits import RevisionWaits
 
 log = get_logger("dspex_rx.store")
 
@@ -116,11 +117,11 @@ class StoreBase:
         self._backend.keep_retired(self._retired)
         self._backend.on_reload(self._accounts.rebuild)
         self._backend.on_replicated(self._accounts.resettle)
-        # Who waits in ``reached`` for another replica's writes: (revision, future).
-        self._reaching: list[tuple[int, asyncio.Future[None]]] = []
+        # Who waits in ``reached`` for another replica's writes.
+        self._reaching = RevisionWaits()
         if self._backend.shared:
-            self._backend.on_replicated(lambda _: self._wake_reaching())
-            self._backend.on_reload(self._wake_reaching)
+            self._backend.on_replicated(lambda _: self._reaching.reached(self.revision))
+            self._backend.on_reload(lambda: self._reaching.reached(self.revision))
         if self._sessions:
             self._accounts.rebuild()
         self._access = Access(
@@ -184,25 +185,9 @@ class StoreBase:
         >>> asyncio.run(MemoryStore().reached(5, wait=10.0))  # alone: it never will
         False
         """
-        if self.revision >= revision or not self._backend.shared:
-            return self.revision >= revision
-        waiter = asyncio.get_running_loop().create_future()
-        entry = (revision, waiter)
-        self._reaching.append(entry)
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter), wait)
-        except TimeoutError:
-            pass
-        finally:
-            if entry in self._reaching:
-                self._reaching.remove(entry)
+        if self.revision < revision and self._backend.shared:
+            await self._reaching.until(revision, wait)
         return self.revision >= revision
-
-    def _wake_reaching(self) -> None:
-        revision = self.revision
-        for target, waiter in self._reaching:
-            if target <= revision and not waiter.done():
-                waiter.set_result(None)
 
     @property
     def flush_limited(self) -> bool:

@@ -101,12 +101,21 @@ class Following:
             # queued during a flush, which must not fail with it).
             log.warning("replay_failed", where=self.where, error=repr(exc))
             self._untold(out, revisions)
-            self._behind = True
-            self.catch_up()
+            self._fall_behind()
         except BaseException:
             self._untold(out, revisions)
             self._behind = True
             raise
+
+    def _fall_behind(self) -> None:
+        # The live state may lack what others stored: a full read, now or once the pause
+        # after a failed one is over (or, a flush in flight, after it); never an error
+        # for whoever noticed (the watch, a flush's end, a conflict's wait).
+        self._behind = True
+        try:
+            self._catch_up_soon()
+        except Exception as exc:
+            log.error("catch_up_failed", where=self.where, error=repr(exc))
 
     def _catch_up_soon(self) -> None:
         # At once, or once the pause after a failed full read is over.
