@@ -54,6 +54,24 @@ def pair(etcd_endpoint: str, prefix: str) -> Iterator[tuple[MemoryStore, MemoryS
     b.close()
 
 
+# A store writing to etcd, and another replica's backend on the same prefix.
+WriterFollower = tuple[MemoryStore, EtcdBackend]
+
+
+@pytest.fixture
+def writer_and_follower(etcd_endpoint: str, prefix: str,
+                        ) -> Iterator[WriterFollower]:
+    """A store writing to etcd under ``prefix`` and a second replica's backend on the same
+    prefix (not watching until bound to a loop), both closed after the test."""
+    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
+    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    try:
+        yield writer, follower
+    finally:
+        writer.close()
+        follower.close()
+
+
 def sync(store: MemoryStore) -> None:
     asyncio.run(store.sync(store.revision))
 
@@ -785,12 +803,11 @@ def test_a_replica_follows_a_session_ended_and_created_again_in_one_write(
 
 
 def test_a_replica_behind_catches_up_with_the_next_write_its_watch_brings(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    writer_and_follower: WriterFollower, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Guards a bug: once a catch-up read failed, every write the watch brought was
     # dropped (apply_foreign returned while behind) and none tried the read again.
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
 
     def unreadable() -> Any:
         raise StorageError("etcd did not answer")
@@ -811,20 +828,15 @@ def test_a_replica_behind_catches_up_with_the_next_write_its_watch_brings(
         assert [c.events[0].record.value for c in heard if c] == [1, 2, 3]
         assert not follower._behind
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
 
 
 def test_a_replica_behind_whose_reads_fail_tries_one_full_read_per_pause(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    writer_and_follower: WriterFollower, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Guards a bug: while its full reads failed, a replica behind tried one (a read of
     # the whole store) at every write its watch brought.
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
     reads: list[int] = []
 
     def unreadable() -> Any:
@@ -850,20 +862,15 @@ def test_a_replica_behind_whose_reads_fail_tries_one_full_read_per_pause(
         follower._catch_up_timed()
         assert follower_store.get("s", "t").value == 4 and not follower._behind
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
 
 
 # Guards a bug: applying a write failed after the replay had raised the session's
 # revision, so the full read that followed told its watchers nothing of that write.
 def test_a_write_whose_applying_failed_half_way_is_told_by_the_full_read_after_it(
-    etcd_endpoint: str, prefix: str,
+    writer_and_follower: WriterFollower,
 ) -> None:
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
     failed: list[Any] = []
 
     def hook_failing_once(replicated: Any) -> None:
@@ -884,21 +891,17 @@ def test_a_write_whose_applying_failed_half_way_is_told_by_the_full_read_after_i
         assert dump(follower) == dump(writer._backend)
         assert [c.events[0].record.value for c in heard if c] == [1, 2]
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
 
 
 # Guards a bug: a full read that failed at load (a row it cannot read) still moved the
 # replica's head to the snapshot's, so its next flush, built on its stale state, passed
 # etcd's compare: a CAS on an old version was acknowledged over another's write.
 def test_a_catch_up_that_fails_to_load_keeps_the_head_so_a_stale_write_conflicts(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    etcd_endpoint: str, prefix: str, writer_and_follower: WriterFollower,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
     bad = prefix.encode() + b"zz\x00x"  # a row this server cannot read
 
     async def run() -> None:
@@ -917,11 +920,7 @@ def test_a_catch_up_that_fails_to_load_keeps_the_head_so_a_stale_write_conflicts
             await follower_store.sync(follower_store.revision)
         follower._kv.DeleteRange(etcd_rpc.DeleteRangeRequest(key=bad))
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
     again = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
     assert (again.get("s", "t").value, again.get("s", "t").version) == (1, 2)
     again.close()
@@ -930,10 +929,9 @@ def test_a_catch_up_that_fails_to_load_keeps_the_head_so_a_stale_write_conflicts
 # Guards a bug: a full read that failed with no write after it (the last write's apply
 # failed, then its read) armed no retry: the replica stayed behind until another write.
 def test_a_replica_behind_reads_again_after_the_pause_though_no_write_comes(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    writer_and_follower: WriterFollower, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
     real_rows = follower._rows
     failed: list[str] = []
     unreadable_once = fails_once(failed, "read", StorageError("etcd did not answer"),
@@ -953,21 +951,16 @@ def test_a_replica_behind_reads_again_after_the_pause_though_no_write_comes(
         await eventually(lambda: not follower._behind, "read again, no other write coming")
         assert [c.events[0].record.value for c in heard if c] == [1]
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
 
 
 # Guards a bug: after a write's applying failed half-way, a local commit made before a
 # full read succeeded took a revision past that write's, and the conflict that undid it
 # told watchers only the commits above that: the other replica's write was never told.
 def test_a_half_applied_write_is_told_though_a_local_commit_came_before_the_full_read(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    writer_and_follower: WriterFollower, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
     real_rows = follower._rows
     failed: list[str] = []
     unreadable_once = fails_once(failed, "read", StorageError("etcd did not answer"),
@@ -991,11 +984,7 @@ def test_a_half_applied_write_is_told_though_a_local_commit_came_before_the_full
             await follower_store.sync(follower_store.revision)
         assert written in [c.revision for c in heard if c]
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
 
 
 # Guards two bugs: an idle replica behind whose timed full read failed either tried
@@ -1034,10 +1023,9 @@ def test_an_idle_replica_behind_tries_again_after_doubling_pauses_until_it_catch
 # (a bug in a hook) failed that flush's waiters with the hook's error, and left the
 # replica unaware it lacked the write.
 def test_a_queued_write_whose_applying_fails_is_read_back_and_fails_no_flush(
-    etcd_endpoint: str, prefix: str,
+    writer_and_follower: WriterFollower,
 ) -> None:
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
     real_store = follower._store
     failed: list[str] = []
     hook_failing_once = fails_once(failed, "hook", RuntimeError("a bug in a hook"))
@@ -1067,21 +1055,16 @@ def test_a_queued_write_whose_applying_fails_is_read_back_and_fails_no_flush(
         revisions = [c.revision for c in follower._sessions["s"].log]
         assert len(revisions) == len(set(revisions))
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
 
 
 # Guards a bug: the writes the watch queued while a broken replica read etcd back were
 # replayed one loop turn after the reset, so a newer write the watch brought in that turn
 # was applied first and the queued one skipped for good (never applied, never told).
 def test_a_write_queued_during_a_recovery_is_not_skipped_for_a_newer_one(
-    etcd_endpoint: str, prefix: str,
+    writer_and_follower: WriterFollower,
 ) -> None:
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -1145,20 +1128,15 @@ def test_a_write_queued_during_a_recovery_is_not_skipped_for_a_newer_one(
         assert x_revisions[0] in logged, "X's commit is missing from the log (never told)"
         assert follower_store.get("s", "u").value == 10, "X never applied: stale for good"
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
 
 
 # Guards a bug: every call a lost race undid, its wait for the winner's write timed out,
 # made a blocking full read of its own: one freeze of the loop per call with etcd slow.
 def test_one_lost_race_makes_one_blocking_read_per_pause_not_one_per_call(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    writer_and_follower: WriterFollower, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
     reads: list[float] = []
 
     def slow_rows() -> Any:
@@ -1199,21 +1177,16 @@ def test_one_lost_race_makes_one_blocking_read_per_pause_not_one_per_call(
         # One pause (5 s) has not passed: one blocking read at most.
         assert len(reads) <= 1, f"{len(reads)} blocking full reads in one pause"
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
 
 
 # Guards a bug: a session removed by a write whose applying then failed was dropped from
 # the live state before its watchers were told; the full read after it never told them.
 def test_watchers_of_a_session_removed_by_a_half_applied_write_hear_it_went(
-    etcd_endpoint: str, prefix: str,
+    writer_and_follower: WriterFollower,
 ) -> None:
     bad = b"entries\x00s\x00abc\x00v\x0000000000000000000001"  # a row it cannot apply
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
 
     async def run() -> None:
         follower.bind_loop(asyncio.get_running_loop())
@@ -1241,11 +1214,7 @@ def test_watchers_of_a_session_removed_by_a_half_applied_write_hear_it_went(
         await eventually(lambda: heard == [None], "the session's watchers told it went")
         assert "s" not in follower._sessions
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
 
 
 def test_an_optimizer_stopped_on_another_replica_is_fenced_on_its_own(
@@ -1522,12 +1491,11 @@ def test_a_replica_written_before_its_watch_started_does_not_apply_its_own_write
 
 
 def test_a_replica_whose_watch_meets_a_row_it_cannot_apply_follows_on_after_it(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    prefix: str, writer_and_follower: WriterFollower, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Guards a bug: a malformed key (ValueError from decode_key, not CorruptRow) or any
     # other error applying a watch answer ended the watch task for good.
-    writer = MemoryStore(backend=EtcdBackend([etcd_endpoint], prefix=prefix))
-    follower = EtcdBackend([etcd_endpoint], prefix=prefix)
+    writer, follower = writer_and_follower
     bad = prefix.encode() + b"entries\x00s\x00abc\x00v\x0000000000000000000001"
 
     def broken_once(changes: Any) -> None:
@@ -1549,11 +1517,7 @@ def test_a_replica_whose_watch_meets_a_row_it_cannot_apply_follows_on_after_it(
         assert follower._watcher is not None and not follower._watcher.done()
         assert dump(follower) == dump(writer._backend)
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
-        follower.close()
+    asyncio.run(run())
 
 
 def test_a_flush_cancelled_while_reading_back_after_a_lost_race_reads_everything_back(
