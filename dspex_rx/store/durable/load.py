@@ -61,6 +61,19 @@ def _load(data: bytes, table: str, key: object) -> Any:
         raise CorruptRow(table, key) from exc
 
 
+def row_key(raw_key: bytes) -> tuple[str, tuple[str | int, ...]]:
+    """A stored row's table and key parts; ``CorruptRow`` for a key this server does not
+    write (a load refuses it, a replica's replay falls back to a full read).
+
+    >>> row_key(b"sessions\\x00s")
+    ('sessions', ('s',))
+    """
+    try:
+        return decode_key(raw_key)
+    except (UnicodeDecodeError, ValueError, IndexError) as exc:
+        raise CorruptRow("?", raw_key) from exc
+
+
 def load(rows: Iterable[tuple[bytes, bytes]], now: float | None) -> Loaded:
     """Live state from every stored row (key, value), given in key order; ``now`` is the
     start time every client's heartbeat window begins at (None: as stored).
@@ -70,10 +83,7 @@ def load(rows: Iterable[tuple[bytes, bytes]], now: float | None) -> Loaded:
     """
     by_table: dict[str, list[tuple[tuple[str | int, ...], bytes]]] = {t: [] for t in TABLES}
     for raw_key, value in rows:
-        try:
-            table, key = decode_key(bytes(raw_key))
-        except (UnicodeDecodeError, ValueError, IndexError) as exc:
-            raise CorruptRow("?", raw_key) from exc
+        table, key = row_key(bytes(raw_key))
         if table not in by_table:
             raise CorruptRow(table, key)
         by_table[table].append((key, bytes(value)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dspex_rx.store.durable.image import Image, live_tail, tail_table
-from dspex_rx.store.durable.load import CorruptRow, _load, _session, _variable
+from dspex_rx.store.durable.load import CorruptRow, _load, _session, _variable, row_key
 from dspex_rx.store.durable.rows import (
     ENTRIES,
     HISTORY,
@@ -22,7 +22,6 @@ from dspex_rx.store.durable.rows import (
     RETIRED,
     SESSIONS,
     VARIABLES,
-    decode_key,
 )
 from dspex_rx.store.records import Commit
 from dspex_rx.store.state import Session, TailChange
@@ -76,14 +75,14 @@ def replay(
     for is_put, raw_key, value in changes:
         # A key or counter this server never wrote is a row it cannot apply, as at load
         # (a ValueError here used to end the replica's watch for good).
-        try:
-            table, key = decode_key(raw_key)
-            number = int(value) if table == META and is_put else 0
-        except (UnicodeDecodeError, ValueError, IndexError) as exc:
-            raise CorruptRow("?", raw_key) from exc
+        table, key = row_key(raw_key)
         if table != META and len(key) != _PARTS.get(table):
-            raise CorruptRow(table, key)
+            raise CorruptRow(table, key)  # (an unknown table too)
         if table == META:
+            try:
+                number = int(value) if is_put else 0
+            except ValueError as exc:
+                raise CorruptRow(META, key) from exc
             if key == ("revision",):
                 out.revision = number
             elif key == ("next_id",):
@@ -104,8 +103,6 @@ def replay(
                 out.retired[sid] = (bytes(digest), int(claim))
             else:
                 out.retired[sid] = None
-        else:
-            raise CorruptRow(table, key)
     return out
 
 
