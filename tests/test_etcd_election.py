@@ -1,8 +1,8 @@
 """The write-leader election over real etcd: of two candidates one leads and both know it;
 a leader that stops revokes its lease so another takes over at once; a follower (no
 address) learns who leads and never campaigns; a lease lost behind the leader's back and
-etcd down longer than the TTL both end in the candidate leading again; the leader key
-stays outside its store's prefix.
+etcd down longer than the TTL both end in the candidate leading again; a restarted
+replica takes its crashed run's key over; the leader key stays outside its store's prefix.
 
 The tests are plain functions running one ``asyncio.run`` each (grpc.aio needs asyncio).
 Real-time loops are hang guards only: the candidates hear each other through etcd's watch.
@@ -167,6 +167,44 @@ def test_a_lease_revoked_behind_the_leaders_back_ends_in_it_leading_on_a_new_lea
                         "a leads again on a new lease")
             assert await holder(etcd, key) == ("a:1", a.election._lease)
             assert a.heard == ["a:1", "", "a:1"]
+
+    run(scenario)
+
+
+def test_a_restarted_replica_takes_its_crashed_runs_key_over_at_once(
+    etcd_endpoint: str, key: bytes,
+) -> None:
+    async def scenario() -> None:
+        async with etcd_service.stubs(etcd_endpoint) as etcd:
+            # An earlier run of "a:1" that crashed: its key, under a lease nobody revokes.
+            crashed = await etcd.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=LONG_TTL))
+            await etcd.kv.Put(rpc_pb2.PutRequest(key=key, value=b"a:1", lease=crashed.ID))
+            async with candidates(etcd_endpoint, key, "a:1", "b:2") as (a, b):
+                await until(lambda: a.election.leading, "a leads", guard=GUARD / 2)
+                assert await holder(etcd, key) == ("a:1", a.election._lease)
+                assert a.election._lease != crashed.ID and a.heard == ["a:1"]
+                await until(lambda: b.election.leader == "a:1", "b knows a leads")
+                assert not b.election.leading and b.election._lease == 0
+            await etcd.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=crashed.ID))
+
+    run(scenario)
+
+
+def test_a_key_overwritten_behind_the_leaders_back_makes_it_follow_then_lead_again(
+    etcd_endpoint: str, key: bytes,
+) -> None:
+    async def scenario() -> None:
+        async with candidates(etcd_endpoint, key, "a:1") as (a,), \
+                etcd_service.stubs(etcd_endpoint) as etcd:
+            await until(lambda: a.election.leading, "a leads")
+            await etcd.kv.Put(rpc_pb2.PutRequest(key=key, value=b"x:9"))
+            await until(lambda: a.election.leader == "x:9", "a follows x")
+            await until(lambda: a.election._lease == 0, "a gave its lease back")
+            assert not a.election.leading
+            await etcd.kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=key))
+            await until(lambda: a.election.leading, "a leads again once the key is free")
+            assert await holder(etcd, key) == ("a:1", a.election._lease)
+            assert a.heard == ["a:1", "x:9", "", "a:1"]
 
     run(scenario)
 

@@ -80,6 +80,7 @@ class WriteLeader:
         self._lease = 0
         self._expiry: asyncio.TimerHandle | None = None
         self._up = False
+        self._first = True
 
     def on_change(self, callback: Callable[[str], None]) -> None:
         """Call ``callback`` (on the loop) with the new leader ("" = none known) whenever
@@ -163,9 +164,35 @@ class WriteLeader:
                                                   timeout=self.timeout)
             self._lease = grant.ID
             self._renewed(sent, grant.TTL)
+        mine = KeyValue(key=self.key, value=self.address.encode(), lease=self._lease)
+        free = etcd.Compare(key=self.key, target=etcd.Compare.CREATE,
+                            result=etcd.Compare.EQUAL, create_revision=0)
+        reply = await self._claim(free)
+        held = [] if reply is None else reply.responses[0].response_range.kvs
+        if self._first and held and held[0].value == mine.value and held[0].lease != mine.lease:
+            # This address's key from an earlier run of this replica (it crashed, its
+            # lease lives on for up to a TTL): taken over rather than waited out. Only at
+            # the first campaign, so two replicas misconfigured with one address settle.
+            reply = await self._claim(etcd.Compare(
+                key=self.key, target=etcd.Compare.MOD, result=etcd.Compare.EQUAL,
+                mod_revision=held[0].mod_revision))
+        if reply is None:
+            return None
+        self._first = False
+        if reply.succeeded:
+            return [mine], reply.header.revision
+        kvs = list(reply.responses[0].response_range.kvs)
+        if not any(kv.lease == self._lease for kv in kvs):
+            # Lost: the lease would only keep a key this replica does not hold.
+            lost, self._lease = self._lease, 0
+            await self._revoke(lost)
+        return kvs, reply.header.revision
+
+    async def _claim(self, compare: etcd.Compare) -> Any:
+        # Put this replica's address under its lease if ``compare`` holds, else read the
+        # key; None when the lease expired between its renewal and the txn.
         txn = etcd.TxnRequest(
-            compare=[etcd.Compare(key=self.key, target=etcd.Compare.CREATE,
-                                  result=etcd.Compare.EQUAL, create_revision=0)],
+            compare=[compare],
             success=[etcd.RequestOp(request_put=etcd.PutRequest(
                 key=self.key, value=self.address.encode(), lease=self._lease))],
             failure=[etcd.RequestOp(request_range=etcd.RangeRequest(key=self.key))])
@@ -174,18 +201,10 @@ class WriteLeader:
         except grpc.RpcError as exc:
             if getattr(exc, "code", lambda: None)() != grpc.StatusCode.NOT_FOUND:
                 raise
-            self._lease = 0  # the lease expired between its renewal and the txn
+            self._lease = 0
             return None
         self._up = True
-        if reply.succeeded:
-            mine = KeyValue(key=self.key, value=self.address.encode(), lease=self._lease)
-            return [mine], reply.header.revision
-        kvs = list(reply.responses[0].response_range.kvs)
-        if not any(kv.lease == self._lease for kv in kvs):
-            # Lost: the lease would only keep a key this replica does not hold.
-            lost, self._lease = self._lease, 0
-            await self._revoke(lost)
-        return kvs, reply.header.revision
+        return reply
 
     def _read(self, kvs: list[Any]) -> None:
         # The key as read: held under this replica's lease, someone else's, or nobody's.
