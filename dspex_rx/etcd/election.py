@@ -116,7 +116,8 @@ class WriteLeader:
                     await asyncio.sleep(pause)
                 else:
                     broken = broken and not self._up
-                    await asyncio.sleep(0)  # a fresh campaign at once, yet never a hot loop
+                    # At once: each such end is a change in etcd (the key gone or taken).
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             await self._resign()
             raise
@@ -221,8 +222,10 @@ class WriteLeader:
                 reply = await call.read()
                 if reply is grpc.aio.EOF:
                     raise _Ended("the watch of the leader key ended")
-                if reply.canceled:
+                if reply.canceled and reply.compact_revision:
                     return  # compacted past it: read the key again
+                if reply.canceled:  # paced like an outage, never a hot loop of watches
+                    raise _Ended(f"etcd cancelled the watch: {reply.cancel_reason}")
                 for event in reply.events:
                     held = self.leading
                     if event.type == DELETE:
