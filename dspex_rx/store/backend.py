@@ -68,6 +68,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
+from typing import Protocol
 
 from dspex_rx.core.access import AccessRule
 from dspex_rx.core.graph import DependencyGraph, Edge
@@ -326,6 +327,30 @@ class WriteTxn(ReadTxn):
             self.abort()
 
 
+class Election(Protocol):
+    """Which replica of a shared store takes the writes (the others forward theirs to
+    it): ``leader`` is its address ("" while none is known), ``on_change`` tells of a new
+    one, ``run`` takes part until cancelled.
+
+    Example: ``election.on_change(print)``; ``await election.run()``.
+    """
+
+    leader: str
+    leading: bool
+
+    def on_change(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(address)`` whenever the leader changes.
+
+        Example: ``election.on_change(forwarder.set_leader)``.
+        """
+
+    async def run(self) -> None:
+        """Stand (or follow) until cancelled.
+
+        Example: ``task = asyncio.create_task(election.run())``.
+        """
+
+
 class Backend(ABC):
     """Where the store's state lives: sessions, records, revisions and the commit log.
 
@@ -516,6 +541,40 @@ class Backend(ABC):
 
         Example: ``backend.bind_loop(asyncio.get_running_loop())``.
         """
+
+    @property
+    def position(self) -> int:
+        """How far into the storage's history the live state is: a number that only
+        grows, comparable between replicas of one shared store (over etcd, its
+        revision, which every write moves, a session's creation too); the revision here.
+
+        >>> from dspex_rx.store.memory import MemoryBackend
+        >>> MemoryBackend().position
+        0
+        """
+        return self.revision
+
+    async def holds(self, position: int, wait: float) -> bool:
+        """Whether the live state is at ``position`` or past it, waiting at most
+        ``wait`` seconds for other replicas' writes to arrive.
+
+        >>> import asyncio
+        >>> from dspex_rx.store.memory import MemoryBackend
+        >>> asyncio.run(MemoryBackend().holds(0, wait=1.0))
+        True
+        """
+        return self.position >= position
+
+    def write_leader(self, address: str) -> Election | None:
+        """The election of the replica that takes the writes, with this replica
+        standing as ``address`` ("": only follow); None where there is nothing to elect
+        (one writer: an unshared backend).
+
+        >>> from dspex_rx.store.memory import MemoryBackend
+        >>> MemoryBackend().write_leader("127.0.0.1:50051") is None
+        True
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional, a no-op here
         """Release what the backend holds open (files, threads); idempotent.

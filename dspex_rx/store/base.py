@@ -39,7 +39,7 @@ from dspex_rx.errors import InvalidValueError, SessionNotFoundError, VariableTyp
 from dspex_rx.logs import get_logger
 from dspex_rx.store.access import Access
 from dspex_rx.store.accounts import Accounts
-from dspex_rx.store.backend import Backend
+from dspex_rx.store.backend import Backend, Election
 from dspex_rx.store.checked import Checked, validated
 from dspex_rx.store.checks import BATCH_ENTRY_FRAMING, BATCH_FRAMING, _show
 from dspex_rx.store.memory.backend import MemoryBackend
@@ -265,6 +265,35 @@ class StoreBase:
         Example: ``store.bind_loop(asyncio.get_running_loop())``.
         """
         self._backend.bind_loop(loop)
+
+    @property
+    def position(self) -> int:
+        """How far into the shared storage's history this store is (``Backend.position``):
+        what a replica passes to another so that it acts only once it holds as much.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().position
+        0
+        """
+        return self._backend.position
+
+    async def holds(self, position: int, wait: float) -> bool:
+        """Whether this store is at ``position`` or past it, waiting at most ``wait``
+        seconds for other replicas' writes (``Backend.holds``).
+
+        Example: ``await store.holds(position_from_another_replica, wait=5.0)``.
+        """
+        return await self._backend.holds(position, wait)
+
+    def write_leader(self, address: str) -> Election | None:
+        """The backend's election of a write leader among replicas, with this one
+        standing as ``address``; None for a store with one writer.
+
+        >>> from dspex_rx.store import MemoryStore
+        >>> MemoryStore().write_leader("127.0.0.1:50051") is None
+        True
+        """
+        return self._backend.write_leader(address)
 
     def close(self) -> None:
         """Release the backend's files and threads (a durable backend's data dir lock).
