@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64spex_rx/v1/calls.proto\x12\x0b\x64spex_rx.v1\":\n\x0b\x43\x61llRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x03 \x01(\x0c\"D\n\tCallFrame\x12\'\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x18.dspex_rx.v1.CallRequest\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\")\n\x0bTrailerPair\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"t\n\tCallReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08response\x18\x02 \x01(\x0c\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x04 \x01(\t\x12*\n\x08trailers\x18\x05 \x03(\x0b\x32\x18.dspex_rx.v1.TrailerPair\"5\n\nReplyFrame\x12\'\n\x07replies\x18\x01 \x03(\x0b\x32\x16.dspex_rx.v1.CallReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64spex_rx/v1/calls.proto\x12\x0b\x64spex_rx.v1\"f\n\x0b\x43\x61llRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x03 \x01(\x0c\x12*\n\x08metadata\x18\x04 \x03(\x0b\x32\x18.dspex_rx.v1.TrailerPair\"D\n\tCallFrame\x12\'\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x18.dspex_rx.v1.CallRequest\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\")\n\x0bTrailerPair\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"t\n\tCallReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08response\x18\x02 \x01(\x0c\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x04 \x01(\t\x12*\n\x08trailers\x18\x05 \x03(\x0b\x32\x18.dspex_rx.v1.TrailerPair\"5\n\nReplyFrame\x12\'\n\x07replies\x18\x01 \x03(\x0b\x32\x16.dspex_rx.v1.CallReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dspex_rx.v1.calls_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLREQUEST']._serialized_start=40
-  _globals['_CALLREQUEST']._serialized_end=98
-  _globals['_CALLFRAME']._serialized_start=100
-  _globals['_CALLFRAME']._serialized_end=168
-  _globals['_TRAILERPAIR']._serialized_start=170
-  _globals['_TRAILERPAIR']._serialized_end=211
-  _globals['_CALLREPLY']._serialized_start=213
-  _globals['_CALLREPLY']._serialized_end=329
-  _globals['_REPLYFRAME']._serialized_start=331
-  _globals['_REPLYFRAME']._serialized_end=384
+  _globals['_CALLREQUEST']._serialized_end=142
+  _globals['_CALLFRAME']._serialized_start=144
+  _globals['_CALLFRAME']._serialized_end=212
+  _globals['_TRAILERPAIR']._serialized_start=214
+  _globals['_TRAILERPAIR']._serialized_end=255
+  _globals['_CALLREPLY']._serialized_start=257
+  _globals['_CALLREPLY']._serialized_end=373
+  _globals['_REPLYFRAME']._serialized_start=375
+  _globals['_REPLYFRAME']._serialized_end=428
 # @@protoc_insertion_point(module_scope)
