@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 
 from dspex_rx.errors import ResourceExhaustedError, StorageError
+from dspex_rx.etcd.election import WriteLeader, leader_key
 from dspex_rx.etcd.pages import PagedRead
 from dspex_rx.etcd_v3 import rpc_pb2 as etcd
 from dspex_rx.etcd_v3 import rpc_pb2_grpc as etcd_grpc
@@ -375,6 +376,8 @@ class EtcdBackend(DurableBackend):
             with self._own_lock:
                 self._own.add(reply.header.revision)
         self._head = reply.header.revision
+        # Another replica may have heard of this write first and asked to hold it.
+        self._head_moved()
 
     async def _settle_conflict(self) -> None:
         # Wait (boundedly) until the watch applied the write that won; past the bound, a
@@ -401,6 +404,32 @@ class EtcdBackend(DurableBackend):
                 key=self.prefix + span[0], range_end=self.prefix + span[1]))
         return etcd.RequestOp(request_delete_range=etcd.DeleteRangeRequest(
             key=self._key(op.table, op.key)))
+
+    @property
+    def position(self) -> int:
+        """The etcd revision the live state holds the prefix at (every write to the
+        prefix moves its head row): comparable between replicas.
+
+        Example: ``backend.position`` is e.g. ``1042``.
+        """
+        return self._head
+
+    async def holds(self, position: int, wait: float) -> bool:
+        """Whether the live state holds the prefix at etcd revision ``position`` or
+        later, waiting at most ``wait`` seconds for the watch to bring it.
+
+        Example: ``await backend.holds(1042, wait=5.0)``.
+        """
+        return self._head >= position or await self._head_waiters.until(position, wait)
+
+    def write_leader(self, address: str) -> WriteLeader:
+        """The election, in this etcd, of the replica of this prefix that takes the
+        writes (its key lies outside the prefix, so no replica loads it as a row).
+
+        Example: ``election = backend.write_leader("10.0.0.5:50051")``.
+        """
+        return WriteLeader(self._target, leader_key(self.prefix), address,
+                           options=self._options, timeout=self.timeout)
 
     # -- other replicas' writes -------------------------------------------------------
 

@@ -33,6 +33,7 @@ from dspex_rx.core.identity import Principals
 from dspex_rx.core.limits import Limits
 from dspex_rx.errors import InvalidValueError, StorageError
 from dspex_rx.logs import get_logger
+from dspex_rx.server.forward import Forwarder, advertised_address
 from dspex_rx.server.metrics import ServerMetrics
 from dspex_rx.server.service import VariablesService, add_service
 from dspex_rx.store import MemoryStore
@@ -58,6 +59,10 @@ class Server:
     ``principals`` (``{"admin_*": key}``, see ``identity.Principals``) reserves session-id
     namespaces: creating a session in one needs its key. They need ``auth="token"``.
     ``metrics`` (a ``ServerMetrics``) counts every RPC and reads the store's gauges.
+    Over a store shared by replicas (etcd) the replicas elect a write leader, and the
+    others forward their write RPCs to it (``forward.py``): ``advertise`` is where the
+    others reach this one (default ``host:port``, this machine's name for a wildcard
+    host), ``write_leader=False`` makes every write here.
 
     The port is bound without SO_REUSEPORT: a port another process serves is refused
     (``OSError`` naming it), never shared.
@@ -81,6 +86,8 @@ class Server:
         insecure: bool = False,
         principals: Principals | dict[str, str] | None = None,
         metrics: ServerMetrics | None = None,
+        advertise: str | None = None,
+        write_leader: bool = True,
     ) -> None:
         self._credentials = server_credentials(tls_cert, tls_key)
         check_bind(host, auth, self._credentials is not None, insecure)
@@ -116,6 +123,11 @@ class Server:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._expiry: asyncio.Task[None] | None = None
+        # Over a shared store: where other replicas reach this one, and whether it takes
+        # part in electing the replica that takes the writes (forward.py).
+        self.advertise = advertise
+        self.write_leader = write_leader
+        self._election: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port.
@@ -159,12 +171,32 @@ class Server:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._expiry = asyncio.create_task(self._expire_loop())
+        self._election = self._elect()
         log.info("server_started", host=self.host, port=self.port, auth=self.auth,
                  tls=self.tls)
         if not is_loopback(self.host) and (not self.tls or self.auth != "token"):
             log.warning("server_insecure", host=self.host, auth=self.auth, tls=self.tls,
                         note="reachable from the network without token auth and TLS")
         return self.port
+
+    def _elect(self) -> asyncio.Task[None] | None:
+        # Replicas of a shared store send their writes to one of them, elected through
+        # the store (etcd); alone, or with forwarding off, every write is made here.
+        if not self.write_leader:
+            return None
+        if self.tls:
+            # The link to the leader is plaintext: replicas serving TLS write for
+            # themselves (correct, only slower when several write at once).
+            log.info("write_leader_off", reason="TLS: the link to a leader is plaintext")
+            return None
+        address = self.advertise or advertised_address(self.host, self.port)
+        election = self.store.write_leader(address)
+        if election is None:
+            return None
+        forwarder = Forwarder(address, options=grpc_options(self.limits.max_message_bytes))
+        election.on_change(forwarder.set_leader)
+        self.service.forwarder = forwarder
+        return asyncio.create_task(election.run())
 
     @property
     def tls(self) -> bool:
@@ -204,12 +236,16 @@ class Server:
         if self._server is None:
             return
         await self._health.enter_graceful_shutdown()
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        # Standing down first (the lease revoked) lets another replica lead at once.
+        for task in (self._expiry, self._election):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._server.stop(grace)
         self._server = None
+        if self.service.forwarder is not None:
+            await self.service.forwarder.close()
         if self.store.pending:
             # What changed last (clients detaching) is kept for the next start.
             try:
@@ -241,11 +277,14 @@ async def serve(
     principals: Principals | dict[str, str] | None = None,
     metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
+    advertise: str | None = None,
+    write_leader: bool = True,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
     ``port_file`` receives the bound port once serving (handy with ``port=0``). ``limits``,
-    ``auth``, ``tls_cert``, ``tls_key``, ``insecure`` and ``principals`` are ``Server``'s.
+    ``auth``, ``tls_cert``, ``tls_key``, ``insecure``, ``principals``, ``advertise`` and
+    ``write_leader`` are ``Server``'s.
     ``metrics_port`` (0: a free one) serves Prometheus metrics at
     ``http://metrics_host:metrics_port/metrics``; a port in use raises ``OSError`` and
     nothing is left serving.
@@ -255,7 +294,8 @@ async def serve(
     metrics = ServerMetrics() if metrics_port is not None else None
     server = Server(
         host, port, store, limits=limits, auth=auth, tls_cert=tls_cert, tls_key=tls_key,
-        insecure=insecure, principals=principals, metrics=metrics,
+        insecure=insecure, principals=principals, metrics=metrics, advertise=advertise,
+        write_leader=write_leader,
     )
     bound = await server.start()
     if metrics is not None and metrics_port is not None:

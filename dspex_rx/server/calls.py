@@ -26,7 +26,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from dspex_rx.errors import InvalidValueError
 from dspex_rx.logs import get_logger
-from dspex_rx.server import offload
+from dspex_rx.server import forward, offload
 from dspex_rx.server.rpc import Malformed, Service, abort_with, clip, parse_request
 from dspex_rx.v1 import calls_pb2 as cpb
 from dspex_rx.v1 import variables_pb2 as pb
@@ -107,6 +107,16 @@ class CallContext:
         """
         self._trailers = tuple(metadata)
 
+    @property
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """The trailers set so far (an answer carries them too: the revision a forwarded
+        write reached).
+
+        >>> CallContext((), "").trailers
+        ()
+        """
+        return self._trailers
+
     def code(self) -> grpc.StatusCode | None:
         """The status set by ``abort`` (None while the call has not failed).
 
@@ -141,6 +151,17 @@ class CallContext:
         )
 
 
+def request_metadata(request: cpb.CallRequest) -> tuple[tuple[str, str], ...]:
+    """A request's own call metadata (a forwarding replica sends its caller's).
+
+    >>> request = cpb.CallRequest(id=1)
+    >>> _ = request.metadata.add(key="x-dspex-session-token", value="t")
+    >>> request_metadata(request)
+    (('x-dspex-session-token', 't'),)
+    """
+    return tuple((pair.key, pair.value) for pair in request.metadata)
+
+
 async def answer(service: CallsService, request: cpb.CallRequest, metadata: Any,
                  peer: str) -> cpb.CallReply:
     """Run one pipelined request as its unary RPC, with the stream's call ``metadata`` and
@@ -149,6 +170,9 @@ async def answer(service: CallsService, request: cpb.CallRequest, metadata: Any,
     Example: ``await answer(service, cpb.CallRequest(id=1, method="Echo"), (), peer)``.
     """
     started = time.perf_counter()
+    if request.metadata:
+        # A forwarding replica's request carries its own caller's token.
+        metadata = request_metadata(request)
     context = CallContext(metadata, peer)
     request_type = UNARY_REQUESTS.get(request.method)
     try:
@@ -158,6 +182,8 @@ async def answer(service: CallsService, request: cpb.CallRequest, metadata: Any,
         message = parse_request(request_type, request.request, defer_large=True)
         response = await getattr(service, request.method)(message, context)
         reply = cpb.CallReply(id=request.id, response=offload.serialize_response(response))
+        for key, value in context.trailers:
+            reply.trailers.add(key=key, value=value)
     except Aborted:
         reply = context.reply(request.id)
     observer = service.call_observer
@@ -218,6 +244,11 @@ async def calls(
                     raise InvalidValueError(
                         f"request id {request.id} is already in flight on this stream")
                 await slots.acquire()
+                if request.metadata:
+                    # Forwarded by another replica: run once this one holds what that
+                    # one did (even the token check needs a session made there). Here,
+                    # not in the request's task, so the stream's order stays.
+                    await forward.catch_up(service.store, request_metadata(request))
                 task = loop.create_task(run(request))
                 task.add_done_callback(functools.partial(finished, request.id))
                 running[request.id] = task

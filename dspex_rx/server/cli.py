@@ -142,6 +142,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve_p.add_argument("--etcd-max-request-bytes", type=int, default=1536 * 1024,
                          metavar="N", help="etcd's --max-request-bytes (default 1.5 MiB): "
                          "caps --max-value-bytes to what one etcd write can carry")
+    serve_p.add_argument("--advertise", default=None, metavar="HOST:PORT",
+                         help="with --storage etcd: where the other replicas reach this "
+                         "one (default --host:port, this machine's name for 0.0.0.0)")
+    serve_p.add_argument("--no-write-leader", dest="write_leader", action="store_false",
+                         help="with --storage etcd: every replica makes its own writes "
+                         "(by default they elect one that takes them all, and the others "
+                         "forward writes to it: no conflicts between replicas)")
     serve_p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",
                          help=f"where --storage sqlite keeps its file (default "
                          f"{DEFAULT_DATA_DIR}, created 0700)")
@@ -239,7 +246,8 @@ def _serve(args: argparse.Namespace) -> int:
                 args.host, args.port, port_file=args.port_file, store=store, limits=limits,
                 auth=args.auth, tls_cert=args.tls_cert, tls_key=args.tls_key,
                 insecure=args.insecure, metrics_host=args.metrics_host,
-                metrics_port=args.metrics_port,
+                metrics_port=args.metrics_port, advertise=args.advertise,
+                write_leader=args.write_leader,
             )
         )
     except OSError as exc:

@@ -25,7 +25,7 @@ from dspex_rx.errors import (
     RateLimitedError,
 )
 from dspex_rx.logs import get_logger
-from dspex_rx.server import audit, offload
+from dspex_rx.server import audit, forward, offload
 from dspex_rx.server.encode import seen_variable
 from dspex_rx.server.fanout import frames_queued
 from dspex_rx.server.ratelimit import Guard
@@ -69,6 +69,8 @@ class Service(Protocol):
     limits: Limits
     auth: str
     guard: Guard
+    # Where write RPCs go while another replica leads (None: always here).
+    forwarder: forward.Forwarder | None
 
     def authenticate(self, session_id: str, context: grpc.aio.ServicerContext) -> None:
         """Raise unless the call carries ``session_id``'s token.
@@ -344,8 +346,13 @@ class Unary(Generic[Req, Resp]):
                     session_id = require_session_id(request)
                 store = service.store
                 call = Call(service, context, name, session_id)
+                forwarder = service.forwarder
+                leader_asked = writes and forward.relayed(context.invocation_metadata())
                 if writes:
                     lane = offload.lanes_of(service).enter(session_id)
+                    if forwarder is not None and forwarder.active and not leader_asked:
+                        # Another replica leads: the write runs there (forward.py).
+                        return await forward.relay(call, request, forwarder, lane)  # type: ignore[no-any-return]
                 if isinstance(request, offload.Large):
                     request = await offload.parse(request, Malformed)
                     if isinstance(request, Malformed):
@@ -356,6 +363,11 @@ class Unary(Generic[Req, Resp]):
                         await ahead(call, request)
                 elif lane is not None:
                     await lane.turn()
+                if not leader_asked and forwarder is not None and session_id and (
+                        held := forwarder.holding(session_id)):
+                    # The session's earlier writes went to the leader: this call comes
+                    # after them, as it would after writes made here.
+                    await asyncio.wait(held)
                 queued = frames_queued()
                 for attempt in range(1, CONFLICT_RERUNS + 1):
                     if writes and store.flush_limited:
@@ -389,6 +401,10 @@ class Unary(Generic[Req, Resp]):
                             ) from exc
                 if writes:
                     audit.refused_results(name, request, response)
+                    if leader_asked:
+                        # The forwarding replica answers once it holds this much.
+                        context.set_trailing_metadata(
+                            ((forward.POSITION_KEY, str(store.position)),))
                 if frames_queued() != queued:
                     # The commit queued a frame for a watching stream: one loop turn lets
                     # its sender encode and start writing it before gRPC sends this
@@ -400,6 +416,10 @@ class Unary(Generic[Req, Resp]):
                     answer: Any = await offload.off_loop(call.work.answer, response)
                     return answer  # type: ignore[no-any-return]
                 return response
+            except forward.Refused as exc:
+                # The leader's answer, passed on as it came (status, kind, details).
+                context.set_trailing_metadata(exc.trailers)
+                await context.abort(exc.code, exc.details)
             except DspexError as exc:
                 if writes:
                     audit.refused_write(name, request, exc)

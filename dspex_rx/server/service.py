@@ -14,6 +14,7 @@ from dspex_rx.errors import AuthenticationError, InvalidValueError
 from dspex_rx.server import offload
 from dspex_rx.server.calls import CallObserver, calls
 from dspex_rx.server.fanout import Subscriber
+from dspex_rx.server.forward import Forwarder
 from dspex_rx.server.handlers import (
     access,
     dependencies,
@@ -62,6 +63,8 @@ class VariablesService(pb_grpc.VariablesServicer):
         self.subscribers: set[Subscriber] = set()
         # Told of every call on a Calls stream (method, status, seconds): the metrics.
         self.call_observer: CallObserver | None = None
+        # Set by the server over a shared backend with a write leader (forward.py).
+        self.forwarder: Forwarder | None = None
         # A durable store that went back to its file (the disk refused a write) wakes
         # every stream, which then ends: its queue may hold commits that were undone.
         store.on_reload(self._wake_streams)

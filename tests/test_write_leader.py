@@ -1,0 +1,282 @@
+"""Replicas over one etcd store elect a write leader and forward their write RPCs to it:
+no replica's flush conflicts with another's, a caller's read after its write on a
+follower shows it, refusals come back as the leader made them, and a leader that stops
+or cannot be reached costs no acknowledged write.
+
+Real-time loops are hang guards only (replicas hear each other through etcd).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from helpers import until
+from test_etcd_replicas import replica
+
+import dspex_rx
+from dspex_rx.client.updates import VariableUpdate
+from dspex_rx.server import EmbeddedServer
+from dspex_rx.server.forward import Forwarder
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"leader-{uuid.uuid4().hex}/"
+
+
+@contextlib.contextmanager
+def replicas(endpoint: str, prefix: str, count: int) -> Iterator[list[EmbeddedServer]]:
+    servers = [replica(endpoint, prefix) for _ in range(count)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def forwarder(server: EmbeddedServer) -> Forwarder:
+    found = server.service.forwarder
+    assert found is not None, "a replica over etcd forwards its writes"
+    return found
+
+
+def agreed(servers: list[EmbeddedServer]) -> str:
+    """The leader every replica names, or "" while they do not agree yet."""
+    leaders = {forwarder(s).leader for s in servers}
+    return leaders.pop() if len(leaders) == 1 else ""
+
+
+async def elected(servers: list[EmbeddedServer]) -> tuple[EmbeddedServer, list[EmbeddedServer]]:
+    """The leader, once every replica names the same one and each follower's link to it
+    is up, and the followers."""
+    await until(lambda: agreed(servers) in {s.target for s in servers},
+                "the replicas agreed on a leader", 20)
+    leader = next(s for s in servers if s.target == agreed(servers))
+    followers = [s for s in servers if s is not leader]
+    await until(lambda: all(forwarder(s).active for s in followers),
+                "every follower's link to the leader is up", 20)
+    return leader, followers
+
+
+@contextlib.asynccontextmanager
+async def clients(servers: list[EmbeddedServer], names: list[str],
+                  ) -> AsyncIterator[list[dspex_rx.SessionContext]]:
+    """One client per server on session "shared", its integer variables ``names`` (all
+    0) registered through the first."""
+    async with dspex_rx.connect(servers[0].target, session_id="shared") as first:
+        await first.register_variables(
+            [{"name": n, "type": "integer", "initial_value": 0} for n in names])
+        for server in servers[1:]:
+            await until(lambda s=server: "shared" in s.call(s.store.session_ids),
+                        "the session reached every replica", 20)
+        others = [await dspex_rx.SessionContext("shared", s.target, token=first.token,
+                                                create=False).initialize()
+                  for s in servers[1:]]
+        try:
+            yield [first, *others]
+        finally:
+            for client in others:
+                await client.close()
+
+
+async def test_writes_through_every_replica_are_made_by_the_leader_without_conflicts(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    names = ["a", "b", "c"]
+    with replicas(etcd_endpoint, prefix, 3) as servers:
+        _, followers = await elected(servers)
+        seen: dict[int, list[VariableUpdate]] = {i: [] for i in range(3)}
+        async with clients(servers, names) as sessions:
+            for i, session in enumerate(sessions):
+                session.observe(names[i]).subscribe(seen[i].append)
+            acked: dict[int, list[int]] = {i: [] for i in range(3)}
+            before = [forwarder(s).forwarded for s in followers]
+
+            async def writer(i: int) -> None:
+                for k in range(1, 21):
+                    acked[i].append(await sessions[i].set_variable(names[i], k))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    nursery.start_soon(writer, i)
+            for i in range(3):
+                assert acked[i] == list(range(2, 22))  # versions, each acknowledged once
+            await until(lambda: all(seen[i] and seen[i][-1].version == 21 for i in range(3)),
+                        "every watcher saw its variable's last write", 20)
+            for session in sessions:
+                assert [await session.get_variable(n, bypass_cache=True)
+                        for n in names] == [20, 20, 20]
+        # Every write through a follower went to the leader: none conflicted anywhere.
+        through = [forwarder(s).forwarded - n for s, n in zip(followers, before, strict=True)]
+        assert through == [20, 20]
+        assert [s.call(lambda s=s: s.store.conflicts) for s in servers] == [0, 0, 0]
+    for i in range(3):
+        versions = [u.version for u in seen[i]]
+        assert versions == sorted(set(versions))
+        assert [u.value for u in seen[i] if u.update_type == "value_change"][-1] == 20
+
+
+async def test_a_call_after_a_forwarded_write_on_the_same_follower_sees_that_write(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        _, (follower,) = await elected(servers)
+        ordered = [servers[0], follower] if servers[0] is not follower else servers[::-1]
+        async with clients(ordered, ["t"]) as (_, on_follower):
+            read: list[int] = []
+
+            async def read_after() -> None:
+                read.append(await on_follower.get_variable("t", bypass_cache=True))
+
+            for k in range(1, 11):
+
+                # The read is sent while the write is still on the leader: it runs
+                # after it, as it would on one server.
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(on_follower.set_variable, "t", k)
+                    await trio.testing.wait_all_tasks_blocked()
+                    nursery.start_soon(read_after)
+                assert read[-1] == k
+        assert read == list(range(1, 11))
+        assert forwarder(follower).forwarded == 10
+
+
+async def test_a_session_made_on_a_follower_takes_a_write_through_it_at_once(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        _, (follower,) = await elected(servers)
+        # The leader runs the forwarded writes only once it holds the session the
+        # follower made just before (it hears of it through etcd's watch).
+        for n in range(5):
+            async with dspex_rx.connect(follower.target, session_id=f"new-{n}") as session:
+                await session.register_variable("t", "integer", 0)
+                assert await session.set_variable("t", n) == 2
+        assert forwarder(follower).forwarded == 10
+
+
+async def test_a_forwarded_write_waits_until_the_leader_holds_what_its_follower_did(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: the leader ran a forwarded write before its watch brought the session the
+    # follower had just made, and refused it as "no session".
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        backend = leader.store._backend
+        held: list[tuple[int, Any]] = []
+        post = backend._post
+        leader.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+        async with dspex_rx.connect(follower.target, session_id="fresh") as session:
+            versions: list[int] = []
+
+            async def register() -> None:
+                await session.register_variable("t", "integer", 0)
+                versions.append(await session.set_variable("t", 1))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(register)
+                await until(lambda: len(backend._head_waiters) > 0,
+                            "the forwarded write waits for the session", 20)
+
+                def release() -> None:
+                    backend._post = post
+                    for event in held:
+                        post(*event)
+
+                leader.call(release)
+            assert versions == [2]
+
+
+async def test_a_refusal_by_the_leader_reaches_the_caller_on_a_follower_as_made(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        async with clients([leader, follower], ["t"]) as (on_leader, on_follower):
+            errors = []
+            for session in (on_leader, on_follower):
+                with pytest.raises(dspex_rx.VariableTypeError) as caught:
+                    await session.set_variable("t", "not a number")
+                errors.append(str(caught.value))
+            assert errors[0] == errors[1]
+            assert "'t'" in errors[1]
+            with pytest.raises(dspex_rx.VariableNotFoundError):
+                await on_follower.set_variable("missing", 1)
+            assert await on_follower.get_variable("t", bypass_cache=True) == 0
+        assert forwarder(follower).forwarded == 2
+
+
+async def test_when_the_leader_stops_another_replica_takes_the_writes(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    servers = [replica(etcd_endpoint, prefix) for _ in range(3)]
+    stopped: list[EmbeddedServer] = []
+    try:
+        leader, followers = await elected(servers)
+        async with clients(followers, ["t"]) as (writer, watcher):
+            seen: list[VariableUpdate] = []
+            watcher.observe("t").subscribe(seen.append)
+            assert await writer.set_variable("t", 1) == 2
+            leader.stop()  # revokes its lease: the others campaign at once
+            stopped.append(leader)
+            new_leader, _ = await elected(followers)
+            assert new_leader.target != leader.target
+            versions = [await writer.set_variable("t", k) for k in range(2, 12)]
+            assert versions == list(range(3, 13))
+            await until(lambda: seen and seen[-1].version == 12, "the watcher saw v12", 20)
+            assert [u.version for u in seen] == sorted({u.version for u in seen})
+            assert await watcher.get_variable("t", bypass_cache=True) == 11
+    finally:
+        for server in servers:
+            if server not in stopped:
+                server.stop()
+
+
+async def test_a_follower_whose_leader_cannot_be_reached_makes_its_writes_itself(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        # Told of a leader nothing listens at (as after a crash, until its lease ends).
+        follower.call(lambda: link.set_leader("127.0.0.1:1"))
+        await until(lambda: link.failed >= 1, "the link to the dead leader failed", 20)
+        assert not link.active
+        async with clients([leader, follower], ["t"]) as (_, on_follower):
+            assert await on_follower.set_variable("t", 5) == 2
+            assert await on_follower.get_variable("t", bypass_cache=True) == 5
+        assert link.forwarded == 0
+
+
+async def test_a_forwarded_write_is_never_forwarded_again(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    with replicas(etcd_endpoint, prefix, 2) as (one, two):
+        await elected([one, two])
+        # Each told the other leads (a stale view of the election): no bouncing.
+        one.call(lambda: forwarder(one).set_leader(two.target))
+        two.call(lambda: forwarder(two).set_leader(one.target))
+        await until(lambda: forwarder(one).active and forwarder(two).active,
+                    "both links are up", 20)
+        async with clients([one, two], ["t"]) as (on_one, _):
+            assert await on_one.set_variable("t", 3) == 2
+        # The registering and the set, run by ``two`` as sent.
+        assert (forwarder(one).forwarded, forwarder(two).forwarded) == (2, 0)
+
+
+def test_a_replica_with_the_write_leader_off_makes_every_write_itself(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    from dspex_rx.etcd import EtcdBackend
+    from dspex_rx.store import MemoryStore
+
+    server = EmbeddedServer(store=MemoryStore(
+        backend=EtcdBackend([etcd_endpoint], prefix=prefix)), write_leader=False)
+    with server:
+        assert server.service.forwarder is None
