@@ -552,6 +552,7 @@ def report(raw_runs: list[list[dict[str, Any]]],
             emit({
                 "bench": "replicas_writes", "op": "set_variable", "replicas": n,
                 "mode": raw_mode, "writing_replicas": 1 if mode == ONE_WRITER else n,
+                "write_leader": args.write_leader,
                 "in_flight": 1 if mode == "sequential" else args.concurrency,
                 "calls": calls, "repeats": args.repeats,
                 "calls_per_s": round(rate, 1), "runs_calls_per_s": [round(r, 1) for r in rates],
@@ -624,6 +625,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the servers' --history-size (default: theirs, 1000)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where etcd's member dir goes (default a temp dir)")
+    parser.add_argument("--no-write-leader", dest="write_leader", action="store_false",
+                        help="serve with --no-write-leader: every replica makes its own "
+                        "writes (by default followers forward theirs to an elected leader)")
     parser.add_argument("--profile", metavar="DIR",
                         help="run each server under cProfile, its stats in DIR/<tag>-<i>.prof")
     parser.add_argument("--quick", action="store_true",
@@ -658,13 +662,16 @@ def main(argv: list[str] | None = None) -> int:
         note(f"etcd pid {member.pid} on {member.endpoint}, data in {member.data_dir}")
         emit({**environment(), "etcd": etcd_version(binary),
               "etcd_max_txn_ops": MAX_TXN_OPS,
-              "server_log_size": args.log_size, "server_history_size": args.history_size})
+              "server_log_size": args.log_size, "server_history_size": args.history_size,
+              "write_leader": args.write_leader})
         with contextlib.ExitStack() as stack:
             flags: list[str] = []  # the servers' own bounds, when asked for
             if args.log_size is not None:
                 flags += ["--log-size", str(args.log_size)]
             if args.history_size is not None:
                 flags += ["--history-size", str(args.history_size)]
+            if not args.write_leader:
+                flags += ["--no-write-leader"]
             servers = {n: stack.enter_context(server_children(
                 member.endpoint, prefixes[n], n, f"{n}r", profile=args.profile, extra=flags))
                 for n in REPLICAS}
