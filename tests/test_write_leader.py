@@ -8,6 +8,7 @@ Real-time loops are hang guards only (replicas hear each other through etcd).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,13 +17,20 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from chaos.proxy import ChaosProxy
 from helpers import until
 from test_etcd_replicas import replica
 
 import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
-from dspex_rx.server import EmbeddedServer
+from dspex_rx.core.limits import Limits
+from dspex_rx.etcd import EtcdBackend
+from dspex_rx.server import EmbeddedServer, forward, offload
 from dspex_rx.server.forward import Forwarder
+from dspex_rx.store import MemoryStore
+from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire import codec
+from dspex_rx.wire.security import SESSION_TOKEN_KEY
 
 
 @pytest.fixture
@@ -145,6 +153,40 @@ async def test_a_call_after_a_forwarded_write_on_the_same_follower_sees_that_wri
                 assert read[-1] == k
         assert read == list(range(1, 11))
         assert forwarder(follower).forwarded == 10
+
+
+async def test_a_write_made_while_the_link_was_down_never_waits_for_a_later_forwarded_one(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: a write made on the follower took its turn, then waited for every forwarded
+    # write of its session, one behind it in the lane too (waiting for its turn): a hang.
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        async with clients([leader, follower], ["t"]) as (_, on_follower):
+            lanes = offload.lanes_of(follower.service)
+            # An earlier write of the session, not yet at its store call, holds the line.
+            earlier = follower.call(lambda: lanes.enter("shared"))
+            follower.call(lambda: link.set_leader(""))  # no leader: writes made here
+            versions: list[int] = []
+
+            async def write(value: int) -> None:
+                versions.append(await on_follower.set_variable("t", value))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write, 1)
+                await until(lambda: lanes._tails["shared"] is not earlier._done,
+                            "the write made here waits in the lane", 20)
+                follower.call(lambda: link.set_leader(leader.target))
+                await until(lambda: link.active, "the link to the leader is up", 20)
+                nursery.start_soon(write, 2)
+                await until(lambda: bool(link.holding("shared")),
+                            "the forwarded write waits behind it", 20)
+                follower.call(earlier.leave)
+                await until(lambda: len(versions) == 2, "both writes were answered", 20)
+            assert versions == [2, 3]
+            assert await on_follower.get_variable("t", bypass_cache=True) == 2
+        assert link.forwarded == 1
 
 
 async def test_a_session_made_on_a_follower_takes_a_write_through_it_at_once(
@@ -273,9 +315,6 @@ async def test_a_forwarded_write_is_never_forwarded_again(
 def test_a_replica_with_the_write_leader_off_makes_every_write_itself(
     etcd_endpoint: str, prefix: str,
 ) -> None:
-    from dspex_rx.etcd import EtcdBackend
-    from dspex_rx.store import MemoryStore
-
     server = EmbeddedServer(store=MemoryStore(
         backend=EtcdBackend([etcd_endpoint], prefix=prefix)), write_leader=False)
     with server:

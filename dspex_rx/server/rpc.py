@@ -348,6 +348,12 @@ class Unary(Generic[Req, Resp]):
                 call = Call(service, context, name, session_id)
                 forwarder = service.forwarder
                 leader_asked = writes and forward.relayed(context.invocation_metadata())
+                # The session's forwarded writes this call comes after: those already
+                # there as it enters its lane, never a later write's (one forwarded
+                # behind it in the lane waits for this call's turn: waiting for it
+                # too, each waited for the other forever).
+                held = (forwarder.holding(session_id) if forwarder is not None
+                        and session_id and not leader_asked else [])
                 if writes:
                     lane = offload.lanes_of(service).enter(session_id)
                     if forwarder is not None and forwarder.active and not leader_asked:
@@ -363,8 +369,7 @@ class Unary(Generic[Req, Resp]):
                         await ahead(call, request)
                 elif lane is not None:
                     await lane.turn()
-                if not leader_asked and forwarder is not None and session_id and (
-                        held := forwarder.holding(session_id)):
+                if held:
                     # The session's earlier writes went to the leader: this call comes
                     # after them, as it would after writes made here.
                     await asyncio.wait(held)
