@@ -296,6 +296,26 @@ async def test_a_follower_whose_leader_cannot_be_reached_makes_its_writes_itself
         assert link.forwarded == 0
 
 
+async def test_a_new_leader_named_while_a_retry_is_due_gets_one_link(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: the retry armed after the old leader's link failed still fired, opening a
+    # second link to the new leader that nothing retired or closed.
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        follower.call(lambda: link.set_leader("127.0.0.1:1"))
+        await until(lambda: link.failed >= 1, "the link to the dead leader failed", 20)
+        retry = link._retry
+        assert retry is not None
+        follower.call(lambda: link.set_leader(leader.target))
+        await until(lambda: link.active, "the link to the new leader is up", 20)
+        up = link._link
+        await until(lambda: follower.call(lambda: asyncio.get_running_loop().time()
+                                          > retry.when()), "the retry was due", 20)
+        assert follower.call(lambda: (link._link is up, len(link._links))) == (True, 1)
+
+
 async def test_a_forwarded_write_is_never_forwarded_again(
     etcd_endpoint: str, prefix: str,
 ) -> None:

@@ -184,6 +184,11 @@ class Forwarder:
         log.info("write_leader_changed", leader=address or None, own=self.address)
         self.leader = address
         self._pause = FIRST_PAUSE
+        if self._retry is not None:
+            # A retry armed for the old leader's link: left, it opened a second link to
+            # the new one, never retired or closed (its calls raced the first one's).
+            self._retry.cancel()
+            self._retry = None
         link, self._link = self._link, None
         if link is not None:
             # Its requests in flight still get the old leader's answers.
