@@ -235,6 +235,39 @@ async def test_a_forwarded_write_waits_until_the_leader_holds_what_its_follower_
             assert versions == [2]
 
 
+async def test_writes_queued_together_for_the_leader_leave_in_frames_it_accepts(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: every request queued on the link left in one frame, above the leader's
+    # message limit: the leader refused it, and the link failed each write it carried.
+    limits = Limits(max_message_bytes=800 * 1024, max_value_bytes=320 * 1024)
+    servers = [EmbeddedServer(store=MemoryStore(backend=EtcdBackend(
+        [etcd_endpoint], prefix=prefix), session_ttl=3600), limits=limits)
+        for _ in range(2)]
+    with contextlib.ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(server)
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        names = ["a", "b", "c"]
+        async with dspex_rx.connect(leader.target, session_id="big") as session:
+            await session.register_variables(
+                [{"name": n, "type": "string", "initial_value": ""} for n in names])
+            metadata = [(SESSION_TOKEN_KEY, session.token)]
+            requests = [pb.SetVariableRequest(session_id="big", ref=name,
+                                              value=codec.encode(name * 300_000))
+                        for name in names]
+            # Queued in one loop turn: together on the link before it writes any.
+            answers = follower.call(lambda: [
+                link.send("SetVariable", r.SerializeToString(), metadata) for r in requests])
+            await until(lambda: all(a.done() for a in answers), "the leader answered", 20)
+            assert [a.exception() for a in answers] == [None, None, None]
+            assert [a.result().code for a in answers] == [0, 0, 0]
+            assert [len(await session.get_variable(n, bypass_cache=True))
+                    for n in names] == [300_000] * 3
+        assert link.failed == 0
+
+
 async def test_a_refusal_by_the_leader_reaches_the_caller_on_a_follower_as_made(
     etcd_endpoint: str, prefix: str,
 ) -> None:

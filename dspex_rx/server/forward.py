@@ -48,6 +48,10 @@ LAST_PAUSE = 8.0
 HOLD_WAIT = 5.0
 
 CALLS_METHOD = "/dspex_rx.v1.Variables/Calls"
+# gRPC's own limit of a message's size, where the link's options give none.
+GRPC_MAX_MESSAGE = 4 * 1024 * 1024
+# Bytes a request adds to its frame beside its own: the field's tag and length.
+CALL_FRAMING = 8
 
 
 def advertised_address(host: str, port: int) -> str:
@@ -151,6 +155,10 @@ class Forwarder:
         self.address = address
         self.leader = ""
         self._options = list(options)
+        # What one frame to the leader may hold: the leader refuses a larger message (and
+        # the link with it), so queued requests go out in frames within it.
+        self._max_frame = dict(self._options).get("grpc.max_send_message_length",
+                                                  GRPC_MAX_MESSAGE)
         self._link: _Link | None = None
         # Every link not yet closed: the current one and retired ones still answering.
         self._links: set[_Link] = set()
@@ -199,7 +207,7 @@ class Forwarder:
         self._retry = None
         if self.leader and self.leader != self.address and not self._closed:
             link = self._link = _Link(self.leader, self._options, self._link_failed,
-                                      self._link_up)
+                                      self._link_up, self._max_frame)
             self._links.add(link)
             link.closed.add_done_callback(lambda _: self._links.discard(link))
 
@@ -280,8 +288,10 @@ class _Link:
     answers routed back by id; once it fails, every request still waiting fails."""
 
     def __init__(self, target: str, options: Sequence[tuple[str, Any]],
-                 failed: Callable[[_Link, str], None], up: Callable[[], None]) -> None:
+                 failed: Callable[[_Link, str], None], up: Callable[[], None],
+                 max_frame: int = GRPC_MAX_MESSAGE) -> None:
         self.target = target
+        self._max_frame = max_frame
         self._up = up
         # Set once the leader's first (empty) frame came: requests are sent only then.
         self.ready = False
@@ -339,9 +349,7 @@ class _Link:
                         reader.result()
                         raise ConnectionError("the leader ended the Calls stream")
                     continue
-                frame = cpb.CallFrame(calls=self._queue)
-                self._queue = []
-                await call.write(frame)
+                await call.write(self._frame())
         except asyncio.CancelledError:
             self._fail("the forwarding link was closed")
             raise
@@ -353,6 +361,19 @@ class _Link:
                 reader.cancel()
             call.cancel()
             await self._channel.close()
+
+    def _frame(self) -> cpb.CallFrame:
+        # The queue's head, as much as one message may carry (at least one request: one
+        # too large for it is the leader's to refuse, with the same limit as here).
+        taken = size = 0
+        for request in self._queue:
+            size += request.ByteSize() + CALL_FRAMING
+            if taken and size > self._max_frame:
+                break
+            taken += 1
+        frame = cpb.CallFrame(calls=self._queue[:taken])
+        del self._queue[:taken]
+        return frame
 
     async def _read(self, call: Any) -> None:
         while True:
