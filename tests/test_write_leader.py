@@ -329,6 +329,53 @@ async def test_a_follower_whose_leader_cannot_be_reached_makes_its_writes_itself
         assert link.forwarded == 0
 
 
+async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_the_old(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: the next write of a session went on the new leader's link at once, and
+    # the new leader ran it while the old one still held an earlier write: applied in
+    # the wrong order (the earlier value won).
+    with replicas(etcd_endpoint, prefix, 3) as servers:
+        old, followers = await elected(servers)
+        follower, new = followers
+        link = forwarder(follower)
+        async with clients([old, follower], ["t"]) as (_, on_follower):
+            # The old leader's watch held back, and a write made on the follower: the
+            # old leader keeps the next forwarded write until its watch brings it.
+            backend = old.store._backend
+            held: list[tuple[int, Any]] = []
+            post = backend._post
+            old.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+            follower.call(lambda: link.set_leader(""))
+            assert await on_follower.set_variable("t", 1) == 2
+            follower.call(lambda: link.set_leader(old.target))
+            await until(lambda: link.active, "the link to the old leader is up", 20)
+            versions: dict[int, int] = {}
+
+            async def write(value: int) -> None:
+                versions[value] = await on_follower.set_variable("t", value)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write, 2)
+                await until(lambda: len(backend._head_waiters) > 0,
+                            "the old leader holds the write back", 20)
+                follower.call(lambda: link.set_leader(new.target))
+                await until(lambda: link.active, "the link to the new leader is up", 20)
+                nursery.start_soon(write, 3)
+                lanes = offload.lanes_of(follower.service)
+                await until(lambda: 3 in versions or "shared" in lanes._tails,
+                            "the next write reached the follower", 20)
+
+                def release() -> None:
+                    backend._post = post
+                    for event in held:
+                        post(*event)
+
+                old.call(release)
+            assert versions == {2: 3, 3: 4}
+            assert await on_follower.get_variable("t", bypass_cache=True) == 3
+
+
 async def test_a_new_leader_named_while_a_retry_is_due_gets_one_link(
     etcd_endpoint: str, prefix: str,
 ) -> None:

@@ -119,8 +119,12 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
     try:
         if lane is not None:
             await lane.turn()
+        if earlier := forwarder.elsewhere(call.session_id):
+            # The session's earlier writes left on a link since replaced (a new leader):
+            # sent now, this one could run there before they ran on the old one.
+            await asyncio.wait(earlier)
         metadata.append((AFTER_KEY, str(call.store.position)))
-        answer = forwarder.send(call.method, data, metadata)
+        answer = forwarder.send(call.method, data, metadata, held)
         if lane is not None:
             lane.leave()
         reply = await answer
@@ -168,6 +172,8 @@ class Forwarder:
         # Each session's forwarded writes not yet held here: a later call of the same
         # session waits for them, as it would for a write made here (calls.py's order).
         self._holding: dict[str, set[asyncio.Future[None]]] = {}
+        # The link each of them left on (none yet: waiting for its turn).
+        self._sent_on: dict[asyncio.Future[None], _Link] = {}
         # Counted for tests and the logs.
         self.forwarded = 0
         self.failed = 0
@@ -211,10 +217,11 @@ class Forwarder:
             self._links.add(link)
             link.closed.add_done_callback(lambda _: self._links.discard(link))
 
-    def send(self, method: str, data: bytes,
-             metadata: Sequence[tuple[str, str]]) -> asyncio.Future[cpb.CallReply]:
+    def send(self, method: str, data: bytes, metadata: Sequence[tuple[str, str]],
+             held: asyncio.Future[None] | None = None) -> asyncio.Future[cpb.CallReply]:
         """Queue one request for the leader (requests leave in the order sent); the
-        future is its answer, or a ``StorageError`` saying whether it left.
+        future is its answer, or a ``StorageError`` saying whether it left. ``held``
+        (from ``hold``) notes the link it left on, for ``elsewhere``.
 
         Example: ``reply = await forwarder.send("SetVariable", data, metadata)``.
         """
@@ -228,6 +235,8 @@ class Forwarder:
                 "nothing of this write was sent: try again"))
             return answer
         self.forwarded += 1
+        if held is not None and not held.done():
+            self._sent_on[held] = link
         return link.send(method, data, metadata)
 
     def hold(self, session_id: str) -> asyncio.Future[None]:
@@ -241,6 +250,7 @@ class Forwarder:
         waits.add(held)
 
         def done(_: object) -> None:
+            self._sent_on.pop(held, None)
             waits.discard(held)
             if not waits and self._holding.get(session_id) is waits:
                 del self._holding[session_id]
@@ -255,6 +265,17 @@ class Forwarder:
         []
         """
         return list(self._holding.get(session_id, ()))
+
+    def elsewhere(self, session_id: str) -> list[asyncio.Future[None]]:
+        """The forwarded writes of ``session_id`` not yet held here that left on another
+        link than the current one: the next write of the session waits for them, since
+        only one link keeps the order of what it carries.
+
+        >>> Forwarder("a:1").elsewhere("s")
+        []
+        """
+        return [held for held in self._holding.get(session_id, ())
+                if self._sent_on.get(held, self._link) is not self._link]
 
     def _link_up(self) -> None:
         # The leader answers again: the next failure pauses briefly, not for long.
