@@ -396,6 +396,29 @@ async def test_a_new_leader_named_while_a_retry_is_due_gets_one_link(
         assert follower.call(lambda: (link._link is up, len(link._links))) == (True, 1)
 
 
+async def test_a_write_sent_to_a_leader_gone_silent_fails_instead_of_waiting_for_ever(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: the link had no keepalive: a leader whose path went silent (no reset, as
+    # a partition) never answered, and the caller waited for ever (its session's next
+    # calls on the follower too, behind the write).
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        host, port = leader.target.rsplit(":", 1)
+        proxy = ChaosProxy(lambda: (host, int(port)))
+        async with trio.open_nursery() as nursery:
+            through = f"127.0.0.1:{await nursery.start(proxy.serve)}"
+            follower.call(lambda: link.set_leader(through))
+            await until(lambda: link.active, "the link through the proxy is up", 20)
+            async with clients([leader, follower], ["t"]) as (_, on_follower):
+                proxy.black_hole_all(new_too=True)
+                with trio.fail_after(30), pytest.raises(dspex_rx.StorageError,
+                                                        match="did not answer"):
+                    await on_follower.set_variable("t", 1)
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_forwarded_write_is_never_forwarded_again(
     etcd_endpoint: str, prefix: str,
 ) -> None:
