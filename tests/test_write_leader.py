@@ -442,3 +442,13 @@ def test_a_replica_with_the_write_leader_off_makes_every_write_itself(
         backend=EtcdBackend([etcd_endpoint], prefix=prefix)), write_leader=False)
     with server:
         assert server.service.forwarder is None
+
+
+async def test_a_callers_malformed_position_on_a_request_is_no_position() -> None:
+    # Guards: "²" passes str.isdigit but int() refused it: a caller's per-request
+    # metadata made the Calls stream's reader fail (INTERNAL), not just its own call.
+    store = MemoryStore()
+    for value in ("²", "1" * 5000, "-3", ""):
+        await forward.catch_up(store, ((forward.AFTER_KEY, value),))
+    assert [forward.position_in(((forward.AFTER_KEY, v),), forward.AFTER_KEY)
+            for v in ("²", "1" * 5000, "17")] == [0, 0, 17]

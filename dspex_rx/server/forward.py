@@ -93,13 +93,27 @@ def relayed(metadata: Sequence[tuple[str, Any]] | None) -> bool:
     return any(key == FORWARDED_KEY for key, _ in metadata or ())
 
 
+def position_in(metadata: Sequence[tuple[str, Any]] | None, key: str) -> int:
+    """The store position another replica put under ``key`` (0: none). A caller may send
+    any metadata: what is no plain number is none, not an error ("²" passes
+    ``str.isdigit`` yet ``int`` refuses it, as it does a number of 5,000 digits).
+
+    >>> position_in(((AFTER_KEY, "1042"),), AFTER_KEY), position_in(((AFTER_KEY, "²"),), AFTER_KEY)
+    (1042, 0)
+    """
+    for name, value in metadata or ():
+        if name == key and isinstance(value, str) and value.isascii() and value.isdigit():
+            return int(value) if len(value) <= 20 else 0
+    return 0
+
+
 async def catch_up(store: Any, metadata: Sequence[tuple[str, Any]] | None) -> None:
     """On the leader, before a forwarded request runs: wait (at most ``HOLD_WAIT``) until
     the store holds what the forwarding replica held when it sent it.
 
     Example: ``await catch_up(service.store, metadata)`` as ``calls.py`` reads a request.
     """
-    after = next((int(v) for k, v in metadata or () if k == AFTER_KEY and v.isdigit()), 0)
+    after = position_in(metadata, AFTER_KEY)
     if after > store.position and not await store.holds(after, HOLD_WAIT):
         log.warning("forwarded_write_ahead_of_leader", after=after, held=store.position,
                     waited=HOLD_WAIT)
@@ -131,7 +145,7 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
         trailers = [(pair.key, pair.value) for pair in reply.trailers]
         if reply.code != 0:
             raise Refused(reply.code, reply.details, trailers)
-        position = next((int(v) for k, v in trailers if k == POSITION_KEY and v.isdigit()), 0)
+        position = position_in(trailers, POSITION_KEY)
         if position and not await call.store.holds(position, HOLD_WAIT):
             log.warning("forwarded_write_not_held", method=call.method, position=position,
                         held=call.store.position, waited=HOLD_WAIT)
