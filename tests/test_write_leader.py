@@ -376,6 +376,53 @@ async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_th
             assert await on_follower.get_variable("t", bypass_cache=True) == 3
 
 
+async def test_a_write_forwarded_once_the_link_is_up_runs_after_one_made_here_before(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: a write made here with the link down left the lane before it was stored;
+    # the session's next write, forwarded once the link came up, ran at the leader first
+    # and the earlier one, losing its flush's compare, was run again after it.
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        async with clients([leader, follower], ["t"]) as (_, on_follower):
+            backend = follower.store._backend
+            gate = follower.call(asyncio.Event)
+            stalled: list[object] = []
+            store = backend._store
+
+            async def gated(ops: Any) -> None:
+                stalled.append(ops)
+                await gate.wait()
+                await store(ops)
+
+            follower.call(lambda: setattr(backend, "_store", gated))
+            follower.call(lambda: link.set_leader(""))  # no leader: writes made here
+            lanes = offload.lanes_of(follower.service)
+            versions: dict[int, int] = {}
+
+            async def write(value: int) -> None:
+                versions[value] = await on_follower.set_variable("t", value)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write, 1)
+                await until(lambda: bool(stalled), "the write made here is being stored", 20)
+                follower.call(lambda: link.set_leader(leader.target))
+                await until(lambda: link.active, "the link to the leader is up", 20)
+                nursery.start_soon(write, 2)
+                await until(lambda: "shared" in lanes._tails or leader.call(
+                    lambda: leader.store.get("shared", "t").version) == 2,
+                    "the forwarded write waits, or ran at the leader", 20)
+
+                def release() -> None:
+                    backend._store = store
+                    gate.set()
+
+                follower.call(release)
+            assert versions == {1: 2, 2: 3}
+            assert await on_follower.get_variable("t", bypass_cache=True) == 2
+
+
 async def test_a_new_leader_named_while_a_retry_is_due_gets_one_link(
     etcd_endpoint: str, prefix: str,
 ) -> None:

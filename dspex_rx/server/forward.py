@@ -129,13 +129,17 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
     data = request.data if isinstance(request, offload.Large) else request.SerializeToString()
     metadata = [(key, value) for key, value in call.context.invocation_metadata() or ()
                 if key in FORWARDED_METADATA]
+    # The session's writes before this one (not those behind it in the lane: they wait
+    # for this one's turn), then this one's own mark.
+    before = forwarder.all_holding(call.session_id)
     held = forwarder.hold(call.session_id)
     try:
         if lane is not None:
             await lane.turn()
-        if earlier := forwarder.elsewhere(call.session_id):
-            # The session's earlier writes left on a link since replaced (a new leader):
-            # sent now, this one could run there before they ran on the old one.
+        if earlier := forwarder.elsewhere(before):
+            # The session's earlier writes made here (not yet stored) or left on a link
+            # since replaced (a new leader): sent now, this one could run at the leader
+            # before them, and they after it.
             await asyncio.wait(earlier)
         metadata.append((AFTER_KEY, str(call.store.position)))
         answer = forwarder.send(call.method, data, metadata, held)
@@ -186,8 +190,9 @@ class Forwarder:
         # Each session's forwarded writes not yet held here: a later call of the same
         # session waits for them, as it would for a write made here (calls.py's order).
         self._holding: dict[str, set[asyncio.Future[None]]] = {}
-        # The link each of them left on (none yet: waiting for its turn).
-        self._sent_on: dict[asyncio.Future[None], _Link] = {}
+        # The link each of them left on (none yet: waiting for its turn; None: a write
+        # made here while the link was down, kept until it is stored).
+        self._sent_on: dict[asyncio.Future[None], _Link | None] = {}
         # Counted for tests and the logs.
         self.forwarded = 0
         self.failed = 0
@@ -253,9 +258,10 @@ class Forwarder:
             self._sent_on[held] = link
         return link.send(method, data, metadata)
 
-    def hold(self, session_id: str) -> asyncio.Future[None]:
-        """Mark a forwarded write of ``session_id`` as not yet held here; set the future's
-        result once it is (``holding`` waits for it).
+    def hold(self, session_id: str, *, here: bool = False) -> asyncio.Future[None]:
+        """Mark a forwarded write of ``session_id`` (``here``: one made here) as not yet
+        held here (stored); set the future's result once it is (``holding`` and
+        ``elsewhere`` wait for it).
 
         Example: ``held = forwarder.hold(sid)`` ... ``held.set_result(None)``.
         """
@@ -270,6 +276,8 @@ class Forwarder:
                 del self._holding[session_id]
 
         held.add_done_callback(done)
+        if here:
+            self._sent_on[held] = None
         return held
 
     def holding(self, session_id: str) -> list[asyncio.Future[None]]:
@@ -278,18 +286,27 @@ class Forwarder:
         >>> Forwarder("a:1").holding("s")
         []
         """
-        return list(self._holding.get(session_id, ()))
+        return [held for held in self._holding.get(session_id, ())
+                if held not in self._sent_on or self._sent_on[held] is not None]
 
-    def elsewhere(self, session_id: str) -> list[asyncio.Future[None]]:
-        """The forwarded writes of ``session_id`` not yet held here that left on another
-        link than the current one: the next write of the session waits for them, since
-        only one link keeps the order of what it carries.
+    def all_holding(self, session_id: str) -> list[asyncio.Future[None]]:
+        """The writes of ``session_id`` not yet held here, made here ones too.
 
-        >>> Forwarder("a:1").elsewhere("s")
+        >>> Forwarder("a:1").all_holding("s")
         []
         """
-        return [held for held in self._holding.get(session_id, ())
-                if self._sent_on.get(held, self._link) is not self._link]
+        return list(self._holding.get(session_id, ()))
+
+    def elsewhere(self, earlier: list[asyncio.Future[None]]) -> list[asyncio.Future[None]]:
+        """Of a session's ``earlier`` writes not yet held here (``all_holding``), those
+        not on the current link: made here, or left on a link since replaced. A write to
+        forward waits for them, since only one link keeps the order of what it carries.
+
+        >>> Forwarder("a:1").elsewhere([])
+        []
+        """
+        return [held for held in earlier if not held.done()
+                and held in self._sent_on and self._sent_on[held] is not self._link]
 
     def _link_up(self) -> None:
         # The leader answers again: the next failure pauses briefly, not for long.

@@ -337,6 +337,7 @@ class Unary(Generic[Req, Resp]):
             service: Service, request: Req, context: grpc.aio.ServicerContext
         ) -> Resp:
             lane: offload.Lane | None = None
+            mine: asyncio.Future[None] | None = None
             try:
                 if isinstance(request, Malformed):
                     raise request.exception()
@@ -359,6 +360,10 @@ class Unary(Generic[Req, Resp]):
                     if forwarder is not None and forwarder.active and not leader_asked:
                         # Another replica leads: the write runs there (forward.py).
                         return await forward.relay(call, request, forwarder, lane)  # type: ignore[no-any-return]
+                    if forwarder is not None and not leader_asked:
+                        # Made here with the link down: a write of the session forwarded
+                        # once it is up waits until this one is stored (forward.relay).
+                        mine = forwarder.hold(session_id, here=True)
                 if isinstance(request, offload.Large):
                     request = await offload.parse(request, Malformed)
                     if isinstance(request, Malformed):
@@ -440,6 +445,8 @@ class Unary(Generic[Req, Resp]):
             finally:
                 if lane is not None:
                     lane.leave()
+                if mine is not None and not mine.done():
+                    mine.set_result(None)
             raise AssertionError("unreachable: context.abort raises")
 
         method.__name__ = method.__qualname__ = name
