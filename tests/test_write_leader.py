@@ -8,6 +8,7 @@ Real-time loops are hang guards only (replicas hear each other through etcd).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,13 +17,20 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from chaos.proxy import ChaosProxy
 from helpers import until
 from test_etcd_replicas import replica
 
 import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
-from dspex_rx.server import EmbeddedServer
+from dspex_rx.core.limits import Limits
+from dspex_rx.etcd import EtcdBackend
+from dspex_rx.server import EmbeddedServer, forward, offload
 from dspex_rx.server.forward import Forwarder
+from dspex_rx.store import MemoryStore
+from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire import codec
+from dspex_rx.wire.security import SESSION_TOKEN_KEY
 
 
 @pytest.fixture
@@ -147,6 +155,40 @@ async def test_a_call_after_a_forwarded_write_on_the_same_follower_sees_that_wri
         assert forwarder(follower).forwarded == 10
 
 
+async def test_a_write_made_while_the_link_was_down_never_waits_for_a_later_forwarded_one(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: a write made on the follower took its turn, then waited for every forwarded
+    # write of its session, one behind it in the lane too (waiting for its turn): a hang.
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        async with clients([leader, follower], ["t"]) as (_, on_follower):
+            lanes = offload.lanes_of(follower.service)
+            # An earlier write of the session, not yet at its store call, holds the line.
+            earlier = follower.call(lambda: lanes.enter("shared"))
+            follower.call(lambda: link.set_leader(""))  # no leader: writes made here
+            versions: list[int] = []
+
+            async def write(value: int) -> None:
+                versions.append(await on_follower.set_variable("t", value))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write, 1)
+                await until(lambda: lanes._tails["shared"] is not earlier._done,
+                            "the write made here waits in the lane", 20)
+                follower.call(lambda: link.set_leader(leader.target))
+                await until(lambda: link.active, "the link to the leader is up", 20)
+                nursery.start_soon(write, 2)
+                await until(lambda: bool(link.holding("shared")),
+                            "the forwarded write waits behind it", 20)
+                follower.call(earlier.leave)
+                await until(lambda: len(versions) == 2, "both writes were answered", 20)
+            assert versions == [2, 3]
+            assert await on_follower.get_variable("t", bypass_cache=True) == 2
+        assert link.forwarded == 1
+
+
 async def test_a_session_made_on_a_follower_takes_a_write_through_it_at_once(
     etcd_endpoint: str, prefix: str,
 ) -> None:
@@ -191,6 +233,39 @@ async def test_a_forwarded_write_waits_until_the_leader_holds_what_its_follower_
 
                 leader.call(release)
             assert versions == [2]
+
+
+async def test_writes_queued_together_for_the_leader_leave_in_frames_it_accepts(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: every request queued on the link left in one frame, above the leader's
+    # message limit: the leader refused it, and the link failed each write it carried.
+    limits = Limits(max_message_bytes=800 * 1024, max_value_bytes=320 * 1024)
+    servers = [EmbeddedServer(store=MemoryStore(backend=EtcdBackend(
+        [etcd_endpoint], prefix=prefix), session_ttl=3600), limits=limits)
+        for _ in range(2)]
+    with contextlib.ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(server)
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        names = ["a", "b", "c"]
+        async with dspex_rx.connect(leader.target, session_id="big") as session:
+            await session.register_variables(
+                [{"name": n, "type": "string", "initial_value": ""} for n in names])
+            metadata = [(SESSION_TOKEN_KEY, session.token)]
+            requests = [pb.SetVariableRequest(session_id="big", ref=name,
+                                              value=codec.encode(name * 300_000))
+                        for name in names]
+            # Queued in one loop turn: together on the link before it writes any.
+            answers = follower.call(lambda: [
+                link.send("SetVariable", r.SerializeToString(), metadata) for r in requests])
+            await until(lambda: all(a.done() for a in answers), "the leader answered", 20)
+            assert [a.exception() for a in answers] == [None, None, None]
+            assert [a.result().code for a in answers] == [0, 0, 0]
+            assert [len(await session.get_variable(n, bypass_cache=True))
+                    for n in names] == [300_000] * 3
+        assert link.failed == 0
 
 
 async def test_a_refusal_by_the_leader_reaches_the_caller_on_a_follower_as_made(
@@ -254,6 +329,143 @@ async def test_a_follower_whose_leader_cannot_be_reached_makes_its_writes_itself
         assert link.forwarded == 0
 
 
+async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_the_old(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: the next write of a session went on the new leader's link at once, and
+    # the new leader ran it while the old one still held an earlier write: applied in
+    # the wrong order (the earlier value won).
+    with replicas(etcd_endpoint, prefix, 3) as servers:
+        old, followers = await elected(servers)
+        follower, new = followers
+        link = forwarder(follower)
+        async with clients([old, follower], ["t"]) as (_, on_follower):
+            # The old leader's watch held back, and a write made on the follower: the
+            # old leader keeps the next forwarded write until its watch brings it.
+            backend = old.store._backend
+            held: list[tuple[int, Any]] = []
+            post = backend._post
+            old.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+            follower.call(lambda: link.set_leader(""))
+            assert await on_follower.set_variable("t", 1) == 2
+            follower.call(lambda: link.set_leader(old.target))
+            await until(lambda: link.active, "the link to the old leader is up", 20)
+            versions: dict[int, int] = {}
+
+            async def write(value: int) -> None:
+                versions[value] = await on_follower.set_variable("t", value)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write, 2)
+                await until(lambda: len(backend._head_waiters) > 0,
+                            "the old leader holds the write back", 20)
+                follower.call(lambda: link.set_leader(new.target))
+                await until(lambda: link.active, "the link to the new leader is up", 20)
+                nursery.start_soon(write, 3)
+                lanes = offload.lanes_of(follower.service)
+                await until(lambda: 3 in versions or "shared" in lanes._tails,
+                            "the next write reached the follower", 20)
+
+                def release() -> None:
+                    backend._post = post
+                    for event in held:
+                        post(*event)
+
+                old.call(release)
+            assert versions == {2: 3, 3: 4}
+            assert await on_follower.get_variable("t", bypass_cache=True) == 3
+
+
+async def test_a_write_forwarded_once_the_link_is_up_runs_after_one_made_here_before(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: a write made here with the link down left the lane before it was stored;
+    # the session's next write, forwarded once the link came up, ran at the leader first
+    # and the earlier one, losing its flush's compare, was run again after it.
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        async with clients([leader, follower], ["t"]) as (_, on_follower):
+            backend = follower.store._backend
+            gate = follower.call(asyncio.Event)
+            stalled: list[object] = []
+            store = backend._store
+
+            async def gated(ops: Any) -> None:
+                stalled.append(ops)
+                await gate.wait()
+                await store(ops)
+
+            follower.call(lambda: setattr(backend, "_store", gated))
+            follower.call(lambda: link.set_leader(""))  # no leader: writes made here
+            lanes = offload.lanes_of(follower.service)
+            versions: dict[int, int] = {}
+
+            async def write(value: int) -> None:
+                versions[value] = await on_follower.set_variable("t", value)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write, 1)
+                await until(lambda: bool(stalled), "the write made here is being stored", 20)
+                follower.call(lambda: link.set_leader(leader.target))
+                await until(lambda: link.active, "the link to the leader is up", 20)
+                nursery.start_soon(write, 2)
+                await until(lambda: "shared" in lanes._tails or leader.call(
+                    lambda: leader.store.get("shared", "t").version) == 2,
+                    "the forwarded write waits, or ran at the leader", 20)
+
+                def release() -> None:
+                    backend._store = store
+                    gate.set()
+
+                follower.call(release)
+            assert versions == {1: 2, 2: 3}
+            assert await on_follower.get_variable("t", bypass_cache=True) == 2
+
+
+async def test_a_new_leader_named_while_a_retry_is_due_gets_one_link(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: the retry armed after the old leader's link failed still fired, opening a
+    # second link to the new leader that nothing retired or closed.
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        follower.call(lambda: link.set_leader("127.0.0.1:1"))
+        await until(lambda: link.failed >= 1, "the link to the dead leader failed", 20)
+        retry = link._retry
+        assert retry is not None
+        follower.call(lambda: link.set_leader(leader.target))
+        await until(lambda: link.active, "the link to the new leader is up", 20)
+        up = link._link
+        await until(lambda: follower.call(lambda: asyncio.get_running_loop().time()
+                                          > retry.when()), "the retry was due", 20)
+        assert follower.call(lambda: (link._link is up, len(link._links))) == (True, 1)
+
+
+async def test_a_write_sent_to_a_leader_gone_silent_fails_instead_of_waiting_for_ever(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: the link had no keepalive: a leader whose path went silent (no reset, as
+    # a partition) never answered, and the caller waited for ever (its session's next
+    # calls on the follower too, behind the write).
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        host, port = leader.target.rsplit(":", 1)
+        proxy = ChaosProxy(lambda: (host, int(port)))
+        async with trio.open_nursery() as nursery:
+            through = f"127.0.0.1:{await nursery.start(proxy.serve)}"
+            follower.call(lambda: link.set_leader(through))
+            await until(lambda: link.active, "the link through the proxy is up", 20)
+            async with clients([leader, follower], ["t"]) as (_, on_follower):
+                proxy.black_hole_all(new_too=True)
+                with trio.fail_after(30), pytest.raises(dspex_rx.StorageError,
+                                                        match="did not answer"):
+                    await on_follower.set_variable("t", 1)
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_forwarded_write_is_never_forwarded_again(
     etcd_endpoint: str, prefix: str,
 ) -> None:
@@ -273,10 +485,17 @@ async def test_a_forwarded_write_is_never_forwarded_again(
 def test_a_replica_with_the_write_leader_off_makes_every_write_itself(
     etcd_endpoint: str, prefix: str,
 ) -> None:
-    from dspex_rx.etcd import EtcdBackend
-    from dspex_rx.store import MemoryStore
-
     server = EmbeddedServer(store=MemoryStore(
         backend=EtcdBackend([etcd_endpoint], prefix=prefix)), write_leader=False)
     with server:
         assert server.service.forwarder is None
+
+
+async def test_a_callers_malformed_position_on_a_request_is_no_position() -> None:
+    # Guards: "²" passes str.isdigit but int() refused it: a caller's per-request
+    # metadata made the Calls stream's reader fail (INTERNAL), not just its own call.
+    store = MemoryStore()
+    for value in ("²", "1" * 5000, "-3", ""):
+        await forward.catch_up(store, ((forward.AFTER_KEY, value),))
+    assert [forward.position_in(((forward.AFTER_KEY, v),), forward.AFTER_KEY)
+            for v in ("²", "1" * 5000, "17")] == [0, 0, 17]

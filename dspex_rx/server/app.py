@@ -38,7 +38,12 @@ from dspex_rx.server.metrics import ServerMetrics
 from dspex_rx.server.service import VariablesService, add_service
 from dspex_rx.store import MemoryStore
 from dspex_rx.store.backend import RevisionConflict
-from dspex_rx.wire.channel import SERVICE_NAME, grpc_options, server_keepalive_options
+from dspex_rx.wire.channel import (
+    SERVICE_NAME,
+    client_keepalive_options,
+    grpc_options,
+    server_keepalive_options,
+)
 from dspex_rx.wire.security import Pem, check_bind, is_loopback, server_credentials
 
 log = get_logger("dspex_rx.server")
@@ -193,7 +198,10 @@ class Server:
         election = self.store.write_leader(address)
         if election is None:
             return None
-        forwarder = Forwarder(address, options=grpc_options(self.limits.max_message_bytes))
+        # Keepalive: a leader whose path goes silent (no reset) fails the link within
+        # seconds; without it, what it carried waited for ever, and the sessions after.
+        forwarder = Forwarder(address, options=grpc_options(self.limits.max_message_bytes)
+                              + client_keepalive_options())
         election.on_change(forwarder.set_leader)
         self.service.forwarder = forwarder
         return asyncio.create_task(election.run())

@@ -51,6 +51,10 @@ LAST_PAUSE = 8.0
 HOLD_WAIT = 5.0
 
 CALLS_METHOD = "/dspex_rx.v1.Variables/Calls"
+# gRPC's own limit of a message's size, where the link's options give none.
+GRPC_MAX_MESSAGE = 4 * 1024 * 1024
+# Bytes a request adds to its frame beside its own: the field's tag and length.
+CALL_FRAMING = 8
 
 
 def advertised_address(host: str, port: int) -> str:
@@ -92,13 +96,27 @@ def relayed(metadata: Sequence[tuple[str, Any]] | None) -> bool:
     return any(key == FORWARDED_KEY for key, _ in metadata or ())
 
 
+def position_in(metadata: Sequence[tuple[str, Any]] | None, key: str) -> int:
+    """The store position another replica put under ``key`` (0: none). A caller may send
+    any metadata: what is no plain number is none, not an error ("²" passes
+    ``str.isdigit`` yet ``int`` refuses it, as it does a number of 5,000 digits).
+
+    >>> position_in(((AFTER_KEY, "1042"),), AFTER_KEY), position_in(((AFTER_KEY, "²"),), AFTER_KEY)
+    (1042, 0)
+    """
+    for name, value in metadata or ():
+        if name == key and isinstance(value, str) and value.isascii() and value.isdigit():
+            return int(value) if len(value) <= 20 else 0
+    return 0
+
+
 async def catch_up(store: Any, metadata: Sequence[tuple[str, Any]] | None) -> None:
     """On the leader, before a forwarded request runs: wait (at most ``HOLD_WAIT``) until
     the store holds what the forwarding replica held when it sent it.
 
     Example: ``await catch_up(service.store, metadata)`` as ``calls.py`` reads a request.
     """
-    after = next((int(v) for k, v in metadata or () if k == AFTER_KEY and v.isdigit()), 0)
+    after = position_in(metadata, AFTER_KEY)
     if after > store.position and not await store.holds(after, HOLD_WAIT):
         log.warning("forwarded_write_ahead_of_leader", after=after, held=store.position,
                     waited=HOLD_WAIT)
@@ -115,20 +133,27 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
     data = request.data if isinstance(request, offload.Large) else request.SerializeToString()
     metadata = [(key, value) for key, value in call.context.invocation_metadata() or ()
                 if key in FORWARDED_METADATA]
+    # The session's writes before this one (not those behind it in the lane: they wait
+    # for this one's turn), then this one's own mark.
+    before = forwarder.all_holding(call.session_id)
     held = forwarder.hold(call.session_id)
     try:
         if lane is not None:
             await lane.turn()
+        if earlier := forwarder.elsewhere(before):
+            # The session's earlier writes made here (not yet stored) or left on a link
+            # since replaced (a new leader): sent now, this one could run at the leader
+            # before them, and they after it.
+            await asyncio.wait(earlier)
         metadata.append((AFTER_KEY, str(call.store.position)))
-        answer = forwarder.send(call.method, data, metadata)
+        answer = forwarder.send(call.method, data, metadata, held)
         if lane is not None:
             lane.leave()
         reply = await answer
         trailers = [(pair.key, pair.value) for pair in reply.trailers]
         if reply.code != 0:
             raise Refused(reply.code, reply.details, trailers)
-        position = next((int(v) for k, v in trailers if k == POSITION_KEY and v.isdigit()), 0)
-        forwarder.held_at(call.store, position, held)
+        forwarder.held_at(call.store, position_in(trailers, POSITION_KEY), held)
         return offload.Serialized(reply.response)
     except BaseException:
         if not held.done():
@@ -154,6 +179,10 @@ class Forwarder:
         self.address = address
         self.leader = ""
         self._options = list(options)
+        # What one frame to the leader may hold: the leader refuses a larger message (and
+        # the link with it), so queued requests go out in frames within it.
+        self._max_frame = dict(self._options).get("grpc.max_send_message_length",
+                                                  GRPC_MAX_MESSAGE)
         self._link: _Link | None = None
         # Every link not yet closed: the current one and retired ones still answering.
         self._links: set[_Link] = set()
@@ -167,6 +196,9 @@ class Forwarder:
         self._unheld: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._settler: asyncio.Task[None] | None = None
+        # The link each of them left on (none yet: waiting for its turn; None: a write
+        # made here while the link was down, kept until it is stored).
+        self._sent_on: dict[asyncio.Future[None], _Link | None] = {}
         # Counted for tests and the logs.
         self.forwarded = 0
         self.failed = 0
@@ -191,6 +223,11 @@ class Forwarder:
         log.info("write_leader_changed", leader=address or None, own=self.address)
         self.leader = address
         self._pause = FIRST_PAUSE
+        if self._retry is not None:
+            # A retry armed for the old leader's link: left, it opened a second link to
+            # the new one, never retired or closed (its calls raced the first one's).
+            self._retry.cancel()
+            self._retry = None
         link, self._link = self._link, None
         if link is not None:
             # Its requests in flight still get the old leader's answers.
@@ -201,14 +238,15 @@ class Forwarder:
         self._retry = None
         if self.leader and self.leader != self.address and not self._closed:
             link = self._link = _Link(self.leader, self._options, self._link_failed,
-                                      self._link_up)
+                                      self._link_up, self._max_frame)
             self._links.add(link)
             link.closed.add_done_callback(lambda _: self._links.discard(link))
 
-    def send(self, method: str, data: bytes,
-             metadata: Sequence[tuple[str, str]]) -> asyncio.Future[cpb.CallReply]:
+    def send(self, method: str, data: bytes, metadata: Sequence[tuple[str, str]],
+             held: asyncio.Future[None] | None = None) -> asyncio.Future[cpb.CallReply]:
         """Queue one request for the leader (requests leave in the order sent); the
-        future is its answer, or a ``StorageError`` saying whether it left.
+        future is its answer, or a ``StorageError`` saying whether it left. ``held``
+        (from ``hold``) notes the link it left on, for ``elsewhere``.
 
         Example: ``reply = await forwarder.send("SetVariable", data, metadata)``.
         """
@@ -222,11 +260,14 @@ class Forwarder:
                 "nothing of this write was sent: try again"))
             return answer
         self.forwarded += 1
+        if held is not None and not held.done():
+            self._sent_on[held] = link
         return link.send(method, data, metadata)
 
-    def hold(self, session_id: str) -> asyncio.Future[None]:
-        """Mark a forwarded write of ``session_id`` as not yet held here; set the future's
-        result once it is (``holding`` waits for it).
+    def hold(self, session_id: str, *, here: bool = False) -> asyncio.Future[None]:
+        """Mark a forwarded write of ``session_id`` (``here``: one made here) as not yet
+        held here (stored); set the future's result once it is (``holding`` and
+        ``elsewhere`` wait for it).
 
         Example: ``held = forwarder.hold(sid)`` ... ``held.set_result(None)``.
         """
@@ -235,11 +276,14 @@ class Forwarder:
         waits.add(held)
 
         def done(_: object) -> None:
+            self._sent_on.pop(held, None)
             waits.discard(held)
             if not waits and self._holding.get(session_id) is waits:
                 del self._holding[session_id]
 
         held.add_done_callback(done)
+        if here:
+            self._sent_on[held] = None
         return held
 
     def held_at(self, store: Any, position: int, held: asyncio.Future[None]) -> None:
@@ -275,7 +319,27 @@ class Forwarder:
         >>> Forwarder("a:1").holding("s")
         []
         """
+        return [held for held in self._holding.get(session_id, ())
+                if held not in self._sent_on or self._sent_on[held] is not None]
+
+    def all_holding(self, session_id: str) -> list[asyncio.Future[None]]:
+        """The writes of ``session_id`` not yet held here, made here ones too.
+
+        >>> Forwarder("a:1").all_holding("s")
+        []
+        """
         return list(self._holding.get(session_id, ()))
+
+    def elsewhere(self, earlier: list[asyncio.Future[None]]) -> list[asyncio.Future[None]]:
+        """Of a session's ``earlier`` writes not yet held here (``all_holding``), those
+        not on the current link: made here, or left on a link since replaced. A write to
+        forward waits for them, since only one link keeps the order of what it carries.
+
+        >>> Forwarder("a:1").elsewhere([])
+        []
+        """
+        return [held for held in earlier if not held.done()
+                and held in self._sent_on and self._sent_on[held] is not self._link]
 
     def _link_up(self) -> None:
         # The leader answers again: the next failure pauses briefly, not for long.
@@ -315,8 +379,10 @@ class _Link:
     answers routed back by id; once it fails, every request still waiting fails."""
 
     def __init__(self, target: str, options: Sequence[tuple[str, Any]],
-                 failed: Callable[[_Link, str], None], up: Callable[[], None]) -> None:
+                 failed: Callable[[_Link, str], None], up: Callable[[], None],
+                 max_frame: int = GRPC_MAX_MESSAGE) -> None:
         self.target = target
+        self._max_frame = max_frame
         self._up = up
         # Set once the leader's first (empty) frame came: requests are sent only then.
         self.ready = False
@@ -374,9 +440,7 @@ class _Link:
                         reader.result()
                         raise ConnectionError("the leader ended the Calls stream")
                     continue
-                frame = cpb.CallFrame(calls=self._queue)
-                self._queue = []
-                await call.write(frame)
+                await call.write(self._frame())
         except asyncio.CancelledError:
             self._fail("the forwarding link was closed")
             raise
@@ -388,6 +452,19 @@ class _Link:
                 reader.cancel()
             call.cancel()
             await self._channel.close()
+
+    def _frame(self) -> cpb.CallFrame:
+        # The queue's head, as much as one message may carry (at least one request: one
+        # too large for it is the leader's to refuse, with the same limit as here).
+        taken = size = 0
+        for request in self._queue:
+            size += request.ByteSize() + CALL_FRAMING
+            if taken and size > self._max_frame:
+                break
+            taken += 1
+        frame = cpb.CallFrame(calls=self._queue[:taken])
+        del self._queue[:taken]
+        return frame
 
     async def _read(self, call: Any) -> None:
         while True:

@@ -337,6 +337,7 @@ class Unary(Generic[Req, Resp]):
             service: Service, request: Req, context: grpc.aio.ServicerContext
         ) -> Resp:
             lane: offload.Lane | None = None
+            mine: asyncio.Future[None] | None = None
             try:
                 if isinstance(request, Malformed):
                     raise request.exception()
@@ -348,11 +349,21 @@ class Unary(Generic[Req, Resp]):
                 call = Call(service, context, name, session_id)
                 forwarder = service.forwarder
                 leader_asked = writes and forward.relayed(context.invocation_metadata())
+                # The session's forwarded writes this call comes after: those already
+                # there as it enters its lane, never a later write's (one forwarded
+                # behind it in the lane waits for this call's turn: waiting for it
+                # too, each waited for the other forever).
+                held = (forwarder.holding(session_id) if forwarder is not None
+                        and session_id and not leader_asked else [])
                 if writes:
                     lane = offload.lanes_of(service).enter(session_id)
                     if forwarder is not None and forwarder.active and not leader_asked:
                         # Another replica leads: the write runs there (forward.py).
                         return await forward.relay(call, request, forwarder, lane)  # type: ignore[no-any-return]
+                    if forwarder is not None and not leader_asked:
+                        # Made here with the link down: a write of the session forwarded
+                        # once it is up waits until this one is stored (forward.relay).
+                        mine = forwarder.hold(session_id, here=True)
                 if isinstance(request, offload.Large):
                     request = await offload.parse(request, Malformed)
                     if isinstance(request, Malformed):
@@ -363,8 +374,7 @@ class Unary(Generic[Req, Resp]):
                         await ahead(call, request)
                 elif lane is not None:
                     await lane.turn()
-                if not leader_asked and forwarder is not None and session_id and (
-                        held := forwarder.holding(session_id)):
+                if held:
                     # The session's earlier writes went to the leader: this call comes
                     # after them, as it would after writes made here.
                     await asyncio.wait(held)
@@ -435,6 +445,8 @@ class Unary(Generic[Req, Resp]):
             finally:
                 if lane is not None:
                     lane.leave()
+                if mine is not None and not mine.done():
+                    mine.set_result(None)
             raise AssertionError("unreachable: context.abort raises")
 
         method.__name__ = method.__qualname__ = name
