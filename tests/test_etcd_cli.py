@@ -1,6 +1,7 @@
 """`dspex-rx serve --storage etcd` as a user runs it: two replica processes over one etcd
 member and prefix share one store (writes on one are read and watched, in order, on the
-other; a CAS race between them has one winner), a replica killed and started again serves
+other; a CAS race between them has one winner; they elect one to take the writes, unless
+started with --no-write-leader), a replica killed and started again serves
 the state it had, and etcd endpoints with no etcd behind them stop the server at start with
 a one-line reason.
 
@@ -19,12 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import etcd_service
+import grpc
 import pytest
 import trio
 from helpers import SCRIPT, eventually, until, wait_for_port
 
 import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
+from dspex_rx.etcd import leader_key
+from dspex_rx.etcd_v3 import rpc_pb2, rpc_pb2_grpc
 
 # A hang guard: a replica serves within a couple of seconds of starting.
 START_GUARD = 30.0
@@ -33,10 +37,12 @@ START_GUARD = 30.0
 class Replica:
     """One ``dspex-rx serve --storage etcd`` process in ``workdir``."""
 
-    def __init__(self, workdir: Path, endpoints: str, prefix: str) -> None:
+    def __init__(self, workdir: Path, endpoints: str, prefix: str,
+                 flags: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.endpoints = endpoints
         self.prefix = prefix
+        self.flags = flags
         self.proc: subprocess.Popen[bytes] | None = None
         self.target = ""
         workdir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +54,8 @@ class Replica:
             self.proc = subprocess.Popen(
                 [str(SCRIPT), "serve", "--port", "0", "--port-file", str(port_file),
                  "--log-level", "warning", "--storage", "etcd",
-                 "--etcd-endpoints", self.endpoints, "--etcd-prefix", self.prefix],
+                 "--etcd-endpoints", self.endpoints, "--etcd-prefix", self.prefix,
+                 *self.flags],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
         port = wait_for_port(self.proc, port_file, START_GUARD, lambda: f":\n{self.log()}")
@@ -191,6 +198,48 @@ async def test_a_replica_restarted_serves_the_state_it_had_and_what_it_missed(
         async def seen() -> bool:
             return await keeper.get_variable("note", bypass_cache=True) == "v4"
         await eventually(seen, "replica 2 saw replica 1's write", START_GUARD)
+
+
+def leader_in_etcd(endpoint: str, prefix: str) -> str:
+    """The address the replicas of ``prefix`` elected as write leader ("" for none)."""
+    with grpc.insecure_channel(endpoint) as channel:
+        kv = rpc_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
+        reply = kv.Range(rpc_pb2.RangeRequest(key=leader_key(prefix.encode())), timeout=10)
+    return reply.kvs[0].value.decode() if reply.kvs else ""
+
+
+async def test_serving_replicas_elect_one_of_them_to_take_the_writes(
+    replicas: list[Replica], etcd_endpoint: str,
+) -> None:
+    one, two = replicas
+    await until(lambda: leader_in_etcd(etcd_endpoint, one.prefix) != "",
+                "the replicas elected a write leader", START_GUARD)
+    leader = leader_in_etcd(etcd_endpoint, one.prefix)
+    assert leader in {one.target, two.target}  # each advertises --host:--port
+    follower = two if leader == one.target else one
+    async with dspex_rx.connect(follower.target, session_id="cli_forward") as session:
+        await session.register_variable("n", "integer", 0)
+        assert [await session.set_variable("n", k) for k in (1, 2, 3)] == [2, 3, 4]
+        assert await session.get_variable("n", bypass_cache=True) == 3
+    # Stopped cleanly, the leader gives its key up at once: the other takes it.
+    (one if leader == one.target else two).stop()
+    await until(lambda: leader_in_etcd(etcd_endpoint, one.prefix) == follower.target,
+                "the other replica took the writes over", START_GUARD)
+
+
+async def test_a_replica_started_with_no_write_leader_never_stands(
+    etcd_endpoint: str, tmp_path: Path,
+) -> None:
+    prefix = f"cli-{uuid.uuid4().hex[:12]}/"
+    alone = Replica(tmp_path / "alone", etcd_endpoint, prefix, ("--no-write-leader",))
+    try:
+        alone.start()
+        async with dspex_rx.connect(alone.target, session_id="cli_alone") as session:
+            await session.register_variable("n", "integer", 0)
+            assert await session.set_variable("n", 1) == 2
+        assert leader_in_etcd(etcd_endpoint, prefix) == ""
+    finally:
+        alone.stop()
 
 
 def serve_once(endpoints: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
