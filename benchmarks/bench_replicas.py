@@ -93,6 +93,7 @@ from dspex_rx.store.durable.load import load
 
 # bench_etcd_raw put tests/ on sys.path for this.
 import etcd_service  # isort: skip
+from dspex_rx.etcd import leader_key  # isort: skip
 from dspex_rx.etcd_v3 import rpc_pb2, rpc_pb2_grpc  # isort: skip
 
 GOAL_LATENCY_RATIO = 2.0
@@ -132,6 +133,15 @@ class EtcdProbe:
         for method, value in _HANDLED.findall(text):
             out[method] = out.get(method, 0.0) + float(value)
         return out
+
+    def leader(self, prefix: str) -> str:
+        """The address the replicas of ``prefix`` elected write leader ("" for none)."""
+        with grpc.insecure_channel(self.endpoint,
+                                   options=[("grpc.enable_http_proxy", 0)]) as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)  # type: ignore[no-untyped-call]
+            reply = kv.Range(rpc_pb2.RangeRequest(key=leader_key(prefix.encode())),
+                             timeout=30)
+        return reply.kvs[0].value.decode() if reply.kvs else ""
 
     def delete_prefix(self, prefix: bytes) -> None:
         """Delete every key under ``prefix``."""
@@ -474,13 +484,18 @@ async def client_main(endpoint: str, etcd_pid: int, prefixes: dict[int, str],
                 if record["bench"] == "etcd_raw_watch":
                     note(f"{tag} raw put->watch median {record['median_ms']:.3f} ms")
             for n, top in tops.items():
+                # Which replica takes the writes (None: none elected, --no-write-leader):
+                # the one-writer row writes through replica 0, forwarded unless it leads.
+                elected = await trio.to_thread.run_sync(probe.leader, prefixes[n])
+                leader = targets[n].index(elected) if elected in targets[n] else None
                 for mode, calls in modes_of(n, modes).items():
                     run = await measure_writes(top, mode, calls, args.concurrency, meters[n])
+                    run["leader"] = leader
                     writes.setdefault((n, mode), []).append(run)
                     act = run["activity"]
                     note(f"{tag} {n} replica(s) {mode:<10} {calls / run['seconds']:8.1f} set/s"
                          f"  retries {run['retries']}, txns refused {act.refused}, "
-                         f"ranges {act.ranges}")
+                         f"ranges {act.ranges}, leader {leader}")
                 run = await measure_latency(top, args.latency_samples,
                                             args.latency_warmup, meters[n])
                 watches[n].append(run)
@@ -553,6 +568,7 @@ def report(raw_runs: list[list[dict[str, Any]]],
                 "bench": "replicas_writes", "op": "set_variable", "replicas": n,
                 "mode": raw_mode, "writing_replicas": 1 if mode == ONE_WRITER else n,
                 "write_leader": args.write_leader,
+                "leader_replica": [r["leader"] for r in runs],
                 "in_flight": 1 if mode == "sequential" else args.concurrency,
                 "calls": calls, "repeats": args.repeats,
                 "calls_per_s": round(rate, 1), "runs_calls_per_s": [round(r, 1) for r in rates],
