@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 from chaos.proxy import ChaosProxy
-from helpers import until
+from helpers import Clock, until
 from test_etcd_replicas import replica
 
 import dspex_rx
@@ -499,3 +499,71 @@ async def test_a_callers_malformed_position_on_a_request_is_no_position() -> Non
         await forward.catch_up(store, ((forward.AFTER_KEY, value),))
     assert [forward.position_in(((forward.AFTER_KEY, v),), forward.AFTER_KEY)
             for v in ("²", "1" * 5000, "17")] == [0, 0, 17]
+
+
+# -- the settler, with a store the test moves: what a forwarded write's mark waits for --
+
+
+class Watch:
+    """A follower's store as ``Forwarder`` sees it: it holds ``position`` and reaches more
+    as the test says (its watch); while ``stalled`` a wait it is asked for passes at once
+    on the loop's virtual ``clock`` and brings nothing."""
+
+    def __init__(self, clock: Clock | None = None, position: int = 100) -> None:
+        self.clock = clock
+        self.position = position
+        self.stalled = False
+        self.asked: list[int] = []
+        self._waits: list[tuple[int, asyncio.Future[None]]] = []
+
+    def reach(self, position: int) -> None:
+        self.position = position
+        for target, waiter in self._waits:
+            if target <= position and not waiter.done():
+                waiter.set_result(None)
+
+    async def holds(self, position: int, wait: float) -> bool:
+        self.asked.append(position)
+        if self.stalled:
+            assert self.clock is not None
+            self.clock.now += wait
+            return self.position >= position
+        waiter = asyncio.get_running_loop().create_future()
+        self._waits.append((position, waiter))
+        await waiter
+        return True
+
+
+def on_virtual_time(main: Callable[[Clock], Awaitable[Any]]) -> Any:
+    """``asyncio.run(main(clock))`` with the loop's time read from ``clock``."""
+
+    async def run() -> Any:
+        loop = asyncio.get_running_loop()
+        clock = Clock()
+        loop.time = clock  # type: ignore[method-assign]
+        try:
+            return await main(clock)
+        finally:
+            del loop.time
+
+    return asyncio.run(run())
+
+
+def test_a_forwarded_write_not_held_here_holds_its_session_for_its_own_wait_only() -> None:
+    # Guards: the settler gave each position a HOLD_WAIT in turn: on a follower whose watch
+    # stalled, the third write answered held its session's next calls three waits long.
+    async def main(clock: Clock) -> tuple[list[float], list[int]]:
+        store = Watch(clock)
+        store.stalled = True
+        link = Forwarder("a:1")
+        start = clock.now
+        freed: list[float] = []
+        marks = [link.hold(f"s{n}") for n in range(3)]
+        for position, mark in zip((101, 102, 103), marks, strict=True):
+            mark.add_done_callback(lambda _: freed.append(clock.now - start))
+            link.held_at(store, position, mark)
+        await asyncio.wait(marks)
+        await link.close()
+        return freed, store.asked
+
+    assert on_virtual_time(main) == ([forward.HOLD_WAIT] * 3, [101])

@@ -15,6 +15,7 @@ import contextlib
 import heapq
 import itertools
 import socket
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -192,8 +193,10 @@ class Forwarder:
         # Each session's forwarded writes not yet held here: a later call of the same
         # session waits for them, as it would for a write made here (calls.py's order).
         self._holding: dict[str, set[asyncio.Future[None]]] = {}
-        # Forwarded writes answered but not yet held here, by position (``_settle``).
+        # Forwarded writes answered but not yet held here, by position (``_settle``),
+        # and in the order they were answered, with when each stops waiting.
         self._unheld: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._due: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._order = itertools.count()
         self._settler: asyncio.Task[None] | None = None
         # The link each of them left on (none yet: waiting for its turn; None: a write
@@ -295,23 +298,48 @@ class Forwarder:
             if not held.done():
                 held.set_result(None)
             return
+        loop = asyncio.get_running_loop()
         heapq.heappush(self._unheld, (position, next(self._order), held))
+        self._due.append((loop.time() + HOLD_WAIT, held))
         if self._settler is None or self._settler.done():
-            self._settler = asyncio.get_running_loop().create_task(self._settle(store))
+            self._settler = loop.create_task(self._settle(store))
 
     async def _settle(self, store: Any) -> None:
-        # One task for every write waiting to be held, nearest position first.
-        while self._unheld:
+        # One task for every write waiting to be held: it waits for the nearest position
+        # until the oldest write's HOLD_WAIT ends, each write's own (one HOLD_WAIT after
+        # another, a replica whose watch stalled held the N-th write's session N times
+        # as long, and ever longer as writes kept coming).
+        loop = asyncio.get_running_loop()
+        while self._pending():
             position = self._unheld[0][0]
-            reached = await store.holds(position, HOLD_WAIT)
+            wait = max(0.0, self._due[0][0] - loop.time())
+            reached = await store.holds(position, wait)
+            upto = max(store.position, position) if reached else store.position
             if not reached:
                 log.warning("forwarded_write_not_held", position=position,
                             held=store.position, waited=HOLD_WAIT)
-            upto = max(store.position, position)
+                # The oldest write waited its HOLD_WAIT, and any as old (the oldest
+                # goes even if the store answered early, so this loop cannot spin).
+                _, held = self._due.popleft()
+                if not held.done():
+                    held.set_result(None)
+                now = loop.time()
+                while self._due and self._due[0][0] <= now:
+                    _, held = self._due.popleft()
+                    if not held.done():
+                        held.set_result(None)
             while self._unheld and self._unheld[0][0] <= upto:
                 _, _, held = heapq.heappop(self._unheld)
                 if not held.done():
                     held.set_result(None)
+
+    def _pending(self) -> bool:
+        # Drops what was resolved already (by its position or its HOLD_WAIT).
+        while self._unheld and self._unheld[0][2].done():
+            heapq.heappop(self._unheld)
+        while self._due and self._due[0][1].done():
+            self._due.popleft()
+        return bool(self._unheld)
 
     def holding(self, session_id: str) -> list[asyncio.Future[None]]:
         """The forwarded writes of ``session_id`` a call made now must wait for.
@@ -369,6 +397,7 @@ class Forwarder:
             if not held.done():
                 held.set_result(None)
         self._unheld.clear()
+        self._due.clear()
         self._link = None
         for link in list(self._links):
             await link.close()
