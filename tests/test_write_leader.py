@@ -567,3 +567,31 @@ def test_a_forwarded_write_not_held_here_holds_its_session_for_its_own_wait_only
         return freed, store.asked
 
     assert on_virtual_time(main) == ([forward.HOLD_WAIT] * 3, [101])
+
+
+async def turns() -> None:
+    """Let the loop run what is ready (the settler's few steps), a bounded number of turns."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_a_forwarded_write_held_here_frees_its_session_while_a_later_one_is_awaited() -> None:
+    # Guards: the settler, waiting for a later position, kept a write answered after that
+    # one at a nearer position waiting until the later one was held (or timed out).
+    async def main() -> list[tuple[bool, bool]]:
+        store = Watch()
+        link = Forwarder("a:1")
+        later, earlier = link.hold("s"), link.hold("t")
+        link.held_at(store, 120, later)
+        await turns()
+        link.held_at(store, 110, earlier)
+        store.reach(110)
+        await turns()
+        seen = [(earlier.done(), later.done())]
+        store.reach(120)
+        await turns()
+        seen.append((earlier.done(), later.done()))
+        await link.close()
+        return seen
+
+    assert asyncio.run(main()) == [(True, False), (True, True)]

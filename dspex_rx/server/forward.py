@@ -199,6 +199,8 @@ class Forwarder:
         self._due: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._order = itertools.count()
         self._settler: asyncio.Task[None] | None = None
+        # Set when a write nearer than the one the settler waits for is answered.
+        self._nearer: asyncio.Future[None] | None = None
         # The link each of them left on (none yet: waiting for its turn; None: a write
         # made here while the link was down, kept until it is stored).
         self._sent_on: dict[asyncio.Future[None], _Link | None] = {}
@@ -299,23 +301,36 @@ class Forwarder:
                 held.set_result(None)
             return
         loop = asyncio.get_running_loop()
-        heapq.heappush(self._unheld, (position, next(self._order), held))
+        entry = (position, next(self._order), held)
+        heapq.heappush(self._unheld, entry)
         self._due.append((loop.time() + HOLD_WAIT, held))
         if self._settler is None or self._settler.done():
             self._settler = loop.create_task(self._settle(store))
+        elif self._unheld[0] is entry and self._nearer is not None and not self._nearer.done():
+            # The settler waits for a farther position: this one is held first.
+            self._nearer.set_result(None)
 
     async def _settle(self, store: Any) -> None:
         # One task for every write waiting to be held: it waits for the nearest position
         # until the oldest write's HOLD_WAIT ends, each write's own (one HOLD_WAIT after
         # another, a replica whose watch stalled held the N-th write's session N times
-        # as long, and ever longer as writes kept coming).
+        # as long, and ever longer as writes kept coming), and looks again when a nearer
+        # position is answered (else that write waited for the farther one too).
         loop = asyncio.get_running_loop()
         while self._pending():
             position = self._unheld[0][0]
             wait = max(0.0, self._due[0][0] - loop.time())
-            reached = await store.holds(position, wait)
+            nearer = self._nearer = loop.create_future()
+            holds = loop.create_task(store.holds(position, wait))
+            try:
+                await asyncio.wait((holds, nearer), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._nearer = None
+                if not holds.done():
+                    holds.cancel()
+            reached = holds.result() if holds.done() else None
             upto = max(store.position, position) if reached else store.position
-            if not reached:
+            if reached is False:
                 log.warning("forwarded_write_not_held", position=position,
                             held=store.position, waited=HOLD_WAIT)
                 # The oldest write waited its HOLD_WAIT, and any as old (the oldest
