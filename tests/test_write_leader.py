@@ -24,6 +24,7 @@ from test_etcd_replicas import replica
 import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
 from dspex_rx.core.limits import Limits
+from dspex_rx.errors import StorageError
 from dspex_rx.etcd import EtcdBackend
 from dspex_rx.server import EmbeddedServer, forward, offload
 from dspex_rx.server.forward import Forwarder
@@ -595,3 +596,20 @@ def test_a_forwarded_write_held_here_frees_its_session_while_a_later_one_is_awai
         return seen
 
     assert asyncio.run(main()) == [(True, False), (True, True)]
+
+
+def test_a_store_failing_to_say_what_it_holds_frees_the_writes_it_held() -> None:
+    # Guards: ``store.holds`` raising ended the settler with the marks it held unresolved:
+    # their sessions' next calls on this replica waited for ever.
+    class Failing(Watch):
+        async def holds(self, position: int, wait: float) -> bool:
+            raise StorageError("the watch of etcd failed")
+
+    async def main() -> tuple[bool, list[asyncio.Future[None]]]:
+        link = Forwarder("a:1")
+        mark = link.hold("s")
+        link.held_at(Failing(), 101, mark)
+        await turns()
+        return mark.done(), link.holding("s")
+
+    assert asyncio.run(main()) == (True, [])

@@ -317,36 +317,41 @@ class Forwarder:
         # as long, and ever longer as writes kept coming), and looks again when a nearer
         # position is answered (else that write waited for the farther one too).
         loop = asyncio.get_running_loop()
-        while self._pending():
-            position = self._unheld[0][0]
-            wait = max(0.0, self._due[0][0] - loop.time())
-            nearer = self._nearer = loop.create_future()
-            holds = loop.create_task(store.holds(position, wait))
-            try:
-                await asyncio.wait((holds, nearer), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                self._nearer = None
-                if not holds.done():
-                    holds.cancel()
-            reached = holds.result() if holds.done() else None
-            upto = max(store.position, position) if reached else store.position
-            if reached is False:
-                log.warning("forwarded_write_not_held", position=position,
-                            held=store.position, waited=HOLD_WAIT)
-                # The oldest write waited its HOLD_WAIT, and any as old (the oldest
-                # goes even if the store answered early, so this loop cannot spin).
-                _, held = self._due.popleft()
-                if not held.done():
-                    held.set_result(None)
-                now = loop.time()
-                while self._due and self._due[0][0] <= now:
+        try:
+            while self._pending():
+                position = self._unheld[0][0]
+                wait = max(0.0, self._due[0][0] - loop.time())
+                nearer = self._nearer = loop.create_future()
+                holds = loop.create_task(store.holds(position, wait))
+                try:
+                    await asyncio.wait((holds, nearer), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    self._nearer = None
+                    if not holds.done():
+                        holds.cancel()
+                reached = holds.result() if holds.done() else None
+                upto = max(store.position, position) if reached else store.position
+                if reached is False:
+                    log.warning("forwarded_write_not_held", position=position,
+                                held=store.position, waited=HOLD_WAIT)
+                    # The oldest write waited its HOLD_WAIT, and any as old (the oldest
+                    # goes even if the store answered early, so this loop cannot spin).
                     _, held = self._due.popleft()
                     if not held.done():
                         held.set_result(None)
-            while self._unheld and self._unheld[0][0] <= upto:
-                _, _, held = heapq.heappop(self._unheld)
-                if not held.done():
-                    held.set_result(None)
+                    now = loop.time()
+                    while self._due and self._due[0][0] <= now:
+                        _, held = self._due.popleft()
+                        if not held.done():
+                            held.set_result(None)
+                while self._unheld and self._unheld[0][0] <= upto:
+                    _, _, held = heapq.heappop(self._unheld)
+                    if not held.done():
+                        held.set_result(None)
+        except Exception:
+            # Left waiting, the sessions' next calls here would wait for ever.
+            log.exception("forwarded_write_settler_failed")
+            self._release()
 
     def _pending(self) -> bool:
         # Drops what was resolved already (by its position or its HOLD_WAIT).
@@ -355,6 +360,14 @@ class Forwarder:
         while self._due and self._due[0][1].done():
             self._due.popleft()
         return bool(self._unheld)
+
+    def _release(self) -> None:
+        # Every write still waiting to be held stops waiting.
+        for _, _, held in self._unheld:
+            if not held.done():
+                held.set_result(None)
+        self._unheld.clear()
+        self._due.clear()
 
     def holding(self, session_id: str) -> list[asyncio.Future[None]]:
         """The forwarded writes of ``session_id`` a call made now must wait for.
@@ -408,11 +421,7 @@ class Forwarder:
             self._retry.cancel()
         if self._settler is not None:
             self._settler.cancel()
-        for _, _, held in self._unheld:
-            if not held.done():
-                held.set_result(None)
-        self._unheld.clear()
-        self._due.clear()
+        self._release()
         self._link = None
         for link in list(self._links):
             await link.close()
