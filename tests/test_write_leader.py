@@ -377,6 +377,70 @@ async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_th
             assert await on_follower.get_variable("t", bypass_cache=True) == 3
 
 
+async def test_a_write_given_up_on_a_follower_never_runs_after_the_sessions_next_write(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards: a forwarded write its caller gave up on let go of its mark at once, while
+    # the old leader still held its request: the session's next write went to a new
+    # leader at once and ran first, and the given-up one ran after it (its value won).
+    relay, ended = forward.relay, []
+
+    async def tracked(*args: Any) -> Any:
+        try:
+            return await relay(*args)
+        finally:
+            ended.append(args[1])
+
+    monkeypatch.setattr(forward, "relay", tracked)
+    with replicas(etcd_endpoint, prefix, 3) as servers:
+        old, followers = await elected(servers)
+        follower, new = followers
+        link = forwarder(follower)
+        async with clients([old, follower], ["t"]) as (_, on_follower):
+            # The old leader's watch held back, and a write made on the follower: the
+            # old leader keeps the next forwarded write until its watch brings it.
+            backend = old.store._backend
+            held: list[tuple[int, Any]] = []
+            post = backend._post
+            old.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+            follower.call(lambda: link.set_leader(""))
+            assert await on_follower.set_variable("t", 1) == 2
+            follower.call(lambda: link.set_leader(old.target))
+            await until(lambda: link.active, "the link to the old leader is up", 20)
+            versions: dict[int, int] = {}
+
+            async def write(value: int) -> None:
+                versions[value] = await on_follower.set_variable("t", value)
+
+            async with trio.open_nursery() as nursery:
+                given_up = trio.CancelScope()
+
+                async def give_up() -> None:
+                    with given_up:
+                        await write(2)
+
+                nursery.start_soon(give_up)
+                await until(lambda: len(backend._head_waiters) > 0,
+                            "the old leader holds the write back", 20)
+                given_up.cancel()
+                await until(lambda: bool(ended), "the follower gave the write up", 20)
+                follower.call(lambda: link.set_leader(new.target))
+                await until(lambda: link.active, "the link to the new leader is up", 20)
+                nursery.start_soon(write, 3)
+                lanes = offload.lanes_of(follower.service)
+                await until(lambda: 3 in versions or "shared" in lanes._tails,
+                            "the next write reached the follower", 20)
+
+                def release() -> None:
+                    backend._post = post
+                    for event in held:
+                        post(*event)
+
+                old.call(release)
+            assert versions == {3: 4}
+            assert await on_follower.get_variable("t", bypass_cache=True) == 3
+
+
 async def test_a_write_forwarded_once_the_link_is_up_runs_after_one_made_here_before(
     etcd_endpoint: str, prefix: str,
 ) -> None:

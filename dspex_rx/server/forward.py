@@ -138,6 +138,7 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
     # for this one's turn), then this one's own mark.
     before = forwarder.all_holding(call.session_id)
     held = forwarder.hold(call.session_id)
+    answer: asyncio.Future[cpb.CallReply] | None = None
     try:
         if lane is not None:
             await lane.turn()
@@ -150,16 +151,30 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
         answer = forwarder.send(call.method, data, metadata, held)
         if lane is not None:
             lane.leave()
-        reply = await answer
+        # Shielded: a caller giving up must not cancel the answer still due (below).
+        reply = await asyncio.shield(answer)
         trailers = [(pair.key, pair.value) for pair in reply.trailers]
         if reply.code != 0:
             raise Refused(reply.code, reply.details, trailers)
         forwarder.held_at(call.store, position_in(trailers, POSITION_KEY), held)
         return offload.Serialized(reply.response)
     except BaseException:
-        if not held.done():
+        if answer is not None and not answer.done():
+            # Given up on (cancelled) with its request gone to the leader, which may
+            # still run it: the session's later writes wait for its answer still, or one
+            # sent on a new leader's link ran first and this one after it.
+            answer.add_done_callback(lambda _: _answered(answer, held))
+        elif not held.done():
             held.set_result(None)
         raise
+
+
+def _answered(answer: asyncio.Future[Any], held: asyncio.Future[None]) -> None:
+    # A given-up write's answer came (or its link failed): nobody reads it.
+    if not answer.cancelled():
+        answer.exception()
+    if not held.done():
+        held.set_result(None)
 
 
 class Forwarder:
