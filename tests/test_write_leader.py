@@ -377,6 +377,46 @@ async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_th
             assert await on_follower.get_variable("t", bypass_cache=True) == 3
 
 
+async def test_a_write_sent_to_a_new_leader_waits_for_no_answered_write_to_reach_its_follower(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards: a write answered on the old leader's link counted as still out there until
+    # the follower's watch brought it: after a leader change the session's next write
+    # waited for that watch (up to HOLD_WAIT) before leaving, holding its lane.
+    monkeypatch.setattr(forward, "HOLD_WAIT", 120.0)
+    with replicas(etcd_endpoint, prefix, 3) as servers:
+        old, followers = await elected(servers)
+        follower, new = followers
+        link = forwarder(follower)
+        async with clients([old, follower], ["t"]) as (_, on_follower):
+            # The follower's watch held back: it holds none of its forwarded writes.
+            backend = follower.store._backend
+            held: list[tuple[int, Any]] = []
+            post = backend._post
+            follower.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+            assert await on_follower.set_variable("t", 1) == 2
+            assert link.holding("shared")
+            follower.call(lambda: link.set_leader(new.target))
+            await until(lambda: link.active, "the link to the new leader is up", 20)
+            versions: list[int] = []
+
+            async def write() -> None:
+                versions.append(await on_follower.set_variable("t", 2))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write)
+                await until(lambda: bool(versions), "the write after the change answered", 20)
+
+                def release() -> None:
+                    backend._post = post
+                    for event in held:
+                        post(*event)
+
+                follower.call(release)
+            assert versions == [3]
+            assert await on_follower.get_variable("t", bypass_cache=True) == 2
+
+
 async def test_a_write_given_up_on_a_follower_never_runs_after_the_sessions_next_write(
     etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

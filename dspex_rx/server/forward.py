@@ -216,8 +216,8 @@ class Forwarder:
         self._settler: asyncio.Task[None] | None = None
         # Set when a write nearer than the one the settler waits for is answered.
         self._nearer: asyncio.Future[None] | None = None
-        # The link each of them left on (none yet: waiting for its turn; None: a write
-        # made here while the link was down, kept until it is stored).
+        # The link each of them is out on (none: waiting for its turn, or answered; None:
+        # a write made here while the link was down, kept until it is stored).
         self._sent_on: dict[asyncio.Future[None], _Link | None] = {}
         # Counted for tests and the logs.
         self.forwarded = 0
@@ -315,6 +315,10 @@ class Forwarder:
             if not held.done():
                 held.set_result(None)
             return
+        # Stored at the leader: no longer out on a link, so a write of its session sent
+        # on another (``elsewhere``) need not wait for this replica's watch to bring it
+        # (the session's calls here still do, ``holding``).
+        self._sent_on.pop(held, None)
         loop = asyncio.get_running_loop()
         entry = (position, next(self._order), held)
         heapq.heappush(self._unheld, entry)
