@@ -11,19 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 from chaos.proxy import ChaosProxy
-from helpers import until
+from helpers import Clock, until
 from test_etcd_replicas import replica
 
 import dspex_rx
 from dspex_rx.client.updates import VariableUpdate
 from dspex_rx.core.limits import Limits
+from dspex_rx.errors import StorageError
 from dspex_rx.etcd import EtcdBackend
 from dspex_rx.server import EmbeddedServer, forward, offload
 from dspex_rx.server.forward import Forwarder
@@ -376,6 +377,110 @@ async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_th
             assert await on_follower.get_variable("t", bypass_cache=True) == 3
 
 
+async def test_a_write_sent_to_a_new_leader_waits_for_no_answered_write_to_reach_its_follower(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards: a write answered on the old leader's link counted as still out there until
+    # the follower's watch brought it: after a leader change the session's next write
+    # waited for that watch (up to HOLD_WAIT) before leaving, holding its lane.
+    monkeypatch.setattr(forward, "HOLD_WAIT", 120.0)
+    with replicas(etcd_endpoint, prefix, 3) as servers:
+        old, followers = await elected(servers)
+        follower, new = followers
+        link = forwarder(follower)
+        async with clients([old, follower], ["t"]) as (_, on_follower):
+            # The follower's watch held back: it holds none of its forwarded writes.
+            backend = follower.store._backend
+            held: list[tuple[int, Any]] = []
+            post = backend._post
+            follower.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+            assert await on_follower.set_variable("t", 1) == 2
+            assert link.holding("shared")
+            follower.call(lambda: link.set_leader(new.target))
+            await until(lambda: link.active, "the link to the new leader is up", 20)
+            versions: list[int] = []
+
+            async def write() -> None:
+                versions.append(await on_follower.set_variable("t", 2))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write)
+                await until(lambda: bool(versions), "the write after the change answered", 20)
+
+                def release() -> None:
+                    backend._post = post
+                    for event in held:
+                        post(*event)
+
+                follower.call(release)
+            assert versions == [3]
+            assert await on_follower.get_variable("t", bypass_cache=True) == 2
+
+
+async def test_a_write_given_up_on_a_follower_never_runs_after_the_sessions_next_write(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards: a forwarded write its caller gave up on let go of its mark at once, while
+    # the old leader still held its request: the session's next write went to a new
+    # leader at once and ran first, and the given-up one ran after it (its value won).
+    relay, ended = forward.relay, []
+
+    async def tracked(*args: Any) -> Any:
+        try:
+            return await relay(*args)
+        finally:
+            ended.append(args[1])
+
+    monkeypatch.setattr(forward, "relay", tracked)
+    with replicas(etcd_endpoint, prefix, 3) as servers:
+        old, followers = await elected(servers)
+        follower, new = followers
+        link = forwarder(follower)
+        async with clients([old, follower], ["t"]) as (_, on_follower):
+            # The old leader's watch held back, and a write made on the follower: the
+            # old leader keeps the next forwarded write until its watch brings it.
+            backend = old.store._backend
+            held: list[tuple[int, Any]] = []
+            post = backend._post
+            old.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+            follower.call(lambda: link.set_leader(""))
+            assert await on_follower.set_variable("t", 1) == 2
+            follower.call(lambda: link.set_leader(old.target))
+            await until(lambda: link.active, "the link to the old leader is up", 20)
+            versions: dict[int, int] = {}
+
+            async def write(value: int) -> None:
+                versions[value] = await on_follower.set_variable("t", value)
+
+            async with trio.open_nursery() as nursery:
+                given_up = trio.CancelScope()
+
+                async def give_up() -> None:
+                    with given_up:
+                        await write(2)
+
+                nursery.start_soon(give_up)
+                await until(lambda: len(backend._head_waiters) > 0,
+                            "the old leader holds the write back", 20)
+                given_up.cancel()
+                await until(lambda: bool(ended), "the follower gave the write up", 20)
+                follower.call(lambda: link.set_leader(new.target))
+                await until(lambda: link.active, "the link to the new leader is up", 20)
+                nursery.start_soon(write, 3)
+                lanes = offload.lanes_of(follower.service)
+                await until(lambda: 3 in versions or "shared" in lanes._tails,
+                            "the next write reached the follower", 20)
+
+                def release() -> None:
+                    backend._post = post
+                    for event in held:
+                        post(*event)
+
+                old.call(release)
+            assert versions == {3: 4}
+            assert await on_follower.get_variable("t", bypass_cache=True) == 3
+
+
 async def test_a_write_forwarded_once_the_link_is_up_runs_after_one_made_here_before(
     etcd_endpoint: str, prefix: str,
 ) -> None:
@@ -499,3 +604,116 @@ async def test_a_callers_malformed_position_on_a_request_is_no_position() -> Non
         await forward.catch_up(store, ((forward.AFTER_KEY, value),))
     assert [forward.position_in(((forward.AFTER_KEY, v),), forward.AFTER_KEY)
             for v in ("²", "1" * 5000, "17")] == [0, 0, 17]
+
+
+# -- the settler, with a store the test moves: what a forwarded write's mark waits for --
+
+
+class Watch:
+    """A follower's store as ``Forwarder`` sees it: it holds ``position`` and reaches more
+    as the test says (its watch); while ``stalled`` a wait it is asked for passes at once
+    on the loop's virtual ``clock`` and brings nothing."""
+
+    def __init__(self, clock: Clock | None = None, position: int = 100) -> None:
+        self.clock = clock
+        self.position = position
+        self.stalled = False
+        self.asked: list[int] = []
+        self._waits: list[tuple[int, asyncio.Future[None]]] = []
+
+    def reach(self, position: int) -> None:
+        self.position = position
+        for target, waiter in self._waits:
+            if target <= position and not waiter.done():
+                waiter.set_result(None)
+
+    async def holds(self, position: int, wait: float) -> bool:
+        self.asked.append(position)
+        if self.stalled:
+            assert self.clock is not None
+            self.clock.now += wait
+            return self.position >= position
+        waiter = asyncio.get_running_loop().create_future()
+        self._waits.append((position, waiter))
+        await waiter
+        return True
+
+
+def on_virtual_time(main: Callable[[Clock], Awaitable[Any]]) -> Any:
+    """``asyncio.run(main(clock))`` with the loop's time read from ``clock``."""
+
+    async def run() -> Any:
+        loop = asyncio.get_running_loop()
+        clock = Clock()
+        loop.time = clock  # type: ignore[method-assign]
+        try:
+            return await main(clock)
+        finally:
+            del loop.time
+
+    return asyncio.run(run())
+
+
+def test_a_forwarded_write_not_held_here_holds_its_session_for_its_own_wait_only() -> None:
+    # Guards: the settler gave each position a HOLD_WAIT in turn: on a follower whose watch
+    # stalled, the third write answered held its session's next calls three waits long.
+    async def main(clock: Clock) -> tuple[list[float], list[int]]:
+        store = Watch(clock)
+        store.stalled = True
+        link = Forwarder("a:1")
+        start = clock.now
+        freed: list[float] = []
+        marks = [link.hold(f"s{n}") for n in range(3)]
+        for position, mark in zip((101, 102, 103), marks, strict=True):
+            mark.add_done_callback(lambda _: freed.append(clock.now - start))
+            link.held_at(store, position, mark)
+        await asyncio.wait(marks)
+        await link.close()
+        return freed, store.asked
+
+    assert on_virtual_time(main) == ([forward.HOLD_WAIT] * 3, [101])
+
+
+async def turns() -> None:
+    """Let the loop run what is ready (the settler's few steps), a bounded number of turns."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_a_forwarded_write_held_here_frees_its_session_while_a_later_one_is_awaited() -> None:
+    # Guards: the settler, waiting for a later position, kept a write answered after that
+    # one at a nearer position waiting until the later one was held (or timed out).
+    async def main() -> list[tuple[bool, bool]]:
+        store = Watch()
+        link = Forwarder("a:1")
+        later, earlier = link.hold("s"), link.hold("t")
+        link.held_at(store, 120, later)
+        await turns()
+        link.held_at(store, 110, earlier)
+        store.reach(110)
+        await turns()
+        seen = [(earlier.done(), later.done())]
+        store.reach(120)
+        await turns()
+        seen.append((earlier.done(), later.done()))
+        await link.close()
+        return seen
+
+    assert asyncio.run(main()) == [(True, False), (True, True)]
+
+
+def test_a_store_failing_to_say_what_it_holds_frees_the_writes_it_held() -> None:
+    # Guards: ``store.holds`` raising ended the settler with the marks it held unresolved:
+    # their sessions' next calls on this replica waited for ever.
+    class Failing(Watch):
+        async def holds(self, position: int, wait: float) -> bool:
+            raise StorageError("the watch of etcd failed")
+
+    async def main() -> tuple[bool, list[asyncio.Future[None]]]:
+        link = Forwarder("a:1")
+        mark = link.hold("s")
+        link.held_at(Failing(), 101, mark)
+        await turns()
+        return mark.done(), link.holding("s")
+
+    assert asyncio.run(main()) == (True, [])

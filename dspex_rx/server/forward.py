@@ -15,6 +15,7 @@ import contextlib
 import heapq
 import itertools
 import socket
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -137,6 +138,7 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
     # for this one's turn), then this one's own mark.
     before = forwarder.all_holding(call.session_id)
     held = forwarder.hold(call.session_id)
+    answer: asyncio.Future[cpb.CallReply] | None = None
     try:
         if lane is not None:
             await lane.turn()
@@ -149,16 +151,30 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
         answer = forwarder.send(call.method, data, metadata, held)
         if lane is not None:
             lane.leave()
-        reply = await answer
+        # Shielded: a caller giving up must not cancel the answer still due (below).
+        reply = await asyncio.shield(answer)
         trailers = [(pair.key, pair.value) for pair in reply.trailers]
         if reply.code != 0:
             raise Refused(reply.code, reply.details, trailers)
         forwarder.held_at(call.store, position_in(trailers, POSITION_KEY), held)
         return offload.Serialized(reply.response)
     except BaseException:
-        if not held.done():
+        if answer is not None and not answer.done():
+            # Given up on (cancelled) with its request gone to the leader, which may
+            # still run it: the session's later writes wait for its answer still, or one
+            # sent on a new leader's link ran first and this one after it.
+            answer.add_done_callback(lambda _: _answered(answer, held))
+        elif not held.done():
             held.set_result(None)
         raise
+
+
+def _answered(answer: asyncio.Future[Any], held: asyncio.Future[None]) -> None:
+    # A given-up write's answer came (or its link failed): nobody reads it.
+    if not answer.cancelled():
+        answer.exception()
+    if not held.done():
+        held.set_result(None)
 
 
 class Forwarder:
@@ -192,12 +208,16 @@ class Forwarder:
         # Each session's forwarded writes not yet held here: a later call of the same
         # session waits for them, as it would for a write made here (calls.py's order).
         self._holding: dict[str, set[asyncio.Future[None]]] = {}
-        # Forwarded writes answered but not yet held here, by position (``_settle``).
+        # Forwarded writes answered but not yet held here, by position (``_settle``),
+        # and in the order they were answered, with when each stops waiting.
         self._unheld: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._due: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._order = itertools.count()
         self._settler: asyncio.Task[None] | None = None
-        # The link each of them left on (none yet: waiting for its turn; None: a write
-        # made here while the link was down, kept until it is stored).
+        # Set when a write nearer than the one the settler waits for is answered.
+        self._nearer: asyncio.Future[None] | None = None
+        # The link each of them is out on (none: waiting for its turn, or answered; None:
+        # a write made here while the link was down, kept until it is stored).
         self._sent_on: dict[asyncio.Future[None], _Link | None] = {}
         # Counted for tests and the logs.
         self.forwarded = 0
@@ -295,23 +315,78 @@ class Forwarder:
             if not held.done():
                 held.set_result(None)
             return
-        heapq.heappush(self._unheld, (position, next(self._order), held))
+        # Stored at the leader: no longer out on a link, so a write of its session sent
+        # on another (``elsewhere``) need not wait for this replica's watch to bring it
+        # (the session's calls here still do, ``holding``).
+        self._sent_on.pop(held, None)
+        loop = asyncio.get_running_loop()
+        entry = (position, next(self._order), held)
+        heapq.heappush(self._unheld, entry)
+        self._due.append((loop.time() + HOLD_WAIT, held))
         if self._settler is None or self._settler.done():
-            self._settler = asyncio.get_running_loop().create_task(self._settle(store))
+            self._settler = loop.create_task(self._settle(store))
+        elif self._unheld[0] is entry and self._nearer is not None and not self._nearer.done():
+            # The settler waits for a farther position: this one is held first.
+            self._nearer.set_result(None)
 
     async def _settle(self, store: Any) -> None:
-        # One task for every write waiting to be held, nearest position first.
-        while self._unheld:
-            position = self._unheld[0][0]
-            reached = await store.holds(position, HOLD_WAIT)
-            if not reached:
-                log.warning("forwarded_write_not_held", position=position,
-                            held=store.position, waited=HOLD_WAIT)
-            upto = max(store.position, position)
-            while self._unheld and self._unheld[0][0] <= upto:
-                _, _, held = heapq.heappop(self._unheld)
-                if not held.done():
-                    held.set_result(None)
+        # One task for every write waiting to be held: it waits for the nearest position
+        # until the oldest write's HOLD_WAIT ends, each write's own (one HOLD_WAIT after
+        # another, a replica whose watch stalled held the N-th write's session N times
+        # as long, and ever longer as writes kept coming), and looks again when a nearer
+        # position is answered (else that write waited for the farther one too).
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending():
+                position = self._unheld[0][0]
+                wait = max(0.0, self._due[0][0] - loop.time())
+                nearer = self._nearer = loop.create_future()
+                holds = loop.create_task(store.holds(position, wait))
+                try:
+                    await asyncio.wait((holds, nearer), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    self._nearer = None
+                    if not holds.done():
+                        holds.cancel()
+                reached = holds.result() if holds.done() else None
+                upto = max(store.position, position) if reached else store.position
+                if reached is False:
+                    log.warning("forwarded_write_not_held", position=position,
+                                held=store.position, waited=HOLD_WAIT)
+                    # The oldest write waited its HOLD_WAIT, and any as old (the oldest
+                    # goes even if the store answered early, so this loop cannot spin).
+                    _, held = self._due.popleft()
+                    if not held.done():
+                        held.set_result(None)
+                    now = loop.time()
+                    while self._due and self._due[0][0] <= now:
+                        _, held = self._due.popleft()
+                        if not held.done():
+                            held.set_result(None)
+                while self._unheld and self._unheld[0][0] <= upto:
+                    _, _, held = heapq.heappop(self._unheld)
+                    if not held.done():
+                        held.set_result(None)
+        except Exception:
+            # Left waiting, the sessions' next calls here would wait for ever.
+            log.exception("forwarded_write_settler_failed")
+            self._release()
+
+    def _pending(self) -> bool:
+        # Drops what was resolved already (by its position or its HOLD_WAIT).
+        while self._unheld and self._unheld[0][2].done():
+            heapq.heappop(self._unheld)
+        while self._due and self._due[0][1].done():
+            self._due.popleft()
+        return bool(self._unheld)
+
+    def _release(self) -> None:
+        # Every write still waiting to be held stops waiting.
+        for _, _, held in self._unheld:
+            if not held.done():
+                held.set_result(None)
+        self._unheld.clear()
+        self._due.clear()
 
     def holding(self, session_id: str) -> list[asyncio.Future[None]]:
         """The forwarded writes of ``session_id`` a call made now must wait for.
@@ -365,10 +440,7 @@ class Forwarder:
             self._retry.cancel()
         if self._settler is not None:
             self._settler.cancel()
-        for _, _, held in self._unheld:
-            if not held.done():
-                held.set_result(None)
-        self._unheld.clear()
+        self._release()
         self._link = None
         for link in list(self._links):
             await link.close()
