@@ -11,12 +11,11 @@ write RPCs to the replica that does, on one Calls stream, and answers them itsel
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import socket
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -24,15 +23,13 @@ import grpc
 from dspex_rx.errors import StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.server import offload
+from dspex_rx.server.leader_link import FORWARDED_KEY, GRPC_MAX_MESSAGE, LeaderLink
 from dspex_rx.v1 import calls_pb2 as cpb
 
 log = get_logger("dspex_rx.server")
 
-# Metadata of a forwarded request: the leader runs it itself (never forwards it again, so
-# two replicas that each think the other leads cannot bounce a write) and puts its store's
-# position once the write is stored (``store.position``: over etcd, the etcd revision) in
-# the answer's POSITION_KEY trailer.
-FORWARDED_KEY = "x-dspex-forwarded"
+# The leader puts its store's position once a forwarded write is stored
+# (``store.position``: over etcd, the etcd revision) in the answer's POSITION_KEY trailer.
 POSITION_KEY = "x-dspex-position"
 # The forwarding replica's position when it sent the request: the leader runs it only
 # once it holds that much, so a write never overtakes what its caller saw there (a
@@ -50,12 +47,6 @@ LAST_PAUSE = 8.0
 # does not wait: the caller has its value, and a call that does not follow it should
 # not pay a watch's delay: sequential writes rotated over 3 replicas ran at 0.65x.)
 HOLD_WAIT = 5.0
-
-CALLS_METHOD = "/dspex_rx.v1.Variables/Calls"
-# gRPC's own limit of a message's size, where the link's options give none.
-GRPC_MAX_MESSAGE = 4 * 1024 * 1024
-# Bytes a request adds to its frame beside its own: the field's tag and length.
-CALL_FRAMING = 8
 
 
 def advertised_address(host: str, port: int) -> str:
@@ -199,9 +190,9 @@ class Forwarder:
         # the link with it), so queued requests go out in frames within it.
         self._max_frame = dict(self._options).get("grpc.max_send_message_length",
                                                   GRPC_MAX_MESSAGE)
-        self._link: _Link | None = None
+        self._link: LeaderLink | None = None
         # Every link not yet closed: the current one and retired ones still answering.
-        self._links: set[_Link] = set()
+        self._links: set[LeaderLink] = set()
         self._retry: asyncio.TimerHandle | None = None
         self._pause = FIRST_PAUSE
         self._closed = False
@@ -218,7 +209,7 @@ class Forwarder:
         self._nearer: asyncio.Future[None] | None = None
         # The link each of them is out on (none: waiting for its turn, or answered; None:
         # a write made here while the link was down, kept until it is stored).
-        self._sent_on: dict[asyncio.Future[None], _Link | None] = {}
+        self._sent_on: dict[asyncio.Future[None], LeaderLink | None] = {}
         # Counted for tests and the logs.
         self.forwarded = 0
         self.failed = 0
@@ -257,7 +248,7 @@ class Forwarder:
     def _connect(self) -> None:
         self._retry = None
         if self.leader and self.leader != self.address and not self._closed:
-            link = self._link = _Link(self.leader, self._options, self._link_failed,
+            link = self._link = LeaderLink(self.leader, self._options, self._link_failed,
                                       self._link_up, self._max_frame)
             self._links.add(link)
             link.closed.add_done_callback(lambda _: self._links.discard(link))
@@ -420,7 +411,7 @@ class Forwarder:
         # The leader answers again: the next failure pauses briefly, not for long.
         self._pause = FIRST_PAUSE
 
-    def _link_failed(self, link: _Link, error: str) -> None:
+    def _link_failed(self, link: LeaderLink, error: str) -> None:
         self.failed += 1
         if link is not self._link:
             return
@@ -444,132 +435,3 @@ class Forwarder:
         self._link = None
         for link in list(self._links):
             await link.close()
-
-
-class _Link:
-    """One Calls stream to the leader: requests packed per message as they queue up,
-    answers routed back by id; once it fails, every request still waiting fails."""
-
-    def __init__(self, target: str, options: Sequence[tuple[str, Any]],
-                 failed: Callable[[_Link, str], None], up: Callable[[], None],
-                 max_frame: int = GRPC_MAX_MESSAGE) -> None:
-        self.target = target
-        self._max_frame = max_frame
-        self._up = up
-        # Set once the leader's first (empty) frame came: requests are sent only then.
-        self.ready = False
-        self._retiring = False
-        self._failed = failed
-        self._ids = itertools.count(1)
-        self._queue: list[cpb.CallRequest] = []
-        # Answers due, by request id; ids in ``_queue`` have not left yet.
-        self._waiting: dict[int, asyncio.Future[cpb.CallReply]] = {}
-        self._wake = asyncio.Event()
-        self._channel = grpc.aio.insecure_channel(target, options=list(options))
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        # Done once the link ended and its channel closed.
-        self.closed: asyncio.Future[None] = self._task
-
-    def send(self, method: str, data: bytes,
-             metadata: Sequence[tuple[str, str]]) -> asyncio.Future[cpb.CallReply]:
-        call_id = next(self._ids)
-        answer: asyncio.Future[cpb.CallReply] = asyncio.get_running_loop().create_future()
-        self._waiting[call_id] = answer
-        request = cpb.CallRequest(id=call_id, method=method, request=data)
-        request.metadata.add(key=FORWARDED_KEY, value="1")
-        for key, value in metadata:
-            request.metadata.add(key=key, value=value)
-        self._queue.append(request)
-        self._wake.set()
-        return answer
-
-    def retire(self) -> None:
-        # Closed once its last answer came (a new leader's link takes new requests).
-        self._retiring = True
-        self._wake.set()
-
-    async def _run(self) -> None:
-        call = self._channel.stream_stream(
-            CALLS_METHOD, request_serializer=cpb.CallFrame.SerializeToString,
-            response_deserializer=cpb.ReplyFrame.FromString)()
-        reader: asyncio.Task[None] | None = None
-        try:
-            # The server's empty first frame says it serves the stream: nothing is
-            # written before it (a write racing UNIMPLEMENTED reads as INTERNAL).
-            await call.read()
-            self.ready = True
-            self._up()
-            reader = asyncio.get_running_loop().create_task(self._read(call))
-            while True:
-                if not self._queue:
-                    if self._retiring and not self._waiting:
-                        break
-                    self._wake.clear()
-                    wake = asyncio.ensure_future(self._wake.wait())
-                    await asyncio.wait((wake, reader), return_when=asyncio.FIRST_COMPLETED)
-                    wake.cancel()
-                    if reader.done():
-                        reader.result()
-                        raise ConnectionError("the leader ended the Calls stream")
-                    continue
-                await call.write(self._frame())
-        except asyncio.CancelledError:
-            self._fail("the forwarding link was closed")
-            raise
-        except Exception as exc:
-            error = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
-            self._fail(str(error))
-        finally:
-            if reader is not None:
-                reader.cancel()
-            call.cancel()
-            await self._channel.close()
-
-    def _frame(self) -> cpb.CallFrame:
-        # The queue's head, as much as one message may carry (at least one request: one
-        # too large for it is the leader's to refuse, with the same limit as here).
-        taken = size = 0
-        for request in self._queue:
-            size += request.ByteSize() + CALL_FRAMING
-            if taken and size > self._max_frame:
-                break
-            taken += 1
-        frame = cpb.CallFrame(calls=self._queue[:taken])
-        del self._queue[:taken]
-        return frame
-
-    async def _read(self, call: Any) -> None:
-        while True:
-            frame = await call.read()
-            if frame is grpc.aio.EOF:
-                return
-            for reply in frame.replies:
-                answer = self._waiting.pop(reply.id, None)
-                if answer is not None and not answer.done():
-                    answer.set_result(reply)
-            self._wake.set()
-
-    def _fail(self, error: str) -> None:
-        self.ready = False
-        unsent = {request.id for request in self._queue}
-        self._queue = []
-        # In id order, so the calls waiting wake in the order they were sent.
-        for call_id in sorted(self._waiting):
-            answer = self._waiting[call_id]
-            if answer.done():
-                continue
-            if call_id in unsent:
-                answer.set_exception(StorageError(
-                    f"the write leader at {self.target} could not be reached ({error}); "
-                    "nothing of this write was sent: try again"))
-            else:
-                answer.set_exception(StorageError(
-                    f"the write leader at {self.target} did not answer ({error}): the "
-                    "write may have been kept or not; reads show whichever happened"))
-        self._waiting.clear()
-        self._failed(self, error)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
