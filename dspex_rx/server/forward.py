@@ -11,6 +11,7 @@ write RPCs to the replica that does, on one Calls stream, and answers them itsel
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import socket
@@ -212,6 +213,7 @@ class Forwarder:
         self._sent_on: dict[asyncio.Future[None], LeaderLink | None] = {}
         # Counted for tests and the logs.
         self.forwarded = 0
+        self.sent: collections.Counter[str] = collections.Counter()
         self.failed = 0
 
     @property
@@ -271,6 +273,7 @@ class Forwarder:
                 "nothing of this write was sent: try again"))
             return answer
         self.forwarded += 1
+        self.sent[method] += 1
         if held is not None and not held.done():
             self._sent_on[held] = link
         return link.send(method, data, metadata)

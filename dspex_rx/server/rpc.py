@@ -309,6 +309,7 @@ class Unary(Generic[Req, Resp]):
     def __init__(
         self, handler: Callable[[Call, Req], Resp], *, authenticated: bool = True,
         writes: bool = False, ahead: offload.Ahead | None = None,
+        forwards: bool | None = None,
     ) -> None:
         self.handler = handler
         # Decodes and checks a large request's values on a worker (offload.check_set...).
@@ -316,6 +317,9 @@ class Unary(Generic[Req, Resp]):
         self.authenticated = authenticated
         # A write RPC: a refusal is logged at info (audit.refused_write).
         self.writes = writes
+        # Made by the write leader when another replica leads (forward.py): every write,
+        # and the other RPCs that store something (a heartbeat, a lease).
+        self.forwards = writes if forwards is None else forwards
         # Named after its handler until the servicer names it after the RPC (the name
         # logs and INTERNAL answers use, and what the answer's size meter reports).
         self.name = handler.__name__
@@ -331,7 +335,7 @@ class Unary(Generic[Req, Resp]):
 
     def _method(self) -> Callable[..., Any]:
         handler, authenticated, name = self.handler, self.authenticated, self.name
-        writes, ahead = self.writes, self.ahead
+        writes, ahead, forwards = self.writes, self.ahead, self.forwards
 
         async def method(
             service: Service, request: Req, context: grpc.aio.ServicerContext
@@ -348,7 +352,7 @@ class Unary(Generic[Req, Resp]):
                 store = service.store
                 call = Call(service, context, name, session_id)
                 forwarder = service.forwarder
-                leader_asked = writes and forward.relayed(context.invocation_metadata())
+                leader_asked = forwards and forward.relayed(context.invocation_metadata())
                 # The session's forwarded writes this call comes after: those already
                 # there as it enters its lane, never a later write's (one forwarded
                 # behind it in the lane waits for this call's turn: waiting for it
@@ -357,13 +361,14 @@ class Unary(Generic[Req, Resp]):
                         and session_id and not leader_asked else [])
                 if writes:
                     lane = offload.lanes_of(service).enter(session_id)
-                    if forwarder is not None and forwarder.active and not leader_asked:
-                        # Another replica leads: the write runs there (forward.py).
-                        return await forward.relay(call, request, forwarder, lane)  # type: ignore[no-any-return]
-                    if forwarder is not None and not leader_asked:
-                        # Made here with the link down: a write of the session forwarded
-                        # once it is up waits until this one is stored (forward.relay).
-                        mine = forwarder.hold(session_id, here=True)
+                if (forwards and forwarder is not None and forwarder.active
+                        and not leader_asked):
+                    # Another replica leads: the call runs there (forward.py).
+                    return await forward.relay(call, request, forwarder, lane)  # type: ignore[no-any-return]
+                if writes and forwarder is not None and not leader_asked:
+                    # Made here with the link down: a write of the session forwarded
+                    # once it is up waits until this one is stored (forward.relay).
+                    mine = forwarder.hold(session_id, here=True)
                 if isinstance(request, offload.Large):
                     request = await offload.parse(request, Malformed)
                     if isinstance(request, Malformed):
@@ -411,10 +416,10 @@ class Unary(Generic[Req, Resp]):
                             ) from exc
                 if writes:
                     audit.refused_results(name, request, response)
-                    if leader_asked:
-                        # The forwarding replica answers once it holds this much.
-                        context.set_trailing_metadata(
-                            ((forward.POSITION_KEY, str(store.position)),))
+                if leader_asked:
+                    # The forwarding replica's next calls wait until it holds this much.
+                    context.set_trailing_metadata(
+                        ((forward.POSITION_KEY, str(store.position)),))
                 if frames_queued() != queued:
                     # The commit queued a frame for a watching stream: one loop turn lets
                     # its sender encode and start writing it before gRPC sends this

@@ -110,8 +110,10 @@ class VariablesService(pb_grpc.VariablesServicer):
     # Every unary RPC, declared once: its handler (decode, store call, encode). Creating
     # or attaching checks a presented token in the store; Echo belongs to no session.
     InitializeSession = Unary(sessions.initialize_session, authenticated=False)
-    Heartbeat = Unary(sessions.heartbeat)
-    CloseSession = Unary(sessions.close_session)
+    # These store something too (a client's last heartbeat, a lease): made by the write
+    # leader, as writes are, when another replica leads.
+    Heartbeat = Unary(sessions.heartbeat, forwards=True)
+    CloseSession = Unary(sessions.close_session, forwards=True)
     Echo = Unary(sessions.echo, authenticated=False)
     # Session-less: the handler shows only what the presented token or key opens.
     ListSessions = Unary(sessions.list_sessions, authenticated=False)
@@ -139,15 +141,15 @@ class VariablesService(pb_grpc.VariablesServicer):
     GetHistory = Unary(history.get_history)
     Rollback = Unary(history.rollback, writes=True)
 
-    StartOptimization = Unary(optimization.start_optimization)
-    OptimizationStep = Unary(optimization.optimization_step)
-    FinishOptimization = Unary(optimization.finish_optimization)
-    StopOptimization = Unary(optimization.stop_optimization)
+    StartOptimization = Unary(optimization.start_optimization, forwards=True)
+    OptimizationStep = Unary(optimization.optimization_step, forwards=True)
+    FinishOptimization = Unary(optimization.finish_optimization, forwards=True)
+    StopOptimization = Unary(optimization.stop_optimization, forwards=True)
     GetOptimizationStatus = Unary(optimization.get_optimization_status)
     GetOptimizationHistory = Unary(optimization.get_optimization_history)
-    ReportMetrics = Unary(optimization.report_metrics)
+    ReportMetrics = Unary(optimization.report_metrics, forwards=True)
 
-    DeriveLease = Unary(derivation.derive_lease)
+    DeriveLease = Unary(derivation.derive_lease, forwards=True)
 
     ExportVariables = Unary(exchange.export_variables)
     ImportVariables = Unary(exchange.import_variables, writes=True)
