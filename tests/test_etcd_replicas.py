@@ -195,18 +195,21 @@ def test_a_watcher_from_another_session_leaves_no_count_behind_after_a_conflict(
     assert (len(session.listeners), session.foreign_listeners) == (0, 0)
 
 
-def replica(endpoint: str, prefix: str, host: str = "127.0.0.1", port: int = 0
-            ) -> EmbeddedServer:
+def replica(endpoint: str, prefix: str, host: str = "127.0.0.1", port: int = 0,
+            *, write_leader: bool = True) -> EmbeddedServer:
     server = EmbeddedServer(host, port, store=MemoryStore(
-        backend=EtcdBackend([endpoint], prefix=prefix), session_ttl=3600))
+        backend=EtcdBackend([endpoint], prefix=prefix), session_ttl=3600),
+        write_leader=write_leader)
     server.start()
     return server
 
 
 @contextlib.contextmanager
-def replicas(endpoint: str, prefix: str, count: int) -> Iterator[list[EmbeddedServer]]:
-    """``count`` replicas over one etcd prefix, stopped after the block."""
-    servers = [replica(endpoint, prefix) for _ in range(count)]
+def replicas(endpoint: str, prefix: str, count: int, *, write_leader: bool = True,
+             ) -> Iterator[list[EmbeddedServer]]:
+    """``count`` replicas over one etcd prefix, stopped after the block; with
+    ``write_leader=False`` each makes its own writes (the races between them)."""
+    servers = [replica(endpoint, prefix, write_leader=write_leader) for _ in range(count)]
     try:
         yield servers
     finally:
@@ -1383,7 +1386,7 @@ async def test_a_stream_on_a_replica_that_lost_a_race_goes_on_without_a_reconnec
     # hold the undone commits), so under writes from several replicas watchers kept
     # reconnecting. The undone commits now leave the queues and the streams go on.
     seen: list[VariableUpdate] = []
-    with replicas(etcd_endpoint, prefix, 2) as (a, b):
+    with replicas(etcd_endpoint, prefix, 2, write_leader=False) as (a, b):
         async with dspex_rx.connect(a.target, session_id="race") as writer_a:
             await writer_a.register_variable("t", "integer", 0)
             await until(lambda: "race" in b.call(b.store.session_ids),
@@ -1437,8 +1440,18 @@ def test_a_replica_whose_watch_reopens_after_etcd_restarted_tells_its_own_writes
             return "s" in other.session_ids()
 
         await eventually(other_read_etcd, "the other replica read etcd")
-        other.set("s", "t", 4, actor="other")
-        await other.sync(other.revision)
+        # Its flushes' channel may still be in gRPC's reconnect backoff after the restart
+        # (a read on the other channel already passed): write until etcd took it.
+        deadline = time.monotonic() + 30  # a hang guard, not a timing assertion
+        while True:
+            try:
+                if other.get("s", "t").value != 4:
+                    other.set("s", "t", 4, actor="other")
+                await other.sync(other.revision)
+                break
+            except StorageError:
+                assert time.monotonic() < deadline, "the other replica never wrote"
+                await asyncio.sleep(0.05)
         await eventually(lambda: store.get("s", "t").value == 4,
                          "the reopened watch brought the write")
         assert [value for _, value in heard] == [1, 2, 3, 4]
