@@ -227,6 +227,64 @@ async def test_serving_replicas_elect_one_of_them_to_take_the_writes(
                 "the other replica took the writes over", START_GUARD)
 
 
+async def test_the_leader_killed_mid_stream_loses_no_acknowledged_write_and_repeats_none(
+    etcd_endpoint: str, tmp_path: Path,
+) -> None:
+    prefix = f"cli-{uuid.uuid4().hex[:12]}/"
+    trio_ = [Replica(tmp_path / f"r{n}", etcd_endpoint, prefix) for n in range(3)]
+    try:
+        for replica in trio_:
+            replica.start()
+        await until(lambda: leader_in_etcd(etcd_endpoint, prefix) != "",
+                    "the replicas elected a write leader", START_GUARD)
+        leader = next(r for r in trio_ if r.target == leader_in_etcd(etcd_endpoint, prefix))
+        a, b = [r for r in trio_ if r is not leader]
+        async with dspex_rx.connect(a.target, session_id="cli_kill") as on_a:
+            await on_a.register_variables(
+                [{"name": n, "type": "integer", "initial_value": 0} for n in ("x", "y")])
+            assert on_a.token is not None
+            on_b = await join(b.target, "cli_kill", on_a.token)
+            seen: list[VariableUpdate] = []
+            on_b.observe("x").subscribe(seen.append)
+            acked: dict[str, list[tuple[int, int]]] = {"x": [], "y": []}
+            unknown: dict[str, list[int]] = {"x": [], "y": []}
+            try:
+                async def writer(session: dspex_rx.SessionContext, name: str) -> None:
+                    for value in range(1, 61):
+                        if value == 21 and name == "x":
+                            leader.kill()  # mid-stream: SIGKILL, its lease left to expire
+                        try:
+                            acked[name].append(
+                                (await session.set_variable(name, value), value))
+                        except dspex_rx.StorageError:
+                            # Sent when the leader died, or not: kept or not, never twice.
+                            unknown[name].append(value)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(writer, on_a, "x")
+                    nursery.start_soon(writer, on_b, "y")
+                last = max(acked["x"])[0]
+                await until(lambda: bool(seen) and seen[-1].version >= last,
+                            "the watcher on b saw x's last write", START_GUARD)
+                for name, session in (("x", on_a), ("y", on_b)):
+                    history = await session.get_variable_history(name)
+                    stored = sorted((e["version"], e["value"]) for e in history)
+                    # Versions dense from 1, values increasing: nothing lost or repeated.
+                    assert [v for v, _ in stored] == list(range(1, len(stored) + 1))
+                    values = [value for _, value in stored]
+                    assert values == sorted(set(values))
+                    assert set(acked[name]) <= set(stored)
+                    assert set(values) - {0} <= {v for _, v in acked[name]} | set(unknown[name])
+                    assert len(unknown[name]) <= 2  # only what was in flight at the kill
+                updates = [u for u in seen if u.update_type == "value_change"]
+                assert [u.version for u in updates] == sorted({u.version for u in updates})
+            finally:
+                await on_b.close()
+    finally:
+        for replica in trio_:
+            replica.stop()
+
+
 async def test_a_replica_started_with_no_write_leader_never_stands(
     etcd_endpoint: str, tmp_path: Path,
 ) -> None:
