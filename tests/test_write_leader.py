@@ -67,6 +67,27 @@ def agreed(servers: list[EmbeddedServer]) -> str:
     return leaders.pop() if len(leaders) == 1 else ""
 
 
+class HeldWatch:
+    """A replica's etcd watch held back: what it brings waits (its ``backend``'s
+    ``_post``) until ``release()``, which hands it all over on the replica's loop."""
+
+    def __init__(self, server: EmbeddedServer) -> None:
+        self.server = server
+        self.backend: Any = server.store._backend
+        self.events: list[tuple[int, Any]] = []
+        self._post = self.backend._post
+        server.call(lambda: setattr(self.backend, "_post",
+                                    lambda *event: self.events.append(event)))
+
+    def release(self) -> None:
+        def hand_over() -> None:
+            self.backend._post = self._post
+            for event in self.events:
+                self._post(*event)
+
+        self.server.call(hand_over)
+
+
 async def elected(servers: list[EmbeddedServer]) -> tuple[EmbeddedServer, list[EmbeddedServer]]:
     """The leader, once every replica names the same one and each follower's link to it
     is up, and the followers."""
@@ -217,10 +238,8 @@ async def test_a_forwarded_write_waits_until_the_leader_holds_what_its_follower_
     # follower had just made, and refused it as "no session".
     with replicas(etcd_endpoint, prefix, 2) as servers:
         leader, (follower,) = await elected(servers)
-        backend = leader.store._backend
-        held: list[tuple[int, Any]] = []
-        post = backend._post
-        leader.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+        watch = HeldWatch(leader)
+        backend = watch.backend
         async with dspex_rx.connect(follower.target, session_id="fresh") as session:
             versions: list[int] = []
 
@@ -233,12 +252,7 @@ async def test_a_forwarded_write_waits_until_the_leader_holds_what_its_follower_
                 await until(lambda: len(backend._head_waiters) > 0,
                             "the forwarded write waits for the session", 20)
 
-                def release() -> None:
-                    backend._post = post
-                    for event in held:
-                        post(*event)
-
-                leader.call(release)
+                watch.release()
             assert versions == [2]
 
 
@@ -349,10 +363,8 @@ async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_th
         async with clients([old, follower], ["t"]) as (_, on_follower):
             # The old leader's watch held back, and a write made on the follower: the
             # old leader keeps the next forwarded write until its watch brings it.
-            backend = old.store._backend
-            held: list[tuple[int, Any]] = []
-            post = backend._post
-            old.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+            watch = HeldWatch(old)
+            backend = watch.backend
             follower.call(lambda: link.set_leader(""))
             assert await on_follower.set_variable("t", 1) == 2
             follower.call(lambda: link.set_leader(old.target))
@@ -373,12 +385,7 @@ async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_th
                 await until(lambda: 3 in versions or "shared" in lanes._tails,
                             "the next write reached the follower", 20)
 
-                def release() -> None:
-                    backend._post = post
-                    for event in held:
-                        post(*event)
-
-                old.call(release)
+                watch.release()
             assert versions == {2: 3, 3: 4}
             assert await on_follower.get_variable("t", bypass_cache=True) == 3
 
@@ -396,10 +403,7 @@ async def test_a_write_sent_to_a_new_leader_waits_for_no_answered_write_to_reach
         link = forwarder(follower)
         async with clients([old, follower], ["t"]) as (_, on_follower):
             # The follower's watch held back: it holds none of its forwarded writes.
-            backend = follower.store._backend
-            held: list[tuple[int, Any]] = []
-            post = backend._post
-            follower.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+            watch = HeldWatch(follower)
             assert await on_follower.set_variable("t", 1) == 2
             assert link.holding("shared")
             follower.call(lambda: link.set_leader(new.target))
@@ -413,12 +417,7 @@ async def test_a_write_sent_to_a_new_leader_waits_for_no_answered_write_to_reach
                 nursery.start_soon(write)
                 await until(lambda: bool(versions), "the write after the change answered", 20)
 
-                def release() -> None:
-                    backend._post = post
-                    for event in held:
-                        post(*event)
-
-                follower.call(release)
+                watch.release()
             assert versions == [3]
             assert await on_follower.get_variable("t", bypass_cache=True) == 2
 
@@ -445,10 +444,8 @@ async def test_a_write_given_up_on_a_follower_never_runs_after_the_sessions_next
         async with clients([old, follower], ["t"]) as (_, on_follower):
             # The old leader's watch held back, and a write made on the follower: the
             # old leader keeps the next forwarded write until its watch brings it.
-            backend = old.store._backend
-            held: list[tuple[int, Any]] = []
-            post = backend._post
-            old.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+            watch = HeldWatch(old)
+            backend = watch.backend
             follower.call(lambda: link.set_leader(""))
             assert await on_follower.set_variable("t", 1) == 2
             follower.call(lambda: link.set_leader(old.target))
@@ -477,12 +474,7 @@ async def test_a_write_given_up_on_a_follower_never_runs_after_the_sessions_next
                 await until(lambda: 3 in versions or "shared" in lanes._tails,
                             "the next write reached the follower", 20)
 
-                def release() -> None:
-                    backend._post = post
-                    for event in held:
-                        post(*event)
-
-                old.call(release)
+                watch.release()
             assert versions == {3: 4}
             assert await on_follower.get_variable("t", bypass_cache=True) == 3
 
