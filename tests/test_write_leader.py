@@ -746,3 +746,34 @@ async def test_a_heartbeat_through_a_follower_is_stored_by_the_leader(
             assert flushes == []
             seen = leader.call(lambda: leader.store.session("beats").clients[conn.client_id])
             assert seen.last_seen > 0
+
+
+async def test_a_heartbeat_the_leader_cannot_place_yet_never_says_the_session_ended(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards: a leader whose watch had not brought a session made on a follower ran the
+    # forwarded heartbeat anyway (past HOLD_WAIT) and answered "no session": its client
+    # took its live session for ended (``lose``) and refused every later call.
+    monkeypatch.setattr(forward, "HOLD_WAIT", 0.2)
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        # The leader's watch held back: it never sees the session the follower makes.
+        backend = leader.store._backend
+        held: list[tuple[Any, ...]] = []
+        post = backend._post
+        leader.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+        async with dspex_rx.connect(follower.target, session_id="unseen") as session:
+            conn = session._conn
+            beat = pb.HeartbeatRequest(session_id="unseen", client_id=conn.client_id)
+            with pytest.raises(StorageError, match="try again"):
+                await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+
+            def release() -> None:
+                backend._post = post
+                for event in held:
+                    post(*event)
+
+            leader.call(release)
+            answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+            assert answer.expires_at.seconds > 0
+            assert not conn.lost

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from dspex_rx.errors import StorageError
+from dspex_rx.errors import ConflictError, DspexError, RateLimitedError, StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.server import offload
 from dspex_rx.server.leader_link import FORWARDED_KEY, GRPC_MAX_MESSAGE, LeaderLink
@@ -113,6 +113,39 @@ async def catch_up(store: Any, metadata: Sequence[tuple[str, Any]] | None) -> No
     if after > store.position and not await store.holds(after, HOLD_WAIT):
         log.warning("forwarded_write_ahead_of_leader", after=after, held=store.position,
                     waited=HOLD_WAIT)
+
+
+# Refusals that say "try again" themselves, with what a retry needs to know.
+_RETRYABLE = (StorageError, ConflictError, RateLimitedError)
+
+
+def unplaced(store: Any, metadata: Sequence[tuple[str, Any]] | None,
+             error: DspexError) -> DspexError:
+    """The refusal to answer a call with: ``error``, unless another replica forwarded
+    the call here and this one still does not hold what that one held (``catch_up``
+    waited ``HOLD_WAIT`` in vain). Then the refusal came from an older state than its
+    caller saw ("no session" for a session made there a moment ago, a client "not
+    attached"): no flush compared anything, so nothing else would catch it, and a
+    client told by its heartbeat that its session is gone gives it up for good. Such
+    a call is answered with a ``StorageError`` (UNAVAILABLE: try again) instead.
+
+    >>> from dspex_rx.errors import SessionNotFoundError
+    >>> class Behind:
+    ...     position = 1000
+    >>> gone = SessionNotFoundError("no session 's'")
+    >>> type(unplaced(Behind(), ((FORWARDED_KEY, "1"), (AFTER_KEY, "1042")), gone)).__name__
+    'StorageError'
+    >>> unplaced(Behind(), ((FORWARDED_KEY, "1"), (AFTER_KEY, "999")), gone) is gone
+    True
+    """
+    after = position_in(metadata, AFTER_KEY) if relayed(metadata) else 0
+    if after <= store.position or isinstance(error, _RETRYABLE):
+        # Caught up; or a refusal that says try again already (and what was kept).
+        return error
+    return StorageError(
+        f"the write leader does not hold yet what the replica that forwarded this call "
+        f"held (position {after}, it holds {store.position}), so its refusal ({error}) "
+        "came from an older state; nothing was changed: try again")
 
 
 async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any:

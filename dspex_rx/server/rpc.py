@@ -436,6 +436,8 @@ class Unary(Generic[Req, Resp]):
                 context.set_trailing_metadata(exc.trailers)
                 await context.abort(exc.code, exc.details)
             except DspexError as exc:
+                if forwards:
+                    exc = forward.unplaced(service.store, context.invocation_metadata(), exc)
                 if writes:
                     audit.refused_write(name, request, exc)
                 await refuse(context, exc, name)
