@@ -535,7 +535,8 @@ async def test_a_new_leader_named_while_a_retry_is_due_gets_one_link(
         leader, (follower,) = await elected(servers)
         link = forwarder(follower)
         follower.call(lambda: link.set_leader("127.0.0.1:1"))
-        await until(lambda: link.failed >= 1, "the link to the dead leader failed", 20)
+        # (``failed`` counts before the retry is armed, on the follower's own thread.)
+        await until(lambda: link._retry is not None, "a retry of the dead link is armed", 20)
         retry = link._retry
         assert retry is not None
         follower.call(lambda: link.set_leader(leader.target))
