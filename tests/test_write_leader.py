@@ -28,6 +28,7 @@ from dspex_rx.errors import StorageError
 from dspex_rx.etcd import EtcdBackend
 from dspex_rx.server import EmbeddedServer, forward, offload
 from dspex_rx.server.forward import Forwarder
+from dspex_rx.server.leader_link import NotSent
 from dspex_rx.store import MemoryStore
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire import codec
@@ -778,3 +779,33 @@ async def test_a_heartbeat_the_leader_cannot_place_yet_never_says_the_session_en
             answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
             assert answer.expires_at.seconds > 0
             assert not conn.lost
+
+
+async def test_a_write_whose_link_failed_before_it_left_is_made_on_the_follower(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: a write queued just as the leader died (the link failed before its frame
+    # left) answered "nothing was sent: try again", though nothing stopped the follower
+    # making it (seen in test_etcd_cli's SIGKILL test: a write right after the kill).
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        send = link.send
+        failed: list[str] = []
+
+        def fails_once(method: str, *args: Any) -> Any:
+            if failed:
+                return send(method, *args)
+            failed.append(method)
+            answer = asyncio.get_running_loop().create_future()
+            answer.set_exception(NotSent("the link failed before the frame left"))
+            return answer
+
+        async with clients([leader, follower], ["t"]) as (_, on_follower):
+            follower.call(lambda: setattr(link, "send", fails_once))
+            assert await on_follower.set_variable("t", 7) == 2
+            assert await on_follower.set_variable("t", 8) == 3  # forwarded again
+            assert failed == ["SetVariable"]
+            assert await on_follower.get_variable("t", bypass_cache=True) == 8
+            assert leader.call(lambda: leader.store.get("shared", "t").value) == 8
+            assert follower.call(lambda: link.holding("shared")) == []

@@ -24,7 +24,7 @@ import grpc
 from dspex_rx.errors import ConflictError, DspexError, RateLimitedError, StorageError
 from dspex_rx.logs import get_logger
 from dspex_rx.server import offload
-from dspex_rx.server.leader_link import FORWARDED_KEY, GRPC_MAX_MESSAGE, LeaderLink
+from dspex_rx.server.leader_link import FORWARDED_KEY, GRPC_MAX_MESSAGE, LeaderLink, NotSent
 from dspex_rx.v1 import calls_pb2 as cpb
 
 log = get_logger("dspex_rx.server")
@@ -152,7 +152,8 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
     """Run one write RPC on the leader: sent in the session's order (its ``lane``) and
     answered as the leader answered; the session's next calls here wait until this
     replica holds the write, so they see it. A refusal raises ``Refused``, a link that
-    failed ``StorageError``.
+    failed after the request left ``StorageError``; one that failed before returns
+    ``RunHere`` (make the call here).
 
     Example: ``return await relay(call, request, service.forward, lane)`` in ``rpc.Unary``.
     """
@@ -177,7 +178,13 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
         if lane is not None:
             lane.leave()
         # Shielded: a caller giving up must not cancel the answer still due (below).
-        reply = await asyncio.shield(answer)
+        try:
+            reply = await asyncio.shield(answer)
+        except NotSent:
+            # The link failed before this request left (a leader that just died): made
+            # here instead, its mark kept until it is stored. The calls it failed wake in
+            # the order they were sent, and each waits for the session's earlier ones.
+            return RunHere(held)
         trailers = [(pair.key, pair.value) for pair in reply.trailers]
         if reply.code != 0:
             raise Refused(reply.code, reply.details, trailers)
@@ -192,6 +199,20 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
         elif not held.done():
             held.set_result(None)
         raise
+
+
+class RunHere:
+    """What ``relay`` returns for a call whose request never left: the caller makes it
+    itself and resolves ``held`` (the call's mark) once it is stored.
+
+    >>> RunHere(None).held is None
+    True
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self, held: Any) -> None:
+        self.held = held
 
 
 def _answered(answer: asyncio.Future[Any], held: asyncio.Future[None]) -> None:
@@ -301,7 +322,7 @@ class Forwarder:
             # The link failed between the caller's check and its turn: nothing left.
             answer: asyncio.Future[cpb.CallReply] = (
                 asyncio.get_running_loop().create_future())
-            answer.set_exception(StorageError(
+            answer.set_exception(NotSent(
                 f"the write leader at {self.leader or '(none)'} could not be reached; "
                 "nothing of this write was sent: try again"))
             return answer

@@ -19,6 +19,15 @@ from dspex_rx.v1 import calls_pb2 as cpb
 # so two replicas that each think the other leads cannot bounce a write.
 FORWARDED_KEY = "x-dspex-forwarded"
 CALLS_METHOD = "/dspex_rx.v1.Variables/Calls"
+
+
+class NotSent(StorageError):
+    """A forwarded request that never left this replica (its link failed first): the
+    replica makes the call itself instead, as nothing of it reached the leader.
+
+    >>> isinstance(NotSent("the link failed"), StorageError)
+    True
+    """
 # gRPC's own limit of a message's size, where the link's options give none.
 GRPC_MAX_MESSAGE = 4 * 1024 * 1024
 # Bytes a request adds to its frame beside its own: the field's tag and length.
@@ -153,7 +162,7 @@ class LeaderLink:
             if answer.done():
                 continue
             if call_id in unsent:
-                answer.set_exception(StorageError(
+                answer.set_exception(NotSent(
                     f"the write leader at {self.target} could not be reached ({error}); "
                     "nothing of this write was sent: try again"))
             else:

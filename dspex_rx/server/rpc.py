@@ -364,8 +364,14 @@ class Unary(Generic[Req, Resp]):
                 if (forwards and forwarder is not None and forwarder.active
                         and not leader_asked):
                     # Another replica leads: the call runs there (forward.py).
-                    return await forward.relay(call, request, forwarder, lane)  # type: ignore[no-any-return]
-                if writes and forwarder is not None and not leader_asked:
+                    relayed = await forward.relay(call, request, forwarder, lane)
+                    if not isinstance(relayed, forward.RunHere):
+                        return relayed  # type: ignore[no-any-return]
+                    # Never sent (the link failed first): made here. Its turn in the
+                    # lane is over; it keeps its mark until stored, so the session's
+                    # later calls still come after it.
+                    mine, lane = relayed.held, None
+                if writes and forwarder is not None and not leader_asked and mine is None:
                     # Made here with the link down: a write of the session forwarded
                     # once it is up waits until this one is stored (forward.relay).
                     mine = forwarder.hold(session_id, here=True)
