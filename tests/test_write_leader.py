@@ -89,6 +89,20 @@ class HeldWatch:
         self.server.call(hand_over)
 
 
+async def old_leader_holding_back(old: EmbeddedServer, follower: EmbeddedServer,
+                                  on_follower: dspex_rx.SessionContext) -> HeldWatch:
+    """The old leader's watch held back after a write made on the follower (``t`` = 1,
+    the link down for it): the old leader keeps the next forwarded write until its watch
+    brings that one. Returns the held watch, the follower's link to ``old`` up again."""
+    watch = HeldWatch(old)
+    link = forwarder(follower)
+    follower.call(lambda: link.set_leader(""))
+    assert await on_follower.set_variable("t", 1) == 2
+    follower.call(lambda: link.set_leader(old.target))
+    await until(lambda: link.active, "the link to the old leader is up", 20)
+    return watch
+
+
 async def elected(servers: list[EmbeddedServer]) -> tuple[EmbeddedServer, list[EmbeddedServer]]:
     """The leader, once every replica names the same one and each follower's link to it
     is up, and the followers."""
@@ -362,14 +376,8 @@ async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_th
         follower, new = followers
         link = forwarder(follower)
         async with clients([old, follower], ["t"]) as (_, on_follower):
-            # The old leader's watch held back, and a write made on the follower: the
-            # old leader keeps the next forwarded write until its watch brings it.
-            watch = HeldWatch(old)
+            watch = await old_leader_holding_back(old, follower, on_follower)
             backend = watch.backend
-            follower.call(lambda: link.set_leader(""))
-            assert await on_follower.set_variable("t", 1) == 2
-            follower.call(lambda: link.set_leader(old.target))
-            await until(lambda: link.active, "the link to the old leader is up", 20)
             versions: dict[int, int] = {}
 
             async def write(value: int) -> None:
@@ -443,14 +451,8 @@ async def test_a_write_given_up_on_a_follower_never_runs_after_the_sessions_next
         follower, new = followers
         link = forwarder(follower)
         async with clients([old, follower], ["t"]) as (_, on_follower):
-            # The old leader's watch held back, and a write made on the follower: the
-            # old leader keeps the next forwarded write until its watch brings it.
-            watch = HeldWatch(old)
+            watch = await old_leader_holding_back(old, follower, on_follower)
             backend = watch.backend
-            follower.call(lambda: link.set_leader(""))
-            assert await on_follower.set_variable("t", 1) == 2
-            follower.call(lambda: link.set_leader(old.target))
-            await until(lambda: link.active, "the link to the old leader is up", 20)
             versions: dict[int, int] = {}
 
             async def write(value: int) -> None:
