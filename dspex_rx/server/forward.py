@@ -196,8 +196,8 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
             # still run it: the session's later writes wait for its answer still, or one
             # sent on a new leader's link ran first and this one after it.
             answer.add_done_callback(lambda _: _answered(answer, held))
-        elif not held.done():
-            held.set_result(None)
+        else:
+            free(held)
         raise
 
 
@@ -215,12 +215,21 @@ class RunHere:
         self.held = held
 
 
+def free(held: asyncio.Future[None]) -> None:
+    """Let the session's later calls past a write's mark (once: a mark may be freed by
+    its answer, its wait running out, a failure or the forwarder closing, first wins).
+
+    Example: ``free(mine)`` once a write made here is stored.
+    """
+    if not held.done():
+        held.set_result(None)
+
+
 def _answered(answer: asyncio.Future[Any], held: asyncio.Future[None]) -> None:
     # A given-up write's answer came (or its link failed): nobody reads it.
     if not answer.cancelled():
         answer.exception()
-    if not held.done():
-        held.set_result(None)
+    free(held)
 
 
 class Forwarder:
@@ -265,8 +274,7 @@ class Forwarder:
         # The link each of them is out on (none: waiting for its turn, or answered; None:
         # a write made here while the link was down, kept until it is stored).
         self._sent_on: dict[asyncio.Future[None], LeaderLink | None] = {}
-        # Counted for tests and the logs.
-        self.forwarded = 0
+        # What was forwarded, by RPC (for tests and the logs).
         self.sent: collections.Counter[str] = collections.Counter()
         self.failed = 0
 
@@ -305,7 +313,7 @@ class Forwarder:
         self._retry = None
         if self.leader and self.leader != self.address and not self._closed:
             link = self._link = LeaderLink(self.leader, self._options, self._link_failed,
-                                      self._link_up, self._max_frame)
+                                           self._link_up, self._max_frame)
             self._links.add(link)
             link.closed.add_done_callback(lambda _: self._links.discard(link))
 
@@ -326,7 +334,6 @@ class Forwarder:
                 f"the write leader at {self.leader or '(none)'} could not be reached; "
                 "nothing of this write was sent: try again"))
             return answer
-        self.forwarded += 1
         self.sent[method] += 1
         if held is not None and not held.done():
             self._sent_on[held] = link
@@ -337,7 +344,7 @@ class Forwarder:
         held here (stored); set the future's result once it is (``holding`` and
         ``elsewhere`` wait for it).
 
-        Example: ``held = forwarder.hold(sid)`` ... ``held.set_result(None)``.
+        Example: ``held = forwarder.hold(sid)`` ... ``free(held)``.
         """
         held: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waits = self._holding.setdefault(session_id, set())
@@ -360,8 +367,7 @@ class Forwarder:
         Example: ``forwarder.held_at(call.store, 1042, held)`` after the leader's answer.
         """
         if position <= store.position:
-            if not held.done():
-                held.set_result(None)
+            free(held)
             return
         # Stored at the leader: no longer out on a link, so a write of its session sent
         # on another (``elsewhere``) need not wait for this replica's watch to bring it
@@ -404,17 +410,14 @@ class Forwarder:
                     # The oldest write waited its HOLD_WAIT, and any as old (the oldest
                     # goes even if the store answered early, so this loop cannot spin).
                     _, held = self._due.popleft()
-                    if not held.done():
-                        held.set_result(None)
+                    free(held)
                     now = loop.time()
                     while self._due and self._due[0][0] <= now:
                         _, held = self._due.popleft()
-                        if not held.done():
-                            held.set_result(None)
+                        free(held)
                 while self._unheld and self._unheld[0][0] <= upto:
                     _, _, held = heapq.heappop(self._unheld)
-                    if not held.done():
-                        held.set_result(None)
+                    free(held)
         except Exception:
             # Left waiting, the sessions' next calls here would wait for ever.
             log.exception("forwarded_write_settler_failed")
@@ -431,8 +434,7 @@ class Forwarder:
     def _release(self) -> None:
         # Every write still waiting to be held stops waiting.
         for _, _, held in self._unheld:
-            if not held.done():
-                held.set_result(None)
+            free(held)
         self._unheld.clear()
         self._due.clear()
 

@@ -458,8 +458,8 @@ class Unary(Generic[Req, Resp]):
             finally:
                 if lane is not None:
                     lane.leave()
-                if mine is not None and not mine.done():
-                    mine.set_result(None)
+                if mine is not None:
+                    forward.free(mine)
             raise AssertionError("unreachable: context.abort raises")
 
         method.__name__ = method.__qualname__ = name
