@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -21,6 +22,7 @@ from typing import TypeVar
 import etcd_service
 import pytest
 from etcd_service import EtcdMember, Stubs
+from test_etcd_replicas import eventually
 
 from dspex_rx.etcd import EtcdBackend, WriteLeader, leader_key
 from dspex_rx.etcd_v3 import rpc_pb2
@@ -37,12 +39,8 @@ def run(scenario: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(asyncio.wait_for(scenario(), GUARD * 3))
 
 
-async def until(predicate: Callable[[], bool], what: str, guard: float = GUARD) -> None:
-    """Poll ``predicate()`` while the elections run (a hang guard, no timing)."""
-    deadline = time.monotonic() + guard  # a hang guard, not a timing assertion
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.01)
+# Poll a condition while the elections run (a hang guard, no timing).
+until = functools.partial(eventually, guard=GUARD)
 
 
 @pytest.fixture
