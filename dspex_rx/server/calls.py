@@ -109,8 +109,8 @@ class CallContext:
 
     @property
     def trailers(self) -> tuple[tuple[str, str], ...]:
-        """The trailers set so far (an answer carries them too: the revision a forwarded
-        write reached).
+        """The trailers set so far (an answer carries them too: the store position a
+        forwarded write reached).
 
         >>> CallContext((), "").trailers
         ()
