@@ -89,6 +89,8 @@ class ScriptedTransport:
         self.refuse: grpc.aio.AioRpcError | None = None
         # True: the server's first frame reaches the listener before open_stream returns.
         self.early = False
+        # True: the streams' writes stay under way until released (ScriptedStream.hold).
+        self.hold = False
 
     async def open_stream(self, path: str, response_type: Any, metadata: Any = (),
                           listener: Any = None) -> Any:
@@ -97,6 +99,7 @@ class ScriptedTransport:
             raise RuntimeError("the Calls stream was reopened 100 times")
         stream = ScriptedStream()
         stream.listener = listener
+        stream.hold = self.hold
         self.streams.append(stream)
         if self.refuse is not None:
             stream.finish(self.refuse)  # the server turns the stream down at once
@@ -127,7 +130,7 @@ async def piped() -> Any:
         nursery.cancel_scope.cancel()
 
 
-async def test_calls_made_together_leave_in_one_frame_and_are_answered_by_id(
+async def test_calls_made_together_leave_in_two_halves_and_are_answered_by_id(
     piped: Any,
 ) -> None:
     pipeline, transport = piped
@@ -141,11 +144,73 @@ async def test_calls_made_together_leave_in_one_frame_and_are_answered_by_id(
             nursery.start_soon(call, n)
         await trio.testing.wait_all_tasks_blocked()
         stream = transport.streams[0]
-        assert [ids(f) for f in stream.sent] == [[1, 2, 3]]
-        assert [r.method for r in stream.sent[0].calls] == ["Echo"] * 3
+        # Half of the three in flight (rounded up), then the rest once that was written.
+        assert [ids(f) for f in stream.sent] == [[1, 2], [3]]
+        assert [r.method for f in stream.sent for r in f.calls] == ["Echo"] * 3
         stream.answer(3, 1, 2)  # out of order: each still reaches its own caller
     # The replies carry the id as payload: each caller got the answer to its own id.
     assert sorted(got.values()) == [b"1", b"2", b"3"]
+
+
+@pytest.fixture
+async def wide() -> Any:
+    transport = ScriptedTransport()
+    pipeline = Pipeline(transport, "/dspex_rx.v1.Variables/Calls", (("k", "v"),))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pipeline.run)
+        yield pipeline, transport
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_second_half_leaves_once_the_first_is_written_without_waiting_for_answers(
+    wide: Any,
+) -> None:
+    pipeline, transport = wide
+    transport.hold = True  # the first half's write stays under way until released
+    async with trio.open_nursery() as nursery:
+        for _ in range(32):
+            nursery.start_soon(echo, pipeline)
+        await trio.testing.wait_all_tasks_blocked()
+        stream = transport.streams[0]
+        assert [ids(f) for f in stream.sent] == [list(range(1, 17))]
+        stream.release()
+        await stream.wait_for_frames(2)
+        assert ids(stream.sent[1]) == list(range(17, 33))
+        stream.release()
+        stream.answer(*range(1, 33))
+
+
+async def test_answers_to_one_half_come_back_while_the_other_is_out_and_leave_as_one_frame(
+    wide: Any,
+) -> None:
+    pipeline, transport = wide
+    calls = 0
+
+    async def again() -> None:
+        nonlocal calls
+        for _ in range(2):
+            await echo(pipeline)
+            calls += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(32):
+            nursery.start_soon(again)
+        await trio.testing.wait_all_tasks_blocked()
+        stream = transport.streams[0]
+        await stream.wait_for_frames(2)
+        first, second = ids(stream.sent[0]), ids(stream.sent[1])
+        assert len(first) == len(second) == 16
+        # The server answers the first half while the second is still out: those 16
+        # callers call again, 32 in flight, and their 16 calls go as one frame.
+        stream.answer(*first)
+        await stream.wait_for_frames(3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [len(f.calls) for f in stream.sent[2:]] == [16]
+        stream.answer(*second, *ids(stream.sent[2]))
+        await stream.wait_for_frames(4)
+        await trio.testing.wait_all_tasks_blocked()
+        stream.answer(*(i for f in stream.sent[3:] for i in ids(f)))
+    assert calls == 64
 
 
 async def test_a_call_past_max_in_flight_waits_for_an_answer(piped: Any) -> None:
@@ -157,8 +222,8 @@ async def test_a_call_past_max_in_flight_waits_for_an_answer(piped: Any) -> None
         stream = transport.streams[0]
         assert sum(len(f.calls) for f in stream.sent) == 3  # the fourth waits its turn
         stream.answer(1)
-        await stream.wait_for_frames(2)
-        assert ids(stream.sent[1]) == [4]
+        await stream.wait_for_frames(3)
+        assert ids(stream.sent[2]) == [4]
         stream.answer(2, 3, 4)
 
 
@@ -358,7 +423,9 @@ async def test_a_call_alone_on_an_idle_stream_is_written_by_its_caller_not_the_w
     assert counter.steps["echo"] == 2  # its call, and its answer: no other schedule point
 
 
-async def test_callers_answered_in_one_frame_call_again_in_one_frame(piped: Any) -> None:
+async def test_callers_answered_in_one_frame_call_again_packed_not_one_frame_each(
+    piped: Any,
+) -> None:
     pipeline, transport = piped
     got: list[bytes] = []
 
@@ -371,13 +438,14 @@ async def test_callers_answered_in_one_frame_call_again_in_one_frame(piped: Any)
             nursery.start_soon(twice, n)
         await trio.testing.wait_all_tasks_blocked()
         stream = transport.streams[0]
-        assert [ids(f) for f in stream.sent] == [[1, 2, 3]]
+        assert [ids(f) for f in stream.sent] == [[1, 2], [3]]
         stream.answer(1, 2, 3)
-        await stream.wait_for_frames(2)
+        await stream.wait_for_frames(4)
         await trio.testing.wait_all_tasks_blocked()
         # Woken together, they call again together: even the first of them, alone on
-        # the stream for a moment, leaves its request to the writer to pack.
-        assert len(stream.sent) == 2 and sorted(ids(stream.sent[1])) == [4, 5, 6]
+        # the stream for a moment, leaves its request to the writer to pack (halves,
+        # not a frame per caller).
+        assert [sorted(ids(f)) for f in stream.sent[2:]] == [[4, 5], [6]]
         stream.answer(4, 5, 6)
     assert len(got) == 6
 

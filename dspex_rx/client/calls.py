@@ -1,12 +1,13 @@
 """Pipelined calls: a session's unary calls sent as requests on one ``Calls`` stream and
-answered by id, so calls made at once from many trio tasks leave in one message.
+answered by id, so calls made at once from many trio tasks leave packed in a few messages.
 """
 
 # A call alone on the stream (nothing else in flight or queued) writes its own frame at
 # once (``Stream.post``: on the hosted loop the write starts before ``call`` awaits
 # anything). Otherwise a writer task, woken once per frame, packs what is queued: it runs
 # after the callers trio woke in the same round, so calls made together leave together,
-# and what queues while a write is under way leaves as the next frame once that write is
+# at most half of the calls in flight per frame (two halves out keep both ends busy), and
+# what queues while a write is under way leaves as the next frame once that write is
 # done; nothing waits for company. Answers reach their callers as they arrive (the
 # stream's listener), with no reader task between: a sequential call costs its caller's
 # two steps and gRPC's two completions, not the ten trio task steps a writer and a reader
@@ -324,7 +325,7 @@ class Pipeline:
             await self._pack.wait()
 
     def _flush(self) -> None:
-        # Write what is queued as one frame, unless a write is under way (its end wakes
+        # Write what is queued as a frame, unless a write is under way (its end wakes
         # the writer for the next) or there is no stream yet (``run`` opens one).
         stream = self._stream
         if stream is None:
@@ -337,7 +338,13 @@ class Pipeline:
         self._cancels = []
         size = 0
         outbox = self._outbox
-        while outbox and size < MAX_FRAME_BYTES:
+        # At most half of the calls in flight (sent or queued) per frame; the rest leave
+        # once this write is done. Sent all at once, the server ran them all while this
+        # side waited, then this side took every answer while the server waited: in two
+        # halves each runs one while the other is busy with the other (bench_peers, 32
+        # in flight: writes 7k -> 12k/s, reads 12.5k -> 21k/s; see ARCHITECTURE.md).
+        room = (len(self._waiters) + 1) // 2
+        while outbox and size < MAX_FRAME_BYTES and len(frame.calls) < room:
             call_id = next(iter(outbox))
             request = outbox.pop(call_id)
             self._waiters[call_id].sent = True
