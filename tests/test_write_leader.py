@@ -752,7 +752,7 @@ async def test_a_heartbeat_through_a_follower_is_stored_by_the_leader(
             assert seen.last_seen > 0
 
 
-async def test_a_heartbeat_the_leader_cannot_place_yet_never_says_the_session_ended(
+async def test_a_heartbeat_the_leader_cannot_place_yet_is_made_by_the_follower(
     etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Guards: a leader whose watch had not brought a session made on a follower ran the
@@ -769,8 +769,11 @@ async def test_a_heartbeat_the_leader_cannot_place_yet_never_says_the_session_en
         async with dspex_rx.connect(follower.target, session_id="unseen") as session:
             conn = session._conn
             beat = pb.HeartbeatRequest(session_id="unseen", client_id=conn.client_id)
-            with pytest.raises(StorageError, match="try again"):
-                await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+            # The leader says "try again"; the follower, which holds the session, makes
+            # the beat itself (a heartbeat is made twice as safely as once).
+            answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+            assert answer.expires_at.seconds > 0
+            assert not conn.lost
 
             def release() -> None:
                 backend._post = post
@@ -811,3 +814,94 @@ async def test_a_write_whose_link_failed_before_it_left_is_made_on_the_follower(
             assert await on_follower.get_variable("t", bypass_cache=True) == 8
             assert leader.call(lambda: leader.store.get("shared", "t").value) == 8
             assert follower.call(lambda: link.holding("shared")) == []
+
+
+def beat_of(session: dspex_rx.SessionContext) -> tuple[Any, pb.HeartbeatRequest]:
+    conn = session._conn
+    return conn, pb.HeartbeatRequest(session_id=session.session_id, client_id=conn.client_id)
+
+
+def last_seen(server: EmbeddedServer, session: dspex_rx.SessionContext) -> float:
+    sid, cid = session.session_id, session._conn.client_id
+    return float(server.call(lambda: server.store.session(sid).clients[cid].last_seen))
+
+
+async def test_a_heartbeat_the_leader_does_not_answer_in_time_is_made_by_the_follower(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards: a forwarded heartbeat waited for a slow leader until the client's beat
+    # timed out (DEADLINE_EXCEEDED), and the client took its healthy connection to the
+    # follower for dead: its watches left the cache and its streams were reset.
+    monkeypatch.setattr(forward, "REPEATABLE_WAIT", 0.1)
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        stuck: list[str] = []
+
+        async def never_answers(request: Any, context: Any) -> Any:
+            stuck.append(request.client_id)
+            await asyncio.Event().wait()
+
+        async with clients([leader, follower], ["t"]) as (_, on_follower):
+            leader.call(lambda: setattr(leader.service, "Heartbeat", never_answers))
+            conn, beat = beat_of(on_follower)
+            before = last_seen(follower, on_follower)
+            with trio.fail_after(20):  # a hang guard: the leader never answers
+                answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+            assert answer.expires_at.seconds > 0
+            assert stuck == [conn.client_id]  # it did reach the leader first
+            assert last_seen(follower, on_follower) > before  # stored by the follower
+            # The stuck beat leaves the session's calls free: a write still goes through.
+            assert await on_follower.set_variable("t", 5) == 2
+
+
+async def test_a_heartbeat_whose_link_fails_is_made_by_the_follower(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: a heartbeat in flight when the leader died answered UNAVAILABLE ("may have
+    # been kept or not"), which the client takes for a dead connection to its replica.
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        send = link.send
+
+        def dies_with_beats(method: str, *args: Any) -> Any:
+            if method != "Heartbeat":
+                return send(method, *args)
+            answer = asyncio.get_running_loop().create_future()
+            answer.set_exception(StorageError("the write leader did not answer: the "
+                                              "write may have been kept or not"))
+            return answer
+
+        async with clients([leader, follower], ["t"]) as (_, on_follower):
+            follower.call(lambda: setattr(link, "send", dies_with_beats))
+            conn, beat = beat_of(on_follower)
+            before = last_seen(follower, on_follower)
+            answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+            assert answer.expires_at.seconds > 0
+            assert last_seen(follower, on_follower) > before
+
+
+async def test_a_heartbeat_on_a_follower_waits_for_no_forwarded_write_to_arrive(
+    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards: a forwarded heartbeat left a mark, and waited for the session's forwarded
+    # writes to reach the follower (up to HOLD_WAIT each): a follower whose watch lagged
+    # held its clients' beats past their timeout.
+    monkeypatch.setattr(forward, "HOLD_WAIT", 60.0)
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        async with clients([leader, follower], ["t"]) as (_, on_follower):
+            watch = HeldWatch(follower)  # the write never reaches the follower meanwhile
+            assert await on_follower.set_variable("t", 1) == 2
+            link = forwarder(follower)
+            assert follower.call(lambda: len(link.holding("shared"))) == 1
+            conn, beat = beat_of(on_follower)
+            with trio.fail_after(20):  # a hang guard: waiting for the mark takes 60 s
+                answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+                assert answer.expires_at.seconds > 0
+                assert follower.call(lambda: len(link.holding("shared"))) == 1  # no new mark
+                follower.call(lambda: link.set_leader(""))  # now made here: no wait either
+                answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+                assert answer.expires_at.seconds > 0
+            watch.release()
+            assert await on_follower.get_variable("t", bypass_cache=True) == 1

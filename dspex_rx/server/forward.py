@@ -48,6 +48,15 @@ LAST_PAUSE = 8.0
 # does not wait: the caller has its value, and a call that does not follow it should
 # not pay a watch's delay: sequential writes rotated over 3 replicas ran at 0.65x.)
 HOLD_WAIT = 5.0
+# Calls a follower may make itself after forwarding them, whatever the leader did with
+# them: a heartbeat only moves its client's last_seen to now. They leave no mark (nothing
+# the session reads depends on them) and wait for no earlier write.
+REPEATABLE = frozenset({"Heartbeat"})
+# How long a follower waits for the leader's answer to a repeatable call before making it
+# itself: below the 2 s a client's heartbeat waits at the least (client/connection.py), so
+# a slow, dying or behind leader never makes the client's healthy connection to this
+# replica look dead (it would drop its watches' cache and reset its streams).
+REPEATABLE_WAIT = 1.0
 
 
 def advertised_address(host: str, port: int) -> str:
@@ -160,6 +169,8 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
     data = request.data if isinstance(request, offload.Large) else request.SerializeToString()
     metadata = [(key, value) for key, value in call.context.invocation_metadata() or ()
                 if key in FORWARDED_METADATA]
+    if call.method in REPEATABLE:
+        return await _relay_repeatable(call, data, metadata, forwarder)
     # The session's writes before this one (not those behind it in the lane: they wait
     # for this one's turn), then this one's own mark.
     before = forwarder.all_holding(call.session_id)
@@ -199,6 +210,36 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
         else:
             free(held)
         raise
+
+
+async def _relay_repeatable(call: Any, data: bytes, metadata: list[tuple[str, str]],
+                            forwarder: Forwarder) -> Any:
+    # Sent at once, unmarked; made here instead if the leader does not answer within
+    # REPEATABLE_WAIT, its link fails (sent or not: made twice is made once) or it says
+    # "try again" (a leader behind this replica, which holds the session).
+    metadata.append((AFTER_KEY, str(call.store.position)))
+    answer = forwarder.send(call.method, data, metadata)
+    try:
+        reply = await asyncio.wait_for(asyncio.shield(answer), REPEATABLE_WAIT)
+    except (TimeoutError, StorageError) as exc:
+        log.info("forwarded_call_made_here", method=call.method,
+                 why=str(exc) or f"no answer within {REPEATABLE_WAIT} s")
+        return RunHere(None)
+    finally:
+        if not answer.done():
+            answer.add_done_callback(_unread)
+    if reply.code == grpc.StatusCode.UNAVAILABLE.value[0]:
+        log.info("forwarded_call_made_here", method=call.method, why=reply.details)
+        return RunHere(None)
+    if reply.code != 0:
+        raise Refused(reply.code, reply.details, [(p.key, p.value) for p in reply.trailers])
+    return offload.Serialized(reply.response)
+
+
+def _unread(answer: asyncio.Future[Any]) -> None:
+    # An answer nobody waits for any more (made here meanwhile, or given up on).
+    if not answer.cancelled():
+        answer.exception()
 
 
 class RunHere:

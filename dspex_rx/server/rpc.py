@@ -358,7 +358,8 @@ class Unary(Generic[Req, Resp]):
                 # behind it in the lane waits for this call's turn: waiting for it
                 # too, each waited for the other forever).
                 held = (forwarder.holding(session_id) if forwarder is not None
-                        and session_id and not leader_asked else [])
+                        and session_id and not leader_asked
+                        and name not in forward.REPEATABLE else [])
                 if writes:
                     lane = offload.lanes_of(service).enter(session_id)
                 if (forwards and forwarder is not None and forwarder.active
