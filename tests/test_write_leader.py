@@ -905,3 +905,54 @@ async def test_a_heartbeat_on_a_follower_waits_for_no_forwarded_write_to_arrive(
                 assert answer.expires_at.seconds > 0
             watch.release()
             assert await on_follower.get_variable("t", bypass_cache=True) == 1
+
+
+async def test_a_session_closed_through_a_follower_is_gone_for_its_next_attach_there(
+    etcd_endpoint: str, prefix: str,
+) -> None:
+    # Guards: InitializeSession did not wait for the session's forwarded close to reach
+    # the follower: making the id again there right after its last client left found
+    # the old session still alive, and only its flush's conflict (a read of the whole
+    # prefix, then a rerun) made it fresh.
+    servers = [EmbeddedServer("127.0.0.1", 0, store=MemoryStore(
+        backend=EtcdBackend([etcd_endpoint], prefix=prefix), session_ttl=0))
+        for _ in range(2)]
+    for server in servers:
+        server.start()
+    try:
+        _, (follower,) = await elected(servers)
+        link = forwarder(follower)
+        async with dspex_rx.connect(follower.target, session_id="again") as old:
+            await old.register_variable("t", "integer", 1)
+            old_token = old.token
+            # The close is forwarded and the session goes with its last client; the
+            # follower's watch brings that only once the next InitializeSession of the
+            # id asks what it must wait for.
+            watch = HeldWatch(follower)
+        holding = link.holding
+
+        def released_when_asked(session_id: str) -> list[Any]:
+            marks = holding(session_id)
+            if session_id == "again" and watch.backend._post is not watch._post:
+                watch.backend._post = watch._post
+                events, watch.events = watch.events, []
+                for event in events:
+                    asyncio.get_running_loop().call_soon(watch._post, *event)
+            return marks
+
+        follower.call(lambda: setattr(link, "holding", released_when_asked))
+        backend = follower.store._backend
+        resets = follower.call(lambda: backend._resets)
+        with trio.fail_after(20):
+            async with dspex_rx.connect(follower.target, session_id="again",
+                                        token=old_token) as new:
+                # Made afresh (an ended id is made again with its own token), not
+                # attached to the old session the follower had not seen end yet.
+                assert new.created
+                assert await new.get_variable("t", default=0) == 0
+        # It waited for the close to arrive: its own flush met no conflict (which costs
+        # the follower a read of the whole prefix, and the call a rerun).
+        assert follower.call(lambda: backend._resets) == resets
+    finally:
+        for server in servers:
+            server.stop()
