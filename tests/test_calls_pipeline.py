@@ -4,6 +4,8 @@ handshake, and what a broken or missing stream does to the calls waiting on it."
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -119,15 +121,20 @@ async def echo(pipeline: Pipeline, payload: bytes = b"", timeout: float | None =
     return bytes(reply.payload)
 
 
-@pytest.fixture
-async def piped() -> Any:
+@contextlib.asynccontextmanager
+async def running(**options: Any) -> AsyncIterator[tuple[Pipeline, ScriptedTransport]]:
     transport = ScriptedTransport()
-    pipeline = Pipeline(transport, "/dspex_rx.v1.Variables/Calls", (("k", "v"),),
-                        max_in_flight=3)
+    pipeline = Pipeline(transport, "/dspex_rx.v1.Variables/Calls", (("k", "v"),), **options)
     async with trio.open_nursery() as nursery:
         await nursery.start(pipeline.run)
         yield pipeline, transport
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def piped() -> AsyncIterator[tuple[Pipeline, ScriptedTransport]]:
+    async with running(max_in_flight=3) as both:
+        yield both
 
 
 async def test_calls_made_together_leave_in_two_halves_and_are_answered_by_id(
@@ -153,13 +160,9 @@ async def test_calls_made_together_leave_in_two_halves_and_are_answered_by_id(
 
 
 @pytest.fixture
-async def wide() -> Any:
-    transport = ScriptedTransport()
-    pipeline = Pipeline(transport, "/dspex_rx.v1.Variables/Calls", (("k", "v"),))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pipeline.run)
-        yield pipeline, transport
-        nursery.cancel_scope.cancel()
+async def wide() -> AsyncIterator[tuple[Pipeline, ScriptedTransport]]:
+    async with running() as both:  # the default in-flight bound (1,024)
+        yield both
 
 
 async def test_the_second_half_leaves_once_the_first_is_written_without_waiting_for_answers(

@@ -40,6 +40,16 @@ def prefix() -> str:
     return f"leader-{uuid.uuid4().hex}/"
 
 
+@pytest.fixture
+async def pair(etcd_endpoint: str, prefix: str,
+               ) -> AsyncIterator[tuple[EmbeddedServer, EmbeddedServer]]:
+    """Two replicas over one prefix, once they elected a leader and the follower's link
+    to it is up: the leader and the follower."""
+    with replicas(etcd_endpoint, prefix, 2) as servers:
+        leader, (follower,) = await elected(servers)
+        yield leader, follower
+
+
 @contextlib.contextmanager
 def replicas(endpoint: str, prefix: str, count: int) -> Iterator[list[EmbeddedServer]]:
     servers = [replica(endpoint, prefix) for _ in range(count)]
@@ -174,101 +184,96 @@ async def test_writes_through_every_replica_are_made_by_the_leader_without_confl
 
 
 async def test_a_call_after_a_forwarded_write_on_the_same_follower_sees_that_write(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        _, (follower,) = await elected(servers)
-        ordered = [servers[0], follower] if servers[0] is not follower else servers[::-1]
-        async with clients(ordered, ["t"]) as (_, on_follower):
-            read: list[int] = []
+    leader, follower = pair
+    async with clients([leader, follower], ["t"]) as (_, on_follower):
+        read: list[int] = []
 
-            async def read_after() -> None:
-                read.append(await on_follower.get_variable("t", bypass_cache=True))
+        async def read_after() -> None:
+            read.append(await on_follower.get_variable("t", bypass_cache=True))
 
-            for k in range(1, 11):
+        for k in range(1, 11):
 
-                # The read is sent while the write is still on the leader: it runs
-                # after it, as it would on one server.
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(on_follower.set_variable, "t", k)
-                    await trio.testing.wait_all_tasks_blocked()
-                    nursery.start_soon(read_after)
-                assert read[-1] == k
-        assert read == list(range(1, 11))
-        assert writes_sent(forwarder(follower)) == 10
+            # The read is sent while the write is still on the leader: it runs
+            # after it, as it would on one server.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(on_follower.set_variable, "t", k)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(read_after)
+            assert read[-1] == k
+    assert read == list(range(1, 11))
+    assert writes_sent(forwarder(follower)) == 10
 
 
 async def test_a_write_made_while_the_link_was_down_never_waits_for_a_later_forwarded_one(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
     # Guards: a write made on the follower took its turn, then waited for every forwarded
     # write of its session, one behind it in the lane too (waiting for its turn): a hang.
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        link = forwarder(follower)
-        async with clients([leader, follower], ["t"]) as (_, on_follower):
-            lanes = offload.lanes_of(follower.service)
-            # An earlier write of the session, not yet at its store call, holds the line.
-            earlier = follower.call(lambda: lanes.enter("shared"))
-            follower.call(lambda: link.set_leader(""))  # no leader: writes made here
-            versions: list[int] = []
+    leader, follower = pair
+    link = forwarder(follower)
+    async with clients([leader, follower], ["t"]) as (_, on_follower):
+        lanes = offload.lanes_of(follower.service)
+        # An earlier write of the session, not yet at its store call, holds the line.
+        earlier = follower.call(lambda: lanes.enter("shared"))
+        follower.call(lambda: link.set_leader(""))  # no leader: writes made here
+        versions: list[int] = []
 
-            async def write(value: int) -> None:
-                versions.append(await on_follower.set_variable("t", value))
+        async def write(value: int) -> None:
+            versions.append(await on_follower.set_variable("t", value))
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(write, 1)
-                await until(lambda: lanes._tails["shared"] is not earlier._done,
-                            "the write made here waits in the lane", 20)
-                follower.call(lambda: link.set_leader(leader.target))
-                await until(lambda: link.active, "the link to the leader is up", 20)
-                nursery.start_soon(write, 2)
-                await until(lambda: bool(link.holding("shared")),
-                            "the forwarded write waits behind it", 20)
-                follower.call(earlier.leave)
-                await until(lambda: len(versions) == 2, "both writes were answered", 20)
-            assert versions == [2, 3]
-            assert await on_follower.get_variable("t", bypass_cache=True) == 2
-        assert writes_sent(link) == 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, 1)
+            await until(lambda: lanes._tails["shared"] is not earlier._done,
+                        "the write made here waits in the lane", 20)
+            follower.call(lambda: link.set_leader(leader.target))
+            await until(lambda: link.active, "the link to the leader is up", 20)
+            nursery.start_soon(write, 2)
+            await until(lambda: bool(link.holding("shared")),
+                        "the forwarded write waits behind it", 20)
+            follower.call(earlier.leave)
+            await until(lambda: len(versions) == 2, "both writes were answered", 20)
+        assert versions == [2, 3]
+        assert await on_follower.get_variable("t", bypass_cache=True) == 2
+    assert writes_sent(link) == 1
 
 
 async def test_a_session_made_on_a_follower_takes_a_write_through_it_at_once(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        _, (follower,) = await elected(servers)
-        # The leader runs the forwarded writes only once it holds the session the
-        # follower made just before (it hears of it through etcd's watch).
-        for n in range(5):
-            async with dspex_rx.connect(follower.target, session_id=f"new-{n}") as session:
-                await session.register_variable("t", "integer", 0)
-                assert await session.set_variable("t", n) == 2
-        assert writes_sent(forwarder(follower)) == 10
+    _, follower = pair
+    # The leader runs the forwarded writes only once it holds the session the
+    # follower made just before (it hears of it through etcd's watch).
+    for n in range(5):
+        async with dspex_rx.connect(follower.target, session_id=f"new-{n}") as session:
+            await session.register_variable("t", "integer", 0)
+            assert await session.set_variable("t", n) == 2
+    assert writes_sent(forwarder(follower)) == 10
 
 
 async def test_a_forwarded_write_waits_until_the_leader_holds_what_its_follower_did(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
     # Guards: the leader ran a forwarded write before its watch brought the session the
     # follower had just made, and refused it as "no session".
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        watch = HeldWatch(leader)
-        backend = watch.backend
-        async with dspex_rx.connect(follower.target, session_id="fresh") as session:
-            versions: list[int] = []
+    leader, follower = pair
+    watch = HeldWatch(leader)
+    backend = watch.backend
+    async with dspex_rx.connect(follower.target, session_id="fresh") as session:
+        versions: list[int] = []
 
-            async def register() -> None:
-                await session.register_variable("t", "integer", 0)
-                versions.append(await session.set_variable("t", 1))
+        async def register() -> None:
+            await session.register_variable("t", "integer", 0)
+            versions.append(await session.set_variable("t", 1))
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(register)
-                await until(lambda: len(backend._head_waiters) > 0,
-                            "the forwarded write waits for the session", 20)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(register)
+            await until(lambda: len(backend._head_waiters) > 0,
+                        "the forwarded write waits for the session", 20)
 
-                watch.release()
-            assert versions == [2]
+            watch.release()
+        assert versions == [2]
 
 
 async def test_writes_queued_together_for_the_leader_leave_in_frames_it_accepts(
@@ -305,22 +310,21 @@ async def test_writes_queued_together_for_the_leader_leave_in_frames_it_accepts(
 
 
 async def test_a_refusal_by_the_leader_reaches_the_caller_on_a_follower_as_made(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        async with clients([leader, follower], ["t"]) as (on_leader, on_follower):
-            errors = []
-            for session in (on_leader, on_follower):
-                with pytest.raises(dspex_rx.VariableTypeError) as caught:
-                    await session.set_variable("t", "not a number")
-                errors.append(str(caught.value))
-            assert errors[0] == errors[1]
-            assert "'t'" in errors[1]
-            with pytest.raises(dspex_rx.VariableNotFoundError):
-                await on_follower.set_variable("missing", 1)
-            assert await on_follower.get_variable("t", bypass_cache=True) == 0
-        assert writes_sent(forwarder(follower)) == 2
+    leader, follower = pair
+    async with clients([leader, follower], ["t"]) as (on_leader, on_follower):
+        errors = []
+        for session in (on_leader, on_follower):
+            with pytest.raises(dspex_rx.VariableTypeError) as caught:
+                await session.set_variable("t", "not a number")
+            errors.append(str(caught.value))
+        assert errors[0] == errors[1]
+        assert "'t'" in errors[1]
+        with pytest.raises(dspex_rx.VariableNotFoundError):
+            await on_follower.set_variable("missing", 1)
+        assert await on_follower.get_variable("t", bypass_cache=True) == 0
+    assert writes_sent(forwarder(follower)) == 2
 
 
 async def test_when_the_leader_stops_another_replica_takes_the_writes(
@@ -350,19 +354,18 @@ async def test_when_the_leader_stops_another_replica_takes_the_writes(
 
 
 async def test_a_follower_whose_leader_cannot_be_reached_makes_its_writes_itself(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        link = forwarder(follower)
-        # Told of a leader nothing listens at (as after a crash, until its lease ends).
-        follower.call(lambda: link.set_leader("127.0.0.1:1"))
-        await until(lambda: link.failed >= 1, "the link to the dead leader failed", 20)
-        assert not link.active
-        async with clients([leader, follower], ["t"]) as (_, on_follower):
-            assert await on_follower.set_variable("t", 5) == 2
-            assert await on_follower.get_variable("t", bypass_cache=True) == 5
-        assert writes_sent(link) == 0
+    leader, follower = pair
+    link = forwarder(follower)
+    # Told of a leader nothing listens at (as after a crash, until its lease ends).
+    follower.call(lambda: link.set_leader("127.0.0.1:1"))
+    await until(lambda: link.failed >= 1, "the link to the dead leader failed", 20)
+    assert not link.active
+    async with clients([leader, follower], ["t"]) as (_, on_follower):
+        assert await on_follower.set_variable("t", 5) == 2
+        assert await on_follower.get_variable("t", bypass_cache=True) == 5
+    assert writes_sent(link) == 0
 
 
 async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_the_old(
@@ -483,94 +486,91 @@ async def test_a_write_given_up_on_a_follower_never_runs_after_the_sessions_next
 
 
 async def test_a_write_forwarded_once_the_link_is_up_runs_after_one_made_here_before(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
     # Guards: a write made here with the link down left the lane before it was stored;
     # the session's next write, forwarded once the link came up, ran at the leader first
     # and the earlier one, losing its flush's compare, was run again after it.
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        link = forwarder(follower)
-        async with clients([leader, follower], ["t"]) as (_, on_follower):
-            backend = follower.store._backend
-            gate = follower.call(asyncio.Event)
-            stalled: list[object] = []
-            store = backend._store
+    leader, follower = pair
+    link = forwarder(follower)
+    async with clients([leader, follower], ["t"]) as (_, on_follower):
+        backend = follower.store._backend
+        gate = follower.call(asyncio.Event)
+        stalled: list[object] = []
+        store = backend._store
 
-            async def gated(ops: Any) -> None:
-                stalled.append(ops)
-                await gate.wait()
-                await store(ops)
+        async def gated(ops: Any) -> None:
+            stalled.append(ops)
+            await gate.wait()
+            await store(ops)
 
-            follower.call(lambda: setattr(backend, "_store", gated))
-            follower.call(lambda: link.set_leader(""))  # no leader: writes made here
-            lanes = offload.lanes_of(follower.service)
-            versions: dict[int, int] = {}
+        follower.call(lambda: setattr(backend, "_store", gated))
+        follower.call(lambda: link.set_leader(""))  # no leader: writes made here
+        lanes = offload.lanes_of(follower.service)
+        versions: dict[int, int] = {}
 
-            async def write(value: int) -> None:
-                versions[value] = await on_follower.set_variable("t", value)
+        async def write(value: int) -> None:
+            versions[value] = await on_follower.set_variable("t", value)
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(write, 1)
-                await until(lambda: bool(stalled), "the write made here is being stored", 20)
-                follower.call(lambda: link.set_leader(leader.target))
-                await until(lambda: link.active, "the link to the leader is up", 20)
-                nursery.start_soon(write, 2)
-                await until(lambda: "shared" in lanes._tails or leader.call(
-                    lambda: leader.store.get("shared", "t").version) == 2,
-                    "the forwarded write waits, or ran at the leader", 20)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, 1)
+            await until(lambda: bool(stalled), "the write made here is being stored", 20)
+            follower.call(lambda: link.set_leader(leader.target))
+            await until(lambda: link.active, "the link to the leader is up", 20)
+            nursery.start_soon(write, 2)
+            await until(lambda: "shared" in lanes._tails or leader.call(
+                lambda: leader.store.get("shared", "t").version) == 2,
+                "the forwarded write waits, or ran at the leader", 20)
 
-                def release() -> None:
-                    backend._store = store
-                    gate.set()
+            def release() -> None:
+                backend._store = store
+                gate.set()
 
-                follower.call(release)
-            assert versions == {1: 2, 2: 3}
-            assert await on_follower.get_variable("t", bypass_cache=True) == 2
+            follower.call(release)
+        assert versions == {1: 2, 2: 3}
+        assert await on_follower.get_variable("t", bypass_cache=True) == 2
 
 
 async def test_a_new_leader_named_while_a_retry_is_due_gets_one_link(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
     # Guards: the retry armed after the old leader's link failed still fired, opening a
     # second link to the new leader that nothing retired or closed.
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        link = forwarder(follower)
-        follower.call(lambda: link.set_leader("127.0.0.1:1"))
-        # (``failed`` counts before the retry is armed, on the follower's own thread.)
-        await until(lambda: link._retry is not None, "a retry of the dead link is armed", 20)
-        retry = link._retry
-        assert retry is not None
-        follower.call(lambda: link.set_leader(leader.target))
-        await until(lambda: link.active, "the link to the new leader is up", 20)
-        up = link._link
-        await until(lambda: follower.call(lambda: asyncio.get_running_loop().time()
-                                          > retry.when()), "the retry was due", 20)
-        assert follower.call(lambda: (link._link is up, len(link._links))) == (True, 1)
+    leader, follower = pair
+    link = forwarder(follower)
+    follower.call(lambda: link.set_leader("127.0.0.1:1"))
+    # (``failed`` counts before the retry is armed, on the follower's own thread.)
+    await until(lambda: link._retry is not None, "a retry of the dead link is armed", 20)
+    retry = link._retry
+    assert retry is not None
+    follower.call(lambda: link.set_leader(leader.target))
+    await until(lambda: link.active, "the link to the new leader is up", 20)
+    up = link._link
+    await until(lambda: follower.call(lambda: asyncio.get_running_loop().time()
+                                      > retry.when()), "the retry was due", 20)
+    assert follower.call(lambda: (link._link is up, len(link._links))) == (True, 1)
 
 
 async def test_a_write_sent_to_a_leader_gone_silent_fails_instead_of_waiting_for_ever(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
     # Guards: the link had no keepalive: a leader whose path went silent (no reset, as
     # a partition) never answered, and the caller waited for ever (its session's next
     # calls on the follower too, behind the write).
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        link = forwarder(follower)
-        host, port = leader.target.rsplit(":", 1)
-        proxy = ChaosProxy(lambda: (host, int(port)))
-        async with trio.open_nursery() as nursery:
-            through = f"127.0.0.1:{await nursery.start(proxy.serve)}"
-            follower.call(lambda: link.set_leader(through))
-            await until(lambda: link.active, "the link through the proxy is up", 20)
-            async with clients([leader, follower], ["t"]) as (_, on_follower):
-                proxy.black_hole_all(new_too=True)
-                with trio.fail_after(30), pytest.raises(dspex_rx.StorageError,
-                                                        match="did not answer"):
-                    await on_follower.set_variable("t", 1)
-            nursery.cancel_scope.cancel()
+    leader, follower = pair
+    link = forwarder(follower)
+    host, port = leader.target.rsplit(":", 1)
+    proxy = ChaosProxy(lambda: (host, int(port)))
+    async with trio.open_nursery() as nursery:
+        through = f"127.0.0.1:{await nursery.start(proxy.serve)}"
+        follower.call(lambda: link.set_leader(through))
+        await until(lambda: link.active, "the link through the proxy is up", 20)
+        async with clients([leader, follower], ["t"]) as (_, on_follower):
+            proxy.black_hole_all(new_too=True)
+            with trio.fail_after(30), pytest.raises(dspex_rx.StorageError,
+                                                    match="did not answer"):
+                await on_follower.set_variable("t", 1)
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_forwarded_write_is_never_forwarded_again(
@@ -722,98 +722,95 @@ def test_a_store_failing_to_say_what_it_holds_frees_the_writes_it_held() -> None
 
 
 async def test_a_heartbeat_through_a_follower_is_stored_by_the_leader(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
     # Guards: a follower stored its clients' heartbeats itself, so each one raced the
     # leader's flushes for etcd's head row (bench_replicas counted 20-120 refused txns
     # per run with every write forwarded).
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        flushes: list[int] = []
-        backend = follower.store._backend
-        store_rows = backend._store
+    leader, follower = pair
+    flushes: list[int] = []
+    backend = follower.store._backend
+    store_rows = backend._store
 
-        async def counted(ops: Any) -> None:
-            flushes.append(len(ops))
-            await store_rows(ops)
+    async def counted(ops: Any) -> None:
+        flushes.append(len(ops))
+        await store_rows(ops)
 
-        async with dspex_rx.connect(follower.target, session_id="beats") as session:
-            await session.register_variable("t", "integer", 0)
-            follower.call(lambda: setattr(backend, "_store", counted))
-            sent = forwarder(follower).sent["Heartbeat"]
-            conn = session._conn
-            for _ in range(3):
-                answer = await conn.call("Heartbeat", pb.HeartbeatRequest(
-                    session_id="beats", client_id=conn.client_id), pb.HeartbeatResponse)
-                assert answer.expires_at.seconds > 0
-            assert forwarder(follower).sent["Heartbeat"] - sent == 3
-            assert flushes == []
-            seen = leader.call(lambda: leader.store.session("beats").clients[conn.client_id])
-            assert seen.last_seen > 0
+    async with dspex_rx.connect(follower.target, session_id="beats") as session:
+        await session.register_variable("t", "integer", 0)
+        follower.call(lambda: setattr(backend, "_store", counted))
+        sent = forwarder(follower).sent["Heartbeat"]
+        conn = session._conn
+        for _ in range(3):
+            answer = await conn.call("Heartbeat", pb.HeartbeatRequest(
+                session_id="beats", client_id=conn.client_id), pb.HeartbeatResponse)
+            assert answer.expires_at.seconds > 0
+        assert forwarder(follower).sent["Heartbeat"] - sent == 3
+        assert flushes == []
+        seen = leader.call(lambda: leader.store.session("beats").clients[conn.client_id])
+        assert seen.last_seen > 0
 
 
 async def test_a_heartbeat_the_leader_cannot_place_yet_is_made_by_the_follower(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    pair: tuple[EmbeddedServer, EmbeddedServer], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Guards: a leader whose watch had not brought a session made on a follower ran the
     # forwarded heartbeat anyway (past HOLD_WAIT) and answered "no session": its client
     # took its live session for ended (``lose``) and refused every later call.
     monkeypatch.setattr(forward, "HOLD_WAIT", 0.2)
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        # The leader's watch held back: it never sees the session the follower makes.
-        backend = leader.store._backend
-        held: list[tuple[Any, ...]] = []
-        post = backend._post
-        leader.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
-        async with dspex_rx.connect(follower.target, session_id="unseen") as session:
-            conn = session._conn
-            beat = pb.HeartbeatRequest(session_id="unseen", client_id=conn.client_id)
-            # The leader says "try again"; the follower, which holds the session, makes
-            # the beat itself (a heartbeat is made twice as safely as once).
-            answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
-            assert answer.expires_at.seconds > 0
-            assert not conn.lost
+    leader, follower = pair
+    # The leader's watch held back: it never sees the session the follower makes.
+    backend = leader.store._backend
+    held: list[tuple[Any, ...]] = []
+    post = backend._post
+    leader.call(lambda: setattr(backend, "_post", lambda *event: held.append(event)))
+    async with dspex_rx.connect(follower.target, session_id="unseen") as session:
+        conn = session._conn
+        beat = pb.HeartbeatRequest(session_id="unseen", client_id=conn.client_id)
+        # The leader says "try again"; the follower, which holds the session, makes
+        # the beat itself (a heartbeat is made twice as safely as once).
+        answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+        assert answer.expires_at.seconds > 0
+        assert not conn.lost
 
-            def release() -> None:
-                backend._post = post
-                for event in held:
-                    post(*event)
+        def release() -> None:
+            backend._post = post
+            for event in held:
+                post(*event)
 
-            leader.call(release)
-            answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
-            assert answer.expires_at.seconds > 0
-            assert not conn.lost
+        leader.call(release)
+        answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+        assert answer.expires_at.seconds > 0
+        assert not conn.lost
 
 
 async def test_a_write_whose_link_failed_before_it_left_is_made_on_the_follower(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
     # Guards: a write queued just as the leader died (the link failed before its frame
     # left) answered "nothing was sent: try again", though nothing stopped the follower
     # making it (seen in test_etcd_cli's SIGKILL test: a write right after the kill).
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        link = forwarder(follower)
-        send = link.send
-        failed: list[str] = []
+    leader, follower = pair
+    link = forwarder(follower)
+    send = link.send
+    failed: list[str] = []
 
-        def fails_once(method: str, *args: Any) -> Any:
-            if failed:
-                return send(method, *args)
-            failed.append(method)
-            answer = asyncio.get_running_loop().create_future()
-            answer.set_exception(NotSent("the link failed before the frame left"))
-            return answer
+    def fails_once(method: str, *args: Any) -> Any:
+        if failed:
+            return send(method, *args)
+        failed.append(method)
+        answer = asyncio.get_running_loop().create_future()
+        answer.set_exception(NotSent("the link failed before the frame left"))
+        return answer
 
-        async with clients([leader, follower], ["t"]) as (_, on_follower):
-            follower.call(lambda: setattr(link, "send", fails_once))
-            assert await on_follower.set_variable("t", 7) == 2
-            assert await on_follower.set_variable("t", 8) == 3  # forwarded again
-            assert failed == ["SetVariable"]
-            assert await on_follower.get_variable("t", bypass_cache=True) == 8
-            assert leader.call(lambda: leader.store.get("shared", "t").value) == 8
-            assert follower.call(lambda: link.holding("shared")) == []
+    async with clients([leader, follower], ["t"]) as (_, on_follower):
+        follower.call(lambda: setattr(link, "send", fails_once))
+        assert await on_follower.set_variable("t", 7) == 2
+        assert await on_follower.set_variable("t", 8) == 3  # forwarded again
+        assert failed == ["SetVariable"]
+        assert await on_follower.get_variable("t", bypass_cache=True) == 8
+        assert leader.call(lambda: leader.store.get("shared", "t").value) == 8
+        assert follower.call(lambda: link.holding("shared")) == []
 
 
 def beat_of(session: dspex_rx.SessionContext) -> tuple[Any, pb.HeartbeatRequest]:
@@ -827,84 +824,81 @@ def last_seen(server: EmbeddedServer, session: dspex_rx.SessionContext) -> float
 
 
 async def test_a_heartbeat_the_leader_does_not_answer_in_time_is_made_by_the_follower(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    pair: tuple[EmbeddedServer, EmbeddedServer], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Guards: a forwarded heartbeat waited for a slow leader until the client's beat
     # timed out (DEADLINE_EXCEEDED), and the client took its healthy connection to the
     # follower for dead: its watches left the cache and its streams were reset.
     monkeypatch.setattr(forward, "REPEATABLE_WAIT", 0.1)
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        stuck: list[str] = []
+    leader, follower = pair
+    stuck: list[str] = []
 
-        async def never_answers(request: Any, context: Any) -> Any:
-            stuck.append(request.client_id)
-            await asyncio.Event().wait()
+    async def never_answers(request: Any, context: Any) -> Any:
+        stuck.append(request.client_id)
+        await asyncio.Event().wait()
 
-        async with clients([leader, follower], ["t"]) as (_, on_follower):
-            leader.call(lambda: setattr(leader.service, "Heartbeat", never_answers))
-            conn, beat = beat_of(on_follower)
-            before = last_seen(follower, on_follower)
-            with trio.fail_after(20):  # a hang guard: the leader never answers
-                answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
-            assert answer.expires_at.seconds > 0
-            assert stuck == [conn.client_id]  # it did reach the leader first
-            assert last_seen(follower, on_follower) > before  # stored by the follower
-            # The stuck beat leaves the session's calls free: a write still goes through.
-            assert await on_follower.set_variable("t", 5) == 2
+    async with clients([leader, follower], ["t"]) as (_, on_follower):
+        leader.call(lambda: setattr(leader.service, "Heartbeat", never_answers))
+        conn, beat = beat_of(on_follower)
+        before = last_seen(follower, on_follower)
+        with trio.fail_after(20):  # a hang guard: the leader never answers
+            answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+        assert answer.expires_at.seconds > 0
+        assert stuck == [conn.client_id]  # it did reach the leader first
+        assert last_seen(follower, on_follower) > before  # stored by the follower
+        # The stuck beat leaves the session's calls free: a write still goes through.
+        assert await on_follower.set_variable("t", 5) == 2
 
 
 async def test_a_heartbeat_whose_link_fails_is_made_by_the_follower(
-    etcd_endpoint: str, prefix: str,
+    pair: tuple[EmbeddedServer, EmbeddedServer],
 ) -> None:
     # Guards: a heartbeat in flight when the leader died answered UNAVAILABLE ("may have
     # been kept or not"), which the client takes for a dead connection to its replica.
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        link = forwarder(follower)
-        send = link.send
+    leader, follower = pair
+    link = forwarder(follower)
+    send = link.send
 
-        def dies_with_beats(method: str, *args: Any) -> Any:
-            if method != "Heartbeat":
-                return send(method, *args)
-            answer = asyncio.get_running_loop().create_future()
-            answer.set_exception(StorageError("the write leader did not answer: the "
-                                              "write may have been kept or not"))
-            return answer
+    def dies_with_beats(method: str, *args: Any) -> Any:
+        if method != "Heartbeat":
+            return send(method, *args)
+        answer = asyncio.get_running_loop().create_future()
+        answer.set_exception(StorageError("the write leader did not answer: the "
+                                          "write may have been kept or not"))
+        return answer
 
-        async with clients([leader, follower], ["t"]) as (_, on_follower):
-            follower.call(lambda: setattr(link, "send", dies_with_beats))
-            conn, beat = beat_of(on_follower)
-            before = last_seen(follower, on_follower)
-            answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
-            assert answer.expires_at.seconds > 0
-            assert last_seen(follower, on_follower) > before
+    async with clients([leader, follower], ["t"]) as (_, on_follower):
+        follower.call(lambda: setattr(link, "send", dies_with_beats))
+        conn, beat = beat_of(on_follower)
+        before = last_seen(follower, on_follower)
+        answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+        assert answer.expires_at.seconds > 0
+        assert last_seen(follower, on_follower) > before
 
 
 async def test_a_heartbeat_on_a_follower_waits_for_no_forwarded_write_to_arrive(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    pair: tuple[EmbeddedServer, EmbeddedServer], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Guards: a forwarded heartbeat left a mark, and waited for the session's forwarded
     # writes to reach the follower (up to HOLD_WAIT each): a follower whose watch lagged
     # held its clients' beats past their timeout.
     monkeypatch.setattr(forward, "HOLD_WAIT", 60.0)
-    with replicas(etcd_endpoint, prefix, 2) as servers:
-        leader, (follower,) = await elected(servers)
-        async with clients([leader, follower], ["t"]) as (_, on_follower):
-            watch = HeldWatch(follower)  # the write never reaches the follower meanwhile
-            assert await on_follower.set_variable("t", 1) == 2
-            link = forwarder(follower)
-            assert follower.call(lambda: len(link.holding("shared"))) == 1
-            conn, beat = beat_of(on_follower)
-            with trio.fail_after(20):  # a hang guard: waiting for the mark takes 60 s
-                answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
-                assert answer.expires_at.seconds > 0
-                assert follower.call(lambda: len(link.holding("shared"))) == 1  # no new mark
-                follower.call(lambda: link.set_leader(""))  # now made here: no wait either
-                answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
-                assert answer.expires_at.seconds > 0
-            watch.release()
-            assert await on_follower.get_variable("t", bypass_cache=True) == 1
+    leader, follower = pair
+    async with clients([leader, follower], ["t"]) as (_, on_follower):
+        watch = HeldWatch(follower)  # the write never reaches the follower meanwhile
+        assert await on_follower.set_variable("t", 1) == 2
+        link = forwarder(follower)
+        assert follower.call(lambda: len(link.holding("shared"))) == 1
+        conn, beat = beat_of(on_follower)
+        with trio.fail_after(20):  # a hang guard: waiting for the mark takes 60 s
+            answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+            assert answer.expires_at.seconds > 0
+            assert follower.call(lambda: len(link.holding("shared"))) == 1  # no new mark
+            follower.call(lambda: link.set_leader(""))  # now made here: no wait either
+            answer = await conn.call("Heartbeat", beat, pb.HeartbeatResponse)
+            assert answer.expires_at.seconds > 0
+        watch.release()
+        assert await on_follower.get_variable("t", bypass_cache=True) == 1
 
 
 async def test_a_session_closed_through_a_follower_is_gone_for_its_next_attach_there(
