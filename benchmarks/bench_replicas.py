@@ -220,10 +220,11 @@ class Meter:
         self.server_pids, self.etcd_pid = server_pids, etcd_pid
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by the client, the servers (summed) and etcd."""
-        return {"client": own_cpu_seconds(),
-                "servers": sum(cpu_seconds(pid) for pid in self.server_pids),
-                "etcd": cpu_seconds(self.etcd_pid)}
+        """CPU seconds used so far by the client, the servers (summed, and each as
+        ``server<i>`` in replica order) and etcd."""
+        each = {f"server{i}": cpu_seconds(pid) for i, pid in enumerate(self.server_pids)}
+        return {"client": own_cpu_seconds(), "servers": sum(each.values()),
+                "etcd": cpu_seconds(self.etcd_pid), **each}
 
     async def reading(self) -> tuple[dict[str, float], int, dict[str, float]]:
         cpu = self.cpu()  # first: the probe's own calls below are not the servers' work
@@ -542,6 +543,30 @@ def raw_medians(raw_runs: list[list[dict[str, Any]]]) -> tuple[list[dict[str, An
     return out, txn, watch
 
 
+CPU_GROUPS = ("client", "servers", "etcd")
+
+
+def by_role(runs: list[dict[str, Any]], replicas: int, calls: int) -> dict[str, float] | None:
+    """Server CPU ms per write over every repeat: the leader's, and each follower's on
+    average (what forwarding and following cost apart); None where a run had no leader.
+
+    >>> from types import SimpleNamespace as NS
+    >>> runs = [{"leader": 1, "activity": NS(cpu={"server0": 0.1, "server1": 0.3})}]
+    >>> by_role(runs, 2, 1000)
+    {'leader': 0.3, 'follower_each': 0.1}
+    """
+    if any(r["leader"] is None for r in runs):
+        return None
+    total = calls * len(runs)
+    lead = sum(r["activity"].cpu[f"server{r['leader']}"] for r in runs)
+    out = {"leader": round(1000 * lead / total, 3)}
+    if replicas > 1:
+        rest = sum(r["activity"].cpu[f"server{i}"] for r in runs
+                   for i in range(replicas) if i != r["leader"])
+        out["follower_each"] = round(1000 * rest / (total * (replicas - 1)), 3)
+    return out
+
+
 def modes_of(replicas: int, modes: dict[str, int]) -> dict[str, int]:
     """The write rows of a topology: calls per mode, and with several replicas the
     concurrent row again through one writer (``ONE_WRITER``)."""
@@ -581,7 +606,8 @@ def report(raw_runs: list[list[dict[str, Any]]],
                 "cpu_ms_per_write": {
                     who: round(1000 * sum(r["activity"].cpu[who] for r in runs)
                                / (calls * len(runs)), 3)
-                    for who in runs[0]["activity"].cpu},
+                    for who in CPU_GROUPS},
+                "server_cpu_ms_per_write": by_role(runs, n, calls),
                 "raw_txn_calls_per_s": raw_txn[raw_mode],
                 "ratio_to_raw_txn": round(ratio, 3), "goal": GOAL_THROUGHPUT_RATIO,
                 "meets_goal": ratio >= GOAL_THROUGHPUT_RATIO,
