@@ -594,3 +594,15 @@ def test_stored_records_keep_the_pickled_state_older_rows_have() -> None:
         AsDataclassesDid(older, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
         assert loads(older.getvalue()) == value
         assert dumps(value) == older.getvalue()
+
+    class WithALaterField(pickle.Pickler):
+        # A row from a later version with one more field: it loads here, as it did.
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is HistoryEntry:
+                return copyreg.__newobj__, (HistoryEntry,), [
+                    *(getattr(obj, f.name) for f in fields(obj)), "later"]
+            return NotImplemented
+
+    newer = io.BytesIO()
+    WithALaterField(newer, protocol=pickle.HIGHEST_PROTOCOL).dump(entry)
+    assert loads(newer.getvalue()) == entry

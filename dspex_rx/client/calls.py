@@ -341,8 +341,9 @@ class Pipeline:
         # At most half of the calls in flight (sent or queued) per frame; the rest leave
         # once this write is done. Sent all at once, the server ran them all while this
         # side waited, then this side took every answer while the server waited: in two
-        # halves each runs one while the other is busy with the other (bench_peers, 32
-        # in flight: writes 7k -> 12k/s, reads 12.5k -> 21k/s; see ARCHITECTURE.md).
+        # halves each runs one while the other is busy with the other (against one serve
+        # child, 32 in flight: writes 7k -> 12k/s, reads 12.5k -> 21k/s; bench_peers'
+        # writes 0.90x -> 1.33x etcd's; see ARCHITECTURE.md).
         room = (len(self._waiters) + 1) // 2
         while outbox and size < MAX_FRAME_BYTES and len(frame.calls) < room:
             call_id = next(iter(outbox))

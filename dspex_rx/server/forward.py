@@ -53,10 +53,27 @@ HOLD_WAIT = 5.0
 # the session reads depends on them) and wait for no earlier write.
 REPEATABLE = frozenset({"Heartbeat"})
 # How long a follower waits for the leader's answer to a repeatable call before making it
-# itself: below the 2 s a client's heartbeat waits at the least (client/connection.py), so
-# a slow, dying or behind leader never makes the client's healthy connection to this
-# replica look dead (it would drop its watches' cache and reset its streams).
+# itself: half of what is left of the caller's deadline, so a slow, dying or behind leader
+# never makes the client's healthy connection to this replica look dead (it would drop
+# its watches' cache and reset its streams); REPEATABLE_WAIT where the call has no
+# deadline. Not less: each beat made here races the leader's flushes for etcd's head row
+# (a conflict, a re-read), just when the leader is slow already.
 REPEATABLE_WAIT = 1.0
+
+
+def repeatable_wait(context: Any) -> float:
+    """How long to wait for the leader's answer to a repeatable call: half of what is
+    left of its deadline, or ``REPEATABLE_WAIT`` without one.
+
+    >>> class Call:
+    ...     def __init__(self, left): self.left = left
+    ...     def time_remaining(self): return self.left
+    >>> repeatable_wait(Call(2.0)), repeatable_wait(Call(None)), repeatable_wait(object())
+    (1.0, 1.0, 1.0)
+    """
+    remaining = getattr(context, "time_remaining", None)
+    left = remaining() if remaining is not None else None
+    return REPEATABLE_WAIT if left is None else max(0.0, left / 2)
 
 
 def advertised_address(host: str, port: int) -> str:
@@ -215,15 +232,18 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
 async def _relay_repeatable(call: Any, data: bytes, metadata: list[tuple[str, str]],
                             forwarder: Forwarder) -> Any:
     # Sent at once, unmarked; made here instead if the leader does not answer within
-    # REPEATABLE_WAIT, its link fails (sent or not: made twice is made once) or it says
+    # ``repeatable_wait``, its link fails (sent or not: made twice is made once) or it says
     # "try again" (a leader behind this replica, which holds the session).
     metadata.append((AFTER_KEY, str(call.store.position)))
+    wait = repeatable_wait(call.context)
     answer = forwarder.send(call.method, data, metadata)
     try:
-        reply = await asyncio.wait_for(asyncio.shield(answer), REPEATABLE_WAIT)
+        # (Not wait_for: on 3.11 it can swallow a cancel that comes with the answer.)
+        async with asyncio.timeout(wait):
+            reply = await asyncio.shield(answer)
     except (TimeoutError, StorageError) as exc:
         log.info("forwarded_call_made_here", method=call.method,
-                 why=str(exc) or f"no answer within {REPEATABLE_WAIT} s")
+                 why=str(exc) or f"no answer within {wait:.3g} s")
         return RunHere(None)
     finally:
         if not answer.done():

@@ -357,9 +357,10 @@ class Unary(Generic[Req, Resp]):
                 # there as it enters its lane, never a later write's (one forwarded
                 # behind it in the lane waits for this call's turn: waiting for it
                 # too, each waited for the other forever).
-                # A call that is not authenticated names its session too: an attach
-                # right after a forwarded close must not find the session still alive.
-                named = session_id or getattr(request, "session_id", "")
+                # An attach names its session too: made right after a forwarded close,
+                # it must not find the session still alive here.
+                named = session_id or (getattr(request, "session_id", "")
+                                       if name == "InitializeSession" else "")
                 held = (forwarder.holding(named) if forwarder is not None
                         and named and not leader_asked
                         and name not in forward.REPEATABLE else [])

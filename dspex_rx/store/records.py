@@ -264,7 +264,9 @@ def _pickled_by_field_list(cls: type) -> None:
         return list(get(self))
 
     def __setstate__(self: Any, state: Sequence[Any]) -> None:
-        for name, value in zip(names, state, strict=True):
+        # Not strict, as dataclasses' own: a row with fields a later version added still
+        # loads in this one (replicas of two versions over one etcd, mid-upgrade).
+        for name, value in zip(names, state):  # noqa: B905
             setter(self, name, value)
 
     setattr(cls, "__getstate__", __getstate__)  # noqa: B010 (mypy refuses cls.__getstate__ = ...)
