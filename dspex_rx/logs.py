@@ -7,6 +7,7 @@ warnings (Python's default); ``dspex-rx serve`` turns on info lines on stderr.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -47,6 +48,30 @@ def get_logger(name: str) -> Any:
         ],
         wrapper_class=structlog.stdlib.BoundLogger,
     )
+
+
+def quiet_closed_loop_events(loop: asyncio.AbstractEventLoop) -> None:
+    """Make ``loop`` drop one benign error instead of logging its traceback: grpc.aio's
+    completion-queue poller (one per process, run by one of its loops) handing an event
+    to another loop of the process that has closed meanwhile ("Event loop is closed"):
+    that loop's calls ended with it, and nothing waits for the event. Every other error
+    goes to the loop's default handler, as before.
+
+    >>> loop = asyncio.new_event_loop()
+    >>> quiet_closed_loop_events(loop)
+    >>> loop.get_exception_handler() is not None
+    True
+    >>> loop.close()
+    """
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        callback = getattr(context.get("handle"), "_callback", None)
+        if (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+                and "PollerCompletionQueue" in getattr(callback, "__qualname__", "")):
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 class _JsonLines(logging.Formatter):

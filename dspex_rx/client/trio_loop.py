@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
+from dspex_rx.logs import quiet_closed_loop_events
+
 T = TypeVar("T")
 _ROUNDS = 8
 # The thread's own running-loop slot, read directly: trio-asyncio, once imported, replaces
@@ -58,6 +60,7 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
 
     def __init__(self) -> None:
         super().__init__()
+        quiet_closed_loop_events(self)
         self._token = trio.lowlevel.current_trio_token()
         self._sleeper: trio.lowlevel.Task | None = None
         self._nursery: trio.Nursery | None = None

@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from dspex_rx.core.identity import Principals
 from dspex_rx.core.limits import Limits
 from dspex_rx.errors import InvalidValueError, StorageError
-from dspex_rx.logs import get_logger
+from dspex_rx.logs import get_logger, quiet_closed_loop_events
 from dspex_rx.server.forward import Forwarder, advertised_address
 from dspex_rx.server.metrics import ServerMetrics
 from dspex_rx.server.service import VariablesService, add_service
@@ -419,6 +419,7 @@ class EmbeddedServer:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        quiet_closed_loop_events(self._loop)
         self._stop = asyncio.Event()
         try:
             await self._server.start()
