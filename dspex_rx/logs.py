@@ -8,6 +8,7 @@ warnings (Python's default); ``dspex-rx serve`` turns on info lines on stderr.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -16,6 +17,8 @@ from typing import Any
 import structlog
 
 LOG_FORMATS = ("console", "json")
+# grpc.aio's completion-queue poller callback (quiet_closed_loop_events).
+_POLLER_EVENTS = "PollerCompletionQueue._handle_events"
 _HANDLER = "dspex_rx.stderr"
 
 _console = structlog.processors.KeyValueRenderer(
@@ -66,8 +69,11 @@ def quiet_closed_loop_events(loop: asyncio.AbstractEventLoop) -> None:
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         error = context.get("exception")
         callback = getattr(context.get("handle"), "_callback", None)
+        # grpc registers the poller as functools.partial(poller._handle_events, loop).
+        while isinstance(callback, functools.partial):
+            callback = callback.func
         if (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-                and "PollerCompletionQueue" in getattr(callback, "__qualname__", "")):
+                and getattr(callback, "__qualname__", "") == _POLLER_EVENTS):
             return
         loop.default_exception_handler(context)
 
