@@ -263,8 +263,9 @@ def _unread(answer: asyncio.Future[Any]) -> None:
 
 
 class RunHere:
-    """What ``relay`` returns for a call whose request never left: the caller makes it
-    itself and resolves ``held`` (the call's mark) once it is stored.
+    """What ``relay`` returns for a call whose request never left, or a repeatable one
+    the leader did not answer in time: the caller makes it itself and resolves ``held``
+    (the call's mark; None for a repeatable call, which has none) once it is stored.
 
     >>> RunHere(None).held is None
     True
