@@ -213,9 +213,7 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
             # here instead, its mark kept until it is stored. The calls it failed wake in
             # the order they were sent, and each waits for the session's earlier ones.
             return RunHere(held)
-        trailers = [(pair.key, pair.value) for pair in reply.trailers]
-        if reply.code != 0:
-            raise Refused(reply.code, reply.details, trailers)
+        trailers = _accepted(reply)
         forwarder.held_at(call.store, position_in(trailers, POSITION_KEY), held)
         return offload.Serialized(reply.response)
     except BaseException:
@@ -251,9 +249,16 @@ async def _relay_repeatable(call: Any, data: bytes, metadata: list[tuple[str, st
     if reply.code == grpc.StatusCode.UNAVAILABLE.value[0]:
         log.info("forwarded_call_made_here", method=call.method, why=reply.details)
         return RunHere(None)
-    if reply.code != 0:
-        raise Refused(reply.code, reply.details, [(p.key, p.value) for p in reply.trailers])
+    _accepted(reply)
     return offload.Serialized(reply.response)
+
+
+def _accepted(reply: cpb.CallReply) -> list[tuple[str, str]]:
+    # The trailers of the leader's answer, or its refusal raised as it made it.
+    trailers = [(pair.key, pair.value) for pair in reply.trailers]
+    if reply.code != 0:
+        raise Refused(reply.code, reply.details, trailers)
+    return trailers
 
 
 def _unread(answer: asyncio.Future[Any]) -> None:
@@ -289,8 +294,7 @@ def free(held: asyncio.Future[None]) -> None:
 
 def _answered(answer: asyncio.Future[Any], held: asyncio.Future[None]) -> None:
     # A given-up write's answer came (or its link failed): nobody reads it.
-    if not answer.cancelled():
-        answer.exception()
+    _unread(answer)
     free(held)
 
 
