@@ -48,10 +48,6 @@ LAST_PAUSE = 8.0
 # does not wait: the caller has its value, and a call that does not follow it should
 # not pay a watch's delay: sequential writes rotated over 3 replicas ran at 0.65x.)
 HOLD_WAIT = 5.0
-# Calls a follower may make itself after forwarding them, whatever the leader did with
-# them: a heartbeat only moves its client's last_seen to now. They leave no mark (nothing
-# the session reads depends on them) and wait for no earlier write.
-REPEATABLE = frozenset({"Heartbeat"})
 # How long a follower waits for the leader's answer to a repeatable call before making it
 # itself: half of what is left of the caller's deadline, so a slow, dying or behind leader
 # never makes the client's healthy connection to this replica look dead (it would drop
@@ -174,7 +170,8 @@ def unplaced(store: Any, metadata: Sequence[tuple[str, Any]] | None,
         "came from an older state; nothing was changed: try again")
 
 
-async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any:
+async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any,
+                repeatable: bool = False) -> Any:
     """Run one write RPC on the leader: sent in the session's order (its ``lane``) and
     answered as the leader answered; the session's next calls here wait until this
     replica holds the write, so they see it. A refusal raises ``Refused``, a link that
@@ -186,7 +183,8 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any) -> Any
     data = request.data if isinstance(request, offload.Large) else request.SerializeToString()
     metadata = [(key, value) for key, value in call.context.invocation_metadata() or ()
                 if key in FORWARDED_METADATA]
-    if call.method in REPEATABLE:
+    if repeatable:
+        # Made twice is made once (``Unary(repeatable=True)``): no mark, no order.
         return await _relay_repeatable(call, data, metadata, forwarder)
     # The session's writes before this one (not those behind it in the lane: they wait
     # for this one's turn), then this one's own mark.

@@ -309,7 +309,7 @@ class Unary(Generic[Req, Resp]):
     def __init__(
         self, handler: Callable[[Call, Req], Resp], *, authenticated: bool = True,
         writes: bool = False, ahead: offload.Ahead | None = None,
-        forwards: bool | None = None,
+        forwards: bool | None = None, repeatable: bool = False,
     ) -> None:
         self.handler = handler
         # Decodes and checks a large request's values on a worker (offload.check_set...).
@@ -320,6 +320,10 @@ class Unary(Generic[Req, Resp]):
         # Made by the write leader when another replica leads (forward.py): every write,
         # and the other RPCs that store something (a heartbeat, a lease).
         self.forwards = writes if forwards is None else forwards
+        # A forwarded call a follower may make itself as well, whatever the leader did
+        # with it (a heartbeat only moves last_seen to now): it leaves no mark (nothing
+        # the session reads depends on it) and waits for no earlier write.
+        self.repeatable = repeatable
         # Named after its handler until the servicer names it after the RPC (the name
         # logs and INTERNAL answers use, and what the answer's size meter reports).
         self.name = handler.__name__
@@ -336,6 +340,7 @@ class Unary(Generic[Req, Resp]):
     def _method(self) -> Callable[..., Any]:
         handler, authenticated, name = self.handler, self.authenticated, self.name
         writes, ahead, forwards = self.writes, self.ahead, self.forwards
+        repeatable = self.repeatable
 
         async def method(
             service: Service, request: Req, context: grpc.aio.ServicerContext
@@ -362,14 +367,14 @@ class Unary(Generic[Req, Resp]):
                 named = session_id or (getattr(request, "session_id", "")
                                        if name == "InitializeSession" else "")
                 held = (forwarder.holding(named) if forwarder is not None
-                        and named and not leader_asked
-                        and name not in forward.REPEATABLE else [])
+                        and named and not leader_asked and not repeatable else [])
                 if writes:
                     lane = offload.lanes_of(service).enter(session_id)
                 if (forwards and forwarder is not None and forwarder.active
                         and not leader_asked):
                     # Another replica leads: the call runs there (forward.py).
-                    relayed = await forward.relay(call, request, forwarder, lane)
+                    relayed = await forward.relay(call, request, forwarder, lane,
+                                                  repeatable)
                     if not isinstance(relayed, forward.RunHere):
                         return relayed  # type: ignore[no-any-return]
                     # Never sent (the link failed first): made here. Its turn in the

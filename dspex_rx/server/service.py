@@ -112,7 +112,7 @@ class VariablesService(pb_grpc.VariablesServicer):
     InitializeSession = Unary(sessions.initialize_session, authenticated=False)
     # These store something too (a client's last heartbeat, a lease): made by the write
     # leader, as writes are, when another replica leads.
-    Heartbeat = Unary(sessions.heartbeat, forwards=True)
+    Heartbeat = Unary(sessions.heartbeat, forwards=True, repeatable=True)
     CloseSession = Unary(sessions.close_session, forwards=True)
     Echo = Unary(sessions.echo, authenticated=False)
     # Session-less: the handler shows only what the presented token or key opens.
