@@ -50,6 +50,40 @@ async def pair(etcd_endpoint: str, prefix: str,
         yield leader, follower
 
 
+@pytest.fixture
+async def three(etcd_endpoint: str, prefix: str,
+                ) -> AsyncIterator[tuple[EmbeddedServer, EmbeddedServer, EmbeddedServer]]:
+    """Three replicas over one prefix, once elected: the leader, the follower a test
+    writes through, and the other follower (the leader a test moves that one to)."""
+    with replicas(etcd_endpoint, prefix, 3) as servers:
+        old, (follower, new) = await elected(servers)
+        yield old, follower, new
+
+
+class Writes:
+    """Writes of ``t`` through one client: each value's version as answered."""
+
+    def __init__(self, session: dspex_rx.SessionContext) -> None:
+        self.session = session
+        self.versions: dict[int, int] = {}
+
+    async def write(self, value: int) -> None:
+        self.versions[value] = await self.session.set_variable("t", value)
+
+
+async def write_after_moving(nursery: trio.Nursery, follower: EmbeddedServer,
+                             new: EmbeddedServer, writes: Writes, value: int) -> None:
+    """Move ``follower``'s link to ``new``, then start ``writes.write(value)``; returns
+    once that write reached the follower (waiting in the session's lane, or answered)."""
+    link = forwarder(follower)
+    follower.call(lambda: link.set_leader(new.target))
+    await until(lambda: link.active, "the link to the new leader is up", 20)
+    nursery.start_soon(writes.write, value)
+    lanes = offload.lanes_of(follower.service)
+    await until(lambda: value in writes.versions or "shared" in lanes._tails,
+                "the next write reached the follower", 20)
+
+
 @contextlib.contextmanager
 def replicas(endpoint: str, prefix: str, count: int) -> Iterator[list[EmbeddedServer]]:
     servers = [replica(endpoint, prefix) for _ in range(count)]
@@ -369,73 +403,61 @@ async def test_a_follower_whose_leader_cannot_be_reached_makes_its_writes_itself
 
 
 async def test_a_write_sent_to_a_new_leader_runs_after_the_sessions_writes_on_the_old(
-    etcd_endpoint: str, prefix: str,
+    three: tuple[EmbeddedServer, EmbeddedServer, EmbeddedServer],
 ) -> None:
     # Guards: the next write of a session went on the new leader's link at once, and
     # the new leader ran it while the old one still held an earlier write: applied in
     # the wrong order (the earlier value won).
-    with replicas(etcd_endpoint, prefix, 3) as servers:
-        old, followers = await elected(servers)
-        follower, new = followers
-        link = forwarder(follower)
-        async with clients([old, follower], ["t"]) as (_, on_follower):
-            watch = await old_leader_holding_back(old, follower, on_follower)
-            backend = watch.backend
-            versions: dict[int, int] = {}
+    old, follower, new = three
+    async with clients([old, follower], ["t"]) as (_, on_follower):
+        watch = await old_leader_holding_back(old, follower, on_follower)
+        backend = watch.backend
+        writes = Writes(on_follower)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writes.write, 2)
+            await until(lambda: len(backend._head_waiters) > 0,
+                        "the old leader holds the write back", 20)
+            await write_after_moving(nursery, follower, new, writes, 3)
 
-            async def write(value: int) -> None:
-                versions[value] = await on_follower.set_variable("t", value)
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(write, 2)
-                await until(lambda: len(backend._head_waiters) > 0,
-                            "the old leader holds the write back", 20)
-                follower.call(lambda: link.set_leader(new.target))
-                await until(lambda: link.active, "the link to the new leader is up", 20)
-                nursery.start_soon(write, 3)
-                lanes = offload.lanes_of(follower.service)
-                await until(lambda: 3 in versions or "shared" in lanes._tails,
-                            "the next write reached the follower", 20)
-
-                watch.release()
-            assert versions == {2: 3, 3: 4}
-            assert await on_follower.get_variable("t", bypass_cache=True) == 3
+            watch.release()
+        assert writes.versions == {2: 3, 3: 4}
+        assert await on_follower.get_variable("t", bypass_cache=True) == 3
 
 
 async def test_a_write_sent_to_a_new_leader_waits_for_no_answered_write_to_reach_its_follower(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    three: tuple[EmbeddedServer, EmbeddedServer, EmbeddedServer],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Guards: a write answered on the old leader's link counted as still out there until
     # the follower's watch brought it: after a leader change the session's next write
     # waited for that watch (up to HOLD_WAIT) before leaving, holding its lane.
     monkeypatch.setattr(forward, "HOLD_WAIT", 120.0)
-    with replicas(etcd_endpoint, prefix, 3) as servers:
-        old, followers = await elected(servers)
-        follower, new = followers
-        link = forwarder(follower)
-        async with clients([old, follower], ["t"]) as (_, on_follower):
-            # The follower's watch held back: it holds none of its forwarded writes.
-            watch = HeldWatch(follower)
-            assert await on_follower.set_variable("t", 1) == 2
-            assert link.holding("shared")
-            follower.call(lambda: link.set_leader(new.target))
-            await until(lambda: link.active, "the link to the new leader is up", 20)
-            versions: list[int] = []
+    old, follower, new = three
+    link = forwarder(follower)
+    async with clients([old, follower], ["t"]) as (_, on_follower):
+        # The follower's watch held back: it holds none of its forwarded writes.
+        watch = HeldWatch(follower)
+        assert await on_follower.set_variable("t", 1) == 2
+        assert link.holding("shared")
+        follower.call(lambda: link.set_leader(new.target))
+        await until(lambda: link.active, "the link to the new leader is up", 20)
+        versions: list[int] = []
 
-            async def write() -> None:
-                versions.append(await on_follower.set_variable("t", 2))
+        async def write() -> None:
+            versions.append(await on_follower.set_variable("t", 2))
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(write)
-                await until(lambda: bool(versions), "the write after the change answered", 20)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await until(lambda: bool(versions), "the write after the change answered", 20)
 
-                watch.release()
-            assert versions == [3]
-            assert await on_follower.get_variable("t", bypass_cache=True) == 2
+            watch.release()
+        assert versions == [3]
+        assert await on_follower.get_variable("t", bypass_cache=True) == 2
 
 
 async def test_a_write_given_up_on_a_follower_never_runs_after_the_sessions_next_write(
-    etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    three: tuple[EmbeddedServer, EmbeddedServer, EmbeddedServer],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Guards: a forwarded write its caller gave up on let go of its mark at once, while
     # the old leader still held its request: the session's next write went to a new
@@ -449,40 +471,28 @@ async def test_a_write_given_up_on_a_follower_never_runs_after_the_sessions_next
             ended.append(args[1])
 
     monkeypatch.setattr(forward, "relay", tracked)
-    with replicas(etcd_endpoint, prefix, 3) as servers:
-        old, followers = await elected(servers)
-        follower, new = followers
-        link = forwarder(follower)
-        async with clients([old, follower], ["t"]) as (_, on_follower):
-            watch = await old_leader_holding_back(old, follower, on_follower)
-            backend = watch.backend
-            versions: dict[int, int] = {}
+    old, follower, new = three
+    async with clients([old, follower], ["t"]) as (_, on_follower):
+        watch = await old_leader_holding_back(old, follower, on_follower)
+        backend = watch.backend
+        writes = Writes(on_follower)
+        async with trio.open_nursery() as nursery:
+            given_up = trio.CancelScope()
 
-            async def write(value: int) -> None:
-                versions[value] = await on_follower.set_variable("t", value)
+            async def give_up() -> None:
+                with given_up:
+                    await writes.write(2)
 
-            async with trio.open_nursery() as nursery:
-                given_up = trio.CancelScope()
+            nursery.start_soon(give_up)
+            await until(lambda: len(backend._head_waiters) > 0,
+                        "the old leader holds the write back", 20)
+            given_up.cancel()
+            await until(lambda: bool(ended), "the follower gave the write up", 20)
+            await write_after_moving(nursery, follower, new, writes, 3)
 
-                async def give_up() -> None:
-                    with given_up:
-                        await write(2)
-
-                nursery.start_soon(give_up)
-                await until(lambda: len(backend._head_waiters) > 0,
-                            "the old leader holds the write back", 20)
-                given_up.cancel()
-                await until(lambda: bool(ended), "the follower gave the write up", 20)
-                follower.call(lambda: link.set_leader(new.target))
-                await until(lambda: link.active, "the link to the new leader is up", 20)
-                nursery.start_soon(write, 3)
-                lanes = offload.lanes_of(follower.service)
-                await until(lambda: 3 in versions or "shared" in lanes._tails,
-                            "the next write reached the follower", 20)
-
-                watch.release()
-            assert versions == {3: 4}
-            assert await on_follower.get_variable("t", bypass_cache=True) == 3
+            watch.release()
+        assert writes.versions == {3: 4}
+        assert await on_follower.get_variable("t", bypass_cache=True) == 3
 
 
 async def test_a_write_forwarded_once_the_link_is_up_runs_after_one_made_here_before(
@@ -507,17 +517,13 @@ async def test_a_write_forwarded_once_the_link_is_up_runs_after_one_made_here_be
         follower.call(lambda: setattr(backend, "_store", gated))
         follower.call(lambda: link.set_leader(""))  # no leader: writes made here
         lanes = offload.lanes_of(follower.service)
-        versions: dict[int, int] = {}
-
-        async def write(value: int) -> None:
-            versions[value] = await on_follower.set_variable("t", value)
-
+        writes = Writes(on_follower)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(write, 1)
+            nursery.start_soon(writes.write, 1)
             await until(lambda: bool(stalled), "the write made here is being stored", 20)
             follower.call(lambda: link.set_leader(leader.target))
             await until(lambda: link.active, "the link to the leader is up", 20)
-            nursery.start_soon(write, 2)
+            nursery.start_soon(writes.write, 2)
             await until(lambda: "shared" in lanes._tails or leader.call(
                 lambda: leader.store.get("shared", "t").version) == 2,
                 "the forwarded write waits, or ran at the leader", 20)
@@ -527,7 +533,7 @@ async def test_a_write_forwarded_once_the_link_is_up_runs_after_one_made_here_be
                 gate.set()
 
             follower.call(release)
-        assert versions == {1: 2, 2: 3}
+        assert writes.versions == {1: 2, 2: 3}
         assert await on_follower.get_variable("t", bypass_cache=True) == 2
 
 
