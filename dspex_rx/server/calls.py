@@ -245,9 +245,10 @@ async def calls(
                         f"request id {request.id} is already in flight on this stream")
                 await slots.acquire()
                 if request.metadata:
-                    # Forwarded by another replica: run once this one holds what that
-                    # one did (even the token check needs a session made there). Here,
-                    # not in the request's task, so the stream's order stays.
+                    # Forwarded by another replica, or a ``direct_writes`` client's:
+                    # run once this one holds what its caller saw (even the token check
+                    # needs a session made there). Here, not in the request's task, so
+                    # the stream's order stays.
                     await forward.catch_up(service.store, request_metadata(request))
                 task = loop.create_task(run(request))
                 task.add_done_callback(functools.partial(finished, request.id))

@@ -36,6 +36,9 @@ POSITION_KEY = "x-dspex-position"
 # once it holds that much, so a write never overtakes what its caller saw there (a
 # session just created on the follower, a variable just registered).
 AFTER_KEY = "x-dspex-after"
+# Where a follower's answer to a write it forwarded says the leader is (its advertised
+# address): a client made with ``direct_writes`` sends that RPC's later calls there itself.
+LEADER_KEY = "x-dspex-leader"
 # A caller's metadata that travels with its forwarded request (the session token).
 FORWARDED_METADATA = ("x-dspex-session-token",)
 # After the link to the leader failed, writes are made here for this long (doubling while
@@ -126,8 +129,9 @@ def position_in(metadata: Sequence[tuple[str, Any]] | None, key: str) -> int:
 
 
 async def catch_up(store: Any, metadata: Sequence[tuple[str, Any]] | None) -> None:
-    """On the leader, before a forwarded request runs: wait (at most ``HOLD_WAIT``) until
-    the store holds what the forwarding replica held when it sent it.
+    """Before a request that says what its caller saw (``AFTER_KEY``: a forwarding
+    replica's position, or a ``direct_writes`` client's) runs: wait (at most
+    ``HOLD_WAIT``) until the store holds that much.
 
     Example: ``await catch_up(service.store, metadata)`` as ``calls.py`` reads a request.
     """
@@ -143,13 +147,14 @@ _RETRYABLE = (StorageError, ConflictError, RateLimitedError)
 
 def unplaced(store: Any, metadata: Sequence[tuple[str, Any]] | None,
              error: DspexError) -> DspexError:
-    """The refusal to answer a call with: ``error``, unless another replica forwarded
-    the call here and this one still does not hold what that one held (``catch_up``
-    waited ``HOLD_WAIT`` in vain). Then the refusal came from an older state than its
-    caller saw ("no session" for a session made there a moment ago, a client "not
-    attached"): no flush compared anything, so nothing else would catch it, and a
-    client told by its heartbeat that its session is gone gives it up for good. Such
-    a call is answered with a ``StorageError`` (UNAVAILABLE: try again) instead.
+    """The refusal to answer a call with: ``error``, unless its caller (a replica that
+    forwarded it, or a client writing to the leader directly) said it held a later
+    position than this replica does (``catch_up`` waited ``HOLD_WAIT`` in vain). Then
+    the refusal came from an older state than its caller saw ("no session" for a
+    session made there a moment ago, a client "not attached"): no flush compared
+    anything, so nothing else would catch it, and a client told by its heartbeat that
+    its session is gone gives it up for good. Such a call is answered with a
+    ``StorageError`` (UNAVAILABLE: try again) instead.
 
     >>> from dspex_rx.errors import SessionNotFoundError
     >>> class Behind:
@@ -160,14 +165,14 @@ def unplaced(store: Any, metadata: Sequence[tuple[str, Any]] | None,
     >>> unplaced(Behind(), ((FORWARDED_KEY, "1"), (AFTER_KEY, "999")), gone) is gone
     True
     """
-    after = position_in(metadata, AFTER_KEY) if relayed(metadata) else 0
+    after = position_in(metadata, AFTER_KEY)
     if after <= store.position or isinstance(error, _RETRYABLE):
         # Caught up; or a refusal that says try again already (and what was kept).
         return error
     return StorageError(
-        f"the write leader does not hold yet what the replica that forwarded this call "
-        f"held (position {after}, it holds {store.position}), so its refusal ({error}) "
-        "came from an older state; nothing was changed: try again")
+        f"this replica does not hold yet what this call's caller saw (position {after}, "
+        f"it holds {store.position}), so its refusal ({error}) came from an older state; "
+        "nothing was changed: try again")
 
 
 async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any,
@@ -212,7 +217,12 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any,
             # the order they were sent, and each waits for the session's earlier ones.
             return RunHere(held)
         trailers = _accepted(reply)
-        forwarder.held_at(call.store, position_in(trailers, POSITION_KEY), held)
+        position = position_in(trailers, POSITION_KEY)
+        forwarder.held_at(call.store, position, held)
+        # Where the leader is and what it stored: a ``direct_writes`` client sends this
+        # RPC there itself from now on, and its next call here waits for that position.
+        call.context.set_trailing_metadata(
+            ((LEADER_KEY, forwarder.leader), (POSITION_KEY, str(position))))
         return offload.Serialized(reply.response)
     except BaseException:
         if answer is not None and not answer.done():

@@ -350,6 +350,11 @@ class Unary(Generic[Req, Resp]):
             try:
                 if isinstance(request, Malformed):
                     raise request.exception()
+                if service.forwarder is not None:
+                    # A caller that saw more than this replica holds (a ``direct_writes``
+                    # client after its write at the leader) waits for it, as the Calls
+                    # stream does; before the token check, which needs the session.
+                    await forward.catch_up(service.store, context.invocation_metadata())
                 session_id = ""
                 if authenticated:
                     service.authenticate(getattr(request, "session_id", ""), context)
@@ -432,8 +437,9 @@ class Unary(Generic[Req, Resp]):
                             ) from exc
                 if writes:
                     audit.refused_results(name, request, response)
-                if leader_asked:
-                    # The forwarding replica's next calls wait until it holds this much.
+                if forwards and forwarder is not None:
+                    # The forwarding replica's (or a ``direct_writes`` client's) next
+                    # calls wait until the replica they are made on holds this much.
                     context.set_trailing_metadata(
                         ((forward.POSITION_KEY, str(store.position)),))
                 if frames_queued() != queued:
