@@ -125,9 +125,12 @@ class Pipeline:
         self._retry_delay = FIRST_RETRY
 
     async def call(self, method: str, request: Message, response_type: type[M],
-                   timeout: float | None) -> M:
+                   timeout: float | None, metadata: tuple[tuple[str, str], ...] = (),
+                   trailers: list[tuple[str, str]] | None = None) -> M:
         """Make ``method`` with ``request`` on the stream; its answer, or the
         ``AioRpcError`` the unary call would raise. ``NotSent`` if it never left.
+        ``metadata`` replaces the stream's for this request (the server reads only the
+        request's own when it has some); an answer's trailers go into ``trailers``.
 
         Example: ``await pipeline.call("Echo", pb.EchoRequest(), pb.EchoResponse, 5.0)``.
         """
@@ -148,7 +151,10 @@ class Pipeline:
             call_id = next(self._ids)
             waiter = _Waiter()
             self._waiters[call_id] = waiter
-            self._outbox[call_id] = cpb.CallRequest(id=call_id, method=method, request=payload)
+            outgoing = self._outbox[call_id] = cpb.CallRequest(
+                id=call_id, method=method, request=payload)
+            for key, value in metadata:
+                outgoing.metadata.add(key=key, value=value)
             if len(self._waiters) == 1 and not self._crowd:
                 self._flush()  # alone: at once, no writer task to wake
             else:
@@ -172,7 +178,19 @@ class Pipeline:
         if reply.code:
             raise rpc_error(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.details,
                             tuple((pair.key, pair.value) for pair in reply.trailers))
+        if trailers is not None:
+            trailers.extend((pair.key, pair.value) for pair in reply.trailers)
         return response_type.FromString(reply.response)
+
+    @property
+    def connected(self) -> bool:
+        """Whether a stream is open and its server serves it (a call sent now leaves at
+        once, with no connection to wait for).
+
+        Example: ``if leader.connected: await leader.call(...)``.
+        """
+        stream = self._stream
+        return self._served and stream is not None and not stream.ended
 
     def _give_up(self, call_id: int, waiter: _Waiter) -> None:
         if self._waiters.pop(call_id, None) is None:

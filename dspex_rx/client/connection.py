@@ -3,6 +3,7 @@ re-attaching, the heartbeat, the background services (watch hub, cache), close, 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ from dspex_rx.client.calls import NotSent, Pipeline
 from dspex_rx.client.embedded import EmbeddedHandle, start_embedded
 from dspex_rx.client.encoding import encode_metadata
 from dspex_rx.client.interrupts import handed_to_main_task
+from dspex_rx.client.leader_route import LeaderRoute, open_transport
 from dspex_rx.core.limits import DEFAULT_LIMITS, Limits
 from dspex_rx.errors import (
     AuthenticationError,
@@ -37,6 +39,7 @@ from dspex_rx.wire.channel import (
     channel_target,
     client_keepalive_options,
     grpc_options,
+    target_error,
     unreachable_hint,
 )
 from dspex_rx.wire.convert import map_rpc_error
@@ -62,31 +65,6 @@ class CallFn(Protocol):
         self, method: str, request: Message, response_type: type[M],
         timeout: float | None = ..., metadata: tuple[tuple[str, str], ...] | None = ...,
     ) -> Awaitable[M]: ...
-
-
-def target_error(target: object) -> str:
-    """Why ``target`` is not an address, and what to pass instead.
-
-    >>> target_error(42)
-    "target must be an address string such as 'localhost:50051', got int"
-    """
-    # A grpc channel has no public way to tell its address or credentials, and a
-    # grpc.aio channel belongs to the caller's event loop, while the session runs its own
-    # connection: say what to pass instead.
-    kind = type(target)
-    where = f"{kind.__module__}.{kind.__qualname__}"
-    if "grpc" in kind.__module__:
-        return (
-            f"SessionContext takes the server address, not a channel ({where}): grpc "
-            "channels do not tell their target or credentials, and this session opens its "
-            "own connection. Change SessionContext(session_id, "
-            "grpc.aio.insecure_channel('localhost:50051')) to SessionContext(session_id, "
-            "'localhost:50051') (for a secure channel pass tls=True or ca_cert=...)"
-        )
-    return (
-        "target must be an address string such as 'localhost:50051', got "
-        f"{kind.__qualname__}"
-    )
 
 
 class Connection:
@@ -122,6 +100,7 @@ class Connection:
         keepalive_time: float = DEFAULT_KEEPALIVE_TIME,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
         pipelined: bool = True,
+        direct_writes: bool = False,
     ) -> None:
         if isinstance(target, list | tuple) and target and all(
             isinstance(t, str) for t in target
@@ -143,6 +122,13 @@ class Connection:
         # Calls as requests on one Calls stream (calls.py) rather than one RPC each.
         self.pipelined = pipelined
         self.pipeline: Pipeline | None = None
+        if not isinstance(direct_writes, bool):
+            raise InvalidValueError(
+                f"direct_writes must be True or False, got {direct_writes!r}")
+        # Over replicas, writes go to the write leader's own stream (leader_route.py).
+        self._direct_writes = direct_writes
+        self.route: LeaderRoute | None = None
+        self._open_replica: Callable[[str], Awaitable[Any]] | None = None
         if token is not None and not isinstance(token, str):
             raise InvalidValueError(f"token must be a string, got {type(token).__name__}")
         if principal_key is not None and not isinstance(principal_key, str):
@@ -272,9 +258,11 @@ class Connection:
             # Several addresses (replicas): the channel connects to the first that answers
             # and moves to another when it goes; its streams resume there.
             channel, host = await trio.to_thread.run_sync(channel_target, self.target)
-            credentials = None
+            credentials = channel_credentials(self._ca_cert) if self.tls else None
+            self._open_replica = functools.partial(
+                open_transport, options=list(options), timeout=self.timeout,
+                credentials=credentials, server_name=self._tls_server_name)
             if self.tls:
-                credentials = channel_credentials(self._ca_cert)
                 name = self._tls_server_name or (host if channel != self.target else None)
                 if name:
                     options.append(("grpc.ssl_target_name_override", name))
@@ -348,13 +336,16 @@ class Connection:
                         self.pipeline = Pipeline(self.transport, f"/{SERVICE_NAME}/Calls",
                                                  token_metadata(self.token))
                         await nursery.start(self.pipeline.run)
+                        if self._direct_writes and self._open_replica is not None:
+                            self.route = LeaderRoute(self._open_replica,
+                                                     token_metadata(self.token), nursery)
                     started.set()
                     await stop.wait()
                     nursery.cancel_scope.cancel()
             except Exception:
                 log.exception("session_services_failed", session_id=self.session_id)
             finally:
-                self.pipeline = None
+                self.pipeline = self.route = None
                 started.set()
                 self.services_done.set()
 
@@ -581,10 +572,15 @@ class Connection:
             try:
                 if pipeline is None or metadata != pipeline.metadata or method in _UNARY_ONLY:
                     raise NotSent
-                response: M = await pipeline.call(
-                    method, request, response_type, self.timeout if timeout is None else timeout
-                )
+                wait = self.timeout if timeout is None else timeout
+                route = self.route
+                response: M = await (
+                    pipeline.call(method, request, response_type, wait) if route is None
+                    else route.call(pipeline, method, request, response_type, wait,
+                                    self.revision))
             except NotSent:
+                if self.route is not None:
+                    metadata = (*metadata, *self.route.home_metadata())
                 response = await self.transport.unary(
                     f"/{SERVICE_NAME}/{method}", request, response_type, timeout,
                     metadata=metadata,

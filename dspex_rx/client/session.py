@@ -68,6 +68,8 @@ class SessionContext(OptimizationCalls):
     ``pipelined`` (default True) sends the calls as requests on one long-lived stream,
     answered by id, so calls from many tasks share messages; False makes each call its own
     unary RPC (what other gRPC clients see). A server without that stream is used unary.
+    ``direct_writes=True`` (pipelined, over replicas): writes go to the write leader the
+    session's replica names, on a stream of their own, instead of through that replica.
     Each method's full contract is documented on the component method it calls
     (``Variables.get_variables``, ``Optimizations.start_optimization``...).
 
@@ -86,6 +88,7 @@ class SessionContext(OptimizationCalls):
         create: bool = True, data_dir: str | os.PathLike[str] | None = None,
         keepalive_time: float = DEFAULT_KEEPALIVE_TIME,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT, pipelined: bool = True,
+        direct_writes: bool = False,
     ) -> None:
         self._conn = Connection(
             session_id, target, metadata=metadata, ttl_seconds=ttl_seconds,
@@ -95,6 +98,7 @@ class SessionContext(OptimizationCalls):
             cache_max_size=cache_max_size, cache_eviction_policy=cache_eviction_policy,
             create=create, data_dir=data_dir, keepalive_time=keepalive_time,
             keepalive_timeout=keepalive_timeout, pipelined=pipelined,
+            direct_writes=direct_writes,
         )
         self._cache = self._conn.cache
         # Every call of every component goes through ``_call``, so one wrapper there (tests

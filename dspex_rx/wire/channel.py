@@ -270,3 +270,28 @@ def _dns_hint(target: str, lowered: str) -> str:
     if "could not contact dns servers" in lowered:
         return f"{asked} did not answer: is it running, at that address?"
     return f"{asked} does not know {host!r}: check the name (a dns: target is name:port)"
+
+
+def target_error(target: object) -> str:
+    """Why ``target`` is not an address, and what to pass instead.
+
+    >>> target_error(42)
+    "target must be an address string such as 'localhost:50051', got int"
+    """
+    # A grpc channel has no public way to tell its address or credentials, and a
+    # grpc.aio channel belongs to the caller's event loop, while the session runs its own
+    # connection: say what to pass instead.
+    kind = type(target)
+    where = f"{kind.__module__}.{kind.__qualname__}"
+    if "grpc" in kind.__module__:
+        return (
+            f"SessionContext takes the server address, not a channel ({where}): grpc "
+            "channels do not tell their target or credentials, and this session opens its "
+            "own connection. Change SessionContext(session_id, "
+            "grpc.aio.insecure_channel('localhost:50051')) to SessionContext(session_id, "
+            "'localhost:50051') (for a secure channel pass tls=True or ca_cert=...)"
+        )
+    return (
+        "target must be an address string such as 'localhost:50051', got "
+        f"{kind.__qualname__}"
+    )

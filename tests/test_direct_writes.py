@@ -1,0 +1,166 @@
+"""A ``direct_writes`` client over replicas sends its writes to the write leader its own
+replica named, on a stream of its own: each write made once, a read after it on its own
+replica shows it, and a leader it cannot reach, or one that stops, leaves its writes on
+its own replica meanwhile, as before.
+
+Real-time loops are hang guards only (replicas hear each other through etcd).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from helpers import until
+from test_etcd_replicas import replica
+from test_write_leader import (  # noqa: F401 - fixtures
+    HeldWatch,
+    elected,
+    forwarder,
+    pair,
+    prefix,
+    writes_sent,
+)
+
+import dspex_rx
+from dspex_rx.client.leader_route import LeaderRoute
+from dspex_rx.errors import InvalidValueError
+from dspex_rx.server import EmbeddedServer
+
+
+def route_of(session: dspex_rx.SessionContext) -> LeaderRoute:
+    route = session._conn.route
+    assert route is not None, "a direct_writes session over a pipeline has a route"
+    return route
+
+
+def leader_up(route: LeaderRoute) -> bool:
+    leg = route._leg
+    return leg is not None and leg.pipeline is not None and leg.pipeline.connected
+
+
+@pytest.fixture
+async def on_follower(pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
+                      ) -> AsyncIterator[dspex_rx.SessionContext]:
+    """A direct_writes session on the follower with ``t`` = 0, once its first write
+    (forwarded) named the leader and the stream to it is up."""
+    _, follower = pair
+    async with dspex_rx.connect(follower.target, session_id="direct",
+                                direct_writes=True) as session:
+        await session.register_variable("t", "integer", 0)
+        route = route_of(session)
+        await until(lambda: leader_up(route), "the stream to the leader is up", 20)
+        yield session
+
+
+async def test_writes_after_the_first_forwarded_one_go_to_the_leader_itself(
+    pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
+    on_follower: dspex_rx.SessionContext,
+) -> None:
+    leader, follower = pair
+    route = route_of(on_follower)
+    assert route.address == leader.target
+    assert route.methods == {"RegisterVariable"}
+    link = forwarder(follower)
+    # The first SetVariable learns its way through the follower; the rest go direct.
+    versions = [await on_follower.set_variable("t", k) for k in range(1, 7)]
+    assert versions == list(range(2, 8))
+    assert writes_sent(link) == 2  # the registration and the first set
+    assert route.sent == 5
+    assert "SetVariable" in route.methods
+    assert await on_follower.get_variable("t", bypass_cache=True) == 6
+    assert [s.call(lambda s=s: s.store.conflicts) for s in pair] == [0, 0]
+
+
+async def test_a_read_after_a_direct_write_waits_until_the_replica_holds_it(
+    pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
+    on_follower: dspex_rx.SessionContext,
+) -> None:
+    # Guards: the leader answered the write, and the session's next read on its own
+    # replica, whose watch had not brought it yet, showed the value before it.
+    _, follower = pair
+    await on_follower.set_variable("t", 1)  # learns that SetVariable goes to the leader
+    watch = HeldWatch(follower)
+    backend = watch.backend
+    assert await on_follower.set_variable("t", 2) == 3
+    assert route_of(on_follower).sent == 1
+    read: list[int] = []
+
+    async def read_after() -> None:
+        read.append(await on_follower.get_variable("t", bypass_cache=True))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_after)
+        await until(lambda: len(backend._head_waiters) > 0,
+                    "the read waits for the follower to hold the write", 20)
+        assert read == []
+        watch.release()
+    assert read == [2]
+
+
+async def test_writes_go_through_the_replica_while_the_named_leader_cannot_be_reached(
+    pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
+    on_follower: dspex_rx.SessionContext,
+) -> None:
+    leader, follower = pair
+    route = route_of(on_follower)
+    await on_follower.set_variable("t", 1)
+    route._follow("127.0.0.1:1")  # as a replica names a leader the client cannot reach
+    link = forwarder(follower)
+    before = writes_sent(link)
+    assert await on_follower.set_variable("t", 2) == 3
+    # Made through the follower, whose answer names the real leader again.
+    assert writes_sent(link) == before + 1
+    assert route.address == leader.target
+    await until(lambda: leader_up(route), "the stream to the leader is up again", 20)
+    sent = route.sent
+    assert await on_follower.set_variable("t", 3) == 4
+    assert route.sent == sent + 1
+    assert await on_follower.get_variable("t", bypass_cache=True) == 3
+
+
+async def test_when_the_leader_stops_direct_writes_follow_the_new_one(
+    etcd_endpoint: str, prefix: str,  # noqa: F811
+) -> None:
+    servers = [replica(etcd_endpoint, prefix) for _ in range(3)]
+    stopped: list[EmbeddedServer] = []
+    try:
+        leader, (follower, other) = await elected(servers)
+        async with dspex_rx.connect(follower.target, session_id="direct",
+                                    direct_writes=True) as session:
+            await session.register_variable("t", "integer", 0)
+            route = route_of(session)
+            assert await session.set_variable("t", 1) == 2
+            await until(lambda: leader_up(route), "the stream to the leader is up", 20)
+            assert await session.set_variable("t", 2) == 3
+            # Its lease revoked, the others campaign at once; the client's stream to it
+            # stays up through the stop's grace (so not from the trio thread, which the
+            # client needs meanwhile). A write sent as that stream breaks fails
+            # UNAVAILABLE, as one a replica forwards as its link breaks does.
+            await trio.to_thread.run_sync(leader.stop)
+            stopped.append(leader)
+            await until(lambda: not leader_up(route), "the client saw its stream end", 20)
+            new_leader, _ = await elected([follower, other])
+            versions = [await session.set_variable("t", k) for k in range(3, 9)]
+            assert versions == list(range(4, 10))
+            # Through the new leader; or made by the session's own replica, if it leads.
+            assert route.address == ("" if new_leader is follower else new_leader.target)
+            assert await session.get_variable("t", bypass_cache=True) == 8
+    finally:
+        for server in servers:
+            if server not in stopped:
+                server.stop()
+
+
+async def test_direct_writes_on_one_server_change_nothing() -> None:
+    async with dspex_rx.connect(direct_writes=True) as session:
+        await session.register_variable("t", "integer", 0)
+        assert [await session.set_variable("t", k) for k in (1, 2)] == [2, 3]
+        route = route_of(session)
+        assert (route.address, route.methods, route.sent) == ("", set(), 0)
+
+
+async def test_direct_writes_must_be_a_bool() -> None:
+    with pytest.raises(InvalidValueError, match="direct_writes must be True or False"):
+        dspex_rx.SessionContext(direct_writes="yes")  # type: ignore[arg-type]
