@@ -333,13 +333,14 @@ class Topology:
 
 
 async def join(target: str, session_id: str, token: str | None, name: str,
-               stack: contextlib.AsyncExitStack) -> dspex_rx.SessionContext:
+               stack: contextlib.AsyncExitStack, **options: Any) -> dspex_rx.SessionContext:
     """Attach to ``session_id`` on ``target`` once the session reached that replica."""
     deadline = time.monotonic() + ATTACH_TIMEOUT
     while True:
         try:
             return await stack.enter_async_context(dspex_rx.connect(
-                target, session_id=session_id, token=token, create=False, client_name=name))
+                target, session_id=session_id, token=token, create=False, client_name=name,
+                **options))
         except dspex_rx.SessionNotFoundError:
             if time.monotonic() > deadline:
                 raise
@@ -347,18 +348,20 @@ async def join(target: str, session_id: str, token: str | None, name: str,
 
 
 async def open_topology(targets: list[str], prefix: str, concurrency: int,
-                        stack: contextlib.AsyncExitStack) -> Topology:
+                        stack: contextlib.AsyncExitStack, direct_writes: bool) -> Topology:
     replicas = len(targets)
     session_id = f"bench-{replicas}r-{uuid.uuid4().hex[:8]}"
     first = await stack.enter_async_context(dspex_rx.connect(
-        targets[0], session_id=session_id, client_name=f"writer[{replicas}r/0]"))
+        targets[0], session_id=session_id, client_name=f"writer[{replicas}r/0]",
+        direct_writes=direct_writes))
     await first.register_variables(
         [{"name": f"v{t}", "type": "float", "initial_value": 0.0} for t in range(concurrency)]
         + [{"name": "probe", "type": "float", "initial_value": 0.0}])
     writers = [first]
     for i, target in enumerate(targets[1:], start=1):
         writers.append(await join(target, session_id, first.token,
-                                  f"writer[{replicas}r/{i}]", stack))
+                                  f"writer[{replicas}r/{i}]", stack,
+                                  direct_writes=direct_writes))
     watchers = {"same": await join(targets[0], session_id, first.token,
                                    f"watcher[{replicas}r/same]", stack)}
     if replicas > 1:
@@ -465,7 +468,8 @@ async def client_main(endpoint: str, etcd_pid: int, prefixes: dict[int, str],
     stores: list[dict[str, Any]] = []
     pings: list[float] = []
     async with contextlib.AsyncExitStack() as stack:
-        tops = {n: await open_topology(targets[n], prefixes[n], args.concurrency, stack)
+        tops = {n: await open_topology(targets[n], prefixes[n], args.concurrency, stack,
+                                       args.direct_writes)
                 for n in REPLICAS}
         note(f"warm-up: {args.warmup} writes per topology and mode")
         for top in tops.values():
@@ -592,7 +596,7 @@ def report(raw_runs: list[list[dict[str, Any]]],
             emit({
                 "bench": "replicas_writes", "op": "set_variable", "replicas": n,
                 "mode": raw_mode, "writing_replicas": 1 if mode == ONE_WRITER else n,
-                "write_leader": args.write_leader,
+                "write_leader": args.write_leader, "direct_writes": args.direct_writes,
                 "leader_replica": [r["leader"] for r in runs],
                 "in_flight": 1 if mode == "sequential" else args.concurrency,
                 "calls": calls, "repeats": args.repeats,
@@ -670,6 +674,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-write-leader", dest="write_leader", action="store_false",
                         help="serve with --no-write-leader: every replica makes its own "
                         "writes (by default followers forward theirs to an elected leader)")
+    parser.add_argument("--direct-writes", action="store_true",
+                        help="writers connect with direct_writes=True: their writes go to "
+                        "the write leader's own stream, not through their replica")
     parser.add_argument("--profile", metavar="DIR",
                         help="run each server under cProfile, its stats in DIR/<tag>-<i>.prof")
     parser.add_argument("--quick", action="store_true",
@@ -705,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         emit({**environment(), "etcd": etcd_version(binary),
               "etcd_max_txn_ops": MAX_TXN_OPS,
               "server_log_size": args.log_size, "server_history_size": args.history_size,
-              "write_leader": args.write_leader})
+              "write_leader": args.write_leader, "direct_writes": args.direct_writes})
         with contextlib.ExitStack() as stack:
             flags: list[str] = []  # the servers' own bounds, when asked for
             if args.log_size is not None:
