@@ -9,6 +9,7 @@ Real-time loops are hang guards only (replicas hear each other through etcd).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
@@ -27,6 +28,7 @@ import dspex_rx
 from dspex_rx.client.leader_route import LeaderRoute
 from dspex_rx.errors import InvalidValueError
 from dspex_rx.server import EmbeddedServer
+from dspex_rx.v1 import variables_pb2 as pb
 
 
 def route_of(session: dspex_rx.SessionContext) -> LeaderRoute:
@@ -81,6 +83,8 @@ async def test_a_read_after_a_direct_write_waits_until_the_replica_holds_it(
     # replica, whose watch had not brought it yet, showed the value before it.
     _, follower = pair
     await on_follower.set_variable("t", 1)  # learns that SetVariable goes to the leader
+    # A read after it waits until the follower holds it: nothing of it is left to hold.
+    assert await on_follower.get_variable("t", bypass_cache=True) == 1
     watch = HeldWatch(follower)
     backend = watch.backend
     assert await on_follower.set_variable("t", 2) == 3
@@ -107,6 +111,8 @@ async def test_writes_go_through_the_replica_while_the_named_leader_cannot_be_re
     route = route_of(on_follower)
     await on_follower.set_variable("t", 1)
     route._follow("127.0.0.1:1")  # as a replica names a leader the client cannot reach
+    await until(lambda: route._leg is not None and route._leg.probe_at > 0,
+                "the client failed to reach it", 20)
     link = forwarder(follower)
     before = writes_sent(link)
     assert await on_follower.set_variable("t", 2) == 3
@@ -164,3 +170,49 @@ async def test_direct_writes_on_one_server_change_nothing() -> None:
 async def test_direct_writes_must_be_a_bool() -> None:
     with pytest.raises(InvalidValueError, match="direct_writes must be True or False"):
         dspex_rx.SessionContext(direct_writes="yes")  # type: ignore[arg-type]
+
+
+class FakePipeline:
+    """A Calls stream that answers every call with ``trailers`` and keeps each call's
+    request metadata."""
+
+    def __init__(self, trailers: list[tuple[str, str]]) -> None:
+        self.connected = True
+        self.streams_opened = 1
+        self.trailers = trailers
+        self.sent: list[tuple[str, dict[str, str]]] = []
+
+    async def call(self, method: str, request: Any, response_type: Any, timeout: Any,
+                   metadata: tuple[tuple[str, str], ...] = (),
+                   trailers: list[tuple[str, str]] | None = None) -> Any:
+        self.sent.append((method, dict(metadata)))
+        if trailers is not None:
+            trailers.extend(self.trailers)
+        return response_type()
+
+
+async def test_positions_not_revisions_tell_each_replica_what_to_hold_first() -> None:
+    # Guards: the leader was told the session's highest store revision, a number of
+    # another space than its position, and held every direct write 5 s waiting for it.
+    async with trio.open_nursery() as nursery:
+        route = LeaderRoute(lambda address: trio.sleep(0), (("token", "t"),), nursery)
+        route._probe = lambda leg: None  # type: ignore[method-assign]
+        home = FakePipeline([("x-dspex-leader", "10.0.0.2:1"), ("x-dspex-position", "40")])
+        await route.call(home, "SetVariable", pb.SetVariableRequest(),  # type: ignore[arg-type]
+                         pb.SetVariableResponse, 5.0)
+        assert (route.address, route.methods) == ("10.0.0.2:1", {"SetVariable"})
+        leader = FakePipeline([("x-dspex-position", "55")])
+        assert route._leg is not None
+        route._leg.pipeline = leader  # type: ignore[assignment]
+        await route.call(home, "SetVariable", pb.SetVariableRequest(),  # type: ignore[arg-type]
+                         pb.SetVariableResponse, 5.0)
+        home.trailers = []
+        for _ in range(2):
+            await route.call(home, "GetVariable", pb.GetVariableRequest(),  # type: ignore[arg-type]
+                             pb.GetVariableResponse, 5.0)
+        assert leader.sent == [("SetVariable", {"token": "t", "x-dspex-after": "40"})]
+        # The first read waits on the session's replica for the leader's write; the
+        # next needs not (that replica answered the first, so it holds it).
+        assert home.sent == [("SetVariable", {}),
+                             ("GetVariable", {"token": "t", "x-dspex-after": "55"}),
+                             ("GetVariable", {})]

@@ -576,8 +576,7 @@ class Connection:
                 route = self.route
                 response: M = await (
                     pipeline.call(method, request, response_type, wait) if route is None
-                    else route.call(pipeline, method, request, response_type, wait,
-                                    self.revision))
+                    else route.call(pipeline, method, request, response_type, wait))
             except NotSent:
                 if self.route is not None:
                     metadata = (*metadata, *self.route.home_metadata())

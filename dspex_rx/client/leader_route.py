@@ -9,11 +9,14 @@ as the session's own replica says when it forwards a write, and the Calls stream
 # its own, once that stream is open and served (so a leader the client cannot reach, or
 # one still connecting, never delays a write: it goes the old way meanwhile).
 #
-# What a call made after another sees stays as it was. A call to the leader carries the
-# highest revision the session has seen (``x-dspex-after``): the leader runs it once it
-# holds that much. The leader answers with its position; the session's next call on its
-# own replica carries that position, and waits there until that replica holds it, so a
-# read after a write shows the write, as after a forwarded one. Only calls in flight at
+# What a call made after another sees stays as it was. Replicas answer a write with
+# their store's position (over etcd, the etcd revision their live state holds: not the
+# store revision answers carry, which counts writes only). A call to the leader carries
+# the highest position the session was answered with (``x-dspex-after``): the leader runs
+# it once it holds that much (a write its replica made itself, the link down). The
+# session's next call on its own replica carries the leader's latest position, and waits
+# there until that replica holds it, so a read after a write shows the write, as after a
+# forwarded one. Only calls in flight at
 # once may pass each other, as calls from two tasks may on one stream.
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import grpc
 import trio
 from google.protobuf.message import Message
 
@@ -63,9 +65,10 @@ class _Leg:
     def __init__(self, address: str) -> None:
         self.address = address
         self.pipeline: Pipeline | None = None
-        self.scope = trio.CancelScope()
         self.calls = 0
         self.retiring = False
+        # Cancels the current run of its stream (a new scope for each run).
+        self.scope = trio.CancelScope()
         # Whether its stream is being opened, and when it may be tried again.
         self.probing = False
         self.probe_at = 0.0
@@ -98,12 +101,19 @@ class LeaderRoute:
         # RPCs a replica answered as forwarded: the leader's own from now on.
         self.methods: set[str] = set()
         self._leg: _Leg | None = None
-        # The highest position the leader answered with, and the highest one the
-        # session's own replica was asked to hold (and held: it answered).
+        # The highest position the leader answered with; the highest one the session's
+        # own replica was asked to hold (and held: it answered), and answered with.
         self.position = 0
         self._home_holds = 0
+        self._home_position = 0
         # Calls the leader answered (for tests and the logs).
         self.sent = 0
+        # Set once a leader answered without its position (a server from before this
+        # route): the session's replica could not be told what to wait for.
+        self.off = False
+        # The home stream the holds above were made on (another one, perhaps on another
+        # replica, was told nothing).
+        self._home_stream = -1
 
     @property
     def address(self) -> str:
@@ -114,24 +124,27 @@ class LeaderRoute:
         return self._leg.address if self._leg is not None else ""
 
     async def call(self, home: Pipeline, method: str, request: Message,
-                   response_type: type[M], timeout: float | None, seen: int) -> M:
+                   response_type: type[M], timeout: float | None) -> M:
         """Make one pipelined call: at the leader if ``method`` goes there and its stream
-        is up, else on ``home`` (the session's replica's pipeline); ``seen`` is the
-        highest revision the session has seen. Errors as ``Pipeline.call`` raises them.
+        is up, else on ``home`` (the session's replica's pipeline). Errors as
+        ``Pipeline.call`` raises them.
 
         Example: ``await route.call(home, "GetVariable", request, pb.GetVariableResponse,
-        30.0, conn.revision)``.
+        30.0)``.
         """
         leg = self._leg
-        if method in self.methods and leg is not None:
+        if method in self.methods and leg is not None and not self.off:
             pipeline = leg.pipeline
             if pipeline is not None and pipeline.connected:
                 try:
                     return await self._at_leader(leg, pipeline, method, request,
-                                                 response_type, timeout, seen)
+                                                 response_type, timeout)
                 except NotSent:
-                    pass  # its stream broke before it left: the session's replica makes it
-            self._probe(leg)
+                    pass  # never left (too large, or its stream broke first): made here
+            else:
+                self._probe(leg)
+        if home.streams_opened != self._home_stream:
+            self._home_stream, self._home_holds = home.streams_opened, 0
         trailers: list[tuple[str, str]] = []
         after = self.position
         if after > self._home_holds:
@@ -141,6 +154,7 @@ class LeaderRoute:
         else:
             response = await home.call(method, request, response_type, timeout, (), trailers)
         if trailers:
+            self._home_position = max(self._home_position, _position(trailers))
             leader = _leader(trailers)
             if leader:
                 self.methods.add(method)
@@ -163,7 +177,8 @@ class LeaderRoute:
 
     async def _at_leader(self, leg: _Leg, pipeline: Pipeline, method: str,
                          request: Message, response_type: type[M], timeout: float | None,
-                         seen: int) -> M:
+                         ) -> M:
+        seen = max(self.position, self._home_position)
         trailers: list[tuple[str, str]] = []
         leg.calls += 1
         try:
@@ -175,7 +190,13 @@ class LeaderRoute:
             if leg.retiring and leg.calls == 0:
                 leg.scope.cancel()
         self.sent += 1
-        self.position = max(self.position, _position(trailers))
+        position = _position(trailers)
+        if not position:
+            log.warning("write_leader_without_position", leader=leg.address,
+                        why="a server from before direct writes: they go through the "
+                        "session's replica from now on")
+            self.off = True
+        self.position = max(self.position, position)
         moved = _leader(trailers)
         if moved:
             # Not the leader any more: it forwarded the call to the one it names.
@@ -200,8 +221,11 @@ class LeaderRoute:
         # calls use it once it is served.
         if leg.probing or trio.current_time() < leg.probe_at:
             return
+        try:
+            self._nursery.start_soon(self._open, leg)
+        except RuntimeError:
+            return  # the session's services are closing
         leg.probing = True
-        self._nursery.start_soon(self._open, leg)
 
     async def _open(self, leg: _Leg) -> None:
         try:
@@ -212,8 +236,9 @@ class LeaderRoute:
                 return
             await pipeline.call("Echo", pb.EchoRequest(), pb.EchoResponse, PROBE_TIMEOUT)
             leg.pause = FIRST_PAUSE
-        except (NotSent, grpc.aio.AioRpcError, OSError, RuntimeError) as exc:
-            # (RuntimeError: the leg retired before its stream's task started.)
+        except Exception as exc:
+            # Whatever it is, the session's other services must go on: writes go through
+            # its replica, and the leader is tried again after the pause.
             log.info("write_leader_unreachable", leader=leg.address, error=repr(exc),
                      next_try_in=leg.pause)
             leg.probe_at = trio.current_time() + leg.pause
@@ -225,6 +250,9 @@ class LeaderRoute:
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # The leader's transport and pipeline, until the leg retires or the session ends.
         transport = None
+        leg.scope = trio.CancelScope()
+        if leg.retiring:
+            return
         try:
             with leg.scope:
                 transport = await self._connect(leg.address)
@@ -252,5 +280,10 @@ async def open_transport(address: str, *, options: list[tuple[str, Any]],
     if credentials is not None and server_name:
         options = [*options, ("grpc.ssl_target_name_override", server_name)]
     transport = Transport(address, options, timeout=timeout, credentials=credentials)
-    await transport.open()
+    try:
+        await transport.open()
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await transport.close()
+        raise
     return transport
