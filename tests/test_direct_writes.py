@@ -21,6 +21,7 @@ from test_write_leader import (  # noqa: F401 - fixtures
     forwarder,
     pair,
     prefix,
+    three,
     writes_sent,
 )
 
@@ -152,11 +153,44 @@ async def test_when_the_leader_stops_direct_writes_follow_the_new_one(
             assert versions == list(range(4, 10))
             # Through the new leader; or made by the session's own replica, if it leads.
             assert route.address == ("" if new_leader is follower else new_leader.target)
-            assert await session.get_variable("t", bypass_cache=True) == 8
+            if new_leader is not follower:
+                await until(lambda: leader_up(route), "the stream to the new one is up", 20)
+                sent = route.sent
+                assert await session.set_variable("t", 9) == 10
+                assert route.sent == sent + 1
+            assert await session.get_variable("t", bypass_cache=True) == (
+                8 if new_leader is follower else 9)
     finally:
         for server in servers:
             if server not in stopped:
                 server.stop()
+
+
+async def test_a_leader_that_no_longer_leads_relays_a_direct_write_and_names_the_new_one(
+    three: tuple[EmbeddedServer, EmbeddedServer, EmbeddedServer],  # noqa: F811
+) -> None:
+    old, follower, new = three
+    async with dspex_rx.connect(follower.target, session_id="direct",
+                                direct_writes=True) as session:
+        await session.register_variable("t", "integer", 0)
+        route = route_of(session)
+        assert await session.set_variable("t", 1) == 2
+        await until(lambda: leader_up(route) and route.address == old.target,
+                    "the stream to the leader is up", 20)
+        # An election the old leader lost, as the two of them hear of it.
+        new.call(lambda: forwarder(new).set_leader(new.target))
+        link = forwarder(old)
+        old.call(lambda: link.set_leader(new.target))
+        await until(lambda: link.active, "the old leader's link to the new one is up", 20)
+        before = writes_sent(link)
+        assert await session.set_variable("t", 2) == 3
+        assert writes_sent(link) == before + 1  # relayed by the old leader
+        assert route.address == new.target
+        await until(lambda: leader_up(route), "the stream to the new leader is up", 20)
+        sent = route.sent
+        assert await session.set_variable("t", 3) == 4
+        assert (route.sent, writes_sent(link)) == (sent + 1, before + 1)
+        assert await session.get_variable("t", bypass_cache=True) == 3
 
 
 async def test_direct_writes_on_one_server_change_nothing() -> None:
@@ -204,13 +238,16 @@ async def test_positions_not_revisions_tell_each_replica_what_to_hold_first() ->
         leader = FakePipeline([("x-dspex-position", "55")])
         assert route._leg is not None
         route._leg.pipeline = leader  # type: ignore[assignment]
-        await route.call(home, "SetVariable", pb.SetVariableRequest(),  # type: ignore[arg-type]
-                         pb.SetVariableResponse, 5.0)
+        for _ in range(2):
+            await route.call(home, "SetVariable", pb.SetVariableRequest(),  # type: ignore[arg-type]
+                             pb.SetVariableResponse, 5.0)
         home.trailers = []
         for _ in range(2):
             await route.call(home, "GetVariable", pb.GetVariableRequest(),  # type: ignore[arg-type]
                              pb.GetVariableResponse, 5.0)
-        assert leader.sent == [("SetVariable", {"token": "t", "x-dspex-after": "40"})]
+        # The leader is told what the session's replica stored once; it knows the rest.
+        assert leader.sent == [("SetVariable", {"token": "t", "x-dspex-after": "40"}),
+                               ("SetVariable", {})]
         # The first read waits on the session's replica for the leader's write; the
         # next needs not (that replica answered the first, so it holds it).
         assert home.sent == [("SetVariable", {}),

@@ -67,6 +67,9 @@ class _Leg:
         self.pipeline: Pipeline | None = None
         self.calls = 0
         self.retiring = False
+        # The highest position this leader holds, as far as the session knows (it said
+        # so, or answered with it): calls carry a position only past it.
+        self.told = 0
         # Cancels the current run of its stream (a new scope for each run).
         self.scope = trio.CancelScope()
         # Whether its stream is being opened, and when it may be tried again.
@@ -179,12 +182,14 @@ class LeaderRoute:
                          request: Message, response_type: type[M], timeout: float | None,
                          ) -> M:
         seen = max(self.position, self._home_position)
+        # Per-request metadata only when there is news for the leader: it replaces the
+        # stream's, and costs both ends a wait check per request.
+        metadata = (*self._metadata, (AFTER_KEY, str(seen))) if seen > leg.told else ()
         trailers: list[tuple[str, str]] = []
         leg.calls += 1
         try:
             response = await pipeline.call(method, request, response_type, timeout,
-                                           (*self._metadata, (AFTER_KEY, str(seen))),
-                                           trailers)
+                                           metadata, trailers)
         finally:
             leg.calls -= 1
             if leg.retiring and leg.calls == 0:
@@ -197,6 +202,7 @@ class LeaderRoute:
                         "session's replica from now on")
             self.off = True
         self.position = max(self.position, position)
+        leg.told = max(leg.told, position, seen if metadata else 0)
         moved = _leader(trailers)
         if moved:
             # Not the leader any more: it forwarded the call to the one it names.
