@@ -253,3 +253,59 @@ async def test_positions_not_revisions_tell_each_replica_what_to_hold_first() ->
         assert home.sent == [("SetVariable", {}),
                              ("GetVariable", {"token": "t", "x-dspex-after": "55"}),
                              ("GetVariable", {})]
+
+
+async def test_a_heartbeat_never_waits_for_the_leaders_writes_but_other_unary_calls_do(
+    on_follower: dspex_rx.SessionContext,
+) -> None:
+    # Guards: a heartbeat made unary carried the leader's position, and a replica
+    # behind the leader held it up to 5 s, past a short beat's deadline.
+    conn = on_follower._conn
+    await on_follower.set_variable("t", 1)
+    await until(lambda: leader_up(route_of(on_follower)), "the stream to the leader is up", 20)
+    assert await on_follower.set_variable("t", 2) == 3  # direct: a position to hold
+    transport = conn.transport
+    sent: list[tuple[str, dict[str, str]]] = []
+    unary = transport.unary
+
+    async def recording(path: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((path.rsplit("/", 1)[-1], dict(kwargs.get("metadata") or ())))
+        return await unary(path, *args, **kwargs)
+
+    transport.unary = recording
+    await conn.call("Heartbeat", pb.HeartbeatRequest(
+        session_id=conn.require_session_id(), client_id=conn.client_id), pb.HeartbeatResponse)
+    conn.pipeline.available = False  # the calls go unary from here
+    assert await on_follower.get_variable("t", bypass_cache=True) == 2
+    after = str(route_of(on_follower).position)
+    assert [(method, meta.get("x-dspex-after")) for method, meta in sent] == [
+        ("Heartbeat", None), ("GetVariable", after)]
+
+
+async def test_a_replica_that_may_not_hold_a_position_is_told_it_again() -> None:
+    # Guards: a leader whose wait for a position ran out (it answered with less) was
+    # taken to hold it; and a new home stream (perhaps another replica) was told nothing.
+    async with trio.open_nursery() as nursery:
+        route = LeaderRoute(lambda address: trio.sleep(0), (("token", "t"),), nursery)
+        route._probe = lambda leg: None  # type: ignore[method-assign]
+        home = FakePipeline([("x-dspex-leader", "10.0.0.2:1"), ("x-dspex-position", "40")])
+
+        async def call(method: str) -> None:
+            await route.call(home, method, pb.SetVariableRequest(),  # type: ignore[arg-type]
+                             pb.SetVariableResponse, 5.0)
+
+        await call("SetVariable")
+        assert route._leg is not None
+        leader = FakePipeline([("x-dspex-position", "30")])  # behind what it was told
+        route._leg.pipeline = leader  # type: ignore[assignment]
+        await call("SetVariable")
+        leader.trailers = [("x-dspex-position", "60")]
+        await call("SetVariable")
+        await call("SetVariable")
+        assert [meta.get("x-dspex-after") for _, meta in leader.sent] == ["40", "40", None]
+        home.trailers = []
+        await call("GetVariable")
+        await call("GetVariable")
+        home.streams_opened += 1  # the home stream broke and another one opened
+        await call("GetVariable")
+        assert [meta.get("x-dspex-after") for _, meta in home.sent[1:]] == ["60", None, "60"]

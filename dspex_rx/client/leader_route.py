@@ -93,7 +93,7 @@ class LeaderRoute:
     ``metadata`` is the session's (its token); ``nursery`` runs the leader's stream.
 
     Example: ``route = LeaderRoute(connect, token_metadata(token), nursery)``, then
-    ``await route.call(home, "SetVariable", request, pb.SetVariableResponse, 30.0, rev)``.
+    ``await route.call(home, "SetVariable", request, pb.SetVariableResponse, 30.0)``.
     """
 
     def __init__(self, connect: Callable[[str], Awaitable[Any]],
@@ -146,18 +146,25 @@ class LeaderRoute:
                     pass  # never left (too large, or its stream broke first): made here
             else:
                 self._probe(leg)
-        if home.streams_opened != self._home_stream:
-            self._home_stream, self._home_holds = home.streams_opened, 0
+        # What the replica serving the home stream was asked to hold: nothing, for a
+        # stream not yet open, or another than the one asked (perhaps another replica).
+        stream = home.streams_opened if home.connected else -1
+        if stream != self._home_stream:
+            self._home_holds = 0
         trailers: list[tuple[str, str]] = []
         after = self.position
         if after > self._home_holds:
             response = await home.call(method, request, response_type, timeout,
                                        (*self._metadata, (AFTER_KEY, str(after))), trailers)
-            self._home_holds = max(self._home_holds, after)
+            if stream >= 0 and home.streams_opened == stream:
+                # Answered on the stream it left on. (Raised to ``after`` even if that
+                # replica's wait ran out: then it is catching up, and will hold it.)
+                self._home_stream = stream
+                self._home_holds = max(self._home_holds, after)
         else:
             response = await home.call(method, request, response_type, timeout, (), trailers)
         if trailers:
-            self._home_position = max(self._home_position, _position(trailers))
+            self.home_answered(trailers)
             leader = _leader(trailers)
             if leader:
                 self.methods.add(method)
@@ -170,13 +177,20 @@ class LeaderRoute:
 
     def home_metadata(self) -> tuple[tuple[str, str], ...]:
         """What a unary call to the session's replica adds to its metadata: the leader's
-        position it must hold first, if that replica was not asked to hold it yet.
+        position it must hold first (always: the unary call may reach another replica
+        than the stream did).
 
         Example: ``metadata = (*token_metadata(token), *route.home_metadata())``.
         """
-        if self.position > self._home_holds:
-            return ((AFTER_KEY, str(self.position)),)
-        return ()
+        return ((AFTER_KEY, str(self.position)),) if self.position else ()
+
+    def home_answered(self, trailers: list[tuple[str, str]]) -> None:
+        """Note the position the session's replica answered with (a write it made, or an
+        attach): news for the leader's next call.
+
+        Example: ``route.home_answered([("x-dspex-position", "1042")])``.
+        """
+        self._home_position = max(self._home_position, _position(trailers))
 
     async def _at_leader(self, leg: _Leg, pipeline: Pipeline, method: str,
                          request: Message, response_type: type[M], timeout: float | None,
@@ -202,7 +216,8 @@ class LeaderRoute:
                         "session's replica from now on")
             self.off = True
         self.position = max(self.position, position)
-        leg.told = max(leg.told, position, seen if metadata else 0)
+        # What it answered with, not what it was told: its wait may have run out.
+        leg.told = max(leg.told, position)
         moved = _leader(trailers)
         if moved:
             # Not the leader any more: it forwarded the call to the one it names.
@@ -264,6 +279,9 @@ class LeaderRoute:
                 transport = await self._connect(leg.address)
                 leg.pipeline = Pipeline(transport, CALLS_PATH, self._metadata)
                 await leg.pipeline.run(task_status=task_status)
+        except Exception:
+            # In the session's services nursery: the others must go on.
+            log.exception("write_leader_stream_failed", leader=leg.address)
         finally:
             leg.pipeline = None
             if transport is not None:

@@ -272,20 +272,32 @@ class Transport:
         response_type: type[M],
         timeout: float | None = None,
         metadata: Metadata = (),
+        trailers: list[tuple[str, str]] | None = None,
     ) -> M:
         """Make one unary call; raises ``grpc.aio.AioRpcError`` on a non-OK status.
 
-        ``metadata`` is sent as the call's metadata, as given.
+        ``metadata`` is sent as the call's metadata, as given; the answer's trailers go
+        into ``trailers`` if given.
 
         Example: ``await transport.unary(path, request, EchoResponse, timeout=5)`` is the reply.
         """
         method = self._method(path, response_type)
         deadline = self.timeout if timeout is None else timeout
         sent = tuple(metadata) or None
-        response: M = await self._loop.run(
-            lambda: method(request, timeout=deadline, metadata=sent)
-        )
-        return response
+        if trailers is None:
+            response: M = await self._loop.run(
+                lambda: method(request, timeout=deadline, metadata=sent)
+            )
+            return response
+
+        async def made() -> M:
+            call = method(request, timeout=deadline, metadata=sent)
+            answer: M = await call
+            trailers.extend((key, value) for key, value in await call.trailing_metadata()
+                            if isinstance(value, str))
+            return answer
+
+        return await self._loop.run(made)
 
     async def open_stream(
         self, path: str, response_type: type[M], metadata: Metadata = (),

@@ -77,11 +77,13 @@ class CallContext:
     (True, 'ipv4:127.0.0.1:50312')
     """
 
-    __slots__ = ("_code", "_details", "_metadata", "_peer", "_trailers")
+    __slots__ = ("_code", "_details", "_metadata", "_peer", "_trailers", "caught_up")
 
-    def __init__(self, metadata: Any, peer: str) -> None:
+    def __init__(self, metadata: Any, peer: str, caught_up: bool = False) -> None:
         self._metadata = metadata
         self._peer = peer
+        # The stream's reader waited for the request's position already (``read``).
+        self.caught_up = caught_up
         self._code: grpc.StatusCode | None = None
         self._details = ""
         self._trailers: tuple[tuple[str, str], ...] = ()
@@ -173,7 +175,7 @@ async def answer(service: CallsService, request: cpb.CallRequest, metadata: Any,
     if request.metadata:
         # A forwarding replica's request carries its own caller's token.
         metadata = request_metadata(request)
-    context = CallContext(metadata, peer)
+    context = CallContext(metadata, peer, caught_up=bool(request.metadata))
     request_type = UNARY_REQUESTS.get(request.method)
     try:
         if request_type is None:

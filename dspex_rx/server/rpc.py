@@ -350,10 +350,11 @@ class Unary(Generic[Req, Resp]):
             try:
                 if isinstance(request, Malformed):
                     raise request.exception()
-                if service.forwarder is not None:
+                if service.forwarder is not None and not getattr(context, "caught_up", False):
                     # A caller that saw more than this replica holds (a ``direct_writes``
                     # client after its write at the leader) waits for it, as the Calls
-                    # stream does; before the token check, which needs the session.
+                    # stream's reader does; before the token check, which needs the
+                    # session.
                     await forward.catch_up(service.store, context.invocation_metadata())
                 session_id = ""
                 if authenticated:
@@ -437,9 +438,10 @@ class Unary(Generic[Req, Resp]):
                             ) from exc
                 if writes:
                     audit.refused_results(name, request, response)
-                if forwards and forwarder is not None:
+                if forwarder is not None and (forwards or name == "InitializeSession"):
                     # The forwarding replica's (or a ``direct_writes`` client's) next
-                    # calls wait until the replica they are made on holds this much.
+                    # calls wait until the replica they are made on holds this much (an
+                    # attach's too: the client's next write may go to the leader).
                     context.set_trailing_metadata(
                         ((forward.POSITION_KEY, str(store.position)),))
                 if frames_queued() != queued:
