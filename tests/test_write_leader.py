@@ -32,6 +32,7 @@ from dspex_rx.server.leader_link import NotSent
 from dspex_rx.store import MemoryStore
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire import codec
+from dspex_rx.wire.channel import AFTER_KEY
 from dspex_rx.wire.security import SESSION_TOKEN_KEY
 
 
@@ -609,8 +610,8 @@ async def test_a_callers_malformed_position_on_a_request_is_no_position() -> Non
     # metadata made the Calls stream's reader fail (INTERNAL), not just its own call.
     store = MemoryStore()
     for value in ("²", "1" * 5000, "-3", ""):
-        await forward.catch_up(store, ((forward.AFTER_KEY, value),))
-    assert [forward.position_in(((forward.AFTER_KEY, v),), forward.AFTER_KEY)
+        await forward.catch_up(store, ((AFTER_KEY, value),))
+    assert [forward.position_in(((AFTER_KEY, v),), AFTER_KEY)
             for v in ("²", "1" * 5000, "17")] == [0, 0, 17]
 
 

@@ -30,15 +30,11 @@ from google.protobuf.message import Message
 from dspex_rx.client.calls import NotSent, Pipeline
 from dspex_rx.logs import get_logger
 from dspex_rx.v1 import variables_pb2 as pb
-from dspex_rx.wire.channel import SERVICE_NAME
+from dspex_rx.wire.channel import AFTER_KEY, LEADER_KEY, POSITION_KEY, SERVICE_NAME
 
 log = get_logger("dspex_rx.client")
 
 M = TypeVar("M", bound=Message)
-# Metadata keys a replica reads and writes (server/forward.py).
-AFTER_KEY = "x-dspex-after"
-POSITION_KEY = "x-dspex-position"
-LEADER_KEY = "x-dspex-leader"
 CALLS_PATH = f"/{SERVICE_NAME}/Calls"
 # How long the first call on a new leader's stream (an Echo) may take to be answered.
 PROBE_TIMEOUT = 5.0

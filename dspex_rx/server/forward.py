@@ -26,19 +26,15 @@ from dspex_rx.logs import get_logger
 from dspex_rx.server import offload
 from dspex_rx.server.leader_link import FORWARDED_KEY, GRPC_MAX_MESSAGE, LeaderLink, NotSent
 from dspex_rx.v1 import calls_pb2 as cpb
+from dspex_rx.wire.channel import AFTER_KEY, LEADER_KEY, POSITION_KEY
 
 log = get_logger("dspex_rx.server")
 
-# The leader puts its store's position once a forwarded write is stored
-# (``store.position``: over etcd, the etcd revision) in the answer's POSITION_KEY trailer.
-POSITION_KEY = "x-dspex-position"
-# The forwarding replica's position when it sent the request: the leader runs it only
-# once it holds that much, so a write never overtakes what its caller saw there (a
-# session just created on the follower, a variable just registered).
-AFTER_KEY = "x-dspex-after"
-# Where a follower's answer to a write it forwarded says the leader is (its advertised
-# address): a client made with ``direct_writes`` sends that RPC's later calls there itself.
-LEADER_KEY = "x-dspex-leader"
+# The metadata keys of positions and of the leader's address (wire/channel.py, as the
+# client reads and sends them too): the leader answers a forwarded write with its
+# position (POSITION_KEY), and runs one only once it holds what the forwarding replica
+# held (AFTER_KEY), so a write never overtakes what its caller saw there (a session just
+# created on the follower, a variable just registered).
 # A caller's metadata that travels with its forwarded request (the session token).
 FORWARDED_METADATA = ("x-dspex-session-token",)
 # After the link to the leader failed, writes are made here for this long (doubling while

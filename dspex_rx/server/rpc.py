@@ -32,6 +32,7 @@ from dspex_rx.server.ratelimit import Guard
 from dspex_rx.store import MemoryStore, VariableRecord
 from dspex_rx.store.backend import RevisionConflict
 from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire.channel import POSITION_KEY
 from dspex_rx.wire.convert import (
     ERROR_DETAIL_PREFIX,
     ERROR_KIND_KEY,
@@ -443,7 +444,7 @@ class Unary(Generic[Req, Resp]):
                     # calls wait until the replica they are made on holds this much (an
                     # attach's too: the client's next write may go to the leader).
                     context.set_trailing_metadata(
-                        ((forward.POSITION_KEY, str(store.position)),))
+                        ((POSITION_KEY, str(store.position)),))
                 if frames_queued() != queued:
                     # The commit queued a frame for a watching stream: one loop turn lets
                     # its sender encode and start writing it before gRPC sends this

@@ -14,6 +14,14 @@ from dspex_rx.errors import InvalidValueError
 from dspex_rx.v1 import variables_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Variables"].full_name
+# Positions between replicas and ``direct_writes`` clients (``store.position``: over etcd
+# the etcd revision a replica's live state holds). A replica answers a write with its
+# position (POSITION_KEY), runs a request only once it holds the one the request names
+# (AFTER_KEY: what its caller saw), and a follower's answer to a write it forwarded names
+# the leader's address (LEADER_KEY).
+POSITION_KEY = "x-dspex-position"
+AFTER_KEY = "x-dspex-after"
+LEADER_KEY = "x-dspex-leader"
 MAX_MESSAGE_BYTES = DEFAULT_LIMITS.max_message_bytes
 
 
