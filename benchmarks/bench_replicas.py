@@ -348,7 +348,8 @@ async def join(target: str, session_id: str, token: str | None, name: str,
 
 
 async def open_topology(targets: list[str], prefix: str, concurrency: int,
-                        stack: contextlib.AsyncExitStack, direct_writes: bool) -> Topology:
+                        stack: contextlib.AsyncExitStack, direct_writes: bool = False,
+                        ) -> Topology:
     replicas = len(targets)
     session_id = f"bench-{replicas}r-{uuid.uuid4().hex[:8]}"
     first = await stack.enter_async_context(dspex_rx.connect(
