@@ -578,17 +578,12 @@ class Connection:
                     pipeline.call(method, request, response_type, wait) if route is None
                     else route.call(pipeline, method, request, response_type, wait))
             except NotSent:
-                route = self.route
-                trailers: list[tuple[str, str]] | None = None if route is None else []
-                if route is not None and method not in _UNARY_ONLY:
-                    # (Not a heartbeat: it must test the connection, not wait on it.)
-                    metadata = (*metadata, *route.home_metadata())
-                response = await self.transport.unary(
-                    f"/{SERVICE_NAME}/{method}", request, response_type, timeout,
-                    metadata=metadata, trailers=trailers,
-                )
-                if route is not None and trailers:
-                    route.home_answered(trailers)
+                path, route = f"/{SERVICE_NAME}/{method}", self.route
+                response = await (
+                    self.transport.unary(path, request, response_type, timeout,
+                                         metadata=metadata) if route is None
+                    else route.home_unary(self.transport, path, request, response_type,
+                                          timeout, metadata, method not in _UNARY_ONLY))
         except grpc.aio.AioRpcError as exc:
             mapped = map_rpc_error(exc)
             if mapped is exc:

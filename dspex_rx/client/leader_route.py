@@ -171,6 +171,25 @@ class LeaderRoute:
                 self._follow("")
         return response
 
+    async def home_unary(self, transport: Any, path: str, request: Message,
+                         response_type: type[M], timeout: float | None,
+                         metadata: tuple[tuple[str, str], ...], wait: bool) -> M:
+        """Make one unary call on the session's replica (its Calls stream unavailable):
+        with the leader's position to hold first if ``wait`` (not the lifecycle calls: a
+        heartbeat must test the connection, not wait on a replica catching up), and
+        noting the position it answers with.
+
+        Example: ``await route.home_unary(transport, path, request, pb.GetVariableResponse,
+        30.0, token_metadata(token), True)``.
+        """
+        if wait:
+            metadata = (*metadata, *self.home_metadata())
+        trailers: list[tuple[str, str]] = []
+        response: M = await transport.unary(path, request, response_type, timeout,
+                                            metadata=metadata, trailers=trailers)
+        self.home_answered(trailers)
+        return response
+
     def home_metadata(self) -> tuple[tuple[str, str], ...]:
         """What a unary call to the session's replica adds to its metadata: the leader's
         position it must hold first (always: the unary call may reach another replica
