@@ -310,7 +310,10 @@ class Image:
         elif tail is not None:
             first = tail.next - held - 1
             if first > tail.first:
-                out.append(Delete(ENTRIES, key, below=first))
+                # From the first row held, not from 0: etcd walks every key ever deleted
+                # in a range (until it compacts), so a range from 0 made each trim, and
+                # each write, dearer as the store aged.
+                out.append(Delete(ENTRIES, key, below=first, since=tail.first))
         else:
             first = self._renumber.get(key, 0)
         start = tail.next if tail is not None else first

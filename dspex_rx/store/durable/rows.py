@@ -40,9 +40,11 @@ class Put:
 @dataclass(frozen=True, slots=True)
 class Delete:
     """Delete a row, or (``prefix``) every row under a key, or (``below``) the rows under a
-    key whose last part is a sequence number below it. With ``prefix``, ``after`` and
-    ``before`` (a last key part) narrow it to the rows strictly between those two rows:
-    etcd refuses a txn that deletes a range and puts a key inside it.
+    key whose last part is a sequence number below it (and not below ``since``: a range
+    from 0 makes etcd walk every row ever deleted in it, until it compacts). With
+    ``prefix``, ``after`` and ``before`` (a last key part) narrow it to the rows strictly
+    between those two rows: etcd refuses a txn that deletes a range and puts a key
+    inside it.
 
     >>> Delete(ENTRIES, ("s", HISTORY, "var_t_1"), below=4).below
     4
@@ -54,6 +56,7 @@ class Delete:
     below: int | None = None
     after: str | None = None
     before: str | None = None
+    since: int = 0
 
 
 Op = Put | Delete
@@ -90,14 +93,18 @@ def prefix_range(table: str, key: tuple[str | int, ...]) -> tuple[bytes, bytes]:
     return start, start[:-1] + b"\x01"
 
 
-def below_range(table: str, key: tuple[str | int, ...], below: int) -> tuple[bytes, bytes]:
-    """The keys of the rows under ``key`` whose sequence number is below ``below``.
+def below_range(table: str, key: tuple[str | int, ...], below: int,
+                since: int = 0) -> tuple[bytes, bytes]:
+    """The keys of the rows under ``key`` whose sequence number is below ``below`` (and
+    not below ``since``).
 
     >>> below_range(ENTRIES, ("s", HISTORY, "v"), 2)[1].endswith(b"00000000000000000002")
     True
+    >>> below_range(ENTRIES, ("s", HISTORY, "v"), 9, since=7)[0].endswith(b"0000007")
+    True
     """
     start = encode_key(table, key) + SEP
-    return start, start + _int(below, 4)
+    return start + (_int(since, 4) if since else b""), start + _int(below, 4)
 
 
 def delete_range(op: Delete) -> tuple[bytes, bytes] | None:
@@ -111,7 +118,7 @@ def delete_range(op: Delete) -> tuple[bytes, bytes] | None:
     (b'variables\\x00s\\x00a\\x00', b'variables\\x00s\\x00b')
     """
     if op.below is not None:
-        return below_range(op.table, op.key, op.below)
+        return below_range(op.table, op.key, op.below, op.since)
     if op.prefix:
         start, end = prefix_range(op.table, op.key)
         # The row right after ``after`` is ``after`` + NUL (no id holds a NUL).
