@@ -148,7 +148,10 @@ def cluster(workdir: Path) -> Iterator[tuple[Any, list[Replica]]]:
     """
     etcd_service = _etcd_service()
     member = etcd_service.EtcdMember(workdir / "etcd", name="dspex-demo",
-                                     extra_args=["--max-txn-ops", MAX_TXN_OPS])
+                                     extra_args=["--max-txn-ops", MAX_TXN_OPS,
+                                                 # as README's by-hand cluster: etcd keeps
+                                                 # no revision the store does not need
+                                                 "--auto-compaction-retention", "1h"])
     replicas: list[Replica] = []
     try:
         member.start()
