@@ -630,3 +630,29 @@ def test_a_trim_deletes_only_the_rows_it_drops_not_every_number_below_them() -> 
     assert span == (encode_key(ENTRIES, ("s", LOG, "", 10)),
                     encode_key(ENTRIES, ("s", LOG, "", 13)))
     assert image.tails() == [(("s", LOG, ""), 13, 15, new)]
+
+
+def test_a_trim_after_another_writers_trim_starts_where_that_one_stopped() -> None:
+    # The first row held moves with the deletes another replica's flush made (the
+    # watch replays one per row), so this replica's next trim starts there.
+    from collections import deque
+
+    from dspex_rx.store.durable.image import Dirty, Image
+    from dspex_rx.store.durable.rows import ENTRIES, LOG, Delete, delete_range, encode_key
+    from dspex_rx.store.state import Session
+
+    items = [object() for _ in range(6)]  # rows 10..15
+    image = Image()
+    image.know("s", LOG, "", 10, 14, items[3])
+    image.appended("s", LOG, "", 14, items[4])
+    image.appended("s", LOG, "", 15, items[5])
+    for seq in (10, 11):  # the other writer trimmed two rows
+        image.trimmed("s", LOG, "", seq, items[5])
+    new = object()
+    session = Session("s", {}, 0.0)
+    session.log = deque([items[4], items[5], new])  # type: ignore[list-item]
+    ops = image.batch({"s": session}, {"s": Dirty(log=True)}, (), 0, 1, None)
+    [delete] = [op for op in ops if isinstance(op, Delete)]
+    assert delete_range(delete) == (encode_key(ENTRIES, ("s", LOG, "", 12)),
+                                    encode_key(ENTRIES, ("s", LOG, "", 14)))
+    assert image.tails() == [(("s", LOG, ""), 14, 17, new)]
