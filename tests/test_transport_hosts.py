@@ -219,6 +219,37 @@ async def test_a_listener_that_fails_ends_the_stream_with_its_error(
         await stream.close()
 
 
+def test_a_listener_that_fails_on_a_batch_the_reader_drained_ends_the_stream_too() -> None:
+    # Guards: a message found by receive_batch before its kick ran went to the listener
+    # there, outside the kick's error handling; its failure left the stream open, and
+    # the next read waited for ever (CI saw it on the thread host).
+    from dspex_rx.client.transport import Stream
+
+    class Host:
+        def to_loop(self, fn: object) -> None:
+            raise AssertionError("no call to cancel: the stream never started")
+
+        def to_trio(self, token: object, fn: object) -> None:
+            pass  # the kick never runs: receive_batch finds the message first
+
+    calls: list[int] = []
+
+    def listen(batch: list[pb.EchoRequest]) -> None:
+        calls.append(len(batch))
+        raise KeyError("a bug in the listener")
+
+    async def main() -> None:
+        stream: Stream[pb.EchoRequest] = Stream(
+            Host(), trio.lowlevel.current_trio_token(), listener=listen)  # type: ignore[arg-type]
+        stream._inbox.append(pb.EchoRequest(payload=b"x"))
+        for _ in range(2):
+            with trio.fail_after(30), pytest.raises(KeyError, match="a bug in the listener"):
+                await stream.receive_batch()
+        assert calls == [1]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 async def test_run_now_runs_a_callback_and_what_it_schedules_before_returning(
     child: Child,
 ) -> None:

@@ -434,23 +434,27 @@ class Stream(Generic[M]):
         # On the trio thread: the flag drops before the wake so a message appended after
         # this point schedules another kick rather than being stranded.
         self._kick_pending = False
-        listener = self._listener
-        if listener is not None and self._inbox:
-            try:
-                listener(self._drain())
-            except Exception as exc:
-                # The listener's failure ends the stream with it, as a reader's would:
-                # receive_batch raises it (it must not escape into the loop or trio),
-                # and what arrives after it is dropped.
-                self._listener = self._discard
-                self._error = self._error or exc
-                self._finished = True
-                call = self._call
-                if call is not None:
-                    self._loop.to_loop(call.cancel)
+        if self._listener is not None and self._inbox:
+            self._hand(self._drain())
             if not self._finished:
                 return
         self._ready.set()
+
+    def _hand(self, batch: list[M]) -> None:
+        # To the listener, whichever side drained the inbox (a kick, or receive_batch
+        # finding messages before their kick ran). Its failure ends the stream with it,
+        # as a reader's would: receive_batch raises it, now and at every later read (it
+        # must not escape into the loop or trio), and what arrives after it is dropped.
+        assert self._listener is not None
+        try:
+            self._listener(batch)
+        except Exception as exc:
+            self._listener = self._discard
+            self._error = self._error or exc
+            self._finished = True
+            call = self._call
+            if call is not None:
+                self._loop.to_loop(call.cancel)
 
     def _discard(self, batch: list[M]) -> None:
         pass  # the listener failed: the stream is over
@@ -479,7 +483,7 @@ class Stream(Generic[M]):
                 batch = self._drain()
                 if self._listener is None:
                     return batch
-                self._listener(batch)
+                self._hand(batch)
                 continue
             if self._finished:
                 if self._error is not None:
