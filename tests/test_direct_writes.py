@@ -309,3 +309,45 @@ async def test_a_replica_that_may_not_hold_a_position_is_told_it_again() -> None
         home.streams_opened += 1  # the home stream broke and another one opened
         await call("GetVariable")
         assert [meta.get("x-dspex-after") for _, meta in home.sent[1:]] == ["60", None, "60"]
+
+
+async def test_a_call_without_a_valid_token_never_waits_for_a_position(
+    pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
+) -> None:
+    # Guards: the unary path waited (5 s) for any caller's x-dspex-after before the
+    # token check, so a caller without a token could hold its calls there.
+    import grpc
+
+    from dspex_rx.client.transport import Transport
+    from dspex_rx.wire.security import SESSION_TOKEN_KEY
+
+    _, follower = pair
+    backend = follower.store._backend
+    transport = Transport(follower.target, [])
+    await transport.open()
+    outcome: list[grpc.StatusCode] = []
+    waited: list[int] = []
+
+    async def call() -> None:
+        try:
+            await transport.unary(
+                "/dspex_rx.v1.Variables/GetVariable",
+                pb.GetVariableRequest(session_id="nobody", ref="t"), pb.GetVariableResponse,
+                timeout=30, metadata=((SESSION_TOKEN_KEY, "wrong"),
+                                      ("x-dspex-after", str(10**15))))
+        except grpc.aio.AioRpcError as exc:
+            outcome.append(exc.code())
+
+    def ended_or_waiting() -> bool:
+        waited.append(len(backend._head_waiters))
+        return bool(outcome) or waited[-1] > 0
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await until(ended_or_waiting, "the call ended or waits", 20)
+    finally:
+        await transport.close()
+    assert outcome and outcome[0] in (grpc.StatusCode.UNAUTHENTICATED,
+                                      grpc.StatusCode.NOT_FOUND)
+    assert not any(waited)

@@ -351,16 +351,17 @@ class Unary(Generic[Req, Resp]):
             try:
                 if isinstance(request, Malformed):
                     raise request.exception()
-                if service.forwarder is not None and not getattr(context, "caught_up", False):
-                    # A caller that saw more than this replica holds (a ``direct_writes``
-                    # client after its write at the leader) waits for it, as the Calls
-                    # stream's reader does; before the token check, which needs the
-                    # session.
-                    await forward.catch_up(service.store, context.invocation_metadata())
                 session_id = ""
                 if authenticated:
                     service.authenticate(getattr(request, "session_id", ""), context)
                     session_id = require_session_id(request)
+                    if (service.forwarder is not None
+                            and not getattr(context, "caught_up", False)):
+                        # A session's call that saw more than this replica holds (a
+                        # ``direct_writes`` client's, after its write at the leader)
+                        # waits for it, as the Calls stream's reader does. After the
+                        # token check: a caller without one cannot hold a call 5 s.
+                        await forward.catch_up(service.store, context.invocation_metadata())
                 store = service.store
                 call = Call(service, context, name, session_id)
                 forwarder = service.forwarder
