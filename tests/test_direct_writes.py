@@ -17,16 +17,20 @@ from helpers import until
 from test_etcd_replicas import replica
 from test_write_leader import (  # noqa: F401 - fixtures
     HeldWatch,
+    clients,
     elected,
     forwarder,
     pair,
     prefix,
+    replicas,
     three,
+    write_on_each,
     writes_sent,
 )
 
 import dspex_rx
 from dspex_rx.client.leader_route import LeaderRoute
+from dspex_rx.client.updates import VariableUpdate
 from dspex_rx.errors import InvalidValueError
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.v1 import variables_pb2 as pb
@@ -357,52 +361,17 @@ async def test_direct_writers_on_every_replica_are_each_made_once_in_one_order(
     etcd_endpoint: str, prefix: str,  # noqa: F811
 ) -> None:
     names = ["a", "b", "c"]
-    servers = [replica(etcd_endpoint, prefix) for _ in range(3)]
-    try:
+    with replicas(etcd_endpoint, prefix, 3) as servers:
         leader, _ = await elected(servers)
-        async with dspex_rx.connect(servers[0].target, session_id="shared",
-                                    direct_writes=True) as first:
-            await first.register_variables(
-                [{"name": n, "type": "integer", "initial_value": 0} for n in names])
-            for server in servers[1:]:
-                await until(lambda s=server: "shared" in s.call(s.store.session_ids),
-                            "the session reached every replica", 20)
-            others = [await dspex_rx.SessionContext(
-                "shared", s.target, token=first.token, create=False,
-                direct_writes=True).initialize() for s in servers[1:]]
-            sessions = [first, *others]
-            try:
-                seen: dict[int, list[int]] = {i: [] for i in range(3)}
-                for i, session in enumerate(sessions):
-                    session.observe(names[i]).subscribe(
-                        lambda update, i=i: seen[i].append(update.version))
-                acked: dict[int, list[int]] = {i: [] for i in range(3)}
-
-                async def writer(i: int) -> None:
-                    for k in range(1, 21):
-                        acked[i].append(await sessions[i].set_variable(names[i], k))
-
-                async with trio.open_nursery() as nursery:
-                    for i in range(3):
-                        nursery.start_soon(writer, i)
-                assert all(acked[i] == list(range(2, 22)) for i in range(3))
-                await until(lambda: all(seen[i] and seen[i][-1] == 21 for i in range(3)),
-                            "every watcher saw its variable's last write", 20)
-                for session in sessions:
-                    assert [await session.get_variable(n, bypass_cache=True)
-                            for n in names] == [20, 20, 20]
-                # The followers' clients went to the leader themselves once they learned where
-                # it is and its stream was up (their first writes went the old way).
-                direct = [route_of(s).sent for s, server in zip(sessions, servers,
-                                                               strict=True)
-                          if server is not leader]
-                assert len(direct) == 2 and all(n >= 10 for n in direct)
-            finally:
-                for other in others:
-                    await other.close()
+        seen: dict[int, list[VariableUpdate]] = {i: [] for i in range(3)}
+        async with clients(servers, names, direct_writes=True) as sessions:
+            await write_on_each(sessions, names, seen)
+            # The followers' clients went to the leader themselves once they learned where
+            # it is and its stream was up (their first writes went the old way).
+            direct = [route_of(s).sent for s, server in zip(sessions, servers, strict=True)
+                      if server is not leader]
+            assert len(direct) == 2 and all(n >= 10 for n in direct)
         assert [s.call(lambda s=s: s.store.conflicts) for s in servers] == [0, 0, 0]
-        for i in range(3):
-            assert seen[i] == sorted(set(seen[i]))
-    finally:
-        for server in servers:
-            server.stop()
+    for i in range(3):
+        versions = [u.version for u in seen[i]]
+        assert versions == sorted(set(versions))

@@ -32,7 +32,7 @@ from dspex_rx.server.leader_link import NotSent
 from dspex_rx.store import MemoryStore
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire import codec
-from dspex_rx.wire.channel import AFTER_KEY
+from dspex_rx.wire.channel import AFTER_KEY, position_in
 from dspex_rx.wire.security import SESSION_TOKEN_KEY
 
 
@@ -161,24 +161,49 @@ async def elected(servers: list[EmbeddedServer]) -> tuple[EmbeddedServer, list[E
 
 
 @contextlib.asynccontextmanager
-async def clients(servers: list[EmbeddedServer], names: list[str],
+async def clients(servers: list[EmbeddedServer], names: list[str], **options: Any,
                   ) -> AsyncIterator[list[dspex_rx.SessionContext]]:
     """One client per server on session "shared", its integer variables ``names`` (all
-    0) registered through the first."""
-    async with dspex_rx.connect(servers[0].target, session_id="shared") as first:
+    0) registered through the first; ``options`` go to every client's connection."""
+    async with dspex_rx.connect(servers[0].target, session_id="shared", **options) as first:
         await first.register_variables(
             [{"name": n, "type": "integer", "initial_value": 0} for n in names])
         for server in servers[1:]:
             await until(lambda s=server: "shared" in s.call(s.store.session_ids),
                         "the session reached every replica", 20)
         others = [await dspex_rx.SessionContext("shared", s.target, token=first.token,
-                                                create=False).initialize()
+                                                create=False, **options).initialize()
                   for s in servers[1:]]
         try:
             yield [first, *others]
         finally:
             for client in others:
                 await client.close()
+
+
+async def write_on_each(sessions: list[dspex_rx.SessionContext], names: list[str],
+                        seen: dict[int, list[VariableUpdate]]) -> None:
+    """Client ``i`` watches ``names[i]`` into ``seen[i]`` and writes it 1..20, all at
+    once: each write acknowledged once, every watcher hears its last, every client reads
+    the same final values."""
+    for i, session in enumerate(sessions):
+        session.observe(names[i]).subscribe(seen[i].append)
+    acked: dict[int, list[int]] = {i: [] for i in range(len(sessions))}
+
+    async def writer(i: int) -> None:
+        for k in range(1, 21):
+            acked[i].append(await sessions[i].set_variable(names[i], k))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(sessions)):
+            nursery.start_soon(writer, i)
+    for i in range(len(sessions)):
+        assert acked[i] == list(range(2, 22))  # versions, each acknowledged once
+    await until(lambda: all(seen[i] and seen[i][-1].version == 21 for i in seen),
+                "every watcher saw its variable's last write", 20)
+    for session in sessions:
+        assert [await session.get_variable(n, bypass_cache=True)
+                for n in names] == [20] * len(names)
 
 
 async def test_writes_through_every_replica_are_made_by_the_leader_without_conflicts(
@@ -189,25 +214,8 @@ async def test_writes_through_every_replica_are_made_by_the_leader_without_confl
         _, followers = await elected(servers)
         seen: dict[int, list[VariableUpdate]] = {i: [] for i in range(3)}
         async with clients(servers, names) as sessions:
-            for i, session in enumerate(sessions):
-                session.observe(names[i]).subscribe(seen[i].append)
-            acked: dict[int, list[int]] = {i: [] for i in range(3)}
             before = [writes_sent(forwarder(s)) for s in followers]
-
-            async def writer(i: int) -> None:
-                for k in range(1, 21):
-                    acked[i].append(await sessions[i].set_variable(names[i], k))
-
-            async with trio.open_nursery() as nursery:
-                for i in range(3):
-                    nursery.start_soon(writer, i)
-            for i in range(3):
-                assert acked[i] == list(range(2, 22))  # versions, each acknowledged once
-            await until(lambda: all(seen[i] and seen[i][-1].version == 21 for i in range(3)),
-                        "every watcher saw its variable's last write", 20)
-            for session in sessions:
-                assert [await session.get_variable(n, bypass_cache=True)
-                        for n in names] == [20, 20, 20]
+            await write_on_each(sessions, names, seen)
         # Every write through a follower went to the leader: none conflicted anywhere.
         through = [writes_sent(forwarder(s)) - n for s, n in zip(followers, before, strict=True)]
         assert through == [20, 20]
@@ -611,7 +619,7 @@ async def test_a_callers_malformed_position_on_a_request_is_no_position() -> Non
     store = MemoryStore()
     for value in ("²", "1" * 5000, "-3", ""):
         await forward.catch_up(store, ((AFTER_KEY, value),))
-    assert [forward.position_in(((AFTER_KEY, v),), AFTER_KEY)
+    assert [position_in(((AFTER_KEY, v),), AFTER_KEY)
             for v in ("²", "1" * 5000, "17")] == [0, 0, 17]
 
 
