@@ -567,18 +567,17 @@ class Connection:
         if metadata is None:
             metadata = token_metadata(self.token)
         # Closing: unary, since the Calls stream stops with the services, maybe mid-call.
-        pipeline = None if self.closed else self.pipeline
+        pipeline, route = None if self.closed else self.pipeline, self.route
         try:
             try:
                 if pipeline is None or metadata != pipeline.metadata or method in _UNARY_ONLY:
                     raise NotSent
                 wait = self.timeout if timeout is None else timeout
-                route = self.route
                 response: M = await (
                     pipeline.call(method, request, response_type, wait) if route is None
                     else route.call(pipeline, method, request, response_type, wait))
             except NotSent:
-                path, route = f"/{SERVICE_NAME}/{method}", self.route
+                path = f"/{SERVICE_NAME}/{method}"
                 response = await (
                     self.transport.unary(path, request, response_type, timeout,
                                          metadata=metadata) if route is None

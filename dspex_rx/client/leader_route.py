@@ -30,7 +30,13 @@ from google.protobuf.message import Message
 from dspex_rx.client.calls import NotSent, Pipeline
 from dspex_rx.logs import get_logger
 from dspex_rx.v1 import variables_pb2 as pb
-from dspex_rx.wire.channel import AFTER_KEY, LEADER_KEY, POSITION_KEY, SERVICE_NAME
+from dspex_rx.wire.channel import (
+    AFTER_KEY,
+    LEADER_KEY,
+    POSITION_KEY,
+    SERVICE_NAME,
+    position_in,
+)
 
 log = get_logger("dspex_rx.client")
 
@@ -42,13 +48,6 @@ PROBE_TIMEOUT = 5.0
 # clock), doubling up to LAST_PAUSE; writes go to the session's own replica meanwhile.
 FIRST_PAUSE = 0.5
 LAST_PAUSE = 30.0
-
-
-def _position(trailers: list[tuple[str, str]]) -> int:
-    for key, value in trailers:
-        if key == POSITION_KEY and value.isascii() and value.isdigit() and len(value) <= 20:
-            return int(value)
-    return 0
 
 
 def _leader(trailers: list[tuple[str, str]]) -> str:
@@ -205,7 +204,7 @@ class LeaderRoute:
 
         Example: ``route.home_answered([("x-dspex-position", "1042")])``.
         """
-        self._home_position = max(self._home_position, _position(trailers))
+        self._home_position = max(self._home_position, position_in(trailers, POSITION_KEY))
 
     async def _at_leader(self, leg: _Leg, pipeline: Pipeline, method: str,
                          request: Message, response_type: type[M], timeout: float | None,
@@ -224,7 +223,7 @@ class LeaderRoute:
             if leg.retiring and leg.calls == 0:
                 leg.scope.cancel()
         self.sent += 1
-        position = _position(trailers)
+        position = position_in(trailers, POSITION_KEY)
         if not position:
             log.warning("write_leader_without_position", leader=leg.address,
                         why="a server from before direct writes: they go through the "

@@ -26,7 +26,7 @@ from dspex_rx.logs import get_logger
 from dspex_rx.server import offload
 from dspex_rx.server.leader_link import FORWARDED_KEY, GRPC_MAX_MESSAGE, LeaderLink, NotSent
 from dspex_rx.v1 import calls_pb2 as cpb
-from dspex_rx.wire.channel import AFTER_KEY, LEADER_KEY, POSITION_KEY
+from dspex_rx.wire.channel import AFTER_KEY, LEADER_KEY, POSITION_KEY, position_in
 
 log = get_logger("dspex_rx.server")
 
@@ -108,20 +108,6 @@ def relayed(metadata: Sequence[tuple[str, Any]] | None) -> bool:
     (True, False, False)
     """
     return any(key == FORWARDED_KEY for key, _ in metadata or ())
-
-
-def position_in(metadata: Sequence[tuple[str, Any]] | None, key: str) -> int:
-    """The store position another replica put under ``key`` (0: none). A caller may send
-    any metadata: what is no plain number is none, not an error ("²" passes
-    ``str.isdigit`` yet ``int`` refuses it, as it does a number of 5,000 digits).
-
-    >>> position_in(((AFTER_KEY, "1042"),), AFTER_KEY), position_in(((AFTER_KEY, "²"),), AFTER_KEY)
-    (1042, 0)
-    """
-    for name, value in metadata or ():
-        if name == key and isinstance(value, str) and value.isascii() and value.isdigit():
-            return int(value) if len(value) <= 20 else 0
-    return 0
 
 
 async def catch_up(store: Any, metadata: Sequence[tuple[str, Any]] | None) -> None:

@@ -352,11 +352,11 @@ class Unary(Generic[Req, Resp]):
                 if isinstance(request, Malformed):
                     raise request.exception()
                 session_id = ""
+                forwarder = service.forwarder
                 if authenticated:
                     service.authenticate(getattr(request, "session_id", ""), context)
                     session_id = require_session_id(request)
-                    if (service.forwarder is not None
-                            and not getattr(context, "caught_up", False)):
+                    if forwarder is not None and not getattr(context, "caught_up", False):
                         # A session's call that saw more than this replica holds (a
                         # ``direct_writes`` client's, after its write at the leader)
                         # waits for it, as the Calls stream's reader does. After the
@@ -364,7 +364,6 @@ class Unary(Generic[Req, Resp]):
                         await forward.catch_up(service.store, context.invocation_metadata())
                 store = service.store
                 call = Call(service, context, name, session_id)
-                forwarder = service.forwarder
                 leader_asked = forwards and forward.relayed(context.invocation_metadata())
                 # The session's forwarded writes this call comes after: those already
                 # there as it enters its lane, never a later write's (one forwarded

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import socket
+from collections.abc import Sequence
+from typing import Any
 
 from dspex_rx.core.limits import DEFAULT_LIMITS
 from dspex_rx.errors import InvalidValueError
@@ -303,3 +305,17 @@ def target_error(target: object) -> str:
         "target must be an address string such as 'localhost:50051', got "
         f"{kind.__qualname__}"
     )
+
+
+def position_in(metadata: Sequence[tuple[str, Any]] | None, key: str) -> int:
+    """The store position a replica or client put under ``key`` (0: none). A caller may
+    send any metadata: what is no plain number is none, not an error ("²" passes
+    ``str.isdigit`` yet ``int`` refuses it, as it does a number of 5,000 digits).
+
+    >>> position_in(((AFTER_KEY, "1042"),), AFTER_KEY), position_in(((AFTER_KEY, "²"),), AFTER_KEY)
+    (1042, 0)
+    """
+    for name, value in metadata or ():
+        if name == key and isinstance(value, str) and value.isascii() and value.isdigit():
+            return int(value) if len(value) <= 20 else 0
+    return 0
