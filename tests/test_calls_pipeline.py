@@ -68,10 +68,12 @@ class ScriptedStream:
     async def close(self) -> None:
         self.finish(rpc_error(grpc.StatusCode.CANCELLED, "closed"))
 
-    def answer(self, *ids: int, code: int = 0) -> None:
+    def answer(self, *ids: int, code: int = 0, trailers: tuple[tuple[str, str], ...] = (),
+               ) -> None:
         self.inbox.append(cpb.ReplyFrame(replies=[
             cpb.CallReply(id=i, code=code,
-                          response=pb.EchoResponse(payload=str(i).encode()).SerializeToString())
+                          response=pb.EchoResponse(payload=str(i).encode()).SerializeToString(),
+                          trailers=[cpb.TrailerPair(key=k, value=v) for k, v in trailers])
             for i in ids]))
         self.arrived.set()
 

@@ -34,6 +34,7 @@ from dspex_rx.client.updates import VariableUpdate
 from dspex_rx.errors import InvalidValueError
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire.channel import POSITION_KEY, position_in
 
 
 def route_of(session: dspex_rx.SessionContext) -> LeaderRoute:
@@ -211,22 +212,22 @@ async def test_direct_writes_must_be_a_bool() -> None:
 
 
 class FakePipeline:
-    """A Calls stream that answers every call with ``trailers`` and keeps each call's
-    request metadata."""
+    """A Calls stream that answers every call with ``trailers`` (and a store revision far
+    above any position) and keeps each call's method and ``after``."""
 
     def __init__(self, trailers: list[tuple[str, str]]) -> None:
         self.connected = True
-        self.streams_opened = 1
         self.trailers = trailers
-        self.sent: list[tuple[str, dict[str, str]]] = []
+        self.sent: list[tuple[str, int]] = []
+        self.position = 0  # the highest an answer carried, as Pipeline keeps it
 
     async def call(self, method: str, request: Any, response_type: Any, timeout: Any,
-                   metadata: tuple[tuple[str, str], ...] = (),
-                   trailers: list[tuple[str, str]] | None = None) -> Any:
-        self.sent.append((method, dict(metadata)))
+                   after: int = 0, trailers: list[tuple[str, str]] | None = None) -> Any:
+        self.sent.append((method, after))
         if trailers is not None:
             trailers.extend(self.trailers)
-        return response_type()
+        self.position = max(self.position, position_in(self.trailers, POSITION_KEY))
+        return response_type(revision=9_999)
 
 
 async def test_positions_not_revisions_tell_each_replica_what_to_hold_first() -> None:
@@ -246,17 +247,25 @@ async def test_positions_not_revisions_tell_each_replica_what_to_hold_first() ->
             await route.call(home, "SetVariable", pb.SetVariableRequest(),  # type: ignore[arg-type]
                              pb.SetVariableResponse, 5.0)
         home.trailers = []
-        for _ in range(2):
-            await route.call(home, "GetVariable", pb.GetVariableRequest(),  # type: ignore[arg-type]
-                             pb.GetVariableResponse, 5.0)
-        # The leader is told what the session's replica stored once; it knows the rest.
-        assert leader.sent == [("SetVariable", {"token": "t", "x-dspex-after": "40"}),
-                               ("SetVariable", {})]
-        # The first read waits on the session's replica for the leader's write; the
-        # next needs not (that replica answered the first, so it holds it).
-        assert home.sent == [("SetVariable", {}),
-                             ("GetVariable", {"token": "t", "x-dspex-after": "55"}),
-                             ("GetVariable", {})]
+        await route.call(home, "GetVariable", pb.GetVariableRequest(),  # type: ignore[arg-type]
+                         pb.GetVariableResponse, 5.0)
+        # The leader hears what the session's replica stored, that replica what the
+        # leader stored (each stream sends it only once: test_calls_positions.py).
+        assert leader.sent == [("SetVariable", 40), ("SetVariable", 55)]
+        assert home.sent == [("SetVariable", 0), ("GetVariable", 55)]
+
+
+async def test_without_direct_writes_every_call_goes_home_with_the_sessions_position(
+) -> None:
+    async with trio.open_nursery() as nursery:
+        home = FakePipeline([("x-dspex-leader", "10.0.0.2:1"), ("x-dspex-position", "40")])
+        route = LeaderRoute(None, (("token", "t"),), nursery, home)  # type: ignore[arg-type]
+        for method in ("SetVariable", "SetVariable", "GetVariable"):
+            await route.call(home, method, pb.SetVariableRequest(),  # type: ignore[arg-type]
+                             pb.SetVariableResponse, 5.0)
+        # The leader it names is not followed; its position is kept all the same.
+        assert (route.address, route.methods, route.position) == ("", set(), 40)
+        assert home.sent == [("SetVariable", 0), ("SetVariable", 40), ("GetVariable", 40)]
 
 
 async def test_a_heartbeat_never_waits_for_the_leaders_writes_but_other_unary_calls_do(
@@ -284,35 +293,6 @@ async def test_a_heartbeat_never_waits_for_the_leaders_writes_but_other_unary_ca
     after = str(route_of(on_follower).position)
     assert [(method, meta.get("x-dspex-after")) for method, meta in sent] == [
         ("Heartbeat", None), ("GetVariable", after)]
-
-
-async def test_a_replica_that_may_not_hold_a_position_is_told_it_again() -> None:
-    # Guards: a leader whose wait for a position ran out (it answered with less) was
-    # taken to hold it; and a new home stream (perhaps another replica) was told nothing.
-    async with trio.open_nursery() as nursery:
-        route = LeaderRoute(lambda address: trio.sleep(0), (("token", "t"),), nursery)
-        route._probe = lambda leg: None  # type: ignore[method-assign]
-        home = FakePipeline([("x-dspex-leader", "10.0.0.2:1"), ("x-dspex-position", "40")])
-
-        async def call(method: str) -> None:
-            await route.call(home, method, pb.SetVariableRequest(),  # type: ignore[arg-type]
-                             pb.SetVariableResponse, 5.0)
-
-        await call("SetVariable")
-        assert route._leg is not None
-        leader = FakePipeline([("x-dspex-position", "30")])  # behind what it was told
-        route._leg.pipeline = leader  # type: ignore[assignment]
-        await call("SetVariable")
-        leader.trailers = [("x-dspex-position", "60")]
-        await call("SetVariable")
-        await call("SetVariable")
-        assert [meta.get("x-dspex-after") for _, meta in leader.sent] == ["40", "40", None]
-        home.trailers = []
-        await call("GetVariable")
-        await call("GetVariable")
-        home.streams_opened += 1  # the home stream broke and another one opened
-        await call("GetVariable")
-        assert [meta.get("x-dspex-after") for _, meta in home.sent[1:]] == ["60", None, "60"]
 
 
 async def test_a_call_without_a_valid_token_never_waits_for_a_position(

@@ -18,6 +18,14 @@ answered by id, so calls made at once from many trio tasks leave packed in a few
 # its calls go unary, and so do later calls for a while (``FIRST_RETRY``, doubling), so a
 # server that cannot be reached fails them UNAVAILABLE as it fails unary calls, and the
 # stream is not reopened in a loop that only gRPC's fail-fast open stands between.
+#
+# Positions (over replicas): a call may say what its replica must hold before it runs
+# (``after``, a store position some answer carried). It leaves with that position
+# (``x-dspex-after``) only if the stream it leaves on was not told as much yet: the server
+# reads a stream's requests in order and waits at each such one (server/calls.py), so
+# every request after it on that stream runs once the replica holds it. A new stream,
+# perhaps on another replica (a failover), was told nothing: decided as a request
+# leaves, not as it is made, so one queued while a stream broke still carries it.
 
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from google.protobuf.message import Message
 from dspex_rx.client.deadlines import Deadlines
 from dspex_rx.logs import get_logger
 from dspex_rx.v1 import calls_pb2 as cpb
+from dspex_rx.wire.channel import AFTER_KEY, POSITION_KEY, position_in
 
 log = get_logger("dspex_rx.client")
 
@@ -72,13 +81,14 @@ def rpc_error(code: grpc.StatusCode, details: str,
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "reply", "sent")
+    __slots__ = ("after", "done", "error", "reply", "sent")
 
-    def __init__(self) -> None:
+    def __init__(self, after: int) -> None:
         self.done = trio.Event()
         self.reply: cpb.CallReply | None = None
         self.error: BaseException | None = None
         self.sent = False
+        self.after = after
 
 
 class Pipeline:
@@ -123,14 +133,20 @@ class Pipeline:
         # and the next such pause.
         self._retry_at: float | None = None
         self._retry_delay = FIRST_RETRY
+        # The highest position the current stream's replica holds, as far as this side
+        # knows: it was told so, or answered with it (0 for a new stream); and the
+        # highest any answer carried (on any stream).
+        self.holds = 0
+        self.position = 0
 
     async def call(self, method: str, request: Message, response_type: type[M],
-                   timeout: float | None, metadata: tuple[tuple[str, str], ...] = (),
+                   timeout: float | None, after: int = 0,
                    trailers: list[tuple[str, str]] | None = None) -> M:
         """Make ``method`` with ``request`` on the stream; its answer, or the
         ``AioRpcError`` the unary call would raise. ``NotSent`` if it never left.
-        ``metadata`` replaces the stream's for this request (the server reads only the
-        request's own when it has some); an answer's trailers go into ``trailers``.
+        ``after``: the store position the replica must hold before it runs the call
+        (sent only if its stream was not told as much); an answer's trailers go into
+        ``trailers``.
 
         Example: ``await pipeline.call("Echo", pb.EchoRequest(), pb.EchoResponse, 5.0)``.
         """
@@ -149,12 +165,9 @@ class Pipeline:
             await self._slots.acquire()
         try:
             call_id = next(self._ids)
-            waiter = _Waiter()
+            waiter = _Waiter(after)
             self._waiters[call_id] = waiter
-            outgoing = self._outbox[call_id] = cpb.CallRequest(
-                id=call_id, method=method, request=payload)
-            for key, value in metadata:
-                outgoing.metadata.add(key=key, value=value)
+            self._outbox[call_id] = cpb.CallRequest(id=call_id, method=method, request=payload)
             if len(self._waiters) == 1 and not self._crowd:
                 self._flush()  # alone: at once, no writer task to wake
             else:
@@ -241,6 +254,7 @@ class Pipeline:
         # Before the open: the server's first frame may reach the listener before
         # open_stream returns (the writer task's first flush then sends the queue).
         self._served = False
+        self.holds = 0  # a new stream, perhaps to another replica, was told nothing
         try:
             stream = await self._transport.open_stream(
                 self._path, cpb.ReplyFrame, metadata=self.metadata, listener=self._deliver)
@@ -292,9 +306,24 @@ class Pipeline:
         for frame in batch:
             for reply in frame.replies:
                 waiter = waiters.pop(reply.id, None)
+                if reply.trailers:
+                    self._answered_at(reply, waiter)
                 if waiter is not None:  # else: given up on meanwhile
                     waiter.reply = reply
                     waiter.done.set()
+
+    def _answered_at(self, reply: cpb.CallReply, waiter: _Waiter | None) -> None:
+        # A write's answer names the position it reached there: the replica holds it (or
+        # holds the session's later calls until it does, for a write it forwarded). Less
+        # than its request said to hold first: that wait ran out, so it is told again.
+        position = position_in([(p.key, p.value) for p in reply.trailers], POSITION_KEY)
+        if not position:
+            return
+        self.position = max(self.position, position)
+        if waiter is not None and waiter.after > position:
+            self.holds = min(self.holds, position)
+        else:
+            self.holds = max(self.holds, position)
 
     def _fail(self, error: BaseException) -> None:
         # The stream ended with ``error``: the calls it carried fail with it; the queued
@@ -366,7 +395,13 @@ class Pipeline:
         while outbox and size < MAX_FRAME_BYTES and len(frame.calls) < room:
             call_id = next(iter(outbox))
             request = outbox.pop(call_id)
-            self._waiters[call_id].sent = True
+            waiter = self._waiters[call_id]
+            waiter.sent = True
+            if waiter.after > self.holds:
+                # Its own metadata replaces the stream's: the token goes with it.
+                for key, value in (*self.metadata, (AFTER_KEY, str(waiter.after))):
+                    request.metadata.add(key=key, value=value)
+                self.holds = waiter.after
             frame.calls.append(request)
             size += len(request.request) + 32
         # Counted before the write ends: its answers may come back first.

@@ -336,9 +336,11 @@ class Connection:
                         self.pipeline = Pipeline(self.transport, f"/{SERVICE_NAME}/Calls",
                                                  token_metadata(self.token))
                         await nursery.start(self.pipeline.run)
-                        if self._direct_writes and self._open_replica is not None:
-                            self.route = LeaderRoute(self._open_replica,
-                                                     token_metadata(self.token), nursery)
+                    # Always: over replicas, positions keep a read after a write showing
+                    # it on whichever replica serves the session (a failover moves it).
+                    self.route = LeaderRoute(
+                        self._open_replica if self._direct_writes and self.pipelined
+                        else None, token_metadata(self.token), nursery, self.pipeline)
                     started.set()
                     await stop.wait()
                     nursery.cancel_scope.cancel()

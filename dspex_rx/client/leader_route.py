@@ -1,5 +1,5 @@
-"""Writes sent to the write leader directly (``direct_writes=True``): which replica leads,
-as the session's own replica says when it forwards a write, and the Calls stream to it.
+"""Where a session's calls go over replicas, and what each replica must hold first: its own
+replica, and with ``direct_writes=True`` the write leader that replica names for writes.
 """
 
 # Over replicas, a follower forwards each write to the leader, which costs a second RPC
@@ -9,15 +9,16 @@ as the session's own replica says when it forwards a write, and the Calls stream
 # its own, once that stream is open and served (so a leader the client cannot reach, or
 # one still connecting, never delays a write: it goes the old way meanwhile).
 #
-# What a call made after another sees stays as it was. Replicas answer a write with
-# their store's position (over etcd, the etcd revision their live state holds: not the
-# store revision answers carry, which counts writes only). A call to the leader carries
-# the highest position the session was answered with (``x-dspex-after``): the leader runs
-# it once it holds that much (a write its replica made itself, the link down). The
-# session's next call on its own replica carries the leader's latest position, and waits
-# there until that replica holds it, so a read after a write shows the write, as after a
-# forwarded one. Only calls in flight at
-# once may pass each other, as calls from two tasks may on one stream.
+# What a call made after another sees stays as it was, whichever replica makes it.
+# Replicas answer a write with their store's position (over etcd, the etcd revision their
+# live state holds: not the store revision answers carry, which counts writes only). Each
+# call says the highest position the session was answered with, and goes with it to any
+# stream not told as much (``Pipeline.call``'s ``after``): the leader runs it once it holds
+# that much (a write its replica made itself, the link down); the session's own replica
+# waits until it holds the leader's write, so a read after a write shows it; and so does
+# another replica after a failover, which no one told anything. Only calls in flight at
+# once may pass each other, as calls from two tasks may on one stream. Without
+# ``direct_writes`` the route only carries positions: every call goes to its own replica.
 
 from __future__ import annotations
 
@@ -62,9 +63,6 @@ class _Leg:
         self.pipeline: Pipeline | None = None
         self.calls = 0
         self.retiring = False
-        # The highest position this leader holds, as far as the session knows (it said
-        # so, or answered with it): calls carry a position only past it.
-        self.told = 0
         # Cancels the current run of its stream (a new scope for each run).
         self.scope = trio.CancelScope()
         # Whether its stream is being opened, and when it may be tried again.
@@ -80,38 +78,49 @@ class _Leg:
 
 
 class LeaderRoute:
-    """Where a ``direct_writes`` session's calls go: the RPCs its replica forwarded go to
-    the leader that replica named, the rest (and all of them while the leader's stream is
-    not up) to the session's own replica, each carrying what the other path stored.
+    """Where a session's calls go: given ``connect`` (``direct_writes=True``), the RPCs its
+    replica forwarded go to the leader that replica named, the rest (and all of them while
+    the leader's stream is not up) to the session's own replica; each call carries the
+    highest position the session was answered with, for a replica not told it yet.
 
-    ``connect(address)`` makes an opened transport to a replica, as the session's own;
-    ``metadata`` is the session's (its token); ``nursery`` runs the leader's stream.
+    ``connect(address)`` makes an opened transport to a replica, as the session's own
+    (None: no calls to the leader); ``metadata`` is the session's (its token);
+    ``nursery`` runs the leader's stream.
 
     Example: ``route = LeaderRoute(connect, token_metadata(token), nursery)``, then
     ``await route.call(home, "SetVariable", request, pb.SetVariableResponse, 30.0)``.
     """
 
-    def __init__(self, connect: Callable[[str], Awaitable[Any]],
-                 metadata: tuple[tuple[str, str], ...], nursery: trio.Nursery) -> None:
+    def __init__(self, connect: Callable[[str], Awaitable[Any]] | None,
+                 metadata: tuple[tuple[str, str], ...], nursery: trio.Nursery,
+                 home: Pipeline | None = None) -> None:
         self._connect = connect
         self._metadata = metadata
         self._nursery = nursery
+        # Whether the leader's RPCs go to the leader (``direct_writes=True``).
+        self.direct = connect is not None
+        # The session's own replica's pipeline: the positions its answers carried count.
+        self.home = home
         # RPCs a replica answered as forwarded: the leader's own from now on.
         self.methods: set[str] = set()
         self._leg: _Leg | None = None
-        # The highest position the leader answered with; the highest one the session's
-        # own replica was asked to hold (and held: it answered), and answered with.
-        self.position = 0
-        self._home_holds = 0
-        self._home_position = 0
+        # The highest position the leader's and unary answers carried.
+        self._position = 0
         # Calls the leader answered (for tests and the logs).
         self.sent = 0
         # Set once a leader answered without its position (a server from before this
         # route): the session's replica could not be told what to wait for.
         self.off = False
-        # The home stream the holds above were made on (another one, perhaps on another
-        # replica, was told nothing).
-        self._home_stream = -1
+
+    @property
+    def position(self) -> int:
+        """The highest position any replica answered this session with (0 on one server,
+        which answers none): what a replica the session's calls reach must hold first.
+
+        Example: ``route.position`` is ``1042`` after a write a replica stored there.
+        """
+        home = self.home
+        return self._position if home is None else max(self._position, home.position)
 
     @property
     def address(self) -> str:
@@ -131,7 +140,7 @@ class LeaderRoute:
         30.0)``.
         """
         leg = self._leg
-        if method in self.methods and leg is not None and not self.off:
+        if method in self.methods and leg is not None and not self.off and self.direct:
             pipeline = leg.pipeline
             if pipeline is not None and pipeline.connected:
                 try:
@@ -141,25 +150,14 @@ class LeaderRoute:
                     pass  # never left (too large, or its stream broke first): made here
             else:
                 self._probe(leg)
-        # What the replica serving the home stream was asked to hold: nothing, for a
-        # stream not yet open, or another than the one asked (perhaps another replica).
-        stream = home.streams_opened if home.connected else -1
-        if stream != self._home_stream:
-            self._home_holds = 0
+        if not self.direct:
+            # (The answer's position, if any, is ``home.position`` now.)
+            return await home.call(method, request, response_type, timeout, self.position)
         trailers: list[tuple[str, str]] = []
-        after = self.position
-        if after > self._home_holds:
-            response = await home.call(method, request, response_type, timeout,
-                                       (*self._metadata, (AFTER_KEY, str(after))), trailers)
-            if stream >= 0 and home.streams_opened == stream:
-                # Answered on the stream it left on. (Raised to ``after`` even if that
-                # replica's wait ran out: then it is catching up, and will hold it.)
-                self._home_stream = stream
-                self._home_holds = max(self._home_holds, after)
-        else:
-            response = await home.call(method, request, response_type, timeout, (), trailers)
+        response = await home.call(method, request, response_type, timeout, self.position,
+                                   trailers)
         if trailers:
-            self.home_answered(trailers)
+            self.answered(trailers)
             leader = _leader(trailers)
             if leader:
                 self.methods.add(method)
@@ -174,7 +172,7 @@ class LeaderRoute:
                          response_type: type[M], timeout: float | None,
                          metadata: tuple[tuple[str, str], ...], wait: bool) -> M:
         """Make one unary call on the session's replica (its Calls stream unavailable):
-        with the leader's position to hold first if ``wait`` (not the lifecycle calls: a
+        with the session's position to hold first if ``wait`` (not the lifecycle calls: a
         heartbeat must test the connection, not wait on a replica catching up), and
         noting the position it answers with.
 
@@ -186,38 +184,34 @@ class LeaderRoute:
         trailers: list[tuple[str, str]] = []
         response: M = await transport.unary(path, request, response_type, timeout,
                                             metadata=metadata, trailers=trailers)
-        self.home_answered(trailers)
+        self.answered(trailers)
         return response
 
     def home_metadata(self) -> tuple[tuple[str, str], ...]:
-        """What a unary call to the session's replica adds to its metadata: the leader's
-        position it must hold first (always: the unary call may reach another replica
-        than the stream did).
+        """What a unary call to the session's replica adds to its metadata: the session's
+        position it must hold first (always: a unary call may reach another replica than
+        the last one did).
 
         Example: ``metadata = (*token_metadata(token), *route.home_metadata())``.
         """
         return ((AFTER_KEY, str(self.position)),) if self.position else ()
 
-    def home_answered(self, trailers: list[tuple[str, str]]) -> None:
-        """Note the position the session's replica answered with (a write it made, or an
-        attach): news for the leader's next call.
+    def answered(self, trailers: list[tuple[str, str]]) -> None:
+        """Note the position a replica answered with (a write it made or forwarded, an
+        attach): what the session's next calls elsewhere must wait for.
 
-        Example: ``route.home_answered([("x-dspex-position", "1042")])``.
+        Example: ``route.answered([("x-dspex-position", "1042")])``.
         """
-        self._home_position = max(self._home_position, position_in(trailers, POSITION_KEY))
+        self._position = max(self._position, position_in(trailers, POSITION_KEY))
 
     async def _at_leader(self, leg: _Leg, pipeline: Pipeline, method: str,
                          request: Message, response_type: type[M], timeout: float | None,
                          ) -> M:
-        seen = max(self.position, self._home_position)
-        # Per-request metadata only when there is news for the leader: it replaces the
-        # stream's, and costs both ends a wait check per request.
-        metadata = (*self._metadata, (AFTER_KEY, str(seen))) if seen > leg.told else ()
         trailers: list[tuple[str, str]] = []
         leg.calls += 1
         try:
             response = await pipeline.call(method, request, response_type, timeout,
-                                           metadata, trailers)
+                                           self.position, trailers)
         finally:
             leg.calls -= 1
             if leg.retiring and leg.calls == 0:
@@ -229,9 +223,7 @@ class LeaderRoute:
                         why="a server from before direct writes: they go through the "
                         "session's replica from now on")
             self.off = True
-        self.position = max(self.position, position)
-        # What it answered with, not what it was told: its wait may have run out.
-        leg.told = max(leg.told, position)
+        self._position = max(self._position, position)
         moved = _leader(trailers)
         if moved:
             # Not the leader any more: it forwarded the call to the one it names.
@@ -290,6 +282,7 @@ class LeaderRoute:
             return
         try:
             with leg.scope:
+                assert self._connect is not None  # (legs are made only when direct)
                 transport = await self._connect(leg.address)
                 leg.pipeline = Pipeline(transport, CALLS_PATH, self._metadata)
                 await leg.pipeline.run(task_status=task_status)
