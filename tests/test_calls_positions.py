@@ -105,3 +105,21 @@ async def test_a_request_queued_as_its_stream_broke_carries_its_position_on_the_
         assert sent_afters(second) == ["40"]
         second.answer(*ids(second.sent[0]))
     assert got == ["UNAVAILABLE", "answered"]
+
+
+# Guards: a call that told a position and was given up before its answer (which says
+# whether that replica's wait ran out) left the stream taken to hold it.
+async def test_a_call_given_up_after_telling_a_position_has_the_stream_told_again(
+    piped: Any,  # noqa: F811
+) -> None:
+    pipeline, transport = piped
+    await answered(pipeline, transport, 40, position=40)
+    stream = transport.streams[0]
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: pipeline.call(
+                "Echo", pb.EchoRequest(), pb.EchoResponse, 30, 55))
+            await stream.wait_for_frames(2)
+            scope.cancel()
+    await answered(pipeline, transport, 55)
+    assert sent_afters(stream) == ["40", "55", "55"]

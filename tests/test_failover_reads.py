@@ -15,7 +15,7 @@ from helpers import through_reconnect, until
 from test_write_leader import HeldWatch, pair, prefix  # noqa: F401 - fixtures
 
 import dspex_rx
-from dspex_rx.server import EmbeddedServer
+from dspex_rx.server import EmbeddedServer, forward
 
 
 def position(server: EmbeddedServer) -> int:
@@ -52,3 +52,74 @@ async def test_a_read_after_a_failover_waits_until_the_new_replica_holds_the_wri
             assert read == []
             watch.release()
         assert read == [1]
+
+
+async def moved_to_follower(pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
+                            session: dspex_rx.SessionContext) -> HeldWatch:
+    """``t`` registered (0), then set to 1 through the leader while the follower hears
+    nothing from etcd, and the leader stopped: the session's calls go to the follower,
+    which does not hold the write until the returned watch is released."""
+    leader, follower = pair
+    await session.register_variable("t", "integer", 0)
+    await until(lambda: position(follower) >= position(leader),
+                "the follower holds the session and its variable", 20)
+    watch = HeldWatch(follower)
+    assert await session.set_variable("t", 1) == 2
+    await trio.to_thread.run_sync(leader.stop)
+    return watch
+
+
+# Guards: a replica whose wait for the session's position ran out (its etcd watch stuck)
+# was taken to hold it once told, so every later read there showed the value before the
+# write without waiting.
+async def test_a_replica_whose_wait_ran_out_is_told_the_position_again(
+    pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    leader, follower = pair
+    async with dspex_rx.connect([leader.target, follower.target],
+                                session_id="stuck") as session:
+        watch = await moved_to_follower(pair, session)
+        monkeypatch.setattr(forward, "HOLD_WAIT", 0.05)  # its wait runs out at once
+        assert await through_reconnect(
+            lambda: session.get_variable("t", bypass_cache=True)) == 0
+        monkeypatch.setattr(forward, "HOLD_WAIT", 30.0)
+        read: list[int] = []
+
+        async def read_again() -> None:
+            read.append(await session.get_variable("t", bypass_cache=True))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_again)
+            await until(lambda: len(watch.backend._head_waiters) > 0,
+                        "the next read waits on the follower again", 30)
+            assert read == []
+            watch.release()
+        assert read == [1]
+
+
+# Guards: the first attach's position was dropped (the route did not exist yet), so a
+# call right after it that a failover sent to a replica the new session had not reached
+# was refused there ("no session") instead of waiting for it.
+async def test_a_call_right_after_the_attach_waits_for_the_session_on_another_replica(
+    pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
+) -> None:
+    leader, follower = pair
+    watch = HeldWatch(follower)  # the follower will not hear of the session until released
+    async with dspex_rx.connect([leader.target, follower.target],
+                                session_id="fresh") as session:
+        route = session._conn.route
+        assert route is not None and route.position == position(leader)
+        await trio.to_thread.run_sync(leader.stop)
+        listed: list[Any] = []
+
+        async def list_after() -> None:
+            listed.append(await through_reconnect(session.list_variables))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(list_after)
+            await until(lambda: len(watch.backend._head_waiters) > 0,
+                        "the call waits on the follower for the session", 30)
+            assert listed == []
+            watch.release()
+        assert listed == [[]]

@@ -134,9 +134,11 @@ class Pipeline:
         self._retry_at: float | None = None
         self._retry_delay = FIRST_RETRY
         # The highest position the current stream's replica holds, as far as this side
-        # knows: it was told so, or answered with it (0 for a new stream); and the
-        # highest any answer carried (on any stream).
+        # knows: it was told so, or answered with it (0 for a new stream); the position
+        # each request still unanswered told it, by id; and the highest position any
+        # answer carried (on any stream).
         self.holds = 0
+        self._told: dict[int, int] = {}
         self.position = 0
 
     async def call(self, method: str, request: Message, response_type: type[M],
@@ -208,6 +210,10 @@ class Pipeline:
     def _give_up(self, call_id: int, waiter: _Waiter) -> None:
         if self._waiters.pop(call_id, None) is None:
             return  # answered, or failed with its stream, meanwhile
+        if self._told.pop(call_id, None) is not None:
+            # Its answer, which would say whether that replica's wait ran out, may never
+            # come (the server drops a cancelled call's): tell the stream again.
+            self.holds = 0
         if self._outbox.pop(call_id, None) is None and waiter.sent:
             self._cancels.append(call_id)
             self._wake_writer()
@@ -255,6 +261,7 @@ class Pipeline:
         # open_stream returns (the writer task's first flush then sends the queue).
         self._served = False
         self.holds = 0  # a new stream, perhaps to another replica, was told nothing
+        self._told.clear()
         try:
             stream = await self._transport.open_stream(
                 self._path, cpb.ReplyFrame, metadata=self.metadata, listener=self._deliver)
@@ -306,21 +313,23 @@ class Pipeline:
         for frame in batch:
             for reply in frame.replies:
                 waiter = waiters.pop(reply.id, None)
+                told = self._told.pop(reply.id, 0) if self._told else 0
                 if reply.trailers:
-                    self._answered_at(reply, waiter)
+                    self._answered_at(reply, told)
                 if waiter is not None:  # else: given up on meanwhile
                     waiter.reply = reply
                     waiter.done.set()
 
-    def _answered_at(self, reply: cpb.CallReply, waiter: _Waiter | None) -> None:
-        # A write's answer names the position it reached there: the replica holds it (or
-        # holds the session's later calls until it does, for a write it forwarded). Less
-        # than its request said to hold first: that wait ran out, so it is told again.
+    def _answered_at(self, reply: cpb.CallReply, told: int) -> None:
+        # A write's answer names the position it reached there (the replica holds it,
+        # or holds the session's later calls until it does, for a write it relayed); an
+        # answer to a request that told a position, the one the call ran at. Less than
+        # it was told: that wait ran out (at most 5 s), so the stream is told again.
         position = position_in([(p.key, p.value) for p in reply.trailers], POSITION_KEY)
         if not position:
             return
         self.position = max(self.position, position)
-        if waiter is not None and waiter.after > position:
+        if told > position:
             self.holds = min(self.holds, position)
         else:
             self.holds = max(self.holds, position)
@@ -401,7 +410,7 @@ class Pipeline:
                 # Its own metadata replaces the stream's: the token goes with it.
                 for key, value in (*self.metadata, (AFTER_KEY, str(waiter.after))):
                     request.metadata.add(key=key, value=value)
-                self.holds = waiter.after
+                self.holds = self._told[call_id] = waiter.after
             frame.calls.append(request)
             size += len(request.request) + 32
         # Counted before the write ends: its answers may come back first.

@@ -20,7 +20,7 @@ from dspex_rx.client.calls import NotSent, Pipeline
 from dspex_rx.client.embedded import EmbeddedHandle, start_embedded
 from dspex_rx.client.encoding import encode_metadata
 from dspex_rx.client.interrupts import handed_to_main_task
-from dspex_rx.client.leader_route import LeaderRoute, open_transport
+from dspex_rx.client.leader_route import LeaderRoute, open_transport, unary_with_position
 from dspex_rx.core.limits import DEFAULT_LIMITS, Limits
 from dspex_rx.errors import (
     AuthenticationError,
@@ -128,6 +128,7 @@ class Connection:
         # Over replicas, writes go to the write leader's own stream (leader_route.py).
         self._direct_writes = direct_writes
         self.route: LeaderRoute | None = None
+        self._attached_at = 0  # the first attach's position (over replicas), for the route
         self._open_replica: Callable[[str], Awaitable[Any]] | None = None
         if token is not None and not isinstance(token, str):
             raise InvalidValueError(f"token must be a string, got {type(token).__name__}")
@@ -340,7 +341,8 @@ class Connection:
                     # it on whichever replica serves the session (a failover moves it).
                     self.route = LeaderRoute(
                         self._open_replica if self._direct_writes and self.pipelined
-                        else None, token_metadata(self.token), nursery, self.pipeline)
+                        else None, token_metadata(self.token), nursery, self.pipeline,
+                        self._attached_at)
                     started.set()
                     await stop.wait()
                     nursery.cancel_scope.cancel()
@@ -580,11 +582,13 @@ class Connection:
                     else route.call(pipeline, method, request, response_type, wait))
             except NotSent:
                 path = f"/{SERVICE_NAME}/{method}"
-                response = await (
-                    self.transport.unary(path, request, response_type, timeout,
-                                         metadata=metadata) if route is None
-                    else route.home_unary(self.transport, path, request, response_type,
-                                          timeout, metadata, method not in _UNARY_ONLY))
+                if route is not None:
+                    response = await route.home_unary(self.transport, path, request,
+                                                      response_type, timeout, metadata,
+                                                      method not in _UNARY_ONLY)
+                else:  # (the first attach: its position seeds the route)
+                    response, self._attached_at = await unary_with_position(
+                        self.transport, path, request, response_type, timeout, metadata)
         except grpc.aio.AioRpcError as exc:
             mapped = map_rpc_error(exc)
             if mapped is exc:

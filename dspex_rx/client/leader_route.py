@@ -93,7 +93,7 @@ class LeaderRoute:
 
     def __init__(self, connect: Callable[[str], Awaitable[Any]] | None,
                  metadata: tuple[tuple[str, str], ...], nursery: trio.Nursery,
-                 home: Pipeline | None = None) -> None:
+                 home: Pipeline | None = None, position: int = 0) -> None:
         self._connect = connect
         self._metadata = metadata
         self._nursery = nursery
@@ -104,8 +104,9 @@ class LeaderRoute:
         # RPCs a replica answered as forwarded: the leader's own from now on.
         self.methods: set[str] = set()
         self._leg: _Leg | None = None
-        # The highest position the leader's and unary answers carried.
-        self._position = 0
+        # The highest position the leader's and unary answers carried (and the attach's,
+        # made before the route).
+        self._position = position
         # Calls the leader answered (for tests and the logs).
         self.sent = 0
         # Set once a leader answered without its position (a server from before this
@@ -119,8 +120,12 @@ class LeaderRoute:
 
         Example: ``route.position`` is ``1042`` after a write a replica stored there.
         """
-        home = self.home
-        return self._position if home is None else max(self._position, home.position)
+        position, home, leg = self._position, self.home, self._leg
+        if home is not None and home.position > position:
+            position = home.position
+        if leg is not None and leg.pipeline is not None and leg.pipeline.position > position:
+            position = leg.pipeline.position  # (a direct write given up on, kept there)
+        return position
 
     @property
     def address(self) -> str:
@@ -179,12 +184,15 @@ class LeaderRoute:
         Example: ``await route.home_unary(transport, path, request, pb.GetVariableResponse,
         30.0, token_metadata(token), True)``.
         """
+        if not self.position:
+            # No replica answered with a position (one server): nothing to carry or learn.
+            return await transport.unary(path, request, response_type, timeout,  # type: ignore[no-any-return]
+                                         metadata=metadata)
         if wait:
             metadata = (*metadata, *self.home_metadata())
-        trailers: list[tuple[str, str]] = []
-        response: M = await transport.unary(path, request, response_type, timeout,
-                                            metadata=metadata, trailers=trailers)
-        self.answered(trailers)
+        response, position = await unary_with_position(transport, path, request,
+                                                       response_type, timeout, metadata)
+        self._position = max(self._position, position)
         return response
 
     def home_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -290,10 +298,26 @@ class LeaderRoute:
             # In the session's services nursery: the others must go on.
             log.exception("write_leader_stream_failed", leader=leg.address)
         finally:
+            if leg.pipeline is not None:
+                self._position = max(self._position, leg.pipeline.position)
             leg.pipeline = None
             if transport is not None:
                 with trio.CancelScope(shield=True):
                     await transport.close()
+
+
+async def unary_with_position(transport: Any, path: str, request: Message,
+                              response_type: type[M], timeout: float | None,
+                              metadata: tuple[tuple[str, str], ...]) -> tuple[M, int]:
+    """A unary call's answer and the position it carried (0: none, as from one server).
+
+    Example: ``response, position = await unary_with_position(transport, path, request,
+    pb.InitializeSessionResponse, 30.0, metadata)``.
+    """
+    trailers: list[tuple[str, str]] = []
+    response: M = await transport.unary(path, request, response_type, timeout,
+                                        metadata=metadata, trailers=trailers)
+    return response, position_in(trailers, POSITION_KEY)
 
 
 async def open_transport(address: str, *, options: list[tuple[str, Any]],

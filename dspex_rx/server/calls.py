@@ -30,6 +30,7 @@ from dspex_rx.server import forward, offload
 from dspex_rx.server.rpc import Malformed, Service, abort_with, clip, parse_request
 from dspex_rx.v1 import calls_pb2 as cpb
 from dspex_rx.v1 import variables_pb2 as pb
+from dspex_rx.wire.channel import AFTER_KEY, POSITION_KEY, position_in
 
 log = get_logger("dspex_rx.server")
 
@@ -172,9 +173,15 @@ async def answer(service: CallsService, request: cpb.CallRequest, metadata: Any,
     Example: ``await answer(service, cpb.CallRequest(id=1, method="Echo"), (), peer)``.
     """
     started = time.perf_counter()
+    held = 0
     if request.metadata:
         # A forwarding replica's request carries its own caller's token.
         metadata = request_metadata(request)
+        if position_in(metadata, AFTER_KEY):
+            # It said what it must see (the reader waited for it, at most HOLD_WAIT): its
+            # answer says what it did see, so a client whose replica's wait ran out
+            # tells it again rather than taking it to hold that much.
+            held = service.store.position
     context = CallContext(metadata, peer, caught_up=bool(request.metadata))
     request_type = UNARY_REQUESTS.get(request.method)
     try:
@@ -188,6 +195,8 @@ async def answer(service: CallsService, request: cpb.CallRequest, metadata: Any,
             reply.trailers.add(key=key, value=value)
     except Aborted:
         reply = context.reply(request.id)
+    if held and not any(pair.key == POSITION_KEY for pair in reply.trailers):
+        reply.trailers.add(key=POSITION_KEY, value=str(held))
     observer = service.call_observer
     if observer is not None:
         code = grpc.StatusCode.OK if reply.code == 0 else context.code()
