@@ -34,7 +34,15 @@ from dspex_rx.client.updates import VariableUpdate
 from dspex_rx.errors import InvalidValueError
 from dspex_rx.server import EmbeddedServer
 from dspex_rx.v1 import variables_pb2 as pb
-from dspex_rx.wire.channel import POSITION_KEY, position_in
+from dspex_rx.wire import codec
+from dspex_rx.wire.channel import (
+    ASKS_LEADER,
+    LEADER_KEY,
+    POSITION_KEY,
+    SERVICE_NAME,
+    position_in,
+)
+from dspex_rx.wire.security import token_metadata
 
 
 def route_of(session: dspex_rx.SessionContext) -> LeaderRoute:
@@ -204,6 +212,30 @@ async def test_direct_writes_on_one_server_change_nothing() -> None:
         assert [await session.set_variable("t", k) for k in (1, 2)] == [2, 3]
         route = route_of(session)
         assert (route.address, route.methods, route.sent) == ("", set(), 0)
+
+
+async def test_a_follower_names_the_leader_only_to_a_client_that_asks(
+    pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
+) -> None:
+    # The leader's address is the one replicas advertise to each other: a follower puts
+    # it in its answer to a relayed write for direct_writes clients only.
+    leader, follower = pair
+    async with dspex_rx.connect(follower.target, session_id="plain") as session:
+        await session.register_variable("t", "integer", 0)
+        transport = session._conn.transport
+        told: list[dict[str, str]] = []
+        for asks in ((), ASKS_LEADER):
+            trailers: list[tuple[str, str]] = []
+            await transport.unary(
+                f"/{SERVICE_NAME}/SetVariable",
+                pb.SetVariableRequest(session_id="plain", ref="t", value=codec.encode(1)),
+                pb.SetVariableResponse, metadata=token_metadata(session.token) + asks,
+                trailers=trailers)
+            told.append(dict(trailers))
+        assert [LEADER_KEY in answer for answer in told] == [False, True]
+        assert told[1][LEADER_KEY] == leader.target
+        assert all(int(answer[POSITION_KEY]) > 0 for answer in told)
+        assert route_of(session).address == ""  # (and it never follows one)
 
 
 async def test_direct_writes_must_be_a_bool() -> None:

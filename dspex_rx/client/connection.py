@@ -33,6 +33,7 @@ from dspex_rx.logs import get_logger
 from dspex_rx.rx import TrioScheduler
 from dspex_rx.v1 import variables_pb2 as pb
 from dspex_rx.wire.channel import (
+    ASKS_LEADER,
     DEFAULT_KEEPALIVE_TIME,
     DEFAULT_KEEPALIVE_TIMEOUT,
     SERVICE_NAME,
@@ -123,10 +124,9 @@ class Connection:
         self.pipelined = pipelined
         self.pipeline: Pipeline | None = None
         if not isinstance(direct_writes, bool):
-            raise InvalidValueError(
-                f"direct_writes must be True or False, got {direct_writes!r}")
-        # Over replicas, writes go to the write leader's own stream (leader_route.py).
-        self._direct_writes = direct_writes
+            raise InvalidValueError(f"direct_writes must be True or False, got {direct_writes!r}")
+        # Over replicas, writes go to the leader, which replicas name if asked (leader_route.py).
+        self._direct_writes, self._asks = direct_writes, ASKS_LEADER if direct_writes else ()
         self.route: LeaderRoute | None = None
         self._attached_at = 0  # the first attach's position (over replicas), for the route
         self._open_replica: Callable[[str], Awaitable[Any]] | None = None
@@ -335,14 +335,14 @@ class Connection:
                     nursery.start_soon(self._heartbeat, interval)
                     if self.pipelined:
                         self.pipeline = Pipeline(self.transport, f"/{SERVICE_NAME}/Calls",
-                                                 token_metadata(self.token))
+                                                 token_metadata(self.token) + self._asks)
                         await nursery.start(self.pipeline.run)
                     # Always: over replicas, positions keep a read after a write showing
                     # it on whichever replica serves the session (a failover moves it).
                     self.route = LeaderRoute(
                         self._open_replica if self._direct_writes and self.pipelined
-                        else None, token_metadata(self.token), nursery, self.pipeline,
-                        self._attached_at)
+                        else None, token_metadata(self.token) + self._asks, nursery,
+                        self.pipeline, self._attached_at)
                     started.set()
                     await stop.wait()
                     nursery.cancel_scope.cancel()
@@ -569,7 +569,7 @@ class Connection:
         if self.lost and method != "CloseSession":
             raise self.lost_error()
         if metadata is None:
-            metadata = token_metadata(self.token)
+            metadata = token_metadata(self.token) + self._asks
         # Closing: unary, since the Calls stream stops with the services, maybe mid-call.
         pipeline, route = None if self.closed else self.pipeline, self.route
         try:

@@ -26,7 +26,13 @@ from dspex_rx.logs import get_logger
 from dspex_rx.server import offload
 from dspex_rx.server.leader_link import FORWARDED_KEY, GRPC_MAX_MESSAGE, LeaderLink, NotSent
 from dspex_rx.v1 import calls_pb2 as cpb
-from dspex_rx.wire.channel import AFTER_KEY, LEADER_KEY, POSITION_KEY, position_in
+from dspex_rx.wire.channel import (
+    AFTER_KEY,
+    ASKS_LEADER_KEY,
+    LEADER_KEY,
+    POSITION_KEY,
+    position_in,
+)
 
 log = get_logger("dspex_rx.server")
 
@@ -201,10 +207,15 @@ async def relay(call: Any, request: Any, forwarder: Forwarder, lane: Any,
         trailers = _accepted(reply)
         position = position_in(trailers, POSITION_KEY)
         forwarder.held_at(call.store, position, held)
-        # Where the leader is and what it stored: a ``direct_writes`` client sends this
-        # RPC there itself from now on, and its next call here waits for that position.
-        call.context.set_trailing_metadata(
-            ((LEADER_KEY, forwarder.leader), (POSITION_KEY, str(position))))
+        # What the leader stored: the session's next call here waits for that position.
+        # Where the leader is only to a caller that asks (a ``direct_writes`` client,
+        # which sends this RPC there itself from now on): it is the address replicas
+        # advertise to each other, not one every client needs to know.
+        trailers = [(POSITION_KEY, str(position))]
+        if any(key == ASKS_LEADER_KEY for key, _ in
+               call.context.invocation_metadata() or ()):
+            trailers.insert(0, (LEADER_KEY, forwarder.leader))
+        call.context.set_trailing_metadata(tuple(trailers))
         return offload.Serialized(reply.response)
     except BaseException:
         if answer is not None and not answer.done():

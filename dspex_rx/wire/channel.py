@@ -20,10 +20,13 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Variables"].full_name
 # the etcd revision a replica's live state holds). A replica answers a write with its
 # position (POSITION_KEY), runs a request only once it holds the one the request names
 # (AFTER_KEY: what its caller saw), and a follower's answer to a write it forwarded names
-# the leader's address (LEADER_KEY).
+# the leader's address (LEADER_KEY) to a caller that asks (ASKS_LEADER_KEY: a
+# ``direct_writes`` client; the address is the one replicas advertise to each other).
 POSITION_KEY = "x-dspex-position"
 AFTER_KEY = "x-dspex-after"
 LEADER_KEY = "x-dspex-leader"
+ASKS_LEADER_KEY = "x-dspex-asks-leader"
+ASKS_LEADER = ((ASKS_LEADER_KEY, "1"),)
 MAX_MESSAGE_BYTES = DEFAULT_LIMITS.max_message_bytes
 
 
