@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 import trio
 from helpers import through_reconnect, until
@@ -16,6 +17,8 @@ from test_write_leader import HeldWatch, pair, prefix  # noqa: F401 - fixtures
 
 import dspex_rx
 from dspex_rx.server import EmbeddedServer, forward
+from dspex_rx.v1 import calls_pb2 as cpb
+from dspex_rx.wire.channel import POSITION_KEY
 
 
 def position(server: EmbeddedServer) -> int:
@@ -33,12 +36,7 @@ async def test_a_read_after_a_failover_waits_until_the_new_replica_holds_the_wri
     leader, follower = pair
     async with dspex_rx.connect([leader.target, follower.target], session_id="moved",
                                 **options) as session:
-        await session.register_variable("t", "integer", 0)
-        await until(lambda: position(follower) >= position(leader),
-                    "the follower holds the session and its variable", 20)
-        watch = HeldWatch(follower)  # from here the follower hears nothing from etcd
-        assert await session.set_variable("t", 1) == 2  # made by the leader
-        await trio.to_thread.run_sync(leader.stop)
+        watch, written = await moved_to_follower(pair, session)
         read: list[int] = []
 
         async def read_after() -> None:
@@ -47,7 +45,7 @@ async def test_a_read_after_a_failover_waits_until_the_new_replica_holds_the_wri
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_after)
-            await until(lambda: len(watch.backend._head_waiters) > 0,
+            await until(lambda: waits_for(watch, written),
                         "the read waits on the follower for the write", 30)
             assert read == []
             watch.release()
@@ -55,18 +53,25 @@ async def test_a_read_after_a_failover_waits_until_the_new_replica_holds_the_wri
 
 
 async def moved_to_follower(pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
-                            session: dspex_rx.SessionContext) -> HeldWatch:
+                            session: dspex_rx.SessionContext) -> tuple[HeldWatch, int]:
     """``t`` registered (0), then set to 1 through the leader while the follower hears
     nothing from etcd, and the leader stopped: the session's calls go to the follower,
-    which does not hold the write until the returned watch is released."""
+    which does not hold the write until the returned watch is released. Also returns
+    the write's position."""
     leader, follower = pair
     await session.register_variable("t", "integer", 0)
     await until(lambda: position(follower) >= position(leader),
                 "the follower holds the session and its variable", 20)
     watch = HeldWatch(follower)
     assert await session.set_variable("t", 1) == 2
+    written = position(leader)
     await trio.to_thread.run_sync(leader.stop)
-    return watch
+    return watch, written
+
+
+def waits_for(watch: HeldWatch, written: int) -> bool:
+    """Whether a call on the watched replica waits until it holds ``written``."""
+    return any(target >= written for target, _ in watch.backend._head_waiters._waiting)
 
 
 # Guards: a replica whose wait for the session's position ran out (its etcd watch stuck)
@@ -79,10 +84,13 @@ async def test_a_replica_whose_wait_ran_out_is_told_the_position_again(
     leader, follower = pair
     async with dspex_rx.connect([leader.target, follower.target],
                                 session_id="stuck") as session:
-        watch = await moved_to_follower(pair, session)
-        monkeypatch.setattr(forward, "HOLD_WAIT", 0.05)  # its wait runs out at once
-        assert await through_reconnect(
-            lambda: session.get_variable("t", bypass_cache=True)) == 0
+        watch, written = await moved_to_follower(pair, session)
+        monkeypatch.setattr(forward, "HOLD_WAIT", 0.05)  # its waits run out at once
+        pipeline = session._conn.pipeline
+        assert pipeline is not None
+        await through_reconnect(session.ping)  # the Calls stream is up on the follower
+        frames = pipeline.frames_sent
+        assert await session.get_variable("t", bypass_cache=True) == 0
         monkeypatch.setattr(forward, "HOLD_WAIT", 30.0)
         read: list[int] = []
 
@@ -91,11 +99,12 @@ async def test_a_replica_whose_wait_ran_out_is_told_the_position_again(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_again)
-            await until(lambda: len(watch.backend._head_waiters) > 0,
+            await until(lambda: waits_for(watch, written),
                         "the next read waits on the follower again", 30)
             assert read == []
             watch.release()
         assert read == [1]
+        assert pipeline.frames_sent == frames + 2  # both reads went on the stream
 
 
 # Guards: the first attach's position was dropped (the route did not exist yet), so a
@@ -109,7 +118,7 @@ async def test_a_call_right_after_the_attach_waits_for_the_session_on_another_re
     async with dspex_rx.connect([leader.target, follower.target],
                                 session_id="fresh") as session:
         route = session._conn.route
-        assert route is not None and route.position == position(leader)
+        assert route is not None and 0 < route.position <= position(leader)
         await trio.to_thread.run_sync(leader.stop)
         listed: list[Any] = []
 
@@ -123,3 +132,14 @@ async def test_a_call_right_after_the_attach_waits_for_the_session_on_another_re
             assert listed == []
             watch.release()
         assert listed == [[]]
+
+
+# Guards: a follower passed on the leader's refusal of a write with the position the
+# leader ran it at, so the client took the follower to hold it and told it nothing more.
+def test_a_refusal_relayed_from_the_leader_names_no_position_of_the_leaders() -> None:
+    reply = cpb.CallReply(id=1, code=grpc.StatusCode.NOT_FOUND.value[0], details="no t",
+                          trailers=[cpb.TrailerPair(key=POSITION_KEY, value="90"),
+                                    cpb.TrailerPair(key="dspex-error-kind", value="x")])
+    with pytest.raises(forward.Refused) as refused:
+        forward._accepted(reply)
+    assert refused.value.trailers == (("dspex-error-kind", "x"),)

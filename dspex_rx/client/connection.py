@@ -114,8 +114,7 @@ class Connection:
         if not create and not session_id:
             raise InvalidValueError(
                 "create=False joins an existing session, so it needs that session's id; "
-                "none was given (pass session_id, or leave create=True for a new session)"
-            )
+                "none was given (pass session_id, or leave create=True for a new session)")
         # False: join only; the server refuses an id with no live session (must_exist).
         self._create = create
         if not isinstance(pipelined, bool):
@@ -126,7 +125,8 @@ class Connection:
         if not isinstance(direct_writes, bool):
             raise InvalidValueError(f"direct_writes must be True or False, got {direct_writes!r}")
         # Over replicas, writes go to the leader, which replicas name if asked (leader_route.py).
-        self._direct_writes, self._asks = direct_writes, ASKS_LEADER if direct_writes else ()
+        self._direct_writes = direct_writes
+        self._asks = ASKS_LEADER if direct_writes and pipelined else ()
         self.route: LeaderRoute | None = None
         self._attached_at = 0  # the first attach's position (over replicas), for the route
         self._open_replica: Callable[[str], Awaitable[Any]] | None = None
@@ -142,8 +142,7 @@ class Connection:
         if limits is not None and target is not None:
             raise InvalidValueError(
                 "limits configure the embedded server (no target); a server you connect to "
-                "has its own (pass max_message_bytes= to match its message size)"
-            )
+                "has its own (pass max_message_bytes= to match its message size)")
         self._limits = limits
         if data_dir is not None and target is not None:
             raise InvalidValueError(
@@ -587,8 +586,9 @@ class Connection:
                                                       response_type, timeout, metadata,
                                                       method not in _UNARY_ONLY)
                 else:  # (the first attach: its position seeds the route)
-                    response, self._attached_at = await unary_with_position(
+                    response, at = await unary_with_position(
                         self.transport, path, request, response_type, timeout, metadata)
+                    self._attached_at = at if method == "InitializeSession" else 0
         except grpc.aio.AioRpcError as exc:
             mapped = map_rpc_error(exc)
             if mapped is exc:

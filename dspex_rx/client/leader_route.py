@@ -184,10 +184,9 @@ class LeaderRoute:
         Example: ``await route.home_unary(transport, path, request, pb.GetVariableResponse,
         30.0, token_metadata(token), True)``.
         """
-        if not self.position:
-            # No replica answered with a position (one server): nothing to carry or learn.
-            return await transport.unary(path, request, response_type, timeout,  # type: ignore[no-any-return]
-                                         metadata=metadata)
+        # (Trailers read even from one server, which answers no position: one name may
+        # stand for several replicas, and an attach may have reached one from before
+        # positions.)
         if wait:
             metadata = (*metadata, *self.home_metadata())
         response, position = await unary_with_position(transport, path, request,

@@ -209,8 +209,9 @@ class SessionContext(OptimizationCalls):
         response = await self._call(
             "ListSessions", pb.ListSessionsRequest(session_id=self.session_id),
             pb.ListSessionsResponse,
-            metadata=token_metadata(self.token) + principal_metadata(principal_key),
-        )
+            # (Without a key, the session's own metadata: its calls' stream can take it.)
+            metadata=token_metadata(self.token) + principal_metadata(principal_key)
+            if principal_key else None)
         return [session_info(info) for info in response.sessions]
 
     async def register_variable(

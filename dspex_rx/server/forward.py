@@ -255,10 +255,13 @@ async def _relay_repeatable(call: Any, data: bytes, metadata: list[tuple[str, st
 
 
 def _accepted(reply: cpb.CallReply) -> list[tuple[str, str]]:
-    # The trailers of the leader's answer, or its refusal raised as it made it.
+    # The trailers of the leader's answer, or its refusal raised as it made it, less the
+    # position the leader ran it at: passed on, it told the client that this replica held
+    # it, and its later calls here went without theirs.
     trailers = [(pair.key, pair.value) for pair in reply.trailers]
     if reply.code != 0:
-        raise Refused(reply.code, reply.details, trailers)
+        raise Refused(reply.code, reply.details,
+                      [(key, value) for key, value in trailers if key != POSITION_KEY])
     return trailers
 
 
