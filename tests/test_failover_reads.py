@@ -7,6 +7,7 @@ Real-time loops are hang guards only (replicas hear each other through etcd).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -37,19 +38,8 @@ async def test_a_read_after_a_failover_waits_until_the_new_replica_holds_the_wri
     async with dspex_rx.connect([leader.target, follower.target], session_id="moved",
                                 **options) as session:
         watch, written = await moved_to_follower(pair, session)
-        read: list[int] = []
-
-        async def read_after() -> None:
-            read.append(await through_reconnect(
-                lambda: session.get_variable("t", bypass_cache=True)))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_after)
-            await until(lambda: waits_for(watch, written),
-                        "the read waits on the follower for the write", 30)
-            assert read == []
-            watch.release()
-        assert read == [1]
+        assert await once_released(watch, written, lambda: through_reconnect(
+            lambda: session.get_variable("t", bypass_cache=True))) == 1
 
 
 async def moved_to_follower(pair: tuple[EmbeddedServer, EmbeddedServer],  # noqa: F811
@@ -74,6 +64,24 @@ def waits_for(watch: HeldWatch, written: int) -> bool:
     return any(target >= written for target, _ in watch.backend._head_waiters._waiting)
 
 
+async def once_released(watch: HeldWatch, written: int,
+                        call: Callable[[], Awaitable[Any]]) -> Any:
+    """``call()``'s answer, which came only after it waited on the watched replica for
+    ``written`` and the watch was released."""
+    answers: list[Any] = []
+
+    async def make() -> None:
+        answers.append(await call())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(make)
+        await until(lambda: waits_for(watch, written),
+                    "the call waits on the replica for the write", 30)
+        assert answers == []
+        watch.release()
+    return answers[0]
+
+
 # Guards: a replica whose wait for the session's position ran out (its etcd watch stuck)
 # was taken to hold it once told, so every later read there showed the value before the
 # write without waiting.
@@ -92,18 +100,9 @@ async def test_a_replica_whose_wait_ran_out_is_told_the_position_again(
         frames = pipeline.frames_sent
         assert await session.get_variable("t", bypass_cache=True) == 0
         monkeypatch.setattr(forward, "HOLD_WAIT", 30.0)
-        read: list[int] = []
-
-        async def read_again() -> None:
-            read.append(await session.get_variable("t", bypass_cache=True))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_again)
-            await until(lambda: waits_for(watch, written),
-                        "the next read waits on the follower again", 30)
-            assert read == []
-            watch.release()
-        assert read == [1]
+        # The next read is told it again, and waits.
+        assert await once_released(watch, written, lambda: session.get_variable(
+            "t", bypass_cache=True)) == 1
         assert pipeline.frames_sent == frames + 2  # both reads went on the stream
 
 
@@ -119,19 +118,10 @@ async def test_a_call_right_after_the_attach_waits_for_the_session_on_another_re
                                 session_id="fresh") as session:
         route = session._conn.route
         assert route is not None and 0 < route.position <= position(leader)
+        attached = route.position
         await trio.to_thread.run_sync(leader.stop)
-        listed: list[Any] = []
-
-        async def list_after() -> None:
-            listed.append(await through_reconnect(session.list_variables))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(list_after)
-            await until(lambda: len(watch.backend._head_waiters) > 0,
-                        "the call waits on the follower for the session", 30)
-            assert listed == []
-            watch.release()
-        assert listed == [[]]
+        assert await once_released(watch, attached,
+                                   lambda: through_reconnect(session.list_variables)) == []
 
 
 # Guards: a follower passed on the leader's refusal of a write with the position the
