@@ -129,16 +129,18 @@ def storage_available(storage: str) -> bool:
 
 
 def server_command(storage: str, data_dir: Path, history_size: int, port: int,
-                   port_file: Path, etcd_endpoint: str = "") -> list[str]:
+                   port_file: Path, etcd_endpoint: str = "", etcd_prefix: str = "",
+                   ) -> list[str]:
     """``python -m dspex_rx.server.cli serve`` for ``storage`` in ``data_dir`` (or, for
-    etcd, under a prefix named after it) on ``port`` (a tree without storage flags serves
-    memory only)."""
+    etcd, under ``etcd_prefix``, by default one named after it: replicas share one) on
+    ``port`` (a tree without storage flags serves memory only)."""
     command = [sys.executable, "-m", "dspex_rx.server.cli", "serve", "--port", str(port),
                "--port-file", str(port_file), "--log-level", "warning", "--auth", "token",
                "--history-size", str(history_size)]
     if storage == "etcd":
         return [*command, "--storage", "etcd", "--etcd-endpoints", etcd_endpoint,
-                "--etcd-prefix", f"crash-{data_dir.parent.name}/", "--etcd-max-txn-ops",
+                "--etcd-prefix", etcd_prefix or f"crash-{data_dir.parent.name}/",
+                "--etcd-max-txn-ops",
                 "4096"]
     if "--data-dir" in serve_help():
         return [*command, "--storage", storage, "--data-dir", str(data_dir)]
@@ -156,10 +158,12 @@ class ServerProcess:
     """
 
     def __init__(self, workdir: Path, storage: str, history_size: int,
-                 start_guard: float = 30.0, etcd_endpoint: str = "") -> None:
+                 start_guard: float = 30.0, etcd_endpoint: str = "",
+                 etcd_prefix: str = "") -> None:
         self.workdir = workdir
         self.storage = storage
         self.etcd_endpoint = etcd_endpoint
+        self.etcd_prefix = etcd_prefix
         self.data_dir = workdir / "data"
         self.history_size = history_size
         self.start_guard = start_guard
@@ -184,7 +188,7 @@ class ServerProcess:
         port_file = self.workdir / f"port-{self.starts}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = server_command(self.storage, self.data_dir, self.history_size, self.port,
-                             port_file, self.etcd_endpoint)
+                             port_file, self.etcd_endpoint, self.etcd_prefix)
         if self._log is None:
             self._log = self.log_path.open("a")
         self._log.write(f"--- start {self.starts}: {' '.join(cmd)}\n")

@@ -27,6 +27,7 @@ KINDS = (
     "refused_visible",  # a refused write (invalid, CAS conflict, failed batch) is visible
     "torn_batch",       # an atomic batch not applied whole, under one revision
     "watch_error",      # a watch ended with an error
+    "stale_read",       # a writer's read right after its acknowledged write showed less
 )
 REFUSED = ("refused", "conflict")
 
@@ -65,6 +66,9 @@ class ChaosLedger(Ledger):
     def __init__(self) -> None:
         super().__init__()
         self.batches: list[Batch] = []
+        # Reads a writer made right after a write was acknowledged to it, that showed an
+        # older version (what it read, for the verdict).
+        self.stale_reads: list[str] = []
 
     def send_batch(self, writer: str, values: Mapping[str, int], refuse: bool) -> Batch:
         """Record an atomic batch about to be sent (``refuse``: one value breaks min 0)."""
@@ -132,6 +136,8 @@ def check_run(ledger: ChaosLedger, history: Mapping[str, Sequence[Entry]],
     written = {w.value: w for w in ledger.writes}
     for error in ledger.watch_errors:
         verdict.add("watch_error", error)
+    for read in ledger.stale_reads:
+        verdict.add("stale_read", read)
     by_version = {name: {e.version: e for e in entries} for name, entries in history.items()}
     for name, entries in history.items():
         for entry in entries:

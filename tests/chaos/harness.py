@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import trio
@@ -53,8 +53,13 @@ class ChaosConfig:
     fault_pause: float = 0.08
     max_delay: float = 0.15
     restart_share: float = 0.25
+    # The fault step a run's restart comes at (0: a seeded one from 2 to 11, which a short
+    # run may end before).
+    restart_step: int = 0
     keepalive_time: float = 1.0
     keepalive_timeout: float = 1.0
+    # After each acknowledged set, the writer reads the variable's newest version back.
+    read_your_writes: bool = False
     plant: str = ""
     # Hang guards, not timings.
     guard: float = 30.0
@@ -142,8 +147,18 @@ class Chaos:
 
     def __init__(self, server: ServerProcess, proxy: ChaosProxy) -> None:
         self.server = server
-        self.proxy = proxy
+        self.proxy: Any = proxy
         self.runs = 0
+
+    @property
+    def direct_target(self) -> str:
+        """Where the run's owner connects, past the proxy."""
+        return self.server.target
+
+    @property
+    def proxied_target(self) -> str:
+        """Where writers and watchers connect, through the proxy."""
+        return f"127.0.0.1:{self.proxy.port}"
 
     @classmethod
     async def start(cls, workdir: Path, nursery: trio.Nursery) -> Chaos:
@@ -158,11 +173,12 @@ class Chaos:
         """Stop the server (the proxy ends with the caller's nursery)."""
         await self.server.stop()
 
-    async def restart(self) -> None:
-        """SIGKILL the server and start it again on the same port and data."""
+    async def restart(self, rng: random.Random | None = None) -> str:
+        """SIGKILL the server and start it again on the same port and data; what it did."""
         self.server.kill()
         await self.server.reap()
         await self.server.start()
+        return "restart"
 
     async def run(self, config: ChaosConfig) -> RunResult:
         """One seeded run; its verdict says what broke (empty: nothing)."""
@@ -170,8 +186,18 @@ class Chaos:
         return await _Run(self, config, f"c{self.runs}").go()
 
 
+class System(Protocol):
+    """What a run needs of the servers under chaos (``Chaos``, or ``cluster.Cluster``)."""
+
+    proxy: Any  # counts, heal_all(), random_fault(rng, max_delay)
+    direct_target: str
+    proxied_target: str
+
+    async def restart(self, rng: random.Random | None = None) -> str: ...
+
+
 class _Run:
-    def __init__(self, chaos: Chaos, config: ChaosConfig, prefix: str) -> None:
+    def __init__(self, chaos: System, config: ChaosConfig, prefix: str) -> None:
         self.chaos = chaos
         self.config = config
         self.rng = random.Random(config.seed)
@@ -180,6 +206,7 @@ class _Run:
         self.sessions: list[dspex_rx.SessionContext] = []
         self.restarts = 0
         self.faults: Counter[str] = Counter()
+        self.restart_kinds: Counter[str] = Counter()
         self.writing = True
         self.planted = False
 
@@ -216,6 +243,7 @@ class _Run:
         after = chaos.proxy.counts
         self.faults.update(cut=after.cut - counts[0], delay=after.delay - counts[1],
                            black_hole=after.black_hole - counts[2])
+        self.faults.update(self.restart_kinds)  # (what each restart restarted)
         return RunResult(
             seed=config.seed, faults=self.faults, restarts=self.restarts,
             acked=self.ledger.count("acked"), deliveries=len(self.ledger.deliveries),
@@ -226,7 +254,7 @@ class _Run:
     async def _connect(self, owner: dspex_rx.SessionContext | None = None,
                        direct: bool = False) -> dspex_rx.SessionContext:
         chaos = self.chaos
-        target = chaos.server.target if direct else f"127.0.0.1:{chaos.proxy.port}"
+        target = chaos.direct_target if direct else chaos.proxied_target
         session = dspex_rx.SessionContext(
             owner.session_id if owner else None, target,
             token=owner.token if owner else None, timeout=10.0,
@@ -301,12 +329,26 @@ class _Run:
             else:
                 versions[name] = version
                 ledger.ack(write, version)
+                if config.read_your_writes:
+                    await self._read_back(session, label, name, version)
                 if config.plant == "lose_ack" and not self.planted:
                     write.version = version + 1000  # told a version the store never made
                     self.planted = True
             if config.plant == "show_refused" and write.outcome == "acked" and not self.planted:
                 write.outcome = "refused"  # the store shows a write it refused
                 self.planted = True
+
+    async def _read_back(self, session: dspex_rx.SessionContext, label: str, name: str,
+                         version: int) -> None:
+        # Its newest version: the write's, or a later one (another writer's).
+        try:
+            newest = await session.get_variable_history(name, limit=1)
+        except (grpc.aio.AioRpcError, DspexError, ConnectionError):
+            return  # a fault cut it: nothing was shown
+        if newest and newest[0]["version"] < version:
+            self.ledger.stale_reads.append(
+                f"{label} read {name} at v{newest[0]['version']} right after its write was "
+                f"acknowledged at v{version}")
 
     async def _batch(self, session: dspex_rx.SessionContext, label: str,
                      values: dict[str, int], refuse: bool) -> None:
@@ -325,12 +367,14 @@ class _Run:
         config, proxy = self.config, self.chaos.proxy
         rng = random.Random(f"{config.seed}/faults")
         restart_at = rng.randrange(2, 12) if rng.random() < config.restart_share else -1
+        if restart_at > 0 and config.restart_step:
+            restart_at = config.restart_step
         step = 0
         while self.writing:
             await trio.sleep(rng.uniform(0.0, config.fault_pause))
             step += 1
             if step == restart_at:
-                await self.chaos.restart()
+                self.restart_kinds[await self.chaos.restart(rng)] += 1
                 self.restarts += 1
             elif rng.random() < 0.3:
                 proxy.heal_all()  # black holes and delays end; cut links stay cut

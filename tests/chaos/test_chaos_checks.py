@@ -148,3 +148,12 @@ def test_a_read_after_the_run_that_is_not_the_last_value_is_found() -> None:
     reads = {"watch0": {"x": C}, "watch1": {"x": B}}  # watch1's cache kept an old value
     verdict = check_run(ledger, history, reads)
     assert [(v.kind, v.text.split(":")[0]) for v in verdict.violations] == [("final", "watch1")]
+
+
+def test_a_writers_read_showing_less_than_its_acknowledged_write_is_a_stale_read() -> None:
+    ledger, history = ledger_with_three_sets()
+    deliver(ledger, FULL)
+    ledger.stale_reads.append("w0 read x at v2 right after its write was acknowledged at v3")
+    verdict = check_run(ledger, history)
+    assert [(v.kind, v.text) for v in verdict.violations] == [
+        ("stale_read", "w0 read x at v2 right after its write was acknowledged at v3")]
