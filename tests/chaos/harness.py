@@ -1,6 +1,7 @@
 """The chaos run: writers and watchers talking to a durable (SQLite) ``dspex-rx serve`` child
 through the chaos proxy, which cuts, delays and black-holes their connections at random while
-the server is now and then killed (SIGKILL) and restarted; then the checker's verdict.
+the server is now and then killed (SIGKILL) and restarted; then the checker's verdict. The same
+run drives replicas over etcd (``cluster.Cluster``).
 
 One ``Chaos`` keeps the server and the proxy across its runs (starting a server costs a
 second); each run has its own session, variables, clients and seeded RNG, so a failing run
@@ -27,7 +28,7 @@ from proxy import ChaosProxy
 
 import dspex_rx
 from dspex_rx.client.actors import VariableUpdate
-from dspex_rx.errors import ConflictError, DspexError, InvalidValueError
+from dspex_rx.errors import ConflictError, DspexError, InvalidValueError, StorageError
 
 T = TypeVar("T")
 VALUE_BASE = 1_000_000  # writer task t writes (t + 1) * VALUE_BASE + n: every value unique
@@ -155,9 +156,8 @@ class Chaos:
         """Where the run's owner connects, past the proxy."""
         return self.server.target
 
-    @property
-    def proxied_target(self) -> str:
-        """Where writers and watchers connect, through the proxy."""
+    def proxied_target(self, client: int) -> str:
+        """Where writers and watchers connect, through the proxy (the same for all)."""
         return f"127.0.0.1:{self.proxy.port}"
 
     @classmethod
@@ -191,7 +191,8 @@ class System(Protocol):
 
     proxy: Any  # counts, heal_all(), random_fault(rng, max_delay)
     direct_target: str
-    proxied_target: str
+
+    def proxied_target(self, client: int) -> str: ...
 
     async def restart(self, rng: random.Random | None = None) -> str: ...
 
@@ -254,7 +255,7 @@ class _Run:
     async def _connect(self, owner: dspex_rx.SessionContext | None = None,
                        direct: bool = False) -> dspex_rx.SessionContext:
         chaos = self.chaos
-        target = chaos.direct_target if direct else chaos.proxied_target
+        target = chaos.direct_target if direct else chaos.proxied_target(len(self.sessions))
         session = dspex_rx.SessionContext(
             owner.session_id if owner else None, target,
             token=owner.token if owner else None, timeout=10.0,
@@ -340,11 +341,19 @@ class _Run:
 
     async def _read_back(self, session: dspex_rx.SessionContext, label: str, name: str,
                          version: int) -> None:
-        # Its newest version: the write's, or a later one (another writer's).
+        # Its newest version: the write's, or a later one (another writer's). A replica
+        # behind it waits up to HOLD_WAIT (5 s) for it, then answers from what it has, so
+        # a replica stuck that long shows here as a stale read too.
         try:
             newest = await session.get_variable_history(name, limit=1)
-        except (grpc.aio.AioRpcError, DspexError, ConnectionError):
+        except (grpc.aio.AioRpcError, dspex_rx.ServerUnavailableError, StorageError,
+                ConnectionError, TimeoutError):
             return  # a fault cut it: nothing was shown
+        except DspexError as exc:  # a replica that does not know the variable (yet)
+            self.ledger.stale_reads.append(
+                f"{label} read {name} right after its write was acknowledged at "
+                f"v{version}: {type(exc).__name__}: {exc}")
+            return
         if newest and newest[0]["version"] < version:
             self.ledger.stale_reads.append(
                 f"{label} read {name} at v{newest[0]['version']} right after its write was "
@@ -366,6 +375,8 @@ class _Run:
     async def _faults(self) -> None:
         config, proxy = self.config, self.chaos.proxy
         rng = random.Random(f"{config.seed}/faults")
+        # Its own: how much of ``rng`` the faults use depends on which links are up.
+        restart_rng = random.Random(f"{config.seed}/restart")
         restart_at = rng.randrange(2, 12) if rng.random() < config.restart_share else -1
         if restart_at > 0 and config.restart_step:
             restart_at = config.restart_step
@@ -374,7 +385,7 @@ class _Run:
             await trio.sleep(rng.uniform(0.0, config.fault_pause))
             step += 1
             if step == restart_at:
-                self.restart_kinds[await self.chaos.restart(rng)] += 1
+                self.restart_kinds[await self.chaos.restart(restart_rng)] += 1
                 self.restarts += 1
             elif rng.random() < 0.3:
                 proxy.heal_all()  # black holes and delays end; cut links stay cut
