@@ -149,8 +149,7 @@ class TrioHostedLoop:
 
         Example: ``host.to_trio(token, done.set)`` sets a trio event from the loop.
         """
-        with outside_loop():
-            fn()
+        outside_loop(fn)
 
     async def close(self) -> None:
         """Leave the run's loop; the last user ends it (cancelling what is left on it) and

@@ -19,7 +19,7 @@ import sys
 import threading
 from asyncio import events
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import outcome
@@ -150,21 +150,24 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
         if sleeper is not None:
             trio.lowlevel.reschedule(sleeper)
 
-    @contextlib.contextmanager
-    def _running(self) -> Iterator[None]:
+    def _enter(self) -> tuple[Any, Any, Any]:
         # This loop is the running loop while its callbacks run: asyncio's thread-local,
         # and, once a program has imported trio_asyncio (which makes get_running_loop look
-        # in the trio task's context instead), trio_asyncio's context variable too.
+        # in the trio task's context instead), trio_asyncio's context variable too. (Not
+        # a context manager: this runs several times per call, and a generator-based one
+        # cost more than what it guards.) ``_leave`` with what it returns undoes it.
         outer = _thread_loop()
         events._set_running_loop(self)
         patched = sys.modules.get("trio_asyncio._loop")
         token = patched.current_loop.set(self) if patched is not None else None
-        try:
-            yield
-        finally:
-            if token is not None:
-                patched.current_loop.reset(token)  # type: ignore[union-attr]
-            events._set_running_loop(outer)
+        return outer, patched, token
+
+    @staticmethod
+    def _leave(entered: tuple[Any, Any, Any]) -> None:
+        outer, patched, token = entered
+        if token is not None:
+            patched.current_loop.reset(token)
+        events._set_running_loop(outer)
 
     # KI-protected as the driver and the fd watchers are: the pass runs gRPC's and the
     # reader's callbacks, which a Ctrl-C raised inside would break half-way (a reader
@@ -187,16 +190,20 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
         if self._busy:
             if first is not None:
                 # (Running: a callback may have stepped outside it to hand work to trio.)
-                with self._running():
+                entered = self._enter()
+                try:
                     first()
+                finally:
+                    self._leave(entered)
             return
         self._busy = True
+        entered = self._enter()
         try:
-            with self._running():
-                if first is not None:
-                    first()
-                self._run_ready()
+            if first is not None:
+                first()
+            self._run_ready()
         finally:
+            self._leave(entered)
             self._busy = False
             if self._ready:  # (also when a callback raised: the driver runs the rest)
                 self._poke()
@@ -318,23 +325,22 @@ class TrioDrivenLoop(asyncio.BaseEventLoop):
         return True
 
 
-@contextlib.contextmanager
-def outside_loop() -> Iterator[None]:
-    """No asyncio loop is the thread's running loop inside the block: code a loop callback
+def outside_loop(fn: Callable[[], T]) -> T:
+    """``fn()`` with no asyncio loop as the thread's running loop: code a loop callback
     hands to trio (an observer of a watched variable, say) runs as in a trio task. (With
     trio-asyncio imported, whose patch asks the trio task's context instead, the hosted
-    loop stays visible there.)
+    loop stays visible there.) A call, not a ``with`` block: it runs for every message
+    the loop hands over, and a generator-based context manager cost more than it guards.
 
     >>> async def main():
-    ...     with outside_loop():
-    ...         return asyncio._get_running_loop()
+    ...     return outside_loop(asyncio._get_running_loop)
     >>> asyncio.run(main()) is None
     True
     """
     outer = _thread_loop()
     events._set_running_loop(None)
     try:
-        yield
+        return fn()
     finally:
         events._set_running_loop(outer)
 
