@@ -3,15 +3,18 @@ beside the same calls from trio, against one server, to show what the portal cos
 
 An asyncio program reaches the client through the portal (a trio run on a thread of its
 own, ``client/portal.py``): every call crosses from the program's loop thread to that run
-and back. A trio program calls the same client on its own thread. Both use the default
-client (pipelined calls, the trio-hosted grpc.aio loop); the server runs in a separate
-process (``--storage memory``). Repeats interleave the two programs; each figure is the
-median run.
+and back. A trio program calls the same client on its own thread. ``asyncio_guest`` is
+what the portal could become, not what ``connect`` does from asyncio today: the trio
+program's calls as a trio guest run (``trio.lowlevel.start_guest_run``) on an asyncio
+program's loop, so no second thread sits between the program and the client. All use
+the default client (pipelined calls, the trio-hosted grpc.aio loop); the server runs in a
+separate process (``--storage memory``). Repeats interleave the programs; each figure is
+the median run.
 
-Figures: ``{"bench": "asyncio", "program": "asyncio"|"trio", "mode":
+Figures: ``{"bench": "asyncio", "program": "asyncio"|"trio"|"asyncio_guest", "mode":
 "sequential"|"concurrent", "calls_per_s", "runs_calls_per_s"}`` (``concurrent``:
-``--concurrency`` tasks in flight), then ``{"bench": "asyncio_ratio"}`` per mode, asyncio's
-figure over trio's, and ``{"bench": "environment"}``.
+``--concurrency`` tasks in flight), then ``{"bench": "asyncio_ratio"}`` per mode
+(``asyncio_over_trio``, ``guest_over_trio``), and ``{"bench": "environment"}``.
 
 Run::
 
@@ -78,24 +81,39 @@ def asyncio_program(target: str, args: argparse.Namespace) -> dict[str, float]:
     return asyncio.run(main())
 
 
+async def _trio_calls(target: str, args: argparse.Namespace) -> dict[str, float]:
+    # The calls of a trio program: seconds per mode.
+    async with dspex_rx.connect(target) as session:
+        await session.register_variable(NAME, "float", 0.5)
+
+        async def get(_: int) -> Any:
+            return await session.get_variable(NAME, bypass_cache=True)
+
+        await run_sequential(get, args.warmup)
+        return {
+            "sequential": await run_sequential(get, args.calls),
+            "concurrent": await run_concurrent(get, args.concurrent_calls, args.concurrency),
+        }
+
+
 def trio_program(target: str, args: argparse.Namespace) -> dict[str, float]:
     """The same run from a trio program: seconds per mode."""
+    return trio.run(_trio_calls, target, args)
+
+
+def asyncio_guest_program(target: str, args: argparse.Namespace) -> dict[str, float]:
+    """The trio program's run as a trio guest on an ``asyncio.run`` program's loop."""
 
     async def main() -> dict[str, float]:
-        async with dspex_rx.connect(target) as session:
-            await session.register_variable(NAME, "float", 0.5)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            _trio_calls, target, args, run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=done.set_result, host_uses_signal_set_wakeup_fd=True)
+        result: dict[str, float] = (await done).unwrap()
+        return result
 
-            async def get(_: int) -> Any:
-                return await session.get_variable(NAME, bypass_cache=True)
-
-            await run_sequential(get, args.warmup)
-            return {
-                "sequential": await run_sequential(get, args.calls),
-                "concurrent": await run_concurrent(get, args.concurrent_calls,
-                                                   args.concurrency),
-            }
-
-    return trio.run(main)
+    return asyncio.run(main())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logging()
     emit(environment())
-    programs = {"asyncio": asyncio_program, "trio": trio_program}
+    programs = {"asyncio": asyncio_program, "trio": trio_program,
+                "asyncio_guest": asyncio_guest_program}
     seconds: dict[tuple[str, str], list[float]] = {}
     calls = {"sequential": args.calls, "concurrent": args.concurrent_calls}
     with server_process(note) as target:
@@ -134,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
               "runs_calls_per_s": [round(calls[mode] / s, 1)
                                    for s in seconds[(program, mode)]]})
     for mode in calls:
+        trio_rate = rates[("trio", mode)]
         emit({"bench": "asyncio_ratio", "mode": mode,
-              "asyncio_over_trio": round(rates[("asyncio", mode)] / rates[("trio", mode)], 3)})
+              "asyncio_over_trio": round(rates[("asyncio", mode)] / trio_rate, 3),
+              "guest_over_trio": round(rates[("asyncio_guest", mode)] / trio_rate, 3)})
     return 0
 
 
