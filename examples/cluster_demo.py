@@ -297,8 +297,8 @@ async def demo(replicas: list[Replica]) -> dict[str, Any]:
             last = await write(writer, 1.1, two, three)
             nursery.cancel_scope.cancel()
 
-        # No read-your-writes across replicas: each is read once its watch applied the
-        # last write (within milliseconds here).
+        # Another connection is not told the writer's positions: each replica is read
+        # once its watch applied the last write (within milliseconds here).
         finals = [await read_at(replica.target, writer.token, last) for replica in replicas]
     print(f"\n{VARIABLE} read on replicas 1, 2, 3 at version {last}: {finals}")
     print(f"watcher 2 saw versions {two.versions}")
