@@ -266,20 +266,21 @@ async def test_positions_not_revisions_tell_each_replica_what_to_hold_first() ->
     # Guards: the leader was told the session's highest store revision, a number of
     # another space than its position, and held every direct write 5 s waiting for it.
     async with trio.open_nursery() as nursery:
-        route = LeaderRoute(lambda address: trio.sleep(0), (("token", "t"),), nursery)
-        route._probe = lambda leg: None  # type: ignore[method-assign]
         home = FakePipeline([("x-dspex-leader", "10.0.0.2:1"), ("x-dspex-position", "40")])
-        await route.call(home, "SetVariable", pb.SetVariableRequest(),  # type: ignore[arg-type]
+        route = LeaderRoute(lambda address: trio.sleep(0), (("token", "t"),), nursery,
+                            home)  # type: ignore[arg-type]
+        route._probe = lambda leg: None  # type: ignore[method-assign]
+        await route.call("SetVariable", pb.SetVariableRequest(),
                          pb.SetVariableResponse, 5.0)
         assert (route.address, route.methods) == ("10.0.0.2:1", {"SetVariable"})
         leader = FakePipeline([("x-dspex-position", "55")])
         assert route._leg is not None
         route._leg.pipeline = leader  # type: ignore[assignment]
         for _ in range(2):
-            await route.call(home, "SetVariable", pb.SetVariableRequest(),  # type: ignore[arg-type]
+            await route.call("SetVariable", pb.SetVariableRequest(),
                              pb.SetVariableResponse, 5.0)
         home.trailers = []
-        await route.call(home, "GetVariable", pb.GetVariableRequest(),  # type: ignore[arg-type]
+        await route.call("GetVariable", pb.GetVariableRequest(),
                          pb.GetVariableResponse, 5.0)
         # The leader hears what the session's replica stored, that replica what the
         # leader stored (each stream sends it only once: test_calls_positions.py).
@@ -293,7 +294,7 @@ async def test_without_direct_writes_every_call_goes_home_with_the_sessions_posi
         home = FakePipeline([("x-dspex-leader", "10.0.0.2:1"), ("x-dspex-position", "40")])
         route = LeaderRoute(None, (("token", "t"),), nursery, home)  # type: ignore[arg-type]
         for method in ("SetVariable", "SetVariable", "GetVariable"):
-            await route.call(home, method, pb.SetVariableRequest(),  # type: ignore[arg-type]
+            await route.call(method, pb.SetVariableRequest(),
                              pb.SetVariableResponse, 5.0)
         # The leader it names is not followed; its position is kept all the same.
         assert (route.address, route.methods, route.position) == ("", set(), 40)

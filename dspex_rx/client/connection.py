@@ -578,7 +578,7 @@ class Connection:
                 wait = self.timeout if timeout is None else timeout
                 response: M = await (
                     pipeline.call(method, request, response_type, wait) if route is None
-                    else route.call(pipeline, method, request, response_type, wait))
+                    else route.call(method, request, response_type, wait))
             except NotSent:
                 path = f"/{SERVICE_NAME}/{method}"
                 if route is not None:

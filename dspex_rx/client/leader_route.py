@@ -85,10 +85,11 @@ class LeaderRoute:
 
     ``connect(address)`` makes an opened transport to a replica, as the session's own
     (None: no calls to the leader); ``metadata`` is the session's (its token);
-    ``nursery`` runs the leader's stream.
+    ``nursery`` runs the leader's stream; ``home`` is the session's replica's pipeline
+    (None for a session without one: only ``home_unary`` then).
 
-    Example: ``route = LeaderRoute(connect, token_metadata(token), nursery)``, then
-    ``await route.call(home, "SetVariable", request, pb.SetVariableResponse, 30.0)``.
+    Example: ``route = LeaderRoute(connect, token_metadata(token), nursery, pipeline)``,
+    then ``await route.call("SetVariable", request, pb.SetVariableResponse, 30.0)``.
     """
 
     def __init__(self, connect: Callable[[str], Awaitable[Any]] | None,
@@ -135,15 +136,16 @@ class LeaderRoute:
         """
         return self._leg.address if self._leg is not None else ""
 
-    async def call(self, home: Pipeline, method: str, request: Message,
-                   response_type: type[M], timeout: float | None) -> M:
+    async def call(self, method: str, request: Message, response_type: type[M],
+                   timeout: float | None) -> M:
         """Make one pipelined call: at the leader if ``method`` goes there and its stream
         is up, else on ``home`` (the session's replica's pipeline). Errors as
         ``Pipeline.call`` raises them.
 
-        Example: ``await route.call(home, "GetVariable", request, pb.GetVariableResponse,
-        30.0)``.
+        Example: ``await route.call("GetVariable", request, pb.GetVariableResponse, 30.0)``.
         """
+        home = self.home
+        assert home is not None, "a pipelined call needs the session's pipeline"
         leg = self._leg
         if method in self.methods and leg is not None and not self.off and self.direct:
             pipeline = leg.pipeline
@@ -155,14 +157,13 @@ class LeaderRoute:
                     pass  # never left (too large, or its stream broke first): made here
             else:
                 self._probe(leg)
+        # (The answer's position, if any, is ``home.position`` now: ``position`` reads it.)
         if not self.direct:
-            # (The answer's position, if any, is ``home.position`` now.)
             return await home.call(method, request, response_type, timeout, self.position)
         trailers: list[tuple[str, str]] = []
         response = await home.call(method, request, response_type, timeout, self.position,
                                    trailers)
         if trailers:
-            self.answered(trailers)
             leader = _leader(trailers)
             if leader:
                 self.methods.add(method)
@@ -202,14 +203,6 @@ class LeaderRoute:
         Example: ``metadata = (*token_metadata(token), *route.home_metadata())``.
         """
         return ((AFTER_KEY, str(self.position)),) if self.position else ()
-
-    def answered(self, trailers: list[tuple[str, str]]) -> None:
-        """Note the position a replica answered with (a write it made or forwarded, an
-        attach): what the session's next calls elsewhere must wait for.
-
-        Example: ``route.answered([("x-dspex-position", "1042")])``.
-        """
-        self._position = max(self._position, position_in(trailers, POSITION_KEY))
 
     async def _at_leader(self, leg: _Leg, pipeline: Pipeline, method: str,
                          request: Message, response_type: type[M], timeout: float | None,
